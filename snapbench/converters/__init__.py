@@ -1,0 +1,1 @@
+"""Converters: turn UNet blocks (and whole models) into Core ML packages."""
