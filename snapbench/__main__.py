@@ -1,0 +1,3 @@
+from snapbench.cli import run
+
+run()

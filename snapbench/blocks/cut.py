@@ -1,0 +1,103 @@
+"""Where blocks are cut: run the elastic UNet once and capture every block's inputs, output and cost.
+
+The run happens on PyTorch's meta device by default, so even SD-v1.5 at batch 2 is cut in a fraction
+of a second without allocating weights. MACs come from torch's FlopCounterMode (FLOPs / 2), which counts
+the attention matmuls too; they are also reported apart so BK-SDM's hook-based figures can be matched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from snapbench.blocks.signature import Signature, make_signature, unique_params
+from snapbench.model.elastic_unet import ElasticUNet
+from snapbench.model.units import BlockUnit, ResnetUnit
+
+# aten ops that are the attention score / value matmuls (bmm on the math path, fused SDPA kernels else)
+_ATTENTION_OPS = ("bmm", "baddbmm", "_scaled_dot_product")
+
+
+@dataclass(frozen=True)
+class InputShapes:
+    latent: int = 64  # latent height = width (64 -> a 512x512 image)
+    batch: int = 2  # 2 = the classifier-free guidance batch
+    tokens: int = 77
+    in_channels: int | None = None  # default: the UNet's config
+    context_dim: int | None = None  # default: the UNet's cross_attention_dim
+
+
+@dataclass
+class CutBlock:
+    unit: BlockUnit
+    inputs: tuple[tuple[str, tuple[int, ...]], ...]
+    output: tuple[int, ...]
+    params: int
+    macs: int
+    attention_macs: int
+    signature: Signature | None  # None: removed without anything left to run
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def block_id(self) -> str:
+        return self.unit.block_id
+
+    @property
+    def kind(self) -> str:
+        return "aux" if self.unit.slot.kind == "aux" else self.unit.slot.kind
+
+
+def example_inputs(model: ElasticUNet, shapes: InputShapes, *, device: str | torch.device = "meta",
+                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    cfg = model.config
+    c_in = shapes.in_channels or cfg.in_channels
+    ctx = shapes.context_dim or cfg.cross_attention_dim
+    if isinstance(ctx, (list, tuple)):
+        ctx = ctx[0]
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(shapes.batch, c_in, shapes.latent, shapes.latent, generator=g, dtype=dtype)
+    context = torch.randn(shapes.batch, shapes.tokens, ctx, generator=g, dtype=dtype)
+    timestep = torch.full((shapes.batch,), 981.0)
+    return sample.to(device), timestep.to(device), context.to(device)
+
+
+def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, precision: str = "fp16",
+               attention: str = "original") -> list[CutBlock]:
+    """Every block of the model in execution order, with shapes, params, MACs and signature.
+
+    `model` may live on the meta device (cheap) or hold real weights; the counts are the same.
+    """
+    device = next(model.parameters()).device
+    record: list = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        sample, timestep, context = example_inputs(model, shapes, device=device,
+                                                   dtype=next(model.parameters()).dtype)
+        model(sample, timestep, context, record=record)
+    model.train(was_training)
+
+    blocks: list[CutBlock] = []
+    for unit, args, out in record:
+        named = tuple((n, tuple(a.shape)) for n, a in zip(unit.input_names, args))
+        if not unit.has_compute:
+            blocks.append(CutBlock(unit, named, tuple(out.shape), 0, 0, 0, None))
+            continue
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            unit(*args)
+        flops = counter.get_flop_counts().get("Global", {})
+        total = sum(flops.values()) // 2
+        attn = sum(v for k, v in flops.items() if any(o in str(k) for o in _ATTENTION_OPS)) // 2
+        params = _block_params(unit)
+        sig = make_signature(unit, named, tuple(out.shape), precision=precision, attention=attention)
+        blocks.append(CutBlock(unit, named, tuple(out.shape), params, int(total), int(attn), sig))
+    return blocks
+
+
+def _block_params(unit: BlockUnit) -> int:
+    if isinstance(unit, ResnetUnit) and unit.removed:
+        return unique_params(unit.resnet.conv_shortcut)
+    return unique_params(unit)

@@ -1,0 +1,98 @@
+"""An exact block-by-block, stage-by-stage account of a UNet: ids, shapes, params, MACs, signatures."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from snapbench.blocks.cut import CutBlock, InputShapes, cut_blocks
+from snapbench.model.loading import ModelSource, build_unet, resolve_model
+from snapbench.specs.stages import STAGES
+
+
+@dataclass
+class Inspection:
+    source: ModelSource
+    shapes: InputShapes
+    blocks: list[CutBlock]
+
+    @property
+    def name(self) -> str:
+        return self.source.spec.name
+
+    def block_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for b in self.blocks:
+            u = b.unit
+            rows.append({
+                "id": u.block_id,
+                "file_id": u.file_id,
+                "stage": u.slot.stage,
+                "kind": b.kind,
+                "status": u.status,
+                "module": u.slot.module_path,
+                "inputs": {n: list(s) for n, s in b.inputs},
+                "output": list(b.output),
+                "params": b.params,
+                "macs": b.macs,
+                "macs_no_attention": b.macs - b.attention_macs,
+                "signature": b.signature.key() if b.signature else None,
+            })
+        return rows
+
+    def blocks_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.block_rows())
+
+    def stage_frame(self) -> pd.DataFrame:
+        """Per paper stage: counts, params and MACs of CA, RB and auxiliary blocks (blocks that run)."""
+        df = self.blocks_frame()
+        runs = df[df["status"] != "removed"]
+        rows = []
+        for stage in STAGES:
+            s = df[df["stage"] == stage]
+            r = runs[runs["stage"] == stage]
+            row: dict[str, Any] = {"stage": stage}
+            for kind in ("CA", "RB", "aux"):
+                k = s[s["kind"] == kind]
+                row[f"{kind}_count"] = int((r["kind"] == kind).sum())
+                row[f"{kind}_params"] = int(k["params"].sum())
+                row[f"{kind}_macs"] = int(k["macs"].sum())
+            row["params"] = int(s["params"].sum())
+            row["macs"] = int(s["macs"].sum())
+            row["macs_no_attention"] = int(s["macs_no_attention"].sum())
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def totals(self) -> dict[str, int]:
+        df = self.blocks_frame()
+        return {
+            "params": int(df["params"].sum()),
+            "macs": int(df["macs"].sum()),
+            "macs_no_attention": int(df["macs_no_attention"].sum()),
+            "blocks": int((df["status"] != "removed").sum()),
+            "CA": int(((df["kind"] == "CA") & (df["status"] != "removed")).sum()),
+            "RB": int(((df["kind"] == "RB") & (df["status"] != "removed")).sum()),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "source": self.source.ref,
+            "description": self.source.spec.description,
+            "weights": str(self.source.weights_dir) if self.source.weights_dir else None,
+            "shapes": asdict(self.shapes),
+            "totals": self.totals(),
+            "stages": self.stage_frame().to_dict(orient="records"),
+            "blocks": self.block_rows(),
+            "notes": dict(self.source.spec.notes),
+        }
+
+
+def inspect_model(model: str | ModelSource, *, weights: str | None = None,
+                  shapes: InputShapes = InputShapes(), attention: str = "original") -> Inspection:
+    """Cut `model` into blocks on the meta device (no weights are loaded; counts do not need them)."""
+    source = model if isinstance(model, ModelSource) else resolve_model(model, weights=weights)
+    unet = build_unet(source, device="meta")
+    return Inspection(source, shapes, cut_blocks(unet, shapes, attention=attention))

@@ -1,0 +1,77 @@
+"""`snapbench inspect`: every block, stage by stage, with CA vs RB subtotals and model totals."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from snapbench.blocks.cut import InputShapes
+from snapbench.blocks.inspect import Inspection, inspect_model
+from snapbench.commands.common import (
+    BatchOpt, JsonOpt, LatentOpt, ModelOpt, TokensOpt, WeightsOpt, fmt_count, out, print_json,
+)
+from snapbench.specs.stages import STAGES
+
+
+def inspect_command(
+    model: list[str] = typer.Option(["sd15"], "--model", "-m",
+                                    help="Preset, arch spec .json or diffusers UNet folder; repeat for several."),
+    weights: Optional[str] = WeightsOpt,
+    latent: int = LatentOpt,
+    batch: int = BatchOpt,
+    tokens: int = TokensOpt,
+    blocks: bool = typer.Option(True, "--blocks/--no-blocks", help="Show the per-block tables."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Every block of a UNet in execution order: paper stage, id, module, shapes, params, MACs, signature."""
+    shapes = InputShapes(latent=latent, batch=batch, tokens=tokens)
+    results = [inspect_model(m, weights=weights, shapes=shapes) for m in model]
+    if as_json:
+        print_json(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results])
+        return
+    for r in results:
+        render(r, show_blocks=blocks)
+
+
+def render(r: Inspection, *, show_blocks: bool = True) -> None:
+    s = r.shapes
+    out.rule(f"[bold]{r.name}[/bold]  latent {s.latent}x{s.latent}, batch {s.batch}, {s.tokens} tokens")
+    rows = r.block_rows()
+    if show_blocks:
+        for stage in STAGES:
+            stage_rows = [b for b in rows if b["stage"] == stage]
+            if not stage_rows:
+                continue
+            t = Table(title=stage, title_justify="left", show_edge=False)
+            for col, just in (("block", "left"), ("status", "left"), ("module", "left"), ("input", "left"),
+                              ("params", "right"), ("MACs", "right")):
+                t.add_column(col, justify=just)
+            for b in stage_rows:
+                first_input = next(iter(b["inputs"].values()))
+                style = "dim" if b["status"] == "removed" else ("cyan" if b["status"] == "copy" else None)
+                t.add_row(b["id"], b["status"], b["module"], "x".join(map(str, first_input)),
+                          fmt_count(b["params"]), fmt_count(b["macs"]), style=style)
+            out.print(t)
+    t = Table(title=f"{r.name}: per stage (blocks that run)", title_justify="left")
+    for col in ("stage", "CA", "RB", "CA params", "RB params", "aux params", "params", "CA MACs", "RB MACs",
+                "MACs", "MACs w/o attn matmuls"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    for row in r.stage_frame().to_dict(orient="records"):
+        t.add_row(row["stage"], str(row["CA_count"]), str(row["RB_count"]), fmt_count(row["CA_params"]),
+                  fmt_count(row["RB_params"]), fmt_count(row["aux_params"]), fmt_count(row["params"]),
+                  fmt_count(row["CA_macs"]), fmt_count(row["RB_macs"]), fmt_count(row["macs"]),
+                  fmt_count(row["macs_no_attention"]))
+    tot = r.totals()
+    t.add_row("total", str(tot["CA"]), str(tot["RB"]), "", "", "", f"{tot['params']:,}", "", "",
+              fmt_count(tot["macs"]), fmt_count(tot["macs_no_attention"]), style="bold")
+    out.print(t)
+    claimed = r.source.spec.notes.get("paper_claimed_params")
+    if claimed:
+        out.print(f"parameters: {tot['params']:,} here vs {claimed:,} claimed by the paper "
+                  f"({(tot['params'] - claimed) / claimed:+.1%})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect_command)

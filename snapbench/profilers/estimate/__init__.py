@@ -1,0 +1,1 @@
+"""The Neural Engine cost model: op records from Core ML programs, priced per device."""

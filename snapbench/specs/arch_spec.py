@@ -1,0 +1,208 @@
+"""The arch spec: a base diffusers UNet config plus, per paper stage, which blocks are kept, removed or copied.
+
+JSON form (format "snapbench.arch/1"):
+
+    {
+      "format": "snapbench.arch/1",
+      "name": "snapfusion",
+      "description": "why the blocks are where they are",
+      "base_config": { ...diffusers UNet2DConditionModel config... },
+      "stages": {
+        "Down-1": [{"block": "RB1"}, {"block": "CA1", "keep": false}, ...],
+        "Up-1":   [{"block": "RB1"}, {"block": "CA1", "copies": 1}, ...]
+      },
+      "notes": { free-form provenance, e.g. the paper's claims }
+    }
+
+Each listed stage names every RB/CA of that stage in execution order. A stage left out keeps all its
+blocks. `keep: false` replaces the block by the identity (or, for a ResNet that changes the channel
+count, by its 1x1 shortcut projection alone); `copies: k` inserts k weight copies right after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from snapbench.atomic import atomic_write_text
+from snapbench.errors import SnapbenchError
+from snapbench.specs.layout import Slot, layout_from_config, removable_slots
+from snapbench.specs.stages import STAGES
+
+FORMAT = "snapbench.arch/1"
+MAX_COPIES = 8
+
+
+@dataclass(frozen=True)
+class BlockChoice:
+    block: str  # stage-local name: "RB1", "CA2"
+    keep: bool = True
+    copies: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"block": self.block}
+        if not self.keep:
+            d["keep"] = False
+        if self.copies:
+            d["copies"] = self.copies
+        return d
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    base_config: Mapping[str, Any]
+    stages: Mapping[str, tuple[BlockChoice, ...]]  # complete: every stage of the layout, every RB/CA
+    description: str = ""
+    notes: Mapping[str, Any] = field(default_factory=dict)
+
+    # -- derived views -------------------------------------------------------------------------------
+    @property
+    def layout(self) -> tuple[Slot, ...]:
+        return layout_from_config(self.base_config)
+
+    def choice(self, slot: Slot) -> BlockChoice:
+        if slot.kind == "aux":
+            return BlockChoice(slot.name)
+        for c in self.stages.get(slot.stage, ()):
+            if c.block == slot.name:
+                return c
+        raise KeyError(slot.block_id)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Blocks that run per stage and kind (kept originals plus copies), as paper Table 3 counts."""
+        out = {s: {"CA": 0, "RB": 0} for s in STAGES}
+        for slot in removable_slots(self.layout):
+            c = self.choice(slot)
+            out[slot.stage][slot.kind] += int(c.keep) + c.copies
+        return out
+
+    def with_choices(self, name: str, changes: Mapping[tuple[str, str], BlockChoice], **extra: Any) -> "ArchSpec":
+        """A new spec with some (stage, block) choices replaced: what evolution actions produce."""
+        stages = {
+            st: tuple(changes.get((st, c.block), c) for c in choices) for st, choices in self.stages.items()
+        }
+        return ArchSpec(name, self.base_config, stages, extra.get("description", self.description),
+                        extra.get("notes", self.notes))
+
+    # -- (de)serialisation ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "description": self.description,
+            "base_config": dict(self.base_config),
+            "stages": {st: [c.to_dict() for c in choices] for st, choices in self.stages.items()},
+            "notes": dict(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "<spec>") -> "ArchSpec":
+        def bad(where: str, why: str) -> SnapbenchError:
+            return SnapbenchError(f"{source}: {where}: {why}")
+
+        if not isinstance(data, dict):
+            raise bad("top level", "an arch spec is a JSON object")
+        if data.get("format", FORMAT) != FORMAT:
+            raise bad("format", f"is {data.get('format')!r}; this snapbench reads {FORMAT!r}")
+        name = data.get("name")
+        if not isinstance(name, str) or not name:
+            raise bad("name", "missing or not a string")
+        config = data.get("base_config")
+        if not isinstance(config, dict):
+            raise bad("base_config", "missing; give the diffusers UNet2DConditionModel config as an object")
+        for key in ("down_block_types", "up_block_types", "block_out_channels"):
+            if key not in config:
+                raise bad(f"base_config.{key}", "missing")
+        try:
+            layout = layout_from_config(config)
+        except SnapbenchError as e:
+            raise bad("base_config", str(e)) from None
+        raw_stages = data.get("stages", {})
+        if not isinstance(raw_stages, dict):
+            raise bad("stages", "must be an object keyed by stage name")
+        stages = _parse_stages(raw_stages, layout, bad)
+        notes = data.get("notes", {})
+        if not isinstance(notes, dict):
+            raise bad("notes", "must be an object")
+        return cls(name, config, stages, str(data.get("description", "")), notes)
+
+
+def _parse_stages(raw: dict, layout: tuple[Slot, ...], bad) -> dict[str, tuple[BlockChoice, ...]]:
+    expected: dict[str, list[str]] = {}
+    for slot in removable_slots(layout):
+        expected.setdefault(slot.stage, []).append(slot.name)
+    for st in raw:
+        if st not in STAGES:
+            raise bad(f"stages.{st}", f"unknown stage; stages are {', '.join(STAGES)}")
+        if st not in expected:
+            raise bad(f"stages.{st}", "this UNet has no ResNet or attention blocks in that stage")
+    out: dict[str, tuple[BlockChoice, ...]] = {}
+    for st, names in expected.items():
+        entries = raw.get(st)
+        if entries is None:
+            out[st] = tuple(BlockChoice(n) for n in names)
+            continue
+        if not isinstance(entries, list):
+            raise bad(f"stages.{st}", "must be a list of {\"block\": ...} entries")
+        choices = []
+        for k, e in enumerate(entries):
+            where = f"stages.{st}[{k}]"
+            if isinstance(e, str):
+                e = {"block": e}
+            if not isinstance(e, dict) or not isinstance(e.get("block"), str):
+                raise bad(where, "each entry is an object with a \"block\" name such as \"RB1\" or \"CA2\"")
+            unknown = set(e) - {"block", "keep", "copies"}
+            if unknown:
+                raise bad(where, f"unknown field(s) {sorted(unknown)}; allowed: block, keep, copies")
+            keep, copies = e.get("keep", True), e.get("copies", 0)
+            if not isinstance(keep, bool):
+                raise bad(f"{where}.keep", "must be true or false")
+            if not isinstance(copies, int) or isinstance(copies, bool) or not 0 <= copies <= MAX_COPIES:
+                raise bad(f"{where}.copies", f"must be a whole number from 0 to {MAX_COPIES}")
+            if not keep and copies:
+                raise bad(where, "a removed block cannot also be copied")
+            choices.append(BlockChoice(e["block"], keep, copies))
+        got = [c.block for c in choices]
+        if got != names:
+            dupes = [n for n, c in Counter(got).items() if c > 1]
+            missing = [n for n in names if n not in got]
+            extra = [n for n in got if n not in names]
+            why = (f"duplicated {dupes}" if dupes else f"missing {missing}" if missing
+                   else f"no such block(s) {extra}" if extra else "out of execution order")
+            raise bad(f"stages.{st}", f"{why}; list every block of the stage in order: {names}")
+        out[st] = tuple(choices)
+    return out
+
+
+def full_spec(config: Mapping[str, Any], name: str, description: str = "") -> ArchSpec:
+    """The spec that keeps every block of a config: the UNet exactly as diffusers builds it."""
+    config = dict(config)
+    stages: dict[str, list[BlockChoice]] = {}
+    for slot in removable_slots(layout_from_config(config)):
+        stages.setdefault(slot.stage, []).append(BlockChoice(slot.name))
+    return ArchSpec(name, config, {k: tuple(v) for k, v in stages.items()}, description)
+
+
+def load_spec(path: str | os.PathLike) -> ArchSpec:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise SnapbenchError(f"{p}: no such arch spec file") from None
+    except OSError as e:
+        raise SnapbenchError(f"{p}: cannot read arch spec ({e.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SnapbenchError(f"{p}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    return ArchSpec.from_dict(data, source=str(p))
+
+
+def save_spec(spec: ArchSpec, path: str | os.PathLike) -> Path:
+    """Write atomically: a reader never sees a half-written spec."""
+    return atomic_write_text(path, json.dumps(spec.to_dict(), indent=2) + "\n")
