@@ -1,1 +1,25 @@
-"""The Neural Engine cost model: op records from Core ML programs, priced per device."""
+"""The `estimate` backend: an op-level cost model of the Apple Neural Engine.
+
+    records = read_op_records("Blocks/CA_Up-1_0.mlpackage")     # parsed once, cached as JSON beside it
+    est = estimate_ops(records, "iphone14pro")                   # est.total_ms, est.by_op_type, est.cpu_ops
+    est = estimate_package(mlmodel_or_path, "iPhone 14 Pro")
+
+Every figure it produces is an estimate (`Estimate.source == "estimate"`), never a measurement.
+"""
+
+from snapbench.profilers.estimate.cost_model import (
+    CpuOp,
+    Estimate,
+    PreparedOps,
+    estimate_ops,
+    estimate_package,
+    prepare,
+    with_weight_bits,
+)
+from snapbench.profilers.estimate.params import AneParams, load_params, save_params
+from snapbench.profilers.estimate.program_ops import OpRecord, read_op_records
+
+__all__ = [
+    "AneParams", "CpuOp", "Estimate", "OpRecord", "PreparedOps", "estimate_ops", "estimate_package",
+    "load_params", "prepare", "read_op_records", "save_params", "with_weight_bits",
+]

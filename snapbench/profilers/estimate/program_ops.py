@@ -27,7 +27,7 @@ from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
 
 # Bumped whenever the record format or the FLOP conventions change, so stale caches are not reused.
-RECORDS_VERSION = 2
+RECORDS_VERSION = 3
 
 # MIL DataType enum value -> (name, bits). From coremltools.proto.MIL_pb2.DataType.
 _DTYPES: dict[int, tuple[str, int]] = {
@@ -73,6 +73,8 @@ class OpRecord:
     weight_bits: float = 0.0
     score_elems: int = 0
     attrs: dict[str, Any] = field(default_factory=dict)
+    in_names: tuple[str, ...] = ()  # activation var names, parallel to in_shapes (for fusion analysis)
+    out_names: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -89,6 +91,7 @@ class OpRecord:
             flops=float(d["flops"]), weight_bytes=float(d["weight_bytes"]),
             weight_elems=int(d.get("weight_elems", 0)), weight_bits=float(d.get("weight_bits", 0.0)),
             score_elems=int(d.get("score_elems", 0)), attrs=dict(d.get("attrs", {})),
+            in_names=tuple(d.get("in_names", ())), out_names=tuple(d.get("out_names", ())),
         )
 
 
@@ -208,6 +211,7 @@ def _visit(op, env: dict[str, _Var], records: list[OpRecord]) -> None:
 
     params: dict[str, Any] = {}
     acts: list[tuple[str, _Var]] = []
+    act_names: list[str] = []
     operands: dict[str, list[tuple[int, ...]]] = {}  # every tensor operand's shape, weights included
     weight_bytes = 0.0
     weight_elems = 0
@@ -222,6 +226,7 @@ def _visit(op, env: dict[str, _Var], records: list[OpRecord]) -> None:
             operands.setdefault(key, []).append(var.shape)
             if not var.is_weight:
                 acts.append((key, var))
+                act_names.append(b.name)
             elif var.value is not None and _numel(var.shape) <= 16:
                 params[key] = var.value  # a parameter (perm, axes, transpose_x, equation ...), not a weight
             else:
@@ -247,6 +252,7 @@ def _visit(op, env: dict[str, _Var], records: list[OpRecord]) -> None:
         out_shapes=out_shapes, out_dtypes=tuple(d for _, _, d in outs),
         flops=float(flops), weight_bytes=float(weight_bytes), weight_elems=int(weight_elems),
         weight_bits=round(bits, 3), score_elems=int(score), attrs=attrs,
+        in_names=tuple(act_names), out_names=tuple(n for n, _, _ in outs),
     ))
 
 

@@ -22,13 +22,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 from snapbench.errors import SnapbenchError
-from snapbench.profilers.estimate.program_ops import RECORDS_VERSION, OpRecord, load_records, save_records
+from snapbench.profilers.estimate.program_ops import (
+    RECORDS_VERSION,
+    OpRecord,
+    load_records,
+    records_from_spec,
+    save_records,
+)
 
 Component = Literal["text_encoder", "unet", "vae_decoder"]
 
@@ -74,17 +81,49 @@ def cache_dir() -> Path:
 
 
 def reference_records(program: ReferenceProgram, *, convert: bool = True) -> list[OpRecord]:
-    """Op records of a reference component: from the cache, else converted now (minutes) and cached."""
+    """Op records of a reference component: from the cache, else converted now (minutes) and cached.
+
+    The converted programs' specs (graph and shapes, no weights: a few MB) are kept beside the records,
+    so a change of the record format re-reads them instead of converting again.
+    """
     key = program.key()
-    path = cache_dir() / f"{program.slug()}-{key}.json"
-    cached = load_records(path, key=key)
+    base = cache_dir() / f"{program.slug()}-{key}"
+    records_path = base.with_name(base.name + ".json")
+    specs_path = base.with_name(base.name + ".specs.zip")
+    cached = load_records(records_path, key=key)
     if cached is not None:
         return cached
-    if not convert:
+    if specs_path.is_file():
+        records = _records_from_zip(specs_path)
+    elif not convert:
         raise SnapbenchError(f"no cached op records for {program.slug()} under {cache_dir()}; "
                              "run `snapbench calibrate` once on a machine with coremltools to build them")
-    records = _convert(program)
-    save_records(path, records, key=key, source=program.slug())
+    else:
+        parts = _convert(program)
+        specs_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = specs_path.with_name(f".{specs_path.name}.{os.getpid()}.partial")
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for i, (name, spec_bytes) in enumerate(parts):
+                zf.writestr(f"{i:03d}_{name}.pb", spec_bytes)
+        os.replace(tmp, specs_path)
+        records = _records_from_zip(specs_path)
+    save_records(records_path, records, key=key, source=program.slug())
+    return records
+
+
+def _records_from_zip(path: Path) -> list[OpRecord]:
+    """Concatenate the parts' records in order; var names get the part as prefix so they never collide."""
+    from coremltools.proto import Model_pb2
+
+    records: list[OpRecord] = []
+    with zipfile.ZipFile(path) as zf:
+        for entry in sorted(zf.namelist()):
+            spec = Model_pb2.Model()
+            spec.ParseFromString(zf.read(entry))
+            prefix = entry.rsplit(".", 1)[0] + "/"
+            for r in records_from_spec(spec):
+                records.append(replace(r, name=prefix + r.name, in_names=tuple(prefix + n for n in r.in_names),
+                                       out_names=tuple(prefix + n for n in r.out_names)))
     return records
 
 
@@ -102,7 +141,7 @@ def _unet_config(model: str) -> dict:
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 
-def _convert(program: ReferenceProgram) -> list[OpRecord]:
+def _convert(program: ReferenceProgram) -> list[tuple[str, bytes]]:
     import torch
 
     torch.manual_seed(0)
@@ -116,12 +155,10 @@ def _convert(program: ReferenceProgram) -> list[OpRecord]:
     raise SnapbenchError(f"unknown component {program.component!r}; choose text_encoder, unet or vae_decoder")
 
 
-def _to_records(module, example: tuple) -> list[OpRecord]:
-    """Trace, convert to an fp16 ML Program (iOS16 ops) and read its op records; nothing is kept on disk."""
+def _to_spec(name: str, module, example: tuple) -> list[tuple[str, bytes]]:
+    """Trace, convert to an fp16 ML Program (iOS16 ops); keep only its spec (graph, shapes, dtypes)."""
     import coremltools as ct
     import torch
-
-    from snapbench.profilers.estimate.program_ops import read_op_records
 
     traced = torch.jit.trace(module.eval(), example, check_trace=False)  # one forward, not three
     inputs = []
@@ -130,10 +167,10 @@ def _to_records(module, example: tuple) -> list[OpRecord]:
         inputs.append(ct.TensorType(name=f"in{i}", shape=tuple(t.shape), dtype=dtype))
     mlmodel = ct.convert(traced, inputs=inputs, convert_to="mlprogram", compute_precision=ct.precision.FLOAT16,
                          minimum_deployment_target=ct.target.iOS16, skip_model_load=True)
-    return read_op_records(mlmodel)
+    return [(name, mlmodel.get_spec().SerializeToString())]
 
 
-def _convert_text_encoder(program: ReferenceProgram) -> list[OpRecord]:
+def _convert_text_encoder(program: ReferenceProgram) -> list[tuple[str, bytes]]:
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -150,10 +187,10 @@ def _convert_text_encoder(program: ReferenceProgram) -> list[OpRecord]:
             return self.model(input_ids=ids, return_dict=False)[0]
 
     ids = torch.randint(0, config.vocab_size, (program.batch, program.tokens), dtype=torch.int32)
-    return _to_records(LastHidden(), (ids,))
+    return _to_spec("text_encoder", LastHidden(), (ids,))
 
 
-def _convert_vae_decoder(program: ReferenceProgram) -> list[OpRecord]:
+def _convert_vae_decoder(program: ReferenceProgram) -> list[tuple[str, bytes]]:
     import torch
     from diffusers import AutoencoderKL
     from diffusers.models.attention_processor import AttnProcessor
@@ -170,7 +207,7 @@ def _convert_vae_decoder(program: ReferenceProgram) -> list[OpRecord]:
             return self.decoder(self.post_quant_conv(z))
 
     z = torch.randn(program.batch, 4, program.latent, program.latent)
-    return _to_records(Decode(), (z,))
+    return _to_spec("vae_decoder", Decode(), (z,))
 
 
 class _TransformerAdapter:
@@ -191,7 +228,7 @@ class _TransformerAdapter:
         return Adapter()
 
 
-def _convert_unet(program: ReferenceProgram) -> list[OpRecord]:
+def _convert_unet(program: ReferenceProgram) -> list[tuple[str, bytes]]:
     import torch
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor
@@ -209,13 +246,13 @@ def _convert_unet(program: ReferenceProgram) -> list[OpRecord]:
                 for i in range(len(atts) if atts is not None else 0):
                     atts[i] = _TransformerAdapter.wrap(rewrite_transformer(atts[i], program.attention))
 
-    parts: list[tuple[str, torch.nn.Module]] = (
+    blocks: list[tuple[str, torch.nn.Module]] = (
         [(f"down_blocks.{i}", b) for i, b in enumerate(unet.down_blocks)] + [("mid_block", unet.mid_block)]
         + [(f"up_blocks.{i}", b) for i, b in enumerate(unet.up_blocks)]
     )
     captured: dict[str, tuple] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, a, kw, n=n: captured.setdefault(n, (a, kw)), with_kwargs=True)
-             for n, m in parts]
+             for n, m in blocks]
     sample = torch.randn(program.batch, cfg["in_channels"], program.latent, program.latent)
     timestep = torch.full((program.batch,), 999.0)
     context = torch.randn(program.batch, program.tokens, cfg["cross_attention_dim"])
@@ -251,14 +288,14 @@ def _convert_unet(program: ReferenceProgram) -> list[OpRecord]:
             out, _ = tree_flatten(self.mod(*args, **kwargs))
             return tuple(o for o in out if isinstance(o, torch.Tensor))
 
-    records = _to_records(Pre(), (sample, timestep))
-    for name, mod in parts:
+    parts = _to_spec("pre", Pre(), (sample, timestep))
+    for name, mod in blocks:
         args, kwargs = captured[name]
         call = Call(mod, args, kwargs)
-        records += _to_records(call, tuple(call.leaves[i] for i in call.slots))
+        parts += _to_spec(name, call, tuple(call.leaves[i] for i in call.slots))
     up_out = torch.randn(program.batch, cfg["block_out_channels"][0], program.latent, program.latent)
-    records += _to_records(Post(), (up_out,))
-    return records
+    parts += _to_spec("post", Post(), (up_out,))
+    return parts
 
 
 if __name__ == "__main__":  # build the calibration cache: python -m snapbench.profilers.estimate.reference_programs

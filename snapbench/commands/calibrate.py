@@ -1,0 +1,55 @@
+"""`snapbench calibrate`: the Neural Engine cost model's error on every reference point; refit and save."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from snapbench.commands.common import JsonOpt, err, out, print_json
+
+
+def calibrate_command(
+    report: bool = typer.Option(True, "--report/--no-report", help="Print the error on every reference point."),
+    measured: Optional[Path] = typer.Option(None, "--measured", help="CSV of your measured latencies "
+                                            "(format: snapbench.profilers.estimate.calibrate docstring)."),
+    write: bool = typer.Option(False, "--write", help="Refit the parameters and save ane_params.json (atomically)."),
+    params: Optional[Path] = typer.Option(None, "--params", help="Parameter file to read (and write with --write)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Estimated vs published latency on each reference point (all estimates); --write refits first."""
+    from snapbench.profilers.estimate.calibrate import calibrate, calibration_report, load_points
+    from snapbench.profilers.estimate.params import default_params_path, load_params
+
+    if write:
+        err.print("refitting the cost model (reference programs are converted once and cached)...")
+        fitted, table = calibrate(measured=measured, write=True, params_path=params)
+        err.print(f"wrote {params or default_params_path()} (version {fitted.version}, "
+                  f"fitted on {len(fitted.fitted_on)} points)")
+    else:
+        fitted = load_params(params)
+        table = calibration_report(fitted, load_points(measured))
+    if as_json:
+        print_json({"params_version": fitted.version, "backend": "estimate",
+                    "points": table.to_dict(orient="records")})
+        return
+    if not report:
+        return
+    t = Table(title=f"Cost model (params v{fitted.version}) vs published latencies: estimates",
+              title_justify="left")
+    for col, just in (("reference", "left"), ("settings", "left"), ("published ms", "right"),
+                      ("estimated ms", "right"), ("error %", "right")):
+        t.add_column(col, justify=just)
+    for row in table.itertuples():
+        style = None if abs(row.error_pct) <= 15 else "yellow"
+        t.add_row(row.reference, row.settings, f"{row.published_ms:g}", f"{row.estimated_ms:.1f}",
+                  f"{row.error_pct:+.1f}", style=style)
+    out.print(t)
+    mean_abs = table["error_pct"].abs().mean() if len(table) else float("nan")
+    out.print(f"mean |error| {mean_abs:.1f}%  (source of every estimated figure: estimate)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calibrate")(calibrate_command)

@@ -1,0 +1,247 @@
+"""Fit the cost model's parameters to published and user-measured latencies.
+
+Reference points come from `reference/calibration.csv` (shipped as `calibration.csv` beside this module)
+and from a user's CSV of measured rows. The fit minimises the squared log error of estimated vs measured
+latency, in log-parameter space, inside physical bounds, with a weak pull towards the documented priors
+(`ane_params.json` as shipped before fitting) so that parameters the points do not constrain stay put.
+
+Measured-rows CSV (one row per measured program; `#` lines are comments):
+
+    device,component,model,attention,weight_bits,batch,latency_ms,source
+    iphone14,unet,sd15,split_einsum_v2,16,2,520,my harness, median of 20 runs
+    iphone14pro,,,,,,12.5,,Blocks/CA_Up-1_0.mlpackage
+
+Columns:
+  * `device` (required): a catalog id or name.
+  * the latency with its unit in the name (required): `latency_ms` or `latency_s`. A bare `latency`
+    column is refused: a number without a unit is a guess.
+  * what was measured, either `package` (a path to an .mlpackage; its own program is estimated) or
+    `component` (text_encoder | unet | vae_decoder) with `model` (a UNet preset, e.g. sd15, sd21base) and
+    optional settings `attention` (original | split_einsum | split_einsum_v2), `weight_bits` (16, 8, 6,
+    4; palettized), `batch` (UNet default 2: classifier-free guidance).
+  * optional `source` and `notes`, carried into the report.
+UNet latencies are per denoising step, text encoder per run, VAE decoder per image.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from snapbench.devices.catalog import resolve_device
+from snapbench.errors import SnapbenchError
+from snapbench.profilers.estimate.cost_model import PreparedOps, prepare, total_ms, with_weight_bits
+from snapbench.profilers.estimate.params import (
+    OP_CLASSES,
+    AneParams,
+    bounds_of,
+    default_priors_path,
+    load_params,
+    save_params,
+)
+from snapbench.profilers.estimate.reference_programs import ReferenceProgram, reference_records
+
+# Settings a published row leaves "not stated", and what the estimator assumes instead. These are
+# assumptions about the measurement (what a Core ML deployment of the time did by default), stated in
+# every report row; they are not tuned.
+ASSUMED_WHEN_NOT_STATED = {
+    "attention": "original",   # diffusers' attention as exported; the ANE rewrites are an opt-in of Apple's repo
+    "weight_bits": 16,         # fp16 Core ML weights, the converter's default
+    "unet_batch": 2,           # classifier-free guidance evaluates the UNet on 2 inputs per step
+    "batch": 1,
+}
+
+# Fitted knobs: each scales one or more parameters multiplicatively (fitted in log space).
+# The engine's vector-unit classes share one knob: the points cannot tell them apart.
+_VECTOR = tuple(f"efficiency.{c}" for c in OP_CLASSES if c not in ("conv", "matmul"))
+KNOBS: dict[str, tuple[str, ...]] = {
+    "conv": ("efficiency.conv",),
+    "matmul": ("efficiency.matmul",),
+    "vector": _VECTOR,
+    "bandwidth": ("bandwidth_efficiency",),
+    "cpu": ("cpu_gflops",),
+    "dispatch": ("dispatch_ms", "op_overhead_us"),
+}
+PRIOR_WEIGHT = 0.02  # pull towards priors, per knob, in (log units)^2, against (log error)^2 per point
+
+
+@dataclass(frozen=True)
+class CalibrationPoint:
+    label: str
+    source: str
+    device: str
+    component: str
+    model: str
+    settings: str
+    measured_ms: float
+    prepared: PreparedOps
+
+
+def reference_csv_path() -> Path:
+    return Path(str(resources.files("snapbench.profilers.estimate") / "calibration.csv"))
+
+
+def _not_stated(value: str | None) -> bool:
+    return value is None or value.strip() == "" or value.strip().lower() in ("not stated", "n/a", "na", "-")
+
+
+def _rows(text: str, source: str) -> list[dict[str, str]]:
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    reader = csv.DictReader(io.StringIO("\n".join(lines)))
+    cols = [c.strip() for c in (reader.fieldnames or [])]
+    unitless = [c for c in cols if c in ("latency", "time", "duration", "ms_or_s")]
+    if unitless:
+        raise SnapbenchError(f"{source}: column {unitless[0]!r} has no unit; name it latency_ms or latency_s")
+    missing = [c for c in ("device",) if c not in cols]
+    if not any(c in cols for c in ("latency_ms", "latency_s")):
+        missing.append("latency_ms (or latency_s)")
+    if "package" not in cols and not all(c in cols for c in ("component", "model")):
+        missing += [c for c in ("component", "model") if c not in cols]
+    if missing:
+        raise SnapbenchError(f"{source}: missing columns {', '.join(missing)}")
+    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+
+
+def load_points(path: str | os.PathLike | None = None, *, convert: bool = True,
+                include_reference: bool = True) -> list[CalibrationPoint]:
+    """The shipped reference points (unless `include_reference=False`) plus the rows of `path`."""
+    sources: list[tuple[str, str]] = []
+    if include_reference:
+        sources.append((reference_csv_path().read_text(), "reference/calibration.csv"))
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise SnapbenchError(f"measured-latency file {p} not found")
+        sources.append((p.read_text(), str(p)))
+    points: list[CalibrationPoint] = []
+    for text, source in sources:
+        for line, row in enumerate(_rows(text, source), start=2):
+            points.append(_point(row, f"{source} line {line}", convert=convert))
+    return points
+
+
+def _point(row: dict[str, str], where: str, *, convert: bool) -> CalibrationPoint:
+    device = resolve_device(row["device"]).id
+    try:
+        measured = float(row["latency_ms"]) if row.get("latency_ms") else float(row["latency_s"]) * 1e3
+    except (KeyError, ValueError):
+        raise SnapbenchError(f"{where}: latency {row.get('latency_ms') or row.get('latency_s')!r} is not a number")
+    if not measured > 0:
+        raise SnapbenchError(f"{where}: latency must be positive, got {measured}")
+    source = row.get("source") or "measured"
+    if row.get("package"):
+        from snapbench.profilers.estimate.program_ops import read_op_records
+
+        recs = read_op_records(row["package"])
+        return CalibrationPoint(f"{source}: {device} {Path(row['package']).name}", source, device, "package",
+                                row["package"], "as converted", measured, prepare(recs))
+    component, model = row.get("component", ""), row.get("model", "")
+    if component not in ("text_encoder", "unet", "vae_decoder"):
+        raise SnapbenchError(f"{where}: component {component!r} must be text_encoder, unet or vae_decoder")
+    attention = ASSUMED_WHEN_NOT_STATED["attention"] if _not_stated(row.get("attention")) else row["attention"]
+    try:
+        bits = ASSUMED_WHEN_NOT_STATED["weight_bits"] if _not_stated(row.get("weight_bits")) else int(row["weight_bits"])
+        default_batch = ASSUMED_WHEN_NOT_STATED["unet_batch" if component == "unet" else "batch"]
+        batch = default_batch if _not_stated(row.get("batch")) else int(row["batch"])
+    except ValueError as exc:
+        raise SnapbenchError(f"{where}: {exc}") from None
+    if component != "unet" and model not in ("sd15", "sd14", "sd"):
+        raise SnapbenchError(f"{where}: only SD v1.x text encoder / VAE are modelled (got model {model!r})")
+    program = ReferenceProgram(component, model if component == "unet" else "sd15",  # type: ignore[arg-type]
+                               attention if component == "unet" else "original", batch)
+    recs = reference_records(program, convert=convert)
+    if bits != 16:
+        recs = with_weight_bits(recs, bits)
+    settings = f"{attention if component == 'unet' else '-'}, {bits}-bit, batch {batch}"
+    return CalibrationPoint(f"{source}: {device} {model} {component}", source, device, component, model,
+                            settings, measured, prepare(recs))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Report and fit
+# --------------------------------------------------------------------------------------------------------
+
+
+def calibration_report(params: AneParams | None = None, points: Sequence[CalibrationPoint] | None = None,
+                       *, measured: str | os.PathLike | None = None, convert: bool = True) -> pd.DataFrame:
+    """One row per reference point: published/measured ms, estimated ms (label: estimate), error %."""
+    params = params or load_params()
+    pts = list(points) if points is not None else load_points(measured, convert=convert)
+    rows = []
+    for pt in pts:
+        est = total_ms(pt.prepared, resolve_device(pt.device), params)
+        rows.append({"reference": pt.label, "device": pt.device, "component": pt.component, "model": pt.model,
+                     "settings": pt.settings, "published_ms": pt.measured_ms, "estimated_ms": est,
+                     "error_pct": 100.0 * (est - pt.measured_ms) / pt.measured_ms, "backend": "estimate"})
+    return pd.DataFrame(rows, columns=["reference", "device", "component", "model", "settings", "published_ms",
+                                       "estimated_ms", "error_pct", "backend"])
+
+
+def _objective(params: AneParams, prior: AneParams, pts: Sequence[CalibrationPoint], knob_values: dict[str, float]):
+    err = 0.0
+    for pt in pts:
+        est = total_ms(pt.prepared, resolve_device(pt.device), params)
+        err += math.log(est / pt.measured_ms) ** 2
+    for knob, keys in KNOBS.items():
+        err += PRIOR_WEIGHT * math.log(knob_values[knob]) ** 2
+    return err
+
+
+def _apply(prior: AneParams, knob_values: dict[str, float]) -> AneParams:
+    values = {}
+    for knob, keys in KNOBS.items():
+        for key in keys:
+            lo, hi = bounds_of(key)
+            values[key] = float(np.clip(prior.get(key) * knob_values[knob], lo, hi))
+    return prior.with_values(values)
+
+
+def fit_params(points: Sequence[CalibrationPoint], prior: AneParams | None = None, *,
+               version: int | None = None) -> AneParams:
+    """Fit the knobs (log scale factors on the prior's parameters) to the points; bounded, regularised."""
+    from scipy.optimize import minimize
+
+    prior = prior or load_params(default_priors_path())
+    names = list(KNOBS)
+    # each knob's bounds: the tightest factor range that keeps all its parameters inside their bounds
+    bounds = []
+    for knob in names:
+        lo = max(math.log(bounds_of(k)[0] / prior.get(k)) for k in KNOBS[knob] if prior.get(k) > 0)
+        hi = min(math.log(bounds_of(k)[1] / prior.get(k)) for k in KNOBS[knob] if prior.get(k) > 0)
+        bounds.append((min(lo, 0.0), max(hi, 0.0)))
+
+    def f(x):
+        kv = dict(zip(names, np.exp(x)))
+        return _objective(_apply(prior, kv), prior, points, kv)
+
+    best = None
+    for start in (np.zeros(len(names)), np.full(len(names), -0.3), np.full(len(names), 0.3)):
+        x0 = np.clip(start, [b[0] for b in bounds], [b[1] for b in bounds])
+        res = minimize(f, x0, method="L-BFGS-B", bounds=bounds, options={"maxiter": 300})
+        if best is None or res.fun < best.fun:
+            best = res
+    fitted = _apply(prior, dict(zip(names, np.exp(best.x))))
+    return replace(fitted, version=version or prior.version + 1, fitted_on=tuple(pt.label for pt in points),
+                   notes={**prior.notes, "fit": "snapbench calibrate --write: knobs " + ", ".join(
+                       f"{k} x{v:.3g}" for k, v in zip(names, np.exp(best.x)))})
+
+
+def calibrate(*, measured: str | os.PathLike | None = None, write: bool = False,
+              params_path: str | os.PathLike | None = None, prior: AneParams | None = None,
+              convert: bool = True) -> tuple[AneParams, pd.DataFrame]:
+    """Refit on the reference points (+ measured rows); return the params and their report; optionally save."""
+    pts = load_points(measured, convert=convert)
+    current = load_params(params_path)
+    fitted = fit_params(pts, prior or load_params(default_priors_path()), version=current.version + 1)
+    if write:
+        save_params(fitted, params_path)
+    return fitted, calibration_report(fitted, pts)

@@ -1,0 +1,409 @@
+"""Price op records on a device's Neural Engine: an op-level roofline with placement rules.
+
+Per op on the engine:
+    compute_s = FLOPs / (fp16 peak x efficiency[op class])          (elementwise FLOPs on padded rows)
+    memory_s  = DRAM bytes / (bandwidth x bandwidth_efficiency)
+    time      = max(compute_s, memory_s) + op_overhead
+DRAM bytes are the weights (at their stored width; a gather reads only the rows it returns) plus every
+activation too large for the on-chip working set: read by its consumer (softmax, norms and reductions
+read such an input `reduction_passes` times, since the whole row cannot stay on chip) and written by its
+producer. Smaller activations stay on chip between ops. Each tensor's last axis is padded to `pad_bytes`
+(64 B), so a (.., 77) fp16 row costs 192 B, not 154.
+
+Ops the engine does not run (gather, dilated conv, large pooling windows, upsampling beyond 2x, int32 or
+fp32 tensors, dynamic shapes, slice_update, a tensor above `max_tensor_mb`) run on the CPU at
+`cpu_gflops`, and pay for copying their activations across plus a hand-over per CPU segment. Each
+maximal run of engine ops is one dispatched program and pays `dispatch_ms`.
+
+Nothing here knows about attention: the original form's 4096 x 4096 score maps are large, non-resident
+tensors (memory-bound, or beyond `max_tensor_mb`); split_einsum_v2's chunks are 8x smaller. The
+difference emerges from the ops.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from snapbench.devices.catalog import Device, resolve_device
+from snapbench.profilers.estimate.params import OP_CLASSES, AneParams, load_params
+from snapbench.profilers.estimate.program_ops import OpRecord, dtype_bits
+
+_CLASS_OF: dict[str, str] = {}
+for _cls, _ops in {
+    "conv": ("conv", "conv_transpose"),
+    "matmul": ("matmul", "linear", "einsum", "scaled_dot_product_attention"),
+    "activation": ("gelu", "silu", "sigmoid", "tanh", "exp", "erf", "softplus", "relu", "leaky_relu",
+                   "clip", "rsqrt", "sqrt", "inverse", "log", "pow", "sin", "cos", "square", "abs", "sign"),
+    "softmax": ("softmax",),
+    "norm": ("layer_norm", "group_norm", "instance_norm", "batch_norm", "l2_norm", "local_response_norm"),
+    "layout": ("transpose", "reshape", "squeeze", "expand_dims", "concat", "split", "slice_by_index",
+               "slice_by_size", "tile", "pad", "identity", "stack", "pixel_shuffle", "space_to_depth",
+               "depth_to_space", "band_part"),
+    "resample": ("upsample_nearest_neighbor", "upsample_bilinear", "resize_bilinear", "resize_nearest_neighbor",
+                 "resize", "max_pool", "avg_pool", "l2_pool"),
+}.items():
+    for _op in _ops:
+        _CLASS_OF[_op] = _cls
+_REDUCING = ("softmax", "norm", "reduce")
+_NEVER_ON_ENGINE = {
+    "gather": "gather", "gather_nd": "gather", "gather_along_axis": "gather", "scatter": "scatter",
+    "scatter_nd": "scatter", "scatter_along_axis": "scatter", "slice_update": "slice_update",
+    "non_zero": "dynamic output", "argsort": "sort", "topk": "sort", "non_maximum_suppression": "nms",
+    "cumsum": "cumsum", "random_uniform": "random", "random_normal": "random", "while_loop": "control flow",
+    "cond": "control flow",
+}
+_GATHERS = frozenset({"gather", "gather_nd", "gather_along_axis"})
+_UPSAMPLES = frozenset({"upsample_nearest_neighbor", "upsample_bilinear", "resize_bilinear",
+                        "resize_nearest_neighbor", "resize"})
+_POOLS = frozenset({"max_pool", "avg_pool", "l2_pool"})
+_EXEMPT_DTYPE = frozenset({"cast"})  # the fp32 <-> fp16 I/O casts Core ML places at program edges
+
+
+def op_class(op_type: str) -> str:
+    if op_type.startswith("reduce_"):
+        return "reduce"
+    return _CLASS_OF.get(op_type, "elementwise")
+
+
+@dataclass(frozen=True)
+class CpuOp:
+    type: str
+    name: str
+    reason: str
+    ms: float
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Predicted latency of one program on one device. `source` is always "estimate"."""
+
+    device: str
+    total_ms: float
+    engine_ms: float
+    cpu_ms: float
+    overhead_ms: float
+    compute_bound_ms: float
+    memory_bound_ms: float
+    by_op_type: dict[str, float]
+    by_op_class: dict[str, float]
+    cpu_ops: tuple[CpuOp, ...]
+    n_ops: int
+    n_engine_segments: int
+    flops: float
+    dram_bytes: float
+    params_version: int
+    source: str = "estimate"
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source, "device": self.device, "total_ms": round(self.total_ms, 4),
+            "engine_ms": round(self.engine_ms, 4), "cpu_ms": round(self.cpu_ms, 4),
+            "overhead_ms": round(self.overhead_ms, 4), "compute_bound_ms": round(self.compute_bound_ms, 4),
+            "memory_bound_ms": round(self.memory_bound_ms, 4),
+            "by_op_type": {k: round(v, 4) for k, v in self.by_op_type.items()},
+            "by_op_class": {k: round(v, 4) for k, v in self.by_op_class.items()},
+            "cpu_ops": [c.__dict__ for c in self.cpu_ops], "n_ops": self.n_ops,
+            "n_engine_segments": self.n_engine_segments, "gflops": self.flops / 1e9,
+            "dram_gb": self.dram_bytes / 1e9, "params_version": self.params_version,
+        }
+
+
+# --------------------------------------------------------------------------------------------------------
+# Preparation: everything that depends on the records only (done once per program, reused per device)
+# --------------------------------------------------------------------------------------------------------
+
+
+def _padded_bytes(shape: Sequence[int], dtype: str, pad: float) -> tuple[float, float]:
+    """(true bytes, bytes with the last axis padded to `pad` bytes)."""
+    if not shape:
+        b = dtype_bits(dtype) / 8.0
+        return b, max(b, pad)
+    esize = dtype_bits(dtype) / 8.0
+    rows = math.prod(max(d, 1) for d in shape[:-1])
+    row = max(shape[-1], 1) * esize
+    return rows * row, rows * math.ceil(row / pad) * pad
+
+
+@dataclass(frozen=True)
+class PreparedOps:
+    """Column arrays of a program's op records, ready for vectorised pricing."""
+
+    records: tuple[OpRecord, ...]
+    pad_bytes: float
+    cls: np.ndarray           # op class index per op
+    flops: np.ndarray         # FLOPs (MAC = 2)
+    pad_ratio: np.ndarray     # padded / true elements of the output (vector units work on padded rows)
+    weight_bytes: np.ndarray  # DRAM weight bytes per run
+    view: np.ndarray          # bool: relabels a buffer, costs nothing
+    static_cpu: np.ndarray    # bool: placement rule independent of parameters
+    static_reason: tuple[str, ...]
+    max_tensor: np.ndarray    # largest activation (padded bytes) per op
+    in_op: np.ndarray         # tensor -> op index (inputs)
+    in_bytes: np.ndarray
+    in_fused: np.ndarray      # bool per input tensor: arrives straight from the fused producer, no DRAM
+    out_op: np.ndarray
+    out_bytes: np.ndarray
+    out_fused: np.ndarray     # bool per output tensor: consumed inside a fused chain, never written
+    io_bytes: np.ndarray      # all activation bytes per op (for CPU ops and copies)
+    score_bytes: np.ndarray   # fused attention's internal score map (fp16) per op
+    pool_kernel: np.ndarray
+    upsample: np.ndarray
+
+
+def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps:
+    n = len(records)
+    cls = np.zeros(n, dtype=np.int64)
+    flops = np.zeros(n)
+    pad_ratio = np.ones(n)
+    weight = np.zeros(n)
+    view = np.zeros(n, dtype=bool)
+    static_cpu = np.zeros(n, dtype=bool)
+    reasons: list[str] = []
+    max_tensor = np.zeros(n)
+    io = np.zeros(n)
+    score = np.zeros(n)
+    pool = np.zeros(n)
+    ups = np.ones(n)
+    in_op, in_b, out_op, out_b = [], [], [], []
+    in_fused, out_fused = _fusion(records)
+    for i, r in enumerate(records):
+        c = op_class(r.type)
+        cls[i] = OP_CLASSES.index(c)
+        flops[i] = r.flops
+        view[i] = bool(r.attrs.get("view"))
+        reason = _static_reason(r)
+        static_cpu[i] = bool(reason)
+        reasons.append(reason)
+        for shape, dt in zip(r.in_shapes, r.in_dtypes):
+            true, padded = _padded_bytes(shape, dt, pad_bytes)
+            in_op.append(i)
+            in_b.append(padded)
+            io[i] += padded
+            max_tensor[i] = max(max_tensor[i], padded)
+        for k, (shape, dt) in enumerate(zip(r.out_shapes, r.out_dtypes)):
+            true, padded = _padded_bytes(shape, dt, pad_bytes)
+            out_op.append(i)
+            out_b.append(padded)
+            io[i] += padded
+            max_tensor[i] = max(max_tensor[i], padded)
+            if k == 0 and true > 0:
+                pad_ratio[i] = padded / true
+        # a gather reads the rows it returns, not its whole table
+        weight[i] = min(r.weight_bytes, io[i]) if r.type in _GATHERS else r.weight_bytes
+        score[i] = 2.0 * r.score_elems
+        max_tensor[i] = max(max_tensor[i], score[i])
+        if r.type in _POOLS:
+            pool[i] = max(r.attrs.get("kernel_sizes") or [1])
+        if r.type in _UPSAMPLES and r.in_shapes and r.out_shapes and len(r.in_shapes[0]) >= 2:
+            a, b = r.in_shapes[0], r.out_shapes[0]
+            ups[i] = max(b[-1] / max(a[-1], 1), b[-2] / max(a[-2], 1))
+    return PreparedOps(
+        records=tuple(records), pad_bytes=pad_bytes, cls=cls, flops=flops, pad_ratio=pad_ratio,
+        weight_bytes=weight, view=view, static_cpu=static_cpu, static_reason=tuple(reasons),
+        max_tensor=max_tensor, in_op=np.asarray(in_op, dtype=np.int64), in_bytes=np.asarray(in_b),
+        in_fused=np.asarray(in_fused, dtype=bool), out_op=np.asarray(out_op, dtype=np.int64),
+        out_bytes=np.asarray(out_b), out_fused=np.asarray(out_fused, dtype=bool), io_bytes=io,
+        score_bytes=score, pool_kernel=pool, upsample=ups,
+    )
+
+
+_FUSABLE = frozenset({"elementwise", "activation"})
+
+
+def _fusion(records: Sequence[OpRecord]) -> tuple[list[bool], list[bool]]:
+    """Which tensors never leave the engine because an elementwise op is fused into their producer.
+
+    The engine's compiler folds elementwise work (bias, scale, activation, residual add) into the op that
+    produces its input, so the intermediate stays in the pipeline. Rule: an elementwise/activation op whose
+    input is the output of the op just before it, and that op's only consumer, is fused with it.
+    Returns flags parallel to the flattened input and output tensors of `prepare`.
+    """
+    consumers: dict[str, int] = {}
+    for r in records:
+        for n in r.in_names:
+            consumers[n] = consumers.get(n, 0) + 1
+    fused_names: set[str] = set()
+    for j in range(1, len(records)):
+        r, prev = records[j], records[j - 1]
+        if op_class(r.type) not in _FUSABLE or not prev.out_names:
+            continue
+        for n in r.in_names:
+            if n in prev.out_names and consumers.get(n, 0) == 1:
+                fused_names.add(n)
+    in_f = [n in fused_names for r in records for n in _pad_names(r.in_names, len(r.in_shapes))]
+    out_f = [n in fused_names for r in records for n in _pad_names(r.out_names, len(r.out_shapes))]
+    return in_f, out_f
+
+
+def _pad_names(names: Sequence[str], n: int) -> list[str]:
+    return list(names[:n]) + [""] * (n - len(names))
+
+
+def _static_reason(r: OpRecord) -> str:
+    """Why an op cannot run on the engine whatever the parameters ('' when it can)."""
+    if r.type in _NEVER_ON_ENGINE:
+        return f"{_NEVER_ON_ENGINE[r.type]} is not an engine op"
+    if any(d < 0 for s in (*r.in_shapes, *r.out_shapes) for d in s):
+        return "dynamic shape"
+    if r.type in ("conv", "conv_transpose") and any(int(d) > 1 for d in (r.attrs.get("dilations") or [1])):
+        return "dilated convolution"
+    if r.type not in _EXEMPT_DTYPE:
+        dts = set(r.in_dtypes) | set(r.out_dtypes)
+        if dts & {"int32", "int64", "int16", "uint32", "uint64"}:
+            return "int32 tensor"
+        if dts & {"fp32", "fp64"}:
+            return "fp32 tensor (the engine computes fp16)"
+    return ""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pricing
+# --------------------------------------------------------------------------------------------------------
+
+
+def estimate_ops(ops: Sequence[OpRecord] | PreparedOps, device: Device | str, *,
+                 params: AneParams | None = None) -> Estimate:
+    """Price a program's op records on `device`. Pass a `PreparedOps` to price one program many times."""
+    params = params or load_params()
+    dev = resolve_device(device)
+    prep = ops if isinstance(ops, PreparedOps) else prepare(list(ops), params.pad_bytes)
+    if prep.pad_bytes != params.pad_bytes:
+        prep = prepare(prep.records, params.pad_bytes)
+    times = price(prep, dev, params)
+    return _summarise(prep, dev, params, times)
+
+
+@dataclass(frozen=True)
+class _Times:
+    op_ms: np.ndarray
+    compute_ms: np.ndarray
+    memory_ms: np.ndarray
+    on_cpu: np.ndarray
+    reason: tuple[str, ...]
+    dram: np.ndarray
+    segments: int
+    cpu_segments: int
+    overhead_ms: float
+
+
+def price(prep: PreparedOps, dev: Device, p: AneParams) -> _Times:
+    n = len(prep.records)
+    peak = dev.ane_fp16_tflops * 1e12  # FLOP/s
+    bw = dev.mem_bandwidth_gbps_est * 1e9 * p.bandwidth_efficiency  # B/s
+    ws = p.working_set_mb * 2**20
+    eff = np.array([p.efficiency[c] for c in OP_CLASSES])[prep.cls]
+
+    # placement
+    too_big = prep.max_tensor > p.max_tensor_mb * 2**20
+    big_pool = prep.pool_kernel > p.max_pool_kernel
+    big_up = prep.upsample > p.max_upsample + 1e-9
+    on_cpu = (prep.static_cpu | too_big | big_pool | big_up) & ~prep.view
+    reason = tuple(
+        prep.static_reason[i] or ("tensor above max_tensor_mb" if too_big[i] else
+                                  "pooling window too large" if big_pool[i] else
+                                  "upsampling beyond max_upsample" if big_up[i] else "")
+        for i in np.flatnonzero(on_cpu)
+    )
+
+    # DRAM traffic of engine ops: weights + non-resident activations
+    reducing = np.isin(prep.cls, [OP_CLASSES.index(c) for c in _REDUCING])
+    passes = np.where(reducing, p.reduction_passes, 1.0)
+    spill_in = np.where((prep.in_bytes > ws) & ~prep.in_fused, prep.in_bytes, 0.0)
+    spill_out = np.where((prep.out_bytes > ws) & ~prep.out_fused, prep.out_bytes, 0.0)
+    act = np.bincount(prep.in_op, spill_in, minlength=n) * passes + np.bincount(prep.out_op, spill_out, minlength=n)
+    # a fused attention op writes its score map, reads it for the softmax (passes) and for the second matmul
+    act += np.where(prep.score_bytes > ws, prep.score_bytes * (2.0 + p.reduction_passes), 0.0)
+    dram = prep.weight_bytes + act
+
+    elementwise_like = ~np.isin(prep.cls, [OP_CLASSES.index("conv"), OP_CLASSES.index("matmul")])
+    work = np.where(elementwise_like, prep.flops * prep.pad_ratio, prep.flops)
+    compute_ms = work / (peak * eff) * 1e3
+    memory_ms = dram / bw * 1e3
+    engine_ms = np.maximum(compute_ms, memory_ms) + p.op_overhead_us * 1e-3
+
+    # CPU ops: compute or memory bound on the CPU, plus copying their activations across
+    cpu_bytes = prep.io_bytes + prep.weight_bytes
+    cpu_ms = (np.maximum(prep.flops / (p.cpu_gflops * 1e9), cpu_bytes / bw)
+              + prep.io_bytes / (bw * p.copy_bandwidth_fraction)) * 1e3
+    op_ms = np.where(on_cpu, cpu_ms, engine_ms)
+    op_ms = np.where(prep.view, 0.0, op_ms)
+
+    # segments: each maximal run of engine ops is one dispatch; each CPU run one hand-over
+    placed = np.flatnonzero(~prep.view)
+    seq = on_cpu[placed].astype(np.int8)
+    if seq.size:
+        starts = np.concatenate(([True], seq[1:] != seq[:-1]))
+        segments = int(np.sum(starts & (seq == 0)))
+        cpu_segments = int(np.sum(starts & (seq == 1)))
+    else:
+        segments = cpu_segments = 0
+    overhead = segments * p.dispatch_ms + cpu_segments * p.cpu_sync_ms
+    return _Times(op_ms, np.where(on_cpu, 0.0, compute_ms), np.where(on_cpu, 0.0, memory_ms), on_cpu,
+                  reason, np.where(on_cpu, 0.0, dram), segments, cpu_segments, overhead)
+
+
+def total_ms(prep: PreparedOps, dev: Device, p: AneParams) -> float:
+    """Just the total: what calibration and evolution call in their inner loops."""
+    t = price(prep, dev, p)
+    return float(t.op_ms.sum() + t.overhead_ms)
+
+
+def _summarise(prep: PreparedOps, dev: Device, p: AneParams, t: _Times) -> Estimate:
+    on_engine = ~t.on_cpu & ~prep.view
+    compute_bound = on_engine & (t.compute_ms >= t.memory_ms)
+    by_type: dict[str, float] = {}
+    by_class: dict[str, float] = {}
+    for i, r in enumerate(prep.records):
+        if t.op_ms[i]:
+            by_type[r.type] = by_type.get(r.type, 0.0) + float(t.op_ms[i])
+            c = "cpu_fallback" if t.on_cpu[i] else OP_CLASSES[prep.cls[i]]
+            by_class[c] = by_class.get(c, 0.0) + float(t.op_ms[i])
+    cpu_idx = np.flatnonzero(t.on_cpu)
+    cpu_ops = tuple(CpuOp(prep.records[i].type, prep.records[i].name, why, float(t.op_ms[i]))
+                    for i, why in zip(cpu_idx, t.reason))
+    total = float(t.op_ms.sum() + t.overhead_ms)
+    return Estimate(
+        device=dev.id, total_ms=total, engine_ms=float(t.op_ms[on_engine].sum()),
+        cpu_ms=float(t.op_ms[t.on_cpu].sum()), overhead_ms=float(t.overhead_ms),
+        compute_bound_ms=float(t.op_ms[compute_bound].sum()),
+        memory_bound_ms=float(t.op_ms[on_engine & ~compute_bound].sum()),
+        by_op_type=dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
+        by_op_class=dict(sorted(by_class.items(), key=lambda kv: -kv[1])),
+        cpu_ops=cpu_ops, n_ops=int((~prep.view).sum()), n_engine_segments=t.segments,
+        flops=float(prep.flops.sum()), dram_bytes=float(t.dram.sum()), params_version=p.version,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Conveniences
+# --------------------------------------------------------------------------------------------------------
+
+
+def estimate_package(path_or_mlmodel: Any, device: Device | str, *, params: AneParams | None = None) -> Estimate:
+    """Estimate an `.mlpackage` (op records cached next to it) or an in-memory `ct.models.MLModel`."""
+    from snapbench.profilers.estimate.program_ops import read_op_records
+
+    return estimate_ops(read_op_records(path_or_mlmodel), device, params=params)
+
+
+def with_weight_bits(records: Sequence[OpRecord], bits: float, *, min_elems: int = 2048) -> list[OpRecord]:
+    """Records as if every weight of >= `min_elems` elements were palettized to `bits` (fp16 LUT per tensor).
+
+    Mirrors coremltools.optimize's palettization (default weight_threshold 2048) so a setting such as
+    "6-bit" can be priced without running k-means on a whole UNet; `bits=16` returns fp16 weights.
+    """
+    from dataclasses import replace
+
+    out = []
+    for r in records:
+        if r.weight_elems >= min_elems and r.type not in _GATHERS:
+            stored = r.weight_elems * bits / 8.0 + (2 ** bits * 2.0 if bits < 16 else 0.0)
+            out.append(replace(r, weight_bytes=stored, weight_bits=round(8.0 * stored / r.weight_elems, 3)))
+        else:
+            out.append(r)
+    return out

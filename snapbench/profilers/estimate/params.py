@@ -1,0 +1,155 @@
+"""The cost model's parameters: a versioned JSON file (`ane_params.json`), validated field by field.
+
+Every parameter is a physical quantity with bounds that keep it plausible; calibration moves the
+fitted ones inside those bounds and leaves the others at their documented priors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from snapbench.atomic import atomic_write_text
+from snapbench.errors import SnapbenchError
+
+# Op classes the engine runs at different fractions of its fp16 peak (the MAC array for conv/matmul,
+# the much narrower vector units for the rest).
+OP_CLASSES = ("conv", "matmul", "elementwise", "activation", "softmax", "norm", "reduce", "layout", "resample")
+
+# (low, high) of each scalar parameter. Sources for the priors in ane_params.json: DESIGN.md "What is
+# publicly known about the Neural Engine".
+SCALAR_BOUNDS: dict[str, tuple[float, float]] = {
+    "bandwidth_efficiency": (0.3, 1.0),   # sustained / theoretical DRAM bandwidth
+    "working_set_mb": (0.5, 32.0),        # on-chip buffer: tensors above it stream through DRAM (~2 MB, M1)
+    "dispatch_ms": (0.0, 2.0),            # fixed cost per engine program dispatch (~0.23 ms, M1)
+    "op_overhead_us": (0.0, 50.0),        # fixed cost per op inside a dispatched program
+    "reduction_passes": (1.0, 4.0),       # passes over a non-resident input of softmax / norms / reductions
+    "pad_bytes": (1.0, 256.0),            # last-axis row padding of engine tensors (64 B)
+    "max_tensor_mb": (8.0, 4096.0),       # one tensor above this is not placed on the engine
+    "max_pool_kernel": (1.0, 64.0),       # larger pooling windows fall back
+    "max_upsample": (1.0, 8.0),           # larger upsampling factors fall back
+    "cpu_gflops": (5.0, 2000.0),          # CPU fallback throughput (fp32/fp16 NEON + AMX), GFLOP/s
+    "cpu_sync_ms": (0.0, 5.0),            # cost of each hand-over engine -> CPU -> engine
+    "copy_bandwidth_fraction": (0.05, 1.0),  # copies across engine/CPU layouts, fraction of DRAM bandwidth
+}
+EFFICIENCY_BOUNDS = (0.002, 1.0)
+
+
+@dataclass(frozen=True)
+class AneParams:
+    version: int
+    fitted_on: tuple[str, ...]
+    efficiency: dict[str, float]
+    bandwidth_efficiency: float
+    working_set_mb: float
+    dispatch_ms: float
+    op_overhead_us: float
+    reduction_passes: float
+    pad_bytes: float
+    max_tensor_mb: float
+    max_pool_kernel: float
+    max_upsample: float
+    cpu_gflops: float
+    cpu_sync_ms: float
+    copy_bandwidth_fraction: float
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["fitted_on"] = list(self.fitted_on)
+        return d
+
+    def with_values(self, values: dict[str, float]) -> "AneParams":
+        """A copy with scalars and `efficiency.<class>` entries replaced."""
+        eff = dict(self.efficiency)
+        scalars = {}
+        for k, v in values.items():
+            if k.startswith("efficiency."):
+                eff[k.split(".", 1)[1]] = float(v)
+            else:
+                scalars[k] = float(v)
+        return replace(self, efficiency=eff, **scalars)
+
+    def get(self, key: str) -> float:
+        return self.efficiency[key.split(".", 1)[1]] if key.startswith("efficiency.") else float(getattr(self, key))
+
+
+def bounds_of(key: str) -> tuple[float, float]:
+    return EFFICIENCY_BOUNDS if key.startswith("efficiency.") else SCALAR_BOUNDS[key]
+
+
+def default_params_path() -> Path:
+    return Path(str(resources.files("snapbench.profilers.estimate") / "ane_params.json"))
+
+
+def default_priors_path() -> Path:
+    """The unfitted priors (same format): where every fit starts, so refitting never drifts."""
+    return Path(str(resources.files("snapbench.profilers.estimate") / "ane_priors.json"))
+
+
+def params_from_dict(doc: Any, source: str) -> AneParams:
+    """Validate a parameter document; any problem -> SnapbenchError naming the field."""
+
+    def bad(fieldname: str, why: str) -> SnapbenchError:
+        return SnapbenchError(f"{source}: field {fieldname!r} {why}")
+
+    if not isinstance(doc, dict):
+        raise SnapbenchError(f"{source}: expected a JSON object, got {type(doc).__name__}")
+    version = doc.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise bad("version", f"must be a positive integer, got {version!r}")
+    fitted_on = doc.get("fitted_on")
+    if not isinstance(fitted_on, list) or not all(isinstance(x, str) for x in fitted_on):
+        raise bad("fitted_on", f"must be a list of strings, got {fitted_on!r}")
+    eff = doc.get("efficiency")
+    if not isinstance(eff, dict):
+        raise bad("efficiency", f"must be an object with {', '.join(OP_CLASSES)}")
+    for cls in OP_CLASSES:
+        _check_number(eff.get(cls), f"efficiency.{cls}", EFFICIENCY_BOUNDS, bad)
+    unknown = sorted(set(eff) - set(OP_CLASSES))
+    if unknown:
+        raise bad(f"efficiency.{unknown[0]}", f"is not an op class (known: {', '.join(OP_CLASSES)})")
+    scalars = {}
+    for key, lim in SCALAR_BOUNDS.items():
+        scalars[key] = _check_number(doc.get(key), key, lim, bad)
+    extra = sorted(set(doc) - set(SCALAR_BOUNDS) - {"version", "fitted_on", "efficiency", "notes"})
+    if extra:
+        raise bad(extra[0], "is not a cost-model parameter (typo?)")
+    notes = doc.get("notes", {})
+    if not isinstance(notes, dict):
+        raise bad("notes", "must be an object of strings")
+    return AneParams(version=version, fitted_on=tuple(fitted_on),
+                     efficiency={c: float(eff[c]) for c in OP_CLASSES}, notes=dict(notes), **scalars)
+
+
+def _check_number(value: Any, name: str, lim: tuple[float, float], bad) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise bad(name, f"must be a number, got {value!r}")
+    lo, hi = lim
+    if not lo <= value <= hi:
+        raise bad(name, f"= {value} is outside its plausible range [{lo}, {hi}]")
+    return float(value)
+
+
+def load_params(path: str | os.PathLike | None = None) -> AneParams:
+    """The shipped parameters, or those in `path`."""
+    p = Path(path) if path is not None else default_params_path()
+    try:
+        doc = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise SnapbenchError(f"cost-model parameter file {p} not found") from None
+    except ValueError as exc:
+        raise SnapbenchError(f"{p}: not valid JSON ({exc})") from None
+    return params_from_dict(doc, str(p))
+
+
+def save_params(params: AneParams, path: str | os.PathLike | None = None) -> Path:
+    """Validate, then write atomically (temp file, rename): a crash never leaves half a file."""
+    p = Path(path) if path is not None else default_params_path()
+    params_from_dict(params.to_dict(), str(p))
+    return atomic_write_text(p, json.dumps(params.to_dict(), indent=2) + "\n")
