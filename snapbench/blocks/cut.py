@@ -1,7 +1,8 @@
 """Where blocks are cut: run the elastic UNet once and capture every block's inputs, output and cost.
 
-The run happens on PyTorch's meta device by default, so even SD-v1.5 at batch 2 is cut in a fraction
-of a second without allocating weights. MACs come from torch's FlopCounterMode (FLOPs / 2), which counts
+The run happens on PyTorch's meta device, so even SD-v1.5 at batch 2 is cut in a fraction of a second
+without allocating weights; it also matters for counting: on meta, attention decomposes into bmm ops
+that FlopCounterMode sees, whereas CPU's fused scaled_dot_product_attention kernel goes uncounted. MACs come from torch's FlopCounterMode (FLOPs / 2), which counts
 the attention matmuls too; they are also reported apart so BK-SDM's hook-based figures can be matched.
 """
 
@@ -68,9 +69,12 @@ def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, preci
                attention: str = "original") -> list[CutBlock]:
     """Every block of the model in execution order, with shapes, params, MACs and signature.
 
-    `model` may live on the meta device (cheap) or hold real weights; the counts are the same.
+    `model` may hold real weights; it is cut on a meta twin either way (see the module docstring).
     """
-    device = next(model.parameters()).device
+    real_units = model.units
+    if next(model.parameters()).device.type != "meta":
+        model = _meta_twin(model)
+    device = torch.device("meta")
     record: list = []
     was_training = model.training
     model.eval()
@@ -94,7 +98,20 @@ def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, preci
         params = _block_params(unit)
         sig = make_signature(unit, named, tuple(out.shape), precision=precision, attention=attention)
         blocks.append(CutBlock(unit, named, tuple(out.shape), params, int(total), int(attn), sig))
+    # Hand back the caller's own units (with their weights), not the meta twin's.
+    for block, real in zip(blocks, real_units):
+        assert block.unit.block_id == real.block_id
+        block.unit = real
     return blocks
+
+
+def _meta_twin(model: ElasticUNet) -> ElasticUNet:
+    """The same architecture on the meta device (weights are irrelevant to shapes and counts)."""
+    from diffusers import UNet2DConditionModel
+
+    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    with torch.device("meta"):
+        return ElasticUNet(UNet2DConditionModel(**config), model.spec)
 
 
 def _block_params(unit: BlockUnit) -> int:

@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create or refresh .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# This machine kind has a CPU build of torch 2.13.0 on local disk; an unpinned torch would pull a
+# multi-GB CUDA build. The library itself only asks for a range (pyproject.toml).
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.snapbench-installed
+
+.PHONY: setup browser demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" "numpy<=2.3.5"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+# Headless Chromium for the report's browser tests (Debian's package; needs root or sudo).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not installed and no root: browser tests will be skipped"; fi; }
+
+demo: setup
+	$(BIN)/snapbench inspect --model sd15 --no-blocks
+	$(BIN)/snapbench inspect --model snapfusion --no-blocks
+
+test: setup browser
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python benchmarks/bench_convert.py
+	$(BIN)/python benchmarks/bench_profile.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .snapbench-cache

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny SD-structured UNets that build and run in milliseconds."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@pytest.fixture
+def tiny_inputs():
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 4, 16, 16, generator=g)
+    context = torch.randn(2, 5, 16, generator=g)
+    timestep = torch.tensor([10.0, 500.0])
+    return sample, timestep, context
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """A diffusers UNet folder (config.json + safetensors) written with save_pretrained."""
+    from diffusers import UNet2DConditionModel
+
+    from snapbench.specs.presets import load_preset
+
+    cfg = {k: v for k, v in load_preset("sd15-tiny").base_config.items() if not k.startswith("_")}
+    torch.manual_seed(123)
+    unet = UNet2DConditionModel(**cfg)
+    folder = tmp_path / "tiny-unet"
+    unet.save_pretrained(folder, safe_serialization=True)
+    return folder, unet
