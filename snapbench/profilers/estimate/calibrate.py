@@ -71,6 +71,7 @@ KNOBS: dict[str, tuple[str, ...]] = {
     "cpu": ("cpu_gflops",),
     "dispatch": ("dispatch_ms", "op_overhead_us"),
 }
+MAX_LOG_FACTOR = math.log(20.0)  # no knob moves a prior by more than 20x, whatever its bounds allow
 PRIOR_WEIGHT = 0.02  # pull towards priors, per knob, in (log units)^2, against (log error)^2 per point
 
 
@@ -215,8 +216,9 @@ def fit_params(points: Sequence[CalibrationPoint], prior: AneParams | None = Non
     # each knob's bounds: the tightest factor range that keeps all its parameters inside their bounds
     bounds = []
     for knob in names:
-        lo = max(math.log(bounds_of(k)[0] / prior.get(k)) for k in KNOBS[knob] if prior.get(k) > 0)
-        hi = min(math.log(bounds_of(k)[1] / prior.get(k)) for k in KNOBS[knob] if prior.get(k) > 0)
+        keys = [k for k in KNOBS[knob] if prior.get(k) > 0]
+        lo = max([math.log(max(bounds_of(k)[0], 1e-9) / prior.get(k)) for k in keys] + [-MAX_LOG_FACTOR])
+        hi = min([math.log(bounds_of(k)[1] / prior.get(k)) for k in keys] + [MAX_LOG_FACTOR])
         bounds.append((min(lo, 0.0), max(hi, 0.0)))
 
     def f(x):

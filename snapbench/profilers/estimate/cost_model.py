@@ -48,7 +48,10 @@ for _cls, _ops in {
 }.items():
     for _op in _ops:
         _CLASS_OF[_op] = _cls
-_REDUCING = ("softmax", "norm", "reduce")
+# Ops that need a whole row before they can emit anything: softmax (max, then sum of exp, then normalise)
+# and fused norms (mean/variance, then normalise) read a non-resident input more than once. A plain
+# reduction streams its input once.
+_MULTI_PASS = ("softmax", "norm")
 _NEVER_ON_ENGINE = {
     "gather": "gather", "gather_nd": "gather", "gather_along_axis": "gather", "scatter": "scatter",
     "scatter_nd": "scatter", "scatter_along_axis": "scatter", "slice_update": "slice_update",
@@ -218,9 +221,9 @@ _FUSABLE = frozenset({"elementwise", "activation"})
 def _fusion(records: Sequence[OpRecord]) -> tuple[list[bool], list[bool]]:
     """Which tensors never leave the engine because an elementwise op is fused into their producer.
 
-    The engine's compiler folds elementwise work (bias, scale, activation, residual add) into the op that
-    produces its input, so the intermediate stays in the pipeline. Rule: an elementwise/activation op whose
-    input is the output of the op just before it, and that op's only consumer, is fused with it.
+    The engine's compiler folds elementwise work (bias, scale, activation, residual add) into the op next
+    to it, so the intermediate stays in the pipeline. Rule: two consecutive ops, one of them
+    elementwise/activation, where the second is the only consumer of the first's output, are fused.
     Returns flags parallel to the flattened input and output tensors of `prepare`.
     """
     consumers: dict[str, int] = {}
@@ -230,7 +233,7 @@ def _fusion(records: Sequence[OpRecord]) -> tuple[list[bool], list[bool]]:
     fused_names: set[str] = set()
     for j in range(1, len(records)):
         r, prev = records[j], records[j - 1]
-        if op_class(r.type) not in _FUSABLE or not prev.out_names:
+        if not prev.out_names or _FUSABLE.isdisjoint((op_class(r.type), op_class(prev.type))):
             continue
         for n in r.in_names:
             if n in prev.out_names and consumers.get(n, 0) == 1:
@@ -311,7 +314,7 @@ def price(prep: PreparedOps, dev: Device, p: AneParams) -> _Times:
     )
 
     # DRAM traffic of engine ops: weights + non-resident activations
-    reducing = np.isin(prep.cls, [OP_CLASSES.index(c) for c in _REDUCING])
+    reducing = np.isin(prep.cls, [OP_CLASSES.index(c) for c in _MULTI_PASS])
     passes = np.where(reducing, p.reduction_passes, 1.0)
     spill_in = np.where((prep.in_bytes > ws) & ~prep.in_fused, prep.in_bytes, 0.0)
     spill_out = np.where((prep.out_bytes > ws) & ~prep.out_fused, prep.out_bytes, 0.0)

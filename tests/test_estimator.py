@@ -1,0 +1,292 @@
+"""The Neural Engine cost model: op extraction from real tiny conversions, monotonicity, placement rules,
+parameter-file validation, calibration (report shape; the fit beats the priors it starts from)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from snapbench.devices import resolve_device
+from snapbench.errors import SnapbenchError
+from snapbench.profilers.estimate import estimate_ops, estimate_package, load_params, prepare, read_op_records
+from snapbench.profilers.estimate.calibrate import (
+    CalibrationPoint,
+    calibration_report,
+    fit_params,
+    load_points,
+)
+from snapbench.profilers.estimate.params import default_priors_path, params_from_dict
+from snapbench.profilers.estimate.program_ops import OpRecord
+
+warnings.filterwarnings("ignore")
+
+
+# --------------------------------------------------------------------------------------------------------
+# real tiny conversions
+# --------------------------------------------------------------------------------------------------------
+
+
+def _convert(module, *shapes):
+    import coremltools as ct
+    import torch
+
+    example = tuple(torch.randn(*s) for s in shapes)
+    traced = torch.jit.trace(module.eval(), example, check_trace=False)
+    return ct.convert(traced, inputs=[ct.TensorType(shape=s) for s in shapes], convert_to="mlprogram",
+                      compute_precision=ct.precision.FLOAT16, minimum_deployment_target=ct.target.iOS16,
+                      skip_model_load=True)
+
+
+@pytest.fixture(scope="module")
+def conv_model():
+    import torch
+
+    return _convert(torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.SiLU()), (1, 64, 16, 16))
+
+
+@pytest.fixture(scope="module")
+def attention_model():
+    import torch
+
+    class Attn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = (torch.nn.Linear(32, 32) for _ in range(3))
+
+        def forward(self, x):  # x: (B, S, C)
+            scores = self.q(x) @ self.k(x).transpose(1, 2) * 32 ** -0.5  # (B, S, S)
+            return torch.softmax(scores, dim=-1) @ self.v(x)             # (B, S, C)
+
+    return _convert(Attn(), (1, 64, 32))
+
+
+def test_conv_record(conv_model):
+    recs = read_op_records(conv_model)
+    conv = next(r for r in recs if r.type == "conv")
+    assert conv.out_shapes == ((1, 64, 16, 16),)
+    assert conv.flops == 2 * 64 * 16 * 16 * 64 * 9  # MACs x 2
+    assert conv.weight_bytes == (64 * 64 * 9 + 64) * 2  # fp16 weight + bias
+    assert conv.weight_bits == 16
+    assert any(r.type == "silu" for r in recs)
+
+
+def test_attention_records(attention_model):
+    recs = read_op_records(attention_model)
+    types = [r.type for r in recs]
+    assert types.count("linear") == 3 and types.count("matmul") == 2 and "softmax" in types
+    qk = next(r for r in recs if r.type == "matmul")
+    assert qk.out_shapes[0][-2:] == (64, 64)
+    assert qk.flops == 2 * 64 * 64 * 32
+    est = estimate_ops(recs, "iphone14pro")
+    assert est.source == "estimate" and est.total_ms > 0 and "matmul" in est.by_op_type
+
+
+def test_palettized_weights_are_smaller(conv_model):
+    import coremltools.optimize.coreml as cto
+
+    config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(nbits=6, mode="uniform", weight_threshold=512))
+    pal = cto.palettize_weights(conv_model, config)
+    fp16 = next(r for r in read_op_records(conv_model) if r.type == "conv")
+    six = next(r for r in read_op_records(pal) if r.type == "conv")
+    assert six.weight_bytes < 0.5 * fp16.weight_bytes
+    assert 5.5 < six.weight_bits < 8  # 6-bit indices + LUT + fp16 bias
+    assert estimate_ops([six], "iphone14pro").total_ms <= estimate_ops([fp16], "iphone14pro").total_ms
+
+
+def test_package_records_are_cached(conv_model, tmp_path, monkeypatch):
+    path = tmp_path / "block.mlpackage"
+    conv_model.save(str(path))
+    first = estimate_package(path, "iphone14pro")
+    cache = path.with_name(path.name + ".ops.json")
+    assert cache.is_file()
+    import snapbench.profilers.estimate.program_ops as po
+
+    monkeypatch.setattr(po, "records_from_spec", lambda spec: pytest.fail("re-parsed a cached package"))
+    assert estimate_package(path, "iphone14pro").total_ms == pytest.approx(first.total_ms)
+
+
+# --------------------------------------------------------------------------------------------------------
+# synthetic records: monotonicity and placement rules
+# --------------------------------------------------------------------------------------------------------
+
+
+def _conv(c=320, hw=64, k=3, batch=2, weight_bits=16.0, dilation=1):
+    out = (batch, c, hw, hw)
+    elems = c * c * k * k
+    return OpRecord(type="conv", name="c", in_shapes=(out,), in_dtypes=("fp16",), out_shapes=(out,),
+                    out_dtypes=("fp16",), flops=2.0 * batch * c * hw * hw * c * k * k,
+                    weight_bytes=elems * weight_bits / 8, weight_elems=elems, weight_bits=weight_bits,
+                    attrs={"dilations": [dilation, dilation]}, in_names=("x",), out_names=("y",))
+
+
+def _ms(records, device="iphone14pro", params=None):
+    return estimate_ops(records, device, params=params).total_ms
+
+
+@pytest.mark.parametrize("rec", [_conv(), _conv(c=64, hw=8, k=1), _conv(c=1280, hw=8)])
+def test_more_flops_or_bytes_never_cost_less(rec):
+    base = _ms([rec])
+    assert _ms([replace(rec, flops=rec.flops * 2)]) >= base
+    assert _ms([replace(rec, weight_bytes=rec.weight_bytes * 2)]) >= base
+    bigger = replace(rec, in_shapes=((4, *rec.in_shapes[0][1:]),), out_shapes=((4, *rec.out_shapes[0][1:]),))
+    assert _ms([bigger]) >= base
+
+
+def test_faster_device_never_costs_more():
+    recs = [_conv(), _conv(c=1280, hw=8), _conv(c=64, hw=8, k=1)]
+    slow = resolve_device("iphone12promax")
+    fast = replace(slow, ane_fp16_tflops=slow.ane_fp16_tflops * 2, mem_bandwidth_gbps_est=slow.mem_bandwidth_gbps_est * 2)
+    for r in recs:
+        assert _ms([r], fast) <= _ms([r], slow)
+    assert _ms(recs, "iphone14pro") <= _ms(recs, "iphone12promax")  # A16 beats A14 on both axes
+
+
+@pytest.mark.parametrize("bits", [8, 6, 4])
+def test_quantised_weights_never_cost_more(bits):
+    for rec in (_conv(), _conv(c=1280, hw=8)):
+        assert _ms([_conv(c=rec.out_shapes[0][1], hw=rec.out_shapes[0][2], weight_bits=bits)]) <= _ms([rec])
+
+
+def test_cpu_fallback_rules():
+    gather = OpRecord(type="gather", name="g", in_shapes=((1, 77),), in_dtypes=("int32",),
+                      out_shapes=((1, 77, 768),), out_dtypes=("fp16",), flops=77 * 768, weight_bytes=76e6,
+                      weight_elems=38_000_000)
+    est = estimate_ops([gather, _conv(dilation=2), _conv()], "iphone14pro")
+    reasons = {c.type: c.reason for c in est.cpu_ops}
+    assert "gather" in reasons["gather"]
+    assert any("dilated" in c.reason for c in est.cpu_ops)
+    assert est.cpu_ms > 0 and est.n_engine_segments == 1
+    # a gather reads the rows it returns, not its whole 76 MB table
+    assert est.cpu_ops[0].ms < 5
+
+
+def test_huge_intermediate_goes_to_cpu_and_costs_more():
+    def softmax(n):
+        return OpRecord(type="softmax", name="s", in_shapes=((16, n, n),), in_dtypes=("fp16",),
+                        out_shapes=((16, n, n),), out_dtypes=("fp16",), flops=5.0 * 16 * n * n, weight_bytes=0)
+
+    params = load_params()
+    small, big = estimate_ops([softmax(1024)], "iphone14pro"), estimate_ops([softmax(4096)], "iphone14pro")
+    assert not small.cpu_ops and (16 * 4096 * 4096 * 2 > params.max_tensor_mb * 2**20) == bool(big.cpu_ops)
+    assert big.total_ms > 16 * small.total_ms * 0.9
+
+
+def test_tiny_last_axis_pays_row_padding():
+    def add(shape):
+        return OpRecord(type="add", name="a", in_shapes=(shape, shape), in_dtypes=("fp16", "fp16"),
+                        out_shapes=(shape,), out_dtypes=("fp16",), flops=float(shape[0] * shape[1]), weight_bytes=0)
+
+    # same element count; an 8-wide fp16 row (16 B) is padded to 64 B
+    assert _ms([add((2**20, 8))]) > 2 * _ms([add((2**17, 64))])
+
+
+def test_prepared_ops_give_the_same_answer():
+    recs = [_conv(), _conv(c=64, hw=8, k=1)]
+    assert estimate_ops(prepare(recs), "iphone14").total_ms == pytest.approx(_ms(recs, "iphone14"))
+
+
+# --------------------------------------------------------------------------------------------------------
+# parameter file
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_shipped_params_are_valid():
+    for p in (load_params(), load_params(default_priors_path())):
+        assert p.version >= 1
+
+
+@pytest.mark.parametrize("path,value,needle", [
+    (("efficiency", "conv"), "fast", "efficiency.conv"),
+    (("bandwidth_efficiency",), 3.0, "bandwidth_efficiency"),
+    (("version",), "one", "version"),
+])
+def test_broken_param_file_names_the_field(tmp_path, path, value, needle):
+    doc = json.loads(default_priors_path().read_text())
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    f = tmp_path / "ane_params.json"
+    f.write_text(json.dumps(doc))
+    with pytest.raises(SnapbenchError) as e:
+        load_params(f)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_param_field():
+    doc = json.loads(default_priors_path().read_text())
+    del doc["dispatch_ms"]
+    with pytest.raises(SnapbenchError, match="dispatch_ms"):
+        params_from_dict(doc, "x.json")
+
+
+# --------------------------------------------------------------------------------------------------------
+# calibration
+# --------------------------------------------------------------------------------------------------------
+
+
+def _synthetic_points(truth):
+    programs = {
+        "big-conv": [_conv(c=640, hw=32)] * 4,
+        "small-convs": [_conv(c=64, hw=8, k=1)] * 40,
+        "weights": [_conv(c=1280, hw=4)] * 6,
+        "mixed": [_conv(), _conv(c=1280, hw=8)],
+    }
+    pts = []
+    for name, recs in programs.items():
+        for dev in ("iphone14pro", "iphone12promax"):
+            prep = prepare(recs)
+            measured = estimate_ops(prep, dev, params=truth).total_ms
+            pts.append(CalibrationPoint(f"synthetic {name} {dev}", "synthetic", dev, "package", name, "-",
+                                        measured, prep))
+    return pts
+
+
+def test_fit_recovers_better_than_priors():
+    prior = load_params(default_priors_path())
+    truth = prior.with_values({"efficiency.conv": prior.efficiency["conv"] * 1.5,
+                               "bandwidth_efficiency": prior.bandwidth_efficiency * 0.7,
+                               "dispatch_ms": prior.dispatch_ms * 2})
+    pts = _synthetic_points(truth)
+    before = calibration_report(prior, pts)
+    fitted = fit_params(pts, prior)
+    after = calibration_report(fitted, pts)
+    assert list(after.columns[:8]) == ["reference", "device", "component", "model", "settings", "published_ms",
+                                       "estimated_ms", "error_pct"]
+    assert len(after) == len(pts) and (after["backend"] == "estimate").all()
+    assert after["error_pct"].abs().mean() < before["error_pct"].abs().mean()
+    assert fitted.fitted_on and fitted.version == prior.version + 1
+
+
+def test_shipped_fit_beats_priors_on_reference_points():
+    try:
+        pts = load_points(convert=False)
+    except SnapbenchError:
+        pytest.skip("reference op records not available offline")
+    fitted = calibration_report(load_params(), pts)["error_pct"].abs()
+    priors = calibration_report(load_params(default_priors_path()), pts)["error_pct"].abs()
+    assert fitted.mean() < priors.mean()
+
+
+@pytest.mark.parametrize("header,needle", [
+    ("device,component,model,latency", "'latency' has no unit"),
+    ("device,model,latency_ms", "missing columns component"),
+    ("component,model,latency_ms", "missing columns device"),
+])
+def test_bad_measured_files(tmp_path, header, needle):
+    f = tmp_path / "m.csv"
+    f.write_text(header + "\n" + ",".join(["x"] * len(header.split(","))) + "\n")
+    with pytest.raises(SnapbenchError) as e:
+        load_points(f, include_reference=False)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_measured_unknown_device(tmp_path):
+    f = tmp_path / "m.csv"
+    f.write_text("device,component,model,latency_ms\niphone99,unet,sd15,300\n")
+    with pytest.raises(SnapbenchError, match="unknown device"):
+        load_points(f, include_reference=False)
