@@ -116,7 +116,8 @@ def _check_transformer(transformer: nn.Module) -> None:
     for proj_name in ("proj_in", "proj_out"):
         proj = getattr(transformer, proj_name)
         if isinstance(proj, nn.Conv2d):
-            if proj.kernel_size != (1, 1) or proj.stride != (1, 1) or proj.groups != 1 or proj.padding not in ((0, 0), "valid"):
+            plain = proj.stride == (1, 1) and proj.groups == 1 and proj.padding in ((0, 0), "valid")
+            if proj.kernel_size != (1, 1) or not plain:
                 raise SnapbenchError(f"Transformer2DModel.{proj_name} must be a plain 1x1 conv, got {proj}")
         elif not isinstance(proj, nn.Linear):
             raise SnapbenchError(f"Transformer2DModel.{proj_name} must be Conv2d or Linear, got {type(proj).__name__}")
