@@ -1,0 +1,123 @@
+"""`snapbench profile`: per-block latency on a device into the lookup table, stage and component totals.
+
+Import format for `--backend import --from FILE`: see `snapbench.profilers.importer` (columns `block` or
+`signature`, `latency_ms`, optional `p90_ms`, `samples`, `device` and settings columns).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from snapbench.commands.common import JsonOpt, LatentOpt, ModelOpt, TokensOpt, err, out, print_json
+from snapbench.errors import SnapbenchError
+from snapbench.latency.document import document_backend, profile_document, stage_summary
+from snapbench.latency.model_latency import ALL_COMPONENTS, ProfileRun, profile_model
+from snapbench.latency.table import ATTENTIONS, COMPUTE_UNITS, LatencyTable, Settings
+from snapbench.profilers.backends import BACKEND_CHOICES
+
+TABLES_DIR = Path("latency_tables")
+
+
+def default_table_path(device_id: str, model: str) -> Path:
+    name = Path(model).stem if ("/" in model or model.endswith(".json")) else model
+    return TABLES_DIR / device_id / f"{name}.csv"
+
+
+def _choice(value: str, allowed: tuple, flag: str) -> str:
+    if value not in allowed:
+        raise SnapbenchError(f"{flag} {value!r} is not one of {', '.join(map(str, allowed))}")
+    return value
+
+
+def profile_command(
+    device: str = typer.Option(..., "--device", "-d", help="Catalog id or name (see `snapbench devices`)."),
+    model: str = ModelOpt,
+    component: Optional[List[str]] = typer.Option(
+        None, "--component", "-c", help="unet, text_encoder, vae_decoder; repeat for several (default: all three)."),
+    attention: str = typer.Option("original", "--attention", help=f"Attention implementation: {', '.join(ATTENTIONS)}."),
+    weight_bits: int = typer.Option(16, "--weight-bits", help="Weight bits: 16 (fp16), 8, 6 or 4 (palettized)."),
+    batch: int = typer.Option(2, "--batch", min=1, help="UNet batch (2 = classifier-free guidance)."),
+    latent: int = LatentOpt,
+    tokens: int = TokensOpt,
+    compute_units: str = typer.Option("cpu_and_ne", "--compute-units", help=f"{', '.join(COMPUTE_UNITS)}."),
+    backend: str = typer.Option("auto", "--backend", "-b", help=f"{' | '.join(BACKEND_CHOICES)}."),
+    table: Optional[Path] = typer.Option(None, "--table", help="Table CSV to update (default latency_tables/<device>/<model>.csv)."),
+    repeats: int = typer.Option(20, "--repeats", min=1, help="Timed runs per package (iphone, mac)."),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed runs first (iphone, mac)."),
+    from_file: Optional[Path] = typer.Option(None, "--from", help="Measurements to import (CSV or JSON; see docs)."),
+    packages: Optional[Path] = typer.Option(None, "--packages", help="A `snapbench convert` folder to time instead of converting."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Latency of every block (and the text encoder and VAE decoder) on a device: table + stage summary."""
+    from snapbench.devices.catalog import resolve_device
+    from snapbench.profilers.packages import ConverterPackages
+
+    dev = resolve_device(device)
+    settings = Settings(compute_units=_choice(compute_units, COMPUTE_UNITS, "--compute-units"),
+                        weight_bits=weight_bits, attention=_choice(attention, ATTENTIONS, "--attention"),
+                        batch=batch, latent=latent)
+    _choice(backend, BACKEND_CHOICES, "--backend")
+    if from_file is not None and backend == "auto":
+        backend = "import"
+    if packages is not None and not (packages / "manifest.json").is_file():
+        raise SnapbenchError(f"{packages}: not a conversion folder (no manifest.json)")
+    path = table if table is not None else default_table_path(dev.id, model)
+    existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
+    run = profile_model(
+        model, dev, settings, table=existing, backend=backend, components=tuple(component or ALL_COMPONENTS),
+        tokens=tokens, repeats=repeats, warmup=warmup, import_file=from_file,
+        packages=ConverterPackages(packages) if packages is not None else None,
+        progress=True, say=lambda m: err.print(m, markup=False),
+    )
+    if run.new_rows:
+        run.table.save(path)
+        counts = Counter(r.backend for r in run.new_rows)
+        err.print(f"{path}: wrote {len(run.new_rows)} row(s) "
+                  f"({', '.join(f'{n} {b}' for b, n in sorted(counts.items()))}); {len(run.table)} in the table",
+                  markup=False)
+    else:
+        err.print(f"{path}: every figure came from the table; nothing to write", markup=False)
+    if as_json:
+        print_json(profile_document(run, table_path=str(path)))
+        return
+    render(run)
+
+
+def render(run: ProfileRun) -> None:
+    s = run.settings
+    out.rule(f"[bold]{run.model}[/bold] on {run.device.name} ({run.device.chip})  batch {s.batch}, "
+             f"latent {s.latent}, {s.attention}, {s.weight_bits}-bit weights, {s.compute_units}; "
+             f"backend {document_backend(run)}")
+    if run.blocks:
+        t = Table(title="UNet per stage (ms per denoising step)", title_justify="left")
+        for col in ("stage", "CA ms", "RB ms", "aux ms", "total ms", "share", "params", "backend"):
+            t.add_column(col, justify="left" if col in ("stage", "backend") else "right")
+        total = sum(b.latency_ms for b in run.blocks) or 1.0
+        for row in stage_summary(run):
+            used = sorted({b.backend for b in run.blocks if b.stage == row["stage"] and b.backend})
+            t.add_row(row["stage"], f"{row['ca_ms']:.1f}", f"{row['rb_ms']:.1f}", f"{row['aux_ms']:.1f}",
+                      f"{row['ms']:.1f}", f"{row['ms'] / total:.0%}", f"{row['params'] / 1e6:.1f}M",
+                      "+".join(used) or "-")
+        out.print(t)
+    t = Table(title="components", title_justify="left")
+    for col in ("component", "ms", "per", "backend"):
+        t.add_column(col, justify="right" if col == "ms" else "left")
+    for c in run.components.values():
+        t.add_row(c.name, f"{c.latency_ms:.1f}", c.per, c.backend)
+    out.print(t)
+    c = run.components
+    if {"unet", "text_encoder", "vae_decoder"} <= c.keys():
+        te, un, vae = c["text_encoder"].latency_ms, c["unet"].latency_ms, c["vae_decoder"].latency_ms
+        # CFG encodes the prompt and the empty prompt: two text-encoder runs per image.
+        per = lambda steps: (2 * te + steps * un + vae) / 1000  # noqa: E731
+        out.print(f"per image: 2 x text encoder + steps x UNet + VAE decoder = {per(50):.2f} s at 50 steps, "
+                  f"{per(8):.2f} s at 8 steps")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("profile")(profile_command)

@@ -1,0 +1,91 @@
+"""The `snapbench profile --json` document: what reports and evolution read.
+
+```
+{
+  "format": "snapbench.profile/1",
+  "device":   {"id": "iphone14pro", "name": "iPhone 14 Pro", "chip": "A16"},
+  "backend":  "estimate",              # the backend of every figure, or "mixed" (then read each row's)
+  "model":    "sd15",
+  "settings": {"compute_units": "cpu_and_ne", "precision": "fp16", "weight_bits": 16,
+               "attention": "original", "batch": 2, "latent": 64, "tokens": 77},
+  "components": {"text_encoder": 5.1,  # ms per run (batch 1; a CFG image needs 2 runs)
+                 "unet": 1650.0,       # ms per denoising step at settings.batch (sum of its blocks)
+                 "vae_decoder": 370.0},# ms per image
+  "component_backends": {"text_encoder": "estimate", "unet": "estimate", "vae_decoder": "estimate"},
+  "stages": [                          # 7 entries, paper order: Down-1 ... Up-3
+    {"stage": "Down-1", "ms": 180.2, "ca_ms": 150.0, "rb_ms": 25.1, "aux_ms": 5.1,
+     "params": 13_000_000, "macs": 150_000_000_000}, ...],
+  "blocks": [                          # every block in execution order, removed ones included
+    {"id": "CA[Down-1, 1]", "file_id": "down1_ca1", "stage": "Down-1", "kind": "CA", "status": "kept",
+     "signature": "CA|hidden=2x320x64x64,...", "latency_ms": 70.1, "p90_ms": null, "samples": 0,
+     "backend": "estimate", "macs": 70_000_000_000, "params": 2_000_000}, ...],
+  "versions": {"snapbench": "0.1.0", "coremltools": "9.0", ...},
+  "created_at": "2025-01-01T00:00:00+00:00",
+  "table": "latency_tables/iphone14pro/sd15.csv"
+}
+```
+Components that were not requested are absent from `components` and `component_backends`; with
+`--component vae_decoder` alone, `stages` and `blocks` are empty lists. A removed block with nothing left
+to run has `signature`, `backend` null and `latency_ms` 0. `samples` is 0 for estimates; `p90_ms` is
+null where the backend gives no spread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from snapbench.latency.model_latency import ProfileRun, profile_model
+from snapbench.specs.stages import STAGES
+
+FORMAT = "snapbench.profile/1"
+
+
+def stage_summary(run: ProfileRun) -> list[dict[str, Any]]:
+    """Per paper stage: total, CA, RB and auxiliary ms, params and MACs of the blocks that run."""
+    rows = []
+    for stage in STAGES:
+        bs = [b for b in run.blocks if b.stage == stage]
+        ms = {k: sum(b.latency_ms for b in bs if b.kind == k) for k in ("CA", "RB", "aux")}
+        rows.append({
+            "stage": stage,
+            "ms": round(sum(ms.values()), 4),
+            "ca_ms": round(ms["CA"], 4),
+            "rb_ms": round(ms["RB"], 4),
+            "aux_ms": round(ms["aux"], 4),
+            "params": sum(b.params for b in bs),
+            "macs": sum(b.macs for b in bs),
+        })
+    return rows
+
+
+def document_backend(run: ProfileRun) -> str:
+    """The one backend behind every figure, or "mixed" (then each block and component says its own)."""
+    used = {c.backend for c in run.components.values()} | {b.backend for b in run.blocks if b.backend}
+    return used.pop() if len(used) == 1 else "mixed"
+
+
+def profile_document(run: ProfileRun | Any, device: Any = None, settings: Any = None, *,
+                     table_path: str | None = None, **profile_kw: Any) -> dict[str, Any]:
+    """The document for a finished `ProfileRun`, or profile first: `profile_document("sd15", "iphone14pro",
+    Settings(), table=LatencyTable.load(path), backend="estimate", progress=False)`."""
+    if not isinstance(run, ProfileRun):
+        from snapbench.latency.table import Settings
+
+        run = profile_model(run, device, settings or Settings(), **profile_kw)
+    d = run.device
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "device": {"id": d.id, "name": d.name, "chip": d.chip},
+        "backend": document_backend(run),
+        "model": run.model,
+        "settings": {**run.settings.to_dict(), "tokens": run.tokens},
+        "components": {k: round(c.latency_ms, 4) for k, c in run.components.items()},
+        "component_backends": {k: c.backend for k, c in run.components.items()},
+        "stages": stage_summary(run) if run.blocks else [],
+        "blocks": [{**b.to_dict(), "latency_ms": round(b.latency_ms, 4)} for b in run.blocks],
+        "versions": run.versions,
+        "created_at": run.created_at,
+    }
+    if table_path is not None:
+        doc["table"] = table_path
+    return doc

@@ -1,0 +1,108 @@
+"""Where the packages to time come from: the converters' profile-mode output, kept in a cache folder.
+
+Profile mode converts one package per unique block signature (two blocks with one signature cost the
+same), so SD-v1.5's blocks need far fewer conversions than blocks. Packages are kept under
+`.snapbench-cache/packages/<model>-<settings hash>/` (override with $SNAPBENCH_CACHE) and re-used: the
+converters skip what already exists. A folder given with `--packages` (from `snapbench convert`) is used
+as is, after checking that its manifest was made with this profile's settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from snapbench.errors import SnapbenchError
+
+COMPONENTS = ("text_encoder", "vae_decoder")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SNAPBENCH_CACHE", ".snapbench-cache"))
+
+
+def settings_hash(model_name: str, settings: Any, tokens: int) -> str:
+    text = json.dumps({"model": model_name, "settings": settings.to_dict(), "tokens": tokens}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+class PackageSource(Protocol):
+    def block_packages(self, source: Any, settings: Any, tokens: int, keys: set[str], *,
+                       progress: bool) -> dict[str, Path]:
+        """signature key -> package path, for (at least) the given keys."""
+
+    def component_package(self, component: str, source: Any, settings: Any, tokens: int, *,
+                          progress: bool) -> Path:
+        ...
+
+
+def _options(settings: Any, tokens: int, batch: int | None = None) -> Any:
+    from snapbench.converters import ConvertOptions
+
+    return ConvertOptions(mode="profile", attention=settings.attention, weight_bits=settings.weight_bits,
+                          latent=settings.latent, batch=batch or settings.batch, tokens=tokens)
+
+
+def _entry(e: Any, name: str) -> Any:
+    return e.get(name) if isinstance(e, dict) else getattr(e, name, None)
+
+
+def signature_packages(manifest: Any, folder: Path, keys: set[str]) -> dict[str, Path]:
+    """Map the manifest's blocks to package paths by signature; a requested key the manifest lacks means
+    the packages were converted with other settings (or another model)."""
+    found: dict[str, Path] = {}
+    for e in manifest.blocks:
+        sig, pkg = _entry(e, "signature"), _entry(e, "package")
+        if sig is None or pkg is None:
+            continue
+        key = sig if isinstance(sig, str) else sig.key()
+        p = Path(pkg)
+        found.setdefault(key, p if p.is_absolute() else folder / p)
+    missing = sorted(keys - found.keys())
+    if missing:
+        raise SnapbenchError(f"{folder}: the packages do not match this profile's settings or model "
+                             f"({len(missing)} block signatures missing, e.g. {missing[0]})")
+    return found
+
+
+@dataclass
+class ConverterPackages:
+    """Converts through `snapbench.converters` into the cache (or reads a given conversion folder)."""
+
+    folder: Path | None = None  # --packages: a finished conversion folder to use as is
+
+    def _dir(self, source: Any, settings: Any, tokens: int, what: str = "") -> Path:
+        name = source.spec.name
+        return cache_root() / "packages" / f"{name}{what}-{settings_hash(name, settings, tokens)}"
+
+    def block_packages(self, source: Any, settings: Any, tokens: int, keys: set[str], *,
+                       progress: bool) -> dict[str, Path]:
+        if self.folder is not None:
+            from snapbench.converters import load_manifest
+
+            manifest = load_manifest(self.folder)
+            return signature_packages(manifest, self.folder, keys)
+        from snapbench.converters import convert_model
+
+        out = self._dir(source, settings, tokens)
+        result = convert_model(source, out, _options(settings, tokens), progress=progress)
+        return signature_packages(result.manifest, out, keys)
+
+    def component_package(self, component: str, source: Any, settings: Any, tokens: int, *,
+                          progress: bool) -> Path:
+        from snapbench.converters import convert_component
+
+        out = self._dir(source, settings, tokens, f"-{component}")
+        result = convert_component(component, out, _options(settings, tokens, batch=1), model=source)
+        for name in ("package", "path"):
+            p = _entry(result, name)
+            if p is not None:
+                p = Path(p)
+                return p if p.is_absolute() else out / p
+        if isinstance(result, (str, Path)):
+            return Path(result)
+        raise SnapbenchError(f"converters returned no package for {component}")
