@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "snapbench.commands.inspect",
     "snapbench.commands.profile",
     "snapbench.commands.devices", "snapbench.commands.calibrate",
+    "snapbench.commands.report",
 )
 
 app = typer.Typer(

@@ -1,0 +1,102 @@
+"""`snapbench report`: one self-contained HTML page comparing a baseline UNet with candidates on devices."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Optional
+
+import typer
+
+from snapbench.commands.common import err
+from snapbench.errors import SnapbenchError
+from snapbench.report import default_out_path, gather, parse_steps, write_report
+from snapbench.report.write import check_out_path
+
+BACKENDS = ("auto", "iphone", "mac", "import", "estimate")
+ATTENTIONS = ("original", "split_einsum", "split_einsum_v2")
+PRECISIONS = ("fp16", "fp32")
+COMPUTE_UNITS = ("cpu_and_ne", "cpu_only", "cpu_and_gpu", "all")
+WEIGHT_BITS = (16, 8, 6, 4)
+DEFAULT_CANDIDATES = ("snapfusion",)
+DEFAULT_DEVICES = ("iphone14pro",)
+
+
+def report_command(
+    baseline: str = typer.Option("sd15", "--baseline", "-b", help="Preset, arch spec .json or model folder."),
+    candidate: Optional[list[str]] = typer.Option(
+        None, "--candidate", "-c", help="Model to compare with the baseline; repeat for several. [default: snapfusion]"),
+    device: Optional[list[str]] = typer.Option(
+        None, "--device", "-d", help="Catalog id or name (`snapbench devices`); repeat for several. [default: iphone14pro]"),
+    steps: Optional[list[str]] = typer.Option(
+        None, "--steps", help="Sampling steps of one model, MODEL=N (default: SnapFusion 8, others 50); repeatable."),
+    backend: str = typer.Option("auto", "--backend", help=f"{' | '.join(BACKENDS)}: where latencies come from; "
+                                "auto picks the best available and says which."),
+    table: Optional[str] = typer.Option(None, "--table", help="Latency table CSV to read (missing rows are estimated)."),
+    reference: Optional[str] = typer.Option(None, "--reference",
+                                            help="Reference-points CSV shown beside the figures (default: shipped copy)."),
+    attention: str = typer.Option("original", "--attention",
+                                  help=f"Attention implementation the UNet is converted with: {', '.join(ATTENTIONS)}."),
+    weight_bits: int = typer.Option(16, "--weight-bits", help="Bits per UNet weight: 16 (fp16), 8, 6 or 4."),
+    precision: str = typer.Option("fp16", "--precision", help=f"{', '.join(PRECISIONS)}."),
+    compute_units: str = typer.Option("cpu_and_ne", "--compute-units", help=f"{', '.join(COMPUTE_UNITS)}."),
+    batch: int = typer.Option(2, "--batch", min=1, help="UNet batch (2 = classifier-free guidance)."),
+    latent: int = typer.Option(64, "--latent", min=8, help="Latent height = width (64 for 512x512 images)."),
+    out_path: Optional[str] = typer.Option(
+        None, "--out", "-o", help="HTML file to write. [default: reports/<baseline>-vs-<candidates>-<devices>.html]"),
+    as_json: bool = typer.Option(False, "--json", help="Also write the data behind the report beside it (.json)."),
+) -> None:
+    """Self-contained HTML report: provenance, summary, Fig. 2 per stage, Table 3, blocks, end-to-end budget."""
+    for flag, value, allowed in (("--backend", backend, BACKENDS), ("--attention", attention, ATTENTIONS),
+                                 ("--precision", precision, PRECISIONS), ("--compute-units", compute_units, COMPUTE_UNITS),
+                                 ("--weight-bits", weight_bits, WEIGHT_BITS)):
+        if value not in allowed:
+            raise SnapbenchError(f"{flag} {value!r} is not one of {', '.join(map(str, allowed))}")
+    candidates = list(candidate or DEFAULT_CANDIDATES)
+    devices = list(device or DEFAULT_DEVICES)
+    steps_map = parse_steps(steps or [])
+    if out_path is not None:
+        check_out_path(out_path)  # fail before minutes of profiling, not after
+    settings = {"compute_units": compute_units, "precision": precision, "weight_bits": weight_bits,
+                "attention": attention, "batch": batch, "latent": latent}
+    command = _command_line(baseline, candidates, devices, steps or [], backend, table, reference, settings,
+                            out_path, as_json)
+    data = gather(baseline=baseline, candidates=candidates, devices=devices, settings=settings, steps=steps_map,
+                  backend=backend, table=table, reference=reference, command=command,
+                  progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
+    html_path, json_path = write_report(data, out_path or default_out_path(data), with_json=as_json)
+    for r in data["results"]:
+        if not r["available"]:
+            err.print(f"[yellow]no latency for {r['model']} on {r['device']}:[/yellow] {r['reason']}")
+    typer.echo(str(html_path))  # plain echo: a path is data, not rich markup
+    if json_path is not None:
+        typer.echo(str(json_path))
+
+
+def _command_line(baseline, candidates, devices, steps, backend, table, reference, settings, out_path,
+                  as_json) -> str:
+    """The command that reproduces this report, for its provenance section."""
+    args = ["snapbench", "report", "--baseline", baseline]
+    for c in candidates:
+        args += ["--candidate", c]
+    for d in devices:
+        args += ["--device", d]
+    for s in steps:
+        args += ["--steps", s]
+    args += ["--backend", backend]
+    if table:
+        args += ["--table", table]
+    if reference:
+        args += ["--reference", reference]
+    for key, default in (("attention", "original"), ("weight_bits", 16), ("precision", "fp16"),
+                         ("compute_units", "cpu_and_ne"), ("batch", 2), ("latent", 64)):
+        if settings[key] != default:
+            args += [f"--{key.replace('_', '-')}", str(settings[key])]
+    if out_path:
+        args += ["--out", out_path]
+    if as_json:
+        args.append("--json")
+    return shlex.join(args)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report_command)

@@ -1,0 +1,165 @@
+"""The report's charts: matplotlib (Agg, no pyplot state) to inline SVG strings.
+
+Charts are drawn from the report's data dict only, so a chart can never show a figure the tables and the
+JSON do not. Text stays text in the SVG (svg.fonttype "none"): crisp when printed, searchable, and drawn
+with the reader's own sans-serif font, so the page never needs a web font.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display here or on CI; the report only needs files
+from matplotlib.figure import Figure  # noqa: E402
+
+# Colours: cross-attention vs ResNet as in the paper's Fig. 2, auxiliary blocks in grey.
+KIND_COLOURS = {"CA": "#2f6db5", "RB": "#e08a2c", "aux": "#a7adb5"}
+KIND_NAMES = {"CA": "cross-attention (CA)", "RB": "ResNet (RB)", "aux": "auxiliary (conv in/out, time emb., samplers)"}
+BUDGET_COLOURS = {"text_encoder_ms": "#4e9a5a", "unet_ms": "#2f6db5", "vae_decoder_ms": "#8a5bb0"}
+_RC = {
+    "svg.fonttype": "none",
+    "font.family": "sans-serif",
+    "font.sans-serif": ["Helvetica", "Arial", "DejaVu Sans", "Liberation Sans"],
+    "font.size": 9.5,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 10.5,
+    "axes.titleweight": "bold",
+    "svg.hashsalt": "snapbench",  # stable output; ids are made unique per chart below
+}
+
+
+def _svg(fig: Figure, chart_id: str) -> str:
+    buf = io.StringIO()
+    with matplotlib.rc_context(_RC):
+        fig.savefig(buf, format="svg", bbox_inches="tight")
+    text = buf.getvalue()
+    text = text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE: the SVG goes inline in HTML
+    # Several SVGs share one HTML document, and matplotlib numbers ids per figure: prefix them per chart.
+    text = re.sub(r'id="([^"]+)"', lambda m: f'id="{chart_id}-{m.group(1)}"', text)
+    text = re.sub(r'url\(#([^)]+)\)', lambda m: f"url(#{chart_id}-{m.group(1)})", text)
+    text = re.sub(r'href="#([^"]+)"', lambda m: f'href="#{chart_id}-{m.group(1)}"', text)
+    # Let CSS size it: keep the viewBox, drop the fixed point size.
+    text = re.sub(r'<svg([^>]*?) width="[^"]+" height="[^"]+"', r'<svg\1', text, count=1)
+    return text
+
+
+def _figure(width: float, height: float) -> Figure:
+    with matplotlib.rc_context(_RC):
+        return Figure(figsize=(width, height), layout="constrained")
+
+
+def _scale(values: Sequence[float]) -> tuple[float, str]:
+    top = max([abs(v) for v in values] + [0])
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if top >= div:
+            return div, suffix
+    return 1.0, ""
+
+
+def fig2_chart(data: Mapping[str, Any], device_id: str, chart_id: str) -> str:
+    """The paper's Fig. 2 for every model side by side: per stage params (top) and latency (bottom),
+    each bar split into CA, RB and auxiliary blocks. Rows share their y axis so models compare by eye."""
+    models = data["models"]
+    stages = data["stages"]
+    results = {r["model"]: r for r in data["results"] if r["device"] == device_id}
+    any_latency = any(results.get(m["key"], {}).get("available") for m in models)
+    n = len(models)
+    with matplotlib.rc_context(_RC):
+        fig = _figure(max(10.0, 5.0 * n), 6.4 if any_latency else 3.4)
+        axes = fig.subplots(2 if any_latency else 1, n, sharey="row", squeeze=False)
+        all_params = [p["params"] for m in models for p in m["stage_params"]]
+        div, suffix = _scale(all_params)
+        x = range(len(stages))
+        for col, m in enumerate(models):
+            ax = axes[0][col]
+            bottom = [0.0] * len(stages)
+            for kind, field in (("CA", "ca_params"), ("RB", "rb_params"), ("aux", "aux_params")):
+                vals = [p[field] / div for p in m["stage_params"]]
+                ax.bar(x, vals, bottom=bottom, color=KIND_COLOURS[kind], label=KIND_NAMES[kind], width=0.7)
+                bottom = [b + v for b, v in zip(bottom, vals)]
+            ax.set_title(f"{m['key']}: parameters")
+            ax.set_xticks(list(x), stages, rotation=35, ha="right")
+            if col == 0:
+                ax.set_ylabel(f"parameters ({suffix})" if suffix else "parameters")
+            ax.grid(axis="y", alpha=0.3)
+            if not any_latency:
+                continue
+            ax = axes[1][col]
+            r = results.get(m["key"])
+            if not r or not r["available"]:
+                ax.text(0.5, 0.5, "latency not available", ha="center", va="center", transform=ax.transAxes,
+                        color="#7a2020")
+                ax.set_xticks(list(x), stages, rotation=35, ha="right")
+                continue
+            bottom = [0.0] * len(stages)
+            for kind, field in (("CA", "ca_ms"), ("RB", "rb_ms"), ("aux", "aux_ms")):
+                vals = [s[field] or 0.0 for s in r["stages"]]
+                ax.bar(x, vals, bottom=bottom, color=KIND_COLOURS[kind], width=0.7)
+                bottom = [b + v for b, v in zip(bottom, vals)]
+            label = "/".join(r["labels"]) or "unlabelled"
+            ax.set_title(f"{m['key']}: latency per step ({label})")
+            ax.set_xticks(list(x), stages, rotation=35, ha="right")
+            if col == 0:
+                ax.set_ylabel("latency (ms per UNet step)")
+            ax.grid(axis="y", alpha=0.3)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
+        return _svg(fig, chart_id)
+
+
+def budget_chart(data: Mapping[str, Any], chart_id: str) -> str | None:
+    """End-to-end seconds per image, per model and device: 2 x text encoder + steps x UNet + decoder."""
+    names = {m["key"]: m for m in data["models"]}
+    devices = {d["id"]: d["name"] for d in data["devices"]}
+    rows = [r for r in data["results"] if r.get("budget")]
+    if not rows:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig = _figure(10.5, 1.3 + 0.6 * len(rows))
+        ax = fig.subplots()
+        labels = [f"{r['model']} ({names[r['model']]['steps']} steps)\n{devices[r['device']]}" for r in rows]
+        y = list(range(len(rows)))[::-1]
+        left = [0.0] * len(rows)
+        parts = (("text_encoder_ms", f"text encoder x {data['text_encoder_runs']}"),
+                 ("unet_ms", "UNet x steps"), ("vae_decoder_ms", "VAE decoder"))
+        for field, name in parts:
+            vals = [r["budget"][field] / 1000 for r in rows]
+            ax.barh(y, vals, left=left, color=BUDGET_COLOURS[field], label=name, height=0.6)
+            left = [a + b for a, b in zip(left, vals)]
+        top = max(left)
+        for yy, r, total in zip(y, rows, left):
+            text = f"{total:.2f} s" + (f"  ({r['speedup_e2e']:.1f}x faster)" if r.get("speedup_e2e") else "")
+            ax.text(total + top * 0.01, yy, text, va="center", fontsize=9)
+        ax.set_yticks(y, labels)
+        ax.set_xlim(0, top * 1.28)
+        ax.set_xlabel("seconds per image (" + "/".join(data["latency_labels"]) + ")")
+        ax.grid(axis="x", alpha=0.3)
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, frameon=False)
+        return _svg(fig, chart_id)
+
+
+def trajectory_chart(model: Mapping[str, Any], chart_id: str) -> str | None:
+    """Evolution trajectory: quality against latency, iteration by iteration, start and end marked."""
+    traj = model.get("trajectory") or {}
+    rows = traj.get("rows") or []
+    if not rows:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig = _figure(9.0, 4.2)
+        ax = fig.subplots()
+        xs = [r["latency_ms"] for r in rows]
+        ys = [r["quality"] for r in rows]
+        ax.plot(xs, ys, "-o", color="#2f6db5", markersize=4, linewidth=1.2)
+        ax.annotate("start", (xs[0], ys[0]), textcoords="offset points", xytext=(6, 6), fontsize=9)
+        ax.annotate("end", (xs[-1], ys[-1]), textcoords="offset points", xytext=(6, -12), fontsize=9)
+        labels = sorted({r["label"] for r in rows})
+        ax.set_xlabel(f"UNet latency (ms per step, {'/'.join(labels)})")
+        ax.set_ylabel("quality")
+        ax.set_title(f"{model['key']}: evolution trajectory ({len(rows)} rows)")
+        ax.grid(alpha=0.3)
+        return _svg(fig, chart_id)

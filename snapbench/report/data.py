@@ -1,0 +1,413 @@
+"""Everything a report shows, gathered into one JSON-able dict: the single source of truth for the HTML
+page and for `--json`.
+
+Structure (architecture, params, MACs) comes from `inspect_model`; latency comes only from the profiler's
+document (see `latency_source`), each figure carrying the backend that produced it. Derived figures
+(end-to-end seconds, speedups, achieved TFLOP/s, shares) are computed here, once, so the page and the JSON
+can never disagree.
+"""
+
+from __future__ import annotations
+
+import csv
+import platform
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from snapbench import __version__
+from snapbench.blocks.cut import InputShapes
+from snapbench.blocks.inspect import Inspection, inspect_model
+from snapbench.devices.catalog import Device, resolve_device
+from snapbench.errors import SnapbenchError
+from snapbench.model.loading import resolve_model
+from snapbench.report.latency_source import ProfileOutcome, Profiler, backend_label, profile_with_snapbench
+from snapbench.report.reference import load_reference, settings_differences
+from snapbench.specs.stages import STAGES
+
+SCHEMA = "snapbench.report/1"
+COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+COMPONENT_NAMES = {"text_encoder": "text encoder", "unet": "UNet", "vae_decoder": "VAE decoder"}
+COMPONENT_PER = {"text_encoder": "run", "unet": "denoising step", "vae_decoder": "image"}
+# Classifier-free guidance encodes the prompt and the empty prompt: two text-encoder runs per image.
+TEXT_ENCODER_RUNS = 2
+# Sampling steps when nothing else says: the 50 steps behind SD-v1.5's budget in the paper's Table 1.
+DEFAULT_STEPS = 50
+# SnapFusion's UNet is step-distilled to 8 steps (paper, "Step distillation"); its test-sized twin shares it.
+DISTILLED_STEPS = {"snapfusion": 8, "snapfusion-tiny": 8}
+TRAJECTORY_FILE = "trajectory.csv"
+TRAJECTORY_COLUMNS = ("iteration", "action", "block", "latency_ms", "quality", "backend")
+SETTING_KEYS = ("compute_units", "precision", "weight_bits", "attention", "batch", "latent")
+DEFAULT_SETTINGS: dict[str, Any] = {"compute_units": "cpu_and_ne", "precision": "fp16", "weight_bits": 16,
+                                    "attention": "original", "batch": 2, "latent": 64}
+
+
+@dataclass
+class ModelEntry:
+    key: str  # unique within the report (the spec name, suffixed if two models share one)
+    ref: str  # what the user typed
+    role: str  # "baseline" | "candidate"
+    inspection: Inspection
+    steps: int
+    steps_source: str
+
+
+# -- inputs ---------------------------------------------------------------------------------------------
+
+
+def parse_steps(items: Sequence[str]) -> dict[str, int]:
+    """`--steps MODEL=N` items -> {MODEL: N}."""
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name.strip():
+            raise SnapbenchError(f"--steps {item!r}: expected MODEL=N, e.g. --steps snapfusion=8")
+        try:
+            n = int(value)
+        except ValueError:
+            raise SnapbenchError(f"--steps {item!r}: {value!r} is not a whole number") from None
+        if n < 1:
+            raise SnapbenchError(f"--steps {item!r}: steps must be at least 1")
+        out[name.strip()] = n
+    return out
+
+
+def _steps_for(ref: str, name: str, overrides: Mapping[str, int], notes: Mapping[str, Any]) -> tuple[int, str]:
+    for k in (ref, name):
+        if k in overrides:
+            return overrides[k], "--steps"
+    if isinstance(notes.get("steps"), int) and not isinstance(notes.get("steps"), bool):
+        return notes["steps"], "the arch spec's notes"
+    if name in DISTILLED_STEPS:
+        return DISTILLED_STEPS[name], "step-distilled (SnapFusion paper)"
+    return DEFAULT_STEPS, "default (SD-v1.5 sampling in the paper's Table 1)"
+
+
+def load_models(baseline: str, candidates: Sequence[str], *, settings: Mapping[str, Any],
+                steps: Mapping[str, int]) -> list[ModelEntry]:
+    shapes = InputShapes(latent=int(settings["latent"]), batch=int(settings["batch"]))
+    entries: list[ModelEntry] = []
+    seen: dict[str, int] = {}
+    for role, ref in [("baseline", baseline)] + [("candidate", c) for c in candidates]:
+        inspection = inspect_model(resolve_model(ref), shapes=shapes, attention=str(settings["attention"]))
+        name = inspection.name
+        seen[name] = seen.get(name, 0) + 1
+        key = name if seen[name] == 1 else f"{name}#{seen[name]}"
+        n, src = _steps_for(ref, name, steps, inspection.source.spec.notes)
+        entries.append(ModelEntry(key, ref, role, inspection, n, src))
+    known = {e.ref for e in entries} | {e.inspection.name for e in entries}
+    unknown = [k for k in steps if k not in known]
+    if unknown:
+        raise SnapbenchError(f"--steps names {unknown[0]!r}, which is not a model of this report "
+                             f"(models: {', '.join(sorted(known))})")
+    return entries
+
+
+def load_devices(devices: Sequence[str]) -> list[Device]:
+    out: list[Device] = []
+    for d in devices:
+        dev = resolve_device(d)
+        if dev.id not in [o.id for o in out]:
+            out.append(dev)
+    return out
+
+
+def find_trajectory(ref: str) -> Path | None:
+    """An evolve output folder (or the folder of its arch.json) holds trajectory.csv."""
+    p = Path(ref)
+    folder = p if p.is_dir() else p.parent if p.suffix == ".json" and p.is_file() else None
+    if folder is None:
+        return None
+    f = folder / TRAJECTORY_FILE
+    return f if f.is_file() else None
+
+
+def read_trajectory(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """(rows, problem). A broken trajectory is reported in the page, not fatal: the rest still stands."""
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in TRAJECTORY_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                return [], f"{path}: missing column(s) {', '.join(missing)}"
+            rows = []
+            for line, raw in enumerate(reader, start=2):
+                try:
+                    rows.append({"iteration": int(raw["iteration"]), "action": raw["action"] or "",
+                                 "block": raw["block"] or "", "latency_ms": float(raw["latency_ms"]),
+                                 "quality": float(raw["quality"]), "backend": raw["backend"] or "",
+                                 "label": backend_label(raw["backend"])})
+                except (TypeError, ValueError) as e:
+                    return [], f"{path} line {line}: {e}"
+            return rows, None
+    except OSError as e:
+        return [], f"{path}: cannot read ({e.strerror})"
+
+
+# -- per model: structure -------------------------------------------------------------------------------
+
+
+def _model_dict(e: ModelEntry) -> dict[str, Any]:
+    spec = e.inspection.source.spec
+    totals = e.inspection.totals()
+    stage_rows = {r["stage"]: r for r in e.inspection.stage_frame().to_dict(orient="records")}
+    architecture = []
+    counts = spec.counts()
+    for stage in STAGES:
+        blocks = [{"id": b["id"], "kind": b["kind"], "status": b["status"]}
+                  for b in e.inspection.block_rows() if b["stage"] == stage and b["kind"] in ("CA", "RB")]
+        architecture.append({"stage": stage, "CA": counts[stage]["CA"], "RB": counts[stage]["RB"],
+                             "blocks": blocks})
+    traj_file = find_trajectory(e.ref)
+    trajectory = None
+    if traj_file is not None:
+        rows, problem = read_trajectory(traj_file)
+        trajectory = {"file": str(traj_file), "rows": rows, "problem": problem}
+    return {
+        "key": e.key, "name": spec.name, "ref": e.ref, "role": e.role, "description": spec.description,
+        "notes": {k: v for k, v in spec.notes.items() if isinstance(v, (str, int, float, bool))},
+        "claimed_params": spec.notes.get("paper_claimed_params"),
+        # Test-sized twins inherit the paper's notes; a claim 100x off is about another size, not an error.
+        "claim_comparable": _comparable(spec.notes.get("paper_claimed_params"), totals["params"]),
+        "steps": e.steps, "steps_source": e.steps_source,
+        "totals": totals,
+        "stage_params": [{"stage": s, "ca_params": int(stage_rows[s]["CA_params"]),
+                          "rb_params": int(stage_rows[s]["RB_params"]),
+                          "aux_params": int(stage_rows[s]["aux_params"]), "params": int(stage_rows[s]["params"]),
+                          "macs": int(stage_rows[s]["macs"])} for s in STAGES],
+        "architecture": architecture,
+        "trajectory": trajectory,
+    }
+
+
+def _comparable(claimed: Any, ours: int) -> bool:
+    return isinstance(claimed, (int, float)) and claimed > 0 and 0.5 <= ours / claimed <= 2.0
+
+
+# -- per model and device: latency ----------------------------------------------------------------------
+
+
+def _num(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> dict[str, Any]:
+    base: dict[str, Any] = {"model": e.key, "device": device.id, "steps": e.steps, "notes": list(outcome.notes)}
+    doc = outcome.document
+    if doc is None:
+        base.update(available=False, reason=outcome.reason or "no latency could be obtained", backend=None,
+                    labels=[], components={}, budget=None, stages=[], blocks=[])
+        return base
+    doc_backend = doc.get("backend")
+    comp_backends = doc.get("component_backends") or {}
+    components = {}
+    for c in COMPONENTS:
+        ms = _num((doc.get("components") or {}).get(c))
+        b = comp_backends.get(c, doc_backend)
+        components[c] = {"ms": ms, "per": COMPONENT_PER[c], "backend": b if ms is not None else None,
+                         "label": backend_label(b) if ms is not None else "not available"}
+
+    doc_blocks = {b["id"]: b for b in doc.get("blocks") or []}
+    blocks = []
+    missing_latency = []
+    for row in e.inspection.block_rows():
+        d = doc_blocks.pop(row["id"], {})
+        runs = row["signature"] is not None
+        lat = _num(d.get("latency_ms")) if runs else None
+        if runs and lat is None:
+            missing_latency.append(row["id"])
+        b = d.get("backend", doc_backend) if lat is not None else None
+        blocks.append({
+            "id": row["id"], "stage": row["stage"], "kind": row["kind"], "status": row["status"],
+            "change": {"removed": "removed", "copy": "added"}.get(row["status"]), "runs": runs,
+            "module": row["module"], "signature": row["signature"], "macs": int(row["macs"]),
+            "params": int(row["params"]), "latency_ms": lat, "p90_ms": _num(d.get("p90_ms")),
+            "samples": d.get("samples"), "backend": b, "label": backend_label(b) if b else "not available",
+        })
+    if doc_blocks:  # the profiler knows blocks the inspection does not: a mismatch worth saying, not hiding
+        base["notes"].append(f"the profile has {len(doc_blocks)} block(s) this model's inspection lacks "
+                             f"({', '.join(list(doc_blocks)[:3])}); they are left out")
+    if missing_latency:
+        base["notes"].append(f"no latency for {len(missing_latency)} block(s) that run "
+                             f"({', '.join(missing_latency[:3])}{', ...' if len(missing_latency) > 3 else ''}); "
+                             "their shares and stage sums leave them out")
+
+    total_block_ms = sum(b["latency_ms"] for b in blocks if b["latency_ms"] is not None)
+    peak = device.ane_fp16_tflops
+    for b in blocks:
+        lat = b["latency_ms"]
+        ok = lat is not None and lat > 0
+        b["tflops"] = 2 * b["macs"] / (lat * 1e-3) / 1e12 if ok else None
+        b["peak_share"] = b["tflops"] / peak if ok and peak else None
+        b["latency_share"] = lat / total_block_ms if ok and total_block_ms > 0 else None
+
+    stages = _stages(doc, blocks)
+    # "mixed" describes a total, not a source: the sources are those of its parts
+    labels = sorted(({c["label"] for c in components.values() if c["ms"] is not None}
+                     | {b["label"] for b in blocks if b["latency_ms"] is not None}) - {"mixed"})
+    block_labels: dict[str, int] = {}
+    for b in blocks:
+        if b["latency_ms"] is not None:
+            block_labels[b["label"]] = block_labels.get(b["label"], 0) + 1
+    if len(block_labels) > 1:
+        base["notes"].append("block latencies come from more than one source: "
+                             + ", ".join(f"{n} {lab}" for lab, n in sorted(block_labels.items())))
+    base["notes"].extend(str(n) for n in doc.get("notes") or [])
+
+    budget = None
+    missing = [COMPONENT_NAMES[c] for c in COMPONENTS if components[c]["ms"] is None]
+    if not missing:
+        te = TEXT_ENCODER_RUNS * components["text_encoder"]["ms"]
+        un = e.steps * components["unet"]["ms"]
+        va = components["vae_decoder"]["ms"]
+        budget = {"text_encoder_ms": te, "unet_ms": un, "vae_decoder_ms": va, "total_ms": te + un + va,
+                  "total_s": (te + un + va) / 1000}
+    else:
+        base["notes"].append(f"no end-to-end figure: no latency for the {', '.join(missing)}")
+    base.update(available=True, reason=None, backend=doc_backend, labels=labels, components=components,
+                budget=budget, budget_missing=missing, stages=stages, blocks=blocks,
+                block_latency_sum_ms=total_block_ms, profile_settings=doc.get("settings"),
+                profile_versions=doc.get("versions"), profile_created_at=doc.get("created_at"))
+    return base
+
+
+def _stages(doc: Mapping[str, Any], blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per stage latency, CA vs RB vs auxiliary: the profiler's stage rows, or the sum of its block rows."""
+    by_stage = {s.get("stage"): s for s in doc.get("stages") or []}
+    out = []
+    for stage in STAGES:
+        s = by_stage.get(stage)
+        sums = {k: sum(b["latency_ms"] for b in blocks if b["stage"] == stage and b["kind"] == kind
+                       and b["latency_ms"] is not None) for k, kind in (("ca_ms", "CA"), ("rb_ms", "RB"),
+                                                                         ("aux_ms", "aux"))}
+        if s is not None and s.get("ms") is not None:
+            row = {"ms": float(s["ms"]), "ca_ms": _num(s.get("ca_ms")), "rb_ms": _num(s.get("rb_ms")),
+                   "aux_ms": _num(s.get("aux_ms"))}
+            for k in ("ca_ms", "rb_ms", "aux_ms"):
+                if row[k] is None:
+                    row[k] = sums[k]
+        else:
+            row = {"ms": sum(sums.values()), **sums}
+        out.append({"stage": stage, **row})
+    return out
+
+
+def _attach_speedups(results: list[dict[str, Any]], baseline_key: str) -> None:
+    base = {r["device"]: r for r in results if r["model"] == baseline_key}
+    for r in results:
+        b = base.get(r["device"])
+        r["speedup_e2e"] = r["speedup_unet_step"] = None
+        if r["model"] == baseline_key or b is None or not r["available"] or not b["available"]:
+            continue
+        if r["budget"] and b["budget"] and r["budget"]["total_ms"] > 0:
+            r["speedup_e2e"] = b["budget"]["total_ms"] / r["budget"]["total_ms"]
+        ru, bu = r["components"]["unet"]["ms"], b["components"]["unet"]["ms"]
+        if ru and bu:
+            r["speedup_unet_step"] = bu / ru
+
+
+# -- reference points -----------------------------------------------------------------------------------
+
+
+def _reference(rows: list[dict[str, Any]], models: list[dict[str, Any]], results: list[dict[str, Any]],
+               settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for ref in rows:
+        match = None
+        for m in models:
+            if ref["model"] not in (m["name"], m["key"], m["ref"]):
+                continue
+            for r in results:
+                if r["model"] == m["key"] and r["device"] == ref["device"] and r["available"]:
+                    match = (m, r)
+        item = dict(ref)
+        item["settings_differ"] = settings_differences(ref, settings)
+        if match:
+            m, r = match
+            ours = r["components"][ref["component"]]
+            item.update(ours_model=m["key"], ours_ms=ours["ms"], ours_label=ours["label"],
+                        ratio=(ours["ms"] / ref["latency_ms"]) if ours["ms"] and ref["latency_ms"] else None)
+        else:
+            item.update(ours_model=None, ours_ms=None, ours_label=None, ratio=None)
+        out.append(item)
+    return out
+
+
+# -- the whole report -----------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    out = {"snapbench": __version__, "python": platform.python_version()}
+    for dist in ("torch", "diffusers", "coremltools", "matplotlib", "jinja2"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-") or "model"
+
+
+def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",),
+           devices: Sequence[str] = ("iphone14pro",), settings: Mapping[str, Any] | None = None,
+           steps: Mapping[str, int] | None = None, backend: str = "auto", table: str | Path | None = None,
+           reference: str | Path | None = None, profiler: Profiler | None = None,
+           command: str | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Gather the report's data. `profiler` defaults to snapbench's latency package (tests pass their own)."""
+    settings = {**DEFAULT_SETTINGS, **(settings or {})}
+    unknown = set(settings) - set(SETTING_KEYS)
+    if unknown:
+        raise SnapbenchError(f"unknown setting(s) {sorted(unknown)}; settings are {', '.join(SETTING_KEYS)}")
+    table_path = Path(table) if table is not None else None
+    if table_path is not None and not table_path.is_file():
+        raise SnapbenchError(f"{table_path}: no such latency table file")
+    devs = load_devices(devices)  # devices first: a typo there fails before any model is built
+    ref_source, ref_rows = load_reference(reference)
+    say = progress or (lambda _msg: None)
+    say("inspecting models")
+    entries = load_models(baseline, candidates, settings=settings, steps=steps or {})
+    profiler = profiler or profile_with_snapbench
+    results = []
+    for e in entries:
+        for d in devs:
+            say(f"latency of {e.key} on {d.name}")
+            outcome = profiler(e.inspection.source, d, settings, backend, table_path, say=say)
+            results.append(_result(e, d, outcome))
+    models = [_model_dict(e) for e in entries]
+    _attach_speedups(results, entries[0].key)
+    labels = sorted({lab for r in results for lab in r["labels"]})
+    return {
+        "schema": SCHEMA,
+        "title": f"{entries[0].key} vs {', '.join(e.key for e in entries[1:]) or '(no candidate)'} "
+                 f"on {', '.join(d.name for d in devs)}",
+        "created_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "command": command,
+        "versions": _versions(),
+        "settings": settings,
+        "requested_backend": backend,
+        "table": str(table_path) if table_path else None,
+        "baseline": entries[0].key,
+        "models": models,
+        "devices": [{**d.to_dict(), "fp16_peak_tflops": d.ane_fp16_tflops} for d in devs],
+        "results": results,
+        "latency_labels": labels,
+        "mixed_sources": len(labels) > 1,
+        "reference": {"source": ref_source, "rows": _reference(ref_rows, models, results, settings)},
+        "stages": list(STAGES),
+        "text_encoder_runs": TEXT_ENCODER_RUNS,
+    }
+
+
+def default_out_path(data: Mapping[str, Any], folder: str | Path = "reports") -> Path:
+    models = [m["name"] for m in data["models"]]
+    devices = [d["id"] for d in data["devices"]]
+    name = f"{slug(models[0])}-vs-{'+'.join(slug(m) for m in models[1:]) or 'none'}-{'+'.join(devices)}.html"
+    return Path(folder) / name
+
+
+__all__ = ["gather", "default_out_path", "parse_steps", "SCHEMA"]

@@ -1,0 +1,76 @@
+"""Where the report's latencies come from: the profiler's JSON document, or an honest "not available".
+
+The report never makes a latency up. It asks `snapbench.latency` for the same document that
+`snapbench profile --json` prints (device, backend, settings, components, stages, blocks) and labels every
+figure by the backend that produced it. When the profiler cannot answer, the outcome carries the reason,
+and the report shows the architecture without latencies and says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from snapbench.devices.catalog import Device
+from snapbench.model.loading import ModelSource
+
+# A backend name (from a document or a block row) -> the word the report prints next to the figure.
+_LABELS = (("mixed", "mixed"), ("iphone", "measured"), ("mac", "measured"), ("measure", "measured"),
+           ("import", "imported"), ("estimat", "estimated"))
+
+
+def backend_label(backend: str | None) -> str:
+    """'iphone'/'mac' -> measured, 'import' -> imported, 'estimate' -> estimated, 'mixed' (a total over
+    blocks from several backends) -> mixed; anything else is unlabelled."""
+    b = (backend or "").strip().lower()
+    for prefix, label in _LABELS:
+        if b.startswith(prefix):
+            return label
+    return "unlabelled"
+
+
+@dataclass
+class ProfileOutcome:
+    document: dict[str, Any] | None  # the `snapbench profile --json` document, or None
+    reason: str | None = None  # why there is no document
+    notes: list[str] = field(default_factory=list)  # what the report must say about how it was obtained
+
+
+# (model source, device, settings dict, backend, table path or None, say) -> outcome
+Profiler = Callable[..., ProfileOutcome]
+
+
+def profile_with_snapbench(source: ModelSource, device: Device, settings: Mapping[str, Any], backend: str,
+                           table: Path | None, say: Callable[[str], None] | None = None) -> ProfileOutcome:
+    """Latencies from the latency package: the table first (`--table`, else the model's table under
+    latency_tables/<device>/), the backend for whatever it lacks, labelled estimates for the rest.
+
+    The report only reads tables; `snapbench profile` is the command that writes them.
+    """
+    try:
+        from snapbench.commands.profile import default_table_path
+        from snapbench.latency import LatencyTable, Settings, profile_document, profile_model
+    except ImportError as e:
+        return ProfileOutcome(None, f"the latency profiler is not available in this installation ({e})")
+    path = table if table is not None else default_table_path(device.id, source.ref)
+    existing = LatencyTable.load(path) if path.is_file() else LatencyTable.empty()
+    try:
+        run = profile_model(source, device, Settings(**settings), table=existing, backend=backend,
+                            progress=True, say=say)
+    except ImportError as e:  # a converter or Core ML piece missing here: say so, never invent a number
+        return ProfileOutcome(None, f"latencies could not be produced on this machine ({e})")
+    notes = []
+    if run.new_rows:
+        counts: dict[str, int] = {}
+        for r in run.new_rows:
+            counts[backend_label(r.backend)] = counts.get(backend_label(r.backend), 0) + 1
+        made = ", ".join(f"{n} {lab}" for lab, n in sorted(counts.items()))
+        if path.is_file():
+            notes.append(f"{path} lacked current rows for these settings: {made} now (labelled; "
+                         f"run `snapbench profile` to store them)")
+        else:
+            notes.append(f"no latency table at {path}: {made} now")
+    else:
+        notes.append(f"every figure read from {path}")
+    return ProfileOutcome(profile_document(run, table_path=str(path) if path.is_file() else None), notes=notes)

@@ -1,0 +1,78 @@
+"""Reference points: published or user-measured latencies shown beside the tool's own figures.
+
+The default file is a copy of the project's `reference/calibration.csv` shipped as package data; `--reference
+FILE` replaces it. Rows are kept as written (a reference is a quotation, not an input to fit) and matched to
+the report's results by device id, model name and component.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from snapbench.errors import SnapbenchError
+
+REQUIRED = ("source", "device", "model", "component", "latency_ms", "per")
+OPTIONAL = ("runtime", "attention", "weight_bits", "batch", "notes")
+COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+DEFAULT_LABEL = "snapbench/report/reference_points.csv (copy of reference/calibration.csv)"
+
+
+def load_reference(path: str | Path | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """(where the rows came from, rows). `None` reads the shipped copy."""
+    if path is None:
+        text = (resources.files("snapbench.report") / "reference_points.csv").read_text()
+        return DEFAULT_LABEL, parse_reference(text, DEFAULT_LABEL)
+    p = Path(path)
+    if p.is_dir():
+        raise SnapbenchError(f"{p}: --reference must be a CSV file, not a folder")
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise SnapbenchError(f"{p}: no such reference file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SnapbenchError(f"{p}: cannot read reference file ({e})") from None
+    return str(p), parse_reference(text, str(p))
+
+
+def parse_reference(text: str, source: str) -> list[dict[str, Any]]:
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+    if missing:
+        raise SnapbenchError(f"{source}: missing column(s) {', '.join(missing)}; "
+                             f"a reference file has {', '.join(REQUIRED + OPTIONAL)}")
+    rows = []
+    for line, raw in enumerate(reader, start=2):
+        row = {k: (raw.get(k) or "").strip() for k in REQUIRED + OPTIONAL}
+        try:
+            row["latency_ms"] = float(row["latency_ms"])
+        except ValueError:
+            raise SnapbenchError(f"{source} line {line}: latency_ms {raw.get('latency_ms')!r} is not a number") from None
+        if row["component"] not in COMPONENTS:
+            raise SnapbenchError(f"{source} line {line}: component {row['component']!r}; "
+                                 f"expected one of {', '.join(COMPONENTS)}")
+        row["line"] = line
+        rows.append(row)
+    return rows
+
+
+def settings_differences(ref: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """The stated UNet settings of a reference row that differ from the report's.
+
+    Only UNet rows are compared: attention, weight bits and batch are UNet settings, while text encoder and
+    decoder figures are per run / per image whatever the report's batch. Unstated settings cannot differ.
+    """
+    if ref["component"] != "unet":
+        return []
+    diffs = []
+    for key in ("attention", "weight_bits", "batch"):
+        stated = str(ref.get(key, "")).strip()
+        if not stated or stated.lower() in ("not stated", "unknown", "-"):
+            continue
+        ours = str(settings.get(key, ""))
+        if stated != ours:
+            diffs.append(f"{key} {stated} there, {ours} here")
+    return diffs

@@ -1,0 +1,109 @@
+"""The report's data dict -> one self-contained HTML page (jinja2 with autoescape, charts inline as SVG).
+
+Every number the page prints sits in an element carrying `data-json` (its path in the data dict) and
+`data-value` (the unformatted number), so a test or a reader's script can check page against data.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+
+from snapbench.report import charts
+
+_DASH = "\u2014"
+
+
+def fmt_ms(x: float | None) -> str:
+    if x is None:
+        return _DASH
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    if abs(x) >= 100:
+        return f"{x:.1f}"
+    if abs(x) >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3f}"
+
+
+def fmt_count(x: float | None) -> str:
+    if x is None:
+        return _DASH
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.2f}{suffix}"
+    return f"{x:.0f}"
+
+
+def fmt_pct(x: float | None) -> str:
+    if x is None:
+        return _DASH
+    return f"{100 * x:.1f}%" if abs(x) >= 0.001 else f"{100 * x:.2f}%"
+
+
+def fmt_s(x: float | None) -> str:
+    return _DASH if x is None else f"{x:.2f}"
+
+
+def fmt_x(x: float | None) -> str:
+    return _DASH if x is None else f"{x:.2f}x"
+
+
+def fmt_tflops(x: float | None) -> str:
+    if x is None:
+        return _DASH
+    return f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
+
+
+def fmt_plain(x: Any) -> str:
+    if x is None:
+        return _DASH
+    if isinstance(x, float) and x.is_integer():
+        return f"{x:,.0f}"
+    return f"{x:,}" if isinstance(x, (int, float)) else str(x)
+
+
+def raw(x: Any) -> str:
+    """The exact value for data-value: repr of a float round-trips; None is empty."""
+    if x is None:
+        return ""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return repr(x) if isinstance(x, float) else str(x)
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("snapbench.report", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,  # a typo in the template fails the render instead of printing nothing
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(ms=fmt_ms, count=fmt_count, pct=fmt_pct, s=fmt_s, x=fmt_x, tflops=fmt_tflops,
+                       plain=fmt_plain, raw=raw)
+    env.globals["fmt"] = lambda value, name: env.filters[name](value)
+    return env
+
+
+def build_charts(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The SVGs, marked safe: matplotlib escapes the text it writes into them (model names included)."""
+    fig2 = {d["id"]: Markup(charts.fig2_chart(data, d["id"], f"fig2-{i}")) for i, d in enumerate(data["devices"])}
+    budget = charts.budget_chart(data, "budget")
+    trajectory = {}
+    for i, m in enumerate(data["models"]):
+        svg = charts.trajectory_chart(m, f"traj-{i}")
+        if svg:
+            trajectory[m["key"]] = Markup(svg)
+    return {"fig2": fig2, "budget": Markup(budget) if budget else None, "trajectory": trajectory}
+
+
+def render_html(data: Mapping[str, Any]) -> str:
+    env = _environment()
+    template = env.get_template("report.html.j2")
+    models = {m["key"]: m for m in data["models"]}
+    devices = {d["id"]: d for d in data["devices"]}
+    return template.render(d=data, charts=build_charts(data), models=models, devices=devices)
