@@ -10,6 +10,7 @@ reports) that only wants the numbers.
 from __future__ import annotations
 
 import datetime as _dt
+import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -188,7 +189,7 @@ def profile_model(
             jobs += [PackageJob(k, first[k].block_id, paths[k]) for k in todo]
         for c in todo_comps:
             jobs.append(PackageJob(comp_keys[c], c,
-                                   packages.component_package(c, source, settings, tokens, progress=progress)))
+                                   packages.component_package(c, source, comp_settings, tokens, progress=progress)))
         measured.update(_run(be, jobs, progress))
 
     new_rows = [_row(dev, settings, first[k], k, m, created) for k, m in measured.items() if k in first]
@@ -251,7 +252,7 @@ def _resolve_import(path: Any, rows: list[ImportedRow], dev: Any, settings: Sett
         by_ref[b.block_id] = by_ref[b.unit.file_id] = by_ref[k] = k
     comp_refs = {c: k for c, k in comp_keys.items()}
     expected = settings.to_dict()
-    out: dict[str, Measurement] = {}
+    got: dict[str, list[ImportedRow]] = {}
     for r in rows:
         where = f"{path} {r.where} {r.line}"
         if r.device is not None:
@@ -271,10 +272,16 @@ def _resolve_import(path: Any, rows: list[ImportedRow], dev: Any, settings: Sett
                 raise SnapbenchError(f"{where}: {what} {r.ref!r} is not in this model with these settings "
                                      f"(see `snapbench inspect`; components: {', '.join(COMPONENTS)})")
             check_settings(path, r, expected)
-        if key in out:
-            raise SnapbenchError(f"{where}: a second measurement of {r.ref!r} (same signature as an earlier row)")
-        out[key] = Measurement("import", r.latency_ms, r.p90_ms, r.samples,
-                               source=f"{Path(str(path)).name}{': ' + r.notes if r.notes else ''}")
+        got.setdefault(key, []).append(r)
+    out: dict[str, Measurement] = {}
+    for key, rs in got.items():
+        # Several blocks share a signature (a harness timing every block): one row per signature, the
+        # median of their medians, all their samples, the widest p90.
+        p90s = [r.p90_ms for r in rs if r.p90_ms is not None]
+        notes = "; ".join(dict.fromkeys(r.notes for r in rs if r.notes))
+        out[key] = Measurement("import", float(statistics.median(r.latency_ms for r in rs)),
+                               max(p90s) if p90s else None, sum(r.samples for r in rs),
+                               source=f"{Path(str(path)).name}{': ' + notes if notes else ''}")
     return out
 
 

@@ -73,6 +73,7 @@ def read_import(path: str | Path) -> list[ImportedRow]:
     else:
         reader = csv.DictReader(io.StringIO(text))
         header = [h.strip() for h in (reader.fieldnames or [])]
+        _check_header(p, header)  # a wrong header explains more than the first row that trips on it
         rows = []
         for line, raw in enumerate(reader, start=2):
             if None in raw:

@@ -40,11 +40,11 @@ class PackageSource(Protocol):
         ...
 
 
-def _options(settings: Any, tokens: int, batch: int | None = None) -> Any:
+def _options(settings: Any, tokens: int) -> Any:
     from snapbench.converters import ConvertOptions
 
     return ConvertOptions(mode="profile", attention=settings.attention, weight_bits=settings.weight_bits,
-                          latent=settings.latent, batch=batch or settings.batch, tokens=tokens)
+                          latent=settings.latent, batch=settings.batch, tokens=tokens)
 
 
 def _entry(e: Any, name: str) -> Any:
@@ -97,7 +97,7 @@ class ConverterPackages:
         from snapbench.converters import convert_component
 
         out = self._dir(source, settings, tokens, f"-{component}")
-        result = convert_component(component, out, _options(settings, tokens, batch=1), model=source)
+        result = convert_component(component, out, _options(settings, tokens), model=source)
         for name in ("package", "path"):
             p = _entry(result, name)
             if p is not None:
