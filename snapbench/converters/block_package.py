@@ -1,0 +1,148 @@
+"""Where one package is converted: a PyTorch module -> trace -> Core ML -> compress -> stamp -> save -> reload.
+
+Every package snapbench writes (a block, the whole UNet, the text encoder, the VAE decoder) goes through
+`convert_module`, so speed tricks, metadata, atomic saving and the reload check live in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from snapbench.converters.checks import check_reloaded
+from snapbench.converters.compression import compress
+from snapbench.converters.options import ConvertOptions
+from snapbench.converters.runtime import coremltools, conversion_context
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PackageIO:
+    """The interface a package must have: named inputs with shapes, named outputs (shapes if known)."""
+
+    inputs: tuple[tuple[str, Shape], ...]
+    outputs: tuple[tuple[str, Shape | None], ...] = (("out", None),)
+    int_inputs: frozenset[str] = frozenset()  # token ids: int32, not floating point
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": [{"name": n, "shape": list(s)} for n, s in self.inputs],
+                "outputs": [{"name": n, "shape": list(s) if s is not None else None} for n, s in self.outputs]}
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    path: Path
+    seconds: float
+    bytes: int
+    io: PackageIO  # as read back from the saved package
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+def example_inputs(io: PackageIO, *, seed: int = 0, int_high: int = 1000) -> tuple[torch.Tensor, ...]:
+    """Inputs to trace with: random, except a timestep (981, a typical first DDIM step) and token ids."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for name, shape in io.inputs:
+        if name in io.int_inputs:
+            out.append(torch.randint(0, int_high, shape, generator=g, dtype=torch.int32))
+        elif name == "timestep":
+            out.append(torch.full(shape, 981.0))
+        else:
+            out.append(torch.randn(shape, generator=g))
+    return tuple(out)
+
+
+def trace(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
+    # check_trace=False: the default re-runs the module to compare traces, doubling the dominant cost.
+    with torch.no_grad():
+        return torch.jit.trace(module.eval(), inputs, check_trace=False)
+
+
+def to_coreml(traced: torch.jit.ScriptModule, io: PackageIO, opts: ConvertOptions) -> Any:
+    ct = coremltools()
+    inputs = [ct.TensorType(name=n, shape=s, dtype=np.int32 if n in io.int_inputs else None) for n, s in io.inputs]
+    outputs = [ct.TensorType(name=n) for n, _ in io.outputs]
+    precision = ct.precision.FLOAT16 if opts.precision == "fp16" else ct.precision.FLOAT32
+    with conversion_context():
+        return ct.convert(
+            traced,
+            convert_to="mlprogram",
+            inputs=inputs,
+            outputs=outputs,
+            compute_precision=precision,
+            minimum_deployment_target=getattr(ct.target, opts.target),
+        )
+
+
+def stamp(mlmodel: Any, metadata: Mapping[str, Any], description: str) -> None:
+    """Record what produced the package inside it (Xcode shows these; the estimator can read them)."""
+    mlmodel.author = "snapbench"
+    mlmodel.short_description = description
+    for key, value in metadata.items():
+        mlmodel.user_defined_metadata[f"snapbench.{key}"] = "" if value is None else str(value)
+
+
+def save_checked(mlmodel: Any, dest: Path, io: PackageIO) -> PackageIO:
+    """Save under a temporary name, reload from disk and check the interface, then rename into place.
+
+    A package at `dest` is therefore always complete and checked; a killed run leaves only a
+    `.NAME.PID.partial` folder, which the next run removes.
+    """
+    dest = Path(dest)
+    scratch = dest.parent / f".{dest.name}.{os.getpid()}.partial"
+    remove_tree(scratch)
+    scratch.mkdir(parents=True)
+    try:
+        staged = scratch / dest.name  # coremltools insists on the .mlpackage extension
+        mlmodel.save(str(staged))
+        found = check_reloaded(staged, io)
+        remove_tree(dest)
+        os.replace(staged, dest)
+    finally:
+        remove_tree(scratch)
+    return found
+
+
+def convert_module(module: torch.nn.Module, io: PackageIO, opts: ConvertOptions, dest: Path, *,
+                   metadata: Mapping[str, Any], description: str,
+                   inputs: tuple[torch.Tensor, ...] | None = None) -> PackageResult:
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    example = inputs if inputs is not None else example_inputs(io, seed=opts.seed)
+    traced = trace(module, example)
+    timings["trace"] = time.perf_counter() - start
+    del example
+    mlmodel = to_coreml(traced, io, opts)
+    del traced
+    timings["convert"] = time.perf_counter() - start - sum(timings.values())
+    mlmodel = compress(mlmodel, opts)
+    timings["compress"] = time.perf_counter() - start - sum(timings.values())
+    stamp(mlmodel, metadata, description)
+    found = save_checked(mlmodel, dest, io)
+    timings["save"] = time.perf_counter() - start - sum(timings.values())
+    del mlmodel  # (ct.convert runs gc.collect itself; another full collection costs ~0.5 s a block)
+    return PackageResult(Path(dest), time.perf_counter() - start, package_bytes(dest), found, timings)
+
+
+def package_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def is_complete_package(path: Path) -> bool:
+    """A finished .mlpackage has its Manifest.json (written last by coremltools, and renamed into place)."""
+    return (Path(path) / "Manifest.json").is_file()
+
+
+def remove_tree(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        p.unlink()

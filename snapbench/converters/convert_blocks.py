@@ -1,0 +1,328 @@
+"""`convert_model`: every block of a UNet to its own Core ML package, with a manifest, a cache and resume.
+
+1. Cut the model on the meta device (shapes, MACs, signatures; no weights, a second for SD-v1.5).
+2. Plan: one package per signature (profile mode) or per block (deploy mode); a package whose cache key
+   is already in the folder is reused, not converted.
+3. Convert the rest, biggest first, in worker processes (`jobs`), writing the manifest as each lands.
+4. Blocks that fail are recorded with their error; the others go on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from snapbench.blocks.cut import CutBlock, InputShapes, cut_blocks
+from snapbench.converters import workers
+from snapbench.converters.block_package import PackageIO, is_complete_package, remove_tree
+from snapbench.converters.cache import cache_key, source_fingerprint, weights_hash
+from snapbench.converters.checks import require_prediction
+from snapbench.converters.compression import compression_info
+from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir
+from snapbench.converters.options import ConvertOptions
+from snapbench.converters.progress import reporter
+from snapbench.converters.runtime import tool_versions
+from snapbench.errors import SnapbenchError
+from snapbench.model.loading import ModelSource, build_unet, resolve_model
+
+
+@dataclass
+class ConvertResult:
+    manifest: Manifest
+    converted: list[str] = field(default_factory=list)  # block ids whose package was made in this run
+    reused: list[str] = field(default_factory=list)  # block ids whose package came from the cache
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (block id, error)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"converted": self.converted, "reused": self.reused,
+                "failed": [{"block": b, "error": e} for b, e in self.failed],
+                "manifest": self.manifest.to_dict()}
+
+
+# -- the model and its blocks ---------------------------------------------------------------------------
+
+
+def load_source(model: str | os.PathLike | ModelSource, weights: str | os.PathLike | None = None) -> ModelSource:
+    if isinstance(model, ModelSource):
+        return model
+    return resolve_model(model, weights=weights)
+
+
+def build_checked(source: ModelSource, *, device: str, seed: int = 0):
+    """build_unet, with any failure of the spec turned into one line that names the model."""
+    try:
+        return build_unet(source, device=device, seed=seed)
+    except SnapbenchError:
+        raise
+    except Exception as e:  # diffusers raises ValueError / TypeError / RuntimeError for bad configs
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SnapbenchError(f"{source.ref}: the model spec does not build ({type(e).__name__}: {msg})") from None
+
+
+def cut(source: ModelSource, opts: ConvertOptions) -> tuple[Any, list[CutBlock]]:
+    meta = build_checked(source, device="meta")
+    shapes = InputShapes(latent=opts.latent, batch=opts.batch, tokens=opts.tokens)
+    return meta, cut_blocks(meta, shapes, precision=opts.precision, attention=opts.attention)
+
+
+def weight_files(source: ModelSource) -> list[Path]:
+    files: list[Path] = []
+    if source.weights_dir is not None:
+        files += sorted(p for p in source.weights_dir.iterdir() if p.suffix in (".safetensors", ".json"))
+    if source.copies_file is not None:
+        files.append(source.copies_file)
+    return files
+
+
+# -- planning -------------------------------------------------------------------------------------------
+
+
+def _io(b: CutBlock) -> PackageIO:
+    return PackageIO(tuple(b.inputs), (("out", tuple(b.output)),))
+
+
+def _entry(b: CutBlock, state: str) -> ManifestBlock:
+    io = _io(b).to_dict()
+    return ManifestBlock(
+        id=b.block_id, file_id=b.unit.file_id, stage=b.unit.slot.stage, kind=b.kind, status=b.unit.status,
+        module=b.unit.slot.module_path, signature=b.signature.key() if b.signature else None,
+        signature_digest=b.signature.digest() if b.signature else None, package=None,
+        inputs=io["inputs"], outputs=io["outputs"], params=b.params, macs=b.macs,
+        macs_no_attention=b.macs - b.attention_macs, state=state,
+    )
+
+
+@dataclass
+class _Package:
+    """One package to have: the blocks it serves and where it is (or will be)."""
+
+    key: str
+    owner: CutBlock
+    blocks: list[CutBlock]
+    name: str
+    weights_hash: str | None = None
+    reused_from: str | None = None  # relative path of a cached package
+
+
+def _plan(blocks: list[CutBlock], opts: ConvertOptions, versions: dict[str, str],
+          hashes: dict[str, str]) -> list[_Package]:
+    packages: dict[str, _Package] = {}
+    for b in blocks:
+        if b.signature is None:
+            continue
+        what: dict[str, Any] = {"signature": b.signature.key()}
+        if opts.mode == "deploy":
+            what.update(block=b.unit.file_id, weights=hashes[b.unit.file_id])
+        key = cache_key(what, opts, versions)
+        if key in packages:
+            packages[key].blocks.append(b)
+        else:
+            packages[key] = _Package(key, b, [b], f"{b.unit.file_id}.mlpackage",
+                                     hashes.get(b.unit.file_id) if opts.mode == "deploy" else None)
+    return list(packages.values())
+
+
+def _cached(previous: Manifest | None, folder: Path) -> dict[str, str]:
+    """cache key -> relative package path, for packages of the previous run that are complete on disk."""
+    if previous is None:
+        return {}
+    found = {}
+    for b in previous.blocks:
+        if b.state == "done" and b.package and b.cache_key and is_complete_package(folder / b.package):
+            found[b.cache_key] = b.package
+    return found
+
+
+def _stamped_key(path: Path) -> str | None:
+    """The cache key stamped inside a package (one finished after the last manifest write of a killed run)."""
+    from snapbench.converters.runtime import coremltools
+
+    try:
+        spec = coremltools().utils.load_spec(str(path))
+    except Exception:  # noqa: BLE001 - unreadable: convert again
+        return None
+    return dict(spec.description.metadata.userDefined).get("snapbench.cache_key")
+
+
+# -- running --------------------------------------------------------------------------------------------
+
+
+def _run_tasks(tasks: list[workers.BlockTask], source: ModelSource, opts: ConvertOptions,
+               on_start: Callable[[str], None]) -> Iterator[workers.TaskResult]:
+    if not tasks:
+        return
+    n = min(opts.workers, len(tasks))
+    if n <= 1:
+        # In this process: no start-up cost, which is what tiny models and single packages want.
+        workers.init_worker(source, opts)
+        with workers.frozen_heap():
+            for t in tasks:
+                on_start(t.block_id)
+                yield workers.run_task(t)
+        return
+    threads = max(1, (opts.workers if opts.jobs else _cores()) // n)
+    # spawn, not fork: forking a process that has started torch's thread pools can deadlock
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=workers.init_worker,
+                             initargs=(source, opts, threads)) as pool:
+        pending: dict[Future, workers.BlockTask] = {}
+        try:
+            for t in tasks:
+                pending[pool.submit(workers.run_task, t)] = t
+                on_start(t.block_id)
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    t = pending.pop(f)
+                    try:
+                        yield f.result()
+                    except Exception as e:  # noqa: BLE001 - a worker died (e.g. out of memory)
+                        yield workers.TaskResult(t.file_id, None, error=f"worker process failed: {type(e).__name__}: {e}")
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _cores() -> int:
+    from snapbench.converters.options import default_jobs
+
+    return default_jobs()
+
+
+def convert_model(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLike,
+                  opts: ConvertOptions = ConvertOptions(), *, weights: str | os.PathLike | None = None,
+                  progress: bool = True) -> ConvertResult:
+    """Convert every block of `model` into `out_dir` (one .mlpackage per block or signature + manifest.json)."""
+    if opts.check:
+        require_prediction()
+    folder = Path(out_dir)
+    source = load_source(model, weights)
+    versions = tool_versions()
+    fingerprint = source_fingerprint(source.spec.to_dict(), weight_files(source), opts.seed, versions["torch"])
+    run_key = cache_key({"source": fingerprint, "attention": opts.attention, "latent": opts.latent,
+                         "batch": opts.batch, "tokens": opts.tokens}, opts, versions)
+    previous = inspect_out_dir(folder, "blocks")  # refuses foreign folders before anything is written
+    if _up_to_date(previous, run_key, folder):
+        # Same model, options and tools as a complete previous run: nothing to cut, build or convert
+        # (this is what keeps a warm re-run of SD-v1.5 to about the cost of importing torch).
+        return ConvertResult(previous, reused=[b.id for b in previous.blocks if b.package])
+    _, blocks = cut(source, opts)
+
+    real = None
+    hashes: dict[str, str] = {}
+    if opts.mode == "deploy":
+        reuse_hashes = previous is not None and previous.source_fingerprint == fingerprint
+        if reuse_hashes:
+            hashes = {b.file_id: b.weights_hash for b in previous.blocks if b.weights_hash}
+        if any(b.signature is not None and b.unit.file_id not in hashes for b in blocks):
+            real = build_checked(source, device="cpu", seed=opts.seed)
+            real_units = {u.file_id: u for u in real.units}
+            hashes = {b.unit.file_id: weights_hash(real_units[b.unit.file_id]) for b in blocks if b.signature}
+
+    plan = _plan(blocks, opts, versions, hashes)
+    cached = _cached(previous, folder)
+    for p in plan:
+        if p.key in cached:
+            p.reused_from = cached[p.key]
+        elif is_complete_package(folder / p.name) and _stamped_key(folder / p.name) == p.key:
+            p.reused_from = p.name
+
+    manifest = Manifest(
+        content="blocks", model=str(source.ref), spec=source.spec.name, options=opts.to_dict(),
+        versions=versions, shapes={"latent": opts.latent, "batch": opts.batch, "tokens": opts.tokens},
+        blocks=[_entry(b, "pending" if b.signature else "no_compute") for b in blocks],
+        compression=compression_info(opts), source_fingerprint=fingerprint, run_key=run_key,
+        created_at=previous.created_at if previous else "", folder=folder,
+    )
+    index = {b.unit.file_id: i for i, b in enumerate(blocks)}
+    result = ConvertResult(manifest)
+
+    def land(p: _Package, package: str, seconds: float | None, nbytes: int | None, io: PackageIO | None) -> None:
+        for b in p.blocks:
+            e = manifest.blocks[index[b.unit.file_id]]
+            io_d = io.to_dict() if io else {"inputs": e.inputs, "outputs": e.outputs}
+            manifest.blocks[index[b.unit.file_id]] = replace(
+                e, package=package, state="done", package_owner=p.owner.unit.file_id, cache_key=p.key,
+                weights_hash=hashes.get(b.unit.file_id) if opts.mode == "deploy" else None,
+                seconds=seconds, bytes=nbytes, inputs=io_d["inputs"], outputs=io_d["outputs"], error=None)
+
+    old_by_key = {b.cache_key: b for b in previous.blocks} if previous else {}
+    with claimed(folder):
+        todo: list[_Package] = []
+        for p in plan:
+            if p.reused_from is None:
+                todo.append(p)
+                continue
+            old = old_by_key.get(p.key)
+            land(p, p.reused_from, old.seconds if old else None, old.bytes if old else None, None)
+            result.reused += [b.block_id for b in p.blocks]
+        manifest.write()
+
+        real_units = {u.file_id: u for u in real.units} if real is not None else {}
+        tasks = [_task(p, folder, source, opts, real_units) for p in sorted(todo, key=lambda p: -p.owner.macs)]
+        by_owner = {p.owner.unit.file_id: p for p in todo}
+        try:
+            with reporter(len(tasks), enabled=progress) as bar:
+                for r in _run_tasks(tasks, source, opts, bar.start):
+                    p = by_owner[r.file_id]
+                    if r.result is not None:
+                        land(p, p.name, round(r.result.seconds, 3), r.result.bytes, r.result.io)
+                        result.converted.append(p.owner.block_id)
+                    else:
+                        remove_tree(folder / p.name)  # e.g. saved but failed --check: never reuse it
+                        for b in p.blocks:
+                            i = index[b.unit.file_id]
+                            manifest.blocks[i] = replace(manifest.blocks[i], state="failed", error=r.error)
+                            result.failed.append((b.block_id, r.error or "unknown error"))
+                    manifest.write()
+                    bar.done(p.owner.block_id)
+        finally:
+            manifest.complete = all(b.state in ("done", "no_compute") for b in manifest.blocks)
+            manifest.write()
+            _remove_orphans(folder, previous, manifest)
+    return result
+
+
+def _task(p: _Package, folder: Path, source: ModelSource, opts: ConvertOptions,
+          real_units: dict[str, Any]) -> workers.BlockTask:
+    b = p.owner
+    weights = None
+    if opts.mode == "deploy":
+        unit = real_units[b.unit.file_id]
+        weights = {k: v.detach().cpu().numpy() for k, v in unit.state_dict().items()}
+    shared = ",".join(x.unit.file_id for x in p.blocks)
+    metadata = {
+        "block": b.block_id, "blocks": shared, "stage": b.unit.slot.stage, "signature": b.signature.key(),
+        "signature_digest": b.signature.digest(), "mode": opts.mode, "model": source.ref,
+        "spec": source.spec.name, "version": tool_versions()["snapbench"], "cache_key": p.key,
+        "attention": opts.attention if b.kind == "CA" else "-", "weight_bits": opts.weight_bits,
+        "target": opts.target,
+        "source_hash": p.weights_hash if opts.mode == "deploy" else f"random weights (seed {opts.seed})",
+    }
+    what = "shared by " + shared if len(p.blocks) > 1 else b.block_id
+    description = f"snapbench {opts.mode} package of {source.spec.name}: {what}"
+    return workers.BlockTask(b.unit.file_id, b.block_id, str((folder / p.name).resolve()), _io(b), b.kind == "CA",
+                             metadata, description, weights, b.macs)
+
+
+def _up_to_date(previous: Manifest | None, run_key: str, folder: Path) -> bool:
+    return (previous is not None and previous.complete and previous.run_key == run_key
+            and all(is_complete_package(folder / b.package) for b in previous.blocks if b.package))
+
+
+def _remove_orphans(folder: Path, previous: Manifest | None, manifest: Manifest) -> None:
+    """Packages the previous run listed that this one no longer uses (e.g. after changing --attention)."""
+    if previous is None:
+        return
+    used = {b.package for b in manifest.blocks if b.package}
+    for b in previous.blocks:
+        if b.package and b.package not in used and "/" not in b.package and b.package.endswith(".mlpackage"):
+            remove_tree(folder / b.package)

@@ -1,0 +1,253 @@
+"""manifest.json: what a conversion folder holds, block by block; and how a folder is claimed safely.
+
+The manifest is rewritten atomically each time a package lands, so a run killed halfway leaves a
+manifest that lists exactly the finished packages (the next run resumes from it), and `complete` says
+whether every block was done. Paths in it are relative to the folder, so a folder can be moved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+from snapbench.atomic import atomic_write_text
+from snapbench.errors import SnapbenchError
+
+FORMAT = "snapbench.manifest/1"
+MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".snapbench.lock"
+# temporaries snapbench itself leaves when killed: .NAME.PID.partial (packages), .manifest.json.*.tmp
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial$|^\.manifest\.json\..+\.tmp$|^\.snapbench\.")
+
+
+@dataclass(frozen=True)
+class ManifestBlock:
+    id: str
+    file_id: str
+    stage: str
+    kind: str  # RB | CA | aux | a component name
+    status: str  # kept | removed | copy (components: kept)
+    module: str
+    signature: str | None  # None: removed with nothing left to run
+    signature_digest: str | None
+    package: str | None  # relative path of the .mlpackage; None: not converted (no compute, pending, failed)
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    params: int
+    macs: int
+    macs_no_attention: int
+    state: str  # done | pending | failed | no_compute
+    package_owner: str | None = None  # profile mode: the block whose conversion made the shared package
+    weights_hash: str | None = None  # deploy mode and whole models: hash of the weights in the package
+    cache_key: str | None = None
+    seconds: float | None = None  # conversion time of its package (shared packages: the same figure)
+    bytes: int | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ManifestBlock":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Manifest:
+    content: str  # "blocks", or a whole model: "unet" | "text_encoder" | "vae_decoder"
+    model: str
+    spec: str
+    options: dict[str, Any]
+    versions: dict[str, str]
+    shapes: dict[str, Any]
+    blocks: list[ManifestBlock]
+    compression: dict[str, Any] = field(default_factory=dict)
+    source_fingerprint: str | None = None
+    run_key: str | None = None  # everything the run depended on: equal and complete -> nothing to do
+    complete: bool = False
+    created_at: str = ""
+    updated_at: str = ""
+    folder: Path | None = None  # where it was loaded from / will be written (not serialised)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "content": self.content,
+            "model": self.model,
+            "spec": self.spec,
+            "complete": self.complete,
+            "options": self.options,
+            "compression": self.compression,
+            "shapes": self.shapes,
+            "versions": self.versions,
+            "source_fingerprint": self.source_fingerprint,
+            "run_key": self.run_key,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "packages": len({b.package for b in self.blocks if b.package}),
+            "blocks": [b.to_dict() for b in self.blocks],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], folder: Path | None = None) -> "Manifest":
+        return cls(
+            content=d["content"], model=d["model"], spec=d["spec"], options=d.get("options", {}),
+            versions=d.get("versions", {}), shapes=d.get("shapes", {}),
+            blocks=[ManifestBlock.from_dict(b) for b in d.get("blocks", [])],
+            compression=d.get("compression", {}), source_fingerprint=d.get("source_fingerprint"),
+            run_key=d.get("run_key"),            complete=bool(d.get("complete")), created_at=d.get("created_at", ""),
+            updated_at=d.get("updated_at", ""), folder=folder,
+        )
+
+    def block(self, block_id: str) -> ManifestBlock:
+        for b in self.blocks:
+            if block_id in (b.id, b.file_id):
+                return b
+        raise SnapbenchError(f"no block {block_id!r} in the manifest of {self.folder}")
+
+    def package_path(self, block_id: str) -> Path | None:
+        b = self.block(block_id)
+        if b.package is None:
+            return None
+        return (self.folder or Path(".")) / b.package
+
+    def write(self, folder: Path | None = None) -> Path:
+        folder = Path(folder or self.folder or ".")
+        now = _now()
+        self.created_at = self.created_at or now
+        self.updated_at = now
+        return atomic_write_text(folder / MANIFEST_FILE, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def load_manifest(folder: str | os.PathLike) -> Manifest:
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise SnapbenchError(f"{folder}: no {MANIFEST_FILE}; not a snapbench conversion folder "
+                             "(make one with 'snapbench convert --out FOLDER')")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SnapbenchError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise SnapbenchError(f"{path}: not a snapbench manifest (expected format {FORMAT!r})")
+    try:
+        return Manifest.from_dict(data, folder)
+    except (KeyError, TypeError) as e:
+        raise SnapbenchError(f"{path}: malformed manifest ({e})") from None
+
+
+# -- claiming an output folder ---------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def inspect_out_dir(folder: Path, content: str) -> Manifest | None:
+    """The previous manifest of a folder we may write into, or None; refuses anything else in one line.
+
+    Read-only: nothing is created, so a refused run leaves nothing behind.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise SnapbenchError(f"{folder}: exists and is not a folder; choose another --out")
+    if not folder.exists():
+        return None
+    names = [p.name for p in folder.iterdir()]
+    if MANIFEST_FILE in names:
+        try:
+            previous = load_manifest(folder)
+        except SnapbenchError:
+            raise SnapbenchError(f"{folder}: its {MANIFEST_FILE} is not a snapbench manifest; refusing to write "
+                                 "into a folder with foreign content (choose another --out)") from None
+        if previous.content != content:
+            raise SnapbenchError(f"{folder}: holds a {previous.content!r} conversion, not {content!r}; "
+                                 "use another --out for it")
+        return previous
+    foreign = [n for n in names if not _TEMP.match(n)]
+    if foreign:
+        raise SnapbenchError(f"{folder}: exists with foreign content ({foreign[0]}"
+                             f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}) and no {MANIFEST_FILE}; "
+                             "refusing to write into it (choose a new or empty --out)")
+    return None
+
+
+@contextlib.contextmanager
+def claimed(folder: Path) -> Iterator[None]:
+    """Create the folder if needed, prove it writable, hold a lock file, remove stale temporaries.
+
+    If the folder did not exist and the run fails before writing anything, it is removed again.
+    """
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".snapbench.probe.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise SnapbenchError(f"{folder}: cannot write there ({e.strerror or e}); choose another --out") from None
+    lock = folder / LOCK_FILE
+    _take_lock(lock)
+    try:
+        _remove_stale_temporaries(folder)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        if created and not any(folder.iterdir()):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _take_lock(lock: Path) -> None:
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or "0")
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _pid_alive(pid) and pid != os.getpid():
+                raise SnapbenchError(f"{lock.parent}: another snapbench convert (pid {pid}) is writing there; "
+                                     "wait for it or choose another --out") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return
+    raise SnapbenchError(f"{lock.parent}: could not take the lock {lock.name}")
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    from snapbench.converters.block_package import remove_tree
+
+    for p in folder.iterdir():
+        m = _TEMP.match(p.name)
+        if not m or p.name == LOCK_FILE:
+            continue
+        pid = m.group("pid")
+        if pid is not None and _pid_alive(int(pid)) and int(pid) != os.getpid():
+            continue  # a live worker of ours may still be writing it
+        if p.name.startswith(".snapbench.") and not p.name.startswith(".snapbench.probe"):
+            continue
+        remove_tree(p)

@@ -1,0 +1,94 @@
+"""What a conversion is asked to do: one frozen, validated, serialisable options object.
+
+The CLI and the profile command build a `ConvertOptions` and hand it to the converters; every invalid
+value is refused here, in one line that lists the valid choices, so the API and the CLI fail the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, get_args
+
+from snapbench.converters.ane_attention import ATTENTION_IMPLS
+from snapbench.errors import SnapbenchError
+
+Mode = Literal["profile", "deploy"]
+Target = Literal["iOS16", "iOS17", "iOS18"]
+Precision = Literal["fp16", "fp32"]
+Component = Literal["text_encoder", "vae_decoder", "unet"]
+
+MODES: tuple[str, ...] = get_args(Mode)
+TARGETS: tuple[str, ...] = get_args(Target)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+COMPONENTS: tuple[str, ...] = get_args(Component)
+WEIGHT_BITS: tuple[int, ...] = (16, 8, 6, 4)
+
+
+def default_jobs() -> int:
+    """The cores this process may use (not the machine's: containers and taskset restrict it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS has no sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+def _choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise SnapbenchError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    mode: Mode = "profile"  # profile: one package per block signature; deploy: one per block, real weights
+    attention: str = "original"  # one of ane_attention.ATTENTION_IMPLS
+    weight_bits: int = 16  # 16: fp16 weights; 8: linear int8; 6 / 4: palettized
+    target: Target = "iOS16"  # minimum deployment target of the packages
+    precision: Precision = "fp16"  # compute precision
+    latent: int = 64
+    batch: int = 2
+    tokens: int = 77
+    jobs: int | None = None  # worker processes; None: the cores available
+    check: bool = False  # also run each package against PyTorch (macOS only)
+    chunks: int = 1  # whole UNet only: 2 = two packages (Apple's iOS split)
+    seed: int = 0  # random weights (presets without a checkpoint, and every profile-mode package)
+
+    def __post_init__(self) -> None:
+        _choice("mode", self.mode, MODES)
+        _choice("attention implementation", self.attention, ATTENTION_IMPLS)
+        _choice("deployment target", self.target, TARGETS)
+        _choice("precision", self.precision, PRECISIONS)
+        if isinstance(self.weight_bits, bool) or self.weight_bits not in WEIGHT_BITS:
+            raise SnapbenchError(f"unsupported --weight-bits {self.weight_bits!r}; choose one of "
+                                 f"{', '.join(map(str, WEIGHT_BITS))}")
+        if self.weight_bits < 16 and self.precision == "fp32":
+            raise SnapbenchError("--weight-bits below 16 compresses fp16 weights; it needs --precision fp16")
+        for name in ("latent", "batch", "tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SnapbenchError(f"--{name} must be a positive integer, got {v!r}")
+        if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):
+            raise SnapbenchError(f"--jobs must be a positive integer, got {self.jobs!r}")
+        if self.chunks not in (1, 2):
+            raise SnapbenchError(f"--chunks must be 1 or 2 (coremltools bisects a model in two), got {self.chunks!r}")
+
+    @property
+    def workers(self) -> int:
+        return self.jobs if self.jobs is not None else default_jobs()
+
+    @property
+    def palettization(self) -> str | None:
+        """How 6- and 4-bit weights are clustered (see compression.py for why it depends on the mode)."""
+        if self.weight_bits >= 8:
+            return None
+        return "uniform" if self.mode == "profile" else "kmeans"
+
+    def cache_fields(self) -> dict[str, Any]:
+        """The options that change a package's bytes: part of every cache key (jobs and check do not)."""
+        return {"mode": self.mode, "weight_bits": self.weight_bits, "palettization": self.palettization,
+                "target": self.target, "precision": self.precision, "seed": self.seed}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["palettization"] = self.palettization
+        return d

@@ -1,0 +1,53 @@
+"""The rich progress bar of a conversion (stderr), or nothing."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Protocol
+
+
+class Reporter(Protocol):
+    def start(self, name: str) -> None: ...
+    def done(self, name: str) -> None: ...
+
+
+class _Silent:
+    def start(self, name: str) -> None:
+        pass
+
+    def done(self, name: str) -> None:
+        pass
+
+
+class _Bar:
+    def __init__(self, progress, task) -> None:
+        self._progress, self._task = progress, task
+        self._running: list[str] = []
+
+    def start(self, name: str) -> None:
+        self._running.append(name)
+        self._show()
+
+    def done(self, name: str) -> None:
+        if name in self._running:
+            self._running.remove(name)
+        self._progress.advance(self._task)
+        self._show()
+
+    def _show(self) -> None:
+        shown = ", ".join(self._running[:3]) + (" ..." if len(self._running) > 3 else "")
+        self._progress.update(self._task, description=f"converting {shown}" if shown else "converting")
+
+
+@contextlib.contextmanager
+def reporter(total: int, *, enabled: bool) -> Iterator[Reporter]:
+    if not enabled or total == 0:
+        yield _Silent()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from snapbench.commands.common import err
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=False) as progress:
+        yield _Bar(progress, progress.add_task("converting", total=total))

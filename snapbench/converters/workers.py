@@ -1,0 +1,134 @@
+"""Converting blocks, in this process or in worker processes: one task = one package.
+
+Each worker builds the model once, on PyTorch's meta device (structure only, no memory), and for each
+task materialises just that block: with the parent's real weights (deploy mode, sent as numpy arrays),
+or seeded random ones (profile mode: latency does not depend on weight values, so no worker ever holds
+a whole UNet's weights). After the package is saved the block is dropped, so memory is released block
+by block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import traceback
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from snapbench.converters.block_package import PackageIO, PackageResult, convert_module, example_inputs
+from snapbench.converters.options import ConvertOptions
+from snapbench.model.units import AttentionUnit, BlockUnit
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    file_id: str  # the block whose unit is converted (profile mode: the first block with the signature)
+    block_id: str
+    dest: str  # absolute path of the .mlpackage to write
+    io: PackageIO
+    is_attention: bool
+    metadata: Mapping[str, Any]
+    description: str
+    weights: Mapping[str, np.ndarray] | None = field(default=None, repr=False)  # deploy mode
+    macs: int = 0  # to schedule big blocks first
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    file_id: str
+    result: PackageResult | None
+    error: str | None = None
+    check_psnr_db: float | None = None
+
+
+# -- the per-process model -------------------------------------------------------------------------------
+
+_UNITS: dict[str, BlockUnit] = {}
+_OPTS: ConvertOptions | None = None
+
+
+def init_worker(source: Any, opts: ConvertOptions, threads: int | None = None) -> None:
+    """Pool initializer (and the in-process set-up): build the meta model once for this process."""
+    from snapbench.converters.runtime import coremltools
+    from snapbench.model.loading import build_unet
+
+    global _OPTS
+    coremltools()  # import it once, quietly
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))  # N workers x all cores each would oversubscribe the CPU
+    model = build_unet(source, device="meta")
+    _UNITS.clear()
+    _UNITS.update({u.file_id: u for u in model.units})
+    _OPTS = opts
+    if threads is not None:  # a pool worker: its heap lives as long as the process
+        gc.collect()
+        gc.freeze()
+
+
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Hide the objects alive now (torch, diffusers, coremltools, the meta model) from the cyclic GC.
+
+    ct.convert runs gc.collect() on every call; with those libraries loaded a full collection walks
+    millions of long-lived objects, about 0.8 s per package, more than converting a small block takes.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def materialize(unit: BlockUnit, weights: Mapping[str, np.ndarray] | None, seed: int) -> BlockUnit:
+    """A real-memory copy of one meta-device block: given weights, or seeded random ones."""
+    block = copy.deepcopy(unit)
+    if weights is not None:
+        state = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
+        block.load_state_dict(state, strict=True, assign=True)
+    else:
+        block = block.to_empty(device="cpu")
+        with torch.random.fork_rng(devices=[]):
+            # a seed per block, so a block's random weights do not depend on which worker got it
+            torch.manual_seed(seed * 1_000_003 + zlib.crc32(unit.file_id.encode()))
+            for module in block.modules():
+                if module is not block and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+    return block.eval()
+
+
+def block_module(unit: BlockUnit, attention: str) -> torch.nn.Module:
+    """What goes into the package: the block, with its attention rewritten for the Neural Engine if asked."""
+    if isinstance(unit, AttentionUnit) and attention != "original":
+        from snapbench.converters.ane_attention import rewrite_transformer
+
+        return rewrite_transformer(unit.transformer, attention)  # forward(hidden, context), same weights
+    return unit
+
+
+def run_task(task: BlockTask) -> TaskResult:
+    """Convert one block; any failure is returned (with its message), never raised, so the rest go on."""
+    assert _OPTS is not None, "init_worker was not called"
+    opts = _OPTS
+    try:
+        unit = materialize(_UNITS[task.file_id], task.weights, opts.seed)
+        module = block_module(unit, opts.attention if task.is_attention else "original")
+        inputs = example_inputs(task.io, seed=opts.seed)
+        result = convert_module(module, task.io, opts, Path(task.dest), metadata=task.metadata,
+                                description=task.description, inputs=inputs)
+        db = None
+        if opts.check:
+            from snapbench.converters.checks import check_prediction
+
+            db = check_prediction(Path(task.dest), module, inputs, task.io)
+        return TaskResult(task.file_id, result, check_psnr_db=db)
+    except Exception as e:  # noqa: BLE001 - reported per block; the run goes on and exits non-zero
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        detail = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        return TaskResult(task.file_id, None, error=f"{detail} (at {Path(where.filename).name}:{where.lineno})")
