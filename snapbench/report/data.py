@@ -368,14 +368,12 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
         raise SnapbenchError(f"{table_path}: no such latency table file")
     devs = load_devices(devices)  # devices first: a typo there fails before any model is built
     ref_source, ref_rows = load_reference(reference)
-    say = progress or (lambda _msg: None)
-    say("inspecting models")
+    say = progress or (lambda _msg: None)  # the profiler's own messages (backend chosen, rows estimated)
     entries = load_models(baseline, candidates, settings=settings, steps=steps or {})
     profiler = profiler or profile_with_snapbench
     results = []
     for e in entries:
         for d in devs:
-            say(f"latency of {e.key} on {d.name}")
             outcome = profiler(e.inspection.source, d, settings, backend, table_path, say=say)
             results.append(_result(e, d, outcome))
     models = [_model_dict(e) for e in entries]

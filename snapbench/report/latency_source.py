@@ -42,11 +42,13 @@ Profiler = Callable[..., ProfileOutcome]
 
 
 def profile_with_snapbench(source: ModelSource, device: Device, settings: Mapping[str, Any], backend: str,
-                           table: Path | None, say: Callable[[str], None] | None = None) -> ProfileOutcome:
+                           table: Path | None, say: Callable[[str], None] | None = None,
+                           **profile_kw: Any) -> ProfileOutcome:
     """Latencies from the latency package: the table first (`--table`, else the model's table under
     latency_tables/<device>/), the backend for whatever it lacks, labelled estimates for the rest.
 
-    The report only reads tables; `snapbench profile` is the command that writes them.
+    The report only reads tables; `snapbench profile` is the command that writes them. `profile_kw` go to
+    `profile_model` (packages, estimate_fn, ...: how tests run it without converting).
     """
     try:
         from snapbench.commands.profile import default_table_path
@@ -57,7 +59,7 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
     existing = LatencyTable.load(path) if path.is_file() else LatencyTable.empty()
     try:
         run = profile_model(source, device, Settings(**settings), table=existing, backend=backend,
-                            progress=True, say=say)
+                            progress=profile_kw.pop("progress", True), say=say, **profile_kw)
     except ImportError as e:  # a converter or Core ML piece missing here: say so, never invent a number
         return ProfileOutcome(None, f"latencies could not be produced on this machine ({e})")
     notes = []

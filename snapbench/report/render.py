@@ -10,7 +10,7 @@ import math
 from typing import Any, Mapping
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from snapbench.report import charts
 
@@ -75,6 +75,19 @@ def raw(x: Any) -> str:
     return repr(x) if isinstance(x, float) else str(x)
 
 
+# Number formats by name: templates use them as filters and `data-fmt` names them for checkers.
+FORMATTERS = {"ms": fmt_ms, "count": fmt_count, "pct": fmt_pct, "s": fmt_s, "x": fmt_x, "tflops": fmt_tflops,
+              "plain": fmt_plain}
+
+
+def breakable(text: str) -> Markup:
+    """Escape, then allow line breaks after a signature's separators instead of in the middle of a shape."""
+    out = str(escape(text))
+    for sep in ("|", ","):
+        out = out.replace(sep, sep + "<wbr>")
+    return Markup(out)
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=PackageLoader("snapbench.report", "templates"),
@@ -83,9 +96,8 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(ms=fmt_ms, count=fmt_count, pct=fmt_pct, s=fmt_s, x=fmt_x, tflops=fmt_tflops,
-                       plain=fmt_plain, raw=raw)
-    env.globals["fmt"] = lambda value, name: env.filters[name](value)
+    env.filters.update(FORMATTERS, raw=raw, breakable=breakable)
+    env.globals["fmt"] = lambda value, name: FORMATTERS[name](value)
     return env
 
 

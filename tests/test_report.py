@@ -1,0 +1,239 @@
+"""snapbench report: the data behind the page, the page itself, and bad input (no browser here).
+
+Latencies come from the real latency package run with the profile tests' fakes (packages that are not
+converted, a toy estimator keyed by package name): the numbers are fixture-only, but the documents are the
+real `snapbench profile --json` documents, so the report is tested against the contract it reads.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+import pytest
+
+from profile_fakes import FakePackages, toy_estimate
+from snapbench.cli import main
+from snapbench.errors import SnapbenchError
+from snapbench.report import data as report_data
+from snapbench.report import default_out_path, gather, parse_steps, render_html, write_report
+from snapbench.report.latency_source import ProfileOutcome, backend_label, profile_with_snapbench
+from snapbench.specs.presets import load_preset
+from snapbench.specs.stages import STAGES
+
+BASE, CAND, DEVICE = "sd15-tiny", "snapfusion-tiny", "iphone14pro"
+
+
+def fake_profiler(tmp_path, **extra):
+    """The real profiling path with fakes for conversion and estimation (fixture-only latencies)."""
+    return functools.partial(profile_with_snapbench, packages=FakePackages(tmp_path / "pkgs"),
+                             estimate_fn=toy_estimate, progress=False, **extra)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    return gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], profiler=fake_profiler(tmp),
+                  table=None), tmp
+
+
+def result(data, model, device=DEVICE):
+    return next(r for r in data["results"] if r["model"] == model and r["device"] == device)
+
+
+def test_summary_figures_follow_the_formula(report):
+    data, _ = report
+    base, cand = result(data, BASE), result(data, CAND)
+    models = {m["key"]: m for m in data["models"]}
+    assert models[BASE]["steps"] == 50 and models[CAND]["steps"] == 8  # SnapFusion is step-distilled to 8
+    for r in (base, cand):
+        assert r["available"] and r["labels"] == ["estimated"]
+        c = {k: v["ms"] for k, v in r["components"].items()}
+        expected = 2 * c["text_encoder"] + r["steps"] * c["unet"] + c["vae_decoder"]
+        assert math.isclose(r["budget"]["total_ms"], expected)
+        assert math.isclose(r["budget"]["total_s"], expected / 1000)
+        # the UNet per step is the sum of its blocks, and the stages partition the blocks
+        assert math.isclose(sum(s["ms"] for s in r["stages"]), r["block_latency_sum_ms"], rel_tol=1e-3)
+        shares = [b["latency_share"] for b in r["blocks"] if b["latency_share"] is not None]
+        assert math.isclose(sum(shares), 1.0, rel_tol=1e-9)
+        peak = data["devices"][0]["fp16_peak_tflops"]
+        for b in r["blocks"]:
+            if b["latency_ms"]:
+                assert math.isclose(b["tflops"], 2 * b["macs"] / (b["latency_ms"] / 1e3) / 1e12)
+                assert math.isclose(b["peak_share"], b["tflops"] / peak)
+    assert math.isclose(cand["speedup_e2e"], base["budget"]["total_ms"] / cand["budget"]["total_ms"])
+    assert math.isclose(cand["speedup_unet_step"], base["components"]["unet"]["ms"] / cand["components"]["unet"]["ms"])
+    assert base["speedup_e2e"] is None
+
+
+def test_architecture_marks_removed_and_added_blocks(report):
+    data, _ = report
+    cand = next(m for m in data["models"] if m["key"] == CAND)
+    counts = load_preset(CAND).counts()
+    assert [(a["stage"], a["CA"], a["RB"]) for a in cand["architecture"]] == [
+        (s, counts[s]["CA"], counts[s]["RB"]) for s in STAGES]
+    changes = {b["id"]: b["change"] for b in result(data, CAND)["blocks"]}
+    assert changes["CA[Down-1, 1]"] == "removed"
+    assert changes["CA[Up-1, 1] (copy 1)"] == "added"
+    assert changes["RB[Down-1, 1]"] is None
+    # a block that runs nothing has no latency, and is not pretended to cost 0 ms in the table
+    removed = next(b for b in result(data, CAND)["blocks"] if b["id"] == "CA[Down-1, 1]")
+    assert removed["latency_ms"] is None and not removed["runs"]
+
+
+def test_page_is_self_contained_and_shows_both_models(report):
+    data, _ = report
+    html = render_html(data)
+    for needle in (BASE, CAND, *STAGES, "Provenance", "How these numbers were made", "estimated"):
+        assert needle in html
+    assert "<script" not in html.lower()
+    lowered = html.lower()
+    for external in ('src="http', "src='http", 'href="http', "@import", "url(http", "@font-face"):
+        assert external not in lowered
+
+
+def test_json_beside_html_is_the_data(report, tmp_path):
+    data, _ = report
+    html_path, json_path = write_report(data, tmp_path / "r.html", with_json=True)
+    assert json_path == tmp_path / "r.json"
+    assert json.loads(json_path.read_text()) == json.loads(json.dumps(data, default=str))
+    assert html_path.read_text().startswith("<!DOCTYPE html>")
+    assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temp files
+
+
+def test_no_latency_means_no_figure(tmp_path):
+    """When the profiler cannot answer, the report says why and shows no latency at all."""
+    def unavailable(*_a, **_k):
+        return ProfileOutcome(None, "no profiler here (test)")
+
+    data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], profiler=unavailable)
+    for r in data["results"]:
+        assert not r["available"] and r["budget"] is None and r["components"] == {} and r["blocks"] == []
+    assert data["latency_labels"] == []
+    html = render_html(data)
+    assert "no profiler here (test)" in html
+    assert "not available" in html
+
+
+def test_table_lacking_rows_is_estimated_and_said(tmp_path):
+    """A table with rows for another model: the candidate's missing signatures are estimated, and the page
+    names the table and says so."""
+    from snapbench.latency import Settings, profile_model
+
+    run = profile_model(BASE, DEVICE, Settings(), backend="estimate", packages=FakePackages(tmp_path / "p"),
+                        estimate_fn=toy_estimate, progress=False)
+    table = tmp_path / "table.csv"
+    run.table.save(table)
+    data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], table=table, profiler=fake_profiler(tmp_path))
+    base_notes = " ".join(result(data, BASE)["notes"])
+    cand_notes = " ".join(result(data, CAND)["notes"])
+    assert f"every figure read from {table}" in base_notes
+    assert f"{table} lacked current rows" in cand_notes and "estimated" in cand_notes
+    assert str(table) in render_html(data)
+
+
+def test_steps_override_and_parse():
+    assert parse_steps(["snapfusion=4", "sd15=25"]) == {"snapfusion": 4, "sd15": 25}
+    for bad in ("snapfusion", "=3", "sd15=x", "sd15=0"):
+        with pytest.raises(SnapbenchError):
+            parse_steps([bad])
+
+
+def test_steps_override_changes_the_budget(tmp_path):
+    data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], steps={CAND: 4},
+                  profiler=fake_profiler(tmp_path))
+    m = next(m for m in data["models"] if m["key"] == CAND)
+    assert (m["steps"], m["steps_source"]) == (4, "--steps")
+    r = result(data, CAND)
+    assert math.isclose(r["budget"]["unet_ms"], 4 * r["components"]["unet"]["ms"])
+
+
+def test_reference_points_sit_beside_our_figures(tmp_path):
+    ref = tmp_path / "ref.csv"
+    ref.write_text("source,device,model,component,latency_ms,per,runtime,attention,weight_bits,batch,notes\n"
+                   f"my-bench,{DEVICE},{BASE},unet,2.5,denoising step,Core ML,split_einsum_v2,16,2,typed in\n"
+                   "other,iphone12,sd15,unet,3000,denoising step,,,,,\n")
+    data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], reference=ref, profiler=fake_profiler(tmp_path))
+    rows = data["reference"]["rows"]
+    assert data["reference"]["source"] == str(ref)
+    mine = rows[0]
+    ours = result(data, BASE)["components"]["unet"]["ms"]
+    assert mine["ours_ms"] == ours and math.isclose(mine["ratio"], ours / 2.5)
+    assert mine["settings_differ"] == ["attention split_einsum_v2 there, original here"]
+    assert rows[1]["ours_ms"] is None  # not a model/device of this report: shown, not matched
+    html = render_html(data)
+    assert "my-bench" in html and "typed in" in html
+
+
+def test_shipped_reference_is_the_calibration_file():
+    source, rows = report_data.load_reference(None)
+    assert {r["source"] for r in rows} >= {"snapfusion-table1"}
+    assert any(r["model"] == "sd15" and r["component"] == "unet" and r["latency_ms"] == 1700 for r in rows)
+
+
+def test_trajectory_of_an_evolve_output_is_charted(tmp_path):
+    folder = tmp_path / "evo"
+    folder.mkdir()
+    spec = load_preset(CAND).to_dict()
+    spec["name"] = "evolved"
+    (folder / "arch.json").write_text(json.dumps(spec))
+    (folder / "trajectory.csv").write_text(
+        "iteration,action,block,latency_ms,quality,backend\n0,start,,10.0,0.90,estimate\n"
+        "1,-,\"CA[Up-3, 1]\",8.0,0.89,estimate\n2,+,\"CA[Up-1, 2]\",8.5,0.91,estimate\n")
+    data = gather(baseline=BASE, candidates=[str(folder / "arch.json")], devices=[DEVICE],
+                  profiler=lambda *a, **k: ProfileOutcome(None, "not needed here"))
+    traj = next(m for m in data["models"] if m["key"] == "evolved")["trajectory"]
+    assert [r["latency_ms"] for r in traj["rows"]] == [10.0, 8.0, 8.5] and traj["problem"] is None
+    html = render_html(data)
+    assert "Evolution trajectory" in html and "evolved: evolution trajectory" in html
+
+
+def test_default_out_path(report):
+    data, _ = report
+    assert str(default_out_path(data)) == f"reports/{BASE}-vs-{CAND}-{DEVICE}.html"
+
+
+def test_backend_labels():
+    assert [backend_label(b) for b in ("iphone", "mac", "import", "estimate", "mixed", None, "magic")] == [
+        "measured", "measured", "imported", "estimated", "mixed", "unlabelled", "unlabelled"]
+
+
+# -- the command ----------------------------------------------------------------------------------------
+
+
+def test_command_writes_html_and_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(report_data, "profile_with_snapbench", fake_profiler(tmp_path))
+    out = tmp_path / "sub" / "r.html"
+    assert main(["report", "-b", BASE, "-c", CAND, "-d", "iPhone 14 Pro", "--out", str(out), "--json"]) == 0
+    assert capsys.readouterr().out.split() == [str(out), str(out.with_suffix(".json"))]
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["command"].startswith(f"snapbench report --baseline {BASE} --candidate {CAND}")
+    assert data["devices"][0]["id"] == DEVICE
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-b", "no-such-model"], "unknown model preset"),
+    (["-c", "no/such/arch.json"], "no such"),
+    (["-d", "iphone99"], "unknown device"),
+    (["--steps", "sd15-tiny"], "MODEL=N"),
+    (["--steps", "nobody=3"], "not a model of this report"),
+    (["--table", "missing.csv"], "no such latency table"),
+    (["--reference", "missing.csv"], "no such reference file"),
+    (["--backend", "abacus"], "--backend"),
+    (["--weight-bits", "5"], "--weight-bits"),
+    (["--out", "{tmp}"], "is a folder"),
+    (["--out", "{tmp}/file.txt/r.html"], "is a file, not a folder"),
+    (["--out", "{tmp}/r.json"], "--json writes"),
+])
+def test_bad_input_one_line_exit_2(tmp_path, monkeypatch, capsys, args, words):
+    (tmp_path / "file.txt").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(report_data, "profile_with_snapbench",
+                        lambda *a, **k: pytest.fail("bad input must fail before profiling"))
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    base = ["report", "-b", BASE, "-c", CAND]
+    assert main(base + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+    assert not list(tmp_path.glob("reports/*"))
