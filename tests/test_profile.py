@@ -163,7 +163,18 @@ BAD = {
     "import other device": (["--from", "{dir}/device.csv"], "device 'iPhone 14' is not --device iphone14pro"),
     "import missing file": (["--from", "{dir}/none.csv"], "no such import file"),
     "corrupt table": ([], "line 4: precision 'fp12'"),
+    "packages of other settings": (["--packages", "{dir}/pk_batch1"], "packages were converted with batch 1, this profile uses 2"),
+    "not a conversion folder": (["--packages", "{dir}"], "not a snapbench conversion folder"),
 }
+
+
+def _manifest(folder: Path, **options) -> None:
+    folder.mkdir()
+    opts = {"mode": "profile", "attention": "original", "weight_bits": 16, "precision": "fp16", "latent": 16,
+            "batch": 2, "tokens": 77, **options}
+    (folder / "manifest.json").write_text(json.dumps({
+        "format": "snapbench.manifest/1", "content": "blocks", "model": "sd15-tiny", "spec": "sd15-tiny",
+        "options": opts, "blocks": []}))
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -180,6 +191,7 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_table(case, fakes, capsy
     (tmp_path / "unknown.csv").write_text("block,latency_ms\n\"CA[Up-9, 1]\",3\n")
     (tmp_path / "batch1.csv").write_text("block,latency_ms,batch\n\"RB[Down-1, 1]\",3,1\n")
     (tmp_path / "device.csv").write_text("block,latency_ms,device\n\"RB[Down-1, 1]\",3,iPhone 14\n")
+    _manifest(tmp_path / "pk_batch1", batch=1)
     args, message = BAD[case]
     argv = ["profile", *TINY, "--table", str(table)]
     extra = [a.replace("{dir}", str(tmp_path)) for a in args]
@@ -191,3 +203,15 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_table(case, fakes, capsy
     assert len(lines) == 1, err
     assert lines[0].startswith("error: ") and message in lines[0], lines[0]
     assert table.read_bytes() == before
+
+
+def test_packages_missing_a_signature_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from snapbench.errors import SnapbenchError
+    from snapbench.profilers.packages import signature_packages
+
+    m = SimpleNamespace(blocks=[SimpleNamespace(signature="RB|a", package="a.mlpackage")])
+    assert signature_packages(m, tmp_path, {"RB|a"}) == {"RB|a": tmp_path / "a.mlpackage"}
+    with pytest.raises(SnapbenchError, match="do not match this profile's settings or model"):
+        signature_packages(m, tmp_path, {"RB|a", "CA|b"})

@@ -64,8 +64,11 @@ def profile_command(
     _choice(backend, BACKEND_CHOICES, "--backend")
     if from_file is not None and backend == "auto":
         backend = "import"
-    if packages is not None and not (packages / "manifest.json").is_file():
-        raise SnapbenchError(f"{packages}: not a conversion folder (no manifest.json)")
+    if packages is not None:  # refuse packages made with other settings before anything else happens
+        from snapbench.converters import load_manifest
+        from snapbench.profilers.packages import check_manifest_settings
+
+        check_manifest_settings(load_manifest(packages), packages, settings, tokens)
     path = table if table is not None else default_table_path(dev.id, model)
     existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
     run = profile_model(

@@ -44,11 +44,55 @@ def _options(settings: Any, tokens: int) -> Any:
     from snapbench.converters import ConvertOptions
 
     return ConvertOptions(mode="profile", attention=settings.attention, weight_bits=settings.weight_bits,
-                          latent=settings.latent, batch=settings.batch, tokens=tokens)
+                          precision=settings.precision, latent=settings.latent, batch=settings.batch,
+                          tokens=tokens)
 
 
 def _entry(e: Any, name: str) -> Any:
     return e.get(name) if isinstance(e, dict) else getattr(e, name, None)
+
+
+_OPTION_FIELDS = ("attention", "weight_bits", "precision", "latent", "batch", "tokens")
+
+
+def _wanted(settings: Any, tokens: int) -> dict[str, Any]:
+    return {"attention": settings.attention, "weight_bits": settings.weight_bits,
+            "precision": settings.precision, "latent": settings.latent, "batch": settings.batch, "tokens": tokens}
+
+
+def check_manifest_settings(manifest: Any, folder: Path, settings: Any, tokens: int) -> None:
+    """Packages converted with other settings would be timed as if they had these: refuse, naming one."""
+    opts = getattr(manifest, "options", {}) or {}
+    for name, want in _wanted(settings, tokens).items():
+        have = opts.get(name)
+        if have is not None and str(have) != str(want):
+            raise SnapbenchError(f"{folder}: packages were converted with {name} {have}, this profile uses "
+                                 f"{want}; pass --{name.replace('_', '-')} {have} or convert again")
+
+
+def cached_packages(settings: Any, tokens: int, keys: set[str]) -> dict[str, Path]:
+    """Packages with these signatures already converted for any model under the cache (evolution's
+    candidates share almost every signature with the model they came from: no need to convert again)."""
+    from snapbench.converters import load_manifest
+
+    found: dict[str, Path] = {}
+    root = cache_root() / "packages"
+    if not root.is_dir():
+        return found
+    want = _wanted(settings, tokens)
+    for mf in sorted(root.glob("*/manifest.json")):
+        try:
+            manifest = load_manifest(mf.parent)
+        except SnapbenchError:
+            continue  # a half-written or foreign folder: ignore it, the converters will redo it
+        opts = manifest.options or {}
+        if opts.get("mode") != "profile" or any(str(opts.get(k)) != str(v) for k, v in want.items()):
+            continue
+        for e in manifest.blocks:
+            sig, pkg = _entry(e, "signature"), _entry(e, "package")
+            if sig in keys and pkg and _entry(e, "state") in (None, "done") and (mf.parent / pkg).exists():
+                found.setdefault(sig, mf.parent / pkg)
+    return found
 
 
 def signature_packages(manifest: Any, folder: Path, keys: set[str]) -> dict[str, Path]:
@@ -85,7 +129,11 @@ class ConverterPackages:
             from snapbench.converters import load_manifest
 
             manifest = load_manifest(self.folder)
+            check_manifest_settings(manifest, self.folder, settings, tokens)
             return signature_packages(manifest, self.folder, keys)
+        reuse = cached_packages(settings, tokens, keys)
+        if keys <= reuse.keys():
+            return reuse
         from snapbench.converters import convert_model
 
         out = self._dir(source, settings, tokens)

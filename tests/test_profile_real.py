@@ -1,0 +1,39 @@
+"""The real chain on sd15-tiny: converters (profile mode, cache folder) -> estimator -> table -> document.
+Slow (a conversion per unique signature); everything else in the profile tests uses fakes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from snapbench.cli import main
+from snapbench.latency import LatencyTable, Settings, block_latencies
+
+pytestmark = pytest.mark.slow
+
+
+def test_profile_estimate_for_real(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SNAPBENCH_CACHE", str(tmp_path / "cache"))
+    table = tmp_path / "t.csv"
+    argv = ["profile", "--device", "iphone14pro", "--model", "sd15-tiny", "--latent", "8", "--backend", "estimate",
+            "--component", "unet", "--table", str(table), "--json"]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["backend"] == "estimate" and len(doc["stages"]) == 7
+    ms = [b["latency_ms"] for b in doc["blocks"] if b["signature"]]
+    assert ms and all(v > 0 for v in ms)
+    rows = LatencyTable.load(table).rows()
+    assert {r.backend for r in rows} == {"estimate"} and all(r.bytes_moved for r in rows)
+    assert all("estimator=" in r.versions for r in rows)
+    # the packages stay in the cache: a new table for another device converts nothing again
+    packages = list((tmp_path / "cache" / "packages").glob("*/*.mlpackage"))
+    assert packages
+    before = {p: p.stat().st_mtime for p in packages}
+    blocks = block_latencies("sd15-tiny", "iphone12promax", Settings(latent=8), backend="estimate")
+    assert {p: p.stat().st_mtime for p in packages} == before
+    slower = {b.id: b.latency_ms for b in blocks}
+    # an A14 (11 TOPS, 34 GB/s) is never faster than an A16 on the same block
+    for b in doc["blocks"]:
+        if b["signature"]:
+            assert slower[b["id"]] >= b["latency_ms"] * 0.999
