@@ -18,6 +18,7 @@ from snapbench.errors import SnapbenchError
 # The commands, in the order `snapbench --help` lists them (the pipeline's order).
 COMMAND_MODULES: tuple[str, ...] = (
     "snapbench.commands.inspect",
+    "snapbench.commands.convert",
     "snapbench.commands.profile",
     "snapbench.commands.devices", "snapbench.commands.calibrate",
     "snapbench.commands.report",

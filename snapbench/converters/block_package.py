@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -62,7 +63,10 @@ def example_inputs(io: PackageIO, *, seed: int = 0, int_high: int = 1000) -> tup
 
 def trace(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
     # check_trace=False: the default re-runs the module to compare traces, doubling the dominant cost.
-    with torch.no_grad():
+    # TracerWarnings say shapes become constants: exactly what a fixed-shape Core ML package wants.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
         return torch.jit.trace(module.eval(), inputs, check_trace=False)
 
 

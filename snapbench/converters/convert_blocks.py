@@ -30,6 +30,11 @@ from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource, build_unet, resolve_model
 
 
+# Below this much work (test-sized models) a pool's start-up (each worker imports torch, diffusers and
+# coremltools) costs more than it saves; SD-v1.5 is about 800 GMACs.
+SMALL_WORK_MACS = 10_000_000_000
+
+
 @dataclass
 class ConvertResult:
     manifest: Manifest
@@ -160,6 +165,8 @@ def _run_tasks(tasks: list[workers.BlockTask], source: ModelSource, opts: Conver
     if not tasks:
         return
     n = min(opts.workers, len(tasks))
+    if opts.jobs is None and sum(t.macs for t in tasks) < SMALL_WORK_MACS:
+        n = 1  # default jobs only: starting workers (seconds of imports each) would cost more than it saves
     if n <= 1:
         # In this process: no start-up cost, which is what tiny models and single packages want.
         workers.init_worker(source, opts)

@@ -1,0 +1,95 @@
+"""`snapbench convert`: Core ML packages per block (or whole UNet / pipeline part) + manifest.json."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from snapbench.commands.common import BatchOpt, JsonOpt, LatentOpt, ModelOpt, TokensOpt, WeightsOpt, err, out, print_json
+
+
+def convert_command(
+    model: str = ModelOpt,
+    weights: Optional[str] = WeightsOpt,
+    out_dir: str = typer.Option(..., "--out", "-o", help="Folder for the packages and manifest.json (new, or one of ours)."),
+    mode: str = typer.Option("profile", "--mode", help="profile: one package per block signature; deploy: one per block, real weights."),
+    attention: str = typer.Option("original", "--attention", help="original | split_einsum | split_einsum_v2 (Neural-Engine rewrites)."),
+    weight_bits: int = typer.Option(16, "--weight-bits", help="16 | 8 (int8 linear) | 6 | 4 (palettized)."),
+    target: str = typer.Option("iOS16", "--target", help="Minimum deployment target: iOS16 | iOS17 | iOS18."),
+    precision: str = typer.Option("fp16", "--precision", help="Compute precision: fp16 | fp32."),
+    latent: int = LatentOpt,
+    batch: int = BatchOpt,
+    tokens: int = TokensOpt,
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Worker processes (default: the cores available)."),
+    whole: bool = typer.Option(False, "--whole", help="Convert the whole UNet into one package."),
+    chunks: int = typer.Option(1, "--chunks", help="With --whole: 2 splits the UNet in two packages (iOS)."),
+    component: Optional[str] = typer.Option(None, "--component", help="A pipeline part: text_encoder | vae_decoder | unet."),
+    check: bool = typer.Option(False, "--check", help="Run each package against PyTorch, PSNR >= 35 dB (macOS only)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Convert a UNet into Core ML packages, one per block (default), whole, or a pipeline part."""
+    from snapbench.converters.options import ConvertOptions
+    from snapbench.errors import SnapbenchError
+
+    opts = ConvertOptions(mode=mode, attention=attention, weight_bits=weight_bits, target=target,
+                          precision=precision, latent=latent, batch=batch, tokens=tokens, jobs=jobs,
+                          check=check, chunks=chunks)
+    if whole and component not in (None, "unet"):
+        raise SnapbenchError(f"--whole converts the UNet; it cannot be combined with --component {component}")
+    if chunks != 1 and not (whole or component == "unet"):
+        raise SnapbenchError("--chunks needs --whole (or --component unet)")
+    if opts.check:
+        from snapbench.converters.checks import require_prediction
+
+        require_prediction()  # before anything slow
+    progress = not as_json or err.is_terminal
+    if whole or component is not None:
+        from snapbench.converters.components import convert_component
+
+        result = convert_component(component or "unet", out_dir, opts, model=model, weights=weights,
+                                   progress=progress)
+    else:
+        from snapbench.converters.convert_blocks import convert_model
+
+        result = convert_model(model, out_dir, opts, weights=weights, progress=progress)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        render(result, out_dir)
+    if result.failed:
+        for block, error in result.failed:
+            err.print(f"failed: {block}: {error}", markup=False, highlight=False)
+        err.print(f"{len(result.failed)} failed; the others are done. Run the same command again to retry them.")
+        raise typer.Exit(1)
+
+
+def render(result, out_dir: str) -> None:
+    m = result.manifest
+    converted, reused = set(result.converted), set(result.reused)
+    t = Table(title=f"{m.spec}: {m.content} -> {out_dir}", title_justify="left", show_edge=False)
+    for col, just in (("stage", "left"), ("block", "left"), ("status", "left"), ("package", "left"),
+                      ("this run", "left"), ("seconds", "right"), ("MB", "right")):
+        t.add_column(col, justify=just)
+    for b in m.blocks:
+        if b.id in converted or (b.package_owner == b.file_id and b.id in converted):
+            run = "converted"
+        elif b.package_owner and b.package_owner != b.file_id and b.state == "done":
+            run = f"shares {b.package_owner}"
+        elif b.id in reused:
+            run = "cached"
+        else:
+            run = {"no_compute": "no compute", "failed": "FAILED"}.get(b.state, b.state)
+        t.add_row(b.stage, b.id, b.status, b.package or "-", run,
+                  f"{b.seconds:.1f}" if b.seconds is not None else "",
+                  f"{b.bytes / 1e6:.1f}" if b.bytes else "",
+                  style="red" if b.state == "failed" else ("dim" if b.state == "no_compute" else None))
+    out.print(t)
+    packages = len({b.package for b in m.blocks if b.package})
+    out.print(f"{packages} packages for {len(m.blocks)} blocks: {len(result.converted)} converted, "
+              f"{len(reused)} blocks from the cache, {len(result.failed)} failed; manifest: {out_dir}/manifest.json")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert")(convert_command)

@@ -1,0 +1,180 @@
+"""Pipeline parts: `convert_component("text_encoder" | "vae_decoder" | "unet", ...)`.
+
+Configs are built here (no hub downloads); weights are seeded random unless `weights` names a local
+folder (the part's own folder, or a diffusers pipeline folder holding text_encoder/ or vae/).
+
+- text_encoder: transformers CLIPTextModel. The config follows the UNet's context width: 768 -> CLIP
+  ViT-L/14 (SD-v1.x, 123M params), 1024 -> OpenCLIP ViT-H/14 text tower (SD-2.x); anything else is a
+  test-sized 2-layer encoder of that width. Batch 1 and `tokens` long: SD runs it twice per image
+  (prompt and empty prompt for guidance), as the paper counts. Output: last_hidden_state, the UNet's
+  context.
+- vae_decoder: diffusers AutoencoderKL's post_quant_conv + decoder (latent -> image; the 1/0.18215
+  latent scaling stays in the pipeline, as in Apple's ml-stable-diffusion). SD's VAE config; for a
+  `snapfusion*` model the SnapFusion decoder: every block_out_channels halved (128/256/512/512 ->
+  64/128/256/256), 32 GroupNorm groups kept (channels per group halve), same depth and mid attention:
+  "50% uniform channel pruning", which gives about a quarter of the parameters (the paper: 13M).
+  Test-sized UNets (first stage under 64 channels) get a test-sized VAE.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from snapbench.converters.block_package import PackageIO
+from snapbench.converters.cache import file_stat_fingerprint
+from snapbench.converters.convert_blocks import ConvertResult, load_source
+from snapbench.converters.options import COMPONENTS, ConvertOptions
+from snapbench.converters.single import SingleModel, convert_single
+from snapbench.errors import SnapbenchError
+from snapbench.model.loading import ModelSource
+
+CLIP_VIT_L_14: dict[str, Any] = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                     num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                                     projection_dim=768)
+OPENCLIP_VIT_H_14: dict[str, Any] = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096,
+                                         num_hidden_layers=23, num_attention_heads=16, max_position_embeddings=77,
+                                         hidden_act="gelu", projection_dim=1024)
+SD_VAE: dict[str, Any] = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+                              block_out_channels=[128, 256, 512, 512], norm_num_groups=32, sample_size=512,
+                              down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                              scaling_factor=0.18215)
+
+
+def text_encoder_config(context_dim: int) -> tuple[str, dict[str, Any]]:
+    if context_dim == 768:
+        return "CLIP ViT-L/14 text encoder", dict(CLIP_VIT_L_14)
+    if context_dim == 1024:
+        return "OpenCLIP ViT-H/14 text encoder", dict(OPENCLIP_VIT_H_14)
+    heads = 2 if context_dim % 2 == 0 else 1
+    return f"test-sized text encoder ({context_dim} wide)", dict(
+        vocab_size=1000, bos_token_id=998, eos_token_id=999, pad_token_id=1, hidden_size=context_dim, intermediate_size=4 * context_dim, num_hidden_layers=2,
+        num_attention_heads=heads, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=context_dim)
+
+
+def vae_config(source: ModelSource) -> tuple[str, dict[str, Any]]:
+    snapfusion = source.spec.name.startswith("snapfusion")
+    test_sized = source.spec.base_config["block_out_channels"][0] < 64
+    cfg = dict(SD_VAE)
+    if test_sized:
+        cfg.update(block_out_channels=[8, 16, 16, 16], norm_num_groups=4, layers_per_block=1)
+    if snapfusion:
+        cfg["block_out_channels"] = [c // 2 for c in cfg["block_out_channels"]]
+    name = ("SnapFusion VAE decoder (50% channels)" if snapfusion else "SD VAE decoder")
+    return (f"test-sized {name}" if test_sized else name), cfg
+
+
+def _part_folder(weights: str | os.PathLike | None, sub: str) -> Path | None:
+    if weights is None:
+        return None
+    p = Path(weights)
+    for candidate in (p, p / sub):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise SnapbenchError(f"{p}: no config.json there or in {sub}/ (give the {sub} folder or a pipeline folder)")
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, return_dict=False)[0]
+
+
+class VAEDecoder(nn.Module):
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.post_quant_conv = vae.post_quant_conv
+        self.decoder = vae.decoder
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(latent))
+
+
+def _meta_params(make) -> int:
+    """Parameters of a part, counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in make().parameters())
+
+
+def text_encoder_single(source: ModelSource, opts: ConvertOptions, weights: str | os.PathLike | None) -> SingleModel:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    ctx = source.spec.base_config.get("cross_attention_dim", 768)
+    ctx = ctx[0] if isinstance(ctx, (list, tuple)) else ctx
+    title, cfg = text_encoder_config(int(ctx))
+    folder = _part_folder(weights, "text_encoder")
+    if opts.tokens > cfg["max_position_embeddings"]:
+        raise SnapbenchError(f"--tokens {opts.tokens}: the text encoder takes at most {cfg['max_position_embeddings']}")
+
+    def build() -> nn.Module:
+        if folder is not None:
+            try:
+                model = CLIPTextModel.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                                      attn_implementation="eager")
+            except (OSError, ValueError) as e:
+                raise SnapbenchError(f"{folder}: cannot load a CLIPTextModel ({e})") from None
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(opts.seed)
+                # eager attention: the SDPA path traces to ops coremltools handles less well
+                model = CLIPTextModel(CLIPTextConfig(**cfg, attn_implementation="eager"))
+        return TextEncoder(model.eval())
+
+    width = cfg["hidden_size"]
+    io = PackageIO((("input_ids", (1, opts.tokens)),), (("last_hidden_state", (1, opts.tokens, width)),),
+                   int_inputs=frozenset({"input_ids"}))
+    fp = file_stat_fingerprint(list(folder.iterdir())) if folder else {"random_seed": opts.seed}
+    params = _meta_params(lambda: CLIPTextModel(CLIPTextConfig(**cfg)))
+    return SingleModel("text_encoder", title, str(source.ref), source.spec.name, io, build,
+                       {"config": cfg, "weights": str(fp)}, params=params)
+
+
+def vae_decoder_single(source: ModelSource, opts: ConvertOptions, weights: str | os.PathLike | None) -> SingleModel:
+    from diffusers import AutoencoderKL
+
+    title, cfg = vae_config(source)
+    folder = _part_folder(weights, "vae")
+
+    def build() -> nn.Module:
+        if folder is not None:
+            try:
+                vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+            except (OSError, ValueError) as e:
+                raise SnapbenchError(f"{folder}: cannot load an AutoencoderKL ({e})") from None
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(opts.seed)
+                vae = AutoencoderKL(**cfg)
+        return VAEDecoder(vae).eval()
+
+    scale = 2 ** (len(cfg["block_out_channels"]) - 1)
+    lat = opts.latent
+    io = PackageIO((("latent", (1, cfg["latent_channels"], lat, lat)),), (("image", (1, 3, lat * scale, lat * scale)),))
+    fp = file_stat_fingerprint(list(folder.iterdir())) if folder else {"random_seed": opts.seed}
+    params = _meta_params(lambda: VAEDecoder(AutoencoderKL(**cfg)))
+    return SingleModel("vae_decoder", title, str(source.ref), source.spec.name, io, build,
+                       {"config": cfg, "weights": str(fp)}, params=params)
+
+
+def convert_component(component: str, out_dir: str | os.PathLike, opts: ConvertOptions = ConvertOptions(), *,
+                      model: str | os.PathLike | ModelSource = "sd15", weights: str | os.PathLike | None = None,
+                      progress: bool = True) -> ConvertResult:
+    """Convert one pipeline part of `model` (its UNet config decides the text encoder and VAE)."""
+    if component not in COMPONENTS:
+        raise SnapbenchError(f"unknown component {component!r}; choose one of {', '.join(COMPONENTS)}")
+    if opts.chunks != 1 and component != "unet":
+        raise SnapbenchError("--chunks applies to the UNet only (--whole or --component unet)")
+    if component == "unet":
+        from snapbench.converters.whole_unet import convert_whole_unet
+
+        return convert_whole_unet(model, out_dir, opts, weights=weights, progress=progress)
+    source = load_source(model, None)
+    make = text_encoder_single if component == "text_encoder" else vae_decoder_single
+    return convert_single(make(source, opts, weights), out_dir, opts, progress=progress)

@@ -1,0 +1,75 @@
+"""`--whole`: the UNet in one package (or two chunks, `--chunks 2`), with the same attention rewrites."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from snapbench.converters.block_package import PackageIO
+from snapbench.converters.cache import source_fingerprint
+from snapbench.converters.convert_blocks import ConvertResult, build_checked, cut, load_source, weight_files
+from snapbench.converters.options import ConvertOptions
+from snapbench.converters.runtime import tool_versions
+from snapbench.converters.single import SingleModel, convert_single
+from snapbench.model.loading import ModelSource
+from snapbench.model.units import AttentionUnit
+
+
+class _DiffusersCall(nn.Module):
+    """A rewritten attention block behind diffusers' call convention, so the elastic UNet can run it."""
+
+    def __init__(self, rewritten: nn.Module) -> None:
+        super().__init__()
+        self.rewritten = rewritten
+
+    def forward(self, hidden: torch.Tensor, encoder_hidden_states: torch.Tensor, return_dict: bool = False):
+        return (self.rewritten(hidden, encoder_hidden_states),)
+
+
+class WholeUNet(nn.Module):
+    """forward(sample, timestep, context) -> out: the elastic UNet, its attention rewritten if asked."""
+
+    def __init__(self, model: nn.Module, attention: str) -> None:
+        super().__init__()
+        # Registered here so their weights are parameters of the traced module (the elastic UNet keeps
+        # its units in a plain list), not constants that torch.jit.trace refuses.
+        self.rewritten = nn.ModuleList()
+        if attention != "original":
+            from snapbench.converters.ane_attention import rewrite_transformer
+
+            for unit in model.units:
+                if isinstance(unit, AttentionUnit) and unit.has_compute:
+                    unit.transformer = _DiffusersCall(rewrite_transformer(unit.transformer, attention))
+                    self.rewritten.append(unit.transformer)
+        self.model = model.eval()
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.model(sample, timestep, context)
+
+
+def unet_single(source: ModelSource, opts: ConvertOptions) -> SingleModel:
+    meta, blocks = cut(source, opts)
+    cfg = meta.config
+    ctx = cfg.cross_attention_dim[0] if isinstance(cfg.cross_attention_dim, (list, tuple)) else cfg.cross_attention_dim
+    b, lat = opts.batch, opts.latent
+    io = PackageIO(
+        inputs=(("sample", (b, cfg.in_channels, lat, lat)), ("timestep", (b,)), ("context", (b, opts.tokens, ctx))),
+        outputs=(("out", tuple(blocks[-1].output)),),
+    )
+    versions = tool_versions()
+    weights = source_fingerprint(source.spec.to_dict(), weight_files(source), opts.seed, versions["torch"])
+    return SingleModel(
+        name="unet", title=f"UNet of {source.spec.name}", model=str(source.ref), spec=source.spec.name, io=io,
+        build=lambda: WholeUNet(build_checked(source, device="cpu", seed=opts.seed), opts.attention),
+        identity={"spec": source.spec.to_dict(), "weights": weights},
+        params=sum(x.params for x in blocks), macs=sum(x.macs for x in blocks),
+        macs_no_attention=sum(x.macs - x.attention_macs for x in blocks),
+    )
+
+
+def convert_whole_unet(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLike,
+                       opts: ConvertOptions = ConvertOptions(), *, weights: str | os.PathLike | None = None,
+                       progress: bool = True) -> ConvertResult:
+    return convert_single(unet_single(load_source(model, weights), opts), out_dir, opts, progress=progress)
