@@ -64,11 +64,9 @@ class ReferenceProgram:
     tokens: int = 77
 
     def key(self) -> str:
-        import coremltools as ct
-
+        # what decides the program's ops: the settings, the UNet config and this module's conversion recipe
         cfg = json.dumps({**self.__dict__, "unet": _unet_config(self.model) if self.component == "unet" else None,
-                          "ct": ct.__version__, "conv": _CONVERSION_VERSION, "rec": RECORDS_VERSION},
-                         sort_keys=True, default=str)
+                          "conv": _CONVERSION_VERSION, "rec": RECORDS_VERSION}, sort_keys=True, default=str)
         return hashlib.sha256(cfg.encode()).hexdigest()[:16]
 
     def slug(self) -> str:
@@ -78,6 +76,11 @@ class ReferenceProgram:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("SNAPBENCH_CACHE", ".snapbench-cache")) / "reference_ops"
+
+
+def shipped_dir() -> Path:
+    """Op records of the calibration programs shipped with the package, so calibration runs anywhere."""
+    return Path(str(resources.files("snapbench.profilers.estimate") / "reference_ops"))
 
 
 def reference_records(program: ReferenceProgram, *, convert: bool = True) -> list[OpRecord]:
@@ -91,6 +94,8 @@ def reference_records(program: ReferenceProgram, *, convert: bool = True) -> lis
     records_path = base.with_name(base.name + ".json")
     specs_path = base.with_name(base.name + ".specs.zip")
     cached = load_records(records_path, key=key)
+    if cached is None:
+        cached = load_records(shipped_dir() / records_path.name, key=key)
     if cached is not None:
         return cached
     if specs_path.is_file():
@@ -235,16 +240,21 @@ def _convert_unet(program: ReferenceProgram) -> list[tuple[str, bytes]]:
     from torch.utils._pytree import tree_flatten, tree_unflatten
 
     cfg = _unet_config(program.model)
-    unet = UNet2DConditionModel(**cfg).eval()
+    unet = UNet2DConditionModel(**cfg).eval().requires_grad_(False)
     unet.set_attn_processor(AttnProcessor())
     if program.attention != "original":
-        from snapbench.converters.ane_attention import rewrite_transformer
+        from snapbench.converters.ane_attention import DEFAULT_QUERY_CHUNK_SIZE, rewrite_transformer
 
-        for blocks in (unet.down_blocks, [unet.mid_block], unet.up_blocks):
-            for block in blocks:
-                atts = getattr(block, "attentions", None)
-                for i in range(len(atts) if atts is not None else 0):
-                    atts[i] = _TransformerAdapter.wrap(rewrite_transformer(atts[i], program.attention))
+        levels = len(unet.down_blocks)
+        sides = ([program.latent >> i for i in range(levels)] + [program.latent >> (levels - 1)]
+                 + [program.latent >> (levels - 1 - i) for i in range(levels)])
+        for block, side in zip([*unet.down_blocks, unet.mid_block, *unet.up_blocks], sides):
+            atts = getattr(block, "attentions", None)
+            for i in range(len(atts) if atts is not None else 0):
+                # a chunk no longer than the sequence: coremltools 9 fails on split(size > dim)
+                chunk = min(DEFAULT_QUERY_CHUNK_SIZE, side * side)
+                atts[i] = _TransformerAdapter.wrap(rewrite_transformer(atts[i], program.attention,
+                                                                      query_chunk_size=chunk))
 
     blocks: list[tuple[str, torch.nn.Module]] = (
         [(f"down_blocks.{i}", b) for i, b in enumerate(unet.down_blocks)] + [("mid_block", unet.mid_block)]
@@ -264,13 +274,20 @@ def _convert_unet(program: ReferenceProgram) -> list[tuple[str, bytes]]:
 
     class Pre(torch.nn.Module):
         # conv_in + sinusoidal time projection + time MLP
+        def __init__(self):
+            super().__init__()
+            self.conv_in, self.time_proj, self.time_embedding = unet.conv_in, unet.time_proj, unet.time_embedding
+
         def forward(self, x, t):
-            emb = unet.time_embedding(unet.time_proj(t).to(x.dtype))
-            return unet.conv_in(x), emb
+            return self.conv_in(x), self.time_embedding(self.time_proj(t).to(x.dtype))
 
     class Post(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm, self.act, self.conv = unet.conv_norm_out, unet.conv_act, unet.conv_out
+
         def forward(self, x):
-            return unet.conv_out(unet.conv_act(unet.conv_norm_out(x)))
+            return self.conv(self.act(self.norm(x)))
 
     class Call(torch.nn.Module):
         # re-plays one sub-block call with its captured (args, kwargs); tensors become trace inputs
