@@ -62,9 +62,17 @@ class Settings:
                                      f"{', '.join(map(str, allowed))}")
         if self.batch < 1 or self.latent < 1:
             raise SnapbenchError(f"batch and latent must be >= 1 (got batch {self.batch}, latent {self.latent})")
+        object.__setattr__(self, "_key", (self.compute_units, self.precision, self.weight_bits, self.attention,
+                                          self.batch, self.latent))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def key(self) -> tuple:
+        """The settings as a plain tuple: what the table's index uses (builtin tuples compare in C; a
+        dataclass's generated __eq__ is Python and would dominate evolution's millions of lookups)."""
+        return self._key  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,7 @@ class LatencyRow:
 
     @property
     def key(self) -> tuple:
-        return (self.device, self.settings, self.signature)
+        return (self.device, self.settings.key, self.signature)
 
     @property
     def measured(self) -> bool:
@@ -169,11 +177,11 @@ class LatencyTable:
     # queries ----------------------------------------------------------------------------------------
     def lookup(self, device_id: str, settings: Settings, signature_key: str) -> LatencyRow | None:
         """The most trustworthy row for this key, or None. One dict access."""
-        return self._best.get((device_id, settings, signature_key))
+        return self._best.get((device_id, settings._key, signature_key))
 
     def lookup_backend(self, device_id: str, settings: Settings, signature_key: str,
                        backend: str) -> LatencyRow | None:
-        return self._rows.get((device_id, settings, signature_key, backend))
+        return self._rows.get((device_id, settings._key, signature_key, backend))
 
     def rows(self) -> list[LatencyRow]:
         """Every row (all backends), in a stable order: device, settings, stage, block, backend."""
