@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "snapbench.commands.inspect",
     "snapbench.commands.convert",
     "snapbench.commands.profile",
+    "snapbench.commands.train", "snapbench.commands.ablate", "snapbench.commands.evolve",
     "snapbench.commands.devices", "snapbench.commands.calibrate",
     "snapbench.commands.report",
 )

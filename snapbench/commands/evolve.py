@@ -1,0 +1,109 @@
+"""`snapbench evolve`: SnapFusion's architecture evolution (Algorithm 1) driven by the latency table."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from snapbench.commands.common import JsonOpt, err, out, print_json
+
+# Options shared with `ablate`.
+DeviceOpt = typer.Option("iphone14pro", "--device", "-d", help="Catalog device whose latency table prices blocks.")
+TableOpt = typer.Option(None, "--table", help="Latency table CSV to read first (estimates fill what it lacks).")
+FixedTableOpt = typer.Option(None, "--fixed-table",
+                             help="CSV of signature,latency_ms used as is (nothing estimated).")
+AttentionOpt = typer.Option("original", "--attention", help="Attention implementation of the CA rows.")
+EvaluatorOpt = typer.Option("toy", "--evaluator", "-e", help="toy (toy-digits) or clip (needs local weights).")
+PromptsOpt = typer.Option(None, "--prompts", help="clip: prompts file, one per line.")
+ClipWeightsOpt = typer.Option(None, "--clip-weights", help="clip: local transformers CLIPModel folder.")
+PipelineOpt = typer.Option(None, "--pipeline", help="clip: SD pipeline folder (text_encoder/, tokenizer/, vae/).")
+SamplesOpt = typer.Option(None, "--samples-per-prompt", min=1, help="Images per prompt [toy: 8, clip: 1].")
+EvalStepsOpt = typer.Option(None, "--eval-steps", min=1, help="DDIM steps per image [toy: 10, clip: 50].")
+GuidanceOpt = typer.Option(None, "--guidance", help="CFG scale [toy: 2.0, clip: 7.5].")
+EvalSeedOpt = typer.Option(0, "--eval-seed", help="Seed of the starting noise shared by all candidates.")
+WorkersOpt = typer.Option(1, "--workers", min=1, help="Local worker processes for evaluations (1: this process).")
+RayOpt = typer.Option(None, "--ray-address", help="Run evaluations on Ray: host:port, ray://host:port, auto, local.")
+ThreadsOpt = typer.Option(1, "--threads", min=1, help="Torch CPU threads per process.")
+
+
+def evolve_command(
+    model: str = typer.Option(..., "--model", "-m", help="A robust-trained folder (or any model --evaluator can score)."),
+    out_dir: str = typer.Option(..., "--out", "-o", help="Output folder; the same command again resumes a killed run."),
+    device: str = DeviceOpt,
+    target_ms: Optional[float] = typer.Option(None, "--target-ms", help="Target latency of one UNet step, ms."),
+    target_fraction: Optional[float] = typer.Option(None, "--target-fraction",
+                                                    help="Target as a fraction of the starting latency."),
+    removals_per_iteration: int = typer.Option(1, "--removals-per-iteration", min=1,
+                                               help="A- actions applied per iteration (best first)."),
+    max_iterations: int = typer.Option(200, "--max-iterations", min=1),
+    add_phase: bool = typer.Option(True, "--add/--no-add", help="Add copies under the target once it is met."),
+    min_gain: float = typer.Option(0.0, "--min-gain", help="Least quality gain per ms an A+ must bring."),
+    train_steps: int = typer.Option(0, "--train-steps", min=0, help="Robust-training steps between iterations."),
+    lr: float = typer.Option(1e-4, "--lr", help="Learning rate of those steps."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    skip_ca: float = typer.Option(0.1, "--skip-ca"),
+    skip_rb: float = typer.Option(0.1, "--skip-rb"),
+    data: Optional[str] = typer.Option(None, "--data", help="Training data folder (non-toy models)."),
+    table: Optional[str] = TableOpt,
+    fixed_table: Optional[str] = FixedTableOpt,
+    attention: str = AttentionOpt,
+    evaluator: str = EvaluatorOpt,
+    prompts: Optional[str] = PromptsOpt,
+    clip_weights: Optional[str] = ClipWeightsOpt,
+    pipeline: Optional[str] = PipelineOpt,
+    samples_per_prompt: Optional[int] = SamplesOpt,
+    eval_steps: Optional[int] = EvalStepsOpt,
+    guidance: Optional[float] = GuidanceOpt,
+    eval_seed: int = EvalSeedOpt,
+    workers: int = WorkersOpt,
+    ray_address: Optional[str] = RayOpt,
+    threads: int = ThreadsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Remove the blocks with the least quality lost per ms saved until the target holds, then add copies
+    with the most quality gained per ms spent (SnapFusion Algorithm 1)."""
+    import torch
+
+    from snapbench.evolution.evolve import EvolveConfig, evolve
+    from snapbench.evolution.executors import make_executor
+    from snapbench.evolution.options import cost_builder, evaluator_config, latency_settings
+    from snapbench.evolution.robust_training import SkipProbabilities, TrainConfig
+
+    torch.set_num_threads(threads)
+    config = EvolveConfig(target_ms=target_ms, target_fraction=target_fraction,
+                          removals_per_iteration=removals_per_iteration, max_iterations=max_iterations,
+                          add_phase=add_phase, min_gain=min_gain, train_steps=train_steps,
+                          train=TrainConfig(batch_size=batch_size, learning_rate=lr, robust=True,
+                                            skip=SkipProbabilities(skip_ca, skip_rb)), data=data)
+    ev = evaluator_config(evaluator, prompts=prompts, clip_weights=clip_weights, pipeline=pipeline,
+                          samples_per_prompt=samples_per_prompt, steps=eval_steps, guidance=guidance, seed=eval_seed)
+    costs = cost_builder(device=device, table=table, fixed_table=fixed_table, attention=attention, progress=True,
+                         say=lambda s: err.print(s))
+    executor = make_executor(workers=workers, threads=threads, ray_address=ray_address)
+    try:
+        result = evolve(model, out_dir, config, evaluator=ev, costs=costs, executor=executor,
+                        settings=latency_settings(device, table, fixed_table, attention), progress=True,
+                        say=lambda s: err.print(s))
+    finally:
+        executor.close()
+    if as_json:
+        print_json(result.to_dict())
+        return
+    t = Table(title=f"{result.out}: evolution on {result.device} ({result.latency_source})", title_justify="left")
+    for col in ("it", "action", "block", "latency ms", "quality", "d quality", "d ms", "value"):
+        t.add_column(col, justify="left" if col in ("action", "block") else "right")
+    for r in result.trajectory:
+        def f(v: object, fmt: str) -> str:
+            return "" if v is None else format(v, fmt)
+        t.add_row(str(r["iteration"]), r["action"], r["block"], f(r["latency_ms"], ".3f"), f(r["quality"], ".4f"),
+                  f(r.get("quality_delta"), "+.4f"), f(r.get("latency_delta_ms"), "+.3f"), f(r.get("value"), ".4f"))
+    out.print(t)
+    out.print(f"latency {result.initial_latency_ms:.3f} -> {result.final_latency_ms:.3f} ms "
+              f"(target {result.target_ms:.3f}, floor {result.floor_ms:.3f}, {result.latency_backend}); "
+              f"quality {result.initial_quality:.4f} -> {result.final_quality:.4f}; {result.seconds:.0f} s")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evolve")(evolve_command)

@@ -1,0 +1,427 @@
+"""Architecture evolving (SnapFusion 3.1.2, Algorithm 1): where evolution decides.
+
+Each iteration evaluates every action from the current architecture (through an executor) and scores it
+by value = d quality / d latency, latency from the cost model (the latency table for --device):
+- remove phase, while latency > target: apply the A- with the smallest value, i.e. the least quality
+  lost per ms saved (several per iteration with `removals_per_iteration`);
+- add phase, once under the target: apply the A+ (restore a block or add a copy) with the largest
+  value, i.e. the most quality gained per ms spent, among those that keep the target; stop when none
+  gains more than `min_gain` per ms;
+- between iterations, optionally, `train_steps` robust-training steps on the current architecture.
+
+State is saved atomically after every iteration (out/.evolve/state.json, with the checkpoint it refers
+to), so a killed run resumes where it stopped when the same command runs again. The finished folder
+holds arch.json + unet/ (+ copies, scheduler, toy prompt encoder): a model `convert`, `profile` and
+`report` accept; trajectory.csv (format in trajectory.py); result.json (what --json prints).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from snapbench.atomic import atomic_write_text
+from snapbench.errors import SnapbenchError
+from snapbench.evolution.actions import Action, addition_actions, removal_actions
+from snapbench.evolution.evaluators import EvalConfig, Quality
+from snapbench.evolution.executors import EvalTask, Executor
+from snapbench.evolution.latency_costs import CostModel
+from snapbench.evolution.robust_training import TrainConfig
+from snapbench.evolution.trajectory import TRAJECTORY_FILE, write_trajectory
+from snapbench.specs.arch_spec import ArchSpec
+
+WORK_DIR = ".evolve"
+STATE_FILE = "state.json"
+RESULT_FILE = "result.json"
+STATE_FORMAT = "snapbench.evolve/1"
+
+
+@dataclass(frozen=True)
+class EvolveConfig:
+    target_ms: float | None = None  # absolute target for one UNet step
+    target_fraction: float | None = None  # or a fraction of the starting model's latency
+    removals_per_iteration: int = 1
+    max_iterations: int = 200
+    add_phase: bool = True
+    min_gain: float = 0.0  # an A+ must gain more than this much quality per ms spent
+    train_steps: int = 0  # robust-training steps between iterations (0: weights stay as given)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: str | None = None  # training data folder for non-toy models
+
+    def __post_init__(self) -> None:
+        if (self.target_ms is None) == (self.target_fraction is None):
+            raise SnapbenchError("give exactly one of --target-ms and --target-fraction")
+        if self.target_ms is not None and self.target_ms <= 0:
+            raise SnapbenchError(f"--target-ms must be > 0, got {self.target_ms}")
+        if self.target_fraction is not None and not 0 < self.target_fraction <= 1:
+            raise SnapbenchError(f"--target-fraction must be in (0, 1], got {self.target_fraction}")
+        if self.removals_per_iteration < 1 or self.max_iterations < 1 or self.train_steps < 0:
+            raise SnapbenchError("removals per iteration and max iterations must be >= 1, train steps >= 0")
+
+    def target(self, initial_ms: float) -> float:
+        return self.target_ms if self.target_ms is not None else initial_ms * float(self.target_fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EvolutionState:
+    """Everything a resumed run needs; written after every iteration."""
+
+    settings: dict[str, Any]  # what must match to resume (model, device, target, evaluator, training)
+    costs: dict[str, Any]  # CostModel.to_dict(): no conversion or estimation when resuming
+    target_ms: float
+    floor_ms: float
+    iteration: int
+    phase: str  # remove | add | done
+    spec: dict[str, Any]
+    checkpoint: str  # the folder holding the current weights
+    latency_ms: float
+    quality: float
+    initial: dict[str, Any]
+    trajectory: list[dict[str, Any]]
+    train_steps_done: int = 0
+    seconds: float = 0.0
+    format: str = STATE_FORMAT
+
+    def save(self, folder: Path) -> None:
+        atomic_write_text(folder / STATE_FILE, json.dumps(asdict(self), indent=1, default=str) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> "EvolutionState":
+        p = folder / STATE_FILE
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise SnapbenchError(f"{p}: line {e.lineno}: not valid JSON ({e.msg}); remove {folder} to start over"
+                                 ) from None
+        if d.get("format") != STATE_FORMAT:
+            raise SnapbenchError(f"{p}: not a snapbench evolution state")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class EvolutionResult:
+    out: Path
+    device: str
+    latency_source: str
+    target_ms: float
+    floor_ms: float
+    initial_latency_ms: float
+    final_latency_ms: float
+    initial_quality: float
+    final_quality: float
+    latency_backend: str
+    iterations: int
+    train_steps: int
+    seconds: float
+    arch_spec: dict[str, Any]
+    trajectory: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        return d
+
+
+@dataclass(frozen=True)
+class Scored:
+    action: Action
+    spec: ArchSpec
+    latency_ms: float
+    quality: Quality
+    quality_delta: float
+    latency_delta_ms: float
+
+    @property
+    def value(self) -> float:
+        return self.quality_delta / self.latency_delta_ms
+
+
+def evolve(model: str | Path, out: str | Path, config: EvolveConfig, *, evaluator: EvalConfig,
+           costs: Callable[[ArchSpec], CostModel], executor: Executor, settings: Mapping[str, Any] | None = None,
+           progress: bool = True, say: Callable[[str], None] = lambda s: None,
+           after_iteration: Callable[[EvolutionState], None] | None = None) -> EvolutionResult:
+    """Run (or resume) Algorithm 1 from `model` into `out`.
+
+    `costs(spec)` builds the cost model (called only when starting, not when resuming). `settings`
+    are extra facts that must match to resume (the device, latency settings). `after_iteration` is called
+    after each iteration's state is saved (tests use it to simulate a kill)."""
+    out = Path(out)
+    work = out / WORK_DIR
+    fingerprint = {"model": str(model), "config": config.to_dict(), "evaluator": asdict(evaluator),
+                   **dict(settings or {})}
+    fingerprint = json.loads(json.dumps(fingerprint, default=str))
+    t0 = time.time()
+    if (work / STATE_FILE).is_file():
+        st = EvolutionState.load(work)
+        _check_same(st.settings, fingerprint, out)
+        cost = CostModel.from_dict(st.costs)
+        say(f"resuming {out} at iteration {st.iteration} ({st.phase} phase)")
+    else:
+        if out.exists() and any(p.name != WORK_DIR for p in out.iterdir()):
+            raise SnapbenchError(f"{out}: exists and holds no evolution state; pick another --out")
+        st, cost = _start(model, work, config, evaluator, costs, executor, fingerprint, progress)
+    target = st.target_ms
+    spent = st.seconds
+    try:
+        while st.phase != "done":
+            if st.iteration >= config.max_iterations:
+                say(f"stopped after --max-iterations {config.max_iterations}")
+                st.phase = "done"
+                break
+            _iteration(st, cost, config, target, evaluator, executor, work, progress, say)
+            st.seconds = spent + time.time() - t0
+            st.save(work)
+            write_trajectory(st.trajectory, out / TRAJECTORY_FILE)
+            if after_iteration is not None:
+                after_iteration(st)
+    finally:
+        st.seconds = spent + time.time() - t0
+    result = _finish(st, cost, out, work, config)
+    st.save(work)
+    return result
+
+
+def _check_same(before: Mapping[str, Any], now: Mapping[str, Any], out: Path) -> None:
+    def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        res: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                res.update(flat(v, f"{prefix}{k}."))
+            else:
+                res[f"{prefix}{k}"] = v
+        return res
+
+    a, b = flat(before), flat(now)
+    for k in sorted(set(a) | set(b)):
+        if k == "config.max_iterations":
+            continue  # may be raised to let a stopped run go on
+        if a.get(k) != b.get(k):
+            raise SnapbenchError(f"{out} holds an evolution run with {k}={a.get(k)!r}, this command asks {b.get(k)!r}; "
+                                 "run the same command to resume, or pick another --out")
+
+
+def _start(model: str | Path, work: Path, config: EvolveConfig, evaluator: EvalConfig,
+           costs: Callable[[ArchSpec], CostModel], executor: Executor, fingerprint: dict[str, Any],
+           progress: bool) -> tuple[EvolutionState, CostModel]:
+    from snapbench.model.loading import resolve_model
+
+    spec = resolve_model(model).spec
+    evaluator.check(spec)
+    cost = costs(spec)
+    initial_ms = cost.latency(spec)
+    target = config.target(initial_ms)
+    floor = cost.floor(spec)
+    if target < floor:
+        raise SnapbenchError(f"target {target:.3f} ms is below the floor {floor:.3f} ms (every CA and RB block "
+                             f"removed; {spec.name} takes {initial_ms:.3f} ms on {cost.device}); "
+                             "raise --target-ms / --target-fraction")
+    checkpoint = _initial_checkpoint(model, work)
+    (q,) = _evaluate([EvalTask(checkpoint, None, (), evaluator)], executor, progress, "starting model")
+    start_row = {"iteration": 0, "phase": "start", "action": "start", "block": "", "latency_ms": initial_ms,
+                 "latency_backend": cost.backend(spec), "quality": q.quality, "train_steps": 0}
+    st = EvolutionState(fingerprint, cost.to_dict(), target, floor, 0, "remove", spec.to_dict(), checkpoint,
+                        initial_ms, q.quality,
+                        {"latency_ms": initial_ms, "quality": q.quality, "details": q.details,
+                         "spec": spec.to_dict()}, [start_row])
+    work.mkdir(parents=True, exist_ok=True)
+    st.save(work)
+    return st, cost
+
+
+def _initial_checkpoint(model: str | Path, work: Path) -> str:
+    """The input itself when it is a folder (never modified); a preset is loaded from its name."""
+    p = Path(str(model))
+    return str(p.resolve()) if p.is_dir() else str(model)
+
+
+def _evaluate(tasks: list[EvalTask], executor: Executor, progress: bool, what: str) -> list[Quality]:
+    if not progress or len(tasks) <= 1:
+        return executor.map(tasks)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from snapbench.commands.common import err
+
+    with Progress(TextColumn(f"[bold]evolve[/bold] {what}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("", total=len(tasks))
+        return executor.map(tasks, on_done=lambda: bar.update(task, advance=1))
+
+
+def score_actions(st: EvolutionState, actions: list[Action], cost: CostModel, evaluator: EvalConfig,
+                  executor: Executor, progress: bool, what: str) -> list[Scored]:
+    """Evaluate every action from the current state; actions that do not change latency are dropped
+    (their value is undefined)."""
+    spec = ArchSpec.from_dict(st.spec, source="state")
+    cands = []
+    for a in actions:
+        new = a.apply(spec)
+        ms = cost.latency(new)
+        if not math.isclose(ms, st.latency_ms, abs_tol=1e-9):
+            cands.append((a, new, ms))
+    qualities = _evaluate([EvalTask(st.checkpoint, s.to_dict(), (), evaluator) for _, s, _ in cands],
+                          executor, progress, what)
+    return [Scored(a, s, ms, q, q.quality - st.quality, ms - st.latency_ms)
+            for (a, s, ms), q in zip(cands, qualities)]
+
+
+def _row(st: EvolutionState, phase: str, action: str, block: str, latency: float, backend: str,
+         quality: float | None, dq: float | None, dl: float | None) -> dict[str, Any]:
+    value = dq / dl if dq is not None and dl else None
+    return {"iteration": st.iteration, "phase": phase, "action": action, "block": block, "latency_ms": latency,
+            "latency_backend": backend, "quality": quality, "quality_delta": dq, "latency_delta_ms": dl,
+            "value": value, "train_steps": st.train_steps_done}
+
+
+def _iteration(st: EvolutionState, cost: CostModel, config: EvolveConfig, target: float, evaluator: EvalConfig,
+               executor: Executor, work: Path, progress: bool, say: Callable[[str], None]) -> None:
+    st.iteration += 1
+    if st.phase == "remove" and st.latency_ms <= target:
+        st.phase = "add" if config.add_phase else "done"
+        say(f"target {target:.3f} ms met at {st.latency_ms:.3f} ms")
+    if st.phase == "remove":
+        _remove_step(st, cost, config, target, evaluator, executor, progress, say)
+    elif st.phase == "add":
+        _add_step(st, cost, config, target, evaluator, executor, progress, say)
+    if config.train_steps and st.phase != "done":
+        _train_step(st, cost, config, evaluator, executor, work, progress, say)
+
+
+def _remove_step(st: EvolutionState, cost: CostModel, config: EvolveConfig, target: float,
+                 evaluator: EvalConfig, executor: Executor, progress: bool, say: Callable[[str], None]) -> None:
+    actions = removal_actions(ArchSpec.from_dict(st.spec, source="state"))
+    scored = score_actions(st, actions, cost, evaluator, executor, progress,
+                           f"iteration {st.iteration}: {len(actions)} removals")
+    scored = [s for s in scored if s.latency_delta_ms < 0]
+    if not scored:
+        raise SnapbenchError(f"nothing left to remove and {st.latency_ms:.3f} ms is still above {target:.3f} ms")
+    # smallest quality loss per ms saved first; ties: the bigger saving
+    scored.sort(key=lambda s: (s.value, s.latency_delta_ms))
+    spec = ArchSpec.from_dict(st.spec, source="state")
+    applied: list[Scored] = []
+    for s in scored:
+        if len(applied) >= config.removals_per_iteration or cost.latency(spec) <= target:
+            break
+        spec = s.action.apply(spec)
+        applied.append(s)
+    if len(applied) == 1:
+        q = applied[0].quality
+    else:
+        (q,) = _evaluate([EvalTask(st.checkpoint, spec.to_dict(), (), evaluator)], executor, False, "")
+    before_q = st.quality
+    for i, s in enumerate(applied):
+        new_spec = ArchSpec.from_dict(st.spec, source="state")
+        new_spec = s.action.apply(new_spec)
+        ms = cost.latency(new_spec)
+        last = i == len(applied) - 1
+        quality = q.quality if last else (s.quality.quality if i == 0 else None)
+        st.trajectory.append(_row(st, "remove", s.action.name, s.action.block_id, ms, cost.backend(new_spec),
+                                  quality, s.quality_delta, ms - st.latency_ms))
+        st.spec, st.latency_ms = new_spec.to_dict(), ms
+        say(f"iteration {st.iteration}: {s.action.label}  {ms:.3f} ms  quality delta {s.quality_delta:+.4f}")
+    st.quality = q.quality
+    if len(applied) > 1:
+        st.trajectory[-1]["quality_delta"] = q.quality - before_q
+
+
+def _add_step(st: EvolutionState, cost: CostModel, config: EvolveConfig, target: float, evaluator: EvalConfig,
+              executor: Executor, progress: bool, say: Callable[[str], None]) -> None:
+    spec = ArchSpec.from_dict(st.spec, source="state")
+    actions = [a for a in addition_actions(spec) if cost.latency(a.apply(spec)) <= target + 1e-9]
+    if not actions:
+        st.phase = "done"
+        say("no addition fits under the target")
+        return
+    scored = [s for s in score_actions(st, actions, cost, evaluator, executor, progress,
+                                       f"iteration {st.iteration}: {len(actions)} additions")
+              if s.latency_delta_ms > 0]
+    best = max(scored, key=lambda s: (s.value, -s.latency_delta_ms), default=None)
+    if best is None or best.value <= config.min_gain:
+        st.phase = "done"
+        say("no addition gains quality; done")
+        return
+    st.trajectory.append(_row(st, "add", best.action.name, best.action.block_id, best.latency_ms,
+                              cost.backend(best.spec), best.quality.quality, best.quality_delta,
+                              best.latency_delta_ms))
+    st.spec, st.latency_ms, st.quality = best.spec.to_dict(), best.latency_ms, best.quality.quality
+    say(f"iteration {st.iteration}: {best.action.label}  {best.latency_ms:.3f} ms  "
+        f"quality delta {best.quality_delta:+.4f}")
+
+
+def _train_step(st: EvolutionState, cost: CostModel, config: EvolveConfig, evaluator: EvalConfig,
+                executor: Executor, work: Path, progress: bool, say: Callable[[str], None]) -> None:
+    from snapbench.evolution.checkpoints import derive, load_bundle, save_bundle
+    from snapbench.evolution.executors import forget_cached
+    from snapbench.evolution.robust_training import fine_tune
+
+    bundle = load_bundle(st.checkpoint)
+    spec = ArchSpec.from_dict(st.spec, source="state")
+    model = derive(bundle.model, spec)
+    loss = fine_tune(bundle, model, config.train, start_step=st.train_steps_done, steps=config.train_steps,
+                     data=config.data)
+    folder = work / f"ckpt-{st.iteration:04d}"
+    save_bundle(bundle, folder, model=model)
+    old = Path(st.checkpoint)
+    st.checkpoint = str(folder.resolve())
+    st.train_steps_done += config.train_steps
+    forget_cached()
+    (q,) = _evaluate([EvalTask(st.checkpoint, None, (), evaluator)], executor, False, "")
+    st.trajectory.append(_row(st, "train", "train", "", st.latency_ms, cost.backend(spec), q.quality,
+                              q.quality - st.quality, None))
+    st.quality = q.quality
+    say(f"iteration {st.iteration}: {config.train_steps} training steps (loss {loss:.4f}), quality {q.quality:.4f}")
+    if old.parent == work and old != folder:  # our own older checkpoint; never the input model
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _finish(st: EvolutionState, cost: CostModel, out: Path, work: Path, config: EvolveConfig) -> EvolutionResult:
+    from snapbench.evolution.checkpoints import derive, load_bundle
+
+    spec = ArchSpec.from_dict(st.spec, source="state")
+    initial = st.initial
+    notes = dict(spec.notes)
+    notes["evolution"] = {"device": cost.device, "latency_source": cost.source, "target_ms": round(st.target_ms, 4),
+                          "initial_latency_ms": round(initial["latency_ms"], 4),
+                          "final_latency_ms": round(st.latency_ms, 4), "initial_quality": initial["quality"],
+                          "final_quality": st.quality, "trajectory": TRAJECTORY_FILE}
+    final_spec = spec.with_choices(out.name or spec.name, {}, notes=notes,
+                                   description=f"{spec.name} evolved for {cost.device}: "
+                                               f"{initial['latency_ms']:.3f} -> {st.latency_ms:.3f} ms per UNet step")
+    if not any(r["phase"] == "final" for r in st.trajectory):
+        st.trajectory.append(_row(st, "final", "final", "", st.latency_ms, cost.backend(spec), st.quality, None,
+                                  None))
+    bundle = load_bundle(st.checkpoint)
+    _publish(bundle, derive(bundle.model, final_spec), out)
+    write_trajectory(st.trajectory, out / TRAJECTORY_FILE)
+    result = EvolutionResult(out, cost.device, cost.source, st.target_ms, st.floor_ms, initial["latency_ms"],
+                             st.latency_ms, initial["quality"], st.quality, cost.backend(spec), st.iteration,
+                             st.train_steps_done, round(st.seconds, 1), final_spec.to_dict(), st.trajectory)
+    atomic_write_text(out / RESULT_FILE, json.dumps(result.to_dict(), indent=1, default=str) + "\n")
+    return result
+
+
+def _publish(bundle: Any, model: Any, out: Path) -> None:
+    """Put the final model's files into `out` beside the run's state: each replaced by rename, arch.json
+    last, so a reader that finds arch.json finds the weights that go with it."""
+    from snapbench.evolution.checkpoints import save_bundle
+    from snapbench.model.loading import COPIES_FILE, SPEC_FILE
+
+    staging = out / WORK_DIR / "publish"
+    save_bundle(bundle, staging, model=model)
+    names = [p.name for p in staging.iterdir() if p.name != SPEC_FILE]
+    for stale in (COPIES_FILE,):
+        if stale not in names and (out / stale).exists():
+            (out / stale).unlink()
+    for name in [*names, SPEC_FILE]:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        (staging / name).replace(target)
+    shutil.rmtree(staging, ignore_errors=True)

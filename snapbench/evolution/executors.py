@@ -1,0 +1,180 @@
+"""Where candidate evaluations run: in this process, in local worker processes, or on a Ray cluster.
+
+At paper scale one evaluation is about 2.5 A100 GPU-hours (2K COCO prompts, 50 steps, CFG), so the
+evaluations of an iteration's actions fan out. A task names a checkpoint folder (written before the
+tasks are sent; workers load it once and keep it), a candidate spec and blocks to disable, and the
+evaluator's config; it returns a `Quality`. With Ray on several machines the checkpoint folder must be on
+a filesystem every node sees (the usual shared /data or NFS mount).
+"""
+
+from __future__ import annotations
+
+import socket
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol, Sequence
+from urllib.parse import urlparse
+
+from snapbench.errors import SnapbenchError
+from snapbench.evolution.evaluators import EvalConfig, Quality
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    checkpoint: str  # a folder (or preset) load_bundle reads
+    spec: Mapping[str, Any] | None  # the candidate's arch spec as a dict; None: the checkpoint's own
+    disabled: tuple[str, ...]  # block ids to run as removed on top of the spec
+    evaluator: EvalConfig
+
+
+_BUNDLES: dict[str, Any] = {}
+_EVALUATORS: dict[Any, Any] = {}
+
+
+def run_task(task: EvalTask) -> Quality:
+    """Evaluate one candidate (in whatever process runs it). Loaded models and evaluators are kept per
+    process: every task of an iteration shares one checkpoint."""
+    from snapbench.evolution.checkpoints import derive, load_bundle
+    from snapbench.specs.arch_spec import ArchSpec
+
+    bundle = _BUNDLES.get(task.checkpoint)
+    if bundle is None:
+        _BUNDLES.clear()  # evolution moves forward: an older checkpoint is not asked for again
+        bundle = _BUNDLES[task.checkpoint] = load_bundle(task.checkpoint)
+    evaluator = _EVALUATORS.get(task.evaluator)
+    if evaluator is None:
+        evaluator = _EVALUATORS[task.evaluator] = task.evaluator.build()
+    model = bundle.model
+    if task.spec is not None:
+        spec = ArchSpec.from_dict(dict(task.spec), source="candidate")
+        if spec.to_dict() != bundle.spec.to_dict():
+            model = derive(bundle.model, spec)
+    return evaluator.evaluate(bundle, model, task.disabled)
+
+
+def forget_cached() -> None:
+    _BUNDLES.clear()
+
+
+class Executor(Protocol):
+    name: str
+
+    def map(self, tasks: Sequence[EvalTask], on_done: Callable[[], None] | None = None) -> list[Quality]: ...
+
+    def close(self) -> None: ...
+
+
+class SerialExecutor:
+    name = "in-process"
+
+    def map(self, tasks: Sequence[EvalTask], on_done: Callable[[], None] | None = None) -> list[Quality]:
+        out = []
+        for t in tasks:
+            out.append(run_task(t))
+            if on_done:
+                on_done()
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class ProcessExecutor:
+    """Local worker processes (spawned: safe with torch), each with `threads` intra-op threads."""
+
+    def __init__(self, workers: int, threads: int = 1) -> None:
+        import multiprocessing
+
+        self.name = f"{workers} local worker process(es)"
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_init_worker, initargs=(threads,))
+
+    def map(self, tasks: Sequence[EvalTask], on_done: Callable[[], None] | None = None) -> list[Quality]:
+        futures = {self._pool.submit(run_task, t): i for i, t in enumerate(tasks)}
+        out: list[Quality | None] = [None] * len(tasks)
+        for f in as_completed(futures):
+            out[futures[f]] = f.result()
+            if on_done:
+                on_done()
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ray_task(task: EvalTask, threads: int) -> Quality:
+    _init_worker(threads)
+    return run_task(task)
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """A host:port (or ray://host:port) that does not accept a TCP connection fails here, in seconds,
+    instead of inside ray.init's long retry loop."""
+    if address in ("auto", "local"):
+        return
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    host, port = parsed.hostname, parsed.port
+    if not host or not port:
+        raise SnapbenchError(f"--ray-address {address!r}: expected host:port, ray://host:port, 'auto' or 'local'")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise SnapbenchError(f"Ray at {address} does not answer ({e.strerror or e}); start it with "
+                             "`ray start --head` or leave out --ray-address for local workers") from None
+
+
+class RayExecutor:
+    """Ray tasks, one CPU each. `address`: None or 'local' starts a private local Ray; anything else
+    joins a running cluster ('auto' = the one on this machine)."""
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None, threads: int = 1) -> None:
+        import ray
+
+        self._ray = ray
+        self._threads = threads
+        local = address in (None, "local")
+        if not local:
+            check_ray_address(address)  # type: ignore[arg-type]
+        self._started = not ray.is_initialized()
+        try:
+            if self._started:
+                if local:
+                    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+                else:
+                    ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SnapbenchError(f"Ray at {address} does not answer ({first}); start it with `ray start --head` "
+                                 "or leave out --ray-address for local workers") from None
+        self.name = "Ray (local)" if local else f"Ray at {address}"
+        self._remote = ray.remote(num_cpus=1)(_ray_task)
+
+    def map(self, tasks: Sequence[EvalTask], on_done: Callable[[], None] | None = None) -> list[Quality]:
+        refs = [self._remote.remote(t, self._threads) for t in tasks]
+        pending = list(refs)
+        while pending:
+            done, pending = self._ray.wait(pending, num_returns=1)
+            if on_done:
+                for _ in done:
+                    on_done()
+        return self._ray.get(refs)
+
+    def close(self) -> None:
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
+
+
+def make_executor(*, workers: int, threads: int = 1, ray_address: str | None = None) -> Executor:
+    """--ray-address wins; else `workers` > 1 local processes; else this process."""
+    if ray_address is not None:
+        return RayExecutor(ray_address, threads=threads)
+    if workers > 1:
+        return ProcessExecutor(workers, threads)
+    return SerialExecutor()

@@ -1,0 +1,209 @@
+"""What a candidate architecture costs on the phone, as a sum of dictionary lookups.
+
+Evolution prices thousands of candidates, so nothing is converted or estimated per candidate. Because a
+removed block is the identity (or its shortcut projection) and a copy keeps its original's output shape,
+no block's input shapes depend on which other blocks run: every block has exactly three possible costs,
+
+    kept     the block as it is (signature of the full model's block),
+    removed  0, or its 1x1 shortcut projection alone ("RB-shortcut") for a ResNet that changes channels,
+    copy     one weight copy run after it (an up-stage ResNet's copy is C_out -> C_out, no skip),
+
+plus the auxiliary blocks, which every candidate runs. These are read once, from three variants of the
+spec (all kept, all removed, all copied once), through either
+- `snapbench.latency.block_latencies` (the latency table for --device, with estimates filled in for the
+  signatures the table lacks, each labelled with its backend), or
+- any `LatencySource` (`ms(signature_key) -> (ms, backend)`), e.g. a `FixedTable` for tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Protocol
+
+from snapbench.errors import SnapbenchError
+from snapbench.specs.arch_spec import ArchSpec, BlockChoice, full_spec
+from snapbench.specs.layout import removable_slots
+
+
+class LatencySource(Protocol):
+    def ms(self, signature_key: str) -> tuple[float, str]:
+        """Latency in ms of one block signature and the backend it came from."""
+
+
+@dataclass(frozen=True)
+class FixedTable:
+    """A fixed signature -> ms table (tests, or a CSV with `signature` and `latency_ms` columns)."""
+
+    rows: Mapping[str, float]
+    backend: str = "fixed"
+    name: str = "fixed table"
+
+    def ms(self, signature_key: str) -> tuple[float, str]:
+        if signature_key not in self.rows:
+            raise SnapbenchError(f"{self.name}: no latency for signature {signature_key}")
+        return float(self.rows[signature_key]), self.backend
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> "FixedTable":
+        p = Path(path)
+        try:
+            reader = list(csv.DictReader(p.read_text().splitlines()))
+        except FileNotFoundError:
+            raise SnapbenchError(f"{p}: no such latency table") from None
+        if not reader or not {"signature", "latency_ms"} <= set(reader[0]):
+            raise SnapbenchError(f"{p}: a fixed latency table needs 'signature' and 'latency_ms' columns")
+        return cls({r["signature"]: float(r["latency_ms"]) for r in reader}, reader[0].get("backend") or "fixed",
+                   str(p))
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    block_id: str  # "CA[Up-1, 2]"
+    stage: str
+    kind: str  # CA | RB
+    kept_ms: float
+    removed_ms: float  # 0.0, or the shortcut projection's cost
+    copy_ms: float
+    backends: tuple[str, str | None, str]  # where kept / removed / copy came from (None: costs nothing)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    device: str
+    aux_ms: float  # conv_in, time embedding, samplers, conv_out: every candidate runs them
+    aux_backends: tuple[str, ...]
+    blocks: Mapping[str, BlockCost]
+    source: str  # what produced the numbers, for reports
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def _parts(self, spec: ArchSpec) -> Iterable[tuple[float, str | None]]:
+        yield self.aux_ms, None
+        for slot in removable_slots(spec.layout):
+            c = spec.choice(slot)
+            b = self.blocks[slot.block_id]
+            yield (b.kept_ms, b.backends[0]) if c.keep else (b.removed_ms, b.backends[1])
+            if c.copies:
+                yield c.copies * b.copy_ms, b.backends[2]
+
+    def latency(self, spec: ArchSpec) -> float:
+        """One UNet step of this candidate, in ms."""
+        return sum(ms for ms, _ in self._parts(spec))
+
+    def backend(self, spec: ArchSpec) -> str:
+        """Where the candidate's figure came from: one backend, or several joined by '+'."""
+        used = set(self.aux_backends)
+        used.update(be for ms, be in self._parts(spec) if be and ms > 0)
+        return "+".join(sorted(used)) or "-"
+
+    def floor(self, spec: ArchSpec) -> float:
+        """The least any candidate can cost: every removable block removed."""
+        return self.latency(remove_all(spec))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "aux_ms": self.aux_ms, "aux_backends": list(self.aux_backends),
+                "source": self.source, "settings": dict(self.settings),
+                "blocks": [vars(b) | {"backends": list(b.backends)} for b in self.blocks.values()]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CostModel":
+        blocks = {b["block_id"]: BlockCost(**{**b, "backends": tuple(b["backends"])}) for b in d["blocks"]}
+        return cls(d["device"], d["aux_ms"], tuple(d["aux_backends"]), blocks, d["source"], d.get("settings", {}))
+
+
+# -- the three variants -----------------------------------------------------------------------------
+def _variant(spec: ArchSpec, keep: bool, copies: int, tag: str) -> ArchSpec:
+    base = full_spec(spec.base_config, f"{spec.name}-{tag}")
+    changes = {(s.stage, s.name): BlockChoice(s.name, keep, copies) for s in removable_slots(base.layout)}
+    return base.with_choices(base.name, changes, notes=spec.notes)
+
+
+def remove_all(spec: ArchSpec) -> ArchSpec:
+    return _variant(spec, False, 0, "floor")
+
+
+# A priced block: (block id, status kept|removed|copy, ms, backend or None, kind, stage)
+Priced = tuple[str, str, float, "str | None", str, str]
+
+
+def _assemble(device: str, variants: Mapping[str, list[Priced]], source: str,
+              settings: Mapping[str, Any]) -> CostModel:
+    kept = {b[0]: b for b in variants["kept"] if b[1] == "kept"}
+    removed = {b[0]: b for b in variants["removed"] if b[1] == "removed"}
+    copies = {b[0].split(" (copy")[0]: b for b in variants["copied"] if b[1] == "copy"}
+    aux = [b for b in variants["kept"] if b[4] == "aux"]
+    blocks: dict[str, BlockCost] = {}
+    for bid, k in kept.items():
+        if k[4] == "aux":
+            continue
+        r, c = removed[bid], copies[bid]
+        blocks[bid] = BlockCost(bid, k[5], k[4], k[2], r[2], c[2], (k[3] or "-", r[3], c[3] or "-"))
+    return CostModel(device, sum(b[2] for b in aux), tuple(sorted({b[3] for b in aux if b[3]})), blocks, source,
+                     dict(settings))
+
+
+def costs_from_source(spec: ArchSpec, source: LatencySource, *, device: str = "fixed", latent: int | None = None,
+                      batch: int = 2, tokens: int = 77, name: str = "fixed table") -> CostModel:
+    """Price every block state with a LatencySource keyed by the blocks' signature keys."""
+    from snapbench.blocks.cut import InputShapes, cut_blocks
+    from snapbench.model.loading import ModelSource, build_unet
+
+    latent = latent or int(spec.base_config.get("sample_size", 64))
+    shapes = InputShapes(latent=latent, batch=batch, tokens=tokens)
+    variants: dict[str, list[Priced]] = {}
+    for tag, keep, copies in (("kept", True, 0), ("removed", False, 0), ("copied", True, 1)):
+        model = build_unet(ModelSource(tag, _variant(spec, keep, copies, tag)), device="meta")
+        rows: list[Priced] = []
+        for b in cut_blocks(model, shapes):
+            if b.signature is None:
+                rows.append((b.block_id, b.unit.status, 0.0, None, b.kind, b.unit.slot.stage))
+            else:
+                ms, be = source.ms(b.signature.key())
+                rows.append((b.block_id, b.unit.status, ms, be, b.kind, b.unit.slot.stage))
+        variants[tag] = rows
+    return _assemble(device, variants, name, {"latent": latent, "batch": batch, "tokens": tokens})
+
+
+def costs_from_table(spec: ArchSpec, device: str, *, table: str | Path | None = None, latent: int | None = None,
+                     batch: int = 2, tokens: int = 77, attention: str = "original", precision: str = "fp16",
+                     compute_units: str = "cpu_and_ne", weight_bits: int = 16, cache: Path | None = None,
+                     progress: bool = False, say: Callable[[str], None] | None = None) -> CostModel:
+    """Price every block state from the latency table for `device` (snapbench.latency), estimating and
+    labelling the signatures it lacks. The table with the estimates filled in is cached (`cache`), so a
+    second run converts nothing."""
+    from snapbench.devices.catalog import resolve_device
+    from snapbench.latency import LatencyTable, Settings, block_latencies
+    from snapbench.model.loading import ModelSource
+
+    dev = resolve_device(device)
+    latent = latent or int(spec.base_config.get("sample_size", 64))
+    settings = Settings(compute_units=compute_units, precision=precision, weight_bits=weight_bits,
+                        attention=attention, batch=batch, latent=latent)
+    lt = LatencyTable.load(table) if table is not None else LatencyTable.empty()
+    cache_file = None
+    if cache is not None:
+        key = json.dumps([spec.base_config, settings.to_dict(), tokens], sort_keys=True, default=str)
+        cache_file = cache / f"{dev.id}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.csv"
+        if cache_file.is_file():
+            lt = LatencyTable.load(cache_file).merge(lt)  # the user's table wins over cached estimates
+    variants: dict[str, list[Priced]] = {}
+    for tag, keep, copies in (("kept", True, 0), ("removed", False, 0), ("copied", True, 1)):
+        src = ModelSource(tag, _variant(spec, keep, copies, tag))
+        run = _profile(src, dev, settings, lt, tokens, progress, say)
+        lt = run.table
+        variants[tag] = [(b.id, b.status, b.latency_ms, b.backend, b.kind, b.stage) for b in run.blocks]
+    if cache_file is not None:
+        lt.save(cache_file)
+    name = f"latency table{' ' + str(table) if table else ''} for {dev.id}"
+    return _assemble(dev.id, variants, name, {**settings.to_dict(), "tokens": tokens})
+
+
+def _profile(src: Any, dev: Any, settings: Any, table: Any, tokens: int, progress: bool,
+             say: Callable[[str], None] | None) -> Any:
+    from snapbench.latency import profile_model
+
+    return profile_model(src, dev, settings, table=table, backend="estimate", components=("unet",),
+                         tokens=tokens, progress=progress, say=say)

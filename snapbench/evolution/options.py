@@ -1,0 +1,56 @@
+"""From command-line values to the objects the evolution functions take (shared by train / ablate /
+evolve): evaluator configs, executors and cost models. Validation that needs no heavy work lives here so
+bad input fails before any run state is touched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from snapbench.errors import SnapbenchError
+from snapbench.evolution.evaluators import ClipEvalConfig, EvalConfig, ToyEvalConfig, read_prompts
+from snapbench.evolution.latency_costs import CostModel, FixedTable, costs_from_source, costs_from_table
+from snapbench.evolution.toy_digits import CONTEXT_TOKENS, cache_dir, is_toy
+from snapbench.specs.arch_spec import ArchSpec
+
+
+def evaluator_config(name: str, *, prompts: str | None = None, clip_weights: str | None = None,
+                     pipeline: str | None = None, samples_per_prompt: int | None = None, steps: int | None = None,
+                     guidance: float | None = None, seed: int = 0) -> EvalConfig:
+    if name == "toy":
+        d = ToyEvalConfig()
+        return ToyEvalConfig(samples_per_prompt or d.samples_per_prompt, steps or d.steps,
+                             d.guidance if guidance is None else guidance, seed)
+    if name == "clip":
+        if prompts is None:
+            raise SnapbenchError("--evaluator clip needs --prompts FILE (one prompt per line)")
+        return ClipEvalConfig(read_prompts(prompts), clip_weights, pipeline, steps or 50,
+                              7.5 if guidance is None else guidance, seed, samples_per_prompt or 1)
+    raise SnapbenchError(f"unknown evaluator {name!r}; choose toy or clip")
+
+
+def default_tokens(spec: ArchSpec) -> int:
+    return CONTEXT_TOKENS if is_toy(spec) else 77
+
+
+def cost_builder(*, device: str, table: str | None = None, fixed_table: str | None = None,
+                 attention: str = "original", progress: bool = False,
+                 say: Callable[[str], None] | None = None) -> Callable[[ArchSpec], CostModel]:
+    """A function spec -> CostModel: from a fixed signature table (exact, nothing estimated) or from the
+    latency table for `device` with labelled estimates for what it lacks (cached under .snapbench-cache)."""
+    from snapbench.devices.catalog import resolve_device
+
+    dev = resolve_device(device)  # an unknown device fails now, not after the model is loaded
+    if fixed_table is not None:
+        src = FixedTable.from_csv(fixed_table)
+        return lambda spec: costs_from_source(spec, src, device=dev.id, tokens=default_tokens(spec),
+                                              name=str(fixed_table))
+    if table is not None and not Path(table).is_file():
+        raise SnapbenchError(f"{table}: no such latency table")
+    return lambda spec: costs_from_table(spec, dev.id, table=table, tokens=default_tokens(spec), attention=attention,
+                                         cache=cache_dir() / "latency", progress=progress, say=say)
+
+
+def latency_settings(device: str, table: str | None, fixed_table: str | None, attention: str) -> dict[str, Any]:
+    """What must stay the same for an evolution run to resume."""
+    return {"device": device, "table": table, "fixed_table": fixed_table, "attention": attention}

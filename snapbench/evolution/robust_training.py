@@ -1,0 +1,325 @@
+"""Robust training (SnapFusion 3.1.1): the standard diffusion loss while every CA / RB block is skipped at
+random, so that the trained UNet tolerates losing any block and a block's worth can be measured by
+removing it, without retraining.
+
+One step: x0 and its condition from the data; noise eps and timestep t; z_t = alpha_t x0 + sigma_t eps
+(diffusers' DDPMScheduler.add_noise); the elastic UNet in training mode, each unit skipped with its
+probability; loss = MSE to eps (epsilon) or to v = alpha_t eps - sigma_t x0 (v_prediction); AdamW.
+`accelerate` runs it on one CPU or many GPUs (`accelerate launch -m snapbench.train ...`).
+
+The output folder is always a complete checkpoint (see checkpoints.py) plus `train_state.json` and
+`optimizer.pt`; running the same command again resumes from it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from torch import nn
+
+from snapbench.errors import SnapbenchError
+from snapbench.evolution.checkpoints import ModelBundle, load_bundle, save_bundle
+from snapbench.evolution.data import TrainingData, training_data
+from snapbench.model.elastic_unet import ElasticUNet
+
+STATE_FILE = "train_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FORMAT = "snapbench.train/1"
+
+
+@dataclass(frozen=True)
+class SkipProbabilities:
+    """The chance that a CA / RB block runs as removed in a training step. The paper does not publish p.
+
+    Defaults: CA 0.1, RB 0.1. Why:
+    - Evolution asks "what does removing this block cost?" one block at a time, starting from the full
+      model, and SnapFusion's final UNet differs from SD-v1.5 by about 10 of 38 blocks (Table 3). With 38
+      blocks at p = 0.1 a step drops about 3.8 of them (binomial, sd 1.8): the sub-networks trained are
+      the neighbourhood evolution explores, including every single-block removal many times over.
+    - Much larger p trades away the full model: at p = 0.1 the full network itself runs in only 2% of
+      steps but every block is trained in 90% of them; at p = 0.3 a block sees 30% fewer gradient
+      updates and ~11 of 38 blocks vanish per step, deeper than any architecture evolution needs.
+    - Stochastic depth (Huang et al. 2016) reached its best results with survival 0.5..0.8 for the
+      deepest layers of 100+ layer ResNets; a 38-block UNet with skip connections has less redundancy,
+      so we sit at the gentle end (survival 0.9).
+    - CA and RB share one default because the toy showed no reason to differ at this size; they are set
+      apart (`--skip-ca`, `--skip-rb`) because the paper finds CA carries semantics and RB detail.
+    """
+
+    ca: float = 0.1
+    rb: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("ca", "rb"):
+            p = getattr(self, name)
+            if not 0.0 <= p < 1.0:
+                raise SnapbenchError(f"skip probability for {name.upper()} must be in [0, 1), got {p}")
+
+
+NO_SKIP = SkipProbabilities(0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 64
+    learning_rate: float = 1e-3  # the toy's; fine-tuning SD-v1.5 wants ~1e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    robust: bool = True
+    skip: SkipProbabilities = field(default_factory=SkipProbabilities)
+    prediction_type: Literal["epsilon", "v_prediction"] | None = None  # None: the noise schedule's own
+    cond_dropout: float = 0.1  # share of steps' samples trained unconditionally (for CFG)
+    grad_clip: float = 1.0
+    save_every: int = 500
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.save_every < 1:
+            raise SnapbenchError("steps must be >= 0, batch size and save interval >= 1")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise SnapbenchError(f"condition dropout must be in [0, 1), got {self.cond_dropout}")
+        if self.learning_rate <= 0:
+            raise SnapbenchError(f"learning rate must be > 0, got {self.learning_rate}")
+
+    @property
+    def skip_probabilities(self) -> SkipProbabilities:
+        return self.skip if self.robust else NO_SKIP
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["skip"] = SkipProbabilities(**d.get("skip", {}))
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+# Fields that may change when a run is resumed (more steps, other save interval); the rest must match.
+_RESUMABLE = frozenset({"steps", "save_every"})
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    step: int
+    resumed_from: int
+    loss: float | None  # mean loss over the last logged window
+    seconds: float
+    losses: list[tuple[int, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "step": self.step, "resumed_from": self.resumed_from, "loss": self.loss,
+                "seconds": round(self.seconds, 1), "losses": self.losses}
+
+
+class _Trainable(nn.Module):
+    """UNet + (toy) prompt encoder as one module, so accelerate / DDP wrap and sync both."""
+
+    def __init__(self, unet: ElasticUNet, encoder: nn.Module | None) -> None:
+        super().__init__()
+        self.unet = unet
+        self.encoder = encoder
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        context = self.encoder(cond) if self.encoder is not None else cond
+        return self.unet(z_t, t, context, generator=generator)
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """Every random draw of a step (batch, noise, t, dropout, block skips) from (seed, step, rank)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 65_537 + rank)
+
+
+def diffusion_loss(trainable: nn.Module, noise_scheduler: Any, x0: torch.Tensor, cond: torch.Tensor,
+                   uncond: torch.Tensor | None, config: TrainConfig, g: torch.Generator,
+                   device: torch.device) -> torch.Tensor:
+    b = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=g)
+    if uncond is not None and config.cond_dropout > 0:
+        drop = torch.rand(b, generator=g) < config.cond_dropout
+        cond = cond.clone()
+        cond[drop] = uncond.to(cond.dtype)
+    x0, noise, t, cond = x0.to(device), noise.to(device), t.to(device), cond.to(device)
+    z_t = noise_scheduler.add_noise(x0, noise, t)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(x0, noise, t)
+    else:
+        target = noise
+    pred = trainable(z_t, t, cond, generator=g)
+    return torch.nn.functional.mse_loss(pred.float(), target.float())
+
+
+def train(model: str | Path, out: str | Path, config: TrainConfig, *, data: str | Path | None = None,
+          weights: str | Path | None = None, progress: bool = True,
+          say: Callable[[str], None] = lambda s: None) -> TrainResult:
+    """Train `model` (or resume the run in `out`) to `config.steps` steps; checkpoints land in `out`."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from diffusers import DDPMScheduler
+
+    out = Path(out)
+    state, bundle = _start(model, out, config, weights)
+    start = int(state.get("step", 0))
+    losses: list[tuple[int, float]] = [tuple(x) for x in state.get("losses", [])]
+    if config.prediction_type is not None:
+        bundle.noise_schedule["prediction_type"] = config.prediction_type
+    train_data: TrainingData = training_data(bundle.spec, data)
+    skip = config.skip_probabilities
+    bundle.model.set_skip_probabilities(ca=skip.ca, rb=skip.rb)
+
+    # find_unused_parameters: a skipped block gets no gradient on that rank in that step.
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    trainable = _Trainable(bundle.model, bundle.encoder)
+    opt = torch.optim.AdamW(trainable.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    if start and (out / OPTIMIZER_FILE).is_file():
+        opt.load_state_dict(torch.load(out / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
+    warm = max(1, config.warmup_steps)
+    # linear warmup, then constant; offset by `start` so a resumed run continues where it left off
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + start + 1) / warm))
+    trainable, opt = accelerator.prepare(trainable, opt)
+    noise_scheduler = DDPMScheduler.from_config(bundle.noise_schedule)
+    per_rank = max(1, config.batch_size // accelerator.num_processes)
+
+    t0 = time.time()
+    window: list[float] = []
+    last_loss = losses[-1][1] if losses else None
+    trainable.train()
+    with _bar(progress and accelerator.is_main_process, config.steps, start) as advance:
+        for step in range(start, config.steps):
+            g = step_generator(config.seed, step, accelerator.process_index)
+            x0, cond = train_data.batch(per_rank, g)
+            loss = diffusion_loss(trainable, noise_scheduler, x0, cond, train_data.uncond, config, g,
+                                  accelerator.device)
+            accelerator.backward(loss)
+            if config.grad_clip > 0:
+                accelerator.clip_grad_norm_(trainable.parameters(), config.grad_clip)
+            opt.step()
+            lr_sched.step()
+            opt.zero_grad(set_to_none=True)
+            window.append(float(loss.detach()))
+            done = step + 1
+            if len(window) >= 50 or done == config.steps:
+                last_loss = sum(window) / len(window)
+                losses.append((done, round(last_loss, 6)))
+                window.clear()
+            advance(done, last_loss)
+            if done % config.save_every == 0 or done == config.steps:
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    _save(bundle, accelerator.unwrap_model(trainable), opt, out, config, str(model), done, losses,
+                          float(state.get("seconds", 0.0)) + time.time() - t0)
+    seconds = float(state.get("seconds", 0.0)) + time.time() - t0
+    return TrainResult(out, max(start, config.steps), start, last_loss, seconds, losses)
+
+
+def _start(model: str | Path, out: Path, config: TrainConfig, weights: str | Path | None
+           ) -> tuple[dict[str, Any], ModelBundle]:
+    state_path = out / STATE_FILE
+    if state_path.is_file():
+        try:
+            state = json.loads(state_path.read_text())
+        except json.JSONDecodeError as e:
+            raise SnapbenchError(f"{state_path}: line {e.lineno}: not valid JSON ({e.msg}); "
+                                 "remove the folder to start over") from None
+        if state.get("format") != STATE_FORMAT:
+            raise SnapbenchError(f"{state_path}: not a snapbench training state")
+        if state.get("model") != str(model):
+            raise SnapbenchError(f"{out} holds a run of --model {state.get('model')}, not {model}; "
+                                 "use another --out to start a new run")
+        before = TrainConfig.from_dict(state["config"])
+        for f in fields(TrainConfig):
+            if f.name not in _RESUMABLE and getattr(before, f.name) != getattr(config, f.name):
+                raise SnapbenchError(f"{out} holds a run with {f.name}={getattr(before, f.name)!r}, this command "
+                                     f"asks {getattr(config, f.name)!r}; use the same settings to resume or "
+                                     "another --out")
+        return state, load_bundle(out)
+    if out.exists() and any(out.iterdir()):
+        raise SnapbenchError(f"{out}: exists and is not a snapbench training folder (no {STATE_FILE}); "
+                             "pick another --out")
+    return {}, load_bundle(model, weights=weights, seed=config.seed)
+
+
+def _save(bundle: ModelBundle, trainable: _Trainable, opt: Any, out: Path, config: TrainConfig, model: str,
+          step: int, losses: list, seconds: float) -> None:
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    state = {"format": STATE_FORMAT, "model": model, "step": step, "config": config.to_dict(),
+             "losses": losses, "seconds": round(seconds, 1)}
+    save_bundle(ModelBundle(trainable.unet, trainable.encoder, bundle.noise_schedule, bundle.ref), out,
+                extra_files={OPTIMIZER_FILE: buf.getvalue(),
+                             STATE_FILE: (json.dumps(state, indent=1) + "\n").encode()})
+
+
+class _bar:
+    """A rich progress bar on stderr (or nothing), advanced with (step, loss)."""
+
+    def __init__(self, enabled: bool, total: int, start: int) -> None:
+        self.enabled, self.total, self.start = enabled, total, start
+        self.progress = None
+
+    def __enter__(self) -> Callable[[int, float | None], None]:
+        if not self.enabled:
+            return lambda step, loss: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from snapbench.commands.common import err
+
+        self.progress = Progress(TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), TextColumn("{task.description}"), console=err,
+                                 transient=True)
+        self.progress.start()
+        task = self.progress.add_task("", total=self.total, completed=self.start)
+
+        def advance(step: int, loss: float | None) -> None:
+            desc = f"loss {loss:.4f}" if loss is not None and math.isfinite(loss) else ""
+            self.progress.update(task, completed=step, description=desc)
+
+        return advance
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def fine_tune(bundle: ModelBundle, model: ElasticUNet, config: TrainConfig, *, start_step: int, steps: int,
+              data: str | Path | None = None) -> float | None:
+    """`steps` robust-training steps on `model` in this process (evolution's between-iteration training).
+
+    A fresh AdamW each call: between evolution iterations the architecture changes, and moments from
+    removed blocks mean nothing to the new one. Step numbers continue from `start_step` so every step
+    draws its own batch and skips."""
+    from diffusers import DDPMScheduler
+
+    if steps <= 0:
+        return None
+    train_data = training_data(model.spec, data)
+    skip = config.skip_probabilities
+    model.set_skip_probabilities(ca=skip.ca, rb=skip.rb)
+    trainable = _Trainable(model, bundle.encoder)
+    opt = torch.optim.AdamW(trainable.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    noise_scheduler = DDPMScheduler.from_config(bundle.noise_schedule)
+    device = next(model.parameters()).device
+    trainable.train()
+    total = 0.0
+    for step in range(start_step, start_step + steps):
+        g = step_generator(config.seed, step)
+        x0, cond = train_data.batch(config.batch_size, g)
+        loss = diffusion_loss(trainable, noise_scheduler, x0, cond, train_data.uncond, config, g, device)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(trainable.parameters(), config.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        total += float(loss.detach())
+    trainable.eval()
+    return total / steps

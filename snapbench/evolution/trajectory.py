@@ -1,0 +1,84 @@
+"""The evolution trajectory: one CSV row per step of the search, `trajectory.csv` in the evolve output
+folder (beside arch.json; `snapbench report --candidate runs/x/arch.json` finds it there).
+
+Columns (format "snapbench.trajectory/1"; units in the names):
+
+    iteration         0 for the starting model, then the iteration that applied the row's action
+    phase             start | remove | add | train | final
+    action            start, A- (remove a block or one of its copies), A+ (restore a block or add a copy),
+                      train (robust-training steps between iterations), final (the published model)
+    block             paper-style block id, e.g. "CA[Up-1, 2]" ("" for start / train / final)
+    latency_ms        one UNet step of the architecture after the row, on --device, from the latency table
+    latency_backend   where that figure came from: iphone | mac | import | estimate | fixed, or several
+                      joined by "+" when the blocks' rows came from different backends
+    quality           the evaluator's score after the row (toy: mean classifier probability of the asked
+                      digit; clip: CLIP score); empty where not evaluated
+    quality_delta     change of quality caused by the action (vs the row before)
+    latency_delta_ms  change of latency caused by the action
+    value             quality_delta / latency_delta_ms: the action's score in Algorithm 1 (removals: the
+                      smallest loss per ms saved wins; additions: the largest gain per ms spent)
+    train_steps       robust-training steps done so far in this run
+
+Rows are in the order they happened; latency and quality of the last row are the final model's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from snapbench.atomic import atomic_write_text
+from snapbench.errors import SnapbenchError
+
+TRAJECTORY_FILE = "trajectory.csv"
+TRAJECTORY_COLUMNS: tuple[str, ...] = (
+    "iteration", "phase", "action", "block", "latency_ms", "latency_backend", "quality", "quality_delta",
+    "latency_delta_ms", "value", "train_steps",
+)
+_FLOATS = frozenset({"latency_ms", "quality", "quality_delta", "latency_delta_ms", "value"})
+_INTS = frozenset({"iteration", "train_steps"})
+
+
+def _cell(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def trajectory_csv(rows: Iterable[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(TRAJECTORY_COLUMNS)
+    for r in rows:
+        w.writerow([_cell(r.get(c)) for c in TRAJECTORY_COLUMNS])
+    return buf.getvalue()
+
+
+def write_trajectory(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+    return atomic_write_text(path, trajectory_csv(rows))
+
+
+def read_trajectory(path: str | Path) -> list[dict[str, Any]]:
+    """Rows with numbers parsed (None where empty): what the report's trajectory chart reads."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise SnapbenchError(f"{p}: no such trajectory file") from None
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in TRAJECTORY_COLUMNS if c not in (reader.fieldnames or ())]
+    if missing:
+        raise SnapbenchError(f"{p}: not a snapbench trajectory (missing column {missing[0]})")
+    out = []
+    for r in reader:
+        row: dict[str, Any] = {}
+        for c in TRAJECTORY_COLUMNS:
+            v = r[c]
+            row[c] = (None if v == "" else float(v)) if c in _FLOATS else (int(v) if c in _INTS and v else v)
+        out.append(row)
+    return out
