@@ -17,7 +17,7 @@ def test_profile_estimate_for_real(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SNAPBENCH_CACHE", str(tmp_path / "cache"))
     table = tmp_path / "t.csv"
     argv = ["profile", "--device", "iphone14pro", "--model", "sd15-tiny", "--latent", "8", "--backend", "estimate",
-            "--component", "unet", "--table", str(table), "--json"]
+            "--table", str(table), "--json"]
     assert main(argv) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["backend"] == "estimate" and len(doc["stages"]) == 7
@@ -25,6 +25,10 @@ def test_profile_estimate_for_real(tmp_path, monkeypatch, capsys):
     assert ms and all(v > 0 for v in ms)
     rows = LatencyTable.load(table).rows()
     assert {r.backend for r in rows} == {"estimate"} and all(r.bytes_moved for r in rows)
+    assert set(doc["components"]) == {"text_encoder", "unet", "vae_decoder"}
+    assert all(v > 0 for v in doc["components"].values())
+    comps = {r.block: r for r in rows if r.stage == "-"}
+    assert comps.keys() == {"text_encoder", "vae_decoder"} and all(r.params > 0 for r in comps.values())
     assert all("estimator=" in r.versions for r in rows)
     # the packages stay in the cache: a new table for another device converts nothing again
     packages = list((tmp_path / "cache" / "packages").glob("*/*.mlpackage"))

@@ -171,6 +171,7 @@ def profile_model(
         return table.lookup_backend(dev.id, row_settings, key, backend_name) is None
 
     comp_settings = _component_settings(settings)
+    comp_sizes: dict[str, tuple[int, int]] = {}
     passes = [chosen] if chosen != "import" else []
     if chosen != "estimate":
         passes.append("estimate")  # whatever the device or the file did not cover, labelled as such
@@ -188,14 +189,16 @@ def profile_model(
             paths = packages.block_packages(source, settings, tokens, set(todo), progress=progress)
             jobs += [PackageJob(k, first[k].block_id, paths[k]) for k in todo]
         for c in todo_comps:
-            jobs.append(PackageJob(comp_keys[c], c,
-                                   packages.component_package(c, source, comp_settings, tokens, progress=progress)))
+            got = packages.component_package(c, source, comp_settings, tokens, progress=progress)
+            path = getattr(got, "path", got)
+            comp_sizes[c] = (int(getattr(got, "params", 0)), int(getattr(got, "macs", 0)))
+            jobs.append(PackageJob(comp_keys[c], c, Path(path)))
         measured.update(_run(be, jobs, progress))
 
     new_rows = [_row(dev, settings, first[k], k, m, created) for k, m in measured.items() if k in first]
     for c, k in comp_keys.items():
         if k in measured:
-            new_rows.append(_component_row(dev, comp_settings, c, k, measured[k], created))
+            new_rows.append(_component_row(dev, comp_settings, c, k, measured[k], created, *comp_sizes.get(c, (0, 0))))
     merged = table.merge(new_rows)
 
     blocks = [_block_latency(b, merged, dev.id, settings) for b in cut] if "unet" in comps else []
@@ -299,11 +302,12 @@ def _row(dev: Any, s: Settings, b: CutBlock, key: str, m: Measurement, created: 
     )
 
 
-def _component_row(dev: Any, s: Settings, name: str, key: str, m: Measurement, created: str) -> LatencyRow:
+def _component_row(dev: Any, s: Settings, name: str, key: str, m: Measurement, created: str, params: int = 0,
+                   macs: int = 0) -> LatencyRow:
     return LatencyRow(
         device=dev.id, chip=dev.chip, backend=m.backend, compute_units=s.compute_units, precision=s.precision,
         weight_bits=s.weight_bits, attention=s.attention, stage="-", block=name, signature=key,
-        latency_ms=_ms(m.latency_ms), p90_ms=_ms(m.p90_ms), samples=m.samples, macs=0, params=0,
+        latency_ms=_ms(m.latency_ms), p90_ms=_ms(m.p90_ms), samples=m.samples, macs=macs, params=params,
         bytes_moved=m.bytes_moved, versions=m.versions or _short_versions(), created_at=created,
         batch=s.batch, latent=s.latent, placement=m.placement, source=m.source,
     )

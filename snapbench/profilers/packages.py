@@ -36,8 +36,15 @@ class PackageSource(Protocol):
         """signature key -> package path, for (at least) the given keys."""
 
     def component_package(self, component: str, source: Any, settings: Any, tokens: int, *,
-                          progress: bool) -> Path:
+                          progress: bool) -> "ComponentPackage | Path":
         ...
+
+
+@dataclass(frozen=True)
+class ComponentPackage:
+    path: Path
+    params: int = 0
+    macs: int = 0
 
 
 def _options(settings: Any, tokens: int) -> Any:
@@ -141,16 +148,15 @@ class ConverterPackages:
         return signature_packages(result.manifest, out, keys)
 
     def component_package(self, component: str, source: Any, settings: Any, tokens: int, *,
-                          progress: bool) -> Path:
+                          progress: bool) -> ComponentPackage:
         from snapbench.converters import convert_component
 
         out = self._dir(source, settings, tokens, f"-{component}")
-        result = convert_component(component, out, _options(settings, tokens), model=source)
-        for name in ("package", "path"):
-            p = _entry(result, name)
-            if p is not None:
-                p = Path(p)
-                return p if p.is_absolute() else out / p
-        if isinstance(result, (str, Path)):
-            return Path(result)
-        raise SnapbenchError(f"converters returned no package for {component}")
+        result = convert_component(component, out, _options(settings, tokens), model=source, progress=progress)
+        done = [b for b in result.manifest.blocks if _entry(b, "package")]
+        if not done:
+            raise SnapbenchError(f"{out}: the converters made no {component} package")
+        b = done[0]
+        p = Path(_entry(b, "package"))
+        return ComponentPackage(p if p.is_absolute() else out / p, int(_entry(b, "params") or 0),
+                                int(_entry(b, "macs") or 0))
