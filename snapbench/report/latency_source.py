@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from snapbench.devices.catalog import Device
+from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
 
 # A backend name (from a document or a block row) -> the word the report prints next to the figure.
@@ -47,8 +48,11 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
     """Latencies from the latency package: the table first (`--table`, else the model's table under
     latency_tables/<device>/), the backend for whatever it lacks, labelled estimates for the rest.
 
-    The report only reads tables; `snapbench profile` is the command that writes them. `profile_kw` go to
-    `profile_model` (packages, estimate_fn, ...: how tests run it without converting).
+    The UNet is profiled first and its errors stop the report (they are the user's to fix: a backend not
+    available here, a corrupt table). The text encoder and VAE decoder are profiled one by one after it, and
+    a failure there costs only that figure, which the report then shows as missing with the reason.
+    The report only reads tables; `snapbench profile` writes them. `profile_kw` go to `profile_model`
+    (packages, estimate_fn, ...: how tests run it without converting).
     """
     try:
         from snapbench.commands.profile import default_table_path
@@ -57,22 +61,35 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
         return ProfileOutcome(None, f"the latency profiler is not available in this installation ({e})")
     path = table if table is not None else default_table_path(device.id, source.ref)
     existing = LatencyTable.load(path) if path.is_file() else LatencyTable.empty()
+    kw = {"progress": True, **profile_kw}
+    s = Settings(**settings)
     try:
-        run = profile_model(source, device, Settings(**settings), table=existing, backend=backend,
-                            progress=profile_kw.pop("progress", True), say=say, **profile_kw)
+        run = profile_model(source, device, s, table=existing, backend=backend, components=("unet",), say=say,
+                            **kw)
     except ImportError as e:  # a converter or Core ML piece missing here: say so, never invent a number
         return ProfileOutcome(None, f"latencies could not be produced on this machine ({e})")
+    doc = profile_document(run, table_path=str(path) if path.is_file() else None)
+    new_rows = list(run.new_rows)
     notes = []
-    if run.new_rows:
+    for comp in ("text_encoder", "vae_decoder"):
+        try:
+            part = profile_model(source, device, s, table=run.table, backend=backend, components=(comp,), **kw)
+        except (SnapbenchError, ImportError) as e:
+            notes.append(f"no {comp.replace('_', ' ')} latency: {e}")
+            continue
+        doc["components"][comp] = round(part.components[comp].latency_ms, 4)
+        doc["component_backends"][comp] = part.components[comp].backend
+        new_rows += part.new_rows
+    if new_rows:
         counts: dict[str, int] = {}
-        for r in run.new_rows:
+        for r in new_rows:
             counts[backend_label(r.backend)] = counts.get(backend_label(r.backend), 0) + 1
         made = ", ".join(f"{n} {lab}" for lab, n in sorted(counts.items()))
         if path.is_file():
-            notes.append(f"{path} lacked current rows for these settings: {made} now (labelled; "
-                         f"run `snapbench profile` to store them)")
+            notes.insert(0, f"{path} lacked current rows for these settings: {made} now (labelled; "
+                            f"run `snapbench profile` to store them)")
         else:
-            notes.append(f"no latency table at {path}: {made} now")
+            notes.insert(0, f"no latency table at {path}: {made} now")
     else:
-        notes.append(f"every figure read from {path}")
-    return ProfileOutcome(profile_document(run, table_path=str(path) if path.is_file() else None), notes=notes)
+        notes.insert(0, f"every figure read from {path}")
+    return ProfileOutcome(doc, notes=notes)
