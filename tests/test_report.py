@@ -161,7 +161,8 @@ def test_reference_points_sit_beside_our_figures(tmp_path):
     ours = result(data, BASE)["components"]["unet"]["ms"]
     assert mine["ours_ms"] == ours and math.isclose(mine["ratio"], ours / 2.5)
     assert mine["settings_differ"] == ["attention split_einsum_v2 there, original here"]
-    assert rows[1]["ours_ms"] is None  # not a model/device of this report: shown, not matched
+    assert mine["ours_status"] == "matched"
+    assert rows[1]["ours_ms"] is None and rows[1]["ours_status"] == "absent"  # shown, not matched
     html = render_html(data)
     assert "my-bench" in html and "typed in" in html
 

@@ -61,6 +61,10 @@ def _scale(values: Sequence[float]) -> tuple[float, str]:
     return 1.0, ""
 
 
+def _short_ms(ms: float) -> str:
+    return f"{ms:,.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 1 else f"{ms:.2f}"
+
+
 def fig2_chart(data: Mapping[str, Any], device_id: str, chart_id: str) -> str:
     """The paper's Fig. 2 for every model side by side: per stage params (top) and latency (bottom),
     each bar split into CA, RB and auxiliary blocks. Rows share their y axis so models compare by eye."""
@@ -101,6 +105,10 @@ def fig2_chart(data: Mapping[str, Any], device_id: str, chart_id: str) -> str:
                 vals = [s[field] or 0.0 for s in r["stages"]]
                 ax.bar(x, vals, bottom=bottom, color=KIND_COLOURS[kind], width=0.7)
                 bottom = [b + v for b, v in zip(bottom, vals)]
+            # Rows share their axis (honest comparison), so a fast model's bars can be slivers: print totals.
+            for xi, st in zip(x, r["stages"]):
+                ax.annotate(_short_ms(st["ms"]), (xi, st["ms"]), textcoords="offset points", xytext=(0, 2),
+                            ha="center", va="bottom", fontsize=7.5, color="#394150")
             label = "/".join(r["labels"]) or "unlabelled"
             ax.set_title(f"{m['key']}: latency per step ({label})")
             ax.set_xticks(list(x), stages, rotation=35, ha="right")
@@ -113,32 +121,42 @@ def fig2_chart(data: Mapping[str, Any], device_id: str, chart_id: str) -> str:
 
 
 def budget_chart(data: Mapping[str, Any], chart_id: str) -> str | None:
-    """End-to-end seconds per image, per model and device: 2 x text encoder + steps x UNet + decoder."""
+    """End-to-end seconds per image, per model and device: 2 x text encoder + steps x UNet + decoder.
+
+    Left, seconds on one axis (the honest comparison); right, each image's own split in percent, which
+    stays readable when one model is fifty times faster than the other."""
     names = {m["key"]: m for m in data["models"]}
     devices = {d["id"]: d["name"] for d in data["devices"]}
     rows = [r for r in data["results"] if r.get("budget")]
     if not rows:
         return None
     with matplotlib.rc_context(_RC):
-        fig = _figure(10.5, 1.3 + 0.6 * len(rows))
-        ax = fig.subplots()
+        fig = _figure(10.5, 1.4 + 0.62 * len(rows))
+        ax, share = fig.subplots(1, 2, sharey=True, width_ratios=[3, 1.3])
         labels = [f"{r['model']} ({names[r['model']]['steps']} steps)\n{devices[r['device']]}" for r in rows]
         y = list(range(len(rows)))[::-1]
         left = [0.0] * len(rows)
+        left_pct = [0.0] * len(rows)
         parts = (("text_encoder_ms", f"text encoder x {data['text_encoder_runs']}"),
                  ("unet_ms", "UNet x steps"), ("vae_decoder_ms", "VAE decoder"))
         for field, name in parts:
             vals = [r["budget"][field] / 1000 for r in rows]
+            pct = [100 * r["budget"][field] / r["budget"]["total_ms"] for r in rows]
             ax.barh(y, vals, left=left, color=BUDGET_COLOURS[field], label=name, height=0.6)
+            share.barh(y, pct, left=left_pct, color=BUDGET_COLOURS[field], height=0.6)
             left = [a + b for a, b in zip(left, vals)]
+            left_pct = [a + b for a, b in zip(left_pct, pct)]
         top = max(left)
         for yy, r, total in zip(y, rows, left):
             text = f"{total:.2f} s" + (f"  ({r['speedup_e2e']:.1f}x faster)" if r.get("speedup_e2e") else "")
             ax.text(total + top * 0.01, yy, text, va="center", fontsize=9)
         ax.set_yticks(y, labels)
-        ax.set_xlim(0, top * 1.28)
+        ax.set_xlim(0, top * 1.3)
         ax.set_xlabel("seconds per image (" + "/".join(data["latency_labels"]) + ")")
         ax.grid(axis="x", alpha=0.3)
+        share.set_xlim(0, 100)
+        share.set_xlabel("share of the image's time (%)")
+        share.grid(axis="x", alpha=0.3)
         fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, frameon=False)
         return _svg(fig, chart_id)
 

@@ -314,6 +314,11 @@ def _attach_speedups(results: list[dict[str, Any]], baseline_key: str) -> None:
 
 def _reference(rows: list[dict[str, Any]], models: list[dict[str, Any]], results: list[dict[str, Any]],
                settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each reference row with this report's figure for the same model, device and component, if any.
+
+    `ours_status`: "matched" (a figure to compare), "missing" (the model and device are in the report but
+    that component has no latency), "absent" (the model or device is not part of this report).
+    """
     out = []
     for ref in rows:
         match = None
@@ -321,17 +326,18 @@ def _reference(rows: list[dict[str, Any]], models: list[dict[str, Any]], results
             if ref["model"] not in (m["name"], m["key"], m["ref"]):
                 continue
             for r in results:
-                if r["model"] == m["key"] and r["device"] == ref["device"] and r["available"]:
+                if r["model"] == m["key"] and r["device"] == ref["device"]:
                     match = (m, r)
-        item = dict(ref)
-        item["settings_differ"] = settings_differences(ref, settings)
+        item = dict(ref, settings_differ=settings_differences(ref, settings), ours_model=None, ours_ms=None,
+                    ours_label=None, ratio=None, ours_status="absent")
         if match:
             m, r = match
-            ours = r["components"][ref["component"]]
-            item.update(ours_model=m["key"], ours_ms=ours["ms"], ours_label=ours["label"],
-                        ratio=(ours["ms"] / ref["latency_ms"]) if ours["ms"] and ref["latency_ms"] else None)
-        else:
-            item.update(ours_model=None, ours_ms=None, ours_label=None, ratio=None)
+            ours = (r["components"] or {}).get(ref["component"]) or {}
+            ms = ours.get("ms")
+            item.update(ours_model=m["key"], ours_status="matched" if ms is not None else "missing")
+            if ms is not None:
+                item.update(ours_ms=ms, ours_label=ours["label"],
+                            ratio=ms / ref["latency_ms"] if ref["latency_ms"] else None)
         out.append(item)
     return out
 
