@@ -75,16 +75,16 @@ def profile_command(
         model, dev, settings, table=existing, backend=backend, components=tuple(component or ALL_COMPONENTS),
         tokens=tokens, repeats=repeats, warmup=warmup, import_file=from_file,
         packages=ConverterPackages(packages) if packages is not None else None,
-        progress=True, say=lambda m: err.print(m, markup=False),
+        progress=True, say=lambda m: err.print(m, markup=False, soft_wrap=True),
     )
     if run.new_rows:
         run.table.save(path)
         counts = Counter(r.backend for r in run.new_rows)
         err.print(f"{path}: wrote {len(run.new_rows)} row(s) "
                   f"({', '.join(f'{n} {b}' for b, n in sorted(counts.items()))}); {len(run.table)} in the table",
-                  markup=False)
+                  markup=False, soft_wrap=True)
     else:
-        err.print(f"{path}: every figure came from the table; nothing to write", markup=False)
+        err.print(f"{path}: every figure came from the table; nothing to write", markup=False, soft_wrap=True)
     if as_json:
         print_json(profile_document(run, table_path=str(path)))
         return
