@@ -67,6 +67,8 @@ def trace(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.ji
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+        # coremltools 9 converts TorchScript (or torch.export); trace is the path that needs no rewrite
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace", category=DeprecationWarning)
         return torch.jit.trace(module.eval(), inputs, check_trace=False)
 
 

@@ -31,17 +31,18 @@ class _DiffusersCall(nn.Module):
 class WholeUNet(nn.Module):
     """forward(sample, timestep, context) -> out: the elastic UNet, its attention rewritten if asked."""
 
-    def __init__(self, model: nn.Module, attention: str) -> None:
+    def __init__(self, model: nn.Module, attention: str, tokens: dict[str, int] | None = None) -> None:
         super().__init__()
         # Registered here so their weights are parameters of the traced module (the elastic UNet keeps
         # its units in a plain list), not constants that torch.jit.trace refuses.
         self.rewritten = nn.ModuleList()
         if attention != "original":
-            from snapbench.converters.ane_attention import rewrite_transformer
+            from snapbench.converters.workers import rewrite_attention
 
             for unit in model.units:
                 if isinstance(unit, AttentionUnit) and unit.has_compute:
-                    unit.transformer = _DiffusersCall(rewrite_transformer(unit.transformer, attention))
+                    n = (tokens or {}).get(unit.file_id, 10**9)  # H*W at this block (v2's query chunk)
+                    unit.transformer = _DiffusersCall(rewrite_attention(unit.transformer, attention, n))
                     self.rewritten.append(unit.transformer)
         self.model = model.eval()
 
@@ -58,11 +59,12 @@ def unet_single(source: ModelSource, opts: ConvertOptions) -> SingleModel:
         inputs=(("sample", (b, cfg.in_channels, lat, lat)), ("timestep", (b,)), ("context", (b, opts.tokens, ctx))),
         outputs=(("out", tuple(blocks[-1].output)),),
     )
+    tokens = {x.unit.file_id: x.inputs[0][1][-1] * x.inputs[0][1][-2] for x in blocks if x.kind == "CA"}
     versions = tool_versions()
     weights = source_fingerprint(source.spec.to_dict(), weight_files(source), opts.seed, versions["torch"])
     return SingleModel(
         name="unet", title=f"UNet of {source.spec.name}", model=str(source.ref), spec=source.spec.name, io=io,
-        build=lambda: WholeUNet(build_checked(source, device="cpu", seed=opts.seed), opts.attention),
+        build=lambda: WholeUNet(build_checked(source, device="cpu", seed=opts.seed), opts.attention, tokens),
         identity={"spec": source.spec.to_dict(), "weights": weights},
         params=sum(x.params for x in blocks), macs=sum(x.macs for x in blocks),
         macs_no_attention=sum(x.macs - x.attention_macs for x in blocks),

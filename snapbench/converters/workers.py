@@ -103,12 +103,33 @@ def materialize(unit: BlockUnit, weights: Mapping[str, np.ndarray] | None, seed:
     return block.eval()
 
 
-def block_module(unit: BlockUnit, attention: str) -> torch.nn.Module:
-    """What goes into the package: the block, with its attention rewritten for the Neural Engine if asked."""
-    if isinstance(unit, AttentionUnit) and attention != "original":
-        from snapbench.converters.ane_attention import rewrite_transformer
+def query_chunk(tokens: int) -> int:
+    """split_einsum_v2's query chunk for a block with `tokens` spatial positions.
 
-        return rewrite_transformer(unit.transformer, attention)  # forward(hidden, context), same weights
+    Capped at the token count: a chunk longer than the sequence traces to a split that coremltools 9
+    lowers to a `tile` with zero repetitions and refuses ("reps parameter must be greater than 0"),
+    which hits SD-v1.5's Down-3 / Mid / Up-1 blocks (256 and 64 tokens < 512). One chunk of all the
+    tokens is the same computation.
+    """
+    from snapbench.converters.ane_attention import DEFAULT_QUERY_CHUNK_SIZE
+
+    return max(1, min(DEFAULT_QUERY_CHUNK_SIZE, tokens))
+
+
+def rewrite_attention(transformer: torch.nn.Module, attention: str, tokens: int) -> torch.nn.Module:
+    from snapbench.converters.ane_attention import rewrite_transformer
+
+    return rewrite_transformer(transformer, attention, query_chunk_size=query_chunk(tokens))
+
+
+def block_module(unit: BlockUnit, attention: str, tokens: int | None = None) -> torch.nn.Module:
+    """What goes into the package: the block, with its attention rewritten for the Neural Engine if asked.
+
+    `tokens`: the block's spatial positions (H*W of its hidden input), for split_einsum_v2's chunking.
+    """
+    if isinstance(unit, AttentionUnit) and attention != "original":
+        # forward(hidden, context), same weights
+        return rewrite_attention(unit.transformer, attention, tokens or 10**9)
     return unit
 
 
@@ -118,7 +139,9 @@ def run_task(task: BlockTask) -> TaskResult:
     opts = _OPTS
     try:
         unit = materialize(_UNITS[task.file_id], task.weights, opts.seed)
-        module = block_module(unit, opts.attention if task.is_attention else "original")
+        hidden = dict(task.io.inputs)["hidden"] if task.is_attention else None
+        tokens = hidden[-1] * hidden[-2] if hidden else None
+        module = block_module(unit, opts.attention if task.is_attention else "original", tokens)
         inputs = example_inputs(task.io, seed=opts.seed)
         result = convert_module(module, task.io, opts, Path(task.dest), metadata=task.metadata,
                                 description=task.description, inputs=inputs)

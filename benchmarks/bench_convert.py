@@ -1,0 +1,144 @@
+"""Benchmark `snapbench convert` against the plain whole-UNet conversion a user does today.
+
+    .venv/bin/python benchmarks/bench_convert.py [--model sd15] [--latent 64] [--batch 2] [--work DIR]
+
+Side by side, each variant in its own process (so memory figures are its own):
+  (a) naive: the whole diffusers UNet through torch.jit.trace (defaults) + ct.convert (fp16, iOS16) + save
+  (b) snapbench convert, profile mode, cold (default --jobs: the cores available)
+  (c) snapbench convert --mode deploy, cold
+  (d) (b) again, warm: nothing to convert
+Wall time, and peak memory two ways: the sum of RSS over the process tree (polled every 0.1 s; what the
+machine must hold) and the largest single process (getrusage's ru_maxrss of the children).
+Takes many minutes on a 2-core machine; other users of the CPU slow every variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+SNAPBENCH = str(Path(PY).with_name("snapbench"))
+
+NAIVE = r'''
+import sys, torch, coremltools as ct
+from diffusers import UNet2DConditionModel
+from snapbench.model.loading import resolve_model
+model, latent, batch, tokens, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+cfg = {k: v for k, v in resolve_model(model).spec.base_config.items() if not k.startswith("_")}
+torch.manual_seed(0)
+unet = UNet2DConditionModel(**cfg).eval()
+
+class Wrapper(torch.nn.Module):
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+    def forward(self, sample, timestep, context):
+        return self.unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
+
+ex = (torch.randn(batch, cfg["in_channels"], latent, latent), torch.full((batch,), 981.0),
+      torch.randn(batch, tokens, cfg["cross_attention_dim"]))
+with torch.no_grad():
+    traced = torch.jit.trace(Wrapper(unet), ex)
+ml = ct.convert(traced, convert_to="mlprogram",
+                inputs=[ct.TensorType(name=n, shape=t.shape) for n, t in zip(("sample", "timestep", "context"), ex)],
+                compute_precision=ct.precision.FLOAT16, minimum_deployment_target=ct.target.iOS16)
+ml.save(out)
+'''
+
+
+def run(cmd: list[str]) -> dict:
+    """Run `cmd`, return wall seconds, peak tree RSS (polled) and the largest child's ru_maxrss."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    stop = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak
+        p = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                total = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
+                peak = max(peak, total)
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    _, stderr = proc.communicate()
+    stop.set()
+    t.join()
+    wall = time.perf_counter() - start
+    maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+    if proc.returncode != 0:
+        sys.stderr.write(stderr[-3000:])
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}")
+    # ru_maxrss of children is a running maximum: only a new maximum is attributable to this command
+    return {"seconds": wall, "peak_tree_rss": peak, "max_process_rss": maxrss if maxrss > before * 1024 else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="sd15")
+    ap.add_argument("--latent", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=77)
+    ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed after)")
+    ap.add_argument("--json-out", default=None, help="also write the figures as JSON here")
+    ap.add_argument("--skip-naive", action="store_true")
+    a = ap.parse_args()
+    work = Path(a.work or tempfile.mkdtemp(prefix="bench_convert."))
+    shapes = ["--latent", str(a.latent), "--batch", str(a.batch), "--tokens", str(a.tokens)]
+    rows = []
+    try:
+        if not a.skip_naive:
+            print("(a) naive whole-UNet trace + convert ...", file=sys.stderr, flush=True)
+            rows.append(("(a) whole UNet, plain trace + ct.convert",
+                         run([PY, "-c", NAIVE, a.model, str(a.latent), str(a.batch), str(a.tokens),
+                              str(work / "naive.mlpackage")])))
+        for label, out, extra in (("(b) snapbench convert, profile, cold", "profile", []),
+                                  ("(c) snapbench convert, deploy, cold", "deploy", ["--mode", "deploy"]),
+                                  ("(d) snapbench convert, profile, warm", "profile", [])):
+            print(f"{label} ...", file=sys.stderr, flush=True)
+            rows.append((label, run([SNAPBENCH, "convert", "--model", a.model, *shapes, "--out", str(work / out),
+                                     "--json", *extra])))
+            if out == "profile" and "cold" in label:
+                m = json.loads((work / out / "manifest.json").read_text())
+                rows[-1][1]["packages"] = m["packages"]
+                rows[-1][1]["blocks"] = len(m["blocks"])
+        cpus = len(os.sched_getaffinity(0))
+        print(f"\n{a.model}, latent {a.latent}x{a.latent}, batch {a.batch}, {a.tokens} tokens; {cpus} cores; "
+              f"load average at the end {os.getloadavg()[0]:.1f}")
+        base = rows[0][1] if not a.skip_naive else None
+        head = f"{'variant':42} {'seconds':>8} {'x (a)':>7} {'peak RSS tree GB':>17} {'x (a)':>7} {'max proc GB':>12}"
+        print(head)
+        print("-" * len(head))
+        for label, r in rows:
+            t_ratio = f"{r['seconds'] / base['seconds']:.2f}" if base else "-"
+            m_ratio = f"{r['peak_tree_rss'] / base['peak_tree_rss']:.2f}" if base else "-"
+            mp = f"{r['max_process_rss'] / 1e9:.2f}" if r.get("max_process_rss") else "<= above"
+            print(f"{label:42} {r['seconds']:8.1f} {t_ratio:>7} {r['peak_tree_rss'] / 1e9:17.2f} {m_ratio:>7} {mp:>12}")
+        if a.json_out:
+            Path(a.json_out).write_text(json.dumps({"model": a.model, "rows": rows}, indent=2))
+    finally:
+        if a.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
