@@ -334,3 +334,20 @@ def test_sd15_up3_shape(impl):
     full_db, delta_db = psnr(ref, out), psnr(ref - x, out - x)
     print(f"SD-v1.5 Up-3 {impl}: PSNR {full_db:.1f} dB, residual-free {delta_db:.1f} dB")
     assert full_db >= APPLE_PSNR_BAR_DB and delta_db >= APPLE_PSNR_BAR_DB
+
+
+def test_split_einsum_v2_converts_when_sequence_is_shorter_than_one_chunk():
+    """8x8 latents (64 queries) with the default 512-query chunk: must not trace a 1-way split."""
+    import coremltools as ct
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    from snapbench.converters.ane_attention import rewrite_transformer
+
+    torch.manual_seed(0)
+    t = Transformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=16, norm_num_groups=4,
+                           cross_attention_dim=12).eval()
+    m = rewrite_transformer(t, "split_einsum_v2")
+    h, ctx = torch.randn(1, 16, 8, 8), torch.randn(1, 5, 12)
+    traced = torch.jit.trace(m, (h, ctx), check_trace=False)
+    ct.convert(traced, inputs=[ct.TensorType(name="hidden", shape=h.shape), ct.TensorType(name="context", shape=ctx.shape)],
+               convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16)

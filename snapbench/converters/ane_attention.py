@@ -309,7 +309,9 @@ class ANEAttention(nn.Module):
         k_heads = k_t.split(self.head_dim, dim=3)                     # h x (B, L, 1, d)
         v_heads = v.split(self.head_dim, dim=1)                       # h x (B, d, 1, L)
 
-        if self.impl == "split_einsum":
+        # A sequence no longer than one chunk needs no chunking (and coremltools 9 rejects the
+        # one-output split / one-input concat that chunking it would trace).
+        if self.impl == "split_einsum" or q.shape[3] <= self.query_chunk_size:
             outs = [_attend(q_h, k_h, v_h) for q_h, k_h, v_h in zip(q_heads, k_heads, v_heads)]
         else:
             outs = [
