@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.model} (latent {args.latent}): {len(blocks)} blocks, {len(first)} unique signatures")
         print(f"packages ready in {t_packages:.1f} s (conversion into the cache, or a warm cache)")
         print(f"estimate every block for {len(devices)} catalog devices: {t_estimate:.2f} s "
-              f"(first device {cold:.2f} s reads op records; median device {warm * 1000:.1f} ms; "
+              f"(first device {cold:.2f} s, incl. reading op records unless the estimator cached them; "
+              f"median device {warm * 1000:.1f} ms; "
               f"{len(rows) / t_estimate:.0f} block estimates/s)")
         print(f"lookups: {hit_rate / 1e6:.2f} M/s (hits, {len(table)} rows), {miss_rate / 1e6:.2f} M/s (misses)")
     return 0

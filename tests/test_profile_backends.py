@@ -153,3 +153,24 @@ def test_estimate_backend_labels_rows(tmp_path):
 def test_device_backend_validates_repeats():
     with pytest.raises(SnapbenchError, match="--repeats"):
         DeviceBackend("mac", resolve_device("mac-m2"), CoreMLTools(platform="darwin"), repeats=0)
+
+
+def test_estimates_of_an_older_estimator_are_refreshed(tmp_path):
+    from types import SimpleNamespace
+
+    pk = FakePackages(tmp_path / "pk")
+    s = Settings(latent=16)
+    old = profile_model("sd15-tiny", "iphone14", s, backend="estimate", packages=pk, estimate_fn=toy_estimate,
+                        progress=False, components=("unet",))
+
+    def newer(path, device):
+        return SimpleNamespace(**{**vars(toy_estimate(path, device)), "params_version": 8})
+
+    newer.params_version = 8
+    again = profile_model("sd15-tiny", "iphone14", s, table=old.table, backend="estimate", packages=pk,
+                          estimate_fn=toy_estimate, progress=False, components=("unet",))
+    assert again.new_rows == []  # same estimator: nothing to do
+    fresh = profile_model("sd15-tiny", "iphone14", s, table=old.table, backend="estimate", packages=pk,
+                          estimate_fn=newer, progress=False, components=("unet",))
+    assert len(fresh.new_rows) == len(old.new_rows)
+    assert all("estimator=8" in r.versions for r in fresh.table.rows())

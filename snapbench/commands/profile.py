@@ -49,7 +49,7 @@ def profile_command(
     table: Optional[Path] = typer.Option(None, "--table", help="Table CSV to update (default latency_tables/<device>/<model>.csv)."),
     repeats: int = typer.Option(20, "--repeats", min=1, help="Timed runs per package (iphone, mac)."),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed runs first (iphone, mac)."),
-    from_file: Optional[Path] = typer.Option(None, "--from", help="Measurements to import (CSV or JSON; see docs)."),
+    from_file: Optional[Path] = typer.Option(None, "--from", help="Measurements to import (CSV or JSON; format below)."),
     packages: Optional[Path] = typer.Option(None, "--packages", help="A `snapbench convert` folder to time instead of converting."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -122,5 +122,13 @@ def render(run: ProfileRun) -> None:
                   f"{per(8):.2f} s at 8 steps")
 
 
+IMPORT_HELP = (
+    "Import format (--from FILE, CSV or JSON): columns block (id as `snapbench inspect` prints it, its file id, "
+    "text_encoder or vae_decoder) or signature; latency_ms (or latency_us, latency_s); optional p90_ms, samples, "
+    "device, notes, and settings columns (compute_units, precision, weight_bits, attention, batch, latent) that "
+    "must match this run's. Figures the file lacks are estimated and labelled estimate."
+)
+
+
 def register(app: typer.Typer) -> None:
-    app.command("profile")(profile_command)
+    app.command("profile", epilog=IMPORT_HELP)(profile_command)

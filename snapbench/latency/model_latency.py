@@ -157,6 +157,8 @@ def profile_model(
     if imported is not None:
         measured.update(_resolve_import(import_file, imported, dev, settings, cut, comp_keys))
 
+    est_version: list[Any] = []  # looked up once, on first need (it reads the estimator's parameter file)
+
     def needs(key: str, row_settings: Settings, backend_name: str) -> bool:
         if key in measured:
             return False
@@ -165,8 +167,9 @@ def profile_model(
             if have is None:
                 return True
             if have.backend == "estimate":
-                est = estimate_version(estimate_fn)
-                return est is not None and f"estimator={est}" not in have.versions
+                if not est_version:
+                    est_version.append(estimate_version(estimate_fn))
+                return est_version[0] is not None and f"estimator={est_version[0]}" not in have.versions
             return False
         return table.lookup_backend(dev.id, row_settings, key, backend_name) is None
 
