@@ -148,3 +148,32 @@ def test_latent_folder_data(tmp_path):
     save_file({"latents": torch.randn(3, 4, 8, 8), "context": torch.randn(3, 5, 8)}, str(tmp_path / "d" / "a.safetensors"))
     with pytest.raises(SnapbenchError, match="cross_attention_dim"):
         training_data(spec, tmp_path / "d")
+
+
+def test_sd_structured_model_trains_on_a_latent_folder(tmp_path):
+    from safetensors.torch import save_file
+
+    from snapbench.evolution.robust_training import train
+
+    torch.set_num_threads(1)
+    (tmp_path / "d").mkdir()
+    save_file({"latents": torch.randn(4, 4, 8, 8), "context": torch.randn(4, 5, 16),
+               "uncond_context": torch.zeros(5, 16)}, str(tmp_path / "d" / "part0.safetensors"))
+    r = train("sd15-tiny", tmp_path / "run", TrainConfig(steps=1, batch_size=2, learning_rate=1e-5,
+                                                         prediction_type="v_prediction"),
+              data=tmp_path / "d", progress=False)
+    assert r.step == 1
+    sched = json.loads((tmp_path / "run" / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "v_prediction" and sched["beta_schedule"] == "scaled_linear"
+    assert not (tmp_path / "run" / "toy_text.safetensors").exists()
+
+
+def test_python_dash_m_entry_point_for_accelerate_launch(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "snapbench.train", "--model", "toy-digits", "--out",
+                        str(tmp_path / "run"), "--steps", "1", "--batch-size", "2", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["step"] == 1
