@@ -174,3 +174,10 @@ def test_estimates_of_an_older_estimator_are_refreshed(tmp_path):
                           estimate_fn=newer, progress=False, components=("unet",))
     assert len(fresh.new_rows) == len(old.new_rows)
     assert all("estimator=8" in r.versions for r in fresh.table.rows())
+
+
+def test_ipads_are_never_measured_on_a_phone():
+    api = CoreMLTools(make_fake_coremltools([]), platform="darwin", which=XCODE)
+    with pytest.raises(SnapbenchError, match="measures iPhones, not a iPad Pro"):
+        choose_backend("iphone", resolve_device("ipadpro-m2"), api=api)
+    assert choose_backend("auto", resolve_device("ipadpro-m2"), api=api) == "estimate"

@@ -68,6 +68,9 @@ class DeviceBackend:
             raise SnapbenchError(_suggest(f"the mac backend measures this Mac, not a {self.device.name}"))
         if self.name == "iphone" and _is_mac_target(self.device):
             raise SnapbenchError(f"--device {self.device.id} is a Mac; use --backend mac to measure it")
+        if self.name == "iphone" and not str(self.device.id).startswith("iphone"):
+            # coremltools lists iPhones here; an iPad's figures must not come from a phone
+            raise SnapbenchError(_suggest(f"the iphone backend measures iPhones, not a {self.device.name}"))
 
     def measure(self, jobs: Sequence[PackageJob], *, on_done: Progress | None = None) -> dict[str, Measurement]:
         self.check()
@@ -180,6 +183,8 @@ def choose_backend(requested: str, device: Any, *, api: CoreMLTools | None = Non
             picked, why = "mac", "this Mac's Neural Engine"
         else:
             why = reason
+    elif not str(device.id).startswith("iphone"):
+        why = f"no measuring backend for a {device.name}"
     else:
         reason = api.unavailable_reason("iphone")
         if reason is None:
