@@ -94,7 +94,7 @@ def test_iphone_refusals(platform, which, target, message):
 
 def test_mac_backend_never_files_mac_timings_under_an_iphone():
     api = CoreMLTools(make_fake_coremltools([]), platform="darwin", which=XCODE)
-    with pytest.raises(SnapbenchError, match="measures this Mac, not a iPhone 14 Pro"):
+    with pytest.raises(SnapbenchError, match="measures this Mac, not an iPhone 14 Pro"):
         choose_backend("mac", resolve_device("iphone14pro"), api=api)
     with pytest.raises(SnapbenchError, match="is a Mac; use --backend mac"):
         choose_backend("iphone", resolve_device("mac-m2"), api=api)
@@ -178,6 +178,6 @@ def test_estimates_of_an_older_estimator_are_refreshed(tmp_path):
 
 def test_ipads_are_never_measured_on_a_phone():
     api = CoreMLTools(make_fake_coremltools([]), platform="darwin", which=XCODE)
-    with pytest.raises(SnapbenchError, match="measures iPhones, not a iPad Pro"):
+    with pytest.raises(SnapbenchError, match="measures iPhones, not an iPad Pro"):
         choose_backend("iphone", resolve_device("ipadpro-m2"), api=api)
     assert choose_backend("auto", resolve_device("ipadpro-m2"), api=api) == "estimate"

@@ -65,12 +65,12 @@ class DeviceBackend:
             raise SnapbenchError(_suggest(reason))
         # A Mac's engine is not a phone's: never file Mac timings under an iPhone id, or the reverse.
         if self.name == "mac" and not _is_mac_target(self.device):
-            raise SnapbenchError(_suggest(f"the mac backend measures this Mac, not a {self.device.name}"))
+            raise SnapbenchError(_suggest(f"the mac backend measures this Mac, not an {self.device.name}"))
         if self.name == "iphone" and _is_mac_target(self.device):
             raise SnapbenchError(f"--device {self.device.id} is a Mac; use --backend mac to measure it")
         if self.name == "iphone" and not str(self.device.id).startswith("iphone"):
             # coremltools lists iPhones here; an iPad's figures must not come from a phone
-            raise SnapbenchError(_suggest(f"the iphone backend measures iPhones, not a {self.device.name}"))
+            raise SnapbenchError(_suggest(f"the iphone backend measures iPhones, not an {self.device.name}"))
 
     def measure(self, jobs: Sequence[PackageJob], *, on_done: Progress | None = None) -> dict[str, Measurement]:
         self.check()
