@@ -116,6 +116,29 @@ def test_no_latency_means_no_figure(tmp_path):
     assert "not available" in html
 
 
+class DecoderlessPackages(FakePackages):
+    """Fake packages whose VAE decoder cannot be converted (a gap in the tools, not bad input)."""
+
+    def component_package(self, component, source, settings, tokens, *, progress):
+        if component == "vae_decoder":
+            raise SnapbenchError("converters returned no package for vae_decoder (test)")
+        return super().component_package(component, source, settings, tokens, progress=progress)
+
+
+def test_a_part_that_cannot_be_profiled_is_missing_not_invented(tmp_path):
+    profiler = functools.partial(profile_with_snapbench, packages=DecoderlessPackages(tmp_path / "p"),
+                                 estimate_fn=toy_estimate, progress=False)
+    data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], profiler=profiler)
+    r = result(data, BASE)
+    assert r["available"] and r["components"]["unet"]["ms"] and r["components"]["text_encoder"]["ms"]
+    assert r["components"]["vae_decoder"]["ms"] is None
+    assert r["components"]["vae_decoder"]["label"] == "not available"
+    assert r["budget"] is None and result(data, CAND)["speedup_e2e"] is None
+    assert result(data, CAND)["speedup_unet_step"]  # the UNet figures still compare
+    assert any("vae decoder" in n and "(test)" in n for n in r["notes"])
+    assert "converters returned no package for vae_decoder (test)" in render_html(data)
+
+
 def test_table_lacking_rows_is_estimated_and_said(tmp_path):
     """A table with rows for another model: the candidate's missing signatures are estimated, and the page
     names the table and says so."""
@@ -133,28 +156,26 @@ def test_table_lacking_rows_is_estimated_and_said(tmp_path):
     assert str(table) in render_html(data)
 
 
-def test_steps_override_and_parse():
+def test_parse_steps():
     assert parse_steps(["snapfusion=4", "sd15=25"]) == {"snapfusion": 4, "sd15": 25}
     for bad in ("snapfusion", "=3", "sd15=x", "sd15=0"):
         with pytest.raises(SnapbenchError):
             parse_steps([bad])
 
 
-def test_steps_override_changes_the_budget(tmp_path):
-    data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], steps={CAND: 4},
+def test_steps_override_and_reference_points(tmp_path):
+    """--steps changes the budget; a reference file's rows sit beside the report's own figures."""
+    ref = tmp_path / "ref.csv"
+    ref.write_text("source,device,model,component,latency_ms,per,runtime,attention,weight_bits,batch,notes\n"
+                   f"my-bench,{DEVICE},{BASE},unet,2.5,denoising step,Core ML,split_einsum_v2,16,2,typed in\n"
+                   "other,iphone12,sd15,unet,3000,denoising step,,,,,\n")
+    data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], steps={CAND: 4}, reference=ref,
                   profiler=fake_profiler(tmp_path))
     m = next(m for m in data["models"] if m["key"] == CAND)
     assert (m["steps"], m["steps_source"]) == (4, "--steps")
     r = result(data, CAND)
     assert math.isclose(r["budget"]["unet_ms"], 4 * r["components"]["unet"]["ms"])
 
-
-def test_reference_points_sit_beside_our_figures(tmp_path):
-    ref = tmp_path / "ref.csv"
-    ref.write_text("source,device,model,component,latency_ms,per,runtime,attention,weight_bits,batch,notes\n"
-                   f"my-bench,{DEVICE},{BASE},unet,2.5,denoising step,Core ML,split_einsum_v2,16,2,typed in\n"
-                   "other,iphone12,sd15,unet,3000,denoising step,,,,,\n")
-    data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], reference=ref, profiler=fake_profiler(tmp_path))
     rows = data["reference"]["rows"]
     assert data["reference"]["source"] == str(ref)
     mine = rows[0]
@@ -203,14 +224,21 @@ def test_backend_labels():
 # -- the command ----------------------------------------------------------------------------------------
 
 
-def test_command_writes_html_and_json(tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_command_two_devices_html_and_json(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(report_data, "profile_with_snapbench", fake_profiler(tmp_path))
     out = tmp_path / "sub" / "r.html"
-    assert main(["report", "-b", BASE, "-c", CAND, "-d", "iPhone 14 Pro", "--out", str(out), "--json"]) == 0
+    argv = ["report", "-b", BASE, "-c", CAND, "-d", "iPhone 14 Pro", "-d", "iphone12promax", "--out", str(out), "--json"]
+    assert main(argv) == 0
     assert capsys.readouterr().out.split() == [str(out), str(out.with_suffix(".json"))]
     data = json.loads(out.with_suffix(".json").read_text())
-    assert data["command"].startswith(f"snapbench report --baseline {BASE} --candidate {CAND}")
-    assert data["devices"][0]["id"] == DEVICE
+    assert data["command"].startswith(f"snapbench report --baseline {BASE} --candidate {CAND} --device 'iPhone 14 Pro'")
+    assert [d["id"] for d in data["devices"]] == [DEVICE, "iphone12promax"]
+    assert {(r["model"], r["device"]) for r in data["results"]} == {
+        (m, d) for m in (BASE, CAND) for d in (DEVICE, "iphone12promax")}
+    assert all(result(data, CAND, d)["speedup_e2e"] for d in (DEVICE, "iphone12promax"))
+    html = out.read_text()
+    assert 'data-device="iphone12promax"' in html and html.count('class="stage-table"') == 2
 
 
 @pytest.mark.parametrize("args, words", [

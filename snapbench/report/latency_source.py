@@ -48,9 +48,10 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
     """Latencies from the latency package: the table first (`--table`, else the model's table under
     latency_tables/<device>/), the backend for whatever it lacks, labelled estimates for the rest.
 
-    The UNet is profiled first and its errors stop the report (they are the user's to fix: a backend not
-    available here, a corrupt table). The text encoder and VAE decoder are profiled one by one after it, and
-    a failure there costs only that figure, which the report then shows as missing with the reason.
+    All three parts are profiled in one pass. If that fails, the UNet is profiled alone and its errors stop
+    the report (they are the user's to fix: a backend not available here, a corrupt table); the text encoder
+    and VAE decoder are then profiled one by one, and a failure there costs only that figure, which the
+    report shows as missing with the reason.
     The report only reads tables; `snapbench profile` writes them. `profile_kw` go to `profile_model`
     (packages, estimate_fn, ...: how tests run it without converting).
     """
@@ -63,14 +64,18 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
     existing = LatencyTable.load(path) if path.is_file() else LatencyTable.empty()
     kw = {"progress": True, **profile_kw}
     s = Settings(**settings)
+    notes: list[str] = []
     try:
-        run = profile_model(source, device, s, table=existing, backend=backend, components=("unet",), say=say,
-                            **kw)
+        try:  # the usual case: everything in one pass (one cut of the UNet, one table merge)
+            run = profile_model(source, device, s, table=existing, backend=backend, say=say, **kw)
+            return _outcome(profile_document(run, table_path=_shown(path)), run.new_rows, path, notes)
+        except (SnapbenchError, ImportError):
+            pass  # find out which part failed: the UNet's errors are the user's, the other parts' are gaps
+        run = profile_model(source, device, s, table=existing, backend=backend, components=("unet",), **kw)
     except ImportError as e:  # a converter or Core ML piece missing here: say so, never invent a number
         return ProfileOutcome(None, f"latencies could not be produced on this machine ({e})")
-    doc = profile_document(run, table_path=str(path) if path.is_file() else None)
+    doc = profile_document(run, table_path=_shown(path))
     new_rows = list(run.new_rows)
-    notes = []
     for comp in ("text_encoder", "vae_decoder"):
         try:
             part = profile_model(source, device, s, table=run.table, backend=backend, components=(comp,), **kw)
@@ -80,6 +85,15 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
         doc["components"][comp] = round(part.components[comp].latency_ms, 4)
         doc["component_backends"][comp] = part.components[comp].backend
         new_rows += part.new_rows
+    return _outcome(doc, new_rows, path, notes)
+
+
+def _shown(path: Path) -> str | None:
+    return str(path) if path.is_file() else None
+
+
+def _outcome(doc: dict[str, Any], new_rows: list[Any], path: Path, notes: list[str]) -> ProfileOutcome:
+    """The document plus what the report must say about the table: read from it, or filled in now."""
     if new_rows:
         counts: dict[str, int] = {}
         for r in new_rows:
