@@ -172,3 +172,14 @@ def test_bad_inputs_exit_2(tmp_path, toy_folder, capsys, args, message):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and message in err
     assert not out.exists()
+
+
+def test_two_removals_per_iteration_keep_the_order(tmp_path, toy_folder):
+    spec = load_preset("toy-digits")
+    target = fixed_costs(spec).latency(spec) - 2 * CA_MS - RB_MS - (RB_MS - SHORTCUT_MS)
+    r = _run(toy_folder, tmp_path / "evo", target, PenaltyEval(PENALTIES), add_phase=False, removals_per_iteration=2)
+    steps = [row for row in r.trajectory if row["phase"] == "remove"]
+    assert [s["block"] for s in steps] == ["CA[Down-1, 2]", "RB[Mid, 2]", "CA[Up-3, 1]", "RB[Up-3, 3]"]
+    assert [s["iteration"] for s in steps] == [1, 1, 2, 2]
+    assert steps[1]["quality"] == pytest.approx(0.9) and steps[3]["quality"] == pytest.approx(0.74)
+    assert steps[1]["quality_delta"] == pytest.approx(-0.04)

@@ -315,20 +315,21 @@ def _remove_step(st: EvolutionState, cost: CostModel, config: EvolveConfig, targ
         q = applied[0].quality
     else:
         (q,) = _evaluate([EvalTask(st.checkpoint, spec.to_dict(), (), evaluator)], executor, False, "")
-    before_q = st.quality
+    # Rows: each applied removal with the latency after it. Quality is known after the first (its own
+    # evaluation) and after the last (the combination, evaluated above); in between it is left empty.
+    prev_q: float | None = st.quality
     for i, s in enumerate(applied):
-        new_spec = ArchSpec.from_dict(st.spec, source="state")
-        new_spec = s.action.apply(new_spec)
+        new_spec = s.action.apply(ArchSpec.from_dict(st.spec, source="state"))
         ms = cost.latency(new_spec)
         last = i == len(applied) - 1
         quality = q.quality if last else (s.quality.quality if i == 0 else None)
+        dq = quality - prev_q if quality is not None and prev_q is not None else None
         st.trajectory.append(_row(st, "remove", s.action.name, s.action.block_id, ms, cost.backend(new_spec),
-                                  quality, s.quality_delta, ms - st.latency_ms))
-        st.spec, st.latency_ms = new_spec.to_dict(), ms
-        say(f"iteration {st.iteration}: {s.action.label}  {ms:.3f} ms  quality delta {s.quality_delta:+.4f}")
+                                  quality, dq, ms - st.latency_ms))
+        st.spec, st.latency_ms, prev_q = new_spec.to_dict(), ms, quality
+        say(f"iteration {st.iteration}: {s.action.label}  {ms:.3f} ms  quality delta {s.quality_delta:+.4f} "
+            "(alone)")
     st.quality = q.quality
-    if len(applied) > 1:
-        st.trajectory[-1]["quality_delta"] = q.quality - before_q
 
 
 def _add_step(st: EvolutionState, cost: CostModel, config: EvolveConfig, target: float, evaluator: EvalConfig,
