@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from evolution_helpers import TINY_EVAL, fixed_costs, fixed_table_csv, toy_folder  # noqa: F401  (fixtures)
+from evolution_helpers import TINY_EVAL, fixed_table_csv, toy_folder  # noqa: F401  (fixtures)
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.checkpoints import load_bundle

@@ -223,7 +223,7 @@ def _start(model: str | Path, work: Path, config: EvolveConfig, evaluator: EvalC
         raise SnapbenchError(f"target {target:.3f} ms is below the floor {floor:.3f} ms (every CA and RB block "
                              f"removed; {spec.name} takes {initial_ms:.3f} ms on {cost.device}); "
                              "raise --target-ms / --target-fraction")
-    checkpoint = _initial_checkpoint(model, work)
+    checkpoint = _initial_checkpoint(model)
     (q,) = _evaluate([EvalTask(checkpoint, None, (), evaluator)], executor, progress, "starting model")
     start_row = {"iteration": 0, "phase": "start", "action": "start", "block": "", "latency_ms": initial_ms,
                  "latency_backend": cost.backend(spec), "quality": q.quality, "train_steps": 0}
@@ -236,7 +236,7 @@ def _start(model: str | Path, work: Path, config: EvolveConfig, evaluator: EvalC
     return st, cost
 
 
-def _initial_checkpoint(model: str | Path, work: Path) -> str:
+def _initial_checkpoint(model: str | Path) -> str:
     """The input itself when it is a folder (never modified); a preset is loaded from its name."""
     p = Path(str(model))
     return str(p.resolve()) if p.is_dir() else str(model)

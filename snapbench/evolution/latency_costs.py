@@ -10,8 +10,9 @@ no block's input shapes depend on which other blocks run: every block has exactl
 
 plus the auxiliary blocks, which every candidate runs. These are read once, from three variants of the
 spec (all kept, all removed, all copied once), through either
-- `snapbench.latency.block_latencies` (the latency table for --device, with estimates filled in for the
-  signatures the table lacks, each labelled with its backend), or
+- `snapbench.latency.profile_model` (what `block_latencies` runs: the latency table for --device, with
+  estimates filled in for the signatures the table lacks, each labelled with its backend; the filled
+  table is kept, so the three variants share their rows and a second run estimates nothing), or
 - any `LatencySource` (`ms(signature_key) -> (ms, backend)`), e.g. a `FixedTable` for tests.
 """
 
@@ -175,7 +176,7 @@ def costs_from_table(spec: ArchSpec, device: str, *, table: str | Path | None = 
     labelling the signatures it lacks. The table with the estimates filled in is cached (`cache`), so a
     second run converts nothing."""
     from snapbench.devices.catalog import resolve_device
-    from snapbench.latency import LatencyTable, Settings, block_latencies
+    from snapbench.latency import LatencyTable, Settings
     from snapbench.model.loading import ModelSource
 
     dev = resolve_device(device)
