@@ -62,7 +62,7 @@ def report_command(
                             out_path, as_json)
     data = gather(baseline=baseline, candidates=candidates, devices=devices, settings=settings, steps=steps_map,
                   backend=backend, table=table, reference=reference, command=command,
-                  progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
+                  progress=_once(lambda msg: err.print(msg, markup=False)))
     html_path, json_path = write_report(data, out_path or default_out_path(data), with_json=as_json)
     for r in data["results"]:
         if not r["available"]:
@@ -70,6 +70,18 @@ def report_command(
     typer.echo(str(html_path))  # plain echo: a path is data, not rich markup
     if json_path is not None:
         typer.echo(str(json_path))
+
+
+def _once(say):
+    """The profiler says the same thing for every model (e.g. which backend `auto` chose): say it once."""
+    seen: set[str] = set()
+
+    def wrapped(msg: str) -> None:
+        if msg not in seen:
+            seen.add(msg)
+            say(msg)
+
+    return wrapped
 
 
 def _command_line(baseline, candidates, devices, steps, backend, table, reference, settings, out_path,
