@@ -195,20 +195,44 @@ def test_shipped_reference_is_the_calibration_file():
 
 
 def test_trajectory_of_an_evolve_output_is_charted(tmp_path):
+    """An evolve output's trajectory.csv (written by evolve's own writer) is charted beside its arch.json."""
+    from snapbench.evolution.trajectory import write_trajectory
+
     folder = tmp_path / "evo"
     folder.mkdir()
     spec = load_preset(CAND).to_dict()
     spec["name"] = "evolved"
     (folder / "arch.json").write_text(json.dumps(spec))
-    (folder / "trajectory.csv").write_text(
-        "iteration,action,block,latency_ms,quality,backend\n0,start,,10.0,0.90,estimate\n"
-        "1,-,\"CA[Up-3, 1]\",8.0,0.89,estimate\n2,+,\"CA[Up-1, 2]\",8.5,0.91,estimate\n")
+    write_trajectory([
+        {"iteration": 0, "phase": "start", "action": "start", "latency_ms": 10.0, "latency_backend": "estimate",
+         "quality": 0.90},
+        {"iteration": 1, "phase": "remove", "action": "A-", "block": "CA[Up-3, 1]", "latency_ms": 8.0,
+         "latency_backend": "estimate", "quality": 0.89, "quality_delta": -0.01, "latency_delta_ms": -2.0,
+         "value": 0.005},
+        {"iteration": 1, "phase": "train", "action": "train", "latency_ms": 8.0, "latency_backend": "estimate",
+         "train_steps": 5},  # not evaluated: no quality, no point on the chart
+        {"iteration": 2, "phase": "add", "action": "A+", "block": "CA[Up-1, 2]", "latency_ms": 8.5,
+         "latency_backend": "estimate+iphone", "quality": 0.91},
+    ], folder / "trajectory.csv")
     data = gather(baseline=BASE, candidates=[str(folder / "arch.json")], devices=[DEVICE],
                   profiler=lambda *a, **k: ProfileOutcome(None, "not needed here"))
     traj = next(m for m in data["models"] if m["key"] == "evolved")["trajectory"]
-    assert [r["latency_ms"] for r in traj["rows"]] == [10.0, 8.0, 8.5] and traj["problem"] is None
+    assert traj["problem"] is None
+    assert [r["latency_ms"] for r in traj["rows"]] == [10.0, 8.0, 8.0, 8.5]
+    assert [r["label"] for r in traj["rows"]] == ["estimated", "estimated", "estimated", "mixed"]
     html = render_html(data)
-    assert "Evolution trajectory" in html and "evolved: evolution trajectory" in html
+    assert "Evolution trajectory" in html and "evolved: evolution trajectory (3 evaluated steps)" in html
+    assert "CA[Up-1, 2]" in html
+
+
+def test_a_broken_trajectory_is_reported_not_fatal(tmp_path):
+    spec = load_preset(CAND).to_dict()
+    (tmp_path / "arch.json").write_text(json.dumps(spec))
+    (tmp_path / "trajectory.csv").write_text("iteration,latency_ms\n0,1.0\n")
+    data = gather(baseline=BASE, candidates=[str(tmp_path / "arch.json")], devices=[DEVICE],
+                  profiler=lambda *a, **k: ProfileOutcome(None, "not needed here"))
+    assert "missing column" in data["models"][1]["trajectory"]["problem"]
+    assert "Trajectory not shown" in render_html(data)
 
 
 def test_default_out_path(report):

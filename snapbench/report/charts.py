@@ -161,10 +161,13 @@ def budget_chart(data: Mapping[str, Any], chart_id: str) -> str | None:
         return _svg(fig, chart_id)
 
 
+PHASE_COLOURS = {"start": "#1d2430", "remove": "#b5452f", "add": "#2f8a4e", "train": "#a7adb5", "final": "#1d2430"}
+
+
 def trajectory_chart(model: Mapping[str, Any], chart_id: str) -> str | None:
-    """Evolution trajectory: quality against latency, iteration by iteration, start and end marked."""
+    """Evolution trajectory: quality against UNet latency, step by step; removals red, additions green."""
     traj = model.get("trajectory") or {}
-    rows = traj.get("rows") or []
+    rows = [r for r in traj.get("rows") or [] if r["latency_ms"] is not None and r["quality"] is not None]
     if not rows:
         return None
     with matplotlib.rc_context(_RC):
@@ -172,12 +175,16 @@ def trajectory_chart(model: Mapping[str, Any], chart_id: str) -> str | None:
         ax = fig.subplots()
         xs = [r["latency_ms"] for r in rows]
         ys = [r["quality"] for r in rows]
-        ax.plot(xs, ys, "-o", color="#2f6db5", markersize=4, linewidth=1.2)
+        ax.plot(xs, ys, "-", color="#8b93a1", linewidth=1.0, zorder=1)
+        for phase in dict.fromkeys(r["phase"] for r in rows):
+            pts = [(r["latency_ms"], r["quality"]) for r in rows if r["phase"] == phase]
+            ax.scatter(*zip(*pts), s=22, color=PHASE_COLOURS.get(phase, "#2f6db5"), label=phase or "step", zorder=2)
         ax.annotate("start", (xs[0], ys[0]), textcoords="offset points", xytext=(6, 6), fontsize=9)
         ax.annotate("end", (xs[-1], ys[-1]), textcoords="offset points", xytext=(6, -12), fontsize=9)
         labels = sorted({r["label"] for r in rows})
         ax.set_xlabel(f"UNet latency (ms per step, {'/'.join(labels)})")
         ax.set_ylabel("quality")
-        ax.set_title(f"{model['key']}: evolution trajectory ({len(rows)} rows)")
+        ax.set_title(f"{model['key']}: evolution trajectory ({len(rows)} evaluated steps)")
         ax.grid(alpha=0.3)
+        ax.legend(frameon=False, fontsize=8.5)
         return _svg(fig, chart_id)

@@ -9,7 +9,6 @@ can never disagree.
 
 from __future__ import annotations
 
-import csv
 import platform
 import re
 from dataclasses import dataclass
@@ -38,8 +37,7 @@ TEXT_ENCODER_RUNS = 2
 DEFAULT_STEPS = 50
 # SnapFusion's UNet is step-distilled to 8 steps (paper, "Step distillation"); its test-sized twin shares it.
 DISTILLED_STEPS = {"snapfusion": 8, "snapfusion-tiny": 8}
-TRAJECTORY_FILE = "trajectory.csv"
-TRAJECTORY_COLUMNS = ("iteration", "action", "block", "latency_ms", "quality", "backend")
+TRAJECTORY_FILE = "trajectory.csv"  # written by `snapbench evolve` beside arch.json
 SETTING_KEYS = ("compute_units", "precision", "weight_bits", "attention", "batch", "latent")
 DEFAULT_SETTINGS: dict[str, Any] = {"compute_units": "cpu_and_ne", "precision": "fp16", "weight_bits": 16,
                                     "attention": "original", "batch": 2, "latent": 64}
@@ -126,25 +124,25 @@ def find_trajectory(ref: str) -> Path | None:
 
 
 def read_trajectory(path: Path) -> tuple[list[dict[str, Any]], str | None]:
-    """(rows, problem). A broken trajectory is reported in the page, not fatal: the rest still stands."""
+    """(rows, problem), in evolve's own format (snapbench.evolution.trajectory). A broken trajectory is
+    reported in the page, not fatal: the rest of the report still stands."""
+    from snapbench.evolution.trajectory import read_trajectory as read_evolve_trajectory
+
     try:
-        with path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in TRAJECTORY_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                return [], f"{path}: missing column(s) {', '.join(missing)}"
-            rows = []
-            for line, raw in enumerate(reader, start=2):
-                try:
-                    rows.append({"iteration": int(raw["iteration"]), "action": raw["action"] or "",
-                                 "block": raw["block"] or "", "latency_ms": float(raw["latency_ms"]),
-                                 "quality": float(raw["quality"]), "backend": raw["backend"] or "",
-                                 "label": backend_label(raw["backend"])})
-                except (TypeError, ValueError) as e:
-                    return [], f"{path} line {line}: {e}"
-            return rows, None
-    except OSError as e:
-        return [], f"{path}: cannot read ({e.strerror})"
+        raw = read_evolve_trajectory(path)
+    except SnapbenchError as e:
+        return [], str(e)
+    except (ValueError, OSError) as e:
+        return [], f"{path}: {e}"
+    rows = []
+    for r in raw:
+        backend = r.get("latency_backend") or ""
+        labels = {backend_label(b) for b in backend.split("+") if b}
+        rows.append({"iteration": r["iteration"], "phase": r.get("phase") or "", "action": r.get("action") or "",
+                     "block": r.get("block") or "", "latency_ms": r.get("latency_ms"), "quality": r.get("quality"),
+                     "value": r.get("value"), "backend": backend,
+                     "label": labels.pop() if len(labels) == 1 else "mixed" if labels else "unlabelled"})
+    return rows, None
 
 
 # -- per model: structure -------------------------------------------------------------------------------
