@@ -252,7 +252,8 @@ def test_backend_labels():
 def test_command_two_devices_html_and_json(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(report_data, "profile_with_snapbench", fake_profiler(tmp_path))
     out = tmp_path / "sub" / "r.html"
-    argv = ["report", "-b", BASE, "-c", CAND, "-d", "iPhone 14 Pro", "-d", "iphone12promax", "--out", str(out), "--json"]
+    argv = ["report", "-b", BASE, "-c", CAND, "-d", "iPhone 14 Pro", "-d", "iphone12promax",
+            "--out", str(out), "--json"]
     assert main(argv) == 0
     assert capsys.readouterr().out.split() == [str(out), str(out.with_suffix(".json"))]
     data = json.loads(out.with_suffix(".json").read_text())
@@ -274,6 +275,7 @@ def test_command_two_devices_html_and_json(tmp_path, monkeypatch, capsys):
     (["--table", "missing.csv"], "no such latency table"),
     (["--reference", "missing.csv"], "no such reference file"),
     (["--backend", "abacus"], "--backend"),
+    (["--backend", "import"], "snapbench profile --backend import"),
     (["--weight-bits", "5"], "--weight-bits"),
     (["--out", "{tmp}"], "is a folder"),
     (["--out", "{tmp}/file.txt/r.html"], "is a file, not a folder"),
@@ -290,3 +292,17 @@ def test_bad_input_one_line_exit_2(tmp_path, monkeypatch, capsys, args, words):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
     assert not list(tmp_path.glob("reports/*"))
+
+
+def test_backend_not_available_here_is_one_line(tmp_path, monkeypatch, capsys):
+    """On Linux the iphone backend cannot run: the profiler's own one-line error, exit 2, no file."""
+    import sys
+
+    if sys.platform == "darwin":
+        pytest.skip("a Mac may have the iphone backend")
+    monkeypatch.setattr(report_data, "profile_with_snapbench", fake_profiler(tmp_path))
+    out = tmp_path / "r.html"
+    assert main(["report", "-b", BASE, "-c", CAND, "--backend", "iphone", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "iphone" in err, err
+    assert not out.exists()

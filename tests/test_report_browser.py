@@ -23,7 +23,8 @@ from snapbench.specs.stages import STAGES
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing (`make browser` installs Debian's chromium)"),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason=f"{CHROMIUM} missing (`make browser` installs Debian's chromium)"),
 ]
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
 

@@ -12,7 +12,7 @@ from snapbench.errors import SnapbenchError
 from snapbench.report import default_out_path, gather, parse_steps, write_report
 from snapbench.report.write import check_out_path
 
-BACKENDS = ("auto", "iphone", "mac", "import", "estimate")
+BACKENDS = ("auto", "iphone", "mac", "estimate")  # "import" reaches the report through a --table
 ATTENTIONS = ("original", "split_einsum", "split_einsum_v2")
 PRECISIONS = ("fp16", "fp32")
 COMPUTE_UNITS = ("cpu_and_ne", "cpu_only", "cpu_and_gpu", "all")
@@ -24,18 +24,21 @@ DEFAULT_DEVICES = ("iphone14pro",)
 def report_command(
     baseline: str = typer.Option("sd15", "--baseline", "-b", help="Preset, arch spec .json or model folder."),
     candidate: Optional[list[str]] = typer.Option(
-        None, "--candidate", "-c", help="Model to compare with the baseline; repeat for several. [default: snapfusion]"),
+        None, "--candidate", "-c",
+        help="Model to compare with the baseline; repeat for several. [default: snapfusion]"),
     device: Optional[list[str]] = typer.Option(
-        None, "--device", "-d", help="Catalog id or name (`snapbench devices`); repeat for several. [default: iphone14pro]"),
+        None, "--device", "-d",
+        help="Catalog id or name (`snapbench devices`); repeat for several. [default: iphone14pro]"),
     steps: Optional[list[str]] = typer.Option(
         None, "--steps", help="Sampling steps of one model, MODEL=N (default: SnapFusion 8, others 50); repeatable."),
-    backend: str = typer.Option("auto", "--backend", help=f"{' | '.join(BACKENDS)}: where latencies come from; "
-                                "auto picks the best available and says which."),
-    table: Optional[str] = typer.Option(None, "--table", help="Latency table CSV to read (missing rows are estimated)."),
-    reference: Optional[str] = typer.Option(None, "--reference",
-                                            help="Reference-points CSV shown beside the figures (default: shipped copy)."),
-    attention: str = typer.Option("original", "--attention",
-                                  help=f"Attention implementation the UNet is converted with: {', '.join(ATTENTIONS)}."),
+    backend: str = typer.Option("auto", "--backend", help=f"{' | '.join(BACKENDS)}: where missing latencies come "
+                                "from; auto picks the best available and says which."),
+    table: Optional[str] = typer.Option(
+        None, "--table", help="Latency table CSV to read (missing rows are estimated)."),
+    reference: Optional[str] = typer.Option(
+        None, "--reference", help="Reference-points CSV shown beside the figures (default: shipped copy)."),
+    attention: str = typer.Option(
+        "original", "--attention", help=f"Attention implementation of the converted UNet: {', '.join(ATTENTIONS)}."),
     weight_bits: int = typer.Option(16, "--weight-bits", help="Bits per UNet weight: 16 (fp16), 8, 6 or 4."),
     precision: str = typer.Option("fp16", "--precision", help=f"{', '.join(PRECISIONS)}."),
     compute_units: str = typer.Option("cpu_and_ne", "--compute-units", help=f"{', '.join(COMPUTE_UNITS)}."),
@@ -46,8 +49,12 @@ def report_command(
     as_json: bool = typer.Option(False, "--json", help="Also write the data behind the report beside it (.json)."),
 ) -> None:
     """Self-contained HTML report: provenance, summary, Fig. 2 per stage, Table 3, blocks, end-to-end budget."""
+    if backend == "import":  # imports go through a table; the report reads tables
+        raise SnapbenchError("--backend import: put the measurements in a table first (`snapbench profile "
+                             "--backend import --from FILE --table T.csv`), then run `snapbench report --table T.csv`")
     for flag, value, allowed in (("--backend", backend, BACKENDS), ("--attention", attention, ATTENTIONS),
-                                 ("--precision", precision, PRECISIONS), ("--compute-units", compute_units, COMPUTE_UNITS),
+                                 ("--precision", precision, PRECISIONS),
+                                 ("--compute-units", compute_units, COMPUTE_UNITS),
                                  ("--weight-bits", weight_bits, WEIGHT_BITS)):
         if value not in allowed:
             raise SnapbenchError(f"{flag} {value!r} is not one of {', '.join(map(str, allowed))}")

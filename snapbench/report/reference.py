@@ -50,7 +50,8 @@ def parse_reference(text: str, source: str) -> list[dict[str, Any]]:
         try:
             row["latency_ms"] = float(row["latency_ms"])
         except ValueError:
-            raise SnapbenchError(f"{source} line {line}: latency_ms {raw.get('latency_ms')!r} is not a number") from None
+            raise SnapbenchError(f"{source} line {line}: latency_ms {raw.get('latency_ms')!r} "
+                                 "is not a number") from None
         if row["component"] not in COMPONENTS:
             raise SnapbenchError(f"{source} line {line}: component {row['component']!r}; "
                                  f"expected one of {', '.join(COMPONENTS)}")
