@@ -1,4 +1,6 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both create or refresh .venv first.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
