@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
 
-from snapbench.blocks.cut import InputShapes
-from snapbench.blocks.inspect import Inspection, inspect_model
 from snapbench.commands.common import (
     BatchOpt, JsonOpt, LatentOpt, ModelOpt, TokensOpt, WeightsOpt, fmt_count, out, print_json,
 )
 from snapbench.specs.stages import STAGES
+
+if TYPE_CHECKING:
+    from snapbench.blocks.inspect import Inspection
 
 
 def inspect_command(
@@ -26,6 +27,9 @@ def inspect_command(
     as_json: bool = JsonOpt,
 ) -> None:
     """Every block of a UNet in execution order: paper stage, id, module, shapes, params, MACs, signature."""
+    from snapbench.blocks.cut import InputShapes  # torch: imported when the command runs
+    from snapbench.blocks.inspect import inspect_model
+
     shapes = InputShapes(latent=latent, batch=batch, tokens=tokens)
     results = [inspect_model(m, weights=weights, shapes=shapes) for m in model]
     if as_json:

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from rich.table import Table
 
 from snapbench.commands.common import JsonOpt, LatentOpt, ModelOpt, TokensOpt, err, out, print_json
 from snapbench.errors import SnapbenchError
-from snapbench.latency.document import document_backend, profile_document, stage_summary
-from snapbench.latency.model_latency import ALL_COMPONENTS, ProfileRun, profile_model
 from snapbench.latency.table import ATTENTIONS, COMPUTE_UNITS, LatencyTable, Settings
 from snapbench.profilers.backends import BACKEND_CHOICES
+
+if TYPE_CHECKING:
+    from snapbench.latency.model_latency import ProfileRun
 
 TABLES_DIR = Path("latency_tables")
 
@@ -70,6 +71,9 @@ def profile_command(
 
         check_manifest_settings(load_manifest(packages), packages, settings, tokens)
     path = table if table is not None else default_table_path(dev.id, model)
+    from snapbench.latency.document import profile_document  # heavy (torch): imported when used
+    from snapbench.latency.model_latency import ALL_COMPONENTS, profile_model
+
     existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
     run = profile_model(
         model, dev, settings, table=existing, backend=backend, components=tuple(component or ALL_COMPONENTS),
@@ -92,6 +96,8 @@ def profile_command(
 
 
 def render(run: ProfileRun) -> None:
+    from snapbench.latency.document import document_backend, stage_summary
+
     s = run.settings
     out.rule(f"[bold]{run.model}[/bold] on {run.device.name} ({run.device.chip})  batch {s.batch}, "
              f"latent {s.latent}, {s.attention}, {s.weight_bits}-bit weights, {s.compute_units}; "

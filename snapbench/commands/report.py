@@ -9,8 +9,6 @@ import typer
 
 from snapbench.commands.common import err
 from snapbench.errors import SnapbenchError
-from snapbench.report import default_out_path, gather, parse_steps, write_report
-from snapbench.report.write import check_out_path
 
 BACKENDS = ("auto", "iphone", "mac", "estimate")  # "import" reaches the report through a --table
 ATTENTIONS = ("original", "split_einsum", "split_einsum_v2")
@@ -60,6 +58,9 @@ def report_command(
             raise SnapbenchError(f"{flag} {value!r} is not one of {', '.join(map(str, allowed))}")
     candidates = list(candidate or DEFAULT_CANDIDATES)
     devices = list(device or DEFAULT_DEVICES)
+    from snapbench.report import default_out_path, gather, parse_steps, write_report  # heavy: when used
+    from snapbench.report.write import check_out_path
+
     steps_map = parse_steps(steps or [])
     if out_path is not None:
         check_out_path(out_path)  # fail before minutes of profiling, not after

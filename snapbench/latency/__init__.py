@@ -1,12 +1,23 @@
-"""Latency lookup tables and a model's latency block by block (see table.py, model_latency.py, document.py)."""
+"""Latency lookup tables and a model's latency block by block (see table.py, model_latency.py, document.py).
 
-from snapbench.latency.document import profile_document, stage_summary
-from snapbench.latency.model_latency import (
-    ALL_COMPONENTS, BlockLatency, ComponentLatency, ProfileRun, block_latencies, profile_model,
-)
-from snapbench.latency.table import BACKENDS, LatencyRow, LatencyTable, Settings
+Names are imported on first use (PEP 562) so that the command line starts without loading torch.
+"""
 
-__all__ = [
-    "ALL_COMPONENTS", "BACKENDS", "BlockLatency", "ComponentLatency", "LatencyRow", "LatencyTable",
-    "ProfileRun", "Settings", "block_latencies", "profile_document", "profile_model", "stage_summary",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "profile_document": "document", "stage_summary": "document",
+    "ALL_COMPONENTS": "model_latency", "BlockLatency": "model_latency", "ComponentLatency": "model_latency",
+    "ProfileRun": "model_latency", "block_latencies": "model_latency", "profile_model": "model_latency",
+    "BACKENDS": "table", "LatencyRow": "table", "LatencyTable": "table", "Settings": "table",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'snapbench.latency' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"snapbench.latency.{_EXPORTS[name]}"), name)
