@@ -25,6 +25,7 @@ import pandas as pd
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
+from snapbench.user_files import read_user_text
 from snapbench.specs.stages import STAGES
 
 BACKENDS: tuple[str, ...] = ("iphone", "mac", "import", "estimate")
@@ -150,13 +151,7 @@ class LatencyTable:
     def load(cls, path: str | Path) -> "LatencyTable":
         """Read a table CSV; a corrupt or hand-edited file raises SnapbenchError naming file and line."""
         p = Path(path)
-        try:
-            text = p.read_text()
-        except FileNotFoundError:
-            raise SnapbenchError(f"{p}: no such latency table") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise SnapbenchError(f"{p}: cannot read latency table ({e})") from None
-        return cls(parse_rows(text, str(p)))
+        return cls(parse_rows(read_user_text(p, "latency table"), str(p)))
 
     @classmethod
     def load_or_empty(cls, path: str | Path) -> "LatencyTable":

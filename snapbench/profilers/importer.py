@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from snapbench.errors import SnapbenchError
+from snapbench.user_files import read_user_text
 
 _UNIT_SCALE = {"ms": 1.0, "us": 1e-3, "s": 1e3}
 _SETTING_COLUMNS = ("compute_units", "precision", "weight_bits", "attention", "batch", "latent")
@@ -53,12 +54,7 @@ class ImportedRow:
 
 def read_import(path: str | Path) -> list[ImportedRow]:
     p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise SnapbenchError(f"{p}: no such import file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SnapbenchError(f"{p}: cannot read import file ({e})") from None
+    text = read_user_text(p, "import file")
     if p.suffix.lower() == ".json":
         try:
             data = json.loads(text)

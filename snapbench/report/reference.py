@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from snapbench.errors import SnapbenchError
+from snapbench.user_files import read_user_text
 
 REQUIRED = ("source", "device", "model", "component", "latency_ms", "per")
 OPTIONAL = ("runtime", "attention", "weight_bits", "batch", "notes")
@@ -29,12 +30,7 @@ def load_reference(path: str | Path | None = None) -> tuple[str, list[dict[str, 
     p = Path(path)
     if p.is_dir():
         raise SnapbenchError(f"{p}: --reference must be a CSV file, not a folder")
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise SnapbenchError(f"{p}: no such reference file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SnapbenchError(f"{p}: cannot read reference file ({e})") from None
+    text = read_user_text(p, "reference file")
     return str(p), parse_reference(text, str(p))
 
 

@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
+from snapbench.user_files import read_user_text
 from snapbench.specs.layout import Slot, layout_from_config, removable_slots
 from snapbench.specs.stages import STAGES
 
@@ -190,12 +191,7 @@ def full_spec(config: Mapping[str, Any], name: str, description: str = "") -> Ar
 
 def load_spec(path: str | os.PathLike) -> ArchSpec:
     p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise SnapbenchError(f"{p}: no such arch spec file") from None
-    except OSError as e:
-        raise SnapbenchError(f"{p}: cannot read arch spec ({e.strerror})") from None
+    text = read_user_text(p, "arch spec file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
