@@ -49,8 +49,12 @@ class SkipProbabilities:
     - Stochastic depth (Huang et al. 2016) reached its best results with survival 0.5..0.8 for the
       deepest layers of 100+ layer ResNets; a 38-block UNet with skip connections has less redundancy,
       so we sit at the gentle end (survival 0.9).
-    - CA and RB share one default because the toy showed no reason to differ at this size; they are set
-      apart (`--skip-ca`, `--skip-rb`) because the paper finds CA carries semantics and RB detail.
+    - CA and RB share one default: nothing measured here argues for different values (only p = 0.1 was
+      tried on the toy). They are separate settings (`--skip-ca`, `--skip-rb`) because the paper finds
+      CA carries semantics and RB detail, so a user may want to protect one kind.
+    - Measured on the toy (1,500 steps each, same seed): robust training at 0.1/0.1 cut the largest
+      single-block quality drop from 0.70 to 0.06, at a cost of full-model quality (0.90 -> 0.78 mean
+      probability on held-out noise).
     """
 
     ca: float = 0.1
