@@ -129,7 +129,8 @@ def convert_module(module: torch.nn.Module, io: PackageIO, opts: ConvertOptions,
     mlmodel = to_coreml(traced, io, opts)
     del traced
     timings["convert"] = time.perf_counter() - start - sum(timings.values())
-    mlmodel = compress(mlmodel, opts)
+    with conversion_context():  # compression runs MIL pass pipelines too: keep their tqdm bars off
+        mlmodel = compress(mlmodel, opts)
     timings["compress"] = time.perf_counter() - start - sum(timings.values())
     stamp(mlmodel, metadata, description)
     found = save_checked(mlmodel, dest, io)

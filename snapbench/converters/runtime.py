@@ -89,11 +89,15 @@ def conversion_context() -> Iterator[None]:
     from coremltools.converters.mil.mil.passes import pass_pipeline
     from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
 
+    from coremltools.optimize.coreml import _post_training_quantization as ptq
+    from coremltools.optimize.coreml import _quantization_passes as qpasses
+
     original_check = FP16ComputePrecision.__dict__["fp16_overflow"]
-    original_bars = (pass_pipeline.tqdm, torch_ops._tqdm)
+    bar_owners = ((pass_pipeline, "tqdm"), (torch_ops, "_tqdm"), (ptq, "tqdm"), (qpasses, "tqdm"))
+    original_bars = [getattr(mod, name) for mod, name in bar_owners]
     FP16ComputePrecision.fp16_overflow = staticmethod(_fast_fp16_overflow)
-    pass_pipeline.tqdm = functools.partial(original_bars[0], disable=True)
-    torch_ops._tqdm = functools.partial(original_bars[1], disable=True)
+    for (mod, name), bar in zip(bar_owners, original_bars):
+        setattr(mod, name, functools.partial(bar, disable=True))
     try:
         with warnings.catch_warnings():
             # fp32 attention masks at float32's minimum become fp16 -inf, as intended (causal masks)
@@ -101,7 +105,8 @@ def conversion_context() -> Iterator[None]:
             yield
     finally:
         FP16ComputePrecision.fp16_overflow = original_check
-        pass_pipeline.tqdm, torch_ops._tqdm = original_bars
+        for (mod, name), bar in zip(bar_owners, original_bars):
+            setattr(mod, name, bar)
 
 
 def tool_versions() -> dict[str, str]:
