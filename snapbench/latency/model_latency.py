@@ -137,19 +137,13 @@ def profile_model(
     api = api or CoreMLTools()
     chosen = "import" if imported is not None else choose_backend(backend, dev, api=api, say=say)
     source = model if isinstance(model, ModelSource) else resolve_model(model)
-    cut = cut_blocks(build_unet(source, device="meta"),
-                     InputShapes(latent=settings.latent, batch=settings.batch, tokens=tokens),
-                     precision=settings.precision, attention=settings.attention)
+    cut = cut_model(source, settings, tokens)
     table = table if table is not None else LatencyTable.empty()
     packages = packages or ConverterPackages()
     created = now()
     versions = _versions()
 
-    # Unique signatures in execution order, with the first block that has each (it names the row).
-    first: dict[str, CutBlock] = {}
-    for b in cut:
-        if b.signature is not None:
-            first.setdefault(b.signature.key(), b)
+    first = first_blocks(cut)
     comp_keys = {c: component_key(c, source, settings, tokens) for c in comps if c != "unet"}
     unet_keys = set(first) if "unet" in comps else set()
 
@@ -217,6 +211,53 @@ def profile_model(
         comps_out[c] = ComponentLatency(c, row.latency_ms, row.backend, "run" if c == "text_encoder" else "image")
     return ProfileRun(dev, source.spec.name, settings, tokens, chosen, blocks, comps_out, new_rows, merged,
                       versions, created)
+
+
+def cut_model(source: ModelSource, settings: Settings, tokens: int) -> list[CutBlock]:
+    """The model's blocks with these settings (meta device: shapes and counts only, instant)."""
+    return cut_blocks(build_unet(source, device="meta"),
+                      InputShapes(latent=settings.latent, batch=settings.batch, tokens=tokens),
+                      precision=settings.precision, attention=settings.attention)
+
+
+def first_blocks(cut: Sequence[CutBlock]) -> dict[str, CutBlock]:
+    """Unique signatures in execution order, with the first block that has each (it names the row)."""
+    first: dict[str, CutBlock] = {}
+    for b in cut:
+        if b.signature is not None:
+            first.setdefault(b.signature.key(), b)
+    return first
+
+
+@dataclass(frozen=True)
+class PricedPackage:
+    """A package `profile_model` prices, and how many times its latency enters the component's figure."""
+
+    key: str  # block signature key (UNet) or component name
+    path: Path
+    count: int
+
+
+def profile_packages(model: str | Path | ModelSource, settings: Settings = Settings(), component: str = "unet", *,
+                     tokens: int = 77, packages: PackageSource | None = None,
+                     progress: bool = False) -> list[PricedPackage]:
+    """Exactly the packages `profile_model` estimates for one component with these settings (converted, or
+    taken from the cache, as profile does). The UNet: one package per unique block signature, counted once
+    per block that has it (profile sums the blocks); the text encoder / VAE decoder: one package (batch 1).
+    The sum of count x latency over the list is the component's profile figure."""
+    if component not in ALL_COMPONENTS:
+        raise SnapbenchError(f"unknown component {component!r}; choose from {', '.join(ALL_COMPONENTS)}")
+    source = model if isinstance(model, ModelSource) else resolve_model(model)
+    packages = packages or ConverterPackages()
+    if component != "unet":
+        got = packages.component_package(component, source, _component_settings(settings), tokens,
+                                         progress=progress)
+        return [PricedPackage(component, Path(getattr(got, "path", got)), 1)]
+    cut = cut_model(source, settings, tokens)
+    first = first_blocks(cut)
+    counts = {k: sum(1 for b in cut if b.signature is not None and b.signature.key() == k) for k in first}
+    paths = packages.block_packages(source, settings, tokens, set(first), progress=progress)
+    return [PricedPackage(k, Path(paths[k]), counts[k]) for k in first]
 
 
 def estimate_version(estimate_fn: Callable[..., Any] | None) -> Any:
