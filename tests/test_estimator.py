@@ -241,7 +241,7 @@ def _synthetic_points(truth):
             prep = prepare(recs)
             measured = estimate_ops(prep, dev, params=truth).total_ms
             pts.append(CalibrationPoint(f"synthetic {name} {dev}", "synthetic", dev, "package", name, "-",
-                                        measured, prep))
+                                        measured, ((prep, 1),)))
     return pts
 
 
@@ -261,11 +261,14 @@ def test_fit_recovers_better_than_priors():
     assert fitted.fitted_on and fitted.version == prior.version + 1
 
 
-def test_shipped_fit_beats_priors_on_reference_points():
-    try:
-        pts = load_points(convert=False)
-    except SnapbenchError:
-        pytest.skip("reference op records not available offline")
+def test_shipped_fit_beats_priors_on_reference_points(tmp_path, monkeypatch):
+    # a fresh clone: no cache, no conversion; the shipped op records are enough
+    monkeypatch.setenv("SNAPBENCH_CACHE", str(tmp_path / "empty-cache"))
+    pts = load_points(convert=False)
+    assert [pt.component for pt in pts] == ["text_encoder", "unet", "vae_decoder", "unet"]
+    # the UNet points are priced per block package, as profile sums them (47 blocks of SD-1.5 / SD-2.1)
+    assert all(sum(n for _, n in pt.programs) == (47 if pt.component == "unet" else 1) for pt in pts)
+    assert not (tmp_path / "empty-cache").exists()
     fitted = calibration_report(load_params(), pts)["error_pct"].abs()
     priors = calibration_report(load_params(default_priors_path()), pts)["error_pct"].abs()
     assert fitted.mean() < priors.mean()

@@ -41,3 +41,18 @@ def test_profile_estimate_for_real(tmp_path, monkeypatch, capsys):
     for b in doc["blocks"]:
         if b["signature"]:
             assert slower[b["id"]] >= b["latency_ms"] * 0.999
+    # calibration prices a component on exactly these packages: its figure is profile's figure
+    from snapbench.profilers.estimate.calibrate import CalibrationPoint, point_ms
+    from snapbench.profilers.estimate.cost_model import prepare
+    from snapbench.profilers.estimate.params import load_params
+    from snapbench.profilers.estimate.reference_programs import ReferenceProgram, cache_dir, reference_parts
+
+    for comp, batch in (("unet", 2), ("text_encoder", 1), ("vae_decoder", 1)):
+        parts = reference_parts(ReferenceProgram(comp, "sd15-tiny", batch=batch, latent=8))
+        pt = CalibrationPoint(comp, "test", "iphone14pro", comp, "sd15-tiny", "-", 1.0,
+                              tuple((prepare(p.records), p.count) for p in parts))
+        assert point_ms(pt, load_params()) == pytest.approx(doc["components"][comp], rel=1e-5, abs=1e-3)
+    assert sum(p.count for p in reference_parts(ReferenceProgram("unet", "sd15-tiny", latent=8))) == \
+        sum(1 for b in doc["blocks"] if b["signature"])
+    assert {p: p.stat().st_mtime for p in packages} == before  # nothing converted again
+    assert len(list(cache_dir().glob("*.json"))) == 3

@@ -24,7 +24,8 @@ def calibrate_command(
     from snapbench.profilers.estimate.params import default_params_path, load_params
 
     if write:
-        err.print("refitting the cost model (reference programs are converted once and cached)...")
+        err.print("refitting the cost model on the packages profile prices "
+                  "(op records shipped, or converted once and cached)...")
         fitted, table = calibrate(measured=measured, write=True, params_path=params)
         err.print(f"wrote {params or default_params_path()} (version {fitted.version}, "
                   f"fitted on {len(fitted.fitted_on)} points)")

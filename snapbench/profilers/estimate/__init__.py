@@ -14,12 +14,11 @@ from snapbench.profilers.estimate.cost_model import (
     estimate_ops,
     estimate_package,
     prepare,
-    with_weight_bits,
 )
 from snapbench.profilers.estimate.params import AneParams, load_params, save_params
 from snapbench.profilers.estimate.program_ops import OpRecord, read_op_records
 
 __all__ = [
     "AneParams", "CpuOp", "Estimate", "OpRecord", "PreparedOps", "estimate_ops", "estimate_package",
-    "load_params", "prepare", "read_op_records", "save_params", "with_weight_bits",
+    "load_params", "prepare", "read_op_records", "save_params",
 ]

@@ -21,6 +21,12 @@ Columns:
     4; palettized), `batch` (UNet default 2: classifier-free guidance).
   * optional `source` and `notes`, carried into the report.
 UNet latencies are per denoising step, text encoder per run, VAE decoder per image.
+
+A `component` row is priced exactly as `snapbench profile` prices that component with those settings:
+the same converter packages (`model_latency.profile_packages`; the UNet per block signature, each counted
+once per block that has it; `weight_bits` < 16 are the converters' real palettized packages), each
+estimated on its own and summed. The op records of the shipped reference points ship with the package
+(`reference_programs`), so calibration needs no conversion.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import pandas as pd
 
 from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
-from snapbench.profilers.estimate.cost_model import PreparedOps, prepare, total_ms, with_weight_bits
+from snapbench.profilers.estimate.cost_model import PreparedOps, prepare, total_ms
 from snapbench.profilers.estimate.params import (
     OP_CLASSES,
     AneParams,
@@ -48,7 +54,7 @@ from snapbench.profilers.estimate.params import (
     load_params,
     save_params,
 )
-from snapbench.profilers.estimate.reference_programs import ReferenceProgram, reference_records
+from snapbench.profilers.estimate.reference_programs import ReferenceProgram, reference_parts
 
 # Settings a published row leaves "not stated", and what the estimator assumes instead. These are
 # assumptions about the measurement (what a Core ML deployment of the time did by default), stated in
@@ -84,7 +90,13 @@ class CalibrationPoint:
     model: str
     settings: str
     measured_ms: float
-    prepared: PreparedOps
+    programs: tuple[tuple[PreparedOps, int], ...]  # (program, times it runs): priced as sum of count x estimate
+
+
+def point_ms(pt: CalibrationPoint, params: AneParams) -> float:
+    """The point's estimate: its programs priced one by one, as `snapbench profile` sums its packages."""
+    dev = resolve_device(pt.device)
+    return sum(n * total_ms(prep, dev, params) for prep, n in pt.programs)
 
 
 def reference_csv_path() -> Path:
@@ -144,7 +156,7 @@ def _point(row: dict[str, str], where: str, *, convert: bool) -> CalibrationPoin
 
         recs = read_op_records(row["package"])
         return CalibrationPoint(f"{source}: {device} {Path(row['package']).name}", source, device, "package",
-                                row["package"], "as converted", measured, prepare(recs))
+                                row["package"], "as converted", measured, ((prepare(recs), 1),))
     component, model = row.get("component", ""), row.get("model", "")
     if component not in ("text_encoder", "unet", "vae_decoder"):
         raise SnapbenchError(f"{where}: component {component!r} must be text_encoder, unet or vae_decoder")
@@ -155,16 +167,21 @@ def _point(row: dict[str, str], where: str, *, convert: bool) -> CalibrationPoin
         batch = default_batch if _not_stated(row.get("batch")) else int(row["batch"])
     except ValueError as exc:
         raise SnapbenchError(f"{where}: {exc}") from None
-    if component != "unet" and model not in ("sd15", "sd14", "sd"):
-        raise SnapbenchError(f"{where}: only SD v1.x text encoder / VAE are modelled (got model {model!r})")
-    program = ReferenceProgram(component, model if component == "unet" else "sd15",  # type: ignore[arg-type]
-                               attention if component == "unet" else "original", batch)
-    recs = reference_records(program, convert=convert)
-    if bits != 16:
-        recs = with_weight_bits(recs, bits)
-    settings = f"{attention if component == 'unet' else '-'}, {bits}-bit, batch {batch}"
+    if component != "unet":
+        if model in ("sd14", "sd"):
+            model = "sd15"  # SD v1.x share one text encoder and VAE
+        if batch != 1:
+            raise SnapbenchError(f"{where}: the {component} is profiled at batch 1 (per prompt / per image), "
+                                 f"got batch {batch}")
+    try:
+        # the packages `snapbench profile --model M --attention A --weight-bits B` prices for this component
+        program = ReferenceProgram(component, model, attention, bits, batch)  # type: ignore[arg-type]
+        parts = reference_parts(program, convert=convert)
+    except SnapbenchError as exc:
+        raise SnapbenchError(f"{where}: {exc}") from None
+    settings = f"{attention}, {bits}-bit, batch {batch}"
     return CalibrationPoint(f"{source}: {device} {model} {component}", source, device, component, model,
-                            settings, measured, prepare(recs))
+                            settings, measured, tuple((prepare(p.records), p.count) for p in parts))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -179,7 +196,7 @@ def calibration_report(params: AneParams | None = None, points: Sequence[Calibra
     pts = list(points) if points is not None else load_points(measured, convert=convert)
     rows = []
     for pt in pts:
-        est = total_ms(pt.prepared, resolve_device(pt.device), params)
+        est = point_ms(pt, params)
         rows.append({"reference": pt.label, "device": pt.device, "component": pt.component, "model": pt.model,
                      "settings": pt.settings, "published_ms": pt.measured_ms, "estimated_ms": est,
                      "error_pct": 100.0 * (est - pt.measured_ms) / pt.measured_ms, "backend": "estimate"})
@@ -190,7 +207,7 @@ def calibration_report(params: AneParams | None = None, points: Sequence[Calibra
 def _objective(params: AneParams, prior: AneParams, pts: Sequence[CalibrationPoint], knob_values: dict[str, float]):
     err = 0.0
     for pt in pts:
-        est = total_ms(pt.prepared, resolve_device(pt.device), params)
+        est = point_ms(pt, params)
         err += math.log(est / pt.measured_ms) ** 2
     for knob, keys in KNOBS.items():
         err += PRIOR_WEIGHT * math.log(knob_values[knob]) ** 2

@@ -392,21 +392,3 @@ def estimate_package(path_or_mlmodel: Any, device: Device | str, *, params: AneP
     from snapbench.profilers.estimate.program_ops import read_op_records
 
     return estimate_ops(read_op_records(path_or_mlmodel), device, params=params)
-
-
-def with_weight_bits(records: Sequence[OpRecord], bits: float, *, min_elems: int = 2048) -> list[OpRecord]:
-    """Records as if every weight of >= `min_elems` elements were palettized to `bits` (fp16 LUT per tensor).
-
-    Mirrors coremltools.optimize's palettization (default weight_threshold 2048) so a setting such as
-    "6-bit" can be priced without running k-means on a whole UNet; `bits=16` returns fp16 weights.
-    """
-    from dataclasses import replace
-
-    out = []
-    for r in records:
-        if r.weight_elems >= min_elems and r.type not in _GATHERS:
-            stored = r.weight_elems * bits / 8.0 + (2 ** bits * 2.0 if bits < 16 else 0.0)
-            out.append(replace(r, weight_bytes=stored, weight_bits=round(8.0 * stored / r.weight_elems, 3)))
-        else:
-            out.append(r)
-    return out
