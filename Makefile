@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.snapbench-installed
 
-.PHONY: setup browser demo test test-fast bench clean
+.PHONY: setup browser demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -36,10 +36,14 @@ demo: setup
 	$(BIN)/snapbench report --json | sed "s/^/report: /"
 
 test: setup browser
+	$(BIN)/ruff check snapbench tests benchmarks
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check snapbench tests benchmarks
 
 bench: setup
 	$(BIN)/python benchmarks/bench_convert.py

@@ -19,7 +19,6 @@ import random
 import sys
 import time
 import warnings
-from pathlib import Path
 
 warnings.filterwarnings("ignore")
 

@@ -1,6 +1,5 @@
 import json
 
-import pytest
 
 from snapbench.blocks.cut import InputShapes
 from snapbench.blocks.inspect import inspect_model

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from snapbench.commands.common import (
-    BatchOpt, JsonOpt, LatentOpt, ModelOpt, TokensOpt, WeightsOpt, fmt_count, out, print_json,
+    BatchOpt, JsonOpt, LatentOpt, TokensOpt, WeightsOpt, fmt_count, out, print_json,
 )
 from snapbench.specs.stages import STAGES
 

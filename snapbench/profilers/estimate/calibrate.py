@@ -147,7 +147,7 @@ def _point(row: dict[str, str], where: str, *, convert: bool) -> CalibrationPoin
     try:
         measured = float(row["latency_ms"]) if row.get("latency_ms") else float(row["latency_s"]) * 1e3
     except (KeyError, ValueError):
-        raise SnapbenchError(f"{where}: latency {row.get('latency_ms') or row.get('latency_s')!r} is not a number")
+        raise SnapbenchError(f"{where}: latency {row.get('latency_ms') or row.get('latency_s')!r} is not a number") from None
     if not measured > 0:
         raise SnapbenchError(f"{where}: latency must be positive, got {measured}")
     source = row.get("source") or "measured"
@@ -209,7 +209,7 @@ def _objective(params: AneParams, prior: AneParams, pts: Sequence[CalibrationPoi
     for pt in pts:
         est = point_ms(pt, params)
         err += math.log(est / pt.measured_ms) ** 2
-    for knob, keys in KNOBS.items():
+    for knob in KNOBS:
         err += PRIOR_WEIGHT * math.log(knob_values[knob]) ** 2
     return err
 
