@@ -81,6 +81,9 @@ def _part_folder(weights: str | os.PathLike | None, sub: str) -> Path | None:
 class TextEncoder(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
+        # No loss is ever computed here; naming none keeps torch.jit.trace, which reads every attribute,
+        # from tripping transformers' "loss_type ... unrecognized" notice on stderr.
+        model.loss_function = None
         self.model = model
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
