@@ -119,3 +119,11 @@ def test_lookup_speed():
             n += t.lookup("iphone14pro", S, k) is not None
     rate = n / (time.perf_counter() - t0)
     assert n == 100_000 and rate > 200_000  # evolution calls it millions of times
+
+
+def test_attention_choices_match_the_rewrites():
+    """Settings validation and the converters must accept the same attention implementations."""
+    from snapbench.choices import ATTENTIONS
+    from snapbench.converters.ane_attention import ATTENTION_IMPLS
+
+    assert ATTENTIONS == ATTENTION_IMPLS

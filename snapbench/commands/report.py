@@ -7,14 +7,11 @@ from typing import Optional
 
 import typer
 
+from snapbench.choices import ATTENTIONS, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS
 from snapbench.commands.common import err
 from snapbench.errors import SnapbenchError
 
 BACKENDS = ("auto", "iphone", "mac", "estimate")  # "import" reaches the report through a --table
-ATTENTIONS = ("original", "split_einsum", "split_einsum_v2")
-PRECISIONS = ("fp16", "fp32")
-COMPUTE_UNITS = ("cpu_and_ne", "cpu_only", "cpu_and_gpu", "all")
-WEIGHT_BITS = (16, 8, 6, 4)
 DEFAULT_CANDIDATES = ("snapfusion",)
 DEFAULT_DEVICES = ("iphone14pro",)
 

@@ -10,6 +10,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
+from snapbench.choices import WEIGHT_BITS
 from snapbench.converters.ane_attention import ATTENTION_IMPLS
 from snapbench.errors import SnapbenchError
 
@@ -22,7 +23,6 @@ MODES: tuple[str, ...] = get_args(Mode)
 TARGETS: tuple[str, ...] = get_args(Target)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 COMPONENTS: tuple[str, ...] = get_args(Component)
-WEIGHT_BITS: tuple[int, ...] = (16, 8, 6, 4)
 
 
 def default_jobs() -> int:

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator
 import pandas as pd
 
 from snapbench.atomic import atomic_write_text
+from snapbench.choices import ATTENTIONS, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS  # re-exported for callers
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_text
 from snapbench.specs.stages import STAGES
@@ -34,10 +35,6 @@ BACKENDS: tuple[str, ...] = ("iphone", "mac", "import", "estimate")
 BACKEND_RANK: dict[str, int] = {"iphone": 3, "mac": 3, "import": 2, "estimate": 1}
 MEASURED_BACKENDS = frozenset({"iphone", "mac", "import"})
 
-COMPUTE_UNITS = ("cpu_and_ne", "cpu_only", "cpu_and_gpu", "all")
-PRECISIONS = ("fp16", "fp32")
-WEIGHT_BITS = (16, 8, 6, 4)
-ATTENTIONS = ("original", "split_einsum", "split_einsum_v2")
 
 
 @dataclass(frozen=True)
