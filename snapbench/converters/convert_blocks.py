@@ -25,7 +25,7 @@ from snapbench.converters.compression import compression_info
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.progress import reporter
-from snapbench.converters.runtime import tool_versions
+from snapbench.versions import tool_versions
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource, build_unet, resolve_model
 

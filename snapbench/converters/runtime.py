@@ -109,16 +109,3 @@ def conversion_context() -> Iterator[None]:
             setattr(mod, name, bar)
 
 
-def tool_versions() -> dict[str, str]:
-    """Versions that change what a conversion produces: stamped in manifests and cache keys."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from snapbench import __version__
-
-    out = {"snapbench": __version__}
-    for dist in ("coremltools", "torch", "diffusers", "transformers", "numpy"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "-"
-    return out

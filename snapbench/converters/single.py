@@ -22,7 +22,8 @@ from snapbench.converters.compression import compression_info
 from snapbench.converters.convert_blocks import ConvertResult, _up_to_date
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir
 from snapbench.converters.options import ConvertOptions
-from snapbench.converters.runtime import coremltools, tool_versions
+from snapbench.converters.runtime import coremltools
+from snapbench.versions import tool_versions
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from snapbench.converters.block_package import PackageIO
 from snapbench.converters.cache import source_fingerprint
 from snapbench.converters.convert_blocks import ConvertResult, build_checked, cut, load_source, weight_files
 from snapbench.converters.options import ConvertOptions
-from snapbench.converters.runtime import tool_versions
+from snapbench.versions import tool_versions
 from snapbench.converters.single import SingleModel, convert_single
 from snapbench.model.loading import ModelSource
 from snapbench.model.units import AttentionUnit

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 from snapbench.blocks.cut import CutBlock, InputShapes, cut_blocks
 from snapbench.errors import SnapbenchError
+from snapbench.versions import tool_versions
 from snapbench.latency.table import LatencyRow, LatencyTable, Settings
 from snapbench.model.loading import ModelSource, build_unet, resolve_model
 from snapbench.profilers.backends import CoreMLTools, choose_backend, make_backend
@@ -89,18 +90,6 @@ def _component_settings(settings: Settings) -> Settings:
     return replace(settings, batch=1)  # one prompt encoding, one image decode (per CFG branch / image)
 
 
-def _versions() -> dict[str, str]:
-    from snapbench import __version__
-
-    out = {"snapbench": __version__}
-    try:
-        from importlib.metadata import version
-
-        for pkg in ("coremltools", "torch", "diffusers"):
-            out[pkg] = version(pkg)
-    except Exception:  # metadata missing in an odd install: versions are informative only
-        pass
-    return out
 
 
 def profile_model(
@@ -141,7 +130,7 @@ def profile_model(
     table = table if table is not None else LatencyTable.empty()
     packages = packages or ConverterPackages()
     created = now()
-    versions = _versions()
+    versions = tool_versions()
 
     first = first_blocks(cut)
     comp_keys = {c: component_key(c, source, settings, tokens) for c in comps if c != "unet"}

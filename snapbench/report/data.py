@@ -13,15 +13,14 @@ import platform
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from snapbench import __version__
 from snapbench.blocks.cut import InputShapes
 from snapbench.blocks.inspect import Inspection, inspect_model
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
+from snapbench.versions import tool_versions
 from snapbench.model.loading import resolve_model
 from snapbench.report.latency_source import ProfileOutcome, Profiler, backend_label, profile_with_snapbench
 from snapbench.report.reference import load_reference, settings_differences
@@ -344,13 +343,7 @@ def _reference(rows: list[dict[str, Any]], models: list[dict[str, Any]], results
 
 
 def _versions() -> dict[str, str]:
-    out = {"snapbench": __version__, "python": platform.python_version()}
-    for dist in ("torch", "diffusers", "coremltools", "matplotlib", "jinja2"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+    return {"python": platform.python_version(), **tool_versions("matplotlib", "jinja2")}
 
 
 def slug(text: str) -> str:
