@@ -292,3 +292,20 @@ def test_measured_unknown_device(tmp_path):
     f.write_text("device,component,model,latency_ms\niphone99,unet,sd15,300\n")
     with pytest.raises(SnapbenchError, match="unknown device"):
         load_points(f, include_reference=False)
+
+
+def test_op_record_cache_from_another_record_format_is_not_reused(tmp_path):
+    """A package's .ops.json written by an older record format must be rebuilt, not trusted."""
+    import json as _json
+
+    from snapbench.profilers.estimate.program_ops import RECORDS_VERSION, load_records, save_records
+
+    path = tmp_path / "x.mlpackage.ops.json"
+    save_records(path, [], key="k", source="test")
+    assert load_records(path, key="k") == []
+    doc = _json.loads(path.read_text())
+    doc["records_version"] = RECORDS_VERSION + 1
+    path.write_text(_json.dumps(doc))
+    assert load_records(path, key="k") is None
+    path.write_text("{damaged")
+    assert load_records(path, key="k") is None

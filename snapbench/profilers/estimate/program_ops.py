@@ -21,10 +21,12 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
+
+T = TypeVar("T")
 
 # Bumped whenever the record format or the FLOP conventions change, so stale caches are not reused.
 RECORDS_VERSION = 3
@@ -359,13 +361,9 @@ def cache_path_for(path: Path) -> Path:
 def _records_for_package(path: Path) -> list[OpRecord]:
     key = package_key(path)
     cache = cache_path_for(path)
-    if cache.is_file():
-        try:
-            doc = json.loads(cache.read_text())
-            if doc.get("key") == key:
-                return [OpRecord.from_json(r) for r in doc["ops"]]
-        except (ValueError, KeyError, TypeError):
-            pass  # a damaged cache is rebuilt below
+    cached = load_records(cache, key=key)
+    if cached is not None:
+        return cached
     import coremltools as ct  # heavy import only when a package must really be parsed
 
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
@@ -374,20 +372,30 @@ def _records_for_package(path: Path) -> list[OpRecord]:
     return records
 
 
-def save_records(path: Path, records: list[OpRecord], *, key: str, source: str) -> None:
-    doc = {"key": key, "source": source, "records_version": RECORDS_VERSION,
-           "ops": [r.to_json() for r in records]}
+def write_records_doc(path: Path, payload: dict[str, Any], *, key: str, source: str) -> None:
+    """A JSON cache of op records, stamped with what it was made from and the record format."""
+    doc = {"key": key, "source": source, "records_version": RECORDS_VERSION, **payload}
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(doc, separators=(",", ":")))
 
 
-def load_records(path: Path, *, key: str | None = None) -> list[OpRecord] | None:
-    """Records saved by `save_records`, or None when missing, stale (other key) or unreadable."""
+def read_records_doc(path: Path, *, key: str | None = None, parse: Callable[[dict], T]) -> T | None:
+    """`parse(doc)` of a document written by `write_records_doc`; None when missing, stale (other key or
+    record format) or damaged, so the caller rebuilds it."""
     if not path.is_file():
         return None
     try:
         doc = json.loads(path.read_text())
-    except ValueError:
+        if doc.get("records_version") != RECORDS_VERSION or (key is not None and doc.get("key") != key):
+            return None
+        return parse(doc)
+    except (ValueError, KeyError, TypeError):
         return None
-    if doc.get("records_version") != RECORDS_VERSION or (key is not None and doc.get("key") != key):
-        return None
-    return [OpRecord.from_json(r) for r in doc["ops"]]
+
+
+def save_records(path: Path, records: list[OpRecord], *, key: str, source: str) -> None:
+    write_records_doc(path, {"ops": [r.to_json() for r in records]}, key=key, source=source)
+
+
+def load_records(path: Path, *, key: str | None = None) -> list[OpRecord] | None:
+    return read_records_doc(path, key=key, parse=lambda doc: [OpRecord.from_json(r) for r in doc["ops"]])

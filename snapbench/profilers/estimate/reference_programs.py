@@ -26,7 +26,12 @@ from pathlib import Path
 from typing import Literal
 
 from snapbench.errors import SnapbenchError
-from snapbench.profilers.estimate.program_ops import RECORDS_VERSION, OpRecord
+from snapbench.profilers.estimate.program_ops import (
+    RECORDS_VERSION,
+    OpRecord,
+    read_records_doc,
+    write_records_doc,
+)
 
 Component = Literal["text_encoder", "unet", "vae_decoder"]
 
@@ -107,26 +112,16 @@ def parts_from_packages(program: ReferenceProgram, *, progress: bool = False) ->
 
 
 def save_parts(path: Path, parts: list[ReferencePart], *, key: str, source: str) -> None:
-    from snapbench.atomic import atomic_write_text
-
-    doc = {"key": key, "source": source, "records_version": RECORDS_VERSION,
-           "parts": [{"name": p.name, "count": p.count, "ops": [r.to_json() for r in p.records]} for p in parts]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(doc, separators=(",", ":")))
+    payload = {"parts": [{"name": p.name, "count": p.count, "ops": [r.to_json() for r in p.records]}
+                         for p in parts]}
+    write_records_doc(path, payload, key=key, source=source)
 
 
 def load_parts(path: Path, *, key: str | None = None) -> list[ReferencePart] | None:
-    """Parts saved by `save_parts`, or None when missing, stale (other key or record format) or unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-        if doc.get("records_version") != RECORDS_VERSION or (key is not None and doc.get("key") != key):
-            return None
-        return [ReferencePart(p["name"], int(p["count"]), tuple(OpRecord.from_json(r) for r in p["ops"]))
-                for p in doc["parts"]]
-    except (ValueError, KeyError, TypeError):
-        return None
+    """Parts saved by `save_parts`, or None when missing, stale or damaged."""
+    return read_records_doc(path, key=key, parse=lambda doc: [
+        ReferencePart(p["name"], int(p["count"]), tuple(OpRecord.from_json(r) for r in p["ops"]))
+        for p in doc["parts"]])
 
 
 def _model_config(model: str) -> dict:
