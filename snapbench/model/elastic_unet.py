@@ -11,6 +11,7 @@ Robust training (SnapFusion 3.1.1): in training mode each RB / CA unit runs as r
 
 from __future__ import annotations
 
+import copy
 from typing import Collection, Iterator
 
 import torch
@@ -29,12 +30,6 @@ from snapbench.model.units import (
 )
 from snapbench.specs.arch_spec import ArchSpec
 from snapbench.specs.layout import Slot
-
-import copy as _copy
-
-
-def _module(root: nn.Module, path: str) -> nn.Module:
-    return root.get_submodule(path)
 
 
 class ElasticUNet(nn.Module):
@@ -63,10 +58,10 @@ class ElasticUNet(nn.Module):
         if slot.name == "conv_in":
             return [ConvInUnit(slot, u.conv_in)]
         if slot.name in ("downsample", "upsample"):
-            return [SamplerUnit(slot, _module(u, slot.module_path))]
+            return [SamplerUnit(slot, u.get_submodule(slot.module_path))]
         if slot.name == "conv_out":
             return [ConvOutUnit(slot, u.conv_norm_out, u.conv_act, u.conv_out)]
-        original = _module(u, slot.module_path)
+        original = u.get_submodule(slot.module_path)
         made: list[BlockUnit] = []
         if slot.kind == "RB":
             made.append(ResnetUnit(slot, original, removed=not keep))
@@ -77,7 +72,7 @@ class ElasticUNet(nn.Module):
         else:
             made.append(AttentionUnit(slot, original, removed=not keep))
             for k in range(1, copies + 1):
-                dup = _copy.deepcopy(original)
+                dup = copy.deepcopy(original)
                 self.copies[f"{slot.file_id}_copy{k}"] = dup
                 made.append(AttentionUnit(slot, dup, instance=k))
         return made
