@@ -21,7 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "snapbench.commands.convert",
     "snapbench.commands.profile",
     "snapbench.commands.train", "snapbench.commands.ablate", "snapbench.commands.evolve",
-    "snapbench.commands.distill", "snapbench.commands.sample",
+    "snapbench.commands.distill", "snapbench.commands.distill_decoder", "snapbench.commands.sample",
     "snapbench.commands.devices", "snapbench.commands.calibrate",
     "snapbench.commands.report",
 )
