@@ -303,3 +303,43 @@ def test_sample_writes_a_png_grid_with_the_distilled_step_count(tmp_path, capsys
     assert main(["sample", "--model", str(tmp_path / "d"), "--prompt", "a cat", "--out", str(png)]) == 2
     assert "digit" in capsys.readouterr().err
     assert main(["sample", "--model", str(tmp_path / "d"), "--prompt", "digit 1", "--out", str(tmp_path / "x.jpg")]) == 2
+
+
+def test_report_takes_steps_and_decoder_from_what_was_distilled(tmp_path, toy_folder):
+    from snapbench.distillation.decoder import DecoderDistillConfig, LatentSet, distill_decoder
+    from snapbench.distillation.provenance import record_decoder
+    from snapbench.report import gather, render_html
+    from snapbench.report.latency_source import ProfileOutcome
+
+    torch.set_num_threads(1)
+    folder = tmp_path / "d"
+    distill(toy_folder, folder, DistillConfig(**{**TINY.to_dict(), "steps": 1}), progress=False)
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=4, block_out_channels=[8, 16],
+                        layers_per_block=1, norm_num_groups=4, down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2)
+    z = torch.randn(6, 4, 4, 4)
+    distill_decoder(vae, LatentSet(z[:4], z[4:]), tmp_path / "vae", DecoderDistillConfig(steps=1, batch_size=2),
+                    teacher_ref="tiny", progress=False)
+    record_decoder(folder, tmp_path / "vae")
+    no_latency = lambda *a, **k: ProfileOutcome(None, "not needed here")  # noqa: E731
+    data = gather(baseline="sd15-tiny", candidates=[str(folder), "snapfusion-tiny"], devices=["iphone14pro"],
+                  profiler=no_latency)
+    m = {x["ref"]: x for x in data["models"]}
+    mine, paper = m[str(folder)], m["snapfusion-tiny"]
+    assert mine["steps"] == 2 and "distilled here" in mine["steps_source"] and "4-step teacher" in mine["steps_source"]
+    assert "distilled here" in mine["decoder_source"] and str(tmp_path / "vae") in mine["decoder_source"]
+    assert paper["steps"] == 8 and "assumed" in paper["steps_source"]
+    assert "assumption" in paper["decoder_source"]
+    assert mine["sample_grid"].startswith("data:image/png;base64,") and paper["sample_grid"] is None
+    html = render_html(data)
+    assert 'src="data:image/png;base64,' in html and "distilled here" in html
+    # --steps still overrides
+    data = gather(baseline="sd15-tiny", candidates=[str(folder)], devices=["iphone14pro"], steps={str(folder): 3},
+                  profiler=no_latency)
+    assert (data["models"][1]["steps"], data["models"][1]["steps_source"]) == (3, "--steps")
+    # a resumed distillation keeps the recorded decoder
+    distill(toy_folder, folder, DistillConfig(**{**TINY.to_dict(), "steps": 2}), progress=False)
+    assert read_sampling(folder)["decoder"] == str(tmp_path / "vae")

@@ -38,6 +38,9 @@ def distill_command(
                                       help="Toy: guidance scales to compare teacher / undistilled / student at."),
     eval_samples: int = typer.Option(50, "--eval-samples", help="Toy: images per digit in the comparison."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Toy: score the result on fresh noise."),
+    decoder: Optional[str] = typer.Option(None, "--decoder",
+                                          help="A `distill-decoder` folder to record as this model's decoder "
+                                               "(the report prices and labels it)."),
     threads: int = typer.Option(1, "--threads", min=1, help="Torch CPU threads."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -59,8 +62,19 @@ def distill_command(
                            learning_rate=lr if lr is not None else (1e-4 if toy else 1e-5),
                            prediction_type=prediction_type, v_finetune_steps=v_finetune_steps,
                            save_every=save_every, seed=seed)
+    if decoder is not None:
+        from pathlib import Path
+
+        from snapbench.distillation.decoder import DISTILL_FILE
+
+        if not (Path(decoder) / DISTILL_FILE).is_file():  # before any work
+            raise SnapbenchError(f"--decoder {decoder}: not a `snapbench distill-decoder` folder (no {DISTILL_FILE})")
     result = distill(model, out_dir, config, student=student, data=data, weights=weights, progress=True,
                      say=lambda s: err.print(s))
+    if decoder is not None:
+        from snapbench.distillation.provenance import record_decoder
+
+        record_decoder(out_dir, decoder)
     comparison = None
     if compare_cfg is not None:
         from snapbench.distillation.step_distillation import teacher_of

@@ -449,9 +449,12 @@ def _save(bundle: ModelBundle, trainable: _Trainable, opt: Any, out: Path, confi
     torch.save(opt.state_dict(), buf)
     state = {"format": STATE_FORMAT, "model": model, "teacher": teacher, "student": student_ref, "step": step,
              "config": config.to_dict(), "losses": losses, "seconds": round(seconds, 1)}
+    settings = sampling_settings(config, bundle.noise_schedule, teacher)
+    before = read_sampling(out) if (out / SAMPLING_FILE).is_file() else None
+    if before and before.get("decoder"):  # recorded by `distill --decoder`; kept across checkpoints
+        settings["decoder"] = before["decoder"]
     extra = {OPTIMIZER_FILE: buf.getvalue(), STATE_FILE: (json.dumps(state, indent=1) + "\n").encode(),
-             SAMPLING_FILE: (json.dumps(sampling_settings(config, bundle.noise_schedule, teacher), indent=1)
-                             + "\n").encode()}
+             SAMPLING_FILE: (json.dumps(settings, indent=1) + "\n").encode()}
     save_bundle(ModelBundle(trainable.unet, trainable.encoder, bundle.noise_schedule, bundle.ref), out,
                 extra_files=extra)
 
