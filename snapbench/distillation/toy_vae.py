@@ -21,7 +21,7 @@ TOY_VAE_CONFIG = dict(in_channels=1, out_channels=1, latent_channels=4, block_ou
                       layers_per_block=1, norm_num_groups=16, sample_size=IMAGE_SIZE,
                       down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                       scaling_factor=1.0)
-TRAIN_STEPS = 600
+TRAIN_STEPS = 400
 KL_WEIGHT = 1e-6
 
 
