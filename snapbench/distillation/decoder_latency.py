@@ -1,7 +1,7 @@
 """What a decoder pruning means at full size: parameters of SD-v1.5's VAE decoder and of its pruned
-twin, and their estimated latency on the catalog's iPhones, read from the shipped latency tables
-(`latency_tables/<device>/sd15.csv` and `snapfusion.csv`, rows labelled by the backend that made them:
-`estimate` for every shipped row; nothing is measured here).
+twin, and their estimated latency on the catalog's iPhones, read from the latency tables (the user's
+first, else the shipped ones: `<device>/sd15.csv` and `snapfusion.csv`; rows carry the backend that made
+them, `estimate` for every shipped row; nothing is measured here).
 
 The tables hold the full SD decoder (the sd15 preset's) and the SnapFusion decoder (the snapfusion
 preset's: every block_out_channels halved, 32 groups kept), which is exactly `pruned_config(SD_VAE, 0.5)`
@@ -17,8 +17,6 @@ from typing import Any
 
 from snapbench.distillation.decoder import pruned_config
 
-TABLES_DIR = Path("latency_tables")
-
 
 def _decoder_params(cfg: dict[str, Any]) -> int:
     import torch
@@ -29,10 +27,12 @@ def _decoder_params(cfg: dict[str, Any]) -> int:
     return sum(p.numel() for p in vae.decoder.parameters()) + sum(p.numel() for p in vae.post_quant_conv.parameters())
 
 
-def full_size_decoder(prune: float, tables: Path = TABLES_DIR) -> dict[str, Any]:
+def full_size_decoder(prune: float, tables: str | Path | None = None) -> dict[str, Any]:
     """{"params_full", "params_pruned", "block_out_channels_pruned", "devices": [{device, full_ms, pruned_ms,
     backend}], "note"} for SD-v1.5's decoder pruned by `prune`."""
     from snapbench.converters.components import SD_VAE, vae_config
+    from snapbench.devices.catalog import list_devices
+    from snapbench.paths import table_to_read
     from snapbench.latency.model_latency import component_key
     from snapbench.latency.table import LatencyTable, Settings
     from snapbench.model.loading import resolve_model
@@ -46,19 +46,19 @@ def full_size_decoder(prune: float, tables: Path = TABLES_DIR) -> dict[str, Any]
                        "decoder's); estimating it needs a Core ML conversion")
         return out
     settings = replace(Settings(), batch=1)
-    for folder in sorted(p for p in tables.glob("*") if p.is_dir()):
+    for device in list_devices():
         ms = {}
         for name, source in (("full", sd), ("pruned", snap)):
-            path = folder / f"{source.spec.name}.csv"
-            if not path.is_file():
+            path = table_to_read(device.id, source.spec.name, tables)
+            if path is None:
                 continue
-            row = LatencyTable.load(path).lookup(folder.name, settings,
+            row = LatencyTable.load(path).lookup(device.id, settings,
                                                  component_key("vae_decoder", source, settings, 77))
             if row is not None:
                 ms[name] = (round(float(row.latency_ms), 1), row.backend)
         if len(ms) == 2:
-            out["devices"].append({"device": folder.name, "full_ms": ms["full"][0], "pruned_ms": ms["pruned"][0],
+            out["devices"].append({"device": device.id, "full_ms": ms["full"][0], "pruned_ms": ms["pruned"][0],
                                    "backend": ms["pruned"][1]})
-    out["note"] = ("latencies from the shipped tables (fp16, original attention, 64x64 latent, batch 1); "
+    out["note"] = ("latencies from the latency tables (fp16, original attention, 64x64 latent, batch 1); "
                    "the backend column says how each was made")
     return out

@@ -4,8 +4,8 @@ decoder pruning and distillation run on a CPU in minutes.
 The 8x8 digits go in as they are (1 channel); the VAE has SD's structure at small size: two levels
 (32/64 channels, 16 GroupNorm groups, one ResNet per level, mid-block attention), 4 latent channels at
 4x4 (a 16x16 version was measured 3-4x slower per step on this shared 2-core machine). Trained once on the first 1,500 digits (the rest are held out for PSNR) with
-reconstruction MSE plus a small KL term (SD's VAE has a KL weight of 1e-6 too), then cached under
-`.snapbench-cache/` (save_pretrained, safetensors).
+reconstruction MSE plus a small KL term (SD's VAE has a KL weight of 1e-6 too), then cached in
+snapbench's cache folder (snapbench.paths; save_pretrained, safetensors).
 """
 
 from __future__ import annotations
