@@ -75,6 +75,8 @@ def convert_command(
             err.print(f"failed: {block}: {error}", markup=False, highlight=False)
         err.print(f"{len(result.failed)} failed; the others are done. Run the same command again to retry them.")
         raise typer.Exit(1)
+    for note in getattr(result, "notes", []):
+        err.print(f"note: {note}", markup=False, highlight=False)
     if getattr(result, "missing", None):
         # bad input, but everything that was there is converted and kept
         raise SnapbenchError(f"{model if weights is None else weights}: missing {'; '.join(result.missing)}; "

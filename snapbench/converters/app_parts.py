@@ -69,10 +69,16 @@ class ModelFolder:
 
 
 def model_folder(model: str | os.PathLike | ModelSource, weights: str | os.PathLike | None) -> ModelFolder:
-    """The folder the parts come from: --weights if given, else --model when it is a folder."""
+    """The pipeline folder the parts come from: --weights if given, else --model when it is a folder.
+
+    A folder counts as a pipeline (and a part it lacks as missing) when it has diffusers' model_index.json
+    or any of text_encoder/, vae/, tokenizer/. A UNet-only folder (a diffusers UNet, an `evolve` run) is
+    not one: the other parts are then built from their configs with seeded random weights, as for presets.
+    """
     ref = model.ref if isinstance(model, ModelSource) else model
     root = next((Path(c) for c in (weights, ref) if c is not None and Path(str(c)).is_dir()), None)
-    if root is None:
+    marks = ("model_index.json", "text_encoder", "vae", "tokenizer")
+    if root is None or not any((root / m).exists() for m in marks):
         return ModelFolder(None, None, None, None)
 
     def sub(name: str, needed: tuple[str, ...]) -> Path | None:

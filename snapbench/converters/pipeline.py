@@ -46,9 +46,10 @@ DISK_MARGIN = 1.15  # model.mil, metadata and palettes on top of the weights, an
 class PipelineResult(ConvertResult):
     missing: list[str] = field(default_factory=list)  # parts the model folder lacks (converted: the rest)
     compiled: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "missing": self.missing, "compiled": self.compiled}
+        return {**super().to_dict(), "missing": self.missing, "compiled": self.compiled, "notes": self.notes}
 
 
 # -- the parts ----------------------------------------------------------------------------------------------
@@ -220,6 +221,10 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
         folder=folder, missing=parts_folder.missing(),
     )
     result = PipelineResult(manifest, missing=parts_folder.missing())
+    if parts_folder.root is None and source.weights_dir is not None:
+        others = ", ".join(p.name for p in parts if p.kind != "unet")
+        result.notes.append(f"{others}: seeded random weights (the UNet's folder is not a pipeline folder with "
+                            "text_encoder/, vae/, tokenizer/)")
     index = {p.name: i for i, p in enumerate(parts)}
     from snapbench.converters.progress import reporter
 
