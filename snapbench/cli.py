@@ -52,10 +52,12 @@ for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, obj: object = None) -> int:
+    """Run one command; `obj` reaches commands as `ctx.obj` (tests hand fakes in this way, e.g. `profile`'s
+    `ProfileTools`)."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="snapbench", standalone_mode=False)
+        command.main(args=argv, prog_name="snapbench", standalone_mode=False, obj=obj)
     except SnapbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
