@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, List, Optional
 import typer
 from rich.table import Table
 
-from snapbench.commands.common import JsonOpt, LatentOpt, ModelOpt, TokensOpt, out, print_json
+from snapbench.commands.common import (
+    JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, model_source, out, print_json,
+)
 from snapbench.console import say
 from snapbench.errors import SnapbenchError
-from snapbench.latency.locations import default_table_path
 from snapbench.latency.table import ATTENTIONS, COMPUTE_UNITS, LatencyTable, Settings
 from snapbench.profilers.backends import BACKEND_CHOICES
 from snapbench.profilers.coreml_api import DEFAULT_REQUEST_TIMEOUT_S
@@ -24,6 +25,12 @@ from snapbench.profilers.readiness import TEAM_ID_ENV
 
 if TYPE_CHECKING:
     from snapbench.latency.model_latency import ProfileRun
+
+def default_table_path(device_id: str, model: str, tables: str | Path | None = None) -> Path:
+    from snapbench.paths import user_table_path
+
+    return user_table_path(device_id, model, tables)
+
 
 def _choice(value: str, allowed: tuple, flag: str) -> str:
     if value not in allowed:
@@ -36,6 +43,9 @@ def profile_command(
     device: str = typer.Option(..., "--device", "-d", help="Catalog id or name (see `snapbench devices`), or auto: "
                                "the attached iPhone's (or this Mac's) own id, with --backend iphone or mac."),
     model: str = ModelOpt,
+    variant: Optional[str] = VariantOpt,
+    subfolder: Optional[str] = SubfolderOpt,
+    revision: Optional[str] = RevisionOpt,
     component: Optional[List[str]] = typer.Option(
         None, "--component", "-c", help="unet, text_encoder, vae_decoder; repeat for several (default: all three)."),
     attention: str = typer.Option("original", "--attention", help=f"Attention implementation: {', '.join(ATTENTIONS)}."),
@@ -45,7 +55,10 @@ def profile_command(
     tokens: int = TokensOpt,
     compute_units: str = typer.Option("cpu_and_ne", "--compute-units", help=f"{', '.join(COMPUTE_UNITS)}."),
     backend: str = typer.Option("auto", "--backend", "-b", help=f"{' | '.join(BACKEND_CHOICES)}."),
-    table: Optional[Path] = typer.Option(None, "--table", help="Table CSV to update (default latency_tables/<device>/<model>.csv)."),
+    table: Optional[Path] = typer.Option(None, "--table", help="Table CSV to update (default <tables>/<device>/<model>.csv)."),
+    tables: Optional[Path] = typer.Option(
+        None, "--tables", envvar="SNAPBENCH_TABLES",
+        help="Folder of your tables, read before the shipped ones [default: ./latency_tables]."),
     repeats: int = typer.Option(20, "--repeats", min=1, help="Timed runs per package (iphone, mac)."),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed runs first (iphone, mac)."),
     team_id: Optional[str] = typer.Option(None, "--team-id", envvar=TEAM_ID_ENV,
@@ -99,8 +112,14 @@ def profile_command(
         say(f"--device auto -> {dev.id}: {target.label()}")
     else:
         dev = resolve_device(device)
-    path = table if table is not None else default_table_path(dev.id, model)
+    path = table if table is not None else default_table_path(dev.id, model, tables)
     existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
+    if table is None and not path.is_file():  # start from the shipped table; what is new goes to the user's
+        from snapbench.paths import shipped_table_path
+
+        shipped = shipped_table_path(dev.id, model)
+        if shipped.is_file():
+            existing = LatencyTable.load(shipped)
     chosen = backend if backend != "auto" else choose_backend("auto", dev, machine=machine, say=say)
     estimator = tools.estimator or EstimatePricer()
     pricer: str | DeviceBackend | EstimatePricer = (device_backend(chosen) if chosen in ("iphone", "mac") else
@@ -110,7 +129,8 @@ def profile_command(
 
     measuring = chosen in ("iphone", "mac")
     run = profile_model(
-        model, dev, settings, table=existing, backend=pricer, estimator=estimator,
+        model_source(model, None, variant, subfolder, revision), dev, settings, table=existing, backend=pricer,
+        estimator=estimator,
         components=tuple(component or ALL_COMPONENTS), import_file=from_file,
         packages=tools.packages or (ConverterPackages(packages) if packages is not None else None),
         # measured rows are saved one package at a time: an interrupted or failed run keeps them

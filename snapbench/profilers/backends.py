@@ -175,7 +175,7 @@ class DeviceBackend:
         if self.signing is None:
             raise SnapbenchError("the iphone backend signs coremltools' runner app: pass --team-id "
                                  "(or set SNAPBENCH_TEAM_ID); see `snapbench doctor`")
-        from snapbench.profilers.packages import cache_root
+        from snapbench.paths import cache_root
 
         folder = self.runner_dir or cache_root() / "modelrunner" / self.signing.bundle_id
         try:

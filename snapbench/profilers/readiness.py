@@ -69,7 +69,7 @@ class Machine:
         if ct_dir is not None and (ct_dir / "version.py").is_file():
             m = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", (ct_dir / "version.py").read_text())
             version = m.group(1) if m else ""
-        from snapbench.profilers.packages import cache_root
+        from snapbench.paths import cache_root
 
         return Machine(platform=sys.platform, macos_version=platform.mac_ver()[0], coremltools_dir=ct_dir,
                        coremltools_version=version, team_id=team_id or os.environ.get(TEAM_ID_ENV) or None,
