@@ -253,3 +253,16 @@ def xcodebuild_failure(output: bytes, code: int = 65) -> Exception:
             raise rd._AppBuilder.Error(error_code=e.returncode, message=e.stderr)  # noqa: B904 (coremltools' way)
     except rd._AppBuilder.Error as err:
         return err
+
+
+def fake_device_backend(tmp_path: Path, name: str = "iphone", fake: FakeCoreML | None = None, **kw: Any):
+    """A DeviceBackend on a fake Mac (Xcode 16, one iPhone 14 Pro attached) over FakeCoreML; (backend, fake)."""
+    from snapbench.profilers.backends import DeviceBackend
+    from snapbench.profilers.coreml_api import CoreMLTools, Signing
+
+    fake = fake or FakeCoreML()
+    machine = kw.pop("machine", None) or fake_mac(tmp_path, chip=kw.pop("chip", "Apple M2 Pro"),
+                                                  devices=kw.pop("devices", None))
+    return DeviceBackend(name, api=CoreMLTools(fake.ct), machine=machine,
+                         signing=kw.pop("signing", Signing.for_team("ABCDE12345")),
+                         runner_dir=tmp_path / "runner", **kw), fake

@@ -10,13 +10,12 @@ from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.latency import LatencyTable, Settings, profile_model
 from snapbench.profilers.backends import DeviceBackend, choose_backend
-from snapbench.profilers.coreml_api import CoreMLTools, Signing
 from snapbench.profilers.measurement import PackageJob
 from snapbench.profilers.readiness import blocker, put_devicectl_on_path
 
-from profile_fakes import FakeCoreML, FakePackages, devicectl_entry, fake_mac, toy_estimator, xcodebuild_failure
+from profile_fakes import (FakeCoreML, FakePackages, devicectl_entry, fake_device_backend, fake_mac, toy_estimator,
+                           xcodebuild_failure)
 
-SIGNING = Signing.for_team("ABCDE12345")
 
 
 def jobs(tmp_path, n=2):
@@ -28,12 +27,7 @@ def jobs(tmp_path, n=2):
     return out
 
 
-def backend(tmp_path, name="iphone", fake=None, **kw):
-    fake = fake or FakeCoreML()
-    machine = kw.pop("machine", None) or fake_mac(tmp_path, chip=kw.pop("chip", "Apple M2 Pro"),
-                                                  devices=kw.pop("devices", None))
-    return DeviceBackend(name, api=CoreMLTools(fake.ct), machine=machine, signing=kw.pop("signing", SIGNING),
-                         runner_dir=tmp_path / "runner", **kw), fake
+backend = fake_device_backend
 
 
 def test_mac_backend_times_each_package_with_loads_and_compute_plan(tmp_path):

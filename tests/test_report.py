@@ -306,3 +306,27 @@ def test_backend_not_available_here_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "iphone" in err, err
     assert not out.exists()
+
+
+def test_measured_load_times_reach_the_report(tmp_path):
+    """Rows measured on a (fake) phone carry first and warm load times: the report shows them per component."""
+    from snapbench.latency import Settings, profile_document, profile_model
+
+    from profile_fakes import fake_device_backend
+
+    be, _ = fake_device_backend(tmp_path, warmup=0, repeats=2)
+
+    def on_the_phone(source, device, settings, backend, table, say=None):
+        run = profile_model(source, device, Settings(**settings), backend=be, estimator=toy_estimator(),
+                            packages=FakePackages(tmp_path / "pkgs"), progress=False)
+        return ProfileOutcome(profile_document(run))
+
+    data = gather(baseline=BASE, candidates=[], devices=[DEVICE], profiler=on_the_phone)
+    r = result(data, BASE)
+    assert r["labels"] == ["measured"] and r["measured_on"]["os_build"] == "22B83"
+    runs = sum(1 for b in r["blocks"] if b["runs"])
+    assert r["load_ms"]["unet"] == {"first": 60_000.0 * runs, "warm": 900.0 * runs}
+    assert r["load_ms"]["vae_decoder"] == {"first": 60_000.0, "warm": 900.0}
+    html = render_html(data)
+    assert "Loading before the first image (measured)" in html and "Test iPhone (18.1, build 22B83)" in html
+    assert f"{60.0 * runs:.1f}" in html

@@ -104,6 +104,7 @@ class PackageToPrice:
     settings: Settings  # the settings its row is filed under (pipeline parts run at batch 1)
     count: int  # how many times its latency enters the component's figure
     block: CutBlock | None = None  # UNet: the first block with this signature (names the row)
+    path: Path | None = None  # a package that exists already (a whole program given as .mlpackage): not converted
 
 
 def component_settings(settings: Settings) -> Settings:
@@ -189,7 +190,8 @@ class Located:
 def locate(items: Sequence[PackageToPrice], source: ModelSource, packages: PackageSource, *,
            progress: bool) -> list[Located]:
     """Convert (or take from the cache) exactly the packages of `items`."""
-    out: list[Located] = []
+    out: list[Located] = [Located(it, PackageJob(it.key, it.label, it.path)) for it in items if it.path is not None]
+    items = [it for it in items if it.path is None]
     blocks = [it for it in items if it.component == "unet"]
     if blocks:
         paths = packages.block_packages(source, blocks[0].settings, {it.key for it in blocks}, progress=progress)

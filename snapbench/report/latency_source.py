@@ -82,6 +82,12 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
         table_now = part.table
         doc["components"][comp] = round(part.components[comp].latency_ms, 4)
         doc["component_backends"][comp] = part.components[comp].backend
+        got = part.components[comp]
+        if got.first_load_ms is not None:
+            doc.setdefault("load_ms", {})[comp] = {"first": got.first_load_ms, "warm": got.warm_load_ms}
+        if part.measured_on is not None and doc.get("measured_on") is None:
+            t = part.measured_on
+            doc["measured_on"] = {"name": t.name, "os_version": t.os_version, "os_build": t.os_build}
         new_rows += part.new_rows
     return _outcome(doc, new_rows, path, notes)
 
