@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -34,8 +35,19 @@ def model_source(model: str, weights: str | None = None, variant: str | None = N
     return resolve_model(model, weights=weights, variant=variant, subfolder=subfolder, revision=revision)
 
 
+def without_float_noise(data: Any) -> Any:
+    """Floats at 12 significant digits: 0.05170000000000001 prints as 0.0517; no figure here has more."""
+    if isinstance(data, float):
+        return float(f"{data:.12g}") if math.isfinite(data) else data
+    if isinstance(data, dict):
+        return {k: without_float_noise(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [without_float_noise(v) for v in data]
+    return data
+
+
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(without_float_noise(data), indent=2, default=str) + "\n")
     sys.stdout.flush()
 
 

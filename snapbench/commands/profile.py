@@ -197,7 +197,7 @@ IMPORT_HELP = (
     "Import format (--from FILE, CSV or JSON): columns block (id as `snapbench inspect` prints it, its file id, "
     "text_encoder or vae_decoder) or signature; latency_ms (or latency_us, latency_s); optional p90_ms, samples, "
     "device, notes, and settings columns (compute_units, precision, weight_bits, attention, batch, latent) that "
-    "must match this run's. Figures the file lacks are estimated and labelled estimate."
+    "must match this run's. Figures the file lacks are estimated and labelled estimate. More: docs/formats.md."
 )
 
 
