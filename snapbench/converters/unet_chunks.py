@@ -157,7 +157,8 @@ class LazyCheckpoint:
 
         self._handles: dict[str, Any] = {}
         self._where: dict[str, Any] = {}
-        files = [("base.", f) for f in _weight_files(source.weights_dir)] if source.weights_dir else []
+        files = ([("base.", f) for f in _weight_files(source.weights_dir, source.variant)]
+                 if source.weights_dir else [])
         if source.copies_file is not None:
             files.append(("copies.", source.copies_file))
         for prefix, f in files:
