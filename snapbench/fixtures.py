@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 
 from snapbench.atomic import atomic_path
+from snapbench.evolution.data import write_latent_file
 
 UNET_PRESET = "sd15-tiny"
 VOCAB_SIZE = 1000  # >= the ids `convert --component text_encoder` traces with; bos/eos last, as in CLIP's vocab
@@ -245,34 +246,6 @@ def synthetic_images(n: int, size: int, *, seed: int = 0) -> torch.Tensor:
     return images
 
 
-@torch.no_grad()
-def encode_captioned_images(pipeline: str | Path, images: torch.Tensor, captions: Sequence[str],
-                            out_file: str | Path) -> Path:
-    """Encode images [N, 3, H, W] in [-1, 1] and their captions with a pipeline's VAE and text encoder
-    into the file `train --data` reads: latents (VAE latent mean x scaling factor), context (the text
-    encoder's last hidden state, padded to the tokenizer's length), uncond_context (the empty prompt's)."""
-    from diffusers import AutoencoderKL
-    from safetensors.torch import save
-    from transformers import CLIPTextModel
-
-    from snapbench.atomic import atomic_write_bytes
-
-    pipe = Path(pipeline)
-    tokenizer = _load_tokenizer(pipe / "tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(pipe / "text_encoder", local_files_only=True).eval()
-    vae = AutoencoderKL.from_pretrained(pipe / "vae", local_files_only=True).eval()
-
-    def encode(texts: Sequence[str]) -> torch.Tensor:
-        ids = tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
-        return text_encoder(ids)[0]
-
-    latents = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
-    tensors = {"latents": latents.contiguous(), "context": encode(captions).contiguous(),
-               "uncond_context": encode([""]).contiguous()}
-    return atomic_write_bytes(out_file, save(tensors))
-
-
 def write_training_data(pipeline: str | Path, folder: str | Path, *, seed: int = 2,
                         captions: Sequence[str] = CAPTIONS) -> Path:
     """A `train --data` folder for `pipeline`: one .safetensors file + captions.txt."""
@@ -283,7 +256,16 @@ def write_training_data(pipeline: str | Path, folder: str | Path, *, seed: int =
     out = Path(folder)
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
-        encode_captioned_images(pipe, synthetic_images(len(captions), size, seed=seed), captions,
-                                tmp / "train-000.safetensors")
+        write_latent_file(pipe, synthetic_images(len(captions), size, seed=seed), captions,
+                          tmp / "train-000.safetensors")
         (tmp / "captions.txt").write_text("\n".join(captions) + "\n")
     return out
+
+
+if __name__ == "__main__":  # `python -m snapbench.fixtures DIR`: what `selftest` runs as its first stage
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m snapbench.fixtures DIR")
+    torch.set_num_threads(1)
+    print(write_fixtures(sys.argv[1]))

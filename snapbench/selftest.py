@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,6 +23,7 @@ from snapbench.errors import SnapbenchError
 
 DEVICE = "iphone14pro"
 EVAL_STEPS = "2"  # DDIM steps per CLIP-evaluated image: paths, not quality
+FIXTURES = "fixtures (tiny pipeline, CLIP, data)"
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,10 @@ class StageResult:
     ok: bool
     seconds: float
     error: str | None
+    cpu_seconds: float | None = None  # user + system time of the stage's processes (not in --json)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"name": self.name, "ok": self.ok, "seconds": self.seconds, "error": self.error}
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Stage:
     argv: tuple[str, ...]
     needs: tuple[str, ...] = ()  # stages whose output this one reads
     env: tuple[tuple[str, str], ...] = ()
+    check: Callable[[str], str | None] | None = None  # stdout -> what is wrong with it, or None
 
 
 @dataclass(frozen=True)
@@ -119,10 +122,11 @@ def plan(work: Path, *, processes: int, devices: Devices, workers: int = 2) -> l
             "--pipeline", pipe, "--eval-steps", EVAL_STEPS, "--device", DEVICE)
     launch, launch_env = accelerate_launch(processes, devices)
     trained = str(work / "train")
-    fixtures = "fixtures (tiny pipeline, CLIP, data)"
+    fixtures = FIXTURES
     train = f"train (accelerate, {processes} process{'es' if processes != 1 else ''})"
     evolve = "evolve (clip, ray)"
     return [
+        Stage(fixtures, (sys.executable, "-m", "snapbench.fixtures", str(fx.root))),
         Stage("inspect (pipeline folder)", (*snap, "inspect", "--model", pipe, "--json"), (fixtures,)),
         Stage("convert (per block)", (*snap, "convert", "--model", pipe, "--latent", latent,
                                       "--out", str(work / "convert-blocks"), "--json"), (fixtures,)),
@@ -139,7 +143,8 @@ def plan(work: Path, *, processes: int, devices: Devices, workers: int = 2) -> l
                                      "--latent", latent, "--table", str(work / "latency.csv"), "--json"),
               (fixtures,)),
         Stage(train, (*launch, "--model", pipe, "--data", str(fx.data), "--robust", "--steps", "2",
-                      "--batch-size", str(2 * processes), "--out", trained, "--json"), (fixtures,), launch_env),
+                      "--batch-size", str(2 * processes), "--out", trained, "--json"), (fixtures,), launch_env,
+              check=lambda stdout: _trained_with(stdout, processes)),
         Stage(f"ablate (clip, {workers} local workers)", (*snap, "ablate", "--model", trained, *clip,
                                                           "--workers", str(workers), "--json"), (train,)),
         Stage(evolve, (*snap, "evolve", "--model", trained, *clip, "--ray-address", "local",
@@ -149,6 +154,19 @@ def plan(work: Path, *, processes: int, devices: Devices, workers: int = 2) -> l
                          "--backend", "estimate", "--latent", latent, "--out", str(work / "report.html")),
               (evolve,)),
     ]
+
+
+def _trained_with(stdout: str, processes: int) -> str | None:
+    """Training ran in `processes` processes and printed one result (not one per process)."""
+    import json
+
+    try:
+        result = json.loads(stdout)
+    except json.JSONDecodeError:
+        return "training printed no single JSON result (one per process?)"
+    if result.get("processes") != processes:
+        return f"training ran in {result.get('processes')} process(es), {processes} asked"
+    return None
 
 
 def first_error_line(stderr: str, returncode: int) -> str:
@@ -171,17 +189,26 @@ def run_stage(stage: Stage, *, cwd: Path, log_dir: Path, timeout: float | None =
     env["SNAPBENCH_CACHE"] = str(cwd / "cache")
     env.update(dict(stage.env))
     log = log_dir / (_file_name(stage.name) + ".log")
-    t0 = time.time()
+    t0, cpu0 = time.time(), _children_cpu()
     try:
         proc = subprocess.run(stage.argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return StageResult(stage.name, False, round(time.time() - t0, 1), f"timed out after {timeout:.0f} s")
-    seconds = round(time.time() - t0, 1)
-    log.write_text(f"$ {' '.join(stage.argv)}\n--- exit code {proc.returncode}\n--- stdout\n{proc.stdout}"
-                   f"\n--- stderr\n{proc.stderr}")
+    seconds, cpu = round(time.time() - t0, 1), round(_children_cpu() - cpu0, 1)
+    log.write_text(f"$ {' '.join(stage.argv)}\n--- exit code {proc.returncode}, {seconds} s, {cpu} s CPU\n"
+                   f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
     if proc.returncode != 0:
-        return StageResult(stage.name, False, seconds, first_error_line(proc.stderr, proc.returncode))
-    return StageResult(stage.name, True, seconds, None)
+        return StageResult(stage.name, False, seconds, first_error_line(proc.stderr, proc.returncode), cpu)
+    wrong = stage.check(proc.stdout) if stage.check is not None else None
+    return StageResult(stage.name, wrong is None, seconds, wrong, cpu)
+
+
+def _children_cpu() -> float:
+    """CPU seconds of finished child processes (and theirs, once waited for)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _file_name(name: str) -> str:
@@ -209,10 +236,8 @@ def selftest(*, keep: str | Path | None = None, processes: int | None = None,
     logs.mkdir(exist_ok=True)
     results: list[StageResult] = []
     try:
-        results.append(_fixtures_stage(work, on_start))
-        on_stage(results[-1])
         for stage in plan(work, processes=n, devices=devices):
-            if only is not None and not stage.name.startswith(tuple(only)):
+            if only is not None and stage.name != FIXTURES and not stage.name.startswith(tuple(only)):
                 continue
             on_start(stage.name)
             failed = [s.name for s in results if not s.ok and s.name in stage.needs]
@@ -226,16 +251,3 @@ def selftest(*, keep: str | Path | None = None, processes: int | None = None,
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
     return SelftestResult(results, work, keep is not None)
-
-
-def _fixtures_stage(work: Path, on_start: Callable[[str], None]) -> StageResult:
-    from snapbench.fixtures import write_fixtures
-
-    name = "fixtures (tiny pipeline, CLIP, data)"
-    on_start(name)
-    t0 = time.time()
-    try:
-        write_fixtures(work / "fixtures")
-    except Exception as e:  # reported as a failed stage, like any other stage's failure
-        return StageResult(name, False, round(time.time() - t0, 1), f"{type(e).__name__}: {e}".splitlines()[0])
-    return StageResult(name, True, round(time.time() - t0, 1), None)

@@ -28,7 +28,8 @@ def selftest_command(
         from rich.markup import escape
 
         mark = "[green]ok[/green]" if r.ok else "[red]FAILED[/red]"
-        line = f"{mark} {escape(r.name)}  [dim]{r.seconds:.1f} s[/dim]"
+        cpu = f", {r.cpu_seconds:.1f} s CPU" if r.cpu_seconds is not None else ""
+        line = f"{mark} {escape(r.name)}  [dim]{r.seconds:.1f} s{cpu}[/dim]"
         if r.error:
             line += f"  {escape(r.error)}"
         (out if not as_json else err).print(line, highlight=False, markup=True)
