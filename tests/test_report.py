@@ -255,8 +255,14 @@ def test_command_two_devices_html_and_json(tmp_path, monkeypatch, capsys):
     argv = ["report", "-b", BASE, "-c", CAND, "-d", "iPhone 14 Pro", "-d", "iphone12promax",
             "--out", str(out), "--json"]
     assert main(argv) == 0
-    assert capsys.readouterr().out.split() == [str(out), str(out.with_suffix(".json"))]
+    printed = capsys.readouterr()
+    assert printed.out.split() == [str(out), str(out.with_suffix(".json"))]
     data = json.loads(out.with_suffix(".json").read_text())
+    # the headline numbers on stderr, the same as the report's
+    sf = result(data, CAND, "iphone12promax")
+    line = next(x for x in printed.err.splitlines() if x.startswith(f"{CAND} on iphone12promax: "))
+    assert f"{sf['components']['unet']['ms']:.1f} ms/step" in line and f"{sf['speedup_e2e']:.1f}x end to end" in line
+    assert f"{sf['budget']['total_s']:.2f} s per image" in line
     assert data["command"].startswith(f"snapbench report --baseline {BASE} --candidate {CAND} --device 'iPhone 14 Pro'")
     assert [d["id"] for d in data["devices"]] == [DEVICE, "iphone12promax"]
     assert {(r["model"], r["device"]) for r in data["results"]} == {

@@ -7,12 +7,18 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from snapbench.commands.common import BatchOpt, JsonOpt, LatentOpt, ModelOpt, TokensOpt, WeightsOpt, err, out, print_json
+from snapbench.commands.common import (
+    BatchOpt, JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, WeightsOpt, err,
+    model_source, out, print_json,
+)
 
 
 def convert_command(
     model: str = ModelOpt,
     weights: Optional[str] = WeightsOpt,
+    variant: Optional[str] = VariantOpt,
+    subfolder: Optional[str] = SubfolderOpt,
+    revision: Optional[str] = RevisionOpt,
     out_dir: str = typer.Option(..., "--out", "-o", help="Folder for the packages and manifest.json (new, or one of ours)."),
     mode: str = typer.Option("profile", "--mode", help="profile: one package per block signature; deploy: one per block, real weights."),
     attention: str = typer.Option("original", "--attention", help="original | split_einsum | split_einsum_v2 (Neural-Engine rewrites)."),
@@ -45,6 +51,7 @@ def convert_command(
 
         require_prediction()  # before anything slow
     progress = not as_json or err.is_terminal
+    model = model_source(model, weights, variant, subfolder, revision)
     if whole or component is not None:
         from snapbench.converters.components import convert_component
 
