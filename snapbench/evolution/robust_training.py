@@ -279,7 +279,7 @@ class _bar:
             return lambda step, loss: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from snapbench.commands.common import err
+        from snapbench.console import err
 
         self.progress = Progress(TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(),
                                  TimeRemainingColumn(), TextColumn("{task.description}"), console=err,
