@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "snapbench.commands.devices", "snapbench.commands.calibrate",
     "snapbench.commands.report",
     "snapbench.commands.cache",
+    "snapbench.commands.selftest",
 )
 
 app = typer.Typer(
