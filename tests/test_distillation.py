@@ -376,3 +376,23 @@ def test_teacher_scores_are_cached_by_weights(tmp_path, monkeypatch, toy_folder)
     with torch.no_grad():
         next(other.model.parameters()).add_(1.0)
     assert score_cache_path(other, 2, config) != score_cache_path(teacher, 2, config)
+
+
+def test_sd_structured_teacher_distils_on_a_latent_folder_cfg_aware(tmp_path, tiny_checkpoint):
+    """The real-scale path at tiny size: a diffusers UNet folder as teacher, precomputed latents and text
+    contexts (with the empty prompt's, which CFG-aware distillation needs), v-prediction fine-tune first."""
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    folder, _unet = tiny_checkpoint
+    (tmp_path / "d").mkdir()
+    save_file({"latents": torch.randn(4, 4, 16, 16), "context": torch.randn(4, 5, 16),
+               "uncond_context": torch.zeros(5, 16)}, str(tmp_path / "d" / "part0.safetensors"))
+    config = DistillConfig(teacher_steps=4, student_steps=2, steps=1, batch_size=2, learning_rate=1e-5,
+                           prediction_type="v_prediction", v_finetune_steps=1)
+    r = distill(folder, tmp_path / "run", config, data=tmp_path / "d", progress=False)
+    assert r.step == 1 and r.loss is not None and np.isfinite(r.loss)
+    settings = read_sampling(tmp_path / "run")
+    assert settings["prediction_type"] == "v_prediction" and settings["steps"] == 2
+    sched = json.loads((tmp_path / "run" / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["beta_schedule"] == "scaled_linear"
