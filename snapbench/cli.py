@@ -12,7 +12,7 @@ import sys
 import click
 import typer
 
-from snapbench import __version__
+from snapbench import __version__, interrupts
 from snapbench.errors import SnapbenchError
 
 # The commands, in the order `snapbench --help` lists them (the pipeline's order).
@@ -54,8 +54,11 @@ for _name in COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
+    interrupts.reset()
     try:
-        command.main(args=argv, prog_name="snapbench", standalone_mode=False)
+        # Not standalone: typer then *returns* exit codes (typer.Exit(1) of a failed run, and 130 for the
+        # KeyboardInterrupt it catches itself) instead of raising them.
+        rv = command.main(args=argv, prog_name="snapbench", standalone_mode=False)
     except SnapbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -68,19 +71,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except click.exceptions.Exit as e:
         return e.exit_code
-    except click.Abort:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
+    except (click.Abort, KeyboardInterrupt):
+        print(interrupts.interrupted_line(), file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
-    return 0
+    code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+    if code == 130:
+        print(interrupts.interrupted_line(), file=sys.stderr)
+    return code
 
 
 def run() -> None:  # console-script entry point
-    sys.exit(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:  # between typer's handler and ours (e.g. while a finally block cleans up)
+        print(interrupts.interrupted_line(), file=sys.stderr)
+        code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":

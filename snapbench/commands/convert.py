@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from snapbench.interrupts import on_interrupt_keep
 from snapbench.commands.common import BatchOpt, JsonOpt, LatentOpt, ModelOpt, TokensOpt, WeightsOpt, err, out, print_json
 
 
@@ -44,6 +45,7 @@ def convert_command(
         from snapbench.converters.checks import require_prediction
 
         require_prediction()  # before anything slow
+    on_interrupt_keep(f"every finished package and manifest.json in {out_dir}")
     progress = not as_json or err.is_terminal
     if whole or component is not None:
         from snapbench.converters.components import convert_component

@@ -15,7 +15,9 @@ from rich.table import Table
 
 from snapbench.commands.common import JsonOpt, LatentOpt, ModelOpt, TokensOpt, err, out, print_json
 from snapbench.errors import SnapbenchError
-from snapbench.latency.table import ATTENTIONS, COMPUTE_UNITS, LatencyTable, Settings
+from snapbench.interrupts import on_interrupt_keep
+from snapbench.names import safe_file_name
+from snapbench.latency.table import ATTENTIONS, COMPUTE_UNITS, LatencyTable, Settings, merge_into_file
 from snapbench.profilers.backends import BACKEND_CHOICES
 
 if TYPE_CHECKING:
@@ -26,7 +28,7 @@ TABLES_DIR = Path("latency_tables")
 
 def default_table_path(device_id: str, model: str) -> Path:
     name = Path(model).stem if ("/" in model or model.endswith(".json")) else model
-    return TABLES_DIR / device_id / f"{name}.csv"
+    return TABLES_DIR / safe_file_name(device_id, "device") / f"{safe_file_name(name)}.csv"
 
 
 def _choice(value: str, allowed: tuple, flag: str) -> str:
@@ -75,6 +77,7 @@ def profile_command(
     from snapbench.latency.model_latency import ALL_COMPONENTS, profile_model
 
     existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
+    on_interrupt_keep(f"the packages converted so far (cached); {path} is written only at the end")
     run = profile_model(
         model, dev, settings, table=existing, backend=backend, components=tuple(component or ALL_COMPONENTS),
         tokens=tokens, repeats=repeats, warmup=warmup, import_file=from_file,
@@ -82,10 +85,10 @@ def profile_command(
         progress=True, say=lambda m: err.print(m, markup=False, soft_wrap=True),
     )
     if run.new_rows:
-        run.table.save(path)
+        written = merge_into_file(path, run.new_rows)  # under the table's lock: a concurrent run's rows stay
         counts = Counter(r.backend for r in run.new_rows)
         err.print(f"{path}: wrote {len(run.new_rows)} row(s) "
-                  f"({', '.join(f'{n} {b}' for b, n in sorted(counts.items()))}); {len(run.table)} in the table",
+                  f"({', '.join(f'{n} {b}' for b, n in sorted(counts.items()))}); {len(written)} in the table",
                   markup=False, soft_wrap=True)
     else:
         err.print(f"{path}: every figure came from the table; nothing to write", markup=False, soft_wrap=True)

@@ -21,7 +21,7 @@ from snapbench.versions import tool_versions
 from snapbench.latency.table import LatencyRow, LatencyTable, Settings
 from snapbench.model.loading import ModelSource, build_unet, resolve_model
 from snapbench.profilers.backends import CoreMLTools, choose_backend, make_backend
-from snapbench.profilers.importer import ImportedRow, check_settings, read_import
+from snapbench.profilers.importer import ImportedRow, check_settings, read_import, refuse_conflicts
 from snapbench.profilers.measurement import Measurement, PackageJob
 from snapbench.profilers.packages import COMPONENTS, ConverterPackages, PackageSource
 
@@ -311,8 +311,9 @@ def _resolve_import(path: Any, rows: list[ImportedRow], dev: Any, settings: Sett
         got.setdefault(key, []).append(r)
     out: dict[str, Measurement] = {}
     for key, rs in got.items():
+        refuse_conflicts(path, rs)
         # Several blocks share a signature (a harness timing every block): one row per signature, the
-        # median of their medians, all their samples, the widest p90.
+        # median of their medians (all within CONFLICT_TOLERANCE), all their samples, the widest p90.
         p90s = [r.p90_ms for r in rs if r.p90_ms is not None]
         notes = "; ".join(dict.fromkeys(r.notes for r in rs if r.notes))
         out[key] = Measurement("import", float(statistics.median(r.latency_ms for r in rs)),

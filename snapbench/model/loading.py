@@ -6,7 +6,6 @@ random weights: latency does not depend on weight values.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,6 +13,7 @@ from typing import Any, Mapping
 import torch
 
 from snapbench.errors import SnapbenchError
+from snapbench.user_files import read_user_json
 from snapbench.model.elastic_unet import ElasticUNet
 from snapbench.specs.arch_spec import ArchSpec, full_spec, load_spec
 from snapbench.specs.layout import layout_from_config
@@ -86,10 +86,7 @@ def _from_folder(p: Path) -> ModelSource:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SnapbenchError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    data = read_user_json(path, "UNet config")
     if not isinstance(data, dict):
         raise SnapbenchError(f"{path}: not a JSON object")
     try:
@@ -105,7 +102,15 @@ def _weight_files(folder: Path) -> list[Path]:
         return [single]
     index = folder / SHARD_INDEX
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        index_data = read_user_json(index, "shard index")
+        weight_map = index_data.get("weight_map") if isinstance(index_data, dict) else None
+        if not isinstance(weight_map, dict):
+            raise SnapbenchError(f"{index}: no weight_map object; not a safetensors shard index")
+        shards = sorted({str(v) for v in weight_map.values()})
+        outside = [s for s in shards if Path(s).name != s or s in (".", "..")]
+        if outside:
+            raise SnapbenchError(f"{index}: shard {outside[0]!r} is not a file name in {folder}; "
+                                 "shards must sit beside the index")
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise SnapbenchError(f"{folder}: missing weight shard {missing[0]} listed in {SHARD_INDEX}")
