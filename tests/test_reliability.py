@@ -273,3 +273,34 @@ def test_profile_packages_names_a_broken_package(converted, tmp_path, capsys, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert victim in err[0] and "broken package" in err[0] and "weight.bin" in err[0]
+
+
+# -- progress without a terminal ---------------------------------------------------------------------------
+
+
+def test_line_progress_logs_at_first_then_every_interval_and_at_the_end():
+    from rich.console import Console
+
+    from snapbench.progress_log import LineProgress, make_progress
+
+    console = Console(record=True, force_terminal=False, width=200)
+    assert isinstance(make_progress("train", console=console), LineProgress)
+    with LineProgress("train", console, every=3600) as bar:
+        t = bar.add_task("", total=100)
+        for step in range(1, 101):
+            bar.update(t, completed=step, description=f"loss {1 / step:.3f}")
+    lines = console.export_text().strip().splitlines()
+    assert lines[0].startswith("train: 1/100 (1%), loss 1.000") and "elapsed" in lines[0]
+    assert lines[-1].startswith("train: 100/100 (100%), loss 0.010")
+    assert len(lines) == 2  # nothing in between: the interval is an hour
+
+
+@pytest.mark.slow
+def test_train_without_a_terminal_logs_progress_lines(tmp_path):
+    env = {**os.environ, "SNAPBENCH_PROGRESS_EVERY_S": "0", "SNAPBENCH_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-m", "snapbench", "train", "--model", "toy-digits", "--out",
+                        str(tmp_path / "run"), "--steps", "6", "--batch-size", "4", "--save-every", "3"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("train: ")]
+    assert len(lines) >= 3 and lines[-1].startswith("train: 6/6 (100%)"), r.stderr

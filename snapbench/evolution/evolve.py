@@ -255,12 +255,13 @@ def _initial_checkpoint(model: str | Path) -> str:
 def _evaluate(tasks: list[EvalTask], executor: Executor, progress: bool, what: str) -> list[Quality]:
     if not progress or len(tasks) <= 1:
         return executor.map(tasks)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from snapbench.commands.common import err
+    from snapbench.progress_log import make_progress
 
-    with Progress(TextColumn(f"[bold]evolve[/bold] {what}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=True) as bar:
+    with make_progress(f"evolve {what}", TextColumn(f"[bold]evolve[/bold] {what}"), BarColumn(),
+                       MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("", total=len(tasks))
         return executor.map(tasks, on_done=lambda: bar.update(task, advance=1))
 

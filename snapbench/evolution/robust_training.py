@@ -284,13 +284,14 @@ class _bar:
     def __enter__(self) -> Callable[[int, float | None], None]:
         if not self.enabled:
             return lambda step, loss: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
         from snapbench.commands.common import err
+        from snapbench.progress_log import make_progress
 
-        self.progress = Progress(TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), TextColumn("{task.description}"), console=err,
-                                 transient=True)
+        self.progress = make_progress("train", TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(),
+                                      TimeRemainingColumn(), TextColumn("{task.description}"), console=err,
+                                      transient=True)
         self.progress.start()
         task = self.progress.add_task("", total=self.total, completed=self.start)
 

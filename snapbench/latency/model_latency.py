@@ -266,12 +266,14 @@ def _run(be: Any, jobs: list[PackageJob], progress: bool) -> dict[str, Measureme
         return {}
     if not progress:
         return be.measure(jobs)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from snapbench.commands.common import err
+    from snapbench.progress_log import make_progress
 
-    with Progress(TextColumn(f"[bold]{be.name}[/bold]"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("{task.description}"), console=err, transient=True) as bar:
+    with make_progress(f"profile ({be.name})", TextColumn(f"[bold]{be.name}[/bold]"), BarColumn(),
+                       MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"), console=err,
+                       transient=True) as bar:
         task = bar.add_task("", total=len(jobs))
         return be.measure(jobs, on_done=lambda label: bar.update(task, advance=1, description=label))
 
