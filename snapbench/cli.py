@@ -9,8 +9,16 @@ from __future__ import annotations
 import importlib
 import sys
 
-import click
 import typer
+
+try:  # typer >= 0.22 raises the exceptions of its bundled click copy; older typer raises click's own
+    import typer._click as _typer_click
+except ImportError:  # pragma: no cover - older typer
+    _typer_click = None
+try:
+    import click as _click
+except ImportError:  # pragma: no cover - newer typer does not depend on click
+    _click = None
 
 from snapbench import __version__, interrupts
 from snapbench.errors import SnapbenchError
@@ -23,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "snapbench.commands.train", "snapbench.commands.ablate", "snapbench.commands.evolve",
     "snapbench.commands.devices", "snapbench.commands.calibrate",
     "snapbench.commands.report",
+    "snapbench.commands.cache",
 )
 
 app = typer.Typer(
@@ -51,6 +60,25 @@ def _root(
 for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
+_CLICKS = tuple(m.exceptions for m in (_typer_click, _click) if m is not None)
+# Each family's classes: an error raised by either click copy is caught the same way.
+USAGE_ERRORS: tuple[type[Exception], ...] = tuple(m.UsageError for m in _CLICKS)
+NO_ARGS_IS_HELP: tuple[type[Exception], ...] = tuple(m.NoArgsIsHelpError for m in _CLICKS
+                                                     if hasattr(m, "NoArgsIsHelpError"))
+EXITS: tuple[type[Exception], ...] = (typer.Exit, *(m.Exit for m in _CLICKS if hasattr(m, "Exit")))
+ABORTS: tuple[type[BaseException], ...] = (typer.Abort, *(m.Abort for m in _CLICKS if hasattr(m, "Abort")))
+
+
+def usage_message(e: Exception) -> str:
+    """A usage error as the command's usage line and one `error:` line that keeps click's suggestion
+    ("Did you mean 'profile'?", "Possible options: --model") and points at the command's --help."""
+    ctx = getattr(e, "ctx", None)
+    usage = ctx.get_usage().strip() if ctx is not None else ""
+    path = ctx.command_path if ctx is not None else "snapbench"
+    lines = [usage] if usage else []
+    lines.append(f"error: {e.format_message()} (see '{path} --help')")  # type: ignore[attr-defined]
+    return "\n".join(lines)
+
 
 def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
@@ -62,16 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     except SnapbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except click.exceptions.NoArgsIsHelpError as e:
-        print(e.format_message() if hasattr(e, "format_message") else str(e), file=sys.stderr)
+    except NO_ARGS_IS_HELP:
+        return 2  # the help was printed already
+    except USAGE_ERRORS as e:
+        print(usage_message(e), file=sys.stderr)
         return 2
-    except click.UsageError as e:
-        hint = f" (see 'snapbench {e.ctx.info_name} --help')" if e.ctx and e.ctx.info_name != "snapbench" else ""
-        print(f"error: {e.format_message()}{hint}", file=sys.stderr)
-        return 2
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except (click.Abort, KeyboardInterrupt):
+    except EXITS as e:
+        rv = int(getattr(e, "exit_code", 0) or 0)
+    except (*ABORTS, KeyboardInterrupt):
         print(interrupts.interrupted_line(), file=sys.stderr)
         return 130
     except BrokenPipeError:

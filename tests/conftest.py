@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+
+# Tests keep their trained-once artefacts and converted packages in the checkout, not in the user's cache.
+os.environ.setdefault("SNAPBENCH_CACHE", str(Path(__file__).resolve().parents[1] / ".snapbench-cache"))
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)

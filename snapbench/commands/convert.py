@@ -8,12 +8,18 @@ import typer
 from rich.table import Table
 
 from snapbench.interrupts import on_interrupt_keep
-from snapbench.commands.common import BatchOpt, JsonOpt, LatentOpt, ModelOpt, TokensOpt, WeightsOpt, err, out, print_json
+from snapbench.commands.common import (
+    BatchOpt, JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, WeightsOpt, err,
+    model_source, out, print_json,
+)
 
 
 def convert_command(
     model: str = ModelOpt,
     weights: Optional[str] = WeightsOpt,
+    variant: Optional[str] = VariantOpt,
+    subfolder: Optional[str] = SubfolderOpt,
+    revision: Optional[str] = RevisionOpt,
     out_dir: str = typer.Option(..., "--out", "-o", help="Folder for the packages and manifest.json (new, or one of ours)."),
     mode: str = typer.Option("profile", "--mode", help="profile: one package per block signature; deploy: one per block, real weights."),
     attention: str = typer.Option("original", "--attention", help="original | split_einsum | split_einsum_v2 (Neural-Engine rewrites)."),
@@ -47,6 +53,7 @@ def convert_command(
         require_prediction()  # before anything slow
     on_interrupt_keep(f"every finished package and manifest.json in {out_dir}")
     progress = not as_json or err.is_terminal
+    model = model_source(model, weights, variant, subfolder, revision)
     if whole or component is not None:
         from snapbench.converters.components import convert_component
 

@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from snapbench.commands.common import (
-    BatchOpt, JsonOpt, LatentOpt, TokensOpt, WeightsOpt, fmt_count, out, print_json,
+    BatchOpt, JsonOpt, LatentOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, WeightsOpt, fmt_count,
+    model_source, out, print_json,
 )
 from snapbench.specs.stages import STAGES
 
@@ -20,6 +21,9 @@ def inspect_command(
     model: list[str] = typer.Option(["sd15"], "--model", "-m",
                                     help="Preset, arch spec .json or diffusers UNet folder; repeat for several."),
     weights: Optional[str] = WeightsOpt,
+    variant: Optional[str] = VariantOpt,
+    subfolder: Optional[str] = SubfolderOpt,
+    revision: Optional[str] = RevisionOpt,
     latent: int = LatentOpt,
     batch: int = BatchOpt,
     tokens: int = TokensOpt,
@@ -31,7 +35,8 @@ def inspect_command(
     from snapbench.blocks.inspect import inspect_model
 
     shapes = InputShapes(latent=latent, batch=batch, tokens=tokens)
-    results = [inspect_model(m, weights=weights, shapes=shapes) for m in model]
+    results = [inspect_model(model_source(m, weights, variant, subfolder, revision), weights=weights, shapes=shapes)
+               for m in model]
     if as_json:
         print_json(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results])
         return

@@ -13,22 +13,21 @@ from typing import TYPE_CHECKING, List, Optional
 import typer
 from rich.table import Table
 
-from snapbench.commands.common import JsonOpt, LatentOpt, ModelOpt, TokensOpt, err, out, print_json
+from snapbench.commands.common import (
+    JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, err, model_source, out, print_json,
+)
 from snapbench.errors import SnapbenchError
 from snapbench.interrupts import on_interrupt_keep
-from snapbench.names import safe_file_name
 from snapbench.latency.table import ATTENTIONS, COMPUTE_UNITS, LatencyTable, Settings, merge_into_file
 from snapbench.profilers.backends import BACKEND_CHOICES
 
 if TYPE_CHECKING:
     from snapbench.latency.model_latency import ProfileRun
 
-TABLES_DIR = Path("latency_tables")
+def default_table_path(device_id: str, model: str, tables: str | Path | None = None) -> Path:
+    from snapbench.paths import user_table_path
 
-
-def default_table_path(device_id: str, model: str) -> Path:
-    name = Path(model).stem if ("/" in model or model.endswith(".json")) else model
-    return TABLES_DIR / safe_file_name(device_id, "device") / f"{safe_file_name(name)}.csv"
+    return user_table_path(device_id, model, tables)
 
 
 def _choice(value: str, allowed: tuple, flag: str) -> str:
@@ -40,6 +39,9 @@ def _choice(value: str, allowed: tuple, flag: str) -> str:
 def profile_command(
     device: str = typer.Option(..., "--device", "-d", help="Catalog id or name (see `snapbench devices`)."),
     model: str = ModelOpt,
+    variant: Optional[str] = VariantOpt,
+    subfolder: Optional[str] = SubfolderOpt,
+    revision: Optional[str] = RevisionOpt,
     component: Optional[List[str]] = typer.Option(
         None, "--component", "-c", help="unet, text_encoder, vae_decoder; repeat for several (default: all three)."),
     attention: str = typer.Option("original", "--attention", help=f"Attention implementation: {', '.join(ATTENTIONS)}."),
@@ -49,7 +51,10 @@ def profile_command(
     tokens: int = TokensOpt,
     compute_units: str = typer.Option("cpu_and_ne", "--compute-units", help=f"{', '.join(COMPUTE_UNITS)}."),
     backend: str = typer.Option("auto", "--backend", "-b", help=f"{' | '.join(BACKEND_CHOICES)}."),
-    table: Optional[Path] = typer.Option(None, "--table", help="Table CSV to update (default latency_tables/<device>/<model>.csv)."),
+    table: Optional[Path] = typer.Option(None, "--table", help="Table CSV to update (default <tables>/<device>/<model>.csv)."),
+    tables: Optional[Path] = typer.Option(
+        None, "--tables", envvar="SNAPBENCH_TABLES",
+        help="Folder of your tables, read before the shipped ones [default: ./latency_tables]."),
     repeats: int = typer.Option(20, "--repeats", min=1, help="Timed runs per package (iphone, mac)."),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed runs first (iphone, mac)."),
     from_file: Optional[Path] = typer.Option(None, "--from", help="Measurements to import (CSV or JSON; format below)."),
@@ -72,20 +77,27 @@ def profile_command(
         from snapbench.profilers.packages import check_manifest_settings
 
         check_manifest_settings(load_manifest(packages), packages, settings, tokens)
-    path = table if table is not None else default_table_path(dev.id, model)
+    path = table if table is not None else default_table_path(dev.id, model, tables)
     from snapbench.latency.document import profile_document  # heavy (torch): imported when used
     from snapbench.latency.model_latency import ALL_COMPONENTS, profile_model
 
     existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
     on_interrupt_keep(f"the packages converted so far (cached); {path} is written only at the end")
+    if table is None and not path.is_file():  # start from the shipped table; what is new goes to the user's
+        from snapbench.paths import shipped_table_path
+
+        shipped = shipped_table_path(dev.id, model)
+        if shipped.is_file():
+            existing = LatencyTable.load(shipped)
     run = profile_model(
-        model, dev, settings, table=existing, backend=backend, components=tuple(component or ALL_COMPONENTS),
+        model_source(model, None, variant, subfolder, revision), dev, settings, table=existing, backend=backend, components=tuple(component or ALL_COMPONENTS),
         tokens=tokens, repeats=repeats, warmup=warmup, import_file=from_file,
         packages=ConverterPackages(packages) if packages is not None else None,
         progress=True, say=lambda m: err.print(m, markup=False, soft_wrap=True),
     )
     if run.new_rows:
-        written = merge_into_file(path, run.new_rows)  # under the table's lock: a concurrent run's rows stay
+        # merged under the table's lock: rows a concurrent run wrote meanwhile (another --weight-bits) stay
+        written = merge_into_file(path, run.table)
         counts = Counter(r.backend for r in run.new_rows)
         err.print(f"{path}: wrote {len(run.new_rows)} row(s) "
                   f"({', '.join(f'{n} {b}' for b, n in sorted(counts.items()))}); {len(written)} in the table",

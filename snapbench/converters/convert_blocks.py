@@ -263,10 +263,11 @@ def convert_model(model: str | os.PathLike | ModelSource, out_dir: str | os.Path
             manifest.blocks[index[b.unit.file_id]] = replace(
                 e, package=package, state="done", package_owner=p.owner.unit.file_id, cache_key=p.key,
                 weights_hash=hashes.get(b.unit.file_id) if opts.mode == "deploy" else None,
-                seconds=seconds, bytes=nbytes, inputs=io_d["inputs"], outputs=io_d["outputs"], error=None,
-                files=files)
+                # a shared package's seconds and bytes belong to its owner: summed over blocks they count once
+                seconds=seconds if b is p.owner else None, bytes=nbytes if b is p.owner else None,
+                inputs=io_d["inputs"], outputs=io_d["outputs"], error=None, files=files)
 
-    old_by_key = {b.cache_key: b for b in previous.blocks} if previous else {}
+    old_by_key = {b.cache_key: b for b in previous.blocks if b.package_owner in (None, b.file_id)} if previous else {}
     with claimed(folder):
         todo: list[_Package] = []
         for p in plan:

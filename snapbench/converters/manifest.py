@@ -49,8 +49,8 @@ class ManifestBlock:
     package_owner: str | None = None  # profile mode: the block whose conversion made the shared package
     weights_hash: str | None = None  # deploy mode and whole models: hash of the weights in the package
     cache_key: str | None = None
-    seconds: float | None = None  # conversion time of its package (shared packages: the same figure)
-    bytes: int | None = None
+    seconds: float | None = None  # conversion time of its package; shared packages: on the owner only
+    bytes: int | None = None  # size of its package; shared packages: on the owner only
     error: str | None = None
     files: dict[str, int] | None = None  # the package's files and sizes as converted: a reuse verifies them
 

@@ -145,8 +145,9 @@ class RayExecutor:
     joins a running cluster ('auto' = the one on this machine)."""
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None, threads: int = 1) -> None:
-        import ray
+        from snapbench.extras import require
 
+        ray = require("ray", "scale", "Ray workers (--ray-address)")
         self._ray = ray
         self._threads = threads
         local = address in (None, "local")

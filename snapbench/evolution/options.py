@@ -37,7 +37,8 @@ def cost_builder(*, device: str, table: str | None = None, fixed_table: str | No
                  attention: str = "original", progress: bool = False,
                  say: Callable[[str], None] | None = None) -> Callable[[ArchSpec], CostModel]:
     """A function spec -> CostModel: from a fixed signature table (exact, nothing estimated) or from the
-    latency table for `device` with labelled estimates for what it lacks (cached under .snapbench-cache)."""
+    latency table for `device` with labelled estimates for what it lacks
+    (cached in the cache folder, snapbench.paths)."""
     from snapbench.devices.catalog import resolve_device
 
     dev = resolve_device(device)  # an unknown device fails now, not after the model is loaded

@@ -8,13 +8,12 @@
 - Text: the prompt "digit k" goes through a learned embedding table (3 tokens: <bos> digit k) into
   cross-attention; the empty prompt ("<bos> <pad> <pad>") is the unconditional branch of CFG. No CLIP.
 - Quality (CLIP score's role): a small digit classifier, trained once and cached under
-  `.snapbench-cache/`, scores whether each generated image shows the digit its prompt asked for.
+  the cache folder, scores whether each generated image shows the digit its prompt asked for.
 """
 
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -41,8 +40,10 @@ def is_toy(spec: ArchSpec) -> bool:
 
 
 def cache_dir() -> Path:
-    """Where trained-once artefacts live (gitignored): $SNAPBENCH_CACHE or ./.snapbench-cache."""
-    return Path(os.environ.get("SNAPBENCH_CACHE", ".snapbench-cache"))
+    """Where trained-once artefacts live: the cache folder (snapbench.paths)."""
+    from snapbench.paths import cache_root
+
+    return cache_root()
 
 
 # -- text -------------------------------------------------------------------------------------------

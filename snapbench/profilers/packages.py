@@ -2,7 +2,7 @@
 
 Profile mode converts one package per unique block signature (two blocks with one signature cost the
 same), so SD-v1.5's blocks need far fewer conversions than blocks. Packages are kept under
-`.snapbench-cache/packages/<model>-<settings hash>/` (override with $SNAPBENCH_CACHE) and re-used: the
+`<cache>/packages/<model>-<settings hash>/` (the cache folder: snapbench.paths) and re-used: the
 converters skip what already exists. A folder given with `--packages` (from `snapbench convert`) is used
 as is, after checking that its manifest was made with this profile's settings.
 """
@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from snapbench.errors import SnapbenchError
 from snapbench.names import safe_file_name
+from snapbench.paths import cache_root
 
 COMPONENTS = ("text_encoder", "vae_decoder")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SNAPBENCH_CACHE", ".snapbench-cache"))
 
 
 def settings_hash(model_name: str, settings: Any, tokens: int) -> str:

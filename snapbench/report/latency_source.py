@@ -46,7 +46,7 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
                            table: Path | None, say: Callable[[str], None] | None = None,
                            **profile_kw: Any) -> ProfileOutcome:
     """Latencies from the latency package: the table first (`--table`, else the model's table under
-    latency_tables/<device>/), the backend for whatever it lacks, labelled estimates for the rest.
+    your tables, else the shipped ones), the backend for whatever it lacks, labelled estimates for the rest.
 
     All three parts are profiled in one pass. If that fails, the UNet is profiled alone and its errors stop
     the report (they are the user's to fix: a backend not available here, a corrupt table); the text encoder
@@ -56,11 +56,12 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
     (packages, estimate_fn, ...: how tests run it without converting).
     """
     try:
-        from snapbench.commands.profile import default_table_path
+        from snapbench.paths import table_to_read, user_table_path
         from snapbench.latency import LatencyTable, Settings, profile_document, profile_model
     except ImportError as e:
         return ProfileOutcome(None, f"the latency profiler is not available in this installation ({e})")
-    path = table if table is not None else default_table_path(device.id, source.ref)
+    path = table if table is not None else (table_to_read(device.id, source.ref)
+                                            or user_table_path(device.id, source.ref))
     existing = LatencyTable.load(path) if path.is_file() else LatencyTable.empty()
     kw = {"progress": True, **profile_kw}
     s = Settings(**settings)
@@ -89,7 +90,9 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
 
 
 def _shown(path: Path) -> str | None:
-    return str(path) if path.is_file() else None
+    from snapbench.paths import display_path
+
+    return display_path(path) if path.is_file() else None
 
 
 def _outcome(doc: dict[str, Any], new_rows: list[Any], path: Path, notes: list[str]) -> ProfileOutcome:
@@ -99,11 +102,12 @@ def _outcome(doc: dict[str, Any], new_rows: list[Any], path: Path, notes: list[s
         for r in new_rows:
             counts[backend_label(r.backend)] = counts.get(backend_label(r.backend), 0) + 1
         made = ", ".join(f"{n} {lab}" for lab, n in sorted(counts.items()))
-        if path.is_file():
-            notes.insert(0, f"{path} lacked current rows for these settings: {made} now (labelled; "
+        shown = _shown(path)
+        if shown is not None:
+            notes.insert(0, f"{shown} lacked current rows for these settings: {made} now (labelled; "
                             f"run `snapbench profile` to store them)")
         else:
             notes.insert(0, f"no latency table at {path}: {made} now")
     else:
-        notes.insert(0, f"every figure read from {path}")
+        notes.insert(0, f"every figure read from {_shown(path) or path}")
     return ProfileOutcome(doc, notes=notes)
