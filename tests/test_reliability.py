@@ -3,6 +3,7 @@ that belongs to one model, bounded input."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import subprocess
@@ -157,12 +158,12 @@ def test_package_cache_folder_of_a_hostile_spec_name_stays_in_the_cache(tmp_path
         assert folder.resolve().parent == root, folder
 
 
-def test_default_table_path_of_a_hostile_model_name_stays_under_latency_tables():
-    from snapbench.commands.profile import TABLES_DIR, default_table_path
+def test_default_table_path_of_a_hostile_model_name_stays_under_latency_tables(tmp_path):
+    from snapbench.paths import user_table_path
 
-    for model in ("..", "../..", "<script>.json", "a/../../b.json"):
-        p = default_table_path("iphone14pro", model)
-        assert p.parent == TABLES_DIR / "iphone14pro" and p.name not in ("..csv", "...csv"), p
+    for model in ("..", "../..", "<script>.json", "a/../../b.json", "x/.."):
+        p = user_table_path("iphone14pro", model, tmp_path)
+        assert p.parent == tmp_path / "iphone14pro" and p.name not in ("..csv", "...csv", ".csv"), p
 
 
 # -- a conversion folder belongs to one model ----------------------------------------------------------
@@ -304,3 +305,36 @@ def test_train_without_a_terminal_logs_progress_lines(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.startswith("train: ")]
     assert len(lines) >= 3 and lines[-1].startswith("train: 6/6 (100%)"), r.stderr
+
+
+# -- each model at its own latent size ----------------------------------------------------------------------
+
+
+def test_a_report_prices_each_model_at_its_own_latent_unless_told(tmp_path):
+    from snapbench.report import gather, render_html
+    from snapbench.report.latency_source import ProfileOutcome
+
+    asked: dict[str, int] = {}
+
+    def profiler(source, device, settings, backend, table, say=None):
+        asked[source.spec.name] = settings["latent"]
+        return ProfileOutcome(None, "not needed here")
+
+    data = gather(baseline="sd15", candidates=["toy-digits"], devices=["iphone14pro"], profiler=profiler)
+    assert asked == {"sd15": 64, "toy-digits": 8}
+    assert {m["key"]: m["latent"] for m in data["models"]} == {"sd15": 64, "toy-digits": 8}
+    html = render_html(data)
+    assert "toy-digits 8&times;8" in html and "sd15 64&times;64" in html
+    asked.clear()
+    gather(baseline="sd15", candidates=["toy-digits"], devices=["iphone14pro"], profiler=profiler,
+           settings={"latent": 32})
+    assert asked == {"sd15": 32, "toy-digits": 32}
+
+
+def test_inspect_uses_the_models_own_latent(capsys):
+    from snapbench.cli import main
+
+    assert main(["inspect", "--model", "toy-digits", "--no-blocks", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["shapes"]["latent"] == 8
+    assert main(["inspect", "--model", "toy-digits", "--no-blocks", "--json", "--latent", "16"]) == 0
+    assert json.loads(capsys.readouterr().out)["shapes"]["latent"] == 16

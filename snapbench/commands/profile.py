@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from snapbench.commands.common import (
-    JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, err, model_source, out, print_json,
+    JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, err, model_source, out, print_json, resolved_latent,
 )
 from snapbench.errors import SnapbenchError
 from snapbench.interrupts import on_interrupt_keep
@@ -47,7 +47,7 @@ def profile_command(
     attention: str = typer.Option("original", "--attention", help=f"Attention implementation: {', '.join(ATTENTIONS)}."),
     weight_bits: int = typer.Option(16, "--weight-bits", help="Weight bits: 16 (fp16), 8, 6 or 4 (palettized)."),
     batch: int = typer.Option(2, "--batch", min=1, help="UNet batch (2 = classifier-free guidance)."),
-    latent: int = LatentOpt,
+    latent: Optional[int] = LatentOpt,
     tokens: int = TokensOpt,
     compute_units: str = typer.Option("cpu_and_ne", "--compute-units", help=f"{', '.join(COMPUTE_UNITS)}."),
     backend: str = typer.Option("auto", "--backend", "-b", help=f"{' | '.join(BACKEND_CHOICES)}."),
@@ -66,6 +66,7 @@ def profile_command(
     from snapbench.profilers.packages import ConverterPackages
 
     dev = resolve_device(device)
+    latent = resolved_latent(model_source(model, None, variant, subfolder, revision), None, latent)
     settings = Settings(compute_units=_choice(compute_units, COMPUTE_UNITS, "--compute-units"),
                         weight_bits=weight_bits, attention=_choice(attention, ATTENTIONS, "--attention"),
                         batch=batch, latent=latent)

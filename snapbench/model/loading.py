@@ -41,6 +41,21 @@ class ModelSource:
     variant: str | None = None  # the weights' variant (fp16 for diffusion_pytorch_model.fp16.safetensors)
 
 
+# SD's 512x512 images; used only for a config that does not say its own sample_size.
+DEFAULT_LATENT = 64
+
+
+def model_latent(spec: ArchSpec, latent: int | None = None) -> int:
+    """The latent size to price or convert `spec` at: `latent` when the user gave one, else the model's
+    own config's sample_size (the toy's 8, SD's 64), so a model is never priced at another model's size."""
+    if latent is not None:
+        return int(latent)
+    size = spec.base_config.get("sample_size") or DEFAULT_LATENT
+    if isinstance(size, (list, tuple)):  # diffusers allows (height, width); the latent here is square
+        size = size[0]
+    return int(size)
+
+
 def resolve_model(ref: str | Path, *, weights: str | Path | None = None, variant: str | None = None,
                   subfolder: str | None = None, revision: str | None = None) -> ModelSource:
     """What `--model` (and `--weights`) name. `variant`: which weights file of a folder (None: the plain
