@@ -338,3 +338,74 @@ def test_inspect_uses_the_models_own_latent(capsys):
     assert json.loads(capsys.readouterr().out)["shapes"]["latent"] == 8
     assert main(["inspect", "--model", "toy-digits", "--no-blocks", "--json", "--latent", "16"]) == 0
     assert json.loads(capsys.readouterr().out)["shapes"]["latent"] == 16
+
+
+# -- the quantized text encoder -------------------------------------------------------------------------------
+
+
+def _tiny_text_encoder():
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from snapbench.converters.block_package import PackageIO
+    from snapbench.converters.components import TextEncoder
+
+    torch.manual_seed(0)
+    # SD's CLIP structure at test size; 77 positions, so the causal mask (77 x 77) is big enough to compress
+    cfg = CLIPTextConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=2,
+                         attn_implementation="eager")
+    io = PackageIO((("input_ids", (1, 77)),), (("last_hidden_state", (1, 77, 64)),), int_inputs=frozenset({"input_ids"}))
+    return TextEncoder(CLIPTextModel(cfg).eval()), io
+
+
+def _consts(path: Path) -> dict[str, str]:
+    """const name -> the op type that reads it, from the saved package's program."""
+    from snapbench.converters.runtime import coremltools
+
+    spec = coremltools().utils.load_spec(str(path))
+    out = {}
+    for op in spec.mlProgram.functions["main"].block_specializations[spec.mlProgram.functions["main"].opset].operations:
+        for arg in op.inputs.values():
+            for b in arg.arguments:
+                if b.name:
+                    out.setdefault(b.name, op.type)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, bits", [("deploy", 6), ("profile", 4), ("deploy", 8)])
+def test_a_quantized_text_encoder_converts_with_its_mask_left_alone(tmp_path, mode, bits):
+    from snapbench.converters.block_package import convert_module
+    from snapbench.converters.options import ConvertOptions
+
+    module, io = _tiny_text_encoder()
+    dest = tmp_path / "te.mlpackage"
+    convert_module(module, io, ConvertOptions(mode=mode, weight_bits=bits, tokens=77), dest,
+                   metadata={}, description="test")
+    consts = _consts(dest)
+    mask = [n for n in consts if n.startswith("attention_mask")]
+    assert mask and all(consts[n] == "add" for n in mask)  # read as it was, not through a lookup table
+    compressed = [n for n in consts if "palettized" in n or "quantized" in n]
+    assert any("q_proj" in n for n in compressed)  # the weights were compressed
+
+
+@pytest.mark.slow
+def test_a_package_whose_weights_hold_nan_fails_its_conversion(tmp_path, monkeypatch):
+    """Palettize everything, the mask too (what the converter did before): its lookup table holds NaN,
+    and the conversion must fail rather than save the package."""
+    import snapbench.converters.block_package as bp
+    from snapbench.converters.options import ConvertOptions
+    from snapbench.converters.runtime import coremltools
+
+    def palettize_everything(mlmodel, opts):
+        cto = coremltools().optimize.coreml
+        config = cto.OpPalettizerConfig(mode="uniform", nbits=6, granularity="per_tensor")
+        return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=config))
+
+    monkeypatch.setattr(bp, "compress", palettize_everything)
+    module, io = _tiny_text_encoder()
+    with pytest.raises(ValueError, match="NaN or inf"):
+        bp.convert_module(module, io, ConvertOptions(weight_bits=6, tokens=77), tmp_path / "te.mlpackage",
+                          metadata={}, description="test")
+    assert not any(tmp_path.iterdir())

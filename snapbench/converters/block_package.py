@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from snapbench.converters.checks import check_reloaded
-from snapbench.converters.compression import compress
+from snapbench.converters.compression import compress, nonfinite_weights
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.runtime import coremltools, conversion_context
 
@@ -131,6 +131,10 @@ def convert_module(module: torch.nn.Module, io: PackageIO, opts: ConvertOptions,
     timings["convert"] = time.perf_counter() - start - sum(timings.values())
     with conversion_context():  # compression runs MIL pass pipelines too: keep their tqdm bars off
         mlmodel = compress(mlmodel, opts)
+    bad = nonfinite_weights(mlmodel)
+    if bad:
+        raise ValueError(f"weights hold NaN or inf after conversion ({len(bad)} constant(s), e.g. {bad[0]}); "
+                         "nothing was saved")
     timings["compress"] = time.perf_counter() - start - sum(timings.values())
     stamp(mlmodel, metadata, description)
     found = save_checked(mlmodel, dest, io)

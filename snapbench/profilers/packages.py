@@ -116,7 +116,6 @@ def signature_packages(manifest: Any, folder: Path, keys: set[str]) -> dict[str,
     if missing:
         raise SnapbenchError(f"{folder}: the packages do not match this profile's settings or model "
                              f"({len(missing)} block signatures missing, e.g. {missing[0]})")
-    check_packages(manifest, folder, {found[k] for k in keys})
     return found
 
 
@@ -152,7 +151,9 @@ class ConverterPackages:
 
             manifest = load_manifest(self.folder)
             check_manifest_settings(manifest, self.folder, settings, tokens)
-            return signature_packages(manifest, self.folder, keys)
+            found = signature_packages(manifest, self.folder, keys)
+            check_packages(manifest, self.folder, {found[k] for k in keys})
+            return found
         reuse = cached_packages(settings, tokens, keys)
         if keys <= reuse.keys():
             return reuse
