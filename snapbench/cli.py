@@ -28,10 +28,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "snapbench.commands.inspect",
     "snapbench.commands.convert",
     "snapbench.commands.profile",
+    "snapbench.commands.doctor",
     "snapbench.commands.train", "snapbench.commands.ablate", "snapbench.commands.evolve",
     "snapbench.commands.devices", "snapbench.commands.calibrate",
     "snapbench.commands.report",
     "snapbench.commands.cache",
+    "snapbench.commands.selftest",
 )
 
 app = typer.Typer(
@@ -80,13 +82,15 @@ def usage_message(e: Exception) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, obj: object = None) -> int:
+    """Run one command; `obj` reaches commands as `ctx.obj` (tests hand fakes in this way, e.g. `profile`'s
+    `ProfileTools`)."""
     command = typer.main.get_command(app)
     interrupts.reset()
     try:
         # Not standalone: typer then *returns* exit codes (typer.Exit(1) of a failed run, and 130 for the
         # KeyboardInterrupt it catches itself) instead of raising them.
-        rv = command.main(args=argv, prog_name="snapbench", standalone_mode=False)
+        rv = command.main(args=argv, prog_name="snapbench", standalone_mode=False, obj=obj)
     except SnapbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -116,3 +116,35 @@ def test_both_click_copies_are_caught(monkeypatch, capsys):
         monkeypatch.setattr(devices, "list_devices", boom)
         assert main(["devices"]) == 2
         assert "error: something off" in capsys.readouterr().err
+
+
+def test_json_output_has_no_float_noise(capsys):
+    from snapbench.commands.common import print_json
+
+    print_json({"a": 0.05170000000000001, "b": [1 / 3, 2.5, 7], "c": {"d": 1e-20 + 0.1}, "e": float("inf")})
+    text = capsys.readouterr().out
+    assert '"a": 0.0517' in text and "0.05170000000000001" not in text
+    assert '0.333333333333' in text and '"d": 0.1' in text and "2.5" in text
+
+
+def test_inspect_table_has_the_signature_column_its_help_promises(capsys):
+    import hashlib
+
+    assert main(["inspect", "--model", "sd15-tiny", "--latent", "8"]) == 0
+    text = capsys.readouterr().out
+    assert main(["inspect", "--model", "sd15-tiny", "--latent", "8", "--json"]) == 0
+    blocks = json.loads(capsys.readouterr().out)["blocks"]
+    digests = {hashlib.sha1(b["signature"].encode()).hexdigest()[:12] for b in blocks if b["signature"]}
+    assert "signature" in text and all(d in text for d in digests)
+    assert len(digests) < len(blocks)  # blocks with one signature show one digest
+
+
+@pytest.mark.parametrize("command, words", [
+    ("profile", ("Import format", "latency_ms", "block", "signature")),
+    ("calibrate", ("Measured format", "latency_ms", "component", "package")),
+])
+def test_input_formats_are_in_the_help(command, words, capsys):
+    assert main([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for w in words:
+        assert w in text, w

@@ -101,11 +101,10 @@ def test_a_table_lock_held_too_long_is_one_line(tmp_path):
 
 def test_profile_merges_into_the_table_a_concurrent_run_wrote(tmp_path, monkeypatch, capsys):
     """Two profiles (8-bit, 4-bit) on one --table: the second to finish must keep the first's rows."""
-    import snapbench.latency.model_latency as ml
-    import snapbench.profilers.backends as be
     from snapbench.cli import main
+    from snapbench.latency.model_latency import ProfileTools
 
-    from profile_fakes import FakePackages, toy_estimate
+    from profile_fakes import FakePackages, fake_mac, toy_estimator
 
     table = tmp_path / "shared.csv"
     other_rows = [_row(i, bits=4) for i in range(5)]
@@ -115,12 +114,12 @@ def test_profile_merges_into_the_table_a_concurrent_run_wrote(tmp_path, monkeypa
             merge_into_file(table, other_rows)  # the 4-bit run finishes while this one works
             return super().block_packages(*a, **k)
 
-    monkeypatch.setattr(ml, "ConverterPackages", lambda folder=None: Racing(tmp_path / "packages"))
-    monkeypatch.setattr(be, "default_estimate_fn", lambda: toy_estimate)
-    monkeypatch.setattr(ml, "estimate_version", lambda fn: 7)
+    packages = Racing(tmp_path / "packages")
+    tools = ProfileTools(packages=packages, estimator=toy_estimator(),
+                         machine=fake_mac(tmp_path / "machine", platform="linux"))
     monkeypatch.chdir(tmp_path)
     assert main(["profile", "--device", "iphone14pro", "--model", "sd15-tiny", "--latent", "16", "--weight-bits",
-                 "8", "--backend", "estimate", "--table", str(table), "--component", "unet"]) == 0
+                 "8", "--backend", "estimate", "--table", str(table), "--component", "unet"], obj=tools) == 0
     rows = LatencyTable.load(table).rows()
     assert {r.weight_bits for r in rows} == {4, 8}
     assert sum(r.weight_bits == 4 for r in rows) == 5
@@ -154,7 +153,7 @@ def test_package_cache_folder_of_a_hostile_spec_name_stays_in_the_cache(tmp_path
     for name in ("../../../work/evil", "<script>"):
         spec = load_preset("sd15-tiny")
         spec = type(spec).from_dict({**spec.to_dict(), "name": name}, source="test")
-        folder = ConverterPackages()._dir(ModelSource(name, spec), Settings(), 77)
+        folder = ConverterPackages()._dir(ModelSource(name, spec), Settings())
         assert folder.resolve().parent == root, folder
 
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
 import typer
-from rich.console import Console
 
-# Results go to stdout; messages and progress to stderr.
-# Piped output gets a width that fits the stage tables instead of rich's 80-column default.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False)
+from snapbench.console import err, out  # noqa: F401  (re-exported: the commands print through these)
 
 ModelOpt = typer.Option("sd15", "--model", "-m",
                         help="Preset name, arch spec .json, local diffusers UNet folder, or hub id in the local HF cache.")
@@ -49,8 +46,19 @@ def resolved_latent(model: Any, weights: str | None, latent: int | None) -> int:
     return model_latent(source.spec)
 
 
+def without_float_noise(data: Any) -> Any:
+    """Floats at 12 significant digits: 0.05170000000000001 prints as 0.0517; no figure here has more."""
+    if isinstance(data, float):
+        return float(f"{data:.12g}") if math.isfinite(data) else data
+    if isinstance(data, dict):
+        return {k: without_float_noise(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [without_float_noise(v) for v in data]
+    return data
+
+
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(without_float_noise(data), indent=2, default=str) + "\n")
     sys.stdout.flush()
 
 

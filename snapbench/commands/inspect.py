@@ -30,7 +30,7 @@ def inspect_command(
     blocks: bool = typer.Option(True, "--blocks/--no-blocks", help="Show the per-block tables."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Every block of a UNet in execution order: paper stage, id, module, shapes, params, MACs, signature."""
+    """Every block of a UNet in execution order: paper stage, id, module, shapes, params, MACs, signature digest."""
     from snapbench.blocks.cut import InputShapes  # torch: imported when the command runs
     from snapbench.blocks.inspect import inspect_model
 
@@ -46,6 +46,16 @@ def inspect_command(
         render(r, show_blocks=blocks)
 
 
+def signature_digest(signature: str | None) -> str:
+    """The short hash `convert` names shared packages by: blocks with one digest share one package (the
+    full signature is in --json)."""
+    if not signature:
+        return "-"
+    import hashlib
+
+    return hashlib.sha1(signature.encode()).hexdigest()[:12]
+
+
 def render(r: Inspection, *, show_blocks: bool = True) -> None:
     s = r.shapes
     out.rule(f"[bold]{r.name}[/bold]  latent {s.latent}x{s.latent}, batch {s.batch}, {s.tokens} tokens")
@@ -57,13 +67,14 @@ def render(r: Inspection, *, show_blocks: bool = True) -> None:
                 continue
             t = Table(title=stage, title_justify="left", show_edge=False)
             for col, just in (("block", "left"), ("status", "left"), ("module", "left"), ("input", "left"),
-                              ("params", "right"), ("MACs", "right")):
+                              ("params", "right"), ("MACs", "right"), ("signature", "left")):
                 t.add_column(col, justify=just)
             for b in stage_rows:
                 first_input = next(iter(b["inputs"].values()))
                 style = "dim" if b["status"] == "removed" else ("cyan" if b["status"] == "copy" else None)
                 t.add_row(b["id"], b["status"], b["module"], "x".join(map(str, first_input)),
-                          fmt_count(b["params"]), fmt_count(b["macs"]), style=style)
+                          fmt_count(b["params"]), fmt_count(b["macs"]), signature_digest(b["signature"]),
+                          style=style)
             out.print(t)
     t = Table(title=f"{r.name}: per stage (blocks that run)", title_justify="left")
     for col in ("stage", "CA", "RB", "CA params", "RB params", "aux params", "params", "CA MACs", "RB MACs",

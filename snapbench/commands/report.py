@@ -74,9 +74,30 @@ def report_command(
     for r in data["results"]:
         if not r["available"]:
             err.print(f"[yellow]no latency for {r['model']} on {r['device']}:[/yellow] {r['reason']}")
+    err.print(headline(data), markup=False, highlight=False, soft_wrap=True)
     typer.echo(str(html_path))  # plain echo: a path is data, not rich markup
     if json_path is not None:
         typer.echo(str(json_path))
+
+
+def headline(data: dict) -> str:
+    """The report's summary in the terminal, one line per model and device: UNet ms per step, steps,
+    seconds per image end to end, speedups against the baseline, and how the figures were made."""
+    lines = []
+    for r in data["results"]:
+        if not r["available"]:
+            lines.append(f"{r['model']} on {r['device']}: no latency")
+            continue
+        unet = r["components"].get("unet", {}).get("ms")
+        budget = r.get("budget")
+        parts = [f"UNet {unet:.1f} ms/step" if unet is not None else "UNet -", f"{r['steps']} steps",
+                 f"{budget['total_s']:.2f} s per image" if budget else "no end-to-end figure"]
+        if r.get("speedup_e2e"):
+            parts.append(f"{r['speedup_e2e']:.1f}x end to end")
+        if r.get("speedup_unet_step"):
+            parts.append(f"{r['speedup_unet_step']:.1f}x per UNet step")
+        lines.append(f"{r['model']} on {r['device']}: {', '.join(parts)} ({'+'.join(r['labels']) or 'unlabelled'})")
+    return "\n".join(lines)
 
 
 def _once(say):

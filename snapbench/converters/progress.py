@@ -46,7 +46,7 @@ def reporter(total: int, *, enabled: bool) -> Iterator[Reporter]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from snapbench.commands.common import err
+    from snapbench.console import err
     from snapbench.progress_log import make_progress
 
     with make_progress("convert", TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

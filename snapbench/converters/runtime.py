@@ -2,7 +2,7 @@
 
 Quiet, not blind: only messages known to be harmless here are filtered, by their exact start; every
 other warning and every error still reaches the user.
-- "Torch version 2.13... has not been tested": conversion works (DESIGN.md, checked on this machine).
+- "Torch version 2.13... has not been tested": conversion works (docs/where-it-ran.md).
 - "scikit-learn version ... is not supported": only coremltools' sklearn *model converter* is disabled.
 - "Failed to load _ML...Proxy: No module named 'coremltools.libcoremlpython'": Linux has no Core ML
   runtime; prediction needs macOS and `--check` says so itself.

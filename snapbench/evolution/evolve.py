@@ -257,7 +257,7 @@ def _evaluate(tasks: list[EvalTask], executor: Executor, progress: bool, what: s
         return executor.map(tasks)
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from snapbench.commands.common import err
+    from snapbench.console import err
     from snapbench.progress_log import make_progress
 
     with make_progress(f"evolve {what}", TextColumn(f"[bold]evolve[/bold] {what}"), BarColumn(),

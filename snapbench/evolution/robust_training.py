@@ -121,10 +121,12 @@ class TrainResult:
     loss: float | None  # mean loss over the last logged window
     seconds: float
     losses: list[tuple[int, float]]
+    processes: int = 1  # training processes (accelerate / DDP), each with batch_size / processes samples
+    main_process: bool = True  # False in the other processes of a multi-process run
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "step": self.step, "resumed_from": self.resumed_from, "loss": self.loss,
-                "seconds": round(self.seconds, 1), "losses": self.losses}
+                "seconds": round(self.seconds, 1), "losses": self.losses, "processes": self.processes}
 
 
 class _Trainable(nn.Module):
@@ -233,7 +235,8 @@ def _train(model: str | Path, out: Path, config: TrainConfig, *, data: str | Pat
                     _save(bundle, accelerator.unwrap_model(trainable), opt, out, config, str(model), done, losses,
                           float(state.get("seconds", 0.0)) + time.time() - t0)
     seconds = float(state.get("seconds", 0.0)) + time.time() - t0
-    return TrainResult(out, max(start, config.steps), start, last_loss, seconds, losses)
+    return TrainResult(out, max(start, config.steps), start, last_loss, seconds, losses,
+                       processes=accelerator.num_processes, main_process=accelerator.is_main_process)
 
 
 def _start(model: str | Path, out: Path, config: TrainConfig, weights: str | Path | None
@@ -286,7 +289,7 @@ class _bar:
             return lambda step, loss: None
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-        from snapbench.commands.common import err
+        from snapbench.console import err
         from snapbench.progress_log import make_progress
 
         self.progress = make_progress("train", TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(),

@@ -21,8 +21,8 @@ from snapbench.errors import SnapbenchError
 # the much narrower vector units for the rest).
 OP_CLASSES = ("conv", "matmul", "elementwise", "activation", "softmax", "norm", "reduce", "layout", "resample")
 
-# (low, high) of each scalar parameter. Sources for the priors in ane_params.json: DESIGN.md "What is
-# publicly known about the Neural Engine".
+# (low, high) of each scalar parameter. Meaning, bounds and the sources of the priors in
+# ane_params.json: docs/estimator.md.
 SCALAR_BOUNDS: dict[str, tuple[float, float]] = {
     "bandwidth_efficiency": (0.3, 1.0),   # sustained / theoretical DRAM bandwidth
     "working_set_mb": (0.5, 32.0),        # on-chip buffer: tensors above it stream through DRAM (~2 MB, M1)
