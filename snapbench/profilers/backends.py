@@ -51,6 +51,8 @@ def is_mac(device: Device) -> bool:
 
 
 def _suggest(reason: str) -> str:
+    if "--backend estimate" in reason:
+        return reason
     return f"{reason} (or use --backend estimate, which runs anywhere, or --backend import --from FILE)"
 
 
