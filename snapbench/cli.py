@@ -28,10 +28,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "snapbench.commands.inspect",
     "snapbench.commands.convert",
     "snapbench.commands.profile",
+    "snapbench.commands.doctor",
     "snapbench.commands.train", "snapbench.commands.ablate", "snapbench.commands.evolve",
     "snapbench.commands.devices", "snapbench.commands.calibrate",
     "snapbench.commands.report",
     "snapbench.commands.cache",
+    "snapbench.commands.selftest",
 )
 
 app = typer.Typer(
@@ -80,10 +82,14 @@ def usage_message(e: Exception) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, obj: object = None) -> int:
+    """Run one command; `obj` reaches commands as `ctx.obj` (tests hand fakes in this way, e.g. `profile`'s
+    `ProfileTools`)."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="snapbench", standalone_mode=False)
+        rc = command.main(args=argv, prog_name="snapbench", standalone_mode=False, obj=obj)
+        if isinstance(rc, int) and rc != 0:  # a command's typer.Exit(n) comes back as a return value here
+            return rc
     except SnapbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

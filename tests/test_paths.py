@@ -12,7 +12,7 @@ from snapbench import paths
 from snapbench.cli import main
 from snapbench.latency import LatencyTable
 
-from profile_fakes import FakePackages, toy_estimate
+from profile_fakes import FakePackages, fake_mac, toy_estimator
 
 TINY = ["--device", "iphone14pro", "--model", "sd15-tiny", "--latent", "16", "--backend", "estimate"]
 
@@ -41,34 +41,33 @@ def test_the_users_tables_are_read_first(tmp_path, monkeypatch):
 
 @pytest.fixture
 def fakes(tmp_path, monkeypatch):
-    import snapbench.latency.model_latency as ml
-    import snapbench.profilers.backends as be
+    """Conversion, estimator and machine handed to the command (see test_profile)."""
+    from snapbench.latency.model_latency import ProfileTools
 
     pk = FakePackages(tmp_path / "packages")
-    monkeypatch.setattr(ml, "ConverterPackages", lambda folder=None: pk)
-    monkeypatch.setattr(be, "default_estimate_fn", lambda: toy_estimate)
-    monkeypatch.setattr(ml, "estimate_version", lambda fn: 7)
+    pk.tools = ProfileTools(packages=pk, estimator=toy_estimator(),
+                            machine=fake_mac(tmp_path / "machine", platform="linux"))
     monkeypatch.chdir(tmp_path)
     return pk
 
 
 def test_profile_starts_from_the_shipped_table_and_writes_to_the_users_folder(fakes, tmp_path, monkeypatch, capsys):
     # a "shipped" folder made by a first profile run, then moved where the package keeps its tables
-    assert main(["profile", *TINY, "--tables", str(tmp_path / "first"), "--json"]) == 0
+    assert main(obj=fakes.tools, argv=["profile", *TINY, "--tables", str(tmp_path / "first"), "--json"]) == 0
     capsys.readouterr()
     shipped = tmp_path / "shipped"
     (tmp_path / "first").rename(shipped)
     monkeypatch.setattr(paths, "shipped_tables_dir", lambda: shipped)
     before = (shipped / "iphone14pro" / "sd15-tiny.csv").read_bytes()
     fakes.calls.clear()
-    assert main(["profile", *TINY, "--tables", str(tmp_path / "mine"), "--json"]) == 0
+    assert main(obj=fakes.tools, argv=["profile", *TINY, "--tables", str(tmp_path / "mine"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert fakes.calls == []  # every figure came from the shipped table
     assert doc["components"]["unet"] > 0
     assert not (tmp_path / "mine").exists()  # nothing new, nothing written
     assert (shipped / "iphone14pro" / "sd15-tiny.csv").read_bytes() == before  # shipped files never written
     # a new setting is estimated and goes to the user's folder, with the shipped rows it started from
-    assert main(["profile", *TINY, "--tables", str(tmp_path / "mine"), "--weight-bits", "8", "--json"]) == 0
+    assert main(obj=fakes.tools, argv=["profile", *TINY, "--tables", str(tmp_path / "mine"), "--weight-bits", "8", "--json"]) == 0
     written = LatencyTable.load(tmp_path / "mine" / "iphone14pro" / "sd15-tiny.csv")
     assert len(written) > len(LatencyTable.load(shipped / "iphone14pro" / "sd15-tiny.csv"))
     assert (shipped / "iphone14pro" / "sd15-tiny.csv").read_bytes() == before

@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from profile_fakes import FakePackages, toy_estimate
+from profile_fakes import FakePackages, toy_estimator
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
 from snapbench.report import data as report_data
@@ -28,7 +28,7 @@ BASE, CAND, DEVICE = "sd15-tiny", "snapfusion-tiny", "iphone14pro"
 def fake_profiler(tmp_path, **extra):
     """The real profiling path with fakes for conversion and estimation (fixture-only latencies)."""
     return functools.partial(profile_with_snapbench, packages=FakePackages(tmp_path / "pkgs"),
-                             estimate_fn=toy_estimate, progress=False, **extra)
+                             estimator=toy_estimator(), progress=False, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -119,15 +119,15 @@ def test_no_latency_means_no_figure(tmp_path):
 class DecoderlessPackages(FakePackages):
     """Fake packages whose VAE decoder cannot be converted (a gap in the tools, not bad input)."""
 
-    def component_package(self, component, source, settings, tokens, *, progress):
+    def component_package(self, component, source, settings, *, progress):
         if component == "vae_decoder":
             raise SnapbenchError("converters returned no package for vae_decoder (test)")
-        return super().component_package(component, source, settings, tokens, progress=progress)
+        return super().component_package(component, source, settings, progress=progress)
 
 
 def test_a_part_that_cannot_be_profiled_is_missing_not_invented(tmp_path):
     profiler = functools.partial(profile_with_snapbench, packages=DecoderlessPackages(tmp_path / "p"),
-                                 estimate_fn=toy_estimate, progress=False)
+                                 estimator=toy_estimator(), progress=False)
     data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], profiler=profiler)
     r = result(data, BASE)
     assert r["available"] and r["components"]["unet"]["ms"] and r["components"]["text_encoder"]["ms"]
@@ -145,7 +145,7 @@ def test_table_lacking_rows_is_estimated_and_said(tmp_path):
     from snapbench.latency import Settings, profile_model
 
     run = profile_model(BASE, DEVICE, Settings(), backend="estimate", packages=FakePackages(tmp_path / "p"),
-                        estimate_fn=toy_estimate, progress=False)
+                        estimator=toy_estimator(), progress=False)
     table = tmp_path / "table.csv"
     run.table.save(table)
     data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], table=table, profiler=fake_profiler(tmp_path))
@@ -312,3 +312,27 @@ def test_backend_not_available_here_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "iphone" in err, err
     assert not out.exists()
+
+
+def test_measured_load_times_reach_the_report(tmp_path):
+    """Rows measured on a (fake) phone carry first and warm load times: the report shows them per component."""
+    from snapbench.latency import Settings, profile_document, profile_model
+
+    from profile_fakes import fake_device_backend
+
+    be, _ = fake_device_backend(tmp_path, warmup=0, repeats=2)
+
+    def on_the_phone(source, device, settings, backend, table, say=None):
+        run = profile_model(source, device, Settings(**settings), backend=be, estimator=toy_estimator(),
+                            packages=FakePackages(tmp_path / "pkgs"), progress=False)
+        return ProfileOutcome(profile_document(run))
+
+    data = gather(baseline=BASE, candidates=[], devices=[DEVICE], profiler=on_the_phone)
+    r = result(data, BASE)
+    assert r["labels"] == ["measured"] and r["measured_on"]["os_build"] == "22B83"
+    runs = sum(1 for b in r["blocks"] if b["runs"])
+    assert r["load_ms"]["unet"] == {"first": 60_000.0 * runs, "warm": 900.0 * runs}
+    assert r["load_ms"]["vae_decoder"] == {"first": 60_000.0, "warm": 900.0}
+    html = render_html(data)
+    assert "Loading before the first image (measured)" in html and "Test iPhone (18.1, build 22B83)" in html
+    assert f"{60.0 * runs:.1f}" in html

@@ -8,12 +8,8 @@ import sys
 from typing import Any
 
 import typer
-from rich.console import Console
 
-# Results go to stdout; messages and progress to stderr.
-# Piped output gets a width that fits the stage tables instead of rich's 80-column default.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False)
+from snapbench.console import err, out  # noqa: F401  (re-exported: the commands print through these)
 
 ModelOpt = typer.Option("sd15", "--model", "-m",
                         help="Preset name, arch spec .json, local diffusers UNet folder, or hub id in the local HF cache.")

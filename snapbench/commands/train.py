@@ -46,6 +46,8 @@ def train_command(
                          save_every=save_every, seed=seed)
     result = train(model, out_dir, config, data=data, weights=weights, progress=True,
                    say=lambda s: err.print(s))
+    if not result.main_process:
+        return  # under `accelerate launch` every process gets here; one result on stdout
     if as_json:
         print_json(result.to_dict())
         return

@@ -246,7 +246,7 @@ def _evaluate(tasks: list[EvalTask], executor: Executor, progress: bool, what: s
         return executor.map(tasks)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from snapbench.commands.common import err
+    from snapbench.console import err
 
     with Progress(TextColumn(f"[bold]evolve[/bold] {what}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, transient=True) as bar:

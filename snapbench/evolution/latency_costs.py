@@ -192,24 +192,24 @@ def costs_from_table(spec: ArchSpec, device: str, *, table: str | Path | None = 
     dev = resolve_device(device)
     latent = latent or int(spec.base_config.get("sample_size", 64))
     settings = Settings(compute_units=compute_units, precision=precision, weight_bits=weight_bits,
-                        attention=attention, batch=batch, latent=latent)
+                        attention=attention, batch=batch, latent=latent, tokens=tokens)
     lt = LatencyTable.load(table) if table is not None else LatencyTable.empty()
     cache_file = None
     if cache is not None:
-        key = json.dumps([spec.base_config, settings.to_dict(), tokens], sort_keys=True, default=str)
+        key = json.dumps([spec.base_config, settings.table_dict(), tokens], sort_keys=True, default=str)
         cache_file = cache / f"{dev.id}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.csv"
         if cache_file.is_file():
             lt = LatencyTable.load(cache_file).merge(lt)  # the user's table wins over cached estimates
     variants: dict[str, list[Priced]] = {}
     for tag, keep, copies in (("kept", True, 0), ("removed", False, 0), ("copied", True, 1)):
         src = ModelSource(tag, _variant(spec, keep, copies, tag))
-        run = _profile(src, dev, settings, lt, tokens, progress, say)
+        run = _profile(src, dev, settings, lt, progress, say)
         lt = run.table
         variants[tag] = _priced(run.blocks)
     if cache_file is not None:
         lt.save(cache_file)
     name = f"latency table{' ' + str(table) if table else ''} for {dev.id}"
-    return _assemble(dev.id, variants, name, {**settings.to_dict(), "tokens": tokens})
+    return _assemble(dev.id, variants, name, settings.to_dict())
 
 
 def _priced(blocks: Iterable[Any]) -> list[Priced]:
@@ -224,9 +224,9 @@ def _priced(blocks: Iterable[Any]) -> list[Priced]:
     return out
 
 
-def _profile(src: Any, dev: Any, settings: Any, table: Any, tokens: int, progress: bool,
+def _profile(src: Any, dev: Any, settings: Any, table: Any, progress: bool,
              say: Callable[[str], None] | None) -> Any:
     from snapbench.latency import profile_model
 
     return profile_model(src, dev, settings, table=table, backend="estimate", components=("unet",),
-                         tokens=tokens, progress=progress, say=say)
+                         progress=progress, say=say)

@@ -267,7 +267,10 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> dict[str,
     base.update(available=True, reason=None, backend=doc_backend, labels=labels, components=components,
                 budget=budget, budget_missing=missing, stages=stages, blocks=blocks,
                 block_latency_sum_ms=total_block_ms, profile_settings=doc.get("settings"),
-                profile_versions=doc.get("versions"), profile_created_at=doc.get("created_at"))
+                profile_versions=doc.get("versions"), profile_created_at=doc.get("created_at"),
+                # measured only: loading each component before its first run (first = Neural Engine compile)
+                load_ms={c: v for c, v in (doc.get("load_ms") or {}).items() if c in COMPONENT_PER},
+                measured_on=doc.get("measured_on"))
     return base
 
 

@@ -48,12 +48,12 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
     """Latencies from the latency package: the table first (`--table`, else the model's table under
     your tables, else the shipped ones), the backend for whatever it lacks, labelled estimates for the rest.
 
-    All three parts are profiled in one pass. If that fails, the UNet is profiled alone and its errors stop
-    the report (they are the user's to fix: a backend not available here, a corrupt table); the text encoder
-    and VAE decoder are then profiled one by one, and a failure there costs only that figure, which the
-    report shows as missing with the reason.
+    The UNet is profiled first and its errors stop the report (they are the user's to fix: a backend not
+    available here, a corrupt table); the text encoder and VAE decoder are then profiled one by one on
+    the table the UNet's run left, and a failure there costs only that figure, which the report shows
+    as missing with the reason. Each part is priced once.
     The report only reads tables; `snapbench profile` writes them. `profile_kw` go to `profile_model`
-    (packages, estimate_fn, ...: how tests run it without converting).
+    (packages, estimator, ...: how tests run it without converting).
     """
     try:
         from snapbench.paths import table_to_read, user_table_path
@@ -67,24 +67,27 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
     s = Settings(**settings)
     notes: list[str] = []
     try:
-        try:  # the usual case: everything in one pass (one cut of the UNet, one table merge)
-            run = profile_model(source, device, s, table=existing, backend=backend, say=say, **kw)
-            return _outcome(profile_document(run, table_path=_shown(path)), run.new_rows, path, notes)
-        except (SnapbenchError, ImportError):
-            pass  # find out which part failed: the UNet's errors are the user's, the other parts' are gaps
-        run = profile_model(source, device, s, table=existing, backend=backend, components=("unet",), **kw)
+        run = profile_model(source, device, s, table=existing, backend=backend, components=("unet",), say=say, **kw)
     except ImportError as e:  # a converter or Core ML piece missing here: say so, never invent a number
         return ProfileOutcome(None, f"latencies could not be produced on this machine ({e})")
     doc = profile_document(run, table_path=_shown(path))
     new_rows = list(run.new_rows)
+    table_now = run.table
     for comp in ("text_encoder", "vae_decoder"):
         try:
-            part = profile_model(source, device, s, table=run.table, backend=backend, components=(comp,), **kw)
+            part = profile_model(source, device, s, table=table_now, backend=backend, components=(comp,), **kw)
         except (SnapbenchError, ImportError) as e:
             notes.append(f"no {comp.replace('_', ' ')} latency: {e}")
             continue
+        table_now = part.table
         doc["components"][comp] = round(part.components[comp].latency_ms, 4)
         doc["component_backends"][comp] = part.components[comp].backend
+        got = part.components[comp]
+        if got.first_load_ms is not None:
+            doc.setdefault("load_ms", {})[comp] = {"first": got.first_load_ms, "warm": got.warm_load_ms}
+        if part.measured_on is not None and doc.get("measured_on") is None:
+            t = part.measured_on
+            doc["measured_on"] = {"name": t.name, "os_version": t.os_version, "os_build": t.os_build}
         new_rows += part.new_rows
     return _outcome(doc, new_rows, path, notes)
 

@@ -55,7 +55,7 @@ class ReferenceProgram:
         from snapbench.latency.table import Settings
 
         return Settings(attention=self.attention, weight_bits=self.weight_bits, batch=self.batch,
-                        latent=self.latent)
+                        latent=self.latent, tokens=self.tokens)
 
     def key(self) -> str:
         cfg = json.dumps({**self.__dict__, "config": _model_config(self.model), "packages": _PACKAGES_VERSION,
@@ -107,7 +107,7 @@ def parts_from_packages(program: ReferenceProgram, *, progress: bool = False) ->
     from snapbench.latency.model_latency import profile_packages
     from snapbench.profilers.estimate.program_ops import read_op_records
 
-    pkgs = profile_packages(program.model, program.settings(), program.component, tokens=program.tokens,
+    pkgs = profile_packages(program.model, program.settings(), program.component,
                             progress=progress)
     return [ReferencePart(p.key, p.count, tuple(read_op_records(p.path))) for p in pkgs]
 
