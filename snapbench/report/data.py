@@ -78,8 +78,13 @@ def _steps_for(ref: str, name: str, overrides: Mapping[str, int], notes: Mapping
             return overrides[k], "--steps"
     if isinstance(notes.get("steps"), int) and not isinstance(notes.get("steps"), bool):
         return notes["steps"], "the arch spec's notes"
+    from snapbench.distillation.provenance import distilled_steps
+
+    here = distilled_steps(ref)
+    if here is not None:
+        return here
     if name in DISTILLED_STEPS:
-        return DISTILLED_STEPS[name], "step-distilled (SnapFusion paper)"
+        return DISTILLED_STEPS[name], "the SnapFusion paper's step distillation (assumed, not distilled here)"
     return DEFAULT_STEPS, "default (SD-v1.5 sampling in the paper's Table 1)"
 
 
@@ -148,6 +153,8 @@ def read_trajectory(path: Path) -> tuple[list[dict[str, Any]], str | None]:
 
 
 def _model_dict(e: ModelEntry) -> dict[str, Any]:
+    from snapbench.distillation.provenance import decoder_source, toy_grid_data_uri
+
     spec = e.inspection.source.spec
     totals = e.inspection.totals()
     stage_rows = {r["stage"]: r for r in e.inspection.stage_frame().to_dict(orient="records")}
@@ -170,6 +177,8 @@ def _model_dict(e: ModelEntry) -> dict[str, Any]:
         # Test-sized twins inherit the paper's notes; a claim 100x off is about another size, not an error.
         "claim_comparable": _comparable(spec.notes.get("paper_claimed_params"), totals["params"]),
         "steps": e.steps, "steps_source": e.steps_source,
+        "decoder_source": decoder_source(e.ref, spec.name),
+        "sample_grid": toy_grid_data_uri(e.ref) if e.role == "candidate" else None,
         "totals": totals,
         "stage_params": [{"stage": s, "ca_params": int(stage_rows[s]["CA_params"]),
                           "rb_params": int(stage_rows[s]["RB_params"]),
