@@ -20,6 +20,7 @@ from snapbench.blocks.cut import InputShapes
 from snapbench.blocks.inspect import Inspection, inspect_model
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
+from snapbench.evolution.trajectory import TRAJECTORY_FILE
 from snapbench.versions import tool_versions
 from snapbench.model.loading import resolve_model
 from snapbench.report.latency_source import ProfileOutcome, Profiler, backend_label, profile_with_snapbench
@@ -36,7 +37,6 @@ TEXT_ENCODER_RUNS = 2
 DEFAULT_STEPS = 50
 # SnapFusion's UNet is step-distilled to 8 steps (paper, "Step distillation"); its test-sized twin shares it.
 DISTILLED_STEPS = {"snapfusion": 8, "snapfusion-tiny": 8}
-TRAJECTORY_FILE = "trajectory.csv"  # written by `snapbench evolve` beside arch.json
 SETTING_KEYS = ("compute_units", "precision", "weight_bits", "attention", "batch", "latent")
 DEFAULT_SETTINGS: dict[str, Any] = {"compute_units": "cpu_and_ne", "precision": "fp16", "weight_bits": 16,
                                     "attention": "original", "batch": 2, "latent": 64}
