@@ -280,8 +280,8 @@ def _save(bundle: ModelBundle, trainable: _Trainable, opt: Any, out: Path, confi
 class _bar:
     """A rich progress bar on stderr (or nothing), advanced with (step, loss)."""
 
-    def __init__(self, enabled: bool, total: int, start: int) -> None:
-        self.enabled, self.total, self.start = enabled, total, start
+    def __init__(self, enabled: bool, total: int, start: int, label: str = "train") -> None:
+        self.enabled, self.total, self.start, self.label = enabled, total, start, label
         self.progress = None
 
     def __enter__(self) -> Callable[[int, float | None], None]:
@@ -292,9 +292,9 @@ class _bar:
         from snapbench.console import err
         from snapbench.progress_log import make_progress
 
-        self.progress = make_progress("train", TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(),
-                                      TimeRemainingColumn(), TextColumn("{task.description}"), console=err,
-                                      transient=True)
+        self.progress = make_progress(self.label, TextColumn(f"[bold]{self.label}[/bold]"), BarColumn(),
+                                      MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
+                                      console=err, transient=True)
         self.progress.start()
         task = self.progress.add_task("", total=self.total, completed=self.start)
 
