@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "snapbench.commands.profile",
     "snapbench.commands.doctor",
     "snapbench.commands.train", "snapbench.commands.ablate", "snapbench.commands.evolve",
+    "snapbench.commands.distill", "snapbench.commands.distill_decoder", "snapbench.commands.sample",
     "snapbench.commands.devices", "snapbench.commands.calibrate",
     "snapbench.commands.report",
     "snapbench.commands.cache",

@@ -409,14 +409,18 @@ class ANETransformer2D(nn.Module):
         self.proj_out = _conv1x1_from(transformer.proj_out)
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        # hidden_states: (B, C, H, W); encoder_hidden_states: (B, L, D) as diffusers takes it
+        # hidden_states: (B, C, H, W); encoder_hidden_states: (B, L, D) as diffusers takes it, or (B, D, 1, L)
         batch, channels, height, width = hidden_states.shape
         # The sequence goes on the last axis: (H, W) -> (1, H*W) inside the norm, a reshape with no data
         # movement. A long last axis fills the ANE's 64-byte row padding even when W is small (an 8-wide
         # fp16 row would be three quarters padding).
         x = self.proj_in(self.norm(hidden_states))                    # (B, C', 1, S)
-        # the one transpose of the context, shared by every block's attention (kept at rank 4)
-        context = encoder_hidden_states.unsqueeze(1).permute(0, 3, 1, 2)  # (B, D, 1, L)
+        if encoder_hidden_states.dim() == 4:
+            # already (B, D, 1, L): the layout Apple's Swift pipeline feeds the UNet, no transpose at all
+            context = encoder_hidden_states
+        else:
+            # the one transpose of the context, shared by every block's attention (kept at rank 4)
+            context = encoder_hidden_states.unsqueeze(1).permute(0, 3, 1, 2)  # (B, D, 1, L)
         for block in self.blocks:
             x = block(x, context)                                     # (B, C', 1, S)
         x = self.proj_out(x)                                          # (B, C, 1, S)

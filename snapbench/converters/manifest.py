@@ -49,6 +49,7 @@ class ManifestBlock:
     seconds: float | None = None  # conversion time of its package; shared packages: on the owner only
     bytes: int | None = None  # size of its package; shared packages: on the owner only
     error: str | None = None
+    ane_psnr_db: float | None = None  # app pipeline: worst PSNR of its ANE attention rewrites vs PyTorch
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +76,7 @@ class Manifest:
     created_at: str = ""
     updated_at: str = ""
     folder: Path | None = None  # where it was loaded from / will be written (not serialised)
+    missing: list[str] = field(default_factory=list)  # app pipeline: parts the model folder lacks
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +95,7 @@ class Manifest:
             "updated_at": self.updated_at,
             "packages": len({b.package for b in self.blocks if b.package}),
             "blocks": [b.to_dict() for b in self.blocks],
+            **({"missing": self.missing} if self.missing else {}),
         }
 
     @classmethod
@@ -103,7 +106,7 @@ class Manifest:
             blocks=[ManifestBlock.from_dict(b) for b in d.get("blocks", [])],
             compression=d.get("compression", {}), source_fingerprint=d.get("source_fingerprint"),
             run_key=d.get("run_key"),            complete=bool(d.get("complete")), created_at=d.get("created_at", ""),
-            updated_at=d.get("updated_at", ""), folder=folder,
+            updated_at=d.get("updated_at", ""), folder=folder, missing=list(d.get("missing", [])),
         )
 
     def block(self, block_id: str) -> ManifestBlock:

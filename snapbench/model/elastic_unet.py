@@ -82,6 +82,11 @@ class ElasticUNet(nn.Module):
     def units(self) -> list[BlockUnit]:
         return list(self._units)
 
+    @property
+    def closes_skip(self) -> list[bool]:
+        """Per unit: whether its output is pushed as a skip (what running a slice of the units needs)."""
+        return list(self._closes_skip)
+
     def unit(self, block_id: str) -> BlockUnit:
         for u in self._units:
             if block_id in (u.block_id, u.file_id):

@@ -20,6 +20,7 @@ from snapbench.blocks.cut import InputShapes
 from snapbench.blocks.inspect import Inspection, inspect_model
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
+from snapbench.evolution.trajectory import TRAJECTORY_FILE
 from snapbench.versions import tool_versions
 from snapbench.model.loading import resolve_model
 from snapbench.report.latency_source import ProfileOutcome, Profiler, backend_label, profile_with_snapbench
@@ -36,7 +37,6 @@ TEXT_ENCODER_RUNS = 2
 DEFAULT_STEPS = 50
 # SnapFusion's UNet is step-distilled to 8 steps (paper, "Step distillation"); its test-sized twin shares it.
 DISTILLED_STEPS = {"snapfusion": 8, "snapfusion-tiny": 8}
-TRAJECTORY_FILE = "trajectory.csv"  # written by `snapbench evolve` beside arch.json
 SETTING_KEYS = ("compute_units", "precision", "weight_bits", "attention", "batch", "latent")
 DEFAULT_SETTINGS: dict[str, Any] = {"compute_units": "cpu_and_ne", "precision": "fp16", "weight_bits": 16,
                                     "attention": "original", "batch": 2, "latent": 64}
@@ -78,8 +78,13 @@ def _steps_for(ref: str, name: str, overrides: Mapping[str, int], notes: Mapping
             return overrides[k], "--steps"
     if isinstance(notes.get("steps"), int) and not isinstance(notes.get("steps"), bool):
         return notes["steps"], "the arch spec's notes"
+    from snapbench.distillation.provenance import distilled_steps
+
+    here = distilled_steps(ref)
+    if here is not None:
+        return here
     if name in DISTILLED_STEPS:
-        return DISTILLED_STEPS[name], "step-distilled (SnapFusion paper)"
+        return DISTILLED_STEPS[name], "the SnapFusion paper's step distillation (assumed, not distilled here)"
     return DEFAULT_STEPS, "default (SD-v1.5 sampling in the paper's Table 1)"
 
 
@@ -148,6 +153,8 @@ def read_trajectory(path: Path) -> tuple[list[dict[str, Any]], str | None]:
 
 
 def _model_dict(e: ModelEntry) -> dict[str, Any]:
+    from snapbench.distillation.provenance import decoder_source, toy_grid_data_uri
+
     spec = e.inspection.source.spec
     totals = e.inspection.totals()
     stage_rows = {r["stage"]: r for r in e.inspection.stage_frame().to_dict(orient="records")}
@@ -170,6 +177,8 @@ def _model_dict(e: ModelEntry) -> dict[str, Any]:
         # Test-sized twins inherit the paper's notes; a claim 100x off is about another size, not an error.
         "claim_comparable": _comparable(spec.notes.get("paper_claimed_params"), totals["params"]),
         "steps": e.steps, "steps_source": e.steps_source,
+        "decoder_source": decoder_source(e.ref, spec.name),
+        "sample_grid": toy_grid_data_uri(e.ref) if e.role == "candidate" else None,
         "totals": totals,
         "stage_params": [{"stage": s, "ca_params": int(stage_rows[s]["CA_params"]),
                           "rb_params": int(stage_rows[s]["RB_params"]),
