@@ -316,7 +316,7 @@ def test_backend_not_available_here_is_one_line(tmp_path, monkeypatch, capsys):
 
 def test_measured_load_times_reach_the_report(tmp_path):
     """Rows measured on a (fake) phone carry first and warm load times: the report shows them per component."""
-    from snapbench.latency import Settings, profile_document, profile_model
+    from snapbench.latency import Settings, profile_model
 
     from profile_fakes import fake_device_backend
 
@@ -325,7 +325,7 @@ def test_measured_load_times_reach_the_report(tmp_path):
     def on_the_phone(source, device, settings, backend, table, say=None):
         run = profile_model(source, device, Settings(**settings), backend=be, estimator=toy_estimator(),
                             packages=FakePackages(tmp_path / "pkgs"), progress=False)
-        return ProfileOutcome(profile_document(run))
+        return ProfileOutcome.of(run)
 
     data = gather(baseline=BASE, candidates=[], devices=[DEVICE], profiler=on_the_phone)
     r = result(data, BASE)

@@ -51,6 +51,8 @@ def is_mac(device: Device) -> bool:
 
 
 def _suggest(reason: str) -> str:
+    if "--backend estimate" in reason:
+        return reason
     return f"{reason} (or use --backend estimate, which runs anywhere, or --backend import --from FILE)"
 
 
@@ -172,6 +174,8 @@ class DeviceBackend:
             loop.close()
 
     async def _prepare(self, target: Target) -> Any:
+        if self.signing is None and self.here.team_id:  # SNAPBENCH_TEAM_ID, when no --team-id was given
+            self.signing = Signing.for_team(self.here.team_id)
         if self.signing is None:
             raise SnapbenchError("the iphone backend signs coremltools' runner app: pass --team-id "
                                  "(or set SNAPBENCH_TEAM_ID); see `snapbench doctor`")
