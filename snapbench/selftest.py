@@ -24,6 +24,8 @@ from snapbench.errors import SnapbenchError
 DEVICE = "iphone14pro"
 EVAL_STEPS = "2"  # DDIM steps per CLIP-evaluated image: paths, not quality
 FIXTURES = "fixtures (tiny pipeline, CLIP, data)"
+# Ablation of a few blocks (a CA and an RB down and up): the path is the same for all; evolve scores them all.
+ABLATED = ("--block", "RB[Down-1, 1]", "--block", "CA[Down-2, 1]", "--block", "CA[Up-1, 1]", "--block", "RB[Up-3, 1]")
 
 
 @dataclass(frozen=True)
@@ -146,10 +148,16 @@ def plan(work: Path, *, processes: int, devices: Devices, workers: int = 2) -> l
                       "--batch-size", str(2 * processes), "--out", trained, "--json"), (fixtures,), launch_env,
               check=lambda stdout: _trained_with(stdout, processes)),
         Stage(f"ablate (clip, {workers} local workers)", (*snap, "ablate", "--model", trained, *clip,
-                                                          "--workers", str(workers), "--json"), (train,)),
+                                                          *ABLATED, "--workers", str(workers), "--json"), (train,)),
         Stage(evolve, (*snap, "evolve", "--model", trained, *clip, "--ray-address", "local",
                        "--target-fraction", "0.9", "--max-iterations", "1", "--out", str(work / "evolve"), "--json"),
               (train,)),
+        Stage("distill (cfg-aware)", (*snap, "distill", "--model", trained, "--data", str(fx.data), "--cfg-aware",
+                                      "--teacher-steps", "4", "--student-steps", "2", "--steps", "2",
+                                      "--batch-size", "2", "--out", str(work / "distill"), "--json"), (train,)),
+        Stage("distill-decoder (50% channels)", (*snap, "distill-decoder", "--vae", pipe, "--latents", str(fx.data),
+                                                 "--prune", "0.5", "--steps", "2", "--batch-size", "2",
+                                                 "--out", str(work / "distill-decoder"), "--json"), (fixtures,)),
         Stage("report", (*snap, "report", "--baseline", pipe, "--candidate", str(work / "evolve"), "--device", DEVICE,
                          "--backend", "estimate", "--latent", latent, "--out", str(work / "report.html")),
               (evolve,)),
