@@ -252,3 +252,16 @@ def test_the_team_id_may_come_from_the_environment(tmp_path):
     with pytest.raises(SnapbenchError, match="pass --team-id"):
         with be.open(be.identify(None)):
             pass
+
+
+def test_an_untrusted_developer_profile_says_where_to_trust_it(tmp_path):
+    import coremltools as ct
+
+    rd = ct.models.ml_program.experimental.remote_device
+    launch = rd._DeviceCtlError(message=b"ERROR: The application could not be launched because its profile has "
+                                        b"not been explicitly trusted by the user.\n", error_code=1)
+    be, _ = backend(tmp_path, fake=FakeCoreML(fail_prepare=launch))
+    with pytest.raises(SnapbenchError, match="not been explicitly trusted.*VPN & Device Management") as e:
+        with be.open(be.identify(None)):
+            pass
+    assert "\n" not in str(e.value)

@@ -191,8 +191,11 @@ class DeviceBackend:
         except SnapbenchError:
             raise
         except Exception as e:  # coremltools raises ValueError / its own errors with devicectl's stderr
-            raise SnapbenchError(f"preparing {target.name} for profiling failed: {describe(e)}; "
-                                 "run `snapbench doctor`") from None
+            why = describe(e)
+            hint = ("on the phone, trust the app's developer: Settings > General > VPN & Device Management, "
+                    "then run again" if "trust" in why.lower() or "profile" in why.lower() else
+                    "run `snapbench doctor`")
+            raise SnapbenchError(f"preparing {target.name} for profiling failed: {why}; {hint}") from None
 
 
 @dataclass
