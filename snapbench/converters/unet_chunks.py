@@ -188,11 +188,18 @@ def materialize_unit(root: nn.Module, unit: BlockUnit, checkpoint: LazyCheckpoin
     return materialize(unit, weights, seed)
 
 
+CHECK_SIDE = 32
+
+
 def attention_psnr(original: nn.Module, rewritten: nn.Module, hidden: tuple[int, ...], context: tuple[int, ...],
                    seed: int) -> float:
-    """PSNR of an ANE-rewritten attention block against diffusers' own, in fp32 PyTorch, batch 1."""
+    """PSNR of an ANE-rewritten attention block against diffusers' own, in fp32 PyTorch, batch 1.
+
+    At most CHECK_SIDE x CHECK_SIDE positions: the same maths at a sixteenth of the cost for SD's 64x64
+    blocks, and still more than one query chunk (512), so split_einsum_v2's chunked path is the one checked.
+    """
     g = torch.Generator().manual_seed(seed * 7919 + zlib.crc32(str(hidden).encode()))
-    x = torch.randn((1, *hidden[1:]), generator=g)
+    x = torch.randn((1, hidden[1], min(hidden[2], CHECK_SIDE), min(hidden[3], CHECK_SIDE)), generator=g)
     ctx = torch.randn((1, *context[1:]), generator=g)
     with torch.no_grad():
         ref = original(x, encoder_hidden_states=ctx, return_dict=False)[0]
@@ -228,6 +235,12 @@ def build_chunk(root: nn.Module, blocks: list[CutBlock], closes_skip: list[bool]
             unit.transformer = _DiffusersCall(rewritten)  # the original's weights go with it
         units.append(unit)
     return BuiltChunk(UNetChunk(units, closes_skip[plan.start:plan.end], plan, attention).eval(), db)
+
+
+def at_batch_one(io: PackageIO) -> PackageIO:
+    """The interface with batch 1: what a chunk is traced at (see trace_io in app_parts.py)."""
+    return PackageIO(tuple((n, (1, *s[1:])) for n, s in io.inputs),
+                     tuple((n, (1, *s[1:]) if s else s) for n, s in io.outputs), io.int_inputs)
 
 
 def chunk_identity(blocks: list[CutBlock], plan: ChunkPlan) -> dict[str, Any]:
