@@ -101,6 +101,25 @@ def test_two_chunks_compose_to_the_checkpoints_unet(tmp_path, attention):
         assert built[0].psnr_db and min(built[0].psnr_db.values()) >= 35
 
 
+def test_chunks_of_an_evolved_model_read_its_copies(tmp_path):
+    """An `evolve` output (arch.json, unet/, copies.safetensors): removed blocks and weight copies."""
+    from snapbench.model.loading import save_elastic
+
+    save_elastic(build_unet(resolve_model("snapfusion-tiny"), device="cpu", seed=2), tmp_path / "evo")
+    g = torch.Generator().manual_seed(4)
+    sample, ehs = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 16, 1, 4, generator=g)
+    t = torch.full((2,), 981.0)
+    # --model runs/evo: copies from copies.safetensors; --model snapfusion-tiny --weights runs/evo: the UNet
+    # checkpoint only, copies made from their originals as build_unet makes them
+    for source in (resolve_model(tmp_path / "evo"), resolve_model("snapfusion-tiny", weights=tmp_path / "evo")):
+        plans, built = _chunk_modules(source, ConvertOptions(latent=8, tokens=4, chunks=2))
+        with torch.no_grad():
+            got = built[1].module(*built[0].module(sample, t, ehs), ehs)
+            want = build_unet(source, device="cpu").eval()(sample, t, ehs.squeeze(2).transpose(1, 2))
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert resolve_model(tmp_path / "evo").copies_file is not None
+
+
 def test_chunk_takes_only_its_blocks():
     source = resolve_model("sd15-tiny")
     plans, built = _chunk_modules(source, ConvertOptions(latent=8, tokens=4, chunks=2))

@@ -167,6 +167,9 @@ class LazyCheckpoint:
             for k in h.keys():
                 self._where[prefix + k] = (h, k)
 
+    def has(self, name: str) -> bool:
+        return name in self._where
+
     def get(self, name: str) -> torch.Tensor:
         if name not in self._where:
             raise SnapbenchError(f"checkpoint lacks {name.split('.', 1)[1]}")
@@ -184,8 +187,32 @@ def materialize_unit(root: nn.Module, unit: BlockUnit, checkpoint: LazyCheckpoin
     """A real-memory copy of one meta-device unit: checkpoint weights, or seeded random ones per block."""
     from snapbench.converters.workers import materialize
 
+    if checkpoint is not None and unit.instance > 0 and not _has_own_weights(root, unit, checkpoint):
+        return _copy_of_original(root, unit, checkpoint, seed)
     weights = unit_weights(root, unit, checkpoint) if checkpoint is not None else None
     return materialize(unit, weights, seed)
+
+
+def _has_own_weights(root: nn.Module, unit: BlockUnit, checkpoint: LazyCheckpoint) -> bool:
+    full = {id(t): n for n, t in root.state_dict(keep_vars=True).items()}
+    return all(checkpoint.has(full[id(t)]) for t in unit.state_dict(keep_vars=True).values())
+
+
+def _copy_of_original(root: nn.Module, unit: BlockUnit, checkpoint: LazyCheckpoint, seed: int) -> BlockUnit:
+    """A weight copy with no copies file (a UNet checkpoint given for an arch spec with copies): made from
+    its original's weights the way the elastic UNet makes it (units.copy_resnet, or a deep copy)."""
+    import copy
+
+    from snapbench.model.units import copy_resnet
+
+    original = next(u for u in root.units if u.slot is unit.slot and u.instance == 0)
+    real = materialize_unit(root, original, checkpoint, seed)
+    made = copy.deepcopy(unit)  # meta: structure only
+    if isinstance(made, ResnetUnit):
+        made.resnet = copy_resnet(real.resnet)
+    else:
+        made.transformer = copy.deepcopy(real.transformer)
+    return made.eval()
 
 
 CHECK_SIDE = 32
