@@ -270,8 +270,8 @@ def _save(bundle: ModelBundle, trainable: _Trainable, opt: Any, out: Path, confi
 class _bar:
     """A rich progress bar on stderr (or nothing), advanced with (step, loss)."""
 
-    def __init__(self, enabled: bool, total: int, start: int) -> None:
-        self.enabled, self.total, self.start = enabled, total, start
+    def __init__(self, enabled: bool, total: int, start: int, label: str = "train") -> None:
+        self.enabled, self.total, self.start, self.label = enabled, total, start, label
         self.progress = None
 
     def __enter__(self) -> Callable[[int, float | None], None]:
@@ -281,7 +281,7 @@ class _bar:
 
         from snapbench.console import err
 
-        self.progress = Progress(TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn(f"[bold]{self.label}[/bold]"), BarColumn(), MofNCompleteColumn(),
                                  TimeRemainingColumn(), TextColumn("{task.description}"), console=err,
                                  transient=True)
         self.progress.start()

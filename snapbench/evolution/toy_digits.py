@@ -112,11 +112,14 @@ class DigitClassifier:
     scale: np.ndarray  # [64]
     holdout_accuracy: float
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [N, 1, 8, 8] in [-1, 1] -> class logits [N, 10] (float64)."""
+        f = (to_pixels(x).double() - torch.from_numpy(self.mean)) / torch.from_numpy(self.scale)
+        return f @ torch.from_numpy(self.weight).T + torch.from_numpy(self.bias)
+
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         """Images [N, 1, 8, 8] in [-1, 1] -> class probabilities [N, 10]."""
-        f = (to_pixels(x).double() - torch.from_numpy(self.mean)) / torch.from_numpy(self.scale)
-        logits = f @ torch.from_numpy(self.weight).T + torch.from_numpy(self.bias)
-        return torch.softmax(logits, dim=1).float()
+        return torch.softmax(self.logits(x), dim=1).float()
 
 
 def _train_classifier() -> DigitClassifier:
