@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None, *, obj: object = None) -> int:
     try:
         rc = command.main(args=argv, prog_name="snapbench", standalone_mode=False, obj=obj)
         if isinstance(rc, int) and rc != 0:  # a command's typer.Exit(n) comes back as a return value here
+            if rc == 130:  # typer turns Ctrl-C into Exit(130)
+                print("interrupted; run the same command again to resume", file=sys.stderr)
             return rc
     except SnapbenchError as e:
         print(f"error: {e}", file=sys.stderr)

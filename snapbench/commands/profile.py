@@ -6,6 +6,7 @@ Import format for `--backend import --from FILE`: see `snapbench.profilers.impor
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
@@ -90,6 +91,8 @@ def profile_command(
         check_manifest_settings(load_manifest(packages), packages, settings)
     signing = Signing.for_team(team_id, bundle_id) if team_id else None
     machine = tools.machine or Machine.this(team_id=team_id)
+    if team_id:  # --team-id wins over SNAPBENCH_TEAM_ID (and over a machine handed in)
+        machine = dataclasses.replace(machine, team_id=team_id)
 
     def device_backend(name: str) -> DeviceBackend:
         return DeviceBackend(name, api=tools.coreml or CoreMLTools(), machine=machine, signing=signing,

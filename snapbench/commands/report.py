@@ -17,6 +17,7 @@ DEFAULT_DEVICES = ("iphone14pro",)
 
 
 def report_command(
+    ctx: typer.Context,
     baseline: str = typer.Option("sd15", "--baseline", "-b", help="Preset, arch spec .json or model folder."),
     candidate: Optional[list[str]] = typer.Option(
         None, "--candidate", "-c",
@@ -66,6 +67,8 @@ def report_command(
                             out_path, as_json)
     data = gather(baseline=baseline, candidates=candidates, devices=devices, settings=settings, steps=steps_map,
                   backend=backend, table=table, reference=reference, command=command,
+                  # tests hand a profiler in through the CLI's ctx.obj; None: snapbench's latency package
+                  profiler=ctx.obj if callable(ctx.obj) else None,
                   progress=_once(lambda msg: err.print(msg, markup=False)))
     html_path, json_path = write_report(data, out_path or default_out_path(data), with_json=as_json)
     for r in data["results"]:

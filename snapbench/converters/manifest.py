@@ -50,6 +50,7 @@ class ManifestBlock:
     bytes: int | None = None  # size of its package; shared packages: on the owner only
     error: str | None = None
     ane_psnr_db: float | None = None  # app pipeline: worst PSNR of its ANE attention rewrites vs PyTorch
+    timings: dict[str, float] | None = None  # app pipeline: seconds per phase (build, trace, convert, ...)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,8 @@ class PipelineResult(ConvertResult):
 
 
 def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
-    from snapbench.converters.unet_chunks import build_chunk, chunk_identity, plan_chunks
+    from snapbench.converters.block_package import example_inputs
+    from snapbench.converters.unet_chunks import at_batch_one, build_chunk, chunk_identity, plan_chunks
 
     meta, blocks = cut(source, opts)
     cfg = meta.config
@@ -78,7 +80,9 @@ def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
             plan.name, "unet", f"{what} of {source.spec.name}", plan.io,
             {"spec": source.spec.to_dict(), "weights": weights, "attention": opts.attention,
              **chunk_identity(blocks, plan)},
-            sum(b.params for b in blocks[plan.start:plan.end]), build))
+            sum(b.params for b in blocks[plan.start:plan.end]), build,
+            # traced at batch 1: half the forward pass; every op keeps the batch symbolic (tests check it)
+            lambda plan=plan: example_inputs(at_batch_one(plan.io), seed=opts.seed)))
     return parts
 
 
@@ -147,24 +151,30 @@ def _entry(part: AppPart, key: str, state: str, **kw: Any) -> ManifestBlock:
 
 
 def _convert_part(part: AppPart, dest: Path, key: str, opts: ConvertOptions, source: ModelSource,
-                  versions: dict[str, str]) -> tuple[float, int, dict[str, float]]:
+                  versions: dict[str, str]) -> tuple[float, int, dict[str, float], dict[str, float]]:
+    start = time.perf_counter()
     module, db = part.build()
+    built = time.perf_counter() - start
     metadata = {"block": part.name, "kind": part.kind, "mode": opts.mode, "model": source.ref,
                 "spec": source.spec.name, "version": versions["snapbench"], "cache_key": key,
                 "attention": opts.attention if part.kind == "unet" else "-", "weight_bits": opts.weight_bits,
                 "target": opts.target, "source_hash": part.identity.get("weights")}
     inputs = part.inputs() if part.inputs is not None else None
     try:
-        r = convert_module(module, part.io, opts, dest, metadata=metadata, description=part.title, inputs=inputs)
+        r = convert_module(module, part.io, opts, dest, metadata=metadata, description=part.title, inputs=inputs,
+                           release=not opts.check)
         if opts.check:
             from snapbench.converters.block_package import example_inputs
             from snapbench.converters.checks import check_prediction
 
-            check_prediction(dest, _FirstOutput(module), inputs or example_inputs(part.io, seed=opts.seed), part.io)
+            # at the interface's own shapes (the trace inputs may be smaller); token ids must be valid ids
+            feed = inputs if part.kind == "text_encoder" and inputs else example_inputs(part.io, seed=opts.seed)
+            check_prediction(dest, _FirstOutput(module), feed, part.io)
     finally:
         del module
         gc.collect()  # the part's weights go before the next part is built: the peak is one part
-    return r.seconds, r.bytes, db
+    timings = {"build": round(built, 2), **{k: round(v, 2) for k, v in r.timings.items()}}
+    return built + r.seconds, r.bytes, db, timings
 
 
 class _FirstOutput:
@@ -245,7 +255,7 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
                     bar.start(p.name)
                     i = index[p.name]
                     try:
-                        seconds, nbytes, db = _convert_part(p, folder / f"{p.name}.mlpackage", keys[p.name], opts,
+                        seconds, nbytes, db, timings = _convert_part(p, folder / f"{p.name}.mlpackage", keys[p.name], opts,
                                                             source, versions)
                     except Exception as e:  # noqa: BLE001 - one line per part; the other parts go on
                         msg = first_line(e)
@@ -256,7 +266,8 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
                     else:
                         manifest.blocks[i] = _entry(p, keys[p.name], "done", package=f"{p.name}.mlpackage",
                                                     seconds=round(seconds, 3), bytes=nbytes,
-                                                    ane_psnr_db=round(min(db.values()), 2) if db else None)
+                                                    ane_psnr_db=round(min(db.values()), 2) if db else None,
+                                                    timings=timings)
                         result.converted.append(p.name)
                     manifest.write()
                     bar.done(p.name)

@@ -53,7 +53,7 @@ def full_size_decoder(prune: float, tables: str | Path | None = None) -> dict[st
             if path is None:
                 continue
             row = LatencyTable.load(path).lookup(device.id, settings,
-                                                 component_key("vae_decoder", source, settings, 77))
+                                                 component_key("vae_decoder", source, settings))
             if row is not None:
                 ms[name] = (round(float(row.latency_ms), 1), row.backend)
         if len(ms) == 2:

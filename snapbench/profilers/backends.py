@@ -52,6 +52,8 @@ def is_mac(device: Device) -> bool:
 
 
 def _suggest(reason: str) -> str:
+    if "--backend estimate" in reason:
+        return reason
     return f"{reason} (or use --backend estimate, which runs anywhere, or --backend import --from FILE)"
 
 
@@ -173,6 +175,8 @@ class DeviceBackend:
             loop.close()
 
     async def _prepare(self, target: Target) -> Any:
+        if self.signing is None and self.here.team_id:  # SNAPBENCH_TEAM_ID, when no --team-id was given
+            self.signing = Signing.for_team(self.here.team_id)
         if self.signing is None:
             raise SnapbenchError("the iphone backend signs coremltools' runner app: pass --team-id "
                                  "(or set SNAPBENCH_TEAM_ID); see `snapbench doctor`")
@@ -188,8 +192,11 @@ class DeviceBackend:
         except SnapbenchError:
             raise
         except Exception as e:  # coremltools raises ValueError / its own errors with devicectl's stderr
-            raise SnapbenchError(f"preparing {target.name} for profiling failed: {describe(e)}; "
-                                 "run `snapbench doctor`") from None
+            why = describe(e)
+            hint = ("on the phone, trust the app's developer: Settings > General > VPN & Device Management, "
+                    "then run again" if "trust" in why.lower() or "profile" in why.lower() else
+                    "run `snapbench doctor`")
+            raise SnapbenchError(f"preparing {target.name} for profiling failed: {why}; {hint}") from None
 
 
 @dataclass
