@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+from types import ModuleType
 
 import typer
 
+_typer_click: ModuleType | None
+_click: ModuleType | None
 try:  # typer >= 0.22 raises the exceptions of its bundled click copy; older typer raises click's own
     import typer._click as _typer_click
 except ImportError:  # pragma: no cover - older typer

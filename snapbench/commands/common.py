@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from snapbench.console import err, out  # noqa: F401  (re-exported: the commands print through these)
+from snapbench.formatting import fmt_count  # noqa: F401  (re-exported: the commands' table cells)
 
 ModelOpt = typer.Option("sd15", "--model", "-m",
                         help="Preset name, arch spec .json, local diffusers UNet folder, or hub id in the local HF cache.")
@@ -60,11 +61,3 @@ def without_float_noise(data: Any) -> Any:
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(without_float_noise(data), indent=2, default=str) + "\n")
     sys.stdout.flush()
-
-
-def fmt_count(n: float, unit: str = "") -> str:
-    """1234567 -> '1.23M'."""
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{suffix}{unit}"
-    return f"{n:.0f}{unit}"

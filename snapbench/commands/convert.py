@@ -104,7 +104,7 @@ def render(result, out_dir: str) -> None:
     t = Table(title=f"{m.spec}: {m.content} -> {out_dir}", title_justify="left", show_edge=False)
     for col, just in (("stage", "left"), ("block", "left"), ("status", "left"), ("package", "left"),
                       ("this run", "left"), ("seconds", "right"), ("MB", "right")):
-        t.add_column(col, justify=just)
+        t.add_column(col, justify="right" if just == "right" else "left")
     for b in m.blocks:
         if b.id in converted or (b.package_owner == b.file_id and b.id in converted):
             run = "converted"

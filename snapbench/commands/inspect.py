@@ -68,7 +68,7 @@ def render(r: Inspection, *, show_blocks: bool = True) -> None:
             t = Table(title=stage, title_justify="left", show_edge=False)
             for col, just in (("block", "left"), ("status", "left"), ("module", "left"), ("input", "left"),
                               ("params", "right"), ("MACs", "right"), ("signature", "left")):
-                t.add_column(col, justify=just)
+                t.add_column(col, justify="right" if just == "right" else "left")
             for b in stage_rows:
                 first_input = next(iter(b["inputs"].values()))
                 style = "dim" if b["status"] == "removed" else ("cyan" if b["status"] == "copy" else None)

@@ -19,6 +19,7 @@ from snapbench.commands.common import (
 )
 from snapbench.console import say
 from snapbench.errors import SnapbenchError
+from snapbench.choices import check_choice
 from snapbench.interrupts import on_interrupt_keep
 from snapbench.latency.table import ATTENTIONS, COMPUTE_UNITS, LatencyTable, Settings, merge_into_file
 from snapbench.profilers.backends import BACKEND_CHOICES
@@ -32,12 +33,6 @@ def default_table_path(device_id: str, model: str, tables: str | Path | None = N
     from snapbench.paths import user_table_path
 
     return user_table_path(device_id, model, tables)
-
-
-def _choice(value: str, allowed: tuple, flag: str) -> str:
-    if value not in allowed:
-        raise SnapbenchError(f"{flag} {value!r} is not one of {', '.join(map(str, allowed))}")
-    return value
 
 
 def profile_command(
@@ -85,10 +80,10 @@ def profile_command(
     tools = ctx.obj if isinstance(ctx.obj, ProfileTools) else ProfileTools()
 
     latent = resolved_latent(model_source(model, None, variant, subfolder, revision), None, latent)
-    settings = Settings(compute_units=_choice(compute_units, COMPUTE_UNITS, "--compute-units"),
-                        weight_bits=weight_bits, attention=_choice(attention, ATTENTIONS, "--attention"),
+    settings = Settings(compute_units=check_choice("--compute-units", compute_units, COMPUTE_UNITS),
+                        weight_bits=weight_bits, attention=check_choice("--attention", attention, ATTENTIONS),
                         batch=batch, latent=latent, tokens=tokens)
-    _choice(backend, BACKEND_CHOICES, "--backend")
+    check_choice("--backend", backend, BACKEND_CHOICES)
     if from_file is not None and backend == "auto":
         backend = "import"
     if packages is not None:  # refuse packages made with other settings before anything else happens
@@ -190,11 +185,12 @@ def render(run: ProfileRun) -> None:
                      if loads else ""))
     c = run.components
     if {"unet", "text_encoder", "vae_decoder"} <= c.keys():
+        from snapbench.latency.end_to_end import TEXT_ENCODER_RUNS, image_budget
+
         te, un, vae = c["text_encoder"].latency_ms, c["unet"].latency_ms, c["vae_decoder"].latency_ms
-        # CFG encodes the prompt and the empty prompt: two text-encoder runs per image.
-        per = lambda steps: (2 * te + steps * un + vae) / 1000  # noqa: E731
-        out.print(f"per image: 2 x text encoder + steps x UNet + VAE decoder = {per(50):.2f} s at 50 steps, "
-                  f"{per(8):.2f} s at 8 steps")
+        per = {steps: image_budget(te, un, vae, steps).total_s for steps in (50, 8)}
+        out.print(f"per image: {TEXT_ENCODER_RUNS} x text encoder + steps x UNet + VAE decoder = {per[50]:.2f} s "
+                  f"at 50 steps, {per[8]:.2f} s at 8 steps")
 
 
 def _seconds(ms: float | None) -> str:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from snapbench.choices import ATTENTIONS, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS
+from snapbench.choices import ATTENTIONS, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS, check_choice
 from snapbench.commands.common import err
 from snapbench.errors import SnapbenchError
 
@@ -54,8 +54,7 @@ def report_command(
                                  ("--precision", precision, PRECISIONS),
                                  ("--compute-units", compute_units, COMPUTE_UNITS),
                                  ("--weight-bits", weight_bits, WEIGHT_BITS)):
-        if value not in allowed:
-            raise SnapbenchError(f"{flag} {value!r} is not one of {', '.join(map(str, allowed))}")
+        check_choice(flag, value, allowed)
     candidates = list(candidate or DEFAULT_CANDIDATES)
     devices = list(device or DEFAULT_DEVICES)
     from snapbench.report import default_out_path, gather, parse_steps, write_report  # heavy: when used

@@ -235,3 +235,16 @@ def _remove_stale_temporaries(folder: Path) -> None:
         if p.name.startswith(".snapbench.") and not p.name.startswith(".snapbench.probe"):
             continue
         remove_tree(p)
+
+
+def remove_orphans(folder: Path, previous: Manifest | None, manifest: Manifest) -> None:
+    """Remove the packages (and their compiled .mlmodelc) a previous run listed that this one no longer uses."""
+    from snapbench.converters.block_package import remove_tree
+
+    if previous is None:
+        return
+    used = {b.package for b in manifest.blocks if b.package}
+    for b in previous.blocks:
+        if b.package and b.package not in used and "/" not in b.package and b.package.endswith(".mlpackage"):
+            remove_tree(folder / b.package)
+            remove_tree(folder / b.package.replace(".mlpackage", ".mlmodelc"))

@@ -33,9 +33,9 @@ from snapbench.converters.cache import cache_key, source_fingerprint
 from snapbench.converters.checks import require_prediction
 from snapbench.converters.compression import compression_info
 from snapbench.converters.convert_blocks import ConvertResult, _stamped_key, cut, load_source, weight_files
-from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir
+from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
-from snapbench.errors import SnapbenchError
+from snapbench.errors import SnapbenchError, first_line
 from snapbench.model.loading import ModelSource
 from snapbench.versions import tool_versions
 
@@ -261,7 +261,7 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
                         seconds, nbytes, db, timings = _convert_part(p, folder / f"{p.name}.mlpackage", keys[p.name], opts,
                                                             source, versions)
                     except Exception as e:  # noqa: BLE001 - one line per part; the other parts go on
-                        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                        msg = first_line(e)
                         error = msg if isinstance(e, SnapbenchError) else f"{type(e).__name__}: {msg}"
                         remove_tree(folder / f"{p.name}.mlpackage")
                         manifest.blocks[i] = replace(manifest.blocks[i], state="failed", error=error)
@@ -278,7 +278,7 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
         finally:
             manifest.complete = all(b.state == "done" for b in manifest.blocks) and not manifest.missing
             manifest.write()
-            _remove_orphans(folder, previous, manifest)
+            remove_orphans(folder, previous, manifest)  # e.g. Unet after switching to --chunks 2
         if compile and not result.failed:
             result.compiled = compile_packages(folder, [p.name for p in parts])
     return result
@@ -294,17 +294,6 @@ def _copy_tokenizer(parts_folder: ModelFolder, folder: Path) -> None:
         dest = folder / name
         if not dest.is_file() or dest.read_bytes() != src.read_bytes():
             atomic_write_bytes(dest, src.read_bytes())
-
-
-def _remove_orphans(folder: Path, previous: Manifest | None, manifest: Manifest) -> None:
-    """Packages of a previous run this one no longer has (e.g. Unet after switching to --chunks 2)."""
-    if previous is None:
-        return
-    used = {b.package for b in manifest.blocks if b.package}
-    for b in previous.blocks:
-        if b.package and b.package not in used and "/" not in b.package and b.package.endswith(".mlpackage"):
-            remove_tree(folder / b.package)
-            remove_tree(folder / b.package.replace(".mlpackage", ".mlmodelc"))
 
 
 def compile_packages(folder: Path, names: list[str]) -> list[str]:

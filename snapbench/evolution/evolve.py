@@ -65,7 +65,10 @@ class EvolveConfig:
             raise SnapbenchError("removals per iteration and max iterations must be >= 1, train steps >= 0")
 
     def target(self, initial_ms: float) -> float:
-        return self.target_ms if self.target_ms is not None else initial_ms * float(self.target_fraction)
+        if self.target_ms is not None:
+            return self.target_ms
+        assert self.target_fraction is not None  # __post_init__: exactly one of the two
+        return initial_ms * self.target_fraction
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 from urllib.parse import urlparse
 
-from snapbench.errors import SnapbenchError
+from snapbench.errors import SnapbenchError, first_line
 from snapbench.interrupts import ignore_sigint, stop_pool
 from snapbench.evolution.evaluators import EvalConfig, Quality
 
@@ -169,7 +169,7 @@ class RayExecutor:
                 else:
                     ray.init(address=address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e, default=type(e).__name__)
             raise SnapbenchError(f"Ray at {address} does not answer ({first}); start it with `ray start --head` "
                                  "or leave out --ray-address for local workers") from None
         self.name = "Ray (local)" if local else f"Ray at {address}"

@@ -8,6 +8,7 @@ without a checkpoint get seeded random weights: latency does not depend on weigh
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ def model_latent(spec: ArchSpec, latent: int | None = None) -> int:
     return int(size)
 
 
-def resolve_model(ref: str | Path, *, weights: str | Path | None = None, variant: str | None = None,
+def resolve_model(ref: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None, variant: str | None = None,
                   subfolder: str | None = None, revision: str | None = None) -> ModelSource:
     """What `--model` (and `--weights`) name. `variant`: which weights file of a folder (None: the plain
     one, else the only variant present). `subfolder` / `revision`: inside a folder or hub snapshot, and

@@ -21,6 +21,7 @@ from snapbench.blocks.inspect import Inspection, inspect_model
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.trajectory import TRAJECTORY_FILE
+from snapbench.latency.end_to_end import TEXT_ENCODER_RUNS, image_budget
 from snapbench.versions import tool_versions
 from snapbench.model.loading import model_latent, resolve_model
 from snapbench.report.latency_source import ProfileOutcome, Profiler, backend_label, profile_with_snapbench
@@ -31,8 +32,6 @@ SCHEMA = "snapbench.report/1"
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 COMPONENT_NAMES = {"text_encoder": "text encoder", "unet": "UNet", "vae_decoder": "VAE decoder"}
 COMPONENT_PER = {"text_encoder": "run", "unet": "denoising step", "vae_decoder": "image"}
-# Classifier-free guidance encodes the prompt and the empty prompt: two text-encoder runs per image.
-TEXT_ENCODER_RUNS = 2
 # Sampling steps when nothing else says: the 50 steps behind SD-v1.5's budget in the paper's Table 1.
 DEFAULT_STEPS = 50
 # SnapFusion's UNet is step-distilled to 8 steps (paper, "Step distillation"); its test-sized twin shares it.
@@ -270,11 +269,8 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> dict[str,
     budget = None
     missing = [COMPONENT_NAMES[c] for c in COMPONENTS if components[c]["ms"] is None]
     if not missing:
-        te = TEXT_ENCODER_RUNS * components["text_encoder"]["ms"]
-        un = e.steps * components["unet"]["ms"]
-        va = components["vae_decoder"]["ms"]
-        budget = {"text_encoder_ms": te, "unet_ms": un, "vae_decoder_ms": va, "total_ms": te + un + va,
-                  "total_s": (te + un + va) / 1000}
+        te, un, va = (float(components[c]["ms"]) for c in ("text_encoder", "unet", "vae_decoder"))  # type: ignore[arg-type]
+        budget = image_budget(te, un, va, e.steps).to_dict()
     else:
         base["notes"].append(f"no end-to-end figure: no latency for the {', '.join(missing)}")
     where = outcome.measured_on
