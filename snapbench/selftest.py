@@ -24,6 +24,8 @@ from snapbench.errors import SnapbenchError
 DEVICE = "iphone14pro"
 EVAL_STEPS = "2"  # DDIM steps per CLIP-evaluated image: paths, not quality
 FIXTURES = "fixtures (tiny pipeline, CLIP, data)"
+# Ablation of a few blocks (a CA and an RB down and up): the path is the same for all; evolve scores them all.
+ABLATED = ("--block", "RB[Down-1, 1]", "--block", "CA[Down-2, 1]", "--block", "CA[Up-1, 1]", "--block", "RB[Up-3, 1]")
 
 
 @dataclass(frozen=True)
@@ -118,18 +120,20 @@ def plan(work: Path, *, processes: int, devices: Devices, workers: int = 2) -> l
     snap = (sys.executable, "-m", "snapbench")
     pipe = str(fx.pipeline)
     latent = "8"  # the sd15-tiny UNet's sample_size
+    table = str(work / "latency.csv")  # profile's table, read by ablate / evolve / report as a user would
     clip = ("--evaluator", "clip", "--prompts", str(fx.prompts), "--clip-weights", str(fx.clip),
-            "--pipeline", pipe, "--eval-steps", EVAL_STEPS, "--device", DEVICE)
+            "--pipeline", pipe, "--eval-steps", EVAL_STEPS, "--device", DEVICE, "--table", table)
     launch, launch_env = accelerate_launch(processes, devices)
     trained = str(work / "train")
     fixtures = FIXTURES
     train = f"train (accelerate, {processes} process{'es' if processes != 1 else ''})"
     evolve = "evolve (clip, ray)"
+    blocks, profile = "convert (per block)", "profile (estimate)"
     return [
         Stage(fixtures, (sys.executable, "-m", "snapbench.fixtures", str(fx.root))),
         Stage("inspect (pipeline folder)", (*snap, "inspect", "--model", pipe, "--json"), (fixtures,)),
-        Stage("convert (per block)", (*snap, "convert", "--model", pipe, "--latent", latent,
-                                      "--out", str(work / "convert-blocks"), "--json"), (fixtures,)),
+        Stage(blocks, (*snap, "convert", "--model", pipe, "--latent", latent, "--out", str(work / "convert-blocks"),
+                       "--json"), (fixtures,)),
         Stage("convert (whole, 2 chunks)", (*snap, "convert", "--model", pipe, "--whole", "--chunks", "2",
                                             "--latent", latent, "--out", str(work / "convert-whole"), "--json"),
               (fixtures,)),
@@ -139,20 +143,26 @@ def plan(work: Path, *, processes: int, devices: Devices, workers: int = 2) -> l
         Stage("convert (VAE decoder)", (*snap, "convert", "--component", "vae_decoder", "--model", pipe,
                                         "--weights", pipe, "--latent", latent, "--out",
                                         str(work / "convert-vae-decoder"), "--json"), (fixtures,)),
-        Stage("profile (estimate)", (*snap, "profile", "--device", DEVICE, "--model", pipe, "--backend", "estimate",
-                                     "--latent", latent, "--table", str(work / "latency.csv"), "--json"),
-              (fixtures,)),
+        Stage(profile, (*snap, "profile", "--device", DEVICE, "--model", pipe, "--backend", "estimate",
+                        "--latent", latent, "--packages", str(work / "convert-blocks"), "--table", table, "--json"),
+              (fixtures, blocks)),
         Stage(train, (*launch, "--model", pipe, "--data", str(fx.data), "--robust", "--steps", "2",
                       "--batch-size", str(2 * processes), "--out", trained, "--json"), (fixtures,), launch_env,
               check=lambda stdout: _trained_with(stdout, processes)),
-        Stage(f"ablate (clip, {workers} local workers)", (*snap, "ablate", "--model", trained, *clip,
-                                                          "--workers", str(workers), "--json"), (train,)),
+        Stage(f"ablate (clip, {workers} local workers)", (*snap, "ablate", "--model", trained, *clip, *ABLATED,
+                                                          "--workers", str(workers), "--json"), (train, profile)),
         Stage(evolve, (*snap, "evolve", "--model", trained, *clip, "--ray-address", "local",
                        "--target-fraction", "0.9", "--max-iterations", "1", "--out", str(work / "evolve"), "--json"),
-              (train,)),
+              (train, profile)),
+        Stage("distill (cfg-aware)", (*snap, "distill", "--model", trained, "--data", str(fx.data), "--cfg-aware",
+                                      "--teacher-steps", "4", "--student-steps", "2", "--steps", "2",
+                                      "--batch-size", "2", "--out", str(work / "distill"), "--json"), (train,)),
+        Stage("distill-decoder (50% channels)", (*snap, "distill-decoder", "--vae", pipe, "--latents", str(fx.data),
+                                                 "--prune", "0.5", "--steps", "2", "--batch-size", "2",
+                                                 "--out", str(work / "distill-decoder"), "--json"), (fixtures,)),
         Stage("report", (*snap, "report", "--baseline", pipe, "--candidate", str(work / "evolve"), "--device", DEVICE,
-                         "--backend", "estimate", "--latent", latent, "--out", str(work / "report.html")),
-              (evolve,)),
+                         "--backend", "estimate", "--latent", latent, "--table", table,
+                         "--out", str(work / "report.html")), (evolve, profile)),
     ]
 
 

@@ -126,7 +126,8 @@ class FakeCoreML:
     """A coremltools module tree for `CoreMLTools(ct=...)`: real enums and dataclasses, autospec'd
     behaviour. `calls` records what the adapter did, in order."""
 
-    def __init__(self, *, udid: str = "00008120-0001", fail_on: str | None = None, fail_prepare: Exception | None = None,
+    def __init__(self, *, udid: str = "00008120-0001", fail_on: str | None = None, interrupt_on: str | None = None,
+                 fail_prepare: Exception | None = None,
                  samples_ns: tuple[int, ...] = (5_000_000, 4_000_000, 6_000_000, 5_500_000, 4_500_000),
                  load_ns: tuple[int, ...] = (60_000_000_000, 900_000_000)) -> None:
         import coremltools as ct
@@ -135,6 +136,7 @@ class FakeCoreML:
         self.calls: list[tuple] = []
         self.loaded: list[Any] = []  # wrappers currently loaded (load() called, unload() not yet)
         self.fail_on, self.samples_ns, self.load_ns = fail_on, samples_ns, load_ns
+        self.interrupt_on = interrupt_on  # a package whose load is "interrupted" by Ctrl-C
         self._loads = 0
         exp = ct.models.ml_program.experimental
         rd, aw = exp.remote_device, exp.async_wrapper
@@ -215,6 +217,8 @@ class FakeCoreML:
             self.calls.append(("load", name, compute_units.name, where))
             if self.fail_on and self.fail_on in name:
                 raise RuntimeError("Error compiling model: unsupported op\nmore detail on line 2")
+            if self.interrupt_on and self.interrupt_on in name:
+                raise KeyboardInterrupt
             w.load_duration_in_nano_seconds = self.load_ns[self._loads % len(self.load_ns)]  # first, warm, ...
             self._loads += 1
             self.loaded.append(w)

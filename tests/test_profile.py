@@ -219,3 +219,64 @@ def test_packages_missing_a_signature_is_refused(tmp_path):
     assert signature_packages(m, tmp_path, {"RB|a"}) == {"RB|a": tmp_path / "a.mlpackage"}
     with pytest.raises(SnapbenchError, match="do not match this profile's settings or model"):
         signature_packages(m, tmp_path, {"RB|a", "CA|b"})
+
+
+def on_a_mac_with_a_phone(fakes, tmp_path, **coreml):
+    from snapbench.profilers.coreml_api import CoreMLTools
+
+    from profile_fakes import FakeCoreML
+
+    fake = FakeCoreML(**coreml)
+    fakes.tools = ProfileTools(packages=fakes, estimator=toy_estimator(), coreml=CoreMLTools(fake.ct),
+                               machine=fake_mac(tmp_path / "machine", team_id=None))
+    return fake
+
+
+def test_profile_on_the_attached_phone_prints_load_times(fakes, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SNAPBENCH_CACHE", str(tmp_path / "cache"))
+    fake = on_a_mac_with_a_phone(fakes, tmp_path)
+    argv = ["profile", "--device", "auto", "--backend", "iphone", "--model", "sd15-tiny", "--latent", "16",
+            "--team-id", "ABCDE12345", "--repeats", "3", "--warmup", "0"]
+    assert cli(fakes, argv) == 0
+    captured = capsys.readouterr()
+    assert "--device auto -> iphone14pro: Test iPhone (iOS 18.1, build 22B83)" in captured.err
+    assert "first load s" in captured.out and "measured on Test iPhone (iOS 18.1, build 22B83)" in captured.out
+    table = LatencyTable.load(tmp_path / "latency_tables" / "iphone14pro" / "sd15-tiny.csv")
+    assert {r.backend for r in table.rows()} == {"iphone"} and {r.os_build for r in table.rows()} == {"22B83"}
+    assert fake.loaded == []
+    creds = next(c[1] for c in fake.calls if c[0] == "prepare_for_model_debugging")
+    assert creds.development_team == "ABCDE12345"
+    fake.calls.clear()
+    assert cli(fakes, argv + ["--json"]) == 0  # a rerun on the same phone and build measures nothing
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert "every figure came from the table" in captured.err and fake.calls == []
+    assert doc["measured_on"]["os_build"] == "22B83" and doc["load_ms"]["unet"]["first"] > 0
+
+
+def test_an_interrupted_phone_run_keeps_its_rows_and_resumes(fakes, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SNAPBENCH_CACHE", str(tmp_path / "cache"))
+    argv = ["profile", *TINY, "--backend", "iphone", "--team-id", "ABCDE12345", "--component", "unet",
+            "--repeats", "2", "--warmup", "0"]
+    est = run_json(fakes, capsys, *TINY, "--backend", "estimate", "--component", "unet", "--table",
+                   str(tmp_path / "est.csv"))
+    unique = len({b["signature"] for b in est["blocks"] if b["signature"]})
+    victim = sorted(p.name for p in fakes.root.glob("*.mlpackage"))[4]
+    on_a_mac_with_a_phone(fakes, tmp_path, interrupt_on=victim)
+    assert cli(fakes, argv) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    path = tmp_path / "latency_tables" / "iphone14pro" / "sd15-tiny.csv"
+    kept = len(LatencyTable.load(path))
+    assert 0 < kept < unique
+    fake = on_a_mac_with_a_phone(fakes, tmp_path)
+    assert cli(fakes, argv) == 0
+    assert len(LatencyTable.load(path)) == unique
+    assert sum(c[0] == "retrieve_compute_plan" for c in fake.calls) == unique - kept  # only what was missing
+
+
+def test_no_team_id_is_refused_before_anything_runs(fakes, capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("SNAPBENCH_TEAM_ID", raising=False)
+    fake = on_a_mac_with_a_phone(fakes, tmp_path)
+    assert cli(fakes, ["profile", *TINY, "--backend", "iphone"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--team-id" in err and fake.calls == [] and fakes.calls == []

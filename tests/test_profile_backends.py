@@ -240,3 +240,28 @@ def test_device_backend_validates_its_numbers():
 def test_ipads_are_never_measured_on_a_phone(tmp_path):
     with pytest.raises(SnapbenchError, match="measures iPhones, not an iPad Pro"):
         choose_backend("iphone", resolve_device("ipadpro-m2"), machine=fake_mac(tmp_path))
+
+
+def test_the_team_id_may_come_from_the_environment(tmp_path):
+    be, fake = backend(tmp_path, signing=None)  # fake_mac's team id stands for SNAPBENCH_TEAM_ID
+    with be.open(be.identify(None)):
+        pass
+    creds = next(c[1] for c in fake.calls if c[0] == "prepare_for_model_debugging")
+    assert creds.development_team == "ABCDE12345"
+    be, _ = backend(tmp_path, signing=None, machine=fake_mac(tmp_path, team_id=None))
+    with pytest.raises(SnapbenchError, match="pass --team-id"):
+        with be.open(be.identify(None)):
+            pass
+
+
+def test_an_untrusted_developer_profile_says_where_to_trust_it(tmp_path):
+    import coremltools as ct
+
+    rd = ct.models.ml_program.experimental.remote_device
+    launch = rd._DeviceCtlError(message=b"ERROR: The application could not be launched because its profile has "
+                                        b"not been explicitly trusted by the user.\n", error_code=1)
+    be, _ = backend(tmp_path, fake=FakeCoreML(fail_prepare=launch))
+    with pytest.raises(SnapbenchError, match="not been explicitly trusted.*VPN & Device Management") as e:
+        with be.open(be.identify(None)):
+            pass
+    assert "\n" not in str(e.value)

@@ -144,7 +144,8 @@ def test_table_lacking_rows_is_estimated_and_said(tmp_path):
     names the table and says so."""
     from snapbench.latency import Settings, profile_model
 
-    run = profile_model(BASE, DEVICE, Settings(), backend="estimate", packages=FakePackages(tmp_path / "p"),
+    # sd15-tiny's own latent (its config's sample_size), which the report uses unless told otherwise
+    run = profile_model(BASE, DEVICE, Settings(latent=8), backend="estimate", packages=FakePackages(tmp_path / "p"),
                         estimator=toy_estimator(), progress=False)
     table = tmp_path / "table.csv"
     run.table.save(table)
@@ -250,11 +251,10 @@ def test_backend_labels():
 
 @pytest.mark.slow
 def test_command_two_devices_html_and_json(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(report_data, "profile_with_snapbench", fake_profiler(tmp_path))
     out = tmp_path / "sub" / "r.html"
     argv = ["report", "-b", BASE, "-c", CAND, "-d", "iPhone 14 Pro", "-d", "iphone12promax",
             "--out", str(out), "--json"]
-    assert main(argv) == 0
+    assert main(argv, obj=fake_profiler(tmp_path)) == 0
     printed = capsys.readouterr()
     assert printed.out.split() == [str(out), str(out.with_suffix(".json"))]
     data = json.loads(out.with_suffix(".json").read_text())
@@ -290,11 +290,9 @@ def test_command_two_devices_html_and_json(tmp_path, monkeypatch, capsys):
 def test_bad_input_one_line_exit_2(tmp_path, monkeypatch, capsys, args, words):
     (tmp_path / "file.txt").write_text("x")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(report_data, "profile_with_snapbench",
-                        lambda *a, **k: pytest.fail("bad input must fail before profiling"))
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     base = ["report", "-b", BASE, "-c", CAND]
-    assert main(base + args) == 2
+    assert main(base + args, obj=lambda *a, **k: pytest.fail("bad input must fail before profiling")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
     assert not list(tmp_path.glob("reports/*"))
@@ -306,9 +304,9 @@ def test_backend_not_available_here_is_one_line(tmp_path, monkeypatch, capsys):
 
     if sys.platform == "darwin":
         pytest.skip("a Mac may have the iphone backend")
-    monkeypatch.setattr(report_data, "profile_with_snapbench", fake_profiler(tmp_path))
     out = tmp_path / "r.html"
-    assert main(["report", "-b", BASE, "-c", CAND, "--backend", "iphone", "--out", str(out)]) == 2
+    assert main(["report", "-b", BASE, "-c", CAND, "--backend", "iphone", "--out", str(out)],
+                obj=fake_profiler(tmp_path)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "iphone" in err, err
     assert not out.exists()
@@ -316,7 +314,7 @@ def test_backend_not_available_here_is_one_line(tmp_path, monkeypatch, capsys):
 
 def test_measured_load_times_reach_the_report(tmp_path):
     """Rows measured on a (fake) phone carry first and warm load times: the report shows them per component."""
-    from snapbench.latency import Settings, profile_document, profile_model
+    from snapbench.latency import Settings, profile_model
 
     from profile_fakes import fake_device_backend
 
@@ -325,7 +323,7 @@ def test_measured_load_times_reach_the_report(tmp_path):
     def on_the_phone(source, device, settings, backend, table, say=None):
         run = profile_model(source, device, Settings(**settings), backend=be, estimator=toy_estimator(),
                             packages=FakePackages(tmp_path / "pkgs"), progress=False)
-        return ProfileOutcome(profile_document(run))
+        return ProfileOutcome.of(run)
 
     data = gather(baseline=BASE, candidates=[], devices=[DEVICE], profiler=on_the_phone)
     r = result(data, BASE)

@@ -123,6 +123,21 @@ def test_clip_evaluator_bad_input(fx, tmp_path):
         read_prompts(tmp_path / "empty.txt")
 
 
+def test_evolve_cli_refuses_bad_clip_input_in_one_line(fx, tmp_path):
+    not_clip = tmp_path / "text-encoder-only"
+    shutil.copytree(fx.clip, not_clip)
+    cfg = json.loads((not_clip / "config.json").read_text())
+    (not_clip / "config.json").write_text(json.dumps({**cfg["text_config"], "model_type": "clip_text_model"}))
+    (tmp_path / "empty.txt").write_text("")
+    base = [sys.executable, "-m", "snapbench", "ablate", "--model", str(fx.pipeline), "--evaluator", "clip",
+            "--pipeline", str(fx.pipeline)]
+    for extra, message in ((["--prompts", str(fx.prompts), "--clip-weights", str(not_clip)], "not a CLIPModel"),
+                           (["--prompts", str(tmp_path / "empty.txt"), "--clip-weights", str(fx.clip)], "empty")):
+        proc = subprocess.run(base + extra, capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_processes_beyond_the_devices_are_refused():
     from snapbench.selftest import Devices, training_processes
 
@@ -170,6 +185,7 @@ def test_selftest_runs_every_stage(tmp_path):
                          "convert (whole, 2 chunks)", "convert (text encoder)", "convert (VAE decoder)",
                          "profile (estimate)"]
     assert any(n.startswith("train (accelerate, ") for n in names)
-    assert {"evolve (clip, ray)", "report"} <= set(names)
+    assert {"ablate (clip, 2 local workers)", "evolve (clip, ray)", "distill (cfg-aware)",
+            "distill-decoder (50% channels)"} <= set(names) and names[-1] == "report"
     assert all(s["seconds"] >= 0 for s in report["stages"])
     assert (work / "report.html").is_file() and (work / "evolve" / "arch.json").is_file()

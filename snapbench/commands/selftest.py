@@ -17,8 +17,8 @@ def selftest_command(
                                             "there are two, else 1]"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Run every Stable-Diffusion-scale stage (inspect, convert, profile, train, ablate, evolve, report) on tiny
-    random checkpoints, each timed: a checklist. Exit 0 only when every stage passed."""
+    """Run every Stable-Diffusion-scale stage (inspect, convert, profile, train, ablate, evolve, distill,
+    distill-decoder, report) on tiny random checkpoints, each timed: a checklist. Exit 0 only when all passed."""
     from snapbench.selftest import selftest
 
     def started(name: str) -> None:

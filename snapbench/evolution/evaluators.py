@@ -75,14 +75,15 @@ class ToyEvaluator:
         labels = torch.arange(10).repeat_interleave(c.samples_per_prompt)
         prompts = [DIGIT_PROMPTS[k] for k in labels.tolist()]
         cfg = model.config
-        g = torch.Generator().manual_seed(c.seed)
+        device = next(model.parameters()).device
+        g = torch.Generator().manual_seed(c.seed)  # noise drawn on the CPU: the same on every device
         noise = torch.randn(len(prompts), cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)
         with torch.no_grad():
             context = bundle.encoder.encode(prompts)
             uncond = bundle.encoder.encode([""])
-            images = ddim_sample(model, context, uncond, noise, noise_schedule=bundle.noise_schedule,
+            images = ddim_sample(model, context, uncond, noise.to(device), noise_schedule=bundle.noise_schedule,
                                  steps=c.steps, guidance=c.guidance, disabled=disabled)
-        probs = self.classifier.probs(images)
+        probs = self.classifier.probs(images.cpu())
         wanted = probs[torch.arange(len(labels)), labels]
         per_digit = wanted.reshape(10, c.samples_per_prompt).mean(1)
         return Quality(float(wanted.mean()), {

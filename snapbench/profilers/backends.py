@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from snapbench import __version__
 from snapbench.devices.catalog import Device, resolve_device
+from snapbench.choices import check_choice
 from snapbench.errors import SnapbenchError
 from snapbench.profilers.coreml_api import DEFAULT_REQUEST_TIMEOUT_S, CoreMLTools, Signing, describe
 from snapbench.profilers.measurement import Measurement, PackageJob, placement_text
@@ -51,6 +52,8 @@ def is_mac(device: Device) -> bool:
 
 
 def _suggest(reason: str) -> str:
+    if "--backend estimate" in reason:
+        return reason
     return f"{reason} (or use --backend estimate, which runs anywhere, or --backend import --from FILE)"
 
 
@@ -172,6 +175,8 @@ class DeviceBackend:
             loop.close()
 
     async def _prepare(self, target: Target) -> Any:
+        if self.signing is None and self.here.team_id:  # SNAPBENCH_TEAM_ID, when no --team-id was given
+            self.signing = Signing.for_team(self.here.team_id)
         if self.signing is None:
             raise SnapbenchError("the iphone backend signs coremltools' runner app: pass --team-id "
                                  "(or set SNAPBENCH_TEAM_ID); see `snapbench doctor`")
@@ -187,8 +192,11 @@ class DeviceBackend:
         except SnapbenchError:
             raise
         except Exception as e:  # coremltools raises ValueError / its own errors with devicectl's stderr
-            raise SnapbenchError(f"preparing {target.name} for profiling failed: {describe(e)}; "
-                                 "run `snapbench doctor`") from None
+            why = describe(e)
+            hint = ("on the phone, trust the app's developer: Settings > General > VPN & Device Management, "
+                    "then run again" if "trust" in why.lower() or "profile" in why.lower() else
+                    "run `snapbench doctor`")
+            raise SnapbenchError(f"preparing {target.name} for profiling failed: {why}; {hint}") from None
 
 
 @dataclass
@@ -227,8 +235,7 @@ class DevicePricer:
 def choose_backend(requested: str, device: Device, *, machine: Machine | None = None,
                    say: Callable[[str], None] | None = None) -> str:
     """Resolve `auto` to the best backend this machine has for `device`; check explicit choices."""
-    if requested not in BACKEND_CHOICES:
-        raise SnapbenchError(f"unknown backend {requested!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+    check_choice("--backend", requested, BACKEND_CHOICES)
     if requested != "auto":
         if requested in MEASURING:
             DeviceBackend(requested, machine=machine).check(device)

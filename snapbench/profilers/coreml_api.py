@@ -133,7 +133,11 @@ class CoreMLTools:
     @contextlib.asynccontextmanager
     async def _loaded(self, path: Path, compute_units: str, device: Any | None) -> AsyncIterator[Any]:
         model = self._wrapper(path, compute_units, device)
-        await model.load()
+        try:
+            await model.load()
+        except BaseException:
+            model.cleanup()  # the compiled copy it made in a temporary folder
+            raise
         try:
             yield model
         except BaseException:

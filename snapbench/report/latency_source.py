@@ -1,20 +1,24 @@
-"""Where the report's latencies come from: the profiler's JSON document, or an honest "not available".
+"""Where the report's latencies come from: the profiler's typed result, or an honest "not available".
 
-The report never makes a latency up. It asks `snapbench.latency` for the same document that
-`snapbench profile --json` prints (device, backend, settings, components, stages, blocks) and labels every
-figure by the backend that produced it. When the profiler cannot answer, the outcome carries the reason,
-and the report shows the architecture without latencies and says why.
+The report never makes a latency up. It asks `snapbench.latency.profile_model` for the same `ProfileRun`
+that `snapbench profile` prints (device, settings, blocks, components, where it was measured) and labels
+every figure by the backend that produced it. When the profiler cannot answer, the outcome carries the
+reason, and the report shows the architecture without latencies and says why.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from snapbench.devices.catalog import Device
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
+
+if TYPE_CHECKING:
+    from snapbench.latency.model_latency import ComponentLatency, ProfileRun
+    from snapbench.profilers.backends import Target
 
 # A backend name (from a document or a block row) -> the word the report prints next to the figure.
 _LABELS = (("mixed", "mixed"), ("iphone", "measured"), ("mac", "measured"), ("measure", "measured"),
@@ -33,9 +37,20 @@ def backend_label(backend: str | None) -> str:
 
 @dataclass
 class ProfileOutcome:
-    document: dict[str, Any] | None  # the `snapbench profile --json` document, or None
-    reason: str | None = None  # why there is no document
+    run: "ProfileRun | None"  # the UNet's profile (blocks, stages, settings), or None
+    reason: str | None = None  # why there is no profile
     notes: list[str] = field(default_factory=list)  # what the report must say about how it was obtained
+    components: "dict[str, ComponentLatency]" = field(default_factory=dict)  # every part with a figure
+    measured_on: "Target | None" = None  # the phone or Mac, when any part was measured
+
+    @staticmethod
+    def of(run: "ProfileRun", *parts: "ProfileRun", notes: list[str] | None = None) -> "ProfileOutcome":
+        """The outcome of a UNet run plus the runs of other parts (each adds its components)."""
+        comps = dict(run.components)
+        for part in parts:
+            comps.update(part.components)
+        where = next((r.measured_on for r in (run, *parts) if r.measured_on is not None), None)
+        return ProfileOutcome(run, notes=list(notes or []), components=comps, measured_on=where)
 
 
 # (model source, device, settings dict, backend, table path or None, say) -> outcome
@@ -57,7 +72,7 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
     """
     try:
         from snapbench.paths import table_to_read, user_table_path
-        from snapbench.latency import LatencyTable, Settings, profile_document, profile_model
+        from snapbench.latency import LatencyTable, Settings, profile_model
     except ImportError as e:
         return ProfileOutcome(None, f"the latency profiler is not available in this installation ({e})")
     path = table if table is not None else (table_to_read(device.id, source.ref)
@@ -70,8 +85,7 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
         run = profile_model(source, device, s, table=existing, backend=backend, components=("unet",), say=say, **kw)
     except ImportError as e:  # a converter or Core ML piece missing here: say so, never invent a number
         return ProfileOutcome(None, f"latencies could not be produced on this machine ({e})")
-    doc = profile_document(run, table_path=_shown(path))
-    new_rows = list(run.new_rows)
+    parts = []
     table_now = run.table
     for comp in ("text_encoder", "vae_decoder"):
         try:
@@ -80,16 +94,9 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
             notes.append(f"no {comp.replace('_', ' ')} latency: {e}")
             continue
         table_now = part.table
-        doc["components"][comp] = round(part.components[comp].latency_ms, 4)
-        doc["component_backends"][comp] = part.components[comp].backend
-        got = part.components[comp]
-        if got.first_load_ms is not None:
-            doc.setdefault("load_ms", {})[comp] = {"first": got.first_load_ms, "warm": got.warm_load_ms}
-        if part.measured_on is not None and doc.get("measured_on") is None:
-            t = part.measured_on
-            doc["measured_on"] = {"name": t.name, "os_version": t.os_version, "os_build": t.os_build}
-        new_rows += part.new_rows
-    return _outcome(doc, new_rows, path, notes)
+        parts.append(part)
+    new_rows = [r for p in (run, *parts) for r in p.new_rows]
+    return ProfileOutcome.of(run, *parts, notes=_table_notes(new_rows, path, notes))
 
 
 def _shown(path: Path) -> str | None:
@@ -98,8 +105,8 @@ def _shown(path: Path) -> str | None:
     return display_path(path) if path.is_file() else None
 
 
-def _outcome(doc: dict[str, Any], new_rows: list[Any], path: Path, notes: list[str]) -> ProfileOutcome:
-    """The document plus what the report must say about the table: read from it, or filled in now."""
+def _table_notes(new_rows: list[Any], path: Path, notes: list[str]) -> list[str]:
+    """What the report must say about the table: read from it, or filled in now."""
     if new_rows:
         counts: dict[str, int] = {}
         for r in new_rows:
@@ -107,10 +114,7 @@ def _outcome(doc: dict[str, Any], new_rows: list[Any], path: Path, notes: list[s
         made = ", ".join(f"{n} {lab}" for lab, n in sorted(counts.items()))
         shown = _shown(path)
         if shown is not None:
-            notes.insert(0, f"{shown} lacked current rows for these settings: {made} now (labelled; "
-                            f"run `snapbench profile` to store them)")
-        else:
-            notes.insert(0, f"no latency table at {path}: {made} now")
-    else:
-        notes.insert(0, f"every figure read from {_shown(path) or path}")
-    return ProfileOutcome(doc, notes=notes)
+            return [f"{shown} lacked current rows for these settings: {made} now (labelled; "
+                    f"run `snapbench profile` to store them)", *notes]
+        return [f"no latency table at {path}: {made} now", *notes]
+    return [f"every figure read from {_shown(path) or path}", *notes]
