@@ -38,17 +38,20 @@ demo: setup
 
 test: setup browser
 	$(BIN)/ruff check snapbench tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# ruff (pyflakes + bugbear) and mypy (basic checking of snapbench/; settings in pyproject.toml)
 lint: setup
 	$(BIN)/ruff check snapbench tests benchmarks
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python benchmarks/bench_convert.py
 	$(BIN)/python benchmarks/bench_profile.py
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .snapbench-cache
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .snapbench-cache

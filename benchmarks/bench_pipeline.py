@@ -71,6 +71,7 @@ def main() -> None:
                      "--attention", a.attention, *shapes, *extra, "--out", str(out), "--json"])
             m = json.loads((out / "manifest.json").read_text())
             r["parts"] = {b["id"]: b["seconds"] for b in m["blocks"]}
+            r["phases"] = {b["id"]: b.get("timings") for b in m["blocks"]}
             r["package_bytes"] = sum(b["bytes"] or 0 for b in m["blocks"])
             rows.append((label, r))
         if a.reference_model and importlib.util.find_spec("python_coreml_stable_diffusion"):
@@ -92,6 +93,9 @@ def main() -> None:
             if "parts" in r:
                 parts = ", ".join(f"{k} {v:.0f} s" for k, v in r["parts"].items() if v is not None)
                 print(f"  {label}: {parts}; packages {r['package_bytes'] / 1e9:.2f} GB")
+                for part, phases in r["phases"].items():
+                    if phases:
+                        print(f"    {part}: " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()))
         if a.json_out:
             Path(a.json_out).write_text(json.dumps({"model": a.model, "machine": machine(), "rows": rows}, indent=2))
     finally:

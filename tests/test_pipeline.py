@@ -101,6 +101,25 @@ def test_two_chunks_compose_to_the_checkpoints_unet(tmp_path, attention):
         assert built[0].psnr_db and min(built[0].psnr_db.values()) >= 35
 
 
+def test_chunks_of_an_evolved_model_read_its_copies(tmp_path):
+    """An `evolve` output (arch.json, unet/, copies.safetensors): removed blocks and weight copies."""
+    from snapbench.model.loading import save_elastic
+
+    save_elastic(build_unet(resolve_model("snapfusion-tiny"), device="cpu", seed=2), tmp_path / "evo")
+    g = torch.Generator().manual_seed(4)
+    sample, ehs = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 16, 1, 4, generator=g)
+    t = torch.full((2,), 981.0)
+    # --model runs/evo: copies from copies.safetensors; --model snapfusion-tiny --weights runs/evo: the UNet
+    # checkpoint only, copies made from their originals as build_unet makes them
+    for source in (resolve_model(tmp_path / "evo"), resolve_model("snapfusion-tiny", weights=tmp_path / "evo")):
+        plans, built = _chunk_modules(source, ConvertOptions(latent=8, tokens=4, chunks=2))
+        with torch.no_grad():
+            got = built[1].module(*built[0].module(sample, t, ehs), ehs)
+            want = build_unet(source, device="cpu").eval()(sample, t, ehs.squeeze(2).transpose(1, 2))
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert resolve_model(tmp_path / "evo").copies_file is not None
+
+
 def test_chunk_takes_only_its_blocks():
     source = resolve_model("sd15-tiny")
     plans, built = _chunk_modules(source, ConvertOptions(latent=8, tokens=4, chunks=2))
@@ -109,6 +128,42 @@ def test_chunk_takes_only_its_blocks():
     total = sum(b.params for b in blocks)
     assert n1 + n2 == total and n1 * 2 >= total > (n1 - max(b.params for b in blocks)) * 2
     assert isinstance(built[0].module, UNetChunk)
+
+
+@pytest.mark.parametrize("attention", ["original", "split_einsum_v2"])
+def test_chunks_traced_at_batch_one_run_at_batch_two(attention):
+    """What lets the pipeline trace at batch 1: the traced graph keeps the batch symbolic."""
+    from snapbench.converters.block_package import example_inputs, trace
+    from snapbench.converters.unet_chunks import at_batch_one
+
+    plans, built = _chunk_modules(resolve_model("sd15-tiny"), ConvertOptions(latent=16, tokens=4, chunks=2,
+                                                                               attention=attention))
+    for plan, b in zip(plans, built):
+        traced = trace(b.module, example_inputs(at_batch_one(plan.io)))
+        full = example_inputs(plan.io, seed=5)
+        with torch.no_grad():
+            want, got = b.module(*full), traced(*full)
+        for w, g in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)):
+            assert g.shape == w.shape and g.shape[0] == 2
+            torch.testing.assert_close(g, w)
+
+
+def test_vae_traced_small_runs_at_full_size():
+    from snapbench.converters.app_parts import ModelFolder, vae_decoder_part, vae_encoder_part
+    from snapbench.converters.block_package import example_inputs, trace
+
+    opts = ConvertOptions(latent=16, tokens=4)
+    for make in (vae_decoder_part, vae_encoder_part):
+        part = make(resolve_model("sd15-tiny"), opts, ModelFolder(None, None, None, None))
+        module, _ = part.build()
+        small = part.inputs()
+        assert small[0].shape[-1] * 2 == part.io.inputs[0][1][-1]  # traced at half the size (latent 8)
+        traced = trace(module, small)
+        full = example_inputs(part.io, seed=5)
+        with torch.no_grad():
+            want, got = module(*full), traced(*full)
+        assert tuple(got.shape) == part.io.outputs[0][1]
+        torch.testing.assert_close(got, want)
 
 
 # -- whole runs -------------------------------------------------------------------------------------------
@@ -150,17 +205,19 @@ def test_pipeline_from_a_folder_without_vae(tmp_path, capsys):
 @pytest.mark.slow
 def test_pipeline_one_unet_vae_encoder_6_bit(tmp_path, capsys):
     out = tmp_path / "app"
-    assert main(["convert", "--model", "sd15-tiny", "--pipeline", "--weight-bits", "6", "--vae-encoder", *TINY,
-                 "--out", str(out)]) == 0
+    # latent 16: the VAE parts are traced at 8 and converted at 16
+    assert main(["convert", "--model", "sd15-tiny", "--pipeline", "--weight-bits", "6", "--vae-encoder",
+                 "--latent", "16", "--tokens", "4", "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["TextEncoder.mlpackage", "Unet.mlpackage", "VAEDecoder.mlpackage", "VAEEncoder.mlpackage",
                      "manifest.json"]  # a preset has no tokenizer files
     ins, outs = _io(out / "Unet.mlpackage")
     # original attention too: the Swift package always passes the context as (B, C, 1, S)
-    assert [(n, s) for n, s, _ in ins] == [("sample", [2, 4, 8, 8]), ("timestep", [2]),
+    assert [(n, s) for n, s, _ in ins] == [("sample", [2, 4, 16, 16]), ("timestep", [2]),
                                           ("encoder_hidden_states", [2, 16, 1, 4])] and outs == ["noise_pred"]
     assert _io(out / "VAEDecoder.mlpackage")[1] == ["image"]
-    assert [s for _, s, _ in _io(out / "VAEEncoder.mlpackage")[0]] == [[1, 3, 64, 64]]
+    assert [s for _, s, _ in _io(out / "VAEEncoder.mlpackage")[0]] == [[1, 3, 128, 128]]
+    assert load_manifest(out).block("VAEDecoder").outputs == [{"name": "image", "shape": [1, 3, 128, 128]}]
     m = load_manifest(out)
     assert m.complete and m.compression["weight_bits"] == 6 and m.compression["mode"] == "kmeans"
     block = next(iter(_spec(out / "Unet.mlpackage").mlProgram.functions["main"].block_specializations.values()))

@@ -41,7 +41,7 @@ def calibrate_command(
               title_justify="left")
     for col, just in (("reference", "left"), ("settings", "left"), ("published ms", "right"),
                       ("estimated ms", "right"), ("error %", "right")):
-        t.add_column(col, justify=just)
+        t.add_column(col, justify="right" if just == "right" else "left")
     for row in table.itertuples():
         style = None if abs(row.error_pct) <= 15 else "yellow"
         t.add_row(row.reference, row.settings, f"{row.published_ms:g}", f"{row.estimated_ms:.1f}",

@@ -15,11 +15,13 @@ import typer
 from rich.table import Table
 
 from snapbench.commands.common import (
-    JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, model_source, out, print_json,
+    JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, model_source, out, print_json, resolved_latent,
 )
 from snapbench.console import say
 from snapbench.errors import SnapbenchError
-from snapbench.latency.table import ATTENTIONS, COMPUTE_UNITS, LatencyTable, Settings
+from snapbench.choices import check_choice
+from snapbench.interrupts import on_interrupt_keep
+from snapbench.latency.table import ATTENTIONS, COMPUTE_UNITS, LatencyTable, Settings, merge_into_file
 from snapbench.profilers.backends import BACKEND_CHOICES
 from snapbench.profilers.coreml_api import DEFAULT_REQUEST_TIMEOUT_S
 from snapbench.profilers.readiness import TEAM_ID_ENV
@@ -31,12 +33,6 @@ def default_table_path(device_id: str, model: str, tables: str | Path | None = N
     from snapbench.paths import user_table_path
 
     return user_table_path(device_id, model, tables)
-
-
-def _choice(value: str, allowed: tuple, flag: str) -> str:
-    if value not in allowed:
-        raise SnapbenchError(f"{flag} {value!r} is not one of {', '.join(map(str, allowed))}")
-    return value
 
 
 def profile_command(
@@ -52,7 +48,7 @@ def profile_command(
     attention: str = typer.Option("original", "--attention", help=f"Attention implementation: {', '.join(ATTENTIONS)}."),
     weight_bits: int = typer.Option(16, "--weight-bits", help="Weight bits: 16 (fp16), 8, 6 or 4 (palettized)."),
     batch: int = typer.Option(2, "--batch", min=1, help="UNet batch (2 = classifier-free guidance)."),
-    latent: int = LatentOpt,
+    latent: Optional[int] = LatentOpt,
     tokens: int = TokensOpt,
     compute_units: str = typer.Option("cpu_and_ne", "--compute-units", help=f"{', '.join(COMPUTE_UNITS)}."),
     backend: str = typer.Option("auto", "--backend", "-b", help=f"{' | '.join(BACKEND_CHOICES)}."),
@@ -83,10 +79,11 @@ def profile_command(
 
     tools = ctx.obj if isinstance(ctx.obj, ProfileTools) else ProfileTools()
 
-    settings = Settings(compute_units=_choice(compute_units, COMPUTE_UNITS, "--compute-units"),
-                        weight_bits=weight_bits, attention=_choice(attention, ATTENTIONS, "--attention"),
+    latent = resolved_latent(model_source(model, None, variant, subfolder, revision), None, latent)
+    settings = Settings(compute_units=check_choice("--compute-units", compute_units, COMPUTE_UNITS),
+                        weight_bits=weight_bits, attention=check_choice("--attention", attention, ATTENTIONS),
                         batch=batch, latent=latent, tokens=tokens)
-    _choice(backend, BACKEND_CHOICES, "--backend")
+    check_choice("--backend", backend, BACKEND_CHOICES)
     if from_file is not None and backend == "auto":
         backend = "import"
     if packages is not None:  # refuse packages made with other settings before anything else happens
@@ -117,6 +114,8 @@ def profile_command(
         dev = resolve_device(device)
     path = table if table is not None else default_table_path(dev.id, model, tables)
     existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
+    on_interrupt_keep(f"the packages converted so far (cached) and the rows measured so far; {path} "
+                      "gets estimates only at the end")
     if table is None and not path.is_file():  # start from the shipped table; what is new goes to the user's
         from snapbench.paths import shipped_table_path
 
@@ -137,13 +136,14 @@ def profile_command(
         components=tuple(component or ALL_COMPONENTS), import_file=from_file,
         packages=tools.packages or (ConverterPackages(packages) if packages is not None else None),
         # measured rows are saved one package at a time: an interrupted or failed run keeps them
-        on_table=(lambda t: t.save(path)) if measuring else None, progress=True, say=say,
+        on_table=(lambda t: merge_into_file(path, t)) if measuring else None, progress=True, say=say,
     )
     if run.new_rows:
-        run.table.save(path)
+        # merged under the table's lock: rows a concurrent run wrote meanwhile (another --weight-bits) stay
+        written = merge_into_file(path, run.table)
         counts = Counter(r.backend for r in run.new_rows)
         say(f"{path}: wrote {len(run.new_rows)} row(s) "
-            f"({', '.join(f'{n} {b}' for b, n in sorted(counts.items()))}); {len(run.table)} in the table")
+            f"({', '.join(f'{n} {b}' for b, n in sorted(counts.items()))}); {len(written)} in the table")
     else:
         say(f"{path}: every figure came from the table; nothing to write")
     if as_json:
@@ -185,11 +185,12 @@ def render(run: ProfileRun) -> None:
                      if loads else ""))
     c = run.components
     if {"unet", "text_encoder", "vae_decoder"} <= c.keys():
+        from snapbench.latency.end_to_end import TEXT_ENCODER_RUNS, image_budget
+
         te, un, vae = c["text_encoder"].latency_ms, c["unet"].latency_ms, c["vae_decoder"].latency_ms
-        # CFG encodes the prompt and the empty prompt: two text-encoder runs per image.
-        per = lambda steps: (2 * te + steps * un + vae) / 1000  # noqa: E731
-        out.print(f"per image: 2 x text encoder + steps x UNet + VAE decoder = {per(50):.2f} s at 50 steps, "
-                  f"{per(8):.2f} s at 8 steps")
+        per = {steps: image_budget(te, un, vae, steps).total_s for steps in (50, 8)}
+        out.print(f"per image: {TEXT_ENCODER_RUNS} x text encoder + steps x UNet + VAE decoder = {per[50]:.2f} s "
+                  f"at 50 steps, {per[8]:.2f} s at 8 steps")
 
 
 def _seconds(ms: float | None) -> str:

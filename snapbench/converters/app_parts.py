@@ -42,7 +42,10 @@ class AppPart:
     identity: dict[str, Any]  # what the package's cache key hashes besides the options
     params: int
     build: Callable[[], tuple[nn.Module, dict[str, float]]]  # the module, and PSNR (dB) of its ANE rewrites
-    inputs: Callable[[], tuple[torch.Tensor, ...]] | None = None  # example inputs, where random normals won't do
+    # what to trace with (None: random normals of the interface's shapes). Smaller than the interface
+    # where the traced graph keeps every shape symbolic (batch, image size), so the one forward pass that
+    # tracing costs is cheaper; the package still gets the interface's shapes (see trace_io).
+    inputs: Callable[[], tuple[torch.Tensor, ...]] | None = None
     psnr_db: dict[str, float] = field(default_factory=dict)
 
 
@@ -153,11 +156,29 @@ def text_encoder_part(source: ModelSource, opts: ConvertOptions, folder: ModelFo
                    inputs)
 
 
+TRACE_LATENT = 8  # the VAE is traced at this latent size (64x64 pixels), converted at the real one
+
+
+def small_image_inputs(io: PackageIO, scale: int, seed: int) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """Trace inputs for a VAE part: the interface's shape with height and width divided by `scale`.
+
+    The VAE's graph (convs, GroupNorm, nearest upsampling, its mid-block attention) takes every spatial
+    size from the tensors, so the trace at a small size is the same program; tests check that the traced
+    graph run at the full size equals the module there, and the package's output shape is checked on reload.
+    """
+    def inputs() -> tuple[torch.Tensor, ...]:
+        g = torch.Generator().manual_seed(seed)
+        return tuple(torch.randn((*s[:-2], s[-2] // scale, s[-1] // scale), generator=g) for _, s in io.inputs)
+
+    return inputs
+
+
 def vae_decoder_part(source: ModelSource, opts: ConvertOptions, folder: ModelFolder) -> AppPart:
     single = vae_decoder_single(source, opts, folder.vae)
     io = PackageIO((("z", single.io.inputs[0][1]),), (("image", single.io.outputs[0][1]),))
+    scale = max(1, opts.latent // TRACE_LATENT) if opts.latent % TRACE_LATENT == 0 else 1
     return AppPart("VAEDecoder", "vae_decoder", single.title, io, dict(single.identity), single.params,
-                   lambda: (single.build(), {}))
+                   lambda: (single.build(), {}), small_image_inputs(io, scale, opts.seed))
 
 
 def vae_encoder_part(source: ModelSource, opts: ConvertOptions, folder: ModelFolder) -> AppPart:
@@ -183,4 +204,6 @@ def vae_encoder_part(source: ModelSource, opts: ConvertOptions, folder: ModelFol
     with torch.device("meta"):
         params = sum(p.numel() for p in VAEEncoder(AutoencoderKL(**cfg)).parameters())
     fp = file_stat_fingerprint(list(folder.vae.iterdir())) if folder.vae else {"random_seed": opts.seed}
-    return AppPart("VAEEncoder", "vae_encoder", title, io, {"config": cfg, "weights": str(fp)}, params, build)
+    trace_scale = max(1, lat // TRACE_LATENT) if lat % TRACE_LATENT == 0 else 1
+    return AppPart("VAEEncoder", "vae_encoder", title, io, {"config": cfg, "weights": str(fp)}, params, build,
+                   small_image_inputs(io, trace_scale, opts.seed))

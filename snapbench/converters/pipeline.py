@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,16 @@ from snapbench.converters.app_parts import (
     TOKENIZER_FILES, AppPart, ModelFolder, check_tokenizer, model_folder, text_encoder_part, text_encoder_vocab,
     vae_decoder_part, vae_encoder_part,
 )
-from snapbench.converters.block_package import convert_module, is_complete_package, package_bytes, remove_tree
+from snapbench.converters.block_package import (
+    convert_module, is_complete_package, package_bytes, package_files, remove_tree,
+)
 from snapbench.converters.cache import cache_key, source_fingerprint
 from snapbench.converters.checks import require_prediction
 from snapbench.converters.compression import compression_info
 from snapbench.converters.convert_blocks import ConvertResult, _stamped_key, cut, load_source, weight_files
-from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir
+from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
-from snapbench.errors import SnapbenchError
+from snapbench.errors import SnapbenchError, first_line
 from snapbench.model.loading import ModelSource
 from snapbench.versions import tool_versions
 
@@ -56,7 +59,8 @@ class PipelineResult(ConvertResult):
 
 
 def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
-    from snapbench.converters.unet_chunks import build_chunk, chunk_identity, plan_chunks
+    from snapbench.converters.block_package import example_inputs
+    from snapbench.converters.unet_chunks import at_batch_one, build_chunk, chunk_identity, plan_chunks
 
     meta, blocks = cut(source, opts)
     cfg = meta.config
@@ -78,7 +82,9 @@ def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
             plan.name, "unet", f"{what} of {source.spec.name}", plan.io,
             {"spec": source.spec.to_dict(), "weights": weights, "attention": opts.attention,
              **chunk_identity(blocks, plan)},
-            sum(b.params for b in blocks[plan.start:plan.end]), build))
+            sum(b.params for b in blocks[plan.start:plan.end]), build,
+            # traced at batch 1: half the forward pass; every op keeps the batch symbolic (tests check it)
+            lambda plan=plan: example_inputs(at_batch_one(plan.io), seed=opts.seed)))
     return parts
 
 
@@ -147,24 +153,30 @@ def _entry(part: AppPart, key: str, state: str, **kw: Any) -> ManifestBlock:
 
 
 def _convert_part(part: AppPart, dest: Path, key: str, opts: ConvertOptions, source: ModelSource,
-                  versions: dict[str, str]) -> tuple[float, int, dict[str, float]]:
+                  versions: dict[str, str]) -> tuple[float, int, dict[str, float], dict[str, float]]:
+    start = time.perf_counter()
     module, db = part.build()
+    built = time.perf_counter() - start
     metadata = {"block": part.name, "kind": part.kind, "mode": opts.mode, "model": source.ref,
                 "spec": source.spec.name, "version": versions["snapbench"], "cache_key": key,
                 "attention": opts.attention if part.kind == "unet" else "-", "weight_bits": opts.weight_bits,
                 "target": opts.target, "source_hash": part.identity.get("weights")}
     inputs = part.inputs() if part.inputs is not None else None
     try:
-        r = convert_module(module, part.io, opts, dest, metadata=metadata, description=part.title, inputs=inputs)
+        r = convert_module(module, part.io, opts, dest, metadata=metadata, description=part.title, inputs=inputs,
+                           release=not opts.check)
         if opts.check:
             from snapbench.converters.block_package import example_inputs
             from snapbench.converters.checks import check_prediction
 
-            check_prediction(dest, _FirstOutput(module), inputs or example_inputs(part.io, seed=opts.seed), part.io)
+            # at the interface's own shapes (the trace inputs may be smaller); token ids must be valid ids
+            feed = inputs if part.kind == "text_encoder" and inputs else example_inputs(part.io, seed=opts.seed)
+            check_prediction(dest, _FirstOutput(module), feed, part.io)
     finally:
         del module
         gc.collect()  # the part's weights go before the next part is built: the peak is one part
-    return r.seconds, r.bytes, db
+    timings = {"build": round(built, 2), **{k: round(v, 2) for k, v in r.timings.items()}}
+    return built + r.seconds, r.bytes, db, timings
 
 
 class _FirstOutput:
@@ -197,14 +209,14 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
     versions = tool_versions()
     keys = {p.name: cache_key({"part": p.name, "identity": p.identity, "io": p.io.to_dict()}, opts, versions)
             for p in parts}
-    previous = inspect_out_dir(folder, CONTENT)
+    previous = inspect_out_dir(folder, CONTENT, str(source.ref), source.spec.name)  # one model per folder
     old = {b.id: b for b in previous.blocks} if previous else {}
 
     def cached(p: AppPart) -> bool:
         dest = folder / f"{p.name}.mlpackage"
-        if not is_complete_package(dest):
-            return False
         o = old.get(p.name)
+        if not is_complete_package(dest, o.files if o is not None else None):  # verified, not trusted
+            return False
         if o is not None and o.state == "done" and o.cache_key == keys[p.name]:
             return True
         return _stamped_key(dest) == keys[p.name]  # finished after the last manifest write of a killed run
@@ -234,7 +246,8 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
                 o = old.get(p.name)
                 manifest.blocks[index[p.name]] = _entry(
                     p, keys[p.name], "done", package=f"{p.name}.mlpackage", seconds=o.seconds if o else None,
-                    bytes=package_bytes(folder / f"{p.name}.mlpackage"), ane_psnr_db=o.ane_psnr_db if o else None)
+                    bytes=package_bytes(folder / f"{p.name}.mlpackage"), ane_psnr_db=o.ane_psnr_db if o else None,
+                    files=package_files(folder / f"{p.name}.mlpackage"))
                 result.reused.append(p.name)
         manifest.write()
         _copy_tokenizer(parts_folder, folder)
@@ -245,10 +258,10 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
                     bar.start(p.name)
                     i = index[p.name]
                     try:
-                        seconds, nbytes, db = _convert_part(p, folder / f"{p.name}.mlpackage", keys[p.name], opts,
+                        seconds, nbytes, db, timings = _convert_part(p, folder / f"{p.name}.mlpackage", keys[p.name], opts,
                                                             source, versions)
                     except Exception as e:  # noqa: BLE001 - one line per part; the other parts go on
-                        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                        msg = first_line(e)
                         error = msg if isinstance(e, SnapbenchError) else f"{type(e).__name__}: {msg}"
                         remove_tree(folder / f"{p.name}.mlpackage")
                         manifest.blocks[i] = replace(manifest.blocks[i], state="failed", error=error)
@@ -256,14 +269,16 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
                     else:
                         manifest.blocks[i] = _entry(p, keys[p.name], "done", package=f"{p.name}.mlpackage",
                                                     seconds=round(seconds, 3), bytes=nbytes,
-                                                    ane_psnr_db=round(min(db.values()), 2) if db else None)
+                                                    ane_psnr_db=round(min(db.values()), 2) if db else None,
+                                                    timings=timings,
+                                                    files=package_files(folder / f"{p.name}.mlpackage"))
                         result.converted.append(p.name)
                     manifest.write()
                     bar.done(p.name)
         finally:
             manifest.complete = all(b.state == "done" for b in manifest.blocks) and not manifest.missing
             manifest.write()
-            _remove_orphans(folder, previous, manifest)
+            remove_orphans(folder, previous, manifest)  # e.g. Unet after switching to --chunks 2
         if compile and not result.failed:
             result.compiled = compile_packages(folder, [p.name for p in parts])
     return result
@@ -279,17 +294,6 @@ def _copy_tokenizer(parts_folder: ModelFolder, folder: Path) -> None:
         dest = folder / name
         if not dest.is_file() or dest.read_bytes() != src.read_bytes():
             atomic_write_bytes(dest, src.read_bytes())
-
-
-def _remove_orphans(folder: Path, previous: Manifest | None, manifest: Manifest) -> None:
-    """Packages of a previous run this one no longer has (e.g. Unet after switching to --chunks 2)."""
-    if previous is None:
-        return
-    used = {b.package for b in manifest.blocks if b.package}
-    for b in previous.blocks:
-        if b.package and b.package not in used and "/" not in b.package and b.package.endswith(".mlpackage"):
-            remove_tree(folder / b.package)
-            remove_tree(folder / b.package.replace(".mlpackage", ".mlmodelc"))
 
 
 def compile_packages(folder: Path, names: list[str]) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from snapbench.converters.block_package import (
-    PackageIO, convert_module, is_complete_package, package_bytes, remove_tree,
+    PackageIO, convert_module, is_complete_package, package_bytes, package_files, remove_tree,
 )
 from snapbench.converters.cache import cache_key
 from snapbench.converters.checks import check_reloaded, require_prediction
@@ -22,6 +22,7 @@ from snapbench.converters.compression import compression_info
 from snapbench.converters.convert_blocks import ConvertResult, _up_to_date
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir
 from snapbench.converters.options import ConvertOptions
+from snapbench.errors import first_line
 from snapbench.converters.runtime import coremltools
 from snapbench.versions import tool_versions
 
@@ -50,8 +51,8 @@ def convert_single(what: SingleModel, out_dir: str | os.PathLike, opts: ConvertO
     versions = tool_versions()
     key = cache_key({"component": what.name, **dict(what.identity), "io": what.io.to_dict(),
                      "attention": opts.attention, "chunks": opts.chunks}, opts, versions)
-    previous = inspect_out_dir(folder, what.name)
-    if _up_to_date(previous, key, folder):
+    previous = inspect_out_dir(folder, what.name, what.model, what.spec)
+    if previous is not None and _up_to_date(previous, key, folder):
         return ConvertResult(previous, reused=[b.id for b in previous.blocks])
 
     manifest = Manifest(
@@ -82,8 +83,7 @@ def convert_single(what: SingleModel, out_dir: str | os.PathLike, opts: ConvertO
                     del module
                     pieces = _bisect(whole, scratch) if opts.chunks == 2 else [(whole, r.io)]
                 except Exception as e:  # noqa: BLE001 - one line for the user, the folder stays consistent
-                    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                    result.failed.append((what.name, f"{type(e).__name__}: {msg}"))
+                    result.failed.append((what.name, f"{type(e).__name__}: {first_line(e)}"))
                     pieces = []
                     r = None
                 bar.done(what.title)
@@ -100,7 +100,8 @@ def convert_single(what: SingleModel, out_dir: str | os.PathLike, opts: ConvertO
                     macs=what.macs if not chunk else 0,
                     macs_no_attention=what.macs_no_attention if not chunk else 0, state="done",
                     weights_hash=str(what.identity.get("weights")), cache_key=key,
-                    seconds=round(r.seconds, 3) if r else None, bytes=package_bytes(folder / name)))
+                    seconds=round(r.seconds, 3) if r else None, bytes=package_bytes(folder / name),
+                    files=package_files(folder / name)))
                 result.converted.append(manifest.blocks[-1].id)
             manifest.complete = not result.failed
             manifest.write()

@@ -23,11 +23,17 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 
 from snapbench.errors import SnapbenchError
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice, full_spec
 from snapbench.specs.layout import removable_slots
+
+if TYPE_CHECKING:  # heavy (torch): the types only
+    from snapbench.devices.catalog import Device
+    from snapbench.latency import LatencyTable, Settings
+    from snapbench.latency.model_latency import BlockLatency, ProfileRun
+    from snapbench.model.loading import ModelSource
 
 
 class LatencySource(Protocol):
@@ -187,6 +193,7 @@ def costs_from_table(spec: ArchSpec, device: str, *, table: str | Path | None = 
     second run converts nothing."""
     from snapbench.devices.catalog import resolve_device
     from snapbench.latency import LatencyTable, Settings
+    from snapbench.latency.table import merge_into_file
     from snapbench.model.loading import ModelSource
 
     dev = resolve_device(device)
@@ -207,12 +214,12 @@ def costs_from_table(spec: ArchSpec, device: str, *, table: str | Path | None = 
         lt = run.table
         variants[tag] = _priced(run.blocks)
     if cache_file is not None:
-        lt.save(cache_file)
+        merge_into_file(cache_file, lt)  # under its lock: two evolves may share the cache
     name = f"latency table{' ' + str(table) if table else ''} for {dev.id}"
     return _assemble(dev.id, variants, name, settings.to_dict())
 
 
-def _priced(blocks: Iterable[Any]) -> list[Priced]:
+def _priced(blocks: Iterable[BlockLatency]) -> list[Priced]:
     """Profiled blocks (snapbench.latency BlockLatency) as priced blocks; a copy runs right after the block
     it copies (arch spec semantics), so its original is the last block before it that is not a copy."""
     out: list[Priced] = []
@@ -224,8 +231,8 @@ def _priced(blocks: Iterable[Any]) -> list[Priced]:
     return out
 
 
-def _profile(src: Any, dev: Any, settings: Any, table: Any, progress: bool,
-             say: Callable[[str], None] | None) -> Any:
+def _profile(src: ModelSource, dev: Device, settings: Settings, table: LatencyTable, progress: bool,
+             say: Callable[[str], None] | None) -> ProfileRun:
     from snapbench.latency import profile_model
 
     return profile_model(src, dev, settings, table=table, backend="estimate", components=("unet",),

@@ -17,14 +17,15 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
 from snapbench.atomic import atomic_write_text
-from snapbench.choices import ATTENTIONS, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS  # re-exported for callers
+from snapbench.choices import ATTENTIONS, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS, check_choice  # re-exported for callers
+from snapbench.locks import file_lock
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_text
 from snapbench.specs.stages import STAGES
@@ -58,9 +59,7 @@ class Settings:
     def __post_init__(self) -> None:
         for name, allowed in (("compute_units", COMPUTE_UNITS), ("precision", PRECISIONS),
                               ("weight_bits", WEIGHT_BITS), ("attention", ATTENTIONS)):
-            if getattr(self, name) not in allowed:
-                raise SnapbenchError(f"{name} {getattr(self, name)!r} is not one of "
-                                     f"{', '.join(map(str, allowed))}")
+            check_choice(name, getattr(self, name), allowed)
         if self.batch < 1 or self.latent < 1 or self.tokens < 1:
             raise SnapbenchError(f"batch, latent and tokens must be >= 1 (got batch {self.batch}, latent "
                                  f"{self.latent}, tokens {self.tokens})")
@@ -190,6 +189,8 @@ class LatencyTable:
         return buf.getvalue()
 
     def save(self, path: str | Path) -> Path:
+        """Replace the file with this table. Where other processes may write the same file, use
+        `merge_into_file` instead (this alone would drop the rows they wrote since we read it)."""
         return atomic_write_text(path, self.to_csv())
 
     # queries ----------------------------------------------------------------------------------------
@@ -206,10 +207,6 @@ class LatencyTable:
         return sorted(self._rows.values(), key=lambda r: (
             r.device, r.compute_units, r.precision, r.weight_bits, r.attention, r.batch, r.latent,
             _stage_order(r.stage), r.block, r.signature, -BACKEND_RANK.get(r.backend, 0), r.backend))
-
-    def best_rows(self) -> list[LatencyRow]:
-        best = set(map(id, self._best.values()))
-        return [r for r in self.rows() if id(r) in best]
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -240,6 +237,15 @@ class LatencyTable:
         by_backend[row.backend] = row
         self._rows[(*key, row.backend)] = row
         self._best[key] = max(by_backend.values(), key=_rank_key)
+
+def merge_into_file(path: str | Path, rows: "LatencyTable | Iterable[LatencyRow]") -> LatencyTable:
+    """Add `rows` to the table file at `path` under its lock: the file is read again and merged, so two
+    runs writing one table (an 8-bit and a 4-bit profile) both keep their rows. Returns what was written."""
+    with file_lock(path, "latency table"):
+        merged = LatencyTable.load_or_empty(path).merge(rows)
+        merged.save(path)
+    return merged
+
 
 def _rank_key(row: LatencyRow) -> tuple:
     return (BACKEND_RANK[row.backend], row.created_at)
@@ -310,6 +316,3 @@ def _parse_cell(col: str, cell: str, source: str, line: int) -> Any:
                              f"{'integer' if col in _INT_COLUMNS | _OPTIONAL_INT else 'non-negative number'}") from None
     return cell
 
-
-def replace_row(row: LatencyRow, **changes: Any) -> LatencyRow:
-    return replace(row, **changes)

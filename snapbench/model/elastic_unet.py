@@ -121,7 +121,7 @@ class ElasticUNet(nn.Module):
         `record`: if given, gets one (unit, inputs, output) tuple per unit run: how blocks are cut.
         """
         batch = sample.shape[0]
-        if not torch.is_tensor(timestep):
+        if not isinstance(timestep, torch.Tensor):
             timestep = torch.tensor([timestep], dtype=torch.float32, device=sample.device)
         if timestep.ndim == 0:
             timestep = timestep[None]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from snapbench import __version__
 from snapbench.devices.catalog import Device, resolve_device
+from snapbench.choices import check_choice
 from snapbench.errors import SnapbenchError
 from snapbench.profilers.coreml_api import DEFAULT_REQUEST_TIMEOUT_S, CoreMLTools, Signing, describe
 from snapbench.profilers.measurement import Measurement, PackageJob, placement_text
@@ -234,8 +235,7 @@ class DevicePricer:
 def choose_backend(requested: str, device: Device, *, machine: Machine | None = None,
                    say: Callable[[str], None] | None = None) -> str:
     """Resolve `auto` to the best backend this machine has for `device`; check explicit choices."""
-    if requested not in BACKEND_CHOICES:
-        raise SnapbenchError(f"unknown backend {requested!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+    check_choice("--backend", requested, BACKEND_CHOICES)
     if requested != "auto":
         if requested in MEASURING:
             DeviceBackend(requested, machine=machine).check(device)

@@ -21,8 +21,9 @@ from snapbench.blocks.inspect import Inspection, inspect_model
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.trajectory import TRAJECTORY_FILE
+from snapbench.latency.end_to_end import TEXT_ENCODER_RUNS, image_budget
 from snapbench.versions import tool_versions
-from snapbench.model.loading import resolve_model
+from snapbench.model.loading import model_latent, resolve_model
 from snapbench.report.latency_source import ProfileOutcome, Profiler, backend_label, profile_with_snapbench
 from snapbench.report.reference import load_reference, settings_differences
 from snapbench.specs.stages import STAGES
@@ -31,15 +32,14 @@ SCHEMA = "snapbench.report/1"
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 COMPONENT_NAMES = {"text_encoder": "text encoder", "unet": "UNet", "vae_decoder": "VAE decoder"}
 COMPONENT_PER = {"text_encoder": "run", "unet": "denoising step", "vae_decoder": "image"}
-# Classifier-free guidance encodes the prompt and the empty prompt: two text-encoder runs per image.
-TEXT_ENCODER_RUNS = 2
 # Sampling steps when nothing else says: the 50 steps behind SD-v1.5's budget in the paper's Table 1.
 DEFAULT_STEPS = 50
 # SnapFusion's UNet is step-distilled to 8 steps (paper, "Step distillation"); its test-sized twin shares it.
 DISTILLED_STEPS = {"snapfusion": 8, "snapfusion-tiny": 8}
 SETTING_KEYS = ("compute_units", "precision", "weight_bits", "attention", "batch", "latent")
 DEFAULT_SETTINGS: dict[str, Any] = {"compute_units": "cpu_and_ne", "precision": "fp16", "weight_bits": 16,
-                                    "attention": "original", "batch": 2, "latent": 64}
+                                    "attention": "original", "batch": 2,
+                                    "latent": None}  # None: each model at its own config's sample_size
 
 
 @dataclass
@@ -50,6 +50,7 @@ class ModelEntry:
     inspection: Inspection
     steps: int
     steps_source: str
+    latent: int  # the latent size it is priced at: --latent, else its own config's
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
@@ -90,16 +91,18 @@ def _steps_for(ref: str, name: str, overrides: Mapping[str, int], notes: Mapping
 
 def load_models(baseline: str, candidates: Sequence[str], *, settings: Mapping[str, Any],
                 steps: Mapping[str, int]) -> list[ModelEntry]:
-    shapes = InputShapes(latent=int(settings["latent"]), batch=int(settings["batch"]))
     entries: list[ModelEntry] = []
     seen: dict[str, int] = {}
     for role, ref in [("baseline", baseline)] + [("candidate", c) for c in candidates]:
-        inspection = inspect_model(resolve_model(ref), shapes=shapes, attention=str(settings["attention"]))
+        source = resolve_model(ref)
+        latent = model_latent(source.spec, settings.get("latent"))
+        shapes = InputShapes(latent=latent, batch=int(settings["batch"]))
+        inspection = inspect_model(source, shapes=shapes, attention=str(settings["attention"]))
         name = inspection.name
         seen[name] = seen.get(name, 0) + 1
         key = name if seen[name] == 1 else f"{name}#{seen[name]}"
         n, src = _steps_for(ref, name, steps, inspection.source.spec.notes)
-        entries.append(ModelEntry(key, ref, role, inspection, n, src))
+        entries.append(ModelEntry(key, ref, role, inspection, n, src, latent))
     known = {e.ref for e in entries} | {e.inspection.name for e in entries}
     unknown = [k for k in steps if k not in known]
     if unknown:
@@ -176,7 +179,7 @@ def _model_dict(e: ModelEntry) -> dict[str, Any]:
         "claimed_params": spec.notes.get("paper_claimed_params"),
         # Test-sized twins inherit the paper's notes; a claim 100x off is about another size, not an error.
         "claim_comparable": _comparable(spec.notes.get("paper_claimed_params"), totals["params"]),
-        "steps": e.steps, "steps_source": e.steps_source,
+        "steps": e.steps, "steps_source": e.steps_source, "latent": e.latent,
         "decoder_source": decoder_source(e.ref, spec.name),
         "sample_grid": toy_grid_data_uri(e.ref) if e.role == "candidate" else None,
         "totals": totals,
@@ -266,11 +269,8 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> dict[str,
     budget = None
     missing = [COMPONENT_NAMES[c] for c in COMPONENTS if components[c]["ms"] is None]
     if not missing:
-        te = TEXT_ENCODER_RUNS * components["text_encoder"]["ms"]
-        un = e.steps * components["unet"]["ms"]
-        va = components["vae_decoder"]["ms"]
-        budget = {"text_encoder_ms": te, "unet_ms": un, "vae_decoder_ms": va, "total_ms": te + un + va,
-                  "total_s": (te + un + va) / 1000}
+        te, un, va = (float(components[c]["ms"]) for c in ("text_encoder", "unet", "vae_decoder"))  # type: ignore[arg-type]
+        budget = image_budget(te, un, va, e.steps).to_dict()
     else:
         base["notes"].append(f"no end-to-end figure: no latency for the {', '.join(missing)}")
     where = outcome.measured_on
@@ -376,7 +376,7 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
     results = []
     for e in entries:
         for d in devs:
-            outcome = profiler(e.inspection.source, d, settings, backend, table_path, say=say)
+            outcome = profiler(e.inspection.source, d, {**settings, "latent": e.latent}, backend, table_path, say=say)
             results.append(_result(e, d, outcome))
     models = [_model_dict(e) for e in entries]
     _attach_speedups(results, entries[0].key)
