@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "snapbench.commands.train", "snapbench.commands.ablate", "snapbench.commands.evolve",
     "snapbench.commands.devices", "snapbench.commands.calibrate",
     "snapbench.commands.report",
+    "snapbench.commands.validate",
 )
 
 app = typer.Typer(
