@@ -7,6 +7,8 @@ import warnings
 import pytest
 import torch
 
+import snapbench  # noqa: F401  (first: lets torchvision import beside the CPU torch; see torchvision_compat)
+
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 

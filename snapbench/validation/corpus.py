@@ -9,6 +9,10 @@ medium-low or low are `low` here and are reported, never fitted.
 Columns (all required; `network`, `input`, `skip` may be empty):
     row, source, ref, family, network, input, device, compute_units, weights, statistic, latency_ms, trust, skip
 
+Where two published networks convert to the same program, their rows name one network: VGG with
+BatchNorm folds the norm into its convs (the plain VGG program); MobileCLIP S1 and S2 share one text
+tower, S3, L/14 and S4 another (identical open_clip text configs).
+
 `weights`: fp16 | fp32 | pal1..pal8 (palettized; `g` suffix: per-group tables) | w8 (int8 weights) |
 w8a8 (int8 weights and activations) | sparse50/75/90 (pruned) | mixed-int8.
 `compute_units`: all | cpuAndNeuralEngine | cpuAndGPU | not stated.

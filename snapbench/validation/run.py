@@ -167,23 +167,30 @@ def validate(rows: Sequence[CorpusRow] | None = None, *, cross: Cross | None = N
             raise SnapbenchError(f"--cross {cross!r}: choose source or chip")
         attr = "source" if cross == "source" else "chip"
         groups = sorted({getattr(by_id[k], attr) for k in points})
-        refs = reference_points()
-        prior = load_params(default_priors_path())
         for g in groups:
             if on_fit:
                 on_fit(g)
-            held = [k for k in points if getattr(by_id[k], attr) == g]
-            train = [pt for k, pt in points.items() if getattr(by_id[k], attr) != g and pt.weight > 0]
-            ref_train = [p for p in refs if not (cross == "chip" and _chip(p.device) == g)]
-            fitted = fit_params(train + ref_train, prior, version=4)
-            for k in held:
-                estimates[k] = point_ms(points[k], fitted)
-                group_of[k] = g
-            fits.append({"held_out": g, "predicted_rows": len(held), "fitted_points": len(train) + len(ref_train),
-                         "fitted_parameters": len(fit_knobs(train + ref_train))})
+            predicted, info = predict_held_out(points, by_id, cross, g)
+            estimates.update(predicted)
+            group_of.update({k: g for k in predicted})
+            fits.append(info)
         version = 4
     frame = _frame(rows, points, estimates, group_of)
     return Validation(frame, skipped, cross, version, fits)
+
+
+def predict_held_out(points: dict[str, CalibrationPoint], by_id: dict[str, CorpusRow], cross: Cross, group: str,
+                     ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit from the priors on every point outside `group` (plus the reference points, less those on the
+    held-out chip), then estimate the rows inside it: out-of-sample estimates, and what the fit used."""
+    attr = "source" if cross == "source" else "chip"
+    held = [k for k in points if getattr(by_id[k], attr) == group]
+    train = [pt for k, pt in points.items() if getattr(by_id[k], attr) != group and pt.weight > 0]
+    train += [p for p in reference_points() if not (cross == "chip" and _chip(p.device) == group)]
+    fitted = fit_params(train, load_params(default_priors_path()), version=4)
+    info = {"held_out": group, "predicted_rows": len(held), "fitted_points": len(train),
+            "fitted_parameters": len(fit_knobs(train))}
+    return {k: point_ms(points[k], fitted) for k in held}, info
 
 
 def _chip(device: str) -> str:
@@ -205,3 +212,19 @@ def headline_band(v: Validation, chip: str | None = None) -> tuple[float, float,
         return 1.0, 1.0, "no rows"
     lo, hi = np.percentile(ratio, [10, 90])
     return float(lo), float(hi), f"{scope}, {len(ratio)} rows, {v.cross or 'in-sample'}"
+
+
+def refit(*, measured: str | None = None, write: bool = False, params_path=None,
+          convert: bool = False) -> tuple[AneParams, pd.DataFrame]:
+    """The shipped fit: every fitted corpus row, the reference points and a user's measured rows (weight 1
+    each); returns the parameters and their report on the reference and measured points."""
+    from snapbench.profilers.estimate.calibrate import calibration_report
+    from snapbench.profilers.estimate.params import save_params
+
+    points, _ = corpus_points(load_corpus(), convert=convert)
+    own = load_points(measured, include_reference=False, convert=True) if measured else []
+    current = load_params(params_path)
+    fitted = fit_corpus(list(points.values()) + own, version=max(4, current.version + 1))
+    if write:
+        save_params(fitted, params_path)
+    return fitted, calibration_report(fitted, reference_points() + own)

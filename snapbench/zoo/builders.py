@@ -31,44 +31,7 @@ class Network:
     title: str
 
 
-_NMS_SCHEMAS = ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-                "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-_tv_lib: Any = None
-
-
-def _prepare_torchvision() -> None:
-    """Let torchvision import when its C ops cannot load.
-
-    PyPI's Linux torchvision wheels are CUDA builds; beside a CPU torch their C extension does not load,
-    and torchvision (0.28) then fails at import while registering fake kernels for `nms` and `qnms`.
-    Declaring those ops' schemas lets the pure-Python model definitions load; snapbench never calls them.
-    """
-    global _tv_lib
-    import torch
-
-    if _tv_lib is not None or "torchvision" in __import__("sys").modules:
-        return
-    try:
-        torch.ops.torchvision.nms  # noqa: B018  (present when the C ops loaded)
-        return
-    except (AttributeError, RuntimeError):
-        pass
-    try:
-        import importlib.util
-
-        spec = importlib.util.find_spec("torchvision")
-        if spec is None or not spec.submodule_search_locations:
-            return
-        _tv_lib = torch.library.Library("torchvision", "DEF")
-        for schema in _NMS_SCHEMAS:
-            _tv_lib.define(schema)
-    except RuntimeError:  # already defined: the C ops did load after all
-        pass
-
-
 def _library(name: str, pip_name: str) -> Any:
-    if name in ("torchvision", "timm", "open_clip"):
-        _prepare_torchvision()
     try:
         return importlib.import_module(name)
     except ImportError:
