@@ -282,7 +282,8 @@ def _op(type_, name, ins, outs, shape, flops=0.0, **attrs):
 
 def test_equivalent_attention_programs_price_alike():
     # einsum -> softmax (snapbench's export) and einsum -> mul -> softmax (Apple's reference converter):
-    # the same score map, spilled once either way; the extra mul costs only its own (vector) work.
+    # the same score map, spilled once either way; the extra mul, an epilogue of the einsum, costs at most its
+    # own (vector) work.
     s = (1, 8, 512, 4096)  # one query chunk's score map: 32 MB, far above the on-chip working set
     qk = _op("einsum", "qk", ["q"], ["s"], s, flops=2.0 * 8 * 512 * 4096 * 40)
     plain = [qk, _op("softmax", "sm", ["s"], ["p"], s)]
@@ -292,7 +293,7 @@ def test_equivalent_attention_programs_price_alike():
     a, b = estimate_ops(plain, dev), estimate_ops(scaled, dev)
     assert a.cpu_ms == b.cpu_ms == 0
     assert a.dram_bytes == pytest.approx(b.dram_bytes, rel=1e-9) and a.dram_bytes > 3 * 32 * 2**20
-    assert 0 < b.total_ms - a.total_ms < 0.05 * a.total_ms
+    assert 0 <= b.total_ms - a.total_ms < 0.05 * a.total_ms
 
 
 def test_one_stacked_pass_prices_like_each_program():

@@ -76,12 +76,12 @@ def test_bad_corpus_files_name_file_and_line(tmp_path):
         load_corpus(f)
     r = good[0]
     line = [r.row, r.source, "ref", r.family, r.network, r.input, r.device, r.compute_units, r.weights,
-            r.statistic, "fast", r.trust, ""]
+            r.statistic, r.harness, "fast", r.trust, ""]
     f.write_text(header + "\n" + ",".join(line) + "\n")
     with pytest.raises(SnapbenchError) as e:
         load_corpus(f)
     assert f"{f} line 2" in str(e.value) and "'fast' is not a number" in str(e.value)
-    line[10], line[6] = "1.0", "iphone99"
+    line[11], line[6] = "1.0", "iphone99"
     f.write_text(header + "\n" + ",".join(line) + "\n")
     with pytest.raises(SnapbenchError, match="line 2: unknown device 'iphone99'"):
         load_corpus(f)
@@ -96,7 +96,8 @@ def test_validate_command_json_on_a_small_corpus(tmp_path, capsys):
     lines = [",".join(COLUMNS)]
     for r in rows:
         lines.append(",".join([r.row, r.source, "ref", r.family, r.network, r.input, r.device, r.compute_units,
-                               r.weights, r.statistic, str(r.latency_ms), r.trust, r.skip.replace(",", ";")]))
+                               r.weights, r.statistic, r.harness, str(r.latency_ms), r.trust,
+                               r.skip.replace(",", ";")]))
     f.write_text("\n".join(lines) + "\n")
     assert main(["validate", "--corpus", str(f), "--no-convert", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)

@@ -7,7 +7,11 @@ stored weights, the statistic, and a trust grade. Figures and settings are carri
 medium-low or low are `low` here and are reported, never fitted.
 
 Columns (all required; `network`, `input`, `skip` may be empty):
-    row, source, ref, family, network, input, device, compute_units, weights, statistic, latency_ms, trust, skip
+    row, source, ref, family, network, input, device, compute_units, weights, statistic, harness, latency_ms,
+    trust, skip
+
+`harness`: xcode (Xcode's performance report: the engine's time) | app (predictions timed in an app loop:
+each also pays the call's own overhead, `call_overhead_ms`) | not stated (priced as app: the common case).
 
 Where two published networks convert to the same program, their rows name one network: VGG with
 BatchNorm folds the norm into its convs (the plain VGG program); MobileCLIP S1 and S2 share one text
@@ -32,7 +36,8 @@ from pathlib import Path
 from snapbench.errors import SnapbenchError
 
 COLUMNS = ("row", "source", "ref", "family", "network", "input", "device", "compute_units", "weights",
-           "statistic", "latency_ms", "trust", "skip")
+           "statistic", "harness", "latency_ms", "trust", "skip")
+HARNESSES = ("xcode", "app", "not stated")
 TRUST = ("high", "medium", "low")
 COMPUTE_UNITS = ("all", "cpuAndNeuralEngine", "cpuAndGPU", "not stated")
 _WEIGHTS = re.compile(r"fp16|fp32|pal[1-8]g?|w8|w8a8|sparse\d\d|mixed-int8")
@@ -51,6 +56,7 @@ class CorpusRow:
     compute_units: str
     weights: str
     statistic: str
+    harness: str
     latency_ms: float
     trust: str
     skip: str
@@ -97,6 +103,8 @@ def load_corpus(path: str | os.PathLike | None = None) -> list[CorpusRow]:
         if r["compute_units"] not in COMPUTE_UNITS:
             raise SnapbenchError(f"{where}: compute_units {r['compute_units']!r} is not one of "
                                  f"{', '.join(COMPUTE_UNITS)}")
+        if r["harness"] not in HARNESSES:
+            raise SnapbenchError(f"{where}: harness {r['harness']!r} is not one of {', '.join(HARNESSES)}")
         if not _WEIGHTS.fullmatch(r["weights"]):
             raise SnapbenchError(f"{where}: weights {r['weights']!r} is not fp16, fp32, palN, w8, w8a8, sparseNN "
                                  "or mixed-int8")
@@ -110,5 +118,6 @@ def load_corpus(path: str | os.PathLike | None = None) -> list[CorpusRow]:
         rows.append(CorpusRow(row=r["row"], source=r["source"], ref=r["ref"], family=r["family"],
                               network=r["network"], input=r["input"], device=r["device"], chip=chip,
                               compute_units=r["compute_units"], weights=r["weights"], statistic=r["statistic"],
+                              harness=r["harness"],
                               latency_ms=ms, trust=r["trust"], skip=r["skip"]))
     return rows

@@ -109,7 +109,8 @@ def corpus_points(rows: Sequence[CorpusRow], *, convert: bool = False,
         points[r.row] = CalibrationPoint(
             label=f"{r.source}: {r.row} {r.network} {r.input} {r.weights} on {r.device}", source=r.source,
             device=r.device, component="network", model=r.network, settings=f"{r.input} {r.weights}",
-            measured_ms=r.latency_ms, programs=((prepared[pk], 1),), weight=weight)
+            measured_ms=r.latency_ms, programs=((prepared[pk], 1),), weight=weight,
+            calls=0 if r.harness == "xcode" else 1)
     return points, skipped
 
 

@@ -77,7 +77,8 @@ ASSUMED_WHEN_NOT_STATED = {
 # Fitted knobs: each scales one or more parameters multiplicatively (fitted in log space). The engine's
 # vector-unit classes share one knob; every other knob is one physical quantity. Chip knobs (`chip.A15`:
 # the generation's fp16 throughput against the catalog's figure) exist for the generations the points
-# cover and are pulled harder towards 1, so a chip the fit never saw is priced from the catalog alone.
+# cover and are pulled harder towards 1, so a chip the fit never saw is priced from the catalog alone; so
+# are call knobs (`call.A13`: that generation's app-call overhead against the shared `call_overhead_ms`).
 _VECTOR = tuple(f"efficiency.{c}" for c in OP_CLASSES if c not in ("conv", "depthwise", "matmul"))
 KNOBS: dict[str, tuple[str, ...]] = {
     "conv": ("efficiency.conv",),
@@ -90,10 +91,17 @@ KNOBS: dict[str, tuple[str, ...]] = {
     "op_overhead": ("op_overhead_us",),
     "size_half": ("size_half",),
     "int8": ("int8_speedup",),
+    "int8_older": ("int8_speedup_older",),
+    "epilogue": ("epilogue_cost",),
+    "call_overhead": ("call_overhead_ms",),
 }
 MAX_LOG_FACTOR = math.log(20.0)  # no knob moves a prior by more than 20x, whatever its bounds allow
 PRIOR_WEIGHT = 0.02  # pull towards priors, per knob, in (log units)^2, against (log error)^2 per point
 CHIP_PRIOR_WEIGHT = 0.5  # a chip factor of e costs as much as half a point missed by a factor of e
+# App-call overheads differ by device and OS era far more than throughput does (a 2-3 ms floor on the
+# A13-era rows, ~0.3 ms on A15), so their per-chip factors are pulled only weakly: one chip's floor must not
+# set the shared value a chip without rows is priced with.
+CALL_PRIOR_WEIGHT = 0.05
 
 
 @dataclass(frozen=True)
@@ -107,12 +115,13 @@ class CalibrationPoint:
     measured_ms: float
     programs: tuple[tuple[PreparedOps, int], ...]  # (program, times it runs): priced as sum of count x estimate
     weight: float = 1.0  # its share of the fit's squared log error
+    calls: int = 0  # prediction calls timed in an app, each paying `call_overhead_ms` (0: engine time only)
 
 
 def point_ms(pt: CalibrationPoint, params: AneParams) -> float:
     """The point's estimate: its programs priced one by one, as `snapbench profile` sums its packages."""
     dev = resolve_device(pt.device)
-    return sum(n * total_ms(prep, dev, params) for prep, n in pt.programs)
+    return sum(n * total_ms(prep, dev, params) for prep, n in pt.programs) + pt.calls * params.call_ms(dev.chip)
 
 
 def reference_csv_path() -> Path:
@@ -230,7 +239,7 @@ def _apply(prior: AneParams, knob_values: dict[str, float]) -> AneParams:
 
 
 def _knob_keys(knob: str) -> tuple[str, ...]:
-    return (knob,) if knob.startswith("chip.") else KNOBS[knob]
+    return (knob,) if knob.startswith(("chip.", "call.")) else KNOBS[knob]
 
 
 class _Stack:
@@ -253,17 +262,21 @@ class _Stack:
         self.matrix = np.zeros((len(points), len(parts)))
         for i, j, c in entries:
             self.matrix[i, j] += c
+        self.calls = np.array([pt.calls for pt in points], dtype=float)
+        self.chips = [resolve_device(pt.device).chip for pt in points]
 
     def point_ms(self, params: AneParams) -> np.ndarray:
         t = evaluate(self.terms, params)
         pair_ms = np.bincount(self.pair_of_op, t.op_ms, minlength=self.n_pairs) + t.overhead_ms
-        return self.matrix @ pair_ms
+        calls = self.calls * np.array([params.call_ms(c) for c in self.chips])
+        return self.matrix @ pair_ms + calls
 
 
 def fit_knobs(points: Sequence[CalibrationPoint]) -> list[str]:
     """The knobs a fit on `points` moves: every structural knob, plus one per chip generation present."""
     gens = sorted({resolve_device(pt.device).chip.split()[0] for pt in points} & set(CHIP_GENERATIONS))
-    return list(KNOBS) + [f"chip.{g}" for g in gens]
+    called = sorted({resolve_device(pt.device).chip.split()[0] for pt in points if pt.calls} & set(CHIP_GENERATIONS))
+    return list(KNOBS) + [f"chip.{g}" for g in gens] + [f"call.{g}" for g in called]
 
 
 def fit_params(points: Sequence[CalibrationPoint], prior: AneParams | None = None, *,
@@ -283,7 +296,8 @@ def fit_params(points: Sequence[CalibrationPoint], prior: AneParams | None = Non
     stack = _Stack(points, prior)
     measured = np.array([pt.measured_ms for pt in points])
     weights = np.array([pt.weight for pt in points])
-    pull = np.array([CHIP_PRIOR_WEIGHT if n.startswith("chip.") else PRIOR_WEIGHT for n in names])
+    pull = np.array([CHIP_PRIOR_WEIGHT if n.startswith("chip.") else CALL_PRIOR_WEIGHT if n.startswith("call.")
+                     else PRIOR_WEIGHT for n in names])
 
     def f(x):
         est = stack.point_ms(_apply(prior, dict(zip(names, np.exp(x)))))

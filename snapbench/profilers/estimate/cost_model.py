@@ -196,6 +196,7 @@ class PreparedOps:
     fill: np.ndarray          # lane fill of conv/matmul (1 for vector ops)
     rows: np.ndarray          # output rows a conv/matmul streams (0 for vector ops: no size effect)
     int8: np.ndarray          # bool: int8 activations (W8A8)
+    epilogue: np.ndarray      # bool: an elementwise op fused into the op producing its input
 
 
 def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps:
@@ -258,6 +259,7 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
         in_fused=np.asarray(in_fused, dtype=bool), out_op=np.asarray(out_op, dtype=np.int64),
         out_bytes=np.asarray(out_b), out_fused=np.asarray(out_fused, dtype=bool), io_bytes=io,
         score_bytes=score, pool_kernel=pool, upsample=ups, fill=fill, rows=rows, int8=int8,
+        epilogue=np.bincount(np.asarray(in_op, dtype=np.int64), np.asarray(in_fused, dtype=float), minlength=n) > 0,
     )
 
 
@@ -358,7 +360,9 @@ class Terms:
     shape_eff: np.ndarray   # lane fill of conv/matmul
     rows: np.ndarray
     dram: np.ndarray        # engine DRAM bytes
-    int8: np.ndarray        # int8 compute, on a chip with an int8 path
+    int8: np.ndarray        # int8 compute
+    int8_path: Any          # the chip has an int8 engine path (per op when stacked)
+    epilogue: np.ndarray
     on_cpu: np.ndarray
     view: np.ndarray
     cpu_flops: np.ndarray
@@ -406,7 +410,8 @@ def terms(prep: PreparedOps, dev: Device, p: AneParams) -> Terms:
     else:
         segments = cpu_segments = 0
     return Terms(cls=prep.cls, work=work, shape_eff=prep.fill, rows=prep.rows, dram=prep.weight_bytes + act,
-                 int8=prep.int8 & marketed_is_int8(dev.chip), on_cpu=on_cpu, view=prep.view,
+                 int8=prep.int8, int8_path=float(marketed_is_int8(dev.chip)), epilogue=prep.epilogue,
+                 on_cpu=on_cpu, view=prep.view,
                  cpu_flops=prep.flops, cpu_bytes=prep.io_bytes + prep.weight_bytes, copy_bytes=prep.io_bytes,
                  peak=dev.ane_fp16_tflops * 1e12, bandwidth=dev.mem_bandwidth_gbps_est * 1e9,
                  chip=chip_index(dev.chip), segments=segments, cpu_segments=cpu_segments, reason=reason)
@@ -426,7 +431,8 @@ def stack_terms(parts: Sequence[Terms]) -> tuple[Terms, np.ndarray]:
     stacked = Terms(
         cls=cat([t.cls for t in parts]), work=cat([t.work for t in parts]),
         shape_eff=cat([t.shape_eff for t in parts]), rows=cat([t.rows for t in parts]),
-        dram=cat([t.dram for t in parts]), int8=cat([t.int8 for t in parts]), on_cpu=cat([t.on_cpu for t in parts]),
+        dram=cat([t.dram for t in parts]), int8=cat([t.int8 for t in parts]), int8_path=per_op("int8_path"),
+        epilogue=cat([t.epilogue for t in parts]), on_cpu=cat([t.on_cpu for t in parts]),
         view=cat([t.view for t in parts]), cpu_flops=cat([t.cpu_flops for t in parts]),
         cpu_bytes=cat([t.cpu_bytes for t in parts]), copy_bytes=cat([t.copy_bytes for t in parts]),
         peak=per_op("peak"), bandwidth=per_op("bandwidth"), chip=per_op("chip").astype(np.int64),
@@ -443,10 +449,12 @@ def evaluate(t: Terms, p: AneParams) -> _Times:
     bw = t.bandwidth * p.bandwidth_efficiency
     size = np.where(t.rows > 0, t.rows / (t.rows + p.size_half), 1.0)
     eff = np.array([p.efficiency[c] for c in OP_CLASSES])[t.cls] * t.shape_eff * size
-    speed = np.where(t.int8, p.int8_speedup, 1.0)
-    compute_ms = t.work / (peak * eff * speed) * 1e3
+    speed = np.where(t.int8, np.where(t.int8_path > 0, p.int8_speedup, p.int8_speedup_older), 1.0)
+    # an epilogue runs in its producer's pipeline: a share of its own work, no fixed cost of its own
+    share = np.where(t.epilogue, p.epilogue_cost, 1.0)
+    compute_ms = t.work / (peak * eff * speed) * 1e3 * share
     memory_ms = t.dram / bw * 1e3
-    engine_ms = np.maximum(compute_ms, memory_ms) + p.op_overhead_us * 1e-3
+    engine_ms = np.maximum(compute_ms, memory_ms) + np.where(t.epilogue, 0.0, p.op_overhead_us * 1e-3)
     # CPU ops: compute or memory bound on the CPU, plus copying their activations across
     cpu_ms = (np.maximum(t.cpu_flops / (p.cpu_gflops * 1e9), t.cpu_bytes / bw)
               + t.copy_bytes / (bw * p.copy_bandwidth_fraction)) * 1e3
