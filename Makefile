@@ -31,25 +31,29 @@ browser:
 
 # The main job on embedded defaults: the stage tables of both models, then the default report
 # (SD-v1.5 vs SnapFusion on iphone14pro, estimated from the shipped latency tables; anything the
-# tables lack is converted and estimated with progress bars). Its path is the last line printed.
+# tables lack is converted and estimated with progress bars). It ends with the headline numbers, the
+# report's path (the line `report: ...`) and the path of the data behind it (`data: ...`).
 demo: setup
 	$(BIN)/snapbench inspect --model sd15 --no-blocks
 	$(BIN)/snapbench inspect --model snapfusion --no-blocks
-	$(BIN)/snapbench report --json | sed "s/^/report: /"
+	$(BIN)/snapbench report --json | sed "s/^\(.*\.html\)$$/report: \1/; s/^\(.*\.json\)$$/data: \1/"
 
 test: setup browser
 	$(BIN)/ruff check snapbench tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# ruff (pyflakes + bugbear) and mypy (basic checking of snapbench/; settings in pyproject.toml)
 lint: setup
 	$(BIN)/ruff check snapbench tests benchmarks
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python benchmarks/bench_convert.py
 	$(BIN)/python benchmarks/bench_profile.py
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .snapbench-cache
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .snapbench-cache

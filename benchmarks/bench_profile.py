@@ -31,39 +31,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
 
-    from snapbench.blocks.cut import InputShapes, cut_blocks
     from snapbench.devices.catalog import list_devices
     from snapbench.latency import LatencyTable, Settings
-    from snapbench.latency.model_latency import _row, now
-    from snapbench.model.loading import build_unet, resolve_model
-    from snapbench.profilers.backends import EstimateBackend
-    from snapbench.profilers.measurement import PackageJob
+    from snapbench.latency.model_latency import cut_model, locate, now, packages_to_price, price
+    from snapbench.model.loading import resolve_model
+    from snapbench.profilers.backends import EstimatePricer
     from snapbench.profilers.packages import ConverterPackages
 
     settings = Settings(latent=args.latent)
     source = resolve_model(args.model)
-    blocks = cut_blocks(build_unet(source, device="meta"), InputShapes(latent=args.latent, batch=settings.batch),
-                        precision=settings.precision, attention=settings.attention)
-    first = {}
-    for b in blocks:
-        if b.signature is not None:
-            first.setdefault(b.signature.key(), b)
+    blocks = cut_model(source, settings)
+    items = packages_to_price(source, settings, ("unet",), blocks)
 
     t0 = time.perf_counter()
-    paths = ConverterPackages().block_packages(source, settings, 77, set(first), progress=True)
+    located = locate(items, source, ConverterPackages(), progress=True)
     t_packages = time.perf_counter() - t0
-    jobs = [PackageJob(k, first[k].block_id, paths[k]) for k in first]
 
     devices = list_devices()
     per_device: dict[str, float] = {}
     rows = []
     created = now()
+    estimator = EstimatePricer()
     t_all = time.perf_counter()
     for dev in devices:
         t = time.perf_counter()
-        res = EstimateBackend(dev).measure(jobs)
+        rows += price(located, dev, estimator, created=created)
         per_device[dev.id] = time.perf_counter() - t
-        rows += [_row(dev, settings, first[k], k, m, created) for k, m in res.items()]
     t_estimate = time.perf_counter() - t_all
 
     table = LatencyTable.from_rows(rows)
@@ -87,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     cold = per_device[devices[0].id]
     warm = sorted(per_device.values())[len(per_device) // 2]
     result = {
-        "model": args.model, "latent": args.latent, "blocks": len(blocks), "unique_signatures": len(first),
+        "model": args.model, "latent": args.latent, "blocks": len(blocks), "unique_signatures": len(items),
         "devices": len(devices), "packages_s": round(t_packages, 2),
         "estimate_all_devices_s": round(t_estimate, 3),
         "estimate_first_device_s": round(cold, 3), "estimate_per_device_median_s": round(warm, 4),
@@ -98,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{args.model} (latent {args.latent}): {len(blocks)} blocks, {len(first)} unique signatures")
+        print(f"{args.model} (latent {args.latent}): {len(blocks)} blocks, {len(items)} unique signatures")
         print(f"packages ready in {t_packages:.1f} s (conversion into the cache, or a warm cache)")
         print(f"estimate every block for {len(devices)} catalog devices: {t_estimate:.2f} s "
               f"(first device {cold:.2f} s, incl. reading op records unless the estimator cached them; "

@@ -8,9 +8,20 @@ from __future__ import annotations
 
 import importlib
 import sys
+from types import ModuleType
 
-import click
 import typer
+
+_typer_click: ModuleType | None
+_click: ModuleType | None
+try:  # typer >= 0.22 raises the exceptions of its bundled click copy; older typer raises click's own
+    import typer._click as _typer_click
+except ImportError:  # pragma: no cover - older typer
+    _typer_click = None
+try:
+    import click as _click
+except ImportError:  # pragma: no cover - newer typer does not depend on click
+    _click = None
 
 from snapbench import __version__
 from snapbench.errors import SnapbenchError
@@ -20,9 +31,13 @@ COMMAND_MODULES: tuple[str, ...] = (
     "snapbench.commands.inspect",
     "snapbench.commands.convert",
     "snapbench.commands.profile",
+    "snapbench.commands.doctor",
     "snapbench.commands.train", "snapbench.commands.ablate", "snapbench.commands.evolve",
+    "snapbench.commands.distill", "snapbench.commands.distill_decoder", "snapbench.commands.sample",
     "snapbench.commands.devices", "snapbench.commands.calibrate",
     "snapbench.commands.report",
+    "snapbench.commands.cache",
+    "snapbench.commands.selftest",
     "snapbench.commands.validate",
 )
 
@@ -52,24 +67,47 @@ def _root(
 for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
+_CLICKS = tuple(m.exceptions for m in (_typer_click, _click) if m is not None)
+# Each family's classes: an error raised by either click copy is caught the same way.
+USAGE_ERRORS: tuple[type[Exception], ...] = tuple(m.UsageError for m in _CLICKS)
+NO_ARGS_IS_HELP: tuple[type[Exception], ...] = tuple(m.NoArgsIsHelpError for m in _CLICKS
+                                                     if hasattr(m, "NoArgsIsHelpError"))
+EXITS: tuple[type[Exception], ...] = (typer.Exit, *(m.Exit for m in _CLICKS if hasattr(m, "Exit")))
+ABORTS: tuple[type[BaseException], ...] = (typer.Abort, *(m.Abort for m in _CLICKS if hasattr(m, "Abort")))
 
-def main(argv: list[str] | None = None) -> int:
+
+def usage_message(e: Exception) -> str:
+    """A usage error as the command's usage line and one `error:` line that keeps click's suggestion
+    ("Did you mean 'profile'?", "Possible options: --model") and points at the command's --help."""
+    ctx = getattr(e, "ctx", None)
+    usage = ctx.get_usage().strip() if ctx is not None else ""
+    path = ctx.command_path if ctx is not None else "snapbench"
+    lines = [usage] if usage else []
+    lines.append(f"error: {e.format_message()} (see '{path} --help')")  # type: ignore[attr-defined]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, *, obj: object = None) -> int:
+    """Run one command; `obj` reaches commands as `ctx.obj` (tests hand fakes in this way, e.g. `profile`'s
+    `ProfileTools`)."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="snapbench", standalone_mode=False)
+        rc = command.main(args=argv, prog_name="snapbench", standalone_mode=False, obj=obj)
+        if isinstance(rc, int) and rc != 0:  # a command's typer.Exit(n) comes back as a return value here
+            if rc == 130:  # typer turns Ctrl-C into Exit(130)
+                print("interrupted; run the same command again to resume", file=sys.stderr)
+            return rc
     except SnapbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except click.exceptions.NoArgsIsHelpError as e:
-        print(e.format_message() if hasattr(e, "format_message") else str(e), file=sys.stderr)
+    except NO_ARGS_IS_HELP:
+        return 2  # the help was printed already
+    except USAGE_ERRORS as e:
+        print(usage_message(e), file=sys.stderr)
         return 2
-    except click.UsageError as e:
-        hint = f" (see 'snapbench {e.ctx.info_name} --help')" if e.ctx and e.ctx.info_name != "snapbench" else ""
-        print(f"error: {e.format_message()}{hint}", file=sys.stderr)
-        return 2
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.Abort:
+    except EXITS as e:
+        return int(getattr(e, "exit_code", 0) or 0)
+    except ABORTS:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except KeyboardInterrupt:

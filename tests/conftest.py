@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
+# Tests keep their trained-once artefacts and converted packages in the checkout, not in the user's cache.
+os.environ.setdefault("SNAPBENCH_CACHE", str(Path(__file__).resolve().parents[1] / ".snapbench-cache"))
 import snapbench  # noqa: F401  (first: lets torchvision import beside the CPU torch; see torchvision_compat)
 
 warnings.filterwarnings("ignore", category=FutureWarning)

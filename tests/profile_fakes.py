@@ -1,21 +1,40 @@
-"""Fakes for the profile tests: a recording coremltools, packages without conversion, a toy estimator."""
+"""Fakes for the profile tests: packages without conversion, a toy estimator, a Mac with Xcode and a
+phone, and coremltools' device API.
+
+The coremltools fakes are built from the REAL installed coremltools: its enums, dataclasses
+(AppSigningCredentials, Device, the compute plan's model structure) are used as they are, and every
+object with behaviour the tests replace is `unittest.mock.create_autospec` of the real class or function,
+so a wrong method name, argument name or sync/async mismatch fails exactly as it would on a Mac.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
+
+from snapbench.profilers.estimate.cost_model import CpuOp, Estimate
+from snapbench.profilers.packages import ComponentPackage
+from snapbench.profilers.readiness import Machine
 
 
-def toy_estimate(path: Any, device: Any) -> SimpleNamespace:
+def toy_estimate(path: Any, device: Any, version: int = 7) -> Estimate:
     """Deterministic stand-in for estimate_package: a figure derived from the package name."""
     h = int(hashlib.sha1(Path(path).name.encode()).hexdigest()[:6], 16)
-    return SimpleNamespace(total_ms=1.0 + (h % 1000) / 100, dram_bytes=1000 + h % 97, params_version=7,
-                           n_ops=12, cpu_ops=())
+    total = 1.0 + (h % 1000) / 100
+    return Estimate(device=getattr(device, "id", str(device)), total_ms=total, engine_ms=total, cpu_ms=0.0,
+                    overhead_ms=0.0, compute_bound_ms=total, memory_bound_ms=0.0, by_op_type={}, by_op_class={},
+                    cpu_ops=(CpuOp("gather", "g0", "gather runs on the CPU", 0.0),), n_ops=12,
+                    n_engine_segments=1, flops=1e6, dram_bytes=1000 + h % 97, params_version=version)
 
 
-toy_estimate.params_version = 7  # type: ignore[attr-defined]
+def toy_estimator(version: int = 7) -> Any:
+    from snapbench.profilers.backends import EstimatePricer
+
+    return EstimatePricer(estimate_fn=lambda p, d: toy_estimate(p, d, version), version=lambda: version)
 
 
 class FakePackages:
@@ -25,7 +44,7 @@ class FakePackages:
         self.root = root
         self.calls: list[tuple] = []
 
-    def block_packages(self, source, settings, tokens, keys, *, progress):
+    def block_packages(self, source, settings, keys, *, progress):
         self.calls.append(("blocks", source.spec.name, settings, len(keys)))
         out = {}
         for k in keys:
@@ -34,100 +53,220 @@ class FakePackages:
             out[k] = p
         return out
 
-    def component_package(self, component, source, settings, tokens, *, progress):
+    def component_package(self, component, source, settings, *, progress):
         self.calls.append(("component", component, settings.batch))
         p = self.root / f"{component}.mlpackage"
         p.mkdir(parents=True, exist_ok=True)
-        return p
+        return ComponentPackage(p, 1000, 2000)
 
 
-# --- a fake of the coremltools 9 API surface the iphone/mac backends use -------------------------------
+# --- a Mac with Xcode and an attached phone --------------------------------------------------------------
+def devicectl_entry(name: str = "Test iPhone", *, product: str = "iPhone15,2", udid: str = "00008120-0001",
+                    os_version: str = "18.1", build: str = "22B83", developer_mode: str = "enabled",
+                    pairing: str = "paired", tunnel: str = "connected", device_type: str = "iPhone") -> dict:
+    """One device as `xcrun devicectl list devices -j` (Xcode 16) writes it."""
+    return {
+        "capabilities": [], "identifier": f"ID-{udid}",
+        "connectionProperties": {"pairingState": pairing, "tunnelState": tunnel, "transportType": "wired"},
+        "deviceProperties": {"name": name, "osVersionNumber": os_version, "osBuildUpdate": build,
+                             "developerModeStatus": developer_mode, "bootState": "booted"},
+        "hardwareProperties": {"deviceType": device_type, "productType": product, "udid": udid,
+                               "marketingName": "", "platform": "iOS"},
+    }
 
-class MLNeuralEngineComputeDevice:  # names matter: the adapter reads the class name
-    pass
+
+class FakeShell:
+    """Answers the commands readiness and phones run, from canned output; records every call."""
+
+    def __init__(self, *, devices: list[dict] | None = None, on_path: tuple[str, ...] = ("devicectl", "xcodebuild"),
+                 xcode_path: str = "/Applications/Xcode.app/Contents/Developer", xcode: str = "Xcode 16.1",
+                 chip: str = "Apple M2 Pro") -> None:
+        self.devices = [devicectl_entry()] if devices is None else devices
+        self.on_path, self.xcode_path, self.xcode, self.chip = on_path, xcode_path, xcode, chip
+        self.calls: list[list[str]] = []
+
+    def which(self, name: str) -> str | None:
+        return f"/usr/bin/{name}" if name in self.on_path else None
+
+    def run(self, argv: list[str], timeout_s: float = 60) -> tuple[int, str, str]:
+        self.calls.append(argv)
+        if argv[:2] == ["xcode-select", "-p"]:
+            return (0, self.xcode_path + "\n", "") if self.xcode_path else (2, "", "no developer directory")
+        if argv[:2] == ["xcodebuild", "-version"]:
+            if "CommandLineTools" in self.xcode_path:
+                return 1, "", "xcode-select: error: tool 'xcodebuild' requires Xcode"
+            return 0, f"{self.xcode}\nBuild version 16B40\n", ""
+        if argv[:3] == ["xcrun", "--find", "devicectl"]:
+            return 0, f"{self.xcode_path}/usr/bin/devicectl\n", ""
+        if argv[:4] == ["xcrun", "devicectl", "list", "devices"]:
+            Path(argv[argv.index("-j") + 1]).write_text(json.dumps({"result": {"devices": self.devices}}))
+            return 0, "", ""
+        if argv[:3] == ["sysctl", "-n", "machdep.cpu.brand_string"]:
+            return 0, self.chip + "\n", ""
+        if argv[:2] == ["sw_vers", "-buildVersion"]:
+            return 0, "24B83\n", ""
+        return 127, "", f"{argv[0]}: command not found"
 
 
-class MLCPUComputeDevice:
-    pass
+def fake_mac(tmp_path: Path, *, team_id: str | None = "ABCDE12345", platform: str = "darwin",
+             macos: str = "15.1", native: bool = True, runner: bool = True, **shell: Any) -> Machine:
+    ct_dir = tmp_path / "site-packages" / "coremltools"
+    ct_dir.mkdir(parents=True, exist_ok=True)
+    if native:
+        (ct_dir / "libcoremlpython.so").write_text("")
+    if runner:
+        (ct_dir / "modelrunner" / "ModelRunner.xcworkspace").mkdir(parents=True, exist_ok=True)
+    return Machine(platform=platform, macos_version=macos, shell=FakeShell(**shell), coremltools_dir=ct_dir,
+                   coremltools_version="9.0", team_id=team_id, cache_dir=tmp_path,
+                   free_bytes=lambda p: 200 * 10**9)
 
 
-def make_fake_coremltools(calls: list, *, phones: int = 1, fail_on: str | None = None,
-                          samples: tuple[float, ...] = (5.0, 4.0, 6.0, 5.5, 4.5)) -> Any:
-    """A module-like object; every call is appended to `calls` as a tuple."""
+# --- coremltools 9's device API, from the real classes --------------------------------------------------
+class FakeCoreML:
+    """A coremltools module tree for `CoreMLTools(ct=...)`: real enums and dataclasses, autospec'd
+    behaviour. `calls` records what the adapter did, in order."""
 
-    class ComputeUnit:
-        CPU_AND_NE = "CPU_AND_NE"
-        CPU_ONLY = "CPU_ONLY"
-        CPU_AND_GPU = "CPU_AND_GPU"
-        ALL = "ALL"
+    def __init__(self, *, udid: str = "00008120-0001", fail_on: str | None = None, interrupt_on: str | None = None,
+                 fail_prepare: Exception | None = None,
+                 samples_ns: tuple[int, ...] = (5_000_000, 4_000_000, 6_000_000, 5_500_000, 4_500_000),
+                 load_ns: tuple[int, ...] = (60_000_000_000, 900_000_000)) -> None:
+        import coremltools as ct
 
-    class MLModel:
-        def __init__(self, path, compute_units=None):
-            calls.append(("MLModel", Path(path).name, compute_units))
-            if fail_on and fail_on in str(path):
-                raise RuntimeError("Error compiling model: unsupported op\nmore detail on line 2")
-            self.path = path
+        self.real = ct
+        self.calls: list[tuple] = []
+        self.loaded: list[Any] = []  # wrappers currently loaded (load() called, unload() not yet)
+        self.fail_on, self.samples_ns, self.load_ns = fail_on, samples_ns, load_ns
+        self.interrupt_on = interrupt_on  # a package whose load is "interrupted" by Ctrl-C
+        self._loads = 0
+        exp = ct.models.ml_program.experimental
+        rd, aw = exp.remote_device, exp.async_wrapper
+        self.phone = rd.Device(name="Test iPhone", type=rd.DeviceType.IPHONE, identifier=f"ID-{udid}", udid=udid,
+                               os_version="18.1", os_build_number="22B83", developer_mode_state="enabled",
+                               state=rd.DeviceState.CONNECTED, session=None)
+        calls = self.calls
 
-        def get_compiled_path(self):
-            return str(self.path) + "c"
+        async def prepare(credentials=None, working_directory=None, clean=False):
+            calls.append(("prepare_for_model_debugging", credentials, Path(working_directory).name, clean))
+            if fail_prepare is not None:
+                raise fail_prepare
+            return self.phone  # a real Device; coremltools returns one with a session
 
-    class Measurement:
-        def __init__(self, s):
-            self.samples = list(s)
-
-    class MLModelBenchmarker:
-        def __init__(self, model, device=None):
-            calls.append(("Benchmarker", Path(model.path).name, getattr(device, "name", None)))
-
-        async def benchmark_predict(self, inputs=None, iterations=1, warmup=False):
-            calls.append(("benchmark_predict", iterations, warmup))
-            return Measurement((samples * (iterations // len(samples) + 1))[:iterations])
-
-    op = lambda name: SimpleNamespace(operator_name=name)  # noqa: E731
-    ops = [op("const"), op("conv"), op("softmax"), op("gather")]
-
-    class Plan:
-        model_structure = SimpleNamespace(program=SimpleNamespace(
-            functions={"main": SimpleNamespace(block=SimpleNamespace(operations=ops))}))
-
-        def get_compute_device_usage_for_mlprogram_operation(self, o):
-            dev = MLCPUComputeDevice() if o.operator_name == "gather" else MLNeuralEngineComputeDevice()
-            return SimpleNamespace(preferred_compute_device=dev)
-
-    class MLComputePlan:
-        @staticmethod
-        def load_from_path(path, compute_units=None):
-            calls.append(("MLComputePlan.load_from_path", Path(path).name, compute_units))
-            return Plan()
-
-    async def load_compute_plan_from_path_on_device(path, compute_units=None, device=None):
-        calls.append(("load_compute_plan_from_path_on_device", Path(path).name, compute_units, device.name))
-        return Plan()
-
-    class DeviceType:
-        IPHONE = "iphone"
-
-    class Phone:
-        def __init__(self, name, session=None):
-            self.name, self.os_version, self.session = name, "18.1", session
-
-        async def prepare_for_model_debugging(self, credentials=None, working_directory=None, clean=False):
-            calls.append(("prepare_for_model_debugging", self.name))
-            return Phone(self.name, session="runner")
-
-    class Device:
-        @staticmethod
-        def get_connected_devices(device_type):
+        def connected(device_type):
             calls.append(("get_connected_devices", device_type))
-            return [Phone(f"Test iPhone {i}") for i in range(phones)]
+            phone = mock.create_autospec(rd.Device, instance=True)
+            for f in ("name", "udid", "os_version", "os_build_number", "type", "state"):
+                setattr(phone, f, getattr(self.phone, f))
+            phone.prepare_for_model_debugging.side_effect = prepare
+            return [phone]
 
-    experimental = SimpleNamespace(
-        remote_device=SimpleNamespace(Device=Device, DeviceType=DeviceType),
-        perf_utils=SimpleNamespace(MLModelBenchmarker=MLModelBenchmarker),
-        compute_plan_utils=SimpleNamespace(load_compute_plan_from_path_on_device=load_compute_plan_from_path_on_device),
-    )
-    return SimpleNamespace(
-        __version__="9.0-fake", ComputeUnit=ComputeUnit,
-        models=SimpleNamespace(MLModel=MLModel, compute_plan=SimpleNamespace(MLComputePlan=MLComputePlan),
-                               ml_program=SimpleNamespace(experimental=experimental)),
-    )
+        device_ns = SimpleNamespace(get_connected_devices=mock.create_autospec(
+            rd.Device.get_connected_devices, side_effect=connected))
+        remote_device = SimpleNamespace(
+            Device=device_ns, DeviceType=rd.DeviceType, DeviceState=rd.DeviceState,
+            AppSigningCredentials=rd.AppSigningCredentials, _AppBuilder=rd._AppBuilder,
+            _DeviceCtlRemoteService=rd._DeviceCtlRemoteService)
+        self.remote_device = remote_device
+        wrappers = SimpleNamespace(MLModelAsyncWrapper=SimpleNamespace(from_spec_or_path=mock.create_autospec(
+            aw.MLModelAsyncWrapper.from_spec_or_path, side_effect=self._wrapper)))
+        spec = ct.proto.Model_pb2.Model()
+        for name, shape in (("hidden_states", (2, 4, 8, 8)), ("temb", (2, 16))):
+            f = spec.description.input.add()
+            f.name = name
+            f.type.multiArrayType.shape.extend(shape)
+            f.type.multiArrayType.dataType = ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.FLOAT16
+        self.spec = spec
+        self.ct = SimpleNamespace(
+            __version__=ct.__version__, ComputeUnit=ct.ComputeUnit, proto=ct.proto,
+            utils=SimpleNamespace(load_spec=mock.create_autospec(ct.utils.load_spec, return_value=spec)),
+            models=SimpleNamespace(
+                compute_device=ct.models.compute_device,
+                ml_program=SimpleNamespace(experimental=SimpleNamespace(
+                    remote_device=remote_device, async_wrapper=wrappers))))
+
+    def _plan(self) -> Any:
+        cp, cd = self.real.models.compute_plan, self.real.models.compute_device
+        ops = [cp.MLModelStructureProgramOperation(inputs={}, operator_name=n, outputs=[], blocks=[], __proxy__=None)
+               for n in ("const", "conv", "softmax", "gather")]
+        block = cp.MLModelStructureProgramBlock(inputs=[], operations=ops, output_names=[])
+        structure = cp.MLModelStructure(neuralnetwork=None, pipeline=None, program=cp.MLModelStructureProgram(
+            functions={"main": cp.MLModelStructureProgramFunction(inputs=[], block=block)}))
+        plan = mock.create_autospec(cp.MLComputePlan, instance=True)
+        plan.model_structure = structure
+
+        def usage(operation):
+            where = cd.MLCPUComputeDevice if operation.operator_name == "gather" else cd.MLNeuralEngineComputeDevice
+            return cp.MLComputePlanDeviceUsage(preferred_compute_device=mock.create_autospec(where, instance=True),
+                                               supported_compute_devices=[])
+
+        plan.get_compute_device_usage_for_mlprogram_operation.side_effect = usage
+        return plan
+
+    def _wrapper(self, spec_or_path, weights_dir, compute_units=None, function_name=None, optimization_hints=None,
+                 device=None):
+        aw = self.real.models.ml_program.experimental.async_wrapper
+        cls = aw.LocalMLModelAsyncWrapper if device is None else aw.RemoteMLModelAsyncWrapper
+        w = mock.create_autospec(cls, instance=True)
+        name = Path(spec_or_path).name
+        where = None if device is None else device.name
+        w.load_duration_in_nano_seconds = None
+        w.last_predict_duration_in_nano_seconds = None
+        w.make_state_if_needed.return_value = None
+        predictions = iter(range(10**6))
+
+        async def load():
+            self.calls.append(("load", name, compute_units.name, where))
+            if self.fail_on and self.fail_on in name:
+                raise RuntimeError("Error compiling model: unsupported op\nmore detail on line 2")
+            if self.interrupt_on and self.interrupt_on in name:
+                raise KeyboardInterrupt
+            w.load_duration_in_nano_seconds = self.load_ns[self._loads % len(self.load_ns)]  # first, warm, ...
+            self._loads += 1
+            self.loaded.append(w)
+
+        async def predict(inputs, state=None):
+            i = next(predictions)
+            assert set(inputs) == {"hidden_states", "temb"} and inputs["hidden_states"].shape == (2, 4, 8, 8)
+            w.last_predict_duration_in_nano_seconds = self.samples_ns[i % len(self.samples_ns)]
+            return {}
+
+        async def plan():
+            self.calls.append(("retrieve_compute_plan", name))
+            return self._plan()
+
+        async def unload():
+            self.calls.append(("unload", name))
+            self.loaded.remove(w)
+
+        w.load.side_effect, w.predict.side_effect = load, predict
+        w.retrieve_compute_plan.side_effect, w.unload.side_effect = plan, unload
+        return w
+
+
+def xcodebuild_failure(output: bytes, code: int = 65) -> Exception:
+    """The error coremltools' `_AppBuilder.build` raises when xcodebuild fails, raised the way it raises it
+    (inside the `except CalledProcessError`, so the process output survives only as `__context__`)."""
+    import subprocess
+
+    import coremltools as ct
+
+    rd = ct.models.ml_program.experimental.remote_device
+    try:
+        try:
+            raise subprocess.CalledProcessError(code, "xcodebuild", output=output)
+        except subprocess.CalledProcessError as e:
+            raise rd._AppBuilder.Error(error_code=e.returncode, message=e.stderr)  # noqa: B904 (coremltools' way)
+    except rd._AppBuilder.Error as err:
+        return err
+
+
+def fake_device_backend(tmp_path: Path, name: str = "iphone", fake: FakeCoreML | None = None, **kw: Any):
+    """A DeviceBackend on a fake Mac (Xcode 16, one iPhone 14 Pro attached) over FakeCoreML; (backend, fake)."""
+    from snapbench.profilers.backends import DeviceBackend
+    from snapbench.profilers.coreml_api import CoreMLTools, Signing
+
+    fake = fake or FakeCoreML()
+    machine = kw.pop("machine", None) or fake_mac(tmp_path, chip=kw.pop("chip", "Apple M2 Pro"),
+                                                  devices=kw.pop("devices", None))
+    return DeviceBackend(name, api=CoreMLTools(fake.ct), machine=machine,
+                         signing=kw.pop("signing", Signing.for_team("ABCDE12345")),
+                         runner_dir=tmp_path / "runner", **kw), fake

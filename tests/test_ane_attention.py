@@ -349,5 +349,13 @@ def test_split_einsum_v2_converts_when_sequence_is_shorter_than_one_chunk():
     m = rewrite_transformer(t, "split_einsum_v2")
     h, ctx = torch.randn(1, 16, 8, 8), torch.randn(1, 5, 12)
     traced = torch.jit.trace(m, (h, ctx), check_trace=False)
-    ct.convert(traced, inputs=[ct.TensorType(name="hidden", shape=h.shape), ct.TensorType(name="context", shape=ctx.shape)],
-               convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16)
+    mlmodel = ct.convert(traced, inputs=[ct.TensorType(name="hidden", shape=h.shape),
+                                         ct.TensorType(name="context", shape=ctx.shape)],
+                         convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16)
+    ops = [op for f in mlmodel._mil_program.functions.values() for op in f.operations]
+    counts = collections.Counter(op.op_type for op in ops)
+    # one chunk: per head one softmax for self- and one for cross-attention, and no query split at all
+    assert counts["softmax"] == 2 * 2
+    assert not [op for op in ops if op.op_type == "split" and len(op.outputs) == 1]
+    (out,) = mlmodel._mil_program.functions["main"].outputs
+    assert tuple(out.shape) == tuple(h.shape)

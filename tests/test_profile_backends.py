@@ -1,22 +1,21 @@
-"""The iphone and mac backends' orchestration against a fake of the coremltools API that records calls,
-`auto`'s choice, and the refusals on a machine that cannot measure."""
+"""The iphone and mac backends against fakes built from coremltools' real classes (`profile_fakes`), a
+Mac with Xcode and a phone described by canned `devicectl` JSON: readiness refusals, which phone is which
+catalog device, the runner app prepared once, rows kept after every package, resume, `auto`'s choice."""
 
 from __future__ import annotations
-
 
 import pytest
 
 from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.latency import LatencyTable, Settings, profile_model
-from snapbench.profilers.backends import DeviceBackend, EstimateBackend, choose_backend
-from snapbench.profilers.coreml_api import CoreMLTools
+from snapbench.profilers.backends import DeviceBackend, choose_backend
 from snapbench.profilers.measurement import PackageJob
+from snapbench.profilers.readiness import blocker, put_devicectl_on_path
 
-from profile_fakes import FakePackages, make_fake_coremltools, toy_estimate
+from profile_fakes import (FakeCoreML, FakePackages, devicectl_entry, fake_device_backend, fake_mac, toy_estimator,
+                           xcodebuild_failure)
 
-XCODE = lambda name: f"/usr/bin/{name}"  # noqa: E731
-NO_XCODE = lambda name: None  # noqa: E731
 
 
 def jobs(tmp_path, n=2):
@@ -28,155 +27,241 @@ def jobs(tmp_path, n=2):
     return out
 
 
-def test_mac_backend_times_each_package_with_warmup_and_compute_plan(tmp_path):
-    calls: list = []
-    api = CoreMLTools(make_fake_coremltools(calls), platform="darwin", which=XCODE)
-    be = DeviceBackend("mac", resolve_device("mac-m2"), api, warmup=2, repeats=5)
-    res = be.measure(jobs(tmp_path))
-    assert calls == [
-        ("MLModel", "b0.mlpackage", "CPU_AND_NE"),
-        ("Benchmarker", "b0.mlpackage", None),
-        ("benchmark_predict", 2, False),  # warm-up, discarded
-        ("benchmark_predict", 5, False),
-        ("MLComputePlan.load_from_path", "b0.mlpackagec", "CPU_AND_NE"),
-        ("MLModel", "b1.mlpackage", "CPU_AND_NE"),
-        ("Benchmarker", "b1.mlpackage", None),
-        ("benchmark_predict", 2, False),
-        ("benchmark_predict", 5, False),
-        ("MLComputePlan.load_from_path", "b1.mlpackagec", "CPU_AND_NE"),
-    ]
-    m = res["sig0"]
+backend = fake_device_backend
+
+
+def test_mac_backend_times_each_package_with_loads_and_compute_plan(tmp_path):
+    be, fake = backend(tmp_path, "mac", warmup=2, repeats=5)
+    target = be.identify(None)
+    assert (target.device_id, target.os_build) == ("mac-m2", "24B83")
+    dev = resolve_device("mac-m2")
+    with be.open(target) as price:
+        ms = [price(j, dev) for j in jobs(tmp_path)]
+    assert [c[0] for c in fake.calls] == ["load", "unload", "load", "retrieve_compute_plan", "unload"] * 2
+    assert all(c[3] is None for c in fake.calls if c[0] == "load")  # on this Mac, not a phone
+    m = ms[0]
     assert (m.backend, m.latency_ms, m.samples) == ("mac", 5.0, 5)
     assert m.p90_ms == pytest.approx(5.8)
-    assert m.placement == "ane=2;cpu=1"  # const ops are not counted; gather ran on the CPU
-    assert "coremltools=9.0-fake" in m.versions
+    assert m.placement == "ane=2;cpu=1"
+    assert (m.first_load_ms, m.warm_load_ms, m.os_build) == (60_000.0, 900.0, "24B83")
+    assert f"coremltools={fake.real.__version__}" in m.versions and fake.loaded == []
 
 
-def test_iphone_backend_prepares_the_runner_app_once(tmp_path):
-    calls: list = []
-    api = CoreMLTools(make_fake_coremltools(calls, phones=2), platform="darwin", which=XCODE)
-    be = DeviceBackend("iphone", resolve_device("iphone14pro"), api, warmup=0, repeats=3)
-    res = be.measure(jobs(tmp_path, 3))
-    assert calls[:2] == [("get_connected_devices", "iphone"), ("prepare_for_model_debugging", "Test iPhone 0")]
-    assert sum(c[0] == "prepare_for_model_debugging" for c in calls) == 1
-    assert ("Benchmarker", "b2.mlpackage", "Test iPhone 0") in calls
-    assert ("load_compute_plan_from_path_on_device", "b1.mlpackagec", "CPU_AND_NE", "Test iPhone 0") in calls
-    assert not any(c[0] == "benchmark_predict" and c[1] == 0 for c in calls)  # no warm-up call when 0
-    assert {m.backend for m in res.values()} == {"iphone"} and all(m.samples == 3 for m in res.values())
-    assert "Test iPhone 0 (iOS 18.1)" == res["sig0"].source
+def test_iphone_backend_identifies_the_phone_and_prepares_the_runner_once(tmp_path):
+    be, fake = backend(tmp_path, warmup=0, repeats=3)
+    target = be.identify(None)  # --device auto
+    assert (target.device_id, target.name, target.os_build) == ("iphone14pro", "Test iPhone", "22B83")
+    dev = resolve_device("iphone14pro")
+    with be.open(target) as price:
+        ms = [price(j, dev) for j in jobs(tmp_path, 3)]
+    prepares = [c for c in fake.calls if c[0] == "prepare_for_model_debugging"]
+    assert len(prepares) == 1 and prepares[0][1].development_team == "ABCDE12345"
+    assert all(c[3] == "Test iPhone" for c in fake.calls if c[0] == "load")
+    assert {m.backend for m in ms} == {"iphone"} and all(m.samples == 3 for m in ms)
+    assert ms[0].source == "Test iPhone (iOS 18.1, build 22B83)"
 
 
-def test_iphone_backend_without_a_phone_says_what_to_do(tmp_path):
-    api = CoreMLTools(make_fake_coremltools([], phones=0), platform="darwin", which=XCODE)
-    with pytest.raises(SnapbenchError, match="no iPhone is connected.*--backend estimate"):
-        DeviceBackend("iphone", resolve_device("iphone14pro"), api).measure(jobs(tmp_path))
+def test_a_phone_of_another_model_than_device_is_refused(tmp_path):
+    be, _ = backend(tmp_path)
+    with pytest.raises(SnapbenchError, match="--device iphone15 is not attached.*Test iPhone is iphone14pro.*--device auto"):
+        be.identify(resolve_device("iphone15"))
+
+
+@pytest.mark.parametrize("entry, words", [
+    (dict(pairing="unpaired"), "does not trust this Mac"),
+    (dict(developer_mode="disabled"), "Developer Mode off"),
+    (dict(tunnel="disconnected"), "not connected.*unlock it"),
+    (dict(os_version="17.2"), "iOS 17.2.*17.4 or later"),
+    (dict(product="iPhone99,9"), "catalog does not have"),
+])
+def test_phone_problems_are_one_line_with_the_fix(tmp_path, entry, words):
+    be, _ = backend(tmp_path, devices=[devicectl_entry(**entry)])
+    with pytest.raises(SnapbenchError, match=words) as e:
+        be.identify(None)
+    assert "\n" not in str(e.value)
+
+
+def test_no_phone(tmp_path):
+    be, _ = backend(tmp_path, devices=[])
+    with pytest.raises(SnapbenchError, match="no iPhone is attached: plug it in"):
+        be.identify(None)
+
+
+def test_runner_build_failure_names_the_xcodebuild_error(tmp_path):
+    failure = xcodebuild_failure(b"error: Signing for \"modelrunner\" requires a development team.\n")
+    be, _ = backend(tmp_path, fake=FakeCoreML(fail_prepare=failure))
+    with pytest.raises(SnapbenchError) as e:
+        with be.open(be.identify(None)):
+            pass
+    msg = str(e.value)
+    assert "requires a development team" in msg and "exit 65" in msg and "None" not in msg
+    assert (tmp_path / "runner" / "xcodebuild.log").is_file()
 
 
 def test_coremltools_failure_becomes_one_line_naming_the_block(tmp_path):
-    api = CoreMLTools(make_fake_coremltools([], fail_on="b1"), platform="darwin", which=XCODE)
+    be, fake = backend(tmp_path, "mac", fake=FakeCoreML(fail_on="b1"))
+    dev = resolve_device("mac-m2")
     with pytest.raises(SnapbenchError) as e:
-        DeviceBackend("mac", resolve_device("mac-m1"), api).measure(jobs(tmp_path))
+        with be.open(be.identify(dev)) as price:
+            for j in jobs(tmp_path):
+                price(j, dev)
     assert "RB[Down-1, 2]" in str(e.value) and "unsupported op" in str(e.value) and "\n" not in str(e.value)
+    assert fake.loaded == []
 
 
-@pytest.mark.parametrize("platform, which, target, message", [
-    ("linux", XCODE, "iphone14pro", "the iphone backend measures on an iPhone from a Mac with Xcode, and this machine runs linux"),
-    ("darwin", NO_XCODE, "iphone14pro", "needs Xcode"),
+@pytest.mark.parametrize("setup, words", [
+    (dict(platform="linux"), "this machine runs linux"),
+    (dict(xcode_path="/Library/Developer/CommandLineTools"), "only the Command Line Tools"),
+    (dict(xcode="Xcode 15.4"), "Xcode 15.4.*Xcode 16 or later"),
+    (dict(team_id=None), "no team id.*--team-id"),
+    (dict(runner=False), "modelrunner.*macOS wheel"),
+    (dict(native=False), "not the macOS one"),
+    (dict(macos="14.2"), "macOS 14.2.*14.4"),
 ])
-def test_iphone_refusals(platform, which, target, message):
-    calls: list = []
-    api = CoreMLTools(make_fake_coremltools(calls), platform=platform, which=which)
-    with pytest.raises(SnapbenchError, match=message) as e:
-        choose_backend("iphone", resolve_device(target), api=api)
-    assert "--backend estimate" in str(e.value) and calls == []  # refused before touching coremltools
+def test_iphone_refusals_before_anything_runs(tmp_path, setup, words):
+    machine = fake_mac(tmp_path, **setup)
+    with pytest.raises(SnapbenchError, match=words) as e:
+        choose_backend("iphone", resolve_device("iphone14pro"), machine=machine)
+    assert "--backend estimate" in str(e.value) and "\n" not in str(e.value)
+    assert not any(c[:2] == ["xcrun", "devicectl"] for c in machine.shell.calls)  # no phone asked for
 
 
-def test_mac_backend_never_files_mac_timings_under_an_iphone():
-    api = CoreMLTools(make_fake_coremltools([]), platform="darwin", which=XCODE)
+def test_devicectl_outside_path_is_put_on_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin")
+    machine = fake_mac(tmp_path, on_path=("xcodebuild",))
+    assert blocker(machine, "iphone") is None
+    assert put_devicectl_on_path(machine) == "/Applications/Xcode.app/Contents/Developer/usr/bin"
+    import os
+
+    assert os.environ["PATH"].startswith("/Applications/Xcode.app/Contents/Developer/usr/bin")
+
+
+def test_mac_backend_never_files_mac_timings_under_an_iphone(tmp_path):
+    machine = fake_mac(tmp_path)
     with pytest.raises(SnapbenchError, match="measures this Mac, not an iPhone 14 Pro"):
-        choose_backend("mac", resolve_device("iphone14pro"), api=api)
+        choose_backend("mac", resolve_device("iphone14pro"), machine=machine)
     with pytest.raises(SnapbenchError, match="is a Mac; use --backend mac"):
-        choose_backend("iphone", resolve_device("mac-m2"), api=api)
+        choose_backend("iphone", resolve_device("mac-m2"), machine=machine)
+    be, _ = backend(tmp_path, "mac", chip="Apple M1")
+    with pytest.raises(SnapbenchError, match="this Mac is mac-m1, not --device mac-m2"):
+        be.identify(resolve_device("mac-m2"))
 
 
-@pytest.mark.parametrize("platform, which, phones, target, expected", [
-    ("darwin", XCODE, 1, "iphone14pro", "iphone"),
-    ("darwin", XCODE, 0, "iphone14pro", "estimate"),
-    ("darwin", NO_XCODE, 1, "iphone14pro", "estimate"),
-    ("darwin", XCODE, 1, "mac-m2", "mac"),
-    ("linux", XCODE, 1, "iphone14pro", "estimate"),
-    ("linux", XCODE, 1, "mac-m2", "estimate"),
+@pytest.mark.parametrize("setup, target, expected", [
+    (dict(), "iphone14pro", "iphone"),
+    (dict(devices=[]), "iphone14pro", "estimate"),
+    (dict(team_id=None), "iphone14pro", "estimate"),
+    (dict(xcode_path="/Library/Developer/CommandLineTools"), "iphone14pro", "estimate"),
+    (dict(), "iphone15", "estimate"),  # the attached phone is another model
+    (dict(), "mac-m2", "mac"),
+    (dict(platform="linux"), "iphone14pro", "estimate"),
+    (dict(platform="linux"), "mac-m2", "estimate"),
+    (dict(), "ipadpro-m2", "estimate"),
 ])
-def test_auto_picks_the_best_available_and_says_so(platform, which, phones, target, expected):
+def test_auto_picks_the_best_available_and_says_why(tmp_path, setup, target, expected):
     said: list[str] = []
-    api = CoreMLTools(make_fake_coremltools([], phones=phones), platform=platform, which=which)
-    assert choose_backend("auto", resolve_device(target), api=api, say=said.append) == expected
-    assert len(said) == 1 and said[0].startswith(f"backend auto -> {expected}")
+    assert choose_backend("auto", resolve_device(target), machine=fake_mac(tmp_path, **setup),
+                          say=said.append) == expected
+    assert len(said) == 1 and said[0].startswith(f"backend auto -> {expected} (")
 
 
-def test_profile_on_a_fake_iphone_fills_the_table_and_resumes(tmp_path):
-    calls: list = []
-    api = CoreMLTools(make_fake_coremltools(calls), platform="darwin", which=XCODE)
+def test_profile_on_a_fake_iphone_saves_every_row_and_resumes(tmp_path):
     pk = FakePackages(tmp_path / "pk")
     s = Settings(latent=16)
-    run = profile_model("sd15-tiny", "iphone14pro", s, backend="auto", api=api, packages=pk,
-                        estimate_fn=toy_estimate, progress=False, repeats=4, warmup=1)
-    assert run.backend == "iphone"
+    saved: list[int] = []
+    be, fake = backend(tmp_path, repeats=4, warmup=1)
+    run = profile_model("sd15-tiny", "iphone14pro", s, backend=be, estimator=toy_estimator(), packages=pk,
+                        progress=False, on_table=lambda t: saved.append(len(t)))
+    assert run.backend == "iphone" and run.measured_on.os_build == "22B83"
     assert {r.backend for r in run.new_rows} == {"iphone"}
+    assert saved == list(range(1, len(run.new_rows) + 1))  # the table handed on after every package
     assert all(r.samples == 4 and r.p90_ms is not None and r.placement for r in run.new_rows)
-    comps = {r.block for r in run.new_rows if r.stage == "-"}
-    assert comps == {"text_encoder", "vae_decoder"}
-    assert {c.backend for c in run.components.values()} == {"iphone"}
+    assert all((r.first_load_ms, r.warm_load_ms, r.os_build) == (60_000.0, 900.0, "22B83") for r in run.new_rows)
+    assert {r.block for r in run.new_rows if r.stage == "-"} == {"text_encoder", "vae_decoder"}
+    # a component's load time: every block's package loaded once (a block repeated is a model loaded twice)
+    assert run.components["unet"].first_load_ms == pytest.approx(60_000.0 * sum(1 for b in run.blocks if b.signature))
     # a second run with the table measures nothing again
-    calls.clear()
-    again = profile_model("sd15-tiny", "iphone14pro", s, table=run.table, backend="iphone", api=api,
-                          packages=pk, estimate_fn=toy_estimate, progress=False)
-    assert again.new_rows == [] and not any(c[0] == "Benchmarker" for c in calls)
-    # measured rows beat estimates already in the table, and the estimates stay
-    est = profile_model("sd15-tiny", "iphone14pro", s, table=LatencyTable.empty(), backend="estimate",
-                        packages=pk, estimate_fn=toy_estimate, progress=False)
-    both = est.table.merge(run.table)
-    assert len(both) == 2 * len(run.table)
-    key = run.new_rows[0].signature
-    assert both.lookup("iphone14pro", s, key).backend == "iphone"
-    assert both.lookup_backend("iphone14pro", s, key, "estimate") is not None
+    fake.calls.clear()
+    again = profile_model("sd15-tiny", "iphone14pro", s, table=run.table, backend=be, estimator=toy_estimator(),
+                          packages=pk, progress=False)
+    assert again.new_rows == [] and fake.calls == []
+    # after an iOS update the same table is measured again
+    be2, _ = backend(tmp_path, devices=[devicectl_entry(build="22C152", os_version="18.2")])
+    newer = profile_model("sd15-tiny", "iphone14pro", s, table=run.table, backend=be2, estimator=toy_estimator(),
+                          packages=pk, progress=False)
+    assert len(newer.new_rows) == len(run.new_rows) and {r.os_build for r in newer.table.rows()} == {"22C152"}
 
 
-def test_estimate_backend_labels_rows(tmp_path):
-    res = EstimateBackend(resolve_device("iphone14"), toy_estimate).measure(jobs(tmp_path, 1))
-    m = res["sig0"]
-    assert m.backend == "estimate" and m.samples == 0 and m.p90_ms is None
-    assert m.placement == "ane=12" and "estimator=7" in m.versions
-
-
-def test_device_backend_validates_repeats():
-    with pytest.raises(SnapbenchError, match="--repeats"):
-        DeviceBackend("mac", resolve_device("mac-m2"), CoreMLTools(platform="darwin"), repeats=0)
-
-
-def test_estimates_of_an_older_estimator_are_refreshed(tmp_path):
-    from types import SimpleNamespace
-
+def test_a_failure_mid_run_keeps_the_rows_before_it(tmp_path):
     pk = FakePackages(tmp_path / "pk")
     s = Settings(latent=16)
-    old = profile_model("sd15-tiny", "iphone14", s, backend="estimate", packages=pk, estimate_fn=toy_estimate,
-                        progress=False, components=("unet",))
+    tables: list[LatencyTable] = []
+    first = profile_model("sd15-tiny", "iphone14pro", s, backend="estimate", estimator=toy_estimator(),
+                          packages=pk, progress=False, components=("unet",))
+    victim = sorted(pk.root.glob("*.mlpackage"))[3].name
+    be, _ = backend(tmp_path, fake=FakeCoreML(fail_on=victim))
+    with pytest.raises(SnapbenchError, match="unsupported op"):
+        profile_model("sd15-tiny", "iphone14pro", s, backend=be, estimator=toy_estimator(), packages=pk,
+                      progress=False, components=("unet",), on_table=tables.append)
+    kept = tables[-1]
+    measured = [r for r in kept.rows() if r.backend == "iphone"]
+    assert 0 < len(measured) < len(first.new_rows)
+    # the rerun measures only what is missing
+    be_ok, fake = backend(tmp_path)
+    rerun = profile_model("sd15-tiny", "iphone14pro", s, table=kept, backend=be_ok, estimator=toy_estimator(),
+                          packages=pk, progress=False, components=("unet",))
+    assert len(rerun.new_rows) == len(first.new_rows) - len(measured)
 
-    def newer(path, device):
-        return SimpleNamespace(**{**vars(toy_estimate(path, device)), "params_version": 8})
 
-    newer.params_version = 8
-    again = profile_model("sd15-tiny", "iphone14", s, table=old.table, backend="estimate", packages=pk,
-                          estimate_fn=toy_estimate, progress=False, components=("unet",))
-    assert again.new_rows == []  # same estimator: nothing to do
-    fresh = profile_model("sd15-tiny", "iphone14", s, table=old.table, backend="estimate", packages=pk,
-                          estimate_fn=newer, progress=False, components=("unet",))
+def test_estimates_are_labelled_and_refreshed_for_a_newer_estimator(tmp_path):
+    pk = FakePackages(tmp_path / "pk")
+    s = Settings(latent=16)
+    old = profile_model("sd15-tiny", "iphone14", s, backend=toy_estimator(7), packages=pk, progress=False,
+                        components=("unet",))
+    r = old.new_rows[0]
+    assert (r.backend, r.samples, r.p90_ms, r.placement) == ("estimate", 0, None, "ane=11;cpu=1")
+    assert "estimator=7" in r.versions
+    again = profile_model("sd15-tiny", "iphone14", s, table=old.table, backend=toy_estimator(7), packages=pk,
+                          progress=False, components=("unet",))
+    assert again.new_rows == []
+    fresh = profile_model("sd15-tiny", "iphone14", s, table=old.table, backend=toy_estimator(8), packages=pk,
+                          progress=False, components=("unet",))
     assert len(fresh.new_rows) == len(old.new_rows)
     assert all("estimator=8" in r.versions for r in fresh.table.rows())
 
 
-def test_ipads_are_never_measured_on_a_phone():
-    api = CoreMLTools(make_fake_coremltools([]), platform="darwin", which=XCODE)
+def test_device_backend_validates_its_numbers():
+    with pytest.raises(SnapbenchError, match="--repeats"):
+        DeviceBackend("mac", repeats=0)
+    with pytest.raises(SnapbenchError, match="--request-timeout"):
+        DeviceBackend("iphone", request_timeout_s=0)
+
+
+def test_ipads_are_never_measured_on_a_phone(tmp_path):
     with pytest.raises(SnapbenchError, match="measures iPhones, not an iPad Pro"):
-        choose_backend("iphone", resolve_device("ipadpro-m2"), api=api)
-    assert choose_backend("auto", resolve_device("ipadpro-m2"), api=api) == "estimate"
+        choose_backend("iphone", resolve_device("ipadpro-m2"), machine=fake_mac(tmp_path))
+
+
+def test_the_team_id_may_come_from_the_environment(tmp_path):
+    be, fake = backend(tmp_path, signing=None)  # fake_mac's team id stands for SNAPBENCH_TEAM_ID
+    with be.open(be.identify(None)):
+        pass
+    creds = next(c[1] for c in fake.calls if c[0] == "prepare_for_model_debugging")
+    assert creds.development_team == "ABCDE12345"
+    be, _ = backend(tmp_path, signing=None, machine=fake_mac(tmp_path, team_id=None))
+    with pytest.raises(SnapbenchError, match="pass --team-id"):
+        with be.open(be.identify(None)):
+            pass
+
+
+def test_an_untrusted_developer_profile_says_where_to_trust_it(tmp_path):
+    import coremltools as ct
+
+    rd = ct.models.ml_program.experimental.remote_device
+    launch = rd._DeviceCtlError(message=b"ERROR: The application could not be launched because its profile has "
+                                        b"not been explicitly trusted by the user.\n", error_code=1)
+    be, _ = backend(tmp_path, fake=FakeCoreML(fail_prepare=launch))
+    with pytest.raises(SnapbenchError, match="not been explicitly trusted.*VPN & Device Management") as e:
+        with be.open(be.identify(None)):
+            pass
+    assert "\n" not in str(e.value)

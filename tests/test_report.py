@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from profile_fakes import FakePackages, toy_estimate
+from profile_fakes import FakePackages, toy_estimator
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
 from snapbench.report import data as report_data
@@ -28,7 +28,7 @@ BASE, CAND, DEVICE = "sd15-tiny", "snapfusion-tiny", "iphone14pro"
 def fake_profiler(tmp_path, **extra):
     """The real profiling path with fakes for conversion and estimation (fixture-only latencies)."""
     return functools.partial(profile_with_snapbench, packages=FakePackages(tmp_path / "pkgs"),
-                             estimate_fn=toy_estimate, progress=False, **extra)
+                             estimator=toy_estimator(), progress=False, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -119,15 +119,15 @@ def test_no_latency_means_no_figure(tmp_path):
 class DecoderlessPackages(FakePackages):
     """Fake packages whose VAE decoder cannot be converted (a gap in the tools, not bad input)."""
 
-    def component_package(self, component, source, settings, tokens, *, progress):
+    def component_package(self, component, source, settings, *, progress):
         if component == "vae_decoder":
             raise SnapbenchError("converters returned no package for vae_decoder (test)")
-        return super().component_package(component, source, settings, tokens, progress=progress)
+        return super().component_package(component, source, settings, progress=progress)
 
 
 def test_a_part_that_cannot_be_profiled_is_missing_not_invented(tmp_path):
     profiler = functools.partial(profile_with_snapbench, packages=DecoderlessPackages(tmp_path / "p"),
-                                 estimate_fn=toy_estimate, progress=False)
+                                 estimator=toy_estimator(), progress=False)
     data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], profiler=profiler)
     r = result(data, BASE)
     assert r["available"] and r["components"]["unet"]["ms"] and r["components"]["text_encoder"]["ms"]
@@ -145,7 +145,7 @@ def test_table_lacking_rows_is_estimated_and_said(tmp_path):
     from snapbench.latency import Settings, profile_model
 
     run = profile_model(BASE, DEVICE, Settings(), backend="estimate", packages=FakePackages(tmp_path / "p"),
-                        estimate_fn=toy_estimate, progress=False)
+                        estimator=toy_estimator(), progress=False)
     table = tmp_path / "table.csv"
     run.table.save(table)
     data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], table=table, profiler=fake_profiler(tmp_path))
@@ -250,13 +250,18 @@ def test_backend_labels():
 
 @pytest.mark.slow
 def test_command_two_devices_html_and_json(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(report_data, "profile_with_snapbench", fake_profiler(tmp_path))
     out = tmp_path / "sub" / "r.html"
     argv = ["report", "-b", BASE, "-c", CAND, "-d", "iPhone 14 Pro", "-d", "iphone12promax",
             "--out", str(out), "--json"]
-    assert main(argv) == 0
-    assert capsys.readouterr().out.split() == [str(out), str(out.with_suffix(".json"))]
+    assert main(argv, obj=fake_profiler(tmp_path)) == 0
+    printed = capsys.readouterr()
+    assert printed.out.split() == [str(out), str(out.with_suffix(".json"))]
     data = json.loads(out.with_suffix(".json").read_text())
+    # the headline numbers on stderr, the same as the report's
+    sf = result(data, CAND, "iphone12promax")
+    line = next(x for x in printed.err.splitlines() if x.startswith(f"{CAND} on iphone12promax: "))
+    assert f"{sf['components']['unet']['ms']:.1f} ms/step" in line and f"{sf['speedup_e2e']:.1f}x end to end" in line
+    assert f"{sf['budget']['total_s']:.2f} s per image" in line
     assert data["command"].startswith(f"snapbench report --baseline {BASE} --candidate {CAND} --device 'iPhone 14 Pro'")
     assert [d["id"] for d in data["devices"]] == [DEVICE, "iphone12promax"]
     assert {(r["model"], r["device"]) for r in data["results"]} == {
@@ -284,11 +289,9 @@ def test_command_two_devices_html_and_json(tmp_path, monkeypatch, capsys):
 def test_bad_input_one_line_exit_2(tmp_path, monkeypatch, capsys, args, words):
     (tmp_path / "file.txt").write_text("x")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(report_data, "profile_with_snapbench",
-                        lambda *a, **k: pytest.fail("bad input must fail before profiling"))
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     base = ["report", "-b", BASE, "-c", CAND]
-    assert main(base + args) == 2
+    assert main(base + args, obj=lambda *a, **k: pytest.fail("bad input must fail before profiling")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
     assert not list(tmp_path.glob("reports/*"))
@@ -300,9 +303,33 @@ def test_backend_not_available_here_is_one_line(tmp_path, monkeypatch, capsys):
 
     if sys.platform == "darwin":
         pytest.skip("a Mac may have the iphone backend")
-    monkeypatch.setattr(report_data, "profile_with_snapbench", fake_profiler(tmp_path))
     out = tmp_path / "r.html"
-    assert main(["report", "-b", BASE, "-c", CAND, "--backend", "iphone", "--out", str(out)]) == 2
+    assert main(["report", "-b", BASE, "-c", CAND, "--backend", "iphone", "--out", str(out)],
+                obj=fake_profiler(tmp_path)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "iphone" in err, err
     assert not out.exists()
+
+
+def test_measured_load_times_reach_the_report(tmp_path):
+    """Rows measured on a (fake) phone carry first and warm load times: the report shows them per component."""
+    from snapbench.latency import Settings, profile_model
+
+    from profile_fakes import fake_device_backend
+
+    be, _ = fake_device_backend(tmp_path, warmup=0, repeats=2)
+
+    def on_the_phone(source, device, settings, backend, table, say=None):
+        run = profile_model(source, device, Settings(**settings), backend=be, estimator=toy_estimator(),
+                            packages=FakePackages(tmp_path / "pkgs"), progress=False)
+        return ProfileOutcome.of(run)
+
+    data = gather(baseline=BASE, candidates=[], devices=[DEVICE], profiler=on_the_phone)
+    r = result(data, BASE)
+    assert r["labels"] == ["measured"] and r["measured_on"]["os_build"] == "22B83"
+    runs = sum(1 for b in r["blocks"] if b["runs"])
+    assert r["load_ms"]["unet"] == {"first": 60_000.0 * runs, "warm": 900.0 * runs}
+    assert r["load_ms"]["vae_decoder"] == {"first": 60_000.0, "warm": 900.0}
+    html = render_html(data)
+    assert "Loading before the first image (measured)" in html and "Test iPhone (18.1, build 22B83)" in html
+    assert f"{60.0 * runs:.1f}" in html

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from profile_fakes import FakePackages, toy_estimate
+from profile_fakes import FakePackages, toy_estimator
 from snapbench.report import gather, write_report
 from snapbench.report.latency_source import profile_with_snapbench
 from snapbench.report.render import FORMATTERS
@@ -41,7 +41,7 @@ def built(tmp_path_factory):
     spec["description"] = "desc " + EVIL
     (tmp / "evil.json").write_text(json.dumps(spec))
     profiler = functools.partial(profile_with_snapbench, packages=FakePackages(tmp / "pkgs"),
-                                 estimate_fn=toy_estimate, progress=False)
+                                 estimator=toy_estimator(), progress=False)
     data = gather(baseline="sd15-tiny", candidates=["snapfusion-tiny", str(tmp / "evil.json")],
                   devices=["iphone14pro"], profiler=profiler)
     html, js = write_report(data, tmp / "report.html", with_json=True)

@@ -89,3 +89,36 @@ def test_a_package_that_does_not_load(tmp_path):
     bad.mkdir()
     with pytest.raises(SnapbenchError, match="Broken.mlpackage"):
         network_records(str(bad))
+
+
+def test_profile_prices_a_network_as_one_program(tmp_path, monkeypatch, capsys):
+    import json
+
+    from snapbench.cli import main
+
+    monkeypatch.setenv("SNAPBENCH_CACHE", str(tmp_path))
+    assert main(["profile", "--model", "synthetic:dense-u16-l2", "--input", "1x10x32", "--device", "iphone14",
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["backend"] == "estimate" and doc["model_ms"] > 0 and doc["chip"] == "A15"
+    assert doc["app_call_ms"] > 0 and doc["estimate"]["n_ops"] >= 4
+    assert main(["profile", "--model", "sd15", "--input", "1x3x8x8", "--device", "iphone14"]) == 2
+    assert "--input is for" in capsys.readouterr().err
+    assert main(["profile", "--model", "synthetic:dense-u16-l2", "--input", "1x10x32", "--device", "iphone99"]) == 2
+    assert "unknown device" in capsys.readouterr().err
+
+
+def test_profile_document_has_model_ms():
+    from snapbench.devices import resolve_device
+    from snapbench.latency.document import model_ms
+    from snapbench.latency.model_latency import ComponentLatency, ProfileRun
+    from snapbench.latency.table import LatencyTable, Settings
+
+    def run(components):
+        return ProfileRun(device=resolve_device("iphone14"), model="sd15", settings=Settings(), backend="estimate",
+                          blocks=[], components={c: ComponentLatency(c, ms, "estimate", "run")
+                                                 for c, ms in components.items()},
+                          new_rows=[], table=LatencyTable.load_or_empty("/nonexistent/x.csv"))
+
+    assert model_ms(run({"text_encoder": 4.0, "unet": 900.0, "vae_decoder": 300.0})) == 900.0
+    assert model_ms(run({"vae_decoder": 300.0})) == 300.0

@@ -48,7 +48,7 @@ class CutBlock:
 
     @property
     def kind(self) -> str:
-        return "aux" if self.unit.slot.kind == "aux" else self.unit.slot.kind
+        return self.unit.slot.kind  # CA | RB | aux
 
 
 def example_inputs(model: ElasticUNet, shapes: InputShapes, *, device: str | torch.device = "meta",

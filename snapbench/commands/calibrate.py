@@ -17,8 +17,7 @@ from snapbench.commands.common import JsonOpt, err, out, print_json
 
 def calibrate_command(
     report: bool = typer.Option(True, "--report/--no-report", help="Print the error on every reference point."),
-    measured: Optional[Path] = typer.Option(None, "--measured", help="CSV of your measured latencies "
-                                            "(format: snapbench.profilers.estimate.calibrate docstring)."),
+    measured: Optional[Path] = typer.Option(None, "--measured", help="CSV of your measured latencies (format below)."),
     write: bool = typer.Option(False, "--write", help="Refit the parameters and save ane_params.json (atomically)."),
     params: Optional[Path] = typer.Option(None, "--params", help="Parameter file to read (and write with --write)."),
     as_json: bool = JsonOpt,
@@ -48,7 +47,7 @@ def calibrate_command(
               title_justify="left")
     for col, just in (("reference", "left"), ("settings", "left"), ("published ms", "right"),
                       ("estimated ms", "right"), ("error %", "right")):
-        t.add_column(col, justify=just)
+        t.add_column(col, justify="right" if just == "right" else "left")
     for row in table.itertuples():
         style = None if abs(row.error_pct) <= 15 else "yellow"
         t.add_row(row.reference, row.settings, f"{row.published_ms:g}", f"{row.estimated_ms:.1f}",
@@ -58,5 +57,14 @@ def calibrate_command(
     out.print(f"mean |error| {mean_abs:.1f}%  (source of every estimated figure: estimate)")
 
 
+MEASURED_HELP = (
+    "Measured format (--measured FILE, CSV, # lines are comments): device (id or name); latency_ms or latency_s "
+    "(UNet per step, text encoder per run, VAE decoder per image); and either package (an .mlpackage path) or "
+    "component (text_encoder, unet, vae_decoder) with model (a preset) and optional attention, weight_bits, batch; "
+    "optional source, notes. Example row: iphone14,unet,sd15,split_einsum_v2,16,2,520,my harness under the header "
+    "device,component,model,attention,weight_bits,batch,latency_ms,source. More: docs/formats.md."
+)
+
+
 def register(app: typer.Typer) -> None:
-    app.command("calibrate")(calibrate_command)
+    app.command("calibrate", epilog=MEASURED_HELP)(calibrate_command)

@@ -3,33 +3,50 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
 import typer
-from rich.console import Console
 
-# Results go to stdout; messages and progress to stderr.
-# Piped output gets a width that fits the stage tables instead of rich's 80-column default.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False)
+from snapbench.console import err, out  # noqa: F401  (re-exported: the commands print through these)
+from snapbench.formatting import fmt_count  # noqa: F401  (re-exported: the commands' table cells)
 
-ModelOpt = typer.Option("sd15", "--model", "-m", help="Preset name, arch spec .json, or local diffusers UNet folder.")
-WeightsOpt = typer.Option(None, "--weights", help="Local diffusers UNet folder whose weights to load into the spec.")
+ModelOpt = typer.Option("sd15", "--model", "-m",
+                        help="Preset name, arch spec .json, local diffusers UNet folder, or hub id in the local HF cache.")
+WeightsOpt = typer.Option(None, "--weights", help="Diffusers UNet folder (or hub id) whose weights to load into the spec.")
+VariantOpt = typer.Option(None, "--variant",
+                          help="Weights variant, e.g. fp16 for diffusion_pytorch_model.fp16.safetensors "
+                               "[default: the plain file, else the only variant present].")
+SubfolderOpt = typer.Option(None, "--subfolder", help="Folder inside the model folder or hub snapshot (e.g. unet).")
+RevisionOpt = typer.Option(None, "--revision", help="Hub snapshot: branch, tag or commit [default: main].")
 LatentOpt = typer.Option(64, "--latent", min=1, help="Latent height = width (64 for 512x512 images).")
 BatchOpt = typer.Option(2, "--batch", min=1, help="Batch (2 = classifier-free guidance).")
 TokensOpt = typer.Option(77, "--tokens", min=1, help="Text tokens in the context.")
 JsonOpt = typer.Option(False, "--json", help="Print the data as one JSON document on stdout.")
 
 
+def model_source(model: str, weights: str | None = None, variant: str | None = None,
+                 subfolder: str | None = None, revision: str | None = None) -> Any:
+    """`--model` as given when no hub/variant option is set (the library resolves it), else resolved now."""
+    if variant is None and subfolder is None and revision is None:
+        return model
+    from snapbench.model.loading import resolve_model
+
+    return resolve_model(model, weights=weights, variant=variant, subfolder=subfolder, revision=revision)
+
+
+def without_float_noise(data: Any) -> Any:
+    """Floats at 12 significant digits: 0.05170000000000001 prints as 0.0517; no figure here has more."""
+    if isinstance(data, float):
+        return float(f"{data:.12g}") if math.isfinite(data) else data
+    if isinstance(data, dict):
+        return {k: without_float_noise(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [without_float_noise(v) for v in data]
+    return data
+
+
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(without_float_noise(data), indent=2, default=str) + "\n")
     sys.stdout.flush()
-
-
-def fmt_count(n: float, unit: str = "") -> str:
-    """1234567 -> '1.23M'."""
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{suffix}{unit}"
-    return f"{n:.0f}{unit}"

@@ -7,12 +7,18 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from snapbench.commands.common import BatchOpt, JsonOpt, LatentOpt, ModelOpt, TokensOpt, WeightsOpt, err, out, print_json
+from snapbench.commands.common import (
+    BatchOpt, JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, WeightsOpt, err,
+    model_source, out, print_json,
+)
 
 
 def convert_command(
     model: str = ModelOpt,
     weights: Optional[str] = WeightsOpt,
+    variant: Optional[str] = VariantOpt,
+    subfolder: Optional[str] = SubfolderOpt,
+    revision: Optional[str] = RevisionOpt,
     out_dir: str = typer.Option(..., "--out", "-o", help="Folder for the packages and manifest.json (new, or one of ours)."),
     mode: str = typer.Option("profile", "--mode", help="profile: one package per block signature; deploy: one per block, real weights."),
     attention: str = typer.Option("original", "--attention", help="original | split_einsum | split_einsum_v2 (Neural-Engine rewrites)."),
@@ -27,6 +33,9 @@ def convert_command(
     chunks: int = typer.Option(1, "--chunks", help="With --whole: 2 splits the UNet in two packages (iOS)."),
     component: Optional[str] = typer.Option(None, "--component", help="A pipeline part: text_encoder | vae_decoder | unet."),
     check: bool = typer.Option(False, "--check", help="Run each package against PyTorch, PSNR >= 35 dB (macOS only)."),
+    pipeline: bool = typer.Option(False, "--pipeline", help="The whole app pipeline for Apple's Swift StableDiffusion package: TextEncoder, Unet (or 2 chunks), VAEDecoder, tokenizer."),
+    vae_encoder: bool = typer.Option(False, "--vae-encoder", help="With --pipeline: also VAEEncoder (image-to-image)."),
+    compile_: bool = typer.Option(False, "--compile", help="With --pipeline: also write the .mlmodelc folders (macOS only)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Convert a UNet into Core ML packages, one per block (default), whole, or a pipeline part."""
@@ -36,16 +45,26 @@ def convert_command(
     opts = ConvertOptions(mode=mode, attention=attention, weight_bits=weight_bits, target=target,
                           precision=precision, latent=latent, batch=batch, tokens=tokens, jobs=jobs,
                           check=check, chunks=chunks)
+    if pipeline and (whole or component is not None):
+        raise SnapbenchError("--pipeline converts every part; it cannot be combined with --whole or --component")
+    if (vae_encoder or compile_) and not pipeline:
+        raise SnapbenchError("--vae-encoder and --compile go with --pipeline")
     if whole and component not in (None, "unet"):
         raise SnapbenchError(f"--whole converts the UNet; it cannot be combined with --component {component}")
-    if chunks != 1 and not (whole or component == "unet"):
-        raise SnapbenchError("--chunks needs --whole (or --component unet)")
+    if chunks != 1 and not (whole or pipeline or component == "unet"):
+        raise SnapbenchError("--chunks needs --pipeline, --whole or --component unet")
     if opts.check:
         from snapbench.converters.checks import require_prediction
 
         require_prediction()  # before anything slow
     progress = not as_json or err.is_terminal
-    if whole or component is not None:
+    model = model_source(model, weights, variant, subfolder, revision)
+    if pipeline:
+        from snapbench.converters.pipeline import convert_pipeline
+
+        result = convert_pipeline(model, out_dir, opts, weights=weights, vae_encoder=vae_encoder, compile=compile_,
+                                  progress=progress)
+    elif whole or component is not None:
         from snapbench.converters.components import convert_component
 
         result = convert_component(component or "unet", out_dir, opts, model=model, weights=weights,
@@ -63,6 +82,12 @@ def convert_command(
             err.print(f"failed: {block}: {error}", markup=False, highlight=False)
         err.print(f"{len(result.failed)} failed; the others are done. Run the same command again to retry them.")
         raise typer.Exit(1)
+    for note in getattr(result, "notes", []):
+        err.print(f"note: {note}", markup=False, highlight=False)
+    if getattr(result, "missing", None):
+        # bad input, but everything that was there is converted and kept
+        raise SnapbenchError(f"{model if weights is None else weights}: missing {'; '.join(result.missing)}; "
+                             f"converted the rest into {out_dir}")
 
 
 def render(result, out_dir: str) -> None:
@@ -71,7 +96,7 @@ def render(result, out_dir: str) -> None:
     t = Table(title=f"{m.spec}: {m.content} -> {out_dir}", title_justify="left", show_edge=False)
     for col, just in (("stage", "left"), ("block", "left"), ("status", "left"), ("package", "left"),
                       ("this run", "left"), ("seconds", "right"), ("MB", "right")):
-        t.add_column(col, justify=just)
+        t.add_column(col, justify="right" if just == "right" else "left")
     for b in m.blocks:
         if b.id in converted or (b.package_owner == b.file_id and b.id in converted):
             run = "converted"

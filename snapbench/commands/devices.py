@@ -19,7 +19,7 @@ def devices_command(as_json: bool = JsonOpt) -> None:
     for col, just in (("id", "left"), ("name", "left"), ("chip", "left"), ("ANE TOPS marketed", "right"),
                       ("fp16 TFLOP/s used", "right"), ("RAM GB", "right"), ("memory", "left"),
                       ("bandwidth GB/s", "right"), ("confidence", "left")):
-        t.add_column(col, justify=just)
+        t.add_column(col, justify="right" if just == "right" else "left")
     for d in devices:
         marketed = f"{d.ane_tops_marketed:g}" + (" (int8)" if d.marketed_tops_are_int8 else "")
         t.add_row(d.id, d.name, d.chip, marketed, f"{d.ane_fp16_tflops:g}", f"{d.ram_gb:g}", d.memory,

@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from snapbench.commands.common import (
-    BatchOpt, JsonOpt, LatentOpt, TokensOpt, WeightsOpt, fmt_count, out, print_json,
+    BatchOpt, JsonOpt, LatentOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, WeightsOpt, fmt_count,
+    model_source, out, print_json,
 )
 from snapbench.specs.stages import STAGES
 
@@ -20,23 +21,37 @@ def inspect_command(
     model: list[str] = typer.Option(["sd15"], "--model", "-m",
                                     help="Preset, arch spec .json or diffusers UNet folder; repeat for several."),
     weights: Optional[str] = WeightsOpt,
+    variant: Optional[str] = VariantOpt,
+    subfolder: Optional[str] = SubfolderOpt,
+    revision: Optional[str] = RevisionOpt,
     latent: int = LatentOpt,
     batch: int = BatchOpt,
     tokens: int = TokensOpt,
     blocks: bool = typer.Option(True, "--blocks/--no-blocks", help="Show the per-block tables."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Every block of a UNet in execution order: paper stage, id, module, shapes, params, MACs, signature."""
+    """Every block of a UNet in execution order: paper stage, id, module, shapes, params, MACs, signature digest."""
     from snapbench.blocks.cut import InputShapes  # torch: imported when the command runs
     from snapbench.blocks.inspect import inspect_model
 
     shapes = InputShapes(latent=latent, batch=batch, tokens=tokens)
-    results = [inspect_model(m, weights=weights, shapes=shapes) for m in model]
+    results = [inspect_model(model_source(m, weights, variant, subfolder, revision), weights=weights, shapes=shapes)
+               for m in model]
     if as_json:
         print_json(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results])
         return
     for r in results:
         render(r, show_blocks=blocks)
+
+
+def signature_digest(signature: str | None) -> str:
+    """The short hash `convert` names shared packages by: blocks with one digest share one package (the
+    full signature is in --json)."""
+    if not signature:
+        return "-"
+    import hashlib
+
+    return hashlib.sha1(signature.encode()).hexdigest()[:12]
 
 
 def render(r: Inspection, *, show_blocks: bool = True) -> None:
@@ -50,13 +65,14 @@ def render(r: Inspection, *, show_blocks: bool = True) -> None:
                 continue
             t = Table(title=stage, title_justify="left", show_edge=False)
             for col, just in (("block", "left"), ("status", "left"), ("module", "left"), ("input", "left"),
-                              ("params", "right"), ("MACs", "right")):
-                t.add_column(col, justify=just)
+                              ("params", "right"), ("MACs", "right"), ("signature", "left")):
+                t.add_column(col, justify="right" if just == "right" else "left")
             for b in stage_rows:
                 first_input = next(iter(b["inputs"].values()))
                 style = "dim" if b["status"] == "removed" else ("cyan" if b["status"] == "copy" else None)
                 t.add_row(b["id"], b["status"], b["module"], "x".join(map(str, first_input)),
-                          fmt_count(b["params"]), fmt_count(b["macs"]), style=style)
+                          fmt_count(b["params"]), fmt_count(b["macs"]), signature_digest(b["signature"]),
+                          style=style)
             out.print(t)
     t = Table(title=f"{r.name}: per stage (blocks that run)", title_justify="left")
     for col in ("stage", "CA", "RB", "CA params", "RB params", "aux params", "params", "CA MACs", "RB MACs",

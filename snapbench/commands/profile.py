@@ -6,6 +6,7 @@ Import format for `--backend import --from FILE`: see `snapbench.profilers.impor
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
@@ -13,31 +14,34 @@ from typing import TYPE_CHECKING, List, Optional
 import typer
 from rich.table import Table
 
-from snapbench.commands.common import JsonOpt, LatentOpt, ModelOpt, TokensOpt, err, out, print_json
+from snapbench.commands.common import (
+    JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, model_source, out, print_json,
+)
+from snapbench.console import say
 from snapbench.errors import SnapbenchError
+from snapbench.choices import check_choice
 from snapbench.latency.table import ATTENTIONS, COMPUTE_UNITS, LatencyTable, Settings
 from snapbench.profilers.backends import BACKEND_CHOICES
+from snapbench.profilers.coreml_api import DEFAULT_REQUEST_TIMEOUT_S
+from snapbench.profilers.readiness import TEAM_ID_ENV
 
 if TYPE_CHECKING:
     from snapbench.latency.model_latency import ProfileRun
 
-TABLES_DIR = Path("latency_tables")
+def default_table_path(device_id: str, model: str, tables: str | Path | None = None) -> Path:
+    from snapbench.paths import user_table_path
 
-
-def default_table_path(device_id: str, model: str) -> Path:
-    name = Path(model).stem if ("/" in model or model.endswith(".json")) else model
-    return TABLES_DIR / device_id / f"{name}.csv"
-
-
-def _choice(value: str, allowed: tuple, flag: str) -> str:
-    if value not in allowed:
-        raise SnapbenchError(f"{flag} {value!r} is not one of {', '.join(map(str, allowed))}")
-    return value
+    return user_table_path(device_id, model, tables)
 
 
 def profile_command(
-    device: str = typer.Option(..., "--device", "-d", help="Catalog id or name (see `snapbench devices`)."),
+    ctx: typer.Context,
+    device: str = typer.Option(..., "--device", "-d", help="Catalog id or name (see `snapbench devices`), or auto: "
+                               "the attached iPhone's (or this Mac's) own id, with --backend iphone or mac."),
     model: str = ModelOpt,
+    variant: Optional[str] = VariantOpt,
+    subfolder: Optional[str] = SubfolderOpt,
+    revision: Optional[str] = RevisionOpt,
     component: Optional[List[str]] = typer.Option(
         None, "--component", "-c", help="unet, text_encoder, vae_decoder; repeat for several (default: all three)."),
     attention: str = typer.Option("original", "--attention", help=f"Attention implementation: {', '.join(ATTENTIONS)}."),
@@ -47,52 +51,127 @@ def profile_command(
     tokens: int = TokensOpt,
     compute_units: str = typer.Option("cpu_and_ne", "--compute-units", help=f"{', '.join(COMPUTE_UNITS)}."),
     backend: str = typer.Option("auto", "--backend", "-b", help=f"{' | '.join(BACKEND_CHOICES)}."),
-    table: Optional[Path] = typer.Option(None, "--table", help="Table CSV to update (default latency_tables/<device>/<model>.csv)."),
+    table: Optional[Path] = typer.Option(None, "--table", help="Table CSV to update (default <tables>/<device>/<model>.csv)."),
+    tables: Optional[Path] = typer.Option(
+        None, "--tables", envvar="SNAPBENCH_TABLES",
+        help="Folder of your tables, read before the shipped ones [default: ./latency_tables]."),
     repeats: int = typer.Option(20, "--repeats", min=1, help="Timed runs per package (iphone, mac)."),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed runs first (iphone, mac)."),
+    team_id: Optional[str] = typer.Option(None, "--team-id", envvar=TEAM_ID_ENV,
+                                          help="Apple Developer team id that signs coremltools' runner app (iphone)."),
+    bundle_id: Optional[str] = typer.Option(None, "--bundle-id", help="Bundle id for the runner app (iphone; "
+                                            "default dev.snapbench.modelrunner.<team id>)."),
+    request_timeout: float = typer.Option(DEFAULT_REQUEST_TIMEOUT_S, "--request-timeout", min=1,
+                                          help="Seconds each request to the phone may take (the first load "
+                                               "compiles for the Neural Engine)."),
     from_file: Optional[Path] = typer.Option(None, "--from", help="Measurements to import (CSV or JSON; format below)."),
     packages: Optional[Path] = typer.Option(None, "--packages", help="A `snapbench convert` folder to time instead of converting."),
+    input_shape: Optional[str] = typer.Option(None, "--input", help="Input shape of a timm:/torchvision:/open_clip:/"
+                                              "hf:/synthetic: network, e.g. 1x3x224x224 (one whole program)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Latency of every block (and the text encoder and VAE decoder) on a device: table + stage summary."""
-    from snapbench.devices.catalog import resolve_device
-    from snapbench.profilers.packages import ConverterPackages
+    from snapbench.zoo.specs import is_network_spec
 
-    dev = resolve_device(device)
-    settings = Settings(compute_units=_choice(compute_units, COMPUTE_UNITS, "--compute-units"),
-                        weight_bits=weight_bits, attention=_choice(attention, ATTENTIONS, "--attention"),
-                        batch=batch, latent=latent)
-    _choice(backend, BACKEND_CHOICES, "--backend")
+    if is_network_spec(model):  # any network (or a Core ML package): one whole program, estimated
+        _profile_network(model, input_shape, device, weight_bits, backend, as_json)
+        return
+    if input_shape is not None:
+        raise SnapbenchError("--input is for timm:/torchvision:/open_clip:/hf:/synthetic: networks and packages; "
+                             f"{model!r} is a UNet model (its shapes come from --latent, --batch, --tokens)")
+    from snapbench.devices.catalog import resolve_device
+    from snapbench.latency.model_latency import ProfileTools
+    from snapbench.profilers.backends import DeviceBackend, EstimatePricer, choose_backend
+    from snapbench.profilers.coreml_api import CoreMLTools, Signing
+    from snapbench.profilers.packages import ConverterPackages
+    from snapbench.profilers.readiness import Machine
+
+    tools = ctx.obj if isinstance(ctx.obj, ProfileTools) else ProfileTools()
+
+    settings = Settings(compute_units=check_choice("--compute-units", compute_units, COMPUTE_UNITS),
+                        weight_bits=weight_bits, attention=check_choice("--attention", attention, ATTENTIONS),
+                        batch=batch, latent=latent, tokens=tokens)
+    check_choice("--backend", backend, BACKEND_CHOICES)
     if from_file is not None and backend == "auto":
         backend = "import"
     if packages is not None:  # refuse packages made with other settings before anything else happens
         from snapbench.converters import load_manifest
         from snapbench.profilers.packages import check_manifest_settings
 
-        check_manifest_settings(load_manifest(packages), packages, settings, tokens)
-    path = table if table is not None else default_table_path(dev.id, model)
+        check_manifest_settings(load_manifest(packages), packages, settings)
+    signing = Signing.for_team(team_id, bundle_id) if team_id else None
+    machine = tools.machine or Machine.this(team_id=team_id)
+    if team_id:  # --team-id wins over SNAPBENCH_TEAM_ID (and over a machine handed in)
+        machine = dataclasses.replace(machine, team_id=team_id)
+
+    def device_backend(name: str) -> DeviceBackend:
+        return DeviceBackend(name, api=tools.coreml or CoreMLTools(), machine=machine, signing=signing,
+                             compute_units=settings.compute_units, warmup=warmup, repeats=repeats,
+                             request_timeout_s=request_timeout)
+
+    if device == "auto":
+        if backend not in ("iphone", "mac"):
+            raise SnapbenchError("--device auto files figures under the attached iPhone's (or this Mac's) own "
+                                 "id: use it with --backend iphone or --backend mac")
+        be = device_backend(backend)
+        be.check()
+        target = be.identify(None)
+        dev = resolve_device(target.device_id)
+        say(f"--device auto -> {dev.id}: {target.label()}")
+    else:
+        dev = resolve_device(device)
+    path = table if table is not None else default_table_path(dev.id, model, tables)
+    existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
+    if table is None and not path.is_file():  # start from the shipped table; what is new goes to the user's
+        from snapbench.paths import shipped_table_path
+
+        shipped = shipped_table_path(dev.id, model)
+        if shipped.is_file():
+            existing = LatencyTable.load(shipped)
+    chosen = backend if backend != "auto" else choose_backend("auto", dev, machine=machine, say=say)
+    estimator = tools.estimator or EstimatePricer()
+    pricer: str | DeviceBackend | EstimatePricer = (device_backend(chosen) if chosen in ("iphone", "mac") else
+                                                    estimator if chosen == "estimate" else chosen)
     from snapbench.latency.document import profile_document  # heavy (torch): imported when used
     from snapbench.latency.model_latency import ALL_COMPONENTS, profile_model
 
-    existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
+    measuring = chosen in ("iphone", "mac")
     run = profile_model(
-        model, dev, settings, table=existing, backend=backend, components=tuple(component or ALL_COMPONENTS),
-        tokens=tokens, repeats=repeats, warmup=warmup, import_file=from_file,
-        packages=ConverterPackages(packages) if packages is not None else None,
-        progress=True, say=lambda m: err.print(m, markup=False, soft_wrap=True),
+        model_source(model, None, variant, subfolder, revision), dev, settings, table=existing, backend=pricer,
+        estimator=estimator,
+        components=tuple(component or ALL_COMPONENTS), import_file=from_file,
+        packages=tools.packages or (ConverterPackages(packages) if packages is not None else None),
+        # measured rows are saved one package at a time: an interrupted or failed run keeps them
+        on_table=(lambda t: t.save(path)) if measuring else None, progress=True, say=say,
     )
     if run.new_rows:
         run.table.save(path)
         counts = Counter(r.backend for r in run.new_rows)
-        err.print(f"{path}: wrote {len(run.new_rows)} row(s) "
-                  f"({', '.join(f'{n} {b}' for b, n in sorted(counts.items()))}); {len(run.table)} in the table",
-                  markup=False, soft_wrap=True)
+        say(f"{path}: wrote {len(run.new_rows)} row(s) "
+            f"({', '.join(f'{n} {b}' for b, n in sorted(counts.items()))}); {len(run.table)} in the table")
     else:
-        err.print(f"{path}: every figure came from the table; nothing to write", markup=False, soft_wrap=True)
+        say(f"{path}: every figure came from the table; nothing to write")
     if as_json:
         print_json(profile_document(run, table_path=str(path)))
         return
     render(run)
+
+
+def _profile_network(model: str, input_shape: str | None, device: str, weight_bits: int, backend: str,
+                     as_json: bool) -> None:
+    from snapbench.zoo.profile import profile_network
+
+    doc = profile_network(model, input_shape, device, weight_bits=weight_bits, backend=backend)
+    if as_json:
+        print_json(doc)
+        return
+    est = doc["estimate"]
+    out.print(f"{doc['model']} ({doc['input'] or 'default input'}) on {doc['device']} ({doc['chip']}), "
+              f"{doc['weight_bits']}-bit weights: [bold]{doc['model_ms']:.3g} ms[/bold] (estimate, params "
+              f"v{doc['params_version']}); {est['n_ops']} ops, {est['gflops']:.3g} GFLOP, "
+              f"{len(est['cpu_ops'])} on the CPU")
+    for note in doc["notes"]:
+        out.print(f"  {note}")
 
 
 def render(run: ProfileRun) -> None:
@@ -113,26 +192,38 @@ def render(run: ProfileRun) -> None:
                       f"{row['ms']:.1f}", f"{row['ms'] / total:.0%}", f"{row['params'] / 1e6:.1f}M",
                       "+".join(used) or "-")
         out.print(t)
+    loads = any(c.first_load_ms is not None for c in run.components.values())
     t = Table(title="components", title_justify="left")
-    for col in ("component", "ms", "per", "backend"):
-        t.add_column(col, justify="right" if col == "ms" else "left")
+    cols = ("component", "ms", "per", "backend") + (("first load s", "warm load s") if loads else ())
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("component", "per", "backend") else "right")
     for c in run.components.values():
-        t.add_row(c.name, f"{c.latency_ms:.1f}", c.per, c.backend)
+        extra = (_seconds(c.first_load_ms), _seconds(c.warm_load_ms)) if loads else ()
+        t.add_row(c.name, f"{c.latency_ms:.1f}", c.per, c.backend, *extra)
     out.print(t)
+    if run.measured_on is not None:
+        out.print(f"measured on {run.measured_on.label()}"
+                  + ("; first load = loading and compiling for the Neural Engine, warm load = loading again"
+                     if loads else ""))
     c = run.components
     if {"unet", "text_encoder", "vae_decoder"} <= c.keys():
+        from snapbench.latency.end_to_end import TEXT_ENCODER_RUNS, image_budget
+
         te, un, vae = c["text_encoder"].latency_ms, c["unet"].latency_ms, c["vae_decoder"].latency_ms
-        # CFG encodes the prompt and the empty prompt: two text-encoder runs per image.
-        per = lambda steps: (2 * te + steps * un + vae) / 1000  # noqa: E731
-        out.print(f"per image: 2 x text encoder + steps x UNet + VAE decoder = {per(50):.2f} s at 50 steps, "
-                  f"{per(8):.2f} s at 8 steps")
+        per = {steps: image_budget(te, un, vae, steps).total_s for steps in (50, 8)}
+        out.print(f"per image: {TEXT_ENCODER_RUNS} x text encoder + steps x UNet + VAE decoder = {per[50]:.2f} s "
+                  f"at 50 steps, {per[8]:.2f} s at 8 steps")
+
+
+def _seconds(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms / 1000:.1f}"
 
 
 IMPORT_HELP = (
     "Import format (--from FILE, CSV or JSON): columns block (id as `snapbench inspect` prints it, its file id, "
     "text_encoder or vae_decoder) or signature; latency_ms (or latency_us, latency_s); optional p90_ms, samples, "
     "device, notes, and settings columns (compute_units, precision, weight_bits, attention, batch, latent) that "
-    "must match this run's. Figures the file lacks are estimated and labelled estimate."
+    "must match this run's. Figures the file lacks are estimated and labelled estimate. More: docs/formats.md."
 )
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from snapbench.choices import ATTENTIONS, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS
+from snapbench.choices import ATTENTIONS, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS, check_choice
 from snapbench.commands.common import err
 from snapbench.errors import SnapbenchError
 
@@ -17,6 +17,7 @@ DEFAULT_DEVICES = ("iphone14pro",)
 
 
 def report_command(
+    ctx: typer.Context,
     baseline: str = typer.Option("sd15", "--baseline", "-b", help="Preset, arch spec .json or model folder."),
     candidate: Optional[list[str]] = typer.Option(
         None, "--candidate", "-c",
@@ -51,8 +52,7 @@ def report_command(
                                  ("--precision", precision, PRECISIONS),
                                  ("--compute-units", compute_units, COMPUTE_UNITS),
                                  ("--weight-bits", weight_bits, WEIGHT_BITS)):
-        if value not in allowed:
-            raise SnapbenchError(f"{flag} {value!r} is not one of {', '.join(map(str, allowed))}")
+        check_choice(flag, value, allowed)
     candidates = list(candidate or DEFAULT_CANDIDATES)
     devices = list(device or DEFAULT_DEVICES)
     from snapbench.report import default_out_path, gather, parse_steps, write_report  # heavy: when used
@@ -67,14 +67,37 @@ def report_command(
                             out_path, as_json)
     data = gather(baseline=baseline, candidates=candidates, devices=devices, settings=settings, steps=steps_map,
                   backend=backend, table=table, reference=reference, command=command,
+                  # tests hand a profiler in through the CLI's ctx.obj; None: snapbench's latency package
+                  profiler=ctx.obj if callable(ctx.obj) else None,
                   progress=_once(lambda msg: err.print(msg, markup=False)))
     html_path, json_path = write_report(data, out_path or default_out_path(data), with_json=as_json)
     for r in data["results"]:
         if not r["available"]:
             err.print(f"[yellow]no latency for {r['model']} on {r['device']}:[/yellow] {r['reason']}")
+    err.print(headline(data), markup=False, highlight=False, soft_wrap=True)
     typer.echo(str(html_path))  # plain echo: a path is data, not rich markup
     if json_path is not None:
         typer.echo(str(json_path))
+
+
+def headline(data: dict) -> str:
+    """The report's summary in the terminal, one line per model and device: UNet ms per step, steps,
+    seconds per image end to end, speedups against the baseline, and how the figures were made."""
+    lines = []
+    for r in data["results"]:
+        if not r["available"]:
+            lines.append(f"{r['model']} on {r['device']}: no latency")
+            continue
+        unet = r["components"].get("unet", {}).get("ms")
+        budget = r.get("budget")
+        parts = [f"UNet {unet:.1f} ms/step" if unet is not None else "UNet -", f"{r['steps']} steps",
+                 f"{budget['total_s']:.2f} s per image" if budget else "no end-to-end figure"]
+        if r.get("speedup_e2e"):
+            parts.append(f"{r['speedup_e2e']:.1f}x end to end")
+        if r.get("speedup_unet_step"):
+            parts.append(f"{r['speedup_unet_step']:.1f}x per UNet step")
+        lines.append(f"{r['model']} on {r['device']}: {', '.join(parts)} ({'+'.join(r['labels']) or 'unlabelled'})")
+    return "\n".join(lines)
 
 
 def _once(say):

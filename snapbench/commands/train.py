@@ -42,10 +42,12 @@ def train_command(
     if lr is None:
         lr = 1e-3 if TOY_PRESET in model or _is_toy_ref(model) else 1e-5
     config = TrainConfig(steps=steps, batch_size=batch_size, learning_rate=lr, robust=robust,
-                         skip=SkipProbabilities(skip_ca, skip_rb), prediction_type=prediction_type,
+                         skip=SkipProbabilities(skip_ca, skip_rb), prediction_type=prediction_type,  # type: ignore[arg-type]  # checked above
                          save_every=save_every, seed=seed)
     result = train(model, out_dir, config, data=data, weights=weights, progress=True,
                    say=lambda s: err.print(s))
+    if not result.main_process:
+        return  # under `accelerate launch` every process gets here; one result on stdout
     if as_json:
         print_json(result.to_dict())
         return

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from snapbench.choices import check_choice
 from snapbench.errors import SnapbenchError
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def psnr(reference: torch.Tensor, candidate: torch.Tensor) -> float:
 
 def rewrite_transformer(
     transformer: Transformer2DModel,
-    impl: AttentionImpl,
+    impl: str,  # one of AttentionImpl, checked below
     *,
     query_chunk_size: int = DEFAULT_QUERY_CHUNK_SIZE,
 ) -> nn.Module:
@@ -86,8 +87,7 @@ def rewrite_transformer(
     Dropout is dropped (inference only); `upcast_attention` needs nothing in fp32, and in fp16 the softmax
     scale folded into the query projection keeps the scores small.
     """
-    if impl not in ATTENTION_IMPLS:
-        raise SnapbenchError(f"unknown attention implementation {impl!r}; choose one of {', '.join(ATTENTION_IMPLS)}")
+    check_choice("attention implementation", impl, ATTENTION_IMPLS)
     if isinstance(query_chunk_size, bool) or not isinstance(query_chunk_size, int) or query_chunk_size < 1:
         raise SnapbenchError(f"query_chunk_size must be a positive integer, got {query_chunk_size!r}")
     _check_transformer(transformer)
@@ -280,7 +280,7 @@ class ANEAttention(nn.Module):
     head, and in fp16 the scores stay small before the matmul rather than being scaled after it.
     """
 
-    def __init__(self, attn: nn.Module, impl: AttentionImpl, query_chunk_size: int):
+    def __init__(self, attn: nn.Module, impl: str, query_chunk_size: int):
         super().__init__()
         if impl not in ("split_einsum", "split_einsum_v2"):
             raise SnapbenchError(f"ANEAttention needs split_einsum or split_einsum_v2, got {impl!r}")
@@ -368,7 +368,7 @@ class ANEFeedForward(nn.Module):
 class ANEBasicTransformerBlock(nn.Module):
     """BasicTransformerBlock (pre-norm self-attention, cross-attention, feed-forward) on (B, C, 1, S)."""
 
-    def __init__(self, block: nn.Module, impl: AttentionImpl, query_chunk_size: int):
+    def __init__(self, block: nn.Module, impl: str, query_chunk_size: int):
         super().__init__()
         self.norm1 = ChannelLayerNorm(block.norm1)
         self.attn1 = ANEAttention(block.attn1, impl, query_chunk_size)
@@ -395,7 +395,7 @@ class ANEBasicTransformerBlock(nn.Module):
 class ANETransformer2D(nn.Module):
     """Transformer2DModel (continuous input) with ANE layout: 1x1 convs and (B, C, 1, S) inside."""
 
-    def __init__(self, transformer: nn.Module, impl: AttentionImpl, query_chunk_size: int):
+    def __init__(self, transformer: nn.Module, impl: str, query_chunk_size: int):
         super().__init__()
         self.impl = impl
         self.query_chunk_size = query_chunk_size
@@ -409,14 +409,18 @@ class ANETransformer2D(nn.Module):
         self.proj_out = _conv1x1_from(transformer.proj_out)
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        # hidden_states: (B, C, H, W); encoder_hidden_states: (B, L, D) as diffusers takes it
+        # hidden_states: (B, C, H, W); encoder_hidden_states: (B, L, D) as diffusers takes it, or (B, D, 1, L)
         batch, channels, height, width = hidden_states.shape
         # The sequence goes on the last axis: (H, W) -> (1, H*W) inside the norm, a reshape with no data
         # movement. A long last axis fills the ANE's 64-byte row padding even when W is small (an 8-wide
         # fp16 row would be three quarters padding).
         x = self.proj_in(self.norm(hidden_states))                    # (B, C', 1, S)
-        # the one transpose of the context, shared by every block's attention (kept at rank 4)
-        context = encoder_hidden_states.unsqueeze(1).permute(0, 3, 1, 2)  # (B, D, 1, L)
+        if encoder_hidden_states.dim() == 4:
+            # already (B, D, 1, L): the layout Apple's Swift pipeline feeds the UNet, no transpose at all
+            context = encoder_hidden_states
+        else:
+            # the one transpose of the context, shared by every block's attention (kept at rank 4)
+            context = encoder_hidden_states.unsqueeze(1).permute(0, 3, 1, 2)  # (B, D, 1, L)
         for block in self.blocks:
             x = block(x, context)                                     # (B, C', 1, S)
         x = self.proj_out(x)                                          # (B, C, 1, S)

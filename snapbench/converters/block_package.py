@@ -119,7 +119,9 @@ def save_checked(mlmodel: Any, dest: Path, io: PackageIO) -> PackageIO:
 
 def convert_module(module: torch.nn.Module, io: PackageIO, opts: ConvertOptions, dest: Path, *,
                    metadata: Mapping[str, Any], description: str,
-                   inputs: tuple[torch.Tensor, ...] | None = None) -> PackageResult:
+                   inputs: tuple[torch.Tensor, ...] | None = None, release: bool = False) -> PackageResult:
+    """`release`: empty the module's tensors in place once Core ML has its own copy of the weights, so that
+    compressing and saving a big part (a UNet chunk) never holds both; the module is unusable afterwards."""
     start = time.perf_counter()
     timings: dict[str, float] = {}
     example = inputs if inputs is not None else example_inputs(io, seed=opts.seed)
@@ -128,6 +130,10 @@ def convert_module(module: torch.nn.Module, io: PackageIO, opts: ConvertOptions,
     del example
     mlmodel = to_coreml(traced, io, opts)
     del traced
+    if release:
+        with torch.no_grad():
+            for t in (*module.parameters(), *module.buffers()):
+                t.set_()  # frees the storage for every reference to this tensor, the caller's too
     timings["convert"] = time.perf_counter() - start - sum(timings.values())
     with conversion_context():  # compression runs MIL pass pipelines too: keep their tqdm bars off
         mlmodel = compress(mlmodel, opts)

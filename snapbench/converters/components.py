@@ -30,6 +30,7 @@ from snapbench.converters.cache import file_stat_fingerprint
 from snapbench.converters.convert_blocks import ConvertResult, load_source
 from snapbench.converters.options import COMPONENTS, ConvertOptions
 from snapbench.converters.single import SingleModel, convert_single
+from snapbench.choices import check_choice
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
 
@@ -170,8 +171,7 @@ def convert_component(component: str, out_dir: str | os.PathLike, opts: ConvertO
                       model: str | os.PathLike | ModelSource = "sd15", weights: str | os.PathLike | None = None,
                       progress: bool = True) -> ConvertResult:
     """Convert one pipeline part of `model` (its UNet config decides the text encoder and VAE)."""
-    if component not in COMPONENTS:
-        raise SnapbenchError(f"unknown component {component!r}; choose one of {', '.join(COMPONENTS)}")
+    check_choice("--component", component, COMPONENTS)
     if opts.chunks != 1 and component != "unet":
         raise SnapbenchError("--chunks applies to the UNet only (--whole or --component unet)")
     if component == "unet":

@@ -22,11 +22,11 @@ from snapbench.converters.block_package import PackageIO, is_complete_package, r
 from snapbench.converters.cache import cache_key, source_fingerprint, weights_hash
 from snapbench.converters.checks import require_prediction
 from snapbench.converters.compression import compression_info
-from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir
+from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.progress import reporter
 from snapbench.versions import tool_versions
-from snapbench.errors import SnapbenchError
+from snapbench.errors import SnapbenchError, first_line
 from snapbench.model.loading import ModelSource, build_unet, resolve_model
 
 
@@ -68,7 +68,7 @@ def build_checked(source: ModelSource, *, device: str, seed: int = 0):
     except SnapbenchError:
         raise
     except Exception as e:  # diffusers raises ValueError / TypeError / RuntimeError for bad configs
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e, default=type(e).__name__)
         raise SnapbenchError(f"{source.ref}: the model spec does not build ({type(e).__name__}: {msg})") from None
 
 
@@ -175,7 +175,7 @@ def _run_tasks(tasks: list[workers.BlockTask], source: ModelSource, opts: Conver
                 on_start(t.block_id)
                 yield workers.run_task(t)
         return
-    threads = max(1, (opts.workers if opts.jobs else _cores()) // n)
+    threads = max(1, opts.workers // n)
     # spawn, not fork: forking a process that has started torch's thread pools can deadlock
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=workers.init_worker,
@@ -198,12 +198,6 @@ def _run_tasks(tasks: list[workers.BlockTask], source: ModelSource, opts: Conver
             raise
 
 
-def _cores() -> int:
-    from snapbench.converters.options import default_jobs
-
-    return default_jobs()
-
-
 def convert_model(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLike,
                   opts: ConvertOptions = ConvertOptions(), *, weights: str | os.PathLike | None = None,
                   progress: bool = True) -> ConvertResult:
@@ -217,7 +211,7 @@ def convert_model(model: str | os.PathLike | ModelSource, out_dir: str | os.Path
     run_key = cache_key({"source": fingerprint, "attention": opts.attention, "latent": opts.latent,
                          "batch": opts.batch, "tokens": opts.tokens}, opts, versions)
     previous = inspect_out_dir(folder, "blocks")  # refuses foreign folders before anything is written
-    if _up_to_date(previous, run_key, folder):
+    if previous is not None and _up_to_date(previous, run_key, folder):
         # Same model, options and tools as a complete previous run: nothing to cut, build or convert
         # (this is what keeps a warm re-run of SD-v1.5 to about the cost of importing torch).
         return ConvertResult(previous, reused=[b.id for b in previous.blocks if b.package])
@@ -259,9 +253,11 @@ def convert_model(model: str | os.PathLike | ModelSource, out_dir: str | os.Path
             manifest.blocks[index[b.unit.file_id]] = replace(
                 e, package=package, state="done", package_owner=p.owner.unit.file_id, cache_key=p.key,
                 weights_hash=hashes.get(b.unit.file_id) if opts.mode == "deploy" else None,
-                seconds=seconds, bytes=nbytes, inputs=io_d["inputs"], outputs=io_d["outputs"], error=None)
+                # a shared package's seconds and bytes belong to its owner: summed over blocks they count once
+                seconds=seconds if b is p.owner else None, bytes=nbytes if b is p.owner else None,
+                inputs=io_d["inputs"], outputs=io_d["outputs"], error=None)
 
-    old_by_key = {b.cache_key: b for b in previous.blocks} if previous else {}
+    old_by_key = {b.cache_key: b for b in previous.blocks if b.package_owner in (None, b.file_id)} if previous else {}
     with claimed(folder):
         todo: list[_Package] = []
         for p in plan:
@@ -294,7 +290,7 @@ def convert_model(model: str | os.PathLike | ModelSource, out_dir: str | os.Path
         finally:
             manifest.complete = all(b.state in ("done", "no_compute") for b in manifest.blocks)
             manifest.write()
-            _remove_orphans(folder, previous, manifest)
+            remove_orphans(folder, previous, manifest)  # e.g. after changing --attention
     return result
 
 
@@ -325,11 +321,3 @@ def _up_to_date(previous: Manifest | None, run_key: str, folder: Path) -> bool:
             and all(is_complete_package(folder / b.package) for b in previous.blocks if b.package))
 
 
-def _remove_orphans(folder: Path, previous: Manifest | None, manifest: Manifest) -> None:
-    """Packages the previous run listed that this one no longer uses (e.g. after changing --attention)."""
-    if previous is None:
-        return
-    used = {b.package for b in manifest.blocks if b.package}
-    for b in previous.blocks:
-        if b.package and b.package not in used and "/" not in b.package and b.package.endswith(".mlpackage"):
-            remove_tree(folder / b.package)

@@ -46,9 +46,11 @@ class ManifestBlock:
     package_owner: str | None = None  # profile mode: the block whose conversion made the shared package
     weights_hash: str | None = None  # deploy mode and whole models: hash of the weights in the package
     cache_key: str | None = None
-    seconds: float | None = None  # conversion time of its package (shared packages: the same figure)
-    bytes: int | None = None
+    seconds: float | None = None  # conversion time of its package; shared packages: on the owner only
+    bytes: int | None = None  # size of its package; shared packages: on the owner only
     error: str | None = None
+    ane_psnr_db: float | None = None  # app pipeline: worst PSNR of its ANE attention rewrites vs PyTorch
+    timings: dict[str, float] | None = None  # app pipeline: seconds per phase (build, trace, convert, ...)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +77,7 @@ class Manifest:
     created_at: str = ""
     updated_at: str = ""
     folder: Path | None = None  # where it was loaded from / will be written (not serialised)
+    missing: list[str] = field(default_factory=list)  # app pipeline: parts the model folder lacks
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +96,7 @@ class Manifest:
             "updated_at": self.updated_at,
             "packages": len({b.package for b in self.blocks if b.package}),
             "blocks": [b.to_dict() for b in self.blocks],
+            **({"missing": self.missing} if self.missing else {}),
         }
 
     @classmethod
@@ -103,7 +107,7 @@ class Manifest:
             blocks=[ManifestBlock.from_dict(b) for b in d.get("blocks", [])],
             compression=d.get("compression", {}), source_fingerprint=d.get("source_fingerprint"),
             run_key=d.get("run_key"),            complete=bool(d.get("complete")), created_at=d.get("created_at", ""),
-            updated_at=d.get("updated_at", ""), folder=folder,
+            updated_at=d.get("updated_at", ""), folder=folder, missing=list(d.get("missing", [])),
         )
 
     def block(self, block_id: str) -> ManifestBlock:
@@ -251,3 +255,16 @@ def _remove_stale_temporaries(folder: Path) -> None:
         if p.name.startswith(".snapbench.") and not p.name.startswith(".snapbench.probe"):
             continue
         remove_tree(p)
+
+
+def remove_orphans(folder: Path, previous: Manifest | None, manifest: Manifest) -> None:
+    """Remove the packages (and their compiled .mlmodelc) a previous run listed that this one no longer uses."""
+    from snapbench.converters.block_package import remove_tree
+
+    if previous is None:
+        return
+    used = {b.package for b in manifest.blocks if b.package}
+    for b in previous.blocks:
+        if b.package and b.package not in used and "/" not in b.package and b.package.endswith(".mlpackage"):
+            remove_tree(folder / b.package)
+            remove_tree(folder / b.package.replace(".mlpackage", ".mlmodelc"))

@@ -10,18 +10,17 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
-from snapbench.choices import WEIGHT_BITS
+from snapbench.choices import PRECISIONS, WEIGHT_BITS, check_choice
 from snapbench.converters.ane_attention import ATTENTION_IMPLS
 from snapbench.errors import SnapbenchError
 
 Mode = Literal["profile", "deploy"]
 Target = Literal["iOS16", "iOS17", "iOS18"]
-Precision = Literal["fp16", "fp32"]
+Precision = Literal["fp16", "fp32"]  # = snapbench.choices.PRECISIONS
 Component = Literal["text_encoder", "vae_decoder", "unet"]
 
 MODES: tuple[str, ...] = get_args(Mode)
 TARGETS: tuple[str, ...] = get_args(Target)
-PRECISIONS: tuple[str, ...] = get_args(Precision)
 COMPONENTS: tuple[str, ...] = get_args(Component)
 
 
@@ -33,18 +32,14 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
-    if value not in choices:
-        raise SnapbenchError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")
-
-
 @dataclass(frozen=True)
 class ConvertOptions:
-    mode: Mode = "profile"  # profile: one package per block signature; deploy: one per block, real weights
+    # Choices are plain strings checked in __post_init__ (the CLI hands over what the user typed).
+    mode: str = "profile"  # Mode; profile: one package per block signature; deploy: one per block, real weights
     attention: str = "original"  # one of ane_attention.ATTENTION_IMPLS
     weight_bits: int = 16  # 16: fp16 weights; 8: linear int8; 6 / 4: palettized
-    target: Target = "iOS16"  # minimum deployment target of the packages
-    precision: Precision = "fp16"  # compute precision
+    target: str = "iOS16"  # Target; minimum deployment target of the packages
+    precision: str = "fp16"  # Precision: compute precision
     latent: int = 64
     batch: int = 2
     tokens: int = 77
@@ -54,13 +49,11 @@ class ConvertOptions:
     seed: int = 0  # random weights (presets without a checkpoint, and every profile-mode package)
 
     def __post_init__(self) -> None:
-        _choice("mode", self.mode, MODES)
-        _choice("attention implementation", self.attention, ATTENTION_IMPLS)
-        _choice("deployment target", self.target, TARGETS)
-        _choice("precision", self.precision, PRECISIONS)
-        if isinstance(self.weight_bits, bool) or self.weight_bits not in WEIGHT_BITS:
-            raise SnapbenchError(f"unsupported --weight-bits {self.weight_bits!r}; choose one of "
-                                 f"{', '.join(map(str, WEIGHT_BITS))}")
+        check_choice("--mode", self.mode, MODES)
+        check_choice("--attention", self.attention, ATTENTION_IMPLS)
+        check_choice("--target", self.target, TARGETS)
+        check_choice("--precision", self.precision, PRECISIONS)
+        check_choice("--weight-bits", self.weight_bits, WEIGHT_BITS)
         if self.weight_bits < 16 and self.precision == "fp32":
             raise SnapbenchError("--weight-bits below 16 compresses fp16 weights; it needs --precision fp16")
         for name in ("latent", "batch", "tokens"):

@@ -46,7 +46,7 @@ def reporter(total: int, *, enabled: bool) -> Iterator[Reporter]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from snapbench.commands.common import err
+    from snapbench.console import err
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=False) as progress:

@@ -2,11 +2,13 @@
 
 Quiet, not blind: only messages known to be harmless here are filtered, by their exact start; every
 other warning and every error still reaches the user.
-- "Torch version 2.13... has not been tested": conversion works (DESIGN.md, checked on this machine).
+- "Torch version 2.13... has not been tested": conversion works (docs/where-it-ran.md).
 - "scikit-learn version ... is not supported": only coremltools' sklearn *model converter* is disabled.
 - "Failed to load _ML...Proxy: No module named 'coremltools.libcoremlpython'": Linux has no Core ML
   runtime; prediction needs macOS and `--check` says so itself.
 - "Saving value type of int64 into a builtin type of int32": shape constants, always small.
+- "Tuple detected at graph output": a module returning several tensors (app pipeline chunks, the text
+  encoder); each gets the output name given to ct.convert.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ _HARMLESS: tuple[str, ...] = (
     "Torch version ",
     "scikit-learn version ",
     "Saving value type of int64 into a builtin type of int32",
+    "Tuple detected at graph output",
 )
 if sys.platform != "darwin":
     # On macOS a missing Core ML runtime would be a real problem; on Linux there is none to load.

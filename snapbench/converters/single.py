@@ -22,6 +22,7 @@ from snapbench.converters.compression import compression_info
 from snapbench.converters.convert_blocks import ConvertResult, _up_to_date
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir
 from snapbench.converters.options import ConvertOptions
+from snapbench.errors import first_line
 from snapbench.converters.runtime import coremltools
 from snapbench.versions import tool_versions
 
@@ -51,7 +52,7 @@ def convert_single(what: SingleModel, out_dir: str | os.PathLike, opts: ConvertO
     key = cache_key({"component": what.name, **dict(what.identity), "io": what.io.to_dict(),
                      "attention": opts.attention, "chunks": opts.chunks}, opts, versions)
     previous = inspect_out_dir(folder, what.name)
-    if _up_to_date(previous, key, folder):
+    if previous is not None and _up_to_date(previous, key, folder):
         return ConvertResult(previous, reused=[b.id for b in previous.blocks])
 
     manifest = Manifest(
@@ -82,8 +83,7 @@ def convert_single(what: SingleModel, out_dir: str | os.PathLike, opts: ConvertO
                     del module
                     pieces = _bisect(whole, scratch) if opts.chunks == 2 else [(whole, r.io)]
                 except Exception as e:  # noqa: BLE001 - one line for the user, the folder stays consistent
-                    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                    result.failed.append((what.name, f"{type(e).__name__}: {msg}"))
+                    result.failed.append((what.name, f"{type(e).__name__}: {first_line(e)}"))
                     pieces = []
                     r = None
                 bar.done(what.title)

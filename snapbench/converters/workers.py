@@ -23,6 +23,7 @@ import torch
 
 from snapbench.converters.block_package import PackageIO, PackageResult, convert_module, example_inputs
 from snapbench.converters.options import ConvertOptions
+from snapbench.errors import first_line
 from snapbench.model.units import AttentionUnit, BlockUnit
 
 
@@ -153,5 +154,5 @@ def run_task(task: BlockTask) -> TaskResult:
         return TaskResult(task.file_id, result, check_psnr_db=db)
     except Exception as e:  # noqa: BLE001 - reported per block; the run goes on and exits non-zero
         where = traceback.extract_tb(e.__traceback__)[-1]
-        detail = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        detail = f"{type(e).__name__}: {first_line(e)}"
         return TaskResult(task.file_id, None, error=f"{detail} (at {Path(where.filename).name}:{where.lineno})")

@@ -23,7 +23,7 @@ _COLUMNS = ("device", "name", "chip", "ane_cores", "ane_tops_marketed", "ram_gb"
 # From these chip generations on, Apple's marketed Neural Engine TOPS are taken to be int8 operations
 # (A17 Pro: 35, M4: 38, after 17 / 18 for A16 / M3): coremltools documents a faster int8 path from
 # A17 Pro / M4, and one M-series measurement gave fp16 18.0 vs int8 33.9 TOPS. The engine computes fp16,
-# so its fp16 peak is half the marketed figure on those chips. [medium confidence, see DESIGN.md]
+# so its fp16 peak is half the marketed figure on those chips. [medium confidence, docs/estimator.md]
 _INT8_MARKETED_FROM = {"A": 17, "M": 4}
 _INT8_TO_FP16 = 0.5
 # Ultra chips join two 16-core engines, but one Core ML model runs on one of them (Apple's

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from snapbench.evolution.evaluators import EvalConfig
 from snapbench.evolution.executors import EvalTask, Executor
-from snapbench.evolution.latency_costs import CostModel
+from snapbench.evolution.latency_costs import BlockPriceTable
 from snapbench.specs.arch_spec import ArchSpec
 from snapbench.specs.layout import removable_slots
 
@@ -43,7 +43,7 @@ class Ablation:
     rows: list[AblationRow]
 
 
-def ablate(model: str | Path, evaluator: EvalConfig, executor: Executor, *, cost: CostModel | None = None,
+def ablate(model: str | Path, evaluator: EvalConfig, executor: Executor, *, cost: BlockPriceTable | None = None,
            spec: ArchSpec | None = None, blocks: list[str] | None = None,
            on_done: Callable[[], None] | None = None) -> Ablation:
     """Evaluate the model, then the model without each running CA / RB block (or only `blocks`)."""

@@ -5,7 +5,8 @@
   VAE and text encoder: `latents` [N, C, H, W] (already scaled by the VAE's scaling factor), `context`
   [N, L, D] (text encoder hidden states), and optionally `uncond_context` [L, D] or [1, L, D] (the empty
   prompt's, enabling condition dropout for classifier-free guidance). Everything is loaded in memory:
-  a thin path for fine-tuning on a subset, not a data pipeline for LAION.
+  a thin path for fine-tuning on a subset, not a data pipeline for LAION. `write_latent_file` makes
+  one such file from images and captions with a pipeline's own VAE and text encoder.
 
 Batches are drawn with an explicit generator seeded per step, so a resumed run draws what an
 uninterrupted one would have.
@@ -14,7 +15,7 @@ uninterrupted one would have.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import torch
 
@@ -75,6 +76,34 @@ class LatentFolderData:
     def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(len(self.latents), (size,), generator=generator)
         return self.latents[idx], self.context[idx]
+
+
+@torch.no_grad()
+def write_latent_file(pipeline: str | Path, images: torch.Tensor, captions: Sequence[str],
+                      out_file: str | Path) -> Path:
+    """Encode images [N, 3, H, W] in [-1, 1] and their captions with a pipeline's VAE and text encoder
+    into the file `train --data` reads: latents (VAE latent mean x scaling factor), context (the text
+    encoder's last hidden state, padded to the tokenizer's length), uncond_context (the empty prompt's)."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from snapbench.atomic import atomic_write_bytes
+
+    pipe = Path(pipeline)
+    tokenizer = CLIPTokenizer.from_pretrained(pipe / "tokenizer", local_files_only=True)
+    text_encoder = CLIPTextModel.from_pretrained(pipe / "text_encoder", local_files_only=True).eval()
+    vae = AutoencoderKL.from_pretrained(pipe / "vae", local_files_only=True).eval()
+
+    def encode(texts: Sequence[str]) -> torch.Tensor:
+        ids = tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        return text_encoder(ids)[0]
+
+    latents = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
+    tensors = {"latents": latents.contiguous(), "context": encode(captions).contiguous(),
+               "uncond_context": encode([""]).contiguous()}
+    return atomic_write_bytes(out_file, save(tensors))
 
 
 def training_data(spec: ArchSpec, data: str | Path | None) -> TrainingData:

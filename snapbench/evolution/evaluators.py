@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Protocol, Union
+from typing import Any, Collection, Protocol, Sequence, Union
 
 import torch
 
@@ -75,14 +75,15 @@ class ToyEvaluator:
         labels = torch.arange(10).repeat_interleave(c.samples_per_prompt)
         prompts = [DIGIT_PROMPTS[k] for k in labels.tolist()]
         cfg = model.config
-        g = torch.Generator().manual_seed(c.seed)
+        device = next(model.parameters()).device
+        g = torch.Generator().manual_seed(c.seed)  # noise drawn on the CPU: the same on every device
         noise = torch.randn(len(prompts), cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)
         with torch.no_grad():
             context = bundle.encoder.encode(prompts)
             uncond = bundle.encoder.encode([""])
-            images = ddim_sample(model, context, uncond, noise, noise_schedule=bundle.noise_schedule,
+            images = ddim_sample(model, context, uncond, noise.to(device), noise_schedule=bundle.noise_schedule,
                                  steps=c.steps, guidance=c.guidance, disabled=disabled)
-        probs = self.classifier.probs(images)
+        probs = self.classifier.probs(images.cpu())
         wanted = probs[torch.arange(len(labels)), labels]
         per_digit = wanted.reshape(10, c.samples_per_prompt).mean(1)
         return Quality(float(wanted.mean()), {
@@ -123,6 +124,18 @@ def _missing(folder: Path, files: tuple[str, ...]) -> list[str]:
     return out
 
 
+def _json_config(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SnapbenchError(f"{path}: not a readable JSON config ({e})") from None
+    if not isinstance(data, dict):
+        raise SnapbenchError(f"{path}: not a JSON object")
+    return data
+
+
 @dataclass(frozen=True)
 class ClipEvalConfig:
     prompts: tuple[str, ...]
@@ -146,13 +159,25 @@ class ClipEvalConfig:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise SnapbenchError(f"clip evaluator: missing {', '.join(missing[:3])}{more} "
                                  "(CLIP score needs local CLIP and SD weights; nothing is downloaded)")
+        clip_cfg = _json_config(Path(self.clip_weights) / "config.json")
+        if clip_cfg.get("model_type") != "clip":
+            kind = clip_cfg.get("model_type") or (clip_cfg.get("architectures") or ["an unknown model"])[0]
+            raise SnapbenchError(f"--clip-weights {self.clip_weights}: holds {kind}, not a CLIPModel; give a folder "
+                                 "saved from transformers' CLIPModel (e.g. openai/clip-vit-large-patch14)")
+        width = _json_config(Path(self.pipeline) / "text_encoder" / "config.json").get("hidden_size")
+        want = spec.base_config.get("cross_attention_dim")
+        want = want[0] if isinstance(want, (list, tuple)) else want
+        if want is not None and width != want:
+            raise SnapbenchError(f"--pipeline {self.pipeline}: its text encoder is {width} wide, the UNet's "
+                                 f"cross_attention_dim is {want}; give the pipeline the UNet was trained with")
 
     def build(self) -> "ClipEvaluator":
         return ClipEvaluator(self)
 
 
 class ClipEvaluator:
-    """Thin on purpose: it needs weights this project cannot ship; its error path is what is tested."""
+    """Images from the elastic UNet (DDIM + CFG from seeded noise), decoded by the pipeline's VAE, scored
+    by CLIP against their prompts. The SD parts and CLIP follow the UNet's device."""
 
     def __init__(self, config: ClipEvalConfig) -> None:
         from diffusers import AutoencoderKL
@@ -170,31 +195,44 @@ class ClipEvaluator:
     def _encode(self, prompts: list[str]) -> torch.Tensor:
         ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids)[0]
+        return self.text_encoder(ids.to(self.text_encoder.device))[0]
 
     @torch.no_grad()
     def evaluate(self, bundle: ModelBundle, model: ElasticUNet, disabled: Collection[str] = ()) -> Quality:
         c = self.config
         device = next(model.parameters()).device
+        for part in (self.text_encoder, self.vae, self.clip):
+            part.to(device)
         g = torch.Generator().manual_seed(c.seed)
-        uncond = self._encode([""]).to(device)
+        uncond = self._encode([""])
         scores = []
         cfg = model.config
         for prompt in c.prompts:
-            context = self._encode([prompt] * c.images_per_prompt).to(device)
+            context = self._encode([prompt] * c.images_per_prompt)
             noise = torch.randn(c.images_per_prompt, cfg.in_channels, cfg.sample_size, cfg.sample_size,
                                 generator=g).to(device)
             latents = ddim_sample(model, context, uncond, noise, noise_schedule=bundle.noise_schedule,
                                   steps=c.steps, guidance=c.guidance, disabled=disabled)
             images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-            pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-            inputs = self.processor(text=[prompt] * len(pixels), images=list(pixels), return_tensors="pt",
-                                    padding=True, truncation=True)
-            img = self.clip.get_image_features(pixel_values=inputs["pixel_values"])
-            txt = self.clip.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-            cos = torch.nn.functional.cosine_similarity(img, txt)
-            scores.extend((100 * cos.clamp(min=0)).tolist())
+            pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            scores.extend(clip_score(self.clip, self.processor, pixels, [prompt] * len(pixels)).tolist())
         return Quality(float(sum(scores) / len(scores)), {"images": len(scores)})
+
+
+@torch.no_grad()
+def clip_score(clip: Any, processor: Any, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+    """CLIP score of each image [N, 3, H, W] (uint8) with its prompt: 100 * max(cos(image, text), 0), the
+    embeddings being CLIP's projections (torchmetrics' definition). `processor` resizes, crops and
+    normalises the images and tokenizes the prompts as the CLIP checkpoint was trained."""
+    device = next(clip.parameters()).device
+    inputs = processor(text=list(prompts), images=list(images.cpu()), return_tensors="pt", padding=True,
+                       truncation=True)
+    # The model's forward returns the projected embeddings under these names in every transformers
+    # version; get_image_features returns a tensor before 5.0 and a model output after.
+    out = clip(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device),
+               pixel_values=inputs["pixel_values"].to(device))
+    cos = torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds, dim=-1)
+    return 100 * cos.clamp(min=0)
 
 
 EvalConfig = Union[ToyEvalConfig, ClipEvalConfig]

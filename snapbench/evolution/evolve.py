@@ -1,7 +1,7 @@
 """Architecture evolving (SnapFusion 3.1.2, Algorithm 1): where evolution decides.
 
 Each iteration evaluates every action from the current architecture (through an executor) and scores it
-by value = d quality / d latency, latency from the cost model (the latency table for --device):
+by value = d quality / d latency, latency from the per-block price table (the latency table for --device):
 - remove phase, while latency > target: apply the A- with the smallest value, i.e. the least quality
   lost per ms saved (several per iteration with `removals_per_iteration`);
 - add phase, once under the target: apply the A+ (restore a block or add a copy) with the largest
@@ -30,9 +30,9 @@ from snapbench.errors import SnapbenchError
 from snapbench.evolution.actions import Action, addition_actions, removal_actions
 from snapbench.evolution.evaluators import EvalConfig, Quality
 from snapbench.evolution.executors import EvalTask, Executor
-from snapbench.evolution.latency_costs import CostModel
+from snapbench.evolution.latency_costs import BlockPriceTable
 from snapbench.evolution.robust_training import TrainConfig
-from snapbench.evolution.trajectory import TRAJECTORY_FILE, write_trajectory
+from snapbench.evolution.trajectory import TRAJECTORY_FILE, TrajectoryRow, write_trajectory
 from snapbench.specs.arch_spec import ArchSpec
 
 WORK_DIR = ".evolve"
@@ -64,7 +64,10 @@ class EvolveConfig:
             raise SnapbenchError("removals per iteration and max iterations must be >= 1, train steps >= 0")
 
     def target(self, initial_ms: float) -> float:
-        return self.target_ms if self.target_ms is not None else initial_ms * float(self.target_fraction)
+        if self.target_ms is not None:
+            return self.target_ms
+        assert self.target_fraction is not None  # __post_init__: exactly one of the two
+        return initial_ms * self.target_fraction
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,7 +78,7 @@ class EvolutionState:
     """Everything a resumed run needs; written after every iteration."""
 
     settings: dict[str, Any]  # what must match to resume (model, device, target, evaluator, training)
-    costs: dict[str, Any]  # CostModel.to_dict(): no conversion or estimation when resuming
+    costs: dict[str, Any]  # BlockPriceTable.to_dict(): no conversion or estimation when resuming
     target_ms: float
     floor_ms: float
     iteration: int
@@ -145,14 +148,14 @@ class Scored:
 
 
 def evolve(model: str | Path, out: str | Path, config: EvolveConfig, *, evaluator: EvalConfig,
-           costs: Callable[[ArchSpec], CostModel], executor: Executor, settings: Mapping[str, Any] | None = None,
-           progress: bool = True, say: Callable[[str], None] = lambda s: None,
+           costs: Callable[[ArchSpec], BlockPriceTable], executor: Executor,
+           settings: Mapping[str, Any] | None = None, progress: bool = True, say: Callable[[str], None] = lambda s: None,
            after_iteration: Callable[[EvolutionState], None] | None = None) -> EvolutionResult:
     """Run (or resume) Algorithm 1 from `model` into `out`.
 
-    `costs(spec)` builds the cost model (called only when starting, not when resuming). `settings`
-    are extra facts that must match to resume (the device, latency settings). `after_iteration` is called
-    after each iteration's state is saved (tests use it to simulate a kill)."""
+    `costs(spec)` builds the per-block price table (called only when starting, not when resuming).
+    `settings` are extra facts that must match to resume (the device, latency settings). `after_iteration`
+    is called after each iteration's state is saved (tests use it to simulate a kill)."""
     out = Path(out)
     work = out / WORK_DIR
     fingerprint = {"model": str(model), "config": config.to_dict(), "evaluator": asdict(evaluator),
@@ -162,13 +165,13 @@ def evolve(model: str | Path, out: str | Path, config: EvolveConfig, *, evaluato
     if (work / STATE_FILE).is_file():
         st = EvolutionState.load(work)
         _check_same(st.settings, fingerprint, out)
-        cost = CostModel.from_dict(st.costs)
+        prices = BlockPriceTable.from_dict(st.costs)
         say(f"resuming {out} at iteration {st.iteration} ({st.phase} phase)")
     else:
         if out.exists() and any(p.name != WORK_DIR for p in out.iterdir()):
             raise SnapbenchError(f"{out}: exists and holds no evolution state; pick another --out")
-        st, cost = _start(model, work, config, evaluator, costs, executor, fingerprint, progress)
-    target = st.target_ms
+        st, prices = _start(model, work, config, evaluator, costs, executor, fingerprint, progress)
+    run = EvolutionRun(st, prices, config, evaluator, executor, out, progress, say)
     spent = st.seconds
     try:
         while st.phase != "done":
@@ -176,7 +179,7 @@ def evolve(model: str | Path, out: str | Path, config: EvolveConfig, *, evaluato
                 say(f"stopped after --max-iterations {config.max_iterations}")
                 st.phase = "done"
                 break
-            _iteration(st, cost, config, target, evaluator, executor, work, progress, say)
+            run.iteration()
             st.seconds = spent + time.time() - t0
             st.save(work)
             write_trajectory(st.trajectory, out / TRAJECTORY_FILE)
@@ -184,7 +187,7 @@ def evolve(model: str | Path, out: str | Path, config: EvolveConfig, *, evaluato
                 after_iteration(st)
     finally:
         st.seconds = spent + time.time() - t0
-    result = _finish(st, cost, out, work, config)
+    result = run.finish()
     st.save(work)
     return result
 
@@ -209,31 +212,30 @@ def _check_same(before: Mapping[str, Any], now: Mapping[str, Any], out: Path) ->
 
 
 def _start(model: str | Path, work: Path, config: EvolveConfig, evaluator: EvalConfig,
-           costs: Callable[[ArchSpec], CostModel], executor: Executor, fingerprint: dict[str, Any],
-           progress: bool) -> tuple[EvolutionState, CostModel]:
+           costs: Callable[[ArchSpec], BlockPriceTable], executor: Executor, fingerprint: dict[str, Any],
+           progress: bool) -> tuple[EvolutionState, BlockPriceTable]:
     from snapbench.model.loading import resolve_model
 
     spec = resolve_model(model).spec
     evaluator.check(spec)
-    cost = costs(spec)
-    initial_ms = cost.latency(spec)
+    prices = costs(spec)
+    initial_ms = prices.latency(spec)
     target = config.target(initial_ms)
-    floor = cost.floor(spec)
+    floor = prices.floor(spec)
     if target < floor:
         raise SnapbenchError(f"target {target:.3f} ms is below the floor {floor:.3f} ms (every CA and RB block "
-                             f"removed; {spec.name} takes {initial_ms:.3f} ms on {cost.device}); "
+                             f"removed; {spec.name} takes {initial_ms:.3f} ms on {prices.device}); "
                              "raise --target-ms / --target-fraction")
     checkpoint = _initial_checkpoint(model)
     (q,) = _evaluate([EvalTask(checkpoint, None, (), evaluator)], executor, progress, "starting model")
-    start_row = {"iteration": 0, "phase": "start", "action": "start", "block": "", "latency_ms": initial_ms,
-                 "latency_backend": cost.backend(spec), "quality": q.quality, "train_steps": 0}
-    st = EvolutionState(fingerprint, cost.to_dict(), target, floor, 0, "remove", spec.to_dict(), checkpoint,
+    start_row = TrajectoryRow(0, "start", "start", "", initial_ms, prices.backend(spec), q.quality)
+    st = EvolutionState(fingerprint, prices.to_dict(), target, floor, 0, "remove", spec.to_dict(), checkpoint,
                         initial_ms, q.quality,
                         {"latency_ms": initial_ms, "quality": q.quality, "details": q.details,
-                         "spec": spec.to_dict()}, [start_row])
+                         "spec": spec.to_dict()}, [start_row.to_dict()])
     work.mkdir(parents=True, exist_ok=True)
     st.save(work)
-    return st, cost
+    return st, prices
 
 
 def _initial_checkpoint(model: str | Path) -> str:
@@ -247,7 +249,7 @@ def _evaluate(tasks: list[EvalTask], executor: Executor, progress: bool, what: s
         return executor.map(tasks)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from snapbench.commands.common import err
+    from snapbench.console import err
 
     with Progress(TextColumn(f"[bold]evolve[/bold] {what}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, transient=True) as bar:
@@ -255,157 +257,169 @@ def _evaluate(tasks: list[EvalTask], executor: Executor, progress: bool, what: s
         return executor.map(tasks, on_done=lambda: bar.update(task, advance=1))
 
 
-def score_actions(st: EvolutionState, actions: list[Action], cost: CostModel, evaluator: EvalConfig,
-                  executor: Executor, progress: bool, what: str) -> list[Scored]:
-    """Evaluate every action from the current state; actions that do not change latency are dropped
-    (their value is undefined)."""
-    spec = ArchSpec.from_dict(st.spec, source="state")
-    cands = []
-    for a in actions:
-        new = a.apply(spec)
-        ms = cost.latency(new)
-        if not math.isclose(ms, st.latency_ms, abs_tol=1e-9):
-            cands.append((a, new, ms))
-    qualities = _evaluate([EvalTask(st.checkpoint, s.to_dict(), (), evaluator) for _, s, _ in cands],
-                          executor, progress, what)
-    return [Scored(a, s, ms, q, q.quality - st.quality, ms - st.latency_ms)
-            for (a, s, ms), q in zip(cands, qualities)]
+@dataclass
+class EvolutionRun:
+    """One evolution run: its state and everything each step needs, instead of nine arguments per step."""
 
+    state: EvolutionState
+    prices: BlockPriceTable
+    config: EvolveConfig
+    evaluator: EvalConfig
+    executor: Executor
+    out: Path
+    progress: bool
+    say: Callable[[str], None]
 
-def _row(st: EvolutionState, phase: str, action: str, block: str, latency: float, backend: str,
-         quality: float | None, dq: float | None, dl: float | None) -> dict[str, Any]:
-    value = dq / dl if dq is not None and dl else None
-    return {"iteration": st.iteration, "phase": phase, "action": action, "block": block, "latency_ms": latency,
-            "latency_backend": backend, "quality": quality, "quality_delta": dq, "latency_delta_ms": dl,
-            "value": value, "train_steps": st.train_steps_done}
+    @property
+    def work(self) -> Path:
+        return self.out / WORK_DIR
 
+    def spec(self) -> ArchSpec:
+        return ArchSpec.from_dict(self.state.spec, source="state")
 
-def _iteration(st: EvolutionState, cost: CostModel, config: EvolveConfig, target: float, evaluator: EvalConfig,
-               executor: Executor, work: Path, progress: bool, say: Callable[[str], None]) -> None:
-    st.iteration += 1
-    if st.phase == "remove" and st.latency_ms <= target:
-        st.phase = "add" if config.add_phase else "done"
-        say(f"target {target:.3f} ms met at {st.latency_ms:.3f} ms")
-    if st.phase == "remove":
-        _remove_step(st, cost, config, target, evaluator, executor, progress, say)
-    elif st.phase == "add":
-        _add_step(st, cost, config, target, evaluator, executor, progress, say)
-    if config.train_steps and st.phase != "done":
-        _train_step(st, cost, config, evaluator, executor, work, progress, say)
+    def evaluate(self, spec: ArchSpec | None, what: str = "", *, progress: bool = False) -> list[Quality]:
+        """Quality of the current checkpoint with `spec` (None: its own architecture)."""
+        task = EvalTask(self.state.checkpoint, spec.to_dict() if spec is not None else None, (), self.evaluator)
+        return _evaluate([task], self.executor, progress, what)
 
+    def row(self, phase: str, action: str, block: str, latency: float, backend: str, quality: float | None,
+            dq: float | None, dl: float | None) -> None:
+        st = self.state
+        st.trajectory.append(TrajectoryRow.of(st.iteration, phase, action, block, latency, backend, quality, dq, dl,
+                                              st.train_steps_done).to_dict())
 
-def _remove_step(st: EvolutionState, cost: CostModel, config: EvolveConfig, target: float,
-                 evaluator: EvalConfig, executor: Executor, progress: bool, say: Callable[[str], None]) -> None:
-    actions = removal_actions(ArchSpec.from_dict(st.spec, source="state"))
-    scored = score_actions(st, actions, cost, evaluator, executor, progress,
-                           f"iteration {st.iteration}: {len(actions)} removals")
-    scored = [s for s in scored if s.latency_delta_ms < 0]
-    if not scored:
-        raise SnapbenchError(f"nothing left to remove and {st.latency_ms:.3f} ms is still above {target:.3f} ms")
-    # smallest quality loss per ms saved first; ties: the bigger saving
-    scored.sort(key=lambda s: (s.value, s.latency_delta_ms))
-    spec = ArchSpec.from_dict(st.spec, source="state")
-    applied: list[Scored] = []
-    for s in scored:
-        if len(applied) >= config.removals_per_iteration or cost.latency(spec) <= target:
-            break
-        spec = s.action.apply(spec)
-        applied.append(s)
-    if len(applied) == 1:
-        q = applied[0].quality
-    else:
-        (q,) = _evaluate([EvalTask(st.checkpoint, spec.to_dict(), (), evaluator)], executor, False, "")
-    # Rows: each applied removal with the latency after it. Quality is known after the first (its own
-    # evaluation) and after the last (the combination, evaluated above); in between it is left empty.
-    prev_q: float | None = st.quality
-    for i, s in enumerate(applied):
-        new_spec = s.action.apply(ArchSpec.from_dict(st.spec, source="state"))
-        ms = cost.latency(new_spec)
-        last = i == len(applied) - 1
-        quality = q.quality if last else (s.quality.quality if i == 0 else None)
-        dq = quality - prev_q if quality is not None and prev_q is not None else None
-        st.trajectory.append(_row(st, "remove", s.action.name, s.action.block_id, ms, cost.backend(new_spec),
-                                  quality, dq, ms - st.latency_ms))
-        st.spec, st.latency_ms, prev_q = new_spec.to_dict(), ms, quality
-        say(f"iteration {st.iteration}: {s.action.label}  {ms:.3f} ms  quality delta {s.quality_delta:+.4f} "
-            "(alone)")
-    st.quality = q.quality
+    def score(self, actions: list[Action], what: str) -> list[Scored]:
+        """Evaluate every action from the current state; actions that do not change latency are dropped
+        (their value is undefined)."""
+        st, spec = self.state, self.spec()
+        cands = []
+        for a in actions:
+            new = a.apply(spec)
+            ms = self.prices.latency(new)
+            if not math.isclose(ms, st.latency_ms, abs_tol=1e-9):
+                cands.append((a, new, ms))
+        qualities = _evaluate([EvalTask(st.checkpoint, s.to_dict(), (), self.evaluator) for _, s, _ in cands],
+                              self.executor, self.progress, what)
+        return [Scored(a, s, ms, q, q.quality - st.quality, ms - st.latency_ms)
+                for (a, s, ms), q in zip(cands, qualities)]
 
+    def iteration(self) -> None:
+        st, target = self.state, self.state.target_ms
+        st.iteration += 1
+        if st.phase == "remove" and st.latency_ms <= target:
+            st.phase = "add" if self.config.add_phase else "done"
+            self.say(f"target {target:.3f} ms met at {st.latency_ms:.3f} ms")
+        if st.phase == "remove":
+            self.remove_step()
+        elif st.phase == "add":
+            self.add_step()
+        if self.config.train_steps and st.phase != "done":
+            self.train_step()
 
-def _add_step(st: EvolutionState, cost: CostModel, config: EvolveConfig, target: float, evaluator: EvalConfig,
-              executor: Executor, progress: bool, say: Callable[[str], None]) -> None:
-    spec = ArchSpec.from_dict(st.spec, source="state")
-    actions = [a for a in addition_actions(spec) if cost.latency(a.apply(spec)) <= target + 1e-9]
-    if not actions:
-        st.phase = "done"
-        say("no addition fits under the target")
-        return
-    scored = [s for s in score_actions(st, actions, cost, evaluator, executor, progress,
-                                       f"iteration {st.iteration}: {len(actions)} additions")
-              if s.latency_delta_ms > 0]
-    best = max(scored, key=lambda s: (s.value, -s.latency_delta_ms), default=None)
-    if best is None or best.value <= config.min_gain:
-        st.phase = "done"
-        say("no addition gains quality; done")
-        return
-    st.trajectory.append(_row(st, "add", best.action.name, best.action.block_id, best.latency_ms,
-                              cost.backend(best.spec), best.quality.quality, best.quality_delta,
-                              best.latency_delta_ms))
-    st.spec, st.latency_ms, st.quality = best.spec.to_dict(), best.latency_ms, best.quality.quality
-    say(f"iteration {st.iteration}: {best.action.label}  {best.latency_ms:.3f} ms  "
-        f"quality delta {best.quality_delta:+.4f}")
+    def remove_step(self) -> None:
+        st, target, prices = self.state, self.state.target_ms, self.prices
+        actions = removal_actions(self.spec())
+        scored = [s for s in self.score(actions, f"iteration {st.iteration}: {len(actions)} removals")
+                  if s.latency_delta_ms < 0]
+        if not scored:
+            raise SnapbenchError(f"nothing left to remove and {st.latency_ms:.3f} ms is still above {target:.3f} ms")
+        # smallest quality loss per ms saved first; ties: the bigger saving
+        scored.sort(key=lambda s: (s.value, s.latency_delta_ms))
+        spec = self.spec()
+        applied: list[Scored] = []
+        for s in scored:
+            if len(applied) >= self.config.removals_per_iteration or prices.latency(spec) <= target:
+                break
+            spec = s.action.apply(spec)
+            applied.append(s)
+        (q,) = [applied[0].quality] if len(applied) == 1 else self.evaluate(spec)
+        # Rows: each applied removal with the latency after it. Quality is known after the first (its own
+        # evaluation) and after the last (the combination, evaluated above); in between it is left empty.
+        prev_q: float | None = st.quality
+        for i, s in enumerate(applied):
+            new_spec = s.action.apply(self.spec())
+            ms = prices.latency(new_spec)
+            last = i == len(applied) - 1
+            quality = q.quality if last else (s.quality.quality if i == 0 else None)
+            dq = quality - prev_q if quality is not None and prev_q is not None else None
+            self.row("remove", s.action.name, s.action.block_id, ms, prices.backend(new_spec), quality, dq,
+                     ms - st.latency_ms)
+            st.spec, st.latency_ms, prev_q = new_spec.to_dict(), ms, quality
+            self.say(f"iteration {st.iteration}: {s.action.label}  {ms:.3f} ms  quality delta "
+                     f"{s.quality_delta:+.4f} (alone)")
+        st.quality = q.quality
 
+    def add_step(self) -> None:
+        st, target, prices = self.state, self.state.target_ms, self.prices
+        spec = self.spec()
+        actions = [a for a in addition_actions(spec) if prices.latency(a.apply(spec)) <= target + 1e-9]
+        if not actions:
+            st.phase = "done"
+            self.say("no addition fits under the target")
+            return
+        scored = [s for s in self.score(actions, f"iteration {st.iteration}: {len(actions)} additions")
+                  if s.latency_delta_ms > 0]
+        best = max(scored, key=lambda s: (s.value, -s.latency_delta_ms), default=None)
+        if best is None or best.value <= self.config.min_gain:
+            st.phase = "done"
+            self.say("no addition gains quality; done")
+            return
+        self.row("add", best.action.name, best.action.block_id, best.latency_ms, prices.backend(best.spec),
+                 best.quality.quality, best.quality_delta, best.latency_delta_ms)
+        st.spec, st.latency_ms, st.quality = best.spec.to_dict(), best.latency_ms, best.quality.quality
+        self.say(f"iteration {st.iteration}: {best.action.label}  {best.latency_ms:.3f} ms  "
+                 f"quality delta {best.quality_delta:+.4f}")
 
-def _train_step(st: EvolutionState, cost: CostModel, config: EvolveConfig, evaluator: EvalConfig,
-                executor: Executor, work: Path, progress: bool, say: Callable[[str], None]) -> None:
-    from snapbench.evolution.checkpoints import derive, load_bundle, save_bundle
-    from snapbench.evolution.executors import forget_cached
-    from snapbench.evolution.robust_training import fine_tune
+    def train_step(self) -> None:
+        from snapbench.evolution.checkpoints import derive, load_bundle, save_bundle
+        from snapbench.evolution.executors import forget_cached
+        from snapbench.evolution.robust_training import fine_tune
 
-    bundle = load_bundle(st.checkpoint)
-    spec = ArchSpec.from_dict(st.spec, source="state")
-    model = derive(bundle.model, spec)
-    loss = fine_tune(bundle, model, config.train, start_step=st.train_steps_done, steps=config.train_steps,
-                     data=config.data)
-    folder = work / f"ckpt-{st.iteration:04d}"
-    save_bundle(bundle, folder, model=model)
-    old = Path(st.checkpoint)
-    st.checkpoint = str(folder.resolve())
-    st.train_steps_done += config.train_steps
-    forget_cached()
-    (q,) = _evaluate([EvalTask(st.checkpoint, None, (), evaluator)], executor, False, "")
-    st.trajectory.append(_row(st, "train", "train", "", st.latency_ms, cost.backend(spec), q.quality,
-                              q.quality - st.quality, None))
-    st.quality = q.quality
-    say(f"iteration {st.iteration}: {config.train_steps} training steps (loss {loss:.4f}), quality {q.quality:.4f}")
-    if old.parent == work and old != folder:  # our own older checkpoint; never the input model
-        shutil.rmtree(old, ignore_errors=True)
+        st, config, work = self.state, self.config, self.work
+        bundle = load_bundle(st.checkpoint)
+        spec = self.spec()
+        model = derive(bundle.model, spec)
+        loss = fine_tune(bundle, model, config.train, start_step=st.train_steps_done, steps=config.train_steps,
+                         data=config.data)
+        folder = work / f"ckpt-{st.iteration:04d}"
+        save_bundle(bundle, folder, model=model)
+        old = Path(st.checkpoint)
+        st.checkpoint = str(folder.resolve())
+        st.train_steps_done += config.train_steps
+        forget_cached()
+        (q,) = self.evaluate(None)
+        self.row("train", "train", "", st.latency_ms, self.prices.backend(spec), q.quality, q.quality - st.quality,
+                 None)
+        st.quality = q.quality
+        self.say(f"iteration {st.iteration}: {config.train_steps} training steps (loss {loss:.4f}), "
+                 f"quality {q.quality:.4f}")
+        if old.parent == work and old != folder:  # our own older checkpoint; never the input model
+            shutil.rmtree(old, ignore_errors=True)
 
+    def finish(self) -> EvolutionResult:
+        from snapbench.evolution.checkpoints import derive, load_bundle
 
-def _finish(st: EvolutionState, cost: CostModel, out: Path, work: Path, config: EvolveConfig) -> EvolutionResult:
-    from snapbench.evolution.checkpoints import derive, load_bundle
-
-    spec = ArchSpec.from_dict(st.spec, source="state")
-    initial = st.initial
-    notes = dict(spec.notes)
-    notes["evolution"] = {"device": cost.device, "latency_source": cost.source, "target_ms": round(st.target_ms, 4),
-                          "initial_latency_ms": round(initial["latency_ms"], 4),
-                          "final_latency_ms": round(st.latency_ms, 4), "initial_quality": initial["quality"],
-                          "final_quality": st.quality, "trajectory": TRAJECTORY_FILE}
-    final_spec = spec.with_choices(out.name or spec.name, {}, notes=notes,
-                                   description=f"{spec.name} evolved for {cost.device}: "
-                                               f"{initial['latency_ms']:.3f} -> {st.latency_ms:.3f} ms per UNet step")
-    if not any(r["phase"] == "final" for r in st.trajectory):
-        st.trajectory.append(_row(st, "final", "final", "", st.latency_ms, cost.backend(spec), st.quality, None,
-                                  None))
-    bundle = load_bundle(st.checkpoint)
-    _publish(bundle, derive(bundle.model, final_spec), out)
-    write_trajectory(st.trajectory, out / TRAJECTORY_FILE)
-    result = EvolutionResult(out, cost.device, cost.source, st.target_ms, st.floor_ms, initial["latency_ms"],
-                             st.latency_ms, initial["quality"], st.quality, cost.backend(spec), st.iteration,
-                             st.train_steps_done, round(st.seconds, 1), final_spec.to_dict(), st.trajectory)
-    atomic_write_text(out / RESULT_FILE, json.dumps(result.to_dict(), indent=1, default=str) + "\n")
-    return result
+        st, prices, out = self.state, self.prices, self.out
+        spec = self.spec()
+        initial = st.initial
+        notes = dict(spec.notes)
+        notes["evolution"] = {"device": prices.device, "latency_source": prices.source,
+                              "target_ms": round(st.target_ms, 4), "initial_latency_ms": round(initial["latency_ms"], 4),
+                              "final_latency_ms": round(st.latency_ms, 4), "initial_quality": initial["quality"],
+                              "final_quality": st.quality, "trajectory": TRAJECTORY_FILE}
+        final_spec = spec.with_choices(out.name or spec.name, {}, notes=notes,
+                                       description=f"{spec.name} evolved for {prices.device}: "
+                                                   f"{initial['latency_ms']:.3f} -> {st.latency_ms:.3f} ms per UNet step")
+        if not any(r["phase"] == "final" for r in st.trajectory):
+            self.row("final", "final", "", st.latency_ms, prices.backend(spec), st.quality, None, None)
+        bundle = load_bundle(st.checkpoint)
+        _publish(bundle, derive(bundle.model, final_spec), out)
+        write_trajectory(st.trajectory, out / TRAJECTORY_FILE)
+        result = EvolutionResult(out, prices.device, prices.source, st.target_ms, st.floor_ms, initial["latency_ms"],
+                                 st.latency_ms, initial["quality"], st.quality, prices.backend(spec), st.iteration,
+                                 st.train_steps_done, round(st.seconds, 1), final_spec.to_dict(), st.trajectory)
+        atomic_write_text(out / RESULT_FILE, json.dumps(result.to_dict(), indent=1, default=str) + "\n")
+        return result
 
 
 def _publish(bundle: Any, model: Any, out: Path) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 from urllib.parse import urlparse
 
-from snapbench.errors import SnapbenchError
+from snapbench.errors import SnapbenchError, first_line
 from snapbench.evolution.evaluators import EvalConfig, Quality
 
 
@@ -40,7 +40,7 @@ def run_task(task: EvalTask) -> Quality:
     bundle = _BUNDLES.get(task.checkpoint)
     if bundle is None:
         _BUNDLES.clear()  # evolution moves forward: an older checkpoint is not asked for again
-        bundle = _BUNDLES[task.checkpoint] = load_bundle(task.checkpoint)
+        bundle = _BUNDLES[task.checkpoint] = load_bundle(task.checkpoint, device=evaluation_device())
     evaluator = _EVALUATORS.get(task.evaluator)
     if evaluator is None:
         evaluator = _EVALUATORS[task.evaluator] = task.evaluator.build()
@@ -50,6 +50,14 @@ def run_task(task: EvalTask) -> Quality:
         if spec.to_dict() != bundle.spec.to_dict():
             model = derive(bundle.model, spec)
     return evaluator.evaluate(bundle, model, task.disabled)
+
+
+def evaluation_device() -> str:
+    """Where this process evaluates: a GPU when it sees one (a Ray task that asked for one sees only
+    its own), else the CPU. At SD scale a CPU evaluation would take days, not GPU-hours."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def forget_cached() -> None:
@@ -135,8 +143,9 @@ class RayExecutor:
     joins a running cluster ('auto' = the one on this machine)."""
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None, threads: int = 1) -> None:
-        import ray
+        from snapbench.extras import require
 
+        ray = require("ray", "scale", "Ray workers (--ray-address)")
         self._ray = ray
         self._threads = threads
         local = address in (None, "local")
@@ -150,11 +159,14 @@ class RayExecutor:
                 else:
                     ray.init(address=address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e, default=type(e).__name__)
             raise SnapbenchError(f"Ray at {address} does not answer ({first}); start it with `ray start --head` "
                                  "or leave out --ray-address for local workers") from None
         self.name = "Ray (local)" if local else f"Ray at {address}"
-        self._remote = ray.remote(num_cpus=1)(_ray_task)
+        # A task that asks for no GPU gets CUDA_VISIBLE_DEVICES="" from Ray: where the cluster has GPUs,
+        # each evaluation asks for one, else every task would sample on a CPU.
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        self._remote = ray.remote(num_cpus=1, num_gpus=gpus)(_ray_task)
 
     def map(self, tasks: Sequence[EvalTask], on_done: Callable[[], None] | None = None) -> list[Quality]:
         refs = [self._remote.remote(t, self._threads) for t in tasks]

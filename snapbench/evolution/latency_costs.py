@@ -23,11 +23,17 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 
 from snapbench.errors import SnapbenchError
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice, full_spec
 from snapbench.specs.layout import removable_slots
+
+if TYPE_CHECKING:  # heavy (torch): the types only
+    from snapbench.devices.catalog import Device
+    from snapbench.latency import LatencyTable, Settings
+    from snapbench.latency.model_latency import BlockLatency, ProfileRun
+    from snapbench.model.loading import ModelSource
 
 
 class LatencySource(Protocol):
@@ -62,7 +68,7 @@ class FixedTable:
 
 
 @dataclass(frozen=True)
-class BlockCost:
+class BlockPrices:
     block_id: str  # "CA[Up-1, 2]"
     stage: str
     kind: str  # CA | RB
@@ -73,11 +79,15 @@ class BlockCost:
 
 
 @dataclass(frozen=True)
-class CostModel:
+class BlockPriceTable:
+    """Every removable block's price in each state (kept, removed, copied) on one device, plus the
+    auxiliary blocks': a candidate's latency is a sum of lookups. (The estimator in
+    snapbench.profilers.estimate is the cost model; this only reads its, or a table's, figures.)"""
+
     device: str
     aux_ms: float  # conv_in, time embedding, samplers, conv_out: every candidate runs them
     aux_backends: tuple[str, ...]
-    blocks: Mapping[str, BlockCost]
+    blocks: Mapping[str, BlockPrices]
     source: str  # what produced the numbers, for reports
     settings: Mapping[str, Any] = field(default_factory=dict)
 
@@ -110,8 +120,8 @@ class CostModel:
                 "blocks": [vars(b) | {"backends": list(b.backends)} for b in self.blocks.values()]}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CostModel":
-        blocks = {b["block_id"]: BlockCost(**{**b, "backends": tuple(b["backends"])}) for b in d["blocks"]}
+    def from_dict(cls, d: Mapping[str, Any]) -> "BlockPriceTable":
+        blocks = {b["block_id"]: BlockPrices(**{**b, "backends": tuple(b["backends"])}) for b in d["blocks"]}
         return cls(d["device"], d["aux_ms"], tuple(d["aux_backends"]), blocks, d["source"], d.get("settings", {}))
 
 
@@ -126,28 +136,37 @@ def remove_all(spec: ArchSpec) -> ArchSpec:
     return _variant(spec, False, 0, "floor")
 
 
-# A priced block: (block id, status kept|removed|copy, ms, backend or None, kind, stage)
-Priced = tuple[str, str, float, "str | None", str, str]
+@dataclass(frozen=True)
+class Priced:
+    """One block of one variant with its price."""
+
+    block_id: str  # as the variant runs it: "CA[Up-1, 1]" or its copy "CA[Up-1, 1] (copy 1)"
+    original_id: str  # the block it is, or copies: "CA[Up-1, 1]" for both
+    status: str  # kept | removed | copy
+    ms: float
+    backend: str | None  # None: the block does not run (costs nothing)
+    kind: str  # CA | RB | aux
+    stage: str
 
 
 def _assemble(device: str, variants: Mapping[str, list[Priced]], source: str,
-              settings: Mapping[str, Any]) -> CostModel:
-    kept = {b[0]: b for b in variants["kept"] if b[1] == "kept"}
-    removed = {b[0]: b for b in variants["removed"] if b[1] == "removed"}
-    copies = {b[0].split(" (copy")[0]: b for b in variants["copied"] if b[1] == "copy"}
-    aux = [b for b in variants["kept"] if b[4] == "aux"]
-    blocks: dict[str, BlockCost] = {}
+              settings: Mapping[str, Any]) -> BlockPriceTable:
+    kept = {b.block_id: b for b in variants["kept"] if b.status == "kept"}
+    removed = {b.block_id: b for b in variants["removed"] if b.status == "removed"}
+    copies = {b.original_id: b for b in variants["copied"] if b.status == "copy"}
+    aux = [b for b in variants["kept"] if b.kind == "aux"]
+    blocks: dict[str, BlockPrices] = {}
     for bid, k in kept.items():
-        if k[4] == "aux":
+        if k.kind == "aux":
             continue
         r, c = removed[bid], copies[bid]
-        blocks[bid] = BlockCost(bid, k[5], k[4], k[2], r[2], c[2], (k[3] or "-", r[3], c[3] or "-"))
-    return CostModel(device, sum(b[2] for b in aux), tuple(sorted({b[3] for b in aux if b[3]})), blocks, source,
-                     dict(settings))
+        blocks[bid] = BlockPrices(bid, k.stage, k.kind, k.ms, r.ms, c.ms, (k.backend or "-", r.backend, c.backend or "-"))
+    return BlockPriceTable(device, sum(b.ms for b in aux), tuple(sorted({b.backend for b in aux if b.backend})),
+                           blocks, source, dict(settings))
 
 
 def costs_from_source(spec: ArchSpec, source: LatencySource, *, device: str = "fixed", latent: int | None = None,
-                      batch: int = 2, tokens: int = 77, name: str = "fixed table") -> CostModel:
+                      batch: int = 2, tokens: int = 77, name: str = "fixed table") -> BlockPriceTable:
     """Price every block state with a LatencySource keyed by the blocks' signature keys."""
     from snapbench.blocks.cut import InputShapes, cut_blocks
     from snapbench.model.loading import ModelSource, build_unet
@@ -159,11 +178,8 @@ def costs_from_source(spec: ArchSpec, source: LatencySource, *, device: str = "f
         model = build_unet(ModelSource(tag, _variant(spec, keep, copies, tag)), device="meta")
         rows: list[Priced] = []
         for b in cut_blocks(model, shapes):
-            if b.signature is None:
-                rows.append((b.block_id, b.unit.status, 0.0, None, b.kind, b.unit.slot.stage))
-            else:
-                ms, be = source.ms(b.signature.key())
-                rows.append((b.block_id, b.unit.status, ms, be, b.kind, b.unit.slot.stage))
+            ms, be = source.ms(b.signature.key()) if b.signature is not None else (0.0, None)
+            rows.append(Priced(b.block_id, b.unit.slot.block_id, b.unit.status, ms, be, b.kind, b.unit.slot.stage))
         variants[tag] = rows
     return _assemble(device, variants, name, {"latent": latent, "batch": batch, "tokens": tokens})
 
@@ -171,7 +187,7 @@ def costs_from_source(spec: ArchSpec, source: LatencySource, *, device: str = "f
 def costs_from_table(spec: ArchSpec, device: str, *, table: str | Path | None = None, latent: int | None = None,
                      batch: int = 2, tokens: int = 77, attention: str = "original", precision: str = "fp16",
                      compute_units: str = "cpu_and_ne", weight_bits: int = 16, cache: Path | None = None,
-                     progress: bool = False, say: Callable[[str], None] | None = None) -> CostModel:
+                     progress: bool = False, say: Callable[[str], None] | None = None) -> BlockPriceTable:
     """Price every block state from the latency table for `device` (snapbench.latency), estimating and
     labelling the signatures it lacks. The table with the estimates filled in is cached (`cache`), so a
     second run converts nothing."""
@@ -182,29 +198,41 @@ def costs_from_table(spec: ArchSpec, device: str, *, table: str | Path | None = 
     dev = resolve_device(device)
     latent = latent or int(spec.base_config.get("sample_size", 64))
     settings = Settings(compute_units=compute_units, precision=precision, weight_bits=weight_bits,
-                        attention=attention, batch=batch, latent=latent)
+                        attention=attention, batch=batch, latent=latent, tokens=tokens)
     lt = LatencyTable.load(table) if table is not None else LatencyTable.empty()
     cache_file = None
     if cache is not None:
-        key = json.dumps([spec.base_config, settings.to_dict(), tokens], sort_keys=True, default=str)
+        key = json.dumps([spec.base_config, settings.table_dict(), tokens], sort_keys=True, default=str)
         cache_file = cache / f"{dev.id}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.csv"
         if cache_file.is_file():
             lt = LatencyTable.load(cache_file).merge(lt)  # the user's table wins over cached estimates
     variants: dict[str, list[Priced]] = {}
     for tag, keep, copies in (("kept", True, 0), ("removed", False, 0), ("copied", True, 1)):
         src = ModelSource(tag, _variant(spec, keep, copies, tag))
-        run = _profile(src, dev, settings, lt, tokens, progress, say)
+        run = _profile(src, dev, settings, lt, progress, say)
         lt = run.table
-        variants[tag] = [(b.id, b.status, b.latency_ms, b.backend, b.kind, b.stage) for b in run.blocks]
+        variants[tag] = _priced(run.blocks)
     if cache_file is not None:
         lt.save(cache_file)
     name = f"latency table{' ' + str(table) if table else ''} for {dev.id}"
-    return _assemble(dev.id, variants, name, {**settings.to_dict(), "tokens": tokens})
+    return _assemble(dev.id, variants, name, settings.to_dict())
 
 
-def _profile(src: Any, dev: Any, settings: Any, table: Any, tokens: int, progress: bool,
-             say: Callable[[str], None] | None) -> Any:
+def _priced(blocks: Iterable[BlockLatency]) -> list[Priced]:
+    """Profiled blocks (snapbench.latency BlockLatency) as priced blocks; a copy runs right after the block
+    it copies (arch spec semantics), so its original is the last block before it that is not a copy."""
+    out: list[Priced] = []
+    original = ""
+    for b in blocks:
+        if b.status != "copy":
+            original = b.id
+        out.append(Priced(b.id, original, b.status, b.latency_ms, b.backend, b.kind, b.stage))
+    return out
+
+
+def _profile(src: ModelSource, dev: Device, settings: Settings, table: LatencyTable, progress: bool,
+             say: Callable[[str], None] | None) -> ProfileRun:
     from snapbench.latency import profile_model
 
     return profile_model(src, dev, settings, table=table, backend="estimate", components=("unet",),
-                         tokens=tokens, progress=progress, say=say)
+                         progress=progress, say=say)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.evaluators import ClipEvalConfig, EvalConfig, ToyEvalConfig, read_prompts
-from snapbench.evolution.latency_costs import CostModel, FixedTable, costs_from_source, costs_from_table
+from snapbench.evolution.latency_costs import BlockPriceTable, FixedTable, costs_from_source, costs_from_table
 from snapbench.evolution.toy_digits import CONTEXT_TOKENS, cache_dir, is_toy
 from snapbench.specs.arch_spec import ArchSpec
 
@@ -35,9 +35,10 @@ def default_tokens(spec: ArchSpec) -> int:
 
 def cost_builder(*, device: str, table: str | None = None, fixed_table: str | None = None,
                  attention: str = "original", progress: bool = False,
-                 say: Callable[[str], None] | None = None) -> Callable[[ArchSpec], CostModel]:
-    """A function spec -> CostModel: from a fixed signature table (exact, nothing estimated) or from the
-    latency table for `device` with labelled estimates for what it lacks (cached under .snapbench-cache)."""
+                 say: Callable[[str], None] | None = None) -> Callable[[ArchSpec], BlockPriceTable]:
+    """A function spec -> BlockPriceTable: from a fixed signature table (exact, nothing estimated) or from the
+    latency table for `device` with labelled estimates for what it lacks
+    (cached in the cache folder, snapbench.paths)."""
     from snapbench.devices.catalog import resolve_device
 
     dev = resolve_device(device)  # an unknown device fails now, not after the model is loaded

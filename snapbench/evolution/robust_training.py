@@ -119,10 +119,12 @@ class TrainResult:
     loss: float | None  # mean loss over the last logged window
     seconds: float
     losses: list[tuple[int, float]]
+    processes: int = 1  # training processes (accelerate / DDP), each with batch_size / processes samples
+    main_process: bool = True  # False in the other processes of a multi-process run
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "step": self.step, "resumed_from": self.resumed_from, "loss": self.loss,
-                "seconds": round(self.seconds, 1), "losses": self.losses}
+                "seconds": round(self.seconds, 1), "losses": self.losses, "processes": self.processes}
 
 
 class _Trainable(nn.Module):
@@ -223,7 +225,8 @@ def train(model: str | Path, out: str | Path, config: TrainConfig, *, data: str 
                     _save(bundle, accelerator.unwrap_model(trainable), opt, out, config, str(model), done, losses,
                           float(state.get("seconds", 0.0)) + time.time() - t0)
     seconds = float(state.get("seconds", 0.0)) + time.time() - t0
-    return TrainResult(out, max(start, config.steps), start, last_loss, seconds, losses)
+    return TrainResult(out, max(start, config.steps), start, last_loss, seconds, losses,
+                       processes=accelerator.num_processes, main_process=accelerator.is_main_process)
 
 
 def _start(model: str | Path, out: Path, config: TrainConfig, weights: str | Path | None
@@ -267,8 +270,8 @@ def _save(bundle: ModelBundle, trainable: _Trainable, opt: Any, out: Path, confi
 class _bar:
     """A rich progress bar on stderr (or nothing), advanced with (step, loss)."""
 
-    def __init__(self, enabled: bool, total: int, start: int) -> None:
-        self.enabled, self.total, self.start = enabled, total, start
+    def __init__(self, enabled: bool, total: int, start: int, label: str = "train") -> None:
+        self.enabled, self.total, self.start, self.label = enabled, total, start, label
         self.progress = None
 
     def __enter__(self) -> Callable[[int, float | None], None]:
@@ -276,9 +279,9 @@ class _bar:
             return lambda step, loss: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from snapbench.commands.common import err
+        from snapbench.console import err
 
-        self.progress = Progress(TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn(f"[bold]{self.label}[/bold]"), BarColumn(), MofNCompleteColumn(),
                                  TimeRemainingColumn(), TextColumn("{task.description}"), console=err,
                                  transient=True)
         self.progress.start()

@@ -8,13 +8,12 @@
 - Text: the prompt "digit k" goes through a learned embedding table (3 tokens: <bos> digit k) into
   cross-attention; the empty prompt ("<bos> <pad> <pad>") is the unconditional branch of CFG. No CLIP.
 - Quality (CLIP score's role): a small digit classifier, trained once and cached under
-  `.snapbench-cache/`, scores whether each generated image shows the digit its prompt asked for.
+  the cache folder, scores whether each generated image shows the digit its prompt asked for.
 """
 
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -41,8 +40,10 @@ def is_toy(spec: ArchSpec) -> bool:
 
 
 def cache_dir() -> Path:
-    """Where trained-once artefacts live (gitignored): $SNAPBENCH_CACHE or ./.snapbench-cache."""
-    return Path(os.environ.get("SNAPBENCH_CACHE", ".snapbench-cache"))
+    """Where trained-once artefacts live: the cache folder (snapbench.paths)."""
+    from snapbench.paths import cache_root
+
+    return cache_root()
 
 
 # -- text -------------------------------------------------------------------------------------------
@@ -111,11 +112,14 @@ class DigitClassifier:
     scale: np.ndarray  # [64]
     holdout_accuracy: float
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [N, 1, 8, 8] in [-1, 1] -> class logits [N, 10] (float64)."""
+        f = (to_pixels(x).double() - torch.from_numpy(self.mean)) / torch.from_numpy(self.scale)
+        return f @ torch.from_numpy(self.weight).T + torch.from_numpy(self.bias)
+
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         """Images [N, 1, 8, 8] in [-1, 1] -> class probabilities [N, 10]."""
-        f = (to_pixels(x).double() - torch.from_numpy(self.mean)) / torch.from_numpy(self.scale)
-        logits = f @ torch.from_numpy(self.weight).T + torch.from_numpy(self.bias)
-        return torch.softmax(logits, dim=1).float()
+        return torch.softmax(self.logits(x), dim=1).float()
 
 
 def _train_classifier() -> DigitClassifier:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -34,10 +35,38 @@ from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
 
 TRAJECTORY_FILE = "trajectory.csv"
-TRAJECTORY_COLUMNS: tuple[str, ...] = (
-    "iteration", "phase", "action", "block", "latency_ms", "latency_backend", "quality", "quality_delta",
-    "latency_delta_ms", "value", "train_steps",
-)
+
+
+@dataclass(frozen=True)
+class TrajectoryRow:
+    """One row of trajectory.csv (column meanings above)."""
+
+    iteration: int
+    phase: str
+    action: str
+    block: str
+    latency_ms: float
+    latency_backend: str
+    quality: float | None
+    quality_delta: float | None = None
+    latency_delta_ms: float | None = None
+    value: float | None = None
+    train_steps: int = 0
+
+    @classmethod
+    def of(cls, iteration: int, phase: str, action: str, block: str, latency_ms: float, latency_backend: str,
+           quality: float | None, quality_delta: float | None, latency_delta_ms: float | None,
+           train_steps: int) -> "TrajectoryRow":
+        """A row with its value (quality_delta / latency_delta_ms) computed where both are known."""
+        value = quality_delta / latency_delta_ms if quality_delta is not None and latency_delta_ms else None
+        return cls(iteration, phase, action, block, latency_ms, latency_backend, quality, quality_delta,
+                   latency_delta_ms, value, train_steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+TRAJECTORY_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TrajectoryRow))
 _FLOATS = frozenset({"latency_ms", "quality", "quality_delta", "latency_delta_ms", "value"})
 _INTS = frozenset({"iteration", "train_steps"})
 

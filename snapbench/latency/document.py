@@ -19,6 +19,9 @@
     {"id": "CA[Down-1, 1]", "file_id": "down1_ca1", "stage": "Down-1", "kind": "CA", "status": "kept",
      "signature": "CA|hidden=2x320x64x64,...", "latency_ms": 70.1, "p90_ms": null, "samples": 0,
      "backend": "estimate", "macs": 70_000_000_000, "params": 2_000_000}, ...],
+  "load_ms": {"unet": {"first": 61000.0, "warm": 900.0}, ...},  # measured components only: the first
+                                       # load (Neural Engine compile) and a warm load, summed over packages
+  "measured_on": {"name": "Ana's iPhone", "os_version": "18.1", "os_build": "22B83"},  # or null
   "versions": {"snapbench": "0.1.0", "coremltools": "9.0", ...},
   "created_at": "2025-01-01T00:00:00+00:00",
   "table": "latency_tables/iphone14pro/sd15.csv"
@@ -27,14 +30,15 @@
 Components that were not requested are absent from `components` and `component_backends`; with
 `--component vae_decoder` alone, `stages` and `blocks` are empty lists. A removed block with nothing left
 to run has `signature`, `backend` null and `latency_ms` 0. `samples` is 0 for estimates; `p90_ms` is
-null where the backend gives no spread.
+null where the backend gives no spread; blocks also carry `first_load_ms` and `warm_load_ms` (null unless
+measured).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from snapbench.latency.model_latency import ProfileRun, profile_model
+from snapbench.latency.model_latency import ProfileRun
 from snapbench.specs.stages import STAGES
 
 FORMAT = "snapbench.profile/1"
@@ -64,25 +68,34 @@ def document_backend(run: ProfileRun) -> str:
     return used.pop() if len(used) == 1 else "mixed"
 
 
-def profile_document(run: ProfileRun | Any, device: Any = None, settings: Any = None, *,
-                     table_path: str | None = None, **profile_kw: Any) -> dict[str, Any]:
-    """The document for a finished `ProfileRun`, or profile first: `profile_document("sd15", "iphone14pro",
-    Settings(), table=LatencyTable.load(path), backend="estimate", progress=False)`."""
-    if not isinstance(run, ProfileRun):
-        from snapbench.latency.table import Settings
+def model_ms(run: ProfileRun) -> float | None:
+    """One run of the whole model `--model` names: for a UNet, one denoising step at the profiled batch;
+    when one other component was profiled, one run of it."""
+    if "unet" in run.components:
+        return round(run.components["unet"].latency_ms, 4)
+    if len(run.components) == 1:
+        return round(next(iter(run.components.values())).latency_ms, 4)
+    return None
 
-        run = profile_model(run, device, settings or Settings(), **profile_kw)
+
+def profile_document(run: ProfileRun, *, table_path: str | None = None) -> dict[str, Any]:
+    """The document for a finished `ProfileRun`."""
     d = run.device
+    t = run.measured_on
     doc: dict[str, Any] = {
         "format": FORMAT,
         "device": {"id": d.id, "name": d.name, "chip": d.chip},
         "backend": document_backend(run),
         "model": run.model,
-        "settings": {**run.settings.to_dict(), "tokens": run.tokens},
+        "settings": run.settings.to_dict(),
         "components": {k: round(c.latency_ms, 4) for k, c in run.components.items()},
+        "model_ms": model_ms(run),
         "component_backends": {k: c.backend for k, c in run.components.items()},
         "stages": stage_summary(run) if run.blocks else [],
         "blocks": [{**b.to_dict(), "latency_ms": round(b.latency_ms, 4)} for b in run.blocks],
+        "load_ms": {k: {"first": c.first_load_ms, "warm": c.warm_load_ms} for k, c in run.components.items()
+                    if c.first_load_ms is not None},
+        "measured_on": {"name": t.name, "os_version": t.os_version, "os_build": t.os_build} if t else None,
         "versions": run.versions,
         "created_at": run.created_at,
     }

@@ -1,10 +1,17 @@
-"""A model's latency, block by block, from the table first and a backend for whatever the table lacks.
+"""A model's latency on a device: profiling's one seam, as typed steps.
 
-`profile_model` is what `snapbench profile` runs: cut the model into blocks (meta device, instant),
-look every unique signature up in the table, time the missing ones with the chosen backend (converting
-only what is needed), fill anything still missing with a labelled estimate, and return the blocks, the
-pipeline components and the rows to write back. `block_latencies` is the same for code (evolution,
-reports) that only wants the numbers.
+    packages_to_price(source, settings, components)   what a figure needs: one package per unique block
+                                                      signature (and per pipeline part), no conversion yet
+ -> still_needed(items, table, ...)                   the ones the table lacks for this pricer
+ -> locate(items, source, packages)                   their .mlpackage paths (converted or cached)
+ -> price(jobs, device, pricer, on_row=)              pricer(package, device) -> Measurement | Estimate,
+                                                      one LatencyRow per package, handed on at once
+                                                      (`profile` saves the table after every package)
+ -> assemble(...)                                     blocks, components, the merged table: a ProfileRun
+
+`profile_model` runs them with the backend asked for, then the estimator for whatever the device or an
+import file did not cover (labelled estimate). Pricers are passed in (`backend=` a `DeviceBackend`, an
+`EstimatePricer` or a name; `estimator=`): tests hand in fakes, nothing is patched.
 """
 
 from __future__ import annotations
@@ -13,19 +20,23 @@ import datetime as _dt
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-from snapbench.blocks.cut import CutBlock, InputShapes, cut_blocks
+from snapbench import __version__
+from snapbench.blocks.cut import CutBlock, cut_blocks
+from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
-from snapbench.versions import tool_versions
 from snapbench.latency.table import LatencyRow, LatencyTable, Settings
 from snapbench.model.loading import ModelSource, build_unet, resolve_model
-from snapbench.profilers.backends import CoreMLTools, choose_backend, make_backend
+from snapbench.profilers.backends import (MEASURING, DeviceBackend, EstimatePricer, Pricer, Target,
+                                          as_measurement, choose_backend)
 from snapbench.profilers.importer import ImportedRow, check_settings, read_import
 from snapbench.profilers.measurement import Measurement, PackageJob
 from snapbench.profilers.packages import COMPONENTS, ConverterPackages, PackageSource
+from snapbench.versions import tool_versions
 
 ALL_COMPONENTS = ("unet", *COMPONENTS)
+Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,8 @@ class BlockLatency:
     backend: str | None  # None only for blocks that do not run
     macs: int
     params: int
+    first_load_ms: float | None = None  # measured rows only
+    warm_load_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -53,14 +66,15 @@ class ComponentLatency:
     latency_ms: float
     backend: str  # a backend, or "mixed" (the UNet's blocks came from several)
     per: str  # "denoising step" | "run" | "image"
+    first_load_ms: float | None = None  # measured: summed over the component's packages
+    warm_load_ms: float | None = None
 
 
 @dataclass
 class ProfileRun:
-    device: Any  # catalog Device
+    device: Device
     model: str
     settings: Settings
-    tokens: int
     backend: str  # the backend that was asked to time things (after `auto`)
     blocks: list[BlockLatency]
     components: dict[str, ComponentLatency]
@@ -68,144 +82,50 @@ class ProfileRun:
     table: LatencyTable  # the input table merged with new_rows
     versions: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
+    measured_on: Target | None = None  # the phone or Mac, when a measuring backend ran
+
+    @property
+    def tokens(self) -> int:
+        return self.settings.tokens
 
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def component_key(component: str, source: ModelSource, settings: Settings, tokens: int) -> str:
+# 1. packages to price ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PackageToPrice:
+    """One package a figure needs, before it is converted."""
+
+    key: str  # the table key: a block signature, or a component key
+    label: str  # "CA[Up-1, 2]" (the first block with the signature) or "text_encoder"
+    component: str  # unet | text_encoder | vae_decoder
+    settings: Settings  # the settings its row is filed under (pipeline parts run at batch 1)
+    count: int  # how many times its latency enters the component's figure
+    block: CutBlock | None = None  # UNet: the first block with this signature (names the row)
+    path: Path | None = None  # a package that exists already (a whole program given as .mlpackage): not converted
+
+
+def component_settings(settings: Settings) -> Settings:
+    return replace(settings, batch=1)  # one prompt encoding, one image decode (per CFG branch / image)
+
+
+def component_key(component: str, source: ModelSource, settings: Settings) -> str:
     """Table key of a pipeline part: which one it is follows from the UNet's config (context width for the
     text encoder, latent channels for the decoder), and its own shapes (batch 1)."""
     cfg = source.spec.base_config
     if component == "text_encoder":
         ctx = cfg.get("cross_attention_dim", 768)
-        shape = f"tokens={tokens},context={ctx[0] if isinstance(ctx, (list, tuple)) else ctx}"
+        shape = f"tokens={settings.tokens},context={ctx[0] if isinstance(ctx, (list, tuple)) else ctx}"
     else:
         shape = f"latent={settings.latent}x{settings.latent},channels={cfg.get('out_channels', 4)}"
     return f"component|{component}|model={source.spec.name}|{shape}|batch=1|{settings.precision}"
 
 
-def _component_settings(settings: Settings) -> Settings:
-    return replace(settings, batch=1)  # one prompt encoding, one image decode (per CFG branch / image)
-
-
-
-
-def profile_model(
-    model: str | Path | ModelSource,
-    device: Any,
-    settings: Settings = Settings(),
-    *,
-    table: LatencyTable | None = None,
-    backend: str = "auto",
-    components: Sequence[str] = ALL_COMPONENTS,
-    tokens: int = 77,
-    repeats: int = 20,
-    warmup: int = 3,
-    import_file: str | Path | None = None,
-    packages: PackageSource | None = None,
-    api: CoreMLTools | None = None,
-    estimate_fn: Callable[..., Any] | None = None,
-    progress: bool = True,
-    say: Callable[[str], None] | None = None,
-) -> ProfileRun:
-    from snapbench.devices.catalog import resolve_device
-
-    dev = resolve_device(device)
-    comps = tuple(dict.fromkeys(components))
-    bad = [c for c in comps if c not in ALL_COMPONENTS]
-    if bad:
-        raise SnapbenchError(f"unknown component {bad[0]!r}; choose from {', '.join(ALL_COMPONENTS)}")
-    if backend == "import" and import_file is None:
-        raise SnapbenchError("--backend import needs --from FILE (CSV or JSON measurements)")
-    if import_file is not None and backend not in ("import", "auto"):
-        raise SnapbenchError(f"--from is only read by --backend import (got --backend {backend})")
-    # Parse the import file before anything slow, so bad input fails fast and changes nothing.
-    imported = read_import(import_file) if import_file is not None else None
-    api = api or CoreMLTools()
-    chosen = "import" if imported is not None else choose_backend(backend, dev, api=api, say=say)
-    source = model if isinstance(model, ModelSource) else resolve_model(model)
-    cut = cut_model(source, settings, tokens)
-    table = table if table is not None else LatencyTable.empty()
-    packages = packages or ConverterPackages()
-    created = now()
-    versions = tool_versions()
-
-    first = first_blocks(cut)
-    comp_keys = {c: component_key(c, source, settings, tokens) for c in comps if c != "unet"}
-    unet_keys = set(first) if "unet" in comps else set()
-
-    measured: dict[str, Measurement] = {}
-    if imported is not None:
-        measured.update(_resolve_import(import_file, imported, dev, settings, cut, comp_keys))
-
-    est_version: list[Any] = []  # looked up once, on first need (it reads the estimator's parameter file)
-
-    def needs(key: str, row_settings: Settings, backend_name: str) -> bool:
-        if key in measured:
-            return False
-        if backend_name == "estimate":  # fill gaps; refresh estimates made by another estimator version
-            have = table.lookup(dev.id, row_settings, key)
-            if have is None:
-                return True
-            if have.backend == "estimate":
-                if not est_version:
-                    est_version.append(estimate_version(estimate_fn))
-                return est_version[0] is not None and f"estimator={est_version[0]}" not in have.versions
-            return False
-        return table.lookup_backend(dev.id, row_settings, key, backend_name) is None
-
-    comp_settings = _component_settings(settings)
-    comp_sizes: dict[str, tuple[int, int]] = {}
-    passes = [chosen] if chosen != "import" else []
-    if chosen != "estimate":
-        passes.append("estimate")  # whatever the device or the file did not cover, labelled as such
-    for name in passes:
-        todo = [k for k in first if k in unet_keys and needs(k, settings, name)]
-        todo_comps = [c for c, k in comp_keys.items() if needs(k, comp_settings, name)]
-        if not todo and not todo_comps:
-            continue
-        be = make_backend(name, dev, compute_units=settings.compute_units, warmup=warmup, repeats=repeats,
-                          api=api, estimate_fn=estimate_fn)
-        if name == "estimate" and chosen != "estimate" and say:
-            say(f"{len(todo) + len(todo_comps)} signature(s) not timed by {chosen}: estimated and labelled estimate")
-        jobs: list[PackageJob] = []
-        if todo:
-            paths = packages.block_packages(source, settings, tokens, set(todo), progress=progress)
-            jobs += [PackageJob(k, first[k].block_id, paths[k]) for k in todo]
-        for c in todo_comps:
-            got = packages.component_package(c, source, comp_settings, tokens, progress=progress)
-            path = getattr(got, "path", got)
-            comp_sizes[c] = (int(getattr(got, "params", 0)), int(getattr(got, "macs", 0)))
-            jobs.append(PackageJob(comp_keys[c], c, Path(path)))
-        measured.update(_run(be, jobs, progress))
-
-    new_rows = [_row(dev, settings, first[k], k, m, created) for k, m in measured.items() if k in first]
-    for c, k in comp_keys.items():
-        if k in measured:
-            new_rows.append(_component_row(dev, comp_settings, c, k, measured[k], created, *comp_sizes.get(c, (0, 0))))
-    merged = table.merge(new_rows)
-
-    blocks = [_block_latency(b, merged, dev.id, settings) for b in cut] if "unet" in comps else []
-    comps_out: dict[str, ComponentLatency] = {}
-    if "unet" in comps:
-        used = {b.backend for b in blocks if b.backend}
-        comps_out["unet"] = ComponentLatency("unet", sum(b.latency_ms for b in blocks),
-                                             used.pop() if len(used) == 1 else "mixed", "denoising step")
-    for c, k in comp_keys.items():
-        row = merged.lookup(dev.id, comp_settings, k)
-        if row is None:  # cannot happen: the estimate pass fills every gap
-            raise SnapbenchError(f"no latency for {c}")
-        comps_out[c] = ComponentLatency(c, row.latency_ms, row.backend, "run" if c == "text_encoder" else "image")
-    return ProfileRun(dev, source.spec.name, settings, tokens, chosen, blocks, comps_out, new_rows, merged,
-                      versions, created)
-
-
-def cut_model(source: ModelSource, settings: Settings, tokens: int) -> list[CutBlock]:
+def cut_model(source: ModelSource, settings: Settings) -> list[CutBlock]:
     """The model's blocks with these settings (meta device: shapes and counts only, instant)."""
-    return cut_blocks(build_unet(source, device="meta"),
-                      InputShapes(latent=settings.latent, batch=settings.batch, tokens=tokens),
+    return cut_blocks(build_unet(source, device="meta"), settings.input_shapes(),
                       precision=settings.precision, attention=settings.attention)
 
 
@@ -218,6 +138,228 @@ def first_blocks(cut: Sequence[CutBlock]) -> dict[str, CutBlock]:
     return first
 
 
+def packages_to_price(source: ModelSource, settings: Settings, components: Sequence[str] = ALL_COMPONENTS,
+                      cut: Sequence[CutBlock] | None = None) -> list[PackageToPrice]:
+    bad = [c for c in components if c not in ALL_COMPONENTS]
+    if bad:
+        raise SnapbenchError(f"unknown component {bad[0]!r}; choose from {', '.join(ALL_COMPONENTS)}")
+    items: list[PackageToPrice] = []
+    if "unet" in components:
+        cut = cut if cut is not None else cut_model(source, settings)
+        counts: dict[str, int] = {}
+        for b in cut:
+            if b.signature is not None:
+                counts[b.signature.key()] = counts.get(b.signature.key(), 0) + 1
+        items += [PackageToPrice(k, b.block_id, "unet", settings, counts[k], b) for k, b in first_blocks(cut).items()]
+    comp = component_settings(settings)
+    items += [PackageToPrice(component_key(c, source, comp), c, c, comp, 1)
+              for c in dict.fromkeys(components) if c != "unet"]
+    return items
+
+
+# 2. what the table lacks --------------------------------------------------------------------------------------
+def still_needed(items: Iterable[PackageToPrice], table: LatencyTable, device_id: str, pricer: str, *,
+                 os_build: str = "", estimator_version: int | None = None) -> list[PackageToPrice]:
+    """Items the table has no usable row for: a measuring backend re-measures only on another OS build;
+    the estimator fills gaps and refreshes estimates made with other parameters; measured rows are never
+    replaced by estimates."""
+    todo = []
+    for it in items:
+        if pricer == "estimate":
+            have = table.lookup(device_id, it.settings, it.key)
+            stale = (have is not None and have.backend == "estimate" and estimator_version is not None
+                     and f"estimator={estimator_version}" not in have.versions)
+            if have is None or stale:
+                todo.append(it)
+            continue
+        row = table.lookup_backend(device_id, it.settings, it.key, pricer)
+        if row is None or (os_build and row.os_build and row.os_build != os_build):
+            todo.append(it)
+    return todo
+
+
+# 3. where the packages are -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Located:
+    item: PackageToPrice
+    job: PackageJob
+    params: int = 0  # pipeline parts: from the conversion (UNet blocks carry their own)
+    macs: int = 0
+
+
+def locate(items: Sequence[PackageToPrice], source: ModelSource, packages: PackageSource, *,
+           progress: bool) -> list[Located]:
+    """Convert (or take from the cache) exactly the packages of `items`."""
+    out: list[Located] = [Located(it, PackageJob(it.key, it.label, it.path)) for it in items if it.path is not None]
+    items = [it for it in items if it.path is None]
+    blocks = [it for it in items if it.component == "unet"]
+    if blocks:
+        paths = packages.block_packages(source, blocks[0].settings, {it.key for it in blocks}, progress=progress)
+        out += [Located(it, PackageJob(it.key, it.label, Path(paths[it.key]))) for it in blocks]
+    for it in items:
+        if it.component != "unet":
+            got = packages.component_package(it.component, source, it.settings, progress=progress)
+            out.append(Located(it, PackageJob(it.key, it.label, Path(got.path)), int(got.params), int(got.macs)))
+    return out
+
+
+# 4. price: package -> row -------------------------------------------------------------------------------------
+def to_row(device: Device, where: Located | PackageToPrice, m: Measurement, created: str) -> LatencyRow:
+    it = where.item if isinstance(where, Located) else where
+    s, b = it.settings, it.block
+    params = b.params if b is not None else (where.params if isinstance(where, Located) else 0)
+    macs = b.macs if b is not None else (where.macs if isinstance(where, Located) else 0)
+    return LatencyRow(
+        device=device.id, chip=device.chip, backend=m.backend, compute_units=s.compute_units,
+        precision=s.precision, weight_bits=s.weight_bits, attention=s.attention,
+        stage=b.unit.slot.stage if b is not None else "-", block=it.label, signature=it.key,
+        latency_ms=_ms(m.latency_ms), p90_ms=_ms(m.p90_ms), samples=m.samples, macs=macs, params=params,
+        bytes_moved=m.bytes_moved, versions=m.versions or f"snapbench={__version__}",
+        created_at=created, batch=s.batch, latent=s.latent, placement=m.placement, source=m.source,
+        first_load_ms=_ms(m.first_load_ms), warm_load_ms=_ms(m.warm_load_ms), os_build=m.os_build,
+    )
+
+
+def price(located: Sequence[Located], device: Device, pricer: Pricer, *, created: str,
+          on_row: Callable[[LatencyRow], None] | None = None, progress: bool = False) -> list[LatencyRow]:
+    """Price each package; every row goes to `on_row` as soon as it exists (an interrupted run keeps it)."""
+    rows: list[LatencyRow] = []
+    with _bar(pricer.name, len(located), progress) as advance:
+        for loc in located:
+            row = to_row(device, loc, as_measurement(pricer(loc.job, device)), created)
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+            advance(loc.job.label)
+    return rows
+
+
+# 5. assemble --------------------------------------------------------------------------------------------------
+def assemble(source: ModelSource, device: Device, settings: Settings, cut: Sequence[CutBlock],
+             items: Sequence[PackageToPrice], table: LatencyTable, components: Sequence[str]
+             ) -> tuple[list[BlockLatency], dict[str, ComponentLatency]]:
+    blocks = [_block_latency(b, table, device.id, settings) for b in cut] if "unet" in components else []
+    out: dict[str, ComponentLatency] = {}
+    if "unet" in components:
+        used = {b.backend for b in blocks if b.backend}
+        out["unet"] = ComponentLatency("unet", sum(b.latency_ms for b in blocks),
+                                       used.pop() if len(used) == 1 else "mixed", "denoising step",
+                                       *_load_sums([b.first_load_ms for b in blocks if b.signature],
+                                                   [b.warm_load_ms for b in blocks if b.signature]))
+    for it in items:
+        if it.component == "unet":
+            continue
+        row = table.lookup(device.id, it.settings, it.key)
+        if row is None:  # cannot happen: the estimate pass fills every gap
+            raise SnapbenchError(f"no latency for {it.component}")
+        out[it.component] = ComponentLatency(it.component, row.latency_ms, row.backend,
+                                             "run" if it.component == "text_encoder" else "image",
+                                             row.first_load_ms, row.warm_load_ms)
+    return blocks, out
+
+
+def _load_sums(first: list[float | None], warm: list[float | None]) -> tuple[float | None, float | None]:
+    """A component's load times only when every package of it was measured (partial sums mislead)."""
+    def total(xs: list[float | None]) -> float | None:
+        return sum(x for x in xs if x is not None) if xs and all(x is not None for x in xs) else None
+    return total(first), total(warm)
+
+
+# the whole run -------------------------------------------------------------------------------------------------
+@dataclass
+class ProfileTools:
+    """What `snapbench profile` prices with, when not the real thing: tests pass fakes here (through the
+    CLI's `ctx.obj`) instead of patching modules. None: the real converters, estimator, this machine."""
+
+    packages: PackageSource | None = None
+    estimator: EstimatePricer | None = None
+    machine: Any = None  # readiness.Machine
+    coreml: Any = None  # coreml_api.CoreMLTools
+
+
+def profile_model(
+    model: str | Path | ModelSource,
+    device: Device | str,
+    settings: Settings = Settings(),
+    *,
+    table: LatencyTable | None = None,
+    backend: str | DeviceBackend | EstimatePricer = "auto",
+    estimator: EstimatePricer | None = None,
+    components: Sequence[str] = ALL_COMPONENTS,
+    import_file: str | Path | None = None,
+    packages: PackageSource | None = None,
+    on_table: Callable[[LatencyTable], None] | None = None,
+    progress: bool = True,
+    say: Say | None = None,
+) -> ProfileRun:
+    """Price every package the requested components need on `device`, table first. `backend`: a name
+    (`auto` picks and says which), or a pricer object; `estimator` fills what it did not cover.
+    `on_table` gets the merged table after every priced package (`profile` saves it there)."""
+    dev = resolve_device(device)
+    comps = tuple(dict.fromkeys(components))
+    name = backend if isinstance(backend, str) else backend.name
+    if name == "import" and import_file is None:
+        raise SnapbenchError("--backend import needs --from FILE (CSV or JSON measurements)")
+    if import_file is not None and name not in ("import", "auto"):
+        raise SnapbenchError(f"--from is only read by --backend import (got --backend {name})")
+    # Parse the import file before anything slow, so bad input fails fast and changes nothing.
+    imported = read_import(import_file) if import_file is not None else None
+    if imported is not None:
+        chosen = "import"
+    elif isinstance(backend, str):
+        chosen = choose_backend(backend, dev, say=say)
+    else:
+        if isinstance(backend, DeviceBackend):
+            backend.check(dev)
+        chosen = backend.name
+    estimator = estimator or (backend if isinstance(backend, EstimatePricer) else EstimatePricer())
+    source = model if isinstance(model, ModelSource) else resolve_model(model)
+    cut = cut_model(source, settings) if "unet" in comps else []
+    items = packages_to_price(source, settings, comps, cut)
+    packages = packages or ConverterPackages()
+    created = now()
+    merged = table if table is not None else LatencyTable.empty()
+    new_rows: list[LatencyRow] = []
+
+    def keep(row: LatencyRow) -> None:
+        nonlocal merged
+        new_rows.append(row)
+        merged = merged.merge([row])
+        if on_table is not None:
+            on_table(merged)
+
+    target: Target | None = None
+    if imported is not None:
+        by_key = {it.key: it for it in items}
+        for key, m in _resolve_import(import_file, imported, dev, settings, cut, items).items():
+            keep(to_row(dev, by_key[key], m, created))
+    elif chosen in MEASURING:
+        be = backend if isinstance(backend, DeviceBackend) else DeviceBackend(chosen, compute_units=settings.compute_units)
+        target = be.identify(dev)
+        todo = still_needed(items, merged, dev.id, chosen, os_build=target.os_build)
+        if todo:
+            located = locate(todo, source, packages, progress=progress)
+            with be.open(target) as pricer:
+                price(located, dev, pricer, created=created, on_row=keep, progress=progress)
+    # The estimator: the whole job for `estimate`, the gaps (labelled) for the others.
+    todo = still_needed(items, merged, dev.id, "estimate", estimator_version=_version(estimator))
+    if todo:
+        if chosen != "estimate" and say:
+            say(f"{len(todo)} package(s) not covered by {chosen}: estimated and labelled estimate")
+        price(locate(todo, source, packages, progress=progress), dev, estimator, created=created, on_row=keep,
+              progress=progress)
+    blocks, comps_out = assemble(source, dev, settings, cut, items, merged, comps)
+    return ProfileRun(dev, source.spec.name, settings, chosen, blocks, comps_out, new_rows, merged,
+                      tool_versions(), created, target)
+
+
+def _version(estimator: EstimatePricer) -> int | None:
+    try:
+        return estimator.version()
+    except SnapbenchError:  # no parameter file: nothing to compare old estimates with
+        return None
+
+
 @dataclass(frozen=True)
 class PricedPackage:
     """A package `profile_model` prices, and how many times its latency enters the component's figure."""
@@ -228,66 +370,80 @@ class PricedPackage:
 
 
 def profile_packages(model: str | Path | ModelSource, settings: Settings = Settings(), component: str = "unet", *,
-                     tokens: int = 77, packages: PackageSource | None = None,
-                     progress: bool = False) -> list[PricedPackage]:
-    """Exactly the packages `profile_model` estimates for one component with these settings (converted, or
-    taken from the cache, as profile does). The UNet: one package per unique block signature, counted once
-    per block that has it (profile sums the blocks); the text encoder / VAE decoder: one package (batch 1).
-    The sum of count x latency over the list is the component's profile figure."""
-    if component not in ALL_COMPONENTS:
-        raise SnapbenchError(f"unknown component {component!r}; choose from {', '.join(ALL_COMPONENTS)}")
+                     packages: PackageSource | None = None, progress: bool = False) -> list[PricedPackage]:
+    """Exactly the packages `profile_model` prices for one component with these settings (converted, or
+    taken from the cache, as profile does). The sum of count x latency over the list is the component's
+    profile figure."""
     source = model if isinstance(model, ModelSource) else resolve_model(model)
-    packages = packages or ConverterPackages()
-    if component != "unet":
-        got = packages.component_package(component, source, _component_settings(settings), tokens,
-                                         progress=progress)
-        return [PricedPackage(component, Path(getattr(got, "path", got)), 1)]
-    cut = cut_model(source, settings, tokens)
-    first = first_blocks(cut)
-    counts = {k: sum(1 for b in cut if b.signature is not None and b.signature.key() == k) for k in first}
-    paths = packages.block_packages(source, settings, tokens, set(first), progress=progress)
-    return [PricedPackage(k, Path(paths[k]), counts[k]) for k in first]
+    items = packages_to_price(source, settings, (component,))
+    located = locate(items, source, packages or ConverterPackages(), progress=progress)
+    return [PricedPackage(loc.item.key if loc.item.component == "unet" else component, loc.job.path,
+                          loc.item.count) for loc in located]
 
 
-def estimate_version(estimate_fn: Callable[..., Any] | None) -> Any:
-    """The estimator's parameter version (to re-estimate rows made with older parameters); None if unknown."""
-    if estimate_fn is not None:
-        return getattr(estimate_fn, "params_version", None)
-    try:
-        from snapbench.profilers.estimate.params import load_params
-
-        return getattr(load_params(), "version", None)
-    except Exception:  # the estimator is another module's; an unknown version only disables refreshes
-        return None
+def block_latencies(model: str | Path | ModelSource, device: Device | str, settings: Settings = Settings(), *,
+                    table: LatencyTable | None = None, backend: str = "auto", progress: bool = False,
+                    **kw: Any) -> list[BlockLatency]:
+    """Every block of the model with its latency on `device`: table rows where they exist, the backend
+    (`auto`: a connected device if any, else the estimator) for signatures the table lacks, each labelled."""
+    return profile_model(model, device, settings, table=table, backend=backend, components=("unet",),
+                         progress=progress, **kw).blocks
 
 
-def _run(be: Any, jobs: list[PackageJob], progress: bool) -> dict[str, Measurement]:
-    if not jobs:
-        return {}
-    if not progress:
-        return be.measure(jobs)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from snapbench.commands.common import err
-
-    with Progress(TextColumn(f"[bold]{be.name}[/bold]"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("{task.description}"), console=err, transient=True) as bar:
-        task = bar.add_task("", total=len(jobs))
-        return be.measure(jobs, on_done=lambda label: bar.update(task, advance=1, description=label))
+# helpers ---------------------------------------------------------------------------------------------------------
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 4)  # 0.1 us: finer than any backend resolves
 
 
-def _resolve_import(path: Any, rows: list[ImportedRow], dev: Any, settings: Settings, cut: list[CutBlock],
-                    comp_keys: dict[str, str]) -> dict[str, Measurement]:
-    from snapbench.devices.catalog import resolve_device
+def _block_latency(b: CutBlock, table: LatencyTable, device_id: str, s: Settings) -> BlockLatency:
+    u = b.unit
+    if b.signature is None:
+        return BlockLatency(u.block_id, u.file_id, u.slot.stage, b.kind, u.status, None, 0.0, None, 0, None,
+                            b.macs, b.params)
+    key = b.signature.key()
+    row = table.lookup(device_id, s, key)
+    if row is None:
+        raise SnapbenchError(f"no latency for {u.block_id} ({key})")
+    return BlockLatency(u.block_id, u.file_id, u.slot.stage, b.kind, u.status, key, row.latency_ms, row.p90_ms,
+                        row.samples, row.backend, b.macs, b.params, row.first_load_ms, row.warm_load_ms)
 
+
+class _bar:
+    """A rich progress bar on stderr while packages are priced (nothing when progress is off)."""
+
+    def __init__(self, name: str, total: int, enabled: bool) -> None:
+        self.name, self.total, self.enabled, self.progress = name, total, enabled and total > 0, None
+
+    def __enter__(self) -> Callable[[str], None]:
+        if not self.enabled:
+            return lambda label: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from snapbench.console import err
+
+        self.progress = Progress(TextColumn(f"[bold]{self.name}[/bold]"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.description}"), console=err,
+                                 transient=True)
+        self.progress.start()
+        task = self.progress.add_task("", total=self.total)
+        return lambda label: self.progress.update(task, advance=1, description=label)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _resolve_import(path: Any, rows: list[ImportedRow], dev: Device, settings: Settings, cut: Sequence[CutBlock],
+                    items: Sequence[PackageToPrice]) -> dict[str, Measurement]:
+    by_key = {it.key for it in items}
     by_ref: dict[str, str] = {}
     for b in cut:
         if b.signature is None:
             continue
         k = b.signature.key()
         by_ref[b.block_id] = by_ref[b.unit.file_id] = by_ref[k] = k
-    comp_refs = {c: k for c, k in comp_keys.items()}
-    expected = settings.to_dict()
+    comp_refs = {it.component: it.key for it in items if it.component != "unet"}
+    expected = settings.table_dict()
     got: dict[str, list[ImportedRow]] = {}
     for r in rows:
         where = f"{path} {r.where} {r.line}"
@@ -303,7 +459,7 @@ def _resolve_import(path: Any, rows: list[ImportedRow], dev: Any, settings: Sett
             check_settings(path, r, {**expected, "batch": 1})
         else:
             key = by_ref.get(r.ref)
-            if key is None:
+            if key is None or key not in by_key:
                 what = "signature" if r.by_signature else "block"
                 raise SnapbenchError(f"{where}: {what} {r.ref!r} is not in this model with these settings "
                                      f"(see `snapbench inspect`; components: {', '.join(COMPONENTS)})")
@@ -316,59 +472,6 @@ def _resolve_import(path: Any, rows: list[ImportedRow], dev: Any, settings: Sett
         p90s = [r.p90_ms for r in rs if r.p90_ms is not None]
         notes = "; ".join(dict.fromkeys(r.notes for r in rs if r.notes))
         out[key] = Measurement("import", float(statistics.median(r.latency_ms for r in rs)),
-                               max(p90s) if p90s else None, sum(r.samples for r in rs),
-                               source=f"{Path(str(path)).name}{': ' + notes if notes else ''}")
+                                       max(p90s) if p90s else None, sum(r.samples for r in rs),
+                                       source=f"{Path(str(path)).name}{': ' + notes if notes else ''}")
     return out
-
-
-def _ms(v: float | None) -> float | None:
-    return None if v is None else round(float(v), 4)  # 0.1 us: finer than any backend resolves
-
-
-def _row(dev: Any, s: Settings, b: CutBlock, key: str, m: Measurement, created: str) -> LatencyRow:
-    return LatencyRow(
-        device=dev.id, chip=dev.chip, backend=m.backend, compute_units=s.compute_units, precision=s.precision,
-        weight_bits=s.weight_bits, attention=s.attention, stage=b.unit.slot.stage, block=b.block_id,
-        signature=key, latency_ms=_ms(m.latency_ms), p90_ms=_ms(m.p90_ms), samples=m.samples, macs=b.macs,
-        params=b.params, bytes_moved=m.bytes_moved, versions=m.versions or _short_versions(), created_at=created,
-        batch=s.batch, latent=s.latent, placement=m.placement, source=m.source,
-    )
-
-
-def _component_row(dev: Any, s: Settings, name: str, key: str, m: Measurement, created: str, params: int = 0,
-                   macs: int = 0) -> LatencyRow:
-    return LatencyRow(
-        device=dev.id, chip=dev.chip, backend=m.backend, compute_units=s.compute_units, precision=s.precision,
-        weight_bits=s.weight_bits, attention=s.attention, stage="-", block=name, signature=key,
-        latency_ms=_ms(m.latency_ms), p90_ms=_ms(m.p90_ms), samples=m.samples, macs=macs, params=params,
-        bytes_moved=m.bytes_moved, versions=m.versions or _short_versions(), created_at=created,
-        batch=s.batch, latent=s.latent, placement=m.placement, source=m.source,
-    )
-
-
-def _short_versions() -> str:
-    from snapbench import __version__
-
-    return f"snapbench={__version__}"
-
-
-def _block_latency(b: CutBlock, table: LatencyTable, device_id: str, s: Settings) -> BlockLatency:
-    u = b.unit
-    if b.signature is None:
-        return BlockLatency(u.block_id, u.file_id, u.slot.stage, b.kind, u.status, None, 0.0, None, 0, None,
-                            b.macs, b.params)
-    key = b.signature.key()
-    row = table.lookup(device_id, s, key)
-    if row is None:
-        raise SnapbenchError(f"no latency for {u.block_id} ({key})")
-    return BlockLatency(u.block_id, u.file_id, u.slot.stage, b.kind, u.status, key, row.latency_ms, row.p90_ms,
-                        row.samples, row.backend, b.macs, b.params)
-
-
-def block_latencies(model: str | Path | ModelSource, device: Any, settings: Settings = Settings(), *,
-                    table: LatencyTable | None = None, backend: str = "auto", progress: bool = False,
-                    tokens: int = 77, **kw: Any) -> list[BlockLatency]:
-    """Every block of the model with its latency on `device`: table rows where they exist, the backend
-    (`auto`: a connected device if any, else the estimator) for signatures the table lacks, each labelled with where it came from."""
-    return profile_model(model, device, settings, table=table, backend=backend, components=("unet",),
-                         tokens=tokens, progress=progress, **kw).blocks

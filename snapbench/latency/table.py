@@ -17,14 +17,14 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
 from snapbench.atomic import atomic_write_text
-from snapbench.choices import ATTENTIONS, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS  # re-exported for callers
+from snapbench.choices import ATTENTIONS, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS, check_choice  # re-exported for callers
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_text
 from snapbench.specs.stages import STAGES
@@ -43,7 +43,9 @@ class Settings:
 
     Batch and latent size are in every UNet block's signature already; they are kept here too so that a
     table can say, for any row, which settings it belongs to (components such as the VAE decoder run at
-    batch 1 whatever the UNet's batch)."""
+    batch 1 whatever the UNet's batch). `tokens` (the text context length) is part of the input shapes
+    and of the cross-attention signatures and the text encoder's key, so it is not a table column and
+    not part of `key`."""
 
     compute_units: str = "cpu_and_ne"
     precision: str = "fp16"
@@ -51,20 +53,39 @@ class Settings:
     attention: str = "original"
     batch: int = 2
     latent: int = 64
+    tokens: int = 77
 
     def __post_init__(self) -> None:
         for name, allowed in (("compute_units", COMPUTE_UNITS), ("precision", PRECISIONS),
                               ("weight_bits", WEIGHT_BITS), ("attention", ATTENTIONS)):
-            if getattr(self, name) not in allowed:
-                raise SnapbenchError(f"{name} {getattr(self, name)!r} is not one of "
-                                     f"{', '.join(map(str, allowed))}")
-        if self.batch < 1 or self.latent < 1:
-            raise SnapbenchError(f"batch and latent must be >= 1 (got batch {self.batch}, latent {self.latent})")
+            check_choice(name, getattr(self, name), allowed)
+        if self.batch < 1 or self.latent < 1 or self.tokens < 1:
+            raise SnapbenchError(f"batch, latent and tokens must be >= 1 (got batch {self.batch}, latent "
+                                 f"{self.latent}, tokens {self.tokens})")
         object.__setattr__(self, "_key", (self.compute_units, self.precision, self.weight_bits, self.attention,
                                           self.batch, self.latent))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def table_dict(self) -> dict[str, Any]:
+        """The settings a table row records (everything but `tokens`)."""
+        d = asdict(self)
+        d.pop("tokens")
+        return d
+
+    def input_shapes(self) -> Any:
+        """The UNet's input shapes for cutting blocks (`snapbench.blocks.cut.InputShapes`)."""
+        from snapbench.blocks.cut import InputShapes  # torch: only when shapes are needed
+
+        return InputShapes(latent=self.latent, batch=self.batch, tokens=self.tokens)
+
+    def convert_options(self, mode: str = "profile") -> Any:
+        """The converters' options for packages that these settings price."""
+        from snapbench.converters import ConvertOptions
+
+        return ConvertOptions(mode=mode, attention=self.attention, weight_bits=self.weight_bits,
+                              precision=self.precision, latent=self.latent, batch=self.batch, tokens=self.tokens)
 
     @property
     def key(self) -> tuple:
@@ -97,6 +118,9 @@ class LatencyRow:
     latent: int = 64
     placement: str = ""  # ops per compute unit from the compute plan, e.g. "ane=120;cpu=2" ("" = unknown)
     source: str = ""  # where the figure came from: an import file, a device name, the estimator version
+    first_load_ms: float | None = None  # measured: first load on the device (the Neural Engine compile)
+    warm_load_ms: float | None = None  # measured: a second load right after
+    os_build: str = ""  # measured: the device's OS build; a rerun on another build measures again
 
     @property
     def settings(self) -> Settings:
@@ -116,7 +140,7 @@ COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LatencyRow))
 _INT_COLUMNS = frozenset({"weight_bits", "samples", "macs", "params", "batch", "latent"})
 _OPTIONAL_INT = frozenset({"bytes_moved"})
 _FLOAT_COLUMNS = frozenset({"latency_ms"})
-_OPTIONAL_FLOAT = frozenset({"p90_ms"})
+_OPTIONAL_FLOAT = frozenset({"p90_ms", "first_load_ms", "warm_load_ms"})
 # Columns a table must have; the trailing ones (defaults in LatencyRow) may be absent in older files.
 REQUIRED_COLUMNS: tuple[str, ...] = COLUMNS[: COLUMNS.index("created_at") + 1]
 
@@ -180,10 +204,6 @@ class LatencyTable:
         return sorted(self._rows.values(), key=lambda r: (
             r.device, r.compute_units, r.precision, r.weight_bits, r.attention, r.batch, r.latent,
             _stage_order(r.stage), r.block, r.signature, -BACKEND_RANK.get(r.backend, 0), r.backend))
-
-    def best_rows(self) -> list[LatencyRow]:
-        best = set(map(id, self._best.values()))
-        return [r for r in self.rows() if id(r) in best]
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -284,6 +304,3 @@ def _parse_cell(col: str, cell: str, source: str, line: int) -> Any:
                              f"{'integer' if col in _INT_COLUMNS | _OPTIONAL_INT else 'non-negative number'}") from None
     return cell
 
-
-def replace_row(row: LatencyRow, **changes: Any) -> LatencyRow:
-    return replace(row, **changes)

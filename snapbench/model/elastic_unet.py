@@ -82,6 +82,11 @@ class ElasticUNet(nn.Module):
     def units(self) -> list[BlockUnit]:
         return list(self._units)
 
+    @property
+    def closes_skip(self) -> list[bool]:
+        """Per unit: whether its output is pushed as a skip (what running a slice of the units needs)."""
+        return list(self._closes_skip)
+
     def unit(self, block_id: str) -> BlockUnit:
         for u in self._units:
             if block_id in (u.block_id, u.file_id):
@@ -116,7 +121,7 @@ class ElasticUNet(nn.Module):
         `record`: if given, gets one (unit, inputs, output) tuple per unit run: how blocks are cut.
         """
         batch = sample.shape[0]
-        if not torch.is_tensor(timestep):
+        if not isinstance(timestep, torch.Tensor):
             timestep = torch.tensor([timestep], dtype=torch.float32, device=sample.device)
         if timestep.ndim == 0:
             timestep = timestep[None]

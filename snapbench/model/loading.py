@@ -1,12 +1,16 @@
-"""Resolve `--model`: a preset name, an arch spec .json, or a local diffusers UNet / pipeline folder.
+"""Resolve `--model`: a preset name, an arch spec .json, a local diffusers UNet / pipeline folder, or a
+Hugging Face hub id found in the local Hugging Face cache (nothing is downloaded).
 
-Weights are read only from safetensors files (never unpickled). Presets without a checkpoint get seeded
-random weights: latency does not depend on weight values.
+Weights are read only from safetensors files (never unpickled), plain or a variant
+(`diffusion_pytorch_model.fp16.safetensors`, what `save_pretrained(variant="fp16")` writes). Presets
+without a checkpoint get seeded random weights: latency does not depend on weight values.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,8 +23,10 @@ from snapbench.specs.arch_spec import ArchSpec, full_spec, load_spec
 from snapbench.specs.layout import layout_from_config
 from snapbench.specs.presets import load_preset, preset_names
 
-WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
-SHARD_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+WEIGHTS_STEM = "diffusion_pytorch_model"
+WEIGHTS_FILE = f"{WEIGHTS_STEM}.safetensors"
+SHARD_INDEX = f"{WEIGHTS_STEM}.safetensors.index.json"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, as the hub spells repository ids
 SPEC_FILE = "arch.json"  # a folder written by ElasticUNet save (train / evolve output)
 COPIES_FILE = "copies.safetensors"
 
@@ -33,29 +39,55 @@ class ModelSource:
     spec: ArchSpec
     weights_dir: Path | None = None  # a diffusers UNet folder (config.json + safetensors)
     copies_file: Path | None = None  # weights of copied blocks, from a saved elastic UNet
+    variant: str | None = None  # the weights' variant (fp16 for diffusion_pytorch_model.fp16.safetensors)
 
 
-def resolve_model(ref: str | Path, *, weights: str | Path | None = None) -> ModelSource:
+def resolve_model(ref: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None, variant: str | None = None,
+                  subfolder: str | None = None, revision: str | None = None) -> ModelSource:
+    """What `--model` (and `--weights`) name. `variant`: which weights file of a folder (None: the plain
+    one, else the only variant present). `subfolder` / `revision`: inside a folder or hub snapshot, and
+    which snapshot of a hub id."""
     ref_s = str(ref)
-    p = Path(ref_s)
+    p = _local_or_hub(ref_s, subfolder, revision)
     if p.is_dir():
-        source = _from_folder(p)
+        source = _from_folder(p, variant)
     elif p.suffix == ".json" or p.is_file():
         if not p.exists():
             raise SnapbenchError(f"{p}: no such arch spec file")
         source = ModelSource(ref_s, load_spec(p))
     else:
-        if "/" in ref_s or "\\" in ref_s:
-            raise SnapbenchError(f"{ref_s}: no such folder or file (model hubs cannot be reached; give a local folder)")
         source = ModelSource(ref_s, load_preset(ref_s))
     if weights is not None:
-        w = Path(weights)
+        w = _local_or_hub(str(weights), subfolder if source.weights_dir is None else None, revision)
         if not w.is_dir():
-            raise SnapbenchError(f"{w}: --weights must be a diffusers UNet folder (config.json + {WEIGHTS_FILE})")
+            raise SnapbenchError(f"{w}: --weights must be a diffusers UNet folder (config.json + {WEIGHTS_FILE}) "
+                                 "or a hub id in the local Hugging Face cache")
         folder = _unet_folder(w)
-        _check_fits(source.spec, folder)
-        source = ModelSource(ref_s, source.spec, folder, source.copies_file)
+        chosen = _weights_variant(folder, variant)
+        _check_fits(source.spec, folder, chosen)
+        source = ModelSource(ref_s, source.spec, folder, source.copies_file, chosen)
     return source
+
+
+def _local_or_hub(ref: str, subfolder: str | None, revision: str | None) -> Path:
+    """A local path as given; a hub id (org/name) that is not a local path: its snapshot in the local
+    Hugging Face cache. Then `subfolder` inside it."""
+    p = Path(ref)
+    if not p.exists() and HUB_ID.match(ref) and not ref.endswith(".json"):
+        from snapbench.model.hub import local_snapshot
+
+        p = local_snapshot(ref, revision)
+    elif revision is not None and not p.exists():
+        raise SnapbenchError(f"{ref}: --revision needs a hub id (org/name) or a local folder")
+    elif "/" in ref or "\\" in ref:
+        if not p.exists():
+            raise SnapbenchError(f"{ref}: no such folder or file")
+    if subfolder:
+        sub = p / subfolder
+        if not sub.is_dir():
+            raise SnapbenchError(f"{ref}: has no subfolder {subfolder!r}")
+        return sub
+    return p
 
 
 def _unet_folder(p: Path) -> Path:
@@ -66,23 +98,25 @@ def _unet_folder(p: Path) -> Path:
     raise SnapbenchError(f"{p}: missing config.json (expected a diffusers UNet folder, or a pipeline folder with unet/)")
 
 
-def _from_folder(p: Path) -> ModelSource:
+def _from_folder(p: Path, variant: str | None = None) -> ModelSource:
     if (p / SPEC_FILE).is_file():
         spec = load_spec(p / SPEC_FILE)
         unet_dir = p / "unet"
         copies = p / COPIES_FILE
         if not (unet_dir / "config.json").is_file():
             raise SnapbenchError(f"{p}: has {SPEC_FILE} but no unet/config.json; the weights folder is incomplete")
-        _check_fits(spec, unet_dir)
-        return ModelSource(str(p), spec, unet_dir, copies if copies.is_file() else None)
+        chosen = _weights_variant(unet_dir, variant)
+        _check_fits(spec, unet_dir, chosen)
+        return ModelSource(str(p), spec, unet_dir, copies if copies.is_file() else None, chosen)
     folder = _unet_folder(p)
     config = _read_config(folder / "config.json")
     if config.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel":
         raise SnapbenchError(f"{folder / 'config.json'}: _class_name is {config.get('_class_name')!r}, "
                              "expected UNet2DConditionModel")
-    _weight_files(folder)  # fail early, naming the missing file
+    chosen = _weights_variant(folder, variant)
+    _weight_files(folder, chosen)  # fail early, naming the missing file
     spec = full_spec(config, p.name or "unet", f"diffusers UNet from {p}")
-    return ModelSource(str(p), spec, folder)
+    return ModelSource(str(p), spec, folder, variant=chosen)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -99,16 +133,52 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def _weight_files(folder: Path) -> list[Path]:
-    single = folder / WEIGHTS_FILE
+def _variants(folder: Path) -> list[str]:
+    """The weight variants a folder holds: diffusion_pytorch_model.<v>.safetensors or a sharded
+    diffusion_pytorch_model.safetensors.index.<v>.json (diffusers' names)."""
+    found = set()
+    for f in folder.glob(f"{WEIGHTS_STEM}.*.safetensors"):
+        middle = f.name[len(WEIGHTS_STEM) + 1:-len(".safetensors")]
+        if "-of-" not in middle:  # not a shard (diffusion_pytorch_model-00001-of-00002 has no dot here)
+            found.add(middle.split(".")[0])
+    for f in folder.glob(f"{SHARD_INDEX[:-len('.json')]}.*.json"):
+        found.add(f.name[len(SHARD_INDEX) - len("json"):-len(".json")])
+    return sorted(found)
+
+
+def _weights_variant(folder: Path, variant: str | None) -> str | None:
+    """The variant to read: the one asked for (it must exist); else none when the plain file is there;
+    else the only variant present."""
+    plain = (folder / WEIGHTS_FILE).is_file() or (folder / SHARD_INDEX).is_file()
+    present = _variants(folder)
+    if variant is not None:
+        if variant not in present:
+            have = ", ".join(present) if present else "none"
+            raise SnapbenchError(f"{folder}: no {variant} weights ({WEIGHTS_STEM}.{variant}.safetensors); "
+                                 f"variants here: {have}" + ("; leave out --variant for the plain file" if plain else ""))
+        return variant
+    if plain or not present:
+        return None
+    if len(present) > 1:
+        raise SnapbenchError(f"{folder}: several weight variants ({', '.join(present)}) and no plain "
+                             f"{WEIGHTS_FILE}; pick one with --variant")
+    return present[0]
+
+
+def _weight_files(folder: Path, variant: str | None = None) -> list[Path]:
+    if variant is not None:
+        single = folder / f"{WEIGHTS_STEM}.{variant}.safetensors"
+        index = folder / f"{WEIGHTS_STEM}.safetensors.index.{variant}.json"
+    else:
+        single = folder / WEIGHTS_FILE
+        index = folder / SHARD_INDEX
     if single.is_file():
         return [single]
-    index = folder / SHARD_INDEX
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
-            raise SnapbenchError(f"{folder}: missing weight shard {missing[0]} listed in {SHARD_INDEX}")
+            raise SnapbenchError(f"{folder}: missing weight shard {missing[0]} listed in {index.name}")
         return [folder / s for s in shards]
     if any(folder.glob("*.bin")) or any(folder.glob("*.ckpt")):
         raise SnapbenchError(f"{folder}: has only pickle weights (.bin/.ckpt), which snapbench never unpickles; "
@@ -116,25 +186,25 @@ def _weight_files(folder: Path) -> list[Path]:
     raise SnapbenchError(f"{folder}: missing {WEIGHTS_FILE}")
 
 
-def _checkpoint_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+def _checkpoint_shapes(folder: Path, variant: str | None = None) -> dict[str, tuple[int, ...]]:
     from safetensors import safe_open
 
     shapes: dict[str, tuple[int, ...]] = {}
-    for f in _weight_files(folder):
+    for f in _weight_files(folder, variant):
         with safe_open(str(f), framework="pt") as fh:
             for k in fh.keys():
                 shapes[k] = tuple(fh.get_slice(k).get_shape())
     return shapes
 
 
-def _check_fits(spec: ArchSpec, folder: Path) -> None:
+def _check_fits(spec: ArchSpec, folder: Path, variant: str | None = None) -> None:
     """The checkpoint's tensors must match the spec's base config, tensor by tensor; name the block if not."""
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
         model = UNet2DConditionModel(**_init_kwargs(spec.base_config))
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = _checkpoint_shapes(folder)
+    got = _checkpoint_shapes(folder, variant)
     for key, shape in want.items():
         if key not in got:
             raise SnapbenchError(f"{folder}: checkpoint lacks {key} ({_block_of(spec, key)}); "
@@ -168,7 +238,7 @@ def build_unet(source: ModelSource, *, device: str | torch.device = "cpu", seed:
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**kwargs)
         if source.weights_dir is not None:
-            _load_weights(unet, source.weights_dir, source.spec)
+            _load_weights(unet, source.weights_dir, source.spec, source.variant)
         model = ElasticUNet(unet, source.spec)
     if source.copies_file is not None:
         from safetensors.torch import load_file
@@ -181,12 +251,12 @@ def build_unet(source: ModelSource, *, device: str | torch.device = "cpu", seed:
     return model.to(device=device, dtype=dtype)
 
 
-def _load_weights(unet: torch.nn.Module, folder: Path, spec: ArchSpec) -> None:
+def _load_weights(unet: torch.nn.Module, folder: Path, spec: ArchSpec, variant: str | None = None) -> None:
     from safetensors.torch import load_file
 
     state: dict[str, torch.Tensor] = {}
-    for f in _weight_files(folder):
-        state.update(load_file(str(f)))
+    for f in _weight_files(folder, variant):
+        state.update(load_file(str(f)))  # fp16 variants are cast by load_state_dict's copy
     want = unet.state_dict()
     for key, tensor in want.items():
         if key not in state:

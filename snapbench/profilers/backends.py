@@ -1,44 +1,105 @@
-"""Measurement sources behind one interface: `measure(jobs) -> {key: Measurement}`.
+"""The pricers behind profiling's one seam: `pricer(package, device) -> Measurement | Estimate`.
 
-- `DeviceBackend("iphone" | "mac")`: times each package on a connected iPhone or on this Mac's Neural
-  Engine through coremltools (see `coreml_api`), with warm-up runs, repeats (median, p90, sample count)
-  and the compute plan's op placement.
-- `EstimateBackend`: the Neural Engine cost model (`snapbench.profilers.estimate`), labelled `estimate`.
-- `import` is not a package backend (its figures come from a file): see `importer`.
+- `EstimatePricer`: the Neural Engine cost model (`snapbench.profilers.estimate`), labelled `estimate`.
+- `DeviceBackend("iphone" | "mac")`: checks this machine (`readiness`), finds the attached phone and
+  its catalog id (`phones`), and `open()`s a session (the runner app built, installed and launched once)
+  whose pricer times each package through coremltools (`coreml_api`): first and warm load, warm-up runs,
+  repeats (median, p90, sample count) and the compute plan's op placement.
+- `import` prices nothing: its figures come from a file (`importer`).
 
-`choose_backend` resolves `auto`: an iPhone if one is connected (and the target is a phone), this Mac if
-the target is a Mac and we run on one, else the estimator; it says which on stderr.
+`choose_backend` resolves `auto`: an iPhone if one is ready (and the target is a phone), this Mac if the
+target is a Mac and we run on one, else the estimator; it says which and why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from snapbench import __version__
+from snapbench.devices.catalog import Device, resolve_device
+from snapbench.choices import check_choice
 from snapbench.errors import SnapbenchError
-from snapbench.profilers.coreml_api import CoreMLTools
+from snapbench.profilers.coreml_api import DEFAULT_REQUEST_TIMEOUT_S, CoreMLTools, Signing, describe
 from snapbench.profilers.measurement import Measurement, PackageJob, placement_text
+from snapbench.profilers.phones import list_attached, mac_catalog_id, pick_phone
+from snapbench.profilers.readiness import Machine, blocker, blocking_check, put_devicectl_on_path
+
+if TYPE_CHECKING:
+    from snapbench.profilers.estimate.cost_model import Estimate
 
 BACKEND_CHOICES = ("auto", "iphone", "mac", "import", "estimate")
+MEASURING = ("iphone", "mac")
 
-Progress = Callable[[str], None]  # called once per finished job with its label
 
+class Pricer(Protocol):
+    """The seam every backend fits: one package on one catalog device -> a measurement or an estimate."""
 
-class Backend(Protocol):
     name: str
 
-    def measure(self, jobs: Sequence[PackageJob], *, on_done: Progress | None = None) -> dict[str, Measurement]:
-        ...
+    def __call__(self, package: PackageJob, device: Device) -> "Measurement | Estimate": ...
 
 
-def _is_mac_target(device: Any) -> bool:
-    return str(device.id).startswith("mac")
+def as_measurement(result: "Measurement | Estimate") -> Measurement:
+    return result if isinstance(result, Measurement) else Measurement.from_estimate(result)
+
+
+def is_mac(device: Device) -> bool:
+    return device.id.startswith("mac")
 
 
 def _suggest(reason: str) -> str:
-    return f"{reason}; use --backend estimate (runs anywhere) or --backend import --from FILE"
+    if "--backend estimate" in reason:
+        return reason
+    return f"{reason} (or use --backend estimate, which runs anywhere, or --backend import --from FILE)"
+
+
+# the estimator -------------------------------------------------------------------------------------------
+EstimateFn = Callable[[Path, Device], "Estimate"]
+
+
+def _estimate_package(path: Path, device: Device) -> "Estimate":
+    from snapbench.profilers.estimate import estimate_package
+
+    return estimate_package(path, device)
+
+
+def estimator_version() -> int:
+    """The shipped cost-model parameters' version (rows made with another are re-estimated)."""
+    from snapbench.profilers.estimate import load_params
+
+    return load_params().version
+
+
+@dataclass
+class EstimatePricer:
+    """The calibrated Neural Engine cost model over each package's Core ML program."""
+
+    estimate_fn: EstimateFn = _estimate_package
+    version: Callable[[], int] = estimator_version
+    name: str = "estimate"
+
+    def __call__(self, package: PackageJob, device: Device) -> "Estimate":
+        return self.estimate_fn(package.path, device)
+
+
+# measuring on a device -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """The device a measuring backend will time on, as its own tools describe it."""
+
+    device_id: str  # catalog id it is filed under
+    name: str  # "Ana's iPhone", "this Mac"
+    os_version: str
+    os_build: str
+    udid: str = ""
+
+    def label(self) -> str:
+        system = "iOS" if not self.device_id.startswith("mac") else "macOS"
+        return f"{self.name} ({system} {self.os_version}, build {self.os_build})"
 
 
 @dataclass
@@ -46,171 +107,160 @@ class DeviceBackend:
     """Times packages with coremltools on an iPhone (remote device API) or on this Mac."""
 
     name: str  # "iphone" | "mac"
-    device: Any  # the catalog Device the figures will be filed under
     api: CoreMLTools = field(default_factory=CoreMLTools)
+    machine: Machine | None = None  # None: this computer
+    signing: Signing | None = None
     compute_units: str = "cpu_and_ne"
     warmup: int = 3
     repeats: int = 20
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    runner_dir: Path | None = None  # where the runner app is built once and kept; None: the cache
 
     def __post_init__(self) -> None:
-        if self.name not in ("iphone", "mac"):
+        if self.name not in MEASURING:
             raise ValueError(self.name)
         if self.repeats < 1 or self.warmup < 0:
             raise SnapbenchError(f"--repeats must be >= 1 and --warmup >= 0 (got {self.repeats}, {self.warmup})")
+        if self.request_timeout_s <= 0:
+            raise SnapbenchError(f"--request-timeout must be > 0 seconds (got {self.request_timeout_s})")
 
-    def check(self) -> None:
+    @property
+    def here(self) -> Machine:
+        if self.machine is None:
+            self.machine = Machine.this(team_id=self.signing.team_id if self.signing else None)
+        return self.machine
+
+    def check(self, device: Device | None = None) -> None:
         """Raise the one-line reason this backend cannot run here (before anything is converted)."""
-        reason = self.api.unavailable_reason(self.name)
+        reason = blocker(self.here, self.name)
         if reason:
-            raise SnapbenchError(_suggest(reason))
+            raise SnapbenchError(_suggest(f"the {self.name} backend cannot run here: {reason}"))
+        if device is None:
+            return
         # A Mac's engine is not a phone's: never file Mac timings under an iPhone id, or the reverse.
-        if self.name == "mac" and not _is_mac_target(self.device):
-            raise SnapbenchError(_suggest(f"the mac backend measures this Mac, not an {self.device.name}"))
-        if self.name == "iphone" and _is_mac_target(self.device):
-            raise SnapbenchError(f"--device {self.device.id} is a Mac; use --backend mac to measure it")
-        if self.name == "iphone" and not str(self.device.id).startswith("iphone"):
+        if self.name == "mac" and not is_mac(device):
+            raise SnapbenchError(_suggest(f"the mac backend measures this Mac, not an {device.name}; "
+                                          "pass --device auto to file its figures under this Mac's id"))
+        if self.name == "iphone" and is_mac(device):
+            raise SnapbenchError(f"--device {device.id} is a Mac; use --backend mac to measure it")
+        if self.name == "iphone" and not device.id.startswith("iphone"):
             # coremltools lists iPhones here; an iPad's figures must not come from a phone
-            raise SnapbenchError(_suggest(f"the iphone backend measures iPhones, not an {self.device.name}"))
+            raise SnapbenchError(_suggest(f"the iphone backend measures iPhones, not an {device.name}"))
 
-    def measure(self, jobs: Sequence[PackageJob], *, on_done: Progress | None = None) -> dict[str, Measurement]:
-        self.check()
-        return asyncio.run(self._measure(jobs, on_done))
+    def identify(self, wanted: Device | None) -> Target:
+        """The attached phone (or this Mac) and its catalog id; `wanted` None is `--device auto`. A
+        phone of another model than `wanted` is refused."""
+        shell = self.here.shell
+        if self.name == "mac":
+            mac_id = mac_catalog_id(shell)
+            if wanted is not None and wanted.id != mac_id:
+                raise SnapbenchError(f"this Mac is {mac_id}, not --device {wanted.id}; pass --device auto")
+            code, build, _ = shell.run(["sw_vers", "-buildVersion"])
+            return Target(mac_id, "this Mac", self.here.macos_version, build.strip() if code == 0 else "")
+        put_devicectl_on_path(self.here)
+        phone, cid = pick_phone(list_attached(shell), wanted.id if wanted else None, resolve_device)
+        return Target(cid, phone.name, phone.os_version, phone.os_build, phone.udid)
 
-    async def _measure(self, jobs: Sequence[PackageJob], on_done: Progress | None) -> dict[str, Measurement]:
-        target = None
-        where = "this Mac"
-        if self.name == "iphone":
-            phones = self.api.connected_iphones()
-            if not phones:
-                raise SnapbenchError(_suggest("no iPhone is connected (plug it in, unlock it, enable Developer Mode)"))
-            # One runner-app session serves every package: building and installing it takes minutes.
-            target = await self.api.prepare(phones[0])
-            where = f"{getattr(target, 'name', 'iPhone')} (iOS {getattr(target, 'os_version', '?')})"
-        versions = f"snapbench={__version__};{self.api.versions()}"
-        results: dict[str, Measurement] = {}
-        for job in jobs:
-            try:
-                model = self.api.load(job.path, self.compute_units)
-                samples = await self.api.benchmark(model, device=target, warmup=self.warmup, repeats=self.repeats)
-                placement = await self.api.placement(model, device=target, compute_units=self.compute_units)
-            except SnapbenchError:
-                raise
-            except Exception as e:  # coremltools raises ValueError/RuntimeError with multi-line text
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise SnapbenchError(f"{self.name}: {job.label} ({job.path}): {first}") from None
-            results[job.key] = Measurement.from_samples(
-                self.name, samples, placement=placement_text(placement), source=where, versions=versions)
-            if on_done:
-                on_done(job.label)
-        return results
+    @contextlib.contextmanager
+    def open(self, target: Target) -> Iterator["DevicePricer"]:
+        """A pricer for `target`: for a phone, the runner app is built (once, kept under the cache),
+        installed and launched here; every failure is one line naming what to fix."""
+        loop = asyncio.new_event_loop()
+        try:
+            handle = None
+            if self.name == "iphone":
+                handle = loop.run_until_complete(self._prepare(target))
+            yield DevicePricer(self, target, handle, loop)
+        finally:
+            loop.close()
+
+    async def _prepare(self, target: Target) -> Any:
+        if self.signing is None and self.here.team_id:  # SNAPBENCH_TEAM_ID, when no --team-id was given
+            self.signing = Signing.for_team(self.here.team_id)
+        if self.signing is None:
+            raise SnapbenchError("the iphone backend signs coremltools' runner app: pass --team-id "
+                                 "(or set SNAPBENCH_TEAM_ID); see `snapbench doctor`")
+        from snapbench.paths import cache_root
+
+        folder = self.runner_dir or cache_root() / "modelrunner" / self.signing.bundle_id
+        try:
+            matches = [p for p in self.api.connected_iphones() if getattr(p, "udid", None) == target.udid]
+            if not matches:
+                raise SnapbenchError(f"coremltools does not see {target.name} as connected: unlock it and "
+                                     "run `snapbench doctor`")
+            return await self.api.prepare(matches[0], self.signing, folder)
+        except SnapbenchError:
+            raise
+        except Exception as e:  # coremltools raises ValueError / its own errors with devicectl's stderr
+            why = describe(e)
+            hint = ("on the phone, trust the app's developer: Settings > General > VPN & Device Management, "
+                    "then run again" if "trust" in why.lower() or "profile" in why.lower() else
+                    "run `snapbench doctor`")
+            raise SnapbenchError(f"preparing {target.name} for profiling failed: {why}; {hint}") from None
 
 
 @dataclass
-class EstimateBackend:
-    """The calibrated Neural Engine cost model over each package's Core ML program."""
+class DevicePricer:
+    """An open session on one device: call it with each package."""
 
-    device: Any
-    estimate_fn: Callable[..., Any] | None = None  # estimate_package(path, device) -> Estimate; injectable
-    name: str = "estimate"
+    backend: DeviceBackend
+    target: Target
+    handle: Any  # coremltools' prepared remote Device, or None for this Mac
+    loop: asyncio.AbstractEventLoop
 
-    def _fn(self) -> Callable[..., Any]:
-        return self.estimate_fn or default_estimate_fn()
+    @property
+    def name(self) -> str:
+        return self.backend.name
 
-    def measure(self, jobs: Sequence[PackageJob], *, on_done: Progress | None = None) -> dict[str, Measurement]:
-        fn = self._fn()
-        results: dict[str, Measurement] = {}
-        for job in jobs:
-            est = fn(job.path, self.device)
-            results[job.key] = estimate_measurement(est)
-            if on_done:
-                on_done(job.label)
-        return results
-
-
-def default_estimate_fn() -> Callable[..., Any]:
-    try:
-        from snapbench.profilers.estimate import estimate_package
-    except ImportError:
-        from snapbench.profilers.estimate.cost_model import estimate_package
-    return estimate_package
-
-
-def estimate_measurement(est: Any) -> Measurement:
-    """An estimator result as a Measurement (duck-typed: the estimator owns its result type)."""
-    total = _first_attr(est, ("total_ms", "latency_ms", "ms"))
-    if total is None:
-        raise SnapbenchError(f"estimator returned {type(est).__name__} without a total in ms")
-    bytes_moved = _first_attr(est, ("bytes_moved", "dram_bytes", "bytes"))
-    placement = _first_attr(est, ("placement",))
-    if isinstance(placement, dict):
-        placement = placement_text(placement)
-    n_ops, cpu_ops = _first_attr(est, ("n_ops",)), _first_attr(est, ("cpu_ops",))
-    if placement is None and n_ops is not None and cpu_ops is not None:
-        # the cost model's own placement rules (not a compute plan): ops it prices on the engine vs CPU
-        placement = placement_text({"ane": int(n_ops) - len(cpu_ops), "cpu": len(cpu_ops)})
-    version = _first_attr(est, ("params_version", "version"))
-    return Measurement(
-        "estimate", float(total), None, 0,
-        bytes_moved=int(bytes_moved) if bytes_moved is not None else None,
-        placement=placement or "",
-        source=f"estimator params {version}" if version is not None else "estimator",
-        versions=f"snapbench={__version__}" + (f";estimator={version}" if version is not None else ""),
-    )
+    def __call__(self, package: PackageJob, device: Device) -> Measurement:
+        if device.id != self.target.device_id:
+            raise SnapbenchError(f"{self.target.name} is {self.target.device_id}, not {device.id}")
+        be = self.backend
+        try:
+            with be.api.request_time_limit(be.request_timeout_s):
+                timing = self.loop.run_until_complete(be.api.time_package(
+                    package.path, device=self.handle, compute_units=be.compute_units, warmup=be.warmup,
+                    repeats=be.repeats))
+        except SnapbenchError:
+            raise
+        except Exception as e:  # coremltools raises ValueError / RuntimeError / its own with multi-line text
+            raise SnapbenchError(f"{be.name}: {package.label} ({package.path}): {describe(e)}") from None
+        return Measurement.from_samples(
+            be.name, timing.predict_ms, placement=placement_text(timing.placement), source=self.target.label(),
+            versions=f"snapbench={__version__};coremltools={be.api.version()}",
+            first_load_ms=timing.first_load_ms, warm_load_ms=timing.warm_load_ms, os_build=self.target.os_build)
 
 
-def _first_attr(obj: Any, names: tuple[str, ...]) -> Any:
-    for n in names:
-        v = obj.get(n) if isinstance(obj, dict) else getattr(obj, n, None)
-        if v is not None:
-            return v
-    return None
-
-
-def choose_backend(requested: str, device: Any, *, api: CoreMLTools | None = None,
+# choosing -------------------------------------------------------------------------------------------------
+def choose_backend(requested: str, device: Device, *, machine: Machine | None = None,
                    say: Callable[[str], None] | None = None) -> str:
     """Resolve `auto` to the best backend this machine has for `device`; check explicit choices."""
-    if requested not in BACKEND_CHOICES:
-        raise SnapbenchError(f"unknown backend {requested!r}; choose one of {', '.join(BACKEND_CHOICES)}")
-    api = api or CoreMLTools()
+    check_choice("--backend", requested, BACKEND_CHOICES)
     if requested != "auto":
-        if requested in ("iphone", "mac"):
-            DeviceBackend(requested, device, api).check()
+        if requested in MEASURING:
+            DeviceBackend(requested, machine=machine).check(device)
         return requested
+    here = machine or Machine.this()
     picked, why = "estimate", ""
-    if _is_mac_target(device):
-        reason = api.unavailable_reason("mac")
-        if reason is None:
-            picked, why = "mac", "this Mac's Neural Engine"
-        else:
-            why = reason
-    elif not str(device.id).startswith("iphone"):
+    if is_mac(device):
+        check = blocking_check(here, "mac")
+        picked, why = ("mac", "this Mac's Neural Engine") if check is None else ("estimate", check.detail)
+    elif not device.id.startswith("iphone"):
         why = f"no measuring backend for a {device.name}"
     else:
-        reason = api.unavailable_reason("iphone")
-        if reason is None:
+        check = blocking_check(here, "iphone")
+        if check is None:
             try:
-                phones = api.connected_iphones()
-            except Exception as e:  # devicectl missing or failing: fall back, but say why
-                phones, reason = [], f"listing iPhones failed ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
-            if phones:
-                picked, why = "iphone", f"connected iPhone {getattr(phones[0], 'name', '')}".rstrip()
-            else:
-                why = reason or "no iPhone is connected"
+                put_devicectl_on_path(here)
+                phone, cid = pick_phone(list_attached(here.shell), device.id, resolve_device)
+                picked, why = "iphone", f"{phone.name} is attached and ready"
+            except SnapbenchError as e:
+                why = str(e)
         else:
-            why = reason
+            why = f"{check.name}: {check.detail}"
     if say:
         if picked == "estimate":
             say(f"backend auto -> estimate ({why}); figures are predictions, labelled estimate")
         else:
             say(f"backend auto -> {picked} ({why})")
     return picked
-
-
-def make_backend(name: str, device: Any, *, compute_units: str = "cpu_and_ne", warmup: int = 3,
-                 repeats: int = 20, api: CoreMLTools | None = None,
-                 estimate_fn: Callable[..., Any] | None = None) -> Backend:
-    if name in ("iphone", "mac"):
-        return DeviceBackend(name, device, api or CoreMLTools(), compute_units, warmup, repeats)
-    if name == "estimate":
-        return EstimateBackend(device, estimate_fn)
-    raise SnapbenchError(f"backend {name!r} does not time packages")

@@ -1,38 +1,73 @@
-"""The few coremltools 9 calls the `iphone` and `mac` backends make, in one thin adapter.
+"""The coremltools 9.0 calls the `iphone` and `mac` backends make, in one thin adapter.
 
-Everything here needs macOS (prediction, compiled models, compute plans) and, for an iPhone, Xcode
-(coremltools builds its model-runner app with `xcodebuild` and talks to it through `devicectl`). The
-adapter takes the coremltools module and the platform name as arguments so that tests on Linux hand in
-a fake that records calls; it never checks the platform at import time.
+Everything here needs macOS (loading, compiling, prediction, compute plans) and, for an iPhone, full
+Xcode. The adapter takes the coremltools module as an argument so that tests on Linux hand in fakes
+built from the real classes (`tests/test_coreml_contract.py` checks every name used here against the
+installed coremltools); it never checks the platform at import time.
 
-APIs used (coremltools 9.0, `coremltools.models.ml_program.experimental`):
-- `remote_device.Device.get_connected_devices(DeviceType.IPHONE)` and `await
-  device.prepare_for_model_debugging()`: build, install and launch the runner app on the phone.
-- `perf_utils.MLModelBenchmarker(model, device).benchmark_predict(iterations=, warmup=)`: prediction
-  durations in ms as measured by Core ML (on the phone when `device` is given, else on this Mac).
-- `compute_plan.MLComputePlan.load_from_path(compiled_path, compute_units)` (this Mac) and
-  `compute_plan_utils.load_compute_plan_from_path_on_device(path=, compute_units=, device=)` (the phone):
-  the preferred compute device of every op.
+APIs used (coremltools 9.0, `coremltools.models.ml_program.experimental`, read from its source):
+- `remote_device.Device.get_connected_devices(DeviceType.IPHONE)`; `await
+  device.prepare_for_model_debugging(credentials=AppSigningCredentials(...), working_directory=, clean=)`
+  builds the model-runner app with `xcodebuild`, installs and launches it with `devicectl`.
+- `async_wrapper.MLModelAsyncWrapper.from_spec_or_path(..., device=)`: a model on the phone (device
+  given) or on this Mac (None). `await load()` (its `load_duration_in_nano_seconds` is Core ML's own
+  figure), `await predict(inputs, state=)` (then `last_predict_duration_in_nano_seconds`), `await
+  retrieve_compute_plan()` (the plan of *this* loaded model: no second copy), `await unload()`,
+  `cleanup()`. This is the layer `perf_utils.MLModelBenchmarker` is built on; using it directly lets
+  every loaded model be unloaded in a `finally` (the benchmarker keeps its model, and coremltools'
+  unload in `__del__` is fire-and-forget on an event loop that is gone by then).
+- `compute_plan.MLComputePlan`: `model_structure.program.functions[*].block.operations` and
+  `get_compute_device_usage_for_mlprogram_operation(op).preferred_compute_device`, an instance of
+  `compute_device.MLNeuralEngineComputeDevice` / `MLGPUComputeDevice` / `MLCPUComputeDevice`.
 """
 
 from __future__ import annotations
 
-import shutil
-import sys
+import contextlib
+import math
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Iterator
 
-_COMPUTE_UNITS = {"cpu_and_ne": "CPU_AND_NE", "cpu_only": "CPU_ONLY", "cpu_and_gpu": "CPU_AND_GPU", "all": "ALL"}
+import numpy as np
+
+from snapbench.errors import SnapbenchError
+
+COMPUTE_UNITS = {"cpu_and_ne": "CPU_AND_NE", "cpu_only": "CPU_ONLY", "cpu_and_gpu": "CPU_AND_GPU", "all": "ALL"}
+POLL_S = 0.5  # coremltools' own interval between devicectl polls for a response
+# coremltools gives each request to the phone 20 polls 0.5 s apart; the first load of a large UNet block
+# compiles it for the Neural Engine and takes minutes. This default outlasts the largest SD-v1.5 block.
+DEFAULT_REQUEST_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True)
+class Signing:
+    """Who signs the model-runner app (its Xcode project pins Apple's own team, which nobody else has)."""
+
+    team_id: str
+    bundle_id: str
+
+    @staticmethod
+    def for_team(team_id: str, bundle_id: str | None = None) -> "Signing":
+        # An app id must be unique to the team that registers it; coremltools' default is Apple's.
+        return Signing(team_id, bundle_id or f"dev.snapbench.modelrunner.{team_id.lower()}")
+
+
+@dataclass(frozen=True)
+class PackageTiming:
+    """One package on one device: Core ML's own durations (ms) and where its ops were placed."""
+
+    predict_ms: list[float]
+    first_load_ms: float | None  # the first load: on the Neural Engine this includes compiling for it
+    warm_load_ms: float | None  # a second load right after (the compiled program is cached)
+    placement: dict[str, int]  # ops per preferred compute unit: ane, gpu, cpu, unknown
 
 
 class CoreMLTools:
-    def __init__(self, ct: ModuleType | Any | None = None, *, platform: str | None = None,
-                 which: Callable[[str], str | None] = shutil.which) -> None:
+    def __init__(self, ct: ModuleType | Any | None = None) -> None:
         self._ct = ct
-        self.platform = platform or sys.platform
-        self._which = which
 
     @property
     def ct(self) -> Any:
@@ -42,73 +77,165 @@ class CoreMLTools:
             self._ct = coremltools
         return self._ct
 
-    # what this machine can do ---------------------------------------------------------------------
-    def unavailable_reason(self, backend: str) -> str | None:
-        """None when `backend` can run here, else why not (one clause, no trailing period)."""
-        if self.platform != "darwin":
-            what = "an iPhone from a Mac with Xcode" if backend == "iphone" else "this Mac's Neural Engine"
-            return f"the {backend} backend measures on {what}, and this machine runs {self.platform}"
-        if backend == "iphone" and self._which("xcodebuild") is None:
-            return "the iphone backend needs Xcode (xcodebuild not found) to build coremltools' runner app"
-        return None
+    @property
+    def _rd(self) -> Any:
+        return self.ct.models.ml_program.experimental.remote_device
 
-    def versions(self) -> str:
-        return f"coremltools={getattr(self.ct, '__version__', '?')}"
+    def version(self) -> str:
+        return str(getattr(self.ct, "__version__", "?"))
 
-    # devices ----------------------------------------------------------------------------------------
+    # the phone ----------------------------------------------------------------------------------------
     def connected_iphones(self) -> list[Any]:
-        rd = self.ct.models.ml_program.experimental.remote_device
+        rd = self._rd
         return list(rd.Device.get_connected_devices(rd.DeviceType.IPHONE))
 
-    async def prepare(self, device: Any) -> Any:
-        """Build, install and launch the model-runner app; returns the device with its session."""
-        return await device.prepare_for_model_debugging()
+    async def prepare(self, phone: Any, signing: Signing, working_dir: Path) -> Any:
+        """Build (once: the build folder persists and is reused), install and launch the runner app."""
+        rd = self._rd
+        credentials = rd.AppSigningCredentials(development_team=signing.team_id,
+                                               provisioning_profile_uuid=None,
+                                               bundle_identifier=signing.bundle_id)
+        working_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            return await phone.prepare_for_model_debugging(credentials=credentials,
+                                                           working_directory=working_dir, clean=False)
+        except rd._AppBuilder.Error as e:
+            raise SnapbenchError(build_failure(e, working_dir / "xcodebuild.log")) from None
 
-    # timing and placement ---------------------------------------------------------------------------
-    def load(self, path: Path, compute_units: str) -> Any:
-        cu = getattr(self.ct.ComputeUnit, _COMPUTE_UNITS[compute_units])
-        return self.ct.models.MLModel(str(path), compute_units=cu)
+    @contextlib.contextmanager
+    def request_time_limit(self, seconds: float) -> Iterator[None]:
+        """Give every request to the phone `seconds` before it fails, instead of coremltools' 20 x 0.5 s.
 
-    async def benchmark(self, model: Any, *, device: Any | None, warmup: int, repeats: int) -> list[float]:
-        """Prediction durations in ms; `warmup` runs first and are discarded (first runs compile/page in)."""
-        perf = self.ct.models.ml_program.experimental.perf_utils
-        bench = perf.MLModelBenchmarker(model=model, device=device)
-        if warmup > 0:
-            await bench.benchmark_predict(iterations=warmup, warmup=False)
-        result = await bench.benchmark_predict(iterations=repeats, warmup=False)
-        return [float(s) for s in result.samples]
+        coremltools builds its request service inside `_RemoteMLModelService.load_on_device` with
+        default arguments and no way to pass others, so for the duration of this block the module's
+        service class is a subclass whose defaults are ours; the original is put back in `finally`."""
+        rd = self._rd
+        original = rd._DeviceCtlRemoteService
+        attempts = max(1, math.ceil(seconds / POLL_S))
 
-    async def placement(self, model: Any, *, device: Any | None, compute_units: str) -> dict[str, int]:
+        class _Patient(original):  # type: ignore[misc, valid-type]
+            def __init__(self, socket: Any, poll_time: float = POLL_S, max_attempts: int = attempts) -> None:
+                super().__init__(socket, poll_time=poll_time, max_attempts=max_attempts)
+
+        rd._DeviceCtlRemoteService = _Patient
+        try:
+            yield
+        finally:
+            rd._DeviceCtlRemoteService = original
+
+    # one package -------------------------------------------------------------------------------------
+    def _wrapper(self, path: Path, compute_units: str, device: Any | None) -> Any:
+        wrappers = self.ct.models.ml_program.experimental.async_wrapper
+        return wrappers.MLModelAsyncWrapper.from_spec_or_path(
+            spec_or_path=str(path), weights_dir=str(path / "Data" / "com.apple.CoreML" / "weights"),
+            compute_units=getattr(self.ct.ComputeUnit, COMPUTE_UNITS[compute_units]), device=device)
+
+    @contextlib.asynccontextmanager
+    async def _loaded(self, path: Path, compute_units: str, device: Any | None) -> AsyncIterator[Any]:
+        model = self._wrapper(path, compute_units, device)
+        try:
+            await model.load()
+        except BaseException:
+            model.cleanup()  # the compiled copy it made in a temporary folder
+            raise
+        try:
+            yield model
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                await model.unload()
+            model.cleanup()
+            raise
+        await model.unload()
+        model.cleanup()
+
+    async def time_package(self, path: Path, *, device: Any | None, compute_units: str, warmup: int,
+                           repeats: int) -> PackageTiming:
+        """Load twice (first = compile, then warm), predict `warmup` + `repeats` times on random inputs of the
+        package's own shapes, read the compute plan of the loaded model; every load unloaded in a finally."""
+        inputs = random_inputs(self.ct.utils.load_spec(str(path)).description,
+                               self.ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType)
+        async with self._loaded(path, compute_units, device) as first:
+            first_load = _ms(first.load_duration_in_nano_seconds)
+        async with self._loaded(path, compute_units, device) as model:
+            warm_load = _ms(model.load_duration_in_nano_seconds)
+            samples = []
+            for i in range(warmup + repeats):
+                await model.predict(inputs, state=model.make_state_if_needed())
+                took = _ms(model.last_predict_duration_in_nano_seconds)
+                if took is None:
+                    raise SnapbenchError(f"{path.name}: Core ML reported no prediction duration")
+                if i >= warmup:
+                    samples.append(took)
+            placement = self.placement(await model.retrieve_compute_plan())
+        return PackageTiming(samples, first_load, warm_load, placement)
+
+    def placement(self, plan: Any) -> dict[str, int]:
         """Ops per preferred compute unit ('ane', 'gpu', 'cpu', 'unknown'), consts left out."""
-        cu = getattr(self.ct.ComputeUnit, _COMPUTE_UNITS[compute_units])
-        compiled = model.get_compiled_path()
-        if device is None:
-            plan = self.ct.models.compute_plan.MLComputePlan.load_from_path(path=compiled, compute_units=cu)
-        else:
-            utils = self.ct.models.ml_program.experimental.compute_plan_utils
-            plan = await utils.load_compute_plan_from_path_on_device(path=compiled, compute_units=cu, device=device)
         program = plan.model_structure.program
         if program is None:
             return {}
+        devices = self.ct.models.compute_device
+        names = ((devices.MLNeuralEngineComputeDevice, "ane"), (devices.MLGPUComputeDevice, "gpu"),
+                 (devices.MLCPUComputeDevice, "cpu"))
         counts: Counter[str] = Counter()
         for fn in program.functions.values():
             for op in fn.block.operations:
                 if op.operator_name == "const":
                     continue
                 usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
-                counts[_unit_name(usage.preferred_compute_device) if usage is not None else "unknown"] += 1
+                where = usage.preferred_compute_device if usage is not None else None
+                counts[next((n for cls, n in names if isinstance(where, cls)), "unknown")] += 1
         return dict(counts)
 
 
-def _unit_name(device: Any) -> str:
-    # Local and remote plans use different classes (MLNeuralEngineComputeDevice, remote proxies of it);
-    # their names all say which engine they are.
-    for cls in type(device).__mro__:
-        name = cls.__name__
-        if "NeuralEngine" in name:
-            return "ane"
-        if "GPU" in name:
-            return "gpu"
-        if "CPU" in name:
-            return "cpu"
-    return "unknown"
+def _ms(ns: int | None) -> float | None:
+    return None if ns is None else ns / 1e6
+
+
+def random_inputs(description: Any, array_types: Any) -> dict[str, np.ndarray]:
+    """Random arrays of each input's declared shape and type (what coremltools' benchmarker feeds too;
+    latency does not depend on values). Our packages take multi-arrays only. `array_types` is
+    `coremltools.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType`."""
+    ints = {array_types.INT32}
+    inputs = {}
+    for feature in description.input:
+        kind = feature.type.WhichOneof("Type")
+        if kind != "multiArrayType":
+            raise SnapbenchError(f"input {feature.name!r} is a {kind}; only multi-array inputs can be timed")
+        arr = feature.type.multiArrayType
+        shape = tuple(int(d) for d in arr.shape)
+        inputs[feature.name] = (np.random.randint(0, 10, shape).astype(np.int32) if arr.dataType in ints
+                                else np.random.random(shape).astype(np.float32))
+    return inputs
+
+
+def build_failure(error: Any, log_path: Path) -> str:
+    """coremltools runs xcodebuild with stderr merged into stdout, then reports `e.stderr` (None): the
+    message says "[Error Code 65] None". The output is still on the CalledProcessError it was raised
+    from; keep it in a log and name its first `error:` line."""
+    cause = error.__context__
+    raw = getattr(cause, "output", None) or getattr(cause, "stdout", None) or b""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    code = getattr(error, "error_code", None) or getattr(cause, "returncode", "?")
+    where = ""
+    if text:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(text)
+        where = f"; full log: {log_path}"
+    errors = [ln.strip() for ln in text.splitlines() if "error:" in ln]
+    first = errors[0] if errors else (text.strip().splitlines() or ["no output"])[-1]
+    hint = ""
+    if "team" in first.lower() or "signing" in first.lower() or "provisioning" in first.lower():
+        hint = " (check --team-id; with a free team also pick a --bundle-id nobody else registered)"
+    return f"building coremltools' model-runner app failed (xcodebuild exit {code}): {first}{hint}{where}"
+
+
+def describe(error: BaseException) -> str:
+    """One line for a coremltools error: its devicectl stderr decoded (it keeps bytes), last meaningful line."""
+    message = getattr(error, "message", None)
+    if isinstance(message, bytes):
+        message = message.decode(errors="replace")
+    text = str(message if message else error).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    return (errors or lines or [type(error).__name__])[0]

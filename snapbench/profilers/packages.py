@@ -2,7 +2,7 @@
 
 Profile mode converts one package per unique block signature (two blocks with one signature cost the
 same), so SD-v1.5's blocks need far fewer conversions than blocks. Packages are kept under
-`.snapbench-cache/packages/<model>-<settings hash>/` (override with $SNAPBENCH_CACHE) and re-used: the
+`<cache>/packages/<model>-<settings hash>/` (the cache folder: snapbench.paths) and re-used: the
 converters skip what already exists. A folder given with `--packages` (from `snapbench convert`) is used
 as is, after checking that its manifest was made with this profile's settings.
 """
@@ -11,32 +11,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from snapbench.errors import SnapbenchError
+from snapbench.paths import cache_root
 
 COMPONENTS = ("text_encoder", "vae_decoder")
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("SNAPBENCH_CACHE", ".snapbench-cache"))
-
-
-def settings_hash(model_name: str, settings: Any, tokens: int) -> str:
-    text = json.dumps({"model": model_name, "settings": settings.to_dict(), "tokens": tokens}, sort_keys=True)
+def settings_hash(model_name: str, settings: Any) -> str:
+    # the same text as before `tokens` moved into Settings, so existing caches stay valid
+    text = json.dumps({"model": model_name, "settings": settings.table_dict(), "tokens": settings.tokens},
+                      sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 class PackageSource(Protocol):
-    def block_packages(self, source: Any, settings: Any, tokens: int, keys: set[str], *,
-                       progress: bool) -> dict[str, Path]:
+    def block_packages(self, source: Any, settings: Any, keys: set[str], *, progress: bool) -> dict[str, Path]:
         """signature key -> package path, for (at least) the given keys."""
 
-    def component_package(self, component: str, source: Any, settings: Any, tokens: int, *,
-                          progress: bool) -> "ComponentPackage | Path":
+    def component_package(self, component: str, source: Any, settings: Any, *,
+                          progress: bool) -> "ComponentPackage":
         ...
 
 
@@ -47,14 +44,6 @@ class ComponentPackage:
     macs: int = 0
 
 
-def _options(settings: Any, tokens: int) -> Any:
-    from snapbench.converters import ConvertOptions
-
-    return ConvertOptions(mode="profile", attention=settings.attention, weight_bits=settings.weight_bits,
-                          precision=settings.precision, latent=settings.latent, batch=settings.batch,
-                          tokens=tokens)
-
-
 def _entry(e: Any, name: str) -> Any:
     return e.get(name) if isinstance(e, dict) else getattr(e, name, None)
 
@@ -62,22 +51,21 @@ def _entry(e: Any, name: str) -> Any:
 _OPTION_FIELDS = ("attention", "weight_bits", "precision", "latent", "batch", "tokens")
 
 
-def _wanted(settings: Any, tokens: int) -> dict[str, Any]:
-    return {"attention": settings.attention, "weight_bits": settings.weight_bits,
-            "precision": settings.precision, "latent": settings.latent, "batch": settings.batch, "tokens": tokens}
+def _wanted(settings: Any) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in _OPTION_FIELDS}
 
 
-def check_manifest_settings(manifest: Any, folder: Path, settings: Any, tokens: int) -> None:
+def check_manifest_settings(manifest: Any, folder: Path, settings: Any) -> None:
     """Packages converted with other settings would be timed as if they had these: refuse, naming one."""
     opts = getattr(manifest, "options", {}) or {}
-    for name, want in _wanted(settings, tokens).items():
+    for name, want in _wanted(settings).items():
         have = opts.get(name)
         if have is not None and str(have) != str(want):
             raise SnapbenchError(f"{folder}: packages were converted with {name} {have}, this profile uses "
                                  f"{want}; pass --{name.replace('_', '-')} {have} or convert again")
 
 
-def cached_packages(settings: Any, tokens: int, keys: set[str]) -> dict[str, Path]:
+def cached_packages(settings: Any, keys: set[str]) -> dict[str, Path]:
     """Packages with these signatures already converted for any model under the cache (evolution's
     candidates share almost every signature with the model they came from: no need to convert again)."""
     from snapbench.converters import load_manifest
@@ -86,7 +74,7 @@ def cached_packages(settings: Any, tokens: int, keys: set[str]) -> dict[str, Pat
     root = cache_root() / "packages"
     if not root.is_dir():
         return found
-    want = _wanted(settings, tokens)
+    want = _wanted(settings)
     for mf in sorted(root.glob("*/manifest.json")):
         try:
             manifest = load_manifest(mf.parent)
@@ -126,33 +114,31 @@ class ConverterPackages:
 
     folder: Path | None = None  # --packages: a finished conversion folder to use as is
 
-    def _dir(self, source: Any, settings: Any, tokens: int, what: str = "") -> Path:
+    def _dir(self, source: Any, settings: Any, what: str = "") -> Path:
         name = source.spec.name
-        return cache_root() / "packages" / f"{name}{what}-{settings_hash(name, settings, tokens)}"
+        return cache_root() / "packages" / f"{name}{what}-{settings_hash(name, settings)}"
 
-    def block_packages(self, source: Any, settings: Any, tokens: int, keys: set[str], *,
-                       progress: bool) -> dict[str, Path]:
+    def block_packages(self, source: Any, settings: Any, keys: set[str], *, progress: bool) -> dict[str, Path]:
         if self.folder is not None:
             from snapbench.converters import load_manifest
 
             manifest = load_manifest(self.folder)
-            check_manifest_settings(manifest, self.folder, settings, tokens)
+            check_manifest_settings(manifest, self.folder, settings)
             return signature_packages(manifest, self.folder, keys)
-        reuse = cached_packages(settings, tokens, keys)
+        reuse = cached_packages(settings, keys)
         if keys <= reuse.keys():
             return reuse
         from snapbench.converters import convert_model
 
-        out = self._dir(source, settings, tokens)
-        result = convert_model(source, out, _options(settings, tokens), progress=progress)
+        out = self._dir(source, settings)
+        result = convert_model(source, out, settings.convert_options(), progress=progress)
         return signature_packages(result.manifest, out, keys)
 
-    def component_package(self, component: str, source: Any, settings: Any, tokens: int, *,
-                          progress: bool) -> ComponentPackage:
+    def component_package(self, component: str, source: Any, settings: Any, *, progress: bool) -> ComponentPackage:
         from snapbench.converters import convert_component
 
-        out = self._dir(source, settings, tokens, f"-{component}")
-        result = convert_component(component, out, _options(settings, tokens), model=source, progress=progress)
+        out = self._dir(source, settings, f"-{component}")
+        result = convert_component(component, out, settings.convert_options(), model=source, progress=progress)
         done = [b for b in result.manifest.blocks if _entry(b, "package")]
         if not done:
             raise SnapbenchError(f"{out}: the converters made no {component} package")

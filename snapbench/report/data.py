@@ -2,7 +2,7 @@
 page and for `--json`.
 
 Structure (architecture, params, MACs) comes from `inspect_model`; latency comes only from the profiler's
-document (see `latency_source`), each figure carrying the backend that produced it. Derived figures
+typed result (see `latency_source`), each figure carrying the backend that produced it. Derived figures
 (end-to-end seconds, speedups, achieved TFLOP/s, shares) are computed here, once, so the page and the JSON
 can never disagree.
 """
@@ -20,6 +20,8 @@ from snapbench.blocks.cut import InputShapes
 from snapbench.blocks.inspect import Inspection, inspect_model
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
+from snapbench.evolution.trajectory import TRAJECTORY_FILE
+from snapbench.latency.end_to_end import TEXT_ENCODER_RUNS, image_budget
 from snapbench.versions import tool_versions
 from snapbench.model.loading import resolve_model
 from snapbench.report.latency_source import ProfileOutcome, Profiler, backend_label, profile_with_snapbench
@@ -30,13 +32,10 @@ SCHEMA = "snapbench.report/1"
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 COMPONENT_NAMES = {"text_encoder": "text encoder", "unet": "UNet", "vae_decoder": "VAE decoder"}
 COMPONENT_PER = {"text_encoder": "run", "unet": "denoising step", "vae_decoder": "image"}
-# Classifier-free guidance encodes the prompt and the empty prompt: two text-encoder runs per image.
-TEXT_ENCODER_RUNS = 2
 # Sampling steps when nothing else says: the 50 steps behind SD-v1.5's budget in the paper's Table 1.
 DEFAULT_STEPS = 50
 # SnapFusion's UNet is step-distilled to 8 steps (paper, "Step distillation"); its test-sized twin shares it.
 DISTILLED_STEPS = {"snapfusion": 8, "snapfusion-tiny": 8}
-TRAJECTORY_FILE = "trajectory.csv"  # written by `snapbench evolve` beside arch.json
 SETTING_KEYS = ("compute_units", "precision", "weight_bits", "attention", "batch", "latent")
 DEFAULT_SETTINGS: dict[str, Any] = {"compute_units": "cpu_and_ne", "precision": "fp16", "weight_bits": 16,
                                     "attention": "original", "batch": 2, "latent": 64}
@@ -78,8 +77,13 @@ def _steps_for(ref: str, name: str, overrides: Mapping[str, int], notes: Mapping
             return overrides[k], "--steps"
     if isinstance(notes.get("steps"), int) and not isinstance(notes.get("steps"), bool):
         return notes["steps"], "the arch spec's notes"
+    from snapbench.distillation.provenance import distilled_steps
+
+    here = distilled_steps(ref)
+    if here is not None:
+        return here
     if name in DISTILLED_STEPS:
-        return DISTILLED_STEPS[name], "step-distilled (SnapFusion paper)"
+        return DISTILLED_STEPS[name], "the SnapFusion paper's step distillation (assumed, not distilled here)"
     return DEFAULT_STEPS, "default (SD-v1.5 sampling in the paper's Table 1)"
 
 
@@ -148,6 +152,8 @@ def read_trajectory(path: Path) -> tuple[list[dict[str, Any]], str | None]:
 
 
 def _model_dict(e: ModelEntry) -> dict[str, Any]:
+    from snapbench.distillation.provenance import decoder_source, toy_grid_data_uri
+
     spec = e.inspection.source.spec
     totals = e.inspection.totals()
     stage_rows = {r["stage"]: r for r in e.inspection.stage_frame().to_dict(orient="records")}
@@ -170,6 +176,8 @@ def _model_dict(e: ModelEntry) -> dict[str, Any]:
         # Test-sized twins inherit the paper's notes; a claim 100x off is about another size, not an error.
         "claim_comparable": _comparable(spec.notes.get("paper_claimed_params"), totals["params"]),
         "steps": e.steps, "steps_source": e.steps_source,
+        "decoder_source": decoder_source(e.ref, spec.name),
+        "sample_grid": toy_grid_data_uri(e.ref) if e.role == "candidate" else None,
         "totals": totals,
         "stage_params": [{"stage": s, "ca_params": int(stage_rows[s]["CA_params"]),
                           "rb_params": int(stage_rows[s]["RB_params"]),
@@ -193,40 +201,41 @@ def _num(x: Any) -> float | None:
 
 def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> dict[str, Any]:
     base: dict[str, Any] = {"model": e.key, "device": device.id, "steps": e.steps, "notes": list(outcome.notes)}
-    doc = outcome.document
-    if doc is None:
+    run = outcome.run
+    if run is None:
         base.update(available=False, reason=outcome.reason or "no latency could be obtained", backend=None,
                     labels=[], components={}, budget=None, stages=[], blocks=[])
         return base
-    doc_backend = doc.get("backend")
-    comp_backends = doc.get("component_backends") or {}
+    used = {c.backend for c in outcome.components.values()} | {b.backend for b in run.blocks if b.backend}
+    run_backend = used.pop() if len(used) == 1 else "mixed"
     components = {}
     for c in COMPONENTS:
-        ms = _num((doc.get("components") or {}).get(c))
-        b = comp_backends.get(c, doc_backend)
-        components[c] = {"ms": ms, "per": COMPONENT_PER[c], "backend": b if ms is not None else None,
-                         "label": backend_label(b) if ms is not None else "not available"}
+        got = outcome.components.get(c)
+        components[c] = {"ms": got.latency_ms if got else None, "per": COMPONENT_PER[c],
+                         "backend": got.backend if got else None,
+                         "label": backend_label(got.backend) if got else "not available"}
 
-    doc_blocks = {b["id"]: b for b in doc.get("blocks") or []}
+    run_blocks = {b.id: b for b in run.blocks}
     blocks = []
     missing_latency = []
     for row in e.inspection.block_rows():
-        d = doc_blocks.pop(row["id"], {})
+        d = run_blocks.pop(row["id"], None)
         runs = row["signature"] is not None
-        lat = _num(d.get("latency_ms")) if runs else None
+        lat = d.latency_ms if runs and d is not None else None
         if runs and lat is None:
             missing_latency.append(row["id"])
-        b = d.get("backend", doc_backend) if lat is not None else None
+        b = d.backend if lat is not None and d is not None else None
         blocks.append({
             "id": row["id"], "stage": row["stage"], "kind": row["kind"], "status": row["status"],
             "change": {"removed": "removed", "copy": "added"}.get(row["status"]), "runs": runs,
             "module": row["module"], "signature": row["signature"], "macs": int(row["macs"]),
-            "params": int(row["params"]), "latency_ms": lat, "p90_ms": _num(d.get("p90_ms")),
-            "samples": d.get("samples"), "backend": b, "label": backend_label(b) if b else "not available",
+            "params": int(row["params"]), "latency_ms": lat, "p90_ms": d.p90_ms if lat is not None else None,
+            "samples": d.samples if d is not None else None, "backend": b,
+            "label": backend_label(b) if b else "not available",
         })
-    if doc_blocks:  # the profiler knows blocks the inspection does not: a mismatch worth saying, not hiding
-        base["notes"].append(f"the profile has {len(doc_blocks)} block(s) this model's inspection lacks "
-                             f"({', '.join(list(doc_blocks)[:3])}); they are left out")
+    if run_blocks:  # the profiler knows blocks the inspection does not: a mismatch worth saying, not hiding
+        base["notes"].append(f"the profile has {len(run_blocks)} block(s) this model's inspection lacks "
+                             f"({', '.join(list(run_blocks)[:3])}); they are left out")
     if missing_latency:
         base["notes"].append(f"no latency for {len(missing_latency)} block(s) that run "
                              f"({', '.join(missing_latency[:3])}{', ...' if len(missing_latency) > 3 else ''}); "
@@ -241,7 +250,7 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> dict[str,
         b["peak_share"] = b["tflops"] / peak if ok and peak else None
         b["latency_share"] = lat / total_block_ms if ok and total_block_ms > 0 else None
 
-    stages = _stages(doc, blocks)
+    stages = _stages(blocks)
     # "mixed" describes a total, not a source: the sources are those of its parts
     labels = sorted(({c["label"] for c in components.values() if c["ms"] is not None}
                      | {b["label"] for b in blocks if b["latency_ms"] is not None}) - {"mixed"})
@@ -252,43 +261,35 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> dict[str,
     if len(block_labels) > 1:
         base["notes"].append("block latencies come from more than one source: "
                              + ", ".join(f"{n} {lab}" for lab, n in sorted(block_labels.items())))
-    base["notes"].extend(str(n) for n in doc.get("notes") or [])
 
     budget = None
     missing = [COMPONENT_NAMES[c] for c in COMPONENTS if components[c]["ms"] is None]
     if not missing:
-        te = TEXT_ENCODER_RUNS * components["text_encoder"]["ms"]
-        un = e.steps * components["unet"]["ms"]
-        va = components["vae_decoder"]["ms"]
-        budget = {"text_encoder_ms": te, "unet_ms": un, "vae_decoder_ms": va, "total_ms": te + un + va,
-                  "total_s": (te + un + va) / 1000}
+        te, un, va = (float(components[c]["ms"]) for c in ("text_encoder", "unet", "vae_decoder"))  # type: ignore[arg-type]
+        budget = image_budget(te, un, va, e.steps).to_dict()
     else:
         base["notes"].append(f"no end-to-end figure: no latency for the {', '.join(missing)}")
-    base.update(available=True, reason=None, backend=doc_backend, labels=labels, components=components,
+    where = outcome.measured_on
+    base.update(available=True, reason=None, backend=run_backend, labels=labels, components=components,
                 budget=budget, budget_missing=missing, stages=stages, blocks=blocks,
-                block_latency_sum_ms=total_block_ms, profile_settings=doc.get("settings"),
-                profile_versions=doc.get("versions"), profile_created_at=doc.get("created_at"))
+                block_latency_sum_ms=total_block_ms, profile_settings=run.settings.to_dict(),
+                profile_versions=run.versions, profile_created_at=run.created_at,
+                # measured only: loading each component before its first run (first = Neural Engine compile)
+                load_ms={c: {"first": v.first_load_ms, "warm": v.warm_load_ms}
+                         for c, v in outcome.components.items() if v.first_load_ms is not None},
+                measured_on=({"name": where.name, "os_version": where.os_version, "os_build": where.os_build}
+                             if where is not None else None))
     return base
 
 
-def _stages(doc: Mapping[str, Any], blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per stage latency, CA vs RB vs auxiliary: the profiler's stage rows, or the sum of its block rows."""
-    by_stage = {s.get("stage"): s for s in doc.get("stages") or []}
+def _stages(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per stage latency, CA vs RB vs auxiliary: the sums of the block rows that have a latency."""
     out = []
     for stage in STAGES:
-        s = by_stage.get(stage)
         sums = {k: sum(b["latency_ms"] for b in blocks if b["stage"] == stage and b["kind"] == kind
                        and b["latency_ms"] is not None) for k, kind in (("ca_ms", "CA"), ("rb_ms", "RB"),
                                                                          ("aux_ms", "aux"))}
-        if s is not None and s.get("ms") is not None:
-            row = {"ms": float(s["ms"]), "ca_ms": _num(s.get("ca_ms")), "rb_ms": _num(s.get("rb_ms")),
-                   "aux_ms": _num(s.get("aux_ms"))}
-            for k in ("ca_ms", "rb_ms", "aux_ms"):
-                if row[k] is None:
-                    row[k] = sums[k]
-        else:
-            row = {"ms": sum(sums.values()), **sums}
-        out.append({"stage": stage, **row})
+        out.append({"stage": stage, "ms": sum(sums.values()), **sums})
     return out
 
 

@@ -1,20 +1,24 @@
-"""Where the report's latencies come from: the profiler's JSON document, or an honest "not available".
+"""Where the report's latencies come from: the profiler's typed result, or an honest "not available".
 
-The report never makes a latency up. It asks `snapbench.latency` for the same document that
-`snapbench profile --json` prints (device, backend, settings, components, stages, blocks) and labels every
-figure by the backend that produced it. When the profiler cannot answer, the outcome carries the reason,
-and the report shows the architecture without latencies and says why.
+The report never makes a latency up. It asks `snapbench.latency.profile_model` for the same `ProfileRun`
+that `snapbench profile` prints (device, settings, blocks, components, where it was measured) and labels
+every figure by the backend that produced it. When the profiler cannot answer, the outcome carries the
+reason, and the report shows the architecture without latencies and says why.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from snapbench.devices.catalog import Device
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
+
+if TYPE_CHECKING:
+    from snapbench.latency.model_latency import ComponentLatency, ProfileRun
+    from snapbench.profilers.backends import Target
 
 # A backend name (from a document or a block row) -> the word the report prints next to the figure.
 _LABELS = (("mixed", "mixed"), ("iphone", "measured"), ("mac", "measured"), ("measure", "measured"),
@@ -33,9 +37,20 @@ def backend_label(backend: str | None) -> str:
 
 @dataclass
 class ProfileOutcome:
-    document: dict[str, Any] | None  # the `snapbench profile --json` document, or None
-    reason: str | None = None  # why there is no document
+    run: "ProfileRun | None"  # the UNet's profile (blocks, stages, settings), or None
+    reason: str | None = None  # why there is no profile
     notes: list[str] = field(default_factory=list)  # what the report must say about how it was obtained
+    components: "dict[str, ComponentLatency]" = field(default_factory=dict)  # every part with a figure
+    measured_on: "Target | None" = None  # the phone or Mac, when any part was measured
+
+    @staticmethod
+    def of(run: "ProfileRun", *parts: "ProfileRun", notes: list[str] | None = None) -> "ProfileOutcome":
+        """The outcome of a UNet run plus the runs of other parts (each adds its components)."""
+        comps = dict(run.components)
+        for part in parts:
+            comps.update(part.components)
+        where = next((r.measured_on for r in (run, *parts) if r.measured_on is not None), None)
+        return ProfileOutcome(run, notes=list(notes or []), components=comps, measured_on=where)
 
 
 # (model source, device, settings dict, backend, table path or None, say) -> outcome
@@ -46,64 +61,60 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
                            table: Path | None, say: Callable[[str], None] | None = None,
                            **profile_kw: Any) -> ProfileOutcome:
     """Latencies from the latency package: the table first (`--table`, else the model's table under
-    latency_tables/<device>/), the backend for whatever it lacks, labelled estimates for the rest.
+    your tables, else the shipped ones), the backend for whatever it lacks, labelled estimates for the rest.
 
-    All three parts are profiled in one pass. If that fails, the UNet is profiled alone and its errors stop
-    the report (they are the user's to fix: a backend not available here, a corrupt table); the text encoder
-    and VAE decoder are then profiled one by one, and a failure there costs only that figure, which the
-    report shows as missing with the reason.
+    The UNet is profiled first and its errors stop the report (they are the user's to fix: a backend not
+    available here, a corrupt table); the text encoder and VAE decoder are then profiled one by one on
+    the table the UNet's run left, and a failure there costs only that figure, which the report shows
+    as missing with the reason. Each part is priced once.
     The report only reads tables; `snapbench profile` writes them. `profile_kw` go to `profile_model`
-    (packages, estimate_fn, ...: how tests run it without converting).
+    (packages, estimator, ...: how tests run it without converting).
     """
     try:
-        from snapbench.commands.profile import default_table_path
-        from snapbench.latency import LatencyTable, Settings, profile_document, profile_model
+        from snapbench.paths import table_to_read, user_table_path
+        from snapbench.latency import LatencyTable, Settings, profile_model
     except ImportError as e:
         return ProfileOutcome(None, f"the latency profiler is not available in this installation ({e})")
-    path = table if table is not None else default_table_path(device.id, source.ref)
+    path = table if table is not None else (table_to_read(device.id, source.ref)
+                                            or user_table_path(device.id, source.ref))
     existing = LatencyTable.load(path) if path.is_file() else LatencyTable.empty()
     kw = {"progress": True, **profile_kw}
     s = Settings(**settings)
     notes: list[str] = []
     try:
-        try:  # the usual case: everything in one pass (one cut of the UNet, one table merge)
-            run = profile_model(source, device, s, table=existing, backend=backend, say=say, **kw)
-            return _outcome(profile_document(run, table_path=_shown(path)), run.new_rows, path, notes)
-        except (SnapbenchError, ImportError):
-            pass  # find out which part failed: the UNet's errors are the user's, the other parts' are gaps
-        run = profile_model(source, device, s, table=existing, backend=backend, components=("unet",), **kw)
+        run = profile_model(source, device, s, table=existing, backend=backend, components=("unet",), say=say, **kw)
     except ImportError as e:  # a converter or Core ML piece missing here: say so, never invent a number
         return ProfileOutcome(None, f"latencies could not be produced on this machine ({e})")
-    doc = profile_document(run, table_path=_shown(path))
-    new_rows = list(run.new_rows)
+    parts = []
+    table_now = run.table
     for comp in ("text_encoder", "vae_decoder"):
         try:
-            part = profile_model(source, device, s, table=run.table, backend=backend, components=(comp,), **kw)
+            part = profile_model(source, device, s, table=table_now, backend=backend, components=(comp,), **kw)
         except (SnapbenchError, ImportError) as e:
             notes.append(f"no {comp.replace('_', ' ')} latency: {e}")
             continue
-        doc["components"][comp] = round(part.components[comp].latency_ms, 4)
-        doc["component_backends"][comp] = part.components[comp].backend
-        new_rows += part.new_rows
-    return _outcome(doc, new_rows, path, notes)
+        table_now = part.table
+        parts.append(part)
+    new_rows = [r for p in (run, *parts) for r in p.new_rows]
+    return ProfileOutcome.of(run, *parts, notes=_table_notes(new_rows, path, notes))
 
 
 def _shown(path: Path) -> str | None:
-    return str(path) if path.is_file() else None
+    from snapbench.paths import display_path
+
+    return display_path(path) if path.is_file() else None
 
 
-def _outcome(doc: dict[str, Any], new_rows: list[Any], path: Path, notes: list[str]) -> ProfileOutcome:
-    """The document plus what the report must say about the table: read from it, or filled in now."""
+def _table_notes(new_rows: list[Any], path: Path, notes: list[str]) -> list[str]:
+    """What the report must say about the table: read from it, or filled in now."""
     if new_rows:
         counts: dict[str, int] = {}
         for r in new_rows:
             counts[backend_label(r.backend)] = counts.get(backend_label(r.backend), 0) + 1
         made = ", ".join(f"{n} {lab}" for lab, n in sorted(counts.items()))
-        if path.is_file():
-            notes.insert(0, f"{path} lacked current rows for these settings: {made} now (labelled; "
-                            f"run `snapbench profile` to store them)")
-        else:
-            notes.insert(0, f"no latency table at {path}: {made} now")
-    else:
-        notes.insert(0, f"every figure read from {path}")
-    return ProfileOutcome(doc, notes=notes)
+        shown = _shown(path)
+        if shown is not None:
+            return [f"{shown} lacked current rows for these settings: {made} now (labelled; "
+                    f"run `snapbench profile` to store them)", *notes]
+        return [f"no latency table at {path}: {made} now", *notes]
+    return [f"every figure read from {_shown(path) or path}", *notes]

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup, escape
 
+from snapbench.formatting import fmt_count as format_count
 from snapbench.report import charts
 
 _DASH = "\u2014"
@@ -30,12 +31,7 @@ def fmt_ms(x: float | None) -> str:
 
 
 def fmt_count(x: float | None) -> str:
-    if x is None:
-        return _DASH
-    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{x / div:.2f}{suffix}"
-    return f"{x:.0f}"
+    return format_count(x, missing=_DASH)
 
 
 def fmt_pct(x: float | None) -> str:

@@ -40,14 +40,8 @@ def write_report(data: Mapping[str, Any], out: str | Path, *, with_json: bool = 
     try:
         for path, content in ((p, html), (json_path, text)):
             if path is not None and content is not None:
-                atomic_write_text(path, content)
-                os.chmod(path, 0o666 & ~_umask())  # temp files are private; a report is for sharing
+                atomic_write_text(path, content)  # with a plain file's permissions: a report is for sharing
     except OSError as e:
         raise SnapbenchError(f"{e.filename or p}: cannot write the report ({e.strerror or e})") from None
     return p, json_path
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -5,7 +5,7 @@
 
 The cache key is the network's name, options and input shape, the versions of the libraries that build and
 convert it, and the record format; weights are random (seed 0) and do not change a record.
-Records live under `$SNAPBENCH_CACHE/zoo/` (default `.snapbench-cache/zoo/`).
+Records live under `<cache>/zoo/` (`snapbench cache` says where: $SNAPBENCH_CACHE or the user cache folder).
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ _LIBRARIES = ("torch", "coremltools", "timm", "open_clip_torch", "torchvision", 
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SNAPBENCH_CACHE", ".snapbench-cache")) / "zoo"
+    from snapbench.paths import cache_root
+
+    return cache_root() / "zoo"
 
 
 def _versions() -> dict[str, str]:

@@ -26,8 +26,8 @@ CHIP_GENERATIONS = ("A13", "A14", "A15", "A16", "A17", "A18", "M1", "M2", "M3", 
 CHIP_FACTOR_BOUNDS = (0.25, 4.0)
 CALL_FACTOR_BOUNDS = (0.1, 20.0)
 
-# (low, high) of each scalar parameter. Sources for the priors in ane_params.json: DESIGN.md "What is
-# publicly known about the Neural Engine".
+# (low, high) of each scalar parameter. Meaning, bounds and the sources of the priors in
+# ane_params.json: docs/estimator.md.
 SCALAR_BOUNDS: dict[str, tuple[float, float]] = {
     "bandwidth_efficiency": (0.3, 1.0),   # sustained / theoretical DRAM bandwidth
     "working_set_mb": (0.5, 32.0),        # on-chip buffer: tensors above it stream through DRAM (~2 MB, M1)

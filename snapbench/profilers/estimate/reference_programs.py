@@ -3,14 +3,14 @@
 A reference point (a published or measured latency of a whole component: the text encoder per run, the
 UNet per denoising step, the VAE decoder per image) is priced exactly as `snapbench profile` prices that
 component: the packages come from `snapbench.latency.model_latency.profile_packages` (the converters'
-profile-mode packages, from `.snapbench-cache/packages/` or converted now), and the component's figure is
+profile-mode packages, from `<cache>/packages/` or converted now), and the component's figure is
 the sum over them of count x estimate (the UNet: one package per unique block signature, counted once
 per block that has it; 6-bit means the converters' real palettized packages). Calibration is therefore
 fitted on the very programs profile prices.
 
 Only the op records are kept (no weights): shipped beside this module in `reference_ops/`, one JSON file
 per reference program, so calibration runs offline on a fresh clone; anything else is cached under
-`.snapbench-cache/reference_ops/`. Write the shipped files with
+`<cache>/reference_ops/`. Write the shipped files with
 
     python -m snapbench.profilers.estimate.reference_programs --ship unet:sd15:original:16:2 ...
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -56,7 +55,7 @@ class ReferenceProgram:
         from snapbench.latency.table import Settings
 
         return Settings(attention=self.attention, weight_bits=self.weight_bits, batch=self.batch,
-                        latent=self.latent)
+                        latent=self.latent, tokens=self.tokens)
 
     def key(self) -> str:
         cfg = json.dumps({**self.__dict__, "config": _model_config(self.model), "packages": _PACKAGES_VERSION,
@@ -77,7 +76,9 @@ class ReferencePart:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SNAPBENCH_CACHE", ".snapbench-cache")) / "reference_ops"
+    from snapbench.paths import cache_root
+
+    return cache_root() / "reference_ops"
 
 
 def shipped_dir() -> Path:
@@ -106,7 +107,7 @@ def parts_from_packages(program: ReferenceProgram, *, progress: bool = False) ->
     from snapbench.latency.model_latency import profile_packages
     from snapbench.profilers.estimate.program_ops import read_op_records
 
-    pkgs = profile_packages(program.model, program.settings(), program.component, tokens=program.tokens,
+    pkgs = profile_packages(program.model, program.settings(), program.component,
                             progress=progress)
     return [ReferencePart(p.key, p.count, tuple(read_op_records(p.path))) for p in pkgs]
 

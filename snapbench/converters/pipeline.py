@@ -1,0 +1,307 @@
+"""`convert --pipeline`: a whole Stable-Diffusion pipeline, ready for Apple's Swift `StableDiffusion` package.
+
+    from snapbench.converters.pipeline import convert_pipeline
+    result = convert_pipeline("sd15", "build/sd15-app", ConvertOptions(attention="split_einsum_v2", chunks=2))
+
+One folder: TextEncoder / Unet (or UnetChunk1 + UnetChunk2) / VAEDecoder [/ VAEEncoder] .mlpackage, the
+tokenizer files, manifest.json. Parts are converted one after another in this process, each built with
+only its own weights and freed before the next, so the peak is one part (one UNet chunk), not the model.
+Each package has a cache key (its weights fingerprint, interface, options, tool versions); a package whose
+key is already in the folder is kept, so a re-run converts only what changed and a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from snapbench.converters.app_parts import (
+    TOKENIZER_FILES, AppPart, ModelFolder, check_tokenizer, model_folder, text_encoder_part, text_encoder_vocab,
+    vae_decoder_part, vae_encoder_part,
+)
+from snapbench.converters.block_package import convert_module, is_complete_package, package_bytes, remove_tree
+from snapbench.converters.cache import cache_key, source_fingerprint
+from snapbench.converters.checks import require_prediction
+from snapbench.converters.compression import compression_info
+from snapbench.converters.convert_blocks import ConvertResult, _stamped_key, cut, load_source, weight_files
+from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
+from snapbench.converters.options import ConvertOptions
+from snapbench.errors import SnapbenchError, first_line
+from snapbench.model.loading import ModelSource
+from snapbench.versions import tool_versions
+
+CONTENT = "pipeline"
+# Bytes per weight in a package, by --weight-bits (16: fp16, or fp32 with --precision fp32)
+_BYTES_PER_WEIGHT = {16: 2.0, 8: 1.0, 6: 0.75, 4: 0.5}
+DISK_MARGIN = 1.15  # model.mil, metadata and palettes on top of the weights, and rounding
+
+
+@dataclass
+class PipelineResult(ConvertResult):
+    missing: list[str] = field(default_factory=list)  # parts the model folder lacks (converted: the rest)
+    compiled: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "missing": self.missing, "compiled": self.compiled, "notes": self.notes}
+
+
+# -- the parts ----------------------------------------------------------------------------------------------
+
+
+def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
+    from snapbench.converters.block_package import example_inputs
+    from snapbench.converters.unet_chunks import at_batch_one, build_chunk, chunk_identity, plan_chunks
+
+    meta, blocks = cut(source, opts)
+    cfg = meta.config
+    ctx = cfg.cross_attention_dim[0] if isinstance(cfg.cross_attention_dim, (list, tuple)) else cfg.cross_attention_dim
+    closes = meta.closes_skip
+    sample = (opts.batch, cfg.in_channels, opts.latent, opts.latent)
+    plans = plan_chunks(blocks, closes, opts.chunks, batch=opts.batch, sample=sample, context_dim=int(ctx),
+                        tokens=opts.tokens)
+    versions = tool_versions()
+    weights = source_fingerprint(source.spec.to_dict(), weight_files(source), opts.seed, versions["torch"])
+    parts = []
+    for plan in plans:
+        def build(plan=plan):
+            built = build_chunk(meta, blocks, closes, plan, source, opts.attention, opts.seed)
+            return built.module, built.psnr_db
+
+        what = "UNet" if plan.index == 0 else f"UNet chunk {plan.index} of 2"
+        parts.append(AppPart(
+            plan.name, "unet", f"{what} of {source.spec.name}", plan.io,
+            {"spec": source.spec.to_dict(), "weights": weights, "attention": opts.attention,
+             **chunk_identity(blocks, plan)},
+            sum(b.params for b in blocks[plan.start:plan.end]), build,
+            # traced at batch 1: half the forward pass; every op keeps the batch symbolic (tests check it)
+            lambda plan=plan: example_inputs(at_batch_one(plan.io), seed=opts.seed)))
+    return parts
+
+
+def plan_parts(source: ModelSource, opts: ConvertOptions, folder: ModelFolder, *, vae_encoder: bool) -> list[AppPart]:
+    parts: list[AppPart] = []
+    if folder.root is None or folder.text_encoder is not None:
+        parts.append(text_encoder_part(source, opts, folder))
+    parts += unet_parts(source, opts)
+    if folder.root is None or folder.vae is not None:
+        parts.append(vae_decoder_part(source, opts, folder))
+        if vae_encoder:
+            parts.append(vae_encoder_part(source, opts, folder))
+    return parts
+
+
+# -- up-front checks ------------------------------------------------------------------------------------
+
+
+def estimated_bytes(part: AppPart, opts: ConvertOptions) -> int:
+    per_weight = 4.0 if opts.precision == "fp32" and opts.weight_bits == 16 else _BYTES_PER_WEIGHT[opts.weight_bits]
+    return int(part.params * per_weight * DISK_MARGIN) + (1 << 20)
+
+
+def _existing(path: Path) -> Path:
+    p = path.resolve()
+    while not p.exists():
+        p = p.parent
+    return p
+
+
+def check_disk(folder: Path, todo: list[AppPart], opts: ConvertOptions) -> None:
+    """Refuse up front when the output's disk (or the temporary folder coremltools writes to) is too small."""
+    if not todo:
+        return
+    need = sum(estimated_bytes(p, opts) for p in todo)
+    out_fs = _existing(folder)
+    free = shutil.disk_usage(out_fs).free
+    if free < need:
+        raise SnapbenchError(f"{out_fs}: {free / 1e9:.2f} GB free, the packages need about {need / 1e9:.2f} GB; "
+                             "free some space or choose another --out")
+    # ct.convert writes each part's fp16 weights to a temporary folder before they are saved
+    tmp = Path(tempfile.gettempdir())
+    largest = max(int(p.params * 2 * DISK_MARGIN) for p in todo)
+    if os.stat(tmp).st_dev != os.stat(out_fs).st_dev and shutil.disk_usage(tmp).free < largest:
+        raise SnapbenchError(f"{tmp}: {shutil.disk_usage(tmp).free / 1e9:.2f} GB free, converting needs about "
+                             f"{largest / 1e9:.2f} GB there; free some space or set TMPDIR to a larger disk")
+
+
+def require_compile() -> None:
+    if sys.platform != "darwin":
+        raise SnapbenchError(f"--compile needs macOS: compiling .mlpackage to .mlmodelc uses Core ML's compiler, "
+                             f"which exists only on macOS (this is {sys.platform}); convert here without "
+                             "--compile, then compile on a Mac or let Xcode do it")
+
+
+# -- the run --------------------------------------------------------------------------------------------
+
+
+def _entry(part: AppPart, key: str, state: str, **kw: Any) -> ManifestBlock:
+    d = part.io.to_dict()
+    return ManifestBlock(
+        id=part.name, file_id=part.name, stage="-", kind=part.kind, status="kept", module="", signature=None,
+        signature_digest=None, package=kw.pop("package", None), inputs=d["inputs"], outputs=d["outputs"],
+        params=part.params, macs=0, macs_no_attention=0, state=state, cache_key=key,
+        weights_hash=str(part.identity.get("weights")), **kw)
+
+
+def _convert_part(part: AppPart, dest: Path, key: str, opts: ConvertOptions, source: ModelSource,
+                  versions: dict[str, str]) -> tuple[float, int, dict[str, float], dict[str, float]]:
+    start = time.perf_counter()
+    module, db = part.build()
+    built = time.perf_counter() - start
+    metadata = {"block": part.name, "kind": part.kind, "mode": opts.mode, "model": source.ref,
+                "spec": source.spec.name, "version": versions["snapbench"], "cache_key": key,
+                "attention": opts.attention if part.kind == "unet" else "-", "weight_bits": opts.weight_bits,
+                "target": opts.target, "source_hash": part.identity.get("weights")}
+    inputs = part.inputs() if part.inputs is not None else None
+    try:
+        r = convert_module(module, part.io, opts, dest, metadata=metadata, description=part.title, inputs=inputs,
+                           release=not opts.check)
+        if opts.check:
+            from snapbench.converters.block_package import example_inputs
+            from snapbench.converters.checks import check_prediction
+
+            # at the interface's own shapes (the trace inputs may be smaller); token ids must be valid ids
+            feed = inputs if part.kind == "text_encoder" and inputs else example_inputs(part.io, seed=opts.seed)
+            check_prediction(dest, _FirstOutput(module), feed, part.io)
+    finally:
+        del module
+        gc.collect()  # the part's weights go before the next part is built: the peak is one part
+    timings = {"build": round(built, 2), **{k: round(v, 2) for k, v in r.timings.items()}}
+    return built + r.seconds, r.bytes, db, timings
+
+
+class _FirstOutput:
+    """check_prediction compares one output: the first (last_hidden_state, the chunk's hidden state)."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def __call__(self, *args: Any) -> Any:
+        out = self.module(*args)
+        return out[0] if isinstance(out, tuple) else out
+
+
+def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLike,
+                     opts: ConvertOptions = ConvertOptions(), *, weights: str | os.PathLike | None = None,
+                     vae_encoder: bool = False, compile: bool = False, progress: bool = True) -> PipelineResult:
+    if compile:
+        require_compile()
+    if opts.check:
+        require_prediction()
+    # Packages people ship: real weights, k-means palettes for 6 / 4 bits (see compression.py)
+    opts = replace(opts, mode="deploy")
+    folder = Path(out_dir)
+    source = load_source(model, weights)
+    parts_folder = model_folder(model, weights)
+    parts = plan_parts(source, opts, parts_folder, vae_encoder=vae_encoder)
+    te = next((p for p in parts if p.kind == "text_encoder"), None)
+    if te is not None:
+        check_tokenizer(parts_folder, text_encoder_vocab(parts_folder, int(te.identity["config"]["vocab_size"])))
+    versions = tool_versions()
+    keys = {p.name: cache_key({"part": p.name, "identity": p.identity, "io": p.io.to_dict()}, opts, versions)
+            for p in parts}
+    previous = inspect_out_dir(folder, CONTENT)
+    old = {b.id: b for b in previous.blocks} if previous else {}
+
+    def cached(p: AppPart) -> bool:
+        dest = folder / f"{p.name}.mlpackage"
+        if not is_complete_package(dest):
+            return False
+        o = old.get(p.name)
+        if o is not None and o.state == "done" and o.cache_key == keys[p.name]:
+            return True
+        return _stamped_key(dest) == keys[p.name]  # finished after the last manifest write of a killed run
+
+    reuse = {p.name for p in parts if cached(p)}
+    check_disk(folder, [p for p in parts if p.name not in reuse], opts)
+
+    manifest = Manifest(
+        content=CONTENT, model=str(source.ref), spec=source.spec.name, options=opts.to_dict(), versions=versions,
+        shapes={"latent": opts.latent, "batch": opts.batch, "tokens": opts.tokens},
+        blocks=[_entry(p, keys[p.name], "pending") for p in parts], compression=compression_info(opts),
+        source_fingerprint=str(next(p.identity["weights"] for p in parts if p.kind == "unet")),
+        run_key=cache_key({"parts": keys}, opts, versions), created_at=previous.created_at if previous else "",
+        folder=folder, missing=parts_folder.missing(),
+    )
+    result = PipelineResult(manifest, missing=parts_folder.missing())
+    if parts_folder.root is None and source.weights_dir is not None:
+        others = ", ".join(p.name for p in parts if p.kind != "unet")
+        result.notes.append(f"{others}: seeded random weights (the UNet's folder is not a pipeline folder with "
+                            "text_encoder/, vae/, tokenizer/)")
+    index = {p.name: i for i, p in enumerate(parts)}
+    from snapbench.converters.progress import reporter
+
+    with claimed(folder):
+        for p in parts:
+            if p.name in reuse:
+                o = old.get(p.name)
+                manifest.blocks[index[p.name]] = _entry(
+                    p, keys[p.name], "done", package=f"{p.name}.mlpackage", seconds=o.seconds if o else None,
+                    bytes=package_bytes(folder / f"{p.name}.mlpackage"), ane_psnr_db=o.ane_psnr_db if o else None)
+                result.reused.append(p.name)
+        manifest.write()
+        _copy_tokenizer(parts_folder, folder)
+        todo = [p for p in parts if p.name not in reuse]
+        try:
+            with reporter(len(todo), enabled=progress) as bar:
+                for p in todo:
+                    bar.start(p.name)
+                    i = index[p.name]
+                    try:
+                        seconds, nbytes, db, timings = _convert_part(p, folder / f"{p.name}.mlpackage", keys[p.name], opts,
+                                                            source, versions)
+                    except Exception as e:  # noqa: BLE001 - one line per part; the other parts go on
+                        msg = first_line(e)
+                        error = msg if isinstance(e, SnapbenchError) else f"{type(e).__name__}: {msg}"
+                        remove_tree(folder / f"{p.name}.mlpackage")
+                        manifest.blocks[i] = replace(manifest.blocks[i], state="failed", error=error)
+                        result.failed.append((p.name, error))
+                    else:
+                        manifest.blocks[i] = _entry(p, keys[p.name], "done", package=f"{p.name}.mlpackage",
+                                                    seconds=round(seconds, 3), bytes=nbytes,
+                                                    ane_psnr_db=round(min(db.values()), 2) if db else None,
+                                                    timings=timings)
+                        result.converted.append(p.name)
+                    manifest.write()
+                    bar.done(p.name)
+        finally:
+            manifest.complete = all(b.state == "done" for b in manifest.blocks) and not manifest.missing
+            manifest.write()
+            remove_orphans(folder, previous, manifest)  # e.g. Unet after switching to --chunks 2
+        if compile and not result.failed:
+            result.compiled = compile_packages(folder, [p.name for p in parts])
+    return result
+
+
+def _copy_tokenizer(parts_folder: ModelFolder, folder: Path) -> None:
+    from snapbench.atomic import atomic_write_bytes
+
+    if parts_folder.tokenizer is None:
+        return
+    for name in TOKENIZER_FILES:
+        src = parts_folder.tokenizer / name
+        dest = folder / name
+        if not dest.is_file() or dest.read_bytes() != src.read_bytes():
+            atomic_write_bytes(dest, src.read_bytes())
+
+
+def compile_packages(folder: Path, names: list[str]) -> list[str]:
+    """The .mlmodelc folders Swift loads (macOS: Core ML's compiler); written beside the packages."""
+    from snapbench.atomic import atomic_path
+    from snapbench.converters.runtime import coremltools
+
+    ct = coremltools()
+    done = []
+    for name in names:
+        dest = folder / f"{name}.mlmodelc"
+        with atomic_path(dest) as tmp:
+            ct.models.utils.compile_model(str(folder / f"{name}.mlpackage"), str(tmp))
+        done.append(dest.name)
+    return done

@@ -1,0 +1,465 @@
+"""Step distillation (SnapFusion 4.2): a student that does in one DDIM step what the teacher does in
+several, distilled directly (not progressively) from an N-step teacher to an M-step student, N / M an
+integer >= 2.
+
+One training step: x0 and its condition from the data, a student step index j, t = the student's j-th
+timestep and z_t = alpha_t x0 + sigma_t eps. The teacher runs its N / M DDIM steps from z_t (with CFG at
+scale w) and lands on z_t'; the student's target is the x0 whose single DDIM step from z_t lands on the
+same z_t' (ddim_math.x0_reaching). The loss, in x-space with truncated-SNR weight max(alpha_t^2 /
+sigma_t^2, 1):
+
+    L = L_dstl + gamma * L_ori
+    L_dstl = weight * || x_student(z_t; w) - x_teacher(z_t; w) ||^2
+    L_ori  = weight * || x_student(z_t; cond) - x0 ||^2        (the plain denoising loss, in x-space)
+
+- vanilla (`cfg_aware=False`): w = 1, the teacher's and student's conditional predictions; CFG is applied
+  only when sampling from the student.
+- CFG-aware: w ~ U[w_min, w_max] per sample (paper: U[2, 14]) and CFG applied to both teacher and student
+  (unconditional + conditional pass each) before the loss, so the student learns the guided trajectory.
+  `cfg_probability` < 1 mixes in vanilla batches (the paper's trade-off knob between FID and CLIP).
+
+The student starts from the teacher's weights or from another model (another arch spec, e.g. the
+evolved efficient UNet from an SD-v1.5 teacher); latent shape, context width and noise schedule must
+match. Optional first stage, the paper's: fine-tune the teacher to v-prediction (`v_finetune_steps`), saved
+beside the output as `<out>-v-teacher/` and reused on resume. The output folder is a complete checkpoint (checkpoints.py)
+plus `sampling.json` (steps, scheduler, prediction type the student was made for), `distill_state.json`
+and `optimizer.pt`; the same call again resumes. `accelerate launch -m snapbench.distill` for many GPUs.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from torch import nn
+
+from snapbench.distillation.ddim_math import NoiseLevels, ddim_timesteps, prev_timestep
+from snapbench.errors import SnapbenchError
+from snapbench.evolution.checkpoints import ModelBundle, load_bundle, save_bundle
+from snapbench.evolution.data import TrainingData, training_data
+from snapbench.evolution.robust_training import (
+    NO_SKIP,
+    TrainConfig,
+    _bar,
+    _Trainable,
+    fine_tune,
+    step_generator,
+)
+
+STATE_FILE = "distill_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+SAMPLING_FILE = "sampling.json"
+STATE_FORMAT = "snapbench.distill/1"
+SAMPLING_FORMAT = "snapbench.sampling/1"
+
+PredictionType = Literal["epsilon", "v_prediction"]
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    teacher_steps: int = 32
+    student_steps: int = 8
+    cfg_aware: bool = True
+    guidance_min: float = 2.0  # the paper's U[2, 14]
+    guidance_max: float = 14.0
+    cfg_probability: float = 1.0  # share of batches distilled CFG-aware (the rest vanilla)
+    gamma: float = 1.0  # weight of L_ori; the notes give none, 1 weighs both terms alike
+    steps: int = 500  # optimizer steps
+    batch_size: int = 32
+    learning_rate: float = 1e-4  # the toy's; SD wants ~1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    cond_dropout: float = 0.1  # the unconditional branch keeps learning too (CFG needs it)
+    grad_clip: float = 1.0
+    prediction_type: PredictionType | None = None  # the student's; None: the teacher's
+    v_finetune_steps: int = 0  # plain-loss steps fine-tuning the teacher to v-prediction first
+    v_finetune_learning_rate: float = 1e-4
+    save_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        n, m = self.teacher_steps, self.student_steps
+        if m < 1 or n < 1:
+            raise SnapbenchError(f"--teacher-steps {n} and --student-steps {m} must be >= 1")
+        if m >= n:
+            raise SnapbenchError(f"--student-steps {m} must be below --teacher-steps {n} (N/2 or fewer)")
+        if n % m:
+            raise SnapbenchError(f"--teacher-steps {n} is not a multiple of --student-steps {m}: direct distillation "
+                                 "maps each student step onto a whole number of teacher steps (e.g. 32 -> 8 or 16)")
+        if self.guidance_min > self.guidance_max:
+            raise SnapbenchError(f"guidance bounds reversed: w_min {self.guidance_min} > w_max {self.guidance_max}; "
+                                 "give --guidance-min <= --guidance-max")
+        if self.guidance_min < 0:
+            raise SnapbenchError(f"--guidance-min {self.guidance_min} must be >= 0")
+        if not 0.0 <= self.cfg_probability <= 1.0:
+            raise SnapbenchError(f"--cfg-probability {self.cfg_probability} must be in [0, 1]")
+        if self.gamma < 0:
+            raise SnapbenchError(f"--gamma {self.gamma} must be >= 0")
+        if self.steps < 0 or self.batch_size < 1 or self.save_every < 1 or self.v_finetune_steps < 0:
+            raise SnapbenchError("steps and fine-tune steps must be >= 0, batch size and save interval >= 1")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise SnapbenchError(f"condition dropout must be in [0, 1), got {self.cond_dropout}")
+        if self.learning_rate <= 0 or self.v_finetune_learning_rate <= 0:
+            raise SnapbenchError("learning rates must be > 0")
+        if self.prediction_type not in (None, "epsilon", "v_prediction"):
+            raise SnapbenchError(f"prediction type {self.prediction_type!r}: choose epsilon or v_prediction")
+
+    @property
+    def ratio(self) -> int:
+        return self.teacher_steps // self.student_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+_RESUMABLE = frozenset({"steps", "save_every"})
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    out: Path
+    step: int
+    resumed_from: int
+    loss: float | None
+    seconds: float
+    losses: list[tuple[int, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "step": self.step, "resumed_from": self.resumed_from, "loss": self.loss,
+                "seconds": round(self.seconds, 1), "losses": self.losses}
+
+
+@dataclass(frozen=True)
+class LossParts:
+    total: torch.Tensor
+    distill: torch.Tensor
+    original: torch.Tensor
+
+
+# -- the loss ---------------------------------------------------------------------------------------
+def guided(model: nn.Module, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+           w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CFG output uncond + w (cond - uncond), the conditional output). One call on [uncond; cond] when any
+    w != 1, as sampling does; w is [B]."""
+    if uncond is None or bool((w == 1).all()):
+        out = model(z_t, t, cond)
+        return out, out
+    b = z_t.shape[0]
+    both = model(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([uncond.expand(b, *uncond.shape[1:]), cond]))
+    out_u, out_c = both.chunk(2)
+    return out_u + w.view(-1, 1, 1, 1) * (out_c - out_u), out_c
+
+
+@torch.no_grad()
+def teacher_target(teacher: nn.Module, levels: NoiseLevels, noise_schedule: dict[str, Any], z_t: torch.Tensor,
+                   t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, w: torch.Tensor,
+                   teacher_steps: int, ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the teacher's `ratio` DDIM steps (CFG at w) from z_t; return (z where it lands, that timestep)."""
+    z, tt = z_t, t
+    for _ in range(ratio):
+        out, _cond = guided(teacher, z, tt, cond, uncond, w)
+        t_next = torch.tensor([prev_timestep(noise_schedule, int(x), teacher_steps) for x in tt], device=tt.device)
+        z = levels.ddim_step(out, z, tt, t_next)
+        tt = t_next
+    return z, tt
+
+
+def distillation_loss(student: nn.Module, teacher: nn.Module, student_levels: NoiseLevels,
+                      teacher_levels: NoiseLevels, noise_schedule: dict[str, Any], x0: torch.Tensor,
+                      cond: torch.Tensor, uncond: torch.Tensor | None, config: DistillConfig, g: torch.Generator,
+                      device: torch.device, *, teacher_cond: torch.Tensor | None = None,
+                      teacher_uncond: torch.Tensor | None = None) -> LossParts:
+    """L = L_dstl + gamma L_ori for one batch; every random draw from `g` (so a resumed run repeats it).
+
+    `cond` / `uncond` are what the student's forward takes (token ids for the toy, contexts otherwise);
+    `teacher_cond` / `teacher_uncond` the teacher's when they differ (a toy student with its own encoder
+    still reads the same tokens, so for the toy they are the same)."""
+    b = x0.shape[0]
+    student_ts = ddim_timesteps(noise_schedule, config.student_steps)
+    j = torch.randint(0, config.student_steps, (b,), generator=g)
+    t = torch.tensor([student_ts[i] for i in j.tolist()])
+    noise = torch.randn(x0.shape, generator=g)
+    if uncond is not None and config.cond_dropout > 0:
+        drop = torch.rand(b, generator=g) < config.cond_dropout
+        cond = cond.clone()
+        cond[drop] = uncond.to(cond.dtype)
+        if teacher_cond is not None and teacher_uncond is not None:
+            teacher_cond = teacher_cond.clone()
+            teacher_cond[drop] = teacher_uncond.to(teacher_cond.dtype)
+    use_cfg = config.cfg_aware and uncond is not None and float(torch.rand((), generator=g)) < config.cfg_probability
+    if use_cfg:
+        w = config.guidance_min + (config.guidance_max - config.guidance_min) * torch.rand(b, generator=g)
+    else:
+        w = torch.ones(b)
+    x0, noise, t, w = x0.to(device), noise.to(device), t.to(device), w.to(device)
+    cond = cond.to(device)
+    a, s = (v.to(device) for v in student_levels.alpha_sigma(t))
+    z_t = a * x0 + s * noise
+
+    t_cond = cond if teacher_cond is None else teacher_cond.to(device)
+    t_uncond = uncond if teacher_uncond is None else teacher_uncond
+    u_batch = None if uncond is None else uncond.to(device)[None]
+    tu_batch = None if t_uncond is None else t_uncond.to(device)[None]
+    z_prev, t_prev = teacher_target(teacher, teacher_levels, noise_schedule, z_t, t, t_cond, tu_batch, w,
+                                    config.teacher_steps, config.ratio)
+    x_target = teacher_levels.x0_reaching(z_t, t, z_prev, t_prev)
+
+    out_w, out_c = guided(student, z_t, t, cond, u_batch, w)
+    x_w, _ = student_levels.to_x0_eps(out_w.float(), z_t, t)
+    x_c, _ = student_levels.to_x0_eps(out_c.float(), z_t, t)
+    weight = student_levels.snr_weight(t).to(device)
+    per_distill = (x_w - x_target.float()).square().flatten(1).mean(1)
+    per_original = (x_c - x0).square().flatten(1).mean(1)
+    l_dstl = (weight * per_distill).mean()
+    l_ori = (weight * per_original).mean()
+    return LossParts(l_dstl + config.gamma * l_ori, l_dstl.detach(), l_ori.detach())
+
+
+# -- the run ----------------------------------------------------------------------------------------
+@dataclass
+class _Models:
+    teacher: ModelBundle
+    student: ModelBundle
+    state: dict[str, Any]
+
+
+def distill(model: str | Path, out: str | Path, config: DistillConfig, *, student: str | Path | None = None,
+            data: str | Path | None = None, weights: str | Path | None = None, progress: bool = True,
+            say: Callable[[str], None] = lambda s: None) -> DistillResult:
+    """Distill the teacher `model` (a trained folder) into a `config.student_steps`-step student in `out`.
+
+    `student`: another model to start the student from (an arch spec, preset or trained folder); default
+    the teacher's own weights. Running it again on the same `out` resumes."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    out = Path(out)
+    models = _start(model, out, config, student, weights, data, say)
+    teacher_b, student_b, state = models.teacher, models.student, models.state
+    start = int(state.get("step", 0))
+    losses: list[tuple[int, float]] = [tuple(x) for x in state.get("losses", [])]
+    train_data: TrainingData = training_data(student_b.spec, data)
+
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    teacher = _Trainable(teacher_b.model, teacher_b.encoder).to(accelerator.device).eval().requires_grad_(False)
+    trainable = _Trainable(student_b.model, student_b.encoder)
+    student_b.model.set_skip_probabilities(ca=0.0, rb=0.0)
+    opt = torch.optim.AdamW(trainable.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    if start and (out / OPTIMIZER_FILE).is_file():
+        opt.load_state_dict(torch.load(out / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
+    warm = max(1, config.warmup_steps)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + start + 1) / warm))
+    trainable, opt = accelerator.prepare(trainable, opt)
+    teacher_levels = NoiseLevels.from_schedule(teacher_b.noise_schedule)
+    student_levels = NoiseLevels.from_schedule(student_b.noise_schedule)
+    per_rank = max(1, config.batch_size // accelerator.num_processes)
+
+    t0 = time.time()
+    window: list[float] = []
+    last_loss = losses[-1][1] if losses else None
+    trainable.train()
+    with _bar(progress and accelerator.is_main_process, config.steps, start, "distill") as advance:
+        for step in range(start, config.steps):
+            g = step_generator(config.seed, step, accelerator.process_index)
+            x0, cond = train_data.batch(per_rank, g)
+            parts = distillation_loss(trainable, teacher, student_levels, teacher_levels, teacher_b.noise_schedule,
+                                      x0, cond, train_data.uncond, config, g, accelerator.device)
+            accelerator.backward(parts.total)
+            if config.grad_clip > 0:
+                accelerator.clip_grad_norm_(trainable.parameters(), config.grad_clip)
+            opt.step()
+            lr_sched.step()
+            opt.zero_grad(set_to_none=True)
+            window.append(float(parts.total.detach()))
+            done = step + 1
+            if len(window) >= 25 or done == config.steps:
+                last_loss = sum(window) / len(window)
+                losses.append((done, round(last_loss, 6)))
+                window.clear()
+            advance(done, last_loss)
+            if done % config.save_every == 0 or done == config.steps:
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    _save(student_b, accelerator.unwrap_model(trainable), opt, out, config, str(model),
+                          teacher_b.ref, str(student or ""), done, losses, float(state.get("seconds", 0.0)) + time.time() - t0)
+    seconds = float(state.get("seconds", 0.0)) + time.time() - t0
+    return DistillResult(out, max(start, config.steps), start, last_loss, seconds, losses)
+
+
+def teacher_of(out: str | Path) -> str:
+    """The teacher a distilled folder was made from (after any v-prediction fine-tune)."""
+    state = _read_state(Path(out) / STATE_FILE)
+    return str(state["teacher"])
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SnapbenchError(f"{path}: line {e.lineno}: not valid JSON ({e.msg}); remove the folder to start over"
+                             ) from None
+    except FileNotFoundError:
+        raise SnapbenchError(f"{path.parent}: not a distilled model folder (no {path.name})") from None
+    if state.get("format") != STATE_FORMAT:
+        raise SnapbenchError(f"{path}: not a snapbench distillation state")
+    return state
+
+
+def _start(model: str | Path, out: Path, config: DistillConfig, student_ref: str | Path | None,
+           weights: str | Path | None, data: str | Path | None, say: Callable[[str], None]) -> _Models:
+    state_path = out / STATE_FILE
+    if state_path.is_file():
+        state = _read_state(state_path)
+        if state.get("model") != str(model):
+            raise SnapbenchError(f"{out} holds a distillation of --model {state.get('model')}, not {model}; "
+                                 "use another --out to start a new run")
+        before = DistillConfig.from_dict(state["config"])
+        for f in fields(DistillConfig):
+            if f.name not in _RESUMABLE and getattr(before, f.name) != getattr(config, f.name):
+                raise SnapbenchError(f"{out} holds a run with {f.name}={getattr(before, f.name)!r}, this command "
+                                     f"asks {getattr(config, f.name)!r}; use the same settings to resume or "
+                                     "another --out")
+        teacher = load_bundle(state["teacher"])
+        return _Models(teacher, load_bundle(out), state)
+    if out.exists() and any(out.iterdir()):
+        raise SnapbenchError(f"{out}: exists and is not a snapbench distillation folder (no {STATE_FILE}); "
+                             "pick another --out")
+    teacher = _load_teacher(model, weights)
+    teacher = _maybe_v_finetune(teacher, out, config, data, say)
+    student = _initial_student(teacher, student_ref, config)
+    return _Models(teacher, student, {"teacher": teacher.ref})
+
+
+def _load_teacher(model: str | Path, weights: str | Path | None) -> ModelBundle:
+    from snapbench.model.loading import resolve_model
+
+    source = resolve_model(model, weights=weights)
+    if source.weights_dir is None:
+        raise SnapbenchError(f"{model}: the teacher has no trained weights (a preset or spec gets random ones); "
+                             "give a trained folder (snapbench train --out ...) or --weights")
+    return load_bundle(model, weights=weights)
+
+
+def _maybe_v_finetune(teacher: ModelBundle, out: Path, config: DistillConfig, data: str | Path | None,
+                      say: Callable[[str], None]) -> ModelBundle:
+    """The paper's first stage: the teacher fine-tuned to v-prediction with the plain loss."""
+    if config.v_finetune_steps == 0:
+        return teacher
+    if teacher.noise_schedule.get("prediction_type") == "v_prediction":
+        raise SnapbenchError(f"{teacher.ref}: the teacher already predicts v; drop --v-finetune-steps")
+    folder = v_teacher_folder(out)
+    if (folder / "arch.json").is_file():
+        return load_bundle(folder)
+    say(f"fine-tuning the teacher to v-prediction for {config.v_finetune_steps} steps")
+    tuned = ModelBundle(copy.deepcopy(teacher.model), copy.deepcopy(teacher.encoder),
+                        {**teacher.noise_schedule, "prediction_type": "v_prediction"}, teacher.ref)
+    fine_tune(tuned, tuned.model, TrainConfig(batch_size=config.batch_size, learning_rate=config.v_finetune_learning_rate,
+                                              robust=False, skip=NO_SKIP, cond_dropout=config.cond_dropout,
+                                              seed=config.seed + 7919),
+              start_step=0, steps=config.v_finetune_steps, data=data)
+    save_bundle(tuned, folder)
+    return load_bundle(folder)
+
+
+def _initial_student(teacher: ModelBundle, student_ref: str | Path | None, config: DistillConfig) -> ModelBundle:
+    from snapbench.model.loading import resolve_model
+
+    teacher_kind = teacher.noise_schedule.get("prediction_type", "epsilon")
+    want = config.prediction_type or teacher_kind
+    if student_ref is None:
+        if want != teacher_kind:
+            raise SnapbenchError(f"the student starts from the teacher's {teacher_kind} weights and cannot predict "
+                                 f"{want} without training to it: add --v-finetune-steps N (fine-tunes the teacher "
+                                 "to v-prediction first) or drop --prediction-type")
+        student = ModelBundle(copy.deepcopy(teacher.model), copy.deepcopy(teacher.encoder),
+                              dict(teacher.noise_schedule), teacher.ref)
+        return student
+    source = resolve_model(student_ref)
+    student = load_bundle(student_ref, seed=config.seed)
+    _check_compatible(teacher, student)
+    if source.weights_dir is None and dict(source.spec.base_config) == dict(teacher.spec.base_config):
+        # another block choice over the teacher's base UNet (an evolved candidate's spec): start from the
+        # teacher's weights, removed blocks dropped and copies taken from their originals, as evolution does
+        from snapbench.evolution.checkpoints import derive
+
+        student.model = derive(copy.deepcopy(teacher.model), source.spec)
+    own = student.noise_schedule.get("prediction_type", "epsilon")
+    if source.weights_dir is not None and own != want:
+        raise SnapbenchError(f"{student_ref}: the student's trained weights predict {own}, the run asks {want}; "
+                             f"fine-tune it to {want} first (snapbench train --prediction-type {want}) or drop "
+                             "--prediction-type")
+    student.noise_schedule = {**teacher.noise_schedule, "prediction_type": want}
+    if student.encoder is not None and teacher.encoder is not None and source.weights_dir is None:
+        # an untrained toy student reads prompts through the teacher's trained encoder to start with
+        student.encoder.load_state_dict(teacher.encoder.state_dict())
+    return student
+
+
+def _check_compatible(teacher: ModelBundle, student: ModelBundle) -> None:
+    tc, sc = teacher.model.config, student.model.config
+    for key in ("in_channels", "out_channels", "sample_size", "cross_attention_dim"):
+        if tc.get(key) != sc.get(key):
+            raise SnapbenchError(f"teacher and student differ in {key} ({tc.get(key)} vs {sc.get(key)}): they must "
+                                 "share the latent shape and text context to distill one into the other")
+    if (teacher.encoder is None) != (student.encoder is None):
+        raise SnapbenchError("teacher and student must both be toy-digits models or both not")
+    keys = set(teacher.noise_schedule) | set(student.noise_schedule)
+    differ = [k for k in sorted(keys - {"prediction_type"})
+              if teacher.noise_schedule.get(k) != student.noise_schedule.get(k)
+              and k in teacher.noise_schedule and k in student.noise_schedule]
+    if differ:
+        raise SnapbenchError(f"teacher and student have different noise schedules ({differ[0]}: "
+                             f"{teacher.noise_schedule.get(differ[0])} vs {student.noise_schedule.get(differ[0])})")
+
+
+def sampling_settings(config: DistillConfig, noise_schedule: dict[str, Any], teacher: str) -> dict[str, Any]:
+    """What the student was made for, written to sampling.json and read by `sample` and `report`."""
+    return {"format": SAMPLING_FORMAT, "steps": config.student_steps, "scheduler": "DDIMScheduler",
+            "timestep_spacing": "trailing", "prediction_type": noise_schedule.get("prediction_type", "epsilon"),
+            "guidance": None if not config.cfg_aware else [config.guidance_min, config.guidance_max],
+            "cfg_aware": config.cfg_aware, "teacher": teacher, "teacher_steps": config.teacher_steps}
+
+
+def read_sampling(folder: str | Path) -> dict[str, Any] | None:
+    """A model folder's sampling.json, or None when it has none (it was not distilled)."""
+    p = Path(folder) / SAMPLING_FILE
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise SnapbenchError(f"{p}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    if data.get("format") != SAMPLING_FORMAT or not isinstance(data.get("steps"), int):
+        raise SnapbenchError(f"{p}: not a snapbench sampling settings file")
+    return data
+
+
+def _save(bundle: ModelBundle, trainable: _Trainable, opt: Any, out: Path, config: DistillConfig, model: str,
+          teacher: str, student_ref: str, step: int, losses: list, seconds: float) -> None:
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    state = {"format": STATE_FORMAT, "model": model, "teacher": teacher, "student": student_ref, "step": step,
+             "config": config.to_dict(), "losses": losses, "seconds": round(seconds, 1)}
+    settings = sampling_settings(config, bundle.noise_schedule, teacher)
+    before = read_sampling(out) if (out / SAMPLING_FILE).is_file() else None
+    if before and before.get("decoder"):  # recorded by `distill --decoder`; kept across checkpoints
+        settings["decoder"] = before["decoder"]
+    extra = {OPTIMIZER_FILE: buf.getvalue(), STATE_FILE: (json.dumps(state, indent=1) + "\n").encode(),
+             SAMPLING_FILE: (json.dumps(settings, indent=1) + "\n").encode()}
+    save_bundle(ModelBundle(trainable.unet, trainable.encoder, bundle.noise_schedule, bundle.ref), out,
+                extra_files=extra)
+
+
+def v_teacher_folder(out: Path) -> Path:
+    """Where the v-prediction fine-tune of the teacher is kept: beside `out`, which is rewritten whole at
+    every checkpoint."""
+    return out.with_name(out.name + "-v-teacher")

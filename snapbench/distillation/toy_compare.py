@@ -1,0 +1,121 @@
+"""The toy's proof of step distillation (the paper's Fig. 7 in miniature): teacher at N steps, the
+undistilled teacher at M steps and the distilled student at M steps, each at several guidance scales,
+all from the same fresh noise (a seed no training step used), scored by
+
+- quality: the toy judge's mean probability that an image shows the digit its prompt asked for (the
+  role CLIP score plays for SD), and
+- FD: the Frechet distance between Gaussians fitted to the digit classifier's logits (10 features) of the
+  generated images and of all 1,797 real digits (the role FID plays; logits because the judge is a
+  linear classifier, they are its only learned features).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from snapbench.errors import SnapbenchError
+from snapbench.evolution.checkpoints import ModelBundle
+from snapbench.evolution.sampling import ddim_sample
+from snapbench.evolution.toy_digits import DIGIT_PROMPTS, digit_images, is_toy, load_classifier
+
+DEFAULT_GUIDANCE: tuple[float, ...] = (1.0, 3.0, 5.0, 7.0, 9.0)
+EVAL_SEED = 1_000_003  # far from any training step's seed: fresh noise
+
+
+@dataclass(frozen=True)
+class ToyCompareConfig:
+    guidance: tuple[float, ...] = DEFAULT_GUIDANCE
+    samples_per_digit: int = 50
+    seed: int = EVAL_SEED
+
+    def __post_init__(self) -> None:
+        if not self.guidance:
+            raise SnapbenchError("--eval-guidance: give at least one guidance scale, e.g. 1,3,5,7,9")
+        if any(w < 0 for w in self.guidance):
+            raise SnapbenchError(f"--eval-guidance {list(self.guidance)}: scales must be >= 0")
+        if self.samples_per_digit < 2:
+            raise SnapbenchError("--eval-samples must be >= 2 per digit (the Frechet distance needs a covariance)")
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^1/2) between Gaussians fitted to rows of a and b."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root, _ = linalg.sqrtm(ca @ cb, disp=False)
+    root = root.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * root))
+
+
+def _real_features() -> np.ndarray:
+    x, _ = digit_images()
+    return load_classifier().logits(x).numpy()
+
+
+def fresh_noise(bundle: ModelBundle, config: ToyCompareConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels [N], noise [N, C, H, W]): the same for every model compared."""
+    cfg = bundle.model.config
+    labels = torch.arange(10).repeat_interleave(config.samples_per_digit)
+    g = torch.Generator().manual_seed(config.seed)
+    noise = torch.randn(len(labels), cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)
+    return labels, noise
+
+
+@torch.no_grad()
+def score(bundle: ModelBundle, steps: int, config: ToyCompareConfig, labels: torch.Tensor, noise: torch.Tensor,
+          real: np.ndarray | None = None) -> dict[str, Any]:
+    """{"steps": n, "quality": {"<w>": q}, "fd": {"<w>": f}} for one model over the guidance scales."""
+    if not is_toy(bundle.spec) or bundle.encoder is None:
+        raise SnapbenchError(f"{bundle.ref}: the toy comparison scores toy-digits models only")
+    clf = load_classifier()
+    real = _real_features() if real is None else real
+    prompts = [DIGIT_PROMPTS[k] for k in labels.tolist()]
+    context = bundle.encoder.encode(prompts)
+    uncond = bundle.encoder.encode([""])
+    quality: dict[str, float] = {}
+    fd: dict[str, float] = {}
+    for w in config.guidance:
+        images = ddim_sample(bundle.model, context, uncond, noise, noise_schedule=bundle.noise_schedule,
+                             steps=steps, guidance=w)
+        probs = clf.probs(images)
+        key = _key(w)
+        quality[key] = round(float(probs[torch.arange(len(labels)), labels].mean()), 4)
+        fd[key] = round(frechet_distance(clf.logits(images).numpy(), real), 3)
+    return {"steps": steps, "quality": quality, "fd": fd}
+
+
+def compare(teacher: ModelBundle, student: ModelBundle, teacher_steps: int, student_steps: int,
+            config: ToyCompareConfig) -> dict[str, Any]:
+    """The issue's JSON: {"teacher": E, "student": E, "undistilled": E}, all on the same noise."""
+    labels, noise = fresh_noise(teacher, config)
+    real = _real_features()
+    return {"teacher": score(teacher, teacher_steps, config, labels, noise, real),
+            "student": score(student, student_steps, config, labels, noise, real),
+            "undistilled": score(teacher, student_steps, config, labels, noise, real)}
+
+
+def _key(w: float) -> str:
+    return f"{w:g}"
+
+
+def parse_guidance(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SnapbenchError(f"--eval-guidance {text!r}: give comma-separated numbers, e.g. 1,3,5,7,9") from None
+    return values
+
+
+def table_rows(result: dict[str, Any], names: Sequence[str] = ("teacher", "undistilled", "student")) -> list[list]:
+    """Rows [model, steps, w, quality, fd] for printing."""
+    rows = []
+    for name in names:
+        e = result[name]
+        for w, q in e["quality"].items():
+            rows.append([name, e["steps"], w, q, e["fd"][w]])
+    return rows

@@ -1,0 +1,58 @@
+"""`snapbench doctor`: every prerequisite of the iphone / mac backends as a checklist with the fix per line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from snapbench.cli import main
+
+from profile_fakes import devicectl_entry, fake_mac
+
+
+def doctor(capsys, machine, *args):
+    rc = main(["doctor", *args], obj=machine)
+    return rc, capsys.readouterr().out
+
+
+def test_a_ready_mac_with_a_phone_passes(tmp_path, capsys):
+    rc, out = doctor(capsys, fake_mac(tmp_path))
+    assert rc == 0
+    assert "FIX" not in out and "Xcode 16.1" in out and "Test iPhone" in out and "22B83" in out
+    assert "iphone    runs here" in out and "mac       runs here" in out
+
+
+@pytest.mark.parametrize("setup, line", [
+    (dict(xcode_path="/Library/Developer/CommandLineTools"), "sudo xcode-select -s /Applications/Xcode.app"),
+    (dict(team_id=None), "--team-id"),
+    (dict(devices=[devicectl_entry(developer_mode="disabled")]), "Developer Mode"),
+    (dict(devices=[]), "plug the iPhone in"),
+    (dict(runner=False), "macOS wheel"),
+])
+def test_each_missing_piece_is_named_with_its_fix(tmp_path, capsys, setup, line):
+    rc, out = doctor(capsys, fake_mac(tmp_path, **setup))
+    assert rc == 1 and "FIX" in out and line in " ".join(out.split())
+
+
+def test_the_mac_backend_needs_no_phone_or_team(tmp_path, capsys):
+    rc, out = doctor(capsys, fake_mac(tmp_path, team_id=None, devices=[]), "--backend", "mac")
+    assert rc == 0 and "mac       runs here" in out and "iphone    cannot run here" in out
+
+
+def test_json(tmp_path, capsys):
+    rc, out = doctor(capsys, fake_mac(tmp_path, platform="linux"), "--json")
+    doc = json.loads(out)
+    assert rc == 1 and doc["ready"] is False
+    assert doc["backends"]["estimate"] == {"runs_here": True, "why_not": None}
+    assert "runs linux" in doc["backends"]["iphone"]["why_not"]
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="checks what a non-Mac says about itself")
+def test_on_this_linux_machine_it_says_what_runs_here(capsys):
+    rc = main(["doctor"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert rc == 1
+    assert f"this machine runs {sys.platform}" in out
+    assert "estimate runs here" in out and "import runs here" in out and "iphone cannot run here" in out
