@@ -23,7 +23,7 @@ try:
 except ImportError:  # pragma: no cover - newer typer does not depend on click
     _click = None
 
-from snapbench import __version__
+from snapbench import __version__, interrupts
 from snapbench.errors import SnapbenchError
 
 # The commands, in the order `snapbench --help` lists them (the pipeline's order).
@@ -74,6 +74,7 @@ NO_ARGS_IS_HELP: tuple[type[Exception], ...] = tuple(m.NoArgsIsHelpError for m i
                                                      if hasattr(m, "NoArgsIsHelpError"))
 EXITS: tuple[type[Exception], ...] = (typer.Exit, *(m.Exit for m in _CLICKS if hasattr(m, "Exit")))
 ABORTS: tuple[type[BaseException], ...] = (typer.Abort, *(m.Abort for m in _CLICKS if hasattr(m, "Abort")))
+INTERRUPTS: tuple[type[BaseException], ...] = (*ABORTS, KeyboardInterrupt)
 
 
 def usage_message(e: Exception) -> str:
@@ -91,12 +92,11 @@ def main(argv: list[str] | None = None, *, obj: object = None) -> int:
     """Run one command; `obj` reaches commands as `ctx.obj` (tests hand fakes in this way, e.g. `profile`'s
     `ProfileTools`)."""
     command = typer.main.get_command(app)
+    interrupts.reset()
     try:
-        rc = command.main(args=argv, prog_name="snapbench", standalone_mode=False, obj=obj)
-        if isinstance(rc, int) and rc != 0:  # a command's typer.Exit(n) comes back as a return value here
-            if rc == 130:  # typer turns Ctrl-C into Exit(130)
-                print("interrupted; run the same command again to resume", file=sys.stderr)
-            return rc
+        # Not standalone: typer then *returns* exit codes (typer.Exit(1) of a failed run, and 130 for the
+        # KeyboardInterrupt it catches itself) instead of raising them.
+        rv = command.main(args=argv, prog_name="snapbench", standalone_mode=False, obj=obj)
     except SnapbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -106,20 +106,25 @@ def main(argv: list[str] | None = None, *, obj: object = None) -> int:
         print(usage_message(e), file=sys.stderr)
         return 2
     except EXITS as e:
-        return int(getattr(e, "exit_code", 0) or 0)
-    except ABORTS:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
+        rv = int(getattr(e, "exit_code", 0) or 0)
+    except INTERRUPTS:
+        print(interrupts.interrupted_line(), file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
-    return 0
+    code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+    if code == 130:
+        print(interrupts.interrupted_line(), file=sys.stderr)
+    return code
 
 
 def run() -> None:  # console-script entry point
-    sys.exit(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:  # between typer's handler and ours (e.g. while a finally block cleans up)
+        print(interrupts.interrupted_line(), file=sys.stderr)
+        code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from snapbench.names import safe_file_name
+
 CACHE_ENV = "SNAPBENCH_CACHE"
 TABLES_ENV = "SNAPBENCH_TABLES"
 USER_TABLES_DEFAULT = "latency_tables"
@@ -44,12 +46,13 @@ def user_tables_dir(tables: str | Path | None = None) -> Path:
 
 def table_name(model: str) -> str:
     """A model reference as a table file's stem: a preset stays as it is, a path gives its last part."""
-    return Path(model.rstrip("/\\")).stem if ("/" in model or "\\" in model or model.endswith(".json")) else model
+    name = Path(model.rstrip("/\\")).stem if ("/" in model or "\\" in model or model.endswith(".json")) else model
+    return safe_file_name(name)  # `..`, `<script>`: never a path of its own
 
 
 def user_table_path(device_id: str, model: str, tables: str | Path | None = None) -> Path:
     """Where `profile` writes the table of `model` on `device_id`."""
-    return user_tables_dir(tables) / device_id / f"{table_name(model)}.csv"
+    return user_tables_dir(tables) / safe_file_name(device_id, "device") / f"{table_name(model)}.csv"
 
 
 def shipped_table_path(device_id: str, model: str) -> Path:

@@ -1,20 +1,87 @@
-"""Reading files a user named: a missing or unreadable file is one clear line, never a traceback."""
+"""Reading files a user named: a missing, unreadable, endless or absurdly nested file is one clear line,
+never a traceback (or a process the kernel kills after reading /dev/zero for minutes)."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 from snapbench.errors import SnapbenchError
+
+# Far above any real input (an SD arch spec is ~5 KB, a big latency table a few MB); override with
+# $SNAPBENCH_MAX_INPUT_MB for an unusual one.
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+# Specs nest about 5 levels; json and everything that walks the result recurse per level.
+MAX_JSON_DEPTH = 64
+
+
+def max_input_bytes() -> int:
+    mb = os.environ.get("SNAPBENCH_MAX_INPUT_MB")
+    try:
+        return int(float(mb) * 1024 * 1024) if mb else MAX_INPUT_BYTES
+    except ValueError:
+        raise SnapbenchError(f"$SNAPBENCH_MAX_INPUT_MB={mb!r}: expected a number of megabytes") from None
+
+
+def read_user_bytes(path: str | Path, what: str) -> bytes:
+    """At most `max_input_bytes()` of `path` (a link to /dev/zero or a pipe that never ends stops there)."""
+    p = Path(path)
+    if p.is_dir():
+        raise SnapbenchError(f"{p}: is a folder; give the {what} file")
+    limit = max_input_bytes()
+    try:
+        with open(p, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise SnapbenchError(f"{p}: no such {what}") from None
+    except OSError as e:
+        raise SnapbenchError(f"{p}: cannot read {what} ({e.strerror or e})") from None
+    if len(data) > limit:
+        raise SnapbenchError(f"{p}: larger than {limit // (1024 * 1024)} MB, too big for a {what} "
+                             "(is it the right file? raise $SNAPBENCH_MAX_INPUT_MB if it is)")
+    return data
 
 
 def read_user_text(path: str | Path, what: str) -> str:
     """The text of `path`; `what` names the file's role in the message ("latency table", "import file")."""
-    p = Path(path)
-    if p.is_dir():
-        raise SnapbenchError(f"{p}: is a folder; give the {what} file")
+    data = read_user_bytes(path, what)
     try:
-        return p.read_text()
-    except FileNotFoundError:
-        raise SnapbenchError(f"{p}: no such {what}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SnapbenchError(f"{p}: cannot read {what} ({e})") from None
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SnapbenchError(f"{path}: cannot read {what} (not UTF-8 text: {e.reason} at byte {e.start})") from None
+
+
+def parse_user_json(text: str, source: str) -> Any:
+    """json.loads with a one-line error for bad JSON and for nesting deeper than MAX_JSON_DEPTH."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SnapbenchError(f"{source}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        data = None
+        too_deep = True
+    else:
+        too_deep = json_depth(data) > MAX_JSON_DEPTH
+    if too_deep:
+        raise SnapbenchError(f"{source}: JSON nested more than {MAX_JSON_DEPTH} levels deep; "
+                             "not a snapbench file (check that it is the right one)")
+    return data
+
+
+def read_user_json(path: str | Path, what: str) -> Any:
+    return parse_user_json(read_user_text(path, what), str(path))
+
+
+def json_depth(data: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                return depth
+            stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest

@@ -144,7 +144,8 @@ def test_table_lacking_rows_is_estimated_and_said(tmp_path):
     names the table and says so."""
     from snapbench.latency import Settings, profile_model
 
-    run = profile_model(BASE, DEVICE, Settings(), backend="estimate", packages=FakePackages(tmp_path / "p"),
+    # sd15-tiny's own latent (its config's sample_size), which the report uses unless told otherwise
+    run = profile_model(BASE, DEVICE, Settings(latent=8), backend="estimate", packages=FakePackages(tmp_path / "p"),
                         estimator=toy_estimator(), progress=False)
     table = tmp_path / "table.csv"
     run.table.save(table)

@@ -37,7 +37,9 @@ def ablate_command(
 ) -> None:
     """Evaluate each model, then each model without one block at a time; print the quality drop per block."""
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from snapbench.progress_log import make_progress
 
     from snapbench.evolution.ablation import ablate
     from snapbench.evolution.executors import make_executor
@@ -57,8 +59,8 @@ def ablate_command(
     try:
         for m, spec in zip(model, specs):
             cost = costs(spec)
-            with Progress(TextColumn(f"[bold]ablate[/bold] {m}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=err, transient=True) as bar:
+            with make_progress(f"ablate {m}", TextColumn(f"[bold]ablate[/bold] {m}"), BarColumn(),
+                               MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True) as bar:
                 n = sum(1 for b in cost.blocks if block is None or b in block) + 1
                 task = bar.add_task("", total=n)
                 results.append(ablate(m, ev, executor, cost=cost, spec=spec, blocks=block,

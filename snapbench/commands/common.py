@@ -20,7 +20,8 @@ VariantOpt = typer.Option(None, "--variant",
                                "[default: the plain file, else the only variant present].")
 SubfolderOpt = typer.Option(None, "--subfolder", help="Folder inside the model folder or hub snapshot (e.g. unet).")
 RevisionOpt = typer.Option(None, "--revision", help="Hub snapshot: branch, tag or commit [default: main].")
-LatentOpt = typer.Option(64, "--latent", min=1, help="Latent height = width (64 for 512x512 images).")
+LatentOpt = typer.Option(None, "--latent", min=1, show_default=False,
+                         help="Latent height = width [default: the model config's sample_size; SD: 64, a 512x512 image].")
 BatchOpt = typer.Option(2, "--batch", min=1, help="Batch (2 = classifier-free guidance).")
 TokensOpt = typer.Option(77, "--tokens", min=1, help="Text tokens in the context.")
 JsonOpt = typer.Option(False, "--json", help="Print the data as one JSON document on stdout.")
@@ -34,6 +35,16 @@ def model_source(model: str, weights: str | None = None, variant: str | None = N
     from snapbench.model.loading import resolve_model
 
     return resolve_model(model, weights=weights, variant=variant, subfolder=subfolder, revision=revision)
+
+
+def resolved_latent(model: Any, weights: str | None, latent: int | None) -> int:
+    """--latent, else the model's own (resolving `model` if it is still a string: a spec file or folder)."""
+    if latent is not None:
+        return latent
+    from snapbench.model.loading import ModelSource, model_latent, resolve_model
+
+    source = model if isinstance(model, ModelSource) else resolve_model(model, weights=weights)
+    return model_latent(source.spec)
 
 
 def without_float_noise(data: Any) -> Any:

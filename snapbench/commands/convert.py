@@ -7,9 +7,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from snapbench.interrupts import on_interrupt_keep
 from snapbench.commands.common import (
     BatchOpt, JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, WeightsOpt, err,
-    model_source, out, print_json,
+    model_source, out, print_json, resolved_latent,
 )
 
 
@@ -25,7 +26,7 @@ def convert_command(
     weight_bits: int = typer.Option(16, "--weight-bits", help="16 | 8 (int8 linear) | 6 | 4 (palettized)."),
     target: str = typer.Option("iOS16", "--target", help="Minimum deployment target: iOS16 | iOS17 | iOS18."),
     precision: str = typer.Option("fp16", "--precision", help="Compute precision: fp16 | fp32."),
-    latent: int = LatentOpt,
+    latent: Optional[int] = LatentOpt,
     batch: int = BatchOpt,
     tokens: int = TokensOpt,
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Worker processes (default: the cores available)."),
@@ -42,9 +43,13 @@ def convert_command(
     from snapbench.converters.options import ConvertOptions
     from snapbench.errors import SnapbenchError
 
+    from dataclasses import replace
+
+    from snapbench.model.loading import DEFAULT_LATENT
+
     opts = ConvertOptions(mode=mode, attention=attention, weight_bits=weight_bits, target=target,
-                          precision=precision, latent=latent, batch=batch, tokens=tokens, jobs=jobs,
-                          check=check, chunks=chunks)
+                          precision=precision, latent=latent or DEFAULT_LATENT, batch=batch, tokens=tokens,
+                          jobs=jobs, check=check, chunks=chunks)
     if pipeline and (whole or component is not None):
         raise SnapbenchError("--pipeline converts every part; it cannot be combined with --whole or --component")
     if (vae_encoder or compile_) and not pipeline:
@@ -57,8 +62,11 @@ def convert_command(
         from snapbench.converters.checks import require_prediction
 
         require_prediction()  # before anything slow
+    on_interrupt_keep(f"every finished package and manifest.json in {out_dir}")
     progress = not as_json or err.is_terminal
     model = model_source(model, weights, variant, subfolder, revision)
+    if latent is None and component != "text_encoder":  # the model's own size (the text encoder has none)
+        opts = replace(opts, latent=resolved_latent(model, weights, None))
     if pipeline:
         from snapbench.converters.pipeline import convert_pipeline
 

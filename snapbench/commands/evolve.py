@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from snapbench.interrupts import on_interrupt_keep
 from snapbench.commands.common import JsonOpt, err, out, print_json
 
 # Options shared with `ablate`.
@@ -81,6 +82,7 @@ def evolve_command(
                           samples_per_prompt=samples_per_prompt, steps=eval_steps, guidance=guidance, seed=eval_seed)
     costs = cost_builder(device=device, table=table, fixed_table=fixed_table, attention=attention, progress=True,
                          say=lambda s: err.print(s))
+    on_interrupt_keep(f"the state after every finished iteration in {out_dir}")
     executor = make_executor(workers=workers, threads=threads, ray_address=ray_address)
     try:
         result = evolve(model, out_dir, config, evaluator=ev, costs=costs, executor=executor,

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from snapbench.commands.common import (
     BatchOpt, JsonOpt, LatentOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, WeightsOpt, fmt_count,
-    model_source, out, print_json,
+    model_source, out, print_json, resolved_latent,
 )
 from snapbench.specs.stages import STAGES
 
@@ -24,7 +24,7 @@ def inspect_command(
     variant: Optional[str] = VariantOpt,
     subfolder: Optional[str] = SubfolderOpt,
     revision: Optional[str] = RevisionOpt,
-    latent: int = LatentOpt,
+    latent: Optional[int] = LatentOpt,
     batch: int = BatchOpt,
     tokens: int = TokensOpt,
     blocks: bool = typer.Option(True, "--blocks/--no-blocks", help="Show the per-block tables."),
@@ -34,9 +34,11 @@ def inspect_command(
     from snapbench.blocks.cut import InputShapes  # torch: imported when the command runs
     from snapbench.blocks.inspect import inspect_model
 
-    shapes = InputShapes(latent=latent, batch=batch, tokens=tokens)
-    results = [inspect_model(model_source(m, weights, variant, subfolder, revision), weights=weights, shapes=shapes)
-               for m in model]
+    results = []
+    for m in model:
+        src = model_source(m, weights, variant, subfolder, revision)
+        shapes = InputShapes(latent=resolved_latent(src, weights, latent), batch=batch, tokens=tokens)
+        results.append(inspect_model(src, weights=weights, shapes=shapes))
     if as_json:
         print_json(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results])
         return

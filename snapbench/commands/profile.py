@@ -15,12 +15,13 @@ import typer
 from rich.table import Table
 
 from snapbench.commands.common import (
-    JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, model_source, out, print_json,
+    JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, model_source, out, print_json, resolved_latent,
 )
 from snapbench.console import say
 from snapbench.errors import SnapbenchError
 from snapbench.choices import check_choice
-from snapbench.latency.table import ATTENTIONS, COMPUTE_UNITS, LatencyTable, Settings
+from snapbench.interrupts import on_interrupt_keep
+from snapbench.latency.table import ATTENTIONS, COMPUTE_UNITS, LatencyTable, Settings, merge_into_file
 from snapbench.profilers.backends import BACKEND_CHOICES
 from snapbench.profilers.coreml_api import DEFAULT_REQUEST_TIMEOUT_S
 from snapbench.profilers.readiness import TEAM_ID_ENV
@@ -47,7 +48,7 @@ def profile_command(
     attention: str = typer.Option("original", "--attention", help=f"Attention implementation: {', '.join(ATTENTIONS)}."),
     weight_bits: int = typer.Option(16, "--weight-bits", help="Weight bits: 16 (fp16), 8, 6 or 4 (palettized)."),
     batch: int = typer.Option(2, "--batch", min=1, help="UNet batch (2 = classifier-free guidance)."),
-    latent: int = LatentOpt,
+    latent: Optional[int] = LatentOpt,
     tokens: int = TokensOpt,
     compute_units: str = typer.Option("cpu_and_ne", "--compute-units", help=f"{', '.join(COMPUTE_UNITS)}."),
     backend: str = typer.Option("auto", "--backend", "-b", help=f"{' | '.join(BACKEND_CHOICES)}."),
@@ -88,6 +89,7 @@ def profile_command(
 
     tools = ctx.obj if isinstance(ctx.obj, ProfileTools) else ProfileTools()
 
+    latent = resolved_latent(model_source(model, None, variant, subfolder, revision), None, latent)
     settings = Settings(compute_units=check_choice("--compute-units", compute_units, COMPUTE_UNITS),
                         weight_bits=weight_bits, attention=check_choice("--attention", attention, ATTENTIONS),
                         batch=batch, latent=latent, tokens=tokens)
@@ -122,6 +124,8 @@ def profile_command(
         dev = resolve_device(device)
     path = table if table is not None else default_table_path(dev.id, model, tables)
     existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
+    on_interrupt_keep(f"the packages converted so far (cached) and the rows measured so far; {path} "
+                      "gets estimates only at the end")
     if table is None and not path.is_file():  # start from the shipped table; what is new goes to the user's
         from snapbench.paths import shipped_table_path
 
@@ -142,13 +146,14 @@ def profile_command(
         components=tuple(component or ALL_COMPONENTS), import_file=from_file,
         packages=tools.packages or (ConverterPackages(packages) if packages is not None else None),
         # measured rows are saved one package at a time: an interrupted or failed run keeps them
-        on_table=(lambda t: t.save(path)) if measuring else None, progress=True, say=say,
+        on_table=(lambda t: merge_into_file(path, t)) if measuring else None, progress=True, say=say,
     )
     if run.new_rows:
-        run.table.save(path)
+        # merged under the table's lock: rows a concurrent run wrote meanwhile (another --weight-bits) stay
+        written = merge_into_file(path, run.table)
         counts = Counter(r.backend for r in run.new_rows)
         say(f"{path}: wrote {len(run.new_rows)} row(s) "
-            f"({', '.join(f'{n} {b}' for b, n in sorted(counts.items()))}); {len(run.table)} in the table")
+            f"({', '.join(f'{n} {b}' for b, n in sorted(counts.items()))}); {len(written)} in the table")
     else:
         say(f"{path}: every figure came from the table; nothing to write")
     if as_json:

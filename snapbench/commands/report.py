@@ -39,7 +39,9 @@ def report_command(
     precision: str = typer.Option("fp16", "--precision", help=f"{', '.join(PRECISIONS)}."),
     compute_units: str = typer.Option("cpu_and_ne", "--compute-units", help=f"{', '.join(COMPUTE_UNITS)}."),
     batch: int = typer.Option(2, "--batch", min=1, help="UNet batch (2 = classifier-free guidance)."),
-    latent: int = typer.Option(64, "--latent", min=8, help="Latent height = width (64 for 512x512 images)."),
+    latent: Optional[int] = typer.Option(None, "--latent", min=8, show_default=False,
+                                         help="Latent height = width for every model [default: each model's own "
+                                              "config sample_size; SD: 64, a 512x512 image]."),
     out_path: Optional[str] = typer.Option(
         None, "--out", "-o", help="HTML file to write. [default: reports/<baseline>-vs-<candidates>-<devices>.html]"),
     as_json: bool = typer.Option(False, "--json", help="Also write the data behind the report beside it (.json)."),
@@ -128,7 +130,7 @@ def _command_line(baseline, candidates, devices, steps, backend, table, referenc
     if reference:
         args += ["--reference", reference]
     for key, default in (("attention", "original"), ("weight_bits", 16), ("precision", "fp16"),
-                         ("compute_units", "cpu_and_ne"), ("batch", 2), ("latent", 64)):
+                         ("compute_units", "cpu_and_ne"), ("batch", 2), ("latent", None)):
         if settings[key] != default:
             args += [f"--{key.replace('_', '-')}", str(settings[key])]
     if out_path:

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from snapbench.interrupts import on_interrupt_keep
 from snapbench.commands.common import JsonOpt, WeightsOpt, err, out, print_json
 
 
@@ -44,6 +45,7 @@ def train_command(
     config = TrainConfig(steps=steps, batch_size=batch_size, learning_rate=lr, robust=robust,
                          skip=SkipProbabilities(skip_ca, skip_rb), prediction_type=prediction_type,  # type: ignore[arg-type]  # checked above
                          save_every=save_every, seed=seed)
+    on_interrupt_keep(f"the last checkpoint in {out_dir} (one every --save-every {save_every} steps)")
     result = train(model, out_dir, config, data=data, weights=weights, progress=True,
                    say=lambda s: err.print(s))
     if not result.main_process:

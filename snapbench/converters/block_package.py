@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from snapbench.converters.checks import check_reloaded
-from snapbench.converters.compression import compress
+from snapbench.converters.compression import compress, nonfinite_weights
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.runtime import coremltools, conversion_context
 
@@ -137,6 +137,10 @@ def convert_module(module: torch.nn.Module, io: PackageIO, opts: ConvertOptions,
     timings["convert"] = time.perf_counter() - start - sum(timings.values())
     with conversion_context():  # compression runs MIL pass pipelines too: keep their tqdm bars off
         mlmodel = compress(mlmodel, opts)
+    bad = nonfinite_weights(mlmodel)
+    if bad:
+        raise ValueError(f"weights hold NaN or inf after conversion ({len(bad)} constant(s), e.g. {bad[0]}); "
+                         "nothing was saved")
     timings["compress"] = time.perf_counter() - start - sum(timings.values())
     stamp(mlmodel, metadata, description)
     found = save_checked(mlmodel, dest, io)
@@ -149,9 +153,56 @@ def package_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def is_complete_package(path: Path) -> bool:
-    """A finished .mlpackage has its Manifest.json (written last by coremltools, and renamed into place)."""
-    return (Path(path) / "Manifest.json").is_file()
+def package_files(path: Path) -> dict[str, int]:
+    """Every file of a package with its size (relative paths): what a manifest records, to verify later."""
+    root = Path(path)
+    return {f.relative_to(root).as_posix(): f.stat().st_size for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def package_problem(path: Path, files: Mapping[str, int] | None = None) -> str | None:
+    """Why the package at `path` cannot be used (None: it can). A package is not trusted for having a
+    Manifest.json: its model spec must be there, non-empty and readable, every item its Manifest.json
+    lists must exist, and where the conversion recorded its files (`files`), each must have that size
+    (an emptied model.mlmodel, a lost or replaced weight.bin, a missing Data/ folder)."""
+    import json
+
+    root = Path(path)
+    if not root.is_dir():
+        return "missing"
+    try:
+        info = json.loads((root / "Manifest.json").read_text())
+        entries = info["itemInfoEntries"]
+        spec_entry = entries[info["rootModelIdentifier"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no readable Manifest.json"
+    for entry in entries.values():
+        item = root / "Data" / str(entry.get("path", ""))
+        if not item.exists():
+            return f"Data/{entry.get('path')} is missing"
+        if item.is_dir() and not any(f.is_file() and f.stat().st_size for f in item.rglob("*")):
+            return f"Data/{entry.get('path')} holds no data (weight.bin lost?)"
+    spec = root / "Data" / str(spec_entry.get("path", ""))
+    if not spec.is_file() or spec.stat().st_size == 0:
+        return f"its model spec Data/{spec_entry.get('path')} is empty"
+    if files:
+        for rel, size in files.items():
+            f = root / rel
+            if not f.is_file():
+                return f"{rel} is missing"
+            if f.stat().st_size != size:
+                return f"{rel} has {f.stat().st_size} bytes, the conversion wrote {size}"
+        return None
+    # Nothing recorded (a folder from an older snapbench): the spec must at least parse.
+    try:
+        coremltools().utils.load_spec(str(root))
+    except Exception as e:  # noqa: BLE001 - any failure to read it means: convert again
+        return f"its model spec does not load ({type(e).__name__})"
+    return None
+
+
+def is_complete_package(path: Path, files: Mapping[str, int] | None = None) -> bool:
+    """A package that can be reused as it is (see `package_problem`)."""
+    return package_problem(path, files) is None
 
 
 def remove_tree(p: Path) -> None:

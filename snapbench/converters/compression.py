@@ -8,12 +8,20 @@
     loses least accuracy; it costs seconds per large tensor.
   * profile mode: uniform tables. Latency depends on the table size and index width, not on the table's
     values, and the weights are random anyway, so the cheap clustering gives the same on-device program.
-Tensors under coremltools' default threshold (2048 elements: norms, biases) stay fp16.
+Tensors under coremltools' default threshold (2048 elements: norms, biases) stay fp16, and so do
+constants that are not weights (the text encoder's causal attention mask, -inf above the diagonal, which
+a lookup table turns into NaN; its position table, added rather than multiplied): only constants that
+every consumer reads as a weight (linear, conv, matmul, gather, ...) are compressed.
+
+`nonfinite_weights` is the check every package passes before it is saved: NaN anywhere, or inf in a
+weight or a compression table, fails the conversion instead of shipping a package that computes NaN.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.runtime import coremltools
@@ -36,8 +44,57 @@ def compress(mlmodel: Any, opts: ConvertOptions) -> Any:
         return mlmodel
     ct = coremltools()
     cto = ct.optimize.coreml
+    keep = {name: None for name in not_weights(mlmodel)}  # None: leave this const as it is
     if opts.weight_bits == 8:
         op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
-        return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op_config))
+        return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op_config,
+                                                                           op_name_configs=keep))
     op_config = cto.OpPalettizerConfig(mode=opts.palettization, nbits=opts.weight_bits, granularity="per_tensor")
-    return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op_config))
+    return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op_config, op_name_configs=keep))
+
+
+# Ops whose constant inputs are weights (learned values a lookup table or int8 scale can stand for).
+WEIGHT_CONSUMERS = frozenset({"linear", "conv", "conv_transpose", "matmul", "einsum", "gather", "gather_nd",
+                              "embedding"})
+COMPRESSION_THRESHOLD = 2048  # coremltools' default weight_threshold: smaller consts are never compressed
+
+
+def not_weights(mlmodel: Any) -> list[str]:
+    """Names of the consts large enough to be compressed that are not weights: a consumer other than a
+    weight-reading op (a mask added to scores), or values that are not finite (no table can hold -inf)."""
+    cto = coremltools().optimize.coreml
+    found = []
+    for name, w in cto.get_weights_metadata(mlmodel, weight_threshold=COMPRESSION_THRESHOLD).items():
+        val = np.asarray(w.val)
+        if any(c.op_type not in WEIGHT_CONSUMERS for c in w.child_ops) or (
+                val.dtype.kind == "f" and not np.isfinite(val).all()):
+            found.append(name)
+    return found
+
+
+def nonfinite_weights(mlmodel: Any) -> list[str]:
+    """Consts that make a package compute garbage: any NaN, or inf in a weight or in a compression
+    table / scale (a constexpr_* input). An -inf mask added to attention scores is fine."""
+    program = getattr(mlmodel, "_mil_program", None)
+    if program is None:
+        return []
+    bad = []
+    for fn in program.functions.values():
+        for op in _ops(fn):
+            if op.op_type != "const":
+                continue
+            val = op.outputs[0].val
+            arr = np.asarray(val) if val is not None else None
+            if arr is None or arr.dtype.kind != "f" or np.isfinite(arr).all():
+                continue
+            consumers = {c.op_type for c in op.outputs[0].child_ops}
+            if np.isnan(arr).any() or consumers & WEIGHT_CONSUMERS or any(t.startswith("constexpr") for t in consumers):
+                bad.append(op.name)
+    return bad
+
+
+def _ops(block: Any):
+    for op in block.operations:
+        yield op
+        for inner in getattr(op, "blocks", ()):
+            yield from _ops(inner)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 from snapbench.blocks.cut import CutBlock, InputShapes, cut_blocks
 from snapbench.converters import workers
-from snapbench.converters.block_package import PackageIO, is_complete_package, remove_tree
+from snapbench.converters.block_package import PackageIO, is_complete_package, package_files, remove_tree
 from snapbench.converters.cache import cache_key, source_fingerprint, weights_hash
 from snapbench.converters.checks import require_prediction
 from snapbench.converters.compression import compression_info
@@ -27,6 +27,7 @@ from snapbench.converters.options import ConvertOptions
 from snapbench.converters.progress import reporter
 from snapbench.versions import tool_versions
 from snapbench.errors import SnapbenchError, first_line
+from snapbench.interrupts import stop_pool
 from snapbench.model.loading import ModelSource, build_unet, resolve_model
 
 
@@ -141,7 +142,7 @@ def _cached(previous: Manifest | None, folder: Path) -> dict[str, str]:
         return {}
     found = {}
     for b in previous.blocks:
-        if b.state == "done" and b.package and b.cache_key and is_complete_package(folder / b.package):
+        if b.state == "done" and b.package and b.cache_key and is_complete_package(folder / b.package, b.files):
             found[b.cache_key] = b.package
     return found
 
@@ -194,7 +195,7 @@ def _run_tasks(tasks: list[workers.BlockTask], source: ModelSource, opts: Conver
                     except Exception as e:  # noqa: BLE001 - a worker died (e.g. out of memory)
                         yield workers.TaskResult(t.file_id, None, error=f"worker process failed: {type(e).__name__}: {e}")
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            stop_pool(pool)
             raise
 
 
@@ -210,7 +211,8 @@ def convert_model(model: str | os.PathLike | ModelSource, out_dir: str | os.Path
     fingerprint = source_fingerprint(source.spec.to_dict(), weight_files(source), opts.seed, versions["torch"])
     run_key = cache_key({"source": fingerprint, "attention": opts.attention, "latent": opts.latent,
                          "batch": opts.batch, "tokens": opts.tokens}, opts, versions)
-    previous = inspect_out_dir(folder, "blocks")  # refuses foreign folders before anything is written
+    # refuses foreign folders, and another model's, before anything is written
+    previous = inspect_out_dir(folder, "blocks", str(source.ref), source.spec.name)
     if previous is not None and _up_to_date(previous, run_key, folder):
         # Same model, options and tools as a complete previous run: nothing to cut, build or convert
         # (this is what keeps a warm re-run of SD-v1.5 to about the cost of importing torch).
@@ -230,10 +232,11 @@ def convert_model(model: str | os.PathLike | ModelSource, out_dir: str | os.Path
 
     plan = _plan(blocks, opts, versions, hashes)
     cached = _cached(previous, folder)
+    recorded = {b.package: b.files for b in previous.blocks if b.package and b.files} if previous else {}
     for p in plan:
         if p.key in cached:
             p.reused_from = cached[p.key]
-        elif is_complete_package(folder / p.name) and _stamped_key(folder / p.name) == p.key:
+        elif is_complete_package(folder / p.name, recorded.get(p.name)) and _stamped_key(folder / p.name) == p.key:
             p.reused_from = p.name
 
     manifest = Manifest(
@@ -246,7 +249,8 @@ def convert_model(model: str | os.PathLike | ModelSource, out_dir: str | os.Path
     index = {b.unit.file_id: i for i, b in enumerate(blocks)}
     result = ConvertResult(manifest)
 
-    def land(p: _Package, package: str, seconds: float | None, nbytes: int | None, io: PackageIO | None) -> None:
+    def land(p: _Package, package: str, seconds: float | None, nbytes: int | None, io: PackageIO | None,
+             files: dict[str, int] | None) -> None:
         for b in p.blocks:
             e = manifest.blocks[index[b.unit.file_id]]
             io_d = io.to_dict() if io else {"inputs": e.inputs, "outputs": e.outputs}
@@ -255,7 +259,7 @@ def convert_model(model: str | os.PathLike | ModelSource, out_dir: str | os.Path
                 weights_hash=hashes.get(b.unit.file_id) if opts.mode == "deploy" else None,
                 # a shared package's seconds and bytes belong to its owner: summed over blocks they count once
                 seconds=seconds if b is p.owner else None, bytes=nbytes if b is p.owner else None,
-                inputs=io_d["inputs"], outputs=io_d["outputs"], error=None)
+                inputs=io_d["inputs"], outputs=io_d["outputs"], error=None, files=files)
 
     old_by_key = {b.cache_key: b for b in previous.blocks if b.package_owner in (None, b.file_id)} if previous else {}
     with claimed(folder):
@@ -265,7 +269,9 @@ def convert_model(model: str | os.PathLike | ModelSource, out_dir: str | os.Path
                 todo.append(p)
                 continue
             old = old_by_key.get(p.key)
-            land(p, p.reused_from, old.seconds if old else None, old.bytes if old else None, None)
+            files = old.files if old is not None and old.package == p.reused_from else None
+            land(p, p.reused_from, old.seconds if old else None, old.bytes if old else None, None,
+                 files or package_files(folder / p.reused_from))
             result.reused += [b.block_id for b in p.blocks]
         manifest.write()
 
@@ -277,7 +283,8 @@ def convert_model(model: str | os.PathLike | ModelSource, out_dir: str | os.Path
                 for r in _run_tasks(tasks, source, opts, bar.start):
                     p = by_owner[r.file_id]
                     if r.result is not None:
-                        land(p, p.name, round(r.result.seconds, 3), r.result.bytes, r.result.io)
+                        land(p, p.name, round(r.result.seconds, 3), r.result.bytes, r.result.io,
+                             package_files(folder / p.name))
                         result.converted.append(p.owner.block_id)
                     else:
                         remove_tree(folder / p.name)  # e.g. saved but failed --check: never reuse it
@@ -318,6 +325,6 @@ def _task(p: _Package, folder: Path, source: ModelSource, opts: ConvertOptions,
 
 def _up_to_date(previous: Manifest | None, run_key: str, folder: Path) -> bool:
     return (previous is not None and previous.complete and previous.run_key == run_key
-            and all(is_complete_package(folder / b.package) for b in previous.blocks if b.package))
+            and all(is_complete_package(folder / b.package, b.files) for b in previous.blocks if b.package))
 
 

@@ -18,10 +18,13 @@ from typing import Any, Iterator
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
+from snapbench.names import safe_file_name
+from snapbench.locks import FOLDER_LOCK, folder_lock, pid_alive
+from snapbench.user_files import read_user_json
 
 FORMAT = "snapbench.manifest/1"
 MANIFEST_FILE = "manifest.json"
-LOCK_FILE = ".snapbench.lock"
+LOCK_FILE = FOLDER_LOCK
 # temporaries snapbench itself leaves when killed: .NAME.PID.partial (packages), .manifest.json.*.tmp
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial$|^\.manifest\.json\..+\.tmp$|^\.snapbench\.")
 
@@ -49,6 +52,7 @@ class ManifestBlock:
     seconds: float | None = None  # conversion time of its package; shared packages: on the owner only
     bytes: int | None = None  # size of its package; shared packages: on the owner only
     error: str | None = None
+    files: dict[str, int] | None = None  # the package's files and sizes as converted: a reuse verifies them
     ane_psnr_db: float | None = None  # app pipeline: worst PSNR of its ANE attention rewrites vs PyTorch
     timings: dict[str, float] | None = None  # app pipeline: seconds per phase (build, trace, convert, ...)
 
@@ -130,6 +134,14 @@ class Manifest:
         return atomic_write_text(folder / MANIFEST_FILE, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
+def same_model_ref(a: str, b: str) -> bool:
+    """Two --model values naming one model: equal, or paths to the same file or folder."""
+    if a == b:
+        return True
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -140,10 +152,7 @@ def load_manifest(folder: str | os.PathLike) -> Manifest:
     if not path.is_file():
         raise SnapbenchError(f"{folder}: no {MANIFEST_FILE}; not a snapbench conversion folder "
                              "(make one with 'snapbench convert --out FOLDER')")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SnapbenchError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    data = read_user_json(path, "manifest")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise SnapbenchError(f"{path}: not a snapbench manifest (expected format {FORMAT!r})")
     try:
@@ -155,22 +164,12 @@ def load_manifest(folder: str | os.PathLike) -> Manifest:
 # -- claiming an output folder ---------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def inspect_out_dir(folder: Path, content: str) -> Manifest | None:
+def inspect_out_dir(folder: Path, content: str, model: str | None = None, spec: str | None = None) -> Manifest | None:
     """The previous manifest of a folder we may write into, or None; refuses anything else in one line.
 
-    Read-only: nothing is created, so a refused run leaves nothing behind.
+    A folder belongs to the model (`model` as given, `spec` its spec's name) first converted into it:
+    converting another one there would replace its manifest and orphan its packages, so it is refused,
+    naming the owner. Read-only: nothing is created, so a refused run leaves nothing behind.
     """
     if folder.exists() and not folder.is_dir():
         raise SnapbenchError(f"{folder}: exists and is not a folder; choose another --out")
@@ -186,6 +185,10 @@ def inspect_out_dir(folder: Path, content: str) -> Manifest | None:
         if previous.content != content:
             raise SnapbenchError(f"{folder}: holds a {previous.content!r} conversion, not {content!r}; "
                                  "use another --out for it")
+        if (model is not None and not same_model_ref(previous.model, model)) or \
+                (spec is not None and previous.spec != spec):
+            raise SnapbenchError(f"{folder}: holds the conversion of {previous.model} (spec {previous.spec!r}), "
+                                 f"not {model} (spec {spec!r}); use another --out, e.g. {folder / safe_file_name(spec or 'model')}")
         return previous
     foreign = [n for n in names if not _TEMP.match(n)]
     if foreign:
@@ -209,37 +212,14 @@ def claimed(folder: Path) -> Iterator[None]:
         probe.unlink()
     except OSError as e:
         raise SnapbenchError(f"{folder}: cannot write there ({e.strerror or e}); choose another --out") from None
-    lock = folder / LOCK_FILE
-    _take_lock(lock)
     try:
-        _remove_stale_temporaries(folder)
-        yield
+        with folder_lock(folder, "convert"):
+            _remove_stale_temporaries(folder)
+            yield
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
         if created and not any(folder.iterdir()):
             with contextlib.suppress(OSError):
                 folder.rmdir()
-
-
-def _take_lock(lock: Path) -> None:
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or "0")
-            except (OSError, ValueError):
-                pid = 0
-            if pid and _pid_alive(pid) and pid != os.getpid():
-                raise SnapbenchError(f"{lock.parent}: another snapbench convert (pid {pid}) is writing there; "
-                                     "wait for it or choose another --out") from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return
-    raise SnapbenchError(f"{lock.parent}: could not take the lock {lock.name}")
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
@@ -250,7 +230,7 @@ def _remove_stale_temporaries(folder: Path) -> None:
         if not m or p.name == LOCK_FILE:
             continue
         pid = m.group("pid")
-        if pid is not None and _pid_alive(int(pid)) and int(pid) != os.getpid():
+        if pid is not None and pid_alive(int(pid)) and int(pid) != os.getpid():
             continue  # a live worker of ours may still be writing it
         if p.name.startswith(".snapbench.") and not p.name.startswith(".snapbench.probe"):
             continue

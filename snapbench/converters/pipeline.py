@@ -26,7 +26,9 @@ from snapbench.converters.app_parts import (
     TOKENIZER_FILES, AppPart, ModelFolder, check_tokenizer, model_folder, text_encoder_part, text_encoder_vocab,
     vae_decoder_part, vae_encoder_part,
 )
-from snapbench.converters.block_package import convert_module, is_complete_package, package_bytes, remove_tree
+from snapbench.converters.block_package import (
+    convert_module, is_complete_package, package_bytes, package_files, remove_tree,
+)
 from snapbench.converters.cache import cache_key, source_fingerprint
 from snapbench.converters.checks import require_prediction
 from snapbench.converters.compression import compression_info
@@ -207,14 +209,14 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
     versions = tool_versions()
     keys = {p.name: cache_key({"part": p.name, "identity": p.identity, "io": p.io.to_dict()}, opts, versions)
             for p in parts}
-    previous = inspect_out_dir(folder, CONTENT)
+    previous = inspect_out_dir(folder, CONTENT, str(source.ref), source.spec.name)  # one model per folder
     old = {b.id: b for b in previous.blocks} if previous else {}
 
     def cached(p: AppPart) -> bool:
         dest = folder / f"{p.name}.mlpackage"
-        if not is_complete_package(dest):
-            return False
         o = old.get(p.name)
+        if not is_complete_package(dest, o.files if o is not None else None):  # verified, not trusted
+            return False
         if o is not None and o.state == "done" and o.cache_key == keys[p.name]:
             return True
         return _stamped_key(dest) == keys[p.name]  # finished after the last manifest write of a killed run
@@ -244,7 +246,8 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
                 o = old.get(p.name)
                 manifest.blocks[index[p.name]] = _entry(
                     p, keys[p.name], "done", package=f"{p.name}.mlpackage", seconds=o.seconds if o else None,
-                    bytes=package_bytes(folder / f"{p.name}.mlpackage"), ane_psnr_db=o.ane_psnr_db if o else None)
+                    bytes=package_bytes(folder / f"{p.name}.mlpackage"), ane_psnr_db=o.ane_psnr_db if o else None,
+                    files=package_files(folder / f"{p.name}.mlpackage"))
                 result.reused.append(p.name)
         manifest.write()
         _copy_tokenizer(parts_folder, folder)
@@ -267,7 +270,8 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
                         manifest.blocks[i] = _entry(p, keys[p.name], "done", package=f"{p.name}.mlpackage",
                                                     seconds=round(seconds, 3), bytes=nbytes,
                                                     ane_psnr_db=round(min(db.values()), 2) if db else None,
-                                                    timings=timings)
+                                                    timings=timings,
+                                                    files=package_files(folder / f"{p.name}.mlpackage"))
                         result.converted.append(p.name)
                     manifest.write()
                     bar.done(p.name)

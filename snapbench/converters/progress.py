@@ -44,10 +44,11 @@ def reporter(total: int, *, enabled: bool) -> Iterator[Reporter]:
     if not enabled or total == 0:
         yield _Silent()
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from snapbench.console import err
+    from snapbench.progress_log import make_progress
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=False) as progress:
+    with make_progress("convert", TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn(), console=err, transient=False) as progress:
         yield _Bar(progress, progress.add_task("converting", total=total))

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from snapbench.converters.block_package import (
-    PackageIO, convert_module, is_complete_package, package_bytes, remove_tree,
+    PackageIO, convert_module, is_complete_package, package_bytes, package_files, remove_tree,
 )
 from snapbench.converters.cache import cache_key
 from snapbench.converters.checks import check_reloaded, require_prediction
@@ -51,7 +51,7 @@ def convert_single(what: SingleModel, out_dir: str | os.PathLike, opts: ConvertO
     versions = tool_versions()
     key = cache_key({"component": what.name, **dict(what.identity), "io": what.io.to_dict(),
                      "attention": opts.attention, "chunks": opts.chunks}, opts, versions)
-    previous = inspect_out_dir(folder, what.name)
+    previous = inspect_out_dir(folder, what.name, what.model, what.spec)
     if previous is not None and _up_to_date(previous, key, folder):
         return ConvertResult(previous, reused=[b.id for b in previous.blocks])
 
@@ -100,7 +100,8 @@ def convert_single(what: SingleModel, out_dir: str | os.PathLike, opts: ConvertO
                     macs=what.macs if not chunk else 0,
                     macs_no_attention=what.macs_no_attention if not chunk else 0, state="done",
                     weights_hash=str(what.identity.get("weights")), cache_key=key,
-                    seconds=round(r.seconds, 3) if r else None, bytes=package_bytes(folder / name)))
+                    seconds=round(r.seconds, 3) if r else None, bytes=package_bytes(folder / name),
+                    files=package_files(folder / name)))
                 result.converted.append(manifest.blocks[-1].id)
             manifest.complete = not result.failed
             manifest.write()

@@ -24,6 +24,7 @@ import torch
 from snapbench.converters.block_package import PackageIO, PackageResult, convert_module, example_inputs
 from snapbench.converters.options import ConvertOptions
 from snapbench.errors import first_line
+from snapbench.interrupts import ignore_sigint
 from snapbench.model.units import AttentionUnit, BlockUnit
 
 
@@ -60,6 +61,8 @@ def init_worker(source: Any, opts: ConvertOptions, threads: int | None = None) -
     from snapbench.model.loading import build_unet
 
     global _OPTS
+    if threads is not None:  # a pool worker: Ctrl-C is the parent's to handle
+        ignore_sigint()
     coremltools()  # import it once, quietly
     if threads is not None:
         torch.set_num_threads(max(1, threads))  # N workers x all cores each would oversubscribe the CPU

@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
+from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.evolution.actions import Action, addition_actions, removal_actions
 from snapbench.evolution.evaluators import EvalConfig, Quality
 from snapbench.evolution.executors import EvalTask, Executor
@@ -155,8 +156,17 @@ def evolve(model: str | Path, out: str | Path, config: EvolveConfig, *, evaluato
 
     `costs(spec)` builds the per-block price table (called only when starting, not when resuming).
     `settings` are extra facts that must match to resume (the device, latency settings). `after_iteration`
-    is called after each iteration's state is saved (tests use it to simulate a kill)."""
-    out = Path(out)
+    is called after each iteration's state is saved (tests use it to simulate a kill). One run at a time
+    per `out` (a second is refused, naming the first's pid)."""
+    with claimed_run_folder(out, "evolve") as folder:
+        return _evolve(model, folder, config, evaluator=evaluator, costs=costs, executor=executor,
+                       settings=settings, progress=progress, say=say, after_iteration=after_iteration)
+
+
+def _evolve(model: str | Path, out: Path, config: EvolveConfig, *, evaluator: EvalConfig,
+            costs: Callable[[ArchSpec], BlockPriceTable], executor: Executor, settings: Mapping[str, Any] | None,
+            progress: bool, say: Callable[[str], None],
+            after_iteration: Callable[[EvolutionState], None] | None) -> EvolutionResult:
     work = out / WORK_DIR
     fingerprint = {"model": str(model), "config": config.to_dict(), "evaluator": asdict(evaluator),
                    **dict(settings or {})}
@@ -168,7 +178,7 @@ def evolve(model: str | Path, out: str | Path, config: EvolveConfig, *, evaluato
         prices = BlockPriceTable.from_dict(st.costs)
         say(f"resuming {out} at iteration {st.iteration} ({st.phase} phase)")
     else:
-        if out.exists() and any(p.name != WORK_DIR for p in out.iterdir()):
+        if out.exists() and any(p.name not in (WORK_DIR, FOLDER_LOCK) for p in out.iterdir()):
             raise SnapbenchError(f"{out}: exists and holds no evolution state; pick another --out")
         st, prices = _start(model, work, config, evaluator, costs, executor, fingerprint, progress)
     run = EvolutionRun(st, prices, config, evaluator, executor, out, progress, say)
@@ -247,12 +257,13 @@ def _initial_checkpoint(model: str | Path) -> str:
 def _evaluate(tasks: list[EvalTask], executor: Executor, progress: bool, what: str) -> list[Quality]:
     if not progress or len(tasks) <= 1:
         return executor.map(tasks)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from snapbench.console import err
+    from snapbench.progress_log import make_progress
 
-    with Progress(TextColumn(f"[bold]evolve[/bold] {what}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=True) as bar:
+    with make_progress(f"evolve {what}", TextColumn(f"[bold]evolve[/bold] {what}"), BarColumn(),
+                       MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("", total=len(tasks))
         return executor.map(tasks, on_done=lambda: bar.update(task, advance=1))
 

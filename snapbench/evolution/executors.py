@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from urllib.parse import urlparse
 
 from snapbench.errors import SnapbenchError, first_line
+from snapbench.interrupts import ignore_sigint, stop_pool
 from snapbench.evolution.evaluators import EvalConfig, Quality
 
 
@@ -93,6 +94,11 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _init_pool_worker(threads: int) -> None:
+    ignore_sigint()  # Ctrl-C reaches the whole process group; the parent alone handles it
+    _init_worker(threads)
+
+
 class ProcessExecutor:
     """Local worker processes (spawned: safe with torch), each with `threads` intra-op threads."""
 
@@ -101,15 +107,19 @@ class ProcessExecutor:
 
         self.name = f"{workers} local worker process(es)"
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_init_worker, initargs=(threads,))
+                                         initializer=_init_pool_worker, initargs=(threads,))
 
     def map(self, tasks: Sequence[EvalTask], on_done: Callable[[], None] | None = None) -> list[Quality]:
         futures = {self._pool.submit(run_task, t): i for i, t in enumerate(tasks)}
         out: list[Quality | None] = [None] * len(tasks)
-        for f in as_completed(futures):
-            out[futures[f]] = f.result()
-            if on_done:
-                on_done()
+        try:
+            for f in as_completed(futures):
+                out[futures[f]] = f.result()
+                if on_done:
+                    on_done()
+        except KeyboardInterrupt:
+            stop_pool(self._pool)
+            raise
         return out  # type: ignore[return-value]
 
     def close(self) -> None:

@@ -193,6 +193,7 @@ def costs_from_table(spec: ArchSpec, device: str, *, table: str | Path | None = 
     second run converts nothing."""
     from snapbench.devices.catalog import resolve_device
     from snapbench.latency import LatencyTable, Settings
+    from snapbench.latency.table import merge_into_file
     from snapbench.model.loading import ModelSource
 
     dev = resolve_device(device)
@@ -213,7 +214,7 @@ def costs_from_table(spec: ArchSpec, device: str, *, table: str | Path | None = 
         lt = run.table
         variants[tag] = _priced(run.blocks)
     if cache_file is not None:
-        lt.save(cache_file)
+        merge_into_file(cache_file, lt)  # under its lock: two evolves may share the cache
     name = f"latency table{' ' + str(table) if table else ''} for {dev.id}"
     return _assemble(dev.id, variants, name, settings.to_dict())
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from snapbench.errors import SnapbenchError
+from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.evolution.checkpoints import ModelBundle, load_bundle, save_bundle
 from snapbench.evolution.data import TrainingData, training_data
 from snapbench.model.elastic_unet import ElasticUNet
@@ -169,11 +171,19 @@ def diffusion_loss(trainable: nn.Module, noise_scheduler: Any, x0: torch.Tensor,
 def train(model: str | Path, out: str | Path, config: TrainConfig, *, data: str | Path | None = None,
           weights: str | Path | None = None, progress: bool = True,
           say: Callable[[str], None] = lambda s: None) -> TrainResult:
-    """Train `model` (or resume the run in `out`) to `config.steps` steps; checkpoints land in `out`."""
+    """Train `model` (or resume the run in `out`) to `config.steps` steps; checkpoints land in `out`.
+    One run at a time per `out` (the main process holds its lock; a second run is refused)."""
+    if int(os.environ.get("RANK", "0")) != 0:  # accelerate's other ranks: rank 0 holds the lock
+        return _train(model, Path(out), config, data=data, weights=weights, progress=progress, say=say)
+    with claimed_run_folder(out, "train") as folder:
+        return _train(model, folder, config, data=data, weights=weights, progress=progress, say=say)
+
+
+def _train(model: str | Path, out: Path, config: TrainConfig, *, data: str | Path | None,
+           weights: str | Path | None, progress: bool, say: Callable[[str], None]) -> TrainResult:
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from diffusers import DDPMScheduler
 
-    out = Path(out)
     state, bundle = _start(model, out, config, weights)
     start = int(state.get("step", 0))
     losses: list[tuple[int, float]] = [tuple(x) for x in state.get("losses", [])]
@@ -250,7 +260,7 @@ def _start(model: str | Path, out: Path, config: TrainConfig, weights: str | Pat
                                      f"asks {getattr(config, f.name)!r}; use the same settings to resume or "
                                      "another --out")
         return state, load_bundle(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != FOLDER_LOCK for p in out.iterdir()):
         raise SnapbenchError(f"{out}: exists and is not a snapbench training folder (no {STATE_FILE}); "
                              "pick another --out")
     return {}, load_bundle(model, weights=weights, seed=config.seed)
@@ -277,13 +287,14 @@ class _bar:
     def __enter__(self) -> Callable[[int, float | None], None]:
         if not self.enabled:
             return lambda step, loss: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
         from snapbench.console import err
+        from snapbench.progress_log import make_progress
 
-        self.progress = Progress(TextColumn(f"[bold]{self.label}[/bold]"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), TextColumn("{task.description}"), console=err,
-                                 transient=True)
+        self.progress = make_progress(self.label, TextColumn(f"[bold]{self.label}[/bold]"), BarColumn(),
+                                      MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
+                                      console=err, transient=True)
         self.progress.start()
         task = self.progress.add_task("", total=self.total, completed=self.start)
 

@@ -30,7 +30,7 @@ from snapbench.latency.table import LatencyRow, LatencyTable, Settings
 from snapbench.model.loading import ModelSource, build_unet, resolve_model
 from snapbench.profilers.backends import (MEASURING, DeviceBackend, EstimatePricer, Pricer, Target,
                                           as_measurement, choose_backend)
-from snapbench.profilers.importer import ImportedRow, check_settings, read_import
+from snapbench.profilers.importer import ImportedRow, check_settings, read_import, refuse_conflicts
 from snapbench.profilers.measurement import Measurement, PackageJob
 from snapbench.profilers.packages import COMPONENTS, ConverterPackages, PackageSource
 from snapbench.versions import tool_versions
@@ -417,13 +417,14 @@ class _bar:
     def __enter__(self) -> Callable[[str], None]:
         if not self.enabled:
             return lambda label: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
         from snapbench.console import err
+        from snapbench.progress_log import make_progress
 
-        self.progress = Progress(TextColumn(f"[bold]{self.name}[/bold]"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("{task.description}"), console=err,
-                                 transient=True)
+        self.progress = make_progress(f"profile ({self.name})", TextColumn(f"[bold]{self.name}[/bold]"), BarColumn(),
+                                      MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
+                                      console=err, transient=True)
         self.progress.start()
         task = self.progress.add_task("", total=self.total)
         return lambda label: self.progress.update(task, advance=1, description=label)
@@ -467,8 +468,9 @@ def _resolve_import(path: Any, rows: list[ImportedRow], dev: Device, settings: S
         got.setdefault(key, []).append(r)
     out: dict[str, Measurement] = {}
     for key, rs in got.items():
+        refuse_conflicts(path, rs)
         # Several blocks share a signature (a harness timing every block): one row per signature, the
-        # median of their medians, all their samples, the widest p90.
+        # median of their medians (all within CONFLICT_TOLERANCE), all their samples, the widest p90.
         p90s = [r.p90_ms for r in rs if r.p90_ms is not None]
         notes = "; ".join(dict.fromkeys(r.notes for r in rs if r.notes))
         out[key] = Measurement("import", float(statistics.median(r.latency_ms for r in rs)),

@@ -25,6 +25,7 @@ import pandas as pd
 
 from snapbench.atomic import atomic_write_text
 from snapbench.choices import ATTENTIONS, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS, check_choice  # re-exported for callers
+from snapbench.locks import file_lock
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_text
 from snapbench.specs.stages import STAGES
@@ -188,6 +189,8 @@ class LatencyTable:
         return buf.getvalue()
 
     def save(self, path: str | Path) -> Path:
+        """Replace the file with this table. Where other processes may write the same file, use
+        `merge_into_file` instead (this alone would drop the rows they wrote since we read it)."""
         return atomic_write_text(path, self.to_csv())
 
     # queries ----------------------------------------------------------------------------------------
@@ -234,6 +237,15 @@ class LatencyTable:
         by_backend[row.backend] = row
         self._rows[(*key, row.backend)] = row
         self._best[key] = max(by_backend.values(), key=_rank_key)
+
+def merge_into_file(path: str | Path, rows: "LatencyTable | Iterable[LatencyRow]") -> LatencyTable:
+    """Add `rows` to the table file at `path` under its lock: the file is read again and merged, so two
+    runs writing one table (an 8-bit and a 4-bit profile) both keep their rows. Returns what was written."""
+    with file_lock(path, "latency table"):
+        merged = LatencyTable.load_or_empty(path).merge(rows)
+        merged.save(path)
+    return merged
+
 
 def _rank_key(row: LatencyRow) -> tuple:
     return (BACKEND_RANK[row.backend], row.created_at)

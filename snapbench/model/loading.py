@@ -8,7 +8,6 @@ without a checkpoint get seeded random weights: latency does not depend on weigh
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any, Mapping
 import torch
 
 from snapbench.errors import SnapbenchError
+from snapbench.user_files import read_user_json
 from snapbench.model.elastic_unet import ElasticUNet
 from snapbench.specs.arch_spec import ArchSpec, full_spec, load_spec
 from snapbench.specs.layout import layout_from_config
@@ -40,6 +40,21 @@ class ModelSource:
     weights_dir: Path | None = None  # a diffusers UNet folder (config.json + safetensors)
     copies_file: Path | None = None  # weights of copied blocks, from a saved elastic UNet
     variant: str | None = None  # the weights' variant (fp16 for diffusion_pytorch_model.fp16.safetensors)
+
+
+# SD's 512x512 images; used only for a config that does not say its own sample_size.
+DEFAULT_LATENT = 64
+
+
+def model_latent(spec: ArchSpec, latent: int | None = None) -> int:
+    """The latent size to price or convert `spec` at: `latent` when the user gave one, else the model's
+    own config's sample_size (the toy's 8, SD's 64), so a model is never priced at another model's size."""
+    if latent is not None:
+        return int(latent)
+    size = spec.base_config.get("sample_size") or DEFAULT_LATENT
+    if isinstance(size, (list, tuple)):  # diffusers allows (height, width); the latent here is square
+        size = size[0]
+    return int(size)
 
 
 def resolve_model(ref: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None, variant: str | None = None,
@@ -120,10 +135,7 @@ def _from_folder(p: Path, variant: str | None = None) -> ModelSource:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SnapbenchError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    data = read_user_json(path, "UNet config")
     if not isinstance(data, dict):
         raise SnapbenchError(f"{path}: not a JSON object")
     try:
@@ -175,7 +187,15 @@ def _weight_files(folder: Path, variant: str | None = None) -> list[Path]:
     if single.is_file():
         return [single]
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        index_data = read_user_json(index, "shard index")
+        weight_map = index_data.get("weight_map") if isinstance(index_data, dict) else None
+        if not isinstance(weight_map, dict):
+            raise SnapbenchError(f"{index}: no weight_map object; not a safetensors shard index")
+        shards = sorted({str(v) for v in weight_map.values()})
+        outside = [s for s in shards if Path(s).name != s or s in (".", "..")]
+        if outside:
+            raise SnapbenchError(f"{index}: shard {outside[0]!r} is not a file name in {folder}; "
+                                 "shards must sit beside the index")
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise SnapbenchError(f"{folder}: missing weight shard {missing[0]} listed in {index.name}")

@@ -12,6 +12,10 @@ Format (CSV with a header row, or JSON: a list of objects or {"rows": [...]}; on
 | `compute_units`, `precision`, `weight_bits`, `attention`, `batch`, `latent` | no | must equal the profile's settings |
 | `notes` | no | free text, kept as the row's source |
 
+Rows for blocks that share one signature (the same computation, so one row of the table) must agree
+within 2%: repeated timings of one computation are combined (median), but rows that disagree more are
+refused, naming both lines, instead of being averaged into a figure neither measured.
+
 Units are part of the column names: a column such as `latency` or `time` without a unit is an error,
 not a guess. Any problem (missing columns, a bad number, a block the model does not have, settings that
 differ from the profile's) raises one SnapbenchError naming the file and line.
@@ -21,14 +25,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from snapbench.errors import SnapbenchError
-from snapbench.user_files import read_user_text
+from snapbench.user_files import parse_user_json, read_user_text
 
 _UNIT_SCALE = {"ms": 1.0, "us": 1e-3, "s": 1e3}
 _SETTING_COLUMNS = ("compute_units", "precision", "weight_bits", "attention", "batch", "latent")
@@ -56,10 +59,7 @@ def read_import(path: str | Path) -> list[ImportedRow]:
     p = Path(path)
     text = read_user_text(p, "import file")
     if p.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise SnapbenchError(f"{p} line {e.lineno}: not valid JSON ({e.msg})") from None
+        data = parse_user_json(text, str(p))
         records = data.get("rows") if isinstance(data, dict) else data
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
             raise SnapbenchError(f"{p}: expected a list of objects or {{\"rows\": [...]}}")
@@ -140,3 +140,20 @@ def check_settings(p: str | Path, row: ImportedRow, expected: dict[str, Any]) ->
         if str(want).lower() != text.lower():
             raise SnapbenchError(f"{p} {row.where} {row.line}: {k} is {text!r} but this profile uses {want!r}; "
                                  f"profile with the file's settings or fix the file")
+
+
+# Two timings of one computation closer than this are noise and are combined; farther apart, one of them
+# is wrong (another setting, another block than the file says) and averaging would hide it.
+CONFLICT_TOLERANCE = 0.02
+
+
+def refuse_conflicts(p: str | Path, rows: list[ImportedRow]) -> None:
+    """`rows` all price one signature; refuse them if their latencies disagree beyond the tolerance."""
+    lo = min(rows, key=lambda r: r.latency_ms)
+    hi = max(rows, key=lambda r: r.latency_ms)
+    if hi.latency_ms - lo.latency_ms > CONFLICT_TOLERANCE * hi.latency_ms:
+        refs = f"{lo.ref!r} and {hi.ref!r} share one signature" if lo.ref != hi.ref else f"{lo.ref!r} appears twice"
+        raise SnapbenchError(
+            f"{p} {lo.where}s {lo.line} and {hi.line}: {refs} (the same computation) but give "
+            f"{lo.latency_ms:g} and {hi.latency_ms:g} ms; keep the right one (or one row with their median) "
+            f"and import again")

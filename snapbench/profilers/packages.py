@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from snapbench.errors import SnapbenchError
+from snapbench.names import safe_file_name
 from snapbench.paths import cache_root
 
 COMPONENTS = ("text_encoder", "vae_decoder")
@@ -69,6 +70,7 @@ def cached_packages(settings: Any, keys: set[str]) -> dict[str, Path]:
     """Packages with these signatures already converted for any model under the cache (evolution's
     candidates share almost every signature with the model they came from: no need to convert again)."""
     from snapbench.converters import load_manifest
+    from snapbench.converters.block_package import is_complete_package
 
     found: dict[str, Path] = {}
     root = cache_root() / "packages"
@@ -85,8 +87,9 @@ def cached_packages(settings: Any, keys: set[str]) -> dict[str, Path]:
             continue
         for e in manifest.blocks:
             sig, pkg = _entry(e, "signature"), _entry(e, "package")
-            if sig in keys and pkg and _entry(e, "state") in (None, "done") and (mf.parent / pkg).exists():
-                found.setdefault(sig, mf.parent / pkg)
+            if sig in keys and sig not in found and pkg and _entry(e, "state") in (None, "done") \
+                    and is_complete_package(mf.parent / pkg, _entry(e, "files")):
+                found[sig] = mf.parent / pkg  # a broken one is skipped: the converters make it again
     return found
 
 
@@ -108,6 +111,18 @@ def signature_packages(manifest: Any, folder: Path, keys: set[str]) -> dict[str,
     return found
 
 
+def check_packages(manifest: Any, folder: Path, paths: set[Path]) -> None:
+    """Refuse a conversion folder with a broken package (emptied, weights lost), naming it."""
+    from snapbench.converters.block_package import package_problem
+
+    files = {folder / str(_entry(e, "package")): _entry(e, "files") for e in manifest.blocks if _entry(e, "package")}
+    for path in sorted(paths):
+        problem = package_problem(path, files.get(path))
+        if problem is not None:
+            raise SnapbenchError(f"{path}: broken package ({problem}); convert it again "
+                                 f"(`snapbench convert` with the same options and --out {folder})")
+
+
 @dataclass
 class ConverterPackages:
     """Converts through `snapbench.converters` into the cache (or reads a given conversion folder)."""
@@ -116,7 +131,10 @@ class ConverterPackages:
 
     def _dir(self, source: Any, settings: Any, what: str = "") -> Path:
         name = source.spec.name
-        return cache_root() / "packages" / f"{name}{what}-{settings_hash(name, settings)}"
+        # the spec's content is in the hash: two different specs with one name (evolution's variants) must
+        # not share a folder (a conversion folder belongs to one model)
+        spec_digest = hashlib.sha1(json.dumps(source.spec.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return cache_root() / "packages" / f"{safe_file_name(name)}{what}-{settings_hash(name, settings)}-{spec_digest}"
 
     def block_packages(self, source: Any, settings: Any, keys: set[str], *, progress: bool) -> dict[str, Path]:
         if self.folder is not None:
@@ -124,7 +142,9 @@ class ConverterPackages:
 
             manifest = load_manifest(self.folder)
             check_manifest_settings(manifest, self.folder, settings)
-            return signature_packages(manifest, self.folder, keys)
+            found = signature_packages(manifest, self.folder, keys)
+            check_packages(manifest, self.folder, {found[k] for k in keys})
+            return found
         reuse = cached_packages(settings, keys)
         if keys <= reuse.keys():
             return reuse

@@ -23,7 +23,7 @@ from snapbench.errors import SnapbenchError
 from snapbench.evolution.trajectory import TRAJECTORY_FILE
 from snapbench.latency.end_to_end import TEXT_ENCODER_RUNS, image_budget
 from snapbench.versions import tool_versions
-from snapbench.model.loading import resolve_model
+from snapbench.model.loading import model_latent, resolve_model
 from snapbench.report.latency_source import ProfileOutcome, Profiler, backend_label, profile_with_snapbench
 from snapbench.report.reference import load_reference, settings_differences
 from snapbench.specs.stages import STAGES
@@ -38,7 +38,8 @@ DEFAULT_STEPS = 50
 DISTILLED_STEPS = {"snapfusion": 8, "snapfusion-tiny": 8}
 SETTING_KEYS = ("compute_units", "precision", "weight_bits", "attention", "batch", "latent")
 DEFAULT_SETTINGS: dict[str, Any] = {"compute_units": "cpu_and_ne", "precision": "fp16", "weight_bits": 16,
-                                    "attention": "original", "batch": 2, "latent": 64}
+                                    "attention": "original", "batch": 2,
+                                    "latent": None}  # None: each model at its own config's sample_size
 
 
 @dataclass
@@ -49,6 +50,7 @@ class ModelEntry:
     inspection: Inspection
     steps: int
     steps_source: str
+    latent: int  # the latent size it is priced at: --latent, else its own config's
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
@@ -89,16 +91,18 @@ def _steps_for(ref: str, name: str, overrides: Mapping[str, int], notes: Mapping
 
 def load_models(baseline: str, candidates: Sequence[str], *, settings: Mapping[str, Any],
                 steps: Mapping[str, int]) -> list[ModelEntry]:
-    shapes = InputShapes(latent=int(settings["latent"]), batch=int(settings["batch"]))
     entries: list[ModelEntry] = []
     seen: dict[str, int] = {}
     for role, ref in [("baseline", baseline)] + [("candidate", c) for c in candidates]:
-        inspection = inspect_model(resolve_model(ref), shapes=shapes, attention=str(settings["attention"]))
+        source = resolve_model(ref)
+        latent = model_latent(source.spec, settings.get("latent"))
+        shapes = InputShapes(latent=latent, batch=int(settings["batch"]))
+        inspection = inspect_model(source, shapes=shapes, attention=str(settings["attention"]))
         name = inspection.name
         seen[name] = seen.get(name, 0) + 1
         key = name if seen[name] == 1 else f"{name}#{seen[name]}"
         n, src = _steps_for(ref, name, steps, inspection.source.spec.notes)
-        entries.append(ModelEntry(key, ref, role, inspection, n, src))
+        entries.append(ModelEntry(key, ref, role, inspection, n, src, latent))
     known = {e.ref for e in entries} | {e.inspection.name for e in entries}
     unknown = [k for k in steps if k not in known]
     if unknown:
@@ -175,7 +179,7 @@ def _model_dict(e: ModelEntry) -> dict[str, Any]:
         "claimed_params": spec.notes.get("paper_claimed_params"),
         # Test-sized twins inherit the paper's notes; a claim 100x off is about another size, not an error.
         "claim_comparable": _comparable(spec.notes.get("paper_claimed_params"), totals["params"]),
-        "steps": e.steps, "steps_source": e.steps_source,
+        "steps": e.steps, "steps_source": e.steps_source, "latent": e.latent,
         "decoder_source": decoder_source(e.ref, spec.name),
         "sample_grid": toy_grid_data_uri(e.ref) if e.role == "candidate" else None,
         "totals": totals,
@@ -372,7 +376,7 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
     results = []
     for e in entries:
         for d in devs:
-            outcome = profiler(e.inspection.source, d, settings, backend, table_path, say=say)
+            outcome = profiler(e.inspection.source, d, {**settings, "latent": e.latent}, backend, table_path, say=say)
             results.append(_result(e, d, outcome))
     models = [_model_dict(e) for e in entries]
     _attach_speedups(results, entries[0].key)

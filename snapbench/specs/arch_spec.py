@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
-from snapbench.user_files import read_user_text
+from snapbench.user_files import read_user_json
 from snapbench.specs.layout import Slot, layout_from_config, removable_slots
 from snapbench.specs.stages import STAGES
 
@@ -191,11 +191,7 @@ def full_spec(config: Mapping[str, Any], name: str, description: str = "") -> Ar
 
 def load_spec(path: str | os.PathLike) -> ArchSpec:
     p = Path(path)
-    text = read_user_text(p, "arch spec file")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SnapbenchError(f"{p}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    data = read_user_json(p, "arch spec file")
     return ArchSpec.from_dict(data, source=str(p))
 
 

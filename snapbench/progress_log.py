@@ -1,0 +1,100 @@
+"""Progress for long work (train, evolve, convert, profile, distill): a rich bar on a terminal, and plain
+lines every so often when stderr is not one (CI, nohup, a notebook), where a bar would print nothing for
+the whole run.
+
+`make_progress(label, *rich_columns, console=...)` returns a rich `Progress` on a terminal, else a
+`LineProgress` with the part of its API that snapbench uses (add_task, update, advance, start, stop, with).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+# Seconds between two lines without a terminal ($SNAPBENCH_PROGRESS_EVERY_S to change).
+DEFAULT_EVERY_S = 30.0
+
+
+def every_s() -> float:
+    try:
+        return max(0.0, float(os.environ.get("SNAPBENCH_PROGRESS_EVERY_S", DEFAULT_EVERY_S)))
+    except ValueError:
+        return DEFAULT_EVERY_S
+
+
+def make_progress(label: str, *columns: Any, console: Any, transient: bool = False) -> Any:
+    if getattr(console, "is_terminal", False):
+        from rich.progress import Progress
+
+        return Progress(*columns, console=console, transient=transient)
+    return LineProgress(label, console)
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class LineProgress:
+    """One line per task on its first update, then at most one every `every_s()` seconds, and at the end."""
+
+    def __init__(self, label: str, console: Any, every: float | None = None) -> None:
+        self.label, self.console = label, console
+        self.every = every_s() if every is None else every
+        self._tasks: dict[int, dict[str, Any]] = {}
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        for tid, t in self._tasks.items():
+            if t["completed"] != t["logged_at"]:
+                self._log(tid)
+
+    def add_task(self, description: str = "", total: float | None = None, completed: float = 0, **_: Any) -> int:
+        tid = len(self._tasks)
+        self._tasks[tid] = {"description": description, "total": total, "completed": completed,
+                            "start": time.monotonic(), "first": completed, "last": None, "logged_at": None}
+        return tid
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        self.update(task, advance=advance)
+
+    def update(self, task: int, *, completed: float | None = None, advance: float | None = None,
+               description: str | None = None, total: float | None = None, **_: Any) -> None:
+        t = self._tasks[task]
+        if total is not None:
+            t["total"] = total
+        if completed is not None:
+            t["completed"] = completed
+        if advance:
+            t["completed"] += advance
+        if description is not None:
+            t["description"] = description
+        now = time.monotonic()
+        done = t["total"] is not None and t["completed"] >= t["total"]
+        if t["last"] is None or now - t["last"] >= self.every or done:
+            if t["logged_at"] != t["completed"]:
+                self._log(task)
+
+    def _log(self, task: int) -> None:
+        t = self._tasks[task]
+        now = time.monotonic()
+        t["last"], t["logged_at"] = now, t["completed"]
+        elapsed = now - t["start"]
+        total, completed = t["total"], t["completed"]
+        parts = [f"{self.label}: {completed:g}" + (f"/{total:g} ({completed / total:.0%})" if total else "")]
+        if t["description"]:
+            parts.append(str(t["description"]))
+        parts.append(f"{_clock(elapsed)} elapsed")
+        rate = (completed - t["first"]) / elapsed if elapsed > 0 else 0
+        if total and rate > 0 and completed < total:
+            parts.append(f"about {_clock((total - completed) / rate)} left")
+        self.console.print(", ".join(parts), markup=False, highlight=False, soft_wrap=True)
