@@ -117,3 +117,15 @@ def test_in_sample_validation_reports_every_summary():
     for key in ("source", "chip", "family"):
         df = v.summary(key)
         assert set(df.columns) >= {key, "n", "median_abs_error_pct", "within_25_pct"} and len(df) >= 2
+
+
+def test_shipped_tables_carry_the_shipped_estimator_version():
+    # the tables are re-estimated whenever the parameters change (python -m snapbench.profilers.estimate.retable)
+    from snapbench.latency.table import LatencyTable
+    from snapbench.paths import shipped_tables_dir
+    from snapbench.profilers.estimate import load_params
+
+    version = load_params().version
+    stale = [f"{p.parent.name}/{p.name}: {r.block}" for p in sorted(shipped_tables_dir().glob("*/*.csv"))
+             for r in LatencyTable.load(p) if r.backend == "estimate" and f"estimator={version}" not in r.versions]
+    assert not stale, stale[:5]
