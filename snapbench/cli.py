@@ -38,6 +38,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "snapbench.commands.report",
     "snapbench.commands.cache",
     "snapbench.commands.selftest",
+    "snapbench.commands.validate",
 )
 
 app = typer.Typer(

@@ -380,6 +380,9 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
             results.append(_result(e, d, outcome))
     models = [_model_dict(e) for e in entries]
     _attach_speedups(results, entries[0].key)
+    from snapbench.report.trust import trust_section
+
+    trust = trust_section(devs, results)
     labels = sorted({lab for r in results for lab in r["labels"]})
     return {
         "schema": SCHEMA,
@@ -401,6 +404,7 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
                       "rows": _reference(ref_rows, models, results, settings)},
         "stages": list(STAGES),
         "text_encoder_runs": TEXT_ENCODER_RUNS,
+        "trust": trust,
     }
 
 
