@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from snapbench.converters.block_package import PackageIO
+from snapbench.converters.package_io import PackageIO
 from snapbench.errors import SnapbenchError
 from snapbench.zoo.specs import ModelSpec, parse_shape
 

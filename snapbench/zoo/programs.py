@@ -74,7 +74,7 @@ def cached_records(model: str | ModelSpec, input_shape=None) -> list[OpRecord] |
 
 
 def _convert(spec: ModelSpec, shape: tuple[int, ...] | None):
-    from snapbench.converters.block_package import example_inputs, to_coreml, trace
+    from snapbench.converters.convert_package import example_inputs, to_coreml, trace
     from snapbench.converters.options import ConvertOptions
     from snapbench.zoo.builders import build_network
 
@@ -130,7 +130,7 @@ def network_package(model: str | ModelSpec, input_shape=None, out: str | os.Path
     spec = parse_model_spec(model) if isinstance(model, str) else model
     if spec.kind == "package":
         return Path(spec.name)
-    from snapbench.converters.block_package import is_complete_package, save_checked, stamp
+    from snapbench.converters.convert_package import is_complete_package, save_checked, stamp
 
     shape = _shape_or_none(input_shape)
     dest = Path(out) if out else cache_dir() / f"{spec.slug()}-{network_key(spec, shape)}.mlpackage"

@@ -76,7 +76,7 @@ def parse_model_spec(text: str) -> ModelSpec:
     if options_text:
         try:
             options = json.loads(options_text)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise SnapbenchError(f"model {t!r}: options {options_text!r} are not JSON ({exc.msg})") from None
         if not isinstance(options, dict):
             raise SnapbenchError(f"model {t!r}: options must be a JSON object, got {options_text!r}")

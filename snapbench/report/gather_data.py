@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from snapbench.blocks.cut import InputShapes
-from snapbench.blocks.inspect import Inspection, inspect_model
+from snapbench.blocks.inspection import Inspection, inspect_model
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.trajectory import TRAJECTORY_FILE
