@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 # This machine kind has a CPU build of torch 2.13.0 on local disk; an unpinned torch would pull a
 # multi-GB CUDA build. The library itself only asks for a range (pyproject.toml).
 TORCH_SPEC ?= torch==2.13.0
+# the torchvision release built for that torch (timm and open_clip need one; an unpinned one pulls a new torch)
+TORCHVISION_SPEC ?= torchvision==0.28.0
 STAMP  := $(VENV)/.snapbench-installed
 
 .PHONY: setup browser demo test test-fast lint bench clean
@@ -16,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" "numpy<=2.3.5"
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" "numpy<=2.3.5"
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 

@@ -38,6 +38,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "snapbench.commands.report",
     "snapbench.commands.cache",
     "snapbench.commands.selftest",
+    "snapbench.commands.validate",
 )
 
 app = typer.Typer(
@@ -73,6 +74,7 @@ NO_ARGS_IS_HELP: tuple[type[Exception], ...] = tuple(m.NoArgsIsHelpError for m i
                                                      if hasattr(m, "NoArgsIsHelpError"))
 EXITS: tuple[type[Exception], ...] = (typer.Exit, *(m.Exit for m in _CLICKS if hasattr(m, "Exit")))
 ABORTS: tuple[type[BaseException], ...] = (typer.Abort, *(m.Abort for m in _CLICKS if hasattr(m, "Abort")))
+INTERRUPTS: tuple[type[BaseException], ...] = (*ABORTS, KeyboardInterrupt)
 
 
 def usage_message(e: Exception) -> str:
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None, *, obj: object = None) -> int:
         return 2
     except EXITS as e:
         rv = int(getattr(e, "exit_code", 0) or 0)
-    except (*ABORTS, KeyboardInterrupt):
+    except INTERRUPTS:
         print(interrupts.interrupted_line(), file=sys.stderr)
         return 130
     except BrokenPipeError:

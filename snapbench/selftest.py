@@ -94,8 +94,9 @@ def training_processes(requested: int | None, devices: Devices) -> int:
     return requested
 
 
-def accelerate_launch(processes: int, devices: Devices) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """`accelerate launch` arguments (and environment) for `processes` training processes.
+def accelerate_launch(processes: int, devices: Devices, module: str = "snapbench.train"
+                      ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """`accelerate launch -m module` arguments (and environment) for `processes` processes.
 
     Several processes always go through accelerate's multi-process launcher (torchrun); on CPUs
     ACCELERATE_USE_CPU makes each process join a gloo process group instead of looking for GPUs."""
@@ -108,7 +109,7 @@ def accelerate_launch(processes: int, devices: Devices) -> tuple[tuple[str, ...]
             env = (("ACCELERATE_USE_CPU", "true"),)
     elif devices.kind == "cpu":
         argv.append("--cpu")
-    return (*argv, "-m", "snapbench.train"), env
+    return (*argv, "-m", module), env
 
 
 def plan(work: Path, *, processes: int, devices: Devices, workers: int = 2) -> list[Stage]:
@@ -124,6 +125,7 @@ def plan(work: Path, *, processes: int, devices: Devices, workers: int = 2) -> l
     clip = ("--evaluator", "clip", "--prompts", str(fx.prompts), "--clip-weights", str(fx.clip),
             "--pipeline", pipe, "--eval-steps", EVAL_STEPS, "--device", DEVICE, "--table", table)
     launch, launch_env = accelerate_launch(processes, devices)
+    distill_launch, _ = accelerate_launch(processes, devices, "snapbench.distill")
     trained = str(work / "train")
     fixtures = FIXTURES
     train = f"train (accelerate, {processes} process{'es' if processes != 1 else ''})"
@@ -148,15 +150,17 @@ def plan(work: Path, *, processes: int, devices: Devices, workers: int = 2) -> l
               (fixtures, blocks)),
         Stage(train, (*launch, "--model", pipe, "--data", str(fx.data), "--robust", "--steps", "2",
                       "--batch-size", str(2 * processes), "--out", trained, "--json"), (fixtures,), launch_env,
-              check=lambda stdout: _trained_with(stdout, processes)),
+              check=lambda stdout: _ran_in(stdout, processes)),
         Stage(f"ablate (clip, {workers} local workers)", (*snap, "ablate", "--model", trained, *clip, *ABLATED,
                                                           "--workers", str(workers), "--json"), (train, profile)),
         Stage(evolve, (*snap, "evolve", "--model", trained, *clip, "--ray-address", "local",
                        "--target-fraction", "0.9", "--max-iterations", "1", "--out", str(work / "evolve"), "--json"),
               (train, profile)),
-        Stage("distill (cfg-aware)", (*snap, "distill", "--model", trained, "--data", str(fx.data), "--cfg-aware",
-                                      "--teacher-steps", "4", "--student-steps", "2", "--steps", "2",
-                                      "--batch-size", "2", "--out", str(work / "distill"), "--json"), (train,)),
+        Stage(f"distill (cfg-aware, accelerate, {processes} process{'es' if processes != 1 else ''})",
+              (*distill_launch, "--model", trained, "--data", str(fx.data), "--cfg-aware",
+               "--teacher-steps", "4", "--student-steps", "2", "--steps", "2", "--batch-size", str(2 * processes),
+               "--out", str(work / "distill"), "--json"), (train,), launch_env,
+              check=lambda stdout: _ran_in(stdout, processes, "run")),
         Stage("distill-decoder (50% channels)", (*snap, "distill-decoder", "--vae", pipe, "--latents", str(fx.data),
                                                  "--prune", "0.5", "--steps", "2", "--batch-size", "2",
                                                  "--out", str(work / "distill-decoder"), "--json"), (fixtures,)),
@@ -166,16 +170,17 @@ def plan(work: Path, *, processes: int, devices: Devices, workers: int = 2) -> l
     ]
 
 
-def _trained_with(stdout: str, processes: int) -> str | None:
-    """Training ran in `processes` processes and printed one result (not one per process)."""
+def _ran_in(stdout: str, processes: int, key: str | None = None) -> str | None:
+    """A launched run used `processes` processes and printed one result (not one per process)."""
     import json
 
     try:
         result = json.loads(stdout)
     except json.JSONDecodeError:
-        return "training printed no single JSON result (one per process?)"
-    if result.get("processes") != processes:
-        return f"training ran in {result.get('processes')} process(es), {processes} asked"
+        return "printed no single JSON result (one per process?)"
+    ran = (result.get(key) or {}) if key else result
+    if ran.get("processes") != processes:
+        return f"ran in {ran.get('processes')} process(es), {processes} asked"
     return None
 
 

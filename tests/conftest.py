@@ -11,6 +11,7 @@ import torch
 
 # Tests keep their trained-once artefacts and converted packages in the checkout, not in the user's cache.
 os.environ.setdefault("SNAPBENCH_CACHE", str(Path(__file__).resolve().parents[1] / ".snapbench-cache"))
+import snapbench  # noqa: F401  (first: lets torchvision import beside the CPU torch; see torchvision_compat)
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)

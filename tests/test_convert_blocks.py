@@ -15,7 +15,8 @@ import torch
 
 from snapbench.converters import ConvertOptions, convert_model, load_manifest
 from snapbench.converters import workers
-from snapbench.converters.block_package import PackageIO, convert_module
+from snapbench.converters.package_io import PackageIO
+from snapbench.converters.convert_package import convert_module
 from snapbench.converters.checks import PackageCheckError, check_prediction, require_prediction
 from snapbench.converters.manifest import MANIFEST_FILE
 from snapbench.errors import SnapbenchError

@@ -343,3 +343,56 @@ def test_report_takes_steps_and_decoder_from_what_was_distilled(tmp_path, toy_fo
     # a resumed distillation keeps the recorded decoder
     distill(toy_folder, folder, DistillConfig(**{**TINY.to_dict(), "steps": 2}), progress=False)
     assert read_sampling(folder)["decoder"] == str(tmp_path / "vae")
+
+
+def test_python_dash_m_entry_point_for_accelerate_launch(tmp_path, toy_folder):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "snapbench.distill", "--model", str(toy_folder), "--out",
+                        str(tmp_path / "d"), "--teacher-steps", "4", "--student-steps", "2", "--steps", "1",
+                        "--batch-size", "2", "--no-eval", "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["run"]["step"] == 1
+
+
+def test_teacher_scores_are_cached_by_weights(tmp_path, monkeypatch, toy_folder):
+    from snapbench.distillation import toy_compare
+    from snapbench.distillation.toy_compare import ToyCompareConfig, compare, score_cache_path
+
+    monkeypatch.setenv("SNAPBENCH_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    teacher = load_bundle(toy_folder)
+    config = ToyCompareConfig((1.0, 3.0), samples_per_digit=2)
+    first = compare(teacher, teacher, 2, 1, config)
+    assert score_cache_path(teacher, 2, config).is_file() and score_cache_path(teacher, 1, config).is_file()
+    calls = []
+    real_score = toy_compare.score
+    monkeypatch.setattr(toy_compare, "score", lambda *a, **k: calls.append(a[1]) or real_score(*a, **k))
+    again = compare(teacher, teacher, 2, 1, config)
+    assert again == first and calls == [1]  # only the student was sampled again
+    assert first["student"] == first["undistilled"]  # the same model and steps on the same noise
+    other = load_bundle(toy_folder)
+    with torch.no_grad():
+        next(other.model.parameters()).add_(1.0)
+    assert score_cache_path(other, 2, config) != score_cache_path(teacher, 2, config)
+
+
+def test_sd_structured_teacher_distils_on_a_latent_folder_cfg_aware(tmp_path, tiny_checkpoint):
+    """The real-scale path at tiny size: a diffusers UNet folder as teacher, precomputed latents and text
+    contexts (with the empty prompt's, which CFG-aware distillation needs), v-prediction fine-tune first."""
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    folder, _unet = tiny_checkpoint
+    (tmp_path / "d").mkdir()
+    save_file({"latents": torch.randn(4, 4, 16, 16), "context": torch.randn(4, 5, 16),
+               "uncond_context": torch.zeros(5, 16)}, str(tmp_path / "d" / "part0.safetensors"))
+    config = DistillConfig(teacher_steps=4, student_steps=2, steps=1, batch_size=2, learning_rate=1e-5,
+                           prediction_type="v_prediction", v_finetune_steps=1)
+    r = distill(folder, tmp_path / "run", config, data=tmp_path / "d", progress=False)
+    assert r.step == 1 and r.loss is not None and np.isfinite(r.loss)
+    settings = read_sampling(tmp_path / "run")
+    assert settings["prediction_type"] == "v_prediction" and settings["steps"] == 2
+    sched = json.loads((tmp_path / "run" / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["beta_schedule"] == "scaled_linear"

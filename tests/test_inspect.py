@@ -2,7 +2,7 @@ import json
 
 
 from snapbench.blocks.cut import InputShapes
-from snapbench.blocks.inspect import inspect_model
+from snapbench.blocks.inspection import inspect_model
 from snapbench.cli import main
 from snapbench.specs.stages import STAGES
 

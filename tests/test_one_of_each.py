@@ -38,3 +38,14 @@ def test_check_choice_one_line_for_every_caller():
 def test_image_budget_is_the_papers_sum():
     b = image_budget(4.0, 200.0, 100.0, steps=8)
     assert (b.text_encoder_ms, b.unet_ms, b.total_ms, b.total_s) == (8.0, 1600.0, 1708.0, 1.708)
+
+
+def test_checking_a_package_does_not_import_converting_one():
+    """converters/checks.py and convert_package.py used to import each other; both now share package_io.py."""
+    import subprocess
+    import sys
+
+    code = ("import sys, snapbench.converters.checks as c; c.PackageIO if hasattr(c, 'PackageIO') else None; "
+            "print('snapbench.converters.convert_package' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

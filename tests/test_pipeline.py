@@ -133,7 +133,7 @@ def test_chunk_takes_only_its_blocks():
 @pytest.mark.parametrize("attention", ["original", "split_einsum_v2"])
 def test_chunks_traced_at_batch_one_run_at_batch_two(attention):
     """What lets the pipeline trace at batch 1: the traced graph keeps the batch symbolic."""
-    from snapbench.converters.block_package import example_inputs, trace
+    from snapbench.converters.convert_package import example_inputs, trace
     from snapbench.converters.unet_chunks import at_batch_one
 
     plans, built = _chunk_modules(resolve_model("sd15-tiny"), ConvertOptions(latent=16, tokens=4, chunks=2,
@@ -150,7 +150,7 @@ def test_chunks_traced_at_batch_one_run_at_batch_two(attention):
 
 def test_vae_traced_small_runs_at_full_size():
     from snapbench.converters.app_parts import ModelFolder, vae_decoder_part, vae_encoder_part
-    from snapbench.converters.block_package import example_inputs, trace
+    from snapbench.converters.convert_package import example_inputs, trace
 
     opts = ConvertOptions(latent=16, tokens=4)
     for make in (vae_decoder_part, vae_encoder_part):
@@ -231,7 +231,7 @@ def test_chunk_boundary_against_coremltools_bisect_rule(tmp_path):
     import coremltools as ct
     from coremltools.models.utils import _get_op_idx_split_location
 
-    from snapbench.converters.block_package import example_inputs, trace
+    from snapbench.converters.convert_package import example_inputs, trace
     from snapbench.converters.runtime import conversion_context
 
     source = resolve_model("sd15-tiny")

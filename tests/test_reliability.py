@@ -346,7 +346,7 @@ def _tiny_text_encoder():
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from snapbench.converters.block_package import PackageIO
+    from snapbench.converters.package_io import PackageIO
     from snapbench.converters.components import TextEncoder
 
     torch.manual_seed(0)
@@ -375,7 +375,7 @@ def _consts(path: Path) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, bits", [("deploy", 6), ("profile", 4), ("deploy", 8)])
 def test_a_quantized_text_encoder_converts_with_its_mask_left_alone(tmp_path, mode, bits):
-    from snapbench.converters.block_package import convert_module
+    from snapbench.converters.convert_package import convert_module
     from snapbench.converters.options import ConvertOptions
 
     module, io = _tiny_text_encoder()
@@ -393,7 +393,7 @@ def test_a_quantized_text_encoder_converts_with_its_mask_left_alone(tmp_path, mo
 def test_a_package_whose_weights_hold_nan_fails_its_conversion(tmp_path, monkeypatch):
     """Palettize everything, the mask too (what the converter did before): its lookup table holds NaN,
     and the conversion must fail rather than save the package."""
-    import snapbench.converters.block_package as bp
+    import snapbench.converters.convert_package as bp
     from snapbench.converters.options import ConvertOptions
     from snapbench.converters.runtime import coremltools
 

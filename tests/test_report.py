@@ -16,7 +16,7 @@ import pytest
 from profile_fakes import FakePackages, toy_estimator
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
-from snapbench.report import data as report_data
+from snapbench.report import gather_data as report_data
 from snapbench.report import default_out_path, gather, parse_steps, render_html, write_report
 from snapbench.report.latency_source import ProfileOutcome, backend_label, profile_with_snapbench
 from snapbench.specs.presets import load_preset

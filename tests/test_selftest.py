@@ -185,7 +185,30 @@ def test_selftest_runs_every_stage(tmp_path):
                          "convert (whole, 2 chunks)", "convert (text encoder)", "convert (VAE decoder)",
                          "profile (estimate)"]
     assert any(n.startswith("train (accelerate, ") for n in names)
-    assert {"ablate (clip, 2 local workers)", "evolve (clip, ray)", "distill (cfg-aware)",
-            "distill-decoder (50% channels)"} <= set(names) and names[-1] == "report"
+    assert {"ablate (clip, 2 local workers)", "evolve (clip, ray)", "distill-decoder (50% channels)"} <= set(names)
+    assert any(n.startswith("distill (cfg-aware, accelerate, ") for n in names) and names[-1] == "report"
     assert all(s["seconds"] >= 0 for s in report["stages"])
     assert (work / "report.html").is_file() and (work / "evolve" / "arch.json").is_file()
+
+
+def test_evaluations_go_to_a_gpu_when_the_worker_sees_one(monkeypatch):
+    from snapbench.evolution.executors import evaluation_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert evaluation_device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert evaluation_device() == "cuda"
+
+
+def test_accelerate_launch_arguments():
+    """Several CPU processes go through the multi-process launcher with ACCELERATE_USE_CPU (`--cpu` with
+    --num_processes 2 starts a single process); one process on a GPU is a plain launch."""
+    from snapbench.selftest import Devices, accelerate_launch
+
+    argv, env = accelerate_launch(2, Devices("cpu", 2))
+    assert "--multi_gpu" in argv and "--cpu" not in argv and dict(env) == {"ACCELERATE_USE_CPU": "true"}
+    assert argv[argv.index("--num_processes") + 1] == "2" and argv[-2:] == ("-m", "snapbench.train")
+    argv, env = accelerate_launch(1, Devices("cuda", 1))
+    assert "--multi_gpu" not in argv and "--cpu" not in argv and env == ()
+    argv, env = accelerate_launch(4, Devices("cuda", 8))
+    assert "--multi_gpu" in argv and env == ()

@@ -1,4 +1,8 @@
-"""`snapbench calibrate`: the Neural Engine cost model's error on every reference point; refit and save."""
+"""`snapbench calibrate`: the Neural Engine cost model's error on every reference point; refit and save.
+
+The refit (`--write`) uses the published corpus as `snapbench validate` prices it, plus the reference points
+and any measured rows; `snapbench validate --cross source` shows how well such a fit predicts unseen rows.
+"""
 
 from __future__ import annotations
 
@@ -19,13 +23,15 @@ def calibrate_command(
     as_json: bool = JsonOpt,
 ) -> None:
     """Estimated vs published latency on each reference point (all estimates); --write refits first."""
-    from snapbench.profilers.estimate.calibrate import calibrate, calibration_report, load_points
+    from snapbench.profilers.estimate.calibrate import calibration_report, load_points
     from snapbench.profilers.estimate.params import default_params_path, load_params
 
     if write:
-        err.print("refitting the cost model on the packages profile prices "
-                  "(op records shipped, or converted once and cached)...")
-        fitted, table = calibrate(measured=measured, write=True, params_path=params)
+        from snapbench.validation.run import refit
+
+        err.print("refitting the cost model on the published corpus (snapbench validate), the reference "
+                  "points and your measured rows...")
+        fitted, table = refit(measured=str(measured) if measured else None, write=True, params_path=params)
         err.print(f"wrote {params or default_params_path()} (version {fitted.version}, "
                   f"fitted on {len(fitted.fitted_on)} points)")
     else:

@@ -71,6 +71,8 @@ def distill_command(
             raise SnapbenchError(f"--decoder {decoder}: not a `snapbench distill-decoder` folder (no {DISTILL_FILE})")
     result = distill(model, out_dir, config, student=student, data=data, weights=weights, progress=True,
                      say=lambda s: err.print(s))
+    if not result.main_process:
+        return  # under `accelerate launch` every process gets here; one process records and reports
     if decoder is not None:
         from snapbench.distillation.provenance import record_decoder
 

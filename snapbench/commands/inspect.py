@@ -14,7 +14,7 @@ from snapbench.commands.common import (
 from snapbench.specs.stages import STAGES
 
 if TYPE_CHECKING:
-    from snapbench.blocks.inspect import Inspection
+    from snapbench.blocks.inspection import Inspection
 
 
 def inspect_command(
@@ -32,7 +32,7 @@ def inspect_command(
 ) -> None:
     """Every block of a UNet in execution order: paper stage, id, module, shapes, params, MACs, signature digest."""
     from snapbench.blocks.cut import InputShapes  # torch: imported when the command runs
-    from snapbench.blocks.inspect import inspect_model
+    from snapbench.blocks.inspection import inspect_model
 
     results = []
     for m in model:

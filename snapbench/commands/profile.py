@@ -67,9 +67,19 @@ def profile_command(
                                                "compiles for the Neural Engine)."),
     from_file: Optional[Path] = typer.Option(None, "--from", help="Measurements to import (CSV or JSON; format below)."),
     packages: Optional[Path] = typer.Option(None, "--packages", help="A `snapbench convert` folder to time instead of converting."),
+    input_shape: Optional[str] = typer.Option(None, "--input", help="Input shape of a timm:/torchvision:/open_clip:/"
+                                              "hf:/synthetic: network, e.g. 1x3x224x224 (one whole program)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Latency of every block (and the text encoder and VAE decoder) on a device: table + stage summary."""
+    from snapbench.zoo.specs import is_network_spec
+
+    if is_network_spec(model):  # any network (or a Core ML package): one whole program, estimated
+        _profile_network(model, input_shape, device, weight_bits, backend, as_json)
+        return
+    if input_shape is not None:
+        raise SnapbenchError("--input is for timm:/torchvision:/open_clip:/hf:/synthetic: networks and packages; "
+                             f"{model!r} is a UNet model (its shapes come from --latent, --batch, --tokens)")
     from snapbench.devices.catalog import resolve_device
     from snapbench.latency.model_latency import ProfileTools
     from snapbench.profilers.backends import DeviceBackend, EstimatePricer, choose_backend
@@ -150,6 +160,23 @@ def profile_command(
         print_json(profile_document(run, table_path=str(path)))
         return
     render(run)
+
+
+def _profile_network(model: str, input_shape: str | None, device: str, weight_bits: int, backend: str,
+                     as_json: bool) -> None:
+    from snapbench.zoo.profile import profile_network
+
+    doc = profile_network(model, input_shape, device, weight_bits=weight_bits, backend=backend)
+    if as_json:
+        print_json(doc)
+        return
+    est = doc["estimate"]
+    out.print(f"{doc['model']} ({doc['input'] or 'default input'}) on {doc['device']} ({doc['chip']}), "
+              f"{doc['weight_bits']}-bit weights: [bold]{doc['model_ms']:.3g} ms[/bold] (estimate, params "
+              f"v{doc['params_version']}); {est['n_ops']} ops, {est['gflops']:.3g} GFLOP, "
+              f"{len(est['cpu_ops'])} on the CPU")
+    for note in doc["notes"]:
+        out.print(f"  {note}")
 
 
 def render(run: ProfileRun) -> None:

@@ -11,10 +11,10 @@ from snapbench.commands.common import JsonOpt, err, out, print_json
 
 def selftest_command(
     keep: Optional[str] = typer.Option(None, "--keep", help="Work in this (new or empty) folder and leave it "
-                                       "behind: fixtures, outputs, one log per stage. [default: a temp folder]"),
+                                       "behind: fixtures, outputs, one log per stage. (default: a temporary folder)"),
     processes: Optional[int] = typer.Option(None, "--processes", help="Training processes through `accelerate "
-                                            "launch` (one per GPU, or per CPU core with gloo). [default: 2 where "
-                                            "there are two, else 1]"),
+                                            "launch` (one per GPU, or per CPU core with gloo). (default: 2 where "
+                                            "there are two, else 1)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run every Stable-Diffusion-scale stage (inspect, convert, profile, train, ablate, evolve, distill,

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from snapbench.converters.block_package import PackageIO
+from snapbench.converters.package_io import PackageIO
 from snapbench.converters.components import text_encoder_single, vae_config, vae_decoder_single
 from snapbench.converters.options import ConvertOptions
 from snapbench.errors import SnapbenchError

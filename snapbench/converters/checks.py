@@ -19,7 +19,7 @@ import torch
 from snapbench.errors import SnapbenchError
 
 if TYPE_CHECKING:
-    from snapbench.converters.block_package import PackageIO
+    from snapbench.converters.package_io import PackageIO
 
 PSNR_BAR_DB = 35.0
 
@@ -29,7 +29,7 @@ class PackageCheckError(Exception):
 
 
 def check_reloaded(path: Path, io: "PackageIO") -> "PackageIO":
-    from snapbench.converters.block_package import PackageIO
+    from snapbench.converters.package_io import PackageIO
     from snapbench.converters.runtime import coremltools
 
     ct = coremltools()

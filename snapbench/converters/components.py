@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from snapbench.converters.block_package import PackageIO
+from snapbench.converters.package_io import PackageIO
 from snapbench.converters.cache import file_stat_fingerprint
 from snapbench.converters.convert_blocks import ConvertResult, load_source
 from snapbench.converters.options import COMPONENTS, ConvertOptions
-from snapbench.converters.single import SingleModel, convert_single
+from snapbench.converters.whole_model import SingleModel, convert_single
 from snapbench.choices import check_choice
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource

@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterator
 
 from snapbench.blocks.cut import CutBlock, InputShapes, cut_blocks
 from snapbench.converters import workers
-from snapbench.converters.block_package import PackageIO, is_complete_package, package_files, remove_tree
+from snapbench.converters.package_io import PackageIO
+from snapbench.converters.convert_package import is_complete_package, package_files, remove_tree
 from snapbench.converters.cache import cache_key, source_fingerprint, weights_hash
 from snapbench.converters.checks import require_prediction
 from snapbench.converters.compression import compression_info

@@ -223,7 +223,7 @@ def claimed(folder: Path) -> Iterator[None]:
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
-    from snapbench.converters.block_package import remove_tree
+    from snapbench.converters.convert_package import remove_tree
 
     for p in folder.iterdir():
         m = _TEMP.match(p.name)
@@ -239,7 +239,7 @@ def _remove_stale_temporaries(folder: Path) -> None:
 
 def remove_orphans(folder: Path, previous: Manifest | None, manifest: Manifest) -> None:
     """Remove the packages (and their compiled .mlmodelc) a previous run listed that this one no longer uses."""
-    from snapbench.converters.block_package import remove_tree
+    from snapbench.converters.convert_package import remove_tree
 
     if previous is None:
         return

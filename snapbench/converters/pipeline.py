@@ -26,7 +26,7 @@ from snapbench.converters.app_parts import (
     TOKENIZER_FILES, AppPart, ModelFolder, check_tokenizer, model_folder, text_encoder_part, text_encoder_vocab,
     vae_decoder_part, vae_encoder_part,
 )
-from snapbench.converters.block_package import (
+from snapbench.converters.convert_package import (
     convert_module, is_complete_package, package_bytes, package_files, remove_tree,
 )
 from snapbench.converters.cache import cache_key, source_fingerprint
@@ -59,7 +59,7 @@ class PipelineResult(ConvertResult):
 
 
 def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
-    from snapbench.converters.block_package import example_inputs
+    from snapbench.converters.convert_package import example_inputs
     from snapbench.converters.unet_chunks import at_batch_one, build_chunk, chunk_identity, plan_chunks
 
     meta, blocks = cut(source, opts)
@@ -166,7 +166,7 @@ def _convert_part(part: AppPart, dest: Path, key: str, opts: ConvertOptions, sou
         r = convert_module(module, part.io, opts, dest, metadata=metadata, description=part.title, inputs=inputs,
                            release=not opts.check)
         if opts.check:
-            from snapbench.converters.block_package import example_inputs
+            from snapbench.converters.convert_package import example_inputs
             from snapbench.converters.checks import check_prediction
 
             # at the interface's own shapes (the trace inputs may be smaller); token ids must be valid ids

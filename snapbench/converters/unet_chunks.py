@@ -25,7 +25,7 @@ from torch import nn
 
 from snapbench.blocks.cut import CutBlock
 from snapbench.converters.ane_attention import psnr
-from snapbench.converters.block_package import PackageIO
+from snapbench.converters.package_io import PackageIO
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
 from snapbench.model.units import AttentionUnit, BlockUnit, ResnetUnit, TimeEmbeddingUnit

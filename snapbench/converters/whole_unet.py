@@ -7,12 +7,12 @@ import os
 import torch
 from torch import nn
 
-from snapbench.converters.block_package import PackageIO
+from snapbench.converters.package_io import PackageIO
 from snapbench.converters.cache import source_fingerprint
 from snapbench.converters.convert_blocks import ConvertResult, build_checked, cut, load_source, weight_files
 from snapbench.converters.options import ConvertOptions
 from snapbench.versions import tool_versions
-from snapbench.converters.single import SingleModel, convert_single
+from snapbench.converters.whole_model import SingleModel, convert_single
 from snapbench.model.loading import ModelSource
 from snapbench.model.units import AttentionUnit
 

@@ -21,7 +21,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
-from snapbench.converters.block_package import PackageIO, PackageResult, convert_module, example_inputs
+from snapbench.converters.package_io import PackageIO
+from snapbench.converters.convert_package import PackageResult, convert_module, example_inputs
 from snapbench.converters.options import ConvertOptions
 from snapbench.errors import first_line
 from snapbench.interrupts import ignore_sigint

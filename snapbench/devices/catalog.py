@@ -26,6 +26,9 @@ _COLUMNS = ("device", "name", "chip", "ane_cores", "ane_tops_marketed", "ram_gb"
 # so its fp16 peak is half the marketed figure on those chips. [medium confidence, docs/estimator.md]
 _INT8_MARKETED_FROM = {"A": 17, "M": 4}
 _INT8_TO_FP16 = 0.5
+# Ultra chips join two 16-core engines, but one Core ML model runs on one of them (Apple's
+# ml-stable-diffusion benchmarks give M1/M2 Ultra about the Max's Neural Engine time).
+_CORES_PER_MODEL = 16
 
 
 @dataclass(frozen=True)
@@ -76,13 +79,15 @@ def _parse(text: str, source: str) -> tuple[Device, ...]:
     for line, row in enumerate(reader, start=2):
         try:
             tops = float(row["ane_tops_marketed"])
+            cores = int(row["ane_cores"])
             int8 = marketed_is_int8(row["chip"])
+            per_model = min(1.0, _CORES_PER_MODEL / cores)
             devices.append(Device(
                 id=row["device"].strip(), name=row["name"].strip(), chip=row["chip"].strip(),
-                ane_cores=int(row["ane_cores"]), ane_tops_marketed=tops, ram_gb=float(row["ram_gb"]),
+                ane_cores=cores, ane_tops_marketed=tops, ram_gb=float(row["ram_gb"]),
                 memory=row["memory"].strip(), mem_bandwidth_gbps_est=float(row["mem_bandwidth_gbps_est"]),
                 confidence=row["confidence"].strip(), notes=(row["notes"] or "").strip(),
-                marketed_tops_are_int8=int8, ane_fp16_tflops=tops * (_INT8_TO_FP16 if int8 else 1.0),
+                marketed_tops_are_int8=int8, ane_fp16_tflops=tops * per_model * (_INT8_TO_FP16 if int8 else 1.0),
             ))
         except (TypeError, ValueError) as exc:
             raise SnapbenchError(f"{source} line {line}: {exc}") from None

@@ -133,10 +133,12 @@ class DistillResult:
     loss: float | None
     seconds: float
     losses: list[tuple[int, float]]
+    processes: int = 1  # distillation processes (accelerate / DDP)
+    main_process: bool = True  # False in the other processes of a multi-process run
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "step": self.step, "resumed_from": self.resumed_from, "loss": self.loss,
-                "seconds": round(self.seconds, 1), "losses": self.losses}
+                "seconds": round(self.seconds, 1), "losses": self.losses, "processes": self.processes}
 
 
 @dataclass(frozen=True)
@@ -292,7 +294,8 @@ def distill(model: str | Path, out: str | Path, config: DistillConfig, *, studen
                     _save(student_b, accelerator.unwrap_model(trainable), opt, out, config, str(model),
                           teacher_b.ref, str(student or ""), done, losses, float(state.get("seconds", 0.0)) + time.time() - t0)
     seconds = float(state.get("seconds", 0.0)) + time.time() - t0
-    return DistillResult(out, max(start, config.steps), start, last_loss, seconds, losses)
+    return DistillResult(out, max(start, config.steps), start, last_loss, seconds, losses,
+                         processes=accelerator.num_processes, main_process=accelerator.is_main_process)
 
 
 def teacher_of(out: str | Path) -> str:

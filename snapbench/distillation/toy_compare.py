@@ -12,6 +12,7 @@ all from the same fresh noise (a seed no training step used), scored by
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,6 +25,7 @@ from snapbench.evolution.toy_digits import DIGIT_PROMPTS, digit_images, is_toy, 
 
 DEFAULT_GUIDANCE: tuple[float, ...] = (1.0, 3.0, 5.0, 7.0, 9.0)
 EVAL_SEED = 1_000_003  # far from any training step's seed: fresh noise
+CACHE_VERSION = 1  # bump when scoring changes: cached teacher rows follow it
 
 
 @dataclass(frozen=True)
@@ -91,12 +93,49 @@ def score(bundle: ModelBundle, steps: int, config: ToyCompareConfig, labels: tor
 
 def compare(teacher: ModelBundle, student: ModelBundle, teacher_steps: int, student_steps: int,
             config: ToyCompareConfig) -> dict[str, Any]:
-    """The issue's JSON: {"teacher": E, "student": E, "undistilled": E}, all on the same noise."""
+    """The issue's JSON: {"teacher": E, "student": E, "undistilled": E}, all on the same noise.
+
+    The teacher's two rows are cached by its weights and the settings: a second student of the same
+    teacher (vanilla, then CFG-aware) is compared against the very same numbers without resampling."""
     labels, noise = fresh_noise(teacher, config)
     real = _real_features()
-    return {"teacher": score(teacher, teacher_steps, config, labels, noise, real),
+    return {"teacher": _cached_score(teacher, teacher_steps, config, labels, noise, real),
             "student": score(student, student_steps, config, labels, noise, real),
-            "undistilled": score(teacher, student_steps, config, labels, noise, real)}
+            "undistilled": _cached_score(teacher, student_steps, config, labels, noise, real)}
+
+
+def score_cache_path(bundle: ModelBundle, steps: int, config: ToyCompareConfig) -> Path:
+    """Where a model's scores under these settings are cached: keyed by its weights, not its path."""
+    import hashlib
+    import json
+
+    from snapbench.paths import cache_root
+
+    h = hashlib.sha256()
+    for module in (bundle.model, bundle.encoder):
+        for name, t in module.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps([bundle.noise_schedule, steps, list(config.guidance), config.samples_per_digit,
+                         config.seed, CACHE_VERSION], sort_keys=True).encode())
+    return cache_root() / "toy-compare" / f"{h.hexdigest()[:32]}.json"
+
+
+def _cached_score(bundle: ModelBundle, steps: int, config: ToyCompareConfig, labels: torch.Tensor,
+                  noise: torch.Tensor, real: np.ndarray) -> dict[str, Any]:
+    import json
+
+    from snapbench.atomic import atomic_write_text
+
+    path = score_cache_path(bundle, steps, config)
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            pass  # a damaged cache entry is recomputed
+    result = score(bundle, steps, config, labels, noise, real)
+    atomic_write_text(path, json.dumps(result) + "\n")
+    return result
 
 
 def _key(w: float) -> str:

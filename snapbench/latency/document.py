@@ -68,6 +68,16 @@ def document_backend(run: ProfileRun) -> str:
     return used.pop() if len(used) == 1 else "mixed"
 
 
+def model_ms(run: ProfileRun) -> float | None:
+    """One run of the whole model `--model` names: for a UNet, one denoising step at the profiled batch;
+    when one other component was profiled, one run of it."""
+    if "unet" in run.components:
+        return round(run.components["unet"].latency_ms, 4)
+    if len(run.components) == 1:
+        return round(next(iter(run.components.values())).latency_ms, 4)
+    return None
+
+
 def profile_document(run: ProfileRun, *, table_path: str | None = None) -> dict[str, Any]:
     """The document for a finished `ProfileRun`."""
     d = run.device
@@ -79,6 +89,7 @@ def profile_document(run: ProfileRun, *, table_path: str | None = None) -> dict[
         "model": run.model,
         "settings": run.settings.to_dict(),
         "components": {k: round(c.latency_ms, 4) for k, c in run.components.items()},
+        "model_ms": model_ms(run),
         "component_backends": {k: c.backend for k, c in run.components.items()},
         "stages": stage_summary(run) if run.blocks else [],
         "blocks": [{**b.to_dict(), "latency_ms": round(b.latency_ms, 4)} for b in run.blocks],

@@ -70,7 +70,7 @@ def cached_packages(settings: Any, keys: set[str]) -> dict[str, Path]:
     """Packages with these signatures already converted for any model under the cache (evolution's
     candidates share almost every signature with the model they came from: no need to convert again)."""
     from snapbench.converters import load_manifest
-    from snapbench.converters.block_package import is_complete_package
+    from snapbench.converters.convert_package import is_complete_package
 
     found: dict[str, Path] = {}
     root = cache_root() / "packages"
@@ -113,7 +113,7 @@ def signature_packages(manifest: Any, folder: Path, keys: set[str]) -> dict[str,
 
 def check_packages(manifest: Any, folder: Path, paths: set[Path]) -> None:
     """Refuse a conversion folder with a broken package (emptied, weights lost), naming it."""
-    from snapbench.converters.block_package import package_problem
+    from snapbench.converters.convert_package import package_problem
 
     files = {folder / str(_entry(e, "package")): _entry(e, "files") for e in manifest.blocks if _entry(e, "package")}
     for path in sorted(paths):

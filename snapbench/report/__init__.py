@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "default_out_path": "data", "gather": "data", "parse_steps": "data",
+    "default_out_path": "gather_data", "gather": "gather_data", "parse_steps": "gather_data",
     "render_html": "render", "write_report": "write",
 }
 __all__ = sorted(_EXPORTS)

@@ -188,3 +188,38 @@ def trajectory_chart(model: Mapping[str, Any], chart_id: str) -> str | None:
         ax.grid(alpha=0.3)
         ax.legend(frameon=False, fontsize=8.5)
         return _svg(fig, chart_id)
+
+
+def trust_chart(trust: Mapping[str, Any], chart_id: str) -> str | None:
+    """Log-log: estimated (out of sample) against published, one dot per corpus row, the reported chips
+    highlighted; the diagonal and a +-25% band."""
+    rows = [r for r in trust.get("rows") or [] if r["published_ms"] > 0 and r["estimated_ms"] > 0]
+    if not rows:
+        return None
+    chips = set(trust.get("highlight_chips") or [])
+    fig = _figure(5.4, 4.2)
+    ax = fig.add_subplot()
+    lo = min(min(r["published_ms"], r["estimated_ms"]) for r in rows) / 1.5
+    hi = max(max(r["published_ms"], r["estimated_ms"]) for r in rows) * 1.5
+    ax.plot([lo, hi], [lo, hi], color="#555", lw=0.8)
+    ax.fill_between([lo, hi], [lo * 0.75, hi * 0.75], [lo * 1.25, hi * 1.25], color="#999", alpha=0.15, lw=0)
+    for group, colour, marker in ((False, "#a7adb5", "o"), (True, "#2f6db5", "o")):
+        pts = [r for r in rows if (r["chip"] in chips) == group]
+        low = [r for r in pts if r["trust"] == "low"]
+        scored = [r for r in pts if r["trust"] != "low"]
+        label = ("reported chip" if group else "other chips")
+        if scored:
+            ax.scatter([r["published_ms"] for r in scored], [r["estimated_ms"] for r in scored], s=14,
+                       color=colour, marker=marker, label=f"{label} ({len(scored)} rows)", zorder=3)
+        if low:
+            ax.scatter([r["published_ms"] for r in low], [r["estimated_ms"] for r in low], s=14,
+                       facecolors="none", edgecolors=colour, label=f"{label}, low trust (not scored)", zorder=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("published latency (ms)")
+    ax.set_ylabel("estimated, out of sample (ms)")
+    ax.set_title("Estimator vs published Core ML latencies (leave one source out)")
+    ax.legend(loc="upper left", frameon=False, fontsize=8)
+    return _svg(fig, chart_id)

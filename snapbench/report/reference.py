@@ -11,7 +11,7 @@ import csv
 import io
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_text
@@ -56,7 +56,7 @@ def parse_reference(text: str, source: str) -> list[dict[str, Any]]:
     return rows
 
 
-def settings_differences(ref: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+def settings_differences(ref: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
     """The stated UNet settings of a reference row that differ from the report's.
 
     Only UNet rows are compared: attention, weight bits and batch are UNet settings, while text encoder and

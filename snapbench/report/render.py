@@ -106,7 +106,9 @@ def build_charts(data: Mapping[str, Any]) -> dict[str, Any]:
         svg = charts.trajectory_chart(m, f"traj-{i}")
         if svg:
             trajectory[m["key"]] = Markup(svg)
-    return {"fig2": fig2, "budget": Markup(budget) if budget else None, "trajectory": trajectory}
+    trust = charts.trust_chart(data["trust"], "trust") if data.get("trust") else None
+    return {"fig2": fig2, "budget": Markup(budget) if budget else None, "trajectory": trajectory,
+            "trust": Markup(trust) if trust else None}
 
 
 def render_html(data: Mapping[str, Any]) -> str:

@@ -46,8 +46,16 @@ import pandas as pd
 from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_text
-from snapbench.profilers.estimate.cost_model import PreparedOps, prepare, total_ms
+from snapbench.profilers.estimate.cost_model import (
+    PreparedOps,
+    evaluate,
+    prepare,
+    stack_terms,
+    terms,
+    total_ms,
+)
 from snapbench.profilers.estimate.params import (
+    CHIP_GENERATIONS,
     OP_CLASSES,
     AneParams,
     bounds_of,
@@ -67,19 +75,34 @@ ASSUMED_WHEN_NOT_STATED = {
     "batch": 1,
 }
 
-# Fitted knobs: each scales one or more parameters multiplicatively (fitted in log space).
-# The engine's vector-unit classes share one knob: the points cannot tell them apart.
-_VECTOR = tuple(f"efficiency.{c}" for c in OP_CLASSES if c not in ("conv", "matmul"))
+# Fitted knobs: each scales one or more parameters multiplicatively (fitted in log space). The engine's
+# vector-unit classes share one knob; every other knob is one physical quantity. Chip knobs (`chip.A15`:
+# the generation's fp16 throughput against the catalog's figure) exist for the generations the points
+# cover and are pulled harder towards 1, so a chip the fit never saw is priced from the catalog alone; so
+# are call knobs (`call.A13`: that generation's app-call overhead against the shared `call_overhead_ms`).
+_VECTOR = tuple(f"efficiency.{c}" for c in OP_CLASSES if c not in ("conv", "depthwise", "matmul"))
 KNOBS: dict[str, tuple[str, ...]] = {
     "conv": ("efficiency.conv",),
+    "depthwise": ("efficiency.depthwise",),
     "matmul": ("efficiency.matmul",),
     "vector": _VECTOR,
     "bandwidth": ("bandwidth_efficiency",),
     "cpu": ("cpu_gflops",),
-    "dispatch": ("dispatch_ms", "op_overhead_us"),
+    "dispatch": ("dispatch_ms",),
+    "op_overhead": ("op_overhead_us",),
+    "size_half": ("size_half",),
+    "int8": ("int8_speedup",),
+    "int8_older": ("int8_speedup_older",),
+    "epilogue": ("epilogue_cost",),
+    "call_overhead": ("call_overhead_ms",),
 }
 MAX_LOG_FACTOR = math.log(20.0)  # no knob moves a prior by more than 20x, whatever its bounds allow
 PRIOR_WEIGHT = 0.02  # pull towards priors, per knob, in (log units)^2, against (log error)^2 per point
+CHIP_PRIOR_WEIGHT = 0.5  # a chip factor of e costs as much as half a point missed by a factor of e
+# App-call overheads differ by device and OS era far more than throughput does (a 2-3 ms floor on the
+# A13-era rows, ~0.3 ms on A15), so their per-chip factors are pulled only weakly: one chip's floor must not
+# set the shared value a chip without rows is priced with.
+CALL_PRIOR_WEIGHT = 0.05
 
 
 @dataclass(frozen=True)
@@ -92,12 +115,14 @@ class CalibrationPoint:
     settings: str
     measured_ms: float
     programs: tuple[tuple[PreparedOps, int], ...]  # (program, times it runs): priced as sum of count x estimate
+    weight: float = 1.0  # its share of the fit's squared log error
+    calls: int = 0  # prediction calls timed in an app, each paying `call_overhead_ms` (0: engine time only)
 
 
 def point_ms(pt: CalibrationPoint, params: AneParams) -> float:
     """The point's estimate: its programs priced one by one, as `snapbench profile` sums its packages."""
     dev = resolve_device(pt.device)
-    return sum(n * total_ms(prep, dev, params) for prep, n in pt.programs)
+    return sum(n * total_ms(prep, dev, params) for prep, n in pt.programs) + pt.calls * params.call_ms(dev.chip)
 
 
 def reference_csv_path() -> Path:
@@ -205,53 +230,89 @@ def calibration_report(params: AneParams | None = None, points: Sequence[Calibra
                                        "estimated_ms", "error_pct", "backend"])
 
 
-def _objective(params: AneParams, prior: AneParams, pts: Sequence[CalibrationPoint], knob_values: dict[str, float]):
-    err = 0.0
-    for pt in pts:
-        est = point_ms(pt, params)
-        err += math.log(est / pt.measured_ms) ** 2
-    for knob in KNOBS:
-        err += PRIOR_WEIGHT * math.log(knob_values[knob]) ** 2
-    return err
-
-
 def _apply(prior: AneParams, knob_values: dict[str, float]) -> AneParams:
     values = {}
-    for knob, keys in KNOBS.items():
-        for key in keys:
+    for knob, factor in knob_values.items():
+        for key in _knob_keys(knob):
             lo, hi = bounds_of(key)
-            values[key] = float(np.clip(prior.get(key) * knob_values[knob], lo, hi))
+            values[key] = float(np.clip(prior.get(key) * factor, lo, hi))
     return prior.with_values(values)
 
 
+def _knob_keys(knob: str) -> tuple[str, ...]:
+    return (knob,) if knob.startswith(("chip.", "call.")) else KNOBS[knob]
+
+
+class _Stack:
+    """All points' (program, device) pairs priced in one vectorised pass (see cost_model.Terms)."""
+
+    def __init__(self, points: Sequence[CalibrationPoint], params: AneParams):
+        pairs: dict[tuple[int, str], int] = {}
+        parts = []
+        entries: list[tuple[int, int, float]] = []
+        for i, pt in enumerate(points):
+            dev = resolve_device(pt.device)
+            for prep, count in pt.programs:
+                key = (id(prep), dev.id)
+                if key not in pairs:
+                    pairs[key] = len(parts)
+                    parts.append(terms(prep, dev, params))
+                entries.append((i, pairs[key], float(count)))
+        self.terms, self.pair_of_op = stack_terms(parts)
+        self.n_pairs = len(parts)
+        self.matrix = np.zeros((len(points), len(parts)))
+        for i, j, c in entries:
+            self.matrix[i, j] += c
+        self.calls = np.array([pt.calls for pt in points], dtype=float)
+        self.chips = [resolve_device(pt.device).chip for pt in points]
+
+    def point_ms(self, params: AneParams) -> np.ndarray:
+        t = evaluate(self.terms, params)
+        pair_ms = np.bincount(self.pair_of_op, t.op_ms, minlength=self.n_pairs) + t.overhead_ms
+        calls = self.calls * np.array([params.call_ms(c) for c in self.chips])
+        return self.matrix @ pair_ms + calls
+
+
+def fit_knobs(points: Sequence[CalibrationPoint]) -> list[str]:
+    """The knobs a fit on `points` moves: every structural knob, plus one per chip generation present."""
+    gens = sorted({resolve_device(pt.device).chip.split()[0] for pt in points} & set(CHIP_GENERATIONS))
+    called = sorted({resolve_device(pt.device).chip.split()[0] for pt in points if pt.calls} & set(CHIP_GENERATIONS))
+    return list(KNOBS) + [f"chip.{g}" for g in gens] + [f"call.{g}" for g in called]
+
+
 def fit_params(points: Sequence[CalibrationPoint], prior: AneParams | None = None, *,
-               version: int | None = None) -> AneParams:
+               version: int | None = None, maxiter: int = 200) -> AneParams:
     """Fit the knobs (log scale factors on the prior's parameters) to the points; bounded, regularised."""
     from scipy.optimize import minimize
 
     prior = prior or load_params(default_priors_path())
-    names = list(KNOBS)
+    names = fit_knobs(points)
     # each knob's bounds: the tightest factor range that keeps all its parameters inside their bounds
     bounds = []
     for knob in names:
-        keys = [k for k in KNOBS[knob] if prior.get(k) > 0]
+        keys = [k for k in _knob_keys(knob) if prior.get(k) > 0]
         lo = max([math.log(max(bounds_of(k)[0], 1e-9) / prior.get(k)) for k in keys] + [-MAX_LOG_FACTOR])
         hi = min([math.log(bounds_of(k)[1] / prior.get(k)) for k in keys] + [MAX_LOG_FACTOR])
         bounds.append((min(lo, 0.0), max(hi, 0.0)))
+    stack = _Stack(points, prior)
+    measured = np.array([pt.measured_ms for pt in points])
+    weights = np.array([pt.weight for pt in points])
+    pull = np.array([CHIP_PRIOR_WEIGHT if n.startswith("chip.") else CALL_PRIOR_WEIGHT if n.startswith("call.")
+                     else PRIOR_WEIGHT for n in names])
 
     def f(x):
-        kv = dict(zip(names, np.exp(x)))
-        return _objective(_apply(prior, kv), prior, points, kv)
+        est = stack.point_ms(_apply(prior, dict(zip(names, np.exp(x)))))
+        return float(np.sum(weights * np.log(est / measured) ** 2) + np.sum(pull * x ** 2))
 
     best = None
     for start in (np.zeros(len(names)), np.full(len(names), -0.3), np.full(len(names), 0.3)):
         x0 = np.clip(start, [b[0] for b in bounds], [b[1] for b in bounds])
-        res = minimize(f, x0, method="L-BFGS-B", bounds=bounds, options={"maxiter": 300})
+        res = minimize(f, x0, method="L-BFGS-B", bounds=bounds, options={"maxiter": maxiter})
         if best is None or res.fun < best.fun:
             best = res
     fitted = _apply(prior, dict(zip(names, np.exp(best.x))))
     return replace(fitted, version=version or prior.version + 1, fitted_on=tuple(pt.label for pt in points),
-                   notes={**prior.notes, "fit": "snapbench calibrate --write: knobs " + ", ".join(
+                   notes={**prior.notes, "fit": f"{len(names)} fitted parameters on {len(points)} points: " + ", ".join(
                        f"{k} x{v:.3g}" for k, v in zip(names, np.exp(best.x)))})
 
 

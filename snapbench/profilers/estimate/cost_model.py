@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from snapbench.devices.catalog import Device, resolve_device
-from snapbench.profilers.estimate.params import OP_CLASSES, AneParams, load_params
+from snapbench.profilers.estimate.params import CHIP_GENERATIONS, OP_CLASSES, AneParams, load_params
 from snapbench.profilers.estimate.program_ops import OpRecord, dtype_bits
 
 _CLASS_OF: dict[str, str] = {}
@@ -70,6 +70,43 @@ def op_class(op_type: str) -> str:
     if op_type.startswith("reduce_"):
         return "reduce"
     return _CLASS_OF.get(op_type, "elementwise")
+
+
+def record_class(r: OpRecord) -> str:
+    """The op class of a record: a conv with one input channel per group is depthwise (a vector-like op)."""
+    c = op_class(r.type)
+    if c == "conv" and r.type == "conv" and int(r.attrs.get("groups") or 1) > 1 and r.in_shapes \
+            and len(r.in_shapes[0]) >= 2 and int(r.attrs.get("groups") or 1) == int(r.in_shapes[0][1]):
+        return "depthwise"
+    return c
+
+
+# The engine's MAC array works on channel groups of this many lanes: a conv with 20 output channels
+# occupies 32 lanes' worth of time. A stated assumption of the model (Apple's guidance: multiples of 16
+# channels), not a fitted value.
+LANES = 16
+
+
+def _fill(c: float) -> float:
+    c = max(float(c), 1.0)
+    return c / (math.ceil(c / LANES) * LANES)
+
+
+def _mac_shape(r: OpRecord, cls: str) -> tuple[float, float]:
+    """(lane fill, output rows) of a conv/matmul: fill of its output and reduction channels, and the number
+    of output positions x batch (the dimension the engine streams)."""
+    out = r.out_shapes[0] if r.out_shapes else ()
+    if not out:
+        return 1.0, 1.0
+    if cls in ("conv", "depthwise"):
+        rows = float(out[0] * math.prod(out[2:])) if len(out) >= 3 else float(out[0])
+        cout = out[1] if len(out) >= 2 else 1
+        groups = int(r.attrs.get("groups") or 1)
+        cin = (r.in_shapes[0][1] / groups) if r.in_shapes and len(r.in_shapes[0]) >= 2 else 1
+        return (_fill(cout) if cls == "depthwise" else _fill(cout) * _fill(cin)), rows
+    rows = float(math.prod(out[:-1])) if len(out) >= 2 else 1.0
+    k = r.flops / (2.0 * max(math.prod(out), 1))
+    return _fill(out[-1]) * _fill(k), rows
 
 
 @dataclass(frozen=True)
@@ -156,6 +193,10 @@ class PreparedOps:
     score_bytes: np.ndarray   # fused attention's internal score map (fp16) per op
     pool_kernel: np.ndarray
     upsample: np.ndarray
+    fill: np.ndarray          # lane fill of conv/matmul (1 for vector ops)
+    rows: np.ndarray          # output rows a conv/matmul streams (0 for vector ops: no size effect)
+    int8: np.ndarray          # bool: int8 activations (W8A8)
+    epilogue: np.ndarray      # bool: an elementwise op fused into the op producing its input
 
 
 def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps:
@@ -172,11 +213,17 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
     score = np.zeros(n)
     pool = np.zeros(n)
     ups = np.ones(n)
+    fill = np.ones(n)
+    rows = np.zeros(n)
+    int8 = np.zeros(n, dtype=bool)
     in_op, in_b, out_op, out_b = [], [], [], []
     in_fused, out_fused = _fusion(records)
     for i, r in enumerate(records):
-        c = op_class(r.type)
+        c = record_class(r)
         cls[i] = OP_CLASSES.index(c)
+        if c in ("conv", "depthwise", "matmul"):
+            fill[i], rows[i] = _mac_shape(r, c)
+        int8[i] = "int8" in r.in_dtypes
         flops[i] = r.flops
         view[i] = bool(r.attrs.get("view"))
         reason = _static_reason(r)
@@ -211,7 +258,8 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
         max_tensor=max_tensor, in_op=np.asarray(in_op, dtype=np.int64), in_bytes=np.asarray(in_b),
         in_fused=np.asarray(in_fused, dtype=bool), out_op=np.asarray(out_op, dtype=np.int64),
         out_bytes=np.asarray(out_b), out_fused=np.asarray(out_fused, dtype=bool), io_bytes=io,
-        score_bytes=score, pool_kernel=pool, upsample=ups,
+        score_bytes=score, pool_kernel=pool, upsample=ups, fill=fill, rows=rows, int8=int8,
+        epilogue=np.bincount(np.asarray(in_op, dtype=np.int64), np.asarray(in_fused, dtype=float), minlength=n) > 0,
     )
 
 
@@ -221,9 +269,12 @@ _FUSABLE = frozenset({"elementwise", "activation"})
 def _fusion(records: Sequence[OpRecord]) -> tuple[list[bool], list[bool]]:
     """Which tensors never leave the engine because an elementwise op is fused into their producer.
 
-    The engine's compiler folds elementwise work (bias, scale, activation, residual add) into the op next
-    to it, so the intermediate stays in the pipeline. Rule: two consecutive ops, one of them
-    elementwise/activation, where the second is the only consumer of the first's output, are fused.
+    The engine's compiler folds elementwise work (bias, scale, activation, residual add) into the op that
+    produces its input, so the intermediate stays in the pipeline. Rule: an elementwise/activation op that
+    directly follows the producer of its input, as that tensor's only consumer, is fused into it. Only
+    epilogues fuse: a softmax or norm after an elementwise op still reads the (possibly large) tensor, so
+    `einsum -> softmax` and `einsum -> mul -> softmax` spill the same score map once (v3 fused in both
+    directions and priced the second form without the spill).
     Returns flags parallel to the flattened input and output tensors of `prepare`.
     """
     consumers: dict[str, int] = {}
@@ -233,7 +284,7 @@ def _fusion(records: Sequence[OpRecord]) -> tuple[list[bool], list[bool]]:
     fused_names: set[str] = set()
     for j in range(1, len(records)):
         r, prev = records[j], records[j - 1]
-        if not prev.out_names or _FUSABLE.isdisjoint((op_class(r.type), op_class(prev.type))):
+        if not prev.out_names or op_class(r.type) not in _FUSABLE:
             continue
         for n in r.in_names:
             if n in prev.out_names and consumers.get(n, 0) == 1:
@@ -294,14 +345,41 @@ class _Times:
     overhead_ms: float
 
 
-def price(prep: PreparedOps, dev: Device, p: AneParams) -> _Times:
-    n = len(prep.records)
-    peak = dev.ane_fp16_tflops * 1e12  # FLOP/s
-    bw = dev.mem_bandwidth_gbps_est * 1e9 * p.bandwidth_efficiency  # B/s
-    ws = p.working_set_mb * 2**20
-    eff = np.array([p.efficiency[c] for c in OP_CLASSES])[prep.cls]
+@dataclass(frozen=True)
+class Terms:
+    """What a (program, device) pair contributes that the fitted parameters do not change.
 
-    # placement
+    Placement, DRAM bytes and segment counts depend only on the records and on the parameters calibration
+    never fits (working set, passes, padding, placement limits), so a fit computes them once and then
+    re-prices many parameter vectors with a few array operations (`evaluate`). `price` is
+    `evaluate(terms(...))`: one implementation for the estimator and the fit.
+    """
+
+    cls: np.ndarray
+    work: np.ndarray        # FLOPs the engine spends (vector ops on padded rows)
+    shape_eff: np.ndarray   # lane fill of conv/matmul
+    rows: np.ndarray
+    dram: np.ndarray        # engine DRAM bytes
+    int8: np.ndarray        # int8 compute
+    int8_path: Any          # the chip has an int8 engine path (per op when stacked)
+    epilogue: np.ndarray
+    on_cpu: np.ndarray
+    view: np.ndarray
+    cpu_flops: np.ndarray
+    cpu_bytes: np.ndarray
+    copy_bytes: np.ndarray
+    peak: Any               # catalog fp16 FLOP/s (per op when stacked)
+    bandwidth: Any          # catalog B/s (per op when stacked)
+    chip: Any               # index into CHIP_GENERATIONS, len(...) when it has no factor (per op when stacked)
+    segments: Any           # engine segments (per pair when stacked)
+    cpu_segments: Any
+    reason: tuple[str, ...]
+
+
+def terms(prep: PreparedOps, dev: Device, p: AneParams) -> Terms:
+    from snapbench.devices.catalog import marketed_is_int8
+
+    ws = p.working_set_mb * 2**20
     too_big = prep.max_tensor > p.max_tensor_mb * 2**20
     big_pool = prep.pool_kernel > p.max_pool_kernel
     big_up = prep.upsample > p.max_upsample + 1e-9
@@ -312,7 +390,7 @@ def price(prep: PreparedOps, dev: Device, p: AneParams) -> _Times:
                                   "upsampling beyond max_upsample" if big_up[i] else "")
         for i in np.flatnonzero(on_cpu)
     )
-
+    n = len(prep.records)
     # DRAM traffic of engine ops: weights + non-resident activations
     reducing = np.isin(prep.cls, [OP_CLASSES.index(c) for c in _MULTI_PASS])
     passes = np.where(reducing, p.reduction_passes, 1.0)
@@ -321,22 +399,8 @@ def price(prep: PreparedOps, dev: Device, p: AneParams) -> _Times:
     act = np.bincount(prep.in_op, spill_in, minlength=n) * passes + np.bincount(prep.out_op, spill_out, minlength=n)
     # a fused attention op writes its score map, reads it for the softmax (passes) and for the second matmul
     act += np.where(prep.score_bytes > ws, prep.score_bytes * (2.0 + p.reduction_passes), 0.0)
-    dram = prep.weight_bytes + act
-
-    elementwise_like = ~np.isin(prep.cls, [OP_CLASSES.index("conv"), OP_CLASSES.index("matmul")])
-    work = np.where(elementwise_like, prep.flops * prep.pad_ratio, prep.flops)
-    compute_ms = work / (peak * eff) * 1e3
-    memory_ms = dram / bw * 1e3
-    engine_ms = np.maximum(compute_ms, memory_ms) + p.op_overhead_us * 1e-3
-
-    # CPU ops: compute or memory bound on the CPU, plus copying their activations across
-    cpu_bytes = prep.io_bytes + prep.weight_bytes
-    cpu_ms = (np.maximum(prep.flops / (p.cpu_gflops * 1e9), cpu_bytes / bw)
-              + prep.io_bytes / (bw * p.copy_bandwidth_fraction)) * 1e3
-    op_ms = np.where(on_cpu, cpu_ms, engine_ms)
-    op_ms = np.where(prep.view, 0.0, op_ms)
-
-    # segments: each maximal run of engine ops is one dispatch; each CPU run one hand-over
+    mac = np.isin(prep.cls, [OP_CLASSES.index(c) for c in ("conv", "matmul")])
+    work = np.where(mac, prep.flops, prep.flops * prep.pad_ratio)
     placed = np.flatnonzero(~prep.view)
     seq = on_cpu[placed].astype(np.int8)
     if seq.size:
@@ -345,9 +409,64 @@ def price(prep: PreparedOps, dev: Device, p: AneParams) -> _Times:
         cpu_segments = int(np.sum(starts & (seq == 1)))
     else:
         segments = cpu_segments = 0
-    overhead = segments * p.dispatch_ms + cpu_segments * p.cpu_sync_ms
-    return _Times(op_ms, np.where(on_cpu, 0.0, compute_ms), np.where(on_cpu, 0.0, memory_ms), on_cpu,
-                  reason, np.where(on_cpu, 0.0, dram), segments, cpu_segments, overhead)
+    return Terms(cls=prep.cls, work=work, shape_eff=prep.fill, rows=prep.rows, dram=prep.weight_bytes + act,
+                 int8=prep.int8, int8_path=float(marketed_is_int8(dev.chip)), epilogue=prep.epilogue,
+                 on_cpu=on_cpu, view=prep.view,
+                 cpu_flops=prep.flops, cpu_bytes=prep.io_bytes + prep.weight_bytes, copy_bytes=prep.io_bytes,
+                 peak=dev.ane_fp16_tflops * 1e12, bandwidth=dev.mem_bandwidth_gbps_est * 1e9,
+                 chip=chip_index(dev.chip), segments=segments, cpu_segments=cpu_segments, reason=reason)
+
+
+def chip_index(chip: str) -> int:
+    gen = chip.split()[0] if chip else ""
+    return CHIP_GENERATIONS.index(gen) if gen in CHIP_GENERATIONS else len(CHIP_GENERATIONS)
+
+
+def stack_terms(parts: Sequence[Terms]) -> tuple[Terms, np.ndarray]:
+    """Many (program, device) pairs as one: per-op arrays concatenated, device facts per op, segment counts
+    per pair. Returns the stack and each op's pair index, so `evaluate` prices all pairs in one pass."""
+    cat = np.concatenate
+    sizes = [len(t.cls) for t in parts]
+    per_op = lambda f: cat([np.full(n, getattr(t, f), dtype=float) for t, n in zip(parts, sizes)])  # noqa: E731
+    stacked = Terms(
+        cls=cat([t.cls for t in parts]), work=cat([t.work for t in parts]),
+        shape_eff=cat([t.shape_eff for t in parts]), rows=cat([t.rows for t in parts]),
+        dram=cat([t.dram for t in parts]), int8=cat([t.int8 for t in parts]), int8_path=per_op("int8_path"),
+        epilogue=cat([t.epilogue for t in parts]), on_cpu=cat([t.on_cpu for t in parts]),
+        view=cat([t.view for t in parts]), cpu_flops=cat([t.cpu_flops for t in parts]),
+        cpu_bytes=cat([t.cpu_bytes for t in parts]), copy_bytes=cat([t.copy_bytes for t in parts]),
+        peak=per_op("peak"), bandwidth=per_op("bandwidth"), chip=per_op("chip").astype(np.int64),
+        segments=np.array([t.segments for t in parts], dtype=float),
+        cpu_segments=np.array([t.cpu_segments for t in parts], dtype=float), reason=(),
+    )
+    return stacked, np.repeat(np.arange(len(parts)), sizes)
+
+
+def evaluate(t: Terms, p: AneParams) -> _Times:
+    """Per-op times of a (program, device) pair under parameters `p`."""
+    factors = np.array([p.chip_factor.get(g, 1.0) for g in CHIP_GENERATIONS] + [1.0])
+    peak = t.peak * factors[t.chip]
+    bw = t.bandwidth * p.bandwidth_efficiency
+    size = np.where(t.rows > 0, t.rows / (t.rows + p.size_half), 1.0)
+    eff = np.array([p.efficiency[c] for c in OP_CLASSES])[t.cls] * t.shape_eff * size
+    speed = np.where(t.int8, np.where(t.int8_path > 0, p.int8_speedup, p.int8_speedup_older), 1.0)
+    # an epilogue runs in its producer's pipeline: a share of its own work, no fixed cost of its own
+    share = np.where(t.epilogue, p.epilogue_cost, 1.0)
+    compute_ms = t.work / (peak * eff * speed) * 1e3 * share
+    memory_ms = t.dram / bw * 1e3
+    engine_ms = np.maximum(compute_ms, memory_ms) + np.where(t.epilogue, 0.0, p.op_overhead_us * 1e-3)
+    # CPU ops: compute or memory bound on the CPU, plus copying their activations across
+    cpu_ms = (np.maximum(t.cpu_flops / (p.cpu_gflops * 1e9), t.cpu_bytes / bw)
+              + t.copy_bytes / (bw * p.copy_bandwidth_fraction)) * 1e3
+    op_ms = np.where(t.on_cpu, cpu_ms, engine_ms)
+    op_ms = np.where(t.view, 0.0, op_ms)
+    overhead = t.segments * p.dispatch_ms + t.cpu_segments * p.cpu_sync_ms
+    return _Times(op_ms, np.where(t.on_cpu, 0.0, compute_ms), np.where(t.on_cpu, 0.0, memory_ms), t.on_cpu,
+                  t.reason, np.where(t.on_cpu, 0.0, t.dram), t.segments, t.cpu_segments, overhead)
+
+
+def price(prep: PreparedOps, dev: Device, p: AneParams) -> _Times:
+    return evaluate(terms(prep, dev, p), p)
 
 
 def total_ms(prep: PreparedOps, dev: Device, p: AneParams) -> float:

@@ -19,7 +19,12 @@ from snapbench.errors import SnapbenchError
 
 # Op classes the engine runs at different fractions of its fp16 peak (the MAC array for conv/matmul,
 # the much narrower vector units for the rest).
-OP_CLASSES = ("conv", "matmul", "elementwise", "activation", "softmax", "norm", "reduce", "layout", "resample")
+OP_CLASSES = ("conv", "depthwise", "matmul", "elementwise", "activation", "softmax", "norm", "reduce", "layout",
+              "resample")
+# Chip generations with a throughput factor of their own (Pro/Max/Ultra share their generation's engine).
+CHIP_GENERATIONS = ("A13", "A14", "A15", "A16", "A17", "A18", "M1", "M2", "M3", "M4")
+CHIP_FACTOR_BOUNDS = (0.25, 4.0)
+CALL_FACTOR_BOUNDS = (0.1, 20.0)
 
 # (low, high) of each scalar parameter. Meaning, bounds and the sources of the priors in
 # ane_params.json: docs/estimator.md.
@@ -36,7 +41,18 @@ SCALAR_BOUNDS: dict[str, tuple[float, float]] = {
     "cpu_gflops": (5.0, 2000.0),          # CPU fallback throughput (fp32/fp16 NEON + AMX), GFLOP/s
     "cpu_sync_ms": (0.0, 5.0),            # cost of each hand-over engine -> CPU -> engine
     "copy_bandwidth_fraction": (0.05, 1.0),  # copies across engine/CPU layouts, fraction of DRAM bandwidth
+    # v4: shape and precision structure
+    "size_half": (1.0, 65536.0),         # output rows (positions x batch) at which a conv/matmul runs at half
+                                          # its efficiency: small spatial sizes and short sequences underfill
+    "int8_speedup": (1.0, 4.0),           # W8A8 compute speed-up on chips with an int8 engine path (A17 Pro, M4 on)
+    "int8_speedup_older": (1.0, 4.0),     # the same on older chips (int8 activations still halve the data moved)
+    "epilogue_cost": (0.0, 1.0),          # share of its own cost an elementwise op fused into its producer pays
+    "call_overhead_ms": (0.0, 5.0),       # one prediction call timed in an app (input/output marshalling,
+                                          # scheduling), beyond the engine's own time; Xcode's report excludes it
 }
+# Parameters a v3 file lacks, with the value that reproduces v3's behaviour (no size effect, no int8 path).
+_V3_DEFAULTS = {"size_half": 1.0, "int8_speedup": 1.0, "int8_speedup_older": 1.0, "epilogue_cost": 1.0,
+                "call_overhead_ms": 0.0}
 EFFICIENCY_BOUNDS = (0.002, 1.0)
 
 
@@ -57,6 +73,13 @@ class AneParams:
     cpu_gflops: float
     cpu_sync_ms: float
     copy_bandwidth_fraction: float
+    size_half: float = 1.0
+    int8_speedup: float = 1.0
+    int8_speedup_older: float = 1.0
+    epilogue_cost: float = 1.0
+    call_overhead_ms: float = 0.0
+    chip_factor: dict[str, float] = field(default_factory=dict)  # fp16 throughput vs the catalog's, per generation
+    call_factor: dict[str, float] = field(default_factory=dict)  # call overhead vs call_overhead_ms, per generation
     notes: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,22 +88,48 @@ class AneParams:
         return d
 
     def with_values(self, values: dict[str, float]) -> "AneParams":
-        """A copy with scalars and `efficiency.<class>` entries replaced."""
+        """A copy with scalars, `efficiency.<class>` and `chip.<generation>` entries replaced."""
         eff = dict(self.efficiency)
+        chips = dict(self.chip_factor)
+        calls = dict(self.call_factor)
         scalars = {}
         for k, v in values.items():
             if k.startswith("efficiency."):
                 eff[k.split(".", 1)[1]] = float(v)
+            elif k.startswith("chip."):
+                chips[k.split(".", 1)[1]] = float(v)
+            elif k.startswith("call."):
+                calls[k.split(".", 1)[1]] = float(v)
             else:
                 scalars[k] = float(v)
-        return replace(self, efficiency=eff, **scalars)
+        return replace(self, efficiency=eff, chip_factor=chips, call_factor=calls, **scalars)
 
     def get(self, key: str) -> float:
-        return self.efficiency[key.split(".", 1)[1]] if key.startswith("efficiency.") else float(getattr(self, key))
+        if key.startswith("efficiency."):
+            return self.efficiency[key.split(".", 1)[1]]
+        if key.startswith("chip."):
+            return self.chip_factor.get(key.split(".", 1)[1], 1.0)
+        if key.startswith("call."):
+            return self.call_factor.get(key.split(".", 1)[1], 1.0)
+        return float(getattr(self, key))
+
+    def call_ms(self, chip: str) -> float:
+        """One prediction call's overhead in an app on `chip` (its generation's factor when fitted)."""
+        gen = chip.split()[0] if chip else ""
+        return self.call_overhead_ms * self.call_factor.get(gen, 1.0)
+
+    def chip(self, chip: str) -> float:
+        """The fp16 throughput factor of a chip name ("A17 Pro" -> generation "A17"); 1 when not fitted."""
+        gen = chip.split()[0] if chip else ""
+        return self.chip_factor.get(gen, 1.0)
 
 
 def bounds_of(key: str) -> tuple[float, float]:
-    return EFFICIENCY_BOUNDS if key.startswith("efficiency.") else SCALAR_BOUNDS[key]
+    if key.startswith("efficiency."):
+        return EFFICIENCY_BOUNDS
+    if key.startswith("chip.") or key.startswith("call."):
+        return CHIP_FACTOR_BOUNDS if key.startswith("chip.") else CALL_FACTOR_BOUNDS
+    return SCALAR_BOUNDS[key]
 
 
 def default_params_path() -> Path:
@@ -107,6 +156,8 @@ def params_from_dict(doc: Any, source: str) -> AneParams:
     if not isinstance(fitted_on, list) or not all(isinstance(x, str) for x in fitted_on):
         raise bad("fitted_on", f"must be a list of strings, got {fitted_on!r}")
     eff = doc.get("efficiency")
+    if isinstance(eff, dict) and "depthwise" not in eff and "conv" in eff and version <= 3:
+        eff = {**eff, "depthwise": eff["conv"]}  # v3 priced depthwise convs as convs
     if not isinstance(eff, dict):
         raise bad("efficiency", f"must be an object with {', '.join(OP_CLASSES)}")
     for cls in OP_CLASSES:
@@ -116,15 +167,28 @@ def params_from_dict(doc: Any, source: str) -> AneParams:
         raise bad(f"efficiency.{unknown[0]}", f"is not an op class (known: {', '.join(OP_CLASSES)})")
     scalars = {}
     for key, lim in SCALAR_BOUNDS.items():
-        scalars[key] = _check_number(doc.get(key), key, lim, bad)
-    extra = sorted(set(doc) - set(SCALAR_BOUNDS) - {"version", "fitted_on", "efficiency", "notes"})
+        value = doc.get(key, _V3_DEFAULTS.get(key) if version <= 3 else None)
+        scalars[key] = _check_number(value, key, lim, bad)
+    per_chip = {}
+    for name, lim in (("chip_factor", CHIP_FACTOR_BOUNDS), ("call_factor", CALL_FACTOR_BOUNDS)):
+        table = doc.get(name, {})
+        if not isinstance(table, dict):
+            raise bad(name, f"must be an object of chip generation -> factor ({', '.join(CHIP_GENERATIONS)})")
+        for gen, value in table.items():
+            if gen not in CHIP_GENERATIONS:
+                raise bad(f"{name}.{gen}", f"is not a chip generation (known: {', '.join(CHIP_GENERATIONS)})")
+            _check_number(value, f"{name}.{gen}", lim, bad)
+        per_chip[name] = {g: float(v) for g, v in table.items()}
+    extra = sorted(set(doc) - set(SCALAR_BOUNDS) - {"version", "fitted_on", "efficiency", "notes", "chip_factor",
+                                                    "call_factor"})
     if extra:
         raise bad(extra[0], "is not a cost-model parameter (typo?)")
     notes = doc.get("notes", {})
     if not isinstance(notes, dict):
         raise bad("notes", "must be an object of strings")
     return AneParams(version=version, fitted_on=tuple(fitted_on),
-                     efficiency={c: float(eff[c]) for c in OP_CLASSES}, notes=dict(notes), **scalars)
+                     efficiency={c: float(eff[c]) for c in OP_CLASSES}, notes=dict(notes),
+                     chip_factor=per_chip["chip_factor"], call_factor=per_chip["call_factor"], **scalars)
 
 
 def _check_number(value: Any, name: str, lim: tuple[float, float], bad) -> float:

@@ -20,23 +20,8 @@ import torch
 from snapbench.converters.checks import check_reloaded
 from snapbench.converters.compression import compress, nonfinite_weights
 from snapbench.converters.options import ConvertOptions
+from snapbench.converters.package_io import PackageIO, Shape  # noqa: F401  (Shape: part of this module's interface)
 from snapbench.converters.runtime import coremltools, conversion_context
-
-Shape = tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class PackageIO:
-    """The interface a package must have: named inputs with shapes, named outputs (shapes if known)."""
-
-    inputs: tuple[tuple[str, Shape], ...]
-    outputs: tuple[tuple[str, Shape | None], ...] = (("out", None),)
-    int_inputs: frozenset[str] = frozenset()  # token ids: int32, not floating point
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"inputs": [{"name": n, "shape": list(s)} for n, s in self.inputs],
-                "outputs": [{"name": n, "shape": list(s) if s is not None else None} for n, s in self.outputs]}
-
 
 @dataclass(frozen=True)
 class PackageResult:

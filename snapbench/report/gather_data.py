@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from snapbench.blocks.cut import InputShapes
-from snapbench.blocks.inspect import Inspection, inspect_model
+from snapbench.blocks.inspection import Inspection, inspect_model
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.trajectory import TRAJECTORY_FILE
@@ -380,6 +380,9 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
             results.append(_result(e, d, outcome))
     models = [_model_dict(e) for e in entries]
     _attach_speedups(results, entries[0].key)
+    from snapbench.report.trust import trust_section
+
+    trust = trust_section(devs, results)
     labels = sorted({lab for r in results for lab in r["labels"]})
     return {
         "schema": SCHEMA,
@@ -401,6 +404,7 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
                       "rows": _reference(ref_rows, models, results, settings)},
         "stages": list(STAGES),
         "text_encoder_runs": TEXT_ENCODER_RUNS,
+        "trust": trust,
     }
 
 

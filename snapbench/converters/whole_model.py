@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from snapbench.converters.block_package import (
+from snapbench.converters.convert_package import (
     PackageIO, convert_module, is_complete_package, package_bytes, package_files, remove_tree,
 )
 from snapbench.converters.cache import cache_key

@@ -1,0 +1,231 @@
+"""Published vs estimated for every corpus row the estimator can rebuild, in-sample or cross-validated.
+
+    v = validate()                        # the shipped parameters on every row
+    v = validate(cross="source")          # each source predicted by a fit that never saw it
+    v.summary("chip")                     # n, median |error| %, share within 10 / 25 / 50 %
+
+Fitting (`fit_corpus`) uses every row that is rebuildable and not graded low, plus the four reference
+points of `calibration.csv`. Each row's weight is its trust (high 1, medium 0.5) divided by the square root
+of its source's row count, so a source with 40 near-identical rows does not outvote one with 5; the SD
+reference points weigh `REFERENCE_WEIGHT` each: they are the figures snapbench exists to estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+
+from snapbench.errors import SnapbenchError
+from snapbench.profilers.estimate.calibrate import (
+    CalibrationPoint,
+    fit_knobs,
+    fit_params,
+    load_points,
+    point_ms,
+)
+from snapbench.profilers.estimate.cost_model import prepare
+from snapbench.profilers.estimate.params import AneParams, default_priors_path, load_params
+from snapbench.profilers.estimate.stored_weights import with_stored_weights
+from snapbench.validation.corpus import CorpusRow, load_corpus
+from snapbench.validation.programs import records_by_network
+
+Cross = Literal["source", "chip"]
+TRUST_WEIGHT = {"high": 1.0, "medium": 0.5, "low": 0.0}
+REFERENCE_WEIGHT = 2.0
+THRESHOLDS = (10, 25, 50)
+
+
+@dataclass
+class Validation:
+    """One validation run: a row per priced corpus row, the skipped rows with reasons, and how it was fitted."""
+
+    rows: pd.DataFrame
+    skipped: pd.DataFrame
+    cross: str | None
+    params_version: int
+    fits: list[dict[str, Any]] = field(default_factory=list)  # per held-out group: rows, params, points
+
+    def scored(self) -> pd.DataFrame:
+        """Rows the goal figures count: priced and not graded low."""
+        return self.rows[self.rows["trust"] != "low"]
+
+    def summary(self, by: str | None = None) -> pd.DataFrame:
+        return summarise(self.scored(), by)
+
+    def to_dict(self) -> dict[str, Any]:
+        overall = self.summary().iloc[0].to_dict() if len(self.scored()) else {}
+        return {
+            "cross": self.cross, "params_version": self.params_version, "overall": overall,
+            "by_source": self.summary("source").to_dict("records"),
+            "by_chip": self.summary("chip").to_dict("records"),
+            "by_family": self.summary("family").to_dict("records"),
+            "rows": self.rows.to_dict("records"), "skipped": self.skipped.to_dict("records"), "fits": self.fits,
+        }
+
+
+def summarise(df: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
+    """n, median |error| % and the share of rows within each threshold, overall or per `by`."""
+
+    def stats(g: pd.DataFrame) -> dict[str, Any]:
+        err = g["error_pct"].abs()
+        out: dict[str, Any] = {"n": int(len(g)), "median_abs_error_pct": float(err.median()) if len(g) else math.nan}
+        for t in THRESHOLDS:
+            out[f"within_{t}_pct"] = float(100.0 * (err <= t).mean()) if len(g) else math.nan
+        return out
+
+    if by is None:
+        return pd.DataFrame([{"group": "all", **stats(df)}])
+    return pd.DataFrame([{by: k, **stats(g)} for k, g in df.groupby(by, sort=True)])
+
+
+def corpus_points(rows: Sequence[CorpusRow], *, convert: bool = False,
+                  on_network: Callable[[str, str, str], None] | None = None,
+                  ) -> tuple[dict[str, CalibrationPoint], dict[str, str]]:
+    """A calibration point per priceable row (keyed by row id), and the reason for every other row."""
+    skipped: dict[str, str] = {}
+    for r in rows:
+        if r.skip or not r.network:
+            skipped[r.row] = r.skip or "no network to rebuild"
+    records, missing = records_by_network(rows, convert=convert, on_network=on_network)
+    n_source = Counter(r.source for r in rows if r.fitted)
+    prepared: dict[tuple[str, str, str], Any] = {}
+    points: dict[str, CalibrationPoint] = {}
+    for r in rows:
+        if r.row in skipped:
+            continue
+        key = (r.network, r.input)
+        if key not in records:
+            skipped[r.row] = missing.get(key, "no records")
+            continue
+        pk = r.program_key()
+        if pk not in prepared:
+            prepared[pk] = prepare(with_stored_weights(records[key], r.weights))
+        weight = TRUST_WEIGHT[r.trust] / math.sqrt(max(n_source[r.source], 1)) if r.fitted else 0.0
+        points[r.row] = CalibrationPoint(
+            label=f"{r.source}: {r.row} {r.network} {r.input} {r.weights} on {r.device}", source=r.source,
+            device=r.device, component="network", model=r.network, settings=f"{r.input} {r.weights}",
+            measured_ms=r.latency_ms, programs=((prepared[pk], 1),), weight=weight,
+            calls=0 if r.harness == "xcode" else 1)
+    return points, skipped
+
+
+def reference_points() -> list[CalibrationPoint]:
+    """The shipped SD reference points (their op records ship with snapbench), weighted for the fit."""
+    from dataclasses import replace
+
+    return [replace(p, weight=REFERENCE_WEIGHT) for p in load_points(convert=False)]
+
+
+def fit_corpus(points: Sequence[CalibrationPoint], *, prior: AneParams | None = None,
+               version: int = 4) -> AneParams:
+    """Fit on corpus points (weight > 0) plus the reference points."""
+    train = [p for p in points if p.weight > 0] + reference_points()
+    return fit_params(train, prior or load_params(default_priors_path()), version=version)
+
+
+def _frame(rows: Sequence[CorpusRow], points: dict[str, CalibrationPoint], estimates: dict[str, float],
+           group_of: dict[str, str]) -> pd.DataFrame:
+    out = []
+    for r in rows:
+        if r.row not in estimates:
+            continue
+        est = estimates[r.row]
+        out.append({"row": r.row, "source": r.source, "family": r.family, "network": r.network, "input": r.input,
+                    "device": r.device, "chip": r.chip, "compute_units": r.compute_units, "weights": r.weights,
+                    "statistic": r.statistic, "trust": r.trust, "fitted": r.fitted, "published_ms": r.latency_ms,
+                    "estimated_ms": est, "error_pct": 100.0 * (est - r.latency_ms) / r.latency_ms,
+                    "held_out": group_of.get(r.row, "")})
+    return pd.DataFrame(out)
+
+
+def validate(rows: Sequence[CorpusRow] | None = None, *, cross: Cross | None = None,
+             params: AneParams | None = None, convert: bool = False,
+             on_network: Callable[[str, str, str], None] | None = None,
+             on_fit: Callable[[str], None] | None = None) -> Validation:
+    """Estimate every priceable row; with `cross`, each group is predicted by a fit without it."""
+    rows = list(rows) if rows is not None else load_corpus()
+    points, skipped_map = corpus_points(rows, convert=convert, on_network=on_network)
+    by_id = {r.row: r for r in rows}
+    skipped = pd.DataFrame([{"row": k, "source": by_id[k].source, "family": by_id[k].family,
+                             "device": by_id[k].device, "published_ms": by_id[k].latency_ms, "reason": why}
+                            for k, why in skipped_map.items()], columns=["row", "source", "family", "device",
+                                                                         "published_ms", "reason"])
+    estimates: dict[str, float] = {}
+    group_of: dict[str, str] = {}
+    fits: list[dict[str, Any]] = []
+    if cross is None:
+        p = params or load_params()
+        for k, pt in points.items():
+            estimates[k] = point_ms(pt, p)
+        version = p.version
+    else:
+        if cross not in ("source", "chip"):
+            raise SnapbenchError(f"--cross {cross!r}: choose source or chip")
+        attr = "source" if cross == "source" else "chip"
+        groups = sorted({getattr(by_id[k], attr) for k in points})
+        for g in groups:
+            if on_fit:
+                on_fit(g)
+            predicted, info = predict_held_out(points, by_id, cross, g)
+            estimates.update(predicted)
+            group_of.update({k: g for k in predicted})
+            fits.append(info)
+        version = 4
+    frame = _frame(rows, points, estimates, group_of)
+    return Validation(frame, skipped, cross, version, fits)
+
+
+def predict_held_out(points: dict[str, CalibrationPoint], by_id: dict[str, CorpusRow], cross: Cross, group: str,
+                     ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit from the priors on every point outside `group` (plus the reference points, less those on the
+    held-out chip), then estimate the rows inside it: out-of-sample estimates, and what the fit used."""
+    attr = "source" if cross == "source" else "chip"
+    held = [k for k in points if getattr(by_id[k], attr) == group]
+    train = [pt for k, pt in points.items() if getattr(by_id[k], attr) != group and pt.weight > 0]
+    train += [p for p in reference_points() if not (cross == "chip" and _chip(p.device) == group)]
+    fitted = fit_params(train, load_params(default_priors_path()), version=4)
+    info = {"held_out": group, "predicted_rows": len(held), "fitted_points": len(train),
+            "fitted_parameters": len(fit_knobs(train))}
+    return {k: point_ms(points[k], fitted) for k in held}, info
+
+
+def _chip(device: str) -> str:
+    from snapbench.devices.catalog import resolve_device
+
+    return resolve_device(device).chip
+
+
+def headline_band(v: Validation, chip: str | None = None) -> tuple[float, float, str]:
+    """(low factor, high factor, what it is) for an error band on an estimate: the 10th and 90th
+    percentile of estimated/published among scored rows of `chip` (all rows when the chip has fewer
+    than 5), so `estimate / high .. estimate / low` brackets the published figure 80% of the time."""
+    df = v.scored()
+    scope = "all chips"
+    if chip is not None and (df["chip"] == chip).sum() >= 5:
+        df, scope = df[df["chip"] == chip], chip
+    ratio = (df["estimated_ms"] / df["published_ms"]).to_numpy()
+    if ratio.size == 0:
+        return 1.0, 1.0, "no rows"
+    lo, hi = np.percentile(ratio, [10, 90])
+    return float(lo), float(hi), f"{scope}, {len(ratio)} rows, {v.cross or 'in-sample'}"
+
+
+def refit(*, measured: str | None = None, write: bool = False, params_path=None,
+          convert: bool = False) -> tuple[AneParams, pd.DataFrame]:
+    """The shipped fit: every fitted corpus row, the reference points and a user's measured rows (weight 1
+    each); returns the parameters and their report on the reference and measured points."""
+    from snapbench.profilers.estimate.calibrate import calibration_report
+    from snapbench.profilers.estimate.params import save_params
+
+    points, _ = corpus_points(load_corpus(), convert=convert)
+    own = load_points(measured, include_reference=False, convert=True) if measured else []
+    current = load_params(params_path)
+    fitted = fit_corpus(list(points.values()) + own, version=max(4, current.version + 1))
+    if write:
+        save_params(fitted, params_path)
+    return fitted, calibration_report(fitted, reference_points() + own)

@@ -1,0 +1,85 @@
+"""How far to trust an estimate: the leave-one-source-out result, shipped so a report needs no refit.
+
+    doc = load_trust()                       # rows (published vs out-of-sample estimate), summaries
+    band = error_band(doc, "A16")            # (low factor, high factor, scope)
+
+`cross_source.json` is written by `python -m snapbench.validation.trust --write` (about a minute: one refit
+per source) and stamped with a hash of what it was computed from (corpus, priors, shipped records, fit
+code). A stale file is still shown, marked stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from snapbench.atomic import atomic_write_text
+
+FILE = "cross_source.json"
+
+
+def trust_path() -> Path:
+    return Path(str(resources.files("snapbench.validation") / FILE))
+
+
+def inputs_key() -> str:
+    """Hash of what the cross-validation depends on."""
+    from snapbench.profilers.estimate import calibrate, cost_model, params
+    from snapbench.profilers.estimate.params import default_priors_path
+    from snapbench.validation import programs, run
+    from snapbench.validation.corpus import default_corpus_path
+
+    h = hashlib.sha256()
+    for p in (default_corpus_path(), default_priors_path(), programs.bundle_path(), Path(run.__file__),
+              Path(calibrate.__file__), Path(cost_model.__file__), Path(params.__file__)):
+        h.update(p.read_bytes() if p.is_file() else b"-")
+    return h.hexdigest()[:16]
+
+
+def write_trust(path: Path | None = None) -> Path:
+    from snapbench.validation.run import validate
+
+    v = validate(cross="source")
+    doc = {"key": inputs_key(), "cross": "source", "params_version": v.params_version,
+           "overall": v.summary().iloc[0].to_dict(), "by_chip": v.summary("chip").to_dict("records"),
+           "by_source": v.summary("source").to_dict("records"), "fits": v.fits,
+           "rows": v.rows[["row", "source", "family", "network", "device", "chip", "weights", "trust",
+                           "published_ms", "estimated_ms", "error_pct"]].to_dict("records")}
+    out = path or trust_path()
+    atomic_write_text(out, json.dumps(doc, indent=1) + "\n")
+    return out
+
+
+def load_trust() -> dict[str, Any] | None:
+    p = trust_path()
+    if not p.is_file():
+        return None
+    doc = json.loads(p.read_text())
+    doc["stale"] = doc.get("key") != inputs_key()
+    return doc
+
+
+def error_band(doc: dict[str, Any], chip: str | None) -> dict[str, Any]:
+    """The 10th-90th percentile of estimated/published over scored rows of `chip` (all chips when it has
+    fewer than 5 rows): an estimate E brackets the published figure as E/high .. E/low 80% of the time."""
+    rows = [r for r in doc["rows"] if r["trust"] != "low"]
+    scoped = [r for r in rows if r["chip"] == chip]
+    scope = chip if len(scoped) >= 5 else "all chips"
+    use = scoped if len(scoped) >= 5 else rows
+    ratio = np.array([r["estimated_ms"] / r["published_ms"] for r in use])
+    err = np.abs(np.array([r["error_pct"] for r in use]))
+    lo, hi = np.percentile(ratio, [10, 90]) if len(ratio) else (1.0, 1.0)
+    return {"scope": scope, "n": len(use), "low": float(lo), "high": float(hi),
+            "median_abs_error_pct": float(np.median(err)) if len(err) else None}
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--write" in sys.argv:
+        print(write_trust())

@@ -1,0 +1,231 @@
+"""Build a `ModelSpec` as a PyTorch module with random weights (latency does not depend on weights).
+
+    net = build_network(parse_model_spec("timm:mobileone_s0"), None)   # Network(module, io, ...)
+
+timm networks are reparameterized where timm can (MobileOne, FastViT fuse their branches for inference,
+as deployed). The libraries (timm, open_clip) are the `zoo` extra; a missing one is named in one line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from snapbench.converters.package_io import PackageIO
+from snapbench.errors import SnapbenchError
+from snapbench.zoo.specs import ModelSpec, parse_shape
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class Network:
+    module: nn.Module
+    io: PackageIO
+    title: str
+
+
+def _library(name: str, pip_name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise SnapbenchError(f"{name} is not installed; pip install 'snapbench[zoo]' (or pip install {pip_name})") from None
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> SnapbenchError:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(f'{kind}:{c}' for c in close)}?" if close else f"see {kind}'s list of models"
+    return SnapbenchError(f"unknown {kind} model {name!r}; {hint}")
+
+
+def _need_shape(spec: ModelSpec, shape: Shape | None, default: Shape | None) -> Shape:
+    if shape is not None:
+        return shape
+    if default is None:
+        raise SnapbenchError(f"{spec.text} needs --input SHAPE (e.g. --input 1x3x224x224)")
+    return default
+
+
+class _FirstTensor(nn.Module):
+    """Calls `fn(x)` and returns the first tensor of what comes back (HF outputs, tuples)."""
+
+    def __init__(self, owner: nn.Module, fn: Callable[[torch.Tensor], Any]):
+        super().__init__()
+        self.owner = owner
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fn(x)
+        while not isinstance(out, torch.Tensor):
+            out = out[0] if isinstance(out, (tuple, list)) else next(v for v in out.values() if v is not None)
+        return out
+
+
+def _image_io(shape: Shape) -> PackageIO:
+    return PackageIO(inputs=(("x", shape),), outputs=(("out", None),))
+
+
+def _tokens_io(shape: Shape) -> PackageIO:
+    return PackageIO(inputs=(("input_ids", shape),), outputs=(("out", None),), int_inputs=frozenset({"input_ids"}))
+
+
+def _timm(spec: ModelSpec, shape: Shape | None) -> Network:
+    timm = _library("timm", "timm")
+    if spec.name not in timm.list_models():
+        raise _unknown("timm", spec.name, timm.list_models())
+    model = timm.create_model(spec.name, pretrained=False, **spec.options).eval()
+    try:
+        from timm.utils.model import reparameterize_model
+
+        model = reparameterize_model(model)
+    except ImportError:  # older timm: no reparameterization helper; the training-time graph is priced
+        pass
+    default = (1, *model.pretrained_cfg["input_size"]) if getattr(model, "pretrained_cfg", None) else None
+    shape = _need_shape(spec, shape, default)
+    return Network(model, _image_io(shape), f"timm {spec.name}")
+
+
+def _torchvision(spec: ModelSpec, shape: Shape | None) -> Network:
+    tv = _library("torchvision", "torchvision")
+    names = tv.models.list_models()
+    if spec.name not in names:
+        raise _unknown("torchvision", spec.name, names)
+    model = tv.models.get_model(spec.name, weights=None, **spec.options).eval()
+    return Network(model, _image_io(_need_shape(spec, shape, None)), f"torchvision {spec.name}")
+
+
+def _open_clip(spec: ModelSpec, shape: Shape | None) -> Network:
+    oc = _library("open_clip", "open_clip_torch")
+    names = oc.list_models()
+    if spec.name not in names:
+        raise _unknown("open_clip", spec.name, names)
+    model = oc.create_model(spec.name, pretrained=None, **spec.options).eval()
+    if spec.tower == "text":
+        shape = _need_shape(spec, shape, (1, int(getattr(model, "context_length", 77))))
+        return Network(_FirstTensor(model, model.encode_text), _tokens_io(shape), f"open_clip {spec.name} text")
+    size = getattr(model.visual, "image_size", 224)
+    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    shape = _need_shape(spec, shape, (1, 3, *size))
+    return Network(_FirstTensor(model, model.encode_image), _image_io(shape), f"open_clip {spec.name} image")
+
+
+def _hf(spec: ModelSpec, shape: Shape | None) -> Network:
+    import transformers
+
+    configs = [n for n in dir(transformers) if n.endswith("Config") and n != "PretrainedConfig"]
+    if spec.name not in configs:
+        raise _unknown("hf", spec.name, configs)
+    config = getattr(transformers, spec.name)(**spec.options)
+    try:
+        model = transformers.AutoModel.from_config(config).eval()
+    except ValueError as exc:
+        raise SnapbenchError(f"{spec.text}: transformers has no model for this config ({exc})") from None
+    shape = _need_shape(spec, shape, None)
+    if len(shape) == 2:  # token ids
+        return Network(_FirstTensor(model, lambda ids: model(input_ids=ids)), _tokens_io(shape), f"hf {spec.name}")
+    return Network(_FirstTensor(model, lambda px: model(pixel_values=px)), _image_io(shape), f"hf {spec.name}")
+
+
+# ---- synthetic graphs of published micro-benchmarks (plain PyTorch) ----------------------------------------
+
+
+class _Attention(nn.Module):
+    """Keras MultiHeadAttention: heads x key_dim projections that need not equal the model width."""
+
+    def __init__(self, dim: int, heads: int, key_dim: int):
+        super().__init__()
+        inner = heads * key_dim
+        self.heads, self.key_dim = heads, key_dim
+        self.q, self.k, self.v = (nn.Linear(dim, inner) for _ in range(3))
+        self.o = nn.Linear(inner, dim)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, -1, self.heads, self.key_dim).transpose(1, 2)
+
+        q, k, v = split(self.q(x)), split(self.k(ctx)), split(self.v(ctx))
+        w = torch.softmax(q @ k.transpose(-1, -2) / self.key_dim ** 0.5, dim=-1)
+        return self.o((w @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+class _PostLNLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, key_dim: int, ffn: int, cross: bool):
+        super().__init__()
+        self.self_attn = _Attention(dim, heads, key_dim)
+        self.cross_attn = _Attention(dim, heads, key_dim) if cross else None
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn, bias=False), nn.ReLU(), nn.Linear(ffn, dim, bias=False))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim, eps=1e-6) for _ in range(3 if cross else 2))
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norms[0](x + self.self_attn(x, x))
+        if self.cross_attn is not None:
+            x = self.norms[1](x + self.cross_attn(x, memory))
+        return self.norms[-1](x + self.ffn(x))
+
+
+class _EncoderDecoder(nn.Module):
+    def __init__(self, dim: int, heads: int, key_dim: int, ffn: int, layers: int):
+        super().__init__()
+        self.encoder = nn.ModuleList(_PostLNLayer(dim, heads, key_dim, ffn, False) for _ in range(layers))
+        self.decoder = nn.ModuleList(_PostLNLayer(dim, heads, key_dim, ffn, True) for _ in range(layers))
+        self.head = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        memory = x
+        for layer in self.encoder:
+            memory = layer(memory)
+        y = x
+        for layer in self.decoder:
+            y = layer(y, memory)
+        return self.head(y)
+
+
+def _synthetic(spec: ModelSpec, shape: Shape | None) -> Network:
+    m = re.fullmatch(r"(conv|dense|transformer)((?:-[a-z]\d+)+)", spec.name)
+    if not m:
+        raise SnapbenchError(f"unknown synthetic model {spec.name!r}; write conv-f128-k3-l6, dense-u128-l6 or "
+                             "transformer-d512-h6-k64-f1024-l8")
+    kind, args = m.group(1), {a[0]: int(a[1:]) for a in m.group(2).strip("-").split("-")}
+    try:
+        if kind == "conv":
+            shape = _need_shape(spec, shape, None)
+            layers: list[nn.Module] = []
+            cin = shape[1]
+            for _ in range(args["l"]):
+                layers += [nn.Conv2d(cin, args["f"], args["k"], padding="same", bias=False), nn.ReLU()]
+                cin = args["f"]
+            return Network(nn.Sequential(*layers).eval(), _image_io(shape), f"synthetic {spec.name}")
+        if kind == "dense":
+            shape = _need_shape(spec, shape, None)
+            layers, cin = [], shape[-1]
+            for _ in range(args["l"]):
+                layers += [nn.Linear(cin, args["u"], bias=False), nn.ReLU()]
+                cin = args["u"]
+            return Network(nn.Sequential(*layers).eval(), _image_io(shape), f"synthetic {spec.name}")
+        module = _EncoderDecoder(args["d"], args["h"], args["k"], args["f"], args["l"]).eval()
+        return Network(module, _image_io(_need_shape(spec, shape, (1, 10, args["d"]))), f"synthetic {spec.name}")
+    except KeyError as exc:
+        raise SnapbenchError(f"synthetic model {spec.name!r} lacks -{exc.args[0]}N") from None
+
+
+BUILDERS: dict[str, Callable[[ModelSpec, Shape | None], Network]] = {
+    "timm": _timm, "torchvision": _torchvision, "open_clip": _open_clip, "hf": _hf, "synthetic": _synthetic,
+}
+
+
+def build_network(spec: ModelSpec, input_shape: str | Shape | None = None, *, seed: int = 0) -> Network:
+    """The network of `spec` with seeded random weights, and its interface at `input_shape`."""
+    if spec.kind == "package":
+        raise SnapbenchError(f"{spec.name} is already a Core ML model; it is priced as it is")
+    shape = parse_shape(input_shape) if isinstance(input_shape, str) else input_shape
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return BUILDERS[spec.kind](spec, shape)

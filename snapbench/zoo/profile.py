@@ -1,0 +1,41 @@
+"""Price any network (`timm:`, `torchvision:`, `open_clip:`, `hf:`, `synthetic:`, a `.mlpackage`) as one
+whole program on a device: the `profile --model NETWORK` document.
+
+    doc = profile_network("timm:fastvit_t8", "1x3x256x256", "iphone12pro")   # doc["model_ms"]: estimate
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from snapbench.errors import SnapbenchError
+
+# --weight-bits -> how the weights are stored (the converters' choices: 8 = int8, 6/4 = palettized)
+_STORED = {16: "fp16", 8: "w8", 6: "pal6", 4: "pal4"}
+
+
+def profile_network(model: str, input_shape: str | None, device: str, *, weight_bits: int = 16,
+                    backend: str = "estimate", params=None) -> dict[str, Any]:
+    from snapbench.devices.catalog import resolve_device
+    from snapbench.profilers.estimate import estimate_ops, load_params
+    from snapbench.profilers.estimate.stored_weights import with_stored_weights
+    from snapbench.zoo.programs import network_records
+    from snapbench.zoo.specs import parse_model_spec
+
+    if backend not in ("auto", "estimate"):
+        raise SnapbenchError(f"--backend {backend}: a --model {model} network is priced by the estimator only; "
+                             "time its package on a device with Xcode's performance report "
+                             "(snapbench convert --model ... writes it)")
+    if weight_bits not in _STORED:
+        raise SnapbenchError(f"--weight-bits {weight_bits}: choose one of {', '.join(map(str, _STORED))}")
+    dev = resolve_device(device)
+    spec = parse_model_spec(model)
+    records = network_records(spec, input_shape)
+    params = params or load_params()
+    est = estimate_ops(with_stored_weights(records, _STORED[weight_bits]), dev, params=params)
+    return {"model": spec.text, "input": input_shape, "device": dev.id, "chip": dev.chip, "backend": "estimate",
+            "weight_bits": weight_bits, "model_ms": round(est.total_ms, 4), "params_version": params.version,
+            "app_call_ms": round(params.call_ms(dev.chip), 4), "estimate": est.to_dict(),
+            "notes": ["one whole program (no blocks); model_ms is the engine's time (what Xcode's performance "
+                      f"report shows); timed in an app, each prediction also pays ~{params.call_ms(dev.chip):.2f} ms "
+                      "(app_call_ms, fitted on the corpus)"]}

@@ -1,0 +1,131 @@
+"""The estimator against published latencies: the corpus file, held-out prediction, the validate command.
+
+The held-out tests refit the cost model without one group of rows and predict that group: an
+out-of-sample error, with thresholds a worse model would fail. They price the op records shipped with
+snapbench (no conversion), so they run in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from snapbench.errors import SnapbenchError
+from snapbench.validation.corpus import COLUMNS, load_corpus
+from snapbench.validation.run import corpus_points, predict_held_out, summarise, validate
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    rows = load_corpus()
+    points, skipped = corpus_points(rows, convert=False)
+    return rows, points, skipped
+
+
+def test_every_row_is_priced_or_says_why(corpus):
+    rows, points, skipped = corpus
+    assert len(rows) >= 200
+    for r in rows:
+        assert (r.row in points) != (r.row in skipped), r.row
+        if r.row in skipped:
+            assert skipped[r.row].strip()
+    # the shipped records cover every rebuildable row: validate needs no conversion on a fresh clone
+    assert not [k for k, why in skipped.items() if "not converted" in why]
+    assert len(points) >= 100
+
+
+def test_low_trust_rows_are_reported_never_fitted(corpus):
+    rows, points, _ = corpus
+    low = [r for r in rows if r.trust == "low" and r.row in points]
+    assert all(points[r.row].weight == 0 for r in low)
+    assert all(points[r.row].weight > 0 for r in rows if r.fitted and r.row in points)
+
+
+def _held_out_errors(corpus, cross, group):
+    rows, points, _ = corpus
+    by_id = {r.row: r for r in rows}
+    estimates, info = predict_held_out(points, by_id, cross, group)
+    # the fit never saw the group: none of its rows among the fitted points
+    assert info["predicted_rows"] == len(estimates) > 0
+    import pandas as pd
+
+    df = pd.DataFrame([{"error_pct": 100 * (estimates[k] - by_id[k].latency_ms) / by_id[k].latency_ms}
+                       for k in estimates if by_id[k].trust != "low"])
+    return summarise(df).iloc[0]
+
+
+def test_a_held_out_source_is_predicted(corpus):
+    # Apple's coremltools compression tables (A16 and A17 Pro; fp16, palettized, int8, pruned)
+    s = _held_out_errors(corpus, "source", "S09-coremltools-perf")
+    assert s["median_abs_error_pct"] <= 30 and s["within_50_pct"] >= 75, s.to_dict()
+
+
+def test_a_held_out_chip_is_predicted(corpus):
+    # every A14 row (MobileOne, MobileCLIP) predicted by a fit on the other chips only
+    s = _held_out_errors(corpus, "chip", "A14")
+    assert s["median_abs_error_pct"] <= 35 and s["within_50_pct"] >= 70, s.to_dict()
+
+
+def test_bad_corpus_files_name_file_and_line(tmp_path):
+    good = load_corpus()
+    header = ",".join(COLUMNS)
+    f = tmp_path / "c.csv"
+    f.write_text(",".join(c for c in COLUMNS if c != "trust") + "\n")
+    with pytest.raises(SnapbenchError, match="missing columns trust"):
+        load_corpus(f)
+    r = good[0]
+    line = [r.row, r.source, "ref", r.family, r.network, r.input, r.device, r.compute_units, r.weights,
+            r.statistic, r.harness, "fast", r.trust, ""]
+    f.write_text(header + "\n" + ",".join(line) + "\n")
+    with pytest.raises(SnapbenchError) as e:
+        load_corpus(f)
+    assert f"{f} line 2" in str(e.value) and "'fast' is not a number" in str(e.value)
+    line[11], line[6] = "1.0", "iphone99"
+    f.write_text(header + "\n" + ",".join(line) + "\n")
+    with pytest.raises(SnapbenchError, match="line 2: unknown device 'iphone99'"):
+        load_corpus(f)
+
+
+def test_validate_command_json_on_a_small_corpus(tmp_path, capsys):
+    from snapbench.cli import main
+
+    rows = [r for r in load_corpus() if r.source == "S01-mobileone"] + \
+        [r for r in load_corpus() if r.source.startswith("S11")][:1]
+    f = tmp_path / "small.csv"
+    lines = [",".join(COLUMNS)]
+    for r in rows:
+        lines.append(",".join([r.row, r.source, "ref", r.family, r.network, r.input, r.device, r.compute_units,
+                               r.weights, r.statistic, r.harness, str(r.latency_ms), r.trust,
+                               r.skip.replace(",", ";")]))
+    f.write_text("\n".join(lines) + "\n")
+    assert main(["validate", "--corpus", str(f), "--no-convert", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["backend"] == "estimate" and len(doc["rows"]) == 5 and len(doc["skipped"]) == 1
+    assert doc["overall"]["n"] == 5 and doc["skipped"][0]["reason"]
+
+
+def test_validate_rejects_an_unknown_cross(capsys):
+    from snapbench.cli import main
+
+    assert main(["validate", "--cross", "colour", "--no-convert"]) == 2
+    assert "choose source or chip" in capsys.readouterr().err
+
+
+def test_in_sample_validation_reports_every_summary():
+    v = validate(convert=False)
+    for key in ("source", "chip", "family"):
+        df = v.summary(key)
+        assert set(df.columns) >= {key, "n", "median_abs_error_pct", "within_25_pct"} and len(df) >= 2
+
+
+def test_shipped_tables_carry_the_shipped_estimator_version():
+    # the tables are re-estimated whenever the parameters change (python -m snapbench.profilers.estimate.retable)
+    from snapbench.latency.table import LatencyTable
+    from snapbench.paths import shipped_tables_dir
+    from snapbench.profilers.estimate import load_params
+
+    version = load_params().version
+    stale = [f"{p.parent.name}/{p.name}: {r.block}" for p in sorted(shipped_tables_dir().glob("*/*.csv"))
+             for r in LatencyTable.load(p) if r.backend == "estimate" and f"estimator={version}" not in r.versions]
+    assert not stale, stale[:5]
