@@ -31,6 +31,14 @@ from bench_convert import NAIVE, PY, SNAPBENCH, run  # noqa: E402  (a sibling sc
 GOAL_PEAK_BYTES = 4e9
 
 
+def measured(cmd: list[str]) -> dict:
+    """bench_convert.run, but a failing variant is a row saying so, not the end of the benchmark."""
+    try:
+        return run(cmd)
+    except SystemExit as e:
+        return {"seconds": float("nan"), "peak_tree_rss": float("nan"), "failed": str(e)}
+
+
 def machine() -> str:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
@@ -61,22 +69,22 @@ def main() -> None:
         if not a.skip_plain:
             print("(a) plain whole-UNet trace + convert ...", file=sys.stderr, flush=True)
             rows.append(("(a) whole UNet, plain trace + ct.convert",
-                         run([PY, "-c", NAIVE, a.model, str(a.latent), "2", str(a.tokens),
+                         measured([PY, "-c", NAIVE, a.model, str(a.latent), "2", str(a.tokens),
                               str(work / "plain.mlpackage")])))
         for label, name, extra in (("(b) --pipeline --chunks 2, fp16", "fp16", []),
                                    ("(c) --pipeline --chunks 2, 6-bit", "6bit", ["--weight-bits", "6"])):
             print(f"{label} ...", file=sys.stderr, flush=True)
             out = work / name
-            r = run([SNAPBENCH, "convert", "--model", a.model, "--pipeline", "--chunks", "2",
+            r = measured([SNAPBENCH, "convert", "--model", a.model, "--pipeline", "--chunks", "2",
                      "--attention", a.attention, *shapes, *extra, "--out", str(out), "--json"])
             m = json.loads((out / "manifest.json").read_text())
-            r["parts"] = {b["id"]: b["seconds"] for b in m["blocks"]}
+            r["parts"] = {b["id"]: b["seconds"] if b["state"] == "done" else b["state"] for b in m["blocks"]}
             r["phases"] = {b["id"]: b.get("timings") for b in m["blocks"]}
             r["package_bytes"] = sum(b["bytes"] or 0 for b in m["blocks"])
             rows.append((label, r))
         if a.reference_model and importlib.util.find_spec("python_coreml_stable_diffusion"):
             print("(d) apple/ml-stable-diffusion torch2coreml ...", file=sys.stderr, flush=True)
-            rows.append(("(d) torch2coreml, UNet chunked", run([
+            rows.append(("(d) torch2coreml, UNet chunked", measured([
                 PY, "-m", "python_coreml_stable_diffusion.torch2coreml", "--model-version", a.reference_model,
                 "--convert-unet", "--convert-text-encoder", "--convert-vae-decoder", "--chunk-unet",
                 "--attention-implementation", a.attention.upper(), "-o", str(work / "reference")])))
@@ -88,10 +96,12 @@ def main() -> None:
         for label, r in rows:
             ratio = f"{r['seconds'] / base['seconds']:.2f}" if base else "-"
             fits = "-" if label.startswith("(a)") else ("yes" if r["peak_tree_rss"] <= GOAL_PEAK_BYTES else "NO")
-            print(f"{label:42} {r['seconds']:8.1f} {ratio:>6} {r['peak_tree_rss'] / 1e9:13.2f} {fits:>8}")
+            print(f"{label:42} {r['seconds']:8.1f} {ratio:>6} {r['peak_tree_rss'] / 1e9:13.2f} {fits:>8}"
+                  + (f"  FAILED: {r['failed']}" if "failed" in r else ""))
         for label, r in rows:
             if "parts" in r:
-                parts = ", ".join(f"{k} {v:.0f} s" for k, v in r["parts"].items() if v is not None)
+                parts = ", ".join(f"{k} {v:.0f} s" if isinstance(v, float) else f"{k} {v}"
+                                  for k, v in r["parts"].items() if v is not None)
                 print(f"  {label}: {parts}; packages {r['package_bytes'] / 1e9:.2f} GB")
                 for part, phases in r["phases"].items():
                     if phases:
