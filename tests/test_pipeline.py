@@ -205,16 +205,17 @@ def test_pipeline_from_a_folder_without_vae(tmp_path, capsys):
 @pytest.mark.slow
 def test_pipeline_one_unet_vae_encoder_6_bit(tmp_path, capsys):
     out = tmp_path / "app"
-    # latent 16: the VAE parts are traced at 8 and converted at 16
+    # latent 16: the VAE parts are traced at 8 and converted at 16; 64 tokens: the text encoder's causal
+    # mask (64 x 64, -inf above the diagonal) is big enough that a careless palettizer would take it
     assert main(["convert", "--model", "sd15-tiny", "--pipeline", "--weight-bits", "6", "--vae-encoder",
-                 "--latent", "16", "--tokens", "4", "--out", str(out)]) == 0
+                 "--latent", "16", "--tokens", "64", "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["TextEncoder.mlpackage", "Unet.mlpackage", "VAEDecoder.mlpackage", "VAEEncoder.mlpackage",
                      "manifest.json"]  # a preset has no tokenizer files
     ins, outs = _io(out / "Unet.mlpackage")
     # original attention too: the Swift package always passes the context as (B, C, 1, S)
     assert [(n, s) for n, s, _ in ins] == [("sample", [2, 4, 16, 16]), ("timestep", [2]),
-                                          ("encoder_hidden_states", [2, 16, 1, 4])] and outs == ["noise_pred"]
+                                          ("encoder_hidden_states", [2, 16, 1, 64])] and outs == ["noise_pred"]
     assert _io(out / "VAEDecoder.mlpackage")[1] == ["image"]
     assert [s for _, s, _ in _io(out / "VAEEncoder.mlpackage")[0]] == [[1, 3, 128, 128]]
     assert load_manifest(out).block("VAEDecoder").outputs == [{"name": "image", "shape": [1, 3, 128, 128]}]
