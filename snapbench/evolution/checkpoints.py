@@ -18,6 +18,7 @@ import torch
 
 from snapbench.atomic import atomic_path
 from snapbench.errors import SnapbenchError
+from snapbench.user_files import read_user_json
 from snapbench.evolution.toy_digits import ENCODER_FILE, PromptEncoder, context_width, is_toy
 from snapbench.model.elastic_unet import ElasticUNet
 from snapbench.model.loading import ModelSource, build_unet, resolve_model, save_elastic
@@ -86,10 +87,9 @@ def _schedule(source: ModelSource, folder: Path | None) -> dict[str, Any]:
         places.append(source.weights_dir.parent / SCHEDULER_FILE)
     for p in places:
         if p.is_file():
-            try:
-                cfg = json.loads(p.read_text())
-            except json.JSONDecodeError as e:
-                raise SnapbenchError(f"{p}: line {e.lineno}: not valid JSON ({e.msg})") from None
+            cfg = read_user_json(p, "scheduler config")
+            if not isinstance(cfg, dict):
+                raise SnapbenchError(f"{p}: not a JSON object")
             return {k: v for k, v in cfg.items() if not k.startswith("_")}
     return dict(TOY_SCHEDULE if is_toy(source.spec) else SD_SCHEDULE)
 

@@ -21,6 +21,7 @@ from typing import Any, Collection, Protocol, Sequence, Union
 import torch
 
 from snapbench.errors import SnapbenchError
+from snapbench.user_files import read_user_json, read_user_text
 from snapbench.evolution.checkpoints import ModelBundle
 from snapbench.evolution.sampling import ddim_sample
 from snapbench.evolution.toy_digits import DIGIT_PROMPTS, is_toy, load_classifier
@@ -96,12 +97,7 @@ class ToyEvaluator:
 # -- CLIP -------------------------------------------------------------------------------------------
 def read_prompts(path: str | Path) -> tuple[str, ...]:
     p = Path(path)
-    try:
-        lines = p.read_text().splitlines()
-    except FileNotFoundError:
-        raise SnapbenchError(f"{p}: no such prompts file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SnapbenchError(f"{p}: cannot read prompts ({e})") from None
+    lines = read_user_text(p, "prompts file").splitlines()
     prompts = tuple(s.strip() for s in lines if s.strip())
     if not prompts:
         raise SnapbenchError(f"{p}: the prompts file is empty (one prompt per line)")
@@ -125,12 +121,7 @@ def _missing(folder: Path, files: tuple[str, ...]) -> list[str]:
 
 
 def _json_config(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SnapbenchError(f"{path}: not a readable JSON config ({e})") from None
+    data = read_user_json(path, "JSON config")
     if not isinstance(data, dict):
         raise SnapbenchError(f"{path}: not a JSON object")
     return data

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 
 from snapbench.errors import SnapbenchError
+from snapbench.user_files import read_user_text
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice, full_spec
 from snapbench.specs.layout import removable_slots
 
@@ -57,10 +58,7 @@ class FixedTable:
     @classmethod
     def from_csv(cls, path: str | Path) -> "FixedTable":
         p = Path(path)
-        try:
-            reader = list(csv.DictReader(p.read_text().splitlines()))
-        except FileNotFoundError:
-            raise SnapbenchError(f"{p}: no such latency table") from None
+        reader = list(csv.DictReader(read_user_text(p, "latency table").splitlines()))
         if not reader or not {"signature", "latency_ms"} <= set(reader[0]):
             raise SnapbenchError(f"{p}: a fixed latency table needs 'signature' and 'latency_ms' columns")
         return cls({r["signature"]: float(r["latency_ms"]) for r in reader}, reader[0].get("backend") or "fixed",

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Mapping
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
+from snapbench.user_files import read_user_text
 
 TRAJECTORY_FILE = "trajectory.csv"
 
@@ -95,10 +96,7 @@ def write_trajectory(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Pat
 def read_trajectory(path: str | Path) -> list[dict[str, Any]]:
     """Rows with numbers parsed (None where empty): what the report's trajectory chart reads."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise SnapbenchError(f"{p}: no such trajectory file") from None
+    text = read_user_text(p, "trajectory file")
     reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in TRAJECTORY_COLUMNS if c not in (reader.fieldnames or ())]
     if missing:

@@ -45,6 +45,7 @@ import pandas as pd
 
 from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
+from snapbench.user_files import read_user_text
 from snapbench.profilers.estimate.cost_model import (
     PreparedOps,
     evaluate,
@@ -159,7 +160,7 @@ def load_points(path: str | os.PathLike | None = None, *, convert: bool = True,
         p = Path(path)
         if not p.is_file():
             raise SnapbenchError(f"measured-latency file {p} not found")
-        sources.append((p.read_text(), str(p)))
+        sources.append((read_user_text(p, "measured-latency file"), str(p)))
     points: list[CalibrationPoint] = []
     for text, source in sources:
         for line, row in enumerate(_rows(text, source), start=2):
