@@ -19,7 +19,7 @@ def distill_decoder_command(
                                                "the VAE's scaling factor, as the UNet sees them)."),
     steps: int = typer.Option(600, "--steps", min=0, help="Distillation steps."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate [default: 1e-3 toy, 1e-4 else]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default: 1e-3 toy, 1e-4 else)."),
     save_every: int = typer.Option(200, "--save-every", min=1),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads", min=1, help="Torch CPU threads."),

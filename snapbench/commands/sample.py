@@ -13,7 +13,7 @@ def sample_command(
     model: str = typer.Option(..., "--model", "-m", help="A trained or distilled folder (toy-digits or SD-structured)."),
     out_path: str = typer.Option(..., "--out", "-o", help="The PNG to write."),
     prompt: List[str] = typer.Option(..., "--prompt", "-p", help="A prompt (repeat for more rows)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps [default: what the model was distilled for, else 50]."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: what the model was distilled for, else 50)."),
     cfg: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale."),
     per_prompt: int = typer.Option(8, "--per-prompt", help="Images per prompt (one row each)."),
     seed: int = typer.Option(0, "--seed"),
