@@ -39,7 +39,8 @@ def read_user_bytes(path: str | Path, what: str) -> bytes:
     except OSError as e:
         raise SnapbenchError(f"{p}: cannot read {what} ({e.strerror or e})") from None
     if len(data) > limit:
-        raise SnapbenchError(f"{p}: larger than {limit // (1024 * 1024)} MB, too big for a {what} "
+        size = f"{limit / (1024 * 1024):.0f} MB" if limit >= 1024 * 1024 else f"{limit} bytes"
+        raise SnapbenchError(f"{p}: larger than {size}, more than any {what} holds "
                              "(is it the right file? raise $SNAPBENCH_MAX_INPUT_MB if it is)")
     return data
 

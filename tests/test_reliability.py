@@ -189,7 +189,7 @@ def test_input_files_are_read_up_to_a_limit(tmp_path, monkeypatch):
     monkeypatch.setenv("SNAPBENCH_MAX_INPUT_MB", "0.001")
     big = tmp_path / "big.csv"
     big.write_text("x" * 2000)
-    with pytest.raises(SnapbenchError, match="too big"):
+    with pytest.raises(SnapbenchError, match="larger than 1048 bytes"):
         read_user_text(big, "import file")
     (tmp_path / "small.csv").write_text("x" * 100)
     assert read_user_text(tmp_path / "small.csv", "import file") == "x" * 100

@@ -129,3 +129,22 @@ def test_shipped_tables_carry_the_shipped_estimator_version():
     stale = [f"{p.parent.name}/{p.name}: {r.block}" for p in sorted(shipped_tables_dir().glob("*/*.csv"))
              for r in LatencyTable.load(p) if r.backend == "estimate" and f"estimator={version}" not in r.versions]
     assert not stale, stale[:5]
+
+
+def test_report_trust_section_bands_estimated_headlines():
+    from snapbench.devices import resolve_device
+    from snapbench.report.charts import trust_chart
+    from snapbench.report.trust import trust_section
+    from snapbench.validation.trust import load_trust
+
+    doc = load_trust()
+    assert doc is not None and not doc["stale"], "run python -m snapbench.validation.trust --write"
+    results = [{"device": "iphone14pro", "labels": ["estimated"], "budget": {"total_s": 2.0}},
+               {"device": "iphone14pro", "labels": ["measured"], "budget": {"total_s": 2.0}}]
+    t = trust_section([resolve_device("iphone14pro")], results)
+    lo, hi = results[0]["budget"]["error_band_s"]
+    assert lo < hi and "error_band_s" not in results[1]["budget"]  # measured figures get no estimator band
+    row = t["per_device"][0]
+    assert row["chip"] == "A16" and row["chip_rows"] > 0 and row["band"]["scope"] == "A16"
+    svg = trust_chart(t, "trust")
+    assert svg.startswith("<svg") and "published latency" in svg

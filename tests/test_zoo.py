@@ -122,3 +122,21 @@ def test_profile_document_has_model_ms():
 
     assert model_ms(run({"text_encoder": 4.0, "unet": 900.0, "vae_decoder": 300.0})) == 900.0
     assert model_ms(run({"vae_decoder": 300.0})) == 300.0
+
+
+def test_convert_a_network_then_price_its_package(tmp_path, monkeypatch, capsys):
+    import json
+
+    from snapbench.cli import main
+    from snapbench.profilers.estimate import read_op_records
+
+    monkeypatch.setenv("SNAPBENCH_CACHE", str(tmp_path / "cache"))
+    # 64 x 64 weights: above coremltools' 2048-element threshold for compressing a tensor
+    assert main(["convert", "--model", "synthetic:dense-u64-l2", "--input", "1x10x64", "--out", str(tmp_path / "o"),
+                 "--weight-bits", "8", "--json"]) == 0
+    pkg = json.loads(capsys.readouterr().out)["package"]
+    bits = [r.weight_bits for r in read_op_records(pkg) if r.weight_elems]
+    assert len(bits) == 2 and all(8 <= b < 9 for b in bits)  # int8 weights stored (+ per-channel scales)
+    assert main(["profile", "--model", pkg, "--device", "iphone15pro", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["model"] == pkg and doc["model_ms"] > 0

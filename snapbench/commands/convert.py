@@ -37,9 +37,26 @@ def convert_command(
     pipeline: bool = typer.Option(False, "--pipeline", help="The whole app pipeline for Apple's Swift StableDiffusion package: TextEncoder, Unet (or 2 chunks), VAEDecoder, tokenizer."),
     vae_encoder: bool = typer.Option(False, "--vae-encoder", help="With --pipeline: also VAEEncoder (image-to-image)."),
     compile_: bool = typer.Option(False, "--compile", help="With --pipeline: also write the .mlmodelc folders (macOS only)."),
+    input_shape: Optional[str] = typer.Option(None, "--input", help="Input shape of a timm:/torchvision:/open_clip:/"
+                                              "hf:/synthetic: network (converted whole, one package)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Convert a UNet into Core ML packages, one per block (default), whole, or a pipeline part."""
+    from snapbench.zoo.specs import is_network_spec
+
+    if is_network_spec(model):  # any network: one whole package under --out
+        from pathlib import Path as _Path
+
+        from snapbench.zoo.programs import network_package
+        from snapbench.zoo.specs import parse_model_spec
+
+        spec = parse_model_spec(model)
+        dest = network_package(spec, input_shape, _Path(out_dir) / f"{spec.slug()}.mlpackage", weight_bits=weight_bits)
+        if as_json:
+            print_json({"model": spec.text, "input": input_shape, "weight_bits": weight_bits, "package": str(dest)})
+        else:
+            out.print(f"{spec.text}: {dest}")
+        return
     from snapbench.converters.options import ConvertOptions
     from snapbench.errors import SnapbenchError
 

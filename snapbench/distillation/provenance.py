@@ -38,8 +38,10 @@ def decoder_source(ref: str, spec_name: str) -> str:
             return f"distilled decoder recorded at {folder}, but {info_path} is missing or unreadable"
         r = info.get("result", {})
         psnr = f", PSNR {r['psnr_distilled_db']} dB to the teacher decoder" if r.get("psnr_distilled_db") else ""
+        priced = ("SnapFusion's 50%-pruned SD decoder" if spec_name.startswith("snapfusion")
+                  else "the full SD-v1.5 decoder")
         return (f"pruned by {info.get('config', {}).get('prune')} and distilled here ({folder}{psnr}); the latency "
-                "is the estimator's for the full-size decoder at that pruning")
+                f"shown is {priced}'s, as the converters build it for this model (not re-estimated for this one)")
     if spec_name.startswith("snapfusion"):
         return ("SnapFusion's 50%-pruned decoder as an architecture (the paper's assumption: its quality after "
                 "distillation is the paper's claim, not distilled here)")

@@ -152,8 +152,9 @@ def refuse_conflicts(p: str | Path, rows: list[ImportedRow]) -> None:
     lo = min(rows, key=lambda r: r.latency_ms)
     hi = max(rows, key=lambda r: r.latency_ms)
     if hi.latency_ms - lo.latency_ms > CONFLICT_TOLERANCE * hi.latency_ms:
-        refs = f"{lo.ref!r} and {hi.ref!r} share one signature" if lo.ref != hi.ref else f"{lo.ref!r} appears twice"
+        a, b = sorted((lo, hi), key=lambda r: r.line)
+        refs = f"{a.ref!r} and {b.ref!r} share one signature" if a.ref != b.ref else f"{a.ref!r} appears twice"
         raise SnapbenchError(
-            f"{p} {lo.where}s {lo.line} and {hi.line}: {refs} (the same computation) but give "
-            f"{lo.latency_ms:g} and {hi.latency_ms:g} ms; keep the right one (or one row with their median) "
+            f"{p} {a.where}s {a.line} and {b.line}: {refs} (the same computation) but give "
+            f"{a.latency_ms:g} and {b.latency_ms:g} ms; keep the right one (or one row with their median) "
             f"and import again")

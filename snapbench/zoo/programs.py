@@ -125,18 +125,27 @@ def _package_records(path: Path) -> list[OpRecord]:
         raise SnapbenchError(f"{path} does not load as a Core ML package ({exc})") from None
 
 
-def network_package(model: str | ModelSpec, input_shape=None, out: str | os.PathLike | None = None) -> Path:
-    """The network as an `.mlpackage` (for a real device or Xcode), written once per key."""
+def network_package(model: str | ModelSpec, input_shape=None, out: str | os.PathLike | None = None, *,
+                    weight_bits: int = 16) -> Path:
+    """The network as an `.mlpackage` (for a real device or Xcode), written once per key; weights stored as
+    the converters store them (16: fp16, 8: int8, 6/4: palettized)."""
     spec = parse_model_spec(model) if isinstance(model, str) else model
     if spec.kind == "package":
         return Path(spec.name)
+    from snapbench.converters.compression import compress
     from snapbench.converters.convert_package import is_complete_package, save_checked, stamp
+    from snapbench.converters.options import ConvertOptions
+    from snapbench.converters.runtime import conversion_context
 
+    opts = ConvertOptions(weight_bits=weight_bits)
     shape = _shape_or_none(input_shape)
-    dest = Path(out) if out else cache_dir() / f"{spec.slug()}-{network_key(spec, shape)}.mlpackage"
+    key = network_key(spec, shape) + (f"-w{weight_bits}" if weight_bits != 16 else "")
+    dest = Path(out) if out else cache_dir() / f"{spec.slug()}-{key}.mlpackage"
     if is_complete_package(dest):
         return dest
     net, mlmodel = _convert(spec, shape)
+    with conversion_context():
+        mlmodel = compress(mlmodel, opts)
     stamp(mlmodel, {"model": spec.text, "input": "x".join(map(str, net.io.inputs[0][1]))}, net.title)
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_checked(mlmodel, dest, net.io)
