@@ -396,3 +396,14 @@ def test_sd_structured_teacher_distils_on_a_latent_folder_cfg_aware(tmp_path, ti
     assert settings["prediction_type"] == "v_prediction" and settings["steps"] == 2
     sched = json.loads((tmp_path / "run" / "scheduler" / "scheduler_config.json").read_text())
     assert sched["beta_schedule"] == "scaled_linear"
+
+
+def test_a_second_distill_on_a_held_out_folder_is_refused_naming_the_first(tmp_path, toy_folder):
+    from snapbench.locks import folder_lock
+
+    out = tmp_path / "student"
+    out.mkdir()
+    with folder_lock(out, "distill"):  # as if another run held it (the same lock, another holder)
+        with pytest.raises(SnapbenchError, match=r"another snapbench distill .*--out"):
+            distill(toy_folder, out, TINY, progress=False)
+    assert not (out / "distill_state.json").exists()

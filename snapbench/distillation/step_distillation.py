@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -41,6 +42,7 @@ from torch import nn
 
 from snapbench.distillation.ddim_math import NoiseLevels, ddim_timesteps, prev_timestep
 from snapbench.errors import SnapbenchError
+from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.evolution.checkpoints import ModelBundle, load_bundle, save_bundle
 from snapbench.evolution.data import TrainingData, training_data
 from snapbench.evolution.robust_training import (
@@ -241,10 +243,19 @@ def distill(model: str | Path, out: str | Path, config: DistillConfig, *, studen
     """Distill the teacher `model` (a trained folder) into a `config.student_steps`-step student in `out`.
 
     `student`: another model to start the student from (an arch spec, preset or trained folder); default
-    the teacher's own weights. Running it again on the same `out` resumes."""
+    the teacher's own weights. Running it again on the same `out` resumes; one run at a time per `out`
+    (the main process holds its lock, as in training)."""
+    if int(os.environ.get("RANK", "0")) != 0:  # accelerate's other ranks: rank 0 holds the lock
+        return _distill(model, Path(out), config, student, data, weights, progress, say)
+    with claimed_run_folder(out, "distill") as folder:
+        return _distill(model, folder, config, student, data, weights, progress, say)
+
+
+def _distill(model: str | Path, out: Path, config: DistillConfig, student: str | Path | None,
+             data: str | Path | None, weights: str | Path | None, progress: bool,
+             say: Callable[[str], None]) -> DistillResult:
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    out = Path(out)
     models = _start(model, out, config, student, weights, data, say)
     teacher_b, student_b, state = models.teacher, models.student, models.state
     start = int(state.get("step", 0))
@@ -333,7 +344,7 @@ def _start(model: str | Path, out: Path, config: DistillConfig, student_ref: str
                                      "another --out")
         teacher = load_bundle(state["teacher"])
         return _Models(teacher, load_bundle(out), state)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != FOLDER_LOCK for p in out.iterdir()):  # our own lock is not content
         raise SnapbenchError(f"{out}: exists and is not a snapbench distillation folder (no {STATE_FILE}); "
                              "pick another --out")
     teacher = _load_teacher(model, weights)
