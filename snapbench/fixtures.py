@@ -96,23 +96,24 @@ def bpe_vocabulary(corpus: Sequence[str], size: int = VOCAB_SIZE) -> tuple[dict[
 
     while len(merges) < want:
         pairs: dict[tuple[str, str], int] = {}
-        for w, n in words.items():
-            for pair in zip(w, w[1:]):
+        for word, n in words.items():
+            for pair in zip(word, word[1:]):
                 pairs[pair] = pairs.get(pair, 0) + n
         pairs = {p: n for p, n in pairs.items() if p[0] + p[1] not in known}
         if not pairs:
             break
         a, b = max(pairs, key=lambda p: (pairs[p], p))
         add(a, b)
-        merged = {}
-        for w, n in words.items():
-            out, i = [], 0
-            while i < len(w):
-                if i + 1 < len(w) and (w[i], w[i + 1]) == (a, b):
+        merged: dict[tuple[str, ...], int] = {}
+        for word, n in words.items():
+            out: list[str] = []
+            i = 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == (a, b):
                     out.append(a + b)
                     i += 2
                 else:
-                    out.append(w[i])
+                    out.append(word[i])
                     i += 1
             merged[tuple(out)] = n
         words = merged

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
@@ -12,6 +12,9 @@ from snapbench.commands.common import (
     BatchOpt, JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, WeightsOpt, err,
     model_source, out, print_json, resolved_latent,
 )
+
+if TYPE_CHECKING:
+    from snapbench.converters.convert_blocks import ConvertResult
 
 
 def convert_command(
@@ -84,6 +87,7 @@ def convert_command(
     model = model_source(model, weights, variant, subfolder, revision)
     if latent is None and component != "text_encoder":  # the model's own size (the text encoder has none)
         opts = replace(opts, latent=resolved_latent(model, weights, None))
+    result: ConvertResult  # or its subclass PipelineResult
     if pipeline:
         from snapbench.converters.pipeline import convert_pipeline
 
@@ -109,9 +113,10 @@ def convert_command(
         raise typer.Exit(1)
     for note in getattr(result, "notes", []):
         err.print(f"note: {note}", markup=False, highlight=False)
-    if getattr(result, "missing", None):
+    missing = getattr(result, "missing", None)
+    if missing:
         # bad input, but everything that was there is converted and kept
-        raise SnapbenchError(f"{model if weights is None else weights}: missing {'; '.join(result.missing)}; "
+        raise SnapbenchError(f"{model if weights is None else weights}: missing {'; '.join(missing)}; "
                              f"converted the rest into {out_dir}")
 
 

@@ -47,11 +47,13 @@ def distill_command(
     """Distill an N-step teacher into an M-step student (SnapFusion 4.2; direct, CFG-aware by default)."""
     import torch
 
-    from snapbench.distillation.step_distillation import DistillConfig, distill
+    from snapbench.distillation.step_distillation import DistillConfig, PredictionType, distill
     from snapbench.distillation.toy_compare import ToyCompareConfig, parse_guidance
     from snapbench.errors import SnapbenchError
 
-    if prediction_type not in (None, "epsilon", "v_prediction"):
+    prediction_types: dict[str | None, PredictionType | None] = {
+        None: None, "epsilon": "epsilon", "v_prediction": "v_prediction"}
+    if prediction_type not in prediction_types:
         raise SnapbenchError(f"--prediction-type {prediction_type!r}: choose epsilon or v_prediction")
     torch.set_num_threads(threads)
     toy = _is_toy_ref(model)
@@ -60,7 +62,7 @@ def distill_command(
                            guidance_min=guidance_min, guidance_max=guidance_max, cfg_probability=cfg_probability,
                            gamma=gamma, steps=steps, batch_size=batch_size,
                            learning_rate=lr if lr is not None else (1e-4 if toy else 1e-5),
-                           prediction_type=prediction_type, v_finetune_steps=v_finetune_steps,
+                           prediction_type=prediction_types[prediction_type], v_finetune_steps=v_finetune_steps,
                            save_every=save_every, seed=seed)
     if decoder is not None:
         from pathlib import Path

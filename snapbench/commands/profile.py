@@ -210,11 +210,11 @@ def render(run: ProfileRun) -> None:
         out.print(f"measured on {run.measured_on.label()}"
                   + ("; first load = loading and compiling for the Neural Engine, warm load = loading again"
                      if loads else ""))
-    c = run.components
-    if {"unet", "text_encoder", "vae_decoder"} <= c.keys():
+    comps = run.components
+    if {"unet", "text_encoder", "vae_decoder"} <= comps.keys():
         from snapbench.latency.end_to_end import TEXT_ENCODER_RUNS, image_budget
 
-        te, un, vae = c["text_encoder"].latency_ms, c["unet"].latency_ms, c["vae_decoder"].latency_ms
+        te, un, vae = comps["text_encoder"].latency_ms, comps["unet"].latency_ms, comps["vae_decoder"].latency_ms
         per = {steps: image_budget(te, un, vae, steps).total_s for steps in (50, 8)}
         out.print(f"per image: {TEXT_ENCODER_RUNS} x text encoder + steps x UNet + VAE decoder = {per[50]:.2f} s "
                   f"at 50 steps, {per[8]:.2f} s at 8 steps")

@@ -142,6 +142,7 @@ class VAEEncoder(nn.Module):
 def text_encoder_part(source: ModelSource, opts: ConvertOptions, folder: ModelFolder) -> AppPart:
     single = text_encoder_single(source, opts, folder.text_encoder)
     last = single.io.outputs[0][1]  # (1, tokens, width)
+    assert last is not None, "text_encoder_single declares its output shape"
     io = PackageIO((("input_ids", (1, opts.tokens)),), (("last_hidden_state", last), ("pooled_outputs", (1, last[-1]))))
     vocab = text_encoder_vocab(folder, int(single.identity["config"]["vocab_size"]))
 

@@ -77,14 +77,15 @@ def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
             built = build_chunk(meta, blocks, closes, plan, source, opts.attention, opts.seed)
             return built.module, built.psnr_db
 
+        def inputs(plan=plan):  # traced at batch 1: half the forward pass; every op keeps the batch symbolic
+            return example_inputs(at_batch_one(plan.io), seed=opts.seed)  # (tests check it)
+
         what = "UNet" if plan.index == 0 else f"UNet chunk {plan.index} of 2"
         parts.append(AppPart(
             plan.name, "unet", f"{what} of {source.spec.name}", plan.io,
             {"spec": source.spec.to_dict(), "weights": weights, "attention": opts.attention,
              **chunk_identity(blocks, plan)},
-            sum(b.params for b in blocks[plan.start:plan.end]), build,
-            # traced at batch 1: half the forward pass; every op keeps the batch symbolic (tests check it)
-            lambda plan=plan: example_inputs(at_batch_one(plan.io), seed=opts.seed)))
+            sum(b.params for b in blocks[plan.start:plan.end]), build, inputs))
     return parts
 
 

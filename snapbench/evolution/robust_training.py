@@ -292,15 +292,16 @@ class _bar:
         from snapbench.console import err
         from snapbench.progress_log import make_progress
 
-        self.progress = make_progress(self.label, TextColumn(f"[bold]{self.label}[/bold]"), BarColumn(),
-                                      MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
-                                      console=err, transient=True)
-        self.progress.start()
-        task = self.progress.add_task("", total=self.total, completed=self.start)
+        progress = make_progress(self.label, TextColumn(f"[bold]{self.label}[/bold]"), BarColumn(),
+                                 MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
+                                 console=err, transient=True)
+        self.progress = progress
+        progress.start()
+        task = progress.add_task("", total=self.total, completed=self.start)
 
         def advance(step: int, loss: float | None) -> None:
             desc = f"loss {loss:.4f}" if loss is not None and math.isfinite(loss) else ""
-            self.progress.update(task, completed=step, description=desc)
+            progress.update(task, completed=step, description=desc)
 
         return advance
 

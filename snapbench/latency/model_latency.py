@@ -20,7 +20,7 @@ import datetime as _dt
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, overload
 
 from snapbench import __version__
 from snapbench.blocks.cut import CutBlock, cut_blocks
@@ -288,7 +288,7 @@ def profile_model(
     components: Sequence[str] = ALL_COMPONENTS,
     import_file: str | Path | None = None,
     packages: PackageSource | None = None,
-    on_table: Callable[[LatencyTable], None] | None = None,
+    on_table: Callable[[LatencyTable], object] | None = None,  # its return value is ignored
     progress: bool = True,
     say: Say | None = None,
 ) -> ProfileRun:
@@ -391,6 +391,10 @@ def block_latencies(model: str | Path | ModelSource, device: Device | str, setti
 
 
 # helpers ---------------------------------------------------------------------------------------------------------
+@overload
+def _ms(v: float) -> float: ...
+@overload
+def _ms(v: float | None) -> float | None: ...
 def _ms(v: float | None) -> float | None:
     return None if v is None else round(float(v), 4)  # 0.1 us: finer than any backend resolves
 
@@ -422,12 +426,13 @@ class _bar:
         from snapbench.console import err
         from snapbench.progress_log import make_progress
 
-        self.progress = make_progress(f"profile ({self.name})", TextColumn(f"[bold]{self.name}[/bold]"), BarColumn(),
-                                      MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
-                                      console=err, transient=True)
-        self.progress.start()
-        task = self.progress.add_task("", total=self.total)
-        return lambda label: self.progress.update(task, advance=1, description=label)
+        progress = make_progress(f"profile ({self.name})", TextColumn(f"[bold]{self.name}[/bold]"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
+                                 console=err, transient=True)
+        self.progress = progress
+        progress.start()
+        task = progress.add_task("", total=self.total)
+        return lambda label: progress.update(task, advance=1, description=label)
 
     def __exit__(self, *exc: Any) -> None:
         if self.progress is not None:
@@ -459,12 +464,13 @@ def _resolve_import(path: Any, rows: list[ImportedRow], dev: Device, settings: S
             key = comp_refs[r.ref]
             check_settings(path, r, {**expected, "batch": 1})
         else:
-            key = by_ref.get(r.ref)
-            if key is None or key not in by_key:
+            ref_key = by_ref.get(r.ref)
+            if ref_key is None or ref_key not in by_key:
                 what = "signature" if r.by_signature else "block"
                 raise SnapbenchError(f"{where}: {what} {r.ref!r} is not in this model with these settings "
                                      f"(see `snapbench inspect`; components: {', '.join(COMPONENTS)})")
             check_settings(path, r, expected)
+            key = ref_key
         got.setdefault(key, []).append(r)
     out: dict[str, Measurement] = {}
     for key, rs in got.items():

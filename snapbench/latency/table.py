@@ -17,9 +17,9 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import pandas as pd
 
@@ -55,6 +55,8 @@ class Settings:
     batch: int = 2
     latent: int = 64
     tokens: int = 77
+    if TYPE_CHECKING:  # set in __post_init__; declared only for mypy, so not a dataclass field
+        _key: tuple[str, str, int, str, int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, allowed in (("compute_units", COMPUTE_UNITS), ("precision", PRECISIONS),

@@ -38,7 +38,8 @@ MEASURING = ("iphone", "mac")
 class Pricer(Protocol):
     """The seam every backend fits: one package on one catalog device -> a measurement or an estimate."""
 
-    name: str
+    @property
+    def name(self) -> str: ...  # read-only: a plain attribute or a property both fit
 
     def __call__(self, package: PackageJob, device: Device) -> "Measurement | Estimate": ...
 

@@ -178,7 +178,8 @@ def trajectory_chart(model: Mapping[str, Any], chart_id: str) -> str | None:
         ax.plot(xs, ys, "-", color="#8b93a1", linewidth=1.0, zorder=1)
         for phase in dict.fromkeys(r["phase"] for r in rows):
             pts = [(r["latency_ms"], r["quality"]) for r in rows if r["phase"] == phase]
-            ax.scatter(*zip(*pts), s=22, color=PHASE_COLOURS.get(phase, "#2f6db5"), label=phase or "step", zorder=2)
+            px, py = zip(*pts)
+            ax.scatter(px, py, s=22, color=PHASE_COLOURS.get(phase, "#2f6db5"), label=phase or "step", zorder=2)
         ax.annotate("start", (xs[0], ys[0]), textcoords="offset points", xytext=(6, 6), fontsize=9)
         ax.annotate("end", (xs[-1], ys[-1]), textcoords="offset points", xytext=(6, -12), fontsize=9)
         labels = sorted({r["label"] for r in rows})

@@ -212,7 +212,7 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> dict[str,
         return base
     used = {c.backend for c in outcome.components.values()} | {b.backend for b in run.blocks if b.backend}
     run_backend = used.pop() if len(used) == 1 else "mixed"
-    components = {}
+    components: dict[str, dict[str, Any]] = {}
     for c in COMPONENTS:
         got = outcome.components.get(c)
         components[c] = {"ms": got.latency_ms if got else None, "per": COMPONENT_PER[c],
@@ -220,7 +220,7 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> dict[str,
                          "label": backend_label(got.backend) if got else "not available"}
 
     run_blocks = {b.id: b for b in run.blocks}
-    blocks = []
+    blocks: list[dict[str, Any]] = []
     missing_latency = []
     for row in e.inspection.block_rows():
         d = run_blocks.pop(row["id"], None)
@@ -228,14 +228,14 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> dict[str,
         lat = d.latency_ms if runs and d is not None else None
         if runs and lat is None:
             missing_latency.append(row["id"])
-        b = d.backend if lat is not None and d is not None else None
+        block_backend = d.backend if lat is not None and d is not None else None
         blocks.append({
             "id": row["id"], "stage": row["stage"], "kind": row["kind"], "status": row["status"],
             "change": {"removed": "removed", "copy": "added"}.get(row["status"]), "runs": runs,
             "module": row["module"], "signature": row["signature"], "macs": int(row["macs"]),
             "params": int(row["params"]), "latency_ms": lat, "p90_ms": d.p90_ms if lat is not None else None,
-            "samples": d.samples if d is not None else None, "backend": b,
-            "label": backend_label(b) if b else "not available",
+            "samples": d.samples if d is not None else None, "backend": block_backend,
+            "label": backend_label(block_backend) if block_backend else "not available",
         })
     if run_blocks:  # the profiler knows blocks the inspection does not: a mismatch worth saying, not hiding
         base["notes"].append(f"the profile has {len(run_blocks)} block(s) this model's inspection lacks "

@@ -48,6 +48,7 @@ from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_text
 from snapbench.profilers.estimate.cost_model import (
     PreparedOps,
+    Terms,
     evaluate,
     prepare,
     stack_terms,
@@ -248,7 +249,7 @@ class _Stack:
 
     def __init__(self, points: Sequence[CalibrationPoint], params: AneParams):
         pairs: dict[tuple[int, str], int] = {}
-        parts = []
+        parts: list[Terms] = []
         entries: list[tuple[int, int, float]] = []
         for i, pt in enumerate(points):
             dev = resolve_device(pt.device)

@@ -92,7 +92,9 @@ class AneParams:
         eff = dict(self.efficiency)
         chips = dict(self.chip_factor)
         calls = dict(self.call_factor)
-        scalars = {}
+        # The remaining keys name float fields; which ones is only known at run time (replace() rejects
+        # unknown names), so the kwargs are Any to mypy.
+        scalars: dict[str, Any] = {}
         for k, v in values.items():
             if k.startswith("efficiency."):
                 eff[k.split(".", 1)[1]] = float(v)

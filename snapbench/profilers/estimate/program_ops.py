@@ -242,8 +242,7 @@ def _visit(op, env: dict[str, _Var], records: list[OpRecord]) -> None:
     in_shapes = tuple(v.shape for _, v in acts)
     out_shapes = tuple(s for _, s, _ in outs)
     operand = {k: v[0] for k, v in operands.items()}
-    operand["_values"] = operands.get("values", [])
-    flops, score = _flops(op.type, operand, out_shapes, params)
+    flops, score = _flops(op.type, operand, out_shapes, params, operands.get("values", []))
     attrs = {k: v for k, v in params.items() if _jsonable(v) and k != "name"}
     if op.type in _VIEW_OPS and in_shapes and out_shapes and in_shapes[0][-1:] == out_shapes[0][-1:]:
         attrs["view"] = True  # same last axis: a relabelled buffer, no data movement
@@ -266,8 +265,10 @@ def _jsonable(v: Any) -> bool:
     return False
 
 
-def _flops(op_type: str, operand: dict[str, tuple[int, ...]], out_shapes, params) -> tuple[float, int]:
-    """FLOPs of one op (a MAC counts 2), and the score elements a fused attention op materialises."""
+def _flops(op_type: str, operand: dict[str, tuple[int, ...]], out_shapes, params,
+           values: list[tuple[int, ...]]) -> tuple[float, int]:
+    """FLOPs of one op (a MAC counts 2), and the score elements a fused attention op materialises.
+    `values`: the shapes of a tuple input `values` (MIL einsum's operands), in order."""
     out_n = _numel(out_shapes[0]) if out_shapes else 0
     if op_type in ("conv", "conv_transpose"):
         w = operand.get("weight")
@@ -275,21 +276,21 @@ def _flops(op_type: str, operand: dict[str, tuple[int, ...]], out_shapes, params
             return 0.0, 0
         if op_type == "conv":
             return 2.0 * out_n * _numel(w[1:]), 0  # each output: C_in/groups x kernel MACs
-        x = operand.get("x", ())
-        return 2.0 * _numel(x) * _numel(w[1:]), 0
+        xs = operand.get("x", ())
+        return 2.0 * _numel(xs) * _numel(w[1:]), 0
     if op_type == "linear":
         w = operand.get("weight")
         return (2.0 * out_n * w[-1], 0) if w else (0.0, 0)
     if op_type == "matmul":
-        x = operand.get("x")
-        if not x:
+        xm = operand.get("x")
+        if not xm:
             return 0.0, 0
-        k = x[-2] if params.get("transpose_x") else x[-1]
-        if len(x) == 1:
-            k = x[0]
-        return 2.0 * out_n * k, 0
+        inner = xm[-2] if params.get("transpose_x") else xm[-1]
+        if len(xm) == 1:
+            inner = xm[0]
+        return 2.0 * out_n * inner, 0
     if op_type == "einsum":
-        return 2.0 * _einsum_macs(params.get("equation"), operand), 0
+        return 2.0 * _einsum_macs(params.get("equation"), values), 0
     if op_type == "scaled_dot_product_attention":
         q, k, v = operand.get("query"), operand.get("key"), operand.get("value")
         if not (q and k and v):
@@ -305,12 +306,11 @@ def _flops(op_type: str, operand: dict[str, tuple[int, ...]], out_shapes, params
     return float(out_n), 0  # elementwise, layout and everything else: one op per output element
 
 
-def _einsum_macs(equation: Any, operand: dict[str, tuple[int, ...]]) -> float:
+def _einsum_macs(equation: Any, shapes: list[tuple[int, ...]]) -> float:
     """MACs of a two-operand einsum: the product of the sizes of every distinct index."""
     if not isinstance(equation, str) or "->" not in equation:
         return 0.0
     lhs = equation.replace(" ", "").split("->")[0].split(",")
-    shapes = operand.get("_values") or []  # MIL einsum's tuple input `values`, in order
     sizes: dict[str, int] = {}
     for term, shape in zip(lhs, shapes):
         for ch, n in zip(term, shape):
