@@ -16,7 +16,7 @@ import traceback
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from snapbench.converters.options import ConvertOptions
 from snapbench.errors import first_line
 from snapbench.interrupts import ignore_sigint
 from snapbench.model.units import AttentionUnit, BlockUnit
+
+if TYPE_CHECKING:
+    from snapbench.model.loading import ModelSource
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ _UNITS: dict[str, BlockUnit] = {}
 _OPTS: ConvertOptions | None = None
 
 
-def init_worker(source: Any, opts: ConvertOptions, threads: int | None = None) -> None:
+def init_worker(source: ModelSource, opts: ConvertOptions, threads: int | None = None) -> None:
     """Pool initializer (and the in-process set-up): build the meta model once for this process."""
     from snapbench.converters.runtime import coremltools
     from snapbench.model.loading import build_unet

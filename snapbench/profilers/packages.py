@@ -13,16 +13,21 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from snapbench.errors import SnapbenchError
 from snapbench.names import safe_file_name
 from snapbench.paths import cache_root
 
+if TYPE_CHECKING:  # annotations only: importing these here at run time would pull in torch
+    from snapbench.converters.manifest import Manifest
+    from snapbench.latency.table import Settings
+    from snapbench.model.loading import ModelSource
+
 COMPONENTS = ("text_encoder", "vae_decoder")
 
 
-def settings_hash(model_name: str, settings: Any) -> str:
+def settings_hash(model_name: str, settings: Settings) -> str:
     # the same text as before `tokens` moved into Settings, so existing caches stay valid
     text = json.dumps({"model": model_name, "settings": settings.table_dict(), "tokens": settings.tokens},
                       sort_keys=True)
@@ -30,10 +35,10 @@ def settings_hash(model_name: str, settings: Any) -> str:
 
 
 class PackageSource(Protocol):
-    def block_packages(self, source: Any, settings: Any, keys: set[str], *, progress: bool) -> dict[str, Path]:
+    def block_packages(self, source: ModelSource, settings: Settings, keys: set[str], *, progress: bool) -> dict[str, Path]:
         """signature key -> package path, for (at least) the given keys."""
 
-    def component_package(self, component: str, source: Any, settings: Any, *,
+    def component_package(self, component: str, source: ModelSource, settings: Settings, *,
                           progress: bool) -> "ComponentPackage":
         ...
 
@@ -52,11 +57,11 @@ def _entry(e: Any, name: str) -> Any:
 _OPTION_FIELDS = ("attention", "weight_bits", "precision", "latent", "batch", "tokens")
 
 
-def _wanted(settings: Any) -> dict[str, Any]:
+def _wanted(settings: Settings) -> dict[str, Any]:
     return {name: getattr(settings, name) for name in _OPTION_FIELDS}
 
 
-def check_manifest_settings(manifest: Any, folder: Path, settings: Any) -> None:
+def check_manifest_settings(manifest: Manifest, folder: Path, settings: Settings) -> None:
     """Packages converted with other settings would be timed as if they had these: refuse, naming one."""
     opts = getattr(manifest, "options", {}) or {}
     for name, want in _wanted(settings).items():
@@ -66,7 +71,7 @@ def check_manifest_settings(manifest: Any, folder: Path, settings: Any) -> None:
                                  f"{want}; pass --{name.replace('_', '-')} {have} or convert again")
 
 
-def cached_packages(settings: Any, keys: set[str]) -> dict[str, Path]:
+def cached_packages(settings: Settings, keys: set[str]) -> dict[str, Path]:
     """Packages with these signatures already converted for any model under the cache (evolution's
     candidates share almost every signature with the model they came from: no need to convert again)."""
     from snapbench.converters import load_manifest
@@ -93,7 +98,7 @@ def cached_packages(settings: Any, keys: set[str]) -> dict[str, Path]:
     return found
 
 
-def signature_packages(manifest: Any, folder: Path, keys: set[str]) -> dict[str, Path]:
+def signature_packages(manifest: Manifest, folder: Path, keys: set[str]) -> dict[str, Path]:
     """Map the manifest's blocks to package paths by signature; a requested key the manifest lacks means
     the packages were converted with other settings (or another model)."""
     found: dict[str, Path] = {}
@@ -111,7 +116,7 @@ def signature_packages(manifest: Any, folder: Path, keys: set[str]) -> dict[str,
     return found
 
 
-def check_packages(manifest: Any, folder: Path, paths: set[Path]) -> None:
+def check_packages(manifest: Manifest, folder: Path, paths: set[Path]) -> None:
     """Refuse a conversion folder with a broken package (emptied, weights lost), naming it."""
     from snapbench.converters.convert_package import package_problem
 
@@ -129,14 +134,14 @@ class ConverterPackages:
 
     folder: Path | None = None  # --packages: a finished conversion folder to use as is
 
-    def _dir(self, source: Any, settings: Any, what: str = "") -> Path:
+    def _dir(self, source: ModelSource, settings: Settings, what: str = "") -> Path:
         name = source.spec.name
         # the spec's content is in the hash: two different specs with one name (evolution's variants) must
         # not share a folder (a conversion folder belongs to one model)
         spec_digest = hashlib.sha1(json.dumps(source.spec.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
         return cache_root() / "packages" / f"{safe_file_name(name)}{what}-{settings_hash(name, settings)}-{spec_digest}"
 
-    def block_packages(self, source: Any, settings: Any, keys: set[str], *, progress: bool) -> dict[str, Path]:
+    def block_packages(self, source: ModelSource, settings: Settings, keys: set[str], *, progress: bool) -> dict[str, Path]:
         if self.folder is not None:
             from snapbench.converters import load_manifest
 
@@ -154,7 +159,7 @@ class ConverterPackages:
         result = convert_model(source, out, settings.convert_options(), progress=progress)
         return signature_packages(result.manifest, out, keys)
 
-    def component_package(self, component: str, source: Any, settings: Any, *, progress: bool) -> ComponentPackage:
+    def component_package(self, component: str, source: ModelSource, settings: Settings, *, progress: bool) -> ComponentPackage:
         from snapbench.converters import convert_component
 
         out = self._dir(source, settings, f"-{component}")
