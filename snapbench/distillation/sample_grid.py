@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -84,19 +83,9 @@ def _generate_sd(bundle: ModelBundle, config: SampleConfig, prompts: list[str], 
     missing = _missing(Path(config.pipeline), _PIPELINE_FILES)
     if missing:
         raise SnapbenchError(f"--pipeline {config.pipeline}: missing {missing[0]}")
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from snapbench.evolution.data import pipeline_text_and_vae
 
-    pipe = Path(config.pipeline)
-    tokenizer = CLIPTokenizer.from_pretrained(pipe / "tokenizer", local_files_only=True)
-    text_encoder = CLIPTextModel.from_pretrained(pipe / "text_encoder", local_files_only=True).eval()
-    vae = AutoencoderKL.from_pretrained(pipe / "vae", local_files_only=True).eval()
-
-    def encode(texts: Sequence[str]) -> torch.Tensor:
-        ids = tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
-        return text_encoder(ids)[0]
-
+    encode, vae = pipeline_text_and_vae(config.pipeline)
     latents = ddim_sample(bundle.model, encode(prompts), encode([""]), noise, noise_schedule=bundle.noise_schedule,
                           steps=steps, guidance=config.guidance)
     return vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)

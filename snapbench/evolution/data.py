@@ -15,7 +15,7 @@ uninterrupted one would have.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -78,17 +78,11 @@ class LatentFolderData:
         return self.latents[idx], self.context[idx]
 
 
-@torch.no_grad()
-def write_latent_file(pipeline: str | Path, images: torch.Tensor, captions: Sequence[str],
-                      out_file: str | Path) -> Path:
-    """Encode images [N, 3, H, W] in [-1, 1] and their captions with a pipeline's VAE and text encoder
-    into the file `train --data` reads: latents (VAE latent mean x scaling factor), context (the text
-    encoder's last hidden state, padded to the tokenizer's length), uncond_context (the empty prompt's)."""
+def pipeline_text_and_vae(pipeline: str | Path) -> tuple[Callable[[Sequence[str]], torch.Tensor], Any]:
+    """A pipeline folder's prompt encoder (texts -> the text encoder's last hidden state, padded to the
+    tokenizer's length) and its AutoencoderKL, both loaded from local files only."""
     from diffusers import AutoencoderKL
-    from safetensors.torch import save
     from transformers import CLIPTextModel, CLIPTokenizer
-
-    from snapbench.atomic import atomic_write_bytes
 
     pipe = Path(pipeline)
     tokenizer = CLIPTokenizer.from_pretrained(pipe / "tokenizer", local_files_only=True)
@@ -100,6 +94,20 @@ def write_latent_file(pipeline: str | Path, images: torch.Tensor, captions: Sequ
                         return_tensors="pt").input_ids
         return text_encoder(ids)[0]
 
+    return encode, vae
+
+
+@torch.no_grad()
+def write_latent_file(pipeline: str | Path, images: torch.Tensor, captions: Sequence[str],
+                      out_file: str | Path) -> Path:
+    """Encode images [N, 3, H, W] in [-1, 1] and their captions with a pipeline's VAE and text encoder
+    into the file `train --data` reads: latents (VAE latent mean x scaling factor), context (the text
+    encoder's last hidden state, padded to the tokenizer's length), uncond_context (the empty prompt's)."""
+    from safetensors.torch import save
+
+    from snapbench.atomic import atomic_write_bytes
+
+    encode, vae = pipeline_text_and_vae(pipeline)
     latents = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
     tensors = {"latents": latents.contiguous(), "context": encode(captions).contiguous(),
                "uncond_context": encode([""]).contiguous()}
