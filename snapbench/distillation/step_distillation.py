@@ -51,6 +51,7 @@ from snapbench.evolution.robust_training import (
     _bar,
     _Trainable,
     fine_tune,
+    optimizer_with_warmup,
     step_generator,
 )
 
@@ -266,11 +267,7 @@ def _distill(model: str | Path, out: Path, config: DistillConfig, student: str |
     teacher = _Trainable(teacher_b.model, teacher_b.encoder).to(accelerator.device).eval().requires_grad_(False)
     trainable = _Trainable(student_b.model, student_b.encoder)
     student_b.model.set_skip_probabilities(ca=0.0, rb=0.0)
-    opt = torch.optim.AdamW(trainable.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    if start and (out / OPTIMIZER_FILE).is_file():
-        opt.load_state_dict(torch.load(out / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
-    warm = max(1, config.warmup_steps)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + start + 1) / warm))
+    opt, lr_sched = optimizer_with_warmup(trainable, config, out, start)
     trainable, opt = accelerator.prepare(trainable, opt)
     teacher_levels = NoiseLevels.from_schedule(teacher_b.noise_schedule)
     student_levels = NoiseLevels.from_schedule(student_b.noise_schedule)

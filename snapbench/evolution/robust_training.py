@@ -196,12 +196,7 @@ def _train(model: str | Path, out: Path, config: TrainConfig, *, data: str | Pat
     # find_unused_parameters: a skipped block gets no gradient on that rank in that step.
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     trainable = _Trainable(bundle.model, bundle.encoder)
-    opt = torch.optim.AdamW(trainable.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    if start and (out / OPTIMIZER_FILE).is_file():
-        opt.load_state_dict(torch.load(out / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
-    warm = max(1, config.warmup_steps)
-    # linear warmup, then constant; offset by `start` so a resumed run continues where it left off
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + start + 1) / warm))
+    opt, lr_sched = optimizer_with_warmup(trainable, config, out, start)
     trainable, opt = accelerator.prepare(trainable, opt)
     noise_scheduler = DDPMScheduler.from_config(bundle.noise_schedule)
     per_rank = max(1, config.batch_size // accelerator.num_processes)
@@ -237,6 +232,19 @@ def _train(model: str | Path, out: Path, config: TrainConfig, *, data: str | Pat
     seconds = float(state.get("seconds", 0.0)) + time.time() - t0
     return TrainResult(out, max(start, config.steps), start, last_loss, seconds, losses,
                        processes=accelerator.num_processes, main_process=accelerator.is_main_process)
+
+
+def optimizer_with_warmup(trainable: nn.Module, config: Any, out: Path, start: int
+                          ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (its state restored from `out` when resuming at step `start`) and a linear warmup, then
+    constant; offset by `start` so a resumed run continues where it left off. `config` needs
+    learning_rate, weight_decay and warmup_steps (training's and distillation's configs have them)."""
+    opt = torch.optim.AdamW(trainable.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    if start and (out / OPTIMIZER_FILE).is_file():
+        opt.load_state_dict(torch.load(out / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
+    warm = max(1, config.warmup_steps)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + start + 1) / warm))
+    return opt, lr_sched
 
 
 def _start(model: str | Path, out: Path, config: TrainConfig, weights: str | Path | None
