@@ -60,7 +60,7 @@ class PipelineResult(ConvertResult):
 
 def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
     from snapbench.converters.convert_package import example_inputs
-    from snapbench.converters.unet_chunks import at_batch_one, build_chunk, chunk_identity, plan_chunks
+    from snapbench.converters.unet_chunks import at_batch_one, build_chunk, chunk_identity, plan_chunks, trace_scale
 
     meta, blocks = cut(source, opts)
     cfg = meta.config
@@ -77,8 +77,9 @@ def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
             built = build_chunk(meta, blocks, closes, plan, source, opts.attention, opts.seed)
             return built.module, built.psnr_db
 
-        def inputs(plan=plan):  # traced at batch 1: half the forward pass; every op keeps the batch symbolic
-            return example_inputs(at_batch_one(plan.io), seed=opts.seed)  # (tests check it)
+        def inputs(plan=plan):  # traced at batch 1 and 8 x 8: every op keeps those sizes symbolic (tests)
+            scale = trace_scale(blocks, plan, opts.latent, opts.attention)
+            return example_inputs(at_batch_one(plan.io, scale), seed=opts.seed)
 
         what = "UNet" if plan.index == 0 else f"UNet chunk {plan.index} of 2"
         parts.append(AppPart(
@@ -163,9 +164,12 @@ def _convert_part(part: AppPart, dest: Path, key: str, opts: ConvertOptions, sou
                 "attention": opts.attention if part.kind == "unet" else "-", "weight_bits": opts.weight_bits,
                 "target": opts.target, "source_hash": part.identity.get("weights")}
     inputs = part.inputs() if part.inputs is not None else None
+    from snapbench.converters.workers import frozen_heap
+
     try:
-        r = convert_module(module, part.io, opts, dest, metadata=metadata, description=part.title, inputs=inputs,
-                           release=not opts.check)
+        with frozen_heap():  # the collections ct.convert runs skip the libraries' objects
+            r = convert_module(module, part.io, opts, dest, metadata=metadata, description=part.title,
+                               inputs=inputs, release=not opts.check)
         if opts.check:
             from snapbench.converters.convert_package import example_inputs
             from snapbench.converters.checks import check_prediction
