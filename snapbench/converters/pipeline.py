@@ -12,6 +12,7 @@ key is already in the folder is kept, so a re-run converts only what changed and
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
@@ -20,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from snapbench.converters.app_parts import (
     TOKENIZER_FILES, AppPart, ModelFolder, check_tokenizer, model_folder, text_encoder_part, text_encoder_vocab,
@@ -154,8 +155,34 @@ def _entry(part: AppPart, key: str, state: str, **kw: Any) -> ManifestBlock:
         weights_hash=str(part.identity.get("weights")), **kw)
 
 
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """PyTorch on one thread while a part is built, checked and traced.
+
+    Everything PyTorch computes here is small (attention checks at 16 x 16, UNet chunks traced at 8 x 8,
+    the VAE at 8 x 8, the text encoder at batch 1): thousands of tiny ops, for which a second OpenMP
+    thread buys nothing and costs a barrier per op, and when the CPU is shared each barrier waits for a
+    descheduled thread (SD-v1.5's chunk 2 built in 44 s on two threads, 7 s on one, at load 5 on 2 cores).
+    The rest of a conversion (coremltools) is single-threaded Python anyway.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _convert_part(part: AppPart, dest: Path, key: str, opts: ConvertOptions, source: ModelSource,
                   versions: dict[str, str]) -> tuple[float, int, dict[str, float], dict[str, float]]:
+    with one_torch_thread():
+        return _convert_part_now(part, dest, key, opts, source, versions)
+
+
+def _convert_part_now(part: AppPart, dest: Path, key: str, opts: ConvertOptions, source: ModelSource,
+                      versions: dict[str, str]) -> tuple[float, int, dict[str, float], dict[str, float]]:
     start = time.perf_counter()
     module, db = part.build()
     built = time.perf_counter() - start
