@@ -222,7 +222,7 @@ def test_weight_bits_are_recorded_in_options():
     from snapbench.converters.compression import compression_info
 
     assert compression_info(ConvertOptions(weight_bits=6))["mode"] == "uniform"  # profile: cheap tables
-    assert compression_info(ConvertOptions(weight_bits=6, mode="deploy"))["mode"] == "kmeans"
+    assert compression_info(ConvertOptions(weight_bits=6, mode="deploy"))["mode"] == "kmeans_histogram"
     assert compression_info(ConvertOptions(weight_bits=8))["method"] == "linear_quantization"
     with pytest.raises(SnapbenchError, match="weight-bits"):
         ConvertOptions(weight_bits=5)

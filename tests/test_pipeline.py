@@ -220,7 +220,7 @@ def test_pipeline_one_unet_vae_encoder_6_bit(tmp_path, capsys):
     assert [s for _, s, _ in _io(out / "VAEEncoder.mlpackage")[0]] == [[1, 3, 128, 128]]
     assert load_manifest(out).block("VAEDecoder").outputs == [{"name": "image", "shape": [1, 3, 128, 128]}]
     m = load_manifest(out)
-    assert m.complete and m.compression["weight_bits"] == 6 and m.compression["mode"] == "kmeans"
+    assert m.complete and m.compression["weight_bits"] == 6 and m.compression["mode"] == "kmeans_histogram"
     block = next(iter(_spec(out / "Unet.mlpackage").mlProgram.functions["main"].block_specializations.values()))
     ops = {op.type for op in block.operations}
     assert "constexpr_lut_to_dense" in ops

@@ -74,7 +74,7 @@ class ConvertOptions:
         """How 6- and 4-bit weights are clustered (see compression.py for why it depends on the mode)."""
         if self.weight_bits >= 8:
             return None
-        return "uniform" if self.mode == "profile" else "kmeans"
+        return "uniform" if self.mode == "profile" else "kmeans_histogram"  # see palette.py
 
     def cache_fields(self) -> dict[str, Any]:
         """The options that change a package's bytes: part of every cache key (jobs and check do not)."""

@@ -29,7 +29,7 @@ from snapbench.profilers.estimate.calibrate import (
     point_ms,
 )
 from snapbench.profilers.estimate.cost_model import prepare
-from snapbench.profilers.estimate.params import AneParams, default_priors_path, load_params
+from snapbench.profilers.estimate.params import PARAMS_VERSION, AneParams, default_priors_path, load_params
 from snapbench.profilers.estimate.stored_weights import with_stored_weights
 from snapbench.validation.corpus import CorpusRow, load_corpus
 from snapbench.validation.programs import records_by_network
@@ -110,7 +110,7 @@ def corpus_points(rows: Sequence[CorpusRow], *, convert: bool = False,
             label=f"{r.source}: {r.row} {r.network} {r.input} {r.weights} on {r.device}", source=r.source,
             device=r.device, component="network", model=r.network, settings=f"{r.input} {r.weights}",
             measured_ms=r.latency_ms, programs=((prepared[pk], 1),), weight=weight,
-            calls=0 if r.harness == "xcode" else 1)
+            calls=0 if r.harness == "xcode" else 1, harness=r.source)
     return points, skipped
 
 
@@ -122,7 +122,7 @@ def reference_points() -> list[CalibrationPoint]:
 
 
 def fit_corpus(points: Sequence[CalibrationPoint], *, prior: AneParams | None = None,
-               version: int = 4) -> AneParams:
+               version: int = PARAMS_VERSION) -> AneParams:
     """Fit on corpus points (weight > 0) plus the reference points."""
     train = [p for p in points if p.weight > 0] + reference_points()
     return fit_params(train, prior or load_params(default_priors_path()), version=version)
@@ -175,7 +175,7 @@ def validate(rows: Sequence[CorpusRow] | None = None, *, cross: Cross | None = N
             estimates.update(predicted)
             group_of.update({k: g for k in predicted})
             fits.append(info)
-        version = 4
+        version = PARAMS_VERSION
     frame = _frame(rows, points, estimates, group_of)
     return Validation(frame, skipped, cross, version, fits)
 
@@ -188,7 +188,7 @@ def predict_held_out(points: dict[str, CalibrationPoint], by_id: dict[str, Corpu
     held = [k for k in points if getattr(by_id[k], attr) == group]
     train = [pt for k, pt in points.items() if getattr(by_id[k], attr) != group and pt.weight > 0]
     train += [p for p in reference_points() if not (cross == "chip" and _chip(p.device) == group)]
-    fitted = fit_params(train, load_params(default_priors_path()), version=4)
+    fitted = fit_params(train, load_params(default_priors_path()), version=PARAMS_VERSION)
     info = {"held_out": group, "predicted_rows": len(held), "fitted_points": len(train),
             "fitted_parameters": len(fit_knobs(train))}
     return {k: point_ms(points[k], fitted) for k in held}, info
@@ -225,7 +225,7 @@ def refit(*, measured: str | None = None, write: bool = False, params_path=None,
     points, _ = corpus_points(load_corpus(), convert=convert)
     own = load_points(measured, include_reference=False, convert=True) if measured else []
     current = load_params(params_path)
-    fitted = fit_corpus(list(points.values()) + own, version=max(4, current.version + 1))
+    fitted = fit_corpus(list(points.values()) + own, version=max(PARAMS_VERSION, current.version + 1))
     if write:
         save_params(fitted, params_path)
     return fitted, calibration_report(fitted, reference_points() + own)
