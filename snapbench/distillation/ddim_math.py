@@ -52,11 +52,14 @@ class NoiseLevels:
 
     def ddim_step(self, output: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor,
                   prediction_type: str | None = None) -> torch.Tensor:
-        """One deterministic DDIM step (eta = 0) from t to t_prev, as DDIMScheduler.step computes it:
-        x0 clipped when the schedule clips, eps taken from the raw output."""
+        """One deterministic DDIM step (eta = 0) from t to t_prev, as sampling.ddim_step computes it: x0
+        clipped when the schedule clips, and then eps re-derived from the clipped x0 (so the step stays on
+        the line from z_t through x0; the raw eps let guided 32-step sampling drift and collapse)."""
         x0, eps = self.to_x0_eps(output, z_t, t, prediction_type)
         if self.clip_sample is not None:
             x0 = x0.clamp(-self.clip_sample, self.clip_sample)
+            a, s = (x.to(z_t.device) for x in self.alpha_sigma(t))
+            eps = (z_t - a * x0) / s
         a_prev, s_prev = (x.to(z_t.device) for x in self.alpha_sigma(t_prev))
         return a_prev * x0 + s_prev * eps
 

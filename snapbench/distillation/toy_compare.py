@@ -25,7 +25,7 @@ from snapbench.evolution.toy_digits import DIGIT_PROMPTS, digit_images, is_toy, 
 
 DEFAULT_GUIDANCE: tuple[float, ...] = (1.0, 3.0, 5.0, 7.0, 9.0)
 EVAL_SEED = 1_000_003  # far from any training step's seed: fresh noise
-CACHE_VERSION = 1  # bump when scoring changes: cached teacher rows follow it
+CACHE_VERSION = 2  # bump when scoring or sampling changes: cached teacher rows follow it (2: clipped-eps DDIM)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,15 @@ def ddim_scheduler(noise_schedule: Mapping[str, Any]):
     return DDIMScheduler.from_config(dict(noise_schedule), timestep_spacing="trailing", set_alpha_to_one=False)
 
 
+def ddim_step(sched: Any, output: torch.Tensor, t: Any, x: torch.Tensor) -> torch.Tensor:
+    """One deterministic DDIM step. Where the schedule clips x0, eps is re-derived from the clipped x0
+    (diffusers' use_clipped_model_output): with the raw eps, every CFG step whose x0 overshoots the clip
+    range drifts off the data, and 32 guided steps collapsed where 8 did not (toy quality 0.10 vs 0.91
+    at w = 3)."""
+    clips = bool(sched.config.clip_sample or sched.config.thresholding)
+    return sched.step(output, t, x, eta=0.0, use_clipped_model_output=clips).prev_sample
+
+
 @torch.no_grad()
 def ddim_sample(model: ElasticUNet, context: torch.Tensor, uncond: torch.Tensor, noise: torch.Tensor, *,
                 noise_schedule: Mapping[str, Any], steps: int, guidance: float,
@@ -43,6 +52,6 @@ def ddim_sample(model: ElasticUNet, context: torch.Tensor, uncond: torch.Tensor,
             pred = e_uncond + guidance * (e_cond - e_uncond)
         else:
             pred = model(x, t, context, disabled=disabled)
-        x = sched.step(pred, t, x, eta=0.0).prev_sample
+        x = ddim_step(sched, pred, t, x)
     model.train(was_training)
     return x

@@ -35,7 +35,7 @@ def profile_network(model: str, input_shape: str | None, device: str, *, weight_
     est = estimate_ops(with_stored_weights(records, _STORED[weight_bits]), dev, params=params)
     return {"model": spec.text, "input": input_shape, "device": dev.id, "chip": dev.chip, "backend": "estimate",
             "weight_bits": weight_bits, "model_ms": round(est.total_ms, 4), "params_version": params.version,
-            "app_call_ms": round(params.call_ms(dev.chip), 4), "estimate": est.to_dict(),
+            "app_call_ms": round(params.call_ms(), 4), "estimate": est.to_dict(),
             "notes": ["one whole program (no blocks); model_ms is the engine's time (what Xcode's performance "
-                      f"report shows); timed in an app, each prediction also pays ~{params.call_ms(dev.chip):.2f} ms "
-                      "(app_call_ms, fitted on the corpus)"]}
+                      f"report shows); timed in an app, each prediction also pays ~{params.call_ms():.2f} ms "
+                      "(app_call_ms, the median harness in the corpus)"]}

@@ -1,7 +1,7 @@
 """Fit the cost model's parameters to published and user-measured latencies.
 
 Reference points come from `reference/calibration.csv` (shipped as `calibration.csv` beside this module)
-and from a user's CSV of measured rows. The fit minimises the squared log error of estimated vs measured
+and from a user's CSV of measured rows. The fit minimises a robust (pseudo-Huber) log error of estimated vs measured
 latency, in log-parameter space, inside physical bounds, with a weak pull towards the documented priors
 (`ane_params.json` as shipped before fitting) so that parameters the points do not constrain stay put.
 
@@ -79,8 +79,10 @@ ASSUMED_WHEN_NOT_STATED = {
 # Fitted knobs: each scales one or more parameters multiplicatively (fitted in log space). The engine's
 # vector-unit classes share one knob; every other knob is one physical quantity. Chip knobs (`chip.A15`:
 # the generation's fp16 throughput against the catalog's figure) exist for the generations the points
-# cover and are pulled harder towards 1, so a chip the fit never saw is priced from the catalog alone; so
-# are call knobs (`call.A13`: that generation's app-call overhead against the shared `call_overhead_ms`).
+# cover and are pulled harder towards 1, so a chip the fit never saw is priced from the catalog alone. Call
+# knobs (`call.S15-coreml-model-zoo`) are each timing harness's per-prediction floor: a nuisance of how a
+# source timed its app (OS era, input marshalling, timer), fitted per source and never carried to a source the
+# fit did not see, which pays the median harness's floor (`recentre_calls`).
 _VECTOR = tuple(f"efficiency.{c}" for c in OP_CLASSES if c not in ("conv", "depthwise", "matmul"))
 KNOBS: dict[str, tuple[str, ...]] = {
     "conv": ("efficiency.conv",),
@@ -96,14 +98,19 @@ KNOBS: dict[str, tuple[str, ...]] = {
     "int8_older": ("int8_speedup_older",),
     "epilogue": ("epilogue_cost",),
     "call_overhead": ("call_overhead_ms",),
+    "memory_serial": ("memory_serial",),
 }
 MAX_LOG_FACTOR = math.log(20.0)  # no knob moves a prior by more than 20x, whatever its bounds allow
 PRIOR_WEIGHT = 0.02  # pull towards priors, per knob, in (log units)^2, against (log error)^2 per point
 CHIP_PRIOR_WEIGHT = 0.5  # a chip factor of e costs as much as half a point missed by a factor of e
-# App-call overheads differ by device and OS era far more than throughput does (a 2-3 ms floor on the
-# A13-era rows, ~0.3 ms on A15), so their per-chip factors are pulled only weakly: one chip's floor must not
-# set the shared value a chip without rows is priced with.
-CALL_PRIOR_WEIGHT = 0.05
+# App-call floors differ by harness far more than throughput does by chip (2-3 ms on a 2020 iOS 13 app,
+# ~0.3 ms on a 2023 one), so each harness's factor is pulled only weakly, and the shared value an unseen
+# harness pays is their median, not a mean one outlying harness could drag.
+CALL_PRIOR_WEIGHT = 0.01
+# The fit's loss per point is pseudo-Huber in log error with this scale: quadratic within ~20%, linear
+# beyond, so a few rows no structure explains (integer-ms timers, a harness's quirks) do not drag the
+# shared parameters every other row depends on.
+ROBUST_SCALE = 0.2
 
 
 @dataclass(frozen=True)
@@ -118,12 +125,13 @@ class CalibrationPoint:
     programs: tuple[tuple[PreparedOps, int], ...]  # (program, times it runs): priced as sum of count x estimate
     weight: float = 1.0  # its share of the fit's squared log error
     calls: int = 0  # prediction calls timed in an app, each paying `call_overhead_ms` (0: engine time only)
+    harness: str = ""  # who timed it (a corpus source id): the call overhead is that harness's
 
 
 def point_ms(pt: CalibrationPoint, params: AneParams) -> float:
     """The point's estimate: its programs priced one by one, as `snapbench profile` sums its packages."""
     dev = resolve_device(pt.device)
-    return sum(n * total_ms(prep, dev, params) for prep, n in pt.programs) + pt.calls * params.call_ms(dev.chip)
+    return sum(n * total_ms(prep, dev, params) for prep, n in pt.programs) + pt.calls * params.call_ms(pt.harness)
 
 
 def reference_csv_path() -> Path:
@@ -265,20 +273,34 @@ class _Stack:
         for i, j, c in entries:
             self.matrix[i, j] += c
         self.calls = np.array([pt.calls for pt in points], dtype=float)
-        self.chips = [resolve_device(pt.device).chip for pt in points]
+        self.harnesses = [pt.harness for pt in points]
 
     def point_ms(self, params: AneParams) -> np.ndarray:
         t = evaluate(self.terms, params)
         pair_ms = np.bincount(self.pair_of_op, t.op_ms, minlength=self.n_pairs) + t.overhead_ms
-        calls = self.calls * np.array([params.call_ms(c) for c in self.chips])
+        calls = self.calls * np.array([params.call_ms(h) for h in self.harnesses])
         return self.matrix @ pair_ms + calls
 
 
 def fit_knobs(points: Sequence[CalibrationPoint]) -> list[str]:
-    """The knobs a fit on `points` moves: every structural knob, plus one per chip generation present."""
+    """The knobs a fit on `points` moves: every structural knob, one per chip generation present, and one
+    per app harness."""
     gens = sorted({resolve_device(pt.device).chip.split()[0] for pt in points} & set(CHIP_GENERATIONS))
-    called = sorted({resolve_device(pt.device).chip.split()[0] for pt in points if pt.calls} & set(CHIP_GENERATIONS))
-    return list(KNOBS) + [f"chip.{g}" for g in gens] + [f"call.{g}" for g in called]
+    harnesses = sorted({pt.harness for pt in points if pt.calls and pt.harness})
+    return list(KNOBS) + [f"chip.{g}" for g in gens] + [f"call.{h}" for h in harnesses]
+
+
+def recentre_calls(params: AneParams) -> AneParams:
+    """Make `call_overhead_ms` the median of the fitted harnesses' floors (each harness keeps its own), so
+    a harness the fit never saw is priced with a typical floor, not one an outlier pulled."""
+    if not params.call_factor:
+        return params
+    floors = {h: params.call_ms(h) for h in params.call_factor}
+    lo, hi = bounds_of("call_overhead_ms")
+    base = float(np.clip(np.exp(np.median(np.log(list(floors.values())))), max(lo, 1e-6), hi))
+    clo, chi = bounds_of("call.x")
+    return replace(params, call_overhead_ms=base,
+                   call_factor={h: float(np.clip(f / base, clo, chi)) for h, f in floors.items()})
 
 
 def fit_params(points: Sequence[CalibrationPoint], prior: AneParams | None = None, *,
@@ -303,7 +325,9 @@ def fit_params(points: Sequence[CalibrationPoint], prior: AneParams | None = Non
 
     def f(x):
         est = stack.point_ms(_apply(prior, dict(zip(names, np.exp(x)))))
-        return float(np.sum(weights * np.log(est / measured) ** 2) + np.sum(pull * x ** 2))
+        r = np.log(est / measured)
+        loss = 2 * ROBUST_SCALE ** 2 * (np.sqrt(1 + (r / ROBUST_SCALE) ** 2) - 1)
+        return float(np.sum(weights * loss) + np.sum(pull * x ** 2))
 
     best = None
     for start in (np.zeros(len(names)), np.full(len(names), -0.3), np.full(len(names), 0.3)):
@@ -311,7 +335,7 @@ def fit_params(points: Sequence[CalibrationPoint], prior: AneParams | None = Non
         res = minimize(f, x0, method="L-BFGS-B", bounds=bounds, options={"maxiter": maxiter})
         if best is None or res.fun < best.fun:
             best = res
-    fitted = _apply(prior, dict(zip(names, np.exp(best.x))))
+    fitted = recentre_calls(_apply(prior, dict(zip(names, np.exp(best.x)))))
     return replace(fitted, version=version or prior.version + 1, fitted_on=tuple(pt.label for pt in points),
                    notes={**prior.notes, "fit": f"{len(names)} fitted parameters on {len(points)} points: " + ", ".join(
                        f"{k} x{v:.3g}" for k, v in zip(names, np.exp(best.x)))})

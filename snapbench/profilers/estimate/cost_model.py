@@ -454,7 +454,8 @@ def evaluate(t: Terms, p: AneParams) -> _Times:
     share = np.where(t.epilogue, p.epilogue_cost, 1.0)
     compute_ms = t.work / (peak * eff * speed) * 1e3 * share
     memory_ms = t.dram / bw * 1e3
-    engine_ms = np.maximum(compute_ms, memory_ms) + np.where(t.epilogue, 0.0, p.op_overhead_us * 1e-3)
+    engine_ms = (np.maximum(compute_ms, memory_ms) + p.memory_serial * np.minimum(compute_ms, memory_ms)
+                 + np.where(t.epilogue, 0.0, p.op_overhead_us * 1e-3))
     # CPU ops: compute or memory bound on the CPU, plus copying their activations across
     cpu_ms = (np.maximum(t.cpu_flops / (p.cpu_gflops * 1e9), t.cpu_bytes / bw)
               + t.copy_bytes / (bw * p.copy_bandwidth_fraction)) * 1e3

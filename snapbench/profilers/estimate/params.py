@@ -24,6 +24,9 @@ OP_CLASSES = ("conv", "depthwise", "matmul", "elementwise", "activation", "softm
 # Chip generations with a throughput factor of their own (Pro/Max/Ultra share their generation's engine).
 CHIP_GENERATIONS = ("A13", "A14", "A15", "A16", "A17", "A18", "M1", "M2", "M3", "M4")
 CHIP_FACTOR_BOUNDS = (0.25, 4.0)
+# The structure the shipped fit is made for (v4: shapes, precision, call overhead; v5: compute/DRAM overlap,
+# per-harness call floors, robust fit)
+PARAMS_VERSION = 5
 CALL_FACTOR_BOUNDS = (0.1, 20.0)
 
 # (low, high) of each scalar parameter. Meaning, bounds and the sources of the priors in
@@ -49,10 +52,14 @@ SCALAR_BOUNDS: dict[str, tuple[float, float]] = {
     "epilogue_cost": (0.0, 1.0),          # share of its own cost an elementwise op fused into its producer pays
     "call_overhead_ms": (0.0, 5.0),       # one prediction call timed in an app (input/output marshalling,
                                           # scheduling), beyond the engine's own time; Xcode's report excludes it
+    # v5
+    "memory_serial": (0.0, 1.0),          # share of an op's shorter side (compute or DRAM) not hidden behind the
+                                          # longer one: 0 = perfect overlap (v4's max), 1 = no overlap (the sum)
 }
 # Parameters a v3 file lacks, with the value that reproduces v3's behaviour (no size effect, no int8 path).
 _V3_DEFAULTS = {"size_half": 1.0, "int8_speedup": 1.0, "int8_speedup_older": 1.0, "epilogue_cost": 1.0,
                 "call_overhead_ms": 0.0}
+_V4_DEFAULTS = {"memory_serial": 0.0}
 EFFICIENCY_BOUNDS = (0.002, 1.0)
 
 
@@ -78,8 +85,11 @@ class AneParams:
     int8_speedup_older: float = 1.0
     epilogue_cost: float = 1.0
     call_overhead_ms: float = 0.0
+    memory_serial: float = 0.0
     chip_factor: dict[str, float] = field(default_factory=dict)  # fp16 throughput vs the catalog's, per generation
-    call_factor: dict[str, float] = field(default_factory=dict)  # call overhead vs call_overhead_ms, per generation
+    # app-call overhead vs call_overhead_ms, per measurement harness (a source's timing app): a nuisance of
+    # the published rows; a harness the fit never saw pays call_overhead_ms, the median harness's
+    call_factor: dict[str, float] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,10 +125,9 @@ class AneParams:
             return self.call_factor.get(key.split(".", 1)[1], 1.0)
         return float(getattr(self, key))
 
-    def call_ms(self, chip: str) -> float:
-        """One prediction call's overhead in an app on `chip` (its generation's factor when fitted)."""
-        gen = chip.split()[0] if chip else ""
-        return self.call_overhead_ms * self.call_factor.get(gen, 1.0)
+    def call_ms(self, harness: str = "") -> float:
+        """One prediction call's overhead in an app: `harness`'s own when fitted, else the median harness's."""
+        return self.call_overhead_ms * self.call_factor.get(harness, 1.0)
 
     def chip(self, chip: str) -> float:
         """The fp16 throughput factor of a chip name ("A17 Pro" -> generation "A17"); 1 when not fitted."""
@@ -169,17 +178,21 @@ def params_from_dict(doc: Any, source: str) -> AneParams:
         raise bad(f"efficiency.{unknown[0]}", f"is not an op class (known: {', '.join(OP_CLASSES)})")
     scalars = {}
     for key, lim in SCALAR_BOUNDS.items():
-        value = doc.get(key, _V3_DEFAULTS.get(key) if version <= 3 else None)
+        value = doc.get(key, {**_V3_DEFAULTS, **_V4_DEFAULTS}.get(key) if version <= 3 else
+                        _V4_DEFAULTS.get(key) if version <= 4 else None)
         scalars[key] = _check_number(value, key, lim, bad)
     per_chip = {}
     for name, lim in (("chip_factor", CHIP_FACTOR_BOUNDS), ("call_factor", CALL_FACTOR_BOUNDS)):
         table = doc.get(name, {})
+        what = "chip generation" if name == "chip_factor" else "harness (a corpus source id)"
         if not isinstance(table, dict):
-            raise bad(name, f"must be an object of chip generation -> factor ({', '.join(CHIP_GENERATIONS)})")
-        for gen, value in table.items():
-            if gen not in CHIP_GENERATIONS:
-                raise bad(f"{name}.{gen}", f"is not a chip generation (known: {', '.join(CHIP_GENERATIONS)})")
-            _check_number(value, f"{name}.{gen}", lim, bad)
+            raise bad(name, f"must be an object of {what} -> factor")
+        for key, value in table.items():
+            if name == "chip_factor" and key not in CHIP_GENERATIONS:
+                raise bad(f"{name}.{key}", f"is not a chip generation (known: {', '.join(CHIP_GENERATIONS)})")
+            if not key.strip():
+                raise bad(name, f"has an empty {what}")
+            _check_number(value, f"{name}.{key}", lim, bad)
         per_chip[name] = {g: float(v) for g, v in table.items()}
     extra = sorted(set(doc) - set(SCALAR_BOUNDS) - {"version", "fitted_on", "efficiency", "notes", "chip_factor",
                                                     "call_factor"})
