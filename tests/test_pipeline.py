@@ -162,6 +162,22 @@ def test_chunks_traced_small_run_at_full_size(attention, small_query_chunks):
             torch.testing.assert_close(g, w)
 
 
+def test_chunks_are_traced_at_full_size_when_a_small_trace_would_differ(monkeypatch):
+    """Query chunks that do not divide a block's positions are decided at run time: no small trace then."""
+    from snapbench.converters import ane_attention
+    from snapbench.converters.unet_chunks import trace_scale
+
+    source = resolve_model("sd15-tiny")
+    opts = ConvertOptions(latent=16, tokens=4, chunks=2, attention="split_einsum_v2")
+    meta, blocks = cut(source, opts)
+    plans = plan_chunks(blocks, meta.closes_skip, 2, batch=2, sample=(2, 4, 16, 16), context_dim=16, tokens=4)
+    assert trace_scale(blocks, plans[0], 16, "split_einsum_v2") == 2
+    monkeypatch.setattr(ane_attention, "DEFAULT_QUERY_CHUNK_SIZE", 96)  # 256 positions: 96 + 96 + 64
+    assert trace_scale(blocks, plans[0], 16, "split_einsum_v2") == 1
+    assert trace_scale(blocks, plans[0], 16, "original") == 2
+    assert trace_scale(blocks, plans[0], 12, "original") == 1  # not a multiple of the 8 x 8 trace
+
+
 def test_chunk_traced_small_is_the_same_package(tmp_path, small_query_chunks):
     """Byte for byte: chunk 1 (v2 attention, 4 query chunks at 16 x 16) traced at 8 x 8 vs at 16 x 16."""
     from snapbench.converters.convert_package import convert_module, example_inputs
