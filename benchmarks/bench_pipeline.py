@@ -6,12 +6,14 @@ Each variant runs in its own process, one after another, so its figures are its 
   (a) plain: the whole diffusers UNet through torch.jit.trace (defaults) + ct.convert (fp16, iOS16) + save,
       UNet only (what bench_convert.py calls naive)
   (b) snapbench convert --pipeline --chunks 2, fp16: text encoder, two UNet chunks, VAE decoder
-  (c) the same with --weight-bits 6 (k-means palettes)
+  (c) the same with --weight-bits 6 (k-means palettes, palette.py)
   (d) apple/ml-stable-diffusion's torch2coreml on a local pipeline folder (--reference-model DIR), only
       when python_coreml_stable_diffusion is installed beside snapbench
 Wall time, and the peak of the process tree's memory (RSS summed over the process and all its children,
 sampled every 0.1 s; what the machine must hold). The goals of issue 13: (b) and (c) peak <= 4 GB and
-(b) in at most half the time of (a). Other users of the CPU slow every variant alike.
+(b) in at most half the time of (a). Other users of the CPU do not slow every variant alike (multi-threaded
+PyTorch passes suffer most), so run it on an otherwise idle machine; each row shows the range of the
+1-minute load average while it ran.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,11 +35,28 @@ GOAL_PEAK_BYTES = 4e9
 
 
 def measured(cmd: list[str]) -> dict:
-    """bench_convert.run, but a failing variant is a row saying so, not the end of the benchmark."""
+    """bench_convert.run, but a failing variant is a row saying so, not the end of the benchmark; with the
+    1-minute load average sampled every 5 s while it runs (other users of the CPU slow every variant)."""
+    loads: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while True:
+            loads.append(os.getloadavg()[0])
+            if stop.wait(5.0):
+                return
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     try:
-        return run(cmd)
+        r = run(cmd)
     except SystemExit as e:
-        return {"seconds": float("nan"), "peak_tree_rss": float("nan"), "failed": str(e)}
+        r = {"seconds": float("nan"), "peak_tree_rss": float("nan"), "failed": str(e)}
+    finally:
+        stop.set()
+        sampler.join()
+    r["load"] = (min(loads), max(loads))
+    return r
 
 
 def machine() -> str:
@@ -90,13 +110,14 @@ def main() -> None:
                 "--attention-implementation", a.attention.upper(), "-o", str(work / "reference")])))
         print(f"\n{a.model}, latent {a.latent}, {a.tokens} tokens, attention {a.attention}; {machine()}")
         base = rows[0][1] if not a.skip_plain else None
-        head = f"{'variant':42} {'seconds':>8} {'x (a)':>6} {'peak tree GB':>13} {'<= 4 GB':>8}"
+        head = f"{'variant':42} {'seconds':>8} {'x (a)':>6} {'peak tree GB':>13} {'<= 4 GB':>8} {'load':>10}"
         print(head)
         print("-" * len(head))
         for label, r in rows:
             ratio = f"{r['seconds'] / base['seconds']:.2f}" if base else "-"
             fits = "-" if label.startswith("(a)") else ("yes" if r["peak_tree_rss"] <= GOAL_PEAK_BYTES else "NO")
-            print(f"{label:42} {r['seconds']:8.1f} {ratio:>6} {r['peak_tree_rss'] / 1e9:13.2f} {fits:>8}"
+            load = f"{r['load'][0]:.1f}-{r['load'][1]:.1f}"
+            print(f"{label:42} {r['seconds']:8.1f} {ratio:>6} {r['peak_tree_rss'] / 1e9:13.2f} {fits:>8} {load:>10}"
                   + (f"  FAILED: {r['failed']}" if "failed" in r else ""))
         for label, r in rows:
             if "parts" in r:

@@ -67,6 +67,29 @@ def _root(
 for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
+
+def _escape_help_markup(typer_app: typer.Typer) -> None:
+    """Help texts say "[default: main]" and "[toy: 8, clip: 1]"; rich markup would read those as style tags
+    and print nothing. Escape them once, here, so every command's help shows what it says."""
+    import inspect
+
+    from rich.markup import escape
+
+    for info in typer_app.registered_commands:
+        if info.callback is None:
+            continue
+        if info.help is None and info.callback.__doc__:
+            info.help = escape(inspect.cleandoc(info.callback.__doc__))
+        elif info.help:
+            info.help = escape(info.help)
+        for param in inspect.signature(info.callback).parameters.values():
+            default = param.default
+            if isinstance(default, typer.models.ParameterInfo) and default.help:
+                default.help = escape(default.help)
+
+
+_escape_help_markup(app)
+
 _CLICKS = tuple(m.exceptions for m in (_typer_click, _click) if m is not None)
 # Each family's classes: an error raised by either click copy is caught the same way.
 USAGE_ERRORS: tuple[type[Exception], ...] = tuple(m.UsageError for m in _CLICKS)

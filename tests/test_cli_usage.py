@@ -148,3 +148,13 @@ def test_input_formats_are_in_the_help(command, words, capsys):
     text = " ".join(capsys.readouterr().out.split())
     for w in words:
         assert w in text, w
+
+
+@pytest.mark.parametrize("command, text", [("train", "[default: 1e-3 toy, 1e-5 else]"),
+                                           ("ablate", "[toy: 8, clip: 1]"), ("inspect", "[default: main]")])
+def test_bracketed_help_text_is_shown_not_eaten_as_markup(command, text, capsys, monkeypatch):
+    from snapbench.cli import main
+
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main([command, "--help"]) == 0
+    assert text in capsys.readouterr().out

@@ -87,3 +87,30 @@ def test_matches_coremltools_kmeans_on_a_conv_weight():
     theirs = clustering_error(w, np.asarray(theirs_lut).astype(np.float16), theirs_idx)
     ours = clustering_error(w, ours_lut, ours_idx)
     assert ours <= theirs * 1.001
+
+
+def test_a_palettized_package_holds_the_histogram_palettes(tmp_path):
+    """Through coremltools: the 6-bit package's conv weight, decompressed, is palette.py's table lookup of
+    the fp16 weight, and the table (64 entries) is what palettize_fp16 computed."""
+    import coremltools as ct
+    import torch
+    from torch import nn
+
+    from snapbench.converters.compression import compress
+    from snapbench.converters.convert_package import to_coreml, trace
+    from snapbench.converters.options import ConvertOptions
+    from snapbench.converters.package_io import PackageIO
+    from snapbench.converters.runtime import conversion_context
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(32, 64, 3, padding=1).eval()
+    io = PackageIO((("x", (1, 32, 8, 8)),), (("y", (1, 64, 8, 8)),))
+    opts = ConvertOptions(mode="deploy", weight_bits=6)
+    with conversion_context():
+        mlmodel = compress(to_coreml(trace(conv, (torch.randn(1, 32, 8, 8),)), io, opts), opts)
+    fp16 = conv.weight.detach().numpy().astype(np.float16)
+    lut, indices = palettize_fp16(fp16, 6)
+    dense = ct.optimize.coreml.decompress_weights(mlmodel)
+    weights = [v.val for v in ct.optimize.coreml.get_weights_metadata(dense, weight_threshold=2048).values()]
+    assert len(weights) == 1 and weights[0].shape == fp16.shape
+    assert np.array_equal(weights[0], lut[indices].reshape(fp16.shape))

@@ -130,22 +130,71 @@ def test_chunk_takes_only_its_blocks():
     assert isinstance(built[0].module, UNetChunk)
 
 
-@pytest.mark.parametrize("attention", ["original", "split_einsum_v2"])
-def test_chunks_traced_at_batch_one_run_at_batch_two(attention):
-    """What lets the pipeline trace at batch 1: the traced graph keeps the batch symbolic."""
-    from snapbench.converters.convert_package import example_inputs, trace
-    from snapbench.converters.unet_chunks import at_batch_one
+@pytest.fixture
+def small_query_chunks(monkeypatch):
+    """split_einsum_v2 chunks of 64 queries: the tiny UNet's 16 x 16 blocks then run 4 chunks, as SD's do."""
+    from snapbench.converters import ane_attention
 
-    plans, built = _chunk_modules(resolve_model("sd15-tiny"), ConvertOptions(latent=16, tokens=4, chunks=2,
-                                                                               attention=attention))
+    monkeypatch.setattr(ane_attention, "DEFAULT_QUERY_CHUNK_SIZE", 64)
+
+
+@pytest.mark.parametrize("attention", ["original", "split_einsum_v2"])
+def test_chunks_traced_small_run_at_full_size(attention, small_query_chunks):
+    """What lets the pipeline trace at batch 1 and 8 x 8: the traced graph keeps batch and size symbolic."""
+    from snapbench.converters.convert_package import example_inputs, trace
+    from snapbench.converters.unet_chunks import at_batch_one, trace_scale
+
+    source = resolve_model("sd15-tiny")
+    opts = ConvertOptions(latent=16, tokens=4, chunks=2, attention=attention)
+    plans, built = _chunk_modules(source, opts)
+    _, blocks = cut(source, opts)
     for plan, b in zip(plans, built):
-        traced = trace(b.module, example_inputs(at_batch_one(plan.io)))
+        scale = trace_scale(blocks, plan, opts.latent, attention)
+        assert scale == 2  # traced at 8 x 8
+        small = example_inputs(at_batch_one(plan.io, scale))
+        assert small[0].shape[0] == 1 and small[0].shape[-1] * 2 == plan.io.inputs[0][1][-1]
+        traced = trace(b.module, small)
         full = example_inputs(plan.io, seed=5)
         with torch.no_grad():
             want, got = b.module(*full), traced(*full)
         for w, g in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)):
             assert g.shape == w.shape and g.shape[0] == 2
             torch.testing.assert_close(g, w)
+
+
+def test_chunks_are_traced_at_full_size_when_a_small_trace_would_differ(monkeypatch):
+    """Query chunks that do not divide a block's positions are decided at run time: no small trace then."""
+    from snapbench.converters import ane_attention
+    from snapbench.converters.unet_chunks import trace_scale
+
+    source = resolve_model("sd15-tiny")
+    opts = ConvertOptions(latent=16, tokens=4, chunks=2, attention="split_einsum_v2")
+    meta, blocks = cut(source, opts)
+    plans = plan_chunks(blocks, meta.closes_skip, 2, batch=2, sample=(2, 4, 16, 16), context_dim=16, tokens=4)
+    assert trace_scale(blocks, plans[0], 16, "split_einsum_v2") == 2
+    monkeypatch.setattr(ane_attention, "DEFAULT_QUERY_CHUNK_SIZE", 96)  # 256 positions: 96 + 96 + 64
+    assert trace_scale(blocks, plans[0], 16, "split_einsum_v2") == 1
+    assert trace_scale(blocks, plans[0], 16, "original") == 2
+    assert trace_scale(blocks, plans[0], 12, "original") == 1  # not a multiple of the 8 x 8 trace
+
+
+def test_chunk_traced_small_is_the_same_package(tmp_path, small_query_chunks):
+    """Byte for byte: chunk 1 (v2 attention, 4 query chunks at 16 x 16) traced at 8 x 8 vs at 16 x 16."""
+    from snapbench.converters.convert_package import convert_module, example_inputs
+    from snapbench.converters.unet_chunks import at_batch_one
+
+    opts = ConvertOptions(mode="deploy", latent=16, tokens=4, chunks=2, attention="split_einsum_v2")
+    plans, built = _chunk_modules(resolve_model("sd15-tiny"), opts)
+    attention = [m for m in built[0].module.modules() if type(m).__name__ == "ANEAttention"]
+    assert attention and max(m.query_chunks or 1 for m in attention) == 4  # the chunked path is in it
+    packages = {}
+    for scale in (1, 2):
+        dest = tmp_path / f"x{scale}" / "UnetChunk1.mlpackage"
+        convert_module(built[0].module, plans[0].io, opts, dest, metadata={}, description="chunk",
+                       inputs=example_inputs(at_batch_one(plans[0].io, scale)))
+        packages[scale] = {f.relative_to(dest).as_posix(): f.read_bytes() for f in sorted(dest.rglob("*"))
+                           if f.is_file() and f.name != "Manifest.json"}  # (item ids in it are random)
+    assert packages[1] == packages[2]
 
 
 def test_vae_traced_small_runs_at_full_size():

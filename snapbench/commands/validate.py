@@ -79,8 +79,17 @@ def validate_command(
               f"within 10% {overall['within_10_pct']:.0f}%, within 25% {overall['within_25_pct']:.0f}%, "
               f"within 50% {overall['within_50_pct']:.0f}%[/bold]  ({label})")
     for f in v.fits:
+        floors = "".join(f"; its app's floor from its own rows {ms:.2f} ms" for ms in f["own_floor_ms"].values())
         out.print(f"  without {f['held_out']}: {f['fitted_parameters']} parameters fitted on "
-                  f"{f['fitted_points']} points; predicted {f['predicted_rows']} rows")
+                  f"{f['fitted_points']} points; predicted {f['predicted_rows']} rows{floors}")
+    own = v.own_floor_summary()
+    if own is not None:
+        o = own.iloc[0]
+        by_chip = ", ".join(f"{r['chip']} {r['median_abs_error_pct']:.1f}%"
+                            for r in v.own_floor_summary("chip").to_dict("records"))  # type: ignore[union-attr]
+        out.print(f"with each held-out app's per-prediction floor taken from its own rows (one number per "
+                  f"harness; the engine still out of sample): median |error| {o['median_abs_error_pct']:.1f}%, "
+                  f"within 25% {o['within_25_pct']:.0f}%; by chip {by_chip}")
     low = v.rows[v.rows["trust"] == "low"] if len(v.rows) else v.rows
     if len(low):
         out.print(f"{len(low)} rows graded low trust: shown, not fitted, not scored")

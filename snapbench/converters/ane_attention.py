@@ -78,12 +78,17 @@ def rewrite_transformer(
     impl: str,  # one of AttentionImpl, checked below
     *,
     query_chunk_size: int = DEFAULT_QUERY_CHUNK_SIZE,
+    query_chunks: int | None = None,
 ) -> nn.Module:
     """Return a copy of a diffusers `Transformer2DModel` with the chosen attention implementation.
 
     The result is in eval mode and has `forward(hidden_states [B, C, H, W], encoder_hidden_states [B, L, D])
     -> [B, C, H, W]`. Weights are copied: later changes to `transformer` do not reach the result, nor the
     other way round. `query_chunk_size` is used by "split_einsum_v2" only (the last chunk may be shorter).
+    `query_chunks` (v2 only): cut the queries into this many equal chunks whatever the sequence length
+    (one: no chunking), instead of chunks of `query_chunk_size` decided by the length at run time. For a
+    length of query_chunks * query_chunk_size that is the same computation and the same Core ML program,
+    and the traced graph no longer depends on the length it was traced at (see unet_chunks.trace_scale).
     Dropout is dropped (inference only); `upcast_attention` needs nothing in fp32, and in fp16 the softmax
     scale folded into the query projection keeps the scores small.
     """
@@ -91,9 +96,12 @@ def rewrite_transformer(
     if isinstance(query_chunk_size, bool) or not isinstance(query_chunk_size, int) or query_chunk_size < 1:
         raise SnapbenchError(f"query_chunk_size must be a positive integer, got {query_chunk_size!r}")
     _check_transformer(transformer)
+    if query_chunks is not None and (isinstance(query_chunks, bool) or not isinstance(query_chunks, int)
+                                     or query_chunks < 1):
+        raise SnapbenchError(f"query_chunks must be a positive integer, got {query_chunks!r}")
     if impl == "original":
         return OriginalTransformer(transformer).eval()
-    return ANETransformer2D(transformer, impl, query_chunk_size).eval()
+    return ANETransformer2D(transformer, impl, query_chunk_size, query_chunks).eval()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -280,7 +288,7 @@ class ANEAttention(nn.Module):
     head, and in fp16 the scores stay small before the matmul rather than being scaled after it.
     """
 
-    def __init__(self, attn: nn.Module, impl: str, query_chunk_size: int):
+    def __init__(self, attn: nn.Module, impl: str, query_chunk_size: int, query_chunks: int | None = None):
         super().__init__()
         if impl not in ("split_einsum", "split_einsum_v2"):
             raise SnapbenchError(f"ANEAttention needs split_einsum or split_einsum_v2, got {impl!r}")
@@ -288,6 +296,7 @@ class ANEAttention(nn.Module):
         self.heads = int(attn.heads)
         self.head_dim = attn.inner_dim // self.heads
         self.query_chunk_size = int(query_chunk_size)
+        self.query_chunks = query_chunks
         self.to_q = _conv1x1_from(attn.to_q, scale=float(attn.scale))
         self.to_k = _conv1x1_from(attn.to_k)
         self.to_v = _conv1x1_from(attn.to_v)
@@ -311,20 +320,26 @@ class ANEAttention(nn.Module):
 
         # A sequence no longer than one chunk needs no chunking (and coremltools 9 rejects the
         # one-output split / one-input concat that chunking it would trace).
-        if self.impl == "split_einsum" or q.shape[3] <= self.query_chunk_size:
+        if self.query_chunks is not None:  # a fixed number of chunks: the graph is the same at every length
+            chunked = self.impl == "split_einsum_v2" and self.query_chunks > 1
+        else:
+            chunked = self.impl == "split_einsum_v2" and q.shape[3] > self.query_chunk_size
+        if not chunked:
             outs = [_attend(q_h, k_h, v_h) for q_h, k_h, v_h in zip(q_heads, k_heads, v_heads)]
         else:
             outs = [
                 # chunk the queries of each head along the sequence: each score map is (B, L, 1, chunk),
                 # never (B, L, 1, S); the last chunk is shorter when S is not a multiple of the chunk
-                torch.cat(
-                    [_attend(q_c, k_h, v_h) for q_c in q_h.split(self.query_chunk_size, dim=3)],  # n x (B, d, 1, c)
-                    dim=3,
-                )                                                     # (B, d, 1, S)
+                torch.cat([_attend(q_c, k_h, v_h) for q_c in self._query_chunks(q_h)], dim=3)  # (B, d, 1, S)
                 for q_h, k_h, v_h in zip(q_heads, k_heads, v_heads)
             ]
         out = torch.cat(outs, dim=1)                                  # (B, h*d, 1, S)
         return self.to_out(out)                                       # (B, C, 1, S)
+
+    def _query_chunks(self, q_h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.query_chunks is not None:
+            return q_h.chunk(self.query_chunks, dim=3)  # traced as ConstantChunk: n chunks at any length
+        return q_h.split(self.query_chunk_size, dim=3)  # n x (B, d, 1, c)
 
 
 def _attend(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -368,16 +383,16 @@ class ANEFeedForward(nn.Module):
 class ANEBasicTransformerBlock(nn.Module):
     """BasicTransformerBlock (pre-norm self-attention, cross-attention, feed-forward) on (B, C, 1, S)."""
 
-    def __init__(self, block: nn.Module, impl: str, query_chunk_size: int):
+    def __init__(self, block: nn.Module, impl: str, query_chunk_size: int, query_chunks: int | None = None):
         super().__init__()
         self.norm1 = ChannelLayerNorm(block.norm1)
-        self.attn1 = ANEAttention(block.attn1, impl, query_chunk_size)
+        self.attn1 = ANEAttention(block.attn1, impl, query_chunk_size, query_chunks)
         # attn1 reads the context only with only_cross_attention; attn2 reads x with double_self_attention
         self.attn1_on_context = bool(block.only_cross_attention)
         self.has_attn2 = block.attn2 is not None
         if self.has_attn2:
             self.norm2 = ChannelLayerNorm(block.norm2)
-            self.attn2 = ANEAttention(block.attn2, impl, query_chunk_size)
+            self.attn2 = ANEAttention(block.attn2, impl, query_chunk_size, query_chunks)
             self.attn2_on_context = not bool(block.double_self_attention)
         self.norm3 = ChannelLayerNorm(block.norm3)
         self.ff = ANEFeedForward(block.ff, block.activation_fn)
@@ -395,16 +410,18 @@ class ANEBasicTransformerBlock(nn.Module):
 class ANETransformer2D(nn.Module):
     """Transformer2DModel (continuous input) with ANE layout: 1x1 convs and (B, C, 1, S) inside."""
 
-    def __init__(self, transformer: nn.Module, impl: str, query_chunk_size: int):
+    def __init__(self, transformer: nn.Module, impl: str, query_chunk_size: int, query_chunks: int | None = None):
         super().__init__()
         self.impl = impl
         self.query_chunk_size = query_chunk_size
+        self.query_chunks = query_chunks
         self.norm = RankFourGroupNorm(transformer.norm)
         # SD-2.x's Linear proj_in acts on (B, HW, C) after a transpose; as a 1x1 conv on (B, C, 1, S)
         # it is the same maths with no transpose, so both projection types become convs here.
         self.proj_in = _conv1x1_from(transformer.proj_in)
         self.blocks = nn.ModuleList(
-            ANEBasicTransformerBlock(block, impl, query_chunk_size) for block in transformer.transformer_blocks
+            ANEBasicTransformerBlock(block, impl, query_chunk_size, query_chunks)
+            for block in transformer.transformer_blocks
         )
         self.proj_out = _conv1x1_from(transformer.proj_out)
 

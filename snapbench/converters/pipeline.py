@@ -12,6 +12,7 @@ key is already in the folder is kept, so a re-run converts only what changed and
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
@@ -20,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from snapbench.converters.app_parts import (
     TOKENIZER_FILES, AppPart, ModelFolder, check_tokenizer, model_folder, text_encoder_part, text_encoder_vocab,
@@ -60,7 +61,7 @@ class PipelineResult(ConvertResult):
 
 def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
     from snapbench.converters.convert_package import example_inputs
-    from snapbench.converters.unet_chunks import at_batch_one, build_chunk, chunk_identity, plan_chunks
+    from snapbench.converters.unet_chunks import at_batch_one, build_chunk, chunk_identity, plan_chunks, trace_scale
 
     meta, blocks = cut(source, opts)
     cfg = meta.config
@@ -77,8 +78,9 @@ def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
             built = build_chunk(meta, blocks, closes, plan, source, opts.attention, opts.seed)
             return built.module, built.psnr_db
 
-        def inputs(plan=plan):  # traced at batch 1: half the forward pass; every op keeps the batch symbolic
-            return example_inputs(at_batch_one(plan.io), seed=opts.seed)  # (tests check it)
+        def inputs(plan=plan):  # traced at batch 1 and 8 x 8: every op keeps those sizes symbolic (tests)
+            scale = trace_scale(blocks, plan, opts.latent, opts.attention)
+            return example_inputs(at_batch_one(plan.io, scale), seed=opts.seed)
 
         what = "UNet" if plan.index == 0 else f"UNet chunk {plan.index} of 2"
         parts.append(AppPart(
@@ -153,8 +155,34 @@ def _entry(part: AppPart, key: str, state: str, **kw: Any) -> ManifestBlock:
         weights_hash=str(part.identity.get("weights")), **kw)
 
 
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """PyTorch on one thread while a part is built, checked and traced.
+
+    Everything PyTorch computes here is small (attention checks at 16 x 16, UNet chunks traced at 8 x 8,
+    the VAE at 8 x 8, the text encoder at batch 1): thousands of tiny ops, for which a second OpenMP
+    thread buys nothing and costs a barrier per op, and when the CPU is shared each barrier waits for a
+    descheduled thread (SD-v1.5's chunk 2 built in 44 s on two threads, 7 s on one, at load 5 on 2 cores).
+    The rest of a conversion (coremltools) is single-threaded Python anyway.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _convert_part(part: AppPart, dest: Path, key: str, opts: ConvertOptions, source: ModelSource,
                   versions: dict[str, str]) -> tuple[float, int, dict[str, float], dict[str, float]]:
+    with one_torch_thread():
+        return _convert_part_now(part, dest, key, opts, source, versions)
+
+
+def _convert_part_now(part: AppPart, dest: Path, key: str, opts: ConvertOptions, source: ModelSource,
+                      versions: dict[str, str]) -> tuple[float, int, dict[str, float], dict[str, float]]:
     start = time.perf_counter()
     module, db = part.build()
     built = time.perf_counter() - start
@@ -163,9 +191,12 @@ def _convert_part(part: AppPart, dest: Path, key: str, opts: ConvertOptions, sou
                 "attention": opts.attention if part.kind == "unet" else "-", "weight_bits": opts.weight_bits,
                 "target": opts.target, "source_hash": part.identity.get("weights")}
     inputs = part.inputs() if part.inputs is not None else None
+    from snapbench.converters.workers import frozen_heap
+
     try:
-        r = convert_module(module, part.io, opts, dest, metadata=metadata, description=part.title, inputs=inputs,
-                           release=not opts.check)
+        with frozen_heap():  # the collections ct.convert runs skip the libraries' objects
+            r = convert_module(module, part.io, opts, dest, metadata=metadata, description=part.title,
+                               inputs=inputs, release=not opts.check)
         if opts.check:
             from snapbench.converters.convert_package import example_inputs
             from snapbench.converters.checks import check_prediction

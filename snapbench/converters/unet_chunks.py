@@ -215,15 +215,16 @@ def _copy_of_original(root: nn.Module, unit: BlockUnit, checkpoint: LazyCheckpoi
     return made.eval()
 
 
-CHECK_SIDE = 32
+CHECK_SIDE = 16
 
 
 def attention_psnr(original: nn.Module, rewritten: nn.Module, hidden: tuple[int, ...], context: tuple[int, ...],
                    seed: int) -> float:
     """PSNR of an ANE-rewritten attention block against diffusers' own, in fp32 PyTorch, batch 1.
 
-    At most CHECK_SIDE x CHECK_SIDE positions: the same maths at a sixteenth of the cost for SD's 64x64
-    blocks, and still more than one query chunk (512), so split_einsum_v2's chunked path is the one checked.
+    At most CHECK_SIDE x CHECK_SIDE positions: the rewritten module cuts its queries into the number of
+    chunks it has at the real size (fixed_chunks), so at 16 x 16 SD's 64 x 64 blocks still run
+    split_einsum_v2's chunked path (8 chunks of 32 instead of 512), the same maths at 1/256 of the cost.
     """
     g = torch.Generator().manual_seed(seed * 7919 + zlib.crc32(str(hidden).encode()))
     x = torch.randn((1, hidden[1], min(hidden[2], CHECK_SIDE), min(hidden[3], CHECK_SIDE)), generator=g)
@@ -253,7 +254,7 @@ def build_chunk(root: nn.Module, blocks: list[CutBlock], closes_skip: list[bool]
         unit = materialize_unit(root, b.unit, checkpoint, seed)
         if isinstance(unit, AttentionUnit) and unit.has_compute and attention != "original":
             hidden, ctx = dict(b.inputs)["hidden"], dict(b.inputs)["context"]
-            rewritten = rewrite_attention(unit.transformer, attention, hidden[-1] * hidden[-2])
+            rewritten = rewrite_attention(unit.transformer, attention, hidden[-1] * hidden[-2], fixed_chunks=True)
             db[b.block_id] = attention_psnr(unit.transformer, rewritten, hidden, ctx, seed)
             if not db[b.block_id] >= min_psnr_db:
                 raise SnapbenchError(f"{b.block_id}: the {attention} rewrite gives {db[b.block_id]:.1f} dB PSNR "
@@ -264,10 +265,49 @@ def build_chunk(root: nn.Module, blocks: list[CutBlock], closes_skip: list[bool]
     return BuiltChunk(UNetChunk(units, closes_skip[plan.start:plan.end], plan, attention).eval(), db)
 
 
-def at_batch_one(io: PackageIO) -> PackageIO:
-    """The interface with batch 1: what a chunk is traced at (see trace_io in app_parts.py)."""
-    return PackageIO(tuple((n, (1, *s[1:])) for n, s in io.inputs),
-                     tuple((n, (1, *s[1:]) if s else s) for n, s in io.outputs), io.int_inputs)
+def at_batch_one(io: PackageIO, scale: int = 1) -> PackageIO:
+    """The interface with batch 1 and latent-sized tensors' height and width divided by `scale`: what a
+    chunk is traced at (see trace_scale). The context (B, C, 1, tokens) keeps its tokens."""
+    def small(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) == 4 and name != "encoder_hidden_states":
+            return (1, shape[1], shape[2] // scale, shape[3] // scale)
+        return (1, *shape[1:])
+
+    return PackageIO(tuple((n, small(n, s)) for n, s in io.inputs),
+                     tuple((n, small(n, s) if s else s) for n, s in io.outputs), io.int_inputs)
+
+
+TRACE_LATENT = 8  # a chunk is traced at this latent size when its graph does not depend on the size
+
+
+def trace_scale(blocks: list[CutBlock], plan: ChunkPlan, latent: int, attention: str) -> int:
+    """How many times smaller than the interface's latent a chunk can be traced (1: at the real size).
+
+    Tracing costs one forward pass, and at SD's 64 x 64 that pass is most of it. Every op of a UNet chunk
+    takes its sizes from the tensors (convs, GroupNorm, nearest upsampling, reshapes from `.shape`), so
+    the graph traced at 8 x 8 is the one traced at 64 x 64, and coremltools fills in the sizes from the
+    package's input shapes. The exception is split_einsum_v2's query chunking, which is fixed at the real
+    size here (fixed_chunks): usable when the chunk divides the block's positions and the traced size
+    still gives each chunk the same share. Tests check that the package traced small is byte for byte
+    the package traced at the real size.
+    """
+    from snapbench.converters.workers import query_chunk
+
+    if latent <= TRACE_LATENT or latent % TRACE_LATENT:
+        return 1
+    scale = latent // TRACE_LATENT
+    for b in blocks[plan.start:plan.end]:
+        for shape in (*(s for _, s in b.inputs), tuple(b.output)):
+            if len(shape) == 4 and shape[2] != 1 and (shape[2] % scale or shape[3] % scale):
+                return 1
+        if attention == "split_einsum_v2" and isinstance(b.unit, AttentionUnit) and b.unit.has_compute:
+            hidden = dict(b.inputs)["hidden"]
+            tokens = hidden[-1] * hidden[-2]
+            chunk = query_chunk(tokens)
+            chunks, traced = tokens // chunk, tokens // scale**2
+            if tokens % chunk or (chunks > 1 and traced % chunks):
+                return 1
+    return scale
 
 
 def chunk_identity(blocks: list[CutBlock], plan: ChunkPlan) -> dict[str, Any]:

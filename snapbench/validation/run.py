@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
@@ -57,13 +57,26 @@ class Validation:
     def summary(self, by: str | None = None) -> pd.DataFrame:
         return summarise(self.scored(), by)
 
+    def own_floor_summary(self, by: str | None = None) -> pd.DataFrame | None:
+        """The cross-validated errors again, each held-out app harness's floor taken from its own rows (the
+        engine still out of sample); None in-sample."""
+        df = self.scored()
+        if self.cross is None or not len(df) or "own_floor_error_pct" not in df:
+            return None
+        return summarise(df.assign(error_pct=df["own_floor_error_pct"]), by)
+
     def to_dict(self) -> dict[str, Any]:
         overall = self.summary().iloc[0].to_dict() if len(self.scored()) else {}
+        own = self.own_floor_summary()
         return {
             "cross": self.cross, "params_version": self.params_version, "overall": overall,
             "by_source": self.summary("source").to_dict("records"),
             "by_chip": self.summary("chip").to_dict("records"),
             "by_family": self.summary("family").to_dict("records"),
+            "own_floor": None if own is None else {
+                "what": "held-out errors with each held-out app harness's per-prediction floor fitted on its own "
+                        "rows (one number per harness; the engine still out of sample)",
+                "overall": own.iloc[0].to_dict(), "by_chip": self.own_floor_summary("chip").to_dict("records")},
             "rows": self.rows.to_dict("records"), "skipped": self.skipped.to_dict("records"), "fits": self.fits,
         }
 
@@ -129,7 +142,7 @@ def fit_corpus(points: Sequence[CalibrationPoint], *, prior: AneParams | None = 
 
 
 def _frame(rows: Sequence[CorpusRow], points: dict[str, CalibrationPoint], estimates: dict[str, float],
-           group_of: dict[str, str]) -> pd.DataFrame:
+           group_of: dict[str, str], own_floor: dict[str, float] | None = None) -> pd.DataFrame:
     out = []
     for r in rows:
         if r.row not in estimates:
@@ -139,7 +152,9 @@ def _frame(rows: Sequence[CorpusRow], points: dict[str, CalibrationPoint], estim
                     "device": r.device, "chip": r.chip, "compute_units": r.compute_units, "weights": r.weights,
                     "statistic": r.statistic, "trust": r.trust, "fitted": r.fitted, "published_ms": r.latency_ms,
                     "estimated_ms": est, "error_pct": 100.0 * (est - r.latency_ms) / r.latency_ms,
-                    "held_out": group_of.get(r.row, "")})
+                    "held_out": group_of.get(r.row, ""),
+                    "own_floor_error_pct": (100.0 * (own_floor[r.row] - r.latency_ms) / r.latency_ms
+                                            if own_floor and r.row in own_floor else math.nan)})
     return pd.DataFrame(out)
 
 
@@ -157,6 +172,7 @@ def validate(rows: Sequence[CorpusRow] | None = None, *, cross: Cross | None = N
                                                                          "published_ms", "reason"])
     estimates: dict[str, float] = {}
     group_of: dict[str, str] = {}
+    own_floor: dict[str, float] = {}
     fits: list[dict[str, Any]] = []
     if cross is None:
         p = params or load_params()
@@ -173,25 +189,64 @@ def validate(rows: Sequence[CorpusRow] | None = None, *, cross: Cross | None = N
                 on_fit(g)
             predicted, info = predict_held_out(points, by_id, cross, g)
             estimates.update(predicted)
+            own_floor.update(info.pop("own_floor_estimates"))
             group_of.update({k: g for k in predicted})
             fits.append(info)
         version = PARAMS_VERSION
-    frame = _frame(rows, points, estimates, group_of)
+    frame = _frame(rows, points, estimates, group_of, own_floor)
     return Validation(frame, skipped, cross, version, fits)
 
 
 def predict_held_out(points: dict[str, CalibrationPoint], by_id: dict[str, CorpusRow], cross: Cross, group: str,
                      ) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit from the priors on every point outside `group` (plus the reference points, less those on the
-    held-out chip), then estimate the rows inside it: out-of-sample estimates, and what the fit used."""
+    held-out chip), then estimate the rows inside it: out-of-sample estimates, and what the fit used.
+
+    `info["own_floor_estimates"]` answers a second question: with the engine still out of sample, how
+    close do the rows come once each held-out app harness's per-prediction floor is taken from its own rows
+    (one number per harness, `info["own_floor_ms"]`)? The gap between the two is what the harness, not
+    the engine model, costs."""
     attr = "source" if cross == "source" else "chip"
     held = [k for k in points if getattr(by_id[k], attr) == group]
     train = [pt for k, pt in points.items() if getattr(by_id[k], attr) != group and pt.weight > 0]
     train += [p for p in reference_points() if not (cross == "chip" and _chip(p.device) == group)]
     fitted = fit_params(train, load_params(default_priors_path()), version=PARAMS_VERSION)
+    floors = own_floors([points[k] for k in held if by_id[k].trust != "low"], fitted)
     info = {"held_out": group, "predicted_rows": len(held), "fitted_points": len(train),
-            "fitted_parameters": len(fit_knobs(train))}
+            "fitted_parameters": len(fit_knobs(train)), "own_floor_ms": floors,
+            "own_floor_estimates": {k: point_ms(points[k], _with_floors(fitted, floors)) for k in held}}
     return {k: point_ms(points[k], fitted) for k in held}, info
+
+
+def own_floors(points: Sequence[CalibrationPoint], params: AneParams) -> dict[str, float]:
+    """Each app harness's per-prediction floor that best fits its own points, the engine priced by `params`
+    (a one-dimensional fit per harness, same robust loss as calibration)."""
+    from scipy.optimize import minimize_scalar
+
+    from snapbench.profilers.estimate.calibrate import ROBUST_SCALE
+    from snapbench.profilers.estimate.params import bounds_of
+
+    lo, hi = bounds_of("call_overhead_ms")
+    found: dict[str, float] = {}
+    for harness in sorted({p.harness for p in points if p.calls}):
+        mine = [p for p in points if p.calls and p.harness == harness]
+        engine = np.array([point_ms(replace(p, calls=0), params) for p in mine])
+        calls = np.array([p.calls for p in mine], dtype=float)
+        published = np.array([p.measured_ms for p in mine])
+
+        def loss(floor: float) -> float:
+            r = np.log((engine + calls * floor) / published)
+            return float(np.sum(2 * ROBUST_SCALE ** 2 * (np.sqrt(1 + (r / ROBUST_SCALE) ** 2) - 1)))
+
+        found[harness] = float(minimize_scalar(loss, bounds=(lo, hi), method="bounded").x)
+    return found
+
+
+def _with_floors(params: AneParams, floors: dict[str, float]) -> AneParams:
+    base = params.call_ms()
+    if not floors or base <= 0:
+        return params
+    return replace(params, call_factor={**params.call_factor, **{h: f / base for h, f in floors.items()}})
 
 
 def _chip(device: str) -> str:

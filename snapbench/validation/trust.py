@@ -50,6 +50,7 @@ def write_trust(path: Path | None = None) -> Path:
     doc = {"key": inputs_key(), "cross": "source", "params_version": v.params_version,
            "overall": v.summary().iloc[0].to_dict(), "by_chip": v.summary("chip").to_dict("records"),
            "by_source": v.summary("source").to_dict("records"), "fits": v.fits,
+           "own_floor": v.to_dict()["own_floor"],
            "rows": v.rows[["row", "source", "family", "network", "device", "chip", "weights", "trust",
                            "published_ms", "estimated_ms", "error_pct"]].to_dict("records")}
     out = path or trust_path()

@@ -1,0 +1,77 @@
+"""The conversion shortcuts in runtime.conversion_context change how fast a package is made, never its bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from snapbench.converters.ane_attention import rewrite_transformer
+from snapbench.converters.convert_package import convert_module
+from snapbench.converters.options import ConvertOptions
+from snapbench.converters.package_io import PackageIO
+
+
+def _transformer() -> nn.Module:
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    torch.manual_seed(0)
+    t = Transformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=16, norm_num_groups=4,
+                           cross_attention_dim=12)
+    return rewrite_transformer(t.eval(), "split_einsum_v2", query_chunk_size=32)
+
+
+def _package_bytes(folder: Path) -> dict[str, bytes]:
+    return {f.relative_to(folder).as_posix(): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()
+            and f.name != "Manifest.json"}  # Manifest.json names its items by random UUIDs
+
+
+def test_validating_once_per_pipeline_makes_the_same_package(tmp_path, monkeypatch):
+    module = _transformer()
+    io = PackageIO((("hidden", (1, 16, 8, 8)), ("context", (1, 5, 12))), (("out", (1, 16, 8, 8)),))
+    opts = ConvertOptions(mode="deploy", attention="split_einsum_v2")
+    packages = {}
+    for how in ("once", "every_pass"):
+        if how == "every_pass":
+            monkeypatch.setenv("SNAPBENCH_VALIDATE_EVERY_PASS", "1")
+        dest = tmp_path / how / "Block.mlpackage"
+        convert_module(module, io, opts, dest, metadata={}, description="block")
+        packages[how] = _package_bytes(dest)
+    assert packages["once"] == packages["every_pass"]
+    assert any(name.endswith("weight.bin") for name in packages["once"])
+
+
+def test_an_invalid_program_still_fails(monkeypatch):
+    """The one validation left still runs: a pass that breaks the program is caught at the pipeline's end."""
+    import pytest
+    from coremltools.converters.mil.mil.passes import pass_pipeline
+    from coremltools.converters.mil.mil.program import Program
+
+    from snapbench.converters.runtime import conversion_context
+
+    calls = []
+
+    def broken(self, *args, **kwargs):
+        calls.append(1)
+        raise ValueError("invalid program")
+
+    monkeypatch.setattr(Program, "validate", broken)
+    with conversion_context(), pytest.raises(ValueError, match="invalid program"):
+        pass_pipeline.PassPipelineManager.apply_pipeline(Program(), pass_pipeline.PassPipeline.EMPTY)
+    assert calls == [1]
+
+
+def test_not_weights_from_the_program_equals_coremltools_metadata():
+    """The text encoder's causal mask and position table are found the fast way as coremltools' API finds them."""
+    from snapbench.converters.app_parts import ModelFolder, text_encoder_part
+    from snapbench.converters.compression import _not_weights_from_spec, not_weights
+    from snapbench.converters.convert_package import to_coreml, trace
+    from snapbench.model.loading import resolve_model
+
+    opts = ConvertOptions(mode="deploy", tokens=64, weight_bits=6)
+    part = text_encoder_part(resolve_model("sd15-tiny"), opts, ModelFolder(None, None, None, None))
+    module, _ = part.build()
+    mlmodel = to_coreml(trace(module, part.inputs()), part.io, opts)
+    fast = not_weights(mlmodel)
+    assert fast and sorted(fast) == sorted(_not_weights_from_spec(mlmodel))
