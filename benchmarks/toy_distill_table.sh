@@ -11,7 +11,8 @@
 #
 # Settings (environment): OUT, TEACHER (a trained folder; empty: train one in OUT/teacher), TRAIN_STEPS,
 # DISTILL_STEPS, BATCH, LR, GUIDANCE_MIN/GUIDANCE_MAX (the CFG-aware loss's U[w_min, w_max]),
-# EVAL_GUIDANCE, EVAL_SAMPLES (per digit), THREADS (torch CPU threads), SNAPBENCH (the command;
+# EVAL_GUIDANCE, EVAL_SAMPLES (per digit), EVAL_SEED (other fresh noise: rescores finished runs without
+# training, into OUT/<name>-seed<N>.json), THREADS (torch CPU threads), SNAPBENCH (the command;
 # default .venv/bin/snapbench if present, else snapbench). Training and distillation run on
 # accelerate's default device (a GPU if one is visible); scoring runs on the CPU.
 set -euo pipefail
@@ -28,6 +29,8 @@ GUIDANCE_MAX=${GUIDANCE_MAX:-9}
 EVAL_GUIDANCE=${EVAL_GUIDANCE:-1,3,5,7,9}
 EVAL_SAMPLES=${EVAL_SAMPLES:-50}
 THREADS=${THREADS:-1}
+EVAL_SEED=${EVAL_SEED:-}
+SUFFIX=${EVAL_SEED:+-seed$EVAL_SEED}
 if [[ -z ${SNAPBENCH:-} ]]; then
     if [[ -x .venv/bin/snapbench ]]; then SNAPBENCH=.venv/bin/snapbench; else SNAPBENCH="python -m snapbench"; fi
 fi
@@ -46,16 +49,17 @@ distill() {  # $1: cfg-aware | vanilla
     "${SB[@]}" distill --model "$TEACHER" --teacher-steps 32 --student-steps 8 "--$1" \
         --guidance-min "$GUIDANCE_MIN" --guidance-max "$GUIDANCE_MAX" --steps "$DISTILL_STEPS" \
         --batch-size "$BATCH" --lr "$LR" --save-every 100 --eval-guidance "$EVAL_GUIDANCE" \
-        --eval-samples "$EVAL_SAMPLES" --threads "$THREADS" --out "$OUT/student-$1" --json >"$OUT/$1.json.part"
-    mv "$OUT/$1.json.part" "$OUT/$1.json"
+        --eval-samples "$EVAL_SAMPLES" ${EVAL_SEED:+--eval-seed "$EVAL_SEED"} --threads "$THREADS" \
+        --out "$OUT/student-$1" --json >"$OUT/$1$SUFFIX.json.part"
+    mv "$OUT/$1$SUFFIX.json.part" "$OUT/$1$SUFFIX.json"
 }
 distill cfg-aware
 distill vanilla
 
-python3 - "$OUT" <<'EOF'
+python3 - "$OUT" "$SUFFIX" <<'EOF'
 import json, sys
-out = sys.argv[1]
-runs = {name: json.load(open(f"{out}/{name}.json")) for name in ("cfg-aware", "vanilla")}
+out, suffix = sys.argv[1], sys.argv[2]
+runs = {name: json.load(open(f"{out}/{name}{suffix}.json")) for name in ("cfg-aware", "vanilla")}
 rows = [("teacher, 32 steps", runs["cfg-aware"]["teacher"]), ("undistilled, 8 steps", runs["cfg-aware"]["undistilled"]),
         ("vanilla distillation, 8 steps", runs["vanilla"]["student"]),
         ("CFG-aware distillation, 8 steps", runs["cfg-aware"]["student"])]

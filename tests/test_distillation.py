@@ -14,6 +14,7 @@ from snapbench.cli import main
 from snapbench.distillation.ddim_math import NoiseLevels, ddim_timesteps, prev_timestep
 from snapbench.distillation.step_distillation import (
     DistillConfig,
+    as_sampled,
     distill,
     distillation_loss,
     guided,
@@ -160,6 +161,34 @@ def test_teacher_target_runs_guided_teacher_steps_like_diffusers():
     z_plain, _ = teacher_target(teacher, levels, schedule, z, t, cond, uncond, torch.ones(2), teacher_steps=4, ratio=2)
     assert not torch.allclose(z_plain, z_prev, atol=1e-3)
     assert t_prev.tolist() == [ddim_timesteps(schedule, 2)[1], -1]  # lands where the student's step does
+
+
+def test_teacher_target_under_clipping_stays_in_the_clip_range():
+    """With a clipping schedule the teacher's landing point is reached by a convex mix of its clipped x0s,
+    so the student's x0 target is in [-1, 1] however far guidance throws the raw predictions."""
+    levels, schedule = _levels("v_prediction", clip=True)
+    z = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor(ddim_timesteps(schedule, 4))
+    cond, uncond = torch.full((4, 3, 4), 4.0), torch.zeros(1, 3, 4)
+    z_prev, t_prev = teacher_target(Fake(0.9), levels, schedule, z, t, cond, uncond, torch.full((4,), 9.0),
+                                    teacher_steps=16, ratio=4)
+    x = levels.x0_reaching(z, t, z_prev, t_prev)
+    assert x.abs().max() <= 1 + 1e-4
+    raw, _ = levels.to_x0_eps(Fake(0.9)(z, t, cond), z, t)
+    assert raw.abs().max() > 2  # the raw predictions do overshoot
+
+
+def test_distillation_compares_the_x0_the_sampler_steps_with():
+    """A clipping sampler steps with clip(x0): an overshoot past a pixel whose target sits on the bound
+    lands in the same place and costs nothing (it did cost, and pulled guided students' guidance
+    down); anything else is pulled toward the target, the gradient passed straight through the clip."""
+    x = torch.tensor([3.0, 3.0, -0.5, 0.2], requires_grad=True)
+    target = torch.tensor([1.0, 0.5, -0.5, -1.0])
+    err = as_sampled(x, 1.0) - target
+    assert torch.allclose(err, torch.tensor([0.0, 0.5, 0.0, 1.2]))
+    err.square().sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([0.0, 1.0, 0.0, 2.4]))
+    assert as_sampled(x, None) is x  # SD's schedule does not clip: the loss is the paper's as written
 
 
 @pytest.mark.parametrize("cfg_aware", [True, False])

@@ -37,6 +37,9 @@ def distill_command(
     eval_guidance: str = typer.Option("1,3,5,7,9", "--eval-guidance",
                                       help="Toy: guidance scales to compare teacher / undistilled / student at."),
     eval_samples: int = typer.Option(50, "--eval-samples", help="Toy: images per digit in the comparison."),
+    eval_seed: Optional[int] = typer.Option(None, "--eval-seed",
+                                            help="Toy: seed of the fresh noise all models are scored on "
+                                                 "(default 1000003; no training step uses it)."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Toy: score the result on fresh noise."),
     decoder: Optional[str] = typer.Option(None, "--decoder",
                                           help="A `distill-decoder` folder to record as this model's decoder "
@@ -48,7 +51,7 @@ def distill_command(
     import torch
 
     from snapbench.distillation.step_distillation import DistillConfig, PredictionType, distill
-    from snapbench.distillation.toy_compare import ToyCompareConfig, parse_guidance
+    from snapbench.distillation.toy_compare import EVAL_SEED, ToyCompareConfig, parse_guidance
     from snapbench.errors import SnapbenchError
 
     prediction_types: dict[str | None, PredictionType | None] = {
@@ -57,7 +60,8 @@ def distill_command(
         raise SnapbenchError(f"--prediction-type {prediction_type!r}: choose epsilon or v_prediction")
     torch.set_num_threads(threads)
     toy = _is_toy_ref(model)
-    compare_cfg = ToyCompareConfig(parse_guidance(eval_guidance), eval_samples) if toy and evaluate else None
+    compare_cfg = ToyCompareConfig(parse_guidance(eval_guidance), eval_samples,
+                                   EVAL_SEED if eval_seed is None else eval_seed) if toy and evaluate else None
     config = DistillConfig(teacher_steps=teacher_steps, student_steps=student_steps, cfg_aware=cfg_aware,
                            guidance_min=guidance_min, guidance_max=guidance_max, cfg_probability=cfg_probability,
                            gamma=gamma, steps=steps, batch_size=batch_size,

@@ -12,6 +12,9 @@ sigma_t^2, 1):
     L_dstl = weight * || x_student(z_t; w) - x_teacher(z_t; w) ||^2
     L_ori  = weight * || x_student(z_t; cond) - x0 ||^2        (the plain denoising loss, in x-space)
 
+Where the schedule clips x0 (the toy; SD does not), x_student(z_t; w) in L_dstl is the clipped x0 the
+sampler steps with (`as_sampled`), so the student is judged by where its step lands.
+
 - vanilla (`cfg_aware=False`): w = 1, the teacher's and student's conditional predictions; CFG is applied
   only when sampling from the student.
 - CFG-aware: w ~ U[w_min, w_max] per sample (paper: U[2, 14]) and CFG applied to both teacher and student
@@ -179,6 +182,17 @@ def teacher_target(teacher: nn.Module, levels: NoiseLevels, noise_schedule: dict
     return z, tt
 
 
+def as_sampled(x0: torch.Tensor, clip: float | None) -> torch.Tensor:
+    """The x0 a sampling step will use: clipped where the schedule clips (ddim_step), with the raw x0's
+    gradient passed straight through. The student's step lands where the teacher's steps land iff its
+    clipped x0 equals the target (a convex mix of the teacher's clipped x0s), so an overshoot past a
+    pixel the teacher also clipped costs nothing; comparing the raw x0 instead made the CFG-aware student
+    spend itself pulling strongly guided, harmlessly clipped pixels back into range (guidance weakened)."""
+    if clip is None:
+        return x0
+    return x0 + (x0.clamp(-clip, clip) - x0).detach()
+
+
 def distillation_loss(student: nn.Module, teacher: nn.Module, student_levels: NoiseLevels,
                       teacher_levels: NoiseLevels, noise_schedule: dict[str, Any], x0: torch.Tensor,
                       cond: torch.Tensor, uncond: torch.Tensor | None, config: DistillConfig, g: torch.Generator,
@@ -221,6 +235,7 @@ def distillation_loss(student: nn.Module, teacher: nn.Module, student_levels: No
 
     out_w, out_c = guided(student, z_t, t, cond, u_batch, w)
     x_w, _ = student_levels.to_x0_eps(out_w.float(), z_t, t)
+    x_w = as_sampled(x_w, student_levels.clip_sample)
     x_c, _ = student_levels.to_x0_eps(out_c.float(), z_t, t)
     weight = student_levels.snr_weight(t).to(device)
     per_distill = (x_w - x_target.float()).square().flatten(1).mean(1)
