@@ -348,3 +348,22 @@ def test_pipeline_flag_combinations(tmp_path, capsys):
     assert main(["convert", "--compile", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert "cannot be combined" in err and "go with --pipeline" in err
+
+
+def test_skipped_passes_change_nothing_in_a_unet_chunk(tmp_path, small_query_chunks):
+    """UNET_SKIPPED_PASSES are left out only because the chunks' packages are the same without them."""
+    from snapbench.converters.convert_package import convert_module, example_inputs
+    from snapbench.converters.pipeline import UNET_SKIPPED_PASSES
+    from snapbench.converters.unet_chunks import at_batch_one
+
+    opts = ConvertOptions(mode="deploy", latent=16, tokens=4, chunks=2, attention="split_einsum_v2")
+    plans, built = _chunk_modules(resolve_model("sd15-tiny"), opts)
+    for plan, chunk in zip(plans, built):
+        packages = []
+        for skip in ((), UNET_SKIPPED_PASSES):
+            dest = tmp_path / f"{plan.name}{len(skip)}" / f"{plan.name}.mlpackage"
+            convert_module(chunk.module, plan.io, opts, dest, metadata={}, description="chunk",
+                           inputs=example_inputs(at_batch_one(plan.io, 2)), skip_passes=skip)
+            packages.append({f.relative_to(dest).as_posix(): f.read_bytes() for f in sorted(dest.rglob("*"))
+                             if f.is_file() and f.name != "Manifest.json"})
+        assert packages[0] == packages[1]

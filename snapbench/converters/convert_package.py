@@ -57,8 +57,14 @@ def trace(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.ji
         return torch.jit.trace(module.eval(), inputs, check_trace=False)
 
 
-def to_coreml(traced: torch.jit.ScriptModule, io: PackageIO, opts: ConvertOptions) -> Any:
+def to_coreml(traced: torch.jit.ScriptModule, io: PackageIO, opts: ConvertOptions,
+              skip_passes: tuple[str, ...] = ()) -> Any:
+    """`skip_passes`: MIL passes left out of coremltools' default pipeline, only ones that are known to
+    change nothing in the caller's programs (see pipeline.UNET_SKIPPED_PASSES)."""
     ct = coremltools()
+    pass_pipeline = ct.PassPipeline.DEFAULT
+    if skip_passes:
+        pass_pipeline.remove_passes(list(skip_passes))
     inputs = [ct.TensorType(name=n, shape=s, dtype=np.int32 if n in io.int_inputs else None) for n, s in io.inputs]
     outputs = [ct.TensorType(name=n) for n, _ in io.outputs]
     precision = ct.precision.FLOAT16 if opts.precision == "fp16" else ct.precision.FLOAT32
@@ -70,6 +76,7 @@ def to_coreml(traced: torch.jit.ScriptModule, io: PackageIO, opts: ConvertOption
             outputs=outputs,
             compute_precision=precision,
             minimum_deployment_target=getattr(ct.target, opts.target),
+            pass_pipeline=pass_pipeline,
         )
 
 
@@ -104,7 +111,8 @@ def save_checked(mlmodel: Any, dest: Path, io: PackageIO) -> PackageIO:
 
 def convert_module(module: torch.nn.Module, io: PackageIO, opts: ConvertOptions, dest: Path, *,
                    metadata: Mapping[str, Any], description: str,
-                   inputs: tuple[torch.Tensor, ...] | None = None, release: bool = False) -> PackageResult:
+                   inputs: tuple[torch.Tensor, ...] | None = None, release: bool = False,
+                   skip_passes: tuple[str, ...] = ()) -> PackageResult:
     """`release`: empty the module's tensors in place once Core ML has its own copy of the weights, so that
     compressing and saving a big part (a UNet chunk) never holds both; the module is unusable afterwards."""
     start = time.perf_counter()
@@ -113,7 +121,7 @@ def convert_module(module: torch.nn.Module, io: PackageIO, opts: ConvertOptions,
     traced = trace(module, example)
     timings["trace"] = time.perf_counter() - start
     del example
-    mlmodel = to_coreml(traced, io, opts)
+    mlmodel = to_coreml(traced, io, opts, skip_passes)
     del traced
     if release:
         with torch.no_grad():

@@ -44,6 +44,11 @@ CONTENT = "pipeline"
 # Bytes per weight in a package, by --weight-bits (16: fp16, or fp32 with --precision fp32)
 _BYTES_PER_WEIGHT = {16: 2.0, 8: 1.0, 6: 0.75, 4: 0.5}
 DISK_MARGIN = 1.15  # model.mil, metadata and palettes on top of the weights, and rounding
+# coremltools passes that change nothing in a UNet chunk with ANE attention (1x1 convs on (B, C, 1, S),
+# one key transpose per attention, which no pass can cancel): skipped for those parts, ~2 s a chunk.
+# SD-v1.5's two chunks convert to byte-identical packages with and without (checked once by hand, and
+# for the tiny UNet by a test); not skipped for diffusers' own attention, whose transposes it does fold.
+UNET_SKIPPED_PASSES = ("common::reduce_transposes",)
 
 
 @dataclass
@@ -175,6 +180,10 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def skipped_passes(part: AppPart, opts: ConvertOptions) -> tuple[str, ...]:
+    return UNET_SKIPPED_PASSES if part.kind == "unet" and opts.attention != "original" else ()
+
+
 def _convert_part(part: AppPart, dest: Path, key: str, opts: ConvertOptions, source: ModelSource,
                   versions: dict[str, str]) -> tuple[float, int, dict[str, float], dict[str, float]]:
     with one_torch_thread():
@@ -196,7 +205,7 @@ def _convert_part_now(part: AppPart, dest: Path, key: str, opts: ConvertOptions,
     try:
         with frozen_heap():  # the collections ct.convert runs skip the libraries' objects
             r = convert_module(module, part.io, opts, dest, metadata=metadata, description=part.title,
-                               inputs=inputs, release=not opts.check)
+                               inputs=inputs, release=not opts.check, skip_passes=skipped_passes(part, opts))
         if opts.check:
             from snapbench.converters.convert_package import example_inputs
             from snapbench.converters.checks import check_prediction
