@@ -56,6 +56,7 @@ from snapbench.profilers.estimate.cost_model import (
     total_ms,
 )
 from snapbench.profilers.estimate.params import (
+    CALL_FACTOR_BOUNDS,
     CHIP_GENERATIONS,
     OP_CLASSES,
     AneParams,
@@ -298,7 +299,7 @@ def recentre_calls(params: AneParams) -> AneParams:
     floors = {h: params.call_ms(h) for h in params.call_factor}
     lo, hi = bounds_of("call_overhead_ms")
     base = float(np.clip(np.exp(np.median(np.log(list(floors.values())))), max(lo, 1e-6), hi))
-    clo, chi = bounds_of("call.x")
+    clo, chi = CALL_FACTOR_BOUNDS
     return replace(params, call_overhead_ms=base,
                    call_factor={h: float(np.clip(f / base, clo, chi)) for h, f in floors.items()})
 
