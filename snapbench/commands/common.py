@@ -61,3 +61,16 @@ def without_float_noise(data: Any) -> Any:
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(without_float_noise(data), indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+def is_toy_ref(model: str) -> bool:
+    """Whether `--model` names the toy (a preset, or a folder trained from it); a bad model is False here and
+    reported by the command's own function."""
+    from snapbench.errors import SnapbenchError
+    from snapbench.evolution.toy_digits import is_toy
+    from snapbench.model.loading import resolve_model
+
+    try:
+        return is_toy(resolve_model(model).spec)
+    except SnapbenchError:
+        return False

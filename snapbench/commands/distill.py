@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from snapbench.commands.common import JsonOpt, WeightsOpt, err, out, print_json
+from snapbench.commands.common import JsonOpt, WeightsOpt, err, is_toy_ref, out, print_json
 
 
 def distill_command(
@@ -59,7 +59,7 @@ def distill_command(
     if prediction_type not in prediction_types:
         raise SnapbenchError(f"--prediction-type {prediction_type!r}: choose epsilon or v_prediction")
     torch.set_num_threads(threads)
-    toy = _is_toy_ref(model)
+    toy = is_toy_ref(model)
     compare_cfg = ToyCompareConfig(parse_guidance(eval_guidance), eval_samples,
                                    EVAL_SEED if eval_seed is None else eval_seed) if toy and evaluate else None
     config = DistillConfig(teacher_steps=teacher_steps, student_steps=student_steps, cfg_aware=cfg_aware,
@@ -115,17 +115,6 @@ def _print_comparison(comparison: dict) -> None:
         e = comparison[name]
         table.add_row(name, str(e["steps"]), *[f"{e['quality'][w]:.3f} / {e['fd'][w]:.2f}" for w in ws])
     out.print(table)
-
-
-def _is_toy_ref(model: str) -> bool:
-    from snapbench.errors import SnapbenchError
-    from snapbench.evolution.toy_digits import is_toy
-    from snapbench.model.loading import resolve_model
-
-    try:
-        return is_toy(resolve_model(model).spec)
-    except SnapbenchError:
-        return False  # distill() reports the bad model itself
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from snapbench.interrupts import on_interrupt_keep
-from snapbench.commands.common import JsonOpt, WeightsOpt, err, out, print_json
+from snapbench.commands.common import JsonOpt, WeightsOpt, err, is_toy_ref, out, print_json
 
 
 def train_command(
@@ -41,7 +41,7 @@ def train_command(
         raise SnapbenchError(f"--prediction-type {prediction_type!r}: choose epsilon or v_prediction")
     torch.set_num_threads(threads)
     if lr is None:
-        lr = 1e-3 if TOY_PRESET in model or _is_toy_ref(model) else 1e-5
+        lr = 1e-3 if TOY_PRESET in model or is_toy_ref(model) else 1e-5
     config = TrainConfig(steps=steps, batch_size=batch_size, learning_rate=lr, robust=robust,
                          skip=SkipProbabilities(skip_ca, skip_rb), prediction_type=prediction_type,  # type: ignore[arg-type]  # checked above
                          save_every=save_every, seed=seed)
@@ -56,17 +56,6 @@ def train_command(
     loss = f"{result.loss:.4f}" if result.loss is not None else "-"
     resumed = f" (resumed at {result.resumed_from})" if result.resumed_from else ""
     out.print(f"{result.out}: step {result.step}{resumed}, loss {loss}, {result.seconds:.0f} s of training")
-
-
-def _is_toy_ref(model: str) -> bool:
-    from snapbench.errors import SnapbenchError
-    from snapbench.evolution.toy_digits import is_toy
-    from snapbench.model.loading import resolve_model
-
-    try:
-        return is_toy(resolve_model(model).spec)
-    except SnapbenchError:
-        return False  # train() reports the bad model itself
 
 
 def register(app: typer.Typer) -> None:

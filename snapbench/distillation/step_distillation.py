@@ -35,7 +35,6 @@ import copy
 import io
 import json
 import os
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -49,13 +48,14 @@ from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.evolution.checkpoints import ModelBundle, load_bundle, save_bundle
 from snapbench.evolution.data import TrainingData, training_data
 from snapbench.evolution.robust_training import (
+    _RESUMABLE,
     NO_SKIP,
     TrainConfig,
-    _bar,
+    TrainResult,
     _Trainable,
     fine_tune,
     optimizer_with_warmup,
-    step_generator,
+    run_steps,
 )
 
 STATE_FILE = "distill_state.json"
@@ -128,24 +128,9 @@ class DistillConfig:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
-_RESUMABLE = frozenset({"steps", "save_every"})
-
-
-@dataclass(frozen=True)
-class DistillResult:
-    out: Path
-    step: int
-    resumed_from: int
-    loss: float | None
-    seconds: float
-    losses: list[tuple[int, float]]
-    processes: int = 1  # distillation processes (accelerate / DDP)
-    main_process: bool = True  # False in the other processes of a multi-process run
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"out": str(self.out), "step": self.step, "resumed_from": self.resumed_from, "loss": self.loss,
-                "seconds": round(self.seconds, 1), "losses": self.losses, "processes": self.processes}
-
+# A distillation run reports what a training run does (out, step, loss, seconds, processes), and resumes
+# under the same rule: only the step count and the save interval may change.
+DistillResult = TrainResult
 
 @dataclass(frozen=True)
 class LossParts:
@@ -286,39 +271,18 @@ def _distill(model: str | Path, out: Path, config: DistillConfig, student: str |
     trainable, opt = accelerator.prepare(trainable, opt)
     teacher_levels = NoiseLevels.from_schedule(teacher_b.noise_schedule)
     student_levels = NoiseLevels.from_schedule(student_b.noise_schedule)
-    per_rank = max(1, config.batch_size // accelerator.num_processes)
 
-    t0 = time.time()
-    window: list[float] = []
-    last_loss = losses[-1][1] if losses else None
-    trainable.train()
-    with _bar(progress and accelerator.is_main_process, config.steps, start, "distill") as advance:
-        for step in range(start, config.steps):
-            g = step_generator(config.seed, step, accelerator.process_index)
-            x0, cond = train_data.batch(per_rank, g)
-            parts = distillation_loss(trainable, teacher, student_levels, teacher_levels, teacher_b.noise_schedule,
-                                      x0, cond, train_data.uncond, config, g, accelerator.device)
-            accelerator.backward(parts.total)
-            if config.grad_clip > 0:
-                accelerator.clip_grad_norm_(trainable.parameters(), config.grad_clip)
-            opt.step()
-            lr_sched.step()
-            opt.zero_grad(set_to_none=True)
-            window.append(float(parts.total.detach()))
-            done = step + 1
-            if len(window) >= 25 or done == config.steps:
-                last_loss = sum(window) / len(window)
-                losses.append((done, round(last_loss, 6)))
-                window.clear()
-            advance(done, last_loss)
-            if done % config.save_every == 0 or done == config.steps:
-                accelerator.wait_for_everyone()
-                if accelerator.is_main_process:
-                    _save(student_b, accelerator.unwrap_model(trainable), opt, out, config, str(model),
-                          teacher_b.ref, str(student or ""), done, losses, float(state.get("seconds", 0.0)) + time.time() - t0)
-    seconds = float(state.get("seconds", 0.0)) + time.time() - t0
-    return DistillResult(out, max(start, config.steps), start, last_loss, seconds, losses,
-                         processes=accelerator.num_processes, main_process=accelerator.is_main_process)
+    def loss_of(x0: torch.Tensor, cond: Any, g: torch.Generator) -> torch.Tensor:
+        return distillation_loss(trainable, teacher, student_levels, teacher_levels, teacher_b.noise_schedule,
+                                 x0, cond, train_data.uncond, config, g, accelerator.device).total
+
+    def save(unwrapped: Any, done: int, losses: list, seconds: float) -> None:
+        _save(student_b, unwrapped, opt, out, config, str(model), teacher_b.ref, str(student or ""), done, losses,
+              seconds)
+
+    return run_steps(accelerator, trainable, opt, lr_sched, config, out, start=start, losses=losses,
+                     seconds_before=float(state.get("seconds", 0.0)), train_data=train_data, loss_of=loss_of,
+                     save=save, progress=progress, label="distill", log_every=25)
 
 
 def teacher_of(out: str | Path) -> str:

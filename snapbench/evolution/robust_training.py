@@ -199,18 +199,37 @@ def _train(model: str | Path, out: Path, config: TrainConfig, *, data: str | Pat
     opt, lr_sched = optimizer_with_warmup(trainable, config, out, start)
     trainable, opt = accelerator.prepare(trainable, opt)
     noise_scheduler = DDPMScheduler.from_config(bundle.noise_schedule)
-    per_rank = max(1, config.batch_size // accelerator.num_processes)
 
+    def loss_of(x0: torch.Tensor, cond: Any, g: torch.Generator) -> torch.Tensor:
+        return diffusion_loss(trainable, noise_scheduler, x0, cond, train_data.uncond, config, g, accelerator.device)
+
+    def save(unwrapped: Any, done: int, losses: list, seconds: float) -> None:
+        _save(bundle, unwrapped, opt, out, config, str(model), done, losses, seconds)
+
+    return run_steps(accelerator, trainable, opt, lr_sched, config, out, start=start, losses=losses,
+                     seconds_before=float(state.get("seconds", 0.0)), train_data=train_data, loss_of=loss_of,
+                     save=save, progress=progress, label="train", log_every=50)
+
+
+def run_steps(accelerator: Any, trainable: nn.Module, opt: Any, lr_sched: Any, config: Any, out: Path, *,
+              start: int, losses: list, seconds_before: float, train_data: TrainingData,
+              loss_of: Callable[[torch.Tensor, Any, torch.Generator], torch.Tensor],
+              save: Callable[[Any, int, list, float], None], progress: bool, label: str,
+              log_every: int) -> TrainResult:
+    """The optimizer loop training and distillation share: a batch per step drawn from the step's own
+    generator, backward, clipped gradients, AdamW + warmup, the mean loss every `log_every` steps, and a
+    checkpoint (`save(unwrapped module, step, losses, seconds so far)`) every `save_every` steps and at the
+    end. `config` needs steps, save_every, seed, batch_size and grad_clip."""
+    per_rank = max(1, config.batch_size // accelerator.num_processes)
     t0 = time.time()
     window: list[float] = []
     last_loss = losses[-1][1] if losses else None
     trainable.train()
-    with _bar(progress and accelerator.is_main_process, config.steps, start) as advance:
+    with _bar(progress and accelerator.is_main_process, config.steps, start, label) as advance:
         for step in range(start, config.steps):
             g = step_generator(config.seed, step, accelerator.process_index)
             x0, cond = train_data.batch(per_rank, g)
-            loss = diffusion_loss(trainable, noise_scheduler, x0, cond, train_data.uncond, config, g,
-                                  accelerator.device)
+            loss = loss_of(x0, cond, g)
             accelerator.backward(loss)
             if config.grad_clip > 0:
                 accelerator.clip_grad_norm_(trainable.parameters(), config.grad_clip)
@@ -219,7 +238,7 @@ def _train(model: str | Path, out: Path, config: TrainConfig, *, data: str | Pat
             opt.zero_grad(set_to_none=True)
             window.append(float(loss.detach()))
             done = step + 1
-            if len(window) >= 50 or done == config.steps:
+            if len(window) >= log_every or done == config.steps:
                 last_loss = sum(window) / len(window)
                 losses.append((done, round(last_loss, 6)))
                 window.clear()
@@ -227,10 +246,8 @@ def _train(model: str | Path, out: Path, config: TrainConfig, *, data: str | Pat
             if done % config.save_every == 0 or done == config.steps:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
-                    _save(bundle, accelerator.unwrap_model(trainable), opt, out, config, str(model), done, losses,
-                          float(state.get("seconds", 0.0)) + time.time() - t0)
-    seconds = float(state.get("seconds", 0.0)) + time.time() - t0
-    return TrainResult(out, max(start, config.steps), start, last_loss, seconds, losses,
+                    save(accelerator.unwrap_model(trainable), done, losses, seconds_before + time.time() - t0)
+    return TrainResult(out, max(start, config.steps), start, last_loss, seconds_before + time.time() - t0, losses,
                        processes=accelerator.num_processes, main_process=accelerator.is_main_process)
 
 
