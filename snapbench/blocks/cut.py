@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from snapbench.blocks.signature import Signature, make_signature, unique_params
 from snapbench.model.elastic_unet import ElasticUNet
 from snapbench.model.units import BlockUnit, ResnetUnit
+from snapbench.specs.layout import text_embeds_dim
 
 # aten ops that are the attention score / value matmuls (bmm on the math path, fused SDPA kernels else)
 _ATTENTION_OPS = ("bmm", "baddbmm", "_scaled_dot_product")
@@ -65,6 +66,19 @@ def example_inputs(model: ElasticUNet, shapes: InputShapes, *, device: str | tor
     return sample.to(device), timestep.to(device), context.to(device)
 
 
+def added_cond_inputs(model: ElasticUNet, shapes: InputShapes, *, device: str | torch.device = "meta",
+                      dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor] | None:
+    """SDXL-class UNets' extra inputs (pooled text embedding, size/crop ids); None for SD-1.x/2.x."""
+    width = text_embeds_dim(model.config)
+    if width is None:
+        return None
+    g = torch.Generator().manual_seed(1)
+    text_embeds = torch.randn(shapes.batch, width, generator=g, dtype=dtype)
+    # 1024x1024 original and target size, no crop: what SDXL pipelines pass by default
+    time_ids = torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]], dtype=dtype).repeat(shapes.batch, 1)
+    return {"text_embeds": text_embeds.to(device), "time_ids": time_ids.to(device)}
+
+
 def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, precision: str = "fp16",
                attention: str = "original") -> list[CutBlock]:
     """Every block of the model in execution order, with shapes, params, MACs and signature.
@@ -81,7 +95,8 @@ def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, preci
     with torch.no_grad():
         sample, timestep, context = example_inputs(model, shapes, device=device,
                                                    dtype=next(model.parameters()).dtype)
-        model(sample, timestep, context, record=record)
+        added = added_cond_inputs(model, shapes, device=device, dtype=next(model.parameters()).dtype)
+        model(sample, timestep, context, record=record, added_cond=added)
     model.train(was_training)
 
     blocks: list[CutBlock] = []

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from snapbench.model.units import AttentionUnit, BlockUnit, ResnetUnit
+from snapbench.model.variants import kv_heads_of, separable_ratio
 
 Shape = tuple[int, ...]
 
@@ -55,21 +56,30 @@ def signature_kind(unit: BlockUnit) -> str:
 
 
 def _structure(unit: BlockUnit) -> tuple[tuple[str, Any], ...]:
-    """Attributes that change cost but not input shapes."""
+    """Attributes that change cost but not input shapes. SnapGen-style variants add an attribute only
+    where they differ from the diffusers block, so existing signatures (and tables keyed by them) stay."""
     if isinstance(unit, AttentionUnit):
         t = unit.transformer
         block = t.transformer_blocks[0]
-        attn = block.attn1
-        return (
+        self_attn = getattr(block, "attn1", None)
+        attn = self_attn if self_attn is not None else block.attn2
+        attrs: list[tuple[str, Any]] = [
             ("heads", attn.heads),
             ("head_dim", attn.inner_dim // attn.heads if hasattr(attn, "inner_dim") else "?"),
             ("layers", len(t.transformer_blocks)),
             ("proj", "linear" if getattr(t, "use_linear_projection", False) else "conv"),
             ("ff_mult", block.ff.net[2].in_features // attn.inner_dim if hasattr(attn, "inner_dim") else "?"),
-        )
+        ]
+        if hasattr(attn, "inner_kv_dim") and kv_heads_of(attn) != attn.heads:
+            attrs.append(("kv_heads", kv_heads_of(attn)))
+        if self_attn is None:
+            attrs.append(("self_attn", 0))
+        return tuple(attrs)
     if isinstance(unit, ResnetUnit):
         r = unit.resnet
-        return (("groups", r.norm1.num_groups), ("shortcut", int(r.conv_shortcut is not None)))
+        ratio = separable_ratio(r)
+        extra = (("separable", ratio),) if ratio is not None and not unit.removed else ()
+        return (("groups", r.norm1.num_groups), ("shortcut", int(r.conv_shortcut is not None))) + extra
     if unit.slot.name in ("downsample", "upsample"):
         sampler = next(iter(unit.children()))
         return (("conv", int(getattr(sampler, "use_conv", False) or getattr(sampler, "conv", None) is not None)),)

@@ -45,7 +45,7 @@ ATTENTION_IMPLS: tuple[str, ...] = get_args(AttentionImpl)
 DEFAULT_QUERY_CHUNK_SIZE = 512
 
 _SUPPORTED_ACTIVATIONS = ("geglu", "gelu", "gelu-approximate")
-_SUPPORTED_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0")
+_SUPPORTED_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0", "GroupedQueryProcessor")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -141,8 +141,9 @@ def _check_transformer(transformer: nn.Module) -> None:
 
 
 def _check_block(block: nn.Module, where: str) -> None:
-    if type(block).__name__ != "BasicTransformerBlock":
-        raise SnapbenchError(f"{where}: only BasicTransformerBlock is supported, got {type(block).__name__}")
+    if type(block).__name__ not in ("BasicTransformerBlock", "CrossOnlyTransformerBlock"):
+        raise SnapbenchError(f"{where}: only BasicTransformerBlock (or snapbench's variant without "
+                             f"self-attention) is supported, got {type(block).__name__}")
     if getattr(block, "norm_type", None) != "layer_norm":
         raise SnapbenchError(f"{where}: norm_type {block.norm_type!r} is not supported, only 'layer_norm' (SD 1.x/2.x)")
     if getattr(block, "pos_embed", None) is not None:
@@ -295,6 +296,8 @@ class ANEAttention(nn.Module):
         self.impl = impl
         self.heads = int(attn.heads)
         self.head_dim = attn.inner_dim // self.heads
+        # fewer key/value heads (multi-/grouped-query): query head i reads key/value head i // group
+        self.group = self.heads // (getattr(attn, "inner_kv_dim", attn.inner_dim) // self.head_dim)
         self.query_chunk_size = int(query_chunk_size)
         self.query_chunks = query_chunks
         self.to_q = _conv1x1_from(attn.to_q, scale=float(attn.scale))
@@ -315,8 +318,12 @@ class ANEAttention(nn.Module):
 
         # Heads are sliced off the channel axis (one split op each): no (B, h, d, S) reshape, no rank 5.
         q_heads = q.split(self.head_dim, dim=1)                       # h x (B, d, 1, S)
-        k_heads = k_t.split(self.head_dim, dim=3)                     # h x (B, L, 1, d)
-        v_heads = v.split(self.head_dim, dim=1)                       # h x (B, d, 1, L)
+        # (one key/value head: no split; coremltools 9 refuses a one-output split)
+        k_heads = k_t.split(self.head_dim, dim=3) if self.group < self.heads else (k_t,)  # h/g x (B, L, 1, d)
+        v_heads = v.split(self.head_dim, dim=1) if self.group < self.heads else (v,)      # h/g x (B, d, 1, L)
+        if self.group > 1:  # each key/value head serves `group` query heads: sliced once, read g times
+            k_heads = tuple(k_heads[i // self.group] for i in range(self.heads))
+            v_heads = tuple(v_heads[i // self.group] for i in range(self.heads))
 
         # A sequence no longer than one chunk needs no chunking (and coremltools 9 rejects the
         # one-output split / one-input concat that chunking it would trace).
@@ -385,8 +392,10 @@ class ANEBasicTransformerBlock(nn.Module):
 
     def __init__(self, block: nn.Module, impl: str, query_chunk_size: int, query_chunks: int | None = None):
         super().__init__()
-        self.norm1 = ChannelLayerNorm(block.norm1)
-        self.attn1 = ANEAttention(block.attn1, impl, query_chunk_size, query_chunks)
+        self.has_attn1 = block.attn1 is not None  # None: a SnapGen-style block without self-attention
+        if self.has_attn1:
+            self.norm1 = ChannelLayerNorm(block.norm1)
+            self.attn1 = ANEAttention(block.attn1, impl, query_chunk_size, query_chunks)
         # attn1 reads the context only with only_cross_attention; attn2 reads x with double_self_attention
         self.attn1_on_context = bool(block.only_cross_attention)
         self.has_attn2 = block.attn2 is not None
@@ -399,8 +408,9 @@ class ANEBasicTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         # x: (B, C, 1, S); context: (B, D, 1, L)
-        h = self.norm1(x)                                             # (B, C, 1, S)
-        x = x + self.attn1(h, context if self.attn1_on_context else h)  # (B, C, 1, S)
+        if self.has_attn1:
+            h = self.norm1(x)                                         # (B, C, 1, S)
+            x = x + self.attn1(h, context if self.attn1_on_context else h)  # (B, C, 1, S)
         if self.has_attn2:
             h = self.norm2(x)                                         # (B, C, 1, S)
             x = x + self.attn2(h, context if self.attn2_on_context else h)  # (B, C, 1, S)

@@ -84,8 +84,7 @@ def weight_files(source: ModelSource) -> list[Path]:
     files: list[Path] = []
     if source.weights_dir is not None:
         files += sorted(p for p in source.weights_dir.iterdir() if p.suffix in (".safetensors", ".json"))
-    if source.copies_file is not None:
-        files.append(source.copies_file)
+    files += [f for f in (source.copies_file, source.variants_file) if f is not None]
     return files
 
 

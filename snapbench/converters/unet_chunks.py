@@ -148,7 +148,8 @@ class UNetChunk(nn.Module):
 
 
 class LazyCheckpoint:
-    """Tensors of a diffusers UNet checkpoint (and an elastic model's copies file), read one at a time."""
+    """Tensors of a diffusers UNet checkpoint (and an elastic model's copies and variants files), read one
+    at a time."""
 
     def __init__(self, source: ModelSource) -> None:
         from safetensors import safe_open
@@ -161,6 +162,8 @@ class LazyCheckpoint:
                  if source.weights_dir else [])
         if source.copies_file is not None:
             files.append(("copies.", source.copies_file))
+        if source.variants_file is not None:
+            files.append(("variants.", source.variants_file))
         for prefix, f in files:
             h = safe_open(str(f), framework="pt")
             self._handles[str(f)] = h

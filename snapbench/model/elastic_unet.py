@@ -12,7 +12,7 @@ Robust training (SnapFusion 3.1.1): in training mode each RB / CA unit runs as r
 from __future__ import annotations
 
 import copy
-from typing import Collection, Iterator
+from typing import Collection, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -25,9 +25,11 @@ from snapbench.model.units import (
     ConvOutUnit,
     ResnetUnit,
     SamplerUnit,
+    TextTimeEmbeddingUnit,
     TimeEmbeddingUnit,
     copy_resnet,
 )
+from snapbench.model.variants import resnet_variant, transformer_variant
 from snapbench.specs.arch_spec import ArchSpec
 from snapbench.specs.layout import Slot
 
@@ -38,6 +40,7 @@ class ElasticUNet(nn.Module):
         self.spec = spec
         self.base = unet  # every base weight lives here (removed blocks' too, so checkpoints round-trip)
         self.copies = nn.ModuleDict()  # weight copies, keyed by file id
+        self.variants = nn.ModuleDict()  # SnapGen-style variants replacing their base block, keyed by file id
         units: list[BlockUnit] = []
         closes_skip: list[bool] = []
         for slot in spec.layout:
@@ -55,13 +58,15 @@ class ElasticUNet(nn.Module):
         u = self.base
         if slot.name == "time_embedding":
             return [TimeEmbeddingUnit(slot, u.time_proj, u.time_embedding)]
+        if slot.name == "add_embedding":
+            return [TextTimeEmbeddingUnit(slot, u.add_time_proj, u.add_embedding)]
         if slot.name == "conv_in":
             return [ConvInUnit(slot, u.conv_in)]
         if slot.name in ("downsample", "upsample"):
             return [SamplerUnit(slot, u.get_submodule(slot.module_path))]
         if slot.name == "conv_out":
             return [ConvOutUnit(slot, u.conv_norm_out, u.conv_act, u.conv_out)]
-        original = u.get_submodule(slot.module_path)
+        original = self._variant(slot, u.get_submodule(slot.module_path))
         made: list[BlockUnit] = []
         if slot.kind == "RB":
             made.append(ResnetUnit(slot, original, removed=not keep))
@@ -75,6 +80,15 @@ class ElasticUNet(nn.Module):
                 dup = copy.deepcopy(original)
                 self.copies[f"{slot.file_id}_copy{k}"] = dup
                 made.append(AttentionUnit(slot, dup, instance=k))
+        return made
+
+    def _variant(self, slot: Slot, original: nn.Module) -> nn.Module:
+        """The block the spec asks for: the base block, or a variant built from it (registered here)."""
+        v = self.spec.choice(slot).variant
+        if v.is_default:
+            return original
+        made = resnet_variant(original, v) if slot.kind == "RB" else transformer_variant(original, v, slot.block_id)
+        self.variants[slot.file_id] = made
         return made
 
     # -- views ----------------------------------------------------------------------------------------
@@ -114,8 +128,12 @@ class ElasticUNet(nn.Module):
         disabled: Collection[str] = (),
         generator: torch.Generator | None = None,
         record: list | None = None,
+        added_cond: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Predict the noise (or v) for `sample` [B, C, H, W] at `timestep` given the text context [B, L, D].
+
+        `added_cond`: SDXL-class UNets' `text_embeds` [B, D_pooled] and `time_ids` [B, 6] (diffusers'
+        `added_cond_kwargs`).
 
         `disabled`: block ids (paper-style or file-safe) to run as removed, deterministically.
         `record`: if given, gets one (unit, inputs, output) tuple per unit run: how blocks are cut.
@@ -136,6 +154,10 @@ class ElasticUNet(nn.Module):
                 args: tuple[torch.Tensor, ...] = (timestep,)
                 temb = unit(timestep)
                 out = temb
+            elif isinstance(unit, TextTimeEmbeddingUnit):
+                args = (temb, *self._text_time(added_cond))
+                temb = unit(*args)
+                out = temb
             else:
                 if isinstance(unit, ResnetUnit):
                     args = (hidden, skips.pop(), temb) if unit.takes_skip else (hidden, temb)
@@ -152,6 +174,14 @@ class ElasticUNet(nn.Module):
             if closes:
                 skips.append(hidden)
         return hidden
+
+    def _text_time(self, added_cond: Mapping[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = [k for k in ("text_embeds", "time_ids") if not added_cond or k not in added_cond]
+        if missing:
+            raise SnapbenchError(f"{self.spec.name} has SDXL's text_time conditioning: pass added_cond with "
+                                 f"text_embeds and time_ids (missing {', '.join(missing)})")
+        assert added_cond is not None
+        return added_cond["text_embeds"], added_cond["time_ids"]
 
     def _active(self, unit: BlockUnit, disabled: Collection[str], generator: torch.Generator | None) -> bool:
         if unit.removed or unit.block_id in disabled or unit.file_id in disabled:

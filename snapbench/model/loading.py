@@ -29,6 +29,7 @@ SHARD_INDEX = f"{WEIGHTS_STEM}.safetensors.index.json"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, as the hub spells repository ids
 SPEC_FILE = "arch.json"  # a folder written by ElasticUNet save (train / evolve output)
 COPIES_FILE = "copies.safetensors"
+VARIANTS_FILE = "variants.safetensors"  # weights of SnapGen-style variant blocks
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class ModelSource:
     weights_dir: Path | None = None  # a diffusers UNet folder (config.json + safetensors)
     copies_file: Path | None = None  # weights of copied blocks, from a saved elastic UNet
     variant: str | None = None  # the weights' variant (fp16 for diffusion_pytorch_model.fp16.safetensors)
+    variants_file: Path | None = None  # weights of SnapGen-style variant blocks, from a saved elastic UNet
 
 
 # SD's 512x512 images; used only for a config that does not say its own sample_size.
@@ -80,7 +82,7 @@ def resolve_model(ref: str | os.PathLike[str], *, weights: str | os.PathLike[str
         folder = _unet_folder(w)
         chosen = _weights_variant(folder, variant)
         _check_fits(source.spec, folder, chosen)
-        source = ModelSource(ref_s, source.spec, folder, source.copies_file, chosen)
+        source = ModelSource(ref_s, source.spec, folder, source.copies_file, chosen, source.variants_file)
     return source
 
 
@@ -118,11 +120,13 @@ def _from_folder(p: Path, variant: str | None = None) -> ModelSource:
         spec = load_spec(p / SPEC_FILE)
         unet_dir = p / "unet"
         copies = p / COPIES_FILE
+        variants = p / VARIANTS_FILE
         if not (unet_dir / "config.json").is_file():
             raise SnapbenchError(f"{p}: has {SPEC_FILE} but no unet/config.json; the weights folder is incomplete")
         chosen = _weights_variant(unet_dir, variant)
         _check_fits(spec, unet_dir, chosen)
-        return ModelSource(str(p), spec, unet_dir, copies if copies.is_file() else None, chosen)
+        return ModelSource(str(p), spec, unet_dir, copies if copies.is_file() else None, chosen,
+                           variants if variants.is_file() else None)
     folder = _unet_folder(p)
     config = _read_config(folder / "config.json")
     if config.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel":
@@ -260,13 +264,16 @@ def build_unet(source: ModelSource, *, device: str | torch.device = "cpu", seed:
         if source.weights_dir is not None:
             _load_weights(unet, source.weights_dir, source.spec, source.variant)
         model = ElasticUNet(unet, source.spec)
-    if source.copies_file is not None:
+    for file, modules, what in ((source.copies_file, model.copies, "copied-block"),
+                                (source.variants_file, model.variants, "variant-block")):
+        if file is None:
+            continue
         from safetensors.torch import load_file
 
-        state = load_file(str(source.copies_file))
-        missing, unexpected = model.copies.load_state_dict(state, strict=False)
+        state = load_file(str(file))
+        missing, unexpected = modules.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise SnapbenchError(f"{source.copies_file}: copied-block weights do not fit the spec "
+            raise SnapbenchError(f"{file}: {what} weights do not fit the spec "
                                  f"(missing {list(missing)[:1]}, unexpected {list(unexpected)[:1]})")
     return model.to(device=device, dtype=dtype)
 
@@ -302,9 +309,10 @@ def save_elastic(model: ElasticUNet, folder: str | Path) -> Path:
         tmp.mkdir(parents=True)
         save_spec(model.spec, tmp / SPEC_FILE)
         model.base.save_pretrained(tmp / "unet", safe_serialization=True)
-        copies = {k: v.detach().contiguous().cpu() for k, v in model.copies.state_dict().items()}
-        if copies:
-            save_file(copies, str(tmp / COPIES_FILE))
+        for modules, name in ((model.copies, COPIES_FILE), (model.variants, VARIANTS_FILE)):
+            state = {k: v.detach().contiguous().cpu() for k, v in modules.state_dict().items()}
+            if state:
+                save_file(state, str(tmp / name))
     return out
 
 

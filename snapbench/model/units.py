@@ -58,6 +58,26 @@ class TimeEmbeddingUnit(BlockUnit):
         return self.time_embedding(t_emb)
 
 
+class TextTimeEmbeddingUnit(BlockUnit):
+    """SDXL's added conditioning (diffusers' `addition_embed_type="text_time"`): the pooled text embedding
+    and the size / crop ids, embedded and added to the time embedding. Its own auxiliary block, so that
+    the blocks still add up to the whole UNet."""
+
+    input_names = ("temb", "text_embeds", "time_ids")
+
+    def __init__(self, slot: Slot, add_time_proj: nn.Module, add_embedding: nn.Module) -> None:
+        super().__init__(slot)
+        self.add_time_proj = add_time_proj
+        self.add_embedding = add_embedding
+
+    def forward(self, temb: torch.Tensor, text_embeds: torch.Tensor, time_ids: torch.Tensor) -> torch.Tensor:
+        # as diffusers' UNet2DConditionModel.get_aug_embed: each id gets a sinusoidal embedding, then
+        # [B, text width + ids x time width] goes through one MLP
+        time_embeds = self.add_time_proj(time_ids.flatten()).reshape((text_embeds.shape[0], -1))
+        add_embeds = torch.cat([text_embeds, time_embeds], dim=-1).to(temb.dtype)
+        return temb + self.add_embedding(add_embeds)
+
+
 class ConvInUnit(BlockUnit):
     input_names = ("sample",)
 
@@ -149,6 +169,8 @@ def copy_resnet(resnet: nn.Module) -> nn.Module:
         return copy.deepcopy(resnet)
     from diffusers.models.resnet import ResnetBlock2D
 
+    from snapbench.model.variants import separable_ratio, separable_resnet
+
     c_out = resnet.conv2.out_channels
     new = ResnetBlock2D(
         in_channels=c_out,
@@ -178,4 +200,5 @@ def copy_resnet(resnet: nn.Module) -> nn.Module:
                 k = min(src.shape[1], tensor.shape[1])
                 tensor.zero_()
                 tensor[:, :k] = src[:, :k]
-    return new
+    ratio = separable_ratio(resnet)  # a copy of a separable variant is separable too (fresh convolutions)
+    return separable_resnet(new, ratio) if ratio is not None else new

@@ -32,6 +32,7 @@ from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_json
 from snapbench.specs.layout import Slot, layout_from_config, removable_slots
+from snapbench.specs.variants import Variant
 from snapbench.specs.stages import STAGES
 
 FORMAT = "snapbench.arch/1"
@@ -43,6 +44,7 @@ class BlockChoice:
     block: str  # stage-local name: "RB1", "CA2"
     keep: bool = True
     copies: int = 0
+    variant: Variant = Variant()  # SnapGen-style cheaper version of the block (copies run it too)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"block": self.block}
@@ -50,6 +52,7 @@ class BlockChoice:
             d["keep"] = False
         if self.copies:
             d["copies"] = self.copies
+        d.update(self.variant.to_dict())
         return d
 
 
@@ -126,14 +129,14 @@ class ArchSpec:
         raw_stages = data.get("stages", {})
         if not isinstance(raw_stages, dict):
             raise bad("stages", "must be an object keyed by stage name")
-        stages = _parse_stages(raw_stages, layout, bad)
+        stages = _parse_stages(raw_stages, layout, bad, source)
         notes = data.get("notes", {})
         if not isinstance(notes, dict):
             raise bad("notes", "must be an object")
         return cls(name, config, stages, str(data.get("description", "")), notes)
 
 
-def _parse_stages(raw: dict, layout: tuple[Slot, ...], bad) -> dict[str, tuple[BlockChoice, ...]]:
+def _parse_stages(raw: dict, layout: tuple[Slot, ...], bad, source: str) -> dict[str, tuple[BlockChoice, ...]]:
     expected: dict[str, list[str]] = {}
     for slot in removable_slots(layout):
         expected.setdefault(slot.stage, []).append(slot.name)
@@ -157,9 +160,11 @@ def _parse_stages(raw: dict, layout: tuple[Slot, ...], bad) -> dict[str, tuple[B
                 e = {"block": e}
             if not isinstance(e, dict) or not isinstance(e.get("block"), str):
                 raise bad(where, "each entry is an object with a \"block\" name such as \"RB1\" or \"CA2\"")
-            unknown = set(e) - {"block", "keep", "copies"}
+            fields = {"block", "keep", "copies", *Variant.RB_FIELDS, *Variant.CA_FIELDS}
+            unknown = set(e) - fields
             if unknown:
-                raise bad(where, f"unknown field(s) {sorted(unknown)}; allowed: block, keep, copies")
+                raise bad(where, f"unknown field(s) {sorted(unknown)}; allowed: block, keep, copies, "
+                                 f"RB variants {', '.join(Variant.RB_FIELDS)}, CA variants {', '.join(Variant.CA_FIELDS)}")
             keep, copies = e.get("keep", True), e.get("copies", 0)
             if not isinstance(keep, bool):
                 raise bad(f"{where}.keep", "must be true or false")
@@ -167,7 +172,11 @@ def _parse_stages(raw: dict, layout: tuple[Slot, ...], bad) -> dict[str, tuple[B
                 raise bad(f"{where}.copies", f"must be a whole number from 0 to {MAX_COPIES}")
             if not keep and copies:
                 raise bad(where, "a removed block cannot also be copied")
-            choices.append(BlockChoice(e["block"], keep, copies))
+            try:
+                variant = Variant.from_dict(e, str(e["block"])[:2], where)
+            except SnapbenchError as err:
+                raise SnapbenchError(f"{source}: {err}") from None
+            choices.append(BlockChoice(e["block"], keep, copies, variant))
         got = [c.block for c in choices]
         if got != names:
             dupes = [n for n, c in Counter(got).items() if c > 1]

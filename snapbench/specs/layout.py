@@ -23,6 +23,7 @@ SUPPORTED_MID = {"UNetMidBlock2DCrossAttn", None}
 # Aux slot names and how users see them.
 _AUX_TITLES = {
     "time_embedding": "TimeEmbedding",
+    "add_embedding": "TextTimeEmbedding",
     "conv_in": "ConvIn",
     "downsample": "Downsample",
     "upsample": "Upsample",
@@ -69,30 +70,71 @@ def _per_block(value: Any, n: int, field: str) -> list:
     return [value] * n
 
 
+# Config options the elastic UNet handles, with the values it supports (diffusers' defaults first).
+# Anything else is refused in one line naming the key, its value and what is supported.
+_SUPPORTED_OPTIONS: dict[str, tuple[Any, ...]] = {
+    "addition_embed_type": (None, "text_time"),  # text_time: SDXL's pooled text + size/crop conditioning
+    "class_embed_type": (None,),
+    "num_class_embeds": (None,),
+    "encoder_hid_dim": (None,),
+    "encoder_hid_dim_type": (None,),
+    "time_cond_proj_dim": (None,),
+    "time_embedding_act_fn": (None,),
+    "timestep_post_act": (None,),
+    "time_embedding_type": ("positional",),
+    "center_input_sample": (False,),
+    "dual_cross_attention": (False,),
+    "class_embeddings_concat": (False,),
+    "attention_type": ("default",),
+    "cross_attention_norm": (None,),
+}
+# SDXL base: original size (2), crop top-left (2), target size (2); the refiner's 5 are not supported.
+TEXT_TIME_IDS = 6
+
+
+def _spell(v: Any) -> str:
+    return "null" if v is None else "true" if v is True else "false" if v is False else repr(v)
+
+
 def check_supported(config: Mapping[str, Any]) -> None:
-    """Refuse configs the elastic UNet cannot run, naming the field and the supported values."""
+    """Refuse configs the elastic UNet cannot run, in one line: the key, its value, what is supported."""
     for field, allowed in (("down_block_types", SUPPORTED_DOWN), ("up_block_types", SUPPORTED_UP)):
         for t in config.get(field) or ():
             if t not in allowed:
                 raise SnapbenchError(
-                    f"UNet config {field} has {t!r}; snapbench supports {sorted(allowed)} (SD-1.x/2.x UNets)"
+                    f"UNet config {field} has {t!r}; snapbench supports {sorted(allowed)} (SD-1.x/2.x/XL UNets)"
                 )
     if config.get("mid_block_type", "UNetMidBlock2DCrossAttn") not in SUPPORTED_MID:
         raise SnapbenchError(
             f"UNet config mid_block_type {config.get('mid_block_type')!r} is not supported; "
             "use UNetMidBlock2DCrossAttn or null"
         )
-    for field in ("class_embed_type", "addition_embed_type", "encoder_hid_dim_type", "time_cond_proj_dim",
-                  "num_class_embeds", "time_embedding_act_fn", "timestep_post_act"):
-        if config.get(field) is not None:
+    for key, values in _SUPPORTED_OPTIONS.items():
+        value = config.get(key, values[0])
+        if value not in values:
             raise SnapbenchError(
-                f"UNet config sets {field}={config[field]!r}; snapbench handles SD-1.x/2.x text-conditioned "
-                "UNets without extra embeddings"
+                f"UNet config {key}={_spell(value)} is not supported; snapbench supports "
+                f"{' or '.join(_spell(a) for a in values)} (SD-1.x/2.x text-conditioned UNets, SDXL's text_time)"
             )
-    if config.get("center_input_sample"):
-        raise SnapbenchError("UNet config sets center_input_sample=true, which SD-1.x/2.x UNets do not use")
-    if config.get("time_embedding_type", "positional") != "positional":
-        raise SnapbenchError("UNet config time_embedding_type must be 'positional' (SD-1.x/2.x)")
+    if config.get("addition_embed_type") == "text_time":
+        text_embeds_dim(config)  # refuses a text_time config whose widths do not add up
+
+
+def text_embeds_dim(config: Mapping[str, Any]) -> int | None:
+    """The pooled text embedding's width of a text_time UNet (SDXL: 2816 - 6 x 256 = 1280); None otherwise.
+
+    diffusers' config gives only the concatenation's width, so the time-id count is taken as SDXL base's 6.
+    """
+    if config.get("addition_embed_type") != "text_time":
+        return None
+    proj, time_dim = config.get("projection_class_embeddings_input_dim"), config.get("addition_time_embed_dim")
+    if not isinstance(proj, int) or not isinstance(time_dim, int) or proj - TEXT_TIME_IDS * time_dim < 1:
+        raise SnapbenchError(
+            f"UNet config addition_embed_type='text_time' needs projection_class_embeddings_input_dim "
+            f"(got {_spell(proj)}) = pooled text width + {TEXT_TIME_IDS} x addition_time_embed_dim (got "
+            f"{_spell(time_dim)}); SDXL base has 2816 = 1280 + 6 x 256"
+        )
+    return proj - TEXT_TIME_IDS * time_dim
 
 
 def layout_from_config(config: Mapping[str, Any]) -> tuple[Slot, ...]:
@@ -119,6 +161,8 @@ def layout_from_config(config: Mapping[str, Any]) -> tuple[Slot, ...]:
         slots.append(Slot("aux", stage, name, path, **flags))
 
     aux("time_embedding", "Down-1", "time_embedding")
+    if config.get("addition_embed_type") == "text_time":
+        aux("add_embedding", "Down-1", "add_embedding")
     aux("conv_in", "Down-1", "conv_in", skip_after=True)
     for i, block_type in enumerate(down_types):
         stage = down_stage(i)

@@ -1,0 +1,59 @@
+"""The block variants an arch spec can ask for (SnapGen, arXiv 2412.09619); the modules are in
+`model/variants.py`. Torch-free, so specs stay readable without building anything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from snapbench.errors import SnapbenchError
+
+MAX_RATIO = 8  # separable expansion and feed-forward ratios: beyond this a variant is not a cheaper block
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Which variant a block runs as; the defaults are the diffusers block unchanged."""
+
+    separable: int | None = None  # RB: expansion ratio of depthwise-separable convolutions
+    kv_heads: int | None = None  # CA: key/value heads (1: multi-query)
+    ff_mult: int | None = None  # CA: feed-forward inner width / channels
+    self_attention: bool = True  # CA: False drops every self-attention of the block
+
+    RB_FIELDS: ClassVar[tuple[str, ...]] = ("separable",)
+    CA_FIELDS: ClassVar[tuple[str, ...]] = ("kv_heads", "ff_mult", "self_attention")
+
+    @property
+    def is_default(self) -> bool:
+        return self == Variant()
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        for name in ("separable", "kv_heads", "ff_mult"):
+            if getattr(self, name) is not None:
+                d[name] = getattr(self, name)
+        if not self.self_attention:
+            d["self_attention"] = False
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], kind: str, where: str) -> "Variant":
+        """Parse the variant fields of an arch-spec entry; `kind` is the block's (RB or CA)."""
+        allowed = cls.RB_FIELDS if kind == "RB" else cls.CA_FIELDS
+        wrong = [k for k in cls.RB_FIELDS + cls.CA_FIELDS if k in data and k not in allowed]
+        if wrong:
+            raise SnapbenchError(f"{where}: {wrong[0]} applies to {'CA' if kind == 'RB' else 'RB'} blocks, not "
+                                 f"{kind}; {kind} variants: {', '.join(allowed)}")
+        values: dict[str, Any] = {}
+        for name in ("separable", "kv_heads", "ff_mult"):
+            if name in data:
+                v = data[name]
+                top = MAX_RATIO if name != "kv_heads" else 1024
+                if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+                    raise SnapbenchError(f"{where}.{name}: must be a whole number from 1 to {top}, got {v!r}")
+                values[name] = v
+        if "self_attention" in data:
+            if not isinstance(data["self_attention"], bool):
+                raise SnapbenchError(f"{where}.self_attention: must be true or false")
+            values["self_attention"] = data["self_attention"]
+        return cls(**values)

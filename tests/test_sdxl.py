@@ -1,0 +1,108 @@
+"""SDXL-class UNets: the text_time added conditioning as a block, full-size counts, folders, refusals."""
+
+import json
+
+import pytest
+import torch
+
+from snapbench.blocks.cut import InputShapes, added_cond_inputs, example_inputs
+from snapbench.blocks.inspection import inspect_model
+from snapbench.cli import main
+from snapbench.errors import SnapbenchError
+from snapbench.model.loading import build_unet, resolve_model
+from snapbench.specs.layout import check_supported
+from snapbench.specs.presets import load_preset
+
+TINY = InputShapes(latent=16, batch=2, tokens=5)
+
+
+@pytest.mark.slow
+def test_sdxl_full_size_parameter_count_and_depths():
+    r = inspect_model("sdxl", shapes=InputShapes(latent=128, batch=2))
+    # diffusers 0.42 instantiating the published config: shared/reference/configs/README.md
+    assert r.totals()["params"] == 2_567_463_684
+    rows = {b["id"]: b for b in r.block_rows()}
+    tt = rows["TextTimeEmbedding"]
+    assert tt["stage"] == "Down-1" and tt["kind"] == "aux" and tt["module"] == "add_embedding"
+    assert tt["inputs"] == {"temb": [2, 1280], "text_embeds": [2, 1280], "time_ids": [2, 6]}
+    # one CA block per Transformer2DModel, its depth in the signature (1/2/10 per level; 10 in the mid block)
+    assert "layers=2," in rows["CA[Down-2, 1]"]["signature"]
+    for ca in ("CA[Down-3, 1]", "CA[Mid, 1]", "CA[Up-1, 3]"):
+        assert "layers=10," in rows[ca]["signature"], ca
+        assert rows[ca]["inputs"]["context"] == [2, 77, 2048]
+    assert not any(b["kind"] == "CA" and b["stage"] in ("Down-1", "Up-3") for b in rows.values())
+
+
+def test_sdxl_tiny_elastic_equals_diffusers_and_blocks_add_up():
+    model = build_unet(resolve_model("sdxl-tiny"), seed=0).eval()
+    sample, t, ctx = example_inputs(model, TINY, device="cpu")
+    added = added_cond_inputs(model, TINY, device="cpu")
+    with torch.no_grad():
+        ours = model(sample, t, ctx, added_cond=added)
+        ref = model.base(sample, t, ctx, added_cond_kwargs=added).sample
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    rows = inspect_model("sdxl-tiny", shapes=TINY).block_rows()
+    assert sum(b["params"] for b in rows) == sum(p.numel() for p in model.base.parameters())
+    # the text_time block is priced on its own: its change to the time embedding is not free
+    assert next(b for b in rows if b["id"] == "TextTimeEmbedding")["macs"] > 0
+
+
+def test_text_time_model_without_added_inputs_names_them():
+    model = build_unet(resolve_model("sdxl-tiny"), device="meta")
+    sample, t, ctx = example_inputs(model, TINY)
+    with pytest.raises(SnapbenchError, match="text_embeds and time_ids"):
+        model(sample, t, ctx)
+
+
+@pytest.mark.parametrize("key,value,supported", [
+    ("addition_embed_type", "image", "null or 'text_time'"),
+    ("class_embed_type", "timestep", "null"),
+    ("time_cond_proj_dim", 256, "null"),
+    ("attention_type", "gated", "'default'"),
+    ("dual_cross_attention", True, "false"),
+])
+def test_unsupported_config_option_is_one_line(key, value, supported):
+    config = dict(load_preset("sdxl-tiny").base_config, **{key: value})
+    with pytest.raises(SnapbenchError) as e:
+        check_supported(config)
+    msg = str(e.value)
+    assert "\n" not in msg and f"{key}=" in msg and supported in msg
+
+
+def test_text_time_widths_must_add_up():
+    config = dict(load_preset("sdxl-tiny").base_config, projection_class_embeddings_input_dim=40)
+    with pytest.raises(SnapbenchError, match="2816 = 1280 \\+ 6 x 256"):
+        check_supported(config)
+
+
+def _save_tiny_sdxl(folder):
+    from diffusers import UNet2DConditionModel
+
+    config = {k: v for k, v in load_preset("sdxl-tiny").base_config.items() if not k.startswith("_")}
+    torch.manual_seed(3)
+    unet = UNet2DConditionModel(**config)
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    return unet
+
+
+def test_local_sdxl_pipeline_folder_loads_with_its_weights(tmp_path):
+    unet = _save_tiny_sdxl(tmp_path)
+    source = resolve_model(str(tmp_path))
+    assert source.weights_dir == tmp_path / "unet"
+    model = build_unet(source).eval()
+    sample, t, ctx = example_inputs(model, TINY, device="cpu")
+    added = added_cond_inputs(model, TINY, device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(model(sample, t, ctx, added_cond=added),
+                                   unet.eval()(sample, t, ctx, added_cond_kwargs=added).sample)
+
+
+def test_cli_refuses_an_unsupported_folder_config_in_one_line(tmp_path, capsys):
+    _save_tiny_sdxl(tmp_path)
+    cfg_path = tmp_path / "unet" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["addition_embed_type"] = "text_image"
+    cfg_path.write_text(json.dumps(cfg))
+    assert main(["inspect", "--model", str(tmp_path), "--json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "addition_embed_type='text_image'" in err and "'text_time'" in err
