@@ -106,3 +106,48 @@ def test_cli_refuses_an_unsupported_folder_config_in_one_line(tmp_path, capsys):
     assert main(["inspect", "--model", str(tmp_path), "--json"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "addition_embed_type='text_image'" in err and "'text_time'" in err
+
+
+def test_sdxl_text_encoders_match_the_published_configs():
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from snapbench.converters.components import dual_text_encoder_configs, text_encoder_single
+    from snapbench.converters.options import ConvertOptions
+
+    title, one, two = dual_text_encoder_configs(2048, 1280)
+    assert "ViT-bigG" in title
+    with torch.device("meta"):
+        # shared/reference/configs/README.md: 123,060,480 and 694,659,840
+        assert sum(p.numel() for p in CLIPTextModel(CLIPTextConfig(**one)).parameters()) == 123_060_480
+        assert sum(p.numel() for p in CLIPTextModelWithProjection(CLIPTextConfig(**two)).parameters()) == 694_659_840
+    single = text_encoder_single(resolve_model("sdxl"), ConvertOptions(), None)
+    assert single.params == 817_720_320
+    assert single.io.outputs == (("last_hidden_state", (1, 77, 2048)), ("text_embeds", (1, 1280)))
+
+
+def test_tiny_dual_text_encoder_feeds_the_unet():
+    from snapbench.converters.components import text_encoder_single
+    from snapbench.converters.options import ConvertOptions
+
+    single = text_encoder_single(resolve_model("sdxl-tiny"), ConvertOptions(tokens=5), None)
+    with torch.no_grad():
+        context, pooled = single.build()(torch.randint(0, 999, (1, 5)))
+    assert context.shape == (1, 5, 32) and pooled.shape == (1, 16)
+
+
+@pytest.mark.slow
+def test_whole_sdxl_tiny_converts_with_text_time_inputs(tmp_path):
+    from snapbench.converters.options import ConvertOptions
+    from snapbench.converters.whole_unet import convert_whole_unet
+
+    result = convert_whole_unet("sdxl-tiny", tmp_path / "w", ConvertOptions(latent=16, tokens=5), progress=False)
+    assert result.ok
+    (block,) = [b for b in result.manifest.blocks if b.package]
+    assert [i["name"] for i in block.inputs] == ["sample", "timestep", "context", "text_embeds", "time_ids"]
+
+
+def test_pipeline_refuses_text_time_models_in_one_line(tmp_path, capsys):
+    assert main(["convert", "--model", "sdxl-tiny", "--pipeline", "--out", str(tmp_path / "app")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--pipeline for SDXL-class UNets" in err
+    assert not (tmp_path / "app").exists()

@@ -164,3 +164,22 @@ def test_snapgen_parameter_count_against_the_paper():
     assert spec.notes["paper_claimed_params"] == 379_000_000
     # what the stated choices give (README: "SnapGen"): an audit figure, not a target
     assert r.totals()["params"] == 426_629_892
+
+
+@pytest.mark.parametrize("impl", ["split_einsum", "split_einsum_v2"])
+@pytest.mark.parametrize("variant", [dict(kv_heads=1), dict(kv_heads=2, ff_mult=3), dict(self_attention=False)])
+def test_neural_engine_rewrite_of_variants_matches(impl, variant):
+    from diffusers import Transformer2DModel
+
+    from snapbench.converters.ane_attention import psnr, rewrite_transformer
+    from snapbench.model.variants import transformer_variant
+    from snapbench.specs.variants import Variant
+
+    base = Transformer2DModel(num_attention_heads=4, attention_head_dim=8, in_channels=32, num_layers=2,
+                              cross_attention_dim=12, norm_num_groups=8, use_linear_projection=True)
+    model = transformer_variant(base, Variant(**variant), "CA[Up-1, 1]").eval()
+    x, ctx = torch.randn(2, 32, 8, 8), torch.randn(2, 5, 12)
+    with torch.no_grad():
+        ref = model(x, encoder_hidden_states=ctx, return_dict=False)[0]
+        out = rewrite_transformer(model, impl, query_chunk_size=16)(x, ctx)
+    assert psnr(ref - x, out - x) > 100.0

@@ -33,6 +33,7 @@ from snapbench.converters.whole_model import SingleModel, convert_single
 from snapbench.choices import check_choice
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
+from snapbench.specs.layout import text_embeds_dim
 
 CLIP_VIT_L_14: dict[str, Any] = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                      num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
@@ -40,6 +41,12 @@ CLIP_VIT_L_14: dict[str, Any] = dict(vocab_size=49408, hidden_size=768, intermed
 OPENCLIP_VIT_H_14: dict[str, Any] = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096,
                                          num_hidden_layers=23, num_attention_heads=16, max_position_embeddings=77,
                                          hidden_act="gelu", projection_dim=1024)
+# SDXL's second encoder: stabilityai/stable-diffusion-xl-base-1.0 text_encoder_2/config.json
+# (CLIPTextModelWithProjection, 694,659,840 params); its first is CLIP_VIT_L_14 (123,060,480).
+OPENCLIP_VIT_BIGG_14: dict[str, Any] = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120,
+                                            num_hidden_layers=32, num_attention_heads=20, max_position_embeddings=77,
+                                            hidden_act="gelu", projection_dim=1280, bos_token_id=0, eos_token_id=2,
+                                            pad_token_id=1)
 SD_VAE: dict[str, Any] = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
                               block_out_channels=[128, 256, 512, 512], norm_num_groups=32, sample_size=512,
                               down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
@@ -55,6 +62,21 @@ def text_encoder_config(context_dim: int) -> tuple[str, dict[str, Any]]:
     return f"test-sized text encoder ({context_dim} wide)", dict(
         vocab_size=1000, bos_token_id=998, eos_token_id=999, pad_token_id=1, hidden_size=context_dim, intermediate_size=4 * context_dim, num_hidden_layers=2,
         num_attention_heads=heads, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=context_dim)
+
+
+def dual_text_encoder_configs(context_dim: int, pooled_dim: int) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """SDXL-class (text_time) UNets read two encoders' penultimate states side by side (context =
+    width 1 + width 2) and the second one's pooled, projected output (text_embeds, pooled_dim wide)."""
+    first = context_dim - pooled_dim
+    if (first, pooled_dim) == (768, 1280):
+        return ("SDXL text encoders (CLIP ViT-L/14 + OpenCLIP ViT-bigG/14)", dict(CLIP_VIT_L_14),
+                dict(OPENCLIP_VIT_BIGG_14))
+    if first < 1:
+        raise SnapbenchError(f"context width {context_dim} is not wider than the pooled text embedding ({pooled_dim}); "
+                             "an SDXL-class UNet's context is both text encoders' widths side by side")
+    _, one = text_encoder_config(first)
+    _, two = text_encoder_config(pooled_dim)
+    return f"test-sized SDXL-style text encoders ({first} + {pooled_dim} wide)", one, two
 
 
 def vae_config(source: ModelSource) -> tuple[str, dict[str, Any]]:
@@ -101,6 +123,23 @@ class VAEDecoder(nn.Module):
         return self.decoder(self.post_quant_conv(latent))
 
 
+class DualTextEncoder(nn.Module):
+    """SDXL's text conditioning: both encoders' penultimate hidden states side by side (the UNet's
+    context) and the second encoder's projected pooled output (the UNet's text_embeds), as diffusers'
+    StableDiffusionXLPipeline.encode_prompt builds them."""
+
+    def __init__(self, first: nn.Module, second: nn.Module) -> None:
+        super().__init__()
+        first.loss_function = second.loss_function = None  # see TextEncoder
+        self.first, self.second = first, second
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        one = self.first(input_ids=input_ids, output_hidden_states=True)
+        two = self.second(input_ids=input_ids, output_hidden_states=True)
+        context = torch.cat([one.hidden_states[-2], two.hidden_states[-2]], dim=-1)
+        return context, two.text_embeds
+
+
 def _meta_params(make) -> int:
     """Parameters of a part, counted on the meta device (nothing allocated)."""
     with torch.device("meta"):
@@ -112,6 +151,9 @@ def text_encoder_single(source: ModelSource, opts: ConvertOptions, weights: str 
 
     ctx = source.spec.base_config.get("cross_attention_dim", 768)
     ctx = ctx[0] if isinstance(ctx, (list, tuple)) else ctx
+    pooled = text_embeds_dim(source.spec.base_config)
+    if pooled is not None:
+        return _dual_text_encoder_single(source, opts, weights, int(ctx), pooled)
     title, cfg = text_encoder_config(int(ctx))
     folder = _part_folder(weights, "text_encoder")
     if opts.tokens > cfg["max_position_embeddings"]:
@@ -138,6 +180,34 @@ def text_encoder_single(source: ModelSource, opts: ConvertOptions, weights: str 
     params = _meta_params(lambda: CLIPTextModel(CLIPTextConfig(**cfg)))
     return SingleModel("text_encoder", title, str(source.ref), source.spec.name, io, build,
                        {"config": cfg, "weights": str(fp)}, params=params)
+
+
+def _dual_text_encoder_single(source: ModelSource, opts: ConvertOptions, weights: str | os.PathLike | None,
+                              ctx: int, pooled: int) -> SingleModel:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    title, cfg1, cfg2 = dual_text_encoder_configs(ctx, pooled)
+    if weights is not None:
+        raise SnapbenchError("--weights for SDXL's two text encoders is not supported yet; profile them with random "
+                             "weights (latency does not depend on weight values)")
+    if opts.tokens > cfg1["max_position_embeddings"]:
+        raise SnapbenchError(f"--tokens {opts.tokens}: the text encoder takes at most {cfg1['max_position_embeddings']}")
+
+    def build() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(opts.seed)
+            first = CLIPTextModel(CLIPTextConfig(**cfg1, attn_implementation="eager"))
+            second = CLIPTextModelWithProjection(CLIPTextConfig(**cfg2, attn_implementation="eager"))
+        return DualTextEncoder(first.eval(), second.eval()).eval()
+
+    io = PackageIO((("input_ids", (1, opts.tokens)),),
+                   (("last_hidden_state", (1, opts.tokens, ctx)), ("text_embeds", (1, pooled))),
+                   int_inputs=frozenset({"input_ids"}))
+    params = _meta_params(lambda: CLIPTextModel(CLIPTextConfig(**cfg1))) + \
+        _meta_params(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**cfg2)))
+    return SingleModel("text_encoder", title, str(source.ref), source.spec.name, io, build,
+                       {"config": {"text_encoder": cfg1, "text_encoder_2": cfg2}, "weights": str({"random_seed": opts.seed})},
+                       params=params)
 
 
 def vae_decoder_single(source: ModelSource, opts: ConvertOptions, weights: str | os.PathLike | None) -> SingleModel:

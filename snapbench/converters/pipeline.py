@@ -36,6 +36,7 @@ from snapbench.converters.compression import compression_info
 from snapbench.converters.convert_blocks import ConvertResult, _stamped_key, cut, load_source, weight_files
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
+from snapbench.specs.layout import text_embeds_dim
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.model.loading import ModelSource
 from snapbench.versions import tool_versions
@@ -97,6 +98,10 @@ def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
 
 
 def plan_parts(source: ModelSource, opts: ConvertOptions, folder: ModelFolder, *, vae_encoder: bool) -> list[AppPart]:
+    if text_embeds_dim(source.spec.base_config) is not None:
+        raise SnapbenchError(f"{source.ref}: --pipeline for SDXL-class UNets (text_time conditioning) is not built yet "
+                             "(Apple's SDXL layout needs TextEncoder2 and the Unet's text_embeds / time_ids); convert "
+                             "per block, --whole, or one --component")
     parts: list[AppPart] = []
     if folder.root is None or folder.text_encoder is not None:
         parts.append(text_encoder_part(source, opts, folder))

@@ -28,7 +28,7 @@ from snapbench.converters.ane_attention import psnr
 from snapbench.converters.package_io import PackageIO
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
-from snapbench.model.units import AttentionUnit, BlockUnit, ResnetUnit, TimeEmbeddingUnit
+from snapbench.model.units import AttentionUnit, BlockUnit, ResnetUnit, TextTimeEmbeddingUnit, TimeEmbeddingUnit
 
 # Apple's names: what the Swift StableDiffusion package feeds the UNet and reads back.
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states")
@@ -69,9 +69,11 @@ class ChunkPlan:
 
 
 def plan_chunks(blocks: list[CutBlock], closes_skip: list[bool], chunks: int, *, batch: int,
-                sample: tuple[int, ...], context_dim: int, tokens: int) -> list[ChunkPlan]:
+                sample: tuple[int, ...], context_dim: int, tokens: int,
+                added: tuple[tuple[str, tuple[int, ...]], ...] = ()) -> list[ChunkPlan]:
+    """`added`: SDXL-class UNets' text_embeds and time_ids, after the context (Apple's SDXL Unet inputs)."""
     ehs = (batch, context_dim, 1, tokens)  # (B, C, 1, S): the layout Apple's Swift package feeds
-    inputs = (("sample", sample), ("timestep", (batch,)), ("encoder_hidden_states", ehs))
+    inputs = (("sample", sample), ("timestep", (batch,)), ("encoder_hidden_states", ehs), *added)
     out_shape = tuple(blocks[-1].output)
     if chunks == 1:
         return [ChunkPlan(0, 0, len(blocks), 0, 0, PackageIO(inputs, ((UNET_OUTPUT, out_shape),)))]
@@ -93,7 +95,7 @@ def _skips_waiting(blocks: list[CutBlock], closes_skip: list[bool], end: int) ->
     for b, closes in zip(blocks[:end], closes_skip[:end]):
         if isinstance(b.unit, ResnetUnit) and b.unit.takes_skip:
             stack.pop()
-        if not isinstance(b.unit, TimeEmbeddingUnit):
+        if not isinstance(b.unit, (TimeEmbeddingUnit, TextTimeEmbeddingUnit)):
             hidden = tuple(b.output)
         if closes:
             stack.append(hidden)
@@ -118,8 +120,9 @@ class UNetChunk(nn.Module):
         self.ane_layout = attention != "original"
 
     def forward(self, *inputs: torch.Tensor) -> Any:
+        added: list[torch.Tensor] = []
         if self.first:
-            hidden, timestep, ehs = inputs
+            hidden, timestep, ehs, *added = inputs
             temb = None
             skips: list[torch.Tensor] = []
         else:
@@ -130,6 +133,8 @@ class UNetChunk(nn.Module):
         for unit, closes in zip(self.blocks, self.closes_skip):
             if isinstance(unit, TimeEmbeddingUnit):
                 temb = unit(timestep)
+            elif isinstance(unit, TextTimeEmbeddingUnit):
+                temb = unit(temb, *added)
             elif isinstance(unit, ResnetUnit):
                 args = (hidden, skips.pop(), temb) if unit.takes_skip else (hidden, temb)
                 hidden = unit.run(*args, active=not unit.removed)

@@ -15,6 +15,7 @@ from snapbench.versions import tool_versions
 from snapbench.converters.whole_model import SingleModel, convert_single
 from snapbench.model.loading import ModelSource
 from snapbench.model.units import AttentionUnit
+from snapbench.specs.layout import TEXT_TIME_IDS, text_embeds_dim
 
 
 class _DiffusersCall(nn.Module):
@@ -46,8 +47,17 @@ class WholeUNet(nn.Module):
                     self.rewritten.append(unit.transformer)
         self.model = model.eval()
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.model(sample, timestep, context)
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                *added: torch.Tensor) -> torch.Tensor:
+        # SDXL-class UNets: text_embeds and time_ids follow the context (Apple's order for SDXL)
+        added_cond = dict(zip(("text_embeds", "time_ids"), added)) if added else None
+        return self.model(sample, timestep, context, added_cond=added_cond)
+
+
+def added_inputs(config, batch: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """SDXL-class UNets' extra inputs (pooled text embedding, size/crop ids); none for SD-1.x/2.x."""
+    width = text_embeds_dim(config)
+    return () if width is None else (("text_embeds", (batch, width)), ("time_ids", (batch, TEXT_TIME_IDS)))
 
 
 def unet_single(source: ModelSource, opts: ConvertOptions) -> SingleModel:
@@ -56,7 +66,8 @@ def unet_single(source: ModelSource, opts: ConvertOptions) -> SingleModel:
     ctx = cfg.cross_attention_dim[0] if isinstance(cfg.cross_attention_dim, (list, tuple)) else cfg.cross_attention_dim
     b, lat = opts.batch, opts.latent
     io = PackageIO(
-        inputs=(("sample", (b, cfg.in_channels, lat, lat)), ("timestep", (b,)), ("context", (b, opts.tokens, ctx))),
+        inputs=(("sample", (b, cfg.in_channels, lat, lat)), ("timestep", (b,)), ("context", (b, opts.tokens, ctx)),
+                *added_inputs(cfg, b)),
         outputs=(("out", tuple(blocks[-1].output)),),
     )
     tokens = {x.unit.file_id: x.inputs[0][1][-1] * x.inputs[0][1][-2] for x in blocks if x.kind == "CA"}
