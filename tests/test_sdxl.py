@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from snapbench.blocks.cut import InputShapes, added_cond_inputs, example_inputs
+from snapbench.blocks.cut import InputShapes, example_inputs
 from snapbench.blocks.inspection import inspect_model
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
@@ -35,11 +35,11 @@ def test_sdxl_full_size_parameter_count_and_depths():
 
 def test_sdxl_tiny_elastic_equals_diffusers_and_blocks_add_up():
     model = build_unet(resolve_model("sdxl-tiny"), seed=0).eval()
-    sample, t, ctx = example_inputs(model, TINY, device="cpu")
-    added = added_cond_inputs(model, TINY, device="cpu")
+    sample, t, ctx, *added = example_inputs(model, TINY, device="cpu")
+    cond = dict(zip(("text_embeds", "time_ids"), added))
     with torch.no_grad():
-        ours = model(sample, t, ctx, added_cond=added)
-        ref = model.base(sample, t, ctx, added_cond_kwargs=added).sample
+        ours = model(sample, t, ctx, *added)
+        ref = model.base(sample, t, ctx, added_cond_kwargs=cond).sample
     torch.testing.assert_close(ours, ref, rtol=0, atol=0)
     rows = inspect_model("sdxl-tiny", shapes=TINY).block_rows()
     assert sum(b["params"] for b in rows) == sum(p.numel() for p in model.base.parameters())
@@ -49,8 +49,8 @@ def test_sdxl_tiny_elastic_equals_diffusers_and_blocks_add_up():
 
 def test_text_time_model_without_added_inputs_names_them():
     model = build_unet(resolve_model("sdxl-tiny"), device="meta")
-    sample, t, ctx = example_inputs(model, TINY)
-    with pytest.raises(SnapbenchError, match="text_embeds and time_ids"):
+    sample, t, ctx, *_ = example_inputs(model, TINY)
+    with pytest.raises(SnapbenchError, match="pass text_embeds and time_ids after the context"):
         model(sample, t, ctx)
 
 
@@ -90,11 +90,11 @@ def test_local_sdxl_pipeline_folder_loads_with_its_weights(tmp_path):
     source = resolve_model(str(tmp_path))
     assert source.weights_dir == tmp_path / "unet"
     model = build_unet(source).eval()
-    sample, t, ctx = example_inputs(model, TINY, device="cpu")
-    added = added_cond_inputs(model, TINY, device="cpu")
+    sample, t, ctx, *added = example_inputs(model, TINY, device="cpu")
+    cond = dict(zip(("text_embeds", "time_ids"), added))
     with torch.no_grad():
-        torch.testing.assert_close(model(sample, t, ctx, added_cond=added),
-                                   unet.eval()(sample, t, ctx, added_cond_kwargs=added).sample)
+        torch.testing.assert_close(model(sample, t, ctx, *added),
+                                   unet.eval()(sample, t, ctx, added_cond_kwargs=cond).sample)
 
 
 def test_cli_refuses_an_unsupported_folder_config_in_one_line(tmp_path, capsys):

@@ -142,19 +142,18 @@ def _without_variants(name):
 
 def test_snapgen_tiny_runs_saves_and_loads(tmp_path):
     model = build_unet(resolve_model("snapgen-tiny"), seed=1).eval()
-    from snapbench.blocks.cut import added_cond_inputs, example_inputs
+    from snapbench.blocks.cut import example_inputs
 
     shapes = InputShapes(latent=16, batch=2, tokens=5)
-    sample, t, ctx = example_inputs(model, shapes, device="cpu")
-    added = added_cond_inputs(model, shapes, device="cpu")
+    sample, t, ctx, *added = example_inputs(model, shapes, device="cpu")
     with torch.no_grad():
-        before = model(sample, t, ctx, added_cond=added)
+        before = model(sample, t, ctx, *added)
     assert torch.isfinite(before).all() and len(model.variants) == 33
     save_elastic(model, tmp_path / "m")
     assert (tmp_path / "m" / "variants.safetensors").is_file()
     again = build_unet(resolve_model(str(tmp_path / "m")), seed=99).eval()
     with torch.no_grad():
-        torch.testing.assert_close(again(sample, t, ctx, added_cond=added), before)
+        torch.testing.assert_close(again(sample, t, ctx, *added), before)
 
 
 @pytest.mark.slow

@@ -53,7 +53,9 @@ class CutBlock:
 
 
 def example_inputs(model: ElasticUNet, shapes: InputShapes, *, device: str | torch.device = "meta",
-                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    """(sample, timestep, context), and for SDXL-class UNets (text_time) the pooled text embedding and the
+    size / crop ids after them: the elastic UNet's positional inputs."""
     cfg = model.config
     c_in = shapes.in_channels or cfg.in_channels
     ctx = shapes.context_dim or cfg.cross_attention_dim
@@ -63,20 +65,13 @@ def example_inputs(model: ElasticUNet, shapes: InputShapes, *, device: str | tor
     sample = torch.randn(shapes.batch, c_in, shapes.latent, shapes.latent, generator=g, dtype=dtype)
     context = torch.randn(shapes.batch, shapes.tokens, ctx, generator=g, dtype=dtype)
     timestep = torch.full((shapes.batch,), 981.0)
-    return sample.to(device), timestep.to(device), context.to(device)
-
-
-def added_cond_inputs(model: ElasticUNet, shapes: InputShapes, *, device: str | torch.device = "meta",
-                      dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor] | None:
-    """SDXL-class UNets' extra inputs (pooled text embedding, size/crop ids); None for SD-1.x/2.x."""
-    width = text_embeds_dim(model.config)
-    if width is None:
-        return None
-    g = torch.Generator().manual_seed(1)
-    text_embeds = torch.randn(shapes.batch, width, generator=g, dtype=dtype)
-    # 1024x1024 original and target size, no crop: what SDXL pipelines pass by default
-    time_ids = torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]], dtype=dtype).repeat(shapes.batch, 1)
-    return {"text_embeds": text_embeds.to(device), "time_ids": time_ids.to(device)}
+    inputs = [sample, timestep, context]
+    width = text_embeds_dim(cfg)
+    if width is not None:
+        inputs.append(torch.randn(shapes.batch, width, generator=g, dtype=dtype))
+        # 1024x1024 original and target size, no crop: what SDXL pipelines pass by default
+        inputs.append(torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]], dtype=dtype).repeat(shapes.batch, 1))
+    return tuple(t.to(device) for t in inputs)
 
 
 def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, precision: str = "fp16",
@@ -93,10 +88,8 @@ def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, preci
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        sample, timestep, context = example_inputs(model, shapes, device=device,
-                                                   dtype=next(model.parameters()).dtype)
-        added = added_cond_inputs(model, shapes, device=device, dtype=next(model.parameters()).dtype)
-        model(sample, timestep, context, record=record, added_cond=added)
+        inputs = example_inputs(model, shapes, device=device, dtype=next(model.parameters()).dtype)
+        model(*inputs, record=record)
     model.train(was_training)
 
     blocks: list[CutBlock] = []

@@ -50,8 +50,7 @@ class WholeUNet(nn.Module):
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                 *added: torch.Tensor) -> torch.Tensor:
         # SDXL-class UNets: text_embeds and time_ids follow the context (Apple's order for SDXL)
-        added_cond = dict(zip(("text_embeds", "time_ids"), added)) if added else None
-        return self.model(sample, timestep, context, added_cond=added_cond)
+        return self.model(sample, timestep, context, *added)
 
 
 def added_inputs(config, batch: int) -> tuple[tuple[str, tuple[int, ...]], ...]:

@@ -12,7 +12,7 @@ Robust training (SnapFusion 3.1.1): in training mode each RB / CA unit runs as r
 from __future__ import annotations
 
 import copy
-from typing import Collection, Iterator, Mapping
+from typing import Collection, Iterator
 
 import torch
 from torch import nn
@@ -124,16 +124,17 @@ class ElasticUNet(nn.Module):
         sample: torch.Tensor,
         timestep: torch.Tensor | float | int,
         encoder_hidden_states: torch.Tensor,
+        text_embeds: torch.Tensor | None = None,
+        time_ids: torch.Tensor | None = None,
         *,
         disabled: Collection[str] = (),
         generator: torch.Generator | None = None,
         record: list | None = None,
-        added_cond: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Predict the noise (or v) for `sample` [B, C, H, W] at `timestep` given the text context [B, L, D].
 
-        `added_cond`: SDXL-class UNets' `text_embeds` [B, D_pooled] and `time_ids` [B, 6] (diffusers'
-        `added_cond_kwargs`).
+        `text_embeds` [B, D_pooled], `time_ids` [B, 6]: SDXL-class UNets' added conditioning (what
+        diffusers takes as `added_cond_kwargs`).
 
         `disabled`: block ids (paper-style or file-safe) to run as removed, deterministically.
         `record`: if given, gets one (unit, inputs, output) tuple per unit run: how blocks are cut.
@@ -155,7 +156,7 @@ class ElasticUNet(nn.Module):
                 temb = unit(timestep)
                 out = temb
             elif isinstance(unit, TextTimeEmbeddingUnit):
-                args = (temb, *self._text_time(added_cond))
+                args = (temb, *self._text_time(text_embeds, time_ids))
                 temb = unit(*args)
                 out = temb
             else:
@@ -175,13 +176,13 @@ class ElasticUNet(nn.Module):
                 skips.append(hidden)
         return hidden
 
-    def _text_time(self, added_cond: Mapping[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        missing = [k for k in ("text_embeds", "time_ids") if not added_cond or k not in added_cond]
-        if missing:
-            raise SnapbenchError(f"{self.spec.name} has SDXL's text_time conditioning: pass added_cond with "
-                                 f"text_embeds and time_ids (missing {', '.join(missing)})")
-        assert added_cond is not None
-        return added_cond["text_embeds"], added_cond["time_ids"]
+    def _text_time(self, text_embeds: torch.Tensor | None,
+                   time_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if text_embeds is None or time_ids is None:
+            missing = [n for n, t in (("text_embeds", text_embeds), ("time_ids", time_ids)) if t is None]
+            raise SnapbenchError(f"{self.spec.name} has SDXL's text_time conditioning: pass text_embeds and "
+                                 f"time_ids after the context (missing {', '.join(missing)})")
+        return text_embeds, time_ids
 
     def _active(self, unit: BlockUnit, disabled: Collection[str], generator: torch.Generator | None) -> bool:
         if unit.removed or unit.block_id in disabled or unit.file_id in disabled:
