@@ -182,3 +182,16 @@ def test_neural_engine_rewrite_of_variants_matches(impl, variant):
         ref = model(x, encoder_hidden_states=ctx, return_dict=False)[0]
         out = rewrite_transformer(model, impl, query_chunk_size=16)(x, ctx)
     assert psnr(ref - x, out - x) > 100.0
+
+
+@pytest.mark.slow
+def test_snapgen_tiny_converts_block_by_block(tmp_path):
+    from snapbench.converters.convert_blocks import convert_model
+    from snapbench.converters.options import ConvertOptions
+
+    result = convert_model("snapgen-tiny", tmp_path / "c", ConvertOptions(latent=16, tokens=5, attention="split_einsum",
+                                                                       jobs=1), progress=False)
+    assert result.ok and result.manifest.complete
+    sigs = {b.signature for b in result.manifest.blocks if b.package}
+    assert any("separable=2" in s for s in sigs) and any("kv_heads=1,self_attn=0" in s for s in sigs)
+    assert any("kv_heads=1|" in s for s in sigs)  # the lowest resolution keeps self-attention
