@@ -164,6 +164,11 @@ def plan(work: Path, *, processes: int, devices: Devices, workers: int = 2) -> l
         Stage("distill-decoder (50% channels)", (*snap, "distill-decoder", "--vae", pipe, "--latents", str(fx.data),
                                                  "--prune", "0.5", "--steps", "2", "--batch-size", "2",
                                                  "--out", str(work / "distill-decoder"), "--json"), (fixtures,)),
+        # SDXL-class and SnapGen-style UNets: presets (no checkpoint), converted per block and estimated
+        *(Stage(f"profile {m} (convert per block, estimate)",
+                (*snap, "profile", "--device", DEVICE, "--model", m, "--backend", "estimate", "--component", "unet",
+                 "--tokens", "5", "--table", str(work / f"latency-{m}.csv"), "--json"))
+          for m in ("sdxl-tiny", "snapgen-tiny")),
         Stage("report", (*snap, "report", "--baseline", pipe, "--candidate", str(work / "evolve"), "--device", DEVICE,
                          "--backend", "estimate", "--latent", latent, "--table", table,
                          "--out", str(work / "report.html")), (evolve, profile)),

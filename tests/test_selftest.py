@@ -185,7 +185,9 @@ def test_selftest_runs_every_stage(tmp_path):
                          "convert (whole, 2 chunks)", "convert (text encoder)", "convert (VAE decoder)",
                          "profile (estimate)"]
     assert any(n.startswith("train (accelerate, ") for n in names)
-    assert {"ablate (clip, 2 local workers)", "evolve (clip, ray)", "distill-decoder (50% channels)"} <= set(names)
+    assert {"ablate (clip, 2 local workers)", "evolve (clip, ray)", "distill-decoder (50% channels)",
+            "profile sdxl-tiny (convert per block, estimate)",
+            "profile snapgen-tiny (convert per block, estimate)"} <= set(names)
     assert any(n.startswith("distill (cfg-aware, accelerate, ") for n in names) and names[-1] == "report"
     assert all(s["seconds"] >= 0 for s in report["stages"])
     assert (work / "report.html").is_file() and (work / "evolve" / "arch.json").is_file()
