@@ -103,6 +103,10 @@ class RunSettings:
         """The backbone's input shapes at these settings."""
         return InputShapes(latent=self.latent, batch=self.batch, tokens=self.tokens)
 
+    def input_shapes(self) -> InputShapes:
+        """= `shapes` (the older name, kept for callers on other branches)."""
+        return self.shapes
+
     def for_component(self, component: str) -> RunSettings:
         """The settings `component` runs at: the backbone at the run's batch; the text encoder and the VAE
         decoder at batch 1 (one prompt encoding, one image decode per CFG branch / image)."""
