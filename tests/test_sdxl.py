@@ -151,3 +151,28 @@ def test_pipeline_refuses_text_time_models_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--pipeline for SDXL-class UNets" in err
     assert not (tmp_path / "app").exists()
+
+
+def test_sdxl_class_unets_are_their_own_backbone_family():
+    from dataclasses import replace
+
+    from snapbench.backbones import BACKBONES, SDXLUNetBackbone, UNetBackbone, backbone_for, backbone_named
+    from snapbench.settings import RunSettings
+
+    assert backbone_named("sdxl-unet") is BACKBONES[0]  # before the SD family: SDXL UNets are UNets too
+    for ref in ("sdxl-tiny", "snapgen-tiny"):
+        assert isinstance(backbone_for(resolve_model(ref)), SDXLUNetBackbone)
+    assert type(backbone_for(resolve_model("sd15-tiny"))) is UNetBackbone
+    source = resolve_model("snapgen-tiny")
+    bb = backbone_for(source)
+    settings = RunSettings(latent=16, batch=2, tokens=5)
+    blocks = bb.cut_source(source, settings)
+    assert blocks[1].block_id == "TextTimeEmbedding" and "kv_heads=1,self_attn=0" in blocks[-2].signature.key()
+    model = bb.build(source, device="cpu", seed=0).eval()
+    inputs = bb.example_inputs(model, settings.shapes, device="cpu")
+    assert [tuple(t.shape) for t in inputs[3:]] == [(2, 16), (2, 6)]
+    # the swap keeps the variant blocks' weights (and their copies' originals)
+    other = bb.reshape(model, replace(source.spec.with_choices("other", {}), name="other")).eval()
+    assert other.base is model.base
+    with torch.no_grad():
+        torch.testing.assert_close(other(*inputs), model(*inputs))

@@ -91,6 +91,17 @@ class ElasticUNet(nn.Module):
         self.variants[slot.file_id] = made
         return made
 
+    def with_spec(self, spec: ArchSpec) -> ElasticUNet:
+        """The same weights under another spec: base weights shared, existing copies and variant blocks
+        carried over, new ones initialised from their originals (what an A+ action does)."""
+        new = ElasticUNet(self.base, spec)
+        for have_modules, want_modules in ((self.copies, new.copies), (self.variants, new.variants)):
+            have, want = have_modules.state_dict(), want_modules.state_dict()
+            want_modules.load_state_dict({k: v for k, v in have.items() if k in want and v.shape == want[k].shape},
+                                         strict=False)
+        new.train(self.training)
+        return new
+
     # -- views ----------------------------------------------------------------------------------------
     @property
     def units(self) -> list[BlockUnit]:
