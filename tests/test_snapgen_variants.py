@@ -127,8 +127,11 @@ def test_snapgen_tiny_signatures_and_counts():
     assert "kv_heads=1,self_attn=0|" in rows["CA[Down-1, 1]"]["signature"]  # cross-attention from stage 1
     assert "layers=4,proj=linear,ff_mult=3,kv_heads=1|" in rows["CA[Mid, 1]"]["signature"]
     assert rows["RB[Down-2, 1]"]["signature"].endswith("shortcut=1,separable=2|fp16|attn=-")
+    assert rows["RB[Down-2, 1]"]["variant"] == {"separable": 2}
+    assert rows["CA[Down-1, 1]"]["variant"] == {"kv_heads": 1, "ff_mult": 3, "self_attention": False}
     # the same structure with diffusers' blocks has more parameters: every variant is a cheaper block
     plain = inspect_model(_without_variants("snapgen-tiny"), shapes=InputShapes(latent=16, batch=2, tokens=5))
+    assert not any("variant" in b for b in plain.block_rows())  # rows of other models are unchanged
     assert r.totals()["params"] < plain.totals()["params"]
 
 

@@ -41,6 +41,9 @@ class Inspection:
                 "macs_no_attention": b.macs - b.attention_macs,
                 "signature": b.signature.key() if b.signature else None,
             })
+            variant = self.source.spec.choice(u.slot).variant if u.slot.kind != "aux" else None
+            if variant is not None and not variant.is_default:  # only then: other models' rows stay as they were
+                rows[-1]["variant"] = variant.to_dict()
         return rows
 
     def blocks_frame(self) -> pd.DataFrame:

@@ -71,7 +71,8 @@ def render(r: Inspection, *, show_blocks: bool = True) -> None:
             for b in stage_rows:
                 first_input = next(iter(b["inputs"].values()))
                 style = "dim" if b["status"] == "removed" else ("cyan" if b["status"] == "copy" else None)
-                t.add_row(b["id"], b["status"], b["module"], "x".join(map(str, first_input)),
+                status = b["status"] + "".join(f" {k}={v}" for k, v in b.get("variant", {}).items())
+                t.add_row(b["id"], status, b["module"], "x".join(map(str, first_input)),
                           fmt_count(b["params"]), fmt_count(b["macs"]), signature_digest(b["signature"]),
                           style=style)
             out.print(t)
