@@ -65,6 +65,11 @@ def profile_command(
     request_timeout: float = typer.Option(DEFAULT_REQUEST_TIMEOUT_S, "--request-timeout", min=1,
                                           help="Seconds each request to the phone may take (the first load "
                                                "compiles for the Neural Engine)."),
+    rebuild_runner: bool = typer.Option(False, "--rebuild-runner", help="Build coremltools' runner app again "
+                                        "(iphone; it is rebuilt by itself when the team, bundle id, Xcode, "
+                                        "coremltools or its profile's expiry changed)."),
+    trust_wait: float = typer.Option(300.0, "--trust-wait", min=0, help="Seconds to wait for you to trust the "
+                                     "developer on the phone when the runner app cannot start (iphone)."),
     from_file: Optional[Path] = typer.Option(None, "--from", help="Measurements to import (CSV or JSON; format below)."),
     packages: Optional[Path] = typer.Option(None, "--packages", help="A `snapbench convert` folder to time instead of converting."),
     input_shape: Optional[str] = typer.Option(None, "--input", help="Input shape of a timm:/torchvision:/open_clip:/"
@@ -109,7 +114,8 @@ def profile_command(
     def device_backend(name: str) -> DeviceBackend:
         return DeviceBackend(name, api=tools.coreml or CoreMLTools(), machine=machine, signing=signing,
                              compute_units=settings.compute_units, warmup=warmup, repeats=repeats,
-                             request_timeout_s=request_timeout)
+                             request_timeout_s=request_timeout, rebuild_runner=rebuild_runner,
+                             trust_wait_s=trust_wait, say=say)
 
     if device == "auto":
         if backend not in ("iphone", "mac"):
@@ -158,8 +164,20 @@ def profile_command(
         say(f"{path}: every figure came from the table; nothing to write")
     if as_json:
         print_json(profile_document(run, table_path=str(path)))
+    else:
+        render(run)
+    report_failures(run)
+
+
+def report_failures(run: ProfileRun) -> None:
+    """Packages the device could not measure, with their reasons; exit 1 (their figures are estimates)."""
+    if not run.failures:
         return
-    render(run)
+    say(f"{len(run.failures)} package(s) could not be measured on {run.device.id} (estimated and labelled "
+        "estimate instead; run again to retry them):")
+    for f in run.failures:
+        say(f"  {f.reason}")
+    raise typer.Exit(1)
 
 
 def _profile_network(model: str, input_shape: str | None, device: str, weight_bits: int, backend: str,

@@ -28,7 +28,7 @@ from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.latency.table import LatencyRow, LatencyTable, Settings
 from snapbench.model.loading import ModelSource, build_unet, resolve_model
-from snapbench.profilers.backends import (MEASURING, DeviceBackend, EstimatePricer, Pricer, Target,
+from snapbench.profilers.backends import (MEASURING, DeviceBackend, EstimatePricer, PackageFailed, Pricer, Target,
                                           as_measurement, choose_backend)
 from snapbench.profilers.importer import ImportedRow, check_settings, read_import, refuse_conflicts
 from snapbench.profilers.measurement import Measurement, PackageJob
@@ -83,6 +83,7 @@ class ProfileRun:
     versions: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
     measured_on: Target | None = None  # the phone or Mac, when a measuring backend ran
+    failures: list["Failure"] = field(default_factory=list)  # packages the backend could not measure
 
     @property
     def tokens(self) -> int:
@@ -203,6 +204,15 @@ def locate(items: Sequence[PackageToPrice], source: ModelSource, packages: Packa
     return out
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A package the backend could not measure, and why (its figure is then estimated and labelled)."""
+
+    label: str
+    path: Path
+    reason: str
+
+
 # 4. price: package -> row -------------------------------------------------------------------------------------
 def to_row(device: Device, where: Located | PackageToPrice, m: Measurement, created: str) -> LatencyRow:
     it = where.item if isinstance(where, Located) else where
@@ -221,12 +231,22 @@ def to_row(device: Device, where: Located | PackageToPrice, m: Measurement, crea
 
 
 def price(located: Sequence[Located], device: Device, pricer: Pricer, *, created: str,
-          on_row: Callable[[LatencyRow], None] | None = None, progress: bool = False) -> list[LatencyRow]:
-    """Price each package; every row goes to `on_row` as soon as it exists (an interrupted run keeps it)."""
+          on_row: Callable[[LatencyRow], None] | None = None, progress: bool = False,
+          failures: list[Failure] | None = None) -> list[LatencyRow]:
+    """Price each package; every row goes to `on_row` as soon as it exists (an interrupted run keeps it).
+    A package the pricer cannot measure (`PackageFailed`) goes to `failures` and the run goes on."""
     rows: list[LatencyRow] = []
     with _bar(pricer.name, len(located), progress) as advance:
         for loc in located:
-            row = to_row(device, loc, as_measurement(pricer(loc.job, device)), created)
+            try:
+                m = pricer(loc.job, device)
+            except PackageFailed as e:
+                if failures is None:
+                    raise
+                failures.append(Failure(loc.job.label, loc.job.path, str(e)))
+                advance(loc.job.label)
+                continue
+            row = to_row(device, loc, as_measurement(m), created)
             rows.append(row)
             if on_row is not None:
                 on_row(row)
@@ -329,6 +349,7 @@ def profile_model(
             on_table(merged)
 
     target: Target | None = None
+    failures: list[Failure] = []
     if imported is not None:
         by_key = {it.key: it for it in items}
         for key, m in _resolve_import(import_file, imported, dev, settings, cut, items).items():
@@ -340,7 +361,7 @@ def profile_model(
         if todo:
             located = locate(todo, source, packages, progress=progress)
             with be.open(target) as pricer:
-                price(located, dev, pricer, created=created, on_row=keep, progress=progress)
+                price(located, dev, pricer, created=created, on_row=keep, progress=progress, failures=failures)
     # The estimator: the whole job for `estimate`, the gaps (labelled) for the others.
     todo = still_needed(items, merged, dev.id, "estimate", estimator_version=_version(estimator))
     if todo:
@@ -350,7 +371,7 @@ def profile_model(
               progress=progress)
     blocks, comps_out = assemble(source, dev, settings, cut, items, merged, comps)
     return ProfileRun(dev, source.spec.name, settings, chosen, blocks, comps_out, new_rows, merged,
-                      tool_versions(), created, target)
+                      tool_versions(), created, target, failures)
 
 
 def _version(estimator: EstimatePricer) -> int | None:
