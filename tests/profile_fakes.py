@@ -112,7 +112,8 @@ class FakeShell:
 
 
 def fake_mac(tmp_path: Path, *, team_id: str | None = "ABCDE12345", platform: str = "darwin",
-             macos: str = "15.1", native: bool = True, runner: bool = True, **shell: Any) -> Machine:
+             macos: str = "15.1", native: bool = True, runner: bool = True, python: tuple[int, int] = (3, 12),
+             **shell: Any) -> Machine:
     ct_dir = tmp_path / "site-packages" / "coremltools"
     ct_dir.mkdir(parents=True, exist_ok=True)
     if native:
@@ -121,7 +122,7 @@ def fake_mac(tmp_path: Path, *, team_id: str | None = "ABCDE12345", platform: st
         (ct_dir / "modelrunner" / "ModelRunner.xcworkspace").mkdir(parents=True, exist_ok=True)
     return Machine(platform=platform, macos_version=macos, shell=FakeShell(**shell), coremltools_dir=ct_dir,
                    coremltools_version="9.0", team_id=team_id, cache_dir=tmp_path,
-                   free_bytes=lambda p: 200 * 10**9)
+                   free_bytes=lambda p: 200 * 10**9, python=python)
 
 
 # --- coremltools 9's device API, from the real classes --------------------------------------------------
@@ -340,3 +341,67 @@ def fake_device_backend(tmp_path: Path, name: str = "iphone", fake: FakeCoreML |
     return DeviceBackend(name, api=CoreMLTools(fake.ct), machine=machine,
                          signing=kw.pop("signing", Signing.for_team("ABCDE12345")),
                          runner_dir=tmp_path / "runner", **kw), fake
+
+
+# --- the runner app behind coremltools' real request path ------------------------------------------------
+class RunnerOnPhone:
+    """The model-runner app as coremltools' real `_DeviceCtlSocket` sees it through an `_AppSession`
+    (autospec of the real class): files copied into the app's container (`send_file_to_app`) and read
+    back (`receive_file_from_app`, devicectl's "file not found" until the response exists). A request's
+    message.json is answered the way the runner answers (modelID, duration; predictions with an output
+    resource). `running` False: nothing answers; `answer_after` receives fail before the answer shows."""
+
+    def __init__(self, working_directory: Path, *, answer_after: int = 0) -> None:
+        import coremltools as ct
+
+        self.rd = ct.models.ml_program.experimental.remote_device
+        self.container: dict[str, int] = {}  # path in the app's container -> bytes
+        self.running = True
+        self.answer_after = answer_after
+        self.receives = 0
+        self.copies_to: list[str] = []
+        self._answers: dict[str, bytes] = {}
+        self.session = fake_session(self.rd, alive=lambda: self.running, working_directory=working_directory)
+        self.session.send_file_to_app.side_effect = self._send
+        self.session.receive_file_from_app.side_effect = self._receive
+        self.device = dataclasses.replace(_phone(self.rd), session=self.session)
+
+    def _send(self, source_path, destination):
+        source_path = Path(source_path)
+        self.copies_to.append(destination)
+        files = [source_path] if source_path.is_file() else [f for f in source_path.rglob("*") if f.is_file()]
+        for f in files:
+            rel = "" if f == source_path else "/" + f.relative_to(source_path).as_posix()
+            self.container[destination + rel] = f.stat().st_size
+        if destination.endswith("/message.json") and "/requests/messages/" in destination and self.running:
+            self._answer(json.loads(source_path.read_text()), destination.split("/requests/")[0])
+        return self.rd._DataTransferInfo(source=str(source_path), destination=destination)
+
+    def _answer(self, message: dict, root: str) -> None:
+        rid, params = message["id"], message["params"]
+        result: dict[str, Any] = {"modelID": params["modelID"]}
+        reply: dict[str, Any] = {"jsonrpc": "2.0", "id": rid}
+        if message["method"] == "MLModelService.Load":
+            result["duration"] = 60_000_000_000
+        elif message["method"] == "MLModelService.Prediction":
+            result.update(outputs={}, duration=5_000_000)
+            reply["resource"] = "outputs.bin"
+            self._answers[f"{root}/responses/{rid}/outputs.bin"] = b"\0" * (2 << 20)
+            self.container[f"{root}/responses/{rid}/outputs.bin"] = 2 << 20
+        reply["result"] = result
+        self._answers[f"{root}/responses/{rid}/message.json"] = json.dumps(reply).encode()
+        self.container[f"{root}/responses/{rid}/message.json"] = len(self._answers[f"{root}/responses/{rid}/message.json"])
+
+    def _receive(self, destination_path, source):
+        self.receives += 1
+        if self.receives <= self.answer_after or source not in self._answers:
+            raise self.rd._DeviceCtlError(message=b"ERROR: The file couldn't be opened because it doesn't exist.",
+                                          error_code=1)
+        Path(destination_path).write_bytes(self._answers[source])
+        return self.rd._DataTransferInfo(source=source, destination=str(destination_path))
+
+
+def _phone(rd: Any) -> Any:
+    return rd.Device(name="Test iPhone", type=rd.DeviceType.IPHONE, identifier="ID-00008120-0001",
+                     udid="00008120-0001", os_version="18.1", os_build_number="22B83",
+                     developer_mode_state="enabled", state=rd.DeviceState.CONNECTED, session=None)

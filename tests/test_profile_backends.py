@@ -266,3 +266,38 @@ def test_an_untrusted_developer_profile_says_where_to_trust_it(tmp_path):
         with be.open(be.identify(None)):
             pass
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("chip, cid", [("Apple M2 Pro", "mac-m2pro"), ("Apple M1 Max", "mac-m1max"),
+                                       ("Apple M2 Ultra", "mac-m2ultra"), ("Apple M3", "mac-m3"),
+                                       ("Apple M3 Max", "mac-m3max")])
+def test_pro_max_and_ultra_macs_are_filed_under_their_own_chip(tmp_path, chip, cid):
+    be, _ = backend(tmp_path, "mac", chip=chip)
+    assert be.identify(None).device_id == cid
+    assert choose_backend("mac", resolve_device(cid), machine=be.here) == "mac"  # --device mac-m2pro --backend mac
+    assert be.identify(resolve_device(cid)).device_id == cid
+
+
+def test_a_mac_chip_the_catalog_lacks_is_refused_not_filed_under_the_base_chip(tmp_path):
+    be, _ = backend(tmp_path, "mac", chip="Apple M4 Pro")
+    with pytest.raises(SnapbenchError, match=r"Apple M4 Pro\) is not in the device catalog \(no mac-m4pro"):
+        be.identify(None)
+
+
+def test_a_phone_whose_tunnel_is_down_is_refused_before_any_conversion(tmp_path):
+    pk = FakePackages(tmp_path / "pk")
+    be, fake = backend(tmp_path, devices=[devicectl_entry(tunnel="disconnected")])
+    with pytest.raises(SnapbenchError, match="tunnel state disconnected.*devicectl device info details"):
+        profile_model("sd15-tiny", "iphone14pro", Settings(latent=16), backend=be, estimator=toy_estimator(),
+                      packages=pk, progress=False, components=("unet",))
+    assert pk.calls == [] and fake.calls == []
+
+
+def test_connected_iphones_asks_coremltools_for_iphones(tmp_path):
+    import coremltools as ct
+
+    from snapbench.profilers.coreml_api import CoreMLTools
+
+    fake = FakeCoreML()
+    assert [p.udid for p in CoreMLTools(fake.ct).connected_iphones()] == ["00008120-0001"]
+    assert fake.calls == [("get_connected_devices", ct.models.ml_program.experimental.remote_device.DeviceType.IPHONE)]

@@ -112,10 +112,13 @@ def profile_command(
         machine = dataclasses.replace(machine, team_id=team_id)
 
     def device_backend(name: str) -> DeviceBackend:
-        return DeviceBackend(name, api=tools.coreml or CoreMLTools(), machine=machine, signing=signing,
-                             compute_units=settings.compute_units, warmup=warmup, repeats=repeats,
-                             request_timeout_s=request_timeout, rebuild_runner=rebuild_runner,
-                             trust_wait_s=trust_wait, say=say)
+        be = DeviceBackend(name, api=tools.coreml or CoreMLTools(), machine=machine, signing=signing,
+                           compute_units=settings.compute_units, warmup=warmup, repeats=repeats,
+                           request_timeout_s=request_timeout, rebuild_runner=rebuild_runner,
+                           trust_wait_s=trust_wait, say=say)
+        if tools.sleep is not None:
+            be.sleep = tools.sleep
+        return be
 
     if device == "auto":
         if backend not in ("iphone", "mac"):

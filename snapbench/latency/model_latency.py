@@ -84,6 +84,8 @@ class ProfileRun:
     created_at: str = ""
     measured_on: Target | None = None  # the phone or Mac, when a measuring backend ran
     failures: list["Failure"] = field(default_factory=list)  # packages the backend could not measure
+    farm_nodes: list[str] = field(default_factory=list)  # a device farm: the Ray nodes that measured
+    retried: int = 0  # a device farm: packages sent again after their node went away
 
     @property
     def tokens(self) -> int:
@@ -295,6 +297,7 @@ class ProfileTools:
     estimator: EstimatePricer | None = None
     machine: Any = None  # readiness.Machine
     coreml: Any = None  # coreml_api.CoreMLTools
+    sleep: Callable[[float], None] | None = None  # the runner app's startup and trust waits
 
 
 def profile_model(
