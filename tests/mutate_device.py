@@ -39,7 +39,7 @@ MUTATIONS = [
              "get_connected_devices(rd.DeviceType.IPHONE)", "get_connected_devices(rd.DeviceType.IPAD)"),
     Mutation("patched request class: attempts= for max_attempts=", "patched class constructed wrongly", API,
              "poll_time=poll_time, max_attempts=max_attempts)", "poll_time=poll_time, attempts=max_attempts)"),
-    Mutation("patched request class: poll_time positional after socket dropped", "patched class constructed wrongly",
+    Mutation("patched request class: poll_interval= for poll_time=", "patched class constructed wrongly",
              API, "super().__init__(_LiveSocket(socket, files), poll_time=poll_time,",
              "super().__init__(_LiveSocket(socket, files), poll_interval=poll_time,"),
     Mutation("prepare_for_model_debugging -> prepare_for_debugging", "renamed call", API,
@@ -67,11 +67,11 @@ MUTATIONS = [
              "development_team=signing.team_id,", "development_team=signing.bundle_id,"),
     Mutation("MLModelService.Prediction -> MLModelService.Predict (inputs left on the Mac)", "renamed call", API,
              'name == "MLModelService.Prediction"', 'name == "MLModelService.Predict"'),
-    Mutation("request limit not enforced (wait_for dropped)", "sync/async swapped", API,
+    Mutation("request limit not enforced (wait_for dropped)", "limit removed", API,
              "return await asyncio.wait_for(request, self._time_limit_s)", "return await request"),
-    Mutation("runner never rebuilt (clean=False, as before)", "renamed keyword", BACKENDS,
+    Mutation("runner never rebuilt (clean=False, as before)", "argument value reverted", BACKENDS,
              "folder, clean=bool(why))", "folder, clean=False)"),
-    Mutation("launched app never checked", "renamed call", BACKENDS,
+    Mutation("launched app never checked (as before)", "check removed", BACKENDS,
              "        return self.running(prepared, target)\n", "        return prepared\n"),
 ]
 

@@ -108,6 +108,8 @@ class FakeShell:
             return 0, "24B83\n", ""
         if argv[:5] == ["xcrun", "devicectl", "device", "uninstall", "app"]:
             return 0, "", ""
+        if Path(argv[0]).name == "ray" and argv[1:2] == ["start"]:
+            return 0, "Ray runtime started.\n", ""
         return 127, "", f"{argv[0]}: command not found"
 
 

@@ -5,6 +5,7 @@ are few and slow: they start real Ray processes."""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import threading
 import time
@@ -19,7 +20,7 @@ from snapbench.profilers.farm import NodeSettings, check_holders, pack, unpack
 from snapbench.devices.catalog import resolve_device
 
 from farm_fakes import DELAY_ENV, LOG_ENV, fake_node_backend
-from profile_fakes import FakePackages, toy_estimator
+from profile_fakes import FakePackages, devicectl_entry, fake_mac, toy_estimator
 
 TESTS = str(Path(__file__).resolve().parent)
 
@@ -49,6 +50,56 @@ def test_a_package_travels_whole(tmp_path):
 def test_a_ray_address_that_does_not_answer_is_one_line():
     with pytest.raises(SnapbenchError, match="Ray at 127.0.0.1:9 does not answer"):
         profile_on_farm("sd15-tiny", ["iphone14pro"], Settings(latent=16), address="127.0.0.1:9")
+
+
+@pytest.fixture
+def listening():
+    """An address that accepts TCP connections (what `farm join` checks before `ray start`)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_farm_join_offers_the_ready_phones_and_this_mac(tmp_path, capsys, listening):
+    from snapbench.cli import main
+
+    machine = fake_mac(tmp_path, devices=[devicectl_entry(), devicectl_entry(name="B", product="iPhone16,1", udid="2"),
+                                          devicectl_entry(name="C", product="iPhone16,2", udid="3",
+                                                          developer_mode="disabled")])
+    assert main(["farm", "join", "--address", listening, "--json"], obj=machine) == 0
+    assert json.loads(capsys.readouterr().out)["resources"] == {"iphone14pro": 1, "iphone15pro": 1, "mac-m2pro": 1}
+    start = next(c for c in machine.shell.calls if c[1:2] == ["start"])  # type: ignore[attr-defined]
+    assert start[2:] == ["--address", listening, "--resources",
+                         '{"iphone14pro": 1, "iphone15pro": 1, "mac-m2pro": 1}']
+
+
+def test_farm_join_refuses_a_node_whose_doctor_fails(tmp_path, capsys, listening):
+    from snapbench.cli import main
+
+    machine = fake_mac(tmp_path, platform="linux")
+    assert main(["farm", "join", "--address", listening], obj=machine) == 2
+    err = capsys.readouterr().err.strip()
+    assert "this computer has nothing to measure with: macOS: this machine runs linux" in err and "\n" not in err
+    assert not any(c[1:2] == ["start"] for c in machine.shell.calls)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--device", "iphone15pro"], "several --device values are a device-farm run: add --ray-address"),
+    (["--device", "iphone15pro", "--ray-address", "127.0.0.1:9"], "Ray at 127.0.0.1:9 does not answer"),
+])
+def test_profile_farm_bad_input_is_one_line_before_any_conversion(tmp_path, capsys, monkeypatch, extra, says):
+    from snapbench.cli import main
+    from snapbench.latency.model_latency import ProfileTools
+
+    monkeypatch.chdir(tmp_path)
+    pk = FakePackages(tmp_path / "pk")
+    tools = ProfileTools(packages=pk, estimator=toy_estimator(), machine=fake_mac(tmp_path / "m"))
+    rc = main(["profile", "--device", "iphone14pro", "--model", "sd15-tiny", "--latent", "16", *extra], obj=tools)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and says in err and len(err.splitlines()) == 1 and pk.calls == []
 
 
 @pytest.mark.slow

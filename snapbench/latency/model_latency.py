@@ -298,6 +298,7 @@ class ProfileTools:
     machine: Any = None  # readiness.Machine
     coreml: Any = None  # coreml_api.CoreMLTools
     sleep: Callable[[float], None] | None = None  # the runner app's startup and trust waits
+    farm_backend: Any = None  # profilers.farm.BackendFactory: what farm nodes measure with
 
 
 def profile_model(

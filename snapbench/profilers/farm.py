@@ -27,12 +27,15 @@ import zipfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from snapbench.devices.catalog import Device, list_devices, resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.profilers.backends import DeviceBackend, PackageFailed, is_mac
 from snapbench.profilers.measurement import Measurement, PackageJob
+
+if TYPE_CHECKING:
+    from snapbench.profilers.readiness import Machine
 
 
 @dataclass(frozen=True)
@@ -255,3 +258,32 @@ def farm_stopped(outcomes: dict[str, DeviceOutcome]) -> str | None:
 
 def is_device_backend(device: Device) -> str:
     return "mac" if is_mac(device) else "iphone"
+
+
+def node_resources(machine: "Machine") -> dict[str, int]:
+    """What this computer offers a farm, after `doctor`'s checks: {catalog id: 1} per ready iPhone model
+    attached and for this Mac. Nothing ready: SnapbenchError with the first failing check."""
+    from snapbench.profilers.phones import catalog_id, iphones, list_attached, mac_catalog_id
+    from snapbench.profilers.readiness import put_devicectl_on_path, run_checks, runnable
+
+    can = runnable(run_checks(machine))
+    held: dict[str, int] = {}
+    if can["iphone"] is None:
+        put_devicectl_on_path(machine)
+        for p in iphones(list_attached(machine.shell)):
+            if p.problem() is None:
+                with _quiet():  # a phone the catalog lacks is not offered; the others are
+                    held[catalog_id(p, resolve_device)] = 1
+    if can["mac"] is None:
+        held[mac_catalog_id(machine.shell, resolve_device)] = 1
+    if not held:
+        raise SnapbenchError(f"this computer has nothing to measure with: {can['iphone'] or can['mac']}; run "
+                             "`snapbench doctor` here")
+    return held
+
+
+def join_argv(ray_bin: str, address: str, held: dict[str, int]) -> list[str]:
+    """`ray start` for a farm node: its phones and Mac as custom resources (named by catalog id)."""
+    import json
+
+    return [ray_bin, "start", "--address", address, "--resources", json.dumps(held, sort_keys=True)]
