@@ -194,8 +194,11 @@ def test_profile_lists_the_failures_and_exits_1(tmp_path, capsys, monkeypatch):
     tools = ProfileTools(packages=pk, estimator=toy_estimator(), coreml=CoreMLTools(fake.ct),
                          machine=fake_mac(tmp_path / "machine"), sleep=lambda s: None)
     rc = main(["profile", "--device", "iphone14pro", "--model", "sd15-tiny", "--latent", "16", "--backend", "iphone",
-               "--component", "unet", "--component", "text_encoder", "--repeats", "2", "--warmup", "0"], obj=tools)
-    err = capsys.readouterr().err
+               "--component", "unet", "--component", "text_encoder", "--repeats", "2", "--warmup", "0", "--json"],
+              obj=tools)
+    captured = capsys.readouterr()
+    err = captured.err
+    assert [f["block"] for f in json.loads(captured.out)["failures"]] == ["text_encoder"]
     assert rc == 1
     assert "1 package(s) could not be measured on iphone14pro" in err and f"({victim}): " in err
     assert "unsupported op" in err and "Traceback" not in err
@@ -257,3 +260,14 @@ def test_cache_clean_device_removes_the_runner_app_from_the_phone(tmp_path, caps
 
 def test_startup_check_waits_a_few_seconds_not_the_request_budget():
     assert backends.STARTUP_S <= 10 < coreml_api.DEFAULT_REQUEST_TIMEOUT_S
+
+
+def test_a_relaunch_that_fails_is_one_line(tmp_path):
+    fake = FakeCoreML(app=FakeApp(untrusted_launches=1))
+    fake.remote_device._DeviceCtl.launch_app.side_effect = rd._DeviceCtlError(
+        message=b"ERROR: The device was disconnected.\n", error_code=1)
+    be, _ = fake_device_backend(tmp_path, fake=fake)
+    with pytest.raises(SnapbenchError, match="relaunching the runner app on Test iPhone failed: ERROR: The device "
+                                             "was disconnected.; run `snapbench doctor`"):
+        with be.open(be.identify(None)):
+            pass

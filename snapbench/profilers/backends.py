@@ -261,7 +261,7 @@ class DeviceBackend:
             step = min(RELAUNCH_EVERY_S, left)
             self.sleep(step)
             left -= step
-            device = self.api.relaunch(device)
+            device = self._relaunch(device, target)
             if self._started(device):
                 self._say(f"the runner app runs on {target.name}; going on")
                 return device
@@ -270,9 +270,16 @@ class DeviceBackend:
         raise SnapbenchError(f"the runner app does not start on {target.name}{f' ({why})' if why else ''}: "
                              f"trust the developer ({team}) on the phone in {TRUST}, then run again")
 
+    def _relaunch(self, device: Any, target: Target) -> Any:
+        try:
+            return self.api.relaunch(device)
+        except Exception as e:  # coremltools' _DeviceCtlError with devicectl's stderr (bytes)
+            raise SnapbenchError(f"relaunching the runner app on {target.name} failed: {describe(e)}; run "
+                                 "`snapbench doctor`") from None
+
     def restart(self, device: Any, target: Target) -> Any:
         """Relaunch a runner app that stopped during a run (and check that it runs)."""
-        return self.running(self.api.relaunch(device), target)
+        return self.running(self._relaunch(device, target), target)
 
 
 @dataclass
