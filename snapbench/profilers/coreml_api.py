@@ -193,7 +193,8 @@ class CoreMLTools:
         if process is None or process.poll() is None or process.stderr is None:
             return ""
         with contextlib.suppress(Exception):
-            return describe(Exception(process.stderr.read()))
+            raw = process.stderr.read()
+            return describe(Exception(raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)))
         return ""
 
     def relaunch(self, device: Any) -> Any:
