@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from snapbench.backbones import backbone_for
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.latency.model_latency import (ALL_COMPONENTS, EstimatePricer, Failure, Located, ProfileRun,
@@ -107,9 +108,9 @@ def _profile(ray: Any, model: str | Path | ModelSource, devs: list[Device], sett
             price(locate(gaps, source, packages, progress=progress), d, estimator, created=created,
                   on_row=partial(keep, d), progress=progress)
         blocks, comps_out = assemble(source, d, settings, cut, items, merged[d.id], comps)
-        run = ProfileRun(d, source.spec.name, settings, is_device_backend(d), blocks, comps_out, new_rows[d.id],
-                         merged[d.id], tool_versions(), created, None, failures)
-        run.farm_nodes = sorted({node for _, _, node in out.measured}) if out else []
-        run.retried = len(out.retried) if out else 0
-        runs.append(run)
+        runs.append(ProfileRun(d, source.spec.name, settings, is_device_backend(d), blocks, comps_out,
+                               new_rows[d.id], merged[d.id], tool_versions(), created, None,
+                               backbone_for(source).stages, failures,
+                               farm_nodes=sorted({node for _, _, node in out.measured}) if out else [],
+                               retried=len(out.retried) if out else 0))
     return runs

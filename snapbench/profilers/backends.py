@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from snapbench import __version__
 from snapbench.devices.catalog import Device, resolve_device
-from snapbench.choices import check_choice
+from snapbench.settings import BACKEND_CHOICES, MEASURING, check_choice  # noqa: F401 re-exported
 from snapbench.errors import SnapbenchError
 from snapbench.profilers.coreml_api import DEFAULT_REQUEST_TIMEOUT_S, CoreMLTools, Signing, describe
 from snapbench.profilers.measurement import Measurement, PackageJob, placement_text
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from snapbench.profilers.estimate.cost_model import Estimate
     from snapbench.profilers.runner_build import RunnerStamp
 
-BACKEND_CHOICES = ("auto", "iphone", "mac", "import", "estimate")
-MEASURING = ("iphone", "mac")
 TRUST = "Settings > General > VPN & Device Management"
 STARTUP_S = 5.0  # a launch that fails (developer not trusted) ends within this; a running app stays up
 DEFAULT_TRUST_WAIT_S = 300.0
