@@ -188,11 +188,26 @@ class _EncoderDecoder(nn.Module):
         return self.head(y)
 
 
+class _Floor(nn.Module):
+    """One engine op (a ReLU) on a tiny tensor: timed in an app, its prediction time is almost all the
+    app's own per-prediction floor (marshalling, scheduling), which `snapbench calibrate --app-floor` reads."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+
+FLOOR_INPUT: Shape = (1, 16, 8, 8)
+
+
 def _synthetic(spec: ModelSpec, shape: Shape | None) -> Network:
+    if spec.name == "floor":
+        if shape is not None and shape != FLOOR_INPUT:
+            raise SnapbenchError(f"synthetic:floor has one input, {'x'.join(map(str, FLOOR_INPUT))}; drop --input")
+        return Network(_Floor().eval(), _image_io(FLOOR_INPUT), "synthetic floor (one op)")
     m = re.fullmatch(r"(conv|dense|transformer)((?:-[a-z]\d+)+)", spec.name)
     if not m:
-        raise SnapbenchError(f"unknown synthetic model {spec.name!r}; write conv-f128-k3-l6, dense-u128-l6 or "
-                             "transformer-d512-h6-k64-f1024-l8")
+        raise SnapbenchError(f"unknown synthetic model {spec.name!r}; write conv-f128-k3-l6, dense-u128-l6, "
+                             "transformer-d512-h6-k64-f1024-l8 or floor")
     kind, args = m.group(1), {a[0]: int(a[1:]) for a in m.group(2).strip("-").split("-")}
     try:
         if kind == "conv":
