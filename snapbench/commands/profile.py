@@ -80,6 +80,9 @@ def profile_command(
 
     app_floor_ms = check_floor_ms(app_floor_ms)
     if is_network_spec(model):  # any network (or a Core ML package): one whole program, estimated
+        from snapbench.zoo.specs import refuse_unet_only
+
+        refuse_unet_only(model, attention=attention, compute_units=compute_units)
         _profile_network(model, input_shape, device, weight_bits, backend, as_json, app_floor_ms)
         return
     if input_shape is not None:

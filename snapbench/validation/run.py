@@ -215,9 +215,13 @@ def validate(rows: Sequence[CorpusRow] | None = None, *, cross: Cross | None = N
     fits: list[dict[str, Any]] = []
     if cross is None:
         p = params or load_params()
-        for k, pt in points.items():  # in-sample, each harness's fitted floor is its own
+        # in-sample, each fitted harness's floor is its own; a harness the fit did not use (rows graded low)
+        # gets its own from its rows too, so its rows still show what the engine misses
+        unfitted = [pt for pt in points.values() if pt.calls and pt.harness not in p.call_factor]
+        with_own = _with_floors(p, own_floors(unfitted, p))
+        for k, pt in points.items():
             engine[k] = point_ms(replace(pt, calls=0), p)
-            floor[k] = point_ms(pt, p) - engine[k]
+            floor[k] = point_ms(pt, with_own) - engine[k]
         version = p.version
     else:
         if cross not in ("source", "chip"):
@@ -253,7 +257,10 @@ def predict_held_out(points: dict[str, CalibrationPoint], by_id: dict[str, Corpu
     train = [pt for k, pt in points.items() if getattr(by_id[k], attr) != group and pt.weight > 0]
     train += [p for p in reference_points() if not (cross == "chip" and _chip(p.device) == group)]
     fitted = fit_params(train, load_params(default_priors_path()), version=PARAMS_VERSION)
-    floors = own_floors([points[k] for k in held if by_id[k].trust != "low"], fitted)
+    scored = [points[k] for k in held if by_id[k].trust != "low"]
+    # a harness's floor from its scored rows; a source graded low throughout (shown, never scored) from all
+    floors = own_floors(scored, fitted)
+    floors.update({h: f for h, f in own_floors([points[k] for k in held], fitted).items() if h not in floors})
     info = {"held_out": group, "predicted_rows": len(held), "fitted_points": len(train),
             "fitted_parameters": len(fit_knobs(train)), "own_floor_ms": floors,
             "own_floor_estimates": {k: point_ms(points[k], _with_floors(fitted, floors)) for k in held},
@@ -266,10 +273,11 @@ def own_floors(points: Sequence[CalibrationPoint], params: AneParams) -> dict[st
     (a one-dimensional fit per harness, same robust loss as calibration)."""
     from scipy.optimize import minimize_scalar
 
+    from snapbench.latency.app_floor import MAX_FLOOR_MS
     from snapbench.profilers.estimate.calibrate import ROBUST_SCALE
-    from snapbench.profilers.estimate.params import bounds_of
 
-    lo, hi = bounds_of("call_overhead_ms")
+    # wider than the fit's bound on the shared floor: a Vision request in a live-camera app costs ~10 ms
+    lo, hi = 0.0, MAX_FLOOR_MS
     found: dict[str, float] = {}
     for harness in sorted({p.harness for p in points if p.calls}):
         mine = [p for p in points if p.calls and p.harness == harness]

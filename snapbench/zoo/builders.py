@@ -115,17 +115,34 @@ def _open_clip(spec: ModelSpec, shape: Shape | None) -> Network:
     return Network(_FirstTensor(model, model.encode_image), _image_io(shape), f"open_clip {spec.name} image")
 
 
+_HF_AUTO = ("AutoModel", "AutoModelForDepthEstimation", "AutoModelForObjectDetection",
+            "AutoModelForSemanticSegmentation", "AutoModelForImageClassification", "AutoModelForSequenceClassification",
+            "AutoModelForCausalLM")
+
+
 def _hf(spec: ModelSpec, shape: Shape | None) -> Network:
     import transformers
 
     configs = [n for n in dir(transformers) if n.endswith("Config") and n != "PretrainedConfig"]
     if spec.name not in configs:
+        if spec.name.startswith(("UNet", "Autoencoder", "Transformer2D", "SD3", "Flux")):
+            raise SnapbenchError(f"{spec.text}: a diffusers class, not a transformers config; give an SD UNet as "
+                                 "--model PRESET, an arch spec .json or a diffusers model folder")
         raise _unknown("hf", spec.name, configs)
-    config = getattr(transformers, spec.name)(**spec.options)
     try:
-        model = transformers.AutoModel.from_config(config).eval()
-    except ValueError as exc:
-        raise SnapbenchError(f"{spec.text}: transformers has no model for this config ({exc})") from None
+        config = getattr(transformers, spec.name)(**spec.options)
+    except (TypeError, ValueError) as exc:
+        raise SnapbenchError(f"{spec.text}: {spec.name} refuses these options ({str(exc).splitlines()[0][:200]})") from None
+    model = None
+    for auto in _HF_AUTO:  # the bare model first, then the task heads (depth, detection, ...) a config may only have
+        try:
+            model = getattr(transformers, auto).from_config(config).eval()
+            break
+        except (ValueError, KeyError, AttributeError):
+            continue
+    if model is None:
+        raise SnapbenchError(f"{spec.text}: transformers has no model for this config, bare or with a task head "
+                             f"({', '.join(a.removeprefix('AutoModelFor') for a in _HF_AUTO[1:])})")
     shape = _need_shape(spec, shape, None)
     if len(shape) == 2:  # token ids
         return Network(_FirstTensor(model, lambda ids: model(input_ids=ids)), _tokens_io(shape), f"hf {spec.name}")
