@@ -228,10 +228,11 @@ def validate(rows: Sequence[CorpusRow] | None = None, *, cross: Cross | None = N
             raise SnapbenchError(f"--cross {cross!r}: choose source or chip")
         attr = "source" if cross == "source" else "chip"
         groups = sorted({getattr(by_id[k], attr) for k in points})
+        fit_cache: dict[tuple[str, ...], AneParams] = {}  # a group of low rows only leaves the same points
         for g in groups:
             if on_fit:
                 on_fit(g)
-            predicted, info = predict_held_out(points, by_id, cross, g)
+            predicted, info = predict_held_out(points, by_id, cross, g, fits=fit_cache)
             unseen.update(predicted)
             own = info.pop("own_floor_estimates")
             engine.update(info.pop("engine_estimates"))
@@ -244,6 +245,7 @@ def validate(rows: Sequence[CorpusRow] | None = None, *, cross: Cross | None = N
 
 
 def predict_held_out(points: dict[str, CalibrationPoint], by_id: dict[str, CorpusRow], cross: Cross, group: str,
+                     fits: dict[tuple[str, ...], AneParams] | None = None,
                      ) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit from the priors on every point outside `group` (plus the reference points, less those on the
     held-out chip), then estimate the rows inside it. Returns the estimates with the median harness's
@@ -256,7 +258,13 @@ def predict_held_out(points: dict[str, CalibrationPoint], by_id: dict[str, Corpu
     held = [k for k in points if getattr(by_id[k], attr) == group]
     train = [pt for k, pt in points.items() if getattr(by_id[k], attr) != group and pt.weight > 0]
     train += [p for p in reference_points() if not (cross == "chip" and _chip(p.device) == group)]
-    fitted = fit_params(train, load_params(default_priors_path()), version=PARAMS_VERSION)
+    key = tuple(p.label for p in train)
+    if fits is not None and key in fits:
+        fitted = fits[key]
+    else:
+        fitted = fit_params(train, load_params(default_priors_path()), version=PARAMS_VERSION)
+        if fits is not None:
+            fits[key] = fitted
     scored = [points[k] for k in held if by_id[k].trust != "low"]
     # a harness's floor from its scored rows; a source graded low throughout (shown, never scored) from all
     floors = own_floors(scored, fitted)
