@@ -1,6 +1,7 @@
 """Benchmark `snapbench convert` against the plain whole-UNet conversion a user does today.
 
     .venv/bin/python benchmarks/bench_convert.py [--model sd15] [--latent 64] [--batch 2] [--work DIR]
+    .venv/bin/python benchmarks/bench_convert.py --model sdxl --latent 128 --skip-deploy   # needs > 23 GB for (a)
 
 Side by side, each variant in its own process (so memory figures are its own):
   (a) naive: the whole diffusers UNet through torch.jit.trace (defaults) + ct.convert (fp16, iOS16) + save
@@ -33,9 +34,12 @@ PY = sys.executable
 SNAPBENCH = str(Path(PY).with_name("snapbench"))
 
 NAIVE = r'''
-import sys, torch, coremltools as ct
+import sys
+import snapbench  # first: lets torchvision (which diffusers imports) load beside a CPU-only torch
+import torch, coremltools as ct
 from diffusers import UNet2DConditionModel
 from snapbench.model.loading import resolve_model
+from snapbench.specs.layout import TEXT_TIME_IDS, text_embeds_dim
 model, latent, batch, tokens, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 cfg = {k: v for k, v in resolve_model(model).spec.base_config.items() if not k.startswith("_")}
 torch.manual_seed(0)
@@ -45,15 +49,21 @@ class Wrapper(torch.nn.Module):
     def __init__(self, unet):
         super().__init__()
         self.unet = unet
-    def forward(self, sample, timestep, context):
-        return self.unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
+    def forward(self, sample, timestep, context, *added):
+        # SDXL-class UNets: the pooled text embedding and the size / crop ids, as diffusers takes them
+        kw = {"added_cond_kwargs": dict(zip(("text_embeds", "time_ids"), added))} if added else {}
+        return self.unet(sample, timestep, encoder_hidden_states=context, return_dict=False, **kw)[0]
 
 ex = (torch.randn(batch, cfg["in_channels"], latent, latent), torch.full((batch,), 981.0),
       torch.randn(batch, tokens, cfg["cross_attention_dim"]))
+pooled = text_embeds_dim(cfg)
+if pooled is not None:
+    ex += (torch.randn(batch, pooled), torch.randn(batch, TEXT_TIME_IDS))
 with torch.no_grad():
     traced = torch.jit.trace(Wrapper(unet), ex)
+names = ("sample", "timestep", "context", "text_embeds", "time_ids")
 ml = ct.convert(traced, convert_to="mlprogram",
-                inputs=[ct.TensorType(name=n, shape=t.shape) for n, t in zip(("sample", "timestep", "context"), ex)],
+                inputs=[ct.TensorType(name=n, shape=t.shape) for n, t in zip(names, ex)],
                 compute_precision=ct.precision.FLOAT16, minimum_deployment_target=ct.target.iOS16)
 ml.save(out)
 '''
@@ -101,6 +111,8 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed after)")
     ap.add_argument("--json-out", default=None, help="also write the figures as JSON here")
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--skip-deploy", action="store_true",
+                    help="leave out (c): deploy mode holds the whole UNet's weights (SDXL: 10.3 GB in fp32)")
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="bench_convert."))
     shapes = ["--latent", str(a.latent), "--batch", str(a.batch), "--tokens", str(a.tokens)]
@@ -111,9 +123,10 @@ def main() -> None:
             rows.append(("(a) whole UNet, plain trace + ct.convert",
                          run([PY, "-c", NAIVE, a.model, str(a.latent), str(a.batch), str(a.tokens),
                               str(work / "naive.mlpackage")])))
-        for label, out, extra in (("(b) snapbench convert, profile, cold", "profile", []),
-                                  ("(c) snapbench convert, deploy, cold", "deploy", ["--mode", "deploy"]),
-                                  ("(d) snapbench convert, profile, warm", "profile", [])):
+        variants = [("(b) snapbench convert, profile, cold", "profile", []),
+                    ("(c) snapbench convert, deploy, cold", "deploy", ["--mode", "deploy"]),
+                    ("(d) snapbench convert, profile, warm", "profile", [])]
+        for label, out, extra in [v for v in variants if not (a.skip_deploy and v[1] == "deploy")]:
             print(f"{label} ...", file=sys.stderr, flush=True)
             rows.append((label, run([SNAPBENCH, "convert", "--model", a.model, *shapes, "--out", str(work / out),
                                      "--json", *extra])))
