@@ -8,42 +8,54 @@ import typer
 from rich.table import Table
 
 from snapbench.commands.common import (
-    BatchOpt, JsonOpt, LatentOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, WeightsOpt, fmt_count,
+    BatchOpt, JsonOpt, LatentOpt, RevisionOpt, SubfolderOpt, VariantOpt, WeightsOpt, fmt_count,
     model_source, out, print_json, resolved_latent,
 )
+from snapbench.commands.dit_render import render_inspection
 from snapbench.specs.stages import STAGES
 
 if TYPE_CHECKING:
     from snapbench.blocks.inspection import Inspection
+    from snapbench.dit.inspection import DitInspection
 
 
 def inspect_command(
     model: list[str] = typer.Option(["sd15"], "--model", "-m",
-                                    help="Preset, arch spec .json or diffusers UNet folder; repeat for several."),
+                                    help="Preset, arch spec .json, diffusers UNet or DiT transformer folder; repeat for several."),
     weights: Optional[str] = WeightsOpt,
     variant: Optional[str] = VariantOpt,
     subfolder: Optional[str] = SubfolderOpt,
     revision: Optional[str] = RevisionOpt,
     latent: Optional[int] = LatentOpt,
     batch: int = BatchOpt,
-    tokens: int = TokensOpt,
+    tokens: Optional[int] = typer.Option(None, "--tokens", min=1, show_default=False,
+                                         help="Text tokens in the context [default: 77 for UNets; a DiT's own pipeline's]."),
     blocks: bool = typer.Option(True, "--blocks/--no-blocks", help="Show the per-block tables."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Every block of a UNet in execution order: paper stage, id, module, shapes, params, MACs, signature digest."""
+    """Every block of a UNet or DiT in execution order: paper stage, id, module, shapes, params, MACs, signature digest."""
     from snapbench.blocks.cut import InputShapes  # torch: imported when the command runs
     from snapbench.blocks.inspection import inspect_model
 
-    results = []
+    from snapbench.dit.inspection import DitInspection, inspect_dit
+    from snapbench.dit.source import is_dit_ref
+
+    results: list[Inspection | DitInspection] = []
     for m in model:
+        if is_dit_ref(m):
+            results.append(inspect_dit(m, latent=latent, batch=batch, tokens=tokens, variant=variant))
+            continue
         src = model_source(m, weights, variant, subfolder, revision)
-        shapes = InputShapes(latent=resolved_latent(src, weights, latent), batch=batch, tokens=tokens)
+        shapes = InputShapes(latent=resolved_latent(src, weights, latent), batch=batch, tokens=tokens or 77)
         results.append(inspect_model(src, weights=weights, shapes=shapes))
     if as_json:
         print_json(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results])
         return
     for r in results:
-        render(r, show_blocks=blocks)
+        if isinstance(r, DitInspection):
+            render_inspection(r, show_blocks=blocks)
+        else:
+            render(r, show_blocks=blocks)
 
 
 def signature_digest(signature: str | None) -> str:
