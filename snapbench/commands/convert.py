@@ -60,6 +60,15 @@ def convert_command(
         else:
             out.print(f"{spec.text}: {dest}")
         return
+    from snapbench.dit.source import is_dit_ref
+
+    if is_dit_ref(model) and not (whole or pipeline or component is not None):
+        from snapbench.commands import dit_commands
+
+        dit_commands.convert(model, out_dir, as_json=as_json, latent=latent, batch=batch, tokens=tokens, mode=mode,
+                             attention=attention, weight_bits=weight_bits, target=target, precision=precision,
+                             check=check)
+        return
     from snapbench.converters.options import ConvertOptions
     from snapbench.errors import SnapbenchError
 

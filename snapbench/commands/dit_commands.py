@@ -1,0 +1,86 @@
+"""`convert` and `profile` for DiTs: the UNet commands hand a DiT `--model` over to these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+
+from snapbench.commands.common import err, fmt_count, out, print_json
+
+
+def given(name: str) -> bool:
+    """Whether the user typed option `name` (a DiT's defaults, such as its text length, differ from a UNet's)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
+
+
+def dit_options(model: str, *, latent: int | None, batch: int, tokens: int, **kw: Any) -> Any:
+    from snapbench.converters.options import ConvertOptions
+    from snapbench.dit.inspection import dit_shapes
+    from snapbench.dit.source import resolve_dit
+
+    source = resolve_dit(model)
+    shapes = dit_shapes(source, latent=latent, batch=batch, tokens=tokens if given("tokens") else None)
+    return source, ConvertOptions(latent=shapes.latent, batch=shapes.batch, tokens=shapes.tokens, **kw)
+
+
+def _say(as_json: bool):
+    return None if as_json and not err.is_terminal else (lambda msg: err.print(msg, markup=False, highlight=False))
+
+
+def convert(model: str, out_dir: str, *, as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Any) -> None:
+    from snapbench.commands.convert import render
+    from snapbench.dit.convert import convert_dit
+
+    source, opts = dit_options(model, latent=latent, batch=batch, tokens=tokens, **kw)
+    result = convert_dit(source, out_dir, opts, say=_say(as_json))
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        render(result, out_dir)
+    if result.failed:
+        import typer
+
+        for block, error in result.failed:
+            err.print(f"failed: {block}: {error}", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+
+def profile(model: str, device: str, *, backend: str, packages: Any, as_json: bool, latent: int | None, batch: int,
+            tokens: int, **kw: Any) -> None:
+    from snapbench.dit.profile import profile_dit
+    from snapbench.errors import SnapbenchError
+
+    if backend not in ("auto", "estimate"):
+        raise SnapbenchError(f"--backend {backend}: DiT blocks are priced by the estimator only so far; "
+                             "use --backend estimate (or auto)")
+    source, opts = dit_options(model, latent=latent, batch=batch, tokens=tokens, **kw)
+    run = profile_dit(source, device, opts, packages=packages, say=_say(as_json))
+    doc = run.to_dict()
+    if as_json:
+        print_json(doc)
+        return
+    s = doc["settings"]
+    out.rule(f"[bold]{doc['model']}[/bold] on {run.device.name}: estimate, {s['image']}x{s['image']} image "
+             f"(latent {s['latent']}), batch {s['batch']}, {s['tokens']} tokens, attention {s['attention']}")
+    t = Table(title="per block (one denoising step)", title_justify="left", show_edge=False)
+    for col in ("stage", "block", "ms", "MACs", "params", "signature"):
+        t.add_column(col, justify="right" if col in ("ms", "MACs", "params") else "left")
+    for b in doc["blocks"]:
+        t.add_row(b["stage"], b["id"], f"{b['latency_ms']:.2f}", fmt_count(b["macs"]), fmt_count(b["params"]),
+                  b["signature_digest"])
+    out.print(t)
+    t = Table(title="per stage", title_justify="left")
+    for col in ("stage", "blocks", "ms", "TB ms", "aux ms", "share"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    total = doc["model_ms"]
+    for st in doc["stages"]:
+        t.add_row(st["stage"], str(st["blocks"]), f"{st['ms']:.1f}", f"{st['TB_ms']:.1f}", f"{st['aux_ms']:.1f}",
+                  f"{st['ms'] / total:.0%}" if total else "-")
+    t.add_row("step", str(len(doc["blocks"])), f"{total:.1f}", "", "", "", style="bold")
+    out.print(t)
+    out.print(f"{doc['packages']} packages priced (estimate: predicted from each package's Core ML program, not measured)")
+    for note in doc["notes"]:
+        err.print(f"note: {note}", markup=False, highlight=False)

@@ -1,0 +1,59 @@
+"""DiT blocks converted to Core ML (real coremltools conversions of the tiny twins), shared packages,
+resume, and the estimated profile."""
+
+from __future__ import annotations
+
+import json
+
+import coremltools as ct
+import pytest
+
+from snapbench.cli import main
+from snapbench.converters.options import ConvertOptions
+from snapbench.dit.convert import convert_dit
+from snapbench.dit.profile import profile_dit
+
+
+@pytest.mark.slow
+def test_identical_blocks_share_one_package_and_a_rerun_converts_nothing(tmp_path):
+    opts = ConvertOptions(latent=8, tokens=4)
+    r = convert_dit("sd35-tiny", tmp_path / "pkgs", opts)
+    assert r.ok
+    m = r.manifest
+    # 4 aux + 4 blocks, but TB1 = TB2 (dual attention): 7 packages
+    assert len(m.blocks) == 8 and r.packages == 7 and m.complete
+    tb = {b.id: b for b in m.blocks if b.kind == "TB"}
+    assert tb["TB1"].package == tb["TB2"].package != tb["TB3"].package
+    spec = ct.utils.load_spec(str(tmp_path / "pkgs" / tb["TB1"].package))
+    assert [i.name for i in spec.description.input] == ["hidden", "context", "temb"]
+    assert [o.name for o in spec.description.output] == ["hidden_out", "context_out"]
+    last = ct.utils.load_spec(str(tmp_path / "pkgs" / tb["TB4"].package))
+    assert [o.name for o in last.description.output] == ["hidden_out"]  # the image stream only
+    again = convert_dit("sd35-tiny", tmp_path / "pkgs", opts)
+    assert again.converted == [] and len(again.reused) == 8
+
+
+@pytest.mark.slow
+def test_profile_estimates_every_block_and_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SNAPBENCH_CACHE", str(tmp_path / "cache"))
+    assert main(["profile", "--model", "sana-tiny", "--device", "iphone16promax", "--latent", "8", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["backbone"] == "dit" and doc["backend"] == "estimate" and doc["settings"]["tokens"] == 8
+    assert doc["settings"]["image"] == 256  # Sana's f32 autoencoder
+    assert [b["id"] for b in doc["blocks"]] == ["PatchEmbed", "TimeEmbed", "CaptionEmbed", "TB1", "TB2", "TB3",
+                                               "FinalLayer"]
+    assert all(b["latency_ms"] > 0 and b["backend"] == "estimate" for b in doc["blocks"])
+    assert doc["model_ms"] == pytest.approx(sum(s["ms"] for s in doc["stages"]))
+    assert doc["packages"] == 5
+    # a second device prices the same packages: nothing converts again
+    run = profile_dit("sana-tiny", "iphone15pro", ConvertOptions(latent=8, tokens=8),
+                      say=lambda msg: pytest.fail(f"converted again: {msg}"))
+    assert run.step_ms > 0
+
+
+def test_dit_convert_and_profile_refuse_what_they_do_not_do(tmp_path, capsys):
+    assert main(["convert", "--model", "sd3-tiny", "--out", str(tmp_path / "o"), "--mode", "deploy"]) == 2
+    assert "deploy mode" in capsys.readouterr().err
+    assert main(["profile", "--model", "sd3-tiny", "--device", "iphone15pro", "--backend", "iphone"]) == 2
+    assert "estimator only" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
