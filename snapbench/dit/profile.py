@@ -88,7 +88,7 @@ def profile_dit(model: str | os.PathLike | DitSource, device: str | Device, opts
         block, error = converted.failed[0]
         raise SnapbenchError(f"{source.spec.name}: converting {block} failed ({error}); see {folder}/manifest.json")
     by_package: dict[str, Any] = {}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for b in converted.manifest.blocks:
         assert b.package is not None
         if b.package not in by_package:
@@ -99,7 +99,7 @@ def profile_dit(model: str | os.PathLike | DitSource, device: str | Device, opts
                      "latency_ms": float(est.total_ms), "backend": "estimate", "macs": b.macs, "params": b.params,
                      "cpu_ops": len(getattr(est, "cpu_ops", ()))})
     notes = []
-    cpu = sorted({r["id"] for r in rows if r["cpu_ops"]})
+    cpu = sorted({str(r["id"]) for r in rows if r["cpu_ops"]})
     if cpu:
         notes.append(f"ops the cost model places off the Neural Engine in: {', '.join(cpu)}")
     return DitProfile(source, dev, opts, rows, converted.packages, notes)
