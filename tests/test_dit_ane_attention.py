@@ -17,7 +17,7 @@ from snapbench.errors import SnapbenchError
 def _psnr_of(spec: DitSpec, shapes: DitShapes, impl: str, chunk: int = 512, seed: int = 2) -> float:
     model = build_dit(DitSource(spec.name, spec), seed=seed)
     x = example_inputs(spec, shapes)
-    units = make_units(model, spec.family, shapes.latent)
+    units = make_units(model, spec.family)
     with torch.no_grad():
         ref = run_chain(units, x)  # diffusers' modules and processors, as they are
         ane = [rewrite_block(u, impl, query_chunk_size=chunk) if u.kind == "TB" else u for u in units]
@@ -48,6 +48,6 @@ def test_sana_linear_attention_over_1024_tokens():
 
 
 def test_unknown_attention_is_refused():
-    unit = make_units(build_dit(DitSource("x", load_preset("sd3-tiny"))), load_preset("sd3-tiny").family, 8)[3]
+    unit = make_units(build_dit(DitSource("x", load_preset("sd3-tiny"))), load_preset("sd3-tiny").family)[3]
     with pytest.raises(SnapbenchError, match="DiT blocks take"):
         rewrite_block(unit, "flash")

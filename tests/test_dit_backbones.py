@@ -55,7 +55,7 @@ def test_blocks_add_up_to_the_diffusers_forward(name):
     x = example_inputs(spec, shapes)
     kwargs = {"pooled_projections": x["pooled"]} if "pooled" in x else {}
     with torch.no_grad():
-        ours = run_chain(make_units(model, spec.family, 8), x)
+        ours = run_chain(make_units(model, spec.family), x)
         ref = model(x["sample"], encoder_hidden_states=x["context"], timestep=x["timestep"], return_dict=False,
                     **kwargs)[0]
     assert torch.equal(ours, ref)
@@ -136,7 +136,7 @@ def test_weights_that_do_not_match_the_config_name_the_block(capsys, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     line = _one_error_line(capsys, ["inspect", "--model", str(folder)])
     # the old last block (image stream only) is now a full joint block: the first mismatch names it
-    assert "transformer_blocks.2.norm1_context" in line and "(TB3)" in line
+    assert "transformer_blocks.2.norm1_context" in line and "(TB[DiT-3, 3])" in line
 
 
 def test_presets_are_listed():

@@ -23,11 +23,11 @@ def test_identical_blocks_share_one_package_and_a_rerun_converts_nothing(tmp_pat
     # 4 aux + 4 blocks, but TB1 = TB2 (dual attention): 7 packages
     assert len(m.blocks) == 8 and r.packages == 7 and m.complete
     tb = {b.id: b for b in m.blocks if b.kind == "TB"}
-    assert tb["TB1"].package == tb["TB2"].package != tb["TB3"].package
-    spec = ct.utils.load_spec(str(tmp_path / "pkgs" / tb["TB1"].package))
+    assert tb["TB[DiT-1, 1]"].package == tb["TB[DiT-2, 2]"].package != tb["TB[DiT-3, 3]"].package
+    spec = ct.utils.load_spec(str(tmp_path / "pkgs" / tb["TB[DiT-1, 1]"].package))
     assert [i.name for i in spec.description.input] == ["hidden", "context", "temb"]
     assert [o.name for o in spec.description.output] == ["hidden_out", "context_out"]
-    last = ct.utils.load_spec(str(tmp_path / "pkgs" / tb["TB4"].package))
+    last = ct.utils.load_spec(str(tmp_path / "pkgs" / tb["TB[DiT-4, 4]"].package))
     assert [o.name for o in last.description.output] == ["hidden_out"]  # the image stream only
     again = convert_dit("sd35-tiny", tmp_path / "pkgs", opts)
     assert again.converted == [] and len(again.reused) == 8
@@ -40,8 +40,8 @@ def test_profile_estimates_every_block_and_stage(tmp_path, monkeypatch, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["backbone"] == "dit" and doc["backend"] == "estimate" and doc["settings"]["tokens"] == 8
     assert doc["settings"]["image"] == 256  # Sana's f32 autoencoder
-    assert [b["id"] for b in doc["blocks"]] == ["PatchEmbed", "TimeEmbed", "CaptionEmbed", "TB1", "TB2", "TB3",
-                                               "FinalLayer"]
+    assert [b["id"] for b in doc["blocks"]] == ["PatchEmbed", "TimeEmbed", "CaptionEmbed", "TB[DiT-1, 1]",
+                                               "TB[DiT-2, 2]", "TB[DiT-3, 3]", "FinalLayer"]
     assert all(b["latency_ms"] > 0 and b["backend"] == "estimate" for b in doc["blocks"])
     assert doc["model_ms"] == pytest.approx(sum(s["ms"] for s in doc["stages"]))
     assert doc["packages"] == 5

@@ -152,7 +152,7 @@ def convert_dit(model: str | os.PathLike | DitSource, out_dir: str | os.PathLike
                     from snapbench.dit.cut import make_units
 
                     meta = build_meta(source.spec).eval()
-                    meta_units = {u.file_id: u for u in make_units(meta, source.spec.family, opts.latent)}
+                    meta_units = {u.file_id: u for u in make_units(meta, source.spec.family)}
                 try:
                     unit = materialize(meta_units[owner.unit.file_id], opts.seed)
                     module = block_module(unit, opts.attention)

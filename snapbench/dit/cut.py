@@ -88,27 +88,25 @@ def check_shapes(spec: DitSpec, shapes: DitShapes) -> None:
                              f"{spec.name}'s pos_embed_max_size {max_size}; use --latent {max_size * patch} or less")
 
 
-def make_units(model: torch.nn.Module, fam: Family, latent: int) -> list[DitUnit]:
+def make_units(model: torch.nn.Module, fam: Family) -> list[DitUnit]:
     """The model's blocks in execution order (sharing the model's modules and weights)."""
-    cfg = model.config
-    patch = int(cfg.patch_size)
-    grid = (latent // patch, latent // patch)
+    patch = int(model.config.patch_size)
     stages = block_stages(len(model.transformer_blocks))
     units: list[DitUnit] = []
     if fam.key == "mmdit":
-        units += [PatchEmbedUnit("Embed", model.pos_embed, "pos_embed"), TextTimeEmbedUnit("Embed", model.time_text_embed),
-                  CaptionEmbedUnit("Embed", [model.context_embedder], "context_embedder")]
+        units += [PatchEmbedUnit(model.pos_embed, "pos_embed"), TextTimeEmbedUnit(model.time_text_embed),
+                  CaptionEmbedUnit([model.context_embedder], "context_embedder")]
         units += [JointBlockUnit(stages[i], i, b) for i, b in enumerate(model.transformer_blocks)]
     else:
         embed = model.adaln_single if fam.key == "pixart" else model.time_embed
         captions = [model.caption_projection] + ([model.caption_norm] if fam.key == "sana" else [])
-        units += [PatchEmbedUnit("Embed", model.pos_embed if fam.key == "pixart" else model.patch_embed,
+        units += [PatchEmbedUnit(model.pos_embed if fam.key == "pixart" else model.patch_embed,
                                  "pos_embed" if fam.key == "pixart" else "patch_embed"),
-                  AdaSingleUnit("Embed", embed, "adaln_single" if fam.key == "pixart" else "time_embed"),
-                  CaptionEmbedUnit("Embed", captions, "caption_projection" + (", caption_norm" if fam.key == "sana" else ""))]
-        units += [CrossBlockUnit(stages[i], i, b, grid if fam.key == "sana" else None)
+                  AdaSingleUnit(embed, "adaln_single" if fam.key == "pixart" else "time_embed"),
+                  CaptionEmbedUnit(captions, "caption_projection" + (", caption_norm" if fam.key == "sana" else ""))]
+        units += [CrossBlockUnit(stages[i], i, b, needs_grid=fam.key == "sana")
                   for i, b in enumerate(model.transformer_blocks)]
-    units.append(FinalLayerUnit("Final", fam.key, model, grid, patch))
+    units.append(FinalLayerUnit(fam.key, model, patch))
     return units
 
 
@@ -167,7 +165,7 @@ def cut_dit(spec: DitSpec, shapes: DitShapes, *, precision: str = "fp16", attent
     check_shapes(spec, shapes)
     fam = spec.family
     model = build_meta(spec).eval()
-    units = make_units(model, fam, shapes.latent)
+    units = make_units(model, fam)
     record: list = []
     with torch.no_grad():
         run_chain(units, example_inputs(spec, shapes, device="meta"), record)

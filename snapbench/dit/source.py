@@ -82,11 +82,14 @@ def resolve_dit(ref: str | os.PathLike[str], *, variant: str | None = None) -> D
     return DitSource(s, load_preset(s))
 
 
-def block_of(key: str) -> str:
+def block_of(key: str, num_layers: int) -> str:
     """The block a state-dict key belongs to, as users see blocks (see cut.py)."""
+    from snapbench.dit.cut import block_stages
+
     head = key.split(".")[0]
     if head == "transformer_blocks":
-        return f"TB{int(key.split('.')[1]) + 1}"
+        i = int(key.split(".")[1])
+        return f"TB[{block_stages(num_layers)[i]}, {i + 1}]" if i < num_layers else f"transformer_blocks.{i}"
     return {"pos_embed": "PatchEmbed", "patch_embed": "PatchEmbed", "time_text_embed": "TimeEmbed",
             "adaln_single": "TimeEmbed", "time_embed": "TimeEmbed", "context_embedder": "CaptionEmbed",
             "caption_projection": "CaptionEmbed", "caption_norm": "CaptionEmbed"}.get(head, "FinalLayer")
@@ -101,16 +104,17 @@ def check_fits(spec: DitSpec, folder: Path, variant: str | None = None) -> None:
     """The checkpoint's tensors must be the config's, name by name and shape by shape."""
     want = {k: tuple(v.shape) for k, v in build_meta(spec).state_dict().items()}
     got = _checkpoint_shapes(folder, variant)
+    n = spec.num_layers
     for key, shape in want.items():
         if key not in got:
-            raise SnapbenchError(f"{folder}: checkpoint lacks {key} ({block_of(key)}); "
+            raise SnapbenchError(f"{folder}: checkpoint lacks {key} ({block_of(key, n)}); "
                                  "the weights do not match the config")
         if got[key] != shape:
-            raise SnapbenchError(f"{folder}: {key} ({block_of(key)}) has shape {list(got[key])}, the config "
+            raise SnapbenchError(f"{folder}: {key} ({block_of(key, n)}) has shape {list(got[key])}, the config "
                                  f"expects {list(shape)}; the weights do not match the config")
     extra = sorted(set(got) - set(want))
     if extra:
-        raise SnapbenchError(f"{folder}: checkpoint has {extra[0]} ({block_of(extra[0])}), which the config "
+        raise SnapbenchError(f"{folder}: checkpoint has {extra[0]} ({block_of(extra[0], n)}), which the config "
                              f"does not; the weights do not match the config ({len(extra)} extra tensor(s))")
 
 

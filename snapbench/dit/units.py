@@ -9,46 +9,63 @@ context and return the image stream.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-AUX_TITLES = {"patch_embed": "PatchEmbed", "time_embed": "TimeEmbed", "caption_embed": "CaptionEmbed",
-              "final_layer": "FinalLayer"}
+from snapbench.model.units import BlockUnit
+from snapbench.specs.layout import Slot
 
 
-class DitUnit(nn.Module):
-    kind: str = "aux"
-    name: str = ""  # aux: a key of AUX_TITLES
-    input_names: tuple[str, ...] = ()
+def aux_slot(name: str, stage: str, path: str) -> Slot:
+    return Slot("aux", stage, name, path)
+
+
+def block_slot(index: int, stage: str) -> Slot:
+    """transformer_blocks.<index> as 'TB[<stage>, <index + 1>]': numbered by depth through the stack."""
+    return Slot("TB", stage, f"TB{index + 1}", f"transformer_blocks.{index}")
+
+
+class DitUnit(BlockUnit):
+    """A DiT block: a `BlockUnit` (slot, block id, file id, status) with named outputs as well as inputs."""
+
     output_names: tuple[str, ...] = ()
-    module_path: str = ""
-
-    def __init__(self, stage: str) -> None:
-        super().__init__()
-        self.stage = stage
-        self.index: int | None = None  # TB: 0-based depth
 
     @property
-    def block_id(self) -> str:
-        return f"TB{self.index + 1}" if self.index is not None else AUX_TITLES[self.name]
+    def kind(self) -> str:
+        return self.slot.kind
 
     @property
-    def file_id(self) -> str:
-        return f"tb{self.index + 1:02d}" if self.index is not None else self.name
+    def name(self) -> str:
+        return self.slot.name
 
     @property
-    def status(self) -> str:
-        return "kept"
+    def stage(self) -> str:
+        return self.slot.stage
+
+    @property
+    def module_path(self) -> str:
+        return self.slot.module_path
+
+    @property
+    def index(self) -> int | None:
+        return self.slot.index - 1 if self.slot.kind == "TB" and self.slot.index is not None else None
+
+
+def square_grid(tokens: int) -> tuple[int, int]:
+    """The (h, w) patch grid of a square latent's `tokens` image tokens."""
+    side = math.isqrt(tokens)
+    return side, side
 
 
 class PatchEmbedUnit(DitUnit):
-    name, input_names, output_names = "patch_embed", ("sample",), ("hidden",)
+    input_names, output_names = ("sample",), ("hidden",)
 
-    def __init__(self, stage: str, patch: nn.Module, path: str) -> None:
-        super().__init__(stage)
-        self.patch, self.module_path = patch, path
+    def __init__(self, patch: nn.Module, path: str) -> None:
+        super().__init__(aux_slot("patch_embed", "Embed", path))
+        self.patch = patch
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         return self.patch(sample)
@@ -57,10 +74,10 @@ class PatchEmbedUnit(DitUnit):
 class TextTimeEmbedUnit(DitUnit):
     """SD3: timestep + pooled text -> the conditioning vector every block and the final layer read."""
 
-    name, input_names, output_names, module_path = "time_embed", ("timestep", "pooled"), ("temb",), "time_text_embed"
+    input_names, output_names = ("timestep", "pooled"), ("temb",)
 
-    def __init__(self, stage: str, embed: nn.Module) -> None:
-        super().__init__(stage)
+    def __init__(self, embed: nn.Module) -> None:
+        super().__init__(aux_slot("time_embed", "Embed", "time_text_embed"))
         self.embed = embed
 
     def forward(self, timestep: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
@@ -70,22 +87,22 @@ class TextTimeEmbedUnit(DitUnit):
 class AdaSingleUnit(DitUnit):
     """PixArt / Sana (adaLN-single): timestep -> the blocks' 6 x D modulation and the final layer's D."""
 
-    name, input_names, output_names = "time_embed", ("timestep",), ("temb", "embedded")
+    input_names, output_names = ("timestep",), ("temb", "embedded")
 
-    def __init__(self, stage: str, embed: nn.Module, path: str) -> None:
-        super().__init__(stage)
-        self.embed, self.module_path = embed, path
+    def __init__(self, embed: nn.Module, path: str) -> None:
+        super().__init__(aux_slot("time_embed", "Embed", path))
+        self.embed = embed
 
     def forward(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.embed(timestep, None, batch_size=timestep.shape[0], hidden_dtype=timestep.dtype)
 
 
 class CaptionEmbedUnit(DitUnit):
-    name, input_names, output_names = "caption_embed", ("context",), ("context",)
+    input_names, output_names = ("context",), ("context",)
 
-    def __init__(self, stage: str, modules: Sequence[nn.Module], path: str) -> None:
-        super().__init__(stage)
-        self.steps, self.module_path = nn.ModuleList(modules), path
+    def __init__(self, modules: Sequence[nn.Module], path: str) -> None:
+        super().__init__(aux_slot("caption_embed", "Embed", path))
+        self.steps = nn.ModuleList(modules)
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
         for m in self.steps:
@@ -97,12 +114,9 @@ class JointBlockUnit(DitUnit):
     """SD3's MMDiT block: one attention over the joint (text + image) sequence, then per-stream MLPs. The
     last block updates only the image stream (context_pre_only)."""
 
-    kind = "TB"
-
     def __init__(self, stage: str, index: int, block: nn.Module) -> None:
-        super().__init__(stage)
-        self.index, self.block = index, block
-        self.module_path = f"transformer_blocks.{index}"
+        super().__init__(block_slot(index, stage))
+        self.block = block
         self.input_names = ("hidden", "context", "temb")
         self.output_names = ("hidden",) if block.context_pre_only else ("hidden", "context")
 
@@ -115,23 +129,21 @@ class CrossBlockUnit(DitUnit):
     """PixArt's and Sana's block: self-attention over the image tokens, cross-attention to the text, MLP
     (Sana: linear self-attention and a convolutional Mix-FFN over the token grid)."""
 
-    kind = "TB"
     input_names, output_names = ("hidden", "context", "temb"), ("hidden",)
 
-    def __init__(self, stage: str, index: int, block: nn.Module, grid: tuple[int, int] | None = None) -> None:
-        super().__init__(stage)
-        self.index, self.block, self.grid = index, block, grid
-        self.module_path = f"transformer_blocks.{index}"
+    def __init__(self, stage: str, index: int, block: nn.Module, needs_grid: bool = False) -> None:
+        super().__init__(block_slot(index, stage))
+        self.block, self.needs_grid = block, needs_grid
 
     def forward(self, hidden: torch.Tensor, context: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        if self.grid is not None:  # Sana: the Mix-FFN needs the token grid
-            return self.block(hidden, None, context, None, temb, *self.grid)
+        if self.needs_grid:  # Sana: the Mix-FFN convolves over the token grid
+            return self.block(hidden, None, context, None, temb, *square_grid(hidden.shape[1]))
         return self.block(hidden, encoder_hidden_states=context, timestep=temb)
 
 
-def unpatchify(hidden: torch.Tensor, grid: tuple[int, int], patch: int) -> torch.Tensor:
-    """[B, h*w, p*p*C] tokens -> [B, C, h*p, w*p], as diffusers' DiTs do it."""
-    b, (h, w) = hidden.shape[0], grid
+def unpatchify(hidden: torch.Tensor, patch: int) -> torch.Tensor:
+    """[B, h*w, p*p*C] tokens of a square grid -> [B, C, h*p, w*p], as diffusers' DiTs do it."""
+    b, (h, w) = hidden.shape[0], square_grid(hidden.shape[1])
     x = hidden.reshape(b, h, w, patch, patch, -1)
     x = torch.einsum("nhwpqc->nchpwq", x)
     return x.reshape(b, -1, h * patch, w * patch)
@@ -140,18 +152,17 @@ def unpatchify(hidden: torch.Tensor, grid: tuple[int, int], patch: int) -> torch
 class FinalLayerUnit(DitUnit):
     """Final norm (modulated by the conditioning), projection to patches, and back to the latent grid."""
 
-    name, output_names = "final_layer", ("sample",)
+    output_names = ("sample",)
 
-    def __init__(self, stage: str, family: str, model: nn.Module, grid: tuple[int, int], patch: int) -> None:
-        super().__init__(stage)
+    def __init__(self, family: str, model: nn.Module, patch: int) -> None:
+        path = "norm_out, proj_out" if family == "mmdit" else "scale_shift_table, norm_out, proj_out"
+        super().__init__(aux_slot("final_layer", "Final", path))
         # SD3 modulates with the conditioning vector; adaLN-single models with the embedded timestep
         self.input_names = ("hidden", "temb") if family == "mmdit" else ("hidden", "embedded")
-        self.family, self.grid, self.patch = family, grid, patch
+        self.family, self.patch = family, patch
         self.norm_out, self.proj_out = model.norm_out, model.proj_out
-        self.module_path = "norm_out, proj_out"
         if family != "mmdit":
             self.scale_shift_table = model.scale_shift_table  # the same Parameter as the model's
-            self.module_path = "scale_shift_table, norm_out, proj_out"
 
     def forward(self, hidden: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         # temb: SD3's conditioning vector, or PixArt's / Sana's embedded timestep
@@ -162,4 +173,4 @@ class FinalLayerUnit(DitUnit):
         else:  # PixArt
             shift, scale = (self.scale_shift_table[None] + temb[:, None]).chunk(2, dim=1)
             hidden = self.norm_out(hidden) * (1 + scale) + shift
-        return unpatchify(self.proj_out(hidden), self.grid, self.patch)
+        return unpatchify(self.proj_out(hidden), self.patch)
