@@ -12,7 +12,6 @@ from snapbench.commands.common import (
     model_source, out, print_json, resolved_latent,
 )
 from snapbench.commands.dit_render import render_inspection
-from snapbench.specs.stages import STAGES
 
 if TYPE_CHECKING:
     from snapbench.blocks.inspection import Inspection
@@ -35,7 +34,7 @@ def inspect_command(
 ) -> None:
     """Every block of a UNet or DiT in execution order: paper stage, id, module, shapes, params, MACs, signature digest."""
     from snapbench.blocks.cut import InputShapes  # torch: imported when the command runs
-    from snapbench.blocks.inspection import inspect_model
+    from snapbench.backbones import inspect_model
 
     from snapbench.dit.inspection import DitInspection, inspect_dit
     from snapbench.dit.source import is_dit_ref
@@ -73,7 +72,7 @@ def render(r: Inspection, *, show_blocks: bool = True) -> None:
     out.rule(f"[bold]{r.name}[/bold]  latent {s.latent}x{s.latent}, batch {s.batch}, {s.tokens} tokens")
     rows = r.block_rows()
     if show_blocks:
-        for stage in STAGES:
+        for stage in r.stages:
             stage_rows = [b for b in rows if b["stage"] == stage]
             if not stage_rows:
                 continue
