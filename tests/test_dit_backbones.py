@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
+from snapbench.backbones import DitBackbone, backbone_for, inspect_model
 from snapbench.cli import main
-from snapbench.dit.cut import DitShapes, cut_dit, example_inputs, make_units, run_chain
-from snapbench.dit.inspection import inspect_dit
-from snapbench.dit.source import DitSource, build_dit, is_dit_ref, resolve_dit
+from snapbench.dit.cut import STAGES, cut_dit, default_shapes, example_inputs, make_units, run_chain
+from snapbench.dit.source import build_dit, dit_spec, is_dit_ref, resolve_dit
 from snapbench.dit.spec import load_preset, preset_names
+from snapbench.settings import InputShapes
 
 # Counted independently (diffusers 0.42.1 on the meta device) in shared/reference/configs/README.md:
 # a wrong transcription of any config field shows here.
@@ -20,14 +21,22 @@ REFERENCE_COUNTS = {"sd3-medium": 2_028_328_000, "sd35-medium": 2_243_171_520, "
 TINY = ["sd3-tiny", "sd35-tiny", "pixart-sigma-tiny", "sana-tiny"]
 
 
+def inspect_dit(name: str, **shape_changes):
+    """What `snapbench inspect --model NAME` cuts: through the backbone seam, at the model's own shapes."""
+    source = resolve_dit(name)
+    return inspect_model(source, shapes=default_shapes(dit_spec(source.spec), **shape_changes))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REFERENCE_COUNTS))
 def test_full_presets_count_the_reference_parameters_block_by_block(name):
+    from snapbench.commands.dit_render import published
+
     r = inspect_dit(name, tokens=8)  # the text length does not change parameters; short keeps it quick
     assert r.totals()["params"] == REFERENCE_COUNTS[name]
-    model = build_dit(DitSource(name, load_preset(name)), device="meta")
+    model = build_dit(resolve_dit(name), device="meta")
     assert sum(p.numel() for p in model.parameters()) == REFERENCE_COUNTS[name]
-    pub = r.published()
+    pub = published(r)
     assert pub is not None and abs(pub["difference"]) < 0.15
 
 
@@ -39,7 +48,7 @@ def test_full_presets_cut_into_a_handful_of_signatures():
     assert len(tb) == 24 and tb[0].inputs[0] == ("hidden", (2, 4096, 1536))
     # 23 joint blocks share one signature, the last (image stream only) its own; plus 4 aux blocks
     assert len({b.signature.key() for b in tb}) == 2 and sd3.totals()["signatures"] == 6
-    assert [s for s in sd3.stage_frame()["stage"]] == ["Embed", "DiT-1", "DiT-2", "DiT-3", "DiT-4", "Final"]
+    assert list(sd3.stage_frame()["stage"]) == list(STAGES) == ["Embed", "DiT-1", "DiT-2", "DiT-3", "DiT-4", "Final"]
     assert list(sd3.stage_frame()["TB_count"]) == [0, 6, 6, 6, 6, 0]
     sana = inspect_dit("sana-600m")
     assert sana.shapes.latent == 32 and sana.blocks[3].inputs[0] == ("hidden", (2, 1024, 1152))
@@ -50,8 +59,8 @@ def test_full_presets_cut_into_a_handful_of_signatures():
 @pytest.mark.parametrize("name", TINY)
 def test_blocks_add_up_to_the_diffusers_forward(name):
     spec = load_preset(name)
-    model = build_dit(DitSource(name, spec), seed=3)
-    shapes = DitShapes(latent=8, tokens=5)
+    model = build_dit(resolve_dit(name), seed=3)
+    shapes = InputShapes(latent=8, tokens=5)
     x = example_inputs(spec, shapes)
     kwargs = {"pooled_projections": x["pooled"]} if "pooled" in x else {}
     with torch.no_grad():
@@ -61,20 +70,26 @@ def test_blocks_add_up_to_the_diffusers_forward(name):
     assert torch.equal(ours, ref)
     blocks = cut_dit(spec, shapes)
     assert sum(b.params for b in blocks) == sum(p.numel() for p in model.parameters())
+    # the backbone's elastic model runs the same blocks; its layout names the same slots
+    backbone = backbone_for(resolve_dit(name))
+    assert isinstance(backbone, DitBackbone)
+    elastic = backbone.build(resolve_dit(name), seed=3)
+    with torch.no_grad():
+        assert torch.equal(elastic(*backbone.example_inputs(elastic, shapes, device="cpu")), ref)
+    assert [u.slot.block_id for u in elastic.units] == [s.block_id for s in backbone.layout(elastic.spec)]
     assert all(b.macs > 0 for b in blocks)
     assert all(b.attention_macs > 0 for b in blocks if b.kind == "TB")
 
 
 def test_dual_attention_blocks_have_their_own_signature():
-    blocks = [b for b in cut_dit(load_preset("sd35-tiny"), DitShapes(8, 2, 4)) if b.kind == "TB"]
+    blocks = [b for b in cut_dit(load_preset("sd35-tiny"), InputShapes(8, 2, 4)) if b.kind == "TB"]
     keys = [b.signature.key() for b in blocks]
     assert keys[0] == keys[1] != keys[2] != keys[3]
     assert "dual_attention=1" in keys[0] and "context_out=0" in keys[3]
 
 
 def test_local_checkpoint_folder_loads_like_a_unet(tmp_path, capsys):
-    spec = load_preset("pixart-sigma-tiny")
-    model = build_dit(DitSource("x", spec), seed=1)
+    model = build_dit(resolve_dit("pixart-sigma-tiny"), seed=1)
     pipe = tmp_path / "pipe"
     model.save_pretrained(pipe / "transformer", safe_serialization=True)
     assert is_dit_ref(pipe) and is_dit_ref(pipe / "transformer") and not is_dit_ref(tmp_path)
@@ -83,7 +98,7 @@ def test_local_checkpoint_folder_loads_like_a_unet(tmp_path, capsys):
     assert torch.equal(loaded.proj_out.weight, model.proj_out.weight)
     assert main(["inspect", "--model", str(pipe), "--latent", "8", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["class"] == "PixArtTransformer2DModel"
+    assert data["backbone"] == "dit" and data["totals"]["TB"] == 3 and data["totals"]["signatures"] == 5
     assert data["totals"]["params"] == sum(p.numel() for p in model.parameters())
 
 
@@ -120,7 +135,7 @@ def test_bad_dit_input_is_one_line_exit_2(capsys, tmp_path):
 
 
 def test_weights_that_do_not_match_the_config_name_the_block(capsys, tmp_path):
-    model = build_dit(DitSource("x", load_preset("sd3-tiny")))
+    model = build_dit(resolve_dit("sd3-tiny"))
     folder = tmp_path / "transformer"
     model.save_pretrained(folder, safe_serialization=True)
     config = json.loads((folder / "config.json").read_text())

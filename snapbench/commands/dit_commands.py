@@ -18,11 +18,12 @@ def given(name: str) -> bool:
 
 def dit_options(model: str, *, latent: int | None, batch: int, tokens: int, **kw: Any) -> Any:
     from snapbench.converters.options import ConvertOptions
-    from snapbench.dit.inspection import dit_shapes
-    from snapbench.dit.source import resolve_dit
+    from snapbench.dit.cut import default_shapes
+    from snapbench.dit.source import dit_spec, resolve_dit
 
     source = resolve_dit(model)
-    shapes = dit_shapes(source, latent=latent, batch=batch, tokens=tokens if given("tokens") else None)
+    shapes = default_shapes(dit_spec(source.spec), latent=latent, batch=batch,
+                            tokens=tokens if given("tokens") else None)
     return source, ConvertOptions(latent=shapes.latent, batch=shapes.batch, tokens=shapes.tokens, **kw)
 
 

@@ -11,11 +11,10 @@ from snapbench.commands.common import (
     BatchOpt, JsonOpt, LatentOpt, RevisionOpt, SubfolderOpt, VariantOpt, WeightsOpt, fmt_count,
     model_source, out, print_json, resolved_latent,
 )
-from snapbench.commands.dit_render import render_inspection
+from snapbench.commands.dit_render import published, render_inspection
 
 if TYPE_CHECKING:
     from snapbench.blocks.inspection import Inspection
-    from snapbench.dit.inspection import DitInspection
 
 
 def inspect_command(
@@ -36,22 +35,27 @@ def inspect_command(
     from snapbench.blocks.cut import InputShapes  # torch: imported when the command runs
     from snapbench.backbones import inspect_model
 
-    from snapbench.dit.inspection import DitInspection, inspect_dit
-    from snapbench.dit.source import is_dit_ref
+    from snapbench.dit.cut import default_shapes
+    from snapbench.dit.source import dit_spec, is_dit_ref, resolve_dit
 
-    results: list[Inspection | DitInspection] = []
+    results: list[Inspection] = []
     for m in model:
         if is_dit_ref(m):
-            results.append(inspect_dit(m, latent=latent, batch=batch, tokens=tokens, variant=variant))
-            continue
-        src = model_source(m, weights, variant, subfolder, revision)
-        shapes = InputShapes(latent=resolved_latent(src, weights, latent), batch=batch, tokens=tokens or 77)
+            src = resolve_dit(m, variant=variant)
+            shapes = default_shapes(dit_spec(src.spec), latent=latent, batch=batch, tokens=tokens)
+        else:
+            src = model_source(m, weights, variant, subfolder, revision)
+            shapes = InputShapes(latent=resolved_latent(src, weights, latent), batch=batch, tokens=tokens or 77)
         results.append(inspect_model(src, weights=weights, shapes=shapes))
     if as_json:
-        print_json(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results])
+        docs = [r.to_dict() for r in results]
+        for r, doc in zip(results, docs):
+            if "TB" in r.kinds():
+                doc.update(backbone="dit", published=published(r))
+        print_json(docs[0] if len(docs) == 1 else docs)
         return
     for r in results:
-        if isinstance(r, DitInspection):
+        if "TB" in r.kinds():
             render_inspection(r, show_blocks=blocks)
         else:
             render(r, show_blocks=blocks)

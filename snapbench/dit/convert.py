@@ -29,9 +29,12 @@ from snapbench.converters.convert_package import (convert_module, example_inputs
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.package_io import PackageIO
-from snapbench.dit.cut import DitBlock, DitShapes, cut_dit
-from snapbench.dit.source import DitSource, build_meta, resolve_dit
+from snapbench.blocks.cut import CutBlock
+from snapbench.dit.cut import outputs_of
+from snapbench.dit.source import resolve_dit
 from snapbench.dit.units import DitUnit
+from snapbench.model.loading import ModelSource
+from snapbench.settings import InputShapes
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.versions import tool_versions
 
@@ -58,14 +61,14 @@ class DitConvertResult:
                 "failed": [{"block": b, "error": e} for b, e in self.failed], "manifest": self.manifest.to_dict()}
 
 
-def shapes_of(opts: ConvertOptions) -> DitShapes:
-    return DitShapes(latent=opts.latent, batch=opts.batch, tokens=opts.tokens)
+def shapes_of(opts: ConvertOptions) -> InputShapes:
+    return InputShapes(latent=opts.latent, batch=opts.batch, tokens=opts.tokens)
 
 
-def package_io(b: DitBlock) -> PackageIO:
+def package_io(b: CutBlock) -> PackageIO:
     """Core ML refuses a name that is both an input and an output: a block's updated streams are `*_out`."""
     ins = {n for n, _ in b.inputs}
-    return PackageIO(tuple(b.inputs), tuple((f"{n}_out" if n in ins else n, s) for n, s in b.outputs))
+    return PackageIO(tuple(b.inputs), tuple((f"{n}_out" if n in ins else n, s) for n, s in outputs_of(b)))
 
 
 def materialize(unit: DitUnit, seed: int) -> DitUnit:
@@ -89,29 +92,35 @@ def block_module(unit: DitUnit, attention: str) -> torch.nn.Module:
     return rewrite_block(unit, attention)
 
 
-def _entry(b: DitBlock, state: str) -> ManifestBlock:
+def _entry(b: CutBlock, state: str) -> ManifestBlock:
     io = package_io(b).to_dict()
+    assert b.signature is not None
     return ManifestBlock(
-        id=b.block_id, file_id=b.unit.file_id, stage=b.stage, kind=b.kind, status=b.unit.status,
+        id=b.block_id, file_id=b.unit.file_id, stage=b.unit.slot.stage, kind=b.kind, status=b.unit.status,
         module=b.unit.module_path, signature=b.signature.key(), signature_digest=b.signature.digest(),
         package=None, inputs=io["inputs"], outputs=io["outputs"], params=b.params, macs=b.macs,
         macs_no_attention=b.macs - b.attention_macs, state=state)
 
 
-def convert_dit(model: str | os.PathLike | DitSource, out_dir: str | os.PathLike, opts: ConvertOptions, *,
+def convert_dit(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLike, opts: ConvertOptions, *,
                 say: Say | None = None) -> DitConvertResult:
     if opts.mode != "profile":
         raise SnapbenchError("DiTs convert in --mode profile (one package per block signature, random weights); "
                              "deploy mode with a checkpoint's weights is not implemented for DiTs yet")
     folder = Path(out_dir)
-    source = model if isinstance(model, DitSource) else resolve_dit(model)
-    blocks = cut_dit(source.spec, shapes_of(opts), precision=opts.precision, attention=opts.attention)
+    from snapbench.backbones.dit import DitBackbone
+
+    source = model if isinstance(model, ModelSource) else resolve_dit(model)
+    backbone = DitBackbone()
+    meta = backbone.build(source, device="meta")
+    blocks = backbone.cut(meta, shapes_of(opts), precision=opts.precision, attention=opts.attention)
     versions = tool_versions()
     previous = inspect_out_dir(folder, "blocks", str(source.ref), source.spec.name)
     fingerprint = source_fingerprint(source.spec.to_dict(), [], opts.seed, versions["torch"])
 
-    plan: dict[str, list[DitBlock]] = {}
+    plan: dict[str, list[CutBlock]] = {}
     for b in blocks:
+        assert b.signature is not None
         plan.setdefault(cache_key({"signature": b.signature.key()}, opts, versions), []).append(b)
     manifest = Manifest(
         content="blocks", model=str(source.ref), spec=source.spec.name, options=opts.to_dict(), versions=versions,
@@ -122,7 +131,7 @@ def convert_dit(model: str | os.PathLike | DitSource, out_dir: str | os.PathLike
     old = {e.cache_key: e for e in previous.blocks if e.package and e.state == "done"} if previous else {}
     result = DitConvertResult(manifest)
 
-    def land(key: str, group: list[DitBlock], package: str, seconds: float | None, nbytes: int | None) -> None:
+    def land(key: str, group: list[CutBlock], package: str, seconds: float | None, nbytes: int | None) -> None:
         files = package_files(folder / package)
         for b in group:
             i = index[b.unit.file_id]
@@ -131,7 +140,7 @@ def convert_dit(model: str | os.PathLike | DitSource, out_dir: str | os.PathLike
                                          seconds=seconds if b is group[0] else None,
                                          bytes=nbytes if b is group[0] else None)
 
-    meta_units = None
+    meta_units = {u.file_id: u for u in meta.units}
     with claimed(folder):
         todo = []
         for key, group in plan.items():
@@ -148,17 +157,13 @@ def convert_dit(model: str | os.PathLike | DitSource, out_dir: str | os.PathLike
                 name = f"{owner.unit.file_id}.mlpackage"
                 if say:
                     say(f"converting {owner.block_id}" + (f" (shared by {len(group)} blocks)" if len(group) > 1 else ""))
-                if meta_units is None:
-                    from snapbench.dit.cut import make_units
-
-                    meta = build_meta(source.spec).eval()
-                    meta_units = {u.file_id: u for u in make_units(meta, source.spec.family)}
                 try:
                     unit = materialize(meta_units[owner.unit.file_id], opts.seed)
                     module = block_module(unit, opts.attention)
                     io = package_io(owner)
+                    assert owner.signature is not None
                     metadata = {"block": owner.block_id, "blocks": ",".join(b.unit.file_id for b in group),
-                                "stage": owner.stage, "signature": owner.signature.key(),
+                                "stage": owner.unit.slot.stage, "signature": owner.signature.key(),
                                 "signature_digest": owner.signature.digest(), "mode": opts.mode,
                                 "model": source.ref, "spec": source.spec.name, "cache_key": key,
                                 "attention": opts.attention if owner.kind == "TB" else "-",

@@ -9,18 +9,19 @@ resolution stages, and each stage's share of the latency shows where depth costs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from snapbench.blocks.cut import CutBlock
 from snapbench.blocks.signature import Signature
 from snapbench.dit.family import Family
 from snapbench.dit.spec import MAX_TOKENS, DitSpec
 from snapbench.dit.units import (AdaSingleUnit, CaptionEmbedUnit, CrossBlockUnit, DitUnit, FinalLayerUnit,
                                  JointBlockUnit, PatchEmbedUnit, TextTimeEmbedUnit)
 from snapbench.errors import SnapbenchError
+from snapbench.settings import InputShapes
 
 Shape = tuple[int, ...]
 MAX_STAGES = 4
@@ -28,34 +29,18 @@ MAX_LATENT = 512  # 4096x4096 pixels at f8; bounds the token count (and attentio
 _ATTENTION_OPS = ("bmm", "baddbmm", "_scaled_dot_product")
 
 
-@dataclass(frozen=True)
-class DitShapes:
-    latent: int  # latent height = width
-    batch: int = 2  # classifier-free guidance
-    tokens: int = 300  # text tokens in the context
+STAGES: tuple[str, ...] = ("Embed", *(f"DiT-{i + 1}" for i in range(MAX_STAGES)), "Final")
 
 
-@dataclass
-class DitBlock:
-    unit: DitUnit
-    inputs: tuple[tuple[str, Shape], ...]
-    outputs: tuple[tuple[str, Shape], ...]
-    params: int
-    macs: int
-    attention_macs: int
-    signature: Signature
+def outputs_of(b: CutBlock) -> tuple[tuple[str, Shape], ...]:
+    """A DiT block's named outputs (SD3's joint blocks return the image and the text stream)."""
+    return b.extra["outputs"]
 
-    @property
-    def block_id(self) -> str:
-        return self.unit.block_id
 
-    @property
-    def kind(self) -> str:
-        return self.unit.kind if self.unit.kind == "TB" else "aux"
-
-    @property
-    def stage(self) -> str:
-        return self.unit.stage
+def default_shapes(spec: DitSpec, *, latent: int | None = None, batch: int = 2, tokens: int | None = None) -> InputShapes:
+    """The shapes to cut at: the user's, else the model's own (its config's sample_size, its text length)."""
+    size = latent if latent is not None else int(spec.family.setting(spec.config, "sample_size"))
+    return InputShapes(latent=size, batch=batch, tokens=tokens if tokens is not None else spec.text_tokens())
 
 
 def stage_names(num_layers: int) -> list[str]:
@@ -72,7 +57,7 @@ def block_stages(num_layers: int) -> list[str]:
     return out
 
 
-def check_shapes(spec: DitSpec, shapes: DitShapes) -> None:
+def check_shapes(spec: DitSpec, shapes: InputShapes) -> None:
     fam = spec.family
     patch = int(fam.setting(spec.config, "patch_size"))
     if not 1 <= shapes.latent <= MAX_LATENT:
@@ -110,7 +95,7 @@ def make_units(model: torch.nn.Module, fam: Family) -> list[DitUnit]:
     return units
 
 
-def example_inputs(spec: DitSpec, shapes: DitShapes, *, device: str | torch.device = "cpu",
+def example_inputs(spec: DitSpec, shapes: InputShapes, *, device: str | torch.device = "cpu",
                    dtype: torch.dtype = torch.float32, seed: int = 0) -> dict[str, torch.Tensor]:
     """The backbone's inputs: latent sample, timestep, text context (and SD3's pooled text vector)."""
     fam, cfg = spec.family, spec.config
@@ -158,14 +143,12 @@ def _attrs(unit: DitUnit, fam: Family, cfg: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(attrs)
 
 
-def cut_dit(spec: DitSpec, shapes: DitShapes, *, precision: str = "fp16", attention: str = "original") -> list[DitBlock]:
-    """Every block of the DiT in execution order, cut on the meta device."""
-    from snapbench.dit.source import build_meta
-
+def cut_units(units: list[DitUnit], spec: DitSpec, shapes: InputShapes, config: Any, *, precision: str = "fp16",
+              attention: str = "original") -> list[CutBlock]:
+    """Every block in execution order with inputs, outputs, params, MACs and signature, from one recorded run
+    of `units` (built on the meta device) at `shapes`."""
     check_shapes(spec, shapes)
     fam = spec.family
-    model = build_meta(spec).eval()
-    units = make_units(model, fam)
     record: list = []
     with torch.no_grad():
         run_chain(units, example_inputs(spec, shapes, device="meta"), record)
@@ -179,8 +162,19 @@ def cut_dit(spec: DitSpec, shapes: DitShapes, *, precision: str = "fp16", attent
         inputs = tuple((n, tuple(a.shape)) for n, a in zip(unit.input_names, args))
         outputs = tuple((n, tuple(o.shape)) for n, o in zip(unit.output_names, outs))
         kind = "TB" if unit.kind == "TB" else unit.name
-        sig = Signature(kind, inputs, outputs[0][1], _attrs(unit, fam, model.config), precision,
+        sig = Signature(kind, inputs, outputs[0][1], _attrs(unit, fam, config), precision,
                         attention if kind == "TB" else "-")
         params = sum(p.numel() for p in unit.parameters())
-        blocks.append(DitBlock(unit, inputs, outputs, params, int(total), int(attn), sig))
+        blocks.append(CutBlock(unit, inputs, outputs[0][1], params, int(total), int(attn), sig,
+                               extra={"outputs": outputs}))
     return blocks
+
+
+def cut_dit(spec: DitSpec, shapes: InputShapes, *, precision: str = "fp16", attention: str = "original") -> list[CutBlock]:
+    """Every block of a DiT spec in execution order, cut on the meta device."""
+    from snapbench.dit.source import build_meta
+
+    check_shapes(spec, shapes)
+    model = build_meta(spec.config).eval()
+    return cut_units(make_units(model, spec.family), spec, shapes, model.config, precision=precision,
+                     attention=attention)

@@ -15,8 +15,9 @@ from snapbench.converters.cache import cache_key
 from snapbench.converters.options import ConvertOptions
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.dit.convert import Say, convert_dit
-from snapbench.dit.cut import stage_names
-from snapbench.dit.source import DitSource, resolve_dit
+from snapbench.dit.cut import STAGES
+from snapbench.dit.source import dit_spec, resolve_dit
+from snapbench.model.loading import ModelSource
 from snapbench.paths import cache_root
 from snapbench.versions import tool_versions
 
@@ -25,7 +26,7 @@ EstimateFn = Callable[[Path, Device], Any]
 
 @dataclass
 class DitProfile:
-    source: DitSource
+    source: ModelSource
     device: Device
     opts: ConvertOptions
     blocks: list[dict[str, Any]]
@@ -38,8 +39,10 @@ class DitProfile:
 
     def stages(self) -> list[dict[str, Any]]:
         out = []
-        for stage in stage_names(self.source.spec.num_layers):
+        for stage in STAGES:
             bs = [b for b in self.blocks if b["stage"] == stage]
+            if not bs:
+                continue
             out.append({"stage": stage, "ms": sum(b["latency_ms"] for b in bs),
                         "TB_ms": sum(b["latency_ms"] for b in bs if b["kind"] == "TB"),
                         "aux_ms": sum(b["latency_ms"] for b in bs if b["kind"] == "aux"),
@@ -47,7 +50,7 @@ class DitProfile:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        spec = self.source.spec
+        spec = dit_spec(self.source.spec)
         return {
             "format": "snapbench.profile/1", "model": spec.name, "backbone": "dit", "class": spec.class_name,
             "device": self.device.id, "chip": self.device.chip, "backend": "estimate",
@@ -61,7 +64,7 @@ class DitProfile:
         }
 
 
-def packages_folder(source: DitSource, opts: ConvertOptions) -> Path:
+def packages_folder(source: ModelSource, opts: ConvertOptions) -> Path:
     """Where a model's profile-mode packages are cached: one folder per model, shapes and options."""
     key = cache_key({"dit": source.spec.to_dict(), "latent": opts.latent, "batch": opts.batch,
                      "tokens": opts.tokens, "attention": opts.attention}, opts, tool_versions())
@@ -74,12 +77,12 @@ def _estimate(path: Path, device: Device) -> Any:
     return estimate_package(path, device)
 
 
-def profile_dit(model: str | os.PathLike | DitSource, device: str | Device, opts: ConvertOptions, *,
+def profile_dit(model: str | os.PathLike | ModelSource, device: str | Device, opts: ConvertOptions, *,
                 packages: str | os.PathLike | None = None, say: Say | None = None,
                 estimate: EstimateFn = _estimate) -> DitProfile:
     """Estimate every block of a DiT on `device` (converting its packages first where needed)."""
     dev = resolve_device(device)
-    source = model if isinstance(model, DitSource) else resolve_dit(model)
+    source = model if isinstance(model, ModelSource) else resolve_dit(model)
     folder = Path(packages) if packages is not None else packages_folder(source, opts)
     converted = convert_dit(source, folder, opts, say=say)
     if converted.failed:

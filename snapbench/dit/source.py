@@ -1,36 +1,48 @@
 """`--model` for DiTs: a DiT preset, a DiT spec .json, or a local diffusers transformer folder (a
 `transformer/` folder, or a pipeline folder holding one), with weights read only from safetensors.
 
-Presets have no weights (seeded random ones; latency does not depend on weight values). A folder's
-weights must fit its config tensor by tensor; a mismatch names the block it belongs to.
+What it resolves to is the pipeline's common `ModelSource`: an `ArchSpec` whose base config is the
+diffusers DiT config and whose stages list the transformer blocks (`to_arch_spec`; `dit_spec` reads the
+DiT spec back). Presets have no weights (seeded random ones; latency does not depend on weight values).
+A folder's weights must fit its config tensor by tensor; a mismatch names the block it belongs to.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from snapbench.dit.family import FAMILIES, init_kwargs
 from snapbench.dit.spec import DitSpec, is_dit_spec_data, load_preset, load_spec, preset_names
 from snapbench.errors import SnapbenchError
-from snapbench.model.loading import _checkpoint_shapes, _weight_files, _weights_variant
+from snapbench.model.loading import ModelSource, _checkpoint_shapes, _weight_files, _weights_variant
+from snapbench.specs.arch_spec import ArchSpec, BlockChoice
 from snapbench.user_files import read_user_json
 
 CONFIG = "config.json"
 
 
-@dataclass(frozen=True)
-class DitSource:
-    """What `--model` named: the spec, and where its weights are (None: seeded random weights)."""
+def to_arch_spec(spec: DitSpec) -> ArchSpec:
+    """The pipeline's spec of a DiT: its config as base config, its transformer blocks stage by stage."""
+    from snapbench.dit.cut import block_stages
 
-    ref: str
-    spec: DitSpec
-    weights_dir: Path | None = None
-    variant: str | None = None
+    stages: dict[str, list[BlockChoice]] = {}
+    for i, stage in enumerate(block_stages(spec.num_layers)):
+        stages.setdefault(stage, []).append(BlockChoice(f"TB{i + 1}"))
+    notes = dict(spec.notes)
+    if spec.tokens is not None:
+        notes["tokens"] = spec.tokens
+    return ArchSpec(spec.name, dict(spec.config), {k: tuple(v) for k, v in stages.items()}, spec.description, notes)
+
+
+def dit_spec(spec: ArchSpec) -> DitSpec:
+    """The DiT spec behind an `ArchSpec` made by `to_arch_spec`."""
+    notes = dict(spec.notes)
+    tokens = notes.pop("tokens", None)
+    return DitSpec(spec.name, spec.base_config, spec.description, tokens, notes)
 
 
 def _folder_config(p: Path) -> Path | None:
@@ -62,7 +74,7 @@ def is_dit_ref(ref: str | os.PathLike[str]) -> bool:
     return False
 
 
-def resolve_dit(ref: str | os.PathLike[str], *, variant: str | None = None) -> DitSource:
+def resolve_dit(ref: str | os.PathLike[str], *, variant: str | None = None) -> ModelSource:
     s = str(ref)
     p = Path(s)
     if p.is_dir():
@@ -76,10 +88,10 @@ def resolve_dit(ref: str | os.PathLike[str], *, variant: str | None = None) -> D
                                  source=str(config_path))
         chosen = _weights_variant(folder, variant)
         check_fits(spec, folder, chosen)
-        return DitSource(s, spec, folder, chosen)
+        return ModelSource(s, to_arch_spec(spec), folder, variant=chosen)
     if p.suffix == ".json":
-        return DitSource(s, load_spec(p))
-    return DitSource(s, load_preset(s))
+        return ModelSource(s, to_arch_spec(load_spec(p)))
+    return ModelSource(s, to_arch_spec(load_preset(s)))
 
 
 def block_of(key: str, num_layers: int) -> str:
@@ -95,14 +107,15 @@ def block_of(key: str, num_layers: int) -> str:
             "caption_projection": "CaptionEmbed", "caption_norm": "CaptionEmbed"}.get(head, "FinalLayer")
 
 
-def build_meta(spec: DitSpec) -> torch.nn.Module:
+def build_meta(config: Mapping[str, Any]) -> torch.nn.Module:
+    """The diffusers model of a DiT config on the meta device (structure only)."""
     with torch.device("meta"):
-        return spec.family.diffusers_class()(**init_kwargs(spec.config))
+        return FAMILIES[str(config["_class_name"])].diffusers_class()(**init_kwargs(config))
 
 
 def check_fits(spec: DitSpec, folder: Path, variant: str | None = None) -> None:
     """The checkpoint's tensors must be the config's, name by name and shape by shape."""
-    want = {k: tuple(v.shape) for k, v in build_meta(spec).state_dict().items()}
+    want = {k: tuple(v.shape) for k, v in build_meta(spec.config).state_dict().items()}
     got = _checkpoint_shapes(folder, variant)
     n = spec.num_layers
     for key, shape in want.items():
@@ -118,16 +131,17 @@ def check_fits(spec: DitSpec, folder: Path, variant: str | None = None) -> None:
                              f"does not; the weights do not match the config ({len(extra)} extra tensor(s))")
 
 
-def build_dit(source: DitSource, *, device: str | torch.device = "cpu", seed: int = 0,
+def build_dit(source: ModelSource, *, device: str | torch.device = "cpu", seed: int = 0,
               dtype: torch.dtype = torch.float32) -> Any:
     """The diffusers model of a source: weights from its folder, else seeded random ones. On "meta" nothing
     is allocated (shapes and counts only)."""
+    config = source.spec.base_config
     if str(device) == "meta":
-        return build_meta(source.spec)
-    cls = source.spec.family.diffusers_class()
+        return build_meta(config)
+    cls = FAMILIES[str(config["_class_name"])].diffusers_class()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = cls(**init_kwargs(source.spec.config))
+        model = cls(**init_kwargs(config))
     if source.weights_dir is not None:
         from safetensors.torch import load_file
 
