@@ -5,6 +5,7 @@
 #   SNAPBENCH_CACHE=/tmp/dit-cache bash benchmarks/dit_step_estimates.sh
 set -euo pipefail
 SNAP="${SNAP:-.venv/bin/snapbench}"
+export SNAPBENCH_TABLES="${SNAPBENCH_TABLES:-$(mktemp -d)}"  # rows go to a scratch table, not ./latency_tables
 echo "model attention device ms_per_step packages"
 for model in ${MODELS:-sana-600m sana-1600m pixart-sigma sd3-medium sd35-medium}; do
   for attention in split_einsum_v2 original; do

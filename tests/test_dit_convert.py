@@ -36,7 +36,10 @@ def test_identical_blocks_share_one_package_and_a_rerun_converts_nothing(tmp_pat
 @pytest.mark.slow
 def test_profile_estimates_every_block_and_stage(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SNAPBENCH_CACHE", str(tmp_path / "cache"))
-    assert main(["profile", "--model", "sana-tiny", "--device", "iphone16promax", "--latent", "8", "--json"]) == 0
+    table = tmp_path / "sana.csv"
+    argv = ["profile", "--model", "sana-tiny", "--device", "iphone16promax", "--latent", "8", "--table", str(table),
+            "--json"]
+    assert main(argv) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["backbone"] == "dit" and doc["backend"] == "estimate" and doc["settings"]["tokens"] == 8
     assert doc["settings"]["image"] == 256  # Sana's f32 autoencoder
@@ -45,6 +48,22 @@ def test_profile_estimates_every_block_and_stage(tmp_path, monkeypatch, capsys):
     assert all(b["latency_ms"] > 0 and b["backend"] == "estimate" for b in doc["blocks"])
     assert doc["model_ms"] == pytest.approx(sum(s["ms"] for s in doc["stages"]))
     assert doc["packages"] == 5
+    # one row per signature, filed under the DiT's own block ids and stages
+    from snapbench.latency.table import LatencyTable
+
+    rows = LatencyTable.load(table).rows()
+    assert len(rows) == 5 and {r.backend for r in rows} == {"estimate"}
+    assert {r.block for r in rows} == {"PatchEmbed", "TimeEmbed", "CaptionEmbed", "TB[DiT-1, 1]", "FinalLayer"}
+    assert any(r.signature.startswith("TB|") and r.stage == "DiT-1" for r in rows)
+    # a table row (here an imported figure) wins over the estimator, and nothing is converted for it
+    tb = next(r for r in rows if r.signature.startswith("TB|"))
+    from dataclasses import replace
+
+    LatencyTable(rows + [replace(tb, backend="import", latency_ms=7.0, source="test")]).save(table)
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [b["latency_ms"] for b in again["blocks"] if b["kind"] == "TB"] == [7.0, 7.0, 7.0]
+    assert again["backend"] == "estimate+import"
     # a second device prices the same packages: nothing converts again
     run = profile_dit("sana-tiny", "iphone15pro", ConvertOptions(latent=8, tokens=8),
                       say=lambda msg: pytest.fail(f"converted again: {msg}"))
@@ -55,5 +74,5 @@ def test_dit_convert_and_profile_refuse_what_they_do_not_do(tmp_path, capsys):
     assert main(["convert", "--model", "sd3-tiny", "--out", str(tmp_path / "o"), "--mode", "deploy"]) == 2
     assert "deploy mode" in capsys.readouterr().err
     assert main(["profile", "--model", "sd3-tiny", "--device", "iphone15pro", "--backend", "iphone"]) == 2
-    assert "estimator only" in capsys.readouterr().err
+    assert "by the estimator so far" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

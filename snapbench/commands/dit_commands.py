@@ -49,22 +49,38 @@ def convert(model: str, out_dir: str, *, as_json: bool, latent: int | None, batc
         raise typer.Exit(1)
 
 
-def profile(model: str, device: str, *, backend: str, packages: Any, as_json: bool, latent: int | None, batch: int,
-            tokens: int, **kw: Any) -> None:
+def profile(model: str, device: str, *, backend: str, packages: Any, table: Any, tables: Any, as_json: bool,
+            latent: int | None, batch: int, tokens: int, **kw: Any) -> None:
+    from snapbench.devices.catalog import resolve_device
     from snapbench.dit.profile import profile_dit
     from snapbench.errors import SnapbenchError
+    from snapbench.latency.table import LatencyTable, merge_into_file
+    from snapbench.paths import shipped_table_path, user_table_path
 
     if backend not in ("auto", "estimate"):
-        raise SnapbenchError(f"--backend {backend}: DiT blocks are priced by the estimator only so far; "
-                             "use --backend estimate (or auto)")
+        raise SnapbenchError(f"--backend {backend}: DiT blocks are priced from the table or by the estimator so "
+                             "far; use --backend estimate (or auto)")
     source, opts = dit_options(model, latent=latent, batch=batch, tokens=tokens, **kw)
-    run = profile_dit(source, device, opts, packages=packages, say=_say(as_json))
+    dev = resolve_device(device)
+    path = table if table is not None else user_table_path(dev.id, model, tables)
+    existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
+    if table is None and not path.is_file() and shipped_table_path(dev.id, model).is_file():
+        existing = LatencyTable.load(shipped_table_path(dev.id, model))
+    say = _say(as_json)
+    run = profile_dit(source, dev, opts, table=existing, packages=packages, say=say)
+    if run.new_rows:
+        written = merge_into_file(path, run.new_rows)
+        if say:
+            say(f"{path}: wrote {len(run.new_rows)} estimate row(s); {len(written)} in the table")
+    elif say:
+        say(f"{path}: every figure came from the table; nothing to write")
     doc = run.to_dict()
+    doc["table"] = str(path)
     if as_json:
         print_json(doc)
         return
     s = doc["settings"]
-    out.rule(f"[bold]{doc['model']}[/bold] on {run.device.name}: estimate, {s['image']}x{s['image']} image "
+    out.rule(f"[bold]{doc['model']}[/bold] on {run.device.name}: {doc['backend']}, {s['image']}x{s['image']} image "
              f"(latent {s['latent']}), batch {s['batch']}, {s['tokens']} tokens, attention {s['attention']}")
     t = Table(title="per block (one denoising step)", title_justify="left", show_edge=False)
     for col in ("stage", "block", "ms", "MACs", "params", "signature"):
@@ -82,6 +98,7 @@ def profile(model: str, device: str, *, backend: str, packages: Any, as_json: bo
                   f"{st['ms'] / total:.0%}" if total else "-")
     t.add_row("step", str(len(doc["blocks"])), f"{total:.1f}", "", "", "", style="bold")
     out.print(t)
-    out.print(f"{doc['packages']} packages priced (estimate: predicted from each package's Core ML program, not measured)")
+    out.print(f"{doc['packages']} block signatures priced ({doc['backend']}; an estimate is predicted from the "
+              "package's Core ML program, not measured)")
     for note in doc["notes"]:
         err.print(f"note: {note}", markup=False, highlight=False)

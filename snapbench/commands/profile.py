@@ -82,8 +82,9 @@ def profile_command(
     if is_dit_ref(model) and input_shape is None and not component:
         from snapbench.commands import dit_commands
 
-        dit_commands.profile(model, device, backend=backend, packages=packages, as_json=as_json, latent=latent,
-                             batch=batch, tokens=tokens, attention=attention, weight_bits=weight_bits)
+        dit_commands.profile(model, device, backend=backend, packages=packages, table=table, tables=tables,
+                             as_json=as_json, latent=latent, batch=batch, tokens=tokens, attention=attention,
+                             weight_bits=weight_bits)
         return
     if input_shape is not None:
         raise SnapbenchError("--input is for timm:/torchvision:/open_clip:/hf:/synthetic: networks and packages; "
