@@ -111,6 +111,9 @@ def convert_dit(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLi
     from snapbench.backbones.dit import DitBackbone
 
     source = model if isinstance(model, ModelSource) else resolve_dit(model)
+    if opts.attention != "original" and "attention_variant" in source.spec.notes:
+        raise SnapbenchError(f"{source.spec.name} has an attention_variant, which computes its own attention; "
+                             "convert it with --attention original")
     backbone = DitBackbone()
     meta = backbone.build(source, device="meta")
     blocks = backbone.cut(meta, shapes_of(opts), precision=opts.precision, attention=opts.attention)

@@ -67,6 +67,10 @@ def check_shapes(spec: DitSpec, shapes: InputShapes) -> None:
                              f"use a multiple of {patch}")
     if not 1 <= shapes.tokens <= MAX_TOKENS:
         raise SnapbenchError(f"--tokens {shapes.tokens}: must be from 1 to {MAX_TOKENS}")
+    if spec.attention_variant is not None:
+        from snapbench.dit.variants import check_fits
+
+        check_fits(spec.attention_variant, (shapes.latent // patch) ** 2, spec.name)
     max_size = fam.setting(spec.config, "pos_embed_max_size") if fam.key == "mmdit" else None
     if max_size is not None and shapes.latent // patch > max_size:
         raise SnapbenchError(f"--latent {shapes.latent} gives {shapes.latent // patch} patches per side, more than "
@@ -124,7 +128,7 @@ def run_chain(units: list[DitUnit], inputs: dict[str, torch.Tensor], record: lis
     return env["sample"]
 
 
-def _attrs(unit: DitUnit, fam: Family, cfg: Any) -> tuple[tuple[str, Any], ...]:
+def _attrs(unit: DitUnit, fam: Family, cfg: Any, variant: str) -> tuple[tuple[str, Any], ...]:
     """What changes a block's cost beyond its input shapes."""
     if not isinstance(unit, (JointBlockUnit, CrossBlockUnit)):
         return (("family", fam.key),)
@@ -133,9 +137,11 @@ def _attrs(unit: DitUnit, fam: Family, cfg: Any) -> tuple[tuple[str, Any], ...]:
     if fam.key == "mmdit":
         block = unit.block
         attrs += [("qk_norm", cfg.qk_norm or "-"), ("dual_attention", int(block.use_dual_attention)),
-                  ("context_out", int(not block.context_pre_only)), ("attention_kind", "joint")]
+                  ("context_out", int(not block.context_pre_only)), ("attention_kind", "joint"),
+                  ("attention_variant", variant)]
     elif fam.key == "pixart":
-        attrs += [("cross_heads", heads), ("ff", cfg.activation_fn), ("attention_kind", "self+cross")]
+        attrs += [("cross_heads", heads), ("ff", cfg.activation_fn), ("attention_kind", "self+cross"),
+                  ("attention_variant", variant)]
     else:
         attrs += [("cross_heads", int(cfg.num_cross_attention_heads)),
                   ("cross_head_dim", int(cfg.cross_attention_head_dim)), ("mlp_ratio", float(cfg.mlp_ratio)),
@@ -162,7 +168,8 @@ def cut_units(units: list[DitUnit], spec: DitSpec, shapes: InputShapes, config: 
         inputs = tuple((n, tuple(a.shape)) for n, a in zip(unit.input_names, args))
         outputs = tuple((n, tuple(o.shape)) for n, o in zip(unit.output_names, outs))
         kind = "TB" if unit.kind == "TB" else unit.name
-        sig = Signature(kind, inputs, outputs[0][1], _attrs(unit, fam, config), precision,
+        variant = spec.attention_variant.label() if spec.attention_variant else "-"
+        sig = Signature(kind, inputs, outputs[0][1], _attrs(unit, fam, config, variant), precision,
                         attention if kind == "TB" else "-")
         params = sum(p.numel() for p in unit.parameters())
         blocks.append(CutBlock(unit, inputs, outputs[0][1], params, int(total), int(attn), sig,
@@ -173,8 +180,10 @@ def cut_units(units: list[DitUnit], spec: DitSpec, shapes: InputShapes, config: 
 def cut_dit(spec: DitSpec, shapes: InputShapes, *, precision: str = "fp16", attention: str = "original") -> list[CutBlock]:
     """Every block of a DiT spec in execution order, cut on the meta device."""
     from snapbench.dit.source import build_meta
+    from snapbench.dit.variants import apply_variant
 
     check_shapes(spec, shapes)
     model = build_meta(spec.config).eval()
+    apply_variant(model, spec.attention_variant, spec.family.key)
     return cut_units(make_units(model, spec.family), spec, shapes, model.config, precision=precision,
                      attention=attention)

@@ -35,14 +35,19 @@ def to_arch_spec(spec: DitSpec) -> ArchSpec:
     notes = dict(spec.notes)
     if spec.tokens is not None:
         notes["tokens"] = spec.tokens
+    if spec.attention_variant is not None:
+        notes["attention_variant"] = spec.attention_variant.to_dict()
     return ArchSpec(spec.name, dict(spec.config), {k: tuple(v) for k, v in stages.items()}, spec.description, notes)
 
 
 def dit_spec(spec: ArchSpec) -> DitSpec:
     """The DiT spec behind an `ArchSpec` made by `to_arch_spec`."""
+    from snapbench.dit.variants import parse_variant
+
     notes = dict(spec.notes)
     tokens = notes.pop("tokens", None)
-    return DitSpec(spec.name, spec.base_config, spec.description, tokens, notes)
+    variant = parse_variant(notes.pop("attention_variant", None), spec.name)
+    return DitSpec(spec.name, spec.base_config, spec.description, tokens, notes, variant)
 
 
 def _folder_config(p: Path) -> Path | None:
@@ -135,13 +140,19 @@ def build_dit(source: ModelSource, *, device: str | torch.device = "cpu", seed: 
               dtype: torch.dtype = torch.float32) -> Any:
     """The diffusers model of a source: weights from its folder, else seeded random ones. On "meta" nothing
     is allocated (shapes and counts only)."""
+    from snapbench.dit.variants import apply_variant
+
     config = source.spec.base_config
+    variant = dit_spec(source.spec).attention_variant
     if str(device) == "meta":
-        return build_meta(config)
+        model = build_meta(config)
+        apply_variant(model, variant, FAMILIES[str(config["_class_name"])].key)
+        return model
     cls = FAMILIES[str(config["_class_name"])].diffusers_class()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(**init_kwargs(config))
+    apply_variant(model, variant, FAMILIES[str(config["_class_name"])].key)
     if source.weights_dir is not None:
         from safetensors.torch import load_file
 

@@ -9,6 +9,7 @@ JSON form (format "snapbench.dit/1"):
       "config": { ...a diffusers SD3Transformer2DModel / PixArtTransformer2DModel / SanaTransformer2DModel config,
                   with its "_class_name"... },
       "tokens": 333,                      optional: the text length its pipeline uses (default: the family's)
+      "attention_variant": {"kind": "window", "window": 256},   optional: efficient attention (variants.py)
       "notes": { "published_params": 2000000000, "published_params_label": "2B", "config_source": ... }
     }
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from snapbench.dit.family import Family, check_config
+from snapbench.dit.variants import AttentionVariant, parse_variant
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_json
 
@@ -37,6 +39,7 @@ class DitSpec:
     description: str = ""
     tokens: int | None = None  # None: the family's
     notes: Mapping[str, Any] = field(default_factory=dict)
+    attention_variant: AttentionVariant | None = None  # None: the attention diffusers' class computes
 
     @property
     def family(self) -> Family:
@@ -58,6 +61,8 @@ class DitSpec:
                              "config": dict(self.config)}
         if self.tokens is not None:
             d["tokens"] = self.tokens
+        if self.attention_variant is not None:
+            d["attention_variant"] = self.attention_variant.to_dict()
         d["notes"] = dict(self.notes)
         return d
 
@@ -81,11 +86,15 @@ class DitSpec:
         notes = data.get("notes", {})
         if not isinstance(notes, dict):
             raise SnapbenchError(f"{source}: notes must be an object")
-        unknown = set(data) - {"format", "name", "description", "config", "tokens", "notes"}
+        unknown = set(data) - {"format", "name", "description", "config", "tokens", "notes", "attention_variant"}
         if unknown:
             raise SnapbenchError(f"{source}: unknown field(s) {sorted(unknown)}; "
-                                 "allowed: format, name, description, config, tokens, notes")
-        return cls(name, config, str(data.get("description", "")), tokens, notes)
+                                 "allowed: format, name, description, config, tokens, attention_variant, notes")
+        variant = parse_variant(data.get("attention_variant"), source)
+        if variant is not None and config.get("_class_name") == "SanaTransformer2DModel":
+            raise SnapbenchError(f"{source}: attention_variant: Sana's self-attention is linear already; variants "
+                                 "apply to SD3 and PixArt blocks")
+        return cls(name, config, str(data.get("description", "")), tokens, notes, variant)
 
 
 def is_dit_spec_data(data: Any) -> bool:
