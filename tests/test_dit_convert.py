@@ -70,9 +70,32 @@ def test_profile_estimates_every_block_and_stage(tmp_path, monkeypatch, capsys):
     assert run.step_ms > 0
 
 
+@pytest.mark.slow
+def test_deploy_mode_makes_one_package_per_block_with_the_checkpoints_weights(tmp_path):
+    from snapbench.backbones.dit import DitBackbone
+    from snapbench.converters.cache import weights_hash
+    from snapbench.dit.source import resolve_dit
+
+    model = DitBackbone().build(resolve_dit("sd3-tiny"), seed=5)
+    model.base.save_pretrained(tmp_path / "transformer", safe_serialization=True)
+    source = resolve_dit(tmp_path)
+    r = convert_dit(source, tmp_path / "pkgs", ConvertOptions(mode="deploy", latent=8, tokens=4))
+    assert r.ok and r.packages == 7  # TB1 and TB2 share a signature but not their weights
+    tb1 = next(b for b in r.manifest.blocks if b.id == "TB[DiT-1, 1]")
+    meta = ct.utils.load_spec(str(tmp_path / "pkgs" / tb1.package)).description.metadata.userDefined
+    assert meta["snapbench.source_hash"] == weights_hash(model.unit("TB[DiT-1, 1]"))
+    assert meta["snapbench.mode"] == "deploy"
+
+
+def test_deploy_mode_refuses_a_model_the_memory_cannot_hold():
+    from snapbench.dit.convert import _check_memory
+    from snapbench.errors import SnapbenchError
+
+    with pytest.raises(SnapbenchError, match="--mode deploy builds the whole model"):
+        _check_memory("huge", 10**15)
+
+
 def test_dit_convert_and_profile_refuse_what_they_do_not_do(tmp_path, capsys):
-    assert main(["convert", "--model", "sd3-tiny", "--out", str(tmp_path / "o"), "--mode", "deploy"]) == 2
-    assert "deploy mode" in capsys.readouterr().err
     assert main(["profile", "--model", "sd3-tiny", "--device", "iphone15pro", "--backend", "iphone"]) == 2
     assert "by the estimator so far" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -7,6 +7,10 @@
    seeded random weights (latency does not depend on weight values), converted, saved, and dropped, so
    the process never holds more than one block's weights.
 
+Deploy mode (`--mode deploy`) makes one package per block with the model's own weights (a checkpoint
+folder's, else the seeded random ones): it builds the whole model in memory first, so it refuses a model
+whose fp32 weights would not fit in the memory available.
+
 Transformer blocks take `opts.attention`: "original" converts diffusers' modules as they are; the
 Neural Engine variants replace the block's attention (dit/ane_attention.py).
 """
@@ -23,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from snapbench.converters.cache import cache_key, source_fingerprint
+from snapbench.converters.cache import cache_key, source_fingerprint, weights_hash
 from snapbench.converters.convert_package import (convert_module, example_inputs, is_complete_package, package_files,
                                                   remove_tree)
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
@@ -83,6 +87,16 @@ def materialize(unit: DitUnit, seed: int) -> DitUnit:
     return block.eval()
 
 
+def _check_memory(name: str, params: int) -> None:
+    """Deploy mode holds the whole model in fp32: refuse before allocating what the machine cannot hold."""
+    import psutil
+
+    need, have = params * 4, psutil.virtual_memory().available
+    if need > have:
+        raise SnapbenchError(f"{name}: --mode deploy builds the whole model ({need / 1e9:.1f} GB of fp32 weights) "
+                             f"but {have / 1e9:.1f} GB is available; use --mode profile (one block at a time)")
+
+
 def block_module(unit: DitUnit, attention: str) -> torch.nn.Module:
     """What goes into the package: the block, with its attention rewritten for the Neural Engine if asked."""
     if unit.kind != "TB" or attention == "original":
@@ -104,9 +118,6 @@ def _entry(b: CutBlock, state: str) -> ManifestBlock:
 
 def convert_dit(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLike, opts: ConvertOptions, *,
                 say: Say | None = None) -> DitConvertResult:
-    if opts.mode != "profile":
-        raise SnapbenchError("DiTs convert in --mode profile (one package per block signature, random weights); "
-                             "deploy mode with a checkpoint's weights is not implemented for DiTs yet")
     folder = Path(out_dir)
     from snapbench.backbones.dit import DitBackbone
 
@@ -119,12 +130,23 @@ def convert_dit(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLi
     blocks = backbone.cut(meta, shapes_of(opts), precision=opts.precision, attention=opts.attention)
     versions = tool_versions()
     previous = inspect_out_dir(folder, "blocks", str(source.ref), source.spec.name)
-    fingerprint = source_fingerprint(source.spec.to_dict(), [], opts.seed, versions["torch"])
+    weights = sorted(source.weights_dir.glob("*.safetensors")) if source.weights_dir is not None else []
+    fingerprint = source_fingerprint(source.spec.to_dict(), weights, opts.seed, versions["torch"])
 
+    real_units: dict[str, DitUnit] = {}
+    hashes: dict[str, str] = {}
+    if opts.mode == "deploy":
+        _check_memory(source.spec.name, sum(b.params for b in blocks))
+        real = backbone.build(source, device="cpu", seed=opts.seed)
+        real_units = {u.file_id: u for u in real.units}
+        hashes = {fid: weights_hash(u) for fid, u in real_units.items()}
     plan: dict[str, list[CutBlock]] = {}
     for b in blocks:
         assert b.signature is not None
-        plan.setdefault(cache_key({"signature": b.signature.key()}, opts, versions), []).append(b)
+        what = {"signature": b.signature.key()}
+        if opts.mode == "deploy":  # one package per block: its own weights
+            what.update(block=b.unit.file_id, weights=hashes[b.unit.file_id])
+        plan.setdefault(cache_key(what, opts, versions), []).append(b)
     manifest = Manifest(
         content="blocks", model=str(source.ref), spec=source.spec.name, options=opts.to_dict(), versions=versions,
         shapes={"latent": opts.latent, "batch": opts.batch, "tokens": opts.tokens, "backbone": "dit"},
@@ -161,7 +183,8 @@ def convert_dit(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLi
                 if say:
                     say(f"converting {owner.block_id}" + (f" (shared by {len(group)} blocks)" if len(group) > 1 else ""))
                 try:
-                    unit = materialize(meta_units[owner.unit.file_id], opts.seed)
+                    unit = (real_units[owner.unit.file_id] if opts.mode == "deploy"
+                            else materialize(meta_units[owner.unit.file_id], opts.seed))
                     module = block_module(unit, opts.attention)
                     io = package_io(owner)
                     assert owner.signature is not None
@@ -171,9 +194,10 @@ def convert_dit(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLi
                                 "model": source.ref, "spec": source.spec.name, "cache_key": key,
                                 "attention": opts.attention if owner.kind == "TB" else "-",
                                 "weight_bits": opts.weight_bits, "target": opts.target,
-                                "source_hash": f"random weights (seed {opts.seed})"}
+                                "source_hash": hashes.get(owner.unit.file_id, f"random weights (seed {opts.seed})")}
                     res = convert_module(module, io, opts, folder / name, metadata=metadata,
-                                         description=f"snapbench profile package of {source.spec.name}: {owner.block_id}",
+                                         description=f"snapbench {opts.mode} package of {source.spec.name}: "
+                                                     f"{owner.block_id}",
                                          inputs=example_inputs(io, seed=opts.seed))
                     land(key, group, name, round(res.seconds, 3), res.bytes)
                     result.converted.append(owner.block_id)
