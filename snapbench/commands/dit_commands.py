@@ -31,22 +31,12 @@ def _say(as_json: bool):
     return None if as_json and not err.is_terminal else (lambda msg: err.print(msg, markup=False, highlight=False))
 
 
-def convert(model: str, out_dir: str, *, as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Any) -> None:
-    from snapbench.commands.convert import render
+def convert(model: str, out_dir: str, *, as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Any) -> Any:
+    """The DiT's blocks converted into `out_dir` (the caller prints the result as for a UNet)."""
     from snapbench.dit.convert import convert_dit
 
     source, opts = dit_options(model, latent=latent, batch=batch, tokens=tokens, **kw)
-    result = convert_dit(source, out_dir, opts, say=_say(as_json))
-    if as_json:
-        print_json(result.to_dict())
-    else:
-        render(result, out_dir)
-    if result.failed:
-        import typer
-
-        for block, error in result.failed:
-            err.print(f"failed: {block}: {error}", markup=False, highlight=False)
-        raise typer.Exit(1)
+    return convert_dit(source, out_dir, opts, say=_say(as_json))
 
 
 def profile(model: str, device: str, *, backend: str, packages: Any, table: Any, tables: Any, as_json: bool,
