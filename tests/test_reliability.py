@@ -213,13 +213,11 @@ def test_json_deeper_than_the_limit_is_refused_but_real_specs_load(tmp_path):
 # -- cached packages are verified, not trusted ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    from snapbench.converters import ConvertOptions, convert_model
-
-    out = tmp_path_factory.mktemp("cache-integrity") / "out"
-    convert_model("sd15-tiny", out, ConvertOptions(latent=8, tokens=4, jobs=1), progress=False)
-    return out
+@pytest.fixture
+def converted(sd15_tiny_blocks):
+    """The session's sd15-tiny block conversion (conftest), shared with test_convert_blocks.py; copied
+    before it is broken."""
+    return sd15_tiny_blocks
 
 
 def _break(package: Path, how: str) -> None:
