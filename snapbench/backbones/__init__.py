@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from snapbench.backbones.base import Backbone, ElasticModel
+from snapbench.backbones.dit import DitBackbone
 from snapbench.backbones.sdxl_unet import SDXLUNetBackbone
 from snapbench.backbones.unet import UNetBackbone
 from snapbench.blocks.inspection import Inspection
@@ -22,7 +23,7 @@ from snapbench.settings import InputShapes
 from snapbench.specs.arch_spec import ArchSpec
 
 # Most specific first. A new family: implement `Backbone` in its own module and add an instance here.
-BACKBONES: list[Backbone] = [SDXLUNetBackbone(), UNetBackbone()]
+BACKBONES: list[Backbone] = [SDXLUNetBackbone(), DitBackbone(), UNetBackbone()]
 
 
 def backbone_for(model: ModelSource | ArchSpec | Mapping[str, Any]) -> Backbone:
@@ -55,5 +56,5 @@ def inspect_model(model: str | ModelSource, *, weights: str | None = None, shape
     return Inspection(source, shapes, blocks, backbone.stages)
 
 
-__all__ = ["BACKBONES", "Backbone", "ElasticModel", "SDXLUNetBackbone", "UNetBackbone", "backbone_for", "backbone_named",
-           "inspect_model"]
+__all__ = ["BACKBONES", "Backbone", "DitBackbone", "ElasticModel", "SDXLUNetBackbone", "UNetBackbone", "backbone_for",
+           "backbone_named", "inspect_model"]
