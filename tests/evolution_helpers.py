@@ -110,7 +110,8 @@ class PenaltyEval:
         shared = np.random.default_rng(0).standard_normal(self.samples) * self.noise
         out = []
         for off in candidates:
-            own = np.random.default_rng(zlib.crc32("|".join(sorted(off)).encode())).standard_normal(self.samples)
+            running = sorted(u.block_id for u in model.elastic_units() if not (u.removed or u.block_id in off))
+            own = np.random.default_rng(zlib.crc32("|".join(running).encode())).standard_normal(self.samples)
             q = self._quality(model, off)
             out.append([q + float(shared[s] + self.spread * own[s]) for s in samples])
         return out

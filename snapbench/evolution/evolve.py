@@ -163,10 +163,6 @@ class Scored:
         return self.quality_delta / self.latency_delta_ms
 
 
-def _scorer(evaluator: EvalConfig, executor: Executor, checkpoint: str, progress: bool) -> Scorer:
-    return Scorer(evaluator, executor, checkpoint, progress=progress)
-
-
 def evolve(model: str | Path, out: str | Path, config: EvolveConfig, *, evaluator: EvalConfig,
            costs: Callable[[ArchSpec], BlockPriceTable], executor: Executor,
            settings: Mapping[str, Any] | None = None, progress: bool = True, say: Callable[[str], None] = lambda s: None,
@@ -195,14 +191,14 @@ def _evolve(model: str | Path, out: Path, config: EvolveConfig, *, evaluator: Ev
         st = EvolutionState.load(work)
         _check_same(st.settings, fingerprint, out)
         prices = BlockPriceTable.from_dict(st.costs)
+        scorer = Scorer(evaluator, executor, st.checkpoint, progress=progress)
         say(f"resuming {out} at iteration {st.iteration} ({st.phase} phase)")
     else:
         if out.exists() and any(p.name not in (WORK_DIR, FOLDER_LOCK) for p in out.iterdir()):
             raise SnapbenchError(f"{out}: exists and holds no evolution state; pick another --out")
-        st, prices = _start(model, work, config, evaluator, costs,
-                            _scorer(evaluator, executor, _initial_checkpoint(model), progress), fingerprint)
-    run = EvolutionRun(st, prices, config, evaluator, _scorer(evaluator, executor, st.checkpoint, progress), out,
-                       say)
+        scorer = Scorer(evaluator, executor, _initial_checkpoint(model), progress=progress)
+        st, prices = _start(model, work, config, evaluator, costs, scorer, fingerprint)
+    run = EvolutionRun(st, prices, config, evaluator, scorer, out, say)
     spent = st.seconds
     try:
         while st.phase != "done":
