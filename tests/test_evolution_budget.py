@@ -19,7 +19,7 @@ from snapbench.specs.presets import load_preset
 
 
 def test_budget_rounds_and_the_smallest_budget():
-    assert EvalBudget().rounds(80) == [10, 20, 40, 80]  # auto: the first round sees 1/8
+    assert EvalBudget().rounds(80) == [5, 10, 20, 40, 80]  # auto: the first round sees 1/16
     assert EvalBudget.parse("3").rounds(20) == [3, 6, 12, 20]
     assert EvalBudget.parse("exhaustive").rounds(80) == [80]
     assert EvalBudget().rounds(1) == [1]  # too few samples to halve over: all of them
@@ -55,7 +55,7 @@ def test_halving_picks_the_exhaustive_winner_for_fewer_samples():
     merits, asked = _merits(truth, noise=5.0, spread=0.3, total=80)
     halving = successive_halving(27, merits, EvalBudget().rounds(80))
     assert halving.ranked[0] == 17 and sorted(halving.ranked) == list(range(27))
-    assert halving.rounds[0] == (10, 27) and halving.settled in ("confidence", "survivors", "all samples")
+    assert halving.rounds[0] == (5, 27) and halving.settled in ("confidence", "survivors", "all samples")
     assert len(asked) < 27 * 80 / 2  # each (candidate, sample) scored once, most never
     # without common random numbers (each candidate its own noise of the same size) the leader is not
     # settled in the first rounds: the stated confidence is what stops early

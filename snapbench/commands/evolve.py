@@ -61,7 +61,7 @@ def evolve_command(
     eval_budget: str = typer.Option("auto", "--eval-budget",
                                     help="exhaustive (every candidate on every sample), auto, or the samples per "
                                          "candidate of the first successive-halving round (>= 2; doubled per "
-                                         "round for the better half) [auto: 1/8 of the samples]."),
+                                         "round for the better half) [auto: 1/16 of the samples]."),
     eval_confidence: float = typer.Option(0.95, "--eval-confidence",
                                           help="Stop halving once the leader beats every other survivor at this "
                                                "confidence (paired t-test over common samples)."),

@@ -31,7 +31,7 @@ import numpy as np
 from snapbench.errors import SnapbenchError
 
 MIN_SAMPLES = 2  # a paired comparison needs a spread: one sample per candidate ranks nothing with confidence
-AUTO_ROUNDS = 4  # auto: the first round sees 1/8 of the samples, so the fourth sees them all
+AUTO_ROUNDS = 5  # auto: the first round sees 1/16 of the samples, so the fifth sees them all
 
 
 @dataclass(frozen=True)

@@ -334,7 +334,7 @@ class EvolutionRun:
         budget = self.config.eval_budget
         decision = successive_halving(len(cands), merits, budget.rounds(self.scorer.total), want=want,
                                       confidence=budget.confidence, tiebreak=[c[3] for c in cands])
-        self.note(decision, len(cands))
+        self.note(decision, [cands[i][0].label for i in range(len(cands))], sign)
         out = []
         for i in decision.ranked[:want]:
             a, new, ms, dl = cands[i]
@@ -342,8 +342,12 @@ class EvolutionRun:
             out.append(Scored(a, new, ms, Quality(q, {"samples": self.scorer.total}), q - st.quality, dl))
         return out
 
-    def note(self, decision: Decision, candidates: int) -> None:
-        self.log.update({"candidates": candidates, **decision.to_dict()})
+    def note(self, decision: Decision, labels: list[str], to_value: float) -> None:
+        """This iteration's decision for the log: its rounds and every candidate, best first, with its
+        value (trajectory sign) on the samples it was scored on (none where there was no rival)."""
+        ranking = [[labels[i], round(to_value * decision.means[i], 6) if i in decision.means else None,
+                    decision.samples.get(i, 0)] for i in decision.ranked]
+        self.log.update({"candidates": len(labels), **decision.to_dict(), "ranking": ranking})
 
     def iteration(self) -> None:
         st, target = self.state, self.state.target_ms
