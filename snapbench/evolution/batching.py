@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from snapbench.backbones import backbone_for
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice
-from snapbench.specs.layout import removable_slots
 
 
 def union_spec(specs: Sequence[ArchSpec]) -> tuple[ArchSpec, list[frozenset[str]]]:
     """The spec holding every block any of `specs` runs, and per spec the block ids it runs as removed."""
     first = specs[0]
-    slots = removable_slots(first.layout)
+    slots = backbone_for(first).removable(first)
     changes: dict[tuple[str, str], BlockChoice] = {}
     for slot in slots:
         choices = [s.choice(slot) for s in specs]
