@@ -198,7 +198,7 @@ def _evolve(model: str | Path, out: Path, config: EvolveConfig, *, evaluator: Ev
             raise SnapbenchError(f"{out}: exists and holds no evolution state; pick another --out")
         scorer = Scorer(evaluator, executor, _initial_checkpoint(model), progress=progress)
         st, prices = _start(model, work, config, evaluator, costs, scorer, fingerprint)
-    run = EvolutionRun(st, prices, config, evaluator, scorer, out, say)
+    run = EvolutionRun(st, prices, config, scorer, out, say)
     spent = st.seconds
     try:
         while st.phase != "done":
@@ -283,8 +283,7 @@ class EvolutionRun:
     state: EvolutionState
     prices: BlockPriceTable
     config: EvolveConfig
-    evaluator: EvalConfig
-    scorer: Scorer
+    scorer: Scorer  # per-sample scores of architectures on the current weights (holds the evaluator)
     out: Path
     say: Callable[[str], None]
     log: dict[str, Any] = field(default_factory=dict)  # this iteration's decision and what it cost
