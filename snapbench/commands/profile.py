@@ -69,13 +69,21 @@ def profile_command(
     packages: Optional[Path] = typer.Option(None, "--packages", help="A `snapbench convert` folder to time instead of converting."),
     input_shape: Optional[str] = typer.Option(None, "--input", help="Input shape of a timm:/torchvision:/open_clip:/"
                                               "hf:/synthetic: network, e.g. 1x3x224x224 (one whole program)."),
+    app_floor_ms: Optional[float] = typer.Option(
+        None, "--app-floor-ms", help="Your app's per-prediction floor in ms (`snapbench calibrate --app-floor "
+        "FILE` measures it): adds end_to_end_ms beside the engine's model_ms, which it never changes."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Latency of every block (and the text encoder and VAE decoder) on a device: table + stage summary."""
+    from snapbench.latency.app_floor import check_floor_ms
     from snapbench.zoo.specs import is_network_spec
 
+    app_floor_ms = check_floor_ms(app_floor_ms)
     if is_network_spec(model):  # any network (or a Core ML package): one whole program, estimated
-        _profile_network(model, input_shape, device, weight_bits, backend, as_json)
+        from snapbench.zoo.specs import refuse_unet_only
+
+        refuse_unet_only(model, attention=attention, compute_units=compute_units)
+        _profile_network(model, input_shape, device, weight_bits, backend, as_json, app_floor_ms)
         return
     if input_shape is not None:
         raise SnapbenchError("--input is for timm:/torchvision:/open_clip:/hf:/synthetic: networks and packages; "
@@ -157,16 +165,19 @@ def profile_command(
     else:
         say(f"{path}: every figure came from the table; nothing to write")
     if as_json:
-        print_json(profile_document(run, table_path=str(path)))
+        from snapbench.latency.app_floor import with_floor
+
+        print_json(with_floor(profile_document(run, table_path=str(path)), app_floor_ms))
         return
-    render(run)
+    render(run, app_floor_ms)
 
 
 def _profile_network(model: str, input_shape: str | None, device: str, weight_bits: int, backend: str,
-                     as_json: bool) -> None:
+                     as_json: bool, app_floor_ms: float | None) -> None:
     from snapbench.zoo.profile import profile_network
 
-    doc = profile_network(model, input_shape, device, weight_bits=weight_bits, backend=backend)
+    doc = profile_network(model, input_shape, device, weight_bits=weight_bits, backend=backend,
+                          app_floor_ms=app_floor_ms)
     if as_json:
         print_json(doc)
         return
@@ -175,11 +186,14 @@ def _profile_network(model: str, input_shape: str | None, device: str, weight_bi
               f"{doc['weight_bits']}-bit weights: [bold]{doc['model_ms']:.3g} ms[/bold] (estimate, params "
               f"v{doc['params_version']}); {est['n_ops']} ops, {est['gflops']:.3g} GFLOP, "
               f"{len(est['cpu_ops'])} on the CPU")
+    if "end_to_end_ms" in doc:
+        out.print(f"  end to end in your app: {doc['end_to_end_ms']:.3g} ms (engine + your floor, "
+                  f"{doc['app_floor_ms']:g} ms)")
     for note in doc["notes"]:
         out.print(f"  {note}")
 
 
-def render(run: ProfileRun) -> None:
+def render(run: ProfileRun, app_floor_ms: float | None = None) -> None:
     from snapbench.latency.document import document_backend, stage_summary
 
     s = run.settings
@@ -217,7 +231,10 @@ def render(run: ProfileRun) -> None:
         te, un, vae = comps["text_encoder"].latency_ms, comps["unet"].latency_ms, comps["vae_decoder"].latency_ms
         per = {steps: image_budget(te, un, vae, steps).total_s for steps in (50, 8)}
         out.print(f"per image: {TEXT_ENCODER_RUNS} x text encoder + steps x UNet + VAE decoder = {per[50]:.2f} s "
-                  f"at 50 steps, {per[8]:.2f} s at 8 steps")
+                  f"at 50 steps, {per[8]:.2f} s at 8 steps (engine time)")
+    if app_floor_ms is not None and run.components:
+        shown = ", ".join(f"{c.name} {c.latency_ms + app_floor_ms:.1f} ms" for c in run.components.values())
+        out.print(f"end to end in your app (engine + your floor, {app_floor_ms:g} ms per prediction): {shown}")
 
 
 def _seconds(ms: float | None) -> str:
