@@ -139,15 +139,33 @@ def _side_by_side(runs: dict[str, dict[str, Any]]) -> list[str]:
         if differs and first_diff is None:
             first_diff = i
         lines.append(f"{i:3d}{'*' if differs else ' '} {cells(ra)}   {cells(rb)}")
+    both = len(set(a) & set(b))
     if first_diff is None:
-        lines.append("the two runs removed the same blocks in the same order")
+        lines.append(f"in the {both} iterations both ran, the two runs removed the same blocks in the same order")
     else:
         same = sum(1 for i in a if i in b and a[i]["block"] == b[i]["block"])
-        lines.append(f"* the decisions differ. They agree on {same} of {len(set(a) & set(b))} iterations; the "
+        lines.append(f"* the decisions differ. They agree on {same} of {both} iterations; the "
                      f"first difference, from the same architecture:")
         lines.append("  " + _why(first_diff, a[first_diff], b[first_diff]))
         lines.append("  later rows start from different architectures, so a difference there follows from the first")
     return lines
+
+
+def _common(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Both sides over the iterations both finished: images, seconds (wall, from each run's log), and the
+    quality and latency after the last of them (what an unfinished side can be compared on)."""
+    logs = {side: {e["iteration"]: e for e in r["evaluations"] if e["iteration"] > 0 and "rounds" in e}
+            for side, r in runs.items()}
+    common = sorted(set.intersection(*(set(v) for v in logs.values())))
+    out: dict[str, Any] = {"iterations": len(common)}
+    for side, r in runs.items():
+        rows = _decisions(r)
+        last = rows.get(common[-1]) if common else None
+        out[side] = {"images": sum(int(logs[side][i].get("samples", 0)) for i in common),
+                     "seconds": round(sum(float(logs[side][i].get("seconds", 0)) for i in common), 1),
+                     "quality": None if last is None else last["quality"],
+                     "latency_ms": None if last is None else last["latency_ms"]}
+    return out
 
 
 def main() -> None:
@@ -176,7 +194,9 @@ def main() -> None:
                 print(f"{side}: exit {rc} after {time.perf_counter() - t:.0f} s wall", file=sys.stderr)
     runs = {side: r for side in SIDES if (r := _read(out / side)) is not None}
     load_after = os.getloadavg()
-    doc = {side: _summary(r) for side, r in runs.items()}
+    doc: dict[str, Any] = {side: _summary(r) for side, r in runs.items()}
+    if len(runs) == 2:
+        doc["common"] = _common(runs)
     doc["load_average"] = {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in load_after],
                            "cpus": os.cpu_count()}
     if args.json:
@@ -193,10 +213,18 @@ def main() -> None:
                   f"{s['final_latency_ms']:10.3f} {s['target_ms']:7.3f} {str(s['reached_target']):>7s} "
                   f"{s['final_quality']:8.4f}  {s['finished']}")
     if len(runs) == 2:
+        c = doc["common"]
+        if c["iterations"]:
+            cd, ce = c["default"], c["exhaustive"]
+            print(f"over the {c['iterations']} iterations both ran: images {cd['images']} vs {ce['images']} "
+                  f"({cd['images'] / max(ce['images'], 1):.2f}x), seconds {cd['seconds']} vs {ce['seconds']} "
+                  f"({cd['seconds'] / max(ce['seconds'], 1e-9):.2f}x), then quality {cd['quality']:.4f} vs "
+                  f"{ce['quality']:.4f} at {cd['latency_ms']:.3f} vs {ce['latency_ms']:.3f} ms")
         d, e = doc["default"], doc["exhaustive"]
         cpu_ratio = (f", CPU seconds {d['cpu_seconds'] / e['cpu_seconds']:.2f}x" if d["cpu_seconds"] and e["cpu_seconds"]
                      else "")
-        print(f"default / exhaustive: seconds {d['seconds'] / max(e['seconds'], 1e-9):.2f}x{cpu_ratio}, images "
+        print(f"whole runs{'' if d['finished'] and e['finished'] else ' (one unfinished: not comparable)'}, "
+              f"default / exhaustive: seconds {d['seconds'] / max(e['seconds'], 1e-9):.2f}x{cpu_ratio}, images "
               f"{d['eval_samples'] / max(e['eval_samples'], 1):.2f}x, final quality {d['final_quality']:.4f} vs "
               f"{e['final_quality']:.4f} (difference {d['final_quality'] - e['final_quality']:+.4f})")
         print()
