@@ -62,12 +62,19 @@ def write_fixed_table(spec, path: Path) -> Path:
 
 @dataclass(frozen=True)
 class PenaltyEval:
-    """Quality = 1 - the penalties of the blocks not running (+ `copy_gain` per copy): known in advance."""
+    """Quality = 1 - the penalties of the blocks not running (+ `copy_gain` per copy): known in advance.
+
+    Per sample, `noise` adds a draw shared by every candidate (common random numbers: sample s is as
+    hard for all) and `spread` one of the candidate's own; both average to about 0 over the samples."""
 
     penalties: tuple[tuple[str, float], ...]
     default_penalty: float = 0.5
     copy_gain: float = 0.0
+    samples: int = 4
+    noise: float = 0.0
+    spread: float = 0.0
     name: str = "stub"
+    batch: int = 64
 
     def check(self, spec) -> None:
         pass
@@ -75,15 +82,39 @@ class PenaltyEval:
     def build(self) -> "PenaltyEval":
         return self
 
-    def evaluate(self, bundle, model, disabled: Collection[str] = ()) -> Quality:
+    def sample_count(self) -> int:
+        return self.samples
+
+    def describe_samples(self) -> str:
+        return f"{self.samples} samples"
+
+    def _quality(self, model, disabled: Collection[str]) -> float:
         table = dict(self.penalties)
         q = 1.0
         for u in model.elastic_units():
-            if u.instance:
+            off = u.removed or u.block_id in disabled
+            if u.instance and not off:
                 q += self.copy_gain
-            elif u.removed or u.block_id in disabled:
+            elif not u.instance and off:
                 q -= table.get(u.block_id, self.default_penalty)
-        return Quality(q, {"accuracy": None})
+        return q
+
+    def evaluate(self, bundle, model, disabled: Collection[str] = ()) -> Quality:
+        return Quality(self._quality(model, disabled), {"accuracy": None})
+
+    def sample_scores(self, bundle, model, candidates, samples) -> list[list[float]]:
+        import zlib
+
+        import numpy as np
+
+        shared = np.random.default_rng(0).standard_normal(self.samples) * self.noise
+        out = []
+        for off in candidates:
+            running = sorted(u.block_id for u in model.elastic_units() if not (u.removed or u.block_id in off))
+            own = np.random.default_rng(zlib.crc32("|".join(running).encode())).standard_normal(self.samples)
+            q = self._quality(model, off)
+            out.append([q + float(shared[s] + self.spread * own[s]) for s in samples])
+        return out
 
 
 def train_tiny(folder: Path, *, steps: int = 2, robust: bool = True, seed: int = 0) -> Path:

@@ -149,3 +149,32 @@ def test_latent_not_divisible_is_explained():
     model = build_unet(resolve_model("sd15-tiny")).eval()
     with pytest.raises(SnapbenchError, match="multiple of 8"):
         model(torch.randn(1, 4, 12, 12), torch.tensor([1.0]), torch.randn(1, 5, 16))
+
+
+def test_candidates_batched_per_row_equal_each_candidate_alone(tiny_inputs):
+    """Evolution batches candidates through the model holding all their blocks (PerRow): each row gives
+    what its own architecture gives alone, removals, a restored block and an added copy alike."""
+    from snapbench.evolution.batching import union_spec
+    from snapbench.evolution.checkpoints import derive
+    from snapbench.model.elastic_unet import PerRow
+
+    base = build_unet(resolve_model("sd15-tiny")).eval()
+    parent = base.spec.with_choices("p", {("Mid", "CA1"): BlockChoice("CA1", keep=False)})
+    cands = [parent,
+             parent.with_choices("a", {("Up-1", "RB2"): BlockChoice("RB2", keep=False)}),  # shortcut left
+             parent.with_choices("b", {("Mid", "CA1"): BlockChoice("CA1")}),  # restored
+             parent.with_choices("c", {("Up-1", "CA1"): BlockChoice("CA1", copies=1)})]  # copied
+    union, off = union_spec(cands)
+    assert off[0] == {"CA[Mid, 1]", "CA[Up-1, 1] (copy 1)"} and off[2] == {"CA[Up-1, 1] (copy 1)"}
+    sample, t, ctx = tiny_inputs
+    rows = [(c, r) for c in range(len(cands)) for r in range(len(sample))]
+    x = torch.stack([sample[r] for _, r in rows])
+    with torch.no_grad():
+        batched = derive(base, union)(x, t[0], torch.stack([ctx[r] for _, r in rows]),
+                                      disabled=PerRow(tuple(off[c] for c, _ in rows)))
+        for k, (c, r) in enumerate(rows):
+            alone = derive(base, cands[c])(sample[r:r + 1], t[0], ctx[r:r + 1])
+            torch.testing.assert_close(batched[k:k + 1], alone, atol=1e-5, rtol=0)
+    assert not torch.allclose(batched[0], batched[len(sample)])  # the candidates do differ
+    with pytest.raises(SnapbenchError, match="rows of disabled blocks"):
+        base(sample, t, ctx, disabled=PerRow((frozenset(),)))

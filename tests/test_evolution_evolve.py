@@ -135,7 +135,14 @@ def test_cli_evolve_json_and_output_folder(tmp_path, toy_folder, capsys, fixed_t
                 "trajectory"):
         assert key in doc
     assert doc["final_latency_ms"] <= 0.99 * doc["initial_latency_ms"]
+    # samples and seconds per iteration, and how each decision was reached
+    assert doc["eval_budget"].startswith("successive halving over [2, 4, 8, 10]")
+    first = doc["evaluations"][1]
+    assert first["iteration"] == 1 and first["seconds"] >= 0 and first["samples"] > 0
+    assert first["rounds"][0] == [2, first["candidates"]] and len(first["ranking"]) == first["candidates"]
+    assert doc["eval_samples"] == sum(e["samples"] for e in doc["evaluations"])
     rows = read_trajectory(out / "trajectory.csv")
+    assert rows[0]["eval_samples"] == 10 and rows[1]["eval_samples"] == first["samples"]
     assert rows[0]["action"] == "start" and rows[-1]["action"] == "final"
     assert (out / "trajectory.csv").read_text().splitlines()[0] == ",".join(TRAJECTORY_COLUMNS)
     from snapbench.model.loading import resolve_model
@@ -161,6 +168,8 @@ def test_target_below_the_floor_is_one_line_and_writes_nothing(tmp_path, toy_fol
      "missing"),
     (["--ray-address", "127.0.0.1:9"], "does not answer"),
     (["--device", "nokia3310"], "nokia3310"),
+    (["--eval-budget", "1"], "the minimum is 2"),
+    (["--eval-budget", "often"], "exhaustive, auto"),
 ])
 def test_bad_inputs_exit_2(tmp_path, toy_folder, capsys, args, message):
     (tmp_path / "empty.txt").write_text("\n \n")

@@ -102,6 +102,28 @@ def test_clip_evaluator_scores_the_pipeline(fx):
     assert without.quality != full.quality
 
 
+def test_clip_evaluator_scores_batched_candidates_per_sample(fx):
+    """Evolution's path at SD scale: several candidates batched through one model, sample by sample (sample
+    s = prompt s % P with its own seeded noise); each candidate's mean is what evaluate() gives it alone."""
+    from snapbench.evolution.actions import Action
+    from snapbench.evolution.checkpoints import derive, load_bundle
+    from snapbench.evolution.evaluators import ClipEvalConfig
+    from snapbench.evolution.executors import ScoreTask
+
+    bundle = load_bundle(fx.pipeline)
+    config = ClipEvalConfig(PROMPTS[:2], str(fx.clip), str(fx.pipeline), steps=2, batch=3)  # 4 rows: 2 passes
+    spec = bundle.spec
+    cands = [spec, Action("-", "Up-1", "CA1").apply(spec)]
+    got = ScoreTask(str(fx.pipeline), tuple(c.to_dict() for c in cands), (0, 1), config).run()
+    evaluator = config.build()
+    for c, row in zip(cands, got):
+        alone = evaluator.evaluate(bundle, derive(bundle.model, c)).quality
+        assert sum(row) / len(row) == pytest.approx(alone, abs=1e-3)
+    assert ScoreTask(str(fx.pipeline), (cands[1].to_dict(),), (1,), config).run()[0] == pytest.approx([got[1][1]],
+                                                                                                      abs=1e-3)
+    assert config.sample_count() == 2
+
+
 def test_clip_evaluator_bad_input(fx, tmp_path):
     from snapbench.evolution.evaluators import ClipEvalConfig, read_prompts
     from snapbench.model.loading import resolve_model

@@ -58,6 +58,13 @@ def evolve_command(
     eval_steps: Optional[int] = EvalStepsOpt,
     guidance: Optional[float] = GuidanceOpt,
     eval_seed: int = EvalSeedOpt,
+    eval_budget: str = typer.Option("auto", "--eval-budget",
+                                    help="exhaustive (every candidate on every sample), auto, or the samples per "
+                                         "candidate of the first successive-halving round (>= 2; doubled per "
+                                         "round for the better half) [auto: 1/16 of the samples]."),
+    eval_confidence: float = typer.Option(0.95, "--eval-confidence",
+                                          help="Stop halving once the leader beats every other survivor at this "
+                                               "confidence (paired t-test over common samples)."),
     workers: int = WorkersOpt,
     ray_address: Optional[str] = RayOpt,
     threads: int = ThreadsOpt,
@@ -69,17 +76,18 @@ def evolve_command(
 
     from snapbench.evolution.evolve import EvolveConfig, evolve
     from snapbench.evolution.executors import make_executor
-    from snapbench.evolution.options import cost_builder, evaluator_config, latency_settings
+    from snapbench.evolution.options import cost_builder, eval_budget as parse_budget, evaluator_config, latency_settings
     from snapbench.evolution.robust_training import SkipProbabilities, TrainConfig
 
     torch.set_num_threads(threads)
+    ev = evaluator_config(evaluator, prompts=prompts, clip_weights=clip_weights, pipeline=pipeline,
+                          samples_per_prompt=samples_per_prompt, steps=eval_steps, guidance=guidance, seed=eval_seed)
     config = EvolveConfig(target_ms=target_ms, target_fraction=target_fraction,
                           removals_per_iteration=removals_per_iteration, max_iterations=max_iterations,
                           add_phase=add_phase, min_gain=min_gain, train_steps=train_steps,
                           train=TrainConfig(batch_size=batch_size, learning_rate=lr, robust=True,
-                                            skip=SkipProbabilities(skip_ca, skip_rb)), data=data)
-    ev = evaluator_config(evaluator, prompts=prompts, clip_weights=clip_weights, pipeline=pipeline,
-                          samples_per_prompt=samples_per_prompt, steps=eval_steps, guidance=guidance, seed=eval_seed)
+                                            skip=SkipProbabilities(skip_ca, skip_rb)), data=data,
+                          eval_budget=parse_budget(eval_budget, eval_confidence, ev))
     costs = cost_builder(device=device, table=table, fixed_table=fixed_table, attention=attention, progress=True,
                          say=lambda s: err.print(s))
     on_interrupt_keep(f"the state after every finished iteration in {out_dir}")
@@ -105,6 +113,8 @@ def evolve_command(
     out.print(f"latency {result.initial_latency_ms:.3f} -> {result.final_latency_ms:.3f} ms "
               f"(target {result.target_ms:.3f}, floor {result.floor_ms:.3f}, {result.latency_backend}); "
               f"quality {result.initial_quality:.4f} -> {result.final_quality:.4f}; {result.seconds:.0f} s")
+    out.print(f"evaluation: {result.eval_budget}; {result.eval_samples} images generated "
+              f"({sum(e.get('reused', 0) for e in result.evaluations)} sample scores reused)")
 
 
 def register(app: typer.Typer) -> None:

@@ -5,6 +5,13 @@ worker processes and Ray tasks can rebuild it; `check()` runs up front in the ma
 missing weights or an empty prompt file before any run state is touched; `build()` gives the object whose
 `evaluate(bundle, model, disabled)` returns a `Quality`.
 
+Evolution scores candidates sample by sample (`sample_scores`): sample `s` is one image, always from the
+same prompt and the same starting noise whichever candidate draws it (common random numbers), so a
+candidate scored on the first n samples and another on the first 2n are compared on the n they share, and
+their difference is not noise between draws. The quality over all `sample_count()` samples is the mean
+of the per-sample scores and equals `evaluate`'s. Several candidates run as one batch through a model
+that holds every block any of them runs (`PerRow`), at most `batch` images per pass.
+
 - `toy`: the toy-digits judge (mean probability, under a cached digit classifier, that each image shows
   the digit its prompt asked for; accuracy alongside). Plays CLIP score's role on a CPU.
 - `clip`: CLIP score (100 * max(cos(image, text), 0), as torchmetrics computes it) of images generated with
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Protocol, Sequence, Union
+from typing import Any, Collection, Iterator, Protocol, Sequence, Union
 
 import torch
 
@@ -25,7 +32,7 @@ from snapbench.user_files import read_user_json, read_user_text
 from snapbench.evolution.checkpoints import ModelBundle
 from snapbench.evolution.sampling import ddim_sample
 from snapbench.evolution.toy_digits import DIGIT_PROMPTS, is_toy, load_classifier
-from snapbench.model.elastic_unet import ElasticUNet
+from snapbench.model.elastic_unet import Disabled, ElasticUNet, PerRow
 from snapbench.specs.arch_spec import ArchSpec
 
 
@@ -38,6 +45,19 @@ class Quality:
 class Evaluator(Protocol):
     def evaluate(self, bundle: ModelBundle, model: ElasticUNet, disabled: Collection[str] = ()) -> Quality: ...
 
+    def sample_scores(self, bundle: ModelBundle, model: ElasticUNet, candidates: Sequence[frozenset[str]],
+                      samples: Sequence[int]) -> list[list[float]]:
+        """Per candidate (the blocks of `model` it does not run), the score of each sample in `samples`."""
+
+
+def _row_chunks(candidates: Sequence[frozenset[str]], samples: Sequence[int],
+                batch: int) -> Iterator[tuple[list[tuple[int, int]], PerRow]]:
+    """(candidate index, sample position) rows, candidate-major, `batch` at a time, with their PerRow."""
+    rows = [(c, j) for c in range(len(candidates)) for j in range(len(samples))]
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        yield chunk, PerRow(tuple(candidates[c] for c, _ in chunk))
+
 
 # -- toy --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -45,13 +65,15 @@ class ToyEvalConfig:
     """10 prompts x `samples_per_prompt` images, DDIM `steps`, CFG `guidance`, noise from `seed`.
 
     Few steps and a low guidance suit the toy: it is scored by a classifier, not by eye, and a full
-    evaluation must cost seconds because evolution runs one per candidate action."""
+    evaluation must cost seconds because evolution runs one per candidate action. Sample s asks for
+    digit s % 10, so any first 10k samples cover every digit k times."""
 
     samples_per_prompt: int = 8
     steps: int = 10
     guidance: float = 2.0
     seed: int = 0
     name: str = "toy"
+    batch: int = 640  # images per pass when candidates are batched (8x8 latents: a few MB per activation)
 
     def check(self, spec: ArchSpec) -> None:
         if not is_toy(spec):
@@ -59,6 +81,12 @@ class ToyEvalConfig:
                                  "use --evaluator clip with --prompts, --clip-weights and --pipeline")
         if self.samples_per_prompt < 1 or self.steps < 1:
             raise SnapbenchError("toy evaluator: samples per prompt and steps must be >= 1")
+
+    def sample_count(self) -> int:
+        return 10 * self.samples_per_prompt
+
+    def describe_samples(self) -> str:
+        return f"10 prompts x {self.samples_per_prompt}"
 
     def build(self) -> "ToyEvaluator":
         return ToyEvaluator(self)
@@ -69,22 +97,30 @@ class ToyEvaluator:
         self.config = config
         self.classifier = load_classifier()
 
-    def evaluate(self, bundle: ModelBundle, model: ElasticUNet, disabled: Collection[str] = ()) -> Quality:
+    def _noise(self, model: ElasticUNet) -> torch.Tensor:
+        """Every image's starting noise, digit-major (digit k's images are rows k*spp ... (k+1)*spp - 1),
+        drawn on the CPU from `seed`: the same on every device and for every candidate."""
+        c, cfg = self.config, model.config
+        g = torch.Generator().manual_seed(c.seed)
+        return torch.randn(c.sample_count(), cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)
+
+    def _probs(self, bundle: ModelBundle, model: ElasticUNet, labels: torch.Tensor, noise: torch.Tensor,
+               disabled: Disabled) -> torch.Tensor:
         c = self.config
         if bundle.encoder is None:
             raise SnapbenchError(f"{bundle.ref}: no toy prompt encoder; the toy evaluator needs a toy-digits model")
-        labels = torch.arange(10).repeat_interleave(c.samples_per_prompt)
-        prompts = [DIGIT_PROMPTS[k] for k in labels.tolist()]
-        cfg = model.config
         device = next(model.parameters()).device
-        g = torch.Generator().manual_seed(c.seed)  # noise drawn on the CPU: the same on every device
-        noise = torch.randn(len(prompts), cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)
         with torch.no_grad():
-            context = bundle.encoder.encode(prompts)
+            context = bundle.encoder.encode([DIGIT_PROMPTS[k] for k in labels.tolist()])
             uncond = bundle.encoder.encode([""])
             images = ddim_sample(model, context, uncond, noise.to(device), noise_schedule=bundle.noise_schedule,
                                  steps=c.steps, guidance=c.guidance, disabled=disabled)
-        probs = self.classifier.probs(images.cpu())
+        return self.classifier.probs(images.cpu())
+
+    def evaluate(self, bundle: ModelBundle, model: ElasticUNet, disabled: Collection[str] = ()) -> Quality:
+        c = self.config
+        labels = torch.arange(10).repeat_interleave(c.samples_per_prompt)
+        probs = self._probs(bundle, model, labels, self._noise(model), disabled)
         wanted = probs[torch.arange(len(labels)), labels]
         per_digit = wanted.reshape(10, c.samples_per_prompt).mean(1)
         return Quality(float(wanted.mean()), {
@@ -92,6 +128,20 @@ class ToyEvaluator:
             "images": len(labels),
             "per_digit": [round(float(v), 4) for v in per_digit],
         })
+
+    def sample_scores(self, bundle: ModelBundle, model: ElasticUNet, candidates: Sequence[frozenset[str]],
+                      samples: Sequence[int]) -> list[list[float]]:
+        spp = self.config.samples_per_prompt
+        noise = self._noise(model)
+        digit = [s % 10 for s in samples]
+        row = [d * spp + s // 10 for d, s in zip(digit, samples)]  # the image evaluate() draws for sample s
+        out = [[0.0] * len(samples) for _ in candidates]
+        for chunk, per_row in _row_chunks(candidates, samples, self.config.batch):
+            labels = torch.tensor([digit[j] for _, j in chunk])
+            probs = self._probs(bundle, model, labels, noise[[row[j] for _, j in chunk]], per_row)
+            for (cand, j), p in zip(chunk, probs[torch.arange(len(chunk)), labels].tolist()):
+                out[cand][j] = p
+        return out
 
 
 # -- CLIP -------------------------------------------------------------------------------------------
@@ -137,6 +187,7 @@ class ClipEvalConfig:
     seed: int = 0
     images_per_prompt: int = 1
     name: str = "clip"
+    batch: int = 8  # images per pass when candidates are batched (x2 rows with CFG; 64x64 latents on a GPU)
 
     def check(self, spec: ArchSpec) -> None:
         if not self.prompts:
@@ -161,6 +212,12 @@ class ClipEvalConfig:
         if want is not None and width != want:
             raise SnapbenchError(f"--pipeline {self.pipeline}: its text encoder is {width} wide, the UNet's "
                                  f"cross_attention_dim is {want}; give the pipeline the UNet was trained with")
+
+    def sample_count(self) -> int:
+        return len(self.prompts) * self.images_per_prompt
+
+    def describe_samples(self) -> str:
+        return f"{len(self.prompts)} prompts x {self.images_per_prompt}"
 
     def build(self) -> "ClipEvaluator":
         return ClipEvaluator(self)
@@ -188,26 +245,49 @@ class ClipEvaluator:
                              truncation=True, return_tensors="pt").input_ids
         return self.text_encoder(ids.to(self.text_encoder.device))[0]
 
+    def _noise(self, model: ElasticUNet, prompt_index: int) -> torch.Tensor:
+        """The starting noise of prompt `prompt_index`'s images, from its own generator (seed, prompt): any
+        subset of prompts draws the same noise as the whole set, on every device and for every candidate."""
+        c, cfg = self.config, model.config
+        g = torch.Generator().manual_seed(c.seed * 1_000_003 + prompt_index)
+        return torch.randn(c.images_per_prompt, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)
+
     @torch.no_grad()
-    def evaluate(self, bundle: ModelBundle, model: ElasticUNet, disabled: Collection[str] = ()) -> Quality:
+    def _scores(self, bundle: ModelBundle, model: ElasticUNet, prompts: list[str], noise: torch.Tensor,
+                disabled: Disabled) -> list[float]:
         c = self.config
         device = next(model.parameters()).device
         for part in (self.text_encoder, self.vae, self.clip):
             part.to(device)
-        g = torch.Generator().manual_seed(c.seed)
-        uncond = self._encode([""])
-        scores = []
-        cfg = model.config
-        for prompt in c.prompts:
-            context = self._encode([prompt] * c.images_per_prompt)
-            noise = torch.randn(c.images_per_prompt, cfg.in_channels, cfg.sample_size, cfg.sample_size,
-                                generator=g).to(device)
-            latents = ddim_sample(model, context, uncond, noise, noise_schedule=bundle.noise_schedule,
-                                  steps=c.steps, guidance=c.guidance, disabled=disabled)
-            images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-            pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            scores.extend(clip_score(self.clip, self.processor, pixels, [prompt] * len(pixels)).tolist())
+        latents = ddim_sample(model, self._encode(prompts), self._encode([""]), noise.to(device),
+                              noise_schedule=bundle.noise_schedule, steps=c.steps, guidance=c.guidance,
+                              disabled=disabled)
+        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return clip_score(self.clip, self.processor, pixels, prompts).tolist()
+
+    def evaluate(self, bundle: ModelBundle, model: ElasticUNet, disabled: Collection[str] = ()) -> Quality:
+        c = self.config
+        scores: list[float] = []
+        for p, prompt in enumerate(c.prompts):
+            scores.extend(self._scores(bundle, model, [prompt] * c.images_per_prompt, self._noise(model, p), disabled))
         return Quality(float(sum(scores) / len(scores)), {"images": len(scores)})
+
+    def sample_scores(self, bundle: ModelBundle, model: ElasticUNet, candidates: Sequence[frozenset[str]],
+                      samples: Sequence[int]) -> list[list[float]]:
+        c, n = self.config, len(self.config.prompts)
+        noises: dict[int, torch.Tensor] = {}
+        out = [[0.0] * len(samples) for _ in candidates]
+        for chunk, per_row in _row_chunks(candidates, samples, c.batch):
+            where = [(samples[j] % n, samples[j] // n) for _, j in chunk]  # (prompt, its image)
+            for p, _ in where:
+                if p not in noises:
+                    noises[p] = self._noise(model, p)
+            noise = torch.stack([noises[p][k] for p, k in where])
+            scores = self._scores(bundle, model, [c.prompts[p] for p, _ in where], noise, per_row)
+            for (cand, j), v in zip(chunk, scores):
+                out[cand][j] = v
+        return out
 
 
 @torch.no_grad()

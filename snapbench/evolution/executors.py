@@ -2,8 +2,10 @@
 
 At paper scale one evaluation is about 2.5 A100 GPU-hours (2K COCO prompts, 50 steps, CFG), so the
 evaluations of an iteration's actions fan out. A task names a checkpoint folder (written before the
-tasks are sent; workers load it once and keep it), a candidate spec and blocks to disable, and the
-evaluator's config; it returns a `Quality`. With Ray on several machines the checkpoint folder must be on
+tasks are sent; workers load it once and keep it) and the evaluator's config, and either
+- a candidate spec and blocks to disable (`EvalTask`): returns a `Quality` over every sample, or
+- several candidate specs and sample indices (`ScoreTask`): returns each candidate's per-sample scores,
+  the candidates batched through one model (snapbench.evolution.batching). With Ray on several machines the checkpoint folder must be on
 a filesystem every node sees (the usual shared /data or NFS mount).
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.interrupts import ignore_sigint, stop_pool
@@ -26,6 +28,27 @@ class EvalTask:
     disabled: tuple[str, ...]  # block ids to run as removed on top of the spec
     evaluator: EvalConfig
 
+    def run(self) -> Quality:
+        return run_task(self)
+
+
+@dataclass(frozen=True)
+class ScoreTask:
+    checkpoint: str
+    specs: tuple[Mapping[str, Any], ...]  # candidates' arch specs as dicts, run as one batch
+    samples: tuple[int, ...]  # sample indices to score (the evaluator's numbering)
+    evaluator: EvalConfig
+
+    def run(self) -> list[list[float]]:
+        return run_score_task(self)
+
+
+T = TypeVar("T", covariant=True)
+
+
+class Task(Protocol[T]):
+    def run(self) -> T: ...
+
 
 _BUNDLES: dict[str, Any] = {}
 _EVALUATORS: dict[Any, Any] = {}
@@ -34,22 +57,41 @@ _EVALUATORS: dict[Any, Any] = {}
 def run_task(task: EvalTask) -> Quality:
     """Evaluate one candidate (in whatever process runs it). Loaded models and evaluators are kept per
     process: every task of an iteration shares one checkpoint."""
-    from snapbench.evolution.checkpoints import derive, load_bundle
+    from snapbench.evolution.checkpoints import derive
     from snapbench.specs.arch_spec import ArchSpec
 
-    bundle = _BUNDLES.get(task.checkpoint)
-    if bundle is None:
-        _BUNDLES.clear()  # evolution moves forward: an older checkpoint is not asked for again
-        bundle = _BUNDLES[task.checkpoint] = load_bundle(task.checkpoint, device=evaluation_device())
-    evaluator = _EVALUATORS.get(task.evaluator)
-    if evaluator is None:
-        evaluator = _EVALUATORS[task.evaluator] = task.evaluator.build()
+    bundle, evaluator = _loaded(task.checkpoint, task.evaluator)
     model = bundle.model
     if task.spec is not None:
         spec = ArchSpec.from_dict(dict(task.spec), source="candidate")
         if spec.to_dict() != bundle.spec.to_dict():
             model = derive(bundle.model, spec)
     return evaluator.evaluate(bundle, model, task.disabled)
+
+
+def run_score_task(task: ScoreTask) -> list[list[float]]:
+    """Per-sample scores of several candidates, batched through the model holding all their blocks."""
+    from snapbench.evolution.batching import union_spec
+    from snapbench.evolution.checkpoints import derive
+    from snapbench.specs.arch_spec import ArchSpec
+
+    bundle, evaluator = _loaded(task.checkpoint, task.evaluator)
+    union, off = union_spec([ArchSpec.from_dict(dict(s), source="candidate") for s in task.specs])
+    model = bundle.model if union.to_dict() == bundle.spec.to_dict() else derive(bundle.model, union)
+    return evaluator.sample_scores(bundle, model, off, task.samples)
+
+
+def _loaded(checkpoint: str, config: EvalConfig) -> tuple[Any, Any]:
+    from snapbench.evolution.checkpoints import load_bundle
+
+    bundle = _BUNDLES.get(checkpoint)
+    if bundle is None:
+        _BUNDLES.clear()  # evolution moves forward: an older checkpoint is not asked for again
+        bundle = _BUNDLES[checkpoint] = load_bundle(checkpoint, device=evaluation_device())
+    evaluator = _EVALUATORS.get(config)
+    if evaluator is None:
+        evaluator = _EVALUATORS[config] = config.build()
+    return bundle, evaluator
 
 
 def evaluation_device() -> str:
@@ -64,21 +106,30 @@ def forget_cached() -> None:
     _BUNDLES.clear()
 
 
+R = TypeVar("R")
+
+
+def _run(task: Task[R]) -> R:
+    return task.run()
+
+
 class Executor(Protocol):
     name: str
+    slots: int  # tasks that run at the same time (how finely a batch of candidates is worth splitting)
 
-    def map(self, tasks: Sequence[EvalTask], on_done: Callable[[], None] | None = None) -> list[Quality]: ...
+    def map(self, tasks: Sequence[Task[R]], on_done: Callable[[], None] | None = None) -> list[R]: ...
 
     def close(self) -> None: ...
 
 
 class SerialExecutor:
     name = "in-process"
+    slots = 1
 
-    def map(self, tasks: Sequence[EvalTask], on_done: Callable[[], None] | None = None) -> list[Quality]:
+    def map(self, tasks: Sequence[Task[R]], on_done: Callable[[], None] | None = None) -> list[R]:
         out = []
         for t in tasks:
-            out.append(run_task(t))
+            out.append(t.run())
             if on_done:
                 on_done()
         return out
@@ -105,12 +156,13 @@ class ProcessExecutor:
         import multiprocessing
 
         self.name = f"{workers} local worker process(es)"
+        self.slots = workers
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_init_pool_worker, initargs=(threads,))
 
-    def map(self, tasks: Sequence[EvalTask], on_done: Callable[[], None] | None = None) -> list[Quality]:
-        futures = {self._pool.submit(run_task, t): i for i, t in enumerate(tasks)}
-        out: list[Quality | None] = [None] * len(tasks)
+    def map(self, tasks: Sequence[Task[R]], on_done: Callable[[], None] | None = None) -> list[R]:
+        futures = {self._pool.submit(_run, t): i for i, t in enumerate(tasks)}
+        out: list[R | None] = [None] * len(tasks)
         try:
             for f in as_completed(futures):
                 out[futures[f]] = f.result()
@@ -125,9 +177,9 @@ class ProcessExecutor:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _ray_task(task: EvalTask, threads: int) -> Quality:
+def _ray_task(task: Task[R], threads: int) -> R:
     _init_worker(threads)
-    return run_task(task)
+    return task.run()
 
 
 class RayExecutor:
@@ -157,10 +209,12 @@ class RayExecutor:
         self.name = "Ray (local)" if local else f"Ray at {address}"
         # A task that asks for no GPU gets CUDA_VISIBLE_DEVICES="" from Ray: where the cluster has GPUs,
         # each evaluation asks for one, else every task would sample on a CPU.
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        resources = ray.cluster_resources()
+        gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+        self.slots = max(1, int(resources.get("GPU", 0) if gpus else resources.get("CPU", 1)))
         self._remote = ray.remote(num_cpus=1, num_gpus=gpus)(_ray_task)
 
-    def map(self, tasks: Sequence[EvalTask], on_done: Callable[[], None] | None = None) -> list[Quality]:
+    def map(self, tasks: Sequence[Task[R]], on_done: Callable[[], None] | None = None) -> list[R]:
         refs = [self._remote.remote(t, self._threads) for t in tasks]
         pending = list(refs)
         while pending:

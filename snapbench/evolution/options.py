@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from snapbench.errors import SnapbenchError
+from snapbench.evolution.budget import EvalBudget
 from snapbench.evolution.evaluators import ClipEvalConfig, EvalConfig, ToyEvalConfig, read_prompts
 from snapbench.evolution.latency_costs import BlockPriceTable, FixedTable, costs_from_source, costs_from_table
 from snapbench.evolution.toy_digits import CONTEXT_TOKENS, cache_dir, is_toy
@@ -27,6 +28,13 @@ def evaluator_config(name: str, *, prompts: str | None = None, clip_weights: str
         return ClipEvalConfig(read_prompts(prompts), clip_weights, pipeline, steps or 50,
                               7.5 if guidance is None else guidance, seed, samples_per_prompt or 1)
     raise SnapbenchError(f"unknown evaluator {name!r}; choose toy or clip")
+
+
+def eval_budget(text: str, confidence: float, evaluator: EvalConfig) -> EvalBudget:
+    """--eval-budget / --eval-confidence, checked against the evaluator's samples before any run state."""
+    budget = EvalBudget.parse(text, confidence)
+    budget.rounds(evaluator.sample_count(), f" ({evaluator.describe_samples()})")
+    return budget
 
 
 def default_tokens(spec: ArchSpec) -> int:

@@ -8,11 +8,11 @@ same noise (common random numbers) makes quality differences far less noisy than
 
 from __future__ import annotations
 
-from typing import Any, Collection, Mapping
+from typing import Any, Mapping
 
 import torch
 
-from snapbench.model.elastic_unet import ElasticUNet
+from snapbench.model.elastic_unet import Disabled, ElasticUNet, PerRow
 
 
 def ddim_scheduler(noise_schedule: Mapping[str, Any]):
@@ -36,8 +36,9 @@ def ddim_step(sched: Any, output: torch.Tensor, t: Any, x: torch.Tensor) -> torc
 @torch.no_grad()
 def ddim_sample(model: ElasticUNet, context: torch.Tensor, uncond: torch.Tensor, noise: torch.Tensor, *,
                 noise_schedule: Mapping[str, Any], steps: int, guidance: float,
-                disabled: Collection[str] = ()) -> torch.Tensor:
-    """Denoise `noise` [B, C, H, W] to x0 conditioned on `context` [B, L, D]; `uncond` is [1, L, D]."""
+                disabled: Disabled = ()) -> torch.Tensor:
+    """Denoise `noise` [B, C, H, W] to x0 conditioned on `context` [B, L, D]; `uncond` is [1, L, D].
+    `disabled` as ElasticUNet takes it (a PerRow has one set per row of `noise`)."""
     was_training = model.training
     model.eval()  # no stochastic skipping while sampling
     sched = ddim_scheduler(noise_schedule)
@@ -45,9 +46,10 @@ def ddim_sample(model: ElasticUNet, context: torch.Tensor, uncond: torch.Tensor,
     x = noise * sched.init_noise_sigma
     b = x.shape[0]
     both = torch.cat([uncond.expand(b, -1, -1), context]) if guidance != 1.0 else context
+    doubled = disabled.repeat(2) if isinstance(disabled, PerRow) else disabled
     for t in sched.timesteps:
         if guidance != 1.0:
-            out = model(torch.cat([x, x]), t, both, disabled=disabled)
+            out = model(torch.cat([x, x]), t, both, disabled=doubled)
             e_uncond, e_cond = out.chunk(2)
             pred = e_uncond + guidance * (e_cond - e_uncond)
         else:

@@ -18,6 +18,11 @@ Columns (format "snapbench.trajectory/1"; units in the names):
     value             quality_delta / latency_delta_ms: the action's score in Algorithm 1 (removals: the
                       smallest loss per ms saved wins; additions: the largest gain per ms spent)
     train_steps       robust-training steps done so far in this run
+    eval_samples      images the row's evaluation generated: for a decision, every candidate's samples in
+                      every successive-halving round plus the winner's top-up to all samples (empty in
+                      files written before this column existed)
+    eval_reused       sample scores the row's evaluation took from earlier ones instead (same weights,
+                      same architecture, same sample)
 
 Rows are in the order they happened; latency and quality of the last row are the final model's.
 """
@@ -53,15 +58,17 @@ class TrajectoryRow:
     latency_delta_ms: float | None = None
     value: float | None = None
     train_steps: int = 0
+    eval_samples: int | None = None
+    eval_reused: int | None = None
 
     @classmethod
     def of(cls, iteration: int, phase: str, action: str, block: str, latency_ms: float, latency_backend: str,
            quality: float | None, quality_delta: float | None, latency_delta_ms: float | None,
-           train_steps: int) -> "TrajectoryRow":
+           train_steps: int, eval_samples: int | None = None, eval_reused: int | None = None) -> "TrajectoryRow":
         """A row with its value (quality_delta / latency_delta_ms) computed where both are known."""
         value = quality_delta / latency_delta_ms if quality_delta is not None and latency_delta_ms else None
         return cls(iteration, phase, action, block, latency_ms, latency_backend, quality, quality_delta,
-                   latency_delta_ms, value, train_steps)
+                   latency_delta_ms, value, train_steps, eval_samples, eval_reused)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +76,8 @@ class TrajectoryRow:
 
 TRAJECTORY_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TrajectoryRow))
 _FLOATS = frozenset({"latency_ms", "quality", "quality_delta", "latency_delta_ms", "value"})
-_INTS = frozenset({"iteration", "train_steps"})
+_INTS = frozenset({"iteration", "train_steps", "eval_samples", "eval_reused"})
+_ADDED = frozenset({"eval_samples", "eval_reused"})  # may be missing from files written before them
 
 
 def _cell(v: Any) -> str:
@@ -98,14 +106,14 @@ def read_trajectory(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     text = read_user_text(p, "trajectory file")
     reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in TRAJECTORY_COLUMNS if c not in (reader.fieldnames or ())]
+    missing = [c for c in TRAJECTORY_COLUMNS if c not in (reader.fieldnames or ()) and c not in _ADDED]
     if missing:
         raise SnapbenchError(f"{p}: not a snapbench trajectory (missing column {missing[0]})")
     out = []
     for r in reader:
         row: dict[str, Any] = {}
         for c in TRAJECTORY_COLUMNS:
-            v = r[c]
+            v = r.get(c) or ""
             row[c] = (None if v == "" else float(v)) if c in _FLOATS else (int(v) if c in _INTS and v else v)
         out.append(row)
     return out

@@ -6,13 +6,16 @@ layer's last block and its copies, exactly where diffusers stores them. With eve
 output equals diffusers' own forward.
 
 Robust training (SnapFusion 3.1.1): in training mode each RB / CA unit runs as removed with its
-`skip_probability`; at inference `disabled` gives a deterministic set of block ids to treat as removed.
+`skip_probability`; at inference `disabled` gives a deterministic set of block ids to treat as removed, for the whole batch or, as
+`PerRow`, one set per batch row: several candidate architectures then share one forward pass (evolution
+batches its candidates), each row computing only the blocks its candidate runs.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Collection, Iterator
+from dataclasses import dataclass
+from typing import Collection, Iterator, Union
 
 import torch
 from torch import nn
@@ -32,6 +35,25 @@ from snapbench.model.units import (
 from snapbench.model.variants import resnet_variant, transformer_variant
 from snapbench.specs.arch_spec import ArchSpec
 from snapbench.specs.layout import Slot
+
+
+@dataclass(frozen=True)
+class PerRow:
+    """Blocks to run as removed per batch row: row i runs without `rows[i]` (block ids, paper-style or
+    file-safe). Rows are independent through every unit (GroupNorm, attention and the time embedding are
+    per sample), so a row's output equals running its candidate alone."""
+
+    rows: tuple[frozenset[str], ...]
+
+    def repeat(self, times: int) -> "PerRow":
+        """The same rows for a batch stacked `times` over (CFG runs [uncond; cond])."""
+        return PerRow(self.rows * times)
+
+    def active_rows(self, unit: BlockUnit) -> list[int]:
+        return [i for i, off in enumerate(self.rows) if unit.block_id not in off and unit.file_id not in off]
+
+
+Disabled = Union[Collection[str], PerRow]
 
 
 class ElasticUNet(nn.Module):
@@ -138,7 +160,7 @@ class ElasticUNet(nn.Module):
         text_embeds: torch.Tensor | None = None,
         time_ids: torch.Tensor | None = None,
         *,
-        disabled: Collection[str] = (),
+        disabled: Disabled = (),
         generator: torch.Generator | None = None,
         record: list | None = None,
     ) -> torch.Tensor:
@@ -147,7 +169,8 @@ class ElasticUNet(nn.Module):
         `text_embeds` [B, D_pooled], `time_ids` [B, 6]: SDXL-class UNets' added conditioning (what
         diffusers takes as `added_cond_kwargs`).
 
-        `disabled`: block ids (paper-style or file-safe) to run as removed, deterministically.
+        `disabled`: block ids (paper-style or file-safe) to run as removed, deterministically; a `PerRow`
+        gives one set per row of `sample`.
         `record`: if given, gets one (unit, inputs, output) tuple per unit run: how blocks are cut.
         """
         batch = sample.shape[0]
@@ -157,6 +180,8 @@ class ElasticUNet(nn.Module):
             timestep = timestep[None]
         timestep = timestep.to(sample.device).expand(batch)
         self._check_divisible(sample)
+        if isinstance(disabled, PerRow) and len(disabled.rows) != batch:
+            raise SnapbenchError(f"{len(disabled.rows)} rows of disabled blocks for a batch of {batch}")
 
         skips: list[torch.Tensor] = []
         temb: torch.Tensor | None = None
@@ -173,10 +198,10 @@ class ElasticUNet(nn.Module):
             else:
                 if isinstance(unit, ResnetUnit):
                     args = (hidden, skips.pop(), temb) if unit.takes_skip else (hidden, temb)
-                    out = unit.run(*args, active=self._active(unit, disabled, generator))
+                    out = self._run(unit, args, disabled, generator)
                 elif isinstance(unit, AttentionUnit):
                     args = (hidden, encoder_hidden_states)
-                    out = unit.run(*args, active=self._active(unit, disabled, generator))
+                    out = self._run(unit, args, disabled, generator)
                 else:
                     args = (hidden,)
                     out = unit(hidden)
@@ -194,6 +219,20 @@ class ElasticUNet(nn.Module):
             raise SnapbenchError(f"{self.spec.name} has SDXL's text_time conditioning: pass text_embeds and "
                                  f"time_ids after the context (missing {', '.join(missing)})")
         return text_embeds, time_ids
+
+    def _run(self, unit: ResnetUnit | AttentionUnit, args: tuple[torch.Tensor, ...], disabled: Disabled,
+             generator: torch.Generator | None) -> torch.Tensor:
+        if not isinstance(disabled, PerRow):
+            return unit.run(*args, active=self._active(unit, disabled, generator))
+        rows = [] if unit.removed else disabled.active_rows(unit)
+        if len(rows) == len(disabled.rows):
+            return unit.run(*args, active=True)
+        removed = unit.run(*args, active=False)  # the identity or the shortcut: cheap next to the block
+        if not rows:
+            return removed
+        # Only the rows whose candidate runs the block compute it; out of place (removed may be the input).
+        index = torch.tensor(rows, device=removed.device)
+        return removed.index_put((index,), unit.run(*(a[index] for a in args), active=True))
 
     def _active(self, unit: BlockUnit, disabled: Collection[str], generator: torch.Generator | None) -> bool:
         if unit.removed or unit.block_id in disabled or unit.file_id in disabled:

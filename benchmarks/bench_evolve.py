@@ -1,0 +1,235 @@
+"""Benchmark `snapbench evolve --eval-budget`: the default budget against the exhaustive one on the toy.
+
+    .venv/bin/python benchmarks/bench_evolve.py [--model runs/toy] [--out runs/bench-evolve] [--json]
+    .venv/bin/python benchmarks/bench_evolve.py --report-only      # the figures of runs already there
+
+Both sides run `snapbench evolve --model M --device iphone14pro --target-fraction 0.6` (estimated
+latency, 1 torch thread, no add phase so that both stop at the target) in their own process, one after
+the other, into OUT/default and OUT/exhaustive; without --model a robust toy is trained first into
+OUT/toy (`snapbench train --model toy-digits --robust`, 2,000 steps). Each side resumes where it stopped
+when the benchmark runs again. Printed: seconds, final quality and whether the target was reached per
+side, then the two trajectories side by side and, where the decisions differ, why (each run's log
+ranks every candidate of every decision with its value and the samples it was scored on). --report-only
+reads what the folders hold, finished or not (an unfinished side is marked so). Other users of the CPU
+slow both sides: the load average is printed with the figures, and each side's CPU seconds (its worker
+processes' included, summed over resumes) beside its wall seconds.
+
+--json prints {"default": {"seconds", "final_quality", "reached_target", ...}, "exhaustive": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PY = sys.executable
+SNAPBENCH = str(Path(PY).with_name("snapbench"))
+SIDES = ("default", "exhaustive")
+
+
+def _evolve_args(model: str, out: Path, budget: str, args: argparse.Namespace) -> list[str]:
+    return [SNAPBENCH, "evolve", "--model", model, "--out", str(out), "--device", args.device,
+            "--target-fraction", str(args.target_fraction), "--no-add", "--threads", str(args.threads),
+            "--workers", str(args.workers), "--eval-budget", budget, "--json",
+            *(["--samples-per-prompt", str(args.samples_per_prompt)] if args.samples_per_prompt else [])]
+
+
+def _train(out: Path, threads: int) -> str:
+    folder = out / "toy"
+    if not (folder / "arch.json").is_file():
+        subprocess.run([SNAPBENCH, "train", "--model", "toy-digits", "--robust", "--out", str(folder),
+                        "--threads", str(threads)], check=True, stdout=subprocess.DEVNULL)
+    return str(folder)
+
+
+def _cpu_children() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _run_side(cmd: list[str], folder: Path) -> int:
+    """Run one side; its CPU seconds (its worker processes' included) add up in SIDE.cpu.json across
+    resumes: on a shared machine they, not the wall time, say what the run costs."""
+    log = folder.with_name(folder.name + ".cpu.json")
+    spent = json.loads(log.read_text()) if log.is_file() else {"cpu_seconds": 0.0, "wall_seconds": 0.0}
+    c, t = _cpu_children(), time.perf_counter()
+    rc = subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode
+    spent = {"cpu_seconds": spent["cpu_seconds"] + _cpu_children() - c,
+             "wall_seconds": spent["wall_seconds"] + time.perf_counter() - t}
+    log.write_text(json.dumps(spent) + "\n")
+    return rc
+
+
+def _read(folder: Path) -> dict[str, Any] | None:
+    """The finished result, or what an unfinished run's state holds so far; None if it never started."""
+    result, state = folder / "result.json", folder / ".evolve" / "state.json"
+    cpu_log = folder.with_name(folder.name + ".cpu.json")
+    cpu = json.loads(cpu_log.read_text())["cpu_seconds"] if cpu_log.is_file() else None
+    if result.is_file():
+        d = json.loads(result.read_text())
+        d.update(finished=True, cpu_seconds=cpu)
+        return d
+    if not state.is_file():
+        return None
+    st = json.loads(state.read_text())
+    return {"finished": False, "cpu_seconds": cpu, "seconds": st["seconds"], "final_quality": st["quality"],
+            "final_latency_ms": st["latency_ms"], "target_ms": st["target_ms"],
+            "initial_latency_ms": st["initial"]["latency_ms"], "initial_quality": st["initial"]["quality"],
+            "iterations": st["iteration"], "trajectory": st["trajectory"], "evaluations": st["evaluations"],
+            "eval_samples": sum(int(e.get("samples", 0)) for e in st["evaluations"])}
+
+
+def _summary(d: dict[str, Any]) -> dict[str, Any]:
+    cpu = d.get("cpu_seconds")
+    return {"seconds": round(float(d["seconds"]), 1), "cpu_seconds": None if cpu is None else round(cpu, 1),
+            "final_quality": round(float(d["final_quality"]), 4),
+            "reached_target": bool(d["final_latency_ms"] <= d["target_ms"] + 1e-9), "finished": d["finished"],
+            "iterations": d["iterations"], "final_latency_ms": round(float(d["final_latency_ms"]), 4),
+            "target_ms": round(float(d["target_ms"]), 4), "eval_samples": d["eval_samples"]}
+
+
+def _decisions(d: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    rows = {r["iteration"]: r for r in d["trajectory"] if r["phase"] == "remove"}
+    logs = {e["iteration"]: e for e in d["evaluations"]}
+    return {i: {**r, "log": logs.get(i, {})} for i, r in rows.items()}
+
+
+def _why(i: int, a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Why the default (a) picked another block than the exhaustive run (b) from the same architecture."""
+    pick, best = f"A- {a['block']}", f"A- {b['block']}"
+    ex = {r[0]: (k, r[1], r[2]) for k, r in enumerate(b["log"].get("ranking", []))}
+    de = {r[0]: (k, r[1], r[2]) for k, r in enumerate(a["log"].get("ranking", []))}
+    parts = []
+    if pick in ex and best in ex:
+        k, v, n = ex[pick]
+        parts.append(f"on all {n} samples the default's pick ranks #{k + 1} (value {v:.5f}/ms against the best "
+                     f"{ex[best][1]:.5f}/ms)")
+    if best in de:
+        k, v, n = de[best]
+        parts.append(f"the default saw the exhaustive pick on {n} samples, value {v:.5f}/ms, #{k + 1}"
+                     + (" (dropped by the halving)" if n < de[pick][2] else ""))
+    rounds = a["log"].get("rounds")
+    if rounds:
+        parts.append(f"halving rounds {rounds}, settled by {a['log'].get('settled')}")
+    return f"iteration {i}: " + "; ".join(parts)
+
+
+def _side_by_side(runs: dict[str, dict[str, Any]]) -> list[str]:
+    a, b = _decisions(runs["default"]), _decisions(runs["exhaustive"])
+    lines = [f"{'it':>3s}  {'default':22s} {'ms':>7s} {'quality':>8s} {'images':>7s}   "
+             f"{'exhaustive':22s} {'ms':>7s} {'quality':>8s} {'images':>7s}"]
+    first_diff = None
+    for i in sorted(set(a) | set(b)):
+        ra, rb = a.get(i), b.get(i)
+
+        def cells(r: dict[str, Any] | None) -> str:
+            if r is None:
+                return f"{'':22s} {'':>7s} {'':>8s} {'':>7s}"
+            q = "" if r["quality"] is None else f"{r['quality']:.4f}"
+            return f"{r['block']:22s} {r['latency_ms']:7.3f} {q:>8s} {r['log'].get('samples', 0):7d}"
+
+        differs = ra is not None and rb is not None and ra["block"] != rb["block"]
+        if differs and first_diff is None:
+            first_diff = i
+        lines.append(f"{i:3d}{'*' if differs else ' '} {cells(ra)}   {cells(rb)}")
+    both = len(set(a) & set(b))
+    if first_diff is None:
+        lines.append(f"in the {both} iterations both ran, the two runs removed the same blocks in the same order")
+    else:
+        same = sum(1 for i in a if i in b and a[i]["block"] == b[i]["block"])
+        lines.append(f"* the decisions differ. They agree on {same} of {both} iterations; the "
+                     f"first difference, from the same architecture:")
+        lines.append("  " + _why(first_diff, a[first_diff], b[first_diff]))
+        lines.append("  later rows start from different architectures, so a difference there follows from the first")
+    return lines
+
+
+def _common(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Both sides over the iterations both finished: images, seconds (wall, from each run's log), and the
+    quality and latency after the last of them (what an unfinished side can be compared on)."""
+    logs = {side: {e["iteration"]: e for e in r["evaluations"] if e["iteration"] > 0 and "rounds" in e}
+            for side, r in runs.items()}
+    common = sorted(set.intersection(*(set(v) for v in logs.values())))
+    out: dict[str, Any] = {"iterations": len(common)}
+    for side, r in runs.items():
+        rows = _decisions(r)
+        last = rows.get(common[-1]) if common else None
+        out[side] = {"images": sum(int(logs[side][i].get("samples", 0)) for i in common),
+                     "seconds": round(sum(float(logs[side][i].get("seconds", 0)) for i in common), 1),
+                     "quality": None if last is None else last["quality"],
+                     "latency_ms": None if last is None else last["latency_ms"]}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", help="a robust-trained toy-digits folder (default: train one into OUT/toy)")
+    ap.add_argument("--out", default="runs/bench-evolve")
+    ap.add_argument("--device", default="iphone14pro")
+    ap.add_argument("--target-fraction", type=float, default=0.6)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1, help="evaluation processes (2 on an idle 2-core machine)")
+    ap.add_argument("--samples-per-prompt", type=int, help="toy images per digit [8]; 1 for a quick smoke run")
+    ap.add_argument("--only", choices=SIDES, help="run one side (the other is read if it is there)")
+    ap.add_argument("--report-only", action="store_true", help="run nothing; report what OUT holds")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    if not args.report_only:
+        model = args.model or _train(out, args.threads)
+        for side in SIDES:
+            if args.only in (None, side):
+                budget = "auto" if side == "default" else "exhaustive"
+                t = time.perf_counter()
+                rc = _run_side(_evolve_args(model, out / side, budget, args), out / side)
+                print(f"{side}: exit {rc} after {time.perf_counter() - t:.0f} s wall", file=sys.stderr)
+    runs = {side: r for side in SIDES if (r := _read(out / side)) is not None}
+    load_after = os.getloadavg()
+    doc: dict[str, Any] = {side: _summary(r) for side, r in runs.items()}
+    if len(runs) == 2:
+        doc["common"] = _common(runs)
+    doc["load_average"] = {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in load_after],
+                           "cpus": os.cpu_count()}
+    if args.json:
+        print(json.dumps(doc, indent=1))
+        return
+    print(f"load average (1, 5, 15 min) before {doc['load_average']['before']}, after {doc['load_average']['after']} "
+          f"on {os.cpu_count()} CPUs")
+    print(f"{'side':11s} {'seconds':>8s} {'cpu s':>8s} {'iterations':>10s} {'images':>8s} {'latency ms':>10s} {'target':>7s} "
+          f"{'reached':>7s} {'quality':>8s}  finished")
+    for side, s in doc.items():
+        if side in SIDES:
+            cpu = "" if s["cpu_seconds"] is None else f"{s['cpu_seconds']:.1f}"
+            print(f"{side:11s} {s['seconds']:8.1f} {cpu:>8s} {s['iterations']:10d} {s['eval_samples']:8d} "
+                  f"{s['final_latency_ms']:10.3f} {s['target_ms']:7.3f} {str(s['reached_target']):>7s} "
+                  f"{s['final_quality']:8.4f}  {s['finished']}")
+    if len(runs) == 2:
+        c = doc["common"]
+        if c["iterations"]:
+            cd, ce = c["default"], c["exhaustive"]
+            print(f"over the {c['iterations']} iterations both ran: images {cd['images']} vs {ce['images']} "
+                  f"({cd['images'] / max(ce['images'], 1):.2f}x), seconds {cd['seconds']} vs {ce['seconds']} "
+                  f"({cd['seconds'] / max(ce['seconds'], 1e-9):.2f}x), then quality {cd['quality']:.4f} vs "
+                  f"{ce['quality']:.4f} at {cd['latency_ms']:.3f} vs {ce['latency_ms']:.3f} ms")
+        d, e = doc["default"], doc["exhaustive"]
+        cpu_ratio = (f", CPU seconds {d['cpu_seconds'] / e['cpu_seconds']:.2f}x" if d["cpu_seconds"] and e["cpu_seconds"]
+                     else "")
+        print(f"whole runs{'' if d['finished'] and e['finished'] else ' (one unfinished: not comparable)'}, "
+              f"default / exhaustive: seconds {d['seconds'] / max(e['seconds'], 1e-9):.2f}x{cpu_ratio}, images "
+              f"{d['eval_samples'] / max(e['eval_samples'], 1):.2f}x, final quality {d['final_quality']:.4f} vs "
+              f"{e['final_quality']:.4f} (difference {d['final_quality'] - e['final_quality']:+.4f})")
+        print()
+        print("\n".join(_side_by_side(runs)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""How much evaluation a decision gets: successive halving with a stated confidence (`--eval-budget`).
+
+Algorithm 1 picks, each iteration, the action with the best value = d quality / d latency. Evaluating every
+candidate on every sample (`exhaustive`, the paper's procedure) spends most of its time on candidates that
+are clearly not the best. Successive halving (Jamieson & Talwalkar 2016) spends it where the decision is:
+
+- round 1 scores every candidate on the first `first` samples; each later round doubles the samples
+  (capped at all of them) for the better half of the survivors (never fewer than `want`);
+- samples are common random numbers (the same prompt and starting noise for every candidate:
+  snapbench.evolution.evaluators), so candidates are compared sample by sample: for two candidates the
+  per-sample differences of their merit have a far smaller spread than the merits themselves;
+- the search stops early when the ranking is settled: each of the `want` leaders beats every other
+  survivor in a one-sided paired t-test at `confidence` (Bonferroni over the comparisons, so the stated
+  confidence holds for all of them together); survivors a leader beats that way leave before the halving;
+- otherwise it stops when one round's survivors number `want`, or after the round on all samples (there
+  the ranking is the exhaustive one among the survivors).
+
+A candidate's merit on one sample is what Algorithm 1 ranks by, per sample: for a removal -(q_c - q_p) / dl
+(the least quality lost per ms saved is the best), for an addition (q_c - q_p) / dl, with q_p the current
+architecture's score on the same sample. Its mean over samples is the candidate's value (sign aside).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from snapbench.errors import SnapbenchError
+
+MIN_SAMPLES = 2  # a paired comparison needs a spread: one sample per candidate ranks nothing with confidence
+AUTO_ROUNDS = 5  # auto: the first round sees 1/16 of the samples, so the fifth sees them all
+
+
+@dataclass(frozen=True)
+class EvalBudget:
+    """`exhaustive`, or successive halving from `first` samples per candidate (None: auto) at `confidence`."""
+
+    mode: str = "halving"  # halving | exhaustive
+    first: int | None = None
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("halving", "exhaustive"):
+            raise SnapbenchError(f"eval budget mode {self.mode!r}: choose halving or exhaustive")
+        if not 0.5 <= self.confidence < 1:
+            raise SnapbenchError(f"--eval-confidence must be in [0.5, 1), got {self.confidence}")
+
+    @classmethod
+    def parse(cls, text: str, confidence: float = 0.95) -> "EvalBudget":
+        """`exhaustive`, `auto` or the samples per candidate of the first round (>= MIN_SAMPLES)."""
+        t = text.strip().lower()
+        if t == "exhaustive":
+            return cls("exhaustive", None, confidence)
+        if t == "auto":
+            return cls("halving", None, confidence)
+        try:
+            first = int(t)
+        except ValueError:
+            raise SnapbenchError(f"--eval-budget {text!r}: give exhaustive, auto, or the samples per candidate "
+                                 f"of the first halving round (at least {MIN_SAMPLES})") from None
+        if first < MIN_SAMPLES:
+            raise SnapbenchError(f"--eval-budget {first}: cannot rank two candidates with a confidence from fewer "
+                                 f"than {MIN_SAMPLES} samples each; the minimum is {MIN_SAMPLES} (or exhaustive)")
+        return cls("halving", first, confidence)
+
+    def rounds(self, total: int, what: str = "") -> list[int]:
+        """Samples per candidate in each round, ending with `total` (all of the evaluator's samples)."""
+        if self.mode == "exhaustive" or (self.first is None and total < MIN_SAMPLES):
+            return [total]  # auto with too few samples to halve over: every candidate on all of them
+        first = self.first if self.first is not None else max(MIN_SAMPLES, math.ceil(total / 2 ** (AUTO_ROUNDS - 1)))
+        if first > total:
+            raise SnapbenchError(f"--eval-budget {first}: the evaluator has only {total} samples per candidate"
+                                 f"{what}; give at most {total}, or exhaustive")
+        out = [first]
+        while out[-1] < total:
+            out.append(min(total, 2 * out[-1]))
+        return out
+
+    def describe(self, total: int) -> str:
+        if self.rounds(total) == [total]:
+            return f"every candidate on all {total} samples" + (" (exhaustive)" if self.mode == "exhaustive" else "")
+        return f"successive halving over {self.rounds(total)} samples, confidence {self.confidence}"
+
+
+@dataclass
+class Decision:
+    """A ranking and what it cost: `ranked` holds candidate indices, best first (the final round's
+    survivors by their mean merit, then those dropped, the latest-dropped first)."""
+
+    ranked: list[int]
+    means: dict[int, float]  # each candidate's mean merit on the samples it was scored on
+    samples: dict[int, int]  # samples each candidate was scored on
+    rounds: list[tuple[int, int]] = field(default_factory=list)  # (samples per candidate, candidates) per round
+    settled: str = ""  # how it stopped: confidence | survivors | all samples | no rival
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rounds": [list(r) for r in self.rounds], "settled": self.settled}
+
+
+def _beats(a: np.ndarray, b: np.ndarray, quantile: float) -> bool:
+    """Whether merit samples `a` beat `b` (paired, one-sided) with t above the `quantile` critical value."""
+    d = a - b
+    mean = float(d.mean())
+    if mean <= 0 or len(d) < 2:
+        return False
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        return True  # every sample agrees
+    from scipy.stats import t as student
+
+    return mean / (sd / math.sqrt(len(d))) > float(student.ppf(quantile, len(d) - 1))
+
+
+def successive_halving(count: int, merits: Callable[[list[int], int], np.ndarray], rounds: Sequence[int], *,
+                       want: int = 1, confidence: float = 0.95,
+                       tiebreak: Sequence[float] | None = None) -> Decision:
+    """Rank `count` candidates by mean merit (higher is better) with as few samples as the ranking needs.
+
+    `merits(alive, n)` returns an array [len(alive), n]: each alive candidate's merit on samples 0..n-1
+    (the caller computes only what it has not computed before). `tiebreak`: lower first among equal means."""
+    tie = list(tiebreak) if tiebreak is not None else [0.0] * count
+    alive = list(range(count))
+    means: dict[int, float] = {}
+    samples: dict[int, int] = {}
+    decision = Decision([], means, samples)
+    if count <= want:
+        decision.ranked, decision.settled = sorted(alive, key=lambda i: tie[i]), "no rival"
+        return decision
+    dropped: list[list[int]] = []  # per round, better first
+    final: list[int] = []
+    for n in rounds:
+        m = np.asarray(merits(alive, n), dtype=float)
+        rows = {c: m[k] for k, c in enumerate(alive)}
+        for c in alive:
+            means[c], samples[c] = float(rows[c].mean()), n
+        ranked = sorted(alive, key=lambda c: (-means[c], tie[c]))
+        decision.rounds.append((n, len(alive)))
+        top, rest = ranked[:want], ranked[want:]
+        quantile = 1 - (1 - confidence) / (len(top) * len(rest))
+        beaten = {o for o in rest if all(_beats(rows[t], rows[o], quantile) for t in top)}
+        if len(beaten) == len(rest):
+            decision.settled, final = "confidence", ranked
+            break
+        if n == rounds[-1]:
+            decision.settled, final = "all samples", ranked
+            break
+        alive = [c for c in ranked[:max(want, math.ceil(len(ranked) / 2))] if c not in beaten]
+        dropped.append([c for c in ranked if c not in alive])
+        if len(alive) <= want:
+            decision.settled, final = "survivors", alive
+            break
+    decision.ranked = final + [c for group in reversed(dropped) for c in group]
+    return decision

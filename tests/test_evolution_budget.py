@@ -1,0 +1,169 @@
+"""Cheaper candidate evaluation with the same decisions: successive halving, common random numbers, score
+reuse, candidates batched through one model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from evolution_helpers import (  # noqa: F401  (fixtures)
+    CA_MS, RB_MS, TINY_EVAL, PenaltyEval, fixed_costs, fixed_table_csv, toy_folder,
+)
+from snapbench.errors import SnapbenchError
+from snapbench.evolution.budget import EvalBudget, successive_halving
+from snapbench.evolution.evolve import EvolveConfig, evolve
+from snapbench.evolution.executors import ScoreTask, SerialExecutor
+from snapbench.evolution.scoring import Scorer
+from snapbench.specs.presets import load_preset
+
+
+def test_budget_rounds_and_the_smallest_budget():
+    assert EvalBudget().rounds(80) == [5, 10, 20, 40, 80]  # auto: the first round sees 1/16
+    assert EvalBudget.parse("3").rounds(20) == [3, 6, 12, 20]
+    assert EvalBudget.parse("exhaustive").rounds(80) == [80]
+    assert EvalBudget().rounds(1) == [1]  # too few samples to halve over: all of them
+    with pytest.raises(SnapbenchError, match="the minimum is 2"):
+        EvalBudget.parse("1")
+    with pytest.raises(SnapbenchError, match="at most 80"):
+        EvalBudget.parse("100").rounds(80)
+    with pytest.raises(SnapbenchError, match="exhaustive, auto"):
+        EvalBudget.parse("lots")
+
+
+def _merits(truth: np.ndarray, noise: float, spread: float, total: int):
+    """Per-sample merits: the truth, plus a draw every candidate shares per sample (common random
+    numbers) and a smaller one of its own; records which (candidate, sample) pairs were asked for."""
+    rng = np.random.default_rng(1)
+    shared = rng.standard_normal(total) * noise
+    own = rng.standard_normal((len(truth), total)) * spread
+    asked: set[tuple[int, int]] = set()
+
+    def merits(alive, n):
+        asked.update((c, s) for c in alive for s in range(n))
+        return np.stack([truth[c] + shared[:n] + own[c, :n] for c in alive])
+
+    return merits, asked
+
+
+def test_halving_picks_the_exhaustive_winner_for_fewer_samples():
+    truth = np.zeros(27)
+    truth[17] = 0.5  # clearly better: a tenth of the noise between samples
+    merits, asked = _merits(truth, noise=5.0, spread=0.3, total=80)
+    exhaustive = successive_halving(27, merits, [80])
+    assert exhaustive.ranked[0] == 17
+    merits, asked = _merits(truth, noise=5.0, spread=0.3, total=80)
+    halving = successive_halving(27, merits, EvalBudget().rounds(80))
+    assert halving.ranked[0] == 17 and sorted(halving.ranked) == list(range(27))
+    assert halving.rounds[0] == (5, 27) and halving.settled in ("confidence", "survivors", "all samples")
+    assert len(asked) < 27 * 80 / 2  # each (candidate, sample) scored once, most never
+    # without common random numbers (each candidate its own noise of the same size) the leader is not
+    # settled in the first rounds: the stated confidence is what stops early
+    merits, _ = _merits(truth, noise=0.0, spread=5.0, total=80)
+    assert successive_halving(27, merits, [10, 20, 40, 80]).settled != "confidence"
+
+
+def test_halving_stops_when_the_ranking_is_settled_and_keeps_want():
+    truth = np.arange(8, dtype=float)  # 7 is best by a wide margin
+    merits, asked = _merits(truth, noise=1.0, spread=0.01, total=64)
+    d = successive_halving(8, merits, [4, 8, 16, 32, 64])
+    assert d.settled == "confidence" and d.rounds == [(4, 8)] and d.ranked[:3] == [7, 6, 5]
+    merits, _ = _merits(truth, noise=1.0, spread=0.01, total=64)
+    two = successive_halving(8, merits, [4, 8, 16, 32, 64], want=2)
+    assert two.ranked[:2] == [7, 6]
+    one = successive_halving(1, merits, [4, 8])
+    assert one.ranked == [0] and one.rounds == [] and one.settled == "no rival"
+
+
+# RB[Mid, 2] loses least per ms among the cheap ones; the stub's per-sample noise is shared by every
+# candidate (noise) plus a little of each one's own (spread).
+PENALTIES = (("RB[Mid, 2]", 0.04), ("CA[Up-3, 1]", 0.10), ("CA[Down-1, 2]", 0.06), ("RB[Up-3, 3]", 0.06))
+
+
+def _evolve(folder, out, target, evaluator, budget, **kw):
+    return evolve(folder, out, EvolveConfig(target_ms=target, add_phase=False, eval_budget=budget, **kw),
+                  evaluator=evaluator, costs=fixed_costs, executor=SerialExecutor(), progress=False)
+
+
+def test_evolve_with_halving_makes_the_exhaustive_decisions(tmp_path, toy_folder):
+    spec = load_preset("toy-digits")
+    target = fixed_costs(spec).latency(spec) - 2 * CA_MS - RB_MS
+    ev = PenaltyEval(PENALTIES, samples=32, noise=0.2, spread=0.002)
+    full = _evolve(toy_folder, tmp_path / "full", target, ev, EvalBudget.parse("exhaustive"))
+    cheap = _evolve(toy_folder, tmp_path / "cheap", target, ev, EvalBudget.parse("4"))
+    removed = [r["block"] for r in full.trajectory if r["phase"] == "remove"]
+    assert removed == ["CA[Down-1, 2]", "RB[Mid, 2]", "CA[Up-3, 1]"]
+    assert [r["block"] for r in cheap.trajectory if r["phase"] == "remove"] == removed
+    assert cheap.final_quality == pytest.approx(full.final_quality)
+    # each row records the images its decision took; halving took far fewer
+    spent = [r["eval_samples"] for r in cheap.trajectory if r["phase"] == "remove"]
+    assert all(s > 0 for s in spent) and sum(spent) * 3 < full.eval_samples
+    assert [e["rounds"][0] for e in cheap.evaluations[1:4]] == [[4, 38], [4, 37], [4, 36]]
+    assert all(e["seconds"] >= 0 and e["samples"] > 0 for e in cheap.evaluations[1:4])
+    # the current architecture's scores are the previous winner's: reused, not recomputed
+    assert all(r["eval_reused"] > 0 for r in cheap.trajectory if r["phase"] == "remove")
+
+
+def test_reuse_recomputes_after_training_steps(toy_folder, tmp_path):
+    from snapbench.evolution.robust_training import TrainConfig
+
+    spec = load_preset("toy-digits")
+    r = _evolve(toy_folder, tmp_path / "evo", fixed_costs(spec).latency(spec) - 2 * CA_MS - 0.01, TINY_EVAL,
+                EvalBudget.parse("2"), train_steps=1, train=TrainConfig(batch_size=2), max_iterations=2)
+    rows = {(row["iteration"], row["phase"]): row for row in r.trajectory}
+    total = TINY_EVAL.sample_count()
+    assert rows[(0, "start")]["eval_samples"] == total
+    assert rows[(1, "remove")]["eval_reused"] > 0  # the starting model's scores, same weights
+    # training changed the weights: the architecture is scored again on every sample, nothing reused
+    assert rows[(1, "train")]["eval_samples"] == total and rows[(1, "train")]["eval_reused"] == 0
+    # the next decision reuses the architecture's scores on the new weights (computed for the train row)
+    assert 0 < rows[(2, "remove")]["eval_reused"] <= total
+
+
+def test_scorer_reuses_until_the_checkpoint_changes(toy_folder, tmp_path):
+    from snapbench.evolution.actions import Action
+
+    spec = load_preset("toy-digits")
+    cand = Action("-", "Up-3", "CA1").apply(spec)
+    scorer = Scorer(TINY_EVAL, SerialExecutor(), str(toy_folder))
+    first = scorer.scores([spec, cand], 4)
+    assert scorer.take_counts().computed == 8
+    again = scorer.scores([spec, cand], 6)  # only samples 4, 5 are new
+    c = scorer.take_counts()
+    assert (c.computed, c.reused) == (4, 8)
+    assert np.array_equal(again[0][:4], first[0]) and np.array_equal(again[1][:4], first[1])
+    scorer.use_checkpoint(str(tmp_path / "elsewhere"))  # new weights: nothing is kept
+    assert scorer.take_counts().computed == 0 and not scorer._scores
+
+
+def test_batched_toy_scores_equal_each_candidate_evaluated_alone(toy_folder):
+    """Common random numbers across candidates and subsets: sample s is the same image in a batch of
+    candidates as in evaluate(); the mean over all samples is evaluate()'s quality."""
+    from snapbench.evolution.actions import Action
+    from snapbench.evolution.checkpoints import derive, load_bundle
+
+    torch.set_num_threads(1)
+    spec = load_preset("toy-digits")
+    cands = [spec, Action("-", "Up-3", "CA1").apply(spec), Action("-", "Mid", "RB2").apply(spec),
+             Action("+", "Up-1", "CA2").apply(spec)]
+    total = TINY_EVAL.sample_count()
+    got = ScoreTask(str(toy_folder), tuple(c.to_dict() for c in cands), tuple(range(total)), TINY_EVAL).run()
+    bundle = load_bundle(toy_folder)
+    ev = TINY_EVAL.build()
+    for c, row in zip(cands, got):
+        assert np.mean(row) == pytest.approx(ev.evaluate(bundle, derive(bundle.model, c)).quality, abs=1e-5)
+    part = ScoreTask(str(toy_folder), (cands[1].to_dict(),), (7, 2), TINY_EVAL).run()
+    assert part[0] == pytest.approx([got[1][7], got[1][2]], abs=1e-5)
+    assert len({round(float(np.mean(r)), 6) for r in got}) > 1
+
+
+def test_cli_refuses_a_first_round_beyond_the_samples(tmp_path, toy_folder, capsys, fixed_table_csv):
+    from snapbench.cli import main
+
+    out = tmp_path / "evo"
+    base = ["evolve", "--model", str(toy_folder), "--out", str(out), "--fixed-table", str(fixed_table_csv),
+            "--target-fraction", "0.9"]
+    assert main([*base, "--eval-budget", "81"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "at most 80" in err and "10 prompts x 8" in err
+    assert not out.exists()
