@@ -25,6 +25,9 @@ except ImportError:  # pragma: no cover - newer typer does not depend on click
 
 from snapbench import __version__, interrupts
 from snapbench.errors import SnapbenchError
+from snapbench.size_limits import size_limits_lifted
+
+NO_SIZE_LIMIT = "--no-size-limit"
 
 # The commands, in the order `snapbench --help` lists them (the pipeline's order).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -60,6 +63,11 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    no_size_limit: bool = typer.Option(
+        False, NO_SIZE_LIMIT,
+        help="Build networks past the size bound (20 B parameters, one activation of 2^32 elements), which no "
+             "real model reaches; it guards against configs that would fill memory. Accepted anywhere on the "
+             "command line."),
 ) -> None:
     """snapbench: per-block Core ML, latency tables, SnapFusion-style evolution, HTML reports."""
 
@@ -116,10 +124,16 @@ def main(argv: list[str] | None = None, *, obj: object = None) -> int:
     `ProfileTools`)."""
     command = typer.main.get_command(app)
     interrupts.reset()
+    args = list(sys.argv[1:] if argv is None else argv)
+    # the size bound's switch is read wherever it stands (the refusal says "add --no-size-limit")
+    lifted = NO_SIZE_LIMIT in args and "--" not in args[:args.index(NO_SIZE_LIMIT)]
+    if lifted:
+        args.remove(NO_SIZE_LIMIT)
     try:
         # Not standalone: typer then *returns* exit codes (typer.Exit(1) of a failed run, and 130 for the
         # KeyboardInterrupt it catches itself) instead of raising them.
-        rv = command.main(args=argv, prog_name="snapbench", standalone_mode=False, obj=obj)
+        with size_limits_lifted(lifted):
+            rv = command.main(args=args, prog_name="snapbench", standalone_mode=False, obj=obj)
     except SnapbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

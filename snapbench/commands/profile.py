@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from snapbench.commands.common import (
     JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, model_source, out, print_json, resolved_latent,
@@ -171,10 +172,10 @@ def _profile_network(model: str, input_shape: str | None, device: str, weight_bi
         print_json(doc)
         return
     est = doc["estimate"]
-    out.print(f"{doc['model']} ({doc['input'] or 'default input'}) on {doc['device']} ({doc['chip']}), "
-              f"{doc['weight_bits']}-bit weights: [bold]{doc['model_ms']:.3g} ms[/bold] (estimate, params "
-              f"v{doc['params_version']}); {est['n_ops']} ops, {est['gflops']:.3g} GFLOP, "
-              f"{len(est['cpu_ops'])} on the CPU")
+    out.print(Text.assemble(
+        f"{doc['model']} ({doc['input'] or 'default input'}) on {doc['device']} ({doc['chip']}), "
+        f"{doc['weight_bits']}-bit weights: ", (f"{doc['model_ms']:.3g} ms", "bold"), " (estimate, params "
+        f"v{doc['params_version']}); {est['n_ops']} ops, {est['gflops']:.3g} GFLOP, {len(est['cpu_ops'])} on the CPU"))
     for note in doc["notes"]:
         out.print(f"  {note}")
 
@@ -183,9 +184,9 @@ def render(run: ProfileRun) -> None:
     from snapbench.latency.document import document_backend, stage_summary
 
     s = run.settings
-    out.rule(f"[bold]{run.model}[/bold] on {run.device.name} ({run.device.chip})  batch {s.batch}, "
+    out.rule(Text.assemble((run.model, "bold"), f" on {run.device.name} ({run.device.chip})  batch {s.batch}, "
              f"latent {s.latent}, {s.attention}, {s.weight_bits}-bit weights, {s.compute_units}; "
-             f"backend {document_backend(run)}")
+             f"backend {document_backend(run)}"))
     if run.blocks:
         t = Table(title="UNet per stage (ms per denoising step)", title_justify="left")
         for col in ("stage", "CA ms", "RB ms", "aux ms", "total ms", "share", "params", "backend"):

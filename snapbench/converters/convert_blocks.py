@@ -27,7 +27,6 @@ from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, insp
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.progress import reporter
 from snapbench.versions import tool_versions
-from snapbench.errors import SnapbenchError, first_line
 from snapbench.interrupts import stop_pool
 from snapbench.model.loading import ModelSource, build_unet, resolve_model
 
@@ -64,14 +63,8 @@ def load_source(model: str | os.PathLike | ModelSource, weights: str | os.PathLi
 
 
 def build_checked(source: ModelSource, *, device: str, seed: int = 0):
-    """build_unet, with any failure of the spec turned into one line that names the model."""
-    try:
-        return build_unet(source, device=device, seed=seed)
-    except SnapbenchError:
-        raise
-    except Exception as e:  # diffusers raises ValueError / TypeError / RuntimeError for bad configs
-        msg = first_line(e, default=type(e).__name__)
-        raise SnapbenchError(f"{source.ref}: the model spec does not build ({type(e).__name__}: {msg})") from None
+    """build_unet (which names the model in any failure of its spec)."""
+    return build_unet(source, device=device, seed=seed)
 
 
 def cut(source: ModelSource, opts: ConvertOptions) -> tuple[Any, list[CutBlock]]:

@@ -44,11 +44,11 @@ def reporter(total: int, *, enabled: bool) -> Iterator[Reporter]:
     if not enabled or total == 0:
         yield _Silent()
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
 
     from snapbench.console import err
-    from snapbench.progress_log import make_progress
+    from snapbench.progress_log import description_column, make_progress
 
-    with make_progress("convert", TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    with make_progress("convert", description_column(), BarColumn(), MofNCompleteColumn(),
                        TimeElapsedColumn(), console=err, transient=False) as progress:
         yield _Bar(progress, progress.add_task("converting", total=total))

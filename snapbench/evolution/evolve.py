@@ -257,12 +257,12 @@ def _initial_checkpoint(model: str | Path) -> str:
 def _evaluate(tasks: list[EvalTask], executor: Executor, progress: bool, what: str) -> list[Quality]:
     if not progress or len(tasks) <= 1:
         return executor.map(tasks)
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
 
     from snapbench.console import err
-    from snapbench.progress_log import make_progress
+    from snapbench.progress_log import label_column, make_progress
 
-    with make_progress(f"evolve {what}", TextColumn(f"[bold]evolve[/bold] {what}"), BarColumn(),
+    with make_progress(f"evolve {what}", label_column(what, "evolve"), BarColumn(),
                        MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("", total=len(tasks))
         return executor.map(tasks, on_done=lambda: bar.update(task, advance=1))

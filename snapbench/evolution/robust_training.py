@@ -312,13 +312,13 @@ class _bar:
     def __enter__(self) -> Callable[[int, float | None], None]:
         if not self.enabled:
             return lambda step, loss: None
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
         from snapbench.console import err
-        from snapbench.progress_log import make_progress
+        from snapbench.progress_log import description_column, label_column, make_progress
 
-        progress = make_progress(self.label, TextColumn(f"[bold]{self.label}[/bold]"), BarColumn(),
-                                 MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
+        progress = make_progress(self.label, label_column(self.label), BarColumn(),
+                                 MofNCompleteColumn(), TimeRemainingColumn(), description_column(),
                                  console=err, transient=True)
         self.progress = progress
         progress.start()
