@@ -1,0 +1,166 @@
+"""Hostile and careless input against the installed `snapbench` console script (issue 24's cases, and the ones
+that already held, so they keep holding).
+
+Each case runs in a child process with its address space capped (RLIMIT_AS, set in preexec_fn), so a
+regression that tries to build a trillion-parameter network fails the test instead of taking the machine
+down, and the cap itself is the claim: refusing a bad model never needs more than 2 GB. Each runs in its own
+folder with the cache, HOME and XDG_CACHE_HOME inside it. Bad input ends with one `error:` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+SNAPBENCH = Path(sys.executable).with_name("snapbench")  # the console script installed beside this Python
+GB = 1024**3
+REFUSE_LIMIT = 2 * GB  # what refusing a bad model may take, at most (issue 24)
+RUN_LIMIT = 6 * GB  # a case that really converts or prices a tiny model
+TINY = ["--latent", "8", "--tokens", "4"]
+
+
+def _tiny_spec(name: str = "tiny", **config) -> dict:
+    d = json.loads((resources.files("snapbench.specs") / "presets" / "sd15-tiny.json").read_text())
+    d["name"] = name
+    d["base_config"].update(config)
+    if config:
+        d.pop("stages", None)
+    return d
+
+
+def _spec_file(file: str, name: str = "tiny", **config) -> Callable[[Path], None]:
+    return lambda work: (work / file).write_text(json.dumps(_tiny_spec(name, **config)))
+
+
+def _write(name: str, data: str | bytes) -> Callable[[Path], None]:
+    def setup(work: Path) -> None:
+        p = work / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return setup
+
+
+@dataclass
+class Case:
+    id: str
+    args: list[str]
+    code: int
+    words: str  # in the last stderr line (code 2), or in stdout (code 0)
+    setup: Callable[[Path], None] = lambda work: None
+    memory: int = REFUSE_LIMIT
+    timeout: float = 240
+    marks: list = field(default_factory=list)
+
+
+MARKUP = "[/bold] x"
+
+CASES = [
+    # 1. the size of a network built from user input is bounded before anything is allocated
+    Case("hf-billion-layers", ["profile", "--model", 'hf:BertConfig:{"num_hidden_layers":1000000000}',
+                               "--device", "iphone14pro", "--input", "1x8"], 2, "more than 20,000,000,000 parameters",
+         marks=[pytest.mark.slow]),  # builds ~3,000 meta layers before the bound stops it (about 10 s)
+    Case("spec-million-layers", ["inspect", "--model", "s.json"], 2, "blocks, far more than any real UNet",
+         _spec_file("s.json", layers_per_block=1_000_000)),
+    Case("spec-32m-channels", ["inspect", "--model", "s.json"], 2, "parameters, far more than any real network",
+         _spec_file("s.json", block_out_channels=[32_000_000] * 4)),
+    Case("spec-sample-size-1e6", ["inspect", "--model", "s.json"], 2, "one activation would hold",
+         _spec_file("s.json", sample_size=1_000_000)),
+    Case("convert-sample-size-1e6", ["convert", "--model", "s.json", "--out", "out"], 2, "one activation would hold",
+         _spec_file("s.json", sample_size=1_000_000)),
+    Case("synthetic-huge-conv", ["profile", "--model", "synthetic:conv-f100000-k3-l2", "--device", "iphone14pro",
+                                 "--input", "1x3x64x64"], 2, "parameters, far more than any real network"),
+    Case("no-size-limit-anywhere", ["inspect", "--model", "sd15-tiny", "--no-blocks", "--no-size-limit"], 0,
+         "sd15-tiny", memory=RUN_LIMIT),
+    Case("sd15-passes", ["inspect", "--model", "sd15", "--no-blocks"], 0, "859,520,964", memory=RUN_LIMIT),
+    # 4. bad base_config values and keyword overrides: one line naming the field
+    Case("negative-channels", ["inspect", "--model", "s.json"], 2, "block_out_channels is [-8, 16, 32, 32]",
+         _spec_file("s.json", block_out_channels=[-8, 16, 32, 32])),
+    Case("channels-not-divisible-by-groups", ["inspect", "--model", "s.json"], 2, "not divisible by norm_num_groups",
+         _spec_file("s.json", block_out_channels=[10, 16, 32, 32])),
+    Case("channels-as-string", ["inspect", "--model", "s.json"], 2, "block_out_channels is ['x', 16, 32, 32]",
+         _spec_file("s.json", block_out_channels=["x", 16, 32, 32])),
+    Case("sample-size-string", ["inspect", "--model", "s.json"], 2, "sample_size is 'big'",
+         _spec_file("s.json", sample_size="big")),
+    Case("hf-class-override", ["profile", "--model", 'hf:BertConfig:{"__class__":1}', "--device", "iphone14pro",
+                               "--input", "1x8"], 2, "the options do not build a network"),
+    Case("hf-negative-width", ["profile", "--model", 'hf:BertConfig:{"hidden_size":-5}', "--device", "iphone14pro",
+                               "--input", "1x8"], 2, "the options do not build a network"),
+    Case("torchvision-classes-string", ["profile", "--model", 'torchvision:mobilenet_v2:{"num_classes":"x"}',
+                                        "--device", "iphone14pro", "--input", "1x3x64x64"], 2,
+         "the options do not build a network"),
+    # 3. names are printed as written, never read as rich markup
+    Case("markup-name-inspect", ["inspect", "--model", "m.json", *TINY], 0, MARKUP, _spec_file("m.json", MARKUP),
+         memory=RUN_LIMIT),
+    Case("markup-name-profile", ["profile", "--model", "m.json", "--device", "iphone14pro", *TINY], 0, MARKUP,
+         _spec_file("m.json", MARKUP), memory=RUN_LIMIT, marks=[pytest.mark.slow]),
+    Case("markup-name-convert", ["convert", "--model", "m.json", *TINY, "--out", "out"], 0, "packages for",
+         _spec_file("m.json", MARKUP), memory=RUN_LIMIT, marks=[pytest.mark.slow]),
+    # already good in round 3; kept so they stay good
+    Case("unknown-preset", ["inspect", "--model", "nope"], 2, "unknown model preset"),
+    Case("deep-json-spec", ["inspect", "--model", "deep.json"], 2, "nested more than",
+         _write("deep.json", "[" * 100_000 + "]" * 100_000)),
+    Case("dev-zero-spec", ["inspect", "--model", "zero.json"], 2, "larger than 64 MB",
+         lambda work: (work / "zero.json").symlink_to("/dev/zero")),
+    Case("pickle-weights-never-opened", ["inspect", "--model", "sd15-tiny", "--weights", "w"], 2,
+         "never unpickles", _write("w/config.json", "{}")),
+    Case("huge-input-shape", ["profile", "--model", "synthetic:conv-f8-k3-l1", "--device", "iphone14pro",
+                              "--input", "1x3x100000x100000"], 2, "elements, above the"),
+]
+
+
+def _pickle_weights(case: Case) -> Case:
+    base = case.setup
+
+    def setup(work: Path) -> None:
+        base(work)
+        (work / "w" / "config.json").write_text(json.dumps(_tiny_spec()["base_config"]))
+        (work / "w" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    case.setup = setup
+    return case
+
+
+CASES = [_pickle_weights(c) if c.id == "pickle-weights-never-opened" else c for c in CASES]
+
+
+def run_cli(args: list[str], work: Path, *, memory: int = REFUSE_LIMIT, timeout: float = 240,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The console script in `work`, its address space capped at `memory` bytes."""
+    root = work.parent
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    full_env = dict(os.environ)
+    full_env.update(SNAPBENCH_CACHE=str(root / "cache"), HOME=str(root / "home"), XDG_CACHE_HOME=str(root / "xdg"),
+                    PYTHONWARNINGS="ignore", COLUMNS="200", **(env or {}))
+    return subprocess.run([str(SNAPBENCH), *args], cwd=work, env=full_env, capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=cap)
+
+
+def check(r: subprocess.CompletedProcess, code: int, words: str) -> None:
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.returncode == code, r.stderr[-3000:]
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    if code == 2:
+        assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr[-3000:]
+        assert words in lines[0], lines[0]
+    elif code == 0:
+        assert words in r.stdout, r.stdout[-3000:]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
+def test_hostile_input(tmp_path, case: Case):
+    work = tmp_path / "work"
+    work.mkdir()
+    case.setup(work)
+    r = run_cli(case.args, work, memory=case.memory, timeout=case.timeout)
+    check(r, case.code, case.words)
