@@ -18,18 +18,10 @@ from snapbench.blocks.signature import Signature, make_signature, unique_params
 from snapbench.model.elastic_unet import ElasticUNet
 from snapbench.model.size_bound import check_activations, check_input_elements
 from snapbench.model.units import BlockUnit, ResnetUnit
+from snapbench.settings import InputShapes  # re-exported: callers import it from here too
 
 # aten ops that are the attention score / value matmuls (bmm on the math path, fused SDPA kernels else)
 _ATTENTION_OPS = ("bmm", "baddbmm", "_scaled_dot_product")
-
-
-@dataclass(frozen=True)
-class InputShapes:
-    latent: int = 64  # latent height = width (64 -> a 512x512 image)
-    batch: int = 2  # 2 = the classifier-free guidance batch
-    tokens: int = 77
-    in_channels: int | None = None  # default: the UNet's config
-    context_dim: int | None = None  # default: the UNet's cross_attention_dim
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -17,6 +17,7 @@ class Inspection:
     source: ModelSource
     shapes: InputShapes
     blocks: list[CutBlock]
+    stages: tuple[str, ...] = field(default=STAGES)  # the backbone's stages, in execution order
 
     @property
     def name(self) -> str:
@@ -50,7 +51,7 @@ class Inspection:
         df = self.blocks_frame()
         runs = df[df["status"] != "removed"]
         rows = []
-        for stage in STAGES:
+        for stage in self.stages:
             s = df[df["stage"] == stage]
             r = runs[runs["stage"] == stage]
             row: dict[str, Any] = {"stage": stage}
@@ -92,7 +93,9 @@ class Inspection:
 
 def inspect_model(model: str | ModelSource, *, weights: str | None = None,
                   shapes: InputShapes = InputShapes(), attention: str = "original") -> Inspection:
-    """Cut `model` into blocks on the meta device (no weights are loaded; counts do not need them)."""
+    """Cut an SD UNet into blocks on the meta device (no weights are loaded; counts do not need them).
+
+    The pipeline calls `snapbench.backbones.inspect_model`, which asks the model's backbone; this UNet-only
+    path stays for callers of the old name (the backbones sit above this module, so it cannot ask them)."""
     source = model if isinstance(model, ModelSource) else resolve_model(model, weights=weights)
-    unet = build_unet(source, device="meta")
-    return Inspection(source, shapes, cut_blocks(unet, shapes, attention=attention))
+    return Inspection(source, shapes, cut_blocks(build_unet(source, device="meta"), shapes, attention=attention))

@@ -12,7 +12,6 @@ from snapbench.commands.common import (
     BatchOpt, JsonOpt, LatentOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, WeightsOpt, fmt_count,
     model_source, out, print_json, resolved_latent,
 )
-from snapbench.specs.stages import STAGES
 
 if TYPE_CHECKING:
     from snapbench.blocks.inspection import Inspection
@@ -33,7 +32,7 @@ def inspect_command(
 ) -> None:
     """Every block of a UNet in execution order: paper stage, id, module, shapes, params, MACs, signature digest."""
     from snapbench.blocks.cut import InputShapes  # torch: imported when the command runs
-    from snapbench.blocks.inspection import inspect_model
+    from snapbench.backbones import inspect_model
 
     results = []
     for m in model:
@@ -62,7 +61,7 @@ def render(r: Inspection, *, show_blocks: bool = True) -> None:
     out.rule(Text.assemble((r.name, "bold"), f"  latent {s.latent}x{s.latent}, batch {s.batch}, {s.tokens} tokens"))
     rows = r.block_rows()
     if show_blocks:
-        for stage in STAGES:
+        for stage in r.stages:
             stage_rows = [b for b in rows if b["stage"] == stage]
             if not stage_rows:
                 continue

@@ -8,11 +8,11 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from snapbench.choices import ATTENTIONS, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS, check_choice
+from snapbench.settings import ATTENTIONS, BACKEND_CHOICES, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS, check_choice
 from snapbench.commands.common import err
 from snapbench.errors import SnapbenchError
 
-BACKENDS = ("auto", "iphone", "mac", "estimate")  # "import" reaches the report through a --table
+BACKENDS = tuple(b for b in BACKEND_CHOICES if b != "import")  # "import" reaches the report through a --table
 DEFAULT_CANDIDATES = ("snapfusion",)
 DEFAULT_DEVICES = ("iphone14pro",)
 

@@ -24,21 +24,21 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snapbench.choices import check_choice
+from snapbench.settings import ATTENTIONS, Attention, check_choice
 from snapbench.errors import SnapbenchError
 
 if TYPE_CHECKING:
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
-AttentionImpl = Literal["original", "split_einsum", "split_einsum_v2"]
-ATTENTION_IMPLS: tuple[str, ...] = get_args(AttentionImpl)
+AttentionImpl = Attention  # = snapbench.settings.Attention
+ATTENTION_IMPLS: tuple[str, ...] = ATTENTIONS
 
 # Query chunk of split_einsum_v2: 512 queries x 4096 keys x fp16 = 4 MiB per head-chunk score map,
 # instead of 32 MiB for the whole 4096 x 4096 map of SD's 64x64 latent.

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from snapbench.blocks.cut import CutBlock, InputShapes, cut_blocks
+from snapbench.backbones import backbone_for
+from snapbench.blocks.cut import CutBlock, InputShapes
 from snapbench.converters import workers
 from snapbench.converters.package_io import PackageIO
 from snapbench.converters.convert_package import is_complete_package, package_files, remove_tree
@@ -28,7 +29,7 @@ from snapbench.converters.options import ConvertOptions
 from snapbench.converters.progress import reporter
 from snapbench.versions import tool_versions
 from snapbench.interrupts import stop_pool
-from snapbench.model.loading import ModelSource, build_unet, resolve_model
+from snapbench.model.loading import ModelSource, resolve_model
 
 
 # Below this much work (test-sized models) a pool's start-up (each worker imports torch, diffusers and
@@ -63,14 +64,14 @@ def load_source(model: str | os.PathLike | ModelSource, weights: str | os.PathLi
 
 
 def build_checked(source: ModelSource, *, device: str, seed: int = 0):
-    """build_unet (which names the model in any failure of its spec)."""
-    return build_unet(source, device=device, seed=seed)
+    """The backbone's elastic model (the backbone names the model in any failure of its spec)."""
+    return backbone_for(source).build(source, device=device, seed=seed)
 
 
 def cut(source: ModelSource, opts: ConvertOptions) -> tuple[Any, list[CutBlock]]:
     meta = build_checked(source, device="meta")
     shapes = InputShapes(latent=opts.latent, batch=opts.batch, tokens=opts.tokens)
-    return meta, cut_blocks(meta, shapes, precision=opts.precision, attention=opts.attention)
+    return meta, backbone_for(source).cut(meta, shapes, precision=opts.precision, attention=opts.attention)
 
 
 def weight_files(source: ModelSource) -> list[Path]:

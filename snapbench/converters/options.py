@@ -10,18 +10,14 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
-from snapbench.choices import PRECISIONS, WEIGHT_BITS, check_choice
-from snapbench.converters.ane_attention import ATTENTION_IMPLS
 from snapbench.errors import SnapbenchError
+from snapbench.settings import (ATTENTIONS, COMPONENTS, IOS_TARGETS, PRECISIONS, WEIGHT_BITS,  # noqa: F401 re-exported
+                                Component, IOSTarget, Precision, RunSettings, check_choice)
 
 Mode = Literal["profile", "deploy"]
-Target = Literal["iOS16", "iOS17", "iOS18"]
-Precision = Literal["fp16", "fp32"]  # = snapbench.choices.PRECISIONS
-Component = Literal["text_encoder", "vae_decoder", "unet"]
-
+Target = IOSTarget  # the name callers used before `snapbench.settings`
 MODES: tuple[str, ...] = get_args(Mode)
-TARGETS: tuple[str, ...] = get_args(Target)
-COMPONENTS: tuple[str, ...] = get_args(Component)
+TARGETS: tuple[str, ...] = IOS_TARGETS
 
 
 def default_jobs() -> int:
@@ -36,7 +32,7 @@ def default_jobs() -> int:
 class ConvertOptions:
     # Choices are plain strings checked in __post_init__ (the CLI hands over what the user typed).
     mode: str = "profile"  # Mode; profile: one package per block signature; deploy: one per block, real weights
-    attention: str = "original"  # one of ane_attention.ATTENTION_IMPLS
+    attention: str = "original"  # one of snapbench.settings.ATTENTIONS
     weight_bits: int = 16  # 16: fp16 weights; 8: linear int8; 6 / 4: palettized
     target: str = "iOS16"  # Target; minimum deployment target of the packages
     precision: str = "fp16"  # Precision: compute precision
@@ -50,7 +46,7 @@ class ConvertOptions:
 
     def __post_init__(self) -> None:
         check_choice("--mode", self.mode, MODES)
-        check_choice("--attention", self.attention, ATTENTION_IMPLS)
+        check_choice("--attention", self.attention, ATTENTIONS)
         check_choice("--target", self.target, TARGETS)
         check_choice("--precision", self.precision, PRECISIONS)
         check_choice("--weight-bits", self.weight_bits, WEIGHT_BITS)
@@ -64,6 +60,18 @@ class ConvertOptions:
             raise SnapbenchError(f"--jobs must be a positive integer, got {self.jobs!r}")
         if self.chunks not in (1, 2):
             raise SnapbenchError(f"--chunks must be 1 or 2 (coremltools bisects a model in two), got {self.chunks!r}")
+
+    @classmethod
+    def from_settings(cls, settings: RunSettings, *, mode: str = "profile", **rest: Any) -> ConvertOptions:
+        """Options for packages that `settings` price (compute units are chosen at load time, not here)."""
+        return cls(mode=mode, attention=settings.attention, weight_bits=settings.weight_bits,
+                   precision=settings.precision, latent=settings.latent, batch=settings.batch,
+                   tokens=settings.tokens, **rest)
+
+    def run_settings(self, compute_units: str = "cpu_and_ne") -> RunSettings:
+        """The `RunSettings` these options convert at (a package does not fix its compute units)."""
+        return RunSettings(compute_units=compute_units, precision=self.precision, weight_bits=self.weight_bits,
+                           attention=self.attention, batch=self.batch, latent=self.latent, tokens=self.tokens)
 
     @property
     def workers(self) -> int:

@@ -62,7 +62,7 @@ _OPTS: ConvertOptions | None = None
 def init_worker(source: ModelSource, opts: ConvertOptions, threads: int | None = None) -> None:
     """Pool initializer (and the in-process set-up): build the meta model once for this process."""
     from snapbench.converters.runtime import coremltools
-    from snapbench.model.loading import build_unet
+    from snapbench.backbones import backbone_for
 
     global _OPTS
     if threads is not None:  # a pool worker: Ctrl-C is the parent's to handle
@@ -70,7 +70,7 @@ def init_worker(source: ModelSource, opts: ConvertOptions, threads: int | None =
     coremltools()  # import it once, quietly
     if threads is not None:
         torch.set_num_threads(max(1, threads))  # N workers x all cores each would oversubscribe the CPU
-    model = build_unet(source, device="meta")
+    model = backbone_for(source).build(source, device="meta")
     _UNITS.clear()
     _UNITS.update({u.file_id: u for u in model.units})
     _OPTS = opts

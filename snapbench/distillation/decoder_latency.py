@@ -11,7 +11,6 @@ preset's: every block_out_channels halved, 32 groups kept), which is exactly `pr
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ def full_size_decoder(prune: float, tables: str | Path | None = None) -> dict[st
         out["note"] = (f"no shipped latency rows for a decoder pruned by {prune:g} (only 0.5, the SnapFusion "
                        "decoder's); estimating it needs a Core ML conversion")
         return out
-    settings = replace(Settings(), batch=1)
+    settings = Settings().for_component("vae_decoder")
     for device in list_devices():
         ms = {}
         for name, source in (("full", sd), ("pruned", snap)):

@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from snapbench.backbones import backbone_for
 from snapbench.evolution.evaluators import EvalConfig
 from snapbench.evolution.executors import EvalTask, Executor
 from snapbench.evolution.latency_costs import BlockPriceTable
 from snapbench.specs.arch_spec import ArchSpec
-from snapbench.specs.layout import removable_slots
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def ablate(model: str | Path, evaluator: EvalConfig, executor: Executor, *, cost
     spec = spec or resolve_model(model).spec
     evaluator.check(spec)
     ref = str(Path(str(model)).resolve()) if Path(str(model)).is_dir() else str(model)
-    slots = [s for s in removable_slots(spec.layout) if spec.choice(s).keep]
+    slots = [s for s in backbone_for(spec).removable(spec) if spec.choice(s).keep]
     if blocks is not None:
         slots = [s for s in slots if s.block_id in blocks or s.file_id in blocks]
     tasks = [EvalTask(ref, None, (), evaluator)] + [EvalTask(ref, None, (s.block_id,), evaluator) for s in slots]

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from snapbench.backbones import backbone_for
 from snapbench.errors import SnapbenchError
 from snapbench.specs.arch_spec import MAX_COPIES, ArchSpec, BlockChoice
-from snapbench.specs.layout import Slot, removable_slots
+from snapbench.specs.layout import Slot
 
 
 @dataclass(frozen=True, order=True)
@@ -65,7 +66,7 @@ def _choice(spec: ArchSpec, stage: str, block: str) -> BlockChoice:
 
 
 def _slots(spec: ArchSpec) -> list[Slot]:
-    return removable_slots(spec.layout)
+    return backbone_for(spec).removable(spec)
 
 
 def removal_actions(spec: ArchSpec) -> list[Action]:

@@ -17,11 +17,12 @@ from typing import Any, Mapping
 import torch
 
 from snapbench.atomic import atomic_path
+from snapbench.backbones import ElasticModel, backbone_for
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_json
 from snapbench.evolution.toy_digits import ENCODER_FILE, PromptEncoder, context_width, is_toy
 from snapbench.model.elastic_unet import ElasticUNet
-from snapbench.model.loading import ModelSource, build_unet, resolve_model, save_elastic
+from snapbench.model.loading import ModelSource, resolve_model, save_elastic
 from snapbench.specs.arch_spec import ArchSpec
 
 SCHEDULER_FILE = "scheduler/scheduler_config.json"
@@ -51,7 +52,7 @@ class ModelBundle:
 def load_bundle(ref: str | Path, *, weights: str | Path | None = None, seed: int = 0,
                 device: str | torch.device = "cpu") -> ModelBundle:
     source = resolve_model(ref, weights=weights)
-    model = build_unet(source, device=device, seed=seed)
+    model = _elastic_unet(backbone_for(source).build(source, device=device, seed=seed))
     folder = Path(str(ref)) if Path(str(ref)).is_dir() else None
     encoder = None
     if is_toy(source.spec):
@@ -115,12 +116,14 @@ def save_bundle(bundle: ModelBundle, folder: str | Path, *, model: ElasticUNet |
 
 
 def derive(model: ElasticUNet, spec: ArchSpec) -> ElasticUNet:
-    """The same weights under another spec: base weights shared, existing copies carried over, new copies
-    initialised from their originals (what an A+ action does)."""
-    new = ElasticUNet(model.base, spec)
-    have = model.copies.state_dict()
-    want = new.copies.state_dict()
-    new.copies.load_state_dict({k: v for k, v in have.items() if k in want and v.shape == want[k].shape},
-                               strict=False)
-    new.train(model.training)
-    return new
+    """The same weights under another spec (the backbone's `reshape`: what an A+ or A- action does)."""
+    return _elastic_unet(backbone_for(spec).reshape(model, spec))
+
+
+def _elastic_unet(model: ElasticModel) -> ElasticUNet:
+    """Training, evolution's fine-tuning and distillation still save and load SD UNets (`save_elastic`
+    writes a diffusers `unet/` folder): another backbone is refused here in one line, not deep in torch."""
+    if not isinstance(model, ElasticUNet):
+        raise SnapbenchError(f"{model.spec.name}: training, evolution and distillation checkpoints hold SD "
+                             "UNets only so far (docs/architecture.md, 'Adding a backbone')")
+    return model

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_text
+from snapbench.backbones import backbone_for
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice, full_spec
-from snapbench.specs.layout import removable_slots
 
 if TYPE_CHECKING:  # heavy (torch): the types only
     from snapbench.devices.catalog import Device
@@ -91,7 +91,7 @@ class BlockPriceTable:
 
     def _parts(self, spec: ArchSpec) -> Iterable[tuple[float, str | None]]:
         yield self.aux_ms, None
-        for slot in removable_slots(spec.layout):
+        for slot in backbone_for(spec).removable(spec):
             c = spec.choice(slot)
             b = self.blocks[slot.block_id]
             yield (b.kept_ms, b.backends[0]) if c.keep else (b.removed_ms, b.backends[1])
@@ -126,7 +126,7 @@ class BlockPriceTable:
 # -- the three variants -----------------------------------------------------------------------------
 def _variant(spec: ArchSpec, keep: bool, copies: int, tag: str) -> ArchSpec:
     base = full_spec(spec.base_config, f"{spec.name}-{tag}")
-    changes = {(s.stage, s.name): BlockChoice(s.name, keep, copies) for s in removable_slots(base.layout)}
+    changes = {(s.stage, s.name): BlockChoice(s.name, keep, copies) for s in backbone_for(base).removable(base)}
     return base.with_choices(base.name, changes, notes=spec.notes)
 
 
@@ -166,16 +166,17 @@ def _assemble(device: str, variants: Mapping[str, list[Priced]], source: str,
 def costs_from_source(spec: ArchSpec, source: LatencySource, *, device: str = "fixed", latent: int | None = None,
                       batch: int = 2, tokens: int = 77, name: str = "fixed table") -> BlockPriceTable:
     """Price every block state with a LatencySource keyed by the blocks' signature keys."""
-    from snapbench.blocks.cut import InputShapes, cut_blocks
-    from snapbench.model.loading import ModelSource, build_unet
+    from snapbench.blocks.cut import InputShapes
+    from snapbench.model.loading import ModelSource
 
     latent = latent or int(spec.base_config.get("sample_size", 64))
     shapes = InputShapes(latent=latent, batch=batch, tokens=tokens)
     variants: dict[str, list[Priced]] = {}
     for tag, keep, copies in (("kept", True, 0), ("removed", False, 0), ("copied", True, 1)):
-        model = build_unet(ModelSource(tag, _variant(spec, keep, copies, tag)), device="meta")
+        variant = ModelSource(tag, _variant(spec, keep, copies, tag))
+        backbone = backbone_for(variant)
         rows: list[Priced] = []
-        for b in cut_blocks(model, shapes):
+        for b in backbone.cut(backbone.build(variant, device="meta"), shapes):
             ms, be = source.ms(b.signature.key()) if b.signature is not None else (0.0, None)
             rows.append(Priced(b.block_id, b.unit.slot.block_id, b.unit.status, ms, be, b.kind, b.unit.slot.stage))
         variants[tag] = rows

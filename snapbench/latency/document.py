@@ -39,7 +39,6 @@ from __future__ import annotations
 from typing import Any
 
 from snapbench.latency.model_latency import ProfileRun
-from snapbench.specs.stages import STAGES
 
 FORMAT = "snapbench.profile/1"
 
@@ -47,7 +46,7 @@ FORMAT = "snapbench.profile/1"
 def stage_summary(run: ProfileRun) -> list[dict[str, Any]]:
     """Per paper stage: total, CA, RB and auxiliary ms, params and MACs of the blocks that run."""
     rows = []
-    for stage in STAGES:
+    for stage in run.stages:
         bs = [b for b in run.blocks if b.stage == stage]
         ms = {k: sum(b.latency_ms for b in bs if b.kind == k) for k in ("CA", "RB", "aux")}
         rows.append({

@@ -18,24 +18,26 @@ from __future__ import annotations
 
 import datetime as _dt
 import statistics
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, overload
 
 from snapbench import __version__
-from snapbench.blocks.cut import CutBlock, cut_blocks
+from snapbench.backbones import backbone_for
+from snapbench.blocks.cut import CutBlock
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.latency.table import LatencyRow, LatencyTable, Settings
-from snapbench.model.loading import ModelSource, build_unet, resolve_model
+from snapbench.model.loading import ModelSource, resolve_model
 from snapbench.profilers.backends import (MEASURING, DeviceBackend, EstimatePricer, Pricer, Target,
                                           as_measurement, choose_backend)
 from snapbench.profilers.importer import ImportedRow, check_settings, read_import, refuse_conflicts
 from snapbench.profilers.measurement import Measurement, PackageJob
 from snapbench.profilers.packages import COMPONENTS, ConverterPackages, PackageSource
+from snapbench.specs.stages import STAGES
 from snapbench.versions import tool_versions
 
-ALL_COMPONENTS = ("unet", *COMPONENTS)
+ALL_COMPONENTS = ("unet", *COMPONENTS)  # COMPONENTS: snapbench.settings.PIPELINE_PARTS
 Say = Callable[[str], None]
 
 
@@ -83,6 +85,7 @@ class ProfileRun:
     versions: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
     measured_on: Target | None = None  # the phone or Mac, when a measuring backend ran
+    stages: tuple[str, ...] = STAGES  # the backbone's stages, in execution order
 
     @property
     def tokens(self) -> int:
@@ -108,7 +111,8 @@ class PackageToPrice:
 
 
 def component_settings(settings: Settings) -> Settings:
-    return replace(settings, batch=1)  # one prompt encoding, one image decode (per CFG branch / image)
+    """The settings of the pipeline parts (batch 1; see `RunSettings.for_component`)."""
+    return settings.for_component("vae_decoder")
 
 
 def component_key(component: str, source: ModelSource, settings: Settings) -> str:
@@ -125,8 +129,7 @@ def component_key(component: str, source: ModelSource, settings: Settings) -> st
 
 def cut_model(source: ModelSource, settings: Settings) -> list[CutBlock]:
     """The model's blocks with these settings (meta device: shapes and counts only, instant)."""
-    return cut_blocks(build_unet(source, device="meta"), settings.input_shapes(),
-                      precision=settings.precision, attention=settings.attention)
+    return backbone_for(source).cut_source(source, settings)
 
 
 def first_blocks(cut: Sequence[CutBlock]) -> dict[str, CutBlock]:
@@ -350,7 +353,7 @@ def profile_model(
               progress=progress)
     blocks, comps_out = assemble(source, dev, settings, cut, items, merged, comps)
     return ProfileRun(dev, source.spec.name, settings, chosen, blocks, comps_out, new_rows, merged,
-                      tool_versions(), created, target)
+                      tool_versions(), created, target, backbone_for(source).stages)
 
 
 def _version(estimator: EstimatePricer) -> int | None:

@@ -17,84 +17,27 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
 from snapbench.atomic import atomic_write_text
-from snapbench.choices import ATTENTIONS, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS, check_choice  # re-exported for callers
+from snapbench.settings import (ATTENTIONS, BACKENDS, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS,  # noqa: F401 re-exported
+                                RunSettings, check_choice)
 from snapbench.locks import file_lock
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_text
 from snapbench.specs.stages import STAGES
 
-BACKENDS: tuple[str, ...] = ("iphone", "mac", "import", "estimate")
 # Higher wins in `lookup`: a measurement on the device beats one typed in from elsewhere, which beats
 # the cost model. iphone and mac never compete for one key (they are different devices).
 BACKEND_RANK: dict[str, int] = {"iphone": 3, "mac": 3, "import": 2, "estimate": 1}
 MEASURED_BACKENDS = frozenset({"iphone", "mac", "import"})
 
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything besides the block's structure that changes its cost on a device.
-
-    Batch and latent size are in every UNet block's signature already; they are kept here too so that a
-    table can say, for any row, which settings it belongs to (components such as the VAE decoder run at
-    batch 1 whatever the UNet's batch). `tokens` (the text context length) is part of the input shapes
-    and of the cross-attention signatures and the text encoder's key, so it is not a table column and
-    not part of `key`."""
-
-    compute_units: str = "cpu_and_ne"
-    precision: str = "fp16"
-    weight_bits: int = 16
-    attention: str = "original"
-    batch: int = 2
-    latent: int = 64
-    tokens: int = 77
-    if TYPE_CHECKING:  # set in __post_init__; declared only for mypy, so not a dataclass field
-        _key: tuple[str, str, int, str, int, int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        for name, allowed in (("compute_units", COMPUTE_UNITS), ("precision", PRECISIONS),
-                              ("weight_bits", WEIGHT_BITS), ("attention", ATTENTIONS)):
-            check_choice(name, getattr(self, name), allowed)
-        if self.batch < 1 or self.latent < 1 or self.tokens < 1:
-            raise SnapbenchError(f"batch, latent and tokens must be >= 1 (got batch {self.batch}, latent "
-                                 f"{self.latent}, tokens {self.tokens})")
-        object.__setattr__(self, "_key", (self.compute_units, self.precision, self.weight_bits, self.attention,
-                                          self.batch, self.latent))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def table_dict(self) -> dict[str, Any]:
-        """The settings a table row records (everything but `tokens`)."""
-        d = asdict(self)
-        d.pop("tokens")
-        return d
-
-    def input_shapes(self) -> Any:
-        """The UNet's input shapes for cutting blocks (`snapbench.blocks.cut.InputShapes`)."""
-        from snapbench.blocks.cut import InputShapes  # torch: only when shapes are needed
-
-        return InputShapes(latent=self.latent, batch=self.batch, tokens=self.tokens)
-
-    def convert_options(self, mode: str = "profile") -> Any:
-        """The converters' options for packages that these settings price."""
-        from snapbench.converters import ConvertOptions
-
-        return ConvertOptions(mode=mode, attention=self.attention, weight_bits=self.weight_bits,
-                              precision=self.precision, latent=self.latent, batch=self.batch, tokens=self.tokens)
-
-    @property
-    def key(self) -> tuple:
-        """The settings as a plain tuple: what the table's index uses (builtin tuples compare in C; a
-        dataclass's generated __eq__ is Python and would dominate evolution's millions of lookups)."""
-        return self._key  # type: ignore[attr-defined]
+# The settings of a row: one type for the whole pipeline, defined low (torch-free) in `snapbench.settings`.
+Settings = RunSettings
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,17 @@ class ElasticUNet(nn.Module):
                 made.append(AttentionUnit(slot, dup, instance=k))
         return made
 
+    def with_spec(self, spec: ArchSpec) -> ElasticUNet:
+        """The same weights under another spec: base weights shared, existing copies carried over, new
+        copies initialised from their originals (what an A+ action does)."""
+        new = ElasticUNet(self.base, spec)
+        have = self.copies.state_dict()
+        want = new.copies.state_dict()
+        new.copies.load_state_dict({k: v for k, v in have.items() if k in want and v.shape == want[k].shape},
+                                   strict=False)
+        new.train(self.training)
+        return new
+
     # -- views ----------------------------------------------------------------------------------------
     @property
     def units(self) -> list[BlockUnit]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from snapbench import __version__
 from snapbench.devices.catalog import Device, resolve_device
-from snapbench.choices import check_choice
+from snapbench.settings import BACKEND_CHOICES, MEASURING, check_choice  # noqa: F401 re-exported
 from snapbench.errors import SnapbenchError
 from snapbench.profilers.coreml_api import DEFAULT_REQUEST_TIMEOUT_S, CoreMLTools, Signing, describe
 from snapbench.profilers.measurement import Measurement, PackageJob, placement_text
@@ -31,8 +31,6 @@ from snapbench.profilers.readiness import Machine, blocker, blocking_check, put_
 if TYPE_CHECKING:
     from snapbench.profilers.estimate.cost_model import Estimate
 
-BACKEND_CHOICES = ("auto", "iphone", "mac", "import", "estimate")
-MEASURING = ("iphone", "mac")
 
 
 class Pricer(Protocol):

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from snapbench.errors import SnapbenchError
 from snapbench.names import safe_file_name
 from snapbench.paths import cache_root
+from snapbench.settings import PIPELINE_PARTS
 
 if TYPE_CHECKING:  # annotations only: importing these here at run time would pull in torch
     from snapbench.converters.manifest import Manifest
     from snapbench.latency.table import Settings
     from snapbench.model.loading import ModelSource
 
-COMPONENTS = ("text_encoder", "vae_decoder")
+COMPONENTS = PIPELINE_PARTS  # the parts priced beside the backbone
 
 
 def settings_hash(model_name: str, settings: Settings) -> str:
@@ -153,17 +154,17 @@ class ConverterPackages:
         reuse = cached_packages(settings, keys)
         if keys <= reuse.keys():
             return reuse
-        from snapbench.converters import convert_model
+        from snapbench.converters import ConvertOptions, convert_model
 
         out = self._dir(source, settings)
-        result = convert_model(source, out, settings.convert_options(), progress=progress)
+        result = convert_model(source, out, ConvertOptions.from_settings(settings), progress=progress)
         return signature_packages(result.manifest, out, keys)
 
     def component_package(self, component: str, source: ModelSource, settings: Settings, *, progress: bool) -> ComponentPackage:
-        from snapbench.converters import convert_component
+        from snapbench.converters import ConvertOptions, convert_component
 
         out = self._dir(source, settings, f"-{component}")
-        result = convert_component(component, out, settings.convert_options(), model=source, progress=progress)
+        result = convert_component(component, out, ConvertOptions.from_settings(settings), model=source, progress=progress)
         done = [b for b in result.manifest.blocks if _entry(b, "package")]
         if not done:
             raise SnapbenchError(f"{out}: the converters made no {component} package")

@@ -25,6 +25,7 @@ from typing import Callable
 
 from snapbench.profilers.phones import Shell, SystemShell, iphones, list_attached, os_tuple
 from snapbench.errors import SnapbenchError
+from snapbench.settings import MEASURING
 
 MIN_MACOS = (14, 4)  # MLComputePlan (op placement) needs macOS 14.4
 MIN_XCODE = 16
@@ -32,7 +33,6 @@ MIN_COREMLTOOLS = (9, 0)
 MIN_FREE_GB = 20  # an SD-v1.5 conversion cache in fp16 plus the runner app's build
 TEAM_ID_ENV = "SNAPBENCH_TEAM_ID"
 _TEAM_ID = re.compile(r"^[A-Z0-9]{10}$")
-MEASURING = ("iphone", "mac")
 EVERYWHERE = ("estimate", "import")
 
 

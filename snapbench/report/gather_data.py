@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from snapbench.blocks.cut import InputShapes
-from snapbench.blocks.inspection import Inspection, inspect_model
+from snapbench.backbones import inspect_model
+from snapbench.blocks.inspection import Inspection
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.trajectory import TRAJECTORY_FILE
@@ -26,20 +27,18 @@ from snapbench.versions import tool_versions
 from snapbench.model.loading import model_latent, resolve_model
 from snapbench.report.latency_source import ProfileOutcome, Profiler, backend_label, profile_with_snapbench
 from snapbench.report.reference import load_reference, settings_differences
-from snapbench.specs.stages import STAGES
+from snapbench.settings import COMPONENTS, RunSettings
 
 SCHEMA = "snapbench.report/1"
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 COMPONENT_NAMES = {"text_encoder": "text encoder", "unet": "UNet", "vae_decoder": "VAE decoder"}
 COMPONENT_PER = {"text_encoder": "run", "unet": "denoising step", "vae_decoder": "image"}
 # Sampling steps when nothing else says: the 50 steps behind SD-v1.5's budget in the paper's Table 1.
 DEFAULT_STEPS = 50
 # SnapFusion's UNet is step-distilled to 8 steps (paper, "Step distillation"); its test-sized twin shares it.
 DISTILLED_STEPS = {"snapfusion": 8, "snapfusion-tiny": 8}
-SETTING_KEYS = ("compute_units", "precision", "weight_bits", "attention", "batch", "latent")
-DEFAULT_SETTINGS: dict[str, Any] = {"compute_units": "cpu_and_ne", "precision": "fp16", "weight_bits": 16,
-                                    "attention": "original", "batch": 2,
-                                    "latent": None}  # None: each model at its own config's sample_size
+SETTING_KEYS = tuple(RunSettings().table_dict())  # compute_units, precision, weight_bits, attention, batch, latent
+# RunSettings' defaults, but latent None: each model at its own config's sample_size
+DEFAULT_SETTINGS: dict[str, Any] = {**RunSettings().table_dict(), "latent": None}
 
 
 @dataclass
@@ -163,7 +162,7 @@ def _model_dict(e: ModelEntry) -> dict[str, Any]:
     stage_rows = {r["stage"]: r for r in e.inspection.stage_frame().to_dict(orient="records")}
     architecture = []
     counts = spec.counts()
-    for stage in STAGES:
+    for stage in e.inspection.stages:
         blocks = [{"id": b["id"], "kind": b["kind"], "status": b["status"]}
                   for b in e.inspection.block_rows() if b["stage"] == stage and b["kind"] in ("CA", "RB")]
         architecture.append({"stage": stage, "CA": counts[stage]["CA"], "RB": counts[stage]["RB"],
@@ -186,7 +185,7 @@ def _model_dict(e: ModelEntry) -> dict[str, Any]:
         "stage_params": [{"stage": s, "ca_params": int(stage_rows[s]["CA_params"]),
                           "rb_params": int(stage_rows[s]["RB_params"]),
                           "aux_params": int(stage_rows[s]["aux_params"]), "params": int(stage_rows[s]["params"]),
-                          "macs": int(stage_rows[s]["macs"])} for s in STAGES],
+                          "macs": int(stage_rows[s]["macs"])} for s in e.inspection.stages],
         "architecture": architecture,
         "trajectory": trajectory,
     }
@@ -254,7 +253,7 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> dict[str,
         b["peak_share"] = b["tflops"] / peak if ok and peak else None
         b["latency_share"] = lat / total_block_ms if ok and total_block_ms > 0 else None
 
-    stages = _stages(blocks)
+    stages = _stages(blocks, e.inspection.stages)
     # "mixed" describes a total, not a source: the sources are those of its parts
     labels = sorted(({c["label"] for c in components.values() if c["ms"] is not None}
                      | {b["label"] for b in blocks if b["latency_ms"] is not None}) - {"mixed"})
@@ -286,10 +285,10 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> dict[str,
     return base
 
 
-def _stages(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _stages(blocks: list[dict[str, Any]], stages: Sequence[str]) -> list[dict[str, Any]]:
     """Per stage latency, CA vs RB vs auxiliary: the sums of the block rows that have a latency."""
     out = []
-    for stage in STAGES:
+    for stage in stages:
         sums = {k: sum(b["latency_ms"] for b in blocks if b["stage"] == stage and b["kind"] == kind
                        and b["latency_ms"] is not None) for k, kind in (("ca_ms", "CA"), ("rb_ms", "RB"),
                                                                          ("aux_ms", "aux"))}
@@ -402,7 +401,7 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
         "mixed_sources": len(labels) > 1,
         "reference": {"source": ref_source, "shipped": reference is None,
                       "rows": _reference(ref_rows, models, results, settings)},
-        "stages": list(STAGES),
+        "stages": list(dict.fromkeys(s for e in entries for s in e.inspection.stages)),  # the backbones' stages
         "text_encoder_runs": TEXT_ENCODER_RUNS,
         "trust": trust,
     }

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from snapbench.errors import SnapbenchError
+from snapbench.settings import COMPONENTS
 from snapbench.user_files import read_user_text
 
 REQUIRED = ("source", "device", "model", "component", "latency_ms", "per")
 OPTIONAL = ("runtime", "attention", "weight_bits", "batch", "notes")
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 DEFAULT_LABEL = "snapbench/report/reference_points.csv (copy of reference/calibration.csv)"
 
 

@@ -1,0 +1,58 @@
+"""Backbone families and the registry that resolves a model to its family (see `base.py`).
+
+    from snapbench.backbones import backbone_for
+    bb = backbone_for(source)            # a ModelSource, an ArchSpec or a base config
+    blocks = bb.cut_source(source, settings)
+
+`BACKBONES` is tried in order and the first family whose `accepts(config)` is true wins, so a more
+specific family (say SDXL-class UNets, also `UNet2DConditionModel`s) goes before a more general one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from snapbench.backbones.base import Backbone, ElasticModel
+from snapbench.backbones.unet import UNetBackbone
+from snapbench.blocks.inspection import Inspection
+from snapbench.errors import SnapbenchError
+from snapbench.model.loading import ModelSource, resolve_model
+from snapbench.settings import InputShapes
+from snapbench.specs.arch_spec import ArchSpec
+
+# Most specific first. A new family: implement `Backbone` in its own module and add an instance here.
+BACKBONES: list[Backbone] = [UNetBackbone()]
+
+
+def backbone_for(model: ModelSource | ArchSpec | Mapping[str, Any]) -> Backbone:
+    """The family of `model` (a resolved source, its spec, or a base config); one line if none fits."""
+    spec = model.spec if isinstance(model, ModelSource) else model
+    config = spec.base_config if isinstance(spec, ArchSpec) else spec
+    for backbone in BACKBONES:
+        if backbone.accepts(config):
+            return backbone
+    name = spec.name if isinstance(spec, ArchSpec) else "the model"
+    raise SnapbenchError(f"{name}: no backbone family takes a {config.get('_class_name', 'config')!r} "
+                         f"(known: {', '.join(b.name for b in BACKBONES)}; see docs/architecture.md, "
+                         "'Adding a backbone')")
+
+
+def backbone_named(name: str) -> Backbone:
+    for backbone in BACKBONES:
+        if backbone.name == name:
+            return backbone
+    raise SnapbenchError(f"no backbone family {name!r} (known: {', '.join(b.name for b in BACKBONES)})")
+
+
+def inspect_model(model: str | ModelSource, *, weights: str | None = None, shapes: InputShapes = InputShapes(),
+                  attention: str = "original") -> Inspection:
+    """What `snapbench inspect` shows: `model` cut into blocks by its backbone on the meta device (no
+    weights are loaded; counts do not need them), grouped by the backbone's stages."""
+    source = model if isinstance(model, ModelSource) else resolve_model(model, weights=weights)
+    backbone = backbone_for(source)
+    blocks = backbone.cut(backbone.build(source, device="meta"), shapes, attention=attention)
+    return Inspection(source, shapes, blocks, backbone.stages)
+
+
+__all__ = ["BACKBONES", "Backbone", "ElasticModel", "UNetBackbone", "backbone_for", "backbone_named",
+           "inspect_model"]
