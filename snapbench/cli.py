@@ -6,7 +6,9 @@ turns the project's error type (and usage errors) into one stderr line and exit 
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import sys
 from types import ModuleType
 
@@ -83,6 +85,7 @@ def _escape_help_markup(typer_app: typer.Typer) -> None:
 
     from rich.markup import escape
 
+    done: set[int] = set()  # options shared by several commands (--variant, --latent) are escaped once
     for info in typer_app.registered_commands:
         if info.callback is None:
             continue
@@ -92,7 +95,8 @@ def _escape_help_markup(typer_app: typer.Typer) -> None:
             info.help = escape(info.help)
         for param in inspect.signature(info.callback).parameters.values():
             default = param.default
-            if isinstance(default, typer.models.ParameterInfo) and default.help:
+            if isinstance(default, typer.models.ParameterInfo) and default.help and id(default) not in done:
+                done.add(id(default))
                 default.help = escape(default.help)
 
 
@@ -117,6 +121,27 @@ def usage_message(e: Exception) -> str:
     lines = [usage] if usage else []
     lines.append(f"error: {e.format_message()} (see '{path} --help')")  # type: ignore[attr-defined]
     return "\n".join(lines)
+
+
+# What the machine refuses rather than what snapbench got wrong: a full disk, a read-only or forbidden folder.
+_FILESYSTEM_HINTS = {
+    errno.ENOSPC: "free some space or write elsewhere (--out, --tables, $SNAPBENCH_CACHE), then run the same command "
+                  "again; finished work is kept",
+    errno.EDQUOT: "over the disk quota; free some space or write elsewhere, then run the same command again",
+    errno.EFBIG: "file size limit reached (ulimit -f); raise it or write elsewhere, then run the same command again",
+    errno.EROFS: "choose a writable folder (--out, --tables, $SNAPBENCH_CACHE)",
+    errno.EACCES: "choose a writable folder (--out, --tables, $SNAPBENCH_CACHE)",
+    errno.EPERM: "choose a writable folder (--out, --tables, $SNAPBENCH_CACHE)",
+}
+
+
+def filesystem_error_line(e: OSError) -> str | None:
+    """One line for a disk-full / read-only / permission error (None: another OSError, a bug to show)."""
+    hint = _FILESYSTEM_HINTS.get(e.errno or 0)
+    if hint is None:
+        return None
+    where = e.filename if e.filename is not None else "writing"
+    return f"{where}: {e.strerror or os.strerror(e.errno or 0)}; {hint}"
 
 
 def main(argv: list[str] | None = None, *, obj: object = None) -> int:
@@ -149,6 +174,12 @@ def main(argv: list[str] | None = None, *, obj: object = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:
+        line = filesystem_error_line(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 2
     code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
     if code == 130:
         print(interrupts.interrupted_line(), file=sys.stderr)

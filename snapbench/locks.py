@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from snapbench.errors import SnapbenchError
+from snapbench.paths import choose_another
 
 FOLDER_LOCK = ".snapbench.lock"
 
@@ -58,8 +59,10 @@ def try_lock(path: Path) -> _Held | int | None:
         if not same:  # its owner released (unlinked) it between our open and flock: take the new one
             os.close(fd)
             continue
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        # the pid only names the owner in messages; on a full disk the flock alone is the lock
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
         return _Held(path, fd)
 
 
@@ -125,7 +128,7 @@ def claimed_run_folder(folder: str | os.PathLike, what: str, flag: str = "--out"
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SnapbenchError(f"{p}: cannot write there ({e.strerror or e}); choose another {flag}") from None
+        raise SnapbenchError(f"{p}: cannot write there ({e.strerror or e}); {choose_another(p, flag)}") from None
     try:
         with folder_lock(p, what, flag):
             yield p

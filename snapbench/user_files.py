@@ -86,3 +86,50 @@ def json_depth(data: Any) -> int:
                 return depth
             stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
     return deepest
+
+
+def _unreadable(path: str | Path, what: str, e: BaseException, fix: str) -> SnapbenchError:
+    from snapbench.errors import first_line
+
+    return SnapbenchError(f"{path}: not a readable {what} ({type(e).__name__}: "
+                          f"{first_line(e, default='unreadable')[:160]}); {fix}")
+
+
+_SAFETENSORS_FIX = "it is truncated or not safetensors; save it again (diffusers save_pretrained(safe_serialization=True))"
+
+
+def load_safetensors(path: str | Path, what: str = "safetensors weights file") -> dict[str, Any]:
+    """Every tensor of a safetensors file; a truncated file or one with a lying header is one line."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise SnapbenchError(f"{path}: no such {what}") from None
+    except Exception as e:  # safetensors raises SafetensorError (HeaderTooLarge, InvalidHeader...), OSError
+        raise _unreadable(path, what, e, _SAFETENSORS_FIX) from None
+
+
+def open_safetensors(path: str | Path, what: str = "safetensors weights file") -> Any:
+    """A lazy safetensors handle (`keys()`, `get_slice`, `get_tensor`), opened with errors as one line."""
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(path), framework="pt")
+    except FileNotFoundError:
+        raise SnapbenchError(f"{path}: no such {what}") from None
+    except Exception as e:
+        raise _unreadable(path, what, e, _SAFETENSORS_FIX) from None
+
+
+def load_torch_state(path: str | Path, what: str, fix: str) -> Any:
+    """A state dict torch saved, read with weights_only=True (never an arbitrary pickle): a truncated or
+    hostile file is one line saying `fix`, never a traceback."""
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise SnapbenchError(f"{path}: no such {what}") from None
+    except Exception as e:  # UnpicklingError (refused globals), EOFError / RuntimeError (truncated zip)
+        raise _unreadable(path, what, e, fix) from None

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import torch
 
 from snapbench.errors import SnapbenchError, first_line
-from snapbench.user_files import read_user_json
+from snapbench.user_files import load_safetensors, open_safetensors, read_user_json
 from snapbench.model.elastic_unet import ElasticUNet
 from snapbench.model.size_bound import bounded_build
 from snapbench.specs.arch_spec import ArchSpec, full_spec, load_spec
@@ -208,11 +208,9 @@ def _weight_files(folder: Path, variant: str | None = None) -> list[Path]:
 
 
 def _checkpoint_shapes(folder: Path, variant: str | None = None) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
-
     shapes: dict[str, tuple[int, ...]] = {}
     for f in _weight_files(folder, variant):
-        with safe_open(str(f), framework="pt") as fh:
+        with open_safetensors(f) as fh:
             for k in fh.keys():
                 shapes[k] = tuple(fh.get_slice(k).get_shape())
     return shapes
@@ -278,9 +276,7 @@ def build_unet(source: ModelSource, *, device: str | torch.device = "cpu", seed:
             _load_weights(unet, source.weights_dir, source.spec, source.variant)
         model = ElasticUNet(unet, source.spec)
     if source.copies_file is not None:
-        from safetensors.torch import load_file
-
-        state = load_file(str(source.copies_file))
+        state = load_safetensors(source.copies_file, "copied-block weights file")
         missing, unexpected = model.copies.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise SnapbenchError(f"{source.copies_file}: copied-block weights do not fit the spec "
@@ -289,11 +285,9 @@ def build_unet(source: ModelSource, *, device: str | torch.device = "cpu", seed:
 
 
 def _load_weights(unet: torch.nn.Module, folder: Path, spec: ArchSpec, variant: str | None = None) -> None:
-    from safetensors.torch import load_file
-
     state: dict[str, torch.Tensor] = {}
     for f in _weight_files(folder, variant):
-        state.update(load_file(str(f)))  # fp16 variants are cast by load_state_dict's copy
+        state.update(load_safetensors(f))  # fp16 variants are cast by load_state_dict's copy
     want = unet.state_dict()
     for key, tensor in want.items():
         if key not in state:

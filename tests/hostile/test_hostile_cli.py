@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ class Case:
     memory: int = REFUSE_LIMIT
     timeout: float = 240
     marks: list = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    file_size: int | None = None  # RLIMIT_FSIZE: writes past it fail as on a full disk (EFBIG)
 
 
 MARKUP = "[/bold] x"
@@ -104,6 +107,21 @@ CASES = [
          _spec_file("m.json", MARKUP), memory=RUN_LIMIT, marks=[pytest.mark.slow]),
     Case("markup-name-convert", ["convert", "--model", "m.json", *TINY, "--out", "out"], 0, "packages for",
          _spec_file("m.json", MARKUP), memory=RUN_LIMIT, marks=[pytest.mark.slow]),
+    # 4. broken files and a machine that refuses to write: one line, exit 2
+    Case("truncated-safetensors", ["inspect", "--model", "sd15-tiny", "--weights", "w"], 2,
+         "not a readable safetensors weights file", lambda work: _weights_folder(work, _truncated_safetensors())),
+    Case("safetensors-huge-header", ["inspect", "--model", "sd15-tiny", "--weights", "w"], 2,
+         "not a readable safetensors weights file",
+         lambda work: _weights_folder(work, (2**62).to_bytes(8, "little") + b"{}")),
+    Case("read-only-tables", ["profile", "--model", "sd15-tiny", *TINY, "--device", "iphone14pro", "--tables",
+                              "/sys/snapbench-tables"], 2, "choose a writable folder", memory=RUN_LIMIT,
+         marks=[pytest.mark.slow]),
+    Case("read-only-cache", ["profile", "--model", "sd15-tiny", *TINY, "--device", "iphone14pro"], 2,
+         "set $SNAPBENCH_CACHE to a writable folder", memory=RUN_LIMIT, env={"SNAPBENCH_CACHE": "/sys/snapbench-cache"}),
+    Case("disk-full-convert", ["convert", "--model", "sd15-tiny", *TINY, "--out", "out"], 2, "file size limit",
+         memory=RUN_LIMIT, file_size=16 * 1024, marks=[pytest.mark.slow]),
+    # 8. help says what it means
+    Case("help-defaults-unescaped", ["profile", "--help"], 0, "[default: the plain file"),
     # already good in round 3; kept so they stay good
     Case("unknown-preset", ["inspect", "--model", "nope"], 2, "unknown model preset"),
     Case("deep-json-spec", ["inspect", "--model", "deep.json"], 2, "nested more than",
@@ -115,6 +133,19 @@ CASES = [
     Case("huge-input-shape", ["profile", "--model", "synthetic:conv-f8-k3-l1", "--device", "iphone14pro",
                               "--input", "1x3x100000x100000"], 2, "elements, above the"),
 ]
+
+
+def _truncated_safetensors() -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    return save({"w": torch.zeros(64, 64)})[:200]
+
+
+def _weights_folder(work: Path, weights: bytes) -> None:
+    (work / "w").mkdir()
+    (work / "w" / "config.json").write_text(json.dumps(_tiny_spec()["base_config"]))
+    (work / "w" / "diffusion_pytorch_model.safetensors").write_bytes(weights)
 
 
 def _pickle_weights(case: Case) -> Case:
@@ -132,16 +163,21 @@ CASES = [_pickle_weights(c) if c.id == "pickle-weights-never-opened" else c for 
 
 
 def run_cli(args: list[str], work: Path, *, memory: int = REFUSE_LIMIT, timeout: float = 240,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """The console script in `work`, its address space capped at `memory` bytes."""
+            env: dict[str, str] | None = None, file_size: int | None = None) -> subprocess.CompletedProcess:
+    """The console script in `work`, its address space capped at `memory` bytes (and its files at
+    `file_size`)."""
     root = work.parent
 
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        if file_size is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
 
     full_env = dict(os.environ)
     full_env.update(SNAPBENCH_CACHE=str(root / "cache"), HOME=str(root / "home"), XDG_CACHE_HOME=str(root / "xdg"),
-                    PYTHONWARNINGS="ignore", COLUMNS="200", **(env or {}))
+                    PYTHONWARNINGS="ignore", COLUMNS="200")
+    full_env.update(env or {})
     return subprocess.run([str(SNAPBENCH), *args], cwd=work, env=full_env, capture_output=True, text=True,
                           timeout=timeout, preexec_fn=cap)
 
@@ -151,8 +187,10 @@ def check(r: subprocess.CompletedProcess, code: int, words: str) -> None:
     assert r.returncode == code, r.stderr[-3000:]
     lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
     if code == 2:
-        assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr[-3000:]
-        assert words in lines[0], lines[0]
+        # progress lines may come first when the fault comes late (a full disk); the last line says it all
+        assert lines and lines[-1].startswith("error:"), r.stderr[-3000:]
+        assert sum(line.startswith("error:") for line in lines) == 1, r.stderr[-3000:]
+        assert words in lines[-1], lines[-1]
     elif code == 0:
         assert words in r.stdout, r.stdout[-3000:]
 
@@ -162,5 +200,6 @@ def test_hostile_input(tmp_path, case: Case):
     work = tmp_path / "work"
     work.mkdir()
     case.setup(work)
-    r = run_cli(case.args, work, memory=case.memory, timeout=case.timeout)
+    r = run_cli(case.args, work, memory=case.memory, timeout=case.timeout, env=case.env, file_size=case.file_size)
     check(r, case.code, case.words)
+    assert not list(tmp_path.rglob("*.lock")), "a lock left behind"
