@@ -27,6 +27,8 @@ GB = 1024**3
 REFUSE_LIMIT = 2 * GB  # what refusing a bad model may take, at most (issue 24)
 RUN_LIMIT = 6 * GB  # a case that really converts or prices a tiny model
 TINY = ["--latent", "8", "--tokens", "4"]
+IMPORT = ["profile", "--device", "iphone14pro", "--model", "sd15-tiny", *TINY, "--backend", "import",
+          "--component", "unet", "--from"]
 
 
 def _tiny_spec(name: str = "tiny", **config) -> dict:
@@ -120,6 +122,15 @@ CASES = [
          "set $SNAPBENCH_CACHE to a writable folder", memory=RUN_LIMIT, env={"SNAPBENCH_CACHE": "/sys/snapbench-cache"}),
     Case("disk-full-convert", ["convert", "--model", "sd15-tiny", *TINY, "--out", "out"], 2, "file size limit",
          memory=RUN_LIMIT, file_size=16 * 1024, marks=[pytest.mark.slow]),
+    # 7. import files as spreadsheets write them, and the mistakes that used to pass
+    Case("import-unquoted-block-id", [*IMPORT, "m.csv"], 2, 'quote it ("CA[Down-1, 1]")',
+         _write("m.csv", "block,latency_ms\nCA[Down-1, 1],61.2\n")),
+    Case("import-byte-order-mark-then-1e308", [*IMPORT, "m.csv"], 2, "over an hour for one prediction",
+         _write("m.csv", b"\xef\xbb\xbfblock,latency_ms\nup1_ca2,1e308\n")),
+    Case("import-p90-below-median", [*IMPORT, "m.csv"], 2, "below the median",
+         _write("m.csv", "block,latency_ms,p90_ms\nup1_ca2,60,50\n")),
+    Case("import-two-units", [*IMPORT, "m.csv"], 2, "both give the latency",
+         _write("m.csv", "block,latency_ms,latency_us\nup1_ca2,60,\n")),
     # 8. help says what it means
     Case("help-defaults-unescaped", ["profile", "--help"], 0, "[default: the plain file"),
     # already good in round 3; kept so they stay good
