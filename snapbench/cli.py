@@ -6,6 +6,7 @@ turns the project's error type (and usage errors) into one stderr line and exit 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import os
@@ -27,6 +28,8 @@ except ImportError:  # pragma: no cover - newer typer does not depend on click
 
 from snapbench import __version__, interrupts
 from snapbench.errors import SnapbenchError
+from snapbench.locks import cache_in_use
+from snapbench.paths import cache_root
 from snapbench.size_limits import size_limits_lifted
 
 NO_SIZE_LIMIT = "--no-size-limit"
@@ -157,7 +160,9 @@ def main(argv: list[str] | None = None, *, obj: object = None) -> int:
     try:
         # Not standalone: typer then *returns* exit codes (typer.Exit(1) of a failed run, and 130 for the
         # KeyboardInterrupt it catches itself) instead of raising them.
-        with size_limits_lifted(lifted):
+        # every run but `cache` marks the cache in use, so `cache clean` refuses to delete under it
+        in_use = contextlib.nullcontext() if args[:1] == ["cache"] else cache_in_use(cache_root())
+        with size_limits_lifted(lifted), in_use:
             rv = command.main(args=args, prog_name="snapbench", standalone_mode=False, obj=obj)
     except SnapbenchError as e:
         print(f"error: {e}", file=sys.stderr)

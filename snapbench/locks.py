@@ -136,3 +136,42 @@ def claimed_run_folder(folder: str | os.PathLike, what: str, flag: str = "--out"
         if created:
             with contextlib.suppress(OSError):
                 p.rmdir()  # only if empty
+
+
+CACHE_IN_USE = ".snapbench-in-use.lock"
+
+
+@contextlib.contextmanager
+def cache_in_use(root: Path) -> Iterator[None]:
+    """A shared lock on the cache folder for a whole run, so `snapbench cache clean` sees that a run may be
+    using what it would delete (a profile reading its packages). Only an existing, writable cache is
+    marked: nothing is created for a run that never needed one."""
+    try:
+        fd = os.open(root / CACHE_IN_USE, os.O_RDWR | os.O_CREAT, 0o644) if root.is_dir() else None
+    except OSError:
+        fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a `cache clean` in progress (milliseconds)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def cache_exclusive(root: Path) -> Iterator[None]:
+    """Hold the cache alone (for `cache clean`), or refuse in one line while any snapbench run is using it."""
+    if not root.is_dir():
+        yield
+        return
+    fd = os.open(root / CACHE_IN_USE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SnapbenchError(f"{root}: another snapbench run is using the cache; wait for it to finish, "
+                                 "then clean") from None
+        yield
+    finally:
+        os.close(fd)

@@ -214,3 +214,31 @@ def test_hostile_input(tmp_path, case: Case):
     r = run_cli(case.args, work, memory=case.memory, timeout=case.timeout, env=case.env, file_size=case.file_size)
     check(r, case.code, case.words)
     assert not list(tmp_path.rglob("*.lock")), "a lock left behind"
+
+
+def test_cache_clean_refuses_while_a_run_uses_the_cache(tmp_path):
+    """6. A running snapbench (here a long train) holds the cache; `cache clean` refuses instead of deleting
+    the packages under it, and cleans once the run is gone."""
+    import time
+
+    work = tmp_path / "work"
+    work.mkdir()
+    packages = tmp_path / "cache" / "packages" / "in-use"
+    packages.mkdir(parents=True)
+    env = dict(os.environ, SNAPBENCH_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path / "home"),
+               PYTHONWARNINGS="ignore")
+    run = subprocess.Popen([str(SNAPBENCH), "train", "--model", "toy-digits", "--out", "run", "--steps", "100000"],
+                           cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "cache" / ".snapbench-in-use.lock").exists():
+            assert run.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        r = run_cli(["cache", "clean"], work, memory=RUN_LIMIT)
+        check(r, 2, "another snapbench run is using the cache")
+        assert packages.is_dir()
+    finally:
+        run.kill()
+        run.wait()
+    check(run_cli(["cache", "clean"], work, memory=RUN_LIMIT), 0, "removed")
+    assert not packages.exists()
