@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,11 @@ def read_user_bytes(path: str | Path, what: str) -> bytes:
         raise SnapbenchError(f"{p}: is a folder; give the {what} file")
     limit = max_input_bytes()
     try:
-        with open(p, "rb") as f:
-            data = f.read(limit + 1)
+        if stat.S_ISFIFO(p.stat().st_mode):
+            data = _read_pipe(p, what, limit)
+        else:
+            with open(p, "rb") as f:
+                data = f.read(limit + 1)
     except FileNotFoundError:
         raise SnapbenchError(f"{p}: no such {what}") from None
     except OSError as e:
@@ -43,6 +48,27 @@ def read_user_bytes(path: str | Path, what: str) -> bytes:
         raise SnapbenchError(f"{p}: larger than {size}, more than any {what} holds "
                              "(is it the right file? raise $SNAPBENCH_MAX_INPUT_MB if it is)")
     return data
+
+
+# A named pipe nobody writes to would block a plain open() forever.
+PIPE_WAIT_S = 5.0
+
+
+def _read_pipe(p: Path, what: str, limit: int) -> bytes:
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)  # returns at once, writer or not
+    try:
+        ready, _, _ = select.select([fd], [], [], PIPE_WAIT_S)
+        if not ready:
+            raise SnapbenchError(f"{p}: a named pipe (FIFO) with nothing written to it for {PIPE_WAIT_S:.0f} s; "
+                                 f"give the {what} as a file")
+        os.set_blocking(fd, True)
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, 1 << 20)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def read_user_text(path: str | Path, what: str) -> str:

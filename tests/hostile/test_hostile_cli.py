@@ -52,6 +52,10 @@ def _write(name: str, data: str | bytes) -> Callable[[Path], None]:
     return setup
 
 
+def _dev_zero(name: str) -> Callable[[Path], None]:
+    return lambda work: (work / name).symlink_to("/dev/zero")
+
+
 @dataclass
 class Case:
     id: str
@@ -131,6 +135,13 @@ CASES = [
          _write("m.csv", "block,latency_ms,p90_ms\nup1_ca2,60,50\n")),
     Case("import-two-units", [*IMPORT, "m.csv"], 2, "both give the latency",
          _write("m.csv", "block,latency_ms,latency_us\nup1_ca2,60,\n")),
+    # 8. special files: a FIFO nobody writes to, /dev/zero behind every file option
+    Case("fifo-spec", ["inspect", "--model", "fifo.json"], 2, "named pipe (FIFO) with nothing written",
+         lambda work: os.mkfifo(work / "fifo.json")),
+    Case("dev-zero-corpus", ["validate", "--corpus", "z.csv"], 2, "larger than 64 MB", _dev_zero("z.csv")),
+    Case("dev-zero-measured", ["calibrate", "--measured", "z.csv"], 2, "larger than 64 MB", _dev_zero("z.csv")),
+    Case("dev-zero-table", ["report", "--baseline", "sd15-tiny", "--device", "iphone14pro", "--table", "z.csv"], 2,
+         "larger than 64 MB", _dev_zero("z.csv")),
     # 8. help says what it means
     Case("help-defaults-unescaped", ["profile", "--help"], 0, "[default: the plain file"),
     # already good in round 3; kept so they stay good
@@ -138,7 +149,7 @@ CASES = [
     Case("deep-json-spec", ["inspect", "--model", "deep.json"], 2, "nested more than",
          _write("deep.json", "[" * 100_000 + "]" * 100_000)),
     Case("dev-zero-spec", ["inspect", "--model", "zero.json"], 2, "larger than 64 MB",
-         lambda work: (work / "zero.json").symlink_to("/dev/zero")),
+         _dev_zero("zero.json")),
     Case("pickle-weights-never-opened", ["inspect", "--model", "sd15-tiny", "--weights", "w"], 2,
          "never unpickles", _write("w/config.json", "{}")),
     Case("huge-input-shape", ["profile", "--model", "synthetic:conv-f8-k3-l1", "--device", "iphone14pro",
