@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCHVISION_SPEC ?= torchvision==0.28.0
 STAMP  := $(VENV)/.snapbench-installed
 
-.PHONY: setup browser demo test test-fast lint bench clean
+.PHONY: setup browser demo test test-fast lint bench clean mutate-device
 
 setup: $(STAMP)
 
@@ -50,6 +50,11 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check snapbench tests benchmarks
 	$(BIN)/mypy
+
+# The device adapter's tests against small mistakes in the adapter, one mutated copy at a time (minutes;
+# not part of `make test`): exits 1 if any mutation survives.
+mutate-device: setup
+	$(BIN)/python tests/mutate_device.py
 
 bench: setup
 	$(BIN)/python benchmarks/bench_convert.py

@@ -39,7 +39,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "snapbench.commands.inspect",
     "snapbench.commands.convert",
     "snapbench.commands.profile",
-    "snapbench.commands.doctor",
+    "snapbench.commands.doctor", "snapbench.commands.farm",
     "snapbench.commands.train", "snapbench.commands.ablate", "snapbench.commands.evolve",
     "snapbench.commands.distill", "snapbench.commands.distill_decoder", "snapbench.commands.sample",
     "snapbench.commands.devices", "snapbench.commands.calibrate",

@@ -9,11 +9,12 @@ so a wrong method name, argument name or sync/async mismatch fails exactly as it
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 from unittest import mock
 
 from snapbench.profilers.estimate.cost_model import CpuOp, Estimate
@@ -105,11 +106,16 @@ class FakeShell:
             return 0, self.chip + "\n", ""
         if argv[:2] == ["sw_vers", "-buildVersion"]:
             return 0, "24B83\n", ""
+        if argv[:5] == ["xcrun", "devicectl", "device", "uninstall", "app"]:
+            return 0, "", ""
+        if Path(argv[0]).name == "ray" and argv[1:2] == ["start"]:
+            return 0, "Ray runtime started.\n", ""
         return 127, "", f"{argv[0]}: command not found"
 
 
 def fake_mac(tmp_path: Path, *, team_id: str | None = "ABCDE12345", platform: str = "darwin",
-             macos: str = "15.1", native: bool = True, runner: bool = True, **shell: Any) -> Machine:
+             macos: str = "15.1", native: bool = True, runner: bool = True, python: tuple[int, int] = (3, 12),
+             **shell: Any) -> Machine:
     ct_dir = tmp_path / "site-packages" / "coremltools"
     ct_dir.mkdir(parents=True, exist_ok=True)
     if native:
@@ -118,18 +124,58 @@ def fake_mac(tmp_path: Path, *, team_id: str | None = "ABCDE12345", platform: st
         (ct_dir / "modelrunner" / "ModelRunner.xcworkspace").mkdir(parents=True, exist_ok=True)
     return Machine(platform=platform, macos_version=macos, shell=FakeShell(**shell), coremltools_dir=ct_dir,
                    coremltools_version="9.0", team_id=team_id, cache_dir=tmp_path,
-                   free_bytes=lambda p: 200 * 10**9)
+                   free_bytes=lambda p: 200 * 10**9, python=python)
 
 
 # --- coremltools 9's device API, from the real classes --------------------------------------------------
+def fake_session(rd: Any, *, alive: Callable[[], bool], working_directory: Path,
+                 launch_error: bytes = b"") -> Any:
+    """coremltools' `_AppSession` (autospec of the real class): `is_alive()` answers from `alive`; its
+    devicectl launch process (`_process`, a real-signature Popen) has exited with `launch_error` when dead."""
+    import io
+    import subprocess
+
+    session = mock.create_autospec(rd._AppSession, instance=True)
+    session.is_alive.side_effect = alive
+    session.installation_info = rd._AppInstallationInfo(bundle_identifier="dev.snapbench.modelrunner.abcde12345",
+                                                        database_uuid="DB-1")
+    session.working_directory = working_directory
+    process = mock.create_autospec(subprocess.Popen, instance=True)
+    process.poll.side_effect = lambda: None if alive() else 1
+    process.stderr = io.BytesIO(launch_error)
+    session._process = process
+    return session
+
+
+class FakeApp:
+    """The runner app on the fake phone: whether it runs, launch by launch. `untrusted_launches` launches
+    fail first (a free team before the user trusts the developer); `crash_on` kills it when that package
+    loads (iOS ending it for memory)."""
+
+    def __init__(self, untrusted_launches: int = 0, crash_on: str | None = None) -> None:
+        self.untrusted_launches, self.crash_on = untrusted_launches, crash_on
+        self.launches = 0
+        self.running = False
+
+    def launch(self) -> None:
+        self.launches += 1
+        self.running = self.launches > self.untrusted_launches
+
+
+UNTRUSTED = (b"ERROR: The application could not be launched because its profile has not been explicitly trusted "
+             b"by the user. (com.apple.dt.CoreDeviceError error 10002.)\n")
+
+
 class FakeCoreML:
     """A coremltools module tree for `CoreMLTools(ct=...)`: real enums and dataclasses, autospec'd
     behaviour. `calls` records what the adapter did, in order."""
 
     def __init__(self, *, udid: str = "00008120-0001", fail_on: str | None = None, interrupt_on: str | None = None,
-                 fail_prepare: Exception | None = None,
+                 fail_prepare: Exception | None = None, app: FakeApp | None = None, plan_fails: bool = False,
                  samples_ns: tuple[int, ...] = (5_000_000, 4_000_000, 6_000_000, 5_500_000, 4_500_000),
                  load_ns: tuple[int, ...] = (60_000_000_000, 900_000_000)) -> None:
+        import tempfile
+
         import coremltools as ct
 
         self.real = ct
@@ -137,34 +183,53 @@ class FakeCoreML:
         self.loaded: list[Any] = []  # wrappers currently loaded (load() called, unload() not yet)
         self.fail_on, self.samples_ns, self.load_ns = fail_on, samples_ns, load_ns
         self.interrupt_on = interrupt_on  # a package whose load is "interrupted" by Ctrl-C
+        self.plan_fails = plan_fails
+        self.app = app or FakeApp()
         self._loads = 0
         exp = ct.models.ml_program.experimental
         rd, aw = exp.remote_device, exp.async_wrapper
+        self.rd = rd
+        self.session_dir = Path(tempfile.mkdtemp(prefix="fake-session-"))
         self.phone = rd.Device(name="Test iPhone", type=rd.DeviceType.IPHONE, identifier=f"ID-{udid}", udid=udid,
                                os_version="18.1", os_build_number="22B83", developer_mode_state="enabled",
                                state=rd.DeviceState.CONNECTED, session=None)
         calls = self.calls
 
+        def launched() -> Any:
+            self.app.launch()
+            running = self.app.running
+            return fake_session(rd, alive=lambda: running and self.app.running, working_directory=self.session_dir,
+                                launch_error=b"" if running else UNTRUSTED)
+
         async def prepare(credentials=None, working_directory=None, clean=False):
             calls.append(("prepare_for_model_debugging", credentials, Path(working_directory).name, clean))
             if fail_prepare is not None:
                 raise fail_prepare
-            return self.phone  # a real Device; coremltools returns one with a session
+            # a real Device with a session, as coremltools returns it (launched, never checked)
+            return dataclasses.replace(self.phone, session=launched())
 
         def connected(device_type):
             calls.append(("get_connected_devices", device_type))
+            if device_type != self.phone.type:
+                return []  # coremltools keeps devices of the asked type only
             phone = mock.create_autospec(rd.Device, instance=True)
-            for f in ("name", "udid", "os_version", "os_build_number", "type", "state"):
+            for f in ("name", "udid", "identifier", "os_version", "os_build_number", "type", "state"):
                 setattr(phone, f, getattr(self.phone, f))
             phone.prepare_for_model_debugging.side_effect = prepare
             return [phone]
+
+        def launch_app(device, installation_info, working_directory):
+            calls.append(("launch_app", installation_info.bundle_identifier))
+            return launched()
 
         device_ns = SimpleNamespace(get_connected_devices=mock.create_autospec(
             rd.Device.get_connected_devices, side_effect=connected))
         remote_device = SimpleNamespace(
             Device=device_ns, DeviceType=rd.DeviceType, DeviceState=rd.DeviceState,
             AppSigningCredentials=rd.AppSigningCredentials, _AppBuilder=rd._AppBuilder,
-            _DeviceCtlRemoteService=rd._DeviceCtlRemoteService)
+            _DeviceCtlRemoteService=rd._DeviceCtlRemoteService,
+            _DeviceCtl=SimpleNamespace(launch_app=mock.create_autospec(rd._DeviceCtl.launch_app,
+                                                                       side_effect=launch_app)))
         self.remote_device = remote_device
         wrappers = SimpleNamespace(MLModelAsyncWrapper=SimpleNamespace(from_spec_or_path=mock.create_autospec(
             aw.MLModelAsyncWrapper.from_spec_or_path, side_effect=self._wrapper)))
@@ -215,6 +280,11 @@ class FakeCoreML:
 
         async def load():
             self.calls.append(("load", name, compute_units.name, where))
+            if device is not None and device.session is not None and not device.session.is_alive():
+                raise self.rd._DeviceCtlError(message=b"ERROR: file not found", error_code=1)
+            if device is not None and self.app.crash_on and self.app.crash_on in name:
+                self.app.running = False  # iOS ended it for memory while it loaded
+                raise self.rd._DeviceCtlError(message=b"ERROR: file not found", error_code=1)
             if self.fail_on and self.fail_on in name:
                 raise RuntimeError("Error compiling model: unsupported op\nmore detail on line 2")
             if self.interrupt_on and self.interrupt_on in name:
@@ -231,6 +301,8 @@ class FakeCoreML:
 
         async def plan():
             self.calls.append(("retrieve_compute_plan", name))
+            if self.plan_fails:
+                raise ValueError("Error Domain=com.apple.CoreML Code=0 \"Failed to load the compute plan\"")
             return self._plan()
 
         async def unload():
@@ -267,6 +339,71 @@ def fake_device_backend(tmp_path: Path, name: str = "iphone", fake: FakeCoreML |
     fake = fake or FakeCoreML()
     machine = kw.pop("machine", None) or fake_mac(tmp_path, chip=kw.pop("chip", "Apple M2 Pro"),
                                                   devices=kw.pop("devices", None))
+    kw.setdefault("sleep", lambda s: None)  # the startup and trust waits count, they do not wait
     return DeviceBackend(name, api=CoreMLTools(fake.ct), machine=machine,
                          signing=kw.pop("signing", Signing.for_team("ABCDE12345")),
                          runner_dir=tmp_path / "runner", **kw), fake
+
+
+# --- the runner app behind coremltools' real request path ------------------------------------------------
+class RunnerOnPhone:
+    """The model-runner app as coremltools' real `_DeviceCtlSocket` sees it through an `_AppSession`
+    (autospec of the real class): files copied into the app's container (`send_file_to_app`) and read
+    back (`receive_file_from_app`, devicectl's "file not found" until the response exists). A request's
+    message.json is answered the way the runner answers (modelID, duration; predictions with an output
+    resource). `running` False: nothing answers; `answer_after` receives fail before the answer shows."""
+
+    def __init__(self, working_directory: Path, *, answer_after: int = 0) -> None:
+        import coremltools as ct
+
+        self.rd = ct.models.ml_program.experimental.remote_device
+        self.container: dict[str, int] = {}  # path in the app's container -> bytes
+        self.running = True
+        self.answer_after = answer_after
+        self.receives = 0
+        self.copies_to: list[str] = []
+        self._answers: dict[str, bytes] = {}
+        self.session = fake_session(self.rd, alive=lambda: self.running, working_directory=working_directory)
+        self.session.send_file_to_app.side_effect = self._send
+        self.session.receive_file_from_app.side_effect = self._receive
+        self.device = dataclasses.replace(_phone(self.rd), session=self.session)
+
+    def _send(self, source_path, destination):
+        source_path = Path(source_path)
+        self.copies_to.append(destination)
+        files = [source_path] if source_path.is_file() else [f for f in source_path.rglob("*") if f.is_file()]
+        for f in files:
+            rel = "" if f == source_path else "/" + f.relative_to(source_path).as_posix()
+            self.container[destination + rel] = f.stat().st_size
+        if destination.endswith("/message.json") and "/requests/messages/" in destination and self.running:
+            self._answer(json.loads(source_path.read_text()), destination.split("/requests/")[0])
+        return self.rd._DataTransferInfo(source=str(source_path), destination=destination)
+
+    def _answer(self, message: dict, root: str) -> None:
+        rid, params = message["id"], message["params"]
+        result: dict[str, Any] = {"modelID": params["modelID"]}
+        reply: dict[str, Any] = {"jsonrpc": "2.0", "id": rid}
+        if message["method"] == "MLModelService.Load":
+            result["duration"] = 60_000_000_000
+        elif message["method"] == "MLModelService.Prediction":
+            result.update(outputs={}, duration=5_000_000)
+            reply["resource"] = "outputs.bin"
+            self._answers[f"{root}/responses/{rid}/outputs.bin"] = b"\0" * (2 << 20)
+            self.container[f"{root}/responses/{rid}/outputs.bin"] = 2 << 20
+        reply["result"] = result
+        self._answers[f"{root}/responses/{rid}/message.json"] = json.dumps(reply).encode()
+        self.container[f"{root}/responses/{rid}/message.json"] = len(self._answers[f"{root}/responses/{rid}/message.json"])
+
+    def _receive(self, destination_path, source):
+        self.receives += 1
+        if self.receives <= self.answer_after or source not in self._answers:
+            raise self.rd._DeviceCtlError(message=b"ERROR: The file couldn't be opened because it doesn't exist.",
+                                          error_code=1)
+        Path(destination_path).write_bytes(self._answers[source])
+        return self.rd._DataTransferInfo(source=source, destination=str(destination_path))
+
+
+def _phone(rd: Any) -> Any:
+    return rd.Device(name="Test iPhone", type=rd.DeviceType.IPHONE, identifier="ID-00008120-0001",
+                     udid="00008120-0001", os_version="18.1", os_build_number="22B83",
+                     developer_mode_state="enabled", state=rd.DeviceState.CONNECTED, session=None)

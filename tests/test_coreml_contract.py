@@ -12,6 +12,8 @@ import ast
 import asyncio
 import dataclasses
 import inspect
+import re
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -134,15 +136,21 @@ def test_every_coremltools_name_the_adapter_uses_is_checked_here():
                 ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType):
         known |= set(dir(obj))
     known |= set(ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.keys())
+    for obj in (rd._AppSession, rd._DeviceCtl, rd._DeviceCtlSocket, rd._DeviceCtlRemoteService, subprocess.Popen):
+        known |= set(dir(obj))
     for c in (cp.MLModelStructure, cp.MLModelStructureProgram, cp.MLModelStructureProgramFunction,
               cp.MLModelStructureProgramBlock, cp.MLModelStructureProgramOperation, cp.MLComputePlanDeviceUsage,
-              rd.Device):
+              rd.Device, rd._JSONRPCRequest, rd._JSONRPCResponse, rd._AppInstallationInfo):
         known |= {f.name for f in dataclasses.fields(c)}
+    for c in (rd._AppSession, rd._DeviceCtlSocket):  # attributes their __init__ sets
+        known |= set(re.findall(r"self\.(\w+) =", inspect.getsource(c.__init__)))
     ours = {"ct", "_ct", "_rd", "team_id", "bundle_id", "predict_ms", "first_load_ms", "warm_load_ms", "placement",
             "parent", "mkdir", "name", "write_text", "decode", "strip", "splitlines", "lower", "random", "randint",
             "astype", "float32", "int32", "contextmanager", "asynccontextmanager", "suppress", "values",
             "group", "message", "error_code", "output", "stdout", "returncode", "ComputeUnit", "__context__",
-            "ndarray", "append", "ceil"}
+            "ndarray", "append", "ceil", "_files", "_socket", "_time_limit_s", "mac_folders", "phone_files",
+            "request_files", "extend", "rmtree", "TemporaryDirectory", "TimeoutError", "wait_for", "st_size", "read",
+            "stderr"}  # Popen.stderr: set by its __init__
     unknown = sorted(used - known - own - ours - set(dir(Path)) - set(dir(str)))
     assert unknown == [], f"coremltools names not found in the installed coremltools: {unknown}"
 
@@ -175,7 +183,7 @@ def test_prepare_signs_with_the_team_and_keeps_the_build_folder(tmp_path):
     api = CoreMLTools(fake.ct)
     phone = api.connected_iphones()[0]
     got = asyncio.run(api.prepare(phone, Signing.for_team("ABCDE12345"), tmp_path / "runner"))
-    assert got is fake.phone
+    assert dataclasses.replace(got, session=None) == fake.phone and api.app_alive(got)
     _, creds, folder, clean = fake.calls[-1]
     assert creds == rd.AppSigningCredentials(development_team="ABCDE12345", provisioning_profile_uuid=None,
                                              bundle_identifier="dev.snapbench.modelrunner.abcde12345")

@@ -47,3 +47,16 @@ def test_devices_command_json(capsys):
     assert main(["devices", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {d["id"] for d in data} >= {"iphone14", "iphone14pro", "mac-m2"}
+
+
+def test_recent_devices_are_in_the_catalog_with_confidence_notes():
+    from snapbench.devices import resolve_device
+
+    for name, chip in (("iPhone 16e", "A18"), ("iPhone 17", "A19"), ("iPhone Air", "A19 Pro"),
+                       ("iPhone 17 Pro", "A19 Pro"), ("iPhone 17 Pro Max", "A19 Pro"), ("Mac (M5)", "M5"),
+                       ("iPad Pro (M5)", "M5")):
+        d = resolve_device(name)
+        assert d.chip == chip and d.confidence == "low" and d.notes
+        assert d.marketed_tops_are_int8
+    assert resolve_device("mac-m5").ane_bandwidth_gbps == pytest.approx(70.21)
+    assert resolve_device("iphone17pro").ane_bandwidth_gbps is None  # no published engine bandwidth

@@ -56,3 +56,20 @@ def test_on_this_linux_machine_it_says_what_runs_here(capsys):
     assert rc == 1
     assert f"this machine runs {sys.platform}" in out
     assert "estimate runs here" in out and "import runs here" in out and "iphone cannot run here" in out
+
+
+def test_a_phone_whose_tunnel_is_down_is_told_how_to_bring_it_up(tmp_path, capsys):
+    rc, out = doctor(capsys, fake_mac(tmp_path, devices=[devicectl_entry(tunnel="disconnected")]))
+    text = " ".join(out.split())
+    assert rc == 1 and "tunnel state disconnected" in text
+    assert "Devices and Simulators" in text and "devicectl device info details --device 00008120-0001" in text
+
+
+def test_a_python_without_a_coremltools_wheel_is_named(tmp_path, capsys):
+    rc, out = doctor(capsys, fake_mac(tmp_path, python=(3, 14), native=False))
+    text = " ".join(out.split())
+    assert rc == 1 and "Python 3.14: coremltools 9.0 ships macOS wheels for CPython 3.10-3.13 only" in text
+    assert "python3.13 -m venv" in text
+    assert "--force-reinstall" not in text  # reinstalling builds the same sdist again
+    rc, out = doctor(capsys, fake_mac(tmp_path, python=(3, 13)))
+    assert rc == 0 and "Python 3.13 (coremltools 9.0 has a macOS wheel for it)" in " ".join(out.split())

@@ -367,3 +367,23 @@ def test_a_v4_file_reads_with_v4_behaviour():
     doc["version"] = 5
     with pytest.raises(SnapbenchError, match="memory_serial"):
         params_from_dict(doc, "v5.json")
+
+
+def test_measured_engine_bandwidth_not_the_socs_prices_a_max_chip():
+    # a weight-streaming program (1 GB of fp16 weights, one token): the catalog's SoC bandwidth says an M1
+    # Max reads it 5.9x faster than an M1; the engines' measured streaming rates (anemll-bench) say slower
+    from snapbench.devices import resolve_device
+    from snapbench.profilers.estimate import estimate_ops
+
+    w = OpRecord(type="conv", name="head", in_shapes=((1, 4096, 1, 1),), in_dtypes=("fp16",),
+                 out_shapes=((1, 128256, 1, 1),), out_dtypes=("fp16",), flops=2.0 * 4096 * 128256,
+                 weight_bytes=2.0 * 4096 * 128256, attrs={})
+    m1, m1max = resolve_device("mac-m1"), resolve_device("mac-m1max")
+    assert m1max.mem_bandwidth_gbps_est > 5 * m1.mem_bandwidth_gbps_est
+    assert m1max.ane_bandwidth_gbps < m1.ane_bandwidth_gbps
+    t1, tmax = (estimate_ops([w], d).total_ms for d in (m1, m1max))
+    assert tmax > t1
+    # memory-bound: within a few percent of bytes over the measured rate (1050.67 MB / 54.62 GB/s = 19.2 ms)
+    assert tmax == pytest.approx(2.0 * 4096 * 128256 / 54.62e9 * 1e3, rel=0.1)
+    phone = resolve_device("iphone14pro")
+    assert phone.ane_bandwidth_gbps is None  # unmeasured: the SoC's bandwidth x the fitted efficiency

@@ -228,7 +228,7 @@ def on_a_mac_with_a_phone(fakes, tmp_path, **coreml):
 
     fake = FakeCoreML(**coreml)
     fakes.tools = ProfileTools(packages=fakes, estimator=toy_estimator(), coreml=CoreMLTools(fake.ct),
-                               machine=fake_mac(tmp_path / "machine", team_id=None))
+                               machine=fake_mac(tmp_path / "machine", team_id=None), sleep=lambda s: None)
     return fake
 
 

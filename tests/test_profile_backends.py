@@ -31,7 +31,7 @@ backend = fake_device_backend
 
 
 def test_mac_backend_times_each_package_with_loads_and_compute_plan(tmp_path):
-    be, fake = backend(tmp_path, "mac", warmup=2, repeats=5)
+    be, fake = backend(tmp_path, "mac", warmup=2, repeats=5, chip="Apple M2")
     target = be.identify(None)
     assert (target.device_id, target.os_build) == ("mac-m2", "24B83")
     dev = resolve_device("mac-m2")
@@ -99,7 +99,7 @@ def test_runner_build_failure_names_the_xcodebuild_error(tmp_path):
 
 
 def test_coremltools_failure_becomes_one_line_naming_the_block(tmp_path):
-    be, fake = backend(tmp_path, "mac", fake=FakeCoreML(fail_on="b1"))
+    be, fake = backend(tmp_path, "mac", fake=FakeCoreML(fail_on="b1"), chip="Apple M2")
     dev = resolve_device("mac-m2")
     with pytest.raises(SnapbenchError) as e:
         with be.open(be.identify(dev)) as price:
@@ -192,7 +192,7 @@ def test_profile_on_a_fake_iphone_saves_every_row_and_resumes(tmp_path):
     assert len(newer.new_rows) == len(run.new_rows) and {r.os_build for r in newer.table.rows()} == {"22C152"}
 
 
-def test_a_failure_mid_run_keeps_the_rows_before_it(tmp_path):
+def test_a_failed_package_does_not_end_the_run(tmp_path):
     pk = FakePackages(tmp_path / "pk")
     s = Settings(latent=16)
     tables: list[LatencyTable] = []
@@ -200,17 +200,18 @@ def test_a_failure_mid_run_keeps_the_rows_before_it(tmp_path):
                           packages=pk, progress=False, components=("unet",))
     victim = sorted(pk.root.glob("*.mlpackage"))[3].name
     be, _ = backend(tmp_path, fake=FakeCoreML(fail_on=victim))
-    with pytest.raises(SnapbenchError, match="unsupported op"):
-        profile_model("sd15-tiny", "iphone14pro", s, backend=be, estimator=toy_estimator(), packages=pk,
-                      progress=False, components=("unet",), on_table=tables.append)
-    kept = tables[-1]
-    measured = [r for r in kept.rows() if r.backend == "iphone"]
-    assert 0 < len(measured) < len(first.new_rows)
-    # the rerun measures only what is missing
+    run = profile_model("sd15-tiny", "iphone14pro", s, backend=be, estimator=toy_estimator(), packages=pk,
+                        progress=False, components=("unet",), on_table=tables.append)
+    assert [(f.path.name, "unsupported op" in f.reason) for f in run.failures] == [(victim, True)]
+    assert "\n" not in run.failures[0].reason
+    measured = [r for r in tables[-1].rows() if r.backend == "iphone"]
+    assert len(measured) == len(first.new_rows) - 1  # every other package measured, after the failure too
+    # the failed one is estimated and labelled so; a rerun measures only it
+    assert sorted(r.backend for r in run.new_rows).count("estimate") == 1
     be_ok, fake = backend(tmp_path)
-    rerun = profile_model("sd15-tiny", "iphone14pro", s, table=kept, backend=be_ok, estimator=toy_estimator(),
+    rerun = profile_model("sd15-tiny", "iphone14pro", s, table=run.table, backend=be_ok, estimator=toy_estimator(),
                           packages=pk, progress=False, components=("unet",))
-    assert len(rerun.new_rows) == len(first.new_rows) - len(measured)
+    assert [r.backend for r in rerun.new_rows] == ["iphone"] and rerun.failures == []
 
 
 def test_estimates_are_labelled_and_refreshed_for_a_newer_estimator(tmp_path):
@@ -265,3 +266,38 @@ def test_an_untrusted_developer_profile_says_where_to_trust_it(tmp_path):
         with be.open(be.identify(None)):
             pass
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("chip, cid", [("Apple M2 Pro", "mac-m2pro"), ("Apple M1 Max", "mac-m1max"),
+                                       ("Apple M2 Ultra", "mac-m2ultra"), ("Apple M3", "mac-m3"),
+                                       ("Apple M3 Max", "mac-m3max"), ("Apple M4 Pro", "mac-m4pro")])
+def test_pro_max_and_ultra_macs_are_filed_under_their_own_chip(tmp_path, chip, cid):
+    be, _ = backend(tmp_path, "mac", chip=chip)
+    assert be.identify(None).device_id == cid
+    assert choose_backend("mac", resolve_device(cid), machine=be.here) == "mac"  # --device mac-m2pro --backend mac
+    assert be.identify(resolve_device(cid)).device_id == cid
+
+
+def test_a_mac_chip_the_catalog_lacks_is_refused_not_filed_under_the_base_chip(tmp_path):
+    be, _ = backend(tmp_path, "mac", chip="Apple M3 Ultra")
+    with pytest.raises(SnapbenchError, match=r"Apple M3 Ultra\) is not in the device catalog \(no mac-m3ultra"):
+        be.identify(None)
+
+
+def test_a_phone_whose_tunnel_is_down_is_refused_before_any_conversion(tmp_path):
+    pk = FakePackages(tmp_path / "pk")
+    be, fake = backend(tmp_path, devices=[devicectl_entry(tunnel="disconnected")])
+    with pytest.raises(SnapbenchError, match="tunnel state disconnected.*devicectl device info details"):
+        profile_model("sd15-tiny", "iphone14pro", Settings(latent=16), backend=be, estimator=toy_estimator(),
+                      packages=pk, progress=False, components=("unet",))
+    assert pk.calls == [] and fake.calls == []
+
+
+def test_connected_iphones_asks_coremltools_for_iphones(tmp_path):
+    import coremltools as ct
+
+    from snapbench.profilers.coreml_api import CoreMLTools
+
+    fake = FakeCoreML()
+    assert [p.udid for p in CoreMLTools(fake.ct).connected_iphones()] == ["00008120-0001"]
+    assert fake.calls == [("get_connected_devices", ct.models.ml_program.experimental.remote_device.DeviceType.IPHONE)]

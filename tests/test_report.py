@@ -286,6 +286,7 @@ def test_command_two_devices_html_and_json(tmp_path, monkeypatch, capsys):
     (["--out", "{tmp}"], "is a folder"),
     (["--out", "{tmp}/file.txt/r.html"], "is a file, not a folder"),
     (["--out", "{tmp}/r.json"], "--json writes"),
+    (["--app-floor-ms", "-1"], "0 ms or more"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, monkeypatch, capsys, args, words):
     (tmp_path / "file.txt").write_text("x")
@@ -334,3 +335,15 @@ def test_measured_load_times_reach_the_report(tmp_path):
     html = render_html(data)
     assert "Loading before the first image (measured)" in html and "Test iPhone (18.1, build 22B83)" in html
     assert f"{60.0 * runs:.1f}" in html
+
+
+def test_your_app_floor_is_beside_the_engine_budget_never_in_it(tmp_path, report):
+    data, _ = report
+    floored = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], profiler=fake_profiler(tmp_path),
+                     table=None, app_floor_ms=2.0)
+    for model in (BASE, CAND):
+        engine, mine = result(data, model)["budget"], result(floored, model)["budget"]
+        assert mine["total_s"] == engine["total_s"] and "in_app_s" not in engine
+        calls = report_data.TEXT_ENCODER_RUNS + result(floored, model)["steps"] + 1
+        assert mine["in_app_s"] == pytest.approx(engine["total_s"] + calls * 2.0 / 1000)
+    assert 'data-in-app="' in render_html(floored) and 'data-in-app="' not in render_html(data)

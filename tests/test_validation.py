@@ -180,3 +180,30 @@ def test_a_held_out_apps_own_floor_explains_its_floor_not_its_engine(corpus):
         return float(np.median([abs(est[k] / by_id[k].latency_ms - 1) for k in est]))
 
     assert median_err(info["own_floor_estimates"]) < median_err(strict)
+
+
+def test_rank_summary_counts_pairs_ordered_right():
+    import pandas as pd
+
+    from snapbench.validation.run import rank_summary
+
+    df = pd.DataFrame({"source": ["a"] * 4 + ["b"] * 3 + ["c"],
+                       "published_ms": [1, 2, 3, 4, 1, 2, 3, 5],
+                       "estimated_ms": [10, 20, 30, 40, 3, 2, 2, 1]})
+    r = rank_summary(df).set_index("source")
+    assert r.loc["a", "kendall_tau"] == pytest.approx(1.0) and r.loc["a", "pairs_ordered_right_pct"] == 100.0
+    # b: (1,2) wrong, (1,3) wrong, (2,3) a tie in the estimates: half
+    assert r.loc["b", "pairs"] == 3 and r.loc["b", "pairs_ordered_right_pct"] == pytest.approx(100 * 0.5 / 3)
+    assert r.loc["b", "kendall_tau"] < 0
+    assert "c" not in r.index  # one row: no pair
+
+
+def test_in_sample_rows_carry_their_own_apps_floor_and_the_engine_apart():
+    v = validate(convert=False)
+    df = v.rows.set_index("row")
+    # the Vision live-camera app (corpus-2 T01, graded low: shown, not scored) floors at over 10 ms
+    assert (df.loc["N005", "app_floor_ms"] > 10) and df.loc["N005", "trust"] == "low"
+    assert df.loc["N005", "engine_ms"] < 2  # MobileNetV2 on the A13's engine: ~1 ms
+    xcode = df[df["harness"] == "xcode"]
+    assert len(xcode) and (xcode["app_floor_ms"].abs() < 1e-9).all()  # Xcode's report: the engine alone
+    np.testing.assert_allclose(df["estimated_ms"], df["engine_ms"] + df["app_floor_ms"])

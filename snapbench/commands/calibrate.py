@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.text import Text
 from rich.table import Table
 
 from snapbench.commands.common import JsonOpt, err, out, print_json
@@ -20,9 +21,20 @@ def calibrate_command(
     measured: Optional[Path] = typer.Option(None, "--measured", help="CSV of your measured latencies (format below)."),
     write: bool = typer.Option(False, "--write", help="Refit the parameters and save ane_params.json (atomically)."),
     params: Optional[Path] = typer.Option(None, "--params", help="Parameter file to read (and write with --write)."),
+    app_floor: Optional[Path] = typer.Option(
+        None, "--app-floor", help="CSV of your app's timings of the one-op package `snapbench convert --model "
+        "synthetic:floor` writes (model,device,latency_ms): prints your app's per-prediction floor for "
+        "--app-floor-ms."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Estimated vs published latency on each reference point (all estimates); --write refits first."""
+    if app_floor is not None:
+        if write or measured is not None:
+            from snapbench.errors import SnapbenchError
+
+            raise SnapbenchError("--app-floor reads your app's floor only; run --write / --measured on their own")
+        _app_floor(app_floor, params, as_json)
+        return
     from snapbench.profilers.estimate.calibrate import calibration_report, load_points
     from snapbench.profilers.estimate.params import default_params_path, load_params
 
@@ -55,6 +67,21 @@ def calibrate_command(
     out.print(t)
     mean_abs = table["error_pct"].abs().mean() if len(table) else float("nan")
     out.print(f"mean |error| {mean_abs:.1f}%  (source of every estimated figure: estimate)")
+
+
+def _app_floor(path: Path, params: Optional[Path], as_json: bool) -> None:
+    from snapbench.latency.app_floor import floor_from_file
+    from snapbench.profilers.estimate.params import load_params
+
+    reading = floor_from_file(path, params=load_params(params))
+    if as_json:
+        print_json({"backend": "measured", **reading.to_dict()})
+        return
+    out.print(Text.assemble(
+        f"{path}: {reading.runs} timings on {reading.device}, median {reading.median_ms:.3g} ms, less the "
+        f"one-op package's own engine time ({reading.engine_ms:.3f} ms, estimated): your app's floor is ",
+        (f"{reading.floor_ms:.3g} ms", "bold"), f" per prediction. Pass --app-floor-ms {reading.floor_ms:.3g} to "
+        "profile and report."))
 
 
 MEASURED_HELP = (

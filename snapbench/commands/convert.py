@@ -51,8 +51,9 @@ def convert_command(
         from pathlib import Path as _Path
 
         from snapbench.zoo.programs import network_package
-        from snapbench.zoo.specs import parse_model_spec
+        from snapbench.zoo.specs import parse_model_spec, refuse_unet_only
 
+        refuse_unet_only(model, attention=attention)
         spec = parse_model_spec(model)
         dest = network_package(spec, input_shape, _Path(out_dir) / f"{spec.slug()}.mlpackage", weight_bits=weight_bits)
         if as_json:

@@ -38,8 +38,9 @@ def default_table_path(device_id: str, model: str, tables: str | Path | None = N
 
 def profile_command(
     ctx: typer.Context,
-    device: str = typer.Option(..., "--device", "-d", help="Catalog id or name (see `snapbench devices`), or auto: "
-                               "the attached iPhone's (or this Mac's) own id, with --backend iphone or mac."),
+    devices: List[str] = typer.Option(..., "--device", "-d", help="Catalog id or name (see `snapbench devices`), or "
+                                      "auto: the attached iPhone's (or this Mac's) own id, with --backend iphone or "
+                                      "mac. Repeat it with --ray-address to measure on several devices at once."),
     model: str = ModelOpt,
     variant: Optional[str] = VariantOpt,
     subfolder: Optional[str] = SubfolderOpt,
@@ -66,17 +67,36 @@ def profile_command(
     request_timeout: float = typer.Option(DEFAULT_REQUEST_TIMEOUT_S, "--request-timeout", min=1,
                                           help="Seconds each request to the phone may take (the first load "
                                                "compiles for the Neural Engine)."),
+    rebuild_runner: bool = typer.Option(False, "--rebuild-runner", help="Build coremltools' runner app again "
+                                        "(iphone; it is rebuilt by itself when the team, bundle id, Xcode, "
+                                        "coremltools or its profile's expiry changed)."),
+    trust_wait: float = typer.Option(300.0, "--trust-wait", min=0, help="Seconds to wait for you to trust the "
+                                     "developer on the phone when the runner app cannot start (iphone)."),
     from_file: Optional[Path] = typer.Option(None, "--from", help="Measurements to import (CSV or JSON; format below)."),
     packages: Optional[Path] = typer.Option(None, "--packages", help="A `snapbench convert` folder to time instead of converting."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="A device farm: the Ray cluster whose "
+                                              "nodes hold the --device phones and Macs (`snapbench farm join`)."),
     input_shape: Optional[str] = typer.Option(None, "--input", help="Input shape of a timm:/torchvision:/open_clip:/"
                                               "hf:/synthetic: network, e.g. 1x3x224x224 (one whole program)."),
+    app_floor_ms: Optional[float] = typer.Option(
+        None, "--app-floor-ms", help="Your app's per-prediction floor in ms (`snapbench calibrate --app-floor "
+        "FILE` measures it): adds end_to_end_ms beside the engine's model_ms, which it never changes."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Latency of every block (and the text encoder and VAE decoder) on a device: table + stage summary."""
+    from snapbench.latency.app_floor import check_floor_ms
     from snapbench.zoo.specs import is_network_spec
 
+    if len(devices) > 1 and ray_address is None:
+        raise SnapbenchError("several --device values are a device-farm run: add --ray-address ADDR (nodes join "
+                             "with `snapbench farm join`), or profile one device at a time")
+    device = devices[0]
+    app_floor_ms = check_floor_ms(app_floor_ms)
     if is_network_spec(model):  # any network (or a Core ML package): one whole program, estimated
-        _profile_network(model, input_shape, device, weight_bits, backend, as_json)
+        from snapbench.zoo.specs import refuse_unet_only
+
+        refuse_unet_only(model, attention=attention, compute_units=compute_units)
+        _profile_network(model, input_shape, device, weight_bits, backend, as_json, app_floor_ms)
         return
     if input_shape is not None:
         raise SnapbenchError("--input is for timm:/torchvision:/open_clip:/hf:/synthetic: networks and packages; "
@@ -85,6 +105,7 @@ def profile_command(
     from snapbench.latency.model_latency import ProfileTools
     from snapbench.profilers.backends import DeviceBackend, EstimatePricer, choose_backend
     from snapbench.profilers.coreml_api import CoreMLTools, Signing
+    from snapbench.profilers.farm import NodeSettings
     from snapbench.profilers.packages import ConverterPackages
     from snapbench.profilers.readiness import Machine
 
@@ -107,10 +128,23 @@ def profile_command(
     if team_id:  # --team-id wins over SNAPBENCH_TEAM_ID (and over a machine handed in)
         machine = dataclasses.replace(machine, team_id=team_id)
 
+    if ray_address is not None:
+        _profile_farm(tools, model_source(model, None, variant, subfolder, revision), model, devices, settings,
+                      ray_address=ray_address, backend=backend, table=table, tables=tables,
+                      components=tuple(component or ()), packages=packages, as_json=as_json,
+                      node=NodeSettings(compute_units=settings.compute_units, warmup=warmup, repeats=repeats,
+                                        request_timeout_s=request_timeout, team_id=team_id, bundle_id=bundle_id),
+                      app_floor_ms=app_floor_ms)
+        return
+
     def device_backend(name: str) -> DeviceBackend:
-        return DeviceBackend(name, api=tools.coreml or CoreMLTools(), machine=machine, signing=signing,
-                             compute_units=settings.compute_units, warmup=warmup, repeats=repeats,
-                             request_timeout_s=request_timeout)
+        be = DeviceBackend(name, api=tools.coreml or CoreMLTools(), machine=machine, signing=signing,
+                           compute_units=settings.compute_units, warmup=warmup, repeats=repeats,
+                           request_timeout_s=request_timeout, rebuild_runner=rebuild_runner,
+                           trust_wait_s=trust_wait, say=say)
+        if tools.sleep is not None:
+            be.sleep = tools.sleep
+        return be
 
     if device == "auto":
         if backend not in ("iphone", "mac"):
@@ -158,16 +192,88 @@ def profile_command(
     else:
         say(f"{path}: every figure came from the table; nothing to write")
     if as_json:
-        print_json(profile_document(run, table_path=str(path)))
+        from snapbench.latency.app_floor import with_floor
+
+        print_json(with_floor(profile_document(run, table_path=str(path)), app_floor_ms))
+    else:
+        render(run, app_floor_ms)
+    report_failures(run)
+
+
+def report_failures(*runs: ProfileRun) -> None:
+    """Packages a device could not measure, with their reasons; exit 1 (their figures are estimates)."""
+    if not any(run.failures for run in runs):
         return
-    render(run)
+    for run in runs:
+        if run.failures:
+            say(f"{len(run.failures)} package(s) could not be measured on {run.device.id} (estimated and "
+                "labelled estimate instead; run again to retry them):")
+            for f in run.failures:
+                say(f"  {f.reason}")
+    raise typer.Exit(1)
+
+
+def _profile_farm(tools, source, model: str, devices: list[str], settings: Settings, *, ray_address: str,
+                  backend: str, table: Path | None, tables: Path | None, components: tuple[str, ...],
+                  packages: Path | None, as_json: bool, node, app_floor_ms: float | None) -> None:
+    """`--ray-address`: every --device measured on the farm's nodes, one table per device."""
+    from snapbench.devices.catalog import resolve_device
+    from snapbench.latency.farm_profile import profile_on_farm
+    from snapbench.latency.model_latency import ALL_COMPONENTS
+    from snapbench.paths import shipped_table_path
+    from snapbench.profilers.backends import EstimatePricer
+    from snapbench.profilers.farm import node_backend
+    from snapbench.profilers.packages import ConverterPackages
+
+    if backend not in ("auto", "iphone", "mac"):
+        raise SnapbenchError(f"--ray-address measures on the farm's phones and Macs: --backend {backend} does not "
+                             "apply (leave it out)")
+    if "auto" in devices:
+        raise SnapbenchError("--ray-address needs catalog ids (--device iphone14pro ...), not --device auto")
+    if table is not None and len(devices) > 1:
+        raise SnapbenchError("--table names one table; a farm run writes one per device under --tables")
+    devs = [resolve_device(d) for d in devices]
+    paths = {d.id: table if table is not None else default_table_path(d.id, model, tables) for d in devs}
+    existing = {}
+    for d in devs:
+        existing[d.id] = LatencyTable.load_or_empty(paths[d.id])  # a corrupt table stops here, untouched
+        shipped = shipped_table_path(d.id, model)
+        if table is None and not paths[d.id].is_file() and shipped.is_file():
+            existing[d.id] = LatencyTable.load(shipped)
+    on_interrupt_keep("the packages converted so far (cached) and the rows measured so far, in each device's table")
+    runs = profile_on_farm(
+        source, devs, settings, address=ray_address, tables=existing, estimator=tools.estimator or EstimatePricer(),
+        components=components or ALL_COMPONENTS,
+        packages=tools.packages or (ConverterPackages(packages) if packages is not None else None),
+        factory=tools.farm_backend or node_backend, node_settings=node,
+        on_table=lambda did, t: merge_into_file(paths[did], t), progress=True, say=say)
+    from snapbench.latency.document import profile_document
+
+    docs = []
+    for run in runs:
+        written = merge_into_file(paths[run.device.id], run.table)
+        counts = Counter(r.backend for r in run.new_rows)
+        say(f"{paths[run.device.id]}: wrote {len(run.new_rows)} row(s) "
+            f"({', '.join(f'{n} {b}' for b, n in sorted(counts.items())) or 'none new'}); {len(written)} in the "
+            f"table; measured on {len(run.farm_nodes)} node(s), {run.retried} package(s) sent again after a node "
+            "went away")
+        if as_json:
+            from snapbench.latency.app_floor import with_floor
+
+            docs.append(with_floor(profile_document(run, table_path=str(paths[run.device.id])), app_floor_ms))
+        else:
+            render(run, app_floor_ms)
+    if as_json:
+        print_json(docs)
+    report_failures(*runs)
 
 
 def _profile_network(model: str, input_shape: str | None, device: str, weight_bits: int, backend: str,
-                     as_json: bool) -> None:
+                     as_json: bool, app_floor_ms: float | None) -> None:
     from snapbench.zoo.profile import profile_network
 
-    doc = profile_network(model, input_shape, device, weight_bits=weight_bits, backend=backend)
+    doc = profile_network(model, input_shape, device, weight_bits=weight_bits, backend=backend,
+                          app_floor_ms=app_floor_ms)
     if as_json:
         print_json(doc)
         return
@@ -176,11 +282,14 @@ def _profile_network(model: str, input_shape: str | None, device: str, weight_bi
         f"{doc['model']} ({doc['input'] or 'default input'}) on {doc['device']} ({doc['chip']}), "
         f"{doc['weight_bits']}-bit weights: ", (f"{doc['model_ms']:.3g} ms", "bold"), " (estimate, params "
         f"v{doc['params_version']}); {est['n_ops']} ops, {est['gflops']:.3g} GFLOP, {len(est['cpu_ops'])} on the CPU"))
+    if "end_to_end_ms" in doc:
+        out.print(f"  end to end in your app: {doc['end_to_end_ms']:.3g} ms (engine + your floor, "
+                  f"{doc['app_floor_ms']:g} ms)")
     for note in doc["notes"]:
         out.print(f"  {note}")
 
 
-def render(run: ProfileRun) -> None:
+def render(run: ProfileRun, app_floor_ms: float | None = None) -> None:
     from snapbench.latency.document import document_backend, stage_summary
 
     s = run.settings
@@ -218,7 +327,10 @@ def render(run: ProfileRun) -> None:
         te, un, vae = comps["text_encoder"].latency_ms, comps["unet"].latency_ms, comps["vae_decoder"].latency_ms
         per = {steps: image_budget(te, un, vae, steps).total_s for steps in (50, 8)}
         out.print(f"per image: {TEXT_ENCODER_RUNS} x text encoder + steps x UNet + VAE decoder = {per[50]:.2f} s "
-                  f"at 50 steps, {per[8]:.2f} s at 8 steps")
+                  f"at 50 steps, {per[8]:.2f} s at 8 steps (engine time)")
+    if app_floor_ms is not None and run.components:
+        shown = ", ".join(f"{c.name} {c.latency_ms + app_floor_ms:.1f} ms" for c in run.components.values())
+        out.print(f"end to end in your app (engine + your floor, {app_floor_ms:g} ms per prediction): {shown}")
 
 
 def _seconds(ms: float | None) -> str:

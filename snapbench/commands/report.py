@@ -46,6 +46,9 @@ def report_command(
     out_path: Optional[str] = typer.Option(
         None, "--out", "-o", help="HTML file to write. [default: reports/<baseline>-vs-<candidates>-<devices>.html]"),
     as_json: bool = typer.Option(False, "--json", help="Also write the data behind the report beside it (.json)."),
+    app_floor_ms: Optional[float] = typer.Option(
+        None, "--app-floor-ms", help="Your app's per-prediction floor in ms (`snapbench calibrate --app-floor "
+        "FILE`): the end-to-end table adds a figure in your app beside the engine's."),
 ) -> None:
     """Self-contained HTML report: provenance, summary, Fig. 2 per stage, Table 3, blocks, end-to-end budget."""
     if backend == "import":  # imports go through a table; the report reads tables
@@ -61,18 +64,21 @@ def report_command(
     from snapbench.report import default_out_path, gather, parse_steps, write_report  # heavy: when used
     from snapbench.report.write import check_out_path
 
+    from snapbench.latency.app_floor import check_floor_ms
+
+    app_floor_ms = check_floor_ms(app_floor_ms)  # before minutes of profiling
     steps_map = parse_steps(steps or [])
     if out_path is not None:
         check_out_path(out_path)  # fail before minutes of profiling, not after
     settings = {"compute_units": compute_units, "precision": precision, "weight_bits": weight_bits,
                 "attention": attention, "batch": batch, "latent": latent}
     command = _command_line(baseline, candidates, devices, steps or [], backend, table, reference, settings,
-                            out_path, as_json)
+                            out_path, as_json, app_floor_ms)
     data = gather(baseline=baseline, candidates=candidates, devices=devices, settings=settings, steps=steps_map,
                   backend=backend, table=table, reference=reference, command=command,
                   # tests hand a profiler in through the CLI's ctx.obj; None: snapbench's latency package
                   profiler=ctx.obj if callable(ctx.obj) else None,
-                  progress=_once(lambda msg: err.print(msg, markup=False)))
+                  progress=_once(lambda msg: err.print(msg, markup=False)), app_floor_ms=app_floor_ms)
     html_path, json_path = write_report(data, out_path or default_out_path(data), with_json=as_json)
     for r in data["results"]:
         if not r["available"]:
@@ -116,7 +122,7 @@ def _once(say):
 
 
 def _command_line(baseline, candidates, devices, steps, backend, table, reference, settings, out_path,
-                  as_json) -> str:
+                  as_json, app_floor_ms=None) -> str:
     """The command that reproduces this report, for its provenance section."""
     args = ["snapbench", "report", "--baseline", baseline]
     for c in candidates:
@@ -134,6 +140,8 @@ def _command_line(baseline, candidates, devices, steps, backend, table, referenc
                          ("compute_units", "cpu_and_ne"), ("batch", 2), ("latent", None)):
         if settings[key] != default:
             args += [f"--{key.replace('_', '-')}", str(settings[key])]
+    if app_floor_ms is not None:
+        args += ["--app-floor-ms", f"{app_floor_ms:g}"]
     if out_path:
         args += ["--out", out_path]
     if as_json:

@@ -78,18 +78,30 @@ def validate_command(
     out.print(f"all scored rows: n={overall['n']}, median |error| {overall['median_abs_error_pct']:.1f}%, "
               f"within 10% {overall['within_10_pct']:.0f}%, within 25% {overall['within_25_pct']:.0f}%, "
               f"within 50% {overall['within_50_pct']:.0f}%  ({label})", style="bold")
+    out.print("  (engine error: a row timed in an app carries that app's own per-prediction floor, one number per "
+              "harness from its own rows; Xcode-timed rows carry none)")
     for f in v.fits:
         floors = "".join(f"; its app's floor from its own rows {ms:.2f} ms" for ms in f["own_floor_ms"].values())
         out.print(f"  without {f['held_out']}: {f['fitted_parameters']} parameters fitted on "
                   f"{f['fitted_points']} points; predicted {f['predicted_rows']} rows{floors}")
-    own = v.own_floor_summary()
-    if own is not None:
-        o = own.iloc[0]
+    ranks = v.ranks()
+    if len(ranks):
+        t = Table(title=f"Ranks within each source ({label})", title_justify="left")
+        for col in ("source", "n", "pairs", "Kendall tau", "pairs ordered right"):
+            t.add_column(col, justify="left" if col == "source" else "right")
+        for r in ranks.to_dict("records"):
+            style = None if r["pairs_ordered_right_pct"] >= 90 else "yellow"
+            t.add_row(r["source"], str(r["n"]), str(r["pairs"]), f"{r['kendall_tau']:.2f}",
+                      _fmt(r["pairs_ordered_right_pct"], True), style=style)
+        out.print(t)
+    unseen = v.unseen_app_summary()
+    if unseen is not None:
+        o = unseen.iloc[0]
         by_chip = ", ".join(f"{r['chip']} {r['median_abs_error_pct']:.1f}%"
-                            for r in v.own_floor_summary("chip").to_dict("records"))  # type: ignore[union-attr]
-        out.print(f"with each held-out app's per-prediction floor taken from its own rows (one number per "
-                  f"harness; the engine still out of sample): median |error| {o['median_abs_error_pct']:.1f}%, "
-                  f"within 25% {o['within_25_pct']:.0f}%; by chip {by_chip}")
+                            for r in v.unseen_app_summary("chip").to_dict("records"))  # type: ignore[union-attr]
+        out.print(f"if the app's floor is not known either (each app-timed row pays the median harness's floor: "
+                  f"an app nobody timed): median |error| {o['median_abs_error_pct']:.1f}%, within 25% "
+                  f"{o['within_25_pct']:.0f}%; by chip {by_chip}")
     low = v.rows[v.rows["trust"] == "low"] if len(v.rows) else v.rows
     if len(low):
         out.print(f"{len(low)} rows graded low trust: shown, not fitted, not scored")

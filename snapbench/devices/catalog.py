@@ -47,6 +47,10 @@ class Device:
     notes: str
     marketed_tops_are_int8: bool
     ane_fp16_tflops: float
+    # The Neural Engine's own measured streaming bandwidth (GB/s), where one was published: it does not follow
+    # the SoC's (an M1 Max's engine streams weights at 55 GB/s of the chip's 400). None: unmeasured, the
+    # estimator uses the SoC's bandwidth times its fitted efficiency.
+    ane_bandwidth_gbps: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +92,8 @@ def _parse(text: str, source: str) -> tuple[Device, ...]:
                 memory=row["memory"].strip(), mem_bandwidth_gbps_est=float(row["mem_bandwidth_gbps_est"]),
                 confidence=row["confidence"].strip(), notes=(row["notes"] or "").strip(),
                 marketed_tops_are_int8=int8, ane_fp16_tflops=tops * per_model * (_INT8_TO_FP16 if int8 else 1.0),
+                ane_bandwidth_gbps=float(row["ane_bandwidth_gbps"]) if (row.get("ane_bandwidth_gbps") or "").strip()
+                else None,
             ))
         except (TypeError, ValueError) as exc:
             raise SnapbenchError(f"{source} line {line}: {exc}") from None

@@ -9,14 +9,13 @@ a filesystem every node sees (the usual shared /data or NFS mount).
 
 from __future__ import annotations
 
-import socket
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
-from urllib.parse import urlparse
 
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.interrupts import ignore_sigint, stop_pool
+from snapbench.ray_cluster import check_ray_address
 from snapbench.evolution.evaluators import EvalConfig, Quality
 
 
@@ -129,23 +128,6 @@ class ProcessExecutor:
 def _ray_task(task: EvalTask, threads: int) -> Quality:
     _init_worker(threads)
     return run_task(task)
-
-
-def check_ray_address(address: str, timeout: float = 5.0) -> None:
-    """A host:port (or ray://host:port) that does not accept a TCP connection fails here, in seconds,
-    instead of inside ray.init's long retry loop."""
-    if address in ("auto", "local"):
-        return
-    parsed = urlparse(address if "://" in address else f"ray://{address}")
-    host, port = parsed.hostname, parsed.port
-    if not host or not port:
-        raise SnapbenchError(f"--ray-address {address!r}: expected host:port, ray://host:port, 'auto' or 'local'")
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as e:
-        raise SnapbenchError(f"Ray at {address} does not answer ({e.strerror or e}); start it with "
-                             "`ray start --head` or leave out --ray-address for local workers") from None
 
 
 class RayExecutor:

@@ -22,6 +22,8 @@
   "load_ms": {"unet": {"first": 61000.0, "warm": 900.0}, ...},  # measured components only: the first
                                        # load (Neural Engine compile) and a warm load, summed over packages
   "measured_on": {"name": "Ana's iPhone", "os_version": "18.1", "os_build": "22B83"},  # or null
+  "failures": [{"block": "CA[Up-1, 2]", "package": "...mlpackage", "reason": "..."}],  # could not be measured
+                                       # (their figures are estimates); empty when none
   "versions": {"snapbench": "0.1.0", "coremltools": "9.0", ...},
   "created_at": "2025-01-01T00:00:00+00:00",
   "table": "latency_tables/iphone14pro/sd15.csv"
@@ -95,6 +97,7 @@ def profile_document(run: ProfileRun, *, table_path: str | None = None) -> dict[
         "load_ms": {k: {"first": c.first_load_ms, "warm": c.warm_load_ms} for k, c in run.components.items()
                     if c.first_load_ms is not None},
         "measured_on": {"name": t.name, "os_version": t.os_version, "os_build": t.os_build} if t else None,
+        "failures": [{"block": f.label, "package": str(f.path), "reason": f.reason} for f in run.failures],
         "versions": run.versions,
         "created_at": run.created_at,
     }

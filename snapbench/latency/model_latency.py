@@ -29,7 +29,7 @@ from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.latency.table import LatencyRow, LatencyTable, Settings
 from snapbench.model.loading import ModelSource, resolve_model
-from snapbench.profilers.backends import (MEASURING, DeviceBackend, EstimatePricer, Pricer, Target,
+from snapbench.profilers.backends import (MEASURING, DeviceBackend, EstimatePricer, PackageFailed, Pricer, Target,
                                           as_measurement, choose_backend)
 from snapbench.profilers.importer import ImportedRow, check_settings, read_import, refuse_conflicts
 from snapbench.profilers.measurement import Measurement, PackageJob
@@ -86,6 +86,9 @@ class ProfileRun:
     created_at: str = ""
     measured_on: Target | None = None  # the phone or Mac, when a measuring backend ran
     stages: tuple[str, ...] = STAGES  # the backbone's stages, in execution order
+    failures: list["Failure"] = field(default_factory=list)  # packages the backend could not measure
+    farm_nodes: list[str] = field(default_factory=list)  # a device farm: the Ray nodes that measured
+    retried: int = 0  # a device farm: packages sent again after their node went away
 
     @property
     def tokens(self) -> int:
@@ -206,6 +209,15 @@ def locate(items: Sequence[PackageToPrice], source: ModelSource, packages: Packa
     return out
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A package the backend could not measure, and why (its figure is then estimated and labelled)."""
+
+    label: str
+    path: Path
+    reason: str
+
+
 # 4. price: package -> row -------------------------------------------------------------------------------------
 def to_row(device: Device, where: Located | PackageToPrice, m: Measurement, created: str) -> LatencyRow:
     it = where.item if isinstance(where, Located) else where
@@ -224,12 +236,22 @@ def to_row(device: Device, where: Located | PackageToPrice, m: Measurement, crea
 
 
 def price(located: Sequence[Located], device: Device, pricer: Pricer, *, created: str,
-          on_row: Callable[[LatencyRow], None] | None = None, progress: bool = False) -> list[LatencyRow]:
-    """Price each package; every row goes to `on_row` as soon as it exists (an interrupted run keeps it)."""
+          on_row: Callable[[LatencyRow], None] | None = None, progress: bool = False,
+          failures: list[Failure] | None = None) -> list[LatencyRow]:
+    """Price each package; every row goes to `on_row` as soon as it exists (an interrupted run keeps it).
+    A package the pricer cannot measure (`PackageFailed`) goes to `failures` and the run goes on."""
     rows: list[LatencyRow] = []
     with _bar(pricer.name, len(located), progress) as advance:
         for loc in located:
-            row = to_row(device, loc, as_measurement(pricer(loc.job, device)), created)
+            try:
+                m = pricer(loc.job, device)
+            except PackageFailed as e:
+                if failures is None:
+                    raise
+                failures.append(Failure(loc.job.label, loc.job.path, str(e)))
+                advance(loc.job.label)
+                continue
+            row = to_row(device, loc, as_measurement(m), created)
             rows.append(row)
             if on_row is not None:
                 on_row(row)
@@ -278,6 +300,8 @@ class ProfileTools:
     estimator: EstimatePricer | None = None
     machine: Any = None  # readiness.Machine
     coreml: Any = None  # coreml_api.CoreMLTools
+    sleep: Callable[[float], None] | None = None  # the runner app's startup and trust waits
+    farm_backend: Any = None  # profilers.farm.BackendFactory: what farm nodes measure with
 
 
 def profile_model(
@@ -332,6 +356,7 @@ def profile_model(
             on_table(merged)
 
     target: Target | None = None
+    failures: list[Failure] = []
     if imported is not None:
         by_key = {it.key: it for it in items}
         for key, m in _resolve_import(import_file, imported, dev, settings, cut, items).items():
@@ -343,7 +368,7 @@ def profile_model(
         if todo:
             located = locate(todo, source, packages, progress=progress)
             with be.open(target) as pricer:
-                price(located, dev, pricer, created=created, on_row=keep, progress=progress)
+                price(located, dev, pricer, created=created, on_row=keep, progress=progress, failures=failures)
     # The estimator: the whole job for `estimate`, the gaps (labelled) for the others.
     todo = still_needed(items, merged, dev.id, "estimate", estimator_version=_version(estimator))
     if todo:
@@ -353,7 +378,7 @@ def profile_model(
               progress=progress)
     blocks, comps_out = assemble(source, dev, settings, cut, items, merged, comps)
     return ProfileRun(dev, source.spec.name, settings, chosen, blocks, comps_out, new_rows, merged,
-                      tool_versions(), created, target, backbone_for(source).stages)
+                      tool_versions(), created, target, backbone_for(source).stages, failures)
 
 
 def _version(estimator: EstimatePricer) -> int | None:

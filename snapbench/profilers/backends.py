@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
@@ -30,7 +32,16 @@ from snapbench.profilers.readiness import Machine, blocker, blocking_check, put_
 
 if TYPE_CHECKING:
     from snapbench.profilers.estimate.cost_model import Estimate
+    from snapbench.profilers.runner_build import RunnerStamp
 
+TRUST = "Settings > General > VPN & Device Management"
+STARTUP_S = 5.0  # a launch that fails (developer not trusted) ends within this; a running app stays up
+DEFAULT_TRUST_WAIT_S = 300.0
+RELAUNCH_EVERY_S = 10.0
+
+
+class PackageFailed(SnapbenchError):
+    """One package could not be measured; the run goes on with the next and reports it at the end."""
 
 
 class Pricer(Protocol):
@@ -114,6 +125,10 @@ class DeviceBackend:
     repeats: int = 20
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     runner_dir: Path | None = None  # where the runner app is built once and kept; None: the cache
+    rebuild_runner: bool = False  # --rebuild-runner: a clean build even if nothing changed
+    trust_wait_s: float = DEFAULT_TRUST_WAIT_S  # how long to wait for the user to trust the developer
+    say: Callable[[str], None] | None = None  # progress lines (stderr in the CLI)
+    sleep: Callable[[float], None] = time.sleep  # tests pass a clock that does not wait
 
     def __post_init__(self) -> None:
         if self.name not in MEASURING:
@@ -151,7 +166,7 @@ class DeviceBackend:
         phone of another model than `wanted` is refused."""
         shell = self.here.shell
         if self.name == "mac":
-            mac_id = mac_catalog_id(shell)
+            mac_id = mac_catalog_id(shell, resolve_device)
             if wanted is not None and wanted.id != mac_id:
                 raise SnapbenchError(f"this Mac is {mac_id}, not --device {wanted.id}; pass --device auto")
             code, build, _ = shell.run(["sw_vers", "-buildVersion"])
@@ -173,21 +188,44 @@ class DeviceBackend:
         finally:
             loop.close()
 
+    def _say(self, line: str) -> None:
+        if self.say is not None:
+            self.say(line)
+
+    def runner_folder(self) -> Path:
+        from snapbench.paths import cache_root
+
+        assert self.signing is not None
+        return self.runner_dir or cache_root() / "modelrunner" / self.signing.bundle_id
+
+    def _runner_stamp(self) -> "RunnerStamp":
+        from snapbench.profilers.runner_build import RunnerStamp
+
+        assert self.signing is not None
+        code, text, _ = self.here.shell.run(["xcodebuild", "-version"])
+        xcode = (text.strip().splitlines() or ["?"])[0] if code == 0 else "?"
+        return RunnerStamp(self.signing.team_id, self.signing.bundle_id, xcode, self.api.version())
+
     async def _prepare(self, target: Target) -> Any:
+        from snapbench.profilers.runner_build import rebuild_reason, write_stamp
+
         if self.signing is None and self.here.team_id:  # SNAPBENCH_TEAM_ID, when no --team-id was given
             self.signing = Signing.for_team(self.here.team_id)
         if self.signing is None:
             raise SnapbenchError("the iphone backend signs coremltools' runner app: pass --team-id "
                                  "(or set SNAPBENCH_TEAM_ID); see `snapbench doctor`")
-        from snapbench.paths import cache_root
-
-        folder = self.runner_dir or cache_root() / "modelrunner" / self.signing.bundle_id
+        folder = self.runner_folder()
+        stamp = self._runner_stamp()
+        why = "--rebuild-runner" if self.rebuild_runner else rebuild_reason(folder, stamp)
+        if why:
+            self._say(f"building the runner app again: {why}")
         try:
             matches = [p for p in self.api.connected_iphones() if getattr(p, "udid", None) == target.udid]
             if not matches:
                 raise SnapbenchError(f"coremltools does not see {target.name} as connected: unlock it and "
                                      "run `snapbench doctor`")
-            return await self.api.prepare(matches[0], self.signing, folder)
+            prepared = await self.api.prepare(matches[0], self.signing, folder, clean=bool(why))
+            write_stamp(folder, stamp)
         except SnapbenchError:
             raise
         except Exception as e:  # coremltools raises ValueError / its own errors with devicectl's stderr
@@ -196,6 +234,50 @@ class DeviceBackend:
                     "then run again" if "trust" in why.lower() or "profile" in why.lower() else
                     "run `snapbench doctor`")
             raise SnapbenchError(f"preparing {target.name} for profiling failed: {why}; {hint}") from None
+        return self.running(prepared, target)
+
+    def _started(self, device: Any) -> bool:
+        """Alive for STARTUP_S after a launch: a failed launch (untrusted developer, a crash) has ended by then."""
+        for _ in range(math.ceil(STARTUP_S / 0.5)):
+            if not self.api.app_alive(device):
+                return False
+            self.sleep(0.5)
+        return self.api.app_alive(device)
+
+    def running(self, device: Any, target: Target) -> Any:
+        """`device` with its runner app running: coremltools launches it and never checks. A free team's
+        first launch fails until the developer is trusted on the phone: say so, wait (relaunching every
+        RELAUNCH_EVERY_S, counting down) and go on once it runs."""
+        if self._started(device):
+            return device
+        why = self.api.launch_failure(device)
+        team = self.signing.team_id if self.signing else "your team"
+        self._say(f"the runner app did not start on {target.name}{f' ({why})' if why else ''}: on the phone, "
+                  f"trust the developer ({team}) in {TRUST}; waiting up to {self.trust_wait_s:.0f} s")
+        left = self.trust_wait_s
+        while left > 0:
+            step = min(RELAUNCH_EVERY_S, left)
+            self.sleep(step)
+            left -= step
+            device = self._relaunch(device, target)
+            if self._started(device):
+                self._say(f"the runner app runs on {target.name}; going on")
+                return device
+            self._say(f"  still not started: {left:.0f} s left to trust the developer in {TRUST}")
+        why = self.api.launch_failure(device) or why
+        raise SnapbenchError(f"the runner app does not start on {target.name}{f' ({why})' if why else ''}: "
+                             f"trust the developer ({team}) on the phone in {TRUST}, then run again")
+
+    def _relaunch(self, device: Any, target: Target) -> Any:
+        try:
+            return self.api.relaunch(device)
+        except Exception as e:  # coremltools' _DeviceCtlError with devicectl's stderr (bytes)
+            raise SnapbenchError(f"relaunching the runner app on {target.name} failed: {describe(e)}; run "
+                                 "`snapbench doctor`") from None
+
+    def restart(self, device: Any, target: Target) -> Any:
+        """Relaunch a runner app that stopped during a run (and check that it runs)."""
+        return self.running(self._relaunch(device, target), target)
 
 
 @dataclass
@@ -220,10 +302,21 @@ class DevicePricer:
                 timing = self.loop.run_until_complete(be.api.time_package(
                     package.path, device=self.handle, compute_units=be.compute_units, warmup=be.warmup,
                     repeats=be.repeats))
-        except SnapbenchError:
+        except (PackageFailed, KeyboardInterrupt):
             raise
         except Exception as e:  # coremltools raises ValueError / RuntimeError / its own with multi-line text
-            raise SnapbenchError(f"{be.name}: {package.label} ({package.path}): {describe(e)}") from None
+            why = describe(e) if not isinstance(e, SnapbenchError) else str(e)
+            if self.handle is not None and not be.api.app_alive(self.handle):
+                # iOS ends an app that runs out of memory (a large VAE or UNet load can): relaunch, go on
+                why = f"the runner app stopped on {self.target.name} (out of memory?): {why}"
+                be._say(f"{package.label}: {why}; relaunching it")
+                self.handle = be.restart(self.handle, self.target)
+            raise PackageFailed(f"{package.label} ({package.path.name}): {why}") from None
+        finally:
+            be.api.clean_requests(self.handle)
+        if timing.plan_error:
+            be._say(f"{package.label}: the compute plan failed ({timing.plan_error}); timings kept, "
+                    "op placement unknown")
         return Measurement.from_samples(
             be.name, timing.predict_ms, placement=placement_text(timing.placement), source=self.target.label(),
             versions=f"snapbench={__version__};coremltools={be.api.version()}",

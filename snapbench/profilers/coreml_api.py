@@ -19,17 +19,36 @@ APIs used (coremltools 9.0, `coremltools.models.ml_program.experimental`, read f
 - `compute_plan.MLComputePlan`: `model_structure.program.functions[*].block.operations` and
   `get_compute_device_usage_for_mlprogram_operation(op).preferred_compute_device`, an instance of
   `compute_device.MLNeuralEngineComputeDevice` / `MLGPUComputeDevice` / `MLCPUComputeDevice`.
+
+What coremltools 9.0 gets wrong, and what this adapter does about it (all read from `remote_device.py`):
+- It launches the runner app with `Popen` (`devicectl device process launch --console`) and never checks
+  that it started; `_DeviceCtlSocket.is_alive` returns the session's *bound method* `is_alive` without
+  calling it (always truthy), so a request to a dead app polls its whole budget. `app_alive` calls the
+  session's real `is_alive()`; the patched request service (`request_time_limit`) gives coremltools'
+  poll loop a socket whose `is_alive` is that call, so a dead app fails the request at once; `relaunch`
+  starts the installed app again through `_DeviceCtl.launch_app` (`Device._launch_app` passes it an
+  `app_path` keyword it does not take).
+- Its request budget counts attempts, each a `devicectl` run plus 0.5 s, so it is a lower bound:
+  every request here also runs under `asyncio.wait_for` with the time limit.
+- Every prediction's input goes to a `NamedTemporaryFile(delete=False)` and every request leaves its
+  files in the app's Documents folder and in the session's working folder: the patched service removes
+  the input after each prediction, and `clean_requests` removes the Mac side and empties (one `devicectl
+  copy to` of an empty file each: coremltools has no delete) what large files a package left on the phone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import math
+import shutil
+import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Awaitable, Iterator, TypeVar
 
 import numpy as np
 
@@ -40,6 +59,14 @@ POLL_S = 0.5  # coremltools' own interval between devicectl polls for a response
 # coremltools gives each request to the phone 20 polls 0.5 s apart; the first load of a large UNet block
 # compiles it for the Neural Engine and takes minutes. This default outlasts the largest SD-v1.5 block.
 DEFAULT_REQUEST_TIMEOUT_S = 900.0
+RUNNER_SOURCE = "Documents/modelrunnerd"  # where coremltools' runner reads requests and writes responses
+# Files on the phone smaller than this are left as they are: emptying one costs a devicectl run (~1 s).
+PHONE_CLEANUP_MIN_BYTES = 1 << 20
+T = TypeVar("T")
+
+
+class RequestTimeout(SnapbenchError):
+    """A request to the phone got no answer within the time limit."""
 
 
 @dataclass(frozen=True)
@@ -63,11 +90,65 @@ class PackageTiming:
     first_load_ms: float | None  # the first load: on the Neural Engine this includes compiling for it
     warm_load_ms: float | None  # a second load right after (the compiled program is cached)
     placement: dict[str, int]  # ops per preferred compute unit: ane, gpu, cpu, unknown
+    plan_error: str | None = None  # the compute plan failed: the timings above still stand
+
+
+@dataclass
+class RequestFiles:
+    """What the requests of one package left behind, recorded as coremltools' socket sends and receives."""
+
+    mac_folders: list[Path] = field(default_factory=list)  # each socket's working folder (requests, responses)
+    phone_files: list[tuple[str, int]] = field(default_factory=list)  # (path in the app's container, bytes)
+
+
+class _LiveSocket:
+    """coremltools' `_DeviceCtlSocket` with an `is_alive` that asks the app session (calls it), and a record
+    of the files each request puts on the phone and leaves on this Mac."""
+
+    def __init__(self, socket: Any, files: RequestFiles) -> None:
+        self._socket, self._files = socket, files
+        files.mac_folders.append(Path(socket.working_directory))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._socket, name)
+
+    @property
+    def is_alive(self) -> bool:
+        return session_alive(self._socket.device)
+
+    def send(self, request: Any, resource_path: Path | None = None) -> None:
+        self._socket.send(request, resource_path)
+        if resource_path is not None:
+            root = f"{self._socket.source}/requests/resources/{request.id}/{Path(resource_path).name}"
+            self._files.phone_files.extend(_files_under(Path(resource_path), root))
+
+    def receive(self, id: str) -> Any:
+        response = self._socket.receive(id)
+        resource = getattr(response, "resource", None)
+        if resource is not None:
+            self._files.phone_files.extend(_files_under(Path(resource),
+                                                        f"{self._socket.source}/responses/{id}/{Path(resource).name}"))
+        return response
+
+
+def _files_under(local: Path, remote: str) -> list[tuple[str, int]]:
+    if local.is_file():
+        return [(remote, local.stat().st_size)]
+    return [(f"{remote}/{f.relative_to(local).as_posix()}", f.stat().st_size)
+            for f in sorted(local.rglob("*")) if f.is_file()]
+
+
+def session_alive(device: Any) -> bool:
+    """Is the runner app running? The session's own check, *called* (coremltools reads the bound method)."""
+    session = getattr(device, "session", None)
+    return session is not None and bool(session.is_alive())
 
 
 class CoreMLTools:
     def __init__(self, ct: ModuleType | Any | None = None) -> None:
         self._ct = ct
+        self._time_limit_s: float | None = None
+        self.request_files = RequestFiles()
 
     @property
     def ct(self) -> Any:
@@ -89,8 +170,9 @@ class CoreMLTools:
         rd = self._rd
         return list(rd.Device.get_connected_devices(rd.DeviceType.IPHONE))
 
-    async def prepare(self, phone: Any, signing: Signing, working_dir: Path) -> Any:
-        """Build (once: the build folder persists and is reused), install and launch the runner app."""
+    async def prepare(self, phone: Any, signing: Signing, working_dir: Path, *, clean: bool = False) -> Any:
+        """Build (once: the build folder persists and is reused unless `clean`), install and launch the
+        runner app."""
         rd = self._rd
         credentials = rd.AppSigningCredentials(development_team=signing.team_id,
                                                provisioning_profile_uuid=None,
@@ -98,9 +180,31 @@ class CoreMLTools:
         working_dir.mkdir(parents=True, exist_ok=True)
         try:
             return await phone.prepare_for_model_debugging(credentials=credentials,
-                                                           working_directory=working_dir, clean=False)
+                                                           working_directory=working_dir, clean=clean)
         except rd._AppBuilder.Error as e:
             raise SnapbenchError(build_failure(e, working_dir / "xcodebuild.log")) from None
+
+    def app_alive(self, device: Any) -> bool:
+        return session_alive(device)
+
+    def launch_failure(self, device: Any) -> str:
+        """What `devicectl device process launch` said when it exited (its stderr), or ''."""
+        process = getattr(getattr(device, "session", None), "_process", None)
+        if process is None or process.poll() is None or process.stderr is None:
+            return ""
+        with contextlib.suppress(Exception):
+            raw = process.stderr.read()
+            return describe(Exception(raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)))
+        return ""
+
+    def relaunch(self, device: Any) -> Any:
+        """Start the installed runner app again; the same Device with the new session."""
+        old = device.session
+        with contextlib.suppress(Exception):
+            old.stop()
+        session = self._rd._DeviceCtl.launch_app(device=device, installation_info=old.installation_info,
+                                                 working_directory=old.working_directory)
+        return dataclasses.replace(device, session=session)
 
     @contextlib.contextmanager
     def request_time_limit(self, seconds: float) -> Iterator[None]:
@@ -112,16 +216,54 @@ class CoreMLTools:
         rd = self._rd
         original = rd._DeviceCtlRemoteService
         attempts = max(1, math.ceil(seconds / POLL_S))
+        files = self.request_files
 
         class _Patient(original):  # type: ignore[misc, valid-type]
             def __init__(self, socket: Any, poll_time: float = POLL_S, max_attempts: int = attempts) -> None:
-                super().__init__(socket, poll_time=poll_time, max_attempts=max_attempts)
+                super().__init__(_LiveSocket(socket, files), poll_time=poll_time, max_attempts=max_attempts)
+
+            async def call_method(self, name: str, params: Any, resource: Path | None = None) -> Any:
+                try:
+                    return await super().call_method(name, params, resource)
+                finally:
+                    # a prediction's input is a NamedTemporaryFile(delete=False) nobody else removes
+                    if resource is not None and name == "MLModelService.Prediction":
+                        Path(resource).unlink(missing_ok=True)
 
         rd._DeviceCtlRemoteService = _Patient
+        self._time_limit_s = seconds
         try:
             yield
         finally:
             rd._DeviceCtlRemoteService = original
+            self._time_limit_s = None
+
+    async def _within(self, what: str, request: Awaitable[T]) -> T:
+        """One request, bounded by the time limit in force (coremltools' own budget is a lower bound)."""
+        if self._time_limit_s is None:
+            return await request
+        try:
+            return await asyncio.wait_for(request, self._time_limit_s)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"{what}: no answer from the runner app within {self._time_limit_s:.0f} s "
+                                 "(raise --request-timeout for a large first load)") from None
+
+    def clean_requests(self, device: Any | None) -> RequestFiles:
+        """Remove what the requests since the last call left: their folders on this Mac, and (emptied: an
+        empty file copied over each) their large files in the app's container on the phone."""
+        done, self.request_files = self.request_files, RequestFiles()
+        for folder in done.mac_folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        session = getattr(device, "session", None)
+        big = [path for path, size in done.phone_files if size >= PHONE_CLEANUP_MIN_BYTES]
+        if session is not None and big and session_alive(device):
+            with tempfile.TemporaryDirectory() as tmp:
+                empty = Path(tmp) / "empty"
+                empty.write_bytes(b"")
+                for path in big:
+                    with contextlib.suppress(Exception):  # best effort: never fail a measured package
+                        session.send_file_to_app(empty, destination=path)
+        return done
 
     # one package -------------------------------------------------------------------------------------
     def _wrapper(self, path: Path, compute_units: str, device: Any | None) -> Any:
@@ -134,7 +276,7 @@ class CoreMLTools:
     async def _loaded(self, path: Path, compute_units: str, device: Any | None) -> AsyncIterator[Any]:
         model = self._wrapper(path, compute_units, device)
         try:
-            await model.load()
+            await self._within(f"loading {path.name}", model.load())
         except BaseException:
             model.cleanup()  # the compiled copy it made in a temporary folder
             raise
@@ -142,10 +284,10 @@ class CoreMLTools:
             yield model
         except BaseException:
             with contextlib.suppress(Exception):  # the first error is the one to report
-                await model.unload()
+                await self._within(f"unloading {path.name}", model.unload())
             model.cleanup()
             raise
-        await model.unload()
+        await self._within(f"unloading {path.name}", model.unload())
         model.cleanup()
 
     async def time_package(self, path: Path, *, device: Any | None, compute_units: str, warmup: int,
@@ -160,14 +302,22 @@ class CoreMLTools:
             warm_load = _ms(model.load_duration_in_nano_seconds)
             samples = []
             for i in range(warmup + repeats):
-                await model.predict(inputs, state=model.make_state_if_needed())
+                await self._within(f"predicting with {path.name}", model.predict(inputs, state=model.make_state_if_needed()))
                 took = _ms(model.last_predict_duration_in_nano_seconds)
                 if took is None:
                     raise SnapbenchError(f"{path.name}: Core ML reported no prediction duration")
                 if i >= warmup:
                     samples.append(took)
-            placement = self.placement(await model.retrieve_compute_plan())
-        return PackageTiming(samples, first_load, warm_load, placement)
+            placement: dict[str, int] = {}
+            plan_error = None
+            try:  # the timings are measured: a compute plan that fails must not discard them
+                placement = self.placement(await self._within(f"the compute plan of {path.name}",
+                                                              model.retrieve_compute_plan()))
+            except Exception as e:  # coremltools raises ValueError / its own errors
+                if isinstance(e, RequestTimeout) or (device is not None and not session_alive(device)):
+                    raise  # the app is gone: not the plan's problem
+                plan_error = describe(e)
+        return PackageTiming(samples, first_load, warm_load, placement, plan_error)
 
     def placement(self, plan: Any) -> dict[str, int]:
         """Ops per preferred compute unit ('ane', 'gpu', 'cpu', 'unknown'), consts left out."""

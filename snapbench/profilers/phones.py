@@ -33,6 +33,12 @@ PRODUCT_TYPES: dict[str, str] = {
 }
 
 MIN_IOS = (17, 4)  # coremltools' remote device API: compute plans on the device need iOS 17.4
+# coremltools and snapbench need devicectl's tunnelState "connected"; a paired, wired phone in Developer
+# Mode may say "disconnected" until something asks CoreDevice for it (Xcode's device window, or any
+# devicectl command aimed at that phone).
+TUNNEL_FIX = ("unlock it, keep it on the cable, and open the tunnel: Xcode > Window > Devices and Simulators "
+              "with the phone selected, or `xcrun devicectl device info details --device {udid}`; then run "
+              "`snapbench doctor` again")
 
 
 class Shell(Protocol):
@@ -86,7 +92,7 @@ class AttachedPhone:
                     "turn it on and restart the phone")
         if not self.connected:
             return (f"{self.name} is listed but not connected (devicectl tunnel state "
-                    f"{self.tunnel or 'unknown'}): unlock it and keep it on USB or the same network")
+                    f"{self.tunnel or 'unknown'}): {TUNNEL_FIX.format(udid=self.udid)}")
         if os_tuple(self.os_version) < MIN_IOS:
             return (f"{self.name} runs iOS {self.os_version}; profiling needs iOS "
                     f"{'.'.join(map(str, MIN_IOS))} or later: update it in Settings > General")
@@ -181,11 +187,21 @@ def pick_phone(attached: list[AttachedPhone], wanted: str | None, resolve: Calla
                          "attached phone under its own id")
 
 
-def mac_catalog_id(shell: Shell) -> str:
-    """mac-m1 ... mac-m4 from this Mac's chip (`sysctl machdep.cpu.brand_string`: "Apple M2 Pro")."""
+def mac_catalog_id(shell: Shell, resolve: Callable[[str], Any] | None = None) -> str:
+    """mac-m1 ... mac-m4, mac-m2pro, mac-m1max, mac-m2ultra ... from this Mac's chip (`sysctl -n
+    machdep.cpu.brand_string`: "Apple M2 Pro"). A Pro, Max or Ultra has its own engine memory bandwidth
+    and its own catalog entry: never file its figures under the base chip. `resolve` (the catalog)
+    refuses a chip the catalog lacks."""
     code, out, _ = shell.run(["sysctl", "-n", "machdep.cpu.brand_string"])
-    m = re.search(r"Apple M(\d+)", out) if code == 0 else None
+    m = re.search(r"Apple M(\d+)(?:\s+(Pro|Max|Ultra))?\b", out) if code == 0 else None
     if not m:
         raise SnapbenchError(f"cannot tell this Mac's chip ({out.strip() or 'sysctl failed'}); "
                              "the mac backend needs an Apple-silicon Mac")
-    return f"mac-m{m.group(1)}"
+    cid = f"mac-m{m.group(1)}{(m.group(2) or '').lower()}"
+    if resolve is not None:
+        try:
+            resolve(cid)
+        except SnapbenchError:
+            raise SnapbenchError(f"this Mac's chip ({m.group(0)}) is not in the device catalog (no {cid}; see "
+                                 "`snapbench devices`): its figures cannot be filed under another chip") from None
+    return cid

@@ -30,6 +30,9 @@ from snapbench.settings import MEASURING
 MIN_MACOS = (14, 4)  # MLComputePlan (op placement) needs macOS 14.4
 MIN_XCODE = 16
 MIN_COREMLTOOLS = (9, 0)
+# coremltools 9.0 publishes macOS arm64 wheels for CPython 3.10-3.13 (its files on PyPI); on any other
+# Python pip builds the sdist, which lacks the native library (no prediction, no compute plan, no phone).
+WHEEL_PYTHONS = ((3, 10), (3, 13))
 MIN_FREE_GB = 20  # an SD-v1.5 conversion cache in fp16 plus the runner app's build
 TEAM_ID_ENV = "SNAPBENCH_TEAM_ID"
 _TEAM_ID = re.compile(r"^[A-Z0-9]{10}$")
@@ -60,6 +63,7 @@ class Machine:
     team_id: str | None = None
     cache_dir: Path = Path(".")
     free_bytes: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free
+    python: tuple[int, int] = (sys.version_info.major, sys.version_info.minor)
 
     @staticmethod
     def this(team_id: str | None = None, cache_dir: Path | None = None) -> "Machine":
@@ -90,6 +94,27 @@ def check_macos(m: Machine) -> Check:
     return Check("macOS", True, f"macOS {m.macos_version}")
 
 
+def _pythons() -> str:
+    lo, hi = WHEEL_PYTHONS
+    return f"{lo[0]}.{lo[1]}-{hi[0]}.{hi[1]}"
+
+
+def python_has_wheel(m: Machine) -> bool:
+    lo, hi = WHEEL_PYTHONS
+    return lo <= m.python <= hi
+
+
+def check_python(m: Machine) -> Check:
+    here = f"Python {m.python[0]}.{m.python[1]}"
+    if python_has_wheel(m):
+        return Check("Python", True, f"{here} (coremltools 9.0 has a macOS wheel for it)")
+    lo, hi = WHEEL_PYTHONS
+    return Check("Python", False, f"{here}: coremltools 9.0 ships macOS wheels for CPython {_pythons()} only; "
+                 "pip builds it from source here, without Core ML's native library",
+                 f"create the environment with Python {hi[0]}.{hi[1]} (`python{hi[0]}.{hi[1]} -m venv .venv` or "
+                 f"`uv venv -p {hi[0]}.{hi[1]}`) and install snapbench there")
+
+
 def check_coremltools(m: Machine) -> list[Check]:
     if m.coremltools_dir is None:
         return [Check("coremltools", False, "not installed", "pip install 'coremltools>=9.0'")]
@@ -98,9 +123,11 @@ def check_coremltools(m: Machine) -> list[Check]:
                       "pip install -U 'coremltools>=9.0' (the remote-device API is new in 9.0)")]
     native = any(m.coremltools_dir.glob("libcoremlpython*"))
     wheel = "the macOS wheel" if native else "a wheel without Core ML's native library (not the macOS one)"
-    checks = [Check("coremltools native library", native, f"coremltools {m.coremltools_version}, {wheel}",
-                    "on the Mac: pip install --force-reinstall --no-cache-dir 'coremltools>=9.0' "
-                    "(a copied Linux environment lacks libcoremlpython)")]
+    fix = ("on the Mac: pip install --force-reinstall --no-cache-dir 'coremltools>=9.0' (a copied Linux "
+           "environment lacks libcoremlpython)" if python_has_wheel(m) else
+           f"reinstalling cannot help on Python {m.python[0]}.{m.python[1]}: use Python {_pythons()} (see the "
+           "Python check)")
+    checks = [Check("coremltools native library", native, f"coremltools {m.coremltools_version}, {wheel}", fix)]
     runner = m.coremltools_dir / "modelrunner" / "ModelRunner.xcworkspace"
     checks.append(Check("model-runner project", runner.is_dir(),
                         str(runner) if runner.is_dir() else f"{runner} is missing",
@@ -195,14 +222,15 @@ def run_checks(m: Machine, *, with_phone: bool = True) -> list[Check]:
     checks = [mac]
     ct = check_coremltools(m)
     if mac.ok:
-        checks += ct
+        checks += [check_python(m), *ct]
         xcode = check_xcode(m)
         checks += [xcode, check_devicectl(m), check_team(m)]
         if with_phone:
             checks.append(check_phone(m) if xcode.ok else
                           Check("iPhone", None, "not checked (needs Xcode)", needed_for=("iphone",)))
     else:
-        checks += [Check(c.name, None, "not checked here", needed_for=c.needed_for) for c in ct]
+        checks += [Check(c.name, None, "not checked here", needed_for=c.needed_for)
+                   for c in [check_python(m), *ct]]
         checks += [Check(n, None, "not checked here", needed_for=("iphone",))
                    for n in ("Xcode", "devicectl", "signing team", "iPhone")]
     checks.append(check_disk(m))

@@ -358,8 +358,14 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
            devices: Sequence[str] = ("iphone14pro",), settings: Mapping[str, Any] | None = None,
            steps: Mapping[str, int] | None = None, backend: str = "auto", table: str | Path | None = None,
            reference: str | Path | None = None, profiler: Profiler | None = None,
-           command: str | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Gather the report's data. `profiler` defaults to snapbench's latency package (tests pass their own)."""
+           command: str | None = None, progress: Callable[[str], None] | None = None,
+           app_floor_ms: float | None = None) -> dict[str, Any]:
+    """Gather the report's data. `profiler` defaults to snapbench's latency package (tests pass their own).
+    `app_floor_ms`: your app's per-prediction floor; each budget then also gives `in_app_s` beside its engine
+    total (one floor per prediction: the text encoder runs, the steps, the decoder)."""
+    from snapbench.latency.app_floor import check_floor_ms
+
+    app_floor_ms = check_floor_ms(app_floor_ms)
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
     unknown = set(settings) - set(SETTING_KEYS)
     if unknown:
@@ -381,6 +387,12 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
             results.append(_result(e, d, outcome))
     models = [_model_dict(e) for e in entries]
     _attach_speedups(results, entries[0].key)
+    if app_floor_ms is not None:
+        for r in results:
+            if r["budget"]:
+                calls = TEXT_ENCODER_RUNS + r["steps"] + 1
+                r["budget"].update(app_floor_ms=app_floor_ms, app_calls=calls,
+                                   in_app_s=r["budget"]["total_s"] + calls * app_floor_ms / 1000)
     from snapbench.report.trust import trust_section
 
     trust = trust_section(devs, results)
@@ -405,6 +417,7 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
                       "rows": _reference(ref_rows, models, results, settings)},
         "stages": list(dict.fromkeys(s for e in entries for s in e.inspection.stages)),  # the backbones' stages
         "text_encoder_runs": TEXT_ENCODER_RUNS,
+        "app_floor_ms": app_floor_ms,
         "trust": trust,
     }
 

@@ -33,5 +33,5 @@ def trust_section(devices: Sequence[Device], results: list[dict[str, Any]]) -> d
             budget["error_band_s"] = [budget["total_s"] / b["high"], budget["total_s"] / b["low"]]
     return {"cross": doc["cross"], "stale": doc["stale"], "params_version": doc["params_version"],
             "overall": doc["overall"], "by_chip": doc["by_chip"], "fits": doc["fits"], "per_device": per_device,
-            "own_floor": doc.get("own_floor"),
+            "unseen_app": doc.get("unseen_app"), "ranks": doc.get("ranks") or [],
             "rows": doc["rows"], "highlight_chips": sorted({d.chip for d in devices})}

@@ -47,12 +47,13 @@ def write_trust(path: Path | None = None) -> Path:
     from snapbench.validation.run import validate
 
     v = validate(cross="source")
-    doc = {"key": inputs_key(), "cross": "source", "params_version": v.params_version,
-           "overall": v.summary().iloc[0].to_dict(), "by_chip": v.summary("chip").to_dict("records"),
-           "by_source": v.summary("source").to_dict("records"), "fits": v.fits,
-           "own_floor": v.to_dict()["own_floor"],
-           "rows": v.rows[["row", "source", "family", "network", "device", "chip", "weights", "trust",
-                           "published_ms", "estimated_ms", "error_pct"]].to_dict("records")}
+    d = v.to_dict()
+    doc = {"key": inputs_key(), "cross": "source", "params_version": v.params_version, "what": d["what"],
+           "overall": d["overall"], "by_chip": d["by_chip"], "by_source": d["by_source"], "ranks": d["ranks"],
+           "fits": v.fits, "unseen_app": d["unseen_app"],
+           "rows": v.rows[["row", "source", "family", "network", "device", "chip", "weights", "trust", "harness",
+                           "published_ms", "engine_ms", "app_floor_ms", "estimated_ms", "error_pct"]
+                          ].to_dict("records")}
     out = path or trust_path()
     atomic_write_text(out, json.dumps(doc, indent=1) + "\n")
     return out

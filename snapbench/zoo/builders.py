@@ -117,17 +117,34 @@ def _open_clip(spec: ModelSpec, shape: Shape | None) -> Network:
     return Network(_FirstTensor(model, model.encode_image), _image_io(shape), f"open_clip {spec.name} image")
 
 
+_HF_AUTO = ("AutoModel", "AutoModelForDepthEstimation", "AutoModelForObjectDetection",
+            "AutoModelForSemanticSegmentation", "AutoModelForImageClassification", "AutoModelForSequenceClassification",
+            "AutoModelForCausalLM")
+
+
 def _hf(spec: ModelSpec, shape: Shape | None) -> Network:
     import transformers
 
     configs = [n for n in dir(transformers) if n.endswith("Config") and n != "PretrainedConfig"]
     if spec.name not in configs:
+        if spec.name.startswith(("UNet", "Autoencoder", "Transformer2D", "SD3", "Flux")):
+            raise SnapbenchError(f"{spec.text}: a diffusers class, not a transformers config; give an SD UNet as "
+                                 "--model PRESET, an arch spec .json or a diffusers model folder")
         raise _unknown("hf", spec.name, configs)
-    config = getattr(transformers, spec.name)(**spec.options)
     try:
-        model = transformers.AutoModel.from_config(config).eval()
-    except ValueError as exc:
-        raise SnapbenchError(f"{spec.text}: transformers has no model for this config ({exc})") from None
+        config = getattr(transformers, spec.name)(**spec.options)
+    except (TypeError, ValueError) as exc:
+        raise SnapbenchError(f"{spec.text}: {spec.name} refuses these options ({str(exc).splitlines()[0][:200]})") from None
+    model = None
+    for auto in _HF_AUTO:  # the bare model first, then the task heads (depth, detection, ...) a config may only have
+        try:
+            model = getattr(transformers, auto).from_config(config).eval()
+            break
+        except (ValueError, KeyError, AttributeError):
+            continue
+    if model is None:
+        raise SnapbenchError(f"{spec.text}: transformers has no model for this config, bare or with a task head "
+                             f"({', '.join(a.removeprefix('AutoModelFor') for a in _HF_AUTO[1:])})")
     shape = _need_shape(spec, shape, None)
     if len(shape) == 2:  # token ids
         return Network(_FirstTensor(model, lambda ids: model(input_ids=ids)), _tokens_io(shape), f"hf {spec.name}")
@@ -190,11 +207,26 @@ class _EncoderDecoder(nn.Module):
         return self.head(y)
 
 
+class _Floor(nn.Module):
+    """One engine op (a ReLU) on a tiny tensor: timed in an app, its prediction time is almost all the
+    app's own per-prediction floor (marshalling, scheduling), which `snapbench calibrate --app-floor` reads."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+
+FLOOR_INPUT: Shape = (1, 16, 8, 8)
+
+
 def _synthetic(spec: ModelSpec, shape: Shape | None) -> Network:
+    if spec.name == "floor":
+        if shape is not None and shape != FLOOR_INPUT:
+            raise SnapbenchError(f"synthetic:floor has one input, {'x'.join(map(str, FLOOR_INPUT))}; drop --input")
+        return Network(_Floor().eval(), _image_io(FLOOR_INPUT), "synthetic floor (one op)")
     m = re.fullmatch(r"(conv|dense|transformer)((?:-[a-z]\d+)+)", spec.name)
     if not m:
-        raise SnapbenchError(f"unknown synthetic model {spec.name!r}; write conv-f128-k3-l6, dense-u128-l6 or "
-                             "transformer-d512-h6-k64-f1024-l8")
+        raise SnapbenchError(f"unknown synthetic model {spec.name!r}; write conv-f128-k3-l6, dense-u128-l6, "
+                             "transformer-d512-h6-k64-f1024-l8 or floor")
     kind, args = m.group(1), {a[0]: int(a[1:]) for a in m.group(2).strip("-").split("-")}
     try:
         if kind == "conv":

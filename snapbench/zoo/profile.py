@@ -15,8 +15,11 @@ _STORED = {16: "fp16", 8: "w8", 6: "pal6", 4: "pal4"}
 
 
 def profile_network(model: str, input_shape: str | None, device: str, *, weight_bits: int = 16,
-                    backend: str = "estimate", params=None) -> dict[str, Any]:
+                    backend: str = "estimate", params=None, app_floor_ms: float | None = None) -> dict[str, Any]:
+    """The engine's time of one whole program (`model_ms`, what Xcode's performance report shows); with
+    `app_floor_ms` (your app's per-prediction floor) also `end_to_end_ms`, beside it."""
     from snapbench.devices.catalog import resolve_device
+    from snapbench.latency.app_floor import FLOOR_MODEL, check_floor_ms, with_floor
     from snapbench.profilers.estimate import estimate_ops, load_params
     from snapbench.profilers.estimate.stored_weights import with_stored_weights
     from snapbench.zoo.programs import network_records
@@ -28,14 +31,18 @@ def profile_network(model: str, input_shape: str | None, device: str, *, weight_
                              "(snapbench convert --model ... writes it)")
     if weight_bits not in _STORED:
         raise SnapbenchError(f"--weight-bits {weight_bits}: choose one of {', '.join(map(str, _STORED))}")
+    floor = check_floor_ms(app_floor_ms)
     dev = resolve_device(device)
     spec = parse_model_spec(model)
     records = network_records(spec, input_shape)
     params = params or load_params()
     est = estimate_ops(with_stored_weights(records, _STORED[weight_bits]), dev, params=params)
-    return {"model": spec.text, "input": input_shape, "device": dev.id, "chip": dev.chip, "backend": "estimate",
-            "weight_bits": weight_bits, "model_ms": round(est.total_ms, 4), "params_version": params.version,
-            "app_call_ms": round(params.call_ms(), 4), "estimate": est.to_dict(),
-            "notes": ["one whole program (no blocks); model_ms is the engine's time (what Xcode's performance "
-                      f"report shows); timed in an app, each prediction also pays ~{params.call_ms():.2f} ms "
-                      "(app_call_ms, the median harness in the corpus)"]}
+    doc = {"model": spec.text, "input": input_shape, "device": dev.id, "chip": dev.chip, "backend": "estimate",
+           "weight_bits": weight_bits, "model_ms": round(est.total_ms, 4), "params_version": params.version,
+           "estimate": est.to_dict(),
+           "notes": ["one whole program (no blocks); model_ms is the engine's time (what Xcode's performance "
+                     "report shows); an app also pays its own per-prediction floor: "
+                     + (f"yours, {floor:g} ms, is in end_to_end_ms" if floor is not None else
+                        f"time `snapbench convert --model {FLOOR_MODEL}` in your app, read it with "
+                        "`snapbench calibrate --app-floor FILE` and pass --app-floor-ms")]}
+    return with_floor(doc, floor)

@@ -14,6 +14,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 from pathlib import Path
 
 from snapbench.errors import SnapbenchError
@@ -87,9 +88,19 @@ def _convert(spec: ModelSpec, shape: tuple[int, ...] | None):
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         traced = trace(net.module, example_inputs(net.io))
+    except Exception as exc:  # the library's forward failed on this input: one line, not its traceback
+        raise SnapbenchError(f"{spec.text}: tracing failed at input {shape} ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); check --input") from None
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    return net, to_coreml(traced, net.io, ConvertOptions())
+    try:
+        return net, to_coreml(traced, net.io, ConvertOptions())
+    except NotImplementedError as exc:  # coremltools' torch frontend lacks an op this network uses
+        m = re.search(r"op '([^']+)'", str(exc))
+        op = m.group(1) if m else str(exc).splitlines()[0][:120]
+        hint = "bilinear interpolation instead of bicubic" if "bicubic" in op else "an equivalent op"
+        raise SnapbenchError(f"{spec.text}: coremltools cannot convert the PyTorch op {op!r}; change the network "
+                             f"to use {hint}, or register a coremltools torch op for it") from None
 
 
 def network_records(model: str | ModelSpec, input_shape=None) -> list[OpRecord]:

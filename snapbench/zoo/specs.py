@@ -102,3 +102,25 @@ def parse_shape(text: str | None, *, what: str = "--input") -> tuple[int, ...]:
     if n > MAX_INPUT_ELEMENTS:
         raise SnapbenchError(f"{what} {text!r} has {n:,} elements, above the {MAX_INPUT_ELEMENTS:,} limit")
     return shape
+
+
+# UNet-only settings a whole network would silently ignore: (flag, its default, why it does not apply)
+_UNET_ONLY = {
+    "--attention": ("original", "the Neural-Engine attention rewrites are made for SD UNets' attention blocks; a "
+                                "network is converted as its library writes it (Hugging Face's (B, S, C) "
+                                "attention is not rewritten to Apple's (B, C, 1, S) layout)"),
+    "--compute-units": ("cpu_and_ne", "the estimator prices the Neural Engine only; time the package on a device "
+                                      "to see other compute units"),
+}
+
+
+def refuse_unet_only(model: str, **given: str) -> None:
+    """One line, instead of silently ignoring a UNet-only setting (`attention=`, `compute_units=`) that was
+    given a non-default value for a whole network."""
+    from snapbench.errors import SnapbenchError
+
+    for key, value in given.items():
+        flag = "--" + key.replace("_", "-")
+        default, why = _UNET_ONLY[flag]
+        if value != default:
+            raise SnapbenchError(f"{flag} {value} does not apply to {model}: {why}; drop {flag}")

@@ -369,7 +369,8 @@ class Terms:
     cpu_bytes: np.ndarray
     copy_bytes: np.ndarray
     peak: Any               # catalog fp16 FLOP/s (per op when stacked)
-    bandwidth: Any          # catalog B/s (per op when stacked)
+    bandwidth: Any          # catalog SoC B/s (per op when stacked): the CPU side's
+    engine_bandwidth: Any   # the engine's measured B/s where the catalog has one, else 0 (per op when stacked)
     chip: Any               # index into CHIP_GENERATIONS, len(...) when it has no factor (per op when stacked)
     segments: Any           # engine segments (per pair when stacked)
     cpu_segments: Any
@@ -414,6 +415,7 @@ def terms(prep: PreparedOps, dev: Device, p: AneParams) -> Terms:
                  on_cpu=on_cpu, view=prep.view,
                  cpu_flops=prep.flops, cpu_bytes=prep.io_bytes + prep.weight_bytes, copy_bytes=prep.io_bytes,
                  peak=dev.ane_fp16_tflops * 1e12, bandwidth=dev.mem_bandwidth_gbps_est * 1e9,
+                 engine_bandwidth=(dev.ane_bandwidth_gbps or 0.0) * 1e9,
                  chip=chip_index(dev.chip), segments=segments, cpu_segments=cpu_segments, reason=reason)
 
 
@@ -435,7 +437,8 @@ def stack_terms(parts: Sequence[Terms]) -> tuple[Terms, np.ndarray]:
         epilogue=cat([t.epilogue for t in parts]), on_cpu=cat([t.on_cpu for t in parts]),
         view=cat([t.view for t in parts]), cpu_flops=cat([t.cpu_flops for t in parts]),
         cpu_bytes=cat([t.cpu_bytes for t in parts]), copy_bytes=cat([t.copy_bytes for t in parts]),
-        peak=per_op("peak"), bandwidth=per_op("bandwidth"), chip=per_op("chip").astype(np.int64),
+        peak=per_op("peak"), bandwidth=per_op("bandwidth"), engine_bandwidth=per_op("engine_bandwidth"),
+        chip=per_op("chip").astype(np.int64),
         segments=np.array([t.segments for t in parts], dtype=float),
         cpu_segments=np.array([t.cpu_segments for t in parts], dtype=float), reason=(),
     )
@@ -447,13 +450,15 @@ def evaluate(t: Terms, p: AneParams) -> _Times:
     factors = np.array([p.chip_factor.get(g, 1.0) for g in CHIP_GENERATIONS] + [1.0])
     peak = t.peak * factors[t.chip]
     bw = t.bandwidth * p.bandwidth_efficiency
+    # a measured engine bandwidth is already what the engine sustains: no efficiency applies to it
+    engine_bw = np.where(np.asarray(t.engine_bandwidth) > 0, t.engine_bandwidth, bw)
     size = np.where(t.rows > 0, t.rows / (t.rows + p.size_half), 1.0)
     eff = np.array([p.efficiency[c] for c in OP_CLASSES])[t.cls] * t.shape_eff * size
     speed = np.where(t.int8, np.where(t.int8_path > 0, p.int8_speedup, p.int8_speedup_older), 1.0)
     # an epilogue runs in its producer's pipeline: a share of its own work, no fixed cost of its own
     share = np.where(t.epilogue, p.epilogue_cost, 1.0)
     compute_ms = t.work / (peak * eff * speed) * 1e3 * share
-    memory_ms = t.dram / bw * 1e3
+    memory_ms = t.dram / engine_bw * 1e3
     engine_ms = (np.maximum(compute_ms, memory_ms) + p.memory_serial * np.minimum(compute_ms, memory_ms)
                  + np.where(t.epilogue, 0.0, p.op_overhead_us * 1e-3))
     # CPU ops: compute or memory bound on the CPU, plus copying their activations across
