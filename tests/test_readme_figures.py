@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Callable
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"(<!-- figures: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /figures -->)", re.S)
 
@@ -46,3 +48,22 @@ def test_readme_figures_are_what_the_code_prints():
         return
     for name, m in blocks.items():
         assert m["body"] == rendered[name], f"README block {name!r} drifted; now:\n{rendered[name]}"
+
+
+@pytest.mark.slow
+def test_the_default_report_headline_in_the_readme(tmp_path):
+    """`snapbench report` (the README's "Default report") prints the speedups and seconds per image the README
+    quotes (it said 44.3x while the code printed 44.2x)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "snapbench", "report", "--out", str(tmp_path / "r.html")],
+                       capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = re.search(r"(\d+\.\dx end to end, \d+\.\dx per UNet step)", r.stderr)
+    assert m, r.stderr[-2000:]
+    text = README.read_text()
+    assert f"; {m.group(1)};" in text
+    for model, seconds in re.findall(r"^(\w+) on iphone14pro: .*?, ([\d.]+) s per image", r.stderr, re.M):
+        assert re.search(rf"^\| {model} \|.*\| {re.escape(seconds)} \(", text, re.M), (model, seconds)

@@ -253,3 +253,34 @@ def test_cache_clean_refuses_while_a_run_uses_the_cache(tmp_path):
         run.wait()
     check(run_cli(["cache", "clean"], work, memory=RUN_LIMIT), 0, "removed")
     assert not packages.exists()
+
+
+class _Evil:
+    """Unpickles to a call of os.system: what a planted optimizer.pt would hold."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.slow
+def test_a_run_folder_with_a_hostile_or_truncated_optimizer_state(tmp_path):
+    """4. A resumed train whose optimizer.pt is a planted pickle or a truncated file: one line, exit 2, and the
+    pickle never runs. 4/8. `sample --out` into a read-only place: one line."""
+    import pickle
+
+    work = tmp_path / "work"
+    work.mkdir()
+    train = ["train", "--model", "toy-digits", "--out", "run", "--steps", "2", "--batch-size", "8", "--save-every", "1"]
+    check(run_cli(train, work, memory=RUN_LIMIT, timeout=600), 0, "")
+    optimizer = work / "run" / "optimizer.pt"
+    assert optimizer.is_file()
+    resume = [*train[:5], "--steps", "4", *train[7:]]
+    optimizer.write_bytes(pickle.dumps(_Evil()))
+    check(run_cli(resume, work, memory=RUN_LIMIT, timeout=600), 2, "not a readable optimizer state")
+    assert not (work / "pwned").exists()
+    optimizer.write_bytes(b"PK\x03\x04truncated")
+    check(run_cli(resume, work, memory=RUN_LIMIT, timeout=600), 2, "not a readable optimizer state")
+    r = run_cli(["sample", "--model", "run", "--out", "/sys/snapbench-sample.png", "--prompt", "digit 3", "--per-prompt",
+                 "1", "--steps", "2"], work, memory=RUN_LIMIT, timeout=600)
+    check(r, 2, "choose a writable folder")
+    assert not list(tmp_path.rglob("*.lock"))
