@@ -161,12 +161,14 @@ def profile_command(
     existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
     on_interrupt_keep(f"the packages converted so far (cached) and the rows measured so far; {path} "
                       "gets estimates only at the end")
+    read_from = path
     if table is None and not path.is_file():  # start from the shipped table; what is new goes to the user's
         from snapbench.paths import shipped_table_path
 
         shipped = shipped_table_path(dev.id, model)
         if shipped.is_file():
             existing = LatencyTable.load(shipped)
+            read_from = shipped.resolve()  # where the figures are: the user's path does not exist yet
     chosen = backend if backend != "auto" else choose_backend("auto", dev, machine=machine, say=say)
     estimator = tools.estimator or EstimatePricer()
     pricer: str | DeviceBackend | EstimatePricer = (device_backend(chosen) if chosen in ("iphone", "mac") else
@@ -190,11 +192,11 @@ def profile_command(
         say(f"{path}: wrote {len(run.new_rows)} row(s) "
             f"({', '.join(f'{n} {b}' for b, n in sorted(counts.items()))}); {len(written)} in the table")
     else:
-        say(f"{path}: every figure came from the table; nothing to write")
+        say(f"{read_from}: every figure came from the table; nothing to write")
     if as_json:
         from snapbench.latency.app_floor import with_floor
 
-        print_json(with_floor(profile_document(run, table_path=str(path)), app_floor_ms))
+        print_json(with_floor(profile_document(run, table_path=str(path if run.new_rows else read_from)), app_floor_ms))
     else:
         render(run, app_floor_ms)
     report_failures(run)

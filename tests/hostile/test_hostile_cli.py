@@ -284,3 +284,17 @@ def test_a_run_folder_with_a_hostile_or_truncated_optimizer_state(tmp_path):
                  "1", "--steps", "2"], work, memory=RUN_LIMIT, timeout=600)
     check(r, 2, "choose a writable folder")
     assert not list(tmp_path.rglob("*.lock"))
+
+
+def test_profile_names_the_shipped_table_where_it_is(tmp_path):
+    """8. From a folder with no tables, profile's figures come from the table shipped in the package; the
+    path it prints (and puts in --json) is that file, not a relative path that does not exist here."""
+    work = tmp_path / "work"
+    work.mkdir()
+    r = run_cli(["profile", "--model", "sd15", "--device", "iphone14pro", "--json"], work, memory=RUN_LIMIT)
+    check(r, 0, '"table"')
+    said = r.stderr.strip().splitlines()[-1]
+    assert said.endswith(": every figure came from the table; nothing to write"), said
+    shown = Path(said.split(": every figure")[0])
+    assert shown.is_absolute() and shown.is_file(), said
+    assert Path(json.loads(r.stdout)["table"]) == shown
