@@ -146,13 +146,23 @@ def cache_in_use(root: Path) -> Iterator[None]:
     """A shared lock on the cache folder for a whole run, so `snapbench cache clean` sees that a run may be
     using what it would delete (a profile reading its packages). Only an existing, writable cache is
     marked: nothing is created for a run that never needed one."""
-    try:
-        fd = os.open(root / CACHE_IN_USE, os.O_RDWR | os.O_CREAT, 0o644) if root.is_dir() else None
-    except OSError:
+    fd = None
+    while root.is_dir():
+        try:
+            fd = os.open(root / CACHE_IN_USE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            fd = None
+            break
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a `cache clean` in progress (milliseconds)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(root / CACHE_IN_USE).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # a clean removed the file between our open and flock: take the new one
         fd = None
     try:
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a `cache clean` in progress (milliseconds)
         yield
     finally:
         if fd is not None:
@@ -161,11 +171,13 @@ def cache_in_use(root: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def cache_exclusive(root: Path) -> Iterator[None]:
-    """Hold the cache alone (for `cache clean`), or refuse in one line while any snapbench run is using it."""
+    """Hold the cache alone (for `cache clean`), or refuse in one line while any snapbench run is using it.
+    The lock file goes with what clean removes (a run that opened it meanwhile notices and takes a new one)."""
     if not root.is_dir():
         yield
         return
-    fd = os.open(root / CACHE_IN_USE, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = root / CACHE_IN_USE
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -173,5 +185,7 @@ def cache_exclusive(root: Path) -> Iterator[None]:
             raise SnapbenchError(f"{root}: another snapbench run is using the cache; wait for it to finish, "
                                  "then clean") from None
         yield
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
     finally:
         os.close(fd)

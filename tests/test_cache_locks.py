@@ -36,4 +36,6 @@ def test_clean_refuses_while_a_run_uses_the_cache_and_cleans_after(tmp_path):
         holder.wait()
     time.sleep(0.1)
     assert [e.name for e in clean_cache(tmp_path)] == ["packages"]
-    assert (tmp_path / CACHE_IN_USE).exists() and cache_entries(tmp_path) == []  # the lock is not an entry
+    assert not (tmp_path / CACHE_IN_USE).exists() and cache_entries(tmp_path) == []  # it goes with the clean
+    (tmp_path / CACHE_IN_USE).touch()
+    assert cache_entries(tmp_path) == []  # and is never listed as content
