@@ -231,7 +231,7 @@ def test_pipeline_from_a_folder_without_vae(tmp_path, capsys):
     names = sorted(p.name for p in out.iterdir())
     assert names == ["TextEncoder.mlpackage", "UnetChunk1.mlpackage", "UnetChunk2.mlpackage", "manifest.json",
                      "merges.txt", "vocab.json"]
-    FP32 = 65552  # ArrayFeatureType.FLOAT32
+    FP32 = 65568  # ArrayFeatureType.FLOAT32 (65552 is FLOAT16)
     assert _io(out / "TextEncoder.mlpackage") == ([("input_ids", [1, 4], FP32)], ["last_hidden_state", "pooled_outputs"])
     ins1, outs1 = _io(out / "UnetChunk1.mlpackage")
     assert ins1 == [("sample", [2, 4, 8, 8], FP32), ("timestep", [2], FP32),
@@ -267,7 +267,8 @@ def test_pipeline_one_unet_vae_encoder_6_bit(tmp_path, capsys):
                                           ("encoder_hidden_states", [2, 16, 1, 64])] and outs == ["noise_pred"]
     assert _io(out / "VAEDecoder.mlpackage")[1] == ["image"]
     assert [s for _, s, _ in _io(out / "VAEEncoder.mlpackage")[0]] == [[1, 3, 128, 128]]
-    assert load_manifest(out).block("VAEDecoder").outputs == [{"name": "image", "shape": [1, 3, 128, 128]}]
+    assert load_manifest(out).block("VAEDecoder").outputs == [
+        {"name": "image", "shape": [1, 3, 128, 128], "dtype": "float32"}]
     m = load_manifest(out)
     assert m.complete and m.compression["weight_bits"] == 6 and m.compression["mode"] == "kmeans_histogram"
     block = next(iter(_spec(out / "Unet.mlpackage").mlProgram.functions["main"].block_specializations.values()))

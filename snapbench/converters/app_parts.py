@@ -25,8 +25,11 @@ import torch
 from torch import nn
 
 from snapbench.converters.package_io import PackageIO
-from snapbench.converters.components import text_encoder_single, vae_config, vae_decoder_single
+from snapbench.converters.components import (
+    DIFFUSERS_STEM, load_vae, part_weights, text_encoder_single, vae_config, vae_decoder_single,
+)
 from snapbench.converters.options import ConvertOptions
+from snapbench.converters.swift_interface import with_swift_dtypes
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
 
@@ -143,7 +146,8 @@ def text_encoder_part(source: ModelSource, opts: ConvertOptions, folder: ModelFo
     single = text_encoder_single(source, opts, folder.text_encoder)
     last = single.io.outputs[0][1]  # (1, tokens, width)
     assert last is not None, "text_encoder_single declares its output shape"
-    io = PackageIO((("input_ids", (1, opts.tokens)),), (("last_hidden_state", last), ("pooled_outputs", (1, last[-1]))))
+    io = with_swift_dtypes(PackageIO((("input_ids", (1, opts.tokens)),),
+                                     (("last_hidden_state", last), ("pooled_outputs", (1, last[-1])))), "TextEncoder")
     vocab = text_encoder_vocab(folder, int(single.identity["config"]["vocab_size"]))
 
     def build() -> tuple[nn.Module, dict[str, float]]:
@@ -176,7 +180,8 @@ def small_image_inputs(io: PackageIO, scale: int, seed: int) -> Callable[[], tup
 
 def vae_decoder_part(source: ModelSource, opts: ConvertOptions, folder: ModelFolder) -> AppPart:
     single = vae_decoder_single(source, opts, folder.vae)
-    io = PackageIO((("z", single.io.inputs[0][1]),), (("image", single.io.outputs[0][1]),))
+    io = with_swift_dtypes(PackageIO((("z", single.io.inputs[0][1]),), (("image", single.io.outputs[0][1]),)),
+                           "VAEDecoder")
     scale = max(1, opts.latent // TRACE_LATENT) if opts.latent % TRACE_LATENT == 0 else 1
     return AppPart("VAEDecoder", "vae_decoder", single.title, io, dict(single.identity), single.params,
                    lambda: (single.build(), {}), small_image_inputs(io, scale, opts.seed))
@@ -191,11 +196,14 @@ def vae_encoder_part(source: ModelSource, opts: ConvertOptions, folder: ModelFol
     title = title.replace("decoder", "encoder")
     scale = 2 ** (len(cfg["block_out_channels"]) - 1)
     lat = opts.latent
-    io = PackageIO((("z", (1, 3, lat * scale, lat * scale)),), (("latent", (1, 2 * cfg["latent_channels"], lat, lat)),))
+    io = with_swift_dtypes(PackageIO((("z", (1, 3, lat * scale, lat * scale)),),
+                                     (("latent", (1, 2 * cfg["latent_channels"], lat, lat)),)), "VAEEncoder")
+
+    read = part_weights(folder.vae, source.variant, DIFFUSERS_STEM) if folder.vae is not None else None
 
     def build() -> tuple[nn.Module, dict[str, float]]:
-        if folder.vae is not None:
-            vae = AutoencoderKL.from_pretrained(folder.vae, local_files_only=True, use_safetensors=True)
+        if read is not None:
+            vae = load_vae(read)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(opts.seed)
@@ -206,5 +214,6 @@ def vae_encoder_part(source: ModelSource, opts: ConvertOptions, folder: ModelFol
         params = sum(p.numel() for p in VAEEncoder(AutoencoderKL(**cfg)).parameters())
     fp = file_stat_fingerprint(list(folder.vae.iterdir())) if folder.vae else {"random_seed": opts.seed}
     trace_scale = max(1, lat // TRACE_LATENT) if lat % TRACE_LATENT == 0 else 1
-    return AppPart("VAEEncoder", "vae_encoder", title, io, {"config": cfg, "weights": str(fp)}, params, build,
+    identity = {"config": cfg, "weights": str(fp), **({"read": read.describe()} if read else {})}
+    return AppPart("VAEEncoder", "vae_encoder", title, io, identity, params, build,
                    small_image_inputs(io, trace_scale, opts.seed))

@@ -44,8 +44,14 @@ def check_reloaded(path: Path, io: "PackageIO") -> "PackageIO":
     for (name, got), (_, want) in zip(got_out, io.outputs):
         if want is not None and got is not None and tuple(got) != tuple(want):
             raise PackageCheckError(f"{path.name}: output {name} has shape {list(got)}, the block gives {list(want)}")
+    dtype_name = ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name
+    for feature in (*spec.description.input, *spec.description.output):
+        want_dtype = io.dtype(feature.name)
+        got_dtype = dtype_name(feature.type.multiArrayType.dataType).lower()
+        if want_dtype is not None and got_dtype != want_dtype:
+            raise PackageCheckError(f"{path.name}: {feature.name} is {got_dtype}, the interface pins {want_dtype}")
     return PackageIO(got_in, tuple((n, s if s is not None else w) for (n, s), (_, w) in zip(got_out, io.outputs)),
-                     io.int_inputs)
+                     io.int_inputs, io.dtypes)
 
 
 def _fmt(items: Any) -> str:

@@ -19,6 +19,7 @@ folder (the part's own folder, or a diffusers pipeline folder holding text_encod
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,54 @@ def vae_config(source: ModelSource) -> tuple[str, dict[str, Any]]:
     return (f"test-sized {name}" if test_sized else name), cfg
 
 
+# The weights file stems: transformers' model(.fp16).safetensors, diffusers' diffusion_pytorch_model(...)
+TRANSFORMERS_STEM, DIFFUSERS_STEM = "model", "diffusion_pytorch_model"
+
+
+@dataclass(frozen=True)
+class PartWeights:
+    """Which weights of a part folder are read: the variant (None: the plain file) and the files."""
+
+    folder: Path
+    variant: str | None
+    files: tuple[str, ...]  # relative to the folder's parent: text_encoder/model.fp16.safetensors
+
+    def describe(self) -> str:
+        return ", ".join(self.files) + (f" ({self.variant} variant)" if self.variant else "")
+
+
+def part_weights(folder: Path, preferred: str | None, stem: str) -> PartWeights:
+    from snapbench.model.loading import _weight_files, part_variant
+
+    variant = part_variant(folder, preferred, stem)
+    files = tuple(f"{folder.name}/{f.name}" for f in _weight_files(folder, variant, stem))
+    return PartWeights(folder, variant, files)
+
+
+def load_text_encoder(w: PartWeights) -> nn.Module:
+    """A CLIPTextModel in fp32 whatever the checkpoint's dtype: transformers would otherwise load a config
+    saying "dtype": "float16" in fp16, and the trace's fp16 layer norm then meets coremltools' fp32 epsilon.
+    The package's precision is ConvertOptions.precision's business, not the checkpoint's."""
+    from transformers import CLIPTextModel
+
+    try:
+        return CLIPTextModel.from_pretrained(w.folder, local_files_only=True, use_safetensors=True, variant=w.variant,
+                                             dtype=torch.float32, attn_implementation="eager")
+    except (OSError, ValueError) as e:
+        raise SnapbenchError(f"{w.folder}: cannot load a CLIPTextModel ({e})") from None
+
+
+def load_vae(w: PartWeights) -> nn.Module:
+    """An AutoencoderKL in fp32 whatever the checkpoint's dtype (see load_text_encoder)."""
+    from diffusers import AutoencoderKL
+
+    try:
+        return AutoencoderKL.from_pretrained(w.folder, local_files_only=True, use_safetensors=True,
+                                             variant=w.variant, torch_dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise SnapbenchError(f"{w.folder}: cannot load an AutoencoderKL ({e})") from None
+
+
 def _part_folder(weights: str | os.PathLike | None, sub: str) -> Path | None:
     if weights is None:
         return None
@@ -117,13 +166,11 @@ def text_encoder_single(source: ModelSource, opts: ConvertOptions, weights: str 
     if opts.tokens > cfg["max_position_embeddings"]:
         raise SnapbenchError(f"--tokens {opts.tokens}: the text encoder takes at most {cfg['max_position_embeddings']}")
 
+    read = part_weights(folder, source.variant, TRANSFORMERS_STEM) if folder is not None else None
+
     def build() -> nn.Module:
-        if folder is not None:
-            try:
-                model = CLIPTextModel.from_pretrained(folder, local_files_only=True, use_safetensors=True,
-                                                      attn_implementation="eager")
-            except (OSError, ValueError) as e:
-                raise SnapbenchError(f"{folder}: cannot load a CLIPTextModel ({e})") from None
+        if read is not None:
+            model = load_text_encoder(read)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(opts.seed)
@@ -137,7 +184,7 @@ def text_encoder_single(source: ModelSource, opts: ConvertOptions, weights: str 
     fp = file_stat_fingerprint(list(folder.iterdir())) if folder else {"random_seed": opts.seed}
     params = _meta_params(lambda: CLIPTextModel(CLIPTextConfig(**cfg)))
     return SingleModel("text_encoder", title, str(source.ref), source.spec.name, io, build,
-                       {"config": cfg, "weights": str(fp)}, params=params)
+                       {"config": cfg, "weights": str(fp), **_read(read)}, params=params)
 
 
 def vae_decoder_single(source: ModelSource, opts: ConvertOptions, weights: str | os.PathLike | None) -> SingleModel:
@@ -146,12 +193,11 @@ def vae_decoder_single(source: ModelSource, opts: ConvertOptions, weights: str |
     title, cfg = vae_config(source)
     folder = _part_folder(weights, "vae")
 
+    read = part_weights(folder, source.variant, DIFFUSERS_STEM) if folder is not None else None
+
     def build() -> nn.Module:
-        if folder is not None:
-            try:
-                vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-            except (OSError, ValueError) as e:
-                raise SnapbenchError(f"{folder}: cannot load an AutoencoderKL ({e})") from None
+        if read is not None:
+            vae = load_vae(read)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(opts.seed)
@@ -164,7 +210,12 @@ def vae_decoder_single(source: ModelSource, opts: ConvertOptions, weights: str |
     fp = file_stat_fingerprint(list(folder.iterdir())) if folder else {"random_seed": opts.seed}
     params = _meta_params(lambda: VAEDecoder(AutoencoderKL(**cfg)))
     return SingleModel("vae_decoder", title, str(source.ref), source.spec.name, io, build,
-                       {"config": cfg, "weights": str(fp)}, params=params)
+                       {"config": cfg, "weights": str(fp), **_read(read)}, params=params)
+
+
+def _read(w: PartWeights | None) -> dict[str, Any]:
+    """The identity entry naming the files read: part of the cache key, so another variant converts anew."""
+    return {"read": w.describe()} if w is not None else {}
 
 
 def convert_component(component: str, out_dir: str | os.PathLike, opts: ConvertOptions = ConvertOptions(), *,

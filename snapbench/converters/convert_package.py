@@ -57,6 +57,10 @@ def trace(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.ji
         return torch.jit.trace(module.eval(), inputs, check_trace=False)
 
 
+# A pinned dtype for ct.TensorType; unpinned (None): coremltools' default, float16 for fp16 programs from iOS16
+_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32}
+
+
 def to_coreml(traced: torch.jit.ScriptModule, io: PackageIO, opts: ConvertOptions,
               skip_passes: tuple[str, ...] = ()) -> Any:
     """`skip_passes`: MIL passes left out of coremltools' default pipeline, only ones that are known to
@@ -65,8 +69,8 @@ def to_coreml(traced: torch.jit.ScriptModule, io: PackageIO, opts: ConvertOption
     pass_pipeline = ct.PassPipeline.DEFAULT
     if skip_passes:
         pass_pipeline.remove_passes(list(skip_passes))
-    inputs = [ct.TensorType(name=n, shape=s, dtype=np.int32 if n in io.int_inputs else None) for n, s in io.inputs]
-    outputs = [ct.TensorType(name=n) for n, _ in io.outputs]
+    inputs = [ct.TensorType(name=n, shape=s, dtype=_NUMPY_DTYPES.get(io.dtype(n) or "")) for n, s in io.inputs]
+    outputs = [ct.TensorType(name=n, dtype=_NUMPY_DTYPES.get(io.dtype(n) or "")) for n, _ in io.outputs]
     precision = ct.precision.FLOAT16 if opts.precision == "fp16" else ct.precision.FLOAT32
     with conversion_context():
         return ct.convert(

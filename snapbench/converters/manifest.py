@@ -56,6 +56,7 @@ class ManifestBlock:
     files: dict[str, int] | None = None  # the package's files and sizes as converted: a reuse verifies them
     ane_psnr_db: float | None = None  # app pipeline: worst PSNR of its ANE attention rewrites vs PyTorch
     timings: dict[str, float] | None = None  # app pipeline: seconds per phase (build, trace, convert, ...)
+    weights_read: str | None = None  # app pipeline: the checkpoint files its weights came from (which variant)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

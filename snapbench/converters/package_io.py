@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 Shape = tuple[int, ...]
+DTYPES = ("float32", "float16", "int32")  # what a package may declare for a tensor (Core ML's names, lower case)
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,20 @@ class PackageIO:
     inputs: tuple[tuple[str, Shape], ...]
     outputs: tuple[tuple[str, Shape | None], ...] = (("out", None),)
     int_inputs: frozenset[str] = frozenset()  # token ids: int32, not floating point
+    # Tensors whose dtype is pinned (name, one of DTYPES); the rest get coremltools' default, which for
+    # fp16 programs from iOS16 on is float16. App packages pin all of theirs (swift_interface.json).
+    dtypes: tuple[tuple[str, str], ...] = ()
+
+    def dtype(self, name: str) -> str | None:
+        if name in self.int_inputs:
+            return "int32"
+        return dict(self.dtypes).get(name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"inputs": [{"name": n, "shape": list(s)} for n, s in self.inputs],
-                "outputs": [{"name": n, "shape": list(s) if s is not None else None} for n, s in self.outputs]}
+        def entry(n: str, s: Shape | None) -> dict[str, Any]:
+            d: dict[str, Any] = {"name": n, "shape": list(s) if s is not None else None}
+            if dict(self.dtypes).get(n):  # only pinned ones: unpinned interfaces keep their cache keys
+                d["dtype"] = dict(self.dtypes)[n]
+            return d
+
+        return {"inputs": [entry(n, s) for n, s in self.inputs], "outputs": [entry(n, s) for n, s in self.outputs]}

@@ -36,6 +36,7 @@ from snapbench.converters.compression import compression_info
 from snapbench.converters.convert_blocks import ConvertResult, _stamped_key, cut, load_source, weight_files
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
+from snapbench.converters.swift_interface import with_swift_dtypes
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.model.loading import ModelSource
 from snapbench.versions import tool_versions
@@ -77,6 +78,7 @@ def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
                         tokens=opts.tokens)
     versions = tool_versions()
     weights = source_fingerprint(source.spec.to_dict(), weight_files(source), opts.seed, versions["torch"])
+    read = {"read": unet_weights_read(source)} if source.weights_dir is not None else {}
     parts = []
     for plan in plans:
         def build(plan=plan):
@@ -89,11 +91,32 @@ def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
 
         what = "UNet" if plan.index == 0 else f"UNet chunk {plan.index} of 2"
         parts.append(AppPart(
-            plan.name, "unet", f"{what} of {source.spec.name}", plan.io,
+            plan.name, "unet", f"{what} of {source.spec.name}", with_swift_dtypes(plan.io, plan.name),
             {"spec": source.spec.to_dict(), "weights": weights, "attention": opts.attention,
-             **chunk_identity(blocks, plan)},
+             **chunk_identity(blocks, plan), **read},
             sum(b.params for b in blocks[plan.start:plan.end]), build, inputs))
     return parts
+
+
+def unet_weights_read(source: ModelSource) -> str:
+    """The UNet's weights files as a note names them: unet/diffusion_pytorch_model.fp16.safetensors (...)."""
+    from snapbench.model.loading import _weight_files
+
+    assert source.weights_dir is not None
+    files = [f"{source.weights_dir.name}/{f.name}" for f in _weight_files(source.weights_dir, source.variant)]
+    return ", ".join(files) + (f" ({source.variant} variant)" if source.variant else "")
+
+
+def weights_note(parts: list[AppPart]) -> str | None:
+    """Which file each part's weights come from, when a checkpoint folder was read: published pipelines ship
+    plain and fp16 files side by side, or fp16 only, and the user should see which one went in."""
+    read: dict[str, list[str]] = {}
+    for p in parts:
+        if "read" in p.identity:
+            read.setdefault(str(p.identity["read"]), []).append(p.name)
+    if not read:
+        return None
+    return "weights read: " + "; ".join(f"{' + '.join(names)} from {files}" for files, names in read.items())
 
 
 def plan_parts(source: ModelSource, opts: ConvertOptions, folder: ModelFolder, *, vae_encoder: bool) -> list[AppPart]:
@@ -157,7 +180,7 @@ def _entry(part: AppPart, key: str, state: str, **kw: Any) -> ManifestBlock:
         id=part.name, file_id=part.name, stage="-", kind=part.kind, status="kept", module="", signature=None,
         signature_digest=None, package=kw.pop("package", None), inputs=d["inputs"], outputs=d["outputs"],
         params=part.params, macs=0, macs_no_attention=0, state=state, cache_key=key,
-        weights_hash=str(part.identity.get("weights")), **kw)
+        weights_hash=str(part.identity.get("weights")), weights_read=part.identity.get("read"), **kw)
 
 
 @contextlib.contextmanager
@@ -274,6 +297,9 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
         folder=folder, missing=parts_folder.missing(),
     )
     result = PipelineResult(manifest, missing=parts_folder.missing())
+    note = weights_note(parts)
+    if note:
+        result.notes.append(note)
     if parts_folder.root is None and source.weights_dir is not None:
         others = ", ".join(p.name for p in parts if p.kind != "unet")
         result.notes.append(f"{others}: seeded random weights (the UNet's folder is not a pipeline folder with "

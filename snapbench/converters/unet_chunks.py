@@ -273,7 +273,7 @@ def at_batch_one(io: PackageIO, scale: int = 1) -> PackageIO:
         return (1, *shape[1:])
 
     return PackageIO(tuple((n, small(n, s)) for n, s in io.inputs),
-                     tuple((n, small(n, s) if s else s) for n, s in io.outputs), io.int_inputs)
+                     tuple((n, small(n, s) if s else s) for n, s in io.outputs), io.int_inputs, io.dtypes)
 
 
 TRACE_LATENT = 8  # a chunk is traced at this latent size when its graph does not depend on the size

@@ -146,45 +146,57 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def _variants(folder: Path) -> list[str]:
-    """The weight variants a folder holds: diffusion_pytorch_model.<v>.safetensors or a sharded
-    diffusion_pytorch_model.safetensors.index.<v>.json (diffusers' names)."""
+def _variants(folder: Path, stem: str = WEIGHTS_STEM) -> list[str]:
+    """The weight variants a folder holds: <stem>.<v>.safetensors or a sharded
+    <stem>.safetensors.index.<v>.json (diffusers' names with stem diffusion_pytorch_model, transformers'
+    with stem model)."""
     found = set()
-    for f in folder.glob(f"{WEIGHTS_STEM}.*.safetensors"):
-        middle = f.name[len(WEIGHTS_STEM) + 1:-len(".safetensors")]
+    for f in folder.glob(f"{stem}.*.safetensors"):
+        middle = f.name[len(stem) + 1:-len(".safetensors")]
         if "-of-" not in middle:  # not a shard (diffusion_pytorch_model-00001-of-00002 has no dot here)
             found.add(middle.split(".")[0])
-    for f in folder.glob(f"{SHARD_INDEX[:-len('.json')]}.*.json"):
-        found.add(f.name[len(SHARD_INDEX) - len("json"):-len(".json")])
+    index = f"{stem}.safetensors.index"
+    for f in folder.glob(f"{index}.*.json"):
+        found.add(f.name[len(index) + 1:-len(".json")])
     return sorted(found)
 
 
-def _weights_variant(folder: Path, variant: str | None) -> str | None:
+def _has_plain(folder: Path, stem: str) -> bool:
+    return (folder / f"{stem}.safetensors").is_file() or (folder / f"{stem}.safetensors.index.json").is_file()
+
+
+def _weights_variant(folder: Path, variant: str | None, stem: str = WEIGHTS_STEM) -> str | None:
     """The variant to read: the one asked for (it must exist); else none when the plain file is there;
     else the only variant present."""
-    plain = (folder / WEIGHTS_FILE).is_file() or (folder / SHARD_INDEX).is_file()
-    present = _variants(folder)
+    plain = _has_plain(folder, stem)
+    present = _variants(folder, stem)
     if variant is not None:
         if variant not in present:
             have = ", ".join(present) if present else "none"
-            raise SnapbenchError(f"{folder}: no {variant} weights ({WEIGHTS_STEM}.{variant}.safetensors); "
+            raise SnapbenchError(f"{folder}: no {variant} weights ({stem}.{variant}.safetensors); "
                                  f"variants here: {have}" + ("; leave out --variant for the plain file" if plain else ""))
         return variant
     if plain or not present:
         return None
     if len(present) > 1:
         raise SnapbenchError(f"{folder}: several weight variants ({', '.join(present)}) and no plain "
-                             f"{WEIGHTS_FILE}; pick one with --variant")
+                             f"{stem}.safetensors; pick one with --variant")
     return present[0]
 
 
-def _weight_files(folder: Path, variant: str | None = None) -> list[Path]:
-    if variant is not None:
-        single = folder / f"{WEIGHTS_STEM}.{variant}.safetensors"
-        index = folder / f"{WEIGHTS_STEM}.safetensors.index.{variant}.json"
-    else:
-        single = folder / WEIGHTS_FILE
-        index = folder / SHARD_INDEX
+def part_variant(folder: Path, preferred: str | None, stem: str) -> str | None:
+    """Which weights of a pipeline part (text_encoder/, vae/) to read, by the rule of diffusers'
+    DiffusionPipeline.from_pretrained: the variant the UNet was read in (`preferred`) where the part has
+    it, else the plain file, else the part's only variant (published pipelines ship fp16-only folders)."""
+    if preferred is not None and preferred in _variants(folder, stem):
+        return preferred
+    return _weights_variant(folder, None, stem)
+
+
+def _weight_files(folder: Path, variant: str | None = None, stem: str = WEIGHTS_STEM) -> list[Path]:
+    infix = f".{variant}" if variant is not None else ""
+    single = folder / f"{stem}{infix}.safetensors"
+    index = folder / f"{stem}.safetensors.index{infix}.json"
     if single.is_file():
         return [single]
     if index.is_file():
@@ -203,8 +215,8 @@ def _weight_files(folder: Path, variant: str | None = None) -> list[Path]:
         return [folder / s for s in shards]
     if any(folder.glob("*.bin")) or any(folder.glob("*.ckpt")):
         raise SnapbenchError(f"{folder}: has only pickle weights (.bin/.ckpt), which snapbench never unpickles; "
-                             f"save them as {WEIGHTS_FILE} (diffusers save_pretrained(safe_serialization=True))")
-    raise SnapbenchError(f"{folder}: missing {WEIGHTS_FILE}")
+                             f"save them as {stem}.safetensors (save_pretrained(safe_serialization=True))")
+    raise SnapbenchError(f"{folder}: missing {single.name}")
 
 
 def _checkpoint_shapes(folder: Path, variant: str | None = None) -> dict[str, tuple[int, ...]]:
