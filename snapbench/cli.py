@@ -98,9 +98,12 @@ def _escape_help_markup(typer_app: typer.Typer) -> None:
             info.help = escape(info.help)
         for param in inspect.signature(info.callback).parameters.values():
             default = param.default
-            if isinstance(default, typer.models.ParameterInfo) and default.help and id(default) not in done:
+            if isinstance(default, typer.models.ParameterInfo) and id(default) not in done:
                 done.add(id(default))
-                default.help = escape(default.help)
+                if default.help:
+                    default.help = escape(default.help)
+                if param.annotation in (bool, "bool") and default.metavar is None:
+                    default.metavar = ""  # a flag takes no value: no "<bool>" beside it
 
 
 _escape_help_markup(app)

@@ -298,3 +298,14 @@ def test_profile_names_the_shipped_table_where_it_is(tmp_path):
     shown = Path(said.split(": every figure")[0])
     assert shown.is_absolute() and shown.is_file(), said
     assert Path(json.loads(r.stdout)["table"]) == shown
+
+
+def test_help_shows_defaults_and_flags_as_written(tmp_path):
+    """8. Shared options' help is escaped once (it showed "\\[default: ...]"); a flag shows no "<bool>"."""
+    work = tmp_path / "work"
+    work.mkdir()
+    r = run_cli(["inspect", "--help"], work, env={"COLUMNS": "200"})
+    check(r, 0, "[default: the plain file")
+    assert "\\[" not in r.stdout
+    flag_lines = [line for line in r.stdout.splitlines() if "--json" in line or "--no-blocks" in line]
+    assert flag_lines and not any("<bool>" in line for line in flag_lines), flag_lines
