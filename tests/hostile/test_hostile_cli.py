@@ -100,7 +100,7 @@ CASES = [
     Case("sample-size-string", ["inspect", "--model", "s.json"], 2, "sample_size is 'big'",
          _spec_file("s.json", sample_size="big")),
     Case("hf-class-override", ["profile", "--model", 'hf:BertConfig:{"__class__":1}', "--device", "iphone14pro",
-                               "--input", "1x8"], 2, "the options do not build a network"),
+                               "--input", "1x8"], 2, "BertConfig refuses these options"),
     Case("hf-negative-width", ["profile", "--model", 'hf:BertConfig:{"hidden_size":-5}', "--device", "iphone14pro",
                                "--input", "1x8"], 2, "the options do not build a network"),
     Case("torchvision-classes-string", ["profile", "--model", 'torchvision:mobilenet_v2:{"num_classes":"x"}',
