@@ -59,6 +59,7 @@ mutate-device: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_convert.py
 	$(BIN)/python benchmarks/bench_profile.py
+	$(BIN)/python benchmarks/bench_lookup.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .snapbench-cache

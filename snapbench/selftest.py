@@ -24,6 +24,7 @@ from snapbench.errors import SnapbenchError
 DEVICE = "iphone14pro"
 EVAL_STEPS = "2"  # DDIM steps per CLIP-evaluated image: paths, not quality
 FIXTURES = "fixtures (tiny pipeline, CLIP, data)"
+DIT = "sd35-tiny"  # a DiT preset: no checkpoint needed (random weights; the paths are what is tested)
 # Ablation of a few blocks (a CA and an RB down and up): the path is the same for all; evolve scores them all.
 ABLATED = ("--block", "RB[Down-1, 1]", "--block", "CA[Down-2, 1]", "--block", "CA[Up-1, 1]", "--block", "RB[Up-3, 1]")
 
@@ -131,6 +132,7 @@ def plan(work: Path, *, processes: int, devices: Devices, workers: int = 2) -> l
     train = f"train (accelerate, {processes} process{'es' if processes != 1 else ''})"
     evolve = "evolve (clip, ray)"
     blocks, profile = "convert (per block)", "profile (estimate)"
+    dit_inspect, dit_convert = "inspect (DiT)", "convert (DiT blocks, split_einsum_v2)"
     return [
         Stage(fixtures, (sys.executable, "-m", "snapbench.fixtures", str(fx.root))),
         Stage("inspect (pipeline folder)", (*snap, "inspect", "--model", pipe, "--json"), (fixtures,)),
@@ -164,6 +166,13 @@ def plan(work: Path, *, processes: int, devices: Devices, workers: int = 2) -> l
         Stage("distill-decoder (50% channels)", (*snap, "distill-decoder", "--vae", pipe, "--latents", str(fx.data),
                                                  "--prune", "0.5", "--steps", "2", "--batch-size", "2",
                                                  "--out", str(work / "distill-decoder"), "--json"), (fixtures,)),
+        # diffusion transformers: SD3.5's tiny twin (joint and dual attention), Neural Engine attention
+        Stage(dit_inspect, (*snap, "inspect", "--model", DIT, "--json")),
+        Stage(dit_convert, (*snap, "convert", "--model", DIT, "--latent", latent, "--attention", "split_einsum_v2",
+                            "--out", str(work / "convert-dit"), "--json"), (dit_inspect,)),
+        Stage("profile (DiT, estimate)", (*snap, "profile", "--model", DIT, "--device", DEVICE, "--backend", "estimate",
+                                          "--latent", latent, "--attention", "split_einsum_v2",
+                                          "--packages", str(work / "convert-dit"), "--json"), (dit_convert,)),
         Stage("report", (*snap, "report", "--baseline", pipe, "--candidate", str(work / "evolve"), "--device", DEVICE,
                          "--backend", "estimate", "--latent", latent, "--table", table,
                          "--out", str(work / "report.html")), (evolve, profile)),

@@ -39,3 +39,30 @@ def tiny_checkpoint(tmp_path):
     folder = tmp_path / "tiny-unet"
     unet.save_pretrained(folder, safe_serialization=True)
     return folder, unet
+
+
+# -- converted packages shared by the session ------------------------------------------------------------
+
+# The fixtures below make real conversions of more than one tiny package. Tests that ask for them (directly
+# or through another fixture) are marked `slow` at collection, so `make test-fast` runs none of them and
+# the full suite converts each once per session (per xdist worker) instead of once per module.
+SESSION_CONVERSIONS = ("sd15_tiny_blocks",)
+
+
+@pytest.fixture(scope="session")
+def sd15_tiny_blocks(tmp_path_factory):
+    """sd15-tiny cut into blocks and converted in profile mode at latent 8, tokens 4 (47 blocks, 27
+    packages). Read-only: a test that changes the folder works on a copy (shutil.copytree)."""
+    from snapbench.converters import ConvertOptions, convert_model
+
+    out = tmp_path_factory.mktemp("sd15-tiny-blocks") / "sd15-tiny"
+    result = convert_model("sd15-tiny", out, ConvertOptions(latent=8, tokens=4, jobs=1), progress=False)
+    assert result.ok, result.failed
+    return out
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(name in SESSION_CONVERSIONS for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

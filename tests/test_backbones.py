@@ -71,9 +71,9 @@ def test_convert_options_carry_the_run_settings():
 def test_sd_unets_resolve_to_the_unet_backbone_and_others_are_refused():
     for ref in ("sd15-tiny", "snapfusion-tiny", "toy-digits"):
         assert isinstance(backbone_for(resolve_model(ref)), UNetBackbone)
-    assert backbone_named("sd-unet") is BACKBONES[0]
-    with pytest.raises(SnapbenchError, match=r"no backbone family takes a 'PixArtTransformer2DModel'.*sd-unet"):
-        backbone_for({"_class_name": "PixArtTransformer2DModel", "num_layers": 28})
+    assert isinstance(backbone_named("sd-unet"), UNetBackbone) and backbone_named("sd-unet") in BACKBONES
+    with pytest.raises(SnapbenchError, match=r"no backbone family takes a 'FluxTransformer2DModel'.*dit, sd-unet"):
+        backbone_for({"_class_name": "FluxTransformer2DModel", "num_layers": 19})
 
 
 def test_the_unet_backbone_delegates_to_the_unet_code():

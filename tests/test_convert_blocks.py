@@ -1,7 +1,8 @@
 """snapbench convert, per block: real coremltools conversions of the test-sized sd15-tiny UNet.
 
-One profile-mode conversion (27 packages, about 10 s) is shared by the module; the tests that change a
-folder work on a copy of it, so each of them converts only the few packages it is about.
+One profile-mode conversion (27 packages, about 10 s) is shared by the session (conftest's
+`sd15_tiny_blocks`; the tests using it are marked slow there); the tests that change a folder work on a
+copy of it, so each of them converts only the few packages it is about.
 """
 
 from __future__ import annotations
@@ -24,12 +25,10 @@ from snapbench.errors import SnapbenchError
 TINY = dict(latent=8, tokens=4, jobs=1)
 
 
-@pytest.fixture(scope="module")
-def profile_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("conv") / "sd15-tiny"
-    result = convert_model("sd15-tiny", out, ConvertOptions(**TINY), progress=False)
-    assert result.ok, result.failed
-    return out
+@pytest.fixture
+def profile_dir(sd15_tiny_blocks):
+    """The session's profile-mode conversion of sd15-tiny (conftest; it makes every test using it slow)."""
+    return sd15_tiny_blocks
 
 
 @pytest.fixture

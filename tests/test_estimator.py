@@ -263,6 +263,22 @@ def test_fit_recovers_better_than_priors():
     assert fitted.fitted_on and fitted.version == prior.version + 1
 
 
+def test_a_fit_leaves_each_chip_at_the_catalogs_peak():
+    # v6: no throughput factor per chip generation. Points on two chips whose truth is one chip 1.5x faster
+    # than the catalog says must move the shared knobs, never a per-chip one, and a v5 file's chip factors
+    # still price as written.
+    from snapbench.profilers.estimate.calibrate import fit_knobs
+
+    prior = load_params(default_priors_path())
+    truth = replace(prior, chip_factor={"A16": 1.5})
+    pts = _synthetic_points(truth)
+    assert not [k for k in fit_knobs(pts) if k.startswith("chip.")]
+    assert fit_params(pts, prior, maxiter=20).chip_factor == {}
+    prep = prepare([_conv(c=640, hw=32)])
+    assert estimate_ops(prep, "iphone14pro", params=truth).total_ms < estimate_ops(prep, "iphone14pro",
+                                                                                    params=prior).total_ms
+
+
 def test_shipped_reference_points_load_offline(tmp_path, monkeypatch):
     # a fresh clone: no cache, no conversion; the shipped op records are enough. (How well the fit predicts
     # what it never saw is tested in test_validation.py, on held-out corpus sources.)

@@ -101,6 +101,7 @@ def test_two_chunks_compose_to_the_checkpoints_unet(tmp_path, attention):
         assert built[0].psnr_db and min(built[0].psnr_db.values()) >= 35
 
 
+@pytest.mark.slow  # builds, saves and runs two elastic UNets through both chunks
 def test_chunks_of_an_evolved_model_read_its_copies(tmp_path):
     """An `evolve` output (arch.json, unet/, copies.safetensors): removed blocks and weight copies."""
     from snapbench.model.loading import save_elastic
@@ -138,7 +139,8 @@ def small_query_chunks(monkeypatch):
     monkeypatch.setattr(ane_attention, "DEFAULT_QUERY_CHUNK_SIZE", 64)
 
 
-@pytest.mark.parametrize("attention", ["original", "split_einsum_v2"])
+@pytest.mark.parametrize("attention", ["original",  # the v2 case traces the chunked attention: slow
+                                       pytest.param("split_einsum_v2", marks=pytest.mark.slow)])
 def test_chunks_traced_small_run_at_full_size(attention, small_query_chunks):
     """What lets the pipeline trace at batch 1 and 8 x 8: the traced graph keeps batch and size symbolic."""
     from snapbench.converters.convert_package import example_inputs, trace
@@ -178,6 +180,7 @@ def test_chunks_are_traced_at_full_size_when_a_small_trace_would_differ(monkeypa
     assert trace_scale(blocks, plans[0], 12, "original") == 1  # not a multiple of the 8 x 8 trace
 
 
+@pytest.mark.slow  # converts whole UNet chunks (many blocks each), not one tiny package
 def test_chunk_traced_small_is_the_same_package(tmp_path, small_query_chunks):
     """Byte for byte: chunk 1 (v2 attention, 4 query chunks at 16 x 16) traced at 8 x 8 vs at 16 x 16."""
     from snapbench.converters.convert_package import convert_module, example_inputs
@@ -351,6 +354,7 @@ def test_pipeline_flag_combinations(tmp_path, capsys):
     assert "cannot be combined" in err and "go with --pipeline" in err
 
 
+@pytest.mark.slow  # converts whole UNet chunks (many blocks each), not one tiny package
 def test_skipped_passes_change_nothing_in_a_unet_chunk(tmp_path, small_query_chunks):
     """UNET_SKIPPED_PASSES are left out only because the chunks' packages are the same without them."""
     from snapbench.converters.convert_package import convert_module, example_inputs

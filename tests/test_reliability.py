@@ -62,8 +62,9 @@ def test_a_folder_held_by_a_live_process_is_refused_naming_it(tmp_path):
 def test_a_stale_lock_file_from_a_dead_process_is_taken_over(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / FOLDER_LOCK).write_text(dead.stdout.strip())  # as a killed run (or an older snapbench) leaves it
-    with folder_lock(tmp_path, "convert"):
-        pass
+    with folder_lock(tmp_path, "convert"):  # refused (SnapbenchError) if the dead pid still counted as an owner
+        assert (tmp_path / FOLDER_LOCK).read_text() == str(os.getpid())
+    assert not (tmp_path / FOLDER_LOCK).exists()
 
 
 def test_claimed_run_folder_removes_a_folder_it_created_when_the_run_wrote_nothing(tmp_path):
@@ -212,13 +213,11 @@ def test_json_deeper_than_the_limit_is_refused_but_real_specs_load(tmp_path):
 # -- cached packages are verified, not trusted ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    from snapbench.converters import ConvertOptions, convert_model
-
-    out = tmp_path_factory.mktemp("cache-integrity") / "out"
-    convert_model("sd15-tiny", out, ConvertOptions(latent=8, tokens=4, jobs=1), progress=False)
-    return out
+@pytest.fixture
+def converted(sd15_tiny_blocks):
+    """The session's sd15-tiny block conversion (conftest), shared with test_convert_blocks.py; copied
+    before it is broken."""
+    return sd15_tiny_blocks
 
 
 def _break(package: Path, how: str) -> None:

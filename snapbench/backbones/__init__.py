@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from snapbench.backbones.base import Backbone, ElasticModel
+from snapbench.backbones.dit import DitBackbone
 from snapbench.backbones.unet import UNetBackbone
 from snapbench.blocks.inspection import Inspection
 from snapbench.errors import SnapbenchError
@@ -21,7 +22,7 @@ from snapbench.settings import InputShapes
 from snapbench.specs.arch_spec import ArchSpec
 
 # Most specific first. A new family: implement `Backbone` in its own module and add an instance here.
-BACKBONES: list[Backbone] = [UNetBackbone()]
+BACKBONES: list[Backbone] = [DitBackbone(), UNetBackbone()]
 
 
 def backbone_for(model: ModelSource | ArchSpec | Mapping[str, Any]) -> Backbone:
@@ -54,5 +55,5 @@ def inspect_model(model: str | ModelSource, *, weights: str | None = None, shape
     return Inspection(source, shapes, blocks, backbone.stages)
 
 
-__all__ = ["BACKBONES", "Backbone", "ElasticModel", "UNetBackbone", "backbone_for", "backbone_named",
+__all__ = ["BACKBONES", "Backbone", "DitBackbone", "ElasticModel", "UNetBackbone", "backbone_for", "backbone_named",
            "inspect_model"]

@@ -40,6 +40,7 @@ class Inspection:
                 "macs": b.macs,
                 "macs_no_attention": b.macs - b.attention_macs,
                 "signature": b.signature.key() if b.signature else None,
+                **({"outputs": {n: list(sh) for n, sh in b.extra["outputs"]}} if "outputs" in b.extra else {}),
             })
         return rows
 
@@ -55,7 +56,7 @@ class Inspection:
             s = df[df["stage"] == stage]
             r = runs[runs["stage"] == stage]
             row: dict[str, Any] = {"stage": stage}
-            for kind in ("CA", "RB", "aux"):
+            for kind in self.kinds():
                 k = s[s["kind"] == kind]
                 row[f"{kind}_count"] = int((r["kind"] == kind).sum())
                 row[f"{kind}_params"] = int(k["params"].sum())
@@ -66,16 +67,24 @@ class Inspection:
             rows.append(row)
         return pd.DataFrame(rows)
 
+    def kinds(self) -> tuple[str, ...]:
+        """The block kinds counted per stage: a UNet's CA, RB and aux; a DiT's transformer blocks (TB) and aux."""
+        present = {b.kind for b in self.blocks}
+        return tuple(k for k in ("CA", "RB", "TB", "aux") if k in present or (k != "TB" and "TB" not in present))
+
     def totals(self) -> dict[str, int]:
         df = self.blocks_frame()
-        return {
+        out = {
             "params": int(df["params"].sum()),
             "macs": int(df["macs"].sum()),
             "macs_no_attention": int(df["macs_no_attention"].sum()),
             "blocks": int((df["status"] != "removed").sum()),
-            "CA": int(((df["kind"] == "CA") & (df["status"] != "removed")).sum()),
-            "RB": int(((df["kind"] == "RB") & (df["status"] != "removed")).sum()),
         }
+        for kind in self.kinds():
+            if kind != "aux":
+                out[kind] = int(((df["kind"] == kind) & (df["status"] != "removed")).sum())
+        out["signatures"] = int(df["signature"].nunique())
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -42,7 +42,7 @@ class Signature:
         return Signature(
             self.kind, self.inputs, self.output, self.attrs,
             precision or self.precision,
-            (attention or self.attention) if self.kind == "CA" else "-",
+            (attention or self.attention) if self.kind in ("CA", "TB") else "-",
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.table import Table
@@ -61,6 +61,16 @@ def convert_command(
         else:
             out.print(f"{spec.text}: {dest}")
         return
+    from snapbench.dit.source import is_dit_ref
+
+    if is_dit_ref(model) and not (whole or pipeline or component is not None):
+        from snapbench.commands import dit_commands
+
+        dit_result = dit_commands.convert(model, out_dir, as_json=as_json, latent=latent, batch=batch, tokens=tokens,
+                                          mode=mode, attention=attention, weight_bits=weight_bits, target=target,
+                                          precision=precision, check=check)
+        report(dit_result, out_dir, as_json)
+        return
     from snapbench.converters.options import ConvertOptions
     from snapbench.errors import SnapbenchError
 
@@ -103,6 +113,18 @@ def convert_command(
         from snapbench.converters.convert_blocks import convert_model
 
         result = convert_model(model, out_dir, opts, weights=weights, progress=progress)
+    report(result, out_dir, as_json)
+    for note in getattr(result, "notes", []):
+        err.print(f"note: {note}", markup=False, highlight=False)
+    missing = getattr(result, "missing", None)
+    if missing:
+        # bad input, but everything that was there is converted and kept
+        raise SnapbenchError(f"{model if weights is None else weights}: missing {'; '.join(missing)}; "
+                             f"converted the rest into {out_dir}")
+
+
+def report(result: Any, out_dir: str, as_json: bool) -> None:
+    """The result on stdout (table or JSON); failed blocks on stderr and exit 1 (the others are kept)."""
     if as_json:
         print_json(result.to_dict())
     else:
@@ -112,13 +134,6 @@ def convert_command(
             err.print(f"failed: {block}: {error}", markup=False, highlight=False)
         err.print(f"{len(result.failed)} failed; the others are done. Run the same command again to retry them.")
         raise typer.Exit(1)
-    for note in getattr(result, "notes", []):
-        err.print(f"note: {note}", markup=False, highlight=False)
-    missing = getattr(result, "missing", None)
-    if missing:
-        # bad input, but everything that was there is converted and kept
-        raise SnapbenchError(f"{model if weights is None else weights}: missing {'; '.join(missing)}; "
-                             f"converted the rest into {out_dir}")
 
 
 def render(result, out_dir: str) -> None:

@@ -9,9 +9,10 @@ from rich.table import Table
 from rich.text import Text
 
 from snapbench.commands.common import (
-    BatchOpt, JsonOpt, LatentOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, WeightsOpt, fmt_count,
+    BatchOpt, JsonOpt, LatentOpt, RevisionOpt, SubfolderOpt, VariantOpt, WeightsOpt, fmt_count,
     model_source, out, print_json, resolved_latent,
 )
+from snapbench.commands.dit_render import published, render_inspection
 
 if TYPE_CHECKING:
     from snapbench.blocks.inspection import Inspection
@@ -19,31 +20,46 @@ if TYPE_CHECKING:
 
 def inspect_command(
     model: list[str] = typer.Option(["sd15"], "--model", "-m",
-                                    help="Preset, arch spec .json or diffusers UNet folder; repeat for several."),
+                                    help="Preset, arch spec .json, diffusers UNet or DiT transformer folder; repeat for several."),
     weights: Optional[str] = WeightsOpt,
     variant: Optional[str] = VariantOpt,
     subfolder: Optional[str] = SubfolderOpt,
     revision: Optional[str] = RevisionOpt,
     latent: Optional[int] = LatentOpt,
     batch: int = BatchOpt,
-    tokens: int = TokensOpt,
+    tokens: Optional[int] = typer.Option(None, "--tokens", min=1, show_default=False,
+                                         help="Text tokens in the context [default: 77 for UNets; a DiT's own pipeline's]."),
     blocks: bool = typer.Option(True, "--blocks/--no-blocks", help="Show the per-block tables."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Every block of a UNet in execution order: paper stage, id, module, shapes, params, MACs, signature digest."""
+    """Every block of a UNet or DiT in execution order: paper stage, id, module, shapes, params, MACs, signature digest."""
     from snapbench.blocks.cut import InputShapes  # torch: imported when the command runs
     from snapbench.backbones import inspect_model
 
-    results = []
+    from snapbench.dit.cut import default_shapes
+    from snapbench.dit.source import dit_spec, is_dit_ref, resolve_dit
+
+    results: list[Inspection] = []
     for m in model:
-        src = model_source(m, weights, variant, subfolder, revision)
-        shapes = InputShapes(latent=resolved_latent(src, weights, latent), batch=batch, tokens=tokens)
+        if is_dit_ref(m):
+            src = resolve_dit(m, variant=variant)
+            shapes = default_shapes(dit_spec(src.spec), latent=latent, batch=batch, tokens=tokens)
+        else:
+            src = model_source(m, weights, variant, subfolder, revision)
+            shapes = InputShapes(latent=resolved_latent(src, weights, latent), batch=batch, tokens=tokens or 77)
         results.append(inspect_model(src, weights=weights, shapes=shapes))
     if as_json:
-        print_json(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results])
+        docs = [r.to_dict() for r in results]
+        for r, doc in zip(results, docs):
+            if "TB" in r.kinds():
+                doc.update(backbone="dit", published=published(r))
+        print_json(docs[0] if len(docs) == 1 else docs)
         return
     for r in results:
-        render(r, show_blocks=blocks)
+        if "TB" in r.kinds():
+            render_inspection(r, show_blocks=blocks)
+        else:
+            render(r, show_blocks=blocks)
 
 
 def signature_digest(signature: str | None) -> str:

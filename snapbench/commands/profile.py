@@ -98,6 +98,15 @@ def profile_command(
         refuse_unet_only(model, attention=attention, compute_units=compute_units)
         _profile_network(model, input_shape, device, weight_bits, backend, as_json, app_floor_ms)
         return
+    from snapbench.dit.source import is_dit_ref
+
+    if is_dit_ref(model) and input_shape is None and not component:
+        from snapbench.commands import dit_commands
+
+        dit_commands.profile(model, device, backend=backend, packages=packages, table=table, tables=tables,
+                             as_json=as_json, latent=latent, batch=batch, tokens=tokens, attention=attention,
+                             weight_bits=weight_bits)
+        return
     if input_shape is not None:
         raise SnapbenchError("--input is for timm:/torchvision:/open_clip:/hf:/synthetic: networks and packages; "
                              f"{model!r} is a UNet model (its shapes come from --latent, --batch, --tokens)")

@@ -15,7 +15,7 @@ from snapbench.errors import SnapbenchError
 from snapbench.specs.config_values import check_config_values
 from snapbench.specs.stages import down_stage, stage_slug, up_stage
 
-BlockKind = Literal["RB", "CA", "aux"]
+BlockKind = Literal["RB", "CA", "TB", "aux"]  # TB: a diffusion transformer's block (snapbench/dit/)
 
 SUPPORTED_DOWN = {"CrossAttnDownBlock2D", "DownBlock2D"}
 SUPPORTED_UP = {"CrossAttnUpBlock2D", "UpBlock2D"}
@@ -28,6 +28,11 @@ _AUX_TITLES = {
     "downsample": "Downsample",
     "upsample": "Upsample",
     "conv_out": "ConvOut",
+    # diffusion transformers (snapbench/dit/)
+    "patch_embed": "PatchEmbed",
+    "time_embed": "TimeEmbed",
+    "caption_embed": "CaptionEmbed",
+    "final_layer": "FinalLayer",
 }
 
 
@@ -42,11 +47,12 @@ class Slot:
 
     @property
     def index(self) -> int | None:
-        return int(self.name[2:]) if self.kind in ("RB", "CA") else None
+        return int(self.name[2:]) if self.kind in ("RB", "CA", "TB") else None
 
     @property
     def block_id(self) -> str:
-        """Paper-style id: 'CA[Up-1, 2]'; aux blocks: 'Downsample[Down-1]', 'ConvIn'."""
+        """Paper-style id: 'CA[Up-1, 2]'; aux blocks: 'Downsample[Down-1]', 'ConvIn'. A DiT's transformer
+        blocks are numbered by depth through the stack: 'TB[DiT-2, 7]' is transformer_blocks.6."""
         if self.kind == "aux":
             title = _AUX_TITLES[self.name]
             return f"{title}[{self.stage}]" if self.name in ("downsample", "upsample") else title

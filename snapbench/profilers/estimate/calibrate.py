@@ -57,7 +57,6 @@ from snapbench.profilers.estimate.cost_model import (
 )
 from snapbench.profilers.estimate.params import (
     CALL_FACTOR_BOUNDS,
-    CHIP_GENERATIONS,
     OP_CLASSES,
     AneParams,
     bounds_of,
@@ -78,9 +77,11 @@ ASSUMED_WHEN_NOT_STATED = {
 }
 
 # Fitted knobs: each scales one or more parameters multiplicatively (fitted in log space). The engine's
-# vector-unit classes share one knob; every other knob is one physical quantity. Chip knobs (`chip.A15`:
-# the generation's fp16 throughput against the catalog's figure) exist for the generations the points
-# cover and are pulled harder towards 1, so a chip the fit never saw is priced from the catalog alone. Call
+# vector-unit classes share one knob; every other knob is one physical quantity. A chip's throughput is
+# the catalog's fp16 peak: no knob per chip generation. Each chip's rows come from one or two sources, so a
+# per-chip factor learnt that source's harness as much as the chip (v5 fitted the A15's on S20's floor-bound
+# synthetic graphs alone and carried it into every A15 program); without them the held-out error falls
+# (docs/estimator.md). `chip_factor` stays readable in parameter files; fits leave it empty. Call
 # knobs (`call.S15-coreml-model-zoo`) are each timing harness's per-prediction floor: a nuisance of how a
 # source timed its app (OS era, input marshalling, timer), fitted per source and never carried to a source the
 # fit did not see, which pays the median harness's floor (`recentre_calls`).
@@ -282,11 +283,9 @@ class _Stack:
 
 
 def fit_knobs(points: Sequence[CalibrationPoint]) -> list[str]:
-    """The knobs a fit on `points` moves: every structural knob, one per chip generation present, and one
-    per app harness."""
-    gens = sorted({resolve_device(pt.device).chip.split()[0] for pt in points} & set(CHIP_GENERATIONS))
+    """The knobs a fit on `points` moves: every structural knob and one per app harness (none per chip)."""
     harnesses = sorted({pt.harness for pt in points if pt.calls and pt.harness})
-    return list(KNOBS) + [f"chip.{g}" for g in gens] + [f"call.{h}" for h in harnesses]
+    return list(KNOBS) + [f"call.{h}" for h in harnesses]
 
 
 def recentre_calls(params: AneParams) -> AneParams:

@@ -1,0 +1,94 @@
+"""`convert` and `profile` for DiTs: the UNet commands hand a DiT `--model` over to these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+
+from snapbench.commands.common import err, fmt_count, out, print_json
+
+
+def given(name: str) -> bool:
+    """Whether the user typed option `name` (a DiT's defaults, such as its text length, differ from a UNet's)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
+
+
+def dit_options(model: str, *, latent: int | None, batch: int, tokens: int, **kw: Any) -> Any:
+    from snapbench.converters.options import ConvertOptions
+    from snapbench.dit.cut import default_shapes
+    from snapbench.dit.source import dit_spec, resolve_dit
+
+    source = resolve_dit(model)
+    shapes = default_shapes(dit_spec(source.spec), latent=latent, batch=batch,
+                            tokens=tokens if given("tokens") else None)
+    return source, ConvertOptions(latent=shapes.latent, batch=shapes.batch, tokens=shapes.tokens, **kw)
+
+
+def _say(as_json: bool):
+    return None if as_json and not err.is_terminal else (lambda msg: err.print(msg, markup=False, highlight=False))
+
+
+def convert(model: str, out_dir: str, *, as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Any) -> Any:
+    """The DiT's blocks converted into `out_dir` (the caller prints the result as for a UNet)."""
+    from snapbench.dit.convert import convert_dit
+
+    source, opts = dit_options(model, latent=latent, batch=batch, tokens=tokens, **kw)
+    return convert_dit(source, out_dir, opts, say=_say(as_json))
+
+
+def profile(model: str, device: str, *, backend: str, packages: Any, table: Any, tables: Any, as_json: bool,
+            latent: int | None, batch: int, tokens: int, **kw: Any) -> None:
+    from snapbench.devices.catalog import resolve_device
+    from snapbench.dit.profile import profile_dit
+    from snapbench.errors import SnapbenchError
+    from snapbench.latency.table import LatencyTable, merge_into_file
+    from snapbench.paths import shipped_table_path, user_table_path
+
+    if backend not in ("auto", "estimate"):
+        raise SnapbenchError(f"--backend {backend}: DiT blocks are priced from the table or by the estimator so "
+                             "far; use --backend estimate (or auto)")
+    source, opts = dit_options(model, latent=latent, batch=batch, tokens=tokens, **kw)
+    dev = resolve_device(device)
+    path = table if table is not None else user_table_path(dev.id, model, tables)
+    existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
+    if table is None and not path.is_file() and shipped_table_path(dev.id, model).is_file():
+        existing = LatencyTable.load(shipped_table_path(dev.id, model))
+    say = _say(as_json)
+    run = profile_dit(source, dev, opts, table=existing, packages=packages, say=say)
+    if run.new_rows:
+        written = merge_into_file(path, run.new_rows)
+        if say:
+            say(f"{path}: wrote {len(run.new_rows)} estimate row(s); {len(written)} in the table")
+    elif say:
+        say(f"{path}: every figure came from the table; nothing to write")
+    doc = run.to_dict()
+    doc["table"] = str(path)
+    if as_json:
+        print_json(doc)
+        return
+    s = doc["settings"]
+    out.rule(f"[bold]{doc['model']}[/bold] on {run.device.name}: {doc['backend']}, {s['image']}x{s['image']} image "
+             f"(latent {s['latent']}), batch {s['batch']}, {s['tokens']} tokens, attention {s['attention']}")
+    t = Table(title="per block (one denoising step)", title_justify="left", show_edge=False)
+    for col in ("stage", "block", "ms", "MACs", "params", "signature"):
+        t.add_column(col, justify="right" if col in ("ms", "MACs", "params") else "left")
+    for b in doc["blocks"]:
+        t.add_row(b["stage"], b["id"], f"{b['latency_ms']:.2f}", fmt_count(b["macs"]), fmt_count(b["params"]),
+                  b["signature_digest"])
+    out.print(t)
+    t = Table(title="per stage", title_justify="left")
+    for col in ("stage", "blocks", "ms", "TB ms", "aux ms", "share"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    total = doc["model_ms"]
+    for st in doc["stages"]:
+        t.add_row(st["stage"], str(st["blocks"]), f"{st['ms']:.1f}", f"{st['TB_ms']:.1f}", f"{st['aux_ms']:.1f}",
+                  f"{st['ms'] / total:.0%}" if total else "-")
+    t.add_row("step", str(len(doc["blocks"])), f"{total:.1f}", "", "", "", style="bold")
+    out.print(t)
+    out.print(f"{doc['packages']} block signatures priced ({doc['backend']}; an estimate is predicted from the "
+              "package's Core ML program, not measured)")
+    for note in doc["notes"]:
+        err.print(f"note: {note}", markup=False, highlight=False)

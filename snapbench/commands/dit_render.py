@@ -1,0 +1,59 @@
+"""Terminal view of a DiT's inspection: blocks by stage, stage totals, parameters against the published count."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+from snapbench.commands.common import fmt_count, out
+
+if TYPE_CHECKING:
+    from snapbench.blocks.inspection import Inspection
+
+
+def published(r: Inspection) -> dict[str, Any] | None:
+    notes = r.source.spec.notes
+    if "published_params" not in notes:
+        return None
+    pub, ours = int(notes["published_params"]), r.totals()["params"]
+    return {"params": pub, "label": notes.get("published_params_label", f"{pub:,}"),
+            "source": notes.get("published_params_source"), "difference": (ours - pub) / pub}
+
+
+def render_inspection(r: Inspection, *, show_blocks: bool = True) -> None:
+    from snapbench.commands.inspect import signature_digest
+
+    s = r.shapes
+    out.rule(f"[bold]{r.name}[/bold] ({r.source.spec.base_config.get('_class_name')})  latent {s.latent}x{s.latent}, "
+             f"batch {s.batch}, {s.tokens} tokens")
+    rows = r.block_rows()
+    if show_blocks:
+        for stage in r.stages:
+            stage_rows = [b for b in rows if b["stage"] == stage]
+            if not stage_rows:
+                continue
+            t = Table(title=stage, title_justify="left", show_edge=False)
+            for col in ("block", "module", "inputs", "params", "MACs", "signature"):
+                t.add_column(col, justify="right" if col in ("params", "MACs") else "left")
+            for b in stage_rows:
+                ins = ", ".join(f"{n} {'x'.join(map(str, sh))}" for n, sh in b["inputs"].items())
+                t.add_row(b["id"], b["module"], ins, fmt_count(b["params"]), fmt_count(b["macs"]),
+                          signature_digest(b["signature"]))
+            out.print(t)
+    t = Table(title=f"{r.name}: per stage", title_justify="left")
+    for col in ("stage", "TB", "aux", "params", "MACs", "MACs w/o attn matmuls"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    for row in r.stage_frame().to_dict(orient="records"):
+        if row["TB_count"] or row["aux_count"]:
+            t.add_row(row["stage"], str(row["TB_count"]), str(row["aux_count"]), fmt_count(row["params"]),
+                      fmt_count(row["macs"]), fmt_count(row["macs_no_attention"]))
+    tot = r.totals()
+    t.add_row("total", str(tot["TB"]), str(tot["blocks"] - tot["TB"]), f"{tot['params']:,}", fmt_count(tot["macs"]),
+              fmt_count(tot["macs_no_attention"]), style="bold")
+    out.print(t)
+    out.print(f"{tot['signatures']} block signatures: `convert` makes one package each")
+    pub = published(r)
+    if pub:
+        out.print(f"parameters: {tot['params']:,} here vs {pub['label']} published ({pub['difference']:+.1%}; "
+                  f"{pub['source']})")

@@ -1,0 +1,140 @@
+"""`profile` for DiTs: per-block and per-stage latency of one denoising step.
+
+Each block signature's figure comes from the latency table when it has one for this device and settings
+(measured > imported > estimated, as for UNets), else it is estimated from the block package's Core ML
+program by the calibrated Neural Engine cost model and handed back as a new table row (labelled
+"estimate": nothing here is measured). Packages come from dit/convert.py, one per signature, kept in the
+cache folder so a second profile (another device, say) converts nothing; a table that has every
+signature converts nothing at all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from snapbench.converters.cache import cache_key
+from snapbench.converters.options import ConvertOptions
+from snapbench.devices.catalog import Device, resolve_device
+from snapbench.dit.convert import Say, convert_dit, shapes_of
+from snapbench.dit.cut import STAGES
+from snapbench.dit.source import dit_spec, resolve_dit
+from snapbench.errors import SnapbenchError
+from snapbench.latency.table import LatencyRow, LatencyTable
+from snapbench.model.loading import ModelSource
+from snapbench.paths import cache_root
+from snapbench.settings import RunSettings
+from snapbench.versions import tool_versions
+
+EstimateFn = Callable[[Path, Device], Any]
+
+
+@dataclass
+class DitProfile:
+    source: ModelSource
+    device: Device
+    opts: ConvertOptions
+    blocks: list[dict[str, Any]]
+    packages: int  # block signatures priced (packages converted or reused, or rows the table had)
+    new_rows: list[LatencyRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def step_ms(self) -> float:
+        return sum(b["latency_ms"] for b in self.blocks)
+
+    def stages(self) -> list[dict[str, Any]]:
+        out = []
+        for stage in STAGES:
+            bs = [b for b in self.blocks if b["stage"] == stage]
+            if not bs:
+                continue
+            out.append({"stage": stage, "ms": sum(b["latency_ms"] for b in bs),
+                        "TB_ms": sum(b["latency_ms"] for b in bs if b["kind"] == "TB"),
+                        "aux_ms": sum(b["latency_ms"] for b in bs if b["kind"] == "aux"),
+                        "blocks": len(bs), "params": sum(b["params"] for b in bs), "macs": sum(b["macs"] for b in bs)})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        spec = dit_spec(self.source.spec)
+        return {
+            "format": "snapbench.profile/1", "model": spec.name, "backbone": "dit", "class": spec.class_name,
+            "device": self.device.id, "chip": self.device.chip,
+            "backend": "+".join(sorted({b["backend"] for b in self.blocks})),
+            "settings": {"latent": self.opts.latent, "batch": self.opts.batch, "tokens": self.opts.tokens,
+                         "precision": self.opts.precision, "weight_bits": self.opts.weight_bits,
+                         "attention": self.opts.attention,
+                         "image": self.opts.latent * spec.family.vae_factor},
+            "components": {"transformer": {"latency_ms": self.step_ms, "per": "denoising step",
+                                           "backend": "+".join(sorted({b["backend"] for b in self.blocks}))}},
+            "model_ms": self.step_ms, "packages": self.packages, "stages": self.stages(), "blocks": self.blocks,
+            "versions": tool_versions(), "notes": self.notes,
+        }
+
+
+def packages_folder(source: ModelSource, opts: ConvertOptions) -> Path:
+    """Where a model's profile-mode packages are cached: one folder per model, shapes and options."""
+    key = cache_key({"dit": source.spec.to_dict(), "latent": opts.latent, "batch": opts.batch,
+                     "tokens": opts.tokens, "attention": opts.attention}, opts, tool_versions())
+    return cache_root() / "dit-packages" / f"{source.spec.name}-{key[:12]}"
+
+
+def _estimate(path: Path, device: Device) -> Any:
+    from snapbench.profilers.estimate.cost_model import estimate_package
+
+    return estimate_package(path, device)
+
+
+def settings_of(opts: ConvertOptions) -> RunSettings:
+    return RunSettings(precision=opts.precision, weight_bits=opts.weight_bits, attention=opts.attention,
+                       batch=opts.batch, latent=opts.latent, tokens=opts.tokens)
+
+
+def profile_dit(model: str | os.PathLike | ModelSource, device: str | Device, opts: ConvertOptions, *,
+                table: LatencyTable | None = None, packages: str | os.PathLike | None = None,
+                say: Say | None = None, estimate: EstimateFn = _estimate) -> DitProfile:
+    """Every block of a DiT on `device`: from `table` where it has the signature, else estimated (converting
+    the packages first where needed)."""
+    from snapbench.backbones.dit import DitBackbone
+    from snapbench.latency.model_latency import PackageToPrice, now, to_row
+    from snapbench.profilers.measurement import Measurement
+
+    dev = resolve_device(device)
+    source = model if isinstance(model, ModelSource) else resolve_dit(model)
+    settings = settings_of(opts)
+    backbone = DitBackbone()
+    blocks = backbone.cut(backbone.build(source, device="meta"), shapes_of(opts), precision=opts.precision,
+                          attention=opts.attention)
+    keys = {b.signature.key(): b for b in reversed(blocks) if b.signature is not None}  # first block wins
+    rows: dict[str, LatencyRow] = {}
+    if table is not None:
+        rows = {k: r for k in keys if (r := table.lookup(dev.id, settings, k)) is not None}
+    new_rows: list[LatencyRow] = []
+    missing = [k for k in keys if k not in rows]
+    if missing:
+        folder = Path(packages) if packages is not None else packages_folder(source, opts)
+        converted = convert_dit(source, folder, opts, say=say)
+        if converted.failed:
+            block, error = converted.failed[0]
+            raise SnapbenchError(f"{source.spec.name}: converting {block} failed ({error}); see {folder}/manifest.json")
+        paths = {b.signature: folder / b.package for b in converted.manifest.blocks if b.package and b.signature}
+        created = now()
+        for k in missing:
+            b = keys[k]
+            item = PackageToPrice(k, b.block_id, "unet", settings, sum(x.signature == b.signature for x in blocks), b)
+            row = to_row(dev, item, Measurement.from_estimate(estimate(paths[k], dev)), created)
+            rows[k] = row
+            new_rows.append(row)
+    out: list[dict[str, Any]] = []
+    for b in blocks:
+        assert b.signature is not None
+        row = rows[b.signature.key()]
+        out.append({"id": b.block_id, "file_id": b.unit.file_id, "stage": b.unit.slot.stage, "kind": b.kind,
+                    "status": b.unit.status, "signature": b.signature.key(), "signature_digest": b.signature.digest(),
+                    "latency_ms": float(row.latency_ms), "backend": row.backend, "macs": b.macs, "params": b.params,
+                    "placement": row.placement})
+    off_engine = sorted({str(r["id"]) for r in out if "cpu=" in r["placement"] and "cpu=0" not in r["placement"]})
+    notes = [f"ops placed off the Neural Engine in: {', '.join(off_engine)}"] if off_engine else []
+    return DitProfile(source, dev, opts, out, len(keys), new_rows, notes)
