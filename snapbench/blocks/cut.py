@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from snapbench.blocks.signature import Signature, make_signature, unique_params
 from snapbench.model.elastic_unet import ElasticUNet
+from snapbench.model.size_bound import check_activations, check_input_elements
 from snapbench.model.units import BlockUnit, ResnetUnit
 from snapbench.settings import InputShapes  # re-exported: callers import it from here too
 
@@ -50,11 +51,18 @@ def example_inputs(model: ElasticUNet, shapes: InputShapes, *, device: str | tor
     ctx = shapes.context_dim or cfg.cross_attention_dim
     if isinstance(ctx, (list, tuple)):
         ctx = ctx[0]
+    sample_shape = (shapes.batch, c_in, shapes.latent, shapes.latent)
+    context_shape = (shapes.batch, shapes.tokens, ctx)
+    timestep = torch.full((shapes.batch,), 981.0, device=device)
+    if torch.device(device).type == "meta":  # shapes only: nothing to draw (or allocate)
+        return (torch.empty(sample_shape, dtype=dtype, device=device), timestep,
+                torch.empty(context_shape, dtype=dtype, device=device))
+    for shape in (sample_shape, context_shape):
+        check_input_elements(shape, f"{model.spec.name} at latent {shapes.latent}, {shapes.tokens} tokens")
     g = torch.Generator().manual_seed(0)
-    sample = torch.randn(shapes.batch, c_in, shapes.latent, shapes.latent, generator=g, dtype=dtype)
-    context = torch.randn(shapes.batch, shapes.tokens, ctx, generator=g, dtype=dtype)
-    timestep = torch.full((shapes.batch,), 981.0)
-    return sample.to(device), timestep.to(device), context.to(device)
+    sample = torch.randn(*sample_shape, generator=g, dtype=dtype)
+    context = torch.randn(*context_shape, generator=g, dtype=dtype)
+    return sample.to(device), timestep, context.to(device)
 
 
 def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, precision: str = "fp16",
@@ -70,10 +78,12 @@ def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, preci
     record: list = []
     was_training = model.training
     model.eval()
+    what = f"{model.spec.name} at latent {shapes.latent}, batch {shapes.batch}, {shapes.tokens} tokens"
     with torch.no_grad():
         sample, timestep, context = example_inputs(model, shapes, device=device,
                                                    dtype=next(model.parameters()).dtype)
-        model(sample, timestep, context, record=record)
+        # the largest activation at these shapes, refused before any real run would allocate it
+        check_activations(lambda: model(sample, timestep, context, record=record), what)
     model.train(was_training)
 
     blocks: list[CutBlock] = []
@@ -99,11 +109,9 @@ def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, preci
 
 def _meta_twin(model: ElasticUNet) -> ElasticUNet:
     """The same architecture on the meta device (weights are irrelevant to shapes and counts)."""
-    from diffusers import UNet2DConditionModel
+    from snapbench.model.loading import meta_unet
 
-    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
-    with torch.device("meta"):
-        return ElasticUNet(UNet2DConditionModel(**config), model.spec)
+    return ElasticUNet(meta_unet(dict(model.config), model.spec.name), model.spec)
 
 
 def _block_params(unit: BlockUnit) -> int:

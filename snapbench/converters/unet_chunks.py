@@ -151,9 +151,8 @@ class LazyCheckpoint:
     """Tensors of a diffusers UNet checkpoint (and an elastic model's copies file), read one at a time."""
 
     def __init__(self, source: ModelSource) -> None:
-        from safetensors import safe_open
-
         from snapbench.model.loading import _weight_files
+        from snapbench.user_files import open_safetensors
 
         self._handles: dict[str, Any] = {}
         self._where: dict[str, Any] = {}
@@ -162,7 +161,7 @@ class LazyCheckpoint:
         if source.copies_file is not None:
             files.append(("copies.", source.copies_file))
         for prefix, f in files:
-            h = safe_open(str(f), framework="pt")
+            h = open_safetensors(f)
             self._handles[str(f)] = h
             for k in h.keys():
                 self._where[prefix + k] = (h, k)
