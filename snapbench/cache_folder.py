@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
+from snapbench.locks import CACHE_IN_USE, cache_exclusive
 from snapbench.paths import cache_root
 
 # top-level name (glob) -> what it holds
@@ -53,20 +54,22 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
     root = root if root is not None else cache_root()
     if not root.is_dir():
         return []
-    return [CacheEntry(p.name, _size(p), _role(p.name)) for p in sorted(root.iterdir())]
+    # the in-use lock is how runs tell `clean` they are there; it is neither content nor removed
+    return [CacheEntry(p.name, _size(p), _role(p.name)) for p in sorted(root.iterdir()) if p.name != CACHE_IN_USE]
 
 
 def clean_cache(root: Path | None = None) -> list[CacheEntry]:
     """Remove what snapbench wrote into the cache folder; return what was removed. Other files stay."""
     root = root if root is not None else cache_root()
     removed = []
-    for e in cache_entries(root):
-        if not e.ours:
-            continue
-        p = root / e.name
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
-        removed.append(e)
+    with cache_exclusive(root):  # refused while a run holds the cache (it may be reading a package)
+        for e in cache_entries(root):
+            if not e.ours:
+                continue
+            p = root / e.name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(e)
     return removed

@@ -6,7 +6,10 @@ turns the project's error type (and usage errors) into one stderr line and exit 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
+import os
 import sys
 from types import ModuleType
 
@@ -25,6 +28,11 @@ except ImportError:  # pragma: no cover - newer typer does not depend on click
 
 from snapbench import __version__, interrupts
 from snapbench.errors import SnapbenchError
+from snapbench.locks import cache_in_use
+from snapbench.paths import cache_root
+from snapbench.size_limits import size_limits_lifted
+
+NO_SIZE_LIMIT = "--no-size-limit"
 
 # The commands, in the order `snapbench --help` lists them (the pipeline's order).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -60,6 +68,11 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    no_size_limit: bool = typer.Option(
+        False, NO_SIZE_LIMIT,
+        help="Build networks past the size bound (20 B parameters, one activation of 2^32 elements), which no "
+             "real model reaches; it guards against configs that would fill memory. Accepted anywhere on the "
+             "command line."),
 ) -> None:
     """snapbench: per-block Core ML, latency tables, SnapFusion-style evolution, HTML reports."""
 
@@ -75,6 +88,7 @@ def _escape_help_markup(typer_app: typer.Typer) -> None:
 
     from rich.markup import escape
 
+    done: set[int] = set()  # options shared by several commands (--variant, --latent) are escaped once
     for info in typer_app.registered_commands:
         if info.callback is None:
             continue
@@ -84,8 +98,12 @@ def _escape_help_markup(typer_app: typer.Typer) -> None:
             info.help = escape(info.help)
         for param in inspect.signature(info.callback).parameters.values():
             default = param.default
-            if isinstance(default, typer.models.ParameterInfo) and default.help:
-                default.help = escape(default.help)
+            if isinstance(default, typer.models.ParameterInfo) and id(default) not in done:
+                done.add(id(default))
+                if default.help:
+                    default.help = escape(default.help)
+                if param.annotation in (bool, "bool") and default.metavar is None:
+                    default.metavar = ""  # a flag takes no value: no "<bool>" beside it
 
 
 _escape_help_markup(app)
@@ -111,15 +129,44 @@ def usage_message(e: Exception) -> str:
     return "\n".join(lines)
 
 
+# What the machine refuses rather than what snapbench got wrong: a full disk, a read-only or forbidden folder.
+_FILESYSTEM_HINTS = {
+    errno.ENOSPC: "free some space or write elsewhere (--out, --tables, $SNAPBENCH_CACHE), then run the same command "
+                  "again; finished work is kept",
+    errno.EDQUOT: "over the disk quota; free some space or write elsewhere, then run the same command again",
+    errno.EFBIG: "file size limit reached (ulimit -f); raise it or write elsewhere, then run the same command again",
+    errno.EROFS: "choose a writable folder (--out, --tables, $SNAPBENCH_CACHE)",
+    errno.EACCES: "choose a writable folder (--out, --tables, $SNAPBENCH_CACHE)",
+    errno.EPERM: "choose a writable folder (--out, --tables, $SNAPBENCH_CACHE)",
+}
+
+
+def filesystem_error_line(e: OSError) -> str | None:
+    """One line for a disk-full / read-only / permission error (None: another OSError, a bug to show)."""
+    hint = _FILESYSTEM_HINTS.get(e.errno or 0)
+    if hint is None:
+        return None
+    where = e.filename if e.filename is not None else "writing"
+    return f"{where}: {e.strerror or os.strerror(e.errno or 0)}; {hint}"
+
+
 def main(argv: list[str] | None = None, *, obj: object = None) -> int:
     """Run one command; `obj` reaches commands as `ctx.obj` (tests hand fakes in this way, e.g. `profile`'s
     `ProfileTools`)."""
     command = typer.main.get_command(app)
     interrupts.reset()
+    args = list(sys.argv[1:] if argv is None else argv)
+    # the size bound's switch is read wherever it stands (the refusal says "add --no-size-limit")
+    lifted = NO_SIZE_LIMIT in args and "--" not in args[:args.index(NO_SIZE_LIMIT)]
+    if lifted:
+        args.remove(NO_SIZE_LIMIT)
     try:
         # Not standalone: typer then *returns* exit codes (typer.Exit(1) of a failed run, and 130 for the
         # KeyboardInterrupt it catches itself) instead of raising them.
-        rv = command.main(args=argv, prog_name="snapbench", standalone_mode=False, obj=obj)
+        # every run but `cache` marks the cache in use, so `cache clean` refuses to delete under it
+        in_use = contextlib.nullcontext() if args[:1] == ["cache"] else cache_in_use(cache_root())
+        with size_limits_lifted(lifted), in_use:
+            rv = command.main(args=args, prog_name="snapbench", standalone_mode=False, obj=obj)
     except SnapbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -135,6 +182,12 @@ def main(argv: list[str] | None = None, *, obj: object = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:
+        line = filesystem_error_line(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 2
     code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
     if code == 130:
         print(interrupts.interrupted_line(), file=sys.stderr)

@@ -11,8 +11,10 @@ import sys
 from rich.console import Console
 
 # Piped output gets a width that fits the stage tables instead of rich's 80-column default.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False)
+# markup=False: what is printed quotes user strings (spec names, paths, block ids), and a name such as
+# "[/bold] x" must print as written, not be read as a style tag. Styling is explicit: `style=`, `Text`.
+out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, markup=False)
 
 
 def say(message: str) -> None:

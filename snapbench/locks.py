@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from snapbench.errors import SnapbenchError
+from snapbench.paths import choose_another
 
 FOLDER_LOCK = ".snapbench.lock"
 
@@ -58,8 +59,10 @@ def try_lock(path: Path) -> _Held | int | None:
         if not same:  # its owner released (unlinked) it between our open and flock: take the new one
             os.close(fd)
             continue
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        # the pid only names the owner in messages; on a full disk the flock alone is the lock
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
         return _Held(path, fd)
 
 
@@ -125,7 +128,7 @@ def claimed_run_folder(folder: str | os.PathLike, what: str, flag: str = "--out"
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SnapbenchError(f"{p}: cannot write there ({e.strerror or e}); choose another {flag}") from None
+        raise SnapbenchError(f"{p}: cannot write there ({e.strerror or e}); {choose_another(p, flag)}") from None
     try:
         with folder_lock(p, what, flag):
             yield p
@@ -133,3 +136,56 @@ def claimed_run_folder(folder: str | os.PathLike, what: str, flag: str = "--out"
         if created:
             with contextlib.suppress(OSError):
                 p.rmdir()  # only if empty
+
+
+CACHE_IN_USE = ".snapbench-in-use.lock"
+
+
+@contextlib.contextmanager
+def cache_in_use(root: Path) -> Iterator[None]:
+    """A shared lock on the cache folder for a whole run, so `snapbench cache clean` sees that a run may be
+    using what it would delete (a profile reading its packages). Only an existing, writable cache is
+    marked: nothing is created for a run that never needed one."""
+    fd = None
+    while root.is_dir():
+        try:
+            fd = os.open(root / CACHE_IN_USE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            fd = None
+            break
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a `cache clean` in progress (milliseconds)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(root / CACHE_IN_USE).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # a clean removed the file between our open and flock: take the new one
+        fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def cache_exclusive(root: Path) -> Iterator[None]:
+    """Hold the cache alone (for `cache clean`), or refuse in one line while any snapbench run is using it.
+    The lock file goes with what clean removes (a run that opened it meanwhile notices and takes a new one)."""
+    if not root.is_dir():
+        yield
+        return
+    lock = root / CACHE_IN_USE
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SnapbenchError(f"{root}: another snapbench run is using the cache; wait for it to finish, "
+                                 "then clean") from None
+        yield
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+    finally:
+        os.close(fd)

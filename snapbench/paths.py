@@ -32,6 +32,16 @@ def cache_root() -> Path:
     return Path(user_cache_dir("snapbench", appauthor=False))
 
 
+def choose_another(folder: str | Path, flag: str = "--out") -> str:
+    """How to fix an unwritable `folder`: another `flag`, or, for a folder inside the cache (which no flag
+    names), another $SNAPBENCH_CACHE."""
+    try:
+        Path(folder).absolute().relative_to(cache_root().absolute())
+    except ValueError:
+        return f"choose another {flag}"
+    return f"it is in the cache folder; set ${CACHE_ENV} to a writable folder"
+
+
 def shipped_tables_dir() -> Path:
     """The latency tables that travel inside the package (estimates; see its README.md)."""
     return Path(str(resources.files("snapbench") / "latency_tables"))

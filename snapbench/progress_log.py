@@ -31,6 +31,22 @@ def make_progress(label: str, *columns: Any, console: Any, transient: bool = Fal
     return LineProgress(label, console)
 
 
+def label_column(label: str, prefix: str = "") -> Any:
+    """A bar's bold label: the run's name as written (rich would read "[/bold]" in a spec name as a tag, and
+    str.format a "{" in it as a field)."""
+    from rich.progress import TextColumn
+
+    text = f"{prefix} {label}" if prefix else label
+    return TextColumn(text.replace("{", "{{").replace("}", "}}"), style="bold", markup=False)
+
+
+def description_column() -> Any:
+    """The task's description (a block id, a step), as written."""
+    from rich.progress import TextColumn
+
+    return TextColumn("{task.description}", markup=False)
+
+
 def _clock(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

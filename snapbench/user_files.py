@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,11 @@ def read_user_bytes(path: str | Path, what: str) -> bytes:
         raise SnapbenchError(f"{p}: is a folder; give the {what} file")
     limit = max_input_bytes()
     try:
-        with open(p, "rb") as f:
-            data = f.read(limit + 1)
+        if stat.S_ISFIFO(p.stat().st_mode):
+            data = _read_pipe(p, what, limit)
+        else:
+            with open(p, "rb") as f:
+                data = f.read(limit + 1)
     except FileNotFoundError:
         raise SnapbenchError(f"{p}: no such {what}") from None
     except OSError as e:
@@ -43,6 +48,27 @@ def read_user_bytes(path: str | Path, what: str) -> bytes:
         raise SnapbenchError(f"{p}: larger than {size}, more than any {what} holds "
                              "(is it the right file? raise $SNAPBENCH_MAX_INPUT_MB if it is)")
     return data
+
+
+# A named pipe nobody writes to would block a plain open() forever.
+PIPE_WAIT_S = 5.0
+
+
+def _read_pipe(p: Path, what: str, limit: int) -> bytes:
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)  # returns at once, writer or not
+    try:
+        ready, _, _ = select.select([fd], [], [], PIPE_WAIT_S)
+        if not ready:
+            raise SnapbenchError(f"{p}: a named pipe (FIFO) with nothing written to it for {PIPE_WAIT_S:.0f} s; "
+                                 f"give the {what} as a file")
+        os.set_blocking(fd, True)
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, 1 << 20)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def read_user_text(path: str | Path, what: str) -> str:
@@ -86,3 +112,50 @@ def json_depth(data: Any) -> int:
                 return depth
             stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
     return deepest
+
+
+def _unreadable(path: str | Path, what: str, e: BaseException, fix: str) -> SnapbenchError:
+    from snapbench.errors import first_line
+
+    return SnapbenchError(f"{path}: not a readable {what} ({type(e).__name__}: "
+                          f"{first_line(e, default='unreadable')[:160]}); {fix}")
+
+
+_SAFETENSORS_FIX = "it is truncated or not safetensors; save it again (diffusers save_pretrained(safe_serialization=True))"
+
+
+def load_safetensors(path: str | Path, what: str = "safetensors weights file") -> dict[str, Any]:
+    """Every tensor of a safetensors file; a truncated file or one with a lying header is one line."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise SnapbenchError(f"{path}: no such {what}") from None
+    except Exception as e:  # safetensors raises SafetensorError (HeaderTooLarge, InvalidHeader...), OSError
+        raise _unreadable(path, what, e, _SAFETENSORS_FIX) from None
+
+
+def open_safetensors(path: str | Path, what: str = "safetensors weights file") -> Any:
+    """A lazy safetensors handle (`keys()`, `get_slice`, `get_tensor`), opened with errors as one line."""
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(path), framework="pt")
+    except FileNotFoundError:
+        raise SnapbenchError(f"{path}: no such {what}") from None
+    except Exception as e:
+        raise _unreadable(path, what, e, _SAFETENSORS_FIX) from None
+
+
+def load_torch_state(path: str | Path, what: str, fix: str) -> Any:
+    """A state dict torch saved, read with weights_only=True (never an arbitrary pickle): a truncated or
+    hostile file is one line saying `fix`, never a traceback."""
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise SnapbenchError(f"{path}: no such {what}") from None
+    except Exception as e:  # UnpicklingError (refused globals), EOFError / RuntimeError (truncated zip)
+        raise _unreadable(path, what, e, fix) from None

@@ -83,7 +83,8 @@ class Backbone(ABC):
     @abstractmethod
     def build(self, source: ModelSource, *, device: str | torch.device = "cpu", seed: int = 0) -> ElasticModel:
         """The elastic model for `source` (its weights, else seeded random ones). On device "meta"
-        nothing is allocated: shapes and counts only."""
+        nothing is allocated: shapes and counts only. Build through `model.size_bound.bounded_build`, so a
+        config that implies trillions of parameters is refused before it is allocated."""
 
     @abstractmethod
     def reshape(self, model: ElasticModel, spec: ArchSpec) -> ElasticModel:
@@ -103,7 +104,8 @@ class Backbone(ABC):
     @abstractmethod
     def cut(self, model: ElasticModel, shapes: InputShapes, *, precision: str = "fp16",
             attention: str = "original") -> list[CutBlock]:
-        """Every block in execution order with inputs, output, params, MACs and `signature`."""
+        """Every block in execution order with inputs, output, params, MACs and `signature`. Run the recording
+        forward inside `model.size_bound.check_activations` (the largest activation at `shapes` is bounded)."""
 
     # -- conveniences built on the above (a backbone need not override them) -------------------------
     def cut_source(self, source: ModelSource, settings: RunSettings) -> list[CutBlock]:

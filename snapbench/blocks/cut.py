@@ -16,9 +16,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from snapbench.blocks.signature import Signature, make_signature, unique_params
 from snapbench.model.elastic_unet import ElasticUNet
+from snapbench.model.size_bound import check_activations, check_input_elements
 from snapbench.model.units import BlockUnit, ResnetUnit
 from snapbench.settings import InputShapes  # re-exported: callers import it from here too
-from snapbench.specs.layout import text_embeds_dim
+from snapbench.specs.layout import TEXT_TIME_IDS, text_embeds_dim
 
 # aten ops that are the attention score / value matmuls (bmm on the math path, fused SDPA kernels else)
 _ATTENTION_OPS = ("bmm", "baddbmm", "_scaled_dot_product")
@@ -53,17 +54,27 @@ def example_inputs(model: ElasticUNet, shapes: InputShapes, *, device: str | tor
     ctx = shapes.context_dim or cfg.cross_attention_dim
     if isinstance(ctx, (list, tuple)):
         ctx = ctx[0]
+    sample_shape = (shapes.batch, c_in, shapes.latent, shapes.latent)
+    context_shape = (shapes.batch, shapes.tokens, ctx)
+    timestep = torch.full((shapes.batch,), 981.0, device=device)
+    width = text_embeds_dim(cfg)  # SDXL-class: text_embeds [B, width] and time_ids [B, 6] after the context
+    added_shapes = [] if width is None else [(shapes.batch, width), (shapes.batch, TEXT_TIME_IDS)]
+    if torch.device(device).type == "meta":  # shapes only: nothing to draw (or allocate)
+        return (torch.empty(sample_shape, dtype=dtype, device=device), timestep,
+                torch.empty(context_shape, dtype=dtype, device=device),
+                *(torch.empty(s, dtype=dtype, device=device) for s in added_shapes))
+    for shape in (sample_shape, context_shape):
+        check_input_elements(shape, f"{model.spec.name} at latent {shapes.latent}, {shapes.tokens} tokens")
     g = torch.Generator().manual_seed(0)
-    sample = torch.randn(shapes.batch, c_in, shapes.latent, shapes.latent, generator=g, dtype=dtype)
-    context = torch.randn(shapes.batch, shapes.tokens, ctx, generator=g, dtype=dtype)
-    timestep = torch.full((shapes.batch,), 981.0)
-    inputs = [sample, timestep, context]
-    width = text_embeds_dim(cfg)
+    sample = torch.randn(*sample_shape, generator=g, dtype=dtype)
+    context = torch.randn(*context_shape, generator=g, dtype=dtype)
+    inputs = [sample.to(device), timestep, context.to(device)]
     if width is not None:
-        inputs.append(torch.randn(shapes.batch, width, generator=g, dtype=dtype))
+        inputs.append(torch.randn(shapes.batch, width, generator=g, dtype=dtype).to(device))
         # 1024x1024 original and target size, no crop: what SDXL pipelines pass by default
-        inputs.append(torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]], dtype=dtype).repeat(shapes.batch, 1))
-    return tuple(t.to(device) for t in inputs)
+        ids = torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]], dtype=dtype).repeat(shapes.batch, 1)
+        inputs.append(ids.to(device))
+    return tuple(inputs)
 
 
 def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, precision: str = "fp16",
@@ -79,9 +90,11 @@ def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, preci
     record: list = []
     was_training = model.training
     model.eval()
+    what = f"{model.spec.name} at latent {shapes.latent}, batch {shapes.batch}, {shapes.tokens} tokens"
     with torch.no_grad():
         inputs = example_inputs(model, shapes, device=device, dtype=next(model.parameters()).dtype)
-        model(*inputs, record=record)
+        # the largest activation at these shapes, refused before any real run would allocate it
+        check_activations(lambda: model(*inputs, record=record), what)
     model.train(was_training)
 
     blocks: list[CutBlock] = []
@@ -107,11 +120,9 @@ def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, preci
 
 def _meta_twin(model: ElasticUNet) -> ElasticUNet:
     """The same architecture on the meta device (weights are irrelevant to shapes and counts)."""
-    from diffusers import UNet2DConditionModel
+    from snapbench.model.loading import meta_unet
 
-    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
-    with torch.device("meta"):
-        return ElasticUNet(UNet2DConditionModel(**config), model.spec)
+    return ElasticUNet(meta_unet(dict(model.config), model.spec.name), model.spec)
 
 
 def _block_params(unit: BlockUnit) -> int:

@@ -37,9 +37,9 @@ def ablate_command(
 ) -> None:
     """Evaluate each model, then each model without one block at a time; print the quality drop per block."""
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
 
-    from snapbench.progress_log import make_progress
+    from snapbench.progress_log import label_column, make_progress
 
     from snapbench.evolution.ablation import ablate
     from snapbench.evolution.executors import make_executor
@@ -59,7 +59,7 @@ def ablate_command(
     try:
         for m, spec in zip(model, specs):
             cost = costs(spec)
-            with make_progress(f"ablate {m}", TextColumn(f"[bold]ablate[/bold] {m}"), BarColumn(),
+            with make_progress(f"ablate {m}", label_column(m, "ablate"), BarColumn(),
                                MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True) as bar:
                 n = sum(1 for b in cost.blocks if block is None or b in block) + 1
                 task = bar.add_task("", total=n)

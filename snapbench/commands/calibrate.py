@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.text import Text
 from rich.table import Table
 
 from snapbench.commands.common import JsonOpt, err, out, print_json
@@ -76,10 +77,11 @@ def _app_floor(path: Path, params: Optional[Path], as_json: bool) -> None:
     if as_json:
         print_json({"backend": "measured", **reading.to_dict()})
         return
-    out.print(f"{path}: {reading.runs} timings on {reading.device}, median {reading.median_ms:.3g} ms, less the "
-              f"one-op package's own engine time ({reading.engine_ms:.3f} ms, estimated): your app's floor is "
-              f"[bold]{reading.floor_ms:.3g} ms[/bold] per prediction. Pass --app-floor-ms "
-              f"{reading.floor_ms:.3g} to profile and report.")
+    out.print(Text.assemble(
+        f"{path}: {reading.runs} timings on {reading.device}, median {reading.median_ms:.3g} ms, less the "
+        f"one-op package's own engine time ({reading.engine_ms:.3f} ms, estimated): your app's floor is ",
+        (f"{reading.floor_ms:.3g} ms", "bold"), f" per prediction. Pass --app-floor-ms {reading.floor_ms:.3g} to "
+        "profile and report."))
 
 
 MEASURED_HELP = (

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from snapbench.commands.common import err, fmt_count, out, print_json
 
@@ -70,8 +71,8 @@ def profile(model: str, device: str, *, backend: str, packages: Any, table: Any,
         print_json(doc)
         return
     s = doc["settings"]
-    out.rule(f"[bold]{doc['model']}[/bold] on {run.device.name}: {doc['backend']}, {s['image']}x{s['image']} image "
-             f"(latent {s['latent']}), batch {s['batch']}, {s['tokens']} tokens, attention {s['attention']}")
+    out.rule(Text.assemble((doc['model'], "bold"), f" on {run.device.name}: {doc['backend']}, {s['image']}x{s['image']} image "
+             f"(latent {s['latent']}), batch {s['batch']}, {s['tokens']} tokens, attention {s['attention']}"))
     t = Table(title="per block (one denoising step)", title_justify="left", show_edge=False)
     for col in ("stage", "block", "ms", "MACs", "params", "signature"):
         t.add_column(col, justify="right" if col in ("ms", "MACs", "params") else "left")

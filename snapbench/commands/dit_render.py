@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
+from rich.text import Text
 
 from snapbench.commands.common import fmt_count, out
 
@@ -25,8 +26,8 @@ def render_inspection(r: Inspection, *, show_blocks: bool = True) -> None:
     from snapbench.commands.inspect import signature_digest
 
     s = r.shapes
-    out.rule(f"[bold]{r.name}[/bold] ({r.source.spec.base_config.get('_class_name')})  latent {s.latent}x{s.latent}, "
-             f"batch {s.batch}, {s.tokens} tokens")
+    out.rule(Text.assemble((r.name, "bold"), f" ({r.source.spec.base_config.get('_class_name')})  latent {s.latent}x{s.latent}, "
+             f"batch {s.batch}, {s.tokens} tokens"))
     rows = r.block_rows()
     if show_blocks:
         for stage in r.stages:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from snapbench.commands.common import (
     BatchOpt, JsonOpt, LatentOpt, RevisionOpt, SubfolderOpt, VariantOpt, WeightsOpt, fmt_count,
@@ -73,7 +74,7 @@ def signature_digest(signature: str | None) -> str:
 
 def render(r: Inspection, *, show_blocks: bool = True) -> None:
     s = r.shapes
-    out.rule(f"[bold]{r.name}[/bold]  latent {s.latent}x{s.latent}, batch {s.batch}, {s.tokens} tokens")
+    out.rule(Text.assemble((r.name, "bold"), f"  latent {s.latent}x{s.latent}, batch {s.batch}, {s.tokens} tokens"))
     rows = r.block_rows()
     if show_blocks:
         for stage in r.stages:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from snapbench.commands.common import (
     JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, model_source, out, print_json, resolved_latent,
@@ -169,12 +170,14 @@ def profile_command(
     existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
     on_interrupt_keep(f"the packages converted so far (cached) and the rows measured so far; {path} "
                       "gets estimates only at the end")
+    read_from = path
     if table is None and not path.is_file():  # start from the shipped table; what is new goes to the user's
         from snapbench.paths import shipped_table_path
 
         shipped = shipped_table_path(dev.id, model)
         if shipped.is_file():
             existing = LatencyTable.load(shipped)
+            read_from = shipped.resolve()  # where the figures are: the user's path does not exist yet
     chosen = backend if backend != "auto" else choose_backend("auto", dev, machine=machine, say=say)
     estimator = tools.estimator or EstimatePricer()
     pricer: str | DeviceBackend | EstimatePricer = (device_backend(chosen) if chosen in ("iphone", "mac") else
@@ -198,11 +201,11 @@ def profile_command(
         say(f"{path}: wrote {len(run.new_rows)} row(s) "
             f"({', '.join(f'{n} {b}' for b, n in sorted(counts.items()))}); {len(written)} in the table")
     else:
-        say(f"{path}: every figure came from the table; nothing to write")
+        say(f"{read_from}: every figure came from the table; nothing to write")
     if as_json:
         from snapbench.latency.app_floor import with_floor
 
-        print_json(with_floor(profile_document(run, table_path=str(path)), app_floor_ms))
+        print_json(with_floor(profile_document(run, table_path=str(path if run.new_rows else read_from)), app_floor_ms))
     else:
         render(run, app_floor_ms)
     report_failures(run)
@@ -286,10 +289,10 @@ def _profile_network(model: str, input_shape: str | None, device: str, weight_bi
         print_json(doc)
         return
     est = doc["estimate"]
-    out.print(f"{doc['model']} ({doc['input'] or 'default input'}) on {doc['device']} ({doc['chip']}), "
-              f"{doc['weight_bits']}-bit weights: [bold]{doc['model_ms']:.3g} ms[/bold] (estimate, params "
-              f"v{doc['params_version']}); {est['n_ops']} ops, {est['gflops']:.3g} GFLOP, "
-              f"{len(est['cpu_ops'])} on the CPU")
+    out.print(Text.assemble(
+        f"{doc['model']} ({doc['input'] or 'default input'}) on {doc['device']} ({doc['chip']}), "
+        f"{doc['weight_bits']}-bit weights: ", (f"{doc['model_ms']:.3g} ms", "bold"), " (estimate, params "
+        f"v{doc['params_version']}); {est['n_ops']} ops, {est['gflops']:.3g} GFLOP, {len(est['cpu_ops'])} on the CPU"))
     if "end_to_end_ms" in doc:
         out.print(f"  end to end in your app: {doc['end_to_end_ms']:.3g} ms (engine + your floor, "
                   f"{doc['app_floor_ms']:g} ms)")
@@ -301,9 +304,9 @@ def render(run: ProfileRun, app_floor_ms: float | None = None) -> None:
     from snapbench.latency.document import document_backend, stage_summary
 
     s = run.settings
-    out.rule(f"[bold]{run.model}[/bold] on {run.device.name} ({run.device.chip})  batch {s.batch}, "
+    out.rule(Text.assemble((run.model, "bold"), f" on {run.device.name} ({run.device.chip})  batch {s.batch}, "
              f"latent {s.latent}, {s.attention}, {s.weight_bits}-bit weights, {s.compute_units}; "
-             f"backend {document_backend(run)}")
+             f"backend {document_backend(run)}"))
     if run.blocks:
         t = Table(title="UNet per stage (ms per denoising step)", title_justify="left")
         for col in ("stage", "CA ms", "RB ms", "aux ms", "total ms", "share", "params", "backend"):

@@ -6,6 +6,7 @@ import shlex
 from typing import Optional
 
 import typer
+from rich.text import Text
 
 from snapbench.settings import ATTENTIONS, BACKEND_CHOICES, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS, check_choice
 from snapbench.commands.common import err
@@ -81,7 +82,7 @@ def report_command(
     html_path, json_path = write_report(data, out_path or default_out_path(data), with_json=as_json)
     for r in data["results"]:
         if not r["available"]:
-            err.print(f"[yellow]no latency for {r['model']} on {r['device']}:[/yellow] {r['reason']}")
+            err.print(Text.assemble((f"no latency for {r['model']} on {r['device']}:", "yellow"), f" {r['reason']}"))
     err.print(headline(data), markup=False, highlight=False, soft_wrap=True)
     typer.echo(str(html_path))  # plain echo: a path is data, not rich markup
     if json_path is not None:

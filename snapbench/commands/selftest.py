@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.text import Text
 
 from snapbench.commands.common import JsonOpt, err, out, print_json
 
@@ -22,17 +23,13 @@ def selftest_command(
     from snapbench.selftest import selftest
 
     def started(name: str) -> None:
-        err.print(f"[dim]running[/dim] {name} ...", highlight=False)
+        err.print(Text.assemble(("running", "dim"), f" {name} ..."))
 
     def finished(r) -> None:
-        from rich.markup import escape
-
-        mark = "[green]ok[/green]" if r.ok else "[red]FAILED[/red]"
         cpu = f", {r.cpu_seconds:.1f} s CPU" if r.cpu_seconds is not None else ""
-        line = f"{mark} {escape(r.name)}  [dim]{r.seconds:.1f} s{cpu}[/dim]"
-        if r.error:
-            line += f"  {escape(r.error)}"
-        (out if not as_json else err).print(line, highlight=False, markup=True)
+        line = Text.assemble(("ok", "green") if r.ok else ("FAILED", "red"), f" {r.name}  ",
+                             (f"{r.seconds:.1f} s{cpu}", "dim"), f"  {r.error}" if r.error else "")
+        (out if not as_json else err).print(line)
 
     result = selftest(keep=keep, processes=processes, on_stage=finished, on_start=started)
     if as_json:

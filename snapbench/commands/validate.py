@@ -75,9 +75,9 @@ def validate_command(
     for key in ("source", "chip", "family"):
         out.print(_summary_table(f"By {key} ({label}; rows graded low excluded)", v.summary(key), key))
     overall = v.summary().iloc[0]
-    out.print(f"[bold]all scored rows: n={overall['n']}, median |error| {overall['median_abs_error_pct']:.1f}%, "
+    out.print(f"all scored rows: n={overall['n']}, median |error| {overall['median_abs_error_pct']:.1f}%, "
               f"within 10% {overall['within_10_pct']:.0f}%, within 25% {overall['within_25_pct']:.0f}%, "
-              f"within 50% {overall['within_50_pct']:.0f}%[/bold]  ({label})")
+              f"within 50% {overall['within_50_pct']:.0f}%  ({label})", style="bold")
     out.print("  (engine error: a row timed in an app carries that app's own per-prediction floor, one number per "
               "harness from its own rows; Xcode-timed rows carry none)")
     for f in v.fits:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from snapbench.atomic import atomic_write_text
+from snapbench.paths import choose_another
 from snapbench.errors import SnapbenchError
 from snapbench.names import safe_file_name
 from snapbench.locks import FOLDER_LOCK, folder_lock, pid_alive
@@ -212,7 +213,7 @@ def claimed(folder: Path) -> Iterator[None]:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise SnapbenchError(f"{folder}: cannot write there ({e.strerror or e}); choose another --out") from None
+        raise SnapbenchError(f"{folder}: cannot write there ({e.strerror or e}); {choose_another(folder)}") from None
     try:
         with folder_lock(folder, "convert"):
             _remove_stale_temporaries(folder)

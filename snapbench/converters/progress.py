@@ -31,12 +31,11 @@ class _Bar:
     def done(self, name: str) -> None:
         if name in self._running:
             self._running.remove(name)
-        self._progress.advance(self._task)
-        self._show()
+        self._show(advance=1)  # one update: the line logged at 100% must not name a block already done
 
-    def _show(self) -> None:
+    def _show(self, advance: int = 0) -> None:
         shown = ", ".join(self._running[:3]) + (" ..." if len(self._running) > 3 else "")
-        self._progress.update(self._task, description=f"converting {shown}" if shown else "converting")
+        self._progress.update(self._task, advance=advance, description=f"converting {shown}" if shown else "converted")
 
 
 @contextlib.contextmanager
@@ -44,11 +43,11 @@ def reporter(total: int, *, enabled: bool) -> Iterator[Reporter]:
     if not enabled or total == 0:
         yield _Silent()
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
 
     from snapbench.console import err
-    from snapbench.progress_log import make_progress
+    from snapbench.progress_log import description_column, make_progress
 
-    with make_progress("convert", TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    with make_progress("convert", description_column(), BarColumn(), MofNCompleteColumn(),
                        TimeElapsedColumn(), console=err, transient=False) as progress:
         yield _Bar(progress, progress.add_task("converting", total=total))

@@ -157,9 +157,8 @@ class LazyCheckpoint:
     at a time."""
 
     def __init__(self, source: ModelSource) -> None:
-        from safetensors import safe_open
-
         from snapbench.model.loading import _weight_files
+        from snapbench.user_files import open_safetensors
 
         self._handles: dict[str, Any] = {}
         self._where: dict[str, Any] = {}
@@ -170,7 +169,7 @@ class LazyCheckpoint:
         if source.variants_file is not None:
             files.append(("variants.", source.variants_file))
         for prefix, f in files:
-            h = safe_open(str(f), framework="pt")
+            h = open_safetensors(f)
             self._handles[str(f)] = h
             for k in h.keys():
                 self._where[prefix + k] = (h, k)

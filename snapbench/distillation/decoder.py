@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import torch
 
+from snapbench.user_files import load_torch_state
 from snapbench.errors import SnapbenchError
 
 DISTILL_FILE = "decoder_distill.json"
@@ -252,7 +253,7 @@ def _read_state(out: Path, config: DecoderDistillConfig, teacher_ref: str) -> di
     if info.get("teacher") != teacher_ref:
         raise SnapbenchError(f"{out} holds a distillation of {info.get('teacher')}, not {teacher_ref}; "
                              "use another --out")
-    state = torch.load(state_path, weights_only=True, map_location="cpu")
+    state = load_torch_state(state_path, "distillation state", "delete the run folder to start over, or use another --out")
     return {**state, "losses": info.get("losses", []), "seconds": info.get("seconds", 0.0)}
 
 

@@ -39,14 +39,14 @@ def load_latents(ref: str, vae: Any, folder: str | None) -> LatentSet:
         return toy_latents(vae)
     if folder is None:
         raise SnapbenchError(f"--vae {ref}: give --latents FOLDER of .safetensors files with 'latents' [N,C,H,W]")
-    from safetensors.torch import load_file
+    from snapbench.user_files import load_safetensors
 
     files = sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
     if not files:
         raise SnapbenchError(f"--latents {folder}: no .safetensors files with a 'latents' tensor there")
     parts = []
     for f in files:
-        t = load_file(str(f))
+        t = load_safetensors(f)
         if "latents" not in t:
             raise SnapbenchError(f"{f}: lacks tensor 'latents' [N,C,H,W]")
         parts.append(t["latents"].float())

@@ -66,9 +66,9 @@ def _load_encoder(source: ModelSource, folder: Path | None, seed: int) -> Prompt
         torch.manual_seed(seed + 1)
         enc = PromptEncoder(context_width(source.spec))
     if folder is not None and (folder / ENCODER_FILE).is_file():
-        from safetensors.torch import load_file
+        from snapbench.user_files import load_safetensors
 
-        state = load_file(str(folder / ENCODER_FILE))
+        state = load_safetensors(folder / ENCODER_FILE)
         try:
             enc.load_state_dict(state)
         except RuntimeError:

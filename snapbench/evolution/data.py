@@ -43,7 +43,7 @@ class ToyDigitsData:
 
 class LatentFolderData:
     def __init__(self, folder: str | Path, spec: ArchSpec) -> None:
-        from safetensors.torch import load_file
+        from snapbench.user_files import load_safetensors
 
         p = Path(folder)
         files = sorted(p.glob("*.safetensors")) if p.is_dir() else []
@@ -52,7 +52,7 @@ class LatentFolderData:
                                  "and 'context' [N,L,D] tensors; none found")
         lat, ctx, unc = [], [], None
         for f in files:
-            t = load_file(str(f))
+            t = load_safetensors(f)
             missing = [k for k in ("latents", "context") if k not in t]
             if missing:
                 raise SnapbenchError(f"{f}: lacks tensor {missing[0]!r} (needs 'latents' and 'context')")

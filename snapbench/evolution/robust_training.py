@@ -25,6 +25,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
+from snapbench.user_files import load_torch_state
 from snapbench.errors import SnapbenchError
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.evolution.checkpoints import ModelBundle, load_bundle, save_bundle
@@ -258,7 +259,8 @@ def optimizer_with_warmup(trainable: nn.Module, config: Any, out: Path, start: i
     learning_rate, weight_decay and warmup_steps (training's and distillation's configs have them)."""
     opt = torch.optim.AdamW(trainable.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     if start and (out / OPTIMIZER_FILE).is_file():
-        opt.load_state_dict(torch.load(out / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
+        opt.load_state_dict(load_torch_state(out / OPTIMIZER_FILE, "optimizer state",
+                                             "delete it to resume with a fresh optimizer, or use another --out"))
     warm = max(1, config.warmup_steps)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + start + 1) / warm))
     return opt, lr_sched
@@ -312,13 +314,13 @@ class _bar:
     def __enter__(self) -> Callable[[int, float | None], None]:
         if not self.enabled:
             return lambda step, loss: None
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
         from snapbench.console import err
-        from snapbench.progress_log import make_progress
+        from snapbench.progress_log import description_column, label_column, make_progress
 
-        progress = make_progress(self.label, TextColumn(f"[bold]{self.label}[/bold]"), BarColumn(),
-                                 MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
+        progress = make_progress(self.label, label_column(self.label), BarColumn(),
+                                 MofNCompleteColumn(), TimeRemainingColumn(), description_column(),
                                  console=err, transient=True)
         self.progress = progress
         progress.start()

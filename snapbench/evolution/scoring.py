@@ -104,12 +104,12 @@ def map_tasks(tasks: Sequence[Task[R]], executor: Executor, progress: bool, what
     """executor.map with a progress bar (when there is more than one task to wait for)."""
     if not progress or len(tasks) <= 1:
         return executor.map(tasks)
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
 
     from snapbench.console import err
-    from snapbench.progress_log import make_progress
+    from snapbench.progress_log import label_column, make_progress
 
-    with make_progress(f"evolve {what}", TextColumn(f"[bold]evolve[/bold] {what}"), BarColumn(),
+    with make_progress(f"evolve {what}", label_column(what, "evolve"), BarColumn(),
                        MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("", total=len(tasks))
         return executor.map(tasks, on_done=lambda: bar.update(task, advance=1))

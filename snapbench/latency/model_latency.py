@@ -449,13 +449,13 @@ class _bar:
     def __enter__(self) -> Callable[[str], None]:
         if not self.enabled:
             return lambda label: None
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
 
         from snapbench.console import err
-        from snapbench.progress_log import make_progress
+        from snapbench.progress_log import description_column, label_column, make_progress
 
-        progress = make_progress(f"profile ({self.name})", TextColumn(f"[bold]{self.name}[/bold]"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
+        progress = make_progress(f"profile ({self.name})", label_column(self.name), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), description_column(),
                                  console=err, transient=True)
         self.progress = progress
         progress.start()

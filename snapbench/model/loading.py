@@ -16,9 +16,10 @@ from typing import Any, Mapping
 
 import torch
 
-from snapbench.errors import SnapbenchError
-from snapbench.user_files import read_user_json
+from snapbench.errors import SnapbenchError, first_line
+from snapbench.user_files import load_safetensors, open_safetensors, read_user_json
 from snapbench.model.elastic_unet import ElasticUNet
+from snapbench.model.size_bound import bounded_build
 from snapbench.specs.arch_spec import ArchSpec, full_spec, load_spec
 from snapbench.specs.layout import layout_from_config
 from snapbench.specs.presets import load_preset, preset_names
@@ -223,11 +224,9 @@ def _weight_files(folder: Path, variant: str | None = None, stem: str = WEIGHTS_
 
 
 def _checkpoint_shapes(folder: Path, variant: str | None = None) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
-
     shapes: dict[str, tuple[int, ...]] = {}
     for f in _weight_files(folder, variant):
-        with safe_open(str(f), framework="pt") as fh:
+        with open_safetensors(f) as fh:
             for k in fh.keys():
                 shapes[k] = tuple(fh.get_slice(k).get_shape())
     return shapes
@@ -235,10 +234,7 @@ def _checkpoint_shapes(folder: Path, variant: str | None = None) -> dict[str, tu
 
 def _check_fits(spec: ArchSpec, folder: Path, variant: str | None = None) -> None:
     """The checkpoint's tensors must match the spec's base config, tensor by tensor; name the block if not."""
-    from diffusers import UNet2DConditionModel
-
-    with torch.device("meta"):
-        model = UNet2DConditionModel(**_init_kwargs(spec.base_config))
+    model = meta_unet(spec.base_config, str(folder))
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = _checkpoint_shapes(folder, variant)
     for key, shape in want.items():
@@ -261,18 +257,37 @@ def _init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-def build_unet(source: ModelSource, *, device: str | torch.device = "cpu", seed: int = 0,
-               dtype: torch.dtype = torch.float32) -> ElasticUNet:
-    """The elastic UNet for a model source. On device "meta" nothing is allocated (shapes and counts only)."""
+def new_unet(config: Mapping[str, Any], what: str) -> torch.nn.Module:
+    """diffusers' UNet for `config` (on the current default device), any failure of the config as one line
+    that names the model: diffusers raises ValueError / TypeError / RuntimeError for bad configs."""
     from diffusers import UNet2DConditionModel
 
-    kwargs = _init_kwargs(source.spec.base_config)
+    try:
+        return UNet2DConditionModel(**_init_kwargs(config))
+    except SnapbenchError:
+        raise
+    except Exception as e:
+        raise SnapbenchError(f"{what}: the model spec does not build "
+                             f"({type(e).__name__}: {first_line(e, default=type(e).__name__)})") from None
+
+
+def meta_unet(config: Mapping[str, Any], what: str) -> torch.nn.Module:
+    """The UNet of `config` on the meta device, refused (ModelTooLarge) past the size limits before it grows."""
+    return bounded_build(lambda: new_unet(config, what), what)
+
+
+def build_unet(source: ModelSource, *, device: str | torch.device = "cpu", seed: int = 0,
+               dtype: torch.dtype = torch.float32) -> ElasticUNet:
+    """The elastic UNet for a model source. On device "meta" nothing is allocated (shapes and counts only).
+    Either way it is first built on meta within the size limits, so a config that implies trillions of
+    parameters is refused before anything is allocated."""
+    meta = bounded_build(lambda: ElasticUNet(new_unet(source.spec.base_config, source.ref), source.spec), source.ref)
     if str(device) == "meta":
-        with torch.device("meta"):
-            return ElasticUNet(UNet2DConditionModel(**kwargs), source.spec)
+        return meta
+    del meta
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**kwargs)
+        unet = new_unet(source.spec.base_config, source.ref)
         if source.weights_dir is not None:
             _load_weights(unet, source.weights_dir, source.spec, source.variant)
         model = ElasticUNet(unet, source.spec)
@@ -280,9 +295,7 @@ def build_unet(source: ModelSource, *, device: str | torch.device = "cpu", seed:
                                 (source.variants_file, model.variants, "variant-block")):
         if file is None:
             continue
-        from safetensors.torch import load_file
-
-        state = load_file(str(file))
+        state = load_safetensors(file, f"{what} weights file")
         missing, unexpected = modules.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise SnapbenchError(f"{file}: {what} weights do not fit the spec "
@@ -291,11 +304,9 @@ def build_unet(source: ModelSource, *, device: str | torch.device = "cpu", seed:
 
 
 def _load_weights(unet: torch.nn.Module, folder: Path, spec: ArchSpec, variant: str | None = None) -> None:
-    from safetensors.torch import load_file
-
     state: dict[str, torch.Tensor] = {}
     for f in _weight_files(folder, variant):
-        state.update(load_file(str(f)))  # fp16 variants are cast by load_state_dict's copy
+        state.update(load_safetensors(f))  # fp16 variants are cast by load_state_dict's copy
     want = unet.state_dict()
     for key, tensor in want.items():
         if key not in state:
@@ -328,4 +339,4 @@ def save_elastic(model: ElasticUNet, folder: str | Path) -> Path:
     return out
 
 
-__all__ = ["ModelSource", "resolve_model", "build_unet", "save_elastic", "preset_names"]
+__all__ = ["ModelSource", "resolve_model", "build_unet", "meta_unet", "new_unet", "save_elastic", "preset_names"]

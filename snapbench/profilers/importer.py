@@ -55,9 +55,13 @@ class ImportedRow:
     where: str = "line"  # "line" in a CSV, "row" in a JSON list
 
 
+# One prediction of one block or component taking longer than this is a typo (1e308 ms), not a measurement.
+MAX_PLAUSIBLE_MS = 3_600_000.0
+
+
 def read_import(path: str | Path) -> list[ImportedRow]:
     p = Path(path)
-    text = read_user_text(p, "import file")
+    text = read_user_text(p, "import file").removeprefix("\ufeff")  # spreadsheets write a byte-order mark
     if p.suffix.lower() == ".json":
         data = parse_user_json(text, str(p))
         records = data.get("rows") if isinstance(data, dict) else data
@@ -73,13 +77,22 @@ def read_import(path: str | Path) -> list[ImportedRow]:
         rows = []
         for line, raw in enumerate(reader, start=2):
             if None in raw:
-                raise SnapbenchError(f"{p} line {line}: more fields than the header has")
+                raise SnapbenchError(f"{p} line {line}: more fields than the header has" + _comma_hint(raw))
             rows.append((line, {(k or "").strip(): (v or "").strip() for k, v in raw.items()}))
         where = "line"
     _check_header(p, header)
     if not rows:
         raise SnapbenchError(f"{p}: no measurements in the file")
     return [_row(p, where, n, r) for n, r in rows]
+
+
+def _comma_hint(raw: dict[Any, Any]) -> str:
+    """A block id such as CA[Down-1, 1] split at its comma: say to quote it."""
+    values = [v for k, v in raw.items() if k is not None]
+    first = values[0] if values else ""
+    if "[" in (first or "") and "]" not in first and len(values) > 1:
+        return f"; a block id holds a comma: quote it (\"{first},{values[1]}\") or use its file id (down1_ca1)"
+    return ""
 
 
 def _check_header(p: Path, header: list[str]) -> None:
@@ -89,6 +102,9 @@ def _check_header(p: Path, header: list[str]) -> None:
     unknown = [h for h in header if h not in _KNOWN]
     if unknown:
         raise SnapbenchError(f"{p}: unknown column {', '.join(unknown)}; see `snapbench profile --help` for the import format")
+    units = [f"latency_{u}" for u in _UNIT_SCALE if f"latency_{u}" in header]
+    if len(units) > 1:
+        raise SnapbenchError(f"{p}: columns {' and '.join(units)} both give the latency; keep one unit per file")
     missing = []
     if "block" not in header and "signature" not in header:
         missing.append("block (or signature)")
@@ -108,6 +124,9 @@ def _time(p: Path, where: str, n: int, r: dict[str, str], measure: str) -> float
                 raise SnapbenchError(f"{p} {where} {n}: {measure}_{unit} {cell!r} is not a number") from None
             if not v >= 0 or v == float("inf"):
                 raise SnapbenchError(f"{p} {where} {n}: {measure}_{unit} {cell!r} must be a finite time >= 0")
+            if v * scale > MAX_PLAUSIBLE_MS:
+                raise SnapbenchError(f"{p} {where} {n}: {measure}_{unit} {cell!r} is over an hour for one "
+                                     "prediction; check the number and its unit")
             return v * scale
     return None
 
@@ -119,6 +138,10 @@ def _row(p: Path, where: str, n: int, r: dict[str, str]) -> ImportedRow:
     latency = _time(p, where, n, r, "latency")
     if latency is None:
         raise SnapbenchError(f"{p} {where} {n}: empty latency_ms")
+    p90 = _time(p, where, n, r, "p90")
+    if p90 is not None and p90 < latency:
+        raise SnapbenchError(f"{p} {where} {n}: p90 {p90:g} ms is below the median {latency:g} ms; a 90th "
+                             "percentile cannot be; check the columns")
     samples_text = r.get("samples", "") or "1"
     try:
         samples = int(samples_text)
@@ -128,7 +151,7 @@ def _row(p: Path, where: str, n: int, r: dict[str, str]) -> ImportedRow:
         raise SnapbenchError(f"{p} {where} {n}: samples {samples_text!r} is not a positive integer") from None
     return ImportedRow(
         line=n, ref=ref, by_signature=bool(r.get("signature")), latency_ms=latency,
-        p90_ms=_time(p, where, n, r, "p90"), samples=samples, device=r.get("device") or None,
+        p90_ms=p90, samples=samples, device=r.get("device") or None,
         settings={k: r[k] for k in _SETTING_COLUMNS if r.get(k)}, notes=r.get("notes", ""), where=where,
     )
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from snapbench.errors import SnapbenchError
+from snapbench.errors import SnapbenchError, first_line
 from snapbench.names import safe_file_name
 from snapbench.paths import cache_root
 from snapbench.settings import PIPELINE_PARTS
@@ -158,6 +158,12 @@ class ConverterPackages:
 
         out = self._dir(source, settings)
         result = convert_model(source, out, ConvertOptions.from_settings(settings), progress=progress)
+        if result.failed:  # name them: "packages do not match" would send the user after the wrong cause
+            block, error = result.failed[0]
+            more = f" (and {len(result.failed) - 1} more)" if len(result.failed) > 1 else ""
+            raise SnapbenchError(f"{len(result.failed)} block(s) failed to convert, so this profile cannot price "
+                                 f"them: {block}{more}: {first_line(SnapbenchError(error))}; `snapbench convert` "
+                                 "with the same options lists each failure")
         return signature_packages(result.manifest, out, keys)
 
     def component_package(self, component: str, source: ModelSource, settings: Settings, *, progress: bool) -> ComponentPackage:

@@ -371,8 +371,10 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
     if unknown:
         raise SnapbenchError(f"unknown setting(s) {sorted(unknown)}; settings are {', '.join(SETTING_KEYS)}")
     table_path = Path(table) if table is not None else None
-    if table_path is not None and not table_path.is_file():
-        raise SnapbenchError(f"{table_path}: no such latency table file")
+    if table_path is not None:  # read it now: missing, a folder, /dev/zero or a bad row fail before any work
+        from snapbench.latency.table import LatencyTable
+
+        LatencyTable.load(table_path)
     devs = load_devices(devices)  # devices first: a typo there fails before any model is built
     ref_source, ref_rows = load_reference(reference)
     say = progress or (lambda _msg: None)  # the profiler's own messages (backend chosen, rows estimated)

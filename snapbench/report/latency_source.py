@@ -77,7 +77,9 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
         return ProfileOutcome(None, f"the latency profiler is not available in this installation ({e})")
     path = table if table is not None else (table_to_read(device.id, source.ref)
                                             or user_table_path(device.id, source.ref))
-    existing = LatencyTable.load(path) if path.is_file() else LatencyTable.empty()
+    # a table the user named is read whatever it is (missing, a folder, /dev/zero: one line); the default
+    # path may simply not exist yet
+    existing = LatencyTable.load(path) if table is not None or path.is_file() else LatencyTable.empty()
     kw = {"progress": True, **profile_kw}
     s = Settings(**settings)
     notes: list[str] = []

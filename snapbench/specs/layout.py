@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
 from snapbench.errors import SnapbenchError
+from snapbench.specs.config_values import check_config_values
 from snapbench.specs.stages import down_stage, stage_slug, up_stage
 
 BlockKind = Literal["RB", "CA", "TB", "aux"]  # TB: a diffusion transformer's block (snapbench/dit/)
@@ -152,6 +153,7 @@ def layout_from_config(config: Mapping[str, Any]) -> tuple[Slot, ...]:
     if len(up_types) != n:
         raise SnapbenchError(f"UNet config has {n} down blocks but {len(up_types)} up blocks")
     layers = _per_block(config.get("layers_per_block", 2), n, "layers_per_block")
+    check_config_values(config, n)
     rev_layers = list(reversed(layers))
     mid_type = config.get("mid_block_type", "UNetMidBlock2DCrossAttn")
 

@@ -34,6 +34,7 @@ from importlib import resources
 from pathlib import Path
 
 from snapbench.errors import SnapbenchError
+from snapbench.user_files import read_user_text
 
 COLUMNS = ("row", "source", "ref", "family", "network", "input", "device", "compute_units", "weights",
            "statistic", "harness", "latency_ms", "trust", "skip")
@@ -80,9 +81,7 @@ def load_corpus(path: str | os.PathLike | None = None) -> list[CorpusRow]:
     from snapbench.devices.catalog import resolve_device
 
     p = Path(path) if path is not None else default_corpus_path()
-    if not p.is_file():
-        raise SnapbenchError(f"corpus file {p} not found")
-    text = p.read_text()
+    text = read_user_text(p, "corpus file")  # a missing file, a folder, /dev/zero or a FIFO: one line
     reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:

@@ -31,6 +31,14 @@ def _key(network: str, shape: str) -> str:
     return f"{network}|{shape}"
 
 
+def require_bundle() -> None:
+    """The bundle is package data: an install without it is broken, and pricing the corpus without it would
+    re-convert dozens of networks for minutes (and fail without the zoo extra). Say so instead."""
+    if not bundle_path().is_file():
+        raise SnapbenchError(f"{bundle_path()} is missing: this install of snapbench is incomplete (reinstall it; "
+                             "in a checkout, python -m snapbench.validation.programs --ship rebuilds it)")
+
+
 @lru_cache(maxsize=1)
 def shipped_records() -> dict[str, tuple[OpRecord, ...]]:
     """The shipped bundle ({} when missing or of another record format)."""

@@ -38,7 +38,7 @@ from snapbench.profilers.estimate.cost_model import prepare
 from snapbench.profilers.estimate.params import PARAMS_VERSION, AneParams, default_priors_path, load_params
 from snapbench.profilers.estimate.stored_weights import with_stored_weights
 from snapbench.validation.corpus import CorpusRow, load_corpus
-from snapbench.validation.programs import records_by_network
+from snapbench.validation.programs import records_by_network, require_bundle
 
 Cross = Literal["source", "chip"]
 TRUST_WEIGHT = {"high": 1.0, "medium": 0.5, "low": 0.0}
@@ -136,6 +136,7 @@ def corpus_points(rows: Sequence[CorpusRow], *, convert: bool = False,
                   on_network: Callable[[str, str, str], None] | None = None,
                   ) -> tuple[dict[str, CalibrationPoint], dict[str, str]]:
     """A calibration point per priceable row (keyed by row id), and the reason for every other row."""
+    require_bundle()
     skipped: dict[str, str] = {}
     for r in rows:
         if r.skip or not r.network:

@@ -17,8 +17,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from snapbench.converters.convert_package import example_inputs
 from snapbench.converters.package_io import PackageIO
-from snapbench.errors import SnapbenchError
+from snapbench.errors import SnapbenchError, first_line
+from snapbench.model.size_bound import bounded_build, bounded_real_build, check_activations
 from snapbench.zoo.specs import ModelSpec, parse_shape
 
 Shape = tuple[int, ...]
@@ -254,10 +256,62 @@ BUILDERS: dict[str, Callable[[ModelSpec, Shape | None], Network]] = {
 
 
 def build_network(spec: ModelSpec, input_shape: str | Shape | None = None, *, seed: int = 0) -> Network:
-    """The network of `spec` with seeded random weights, and its interface at `input_shape`."""
+    """The network of `spec` with seeded random weights, and its interface at `input_shape`.
+
+    A name and its options can imply any size (`hf:BertConfig:{"num_hidden_layers":1000000000}`), so the
+    network is first built and run on the meta device within the size limits (size_bound.py), and only
+    then for real; a builder that cannot run on meta is built for real with every allocation checked first.
+    """
     if spec.kind == "package":
         raise SnapbenchError(f"{spec.name} is already a Core ML model; it is priced as it is")
     shape = parse_shape(input_shape) if isinstance(input_shape, str) else input_shape
-    torch.manual_seed(seed)
-    with torch.no_grad():
+
+    def build() -> Network:
         return BUILDERS[spec.kind](spec, shape)
+
+    what = spec.text
+    activations_checked = False
+    with torch.no_grad():
+        try:
+            probe: Network | None = bounded_build(build, what)
+        except SnapbenchError:
+            raise
+        except Exception:  # it computes while it builds (open_clip copies tensors): build it for real below
+            probe = None
+        if probe is not None:
+            activations_checked = _meta_forward(probe, what)
+            del probe
+        torch.manual_seed(seed)
+        try:
+            net = build() if activations_checked else bounded_real_build(build, what)
+        except SnapbenchError:
+            raise
+        except Exception as exc:  # options the library rejects: TypeError, ValueError, RuntimeError, ...
+            raise SnapbenchError(f"{what}: the options do not build a network "
+                                 f"({type(exc).__name__}: {first_line(exc, default=type(exc).__name__)})") from None
+        if not activations_checked:  # one real forward, each op sized on meta before it runs
+            try:
+                check_activations(lambda: net.module(*example_inputs(net.io)), _at(what, net.io))
+            except SnapbenchError:
+                raise
+            except Exception:  # the network fails at this input on its own: tracing reports that, in context
+                pass
+    return net
+
+
+def _at(what: str, io: PackageIO) -> str:
+    return f"{what} at input {'x'.join(map(str, io.inputs[0][1]))}"
+
+
+def _meta_forward(net: Network, what: str) -> bool:
+    """The forward at the requested input on meta tensors, refused past the activation limit; False when the
+    network cannot run on meta (a data-dependent op), so its activations are checked on the real run."""
+    inputs = tuple(torch.empty(s, dtype=torch.int32 if n in net.io.int_inputs else torch.float32, device="meta")
+                   for n, s in net.io.inputs)
+    try:
+        check_activations(lambda: net.module(*inputs), _at(what, net.io))
+    except SnapbenchError:
+        raise
+    except Exception:
+        return False
+    return True

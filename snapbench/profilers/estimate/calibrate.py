@@ -169,8 +169,6 @@ def load_points(path: str | os.PathLike | None = None, *, convert: bool = True,
         sources.append((reference_csv_path().read_text(), "reference/calibration.csv"))
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise SnapbenchError(f"measured-latency file {p} not found")
         sources.append((read_user_text(p, "measured-latency file"), str(p)))
     points: list[CalibrationPoint] = []
     for text, source in sources:
