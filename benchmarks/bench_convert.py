@@ -20,14 +20,11 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import psutil
+from measure import measure  # benchmarks/measure.py: this script's folder is first on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -72,34 +69,14 @@ ml.save(out)
 def run(cmd: list[str]) -> dict:
     """Run `cmd`, return wall seconds, peak tree RSS (polled) and the largest child's ru_maxrss."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = 0
-    stop = threading.Event()
-
-    def poll() -> None:
-        nonlocal peak
-        p = psutil.Process(proc.pid)
-        while not stop.is_set():
-            try:
-                total = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
-                peak = max(peak, total)
-            except psutil.Error:
-                pass
-            time.sleep(0.1)
-
-    t = threading.Thread(target=poll, daemon=True)
-    t.start()
-    _, stderr = proc.communicate()
-    stop.set()
-    t.join()
-    wall = time.perf_counter() - start
+    m = measure(cmd, "stderr", cwd=ROOT)
     maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
-    if proc.returncode != 0:
-        sys.stderr.write(stderr[-3000:])
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}")
+    if m.returncode != 0:
+        sys.stderr.write(m.output[-3000:])
+        raise SystemExit(f"failed ({m.returncode}): {' '.join(cmd)}")
     # ru_maxrss of children is a running maximum: only a new maximum is attributable to this command
-    return {"seconds": wall, "peak_tree_rss": peak, "max_process_rss": maxrss if maxrss > before * 1024 else None}
+    return {"seconds": m.seconds, "peak_tree_rss": m.peak_tree_rss,
+            "max_process_rss": maxrss if maxrss > before * 1024 else None}
 
 
 def main() -> None:
