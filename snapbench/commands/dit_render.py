@@ -23,25 +23,13 @@ def published(r: Inspection) -> dict[str, Any] | None:
 
 
 def render_inspection(r: Inspection, *, show_blocks: bool = True) -> None:
-    from snapbench.commands.inspect import signature_digest
+    from snapbench.commands.inspect import render_blocks  # inspect imports this module
 
     s = r.shapes
     out.rule(Text.assemble((r.name, "bold"), f" ({r.source.spec.base_config.get('_class_name')})  latent {s.latent}x{s.latent}, "
              f"batch {s.batch}, {s.tokens} tokens"))
-    rows = r.block_rows()
     if show_blocks:
-        for stage in r.stages:
-            stage_rows = [b for b in rows if b["stage"] == stage]
-            if not stage_rows:
-                continue
-            t = Table(title=stage, title_justify="left", show_edge=False)
-            for col in ("block", "module", "inputs", "params", "MACs", "signature"):
-                t.add_column(col, justify="right" if col in ("params", "MACs") else "left")
-            for b in stage_rows:
-                ins = ", ".join(f"{n} {'x'.join(map(str, sh))}" for n, sh in b["inputs"].items())
-                t.add_row(b["id"], b["module"], ins, fmt_count(b["params"]), fmt_count(b["macs"]),
-                          signature_digest(b["signature"]))
-            out.print(t)
+        render_blocks(r, status=False, all_inputs=True)
     t = Table(title=f"{r.name}: per stage", title_justify="left")
     for col in ("stage", "TB", "aux", "params", "MACs", "MACs w/o attn matmuls"):
         t.add_column(col, justify="left" if col == "stage" else "right")

@@ -72,27 +72,40 @@ def signature_digest(signature: str | None) -> str:
     return hashlib.sha1(signature.encode()).hexdigest()[:12]
 
 
+def render_blocks(r: Inspection, *, status: bool = True, all_inputs: bool = False) -> None:
+    """One table of blocks per stage (UNet and DiT alike). `status`: a status column, rows styled by it (a
+    UNet's removed / copied blocks); `all_inputs`: every input as `name shape` (column "inputs") rather
+    than the first input's shape (column "input")."""
+    rows = r.block_rows()
+    for stage in r.stages:
+        stage_rows = [b for b in rows if b["stage"] == stage]
+        if not stage_rows:
+            continue
+        t = Table(title=stage, title_justify="left", show_edge=False)
+        cols = ["block", *(["status"] if status else []), "module", "inputs" if all_inputs else "input",
+                "params", "MACs", "signature"]
+        for col in cols:
+            t.add_column(col, justify="right" if col in ("params", "MACs") else "left")
+        for b in stage_rows:
+            if all_inputs:
+                ins = ", ".join(f"{n} {'x'.join(map(str, sh))}" for n, sh in b["inputs"].items())
+            else:
+                ins = "x".join(map(str, next(iter(b["inputs"].values()))))
+            cells = [b["id"], b["module"], ins, fmt_count(b["params"]), fmt_count(b["macs"]),
+                     signature_digest(b["signature"])]
+            style = None
+            if status:
+                style = "dim" if b["status"] == "removed" else ("cyan" if b["status"] == "copy" else None)
+                cells.insert(1, b["status"] + "".join(f" {k}={v}" for k, v in b.get("variant", {}).items()))
+            t.add_row(*cells, style=style)
+        out.print(t)
+
+
 def render(r: Inspection, *, show_blocks: bool = True) -> None:
     s = r.shapes
     out.rule(Text.assemble((r.name, "bold"), f"  latent {s.latent}x{s.latent}, batch {s.batch}, {s.tokens} tokens"))
-    rows = r.block_rows()
     if show_blocks:
-        for stage in r.stages:
-            stage_rows = [b for b in rows if b["stage"] == stage]
-            if not stage_rows:
-                continue
-            t = Table(title=stage, title_justify="left", show_edge=False)
-            for col, just in (("block", "left"), ("status", "left"), ("module", "left"), ("input", "left"),
-                              ("params", "right"), ("MACs", "right"), ("signature", "left")):
-                t.add_column(col, justify="right" if just == "right" else "left")
-            for b in stage_rows:
-                first_input = next(iter(b["inputs"].values()))
-                style = "dim" if b["status"] == "removed" else ("cyan" if b["status"] == "copy" else None)
-                status = b["status"] + "".join(f" {k}={v}" for k, v in b.get("variant", {}).items())
-                t.add_row(b["id"], status, b["module"], "x".join(map(str, first_input)),
-                          fmt_count(b["params"]), fmt_count(b["macs"]), signature_digest(b["signature"]),
-                          style=style)
-            out.print(t)
+        render_blocks(r)
     t = Table(title=f"{r.name}: per stage (blocks that run)", title_justify="left")
     for col in ("stage", "CA", "RB", "CA params", "RB params", "aux params", "params", "CA MACs", "RB MACs",
                 "MACs", "MACs w/o attn matmuls"):
