@@ -18,7 +18,7 @@ import torch
 from snapbench.dit.family import FAMILIES, init_kwargs
 from snapbench.dit.spec import DitSpec, is_dit_spec_data, load_preset, load_spec, preset_names
 from snapbench.errors import SnapbenchError
-from snapbench.model.loading import ModelSource, _checkpoint_shapes, _weight_files, _weights_variant
+from snapbench.model.loading import ModelSource, _weight_files, _weights_variant, check_checkpoint_shapes
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice
 from snapbench.user_files import read_user_json
 
@@ -121,19 +121,9 @@ def build_meta(config: Mapping[str, Any]) -> torch.nn.Module:
 def check_fits(spec: DitSpec, folder: Path, variant: str | None = None) -> None:
     """The checkpoint's tensors must be the config's, name by name and shape by shape."""
     want = {k: tuple(v.shape) for k, v in build_meta(spec.config).state_dict().items()}
-    got = _checkpoint_shapes(folder, variant)
     n = spec.num_layers
-    for key, shape in want.items():
-        if key not in got:
-            raise SnapbenchError(f"{folder}: checkpoint lacks {key} ({block_of(key, n)}); "
-                                 "the weights do not match the config")
-        if got[key] != shape:
-            raise SnapbenchError(f"{folder}: {key} ({block_of(key, n)}) has shape {list(got[key])}, the config "
-                                 f"expects {list(shape)}; the weights do not match the config")
-    extra = sorted(set(got) - set(want))
-    if extra:
-        raise SnapbenchError(f"{folder}: checkpoint has {extra[0]} ({block_of(extra[0], n)}), which the config "
-                             f"does not; the weights do not match the config ({len(extra)} extra tensor(s))")
+    check_checkpoint_shapes(folder, want, variant, lambda key: block_of(key, n), expected_by="the config",
+                            verdict="the weights do not match the config", reject_extra=True)
 
 
 def build_dit(source: ModelSource, *, device: str | torch.device = "cpu", seed: int = 0,

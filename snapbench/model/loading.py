@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -232,18 +232,33 @@ def _checkpoint_shapes(folder: Path, variant: str | None = None) -> dict[str, tu
     return shapes
 
 
+def check_checkpoint_shapes(folder: Path, want: Mapping[str, tuple[int, ...]], variant: str | None,
+                            block_of: Callable[[str], str], *, expected_by: str, verdict: str,
+                            reject_extra: bool = False) -> None:
+    """The checkpoint's tensors in `folder` must have `want`'s names and shapes (UNet and DiT sources alike).
+    Raises on the first tensor missing or of another shape, naming it and its block (`block_of`) and ending
+    with `verdict`; with `reject_extra`, also on tensors `want` lacks. `expected_by` names what set the
+    shapes ("the spec", "the config")."""
+    got = _checkpoint_shapes(folder, variant)
+    for key, shape in want.items():
+        if key not in got:
+            raise SnapbenchError(f"{folder}: checkpoint lacks {key} ({block_of(key)}); {verdict}")
+        if got[key] != shape:
+            raise SnapbenchError(f"{folder}: {key} ({block_of(key)}) has shape {list(got[key])}, "
+                                 f"{expected_by} expects {list(shape)}; {verdict}")
+    if reject_extra:
+        extra = sorted(set(got) - set(want))
+        if extra:
+            raise SnapbenchError(f"{folder}: checkpoint has {extra[0]} ({block_of(extra[0])}), which {expected_by} "
+                                 f"does not; {verdict} ({len(extra)} extra tensor(s))")
+
+
 def _check_fits(spec: ArchSpec, folder: Path, variant: str | None = None) -> None:
     """The checkpoint's tensors must match the spec's base config, tensor by tensor; name the block if not."""
     model = meta_unet(spec.base_config, str(folder))
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = _checkpoint_shapes(folder, variant)
-    for key, shape in want.items():
-        if key not in got:
-            raise SnapbenchError(f"{folder}: checkpoint lacks {key} ({_block_of(spec, key)}); "
-                                 "the spec's base_config does not fit this checkpoint")
-        if got[key] != shape:
-            raise SnapbenchError(f"{folder}: {key} ({_block_of(spec, key)}) has shape {list(got[key])}, "
-                                 f"the spec expects {list(shape)}; the spec's base_config does not fit this checkpoint")
+    check_checkpoint_shapes(folder, want, variant, lambda key: _block_of(spec, key), expected_by="the spec",
+                            verdict="the spec's base_config does not fit this checkpoint")
 
 
 def _block_of(spec: ArchSpec, key: str) -> str:
