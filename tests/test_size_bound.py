@@ -107,3 +107,14 @@ def test_sample_size_of_a_million_is_refused_at_the_cut():
     model = build_unet(ModelSource("wide", spec), device="meta")
     with pytest.raises(ModelTooLarge, match="one activation would hold"):
         cut_blocks(model, InputShapes(latent=1_000_000))
+
+
+def test_a_dit_config_of_a_billion_layers_is_refused_before_building():
+    from snapbench.dit.family import check_config
+    from snapbench.dit.spec import load_preset
+
+    config = dict(load_preset("sd3-tiny").config)
+    check_config(config, "sd3-tiny")  # the preset itself passes
+    config["num_layers"] = 10**9
+    with pytest.raises(ModelTooLarge, match="num_layers 1,000,000,000"):
+        check_config(config, "spec")

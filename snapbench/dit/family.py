@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from snapbench.errors import SnapbenchError
+from snapbench.size_limits import DEFAULT_LIMITS, LIFT_HINT, ModelTooLarge, limits_lifted
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,11 @@ def check_config(config: Mapping[str, Any], where: str) -> Family:
         fam.check(config)
     except SnapbenchError as e:
         raise SnapbenchError(f"{where}: {e}") from None
+    # one block slot per layer: a billion layers would fill memory before any network exists
+    layers = fam.setting(config, "num_layers")
+    if isinstance(layers, int) and layers > DEFAULT_LIMITS.blocks and not limits_lifted():
+        raise ModelTooLarge(f"{where}: DiT config num_layers {layers:,} is far more than any real DiT has "
+                            f"(at most {DEFAULT_LIMITS.blocks:,} blocks); {LIFT_HINT}")
     return fam
 
 

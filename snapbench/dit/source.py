@@ -19,6 +19,7 @@ from snapbench.dit.family import FAMILIES, init_kwargs
 from snapbench.dit.spec import DitSpec, is_dit_spec_data, load_preset, load_spec, preset_names
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource, _weight_files, _weights_variant, check_checkpoint_shapes
+from snapbench.model.size_bound import bounded_build
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice
 from snapbench.user_files import read_user_json
 
@@ -113,9 +114,10 @@ def block_of(key: str, num_layers: int) -> str:
 
 
 def build_meta(config: Mapping[str, Any]) -> torch.nn.Module:
-    """The diffusers model of a DiT config on the meta device (structure only)."""
-    with torch.device("meta"):
-        return FAMILIES[str(config["_class_name"])].diffusers_class()(**init_kwargs(config))
+    """The diffusers model of a DiT config on the meta device (structure only), stopped as soon as it passes
+    the size limits (a config from user input may ask for a billion layers)."""
+    name = str(config["_class_name"])
+    return bounded_build(lambda: FAMILIES[name].diffusers_class()(**init_kwargs(config)), name)
 
 
 def check_fits(spec: DitSpec, folder: Path, variant: str | None = None) -> None:
@@ -138,6 +140,7 @@ def build_dit(source: ModelSource, *, device: str | torch.device = "cpu", seed: 
         model = build_meta(config)
         apply_variant(model, variant, FAMILIES[str(config["_class_name"])].key)
         return model
+    build_meta(config)  # the size check, before anything real is allocated
     cls = FAMILIES[str(config["_class_name"])].diffusers_class()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
