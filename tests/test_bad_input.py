@@ -145,8 +145,11 @@ def test_bad_input_and_faults(tmp_path, case: Case):
 
 
 def _start(args: list[str], root: Path) -> subprocess.Popen:
+    # a suite started in the background by a non-interactive shell has SIGINT ignored, and children inherit
+    # that: give the run the default disposition, so Python installs its Ctrl-C handler as in a terminal
     return subprocess.Popen([sys.executable, "-m", "snapbench", *args], cwd=root / "work", env=_env(root),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(cond: Callable[[], bool], timeout: float, proc: subprocess.Popen) -> None:

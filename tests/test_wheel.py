@@ -89,7 +89,8 @@ def test_validate_runs_offline_from_the_installed_wheel(wheel_env, tmp_path):
 
     doc = json.loads(r.stdout)
     # every row scored from the shipped op bundle (a wheel without it re-converted 58 networks and scored 20)
-    assert doc["overall"]["n"] == len(doc["rows"]) > 100
+    # (rows graded low are shown, never scored)
+    assert doc["overall"]["n"] == len([row for row in doc["rows"] if row["trust"] != "low"]) > 100
     assert "conversion failed" not in r.stdout
     zoo = tmp_path / "cache" / "zoo"
     assert not zoo.exists() or not any(zoo.iterdir())  # nothing converted
