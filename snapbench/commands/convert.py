@@ -42,6 +42,8 @@ def convert_command(
     compile_: bool = typer.Option(False, "--compile", help="With --pipeline: also write the .mlmodelc folders (macOS only)."),
     input_shape: Optional[str] = typer.Option(None, "--input", help="Input shape of a timm:/torchvision:/open_clip:/"
                                               "hf:/synthetic: network (converted whole, one package)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="A mixed-bit recipe JSON (`compress analyze`): each "
+                                         "layer palettized at its own bit width; one package per block (deploy)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Convert a UNet into Core ML packages, one per block (default), whole, or a pipeline part."""
@@ -89,6 +91,9 @@ def convert_command(
         raise SnapbenchError(f"--whole converts the UNet; it cannot be combined with --component {component}")
     if chunks != 1 and not (whole or pipeline or component == "unet"):
         raise SnapbenchError("--chunks needs --pipeline, --whole or --component unet")
+    if recipe is not None and (whole or pipeline or component is not None):
+        raise SnapbenchError("--recipe applies to per-block conversion; it cannot be combined with --whole, "
+                             "--pipeline or --component yet")
     if opts.check:
         from snapbench.converters.checks import require_prediction
 
@@ -98,6 +103,11 @@ def convert_command(
     model = model_source(model, weights, variant, subfolder, revision)
     if latent is None and component != "text_encoder":  # the model's own size (the text encoder has none)
         opts = replace(opts, latent=resolved_latent(model, weights, None))
+    if recipe is not None:  # checked against the model before anything is written
+        from snapbench.converters.convert_blocks import load_source
+        from snapbench.converters.mixed_bit import load_recipe
+
+        opts = replace(opts, mode="deploy", recipe=load_recipe(recipe, load_source(model, weights)).items())
     result: ConvertResult  # or its subclass PipelineResult
     if pipeline:
         from snapbench.converters.pipeline import convert_pipeline
