@@ -102,6 +102,11 @@ def test_evolve_with_halving_makes_the_exhaustive_decisions(tmp_path, toy_folder
     assert all(e["seconds"] >= 0 and e["samples"] > 0 for e in cheap.evaluations[1:4])
     # the current architecture's scores are the previous winner's: reused, not recomputed
     assert all(r["eval_reused"] > 0 for r in cheap.trajectory if r["phase"] == "remove")
+    # each decision's per-sample scores are kept (replayable): all of them exhaustive, some with halving
+    kept = [np.load(tmp_path / side / ".evolve" / "scores" / "iteration-0001.npz") for side in ("full", "cheap")]
+    assert kept[0]["scores"].shape == (39, 32) and not np.isnan(kept[0]["scores"]).any()
+    assert list(kept[0]["labels"]) == list(kept[1]["labels"]) and len(kept[0]["latency_delta_ms"]) == 38
+    assert np.isnan(kept[1]["scores"]).any() and np.array_equal(kept[1]["scores"][0], kept[0]["scores"][0])
 
 
 def test_reuse_recomputes_after_training_steps(toy_folder, tmp_path):
