@@ -201,3 +201,14 @@ def test_robust_training_skips_transformer_blocks_from_the_step_generator():
     assert any(not torch.allclose(outs[0], o) for o in outs[1:])  # and blocks do get skipped
     with pytest.raises(SnapbenchError, match=r"\[0, 1\)"):
         model.set_skip_probabilities(ca=1.0, rb=0.0)
+
+
+def test_a_variant_at_the_full_sizes_is_the_block_itself():
+    # kv_heads = heads and ff_mult = 4 change nothing: PixArt's key/value biases and its tanh GELU carry over
+    src = resolve_model("pixart-sigma-tiny")
+    bb = backbone_for(src)
+    model = bb.build(src, seed=2)
+    same = bb.reshape(model, _with(src.spec, TB1=BlockChoice("TB1", variant=Variant(kv_heads=2, ff_mult=4))))
+    assert set(same.variants) == {"dit1_tb1"}
+    x = _inputs("pixart-sigma-tiny")
+    assert torch.allclose(_run(same, x), _run(model, x), atol=1e-5)
