@@ -131,7 +131,7 @@ def parse_action(text: str) -> Action:
     """'A- CA[Up-1, 2]' or 'S:mqa CA[Up-1, 2]' -> Action (used when a saved trajectory is read back)."""
     import re
 
-    m = re.fullmatch(r"(A[+-]|S:[a-z-]+)\s+(CA|RB)\[([A-Za-z0-9-]+),\s*(\d+)\]", text.strip())
+    m = re.fullmatch(r"(A[+-]|S:[a-z-]+)\s+(CA|RB|TB)\[([A-Za-z0-9-]+),\s*(\d+)\]", text.strip())
     if not m or (m.group(1).startswith("S:") and m.group(1)[2:] not in SWAPS):
         raise SnapbenchError(f"not an action: {text!r} (expected e.g. 'A- CA[Up-1, 2]' or 'S:mqa CA[Up-1, 2]')")
     sign, move = ("S", m.group(1)[2:]) if m.group(1).startswith("S:") else (m.group(1)[1], "")
