@@ -505,18 +505,20 @@ class EvolutionRun:
 
 
 def _publish(bundle: Any, model: Any, out: Path) -> None:
-    """Put the final model's files into `out` beside the run's state: each replaced by rename, arch.json
-    last, so a reader that finds arch.json finds the weights that go with it."""
+    """Put the final model's files into `out` beside the run's state: each replaced by rename, the spec file
+    (arch.json, a DiT's dit.json) last, so a reader that finds it finds the weights that go with it."""
+    from snapbench.backbones import backbone_for
     from snapbench.evolution.checkpoints import save_bundle
-    from snapbench.model.loading import COPIES_FILE, SPEC_FILE
+    from snapbench.model.loading import COPIES_FILE, VARIANTS_FILE
 
+    spec_file = backbone_for(model.spec).spec_file
     staging = out / WORK_DIR / "publish"
     save_bundle(bundle, staging, model=model)
-    names = [p.name for p in staging.iterdir() if p.name != SPEC_FILE]
-    for stale in (COPIES_FILE,):
+    names = [p.name for p in staging.iterdir() if p.name != spec_file]
+    for stale in (COPIES_FILE, VARIANTS_FILE):
         if stale not in names and (out / stale).exists():
             (out / stale).unlink()
-    for name in [*names, SPEC_FILE]:
+    for name in [*names, spec_file]:
         target = out / name
         if target.is_dir():
             shutil.rmtree(target)
