@@ -63,6 +63,33 @@ def test_halving_picks_the_exhaustive_winner_for_fewer_samples():
     assert successive_halving(27, merits, [10, 20, 40, 80]).settled != "confidence"
 
 
+def test_halving_keeps_a_tiny_saving_until_its_value_is_known():
+    """The toy's iteration 8: a block saving 0.009 ms has a value (quality change / ms saved) about 30
+    times noisier than the others'. On its first samples its mean ranks last; on all of them it is the best
+    by far. The plain halving (the better half by mean) drops it; the halving that keeps what the leader
+    has not beaten with confidence takes it to the samples that show it."""
+    rng = np.random.default_rng(3)
+    shared = rng.standard_normal(80) * 0.05
+    rows = np.stack([0.1 * c / 27 + shared + rng.standard_normal(80) * 0.01 for c in range(27)])
+    tiny = np.r_[[-9.0, 8.0] * 5, [3.0] * 70]  # mean -2.2 on 5 samples, -0.5 on 10; 2.56 on all 80
+    rows[4] = tiny
+    asked: set[tuple[int, int]] = set()
+
+    def merits(alive, n):
+        asked.update((c, s) for c in alive for s in range(n))
+        return rows[alive, :n]
+
+    assert successive_halving(27, merits, [80]).ranked[0] == 4  # exhaustive
+    rounds = EvalBudget().rounds(80)
+    plain = successive_halving(27, merits, rounds, keep_uncertain=False)
+    assert plain.ranked[0] != 4 and plain.samples[4] == 5
+    asked.clear()
+    kept = successive_halving(27, merits, rounds)
+    assert kept.ranked[0] == 4 and kept.samples[4] > 10
+    # the well-measured candidates still leave by halves: far fewer scores than exhaustive's 27 x 80
+    assert kept.rounds[1][1] <= 14 + 1 and len(asked) < 27 * 80 / 4
+
+
 def test_halving_stops_when_the_ranking_is_settled_and_keeps_want():
     truth = np.arange(8, dtype=float)  # 7 is best by a wide margin
     merits, asked = _merits(truth, noise=1.0, spread=0.01, total=64)
@@ -102,6 +129,11 @@ def test_evolve_with_halving_makes_the_exhaustive_decisions(tmp_path, toy_folder
     assert all(e["seconds"] >= 0 and e["samples"] > 0 for e in cheap.evaluations[1:4])
     # the current architecture's scores are the previous winner's: reused, not recomputed
     assert all(r["eval_reused"] > 0 for r in cheap.trajectory if r["phase"] == "remove")
+    # each decision's per-sample scores are kept (replayable): all of them exhaustive, some with halving
+    kept = [np.load(tmp_path / side / ".evolve" / "scores" / "iteration-0001.npz") for side in ("full", "cheap")]
+    assert kept[0]["scores"].shape == (39, 32) and not np.isnan(kept[0]["scores"]).any()
+    assert list(kept[0]["labels"]) == list(kept[1]["labels"]) and len(kept[0]["latency_delta_ms"]) == 38
+    assert np.isnan(kept[1]["scores"]).any() and np.array_equal(kept[1]["scores"][0], kept[0]["scores"][0])
 
 
 def test_reuse_recomputes_after_training_steps(toy_folder, tmp_path):
@@ -140,7 +172,7 @@ def test_batched_toy_scores_equal_each_candidate_evaluated_alone(toy_folder):
     """Common random numbers across candidates and subsets: sample s is the same image in a batch of
     candidates as in evaluate(); the mean over all samples is evaluate()'s quality."""
     from snapbench.evolution.actions import Action
-    from snapbench.evolution.checkpoints import derive, load_bundle
+    from snapbench.training.checkpoints import derive, load_bundle
 
     torch.set_num_threads(1)
     spec = load_preset("toy-digits")
@@ -167,3 +199,40 @@ def test_cli_refuses_a_first_round_beyond_the_samples(tmp_path, toy_folder, caps
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "at most 80" in err and "10 prompts x 8" in err
     assert not out.exists()
+
+
+def test_a_run_started_before_the_eval_budget_resumes(tmp_path, toy_folder):
+    """A state written by the version before --eval-budget (no budget, no batch, no evaluation log, rows
+    without image counts: as tried on a real folder of that version) resumes with the budget asked now;
+    its rows are kept, one line says so, and from then on the budget is part of what a resume checks."""
+    import json
+
+    spec = load_preset("toy-digits")
+    target = fixed_costs(spec).latency(spec) - 2 * CA_MS - RB_MS
+    ev = PenaltyEval(PENALTIES, samples=32, noise=0.2, spread=0.002)
+
+    class Killed(BaseException):
+        pass
+
+    def kill(st):
+        raise Killed
+
+    out = tmp_path / "old"
+    with pytest.raises(Killed):
+        evolve(toy_folder, out, EvolveConfig(target_ms=target, add_phase=False), evaluator=ev, costs=fixed_costs,
+               executor=SerialExecutor(), progress=False, after_iteration=kill)
+    path = out / ".evolve" / "state.json"
+    state = json.loads(path.read_text())
+    del state["settings"]["config"]["eval_budget"], state["settings"]["evaluator"]["batch"], state["evaluations"]
+    for row in state["trajectory"]:
+        del row["eval_samples"], row["eval_reused"]
+    path.write_text(json.dumps(state))
+    said: list[str] = []
+    r = evolve(toy_folder, out, EvolveConfig(target_ms=target, add_phase=False), evaluator=ev, costs=fixed_costs,
+               executor=SerialExecutor(), progress=False, say=said.append)
+    assert [line for line in said if "started before --eval-budget" in line] and "successive halving" in said[1]
+    assert r.trajectory[:2] == state["trajectory"] and r.final_latency_ms <= target
+    assert [row["block"] for row in r.trajectory if row["phase"] == "remove"] == [
+        "CA[Down-1, 2]", "RB[Mid, 2]", "CA[Up-3, 1]"]
+    with pytest.raises(SnapbenchError, match="config.eval_budget.mode='halving', this command asks 'exhaustive'"):
+        _evolve(toy_folder, out, target, ev, EvalBudget.parse("exhaustive"))

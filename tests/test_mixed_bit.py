@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from snapbench.cli import main
-from snapbench.converters.convert_blocks import load_source
+from snapbench.model.loading import resolve_model
 from snapbench.converters.mixed_bit import RECIPE_FORMAT, compressible_layers, fingerprint, layers_digest
 from snapbench.converters.sensitivity import SensitivityOptions, bytes_at, choose_bits
 
@@ -21,7 +21,7 @@ FAST = SensitivityOptions(latent=8, samples=1, tokens=4, widths=(2, 4))  # 8 bit
 def _layers(ref: str) -> dict[str, int]:
     from snapbench.backbones import backbone_for
 
-    source = load_source(ref)
+    source = resolve_model(ref)
     with torch.device("meta"):
         return compressible_layers(backbone_for(source).build(source, device="meta"))
 

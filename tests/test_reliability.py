@@ -146,7 +146,7 @@ def test_safe_file_names_keep_plain_names_and_do_not_collide():
 def test_package_cache_folder_of_a_hostile_spec_name_stays_in_the_cache(tmp_path, monkeypatch):
     from snapbench.latency.table import Settings
     from snapbench.model.loading import ModelSource
-    from snapbench.profilers.packages import ConverterPackages, cache_root
+    from snapbench.latency.packages import ConverterPackages, cache_root
     from snapbench.specs.presets import load_preset
 
     monkeypatch.setenv("SNAPBENCH_CACHE", str(tmp_path / "cache"))
@@ -238,7 +238,8 @@ def _break(package: Path, how: str) -> None:
 def test_broken_cached_packages_are_converted_again(converted, tmp_path):
     import shutil
 
-    from snapbench.converters import ConvertOptions, convert_model, load_manifest
+    from snapbench.converters import ConvertOptions, ConvertRequest, convert, load_manifest
+    from snapbench.model.loading import resolve_model
 
     out = tmp_path / "out"
     shutil.copytree(converted, out)
@@ -247,7 +248,7 @@ def test_broken_cached_packages_are_converted_again(converted, tmp_path):
     broken = dict(zip(owners, ["empty spec", "no weights", "other weights", "no Data"]))
     for package, how in broken.items():
         _break(out / package, how)
-    result = convert_model("sd15-tiny", out, ConvertOptions(latent=8, tokens=4, jobs=1), progress=False)
+    result = convert(ConvertRequest(resolve_model("sd15-tiny"), out, ConvertOptions(latent=8, tokens=4, jobs=1), progress=False))
     remade = {b.package for b in result.manifest.blocks if b.id in result.converted}
     assert remade == set(broken), (remade, broken)
     assert result.ok and result.manifest.complete

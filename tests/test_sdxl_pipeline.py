@@ -40,9 +40,9 @@ def test_text_encoder_parts_give_what_diffusers_sdxl_pipeline_feeds_its_unet(xl_
     from diffusers import StableDiffusionXLPipeline
 
     from snapbench.converters.app_parts import model_folder, xl_text_encoder_parts
-    from snapbench.converters.convert_blocks import load_source
+    from snapbench.model.loading import resolve_model
 
-    source = load_source(str(xl_folder))
+    source = resolve_model(xl_folder)
     parts = xl_text_encoder_parts(source, replace(OPTS, tokens=77), model_folder(str(xl_folder), None, xl=True))
     assert [p.name for p in parts] == ["TextEncoder", "TextEncoder2"]
     assert [p.io.outputs for p in parts] == [(("hidden_embeds", (1, 77, 16)), ("pooled_outputs", (1, 16))),
@@ -62,11 +62,12 @@ def test_text_encoder_parts_give_what_diffusers_sdxl_pipeline_feeds_its_unet(xl_
 def test_sdxl_unet_chunks_compose_to_diffusers_unet(xl_folder):
     from diffusers import UNet2DConditionModel
 
-    from snapbench.converters.convert_blocks import cut, load_source
+    from snapbench.converters.convert_blocks import cut
+    from snapbench.model.loading import resolve_model
     from snapbench.converters.unet_chunks import build_chunk, plan_chunks
     from snapbench.converters.whole_unet import added_inputs
 
-    source = load_source(str(xl_folder))
+    source = resolve_model(xl_folder)
     opts = replace(OPTS, chunks=2)
     meta, blocks = cut(source, opts)
     plans = plan_chunks(blocks, meta.closes_skip, 2, batch=2, sample=(2, 4, LATENT, LATENT), context_dim=32,
@@ -96,14 +97,15 @@ def test_sdxl_unet_chunks_compose_to_diffusers_unet(xl_folder):
 def converted(xl_folder, tmp_path_factory):
     """The tiny SDXL folder converted with two UNet chunks, then (a copy) with one Unet: the text encoders
     and the VAE decoder come from the cache the second time."""
-    from snapbench.converters.pipeline import convert_pipeline
+    from snapbench.converters import ConvertRequest, convert
+    from snapbench.model.loading import resolve_model
 
     root = tmp_path_factory.mktemp("xl-app")
     chunked = root / "chunks"
-    r2 = convert_pipeline(xl_folder, chunked, replace(OPTS, chunks=2), progress=False)
+    r2 = convert(ConvertRequest(resolve_model(xl_folder), chunked, replace(OPTS, chunks=2), "pipeline", progress=False))
     whole = root / "whole"
     shutil.copytree(chunked, whole)
-    r1 = convert_pipeline(xl_folder, whole, OPTS, progress=False)
+    r1 = convert(ConvertRequest(resolve_model(xl_folder), whole, OPTS, "pipeline", progress=False))
     assert not r2.failed and not r1.failed and r1.converted == ["Unet"], (r2.failed, r1.failed, r1.converted)
     return whole, chunked, r2
 

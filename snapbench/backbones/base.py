@@ -21,13 +21,16 @@ families, which do.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Collection, Mapping, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Protocol
 
 if TYPE_CHECKING:
     import torch
 
     from snapbench.blocks.cut import CutBlock
     from snapbench.blocks.signature import Shape, Signature
+    from snapbench.converters.options import ConvertOptions
+    from snapbench.converters.result import ConvertResult
     from snapbench.model.loading import ModelSource
     from snapbench.model.units import BlockUnit
     from snapbench.settings import InputShapes, RunSettings
@@ -64,6 +67,8 @@ class Backbone(ABC):
     name: str = ""
     #: stage names in execution order: the rows of every per-stage table and chart
     stages: tuple[str, ...] = ()
+    #: the file of a saved folder (`save`) that names its architecture; written last
+    spec_file: str = "arch.json"
 
     # -- which models are this family's (config only: cheap, no torch) ------------------------------
     @abstractmethod
@@ -91,6 +96,14 @@ class Backbone(ABC):
         """The same weights under another spec (evolution's swap after a skip / copy action): shared base
         weights, copies carried over, new copies initialised from their originals."""
 
+    def save(self, model: ElasticModel, folder: Path) -> None:
+        """Write `model` as one complete folder that `--model` reads back (training and evolution output);
+        written under a temporary name and renamed."""
+        from snapbench.errors import SnapbenchError
+
+        raise SnapbenchError(f"{model.spec.name}: the {self.name or type(self).__name__} family cannot save "
+                             "trained models yet")
+
     @abstractmethod
     def example_inputs(self, model: ElasticModel, shapes: InputShapes, *, device: str | torch.device = "meta",
                        dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
@@ -108,6 +121,15 @@ class Backbone(ABC):
         forward inside `model.size_bound.check_activations` (the largest activation at `shapes` is bounded)."""
 
     # -- conveniences built on the above (a backbone need not override them) -------------------------
+    def convert_blocks(self, source: ModelSource, out_dir: Path, opts: ConvertOptions, *, progress: bool = True,
+                       say: Callable[[str], None] | None = None) -> ConvertResult:
+        """Every block into a Core ML package (one per signature in profile mode) + manifest.json, resumed
+        and cached: the UNets' block converter (`converters/convert_blocks.py`), which asks this backbone
+        to build and cut. A family whose blocks need another converter overrides this."""
+        from snapbench.converters.convert_blocks import convert_model  # it imports this package's registry
+
+        return convert_model(source, out_dir, opts, progress=progress)
+
     def cut_source(self, source: ModelSource, settings: RunSettings) -> list[CutBlock]:
         """The blocks of `source` at `settings`, cut on the meta device (instant, no weights)."""
         return self.cut(self.build(source, device="meta"), settings.shapes, precision=settings.precision,

@@ -28,7 +28,6 @@ def analyze_command(
 ) -> None:
     """Each layer palettized alone at 1/2/4/6/8 bits (and fp16): its block's output PSNR on calibration inputs;
     then a bit width per layer under each budget (recipe JSON for `convert --recipe`)."""
-    from snapbench.converters.convert_blocks import load_source
     from snapbench.converters.sensitivity import SensitivityOptions, write_analysis
 
     from snapbench.errors import SnapbenchError
@@ -38,7 +37,7 @@ def analyze_command(
     except ValueError:
         raise SnapbenchError(f"--widths {widths!r}: comma-separated integers, e.g. 2,4,6,8") from None
     opts = SensitivityOptions(latent=latent, samples=samples, tokens=tokens, seed=seed, widths=measured)
-    source = load_source(model_source(model, weights), weights)
+    source = model_source(model, weights)
     targets = tuple(bits) if bits or size_mb else (4.5,)
     done = write_analysis(source, out_dir, opts, targets=targets, budgets_mb=tuple(size_mb),
                           progress=None if as_json else (lambda m: err.print(m, markup=False, highlight=False)))

@@ -1,6 +1,6 @@
 """`snapbench profile`: per-block latency on a device into the lookup table, stage and component totals.
 
-Import format for `--backend import --from FILE`: see `snapbench.profilers.importer` (columns `block` or
+Import format for `--backend import --from FILE`: see `snapbench.latency.importer` (columns `block` or
 `signature`, `latency_ms`, optional `p90_ms`, `samples`, `device` and settings columns).
 """
 
@@ -34,6 +34,15 @@ def default_table_path(device_id: str, model: str, tables: str | Path | None = N
     from snapbench.paths import user_table_path
 
     return user_table_path(device_id, model, tables)
+
+
+def say_redirect(tables: str | Path | None) -> None:
+    """Say why a table is not written under ./latency_tables when that is the shipped folder."""
+    from snapbench.paths import tables_redirect_note
+
+    note = tables_redirect_note(tables)
+    if note:
+        say(note)
 
 
 def profile_command(
@@ -115,12 +124,12 @@ def profile_command(
     from snapbench.profilers.backends import DeviceBackend, EstimatePricer, choose_backend
     from snapbench.profilers.coreml_api import CoreMLTools, Signing
     from snapbench.profilers.farm import NodeSettings
-    from snapbench.profilers.packages import ConverterPackages
+    from snapbench.latency.packages import ConverterPackages
     from snapbench.profilers.readiness import Machine
 
     tools = ctx.obj if isinstance(ctx.obj, ProfileTools) else ProfileTools()
 
-    latent = resolved_latent(model_source(model, None, variant, subfolder, revision), None, latent)
+    latent = resolved_latent(model_source(model, None, variant, subfolder, revision), latent)
     settings = Settings(compute_units=check_choice("--compute-units", compute_units, COMPUTE_UNITS),
                         weight_bits=weight_bits, attention=check_choice("--attention", attention, ATTENTIONS),
                         batch=batch, latent=latent, tokens=tokens)
@@ -129,7 +138,7 @@ def profile_command(
         backend = "import"
     if packages is not None:  # refuse packages made with other settings before anything else happens
         from snapbench.converters import load_manifest
-        from snapbench.profilers.packages import check_manifest_settings
+        from snapbench.latency.packages import check_manifest_settings
 
         check_manifest_settings(load_manifest(packages), packages, settings)
     signing = Signing.for_team(team_id, bundle_id) if team_id else None
@@ -195,6 +204,8 @@ def profile_command(
         on_table=(lambda t: merge_into_file(path, t)) if measuring else None, progress=True, say=say,
     )
     if run.new_rows:
+        if table is None:
+            say_redirect(tables)
         # merged under the table's lock: rows a concurrent run wrote meanwhile (another --weight-bits) stay
         written = merge_into_file(path, run.table)
         counts = Counter(r.backend for r in run.new_rows)
@@ -234,7 +245,7 @@ def _profile_farm(tools, source, model: str, devices: list[str], settings: Setti
     from snapbench.paths import shipped_table_path
     from snapbench.profilers.backends import EstimatePricer
     from snapbench.profilers.farm import node_backend
-    from snapbench.profilers.packages import ConverterPackages
+    from snapbench.latency.packages import ConverterPackages
 
     if backend not in ("auto", "iphone", "mac"):
         raise SnapbenchError(f"--ray-address measures on the farm's phones and Macs: --backend {backend} does not "
@@ -251,6 +262,8 @@ def _profile_farm(tools, source, model: str, devices: list[str], settings: Setti
         shipped = shipped_table_path(d.id, model)
         if table is None and not paths[d.id].is_file() and shipped.is_file():
             existing[d.id] = LatencyTable.load(shipped)
+    if table is None:
+        say_redirect(tables)  # a farm run measures: it always writes
     on_interrupt_keep("the packages converted so far (cached) and the rows measured so far, in each device's table")
     runs = profile_on_farm(
         source, devs, settings, address=ray_address, tables=existing, estimator=tools.estimator or EstimatePricer(),

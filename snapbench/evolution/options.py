@@ -11,7 +11,7 @@ from snapbench.errors import SnapbenchError
 from snapbench.evolution.budget import EvalBudget
 from snapbench.evolution.evaluators import ClipEvalConfig, EvalConfig, ToyEvalConfig, read_prompts
 from snapbench.evolution.latency_costs import BlockPriceTable, FixedTable, costs_from_source, costs_from_table
-from snapbench.evolution.toy_digits import CONTEXT_TOKENS, cache_dir, is_toy
+from snapbench.training.toy_digits import CONTEXT_TOKENS, cache_dir, is_toy
 from snapbench.specs.arch_spec import ArchSpec
 
 
@@ -38,7 +38,14 @@ def eval_budget(text: str, confidence: float, evaluator: EvalConfig) -> EvalBudg
 
 
 def default_tokens(spec: ArchSpec) -> int:
-    return CONTEXT_TOKENS if is_toy(spec) else 77
+    """The text length a model is priced at: the toy's 3 tokens, a DiT's own (its spec's), else CLIP's 77."""
+    if is_toy(spec):
+        return CONTEXT_TOKENS
+    if "_class_name" in spec.base_config and spec.base_config["_class_name"] != "UNet2DConditionModel":
+        from snapbench.dit.source import dit_spec
+
+        return dit_spec(spec).text_tokens()
+    return 77
 
 
 def cost_builder(*, device: str, table: str | None = None, fixed_table: str | None = None,
