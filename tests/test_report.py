@@ -14,6 +14,8 @@ import math
 import pytest
 
 from profile_fakes import FakePackages, toy_estimator
+from snapbench.devices.catalog import resolve_device
+from snapbench.model.loading import resolve_model
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
 from snapbench.report import gather_data as report_data
@@ -145,7 +147,7 @@ def test_table_lacking_rows_is_estimated_and_said(tmp_path):
     from snapbench.latency import Settings, profile_model
 
     # sd15-tiny's own latent (its config's sample_size), which the report uses unless told otherwise
-    run = profile_model(BASE, DEVICE, Settings(latent=8), backend="estimate", packages=FakePackages(tmp_path / "p"),
+    run = profile_model(resolve_model(BASE), resolve_device(DEVICE), Settings(latent=8), backend="estimate", packages=FakePackages(tmp_path / "p"),
                         estimator=toy_estimator(), progress=False)
     table = tmp_path / "table.csv"
     run.table.save(table)
