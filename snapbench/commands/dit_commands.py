@@ -40,7 +40,7 @@ def profile(model: str, device: str, *, backend: str, packages: Path | None, tab
     from snapbench.dit.profile import profile_dit
     from snapbench.errors import SnapbenchError
     from snapbench.latency.table import LatencyTable, merge_into_file
-    from snapbench.paths import shipped_table_path, user_table_path
+    from snapbench.paths import shipped_table_path, tables_redirect_note, user_table_path
 
     if backend not in ("auto", "estimate"):
         raise SnapbenchError(f"--backend {backend}: DiT blocks are priced from the table or by the estimator so "
@@ -54,6 +54,8 @@ def profile(model: str, device: str, *, backend: str, packages: Path | None, tab
     say = messages(as_json)
     run = profile_dit(source, dev, opts, table=existing, packages=packages, say=say)
     if run.new_rows:
+        if say and table is None and (note := tables_redirect_note(tables)):
+            say(note)
         written = merge_into_file(path, run.new_rows)
         if say:
             say(f"{path}: wrote {len(run.new_rows)} estimate row(s); {len(written)} in the table")

@@ -170,7 +170,7 @@ def _profile_farm(tools: ProfileTools, request: ProfileRequest, devs: list[Devic
     """`--ray-address`: every --device measured on the farm's nodes, one table per device."""
     from snapbench.latency.farm_profile import profile_on_farm
     from snapbench.latency.packages import ConverterPackages
-    from snapbench.latency.profile_run import check_packages, counts, table_paths
+    from snapbench.latency.profile_run import check_packages, counts, say_redirect, table_paths
     from snapbench.profilers.backends import EstimatePricer
     from snapbench.profilers.farm import NodeSettings, node_backend
 
@@ -186,6 +186,7 @@ def _profile_farm(tools: ProfileTools, request: ProfileRequest, devs: list[Devic
     farm = [d for d in devs if d is not None]
     paths = {d.id: table_paths(r, d) for d in farm}
     existing = {did: LatencyTable.load_or_empty(read) for did, (_, read) in paths.items()}  # corrupt: stops here
+    say_redirect(r, say)  # a farm run measures: it always writes
     on_interrupt_keep("the packages converted so far (cached) and the rows measured so far, in each device's table")
     runs = profile_on_farm(
         r.source, farm, r.settings, address=ray_address, tables=existing, estimator=tools.estimator or EstimatePricer(),

@@ -22,7 +22,7 @@ from snapbench.latency.model_latency import ALL_COMPONENTS, ProfileRun, ProfileT
 from snapbench.latency.packages import ConverterPackages, check_manifest_settings
 from snapbench.latency.table import LatencyTable, merge_into_file
 from snapbench.model.loading import ModelSource
-from snapbench.paths import table_to_read, user_table_path
+from snapbench.paths import table_to_read, tables_redirect_note, user_table_path
 from snapbench.profilers.backends import BACKEND_CHOICES, MEASURING, DeviceBackend, EstimatePricer, choose_backend
 from snapbench.profilers.coreml_api import DEFAULT_REQUEST_TIMEOUT_S, CoreMLTools, Signing
 from snapbench.profilers.readiness import Machine
@@ -108,6 +108,7 @@ def run_profile(request: ProfileRequest, tools: ProfileTools = ProfileTools(), *
         on_table=(lambda t: merge_into_file(path, t)) if chosen in MEASURING else None, progress=True, say=say,
     )
     if run.new_rows:
+        say_redirect(r, say)
         # merged under the table's lock: rows a concurrent run wrote meanwhile (another --weight-bits) stay
         written = merge_into_file(path, run.table)
         if say is not None:
@@ -115,6 +116,13 @@ def run_profile(request: ProfileRequest, tools: ProfileTools = ProfileTools(), *
     elif say is not None:
         say(f"{read_from}: every figure came from the table; nothing to write")
     return ProfileOutcome(run, path, read_from)
+
+
+def say_redirect(request: ProfileRequest, say: Say | None) -> None:
+    """Say why the user's table is not written under ./latency_tables when that is the shipped folder."""
+    note = tables_redirect_note(request.tables) if request.table is None else None
+    if note and say is not None:
+        say(note)
 
 
 def check_packages(request: ProfileRequest) -> None:
