@@ -57,7 +57,7 @@ _EVALUATORS: dict[Any, Any] = {}
 def run_task(task: EvalTask) -> Quality:
     """Evaluate one candidate (in whatever process runs it). Loaded models and evaluators are kept per
     process: every task of an iteration shares one checkpoint."""
-    from snapbench.evolution.checkpoints import derive
+    from snapbench.training.checkpoints import derive
     from snapbench.specs.arch_spec import ArchSpec
 
     bundle, evaluator = _loaded(task.checkpoint, task.evaluator)
@@ -72,7 +72,7 @@ def run_task(task: EvalTask) -> Quality:
 def run_score_task(task: ScoreTask) -> list[list[float]]:
     """Per-sample scores of several candidates, batched through the model holding all their blocks."""
     from snapbench.evolution.batching import union_spec, variant_groups
-    from snapbench.evolution.checkpoints import derive
+    from snapbench.training.checkpoints import derive
     from snapbench.specs.arch_spec import ArchSpec
 
     bundle, evaluator = _loaded(task.checkpoint, task.evaluator)
@@ -87,7 +87,7 @@ def run_score_task(task: ScoreTask) -> list[list[float]]:
 
 
 def _loaded(checkpoint: str, config: EvalConfig) -> tuple[Any, Any]:
-    from snapbench.evolution.checkpoints import load_bundle
+    from snapbench.training.checkpoints import load_bundle
 
     bundle = _BUNDLES.get(checkpoint)
     if bundle is None:
