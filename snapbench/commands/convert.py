@@ -61,6 +61,9 @@ def convert_command(
         else:
             out.print(f"{spec.text}: {dest}")
         return
+    from snapbench.locks import refuse_if_locked
+
+    refuse_if_locked(out_dir, "convert")  # in a second, not after the model is built and cut
     from snapbench.dit.source import is_dit_ref
 
     if is_dit_ref(model) and not (whole or pipeline or component is not None):
