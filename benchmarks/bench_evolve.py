@@ -178,7 +178,7 @@ def _common(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 RULES = {"plain": "mean", "overlap": "overlap"}  # replay name: budget.CUTS
 
 
-def _replay_one(path: Path, orders: list[np.ndarray]) -> dict[str, Any] | None:
+def _replay_one(path: Path, orders: list[np.ndarray], confidence: float) -> dict[str, Any] | None:
     """One exhaustive decision replayed under both halving rules; None if the scores are not complete."""
     from snapbench.evolution.budget import EvalBudget, successive_halving
 
@@ -204,7 +204,7 @@ def _replay_one(path: Path, orders: list[np.ndarray]) -> dict[str, Any] | None:
                 return m[alive, :n]
 
             d = successive_halving(len(dl), merits, EvalBudget().rounds(total), tiebreak=list(dl),
-                                   cut=cut)
+                                   confidence=confidence, cut=cut)
             pick = d.ranked[0]
             picks.append(pick == best)
             images.append(len(asked) + total - d.samples[pick])  # the winner is then scored on all samples
@@ -215,14 +215,14 @@ def _replay_one(path: Path, orders: list[np.ndarray]) -> dict[str, Any] | None:
     return out
 
 
-def replay(folder: Path, permutations: int) -> list[dict[str, Any]]:
+def replay(folder: Path, permutations: int, confidence: float = 0.95) -> list[dict[str, Any]]:
     """Every complete decision in `folder`'s .evolve/scores/, replayed (the run's own order first)."""
     rng = np.random.default_rng(0)
     rows = []
     for path in sorted((folder / ".evolve" / "scores").glob("iteration-*.npz")):
         total = np.load(path)["scores"].shape[1]
         orders = [np.arange(total)] + [rng.permutation(total) for _ in range(permutations)]
-        if (r := _replay_one(path, orders)) is not None:
+        if (r := _replay_one(path, orders, confidence)) is not None:
             rows.append(r)
     return rows
 
@@ -258,6 +258,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="run nothing; report what OUT holds")
     ap.add_argument("--replay", type=int, nargs="?", const=200, metavar="N",
                     help="replay the exhaustive side's decisions under both halving rules on N sample orders [200]")
+    ap.add_argument("--replay-confidence", type=float, default=0.95, help="--eval-confidence of the replay [0.95]")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
@@ -278,7 +279,7 @@ def main() -> None:
         doc["common"] = _common(runs)
     doc["load_average"] = {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in load_after],
                            "cpus": os.cpu_count()}
-    replayed = replay(out / "exhaustive", args.replay) if args.replay is not None else None
+    replayed = replay(out / "exhaustive", args.replay, args.replay_confidence) if args.replay is not None else None
     if replayed is not None:
         doc["replay"] = replayed
     if args.json:
