@@ -129,7 +129,7 @@ def profile_command(
 
     tools = ctx.obj if isinstance(ctx.obj, ProfileTools) else ProfileTools()
 
-    latent = resolved_latent(model_source(model, None, variant, subfolder, revision), None, latent)
+    latent = resolved_latent(model_source(model, None, variant, subfolder, revision), latent)
     settings = Settings(compute_units=check_choice("--compute-units", compute_units, COMPUTE_UNITS),
                         weight_bits=weight_bits, attention=check_choice("--attention", attention, ATTENTIONS),
                         batch=batch, latent=latent, tokens=tokens)

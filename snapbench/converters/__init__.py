@@ -1,8 +1,11 @@
 """Converters: turn UNet blocks (and whole models) into Core ML packages.
 
-    from snapbench.converters import ConvertOptions, convert_model, convert_component, load_manifest
-    result = convert_model("sd15", "build/sd15", ConvertOptions(mode="profile"))
+    from snapbench.converters import ConvertOptions, ConvertRequest, convert, load_manifest
+    result = convert(ConvertRequest(resolve_model("sd15"), Path("build/sd15"), ConvertOptions(mode="profile")))
     manifest = load_manifest("build/sd15")
+
+`convert` is the one entry point (blocks, a whole model or part, the app pipeline); every kind hands back
+a `ConvertResult`.
 
 Heavy imports (torch, diffusers, coremltools) happen on first use, not at import of this package.
 """
@@ -14,14 +17,14 @@ from typing import Any
 from snapbench.converters.options import COMPONENTS, MODES, PRECISIONS, TARGETS, WEIGHT_BITS, ConvertOptions
 
 __all__ = [
-    "ConvertOptions", "ConvertResult", "Manifest", "ManifestBlock", "convert_model", "convert_component",
+    "ConvertOptions", "ConvertRequest", "ConvertResult", "Manifest", "ManifestBlock", "convert",
     "load_manifest", "COMPONENTS", "MODES", "PRECISIONS", "TARGETS", "WEIGHT_BITS",
 ]
 
 _LAZY = {
-    "ConvertResult": "snapbench.converters.convert_blocks",
-    "convert_model": "snapbench.converters.convert_blocks",
-    "convert_component": "snapbench.converters.components",
+    "ConvertRequest": "snapbench.converters.entry",
+    "ConvertResult": "snapbench.converters.result",
+    "convert": "snapbench.converters.entry",
     "Manifest": "snapbench.converters.manifest",
     "ManifestBlock": "snapbench.converters.manifest",
     "load_manifest": "snapbench.converters.manifest",

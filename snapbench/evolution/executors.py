@@ -57,7 +57,7 @@ _EVALUATORS: dict[Any, Any] = {}
 def run_task(task: EvalTask) -> Quality:
     """Evaluate one candidate (in whatever process runs it). Loaded models and evaluators are kept per
     process: every task of an iteration shares one checkpoint."""
-    from snapbench.evolution.checkpoints import derive
+    from snapbench.training.checkpoints import derive
     from snapbench.specs.arch_spec import ArchSpec
 
     bundle, evaluator = _loaded(task.checkpoint, task.evaluator)
@@ -71,18 +71,23 @@ def run_task(task: EvalTask) -> Quality:
 
 def run_score_task(task: ScoreTask) -> list[list[float]]:
     """Per-sample scores of several candidates, batched through the model holding all their blocks."""
-    from snapbench.evolution.batching import union_spec
-    from snapbench.evolution.checkpoints import derive
+    from snapbench.evolution.batching import union_spec, variant_groups
+    from snapbench.training.checkpoints import derive
     from snapbench.specs.arch_spec import ArchSpec
 
     bundle, evaluator = _loaded(task.checkpoint, task.evaluator)
-    union, off = union_spec([ArchSpec.from_dict(dict(s), source="candidate") for s in task.specs])
-    model = bundle.model if union.to_dict() == bundle.spec.to_dict() else derive(bundle.model, union)
-    return evaluator.sample_scores(bundle, model, off, task.samples)
+    specs = [ArchSpec.from_dict(dict(s), source="candidate") for s in task.specs]
+    out: list[list[float]] = [[] for _ in specs]
+    for members in variant_groups(specs):  # a swapped block is another module: one batch per variant set
+        union, off = union_spec([specs[i] for i in members])
+        model = bundle.model if union.to_dict() == bundle.spec.to_dict() else derive(bundle.model, union)
+        for i, scores in zip(members, evaluator.sample_scores(bundle, model, off, task.samples)):
+            out[i] = scores
+    return out
 
 
 def _loaded(checkpoint: str, config: EvalConfig) -> tuple[Any, Any]:
-    from snapbench.evolution.checkpoints import load_bundle
+    from snapbench.training.checkpoints import load_bundle
 
     bundle = _BUNDLES.get(checkpoint)
     if bundle is None:

@@ -28,6 +28,7 @@ from snapbench.model.loading import model_latent, resolve_model
 from snapbench.report.latency_source import ProfileOutcome, Profiler, backend_label, profile_with_snapbench
 from snapbench.report.reference import load_reference, settings_differences
 from snapbench.settings import COMPONENTS, RunSettings
+from snapbench.specs.variants import Variant
 
 SCHEMA = "snapbench.report/1"
 COMPONENT_NAMES = {"text_encoder": "text encoder", "unet": "UNet", "vae_decoder": "VAE decoder"}
@@ -163,10 +164,14 @@ def _model_dict(e: ModelEntry) -> dict[str, Any]:
     architecture = []
     counts = spec.counts()
     for stage in e.inspection.stages:
-        blocks = [{"id": b["id"], "kind": b["kind"], "status": b["status"]}
+        blocks = [{"id": b["id"], "kind": b["kind"], "status": b["status"],
+                   "variant": Variant(**b["variant"]).label() if b.get("variant") else None}
                   for b in e.inspection.block_rows() if b["stage"] == stage and b["kind"] in ("CA", "RB")]
+        # swapped: blocks that run as a cheaper variant (SnapGen-style, or an evolve --moves swap), copies too
+        swapped = {k: sum(1 for b in blocks if b["kind"] == k and b["variant"] and b["status"] != "removed")
+                   for k in ("CA", "RB")}
         architecture.append({"stage": stage, "CA": counts[stage]["CA"], "RB": counts[stage]["RB"],
-                             "blocks": blocks})
+                             "CA_swapped": swapped["CA"], "RB_swapped": swapped["RB"], "blocks": blocks})
     traj_file = find_trajectory(e.ref)
     trajectory = None
     if traj_file is not None:
