@@ -39,6 +39,7 @@ NO_SIZE_LIMIT = "--no-size-limit"
 COMMAND_MODULES: tuple[str, ...] = (
     "snapbench.commands.inspect",
     "snapbench.commands.convert",
+    "snapbench.commands.compress",
     "snapbench.commands.profile",
     "snapbench.commands.doctor", "snapbench.commands.farm",
     "snapbench.commands.train", "snapbench.commands.ablate", "snapbench.commands.evolve",

@@ -147,13 +147,6 @@ def test_whole_sdxl_tiny_converts_with_text_time_inputs(tmp_path):
     assert [i["name"] for i in block.inputs] == ["sample", "timestep", "context", "text_embeds", "time_ids"]
 
 
-def test_pipeline_refuses_text_time_models_in_one_line(tmp_path, capsys):
-    assert main(["convert", "--model", "sdxl-tiny", "--pipeline", "--out", str(tmp_path / "app")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--pipeline for SDXL-class UNets" in err
-    assert not (tmp_path / "app").exists()
-
-
 def test_sdxl_class_unets_are_their_own_backbone_family():
     from dataclasses import replace
 

@@ -47,9 +47,14 @@ def convert_command(
     compile_: bool = typer.Option(False, "--compile", help="With --pipeline: also write the .mlmodelc folders (macOS only)."),
     input_shape: Optional[str] = typer.Option(None, "--input", help="Input shape of a timm:/torchvision:/open_clip:/"
                                               "hf:/synthetic: network (converted whole, one package)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="A mixed-bit recipe JSON (`compress analyze`): each "
+                                         "layer palettized at its own bit width; one package per block (deploy)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Convert a UNet into Core ML packages, one per block (default), whole, or a pipeline part."""
+    from snapbench.locks import refuse_if_locked
+
+    refuse_if_locked(out_dir, "convert")  # in a second, not after the model is built and cut
     from snapbench.converters.entry import convert
     from snapbench.zoo.specs import is_network_spec
 
@@ -61,7 +66,7 @@ def convert_command(
                    jobs=jobs, check=check, chunks=chunks)
     request = _request(model, part, Path(out_dir), weights=weights, variant=variant, subfolder=subfolder,
                        revision=revision, latent=latent, batch=batch, tokens=tokens, options=options,
-                       vae_encoder=vae_encoder, compile_=compile_, as_json=as_json)
+                       vae_encoder=vae_encoder, compile_=compile_, as_json=as_json, recipe=recipe)
     on_interrupt_keep(f"every finished package and manifest.json in {out_dir}")
     result = convert(request)
     report(result, out_dir, as_json)
@@ -90,7 +95,8 @@ def _part(*, whole: bool, component: str | None, pipeline: bool, chunks: int) ->
 
 def _request(model: str, part: Part, out_dir: Path, *, weights: str | None, variant: str | None,
              subfolder: str | None, revision: str | None, latent: int | None, batch: int, tokens: int,
-             options: dict[str, Any], vae_encoder: bool, compile_: bool, as_json: bool) -> ConvertRequest:
+             options: dict[str, Any], vae_encoder: bool, compile_: bool, as_json: bool,
+             recipe: str | None = None) -> ConvertRequest:
     """The model resolved once (a DiT's shapes default to its own pipeline's), and the options checked,
     before anything slow."""
     from snapbench.converters.checks import require_prediction
@@ -101,6 +107,9 @@ def _request(model: str, part: Part, out_dir: Path, *, weights: str | None, vari
 
     if (vae_encoder or compile_) and part != "pipeline":
         raise SnapbenchError("--vae-encoder and --compile go with --pipeline")
+    if recipe is not None and (part != "blocks" or is_dit_ref(model)):
+        raise SnapbenchError("--recipe applies to a UNet's per-block conversion; it cannot be combined with --whole, "
+                             "--pipeline or --component yet")
     if is_dit_ref(model) and part == "blocks":
         from snapbench.commands.dit_commands import dit_options
 
@@ -112,6 +121,10 @@ def _request(model: str, part: Part, out_dir: Path, *, weights: str | None, vari
                               subfolder, revision)
         if latent is None and part != "text_encoder":  # the model's own size (the text encoder has none)
             opts = replace(opts, latent=resolved_latent(source, None))
+        if recipe is not None:  # checked against the model before anything is written
+            from snapbench.converters.mixed_bit import load_recipe
+
+            opts = replace(opts, mode="deploy", recipe=load_recipe(recipe, source).items())
     if opts.check:
         require_prediction()  # before anything slow
     return ConvertRequest(source, out_dir, opts, part, Path(weights) if weights is not None else None,

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
 from snapbench.backbones import backbone_for
@@ -53,16 +53,16 @@ class Action:
             new = swap.apply(c)
         elif self.sign == "-":
             if c.copies:
-                new = BlockChoice(c.block, True, c.copies - 1)
+                new = replace(c, copies=c.copies - 1)
             elif c.keep:
-                new = BlockChoice(c.block, False, 0)
+                new = replace(c, keep=False, copies=0)
             else:
                 raise SnapbenchError(f"{self.label}: the block is already removed")
         else:
             if not c.keep:
-                new = BlockChoice(c.block, True, 0)
+                new = replace(c, keep=True, copies=0)
             elif c.copies < MAX_COPIES:
-                new = BlockChoice(c.block, True, c.copies + 1)
+                new = replace(c, copies=c.copies + 1)
             else:
                 raise SnapbenchError(f"{self.label}: the block already has {MAX_COPIES} copies")
         return spec.with_choices(spec.name, {(self.stage, self.block): new})
