@@ -63,7 +63,7 @@ class LineProgress:
     def __enter__(self) -> "LineProgress":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self) -> None:
@@ -74,7 +74,7 @@ class LineProgress:
             if t["completed"] != t["logged_at"]:
                 self._log(tid)
 
-    def add_task(self, description: str = "", total: float | None = None, completed: float = 0, **_: Any) -> int:
+    def add_task(self, description: str = "", total: float | None = None, completed: float = 0, **_: object) -> int:
         tid = len(self._tasks)
         self._tasks[tid] = {"description": description, "total": total, "completed": completed,
                             "start": time.monotonic(), "first": completed, "last": None, "logged_at": None}
@@ -84,7 +84,7 @@ class LineProgress:
         self.update(task, advance=advance)
 
     def update(self, task: int, *, completed: float | None = None, advance: float | None = None,
-               description: str | None = None, total: float | None = None, **_: Any) -> None:
+               description: str | None = None, total: float | None = None, **_: object) -> None:
         t = self._tasks[task]
         if total is not None:
             t["total"] = total

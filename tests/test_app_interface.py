@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from snapbench.converters import ConvertOptions
+from snapbench.converters.options import ConvertOptions
 from snapbench.converters.swift_interface import (
     check_package, family_rules, interface_markdown, load_table, read_interface,
 )
@@ -91,7 +91,7 @@ def test_every_package_matches_what_swift_feeds_and_reads(converted):
 
 @pytest.mark.slow
 def test_manifest_records_the_dtypes(converted):
-    from snapbench.converters import load_manifest
+    from snapbench.converters.manifest import load_manifest
 
     _, chunked, _ = converted
     block = load_manifest(chunked).block("TextEncoder")

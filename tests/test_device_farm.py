@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from snapbench.errors import SnapbenchError
-from snapbench.latency import Settings
+from snapbench.latency.table import Settings
 from snapbench.latency.farm_profile import profile_on_farm
 from snapbench.profilers.farm import NodeSettings, check_holders, pack, unpack
 from snapbench.devices.catalog import resolve_device

@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 
 from snapbench.errors import SnapbenchError
-from snapbench.latency import LatencyRow, LatencyTable, Settings, block_latencies
+from snapbench.latency.model_latency import block_latencies
+from snapbench.latency.table import LatencyRow, LatencyTable, Settings
 from snapbench.latency.table import COLUMNS
 
 from profile_fakes import FakePackages, toy_estimator

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from snapbench.cli import main
-from snapbench.latency import LatencyTable, Settings, block_latencies
+from snapbench.latency.model_latency import block_latencies
+from snapbench.latency.table import LatencyTable, Settings
 
 pytestmark = pytest.mark.slow
 

@@ -37,7 +37,7 @@ class ElasticDiT(nn.Module):
 
     @property
     def units(self) -> list[DitUnit]:
-        return list(self._units)  # type: ignore[arg-type]
+        return list(self._units)
 
     def unit(self, block_id: str) -> DitUnit:
         for u in self.units:

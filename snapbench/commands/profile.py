@@ -128,7 +128,7 @@ def profile_command(
     if from_file is not None and backend == "auto":
         backend = "import"
     if packages is not None:  # refuse packages made with other settings before anything else happens
-        from snapbench.converters import load_manifest
+        from snapbench.converters.manifest import load_manifest
         from snapbench.profilers.packages import check_manifest_settings
 
         check_manifest_settings(load_manifest(packages), packages, settings)

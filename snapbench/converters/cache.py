@@ -21,7 +21,7 @@ from snapbench.converters.options import ConvertOptions
 CONVERTER_FORMAT = 1
 
 
-def _digest(payload: Any, size: int = 16) -> str:
+def _digest(payload: object, size: int = 16) -> str:
     text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.blake2b(text.encode(), digest_size=size).hexdigest()
 

@@ -96,4 +96,5 @@ def parse_action(text: str) -> Action:
     m = re.fullmatch(r"A([+-])\s+(CA|RB)\[([A-Za-z0-9-]+),\s*(\d+)\]", text.strip())
     if not m:
         raise SnapbenchError(f"not an action: {text!r} (expected e.g. 'A- CA[Up-1, 2]')")
-    return Action(m.group(1), m.group(3), f"{m.group(2)}{m.group(4)}")  # type: ignore[arg-type]
+    sign: Literal["-", "+"] = "-" if m.group(1) == "-" else "+"  # the pattern allows only these two
+    return Action(sign, m.group(3), f"{m.group(2)}{m.group(4)}")

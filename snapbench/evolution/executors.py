@@ -162,16 +162,16 @@ class ProcessExecutor:
 
     def map(self, tasks: Sequence[Task[R]], on_done: Callable[[], None] | None = None) -> list[R]:
         futures = {self._pool.submit(_run, t): i for i, t in enumerate(tasks)}
-        out: list[R | None] = [None] * len(tasks)
+        done: dict[int, R] = {}  # by task index: results come back in completion order
         try:
             for f in as_completed(futures):
-                out[futures[f]] = f.result()
+                done[futures[f]] = f.result()
                 if on_done:
                     on_done()
         except KeyboardInterrupt:
             stop_pool(self._pool)
             raise
-        return out  # type: ignore[return-value]
+        return [done[i] for i in range(len(tasks))]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -193,8 +193,8 @@ class RayExecutor:
         self._ray = ray
         self._threads = threads
         local = address in (None, "local")
-        if not local:
-            check_ray_address(address)  # type: ignore[arg-type]
+        if address is not None and not local:
+            check_ray_address(address)
         self._started = not ray.is_initialized()
         try:
             if self._started:

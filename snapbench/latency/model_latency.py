@@ -462,7 +462,7 @@ class _bar:
         task = progress.add_task("", total=self.total)
         return lambda label: progress.update(task, advance=1, description=label)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.stop()
 

@@ -196,7 +196,7 @@ def _rank_key(row: LatencyRow) -> tuple:
     return (BACKEND_RANK[row.backend], row.created_at)
 
 
-def _format(value: Any) -> str:
+def _format(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, float):

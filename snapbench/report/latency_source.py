@@ -72,7 +72,8 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
     """
     try:
         from snapbench.paths import table_to_read, user_table_path
-        from snapbench.latency import LatencyTable, Settings, profile_model
+        from snapbench.latency.model_latency import profile_model
+        from snapbench.latency.table import LatencyTable, Settings
     except ImportError as e:
         return ProfileOutcome(None, f"the latency profiler is not available in this installation ({e})")
     path = table if table is not None else (table_to_read(device.id, source.ref)
