@@ -15,6 +15,11 @@ slow both sides: the load average is printed with the figures, and each side's C
 processes' included, summed over resumes) beside its wall seconds.
 
 --json prints {"default": {"seconds", "final_quality", "reached_target", ...}, "exhaustive": {...}}.
+
+--replay [N] replays every decision of the exhaustive side (its per-sample scores, .evolve/scores/) under
+the plain halving (the better half by mean) and the halving that keeps uncertain values (what `auto`
+does), on the run's own sample order and on N random orders of the samples: how often each picks the
+exhaustive winner, the value it gives up when it does not, and the images it takes. No image is generated.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 PY = sys.executable
 SNAPBENCH = str(Path(PY).with_name("snapbench"))
@@ -168,6 +175,74 @@ def _common(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _replay_one(path: Path, orders: list[np.ndarray]) -> dict[str, Any] | None:
+    """One exhaustive decision replayed under both halving rules; None if the scores are not complete."""
+    from snapbench.evolution.budget import EvalBudget, successive_halving
+
+    z = np.load(path)
+    scores, dl, labels = z["scores"], z["latency_delta_ms"], [str(x) for x in z["labels"]]
+    if np.isnan(scores).any() or len(dl) < 2:
+        return None
+    sign = -1.0 if dl[0] < 0 else 1.0  # removals: the least quality lost per ms saved is the best
+    merit = sign * (scores[1:] - scores[0]) / dl[:, None]
+    total = merit.shape[1]
+    value = merit.mean(axis=1)
+    best = int(successive_halving(len(dl), lambda a, n: merit[a, :n], [total], tiebreak=list(dl)).ranked[0])
+    out: dict[str, Any] = {"iteration": int(path.stem.split("-")[-1]), "candidates": len(dl),
+                           "winner": labels[best], "winner_saving_ms": round(abs(float(dl[best])), 4)}
+    for rule, keep in (("plain", False), ("uncertain", True)):
+        picks, images, lost = [], [], []
+        for order in orders:
+            m = merit[:, order]
+            asked: set[tuple[int, int]] = set()
+
+            def merits(alive: list[int], n: int) -> np.ndarray:
+                asked.update((c, s) for c in alive for s in range(n))
+                return m[alive, :n]
+
+            d = successive_halving(len(dl), merits, EvalBudget().rounds(total), tiebreak=list(dl),
+                                   keep_uncertain=keep)
+            pick = d.ranked[0]
+            picks.append(pick == best)
+            images.append(len(asked) + total - d.samples[pick])  # the winner is then scored on all samples
+            lost.append(float(value[best] - value[pick]))
+        out[rule] = {"picks_winner": float(np.mean(picks)), "images": float(np.mean(images)),
+                     "value_lost": float(np.mean(lost)), "own_order_picks_winner": bool(picks[0])}
+    out["exhaustive_images"] = len(dl) * total
+    return out
+
+
+def replay(folder: Path, permutations: int) -> list[dict[str, Any]]:
+    """Every complete decision in `folder`'s .evolve/scores/, replayed (the run's own order first)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for path in sorted((folder / ".evolve" / "scores").glob("iteration-*.npz")):
+        total = np.load(path)["scores"].shape[1]
+        orders = [np.arange(total)] + [rng.permutation(total) for _ in range(permutations)]
+        if (r := _replay_one(path, orders)) is not None:
+            rows.append(r)
+    return rows
+
+
+def _replay_lines(rows: list[dict[str, Any]], permutations: int) -> list[str]:
+    lines = [f"replay of the exhaustive decisions ({permutations} random sample orders besides the run's own): "
+             "share picking the exhaustive winner (own order y/n), images per decision",
+             f"{'it':>3s} {'winner':16s} {'saves ms':>8s} {'cands':>5s}  {'plain':>14s} {'images':>7s}  "
+             f"{'uncertain':>14s} {'images':>7s}  {'exhaustive':>10s}"]
+    for r in rows:
+        p, u = r["plain"], r["uncertain"]
+        lines.append(f"{r['iteration']:3d} {r['winner']:16s} {r['winner_saving_ms']:8.4f} {r['candidates']:5d}  "
+                     f"{p['picks_winner']:12.2f} {'y' if p['own_order_picks_winner'] else 'n'} {p['images']:7.0f}  "
+                     f"{u['picks_winner']:12.2f} {'y' if u['own_order_picks_winner'] else 'n'} {u['images']:7.0f}  "
+                     f"{r['exhaustive_images']:10d}")
+    if rows:
+        for rule in ("plain", "uncertain"):
+            lines.append(f"{rule}: picks the exhaustive winner in {np.mean([r[rule]['picks_winner'] for r in rows]):.3f} "
+                         f"of decisions, {sum(r[rule]['images'] for r in rows):.0f} images against exhaustive "
+                         f"{sum(r['exhaustive_images'] for r in rows)}")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", help="a robust-trained toy-digits folder (default: train one into OUT/toy)")
@@ -179,6 +254,8 @@ def main() -> None:
     ap.add_argument("--samples-per-prompt", type=int, help="toy images per digit [8]; 1 for a quick smoke run")
     ap.add_argument("--only", choices=SIDES, help="run one side (the other is read if it is there)")
     ap.add_argument("--report-only", action="store_true", help="run nothing; report what OUT holds")
+    ap.add_argument("--replay", type=int, nargs="?", const=200, metavar="N",
+                    help="replay the exhaustive side's decisions under both halving rules on N sample orders [200]")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
@@ -199,6 +276,9 @@ def main() -> None:
         doc["common"] = _common(runs)
     doc["load_average"] = {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in load_after],
                            "cpus": os.cpu_count()}
+    replayed = replay(out / "exhaustive", args.replay) if args.replay is not None else None
+    if replayed is not None:
+        doc["replay"] = replayed
     if args.json:
         print(json.dumps(doc, indent=1))
         return
@@ -229,6 +309,9 @@ def main() -> None:
               f"{e['final_quality']:.4f} (difference {d['final_quality'] - e['final_quality']:+.4f})")
         print()
         print("\n".join(_side_by_side(runs)))
+    if replayed is not None:
+        print()
+        print("\n".join(_replay_lines(replayed, args.replay)))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from snapbench.latency.model_latency import cut_model, locate, now, packages_to_price, price
     from snapbench.model.loading import resolve_model
     from snapbench.profilers.backends import EstimatePricer
-    from snapbench.profilers.packages import ConverterPackages
+    from snapbench.latency.packages import ConverterPackages
 
     settings = Settings(latent=args.latent)
     source = resolve_model(args.model)

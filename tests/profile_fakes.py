@@ -18,7 +18,7 @@ from typing import Any, Callable
 from unittest import mock
 
 from snapbench.profilers.estimate.cost_model import CpuOp, Estimate
-from snapbench.profilers.packages import ComponentPackage
+from snapbench.latency.packages import ComponentPackage
 from snapbench.profilers.readiness import Machine
 
 

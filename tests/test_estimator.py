@@ -12,7 +12,7 @@ import pytest
 from snapbench.devices import resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.profilers.estimate import estimate_ops, estimate_package, load_params, prepare, read_op_records
-from snapbench.profilers.estimate.calibrate import (
+from snapbench.calibration.fit import (
     CalibrationPoint,
     calibration_report,
     fit_params,
@@ -267,7 +267,7 @@ def test_a_fit_leaves_each_chip_at_the_catalogs_peak():
     # v6: no throughput factor per chip generation. Points on two chips whose truth is one chip 1.5x faster
     # than the catalog says must move the shared knobs, never a per-chip one, and a v5 file's chip factors
     # still price as written.
-    from snapbench.profilers.estimate.calibrate import fit_knobs
+    from snapbench.calibration.fit import fit_knobs
 
     prior = load_params(default_priors_path())
     truth = replace(prior, chip_factor={"A16": 1.5})

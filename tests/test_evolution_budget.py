@@ -63,6 +63,33 @@ def test_halving_picks_the_exhaustive_winner_for_fewer_samples():
     assert successive_halving(27, merits, [10, 20, 40, 80]).settled != "confidence"
 
 
+def test_halving_keeps_a_tiny_saving_until_its_value_is_known():
+    """The toy's iteration 8: a block saving 0.009 ms has a value (quality change / ms saved) about 30
+    times noisier than the others'. On its first samples its mean ranks last; on all of them it is the best
+    by far. The plain halving (the better half by mean) drops it; the halving that keeps what the leader
+    has not beaten with confidence takes it to the samples that show it."""
+    rng = np.random.default_rng(3)
+    shared = rng.standard_normal(80) * 0.05
+    rows = np.stack([0.1 * c / 27 + shared + rng.standard_normal(80) * 0.01 for c in range(27)])
+    tiny = np.r_[[-9.0, 8.0] * 5, [3.0] * 70]  # mean -2.2 on 5 samples, -0.5 on 10; 2.56 on all 80
+    rows[4] = tiny
+    asked: set[tuple[int, int]] = set()
+
+    def merits(alive, n):
+        asked.update((c, s) for c in alive for s in range(n))
+        return rows[alive, :n]
+
+    assert successive_halving(27, merits, [80]).ranked[0] == 4  # exhaustive
+    rounds = EvalBudget().rounds(80)
+    plain = successive_halving(27, merits, rounds, keep_uncertain=False)
+    assert plain.ranked[0] != 4 and plain.samples[4] == 5
+    asked.clear()
+    kept = successive_halving(27, merits, rounds)
+    assert kept.ranked[0] == 4 and kept.samples[4] > 10
+    # the well-measured candidates still leave by halves: far fewer scores than exhaustive's 27 x 80
+    assert kept.rounds[1][1] <= 14 + 1 and len(asked) < 27 * 80 / 4
+
+
 def test_halving_stops_when_the_ranking_is_settled_and_keeps_want():
     truth = np.arange(8, dtype=float)  # 7 is best by a wide margin
     merits, asked = _merits(truth, noise=1.0, spread=0.01, total=64)
@@ -102,6 +129,11 @@ def test_evolve_with_halving_makes_the_exhaustive_decisions(tmp_path, toy_folder
     assert all(e["seconds"] >= 0 and e["samples"] > 0 for e in cheap.evaluations[1:4])
     # the current architecture's scores are the previous winner's: reused, not recomputed
     assert all(r["eval_reused"] > 0 for r in cheap.trajectory if r["phase"] == "remove")
+    # each decision's per-sample scores are kept (replayable): all of them exhaustive, some with halving
+    kept = [np.load(tmp_path / side / ".evolve" / "scores" / "iteration-0001.npz") for side in ("full", "cheap")]
+    assert kept[0]["scores"].shape == (39, 32) and not np.isnan(kept[0]["scores"]).any()
+    assert list(kept[0]["labels"]) == list(kept[1]["labels"]) and len(kept[0]["latency_delta_ms"]) == 38
+    assert np.isnan(kept[1]["scores"]).any() and np.array_equal(kept[1]["scores"][0], kept[0]["scores"][0])
 
 
 def test_reuse_recomputes_after_training_steps(toy_folder, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from snapbench.errors import SnapbenchError
-from snapbench.profilers.importer import read_import
+from snapbench.latency.importer import read_import
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "formats.md"
 

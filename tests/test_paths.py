@@ -83,7 +83,7 @@ def test_cache_root_default_and_override(monkeypatch, tmp_path):
     assert paths.cache_root() == tmp_path / "c"
     # every module that caches uses that one root
     from snapbench.evolution.toy_digits import cache_dir as toy_cache
-    from snapbench.profilers.estimate.reference_programs import cache_dir as ops_cache
+    from snapbench.calibration.reference_programs import cache_dir as ops_cache
 
     assert toy_cache() == tmp_path / "c" and ops_cache() == tmp_path / "c" / "reference_ops"
 

@@ -213,7 +213,7 @@ def test_packages_missing_a_signature_is_refused(tmp_path):
     from types import SimpleNamespace
 
     from snapbench.errors import SnapbenchError
-    from snapbench.profilers.packages import signature_packages
+    from snapbench.latency.packages import signature_packages
 
     m = SimpleNamespace(blocks=[SimpleNamespace(signature="RB|a", package="a.mlpackage")])
     assert signature_packages(m, tmp_path, {"RB|a"}) == {"RB|a": tmp_path / "a.mlpackage"}

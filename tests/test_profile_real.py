@@ -43,10 +43,10 @@ def test_profile_estimate_for_real(tmp_path, monkeypatch, capsys):
         if b["signature"]:
             assert slower[b["id"]] >= b["latency_ms"] * 0.999
     # calibration prices a component on exactly these packages: its figure is profile's figure
-    from snapbench.profilers.estimate.calibrate import CalibrationPoint, point_ms
+    from snapbench.calibration.fit import CalibrationPoint, point_ms
     from snapbench.profilers.estimate.cost_model import prepare
     from snapbench.profilers.estimate.params import load_params
-    from snapbench.profilers.estimate.reference_programs import ReferenceProgram, cache_dir, reference_parts
+    from snapbench.calibration.reference_programs import ReferenceProgram, cache_dir, reference_parts
 
     for comp, batch in (("unet", 2), ("text_encoder", 1), ("vae_decoder", 1)):
         parts = reference_parts(ReferenceProgram(comp, "sd15-tiny", batch=batch, latent=8))

@@ -21,7 +21,7 @@ BLOCK = re.compile(r"(<!-- figures: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /f
 
 def calibrate_report() -> str:
     """`snapbench calibrate --report` as a Markdown table (the same rounding the command prints)."""
-    from snapbench.profilers.estimate.calibrate import calibration_report, load_points
+    from snapbench.calibration.fit import calibration_report, load_points
     from snapbench.profilers.estimate.params import load_params
 
     params = load_params()

@@ -146,7 +146,7 @@ def test_safe_file_names_keep_plain_names_and_do_not_collide():
 def test_package_cache_folder_of_a_hostile_spec_name_stays_in_the_cache(tmp_path, monkeypatch):
     from snapbench.latency.table import Settings
     from snapbench.model.loading import ModelSource
-    from snapbench.profilers.packages import ConverterPackages, cache_root
+    from snapbench.latency.packages import ConverterPackages, cache_root
     from snapbench.specs.presets import load_preset
 
     monkeypatch.setenv("SNAPBENCH_CACHE", str(tmp_path / "cache"))

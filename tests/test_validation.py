@@ -75,7 +75,7 @@ def test_a_held_out_chip_is_predicted(corpus):
 
 
 def test_an_unseen_harness_pays_the_median_floor_not_an_outliers():
-    from snapbench.profilers.estimate.calibrate import recentre_calls
+    from snapbench.calibration.fit import recentre_calls
 
     p = load_params()
     p = replace(p, call_overhead_ms=1.0, call_factor={"a": 0.2, "b": 0.3, "c": 5.0})
@@ -137,7 +137,7 @@ def test_in_sample_validation_reports_every_summary():
 
 
 def test_shipped_tables_carry_the_shipped_estimator_version():
-    # the tables are re-estimated whenever the parameters change (python -m snapbench.profilers.estimate.retable)
+    # the tables are re-estimated whenever the parameters change (python -m snapbench.calibration.retable)
     from snapbench.latency.table import LatencyTable
     from snapbench.paths import shipped_tables_dir
     from snapbench.profilers.estimate import load_params

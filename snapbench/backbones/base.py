@@ -21,6 +21,7 @@ families, which do.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Protocol
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ class Backbone(ABC):
     name: str = ""
     #: stage names in execution order: the rows of every per-stage table and chart
     stages: tuple[str, ...] = ()
+    #: the file of a saved folder (`save`) that names its architecture; written last
+    spec_file: str = "arch.json"
 
     # -- which models are this family's (config only: cheap, no torch) ------------------------------
     @abstractmethod
@@ -90,6 +93,14 @@ class Backbone(ABC):
     def reshape(self, model: ElasticModel, spec: ArchSpec) -> ElasticModel:
         """The same weights under another spec (evolution's swap after a skip / copy action): shared base
         weights, copies carried over, new copies initialised from their originals."""
+
+    def save(self, model: ElasticModel, folder: Path) -> None:
+        """Write `model` as one complete folder that `--model` reads back (training and evolution output);
+        written under a temporary name and renamed."""
+        from snapbench.errors import SnapbenchError
+
+        raise SnapbenchError(f"{model.spec.name}: the {self.name or type(self).__name__} family cannot save "
+                             "trained models yet")
 
     @abstractmethod
     def example_inputs(self, model: ElasticModel, shapes: InputShapes, *, device: str | torch.device = "meta",

@@ -4,6 +4,7 @@ the seam existed, so the UNet's numbers are unchanged."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -13,7 +14,7 @@ from snapbench.blocks.cut import CutBlock, cut_blocks
 from snapbench.blocks.cut import example_inputs as unet_example_inputs
 from snapbench.blocks.signature import Shape, Signature, make_signature
 from snapbench.model.elastic_unet import ElasticUNet
-from snapbench.model.loading import ModelSource, build_unet
+from snapbench.model.loading import ModelSource, build_unet, save_elastic
 from snapbench.model.units import BlockUnit
 from snapbench.settings import InputShapes
 from snapbench.specs.arch_spec import ArchSpec
@@ -39,6 +40,9 @@ class UNetBackbone(Backbone):
 
     def reshape(self, model: Any, spec: ArchSpec) -> ElasticUNet:
         return model.with_spec(spec)
+
+    def save(self, model: Any, folder: Path) -> None:
+        save_elastic(model, folder)
 
     def example_inputs(self, model: Any, shapes: InputShapes, *, device: str | torch.device = "meta",
                        dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:

@@ -35,7 +35,7 @@ def calibrate_command(
             raise SnapbenchError("--app-floor reads your app's floor only; run --write / --measured on their own")
         _app_floor(app_floor, params, as_json)
         return
-    from snapbench.profilers.estimate.calibrate import calibration_report, load_points
+    from snapbench.calibration.fit import calibration_report, load_points
     from snapbench.profilers.estimate.params import default_params_path, load_params
 
     if write:

@@ -1,6 +1,6 @@
 """`snapbench profile`: per-block latency on a device into the lookup table, stage and component totals.
 
-Import format for `--backend import --from FILE`: see `snapbench.profilers.importer` (columns `block` or
+Import format for `--backend import --from FILE`: see `snapbench.latency.importer` (columns `block` or
 `signature`, `latency_ms`, optional `p90_ms`, `samples`, `device` and settings columns).
 """
 
@@ -115,7 +115,7 @@ def profile_command(
     from snapbench.profilers.backends import DeviceBackend, EstimatePricer, choose_backend
     from snapbench.profilers.coreml_api import CoreMLTools, Signing
     from snapbench.profilers.farm import NodeSettings
-    from snapbench.profilers.packages import ConverterPackages
+    from snapbench.latency.packages import ConverterPackages
     from snapbench.profilers.readiness import Machine
 
     tools = ctx.obj if isinstance(ctx.obj, ProfileTools) else ProfileTools()
@@ -129,7 +129,7 @@ def profile_command(
         backend = "import"
     if packages is not None:  # refuse packages made with other settings before anything else happens
         from snapbench.converters.manifest import load_manifest
-        from snapbench.profilers.packages import check_manifest_settings
+        from snapbench.latency.packages import check_manifest_settings
 
         check_manifest_settings(load_manifest(packages), packages, settings)
     signing = Signing.for_team(team_id, bundle_id) if team_id else None
@@ -234,7 +234,7 @@ def _profile_farm(tools, source, model: str, devices: list[str], settings: Setti
     from snapbench.paths import shipped_table_path
     from snapbench.profilers.backends import EstimatePricer
     from snapbench.profilers.farm import node_backend
-    from snapbench.profilers.packages import ConverterPackages
+    from snapbench.latency.packages import ConverterPackages
 
     if backend not in ("auto", "iphone", "mac"):
         raise SnapbenchError(f"--ray-address measures on the farm's phones and Macs: --backend {backend} does not "

@@ -127,7 +127,9 @@ def convert_dit(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLi
                              "convert it with --attention original")
     backbone = DitBackbone()
     meta = backbone.build(source, device="meta")
-    blocks = backbone.cut(meta, shapes_of(opts), precision=opts.precision, attention=opts.attention)
+    # removed blocks (an evolved DiT) run nothing: no package
+    blocks = [b for b in backbone.cut(meta, shapes_of(opts), precision=opts.precision, attention=opts.attention)
+              if b.signature is not None]
     versions = tool_versions()
     previous = inspect_out_dir(folder, "blocks", str(source.ref), source.spec.name)
     weights = sorted(source.weights_dir.glob("*.safetensors")) if source.weights_dir is not None else []

@@ -22,14 +22,16 @@ from snapbench.dit.units import (AdaSingleUnit, CaptionEmbedUnit, CrossBlockUnit
                                  JointBlockUnit, PatchEmbedUnit, TextTimeEmbedUnit)
 from snapbench.errors import SnapbenchError
 from snapbench.settings import InputShapes
+from snapbench.specs.dit_layout import MAX_STAGES, STAGES, block_stages
+
+__all__ = ["STAGES", "block_stages", "cut_dit", "cut_units", "default_shapes", "example_inputs", "make_units",
+           "run_chain", "stage_names"]
 
 Shape = tuple[int, ...]
-MAX_STAGES = 4
 MAX_LATENT = 512  # 4096x4096 pixels at f8; bounds the token count (and attention memory) a user can ask for
 _ATTENTION_OPS = ("bmm", "baddbmm", "_scaled_dot_product")
 
 
-STAGES: tuple[str, ...] = ("Embed", *(f"DiT-{i + 1}" for i in range(MAX_STAGES)), "Final")
 
 
 def outputs_of(b: CutBlock) -> tuple[tuple[str, Shape], ...]:
@@ -45,16 +47,6 @@ def default_shapes(spec: DitSpec, *, latent: int | None = None, batch: int = 2, 
 
 def stage_names(num_layers: int) -> list[str]:
     return ["Embed", *(f"DiT-{i + 1}" for i in range(min(MAX_STAGES, num_layers))), "Final"]
-
-
-def block_stages(num_layers: int) -> list[str]:
-    """The stage of each transformer block: near-equal consecutive groups, the larger ones first."""
-    groups = min(MAX_STAGES, num_layers)
-    size, extra = divmod(num_layers, groups)
-    out: list[str] = []
-    for g in range(groups):
-        out += [f"DiT-{g + 1}"] * (size + (g < extra))
-    return out
 
 
 def check_shapes(spec: DitSpec, shapes: InputShapes) -> None:
@@ -116,11 +108,12 @@ def example_inputs(spec: DitSpec, shapes: InputShapes, *, device: str | torch.de
 
 
 def run_chain(units: list[DitUnit], inputs: dict[str, torch.Tensor], record: list | None = None) -> torch.Tensor:
-    """The whole backbone, block by block: each unit reads its inputs by name and writes its outputs."""
+    """The whole backbone, block by block: each unit reads its inputs by name and writes its outputs (a
+    removed block's streams pass through)."""
     env = dict(inputs)
     for unit in units:
         args = tuple(env[n] for n in unit.input_names)
-        out = unit(*args)
+        out = args[: len(unit.output_names)] if unit.removed else unit(*args)  # removed: streams pass through
         outs = out if isinstance(out, tuple) else (out,)
         if record is not None:
             record.append((unit, args, outs))
@@ -146,7 +139,23 @@ def _attrs(unit: DitUnit, fam: Family, cfg: Any, variant: str) -> tuple[tuple[st
         attrs += [("cross_heads", int(cfg.num_cross_attention_heads)),
                   ("cross_head_dim", int(cfg.cross_attention_head_dim)), ("mlp_ratio", float(cfg.mlp_ratio)),
                   ("attention_kind", "linear+cross")]
-    return tuple(attrs)
+    return tuple(attrs) + _variant_attrs(unit.block, heads)
+
+
+def _variant_attrs(block: Any, heads: int) -> tuple[tuple[str, Any], ...]:
+    """A block variant's (elastic DiT: fewer key/value heads, a narrower feed-forward) extra attributes;
+    none for the block as diffusers builds it, so the full model's signatures stay as they were."""
+    attn, ff = getattr(block, "attn1", None), getattr(block, "ff", None)
+    if attn is None or ff is None or not hasattr(ff, "net") or not hasattr(attn, "inner_kv_dim"):
+        return ()
+    out: list[tuple[str, Any]] = []
+    kv = attn.inner_kv_dim // (attn.inner_dim // heads)
+    if kv != heads:
+        out.append(("kv_heads", kv))
+    width, inner = attn.query_dim, ff.net[2].in_features
+    if inner != 4 * width:  # diffusers' FeedForward default (mult 4), which every DiT preset uses
+        out.append(("ff_inner", inner))
+    return tuple(out)
 
 
 def cut_units(units: list[DitUnit], spec: DitSpec, shapes: InputShapes, config: Any, *, precision: str = "fp16",
@@ -160,13 +169,16 @@ def cut_units(units: list[DitUnit], spec: DitSpec, shapes: InputShapes, config: 
         run_chain(units, example_inputs(spec, shapes, device="meta"), record)
     blocks = []
     for unit, args, outs in record:
+        inputs = tuple((n, tuple(a.shape)) for n, a in zip(unit.input_names, args))
+        outputs = tuple((n, tuple(o.shape)) for n, o in zip(unit.output_names, outs))
+        if unit.removed:  # nothing runs: no package, no cost (its weights stay in the checkpoint)
+            blocks.append(CutBlock(unit, inputs, outputs[0][1], 0, 0, 0, None, extra={"outputs": outputs}))
+            continue
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             unit(*args)
         flops = counter.get_flop_counts().get("Global", {})
         total = sum(flops.values()) // 2
         attn = sum(v for k, v in flops.items() if any(o in str(k) for o in _ATTENTION_OPS)) // 2
-        inputs = tuple((n, tuple(a.shape)) for n, a in zip(unit.input_names, args))
-        outputs = tuple((n, tuple(o.shape)) for n, o in zip(unit.output_names, outs))
         kind = "TB" if unit.kind == "TB" else unit.name
         variant = spec.attention_variant.label() if spec.attention_variant else "-"
         sig = Signature(kind, inputs, outputs[0][1], _attrs(unit, fam, config, variant), precision,

@@ -45,6 +45,11 @@ class DitProfile:
     def step_ms(self) -> float:
         return sum(b["latency_ms"] for b in self.blocks)
 
+    @property
+    def backends(self) -> str:
+        """Where the figures came from (removed blocks cost nothing and come from nowhere)."""
+        return "+".join(sorted({b["backend"] for b in self.blocks if b["backend"]}))
+
     def stages(self) -> list[dict[str, Any]]:
         out = []
         for stage in STAGES:
@@ -62,13 +67,13 @@ class DitProfile:
         return {
             "format": "snapbench.profile/1", "model": spec.name, "backbone": "dit", "class": spec.class_name,
             "device": self.device.id, "chip": self.device.chip,
-            "backend": "+".join(sorted({b["backend"] for b in self.blocks})),
+            "backend": self.backends,
             "settings": {"latent": self.opts.latent, "batch": self.opts.batch, "tokens": self.opts.tokens,
                          "precision": self.opts.precision, "weight_bits": self.opts.weight_bits,
                          "attention": self.opts.attention,
                          "image": self.opts.latent * spec.family.vae_factor},
             "components": {"transformer": {"latency_ms": self.step_ms, "per": "denoising step",
-                                           "backend": "+".join(sorted({b["backend"] for b in self.blocks}))}},
+                                           "backend": self.backends}},
             "model_ms": self.step_ms, "packages": self.packages, "stages": self.stages(), "blocks": self.blocks,
             "versions": tool_versions(), "notes": self.notes,
         }
@@ -108,6 +113,7 @@ def profile_dit(model: str | os.PathLike | ModelSource, device: str | Device, op
     blocks = backbone.cut(backbone.build(source, device="meta"), shapes_of(opts), precision=opts.precision,
                           attention=opts.attention)
     keys = {b.signature.key(): b for b in reversed(blocks) if b.signature is not None}  # first block wins
+    blocks_run = [b for b in blocks if b.signature is not None]
     rows: dict[str, LatencyRow] = {}
     if table is not None:
         rows = {k: r for k in keys if (r := table.lookup(dev.id, settings, k)) is not None}
@@ -123,13 +129,17 @@ def profile_dit(model: str | os.PathLike | ModelSource, device: str | Device, op
         created = now()
         for k in missing:
             b = keys[k]
-            item = PackageToPrice(k, b.block_id, "unet", settings, sum(x.signature == b.signature for x in blocks), b)
+            item = PackageToPrice(k, b.block_id, "unet", settings, sum(x.signature == b.signature for x in blocks_run), b)
             row = to_row(dev, item, Measurement.from_estimate(estimate(paths[k], dev)), created)
             rows[k] = row
             new_rows.append(row)
     out: list[dict[str, Any]] = []
     for b in blocks:
-        assert b.signature is not None
+        if b.signature is None:  # a removed block: nothing runs
+            out.append({"id": b.block_id, "file_id": b.unit.file_id, "stage": b.unit.slot.stage, "kind": b.kind,
+                        "status": b.unit.status, "signature": "", "signature_digest": "", "latency_ms": 0.0,
+                        "backend": None, "macs": 0, "params": 0, "placement": ""})
+            continue
         row = rows[b.signature.key()]
         out.append({"id": b.block_id, "file_id": b.unit.file_id, "stage": b.unit.slot.stage, "kind": b.kind,
                     "status": b.unit.status, "signature": b.signature.key(), "signature_digest": b.signature.digest(),

@@ -9,6 +9,7 @@ A folder's weights must fit its config tensor by tensor; a mismatch names the bl
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,6 +25,8 @@ from snapbench.specs.arch_spec import ArchSpec, BlockChoice
 from snapbench.user_files import read_user_json
 
 CONFIG = "config.json"
+SPEC_FILE = "dit.json"  # a folder written by save_dit (train / evolve output): the spec with its block choices
+TRANSFORMER = "transformer"
 
 
 def to_arch_spec(spec: DitSpec) -> ArchSpec:
@@ -33,12 +36,15 @@ def to_arch_spec(spec: DitSpec) -> ArchSpec:
     stages: dict[str, list[BlockChoice]] = {}
     for i, stage in enumerate(block_stages(spec.num_layers)):
         stages.setdefault(stage, []).append(BlockChoice(f"TB{i + 1}"))
+    for stage, choices in (spec.stages or {}).items():
+        stages[stage] = list(choices)
     notes = dict(spec.notes)
     if spec.tokens is not None:
         notes["tokens"] = spec.tokens
     if spec.attention_variant is not None:
         notes["attention_variant"] = spec.attention_variant.to_dict()
-    return ArchSpec(spec.name, dict(spec.config), {k: tuple(v) for k, v in stages.items()}, spec.description, notes)
+    config = {**spec.config, "num_layers": spec.num_layers}  # stated, so the spec's layout needs no diffusers
+    return ArchSpec(spec.name, config, {k: tuple(v) for k, v in stages.items()}, spec.description, notes)
 
 
 def dit_spec(spec: ArchSpec) -> DitSpec:
@@ -48,7 +54,9 @@ def dit_spec(spec: ArchSpec) -> DitSpec:
     notes = dict(spec.notes)
     tokens = notes.pop("tokens", None)
     variant = parse_variant(notes.pop("attention_variant", None), spec.name)
-    return DitSpec(spec.name, spec.base_config, spec.description, tokens, notes, variant)
+    elastic = any(not c.keep or c.copies or not c.variant.is_default for cs in spec.stages.values() for c in cs)
+    return DitSpec(spec.name, spec.base_config, spec.description, tokens, notes, variant,
+                   dict(spec.stages) if elastic else None)
 
 
 def _folder_config(p: Path) -> Path | None:
@@ -71,7 +79,7 @@ def is_dit_ref(ref: str | os.PathLike[str]) -> bool:
         return True
     p = Path(s)
     if p.is_dir():
-        return _folder_config(p) is not None
+        return (p / SPEC_FILE).is_file() or _folder_config(p) is not None
     if p.suffix == ".json" and p.is_file():
         try:
             return is_dit_spec_data(read_user_json(p, "spec file"))
@@ -83,6 +91,8 @@ def is_dit_ref(ref: str | os.PathLike[str]) -> bool:
 def resolve_dit(ref: str | os.PathLike[str], *, variant: str | None = None) -> ModelSource:
     s = str(ref)
     p = Path(s)
+    if p.is_dir() and (p / SPEC_FILE).is_file():
+        return _from_saved(p, variant)
     if p.is_dir():
         config_path = _folder_config(p)
         if config_path is None:
@@ -98,6 +108,60 @@ def resolve_dit(ref: str | os.PathLike[str], *, variant: str | None = None) -> M
     if p.suffix == ".json":
         return ModelSource(s, to_arch_spec(load_spec(p)))
     return ModelSource(s, to_arch_spec(load_preset(s)))
+
+
+def _from_saved(p: Path, variant: str | None) -> ModelSource:
+    """A folder save_dit wrote: dit.json (the spec and its block choices), transformer/ (the base weights),
+    copies.safetensors and variants.safetensors (copied and variant blocks), each checked against the spec."""
+    from snapbench.model.loading import COPIES_FILE, VARIANTS_FILE
+
+    spec = load_spec(p / SPEC_FILE)
+    folder = p / TRANSFORMER
+    if not (folder / CONFIG).is_file():
+        raise SnapbenchError(f"{p}: has {SPEC_FILE} but no {TRANSFORMER}/{CONFIG}; the folder is incomplete")
+    chosen = _weights_variant(folder, variant)
+    check_fits(spec, folder, chosen)
+    copies, variants = p / COPIES_FILE, p / VARIANTS_FILE
+    return ModelSource(str(p), to_arch_spec(spec), folder, copies if copies.is_file() else None, chosen,
+                       variants if variants.is_file() else None)
+
+
+def save_dit(model: Any, folder: str | os.PathLike[str]) -> Path:
+    """An elastic DiT as dit.json + transformer/ (diffusers save_pretrained) + copies / variants safetensors,
+    written under a temporary name and renamed: a folder that exists is complete."""
+    from safetensors.torch import save_file
+
+    from snapbench.atomic import atomic_path, atomic_write_text
+    from snapbench.model.loading import COPIES_FILE, VARIANTS_FILE
+
+    out = Path(folder)
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        atomic_write_text(tmp / SPEC_FILE, json.dumps(dit_spec(model.spec).to_dict(), indent=2) + "\n")
+        model.base.save_pretrained(tmp / TRANSFORMER, safe_serialization=True)
+        for modules, name in ((model.copies, COPIES_FILE), (model.variants, VARIANTS_FILE)):
+            state = {k: v.detach().contiguous().cpu() for k, v in modules.state_dict().items()}
+            if state:
+                save_file(state, str(tmp / name))
+    return out
+
+
+def load_extra_weights(model: Any, source: ModelSource) -> None:
+    """Copied and variant blocks' weights from a saved folder into a freshly built elastic DiT (on meta:
+    nothing to load). A file that does not fit the spec's blocks is refused in one line."""
+    from snapbench.user_files import load_safetensors
+
+    for path, modules in ((source.copies_file, model.copies), (source.variants_file, model.variants)):
+        if path is None or next(model.base.parameters()).device.type == "meta":
+            continue
+        state = load_safetensors(path)
+        want = {k: tuple(v.shape) for k, v in modules.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        if want != got:
+            wrong = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
+            raise SnapbenchError(f"{path}: does not fit {source.spec.name}'s copied / variant blocks (first "
+                                 f"mismatch: {wrong[0]}); the folder's {SPEC_FILE} and weights disagree")
+        modules.load_state_dict(state)
 
 
 def block_of(key: str, num_layers: int) -> str:

@@ -10,6 +10,10 @@ JSON form (format "snapbench.dit/1"):
                   with its "_class_name"... },
       "tokens": 333,                      optional: the text length its pipeline uses (default: the family's)
       "attention_variant": {"kind": "window", "window": 256},   optional: efficient attention (variants.py)
+      "stages": {"DiT-2": [{"block": "TB4"}, {"block": "TB5", "keep": false}, {"block": "TB6", "copies": 1}]},
+                                          optional: the elastic DiT's choices per transformer block (kept,
+                                          removed, copied, a variant: kv_heads, ff_mult), as an arch spec's;
+                                          a stage left out keeps every block (evolution writes these)
       "notes": { "published_params": 2000000000, "published_params_label": "2B", "config_source": ... }
     }
 """
@@ -26,6 +30,8 @@ from typing import Any, Mapping
 from snapbench.dit.family import Family, check_config
 from snapbench.dit.variants import AttentionVariant, parse_variant
 from snapbench.errors import SnapbenchError
+from snapbench.specs.arch_spec import BlockChoice, parse_stages
+from snapbench.specs.dit_layout import STAGES, block_slots
 from snapbench.user_files import read_user_json
 
 FORMAT = "snapbench.dit/1"
@@ -40,6 +46,7 @@ class DitSpec:
     tokens: int | None = None  # None: the family's
     notes: Mapping[str, Any] = field(default_factory=dict)
     attention_variant: AttentionVariant | None = None  # None: the attention diffusers' class computes
+    stages: Mapping[str, tuple[BlockChoice, ...]] | None = None  # None: every transformer block kept once
 
     @property
     def family(self) -> Family:
@@ -63,6 +70,8 @@ class DitSpec:
             d["tokens"] = self.tokens
         if self.attention_variant is not None:
             d["attention_variant"] = self.attention_variant.to_dict()
+        if self.stages is not None:
+            d["stages"] = {st: [c.to_dict() for c in cs] for st, cs in self.stages.items()}
         d["notes"] = dict(self.notes)
         return d
 
@@ -86,15 +95,31 @@ class DitSpec:
         notes = data.get("notes", {})
         if not isinstance(notes, dict):
             raise SnapbenchError(f"{source}: notes must be an object")
-        unknown = set(data) - {"format", "name", "description", "config", "tokens", "notes", "attention_variant"}
+        unknown = set(data) - {"format", "name", "description", "config", "tokens", "notes", "attention_variant",
+                               "stages"}
         if unknown:
             raise SnapbenchError(f"{source}: unknown field(s) {sorted(unknown)}; "
-                                 "allowed: format, name, description, config, tokens, attention_variant, notes")
+                                 "allowed: format, name, description, config, tokens, attention_variant, stages, notes")
         variant = parse_variant(data.get("attention_variant"), source)
         if variant is not None and config.get("_class_name") == "SanaTransformer2DModel":
             raise SnapbenchError(f"{source}: attention_variant: Sana's self-attention is linear already; variants "
                                  "apply to SD3 and PixArt blocks")
-        return cls(name, config, str(data.get("description", "")), tokens, notes, variant)
+        stages = _stages(data.get("stages"), config, source)
+        return cls(name, config, str(data.get("description", "")), tokens, notes, variant, stages)
+
+
+def _stages(raw: Any, config: Mapping[str, Any], source: str) -> dict[str, tuple[BlockChoice, ...]] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SnapbenchError(f"{source}: stages must be an object keyed by stage name")
+    num_layers = int(check_config(config, source).setting(config, "num_layers"))
+
+    def bad(where: str, why: str) -> SnapbenchError:
+        return SnapbenchError(f"{source}: {where}: {why}")
+
+    return parse_stages(raw, block_slots(num_layers), bad, source, STAGES)
+
 
 
 def is_dit_spec_data(data: object) -> bool:

@@ -16,16 +16,7 @@ import torch
 from torch import nn
 
 from snapbench.model.units import BlockUnit
-from snapbench.specs.layout import Slot
-
-
-def aux_slot(name: str, stage: str, path: str) -> Slot:
-    return Slot("aux", stage, name, path)
-
-
-def block_slot(index: int, stage: str) -> Slot:
-    """transformer_blocks.<index> as 'TB[<stage>, <index + 1>]': numbered by depth through the stack."""
-    return Slot("TB", stage, f"TB{index + 1}", f"transformer_blocks.{index}")
+from snapbench.specs.dit_layout import aux_slot, block_slot
 
 
 class DitUnit(BlockUnit):

@@ -93,7 +93,7 @@ def parse_action(text: str) -> Action:
     """'A- CA[Up-1, 2]' -> Action (used when a saved trajectory is read back)."""
     import re
 
-    m = re.fullmatch(r"A([+-])\s+(CA|RB)\[([A-Za-z0-9-]+),\s*(\d+)\]", text.strip())
+    m = re.fullmatch(r"A([+-])\s+(CA|RB|TB)\[([A-Za-z0-9-]+),\s*(\d+)\]", text.strip())
     if not m:
         raise SnapbenchError(f"not an action: {text!r} (expected e.g. 'A- CA[Up-1, 2]')")
     sign: Literal["-", "+"] = "-" if m.group(1) == "-" else "+"  # the pattern allows only these two

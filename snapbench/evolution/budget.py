@@ -5,7 +5,8 @@ candidate on every sample (`exhaustive`, the paper's procedure) spends most of i
 are clearly not the best. Successive halving (Jamieson & Talwalkar 2016) spends it where the decision is:
 
 - round 1 scores every candidate on the first `first` samples; each later round doubles the samples
-  (capped at all of them) for the better half of the survivors (never fewer than `want`);
+  (capped at all of them) for the better half of the survivors (never fewer than `want`), and for every
+  candidate below that half whose value is still too uncertain to call worse than the leaders' (below);
 - samples are common random numbers (the same prompt and starting noise for every candidate:
   snapbench.evolution.evaluators), so candidates are compared sample by sample: for two candidates the
   per-sample differences of their merit have a far smaller spread than the merits themselves;
@@ -18,10 +19,19 @@ are clearly not the best. Successive halving (Jamieson & Talwalkar 2016) spends 
 A candidate's merit on one sample is what Algorithm 1 ranks by, per sample: for a removal -(q_c - q_p) / dl
 (the least quality lost per ms saved is the best), for an addition (q_c - q_p) / dl, with q_p the current
 architecture's score on the same sample. Its mean over samples is the candidate's value (sign aside).
+
+Why the halving keeps uncertain candidates: the value is a quality difference divided by the latency the
+action saves, so its noise grows as 1 / |dl|. A block that saves 0.009 ms where others save 0.1-0.3 ms has
+a value 10-30 times noisier; on the first few samples its mean says little, and ranking by the mean alone
+dropped such a block that all samples showed to be the best by far (the toy, benchmarks/bench_evolve.py).
+So a candidate leaves a round below the better half only when the leaders beat it in the same paired
+one-sided t-test, taken one comparison at a time at `confidence` (its value interval no longer reaches
+theirs); settling the whole ranking still takes the Bonferroni-corrected test above.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -109,18 +119,26 @@ def _beats(a: np.ndarray, b: np.ndarray, quantile: float) -> bool:
     sd = float(d.std(ddof=1))
     if sd == 0.0:
         return True  # every sample agrees
+    return mean / (sd / math.sqrt(len(d))) > _critical(quantile, len(d) - 1)
+
+
+@functools.lru_cache(maxsize=1024)
+def _critical(quantile: float, dof: int) -> float:
+    """Student's t quantile (scipy's ppf costs more than the whole test; a decision asks a few values)."""
     from scipy.stats import t as student
 
-    return mean / (sd / math.sqrt(len(d))) > float(student.ppf(quantile, len(d) - 1))
+    return float(student.ppf(quantile, dof))
 
 
 def successive_halving(count: int, merits: Callable[[list[int], int], np.ndarray], rounds: Sequence[int], *,
-                       want: int = 1, confidence: float = 0.95,
-                       tiebreak: Sequence[float] | None = None) -> Decision:
+                       want: int = 1, confidence: float = 0.95, tiebreak: Sequence[float] | None = None,
+                       keep_uncertain: bool = True) -> Decision:
     """Rank `count` candidates by mean merit (higher is better) with as few samples as the ranking needs.
 
     `merits(alive, n)` returns an array [len(alive), n]: each alive candidate's merit on samples 0..n-1
-    (the caller computes only what it has not computed before). `tiebreak`: lower first among equal means."""
+    (the caller computes only what it has not computed before). `tiebreak`: lower first among equal means.
+    `keep_uncertain=False` is the plain halving (the better half by mean, whatever the uncertainty), kept
+    so that a benchmark can replay what it would have decided."""
     tie = list(tiebreak) if tiebreak is not None else [0.0] * count
     alive = list(range(count))
     means: dict[int, float] = {}
@@ -147,7 +165,10 @@ def successive_halving(count: int, merits: Callable[[list[int], int], np.ndarray
         if n == rounds[-1]:
             decision.settled, final = "all samples", ranked
             break
-        alive = [c for c in ranked[:max(want, math.ceil(len(ranked) / 2))] if c not in beaten]
+        half = ranked[:max(want, math.ceil(len(ranked) / 2))]
+        unsure = [o for o in ranked[len(half):]
+                  if keep_uncertain and not all(_beats(rows[t], rows[o], confidence) for t in top)]
+        alive = [c for c in half + unsure if c not in beaten]
         dropped.append([c for c in ranked if c not in alive])
         if len(alive) <= want:
             decision.settled, final = "survivors", alive

@@ -1,4 +1,5 @@
-"""A trained model folder: the elastic UNet (save_elastic: arch.json + unet/ + copies.safetensors) plus
+"""A trained model folder: the elastic UNet (save_elastic: arch.json + unet/ + copies.safetensors) or DiT
+(dit/source.py save_dit: dit.json + transformer/ + copies.safetensors) plus
 what it needs to be trained further or evaluated: its noise schedule (scheduler/scheduler_config.json,
 as in a diffusers pipeline) and, for the toy, its prompt encoder (toy_text.safetensors).
 
@@ -12,17 +13,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Union
 
 import torch
 
 from snapbench.atomic import atomic_path
 from snapbench.backbones import ElasticModel, backbone_for
+from snapbench.dit.elastic import ElasticDiT
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_json
 from snapbench.evolution.toy_digits import ENCODER_FILE, PromptEncoder, context_width, is_toy
 from snapbench.model.elastic_unet import ElasticUNet
-from snapbench.model.loading import ModelSource, resolve_model, save_elastic
+from snapbench.model.loading import ModelSource, resolve_model
 from snapbench.specs.arch_spec import ArchSpec
 
 SCHEDULER_FILE = "scheduler/scheduler_config.json"
@@ -37,9 +39,13 @@ SD_SCHEDULE: Mapping[str, Any] = {"num_train_timesteps": 1000, "beta_start": 0.0
                                   "clip_sample": False}
 
 
+# What training, evolution and distillation hold: an elastic SD UNet or an elastic DiT.
+Elastic = Union[ElasticUNet, ElasticDiT]
+
+
 @dataclass
 class ModelBundle:
-    model: ElasticUNet
+    model: Elastic
     encoder: PromptEncoder | None  # the toy's text encoder; None for SD (context comes from CLIP / data)
     noise_schedule: dict[str, Any]  # a diffusers DDPMScheduler config
     ref: str  # where it was loaded from
@@ -52,7 +58,7 @@ class ModelBundle:
 def load_bundle(ref: str | Path, *, weights: str | Path | None = None, seed: int = 0,
                 device: str | torch.device = "cpu") -> ModelBundle:
     source = resolve_model(ref, weights=weights)
-    model = _elastic_unet(backbone_for(source).build(source, device=device, seed=seed))
+    model = _elastic(backbone_for(source).build(source, device=device, seed=seed))
     folder = Path(str(ref)) if Path(str(ref)).is_dir() else None
     encoder = None
     if is_toy(source.spec):
@@ -95,7 +101,7 @@ def _schedule(source: ModelSource, folder: Path | None) -> dict[str, Any]:
     return dict(TOY_SCHEDULE if is_toy(source.spec) else SD_SCHEDULE)
 
 
-def save_bundle(bundle: ModelBundle, folder: str | Path, *, model: ElasticUNet | None = None,
+def save_bundle(bundle: ModelBundle, folder: str | Path, *, model: Elastic | None = None,
                 extra_files: Mapping[str, bytes] | None = None) -> Path:
     """Write the bundle (or `model` in its place) as one complete folder, atomically."""
     from safetensors.torch import save_file
@@ -103,7 +109,7 @@ def save_bundle(bundle: ModelBundle, folder: str | Path, *, model: ElasticUNet |
     model = model or bundle.model
     out = Path(folder)
     with atomic_path(out) as tmp:
-        save_elastic(model, tmp)
+        backbone_for(model.spec).save(model, tmp)
         (tmp / SCHEDULER_FILE).parent.mkdir(parents=True, exist_ok=True)
         (tmp / SCHEDULER_FILE).write_text(json.dumps({"_class_name": "DDPMScheduler", **bundle.noise_schedule},
                                                      indent=2) + "\n")
@@ -115,15 +121,15 @@ def save_bundle(bundle: ModelBundle, folder: str | Path, *, model: ElasticUNet |
     return out
 
 
-def derive(model: ElasticUNet, spec: ArchSpec) -> ElasticUNet:
+def derive(model: Elastic, spec: ArchSpec) -> Elastic:
     """The same weights under another spec (the backbone's `reshape`: what an A+ or A- action does)."""
-    return _elastic_unet(backbone_for(spec).reshape(model, spec))
+    return _elastic(backbone_for(spec).reshape(model, spec))
 
 
-def _elastic_unet(model: ElasticModel) -> ElasticUNet:
-    """Training, evolution's fine-tuning and distillation still save and load SD UNets (`save_elastic`
-    writes a diffusers `unet/` folder): another backbone is refused here in one line, not deep in torch."""
-    if not isinstance(model, ElasticUNet):
+def _elastic(model: ElasticModel) -> Elastic:
+    """Training, evolution and distillation hold SD UNets and DiTs (each family's `save` writes its folder):
+    another backbone is refused here in one line, not deep in torch."""
+    if not isinstance(model, (ElasticUNet, ElasticDiT)):
         raise SnapbenchError(f"{model.spec.name}: training, evolution and distillation checkpoints hold SD "
-                             "UNets only so far (docs/architecture.md, 'Adding a backbone')")
+                             "UNets and DiTs only so far (docs/architecture.md, 'Adding a backbone')")
     return model

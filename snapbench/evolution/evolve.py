@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from snapbench.atomic import atomic_write_text
+from snapbench.atomic import atomic_write_bytes, atomic_write_text
 from snapbench.errors import SnapbenchError
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.evolution.actions import Action, addition_actions, removal_actions
@@ -49,6 +49,7 @@ from snapbench.specs.arch_spec import ArchSpec
 WORK_DIR = ".evolve"
 STATE_FILE = "state.json"
 RESULT_FILE = "result.json"
+SCORES_DIR = "scores"  # per decision: every candidate's per-sample scores (numpy .npz)
 STATE_FORMAT = "snapbench.evolve/1"
 
 
@@ -334,6 +335,7 @@ class EvolutionRun:
         decision = successive_halving(len(cands), merits, budget.rounds(self.scorer.total), want=want,
                                       confidence=budget.confidence, tiebreak=[c[3] for c in cands])
         self.note(decision, [cands[i][0].label for i in range(len(cands))], sign)
+        self.keep_scores(parent, cands)
         out = []
         for i in decision.ranked[:want]:
             a, new, ms, dl = cands[i]
@@ -347,6 +349,18 @@ class EvolutionRun:
         ranking = [[labels[i], round(to_value * decision.means[i], 6) if i in decision.means else None,
                     decision.samples.get(i, 0)] for i in decision.ranked]
         self.log.update({"candidates": len(labels), **decision.to_dict(), "ranking": ranking})
+
+    def keep_scores(self, parent: ArchSpec, cands: list[tuple[Action, ArchSpec, float, float]]) -> None:
+        """The per-sample scores this decision saw (row 0 the current architecture, NaN where not scored),
+        in .evolve/scores/: what a different budget would have decided can be replayed from them without
+        generating an image (benchmarks/bench_evolve.py --replay)."""
+        import io
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, labels=np.array([a.label for a, *_ in cands]),
+                            latency_delta_ms=np.array([c[3] for c in cands], dtype=float),
+                            scores=self.scorer.known([parent] + [c[1] for c in cands]))
+        atomic_write_bytes(self.work / SCORES_DIR / f"iteration-{self.state.iteration:04d}.npz", buf.getvalue())
 
     def iteration(self) -> None:
         st, target = self.state, self.state.target_ms
@@ -474,18 +488,20 @@ class EvolutionRun:
 
 
 def _publish(bundle: Any, model: Any, out: Path) -> None:
-    """Put the final model's files into `out` beside the run's state: each replaced by rename, arch.json
-    last, so a reader that finds arch.json finds the weights that go with it."""
+    """Put the final model's files into `out` beside the run's state: each replaced by rename, the spec file
+    (arch.json, a DiT's dit.json) last, so a reader that finds it finds the weights that go with it."""
+    from snapbench.backbones import backbone_for
     from snapbench.evolution.checkpoints import save_bundle
-    from snapbench.model.loading import COPIES_FILE, SPEC_FILE
+    from snapbench.model.loading import COPIES_FILE, VARIANTS_FILE
 
+    spec_file = backbone_for(model.spec).spec_file
     staging = out / WORK_DIR / "publish"
     save_bundle(bundle, staging, model=model)
-    names = [p.name for p in staging.iterdir() if p.name != SPEC_FILE]
-    for stale in (COPIES_FILE,):
+    names = [p.name for p in staging.iterdir() if p.name != spec_file]
+    for stale in (COPIES_FILE, VARIANTS_FILE):
         if stale not in names and (out / stale).exists():
             (out / stale).unlink()
-    for name in [*names, SPEC_FILE]:
+    for name in [*names, spec_file]:
         target = out / name
         if target.is_dir():
             shutil.rmtree(target)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_text
 from snapbench.backbones import backbone_for
-from snapbench.specs.arch_spec import ArchSpec, BlockChoice, full_spec
+from snapbench.specs.arch_spec import ArchSpec, BlockChoice
 
 if TYPE_CHECKING:  # heavy (torch): the types only
     from snapbench.devices.catalog import Device
@@ -125,9 +125,9 @@ class BlockPriceTable:
 
 # -- the three variants -----------------------------------------------------------------------------
 def _variant(spec: ArchSpec, keep: bool, copies: int, tag: str) -> ArchSpec:
-    base = full_spec(spec.base_config, f"{spec.name}-{tag}")
-    changes = {(s.stage, s.name): BlockChoice(s.name, keep, copies) for s in backbone_for(base).removable(base)}
-    return base.with_choices(base.name, changes, notes=spec.notes)
+    """`spec` with every elastic block in one state (its variants dropped): the full model's blocks."""
+    changes = {(s.stage, s.name): BlockChoice(s.name, keep, copies) for s in backbone_for(spec).removable(spec)}
+    return spec.with_choices(f"{spec.name}-{tag}", changes, notes=spec.notes)
 
 
 def remove_all(spec: ArchSpec) -> ArchSpec:
@@ -209,6 +209,10 @@ def costs_from_table(spec: ArchSpec, device: str, *, table: str | Path | None = 
     variants: dict[str, list[Priced]] = {}
     for tag, keep, copies in (("kept", True, 0), ("removed", False, 0), ("copied", True, 1)):
         src = ModelSource(tag, _variant(spec, keep, copies, tag))
+        if backbone_for(spec).name == "dit":
+            rows, lt = _profile_dit(src, dev, settings, lt, say)
+            variants[tag] = rows
+            continue
         run = _profile(src, dev, settings, lt, progress, say)
         lt = run.table
         variants[tag] = _priced(run.blocks)
@@ -228,6 +232,25 @@ def _priced(blocks: Iterable[BlockLatency]) -> list[Priced]:
             original = b.id
         out.append(Priced(b.id, original, b.status, b.latency_ms, b.backend, b.kind, b.stage))
     return out
+
+
+def _profile_dit(src: ModelSource, dev: Device, settings: Settings, table: LatencyTable,
+                 say: Callable[[str], None] | None) -> tuple[list[Priced], LatencyTable]:
+    """A DiT variant's blocks priced by `dit/profile.py` (the table's rows, else labelled estimates), and the
+    table with the new rows merged in."""
+    from snapbench.converters.options import ConvertOptions
+    from snapbench.dit.profile import profile_dit
+
+    opts = ConvertOptions(latent=settings.latent, batch=settings.batch, tokens=settings.tokens,
+                          precision=settings.precision, weight_bits=settings.weight_bits, attention=settings.attention)
+    run = profile_dit(src, dev, opts, table=table, say=say)
+    out: list[Priced] = []
+    original = ""
+    for b in run.blocks:
+        if b["status"] != "copy":
+            original = b["id"]
+        out.append(Priced(b["id"], original, b["status"], b["latency_ms"], b["backend"], b["kind"], b["stage"]))
+    return out, table.merge(run.new_rows)
 
 
 def _profile(src: ModelSource, dev: Device, settings: Settings, table: LatencyTable, progress: bool,

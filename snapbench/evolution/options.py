@@ -38,7 +38,14 @@ def eval_budget(text: str, confidence: float, evaluator: EvalConfig) -> EvalBudg
 
 
 def default_tokens(spec: ArchSpec) -> int:
-    return CONTEXT_TOKENS if is_toy(spec) else 77
+    """The text length a model is priced at: the toy's 3 tokens, a DiT's own (its spec's), else CLIP's 77."""
+    if is_toy(spec):
+        return CONTEXT_TOKENS
+    if "_class_name" in spec.base_config and spec.base_config["_class_name"] != "UNet2DConditionModel":
+        from snapbench.dit.source import dit_spec
+
+        return dit_spec(spec).text_tokens()
+    return 77
 
 
 def cost_builder(*, device: str, table: str | None = None, fixed_table: str | None = None,

@@ -95,6 +95,10 @@ class Scorer:
             self._computed += len(part_keys) * len(missing)
         return [self._scores[k][:n].copy() for k in keys]
 
+    def known(self, specs: Sequence[ArchSpec]) -> np.ndarray:
+        """[len(specs), total]: the scores computed so far on the current weights (NaN where none)."""
+        return np.stack([self._scores.get(spec_key(s), np.full(self.total, np.nan)) for s in specs])
+
     def quality(self, spec: ArchSpec, what: str = "") -> float:
         """The mean score over every sample: the evaluator's quality of `spec`."""
         return float(self.scores([spec], self.total, what)[0].mean())

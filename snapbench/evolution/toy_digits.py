@@ -78,7 +78,9 @@ class PromptEncoder(nn.Module):
 
 
 def context_width(spec: ArchSpec) -> int:
-    d = spec.base_config.get("cross_attention_dim", 32)
+    """The width of the prompt encoder's output: what the backbone's text input takes (a UNet's
+    cross_attention_dim, a PixArt DiT's caption_channels)."""
+    d = spec.base_config.get("caption_channels") or spec.base_config.get("cross_attention_dim", 32)
     return int(d[0] if isinstance(d, (list, tuple)) else d)
 
 

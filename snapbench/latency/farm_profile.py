@@ -22,7 +22,7 @@ from snapbench.latency.table import LatencyRow, LatencyTable, Settings
 from snapbench.model.loading import ModelSource, resolve_model
 from snapbench.profilers.farm import (BackendFactory, DeviceOutcome, FarmPackage, NodeSettings, check_holders,
                                       farm_stopped, is_device_backend, measure_on_farm, node_backend)
-from snapbench.profilers.packages import ConverterPackages, PackageSource
+from snapbench.latency.packages import ConverterPackages, PackageSource
 from snapbench.ray_cluster import connect
 from snapbench.versions import tool_versions
 

@@ -31,9 +31,9 @@ from snapbench.latency.table import LatencyRow, LatencyTable, Settings
 from snapbench.model.loading import ModelSource, resolve_model
 from snapbench.profilers.backends import (MEASURING, DeviceBackend, EstimatePricer, PackageFailed, Pricer, Target,
                                           as_measurement, choose_backend)
-from snapbench.profilers.importer import ImportedRow, check_settings, read_import, refuse_conflicts
+from snapbench.latency.importer import ImportedRow, check_settings, read_import, refuse_conflicts
 from snapbench.profilers.measurement import Measurement, PackageJob
-from snapbench.profilers.packages import COMPONENTS, ConverterPackages, PackageSource
+from snapbench.latency.packages import COMPONENTS, ConverterPackages, PackageSource
 from snapbench.specs.stages import STAGES
 from snapbench.versions import tool_versions
 

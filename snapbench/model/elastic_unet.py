@@ -34,7 +34,21 @@ from snapbench.model.units import (
 )
 from snapbench.model.variants import resnet_variant, transformer_variant
 from snapbench.specs.arch_spec import ArchSpec
-from snapbench.specs.layout import Slot
+from snapbench.specs.layout import Slot, text_embeds_dim
+
+
+TEXT_TIME_FROM_CONTEXT = "from_context"  # arch spec notes["text_time"]: see text_time_from_context
+
+
+def text_time_from_context(context: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's added conditioning for a model with one prompt encoder (the toy `toy-digits-xl`): the pooled
+    text embedding is the mean of the context tokens [B, L, D] -> [B, D], and time_ids are the latent's
+    own size with no crop, (H, W, 0, 0, H, W) as SDXL's (original size, crop corner, target size). A spec
+    opts in with notes {"text_time": "from_context"}; training, sampling and evaluation then call the UNet
+    with the context alone, while conversion still feeds both inputs as SDXL's UNet takes them."""
+    h, w = sample.shape[-2:]
+    ids = torch.tensor([h, w, 0, 0, h, w], dtype=context.dtype, device=context.device)
+    return context.mean(dim=1), ids.expand(context.shape[0], -1)
 
 
 @dataclass(frozen=True)
@@ -192,7 +206,7 @@ class ElasticUNet(nn.Module):
                 temb = unit(timestep)
                 out = temb
             elif isinstance(unit, TextTimeEmbeddingUnit):
-                args = (temb, *self._text_time(text_embeds, time_ids))
+                args = (temb, *self._text_time(text_embeds, time_ids, encoder_hidden_states, sample))
                 temb = unit(*args)
                 out = temb
             else:
@@ -212,8 +226,16 @@ class ElasticUNet(nn.Module):
                 skips.append(hidden)
         return hidden
 
-    def _text_time(self, text_embeds: torch.Tensor | None,
-                   time_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _text_time(self, text_embeds: torch.Tensor | None, time_ids: torch.Tensor | None, context: torch.Tensor,
+                   sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if text_embeds is None and time_ids is None and self.spec.notes.get("text_time") == TEXT_TIME_FROM_CONTEXT:
+            pooled = text_embeds_dim(self.config)
+            if context.shape[-1] != pooled:
+                raise SnapbenchError(f"{self.spec.name}: notes.text_time 'from_context' pools the {context.shape[-1]}-wide "
+                                     f"context, but the UNet's pooled text embedding is {pooled} wide; set "
+                                     "projection_class_embeddings_input_dim = cross_attention_dim + 6 x "
+                                     "addition_time_embed_dim")
+            return text_time_from_context(context, sample)
         if text_embeds is None or time_ids is None:
             missing = [n for n, t in (("text_embeds", text_embeds), ("time_ids", time_ids)) if t is None]
             raise SnapbenchError(f"{self.spec.name} has SDXL's text_time conditioning: pass text_embeds and "

@@ -66,6 +66,11 @@ def resolve_model(ref: str | os.PathLike[str], *, weights: str | os.PathLike[str
     one, else the only variant present). `subfolder` / `revision`: inside a folder or hub snapshot, and
     which snapshot of a hub id."""
     ref_s = str(ref)
+    if weights is None and subfolder is None and revision is None:
+        from snapbench.dit.source import is_dit_ref, resolve_dit
+
+        if is_dit_ref(ref_s):  # a DiT preset, spec or folder: the DiT family reads it (dit/source.py)
+            return resolve_dit(ref_s, variant=variant)
     p = _local_or_hub(ref_s, subfolder, revision)
     if p.is_dir():
         source = _from_folder(p, variant)

@@ -134,6 +134,9 @@ def grouped_query_attention(attn: nn.Module, kv_heads: int, where: str) -> nn.Mo
             w = getattr(attn, name).weight  # [heads*d, D]
             pooled = w.view(kv_heads, heads // kv_heads, d, -1).mean(dim=1).reshape(kv_heads * d, -1)
             getattr(new, name).weight.copy_(pooled)
+            bias = getattr(attn, name).bias  # PixArt's attention has biases (SD's UNets do not)
+            if bias is not None:
+                getattr(new, name).bias.copy_(bias.view(kv_heads, heads // kv_heads, d).mean(dim=1).reshape(-1))
     return new
 
 
@@ -145,7 +148,9 @@ def narrower_feed_forward(ff: nn.Module, dim: int, mult: int) -> nn.Module:
     from diffusers.models.attention import FeedForward
 
     act = ff.net[0]
-    activation = "geglu" if type(act).__name__ == "GEGLU" else "gelu"
+    # GEGLU (SD's UNets), or GELU exact / tanh-approximate (PixArt's "gelu-approximate"), kept as it was
+    activation = ("geglu" if type(act).__name__ == "GEGLU" else
+                  "gelu-approximate" if getattr(act, "approximate", "none") == "tanh" else "gelu")
     new = FeedForward(dim, mult=mult, activation_fn=activation, bias=act.proj.bias is not None)
     new = new.to(device=act.proj.weight.device, dtype=act.proj.weight.dtype)
     if act.proj.weight.device.type == "meta":

@@ -5,7 +5,7 @@
   its catalog id (`phones`), and `open()`s a session (the runner app built, installed and launched once)
   whose pricer times each package through coremltools (`coreml_api`): first and warm load, warm-up runs,
   repeats (median, p90, sample count) and the compute plan's op placement.
-- `import` prices nothing: its figures come from a file (`importer`).
+- `import` prices nothing: its figures come from a file (`snapbench.latency.importer`).
 
 `choose_backend` resolves `auto`: an iPhone if one is ready (and the target is a phone), this Mac if the
 target is a Mac and we run on one, else the estimator; it says which and why.

@@ -31,6 +31,7 @@ from typing import Any, Mapping
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_json
+from snapbench.specs.dit_layout import STAGES as DIT_STAGES, dit_layout, is_dit_config
 from snapbench.specs.layout import Slot, layout_from_config, removable_slots
 from snapbench.specs.variants import Variant
 from snapbench.specs.stages import STAGES
@@ -67,7 +68,14 @@ class ArchSpec:
     # -- derived views -------------------------------------------------------------------------------
     @property
     def layout(self) -> tuple[Slot, ...]:
+        if is_dit_config(self.base_config):
+            return dit_layout(self.base_config)
         return layout_from_config(self.base_config)
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """The stages of this spec's family, in execution order (a UNet's paper stages, a DiT's groups)."""
+        return DIT_STAGES if is_dit_config(self.base_config) else STAGES
 
     def choice(self, slot: Slot) -> BlockChoice:
         if slot.kind == "aux":
@@ -79,10 +87,12 @@ class ArchSpec:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Blocks that run per stage and kind (kept originals plus copies), as paper Table 3 counts."""
-        out = {s: {"CA": 0, "RB": 0} for s in STAGES}
-        for slot in removable_slots(self.layout):
-            c = self.choice(slot)
-            out[slot.stage][slot.kind] += int(c.keep) + c.copies
+        kinds = ("TB",) if is_dit_config(self.base_config) else ("CA", "RB")
+        out = {s: dict.fromkeys(kinds, 0) for s in self.stage_names}
+        for slot in self.layout:
+            if slot.kind in kinds:
+                c = self.choice(slot)
+                out[slot.stage][slot.kind] += int(c.keep) + c.copies
         return out
 
     def with_choices(self, name: str, changes: Mapping[tuple[str, str], BlockChoice], **extra: Any) -> "ArchSpec":
@@ -119,6 +129,19 @@ class ArchSpec:
         config = data.get("base_config")
         if not isinstance(config, dict):
             raise bad("base_config", "missing; give the diffusers UNet2DConditionModel config as an object")
+        if is_dit_config(config):  # a DiT's spec as evolution writes it (dit/source.py: to_arch_spec)
+            try:
+                slots = [s for s in dit_layout(config) if s.kind == "TB"]
+            except SnapbenchError as e:
+                raise bad("base_config", str(e)) from None
+            raw = data.get("stages", {})
+            if not isinstance(raw, dict):
+                raise bad("stages", "must be an object keyed by stage name")
+            notes = data.get("notes", {})
+            if not isinstance(notes, dict):
+                raise bad("notes", "must be an object")
+            return cls(name, config, parse_stages(raw, slots, bad, source, DIT_STAGES),
+                       str(data.get("description", "")), notes)
         for key in ("down_block_types", "up_block_types", "block_out_channels"):
             if key not in config:
                 raise bad(f"base_config.{key}", "missing")
@@ -129,22 +152,25 @@ class ArchSpec:
         raw_stages = data.get("stages", {})
         if not isinstance(raw_stages, dict):
             raise bad("stages", "must be an object keyed by stage name")
-        stages = _parse_stages(raw_stages, layout, bad, source)
+        stages = parse_stages(raw_stages, removable_slots(layout), bad, source)
         notes = data.get("notes", {})
         if not isinstance(notes, dict):
             raise bad("notes", "must be an object")
         return cls(name, config, stages, str(data.get("description", "")), notes)
 
 
-def _parse_stages(raw: dict, layout: tuple[Slot, ...], bad, source: str) -> dict[str, tuple[BlockChoice, ...]]:
+def parse_stages(raw: dict, slots: list[Slot], bad, source: str,
+                 stage_names: tuple[str, ...] = STAGES) -> dict[str, tuple[BlockChoice, ...]]:
+    """Per-stage block choices of a spec's "stages" object, checked against the model's elastic `slots`
+    (a UNet's RB / CA blocks, a DiT's transformer blocks); `bad(where, why)` makes the error."""
     expected: dict[str, list[str]] = {}
-    for slot in removable_slots(layout):
+    for slot in slots:
         expected.setdefault(slot.stage, []).append(slot.name)
     for st in raw:
-        if st not in STAGES:
-            raise bad(f"stages.{st}", f"unknown stage; stages are {', '.join(STAGES)}")
+        if st not in stage_names:
+            raise bad(f"stages.{st}", f"unknown stage; stages are {', '.join(stage_names)}")
         if st not in expected:
-            raise bad(f"stages.{st}", "this UNet has no ResNet or attention blocks in that stage")
+            raise bad(f"stages.{st}", "this model has no elastic blocks in that stage")
     out: dict[str, tuple[BlockChoice, ...]] = {}
     for st, names in expected.items():
         entries = raw.get(st)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from snapbench.errors import SnapbenchError
-from snapbench.profilers.estimate.calibrate import (
+from snapbench.calibration.fit import (
     CalibrationPoint,
     fit_knobs,
     fit_params,
@@ -283,7 +283,7 @@ def own_floors(points: Sequence[CalibrationPoint], params: AneParams) -> dict[st
     from scipy.optimize import minimize_scalar
 
     from snapbench.latency.app_floor import MAX_FLOOR_MS
-    from snapbench.profilers.estimate.calibrate import ROBUST_SCALE
+    from snapbench.calibration.fit import ROBUST_SCALE
 
     # wider than the fit's bound on the shared floor: a Vision request in a live-camera app costs ~10 ms
     lo, hi = 0.0, MAX_FLOOR_MS
@@ -334,7 +334,7 @@ def refit(*, measured: str | None = None, write: bool = False, params_path=None,
           convert: bool = False) -> tuple[AneParams, pd.DataFrame]:
     """The shipped fit: every fitted corpus row, the reference points and a user's measured rows (weight 1
     each); returns the parameters and their report on the reference and measured points."""
-    from snapbench.profilers.estimate.calibrate import calibration_report
+    from snapbench.calibration.fit import calibration_report
     from snapbench.profilers.estimate.params import save_params
 
     points, _ = corpus_points(load_corpus(), convert=convert)

@@ -64,7 +64,7 @@ from snapbench.profilers.estimate.params import (
     load_params,
     save_params,
 )
-from snapbench.profilers.estimate.reference_programs import ReferenceProgram, reference_parts
+from snapbench.calibration.reference_programs import ReferenceProgram, reference_parts
 
 # Settings a published row leaves "not stated", and what the estimator assumes instead. These are
 # assumptions about the measurement (what a Core ML deployment of the time did by default), stated in
@@ -137,7 +137,7 @@ def point_ms(pt: CalibrationPoint, params: AneParams) -> float:
 
 
 def reference_csv_path() -> Path:
-    return Path(str(resources.files("snapbench.profilers.estimate") / "calibration.csv"))
+    return Path(str(resources.files("snapbench.calibration") / "calibration.csv"))
 
 
 def _not_stated(value: str | None) -> bool:

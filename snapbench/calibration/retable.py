@@ -1,10 +1,10 @@
 """Re-estimate the shipped latency tables with the current parameters, from op records (no conversion).
 
-    python -m snapbench.profilers.estimate.retable sd15 snapfusion
+    python -m snapbench.calibration.retable sd15 snapfusion
 
 Each estimated row of `snapbench/latency_tables/<device>/<model>.csv` is priced again on the op records
 of the very package it was estimated from: the reference programs' records (shipped for sd15, cached for
-other models by `python -m snapbench.profilers.estimate.reference_programs unet:MODEL:original:16:2 ...`),
+other models by `python -m snapbench.calibration.reference_programs unet:MODEL:original:16:2 ...`),
 matched by block signature. Measured and imported rows are left alone; a row without records is reported.
 """
 
@@ -18,7 +18,7 @@ from snapbench.devices.catalog import resolve_device
 from snapbench.latency.table import LatencyTable
 from snapbench.paths import shipped_tables_dir
 from snapbench.profilers.estimate import estimate_ops, load_params
-from snapbench.profilers.estimate.reference_programs import ReferenceProgram, reference_parts
+from snapbench.calibration.reference_programs import ReferenceProgram, reference_parts
 
 
 def records_by_signature(model: str) -> dict[str, tuple]:

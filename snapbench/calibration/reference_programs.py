@@ -12,7 +12,7 @@ Only the op records are kept (no weights): shipped beside this module in `refere
 per reference program, so calibration runs offline on a fresh clone; anything else is cached under
 `<cache>/reference_ops/`. Write the shipped files with
 
-    python -m snapbench.profilers.estimate.reference_programs --ship unet:sd15:original:16:2 ...
+    python -m snapbench.calibration.reference_programs --ship unet:sd15:original:16:2 ...
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from snapbench.errors import SnapbenchError
+from snapbench.settings import RunSettings
 from snapbench.profilers.estimate.program_ops import (
     RECORDS_VERSION,
     OpRecord,
@@ -51,11 +52,9 @@ class ReferenceProgram:
     latent: int = 64
     tokens: int = 77
 
-    def settings(self):
-        from snapbench.latency.table import Settings
-
-        return Settings(attention=self.attention, weight_bits=self.weight_bits, batch=self.batch,
-                        latent=self.latent, tokens=self.tokens)
+    def settings(self) -> RunSettings:
+        return RunSettings(attention=self.attention, weight_bits=self.weight_bits, batch=self.batch,
+                           latent=self.latent, tokens=self.tokens)
 
     def key(self) -> str:
         cfg = json.dumps({**self.__dict__, "config": _model_config(self.model), "packages": _PACKAGES_VERSION,
@@ -83,7 +82,7 @@ def cache_dir() -> Path:
 
 def shipped_dir() -> Path:
     """Op records of the calibration programs shipped with the package, so calibration runs anywhere."""
-    return Path(str(resources.files("snapbench.profilers.estimate") / "reference_ops"))
+    return Path(str(resources.files("snapbench.calibration") / "reference_ops"))
 
 
 def reference_parts(program: ReferenceProgram, *, convert: bool = True) -> list[ReferencePart]:
@@ -135,7 +134,7 @@ def _model_config(model: str) -> dict:
 
 
 if __name__ == "__main__":
-    # build op records: python -m snapbench.profilers.estimate.reference_programs [--ship] comp:model:att:bits:batch
+    # build op records: python -m snapbench.calibration.reference_programs [--ship] comp:model:att:bits:batch
     import sys
     import time
 
