@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # rich.progress loads only when a bar is drawn
+    from rich.console import Console
+    from rich.progress import ProgressColumn, TextColumn
 
 # Seconds between two lines without a terminal ($SNAPBENCH_PROGRESS_EVERY_S to change).
 DEFAULT_EVERY_S = 30.0
@@ -23,7 +27,7 @@ def every_s() -> float:
         return DEFAULT_EVERY_S
 
 
-def make_progress(label: str, *columns: Any, console: Any, transient: bool = False) -> Any:
+def make_progress(label: str, *columns: ProgressColumn | str, console: Console, transient: bool = False) -> Any:
     if getattr(console, "is_terminal", False):
         from rich.progress import Progress
 
@@ -31,7 +35,7 @@ def make_progress(label: str, *columns: Any, console: Any, transient: bool = Fal
     return LineProgress(label, console)
 
 
-def label_column(label: str, prefix: str = "") -> Any:
+def label_column(label: str, prefix: str = "") -> TextColumn:
     """A bar's bold label: the run's name as written (rich would read "[/bold]" in a spec name as a tag, and
     str.format a "{" in it as a field)."""
     from rich.progress import TextColumn
@@ -40,7 +44,7 @@ def label_column(label: str, prefix: str = "") -> Any:
     return TextColumn(text.replace("{", "{{").replace("}", "}}"), style="bold", markup=False)
 
 
-def description_column() -> Any:
+def description_column() -> TextColumn:
     """The task's description (a block id, a step), as written."""
     from rich.progress import TextColumn
 
@@ -55,7 +59,7 @@ def _clock(seconds: float) -> str:
 class LineProgress:
     """One line per task on its first update, then at most one every `every_s()` seconds, and at the end."""
 
-    def __init__(self, label: str, console: Any, every: float | None = None) -> None:
+    def __init__(self, label: str, console: Console, every: float | None = None) -> None:
         self.label, self.console = label, console
         self.every = every_s() if every is None else every
         self._tasks: dict[int, dict[str, Any]] = {}
