@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.interrupts import ignore_sigint, stop_pool
 from snapbench.ray_cluster import check_ray_address
-from snapbench.evolution.evaluators import EvalConfig, Quality
+from snapbench.evolution.evaluators import EvalConfig, Evaluator, Quality
+
+if TYPE_CHECKING:  # loaded in the worker, when a task runs
+    from snapbench.evolution.checkpoints import ModelBundle
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,8 @@ class Task(Protocol[T]):
     def run(self) -> T: ...
 
 
-_BUNDLES: dict[str, Any] = {}
-_EVALUATORS: dict[Any, Any] = {}
+_BUNDLES: dict[str, ModelBundle] = {}
+_EVALUATORS: dict[EvalConfig, Evaluator] = {}
 
 
 def run_task(task: EvalTask) -> Quality:
@@ -81,7 +84,7 @@ def run_score_task(task: ScoreTask) -> list[list[float]]:
     return evaluator.sample_scores(bundle, model, off, task.samples)
 
 
-def _loaded(checkpoint: str, config: EvalConfig) -> tuple[Any, Any]:
+def _loaded(checkpoint: str, config: EvalConfig) -> tuple[ModelBundle, Evaluator]:
     from snapbench.evolution.checkpoints import load_bundle
 
     bundle = _BUNDLES.get(checkpoint)
