@@ -238,9 +238,10 @@ def _break(package: Path, how: str) -> None:
 def test_broken_cached_packages_are_converted_again(converted, tmp_path):
     import shutil
 
-    from snapbench.converters.convert_blocks import convert_model
+    from snapbench.converters.entry import ConvertRequest, convert
     from snapbench.converters.manifest import load_manifest
     from snapbench.converters.options import ConvertOptions
+    from snapbench.model.loading import resolve_model
 
     out = tmp_path / "out"
     shutil.copytree(converted, out)
@@ -249,7 +250,7 @@ def test_broken_cached_packages_are_converted_again(converted, tmp_path):
     broken = dict(zip(owners, ["empty spec", "no weights", "other weights", "no Data"]))
     for package, how in broken.items():
         _break(out / package, how)
-    result = convert_model("sd15-tiny", out, ConvertOptions(latent=8, tokens=4, jobs=1), progress=False)
+    result = convert(ConvertRequest(resolve_model("sd15-tiny"), out, ConvertOptions(latent=8, tokens=4, jobs=1), progress=False))
     remade = {b.package for b in result.manifest.blocks if b.id in result.converted}
     assert remade == set(broken), (remade, broken)
     assert result.ok and result.manifest.complete

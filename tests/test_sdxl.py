@@ -138,9 +138,10 @@ def test_tiny_dual_text_encoder_feeds_the_unet():
 @pytest.mark.slow
 def test_whole_sdxl_tiny_converts_with_text_time_inputs(tmp_path):
     from snapbench.converters.options import ConvertOptions
-    from snapbench.converters.whole_unet import convert_whole_unet
+    from snapbench.converters.entry import ConvertRequest, convert
 
-    result = convert_whole_unet("sdxl-tiny", tmp_path / "w", ConvertOptions(latent=16, tokens=5), progress=False)
+    result = convert(ConvertRequest(resolve_model("sdxl-tiny"), tmp_path / "w", ConvertOptions(latent=16, tokens=5), "unet",
+                                    progress=False))
     assert result.ok
     (block,) = [b for b in result.manifest.blocks if b.package]
     assert [i["name"] for i in block.inputs] == ["sample", "timestep", "context", "text_embeds", "time_ids"]

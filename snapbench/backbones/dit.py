@@ -7,13 +7,15 @@ transformer blocks are kind "TB", auxiliary blocks PatchEmbed, TimeEmbed, Captio
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
 from snapbench.backbones.base import Backbone, ElasticModel
 from snapbench.blocks.cut import CutBlock
 from snapbench.blocks.signature import Shape, Signature
+from snapbench.converters.options import ConvertOptions
+from snapbench.converters.result import ConvertResult
 from snapbench.dit.cut import STAGES, cut_units, example_inputs as dit_inputs
 from snapbench.dit.family import FAMILIES
 from snapbench.dit.elastic import ElasticDiT
@@ -72,3 +74,10 @@ class DitBackbone(Backbone):
         dit = _dit(model)
         return cut_units(dit.units, dit_spec(dit.spec), shapes, dit.config, precision=precision,
                          attention=attention)
+
+    def convert_blocks(self, source: ModelSource, out_dir: Path, opts: ConvertOptions, *, progress: bool = True,
+                       say: Callable[[str], None] | None = None) -> ConvertResult:
+        """A DiT block can have several outputs (SD3's joint block): `dit/convert.py` converts them."""
+        from snapbench.dit.convert import convert_dit  # it builds through this module's DitBackbone
+
+        return convert_dit(source, out_dir, opts, say=say)

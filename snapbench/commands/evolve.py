@@ -40,6 +40,9 @@ def evolve_command(
                                                help="A- actions applied per iteration (best first)."),
     max_iterations: int = typer.Option(200, "--max-iterations", min=1),
     add_phase: bool = typer.Option(True, "--add/--no-add", help="Add copies under the target once it is met."),
+    moves: str = typer.Option("remove,copy", "--moves",
+                              help="Comma-separated moves: remove, copy (SnapFusion's A-/A+) and swaps for cheaper "
+                                   "variants: separable (RB), mqa, ffn, drop-self-attn (CA)."),
     min_gain: float = typer.Option(0.0, "--min-gain", help="Least quality gain per ms an A+ must bring."),
     train_steps: int = typer.Option(0, "--train-steps", min=0, help="Robust-training steps between iterations."),
     lr: float = typer.Option(1e-4, "--lr", help="Learning rate of those steps."),
@@ -71,11 +74,13 @@ def evolve_command(
     as_json: bool = JsonOpt,
 ) -> None:
     """Remove the blocks with the least quality lost per ms saved until the target holds, then add copies
-    with the most quality gained per ms spent (SnapFusion Algorithm 1)."""
+    with the most quality gained per ms spent (SnapFusion Algorithm 1); with --moves, swapping a block for
+    a cheaper variant competes with removing one."""
     import torch
 
     from snapbench.evolution.evolve import EvolveConfig, evolve
     from snapbench.evolution.executors import make_executor
+    from snapbench.evolution.moves import parse_moves
     from snapbench.evolution.options import cost_builder, eval_budget as parse_budget, evaluator_config, latency_settings
     from snapbench.evolution.robust_training import SkipProbabilities, TrainConfig
 
@@ -84,7 +89,7 @@ def evolve_command(
                           samples_per_prompt=samples_per_prompt, steps=eval_steps, guidance=guidance, seed=eval_seed)
     config = EvolveConfig(target_ms=target_ms, target_fraction=target_fraction,
                           removals_per_iteration=removals_per_iteration, max_iterations=max_iterations,
-                          add_phase=add_phase, min_gain=min_gain, train_steps=train_steps,
+                          add_phase=add_phase, min_gain=min_gain, train_steps=train_steps, moves=parse_moves(moves),
                           train=TrainConfig(batch_size=batch_size, learning_rate=lr, robust=True,
                                             skip=SkipProbabilities(skip_ca, skip_rb)), data=data,
                           eval_budget=parse_budget(eval_budget, eval_confidence, ev))

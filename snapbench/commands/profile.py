@@ -36,6 +36,15 @@ def default_table_path(device_id: str, model: str, tables: str | Path | None = N
     return user_table_path(device_id, model, tables)
 
 
+def say_redirect(tables: str | Path | None) -> None:
+    """Say why a table is not written under ./latency_tables when that is the shipped folder."""
+    from snapbench.paths import tables_redirect_note
+
+    note = tables_redirect_note(tables)
+    if note:
+        say(note)
+
+
 def profile_command(
     ctx: typer.Context,
     devices: List[str] = typer.Option(..., "--device", "-d", help="Catalog id or name (see `snapbench devices`), or "
@@ -120,7 +129,7 @@ def profile_command(
 
     tools = ctx.obj if isinstance(ctx.obj, ProfileTools) else ProfileTools()
 
-    latent = resolved_latent(model_source(model, None, variant, subfolder, revision), None, latent)
+    latent = resolved_latent(model_source(model, None, variant, subfolder, revision), latent)
     settings = Settings(compute_units=check_choice("--compute-units", compute_units, COMPUTE_UNITS),
                         weight_bits=weight_bits, attention=check_choice("--attention", attention, ATTENTIONS),
                         batch=batch, latent=latent, tokens=tokens)
@@ -195,6 +204,8 @@ def profile_command(
         on_table=(lambda t: merge_into_file(path, t)) if measuring else None, progress=True, say=say,
     )
     if run.new_rows:
+        if table is None:
+            say_redirect(tables)
         # merged under the table's lock: rows a concurrent run wrote meanwhile (another --weight-bits) stay
         written = merge_into_file(path, run.table)
         counts = Counter(r.backend for r in run.new_rows)
@@ -251,6 +262,8 @@ def _profile_farm(tools, source, model: str, devices: list[str], settings: Setti
         shipped = shipped_table_path(d.id, model)
         if table is None and not paths[d.id].is_file() and shipped.is_file():
             existing[d.id] = LatencyTable.load(shipped)
+    if table is None:
+        say_redirect(tables)  # a farm run measures: it always writes
     on_interrupt_keep("the packages converted so far (cached) and the rows measured so far, in each device's table")
     runs = profile_on_farm(
         source, devs, settings, address=ray_address, tables=existing, estimator=tools.estimator or EstimatePricer(),

@@ -28,7 +28,7 @@ from torch import nn
 
 from snapbench.converters.package_io import PackageIO
 from snapbench.converters.cache import file_stat_fingerprint
-from snapbench.converters.convert_blocks import ConvertResult, load_source
+from snapbench.converters.result import ConvertResult
 from snapbench.converters.options import COMPONENTS, ConvertOptions
 from snapbench.converters.whole_model import SingleModel, convert_single
 from snapbench.choices import check_choice
@@ -288,17 +288,16 @@ def _read(w: PartWeights | None) -> dict[str, Any]:
     return {"read": w.describe()} if w is not None else {}
 
 
-def convert_component(component: str, out_dir: str | os.PathLike, opts: ConvertOptions = ConvertOptions(), *,
-                      model: str | os.PathLike | ModelSource = "sd15", weights: str | os.PathLike | None = None,
-                      progress: bool = True) -> ConvertResult:
-    """Convert one pipeline part of `model` (its UNet config decides the text encoder and VAE)."""
+def convert_component(component: str, source: ModelSource, out_dir: Path, opts: ConvertOptions = ConvertOptions(),
+                      *, weights: Path | None = None, progress: bool = True) -> ConvertResult:
+    """Convert one pipeline part of `source` (its UNet config decides the text encoder and VAE; `weights`:
+    their folder, or a pipeline folder holding them). Called through `converters.entry.convert`."""
     check_choice("--component", component, COMPONENTS)
     if opts.chunks != 1 and component != "unet":
         raise SnapbenchError("--chunks applies to the UNet only (--whole or --component unet)")
     if component == "unet":
         from snapbench.converters.whole_unet import convert_whole_unet
 
-        return convert_whole_unet(model, out_dir, opts, weights=weights, progress=progress)
-    source = load_source(model, None)
+        return convert_whole_unet(source, out_dir, opts, progress=progress)
     make = text_encoder_single if component == "text_encoder" else vae_decoder_single
     return convert_single(make(source, opts, weights), out_dir, opts, progress=progress)

@@ -10,9 +10,8 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -28,9 +27,10 @@ from snapbench.converters.compression import compression_info
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.progress import reporter
+from snapbench.converters.result import ConvertResult
 from snapbench.versions import tool_versions
 from snapbench.interrupts import stop_pool
-from snapbench.model.loading import ModelSource, resolve_model
+from snapbench.model.loading import ModelSource
 
 
 # Below this much work (test-sized models) a pool's start-up (each worker imports torch, diffusers and
@@ -38,30 +38,7 @@ from snapbench.model.loading import ModelSource, resolve_model
 SMALL_WORK_MACS = 10_000_000_000
 
 
-@dataclass
-class ConvertResult:
-    manifest: Manifest
-    converted: list[str] = field(default_factory=list)  # block ids whose package was made in this run
-    reused: list[str] = field(default_factory=list)  # block ids whose package came from the cache
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (block id, error)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"converted": self.converted, "reused": self.reused,
-                "failed": [{"block": b, "error": e} for b, e in self.failed],
-                "manifest": self.manifest.to_dict()}
-
-
 # -- the model and its blocks ---------------------------------------------------------------------------
-
-
-def load_source(model: str | os.PathLike | ModelSource, weights: str | os.PathLike | None = None) -> ModelSource:
-    if isinstance(model, ModelSource):
-        return model
-    return resolve_model(model, weights=weights)
 
 
 def build_checked(source: ModelSource, *, device: str, seed: int = 0):
@@ -196,14 +173,13 @@ def _run_tasks(tasks: list[workers.BlockTask], source: ModelSource, opts: Conver
             raise
 
 
-def convert_model(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLike,
-                  opts: ConvertOptions = ConvertOptions(), *, weights: str | os.PathLike | None = None,
+def convert_model(source: ModelSource, out_dir: Path, opts: ConvertOptions = ConvertOptions(), *,
                   progress: bool = True) -> ConvertResult:
-    """Convert every block of `model` into `out_dir` (one .mlpackage per block or signature + manifest.json)."""
+    """Convert every block of a UNet into `out_dir` (one .mlpackage per block or signature + manifest.json).
+    Called through `converters.entry.convert` (the backbone's `convert_blocks`)."""
     if opts.check:
         require_prediction()
     folder = Path(out_dir)
-    source = load_source(model, weights)
     versions = tool_versions()
     fingerprint = source_fingerprint(source.spec.to_dict(), weight_files(source), opts.seed, versions["torch"])
     run_key = cache_key({"source": fingerprint, "attention": opts.attention, "latent": opts.latent,

@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,7 +33,8 @@ from snapbench.converters.convert_package import (
 from snapbench.converters.cache import cache_key, source_fingerprint
 from snapbench.converters.checks import require_prediction
 from snapbench.converters.compression import compression_info
-from snapbench.converters.convert_blocks import ConvertResult, _stamped_key, cut, load_source, weight_files
+from snapbench.converters.convert_blocks import _stamped_key, cut, weight_files
+from snapbench.converters.result import ConvertResult
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.swift_interface import with_swift_dtypes
@@ -51,16 +52,6 @@ DISK_MARGIN = 1.15  # model.mil, metadata and palettes on top of the weights, an
 # SD-v1.5's two chunks convert to byte-identical packages with and without (checked once by hand, and
 # for the tiny UNet by a test); not skipped for diffusers' own attention, whose transposes it does fold.
 UNET_SKIPPED_PASSES = ("common::reduce_transposes",)
-
-
-@dataclass
-class PipelineResult(ConvertResult):
-    missing: list[str] = field(default_factory=list)  # parts the model folder lacks (converted: the rest)
-    compiled: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "missing": self.missing, "compiled": self.compiled, "notes": self.notes}
 
 
 # -- the parts ----------------------------------------------------------------------------------------------
@@ -259,9 +250,11 @@ class _FirstOutput:
         return out[0] if isinstance(out, tuple) else out
 
 
-def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLike,
-                     opts: ConvertOptions = ConvertOptions(), *, weights: str | os.PathLike | None = None,
-                     vae_encoder: bool = False, compile: bool = False, progress: bool = True) -> PipelineResult:
+def convert_pipeline(source: ModelSource, out_dir: Path, opts: ConvertOptions = ConvertOptions(), *,
+                     weights: Path | None = None, vae_encoder: bool = False, compile: bool = False,
+                     progress: bool = True) -> ConvertResult:
+    """The app's parts (`weights`: a pipeline folder for the text encoder, VAE and tokenizer; else the
+    source's folder when it is one). Called through `converters.entry.convert`."""
     if compile:
         require_compile()
     if opts.check:
@@ -269,8 +262,7 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
     # Packages people ship: real weights, k-means palettes for 6 / 4 bits (see compression.py)
     opts = replace(opts, mode="deploy")
     folder = Path(out_dir)
-    source = load_source(model, weights)
-    parts_folder = model_folder(model, weights)
+    parts_folder = model_folder(source, weights)
     parts = plan_parts(source, opts, parts_folder, vae_encoder=vae_encoder)
     te = next((p for p in parts if p.kind == "text_encoder"), None)
     if te is not None:
@@ -301,7 +293,7 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
         run_key=cache_key({"parts": keys}, opts, versions), created_at=previous.created_at if previous else "",
         folder=folder, missing=parts_folder.missing(),
     )
-    result = PipelineResult(manifest, missing=parts_folder.missing())
+    result = ConvertResult(manifest, missing=parts_folder.missing())
     note = weights_note(parts)
     if note:
         result.notes.append(note)

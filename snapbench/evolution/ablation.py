@@ -62,7 +62,7 @@ def ablate(model: str | Path, evaluator: EvalConfig, executor: Executor, *, cost
     for s, q in zip(slots, results[1:]):
         saved = backend = None
         if cost is not None:
-            b = cost.blocks[s.block_id]
+            b = cost.price_of(s, spec.choice(s))
             saved, backend = b.kept_ms - b.removed_ms, b.backends[0]
         rows.append(AblationRow(str(model), s.block_id, s.stage, s.kind, saved, backend, q.quality,
                                 full.quality - q.quality, q.details.get("accuracy")))

@@ -3,7 +3,9 @@
 Each iteration evaluates every action from the current architecture (through an executor) and scores it
 by value = d quality / d latency, latency from the per-block price table (the latency table for --device):
 - remove phase, while latency > target: apply the A- with the smallest value, i.e. the least quality
-  lost per ms saved (several per iteration with `removals_per_iteration`);
+  lost per ms saved (several per iteration with `removals_per_iteration`); with `moves` naming swaps
+  (moves.py), swapping a block for a cheaper variant competes with removing one on that same value, the
+  variant priced from the latency table when first met (its signature estimated on demand, labelled);
 - add phase, once under the target: apply the A+ (restore a block or add a copy) with the largest
   value, i.e. the most quality gained per ms spent, among those that keep the target; stop when none
   gains more than `min_gain` per ms;
@@ -36,11 +38,12 @@ import numpy as np
 from snapbench.atomic import atomic_write_bytes, atomic_write_text
 from snapbench.errors import SnapbenchError
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder
-from snapbench.evolution.actions import Action, addition_actions, removal_actions
+from snapbench.evolution.actions import Action, growing_actions, shrinking_actions
 from snapbench.evolution.budget import Decision, EvalBudget, successive_halving
 from snapbench.evolution.evaluators import EvalConfig, Quality
 from snapbench.evolution.executors import Executor
 from snapbench.evolution.latency_costs import BlockPriceTable
+from snapbench.evolution.moves import DEFAULT_MOVES, check_moves_apply, parse_moves
 from snapbench.evolution.robust_training import TrainConfig
 from snapbench.evolution.scoring import Counts, Scorer
 from snapbench.evolution.trajectory import TRAJECTORY_FILE, TrajectoryRow, write_trajectory
@@ -65,8 +68,10 @@ class EvolveConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: str | None = None  # training data folder for non-toy models
     eval_budget: EvalBudget = field(default_factory=EvalBudget)  # how much evaluation each decision gets
+    moves: tuple[str, ...] = DEFAULT_MOVES  # moves.MOVE_NAMES: remove, copy and the swaps
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "moves", parse_moves(self.moves))
         if (self.target_ms is None) == (self.target_fraction is None):
             raise SnapbenchError("give exactly one of --target-ms and --target-fraction")
         if self.target_ms is not None and self.target_ms <= 0:
@@ -190,16 +195,21 @@ def _evolve(model: str | Path, out: Path, config: EvolveConfig, *, evaluator: Ev
     t0 = time.time()
     if (work / STATE_FILE).is_file():
         st = EvolutionState.load(work)
-        _check_same(st.settings, fingerprint, out)
+        adopted = _check_same(st.settings, fingerprint, out)
         prices = BlockPriceTable.from_dict(st.costs)
         scorer = Scorer(evaluator, executor, st.checkpoint, progress=progress)
         say(f"resuming {out} at iteration {st.iteration} ({st.phase} phase)")
+        if adopted:
+            st.settings = fingerprint  # from now on a resume checks the budget this run goes on with
+            say(f"{out} was started before --eval-budget existed (every candidate on every sample); its "
+                f"{len(st.trajectory)} trajectory rows are kept and its remaining decisions use "
+                f"{config.eval_budget.describe(scorer.total)}")
     else:
         if out.exists() and any(p.name not in (WORK_DIR, FOLDER_LOCK) for p in out.iterdir()):
             raise SnapbenchError(f"{out}: exists and holds no evolution state; pick another --out")
         scorer = Scorer(evaluator, executor, _initial_checkpoint(model), progress=progress)
         st, prices = _start(model, work, config, evaluator, costs, scorer, fingerprint)
-    run = EvolutionRun(st, prices, config, scorer, out, say)
+    run = EvolutionRun(st, prices, config, scorer, out, say, costs)
     spent = st.seconds
     try:
         while st.phase != "done":
@@ -222,7 +232,14 @@ def _evolve(model: str | Path, out: Path, config: EvolveConfig, *, evaluator: Ev
     return result
 
 
-def _check_same(before: Mapping[str, Any], now: Mapping[str, Any], out: Path) -> None:
+# Settings added after runs had been started with the version before them. A state without them was made
+# by that version and resumes: its decisions so far were exhaustive (the old version knew no other), and
+# the evaluator's batch only groups candidates (a score does not depend on it).
+ADDED_SETTINGS = ("config.eval_budget.", "evaluator.batch")
+
+
+def _check_same(before: Mapping[str, Any], now: Mapping[str, Any], out: Path) -> list[str]:
+    """Refuse to resume under other settings; return the settings the run's state predates (adopted)."""
     def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         res: dict[str, Any] = {}
         for k, v in d.items():
@@ -233,12 +250,17 @@ def _check_same(before: Mapping[str, Any], now: Mapping[str, Any], out: Path) ->
         return res
 
     a, b = flat(before), flat(now)
+    adopted = []
     for k in sorted(set(a) | set(b)):
         if k == "config.max_iterations":
             continue  # may be raised to let a stopped run go on
+        if k not in a and k.startswith(ADDED_SETTINGS):
+            adopted.append(k)
+            continue
         if a.get(k) != b.get(k):
             raise SnapbenchError(f"{out} holds an evolution run with {k}={a.get(k)!r}, this command asks {b.get(k)!r}; "
                                  "run the same command to resume, or pick another --out")
+    return adopted
 
 
 def _start(model: str | Path, work: Path, config: EvolveConfig, evaluator: EvalConfig,
@@ -246,10 +268,13 @@ def _start(model: str | Path, work: Path, config: EvolveConfig, evaluator: EvalC
            fingerprint: dict[str, Any]) -> tuple[EvolutionState, BlockPriceTable]:
     from snapbench.model.loading import resolve_model
 
+    from snapbench.backbones import backbone_for
+
     spec = resolve_model(model).spec
     evaluator.check(spec)
+    check_moves_apply(config.moves, spec, backbone_for(spec).removable(spec))
     config.eval_budget.rounds(evaluator.sample_count(), f" ({evaluator.describe_samples()})")
-    prices = costs(spec)
+    prices = costs(spec).with_variants(spec, costs)
     initial_ms = prices.latency(spec)
     target = config.target(initial_ms)
     floor = prices.floor(spec)
@@ -287,6 +312,7 @@ class EvolutionRun:
     scorer: Scorer  # per-sample scores of architectures on the current weights (holds the evaluator)
     out: Path
     say: Callable[[str], None]
+    costs: Callable[[ArchSpec], BlockPriceTable]  # prices variants met on the way (swaps)
     log: dict[str, Any] = field(default_factory=dict)  # this iteration's decision and what it cost
 
     @property
@@ -320,6 +346,7 @@ class EvolutionRun:
         cands = []
         for a in actions:
             new = a.apply(parent)
+            self.price_variants(new)
             ms = self.prices.latency(new)
             dl = ms - st.latency_ms
             if not math.isclose(dl, 0.0, abs_tol=1e-9) and (dl < 0) == removal:
@@ -342,6 +369,14 @@ class EvolutionRun:
             q = self.quality(new, f"{what}: {a.label} on all samples")
             out.append(Scored(a, new, ms, Quality(q, {"samples": self.scorer.total}), q - st.quality, dl))
         return out
+
+    def price_variants(self, spec: ArchSpec) -> None:
+        """Price the swapped variants `spec` runs that the table lacks (their signatures estimated on demand,
+        labelled); kept in the state so a resumed run estimates nothing again."""
+        if self.prices.missing_variants(spec):
+            self.say(f"pricing {', '.join(str(v.to_dict()) for _, v in self.prices.missing_variants(spec))}")
+            self.prices = self.prices.with_variants(spec, self.costs)
+            self.state.costs = self.prices.to_dict()
 
     def note(self, decision: Decision, labels: list[str], to_value: float) -> None:
         """This iteration's decision for the log: its rounds and every candidate, best first, with its
@@ -379,8 +414,8 @@ class EvolutionRun:
         self.log["phase"] = st.phase
 
     def remove_step(self) -> None:
-        st, target, prices = self.state, self.state.target_ms, self.prices
-        actions = removal_actions(self.spec())
+        st, target = self.state, self.state.target_ms
+        actions = shrinking_actions(self.spec(), self.config.moves)
         # smallest quality loss per ms saved first; ties: the bigger saving
         scored = self.score(actions, f"iteration {st.iteration}: {len(actions)} removals", removal=True,
                             want=self.config.removals_per_iteration)
@@ -389,9 +424,10 @@ class EvolutionRun:
         spec = self.spec()
         applied: list[Scored] = []
         for s in scored:
-            if len(applied) >= self.config.removals_per_iteration or prices.latency(spec) <= target:
+            if len(applied) >= self.config.removals_per_iteration or self.prices.latency(spec) <= target:
                 break
             spec = s.action.apply(spec)
+            self.price_variants(spec)  # two swaps of one block make a variant neither priced alone
             applied.append(s)
         q = applied[0].quality.quality if len(applied) == 1 else self.quality(spec, f"iteration {st.iteration}")
         # Rows: each applied removal with the latency after it. Quality is known after the first (its own
@@ -399,11 +435,11 @@ class EvolutionRun:
         prev_q: float | None = st.quality
         for i, s in enumerate(applied):
             new_spec = s.action.apply(self.spec())
-            ms = prices.latency(new_spec)
+            ms = self.prices.latency(new_spec)
             last = i == len(applied) - 1
             quality = q if last else (s.quality.quality if i == 0 else None)
             dq = quality - prev_q if quality is not None and prev_q is not None else None
-            self.row("remove", s.action.name, s.action.block_id, ms, prices.backend(new_spec), quality, dq,
+            self.row("remove", s.action.name, s.action.block_id, ms, self.prices.backend(new_spec), quality, dq,
                      ms - st.latency_ms)
             st.spec, st.latency_ms, prev_q = new_spec.to_dict(), ms, quality
             self.say(f"iteration {st.iteration}: {s.action.label}  {ms:.3f} ms  quality delta "
@@ -413,7 +449,7 @@ class EvolutionRun:
     def add_step(self) -> None:
         st, target, prices = self.state, self.state.target_ms, self.prices
         spec = self.spec()
-        actions = [a for a in addition_actions(spec) if prices.latency(a.apply(spec)) <= target + 1e-9]
+        actions = [a for a in growing_actions(spec, self.config.moves) if prices.latency(a.apply(spec)) <= target + 1e-9]
         if not actions:
             st.phase = "done"
             self.say("no addition fits under the target")

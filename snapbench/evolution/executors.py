@@ -74,14 +74,19 @@ def run_task(task: EvalTask) -> Quality:
 
 def run_score_task(task: ScoreTask) -> list[list[float]]:
     """Per-sample scores of several candidates, batched through the model holding all their blocks."""
-    from snapbench.evolution.batching import union_spec
+    from snapbench.evolution.batching import union_spec, variant_groups
     from snapbench.evolution.checkpoints import derive
     from snapbench.specs.arch_spec import ArchSpec
 
     bundle, evaluator = _loaded(task.checkpoint, task.evaluator)
-    union, off = union_spec([ArchSpec.from_dict(dict(s), source="candidate") for s in task.specs])
-    model = bundle.model if union.to_dict() == bundle.spec.to_dict() else derive(bundle.model, union)
-    return evaluator.sample_scores(bundle, model, off, task.samples)
+    specs = [ArchSpec.from_dict(dict(s), source="candidate") for s in task.specs]
+    out: list[list[float]] = [[] for _ in specs]
+    for members in variant_groups(specs):  # a swapped block is another module: one batch per variant set
+        union, off = union_spec([specs[i] for i in members])
+        model = bundle.model if union.to_dict() == bundle.spec.to_dict() else derive(bundle.model, union)
+        for i, scores in zip(members, evaluator.sample_scores(bundle, model, off, task.samples)):
+            out[i] = scores
+    return out
 
 
 def _loaded(checkpoint: str, config: EvalConfig) -> tuple[ModelBundle, Evaluator]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 
@@ -29,6 +29,8 @@ from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_text
 from snapbench.backbones import backbone_for
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice
+from snapbench.specs.layout import Slot
+from snapbench.specs.variants import Variant
 
 if TYPE_CHECKING:  # heavy (torch): the types only
     from snapbench.devices.catalog import Device
@@ -89,11 +91,49 @@ class BlockPriceTable:
     source: str  # what produced the numbers, for reports
     settings: Mapping[str, Any] = field(default_factory=dict)
 
+    # Swapped blocks (evolve --moves): per variant (variant_key), every block of its kind priced as that
+    # variant; filled on demand (with_variants) as evolution meets new variants, and saved with the run.
+    variant_blocks: Mapping[str, Mapping[str, BlockPrices]] = field(default_factory=dict)
+
+    def price_of(self, slot: Slot, choice: BlockChoice) -> BlockPrices:
+        if choice.variant.is_default:
+            return self.blocks[slot.block_id]
+        try:
+            return self.variant_blocks[variant_key(choice.variant)][slot.block_id]
+        except KeyError:
+            raise SnapbenchError(f"{slot.block_id} as {variant_key(choice.variant)}: not priced yet "
+                                 "(price it with with_variants first)") from None
+
+    def missing_variants(self, spec: ArchSpec) -> list[tuple[str, Variant]]:
+        """(kind, variant) pairs `spec` runs that this table has no prices for."""
+        out: dict[str, tuple[str, Variant]] = {}
+        for slot in backbone_for(spec).removable(spec):
+            v = spec.choice(slot).variant
+            key = variant_key(v)
+            if not v.is_default and slot.block_id not in self.variant_blocks.get(key, {}):
+                out[key] = (slot.kind, v)
+        return list(out.values())
+
+    def with_variants(self, spec: ArchSpec, costs: Callable[[ArchSpec], "BlockPriceTable"]) -> "BlockPriceTable":
+        """This table plus prices for every variant `spec` runs that it lacks: per variant, the model with
+        every block of that kind swapped for it is priced by `costs` (new signatures estimated, labelled)."""
+        missing = self.missing_variants(spec)
+        if not missing:
+            return self
+        extra = dict(self.variant_blocks)
+        for kind, v in missing:
+            slots = [s for s in backbone_for(spec).removable(spec) if s.kind == kind]
+            swapped = spec.with_choices(spec.name, {(s.stage, s.name): replace(spec.choice(s), variant=v)
+                                                    for s in slots})
+            priced = costs(swapped)
+            extra[variant_key(v)] = {s.block_id: priced.price_of(s, swapped.choice(s)) for s in slots}
+        return replace(self, variant_blocks=extra)
+
     def _parts(self, spec: ArchSpec) -> Iterable[tuple[float, str | None]]:
         yield self.aux_ms, None
         for slot in backbone_for(spec).removable(spec):
             c = spec.choice(slot)
-            b = self.blocks[slot.block_id]
+            b = self.price_of(slot, c)
             yield (b.kept_ms, b.backends[0]) if c.keep else (b.removed_ms, b.backends[1])
             if c.copies:
                 yield c.copies * b.copy_ms, b.backends[2]
@@ -113,20 +153,35 @@ class BlockPriceTable:
         return self.latency(remove_all(spec))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "aux_ms": self.aux_ms, "aux_backends": list(self.aux_backends),
-                "source": self.source, "settings": dict(self.settings),
-                "blocks": [vars(b) | {"backends": list(b.backends)} for b in self.blocks.values()]}
+        def rows(blocks: Mapping[str, BlockPrices]) -> list[dict[str, Any]]:
+            return [vars(b) | {"backends": list(b.backends)} for b in blocks.values()]
+
+        d = {"device": self.device, "aux_ms": self.aux_ms, "aux_backends": list(self.aux_backends),
+             "source": self.source, "settings": dict(self.settings), "blocks": rows(self.blocks)}
+        if self.variant_blocks:
+            d["variant_blocks"] = {k: rows(v) for k, v in self.variant_blocks.items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "BlockPriceTable":
-        blocks = {b["block_id"]: BlockPrices(**{**b, "backends": tuple(b["backends"])}) for b in d["blocks"]}
-        return cls(d["device"], d["aux_ms"], tuple(d["aux_backends"]), blocks, d["source"], d.get("settings", {}))
+        def blocks(rows: list[dict[str, Any]]) -> dict[str, BlockPrices]:
+            return {b["block_id"]: BlockPrices(**{**b, "backends": tuple(b["backends"])}) for b in rows}
+
+        return cls(d["device"], d["aux_ms"], tuple(d["aux_backends"]), blocks(d["blocks"]), d["source"],
+                   d.get("settings", {}), {k: blocks(v) for k, v in d.get("variant_blocks", {}).items()})
+
+
+def variant_key(v: Variant) -> str:
+    """A variant's key in `variant_blocks`: its arch-spec fields as sorted JSON ('{"kv_heads": 1}')."""
+    return json.dumps(v.to_dict(), sort_keys=True)
 
 
 # -- the three variants -----------------------------------------------------------------------------
 def _variant(spec: ArchSpec, keep: bool, copies: int, tag: str) -> ArchSpec:
-    """`spec` with every elastic block in one state (its variants dropped): the full model's blocks."""
-    changes = {(s.stage, s.name): BlockChoice(s.name, keep, copies) for s in backbone_for(spec).removable(spec)}
+    """`spec` with every elastic block in one state (kept / removed / copied `copies` times), each as the
+    variant `spec` runs it (a swapped block is priced as what it is)."""
+    changes = {(s.stage, s.name): BlockChoice(s.name, keep, copies, spec.choice(s).variant)
+               for s in backbone_for(spec).removable(spec)}
     return spec.with_choices(f"{spec.name}-{tag}", changes, notes=spec.notes)
 
 
@@ -147,20 +202,29 @@ class Priced:
     stage: str
 
 
-def _assemble(device: str, variants: Mapping[str, list[Priced]], source: str,
-              settings: Mapping[str, Any]) -> BlockPriceTable:
+def _assemble(device: str, variants: Mapping[str, list[Priced]], source: str, settings: Mapping[str, Any],
+              spec: ArchSpec | None = None) -> BlockPriceTable:
+    """The table from the three variants' priced blocks; a block `spec` runs as a SnapGen-style variant is
+    filed under that variant (variant_blocks), the others as base blocks."""
     kept = {b.block_id: b for b in variants["kept"] if b.status == "kept"}
     removed = {b.block_id: b for b in variants["removed"] if b.status == "removed"}
     copies = {b.original_id: b for b in variants["copied"] if b.status == "copy"}
     aux = [b for b in variants["kept"] if b.kind == "aux"]
+    runs_as = {s.block_id: spec.choice(s).variant for s in backbone_for(spec).removable(spec)} if spec else {}
     blocks: dict[str, BlockPrices] = {}
+    swapped: dict[str, dict[str, BlockPrices]] = {}
     for bid, k in kept.items():
         if k.kind == "aux":
             continue
         r, c = removed[bid], copies[bid]
-        blocks[bid] = BlockPrices(bid, k.stage, k.kind, k.ms, r.ms, c.ms, (k.backend or "-", r.backend, c.backend or "-"))
+        priced = BlockPrices(bid, k.stage, k.kind, k.ms, r.ms, c.ms, (k.backend or "-", r.backend, c.backend or "-"))
+        v = runs_as.get(bid, Variant())
+        if v.is_default:
+            blocks[bid] = priced
+        else:
+            swapped.setdefault(variant_key(v), {})[bid] = priced
     return BlockPriceTable(device, sum(b.ms for b in aux), tuple(sorted({b.backend for b in aux if b.backend})),
-                           blocks, source, dict(settings))
+                           blocks, source, dict(settings), swapped)
 
 
 def costs_from_source(spec: ArchSpec, source: LatencySource, *, device: str = "fixed", latent: int | None = None,
@@ -180,7 +244,7 @@ def costs_from_source(spec: ArchSpec, source: LatencySource, *, device: str = "f
             ms, be = source.ms(b.signature.key()) if b.signature is not None else (0.0, None)
             rows.append(Priced(b.block_id, b.unit.slot.block_id, b.unit.status, ms, be, b.kind, b.unit.slot.stage))
         variants[tag] = rows
-    return _assemble(device, variants, name, {"latent": latent, "batch": batch, "tokens": tokens})
+    return _assemble(device, variants, name, {"latent": latent, "batch": batch, "tokens": tokens}, spec)
 
 
 def costs_from_table(spec: ArchSpec, device: str, *, table: str | Path | None = None, latent: int | None = None,
@@ -219,7 +283,7 @@ def costs_from_table(spec: ArchSpec, device: str, *, table: str | Path | None = 
     if cache_file is not None:
         merge_into_file(cache_file, lt)  # under its lock: two evolves may share the cache
     name = f"latency table{' ' + str(table) if table else ''} for {dev.id}"
-    return _assemble(dev.id, variants, name, settings.to_dict())
+    return _assemble(dev.id, variants, name, settings.to_dict(), spec)
 
 
 def _priced(blocks: Iterable[BlockLatency]) -> list[Priced]:

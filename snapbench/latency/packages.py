@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.names import safe_file_name
 from snapbench.paths import cache_root
-from snapbench.settings import PIPELINE_PARTS
+from snapbench.settings import PIPELINE_PARTS, check_choice
 
 if TYPE_CHECKING:  # annotations only: importing these here at run time would pull in torch
     from snapbench.converters.manifest import Manifest
@@ -154,11 +154,11 @@ class ConverterPackages:
         reuse = cached_packages(settings, keys)
         if keys <= reuse.keys():
             return reuse
-        from snapbench.converters.convert_blocks import convert_model
+        from snapbench.converters.entry import ConvertRequest, convert
         from snapbench.converters.options import ConvertOptions
 
         out = self._dir(source, settings)
-        result = convert_model(source, out, ConvertOptions.from_settings(settings), progress=progress)
+        result = convert(ConvertRequest(source, out, ConvertOptions.from_settings(settings), progress=progress))
         if result.failed:  # name them: "packages do not match" would send the user after the wrong cause
             block, error = result.failed[0]
             more = f" (and {len(result.failed) - 1} more)" if len(result.failed) > 1 else ""
@@ -168,11 +168,13 @@ class ConverterPackages:
         return signature_packages(result.manifest, out, keys)
 
     def component_package(self, component: str, source: ModelSource, settings: Settings, *, progress: bool) -> ComponentPackage:
-        from snapbench.converters.components import convert_component
+        from snapbench.converters.entry import ConvertRequest, convert
         from snapbench.converters.options import ConvertOptions
 
         out = self._dir(source, settings, f"-{component}")
-        result = convert_component(component, out, ConvertOptions.from_settings(settings), model=source, progress=progress)
+        result = convert(ConvertRequest(source, out, ConvertOptions.from_settings(settings),
+                                        part=check_choice("component", component, PIPELINE_PARTS),
+                                        progress=progress))
         done = [b for b in result.manifest.blocks if _entry(b, "package")]
         if not done:
             raise SnapbenchError(f"{out}: the converters made no {component} package")

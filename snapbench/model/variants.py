@@ -15,8 +15,9 @@ cutting and conversion run it like the original:
 - `self_attention=False` (transformer): blocks of cross-attention and feed-forward only.
 
 Weights of a variant start from the original's where shapes allow (the first m*C feed-forward units; key
-and value heads mean-pooled per group, as grouped-query uptraining does); separable convolutions have no
-counterpart in a dense one and start from fresh initialisation.
+and value heads mean-pooled per group, as grouped-query uptraining does); a separable convolution has no
+exact counterpart in a dense one (fewer parameters) and starts from the best truncation of the dense
+kernel's per-tap singular terms (`ExpandedSeparableConv.init_from_dense`), not from fresh noise.
 """
 
 from __future__ import annotations
@@ -57,6 +58,36 @@ class ExpandedSeparableConv(nn.Module):
         bias = w2 @ self.depthwise.bias + self.project.bias
         return weight, bias
 
+    @torch.no_grad()
+    def init_from_dense(self, conv: nn.Conv2d) -> "ExpandedSeparableConv":
+        """Start as close to `conv` as the factorisation allows (weight sharing where shapes do not match).
+
+        A kxk convolution is a sum over its k*k taps of C_out x C_in matrices; each hidden channel here is one
+        rank-1 term of one tap (expand row = right singular vector, one-hot depthwise tap, project column =
+        left singular vector, each scaled by sqrt(singular value)). With E = r*C_in hidden channels the E
+        largest terms over all taps are kept: exact when E >= k*k*C_in, the best such truncation otherwise."""
+        w = conv.weight.float()  # [C_out, C_in, k, k]
+        k = w.shape[-1]
+        taps = w.permute(2, 3, 0, 1).reshape(k * k, w.shape[0], w.shape[1])  # [k*k, C_out, C_in]
+        u, sv, vh = torch.linalg.svd(taps, full_matrices=False)  # [T, C_out, R], [T, R], [T, R, C_in]
+        hidden = self.expand.out_channels
+        order = torch.argsort(sv.flatten(), descending=True)[:hidden]
+        tap, j = order // sv.shape[1], order % sv.shape[1]
+        root = sv[tap, j].sqrt()
+        self.expand.weight.zero_()
+        self.depthwise.weight.zero_()
+        self.project.weight.zero_()
+        n = len(order)
+        self.expand.weight[:n, :, 0, 0] = (vh[tap, j, :] * root[:, None]).to(self.expand.weight.dtype)
+        self.project.weight[:, :n, 0, 0] = (u[tap, :, j] * root[:, None]).T.to(self.project.weight.dtype)
+        self.depthwise.weight[torch.arange(n), 0, tap // k, tap % k] = 1.0
+        self.depthwise.bias.zero_()
+        if conv.bias is not None:
+            self.project.bias.copy_(conv.bias)
+        else:
+            self.project.bias.zero_()
+        return self
+
 
 def separable_resnet(resnet: nn.Module, ratio: int) -> nn.Module:
     """A copy of a diffusers ResnetBlock2D whose two 3x3 convolutions are expanded separable ones.
@@ -67,7 +98,10 @@ def separable_resnet(resnet: nn.Module, ratio: int) -> nn.Module:
     for name in ("conv1", "conv2"):
         conv = getattr(resnet, name)
         sep = ExpandedSeparableConv(conv.in_channels, conv.out_channels, ratio, conv.kernel_size[0], conv.padding[0])
-        setattr(new, name, sep.to(device=conv.weight.device, dtype=conv.weight.dtype))
+        sep = sep.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        if conv.weight.device.type != "meta":
+            sep.init_from_dense(conv)
+        setattr(new, name, sep)
     return new
 
 
