@@ -79,7 +79,7 @@ def _per_block(value: object, n: int, field: str) -> list:
 
 # Config options the elastic UNet handles, with the values it supports (diffusers' defaults first).
 # Anything else is refused in one line naming the key, its value and what is supported.
-_SUPPORTED_OPTIONS: dict[str, tuple[Any, ...]] = {
+_SUPPORTED_OPTIONS: dict[str, tuple[object, ...]] = {
     "addition_embed_type": (None, "text_time"),  # text_time: SDXL's pooled text + size/crop conditioning
     "class_embed_type": (None,),
     "num_class_embeds": (None,),
