@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 
 from snapbench.atomic import atomic_path
-from snapbench.evolution.data import write_latent_file
+from snapbench.training.data import write_latent_file
 
 UNET_PRESET = "sd15-tiny"
 VOCAB_SIZE = 1000  # >= the ids `convert --component text_encoder` traces with; bos/eos last, as in CLIP's vocab

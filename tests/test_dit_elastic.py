@@ -172,7 +172,7 @@ def test_prices_per_block_state_and_actions_on_transformer_blocks():
 
 
 def test_the_dit_toy_trains_robustly_and_resumes(tmp_path):
-    from snapbench.evolution.checkpoints import load_bundle
+    from snapbench.training.checkpoints import load_bundle
     from snapbench.evolution.robust_training import TrainConfig, train
 
     config = TrainConfig(steps=2, batch_size=8, save_every=2, robust=True)

@@ -403,3 +403,33 @@ def test_measured_engine_bandwidth_not_the_socs_prices_a_max_chip():
     assert tmax == pytest.approx(2.0 * 4096 * 128256 / 54.62e9 * 1e3, rel=0.1)
     phone = resolve_device("iphone14pro")
     assert phone.ane_bandwidth_gbps is None  # unmeasured: the SoC's bandwidth x the fitted efficiency
+
+
+@pytest.fixture(scope="module")
+def group_norm_model():
+    import torch
+
+    # 128 x 96 x 96 fp16 = 2.25 MiB: above the 2 MB working set, so every pass over it is DRAM traffic
+    return _convert(torch.nn.GroupNorm(8, 128), (1, 128, 96, 96))
+
+
+def test_a_spelt_out_group_norm_moves_what_one_norm_moves(group_norm_model):
+    # coremltools lowers torch's group_norm to reduce_mean -> sub -> square -> reduce_mean -> ... -> real_div;
+    # the engine runs the chain as one norm: x read by the two reductions' passes, the result written once
+    recs = read_op_records(group_norm_model)
+    assert [r.type for r in recs if r.type in ("reduce_mean", "sub", "square", "real_div")] == \
+        ["reduce_mean", "sub", "square", "reduce_mean", "real_div"]
+    x_bytes = 128 * 96 * 96 * 2
+    est = estimate_ops(recs, "iphone14pro")
+    assert est.dram_bytes == pytest.approx(3 * x_bytes)
+    # v6 sent the centred tensor and its square through DRAM: two more writes, three more reads
+    from snapbench.profilers.estimate import cost_model
+
+    keep = cost_model._norm_internals
+    try:
+        cost_model._norm_internals = lambda records: set()
+        spelt = estimate_ops(recs, "iphone14pro")
+    finally:
+        cost_model._norm_internals = keep
+    assert spelt.dram_bytes == pytest.approx(8 * x_bytes)
+    assert spelt.total_ms > est.total_ms

@@ -172,7 +172,7 @@ def test_batched_toy_scores_equal_each_candidate_evaluated_alone(toy_folder):
     """Common random numbers across candidates and subsets: sample s is the same image in a batch of
     candidates as in evaluate(); the mean over all samples is evaluate()'s quality."""
     from snapbench.evolution.actions import Action
-    from snapbench.evolution.checkpoints import derive, load_bundle
+    from snapbench.training.checkpoints import derive, load_bundle
 
     torch.set_num_threads(1)
     spec = load_preset("toy-digits")

@@ -113,7 +113,7 @@ def test_cache_root_default_and_override(monkeypatch, tmp_path):
     monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "c"))
     assert paths.cache_root() == tmp_path / "c"
     # every module that caches uses that one root
-    from snapbench.evolution.toy_digits import cache_dir as toy_cache
+    from snapbench.training.toy_digits import cache_dir as toy_cache
     from snapbench.calibration.reference_programs import cache_dir as ops_cache
 
     assert toy_cache() == tmp_path / "c" and ops_cache() == tmp_path / "c" / "reference_ops"

@@ -71,7 +71,7 @@ def is_toy_ref(model: str) -> bool:
     """Whether `--model` names the toy (a preset, or a folder trained from it); a bad model is False here and
     reported by the command's own function."""
     from snapbench.errors import SnapbenchError
-    from snapbench.evolution.toy_digits import is_toy
+    from snapbench.training.toy_digits import is_toy
     from snapbench.model.loading import resolve_model
 
     try:

@@ -468,7 +468,7 @@ class EvolutionRun:
                  f"quality delta {best.quality_delta:+.4f}")
 
     def train_step(self) -> None:
-        from snapbench.evolution.checkpoints import derive, load_bundle, save_bundle
+        from snapbench.training.checkpoints import derive, load_bundle, save_bundle
         from snapbench.evolution.executors import forget_cached
         from snapbench.evolution.robust_training import fine_tune
 
@@ -494,7 +494,7 @@ class EvolutionRun:
             shutil.rmtree(old, ignore_errors=True)
 
     def finish(self) -> EvolutionResult:
-        from snapbench.evolution.checkpoints import derive, load_bundle
+        from snapbench.training.checkpoints import derive, load_bundle
 
         st, prices, out = self.state, self.prices, self.out
         spec = self.spec()
@@ -527,7 +527,7 @@ def _publish(bundle: Any, model: Any, out: Path) -> None:
     """Put the final model's files into `out` beside the run's state: each replaced by rename, the spec file
     (arch.json, a DiT's dit.json) last, so a reader that finds it finds the weights that go with it."""
     from snapbench.backbones import backbone_for
-    from snapbench.evolution.checkpoints import save_bundle
+    from snapbench.training.checkpoints import save_bundle
     from snapbench.model.loading import COPIES_FILE, VARIANTS_FILE
 
     spec_file = backbone_for(model.spec).spec_file

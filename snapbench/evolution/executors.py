@@ -21,7 +21,7 @@ from snapbench.ray_cluster import check_ray_address
 from snapbench.evolution.evaluators import EvalConfig, Evaluator, Quality
 
 if TYPE_CHECKING:  # loaded in the worker, when a task runs
-    from snapbench.evolution.checkpoints import ModelBundle
+    from snapbench.training.checkpoints import ModelBundle
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ _EVALUATORS: dict[EvalConfig, Evaluator] = {}
 def run_task(task: EvalTask) -> Quality:
     """Evaluate one candidate (in whatever process runs it). Loaded models and evaluators are kept per
     process: every task of an iteration shares one checkpoint."""
-    from snapbench.evolution.checkpoints import derive
+    from snapbench.training.checkpoints import derive
     from snapbench.specs.arch_spec import ArchSpec
 
     bundle, evaluator = _loaded(task.checkpoint, task.evaluator)
@@ -75,7 +75,7 @@ def run_task(task: EvalTask) -> Quality:
 def run_score_task(task: ScoreTask) -> list[list[float]]:
     """Per-sample scores of several candidates, batched through the model holding all their blocks."""
     from snapbench.evolution.batching import union_spec, variant_groups
-    from snapbench.evolution.checkpoints import derive
+    from snapbench.training.checkpoints import derive
     from snapbench.specs.arch_spec import ArchSpec
 
     bundle, evaluator = _loaded(task.checkpoint, task.evaluator)
@@ -90,7 +90,7 @@ def run_score_task(task: ScoreTask) -> list[list[float]]:
 
 
 def _loaded(checkpoint: str, config: EvalConfig) -> tuple[ModelBundle, Evaluator]:
-    from snapbench.evolution.checkpoints import load_bundle
+    from snapbench.training.checkpoints import load_bundle
 
     bundle = _BUNDLES.get(checkpoint)
     if bundle is None:

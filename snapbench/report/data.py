@@ -43,6 +43,7 @@ class ArchitectureBlock:
     id: str
     kind: str  # "CA" | "RB"
     status: str
+    variant: str | None  # the label of the cheaper variant it runs as (separable x2, MQA, ...), if any
 
 
 @dataclass
@@ -50,6 +51,8 @@ class StageArchitecture:
     stage: str
     CA: int
     RB: int
+    CA_swapped: int  # running blocks of that kind swapped for a cheaper variant
+    RB_swapped: int
     blocks: list[ArchitectureBlock]
 
 

@@ -31,6 +31,7 @@ from snapbench.report.data import (ArchitectureBlock, BlockResult, Budget, Compo
 from snapbench.report.latency_source import ProfileOutcome, Profiler, backend_label, profile_with_snapbench
 from snapbench.report.reference import load_reference, settings_differences
 from snapbench.settings import COMPONENTS, RunSettings
+from snapbench.specs.variants import Variant
 
 SCHEMA = "snapbench.report/1"
 COMPONENT_NAMES = {"text_encoder": "text encoder", "unet": "UNet", "vae_decoder": "VAE decoder"}
@@ -165,9 +166,14 @@ def _model_summary(e: ModelEntry) -> ModelSummary:
     architecture = []
     counts = spec.counts()
     for stage in e.inspection.stages:
-        blocks = [ArchitectureBlock(b["id"], b["kind"], b["status"])
+        blocks = [ArchitectureBlock(b["id"], b["kind"], b["status"],
+                                    Variant(**b["variant"]).label() if b.get("variant") else None)
                   for b in e.inspection.block_rows() if b["stage"] == stage and b["kind"] in ("CA", "RB")]
-        architecture.append(StageArchitecture(stage, counts[stage]["CA"], counts[stage]["RB"], blocks))
+        # swapped: blocks that run as a cheaper variant (SnapGen-style, or an evolve --moves swap), copies too
+        swapped = {k: sum(1 for b in blocks if b.kind == k and b.variant and b.status != "removed")
+                   for k in ("CA", "RB")}
+        architecture.append(StageArchitecture(stage, counts[stage]["CA"], counts[stage]["RB"], swapped["CA"],
+                                              swapped["RB"], blocks))
     traj_file = find_trajectory(e.ref)
     trajectory = None
     if traj_file is not None:

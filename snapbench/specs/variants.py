@@ -27,6 +27,19 @@ class Variant:
     def is_default(self) -> bool:
         return self == Variant()
 
+    def label(self) -> str:
+        """Short words for tables and chips: 'separable x2', 'MQA', 'GQA 4', 'FFN x3', 'no self-attn'."""
+        parts = []
+        if self.separable is not None:
+            parts.append(f"separable x{self.separable}")
+        if self.kv_heads is not None:
+            parts.append("MQA" if self.kv_heads == 1 else f"GQA {self.kv_heads}")
+        if self.ff_mult is not None:
+            parts.append(f"FFN x{self.ff_mult}")
+        if not self.self_attention:
+            parts.append("no self-attn")
+        return ", ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
         for name in ("separable", "kv_heads", "ff_mult"):
