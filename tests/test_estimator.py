@@ -433,3 +433,20 @@ def test_a_spelt_out_group_norm_moves_what_one_norm_moves(group_norm_model):
         cost_model._norm_internals = keep
     assert spelt.dram_bytes == pytest.approx(8 * x_bytes)
     assert spelt.total_ms > est.total_ms
+
+
+def test_a_depthwise_convs_taps_are_free():
+    # v8: the engine runs all taps of a depthwise output element at once, so a 7x7 depthwise conv (FastViT's)
+    # costs what a 3x3 one does; its FLOPs are still reported as they are
+    def dw(k):
+        shape = (1, 256, 64, 64)
+        return OpRecord(type="conv", name=f"dw{k}", in_shapes=(shape,), in_dtypes=("fp16",), out_shapes=(shape,),
+                        out_dtypes=("fp16",), flops=2.0 * k * k * 256 * 64 * 64, weight_bytes=2.0 * k * k * 256,
+                        attrs={"groups": 256})
+
+    e3, e7 = (estimate_ops([dw(k)], "iphone14pro") for k in (3, 7))
+    assert e7.flops == pytest.approx(e3.flops * 49 / 9)
+    assert e7.total_ms == pytest.approx(e3.total_ms, rel=0.01)
+    # a dense conv's taps are not free
+    dense = replace(dw(7), attrs={"groups": 1}, flops=2.0 * 49 * 256 * 256 * 64 * 64)
+    assert estimate_ops([dense], "iphone14pro").total_ms > 10 * e7.total_ms

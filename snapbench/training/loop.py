@@ -19,12 +19,13 @@ import torch
 from torch import nn
 
 from snapbench.errors import SnapbenchError
-from snapbench.model.elastic_unet import ElasticUNet
 from snapbench.training.data import TrainingData
 from snapbench.user_files import load_torch_state
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
+
+    from snapbench.training.checkpoints import Elastic
 
 OPTIMIZER_FILE = "optimizer.pt"  # the optimizer's state, beside the checkpoint, for resuming
 
@@ -97,9 +98,10 @@ class StepLog:
 
 
 class Trainable(nn.Module):
-    """UNet + (toy) prompt encoder as one module, so accelerate / DDP wrap and sync both."""
+    """The elastic denoiser (a UNet or a DiT) + (toy) prompt encoder as one module, so accelerate / DDP wrap
+    and sync both."""
 
-    def __init__(self, unet: ElasticUNet, encoder: nn.Module | None) -> None:
+    def __init__(self, unet: Elastic, encoder: nn.Module | None) -> None:
         super().__init__()
         self.unet = unet
         self.encoder = encoder

@@ -178,6 +178,7 @@ class PreparedOps:
     pad_bytes: float
     cls: np.ndarray           # op class index per op
     flops: np.ndarray         # FLOPs (MAC = 2)
+    engine_flops: np.ndarray  # FLOPs the engine is priced for: a depthwise conv's taps are free (2 per output)
     pad_ratio: np.ndarray     # padded / true elements of the output (vector units work on padded rows)
     weight_bytes: np.ndarray  # DRAM weight bytes per run
     view: np.ndarray          # bool: relabels a buffer, costs nothing
@@ -204,6 +205,7 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
     n = len(records)
     cls = np.zeros(n, dtype=np.int64)
     flops = np.zeros(n)
+    engine_flops = np.zeros(n)
     pad_ratio = np.ones(n)
     weight = np.zeros(n)
     view = np.zeros(n, dtype=bool)
@@ -226,6 +228,7 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
             fill[i], rows[i] = _mac_shape(r, c)
         int8[i] = "int8" in r.in_dtypes
         flops[i] = r.flops
+        engine_flops[i] = 2.0 * math.prod(r.out_shapes[0]) if c == "depthwise" and r.out_shapes else r.flops
         view[i] = bool(r.attrs.get("view"))
         reason = _static_reason(r)
         static_cpu[i] = bool(reason)
@@ -254,7 +257,8 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
             a, b = r.in_shapes[0], r.out_shapes[0]
             ups[i] = max(b[-1] / max(a[-1], 1), b[-2] / max(a[-2], 1))
     return PreparedOps(
-        records=tuple(records), pad_bytes=pad_bytes, cls=cls, flops=flops, pad_ratio=pad_ratio,
+        records=tuple(records), pad_bytes=pad_bytes, cls=cls, flops=flops, engine_flops=engine_flops,
+        pad_ratio=pad_ratio,
         weight_bytes=weight, view=view, static_cpu=static_cpu, static_reason=tuple(reasons),
         max_tensor=max_tensor, in_op=np.asarray(in_op, dtype=np.int64), in_bytes=np.asarray(in_b),
         in_fused=np.asarray(in_fused, dtype=bool), out_op=np.asarray(out_op, dtype=np.int64),
@@ -443,7 +447,9 @@ def terms(prep: PreparedOps, dev: Device, p: AneParams) -> Terms:
     # a fused attention op writes its score map, reads it for the softmax (passes) and for the second matmul
     act += np.where(prep.score_bytes > ws, prep.score_bytes * (2.0 + p.reduction_passes), 0.0)
     mac = np.isin(prep.cls, [OP_CLASSES.index(c) for c in ("conv", "matmul")])
-    work = np.where(mac, prep.flops, prep.flops * prep.pad_ratio)
+    # a depthwise conv runs all taps of an output element at once (v8): its work is per output element, so
+    # a 7x7 kernel costs what a 3x3 does (v7 priced FastViT's 7x7 depthwise convs 5.4x a 3x3's)
+    work = np.where(mac, prep.engine_flops, prep.engine_flops * prep.pad_ratio)
     placed = np.flatnonzero(~prep.view)
     seq = on_cpu[placed].astype(np.int8)
     if seq.size:

@@ -26,8 +26,9 @@ CHIP_GENERATIONS = ("A13", "A14", "A15", "A16", "A17", "A18", "M1", "M2", "M3", 
 CHIP_FACTOR_BOUNDS = (0.25, 4.0)
 # The structure the shipped fit is made for (v4: shapes, precision, call overhead; v5: compute/DRAM overlap,
 # per-harness call floors, robust fit; v6: no per-chip throughput factor, the catalog's fp16 peak; v7: a
-# group norm spelt out in elementwise ops moves what one norm op moves)
-PARAMS_VERSION = 7
+# group norm spelt out in elementwise ops moves what one norm op moves; v8: a depthwise conv's work is per
+# output element, its kernel taps free)
+PARAMS_VERSION = 8
 CALL_FACTOR_BOUNDS = (0.1, 20.0)
 
 # (low, high) of each scalar parameter. Meaning, bounds and the sources of the priors in
