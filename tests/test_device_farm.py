@@ -15,7 +15,7 @@ import pytest
 
 from snapbench.model.loading import resolve_model
 from snapbench.errors import SnapbenchError
-from snapbench.latency import Settings
+from snapbench.latency.table import Settings
 from snapbench.latency.farm_profile import profile_on_farm
 from snapbench.profilers.farm import NodeSettings, check_holders, pack, unpack
 from snapbench.devices.catalog import resolve_device

@@ -9,7 +9,8 @@ import pytest
 from snapbench.devices.catalog import resolve_device
 from snapbench.model.loading import resolve_model
 from snapbench.errors import SnapbenchError
-from snapbench.latency import LatencyRow, LatencyTable, Settings, block_latencies
+from snapbench.latency.model_latency import block_latencies
+from snapbench.latency.table import LatencyRow, LatencyTable, Settings
 from snapbench.latency.table import COLUMNS
 
 from profile_fakes import FakePackages, toy_estimator

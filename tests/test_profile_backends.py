@@ -9,7 +9,8 @@ import pytest
 from snapbench.model.loading import resolve_model
 from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
-from snapbench.latency import LatencyTable, Settings, profile_model
+from snapbench.latency.model_latency import profile_model
+from snapbench.latency.table import LatencyTable, Settings
 from snapbench.profilers.backends import DeviceBackend, choose_backend
 from snapbench.profilers.measurement import PackageJob
 from snapbench.profilers.readiness import blocker, put_devicectl_on_path

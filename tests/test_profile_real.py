@@ -10,7 +10,8 @@ import pytest
 from snapbench.devices.catalog import resolve_device
 from snapbench.model.loading import resolve_model
 from snapbench.cli import main
-from snapbench.latency import LatencyTable, Settings, block_latencies
+from snapbench.latency.model_latency import block_latencies
+from snapbench.latency.table import LatencyTable, Settings
 
 pytestmark = pytest.mark.slow
 

@@ -264,7 +264,9 @@ def _break(package: Path, how: str) -> None:
 def test_broken_cached_packages_are_converted_again(converted, tmp_path):
     import shutil
 
-    from snapbench.converters import ConvertOptions, ConvertRequest, convert, load_manifest
+    from snapbench.converters.entry import ConvertRequest, convert
+    from snapbench.converters.manifest import load_manifest
+    from snapbench.converters.options import ConvertOptions
     from snapbench.model.loading import resolve_model
 
     out = tmp_path / "out"
@@ -287,7 +289,7 @@ def test_profile_packages_names_a_broken_package(converted, tmp_path, capsys, mo
     import shutil
 
     from snapbench.cli import main
-    from snapbench.converters import load_manifest
+    from snapbench.converters.manifest import load_manifest
 
     out = tmp_path / "out"
     shutil.copytree(converted, out)
@@ -336,7 +338,8 @@ def test_train_without_a_terminal_logs_progress_lines(tmp_path):
 
 
 def test_a_report_prices_each_model_at_its_own_latent_unless_told(tmp_path):
-    from snapbench.report import gather, render_html
+    from snapbench.report.gather_data import gather
+    from snapbench.report.render import render_html
     from snapbench.report.latency_source import ProfileOutcome
 
     asked: dict[str, int] = {}
@@ -346,8 +349,9 @@ def test_a_report_prices_each_model_at_its_own_latent_unless_told(tmp_path):
         return ProfileOutcome(None, "not needed here")
 
     data = gather(baseline="sd15", candidates=["toy-digits"], devices=["iphone14pro"], profiler=profiler)
+    doc = data.to_dict()  # the JSON document `report --json` writes
     assert asked == {"sd15": 64, "toy-digits": 8}
-    assert {m["key"]: m["latent"] for m in data["models"]} == {"sd15": 64, "toy-digits": 8}
+    assert {m["key"]: m["latent"] for m in doc["models"]} == {"sd15": 64, "toy-digits": 8}
     html = render_html(data)
     assert "toy-digits 8&times;8" in html and "sd15 64&times;64" in html
     asked.clear()

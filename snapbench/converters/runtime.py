@@ -120,11 +120,11 @@ def _validated_once(apply_pipeline: Any) -> Any:
     @functools.wraps(apply_pipeline)
     def apply(prog: Any, pass_pipeline: Any) -> None:
         original = Program.validate
-        Program.validate = lambda self, *a, **k: None  # type: ignore[method-assign]
+        Program.validate = lambda self, *a, **k: None
         try:
             apply_pipeline(prog, pass_pipeline)
         finally:
-            Program.validate = original  # type: ignore[method-assign]
+            Program.validate = original
         prog.validate(check_essential_scope="common::dead_code_elimination" in pass_pipeline.passes)
 
     return apply

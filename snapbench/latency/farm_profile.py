@@ -9,7 +9,8 @@ arrives; then the estimator fills each device's gaps (labelled) and each device 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Sequence
+from types import ModuleType
+from typing import Callable, Sequence
 
 from snapbench.backbones import backbone_for
 from snapbench.devices.catalog import Device
@@ -60,7 +61,7 @@ def profile_on_farm(
             ray.shutdown()
 
 
-def _profile(ray: Any, source: ModelSource, devs: list[Device], settings: Settings, *, address: str,
+def _profile(ray: ModuleType, source: ModelSource, devs: list[Device], settings: Settings, *, address: str,
              tables: dict[str, LatencyTable] | None, estimator: EstimatePricer | None, components: Sequence[str],
              packages: PackageSource | None, factory: BackendFactory, node_settings: NodeSettings | None,
              on_table: Callable[[str, LatencyTable], object] | None, progress: bool,

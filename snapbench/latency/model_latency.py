@@ -20,7 +20,7 @@ import datetime as _dt
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, overload
 
 from snapbench import __version__
 from snapbench.backbones import backbone_for
@@ -36,6 +36,11 @@ from snapbench.profilers.measurement import Measurement, PackageJob
 from snapbench.latency.packages import COMPONENTS, ConverterPackages, PackageSource
 from snapbench.specs.stages import STAGES
 from snapbench.versions import tool_versions
+
+if TYPE_CHECKING:  # the device side loads only when a run measures
+    from snapbench.profilers.coreml_api import CoreMLTools
+    from snapbench.profilers.farm import BackendFactory
+    from snapbench.profilers.readiness import Machine
 
 ALL_COMPONENTS = ("unet", *COMPONENTS)  # COMPONENTS: snapbench.settings.PIPELINE_PARTS
 Say = Callable[[str], None]
@@ -298,10 +303,10 @@ class ProfileTools:
 
     packages: PackageSource | None = None
     estimator: EstimatePricer | None = None
-    machine: Any = None  # readiness.Machine
-    coreml: Any = None  # coreml_api.CoreMLTools
+    machine: Machine | None = None
+    coreml: CoreMLTools | None = None
     sleep: Callable[[float], None] | None = None  # the runner app's startup and trust waits
-    farm_backend: Any = None  # profilers.farm.BackendFactory: what farm nodes measure with
+    farm_backend: BackendFactory | None = None  # what farm nodes measure with
 
 
 def profile_model(
@@ -459,7 +464,7 @@ class _bar:
         task = progress.add_task("", total=self.total)
         return lambda label: progress.update(task, advance=1, description=label)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.stop()
 
