@@ -1,6 +1,6 @@
 """`convert --pipeline`: a whole Stable-Diffusion pipeline, ready for Apple's Swift `StableDiffusion` package.
 
-    from snapbench.converters import ConvertRequest, convert
+    from snapbench.converters.entry import ConvertRequest, convert
     result = convert(ConvertRequest(resolve_model("sd15"), Path("build/sd15-app"),
                                     ConvertOptions(attention="split_einsum_v2", chunks=2), "pipeline"))
 
