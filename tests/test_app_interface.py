@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from snapbench.converters import ConvertOptions
+from snapbench.converters.options import ConvertOptions
 from snapbench.converters.swift_interface import (
     check_package, family_rules, interface_markdown, load_table, read_interface,
 )
@@ -53,7 +53,7 @@ def test_table_says_where_it_comes_from_and_what_swift_feeds_is_what_packages_ta
 def converted(tmp_path_factory):
     """The tiny fixture pipeline converted twice: two UNet chunks + VAE encoder, then one UNet (same folder
     copied: the text encoder and VAE packages are reused from the cache)."""
-    from snapbench.converters import ConvertRequest, convert
+    from snapbench.converters.entry import ConvertRequest, convert
     from snapbench.model.loading import resolve_model
     from snapbench.fixtures import write_tiny_pipeline
 
@@ -93,7 +93,7 @@ def test_every_package_matches_what_swift_feeds_and_reads(converted):
 
 @pytest.mark.slow
 def test_manifest_records_the_dtypes(converted):
-    from snapbench.converters import load_manifest
+    from snapbench.converters.manifest import load_manifest
 
     _, chunked, _ = converted
     block = load_manifest(chunked).block("TextEncoder")

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from snapbench.converters import ConvertOptions, ConvertRequest, convert, load_manifest
+from snapbench.converters.entry import ConvertRequest, convert
+from snapbench.converters.manifest import load_manifest
+from snapbench.converters.options import ConvertOptions
 from snapbench.converters import workers
 from snapbench.converters.package_io import PackageIO
 from snapbench.converters.convert_package import convert_module

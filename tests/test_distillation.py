@@ -371,7 +371,8 @@ def test_sample_writes_a_png_grid_with_the_distilled_step_count(tmp_path, capsys
 def test_report_takes_steps_and_decoder_from_what_was_distilled(tmp_path, toy_folder):
     from snapbench.distillation.decoder import DecoderDistillConfig, LatentSet, distill_decoder
     from snapbench.distillation.provenance import record_decoder
-    from snapbench.report import gather, render_html
+    from snapbench.report.gather_data import gather
+    from snapbench.report.render import render_html
     from snapbench.report.latency_source import ProfileOutcome
 
     torch.set_num_threads(1)
@@ -390,7 +391,8 @@ def test_report_takes_steps_and_decoder_from_what_was_distilled(tmp_path, toy_fo
     no_latency = lambda *a, **k: ProfileOutcome(None, "not needed here")  # noqa: E731
     data = gather(baseline="sd15-tiny", candidates=[str(folder), "snapfusion-tiny"], devices=["iphone14pro"],
                   profiler=no_latency)
-    m = {x["ref"]: x for x in data["models"]}
+    doc = data.to_dict()  # the JSON document `report --json` writes
+    m = {x["ref"]: x for x in doc["models"]}
     mine, paper = m[str(folder)], m["snapfusion-tiny"]
     assert mine["steps"] == 2 and "distilled here" in mine["steps_source"] and "4-step teacher" in mine["steps_source"]
     assert "distilled here" in mine["decoder_source"] and str(tmp_path / "vae") in mine["decoder_source"]
@@ -402,7 +404,8 @@ def test_report_takes_steps_and_decoder_from_what_was_distilled(tmp_path, toy_fo
     # --steps still overrides
     data = gather(baseline="sd15-tiny", candidates=[str(folder)], devices=["iphone14pro"], steps={str(folder): 3},
                   profiler=no_latency)
-    assert (data["models"][1]["steps"], data["models"][1]["steps_source"]) == (3, "--steps")
+    doc = data.to_dict()  # the JSON document `report --json` writes
+    assert (doc["models"][1]["steps"], doc["models"][1]["steps_source"]) == (3, "--steps")
     # a resumed distillation keeps the recorded decoder
     distill(toy_folder, folder, DistillConfig(**{**TINY.to_dict(), "steps": 2}), progress=False)
     assert read_sampling(folder)["decoder"] == str(tmp_path / "vae")

@@ -81,7 +81,7 @@ def test_halving_keeps_a_tiny_saving_until_its_value_is_known():
 
     assert successive_halving(27, merits, [80]).ranked[0] == 4  # exhaustive
     rounds = EvalBudget().rounds(80)
-    plain = successive_halving(27, merits, rounds, keep_uncertain=False)
+    plain = successive_halving(27, merits, rounds, cut="mean")
     assert plain.ranked[0] != 4 and plain.samples[4] == 5
     asked.clear()
     kept = successive_halving(27, merits, rounds)

@@ -184,3 +184,26 @@ def test_separable_starts_from_the_dense_kernel():
     fitted = ExpandedSeparableConv(4, 6, 2).init_from_dense(conv)
     fresh = ExpandedSeparableConv(4, 6, 2)
     assert (fitted(x) - conv(x)).norm() < (fresh(x) - conv(x)).norm()
+
+
+def test_a_swapped_up_stage_resnet_can_be_copied():
+    """An up-stage ResNet changes channels (its copy is rebuilt C_out -> C_out): a separable one too."""
+    from snapbench.model.loading import ModelSource, build_unet
+
+    spec = resolve_model("toy-digits").spec
+    sep = Action("S", "Up-1", "RB1", "separable").apply(spec)
+    copied = Action("+", "Up-1", "RB1").apply(sep)
+    model = build_unet(ModelSource("t", copied), device="cpu")
+    dup = model.copies["up1_rb1_copy1"]
+    assert type(dup.conv1).__name__ == "ExpandedSeparableConv" and dup.conv1.in_channels == dup.conv2.out_channels
+    out = model(torch.randn(1, 1, 8, 8), 5, torch.randn(1, 3, 32))
+    assert out.shape == (1, 1, 8, 8)
+
+
+def test_removing_or_copying_a_swapped_block_keeps_its_variant():
+    spec = Action("S", "Mid", "CA1", "mqa").apply(resolve_model("toy-digits").spec)
+    for a in (Action("-", "Mid", "CA1"), Action("+", "Mid", "CA1")):
+        c = next(c for c in a.apply(spec).stages["Mid"] if c.block == "CA1")
+        assert c.variant.kv_heads == 1
+    back = Action("+", "Mid", "CA1").apply(Action("-", "Mid", "CA1").apply(spec))
+    assert back.to_dict() == spec.to_dict()

@@ -11,7 +11,7 @@ import pytest
 
 from snapbench import paths
 from snapbench.cli import main
-from snapbench.latency import LatencyTable
+from snapbench.latency.table import LatencyTable
 
 from profile_fakes import FakePackages, fake_mac, toy_estimator
 

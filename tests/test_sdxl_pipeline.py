@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from snapbench.cli import main
-from snapbench.converters import ConvertOptions, load_manifest
+from snapbench.converters.manifest import load_manifest
+from snapbench.converters.options import ConvertOptions
 from snapbench.converters.swift_interface import (
     XL_FAMILY, check_package, family_rules, folder_family, interface_markdown, read_interface,
 )
@@ -97,7 +98,7 @@ def test_sdxl_unet_chunks_compose_to_diffusers_unet(xl_folder):
 def converted(xl_folder, tmp_path_factory):
     """The tiny SDXL folder converted with two UNet chunks, then (a copy) with one Unet: the text encoders
     and the VAE decoder come from the cache the second time."""
-    from snapbench.converters import ConvertRequest, convert
+    from snapbench.converters.entry import ConvertRequest, convert
     from snapbench.model.loading import resolve_model
 
     root = tmp_path_factory.mktemp("xl-app")

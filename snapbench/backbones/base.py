@@ -22,15 +22,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Protocol
 
 if TYPE_CHECKING:
     import torch
 
     from snapbench.blocks.cut import CutBlock
     from snapbench.blocks.signature import Shape, Signature
-    from snapbench.converters.options import ConvertOptions
-    from snapbench.converters.result import ConvertResult
     from snapbench.model.loading import ModelSource
     from snapbench.model.units import BlockUnit
     from snapbench.settings import InputShapes, RunSettings
@@ -121,15 +119,6 @@ class Backbone(ABC):
         forward inside `model.size_bound.check_activations` (the largest activation at `shapes` is bounded)."""
 
     # -- conveniences built on the above (a backbone need not override them) -------------------------
-    def convert_blocks(self, source: ModelSource, out_dir: Path, opts: ConvertOptions, *, progress: bool = True,
-                       say: Callable[[str], None] | None = None) -> ConvertResult:
-        """Every block into a Core ML package (one per signature in profile mode) + manifest.json, resumed
-        and cached: the UNets' block converter (`converters/convert_blocks.py`), which asks this backbone
-        to build and cut. A family whose blocks need another converter overrides this."""
-        from snapbench.converters.convert_blocks import convert_model  # it imports this package's registry
-
-        return convert_model(source, out_dir, opts, progress=progress)
-
     def cut_source(self, source: ModelSource, settings: RunSettings) -> list[CutBlock]:
         """The blocks of `source` at `settings`, cut on the meta device (instant, no weights)."""
         return self.cut(self.build(source, device="meta"), settings.shapes, precision=settings.precision,

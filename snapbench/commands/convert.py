@@ -52,6 +52,9 @@ def convert_command(
     as_json: bool = JsonOpt,
 ) -> None:
     """Convert a UNet into Core ML packages, one per block (default), whole, or a pipeline part."""
+    from snapbench.locks import refuse_if_locked
+
+    refuse_if_locked(out_dir, "convert")  # in a second, not after the model is built and cut
     from snapbench.converters.entry import convert
     from snapbench.zoo.specs import is_network_spec
 

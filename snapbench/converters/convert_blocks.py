@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 
 from snapbench.backbones import backbone_for
 from snapbench.blocks.cut import CutBlock, InputShapes
+from snapbench.blocks.signature import Signature
 from snapbench.converters import workers
 from snapbench.converters.package_io import PackageIO
 from snapbench.converters.convert_package import is_complete_package, package_files, remove_tree
@@ -83,6 +84,7 @@ class _Package:
 
     key: str
     owner: CutBlock
+    signature: Signature  # the owner's: only blocks that run get a package
     blocks: list[CutBlock]
     name: str
     weights_hash: str | None = None
@@ -93,16 +95,17 @@ def _plan(blocks: list[CutBlock], opts: ConvertOptions, versions: dict[str, str]
           hashes: dict[str, str]) -> list[_Package]:
     packages: dict[str, _Package] = {}
     for b in blocks:
-        if b.signature is None:
+        sig = b.signature
+        if sig is None:
             continue
-        what: dict[str, Any] = {"signature": b.signature.key()}
+        what: dict[str, Any] = {"signature": sig.key()}
         if opts.mode == "deploy":
             what.update(block=b.unit.file_id, weights=hashes[b.unit.file_id])
         key = cache_key(what, opts, versions)
         if key in packages:
             packages[key].blocks.append(b)
         else:
-            packages[key] = _Package(key, b, [b], f"{b.unit.file_id}.mlpackage",
+            packages[key] = _Package(key, b, sig, [b], f"{b.unit.file_id}.mlpackage",
                                      hashes.get(b.unit.file_id) if opts.mode == "deploy" else None)
     return list(packages.values())
 
@@ -192,8 +195,7 @@ def convert_model(source: ModelSource, out_dir: Path, opts: ConvertOptions = Con
     real = None
     hashes: dict[str, str] = {}
     if opts.mode == "deploy":
-        reuse_hashes = previous is not None and previous.source_fingerprint == fingerprint
-        if reuse_hashes:
+        if previous is not None and previous.source_fingerprint == fingerprint:
             hashes = {b.file_id: b.weights_hash for b in previous.blocks if b.weights_hash}
         if any(b.signature is not None and b.unit.file_id not in hashes for b in blocks):
             real = build_checked(source, device="cpu", seed=opts.seed)
@@ -280,8 +282,8 @@ def _task(p: _Package, folder: Path, source: ModelSource, opts: ConvertOptions,
         weights = {k: v.detach().cpu().numpy() for k, v in unit.state_dict().items()}
     shared = ",".join(x.unit.file_id for x in p.blocks)
     metadata = {
-        "block": b.block_id, "blocks": shared, "stage": b.unit.slot.stage, "signature": b.signature.key(),
-        "signature_digest": b.signature.digest(), "mode": opts.mode, "model": source.ref,
+        "block": b.block_id, "blocks": shared, "stage": b.unit.slot.stage, "signature": p.signature.key(),
+        "signature_digest": p.signature.digest(), "mode": opts.mode, "model": source.ref,
         "spec": source.spec.name, "version": tool_versions()["snapbench"], "cache_key": p.key,
         "attention": opts.attention if b.kind == "CA" else "-", "weight_bits": opts.weight_bits,
         "target": opts.target,

@@ -1,7 +1,7 @@
 """The one conversion entry point: `convert(ConvertRequest(...)) -> ConvertResult`.
 
 What to convert is data (`ConvertRequest.part`), not a choice among functions: every block of the
-backbone (one package per block or signature; UNets and DiTs alike, through the backbone seam), one whole
+backbone (one package per block or signature; a DiT's blocks by `dit/convert.py`), one whole
 model or pipeline part, or the app pipeline for Apple's Swift package. Every kind lands in one folder with
 a manifest and hands back the same `ConvertResult`, so callers (the `convert` command, the profile
 command's package cache) never ask which kind they got.
@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, get_args
 
-from snapbench.backbones import backbone_for
+from snapbench.backbones import DitBackbone, backbone_for
 from snapbench.converters.components import convert_component
+from snapbench.converters.convert_blocks import convert_model
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.pipeline import convert_pipeline
 from snapbench.converters.result import ConvertResult
+from snapbench.dit.convert import convert_dit
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
 
@@ -54,8 +56,11 @@ class ConvertRequest:
 def convert(request: ConvertRequest) -> ConvertResult:
     """Convert what `request` names into `request.out_dir` (packages + manifest.json)."""
     r = request
+    if r.part == "blocks" and backbone_for(r.source).name == DitBackbone.name:
+        # a DiT block can have several outputs (SD3's joint block returns both streams): its own converter
+        return convert_dit(r.source, r.out_dir, r.options, say=r.say)
     if r.part == "blocks":
-        return backbone_for(r.source).convert_blocks(r.source, r.out_dir, r.options, progress=r.progress, say=r.say)
+        return convert_model(r.source, r.out_dir, r.options, progress=r.progress)
     if r.part == "pipeline":
         return convert_pipeline(r.source, r.out_dir, r.options, weights=r.weights, vae_encoder=r.vae_encoder,
                                 compile=r.compile, progress=r.progress)

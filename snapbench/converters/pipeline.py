@@ -1,7 +1,8 @@
 """`convert --pipeline`: a whole Stable-Diffusion pipeline, ready for Apple's Swift `StableDiffusion` package.
 
-    from snapbench.converters.pipeline import convert_pipeline
-    result = convert_pipeline("sd15", "build/sd15-app", ConvertOptions(attention="split_einsum_v2", chunks=2))
+    from snapbench.converters.entry import ConvertRequest, convert
+    result = convert(ConvertRequest(resolve_model("sd15"), Path("build/sd15-app"),
+                                    ConvertOptions(attention="split_einsum_v2", chunks=2), "pipeline"))
 
 One folder: TextEncoder [/ TextEncoder2: SDXL-class UNets] / Unet (or UnetChunk1 + UnetChunk2) / VAEDecoder
 [/ VAEEncoder] .mlpackage, the tokenizer files, manifest.json. Parts are converted one after another in this process, each built with

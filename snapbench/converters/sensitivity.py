@@ -210,7 +210,11 @@ def average_bits(table: Any, bits: dict[str, int]) -> float:
 
 
 def recipe_name(spec: str, target_bits: float | None, budget_bytes: float | None) -> str:
-    return f"{spec}-{target_bits:g}bit.json" if target_bits is not None else f"{spec}-{budget_bytes / 1e6:g}MB.json"
+    if target_bits is not None:
+        return f"{spec}-{target_bits:g}bit.json"
+    if budget_bytes is None:
+        raise ValueError("a recipe is named after its average bit width or its size budget")
+    return f"{spec}-{budget_bytes / 1e6:g}MB.json"
 
 
 def write_analysis(source: ModelSource, out_dir: Any, opts: SensitivityOptions = SensitivityOptions(), *,
@@ -255,7 +259,7 @@ def write_analysis(source: ModelSource, out_dir: Any, opts: SensitivityOptions =
         doc = {
             "format": RECIPE_FORMAT, "version": 1, "model": str(source.ref), "spec": spec,
             "layers_digest": layers_digest(layers),
-            "budget": {"average_bits": target} if target is not None else {"megabytes": budget / 1e6},
+            "budget": {"average_bits": target} if budget is None else {"megabytes": budget / 1e6},
             "average_bits": round(average_bits(table, bits), 3), "bytes": int(size), "fp16_bytes": int(fp16_bytes),
             "layers_by_bits": widths,
             "sum_db_lost": round(lost, 2),

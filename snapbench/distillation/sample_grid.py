@@ -67,7 +67,10 @@ def generate(bundle: ModelBundle, config: SampleConfig, steps: int) -> torch.Ten
     noise = torch.randn(len(prompts), cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)
     if is_toy(bundle.spec):
         tokenize(prompts)  # refuses unknown prompts before any work
-        context, uncond = bundle.encoder.encode(prompts), bundle.encoder.encode([""])
+        encoder = bundle.encoder
+        if encoder is None:  # load_bundle gives every toy one; a hand-made bundle may lack it
+            raise SnapbenchError(f"{bundle.ref}: a toy-digits model needs its prompt encoder to sample")
+        context, uncond = encoder.encode(prompts), encoder.encode([""])
         return ddim_sample(bundle.model, context, uncond, noise, noise_schedule=bundle.noise_schedule, steps=steps,
                            guidance=config.guidance).clamp(-1, 1)
     return _generate_sd(bundle, config, prompts, noise, steps)

@@ -113,6 +113,8 @@ def score_cache_path(bundle: ModelBundle, steps: int, config: ToyCompareConfig) 
 
     h = hashlib.sha256()
     for module in (bundle.model, bundle.encoder):
+        if module is None:  # SD bundles have no prompt encoder of their own
+            continue
         for name, t in module.state_dict().items():
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from snapbench.converters.cache import cache_key
 from snapbench.converters.entry import ConvertRequest, convert
@@ -28,7 +28,10 @@ from snapbench.paths import cache_root
 from snapbench.settings import RunSettings
 from snapbench.versions import tool_versions
 
-EstimateFn = Callable[[Path, Device], Any]
+if TYPE_CHECKING:  # the estimator loads when a block is priced
+    from snapbench.profilers.estimate.cost_model import Estimate
+
+EstimateFn = Callable[[Path, Device], "Estimate"]
 
 
 @dataclass
@@ -86,7 +89,7 @@ def packages_folder(source: ModelSource, opts: ConvertOptions) -> Path:
     return cache_root() / "dit-packages" / f"{source.spec.name}-{key[:12]}"
 
 
-def _estimate(path: Path, device: Device) -> Any:
+def _estimate(path: Path, device: Device) -> Estimate:
     from snapbench.profilers.estimate.cost_model import estimate_package
 
     return estimate_package(path, device)

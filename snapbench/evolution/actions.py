@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
 from snapbench.backbones import backbone_for
@@ -53,16 +53,16 @@ class Action:
             new = swap.apply(c)
         elif self.sign == "-":
             if c.copies:
-                new = BlockChoice(c.block, True, c.copies - 1)
+                new = replace(c, copies=c.copies - 1)
             elif c.keep:
-                new = BlockChoice(c.block, False, 0)
+                new = replace(c, keep=False, copies=0)
             else:
                 raise SnapbenchError(f"{self.label}: the block is already removed")
         else:
             if not c.keep:
-                new = BlockChoice(c.block, True, 0)
+                new = replace(c, keep=True, copies=0)
             elif c.copies < MAX_COPIES:
-                new = BlockChoice(c.block, True, c.copies + 1)
+                new = replace(c, copies=c.copies + 1)
             else:
                 raise SnapbenchError(f"{self.label}: the block already has {MAX_COPIES} copies")
         return spec.with_choices(spec.name, {(self.stage, self.block): new})
@@ -134,5 +134,8 @@ def parse_action(text: str) -> Action:
     m = re.fullmatch(r"(A[+-]|S:[a-z-]+)\s+(CA|RB|TB)\[([A-Za-z0-9-]+),\s*(\d+)\]", text.strip())
     if not m or (m.group(1).startswith("S:") and m.group(1)[2:] not in SWAPS):
         raise SnapbenchError(f"not an action: {text!r} (expected e.g. 'A- CA[Up-1, 2]' or 'S:mqa CA[Up-1, 2]')")
-    sign, move = ("S", m.group(1)[2:]) if m.group(1).startswith("S:") else (m.group(1)[1], "")
-    return Action(sign, m.group(3), f"{m.group(2)}{m.group(4)}", move)  # type: ignore[arg-type]
+    block = f"{m.group(2)}{m.group(4)}"
+    if m.group(1).startswith("S:"):
+        return Action("S", m.group(3), block, m.group(1)[2:])
+    sign: Literal["-", "+"] = "-" if m.group(1) == "A-" else "+"  # the pattern allows only A- and A+
+    return Action(sign, m.group(3), block)

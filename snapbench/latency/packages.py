@@ -51,7 +51,7 @@ class ComponentPackage:
     macs: int = 0
 
 
-def _entry(e: Any, name: str) -> Any:
+def _entry(e: object, name: str) -> Any:
     return e.get(name) if isinstance(e, dict) else getattr(e, name, None)
 
 
@@ -75,7 +75,7 @@ def check_manifest_settings(manifest: Manifest, folder: Path, settings: Settings
 def cached_packages(settings: Settings, keys: set[str]) -> dict[str, Path]:
     """Packages with these signatures already converted for any model under the cache (evolution's
     candidates share almost every signature with the model they came from: no need to convert again)."""
-    from snapbench.converters import load_manifest
+    from snapbench.converters.manifest import load_manifest
     from snapbench.converters.convert_package import is_complete_package
 
     found: dict[str, Path] = {}
@@ -144,7 +144,7 @@ class ConverterPackages:
 
     def block_packages(self, source: ModelSource, settings: Settings, keys: set[str], *, progress: bool) -> dict[str, Path]:
         if self.folder is not None:
-            from snapbench.converters import load_manifest
+            from snapbench.converters.manifest import load_manifest
 
             manifest = load_manifest(self.folder)
             check_manifest_settings(manifest, self.folder, settings)

@@ -183,7 +183,7 @@ def copy_resnet(resnet: nn.Module) -> nn.Module:
         time_embedding_norm=resnet.time_embedding_norm,
         output_scale_factor=resnet.output_scale_factor,
         skip_time_act=resnet.skip_time_act,
-    ).to(device=resnet.conv1.weight.device, dtype=resnet.conv1.weight.dtype)
+    ).to(device=resnet.norm1.weight.device, dtype=resnet.norm1.weight.dtype)  # conv1 may be a separable stack
     old = resnet.state_dict()
     with torch.no_grad():
         for name, tensor in new.state_dict().items():

@@ -154,7 +154,7 @@ def default_priors_path() -> Path:
     return Path(str(resources.files("snapbench.profilers.estimate") / "ane_priors.json"))
 
 
-def params_from_dict(doc: Any, source: str) -> AneParams:
+def params_from_dict(doc: object, source: str) -> AneParams:
     """Validate a parameter document; any problem -> SnapbenchError naming the field."""
 
     def bad(fieldname: str, why: str) -> SnapbenchError:
@@ -208,7 +208,7 @@ def params_from_dict(doc: Any, source: str) -> AneParams:
                      chip_factor=per_chip["chip_factor"], call_factor=per_chip["call_factor"], **scalars)
 
 
-def _check_number(value: Any, name: str, lim: tuple[float, float], bad) -> float:
+def _check_number(value: object, name: str, lim: tuple[float, float], bad) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise bad(name, f"must be a number, got {value!r}")
     lo, hi = lim
