@@ -17,8 +17,8 @@ processes' included, summed over resumes) beside its wall seconds.
 --json prints {"default": {"seconds", "final_quality", "reached_target", ...}, "exhaustive": {...}}.
 
 --replay [N] replays every decision of the exhaustive side (its per-sample scores, .evolve/scores/) under
-the plain halving (the better half by mean) and the halving that keeps uncertain values (what `auto`
-does), on the run's own sample order and on N random orders of the samples: how often each picks the
+each halving cut of snapbench.evolution.budget (plain: the better half by mean; overlap, what `auto`
+does: also every candidate the leader has not beaten with confidence), on the run's own sample order and on N random orders of the samples: how often each picks the
 exhaustive winner, the value it gives up when it does not, and the images it takes. No image is generated.
 """
 
@@ -175,7 +175,10 @@ def _common(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _replay_one(path: Path, orders: list[np.ndarray]) -> dict[str, Any] | None:
+RULES = {"plain": "mean", "overlap": "overlap"}  # replay name: budget.CUTS
+
+
+def _replay_one(path: Path, orders: list[np.ndarray], confidence: float) -> dict[str, Any] | None:
     """One exhaustive decision replayed under both halving rules; None if the scores are not complete."""
     from snapbench.evolution.budget import EvalBudget, successive_halving
 
@@ -190,7 +193,7 @@ def _replay_one(path: Path, orders: list[np.ndarray]) -> dict[str, Any] | None:
     best = int(successive_halving(len(dl), lambda a, n: merit[a, :n], [total], tiebreak=list(dl)).ranked[0])
     out: dict[str, Any] = {"iteration": int(path.stem.split("-")[-1]), "candidates": len(dl),
                            "winner": labels[best], "winner_saving_ms": round(abs(float(dl[best])), 4)}
-    for rule, keep in (("plain", False), ("uncertain", True)):
+    for rule, cut in RULES.items():
         picks, images, lost = [], [], []
         for order in orders:
             m = merit[:, order]
@@ -201,7 +204,7 @@ def _replay_one(path: Path, orders: list[np.ndarray]) -> dict[str, Any] | None:
                 return m[alive, :n]
 
             d = successive_halving(len(dl), merits, EvalBudget().rounds(total), tiebreak=list(dl),
-                                   keep_uncertain=keep)
+                                   confidence=confidence, cut=cut)
             pick = d.ranked[0]
             picks.append(pick == best)
             images.append(len(asked) + total - d.samples[pick])  # the winner is then scored on all samples
@@ -212,14 +215,14 @@ def _replay_one(path: Path, orders: list[np.ndarray]) -> dict[str, Any] | None:
     return out
 
 
-def replay(folder: Path, permutations: int) -> list[dict[str, Any]]:
+def replay(folder: Path, permutations: int, confidence: float = 0.95) -> list[dict[str, Any]]:
     """Every complete decision in `folder`'s .evolve/scores/, replayed (the run's own order first)."""
     rng = np.random.default_rng(0)
     rows = []
     for path in sorted((folder / ".evolve" / "scores").glob("iteration-*.npz")):
         total = np.load(path)["scores"].shape[1]
         orders = [np.arange(total)] + [rng.permutation(total) for _ in range(permutations)]
-        if (r := _replay_one(path, orders)) is not None:
+        if (r := _replay_one(path, orders, confidence)) is not None:
             rows.append(r)
     return rows
 
@@ -227,16 +230,15 @@ def replay(folder: Path, permutations: int) -> list[dict[str, Any]]:
 def _replay_lines(rows: list[dict[str, Any]], permutations: int) -> list[str]:
     lines = [f"replay of the exhaustive decisions ({permutations} random sample orders besides the run's own): "
              "share picking the exhaustive winner (own order y/n), images per decision",
-             f"{'it':>3s} {'winner':16s} {'saves ms':>8s} {'cands':>5s}  {'plain':>14s} {'images':>7s}  "
-             f"{'uncertain':>14s} {'images':>7s}  {'exhaustive':>10s}"]
+             f"{'it':>3s} {'winner':16s} {'saves ms':>8s} {'cands':>5s}  "
+             + "  ".join(f"{rule:>12s} {'images':>7s}" for rule in RULES) + f"  {'exhaustive':>10s}"]
     for r in rows:
-        p, u = r["plain"], r["uncertain"]
+        cells = "  ".join(f"{r[rule]['picks_winner']:10.2f} {'y' if r[rule]['own_order_picks_winner'] else 'n'} "
+                          f"{r[rule]['images']:7.0f}" for rule in RULES)
         lines.append(f"{r['iteration']:3d} {r['winner']:16s} {r['winner_saving_ms']:8.4f} {r['candidates']:5d}  "
-                     f"{p['picks_winner']:12.2f} {'y' if p['own_order_picks_winner'] else 'n'} {p['images']:7.0f}  "
-                     f"{u['picks_winner']:12.2f} {'y' if u['own_order_picks_winner'] else 'n'} {u['images']:7.0f}  "
-                     f"{r['exhaustive_images']:10d}")
+                     f"{cells}  {r['exhaustive_images']:10d}")
     if rows:
-        for rule in ("plain", "uncertain"):
+        for rule in RULES:
             lines.append(f"{rule}: picks the exhaustive winner in {np.mean([r[rule]['picks_winner'] for r in rows]):.3f} "
                          f"of decisions, {sum(r[rule]['images'] for r in rows):.0f} images against exhaustive "
                          f"{sum(r['exhaustive_images'] for r in rows)}")
@@ -256,6 +258,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="run nothing; report what OUT holds")
     ap.add_argument("--replay", type=int, nargs="?", const=200, metavar="N",
                     help="replay the exhaustive side's decisions under both halving rules on N sample orders [200]")
+    ap.add_argument("--replay-confidence", type=float, default=0.95, help="--eval-confidence of the replay [0.95]")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
@@ -276,7 +279,7 @@ def main() -> None:
         doc["common"] = _common(runs)
     doc["load_average"] = {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in load_after],
                            "cpus": os.cpu_count()}
-    replayed = replay(out / "exhaustive", args.replay) if args.replay is not None else None
+    replayed = replay(out / "exhaustive", args.replay, args.replay_confidence) if args.replay is not None else None
     if replayed is not None:
         doc["replay"] = replayed
     if args.json:

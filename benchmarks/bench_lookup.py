@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=50)
     args = ap.parse_args(argv)
 
-    from snapbench.latency import LatencyRow, LatencyTable, Settings
+    from snapbench.latency.table import LatencyRow, LatencyTable, Settings
 
     settings = Settings()
     rows = [LatencyRow(device="iphone14pro", chip="A16", backend="estimate", compute_units="cpu_and_ne",

@@ -31,7 +31,7 @@ def main() -> None:
 
     import torch
 
-    from snapbench.converters import ConvertOptions
+    from snapbench.converters.options import ConvertOptions
     from snapbench.converters.ane_attention import psnr
     from snapbench.converters.app_parts import ModelFolder, text_encoder_part
     from snapbench.converters.convert_package import convert_module

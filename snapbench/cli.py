@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 from types import ModuleType
+from typing import Any
 
 import typer
 
@@ -38,6 +39,7 @@ NO_SIZE_LIMIT = "--no-size-limit"
 COMMAND_MODULES: tuple[str, ...] = (
     "snapbench.commands.inspect",
     "snapbench.commands.convert",
+    "snapbench.commands.compress",
     "snapbench.commands.profile",
     "snapbench.commands.doctor", "snapbench.commands.farm",
     "snapbench.commands.train", "snapbench.commands.ablate", "snapbench.commands.evolve",
@@ -102,11 +104,20 @@ def _escape_help_markup(typer_app: typer.Typer) -> None:
                 done.add(id(default))
                 if default.help:
                     default.help = escape(default.help)
-                if param.annotation in (bool, "bool") and default.metavar is None:
-                    default.metavar = ""  # a flag takes no value: no "<bool>" beside it
 
 
 _escape_help_markup(app)
+
+
+def _flags_show_no_type(command: Any) -> None:
+    """typer prints a type beside every option, "<bool>" beside a flag, which takes no value. Blank it on
+    every flag of every command and group, the root's own and the --help option typer adds included."""
+    ctx = command.context_class(command)
+    for param in [*command.params, command.get_help_option(ctx)]:
+        if param is not None and getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _flags_show_no_type(sub)
 
 _CLICKS = tuple(m.exceptions for m in (_typer_click, _click) if m is not None)
 # Each family's classes: an error raised by either click copy is caught the same way.
@@ -154,6 +165,7 @@ def main(argv: list[str] | None = None, *, obj: object = None) -> int:
     """Run one command; `obj` reaches commands as `ctx.obj` (tests hand fakes in this way, e.g. `profile`'s
     `ProfileTools`)."""
     command = typer.main.get_command(app)
+    _flags_show_no_type(command)
     interrupts.reset()
     args = list(sys.argv[1:] if argv is None else argv)
     # the size bound's switch is read wherever it stands (the refusal says "add --no-size-limit")

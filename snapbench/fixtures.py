@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 
 from snapbench.atomic import atomic_path
-from snapbench.evolution.data import write_latent_file
+from snapbench.training.data import write_latent_file
 
 UNET_PRESET = "sd15-tiny"
 VOCAB_SIZE = 1000  # >= the ids `convert --component text_encoder` traces with; bos/eos last, as in CLIP's vocab
@@ -189,6 +189,40 @@ def write_tiny_pipeline(folder: str | Path, *, seed: int = 0) -> Path:
                                        feature_extractor=None, requires_safety_checker=False)
         pipe.save_pretrained(tmp, safe_serialization=True)
         _only_files_sd15_ships(tmp / "tokenizer")
+    return out
+
+
+def write_tiny_sdxl_pipeline(folder: str | Path, *, seed: int = 0) -> Path:
+    """A StableDiffusionXLPipeline folder (save_pretrained) around the sdxl-tiny UNet, random weights:
+    text_encoder/ (CLIPTextModel) and text_encoder_2/ (CLIPTextModelWithProjection), 16 wide each, so
+    their penultimate states side by side are the UNet's 32-wide context and the second one's projected
+    pooled output its 16-wide text_embeds; tokenizer/ and tokenizer_2/ (the same BPE); the tiny VAE."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from snapbench.specs.layout import text_embeds_dim
+    from snapbench.specs.presets import load_preset
+
+    out = Path(folder)
+    with atomic_path(out) as tmp:
+        tok_dir = write_tiny_tokenizer(tmp / "tokenizer")
+        tokenizer = _load_tokenizer(tok_dir)
+        unet_cfg = {k: v for k, v in load_preset("sdxl-tiny").base_config.items() if not k.startswith("_")}
+        pooled = text_embeds_dim(unet_cfg)
+        assert pooled is not None
+        first = int(unet_cfg["cross_attention_dim"]) - pooled
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet = UNet2DConditionModel(**unet_cfg)
+            vae = AutoencoderKL(**TINY_VAE)
+            one = CLIPTextModel(_text_config(tokenizer, first))
+            two = CLIPTextModelWithProjection(_text_config(tokenizer, pooled))
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=one, text_encoder_2=two, tokenizer=tokenizer,
+                                         tokenizer_2=tokenizer, unet=unet,
+                                         scheduler=EulerDiscreteScheduler.from_config(SD15_SCHEDULER))
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        for sub in ("tokenizer", "tokenizer_2"):
+            _only_files_sd15_ships(tmp / sub)
     return out
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from typing import Any
+from concurrent.futures import Executor
 
 _KEPT: list[str] = []
 
@@ -38,7 +38,7 @@ def ignore_sigint() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def stop_pool(pool: Any) -> None:
+def stop_pool(pool: Executor) -> None:
     """Stop a ProcessPoolExecutor now: cancel what has not started and end the workers (they ignore
     SIGINT, and a conversion can run for minutes). Their half-written outputs are temporaries that the
     next run removes."""

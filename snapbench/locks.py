@@ -66,19 +66,40 @@ def try_lock(path: Path) -> _Held | int | None:
         return _Held(path, fd)
 
 
+def _writing_there(folder: str | os.PathLike, what: str, pid: int | None, flag: str) -> SnapbenchError:
+    stop = f" (or stop it: kill {pid})" if pid else ""
+    return SnapbenchError(f"{folder}: another snapbench {what}{f' (pid {pid})' if pid else ''} is writing there; "
+                          f"wait for it to finish{stop} and run again, or choose another {flag}")
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, what: str, flag: str = "--out") -> Iterator[None]:
     """Hold `folder`'s lock (the folder must exist) or refuse: another snapbench is writing there."""
     lock = Path(folder) / FOLDER_LOCK
     held = try_lock(lock)
     if not isinstance(held, _Held):
-        who = f" (pid {held})" if held else ""
-        raise SnapbenchError(f"{folder}: another snapbench {what}{who} is writing there; "
-                             f"wait for it to finish or choose another {flag}")
+        raise _writing_there(folder, what, held, flag)
     try:
         yield
     finally:
         held.release()
+
+
+def refuse_if_locked(folder: str | os.PathLike, what: str, flag: str = "--out") -> None:
+    """Refuse now, before minutes of loading and cutting a model, when another live process holds
+    `folder`'s lock; the run still takes the lock itself later (this only answers early). Creates nothing."""
+    lock = Path(folder) / FOLDER_LOCK
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return  # no lock file (or an unreadable one: the real claim reports it)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _writing_there(folder, what, _owner_pid(lock), flag) from None
+    finally:
+        os.close(fd)
 
 
 def file_lock_path(path: Path) -> Path:

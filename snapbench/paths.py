@@ -48,10 +48,40 @@ def shipped_tables_dir() -> Path:
 
 
 def user_tables_dir(tables: str | Path | None = None) -> Path:
-    """`--tables DIR`, else $SNAPBENCH_TABLES, else ./latency_tables."""
+    """`--tables DIR`, else $SNAPBENCH_TABLES, else ./latency_tables, unless that is the shipped folder
+    itself (a clone's top-level `latency_tables` links to it): then `clone_tables_dir()`, so that figures
+    a user makes never land among the shipped ones unasked (naming that folder with --tables still writes there:
+    that is how the shipped tables are made)."""
     if tables is not None:
         return Path(tables)
-    return Path(os.environ.get(TABLES_ENV) or USER_TABLES_DEFAULT)
+    chosen = os.environ.get(TABLES_ENV)
+    if chosen:
+        return Path(chosen)
+    return clone_tables_dir() if default_tables_are_shipped() else Path(USER_TABLES_DEFAULT)
+
+
+def default_tables_are_shipped() -> bool:
+    """Whether ./latency_tables is (or lies inside) the package's shipped tables folder."""
+    here = Path(USER_TABLES_DEFAULT)
+    if not here.exists():
+        return False
+    shipped = shipped_tables_dir().resolve()
+    return here.resolve() == shipped or shipped in here.resolve().parents
+
+
+def clone_tables_dir() -> Path:
+    """Where a user's tables go when ./latency_tables is the shipped folder: the user's data folder."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("snapbench", appauthor=False)) / "latency_tables"
+
+
+def tables_redirect_note(tables: str | Path | None) -> str | None:
+    """One line for a run that writes a table: why it is not under ./latency_tables (None: it is)."""
+    if tables is not None or os.environ.get(TABLES_ENV) or not default_tables_are_shipped():
+        return None
+    return (f"./{USER_TABLES_DEFAULT} here is the tables shipped with snapbench (a clone's link), so your table goes "
+            f"to {clone_tables_dir()} and is read from there; choose with --tables DIR or ${TABLES_ENV}")
 
 
 def table_name(model: str) -> str:

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # rich.progress loads only when a bar is drawn
+    from rich.console import Console
+    from rich.progress import ProgressColumn, TextColumn
 
 # Seconds between two lines without a terminal ($SNAPBENCH_PROGRESS_EVERY_S to change).
 DEFAULT_EVERY_S = 30.0
@@ -23,7 +27,7 @@ def every_s() -> float:
         return DEFAULT_EVERY_S
 
 
-def make_progress(label: str, *columns: Any, console: Any, transient: bool = False) -> Any:
+def make_progress(label: str, *columns: ProgressColumn | str, console: Console, transient: bool = False) -> Any:
     if getattr(console, "is_terminal", False):
         from rich.progress import Progress
 
@@ -31,7 +35,7 @@ def make_progress(label: str, *columns: Any, console: Any, transient: bool = Fal
     return LineProgress(label, console)
 
 
-def label_column(label: str, prefix: str = "") -> Any:
+def label_column(label: str, prefix: str = "") -> TextColumn:
     """A bar's bold label: the run's name as written (rich would read "[/bold]" in a spec name as a tag, and
     str.format a "{" in it as a field)."""
     from rich.progress import TextColumn
@@ -40,7 +44,7 @@ def label_column(label: str, prefix: str = "") -> Any:
     return TextColumn(text.replace("{", "{{").replace("}", "}}"), style="bold", markup=False)
 
 
-def description_column() -> Any:
+def description_column() -> TextColumn:
     """The task's description (a block id, a step), as written."""
     from rich.progress import TextColumn
 
@@ -55,7 +59,7 @@ def _clock(seconds: float) -> str:
 class LineProgress:
     """One line per task on its first update, then at most one every `every_s()` seconds, and at the end."""
 
-    def __init__(self, label: str, console: Any, every: float | None = None) -> None:
+    def __init__(self, label: str, console: Console, every: float | None = None) -> None:
         self.label, self.console = label, console
         self.every = every_s() if every is None else every
         self._tasks: dict[int, dict[str, Any]] = {}
@@ -63,7 +67,7 @@ class LineProgress:
     def __enter__(self) -> "LineProgress":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self) -> None:
@@ -74,7 +78,7 @@ class LineProgress:
             if t["completed"] != t["logged_at"]:
                 self._log(tid)
 
-    def add_task(self, description: str = "", total: float | None = None, completed: float = 0, **_: Any) -> int:
+    def add_task(self, description: str = "", total: float | None = None, completed: float = 0, **_: object) -> int:
         tid = len(self._tasks)
         self._tasks[tid] = {"description": description, "total": total, "completed": completed,
                             "start": time.monotonic(), "first": completed, "last": None, "logged_at": None}
@@ -84,7 +88,7 @@ class LineProgress:
         self.update(task, advance=advance)
 
     def update(self, task: int, *, completed: float | None = None, advance: float | None = None,
-               description: str | None = None, total: float | None = None, **_: Any) -> None:
+               description: str | None = None, total: float | None = None, **_: object) -> None:
         t = self._tasks[task]
         if total is not None:
             t["total"] = total

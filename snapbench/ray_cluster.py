@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from typing import Any
+from types import ModuleType
 from urllib.parse import urlparse
 
 from snapbench.errors import SnapbenchError, first_line
@@ -26,7 +26,7 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
                              "`ray start --head` or leave out --ray-address for local workers") from None
 
 
-def connect(address: str, what: str) -> tuple[Any, bool]:
+def connect(address: str, what: str) -> tuple[ModuleType, bool]:
     """`ray`, connected to the cluster at `address`; and whether this call connected it (then the caller
     shuts it down). `what` names the feature for the missing-extra message."""
     from snapbench.extras import require

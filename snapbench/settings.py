@@ -41,7 +41,7 @@ MEASURING: tuple[str, ...] = get_args(Measuring)
 IOS_TARGETS: tuple[str, ...] = get_args(IOSTarget)
 
 
-def check_choice(what: str, value: Any, allowed: tuple[Any, ...]) -> Any:
+def check_choice(what: str, value: object, allowed: tuple[Any, ...]) -> Any:
     """`value` if it is one of `allowed`; else one line naming `what` (a flag or field) and the choices."""
     if isinstance(value, bool) or value not in allowed:
         raise SnapbenchError(f"{what} {value!r} is not one of {', '.join(map(str, allowed))}")
@@ -117,4 +117,4 @@ class RunSettings:
     def key(self) -> tuple:
         """The settings as a plain tuple: what the table's index uses (builtin tuples compare in C; a
         dataclass's generated __eq__ is Python and would dominate evolution's millions of lookups)."""
-        return self._key  # type: ignore[attr-defined]
+        return self._key

@@ -101,7 +101,7 @@ def read_user_json(path: str | Path, what: str) -> Any:
     return parse_user_json(read_user_text(path, what), str(path))
 
 
-def json_depth(data: Any) -> int:
+def json_depth(data: object) -> int:
     """Nesting depth of parsed JSON, without recursion."""
     deepest, stack = 0, [(data, 1)]
     while stack:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from snapbench.converters import ConvertOptions
+from snapbench.converters.options import ConvertOptions
 from snapbench.converters.swift_interface import (
     check_package, family_rules, interface_markdown, load_table, read_interface,
 )
@@ -53,17 +53,19 @@ def test_table_says_where_it_comes_from_and_what_swift_feeds_is_what_packages_ta
 def converted(tmp_path_factory):
     """The tiny fixture pipeline converted twice: two UNet chunks + VAE encoder, then one UNet (same folder
     copied: the text encoder and VAE packages are reused from the cache)."""
-    from snapbench.converters.pipeline import convert_pipeline
+    from snapbench.converters.entry import ConvertRequest, convert
+    from snapbench.model.loading import resolve_model
     from snapbench.fixtures import write_tiny_pipeline
 
     root = tmp_path_factory.mktemp("app")
     pipe = write_tiny_pipeline(root / "pipe")
     opts = ConvertOptions(attention="split_einsum_v2", latent=LATENT, tokens=TOKENS)
     chunked = root / "chunks"
-    r2 = convert_pipeline(pipe, chunked, replace(opts, chunks=2), vae_encoder=True, progress=False)
+    r2 = convert(ConvertRequest(resolve_model(pipe), chunked, replace(opts, chunks=2), "pipeline", vae_encoder=True,
+                                progress=False))
     whole = root / "whole"
     shutil.copytree(chunked, whole)
-    r1 = convert_pipeline(pipe, whole, opts, vae_encoder=True, progress=False)
+    r1 = convert(ConvertRequest(resolve_model(pipe), whole, opts, "pipeline", vae_encoder=True, progress=False))
     assert not r2.failed and not r1.failed and r1.converted == ["Unet"]
     return whole, chunked, r2
 
@@ -91,7 +93,7 @@ def test_every_package_matches_what_swift_feeds_and_reads(converted):
 
 @pytest.mark.slow
 def test_manifest_records_the_dtypes(converted):
-    from snapbench.converters import load_manifest
+    from snapbench.converters.manifest import load_manifest
 
     _, chunked, _ = converted
     block = load_manifest(chunked).block("TextEncoder")

@@ -10,6 +10,7 @@ from typing import get_args
 
 import pytest
 
+from snapbench.devices.catalog import resolve_device
 from snapbench import backbones
 from snapbench.backbones import BACKBONES, UNetBackbone, backbone_for, backbone_named
 from snapbench.blocks.cut import InputShapes, cut_blocks
@@ -125,7 +126,7 @@ def test_stages_ask_the_backbone(monkeypatch, tmp_path):
     from snapbench.latency.document import stage_summary
     from snapbench.latency.model_latency import profile_model
 
-    run = profile_model(source, "iphone14pro", RunSettings(latent=8, batch=1, tokens=5), backend="estimate",
+    run = profile_model(source, resolve_device("iphone14pro"), RunSettings(latent=8, batch=1, tokens=5), backend="estimate",
                         estimator=toy_estimator(), components=("unet",), packages=FakePackages(tmp_path),
                         progress=False)
     assert run.stages == tuple(reversed(STAGES))

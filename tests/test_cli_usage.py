@@ -158,3 +158,18 @@ def test_bracketed_help_text_is_shown_not_eaten_as_markup(command, text, capsys,
     monkeypatch.setenv("COLUMNS", "400")
     assert main([command, "--help"]) == 0
     assert text in capsys.readouterr().out
+
+
+def test_no_help_shows_a_type_beside_a_flag(capsys, monkeypatch):
+    """A flag takes no value: typer's "<bool>" must not stand beside any, in any command's help, the root's
+    (--version, --help) and the groups' (cache, farm) included."""
+    monkeypatch.setenv("COLUMNS", "400")
+    shown = []
+    for path in [[], *{tuple(p[:1]) for p in _command_paths() if len(p) > 1}, *_command_paths()]:
+        assert main([*path, "--help"]) == 0, path
+        text = capsys.readouterr().out
+        assert "--help" in text, path
+        shown += [(path, line) for line in text.splitlines() if "<bool>" in line]
+    assert not shown, shown[:3]
+    assert main(["evolve", "--help"]) == 0  # the non-flag types stay: a value's type is worth showing
+    assert "<float>" in capsys.readouterr().out

@@ -75,3 +75,32 @@ def test_not_weights_from_the_program_equals_coremltools_metadata():
     mlmodel = to_coreml(trace(module, part.inputs()), part.io, opts)
     fast = not_weights(mlmodel)
     assert fast and sorted(fast) == sorted(_not_weights_from_spec(mlmodel))
+
+
+def test_a_failed_conversion_leaves_its_report_to_snapbench(caplog):
+    """coremltools logs "ERROR - converting 'op' op (located at ...)" before re-raising; snapbench reports
+    the failure in its own line, so that record is not emitted (its text goes onto the exception as a
+    note). coremltools' other messages, and the same record outside a conversion, still are."""
+    import logging
+
+    import pytest
+
+    from snapbench.converters.convert_package import to_coreml, trace
+    from snapbench.converters.runtime import conversion_context
+
+    class NoCoreML(nn.Module):
+        def forward(self, x):
+            return torch.special.i0e(x) + 1  # no coremltools torch op for this one
+
+    io = PackageIO((("x", (1, 4)),), (("y", (1, 4)),))
+    caplog.set_level(logging.INFO)
+    with pytest.raises(NotImplementedError, match="special_i0e") as got:
+        to_coreml(trace(NoCoreML(), (torch.randn(1, 4),)), io, ConvertOptions())
+    assert not [r for r in caplog.records if "ERROR - converting" in r.getMessage()]
+    assert got.value.__notes__ == ["coremltools: ERROR - converting 'special_i0e' op (located at: '2'):"]
+    log = logging.getLogger("coremltools")
+    with conversion_context():
+        log.warning("a coremltools warning that matters")
+    log.error("\n\nERROR - converting 'x' op (located at: 'y'):\n")  # not during a conversion: emitted
+    shown = [r.getMessage() for r in caplog.records]
+    assert "a coremltools warning that matters" in shown and any("converting 'x'" in m for m in shown)

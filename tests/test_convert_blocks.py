@@ -14,13 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from snapbench.converters import ConvertOptions, convert_model, load_manifest
+from snapbench.converters.entry import ConvertRequest, convert
+from snapbench.converters.manifest import load_manifest
+from snapbench.converters.options import ConvertOptions
 from snapbench.converters import workers
 from snapbench.converters.package_io import PackageIO
 from snapbench.converters.convert_package import convert_module
 from snapbench.converters.checks import PackageCheckError, check_prediction, require_prediction
 from snapbench.converters.manifest import MANIFEST_FILE
 from snapbench.errors import SnapbenchError
+from snapbench.model.loading import resolve_model
 
 TINY = dict(latent=8, tokens=4, jobs=1)
 
@@ -96,12 +99,12 @@ def test_second_run_converts_nothing(copy_dir, monkeypatch):
         return real_run_task(task)
 
     monkeypatch.setattr(workers, "run_task", counting)
-    result = convert_model("sd15-tiny", copy_dir, ConvertOptions(**TINY), progress=False)
+    result = convert(ConvertRequest(resolve_model("sd15-tiny"), copy_dir, ConvertOptions(**TINY), progress=False))
     assert conversions == [] and result.converted == [] and result.ok
     assert len(result.reused) == 47
     # the counter counts: a removed package is converted again, and only that one
     shutil.rmtree(copy_dir / "conv_out.mlpackage")
-    again = convert_model("sd15-tiny", copy_dir, ConvertOptions(**TINY), progress=False)
+    again = convert(ConvertRequest(resolve_model("sd15-tiny"), copy_dir, ConvertOptions(**TINY), progress=False))
     assert conversions == ["ConvOut"] and again.converted == ["ConvOut"]
 
 
@@ -119,7 +122,7 @@ def test_resume_after_a_kill(copy_dir):
     for f in lost:
         shutil.rmtree(copy_dir / f"{f}.mlpackage")
     (copy_dir / ".up3_rb1.mlpackage.999999999.partial").mkdir()
-    result = convert_model("sd15-tiny", copy_dir, ConvertOptions(**TINY), progress=False)
+    result = convert(ConvertRequest(resolve_model("sd15-tiny"), copy_dir, ConvertOptions(**TINY), progress=False))
     assert sorted(result.converted) == ["ConvOut", "RB[Up-3, 1]"]
     assert "TimeEmbedding" in result.reused  # recognised by the key stamped in the package
     m = load_manifest(copy_dir)
@@ -144,7 +147,7 @@ def test_a_failing_block_is_reported_and_the_rest_go_on(copy_dir, monkeypatch):
         return real(module, io, opts, dest, **kw)
 
     monkeypatch.setattr(workers, "convert_module", flaky)
-    result = convert_model("sd15-tiny", copy_dir, ConvertOptions(**TINY), progress=False)
+    result = convert(ConvertRequest(resolve_model("sd15-tiny"), copy_dir, ConvertOptions(**TINY), progress=False))
     assert [b for b, _ in result.failed] == ["ConvIn"]
     assert "simulated converter crash" in result.failed[0][1]
     assert result.converted == ["ConvOut"]
@@ -154,13 +157,13 @@ def test_a_failing_block_is_reported_and_the_rest_go_on(copy_dir, monkeypatch):
     assert m.block("conv_out").state == "done"
     # the next run retries only the failed block
     monkeypatch.setattr(workers, "convert_module", real)
-    again = convert_model("sd15-tiny", copy_dir, ConvertOptions(**TINY), progress=False)
+    again = convert(ConvertRequest(resolve_model("sd15-tiny"), copy_dir, ConvertOptions(**TINY), progress=False))
     assert again.converted == ["ConvIn"] and load_manifest(copy_dir).complete
 
 
 def test_changing_attention_reconverts_only_attention_blocks(copy_dir):
     before = load_manifest(copy_dir)
-    result = convert_model("sd15-tiny", copy_dir, ConvertOptions(attention="split_einsum_v2", **TINY), progress=False)
+    result = convert(ConvertRequest(resolve_model("sd15-tiny"), copy_dir, ConvertOptions(attention="split_einsum_v2", **TINY), progress=False))
     assert result.ok and result.converted
     assert all(b.startswith("CA[") for b in result.converted)
     m = load_manifest(copy_dir)
@@ -176,7 +179,7 @@ def test_foreign_folder_is_refused_and_left_alone(tmp_path):
     folder.mkdir()
     (folder / "cat.jpg").write_bytes(b"\xff\xd8")
     with pytest.raises(SnapbenchError, match="foreign content"):
-        convert_model("sd15-tiny", folder, ConvertOptions(**TINY), progress=False)
+        convert(ConvertRequest(resolve_model("sd15-tiny"), folder, ConvertOptions(**TINY), progress=False))
     assert [p.name for p in folder.iterdir()] == ["cat.jpg"]
 
 
@@ -263,7 +266,7 @@ def test_deploy_mode_one_package_per_block_with_weights_hash(tmp_path, tiny_chec
     folder, _ = tiny_checkpoint
     out = tmp_path / "deploy"
     opts = ConvertOptions(mode="deploy", **TINY)
-    result = convert_model("sd15-tiny", out, opts, weights=folder, progress=False)
+    result = convert(ConvertRequest(resolve_model("sd15-tiny", weights=folder), out, opts, progress=False))
     assert result.ok
     m = load_manifest(out)
     with_compute = [b for b in m.blocks if b.signature]
@@ -272,14 +275,14 @@ def test_deploy_mode_one_package_per_block_with_weights_hash(tmp_path, tiny_chec
     assert len({b.weights_hash for b in with_compute}) == len(with_compute)
     meta = dict(_spec(m.package_path("down1_rb1")).description.metadata.userDefined)
     assert meta["snapbench.source_hash"] == m.block("down1_rb1").weights_hash
-    again = convert_model("sd15-tiny", out, opts, weights=folder, progress=False)
+    again = convert(ConvertRequest(resolve_model("sd15-tiny", weights=folder), out, opts, progress=False))
     assert again.converted == []
 
 
 @pytest.mark.slow
 def test_parallel_workers_give_the_same_packages(tmp_path, profile_dir):
     out = tmp_path / "par"
-    result = convert_model("sd15-tiny", out, ConvertOptions(latent=8, tokens=4, jobs=2), progress=False)
+    result = convert(ConvertRequest(resolve_model("sd15-tiny"), out, ConvertOptions(latent=8, tokens=4, jobs=2), progress=False))
     assert result.ok
     a, b = load_manifest(out), load_manifest(profile_dir)
     assert [x.cache_key for x in a.blocks] == [x.cache_key for x in b.blocks]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from snapbench.converters import ConvertOptions, convert_component, load_manifest
+from snapbench.converters.entry import ConvertRequest, convert
+from snapbench.converters.manifest import load_manifest
+from snapbench.converters.options import ConvertOptions
 from snapbench.converters.components import text_encoder_config, vae_config
 from snapbench.model.loading import resolve_model
 
@@ -19,7 +21,7 @@ def _spec(path):
 
 def test_text_encoder(tmp_path):
     out = tmp_path / "te"
-    r = convert_component("text_encoder", out, ConvertOptions(**TINY), model="sd15-tiny", progress=False)
+    r = convert(ConvertRequest(resolve_model("sd15-tiny"), out, ConvertOptions(**TINY), "text_encoder", progress=False))
     assert r.ok and r.converted == ["text_encoder"]
     m = load_manifest(out)
     b = m.blocks[0]
@@ -32,7 +34,7 @@ def test_text_encoder(tmp_path):
 
 def test_vae_decoder_snapfusion_is_half_width(tmp_path):
     out = tmp_path / "vae"
-    r = convert_component("vae_decoder", out, ConvertOptions(**TINY), model="snapfusion-tiny", progress=False)
+    r = convert(ConvertRequest(resolve_model("snapfusion-tiny"), out, ConvertOptions(**TINY), "vae_decoder", progress=False))
     assert r.ok
     b = load_manifest(out).blocks[0]
     assert b.inputs == [{"name": "latent", "shape": [1, 4, 8, 8]}]
@@ -62,15 +64,14 @@ def test_part_configs_for_the_real_models():
 @pytest.mark.slow
 def test_whole_unet_and_chunks(tmp_path):
     one = tmp_path / "unet"
-    r = convert_component("unet", one, ConvertOptions(**TINY), model="sd15-tiny", progress=False)
+    r = convert(ConvertRequest(resolve_model("sd15-tiny"), one, ConvertOptions(**TINY), "unet", progress=False))
     assert r.ok and [b.package for b in load_manifest(one).blocks] == ["unet.mlpackage"]
     spec = _spec(one / "unet.mlpackage")
     assert [i.name for i in spec.description.input] == ["sample", "timestep", "context"]
     assert [o.name for o in spec.description.output] == ["out"]
 
     two = tmp_path / "unet2"
-    r = convert_component("unet", two, ConvertOptions(chunks=2, attention="split_einsum", **TINY),
-                          model="snapfusion-tiny", progress=False)
+    r = convert(ConvertRequest(resolve_model("snapfusion-tiny"), two, ConvertOptions(chunks=2, attention="split_einsum", **TINY), "unet", progress=False))
     assert r.ok
     m = load_manifest(two)
     assert [b.package for b in m.blocks] == ["unet_chunk1.mlpackage", "unet_chunk2.mlpackage"]
@@ -78,6 +79,5 @@ def test_whole_unet_and_chunks(tmp_path):
     assert m.blocks[1].outputs[0]["name"] == "out"
     # chunk 2 consumes what chunk 1 produces
     assert {i["name"] for i in m.blocks[1].inputs} <= {o["name"] for o in m.blocks[0].outputs} | {"sample", "timestep", "context"}
-    again = convert_component("unet", two, ConvertOptions(chunks=2, attention="split_einsum", **TINY),
-                              model="snapfusion-tiny", progress=False)
+    again = convert(ConvertRequest(resolve_model("snapfusion-tiny"), two, ConvertOptions(chunks=2, attention="split_einsum", **TINY), "unet", progress=False))
     assert again.converted == []

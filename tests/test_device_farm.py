@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from snapbench.model.loading import resolve_model
 from snapbench.errors import SnapbenchError
-from snapbench.latency import Settings
+from snapbench.latency.table import Settings
 from snapbench.latency.farm_profile import profile_on_farm
 from snapbench.profilers.farm import NodeSettings, check_holders, pack, unpack
 from snapbench.devices.catalog import resolve_device
@@ -49,7 +50,7 @@ def test_a_package_travels_whole(tmp_path):
 
 def test_a_ray_address_that_does_not_answer_is_one_line():
     with pytest.raises(SnapbenchError, match="Ray at 127.0.0.1:9 does not answer"):
-        profile_on_farm("sd15-tiny", ["iphone14pro"], Settings(latent=16), address="127.0.0.1:9")
+        profile_on_farm(resolve_model("sd15-tiny"), [resolve_device("iphone14pro")], Settings(latent=16), address="127.0.0.1:9")
 
 
 @pytest.fixture
@@ -130,7 +131,8 @@ def test_two_fake_phones_on_a_ray_cluster_one_node_killed_mid_run(tmp_path, monk
         said: list[str] = []
         saved: dict[str, int] = collections.Counter()
         runs = profile_on_farm(
-            "sd15-tiny", ["iphone14pro", "iphone15pro"], Settings(latent=16), address=cluster.address,
+            resolve_model("sd15-tiny"), [resolve_device("iphone14pro"), resolve_device("iphone15pro")],
+            Settings(latent=16), address=cluster.address,
             estimator=toy_estimator(), components=("unet",), packages=FakePackages(tmp_path / "pk"),
             factory=fake_node_backend, node_settings=NodeSettings(repeats=2, warmup=0), say=said.append,
             on_table=lambda did, table: saved.update([did]))

@@ -22,9 +22,9 @@ from snapbench.distillation.step_distillation import (
     teacher_target,
 )
 from snapbench.errors import SnapbenchError
-from snapbench.evolution.checkpoints import TOY_SCHEDULE, load_bundle
-from snapbench.evolution.robust_training import step_generator
-from snapbench.evolution.sampling import ddim_scheduler
+from snapbench.training.checkpoints import TOY_SCHEDULE, load_bundle
+from snapbench.training.loop import step_generator
+from snapbench.training.sampling import ddim_scheduler
 
 TINY = DistillConfig(teacher_steps=4, student_steps=2, steps=2, batch_size=4, save_every=1000)
 
@@ -84,7 +84,7 @@ def test_clipped_ddim_sampling_lands_on_the_clipped_x0_at_any_step_count(steps):
     """The bug that made 32 guided steps collapse where 8 did not: diffusers' DDIM step clips x0 but by
     default keeps the raw eps, so an overshooting x0 drags the sample off the clip range, the more the
     more steps (here 0.13 at 32 steps, 0.86 at 8). Re-deriving eps from the clipped x0 lands on 1."""
-    from snapbench.evolution.sampling import ddim_sample
+    from snapbench.training.sampling import ddim_sample
 
     schedule = {**TOY_SCHEDULE, "prediction_type": "v_prediction", "clip_sample": True}
     model = FixedX0(schedule, 3.0)
@@ -208,14 +208,14 @@ def test_loss_applies_guidance_to_student_and_teacher_only_when_cfg_aware(cfg_aw
 def test_one_distillation_step_lowers_the_loss_on_a_fixed_batch(toy_folder):
     import copy
 
-    from snapbench.evolution.data import ToyDigitsData
-    from snapbench.evolution.robust_training import _Trainable
+    from snapbench.training.data import ToyDigitsData
+    from snapbench.training.loop import Trainable
 
     torch.set_num_threads(1)
     bundle = load_bundle(toy_folder)
     bundle.noise_schedule["prediction_type"] = "v_prediction"
-    teacher = _Trainable(copy.deepcopy(bundle.model), copy.deepcopy(bundle.encoder)).eval().requires_grad_(False)
-    student = _Trainable(bundle.model, bundle.encoder).train()
+    teacher = Trainable(copy.deepcopy(bundle.model), copy.deepcopy(bundle.encoder)).eval().requires_grad_(False)
+    student = Trainable(bundle.model, bundle.encoder).train()
     bundle.model.set_skip_probabilities(ca=0.0, rb=0.0)
     levels = NoiseLevels.from_schedule(bundle.noise_schedule)
     data = ToyDigitsData()
@@ -371,7 +371,8 @@ def test_sample_writes_a_png_grid_with_the_distilled_step_count(tmp_path, capsys
 def test_report_takes_steps_and_decoder_from_what_was_distilled(tmp_path, toy_folder):
     from snapbench.distillation.decoder import DecoderDistillConfig, LatentSet, distill_decoder
     from snapbench.distillation.provenance import record_decoder
-    from snapbench.report import gather, render_html
+    from snapbench.report.gather_data import gather
+    from snapbench.report.render import render_html
     from snapbench.report.latency_source import ProfileOutcome
 
     torch.set_num_threads(1)
@@ -390,7 +391,8 @@ def test_report_takes_steps_and_decoder_from_what_was_distilled(tmp_path, toy_fo
     no_latency = lambda *a, **k: ProfileOutcome(None, "not needed here")  # noqa: E731
     data = gather(baseline="sd15-tiny", candidates=[str(folder), "snapfusion-tiny"], devices=["iphone14pro"],
                   profiler=no_latency)
-    m = {x["ref"]: x for x in data["models"]}
+    doc = data.to_dict()  # the JSON document `report --json` writes
+    m = {x["ref"]: x for x in doc["models"]}
     mine, paper = m[str(folder)], m["snapfusion-tiny"]
     assert mine["steps"] == 2 and "distilled here" in mine["steps_source"] and "4-step teacher" in mine["steps_source"]
     assert "distilled here" in mine["decoder_source"] and str(tmp_path / "vae") in mine["decoder_source"]
@@ -402,7 +404,8 @@ def test_report_takes_steps_and_decoder_from_what_was_distilled(tmp_path, toy_fo
     # --steps still overrides
     data = gather(baseline="sd15-tiny", candidates=[str(folder)], devices=["iphone14pro"], steps={str(folder): 3},
                   profiler=no_latency)
-    assert (data["models"][1]["steps"], data["models"][1]["steps_source"]) == (3, "--steps")
+    doc = data.to_dict()  # the JSON document `report --json` writes
+    assert (doc["models"][1]["steps"], doc["models"][1]["steps_source"]) == (3, "--steps")
     # a resumed distillation keeps the recorded decoder
     distill(toy_folder, folder, DistillConfig(**{**TINY.to_dict(), "steps": 2}), progress=False)
     assert read_sampling(folder)["decoder"] == str(tmp_path / "vae")

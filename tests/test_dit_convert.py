@@ -10,14 +10,16 @@ import pytest
 
 from snapbench.cli import main
 from snapbench.converters.options import ConvertOptions
-from snapbench.dit.convert import convert_dit
+from snapbench.converters.entry import ConvertRequest, convert
+from snapbench.devices.catalog import resolve_device
 from snapbench.dit.profile import profile_dit
+from snapbench.dit.source import resolve_dit
 
 
 @pytest.mark.slow
 def test_identical_blocks_share_one_package_and_a_rerun_converts_nothing(tmp_path):
     opts = ConvertOptions(latent=8, tokens=4)
-    r = convert_dit("sd35-tiny", tmp_path / "pkgs", opts)
+    r = convert(ConvertRequest(resolve_dit("sd35-tiny"), tmp_path / "pkgs", opts))
     assert r.ok
     m = r.manifest
     # 4 aux + 4 blocks, but TB1 = TB2 (dual attention): 7 packages
@@ -29,7 +31,7 @@ def test_identical_blocks_share_one_package_and_a_rerun_converts_nothing(tmp_pat
     assert [o.name for o in spec.description.output] == ["hidden_out", "context_out"]
     last = ct.utils.load_spec(str(tmp_path / "pkgs" / tb["TB[DiT-4, 4]"].package))
     assert [o.name for o in last.description.output] == ["hidden_out"]  # the image stream only
-    again = convert_dit("sd35-tiny", tmp_path / "pkgs", opts)
+    again = convert(ConvertRequest(resolve_dit("sd35-tiny"), tmp_path / "pkgs", opts))
     assert again.converted == [] and len(again.reused) == 8
 
 
@@ -65,7 +67,7 @@ def test_profile_estimates_every_block_and_stage(tmp_path, monkeypatch, capsys):
     assert [b["latency_ms"] for b in again["blocks"] if b["kind"] == "TB"] == [7.0, 7.0, 7.0]
     assert again["backend"] == "estimate+import"
     # a second device prices the same packages: nothing converts again
-    run = profile_dit("sana-tiny", "iphone15pro", ConvertOptions(latent=8, tokens=8),
+    run = profile_dit(resolve_dit("sana-tiny"), resolve_device("iphone15pro"), ConvertOptions(latent=8, tokens=8),
                       say=lambda msg: pytest.fail(f"converted again: {msg}"))
     assert run.step_ms > 0
 
@@ -74,12 +76,11 @@ def test_profile_estimates_every_block_and_stage(tmp_path, monkeypatch, capsys):
 def test_deploy_mode_makes_one_package_per_block_with_the_checkpoints_weights(tmp_path):
     from snapbench.backbones.dit import DitBackbone
     from snapbench.converters.cache import weights_hash
-    from snapbench.dit.source import resolve_dit
 
     model = DitBackbone().build(resolve_dit("sd3-tiny"), seed=5)
     model.base.save_pretrained(tmp_path / "transformer", safe_serialization=True)
     source = resolve_dit(tmp_path)
-    r = convert_dit(source, tmp_path / "pkgs", ConvertOptions(mode="deploy", latent=8, tokens=4))
+    r = convert(ConvertRequest(source, tmp_path / "pkgs", ConvertOptions(mode="deploy", latent=8, tokens=4)))
     assert r.ok and r.packages == 7  # TB1 and TB2 share a signature but not their weights
     tb1 = next(b for b in r.manifest.blocks if b.id == "TB[DiT-1, 1]")
     meta = ct.utils.load_spec(str(tmp_path / "pkgs" / tb1.package)).description.metadata.userDefined

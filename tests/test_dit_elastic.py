@@ -171,8 +171,9 @@ def test_prices_per_block_state_and_actions_on_transformer_blocks():
                               "DiT-4": {"TB": 0}, "Final": {"TB": 0}}
 
 
+@pytest.mark.slow
 def test_the_dit_toy_trains_robustly_and_resumes(tmp_path):
-    from snapbench.evolution.checkpoints import load_bundle
+    from snapbench.training.checkpoints import load_bundle
     from snapbench.evolution.robust_training import TrainConfig, train
 
     config = TrainConfig(steps=2, batch_size=8, save_every=2, robust=True)
@@ -212,3 +213,39 @@ def test_a_variant_at_the_full_sizes_is_the_block_itself():
     assert set(same.variants) == {"dit1_tb1"}
     x = _inputs("pixart-sigma-tiny")
     assert torch.allclose(_run(same, x), _run(model, x), atol=1e-5)
+
+
+def test_evolution_swaps_apply_to_pixart_blocks_and_say_why_not_elsewhere():
+    from snapbench.evolution.moves import SWAPS, check_moves_apply
+
+    pix = resolve_model("pixart-sigma-tiny").spec
+    slot = backbone_for(pix).removable(pix)[0]
+    assert SWAPS["mqa"].blocked(pix, slot) is None and SWAPS["ffn"].blocked(pix, slot) is None
+    assert "applies to CA blocks" in SWAPS["drop-self-attn"].blocked(pix, slot)
+    swapped = pix.with_choices("s", {(slot.stage, slot.name): SWAPS["mqa"].apply(pix.choice(slot))})
+    model = backbone_for(swapped).build(ModelSource("s", swapped), seed=1)
+    assert set(model.variants) == {slot.file_id}
+    sd3 = resolve_model("sd3-tiny").spec
+    with pytest.raises(SnapbenchError, match="PixArt's blocks so far"):
+        check_moves_apply(["mqa"], sd3, backbone_for(sd3).removable(sd3))
+
+
+@pytest.mark.slow
+def test_the_dit_toy_evolves_and_its_result_reads_back(tmp_path):
+    from evolution_helpers import TINY_EVAL, KindSource
+
+    from snapbench.evolution.evolve import EvolveConfig, evolve
+    from snapbench.evolution.executors import SerialExecutor
+
+    def costs(spec):
+        return costs_from_source(spec, KindSource(), device="iphone15pro", tokens=3)
+
+    spec = resolve_model("toy-digits-dit").spec
+    full = costs(spec).latency(spec)
+    r = evolve("toy-digits-dit", tmp_path / "evo", EvolveConfig(target_ms=full - 0.15, add_phase=False),
+               evaluator=TINY_EVAL, costs=costs, executor=SerialExecutor(), progress=False)
+    assert r.final_latency_ms <= full - 0.15 and [t["action"] for t in r.trajectory][1:3] == ["A-", "A-"]
+    back = resolve_model(tmp_path / "evo")
+    assert (tmp_path / "evo" / "dit.json").is_file() and not (tmp_path / "evo" / "arch.json").exists()
+    assert sum(not c.keep for cs in back.spec.stages.values() for c in cs) == 2
+    assert costs(back.spec).latency(back.spec) == pytest.approx(r.final_latency_ms)

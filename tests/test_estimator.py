@@ -403,3 +403,50 @@ def test_measured_engine_bandwidth_not_the_socs_prices_a_max_chip():
     assert tmax == pytest.approx(2.0 * 4096 * 128256 / 54.62e9 * 1e3, rel=0.1)
     phone = resolve_device("iphone14pro")
     assert phone.ane_bandwidth_gbps is None  # unmeasured: the SoC's bandwidth x the fitted efficiency
+
+
+@pytest.fixture(scope="module")
+def group_norm_model():
+    import torch
+
+    # 128 x 96 x 96 fp16 = 2.25 MiB: above the 2 MB working set, so every pass over it is DRAM traffic
+    return _convert(torch.nn.GroupNorm(8, 128), (1, 128, 96, 96))
+
+
+def test_a_spelt_out_group_norm_moves_what_one_norm_moves(group_norm_model):
+    # coremltools lowers torch's group_norm to reduce_mean -> sub -> square -> reduce_mean -> ... -> real_div;
+    # the engine runs the chain as one norm: x read by the two reductions' passes, the result written once
+    recs = read_op_records(group_norm_model)
+    assert [r.type for r in recs if r.type in ("reduce_mean", "sub", "square", "real_div")] == \
+        ["reduce_mean", "sub", "square", "reduce_mean", "real_div"]
+    x_bytes = 128 * 96 * 96 * 2
+    est = estimate_ops(recs, "iphone14pro")
+    assert est.dram_bytes == pytest.approx(3 * x_bytes)
+    # v6 sent the centred tensor and its square through DRAM: two more writes, three more reads
+    from snapbench.profilers.estimate import cost_model
+
+    keep = cost_model._norm_internals
+    try:
+        cost_model._norm_internals = lambda records: set()
+        spelt = estimate_ops(recs, "iphone14pro")
+    finally:
+        cost_model._norm_internals = keep
+    assert spelt.dram_bytes == pytest.approx(8 * x_bytes)
+    assert spelt.total_ms > est.total_ms
+
+
+def test_a_depthwise_convs_taps_are_free():
+    # v8: the engine runs all taps of a depthwise output element at once, so a 7x7 depthwise conv (FastViT's)
+    # costs what a 3x3 one does; its FLOPs are still reported as they are
+    def dw(k):
+        shape = (1, 256, 64, 64)
+        return OpRecord(type="conv", name=f"dw{k}", in_shapes=(shape,), in_dtypes=("fp16",), out_shapes=(shape,),
+                        out_dtypes=("fp16",), flops=2.0 * k * k * 256 * 64 * 64, weight_bytes=2.0 * k * k * 256,
+                        attrs={"groups": 256})
+
+    e3, e7 = (estimate_ops([dw(k)], "iphone14pro") for k in (3, 7))
+    assert e7.flops == pytest.approx(e3.flops * 49 / 9)
+    assert e7.total_ms == pytest.approx(e3.total_ms, rel=0.01)
+    # a dense conv's taps are not free
+    dense = replace(dw(7), attrs={"groups": 1}, flops=2.0 * 49 * 256 * 256 * 64 * 64)
+    assert estimate_ops([dense], "iphone14pro").total_ms > 10 * e7.total_ms

@@ -81,7 +81,7 @@ def test_halving_keeps_a_tiny_saving_until_its_value_is_known():
 
     assert successive_halving(27, merits, [80]).ranked[0] == 4  # exhaustive
     rounds = EvalBudget().rounds(80)
-    plain = successive_halving(27, merits, rounds, keep_uncertain=False)
+    plain = successive_halving(27, merits, rounds, cut="mean")
     assert plain.ranked[0] != 4 and plain.samples[4] == 5
     asked.clear()
     kept = successive_halving(27, merits, rounds)
@@ -172,7 +172,7 @@ def test_batched_toy_scores_equal_each_candidate_evaluated_alone(toy_folder):
     """Common random numbers across candidates and subsets: sample s is the same image in a batch of
     candidates as in evaluate(); the mean over all samples is evaluate()'s quality."""
     from snapbench.evolution.actions import Action
-    from snapbench.evolution.checkpoints import derive, load_bundle
+    from snapbench.training.checkpoints import derive, load_bundle
 
     torch.set_num_threads(1)
     spec = load_preset("toy-digits")
@@ -199,3 +199,40 @@ def test_cli_refuses_a_first_round_beyond_the_samples(tmp_path, toy_folder, caps
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "at most 80" in err and "10 prompts x 8" in err
     assert not out.exists()
+
+
+def test_a_run_started_before_the_eval_budget_resumes(tmp_path, toy_folder):
+    """A state written by the version before --eval-budget (no budget, no batch, no evaluation log, rows
+    without image counts: as tried on a real folder of that version) resumes with the budget asked now;
+    its rows are kept, one line says so, and from then on the budget is part of what a resume checks."""
+    import json
+
+    spec = load_preset("toy-digits")
+    target = fixed_costs(spec).latency(spec) - 2 * CA_MS - RB_MS
+    ev = PenaltyEval(PENALTIES, samples=32, noise=0.2, spread=0.002)
+
+    class Killed(BaseException):
+        pass
+
+    def kill(st):
+        raise Killed
+
+    out = tmp_path / "old"
+    with pytest.raises(Killed):
+        evolve(toy_folder, out, EvolveConfig(target_ms=target, add_phase=False), evaluator=ev, costs=fixed_costs,
+               executor=SerialExecutor(), progress=False, after_iteration=kill)
+    path = out / ".evolve" / "state.json"
+    state = json.loads(path.read_text())
+    del state["settings"]["config"]["eval_budget"], state["settings"]["evaluator"]["batch"], state["evaluations"]
+    for row in state["trajectory"]:
+        del row["eval_samples"], row["eval_reused"]
+    path.write_text(json.dumps(state))
+    said: list[str] = []
+    r = evolve(toy_folder, out, EvolveConfig(target_ms=target, add_phase=False), evaluator=ev, costs=fixed_costs,
+               executor=SerialExecutor(), progress=False, say=said.append)
+    assert [line for line in said if "started before --eval-budget" in line] and "successive halving" in said[1]
+    assert r.trajectory[:2] == state["trajectory"] and r.final_latency_ms <= target
+    assert [row["block"] for row in r.trajectory if row["phase"] == "remove"] == [
+        "CA[Down-1, 2]", "RB[Mid, 2]", "CA[Up-3, 1]"]
+    with pytest.raises(SnapbenchError, match="config.eval_budget.mode='halving', this command asks 'exhaustive'"):
+        _evolve(toy_folder, out, target, ev, EvalBudget.parse("exhaustive"))

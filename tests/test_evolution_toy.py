@@ -10,8 +10,8 @@ import torch
 from evolution_helpers import TINY_EVAL, fixed_table_csv, toy_folder  # noqa: F401  (fixtures)
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
-from snapbench.evolution.checkpoints import load_bundle
-from snapbench.evolution.toy_digits import digit_images, load_classifier, tokenize
+from snapbench.training.checkpoints import load_bundle
+from snapbench.training.toy_digits import digit_images, load_classifier, tokenize
 
 
 def test_prompts_tokenize_and_refuse_unknown_words():

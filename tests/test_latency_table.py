@@ -6,8 +6,11 @@ from dataclasses import replace
 
 import pytest
 
+from snapbench.devices.catalog import resolve_device
+from snapbench.model.loading import resolve_model
 from snapbench.errors import SnapbenchError
-from snapbench.latency import LatencyRow, LatencyTable, Settings, block_latencies
+from snapbench.latency.model_latency import block_latencies
+from snapbench.latency.table import LatencyRow, LatencyTable, Settings
 from snapbench.latency.table import COLUMNS
 
 from profile_fakes import FakePackages, toy_estimator
@@ -88,14 +91,14 @@ def test_corrupt_table_names_file_and_line(tmp_path, edit, message):
 
 def test_missing_signatures_fall_back_to_labelled_estimates(tmp_path):
     fakes = FakePackages(tmp_path / "pk")
-    first = block_latencies("sd15-tiny", "iphone14pro", replace(S, latent=16), backend="estimate",
+    first = block_latencies(resolve_model("sd15-tiny"), resolve_device("iphone14pro"), replace(S, latent=16), backend="estimate",
                             packages=fakes, estimator=toy_estimator())
     keys = {b.signature for b in first if b.signature}
     # a table that has measured rows for two signatures only
     measured_keys = sorted(keys)[:2]
     t = LatencyTable.from_rows([row("iphone", sig=k, latency=99.0, latent=16) for k in measured_keys])
     fakes.calls.clear()
-    blocks = block_latencies("sd15-tiny", "iphone14pro", replace(S, latent=16), table=t, backend="estimate",
+    blocks = block_latencies(resolve_model("sd15-tiny"), resolve_device("iphone14pro"), replace(S, latent=16), table=t, backend="estimate",
                              packages=fakes, estimator=toy_estimator())
     assert len(blocks) == len(first)
     for b in blocks:

@@ -1,5 +1,6 @@
-"""The layers hold: no library module imports `snapbench.commands` (or the CLI), and `snapbench.profilers`
-(the estimator and the device backends) is a leaf that imports nothing above it.
+"""The layers hold: no library module imports `snapbench.commands` (or the CLI); `snapbench.profilers`
+(the estimator and the device backends) is a leaf that imports nothing above it; `snapbench.training` (shared
+by evolution and distillation) imports neither of them.
 
 `python -m snapbench.x` starters (a module of imports and an `if __name__ == "__main__":` that runs the CLI)
 are the CLI's, not the library's."""
@@ -67,6 +68,14 @@ def test_profilers_import_nothing_above_them():
     offenders = []
     for path in sorted((ROOT / "profilers").rglob("*.py")):
         offenders += _upward_from_profilers(path.relative_to(ROOT), ast.parse(path.read_text()))
+    assert offenders == []
+
+
+def test_training_sits_below_evolution_and_distillation():
+    above = ("snapbench.evolution", "snapbench.distillation", "snapbench.report", "snapbench.commands")
+    offenders = [f"{path.relative_to(ROOT)}:{line} imports {name}"
+                 for path in sorted((ROOT / "training").rglob("*.py"))
+                 for line, name in _imports(ast.parse(path.read_text())) if _within(name, above)]
     assert offenders == []
 
 

@@ -27,8 +27,8 @@ def test_check_choice_one_line_for_every_caller():
         check_choice("--precision", "fp8", PRECISIONS)
     with pytest.raises(SnapbenchError, match="--weight-bits True"):
         check_choice("--weight-bits", True, (16, 8, 1))  # True == 1, but a flag is not a bit width
-    from snapbench.converters import ConvertOptions
-    from snapbench.latency import Settings
+    from snapbench.converters.options import ConvertOptions
+    from snapbench.latency.table import Settings
 
     for make in (lambda: ConvertOptions(precision="fp8"), lambda: Settings(precision="fp8")):
         with pytest.raises(SnapbenchError, match="'fp8' is not one of fp16, fp32"):

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from snapbench import paths
 from snapbench.cli import main
-from snapbench.latency import LatencyTable
+from snapbench.latency.table import LatencyTable
 
 from profile_fakes import FakePackages, fake_mac, toy_estimator
 
@@ -73,6 +74,36 @@ def test_profile_starts_from_the_shipped_table_and_writes_to_the_users_folder(fa
     assert (shipped / "iphone14pro" / "sd15-tiny.csv").read_bytes() == before
 
 
+def test_a_clone_root_never_writes_into_the_shipped_tables_unasked(fakes, tmp_path, monkeypatch, capsys):
+    """In a clone, ./latency_tables links to the shipped tables: a profile run from the clone's root keeps
+    its figures out of them (they go to the user's data folder, said in one line, and are read from there)
+    unless that folder is named with --tables (how the shipped tables are made)."""
+    shipped = tmp_path / "snapbench-pkg" / "latency_tables"
+    (shipped / "iphone14pro").mkdir(parents=True)
+    monkeypatch.setattr(paths, "shipped_tables_dir", lambda: shipped)
+    monkeypatch.delenv(paths.TABLES_ENV, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    (tmp_path / "latency_tables").symlink_to(shipped, target_is_directory=True)  # the clone's link
+    assert paths.default_tables_are_shipped()
+    assert main(obj=fakes.tools, argv=["profile", *TINY, "--json"]) == 0
+    said = capsys.readouterr().err
+    mine = tmp_path / "data" / "snapbench" / "latency_tables" / "iphone14pro" / "sd15-tiny.csv"
+    assert len(LatencyTable.load(mine)) > 0 and not any(shipped.rglob("*.csv"))
+    note = [line for line in said.splitlines() if "shipped with snapbench" in line]
+    assert len(note) == 1 and str(mine.parents[1]) in note[0] and "--tables DIR" in note[0], said
+    assert paths.table_to_read("iphone14pro", "sd15-tiny") == mine  # later commands read it from there
+    # named on purpose, the shipped folder is written (that is how the shipped tables are made)
+    assert main(obj=fakes.tools, argv=["profile", *TINY, "--tables", "latency_tables", "--json"]) == 0
+    assert (shipped / "iphone14pro" / "sd15-tiny.csv").is_file()
+    assert "shipped with snapbench" not in capsys.readouterr().err
+    # anywhere else, ./latency_tables is the user's as before
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    assert not paths.default_tables_are_shipped()
+    assert paths.user_table_path("iphone14pro", "sd15-tiny") == Path("latency_tables/iphone14pro/sd15-tiny.csv")
+
+
 def test_cache_root_default_and_override(monkeypatch, tmp_path):
     from platformdirs import user_cache_dir
 
@@ -82,7 +113,7 @@ def test_cache_root_default_and_override(monkeypatch, tmp_path):
     monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "c"))
     assert paths.cache_root() == tmp_path / "c"
     # every module that caches uses that one root
-    from snapbench.evolution.toy_digits import cache_dir as toy_cache
+    from snapbench.training.toy_digits import cache_dir as toy_cache
     from snapbench.calibration.reference_programs import cache_dir as ops_cache
 
     assert toy_cache() == tmp_path / "c" and ops_cache() == tmp_path / "c" / "reference_ops"

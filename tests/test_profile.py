@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from snapbench.cli import main
-from snapbench.latency import LatencyTable, Settings
+from snapbench.latency.table import LatencyTable, Settings
 from snapbench.specs.stages import STAGES
 
 from snapbench.latency.model_latency import ProfileTools

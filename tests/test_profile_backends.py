@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from snapbench.model.loading import resolve_model
 from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
-from snapbench.latency import LatencyTable, Settings, profile_model
+from snapbench.latency.model_latency import profile_model
+from snapbench.latency.table import LatencyTable, Settings
 from snapbench.profilers.backends import DeviceBackend, choose_backend
 from snapbench.profilers.measurement import PackageJob
 from snapbench.profilers.readiness import blocker, put_devicectl_on_path
@@ -170,7 +172,7 @@ def test_profile_on_a_fake_iphone_saves_every_row_and_resumes(tmp_path):
     s = Settings(latent=16)
     saved: list[int] = []
     be, fake = backend(tmp_path, repeats=4, warmup=1)
-    run = profile_model("sd15-tiny", "iphone14pro", s, backend=be, estimator=toy_estimator(), packages=pk,
+    run = profile_model(resolve_model("sd15-tiny"), resolve_device("iphone14pro"), s, backend=be, estimator=toy_estimator(), packages=pk,
                         progress=False, on_table=lambda t: saved.append(len(t)))
     assert run.backend == "iphone" and run.measured_on.os_build == "22B83"
     assert {r.backend for r in run.new_rows} == {"iphone"}
@@ -182,12 +184,12 @@ def test_profile_on_a_fake_iphone_saves_every_row_and_resumes(tmp_path):
     assert run.components["unet"].first_load_ms == pytest.approx(60_000.0 * sum(1 for b in run.blocks if b.signature))
     # a second run with the table measures nothing again
     fake.calls.clear()
-    again = profile_model("sd15-tiny", "iphone14pro", s, table=run.table, backend=be, estimator=toy_estimator(),
+    again = profile_model(resolve_model("sd15-tiny"), resolve_device("iphone14pro"), s, table=run.table, backend=be, estimator=toy_estimator(),
                           packages=pk, progress=False)
     assert again.new_rows == [] and fake.calls == []
     # after an iOS update the same table is measured again
     be2, _ = backend(tmp_path, devices=[devicectl_entry(build="22C152", os_version="18.2")])
-    newer = profile_model("sd15-tiny", "iphone14pro", s, table=run.table, backend=be2, estimator=toy_estimator(),
+    newer = profile_model(resolve_model("sd15-tiny"), resolve_device("iphone14pro"), s, table=run.table, backend=be2, estimator=toy_estimator(),
                           packages=pk, progress=False)
     assert len(newer.new_rows) == len(run.new_rows) and {r.os_build for r in newer.table.rows()} == {"22C152"}
 
@@ -196,11 +198,11 @@ def test_a_failed_package_does_not_end_the_run(tmp_path):
     pk = FakePackages(tmp_path / "pk")
     s = Settings(latent=16)
     tables: list[LatencyTable] = []
-    first = profile_model("sd15-tiny", "iphone14pro", s, backend="estimate", estimator=toy_estimator(),
+    first = profile_model(resolve_model("sd15-tiny"), resolve_device("iphone14pro"), s, backend="estimate", estimator=toy_estimator(),
                           packages=pk, progress=False, components=("unet",))
     victim = sorted(pk.root.glob("*.mlpackage"))[3].name
     be, _ = backend(tmp_path, fake=FakeCoreML(fail_on=victim))
-    run = profile_model("sd15-tiny", "iphone14pro", s, backend=be, estimator=toy_estimator(), packages=pk,
+    run = profile_model(resolve_model("sd15-tiny"), resolve_device("iphone14pro"), s, backend=be, estimator=toy_estimator(), packages=pk,
                         progress=False, components=("unet",), on_table=tables.append)
     assert [(f.path.name, "unsupported op" in f.reason) for f in run.failures] == [(victim, True)]
     assert "\n" not in run.failures[0].reason
@@ -209,7 +211,7 @@ def test_a_failed_package_does_not_end_the_run(tmp_path):
     # the failed one is estimated and labelled so; a rerun measures only it
     assert sorted(r.backend for r in run.new_rows).count("estimate") == 1
     be_ok, fake = backend(tmp_path)
-    rerun = profile_model("sd15-tiny", "iphone14pro", s, table=run.table, backend=be_ok, estimator=toy_estimator(),
+    rerun = profile_model(resolve_model("sd15-tiny"), resolve_device("iphone14pro"), s, table=run.table, backend=be_ok, estimator=toy_estimator(),
                           packages=pk, progress=False, components=("unet",))
     assert [r.backend for r in rerun.new_rows] == ["iphone"] and rerun.failures == []
 
@@ -217,15 +219,15 @@ def test_a_failed_package_does_not_end_the_run(tmp_path):
 def test_estimates_are_labelled_and_refreshed_for_a_newer_estimator(tmp_path):
     pk = FakePackages(tmp_path / "pk")
     s = Settings(latent=16)
-    old = profile_model("sd15-tiny", "iphone14", s, backend=toy_estimator(7), packages=pk, progress=False,
+    old = profile_model(resolve_model("sd15-tiny"), resolve_device("iphone14"), s, backend=toy_estimator(7), packages=pk, progress=False,
                         components=("unet",))
     r = old.new_rows[0]
     assert (r.backend, r.samples, r.p90_ms, r.placement) == ("estimate", 0, None, "ane=11;cpu=1")
     assert "estimator=7" in r.versions
-    again = profile_model("sd15-tiny", "iphone14", s, table=old.table, backend=toy_estimator(7), packages=pk,
+    again = profile_model(resolve_model("sd15-tiny"), resolve_device("iphone14"), s, table=old.table, backend=toy_estimator(7), packages=pk,
                           progress=False, components=("unet",))
     assert again.new_rows == []
-    fresh = profile_model("sd15-tiny", "iphone14", s, table=old.table, backend=toy_estimator(8), packages=pk,
+    fresh = profile_model(resolve_model("sd15-tiny"), resolve_device("iphone14"), s, table=old.table, backend=toy_estimator(8), packages=pk,
                           progress=False, components=("unet",))
     assert len(fresh.new_rows) == len(old.new_rows)
     assert all("estimator=8" in r.versions for r in fresh.table.rows())
@@ -288,7 +290,7 @@ def test_a_phone_whose_tunnel_is_down_is_refused_before_any_conversion(tmp_path)
     pk = FakePackages(tmp_path / "pk")
     be, fake = backend(tmp_path, devices=[devicectl_entry(tunnel="disconnected")])
     with pytest.raises(SnapbenchError, match="tunnel state disconnected.*devicectl device info details"):
-        profile_model("sd15-tiny", "iphone14pro", Settings(latent=16), backend=be, estimator=toy_estimator(),
+        profile_model(resolve_model("sd15-tiny"), resolve_device("iphone14pro"), Settings(latent=16), backend=be, estimator=toy_estimator(),
                       packages=pk, progress=False, components=("unet",))
     assert pk.calls == [] and fake.calls == []
 

@@ -7,8 +7,11 @@ import json
 
 import pytest
 
+from snapbench.devices.catalog import resolve_device
+from snapbench.model.loading import resolve_model
 from snapbench.cli import main
-from snapbench.latency import LatencyTable, Settings, block_latencies
+from snapbench.latency.model_latency import block_latencies
+from snapbench.latency.table import LatencyTable, Settings
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +37,7 @@ def test_profile_estimate_for_real(tmp_path, monkeypatch, capsys):
     packages = list((tmp_path / "cache" / "packages").glob("*/*.mlpackage"))
     assert packages
     before = {p: p.stat().st_mtime for p in packages}
-    blocks = block_latencies("sd15-tiny", "iphone12promax", Settings(latent=8), backend="estimate")
+    blocks = block_latencies(resolve_model("sd15-tiny"), resolve_device("iphone12promax"), Settings(latent=8), backend="estimate")
     assert {p: p.stat().st_mtime for p in packages} == before
     slower = {b.id: b.latency_ms for b in blocks}
     # an A14 (11 TOPS, 34 GB/s) is never faster than an A16 on the same block

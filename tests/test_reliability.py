@@ -45,6 +45,32 @@ def _hold_lock_in_child(path: Path, kind: str) -> subprocess.Popen:
 # -- locks ------------------------------------------------------------------------------------------------
 
 
+def test_a_second_convert_into_a_folder_being_written_says_so_at_once(tmp_path):
+    """Two real processes: one holds the conversion folder's lock (as a running `convert --out same` does),
+    the console script of a second convert into it refuses in one line naming the folder, the writer's pid
+    and how to stop it, exit 2, before it loads the model (this one does not exist: it would say that first
+    if it got that far) and without touching the folder."""
+    same = tmp_path / "same"
+    same.mkdir()
+    proc = _hold_lock_in_child(same, "folder")
+    try:
+        before = sorted(p.name for p in same.iterdir())
+        r = subprocess.run([str(Path(sys.executable).with_name("snapbench")), "convert", "--model", "no-such-model",
+                            "--out", str(same)], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert str(same) in lines[0] and f"pid {proc.pid}" in lines[0] and f"kill {proc.pid}" in lines[0], lines
+        assert sorted(p.name for p in same.iterdir()) == before
+    finally:
+        proc.kill()
+        proc.wait()
+    # the writer gone, the same command gets as far as the model
+    r = subprocess.run([str(Path(sys.executable).with_name("snapbench")), "convert", "--model", "no-such-model",
+                        "--out", str(same)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "no-such-model" in r.stderr and "writing there" not in r.stderr
+
+
 def test_a_folder_held_by_a_live_process_is_refused_naming_it(tmp_path):
     proc = _hold_lock_in_child(tmp_path, "folder")
     try:
@@ -238,7 +264,10 @@ def _break(package: Path, how: str) -> None:
 def test_broken_cached_packages_are_converted_again(converted, tmp_path):
     import shutil
 
-    from snapbench.converters import ConvertOptions, convert_model, load_manifest
+    from snapbench.converters.entry import ConvertRequest, convert
+    from snapbench.converters.manifest import load_manifest
+    from snapbench.converters.options import ConvertOptions
+    from snapbench.model.loading import resolve_model
 
     out = tmp_path / "out"
     shutil.copytree(converted, out)
@@ -247,7 +276,7 @@ def test_broken_cached_packages_are_converted_again(converted, tmp_path):
     broken = dict(zip(owners, ["empty spec", "no weights", "other weights", "no Data"]))
     for package, how in broken.items():
         _break(out / package, how)
-    result = convert_model("sd15-tiny", out, ConvertOptions(latent=8, tokens=4, jobs=1), progress=False)
+    result = convert(ConvertRequest(resolve_model("sd15-tiny"), out, ConvertOptions(latent=8, tokens=4, jobs=1), progress=False))
     remade = {b.package for b in result.manifest.blocks if b.id in result.converted}
     assert remade == set(broken), (remade, broken)
     assert result.ok and result.manifest.complete
@@ -260,7 +289,7 @@ def test_profile_packages_names_a_broken_package(converted, tmp_path, capsys, mo
     import shutil
 
     from snapbench.cli import main
-    from snapbench.converters import load_manifest
+    from snapbench.converters.manifest import load_manifest
 
     out = tmp_path / "out"
     shutil.copytree(converted, out)
@@ -309,7 +338,8 @@ def test_train_without_a_terminal_logs_progress_lines(tmp_path):
 
 
 def test_a_report_prices_each_model_at_its_own_latent_unless_told(tmp_path):
-    from snapbench.report import gather, render_html
+    from snapbench.report.gather_data import gather
+    from snapbench.report.render import render_html
     from snapbench.report.latency_source import ProfileOutcome
 
     asked: dict[str, int] = {}
@@ -319,8 +349,9 @@ def test_a_report_prices_each_model_at_its_own_latent_unless_told(tmp_path):
         return ProfileOutcome(None, "not needed here")
 
     data = gather(baseline="sd15", candidates=["toy-digits"], devices=["iphone14pro"], profiler=profiler)
+    doc = data.to_dict()  # the JSON document `report --json` writes
     assert asked == {"sd15": 64, "toy-digits": 8}
-    assert {m["key"]: m["latent"] for m in data["models"]} == {"sd15": 64, "toy-digits": 8}
+    assert {m["key"]: m["latent"] for m in doc["models"]} == {"sd15": 64, "toy-digits": 8}
     html = render_html(data)
     assert "toy-digits 8&times;8" in html and "sd15 64&times;64" in html
     asked.clear()

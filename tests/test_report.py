@@ -14,10 +14,14 @@ import math
 import pytest
 
 from profile_fakes import FakePackages, toy_estimator
+from snapbench.devices.catalog import resolve_device
+from snapbench.model.loading import resolve_model
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
 from snapbench.report import gather_data as report_data
-from snapbench.report import default_out_path, gather, parse_steps, render_html, write_report
+from snapbench.report.gather_data import default_out_path, gather, parse_steps
+from snapbench.report.render import render_html
+from snapbench.report.write import write_report
 from snapbench.report.latency_source import ProfileOutcome, backend_label, profile_with_snapbench
 from snapbench.specs.presets import load_preset
 from snapbench.specs.stages import STAGES
@@ -38,14 +42,15 @@ def report(tmp_path_factory):
                   table=None), tmp
 
 
-def result(data, model, device=DEVICE):
-    return next(r for r in data["results"] if r["model"] == model and r["device"] == device)
+def result(doc, model, device=DEVICE):
+    return next(r for r in doc["results"] if r["model"] == model and r["device"] == device)
 
 
 def test_summary_figures_follow_the_formula(report):
     data, _ = report
-    base, cand = result(data, BASE), result(data, CAND)
-    models = {m["key"]: m for m in data["models"]}
+    doc = data.to_dict()  # the JSON document `report --json` writes
+    base, cand = result(doc, BASE), result(doc, CAND)
+    models = {m["key"]: m for m in doc["models"]}
     assert models[BASE]["steps"] == 50 and models[CAND]["steps"] == 8  # SnapFusion is step-distilled to 8
     for r in (base, cand):
         assert r["available"] and r["labels"] == ["estimated"]
@@ -57,7 +62,7 @@ def test_summary_figures_follow_the_formula(report):
         assert math.isclose(sum(s["ms"] for s in r["stages"]), r["block_latency_sum_ms"], rel_tol=1e-3)
         shares = [b["latency_share"] for b in r["blocks"] if b["latency_share"] is not None]
         assert math.isclose(sum(shares), 1.0, rel_tol=1e-9)
-        peak = data["devices"][0]["fp16_peak_tflops"]
+        peak = doc["devices"][0]["fp16_peak_tflops"]
         for b in r["blocks"]:
             if b["latency_ms"]:
                 assert math.isclose(b["tflops"], 2 * b["macs"] / (b["latency_ms"] / 1e3) / 1e12)
@@ -69,16 +74,17 @@ def test_summary_figures_follow_the_formula(report):
 
 def test_architecture_marks_removed_and_added_blocks(report):
     data, _ = report
-    cand = next(m for m in data["models"] if m["key"] == CAND)
+    doc = data.to_dict()  # the JSON document `report --json` writes
+    cand = next(m for m in doc["models"] if m["key"] == CAND)
     counts = load_preset(CAND).counts()
     assert [(a["stage"], a["CA"], a["RB"]) for a in cand["architecture"]] == [
         (s, counts[s]["CA"], counts[s]["RB"]) for s in STAGES]
-    changes = {b["id"]: b["change"] for b in result(data, CAND)["blocks"]}
+    changes = {b["id"]: b["change"] for b in result(doc, CAND)["blocks"]}
     assert changes["CA[Down-1, 1]"] == "removed"
     assert changes["CA[Up-1, 1] (copy 1)"] == "added"
     assert changes["RB[Down-1, 1]"] is None
     # a block that runs nothing has no latency, and is not pretended to cost 0 ms in the table
-    removed = next(b for b in result(data, CAND)["blocks"] if b["id"] == "CA[Down-1, 1]")
+    removed = next(b for b in result(doc, CAND)["blocks"] if b["id"] == "CA[Down-1, 1]")
     assert removed["latency_ms"] is None and not removed["runs"]
 
 
@@ -95,9 +101,10 @@ def test_page_is_self_contained_and_shows_both_models(report):
 
 def test_json_beside_html_is_the_data(report, tmp_path):
     data, _ = report
+    doc = data.to_dict()  # the JSON document `report --json` writes
     html_path, json_path = write_report(data, tmp_path / "r.html", with_json=True)
     assert json_path == tmp_path / "r.json"
-    assert json.loads(json_path.read_text()) == json.loads(json.dumps(data, default=str))
+    assert json.loads(json_path.read_text()) == json.loads(json.dumps(doc, default=str))
     assert html_path.read_text().startswith("<!DOCTYPE html>")
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temp files
 
@@ -108,9 +115,10 @@ def test_no_latency_means_no_figure(tmp_path):
         return ProfileOutcome(None, "no profiler here (test)")
 
     data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], profiler=unavailable)
-    for r in data["results"]:
+    doc = data.to_dict()  # the JSON document `report --json` writes
+    for r in doc["results"]:
         assert not r["available"] and r["budget"] is None and r["components"] == {} and r["blocks"] == []
-    assert data["latency_labels"] == []
+    assert doc["latency_labels"] == []
     html = render_html(data)
     assert "no profiler here (test)" in html
     assert "not available" in html
@@ -129,12 +137,13 @@ def test_a_part_that_cannot_be_profiled_is_missing_not_invented(tmp_path):
     profiler = functools.partial(profile_with_snapbench, packages=DecoderlessPackages(tmp_path / "p"),
                                  estimator=toy_estimator(), progress=False)
     data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], profiler=profiler)
-    r = result(data, BASE)
+    doc = data.to_dict()  # the JSON document `report --json` writes
+    r = result(doc, BASE)
     assert r["available"] and r["components"]["unet"]["ms"] and r["components"]["text_encoder"]["ms"]
     assert r["components"]["vae_decoder"]["ms"] is None
     assert r["components"]["vae_decoder"]["label"] == "not available"
-    assert r["budget"] is None and result(data, CAND)["speedup_e2e"] is None
-    assert result(data, CAND)["speedup_unet_step"]  # the UNet figures still compare
+    assert r["budget"] is None and result(doc, CAND)["speedup_e2e"] is None
+    assert result(doc, CAND)["speedup_unet_step"]  # the UNet figures still compare
     assert any("vae decoder" in n and "(test)" in n for n in r["notes"])
     assert "converters returned no package for vae_decoder (test)" in render_html(data)
 
@@ -142,16 +151,18 @@ def test_a_part_that_cannot_be_profiled_is_missing_not_invented(tmp_path):
 def test_table_lacking_rows_is_estimated_and_said(tmp_path):
     """A table with rows for another model: the candidate's missing signatures are estimated, and the page
     names the table and says so."""
-    from snapbench.latency import Settings, profile_model
+    from snapbench.latency.model_latency import profile_model
+    from snapbench.latency.table import Settings
 
     # sd15-tiny's own latent (its config's sample_size), which the report uses unless told otherwise
-    run = profile_model(BASE, DEVICE, Settings(latent=8), backend="estimate", packages=FakePackages(tmp_path / "p"),
+    run = profile_model(resolve_model(BASE), resolve_device(DEVICE), Settings(latent=8), backend="estimate", packages=FakePackages(tmp_path / "p"),
                         estimator=toy_estimator(), progress=False)
     table = tmp_path / "table.csv"
     run.table.save(table)
     data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], table=table, profiler=fake_profiler(tmp_path))
-    base_notes = " ".join(result(data, BASE)["notes"])
-    cand_notes = " ".join(result(data, CAND)["notes"])
+    doc = data.to_dict()  # the JSON document `report --json` writes
+    base_notes = " ".join(result(doc, BASE)["notes"])
+    cand_notes = " ".join(result(doc, CAND)["notes"])
     assert f"every figure read from {table}" in base_notes
     assert f"{table} lacked current rows" in cand_notes and "estimated" in cand_notes
     assert str(table) in render_html(data)
@@ -172,15 +183,16 @@ def test_steps_override_and_reference_points(tmp_path):
                    "other,iphone12,sd15,unet,3000,denoising step,,,,,\n")
     data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], steps={CAND: 4}, reference=ref,
                   profiler=fake_profiler(tmp_path))
-    m = next(m for m in data["models"] if m["key"] == CAND)
+    doc = data.to_dict()  # the JSON document `report --json` writes
+    m = next(m for m in doc["models"] if m["key"] == CAND)
     assert (m["steps"], m["steps_source"]) == (4, "--steps")
-    r = result(data, CAND)
+    r = result(doc, CAND)
     assert math.isclose(r["budget"]["unet_ms"], 4 * r["components"]["unet"]["ms"])
 
-    rows = data["reference"]["rows"]
-    assert data["reference"]["source"] == str(ref)
+    rows = doc["reference"]["rows"]
+    assert doc["reference"]["source"] == str(ref)
     mine = rows[0]
-    ours = result(data, BASE)["components"]["unet"]["ms"]
+    ours = result(doc, BASE)["components"]["unet"]["ms"]
     assert mine["ours_ms"] == ours and math.isclose(mine["ratio"], ours / 2.5)
     assert mine["settings_differ"] == ["attention split_einsum_v2 there, original here"]
     assert mine["ours_status"] == "matched"
@@ -217,7 +229,8 @@ def test_trajectory_of_an_evolve_output_is_charted(tmp_path):
     ], folder / "trajectory.csv")
     data = gather(baseline=BASE, candidates=[str(folder / "arch.json")], devices=[DEVICE],
                   profiler=lambda *a, **k: ProfileOutcome(None, "not needed here"))
-    traj = next(m for m in data["models"] if m["key"] == "evolved")["trajectory"]
+    doc = data.to_dict()  # the JSON document `report --json` writes
+    traj = next(m for m in doc["models"] if m["key"] == "evolved")["trajectory"]
     assert traj["problem"] is None
     assert [r["latency_ms"] for r in traj["rows"]] == [10.0, 8.0, 8.0, 8.5]
     assert [r["label"] for r in traj["rows"]] == ["estimated", "estimated", "estimated", "mixed"]
@@ -232,7 +245,8 @@ def test_a_broken_trajectory_is_reported_not_fatal(tmp_path):
     (tmp_path / "trajectory.csv").write_text("iteration,latency_ms\n0,1.0\n")
     data = gather(baseline=BASE, candidates=[str(tmp_path / "arch.json")], devices=[DEVICE],
                   profiler=lambda *a, **k: ProfileOutcome(None, "not needed here"))
-    assert "missing column" in data["models"][1]["trajectory"]["problem"]
+    doc = data.to_dict()  # the JSON document `report --json` writes
+    assert "missing column" in doc["models"][1]["trajectory"]["problem"]
     assert "Trajectory not shown" in render_html(data)
 
 
@@ -257,17 +271,17 @@ def test_command_two_devices_html_and_json(tmp_path, monkeypatch, capsys):
     assert main(argv, obj=fake_profiler(tmp_path)) == 0
     printed = capsys.readouterr()
     assert printed.out.split() == [str(out), str(out.with_suffix(".json"))]
-    data = json.loads(out.with_suffix(".json").read_text())
+    doc = json.loads(out.with_suffix(".json").read_text())
     # the headline numbers on stderr, the same as the report's
-    sf = result(data, CAND, "iphone12promax")
+    sf = result(doc, CAND, "iphone12promax")
     line = next(x for x in printed.err.splitlines() if x.startswith(f"{CAND} on iphone12promax: "))
     assert f"{sf['components']['unet']['ms']:.1f} ms/step" in line and f"{sf['speedup_e2e']:.1f}x end to end" in line
     assert f"{sf['budget']['total_s']:.2f} s per image" in line
-    assert data["command"].startswith(f"snapbench report --baseline {BASE} --candidate {CAND} --device 'iPhone 14 Pro'")
-    assert [d["id"] for d in data["devices"]] == [DEVICE, "iphone12promax"]
-    assert {(r["model"], r["device"]) for r in data["results"]} == {
+    assert doc["command"].startswith(f"snapbench report --baseline {BASE} --candidate {CAND} --device 'iPhone 14 Pro'")
+    assert [d["id"] for d in doc["devices"]] == [DEVICE, "iphone12promax"]
+    assert {(r["model"], r["device"]) for r in doc["results"]} == {
         (m, d) for m in (BASE, CAND) for d in (DEVICE, "iphone12promax")}
-    assert all(result(data, CAND, d)["speedup_e2e"] for d in (DEVICE, "iphone12promax"))
+    assert all(result(doc, CAND, d)["speedup_e2e"] for d in (DEVICE, "iphone12promax"))
     html = out.read_text()
     assert 'data-device="iphone12promax"' in html and html.count('class="stage-table"') == 2
 
@@ -315,7 +329,8 @@ def test_backend_not_available_here_is_one_line(tmp_path, monkeypatch, capsys):
 
 def test_measured_load_times_reach_the_report(tmp_path):
     """Rows measured on a (fake) phone carry first and warm load times: the report shows them per component."""
-    from snapbench.latency import Settings, profile_model
+    from snapbench.latency.model_latency import profile_model
+    from snapbench.latency.table import Settings
 
     from profile_fakes import fake_device_backend
 
@@ -327,7 +342,8 @@ def test_measured_load_times_reach_the_report(tmp_path):
         return ProfileOutcome.of(run)
 
     data = gather(baseline=BASE, candidates=[], devices=[DEVICE], profiler=on_the_phone)
-    r = result(data, BASE)
+    doc = data.to_dict()  # the JSON document `report --json` writes
+    r = result(doc, BASE)
     assert r["labels"] == ["measured"] and r["measured_on"]["os_build"] == "22B83"
     runs = sum(1 for b in r["blocks"] if b["runs"])
     assert r["load_ms"]["unet"] == {"first": 60_000.0 * runs, "warm": 900.0 * runs}
@@ -339,11 +355,12 @@ def test_measured_load_times_reach_the_report(tmp_path):
 
 def test_your_app_floor_is_beside_the_engine_budget_never_in_it(tmp_path, report):
     data, _ = report
+    doc = data.to_dict()  # the JSON document `report --json` writes
     floored = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], profiler=fake_profiler(tmp_path),
                      table=None, app_floor_ms=2.0)
     for model in (BASE, CAND):
-        engine, mine = result(data, model)["budget"], result(floored, model)["budget"]
+        engine, mine = result(doc, model)["budget"], result(floored.to_dict(), model)["budget"]
         assert mine["total_s"] == engine["total_s"] and "in_app_s" not in engine
-        calls = report_data.TEXT_ENCODER_RUNS + result(floored, model)["steps"] + 1
+        calls = report_data.TEXT_ENCODER_RUNS + result(floored.to_dict(), model)["steps"] + 1
         assert mine["in_app_s"] == pytest.approx(engine["total_s"] + calls * 2.0 / 1000)
     assert 'data-in-app="' in render_html(floored) and 'data-in-app="' not in render_html(data)

@@ -6,7 +6,8 @@ import pytest
 
 from profile_fakes import FakePackages, toy_estimator
 from snapbench.report.latency_source import profile_with_snapbench
-from snapbench.report import gather, render_html
+from snapbench.report.gather_data import gather
+from snapbench.report.render import render_html
 from snapbench.specs.presets import load_preset
 from snapbench.specs.variants import Variant
 
@@ -32,7 +33,7 @@ def test_variant_labels():
 
 @pytest.mark.slow
 def test_table3_counts_swapped_blocks_per_stage(report):
-    models = {m["key"]: m for m in report["models"]}
+    models = {m["key"]: m for m in report.to_dict()["models"]}  # the JSON document `report --json` writes
     base, cand = models[BASE], models[CAND]
     assert all(a["CA_swapped"] == a["RB_swapped"] == 0 for a in base["architecture"])
     spec = load_preset(CAND)

@@ -10,11 +10,10 @@ import torch
 from evolution_helpers import toy_folder, train_tiny  # noqa: F401  (toy_folder is a fixture)
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
-from snapbench.evolution.checkpoints import load_bundle
-from snapbench.evolution.data import ToyDigitsData
-from snapbench.evolution.robust_training import (
-    NO_SKIP, SkipProbabilities, TrainConfig, _Trainable, diffusion_loss, step_generator,
-)
+from snapbench.training.checkpoints import load_bundle
+from snapbench.training.data import ToyDigitsData
+from snapbench.evolution.robust_training import NO_SKIP, SkipProbabilities, TrainConfig, diffusion_loss
+from snapbench.training.loop import Trainable, step_generator
 from snapbench.model.units import AttentionUnit
 
 
@@ -63,7 +62,7 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(prediction):
     torch.set_num_threads(1)
     bundle = load_bundle("toy-digits")
     bundle.noise_schedule["prediction_type"] = prediction
-    trainable = _Trainable(bundle.model, bundle.encoder).train()
+    trainable = Trainable(bundle.model, bundle.encoder).train()
     sched = DDPMScheduler.from_config(bundle.noise_schedule)
     data = ToyDigitsData()
     config = TrainConfig(robust=False, cond_dropout=0.0)
@@ -135,7 +134,7 @@ def test_checkpoint_that_does_not_fit_its_spec_is_refused(tmp_path, toy_folder, 
 def test_latent_folder_data(tmp_path):
     from safetensors.torch import save_file
 
-    from snapbench.evolution.data import training_data
+    from snapbench.training.data import training_data
     from snapbench.specs.presets import load_preset
 
     spec = load_preset("sd15-tiny")

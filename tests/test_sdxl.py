@@ -138,19 +138,13 @@ def test_tiny_dual_text_encoder_feeds_the_unet():
 @pytest.mark.slow
 def test_whole_sdxl_tiny_converts_with_text_time_inputs(tmp_path):
     from snapbench.converters.options import ConvertOptions
-    from snapbench.converters.whole_unet import convert_whole_unet
+    from snapbench.converters.entry import ConvertRequest, convert
 
-    result = convert_whole_unet("sdxl-tiny", tmp_path / "w", ConvertOptions(latent=16, tokens=5), progress=False)
+    result = convert(ConvertRequest(resolve_model("sdxl-tiny"), tmp_path / "w", ConvertOptions(latent=16, tokens=5), "unet",
+                                    progress=False))
     assert result.ok
     (block,) = [b for b in result.manifest.blocks if b.package]
     assert [i["name"] for i in block.inputs] == ["sample", "timestep", "context", "text_embeds", "time_ids"]
-
-
-def test_pipeline_refuses_text_time_models_in_one_line(tmp_path, capsys):
-    assert main(["convert", "--model", "sdxl-tiny", "--pipeline", "--out", str(tmp_path / "app")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--pipeline for SDXL-class UNets" in err
-    assert not (tmp_path / "app").exists()
 
 
 def test_sdxl_class_unets_are_their_own_backbone_family():

@@ -55,7 +55,7 @@ def test_diffusers_and_transformers_load_them(fx):
 
 
 def test_training_data_is_what_train_data_reads(fx):
-    from snapbench.evolution.data import LatentFolderData
+    from snapbench.training.data import LatentFolderData
     from snapbench.model.loading import resolve_model
 
     data = LatentFolderData(fx.data, resolve_model(fx.pipeline).spec)
@@ -87,7 +87,7 @@ def test_clip_score_is_the_usual_definition(fx):
 
 
 def test_clip_evaluator_scores_the_pipeline(fx):
-    from snapbench.evolution.checkpoints import load_bundle
+    from snapbench.training.checkpoints import load_bundle
     from snapbench.evolution.evaluators import ClipEvalConfig
 
     bundle = load_bundle(fx.pipeline)
@@ -106,7 +106,7 @@ def test_clip_evaluator_scores_batched_candidates_per_sample(fx):
     """Evolution's path at SD scale: several candidates batched through one model, sample by sample (sample
     s = prompt s % P with its own seeded noise); each candidate's mean is what evaluate() gives it alone."""
     from snapbench.evolution.actions import Action
-    from snapbench.evolution.checkpoints import derive, load_bundle
+    from snapbench.training.checkpoints import derive, load_bundle
     from snapbench.evolution.evaluators import ClipEvalConfig
     from snapbench.evolution.executors import ScoreTask
 

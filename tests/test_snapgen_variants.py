@@ -189,11 +189,11 @@ def test_neural_engine_rewrite_of_variants_matches(impl, variant):
 
 @pytest.mark.slow
 def test_snapgen_tiny_converts_block_by_block(tmp_path):
-    from snapbench.converters.convert_blocks import convert_model
+    from snapbench.converters.entry import ConvertRequest, convert
     from snapbench.converters.options import ConvertOptions
 
-    result = convert_model("snapgen-tiny", tmp_path / "c", ConvertOptions(latent=16, tokens=5, attention="split_einsum",
-                                                                       jobs=1), progress=False)
+    opts = ConvertOptions(latent=16, tokens=5, attention="split_einsum", jobs=1)
+    result = convert(ConvertRequest(resolve_model("snapgen-tiny"), tmp_path / "c", opts, progress=False))
     assert result.ok and result.manifest.complete
     sigs = {b.signature for b in result.manifest.blocks if b.package}
     assert any("separable=2" in s for s in sigs) and any("kv_heads=1,self_attn=0" in s for s in sigs)

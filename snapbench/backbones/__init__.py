@@ -18,7 +18,7 @@ from snapbench.backbones.sdxl_unet import SDXLUNetBackbone
 from snapbench.backbones.unet import UNetBackbone
 from snapbench.blocks.inspection import Inspection
 from snapbench.errors import SnapbenchError
-from snapbench.model.loading import ModelSource, resolve_model
+from snapbench.model.loading import ModelSource
 from snapbench.settings import InputShapes
 from snapbench.specs.arch_spec import ArchSpec
 
@@ -46,11 +46,9 @@ def backbone_named(name: str) -> Backbone:
     raise SnapbenchError(f"no backbone family {name!r} (known: {', '.join(b.name for b in BACKBONES)})")
 
 
-def inspect_model(model: str | ModelSource, *, weights: str | None = None, shapes: InputShapes = InputShapes(),
-                  attention: str = "original") -> Inspection:
-    """What `snapbench inspect` shows: `model` cut into blocks by its backbone on the meta device (no
+def inspect_model(source: ModelSource, *, shapes: InputShapes = InputShapes(), attention: str = "original") -> Inspection:
+    """What `snapbench inspect` shows: `source` cut into blocks by its backbone on the meta device (no
     weights are loaded; counts do not need them), grouped by the backbone's stages."""
-    source = model if isinstance(model, ModelSource) else resolve_model(model, weights=weights)
     backbone = backbone_for(source)
     blocks = backbone.cut(backbone.build(source, device="meta"), shapes, attention=attention)
     return Inspection(source, shapes, blocks, backbone.stages)

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import torch
 
-from snapbench.backbones.base import Backbone
+from snapbench.backbones.base import Backbone, ElasticModel
 from snapbench.blocks.cut import CutBlock
 from snapbench.blocks.signature import Shape, Signature
 from snapbench.dit.cut import STAGES, cut_units, example_inputs as dit_inputs
@@ -20,10 +20,18 @@ from snapbench.dit.elastic import ElasticDiT
 from snapbench.dit.source import SPEC_FILE, build_dit, dit_spec, load_extra_weights, save_dit
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
+from snapbench.model.units import BlockUnit
 from snapbench.settings import InputShapes
 from snapbench.specs.arch_spec import ArchSpec
 from snapbench.specs.dit_layout import dit_layout
 from snapbench.specs.layout import Slot
+
+
+def _dit(model: ElasticModel) -> ElasticDiT:
+    """The seam hands over any backbone's model; this backbone's methods need an elastic DiT."""
+    if not isinstance(model, ElasticDiT):
+        raise SnapbenchError(f"a DiT backbone works on an elastic DiT, not a {type(model).__name__}")
+    return model
 
 
 class DitBackbone(Backbone):
@@ -42,24 +50,25 @@ class DitBackbone(Backbone):
         load_extra_weights(model, source)
         return model
 
-    def reshape(self, model: Any, spec: ArchSpec) -> ElasticDiT:
+    def reshape(self, model: ElasticModel, spec: ArchSpec) -> ElasticDiT:
         if not isinstance(model, ElasticDiT):
             raise SnapbenchError(f"{spec.name}: a DiT spec reshapes an elastic DiT, not a {type(model).__name__}")
         return model.with_spec(spec)
 
-    def save(self, model: Any, folder: Path) -> None:
-        save_dit(model, folder)
+    def save(self, model: ElasticModel, folder: Path) -> None:
+        save_dit(_dit(model), folder)
 
-    def example_inputs(self, model: Any, shapes: InputShapes, *, device: str | torch.device = "meta",
+    def example_inputs(self, model: ElasticModel, shapes: InputShapes, *, device: str | torch.device = "meta",
                        dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
-        return tuple(dit_inputs(dit_spec(model.spec), shapes, device=device, dtype=dtype or torch.float32).values())
+        return tuple(dit_inputs(dit_spec(_dit(model).spec), shapes, device=device, dtype=dtype or torch.float32).values())
 
-    def signature(self, unit: Any, inputs: tuple[tuple[str, Shape], ...], output: Shape, *,
+    def signature(self, unit: BlockUnit, inputs: tuple[tuple[str, Shape], ...], output: Shape, *,
                   precision: str = "fp16", attention: str = "original") -> Signature:
         raise SnapbenchError("a DiT block's signature comes from cutting it (DitBackbone.cut): it needs the "
                              "model's config")
 
-    def cut(self, model: Any, shapes: InputShapes, *, precision: str = "fp16",
+    def cut(self, model: ElasticModel, shapes: InputShapes, *, precision: str = "fp16",
             attention: str = "original") -> list[CutBlock]:
-        return cut_units(model.units, dit_spec(model.spec), shapes, model.config, precision=precision,
+        dit = _dit(model)
+        return cut_units(dit.units, dit_spec(dit.spec), shapes, dit.config, precision=precision,
                          attention=attention)

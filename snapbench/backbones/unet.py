@@ -9,10 +9,11 @@ from typing import Any, Mapping
 
 import torch
 
-from snapbench.backbones.base import Backbone
+from snapbench.backbones.base import Backbone, ElasticModel
 from snapbench.blocks.cut import CutBlock, cut_blocks
 from snapbench.blocks.cut import example_inputs as unet_example_inputs
 from snapbench.blocks.signature import Shape, Signature, make_signature
+from snapbench.errors import SnapbenchError
 from snapbench.model.elastic_unet import ElasticUNet
 from snapbench.model.loading import ModelSource, build_unet, save_elastic
 from snapbench.model.units import BlockUnit
@@ -22,6 +23,13 @@ from snapbench.specs.layout import Slot
 from snapbench.specs.stages import STAGES
 
 UNET_CLASS = "UNet2DConditionModel"
+
+
+def _unet(model: ElasticModel) -> ElasticUNet:
+    """The seam hands over any backbone's model; this backbone's methods need an elastic UNet."""
+    if not isinstance(model, ElasticUNet):
+        raise SnapbenchError(f"a UNet backbone works on an elastic UNet, not a {type(model).__name__}")
+    return model
 
 
 class UNetBackbone(Backbone):
@@ -38,20 +46,20 @@ class UNetBackbone(Backbone):
     def build(self, source: ModelSource, *, device: str | torch.device = "cpu", seed: int = 0) -> ElasticUNet:
         return build_unet(source, device=device, seed=seed)
 
-    def reshape(self, model: Any, spec: ArchSpec) -> ElasticUNet:
-        return model.with_spec(spec)
+    def reshape(self, model: ElasticModel, spec: ArchSpec) -> ElasticUNet:
+        return _unet(model).with_spec(spec)
 
-    def save(self, model: Any, folder: Path) -> None:
-        save_elastic(model, folder)
+    def save(self, model: ElasticModel, folder: Path) -> None:
+        save_elastic(_unet(model), folder)
 
-    def example_inputs(self, model: Any, shapes: InputShapes, *, device: str | torch.device = "meta",
+    def example_inputs(self, model: ElasticModel, shapes: InputShapes, *, device: str | torch.device = "meta",
                        dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
-        return unet_example_inputs(model, shapes, device=device, dtype=dtype or torch.float32)
+        return unet_example_inputs(_unet(model), shapes, device=device, dtype=dtype or torch.float32)
 
     def signature(self, unit: BlockUnit, inputs: tuple[tuple[str, Shape], ...], output: Shape, *,
                   precision: str = "fp16", attention: str = "original") -> Signature:
         return make_signature(unit, inputs, output, precision=precision, attention=attention)
 
-    def cut(self, model: Any, shapes: InputShapes, *, precision: str = "fp16",
+    def cut(self, model: ElasticModel, shapes: InputShapes, *, precision: str = "fp16",
             attention: str = "original") -> list[CutBlock]:
-        return cut_blocks(model, shapes, precision=precision, attention=attention)
+        return cut_blocks(_unet(model), shapes, precision=precision, attention=attention)

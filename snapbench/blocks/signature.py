@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
 
 from torch import nn
 
@@ -18,6 +17,8 @@ from snapbench.model.units import AttentionUnit, BlockUnit, ResnetUnit
 from snapbench.model.variants import kv_heads_of, separable_ratio
 
 Shape = tuple[int, ...]
+# A structural attribute's value (heads, a projection's kind, a ratio): written into the key as text.
+AttrValue = str | int | float | bool
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Signature:
     kind: str  # RB, RB-shortcut, CA, time_embedding, conv_in, downsample, upsample, conv_out
     inputs: tuple[tuple[str, Shape], ...]
     output: Shape
-    attrs: tuple[tuple[str, Any], ...] = ()
+    attrs: tuple[tuple[str, AttrValue], ...] = ()
     precision: str = "fp16"
     attention: str = "-"  # CA blocks only
 
@@ -55,7 +56,7 @@ def signature_kind(unit: BlockUnit) -> str:
     return unit.slot.name
 
 
-def _structure(unit: BlockUnit) -> tuple[tuple[str, Any], ...]:
+def _structure(unit: BlockUnit) -> tuple[tuple[str, AttrValue], ...]:
     """Attributes that change cost but not input shapes. SnapGen-style variants add an attribute only
     where they differ from the diffusers block, so existing signatures (and tables keyed by them) stay."""
     if isinstance(unit, AttentionUnit):
@@ -63,7 +64,7 @@ def _structure(unit: BlockUnit) -> tuple[tuple[str, Any], ...]:
         block = t.transformer_blocks[0]
         self_attn = getattr(block, "attn1", None)
         attn = self_attn if self_attn is not None else block.attn2
-        attrs: list[tuple[str, Any]] = [
+        attrs: list[tuple[str, AttrValue]] = [
             ("heads", attn.heads),
             ("head_dim", attn.inner_dim // attn.heads if hasattr(attn, "inner_dim") else "?"),
             ("layers", len(t.transformer_blocks)),

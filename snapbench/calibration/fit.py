@@ -327,12 +327,10 @@ def fit_params(points: Sequence[CalibrationPoint], prior: AneParams | None = Non
         loss = 2 * ROBUST_SCALE ** 2 * (np.sqrt(1 + (r / ROBUST_SCALE) ** 2) - 1)
         return float(np.sum(weights * loss) + np.sum(pull * x ** 2))
 
-    best = None
-    for start in (np.zeros(len(names)), np.full(len(names), -0.3), np.full(len(names), 0.3)):
-        x0 = np.clip(start, [b[0] for b in bounds], [b[1] for b in bounds])
-        res = minimize(f, x0, method="L-BFGS-B", bounds=bounds, options={"maxiter": maxiter})
-        if best is None or res.fun < best.fun:
-            best = res
+    # three starts, the lowest loss wins (the first on a tie)
+    starts = (np.zeros(len(names)), np.full(len(names), -0.3), np.full(len(names), 0.3))
+    best = min((minimize(f, np.clip(start, [b[0] for b in bounds], [b[1] for b in bounds]), method="L-BFGS-B",
+                         bounds=bounds, options={"maxiter": maxiter}) for start in starts), key=lambda res: res.fun)
     fitted = recentre_calls(_apply(prior, dict(zip(names, np.exp(best.x)))))
     return replace(fitted, version=version or prior.version + 1, fitted_on=tuple(pt.label for pt in points),
                    notes={**prior.notes, "fit": f"{len(names)} fitted parameters on {len(points)} points: " + ", ".join(

@@ -106,8 +106,9 @@ def parts_from_packages(program: ReferenceProgram, *, progress: bool = False) ->
     from snapbench.latency.model_latency import profile_packages
     from snapbench.profilers.estimate.program_ops import read_op_records
 
-    pkgs = profile_packages(program.model, program.settings(), program.component,
-                            progress=progress)
+    from snapbench.model.loading import resolve_model
+
+    pkgs = profile_packages(resolve_model(program.model), program.settings(), program.component, progress=progress)
     return [ReferencePart(p.key, p.count, tuple(read_op_records(p.path))) for p in pkgs]
 
 

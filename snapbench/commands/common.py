@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import typer
 
 from snapbench.console import err, out  # noqa: F401  (re-exported: the commands print through these)
 from snapbench.formatting import fmt_count  # noqa: F401  (re-exported: the commands' table cells)
+
+if TYPE_CHECKING:
+    from snapbench.model.loading import ModelSource
 
 ModelOpt = typer.Option("sd15", "--model", "-m",
                         help="Preset name, arch spec .json, local diffusers UNet folder, or hub id in the local HF cache.")
@@ -28,23 +31,24 @@ JsonOpt = typer.Option(False, "--json", help="Print the data as one JSON documen
 
 
 def model_source(model: str, weights: str | None = None, variant: str | None = None,
-                 subfolder: str | None = None, revision: str | None = None) -> Any:
-    """`--model` as given when no hub/variant option is set (the library resolves it), else resolved now."""
-    if variant is None and subfolder is None and revision is None:
-        return model
+                 subfolder: str | None = None, revision: str | None = None) -> ModelSource:
+    """`--model` with `--weights` and the hub options, resolved once per command: the library takes the
+    `ModelSource` and never resolves a name again."""
     from snapbench.model.loading import resolve_model
 
     return resolve_model(model, weights=weights, variant=variant, subfolder=subfolder, revision=revision)
 
 
-def resolved_latent(model: Any, weights: str | None, latent: int | None) -> int:
-    """--latent, else the model's own (resolving `model` if it is still a string: a spec file or folder)."""
-    if latent is not None:
-        return latent
-    from snapbench.model.loading import ModelSource, model_latent, resolve_model
+def resolved_latent(source: ModelSource, latent: int | None) -> int:
+    """--latent, else the model's own (its config's sample_size)."""
+    from snapbench.model.loading import model_latent
 
-    source = model if isinstance(model, ModelSource) else resolve_model(model, weights=weights)
-    return model_latent(source.spec)
+    return latent if latent is not None else model_latent(source.spec)
+
+
+def messages(as_json: bool) -> Callable[[str], None] | None:
+    """Where a converter's per-package lines go: stderr, unless --json output is piped (a script reads it)."""
+    return None if as_json and not err.is_terminal else (lambda msg: err.print(msg, markup=False, highlight=False))
 
 
 def without_float_noise(data: Any) -> Any:
@@ -67,7 +71,7 @@ def is_toy_ref(model: str) -> bool:
     """Whether `--model` names the toy (a preset, or a folder trained from it); a bad model is False here and
     reported by the command's own function."""
     from snapbench.errors import SnapbenchError
-    from snapbench.evolution.toy_digits import is_toy
+    from snapbench.training.toy_digits import is_toy
     from snapbench.model.loading import resolve_model
 
     try:

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.table import Table
 
-from snapbench.interrupts import on_interrupt_keep
 from snapbench.commands.common import (
     BatchOpt, JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, WeightsOpt, err,
-    model_source, out, print_json, resolved_latent,
+    messages, model_source, out, print_json, resolved_latent,
 )
+from snapbench.errors import SnapbenchError
+from snapbench.interrupts import on_interrupt_keep
+from snapbench.settings import COMPONENTS, check_choice
 
 if TYPE_CHECKING:
-    from snapbench.converters.convert_blocks import ConvertResult
+    from snapbench.converters.entry import ConvertRequest, Part
+    from snapbench.converters.result import ConvertResult
 
 
 def convert_command(
@@ -42,88 +47,107 @@ def convert_command(
     compile_: bool = typer.Option(False, "--compile", help="With --pipeline: also write the .mlmodelc folders (macOS only)."),
     input_shape: Optional[str] = typer.Option(None, "--input", help="Input shape of a timm:/torchvision:/open_clip:/"
                                               "hf:/synthetic: network (converted whole, one package)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="A mixed-bit recipe JSON (`compress analyze`): each "
+                                         "layer palettized at its own bit width; one package per block (deploy)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Convert a UNet into Core ML packages, one per block (default), whole, or a pipeline part."""
+    from snapbench.locks import refuse_if_locked
+
+    refuse_if_locked(out_dir, "convert")  # in a second, not after the model is built and cut
+    from snapbench.converters.entry import convert
     from snapbench.zoo.specs import is_network_spec
 
     if is_network_spec(model):  # any network: one whole package under --out
-        from pathlib import Path as _Path
-
-        from snapbench.zoo.programs import network_package
-        from snapbench.zoo.specs import parse_model_spec, refuse_unet_only
-
-        refuse_unet_only(model, attention=attention)
-        spec = parse_model_spec(model)
-        dest = network_package(spec, input_shape, _Path(out_dir) / f"{spec.slug()}.mlpackage", weight_bits=weight_bits)
-        if as_json:
-            print_json({"model": spec.text, "input": input_shape, "weight_bits": weight_bits, "package": str(dest)})
-        else:
-            out.print(f"{spec.text}: {dest}")
+        _convert_network(model, input_shape, out_dir, weight_bits=weight_bits, attention=attention, as_json=as_json)
         return
-    from snapbench.dit.source import is_dit_ref
+    part = _part(whole=whole, component=component, pipeline=pipeline, chunks=chunks)
+    options = dict(mode=mode, attention=attention, weight_bits=weight_bits, target=target, precision=precision,
+                   jobs=jobs, check=check, chunks=chunks)
+    request = _request(model, part, Path(out_dir), weights=weights, variant=variant, subfolder=subfolder,
+                       revision=revision, latent=latent, batch=batch, tokens=tokens, options=options,
+                       vae_encoder=vae_encoder, compile_=compile_, as_json=as_json, recipe=recipe)
+    on_interrupt_keep(f"every finished package and manifest.json in {out_dir}")
+    result = convert(request)
+    report(result, out_dir, as_json)
+    for note in result.notes:
+        err.print(f"note: {note}", markup=False, highlight=False)
+    if result.missing:
+        # bad input, but everything that was there is converted and kept
+        raise SnapbenchError(f"{model if weights is None else weights}: missing {'; '.join(result.missing)}; "
+                             f"converted the rest into {out_dir}")
 
-    if is_dit_ref(model) and not (whole or pipeline or component is not None):
-        from snapbench.commands import dit_commands
 
-        dit_result = dit_commands.convert(model, out_dir, as_json=as_json, latent=latent, batch=batch, tokens=tokens,
-                                          mode=mode, attention=attention, weight_bits=weight_bits, target=target,
-                                          precision=precision, check=check)
-        report(dit_result, out_dir, as_json)
-        return
-    from snapbench.converters.options import ConvertOptions
-    from snapbench.errors import SnapbenchError
-
-    from dataclasses import replace
-
-    from snapbench.model.loading import DEFAULT_LATENT
-
-    opts = ConvertOptions(mode=mode, attention=attention, weight_bits=weight_bits, target=target,
-                          precision=precision, latent=latent or DEFAULT_LATENT, batch=batch, tokens=tokens,
-                          jobs=jobs, check=check, chunks=chunks)
+def _part(*, whole: bool, component: str | None, pipeline: bool, chunks: int) -> Part:
+    """What --whole, --component and --pipeline ask for, refused in one line when they conflict."""
     if pipeline and (whole or component is not None):
         raise SnapbenchError("--pipeline converts every part; it cannot be combined with --whole or --component")
-    if (vae_encoder or compile_) and not pipeline:
-        raise SnapbenchError("--vae-encoder and --compile go with --pipeline")
     if whole and component not in (None, "unet"):
         raise SnapbenchError(f"--whole converts the UNet; it cannot be combined with --component {component}")
     if chunks != 1 and not (whole or pipeline or component == "unet"):
         raise SnapbenchError("--chunks needs --pipeline, --whole or --component unet")
-    if opts.check:
-        from snapbench.converters.checks import require_prediction
-
-        require_prediction()  # before anything slow
-    on_interrupt_keep(f"every finished package and manifest.json in {out_dir}")
-    progress = not as_json or err.is_terminal
-    model = model_source(model, weights, variant, subfolder, revision)
-    if latent is None and component != "text_encoder":  # the model's own size (the text encoder has none)
-        opts = replace(opts, latent=resolved_latent(model, weights, None))
-    result: ConvertResult  # or its subclass PipelineResult
     if pipeline:
-        from snapbench.converters.pipeline import convert_pipeline
+        return "pipeline"
+    if whole:
+        return "unet"
+    return check_choice("--component", component, COMPONENTS) if component is not None else "blocks"
 
-        result = convert_pipeline(model, out_dir, opts, weights=weights, vae_encoder=vae_encoder, compile=compile_,
-                                  progress=progress)
-    elif whole or component is not None:
-        from snapbench.converters.components import convert_component
 
-        result = convert_component(component or "unet", out_dir, opts, model=model, weights=weights,
-                                   progress=progress)
+def _request(model: str, part: Part, out_dir: Path, *, weights: str | None, variant: str | None,
+             subfolder: str | None, revision: str | None, latent: int | None, batch: int, tokens: int,
+             options: dict[str, Any], vae_encoder: bool, compile_: bool, as_json: bool,
+             recipe: str | None = None) -> ConvertRequest:
+    """The model resolved once (a DiT's shapes default to its own pipeline's), and the options checked,
+    before anything slow."""
+    from snapbench.converters.checks import require_prediction
+    from snapbench.converters.entry import ConvertRequest
+    from snapbench.converters.options import ConvertOptions
+    from snapbench.dit.source import is_dit_ref
+    from snapbench.model.loading import DEFAULT_LATENT
+
+    if (vae_encoder or compile_) and part != "pipeline":
+        raise SnapbenchError("--vae-encoder and --compile go with --pipeline")
+    if recipe is not None and (part != "blocks" or is_dit_ref(model)):
+        raise SnapbenchError("--recipe applies to a UNet's per-block conversion; it cannot be combined with --whole, "
+                             "--pipeline or --component yet")
+    if is_dit_ref(model) and part == "blocks":
+        from snapbench.commands.dit_commands import dit_options
+
+        source, opts = dit_options(model, latent=latent, batch=batch, tokens=tokens, **options)
     else:
-        from snapbench.converters.convert_blocks import convert_model
+        opts = ConvertOptions(latent=latent or DEFAULT_LATENT, batch=batch, tokens=tokens, **options)  # checked first
+        # the text encoder's and the VAE's --weights are their own folders, not a UNet's
+        source = model_source(model, None if part in ("text_encoder", "vae_decoder") else weights, variant,
+                              subfolder, revision)
+        if latent is None and part != "text_encoder":  # the model's own size (the text encoder has none)
+            opts = replace(opts, latent=resolved_latent(source, None))
+        if recipe is not None:  # checked against the model before anything is written
+            from snapbench.converters.mixed_bit import load_recipe
 
-        result = convert_model(model, out_dir, opts, weights=weights, progress=progress)
-    report(result, out_dir, as_json)
-    for note in getattr(result, "notes", []):
-        err.print(f"note: {note}", markup=False, highlight=False)
-    missing = getattr(result, "missing", None)
-    if missing:
-        # bad input, but everything that was there is converted and kept
-        raise SnapbenchError(f"{model if weights is None else weights}: missing {'; '.join(missing)}; "
-                             f"converted the rest into {out_dir}")
+            opts = replace(opts, mode="deploy", recipe=load_recipe(recipe, source).items())
+    if opts.check:
+        require_prediction()  # before anything slow
+    return ConvertRequest(source, out_dir, opts, part, Path(weights) if weights is not None else None,
+                          vae_encoder=vae_encoder, compile=compile_, progress=not as_json or err.is_terminal,
+                          say=messages(as_json))
 
 
-def report(result: Any, out_dir: str, as_json: bool) -> None:
+def _convert_network(model: str, input_shape: str | None, out_dir: str, *, weight_bits: int, attention: str,
+                     as_json: bool) -> None:
+    """A timm: / torchvision: / open_clip: / hf: / synthetic: network: one whole package under --out."""
+    from snapbench.zoo.programs import network_package
+    from snapbench.zoo.specs import parse_model_spec, refuse_unet_only
+
+    refuse_unet_only(model, attention=attention)
+    spec = parse_model_spec(model)
+    dest = network_package(spec, input_shape, Path(out_dir) / f"{spec.slug()}.mlpackage", weight_bits=weight_bits)
+    if as_json:
+        print_json({"model": spec.text, "input": input_shape, "weight_bits": weight_bits, "package": str(dest)})
+    else:
+        out.print(f"{spec.text}: {dest}")
+
+
+def report(result: ConvertResult, out_dir: str, as_json: bool) -> None:
     """The result on stdout (table or JSON); failed blocks on stderr and exit 1 (the others are kept)."""
     if as_json:
         print_json(result.to_dict())
@@ -136,7 +160,7 @@ def report(result: Any, out_dir: str, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
-def render(result, out_dir: str) -> None:
+def render(result: ConvertResult, out_dir: str) -> None:
     m = result.manifest
     converted, reused = set(result.converted), set(result.reused)
     t = Table(title=f"{m.spec}: {m.content} -> {out_dir}", title_justify="left", show_edge=False)

@@ -87,7 +87,7 @@ def distill_command(
     if compare_cfg is not None:
         from snapbench.distillation.step_distillation import teacher_of
         from snapbench.distillation.toy_compare import compare
-        from snapbench.evolution.checkpoints import load_bundle
+        from snapbench.training.checkpoints import load_bundle
 
         err.print("scoring teacher, undistilled and student on fresh noise")
         comparison = compare(load_bundle(teacher_of(out_dir)), load_bundle(out_dir), teacher_steps, student_steps,

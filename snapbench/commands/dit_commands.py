@@ -1,14 +1,19 @@
-"""`convert` and `profile` for DiTs: the UNet commands hand a DiT `--model` over to these."""
+"""DiTs in `convert` and `profile`: their option defaults, and `profile`'s DiT path."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 from rich.text import Text
 
-from snapbench.commands.common import err, fmt_count, out, print_json
+from snapbench.commands.common import err, fmt_count, messages, out, print_json
+
+if TYPE_CHECKING:
+    from snapbench.converters.options import ConvertOptions
+    from snapbench.model.loading import ModelSource
 
 
 def given(name: str) -> bool:
@@ -17,7 +22,8 @@ def given(name: str) -> bool:
     return ctx is not None and ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
 
 
-def dit_options(model: str, *, latent: int | None, batch: int, tokens: int, **kw: Any) -> Any:
+def dit_options(model: str, *, latent: int | None, batch: int, tokens: int,
+                **kw: Any) -> tuple[ModelSource, ConvertOptions]:
     from snapbench.converters.options import ConvertOptions
     from snapbench.dit.cut import default_shapes
     from snapbench.dit.source import dit_spec, resolve_dit
@@ -28,25 +34,13 @@ def dit_options(model: str, *, latent: int | None, batch: int, tokens: int, **kw
     return source, ConvertOptions(latent=shapes.latent, batch=shapes.batch, tokens=shapes.tokens, **kw)
 
 
-def _say(as_json: bool):
-    return None if as_json and not err.is_terminal else (lambda msg: err.print(msg, markup=False, highlight=False))
-
-
-def convert(model: str, out_dir: str, *, as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Any) -> Any:
-    """The DiT's blocks converted into `out_dir` (the caller prints the result as for a UNet)."""
-    from snapbench.dit.convert import convert_dit
-
-    source, opts = dit_options(model, latent=latent, batch=batch, tokens=tokens, **kw)
-    return convert_dit(source, out_dir, opts, say=_say(as_json))
-
-
-def profile(model: str, device: str, *, backend: str, packages: Any, table: Any, tables: Any, as_json: bool,
-            latent: int | None, batch: int, tokens: int, **kw: Any) -> None:
+def profile(model: str, device: str, *, backend: str, packages: Path | None, table: Path | None, tables: Path | None,
+            as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Any) -> None:
     from snapbench.devices.catalog import resolve_device
     from snapbench.dit.profile import profile_dit
     from snapbench.errors import SnapbenchError
     from snapbench.latency.table import LatencyTable, merge_into_file
-    from snapbench.paths import shipped_table_path, user_table_path
+    from snapbench.paths import shipped_table_path, tables_redirect_note, user_table_path
 
     if backend not in ("auto", "estimate"):
         raise SnapbenchError(f"--backend {backend}: DiT blocks are priced from the table or by the estimator so "
@@ -57,9 +51,11 @@ def profile(model: str, device: str, *, backend: str, packages: Any, table: Any,
     existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
     if table is None and not path.is_file() and shipped_table_path(dev.id, model).is_file():
         existing = LatencyTable.load(shipped_table_path(dev.id, model))
-    say = _say(as_json)
+    say = messages(as_json)
     run = profile_dit(source, dev, opts, table=existing, packages=packages, say=say)
     if run.new_rows:
+        if say and table is None and (note := tables_redirect_note(tables)):
+            say(note)
         written = merge_into_file(path, run.new_rows)
         if say:
             say(f"{path}: wrote {len(run.new_rows)} estimate row(s); {len(written)} in the table")

@@ -46,8 +46,8 @@ def inspect_command(
             shapes = default_shapes(dit_spec(src.spec), latent=latent, batch=batch, tokens=tokens)
         else:
             src = model_source(m, weights, variant, subfolder, revision)
-            shapes = InputShapes(latent=resolved_latent(src, weights, latent), batch=batch, tokens=tokens or 77)
-        results.append(inspect_model(src, weights=weights, shapes=shapes))
+            shapes = InputShapes(latent=resolved_latent(src, latent), batch=batch, tokens=tokens or 77)
+        results.append(inspect_model(src, shapes=shapes))
     if as_json:
         docs = [r.to_dict() for r in results]
         for r, doc in zip(results, docs):

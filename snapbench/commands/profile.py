@@ -6,8 +6,6 @@ Import format for `--backend import --from FILE`: see `snapbench.latency.importe
 
 from __future__ import annotations
 
-import dataclasses
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
@@ -28,13 +26,9 @@ from snapbench.profilers.coreml_api import DEFAULT_REQUEST_TIMEOUT_S
 from snapbench.profilers.readiness import TEAM_ID_ENV
 
 if TYPE_CHECKING:
-    from snapbench.latency.model_latency import ProfileRun
-
-def default_table_path(device_id: str, model: str, tables: str | Path | None = None) -> Path:
-    from snapbench.paths import user_table_path
-
-    return user_table_path(device_id, model, tables)
-
+    from snapbench.devices.catalog import Device
+    from snapbench.latency.model_latency import ProfileRun, ProfileTools
+    from snapbench.latency.profile_run import Measuring, ProfileRequest
 
 def profile_command(
     ctx: typer.Context,
@@ -112,103 +106,50 @@ def profile_command(
                              f"{model!r} is a UNet model (its shapes come from --latent, --batch, --tokens)")
     from snapbench.devices.catalog import resolve_device
     from snapbench.latency.model_latency import ProfileTools
-    from snapbench.profilers.backends import DeviceBackend, EstimatePricer, choose_backend
-    from snapbench.profilers.coreml_api import CoreMLTools, Signing
-    from snapbench.profilers.farm import NodeSettings
-    from snapbench.latency.packages import ConverterPackages
-    from snapbench.profilers.readiness import Machine
+    from snapbench.latency.profile_run import Measuring, run_profile
 
     tools = ctx.obj if isinstance(ctx.obj, ProfileTools) else ProfileTools()
+    measuring = Measuring(warmup=warmup, repeats=repeats, request_timeout_s=request_timeout,
+                          rebuild_runner=rebuild_runner, trust_wait_s=trust_wait, team_id=team_id, bundle_id=bundle_id)
+    devs = [None if d == "auto" else resolve_device(d) for d in devices]  # each --device resolved once
+    request = _request(model, devs[0], variant=variant, subfolder=subfolder, revision=revision,
+                       component=component, compute_units=compute_units, weight_bits=weight_bits,
+                       attention=attention, batch=batch, latent=latent, tokens=tokens, backend=backend, table=table,
+                       tables=tables, from_file=from_file, packages=packages, measuring=measuring)
+    if ray_address is not None:
+        _profile_farm(tools, request, devs, ray_address=ray_address, as_json=as_json, app_floor_ms=app_floor_ms)
+        return
+    outcome = run_profile(request, tools, say=say)
+    show(outcome.run, str(outcome.table_path), as_json, app_floor_ms)
+    report_failures(outcome.run)
 
-    latent = resolved_latent(model_source(model, None, variant, subfolder, revision), None, latent)
+
+def _request(model: str, device: Device | None, *, variant: str | None, subfolder: str | None, revision: str | None,
+             component: list[str] | None, compute_units: str, weight_bits: int, attention: str, batch: int,
+             latent: int | None, tokens: int, backend: str, table: Path | None, tables: Path | None,
+             from_file: Path | None, packages: Path | None, measuring: Measuring) -> ProfileRequest:
+    """The command line's inputs resolved once: the model, the device (None: auto), the settings."""
+    from snapbench.latency.model_latency import ALL_COMPONENTS
+    from snapbench.latency.profile_run import ProfileRequest
+
+    source = model_source(model, None, variant, subfolder, revision)
     settings = Settings(compute_units=check_choice("--compute-units", compute_units, COMPUTE_UNITS),
                         weight_bits=weight_bits, attention=check_choice("--attention", attention, ATTENTIONS),
-                        batch=batch, latent=latent, tokens=tokens)
-    check_choice("--backend", backend, BACKEND_CHOICES)
-    if from_file is not None and backend == "auto":
-        backend = "import"
-    if packages is not None:  # refuse packages made with other settings before anything else happens
-        from snapbench.converters import load_manifest
-        from snapbench.latency.packages import check_manifest_settings
+                        batch=batch, latent=resolved_latent(source, latent), tokens=tokens)
+    return ProfileRequest(source, model, device, settings,
+                          backend=backend, components=tuple(component or ALL_COMPONENTS), table=table, tables=tables,
+                          import_file=from_file, packages=packages, measuring=measuring)
 
-        check_manifest_settings(load_manifest(packages), packages, settings)
-    signing = Signing.for_team(team_id, bundle_id) if team_id else None
-    machine = tools.machine or Machine.this(team_id=team_id)
-    if team_id:  # --team-id wins over SNAPBENCH_TEAM_ID (and over a machine handed in)
-        machine = dataclasses.replace(machine, team_id=team_id)
 
-    if ray_address is not None:
-        _profile_farm(tools, model_source(model, None, variant, subfolder, revision), model, devices, settings,
-                      ray_address=ray_address, backend=backend, table=table, tables=tables,
-                      components=tuple(component or ()), packages=packages, as_json=as_json,
-                      node=NodeSettings(compute_units=settings.compute_units, warmup=warmup, repeats=repeats,
-                                        request_timeout_s=request_timeout, team_id=team_id, bundle_id=bundle_id),
-                      app_floor_ms=app_floor_ms)
-        return
-
-    def device_backend(name: str) -> DeviceBackend:
-        be = DeviceBackend(name, api=tools.coreml or CoreMLTools(), machine=machine, signing=signing,
-                           compute_units=settings.compute_units, warmup=warmup, repeats=repeats,
-                           request_timeout_s=request_timeout, rebuild_runner=rebuild_runner,
-                           trust_wait_s=trust_wait, say=say)
-        if tools.sleep is not None:
-            be.sleep = tools.sleep
-        return be
-
-    if device == "auto":
-        if backend not in ("iphone", "mac"):
-            raise SnapbenchError("--device auto files figures under the attached iPhone's (or this Mac's) own "
-                                 "id: use it with --backend iphone or --backend mac")
-        be = device_backend(backend)
-        be.check()
-        target = be.identify(None)
-        dev = resolve_device(target.device_id)
-        say(f"--device auto -> {dev.id}: {target.label()}")
-    else:
-        dev = resolve_device(device)
-    path = table if table is not None else default_table_path(dev.id, model, tables)
-    existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
-    on_interrupt_keep(f"the packages converted so far (cached) and the rows measured so far; {path} "
-                      "gets estimates only at the end")
-    read_from = path
-    if table is None and not path.is_file():  # start from the shipped table; what is new goes to the user's
-        from snapbench.paths import shipped_table_path
-
-        shipped = shipped_table_path(dev.id, model)
-        if shipped.is_file():
-            existing = LatencyTable.load(shipped)
-            read_from = shipped.resolve()  # where the figures are: the user's path does not exist yet
-    chosen = backend if backend != "auto" else choose_backend("auto", dev, machine=machine, say=say)
-    estimator = tools.estimator or EstimatePricer()
-    pricer: str | DeviceBackend | EstimatePricer = (device_backend(chosen) if chosen in ("iphone", "mac") else
-                                                    estimator if chosen == "estimate" else chosen)
-    from snapbench.latency.document import profile_document  # heavy (torch): imported when used
-    from snapbench.latency.model_latency import ALL_COMPONENTS, profile_model
-
-    measuring = chosen in ("iphone", "mac")
-    run = profile_model(
-        model_source(model, None, variant, subfolder, revision), dev, settings, table=existing, backend=pricer,
-        estimator=estimator,
-        components=tuple(component or ALL_COMPONENTS), import_file=from_file,
-        packages=tools.packages or (ConverterPackages(packages) if packages is not None else None),
-        # measured rows are saved one package at a time: an interrupted or failed run keeps them
-        on_table=(lambda t: merge_into_file(path, t)) if measuring else None, progress=True, say=say,
-    )
-    if run.new_rows:
-        # merged under the table's lock: rows a concurrent run wrote meanwhile (another --weight-bits) stay
-        written = merge_into_file(path, run.table)
-        counts = Counter(r.backend for r in run.new_rows)
-        say(f"{path}: wrote {len(run.new_rows)} row(s) "
-            f"({', '.join(f'{n} {b}' for b, n in sorted(counts.items()))}); {len(written)} in the table")
-    else:
-        say(f"{read_from}: every figure came from the table; nothing to write")
+def show(run: ProfileRun, table_path: str, as_json: bool, app_floor_ms: float | None) -> None:
+    """The run's document on stdout (--json), else its tables."""
     if as_json:
         from snapbench.latency.app_floor import with_floor
+        from snapbench.latency.document import profile_document  # heavy (torch): imported when used
 
-        print_json(with_floor(profile_document(run, table_path=str(path if run.new_rows else read_from)), app_floor_ms))
+        print_json(with_floor(profile_document(run, table_path=table_path), app_floor_ms))
     else:
         render(run, app_floor_ms)
-    report_failures(run)
 
 
 def report_failures(*runs: ProfileRun) -> None:
@@ -224,54 +165,49 @@ def report_failures(*runs: ProfileRun) -> None:
     raise typer.Exit(1)
 
 
-def _profile_farm(tools, source, model: str, devices: list[str], settings: Settings, *, ray_address: str,
-                  backend: str, table: Path | None, tables: Path | None, components: tuple[str, ...],
-                  packages: Path | None, as_json: bool, node, app_floor_ms: float | None) -> None:
+def _profile_farm(tools: ProfileTools, request: ProfileRequest, devs: list[Device | None], *, ray_address: str,
+                  as_json: bool, app_floor_ms: float | None) -> None:
     """`--ray-address`: every --device measured on the farm's nodes, one table per device."""
-    from snapbench.devices.catalog import resolve_device
     from snapbench.latency.farm_profile import profile_on_farm
-    from snapbench.latency.model_latency import ALL_COMPONENTS
-    from snapbench.paths import shipped_table_path
-    from snapbench.profilers.backends import EstimatePricer
-    from snapbench.profilers.farm import node_backend
     from snapbench.latency.packages import ConverterPackages
+    from snapbench.latency.profile_run import check_packages, counts, say_redirect, table_paths
+    from snapbench.profilers.backends import EstimatePricer
+    from snapbench.profilers.farm import NodeSettings, node_backend
 
-    if backend not in ("auto", "iphone", "mac"):
-        raise SnapbenchError(f"--ray-address measures on the farm's phones and Macs: --backend {backend} does not "
+    r, m = request, request.measuring
+    if r.backend not in ("auto", "iphone", "mac"):
+        raise SnapbenchError(f"--ray-address measures on the farm's phones and Macs: --backend {r.backend} does not "
                              "apply (leave it out)")
-    if "auto" in devices:
+    if None in devs:
         raise SnapbenchError("--ray-address needs catalog ids (--device iphone14pro ...), not --device auto")
-    if table is not None and len(devices) > 1:
+    if r.table is not None and len(devs) > 1:
         raise SnapbenchError("--table names one table; a farm run writes one per device under --tables")
-    devs = [resolve_device(d) for d in devices]
-    paths = {d.id: table if table is not None else default_table_path(d.id, model, tables) for d in devs}
-    existing = {}
-    for d in devs:
-        existing[d.id] = LatencyTable.load_or_empty(paths[d.id])  # a corrupt table stops here, untouched
-        shipped = shipped_table_path(d.id, model)
-        if table is None and not paths[d.id].is_file() and shipped.is_file():
-            existing[d.id] = LatencyTable.load(shipped)
+    check_packages(r)
+    farm = [d for d in devs if d is not None]
+    paths = {d.id: table_paths(r, d) for d in farm}
+    existing = {did: LatencyTable.load_or_empty(read) for did, (_, read) in paths.items()}  # corrupt: stops here
+    say_redirect(r, say)  # a farm run measures: it always writes
     on_interrupt_keep("the packages converted so far (cached) and the rows measured so far, in each device's table")
     runs = profile_on_farm(
-        source, devs, settings, address=ray_address, tables=existing, estimator=tools.estimator or EstimatePricer(),
-        components=components or ALL_COMPONENTS,
-        packages=tools.packages or (ConverterPackages(packages) if packages is not None else None),
-        factory=tools.farm_backend or node_backend, node_settings=node,
-        on_table=lambda did, t: merge_into_file(paths[did], t), progress=True, say=say)
-    from snapbench.latency.document import profile_document
-
+        r.source, farm, r.settings, address=ray_address, tables=existing, estimator=tools.estimator or EstimatePricer(),
+        components=r.components,
+        packages=tools.packages or (ConverterPackages(r.packages) if r.packages is not None else None),
+        factory=tools.farm_backend or node_backend,
+        node_settings=NodeSettings(compute_units=r.settings.compute_units, warmup=m.warmup, repeats=m.repeats,
+                                   request_timeout_s=m.request_timeout_s, team_id=m.team_id, bundle_id=m.bundle_id),
+        on_table=lambda did, t: merge_into_file(paths[did][0], t), progress=True, say=say)
     docs = []
     for run in runs:
-        written = merge_into_file(paths[run.device.id], run.table)
-        counts = Counter(r.backend for r in run.new_rows)
-        say(f"{paths[run.device.id]}: wrote {len(run.new_rows)} row(s) "
-            f"({', '.join(f'{n} {b}' for b, n in sorted(counts.items())) or 'none new'}); {len(written)} in the "
+        path = paths[run.device.id][0]
+        written = merge_into_file(path, run.table)
+        say(f"{path}: wrote {len(run.new_rows)} row(s) ({counts(run) or 'none new'}); {len(written)} in the "
             f"table; measured on {len(run.farm_nodes)} node(s), {run.retried} package(s) sent again after a node "
             "went away")
         if as_json:
             from snapbench.latency.app_floor import with_floor
+            from snapbench.latency.document import profile_document
 
-            docs.append(with_floor(profile_document(run, table_path=str(paths[run.device.id])), app_floor_ms))
+            docs.append(with_floor(profile_document(run, table_path=str(path)), app_floor_ms))
         else:
             render(run, app_floor_ms)
     if as_json:

@@ -11,6 +11,7 @@ from rich.text import Text
 from snapbench.settings import ATTENTIONS, BACKEND_CHOICES, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS, check_choice
 from snapbench.commands.common import err
 from snapbench.errors import SnapbenchError
+from snapbench.report.data import ReportData
 
 BACKENDS = tuple(b for b in BACKEND_CHOICES if b != "import")  # "import" reaches the report through a --table
 DEFAULT_CANDIDATES = ("snapfusion",)
@@ -61,8 +62,8 @@ def report_command(
         check_choice(flag, value, allowed)
     candidates = list(candidate or DEFAULT_CANDIDATES)
     devices = list(device or DEFAULT_DEVICES)
-    from snapbench.report import default_out_path, gather, parse_steps, write_report  # heavy: when used
-    from snapbench.report.write import check_out_path
+    from snapbench.report.gather_data import default_out_path, gather, parse_steps  # heavy: when used
+    from snapbench.report.write import check_out_path, write_report
 
     from snapbench.latency.app_floor import check_floor_ms
 
@@ -80,32 +81,33 @@ def report_command(
                   profiler=ctx.obj if callable(ctx.obj) else None,
                   progress=_once(lambda msg: err.print(msg, markup=False)), app_floor_ms=app_floor_ms)
     html_path, json_path = write_report(data, out_path or default_out_path(data), with_json=as_json)
-    for r in data["results"]:
-        if not r["available"]:
-            err.print(Text.assemble((f"no latency for {r['model']} on {r['device']}:", "yellow"), f" {r['reason']}"))
+    for r in data.results:
+        if not r.available:
+            err.print(Text.assemble((f"no latency for {r.model} on {r.device}:", "yellow"), f" {r.reason}"))
     err.print(headline(data), markup=False, highlight=False, soft_wrap=True)
     typer.echo(str(html_path))  # plain echo: a path is data, not rich markup
     if json_path is not None:
         typer.echo(str(json_path))
 
 
-def headline(data: dict) -> str:
+def headline(data: ReportData) -> str:
     """The report's summary in the terminal, one line per model and device: UNet ms per step, steps,
     seconds per image end to end, speedups against the baseline, and how the figures were made."""
     lines = []
-    for r in data["results"]:
-        if not r["available"]:
-            lines.append(f"{r['model']} on {r['device']}: no latency")
+    for r in data.results:
+        if not r.available:
+            lines.append(f"{r.model} on {r.device}: no latency")
             continue
-        unet = r["components"].get("unet", {}).get("ms")
-        budget = r.get("budget")
-        parts = [f"UNet {unet:.1f} ms/step" if unet is not None else "UNet -", f"{r['steps']} steps",
-                 f"{budget['total_s']:.2f} s per image" if budget else "no end-to-end figure"]
-        if r.get("speedup_e2e"):
-            parts.append(f"{r['speedup_e2e']:.1f}x end to end")
-        if r.get("speedup_unet_step"):
-            parts.append(f"{r['speedup_unet_step']:.1f}x per UNet step")
-        lines.append(f"{r['model']} on {r['device']}: {', '.join(parts)} ({'+'.join(r['labels']) or 'unlabelled'})")
+        got = r.components.get("unet")
+        unet = got.ms if got is not None else None
+        budget = r.budget
+        parts = [f"UNet {unet:.1f} ms/step" if unet is not None else "UNet -", f"{r.steps} steps",
+                 f"{budget.total_s:.2f} s per image" if budget else "no end-to-end figure"]
+        if r.speedup_e2e:
+            parts.append(f"{r.speedup_e2e:.1f}x end to end")
+        if r.speedup_unet_step:
+            parts.append(f"{r.speedup_unet_step:.1f}x per UNet step")
+        lines.append(f"{r.model} on {r.device}: {', '.join(parts)} ({'+'.join(r.labels) or 'unlabelled'})")
     return "\n".join(lines)
 
 

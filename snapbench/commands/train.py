@@ -35,7 +35,7 @@ def train_command(
 
     from snapbench.errors import SnapbenchError
     from snapbench.evolution.robust_training import SkipProbabilities, TrainConfig, train
-    from snapbench.evolution.toy_digits import TOY_PRESET
+    from snapbench.training.toy_digits import TOY_PRESET
 
     if prediction_type not in (None, "epsilon", "v_prediction"):
         raise SnapbenchError(f"--prediction-type {prediction_type!r}: choose epsilon or v_prediction")

@@ -21,7 +21,7 @@ from snapbench.converters.options import ConvertOptions
 CONVERTER_FORMAT = 1
 
 
-def _digest(payload: Any, size: int = 16) -> str:
+def _digest(payload: object, size: int = 16) -> str:
     text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.blake2b(text.encode(), digest_size=size).hexdigest()
 
@@ -42,8 +42,8 @@ def weights_hash(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def file_stat_fingerprint(paths: list[Path]) -> list[list[Any]]:
-    out = []
+def file_stat_fingerprint(paths: list[Path]) -> list[list[str | int]]:
+    out: list[list[str | int]] = []
     for p in sorted(paths):
         st = p.stat()
         out.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
@@ -55,5 +55,6 @@ def source_fingerprint(spec: Mapping[str, Any], weight_files: list[Path], seed: 
     (path, size, mtime) or, for seeded random weights, the seed and torch version that drew them.
     A deploy-mode re-run with the same fingerprint reuses the per-block weights hashes in the manifest
     instead of building the model to hash it again (seconds for SD-v1.5)."""
-    weights: Any = file_stat_fingerprint(weight_files) if weight_files else {"random_seed": seed, "torch": torch_version}
+    weights: list[list[str | int]] | dict[str, int | str] = (
+        file_stat_fingerprint(weight_files) if weight_files else {"random_seed": seed, "torch": torch_version})
     return _digest({"spec": dict(spec), "weights": weights})

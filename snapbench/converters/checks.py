@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ def check_reloaded(path: Path, io: "PackageIO") -> "PackageIO":
                      io.int_inputs, io.dtypes)
 
 
-def _fmt(items: Any) -> str:
+def _fmt(items: Sequence[tuple[str, tuple[int, ...] | None]]) -> str:
     return ", ".join(f"{n}{list(s) if s is not None else ''}" for n, s in items)
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from snapbench.converters.package_io import PackageIO
 from snapbench.converters.cache import file_stat_fingerprint
-from snapbench.converters.convert_blocks import ConvertResult, load_source
+from snapbench.converters.result import ConvertResult
 from snapbench.converters.options import COMPONENTS, ConvertOptions
 from snapbench.converters.whole_model import SingleModel, convert_single
 from snapbench.choices import check_choice
@@ -116,17 +116,25 @@ def part_weights(folder: Path, preferred: str | None, stem: str) -> PartWeights:
     return PartWeights(folder, variant, files)
 
 
-def load_text_encoder(w: PartWeights) -> nn.Module:
-    """A CLIPTextModel in fp32 whatever the checkpoint's dtype: transformers would otherwise load a config
-    saying "dtype": "float16" in fp16, and the trace's fp16 layer norm then meets coremltools' fp32 epsilon.
-    The package's precision is ConvertOptions.precision's business, not the checkpoint's."""
+def load_text_encoder(w: PartWeights, cls: Any = None) -> nn.Module:
+    """A CLIPTextModel (or `cls`: SDXL's second encoder is a CLIPTextModelWithProjection) in fp32 whatever
+    the checkpoint's dtype: transformers would otherwise load a config saying "dtype": "float16" in fp16,
+    and the trace's fp16 layer norm then meets coremltools' fp32 epsilon. The package's precision is
+    ConvertOptions.precision's business, not the checkpoint's."""
     from transformers import CLIPTextModel
 
+    cls = cls or CLIPTextModel
     try:
-        return CLIPTextModel.from_pretrained(w.folder, local_files_only=True, use_safetensors=True, variant=w.variant,
-                                             dtype=torch.float32, attn_implementation="eager")
+        return cls.from_pretrained(w.folder, local_files_only=True, use_safetensors=True, variant=w.variant,
+                                   dtype=torch.float32, attn_implementation="eager")
     except (OSError, ValueError) as e:
-        raise SnapbenchError(f"{w.folder}: cannot load a CLIPTextModel ({e})") from None
+        raise SnapbenchError(f"{w.folder}: cannot load a {cls.__name__} ({e})") from None
+
+
+def text_context_dim(source: ModelSource) -> int:
+    """The UNet's context width (cross_attention_dim; the first stage's when given per stage)."""
+    ctx = source.spec.base_config.get("cross_attention_dim", 768)
+    return int(ctx[0] if isinstance(ctx, (list, tuple)) else ctx)
 
 
 def load_vae(w: PartWeights) -> nn.Module:
@@ -198,12 +206,11 @@ def _meta_params(make) -> int:
 def text_encoder_single(source: ModelSource, opts: ConvertOptions, weights: str | os.PathLike | None) -> SingleModel:
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    ctx = source.spec.base_config.get("cross_attention_dim", 768)
-    ctx = ctx[0] if isinstance(ctx, (list, tuple)) else ctx
+    ctx = text_context_dim(source)
     pooled = text_embeds_dim(source.spec.base_config)
     if pooled is not None:
-        return _dual_text_encoder_single(source, opts, weights, int(ctx), pooled)
-    title, cfg = text_encoder_config(int(ctx))
+        return _dual_text_encoder_single(source, opts, weights, ctx, pooled)
+    title, cfg = text_encoder_config(ctx)
     folder = _part_folder(weights, "text_encoder")
     if opts.tokens > cfg["max_position_embeddings"]:
         raise SnapbenchError(f"--tokens {opts.tokens}: the text encoder takes at most {cfg['max_position_embeddings']}")
@@ -288,17 +295,16 @@ def _read(w: PartWeights | None) -> dict[str, Any]:
     return {"read": w.describe()} if w is not None else {}
 
 
-def convert_component(component: str, out_dir: str | os.PathLike, opts: ConvertOptions = ConvertOptions(), *,
-                      model: str | os.PathLike | ModelSource = "sd15", weights: str | os.PathLike | None = None,
-                      progress: bool = True) -> ConvertResult:
-    """Convert one pipeline part of `model` (its UNet config decides the text encoder and VAE)."""
+def convert_component(component: str, source: ModelSource, out_dir: Path, opts: ConvertOptions = ConvertOptions(),
+                      *, weights: Path | None = None, progress: bool = True) -> ConvertResult:
+    """Convert one pipeline part of `source` (its UNet config decides the text encoder and VAE; `weights`:
+    their folder, or a pipeline folder holding them). Called through `converters.entry.convert`."""
     check_choice("--component", component, COMPONENTS)
     if opts.chunks != 1 and component != "unet":
         raise SnapbenchError("--chunks applies to the UNet only (--whole or --component unet)")
     if component == "unet":
         from snapbench.converters.whole_unet import convert_whole_unet
 
-        return convert_whole_unet(model, out_dir, opts, weights=weights, progress=progress)
-    source = load_source(model, None)
+        return convert_whole_unet(source, out_dir, opts, progress=progress)
     make = text_encoder_single if component == "text_encoder" else vae_decoder_single
     return convert_single(make(source, opts, weights), out_dir, opts, progress=progress)

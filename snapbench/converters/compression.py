@@ -33,6 +33,12 @@ from snapbench.converters.runtime import coremltools
 
 def compression_info(opts: ConvertOptions) -> dict[str, Any]:
     """What the manifest records about compression (also part of the cache key via the options)."""
+    if opts.recipe:
+        widths: dict[str, int] = {}
+        for _, bits in opts.recipe:
+            widths[str(bits)] = widths.get(str(bits), 0) + 1
+        return {"weight_bits": "mixed", "method": "palettization", "mode": "kmeans_histogram",
+                "granularity": "per_tensor", "recipe": opts.recipe_digest, "layers_by_bits": widths}
     if opts.weight_bits == 16:
         return {"weight_bits": 16, "method": "none" if opts.precision == "fp16" else "fp32"}
     if opts.weight_bits == 8:
@@ -42,8 +48,13 @@ def compression_info(opts: ConvertOptions) -> dict[str, Any]:
             "granularity": "per_tensor"}
 
 
-def compress(mlmodel: Any, opts: ConvertOptions) -> Any:
-    """The compressed model (a new MLModel), or the same one for 16 bits."""
+def compress(mlmodel: Any, opts: ConvertOptions, recipe_bits: Any = None) -> Any:
+    """The compressed model (a new MLModel), or the same one for 16 bits. With a recipe (opts.recipe),
+    `recipe_bits` ({fingerprint: (bits, layer)}, mixed_bit.unit_bits) says which weight gets which table."""
+    if opts.recipe:
+        from snapbench.converters.mixed_bit import compress_mixed
+
+        return compress_mixed(mlmodel, recipe_bits or {})
     if opts.weight_bits == 16:
         return mlmodel
     ct = coremltools()

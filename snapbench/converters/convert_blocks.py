@@ -10,14 +10,14 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from snapbench.backbones import backbone_for
 from snapbench.blocks.cut import CutBlock, InputShapes
+from snapbench.blocks.signature import Signature
 from snapbench.converters import workers
 from snapbench.converters.package_io import PackageIO
 from snapbench.converters.convert_package import is_complete_package, package_files, remove_tree
@@ -27,9 +27,10 @@ from snapbench.converters.compression import compression_info
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.progress import reporter
+from snapbench.converters.result import ConvertResult
 from snapbench.versions import tool_versions
 from snapbench.interrupts import stop_pool
-from snapbench.model.loading import ModelSource, resolve_model
+from snapbench.model.loading import ModelSource
 
 
 # Below this much work (test-sized models) a pool's start-up (each worker imports torch, diffusers and
@@ -37,30 +38,7 @@ from snapbench.model.loading import ModelSource, resolve_model
 SMALL_WORK_MACS = 10_000_000_000
 
 
-@dataclass
-class ConvertResult:
-    manifest: Manifest
-    converted: list[str] = field(default_factory=list)  # block ids whose package was made in this run
-    reused: list[str] = field(default_factory=list)  # block ids whose package came from the cache
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (block id, error)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"converted": self.converted, "reused": self.reused,
-                "failed": [{"block": b, "error": e} for b, e in self.failed],
-                "manifest": self.manifest.to_dict()}
-
-
 # -- the model and its blocks ---------------------------------------------------------------------------
-
-
-def load_source(model: str | os.PathLike | ModelSource, weights: str | os.PathLike | None = None) -> ModelSource:
-    if isinstance(model, ModelSource):
-        return model
-    return resolve_model(model, weights=weights)
 
 
 def build_checked(source: ModelSource, *, device: str, seed: int = 0):
@@ -106,6 +84,7 @@ class _Package:
 
     key: str
     owner: CutBlock
+    signature: Signature  # the owner's: only blocks that run get a package
     blocks: list[CutBlock]
     name: str
     weights_hash: str | None = None
@@ -116,16 +95,17 @@ def _plan(blocks: list[CutBlock], opts: ConvertOptions, versions: dict[str, str]
           hashes: dict[str, str]) -> list[_Package]:
     packages: dict[str, _Package] = {}
     for b in blocks:
-        if b.signature is None:
+        sig = b.signature
+        if sig is None:
             continue
-        what: dict[str, Any] = {"signature": b.signature.key()}
+        what: dict[str, Any] = {"signature": sig.key()}
         if opts.mode == "deploy":
             what.update(block=b.unit.file_id, weights=hashes[b.unit.file_id])
         key = cache_key(what, opts, versions)
         if key in packages:
             packages[key].blocks.append(b)
         else:
-            packages[key] = _Package(key, b, [b], f"{b.unit.file_id}.mlpackage",
+            packages[key] = _Package(key, b, sig, [b], f"{b.unit.file_id}.mlpackage",
                                      hashes.get(b.unit.file_id) if opts.mode == "deploy" else None)
     return list(packages.values())
 
@@ -193,14 +173,13 @@ def _run_tasks(tasks: list[workers.BlockTask], source: ModelSource, opts: Conver
             raise
 
 
-def convert_model(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLike,
-                  opts: ConvertOptions = ConvertOptions(), *, weights: str | os.PathLike | None = None,
+def convert_model(source: ModelSource, out_dir: Path, opts: ConvertOptions = ConvertOptions(), *,
                   progress: bool = True) -> ConvertResult:
-    """Convert every block of `model` into `out_dir` (one .mlpackage per block or signature + manifest.json)."""
+    """Convert every block of a UNet into `out_dir` (one .mlpackage per block or signature + manifest.json).
+    Called through `converters.entry.convert` (the backbone's `convert_blocks`)."""
     if opts.check:
         require_prediction()
     folder = Path(out_dir)
-    source = load_source(model, weights)
     versions = tool_versions()
     fingerprint = source_fingerprint(source.spec.to_dict(), weight_files(source), opts.seed, versions["torch"])
     run_key = cache_key({"source": fingerprint, "attention": opts.attention, "latent": opts.latent,
@@ -216,8 +195,7 @@ def convert_model(model: str | os.PathLike | ModelSource, out_dir: str | os.Path
     real = None
     hashes: dict[str, str] = {}
     if opts.mode == "deploy":
-        reuse_hashes = previous is not None and previous.source_fingerprint == fingerprint
-        if reuse_hashes:
+        if previous is not None and previous.source_fingerprint == fingerprint:
             hashes = {b.file_id: b.weights_hash for b in previous.blocks if b.weights_hash}
         if any(b.signature is not None and b.unit.file_id not in hashes for b in blocks):
             real = build_checked(source, device="cpu", seed=opts.seed)
@@ -304,8 +282,8 @@ def _task(p: _Package, folder: Path, source: ModelSource, opts: ConvertOptions,
         weights = {k: v.detach().cpu().numpy() for k, v in unit.state_dict().items()}
     shared = ",".join(x.unit.file_id for x in p.blocks)
     metadata = {
-        "block": b.block_id, "blocks": shared, "stage": b.unit.slot.stage, "signature": b.signature.key(),
-        "signature_digest": b.signature.digest(), "mode": opts.mode, "model": source.ref,
+        "block": b.block_id, "blocks": shared, "stage": b.unit.slot.stage, "signature": p.signature.key(),
+        "signature_digest": p.signature.digest(), "mode": opts.mode, "model": source.ref,
         "spec": source.spec.name, "version": tool_versions()["snapbench"], "cache_key": p.key,
         "attention": opts.attention if b.kind == "CA" else "-", "weight_bits": opts.weight_bits,
         "target": opts.target,

@@ -116,7 +116,7 @@ def save_checked(mlmodel: Any, dest: Path, io: PackageIO) -> PackageIO:
 def convert_module(module: torch.nn.Module, io: PackageIO, opts: ConvertOptions, dest: Path, *,
                    metadata: Mapping[str, Any], description: str,
                    inputs: tuple[torch.Tensor, ...] | None = None, release: bool = False,
-                   skip_passes: tuple[str, ...] = ()) -> PackageResult:
+                   skip_passes: tuple[str, ...] = (), recipe_bits: Any = None) -> PackageResult:
     """`release`: empty the module's tensors in place once Core ML has its own copy of the weights, so that
     compressing and saving a big part (a UNet chunk) never holds both; the module is unusable afterwards."""
     start = time.perf_counter()
@@ -133,7 +133,7 @@ def convert_module(module: torch.nn.Module, io: PackageIO, opts: ConvertOptions,
                 t.set_()  # frees the storage for every reference to this tensor, the caller's too
     timings["convert"] = time.perf_counter() - start - sum(timings.values())
     with conversion_context():  # compression runs MIL pass pipelines too: keep their tqdm bars off
-        mlmodel = compress(mlmodel, opts)
+        mlmodel = compress(mlmodel, opts, recipe_bits)
     bad = nonfinite_weights(mlmodel)
     if bad:
         raise ValueError(f"weights hold NaN or inf after conversion ({len(bad)} constant(s), e.g. {bad[0]}); "

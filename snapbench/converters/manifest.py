@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from snapbench.atomic import atomic_write_text
+from snapbench.converters.package_io import TensorEntry
 from snapbench.paths import choose_another
 from snapbench.errors import SnapbenchError
 from snapbench.names import safe_file_name
@@ -41,8 +42,8 @@ class ManifestBlock:
     signature: str | None  # None: removed with nothing left to run
     signature_digest: str | None
     package: str | None  # relative path of the .mlpackage; None: not converted (no compute, pending, failed)
-    inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
+    inputs: list[TensorEntry]
+    outputs: list[TensorEntry]
     params: int
     macs: int
     macs_no_attention: int

@@ -43,6 +43,8 @@ class ConvertOptions:
     check: bool = False  # also run each package against PyTorch (macOS only)
     chunks: int = 1  # whole UNet only: 2 = two packages (Apple's iOS split)
     seed: int = 0  # random weights (presets without a checkpoint, and every profile-mode package)
+    # mixed-bit palettization (mixed_bit.py): (layer, bits) pairs, sorted; empty: --weight-bits for all
+    recipe: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         check_choice("--mode", self.mode, MODES)
@@ -58,6 +60,11 @@ class ConvertOptions:
                 raise SnapbenchError(f"--{name} must be a positive integer, got {v!r}")
         if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):
             raise SnapbenchError(f"--jobs must be a positive integer, got {self.jobs!r}")
+        if self.recipe and self.mode != "deploy":
+            raise SnapbenchError("--recipe compresses each block's real weights: it needs --mode deploy")
+        if self.recipe and (self.weight_bits != 16 or self.precision != "fp16"):
+            raise SnapbenchError("--recipe gives each layer its bit width; leave --weight-bits at 16 and --precision "
+                                 "at fp16 (a recipe's 16 means fp16)")
         if self.chunks not in (1, 2):
             raise SnapbenchError(f"--chunks must be 1 or 2 (coremltools bisects a model in two), got {self.chunks!r}")
 
@@ -80,16 +87,28 @@ class ConvertOptions:
     @property
     def palettization(self) -> str | None:
         """How 6- and 4-bit weights are clustered (see compression.py for why it depends on the mode)."""
+        if self.recipe:
+            return "kmeans_histogram"
         if self.weight_bits >= 8:
             return None
         return "uniform" if self.mode == "profile" else "kmeans_histogram"  # see palette.py
 
     def cache_fields(self) -> dict[str, Any]:
         """The options that change a package's bytes: part of every cache key (jobs and check do not)."""
-        return {"mode": self.mode, "weight_bits": self.weight_bits, "palettization": self.palettization,
-                "target": self.target, "precision": self.precision, "seed": self.seed}
+        fields = {"mode": self.mode, "weight_bits": self.weight_bits, "palettization": self.palettization,
+                  "target": self.target, "precision": self.precision, "seed": self.seed}
+        if self.recipe:  # only then: keys of packages without one stay as they were
+            fields["recipe"] = self.recipe_digest
+        return fields
+
+    @property
+    def recipe_digest(self) -> str | None:
+        from snapbench.converters.mixed_bit import recipe_digest
+
+        return recipe_digest(self.recipe) if self.recipe else None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["palettization"] = self.palettization
+        d["recipe"] = self.recipe_digest  # the digest; the layers are in the recipe file
         return d

@@ -4,10 +4,21 @@ converting (convert_package.py) and checking (checks.py) both use it without imp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:  # typing has it from 3.11; the annotation is never evaluated (postponed annotations)
+    from typing_extensions import NotRequired
 
 Shape = tuple[int, ...]
 DTYPES = ("float32", "float16", "int32")  # what a package may declare for a tensor (Core ML's names, lower case)
+
+
+class TensorEntry(TypedDict):
+    """One input or output as the manifest records it."""
+
+    name: str
+    shape: list[int] | None  # None: an output whose shape is not known before conversion
+    dtype: NotRequired[str]  # only when pinned (PackageIO.dtypes)
 
 
 @dataclass(frozen=True)
@@ -26,9 +37,9 @@ class PackageIO:
             return "int32"
         return dict(self.dtypes).get(name)
 
-    def to_dict(self) -> dict[str, Any]:
-        def entry(n: str, s: Shape | None) -> dict[str, Any]:
-            d: dict[str, Any] = {"name": n, "shape": list(s) if s is not None else None}
+    def to_dict(self) -> dict[str, list[TensorEntry]]:
+        def entry(n: str, s: Shape | None) -> TensorEntry:
+            d: TensorEntry = {"name": n, "shape": list(s) if s is not None else None}
             if dict(self.dtypes).get(n):  # only pinned ones: unpinned interfaces keep their cache keys
                 d["dtype"] = dict(self.dtypes)[n]
             return d

@@ -1,10 +1,11 @@
 """`convert --pipeline`: a whole Stable-Diffusion pipeline, ready for Apple's Swift `StableDiffusion` package.
 
-    from snapbench.converters.pipeline import convert_pipeline
-    result = convert_pipeline("sd15", "build/sd15-app", ConvertOptions(attention="split_einsum_v2", chunks=2))
+    from snapbench.converters.entry import ConvertRequest, convert
+    result = convert(ConvertRequest(resolve_model("sd15"), Path("build/sd15-app"),
+                                    ConvertOptions(attention="split_einsum_v2", chunks=2), "pipeline"))
 
-One folder: TextEncoder / Unet (or UnetChunk1 + UnetChunk2) / VAEDecoder [/ VAEEncoder] .mlpackage, the
-tokenizer files, manifest.json. Parts are converted one after another in this process, each built with
+One folder: TextEncoder [/ TextEncoder2: SDXL-class UNets] / Unet (or UnetChunk1 + UnetChunk2) / VAEDecoder
+[/ VAEEncoder] .mlpackage, the tokenizer files, manifest.json. Parts are converted one after another in this process, each built with
 only its own weights and freed before the next, so the peak is one part (one UNet chunk), not the model.
 Each package has a cache key (its weights fingerprint, interface, options, tool versions); a package whose
 key is already in the folder is kept, so a re-run converts only what changed and a killed run resumes.
@@ -19,13 +20,13 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
 from snapbench.converters.app_parts import (
-    TOKENIZER_FILES, AppPart, ModelFolder, check_tokenizer, model_folder, text_encoder_part, text_encoder_vocab,
-    vae_decoder_part, vae_encoder_part,
+    TOKENIZER_FILES, AppPart, ModelFolder, check_tokenizer, model_folder, text_encoder_part, vae_decoder_part,
+    vae_encoder_part, xl_text_encoder_parts,
 )
 from snapbench.converters.convert_package import (
     convert_module, is_complete_package, package_bytes, package_files, remove_tree,
@@ -33,11 +34,11 @@ from snapbench.converters.convert_package import (
 from snapbench.converters.cache import cache_key, source_fingerprint
 from snapbench.converters.checks import require_prediction
 from snapbench.converters.compression import compression_info
-from snapbench.converters.convert_blocks import ConvertResult, _stamped_key, cut, load_source, weight_files
+from snapbench.converters.convert_blocks import _stamped_key, cut, weight_files
+from snapbench.converters.result import ConvertResult
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
-from snapbench.converters.swift_interface import with_swift_dtypes
-from snapbench.specs.layout import text_embeds_dim
+from snapbench.converters.swift_interface import XL_FAMILY, family_for, with_swift_dtypes
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.model.loading import ModelSource
 from snapbench.versions import tool_versions
@@ -53,22 +54,13 @@ DISK_MARGIN = 1.15  # model.mil, metadata and palettes on top of the weights, an
 UNET_SKIPPED_PASSES = ("common::reduce_transposes",)
 
 
-@dataclass
-class PipelineResult(ConvertResult):
-    missing: list[str] = field(default_factory=list)  # parts the model folder lacks (converted: the rest)
-    compiled: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "missing": self.missing, "compiled": self.compiled, "notes": self.notes}
-
-
 # -- the parts ----------------------------------------------------------------------------------------------
 
 
 def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
     from snapbench.converters.convert_package import example_inputs
     from snapbench.converters.unet_chunks import at_batch_one, build_chunk, chunk_identity, plan_chunks, trace_scale
+    from snapbench.converters.whole_unet import added_inputs
 
     meta, blocks = cut(source, opts)
     cfg = meta.config
@@ -76,7 +68,8 @@ def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
     closes = meta.closes_skip
     sample = (opts.batch, cfg.in_channels, opts.latent, opts.latent)
     plans = plan_chunks(blocks, closes, opts.chunks, batch=opts.batch, sample=sample, context_dim=int(ctx),
-                        tokens=opts.tokens)
+                        tokens=opts.tokens, added=added_inputs(cfg, opts.batch))
+    family = family_for(source.spec.base_config)
     versions = tool_versions()
     weights = source_fingerprint(source.spec.to_dict(), weight_files(source), opts.seed, versions["torch"])
     read = {"read": unet_weights_read(source)} if source.weights_dir is not None else {}
@@ -92,7 +85,7 @@ def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
 
         what = "UNet" if plan.index == 0 else f"UNet chunk {plan.index} of 2"
         parts.append(AppPart(
-            plan.name, "unet", f"{what} of {source.spec.name}", with_swift_dtypes(plan.io, plan.name),
+            plan.name, "unet", f"{what} of {source.spec.name}", with_swift_dtypes(plan.io, plan.name, family),
             {"spec": source.spec.to_dict(), "weights": weights, "attention": opts.attention,
              **chunk_identity(blocks, plan), **read},
             sum(b.params for b in blocks[plan.start:plan.end]), build, inputs))
@@ -121,18 +114,17 @@ def weights_note(parts: list[AppPart]) -> str | None:
 
 
 def plan_parts(source: ModelSource, opts: ConvertOptions, folder: ModelFolder, *, vae_encoder: bool) -> list[AppPart]:
-    if text_embeds_dim(source.spec.base_config) is not None:
-        raise SnapbenchError(f"{source.ref}: --pipeline for SDXL-class UNets (text_time conditioning) is not built yet "
-                             "(Apple's SDXL layout needs TextEncoder2 and the Unet's text_embeds / time_ids); convert "
-                             "per block, --whole, or one --component")
+    family = family_for(source.spec.base_config)
     parts: list[AppPart] = []
-    if folder.root is None or folder.text_encoder is not None:
+    if family == XL_FAMILY:  # Apple's SDXL layout: TextEncoder + TextEncoder2, the Unet's text_embeds / time_ids
+        parts += xl_text_encoder_parts(source, opts, folder)
+    elif folder.root is None or folder.text_encoder is not None:
         parts.append(text_encoder_part(source, opts, folder))
     parts += unet_parts(source, opts)
     if folder.root is None or folder.vae is not None:
-        parts.append(vae_decoder_part(source, opts, folder))
+        parts.append(vae_decoder_part(source, opts, folder, family))
         if vae_encoder:
-            parts.append(vae_encoder_part(source, opts, folder))
+            parts.append(vae_encoder_part(source, opts, folder, family))
     return parts
 
 
@@ -259,9 +251,11 @@ class _FirstOutput:
         return out[0] if isinstance(out, tuple) else out
 
 
-def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLike,
-                     opts: ConvertOptions = ConvertOptions(), *, weights: str | os.PathLike | None = None,
-                     vae_encoder: bool = False, compile: bool = False, progress: bool = True) -> PipelineResult:
+def convert_pipeline(source: ModelSource, out_dir: Path, opts: ConvertOptions = ConvertOptions(), *,
+                     weights: Path | None = None, vae_encoder: bool = False, compile: bool = False,
+                     progress: bool = True) -> ConvertResult:
+    """The app's parts (`weights`: a pipeline folder for the text encoder, VAE and tokenizer; else the
+    source's folder when it is one). Called through `converters.entry.convert`."""
     if compile:
         require_compile()
     if opts.check:
@@ -269,12 +263,11 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
     # Packages people ship: real weights, k-means palettes for 6 / 4 bits (see compression.py)
     opts = replace(opts, mode="deploy")
     folder = Path(out_dir)
-    source = load_source(model, weights)
-    parts_folder = model_folder(model, weights)
+    parts_folder = model_folder(source, weights, xl=family_for(source.spec.base_config) == XL_FAMILY)
     parts = plan_parts(source, opts, parts_folder, vae_encoder=vae_encoder)
-    te = next((p for p in parts if p.kind == "text_encoder"), None)
-    if te is not None:
-        check_tokenizer(parts_folder, text_encoder_vocab(parts_folder, int(te.identity["config"]["vocab_size"])))
+    for te in parts:  # SDXL: one tokenizer serves both encoders (StableDiffusionXL+Resources.swift)
+        if te.vocab is not None:
+            check_tokenizer(parts_folder, te.vocab)
     versions = tool_versions()
     keys = {p.name: cache_key({"part": p.name, "identity": p.identity, "io": p.io.to_dict()}, opts, versions)
             for p in parts}
@@ -301,7 +294,7 @@ def convert_pipeline(model: str | os.PathLike | ModelSource, out_dir: str | os.P
         run_key=cache_key({"parts": keys}, opts, versions), created_at=previous.created_at if previous else "",
         folder=folder, missing=parts_folder.missing(),
     )
-    result = PipelineResult(manifest, missing=parts_folder.missing())
+    result = ConvertResult(manifest, missing=parts_folder.missing())
     note = weights_note(parts)
     if note:
         result.notes.append(note)

@@ -9,6 +9,11 @@ other warning and every error still reaches the user.
 - "Saving value type of int64 into a builtin type of int32": shape constants, always small.
 - "Tuple detected at graph output": a module returning several tensors (app pipeline chunks, the text
   encoder); each gets the output name given to ct.convert.
+
+During a conversion (`conversion_context`), coremltools' "ERROR - converting 'op' op (located at ...)"
+record is not printed: coremltools logs it and re-raises the exception, which reaches snapbench, whose
+caller reports the failure in its own line. The op and its location go onto the exception as a note
+(shown with a traceback, kept for a bug report). Only that record, only inside a conversion.
 """
 
 from __future__ import annotations
@@ -48,6 +53,24 @@ def _install_filters() -> None:
     for h in handlers:
         if not any(isinstance(x, _HarmlessFilter) for x in h.filters):
             h.addFilter(_HarmlessFilter())
+
+
+_CONVERTING_ERROR = "\n\nERROR - converting "  # coremltools' torch frontend, just before it re-raises
+
+
+class _ConvertingErrors(logging.Filter):
+    """Keeps coremltools' converting-error records out of the output; remembers the last one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text.startswith(_CONVERTING_ERROR):
+            self.last = text.strip()
+            return False
+        return True
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,11 +120,11 @@ def _validated_once(apply_pipeline: Any) -> Any:
     @functools.wraps(apply_pipeline)
     def apply(prog: Any, pass_pipeline: Any) -> None:
         original = Program.validate
-        Program.validate = lambda self, *a, **k: None  # type: ignore[method-assign]
+        Program.validate = lambda self, *a, **k: None
         try:
             apply_pipeline(prog, pass_pipeline)
         finally:
-            Program.validate = original  # type: ignore[method-assign]
+            Program.validate = original
         prog.validate(check_essential_scope="common::dead_code_elimination" in pass_pipeline.passes)
 
     return apply
@@ -129,12 +152,20 @@ def conversion_context() -> Iterator[None]:
         manager.apply_pipeline = staticmethod(_validated_once(original_apply.__func__))
     for (mod, name), bar in zip(bar_owners, original_bars):
         setattr(mod, name, functools.partial(bar, disable=True))
+    errors = _ConvertingErrors()
+    ct_logger = logging.getLogger("coremltools")
+    ct_logger.addFilter(errors)
     try:
         with warnings.catch_warnings():
             # fp32 attention masks at float32's minimum become fp16 -inf, as intended (causal masks)
             warnings.filterwarnings("ignore", message="overflow encountered in cast", category=RuntimeWarning)
             yield
+    except Exception as e:
+        if errors.last:
+            e.add_note(f"coremltools: {errors.last}")
+        raise
     finally:
+        ct_logger.removeFilter(errors)
         FP16ComputePrecision.fp16_overflow = original_check
         manager.apply_pipeline = original_apply
         for (mod, name), bar in zip(bar_owners, original_bars):

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 TABLE_FILE = Path(__file__).with_name("swift_interface.json")
 DEFAULT_FAMILY = "sd"
+XL_FAMILY = "sdxl"  # SDXL-class UNets (text_time conditioning): TextEncoder2, text_embeds, time_ids
 _DIM = re.compile(r"^(\d*)([A-Za-z]\w*)?$")
 
 
@@ -53,6 +54,18 @@ class PackageRules:
 
     def rule(self, name: str, *, output: bool) -> TensorRule | None:
         return next((r for r in (self.outputs if output else self.inputs) if r.matches(name)), None)
+
+
+def family_for(config: Any) -> str:
+    """The table's model family for a UNet config (an arch spec's base_config): sdxl for text_time UNets."""
+    from snapbench.specs.layout import text_embeds_dim
+
+    return XL_FAMILY if text_embeds_dim(config) is not None else DEFAULT_FAMILY
+
+
+def folder_family(*folders: str | Path) -> str:
+    """The family of converted pipeline folders: sdxl when one holds a TextEncoder2 package."""
+    return XL_FAMILY if any((Path(f) / "TextEncoder2.mlpackage").is_dir() for f in folders) else DEFAULT_FAMILY
 
 
 @functools.lru_cache(maxsize=1)
@@ -201,10 +214,11 @@ def _fmt_tensors(tensors: tuple[Tensor, ...], rules: tuple[TensorRule, ...]) -> 
     return ", ".join(parts)
 
 
-def interface_markdown(*folders: str | Path, family: str = DEFAULT_FAMILY) -> str:
+def interface_markdown(*folders: str | Path, family: str | None = None) -> str:
     """The README's table for the packages in `folders` (each package from the first folder that has it):
     names and dtypes as read from each package, shapes in the table's symbols after checking that each
-    package's shapes fit them (raises ValueError if not)."""
+    package's shapes fit them (raises ValueError if not). Family: from the folders unless given."""
+    family = family or folder_family(*folders)
     table = family_rules(family)
     rows = ["| package | inputs | outputs |", "|---|---|---|"]
     sizes: dict[str, int] = {}

@@ -121,9 +121,10 @@ class UNetChunk(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> Any:
         added: list[torch.Tensor] = []
+        timestep: torch.Tensor | None = None
+        temb: torch.Tensor | None = None
         if self.first:
             hidden, timestep, ehs, *added = inputs
-            temb = None
             skips: list[torch.Tensor] = []
         else:
             hidden, temb, *rest = inputs
@@ -131,22 +132,29 @@ class UNetChunk(nn.Module):
         # The ANE attention reads (B, C, 1, S) as it is; diffusers' own attention wants (B, S, C).
         context = ehs if self.ane_layout else ehs.squeeze(2).transpose(1, 2)
         for unit, closes in zip(self.blocks, self.closes_skip):
-            if isinstance(unit, TimeEmbeddingUnit):
-                temb = unit(timestep)
-            elif isinstance(unit, TextTimeEmbeddingUnit):
-                temb = unit(temb, *added)
-            elif isinstance(unit, ResnetUnit):
-                args = (hidden, skips.pop(), temb) if unit.takes_skip else (hidden, temb)
-                hidden = unit.run(*args, active=not unit.removed)
-            elif isinstance(unit, AttentionUnit):
-                hidden = unit.run(hidden, context, active=not unit.removed)
-            else:
-                hidden = unit(hidden)
+            hidden, temb = run_unit(unit, hidden, temb, skips, context, timestep, added)
             if closes:
                 skips.append(hidden)
         if self.last:
             return hidden
         return (hidden, temb, *skips)
+
+
+def run_unit(unit: BlockUnit, hidden: torch.Tensor, temb: torch.Tensor | None, skips: list[torch.Tensor],
+             context: torch.Tensor, timestep: torch.Tensor | None,
+             added: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One unit in the UNet's execution order: (hidden, time embedding) after it. A decoder ResNet pops
+    the skip it takes from `skips`; pushing what a unit leaves for the up stage is the caller's."""
+    if isinstance(unit, TimeEmbeddingUnit):
+        return hidden, unit(timestep)
+    if isinstance(unit, TextTimeEmbeddingUnit):
+        return hidden, unit(temb, *added)
+    if isinstance(unit, ResnetUnit):
+        args = (hidden, skips.pop(), temb) if unit.takes_skip else (hidden, temb)
+        return unit.run(*args, active=not unit.removed), temb
+    if isinstance(unit, AttentionUnit):
+        return unit.run(hidden, context, active=not unit.removed), temb
+    return unit(hidden), temb
 
 
 # -- materialising only a chunk's weights -----------------------------------------------------------------

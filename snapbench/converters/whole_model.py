@@ -19,7 +19,8 @@ from snapbench.converters.convert_package import (
 from snapbench.converters.cache import cache_key
 from snapbench.converters.checks import check_reloaded, require_prediction
 from snapbench.converters.compression import compression_info
-from snapbench.converters.convert_blocks import ConvertResult, _up_to_date
+from snapbench.converters.convert_blocks import _up_to_date
+from snapbench.converters.result import ConvertResult
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir
 from snapbench.converters.options import ConvertOptions
 from snapbench.errors import first_line

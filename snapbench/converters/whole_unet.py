@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from snapbench.converters.package_io import PackageIO
 from snapbench.converters.cache import source_fingerprint
-from snapbench.converters.convert_blocks import ConvertResult, build_checked, cut, load_source, weight_files
+from snapbench.converters.convert_blocks import build_checked, cut, weight_files
+from snapbench.converters.result import ConvertResult
 from snapbench.converters.options import ConvertOptions
 from snapbench.versions import tool_versions
 from snapbench.converters.whole_model import SingleModel, convert_single
@@ -81,7 +82,6 @@ def unet_single(source: ModelSource, opts: ConvertOptions) -> SingleModel:
     )
 
 
-def convert_whole_unet(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLike,
-                       opts: ConvertOptions = ConvertOptions(), *, weights: str | os.PathLike | None = None,
+def convert_whole_unet(source: ModelSource, out_dir: Path, opts: ConvertOptions = ConvertOptions(), *,
                        progress: bool = True) -> ConvertResult:
-    return convert_single(unet_single(load_source(model, weights), opts), out_dir, opts, progress=progress)
+    return convert_single(unet_single(source, opts), out_dir, opts, progress=progress)

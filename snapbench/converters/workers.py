@@ -16,7 +16,7 @@ import traceback
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import cast, TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -56,6 +56,7 @@ class TaskResult:
 # -- the per-process model -------------------------------------------------------------------------------
 
 _UNITS: dict[str, BlockUnit] = {}
+_ROOT_NAMES: dict[str, dict[str, str]] = {}  # with a recipe: unit file_id -> {its parameter: name in the UNet}
 _OPTS: ConvertOptions | None = None
 
 
@@ -73,6 +74,11 @@ def init_worker(source: ModelSource, opts: ConvertOptions, threads: int | None =
     model = backbone_for(source).build(source, device="meta")
     _UNITS.clear()
     _UNITS.update({u.file_id: u for u in model.units})
+    _ROOT_NAMES.clear()
+    if opts.recipe:
+        full = {id(t): n for n, t in cast(torch.nn.Module, model).state_dict(keep_vars=True).items()}
+        _ROOT_NAMES.update({u.file_id: {k: full[id(t)] for k, t in u.state_dict(keep_vars=True).items()}
+                            for u in model.units})
     _OPTS = opts
     if threads is not None:  # a pool worker: its heap lives as long as the process
         gc.collect()
@@ -152,6 +158,11 @@ def run_task(task: BlockTask) -> TaskResult:
     opts = _OPTS
     try:
         unit = materialize(_UNITS[task.file_id], task.weights, opts.seed)
+        recipe_bits = None
+        if opts.recipe:  # which weights get which table: found by content once converted (mixed_bit.py)
+            from snapbench.converters.mixed_bit import unit_bits
+
+            recipe_bits = unit_bits(unit, _ROOT_NAMES[task.file_id], dict(opts.recipe))
         hidden = dict(task.io.inputs)["hidden"] if task.is_attention else None
         tokens = hidden[-1] * hidden[-2] if hidden else None
         module = block_module(unit, opts.attention if task.is_attention else "original", tokens)
@@ -160,7 +171,7 @@ def run_task(task: BlockTask) -> TaskResult:
         del unit
         inputs = example_inputs(task.io, seed=opts.seed)
         result = convert_module(module, task.io, opts, Path(task.dest), metadata=task.metadata,
-                                description=task.description, inputs=inputs)
+                                description=task.description, inputs=inputs, recipe_bits=recipe_bits)
         db = None
         if opts.check:
             from snapbench.converters.checks import check_prediction

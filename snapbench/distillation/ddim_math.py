@@ -25,7 +25,7 @@ class NoiseLevels:
 
     @classmethod
     def from_schedule(cls, noise_schedule: Mapping[str, Any]) -> "NoiseLevels":
-        from snapbench.evolution.sampling import ddim_scheduler
+        from snapbench.training.sampling import ddim_scheduler
 
         sched = ddim_scheduler(noise_schedule)
         clip = float(sched.config.clip_sample_range) if sched.config.clip_sample else None
@@ -82,7 +82,7 @@ class NoiseLevels:
 
 def ddim_timesteps(noise_schedule: Mapping[str, Any], steps: int) -> list[int]:
     """The timesteps `steps`-step DDIM sampling visits (snapbench's sampler: trailing spacing)."""
-    from snapbench.evolution.sampling import ddim_scheduler
+    from snapbench.training.sampling import ddim_scheduler
 
     sched = ddim_scheduler(noise_schedule)
     sched.set_timesteps(steps)

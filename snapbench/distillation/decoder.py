@@ -165,7 +165,7 @@ def distill_decoder(teacher: Any, latents: LatentSet, out: str | Path, config: D
     """Prune `teacher` (an AutoencoderKL), distil its decoder into `out`; the same call again resumes."""
     from diffusers import AutoencoderKL
 
-    from snapbench.evolution.robust_training import _bar, step_generator
+    from snapbench.training.loop import StepBar, step_generator
 
     out = Path(out)
     teacher = teacher.eval().requires_grad_(False)
@@ -199,7 +199,7 @@ def distill_decoder(teacher: Any, latents: LatentSet, out: str | Path, config: D
     t0 = time.time()
     window: list[float] = []
     student.train()
-    with _bar(progress, config.steps, start, "distill-decoder") as advance:
+    with StepBar(progress, config.steps, start, "distill-decoder") as advance:
         for step in range(start, config.steps):
             g = step_generator(config.seed, step)
             idx = torch.randint(len(latents.train), (config.batch_size,), generator=g)

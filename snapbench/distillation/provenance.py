@@ -51,8 +51,8 @@ def decoder_source(ref: str, spec_name: str) -> str:
 def toy_grid_data_uri(ref: str, *, per_prompt: int = 4) -> str | None:
     """A small PNG grid (digits 0-9, `per_prompt` each) as a data: URI, for a toy folder with weights."""
     from snapbench.distillation.sample_grid import SampleConfig, generate, grid_image, resolve_steps
-    from snapbench.evolution.checkpoints import load_bundle
-    from snapbench.evolution.toy_digits import DIGIT_PROMPTS, is_toy
+    from snapbench.training.checkpoints import load_bundle
+    from snapbench.training.toy_digits import DIGIT_PROMPTS, is_toy
     from snapbench.model.loading import resolve_model
 
     if not Path(ref).is_dir() or resolve_model(ref).weights_dir is None or not is_toy(resolve_model(ref).spec):

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from snapbench.errors import SnapbenchError
-from snapbench.evolution.checkpoints import ModelBundle, load_bundle
-from snapbench.evolution.sampling import ddim_sample
-from snapbench.evolution.toy_digits import is_toy, tokenize
+from snapbench.training.checkpoints import ModelBundle, load_bundle
+from snapbench.training.sampling import ddim_sample
+from snapbench.training.toy_digits import is_toy, tokenize
 
 DEFAULT_STEPS = 50
 MAX_IMAGES = 256  # a grid is for looking at; more is a benchmark
@@ -67,7 +67,10 @@ def generate(bundle: ModelBundle, config: SampleConfig, steps: int) -> torch.Ten
     noise = torch.randn(len(prompts), cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)
     if is_toy(bundle.spec):
         tokenize(prompts)  # refuses unknown prompts before any work
-        context, uncond = bundle.encoder.encode(prompts), bundle.encoder.encode([""])
+        encoder = bundle.encoder
+        if encoder is None:  # load_bundle gives every toy one; a hand-made bundle may lack it
+            raise SnapbenchError(f"{bundle.ref}: a toy-digits model needs its prompt encoder to sample")
+        context, uncond = encoder.encode(prompts), encoder.encode([""])
         return ddim_sample(bundle.model, context, uncond, noise, noise_schedule=bundle.noise_schedule, steps=steps,
                            guidance=config.guidance).clamp(-1, 1)
     return _generate_sd(bundle, config, prompts, noise, steps)
@@ -75,16 +78,14 @@ def generate(bundle: ModelBundle, config: SampleConfig, steps: int) -> torch.Ten
 
 def _generate_sd(bundle: ModelBundle, config: SampleConfig, prompts: list[str], noise: torch.Tensor,
                  steps: int) -> torch.Tensor:
-    from snapbench.evolution.evaluators import _PIPELINE_FILES, _missing
+    from snapbench.training.data import PIPELINE_FILES, missing_files, pipeline_text_and_vae
 
     if config.pipeline is None:
         raise SnapbenchError(f"{bundle.ref}: an SD-structured model needs --pipeline FOLDER (text_encoder/, "
                              "tokenizer/, vae/) to encode prompts and decode images; nothing is downloaded")
-    missing = _missing(Path(config.pipeline), _PIPELINE_FILES)
+    missing = missing_files(Path(config.pipeline), PIPELINE_FILES)
     if missing:
         raise SnapbenchError(f"--pipeline {config.pipeline}: missing {missing[0]}")
-    from snapbench.evolution.data import pipeline_text_and_vae
-
     encode, vae = pipeline_text_and_vae(config.pipeline)
     latents = ddim_sample(bundle.model, encode(prompts), encode([""]), noise, noise_schedule=bundle.noise_schedule,
                           steps=steps, guidance=config.guidance)

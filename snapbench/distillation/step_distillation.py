@@ -45,21 +45,13 @@ from torch import nn
 from snapbench.distillation.ddim_math import NoiseLevels, ddim_timesteps, prev_timestep
 from snapbench.errors import SnapbenchError
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder
-from snapbench.evolution.checkpoints import ModelBundle, load_bundle, save_bundle
-from snapbench.evolution.data import TrainingData, training_data
-from snapbench.evolution.robust_training import (
-    _RESUMABLE,
-    NO_SKIP,
-    TrainConfig,
-    TrainResult,
-    _Trainable,
-    fine_tune,
-    optimizer_with_warmup,
-    run_steps,
-)
+from snapbench.evolution.robust_training import NO_SKIP, TrainConfig, fine_tune
+from snapbench.training.checkpoints import ModelBundle, load_bundle, save_bundle
+from snapbench.training.data import TrainingData, training_data
+from snapbench.training.loop import (OPTIMIZER_FILE, RunStart, StepLog, Trainable, TrainResult, check_resumable,
+                                     optimizer_with_warmup, run_steps)
 
 STATE_FILE = "distill_state.json"
-OPTIMIZER_FILE = "optimizer.pt"
 SAMPLING_FILE = "sampling.json"
 STATE_FORMAT = "snapbench.distill/1"
 SAMPLING_FORMAT = "snapbench.sampling/1"
@@ -259,15 +251,14 @@ def _distill(model: str | Path, out: Path, config: DistillConfig, student: str |
 
     models = _start(model, out, config, student, weights, data, say)
     teacher_b, student_b, state = models.teacher, models.student, models.state
-    start = int(state.get("step", 0))
-    losses: list[tuple[int, float]] = [tuple(x) for x in state.get("losses", [])]
+    start = RunStart.from_state(state)
     train_data: TrainingData = training_data(student_b.spec, data)
 
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    teacher = _Trainable(teacher_b.model, teacher_b.encoder).to(accelerator.device).eval().requires_grad_(False)
-    trainable = _Trainable(student_b.model, student_b.encoder)
+    teacher = Trainable(teacher_b.model, teacher_b.encoder).to(accelerator.device).eval().requires_grad_(False)
+    trainable = Trainable(student_b.model, student_b.encoder)
     student_b.model.set_skip_probabilities(ca=0.0, rb=0.0)
-    opt, lr_sched = optimizer_with_warmup(trainable, config, out, start)
+    opt, lr_sched = optimizer_with_warmup(trainable, config, out, start.step)
     trainable, opt = accelerator.prepare(trainable, opt)
     teacher_levels = NoiseLevels.from_schedule(teacher_b.noise_schedule)
     student_levels = NoiseLevels.from_schedule(student_b.noise_schedule)
@@ -280,9 +271,8 @@ def _distill(model: str | Path, out: Path, config: DistillConfig, student: str |
         _save(student_b, unwrapped, opt, out, config, str(model), teacher_b.ref, str(student or ""), done, losses,
               seconds)
 
-    return run_steps(accelerator, trainable, opt, lr_sched, config, out, start=start, losses=losses,
-                     seconds_before=float(state.get("seconds", 0.0)), train_data=train_data, loss_of=loss_of,
-                     save=save, progress=progress, label="distill", log_every=25)
+    return run_steps(accelerator, trainable, opt, lr_sched, config, out, start=start, train_data=train_data,
+                     loss_of=loss_of, save=save, log=StepLog("distill", every=25, progress=progress))
 
 
 def teacher_of(out: str | Path) -> str:
@@ -312,12 +302,7 @@ def _start(model: str | Path, out: Path, config: DistillConfig, student_ref: str
         if state.get("model") != str(model):
             raise SnapbenchError(f"{out} holds a distillation of --model {state.get('model')}, not {model}; "
                                  "use another --out to start a new run")
-        before = DistillConfig.from_dict(state["config"])
-        for f in fields(DistillConfig):
-            if f.name not in _RESUMABLE and getattr(before, f.name) != getattr(config, f.name):
-                raise SnapbenchError(f"{out} holds a run with {f.name}={getattr(before, f.name)!r}, this command "
-                                     f"asks {getattr(config, f.name)!r}; use the same settings to resume or "
-                                     "another --out")
+        check_resumable(DistillConfig.from_dict(state["config"]), config, out)
         teacher = load_bundle(state["teacher"])
         return _Models(teacher, load_bundle(out), state)
     if out.exists() and any(p.name != FOLDER_LOCK for p in out.iterdir()):  # our own lock is not content
@@ -379,7 +364,7 @@ def _initial_student(teacher: ModelBundle, student_ref: str | Path | None, confi
     if source.weights_dir is None and dict(source.spec.base_config) == dict(teacher.spec.base_config):
         # another block choice over the teacher's base UNet (an evolved candidate's spec): start from the
         # teacher's weights, removed blocks dropped and copies taken from their originals, as evolution does
-        from snapbench.evolution.checkpoints import derive
+        from snapbench.training.checkpoints import derive
 
         student.model = derive(copy.deepcopy(teacher.model), source.spec)
     own = student.noise_schedule.get("prediction_type", "epsilon")
@@ -433,7 +418,7 @@ def read_sampling(folder: str | Path) -> dict[str, Any] | None:
     return data
 
 
-def _save(bundle: ModelBundle, trainable: _Trainable, opt: Any, out: Path, config: DistillConfig, model: str,
+def _save(bundle: ModelBundle, trainable: Trainable, opt: Any, out: Path, config: DistillConfig, model: str,
           teacher: str, student_ref: str, step: int, losses: list, seconds: float) -> None:
     buf = io.BytesIO()
     torch.save(opt.state_dict(), buf)

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from snapbench.errors import SnapbenchError
-from snapbench.evolution.checkpoints import ModelBundle
-from snapbench.evolution.sampling import ddim_sample
-from snapbench.evolution.toy_digits import DIGIT_PROMPTS, digit_images, is_toy, load_classifier
+from snapbench.training.checkpoints import ModelBundle
+from snapbench.training.sampling import ddim_sample
+from snapbench.training.toy_digits import DIGIT_PROMPTS, digit_images, is_toy, load_classifier
 
 DEFAULT_GUIDANCE: tuple[float, ...] = (1.0, 3.0, 5.0, 7.0, 9.0)
 EVAL_SEED = 1_000_003  # far from any training step's seed: fresh noise
@@ -113,6 +113,8 @@ def score_cache_path(bundle: ModelBundle, steps: int, config: ToyCompareConfig) 
 
     h = hashlib.sha256()
     for module in (bundle.model, bundle.encoder):
+        if module is None:  # SD bundles have no prompt encoder of their own
+            continue
         for name, t in module.state_dict().items():
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from snapbench.evolution.toy_digits import cache_dir, digit_images
+from snapbench.training.toy_digits import cache_dir, digit_images
 
 TOY_VAE_VERSION = 1
 IMAGE_SIZE = 8

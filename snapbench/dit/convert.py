@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import copy
 import gc
-import os
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -33,9 +32,9 @@ from snapbench.converters.convert_package import (convert_module, example_inputs
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.package_io import PackageIO
+from snapbench.converters.result import ConvertResult
 from snapbench.blocks.cut import CutBlock
 from snapbench.dit.cut import outputs_of
-from snapbench.dit.source import resolve_dit
 from snapbench.dit.units import DitUnit
 from snapbench.model.loading import ModelSource
 from snapbench.settings import InputShapes
@@ -43,26 +42,6 @@ from snapbench.errors import SnapbenchError, first_line
 from snapbench.versions import tool_versions
 
 Say = Callable[[str], None]
-
-
-@dataclass
-class DitConvertResult:
-    manifest: Manifest
-    converted: list[str] = field(default_factory=list)
-    reused: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    @property
-    def packages(self) -> int:
-        return len({b.package for b in self.manifest.blocks if b.package})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"converted": self.converted, "reused": self.reused, "packages": self.packages,
-                "failed": [{"block": b, "error": e} for b, e in self.failed], "manifest": self.manifest.to_dict()}
 
 
 def shapes_of(opts: ConvertOptions) -> InputShapes:
@@ -116,12 +95,11 @@ def _entry(b: CutBlock, state: str) -> ManifestBlock:
         macs_no_attention=b.macs - b.attention_macs, state=state)
 
 
-def convert_dit(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLike, opts: ConvertOptions, *,
-                say: Say | None = None) -> DitConvertResult:
+def convert_dit(source: ModelSource, out_dir: Path, opts: ConvertOptions, *,
+                say: Say | None = None) -> ConvertResult:
     folder = Path(out_dir)
     from snapbench.backbones.dit import DitBackbone
 
-    source = model if isinstance(model, ModelSource) else resolve_dit(model)
     if opts.attention != "original" and "attention_variant" in source.spec.notes:
         raise SnapbenchError(f"{source.spec.name} has an attention_variant, which computes its own attention; "
                              "convert it with --attention original")
@@ -156,7 +134,7 @@ def convert_dit(model: str | os.PathLike | ModelSource, out_dir: str | os.PathLi
         created_at=previous.created_at if previous else "", folder=folder)
     index = {b.unit.file_id: i for i, b in enumerate(blocks)}
     old = {e.cache_key: e for e in previous.blocks if e.package and e.state == "done"} if previous else {}
-    result = DitConvertResult(manifest)
+    result = ConvertResult(manifest)
 
     def land(key: str, group: list[CutBlock], package: str, seconds: float | None, nbytes: int | None) -> None:
         files = package_files(folder / package)

@@ -15,7 +15,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from snapbench.blocks.cut import CutBlock
-from snapbench.blocks.signature import Signature
+from snapbench.blocks.signature import AttrValue, Signature
 from snapbench.dit.family import Family
 from snapbench.dit.spec import MAX_TOKENS, DitSpec
 from snapbench.dit.units import (AdaSingleUnit, CaptionEmbedUnit, CrossBlockUnit, DitUnit, FinalLayerUnit,
@@ -121,12 +121,12 @@ def run_chain(units: list[DitUnit], inputs: dict[str, torch.Tensor], record: lis
     return env["sample"]
 
 
-def _attrs(unit: DitUnit, fam: Family, cfg: Any, variant: str) -> tuple[tuple[str, Any], ...]:
+def _attrs(unit: DitUnit, fam: Family, cfg: Any, variant: str) -> tuple[tuple[str, AttrValue], ...]:
     """What changes a block's cost beyond its input shapes."""
     if not isinstance(unit, (JointBlockUnit, CrossBlockUnit)):
         return (("family", fam.key),)
     heads, head_dim = int(cfg.num_attention_heads), int(cfg.attention_head_dim)
-    attrs: list[tuple[str, Any]] = [("family", fam.key), ("heads", heads), ("head_dim", head_dim)]
+    attrs: list[tuple[str, AttrValue]] = [("family", fam.key), ("heads", heads), ("head_dim", head_dim)]
     if fam.key == "mmdit":
         block = unit.block
         attrs += [("qk_norm", cfg.qk_norm or "-"), ("dual_attention", int(block.use_dual_attention)),
@@ -142,13 +142,13 @@ def _attrs(unit: DitUnit, fam: Family, cfg: Any, variant: str) -> tuple[tuple[st
     return tuple(attrs) + _variant_attrs(unit.block, heads)
 
 
-def _variant_attrs(block: Any, heads: int) -> tuple[tuple[str, Any], ...]:
+def _variant_attrs(block: Any, heads: int) -> tuple[tuple[str, AttrValue], ...]:
     """A block variant's (elastic DiT: fewer key/value heads, a narrower feed-forward) extra attributes;
     none for the block as diffusers builds it, so the full model's signatures stay as they were."""
     attn, ff = getattr(block, "attn1", None), getattr(block, "ff", None)
-    if attn is None or not hasattr(ff, "net") or not hasattr(attn, "inner_kv_dim"):
+    if attn is None or ff is None or not hasattr(ff, "net") or not hasattr(attn, "inner_kv_dim"):
         return ()
-    out: list[tuple[str, Any]] = []
+    out: list[tuple[str, AttrValue]] = []
     kv = attn.inner_kv_dim // (attn.inner_dim // heads)
     if kv != heads:
         out.append(("kv_heads", kv))

@@ -79,7 +79,7 @@ class ElasticDiT(nn.Module):
                 units.append(unit)
                 continue
             choice = spec.choice(unit.slot)
-            block = block_variant(unit.block, choice.variant, unit.block_id)  # type: ignore[arg-type]
+            block = block_variant(unit.block, choice.variant, unit.block_id)
             if block is not unit.block:
                 self.variants[unit.file_id] = block
                 unit = _with_block(unit, block, 0)

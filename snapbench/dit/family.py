@@ -43,7 +43,7 @@ class Family:
         return self._parameters()[name].default
 
 
-def _refuse(family: str, field: str, value: Any, why: str) -> SnapbenchError:
+def _refuse(family: str, field: str, value: object, why: str) -> SnapbenchError:
     return SnapbenchError(f"DiT config option {field}={value!r} is not supported for {family}: {why}")
 
 

@@ -10,17 +10,17 @@ signature converts nothing at all.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from snapbench.converters.cache import cache_key
+from snapbench.converters.entry import ConvertRequest, convert
 from snapbench.converters.options import ConvertOptions
-from snapbench.devices.catalog import Device, resolve_device
-from snapbench.dit.convert import Say, convert_dit, shapes_of
+from snapbench.devices.catalog import Device
+from snapbench.dit.convert import Say, shapes_of
 from snapbench.dit.cut import STAGES
-from snapbench.dit.source import dit_spec, resolve_dit
+from snapbench.dit.source import dit_spec
 from snapbench.errors import SnapbenchError
 from snapbench.latency.table import LatencyRow, LatencyTable
 from snapbench.model.loading import ModelSource
@@ -28,7 +28,10 @@ from snapbench.paths import cache_root
 from snapbench.settings import RunSettings
 from snapbench.versions import tool_versions
 
-EstimateFn = Callable[[Path, Device], Any]
+if TYPE_CHECKING:  # the estimator loads when a block is priced
+    from snapbench.profilers.estimate.cost_model import Estimate
+
+EstimateFn = Callable[[Path, Device], "Estimate"]
 
 
 @dataclass
@@ -86,7 +89,7 @@ def packages_folder(source: ModelSource, opts: ConvertOptions) -> Path:
     return cache_root() / "dit-packages" / f"{source.spec.name}-{key[:12]}"
 
 
-def _estimate(path: Path, device: Device) -> Any:
+def _estimate(path: Path, device: Device) -> Estimate:
     from snapbench.profilers.estimate.cost_model import estimate_package
 
     return estimate_package(path, device)
@@ -97,8 +100,8 @@ def settings_of(opts: ConvertOptions) -> RunSettings:
                        batch=opts.batch, latent=opts.latent, tokens=opts.tokens)
 
 
-def profile_dit(model: str | os.PathLike | ModelSource, device: str | Device, opts: ConvertOptions, *,
-                table: LatencyTable | None = None, packages: str | os.PathLike | None = None,
+def profile_dit(source: ModelSource, dev: Device, opts: ConvertOptions, *,
+                table: LatencyTable | None = None, packages: Path | None = None,
                 say: Say | None = None, estimate: EstimateFn = _estimate) -> DitProfile:
     """Every block of a DiT on `device`: from `table` where it has the signature, else estimated (converting
     the packages first where needed)."""
@@ -106,8 +109,6 @@ def profile_dit(model: str | os.PathLike | ModelSource, device: str | Device, op
     from snapbench.latency.model_latency import PackageToPrice, now, to_row
     from snapbench.profilers.measurement import Measurement
 
-    dev = resolve_device(device)
-    source = model if isinstance(model, ModelSource) else resolve_dit(model)
     settings = settings_of(opts)
     backbone = DitBackbone()
     blocks = backbone.cut(backbone.build(source, device="meta"), shapes_of(opts), precision=opts.precision,
@@ -121,7 +122,7 @@ def profile_dit(model: str | os.PathLike | ModelSource, device: str | Device, op
     missing = [k for k in keys if k not in rows]
     if missing:
         folder = Path(packages) if packages is not None else packages_folder(source, opts)
-        converted = convert_dit(source, folder, opts, say=say)
+        converted = convert(ConvertRequest(source, folder, opts, say=say))
         if converted.failed:
             block, error = converted.failed[0]
             raise SnapbenchError(f"{source.spec.name}: converting {block} failed ({error}); see {folder}/manifest.json")

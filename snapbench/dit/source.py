@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
@@ -23,6 +23,9 @@ from snapbench.model.loading import ModelSource, _weight_files, _weights_variant
 from snapbench.model.size_bound import bounded_build
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice
 from snapbench.user_files import read_user_json
+
+if TYPE_CHECKING:  # dit/elastic.py builds on this module
+    from snapbench.dit.elastic import ElasticDiT
 
 CONFIG = "config.json"
 SPEC_FILE = "dit.json"  # a folder written by save_dit (train / evolve output): the spec with its block choices
@@ -126,7 +129,7 @@ def _from_saved(p: Path, variant: str | None) -> ModelSource:
                        variants if variants.is_file() else None)
 
 
-def save_dit(model: Any, folder: str | os.PathLike[str]) -> Path:
+def save_dit(model: ElasticDiT, folder: str | os.PathLike[str]) -> Path:
     """An elastic DiT as dit.json + transformer/ (diffusers save_pretrained) + copies / variants safetensors,
     written under a temporary name and renamed: a folder that exists is complete."""
     from safetensors.torch import save_file
@@ -146,7 +149,7 @@ def save_dit(model: Any, folder: str | os.PathLike[str]) -> Path:
     return out
 
 
-def load_extra_weights(model: Any, source: ModelSource) -> None:
+def load_extra_weights(model: ElasticDiT, source: ModelSource) -> None:
     """Copied and variant blocks' weights from a saved folder into a freshly built elastic DiT (on meta:
     nothing to load). A file that does not fit the spec's blocks is refused in one line."""
     from snapbench.user_files import load_safetensors

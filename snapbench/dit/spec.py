@@ -76,7 +76,7 @@ class DitSpec:
         return d
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str = "<spec>") -> "DitSpec":
+    def from_dict(cls, data: object, *, source: str = "<spec>") -> "DitSpec":
         if not isinstance(data, dict):
             raise SnapbenchError(f"{source}: a DiT spec is a JSON object")
         if data.get("format") != FORMAT:
@@ -122,7 +122,7 @@ def _stages(raw: Any, config: Mapping[str, Any], source: str) -> dict[str, tuple
 
 
 
-def is_dit_spec_data(data: Any) -> bool:
+def is_dit_spec_data(data: object) -> bool:
     return isinstance(data, dict) and data.get("format") == FORMAT
 
 

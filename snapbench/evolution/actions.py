@@ -134,5 +134,8 @@ def parse_action(text: str) -> Action:
     m = re.fullmatch(r"(A[+-]|S:[a-z-]+)\s+(CA|RB|TB)\[([A-Za-z0-9-]+),\s*(\d+)\]", text.strip())
     if not m or (m.group(1).startswith("S:") and m.group(1)[2:] not in SWAPS):
         raise SnapbenchError(f"not an action: {text!r} (expected e.g. 'A- CA[Up-1, 2]' or 'S:mqa CA[Up-1, 2]')")
-    sign, move = ("S", m.group(1)[2:]) if m.group(1).startswith("S:") else (m.group(1)[1], "")
-    return Action(sign, m.group(3), f"{m.group(2)}{m.group(4)}", move)  # type: ignore[arg-type]
+    block = f"{m.group(2)}{m.group(4)}"
+    if m.group(1).startswith("S:"):
+        return Action("S", m.group(3), block, m.group(1)[2:])
+    sign: Literal["-", "+"] = "-" if m.group(1) == "A-" else "+"  # the pattern allows only A- and A+
+    return Action(sign, m.group(3), block)

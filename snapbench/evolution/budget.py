@@ -122,6 +122,12 @@ def _beats(a: np.ndarray, b: np.ndarray, quantile: float) -> bool:
     return mean / (sd / math.sqrt(len(d))) > _critical(quantile, len(d) - 1)
 
 
+# How a halving round picks who goes on: "overlap", the better half by mean merit and every other candidate
+# the leaders have not beaten at `confidence` one comparison at a time; "mean", the better half by mean
+# merit alone (plain successive halving, kept for benchmarks/bench_evolve.py --replay).
+CUTS = ("overlap", "mean")
+
+
 @functools.lru_cache(maxsize=1024)
 def _critical(quantile: float, dof: int) -> float:
     """Student's t quantile (scipy's ppf costs more than the whole test; a decision asks a few values)."""
@@ -132,13 +138,15 @@ def _critical(quantile: float, dof: int) -> float:
 
 def successive_halving(count: int, merits: Callable[[list[int], int], np.ndarray], rounds: Sequence[int], *,
                        want: int = 1, confidence: float = 0.95, tiebreak: Sequence[float] | None = None,
-                       keep_uncertain: bool = True) -> Decision:
+                       cut: str = "overlap") -> Decision:
     """Rank `count` candidates by mean merit (higher is better) with as few samples as the ranking needs.
 
     `merits(alive, n)` returns an array [len(alive), n]: each alive candidate's merit on samples 0..n-1
     (the caller computes only what it has not computed before). `tiebreak`: lower first among equal means.
-    `keep_uncertain=False` is the plain halving (the better half by mean, whatever the uncertainty), kept
-    so that a benchmark can replay what it would have decided."""
+    `cut`: who goes on after a round (see CUTS); the others are kept so that a benchmark can replay what
+    each would have decided."""
+    if cut not in CUTS:
+        raise ValueError(f"cut {cut!r}: one of {', '.join(CUTS)}")
     tie = list(tiebreak) if tiebreak is not None else [0.0] * count
     alive = list(range(count))
     means: dict[int, float] = {}
@@ -167,7 +175,7 @@ def successive_halving(count: int, merits: Callable[[list[int], int], np.ndarray
             break
         half = ranked[:max(want, math.ceil(len(ranked) / 2))]
         unsure = [o for o in ranked[len(half):]
-                  if keep_uncertain and not all(_beats(rows[t], rows[o], confidence) for t in top)]
+                  if cut == "overlap" and not all(_beats(rows[t], rows[o], confidence) for t in top)]
         alive = [c for c in half + unsure if c not in beaten]
         dropped.append([c for c in ranked if c not in alive])
         if len(alive) <= want:

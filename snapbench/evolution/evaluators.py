@@ -29,9 +29,10 @@ import torch
 
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_json, read_user_text
-from snapbench.evolution.checkpoints import ModelBundle
-from snapbench.evolution.sampling import ddim_sample
-from snapbench.evolution.toy_digits import DIGIT_PROMPTS, is_toy, load_classifier
+from snapbench.training.checkpoints import ModelBundle
+from snapbench.training.data import PIPELINE_FILES, missing_files
+from snapbench.training.sampling import ddim_sample
+from snapbench.training.toy_digits import DIGIT_PROMPTS, is_toy, load_classifier
 from snapbench.model.elastic_unet import Disabled, ElasticUNet, PerRow
 from snapbench.specs.arch_spec import ArchSpec
 
@@ -154,20 +155,8 @@ def read_prompts(path: str | Path) -> tuple[str, ...]:
     return prompts
 
 
-# What each folder must hold (transformers / diffusers layouts, safetensors only).
-_PIPELINE_FILES = ("text_encoder/config.json", "text_encoder/model.safetensors", "tokenizer/vocab.json",
-                   "tokenizer/merges.txt", "vae/config.json", "vae/diffusion_pytorch_model.safetensors")
+# What a CLIP folder must hold (transformers' layout, safetensors only; the pipeline's: training/data.py).
 _CLIP_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "vocab.json", "merges.txt")
-
-
-def _missing(folder: Path, files: tuple[str, ...]) -> list[str]:
-    out = []
-    for f in files:
-        p = folder / f
-        sharded = p.with_name(p.name + ".index.json") if p.suffix == ".safetensors" else None
-        if not p.is_file() and not (sharded and sharded.is_file()):
-            out.append(str(p))
-    return out
 
 
 def _json_config(path: Path) -> dict[str, Any]:
@@ -196,7 +185,7 @@ class ClipEvalConfig:
             raise SnapbenchError("clip evaluator needs local weights: --clip-weights FOLDER (a CLIP model saved with "
                                  "transformers) and --pipeline FOLDER (SD text_encoder/, tokenizer/, vae/); "
                                  "nothing is downloaded")
-        missing = _missing(Path(self.pipeline), _PIPELINE_FILES) + _missing(Path(self.clip_weights), _CLIP_FILES)
+        missing = missing_files(Path(self.pipeline), PIPELINE_FILES) + missing_files(Path(self.clip_weights), _CLIP_FILES)
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise SnapbenchError(f"clip evaluator: missing {', '.join(missing[:3])}{more} "

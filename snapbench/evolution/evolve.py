@@ -195,10 +195,15 @@ def _evolve(model: str | Path, out: Path, config: EvolveConfig, *, evaluator: Ev
     t0 = time.time()
     if (work / STATE_FILE).is_file():
         st = EvolutionState.load(work)
-        _check_same(st.settings, fingerprint, out)
+        adopted = _check_same(st.settings, fingerprint, out)
         prices = BlockPriceTable.from_dict(st.costs)
         scorer = Scorer(evaluator, executor, st.checkpoint, progress=progress)
         say(f"resuming {out} at iteration {st.iteration} ({st.phase} phase)")
+        if adopted:
+            st.settings = fingerprint  # from now on a resume checks the budget this run goes on with
+            say(f"{out} was started before --eval-budget existed (every candidate on every sample); its "
+                f"{len(st.trajectory)} trajectory rows are kept and its remaining decisions use "
+                f"{config.eval_budget.describe(scorer.total)}")
     else:
         if out.exists() and any(p.name not in (WORK_DIR, FOLDER_LOCK) for p in out.iterdir()):
             raise SnapbenchError(f"{out}: exists and holds no evolution state; pick another --out")
@@ -227,7 +232,14 @@ def _evolve(model: str | Path, out: Path, config: EvolveConfig, *, evaluator: Ev
     return result
 
 
-def _check_same(before: Mapping[str, Any], now: Mapping[str, Any], out: Path) -> None:
+# Settings added after runs had been started with the version before them. A state without them was made
+# by that version and resumes: its decisions so far were exhaustive (the old version knew no other), and
+# the evaluator's batch only groups candidates (a score does not depend on it).
+ADDED_SETTINGS = ("config.eval_budget.", "evaluator.batch")
+
+
+def _check_same(before: Mapping[str, Any], now: Mapping[str, Any], out: Path) -> list[str]:
+    """Refuse to resume under other settings; return the settings the run's state predates (adopted)."""
     def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         res: dict[str, Any] = {}
         for k, v in d.items():
@@ -238,12 +250,17 @@ def _check_same(before: Mapping[str, Any], now: Mapping[str, Any], out: Path) ->
         return res
 
     a, b = flat(before), flat(now)
+    adopted = []
     for k in sorted(set(a) | set(b)):
         if k == "config.max_iterations":
             continue  # may be raised to let a stopped run go on
+        if k not in a and k.startswith(ADDED_SETTINGS):
+            adopted.append(k)
+            continue
         if a.get(k) != b.get(k):
             raise SnapbenchError(f"{out} holds an evolution run with {k}={a.get(k)!r}, this command asks {b.get(k)!r}; "
                                  "run the same command to resume, or pick another --out")
+    return adopted
 
 
 def _start(model: str | Path, work: Path, config: EvolveConfig, evaluator: EvalConfig,
@@ -451,7 +468,7 @@ class EvolutionRun:
                  f"quality delta {best.quality_delta:+.4f}")
 
     def train_step(self) -> None:
-        from snapbench.evolution.checkpoints import derive, load_bundle, save_bundle
+        from snapbench.training.checkpoints import derive, load_bundle, save_bundle
         from snapbench.evolution.executors import forget_cached
         from snapbench.evolution.robust_training import fine_tune
 
@@ -477,7 +494,7 @@ class EvolutionRun:
             shutil.rmtree(old, ignore_errors=True)
 
     def finish(self) -> EvolutionResult:
-        from snapbench.evolution.checkpoints import derive, load_bundle
+        from snapbench.training.checkpoints import derive, load_bundle
 
         st, prices, out = self.state, self.prices, self.out
         spec = self.spec()
@@ -510,7 +527,7 @@ def _publish(bundle: Any, model: Any, out: Path) -> None:
     """Put the final model's files into `out` beside the run's state: each replaced by rename, the spec file
     (arch.json, a DiT's dit.json) last, so a reader that finds it finds the weights that go with it."""
     from snapbench.backbones import backbone_for
-    from snapbench.evolution.checkpoints import save_bundle
+    from snapbench.training.checkpoints import save_bundle
     from snapbench.model.loading import COPIES_FILE, VARIANTS_FILE
 
     spec_file = backbone_for(model.spec).spec_file

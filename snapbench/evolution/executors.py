@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.interrupts import ignore_sigint, stop_pool
 from snapbench.ray_cluster import check_ray_address
-from snapbench.evolution.evaluators import EvalConfig, Quality
+from snapbench.evolution.evaluators import EvalConfig, Evaluator, Quality
+
+if TYPE_CHECKING:  # loaded in the worker, when a task runs
+    from snapbench.training.checkpoints import ModelBundle
 
 
 @dataclass(frozen=True)
@@ -50,14 +53,14 @@ class Task(Protocol[T]):
     def run(self) -> T: ...
 
 
-_BUNDLES: dict[str, Any] = {}
-_EVALUATORS: dict[Any, Any] = {}
+_BUNDLES: dict[str, ModelBundle] = {}
+_EVALUATORS: dict[EvalConfig, Evaluator] = {}
 
 
 def run_task(task: EvalTask) -> Quality:
     """Evaluate one candidate (in whatever process runs it). Loaded models and evaluators are kept per
     process: every task of an iteration shares one checkpoint."""
-    from snapbench.evolution.checkpoints import derive
+    from snapbench.training.checkpoints import derive
     from snapbench.specs.arch_spec import ArchSpec
 
     bundle, evaluator = _loaded(task.checkpoint, task.evaluator)
@@ -72,7 +75,7 @@ def run_task(task: EvalTask) -> Quality:
 def run_score_task(task: ScoreTask) -> list[list[float]]:
     """Per-sample scores of several candidates, batched through the model holding all their blocks."""
     from snapbench.evolution.batching import union_spec, variant_groups
-    from snapbench.evolution.checkpoints import derive
+    from snapbench.training.checkpoints import derive
     from snapbench.specs.arch_spec import ArchSpec
 
     bundle, evaluator = _loaded(task.checkpoint, task.evaluator)
@@ -86,8 +89,8 @@ def run_score_task(task: ScoreTask) -> list[list[float]]:
     return out
 
 
-def _loaded(checkpoint: str, config: EvalConfig) -> tuple[Any, Any]:
-    from snapbench.evolution.checkpoints import load_bundle
+def _loaded(checkpoint: str, config: EvalConfig) -> tuple[ModelBundle, Evaluator]:
+    from snapbench.training.checkpoints import load_bundle
 
     bundle = _BUNDLES.get(checkpoint)
     if bundle is None:
@@ -167,16 +170,16 @@ class ProcessExecutor:
 
     def map(self, tasks: Sequence[Task[R]], on_done: Callable[[], None] | None = None) -> list[R]:
         futures = {self._pool.submit(_run, t): i for i, t in enumerate(tasks)}
-        out: list[R | None] = [None] * len(tasks)
+        done: dict[int, R] = {}  # by task index: results come back in completion order
         try:
             for f in as_completed(futures):
-                out[futures[f]] = f.result()
+                done[futures[f]] = f.result()
                 if on_done:
                     on_done()
         except KeyboardInterrupt:
             stop_pool(self._pool)
             raise
-        return out  # type: ignore[return-value]
+        return [done[i] for i in range(len(tasks))]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -198,8 +201,8 @@ class RayExecutor:
         self._ray = ray
         self._threads = threads
         local = address in (None, "local")
-        if not local:
-            check_ray_address(address)  # type: ignore[arg-type]
+        if address is not None and not local:
+            check_ray_address(address)
         self._started = not ray.is_initialized()
         try:
             if self._started:

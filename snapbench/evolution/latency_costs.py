@@ -34,7 +34,7 @@ from snapbench.specs.variants import Variant
 
 if TYPE_CHECKING:  # heavy (torch): the types only
     from snapbench.devices.catalog import Device
-    from snapbench.latency import LatencyTable, Settings
+    from snapbench.latency.table import LatencyTable, Settings
     from snapbench.latency.model_latency import BlockLatency, ProfileRun
     from snapbench.model.loading import ModelSource
 
@@ -255,7 +255,7 @@ def costs_from_table(spec: ArchSpec, device: str, *, table: str | Path | None = 
     labelling the signatures it lacks. The table with the estimates filled in is cached (`cache`), so a
     second run converts nothing."""
     from snapbench.devices.catalog import resolve_device
-    from snapbench.latency import LatencyTable, Settings
+    from snapbench.latency.table import LatencyTable, Settings
     from snapbench.latency.table import merge_into_file
     from snapbench.model.loading import ModelSource
 
@@ -319,7 +319,7 @@ def _profile_dit(src: ModelSource, dev: Device, settings: Settings, table: Laten
 
 def _profile(src: ModelSource, dev: Device, settings: Settings, table: LatencyTable, progress: bool,
              say: Callable[[str], None] | None) -> ProfileRun:
-    from snapbench.latency import profile_model
+    from snapbench.latency.model_latency import profile_model
 
     return profile_model(src, dev, settings, table=table, backend="estimate", components=("unet",),
                          progress=progress, say=say)

@@ -5,8 +5,8 @@
   latency table like any block (the variant's own signature, estimated on demand and labelled) and valued
   like a removal, quality lost per ms saved:
     separable       RB: 3x3 convolutions -> expanded depthwise-separable ones (ratio 2)
-    mqa             CA: every attention -> multi-query (one key/value head)
-    ffn             CA: feed-forward ratio 4 -> 3
+    mqa             CA, TB (PixArt): every attention -> multi-query (one key/value head)
+    ffn             CA, TB (PixArt): feed-forward ratio 4 -> 3
     drop-self-attn  CA: transformer layers of cross-attention + feed-forward only
 
 A swap is a field value on the block's arch-spec entry, so a swapped block can still be removed or
@@ -32,15 +32,21 @@ class Swap:
     """A move that sets one variant field of a block to a cheaper value."""
 
     name: str  # the --moves name
-    kind: str  # the block kind it applies to (RB, CA)
+    kinds: tuple[str, ...]  # the block kinds it applies to (RB, CA, a DiT's TB)
     field: str  # the Variant field it sets
     value: Any
     what: str  # one line for help and errors
 
+    @property
+    def kind(self) -> str:
+        return " / ".join(self.kinds)
+
     def blocked(self, spec: ArchSpec, slot: Slot) -> str | None:
         """Why this swap cannot apply to `slot` of `spec` (None: it can)."""
-        if slot.kind != self.kind:
+        if slot.kind not in self.kinds:
             return f"applies to {self.kind} blocks, not {slot.kind}"
+        if slot.kind == "TB" and spec.base_config.get("_class_name") != "PixArtTransformer2DModel":
+            return "DiT block variants apply to PixArt's blocks so far (dit/elastic.py)"
         c = spec.choice(slot)
         if not c.keep:
             return "the block is removed"
@@ -58,10 +64,11 @@ class Swap:
 
 
 SWAPS: Mapping[str, Swap] = {s.name: s for s in (
-    Swap("separable", "RB", "separable", 2, "ResNet 3x3 convolutions -> expanded depthwise-separable (ratio 2)"),
-    Swap("mqa", "CA", "kv_heads", 1, "attention -> multi-query (one key/value head)"),
-    Swap("ffn", "CA", "ff_mult", 3, "feed-forward ratio 4 -> 3"),
-    Swap("drop-self-attn", "CA", "self_attention", False, "transformer layers without self-attention"),
+    Swap("separable", ("RB",), "separable", 2, "ResNet 3x3 convolutions -> expanded depthwise-separable (ratio 2)"),
+    Swap("mqa", ("CA", "TB"), "kv_heads", 1, "attention -> multi-query (one key/value head)"),
+    Swap("ffn", ("CA", "TB"), "ff_mult", 3, "feed-forward ratio 4 -> 3"),
+    # a DiT block without self-attention would have no image attention at all: UNet CA blocks only
+    Swap("drop-self-attn", ("CA",), "self_attention", False, "transformer layers without self-attention"),
 )}
 MOVE_NAMES: tuple[str, ...] = (REMOVE, COPY, *SWAPS)
 
@@ -98,7 +105,9 @@ def check_moves_apply(moves: Sequence[str], spec: ArchSpec, slots: Sequence[Slot
 def heads_of(config: Mapping[str, Any], slot: Slot) -> int:
     """Attention heads of a UNet CA slot, from the config as diffusers reads it (num_attention_heads, or
     attention_head_dim standing in for it; per level for down blocks, reversed for up blocks, the last
-    level's for the mid block)."""
+    level's for the mid block); a DiT block's are its config's num_attention_heads."""
+    if slot.kind == "TB":
+        return int(config["num_attention_heads"])
     heads = config.get("num_attention_heads") or config.get("attention_head_dim") or 8
     levels = len(config["block_out_channels"])
     per = list(heads) if isinstance(heads, (list, tuple)) else [heads] * levels

@@ -11,7 +11,7 @@ from snapbench.errors import SnapbenchError
 from snapbench.evolution.budget import EvalBudget
 from snapbench.evolution.evaluators import ClipEvalConfig, EvalConfig, ToyEvalConfig, read_prompts
 from snapbench.evolution.latency_costs import BlockPriceTable, FixedTable, costs_from_source, costs_from_table
-from snapbench.evolution.toy_digits import CONTEXT_TOKENS, cache_dir, is_toy
+from snapbench.training.toy_digits import CONTEXT_TOKENS, cache_dir, is_toy
 from snapbench.specs.arch_spec import ArchSpec
 
 

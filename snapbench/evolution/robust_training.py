@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -25,15 +23,24 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from snapbench.user_files import load_torch_state
 from snapbench.errors import SnapbenchError
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder
-from snapbench.evolution.checkpoints import ModelBundle, load_bundle, save_bundle
-from snapbench.evolution.data import TrainingData, training_data
 from snapbench.model.elastic_unet import ElasticUNet
+from snapbench.training.checkpoints import ModelBundle, load_bundle, save_bundle
+from snapbench.training.data import TrainingData, training_data
+from snapbench.training.loop import (
+    OPTIMIZER_FILE,
+    RunStart,
+    StepLog,
+    Trainable,
+    TrainResult,
+    check_resumable,
+    optimizer_with_warmup,
+    run_steps,
+    step_generator,
+)
 
 STATE_FILE = "train_state.json"
-OPTIMIZER_FILE = "optimizer.pt"
 STATE_FORMAT = "snapbench.train/1"
 
 
@@ -110,45 +117,6 @@ class TrainConfig:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
-# Fields that may change when a run is resumed (more steps, other save interval); the rest must match.
-_RESUMABLE = frozenset({"steps", "save_every"})
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    out: Path
-    step: int
-    resumed_from: int
-    loss: float | None  # mean loss over the last logged window
-    seconds: float
-    losses: list[tuple[int, float]]
-    processes: int = 1  # training processes (accelerate / DDP), each with batch_size / processes samples
-    main_process: bool = True  # False in the other processes of a multi-process run
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"out": str(self.out), "step": self.step, "resumed_from": self.resumed_from, "loss": self.loss,
-                "seconds": round(self.seconds, 1), "losses": self.losses, "processes": self.processes}
-
-
-class _Trainable(nn.Module):
-    """UNet + (toy) prompt encoder as one module, so accelerate / DDP wrap and sync both."""
-
-    def __init__(self, unet: ElasticUNet, encoder: nn.Module | None) -> None:
-        super().__init__()
-        self.unet = unet
-        self.encoder = encoder
-
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        context = self.encoder(cond) if self.encoder is not None else cond
-        return self.unet(z_t, t, context, generator=generator)
-
-
-def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
-    """Every random draw of a step (batch, noise, t, dropout, block skips) from (seed, step, rank)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 65_537 + rank)
-
-
 def diffusion_loss(trainable: nn.Module, noise_scheduler: Any, x0: torch.Tensor, cond: torch.Tensor,
                    uncond: torch.Tensor | None, config: TrainConfig, g: torch.Generator,
                    device: torch.device) -> torch.Tensor:
@@ -186,8 +154,7 @@ def _train(model: str | Path, out: Path, config: TrainConfig, *, data: str | Pat
     from diffusers import DDPMScheduler
 
     state, bundle = _start(model, out, config, weights)
-    start = int(state.get("step", 0))
-    losses: list[tuple[int, float]] = [tuple(x) for x in state.get("losses", [])]
+    start = RunStart.from_state(state)
     if config.prediction_type is not None:
         bundle.noise_schedule["prediction_type"] = config.prediction_type
     train_data: TrainingData = training_data(bundle.spec, data)
@@ -196,8 +163,8 @@ def _train(model: str | Path, out: Path, config: TrainConfig, *, data: str | Pat
 
     # find_unused_parameters: a skipped block gets no gradient on that rank in that step.
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    trainable = _Trainable(bundle.model, bundle.encoder)
-    opt, lr_sched = optimizer_with_warmup(trainable, config, out, start)
+    trainable = Trainable(bundle.model, bundle.encoder)
+    opt, lr_sched = optimizer_with_warmup(trainable, config, out, start.step)
     trainable, opt = accelerator.prepare(trainable, opt)
     noise_scheduler = DDPMScheduler.from_config(bundle.noise_schedule)
 
@@ -207,63 +174,8 @@ def _train(model: str | Path, out: Path, config: TrainConfig, *, data: str | Pat
     def save(unwrapped: Any, done: int, losses: list, seconds: float) -> None:
         _save(bundle, unwrapped, opt, out, config, str(model), done, losses, seconds)
 
-    return run_steps(accelerator, trainable, opt, lr_sched, config, out, start=start, losses=losses,
-                     seconds_before=float(state.get("seconds", 0.0)), train_data=train_data, loss_of=loss_of,
-                     save=save, progress=progress, label="train", log_every=50)
-
-
-def run_steps(accelerator: Any, trainable: nn.Module, opt: Any, lr_sched: Any, config: Any, out: Path, *,
-              start: int, losses: list, seconds_before: float, train_data: TrainingData,
-              loss_of: Callable[[torch.Tensor, Any, torch.Generator], torch.Tensor],
-              save: Callable[[Any, int, list, float], None], progress: bool, label: str,
-              log_every: int) -> TrainResult:
-    """The optimizer loop training and distillation share: a batch per step drawn from the step's own
-    generator, backward, clipped gradients, AdamW + warmup, the mean loss every `log_every` steps, and a
-    checkpoint (`save(unwrapped module, step, losses, seconds so far)`) every `save_every` steps and at the
-    end. `config` needs steps, save_every, seed, batch_size and grad_clip."""
-    per_rank = max(1, config.batch_size // accelerator.num_processes)
-    t0 = time.time()
-    window: list[float] = []
-    last_loss = losses[-1][1] if losses else None
-    trainable.train()
-    with _bar(progress and accelerator.is_main_process, config.steps, start, label) as advance:
-        for step in range(start, config.steps):
-            g = step_generator(config.seed, step, accelerator.process_index)
-            x0, cond = train_data.batch(per_rank, g)
-            loss = loss_of(x0, cond, g)
-            accelerator.backward(loss)
-            if config.grad_clip > 0:
-                accelerator.clip_grad_norm_(trainable.parameters(), config.grad_clip)
-            opt.step()
-            lr_sched.step()
-            opt.zero_grad(set_to_none=True)
-            window.append(float(loss.detach()))
-            done = step + 1
-            if len(window) >= log_every or done == config.steps:
-                last_loss = sum(window) / len(window)
-                losses.append((done, round(last_loss, 6)))
-                window.clear()
-            advance(done, last_loss)
-            if done % config.save_every == 0 or done == config.steps:
-                accelerator.wait_for_everyone()
-                if accelerator.is_main_process:
-                    save(accelerator.unwrap_model(trainable), done, losses, seconds_before + time.time() - t0)
-    return TrainResult(out, max(start, config.steps), start, last_loss, seconds_before + time.time() - t0, losses,
-                       processes=accelerator.num_processes, main_process=accelerator.is_main_process)
-
-
-def optimizer_with_warmup(trainable: nn.Module, config: Any, out: Path, start: int
-                          ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (its state restored from `out` when resuming at step `start`) and a linear warmup, then
-    constant; offset by `start` so a resumed run continues where it left off. `config` needs
-    learning_rate, weight_decay and warmup_steps (training's and distillation's configs have them)."""
-    opt = torch.optim.AdamW(trainable.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    if start and (out / OPTIMIZER_FILE).is_file():
-        opt.load_state_dict(load_torch_state(out / OPTIMIZER_FILE, "optimizer state",
-                                             "delete it to resume with a fresh optimizer, or use another --out"))
-    warm = max(1, config.warmup_steps)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + start + 1) / warm))
-    return opt, lr_sched
+    return run_steps(accelerator, trainable, opt, lr_sched, config, out, start=start, train_data=train_data,
+                     loss_of=loss_of, save=save, log=StepLog("train", every=50, progress=progress))
 
 
 def _start(model: str | Path, out: Path, config: TrainConfig, weights: str | Path | None
@@ -280,12 +192,7 @@ def _start(model: str | Path, out: Path, config: TrainConfig, weights: str | Pat
         if state.get("model") != str(model):
             raise SnapbenchError(f"{out} holds a run of --model {state.get('model')}, not {model}; "
                                  "use another --out to start a new run")
-        before = TrainConfig.from_dict(state["config"])
-        for f in fields(TrainConfig):
-            if f.name not in _RESUMABLE and getattr(before, f.name) != getattr(config, f.name):
-                raise SnapbenchError(f"{out} holds a run with {f.name}={getattr(before, f.name)!r}, this command "
-                                     f"asks {getattr(config, f.name)!r}; use the same settings to resume or "
-                                     "another --out")
+        check_resumable(TrainConfig.from_dict(state["config"]), config, out)
         return state, load_bundle(out)
     if out.exists() and any(p.name != FOLDER_LOCK for p in out.iterdir()):
         raise SnapbenchError(f"{out}: exists and is not a snapbench training folder (no {STATE_FILE}); "
@@ -293,7 +200,7 @@ def _start(model: str | Path, out: Path, config: TrainConfig, weights: str | Pat
     return {}, load_bundle(model, weights=weights, seed=config.seed)
 
 
-def _save(bundle: ModelBundle, trainable: _Trainable, opt: Any, out: Path, config: TrainConfig, model: str,
+def _save(bundle: ModelBundle, trainable: Trainable, opt: Any, out: Path, config: TrainConfig, model: str,
           step: int, losses: list, seconds: float) -> None:
     buf = io.BytesIO()
     torch.save(opt.state_dict(), buf)
@@ -302,39 +209,6 @@ def _save(bundle: ModelBundle, trainable: _Trainable, opt: Any, out: Path, confi
     save_bundle(ModelBundle(trainable.unet, trainable.encoder, bundle.noise_schedule, bundle.ref), out,
                 extra_files={OPTIMIZER_FILE: buf.getvalue(),
                              STATE_FILE: (json.dumps(state, indent=1) + "\n").encode()})
-
-
-class _bar:
-    """A rich progress bar on stderr (or nothing), advanced with (step, loss)."""
-
-    def __init__(self, enabled: bool, total: int, start: int, label: str = "train") -> None:
-        self.enabled, self.total, self.start, self.label = enabled, total, start, label
-        self.progress = None
-
-    def __enter__(self) -> Callable[[int, float | None], None]:
-        if not self.enabled:
-            return lambda step, loss: None
-        from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
-
-        from snapbench.console import err
-        from snapbench.progress_log import description_column, label_column, make_progress
-
-        progress = make_progress(self.label, label_column(self.label), BarColumn(),
-                                 MofNCompleteColumn(), TimeRemainingColumn(), description_column(),
-                                 console=err, transient=True)
-        self.progress = progress
-        progress.start()
-        task = progress.add_task("", total=self.total, completed=self.start)
-
-        def advance(step: int, loss: float | None) -> None:
-            desc = f"loss {loss:.4f}" if loss is not None and math.isfinite(loss) else ""
-            progress.update(task, completed=step, description=desc)
-
-        return advance
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.progress is not None:
-            self.progress.stop()
 
 
 def fine_tune(bundle: ModelBundle, model: ElasticUNet, config: TrainConfig, *, start_step: int, steps: int,
@@ -351,7 +225,7 @@ def fine_tune(bundle: ModelBundle, model: ElasticUNet, config: TrainConfig, *, s
     train_data = training_data(model.spec, data)
     skip = config.skip_probabilities
     model.set_skip_probabilities(ca=skip.ca, rb=skip.rb)
-    trainable = _Trainable(model, bundle.encoder)
+    trainable = Trainable(model, bundle.encoder)
     opt = torch.optim.AdamW(trainable.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     noise_scheduler = DDPMScheduler.from_config(bundle.noise_schedule)
     device = next(model.parameters()).device

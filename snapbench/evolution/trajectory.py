@@ -80,7 +80,7 @@ _INTS = frozenset({"iteration", "train_steps", "eval_samples", "eval_reused"})
 _ADDED = frozenset({"eval_samples", "eval_reused"})  # may be missing from files written before them
 
 
-def _cell(v: Any) -> str:
+def _cell(v: object) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return ""
     if isinstance(v, float):

@@ -98,7 +98,7 @@ def read_floor_file(path: str | os.PathLike) -> tuple[str, list[float]]:
                                  f"floor is read from timings of the one-op package `snapbench convert --model "
                                  f"{FLOOR_MODEL}` writes, nothing else")
         try:
-            v = float(row[unit]) * (1.0 if unit == "latency_ms" else 1e3)  # type: ignore[index]
+            v = float(row[unit]) * (1.0 if unit == "latency_ms" else 1e3)
         except (TypeError, ValueError):
             raise SnapbenchError(f"{path} line {line}: {unit} {row.get(unit or '')!r} is not a number") from None
         if not (math.isfinite(v) and v > 0):

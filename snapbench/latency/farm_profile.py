@@ -9,17 +9,17 @@ arrives; then the estimator fills each device's gaps (labelled) and each device 
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from types import ModuleType
+from typing import Callable, Sequence
 
 from snapbench.backbones import backbone_for
-from snapbench.devices.catalog import Device, resolve_device
+from snapbench.devices.catalog import Device
 from snapbench.errors import SnapbenchError
 from snapbench.latency.model_latency import (ALL_COMPONENTS, EstimatePricer, Failure, Located, ProfileRun,
                                              _version, assemble, cut_model, locate, now, packages_to_price,
                                              price, still_needed, to_row)
 from snapbench.latency.table import LatencyRow, LatencyTable, Settings
-from snapbench.model.loading import ModelSource, resolve_model
+from snapbench.model.loading import ModelSource
 from snapbench.profilers.farm import (BackendFactory, DeviceOutcome, FarmPackage, NodeSettings, check_holders,
                                       farm_stopped, is_device_backend, measure_on_farm, node_backend)
 from snapbench.latency.packages import ConverterPackages, PackageSource
@@ -28,8 +28,8 @@ from snapbench.versions import tool_versions
 
 
 def profile_on_farm(
-    model: str | Path | ModelSource,
-    devices: Sequence[Device | str],
+    source: ModelSource,
+    devices: Sequence[Device],
     settings: Settings = Settings(),
     *,
     address: str,
@@ -46,14 +46,14 @@ def profile_on_farm(
     """Each device's run, in the order given. `tables`: device id -> its table so far; `on_table(device id,
     merged table)` after every measured package. Raises SnapbenchError (rows so far handed on) when a device
     has packages left and no node to measure them."""
-    devs = list(dict.fromkeys(resolve_device(d) for d in devices))
+    devs = list(dict.fromkeys(devices))
     if not devs:
         raise SnapbenchError("--ray-address needs at least one --device")
     # the cluster answers and holds every device before anything is converted
     ray, connected = connect(address, "the device farm (--ray-address)")
     try:
         check_holders(devs, ray.cluster_resources(), address)
-        return _profile(ray, model, devs, settings, address=address, tables=tables, estimator=estimator,
+        return _profile(ray, source, devs, settings, address=address, tables=tables, estimator=estimator,
                         components=components, packages=packages, factory=factory, node_settings=node_settings,
                         on_table=on_table, progress=progress, say=say)
     finally:
@@ -61,12 +61,11 @@ def profile_on_farm(
             ray.shutdown()
 
 
-def _profile(ray: Any, model: str | Path | ModelSource, devs: list[Device], settings: Settings, *, address: str,
+def _profile(ray: ModuleType, source: ModelSource, devs: list[Device], settings: Settings, *, address: str,
              tables: dict[str, LatencyTable] | None, estimator: EstimatePricer | None, components: Sequence[str],
              packages: PackageSource | None, factory: BackendFactory, node_settings: NodeSettings | None,
              on_table: Callable[[str, LatencyTable], object] | None, progress: bool,
              say: Callable[[str], None] | None) -> list[ProfileRun]:
-    source = model if isinstance(model, ModelSource) else resolve_model(model)
     comps = tuple(dict.fromkeys(components))
     cut = cut_model(source, settings) if "unet" in comps else []
     items = packages_to_price(source, settings, comps, cut)

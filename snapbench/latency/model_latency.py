@@ -20,7 +20,7 @@ import datetime as _dt
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, overload
 
 from snapbench import __version__
 from snapbench.backbones import backbone_for
@@ -28,7 +28,7 @@ from snapbench.blocks.cut import CutBlock
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.latency.table import LatencyRow, LatencyTable, Settings
-from snapbench.model.loading import ModelSource, resolve_model
+from snapbench.model.loading import ModelSource
 from snapbench.profilers.backends import (MEASURING, DeviceBackend, EstimatePricer, PackageFailed, Pricer, Target,
                                           as_measurement, choose_backend)
 from snapbench.latency.importer import ImportedRow, check_settings, read_import, refuse_conflicts
@@ -36,6 +36,11 @@ from snapbench.profilers.measurement import Measurement, PackageJob
 from snapbench.latency.packages import COMPONENTS, ConverterPackages, PackageSource
 from snapbench.specs.stages import STAGES
 from snapbench.versions import tool_versions
+
+if TYPE_CHECKING:  # the device side loads only when a run measures
+    from snapbench.profilers.coreml_api import CoreMLTools
+    from snapbench.profilers.farm import BackendFactory
+    from snapbench.profilers.readiness import Machine
 
 ALL_COMPONENTS = ("unet", *COMPONENTS)  # COMPONENTS: snapbench.settings.PIPELINE_PARTS
 Say = Callable[[str], None]
@@ -298,15 +303,15 @@ class ProfileTools:
 
     packages: PackageSource | None = None
     estimator: EstimatePricer | None = None
-    machine: Any = None  # readiness.Machine
-    coreml: Any = None  # coreml_api.CoreMLTools
+    machine: Machine | None = None
+    coreml: CoreMLTools | None = None
     sleep: Callable[[float], None] | None = None  # the runner app's startup and trust waits
-    farm_backend: Any = None  # profilers.farm.BackendFactory: what farm nodes measure with
+    farm_backend: BackendFactory | None = None  # what farm nodes measure with
 
 
 def profile_model(
-    model: str | Path | ModelSource,
-    device: Device | str,
+    source: ModelSource,
+    dev: Device,
     settings: Settings = Settings(),
     *,
     table: LatencyTable | None = None,
@@ -322,7 +327,6 @@ def profile_model(
     """Price every package the requested components need on `device`, table first. `backend`: a name
     (`auto` picks and says which), or a pricer object; `estimator` fills what it did not cover.
     `on_table` gets the merged table after every priced package (`profile` saves it there)."""
-    dev = resolve_device(device)
     comps = tuple(dict.fromkeys(components))
     name = backend if isinstance(backend, str) else backend.name
     if name == "import" and import_file is None:
@@ -340,7 +344,6 @@ def profile_model(
             backend.check(dev)
         chosen = backend.name
     estimator = estimator or (backend if isinstance(backend, EstimatePricer) else EstimatePricer())
-    source = model if isinstance(model, ModelSource) else resolve_model(model)
     cut = cut_model(source, settings) if "unet" in comps else []
     items = packages_to_price(source, settings, comps, cut)
     packages = packages or ConverterPackages()
@@ -397,24 +400,23 @@ class PricedPackage:
     count: int
 
 
-def profile_packages(model: str | Path | ModelSource, settings: Settings = Settings(), component: str = "unet", *,
+def profile_packages(source: ModelSource, settings: Settings = Settings(), component: str = "unet", *,
                      packages: PackageSource | None = None, progress: bool = False) -> list[PricedPackage]:
     """Exactly the packages `profile_model` prices for one component with these settings (converted, or
     taken from the cache, as profile does). The sum of count x latency over the list is the component's
     profile figure."""
-    source = model if isinstance(model, ModelSource) else resolve_model(model)
     items = packages_to_price(source, settings, (component,))
     located = locate(items, source, packages or ConverterPackages(), progress=progress)
     return [PricedPackage(loc.item.key if loc.item.component == "unet" else component, loc.job.path,
                           loc.item.count) for loc in located]
 
 
-def block_latencies(model: str | Path | ModelSource, device: Device | str, settings: Settings = Settings(), *,
+def block_latencies(source: ModelSource, dev: Device, settings: Settings = Settings(), *,
                     table: LatencyTable | None = None, backend: str = "auto", progress: bool = False,
                     **kw: Any) -> list[BlockLatency]:
     """Every block of the model with its latency on `device`: table rows where they exist, the backend
     (`auto`: a connected device if any, else the estimator) for signatures the table lacks, each labelled."""
-    return profile_model(model, device, settings, table=table, backend=backend, components=("unet",),
+    return profile_model(source, dev, settings, table=table, backend=backend, components=("unet",),
                          progress=progress, **kw).blocks
 
 
@@ -462,7 +464,7 @@ class _bar:
         task = progress.add_task("", total=self.total)
         return lambda label: progress.update(task, advance=1, description=label)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.stop()
 

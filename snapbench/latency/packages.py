@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.names import safe_file_name
 from snapbench.paths import cache_root
-from snapbench.settings import PIPELINE_PARTS
+from snapbench.settings import PIPELINE_PARTS, check_choice
 
 if TYPE_CHECKING:  # annotations only: importing these here at run time would pull in torch
     from snapbench.converters.manifest import Manifest
@@ -51,7 +51,7 @@ class ComponentPackage:
     macs: int = 0
 
 
-def _entry(e: Any, name: str) -> Any:
+def _entry(e: object, name: str) -> Any:
     return e.get(name) if isinstance(e, dict) else getattr(e, name, None)
 
 
@@ -75,7 +75,7 @@ def check_manifest_settings(manifest: Manifest, folder: Path, settings: Settings
 def cached_packages(settings: Settings, keys: set[str]) -> dict[str, Path]:
     """Packages with these signatures already converted for any model under the cache (evolution's
     candidates share almost every signature with the model they came from: no need to convert again)."""
-    from snapbench.converters import load_manifest
+    from snapbench.converters.manifest import load_manifest
     from snapbench.converters.convert_package import is_complete_package
 
     found: dict[str, Path] = {}
@@ -144,7 +144,7 @@ class ConverterPackages:
 
     def block_packages(self, source: ModelSource, settings: Settings, keys: set[str], *, progress: bool) -> dict[str, Path]:
         if self.folder is not None:
-            from snapbench.converters import load_manifest
+            from snapbench.converters.manifest import load_manifest
 
             manifest = load_manifest(self.folder)
             check_manifest_settings(manifest, self.folder, settings)
@@ -154,10 +154,11 @@ class ConverterPackages:
         reuse = cached_packages(settings, keys)
         if keys <= reuse.keys():
             return reuse
-        from snapbench.converters import ConvertOptions, convert_model
+        from snapbench.converters.entry import ConvertRequest, convert
+        from snapbench.converters.options import ConvertOptions
 
         out = self._dir(source, settings)
-        result = convert_model(source, out, ConvertOptions.from_settings(settings), progress=progress)
+        result = convert(ConvertRequest(source, out, ConvertOptions.from_settings(settings), progress=progress))
         if result.failed:  # name them: "packages do not match" would send the user after the wrong cause
             block, error = result.failed[0]
             more = f" (and {len(result.failed) - 1} more)" if len(result.failed) > 1 else ""
@@ -167,10 +168,13 @@ class ConverterPackages:
         return signature_packages(result.manifest, out, keys)
 
     def component_package(self, component: str, source: ModelSource, settings: Settings, *, progress: bool) -> ComponentPackage:
-        from snapbench.converters import ConvertOptions, convert_component
+        from snapbench.converters.entry import ConvertRequest, convert
+        from snapbench.converters.options import ConvertOptions
 
         out = self._dir(source, settings, f"-{component}")
-        result = convert_component(component, out, ConvertOptions.from_settings(settings), model=source, progress=progress)
+        result = convert(ConvertRequest(source, out, ConvertOptions.from_settings(settings),
+                                        part=check_choice("component", component, PIPELINE_PARTS),
+                                        progress=progress))
         done = [b for b in result.manifest.blocks if _entry(b, "package")]
         if not done:
             raise SnapbenchError(f"{out}: the converters made no {component} package")

@@ -196,7 +196,7 @@ def _rank_key(row: LatencyRow) -> tuple:
     return (BACKEND_RANK[row.backend], row.created_at)
 
 
-def _format(value: Any) -> str:
+def _format(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
@@ -219,7 +219,7 @@ def parse_rows(text: str, source: str) -> list[LatencyRow]:
     for line, raw in enumerate(reader, start=2):
         if None in raw:
             raise SnapbenchError(f"{source} line {line}: more fields than the header has")
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {}  # keyword arguments of LatencyRow, each parsed for its column
         for col in header:
             cell = raw.get(col)
             if cell is None:
@@ -243,7 +243,7 @@ def parse_rows(text: str, source: str) -> list[LatencyRow]:
     return rows
 
 
-def _parse_cell(col: str, cell: str, source: str, line: int) -> Any:
+def _parse_cell(col: str, cell: str, source: str, line: int) -> int | float | str | None:
     try:
         if col in _INT_COLUMNS:
             return int(cell)

@@ -70,17 +70,17 @@ def _counting(what: str, limits: SizeLimits) -> Iterator[_Counter]:
     counter = _Counter(what, limits)
     original_init = nn.Module.__init__
 
-    def counted_init(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+    def counted_init(self: nn.Module, *args: object, **kwargs: object) -> None:
         counter.on_module(self)
         original_init(self, *args, **kwargs)
 
     handles = [module_mod.register_module_parameter_registration_hook(counter.on_tensor),
                module_mod.register_module_buffer_registration_hook(counter.on_tensor)]
-    nn.Module.__init__ = counted_init  # type: ignore[method-assign]
+    nn.Module.__init__ = counted_init
     try:
         yield counter
     finally:
-        nn.Module.__init__ = original_init  # type: ignore[method-assign]
+        nn.Module.__init__ = original_init
         for h in handles:
             h.remove()
 

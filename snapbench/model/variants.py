@@ -23,7 +23,6 @@ kernel's per-tap singular terms (`ExpandedSeparableConv.init_from_dense`), not f
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -123,7 +122,7 @@ class GroupedQueryProcessor:
     """
 
     def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+                 attention_mask: torch.Tensor | None = None, **_: object) -> torch.Tensor:
         if attention_mask is not None:
             raise SnapbenchError("grouped-query attention here takes no attention mask (SD-style UNets pass none)")
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
@@ -221,7 +220,7 @@ class CrossOnlyTransformerBlock(nn.Module):
         self.only_cross_attention = self.double_self_attention = False
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                encoder_hidden_states: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+                encoder_hidden_states: torch.Tensor | None = None, **_: object) -> torch.Tensor:
         hidden_states = self.attn2(self.norm2(hidden_states), encoder_hidden_states=encoder_hidden_states) + hidden_states
         return self.ff(self.norm3(hidden_states)) + hidden_states
 

@@ -16,9 +16,12 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from snapbench.errors import SnapbenchError
+
+if TYPE_CHECKING:
+    from snapbench.devices.catalog import Device
 
 # Apple's product types (Settings > General > About, `devicectl`, `ideviceinfo`) of the catalog's iPhones.
 PRODUCT_TYPES: dict[str, str] = {
@@ -142,7 +145,7 @@ def iphones(attached: list[AttachedPhone]) -> list[AttachedPhone]:
     return [p for p in attached if p.device_type.lower() == "iphone"]
 
 
-def catalog_id(phone: AttachedPhone, resolve: Callable[[str], Any]) -> str:
+def catalog_id(phone: AttachedPhone, resolve: Callable[[str], Device]) -> str:
     """The catalog id of this phone: its product type, else its marketing name; unknown -> SnapbenchError."""
     if phone.product_type in PRODUCT_TYPES:
         return PRODUCT_TYPES[phone.product_type]
@@ -156,7 +159,7 @@ def catalog_id(phone: AttachedPhone, resolve: Callable[[str], Any]) -> str:
                          "be filed under a catalog device")
 
 
-def pick_phone(attached: list[AttachedPhone], wanted: str | None, resolve: Callable[[str], Any]) -> tuple[AttachedPhone, str]:
+def pick_phone(attached: list[AttachedPhone], wanted: str | None, resolve: Callable[[str], Device]) -> tuple[AttachedPhone, str]:
     """The phone to measure and its catalog id. `wanted` None (`--device auto`): the one ready iPhone
     (several: refuse, naming them); else the ready iPhone of that model, or a refusal saying what is attached."""
     phones = iphones(attached)
@@ -187,7 +190,7 @@ def pick_phone(attached: list[AttachedPhone], wanted: str | None, resolve: Calla
                          "attached phone under its own id")
 
 
-def mac_catalog_id(shell: Shell, resolve: Callable[[str], Any] | None = None) -> str:
+def mac_catalog_id(shell: Shell, resolve: Callable[[str], Device] | None = None) -> str:
     """mac-m1 ... mac-m4, mac-m2pro, mac-m1max, mac-m2ultra ... from this Mac's chip (`sysctl -n
     machdep.cpu.brand_string`: "Apple M2 Pro"). A Pro, Max or Ultra has its own engine memory bandwidth
     and its own catalog entry: never file its figures under the base chip. `resolve` (the catalog)

@@ -1,5 +1,5 @@
-"""Everything a report shows, gathered into one JSON-able dict: the single source of truth for the HTML
-page and for `--json`.
+"""Everything a report shows, gathered into one `ReportData` (report/data.py): the single source of truth
+for the HTML page and for `--json`.
 
 Structure (architecture, params, MACs) comes from `inspect_model`; latency comes only from the profiler's
 typed result (see `latency_source`), each figure carrying the backend that produced it. Derived figures
@@ -25,6 +25,9 @@ from snapbench.evolution.trajectory import TRAJECTORY_FILE
 from snapbench.latency.end_to_end import TEXT_ENCODER_RUNS, image_budget
 from snapbench.versions import tool_versions
 from snapbench.model.loading import model_latent, resolve_model
+from snapbench.report.data import (ArchitectureBlock, BlockResult, Budget, ComponentFigure, LoadTimes, MeasuredOn,
+                                   ModelResult, ModelSummary, Reference, ReferenceMatch, ReportData, StageArchitecture,
+                                   StageLatency, StageParams, Trajectory, TrajectoryRow)
 from snapbench.report.latency_source import ProfileOutcome, Profiler, backend_label, profile_with_snapbench
 from snapbench.report.reference import load_reference, settings_differences
 from snapbench.settings import COMPONENTS, RunSettings
@@ -130,7 +133,7 @@ def find_trajectory(ref: str) -> Path | None:
     return f if f.is_file() else None
 
 
-def read_trajectory(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+def read_trajectory(path: Path) -> tuple[list[TrajectoryRow], str | None]:
     """(rows, problem), in evolve's own format (snapbench.evolution.trajectory). A broken trajectory is
     reported in the page, not fatal: the rest of the report still stands."""
     from snapbench.evolution.trajectory import read_trajectory as read_evolve_trajectory
@@ -145,17 +148,16 @@ def read_trajectory(path: Path) -> tuple[list[dict[str, Any]], str | None]:
     for r in raw:
         backend = r.get("latency_backend") or ""
         labels = {backend_label(b) for b in backend.split("+") if b}
-        rows.append({"iteration": r["iteration"], "phase": r.get("phase") or "", "action": r.get("action") or "",
-                     "block": r.get("block") or "", "latency_ms": r.get("latency_ms"), "quality": r.get("quality"),
-                     "value": r.get("value"), "backend": backend,
-                     "label": labels.pop() if len(labels) == 1 else "mixed" if labels else "unlabelled"})
+        rows.append(TrajectoryRow(r["iteration"], r.get("phase") or "", r.get("action") or "", r.get("block") or "",
+                                  r.get("latency_ms"), r.get("quality"), r.get("value"), backend,
+                                  labels.pop() if len(labels) == 1 else "mixed" if labels else "unlabelled"))
     return rows, None
 
 
 # -- per model: structure -------------------------------------------------------------------------------
 
 
-def _model_dict(e: ModelEntry) -> dict[str, Any]:
+def _model_summary(e: ModelEntry) -> ModelSummary:
     from snapbench.distillation.provenance import decoder_source, toy_grid_data_uri
 
     spec = e.inspection.source.spec
@@ -164,67 +166,62 @@ def _model_dict(e: ModelEntry) -> dict[str, Any]:
     architecture = []
     counts = spec.counts()
     for stage in e.inspection.stages:
-        blocks = [{"id": b["id"], "kind": b["kind"], "status": b["status"],
-                   "variant": Variant(**b["variant"]).label() if b.get("variant") else None}
+        blocks = [ArchitectureBlock(b["id"], b["kind"], b["status"],
+                                    Variant(**b["variant"]).label() if b.get("variant") else None)
                   for b in e.inspection.block_rows() if b["stage"] == stage and b["kind"] in ("CA", "RB")]
         # swapped: blocks that run as a cheaper variant (SnapGen-style, or an evolve --moves swap), copies too
-        swapped = {k: sum(1 for b in blocks if b["kind"] == k and b["variant"] and b["status"] != "removed")
+        swapped = {k: sum(1 for b in blocks if b.kind == k and b.variant and b.status != "removed")
                    for k in ("CA", "RB")}
-        architecture.append({"stage": stage, "CA": counts[stage]["CA"], "RB": counts[stage]["RB"],
-                             "CA_swapped": swapped["CA"], "RB_swapped": swapped["RB"], "blocks": blocks})
+        architecture.append(StageArchitecture(stage, counts[stage]["CA"], counts[stage]["RB"], swapped["CA"],
+                                              swapped["RB"], blocks))
     traj_file = find_trajectory(e.ref)
     trajectory = None
     if traj_file is not None:
         rows, problem = read_trajectory(traj_file)
-        trajectory = {"file": str(traj_file), "rows": rows, "problem": problem}
-    return {
-        "key": e.key, "name": spec.name, "ref": e.ref, "role": e.role, "description": spec.description,
-        "notes": {k: v for k, v in spec.notes.items() if isinstance(v, (str, int, float, bool))},
-        "claimed_params": spec.notes.get("paper_claimed_params"),
+        trajectory = Trajectory(str(traj_file), rows, problem)
+    return ModelSummary(
+        key=e.key, name=spec.name, ref=e.ref, role=e.role, description=spec.description,
+        notes={k: v for k, v in spec.notes.items() if isinstance(v, (str, int, float, bool))},
+        claimed_params=spec.notes.get("paper_claimed_params"),
         # Test-sized twins inherit the paper's notes; a claim 100x off is about another size, not an error.
-        "claim_comparable": _comparable(spec.notes.get("paper_claimed_params"), totals["params"]),
-        "steps": e.steps, "steps_source": e.steps_source, "latent": e.latent,
-        "decoder_source": decoder_source(e.ref, spec.name),
-        "sample_grid": toy_grid_data_uri(e.ref) if e.role == "candidate" else None,
-        "totals": totals,
-        "stage_params": [{"stage": s, "ca_params": int(stage_rows[s]["CA_params"]),
-                          "rb_params": int(stage_rows[s]["RB_params"]),
-                          "aux_params": int(stage_rows[s]["aux_params"]), "params": int(stage_rows[s]["params"]),
-                          "macs": int(stage_rows[s]["macs"])} for s in e.inspection.stages],
-        "architecture": architecture,
-        "trajectory": trajectory,
-    }
+        claim_comparable=_comparable(spec.notes.get("paper_claimed_params"), totals["params"]),
+        steps=e.steps, steps_source=e.steps_source, latent=e.latent,
+        decoder_source=decoder_source(e.ref, spec.name),
+        sample_grid=toy_grid_data_uri(e.ref) if e.role == "candidate" else None,
+        totals=totals,
+        stage_params=[StageParams(s, int(stage_rows[s]["CA_params"]), int(stage_rows[s]["RB_params"]),
+                                  int(stage_rows[s]["aux_params"]), int(stage_rows[s]["params"]),
+                                  int(stage_rows[s]["macs"])) for s in e.inspection.stages],
+        architecture=architecture,
+        trajectory=trajectory,
+    )
 
 
-def _comparable(claimed: Any, ours: int) -> bool:
+def _comparable(claimed: object, ours: int) -> bool:
     return isinstance(claimed, (int, float)) and claimed > 0 and 0.5 <= ours / claimed <= 2.0
 
 
 # -- per model and device: latency ----------------------------------------------------------------------
 
 
-def _num(x: Any) -> float | None:
-    return None if x is None else float(x)
-
-
-def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> dict[str, Any]:
-    base: dict[str, Any] = {"model": e.key, "device": device.id, "steps": e.steps, "notes": list(outcome.notes)}
+def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> ModelResult:
+    notes = list(outcome.notes)
     run = outcome.run
     if run is None:
-        base.update(available=False, reason=outcome.reason or "no latency could be obtained", backend=None,
-                    labels=[], components={}, budget=None, stages=[], blocks=[])
-        return base
+        return ModelResult(e.key, device.id, e.steps, notes, available=False,
+                           reason=outcome.reason or "no latency could be obtained", backend=None, labels=[],
+                           components={}, budget=None, stages=[], blocks=[])
     used = {c.backend for c in outcome.components.values()} | {b.backend for b in run.blocks if b.backend}
     run_backend = used.pop() if len(used) == 1 else "mixed"
-    components: dict[str, dict[str, Any]] = {}
+    components: dict[str, ComponentFigure] = {}
     for c in COMPONENTS:
         got = outcome.components.get(c)
-        components[c] = {"ms": got.latency_ms if got else None, "per": COMPONENT_PER[c],
-                         "backend": got.backend if got else None,
-                         "label": backend_label(got.backend) if got else "not available"}
+        components[c] = ComponentFigure(got.latency_ms if got else None, COMPONENT_PER[c],
+                                        got.backend if got else None,
+                                        backend_label(got.backend) if got else "not available")
 
     run_blocks = {b.id: b for b in run.blocks}
-    blocks: list[dict[str, Any]] = []
+    blocks: list[BlockResult] = []
     missing_latency = []
     for row in e.inspection.block_rows():
         d = run_blocks.pop(row["id"], None)
@@ -233,117 +230,110 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> dict[str,
         if runs and lat is None:
             missing_latency.append(row["id"])
         block_backend = d.backend if lat is not None and d is not None else None
-        blocks.append({
-            "id": row["id"], "stage": row["stage"], "kind": row["kind"], "status": row["status"],
-            "change": {"removed": "removed", "copy": "added"}.get(row["status"]), "runs": runs,
-            "module": row["module"], "signature": row["signature"], "macs": int(row["macs"]),
-            "params": int(row["params"]), "latency_ms": lat, "p90_ms": d.p90_ms if lat is not None else None,
-            "samples": d.samples if d is not None else None, "backend": block_backend,
-            "label": backend_label(block_backend) if block_backend else "not available",
-        })
+        blocks.append(BlockResult(
+            id=row["id"], stage=row["stage"], kind=row["kind"], status=row["status"],
+            change={"removed": "removed", "copy": "added"}.get(row["status"]), runs=runs,
+            module=row["module"], signature=row["signature"], macs=int(row["macs"]),
+            params=int(row["params"]), latency_ms=lat, p90_ms=d.p90_ms if lat is not None and d is not None else None,
+            samples=d.samples if d is not None else None, backend=block_backend,
+            label=backend_label(block_backend) if block_backend else "not available",
+        ))
     if run_blocks:  # the profiler knows blocks the inspection does not: a mismatch worth saying, not hiding
-        base["notes"].append(f"the profile has {len(run_blocks)} block(s) this model's inspection lacks "
-                             f"({', '.join(list(run_blocks)[:3])}); they are left out")
+        notes.append(f"the profile has {len(run_blocks)} block(s) this model's inspection lacks "
+                     f"({', '.join(list(run_blocks)[:3])}); they are left out")
     if missing_latency:
-        base["notes"].append(f"no latency for {len(missing_latency)} block(s) that run "
-                             f"({', '.join(missing_latency[:3])}{', ...' if len(missing_latency) > 3 else ''}); "
-                             "their shares and stage sums leave them out")
+        notes.append(f"no latency for {len(missing_latency)} block(s) that run "
+                     f"({', '.join(missing_latency[:3])}{', ...' if len(missing_latency) > 3 else ''}); "
+                     "their shares and stage sums leave them out")
 
-    total_block_ms = sum(b["latency_ms"] for b in blocks if b["latency_ms"] is not None)
+    total_block_ms = sum(b.latency_ms for b in blocks if b.latency_ms is not None)
     peak = device.ane_fp16_tflops
     for b in blocks:
-        lat = b["latency_ms"]
-        ok = lat is not None and lat > 0
-        b["tflops"] = 2 * b["macs"] / (lat * 1e-3) / 1e12 if ok else None
-        b["peak_share"] = b["tflops"] / peak if ok and peak else None
-        b["latency_share"] = lat / total_block_ms if ok and total_block_ms > 0 else None
+        lat = b.latency_ms
+        if lat is not None and lat > 0:
+            b.tflops = 2 * b.macs / (lat * 1e-3) / 1e12
+            b.peak_share = b.tflops / peak if peak else None
+            b.latency_share = lat / total_block_ms if total_block_ms > 0 else None
 
     stages = _stages(blocks, e.inspection.stages)
     # "mixed" describes a total, not a source: the sources are those of its parts
-    labels = sorted(({c["label"] for c in components.values() if c["ms"] is not None}
-                     | {b["label"] for b in blocks if b["latency_ms"] is not None}) - {"mixed"})
+    labels = sorted(({c.label for c in components.values() if c.ms is not None}
+                     | {b.label for b in blocks if b.latency_ms is not None}) - {"mixed"})
     block_labels: dict[str, int] = {}
     for b in blocks:
-        if b["latency_ms"] is not None:
-            block_labels[b["label"]] = block_labels.get(b["label"], 0) + 1
+        if b.latency_ms is not None:
+            block_labels[b.label] = block_labels.get(b.label, 0) + 1
     if len(block_labels) > 1:
-        base["notes"].append("block latencies come from more than one source: "
-                             + ", ".join(f"{n} {lab}" for lab, n in sorted(block_labels.items())))
+        notes.append("block latencies come from more than one source: "
+                     + ", ".join(f"{n} {lab}" for lab, n in sorted(block_labels.items())))
 
     budget = None
-    missing = [COMPONENT_NAMES[c] for c in COMPONENTS if components[c]["ms"] is None]
-    if not missing:
-        te, un, va = (float(components[c]["ms"]) for c in ("text_encoder", "unet", "vae_decoder"))  # type: ignore[arg-type]
-        budget = image_budget(te, un, va, e.steps).to_dict()
+    missing = [COMPONENT_NAMES[c] for c, fig in components.items() if fig.ms is None]
+    te, un, va = (components[c].ms for c in ("text_encoder", "unet", "vae_decoder"))
+    if te is not None and un is not None and va is not None:
+        budget = Budget(**image_budget(float(te), float(un), float(va), e.steps).to_dict())
     else:
-        base["notes"].append(f"no end-to-end figure: no latency for the {', '.join(missing)}")
+        notes.append(f"no end-to-end figure: no latency for the {', '.join(missing)}")
     where = outcome.measured_on
-    base.update(available=True, reason=None, backend=run_backend, labels=labels, components=components,
-                budget=budget, budget_missing=missing, stages=stages, blocks=blocks,
-                block_latency_sum_ms=total_block_ms, profile_settings=run.settings.to_dict(),
-                profile_versions=run.versions, profile_created_at=run.created_at,
-                # measured only: loading each component before its first run (first = Neural Engine compile)
-                load_ms={c: {"first": v.first_load_ms, "warm": v.warm_load_ms}
-                         for c, v in outcome.components.items() if v.first_load_ms is not None},
-                measured_on=({"name": where.name, "os_version": where.os_version, "os_build": where.os_build}
-                             if where is not None else None))
-    return base
+    return ModelResult(
+        e.key, device.id, e.steps, notes, available=True, reason=None, backend=run_backend, labels=labels,
+        components=components, budget=budget, budget_missing=missing, stages=stages, blocks=blocks,
+        block_latency_sum_ms=total_block_ms, profile_settings=run.settings.to_dict(),
+        profile_versions=run.versions, profile_created_at=run.created_at,
+        # measured only: loading each component before its first run (first = Neural Engine compile)
+        load_ms={c: LoadTimes(v.first_load_ms, v.warm_load_ms)
+                 for c, v in outcome.components.items() if v.first_load_ms is not None},
+        measured_on=MeasuredOn(where.name, where.os_version, where.os_build) if where is not None else None)
 
 
-def _stages(blocks: list[dict[str, Any]], stages: Sequence[str]) -> list[dict[str, Any]]:
+def _stages(blocks: list[BlockResult], stages: Sequence[str]) -> list[StageLatency]:
     """Per stage latency, CA vs RB vs auxiliary: the sums of the block rows that have a latency."""
     out = []
     for stage in stages:
-        sums = {k: sum(b["latency_ms"] for b in blocks if b["stage"] == stage and b["kind"] == kind
-                       and b["latency_ms"] is not None) for k, kind in (("ca_ms", "CA"), ("rb_ms", "RB"),
-                                                                         ("aux_ms", "aux"))}
-        out.append({"stage": stage, "ms": sum(sums.values()), **sums})
+        ca, rb, aux = (sum(b.latency_ms for b in blocks if b.stage == stage and b.kind == kind
+                           and b.latency_ms is not None) for kind in ("CA", "RB", "aux"))
+        out.append(StageLatency(stage, ca + rb + aux, ca, rb, aux))
     return out
 
 
-def _attach_speedups(results: list[dict[str, Any]], baseline_key: str) -> None:
-    base = {r["device"]: r for r in results if r["model"] == baseline_key}
+def _attach_speedups(results: list[ModelResult], baseline_key: str) -> None:
+    base = {r.device: r for r in results if r.model == baseline_key}
     for r in results:
-        b = base.get(r["device"])
-        r["speedup_e2e"] = r["speedup_unet_step"] = None
-        if r["model"] == baseline_key or b is None or not r["available"] or not b["available"]:
+        b = base.get(r.device)
+        r.speedup_e2e = r.speedup_unet_step = None
+        if r.model == baseline_key or b is None or not r.available or not b.available:
             continue
-        if r["budget"] and b["budget"] and r["budget"]["total_ms"] > 0:
-            r["speedup_e2e"] = b["budget"]["total_ms"] / r["budget"]["total_ms"]
-        ru, bu = r["components"]["unet"]["ms"], b["components"]["unet"]["ms"]
+        if r.budget and b.budget and r.budget.total_ms > 0:
+            r.speedup_e2e = b.budget.total_ms / r.budget.total_ms
+        ru, bu = r.components["unet"].ms, b.components["unet"].ms
         if ru and bu:
-            r["speedup_unet_step"] = bu / ru
+            r.speedup_unet_step = bu / ru
 
 
 # -- reference points -----------------------------------------------------------------------------------
 
 
-def _reference(rows: list[dict[str, Any]], models: list[dict[str, Any]], results: list[dict[str, Any]],
-               settings: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Each reference row with this report's figure for the same model, device and component, if any.
-
-    `ours_status`: "matched" (a figure to compare), "missing" (the model and device are in the report but
-    that component has no latency), "absent" (the model or device is not part of this report).
-    """
+def _reference(rows: list[dict[str, Any]], models: list[ModelSummary], results: list[ModelResult],
+               settings: Mapping[str, Any]) -> list[ReferenceMatch]:
+    """Each reference row with this report's figure for the same model, device and component, if any."""
     out = []
     for ref in rows:
         match = None
         for m in models:
-            if ref["model"] not in (m["name"], m["key"], m["ref"]):
+            if ref["model"] not in (m.name, m.key, m.ref):
                 continue
             for r in results:
-                if r["model"] == m["key"] and r["device"] == ref["device"]:
+                if r.model == m.key and r.device == ref["device"]:
                     match = (m, r)
-        item = dict(ref, settings_differ=settings_differences(ref, settings), ours_model=None, ours_ms=None,
-                    ours_label=None, ratio=None, ours_status="absent")
+        item = ReferenceMatch(ref, settings_differences(ref, settings))
         if match:
             m, r = match
-            ours = (r["components"] or {}).get(ref["component"]) or {}
-            ms = ours.get("ms")
-            item.update(ours_model=m["key"], ours_status="matched" if ms is not None else "missing")
-            if ms is not None:
-                item.update(ours_ms=ms, ours_label=ours["label"],
-                            ratio=ms / ref["latency_ms"] if ref["latency_ms"] else None)
+            ours = r.components.get(ref["component"])
+            ms = ours.ms if ours is not None else None
+            item.ours_model, item.ours_status = m.key, "matched" if ms is not None else "missing"
+            if ours is not None and ms is not None:
+                item.ours_ms, item.ours_label = ms, ours.label
+                item.ratio = ms / ref["latency_ms"] if ref["latency_ms"] else None
         out.append(item)
     return out
 
@@ -364,7 +354,7 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
            steps: Mapping[str, int] | None = None, backend: str = "auto", table: str | Path | None = None,
            reference: str | Path | None = None, profiler: Profiler | None = None,
            command: str | None = None, progress: Callable[[str], None] | None = None,
-           app_floor_ms: float | None = None) -> dict[str, Any]:
+           app_floor_ms: float | None = None) -> ReportData:
     """Gather the report's data. `profiler` defaults to snapbench's latency package (tests pass their own).
     `app_floor_ms`: your app's per-prediction floor; each budget then also gives `in_app_s` beside its engine
     total (one floor per prediction: the text encoder runs, the steps, the decoder)."""
@@ -390,46 +380,45 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
         for d in devs:
             outcome = profiler(e.inspection.source, d, {**settings, "latent": e.latent}, backend, table_path, say=say)
             results.append(_result(e, d, outcome))
-    models = [_model_dict(e) for e in entries]
+    models = [_model_summary(e) for e in entries]
     _attach_speedups(results, entries[0].key)
     if app_floor_ms is not None:
         for r in results:
-            if r["budget"]:
-                calls = TEXT_ENCODER_RUNS + r["steps"] + 1
-                r["budget"].update(app_floor_ms=app_floor_ms, app_calls=calls,
-                                   in_app_s=r["budget"]["total_s"] + calls * app_floor_ms / 1000)
+            if r.budget:
+                calls = TEXT_ENCODER_RUNS + r.steps + 1
+                r.budget.app_floor_ms, r.budget.app_calls = app_floor_ms, calls
+                r.budget.in_app_s = r.budget.total_s + calls * app_floor_ms / 1000
     from snapbench.report.trust import trust_section
 
     trust = trust_section(devs, results)
-    labels = sorted({lab for r in results for lab in r["labels"]})
-    return {
-        "schema": SCHEMA,
-        "title": f"{entries[0].key} vs {', '.join(e.key for e in entries[1:]) or '(no candidate)'} "
-                 f"on {', '.join(d.name for d in devs)}",
-        "created_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        "command": command,
-        "versions": _versions(),
-        "settings": settings,
-        "requested_backend": backend,
-        "table": str(table_path) if table_path else None,
-        "baseline": entries[0].key,
-        "models": models,
-        "devices": [{**d.to_dict(), "fp16_peak_tflops": d.ane_fp16_tflops} for d in devs],
-        "results": results,
-        "latency_labels": labels,
-        "mixed_sources": len(labels) > 1,
-        "reference": {"source": ref_source, "shipped": reference is None,
-                      "rows": _reference(ref_rows, models, results, settings)},
-        "stages": list(dict.fromkeys(s for e in entries for s in e.inspection.stages)),  # the backbones' stages
-        "text_encoder_runs": TEXT_ENCODER_RUNS,
-        "app_floor_ms": app_floor_ms,
-        "trust": trust,
-    }
+    labels = sorted({lab for r in results for lab in r.labels})
+    return ReportData(
+        schema=SCHEMA,
+        title=f"{entries[0].key} vs {', '.join(e.key for e in entries[1:]) or '(no candidate)'} "
+              f"on {', '.join(d.name for d in devs)}",
+        created_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        command=command,
+        versions=_versions(),
+        settings=settings,
+        requested_backend=backend,
+        table=str(table_path) if table_path else None,
+        baseline=entries[0].key,
+        models=models,
+        devices=devs,
+        results=results,
+        latency_labels=labels,
+        mixed_sources=len(labels) > 1,
+        reference=Reference(ref_source, reference is None, _reference(ref_rows, models, results, settings)),
+        stages=list(dict.fromkeys(s for e in entries for s in e.inspection.stages)),  # the backbones' stages
+        text_encoder_runs=TEXT_ENCODER_RUNS,
+        app_floor_ms=app_floor_ms,
+        trust=trust,
+    )
 
 
-def default_out_path(data: Mapping[str, Any], folder: str | Path = "reports") -> Path:
-    models = [m["name"] for m in data["models"]]
-    devices = [d["id"] for d in data["devices"]]
+def default_out_path(data: ReportData, folder: str | Path = "reports") -> Path:
+    models = [m.name for m in data.models]
+    devices = [d.id for d in data.devices]
     name = f"{slug(models[0])}-vs-{'+'.join(slug(m) for m in models[1:]) or 'none'}-{'+'.join(devices)}.html"
     return Path(folder) / name
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from snapbench.devices.catalog import Device
 from snapbench.errors import SnapbenchError
@@ -18,6 +18,7 @@ from snapbench.model.loading import ModelSource
 
 if TYPE_CHECKING:
     from snapbench.latency.model_latency import ComponentLatency, ProfileRun
+    from snapbench.latency.table import LatencyRow
     from snapbench.profilers.backends import Target
 
 # A backend name (from a document or a block row) -> the word the report prints next to the figure.
@@ -72,7 +73,8 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
     """
     try:
         from snapbench.paths import table_to_read, user_table_path
-        from snapbench.latency import LatencyTable, Settings, profile_model
+        from snapbench.latency.model_latency import profile_model
+        from snapbench.latency.table import LatencyTable, Settings
     except ImportError as e:
         return ProfileOutcome(None, f"the latency profiler is not available in this installation ({e})")
     path = table if table is not None else (table_to_read(device.id, source.ref)
@@ -107,7 +109,7 @@ def _shown(path: Path) -> str | None:
     return display_path(path) if path.is_file() else None
 
 
-def _table_notes(new_rows: list[Any], path: Path, notes: list[str]) -> list[str]:
+def _table_notes(new_rows: Sequence[LatencyRow], path: Path, notes: list[str]) -> list[str]:
     """What the report must say about the table: read from it, or filled in now."""
     if new_rows:
         counts: dict[str, int] = {}

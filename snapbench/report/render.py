@@ -1,6 +1,7 @@
-"""The report's data dict -> one self-contained HTML page (jinja2 with autoescape, charts inline as SVG).
+"""The report's data -> one self-contained HTML page (jinja2 with autoescape, charts inline as SVG).
 
-Every number the page prints sits in an element carrying `data-json` (its path in the data dict) and
+The template and the charts read the JSON document (`ReportData.to_dict()`), the same one `--json` writes:
+every number the page prints sits in an element carrying `data-json` (its path in that document) and
 `data-value` (the unformatted number), so a test or a reader's script can check page against data.
 """
 
@@ -14,6 +15,7 @@ from markupsafe import Markup, escape
 
 from snapbench.formatting import fmt_count as format_count
 from snapbench.report import charts
+from snapbench.report.data import ReportData
 
 _DASH = "\u2014"
 
@@ -54,7 +56,7 @@ def fmt_tflops(x: float | None) -> str:
     return f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
 
 
-def fmt_plain(x: Any) -> str:
+def fmt_plain(x: object) -> str:
     if x is None:
         return _DASH
     if isinstance(x, float) and x.is_integer():
@@ -62,7 +64,7 @@ def fmt_plain(x: Any) -> str:
     return f"{x:,}" if isinstance(x, (int, float)) else str(x)
 
 
-def raw(x: Any) -> str:
+def raw(x: object) -> str:
     """The exact value for data-value: repr of a float round-trips; None is empty."""
     if x is None:
         return ""
@@ -111,9 +113,10 @@ def build_charts(data: Mapping[str, Any]) -> dict[str, Any]:
             "trust": Markup(trust) if trust else None}
 
 
-def render_html(data: Mapping[str, Any]) -> str:
+def render_html(report: ReportData) -> str:
     env = _environment()
     template = env.get_template("report.html.j2")
+    data = report.to_dict()
     models = {m["key"]: m for m in data["models"]}
     devices = {d["id"]: d for d in data["devices"]}
     return template.render(d=data, charts=build_charts(data), models=models, devices=devices)

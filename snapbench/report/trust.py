@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from snapbench.devices.catalog import Device
+from snapbench.report.data import ModelResult
 
 
-def trust_section(devices: Sequence[Device], results: list[dict[str, Any]]) -> dict[str, Any] | None:
+def trust_section(devices: Sequence[Device], results: Sequence[ModelResult]) -> dict[str, Any] | None:
     """The section's data; adds an `error_band` to each result whose end-to-end figure is estimated."""
     from snapbench.validation.trust import error_band, load_trust
 
@@ -27,10 +28,10 @@ def trust_section(devices: Sequence[Device], results: list[dict[str, Any]]) -> d
                            "chip_rows": (by_chip.get(d.chip) or {}).get("n", 0),
                            "chip_median_abs_error_pct": (by_chip.get(d.chip) or {}).get("median_abs_error_pct")})
     for r in results:
-        budget = r.get("budget")
-        if budget and "estimated" in (r.get("labels") or []) and r["device"] in bands:
-            b = bands[r["device"]]
-            budget["error_band_s"] = [budget["total_s"] / b["high"], budget["total_s"] / b["low"]]
+        budget = r.budget
+        if budget and "estimated" in r.labels and r.device in bands:
+            b = bands[r.device]
+            budget.error_band_s = [budget.total_s / b["high"], budget.total_s / b["low"]]
     return {"cross": doc["cross"], "stale": doc["stale"], "params_version": doc["params_version"],
             "overall": doc["overall"], "by_chip": doc["by_chip"], "fits": doc["fits"], "per_device": per_device,
             "unseen_app": doc.get("unseen_app"), "ranks": doc.get("ranks") or [],

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
-
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
+from snapbench.report.data import ReportData
 from snapbench.report.render import render_html
 
 
@@ -31,11 +30,11 @@ def check_out_path(out: str | Path) -> Path:
     return p
 
 
-def write_report(data: Mapping[str, Any], out: str | Path, *, with_json: bool = False) -> tuple[Path, Path | None]:
+def write_report(data: ReportData, out: str | Path, *, with_json: bool = False) -> tuple[Path, Path | None]:
     """Render first, then write: a failed render leaves no file behind, a write never leaves half a file."""
     p = check_out_path(out)
     html = render_html(data)
-    text = json.dumps(data, indent=2, default=str) + "\n" if with_json else None
+    text = json.dumps(data.to_dict(), indent=2, default=str) + "\n" if with_json else None
     json_path = p.with_suffix(".json") if with_json else None
     try:
         for path, content in ((p, html), (json_path, text)):

@@ -115,7 +115,7 @@ class ArchSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str = "<spec>") -> "ArchSpec":
+    def from_dict(cls, data: object, *, source: str = "<spec>") -> "ArchSpec":
         def bad(where: str, why: str) -> SnapbenchError:
             return SnapbenchError(f"{source}: {where}: {why}")
 

@@ -19,11 +19,11 @@ _PER_BLOCK = ("layers_per_block", "attention_head_dim", "num_attention_heads", "
 _SINGLE = ("in_channels", "out_channels", "norm_num_groups", "cross_attention_dim", "sample_size")
 
 
-def _is_count(v: Any) -> bool:
+def _is_count(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
-def _bad(field: str, value: Any, want: str) -> SnapbenchError:
+def _bad(field: str, value: object, want: str) -> SnapbenchError:
     shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
     return SnapbenchError(f"UNet config {field} is {shown}; {want}")
 

@@ -69,7 +69,7 @@ class Slot:
         return f"{stage_slug(self.stage)}_{self.name.lower()}"
 
 
-def _per_block(value: Any, n: int, field: str) -> list:
+def _per_block(value: object, n: int, field: str) -> list:
     if isinstance(value, (list, tuple)):
         if len(value) != n:
             raise SnapbenchError(f"UNet config field {field} has {len(value)} entries for {n} blocks")
@@ -79,7 +79,7 @@ def _per_block(value: Any, n: int, field: str) -> list:
 
 # Config options the elastic UNet handles, with the values it supports (diffusers' defaults first).
 # Anything else is refused in one line naming the key, its value and what is supported.
-_SUPPORTED_OPTIONS: dict[str, tuple[Any, ...]] = {
+_SUPPORTED_OPTIONS: dict[str, tuple[object, ...]] = {
     "addition_embed_type": (None, "text_time"),  # text_time: SDXL's pooled text + size/crop conditioning
     "class_embed_type": (None,),
     "num_class_embeds": (None,),
@@ -99,7 +99,7 @@ _SUPPORTED_OPTIONS: dict[str, tuple[Any, ...]] = {
 TEXT_TIME_IDS = 6
 
 
-def _spell(v: Any) -> str:
+def _spell(v: object) -> str:
     return "null" if v is None else "true" if v is True else "false" if v is False else repr(v)
 
 

@@ -78,7 +78,7 @@ class Validation:
 
     def to_dict(self) -> dict[str, Any]:
         overall = self.summary().iloc[0].to_dict() if len(self.scored()) else {}
-        unseen = self.unseen_app_summary()
+        unseen, unseen_by_chip = self.unseen_app_summary(), self.unseen_app_summary("chip")
         return {
             "cross": self.cross, "params_version": self.params_version,
             "what": "engine error: app-timed rows carry their harness's own floor, fitted on its own rows",
@@ -87,11 +87,11 @@ class Validation:
             "by_chip": self.summary("chip").to_dict("records"),
             "by_family": self.summary("family").to_dict("records"),
             "ranks": self.ranks().to_dict("records"),
-            "unseen_app": None if unseen is None else {
+            "unseen_app": None if unseen is None or unseen_by_chip is None else {
                 "what": "held-out errors when the app's floor is not known either: each app-timed row pays the "
                         "median harness's floor (an app nobody timed)",
                 "overall": unseen.iloc[0].to_dict(),
-                "by_chip": self.unseen_app_summary("chip").to_dict("records")},  # type: ignore[union-attr]
+                "by_chip": unseen_by_chip.to_dict("records")},
             "rows": self.rows.to_dict("records"), "skipped": self.skipped.to_dict("records"), "fits": self.fits,
         }
 

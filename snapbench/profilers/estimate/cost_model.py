@@ -7,8 +7,9 @@ Per op on the engine:
 DRAM bytes are the weights (at their stored width; a gather reads only the rows it returns) plus every
 activation too large for the on-chip working set: read by its consumer (softmax, norms and reductions
 read such an input `reduction_passes` times, since the whole row cannot stay on chip) and written by its
-producer. Smaller activations stay on chip between ops. Each tensor's last axis is padded to `pad_bytes`
-(64 B), so a (.., 77) fp16 row costs 192 B, not 154.
+producer. Smaller activations stay on chip between ops, and so do the centred tensor and its square inside
+a normalisation the converter spelt out in elementwise ops (`_norm_internals`). Each tensor's last axis is
+padded to `pad_bytes` (64 B), so a (.., 77) fp16 row costs 192 B, not 154.
 
 Ops the engine does not run (gather, dilated conv, large pooling windows, upsampling beyond 2x, int32 or
 fp32 tensors, dynamic shapes, slice_update, a tensor above `max_tensor_mb`) run on the CPU at
@@ -177,6 +178,7 @@ class PreparedOps:
     pad_bytes: float
     cls: np.ndarray           # op class index per op
     flops: np.ndarray         # FLOPs (MAC = 2)
+    engine_flops: np.ndarray  # FLOPs the engine is priced for: a depthwise conv's taps are free (2 per output)
     pad_ratio: np.ndarray     # padded / true elements of the output (vector units work on padded rows)
     weight_bytes: np.ndarray  # DRAM weight bytes per run
     view: np.ndarray          # bool: relabels a buffer, costs nothing
@@ -203,6 +205,7 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
     n = len(records)
     cls = np.zeros(n, dtype=np.int64)
     flops = np.zeros(n)
+    engine_flops = np.zeros(n)
     pad_ratio = np.ones(n)
     weight = np.zeros(n)
     view = np.zeros(n, dtype=bool)
@@ -225,6 +228,7 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
             fill[i], rows[i] = _mac_shape(r, c)
         int8[i] = "int8" in r.in_dtypes
         flops[i] = r.flops
+        engine_flops[i] = 2.0 * math.prod(r.out_shapes[0]) if c == "depthwise" and r.out_shapes else r.flops
         view[i] = bool(r.attrs.get("view"))
         reason = _static_reason(r)
         static_cpu[i] = bool(reason)
@@ -253,7 +257,8 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
             a, b = r.in_shapes[0], r.out_shapes[0]
             ups[i] = max(b[-1] / max(a[-1], 1), b[-2] / max(a[-2], 1))
     return PreparedOps(
-        records=tuple(records), pad_bytes=pad_bytes, cls=cls, flops=flops, pad_ratio=pad_ratio,
+        records=tuple(records), pad_bytes=pad_bytes, cls=cls, flops=flops, engine_flops=engine_flops,
+        pad_ratio=pad_ratio,
         weight_bytes=weight, view=view, static_cpu=static_cpu, static_reason=tuple(reasons),
         max_tensor=max_tensor, in_op=np.asarray(in_op, dtype=np.int64), in_bytes=np.asarray(in_b),
         in_fused=np.asarray(in_fused, dtype=bool), out_op=np.asarray(out_op, dtype=np.int64),
@@ -289,9 +294,50 @@ def _fusion(records: Sequence[OpRecord]) -> tuple[list[bool], list[bool]]:
         for n in r.in_names:
             if n in prev.out_names and consumers.get(n, 0) == 1:
                 fused_names.add(n)
+    fused_names |= _norm_internals(records)
     in_f = [n in fused_names for r in records for n in _pad_names(r.in_names, len(r.in_shapes))]
     out_f = [n in fused_names for r in records for n in _pad_names(r.out_names, len(r.out_shapes))]
     return in_f, out_f
+
+
+def _norm_internals(records: Sequence[OpRecord]) -> set[str]:
+    """The tensors inside a normalisation that the converter spelt out in elementwise ops.
+
+    coremltools lowers torch's group_norm (every GroupNorm of an SD UNet and VAE decoder, MobileViTv2's
+    LayerNorm2d) to reduce_mean(x) -> d = sub(x, mean) -> square(d) -> reduce_mean -> add eps -> sqrt ->
+    real_div(d, std). The engine runs the chain as one normalisation: the centred tensor `d` and its
+    square never leave the engine, so the chain moves what a native norm op moves (x read twice: the two
+    reductions' passes; the result written once), not a DRAM round trip per op. Returns the names of `d`
+    and of its square, for each chain found.
+    """
+    producer = {n: i for i, r in enumerate(records) for n in r.out_names}
+    readers: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        for n in r.in_names:
+            readers.setdefault(n, []).append(i)
+
+    def is_mean(name: str) -> bool:
+        return name in producer and records[producer[name]].type == "reduce_mean"
+
+    internal: set[str] = set()
+    for r in records:
+        if r.type != "sub" or len(r.in_names) != 2 or not r.out_names:
+            continue
+        a, b = r.in_names
+        mean, x = (a, b) if is_mean(a) else (b, a)
+        if not is_mean(mean) or x not in records[producer[mean]].in_names:
+            continue
+        d = r.out_names[0]
+        users = [records[j] for j in readers.get(d, [])]
+        squares = [u for u in users if u.type == "square" or (u.type == "mul" and list(u.in_names) == [d, d])]
+        scaled = [u for u in users if u.type in ("real_div", "mul") and u not in squares]
+        if len(squares) != 1 or not scaled or not squares[0].out_names:
+            continue
+        sq = squares[0].out_names[0]
+        if [records[j].type for j in readers.get(sq, [])] != ["reduce_mean"]:
+            continue
+        internal |= {d, sq}
+    return internal
 
 
 def _pad_names(names: Sequence[str], n: int) -> list[str]:
@@ -401,7 +447,9 @@ def terms(prep: PreparedOps, dev: Device, p: AneParams) -> Terms:
     # a fused attention op writes its score map, reads it for the softmax (passes) and for the second matmul
     act += np.where(prep.score_bytes > ws, prep.score_bytes * (2.0 + p.reduction_passes), 0.0)
     mac = np.isin(prep.cls, [OP_CLASSES.index(c) for c in ("conv", "matmul")])
-    work = np.where(mac, prep.flops, prep.flops * prep.pad_ratio)
+    # a depthwise conv runs all taps of an output element at once (v8): its work is per output element, so
+    # a 7x7 kernel costs what a 3x3 does (v7 priced FastViT's 7x7 depthwise convs 5.4x a 3x3's)
+    work = np.where(mac, prep.engine_flops, prep.engine_flops * prep.pad_ratio)
     placed = np.flatnonzero(~prep.view)
     seq = on_cpu[placed].astype(np.int8)
     if seq.size:
@@ -468,7 +516,7 @@ def evaluate(t: Terms, p: AneParams) -> _Times:
     op_ms = np.where(t.view, 0.0, op_ms)
     overhead = t.segments * p.dispatch_ms + t.cpu_segments * p.cpu_sync_ms
     return _Times(op_ms, np.where(t.on_cpu, 0.0, compute_ms), np.where(t.on_cpu, 0.0, memory_ms), t.on_cpu,
-                  t.reason, np.where(t.on_cpu, 0.0, t.dram), t.segments, t.cpu_segments, overhead)
+                  t.reason, np.where(t.on_cpu | t.view, 0.0, t.dram), t.segments, t.cpu_segments, overhead)
 
 
 def price(prep: PreparedOps, dev: Device, p: AneParams) -> _Times:

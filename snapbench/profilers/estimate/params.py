@@ -25,8 +25,10 @@ OP_CLASSES = ("conv", "depthwise", "matmul", "elementwise", "activation", "softm
 CHIP_GENERATIONS = ("A13", "A14", "A15", "A16", "A17", "A18", "M1", "M2", "M3", "M4")
 CHIP_FACTOR_BOUNDS = (0.25, 4.0)
 # The structure the shipped fit is made for (v4: shapes, precision, call overhead; v5: compute/DRAM overlap,
-# per-harness call floors, robust fit; v6: no per-chip throughput factor, the catalog's fp16 peak)
-PARAMS_VERSION = 6
+# per-harness call floors, robust fit; v6: no per-chip throughput factor, the catalog's fp16 peak; v7: a
+# group norm spelt out in elementwise ops moves what one norm op moves; v8: a depthwise conv's work is per
+# output element, its kernel taps free)
+PARAMS_VERSION = 8
 CALL_FACTOR_BOUNDS = (0.1, 20.0)
 
 # (low, high) of each scalar parameter. Meaning, bounds and the sources of the priors in
@@ -152,7 +154,7 @@ def default_priors_path() -> Path:
     return Path(str(resources.files("snapbench.profilers.estimate") / "ane_priors.json"))
 
 
-def params_from_dict(doc: Any, source: str) -> AneParams:
+def params_from_dict(doc: object, source: str) -> AneParams:
     """Validate a parameter document; any problem -> SnapbenchError naming the field."""
 
     def bad(fieldname: str, why: str) -> SnapbenchError:
@@ -206,7 +208,7 @@ def params_from_dict(doc: Any, source: str) -> AneParams:
                      chip_factor=per_chip["chip_factor"], call_factor=per_chip["call_factor"], **scalars)
 
 
-def _check_number(value: Any, name: str, lim: tuple[float, float], bad) -> float:
+def _check_number(value: object, name: str, lim: tuple[float, float], bad) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise bad(name, f"must be a number, got {value!r}")
     lo, hi = lim

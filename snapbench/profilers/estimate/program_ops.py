@@ -257,7 +257,7 @@ def _visit(op, env: dict[str, _Var], records: list[OpRecord]) -> None:
     ))
 
 
-def _jsonable(v: Any) -> bool:
+def _jsonable(v: object) -> bool:
     if isinstance(v, (bool, int, float, str)) or v is None:
         return True
     if isinstance(v, list) and len(v) <= 16:
@@ -306,7 +306,7 @@ def _flops(op_type: str, operand: dict[str, tuple[int, ...]], out_shapes, params
     return float(out_n), 0  # elementwise, layout and everything else: one op per output element
 
 
-def _einsum_macs(equation: Any, shapes: list[tuple[int, ...]]) -> float:
+def _einsum_macs(equation: object, shapes: list[tuple[int, ...]]) -> float:
     """MACs of a two-operand einsum: the product of the sizes of every distinct index."""
     if not isinstance(equation, str) or "->" not in equation:
         return 0.0

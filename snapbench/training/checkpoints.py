@@ -22,7 +22,7 @@ from snapbench.backbones import ElasticModel, backbone_for
 from snapbench.dit.elastic import ElasticDiT
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import read_user_json
-from snapbench.evolution.toy_digits import ENCODER_FILE, PromptEncoder, context_width, is_toy
+from snapbench.training.toy_digits import ENCODER_FILE, PromptEncoder, context_width, is_toy
 from snapbench.model.elastic_unet import ElasticUNet
 from snapbench.model.loading import ModelSource, resolve_model
 from snapbench.specs.arch_spec import ArchSpec

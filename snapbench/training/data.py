@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 
 from snapbench.errors import SnapbenchError
-from snapbench.evolution.toy_digits import DIGIT_PROMPTS, digit_images, is_toy, tokenize
+from snapbench.training.toy_digits import DIGIT_PROMPTS, digit_images, is_toy, tokenize
 from snapbench.specs.arch_spec import ArchSpec
 
 
@@ -76,6 +76,22 @@ class LatentFolderData:
     def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(len(self.latents), (size,), generator=generator)
         return self.latents[idx], self.context[idx]
+
+
+# What an SD pipeline folder must hold for its text encoder and VAE (diffusers' layout, safetensors only).
+PIPELINE_FILES = ("text_encoder/config.json", "text_encoder/model.safetensors", "tokenizer/vocab.json",
+                  "tokenizer/merges.txt", "vae/config.json", "vae/diffusion_pytorch_model.safetensors")
+
+
+def missing_files(folder: Path, files: tuple[str, ...]) -> list[str]:
+    """The paths of `files` that `folder` lacks (a safetensors file may be sharded: its index counts)."""
+    out = []
+    for f in files:
+        p = folder / f
+        sharded = p.with_name(p.name + ".index.json") if p.suffix == ".safetensors" else None
+        if not p.is_file() and not (sharded and sharded.is_file()):
+            out.append(str(p))
+    return out
 
 
 def pipeline_text_and_vae(pipeline: str | Path) -> tuple[Callable[[Sequence[str]], torch.Tensor], Any]:

@@ -1,0 +1,277 @@
+"""`compress analyze`: how much each layer's palettization costs, and mixed-bit recipes under a size budget.
+
+    table = analyze_sensitivity(source, SensitivityOptions(latent=32))   # pandas DataFrame, one row per layer
+    recipe = choose_bits(table, target_bits=4.5)                         # {layer: bits}
+
+The way Apple's mixed-bit recipes for SDXL on iOS were made (ml-stable-diffusion's
+mixed_bit_compression_pre_analysis): palettize one layer at a time and measure the damage. Here the damage
+is measured on the layer's own block, so the model never has to be in memory at once:
+1. calibration inputs: `samples` denoising inputs (latents ~ N(0, 1), timesteps spread over [1, 999], a
+   context and, for SDXL-class UNets, text_embeds ~ N(0, 1) and the time_ids of a square image) run
+   through the UNet block by block, each block materialised alone (checkpoint weights, or the seeded
+   random ones every conversion uses) and freed after; each block sees what the blocks before it made;
+2. for each layer of the block a package would compress (mixed_bit.compressible_layers) and each width
+   in BITS: the layer's weight replaced by its k-means palette (palette.py, the same tables the packages
+   get) or its fp16 rounding, the block run again, and the PSNR of its output against the fp32 block.
+Random context instead of real text-encoder outputs: with random weights nothing better exists; with a
+checkpoint the figures are for random prompts' statistics, which the table says.
+
+Choosing the widths (`choose_bits`): every layer starts at fp16; the step that loses the fewest dB of its
+block's PSNR per byte saved is taken (one layer one width down), until the compressible weights average
+`target_bits` (or fit `budget_bytes`). dB lost are summed over layers as if independent: a heuristic, which
+the recipe states; the packages it makes can be measured against the fp16 ones (`convert --check` on a Mac).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from snapbench.converters.mixed_bit import COMPRESSIBLE, layer_name
+from snapbench.errors import SnapbenchError
+from snapbench.model.loading import ModelSource
+
+BITS = (1, 2, 4, 6, 8, 16)
+TIME_IDS_PER_IMAGE = 6  # original size, crop offset, target size (SDXL's micro-conditioning)
+
+
+@dataclass(frozen=True)
+class SensitivityOptions:
+    latent: int = 32  # calibration latent size (SDXL's own is 128: the PSNR of a block barely depends on it)
+    samples: int = 2  # calibration inputs (one batch)
+    tokens: int = 77
+    seed: int = 0
+    widths: tuple[int, ...] = BITS  # the widths measured (fp16 always): fewer make a faster, coarser analysis
+
+    def __post_init__(self) -> None:
+        if not self.widths or any(w not in BITS for w in self.widths):
+            raise SnapbenchError(f"--widths {','.join(map(str, self.widths))}: choose from {', '.join(map(str, BITS))}")
+        if 16 not in self.widths:
+            object.__setattr__(self, "widths", tuple(sorted({*self.widths, 16})))
+        for name in ("latent", "samples", "tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SnapbenchError(f"--{name} must be a positive integer, got {v!r}")
+        if self.samples > 16 or self.latent > 256:
+            raise SnapbenchError(f"--samples {self.samples} / --latent {self.latent}: calibration runs every block "
+                                 "once per layer and width; at most 16 samples of a 256 latent")
+
+
+def bytes_at(elements: int, bits: int) -> float:
+    """Stored bytes of one weight at `bits` (16: fp16): the indices plus one fp16 table of 2^bits entries,
+    as the estimator counts them (profilers/estimate/stored_weights.py)."""
+    return elements * 2.0 if bits == 16 else elements * bits / 8 + 2 ** bits * 2
+
+
+def _psnr(ref: torch.Tensor, got: torch.Tensor) -> float:
+    from snapbench.converters.ane_attention import psnr
+
+    return min(psnr(ref, got), 200.0)  # identical outputs: +inf, capped so that differences stay finite
+
+
+def _palettized(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    from snapbench.converters.palette import palettize_fp16
+
+    w16 = weight.detach().to(torch.float16)
+    if bits == 16:
+        return w16.float()
+    lut, idx = palettize_fp16(w16.numpy(), bits)
+    return torch.from_numpy(lut.astype(np.float32)[idx].reshape(tuple(weight.shape)))
+
+
+def calibration_inputs(config: Any, opts: SensitivityOptions) -> tuple[torch.Tensor, ...]:
+    """(sample, timestep, context, *added) for `opts.samples` denoising steps; context as (B, S, C)."""
+    from snapbench.specs.layout import text_embeds_dim
+
+    g = torch.Generator().manual_seed(opts.seed)
+    n, lat = opts.samples, opts.latent
+    ctx = config.cross_attention_dim
+    ctx = int(ctx[0] if isinstance(ctx, (list, tuple)) else ctx)
+    sample = torch.randn(n, config.in_channels, lat, lat, generator=g)
+    timestep = torch.linspace(999.0, 1.0, n) if n > 1 else torch.tensor([500.0])
+    context = torch.randn(n, opts.tokens, ctx, generator=g)
+    pooled = text_embeds_dim(config)
+    if pooled is None:
+        return sample, timestep, context
+    side = float(lat * 8)
+    time_ids = torch.tensor([[side, side, 0.0, 0.0, side, side]] * n)
+    return sample, timestep, context, torch.randn(n, pooled, generator=g), time_ids
+
+
+def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = SensitivityOptions(),
+                        progress: Callable[[str], None] | None = None) -> Any:
+    """One row per compressible layer: block, stage, elements, and the block's output PSNR (dB) with that
+    layer alone palettized at each width in BITS (column psnr_<bits>)."""
+    import pandas as pd
+
+    from snapbench.converters.convert_blocks import cut
+    from snapbench.converters.options import ConvertOptions
+    from snapbench.converters.unet_chunks import LazyCheckpoint, materialize_unit, run_unit
+    from snapbench.model.units import ResnetUnit, TextTimeEmbeddingUnit, TimeEmbeddingUnit
+
+    meta, blocks = cut(source, ConvertOptions(latent=opts.latent, batch=opts.samples, tokens=opts.tokens,
+                                              seed=opts.seed))
+    full = {id(t): n for n, t in meta.state_dict(keep_vars=True).items()}
+    checkpoint = LazyCheckpoint(source) if source.weights_dir is not None or source.copies_file else None
+    sample, timestep, context, *added = calibration_inputs(meta.config, opts)
+    hidden, temb = sample, None
+    skips: list[torch.Tensor] = []
+    rows = []
+    for b, closes in zip(blocks, meta.closes_skip):
+        roots = {k: full[id(t)] for k, t in b.unit.state_dict(keep_vars=True).items()}
+        unit = materialize_unit(meta, b.unit, checkpoint, opts.seed)
+        time_unit = isinstance(unit, (TimeEmbeddingUnit, TextTimeEmbeddingUnit))  # they change temb, not hidden
+
+        def run(unit: torch.nn.Module = unit) -> tuple[torch.Tensor, torch.Tensor | None]:
+            with torch.no_grad():
+                return run_unit(unit, hidden, temb, list(skips), context, timestep, added)
+
+        ref_hidden, ref_temb = run()
+        ref = ref_temb if time_unit else ref_hidden
+        assert ref is not None
+        layers = [(k, p) for k, p in unit.named_parameters()
+                  if k.endswith(".weight") and p.dim() >= 2 and p.numel() >= COMPRESSIBLE]
+        if progress is not None and layers:
+            progress(f"{b.block_id}: {len(layers)} layers")
+        for k, p in layers:
+            original = p.data
+            row: dict[str, Any] = {"layer": layer_name(roots[k]), "block": b.block_id, "stage": b.unit.slot.stage,
+                                   "elements": p.numel()}
+            for bits in opts.widths:
+                p.data = _palettized(original, bits)
+                h, t = run()
+                row[f"psnr_{bits}"] = round(_psnr(ref, t if time_unit else h), 3)
+            p.data = original
+            rows.append(row)
+        # every run popped from a copy of the skips: the block's own pop, then its push (UNetChunk's order)
+        if isinstance(unit, ResnetUnit) and unit.takes_skip:
+            skips.pop()
+        hidden, temb = ref_hidden, ref_temb
+        if closes:
+            skips.append(hidden)
+        del unit
+    return pd.DataFrame(rows, columns=["layer", "block", "stage", "elements", *(f"psnr_{b}" for b in opts.widths)])
+
+
+def choose_bits(table: Any, *, target_bits: float | None = None, budget_bytes: float | None = None) -> dict[str, int]:
+    """{layer: bits} under the budget: greedy, fewest dB lost per byte saved first (see the module doc)."""
+    if (target_bits is None) == (budget_bytes is None):
+        raise SnapbenchError("give one budget: --bits (average bits per weight) or --size-mb")
+    elements = dict(zip(table["layer"], table["elements"]))
+    total = sum(elements.values())
+    if target_bits is not None:
+        if not 1 <= target_bits <= 16:
+            raise SnapbenchError(f"--bits {target_bits}: an average between 1 and 16 bits per weight")
+        budget_bytes = total * target_bits / 8
+    assert budget_bytes is not None
+    widths_ = tuple(b for b in BITS if f"psnr_{b}" in table.columns)
+    floor = sum(bytes_at(n, widths_[0]) for n in elements.values())
+    if budget_bytes < floor:
+        raise SnapbenchError(f"a budget of {budget_bytes / 1e6:.3f} MB is under the {floor / 1e6:.3f} MB that every "
+                             f"layer at {widths_[0]} bits takes; give a larger budget")
+    widths = tuple(b for b in BITS if f"psnr_{b}" in table.columns)  # what was measured
+    psnr = {row["layer"]: {b: float(row[f"psnr_{b}"]) for b in widths} for row in table.to_dict("records")}
+    bits = {layer: 16 for layer in elements}
+    size = sum(bytes_at(n, 16) for n in elements.values())
+    heap: list[tuple[float, int, str]] = []
+
+    def push(layer: str) -> None:
+        i = widths.index(bits[layer])
+        if i == 0:
+            return
+        lower = widths[i - 1]
+        saved = bytes_at(elements[layer], bits[layer]) - bytes_at(elements[layer], lower)
+        if saved <= 0:
+            return
+        lost = psnr[layer][bits[layer]] - psnr[layer][lower]
+        heapq.heappush(heap, (max(lost, 0.0) / saved, zlib.crc32(layer.encode()), layer))
+
+    for layer in elements:
+        push(layer)
+    while size > budget_bytes and heap:
+        _, _, layer = heapq.heappop(heap)
+        i = widths.index(bits[layer])
+        size -= bytes_at(elements[layer], bits[layer]) - bytes_at(elements[layer], widths[i - 1])
+        bits[layer] = widths[i - 1]
+        push(layer)
+    return bits
+
+
+def average_bits(table: Any, bits: dict[str, int]) -> float:
+    elements = dict(zip(table["layer"], table["elements"]))
+    total = sum(elements.values())
+    return sum(bytes_at(n, bits[layer]) for layer, n in elements.items()) * 8 / total if total else math.nan
+
+
+def recipe_name(spec: str, target_bits: float | None, budget_bytes: float | None) -> str:
+    if target_bits is not None:
+        return f"{spec}-{target_bits:g}bit.json"
+    if budget_bytes is None:
+        raise ValueError("a recipe is named after its average bit width or its size budget")
+    return f"{spec}-{budget_bytes / 1e6:g}MB.json"
+
+
+def write_analysis(source: ModelSource, out_dir: Any, opts: SensitivityOptions = SensitivityOptions(), *,
+                   targets: tuple[float, ...] = (4.5,), budgets_mb: tuple[float, ...] = (),
+                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """`compress analyze`: the sensitivity table (CSV) and one recipe JSON per budget under `out_dir`.
+    Budgets are checked before the (long) measurement; every file is written under a temporary name and
+    renamed, so an interrupted run leaves none half-written."""
+    import json
+    from pathlib import Path
+
+    from snapbench.atomic import atomic_write_bytes
+    from snapbench.backbones import backbone_for
+    from snapbench.converters.mixed_bit import RECIPE_FORMAT, compressible_layers, layers_digest
+
+    if not targets and not budgets_mb:
+        raise SnapbenchError("give at least one budget: --bits or --size-mb")
+    for t in targets:
+        if not 1 <= t <= 16:
+            raise SnapbenchError(f"--bits {t}: an average between 1 and 16 bits per weight")
+    for mb in budgets_mb:
+        if not mb > 0:
+            raise SnapbenchError(f"--size-mb {mb}: a positive size")
+    with torch.device("meta"):
+        layers = compressible_layers(backbone_for(source).build(source, device="meta"))
+    table = analyze_sensitivity(source, opts, progress)
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = source.spec.name
+    csv = folder / f"{spec}-sensitivity.csv"
+    atomic_write_bytes(csv, table.to_csv(index=False).encode())
+    made: list[dict[str, Any]] = []
+    written: dict[str, Any] = {"sensitivity": str(csv), "layers": len(table), "recipes": made}
+    fp16_bytes = sum(bytes_at(n, 16) for n in table["elements"])
+    for target, budget in [(t, None) for t in targets] + [(None, mb * 1e6) for mb in budgets_mb]:
+        bits = choose_bits(table, target_bits=target, budget_bytes=budget)
+        size = sum(bytes_at(n, bits[layer]) for layer, n in zip(table["layer"], table["elements"]))
+        lost = sum(float(r["psnr_16"]) - float(r[f"psnr_{bits[r['layer']]}"]) for r in table.to_dict("records"))
+        widths: dict[str, int] = {}
+        for b in bits.values():
+            widths[str(b)] = widths.get(str(b), 0) + 1
+        doc = {
+            "format": RECIPE_FORMAT, "version": 1, "model": str(source.ref), "spec": spec,
+            "layers_digest": layers_digest(layers),
+            "budget": {"average_bits": target} if budget is None else {"megabytes": budget / 1e6},
+            "average_bits": round(average_bits(table, bits), 3), "bytes": int(size), "fp16_bytes": int(fp16_bytes),
+            "layers_by_bits": widths,
+            "sum_db_lost": round(lost, 2),
+            "how": ("bits per layer chosen greedily, fewest dB of the layer's block output PSNR lost per byte saved "
+                    "first; each layer measured alone (snapbench compress analyze), losses summed as if independent"),
+            "calibration": {"latent": opts.latent, "samples": opts.samples, "tokens": opts.tokens, "seed": opts.seed,
+                            "inputs": "latents, context and text_embeds ~ N(0, 1), timesteps spread over [1, 999]",
+                            "weights": "checkpoint" if source.weights_dir is not None else f"seeded random ({opts.seed})"},
+            "layers": dict(sorted(bits.items())),
+        }
+        path = folder / recipe_name(spec, target, budget)
+        atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
+        made.append({"path": str(path), "average_bits": doc["average_bits"], "bytes": doc["bytes"],
+                                   "layers_by_bits": widths, "sum_db_lost": doc["sum_db_lost"]})
+    return written

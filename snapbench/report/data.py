@@ -1,0 +1,276 @@
+"""The report's data, typed: what `gather()` builds, the page renders and `--json` writes.
+
+Each dataclass names the fields of one part of the report; `ReportData.to_dict()` is the one place that
+turns them into the JSON document (schema `snapbench.report/1`): its keys and their order are the
+document's, so `report --json` writes the same bytes it wrote when the data was a plain dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from snapbench.devices.catalog import Device
+
+# A value read from a JSON or CSV document the report quotes as it is (the trust file, reference rows).
+JsonValue = Any
+
+
+@dataclass
+class TrajectoryRow:
+    """One row of an evolve run's trajectory.csv, with the label of the latency source behind it."""
+
+    iteration: int
+    phase: str
+    action: str
+    block: str
+    latency_ms: float | None
+    quality: float | None
+    value: float | None
+    backend: str
+    label: str
+
+
+@dataclass
+class Trajectory:
+    file: str
+    rows: list[TrajectoryRow]
+    problem: str | None  # why the file could not be read; the rest of the report still stands
+
+
+@dataclass
+class ArchitectureBlock:
+    id: str
+    kind: str  # "CA" | "RB"
+    status: str
+    variant: str | None  # the label of the cheaper variant it runs as (separable x2, MQA, ...), if any
+
+
+@dataclass
+class StageArchitecture:
+    stage: str
+    CA: int
+    RB: int
+    CA_swapped: int  # running blocks of that kind swapped for a cheaper variant
+    RB_swapped: int
+    blocks: list[ArchitectureBlock]
+
+
+@dataclass
+class StageParams:
+    stage: str
+    ca_params: int
+    rb_params: int
+    aux_params: int
+    params: int
+    macs: int
+
+
+@dataclass
+class ModelSummary:
+    """One model's structure: what it is, its parameters and MACs per stage, its evolve trajectory."""
+
+    key: str
+    name: str
+    ref: str
+    role: str
+    description: str
+    notes: dict[str, str | int | float | bool]
+    claimed_params: JsonValue  # the arch spec's note, as written
+    claim_comparable: bool
+    steps: int
+    steps_source: str
+    latent: int
+    decoder_source: str
+    sample_grid: str | None
+    totals: dict[str, int]
+    stage_params: list[StageParams]
+    architecture: list[StageArchitecture]
+    trajectory: Trajectory | None
+
+
+@dataclass
+class ComponentFigure:
+    ms: float | None
+    per: str
+    backend: str | None
+    label: str
+
+
+@dataclass
+class BlockResult:
+    id: str
+    stage: str
+    kind: str
+    status: str
+    change: str | None
+    runs: bool
+    module: str
+    signature: str | None
+    macs: int
+    params: int
+    latency_ms: float | None
+    p90_ms: float | None
+    samples: int | None
+    backend: str | None
+    label: str
+    tflops: float | None = None
+    peak_share: float | None = None
+    latency_share: float | None = None
+
+
+@dataclass
+class StageLatency:
+    stage: str
+    ms: float
+    ca_ms: float
+    rb_ms: float
+    aux_ms: float
+
+
+@dataclass
+class Budget:
+    """Seconds per image; the app floor and the error band only when the report has them."""
+
+    text_encoder_ms: float
+    unet_ms: float
+    vae_decoder_ms: float
+    total_ms: float
+    total_s: float
+    app_floor_ms: float | None = None
+    app_calls: int | None = None
+    in_app_s: float | None = None
+    error_band_s: list[float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None or k in _BUDGET_ALWAYS}
+
+
+_BUDGET_ALWAYS = ("text_encoder_ms", "unet_ms", "vae_decoder_ms", "total_ms", "total_s")
+
+
+@dataclass
+class LoadTimes:
+    first: float | None
+    warm: float | None
+
+
+@dataclass
+class MeasuredOn:
+    name: str
+    os_version: str | None
+    os_build: str | None
+
+
+@dataclass
+class ModelResult:
+    """One model on one device: its latency per component, stage and block, or why there is none."""
+
+    model: str
+    device: str
+    steps: int
+    notes: list[str]
+    available: bool
+    reason: str | None
+    backend: str | None
+    labels: list[str]
+    components: dict[str, ComponentFigure]
+    budget: Budget | None
+    stages: list[StageLatency]
+    blocks: list[BlockResult]
+    # only when available
+    budget_missing: list[str] = field(default_factory=list)
+    block_latency_sum_ms: float = 0.0
+    profile_settings: dict[str, Any] = field(default_factory=dict)  # RunSettings.to_dict()
+    profile_versions: dict[str, str] = field(default_factory=dict)
+    profile_created_at: str | None = None
+    load_ms: dict[str, LoadTimes] = field(default_factory=dict)
+    measured_on: MeasuredOn | None = None
+    # against the baseline on the same device
+    speedup_e2e: float | None = None
+    speedup_unet_step: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.model, "device": self.device, "steps": self.steps, "notes": list(self.notes),
+            "available": self.available, "reason": self.reason, "backend": self.backend,
+            "labels": list(self.labels), "components": {k: asdict(v) for k, v in self.components.items()},
+            "budget": self.budget.to_dict() if self.budget is not None else None,
+        }
+        if self.available:
+            out["budget_missing"] = list(self.budget_missing)
+        out.update(stages=[asdict(s) for s in self.stages], blocks=[asdict(b) for b in self.blocks])
+        if self.available:
+            out.update(block_latency_sum_ms=self.block_latency_sum_ms, profile_settings=dict(self.profile_settings),
+                       profile_versions=dict(self.profile_versions), profile_created_at=self.profile_created_at,
+                       load_ms={k: asdict(v) for k, v in self.load_ms.items()},
+                       measured_on=asdict(self.measured_on) if self.measured_on is not None else None)
+        out.update(speedup_e2e=self.speedup_e2e, speedup_unet_step=self.speedup_unet_step)
+        return out
+
+
+@dataclass
+class ReferenceMatch:
+    """A reference row as written, with this report's figure for the same model, device and component.
+
+    `ours_status`: "matched" (a figure to compare), "missing" (the model and device are in the report but
+    that component has no latency), "absent" (the model or device is not part of this report)."""
+
+    row: dict[str, JsonValue]  # the reference file's columns, and its line
+    settings_differ: list[str]
+    ours_model: str | None = None
+    ours_ms: float | None = None
+    ours_label: str | None = None
+    ratio: float | None = None
+    ours_status: str = "absent"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.row, "settings_differ": list(self.settings_differ), "ours_model": self.ours_model,
+                "ours_ms": self.ours_ms, "ours_label": self.ours_label, "ratio": self.ratio,
+                "ours_status": self.ours_status}
+
+
+@dataclass
+class Reference:
+    source: str
+    shipped: bool
+    rows: list[ReferenceMatch]
+
+
+@dataclass
+class ReportData:
+    schema: str
+    title: str
+    created_at: str
+    command: str | None
+    versions: dict[str, str]
+    settings: dict[str, str | int | None]  # RunSettings' table fields; latent None: each model's own
+    requested_backend: str
+    table: str | None
+    baseline: str  # the key of the baseline model
+    models: list[ModelSummary]
+    devices: list[Device]
+    results: list[ModelResult]
+    latency_labels: list[str]
+    mixed_sources: bool
+    reference: Reference
+    stages: list[str]  # the backbones' stages, in order
+    text_encoder_runs: int
+    app_floor_ms: float | None
+    trust: dict[str, JsonValue] | None  # the shipped validation's summary (snapbench.validation.trust)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document `report --json` writes and the page's `data-json` paths point into."""
+        return {
+            "schema": self.schema, "title": self.title, "created_at": self.created_at, "command": self.command,
+            "versions": dict(self.versions), "settings": dict(self.settings),
+            "requested_backend": self.requested_backend, "table": self.table, "baseline": self.baseline,
+            "models": [asdict(m) for m in self.models],
+            "devices": [{**d.to_dict(), "fp16_peak_tflops": d.ane_fp16_tflops} for d in self.devices],
+            "results": [r.to_dict() for r in self.results],
+            "latency_labels": list(self.latency_labels), "mixed_sources": self.mixed_sources,
+            "reference": {"source": self.reference.source, "shipped": self.reference.shipped,
+                          "rows": [r.to_dict() for r in self.reference.rows]},
+            "stages": list(self.stages), "text_encoder_runs": self.text_encoder_runs,
+            "app_floor_ms": self.app_floor_ms, "trust": self.trust,
+        }

@@ -1,0 +1,141 @@
+"""Mixed-bit palettization: `compress analyze` (per-layer sensitivity -> recipes) and `convert --recipe`,
+on sdxl-tiny with real k-means palettes and real coremltools conversions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from snapbench.cli import main
+from snapbench.model.loading import resolve_model
+from snapbench.converters.mixed_bit import RECIPE_FORMAT, compressible_layers, fingerprint, layers_digest
+from snapbench.converters.sensitivity import SensitivityOptions, bytes_at, choose_bits
+
+FAST = SensitivityOptions(latent=8, samples=1, tokens=4, widths=(2, 4))  # 8 bits: 256-entry k-means, slower
+
+
+def _layers(ref: str) -> dict[str, int]:
+    from snapbench.backbones import backbone_for
+
+    source = resolve_model(ref)
+    with torch.device("meta"):
+        return compressible_layers(backbone_for(source).build(source, device="meta"))
+
+
+@pytest.mark.slow
+def test_every_compressible_layer_is_measured_on_its_block(recipes):
+    sdxl_table = pd.read_csv(recipes / "sdxl-tiny-sensitivity.csv")  # what analyze_sensitivity(..., FAST) gave
+    layers = _layers("sdxl-tiny")
+    assert sorted(sdxl_table["layer"]) == sorted(layers)
+    assert dict(zip(sdxl_table["layer"], sdxl_table["elements"])) == layers
+    assert "add_embedding.linear_1" in layers and sdxl_table.set_index("layer").loc["add_embedding.linear_1", "block"] \
+        == "TextTimeEmbedding"
+    # fewer bits, less of the block's output: fp16 rounding beats a 4-bit table beats a 2-bit one
+    t = sdxl_table
+    assert (t["psnr_16"] >= t["psnr_4"]).mean() > 0.95 and (t["psnr_4"] > t["psnr_2"]).mean() > 0.95
+    assert t["psnr_2"].median() < 40 < t["psnr_16"].median()
+
+
+def test_choose_bits_spends_the_budget_on_the_sensitive_layer():
+    table = pd.DataFrame([
+        {"layer": "touchy", "elements": 10_000, "psnr_2": 5.0, "psnr_4": 20.0, "psnr_8": 45.0, "psnr_16": 90.0},
+        {"layer": "robust", "elements": 10_000, "psnr_2": 60.0, "psnr_4": 70.0, "psnr_8": 80.0, "psnr_16": 90.0},
+    ])
+    bits = choose_bits(table, target_bits=6)
+    assert bits == {"touchy": 8, "robust": 2}
+    assert sum(bytes_at(10_000, b) for b in bits.values()) <= 20_000 * 6 / 8
+    assert choose_bits(table, target_bits=16) == {"touchy": 16, "robust": 16}
+    from snapbench.errors import SnapbenchError
+
+    with pytest.raises(SnapbenchError, match="under the"):
+        choose_bits(table, budget_bytes=100)
+
+
+def test_fingerprint_survives_reshape_and_transpose():
+    w = torch.randn(64, 32)
+    assert fingerprint(w) == fingerprint(w.t().contiguous()) == fingerprint(w.reshape(64, 32, 1, 1).numpy())
+    assert fingerprint(w) != fingerprint(w * 1.01)
+
+
+# -- the CLI: analyze, then convert with the recipe -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def recipes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("recipes")
+    assert main(["compress", "analyze", "--model", "sdxl-tiny", "--out", str(out), "--latent", str(FAST.latent),
+                 "--samples", str(FAST.samples), "--tokens", str(FAST.tokens), "--widths", "2,4", "--bits", "4.5",
+                 "--bits", "3", "--json"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_analyze_writes_the_table_and_recipes_under_budget(recipes):
+    table = pd.read_csv(recipes / "sdxl-tiny-sensitivity.csv")
+    assert list(table.columns) == ["layer", "block", "stage", "elements", "psnr_2", "psnr_4", "psnr_16"]
+    for target in (4.5, 3):
+        doc = json.loads((recipes / f"sdxl-tiny-{target:g}bit.json").read_text())
+        assert doc["format"] == RECIPE_FORMAT and doc["layers_digest"] == layers_digest(_layers("sdxl-tiny"))
+        assert doc["average_bits"] <= target and set(doc["layers"]) == set(table["layer"])
+        assert set(doc["layers"].values()) <= {2, 4, 16} and len(set(doc["layers"].values())) > 1  # mixed
+    assert not list(recipes.glob(".*"))  # no temporary files left
+
+
+@pytest.mark.slow
+def test_convert_with_a_recipe_gives_each_layer_its_table(recipes, tmp_path):
+    from snapbench.converters import load_manifest
+    from snapbench.profilers.estimate.program_ops import read_op_records
+
+    recipe = json.loads((recipes / "sdxl-tiny-4.5bit.json").read_text())
+    out = tmp_path / "pkgs"
+    assert main(["convert", "--model", "sdxl-tiny", "--recipe", str(recipes / "sdxl-tiny-4.5bit.json"),
+                 "--latent", "8", "--tokens", "4", "--out", str(out), "--json"]) == 0
+    m = load_manifest(out)
+    assert m.compression["weight_bits"] == "mixed" and m.options["mode"] == "deploy"
+    # what the estimator reads from the packages: each layer's weight bytes at its recipe's width
+    stored = 0.0
+    widths = set()
+    for b in m.blocks:
+        if b.package:
+            for r in read_op_records(out / b.package):
+                if r.weight_elems >= 2048:
+                    stored += r.weight_bytes
+                    widths.add(round(r.weight_bits))
+    expected = sum(bytes_at(n, recipe["layers"][name]) for name, n in _layers("sdxl-tiny").items())
+    assert widths == set(recipe["layers"].values())
+    assert abs(stored - expected) / expected < 0.05  # + the biases the big ops carry
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["layers"].update({"down_blocks.9.nothing": 4}), "'down_blocks.9.nothing' does not exist"),
+    (lambda d: d["layers"].update({next(iter(d["layers"])): 3}), "3 bits is not supported"),
+    (lambda d: d.update({"spec": "sd15-tiny"}), "a recipe for 'sd15-tiny'"),
+    (lambda d: d.update({"format": "other"}), "not a mixed-bit recipe"),
+    (lambda d: d.update({"layers": {}}), "names no layer"),
+])
+def test_bad_recipes_are_refused_in_one_line_before_anything_is_written(tmp_path, capsys, change, message):
+    layers = _layers("sdxl-tiny")
+    doc = {"format": RECIPE_FORMAT, "spec": "sdxl-tiny", "layers_digest": layers_digest(layers),
+           "layers": {name: 4 for name in layers}}
+    change(doc)
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(doc))
+    out = tmp_path / "pkgs"
+    assert main(["convert", "--model", "sdxl-tiny", "--recipe", str(path), "--latent", "8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_recipe_with_weight_bits_is_refused(tmp_path, capsys):
+    layers = _layers("sdxl-tiny")
+    path = Path(tmp_path / "r.json")
+    path.write_text(json.dumps({"format": RECIPE_FORMAT, "spec": "sdxl-tiny", "layers_digest": layers_digest(layers),
+                                "layers": {name: 4 for name in layers}}))
+    assert main(["convert", "--model", "sdxl-tiny", "--recipe", str(path), "--weight-bits", "4",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "leave --weight-bits at 16" in capsys.readouterr().err
