@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 from rich.text import Text
 
+from snapbench.commands.block_tables import render_blocks
 from snapbench.commands.common import fmt_count, out
 
 if TYPE_CHECKING:
@@ -23,7 +24,6 @@ def published(r: Inspection) -> dict[str, Any] | None:
 
 
 def render_inspection(r: Inspection, *, show_blocks: bool = True) -> None:
-    from snapbench.commands.inspect import render_blocks  # inspect imports this module
 
     s = r.shapes
     out.rule(Text.assemble((r.name, "bold"), f" ({r.source.spec.base_config.get('_class_name')})  latent {s.latent}x{s.latent}, "
