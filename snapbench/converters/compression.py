@@ -48,13 +48,9 @@ def compression_info(opts: ConvertOptions) -> dict[str, Any]:
             "granularity": "per_tensor"}
 
 
-def compress(mlmodel: Any, opts: ConvertOptions, recipe_bits: Any = None) -> Any:
-    """The compressed model (a new MLModel), or the same one for 16 bits. With a recipe (opts.recipe),
-    `recipe_bits` ({fingerprint: (bits, layer)}, mixed_bit.unit_bits) says which weight gets which table."""
-    if opts.recipe:
-        from snapbench.converters.mixed_bit import compress_mixed
-
-        return compress_mixed(mlmodel, recipe_bits or {})
+def compress(mlmodel: Any, opts: ConvertOptions) -> Any:
+    """The compressed model (a new MLModel), or the same one for 16 bits: one width for every weight (a
+    mixed-bit recipe is `mixed_bit.compress_mixed`)."""
     if opts.weight_bits == 16:
         return mlmodel
     ct = coremltools()
@@ -69,14 +65,14 @@ def compress(mlmodel: Any, opts: ConvertOptions, recipe_bits: Any = None) -> Any
         return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op_config,
                                                                            op_name_configs=keep))
     if opts.palettization == "kmeans_histogram":
-        op_config = cto.OpPalettizerConfig(mode="custom", lut_function=functools.partial(_histogram_lut, nbits=opts.weight_bits),
+        op_config = cto.OpPalettizerConfig(mode="custom", lut_function=functools.partial(histogram_lut, nbits=opts.weight_bits),
                                            granularity="per_tensor")
     else:
         op_config = cto.OpPalettizerConfig(mode=opts.palettization, nbits=opts.weight_bits, granularity="per_tensor")
     return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op_config, op_name_configs=keep))
 
 
-def _histogram_lut(weight: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
+def histogram_lut(weight: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
     """coremltools' lut_function: the table and indices from palette.py's k-means of the fp16 histogram."""
     from snapbench.converters.palette import palettize_fp16
 
@@ -102,7 +98,7 @@ def not_weights(mlmodel: Any) -> list[str]:
         return _not_weights_from_spec(mlmodel)
     found = []
     for fn in program.functions.values():
-        for op in _ops(fn):
+        for op in program_ops(fn):
             val = op.outputs[0].val if op.op_type == "const" else None
             if not isinstance(val, np.ndarray) or val.size < COMPRESSION_THRESHOLD:
                 continue
@@ -131,7 +127,7 @@ def nonfinite_weights(mlmodel: Any) -> list[str]:
         return []
     bad = []
     for fn in program.functions.values():
-        for op in _ops(fn):
+        for op in program_ops(fn):
             if op.op_type != "const":
                 continue
             val = op.outputs[0].val
@@ -144,8 +140,8 @@ def nonfinite_weights(mlmodel: Any) -> list[str]:
     return bad
 
 
-def _ops(block: Any):
+def program_ops(block: Any):
     for op in block.operations:
         yield op
         for inner in getattr(op, "blocks", ()):
-            yield from _ops(inner)
+            yield from program_ops(inner)

@@ -133,7 +133,12 @@ def convert_module(module: torch.nn.Module, io: PackageIO, opts: ConvertOptions,
                 t.set_()  # frees the storage for every reference to this tensor, the caller's too
     timings["convert"] = time.perf_counter() - start - sum(timings.values())
     with conversion_context():  # compression runs MIL pass pipelines too: keep their tqdm bars off
-        mlmodel = compress(mlmodel, opts, recipe_bits)
+        if opts.recipe:
+            from snapbench.converters.mixed_bit import compress_mixed
+
+            mlmodel = compress_mixed(mlmodel, recipe_bits or {})
+        else:
+            mlmodel = compress(mlmodel, opts)
     bad = nonfinite_weights(mlmodel)
     if bad:
         raise ValueError(f"weights hold NaN or inf after conversion ({len(bad)} constant(s), e.g. {bad[0]}); "

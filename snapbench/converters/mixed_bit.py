@@ -23,7 +23,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -108,10 +108,6 @@ def load_recipe(path: str | os.PathLike, model: Any) -> Recipe:
     return Recipe(spec, layers_digest(layers), bits, p)
 
 
-def recipe_digest(items: Iterable[tuple[str, int]]) -> str:
-    return hashlib.sha256(json.dumps(list(items)).encode()).hexdigest()[:16]
-
-
 # -- applying a recipe to one converted package -----------------------------------------------------------
 
 
@@ -142,7 +138,7 @@ def op_configs(mlmodel: Any, by_fingerprint: Mapping[str, tuple[int, str]]) -> d
     """coremltools' op_name_configs for a converted model: each weight constant whose content is a recipe
     layer's gets a k-means palettizer of that layer's bits (None: stays fp16). Raises if a recipe layer
     matched no constant (its weights were changed on the way: compressing something else would be wrong)."""
-    from snapbench.converters.compression import WEIGHT_CONSUMERS, _histogram_lut, _ops
+    from snapbench.converters.compression import WEIGHT_CONSUMERS, histogram_lut, program_ops
     from snapbench.converters.runtime import coremltools
 
     cto = coremltools().optimize.coreml
@@ -150,7 +146,7 @@ def op_configs(mlmodel: Any, by_fingerprint: Mapping[str, tuple[int, str]]) -> d
     configs: dict[str, Any] = {}
     matched: set[str] = set()
     for fn in program.functions.values():
-        for op in _ops(fn):
+        for op in program_ops(fn):
             val = op.outputs[0].val if op.op_type == "const" else None
             if not isinstance(val, np.ndarray) or val.size < COMPRESSIBLE or val.dtype.kind != "f":
                 continue
@@ -162,7 +158,7 @@ def op_configs(mlmodel: Any, by_fingerprint: Mapping[str, tuple[int, str]]) -> d
             if fp in by_fingerprint:
                 matched.add(fp)
             configs[op.name] = None if nbits == 16 else cto.OpPalettizerConfig(
-                mode="custom", lut_function=functools.partial(_histogram_lut, nbits=nbits), granularity="per_tensor")
+                mode="custom", lut_function=functools.partial(histogram_lut, nbits=nbits), granularity="per_tensor")
     missed = sorted(layer for fp, (_, layer) in by_fingerprint.items() if fp not in matched)
     if missed:
         raise ValueError(f"recipe layer(s) {', '.join(missed[:3])}{' ...' if len(missed) > 3 else ''} match no weight "

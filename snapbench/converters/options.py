@@ -6,9 +6,11 @@ value is refused here, in one line that lists the valid choices, so the API and 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Iterable, Literal, get_args
 
 from snapbench.errors import SnapbenchError
 from snapbench.settings import (ATTENTIONS, COMPONENTS, IOS_TARGETS, PRECISIONS, WEIGHT_BITS,  # noqa: F401 re-exported
@@ -103,8 +105,6 @@ class ConvertOptions:
 
     @property
     def recipe_digest(self) -> str | None:
-        from snapbench.converters.mixed_bit import recipe_digest
-
         return recipe_digest(self.recipe) if self.recipe else None
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,3 +112,8 @@ class ConvertOptions:
         d["palettization"] = self.palettization
         d["recipe"] = self.recipe_digest  # the digest; the layers are in the recipe file
         return d
+
+
+def recipe_digest(items: Iterable[tuple[str, int]]) -> str:
+    """A mixed-bit recipe's (layer, bits) pairs as a short key (cache keys, manifests)."""
+    return hashlib.sha256(json.dumps(list(items)).encode()).hexdigest()[:16]
