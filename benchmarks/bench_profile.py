@@ -32,11 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from snapbench.devices.catalog import list_devices
-    from snapbench.latency.table import LatencyTable, Settings
     from snapbench.latency.model_latency import cut_model, locate, now, packages_to_price, price
+    from snapbench.latency.packages import ConverterPackages
+    from snapbench.latency.table import LatencyTable, Settings
     from snapbench.model.loading import resolve_model
     from snapbench.profilers.backends import EstimatePricer
-    from snapbench.latency.packages import ConverterPackages
 
     settings = Settings(latent=args.latent)
     source = resolve_model(args.model)

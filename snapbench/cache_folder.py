@@ -6,6 +6,7 @@ $SNAPBENCH_CACHE at, holding other things.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -39,10 +40,8 @@ def _size(p: Path) -> int:
         return p.lstat().st_size
     total = 0
     for f in p.rglob("*"):
-        try:
+        with contextlib.suppress(OSError):  # removed while we walked
             total += f.lstat().st_size
-        except OSError:  # removed while we walked
-            pass
     return total
 
 

@@ -21,9 +21,9 @@ Weights are random (seeded): these folders test paths, not image quality.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

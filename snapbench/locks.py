@@ -13,8 +13,8 @@ import contextlib
 import fcntl
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from snapbench.errors import SnapbenchError
 from snapbench.paths import choose_another

@@ -64,7 +64,7 @@ class LineProgress:
         self.every = every_s() if every is None else every
         self._tasks: dict[int, dict[str, Any]] = {}
 
-    def __enter__(self) -> "LineProgress":
+    def __enter__(self) -> LineProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -100,9 +100,8 @@ class LineProgress:
             t["description"] = description
         now = time.monotonic()
         done = t["total"] is not None and t["completed"] >= t["total"]
-        if t["last"] is None or now - t["last"] >= self.every or done:
-            if t["logged_at"] != t["completed"]:
-                self._log(task)
+        if (t["last"] is None or now - t["last"] >= self.every or done) and t["logged_at"] != t["completed"]:
+            self._log(task)
 
     def _log(self, task: int) -> None:
         t = self._tasks[task]

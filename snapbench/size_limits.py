@@ -7,8 +7,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from snapbench.errors import SnapbenchError
 

@@ -4,9 +4,9 @@ evaluator whose quality is known in advance (so the order of removals can be che
 from __future__ import annotations
 
 import csv
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection
 
 import pytest
 import torch
@@ -79,7 +79,7 @@ class PenaltyEval:
     def check(self, spec) -> None:
         pass
 
-    def build(self) -> "PenaltyEval":
+    def build(self) -> PenaltyEval:
         return self
 
     def sample_count(self) -> int:

@@ -36,9 +36,9 @@ class LoggedCoreMLTools(CoreMLTools):
 
 
 def fake_node_backend(device_id: str, settings: NodeSettings) -> DeviceBackend:
-    from profile_fakes import FakeCoreML, devicectl_entry, fake_mac
-
     import tempfile
+
+    from profile_fakes import FakeCoreML, devicectl_entry, fake_mac
 
     here = Path(tempfile.mkdtemp(prefix=f"farm-node-{device_id}-"))
     udid = f"00008120-{abs(hash(device_id)) % 10**4:04d}"

@@ -12,13 +12,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 from unittest import mock
 
-from snapbench.profilers.estimate.cost_model import CpuOp, Estimate
 from snapbench.latency.packages import ComponentPackage
+from snapbench.profilers.estimate.cost_model import CpuOp, Estimate
 from snapbench.profilers.readiness import Machine
 
 

@@ -15,7 +15,11 @@ import torch
 
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.swift_interface import (
-    check_package, family_rules, interface_markdown, load_table, read_interface,
+    check_package,
+    family_rules,
+    interface_markdown,
+    load_table,
+    read_interface,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +58,8 @@ def converted(tmp_path_factory):
     """The tiny fixture pipeline converted twice: two UNet chunks + VAE encoder, then one UNet (same folder
     copied: the text encoder and VAE packages are reused from the cache)."""
     from snapbench.converters.entry import ConvertRequest, convert
-    from snapbench.model.loading import resolve_model
     from snapbench.fixtures import write_tiny_pipeline
+    from snapbench.model.loading import resolve_model
 
     root = tmp_path_factory.mktemp("app")
     pipe = write_tiny_pipeline(root / "pipe")

@@ -10,18 +10,25 @@ from typing import get_args
 
 import pytest
 
-from snapbench.devices.catalog import resolve_device
 from snapbench import backbones
-from snapbench.backbones import BACKBONES, UNetBackbone, backbone_for, backbone_named
+from snapbench.backbones import BACKBONES, UNetBackbone, backbone_for, backbone_named, inspect_model
 from snapbench.blocks.cut import InputShapes, cut_blocks
-from snapbench.backbones import inspect_model
 from snapbench.blocks.inspection import Inspection
 from snapbench.converters.options import ConvertOptions
+from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.latency.table import Settings
 from snapbench.model.loading import build_unet, resolve_model
-from snapbench.settings import (ATTENTIONS, BACKEND_CHOICES, BACKENDS, COMPONENTS, MEASURING, PIPELINE_PARTS,
-                                Attention, RunSettings)
+from snapbench.settings import (
+    ATTENTIONS,
+    BACKEND_CHOICES,
+    BACKENDS,
+    COMPONENTS,
+    MEASURING,
+    PIPELINE_PARTS,
+    Attention,
+    RunSettings,
+)
 from snapbench.specs.layout import removable_slots
 from snapbench.specs.stages import STAGES
 
@@ -52,7 +59,8 @@ def test_the_choice_lists_are_the_literal_types():
     assert set(BACKEND_CHOICES) == {"auto", *BACKENDS} and set(MEASURING) < set(BACKENDS)
     # the stages' old names are the same objects, so nothing can drift
     from snapbench.converters import ane_attention, options
-    from snapbench.profilers import backends as profiler_backends, readiness
+    from snapbench.profilers import backends as profiler_backends
+    from snapbench.profilers import readiness
     from snapbench.report import reference
 
     assert ane_attention.ATTENTION_IMPLS is ATTENTIONS and options.COMPONENTS is COMPONENTS

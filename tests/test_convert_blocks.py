@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from snapbench.converters.entry import ConvertRequest, convert
-from snapbench.converters.manifest import load_manifest
-from snapbench.converters.options import ConvertOptions
 from snapbench.converters import workers
-from snapbench.converters.package_io import PackageIO
-from snapbench.converters.convert_package import convert_module
 from snapbench.converters.checks import PackageCheckError, check_prediction, require_prediction
-from snapbench.converters.manifest import MANIFEST_FILE
+from snapbench.converters.convert_package import convert_module
+from snapbench.converters.entry import ConvertRequest, convert
+from snapbench.converters.manifest import MANIFEST_FILE, load_manifest
+from snapbench.converters.options import ConvertOptions
+from snapbench.converters.package_io import PackageIO
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import resolve_model
 

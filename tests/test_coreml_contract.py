@@ -24,10 +24,10 @@ exp = ct.models.ml_program.experimental
 rd, aw = exp.remote_device, exp.async_wrapper
 cp, cd = ct.models.compute_plan, ct.models.compute_device
 
+from profile_fakes import FakeCoreML, xcodebuild_failure  # noqa: E402
+
 from snapbench.profilers import coreml_api  # noqa: E402
 from snapbench.profilers.coreml_api import COMPUTE_UNITS, CoreMLTools, Signing  # noqa: E402
-
-from profile_fakes import FakeCoreML, xcodebuild_failure  # noqa: E402
 
 
 def binds(fn, *args, **kwargs) -> None:

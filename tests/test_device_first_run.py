@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 import pytest
+from profile_fakes import FakeApp, FakeCoreML, FakePackages, RunnerOnPhone, fake_device_backend, toy_estimator
 
 from snapbench.cli import main
 from snapbench.devices.catalog import resolve_device
@@ -22,8 +23,6 @@ from snapbench.profilers.backends import PackageFailed
 from snapbench.profilers.coreml_api import CoreMLTools
 from snapbench.profilers.measurement import PackageJob
 from snapbench.profilers.runner_build import STAMP
-
-from profile_fakes import FakeApp, FakeCoreML, FakePackages, RunnerOnPhone, fake_device_backend, toy_estimator
 
 ct = pytest.importorskip("coremltools")
 rd = ct.models.ml_program.experimental.remote_device
@@ -184,9 +183,9 @@ def test_a_failed_compute_plan_keeps_the_timings(tmp_path):
 
 @pytest.mark.slow  # the whole CLI (about 10 s here)
 def test_profile_lists_the_failures_and_exits_1(tmp_path, capsys, monkeypatch):
-    from snapbench.latency.model_latency import ProfileTools
-
     from profile_fakes import fake_mac
+
+    from snapbench.latency.model_latency import ProfileTools
 
     monkeypatch.setenv("SNAPBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
@@ -270,6 +269,5 @@ def test_a_relaunch_that_fails_is_one_line(tmp_path):
         message=b"ERROR: The device was disconnected.\n", error_code=1)
     be, _ = fake_device_backend(tmp_path, fake=fake)
     with pytest.raises(SnapbenchError, match="relaunching the runner app on Test iPhone failed: ERROR: The device "
-                                             "was disconnected.; run `snapbench doctor`"):
-        with be.open(be.identify(None)):
-            pass
+                                             "was disconnected.; run `snapbench doctor`"), be.open(be.identify(None)):
+        pass

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from evolution_helpers import toy_folder, train_tiny  # noqa: F401  (toy_folder is a fixture)
+
 from snapbench.cli import main
 from snapbench.distillation.ddim_math import NoiseLevels, ddim_timesteps, prev_timestep
 from snapbench.distillation.step_distillation import (
@@ -372,8 +372,8 @@ def test_report_takes_steps_and_decoder_from_what_was_distilled(tmp_path, toy_fo
     from snapbench.distillation.decoder import DecoderDistillConfig, LatentSet, distill_decoder
     from snapbench.distillation.provenance import record_decoder
     from snapbench.report.gather_data import gather
-    from snapbench.report.render import render_html
     from snapbench.report.latency_source import ProfileOutcome
+    from snapbench.report.render import render_html
 
     torch.set_num_threads(1)
     folder = tmp_path / "d"

@@ -9,8 +9,8 @@ import coremltools as ct
 import pytest
 
 from snapbench.cli import main
-from snapbench.converters.options import ConvertOptions
 from snapbench.converters.entry import ConvertRequest, convert
+from snapbench.converters.options import ConvertOptions
 from snapbench.devices.catalog import resolve_device
 from snapbench.dit.profile import profile_dit
 from snapbench.dit.source import resolve_dit

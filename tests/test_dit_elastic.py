@@ -173,8 +173,8 @@ def test_prices_per_block_state_and_actions_on_transformer_blocks():
 
 @pytest.mark.slow
 def test_the_dit_toy_trains_robustly_and_resumes(tmp_path):
-    from snapbench.training.checkpoints import load_bundle
     from snapbench.evolution.robust_training import TrainConfig, train
+    from snapbench.training.checkpoints import load_bundle
 
     config = TrainConfig(steps=2, batch_size=8, save_every=2, robust=True)
     first = train("toy-digits-dit", tmp_path / "run", config, progress=False)

@@ -6,10 +6,9 @@ import json
 import sys
 
 import pytest
+from profile_fakes import devicectl_entry, fake_mac
 
 from snapbench.cli import main
-
-from profile_fakes import devicectl_entry, fake_mac
 
 
 def doctor(capsys, machine, *args):

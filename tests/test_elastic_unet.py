@@ -155,8 +155,8 @@ def test_candidates_batched_per_row_equal_each_candidate_alone(tiny_inputs):
     """Evolution batches candidates through the model holding all their blocks (PerRow): each row gives
     what its own architecture gives alone, removals, a restored block and an added copy alike."""
     from snapbench.evolution.batching import union_spec
-    from snapbench.training.checkpoints import derive
     from snapbench.model.elastic_unet import PerRow
+    from snapbench.training.checkpoints import derive
 
     base = build_unet(resolve_model("sd15-tiny")).eval()
     parent = base.spec.with_choices("p", {("Mid", "CA1"): BlockChoice("CA1", keep=False)})

@@ -6,10 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from evolution_helpers import (  # noqa: F401  (fixtures)
-    CA_MS, RB_MS, TINY_EVAL, PenaltyEval, fixed_costs, fixed_table_csv, toy_folder,
+    CA_MS,
+    RB_MS,
+    TINY_EVAL,
+    PenaltyEval,
+    fixed_costs,
+    fixed_table_csv,
+    toy_folder,
 )
+
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.budget import EvalBudget, successive_halving
 from snapbench.evolution.evolve import EvolveConfig, evolve

@@ -5,10 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from evolution_helpers import (  # noqa: F401  (toy_folder is a fixture)
-    CA_MS, RB_MS, SHORTCUT_MS, TINY_EVAL, PenaltyEval, fixed_costs, fixed_table_csv, toy_folder,
+    CA_MS,
+    RB_MS,
+    SHORTCUT_MS,
+    TINY_EVAL,
+    PenaltyEval,
+    fixed_costs,
+    fixed_table_csv,
+    toy_folder,
 )
+
 from snapbench.cli import main
 from snapbench.evolution.actions import Action, addition_actions, parse_action, removal_actions
 from snapbench.evolution.evolve import EvolveConfig, evolve

@@ -4,13 +4,13 @@ from the latency table when first met, weighed against removals by quality lost 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Collection
 
 import pytest
 import torch
-
 from evolution_helpers import CA_MS, KindSource, PenaltyEval, toy_folder  # noqa: F401  (fixtures)
+
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.actions import Action, parse_action, shrinking_actions, swap_actions

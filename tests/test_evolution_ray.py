@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from evolution_helpers import TINY_EVAL, toy_folder  # noqa: F401  (fixture)
+
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.actions import Action
 from snapbench.evolution.executors import EvalTask, ProcessExecutor, RayExecutor, SerialExecutor, check_ray_address

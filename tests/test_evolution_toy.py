@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from evolution_helpers import TINY_EVAL, fixed_table_csv, toy_folder  # noqa: F401  (fixtures)
+
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
 from snapbench.training.checkpoints import load_bundle

@@ -1,6 +1,5 @@
 import json
 
-
 from snapbench.blocks.cut import InputShapes
 from snapbench.blocks.inspection import inspect_model
 from snapbench.cli import main

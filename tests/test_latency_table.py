@@ -5,15 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from profile_fakes import FakePackages, toy_estimator
 
 from snapbench.devices.catalog import resolve_device
-from snapbench.model.loading import resolve_model
 from snapbench.errors import SnapbenchError
 from snapbench.latency.model_latency import block_latencies
-from snapbench.latency.table import LatencyRow, LatencyTable, Settings
-from snapbench.latency.table import COLUMNS
-
-from profile_fakes import FakePackages, toy_estimator
+from snapbench.latency.table import COLUMNS, LatencyRow, LatencyTable, Settings
+from snapbench.model.loading import resolve_model
 
 S = Settings()
 

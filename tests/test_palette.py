@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from snapbench.converters.palette import (
-    EXACT_UP_TO, clustering_error, fp16_histogram, histogram_kmeans, kmeans_1d, lloyd_1d, palettize_fp16,
+    EXACT_UP_TO,
+    clustering_error,
+    fp16_histogram,
+    histogram_kmeans,
+    kmeans_1d,
+    lloyd_1d,
+    palettize_fp16,
 )
 
 

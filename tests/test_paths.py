@@ -8,12 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from profile_fakes import FakePackages, fake_mac, toy_estimator
 
 from snapbench import paths
 from snapbench.cli import main
 from snapbench.latency.table import LatencyTable
-
-from profile_fakes import FakePackages, fake_mac, toy_estimator
 
 TINY = ["--device", "iphone14pro", "--model", "sd15-tiny", "--latent", "16", "--backend", "estimate"]
 
@@ -113,8 +112,8 @@ def test_cache_root_default_and_override(monkeypatch, tmp_path):
     monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "c"))
     assert paths.cache_root() == tmp_path / "c"
     # every module that caches uses that one root
-    from snapbench.training.toy_digits import cache_dir as toy_cache
     from snapbench.calibration.reference_programs import cache_dir as ops_cache
+    from snapbench.training.toy_digits import cache_dir as toy_cache
 
     assert toy_cache() == tmp_path / "c" and ops_cache() == tmp_path / "c" / "reference_ops"
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from snapbench.cli import main
+from snapbench.converters.convert_blocks import cut
 from snapbench.converters.manifest import load_manifest
 from snapbench.converters.options import ConvertOptions
-from snapbench.converters.convert_blocks import cut
 from snapbench.converters.unet_chunks import UNetChunk, build_chunk, plan_chunks, split_after
 from snapbench.model.loading import build_unet, resolve_model
 

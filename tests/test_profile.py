@@ -8,14 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from profile_fakes import FakePackages, fake_mac, toy_estimator
 
 from snapbench.cli import main
+from snapbench.latency.model_latency import ProfileTools
 from snapbench.latency.table import LatencyTable, Settings
 from snapbench.specs.stages import STAGES
-
-from snapbench.latency.model_latency import ProfileTools
-
-from profile_fakes import FakePackages, fake_mac, toy_estimator
 
 TINY = ["--device", "iphone14pro", "--model", "sd15-tiny", "--latent", "16"]
 
@@ -222,9 +220,9 @@ def test_packages_missing_a_signature_is_refused(tmp_path):
 
 
 def on_a_mac_with_a_phone(fakes, tmp_path, **coreml):
-    from snapbench.profilers.coreml_api import CoreMLTools
-
     from profile_fakes import FakeCoreML
+
+    from snapbench.profilers.coreml_api import CoreMLTools
 
     fake = FakeCoreML(**coreml)
     fakes.tools = ProfileTools(packages=fakes, estimator=toy_estimator(), coreml=CoreMLTools(fake.ct),

@@ -5,19 +5,24 @@ catalog device, the runner app prepared once, rows kept after every package, res
 from __future__ import annotations
 
 import pytest
+from profile_fakes import (
+    FakeCoreML,
+    FakePackages,
+    devicectl_entry,
+    fake_device_backend,
+    fake_mac,
+    toy_estimator,
+    xcodebuild_failure,
+)
 
-from snapbench.model.loading import resolve_model
 from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.latency.model_latency import profile_model
 from snapbench.latency.table import LatencyTable, Settings
+from snapbench.model.loading import resolve_model
 from snapbench.profilers.backends import DeviceBackend, choose_backend
 from snapbench.profilers.measurement import PackageJob
 from snapbench.profilers.readiness import blocker, put_devicectl_on_path
-
-from profile_fakes import (FakeCoreML, FakePackages, devicectl_entry, fake_device_backend, fake_mac, toy_estimator,
-                           xcodebuild_failure)
-
 
 
 def jobs(tmp_path, n=2):
@@ -92,9 +97,8 @@ def test_no_phone(tmp_path):
 def test_runner_build_failure_names_the_xcodebuild_error(tmp_path):
     failure = xcodebuild_failure(b"error: Signing for \"modelrunner\" requires a development team.\n")
     be, _ = backend(tmp_path, fake=FakeCoreML(fail_prepare=failure))
-    with pytest.raises(SnapbenchError) as e:
-        with be.open(be.identify(None)):
-            pass
+    with pytest.raises(SnapbenchError) as e, be.open(be.identify(None)):
+        pass
     msg = str(e.value)
     assert "requires a development team" in msg and "exit 65" in msg and "None" not in msg
     assert (tmp_path / "runner" / "xcodebuild.log").is_file()
@@ -103,10 +107,9 @@ def test_runner_build_failure_names_the_xcodebuild_error(tmp_path):
 def test_coremltools_failure_becomes_one_line_naming_the_block(tmp_path):
     be, fake = backend(tmp_path, "mac", fake=FakeCoreML(fail_on="b1"), chip="Apple M2")
     dev = resolve_device("mac-m2")
-    with pytest.raises(SnapbenchError) as e:
-        with be.open(be.identify(dev)) as price:
-            for j in jobs(tmp_path):
-                price(j, dev)
+    with pytest.raises(SnapbenchError) as e, be.open(be.identify(dev)) as price:
+        for j in jobs(tmp_path):
+            price(j, dev)
     assert "RB[Down-1, 2]" in str(e.value) and "unsupported op" in str(e.value) and "\n" not in str(e.value)
     assert fake.loaded == []
 
@@ -252,9 +255,8 @@ def test_the_team_id_may_come_from_the_environment(tmp_path):
     creds = next(c[1] for c in fake.calls if c[0] == "prepare_for_model_debugging")
     assert creds.development_team == "ABCDE12345"
     be, _ = backend(tmp_path, signing=None, machine=fake_mac(tmp_path, team_id=None))
-    with pytest.raises(SnapbenchError, match="pass --team-id"):
-        with be.open(be.identify(None)):
-            pass
+    with pytest.raises(SnapbenchError, match="pass --team-id"), be.open(be.identify(None)):
+        pass
 
 
 def test_an_untrusted_developer_profile_says_where_to_trust_it(tmp_path):

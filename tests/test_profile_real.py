@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from snapbench.devices.catalog import resolve_device
-from snapbench.model.loading import resolve_model
 from snapbench.cli import main
+from snapbench.devices.catalog import resolve_device
 from snapbench.latency.model_latency import block_latencies
 from snapbench.latency.table import LatencyTable, Settings
+from snapbench.model.loading import resolve_model
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +46,9 @@ def test_profile_estimate_for_real(tmp_path, monkeypatch, capsys):
             assert slower[b["id"]] >= b["latency_ms"] * 0.999
     # calibration prices a component on exactly these packages: its figure is profile's figure
     from snapbench.calibration.fit import CalibrationPoint, point_ms
+    from snapbench.calibration.reference_programs import ReferenceProgram, cache_dir, reference_parts
     from snapbench.profilers.estimate.cost_model import prepare
     from snapbench.profilers.estimate.params import load_params
-    from snapbench.calibration.reference_programs import ReferenceProgram, cache_dir, reference_parts
 
     for comp, batch in (("unet", 2), ("text_encoder", 1), ("vae_decoder", 1)):
         parts = reference_parts(ReferenceProgram(comp, "sd15-tiny", batch=batch, latent=8))

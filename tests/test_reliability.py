@@ -94,9 +94,8 @@ def test_a_stale_lock_file_from_a_dead_process_is_taken_over(tmp_path):
 
 
 def test_claimed_run_folder_removes_a_folder_it_created_when_the_run_wrote_nothing(tmp_path):
-    with pytest.raises(SnapbenchError):
-        with claimed_run_folder(tmp_path / "new", "evolve"):
-            raise SnapbenchError("bad input")
+    with pytest.raises(SnapbenchError), claimed_run_folder(tmp_path / "new", "evolve"):
+        raise SnapbenchError("bad input")
     assert not (tmp_path / "new").exists()
 
 
@@ -128,10 +127,10 @@ def test_a_table_lock_held_too_long_is_one_line(tmp_path):
 
 def test_profile_merges_into_the_table_a_concurrent_run_wrote(tmp_path, monkeypatch, capsys):
     """Two profiles (8-bit, 4-bit) on one --table: the second to finish must keep the first's rows."""
+    from profile_fakes import FakePackages, fake_mac, toy_estimator
+
     from snapbench.cli import main
     from snapbench.latency.model_latency import ProfileTools
-
-    from profile_fakes import FakePackages, fake_mac, toy_estimator
 
     table = tmp_path / "shared.csv"
     other_rows = [_row(i, bits=4) for i in range(5)]
@@ -170,9 +169,9 @@ def test_safe_file_names_keep_plain_names_and_do_not_collide():
 
 
 def test_package_cache_folder_of_a_hostile_spec_name_stays_in_the_cache(tmp_path, monkeypatch):
+    from snapbench.latency.packages import ConverterPackages, cache_root
     from snapbench.latency.table import Settings
     from snapbench.model.loading import ModelSource
-    from snapbench.latency.packages import ConverterPackages, cache_root
     from snapbench.specs.presets import load_preset
 
     monkeypatch.setenv("SNAPBENCH_CACHE", str(tmp_path / "cache"))
@@ -339,8 +338,8 @@ def test_train_without_a_terminal_logs_progress_lines(tmp_path):
 
 def test_a_report_prices_each_model_at_its_own_latent_unless_told(tmp_path):
     from snapbench.report.gather_data import gather
-    from snapbench.report.render import render_html
     from snapbench.report.latency_source import ProfileOutcome
+    from snapbench.report.render import render_html
 
     asked: dict[str, int] = {}
 
@@ -376,8 +375,8 @@ def _tiny_text_encoder():
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from snapbench.converters.package_io import PackageIO
     from snapbench.converters.components import TextEncoder
+    from snapbench.converters.package_io import PackageIO
 
     torch.manual_seed(0)
     # SD's CLIP structure at test size; 77 positions, so the causal mask (77 x 77) is big enough to compress

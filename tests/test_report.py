@@ -12,17 +12,17 @@ import json
 import math
 
 import pytest
-
 from profile_fakes import FakePackages, toy_estimator
-from snapbench.devices.catalog import resolve_device
-from snapbench.model.loading import resolve_model
+
 from snapbench.cli import main
+from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
+from snapbench.model.loading import resolve_model
 from snapbench.report import gather_data as report_data
 from snapbench.report.gather_data import default_out_path, gather, parse_steps
+from snapbench.report.latency_source import ProfileOutcome, backend_label, profile_with_snapbench
 from snapbench.report.render import render_html
 from snapbench.report.write import write_report
-from snapbench.report.latency_source import ProfileOutcome, backend_label, profile_with_snapbench
 from snapbench.specs.presets import load_preset
 from snapbench.specs.stages import STAGES
 
@@ -329,10 +329,10 @@ def test_backend_not_available_here_is_one_line(tmp_path, monkeypatch, capsys):
 
 def test_measured_load_times_reach_the_report(tmp_path):
     """Rows measured on a (fake) phone carry first and warm load times: the report shows them per component."""
+    from profile_fakes import fake_device_backend
+
     from snapbench.latency.model_latency import profile_model
     from snapbench.latency.table import Settings
-
-    from profile_fakes import fake_device_backend
 
     be, _ = fake_device_backend(tmp_path, warmup=0, repeats=2)
 

@@ -12,12 +12,12 @@ import math
 from pathlib import Path
 
 import pytest
-
 from profile_fakes import FakePackages, toy_estimator
+
 from snapbench.report.gather_data import gather
-from snapbench.report.write import write_report
 from snapbench.report.latency_source import profile_with_snapbench
 from snapbench.report.render import FORMATTERS
+from snapbench.report.write import write_report
 from snapbench.specs.presets import load_preset
 from snapbench.specs.stages import STAGES
 

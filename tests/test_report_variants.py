@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
 from profile_fakes import FakePackages, toy_estimator
-from snapbench.report.latency_source import profile_with_snapbench
+
 from snapbench.report.gather_data import gather
+from snapbench.report.latency_source import profile_with_snapbench
 from snapbench.report.render import render_html
 from snapbench.specs.presets import load_preset
 from snapbench.specs.variants import Variant

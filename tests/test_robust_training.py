@@ -6,15 +6,15 @@ import json
 
 import pytest
 import torch
-
 from evolution_helpers import toy_folder, train_tiny  # noqa: F401  (toy_folder is a fixture)
+
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
+from snapbench.evolution.robust_training import NO_SKIP, SkipProbabilities, TrainConfig, diffusion_loss
+from snapbench.model.units import AttentionUnit
 from snapbench.training.checkpoints import load_bundle
 from snapbench.training.data import ToyDigitsData
-from snapbench.evolution.robust_training import NO_SKIP, SkipProbabilities, TrainConfig, diffusion_loss
 from snapbench.training.loop import Trainable, step_generator
-from snapbench.model.units import AttentionUnit
 
 
 def _count_runs(model, forwards: int, generator) -> tuple[float, float]:
@@ -134,8 +134,8 @@ def test_checkpoint_that_does_not_fit_its_spec_is_refused(tmp_path, toy_folder, 
 def test_latent_folder_data(tmp_path):
     from safetensors.torch import save_file
 
-    from snapbench.training.data import training_data
     from snapbench.specs.presets import load_preset
+    from snapbench.training.data import training_data
 
     spec = load_preset("sd15-tiny")
     (tmp_path / "d").mkdir()

@@ -137,8 +137,8 @@ def test_tiny_dual_text_encoder_feeds_the_unet():
 
 @pytest.mark.slow
 def test_whole_sdxl_tiny_converts_with_text_time_inputs(tmp_path):
-    from snapbench.converters.options import ConvertOptions
     from snapbench.converters.entry import ConvertRequest, convert
+    from snapbench.converters.options import ConvertOptions
 
     result = convert(ConvertRequest(resolve_model("sdxl-tiny"), tmp_path / "w", ConvertOptions(latent=16, tokens=5), "unet",
                                     progress=False))

@@ -18,7 +18,12 @@ from snapbench.cli import main
 from snapbench.converters.manifest import load_manifest
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.swift_interface import (
-    XL_FAMILY, check_package, family_rules, folder_family, interface_markdown, read_interface,
+    XL_FAMILY,
+    check_package,
+    family_rules,
+    folder_family,
+    interface_markdown,
+    read_interface,
 )
 
 TOKENS, LATENT = 4, 8
@@ -64,9 +69,9 @@ def test_sdxl_unet_chunks_compose_to_diffusers_unet(xl_folder):
     from diffusers import UNet2DConditionModel
 
     from snapbench.converters.convert_blocks import cut
-    from snapbench.model.loading import resolve_model
     from snapbench.converters.unet_chunks import build_chunk, plan_chunks
     from snapbench.converters.whole_unet import added_inputs
+    from snapbench.model.loading import resolve_model
 
     source = resolve_model(xl_folder)
     opts = replace(OPTS, chunks=2)

@@ -55,8 +55,8 @@ def test_diffusers_and_transformers_load_them(fx):
 
 
 def test_training_data_is_what_train_data_reads(fx):
-    from snapbench.training.data import LatentFolderData
     from snapbench.model.loading import resolve_model
+    from snapbench.training.data import LatentFolderData
 
     data = LatentFolderData(fx.data, resolve_model(fx.pipeline).spec)
     assert data.latents.shape == (8, 4, 8, 8) and data.context.shape == (8, 77, 16)
@@ -87,8 +87,8 @@ def test_clip_score_is_the_usual_definition(fx):
 
 
 def test_clip_evaluator_scores_the_pipeline(fx):
-    from snapbench.training.checkpoints import load_bundle
     from snapbench.evolution.evaluators import ClipEvalConfig
+    from snapbench.training.checkpoints import load_bundle
 
     bundle = load_bundle(fx.pipeline)
     config = ClipEvalConfig(PROMPTS[:2], str(fx.clip), str(fx.pipeline), steps=2)
@@ -106,9 +106,9 @@ def test_clip_evaluator_scores_batched_candidates_per_sample(fx):
     """Evolution's path at SD scale: several candidates batched through one model, sample by sample (sample
     s = prompt s % P with its own seeded noise); each candidate's mean is what evaluate() gives it alone."""
     from snapbench.evolution.actions import Action
-    from snapbench.training.checkpoints import derive, load_bundle
     from snapbench.evolution.evaluators import ClipEvalConfig
     from snapbench.evolution.executors import ScoreTask
+    from snapbench.training.checkpoints import derive, load_bundle
 
     bundle = load_bundle(fx.pipeline)
     config = ClipEvalConfig(PROMPTS[:2], str(fx.clip), str(fx.pipeline), steps=2, batch=3)  # 4 rows: 2 passes

@@ -12,7 +12,13 @@ from torch import nn
 
 from snapbench.errors import SnapbenchError
 from snapbench.model.size_bound import (
-    ModelTooLarge, SizeLimits, bounded_build, bounded_real_build, check_activations, count_size, size_limits_lifted,
+    ModelTooLarge,
+    SizeLimits,
+    bounded_build,
+    bounded_real_build,
+    check_activations,
+    count_size,
+    size_limits_lifted,
 )
 from snapbench.specs.arch_spec import ArchSpec
 

@@ -34,6 +34,7 @@ def data_files() -> list[str]:
 def test_the_package_data_globs_cover_every_data_file():
     """Fast twin of the wheel test: each data file matches one of pyproject's package-data globs."""
     import fnmatch
+
     import tomllib
 
     globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["snapbench"]

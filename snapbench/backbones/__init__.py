@@ -10,7 +10,8 @@ specific family (say SDXL-class UNets, also `UNet2DConditionModel`s) goes before
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from snapbench.backbones.base import Backbone, ElasticModel
 from snapbench.backbones.dit import DitBackbone

@@ -6,17 +6,19 @@ transformer blocks are kind "TB", auxiliary blocks PatchEmbed, TimeEmbed, Captio
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from snapbench.backbones.base import Backbone, ElasticModel
 from snapbench.blocks.cut import CutBlock
 from snapbench.blocks.signature import Shape, Signature
-from snapbench.dit.cut import STAGES, cut_units, example_inputs as dit_inputs
-from snapbench.dit.family import FAMILIES
+from snapbench.dit.cut import STAGES, cut_units
+from snapbench.dit.cut import example_inputs as dit_inputs
 from snapbench.dit.elastic import ElasticDiT
+from snapbench.dit.family import FAMILIES
 from snapbench.dit.source import SPEC_FILE, build_dit, dit_spec, load_extra_weights, save_dit
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource

@@ -13,7 +13,8 @@ The structure is the SD UNet's, so the family reuses `UNetBackbone` and differs 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from snapbench.backbones.unet import UNetBackbone
 from snapbench.specs.layout import text_embeds_dim

@@ -4,8 +4,9 @@ the seam existed, so the UNet's numbers are unchanged."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

@@ -40,7 +40,7 @@ class Signature:
         """Short stable hash of the key: file names for shared profile-mode packages."""
         return hashlib.sha1(self.key().encode()).hexdigest()[:12]
 
-    def with_settings(self, *, precision: str | None = None, attention: str | None = None) -> "Signature":
+    def with_settings(self, *, precision: str | None = None, attention: str | None = None) -> Signature:
         return Signature(
             self.kind, self.inputs, self.output, self.attrs,
             precision or self.precision,

@@ -35,17 +35,17 @@ import csv
 import io
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from snapbench.calibration.reference_programs import ReferenceProgram, reference_parts
 from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
-from snapbench.user_files import read_user_text
 from snapbench.profilers.estimate.cost_model import (
     PreparedOps,
     Terms,
@@ -64,7 +64,7 @@ from snapbench.profilers.estimate.params import (
     load_params,
     save_params,
 )
-from snapbench.calibration.reference_programs import ReferenceProgram, reference_parts
+from snapbench.user_files import read_user_text
 
 # Settings a published row leaves "not stated", and what the estimator assumes instead. These are
 # assumptions about the measurement (what a Core ML deployment of the time did by default), stated in

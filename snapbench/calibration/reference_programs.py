@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Literal
 
 from snapbench.errors import SnapbenchError
-from snapbench.settings import RunSettings
 from snapbench.profilers.estimate.program_ops import (
     RECORDS_VERSION,
     OpRecord,
     read_records_doc,
     write_records_doc,
 )
+from snapbench.settings import RunSettings
 
 Component = Literal["text_encoder", "unet", "vae_decoder"]
 
@@ -104,9 +104,8 @@ def reference_parts(program: ReferenceProgram, *, convert: bool = True) -> list[
 
 def parts_from_packages(program: ReferenceProgram, *, progress: bool = False) -> list[ReferencePart]:
     from snapbench.latency.model_latency import profile_packages
-    from snapbench.profilers.estimate.program_ops import read_op_records
-
     from snapbench.model.loading import resolve_model
+    from snapbench.profilers.estimate.program_ops import read_op_records
 
     pkgs = profile_packages(resolve_model(program.model), program.settings(), program.component, progress=progress)
     return [ReferencePart(p.key, p.count, tuple(read_op_records(p.path))) for p in pkgs]

@@ -14,11 +14,11 @@ import dataclasses
 import sys
 from datetime import datetime, timezone
 
+from snapbench.calibration.reference_programs import ReferenceProgram, reference_parts
 from snapbench.devices.catalog import resolve_device
 from snapbench.latency.table import LatencyTable
 from snapbench.paths import shipped_tables_dir
 from snapbench.profilers.estimate import estimate_ops, load_params
-from snapbench.calibration.reference_programs import ReferenceProgram, reference_parts
 
 
 def records_by_signature(model: str) -> dict[str, tuple]:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 from rich.table import Table
 
 from snapbench.commands.common import JsonOpt, err, out, print_json
 from snapbench.commands.evolve import (
-    AttentionOpt, ClipWeightsOpt, DeviceOpt, EvalSeedOpt, EvalStepsOpt, EvaluatorOpt, FixedTableOpt, GuidanceOpt,
-    PipelineOpt, PromptsOpt, RayOpt, SamplesOpt, TableOpt, ThreadsOpt, WorkersOpt,
+    AttentionOpt,
+    ClipWeightsOpt,
+    DeviceOpt,
+    EvalSeedOpt,
+    EvalStepsOpt,
+    EvaluatorOpt,
+    FixedTableOpt,
+    GuidanceOpt,
+    PipelineOpt,
+    PromptsOpt,
+    RayOpt,
+    SamplesOpt,
+    TableOpt,
+    ThreadsOpt,
+    WorkersOpt,
 )
 
 
@@ -18,20 +29,20 @@ def ablate_command(
     model: list[str] = typer.Option(..., "--model", "-m",
                                     help="Trained model folder; repeat to compare (e.g. normal vs robust)."),
     device: str = DeviceOpt,
-    table: Optional[str] = TableOpt,
-    fixed_table: Optional[str] = FixedTableOpt,
+    table: str | None = TableOpt,
+    fixed_table: str | None = FixedTableOpt,
     attention: str = AttentionOpt,
-    block: Optional[list[str]] = typer.Option(None, "--block", help="Only these blocks (id or file id)."),
+    block: list[str] | None = typer.Option(None, "--block", help="Only these blocks (id or file id)."),
     evaluator: str = EvaluatorOpt,
-    prompts: Optional[str] = PromptsOpt,
-    clip_weights: Optional[str] = ClipWeightsOpt,
-    pipeline: Optional[str] = PipelineOpt,
-    samples_per_prompt: Optional[int] = SamplesOpt,
-    eval_steps: Optional[int] = EvalStepsOpt,
-    guidance: Optional[float] = GuidanceOpt,
+    prompts: str | None = PromptsOpt,
+    clip_weights: str | None = ClipWeightsOpt,
+    pipeline: str | None = PipelineOpt,
+    samples_per_prompt: int | None = SamplesOpt,
+    eval_steps: int | None = EvalStepsOpt,
+    guidance: float | None = GuidanceOpt,
     eval_seed: int = EvalSeedOpt,
     workers: int = WorkersOpt,
-    ray_address: Optional[str] = RayOpt,
+    ray_address: str | None = RayOpt,
     threads: int = ThreadsOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -39,12 +50,11 @@ def ablate_command(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
 
-    from snapbench.progress_log import label_column, make_progress
-
     from snapbench.evolution.ablation import ablate
     from snapbench.evolution.executors import make_executor
     from snapbench.evolution.options import cost_builder, evaluator_config
     from snapbench.model.loading import resolve_model
+    from snapbench.progress_log import label_column, make_progress
 
     torch.set_num_threads(threads)
     ev = evaluator_config(evaluator, prompts=prompts, clip_weights=clip_weights, pipeline=pipeline,

@@ -7,21 +7,20 @@ and any measured rows; `snapbench validate --cross source` shows how well such a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
-from rich.text import Text
 from rich.table import Table
+from rich.text import Text
 
 from snapbench.commands.common import JsonOpt, err, out, print_json
 
 
 def calibrate_command(
     report: bool = typer.Option(True, "--report/--no-report", help="Print the error on every reference point."),
-    measured: Optional[Path] = typer.Option(None, "--measured", help="CSV of your measured latencies (format below)."),
+    measured: Path | None = typer.Option(None, "--measured", help="CSV of your measured latencies (format below)."),
     write: bool = typer.Option(False, "--write", help="Refit the parameters and save ane_params.json (atomically)."),
-    params: Optional[Path] = typer.Option(None, "--params", help="Parameter file to read (and write with --write)."),
-    app_floor: Optional[Path] = typer.Option(
+    params: Path | None = typer.Option(None, "--params", help="Parameter file to read (and write with --write)."),
+    app_floor: Path | None = typer.Option(
         None, "--app-floor", help="CSV of your app's timings of the one-op package `snapbench convert --model "
         "synthetic:floor` writes (model,device,latency_ms): prints your app's per-prediction floor for "
         "--app-floor-ms."),
@@ -69,7 +68,7 @@ def calibrate_command(
     out.print(f"mean |error| {mean_abs:.1f}%  (source of every estimated figure: estimate)")
 
 
-def _app_floor(path: Path, params: Optional[Path], as_json: bool) -> None:
+def _app_floor(path: Path, params: Path | None, as_json: bool) -> None:
     from snapbench.latency.app_floor import floor_from_file
     from snapbench.profilers.estimate.params import load_params
 

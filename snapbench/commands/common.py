@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -71,8 +72,8 @@ def is_toy_ref(model: str) -> bool:
     """Whether `--model` names the toy (a preset, or a folder trained from it); a bad model is False here and
     reported by the command's own function."""
     from snapbench.errors import SnapbenchError
-    from snapbench.training.toy_digits import is_toy
     from snapbench.model.loading import resolve_model
+    from snapbench.training.toy_digits import is_toy
 
     try:
         return is_toy(resolve_model(model).spec)

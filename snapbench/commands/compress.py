@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import typer
 
 from snapbench.commands.common import JsonOpt, ModelOpt, WeightsOpt, err, model_source, out, print_json
@@ -15,10 +13,10 @@ compress_app = typer.Typer(help="Mixed-bit palettization: measure each layer's s
 @compress_app.command("analyze")
 def analyze_command(
     model: str = ModelOpt,
-    weights: Optional[str] = WeightsOpt,
+    weights: str | None = WeightsOpt,
     out_dir: str = typer.Option(..., "--out", "-o", help="Folder for <spec>-sensitivity.csv and the recipe JSON files."),
-    bits: List[float] = typer.Option([], "--bits", help="Average bits per compressible weight of a recipe (repeatable; default 4.5)."),
-    size_mb: List[float] = typer.Option([], "--size-mb", help="A recipe whose compressible weights fit this many MB (repeatable)."),
+    bits: list[float] = typer.Option([], "--bits", help="Average bits per compressible weight of a recipe (repeatable; default 4.5)."),
+    size_mb: list[float] = typer.Option([], "--size-mb", help="A recipe whose compressible weights fit this many MB (repeatable)."),
     latent: int = typer.Option(32, "--latent", min=1, help="Calibration latent size."),
     samples: int = typer.Option(2, "--samples", min=1, help="Calibration inputs (one batch)."),
     tokens: int = typer.Option(77, "--tokens", min=1, help="Text tokens in the calibration context."),
@@ -29,7 +27,6 @@ def analyze_command(
     """Each layer palettized alone at 1/2/4/6/8 bits (and fp16): its block's output PSNR on calibration inputs;
     then a bit width per layer under each budget (recipe JSON for `convert --recipe`)."""
     from snapbench.converters.sensitivity import SensitivityOptions, write_analysis
-
     from snapbench.errors import SnapbenchError
 
     try:

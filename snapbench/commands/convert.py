@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from snapbench.commands.common import (
-    BatchOpt, JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, WeightsOpt, err,
-    messages, model_source, out, print_json, resolved_latent,
+    BatchOpt,
+    JsonOpt,
+    LatentOpt,
+    ModelOpt,
+    RevisionOpt,
+    SubfolderOpt,
+    TokensOpt,
+    VariantOpt,
+    WeightsOpt,
+    err,
+    messages,
+    model_source,
+    out,
+    print_json,
+    resolved_latent,
 )
 from snapbench.errors import SnapbenchError
 from snapbench.interrupts import on_interrupt_keep
@@ -24,30 +37,30 @@ if TYPE_CHECKING:
 
 def convert_command(
     model: str = ModelOpt,
-    weights: Optional[str] = WeightsOpt,
-    variant: Optional[str] = VariantOpt,
-    subfolder: Optional[str] = SubfolderOpt,
-    revision: Optional[str] = RevisionOpt,
+    weights: str | None = WeightsOpt,
+    variant: str | None = VariantOpt,
+    subfolder: str | None = SubfolderOpt,
+    revision: str | None = RevisionOpt,
     out_dir: str = typer.Option(..., "--out", "-o", help="Folder for the packages and manifest.json (new, or one of ours)."),
     mode: str = typer.Option("profile", "--mode", help="profile: one package per block signature; deploy: one per block, real weights."),
     attention: str = typer.Option("original", "--attention", help="original | split_einsum | split_einsum_v2 (Neural-Engine rewrites)."),
     weight_bits: int = typer.Option(16, "--weight-bits", help="16 | 8 (int8 linear) | 6 | 4 (palettized)."),
     target: str = typer.Option("iOS16", "--target", help="Minimum deployment target: iOS16 | iOS17 | iOS18."),
     precision: str = typer.Option("fp16", "--precision", help="Compute precision: fp16 | fp32."),
-    latent: Optional[int] = LatentOpt,
+    latent: int | None = LatentOpt,
     batch: int = BatchOpt,
     tokens: int = TokensOpt,
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Worker processes (default: the cores available)."),
+    jobs: int | None = typer.Option(None, "--jobs", "-j", help="Worker processes (default: the cores available)."),
     whole: bool = typer.Option(False, "--whole", help="Convert the whole UNet into one package."),
     chunks: int = typer.Option(1, "--chunks", help="With --whole: 2 splits the UNet in two packages (iOS)."),
-    component: Optional[str] = typer.Option(None, "--component", help="A pipeline part: text_encoder | vae_decoder | unet."),
+    component: str | None = typer.Option(None, "--component", help="A pipeline part: text_encoder | vae_decoder | unet."),
     check: bool = typer.Option(False, "--check", help="Run each package against PyTorch, PSNR >= 35 dB (macOS only)."),
     pipeline: bool = typer.Option(False, "--pipeline", help="The whole app pipeline for Apple's Swift StableDiffusion package: TextEncoder, Unet (or 2 chunks), VAEDecoder, tokenizer."),
     vae_encoder: bool = typer.Option(False, "--vae-encoder", help="With --pipeline: also VAEEncoder (image-to-image)."),
     compile_: bool = typer.Option(False, "--compile", help="With --pipeline: also write the .mlmodelc folders (macOS only)."),
-    input_shape: Optional[str] = typer.Option(None, "--input", help="Input shape of a timm:/torchvision:/open_clip:/"
+    input_shape: str | None = typer.Option(None, "--input", help="Input shape of a timm:/torchvision:/open_clip:/"
                                               "hf:/synthetic: network (converted whole, one package)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="A mixed-bit recipe JSON (`compress analyze`): each "
+    recipe: str | None = typer.Option(None, "--recipe", help="A mixed-bit recipe JSON (`compress analyze`): each "
                                          "layer palettized at its own bit width; one package per block (deploy)."),
     as_json: bool = JsonOpt,
 ) -> None:

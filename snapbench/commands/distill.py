@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from snapbench.commands.common import JsonOpt, WeightsOpt, err, is_toy_ref, out, print_json
@@ -20,28 +18,28 @@ def distill_command(
     guidance_max: float = typer.Option(14.0, "--guidance-max", help="w_max of the CFG-aware loss (paper: 14)."),
     cfg_probability: float = typer.Option(1.0, "--cfg-probability", help="Share of batches distilled CFG-aware."),
     gamma: float = typer.Option(1.0, "--gamma", help="Weight of the plain loss: L = L_dstl + gamma * L_ori."),
-    student: Optional[str] = typer.Option(None, "--student",
+    student: str | None = typer.Option(None, "--student",
                                           help="Start the student from this model (spec, preset or trained folder) "
                                                "instead of the teacher's weights."),
-    prediction_type: Optional[str] = typer.Option(None, "--prediction-type",
+    prediction_type: str | None = typer.Option(None, "--prediction-type",
                                                   help="The student's: epsilon or v_prediction (default: teacher's)."),
     v_finetune_steps: int = typer.Option(0, "--v-finetune-steps", min=0,
                                          help="First fine-tune the teacher to v-prediction for this many steps."),
     steps: int = typer.Option(500, "--steps", min=0, help="Distillation optimizer steps (a resumed run goes on to it)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Samples per step, over all processes."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default: 1e-4 toy, 1e-5 else)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Folder of .safetensors latents + contexts (non-toy)."),
-    weights: Optional[str] = WeightsOpt,
+    lr: float | None = typer.Option(None, "--lr", help="AdamW learning rate (default: 1e-4 toy, 1e-5 else)."),
+    data: str | None = typer.Option(None, "--data", help="Folder of .safetensors latents + contexts (non-toy)."),
+    weights: str | None = WeightsOpt,
     save_every: int = typer.Option(100, "--save-every", min=1, help="Checkpoint interval in steps."),
     seed: int = typer.Option(0, "--seed"),
     eval_guidance: str = typer.Option("1,3,5,7,9", "--eval-guidance",
                                       help="Toy: guidance scales to compare teacher / undistilled / student at."),
     eval_samples: int = typer.Option(50, "--eval-samples", help="Toy: images per digit in the comparison."),
-    eval_seed: Optional[int] = typer.Option(None, "--eval-seed",
+    eval_seed: int | None = typer.Option(None, "--eval-seed",
                                             help="Toy: seed of the fresh noise all models are scored on "
                                                  "(default 1000003; no training step uses it)."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Toy: score the result on fresh noise."),
-    decoder: Optional[str] = typer.Option(None, "--decoder",
+    decoder: str | None = typer.Option(None, "--decoder",
                                           help="A `distill-decoder` folder to record as this model's decoder "
                                                "(the report prices and labels it)."),
     threads: int = typer.Option(1, "--threads", min=1, help="Torch CPU threads."),

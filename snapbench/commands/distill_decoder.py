@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from snapbench.commands.common import JsonOpt, err, out, print_json
@@ -14,12 +12,12 @@ def distill_decoder_command(
                                                  "AutoencoderKL folder (or a pipeline folder with vae/)."),
     out_dir: str = typer.Option(..., "--out", "-o", help="Folder for the pruned AutoencoderKL; the same command resumes."),
     prune: float = typer.Option(0.5, "--prune", help="Share of every decoder layer's channels removed (paper: 0.5)."),
-    latents: Optional[str] = typer.Option(None, "--latents",
+    latents: str | None = typer.Option(None, "--latents",
                                           help="Non-toy: folder of .safetensors with 'latents' [N,C,H,W] (scaled by "
                                                "the VAE's scaling factor, as the UNet sees them)."),
     steps: int = typer.Option(600, "--steps", min=0, help="Distillation steps."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default: 1e-3 toy, 1e-4 else)."),
+    lr: float | None = typer.Option(None, "--lr", help="AdamW learning rate (default: 1e-3 toy, 1e-4 else)."),
     save_every: int = typer.Option(200, "--save-every", min=1),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads", min=1, help="Torch CPU threads."),
@@ -29,8 +27,8 @@ def distill_decoder_command(
     import torch
 
     from snapbench.distillation.decoder import DecoderDistillConfig, distill_decoder
+    from snapbench.distillation.decoder_data import load_latents, load_teacher_vae
     from snapbench.distillation.decoder_latency import full_size_decoder
-    from snapbench.distillation.decoder_data import load_teacher_vae, load_latents
 
     torch.set_num_threads(threads)
     toy = vae == "toy"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -20,7 +19,7 @@ _WHY_EVERYWHERE = {"estimate": "the Neural Engine cost model runs anywhere",
 def doctor_command(
     ctx: typer.Context,
     backend: str = typer.Option("iphone", "--backend", "-b", help="iphone or mac: whose needs decide the exit code."),
-    team_id: Optional[str] = typer.Option(None, "--team-id", envvar=TEAM_ID_ENV,
+    team_id: str | None = typer.Option(None, "--team-id", envvar=TEAM_ID_ENV,
                                           help="Apple Developer team id that will sign coremltools' runner app."),
     as_json: bool = JsonOpt,
 ) -> None:

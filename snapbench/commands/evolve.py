@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 from rich.table import Table
 
-from snapbench.interrupts import on_interrupt_keep
 from snapbench.commands.common import JsonOpt, err, out, print_json
+from snapbench.interrupts import on_interrupt_keep
 
 # Options shared with `ablate`.
 DeviceOpt = typer.Option("iphone14pro", "--device", "-d", help="Catalog device whose latency table prices blocks.")
@@ -33,8 +31,8 @@ def evolve_command(
     model: str = typer.Option(..., "--model", "-m", help="A robust-trained folder (or any model --evaluator can score)."),
     out_dir: str = typer.Option(..., "--out", "-o", help="Output folder; the same command again resumes a killed run."),
     device: str = DeviceOpt,
-    target_ms: Optional[float] = typer.Option(None, "--target-ms", help="Target latency of one UNet step, ms."),
-    target_fraction: Optional[float] = typer.Option(None, "--target-fraction",
+    target_ms: float | None = typer.Option(None, "--target-ms", help="Target latency of one UNet step, ms."),
+    target_fraction: float | None = typer.Option(None, "--target-fraction",
                                                     help="Target as a fraction of the starting latency."),
     removals_per_iteration: int = typer.Option(1, "--removals-per-iteration", min=1,
                                                help="A- actions applied per iteration (best first)."),
@@ -49,17 +47,17 @@ def evolve_command(
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     skip_ca: float = typer.Option(0.1, "--skip-ca"),
     skip_rb: float = typer.Option(0.1, "--skip-rb"),
-    data: Optional[str] = typer.Option(None, "--data", help="Training data folder (non-toy models)."),
-    table: Optional[str] = TableOpt,
-    fixed_table: Optional[str] = FixedTableOpt,
+    data: str | None = typer.Option(None, "--data", help="Training data folder (non-toy models)."),
+    table: str | None = TableOpt,
+    fixed_table: str | None = FixedTableOpt,
     attention: str = AttentionOpt,
     evaluator: str = EvaluatorOpt,
-    prompts: Optional[str] = PromptsOpt,
-    clip_weights: Optional[str] = ClipWeightsOpt,
-    pipeline: Optional[str] = PipelineOpt,
-    samples_per_prompt: Optional[int] = SamplesOpt,
-    eval_steps: Optional[int] = EvalStepsOpt,
-    guidance: Optional[float] = GuidanceOpt,
+    prompts: str | None = PromptsOpt,
+    clip_weights: str | None = ClipWeightsOpt,
+    pipeline: str | None = PipelineOpt,
+    samples_per_prompt: int | None = SamplesOpt,
+    eval_steps: int | None = EvalStepsOpt,
+    guidance: float | None = GuidanceOpt,
     eval_seed: int = EvalSeedOpt,
     eval_budget: str = typer.Option("auto", "--eval-budget",
                                     help="exhaustive (every candidate on every sample), auto, or the samples per "
@@ -69,7 +67,7 @@ def evolve_command(
                                           help="Stop halving once the leader beats every other survivor at this "
                                                "confidence (paired t-test over common samples)."),
     workers: int = WorkersOpt,
-    ray_address: Optional[str] = RayOpt,
+    ray_address: str | None = RayOpt,
     threads: int = ThreadsOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -81,7 +79,8 @@ def evolve_command(
     from snapbench.evolution.evolve import EvolveConfig, evolve
     from snapbench.evolution.executors import make_executor
     from snapbench.evolution.moves import parse_moves
-    from snapbench.evolution.options import cost_builder, eval_budget as parse_budget, evaluator_config, latency_settings
+    from snapbench.evolution.options import cost_builder, evaluator_config, latency_settings
+    from snapbench.evolution.options import eval_budget as parse_budget
     from snapbench.evolution.robust_training import SkipProbabilities, TrainConfig
 
     torch.set_num_threads(threads)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -21,7 +20,7 @@ farm_app = typer.Typer(help="A device farm on Ray: Macs with phones attached mea
 def join_command(
     ctx: typer.Context,
     address: str = typer.Option(..., "--address", help="The farm's Ray head, host:port (`ray start --head` there)."),
-    team_id: Optional[str] = typer.Option(None, "--team-id", envvar=TEAM_ID_ENV,
+    team_id: str | None = typer.Option(None, "--team-id", envvar=TEAM_ID_ENV,
                                           help="Apple Developer team id that signs the runner app on this node."),
     as_json: bool = JsonOpt,
 ) -> None:

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from snapbench.commands.common import (
-    BatchOpt, JsonOpt, LatentOpt, RevisionOpt, SubfolderOpt, VariantOpt, WeightsOpt, fmt_count,
-    model_source, out, print_json, resolved_latent,
-)
 from snapbench.commands.block_tables import render_blocks
+from snapbench.commands.common import (
+    BatchOpt,
+    JsonOpt,
+    LatentOpt,
+    RevisionOpt,
+    SubfolderOpt,
+    VariantOpt,
+    WeightsOpt,
+    fmt_count,
+    model_source,
+    out,
+    print_json,
+    resolved_latent,
+)
 from snapbench.commands.dit_render import published, render_inspection
 
 if TYPE_CHECKING:
@@ -22,21 +32,20 @@ if TYPE_CHECKING:
 def inspect_command(
     model: list[str] = typer.Option(["sd15"], "--model", "-m",
                                     help="Preset, arch spec .json, diffusers UNet or DiT transformer folder; repeat for several."),
-    weights: Optional[str] = WeightsOpt,
-    variant: Optional[str] = VariantOpt,
-    subfolder: Optional[str] = SubfolderOpt,
-    revision: Optional[str] = RevisionOpt,
-    latent: Optional[int] = LatentOpt,
+    weights: str | None = WeightsOpt,
+    variant: str | None = VariantOpt,
+    subfolder: str | None = SubfolderOpt,
+    revision: str | None = RevisionOpt,
+    latent: int | None = LatentOpt,
     batch: int = BatchOpt,
-    tokens: Optional[int] = typer.Option(None, "--tokens", min=1, show_default=False,
+    tokens: int | None = typer.Option(None, "--tokens", min=1, show_default=False,
                                          help="Text tokens in the context [default: 77 for UNets; a DiT's own pipeline's]."),
     blocks: bool = typer.Option(True, "--blocks/--no-blocks", help="Show the per-block tables."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Every block of a UNet or DiT in execution order: paper stage, id, module, shapes, params, MACs, signature digest."""
-    from snapbench.blocks.cut import InputShapes  # torch: imported when the command runs
     from snapbench.backbones import inspect_model
-
+    from snapbench.blocks.cut import InputShapes  # torch: imported when the command runs
     from snapbench.dit.cut import default_shapes
     from snapbench.dit.source import dit_spec, is_dit_ref, resolve_dit
 

@@ -7,18 +7,28 @@ Import format for `--backend import --from FILE`: see `snapbench.latency.importe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
+from snapbench.choices import check_choice
 from snapbench.commands.common import (
-    JsonOpt, LatentOpt, ModelOpt, RevisionOpt, SubfolderOpt, TokensOpt, VariantOpt, model_source, out, print_json, resolved_latent,
+    JsonOpt,
+    LatentOpt,
+    ModelOpt,
+    RevisionOpt,
+    SubfolderOpt,
+    TokensOpt,
+    VariantOpt,
+    model_source,
+    out,
+    print_json,
+    resolved_latent,
 )
 from snapbench.console import say
 from snapbench.errors import SnapbenchError
-from snapbench.choices import check_choice
 from snapbench.interrupts import on_interrupt_keep
 from snapbench.latency.table import ATTENTIONS, COMPUTE_UNITS, LatencyTable, Settings, merge_into_file
 from snapbench.profilers.backends import BACKEND_CHOICES
@@ -32,31 +42,31 @@ if TYPE_CHECKING:
 
 def profile_command(
     ctx: typer.Context,
-    devices: List[str] = typer.Option(..., "--device", "-d", help="Catalog id or name (see `snapbench devices`), or "
+    devices: list[str] = typer.Option(..., "--device", "-d", help="Catalog id or name (see `snapbench devices`), or "
                                       "auto: the attached iPhone's (or this Mac's) own id, with --backend iphone or "
                                       "mac. Repeat it with --ray-address to measure on several devices at once."),
     model: str = ModelOpt,
-    variant: Optional[str] = VariantOpt,
-    subfolder: Optional[str] = SubfolderOpt,
-    revision: Optional[str] = RevisionOpt,
-    component: Optional[List[str]] = typer.Option(
+    variant: str | None = VariantOpt,
+    subfolder: str | None = SubfolderOpt,
+    revision: str | None = RevisionOpt,
+    component: list[str] | None = typer.Option(
         None, "--component", "-c", help="unet, text_encoder, vae_decoder; repeat for several (default: all three)."),
     attention: str = typer.Option("original", "--attention", help=f"Attention implementation: {', '.join(ATTENTIONS)}."),
     weight_bits: int = typer.Option(16, "--weight-bits", help="Weight bits: 16 (fp16), 8, 6 or 4 (palettized)."),
     batch: int = typer.Option(2, "--batch", min=1, help="UNet batch (2 = classifier-free guidance)."),
-    latent: Optional[int] = LatentOpt,
+    latent: int | None = LatentOpt,
     tokens: int = TokensOpt,
     compute_units: str = typer.Option("cpu_and_ne", "--compute-units", help=f"{', '.join(COMPUTE_UNITS)}."),
     backend: str = typer.Option("auto", "--backend", "-b", help=f"{' | '.join(BACKEND_CHOICES)}."),
-    table: Optional[Path] = typer.Option(None, "--table", help="Table CSV to update (default <tables>/<device>/<model>.csv)."),
-    tables: Optional[Path] = typer.Option(
+    table: Path | None = typer.Option(None, "--table", help="Table CSV to update (default <tables>/<device>/<model>.csv)."),
+    tables: Path | None = typer.Option(
         None, "--tables", envvar="SNAPBENCH_TABLES",
         help="Folder of your tables, read before the shipped ones [default: ./latency_tables]."),
     repeats: int = typer.Option(20, "--repeats", min=1, help="Timed runs per package (iphone, mac)."),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed runs first (iphone, mac)."),
-    team_id: Optional[str] = typer.Option(None, "--team-id", envvar=TEAM_ID_ENV,
+    team_id: str | None = typer.Option(None, "--team-id", envvar=TEAM_ID_ENV,
                                           help="Apple Developer team id that signs coremltools' runner app (iphone)."),
-    bundle_id: Optional[str] = typer.Option(None, "--bundle-id", help="Bundle id for the runner app (iphone; "
+    bundle_id: str | None = typer.Option(None, "--bundle-id", help="Bundle id for the runner app (iphone; "
                                             "default dev.snapbench.modelrunner.<team id>)."),
     request_timeout: float = typer.Option(DEFAULT_REQUEST_TIMEOUT_S, "--request-timeout", min=1,
                                           help="Seconds each request to the phone may take (the first load "
@@ -66,13 +76,13 @@ def profile_command(
                                         "coremltools or its profile's expiry changed)."),
     trust_wait: float = typer.Option(300.0, "--trust-wait", min=0, help="Seconds to wait for you to trust the "
                                      "developer on the phone when the runner app cannot start (iphone)."),
-    from_file: Optional[Path] = typer.Option(None, "--from", help="Measurements to import (CSV or JSON; format below)."),
-    packages: Optional[Path] = typer.Option(None, "--packages", help="A `snapbench convert` folder to time instead of converting."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="A device farm: the Ray cluster whose "
+    from_file: Path | None = typer.Option(None, "--from", help="Measurements to import (CSV or JSON; format below)."),
+    packages: Path | None = typer.Option(None, "--packages", help="A `snapbench convert` folder to time instead of converting."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="A device farm: the Ray cluster whose "
                                               "nodes hold the --device phones and Macs (`snapbench farm join`)."),
-    input_shape: Optional[str] = typer.Option(None, "--input", help="Input shape of a timm:/torchvision:/open_clip:/"
+    input_shape: str | None = typer.Option(None, "--input", help="Input shape of a timm:/torchvision:/open_clip:/"
                                               "hf:/synthetic: network, e.g. 1x3x224x224 (one whole program)."),
-    app_floor_ms: Optional[float] = typer.Option(
+    app_floor_ms: float | None = typer.Option(
         None, "--app-floor-ms", help="Your app's per-prediction floor in ms (`snapbench calibrate --app-floor "
         "FILE` measures it): adds end_to_end_ms beside the engine's model_ms, which it never changes."),
     as_json: bool = JsonOpt,

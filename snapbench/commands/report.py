@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import shlex
-from typing import Optional
 
 import typer
 from rich.text import Text
 
-from snapbench.settings import ATTENTIONS, BACKEND_CHOICES, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS, check_choice
 from snapbench.commands.common import err
 from snapbench.errors import SnapbenchError
 from snapbench.report.data import ReportData
+from snapbench.settings import ATTENTIONS, BACKEND_CHOICES, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS, check_choice
 
 BACKENDS = tuple(b for b in BACKEND_CHOICES if b != "import")  # "import" reaches the report through a --table
 DEFAULT_CANDIDATES = ("snapfusion",)
@@ -21,19 +20,19 @@ DEFAULT_DEVICES = ("iphone14pro",)
 def report_command(
     ctx: typer.Context,
     baseline: str = typer.Option("sd15", "--baseline", "-b", help="Preset, arch spec .json or model folder."),
-    candidate: Optional[list[str]] = typer.Option(
+    candidate: list[str] | None = typer.Option(
         None, "--candidate", "-c",
         help="Model to compare with the baseline; repeat for several. [default: snapfusion]"),
-    device: Optional[list[str]] = typer.Option(
+    device: list[str] | None = typer.Option(
         None, "--device", "-d",
         help="Catalog id or name (`snapbench devices`); repeat for several. [default: iphone14pro]"),
-    steps: Optional[list[str]] = typer.Option(
+    steps: list[str] | None = typer.Option(
         None, "--steps", help="Sampling steps of one model, MODEL=N (default: SnapFusion 8, others 50); repeatable."),
     backend: str = typer.Option("auto", "--backend", help=f"{' | '.join(BACKENDS)}: where missing latencies come "
                                 "from; auto picks the best available and says which."),
-    table: Optional[str] = typer.Option(
+    table: str | None = typer.Option(
         None, "--table", help="Latency table CSV to read (missing rows are estimated)."),
-    reference: Optional[str] = typer.Option(
+    reference: str | None = typer.Option(
         None, "--reference", help="Reference-points CSV shown beside the figures (default: shipped copy)."),
     attention: str = typer.Option(
         "original", "--attention", help=f"Attention implementation of the converted UNet: {', '.join(ATTENTIONS)}."),
@@ -41,13 +40,13 @@ def report_command(
     precision: str = typer.Option("fp16", "--precision", help=f"{', '.join(PRECISIONS)}."),
     compute_units: str = typer.Option("cpu_and_ne", "--compute-units", help=f"{', '.join(COMPUTE_UNITS)}."),
     batch: int = typer.Option(2, "--batch", min=1, help="UNet batch (2 = classifier-free guidance)."),
-    latent: Optional[int] = typer.Option(None, "--latent", min=8, show_default=False,
+    latent: int | None = typer.Option(None, "--latent", min=8, show_default=False,
                                          help="Latent height = width for every model [default: each model's own "
                                               "config sample_size; SD: 64, a 512x512 image]."),
-    out_path: Optional[str] = typer.Option(
+    out_path: str | None = typer.Option(
         None, "--out", "-o", help="HTML file to write. [default: reports/<baseline>-vs-<candidates>-<devices>.html]"),
     as_json: bool = typer.Option(False, "--json", help="Also write the data behind the report beside it (.json)."),
-    app_floor_ms: Optional[float] = typer.Option(
+    app_floor_ms: float | None = typer.Option(
         None, "--app-floor-ms", help="Your app's per-prediction floor in ms (`snapbench calibrate --app-floor "
         "FILE`): the end-to-end table adds a figure in your app beside the engine's."),
 ) -> None:
@@ -62,10 +61,9 @@ def report_command(
         check_choice(flag, value, allowed)
     candidates = list(candidate or DEFAULT_CANDIDATES)
     devices = list(device or DEFAULT_DEVICES)
+    from snapbench.latency.app_floor import check_floor_ms
     from snapbench.report.gather_data import default_out_path, gather, parse_steps  # heavy: when used
     from snapbench.report.write import check_out_path, write_report
-
-    from snapbench.latency.app_floor import check_floor_ms
 
     app_floor_ms = check_floor_ms(app_floor_ms)  # before minutes of profiling
     steps_map = parse_steps(steps or [])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import typer
 
 from snapbench.commands.common import JsonOpt, out, print_json
@@ -12,12 +10,12 @@ from snapbench.commands.common import JsonOpt, out, print_json
 def sample_command(
     model: str = typer.Option(..., "--model", "-m", help="A trained or distilled folder (toy-digits or SD-structured)."),
     out_path: str = typer.Option(..., "--out", "-o", help="The PNG to write."),
-    prompt: List[str] = typer.Option(..., "--prompt", "-p", help="A prompt (repeat for more rows)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: what the model was distilled for, else 50)."),
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="A prompt (repeat for more rows)."),
+    steps: int | None = typer.Option(None, "--steps", help="DDIM steps (default: what the model was distilled for, else 50)."),
     cfg: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale."),
     per_prompt: int = typer.Option(8, "--per-prompt", help="Images per prompt (one row each)."),
     seed: int = typer.Option(0, "--seed"),
-    pipeline: Optional[str] = typer.Option(None, "--pipeline", help="SD: local pipeline folder (text_encoder/, tokenizer/, vae/)."),
+    pipeline: str | None = typer.Option(None, "--pipeline", help="SD: local pipeline folder (text_encoder/, tokenizer/, vae/)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Write a PNG grid of generated images (rows: prompts) to look at what distillation did."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 from rich.text import Text
 
@@ -11,9 +9,9 @@ from snapbench.commands.common import JsonOpt, err, out, print_json
 
 
 def selftest_command(
-    keep: Optional[str] = typer.Option(None, "--keep", help="Work in this (new or empty) folder and leave it "
+    keep: str | None = typer.Option(None, "--keep", help="Work in this (new or empty) folder and leave it "
                                        "behind: fixtures, outputs, one log per stage. (default: a temporary folder)"),
-    processes: Optional[int] = typer.Option(None, "--processes", help="Training processes through `accelerate "
+    processes: int | None = typer.Option(None, "--processes", help="Training processes through `accelerate "
                                             "launch` (one per GPU, or per CPU core with gloo). (default: 2 where "
                                             "there are two, else 1)"),
     as_json: bool = JsonOpt,

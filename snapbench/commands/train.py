@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
-from snapbench.interrupts import on_interrupt_keep
 from snapbench.commands.common import JsonOpt, WeightsOpt, err, is_toy_ref, out, print_json
+from snapbench.interrupts import on_interrupt_keep
 
 
 def train_command(
@@ -17,13 +15,13 @@ def train_command(
                                 help="Skip each CA / RB block at random (SnapFusion robust training)."),
     steps: int = typer.Option(2000, "--steps", min=0, help="Total optimizer steps (a resumed run goes on to it)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Samples per step, over all processes."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate [default: 1e-3 toy, 1e-5 else]."),
+    lr: float | None = typer.Option(None, "--lr", help="AdamW learning rate [default: 1e-3 toy, 1e-5 else]."),
     skip_ca: float = typer.Option(0.1, "--skip-ca", help="Skip probability of a CA block with --robust."),
     skip_rb: float = typer.Option(0.1, "--skip-rb", help="Skip probability of an RB block with --robust."),
-    prediction_type: Optional[str] = typer.Option(None, "--prediction-type",
+    prediction_type: str | None = typer.Option(None, "--prediction-type",
                                                   help="epsilon or v_prediction [default: the noise schedule's]."),
-    data: Optional[str] = typer.Option(None, "--data", help="Folder of .safetensors latents + contexts (non-toy)."),
-    weights: Optional[str] = WeightsOpt,
+    data: str | None = typer.Option(None, "--data", help="Folder of .safetensors latents + contexts (non-toy)."),
+    weights: str | None = WeightsOpt,
     save_every: int = typer.Option(500, "--save-every", min=1, help="Checkpoint interval in steps."),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads", min=1,

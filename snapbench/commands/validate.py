@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -30,9 +29,9 @@ def _summary_table(title: str, df, key: str) -> Table:
 
 
 def validate_command(
-    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Corpus CSV (default: the one shipped; "
+    corpus: Path | None = typer.Option(None, "--corpus", help="Corpus CSV (default: the one shipped; "
                                           "columns in snapbench.validation.corpus)."),
-    cross: Optional[str] = typer.Option(None, "--cross", help="source | chip: refit with each group held out "
+    cross: str | None = typer.Option(None, "--cross", help="source | chip: refit with each group held out "
                                         "and predict it (out-of-sample errors)."),
     convert: bool = typer.Option(True, "--convert/--no-convert", help="Convert networks whose op records are "
                                  "neither shipped nor cached (minutes each; cached after)."),

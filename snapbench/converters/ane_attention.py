@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snapbench.settings import ATTENTIONS, Attention, check_choice
 from snapbench.errors import SnapbenchError
+from snapbench.settings import ATTENTIONS, Attention, check_choice
 
 if TYPE_CHECKING:
     from diffusers.models.transformers.transformer_2d import Transformer2DModel

@@ -21,18 +21,24 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from snapbench.converters.package_io import PackageIO
 from snapbench.converters.components import (
-    DIFFUSERS_STEM, load_vae, part_weights, text_encoder_single, vae_config, vae_decoder_single,
+    DIFFUSERS_STEM,
+    load_vae,
+    part_weights,
+    text_encoder_single,
+    vae_config,
+    vae_decoder_single,
 )
 from snapbench.converters.options import ConvertOptions
+from snapbench.converters.package_io import PackageIO
 from snapbench.converters.swift_interface import DEFAULT_FAMILY, XL_FAMILY, with_swift_dtypes
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
@@ -204,7 +210,10 @@ def xl_text_encoder_parts(source: ModelSource, opts: ConvertOptions, folder: Mod
 
     from snapbench.converters.cache import file_stat_fingerprint
     from snapbench.converters.components import (
-        TRANSFORMERS_STEM, dual_text_encoder_configs, load_text_encoder, text_context_dim,
+        TRANSFORMERS_STEM,
+        dual_text_encoder_configs,
+        load_text_encoder,
+        text_context_dim,
     )
     from snapbench.specs.layout import text_embeds_dim
 

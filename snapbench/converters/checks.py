@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ class PackageCheckError(Exception):
     """A package that does not match its block (a conversion failure, reported per block)."""
 
 
-def check_reloaded(path: Path, io: "PackageIO") -> "PackageIO":
+def check_reloaded(path: Path, io: PackageIO) -> PackageIO:
     from snapbench.converters.package_io import PackageIO
     from snapbench.converters.runtime import coremltools
 
@@ -71,7 +72,7 @@ def require_prediction() -> None:
 
 
 def check_prediction(path: Path, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...],
-                     io: "PackageIO", *, load: Callable[[str], Any] | None = None) -> float:
+                     io: PackageIO, *, load: Callable[[str], Any] | None = None) -> float:
     """PSNR (dB) of the package's output against the module's; raises PackageCheckError under the bar.
 
     `load` defaults to coremltools' MLModel (macOS only); tests pass a fake with the same predict().

@@ -26,12 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from snapbench.converters.package_io import PackageIO
-from snapbench.converters.cache import file_stat_fingerprint
-from snapbench.converters.result import ConvertResult
-from snapbench.converters.options import COMPONENTS, ConvertOptions
-from snapbench.converters.whole_model import SingleModel, convert_single
 from snapbench.choices import check_choice
+from snapbench.converters.cache import file_stat_fingerprint
+from snapbench.converters.options import COMPONENTS, ConvertOptions
+from snapbench.converters.package_io import PackageIO
+from snapbench.converters.result import ConvertResult
+from snapbench.converters.whole_model import SingleModel, convert_single
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
 from snapbench.specs.layout import text_embeds_dim

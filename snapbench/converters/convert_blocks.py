@@ -10,28 +10,28 @@
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from snapbench.backbones import backbone_for
 from snapbench.blocks.cut import CutBlock, InputShapes
 from snapbench.blocks.signature import Signature
 from snapbench.converters import workers
-from snapbench.converters.package_io import PackageIO
-from snapbench.converters.convert_package import is_complete_package, package_files, remove_tree
 from snapbench.converters.cache import cache_key, source_fingerprint, weights_hash
 from snapbench.converters.checks import require_prediction
 from snapbench.converters.compression import compression_info
+from snapbench.converters.convert_package import is_complete_package, package_files, remove_tree
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
+from snapbench.converters.package_io import PackageIO
 from snapbench.converters.progress import reporter
 from snapbench.converters.result import ConvertResult
-from snapbench.versions import tool_versions
 from snapbench.interrupts import stop_pool
 from snapbench.model.loading import ModelSource
-
+from snapbench.versions import tool_versions
 
 # Below this much work (test-sized models) a pool's start-up (each worker imports torch, diffusers and
 # coremltools) costs more than it saves; SD-v1.5 is about 800 GMACs.

@@ -10,9 +10,10 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,8 @@ from snapbench.converters.checks import check_reloaded
 from snapbench.converters.compression import compress, nonfinite_weights
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.package_io import PackageIO, Shape  # noqa: F401  (Shape: part of this module's interface)
-from snapbench.converters.runtime import coremltools, conversion_context
+from snapbench.converters.runtime import conversion_context, coremltools
+
 
 @dataclass(frozen=True)
 class PackageResult:

@@ -12,9 +12,10 @@ command's package cache) never ask which kind they got.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, get_args
+from typing import Literal, get_args
 
 from snapbench.backbones import DitBackbone, backbone_for
 from snapbench.converters.components import convert_component

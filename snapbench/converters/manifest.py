@@ -12,16 +12,17 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from snapbench.atomic import atomic_write_text
 from snapbench.converters.package_io import TensorEntry
-from snapbench.paths import choose_another
 from snapbench.errors import SnapbenchError
-from snapbench.names import safe_file_name
 from snapbench.locks import FOLDER_LOCK, folder_lock, pid_alive
+from snapbench.names import safe_file_name
+from snapbench.paths import choose_another
 from snapbench.user_files import read_user_json
 
 FORMAT = "snapbench.manifest/1"
@@ -63,7 +64,7 @@ class ManifestBlock:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ManifestBlock":
+    def from_dict(cls, d: dict[str, Any]) -> ManifestBlock:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -107,7 +108,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], folder: Path | None = None) -> "Manifest":
+    def from_dict(cls, d: dict[str, Any], folder: Path | None = None) -> Manifest:
         return cls(
             content=d["content"], model=d["model"], spec=d["spec"], options=d.get("options", {}),
             versions=d.get("versions", {}), shapes=d.get("shapes", {}),

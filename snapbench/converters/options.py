@@ -9,12 +9,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Literal, get_args
+from typing import Any, Literal, get_args
 
 from snapbench.errors import SnapbenchError
-from snapbench.settings import (ATTENTIONS, COMPONENTS, IOS_TARGETS, PRECISIONS, WEIGHT_BITS,  # noqa: F401 re-exported
-                                Component, IOSTarget, Precision, RunSettings, check_choice)
+from snapbench.settings import (  # noqa: F401 re-exported
+    ATTENTIONS,
+    COMPONENTS,
+    IOS_TARGETS,
+    PRECISIONS,
+    WEIGHT_BITS,
+    Component,
+    IOSTarget,
+    Precision,
+    RunSettings,
+    check_choice,
+)
 
 Mode = Literal["profile", "deploy"]
 Target = IOSTarget  # the name callers used before `snapbench.settings`

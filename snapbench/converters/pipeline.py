@@ -20,24 +20,36 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from snapbench.converters.app_parts import (
-    TOKENIZER_FILES, AppPart, ModelFolder, check_tokenizer, model_folder, text_encoder_part, vae_decoder_part,
-    vae_encoder_part, xl_text_encoder_parts,
-)
-from snapbench.converters.convert_package import (
-    convert_module, is_complete_package, package_bytes, package_files, remove_tree,
+    TOKENIZER_FILES,
+    AppPart,
+    ModelFolder,
+    check_tokenizer,
+    model_folder,
+    text_encoder_part,
+    vae_decoder_part,
+    vae_encoder_part,
+    xl_text_encoder_parts,
 )
 from snapbench.converters.cache import cache_key, source_fingerprint
 from snapbench.converters.checks import require_prediction
 from snapbench.converters.compression import compression_info
 from snapbench.converters.convert_blocks import _stamped_key, cut, weight_files
-from snapbench.converters.result import ConvertResult
+from snapbench.converters.convert_package import (
+    convert_module,
+    is_complete_package,
+    package_bytes,
+    package_files,
+    remove_tree,
+)
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
+from snapbench.converters.result import ConvertResult
 from snapbench.converters.swift_interface import XL_FAMILY, family_for, with_swift_dtypes
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.model.loading import ModelSource
@@ -227,8 +239,8 @@ def _convert_part_now(part: AppPart, dest: Path, key: str, opts: ConvertOptions,
             r = convert_module(module, part.io, opts, dest, metadata=metadata, description=part.title,
                                inputs=inputs, release=not opts.check, skip_passes=skipped_passes(part, opts))
         if opts.check:
-            from snapbench.converters.convert_package import example_inputs
             from snapbench.converters.checks import check_prediction
+            from snapbench.converters.convert_package import example_inputs
 
             # at the interface's own shapes (the trace inputs may be smaller); token ids must be valid ids
             feed = inputs if part.kind == "text_encoder" and inputs else example_inputs(part.io, seed=opts.seed)

@@ -24,7 +24,8 @@ import logging
 import os
 import sys
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -138,7 +139,6 @@ def conversion_context() -> Iterator[None]:
     from coremltools.converters.mil.frontend.torch import ops as torch_ops
     from coremltools.converters.mil.mil.passes import pass_pipeline
     from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
-
     from coremltools.optimize.coreml import _post_training_quantization as ptq
     from coremltools.optimize.coreml import _quantization_passes as qpasses
 

@@ -27,8 +27,9 @@ from __future__ import annotations
 import heapq
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

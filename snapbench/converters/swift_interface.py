@@ -17,9 +17,10 @@ import fnmatch
 import functools
 import json
 import re
+from collections.abc import MutableMapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from snapbench.converters.package_io import PackageIO
@@ -73,7 +74,7 @@ def load_table() -> dict[str, Any]:
     return json.loads(TABLE_FILE.read_text())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def family_rules(family: str = DEFAULT_FAMILY) -> dict[str, PackageRules]:
     models = load_table()["models"]
     if family not in models:
@@ -93,7 +94,7 @@ def package_rules(package: str, family: str = DEFAULT_FAMILY) -> PackageRules:
     return table[package]
 
 
-def with_swift_dtypes(io: "PackageIO", package: str, family: str = DEFAULT_FAMILY) -> "PackageIO":
+def with_swift_dtypes(io: PackageIO, package: str, family: str = DEFAULT_FAMILY) -> PackageIO:
     """`io` with every input and output dtype the table gives for `package` (every tensor must have a row)."""
     rules = package_rules(package, family)
     dtypes = []
@@ -133,7 +134,7 @@ def _bind(symbolic: tuple[str, ...], got: tuple[int, ...], sizes: MutableMapping
     return None
 
 
-def check_interface(interface: "PackageInterface", package: str, sizes: MutableMapping[str, int] | None = None,
+def check_interface(interface: PackageInterface, package: str, sizes: MutableMapping[str, int] | None = None,
                     family: str = DEFAULT_FAMILY) -> list[str]:
     """Every way the package's inputs and outputs differ from the table (empty: none). `sizes` binds the
     shape symbols (pass the same dict for every package of a folder: one S, one D, ...)."""
@@ -205,10 +206,7 @@ def _fmt_tensors(tensors: tuple[Tensor, ...], rules: tuple[TensorRule, ...]) -> 
         seen.add(rule.name)
         group = [x for x in tensors if rule.matches(x.name)]
         dtypes = sorted({x.dtype for x in group})
-        if len(group) > 1:
-            label = f"`{group[0].name}` ... `{group[-1].name}`"
-        else:
-            label = f"`{t.name}`"
+        label = f"`{group[0].name}` ... `{group[-1].name}`" if len(group) > 1 else f"`{t.name}`"
         shape = "" if rule.shape == ("*",) else " (" + ", ".join(rule.shape) + ("," if len(rule.shape) == 1 else "") + ")"
         parts.append(f"{label} {'/'.join(dtypes)}{shape}")
     return ", ".join(parts)

@@ -7,24 +7,30 @@ module only knows "one module -> one package (or two chunks) + manifest.json".
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
-from snapbench.converters.convert_package import (
-    PackageIO, convert_module, is_complete_package, package_bytes, package_files, remove_tree,
-)
 from snapbench.converters.cache import cache_key
 from snapbench.converters.checks import check_reloaded, require_prediction
 from snapbench.converters.compression import compression_info
 from snapbench.converters.convert_blocks import _up_to_date
-from snapbench.converters.result import ConvertResult
+from snapbench.converters.convert_package import (
+    PackageIO,
+    convert_module,
+    is_complete_package,
+    package_bytes,
+    package_files,
+    remove_tree,
+)
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir
 from snapbench.converters.options import ConvertOptions
-from snapbench.errors import first_line
+from snapbench.converters.result import ConvertResult
 from snapbench.converters.runtime import coremltools
+from snapbench.errors import first_line
 from snapbench.versions import tool_versions
 
 

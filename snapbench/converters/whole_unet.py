@@ -7,16 +7,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from snapbench.converters.package_io import PackageIO
 from snapbench.converters.cache import source_fingerprint
 from snapbench.converters.convert_blocks import build_checked, cut, weight_files
-from snapbench.converters.result import ConvertResult
 from snapbench.converters.options import ConvertOptions
-from snapbench.versions import tool_versions
+from snapbench.converters.package_io import PackageIO
+from snapbench.converters.result import ConvertResult
 from snapbench.converters.whole_model import SingleModel, convert_single
 from snapbench.model.loading import ModelSource
 from snapbench.model.units import AttentionUnit
 from snapbench.specs.layout import TEXT_TIME_IDS, text_embeds_dim
+from snapbench.versions import tool_versions
 
 
 class _DiffusersCall(nn.Module):

@@ -14,16 +14,17 @@ import copy
 import gc
 import traceback
 import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast, TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 
-from snapbench.converters.package_io import PackageIO
 from snapbench.converters.convert_package import PackageResult, convert_module, example_inputs
 from snapbench.converters.options import ConvertOptions
+from snapbench.converters.package_io import PackageIO
 from snapbench.errors import first_line
 from snapbench.interrupts import ignore_sigint
 from snapbench.model.units import AttentionUnit, BlockUnit
@@ -62,8 +63,8 @@ _OPTS: ConvertOptions | None = None
 
 def init_worker(source: ModelSource, opts: ConvertOptions, threads: int | None = None) -> None:
     """Pool initializer (and the in-process set-up): build the meta model once for this process."""
-    from snapbench.converters.runtime import coremltools
     from snapbench.backbones import backbone_for
+    from snapbench.converters.runtime import coremltools
 
     global _OPTS
     if threads is not None:  # a pool worker: Ctrl-C is the parent's to handle

@@ -8,8 +8,9 @@ sqrt(1 - alphas_cumprod[t]); the step to a negative timestep lands on the schedu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -24,7 +25,7 @@ class NoiseLevels:
     clip_sample: float | None  # clip range of the predicted x0, or None
 
     @classmethod
-    def from_schedule(cls, noise_schedule: Mapping[str, Any]) -> "NoiseLevels":
+    def from_schedule(cls, noise_schedule: Mapping[str, Any]) -> NoiseLevels:
         from snapbench.training.sampling import ddim_scheduler
 
         sched = ddim_scheduler(noise_schedule)

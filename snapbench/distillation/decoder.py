@@ -25,14 +25,15 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from snapbench.user_files import load_torch_state
 from snapbench.errors import SnapbenchError
+from snapbench.user_files import load_torch_state
 
 DISTILL_FILE = "decoder_distill.json"
 STATE_FILE = "decoder_state.pt"

@@ -3,8 +3,9 @@ folder of latents the user made (e.g. with their UNet), held out 10% for PSNR.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ def load_teacher_vae(ref: str, *, say: Callable[[str], None] = lambda s: None) -
                              "pipeline folder, or 'toy'; nothing is downloaded)")
     try:
         return AutoencoderKL.from_pretrained(folder, local_files_only=True, use_safetensors=True).eval()
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         raise SnapbenchError(f"--vae {folder}: cannot load an AutoencoderKL with its weights ({e})") from None
 
 

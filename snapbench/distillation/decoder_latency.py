@@ -31,10 +31,10 @@ def full_size_decoder(prune: float, tables: str | Path | None = None) -> dict[st
     backend}], "note"} for SD-v1.5's decoder pruned by `prune`."""
     from snapbench.converters.components import SD_VAE, vae_config
     from snapbench.devices.catalog import list_devices
-    from snapbench.paths import table_to_read
     from snapbench.latency.model_latency import component_key
     from snapbench.latency.table import LatencyTable, Settings
     from snapbench.model.loading import resolve_model
+    from snapbench.paths import table_to_read
 
     pruned = pruned_config(dict(SD_VAE), prune)
     out: dict[str, Any] = {"params_full": _decoder_params(dict(SD_VAE)), "params_pruned": _decoder_params(pruned),

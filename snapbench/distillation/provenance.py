@@ -51,9 +51,9 @@ def decoder_source(ref: str, spec_name: str) -> str:
 def toy_grid_data_uri(ref: str, *, per_prompt: int = 4) -> str | None:
     """A small PNG grid (digits 0-9, `per_prompt` each) as a data: URI, for a toy folder with weights."""
     from snapbench.distillation.sample_grid import SampleConfig, generate, grid_image, resolve_steps
+    from snapbench.model.loading import resolve_model
     from snapbench.training.checkpoints import load_bundle
     from snapbench.training.toy_digits import DIGIT_PROMPTS, is_toy
-    from snapbench.model.loading import resolve_model
 
     if not Path(ref).is_dir() or resolve_model(ref).weights_dir is None or not is_toy(resolve_model(ref).spec):
         return None
@@ -69,8 +69,8 @@ def toy_grid_data_uri(ref: str, *, per_prompt: int = 4) -> str | None:
 def record_decoder(model_folder: str | Path, decoder_folder: str | Path) -> None:
     """Note in a distilled UNet folder's sampling.json which distilled decoder goes with it."""
     from snapbench.atomic import atomic_write_text
-    from snapbench.errors import SnapbenchError
     from snapbench.distillation.step_distillation import SAMPLING_FILE
+    from snapbench.errors import SnapbenchError
 
     if not (Path(decoder_folder) / DISTILL_FILE).is_file():
         raise SnapbenchError(f"--decoder {decoder_folder}: not a `snapbench distill-decoder` folder (no {DISTILL_FILE})")

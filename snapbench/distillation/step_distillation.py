@@ -35,21 +35,30 @@ import copy
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from snapbench.distillation.ddim_math import NoiseLevels, ddim_timesteps, prev_timestep
 from snapbench.errors import SnapbenchError
-from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.evolution.robust_training import NO_SKIP, TrainConfig, fine_tune
+from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.training.checkpoints import ModelBundle, load_bundle, save_bundle
 from snapbench.training.data import TrainingData, training_data
-from snapbench.training.loop import (OPTIMIZER_FILE, RunStart, StepLog, Trainable, TrainResult, check_resumable,
-                                     optimizer_with_warmup, run_steps)
+from snapbench.training.loop import (
+    OPTIMIZER_FILE,
+    RunStart,
+    StepLog,
+    Trainable,
+    TrainResult,
+    check_resumable,
+    optimizer_with_warmup,
+    run_steps,
+)
 
 STATE_FILE = "distill_state.json"
 SAMPLING_FILE = "sampling.json"
@@ -116,7 +125,7 @@ class DistillConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
+    def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 

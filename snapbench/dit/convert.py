@@ -20,25 +20,30 @@ from __future__ import annotations
 import copy
 import gc
 import zlib
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 
+from snapbench.blocks.cut import CutBlock
 from snapbench.converters.cache import cache_key, source_fingerprint, weights_hash
-from snapbench.converters.convert_package import (convert_module, example_inputs, is_complete_package, package_files,
-                                                  remove_tree)
+from snapbench.converters.convert_package import (
+    convert_module,
+    example_inputs,
+    is_complete_package,
+    package_files,
+    remove_tree,
+)
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.package_io import PackageIO
 from snapbench.converters.result import ConvertResult
-from snapbench.blocks.cut import CutBlock
 from snapbench.dit.cut import outputs_of
 from snapbench.dit.units import DitUnit
+from snapbench.errors import SnapbenchError, first_line
 from snapbench.model.loading import ModelSource
 from snapbench.settings import InputShapes
-from snapbench.errors import SnapbenchError, first_line
 from snapbench.versions import tool_versions
 
 Say = Callable[[str], None]

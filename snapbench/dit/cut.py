@@ -18,8 +18,16 @@ from snapbench.blocks.cut import CutBlock
 from snapbench.blocks.signature import AttrValue, Signature
 from snapbench.dit.family import Family
 from snapbench.dit.spec import MAX_TOKENS, DitSpec
-from snapbench.dit.units import (AdaSingleUnit, CaptionEmbedUnit, CrossBlockUnit, DitUnit, FinalLayerUnit,
-                                 JointBlockUnit, PatchEmbedUnit, TextTimeEmbedUnit)
+from snapbench.dit.units import (
+    AdaSingleUnit,
+    CaptionEmbedUnit,
+    CrossBlockUnit,
+    DitUnit,
+    FinalLayerUnit,
+    JointBlockUnit,
+    PatchEmbedUnit,
+    TextTimeEmbedUnit,
+)
 from snapbench.errors import SnapbenchError
 from snapbench.settings import InputShapes
 from snapbench.specs.dit_layout import MAX_STAGES, STAGES, block_stages

@@ -16,7 +16,8 @@ is the diffusers `transformer/` plus two small safetensors files.
 from __future__ import annotations
 
 import copy
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 
 import torch
 from torch import nn
@@ -92,7 +93,7 @@ class ElasticDiT(nn.Module):
         # A plain list, not a ModuleList: the modules are registered once, under base / copies / variants.
         self._units = units
 
-    def with_spec(self, spec: ArchSpec) -> "ElasticDiT":
+    def with_spec(self, spec: ArchSpec) -> ElasticDiT:
         """The same weights under another spec: base weights shared, existing copies and variant blocks carried
         over, new ones initialised from their originals (what an evolution action does)."""
         new = ElasticDiT(self.base, spec)
@@ -131,10 +132,7 @@ class ElasticDiT(nn.Module):
             env["pooled"] = pooled
         for unit in self._units:
             args = tuple(env[n] for n in unit.input_names)
-            if unit.kind != "TB":
-                out = unit(*args)
-            else:
-                out = self._run(unit, args, disabled, generator)
+            out = unit(*args) if unit.kind != "TB" else self._run(unit, args, disabled, generator)
             outs = out if isinstance(out, tuple) else (out,)
             if record is not None:
                 record.append((unit, args, outs))

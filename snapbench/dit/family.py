@@ -8,8 +8,9 @@ else is read from the config by diffusers itself.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from snapbench.errors import SnapbenchError
 from snapbench.size_limits import DEFAULT_LIMITS, LIFT_HINT, ModelTooLarge, limits_lifted

@@ -10,9 +10,10 @@ signature converts nothing at all.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from snapbench.converters.cache import cache_key
 from snapbench.converters.entry import ConvertRequest, convert

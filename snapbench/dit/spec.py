@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from snapbench.dit.family import Family, check_config
 from snapbench.dit.variants import AttentionVariant, parse_variant
@@ -76,7 +77,7 @@ class DitSpec:
         return d
 
     @classmethod
-    def from_dict(cls, data: object, *, source: str = "<spec>") -> "DitSpec":
+    def from_dict(cls, data: object, *, source: str = "<spec>") -> DitSpec:
         if not isinstance(data, dict):
             raise SnapbenchError(f"{source}: a DiT spec is a JSON object")
         if data.get("format") != FORMAT:

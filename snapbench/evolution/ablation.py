@@ -7,9 +7,10 @@ as the full model, so `quality_drop = full quality - quality without the block` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from snapbench.backbones import backbone_for
 from snapbench.evolution.evaluators import EvalConfig

@@ -12,7 +12,7 @@ variants of a block go in different batches (`variant_groups`), each with its ow
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from snapbench.backbones import backbone_for
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice

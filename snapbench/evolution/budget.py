@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class EvalBudget:
             raise SnapbenchError(f"--eval-confidence must be in [0.5, 1), got {self.confidence}")
 
     @classmethod
-    def parse(cls, text: str, confidence: float = 0.95) -> "EvalBudget":
+    def parse(cls, text: str, confidence: float = 0.95) -> EvalBudget:
         """`exhaustive`, `auto` or the samples per candidate of the first round (>= MIN_SAMPLES)."""
         t = text.strip().lower()
         if t == "exhaustive":

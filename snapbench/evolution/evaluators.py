@@ -21,20 +21,21 @@ that holds every block any of them runs (`PerRow`), at most `batch` images per p
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Iterator, Protocol, Sequence, Union
+from typing import Any, Protocol
 
 import torch
 
 from snapbench.errors import SnapbenchError
-from snapbench.user_files import read_user_json, read_user_text
+from snapbench.model.elastic_unet import Disabled, ElasticUNet, PerRow
+from snapbench.specs.arch_spec import ArchSpec
 from snapbench.training.checkpoints import ModelBundle
 from snapbench.training.data import PIPELINE_FILES, missing_files
 from snapbench.training.sampling import ddim_sample
 from snapbench.training.toy_digits import DIGIT_PROMPTS, is_toy, load_classifier
-from snapbench.model.elastic_unet import Disabled, ElasticUNet, PerRow
-from snapbench.specs.arch_spec import ArchSpec
+from snapbench.user_files import read_user_json, read_user_text
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class ToyEvalConfig:
     def describe_samples(self) -> str:
         return f"10 prompts x {self.samples_per_prompt}"
 
-    def build(self) -> "ToyEvaluator":
+    def build(self) -> ToyEvaluator:
         return ToyEvaluator(self)
 
 
@@ -208,7 +209,7 @@ class ClipEvalConfig:
     def describe_samples(self) -> str:
         return f"{len(self.prompts)} prompts x {self.images_per_prompt}"
 
-    def build(self) -> "ClipEvaluator":
+    def build(self) -> ClipEvaluator:
         return ClipEvaluator(self)
 
 
@@ -295,4 +296,4 @@ def clip_score(clip: Any, processor: Any, images: torch.Tensor, prompts: Sequenc
     return 100 * cos.clamp(min=0)
 
 
-EvalConfig = Union[ToyEvalConfig, ClipEvalConfig]
+EvalConfig = ToyEvalConfig | ClipEvalConfig

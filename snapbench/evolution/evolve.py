@@ -29,15 +29,15 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from snapbench.atomic import atomic_write_bytes, atomic_write_text
 from snapbench.errors import SnapbenchError
-from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.evolution.actions import Action, growing_actions, shrinking_actions
 from snapbench.evolution.budget import Decision, EvalBudget, successive_halving
 from snapbench.evolution.evaluators import EvalConfig, Quality
@@ -47,6 +47,7 @@ from snapbench.evolution.moves import DEFAULT_MOVES, check_moves_apply, parse_mo
 from snapbench.evolution.robust_training import TrainConfig
 from snapbench.evolution.scoring import Counts, Scorer
 from snapbench.evolution.trajectory import TRAJECTORY_FILE, TrajectoryRow, write_trajectory
+from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.specs.arch_spec import ArchSpec
 
 WORK_DIR = ".evolve"
@@ -116,7 +117,7 @@ class EvolutionState:
         atomic_write_text(folder / STATE_FILE, json.dumps(asdict(self), indent=1, default=str) + "\n")
 
     @classmethod
-    def load(cls, folder: Path) -> "EvolutionState":
+    def load(cls, folder: Path) -> EvolutionState:
         p = folder / STATE_FILE
         try:
             d = json.loads(p.read_text())
@@ -266,9 +267,8 @@ def _check_same(before: Mapping[str, Any], now: Mapping[str, Any], out: Path) ->
 def _start(model: str | Path, work: Path, config: EvolveConfig, evaluator: EvalConfig,
            costs: Callable[[ArchSpec], BlockPriceTable], scorer: Scorer,
            fingerprint: dict[str, Any]) -> tuple[EvolutionState, BlockPriceTable]:
-    from snapbench.model.loading import resolve_model
-
     from snapbench.backbones import backbone_for
+    from snapbench.model.loading import resolve_model
 
     spec = resolve_model(model).spec
     evaluator.check(spec)
@@ -468,9 +468,9 @@ class EvolutionRun:
                  f"quality delta {best.quality_delta:+.4f}")
 
     def train_step(self) -> None:
-        from snapbench.training.checkpoints import derive, load_bundle, save_bundle
         from snapbench.evolution.executors import forget_cached
         from snapbench.evolution.robust_training import fine_tune
+        from snapbench.training.checkpoints import derive, load_bundle, save_bundle
 
         st, config, work = self.state, self.config, self.work
         bundle = load_bundle(st.checkpoint)
@@ -527,8 +527,8 @@ def _publish(bundle: Any, model: Any, out: Path) -> None:
     """Put the final model's files into `out` beside the run's state: each replaced by rename, the spec file
     (arch.json, a DiT's dit.json) last, so a reader that finds it finds the weights that go with it."""
     from snapbench.backbones import backbone_for
-    from snapbench.training.checkpoints import save_bundle
     from snapbench.model.loading import COPIES_FILE, VARIANTS_FILE
+    from snapbench.training.checkpoints import save_bundle
 
     spec_file = backbone_for(model.spec).spec_file
     staging = out / WORK_DIR / "publish"

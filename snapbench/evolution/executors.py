@@ -11,14 +11,15 @@ a filesystem every node sees (the usual shared /data or NFS mount).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from snapbench.errors import SnapbenchError, first_line
+from snapbench.evolution.evaluators import EvalConfig, Evaluator, Quality
 from snapbench.interrupts import ignore_sigint, stop_pool
 from snapbench.ray_cluster import check_ray_address
-from snapbench.evolution.evaluators import EvalConfig, Evaluator, Quality
 
 if TYPE_CHECKING:  # loaded in the worker, when a task runs
     from snapbench.training.checkpoints import ModelBundle
@@ -60,8 +61,8 @@ _EVALUATORS: dict[EvalConfig, Evaluator] = {}
 def run_task(task: EvalTask) -> Quality:
     """Evaluate one candidate (in whatever process runs it). Loaded models and evaluators are kept per
     process: every task of an iteration shares one checkpoint."""
-    from snapbench.training.checkpoints import derive
     from snapbench.specs.arch_spec import ArchSpec
+    from snapbench.training.checkpoints import derive
 
     bundle, evaluator = _loaded(task.checkpoint, task.evaluator)
     model = bundle.model
@@ -75,8 +76,8 @@ def run_task(task: EvalTask) -> Quality:
 def run_score_task(task: ScoreTask) -> list[list[float]]:
     """Per-sample scores of several candidates, batched through the model holding all their blocks."""
     from snapbench.evolution.batching import union_spec, variant_groups
-    from snapbench.training.checkpoints import derive
     from snapbench.specs.arch_spec import ArchSpec
+    from snapbench.training.checkpoints import derive
 
     bundle, evaluator = _loaded(task.checkpoint, task.evaluator)
     specs = [ArchSpec.from_dict(dict(s), source="candidate") for s in task.specs]

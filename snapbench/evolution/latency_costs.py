@@ -21,21 +21,22 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from snapbench.errors import SnapbenchError
-from snapbench.user_files import read_user_text
 from snapbench.backbones import backbone_for
+from snapbench.errors import SnapbenchError
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice
 from snapbench.specs.layout import Slot
 from snapbench.specs.variants import Variant
+from snapbench.user_files import read_user_text
 
 if TYPE_CHECKING:  # heavy (torch): the types only
     from snapbench.devices.catalog import Device
-    from snapbench.latency.table import LatencyTable, Settings
     from snapbench.latency.model_latency import BlockLatency, ProfileRun
+    from snapbench.latency.table import LatencyTable, Settings
     from snapbench.model.loading import ModelSource
 
 
@@ -58,7 +59,7 @@ class FixedTable:
         return float(self.rows[signature_key]), self.backend
 
     @classmethod
-    def from_csv(cls, path: str | Path) -> "FixedTable":
+    def from_csv(cls, path: str | Path) -> FixedTable:
         p = Path(path)
         reader = list(csv.DictReader(read_user_text(p, "latency table").splitlines()))
         if not reader or not {"signature", "latency_ms"} <= set(reader[0]):
@@ -114,7 +115,7 @@ class BlockPriceTable:
                 out[key] = (slot.kind, v)
         return list(out.values())
 
-    def with_variants(self, spec: ArchSpec, costs: Callable[[ArchSpec], "BlockPriceTable"]) -> "BlockPriceTable":
+    def with_variants(self, spec: ArchSpec, costs: Callable[[ArchSpec], BlockPriceTable]) -> BlockPriceTable:
         """This table plus prices for every variant `spec` runs that it lacks: per variant, the model with
         every block of that kind swapped for it is priced by `costs` (new signatures estimated, labelled)."""
         missing = self.missing_variants(spec)
@@ -163,7 +164,7 @@ class BlockPriceTable:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "BlockPriceTable":
+    def from_dict(cls, d: Mapping[str, Any]) -> BlockPriceTable:
         def blocks(rows: list[dict[str, Any]]) -> dict[str, BlockPrices]:
             return {b["block_id"]: BlockPrices(**{**b, "backends": tuple(b["backends"])}) for b in rows}
 
@@ -255,8 +256,7 @@ def costs_from_table(spec: ArchSpec, device: str, *, table: str | Path | None = 
     labelling the signatures it lacks. The table with the estimates filled in is cached (`cache`), so a
     second run converts nothing."""
     from snapbench.devices.catalog import resolve_device
-    from snapbench.latency.table import LatencyTable, Settings
-    from snapbench.latency.table import merge_into_file
+    from snapbench.latency.table import LatencyTable, Settings, merge_into_file
     from snapbench.model.loading import ModelSource
 
     dev = resolve_device(device)

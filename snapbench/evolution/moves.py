@@ -16,8 +16,9 @@ table of swaps is data: another family adds rows whose `kind` is its own (a DiT'
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from snapbench.errors import SnapbenchError
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice

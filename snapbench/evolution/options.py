@@ -4,15 +4,16 @@ bad input fails before any run state is touched."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.budget import EvalBudget
 from snapbench.evolution.evaluators import ClipEvalConfig, EvalConfig, ToyEvalConfig, read_prompts
 from snapbench.evolution.latency_costs import BlockPriceTable, FixedTable, costs_from_source, costs_from_table
-from snapbench.training.toy_digits import CONTEXT_TOKENS, cache_dir, is_toy
 from snapbench.specs.arch_spec import ArchSpec
+from snapbench.training.toy_digits import CONTEXT_TOKENS, cache_dir, is_toy
 
 
 def evaluator_config(name: str, *, prompts: str | None = None, clip_weights: str | None = None,

@@ -32,9 +32,10 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
@@ -64,7 +65,7 @@ class TrajectoryRow:
     @classmethod
     def of(cls, iteration: int, phase: str, action: str, block: str, latency_ms: float, latency_backend: str,
            quality: float | None, quality_delta: float | None, latency_delta_ms: float | None,
-           train_steps: int, eval_samples: int | None = None, eval_reused: int | None = None) -> "TrajectoryRow":
+           train_steps: int, eval_samples: int | None = None, eval_reused: int | None = None) -> TrajectoryRow:
         """A row with its value (quality_delta / latency_delta_ms) computed where both are known."""
         value = quality_delta / latency_delta_ms if quality_delta is not None and latency_delta_ms else None
         return cls(iteration, phase, action, block, latency_ms, latency_backend, quality, quality_delta,

@@ -8,21 +8,43 @@ arrives; then the estimator fills each device's gaps (labelled) and each device 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
 from types import ModuleType
-from typing import Callable, Sequence
 
 from snapbench.backbones import backbone_for
 from snapbench.devices.catalog import Device
 from snapbench.errors import SnapbenchError
-from snapbench.latency.model_latency import (ALL_COMPONENTS, EstimatePricer, Failure, Located, ProfileRun,
-                                             _version, assemble, cut_model, locate, now, packages_to_price,
-                                             price, still_needed, to_row)
+from snapbench.latency.model_latency import (
+    ALL_COMPONENTS,
+    EstimatePricer,
+    Failure,
+    Located,
+    ProfileRun,
+    _version,
+    assemble,
+    cut_model,
+    locate,
+    now,
+    packages_to_price,
+    price,
+    still_needed,
+    to_row,
+)
+from snapbench.latency.packages import ConverterPackages, PackageSource
 from snapbench.latency.table import LatencyRow, LatencyTable, Settings
 from snapbench.model.loading import ModelSource
-from snapbench.profilers.farm import (BackendFactory, DeviceOutcome, FarmPackage, NodeSettings, check_holders,
-                                      farm_stopped, is_device_backend, measure_on_farm, node_backend)
-from snapbench.latency.packages import ConverterPackages, PackageSource
+from snapbench.profilers.farm import (
+    BackendFactory,
+    DeviceOutcome,
+    FarmPackage,
+    NodeSettings,
+    check_holders,
+    farm_stopped,
+    is_device_backend,
+    measure_on_farm,
+    node_backend,
+)
 from snapbench.ray_cluster import connect
 from snapbench.versions import tool_versions
 

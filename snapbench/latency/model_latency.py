@@ -18,22 +18,31 @@ from __future__ import annotations
 
 import datetime as _dt
 import statistics
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from snapbench import __version__
 from snapbench.backbones import backbone_for
 from snapbench.blocks.cut import CutBlock
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
+from snapbench.latency.importer import ImportedRow, check_settings, read_import, refuse_conflicts
+from snapbench.latency.packages import COMPONENTS, ConverterPackages, PackageSource
 from snapbench.latency.table import LatencyRow, LatencyTable, Settings
 from snapbench.model.loading import ModelSource
-from snapbench.profilers.backends import (MEASURING, DeviceBackend, EstimatePricer, PackageFailed, Pricer, Target,
-                                          as_measurement, choose_backend)
-from snapbench.latency.importer import ImportedRow, check_settings, read_import, refuse_conflicts
+from snapbench.profilers.backends import (
+    MEASURING,
+    DeviceBackend,
+    EstimatePricer,
+    PackageFailed,
+    Pricer,
+    Target,
+    as_measurement,
+    choose_backend,
+)
 from snapbench.profilers.measurement import Measurement, PackageJob
-from snapbench.latency.packages import COMPONENTS, ConverterPackages, PackageSource
 from snapbench.specs.stages import STAGES
 from snapbench.versions import tool_versions
 
@@ -91,7 +100,7 @@ class ProfileRun:
     created_at: str = ""
     measured_on: Target | None = None  # the phone or Mac, when a measuring backend ran
     stages: tuple[str, ...] = STAGES  # the backbone's stages, in execution order
-    failures: list["Failure"] = field(default_factory=list)  # packages the backend could not measure
+    failures: list[Failure] = field(default_factory=list)  # packages the backend could not measure
     farm_nodes: list[str] = field(default_factory=list)  # a device farm: the Ray nodes that measured
     retried: int = 0  # a device farm: packages sent again after their node went away
 

@@ -40,7 +40,7 @@ class PackageSource(Protocol):
         """signature key -> package path, for (at least) the given keys."""
 
     def component_package(self, component: str, source: ModelSource, settings: Settings, *,
-                          progress: bool) -> "ComponentPackage":
+                          progress: bool) -> ComponentPackage:
         ...
 
 
@@ -75,8 +75,8 @@ def check_manifest_settings(manifest: Manifest, folder: Path, settings: Settings
 def cached_packages(settings: Settings, keys: set[str]) -> dict[str, Path]:
     """Packages with these signatures already converted for any model under the cache (evolution's
     candidates share almost every signature with the model they came from: no need to convert again)."""
-    from snapbench.converters.manifest import load_manifest
     from snapbench.converters.convert_package import is_complete_package
+    from snapbench.converters.manifest import load_manifest
 
     found: dict[str, Path] = {}
     root = cache_root() / "packages"

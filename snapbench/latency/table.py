@@ -17,19 +17,19 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import pandas as pd
 
 from snapbench.atomic import atomic_write_text
-from snapbench.settings import (ATTENTIONS, BACKENDS, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS,  # noqa: F401 re-exported
-                                RunSettings, check_choice)
-from snapbench.locks import file_lock
 from snapbench.errors import SnapbenchError
-from snapbench.user_files import read_user_text
+from snapbench.locks import file_lock
+from snapbench.settings import ATTENTIONS, BACKENDS, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS, RunSettings, check_choice  # noqa: F401 re-exported
 from snapbench.specs.stages import STAGES
+from snapbench.user_files import read_user_text
 
 # Higher wins in `lookup`: a measurement on the device beats one typed in from elsewhere, which beats
 # the cost model. iphone and mac never compete for one key (they are different devices).
@@ -107,21 +107,21 @@ class LatencyTable:
 
     # construction -----------------------------------------------------------------------------------
     @classmethod
-    def empty(cls) -> "LatencyTable":
+    def empty(cls) -> LatencyTable:
         return cls()
 
     @classmethod
-    def from_rows(cls, rows: Iterable[LatencyRow]) -> "LatencyTable":
+    def from_rows(cls, rows: Iterable[LatencyRow]) -> LatencyTable:
         return cls(rows)
 
     @classmethod
-    def load(cls, path: str | Path) -> "LatencyTable":
+    def load(cls, path: str | Path) -> LatencyTable:
         """Read a table CSV; a corrupt or hand-edited file raises SnapbenchError naming file and line."""
         p = Path(path)
         return cls(parse_rows(read_user_text(p, "latency table"), str(p)))
 
     @classmethod
-    def load_or_empty(cls, path: str | Path) -> "LatencyTable":
+    def load_or_empty(cls, path: str | Path) -> LatencyTable:
         return cls.load(path) if Path(path).exists() else cls()
 
     # writing ----------------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ class LatencyTable:
         return pd.DataFrame([asdict(r) for r in self.rows()], columns=list(COLUMNS))
 
     # combining --------------------------------------------------------------------------------------
-    def merge(self, other: "LatencyTable | Iterable[LatencyRow]") -> "LatencyTable":
+    def merge(self, other: LatencyTable | Iterable[LatencyRow]) -> LatencyTable:
         """A new table with both tables' rows. For one key and backend the newer row wins; rows of other
         backends stay (lookup picks measured > imported > estimated)."""
         merged = LatencyTable(self._rows.values())
@@ -183,7 +183,7 @@ class LatencyTable:
         self._rows[(*key, row.backend)] = row
         self._best[key] = max(by_backend.values(), key=_rank_key)
 
-def merge_into_file(path: str | Path, rows: "LatencyTable | Iterable[LatencyRow]") -> LatencyTable:
+def merge_into_file(path: str | Path, rows: LatencyTable | Iterable[LatencyRow]) -> LatencyTable:
     """Add `rows` to the table file at `path` under its lock: the file is read again and merged, so two
     runs writing one table (an 8-bit and a 4-bit profile) both keep their rows. Returns what was written."""
     with file_lock(path, "latency table"):

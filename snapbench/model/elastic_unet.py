@@ -14,8 +14,8 @@ batches its candidates), each row computing only the blocks its candidate runs.
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from typing import Collection, Iterator, Union
 
 import torch
 from torch import nn
@@ -35,7 +35,6 @@ from snapbench.model.units import (
 from snapbench.model.variants import resnet_variant, transformer_variant
 from snapbench.specs.arch_spec import ArchSpec
 from snapbench.specs.layout import Slot, text_embeds_dim
-
 
 TEXT_TIME_FROM_CONTEXT = "from_context"  # arch spec notes["text_time"]: see text_time_from_context
 
@@ -59,7 +58,7 @@ class PerRow:
 
     rows: tuple[frozenset[str], ...]
 
-    def repeat(self, times: int) -> "PerRow":
+    def repeat(self, times: int) -> PerRow:
         """The same rows for a batch stacked `times` over (CFG runs [uncond; cond])."""
         return PerRow(self.rows * times)
 
@@ -67,7 +66,7 @@ class PerRow:
         return [i for i, off in enumerate(self.rows) if unit.block_id not in off and unit.file_id not in off]
 
 
-Disabled = Union[Collection[str], PerRow]
+Disabled = Collection[str] | PerRow
 
 
 class ElasticUNet(nn.Module):

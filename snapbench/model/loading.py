@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
 from snapbench.errors import SnapbenchError, first_line
-from snapbench.user_files import load_safetensors, open_safetensors, read_user_json
 from snapbench.model.elastic_unet import ElasticUNet
 from snapbench.model.size_bound import bounded_build
 from snapbench.specs.arch_spec import ArchSpec, full_spec, load_spec
 from snapbench.specs.layout import layout_from_config
 from snapbench.specs.presets import load_preset, preset_names
+from snapbench.user_files import load_safetensors, open_safetensors, read_user_json
 
 WEIGHTS_STEM = "diffusion_pytorch_model"
 WEIGHTS_FILE = f"{WEIGHTS_STEM}.safetensors"
@@ -102,9 +103,8 @@ def _local_or_hub(ref: str, subfolder: str | None, revision: str | None) -> Path
         p = local_snapshot(ref, revision)
     elif revision is not None and not p.exists():
         raise SnapbenchError(f"{ref}: --revision needs a hub id (org/name) or a local folder")
-    elif "/" in ref or "\\" in ref:
-        if not p.exists():
-            raise SnapbenchError(f"{ref}: no such folder or file")
+    elif ("/" in ref or "\\" in ref) and not p.exists():
+        raise SnapbenchError(f"{ref}: no such folder or file")
     if subfolder:
         sub = p / subfolder
         if not sub.is_dir():
@@ -232,7 +232,7 @@ def _checkpoint_shapes(folder: Path, variant: str | None = None) -> dict[str, tu
     shapes: dict[str, tuple[int, ...]] = {}
     for f in _weight_files(folder, variant):
         with open_safetensors(f) as fh:
-            for k in fh.keys():
+            for k in fh:
                 shapes[k] = tuple(fh.get_slice(k).get_shape())
     return shapes
 

@@ -18,15 +18,24 @@ UNet has 2.6 B parameters and about 2,700 modules, Sana 1.6 B, Flux 12 B. `--no-
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from snapbench.size_limits import DEFAULT_LIMITS, LIFT_ENV, LIFT_HINT, ModelTooLarge, SizeLimits, limits_lifted, size_limits_lifted
+from snapbench.size_limits import (
+    DEFAULT_LIMITS,
+    LIFT_ENV,
+    LIFT_HINT,
+    ModelTooLarge,
+    SizeLimits,
+    limits_lifted,
+    size_limits_lifted,
+)
 
 T = TypeVar("T")
 

@@ -59,7 +59,7 @@ class ExpandedSeparableConv(nn.Module):
         return weight, bias
 
     @torch.no_grad()
-    def init_from_dense(self, conv: nn.Conv2d) -> "ExpandedSeparableConv":
+    def init_from_dense(self, conv: nn.Conv2d) -> ExpandedSeparableConv:
         """Start as close to `conv` as the factorisation allows (weight sharing where shapes do not match).
 
         A kxk convolution is a sum over its k*k taps of C_out x C_in matrices; each hidden channel here is one

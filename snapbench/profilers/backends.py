@@ -17,18 +17,19 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from snapbench import __version__
 from snapbench.devices.catalog import Device, resolve_device
-from snapbench.settings import BACKEND_CHOICES, MEASURING, check_choice  # noqa: F401 re-exported
 from snapbench.errors import SnapbenchError
 from snapbench.profilers.coreml_api import DEFAULT_REQUEST_TIMEOUT_S, CoreMLTools, Signing, describe
 from snapbench.profilers.measurement import Measurement, PackageJob, placement_text
 from snapbench.profilers.phones import list_attached, mac_catalog_id, pick_phone
 from snapbench.profilers.readiness import Machine, blocker, blocking_check, put_devicectl_on_path
+from snapbench.settings import BACKEND_CHOICES, MEASURING, check_choice  # noqa: F401 re-exported
 
 if TYPE_CHECKING:
     from snapbench.profilers.estimate.cost_model import Estimate
@@ -50,10 +51,10 @@ class Pricer(Protocol):
     @property
     def name(self) -> str: ...  # read-only: a plain attribute or a property both fit
 
-    def __call__(self, package: PackageJob, device: Device) -> "Measurement | Estimate": ...
+    def __call__(self, package: PackageJob, device: Device) -> Measurement | Estimate: ...
 
 
-def as_measurement(result: "Measurement | Estimate") -> Measurement:
+def as_measurement(result: Measurement | Estimate) -> Measurement:
     return result if isinstance(result, Measurement) else Measurement.from_estimate(result)
 
 
@@ -71,7 +72,7 @@ def _suggest(reason: str) -> str:
 EstimateFn = Callable[[Path, Device], "Estimate"]
 
 
-def _estimate_package(path: Path, device: Device) -> "Estimate":
+def _estimate_package(path: Path, device: Device) -> Estimate:
     from snapbench.profilers.estimate import estimate_package
 
     return estimate_package(path, device)
@@ -92,7 +93,7 @@ class EstimatePricer:
     version: Callable[[], int] = estimator_version
     name: str = "estimate"
 
-    def __call__(self, package: PackageJob, device: Device) -> "Estimate":
+    def __call__(self, package: PackageJob, device: Device) -> Estimate:
         return self.estimate_fn(package.path, device)
 
 
@@ -176,7 +177,7 @@ class DeviceBackend:
         return Target(cid, phone.name, phone.os_version, phone.os_build, phone.udid)
 
     @contextlib.contextmanager
-    def open(self, target: Target) -> Iterator["DevicePricer"]:
+    def open(self, target: Target) -> Iterator[DevicePricer]:
         """A pricer for `target`: for a phone, the runner app is built (once, kept under the cache),
         installed and launched here; every failure is one line naming what to fix."""
         loop = asyncio.new_event_loop()
@@ -198,7 +199,7 @@ class DeviceBackend:
         assert self.signing is not None
         return self.runner_dir or cache_root() / "modelrunner" / self.signing.bundle_id
 
-    def _runner_stamp(self) -> "RunnerStamp":
+    def _runner_stamp(self) -> RunnerStamp:
         from snapbench.profilers.runner_build import RunnerStamp
 
         assert self.signing is not None

@@ -45,10 +45,11 @@ import math
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, AsyncIterator, Awaitable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -77,7 +78,7 @@ class Signing:
     bundle_id: str
 
     @staticmethod
-    def for_team(team_id: str, bundle_id: str | None = None) -> "Signing":
+    def for_team(team_id: str, bundle_id: str | None = None) -> Signing:
         # An app id must be unique to the team that registers it; coremltools' default is Apple's.
         return Signing(team_id, bundle_id or f"dev.snapbench.modelrunner.{team_id.lower()}")
 

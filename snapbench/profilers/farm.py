@@ -25,9 +25,10 @@ import shutil
 import tempfile
 import zipfile
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from snapbench.devices.catalog import Device, list_devices, resolve_device
 from snapbench.errors import SnapbenchError
@@ -260,7 +261,7 @@ def is_device_backend(device: Device) -> str:
     return "mac" if is_mac(device) else "iphone"
 
 
-def node_resources(machine: "Machine") -> dict[str, int]:
+def node_resources(machine: Machine) -> dict[str, int]:
     """What this computer offers a farm, after `doctor`'s checks: {catalog id: 1} per ready iPhone model
     attached and for this Mac. Nothing ready: SnapbenchError with the first failing check."""
     from snapbench.profilers.phones import catalog_id, iphones, list_attached, mac_catalog_id

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,14 +40,14 @@ class Measurement:
     os_build: str = ""  # the measured device's OS build ("22B83"): a new build can change every figure
 
     @staticmethod
-    def from_samples(backend: str, samples_ms: Sequence[float], **kw) -> "Measurement":
+    def from_samples(backend: str, samples_ms: Sequence[float], **kw) -> Measurement:
         if len(samples_ms) == 0:
             raise SnapbenchError(f"{backend}: the benchmark returned no samples")
         a = np.asarray(samples_ms, dtype=float)
         return Measurement(backend, float(np.median(a)), float(np.percentile(a, 90)), int(a.size), **kw)
 
     @staticmethod
-    def from_estimate(est: "Estimate") -> "Measurement":
+    def from_estimate(est: Estimate) -> Measurement:
         """The cost model's figure as a row-ready result; placement is the cost model's own rule (ops it
         prices on the engine vs the CPU), not a compute plan."""
         return Measurement(

@@ -19,12 +19,12 @@ import platform
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from snapbench.profilers.phones import Shell, SystemShell, iphones, list_attached, os_tuple
 from snapbench.errors import SnapbenchError
+from snapbench.profilers.phones import Shell, SystemShell, iphones, list_attached, os_tuple
 from snapbench.settings import MEASURING
 
 MIN_MACOS = (14, 4)  # MLComputePlan (op placement) needs macOS 14.4
@@ -66,7 +66,7 @@ class Machine:
     python: tuple[int, int] = (sys.version_info.major, sys.version_info.minor)
 
     @staticmethod
-    def this(team_id: str | None = None, cache_dir: Path | None = None) -> "Machine":
+    def this(team_id: str | None = None, cache_dir: Path | None = None) -> Machine:
         spec = importlib.util.find_spec("coremltools")  # located, not imported (importing takes seconds)
         ct_dir = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
         version = ""

@@ -85,7 +85,7 @@ def built_bundle_ids(root: Path) -> list[str]:
     return sorted(ids)
 
 
-def remove_from_phone(shell: "Shell", udid: str, bundle_id: str) -> str | None:
+def remove_from_phone(shell: Shell, udid: str, bundle_id: str) -> str | None:
     """Uninstall the runner app from one phone: iOS deletes its container (every model and input copied
     there) with it. None on success, else devicectl's reason. A free team's next run asks for the trust again."""
     code, _, err = shell.run(["xcrun", "devicectl", "device", "uninstall", "app", "--device", udid, bundle_id],

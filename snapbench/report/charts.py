@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import io
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 

@@ -11,27 +11,43 @@ from __future__ import annotations
 
 import platform
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-from snapbench.blocks.cut import InputShapes
 from snapbench.backbones import inspect_model
+from snapbench.blocks.cut import InputShapes
 from snapbench.blocks.inspection import Inspection
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.trajectory import TRAJECTORY_FILE
 from snapbench.latency.end_to_end import TEXT_ENCODER_RUNS, image_budget
-from snapbench.versions import tool_versions
 from snapbench.model.loading import model_latent, resolve_model
-from snapbench.report.data import (ArchitectureBlock, BlockResult, Budget, ComponentFigure, LoadTimes, MeasuredOn,
-                                   ModelResult, ModelSummary, Reference, ReferenceMatch, ReportData, StageArchitecture,
-                                   StageLatency, StageParams, Trajectory, TrajectoryRow)
+from snapbench.report.data import (
+    ArchitectureBlock,
+    BlockResult,
+    Budget,
+    ComponentFigure,
+    LoadTimes,
+    MeasuredOn,
+    ModelResult,
+    ModelSummary,
+    Reference,
+    ReferenceMatch,
+    ReportData,
+    StageArchitecture,
+    StageLatency,
+    StageParams,
+    Trajectory,
+    TrajectoryRow,
+)
 from snapbench.report.latency_source import ProfileOutcome, Profiler, backend_label, profile_with_snapbench
 from snapbench.report.reference import load_reference, settings_differences
 from snapbench.settings import COMPONENTS, RunSettings
 from snapbench.specs.variants import Variant
+from snapbench.versions import tool_versions
 
 SCHEMA = "snapbench.report/1"
 COMPONENT_NAMES = {"text_encoder": "text encoder", "unet": "UNet", "vae_decoder": "VAE decoder"}

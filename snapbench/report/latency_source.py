@@ -8,9 +8,10 @@ reason, and the report shows the architecture without latencies and says why.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from snapbench.devices.catalog import Device
 from snapbench.errors import SnapbenchError
@@ -38,14 +39,14 @@ def backend_label(backend: str | None) -> str:
 
 @dataclass
 class ProfileOutcome:
-    run: "ProfileRun | None"  # the UNet's profile (blocks, stages, settings), or None
+    run: ProfileRun | None  # the UNet's profile (blocks, stages, settings), or None
     reason: str | None = None  # why there is no profile
     notes: list[str] = field(default_factory=list)  # what the report must say about how it was obtained
-    components: "dict[str, ComponentLatency]" = field(default_factory=dict)  # every part with a figure
-    measured_on: "Target | None" = None  # the phone or Mac, when any part was measured
+    components: dict[str, ComponentLatency] = field(default_factory=dict)  # every part with a figure
+    measured_on: Target | None = None  # the phone or Mac, when any part was measured
 
     @staticmethod
-    def of(run: "ProfileRun", *parts: "ProfileRun", notes: list[str] | None = None) -> "ProfileOutcome":
+    def of(run: ProfileRun, *parts: ProfileRun, notes: list[str] | None = None) -> ProfileOutcome:
         """The outcome of a UNet run plus the runs of other parts (each adds its components)."""
         comps = dict(run.components)
         for part in parts:
@@ -72,9 +73,9 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
     (packages, estimator, ...: how tests run it without converting).
     """
     try:
-        from snapbench.paths import table_to_read, user_table_path
         from snapbench.latency.model_latency import profile_model
         from snapbench.latency.table import LatencyTable, Settings
+        from snapbench.paths import table_to_read, user_table_path
     except ImportError as e:
         return ProfileOutcome(None, f"the latency profiler is not available in this installation ({e})")
     path = table if table is not None else (table_to_read(device.id, source.ref)

@@ -5,7 +5,8 @@ Reads the shipped leave-one-source-out result (`snapbench.validation.trust`), so
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from snapbench.devices.catalog import Device
 from snapbench.report.data import ModelResult

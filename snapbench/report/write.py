@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
 from snapbench.report.data import ReportData

@@ -24,17 +24,19 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
-from snapbench.user_files import read_user_json
-from snapbench.specs.dit_layout import STAGES as DIT_STAGES, dit_layout, is_dit_config
+from snapbench.specs.dit_layout import STAGES as DIT_STAGES
+from snapbench.specs.dit_layout import dit_layout, is_dit_config
 from snapbench.specs.layout import Slot, layout_from_config, removable_slots
-from snapbench.specs.variants import Variant
 from snapbench.specs.stages import STAGES
+from snapbench.specs.variants import Variant
+from snapbench.user_files import read_user_json
 
 FORMAT = "snapbench.arch/1"
 MAX_COPIES = 8
@@ -95,7 +97,7 @@ class ArchSpec:
                 out[slot.stage][slot.kind] += int(c.keep) + c.copies
         return out
 
-    def with_choices(self, name: str, changes: Mapping[tuple[str, str], BlockChoice], **extra: Any) -> "ArchSpec":
+    def with_choices(self, name: str, changes: Mapping[tuple[str, str], BlockChoice], **extra: Any) -> ArchSpec:
         """A new spec with some (stage, block) choices replaced: what evolution actions produce."""
         stages = {
             st: tuple(changes.get((st, c.block), c) for c in choices) for st, choices in self.stages.items()
@@ -115,7 +117,7 @@ class ArchSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: object, *, source: str = "<spec>") -> "ArchSpec":
+    def from_dict(cls, data: object, *, source: str = "<spec>") -> ArchSpec:
         def bad(where: str, why: str) -> SnapbenchError:
             return SnapbenchError(f"{source}: {where}: {why}")
 

@@ -9,10 +9,11 @@ layers per block would fill memory before any network exists.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from snapbench.errors import SnapbenchError
-from snapbench.size_limits import LIFT_HINT, DEFAULT_LIMITS, ModelTooLarge, limits_lifted
+from snapbench.size_limits import DEFAULT_LIMITS, LIFT_HINT, ModelTooLarge, limits_lifted
 
 # Fields that are one positive whole number, or one per down block.
 _PER_BLOCK = ("layers_per_block", "attention_head_dim", "num_attention_heads", "transformer_layers_per_block")
@@ -39,9 +40,9 @@ def check_config_values(config: Mapping[str, Any], n_blocks: int) -> None:
         v = config.get(field)
         if v is None:
             continue
-        if field == "sample_size" and isinstance(v, (list, tuple)):  # diffusers allows (height, width)
-            if len(v) == 2 and all(_is_count(x) for x in v):
-                continue
+        if (field == "sample_size" and isinstance(v, (list, tuple))  # diffusers allows (height, width)
+                and len(v) == 2 and all(_is_count(x) for x in v)):
+            continue
         if field == "cross_attention_dim" and isinstance(v, (list, tuple)) and v and all(_is_count(x) for x in v):
             continue
         if not _is_count(v):

@@ -8,7 +8,8 @@ norm and projection). Block `TB[DiT-2, 7]` is `transformer_blocks.6`: numbered b
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from snapbench.errors import SnapbenchError
 from snapbench.specs.layout import Slot

@@ -8,8 +8,9 @@ consume one (every up-stage ResNet concatenates a skip onto its input).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from snapbench.errors import SnapbenchError
 from snapbench.specs.config_values import check_config_values

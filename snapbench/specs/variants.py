@@ -50,7 +50,7 @@ class Variant:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], kind: str, where: str) -> "Variant":
+    def from_dict(cls, data: dict[str, Any], kind: str, where: str) -> Variant:
         """Parse the variant fields of an arch-spec entry; `kind` is the block's (RB or CA)."""
         allowed = cls.RB_FIELDS if kind == "RB" else cls.CA_FIELDS
         wrong = [k for k in cls.RB_FIELDS + cls.CA_FIELDS if k in data and k not in allowed]

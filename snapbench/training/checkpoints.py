@@ -11,9 +11,10 @@ so a folder that exists is complete.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any
 
 import torch
 
@@ -21,11 +22,11 @@ from snapbench.atomic import atomic_path
 from snapbench.backbones import ElasticModel, backbone_for
 from snapbench.dit.elastic import ElasticDiT
 from snapbench.errors import SnapbenchError
-from snapbench.user_files import read_user_json
-from snapbench.training.toy_digits import ENCODER_FILE, PromptEncoder, context_width, is_toy
 from snapbench.model.elastic_unet import ElasticUNet
 from snapbench.model.loading import ModelSource, resolve_model
 from snapbench.specs.arch_spec import ArchSpec
+from snapbench.training.toy_digits import ENCODER_FILE, PromptEncoder, context_width, is_toy
+from snapbench.user_files import read_user_json
 
 SCHEDULER_FILE = "scheduler/scheduler_config.json"
 
@@ -40,7 +41,7 @@ SD_SCHEDULE: Mapping[str, Any] = {"num_train_timesteps": 1000, "beta_start": 0.0
 
 
 # What training, evolution and distillation hold: an elastic SD UNet or an elastic DiT.
-Elastic = Union[ElasticUNet, ElasticDiT]
+Elastic = ElasticUNet | ElasticDiT
 
 
 @dataclass

@@ -14,14 +14,15 @@ uninterrupted one would have.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
 from snapbench.errors import SnapbenchError
-from snapbench.training.toy_digits import DIGIT_PROMPTS, digit_images, is_toy, tokenize
 from snapbench.specs.arch_spec import ArchSpec
+from snapbench.training.toy_digits import DIGIT_PROMPTS, digit_images, is_toy, tokenize
 
 
 class TrainingData(Protocol):

@@ -8,7 +8,8 @@ same noise (common random numbers) makes quality differences far less noisy than
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Sequence
 
 from snapbench.errors import SnapbenchError
 from snapbench.profilers.estimate.program_ops import RECORDS_VERSION, OpRecord

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from snapbench.errors import SnapbenchError
 from snapbench.calibration.fit import (
     CalibrationPoint,
     fit_knobs,
@@ -34,6 +34,7 @@ from snapbench.calibration.fit import (
     load_points,
     point_ms,
 )
+from snapbench.errors import SnapbenchError
 from snapbench.profilers.estimate.cost_model import prepare
 from snapbench.profilers.estimate.params import PARAMS_VERSION, AneParams, default_priors_path, load_params
 from snapbench.profilers.estimate.stored_weights import with_stored_weights
@@ -282,8 +283,8 @@ def own_floors(points: Sequence[CalibrationPoint], params: AneParams) -> dict[st
     (a one-dimensional fit per harness, same robust loss as calibration)."""
     from scipy.optimize import minimize_scalar
 
-    from snapbench.latency.app_floor import MAX_FLOOR_MS
     from snapbench.calibration.fit import ROBUST_SCALE
+    from snapbench.latency.app_floor import MAX_FLOOR_MS
 
     # wider than the fit's bound on the shared floor: a Vision request in a live-camera app costs ~10 ms
     lo, hi = 0.0, MAX_FLOOR_MS

@@ -75,11 +75,11 @@ def cached_records(model: str | ModelSpec, input_shape=None) -> list[OpRecord] |
 
 
 def _convert(spec: ModelSpec, shape: tuple[int, ...] | None):
+    import torch
+
     from snapbench.converters.convert_package import example_inputs, to_coreml, trace
     from snapbench.converters.options import ConvertOptions
     from snapbench.zoo.builders import build_network
-
-    import torch
 
     net = build_network(spec, shape)
     # nn.MultiheadAttention's inference fast path traces to one fused op coremltools cannot convert;

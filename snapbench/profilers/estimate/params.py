@@ -99,7 +99,7 @@ class AneParams:
         d["fitted_on"] = list(self.fitted_on)
         return d
 
-    def with_values(self, values: dict[str, float]) -> "AneParams":
+    def with_values(self, values: dict[str, float]) -> AneParams:
         """A copy with scalars, `efficiency.<class>` and `chip.<generation>` entries replaced."""
         eff = dict(self.efficiency)
         chips = dict(self.chip_factor)

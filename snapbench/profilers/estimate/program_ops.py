@@ -19,9 +19,10 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
@@ -85,7 +86,7 @@ class OpRecord:
         return d
 
     @staticmethod
-    def from_json(d: dict[str, Any]) -> "OpRecord":
+    def from_json(d: dict[str, Any]) -> OpRecord:
         return OpRecord(
             type=d["type"], name=d["name"],
             in_shapes=tuple(tuple(s) for s in d["in_shapes"]), in_dtypes=tuple(d["in_dtypes"]),

@@ -12,11 +12,12 @@ arithmetic; W8A8 also halves activation bytes and, on chips with an int8 path, s
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 from snapbench.errors import SnapbenchError
 from snapbench.profilers.estimate.program_ops import OpRecord
+
 
 def _stored_bytes(r: OpRecord, weights: str) -> tuple[float, float]:
     """(bytes read, bits per weight) of one op's weights under `weights`."""
