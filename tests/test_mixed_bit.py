@@ -114,3 +114,38 @@ def test_recipe_with_weight_bits_is_refused(tmp_path, capsys):
     assert main(["convert", "--model", "sdxl-tiny", "--recipe", str(path), "--weight-bits", "4",
                  "--out", str(tmp_path / "o")]) == 2
     assert "leave --weight-bits at 16" in capsys.readouterr().err
+
+
+def _lut_ops(folder: Path) -> int:
+    """constexpr_lut_to_dense ops (palettized weights) over every package's program."""
+    import coremltools as ct
+
+    def ops(block):
+        for op in block.operations:
+            yield op
+            for inner in op.blocks:
+                yield from ops(inner)
+
+    count = 0
+    for pkg in folder.glob("*.mlpackage"):
+        spec = ct.models.MLModel(str(pkg), skip_model_load=True).get_spec()
+        for fn in spec.mlProgram.functions.values():
+            for block in fn.block_specializations.values():
+                count += sum(op.type == "constexpr_lut_to_dense" for op in ops(block))
+    return count
+
+
+@pytest.mark.slow
+def test_convert_with_a_recipe_palettizes_every_named_layer_once(recipes, tmp_path):
+    recipe = recipes / "sdxl-tiny-3bit.json"
+    layers = json.loads(recipe.read_text())["layers"]
+    out = tmp_path / "pkgs"
+    assert main(["convert", "--model", "sdxl-tiny", "--recipe", str(recipe), "--latent", "8", "--tokens", "4",
+                 "--out", str(out)]) == 0
+    compression = json.loads((out / "manifest.json").read_text())["compression"]
+    widths: dict[str, int] = {}
+    for bits in layers.values():
+        widths[str(bits)] = widths.get(str(bits), 0) + 1
+    assert compression["weight_bits"] == "mixed" and compression["layers_by_bits"] == widths
+    # one palette per layer below 16 bits, none for the rest: every recipe layer found its constant
+    assert _lut_ops(out) == sum(n for bits, n in widths.items() if bits != "16") > 0

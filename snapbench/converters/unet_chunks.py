@@ -179,7 +179,7 @@ class LazyCheckpoint:
         for prefix, f in files:
             h = open_safetensors(f)
             self._handles[str(f)] = h
-            for k in h:
+            for k in h.keys():  # noqa: SIM118 (safe_open is not iterable)
                 self._where[prefix + k] = (h, k)
 
     def has(self, name: str) -> bool:

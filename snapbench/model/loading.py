@@ -232,7 +232,7 @@ def _checkpoint_shapes(folder: Path, variant: str | None = None) -> dict[str, tu
     shapes: dict[str, tuple[int, ...]] = {}
     for f in _weight_files(folder, variant):
         with open_safetensors(f) as fh:
-            for k in fh:
+            for k in fh.keys():  # noqa: SIM118 (safe_open is not iterable)
                 shapes[k] = tuple(fh.get_slice(k).get_shape())
     return shapes
 
