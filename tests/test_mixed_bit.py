@@ -149,3 +149,16 @@ def test_convert_with_a_recipe_palettizes_every_named_layer_once(recipes, tmp_pa
     assert compression["weight_bits"] == "mixed" and compression["layers_by_bits"] == widths
     # one palette per layer below 16 bits, none for the rest: every recipe layer found its constant
     assert _lut_ops(out) == sum(n for bits, n in widths.items() if bits != "16") > 0
+
+
+@pytest.mark.parametrize("budget, message", [
+    (["--size-mb", "0.01"], "--size-mb 0.01 is under the"),
+    (["--bits", "1.5"], "--bits 1.5 is under the lowest width measured (2 bits)"),
+])
+def test_a_budget_no_recipe_can_meet_is_refused_before_the_analysis(tmp_path, capsys, budget, message):
+    out = tmp_path / "recipes"
+    assert main(["compress", "analyze", "--model", "sdxl-tiny", "--out", str(out), "--latent", "8",
+                 "--widths", "2,4", *budget]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()  # refused before anything was measured or written

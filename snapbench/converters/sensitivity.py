@@ -241,6 +241,16 @@ def write_analysis(source: ModelSource, out_dir: Any, opts: SensitivityOptions =
             raise SnapbenchError(f"--size-mb {mb}: a positive size")
     with torch.device("meta"):
         layers = compressible_layers(backbone_for(source).build(source, device="meta"))
+    lowest = min(opts.widths)  # every layer at the lowest width measured: the smallest recipe there is
+    floor = sum(bytes_at(n, lowest) for n in layers.values())
+    for t in targets:
+        if t < lowest:
+            raise SnapbenchError(f"--bits {t:g} is under the lowest width measured ({lowest} bits); "
+                                 f"give --bits {lowest} or more, or add a lower width to --widths")
+    for mb in budgets_mb:
+        if mb * 1e6 < floor:
+            raise SnapbenchError(f"--size-mb {mb:g} is under the {floor / 1e6:.3f} MB that every layer at {lowest} "
+                                 "bits takes; give a larger budget")
     table = analyze_sensitivity(source, opts, progress)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
