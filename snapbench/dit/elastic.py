@@ -26,7 +26,7 @@ from snapbench.dit.cut import make_units
 from snapbench.dit.source import dit_spec
 from snapbench.dit.units import CrossBlockUnit, DitUnit, JointBlockUnit
 from snapbench.errors import SnapbenchError
-from snapbench.model.elastic_unet import Disabled, PerRow
+from snapbench.model.elastic_unet import Disabled, PerRow, carry_over
 from snapbench.specs.arch_spec import ArchSpec
 from snapbench.specs.variants import Variant
 
@@ -97,10 +97,8 @@ class ElasticDiT(nn.Module):
         """The same weights under another spec: base weights shared, existing copies and variant blocks carried
         over, new ones initialised from their originals (what an evolution action does)."""
         new = ElasticDiT(self.base, spec)
-        for have_modules, want_modules in ((self.copies, new.copies), (self.variants, new.variants)):
-            have, want = have_modules.state_dict(), want_modules.state_dict()
-            want_modules.load_state_dict({k: v for k, v in have.items() if k in want and v.shape == want[k].shape},
-                                         strict=False)
+        carry_over(self.copies, new.copies)
+        carry_over(self.variants, new.variants)
         new.train(self.training)
         return new
 

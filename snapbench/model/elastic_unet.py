@@ -69,6 +69,14 @@ class PerRow:
 Disabled = Collection[str] | PerRow
 
 
+def carry_over(have: nn.Module, want: nn.Module) -> None:
+    """Weights of `have` that `want` also holds, at the same shape, copied into `want`: an elastic model's
+    copies or variant blocks under a new spec keep their training; new ones keep their initialisation."""
+    want_state = want.state_dict()
+    want.load_state_dict({k: v for k, v in have.state_dict().items()
+                          if k in want_state and v.shape == want_state[k].shape}, strict=False)
+
+
 class ElasticUNet(nn.Module):
     def __init__(self, unet: nn.Module, spec: ArchSpec) -> None:
         super().__init__()
@@ -130,10 +138,8 @@ class ElasticUNet(nn.Module):
         """The same weights under another spec: base weights shared, existing copies and variant blocks
         carried over, new ones initialised from their originals (what an A+ action does)."""
         new = ElasticUNet(self.base, spec)
-        for have_modules, want_modules in ((self.copies, new.copies), (self.variants, new.variants)):
-            have, want = have_modules.state_dict(), want_modules.state_dict()
-            want_modules.load_state_dict({k: v for k, v in have.items() if k in want and v.shape == want[k].shape},
-                                         strict=False)
+        carry_over(self.copies, new.copies)
+        carry_over(self.variants, new.variants)
         new.train(self.training)
         return new
 
