@@ -151,16 +151,24 @@ def test_shipped_tables_carry_the_shipped_estimator_version():
 def test_report_trust_section_bands_estimated_headlines():
     from snapbench.devices import resolve_device
     from snapbench.report.charts import trust_chart
+    from snapbench.report.data import Budget, ModelResult
     from snapbench.report.trust import trust_section
     from snapbench.validation.trust import load_trust
 
     doc = load_trust()
     assert doc is not None and not doc["stale"], "run python -m snapbench.validation.trust --write"
-    results = [{"device": "iphone14pro", "labels": ["estimated"], "budget": {"total_s": 2.0}},
-               {"device": "iphone14pro", "labels": ["measured"], "budget": {"total_s": 2.0}}]
+    def result(label: str) -> ModelResult:
+        return ModelResult(model="sd15", device="iphone14pro", steps=8, notes=[], available=True, reason=None,
+                           backend="estimate", labels=[label], components={},
+                           budget=Budget(text_encoder_ms=4.0, unet_ms=1800.0, vae_decoder_ms=196.0,
+                                         total_ms=2000.0, total_s=2.0), stages=[], blocks=[])
+
+    results = [result("estimated"), result("measured")]
     t = trust_section([resolve_device("iphone14pro")], results)
-    lo, hi = results[0]["budget"]["error_band_s"]
-    assert lo < hi and "error_band_s" not in results[1]["budget"]  # measured figures get no estimator band
+    assert t is not None and results[0].budget is not None and results[1].budget is not None
+    assert results[0].budget.error_band_s is not None
+    lo, hi = results[0].budget.error_band_s
+    assert lo < hi and results[1].budget.error_band_s is None  # measured figures get no estimator band
     row = t["per_device"][0]
     assert row["chip"] == "A16" and row["chip_rows"] > 0 and row["band"]["scope"] == "A16"
     svg = trust_chart(t, "trust")
