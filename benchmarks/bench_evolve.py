@@ -270,7 +270,7 @@ RULES = {"plain": "mean", "overlap": "overlap"}  # replay name: budget.CUTS
 
 def _replay_one(path: Path, orders: list[np.ndarray], confidence: float) -> dict[str, Any] | None:
     """One exhaustive decision replayed under both halving rules; None if the scores are not complete."""
-    from snapbench.evolution.budget import EvalBudget, successive_halving
+    from snapbench.evolution.budget import EvalBudget, _beats, successive_halving
 
     z = np.load(path)
     scores, dl, labels = z["scores"], z["latency_delta_ms"], [str(x) for x in z["labels"]]
@@ -282,7 +282,12 @@ def _replay_one(path: Path, orders: list[np.ndarray], confidence: float) -> dict
     value = merit.mean(axis=1)
     best = int(successive_halving(len(dl), lambda a, n: merit[a, :n], [total], tiebreak=list(dl)).ranked[0])
     out: dict[str, Any] = {"iteration": int(path.stem.split("-")[-1]), "candidates": len(dl),
-                           "winner": labels[best], "winner_saving_ms": round(abs(float(dl[best])), 4)}
+                           "winner": labels[best], "winner_saving_ms": round(abs(float(dl[best])), 4),
+                           # rivals the exhaustive winner itself does not beat on all samples (one paired
+                           # t-test each at `confidence`): a rule that must pick the same winner has to score
+                           # each of them on every sample too
+                           "not_beaten": sum(1 for j in range(len(dl))
+                                             if j != best and not _beats(merit[best], merit[j], confidence))}
     for rule, cut in RULES.items():
         picks, images, lost = [], [], []
         for order in orders:
@@ -320,13 +325,16 @@ def replay(folder: Path, permutations: int, confidence: float = 0.95) -> list[di
 def _replay_lines(rows: list[dict[str, Any]], permutations: int) -> list[str]:
     lines = [f"replay of the exhaustive decisions ({permutations} random sample orders besides the run's own): "
              "share picking the exhaustive winner (own order y/n), images per decision",
-             f"{'it':>3s} {'winner':16s} {'saves ms':>8s} {'cands':>5s}  "
+             f"{'it':>3s} {'winner':16s} {'saves ms':>8s} {'cands':>5s} {'tied':>4s}  "
              + "  ".join(f"{rule:>12s} {'images':>7s}" for rule in RULES) + f"  {'exhaustive':>10s}"]
     for r in rows:
         cells = "  ".join(f"{r[rule]['picks_winner']:10.2f} {'y' if r[rule]['own_order_picks_winner'] else 'n'} "
                           f"{r[rule]['images']:7.0f}" for rule in RULES)
-        lines.append(f"{r['iteration']:3d} {r['winner']:16s} {r['winner_saving_ms']:8.4f} {r['candidates']:5d}  "
+        lines.append(f"{r['iteration']:3d} {r['winner']:16s} {r['winner_saving_ms']:8.4f} {r['candidates']:5d} "
+                     f"{r['not_beaten']:4d}  "
                      f"{cells}  {r['exhaustive_images']:10d}")
+    lines.append("tied: rivals the exhaustive winner does not beat on all its samples (paired one-sided t-test at "
+                 "the replay confidence): every rule that makes its decision must score them on every sample")
     if rows:
         for rule in RULES:
             lines.append(f"{rule}: picks the exhaustive winner in {np.mean([r[rule]['picks_winner'] for r in rows]):.3f} "
