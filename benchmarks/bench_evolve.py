@@ -7,7 +7,8 @@ Both sides run `snapbench evolve --model M --device iphone14pro --target-fractio
 latency, 1 torch thread, no add phase so that both stop at the target) in their own process, one after
 the other, into OUT/default and OUT/exhaustive; without --model a robust toy is trained first into
 OUT/toy (`snapbench train --model toy-digits --robust`, 2,000 steps). Each side resumes where it stopped
-when the benchmark runs again. Printed: seconds, final quality and whether the target was reached per
+when the benchmark runs again. The side that starts second starts from the first side's saved start
+(price table, starting quality): the two differ in the budget alone. Printed: seconds, final quality and whether the target was reached per
 side, then the two trajectories side by side and, where the decisions differ, why (each run's log
 ranks every candidate of every decision with its value and the samples it was scored on). --report-only
 reads what the folders hold, finished or not (an unfinished side is marked so). Other users of the CPU
@@ -54,6 +55,37 @@ def _train(out: Path, threads: int) -> str:
         subprocess.run([SNAPBENCH, "train", "--model", "toy-digits", "--robust", "--out", str(folder),
                         "--threads", str(threads)], check=True, stdout=subprocess.DEVNULL)
     return str(folder)
+
+
+def _start_like(folder: Path, other: Path, budget: str) -> bool:
+    """Start `folder`'s run from the start `other`'s run saved (its price table, starting architecture and
+    quality), with `budget`: the two sides then differ in the budget alone, also when the latency estimator
+    changed between their runs (a resumed run keeps the prices it started with). False if either has begun
+    or `other` has none."""
+    from dataclasses import asdict
+
+    from snapbench.evolution.budget import EvalBudget
+
+    mine, theirs = folder / ".evolve" / "state.json", other / ".evolve" / "state.json"
+    if mine.is_file() or not theirs.is_file():
+        return False
+    st = json.loads(theirs.read_text())
+    if st["train_steps_done"]:
+        raise SystemExit(f"{other} trained its weights; the benchmark compares runs without training")
+    settings = json.loads(json.dumps(st["settings"]))
+    settings["config"]["eval_budget"] = asdict(EvalBudget.parse(budget))
+    start = [r for r in st["trajectory"] if r["phase"] == "start"]
+    first = [e for e in st["evaluations"] if e["iteration"] == 0] or [{"iteration": 0,
+                                                                       "samples": start[0]["eval_samples"]}]
+    init = st["initial"]
+    seeded = {**st, "settings": settings, "iteration": 0, "phase": "remove", "spec": init["spec"],
+              "latency_ms": init["latency_ms"], "quality": init["quality"], "trajectory": start, "seconds": 0.0,
+              "evaluations": first}
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    tmp = mine.with_suffix(".tmp")
+    tmp.write_text(json.dumps(seeded, indent=1) + "\n")
+    tmp.replace(mine)
+    return True
 
 
 def _cpu_children() -> float:
@@ -269,6 +301,9 @@ def main() -> None:
         for side in SIDES:
             if args.only in (None, side):
                 budget = "auto" if side == "default" else "exhaustive"
+                if _start_like(out / side, out / SIDES[1 - SIDES.index(side)], budget):
+                    print(f"{side}: starts from the other side's saved start (its prices and starting quality)",
+                          file=sys.stderr)
                 t = time.perf_counter()
                 rc = _run_side(_evolve_args(model, out / side, budget, args), out / side)
                 print(f"{side}: exit {rc} after {time.perf_counter() - t:.0f} s wall", file=sys.stderr)

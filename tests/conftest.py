@@ -68,3 +68,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(name in SESSION_CONVERSIONS for name in getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+# -- the CLI in child processes forked from one that imported it once ---------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cli_server(tmp_path_factory):
+    """A fork server for CLI runs in real child processes (tests/cli_server.py): the bad-input and hostile
+    tests start dozens, and a fresh process spends seconds importing torch before it reads its arguments."""
+    from cli_server import CliServer
+
+    server = CliServer(tmp_path_factory.mktemp("cli-server"))
+    yield server
+    server.close()

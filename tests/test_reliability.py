@@ -46,9 +46,9 @@ def _hold_lock_in_child(path: Path, kind: str) -> subprocess.Popen:
 # -- locks ------------------------------------------------------------------------------------------------
 
 
-def test_a_second_convert_into_a_folder_being_written_says_so_at_once(tmp_path):
+def test_a_second_convert_into_a_folder_being_written_says_so_at_once(tmp_path, cli_server):
     """Two real processes: one holds the conversion folder's lock (as a running `convert --out same` does),
-    the console script of a second convert into it refuses in one line naming the folder, the writer's pid
+    a second convert into it (a child of the session's CLI server) refuses in one line naming the folder, the writer's pid
     and how to stop it, exit 2, before it loads the model (this one does not exist: it would say that first
     if it got that far) and without touching the folder."""
     same = tmp_path / "same"
@@ -56,8 +56,8 @@ def test_a_second_convert_into_a_folder_being_written_says_so_at_once(tmp_path):
     proc = _hold_lock_in_child(same, "folder")
     try:
         before = sorted(p.name for p in same.iterdir())
-        r = subprocess.run([str(Path(sys.executable).with_name("snapbench")), "convert", "--model", "no-such-model",
-                            "--out", str(same)], capture_output=True, text=True, timeout=600)
+        r = cli_server.run(["convert", "--model", "no-such-model", "--out", str(same)], cwd=tmp_path,
+                           env=dict(os.environ), timeout=600)
         assert r.returncode == 2, r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -67,8 +67,8 @@ def test_a_second_convert_into_a_folder_being_written_says_so_at_once(tmp_path):
         proc.kill()
         proc.wait()
     # the writer gone, the same command gets as far as the model
-    r = subprocess.run([str(Path(sys.executable).with_name("snapbench")), "convert", "--model", "no-such-model",
-                        "--out", str(same)], capture_output=True, text=True, timeout=600)
+    r = cli_server.run(["convert", "--model", "no-such-model", "--out", str(same)], cwd=tmp_path, env=dict(os.environ),
+                       timeout=600)
     assert r.returncode == 2 and "no-such-model" in r.stderr and "writing there" not in r.stderr
 
 
