@@ -17,6 +17,7 @@ from profile_fakes import FakePackages, toy_estimator
 
 from snapbench.cli import main
 from snapbench.commands.report import headline
+from snapbench.devices.catalog import resolve_device
 from snapbench.dit.spec import load_preset
 from snapbench.errors import SnapbenchError
 from snapbench.report.gather_data import gather
@@ -46,7 +47,7 @@ def profiler(tmp_path):
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dit-report")
-    return gather(baseline=BASE, candidates=[evolved_twin(tmp), "sd35-tiny"], devices=[DEVICE],
+    return gather(baseline=BASE, candidates=[evolved_twin(tmp), "sd35-tiny"], devices=[resolve_device(DEVICE)],
                   profiler=profiler(tmp))
 
 
@@ -136,7 +137,7 @@ def test_published_count_and_stage_definition_on_the_page(report):
 
 def test_unet_against_dit_is_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(SnapbenchError, match="a report compares models of one kind"):
-        gather(baseline="sd15-tiny", candidates=[BASE], devices=[DEVICE], profiler=profiler(tmp_path))
+        gather(baseline="sd15-tiny", candidates=[BASE], devices=[resolve_device(DEVICE)], profiler=profiler(tmp_path))
     out = tmp_path / "r.html"
     code = main(["report", "--baseline", BASE, "--candidate", "sd15-tiny", "--device", DEVICE, "--out", str(out)])
     err = capsys.readouterr().err.strip()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from profile_fakes import FakePackages, toy_estimator
 
+from snapbench.devices.catalog import resolve_device
 from snapbench.dit.spec import load_preset
 from snapbench.report.gather_data import gather
 from snapbench.report.latency_source import profile_with_snapbench
@@ -45,7 +46,7 @@ def built(tmp_path_factory):
     (tmp / "dit.json").write_text(json.dumps(spec))
     profiler = functools.partial(profile_with_snapbench, packages=FakePackages(tmp / "pkgs"),
                                  estimator=toy_estimator(), progress=False)
-    data = gather(baseline="pixart-sigma-tiny", candidates=[str(tmp / "dit.json")], devices=["iphone15pro"],
+    data = gather(baseline="pixart-sigma-tiny", candidates=[str(tmp / "dit.json")], devices=[resolve_device("iphone15pro")],
                   profiler=profiler)
     html, js = write_report(data, tmp / "report.html", with_json=True)
     return html, json.loads(js.read_text())
