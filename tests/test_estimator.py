@@ -466,12 +466,13 @@ def test_a_palette_per_channel_group_is_fetched_at_dram_latency():
         [0, 1, 256, 1024, 4096, 128]  # a bare g: coremltools' default group of 32 channels
     linear = replace(rec, type="linear", out_shapes=((1, 77, 4096),))
     assert palette_tables(linear, "pal4g8") == 512  # a linear layer's tables: per output feature group
-    assert load_params(default_priors_path()).table_fetch_ns == 100.0  # a prior (DRAM latency), never fitted
-    p = replace(load_params(), table_fetch_ns=100.0)
+    # a prior (DRAM latency), never fitted: the shipped fit carries it unchanged
+    assert load_params(default_priors_path()).table_fetch_ns == load_params().table_fetch_ns == 100.0
+    p = load_params()
 
     def priced(weights, ns=p.table_fetch_ns):
         (r,) = with_stored_weights([rec], weights)
-        return estimate_ops([r], "iphone15pro", params=replace(p, table_fetch_ns=ns))
+        return estimate_ops([r], resolve_device("iphone15pro"), params=replace(p, table_fetch_ns=ns))
 
     # the tables' bytes are counted (a 16-entry fp16 table each), not only their fetches
     assert priced("pal4g1").dram_bytes - priced("pal4").dram_bytes == pytest.approx(4095 * 32)
