@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from measure import measure  # benchmarks/measure.py: this script's folder is first on sys.path
+from measure import ratio_table, run  # benchmarks/measure.py: this script's folder is first on sys.path
 
-ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 SNAPBENCH = str(Path(PY).with_name("snapbench"))
 
@@ -66,17 +64,8 @@ ml.save(out)
 '''
 
 
-def run(cmd: list[str]) -> dict:
-    """Run `cmd`, return wall seconds, peak tree RSS (polled) and the largest child's ru_maxrss."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    m = measure(cmd, "stderr", cwd=ROOT)
-    maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
-    if m.returncode != 0:
-        sys.stderr.write(m.output[-3000:])
-        raise SystemExit(f"failed ({m.returncode}): {' '.join(cmd)}")
-    # ru_maxrss of children is a running maximum: only a new maximum is attributable to this command
-    return {"seconds": m.seconds, "peak_tree_rss": m.peak_tree_rss,
-            "max_process_rss": maxrss if maxrss > before * 1024 else None}
+def max_process(_label: str, r: dict) -> str:
+    return f"{r['max_process_rss'] / 1e9:.2f}" if r.get("max_process_rss") else "<= above"
 
 
 def main() -> None:
@@ -114,15 +103,7 @@ def main() -> None:
         cpus = len(os.sched_getaffinity(0))
         print(f"\n{a.model}, latent {a.latent}x{a.latent}, batch {a.batch}, {a.tokens} tokens; {cpus} cores; "
               f"load average at the end {os.getloadavg()[0]:.1f}")
-        base = rows[0][1] if not a.skip_naive else None
-        head = f"{'variant':42} {'seconds':>8} {'x (a)':>7} {'peak RSS tree GB':>17} {'x (a)':>7} {'max proc GB':>12}"
-        print(head)
-        print("-" * len(head))
-        for label, r in rows:
-            t_ratio = f"{r['seconds'] / base['seconds']:.2f}" if base else "-"
-            m_ratio = f"{r['peak_tree_rss'] / base['peak_tree_rss']:.2f}" if base else "-"
-            mp = f"{r['max_process_rss'] / 1e9:.2f}" if r.get("max_process_rss") else "<= above"
-            print(f"{label:42} {r['seconds']:8.1f} {t_ratio:>7} {r['peak_tree_rss'] / 1e9:17.2f} {m_ratio:>7} {mp:>12}")
+        ratio_table(rows, baseline=not a.skip_naive, extra={"max proc GB": max_process})
         if a.json_out:
             Path(a.json_out).write_text(json.dumps({"model": a.model, "rows": rows}, indent=2))
     finally:

@@ -7,7 +7,8 @@ Both sides run `snapbench evolve --model M --device iphone14pro --target-fractio
 latency, 1 torch thread, no add phase so that both stop at the target) in their own process, one after
 the other, into OUT/default and OUT/exhaustive; without --model a robust toy is trained first into
 OUT/toy (`snapbench train --model toy-digits --robust`, 2,000 steps). Each side resumes where it stopped
-when the benchmark runs again. Printed: seconds, final quality and whether the target was reached per
+when the benchmark runs again. The side that starts second starts from the first side's saved start
+(price table, starting quality): the two differ in the budget alone. Printed: seconds, final quality and whether the target was reached per
 side, then the two trajectories side by side and, where the decisions differ, why (each run's log
 ranks every candidate of every decision with its value and the samples it was scored on). --report-only
 reads what the folders hold, finished or not (an unfinished side is marked so). Other users of the CPU
@@ -54,6 +55,37 @@ def _train(out: Path, threads: int) -> str:
         subprocess.run([SNAPBENCH, "train", "--model", "toy-digits", "--robust", "--out", str(folder),
                         "--threads", str(threads)], check=True, stdout=subprocess.DEVNULL)
     return str(folder)
+
+
+def _start_like(folder: Path, other: Path, budget: str) -> bool:
+    """Start `folder`'s run from the start `other`'s run saved (its price table, starting architecture and
+    quality), with `budget`: the two sides then differ in the budget alone, also when the latency estimator
+    changed between their runs (a resumed run keeps the prices it started with). False if either has begun
+    or `other` has none."""
+    from dataclasses import asdict
+
+    from snapbench.evolution.budget import EvalBudget
+
+    mine, theirs = folder / ".evolve" / "state.json", other / ".evolve" / "state.json"
+    if mine.is_file() or not theirs.is_file():
+        return False
+    st = json.loads(theirs.read_text())
+    if st["train_steps_done"]:
+        raise SystemExit(f"{other} trained its weights; the benchmark compares runs without training")
+    settings = json.loads(json.dumps(st["settings"]))
+    settings["config"]["eval_budget"] = asdict(EvalBudget.parse(budget))
+    start = [r for r in st["trajectory"] if r["phase"] == "start"]
+    first = [e for e in st["evaluations"] if e["iteration"] == 0] or [{"iteration": 0,
+                                                                       "samples": start[0]["eval_samples"]}]
+    init = st["initial"]
+    seeded = {**st, "settings": settings, "iteration": 0, "phase": "remove", "spec": init["spec"],
+              "latency_ms": init["latency_ms"], "quality": init["quality"], "trajectory": start, "seconds": 0.0,
+              "evaluations": first}
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    tmp = mine.with_suffix(".tmp")
+    tmp.write_text(json.dumps(seeded, indent=1) + "\n")
+    tmp.replace(mine)
+    return True
 
 
 def _cpu_children() -> float:
@@ -175,12 +207,70 @@ def _common(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# --profile: each part of one decision, as (label, module file suffix, function); cumulative seconds
+PARTS = [("UNet forward passes (denoising)", "model/elastic_unet.py", "forward"),
+         ("DDIM sampling loop around them", "training/sampling.py", "ddim_sample"),
+         ("digit classifier (scoring images)", "training/toy_digits.py", "probs"),
+         ("prompt encoding", "training/toy_digits.py", "encode"),
+         ("candidate models built (derive, union)", "training/checkpoints.py", "derive"),
+         ("pricing candidates", "evolution/latency_costs.py", "latency"),
+         ("halving statistics (t-tests)", "evolution/budget.py", "_beats"),
+         ("scores kept (.npz)", "evolution/evolve.py", "keep_scores"),
+         ("state and trajectory saved", "evolution/evolve.py", "save"),
+         ("final model published", "evolution/evolve.py", "_publish"),
+         ("starting model scored (before the decision)", "evolution/evolve.py", "_start")]
+
+
+def profile(model: str, budget: str, exhaustive: Path, threads: int) -> list[str]:
+    """One decision (iteration 1 from the start) of `evolve --eval-budget budget` in this process under
+    cProfile, with the exhaustive side's prices when it has them: where its seconds go."""
+    import cProfile
+    import pstats
+    import tempfile
+
+    import torch
+
+    from snapbench.evolution.budget import EvalBudget
+    from snapbench.evolution.evaluators import ToyEvalConfig
+    from snapbench.evolution.evolve import EvolveConfig, evolve
+    from snapbench.evolution.executors import SerialExecutor
+    from snapbench.evolution.latency_costs import BlockPriceTable
+    from snapbench.evolution.options import cost_builder
+
+    torch.set_num_threads(threads)
+    state = exhaustive / ".evolve" / "state.json"
+    if state.is_file():
+        table = BlockPriceTable.from_dict(json.loads(state.read_text())["costs"])
+        costs = lambda spec: table  # noqa: E731  (the same prices as the runs compared)
+    else:
+        costs = cost_builder(device="iphone14pro")
+    config = EvolveConfig(target_fraction=0.6, add_phase=False, max_iterations=1, eval_budget=EvalBudget.parse(budget))
+    prof = cProfile.Profile(time.process_time)  # CPU seconds: the machine is shared
+    with tempfile.TemporaryDirectory() as tmp:
+        cpu, wall = time.process_time(), time.perf_counter()
+        prof.enable()
+        r = evolve(model, Path(tmp) / "evo", config, evaluator=ToyEvalConfig(), costs=costs,
+                   executor=SerialExecutor(), progress=False, say=lambda _: None)
+        prof.disable()
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in stats.values())
+    lines = [f"one evolve call with --eval-budget {budget} --max-iterations 1 in one process ({threads} torch "
+             f"thread(s)): {wall:.1f} s wall, {cpu:.1f} CPU s, {total:.1f} CPU s profiled; images: "
+             f"{[e.get('samples') for e in r.evaluations]} (start, decision 1)",
+             "cumulative CPU seconds per part (parts nest: the sampling loop holds the UNet passes):"]
+    for label, suffix, fn in PARTS:
+        ct = sum(v[3] for k, v in stats.items() if k[0].endswith(suffix) and k[2] == fn)
+        lines.append(f"  {label:46s} {ct:8.2f} s  {ct / total:6.1%}")
+    return lines
+
+
 RULES = {"plain": "mean", "overlap": "overlap"}  # replay name: budget.CUTS
 
 
 def _replay_one(path: Path, orders: list[np.ndarray], confidence: float) -> dict[str, Any] | None:
     """One exhaustive decision replayed under both halving rules; None if the scores are not complete."""
-    from snapbench.evolution.budget import EvalBudget, successive_halving
+    from snapbench.evolution.budget import EvalBudget, _beats, successive_halving
 
     z = np.load(path)
     scores, dl, labels = z["scores"], z["latency_delta_ms"], [str(x) for x in z["labels"]]
@@ -192,7 +282,12 @@ def _replay_one(path: Path, orders: list[np.ndarray], confidence: float) -> dict
     value = merit.mean(axis=1)
     best = int(successive_halving(len(dl), lambda a, n: merit[a, :n], [total], tiebreak=list(dl)).ranked[0])
     out: dict[str, Any] = {"iteration": int(path.stem.split("-")[-1]), "candidates": len(dl),
-                           "winner": labels[best], "winner_saving_ms": round(abs(float(dl[best])), 4)}
+                           "winner": labels[best], "winner_saving_ms": round(abs(float(dl[best])), 4),
+                           # rivals the exhaustive winner itself does not beat on all samples (one paired
+                           # t-test each at `confidence`): a rule that must pick the same winner has to score
+                           # each of them on every sample too
+                           "not_beaten": sum(1 for j in range(len(dl))
+                                             if j != best and not _beats(merit[best], merit[j], confidence))}
     for rule, cut in RULES.items():
         picks, images, lost = [], [], []
         for order in orders:
@@ -230,13 +325,16 @@ def replay(folder: Path, permutations: int, confidence: float = 0.95) -> list[di
 def _replay_lines(rows: list[dict[str, Any]], permutations: int) -> list[str]:
     lines = [f"replay of the exhaustive decisions ({permutations} random sample orders besides the run's own): "
              "share picking the exhaustive winner (own order y/n), images per decision",
-             f"{'it':>3s} {'winner':16s} {'saves ms':>8s} {'cands':>5s}  "
+             f"{'it':>3s} {'winner':16s} {'saves ms':>8s} {'cands':>5s} {'tied':>4s}  "
              + "  ".join(f"{rule:>12s} {'images':>7s}" for rule in RULES) + f"  {'exhaustive':>10s}"]
     for r in rows:
         cells = "  ".join(f"{r[rule]['picks_winner']:10.2f} {'y' if r[rule]['own_order_picks_winner'] else 'n'} "
                           f"{r[rule]['images']:7.0f}" for rule in RULES)
-        lines.append(f"{r['iteration']:3d} {r['winner']:16s} {r['winner_saving_ms']:8.4f} {r['candidates']:5d}  "
+        lines.append(f"{r['iteration']:3d} {r['winner']:16s} {r['winner_saving_ms']:8.4f} {r['candidates']:5d} "
+                     f"{r['not_beaten']:4d}  "
                      f"{cells}  {r['exhaustive_images']:10d}")
+    lines.append("tied: rivals the exhaustive winner does not beat on all its samples (paired one-sided t-test at "
+                 "the replay confidence): every rule that makes its decision must score them on every sample")
     if rows:
         for rule in RULES:
             lines.append(f"{rule}: picks the exhaustive winner in {np.mean([r[rule]['picks_winner'] for r in rows]):.3f} "
@@ -259,16 +357,26 @@ def main() -> None:
     ap.add_argument("--replay", type=int, nargs="?", const=200, metavar="N",
                     help="replay the exhaustive side's decisions under both halving rules on N sample orders [200]")
     ap.add_argument("--replay-confidence", type=float, default=0.95, help="--eval-confidence of the replay [0.95]")
+    ap.add_argument("--profile", choices=("auto", "exhaustive"), help="profile one decision under this budget "
+                    "in this process (cProfile) and print where its time goes; runs nothing else")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
+    if args.profile:
+        print(f"load average {[round(v, 2) for v in load_before]} on {os.cpu_count()} CPUs")
+        print("\n".join(profile(args.model or _train(out, args.threads), args.profile, out / "exhaustive",
+                                 args.threads)))
+        return
     if not args.report_only:
         model = args.model or _train(out, args.threads)
         for side in SIDES:
             if args.only in (None, side):
                 budget = "auto" if side == "default" else "exhaustive"
+                if _start_like(out / side, out / SIDES[1 - SIDES.index(side)], budget):
+                    print(f"{side}: starts from the other side's saved start (its prices and starting quality)",
+                          file=sys.stderr)
                 t = time.perf_counter()
                 rc = _run_side(_evolve_args(model, out / side, budget, args), out / side)
                 print(f"{side}: exit {rc} after {time.perf_counter() - t:.0f} s wall", file=sys.stderr)

@@ -21,53 +21,19 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import shutil
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_convert import NAIVE, PY, SNAPBENCH, run  # noqa: E402  (a sibling script, not a package)
+from bench_convert import NAIVE, PY, SNAPBENCH  # sibling scripts: this script's folder is first on sys.path
+from measure import load_column, machine, measured, ratio_table
 
 GOAL_PEAK_BYTES = 4e9
 
 
-def measured(cmd: list[str]) -> dict:
-    """bench_convert.run, but a failing variant is a row saying so, not the end of the benchmark; with the
-    1-minute load average sampled every 5 s while it runs (other users of the CPU slow every variant)."""
-    loads: list[float] = []
-    stop = threading.Event()
-
-    def sample() -> None:
-        while True:
-            loads.append(os.getloadavg()[0])
-            if stop.wait(5.0):
-                return
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        r = run(cmd)
-    except SystemExit as e:
-        r = {"seconds": float("nan"), "peak_tree_rss": float("nan"), "failed": str(e)}
-    finally:
-        stop.set()
-        sampler.join()
-    r["load"] = (min(loads), max(loads))
-    return r
-
-
-def machine() -> str:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        import psutil
-
-        ram = f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
-    except ImportError:
-        ram = "RAM unknown"
-    return f"{sys.platform}, {cpus} cores, {ram}, load average {os.getloadavg()[0]:.1f}"
+def within_goal(label: str, r: dict) -> str:
+    return "-" if label.startswith("(a)") else ("yes" if r["peak_tree_rss"] <= GOAL_PEAK_BYTES else "NO")
 
 
 def main() -> None:
@@ -109,16 +75,7 @@ def main() -> None:
                 "--convert-unet", "--convert-text-encoder", "--convert-vae-decoder", "--chunk-unet",
                 "--attention-implementation", a.attention.upper(), "-o", str(work / "reference")])))
         print(f"\n{a.model}, latent {a.latent}, {a.tokens} tokens, attention {a.attention}; {machine()}")
-        base = rows[0][1] if not a.skip_plain else None
-        head = f"{'variant':42} {'seconds':>8} {'x (a)':>6} {'peak tree GB':>13} {'<= 4 GB':>8} {'load':>10}"
-        print(head)
-        print("-" * len(head))
-        for label, r in rows:
-            ratio = f"{r['seconds'] / base['seconds']:.2f}" if base else "-"
-            fits = "-" if label.startswith("(a)") else ("yes" if r["peak_tree_rss"] <= GOAL_PEAK_BYTES else "NO")
-            load = f"{r['load'][0]:.1f}-{r['load'][1]:.1f}"
-            print(f"{label:42} {r['seconds']:8.1f} {ratio:>6} {r['peak_tree_rss'] / 1e9:13.2f} {fits:>8} {load:>10}"
-                  + (f"  FAILED: {r['failed']}" if "failed" in r else ""))
+        ratio_table(rows, baseline=not a.skip_plain, extra={"<= 4 GB": within_goal, "load": load_column})
         for label, r in rows:
             if "parts" in r:
                 parts = ", ".join(f"{k} {v:.0f} s" if isinstance(v, float) else f"{k} {v}"

@@ -1,7 +1,7 @@
 """SDXL conversion time and peak memory, side by side, as ratios to a plain whole-UNet trace + convert.
 
     .venv/bin/python benchmarks/bench_sdxl.py                          # sdxl-tiny, latent 16, 77 tokens
-    .venv/bin/python benchmarks/bench_sdxl.py --model sdxl --latent 128 --skip-plain   # (a) needs > 23 GB
+    .venv/bin/python benchmarks/bench_sdxl.py --model sdxl --latent 128 --work DIR   # full size: an hour here
 
 Each variant in its own process, one after another, in one run:
   (a) plain: the whole diffusers UNet (text_time inputs included) through torch.jit.trace + ct.convert
@@ -10,20 +10,42 @@ Each variant in its own process, one after another, in one run:
   (c) snapbench convert --pipeline --chunks 2 --attention split_einsum_v2: TextEncoder, TextEncoder2,
       two UNet chunks, VAEDecoder
 Wall seconds and the peak of the process tree's RSS (sampled every 0.1 s), each as a ratio to (a), and the
-1-minute load average while it ran: figures from a shared machine say so.
+range of the 1-minute load average while it ran: figures from a shared machine say so. Goals (issue 20):
+(b) peak <= 6 GB, (c) peak <= 8 GB.
+
+A variant whose tree passes --cap-gb, or that leaves the machine under --keep-free-gb available, is stopped
+(we stop it rather than the kernel's OOM killer, which may pick another user's process): its row then says
+how far it got, and the ratios to it are ceilings ("<"). Full-size SDXL's fp32 UNet alone is 10.3 GB, so on
+a 23 GB machine (a) is expected to stop.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_convert import NAIVE, PY, SNAPBENCH  # noqa: E402  (sibling scripts, not a package)
-from bench_pipeline import machine, measured  # noqa: E402
+from bench_convert import NAIVE, PY, SNAPBENCH  # sibling scripts: this script's folder is first on sys.path
+from measure import load_column, machine, measured, ratio_table
+
+GOALS_GB = {"(b)": 6.0, "(c)": 8.0}
+
+
+def goal(label: str, r: dict) -> str:
+    limit = GOALS_GB.get(label[:3])
+    if limit is None or "failed" in r:
+        return "-"
+    return f"<= {limit:.0f}: " + ("yes" if r["peak_tree_rss"] <= limit * 1e9 and not r.get("capped") else "NO")
+
+
+def packages(out: Path) -> dict:
+    """What the variant wrote, from its manifest: package count and bytes."""
+    m = json.loads((out / "manifest.json").read_text())
+    done = [b for b in m["blocks"] if b.get("state", "done") == "done"]
+    return {"packages": m.get("packages", len(done)), "package_bytes": sum(b.get("bytes") or 0 for b in done)}
 
 
 def main() -> None:
@@ -32,33 +54,40 @@ def main() -> None:
     ap.add_argument("--latent", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=77)
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed after)")
-    ap.add_argument("--skip-plain", action="store_true", help="leave out (a) (full-size SDXL: > 23 GB)")
+    ap.add_argument("--skip-plain", action="store_true", help="leave out (a)")
+    ap.add_argument("--cap-gb", type=float, default=14.0, help="stop a variant whose process tree passes this")
+    ap.add_argument("--keep-free-gb", type=float, default=2.0,
+                    help="stop a variant that leaves the machine less memory available than this")
+    ap.add_argument("--json-out", default=None, help="also write the rows as JSON here (after each variant)")
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="bench_sdxl."))
     shapes = ["--latent", str(a.latent), "--tokens", str(a.tokens)]
+    limits = {"rss_cap": int(a.cap_gb * 1e9), "keep_available": int(a.keep_free_gb * 1e9)}
+    variants = [
+        ("(a) whole UNet, plain trace + ct.convert", None,
+         [PY, "-c", NAIVE, a.model, str(a.latent), "2", str(a.tokens), str(work / "plain.mlpackage")]),
+        ("(b) convert, per block, profile", work / "blocks",
+         [SNAPBENCH, "convert", "--model", a.model, *shapes, "--out", str(work / "blocks"), "--json"]),
+        ("(c) convert --pipeline --chunks 2 (5 packages)", work / "app",
+         [SNAPBENCH, "convert", "--model", a.model, "--pipeline", "--chunks", "2", "--attention",
+          "split_einsum_v2", *shapes, "--out", str(work / "app"), "--json"]),
+    ][1 if a.skip_plain else 0:]
     rows: list[tuple[str, dict]] = []
     print(f"machine: {machine()}", file=sys.stderr, flush=True)
     try:
-        if not a.skip_plain:
-            rows.append(("(a) whole UNet, plain trace + ct.convert",
-                         measured([PY, "-c", NAIVE, a.model, str(a.latent), "2", str(a.tokens),
-                                   str(work / "plain.mlpackage")])))
-        rows.append(("(b) convert, per block, profile",
-                     measured([SNAPBENCH, "convert", "--model", a.model, *shapes, "--out", str(work / "blocks"),
-                               "--json"])))
-        rows.append(("(c) convert --pipeline --chunks 2 (5 packages)",
-                     measured([SNAPBENCH, "convert", "--model", a.model, "--pipeline", "--chunks", "2",
-                               "--attention", "split_einsum_v2", *shapes, "--out", str(work / "app"), "--json"])))
-        base = rows[0][1] if not a.skip_plain else None
-        print(f"\n{a.model}, latent {a.latent}, batch 2, {a.tokens} tokens; {machine()}")
-        head = f"{'variant':48} {'seconds':>8} {'x (a)':>6} {'peak tree GB':>13} {'x (a)':>6} {'load':>10}"
-        print(head)
-        print("-" * len(head))
-        for label, r in rows:
-            t = f"{r['seconds'] / base['seconds']:.2f}" if base else "-"
-            m = f"{r['peak_tree_rss'] / base['peak_tree_rss']:.2f}" if base else "-"
-            print(f"{label:48} {r['seconds']:8.1f} {t:>6} {r['peak_tree_rss'] / 1e9:13.2f} {m:>6} "
-                  f"{r['load'][0]:4.1f}-{r['load'][1]:<4.1f}" + (f"  FAILED: {r['failed']}" if "failed" in r else ""))
+        for label, out, cmd in variants:
+            print(f"{label} ...", file=sys.stderr, flush=True)
+            r = measured(cmd, **limits)
+            if out is not None and (out / "manifest.json").exists():
+                r.update(packages(out))
+            rows.append((label, r))
+            print(f"  {json.dumps(r)}", file=sys.stderr, flush=True)  # partial results survive a stopped run
+            if a.json_out:
+                Path(a.json_out).write_text(json.dumps({"model": a.model, "latent": a.latent, "rows": rows}, indent=2))
+        print(f"\n{a.model}, latent {a.latent}, batch 2, {a.tokens} tokens; measured on a shared machine: "
+              f"{machine()}; stop at {a.cap_gb:.0f} GB tree or {a.keep_free_gb:.0f} GB left")
+        ratio_table(rows, baseline=not a.skip_plain,
+                    extra={"goal GB": goal, "packages": lambda _, r: str(r.get("packages", "-")), "load": load_column})
     finally:
         if a.work is None:
             shutil.rmtree(work, ignore_errors=True)

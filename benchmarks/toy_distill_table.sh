@@ -8,8 +8,10 @@
 #   benchmarks/toy_distill_table.sh                          # defaults below; trains the teacher first
 #   TEACHER=runs/toy OUT=runs/table benchmarks/toy_distill_table.sh   # reuse a trained teacher
 #   DISTILL_STEPS=3 TRAIN_STEPS=3 EVAL_SAMPLES=2 OUT=/tmp/t benchmarks/toy_distill_table.sh   # smoke test
+#   MODEL=toy-digits-dit OUT=runs/dit-table benchmarks/toy_distill_table.sh   # the DiT toy (issue 21)
 #
-# Settings (environment): OUT, TEACHER (a trained folder; empty: train one in OUT/teacher), TRAIN_STEPS,
+# Settings (environment): OUT, MODEL (the toy the teacher is trained from: toy-digits or toy-digits-dit),
+# TEACHER (a trained folder; empty: train one of MODEL in OUT/teacher), TRAIN_STEPS,
 # DISTILL_STEPS, BATCH, LR, GUIDANCE_MIN/GUIDANCE_MAX (the CFG-aware loss's U[w_min, w_max]),
 # EVAL_GUIDANCE, EVAL_SAMPLES (per digit), EVAL_SEED (other fresh noise: rescores finished runs without
 # training, into OUT/<name>-seed<N>.json), THREADS (torch CPU threads), SNAPBENCH (the command;
@@ -19,6 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${OUT:-runs/toy-distill-table}
+MODEL=${MODEL:-toy-digits}
 TEACHER=${TEACHER:-}
 TRAIN_STEPS=${TRAIN_STEPS:-1000}
 DISTILL_STEPS=${DISTILL_STEPS:-700}
@@ -39,8 +42,8 @@ mkdir -p "$OUT"
 
 if [[ -z $TEACHER ]]; then
     TEACHER=$OUT/teacher
-    echo "== teacher: toy-digits, v-prediction, $TRAIN_STEPS steps -> $TEACHER ($(date -u +%T))" >&2
-    "${SB[@]}" train --model toy-digits --normal --prediction-type v_prediction --steps "$TRAIN_STEPS" \
+    echo "== teacher: $MODEL, v-prediction, $TRAIN_STEPS steps -> $TEACHER ($(date -u +%T))" >&2
+    "${SB[@]}" train --model "$MODEL" --normal --prediction-type v_prediction --steps "$TRAIN_STEPS" \
         --save-every 250 --threads "$THREADS" --out "$TEACHER" --json >"$OUT/teacher.json"
 fi
 

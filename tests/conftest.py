@@ -66,5 +66,23 @@ def sd15_tiny_blocks(tmp_path_factory):
 @pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if any(name in SESSION_CONVERSIONS for name in getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
+        for name in SESSION_CONVERSIONS:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.slow)
+                # under `pytest -n N --dist loadgroup` (make test) every test of one conversion runs on one
+                # worker, so the conversion is made once, not once per worker
+                item.add_marker(pytest.mark.xdist_group(name))
+
+
+# -- the CLI in child processes forked from one that imported it once ---------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cli_server(tmp_path_factory):
+    """A fork server for CLI runs in real child processes (tests/cli_server.py): the bad-input and hostile
+    tests start dozens, and a fresh process spends seconds importing torch before it reads its arguments."""
+    from cli_server import CliServer
+
+    server = CliServer(tmp_path_factory.mktemp("cli-server"))
+    yield server
+    server.close()

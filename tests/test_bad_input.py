@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from cli_server import CliServer
 
 TINY = ["--latent", "8", "--tokens", "4"]
 
@@ -112,20 +113,19 @@ CASES = [
 ]
 
 
-def _run(case: Case, root: Path) -> subprocess.CompletedProcess:
-    work = root / "work"
-    head = [sys.executable, "-c", case.stdin_script] if case.stdin_script else [sys.executable, "-m", "snapbench"]
-    return subprocess.run([*head, *case.args], cwd=work, env=_env(root), capture_output=True, text=True,
-                          timeout=case.timeout)
+def _run(case: Case, root: Path, server: CliServer) -> subprocess.CompletedProcess:
+    """`python -m snapbench ARGS` (or `python -c SCRIPT ARGS`) in a child forked from the session's CLI server."""
+    return server.run(case.args, cwd=root / "work", env=_env(root), timeout=case.timeout, script=case.stdin_script,
+                      argv0=str(Path(__file__).parents[1] / "snapbench" / "__main__.py"))
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
-def test_bad_input_and_faults(tmp_path, case: Case):
+def test_bad_input_and_faults(tmp_path, case: Case, cli_server):
     work = tmp_path / "work"
     work.mkdir()
     case.setup(work)
     before = _snapshot(tmp_path)
-    r = _run(case, tmp_path)
+    r = _run(case, tmp_path, cli_server)
     assert r.returncode == case.code, r.stderr
     assert "Traceback" not in r.stderr, r.stderr
     lines = [line for line in r.stderr.strip().splitlines() if line.strip()]

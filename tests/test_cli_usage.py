@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -39,11 +38,11 @@ def _run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = 
 
 
 @pytest.mark.slow
-def test_every_command_has_help_without_a_traceback():
+def test_every_command_has_help_without_a_traceback(cli_server, tmp_path):
+    """Each command's --help in its own child process (forked from the session's CLI server)."""
     paths = _command_paths()
     assert ["inspect"] in paths and ["cache", "info"] in paths and ["cache", "clean"] in paths
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda p: _run([*p, "--help"]), paths))
+    results = [cli_server.run([*p, "--help"], cwd=tmp_path, env=dict(os.environ)) for p in paths]
     for path, r in zip(paths, results):
         assert r.returncode == 0, (path, r.stderr)
         assert "Traceback" not in r.stderr, (path, r.stderr)
@@ -51,9 +50,10 @@ def test_every_command_has_help_without_a_traceback():
 
 
 @pytest.mark.slow
-def test_tiny_real_invocations_from_another_folder(tmp_path):
-    """Run from a folder that is not the checkout: shipped data must be found through the package."""
-    env = {"SNAPBENCH_CACHE": str(tmp_path / "cache")}
+def test_tiny_real_invocations_from_another_folder(tmp_path, cli_server):
+    """Run from a folder that is not the checkout: shipped data must be found through the package. Each run is
+    a child process forked from the session's CLI server."""
+    env = {**os.environ, "SNAPBENCH_CACHE": str(tmp_path / "cache")}
     runs = {
         "inspect": ["inspect", "--model", "sd15-tiny", "--latent", "8", "--no-blocks", "--json"],
         "devices": ["devices", "--json"],
@@ -61,8 +61,7 @@ def test_tiny_real_invocations_from_another_folder(tmp_path):
         "train": ["train", "--model", "toy-digits", "--steps", "1", "--batch-size", "4", "--out",
                   str(tmp_path / "toy"), "--json"],
     }
-    with ThreadPoolExecutor(2) as pool:
-        results = dict(zip(runs, pool.map(lambda a: _run(a, env, cwd=tmp_path), runs.values())))
+    results = {name: cli_server.run(args, cwd=tmp_path, env=env) for name, args in runs.items()}
     for name, r in results.items():
         assert r.returncode == 0, (name, r.stderr)
         assert "Traceback" not in r.stderr, (name, r.stderr)

@@ -230,9 +230,15 @@ def test_a_run_started_before_the_eval_budget_resumes(tmp_path, toy_folder):
     path = out / ".evolve" / "state.json"
     state = json.loads(path.read_text())
     del state["settings"]["config"]["eval_budget"], state["settings"]["evaluator"]["batch"], state["evaluations"]
+    del state["settings"]["config"]["moves"]  # older still: before --moves (remove and copy only)
     for row in state["trajectory"]:
         del row["eval_samples"], row["eval_reused"]
     path.write_text(json.dumps(state))
+    import shutil
+
+    shutil.copytree(out, tmp_path / "old-moves")
+    with pytest.raises(SnapbenchError, match="config.moves=None, this command asks"):  # it knew no swaps
+        _evolve(toy_folder, tmp_path / "old-moves", target, ev, EvalBudget(), moves=("remove", "mqa"))
     said: list[str] = []
     r = evolve(toy_folder, out, EvolveConfig(target_ms=target, add_phase=False), evaluator=ev, costs=fixed_costs,
                executor=SerialExecutor(), progress=False, say=said.append)

@@ -90,6 +90,31 @@ def test_one_iteration_with_the_toy_evaluator_and_an_add_phase(tmp_path, toy_fol
     assert r2.final_latency_ms == pytest.approx(full + RB_MS)
 
 
+@pytest.mark.parametrize("saved_as_done", [False, True])
+def test_a_higher_max_iterations_goes_on_from_where_the_limit_stopped(tmp_path, toy_folder, saved_as_done):
+    """A run stopped by --max-iterations continues when the same command asks for more (it used to be saved
+    as done and stay there); saved_as_done: a state written that way by the version before the fix."""
+    spec = load_preset("toy-digits")
+    target = fixed_costs(spec).latency(spec) - 2 * CA_MS - RB_MS
+    ev = PenaltyEval(PENALTIES)
+    whole = _run(toy_folder, tmp_path / "whole", target, ev, add_phase=False)
+    out = tmp_path / "limited"
+    first = _run(toy_folder, out, target, ev, add_phase=False, max_iterations=1)
+    assert first.iterations == 1 and first.final_latency_ms > target
+    assert [r["phase"] for r in first.trajectory] == ["start", "remove", "final"]
+    if saved_as_done:
+        path = out / ".evolve" / "state.json"
+        state = json.loads(path.read_text())
+        path.write_text(json.dumps({**state, "phase": "done"}))
+    said: list[str] = []
+    more = evolve(toy_folder, out, EvolveConfig(target_ms=target, add_phase=False, max_iterations=50), evaluator=ev,
+                  costs=fixed_costs, executor=SerialExecutor(), progress=False, say=said.append)
+    assert more.final_latency_ms <= target and more.iterations == whole.iterations
+    assert [r["block"] for r in more.trajectory] == [r["block"] for r in whole.trajectory]
+    assert [r["phase"] for r in more.trajectory].count("final") == 1 and more.trajectory[-1]["phase"] == "final"
+    assert any("going on to --max-iterations 50" in line for line in said) == saved_as_done
+
+
 def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path, toy_folder):
     spec = load_preset("toy-digits")
     target = fixed_costs(spec).latency(spec) - 2 * CA_MS - RB_MS

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.latency.table import LatencyRow, LatencyTable, merge_into_file
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder, file_lock, folder_lock
@@ -45,9 +46,9 @@ def _hold_lock_in_child(path: Path, kind: str) -> subprocess.Popen:
 # -- locks ------------------------------------------------------------------------------------------------
 
 
-def test_a_second_convert_into_a_folder_being_written_says_so_at_once(tmp_path):
+def test_a_second_convert_into_a_folder_being_written_says_so_at_once(tmp_path, cli_server):
     """Two real processes: one holds the conversion folder's lock (as a running `convert --out same` does),
-    the console script of a second convert into it refuses in one line naming the folder, the writer's pid
+    a second convert into it (a child of the session's CLI server) refuses in one line naming the folder, the writer's pid
     and how to stop it, exit 2, before it loads the model (this one does not exist: it would say that first
     if it got that far) and without touching the folder."""
     same = tmp_path / "same"
@@ -55,8 +56,8 @@ def test_a_second_convert_into_a_folder_being_written_says_so_at_once(tmp_path):
     proc = _hold_lock_in_child(same, "folder")
     try:
         before = sorted(p.name for p in same.iterdir())
-        r = subprocess.run([str(Path(sys.executable).with_name("snapbench")), "convert", "--model", "no-such-model",
-                            "--out", str(same)], capture_output=True, text=True, timeout=600)
+        r = cli_server.run(["convert", "--model", "no-such-model", "--out", str(same)], cwd=tmp_path,
+                           env=dict(os.environ), timeout=600)
         assert r.returncode == 2, r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -66,8 +67,8 @@ def test_a_second_convert_into_a_folder_being_written_says_so_at_once(tmp_path):
         proc.kill()
         proc.wait()
     # the writer gone, the same command gets as far as the model
-    r = subprocess.run([str(Path(sys.executable).with_name("snapbench")), "convert", "--model", "no-such-model",
-                        "--out", str(same)], capture_output=True, text=True, timeout=600)
+    r = cli_server.run(["convert", "--model", "no-such-model", "--out", str(same)], cwd=tmp_path, env=dict(os.environ),
+                       timeout=600)
     assert r.returncode == 2 and "no-such-model" in r.stderr and "writing there" not in r.stderr
 
 
@@ -347,14 +348,14 @@ def test_a_report_prices_each_model_at_its_own_latent_unless_told(tmp_path):
         asked[source.spec.name] = settings["latent"]
         return ProfileOutcome(None, "not needed here")
 
-    data = gather(baseline="sd15", candidates=["toy-digits"], devices=["iphone14pro"], profiler=profiler)
+    data = gather(baseline="sd15", candidates=["toy-digits"], devices=[resolve_device("iphone14pro")], profiler=profiler)
     doc = data.to_dict()  # the JSON document `report --json` writes
     assert asked == {"sd15": 64, "toy-digits": 8}
     assert {m["key"]: m["latent"] for m in doc["models"]} == {"sd15": 64, "toy-digits": 8}
     html = render_html(data)
     assert "toy-digits 8&times;8" in html and "sd15 64&times;64" in html
     asked.clear()
-    gather(baseline="sd15", candidates=["toy-digits"], devices=["iphone14pro"], profiler=profiler,
+    gather(baseline="sd15", candidates=["toy-digits"], devices=[resolve_device("iphone14pro")], profiler=profiler,
            settings={"latent": 32})
     assert asked == {"sd15": 32, "toy-digits": 32}
 

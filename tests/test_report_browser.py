@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from profile_fakes import FakePackages, toy_estimator
 
+from snapbench.devices.catalog import resolve_device
 from snapbench.report.gather_data import gather
 from snapbench.report.latency_source import profile_with_snapbench
 from snapbench.report.render import FORMATTERS
@@ -44,7 +45,7 @@ def built(tmp_path_factory):
     profiler = functools.partial(profile_with_snapbench, packages=FakePackages(tmp / "pkgs"),
                                  estimator=toy_estimator(), progress=False)
     data = gather(baseline="sd15-tiny", candidates=["snapfusion-tiny", str(tmp / "evil.json")],
-                  devices=["iphone14pro"], profiler=profiler)
+                  devices=[resolve_device("iphone14pro")], profiler=profiler)
     html, js = write_report(data, tmp / "report.html", with_json=True)
     return html, json.loads(js.read_text())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -145,17 +146,16 @@ def test_clip_evaluator_bad_input(fx, tmp_path):
         read_prompts(tmp_path / "empty.txt")
 
 
-def test_evolve_cli_refuses_bad_clip_input_in_one_line(fx, tmp_path):
+def test_evolve_cli_refuses_bad_clip_input_in_one_line(fx, tmp_path, cli_server):
     not_clip = tmp_path / "text-encoder-only"
     shutil.copytree(fx.clip, not_clip)
     cfg = json.loads((not_clip / "config.json").read_text())
     (not_clip / "config.json").write_text(json.dumps({**cfg["text_config"], "model_type": "clip_text_model"}))
     (tmp_path / "empty.txt").write_text("")
-    base = [sys.executable, "-m", "snapbench", "ablate", "--model", str(fx.pipeline), "--evaluator", "clip",
-            "--pipeline", str(fx.pipeline)]
+    base = ["ablate", "--model", str(fx.pipeline), "--evaluator", "clip", "--pipeline", str(fx.pipeline)]
     for extra, message in ((["--prompts", str(fx.prompts), "--clip-weights", str(not_clip)], "not a CLIPModel"),
                            (["--prompts", str(tmp_path / "empty.txt"), "--clip-weights", str(fx.clip)], "empty")):
-        proc = subprocess.run(base + extra, capture_output=True, text=True, cwd=tmp_path)
+        proc = cli_server.run(base + extra, cwd=tmp_path, env=dict(os.environ))
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
@@ -172,15 +172,14 @@ def test_processes_beyond_the_devices_are_refused():
         training_processes(2, Devices("cuda", 1))
 
 
-def test_cli_bad_input_is_one_line_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "snapbench", "selftest", "--processes", "4096"],
-                          capture_output=True, text=True, cwd=tmp_path)
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, cli_server):
+    """In child processes forked from the session's CLI server."""
+    proc = cli_server.run(["selftest", "--processes", "4096"], cwd=tmp_path, env=dict(os.environ))
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--processes 4096" in proc.stderr
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("")
-    proc = subprocess.run([sys.executable, "-m", "snapbench", "selftest", "--keep", "busy"],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = cli_server.run(["selftest", "--keep", "busy"], cwd=tmp_path, env=dict(os.environ))
     assert proc.returncode == 2 and "not empty" in proc.stderr
 
 

@@ -50,6 +50,7 @@ def ablate_command(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
 
+    from snapbench.devices.catalog import resolve_device
     from snapbench.evolution.ablation import ablate
     from snapbench.evolution.executors import make_executor
     from snapbench.evolution.options import cost_builder, evaluator_config
@@ -62,7 +63,7 @@ def ablate_command(
     specs = [resolve_model(m).spec for m in model]
     for s in specs:
         ev.check(s)
-    costs = cost_builder(device=device, table=table, fixed_table=fixed_table, attention=attention, progress=True,
+    costs = cost_builder(device=resolve_device(device), table=table, fixed_table=fixed_table, attention=attention, progress=True,
                          say=lambda s: err.print(s))
     results = []
     executor = make_executor(workers=workers, threads=threads, ray_address=ray_address)

@@ -8,6 +8,7 @@ import typer
 from rich.text import Text
 
 from snapbench.commands.common import err
+from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.report.data import ReportData
 from snapbench.settings import ATTENTIONS, BACKEND_CHOICES, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS, check_choice
@@ -61,6 +62,7 @@ def report_command(
         check_choice(flag, value, allowed)
     candidates = list(candidate or DEFAULT_CANDIDATES)
     devices = list(device or DEFAULT_DEVICES)
+    devs = [resolve_device(d) for d in devices]  # once, first: a typo there fails before any model is built
     from snapbench.latency.app_floor import check_floor_ms
     from snapbench.report.gather_data import default_out_path, gather, parse_steps  # heavy: when used
     from snapbench.report.write import check_out_path, write_report
@@ -73,7 +75,7 @@ def report_command(
                 "attention": attention, "batch": batch, "latent": latent}
     command = _command_line(baseline, candidates, devices, steps or [], backend, table, reference, settings,
                             out_path, as_json, app_floor_ms)
-    data = gather(baseline=baseline, candidates=candidates, devices=devices, settings=settings, steps=steps_map,
+    data = gather(baseline=baseline, candidates=candidates, devices=devs, settings=settings, steps=steps_map,
                   backend=backend, table=table, reference=reference, command=command,
                   # tests hand a profiler in through the CLI's ctx.obj; None: snapbench's latency package
                   profiler=ctx.obj if callable(ctx.obj) else None,

@@ -21,7 +21,9 @@ sampler steps with (`as_sampled`), so the student is judged by where its step la
   (unconditional + conditional pass each) before the loss, so the student learns the guided trajectory.
   `cfg_probability` < 1 mixes in vanilla batches (the paper's trade-off knob between FID and CLIP).
 
-The student starts from the teacher's weights or from another model (another arch spec, e.g. the
+The teacher is any elastic backbone training holds (an SD UNet or a DiT: the loop only calls the model
+and saves it through its backbone), so a DiT distils exactly as a UNet does. The student starts from the
+teacher's weights or from another model (another arch spec, e.g. the
 evolved efficient UNet from an SD-v1.5 teacher); latent shape, context width and noise schedule must
 match. Optional first stage, the paper's: fine-tune the teacher to v-prediction (`v_finetune_steps`), saved
 beside the output as `<out>-v-teacher/` and reused on resume. The output folder is a complete checkpoint (checkpoints.py)

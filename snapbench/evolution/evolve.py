@@ -199,9 +199,11 @@ def _evolve(model: str | Path, out: Path, config: EvolveConfig, *, evaluator: Ev
         adopted = _check_same(st.settings, fingerprint, out)
         prices = BlockPriceTable.from_dict(st.costs)
         scorer = Scorer(evaluator, executor, st.checkpoint, progress=progress)
+        _reopen(st, config, say)
         say(f"resuming {out} at iteration {st.iteration} ({st.phase} phase)")
         if adopted:
-            st.settings = fingerprint  # from now on a resume checks the budget this run goes on with
+            st.settings = fingerprint  # from now on a resume checks the settings this run goes on with
+        if any(k.startswith("config.eval_budget.") for k in adopted):
             say(f"{out} was started before --eval-budget existed (every candidate on every sample); its "
                 f"{len(st.trajectory)} trajectory rows are kept and its remaining decisions use "
                 f"{config.eval_budget.describe(scorer.total)}")
@@ -215,8 +217,8 @@ def _evolve(model: str | Path, out: Path, config: EvolveConfig, *, evaluator: Ev
     try:
         while st.phase != "done":
             if st.iteration >= config.max_iterations:
+                # the phase stays as it is: the same command with a higher limit goes on from here
                 say(f"stopped after --max-iterations {config.max_iterations}")
-                st.phase = "done"
                 break
             started = time.time()
             run.iteration()
@@ -233,10 +235,27 @@ def _evolve(model: str | Path, out: Path, config: EvolveConfig, *, evaluator: Ev
     return result
 
 
+def _reopen(st: EvolutionState, config: EvolveConfig, say: Callable[[str], None]) -> None:
+    """Let a run stopped by --max-iterations go on when the limit is raised: its "final" row (written when
+    it stopped) is dropped, finish() writes it again at the new end. A state from the version that saved
+    such a stop as phase "done" is recognised by its latency still above the target (nothing else ends the
+    remove phase there); a stop in the add phase was indistinguishable from its end and stays done."""
+    if st.iteration >= config.max_iterations:
+        return
+    if st.phase == "done" and st.latency_ms > st.target_ms + 1e-9:
+        st.phase = "remove"
+        say(f"the run stopped at --max-iterations {st.iteration} above the target; going on to "
+            f"--max-iterations {config.max_iterations}")
+    if st.phase != "done":
+        st.trajectory = [r for r in st.trajectory if r["phase"] != "final"]
+
+
 # Settings added after runs had been started with the version before them. A state without them was made
 # by that version and resumes: its decisions so far were exhaustive (the old version knew no other), and
-# the evaluator's batch only groups candidates (a score does not depend on it).
-ADDED_SETTINGS = ("config.eval_budget.", "evaluator.batch")
+# the evaluator's batch only groups candidates (a score does not depend on it), and its moves were
+# remove and copy (the version before --moves knew no other): such a state resumes only with those.
+ADDED_SETTINGS: dict[str, Any] = {"config.eval_budget.": None, "evaluator.batch": None,
+                                  "config.moves": list(DEFAULT_MOVES)}  # prefix: the value it must have now
 
 
 def _check_same(before: Mapping[str, Any], now: Mapping[str, Any], out: Path) -> list[str]:
@@ -255,7 +274,8 @@ def _check_same(before: Mapping[str, Any], now: Mapping[str, Any], out: Path) ->
     for k in sorted(set(a) | set(b)):
         if k == "config.max_iterations":
             continue  # may be raised to let a stopped run go on
-        if k not in a and k.startswith(ADDED_SETTINGS):
+        added = next((v for p, v in ADDED_SETTINGS.items() if k.startswith(p)), ...)
+        if k not in a and added is not ... and (added is None or b.get(k) == added):
             adopted.append(k)
             continue
         if a.get(k) != b.get(k):

@@ -20,7 +20,7 @@ from typing import Any
 from snapbench.backbones import inspect_model
 from snapbench.blocks.cut import InputShapes
 from snapbench.blocks.inspection import Inspection
-from snapbench.devices.catalog import Device, resolve_device
+from snapbench.devices.catalog import Device
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.trajectory import TRAJECTORY_FILE
 from snapbench.latency.end_to_end import TEXT_ENCODER_RUNS, image_budget
@@ -130,10 +130,10 @@ def load_models(baseline: str, candidates: Sequence[str], *, settings: Mapping[s
     return entries
 
 
-def load_devices(devices: Sequence[str]) -> list[Device]:
+def distinct_devices(devices: Sequence[Device]) -> list[Device]:
+    """Each device once, in the order given ("iPhone 14 Pro" and "iphone14pro" resolve to one device)."""
     out: list[Device] = []
-    for d in devices:
-        dev = resolve_device(d)
+    for dev in devices:
         if dev.id not in [o.id for o in out]:
             out.append(dev)
     return out
@@ -366,7 +366,7 @@ def slug(text: str) -> str:
 
 
 def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",),
-           devices: Sequence[str] = ("iphone14pro",), settings: Mapping[str, Any] | None = None,
+           devices: Sequence[Device], settings: Mapping[str, Any] | None = None,
            steps: Mapping[str, int] | None = None, backend: str = "auto", table: str | Path | None = None,
            reference: str | Path | None = None, profiler: Profiler | None = None,
            command: str | None = None, progress: Callable[[str], None] | None = None,
@@ -386,7 +386,7 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
         from snapbench.latency.table import LatencyTable
 
         LatencyTable.load(table_path)
-    devs = load_devices(devices)  # devices first: a typo there fails before any model is built
+    devs = distinct_devices(devices)
     ref_source, ref_rows = load_reference(reference)
     say = progress or (lambda _msg: None)  # the profiler's own messages (backend chosen, rows estimated)
     entries = load_models(baseline, candidates, settings=settings, steps=steps or {})

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from cli_server import CliServer
 
 SNAPBENCH = Path(sys.executable).with_name("snapbench")  # the console script installed beside this Python
 GB = 1024**3
@@ -184,24 +184,28 @@ def _pickle_weights(case: Case) -> Case:
 CASES = [_pickle_weights(c) if c.id == "pickle-weights-never-opened" else c for c in CASES]
 
 
-def run_cli(args: list[str], work: Path, *, memory: int = REFUSE_LIMIT, timeout: float = 240,
-            env: dict[str, str] | None = None, file_size: int | None = None) -> subprocess.CompletedProcess:
-    """The console script in `work`, its address space capped at `memory` bytes (and its files at
-    `file_size`)."""
-    root = work.parent
-
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        if file_size is not None:
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
-            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
-
+def _env(root: Path, env: dict[str, str] | None) -> dict[str, str]:
     full_env = dict(os.environ)
     full_env.update(SNAPBENCH_CACHE=str(root / "cache"), HOME=str(root / "home"), XDG_CACHE_HOME=str(root / "xdg"),
                     PYTHONWARNINGS="ignore", COLUMNS="200")
     full_env.update(env or {})
-    return subprocess.run([str(SNAPBENCH), *args], cwd=work, env=full_env, capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=cap)
+    return full_env
+
+
+def run_cli(server: CliServer, args: list[str], work: Path, *, memory: int = REFUSE_LIMIT, timeout: float = 240,
+            env: dict[str, str] | None = None, file_size: int | None = None) -> subprocess.CompletedProcess:
+    """`snapbench ARGS` in a child process in `work` (forked from the session's CLI server, which imported
+    torch once), its address space capped at `memory` bytes (and its files at `file_size`)."""
+    return server.run(args, cwd=work, env=_env(work.parent, env), memory=memory, file_size=file_size,
+                      timeout=timeout)
+
+
+def run_console_script(args: list[str], work: Path, *, memory: int = REFUSE_LIMIT,
+                       env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The installed console script itself in a fresh process (what a user starts), capped as run_cli's."""
+    return subprocess.run([str(SNAPBENCH), *args], cwd=work, env=_env(work.parent, env), capture_output=True,
+                          text=True, timeout=240,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (memory, memory)))
 
 
 def check(r: subprocess.CompletedProcess, code: int, words: str) -> None:
@@ -218,16 +222,16 @@ def check(r: subprocess.CompletedProcess, code: int, words: str) -> None:
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
-def test_hostile_input(tmp_path, case: Case):
+def test_hostile_input(tmp_path, case: Case, cli_server):
     work = tmp_path / "work"
     work.mkdir()
     case.setup(work)
-    r = run_cli(case.args, work, memory=case.memory, timeout=case.timeout, env=case.env, file_size=case.file_size)
+    r = run_cli(cli_server, case.args, work, memory=case.memory, timeout=case.timeout, env=case.env, file_size=case.file_size)
     check(r, case.code, case.words)
     assert not list(tmp_path.rglob("*.lock")), "a lock left behind"
 
 
-def test_cache_clean_refuses_while_a_run_uses_the_cache(tmp_path):
+def test_cache_clean_refuses_while_a_run_uses_the_cache(tmp_path, cli_server):
     """6. A running snapbench (here a long train) holds the cache; `cache clean` refuses instead of deleting
     the packages under it, and cleans once the run is gone."""
     import time
@@ -245,13 +249,13 @@ def test_cache_clean_refuses_while_a_run_uses_the_cache(tmp_path):
         while not (tmp_path / "cache" / ".snapbench-in-use.lock").exists():
             assert run.poll() is None and time.monotonic() < deadline, "the run did not start"
             time.sleep(0.2)
-        r = run_cli(["cache", "clean"], work, memory=RUN_LIMIT)
+        r = run_cli(cli_server, ["cache", "clean"], work, memory=RUN_LIMIT)
         check(r, 2, "another snapbench run is using the cache")
         assert packages.is_dir()
     finally:
         run.kill()
         run.wait()
-    check(run_cli(["cache", "clean"], work, memory=RUN_LIMIT), 0, "removed")
+    check(run_cli(cli_server, ["cache", "clean"], work, memory=RUN_LIMIT), 0, "removed")
     assert not packages.exists()
 
 
@@ -263,7 +267,7 @@ class _Evil:
 
 
 @pytest.mark.slow
-def test_a_run_folder_with_a_hostile_or_truncated_optimizer_state(tmp_path):
+def test_a_run_folder_with_a_hostile_or_truncated_optimizer_state(tmp_path, cli_server):
     """4. A resumed train whose optimizer.pt is a planted pickle or a truncated file: one line, exit 2, and the
     pickle never runs. 4/8. `sample --out` into a read-only place: one line."""
     import pickle
@@ -271,27 +275,27 @@ def test_a_run_folder_with_a_hostile_or_truncated_optimizer_state(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     train = ["train", "--model", "toy-digits", "--out", "run", "--steps", "2", "--batch-size", "8", "--save-every", "1"]
-    check(run_cli(train, work, memory=RUN_LIMIT, timeout=600), 0, "")
+    check(run_cli(cli_server, train, work, memory=RUN_LIMIT, timeout=600), 0, "")
     optimizer = work / "run" / "optimizer.pt"
     assert optimizer.is_file()
     resume = [*train[:5], "--steps", "4", *train[7:]]
     optimizer.write_bytes(pickle.dumps(_Evil()))
-    check(run_cli(resume, work, memory=RUN_LIMIT, timeout=600), 2, "not a readable optimizer state")
+    check(run_cli(cli_server, resume, work, memory=RUN_LIMIT, timeout=600), 2, "not a readable optimizer state")
     assert not (work / "pwned").exists()
     optimizer.write_bytes(b"PK\x03\x04truncated")
-    check(run_cli(resume, work, memory=RUN_LIMIT, timeout=600), 2, "not a readable optimizer state")
-    r = run_cli(["sample", "--model", "run", "--out", "/sys/snapbench-sample.png", "--prompt", "digit 3", "--per-prompt",
+    check(run_cli(cli_server, resume, work, memory=RUN_LIMIT, timeout=600), 2, "not a readable optimizer state")
+    r = run_cli(cli_server, ["sample", "--model", "run", "--out", "/sys/snapbench-sample.png", "--prompt", "digit 3", "--per-prompt",
                  "1", "--steps", "2"], work, memory=RUN_LIMIT, timeout=600)
     check(r, 2, "choose a writable folder")
     assert not list(tmp_path.rglob("*.lock"))
 
 
-def test_profile_names_the_shipped_table_where_it_is(tmp_path):
+def test_profile_names_the_shipped_table_where_it_is(tmp_path, cli_server):
     """8. From a folder with no tables, profile's figures come from the table shipped in the package; the
     path it prints (and puts in --json) is that file, not a relative path that does not exist here."""
     work = tmp_path / "work"
     work.mkdir()
-    r = run_cli(["profile", "--model", "sd15", "--device", "iphone14pro", "--json"], work, memory=RUN_LIMIT)
+    r = run_cli(cli_server, ["profile", "--model", "sd15", "--device", "iphone14pro", "--json"], work, memory=RUN_LIMIT)
     check(r, 0, '"table"')
     said = r.stderr.strip().splitlines()[-1]
     assert said.endswith(": every figure came from the table; nothing to write"), said
@@ -304,7 +308,7 @@ def test_help_shows_defaults_and_flags_as_written(tmp_path):
     """8. Shared options' help is escaped once (it showed "\\[default: ...]"); a flag shows no "<bool>"."""
     work = tmp_path / "work"
     work.mkdir()
-    r = run_cli(["inspect", "--help"], work, env={"COLUMNS": "200"})
+    r = run_console_script(["inspect", "--help"], work, env={"COLUMNS": "200"})
     check(r, 0, "[default: the plain file")
     assert "\\[" not in r.stdout
     flag_lines = [line for line in r.stdout.splitlines() if "--json" in line or "--no-blocks" in line]

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from snapbench.devices.catalog import Device, resolve_device
+from snapbench.devices.catalog import Device
 from snapbench.profilers.estimate.params import CHIP_GENERATIONS, OP_CLASSES, AneParams, load_params
 from snapbench.profilers.estimate.program_ops import OpRecord, dtype_bits
 
@@ -370,16 +370,16 @@ def _static_reason(r: OpRecord) -> str:
 # --------------------------------------------------------------------------------------------------------
 
 
-def estimate_ops(ops: Sequence[OpRecord] | PreparedOps, device: Device | str, *,
+def estimate_ops(ops: Sequence[OpRecord] | PreparedOps, device: Device, *,
                  params: AneParams | None = None) -> Estimate:
-    """Price a program's op records on `device`. Pass a `PreparedOps` to price one program many times."""
+    """Price a program's op records on `device` (resolved once, by the caller: `devices.catalog.resolve_device`).
+    Pass a `PreparedOps` to price one program many times."""
     params = params or load_params()
-    dev = resolve_device(device)
     prep = ops if isinstance(ops, PreparedOps) else prepare(list(ops), params.pad_bytes)
     if prep.pad_bytes != params.pad_bytes:
         prep = prepare(prep.records, params.pad_bytes)
-    times = price(prep, dev, params)
-    return _summarise(prep, dev, params, times)
+    times = price(prep, device, params)
+    return _summarise(prep, device, params, times)
 
 
 @dataclass(frozen=True)
@@ -570,7 +570,7 @@ def _summarise(prep: PreparedOps, dev: Device, p: AneParams, t: _Times) -> Estim
 # --------------------------------------------------------------------------------------------------------
 
 
-def estimate_package(path_or_mlmodel: Any, device: Device | str, *, params: AneParams | None = None) -> Estimate:
+def estimate_package(path_or_mlmodel: Any, device: Device, *, params: AneParams | None = None) -> Estimate:
     """Estimate an `.mlpackage` (op records cached next to it) or an in-memory `ct.models.MLModel`."""
     from snapbench.profilers.estimate.program_ops import read_op_records
 
