@@ -89,11 +89,11 @@ def test_deploy_mode_makes_one_package_per_block_with_the_checkpoints_weights(tm
 
 
 def test_deploy_mode_refuses_a_model_the_memory_cannot_hold():
-    from snapbench.dit.convert import _check_memory
+    from snapbench.dit.convert import check_memory
     from snapbench.errors import SnapbenchError
 
     with pytest.raises(SnapbenchError, match="--mode deploy builds the whole model"):
-        _check_memory("huge", 10**15)
+        check_memory("huge", 10**15)
 
 
 def test_dit_convert_and_profile_refuse_what_they_do_not_do(tmp_path, capsys):

@@ -42,14 +42,15 @@ class ConvertRequest:
     weights: Path | None = None  # the text encoder's / VAE's folder, or a pipeline folder holding them
     vae_encoder: bool = False  # pipeline: also the VAE encoder (image-to-image)
     compile: bool = False  # pipeline: also .mlmodelc folders (macOS)
+    drop_text_encoders: tuple[str, ...] = ()  # pipeline of a DiT: text encoders left out (clip-l, clip-g, t5, gemma)
     progress: bool = True  # a progress bar on stderr
     say: Callable[[str], None] | None = None  # one line per package, where a converter has no bar (DiTs)
 
     def __post_init__(self) -> None:
         if self.part not in PARTS:
             raise SnapbenchError(f"cannot convert {self.part!r}: one of {', '.join(PARTS)}")
-        if (self.vae_encoder or self.compile) and self.part != "pipeline":
-            raise SnapbenchError("--vae-encoder and --compile go with --pipeline")
+        if (self.vae_encoder or self.compile or self.drop_text_encoders) and self.part != "pipeline":
+            raise SnapbenchError("--vae-encoder, --compile and --drop-text-encoder go with --pipeline")
         if self.options.chunks != 1 and self.part not in ("unet", "pipeline"):
             raise SnapbenchError("--chunks applies to the UNet only (--whole, --component unet or --pipeline)")
 
@@ -57,12 +58,21 @@ class ConvertRequest:
 def convert(request: ConvertRequest) -> ConvertResult:
     """Convert what `request` names into `request.out_dir` (packages + manifest.json)."""
     r = request
-    if r.part == "blocks" and backbone_for(r.source).name == DitBackbone.name:
+    dit = backbone_for(r.source).name == DitBackbone.name
+    if r.part == "blocks" and dit:
         # a DiT block can have several outputs (SD3's joint block returns both streams): its own converter
         return convert_dit(r.source, r.out_dir, r.options, say=r.say)
+    if r.part == "unet" and dit:  # --whole: the whole transformer in one package
+        from snapbench.converters.whole_model import convert_single
+        from snapbench.dit.whole import whole_dit_single
+
+        return convert_single(whole_dit_single(r.source, r.options), r.out_dir, r.options, progress=r.progress)
+    if r.part in ("text_encoder", "vae_decoder") and dit:
+        raise SnapbenchError(f"--component {r.part} is for UNet models; a DiT's text encoders and VAE decoder "
+                             "convert with --pipeline")
     if r.part == "blocks":
         return convert_model(r.source, r.out_dir, r.options, progress=r.progress)
     if r.part == "pipeline":
         return convert_pipeline(r.source, r.out_dir, r.options, weights=r.weights, vae_encoder=r.vae_encoder,
-                                compile=r.compile, progress=r.progress)
+                                compile=r.compile, progress=r.progress, drop_text_encoders=r.drop_text_encoders)
     return convert_component(r.part, r.source, r.out_dir, r.options, weights=r.weights, progress=r.progress)

@@ -142,6 +142,9 @@ def conversion_context() -> Iterator[None]:
     from coremltools.optimize.coreml import _post_training_quantization as ptq
     from coremltools.optimize.coreml import _quantization_passes as qpasses
 
+    from snapbench.converters.torch_ops import register
+
+    register()  # ops coremltools lacks that the DiT pipelines' parts trace to
     original_check = FP16ComputePrecision.__dict__["fp16_overflow"]
     bar_owners = ((pass_pipeline, "tqdm"), (torch_ops, "_tqdm"), (ptq, "tqdm"), (qpasses, "tqdm"))
     original_bars = [getattr(mod, name) for mod, name in bar_owners]

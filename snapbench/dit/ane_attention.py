@@ -132,15 +132,24 @@ def rewrite_block(unit: nn.Module, impl: str, *, query_chunk_size: int = DEFAULT
         raise SnapbenchError(f"--attention {impl!r}: DiT blocks take {', '.join(DIT_ATTENTION_IMPLS)}")
     if impl == "original":
         return unit
+    return rewrite_attention(copy.deepcopy(unit), impl, query_chunk_size).eval()
+
+
+def rewrite_attention(module: nn.Module, impl: str, query_chunk_size: int = DEFAULT_QUERY_CHUNK_SIZE) -> nn.Module:
+    """Every diffusers `Attention` under `module` (a block, or a whole DiT) given the Neural-Engine processor,
+    in place; the weights are untouched."""
+    if impl not in DIT_ATTENTION_IMPLS:
+        raise SnapbenchError(f"--attention {impl!r}: DiT blocks take {', '.join(DIT_ATTENTION_IMPLS)}")
+    if impl == "original":
+        return module
     from diffusers.models.attention_processor import Attention, SanaLinearAttnProcessor2_0
 
-    new = copy.deepcopy(unit)
-    for module in new.modules():
-        if isinstance(module, Attention):
+    for m in module.modules():
+        if isinstance(m, Attention):
             for norm in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
-                n = getattr(module, norm, None)
+                n = getattr(m, norm, None)
                 if n is not None and type(n).__name__ != "RMSNorm":
                     raise SnapbenchError(f"ANE attention supports RMS q/k norms; this block has {type(n).__name__}")
-            linear = isinstance(module.processor, SanaLinearAttnProcessor2_0)
-            module.set_processor(ANELinearAttnProcessor() if linear else ANEAttnProcessor(impl, query_chunk_size))
-    return new.eval()
+            linear = isinstance(m.processor, SanaLinearAttnProcessor2_0)
+            m.set_processor(ANELinearAttnProcessor() if linear else ANEAttnProcessor(impl, query_chunk_size))
+    return module
