@@ -10,29 +10,20 @@ from __future__ import annotations
 import functools
 import io
 import json
-import math
-from pathlib import Path
 
 import pytest
 from profile_fakes import FakePackages, toy_estimator
+from report_page import ARGS, BROWSER_MARKS, CELLS_JS, CHROMIUM, assert_cells_match
 
 from snapbench.devices.catalog import resolve_device
 from snapbench.dit.spec import load_preset
 from snapbench.report.gather_data import gather
 from snapbench.report.latency_source import profile_with_snapbench
-from snapbench.report.render import FORMATTERS
 from snapbench.report.write import write_report
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"{CHROMIUM} missing (`make browser` installs Debian's chromium)"),
-]
+pytestmark = BROWSER_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 EVIL = '<script>alert("x")</script>'
 
 
@@ -91,25 +82,9 @@ def test_table3_shows_each_transformer_block_change(page):
     assert "SWAPPED: MQA" in blocks.upper() and "REMOVED" in blocks.upper()  # tags print in capitals
 
 
-def _at(data, path: str):
-    """The value at a data-json path; None where the path passes through a missing part (a DiT's budget)."""
-    for part in path.split("."):
-        if data is None:
-            return None
-        data = data[int(part)] if isinstance(data, list) else data[part]
-    return data
-
-
 def test_numbers_on_the_page_are_the_json_numbers(page, built):
     data = built[1]
-    cells = page[0].eval_on_selector_all(
-        "[data-json]", "els => els.map(e => [e.dataset.json, e.dataset.value, e.dataset.fmt, e.innerText.trim()])")
+    cells = page[0].eval_on_selector_all("[data-json]", CELLS_JS)
     paths = {c[0] for c in cells}
     assert {"results.0.stages.1.tb_ms", "models.1.stage_params.3.tb_params", "results.1.components.unet.ms"} <= paths
-    for path, value, fmt, text in cells:
-        expected = _at(data, path)
-        if expected is None:
-            assert value == "" and text == "\u2014", path
-            continue
-        assert math.isclose(float(value), float(expected), rel_tol=1e-12), path
-        assert text == FORMATTERS[fmt](expected), (path, text)
+    assert_cells_match(cells, data)
