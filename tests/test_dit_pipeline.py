@@ -96,8 +96,10 @@ def test_whole_backbone_equals_diffusers_and_its_rewrites_pass_35_db(name):
 
     source = resolve_dit(name)
     assert whole_psnr(source, OPTS) == math.inf  # the elastic DiT with every block kept is diffusers' forward
-    # v2 with 4-query chunks: the 16 image tokens (+ 8 text in SD3's joint attention) really are chunked
-    assert whole_psnr(source, replace(OPTS, attention="split_einsum_v2"), query_chunk_size=4) >= 35.0
+    # fp32 and the same maths: far above Apple's 35 dB bar (142-149 dB here). v2 with 4-query chunks: the 16
+    # image tokens (+ 8 text in SD3's joint attention) really are chunked
+    assert whole_psnr(source, replace(OPTS, attention="split_einsum")) >= 100.0
+    assert whole_psnr(source, replace(OPTS, attention="split_einsum_v2"), query_chunk_size=4) >= 100.0
 
 
 def test_the_psnr_check_can_fail():
