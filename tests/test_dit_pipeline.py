@@ -165,6 +165,8 @@ def test_bad_input_for_whole_and_pipeline_is_one_line_and_writes_nothing(capsys,
         assert "do not match the config" in line
     line = _one_error_line(capsys, ["convert", "--model", "sd3-tiny", "--component", "vae_decoder", "--out", str(out)])
     assert "convert with --pipeline" in line
+    line = _one_error_line(capsys, ["convert", "--model", "sd3-tiny", "--pipeline", "--chunks", "2", "--out", str(out)])
+    assert "Transformer is one package" in line
     assert not out.exists()
 
 
@@ -188,6 +190,11 @@ def test_sd3_pipeline_converts_every_part_under_its_interface(tmp_path):
                                progress=False))
     assert r.ok and r.converted == ["TextEncoder", "TextEncoder2", "TextEncoderT5", "Transformer", "VAEDecoder"]
     sizes = _check_folder(out, "sd3")
+    from snapbench.converters.swift_interface import folder_family, interface_markdown
+
+    assert folder_family(out) == "sd3"
+    table = interface_markdown(out)  # the README's table, for this family's packages
+    assert "| `Transformer.mlpackage` | `sample` float32 (B, C, H, W), `timestep` float32 (B,)" in table
     assert sizes["S1"] + sizes["S2"] == sizes["T"] == 8 and sizes["P1"] + sizes["P2"] == sizes["P"] == 12
     assert sizes["C"] == 4 and sizes["H"] == 8
     assert any(n.startswith("TextEncoderT5 (test-sized T5-XXL encoder): 35,656 parameters") for n in r.notes)
@@ -209,6 +216,9 @@ def test_pixart_and_sana_pipelines_convert(tmp_path, name, family, encoder):
     assert r.ok and r.converted == [encoder, "Transformer", "VAEDecoder"], r.failed
     sizes = _check_folder(out, family)
     assert sizes["T"] == 8 and sizes["H"] == 8
+    from snapbench.converters.swift_interface import folder_family
+
+    assert folder_family(out) == family
 
 
 def test_the_gemma_wrapper_is_gemmas_own_causal_forward():
