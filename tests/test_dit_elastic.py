@@ -8,14 +8,15 @@ import json
 import pytest
 import torch
 
-from snapbench.backbones import backbone_for
+from snapbench.backbones import backbone_for, resolve_model
 from snapbench.dit.cut import example_inputs
-from snapbench.dit.source import dit_spec, resolve_dit, save_dit
+from snapbench.dit.elastic import save_dit
+from snapbench.dit.source import dit_spec, resolve_dit
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.actions import Action, parse_action, removal_actions
 from snapbench.evolution.latency_costs import FixedTable, costs_from_source
 from snapbench.model.elastic_unet import PerRow
-from snapbench.model.loading import ModelSource, resolve_model
+from snapbench.model.loading import ModelSource
 from snapbench.settings import InputShapes
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice
 from snapbench.specs.variants import Variant

@@ -16,17 +16,21 @@ is the diffusers `transformer/` plus two small safetensors files.
 from __future__ import annotations
 
 import copy
+import json
+import os
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from snapbench.dit.cut import make_units
-from snapbench.dit.source import dit_spec
+from snapbench.dit.source import SPEC_FILE, TRANSFORMER, dit_spec
 from snapbench.dit.units import CrossBlockUnit, DitUnit, JointBlockUnit
 from snapbench.errors import SnapbenchError
 from snapbench.model.elastic_unet import Disabled, PerRow, carry_over
+from snapbench.model.loading import COPIES_FILE, VARIANTS_FILE, ModelSource
 from snapbench.specs.arch_spec import ArchSpec
 from snapbench.specs.variants import Variant
 
@@ -165,3 +169,40 @@ class ElasticDiT(nn.Module):
 
 def _one(outs: tuple[torch.Tensor, ...]) -> Any:
     return outs[0] if len(outs) == 1 else outs
+
+
+def save_dit(model: ElasticDiT, folder: str | os.PathLike[str]) -> Path:
+    """An elastic DiT as dit.json + transformer/ (diffusers save_pretrained) + copies / variants safetensors,
+    written under a temporary name and renamed: a folder that exists is complete."""
+    from safetensors.torch import save_file
+
+    from snapbench.atomic import atomic_path, atomic_write_text
+
+    out = Path(folder)
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        atomic_write_text(tmp / SPEC_FILE, json.dumps(dit_spec(model.spec).to_dict(), indent=2) + "\n")
+        model.base.save_pretrained(tmp / TRANSFORMER, safe_serialization=True)
+        for modules, name in ((model.copies, COPIES_FILE), (model.variants, VARIANTS_FILE)):
+            state = {k: v.detach().contiguous().cpu() for k, v in modules.state_dict().items()}
+            if state:
+                save_file(state, str(tmp / name))
+    return out
+
+
+def load_extra_weights(model: ElasticDiT, source: ModelSource) -> None:
+    """Copied and variant blocks' weights from a saved folder into a freshly built elastic DiT (on meta:
+    nothing to load). A file that does not fit the spec's blocks is refused in one line."""
+    from snapbench.user_files import load_safetensors
+
+    for path, modules in ((source.copies_file, model.copies), (source.variants_file, model.variants)):
+        if path is None or next(model.base.parameters()).device.type == "meta":
+            continue
+        state = load_safetensors(path)
+        want = {k: tuple(v.shape) for k, v in modules.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        if want != got:
+            wrong = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
+            raise SnapbenchError(f"{path}: does not fit {source.spec.name}'s copied / variant blocks (first "
+                                 f"mismatch: {wrong[0]}); the folder's {SPEC_FILE} and weights disagree")
+        modules.load_state_dict(state)

@@ -102,7 +102,7 @@ def parse_moves(text: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(m for m in MOVE_NAMES if m in parts)
 
 
-def check_moves_apply(moves: Sequence[str], spec: ArchSpec, slots: Sequence[Slot]) -> None:
+def check_moves_apply(moves: Sequence[str], spec: ArchSpec, slots: Sequence[Slot], flag: str = "--moves") -> None:
     """Every swap asked for must apply to some block of the starting model; one line naming why not."""
     for name in moves:
         swap = SWAPS.get(name)
@@ -112,8 +112,8 @@ def check_moves_apply(moves: Sequence[str], spec: ArchSpec, slots: Sequence[Slot
         if all(reasons):
             kinds = [r for r in reasons if r and not r.startswith("applies to")]
             why = kinds[0] if kinds else f"it has no {swap.kind} blocks"
-            raise SnapbenchError(f"--moves {name}: applies to no block of {spec.name} ({why}); "
-                                 f"drop {name} from --moves")
+            raise SnapbenchError(f"{flag} {name}: applies to no block of {spec.name} ({why}); "
+                                 f"drop {name} from {flag}")
 
 
 def heads_of(config: Mapping[str, Any], slot: Slot) -> int:
