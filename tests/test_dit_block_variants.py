@@ -103,7 +103,7 @@ def test_variant_blocks_are_cheaper_and_have_their_own_signature(name):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_the_neural_engine_rewrite_of_a_variant_model_passes_35_db(name):
-    from snapbench.dit.whole import build_whole
+    from snapbench.converters.dit_whole import build_whole
 
     src = resolve_dit(name)
     source = ModelSource("v", _all(src.spec, Variant(kv_heads=1, ff_mult=2)))
