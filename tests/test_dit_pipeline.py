@@ -239,3 +239,37 @@ def test_movedim_converter_permutation_is_torchs(shape, src, dst):
     x = torch.randn(shape)
     perm = movedim_perm(len(shape), src if isinstance(src, list) else [src], dst if isinstance(dst, list) else [dst])
     assert torch.equal(x.permute(perm), torch.movedim(x, src, dst))
+
+
+@pytest.mark.slow
+def test_a_local_pipeline_folder_gives_each_part_its_own_weights(tmp_path):
+    """A diffusers PixArt folder (model_index.json, transformer/, text_encoder/, vae/): every part is read
+    from its own subfolder, and the text encoder's size is counted from the folder's config."""
+    from diffusers import AutoencoderKL
+
+    from snapbench.converters.dit_app import vae_config
+    from snapbench.dit.source import dit_spec
+
+    pipe = tmp_path / "pipe"
+    source = resolve_dit("pixart-sigma-tiny")
+    build_dit(source, seed=4).save_pretrained(pipe / "transformer", safe_serialization=True)
+    (enc,) = encoders_for(dit_spec(source.spec), 8)
+    torch.manual_seed(5)
+    t5 = model_class(enc)(transformers_config(enc))
+    t5.save_pretrained(pipe / "text_encoder", safe_serialization=True)
+    _, _, cfg = vae_config(dit_spec(source.spec))
+    vae = AutoencoderKL(**cfg)
+    vae.save_pretrained(pipe / "vae", safe_serialization=True)
+    (pipe / "model_index.json").write_text(json.dumps({"_class_name": "PixArtSigmaPipeline"}))
+    out = tmp_path / "app"
+    r = convert(ConvertRequest(resolve_dit(pipe), out, OPTS, "pipeline", progress=False))
+    assert r.ok and r.converted == ["TextEncoderT5", "Transformer", "VAEDecoder"], r.failed
+    assert any("35,656 parameters" in n for n in r.notes)
+    manifest = json.loads((out / "manifest.json").read_text())
+    weights = {b["id"]: b["weights_hash"] for b in manifest["blocks"]}
+    assert weights["TextEncoderT5"] == str(pipe / "text_encoder") and weights["VAEDecoder"] == str(pipe / "vae")
+    from snapbench.converters.dit_app import dit_parts
+
+    parts = {p.name: p for p in dit_parts(resolve_dit(pipe), OPTS)[0]}
+    assert torch.equal(parts["TextEncoderT5"].build()[0].t5.shared.weight, t5.shared.weight)
+    assert torch.equal(parts["VAEDecoder"].build()[0].decoder.conv_in.weight, vae.decoder.conv_in.weight)
