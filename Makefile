@@ -65,6 +65,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_convert.py
 	$(BIN)/python benchmarks/bench_profile.py
 	$(BIN)/python benchmarks/bench_lookup.py
+	$(BIN)/python benchmarks/bench_cli_runs.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .snapbench-cache
