@@ -12,11 +12,7 @@ import torch
 
 from snapbench.cli import main
 from snapbench.converters.ane_attention import psnr
-from snapbench.converters.entry import ConvertRequest, convert
-from snapbench.converters.options import ConvertOptions
-from snapbench.converters.swift_interface import check_package, family_rules
-from snapbench.dit.source import build_dit, resolve_dit
-from snapbench.dit.text_encoders import (
+from snapbench.converters.dit_text_encoders import (
     GEMMA2_2B,
     SD3_CLIP_G,
     SD3_CLIP_L,
@@ -30,7 +26,11 @@ from snapbench.dit.text_encoders import (
     model_class,
     transformers_config,
 )
-from snapbench.dit.whole import whole_psnr
+from snapbench.converters.dit_whole import whole_psnr
+from snapbench.converters.entry import ConvertRequest, convert
+from snapbench.converters.options import ConvertOptions
+from snapbench.converters.swift_interface import check_package, family_rules
+from snapbench.dit.source import build_dit, resolve_dit
 
 TINY = ["sd3-tiny", "sd35-tiny", "pixart-sigma-tiny", "sana-tiny"]
 OPTS = ConvertOptions(latent=8, tokens=8)
@@ -102,8 +102,8 @@ def test_whole_backbone_equals_diffusers_and_its_rewrites_pass_35_db(name):
 
 def test_the_psnr_check_can_fail():
     """A wrong rewrite (the query scale dropped) falls far below the bar."""
-    from snapbench.dit.ane_attention import ANEAttnProcessor
-    from snapbench.dit.whole import build_whole
+    from snapbench.converters.dit_ane_attention import ANEAttnProcessor
+    from snapbench.converters.dit_whole import build_whole
 
     source = resolve_dit("pixart-sigma-tiny")
     opts = ConvertOptions(latent=8, tokens=8, attention="split_einsum")
@@ -113,7 +113,7 @@ def test_the_psnr_check_can_fail():
             m.scale = m.scale * 30
     x = torch.randn(2, 4, 8, 8)
     t, c = torch.full((2,), 500.0), torch.randn(2, 8, 24)
-    from snapbench.converters.pipeline import one_torch_thread
+    from snapbench.converters.runtime import one_torch_thread
 
     with torch.no_grad(), one_torch_thread():
         want = reference(hidden_states=x, timestep=t, encoder_hidden_states=c, return_dict=False)[0]
@@ -210,7 +210,7 @@ def test_pixart_and_sana_pipelines_convert(tmp_path, name, family, encoder):
 
 
 def test_the_gemma_wrapper_is_gemmas_own_causal_forward():
-    from snapbench.dit.app import AppGemma
+    from snapbench.converters.dit_app import AppGemma
 
     enc = TextEncoderSpec("gemma", "TextEncoderGemma", "Gemma", "gemma2", _tiny_gemma(24), 8, "text_encoder", False)
     torch.manual_seed(0)

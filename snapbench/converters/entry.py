@@ -1,7 +1,7 @@
 """The one conversion entry point: `convert(ConvertRequest(...)) -> ConvertResult`.
 
 What to convert is data (`ConvertRequest.part`), not a choice among functions: every block of the
-backbone (one package per block or signature; a DiT's blocks by `dit/convert.py`), one whole
+backbone (one package per block or signature; a DiT's blocks by `converters/convert_dit.py`), one whole
 model or pipeline part, or the app pipeline for Apple's Swift package. Every kind lands in one folder with
 a manifest and hands back the same `ConvertResult`, so callers (the `convert` command, the profile
 command's package cache) never ask which kind they got.
@@ -20,10 +20,10 @@ from typing import Literal, get_args
 from snapbench.backbones import DitBackbone, backbone_for
 from snapbench.converters.components import convert_component
 from snapbench.converters.convert_blocks import convert_model
+from snapbench.converters.convert_dit import convert_dit
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.pipeline import convert_pipeline
 from snapbench.converters.result import ConvertResult
-from snapbench.dit.convert import convert_dit
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
 
@@ -63,8 +63,8 @@ def convert(request: ConvertRequest) -> ConvertResult:
         # a DiT block can have several outputs (SD3's joint block returns both streams): its own converter
         return convert_dit(r.source, r.out_dir, r.options, say=r.say)
     if r.part == "unet" and dit:  # --whole: the whole transformer in one package
+        from snapbench.converters.dit_whole import whole_dit_single
         from snapbench.converters.whole_model import convert_single
-        from snapbench.dit.whole import whole_dit_single
 
         return convert_single(whole_dit_single(r.source, r.options), r.out_dir, r.options, progress=r.progress)
     if r.part in ("text_encoder", "vae_decoder") and dit:

@@ -13,14 +13,12 @@ key is already in the folder is kept, so a re-run converts only what changed and
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +48,7 @@ from snapbench.converters.convert_package import (
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.result import ConvertResult
+from snapbench.converters.runtime import one_torch_thread
 from snapbench.converters.swift_interface import XL_FAMILY, family_for, with_swift_dtypes
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.model.loading import ModelSource
@@ -199,26 +198,6 @@ def _entry(part: AppPart, key: str, state: str, **kw: Any) -> ManifestBlock:
         weights_hash=str(part.identity.get("weights")), weights_read=part.identity.get("read"), **kw)
 
 
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """PyTorch on one thread while a part is built, checked and traced.
-
-    Everything PyTorch computes here is small (attention checks at 16 x 16, UNet chunks traced at 8 x 8,
-    the VAE at 8 x 8, the text encoder at batch 1): thousands of tiny ops, for which a second OpenMP
-    thread buys nothing and costs a barrier per op, and when the CPU is shared each barrier waits for a
-    descheduled thread (SD-v1.5's chunk 2 built in 44 s on two threads, 7 s on one, at load 5 on 2 cores).
-    The rest of a conversion (coremltools) is single-threaded Python anyway.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def skipped_passes(part: AppPart, opts: ConvertOptions) -> tuple[str, ...]:
     return UNET_SKIPPED_PASSES if part.kind == "unet" and opts.attention != "original" else ()
 
@@ -287,7 +266,7 @@ def convert_pipeline(source: ModelSource, out_dir: Path, opts: ConvertOptions = 
     if is_dit(source):
         if vae_encoder:
             raise SnapbenchError("--vae-encoder: a DiT pipeline has no VAE encoder package yet; leave it out")
-        from snapbench.dit.app import dit_parts
+        from snapbench.converters.dit_app import dit_parts
 
         parts_folder = ModelFolder(None, None, None, None)  # dit_parts reads a pipeline folder's parts itself
         parts, sizes = dit_parts(source, opts, weights=weights, drop=drop_text_encoders)

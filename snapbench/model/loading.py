@@ -67,17 +67,14 @@ def model_latent(spec: ArchSpec, latent: int | None = None) -> int:
     return int(size)
 
 
-def resolve_model(ref: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None, variant: str | None = None,
-                  subfolder: str | None = None, revision: str | None = None) -> ModelSource:
-    """What `--model` (and `--weights`) name. `variant`: which weights file of a folder (None: the plain
+def resolve_unet(ref: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None, variant: str | None = None,
+                 subfolder: str | None = None, revision: str | None = None) -> ModelSource:
+    """What `--model` (and `--weights`) name, read as a UNet (SD-1.x/2.x, SDXL-class): a preset, an arch spec,
+    a diffusers UNet or pipeline folder, a hub id. `variant`: which weights file of a folder (None: the plain
     one, else the only variant present). `subfolder` / `revision`: inside a folder or hub snapshot, and
-    which snapshot of a hub id."""
+    which snapshot of a hub id. The pipeline calls `snapbench.backbones.resolve_model`, which lets the other
+    families (a DiT) claim the reference first."""
     ref_s = str(ref)
-    if weights is None and subfolder is None and revision is None:
-        from snapbench.dit.source import is_dit_ref, resolve_dit
-
-        if is_dit_ref(ref_s):  # a DiT preset, spec or folder: the DiT family reads it (dit/source.py)
-            return resolve_dit(ref_s, variant=variant)
     p = _local_or_hub(ref_s, subfolder, revision)
     if p.is_dir():
         source = _from_folder(p, variant)
@@ -392,4 +389,4 @@ def save_elastic(model: ElasticUNet, folder: str | Path) -> Path:
     return out
 
 
-__all__ = ["ModelSource", "resolve_model", "build_unet", "meta_unet", "new_unet", "save_elastic", "preset_names"]
+__all__ = ["ModelSource", "resolve_unet", "build_unet", "meta_unet", "new_unet", "save_elastic", "preset_names"]

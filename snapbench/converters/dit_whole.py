@@ -1,7 +1,7 @@
 """`convert --whole` for DiTs: the whole backbone (every kept, copied and variant block, the embeddings and
 the final layer) in one Core ML package, its attention rewritten for the Neural Engine if asked.
 
-    from snapbench.dit.whole import whole_dit_single
+    from snapbench.converters.dit_whole import whole_dit_single
     convert_single(whole_dit_single(resolve_dit("pixart-sigma-tiny"), opts), out, opts)
 
 Interface (the names `dit.cut.example_inputs` gives, read by `ElasticDiT.forward`):
@@ -36,7 +36,7 @@ class WholeDiT(nn.Module):
     def __init__(self, model: nn.Module, attention: str, query_chunk_size: int = DEFAULT_QUERY_CHUNK_SIZE) -> None:
         super().__init__()
         if attention != "original":
-            from snapbench.dit.ane_attention import rewrite_attention
+            from snapbench.converters.dit_ane_attention import rewrite_attention
 
             rewrite_attention(model, attention, query_chunk_size)  # base, copies and variants alike
         self.model = model.eval()
@@ -75,7 +75,7 @@ def whole_counts(source: ModelSource, opts: ConvertOptions) -> tuple[int, int, i
     """Parameters, MACs and MACs outside attention of what the package runs: the blocks cut on the meta
     device at the conversion's shapes (removed blocks run nothing; copies count again)."""
     from snapbench.backbones.dit import DitBackbone
-    from snapbench.dit.convert import shapes_of
+    from snapbench.converters.convert_dit import shapes_of
 
     backbone = DitBackbone()
     blocks = [b for b in backbone.cut(backbone.build(source, device="meta"), shapes_of(opts),
@@ -106,7 +106,7 @@ def whole_psnr(source: ModelSource, opts: ConvertOptions, *, seed: int = 0,
     on seeded random inputs at the conversion's shapes. Needs a spec with every block kept (diffusers'
     model has no removed or copied blocks to compare with)."""
     from snapbench.converters.ane_attention import psnr
-    from snapbench.converters.pipeline import one_torch_thread
+    from snapbench.converters.runtime import one_torch_thread
     from snapbench.dit.source import build_dit
 
     spec = dit_spec(source.spec)

@@ -12,7 +12,7 @@ folder's, else the seeded random ones): it builds the whole model in memory firs
 whose fp32 weights would not fit in the memory available.
 
 Transformer blocks take `opts.attention`: "original" converts diffusers' modules as they are; the
-Neural Engine variants replace the block's attention (dit/ane_attention.py).
+Neural Engine variants replace the block's attention (converters/dit_ane_attention.py).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def block_module(unit: DitUnit, attention: str) -> torch.nn.Module:
     """What goes into the package: the block, with its attention rewritten for the Neural Engine if asked."""
     if unit.kind != "TB" or attention == "original":
         return unit
-    from snapbench.dit.ane_attention import rewrite_block
+    from snapbench.converters.dit_ane_attention import rewrite_block
 
     return rewrite_block(unit, attention)
 

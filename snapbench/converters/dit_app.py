@@ -23,11 +23,7 @@ import torch
 from torch import nn
 
 from snapbench.converters.app_parts import AppPart, small_image_inputs
-from snapbench.converters.options import ConvertOptions
-from snapbench.converters.package_io import PackageIO
-from snapbench.converters.swift_interface import with_swift_dtypes
-from snapbench.dit.source import dit_spec
-from snapbench.dit.text_encoders import (
+from snapbench.converters.dit_text_encoders import (
     TextEncoderSpec,
     encoders_for,
     model_class,
@@ -37,6 +33,10 @@ from snapbench.dit.text_encoders import (
     transformers_config,
     weight_bytes,
 )
+from snapbench.converters.options import ConvertOptions
+from snapbench.converters.package_io import PackageIO
+from snapbench.converters.swift_interface import with_swift_dtypes
+from snapbench.dit.source import dit_spec
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
 
@@ -168,7 +168,7 @@ def text_encoder_parts(source: ModelSource, opts: ConvertOptions, root: Path | N
 
 def backbone_part(source: ModelSource, opts: ConvertOptions, family: str) -> AppPart:
     from snapbench.converters.convert_package import example_inputs
-    from snapbench.dit.whole import build_whole, whole_dit_single
+    from snapbench.converters.dit_whole import build_whole, whole_dit_single
 
     single = whole_dit_single(source, opts)
     io = with_swift_dtypes(single.io, BACKBONE, family)
@@ -277,7 +277,7 @@ def dit_parts(source: ModelSource, opts: ConvertOptions, *, weights: Path | None
     root = pipeline_root(source, weights)
     encoders, lines = text_encoder_parts(source, opts, root, drop)
     parts = [*encoders, backbone_part(source, opts, family), vae_decoder_part(source, opts, family, root)]
-    from snapbench.dit.convert import check_memory
+    from snapbench.converters.convert_dit import check_memory
 
     biggest = max(parts, key=lambda p: p.params)  # parts are built one at a time: the largest is the peak
     check_memory(f"{spec.name} {biggest.name}", biggest.params, what="--pipeline builds each part in memory in turn",
