@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.model.elastic_unet import ElasticUNet
 from snapbench.training.checkpoints import ModelBundle, load_bundle, save_bundle
@@ -108,7 +109,7 @@ class TrainConfig:
     def skip_probabilities(self) -> SkipProbabilities:
         return self.skip if self.robust else NO_SKIP
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return asdict(self)
 
     @classmethod
