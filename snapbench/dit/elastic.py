@@ -37,17 +37,19 @@ from snapbench.specs.variants import Variant
 
 def block_variant(block: nn.Module, v: Variant, where: str) -> nn.Module:
     """A copy of a PixArt / Sana / SD3 block made the variant `v` (the base block itself when `v` is the
-    default). PixArt's blocks are diffusers' BasicTransformerBlock, so the UNet's CA variant code applies."""
+    default). PixArt's blocks are diffusers' BasicTransformerBlock, so the UNet's CA variant code applies;
+    SD3's and Sana's have their own (dit/block_variants.py)."""
     from snapbench.model.variants import grouped_query_attention, narrower_feed_forward
 
     if v.is_default:
         return block
-    if type(block).__name__ != "BasicTransformerBlock":
-        raise SnapbenchError(f"{where}: block variants (kv_heads, ff_mult) apply to PixArt blocks so far; "
-                             f"this block is a {type(block).__name__}")
     if not v.self_attention:
         raise SnapbenchError(f"{where}: self_attention=false would leave a DiT block without its image attention; "
                              "remove the block instead")
+    if type(block).__name__ != "BasicTransformerBlock":  # SD3's joint blocks, Sana's linear-attention blocks
+        from snapbench.dit.block_variants import dit_block_variant
+
+        return dit_block_variant(block, v, where)
     new = copy.deepcopy(block)
     if v.kv_heads is not None:
         new.attn1 = grouped_query_attention(new.attn1, v.kv_heads, where)
