@@ -48,6 +48,7 @@ from torch import nn
 from snapbench.distillation.ddim_math import NoiseLevels, ddim_timesteps, prev_timestep
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.robust_training import NO_SKIP, TrainConfig, fine_tune
+from snapbench.json_types import JSONObject
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.training.checkpoints import ModelBundle, load_bundle, save_bundle
 from snapbench.training.data import TrainingData, training_data
@@ -123,7 +124,7 @@ class DistillConfig:
     def ratio(self) -> int:
         return self.teacher_steps // self.student_steps
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return asdict(self)
 
     @classmethod
