@@ -53,9 +53,9 @@ SESSION_CONVERSIONS = ("sd15_tiny_blocks",)
 def sd15_tiny_blocks(tmp_path_factory):
     """sd15-tiny cut into blocks and converted in profile mode at latent 8, tokens 4 (47 blocks, 27
     packages). Read-only: a test that changes the folder works on a copy (shutil.copytree)."""
+    from snapbench.backbones import resolve_model
     from snapbench.converters.entry import ConvertRequest, convert
     from snapbench.converters.options import ConvertOptions
-    from snapbench.model.loading import resolve_model
 
     out = tmp_path_factory.mktemp("sd15-tiny-blocks") / "sd15-tiny"
     result = convert(ConvertRequest(resolve_model("sd15-tiny"), out, ConvertOptions(latent=8, tokens=4, jobs=1), progress=False))

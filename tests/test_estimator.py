@@ -451,3 +451,40 @@ def test_a_depthwise_convs_taps_are_free():
     # a dense conv's taps are not free
     dense = replace(dw(7), attrs={"groups": 1}, flops=2.0 * 49 * 256 * 256 * 64 * 64)
     assert estimate_ops([dense], PHONE).total_ms > 10 * e7.total_ms
+
+
+def test_a_palette_per_channel_group_is_fetched_at_dram_latency():
+    # v9: every palette must be on chip before the weights that index it expand: one dependent DRAM access
+    # per table. A per-tensor palette (one table) costs nothing visible; coremltools' per-grouped-channel
+    # palettes fetch one table per G output channels, which can outlast the weights' own bytes.
+    from snapbench.profilers.estimate.stored_weights import palette_tables, with_stored_weights
+
+    # a 1x1 conv with 4096 output channels at a 4x4 map: little work, 2M weights
+    rec = OpRecord(type="conv", name="c", in_shapes=((1, 512, 4, 4),), in_dtypes=("fp16",),
+                   out_shapes=((1, 4096, 4, 4),), out_dtypes=("fp16",), flops=2.0 * 512 * 4096 * 16,
+                   weight_bytes=2.0 * 512 * 4096, weight_elems=512 * 4096, weight_bits=16.0)
+    assert [palette_tables(rec, w) for w in ("fp16", "pal4", "pal4g16", "pal4g4", "pal4g1", "pal4g")] == \
+        [0, 1, 256, 1024, 4096, 128]  # a bare g: coremltools' default group of 32 channels
+    linear = replace(rec, type="linear", out_shapes=((1, 77, 4096),))
+    assert palette_tables(linear, "pal4g8") == 512  # a linear layer's tables: per output feature group
+    # a prior (DRAM latency), never fitted: the shipped fit carries it unchanged
+    assert load_params(default_priors_path()).table_fetch_ns == load_params().table_fetch_ns == 100.0
+    p = load_params()
+
+    def priced(weights, ns=p.table_fetch_ns):
+        (r,) = with_stored_weights([rec], weights)
+        return estimate_ops([r], resolve_device("iphone15pro"), params=replace(p, table_fetch_ns=ns))
+
+    # the tables' bytes are counted (a 16-entry fp16 table each), not only their fetches
+    assert priced("pal4g1").dram_bytes - priced("pal4").dram_bytes == pytest.approx(4095 * 32)
+    t = {w: priced(w).total_ms for w in ("pal4", "pal4g16", "pal4g4", "pal4g1")}
+    assert t["pal4"] < t["pal4g4"] < t["pal4g1"]
+    # latency-bound at one table per channel: each extra 100 ns per fetch costs 4096 x 100 ns
+    assert priced("pal4g1", ns=200.0).total_ms - t["pal4g1"] == pytest.approx(4096 * 100e-9 * 1e3, rel=1e-6)
+    # with the fetches free (v8), every grouping prices as the per-tensor palette, up to the tables' bytes
+    assert priced("pal4g1", ns=0.0).total_ms == pytest.approx(priced("pal4", ns=0.0).total_ms, rel=0.02)
+    # a v8 parameter file reads with v8 behaviour (no fetch cost)
+    doc = json.loads(default_priors_path().read_text())
+    del doc["table_fetch_ns"]
+    doc["version"] = 8
+    assert params_from_dict(doc, "v8.json").table_fetch_ns == 0.0

@@ -264,10 +264,10 @@ def _break(package: Path, how: str) -> None:
 def test_broken_cached_packages_are_converted_again(converted, tmp_path):
     import shutil
 
+    from snapbench.backbones import resolve_model
     from snapbench.converters.entry import ConvertRequest, convert
     from snapbench.converters.manifest import load_manifest
     from snapbench.converters.options import ConvertOptions
-    from snapbench.model.loading import resolve_model
 
     out = tmp_path / "out"
     shutil.copytree(converted, out)

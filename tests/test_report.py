@@ -14,10 +14,10 @@ import math
 import pytest
 from profile_fakes import FakePackages, toy_estimator
 
+from snapbench.backbones import resolve_model
 from snapbench.cli import main
 from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
-from snapbench.model.loading import resolve_model
 from snapbench.report import gather_data as report_data
 from snapbench.report.gather_data import default_out_path, gather, parse_steps
 from snapbench.report.latency_source import ProfileOutcome, backend_label, profile_with_snapbench

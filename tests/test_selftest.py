@@ -56,7 +56,7 @@ def test_diffusers_and_transformers_load_them(fx):
 
 
 def test_training_data_is_what_train_data_reads(fx):
-    from snapbench.model.loading import resolve_model
+    from snapbench.backbones import resolve_model
     from snapbench.training.data import LatentFolderData
 
     data = LatentFolderData(fx.data, resolve_model(fx.pipeline).spec)
@@ -126,8 +126,8 @@ def test_clip_evaluator_scores_batched_candidates_per_sample(fx):
 
 
 def test_clip_evaluator_bad_input(fx, tmp_path):
+    from snapbench.backbones import resolve_model
     from snapbench.evolution.evaluators import ClipEvalConfig, read_prompts
-    from snapbench.model.loading import resolve_model
 
     spec = resolve_model(fx.pipeline).spec
     not_clip = tmp_path / "not-clip"

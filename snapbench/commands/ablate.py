@@ -50,11 +50,11 @@ def ablate_command(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
 
+    from snapbench.backbones import resolve_model
     from snapbench.devices.catalog import resolve_device
     from snapbench.evolution.ablation import ablate
     from snapbench.evolution.executors import make_executor
     from snapbench.evolution.options import cost_builder, evaluator_config
-    from snapbench.model.loading import resolve_model
     from snapbench.progress_log import label_column, make_progress
 
     torch.set_num_threads(threads)

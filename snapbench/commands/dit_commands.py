@@ -37,8 +37,8 @@ def dit_options(model: str, *, latent: int | None, batch: int, tokens: int,
 
 def profile(model: str, dev: Device, *, backend: str, packages: Path | None, table: Path | None, tables: Path | None,
             as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Any) -> None:
-    from snapbench.dit.profile import profile_dit
     from snapbench.errors import SnapbenchError
+    from snapbench.latency.dit_profile import profile_dit
     from snapbench.latency.table import LatencyTable, merge_into_file
     from snapbench.paths import shipped_table_path, tables_redirect_note, user_table_path
 

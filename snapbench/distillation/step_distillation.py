@@ -326,7 +326,7 @@ def _start(model: str | Path, out: Path, config: DistillConfig, student_ref: str
 
 
 def _load_teacher(model: str | Path, weights: str | Path | None) -> ModelBundle:
-    from snapbench.model.loading import resolve_model
+    from snapbench.backbones import resolve_model
 
     source = resolve_model(model, weights=weights)
     if source.weights_dir is None:
@@ -357,7 +357,7 @@ def _maybe_v_finetune(teacher: ModelBundle, out: Path, config: DistillConfig, da
 
 
 def _initial_student(teacher: ModelBundle, student_ref: str | Path | None, config: DistillConfig) -> ModelBundle:
-    from snapbench.model.loading import resolve_model
+    from snapbench.backbones import resolve_model
 
     teacher_kind = teacher.noise_schedule.get("prediction_type", "epsilon")
     want = config.prediction_type or teacher_kind

@@ -48,7 +48,7 @@ def ablate(model: str | Path, evaluator: EvalConfig, executor: Executor, *, cost
            spec: ArchSpec | None = None, blocks: list[str] | None = None,
            on_done: Callable[[], None] | None = None) -> Ablation:
     """Evaluate the model, then the model without each running CA / RB block (or only `blocks`)."""
-    from snapbench.model.loading import resolve_model
+    from snapbench.backbones import resolve_model
 
     spec = spec or resolve_model(model).spec
     evaluator.check(spec)

@@ -287,8 +287,7 @@ def _check_same(before: Mapping[str, Any], now: Mapping[str, Any], out: Path) ->
 def _start(model: str | Path, work: Path, config: EvolveConfig, evaluator: EvalConfig,
            costs: Callable[[ArchSpec], BlockPriceTable], scorer: Scorer,
            fingerprint: dict[str, Any]) -> tuple[EvolutionState, BlockPriceTable]:
-    from snapbench.backbones import backbone_for
-    from snapbench.model.loading import resolve_model
+    from snapbench.backbones import backbone_for, resolve_model
 
     spec = resolve_model(model).spec
     evaluator.check(spec)

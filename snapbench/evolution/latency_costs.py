@@ -298,10 +298,10 @@ def _priced(blocks: Iterable[BlockLatency]) -> list[Priced]:
 
 def _profile_dit(src: ModelSource, dev: Device, settings: Settings, table: LatencyTable,
                  say: Callable[[str], None] | None) -> tuple[list[Priced], LatencyTable]:
-    """A DiT variant's blocks priced by `dit/profile.py` (the table's rows, else labelled estimates), and the
+    """A DiT variant's blocks priced by `latency/dit_profile.py` (the table's rows, else labelled estimates), and the
     table with the new rows merged in."""
     from snapbench.converters.options import ConvertOptions
-    from snapbench.dit.profile import profile_dit
+    from snapbench.latency.dit_profile import profile_dit
 
     opts = ConvertOptions(latent=settings.latent, batch=settings.batch, tokens=settings.tokens,
                           precision=settings.precision, weight_bits=settings.weight_bits, attention=settings.attention)

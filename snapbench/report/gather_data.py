@@ -17,14 +17,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from snapbench.backbones import inspect_model
+from snapbench.backbones import inspect_model, resolve_model
 from snapbench.blocks.cut import InputShapes
 from snapbench.blocks.inspection import Inspection
 from snapbench.devices.catalog import Device
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.trajectory import TRAJECTORY_FILE
 from snapbench.latency.end_to_end import TEXT_ENCODER_RUNS, image_budget
-from snapbench.model.loading import model_latent, resolve_model
+from snapbench.model.loading import model_latent
 from snapbench.report.data import (
     ArchitectureBlock,
     BlockResult,

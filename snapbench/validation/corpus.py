@@ -20,7 +20,8 @@ Where two published networks convert to the same program, their rows name one ne
 BatchNorm folds the norm into its convs (the plain VGG program); MobileCLIP S1 and S2 share one text
 tower, S3, L/14 and S4 another (identical open_clip text configs).
 
-`weights`: fp16 | fp32 | pal1..pal8 (palettized; `g` suffix: per-group tables) | w8 (int8 weights) |
+`weights`: fp16 | fp32 | pal1..pal8 (palettized; `gN` suffix: a table per group of N output channels, a bare
+`g` coremltools' default group of 32) | w8 (int8 weights) |
 w8a8 (int8 weights and activations) | sparse50/75/90 (pruned) | mixed-int8.
 `compute_units`: all | cpuAndNeuralEngine | cpuAndGPU | not stated.
 """
@@ -44,7 +45,7 @@ COLUMNS = ("row", "source", "ref", "family", "network", "input", "device", "comp
 HARNESSES = ("xcode", "app", "not stated")
 TRUST = ("high", "medium", "low")
 COMPUTE_UNITS = ("all", "cpuAndNeuralEngine", "cpuAndGPU", "not stated")
-_WEIGHTS = re.compile(r"fp16|fp32|pal[1-8]g?|w8|w8a8|sparse\d\d|mixed-int8")
+_WEIGHTS = re.compile(r"fp16|fp32|pal[1-8](g\d*)?|w8|w8a8|sparse\d\d|mixed-int8")
 
 
 @dataclass(frozen=True)
