@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 
 DEVICE = "iphone14pro"
 EVAL_STEPS = "2"  # DDIM steps per CLIP-evaluated image: paths, not quality
@@ -39,7 +39,7 @@ class StageResult:
     error: str | None
     cpu_seconds: float | None = None  # user + system time of the stage's processes (not in --json)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {"name": self.name, "ok": self.ok, "seconds": self.seconds, "error": self.error}
 
 
@@ -53,7 +53,7 @@ class SelftestResult:
     def ok(self) -> bool:
         return all(s.ok for s in self.stages)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {"stages": [s.to_dict() for s in self.stages], "ok": self.ok}
 
 
