@@ -33,7 +33,8 @@ def _is_entry_point(tree: ast.Module) -> bool:
 # converters, the latency table, calibration, evolution, the report or the CLI: they all sit above it.
 PROFILERS_MAY_IMPORT = ("snapbench.profilers", "snapbench.errors", "snapbench.atomic", "snapbench.paths",
                         "snapbench.settings", "snapbench.names", "snapbench.versions", "snapbench.user_files",
-                        "snapbench.devices", "snapbench.extras", "snapbench.formatting", "snapbench.console")
+                        "snapbench.devices", "snapbench.extras", "snapbench.formatting", "snapbench.console",
+                        "snapbench.json_types")
 
 
 def _imports(tree: ast.Module) -> list[tuple[int, str]]:

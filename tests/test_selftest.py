@@ -208,10 +208,12 @@ def test_selftest_runs_every_stage(tmp_path):
     assert any(n.startswith("train (accelerate, ") for n in names)
     assert {"ablate (clip, 2 local workers)", "evolve (clip, ray)", "distill-decoder (50% channels)",
             "profile sdxl-tiny (convert per block, estimate)",
-            "profile snapgen-tiny (convert per block, estimate)"} <= set(names)
+            "profile snapgen-tiny (convert per block, estimate)", "inspect (DiT)",
+            "convert (DiT blocks, split_einsum_v2)", "profile (DiT, estimate)", "report (DiT)"} <= set(names)
     assert any(n.startswith("distill (cfg-aware, accelerate, ") for n in names) and names[-1] == "report"
     assert all(s["seconds"] >= 0 for s in report["stages"])
     assert (work / "report.html").is_file() and (work / "evolve" / "arch.json").is_file()
+    assert (work / "report-dit.html").is_file()
 
 
 def test_evaluations_go_to_a_gpu_when_the_worker_sees_one(monkeypatch):

@@ -24,7 +24,7 @@ class Inspection:
         return self.source.spec.name
 
     def block_rows(self) -> list[dict[str, Any]]:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for b in self.blocks:
             u = b.unit
             rows.append({

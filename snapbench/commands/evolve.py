@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.table import Table
 
 from snapbench.commands.common import JsonOpt, err, out, print_json
 from snapbench.interrupts import on_interrupt_keep
+
+if TYPE_CHECKING:  # heavy (torch): the type only
+    from snapbench.evolution.evolve import EvolutionResult
 
 # Options shared with `ablate`.
 DeviceOpt = typer.Option("iphone14pro", "--device", "-d", help="Catalog device whose latency table prices blocks.")
@@ -107,6 +112,11 @@ def evolve_command(
     if as_json:
         print_json(result.to_dict())
         return
+    _render(result)
+
+
+def _render(result: EvolutionResult) -> None:
+    """The trajectory as a table, then the run's summary lines."""
     t = Table(title=f"{result.out}: evolution on {result.device} ({result.latency_source})", title_justify="left")
     for col in ("it", "action", "block", "latency ms", "quality", "d quality", "d ms", "value"):
         t.add_column(col, justify="left" if col in ("action", "block") else "right")

@@ -1,4 +1,5 @@
-"""`snapbench report`: one self-contained HTML page comparing a baseline UNet with candidates on devices."""
+"""`snapbench report`: one self-contained HTML page comparing a baseline UNet (or diffusion transformer) with
+candidates of the same kind on devices."""
 
 from __future__ import annotations
 
@@ -91,8 +92,9 @@ def report_command(
 
 
 def headline(data: ReportData) -> str:
-    """The report's summary in the terminal, one line per model and device: UNet ms per step, steps,
-    seconds per image end to end, speedups against the baseline, and how the figures were made."""
+    """The report's summary in the terminal, one line per model and device: UNet (or transformer) ms per
+    step, steps, seconds per image end to end, speedups against the baseline, and how the figures were made."""
+    name = data.denoiser.name
     lines = []
     for r in data.results:
         if not r.available:
@@ -101,12 +103,12 @@ def headline(data: ReportData) -> str:
         got = r.components.get("unet")
         unet = got.ms if got is not None else None
         budget = r.budget
-        parts = [f"UNet {unet:.1f} ms/step" if unet is not None else "UNet -", f"{r.steps} steps",
+        parts = [f"{name} {unet:.1f} ms/step" if unet is not None else f"{name} -", f"{r.steps} steps",
                  f"{budget.total_s:.2f} s per image" if budget else "no end-to-end figure"]
         if r.speedup_e2e:
             parts.append(f"{r.speedup_e2e:.1f}x end to end")
         if r.speedup_unet_step:
-            parts.append(f"{r.speedup_unet_step:.1f}x per UNet step")
+            parts.append(f"{r.speedup_unet_step:.1f}x per {name} step")
         lines.append(f"{r.model} on {r.device}: {', '.join(parts)} ({'+'.join(r.labels) or 'unlabelled'})")
     return "\n".join(lines)
 

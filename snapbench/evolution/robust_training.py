@@ -31,6 +31,7 @@ from torch import nn
 
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.moves import SWAPS, check_moves_apply
+from snapbench.json_types import JSONObject
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.model.elastic_unet import ElasticUNet
 from snapbench.training.checkpoints import ModelBundle, load_bundle, save_bundle
@@ -126,7 +127,7 @@ class TrainConfig:
     def skip_probabilities(self) -> SkipProbabilities:
         return self.skip if self.robust else NO_SKIP
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return asdict(self)
 
     @classmethod

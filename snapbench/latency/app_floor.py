@@ -27,6 +27,7 @@ from typing import Any
 
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 
 FLOOR_MODEL = "synthetic:floor"
 # A prediction call's own cost above this is not a floor but a different measurement (a whole request with
@@ -68,7 +69,7 @@ class FloorReading:
     engine_ms: float  # the estimator's engine time of the one-op package on the device
     floor_ms: float
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {"device": self.device, "runs": self.runs, "median_ms": round(self.median_ms, 4),
                 "engine_ms_estimated": round(self.engine_ms, 4), "app_floor_ms": round(self.floor_ms, 4)}
 

@@ -36,6 +36,7 @@ from snapbench.calibration.fit import (
     reading_ms,
 )
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 from snapbench.profilers.estimate.cost_model import prepare
 from snapbench.profilers.estimate.params import PARAMS_VERSION, AneParams, default_priors_path, load_params
 from snapbench.profilers.estimate.stored_weights import with_stored_weights
@@ -78,7 +79,7 @@ class Validation:
         rows (different published figures) the estimates order the same way; what evolution relies on."""
         return rank_summary(self.scored())
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         overall = self.summary().iloc[0].to_dict() if len(self.scored()) else {}
         unseen, unseen_by_chip = self.unseen_app_summary(), self.unseen_app_summary("chip")
         return {

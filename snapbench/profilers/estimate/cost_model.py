@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from snapbench.devices.catalog import Device
+from snapbench.json_types import JSONObject
 from snapbench.profilers.estimate.params import CHIP_GENERATIONS, OP_CLASSES, AneParams, load_params
 from snapbench.profilers.estimate.program_ops import OpRecord, dtype_bits
 
@@ -141,7 +142,7 @@ class Estimate:
     source: str = "estimate"
     notes: tuple[str, ...] = field(default_factory=tuple)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {
             "source": self.source, "device": self.device, "total_ms": round(self.total_ms, 4),
             "engine_ms": round(self.engine_ms, 4), "cpu_ms": round(self.cpu_ms, 4),

@@ -16,6 +16,7 @@ from typing import Any
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 
 # Op classes the engine runs at different fractions of its fp16 peak (the MAC array for conv/matmul,
 # the much narrower vector units for the rest).
@@ -100,7 +101,7 @@ class AneParams:
     call_factor: dict[str, float] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         d = asdict(self)
         d["fitted_on"] = list(self.fitted_on)
         return d
