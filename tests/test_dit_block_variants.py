@@ -112,7 +112,9 @@ def test_the_neural_engine_rewrite_of_a_variant_model_passes_35_db(name):
     for attention in ("split_einsum", "split_einsum_v2"):
         got = _run(build_whole(source, ConvertOptions(latent=8, tokens=8, attention=attention), 4).model, name)
         db = psnr(want, got)
-        assert db >= 35.0 and math.isfinite(db)
+        # fp32, the same maths: far above Apple's 35 dB bar (the linear attention rewritten as softmax, a
+        # bug this caught, gave 37 dB on sana-tiny)
+        assert db >= 100.0 and math.isfinite(db)
 
 
 @pytest.mark.slow

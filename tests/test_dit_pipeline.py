@@ -96,8 +96,10 @@ def test_whole_backbone_equals_diffusers_and_its_rewrites_pass_35_db(name):
 
     source = resolve_dit(name)
     assert whole_psnr(source, OPTS) == math.inf  # the elastic DiT with every block kept is diffusers' forward
-    # v2 with 4-query chunks: the 16 image tokens (+ 8 text in SD3's joint attention) really are chunked
-    assert whole_psnr(source, replace(OPTS, attention="split_einsum_v2"), query_chunk_size=4) >= 35.0
+    # fp32 and the same maths: far above Apple's 35 dB bar (142-149 dB here). v2 with 4-query chunks: the 16
+    # image tokens (+ 8 text in SD3's joint attention) really are chunked
+    assert whole_psnr(source, replace(OPTS, attention="split_einsum")) >= 100.0
+    assert whole_psnr(source, replace(OPTS, attention="split_einsum_v2"), query_chunk_size=4) >= 100.0
 
 
 def test_the_psnr_check_can_fail():
@@ -163,6 +165,8 @@ def test_bad_input_for_whole_and_pipeline_is_one_line_and_writes_nothing(capsys,
         assert "do not match the config" in line
     line = _one_error_line(capsys, ["convert", "--model", "sd3-tiny", "--component", "vae_decoder", "--out", str(out)])
     assert "convert with --pipeline" in line
+    line = _one_error_line(capsys, ["convert", "--model", "sd3-tiny", "--pipeline", "--chunks", "2", "--out", str(out)])
+    assert "Transformer is one package" in line
     assert not out.exists()
 
 
@@ -186,6 +190,11 @@ def test_sd3_pipeline_converts_every_part_under_its_interface(tmp_path):
                                progress=False))
     assert r.ok and r.converted == ["TextEncoder", "TextEncoder2", "TextEncoderT5", "Transformer", "VAEDecoder"]
     sizes = _check_folder(out, "sd3")
+    from snapbench.converters.swift_interface import folder_family, interface_markdown
+
+    assert folder_family(out) == "sd3"
+    table = interface_markdown(out)  # the README's table, for this family's packages
+    assert "| `Transformer.mlpackage` | `sample` float32 (B, C, H, W), `timestep` float32 (B,)" in table
     assert sizes["S1"] + sizes["S2"] == sizes["T"] == 8 and sizes["P1"] + sizes["P2"] == sizes["P"] == 12
     assert sizes["C"] == 4 and sizes["H"] == 8
     assert any(n.startswith("TextEncoderT5 (test-sized T5-XXL encoder): 35,656 parameters") for n in r.notes)
@@ -207,6 +216,9 @@ def test_pixart_and_sana_pipelines_convert(tmp_path, name, family, encoder):
     assert r.ok and r.converted == [encoder, "Transformer", "VAEDecoder"], r.failed
     sizes = _check_folder(out, family)
     assert sizes["T"] == 8 and sizes["H"] == 8
+    from snapbench.converters.swift_interface import folder_family
+
+    assert folder_family(out) == family
 
 
 def test_the_gemma_wrapper_is_gemmas_own_causal_forward():
@@ -227,3 +239,37 @@ def test_movedim_converter_permutation_is_torchs(shape, src, dst):
     x = torch.randn(shape)
     perm = movedim_perm(len(shape), src if isinstance(src, list) else [src], dst if isinstance(dst, list) else [dst])
     assert torch.equal(x.permute(perm), torch.movedim(x, src, dst))
+
+
+@pytest.mark.slow
+def test_a_local_pipeline_folder_gives_each_part_its_own_weights(tmp_path):
+    """A diffusers PixArt folder (model_index.json, transformer/, text_encoder/, vae/): every part is read
+    from its own subfolder, and the text encoder's size is counted from the folder's config."""
+    from diffusers import AutoencoderKL
+
+    from snapbench.converters.dit_app import vae_config
+    from snapbench.dit.source import dit_spec
+
+    pipe = tmp_path / "pipe"
+    source = resolve_dit("pixart-sigma-tiny")
+    build_dit(source, seed=4).save_pretrained(pipe / "transformer", safe_serialization=True)
+    (enc,) = encoders_for(dit_spec(source.spec), 8)
+    torch.manual_seed(5)
+    t5 = model_class(enc)(transformers_config(enc))
+    t5.save_pretrained(pipe / "text_encoder", safe_serialization=True)
+    _, _, cfg = vae_config(dit_spec(source.spec))
+    vae = AutoencoderKL(**cfg)
+    vae.save_pretrained(pipe / "vae", safe_serialization=True)
+    (pipe / "model_index.json").write_text(json.dumps({"_class_name": "PixArtSigmaPipeline"}))
+    out = tmp_path / "app"
+    r = convert(ConvertRequest(resolve_dit(pipe), out, OPTS, "pipeline", progress=False))
+    assert r.ok and r.converted == ["TextEncoderT5", "Transformer", "VAEDecoder"], r.failed
+    assert any("35,656 parameters" in n for n in r.notes)
+    manifest = json.loads((out / "manifest.json").read_text())
+    weights = {b["id"]: b["weights_hash"] for b in manifest["blocks"]}
+    assert weights["TextEncoderT5"] == str(pipe / "text_encoder") and weights["VAEDecoder"] == str(pipe / "vae")
+    from snapbench.converters.dit_app import dit_parts
+
+    parts = {p.name: p for p in dit_parts(resolve_dit(pipe), OPTS)[0]}
+    assert torch.equal(parts["TextEncoderT5"].build()[0].t5.shared.weight, t5.shared.weight)
+    assert torch.equal(parts["VAEDecoder"].build()[0].decoder.conv_in.weight, vae.decoder.conv_in.weight)

@@ -154,12 +154,15 @@ def rewrite_attention(module: nn.Module, impl: str, query_chunk_size: int = DEFA
         return module
     from diffusers.models.attention_processor import Attention, SanaLinearAttnProcessor2_0
 
+    from snapbench.dit.block_variants import GroupedLinearAttnProcessor
+
     for m in module.modules():
         if isinstance(m, Attention):
             for norm in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
                 n = getattr(m, norm, None)
                 if n is not None and type(n).__name__ != "RMSNorm":
                     raise SnapbenchError(f"ANE attention supports RMS q/k norms; this block has {type(n).__name__}")
-            linear = isinstance(m.processor, SanaLinearAttnProcessor2_0)
+            # Sana's linear attention, as diffusers builds it or with fewer key/value heads (a variant)
+            linear = isinstance(m.processor, (SanaLinearAttnProcessor2_0, GroupedLinearAttnProcessor))
             m.set_processor(ANELinearAttnProcessor() if linear else ANEAttnProcessor(impl, query_chunk_size))
     return module

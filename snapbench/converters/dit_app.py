@@ -273,6 +273,9 @@ def dit_parts(source: ModelSource, opts: ConvertOptions, *, weights: Path | None
               drop: tuple[str, ...] = ()) -> tuple[list[AppPart], list[str]]:
     """The app's parts in pipeline order, and the notes to show (each text encoder's size)."""
     spec = dit_spec(source.spec)
+    if opts.chunks != 1:
+        raise SnapbenchError("--chunks 2 splits a UNet the way Apple's Swift package loads it; a DiT pipeline's "
+                             "Transformer is one package (--whole --chunks 2 bisects it outside the app layout)")
     family = FAMILY_OF[spec.family.key]
     root = pipeline_root(source, weights)
     encoders, lines = text_encoder_parts(source, opts, root, drop)
