@@ -10,6 +10,11 @@ TORCH_SPEC ?= torch==2.13.0
 # the torchvision release built for that torch (timm and open_clip need one; an unpinned one pulls a new torch)
 TORCHVISION_SPEC ?= torchvision==0.28.0
 STAMP  := $(VENV)/.snapbench-installed
+# pytest processes for `make test` / `make test-fast` (pytest-xdist): one per core by default, at most 8 (each
+# holds torch); WORKERS=0 runs the suite in this one process. loadgroup keeps the tests of one shared conversion
+# on one worker (tests/conftest.py), so it is converted once.
+WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --maxprocesses 8 --dist loadgroup
 
 .PHONY: setup browser demo test test-fast lint bench clean mutate-device
 
@@ -41,10 +46,10 @@ demo: setup
 test: setup browser
 	$(BIN)/ruff check snapbench tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # ruff (pyflakes + bugbear) and mypy (basic checking of snapbench/; settings in pyproject.toml)
 lint: setup
@@ -60,6 +65,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_convert.py
 	$(BIN)/python benchmarks/bench_profile.py
 	$(BIN)/python benchmarks/bench_lookup.py
+	$(BIN)/python benchmarks/bench_cli_runs.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .snapbench-cache

@@ -33,7 +33,7 @@ import sys
 import snapbench  # first: lets torchvision (which diffusers imports) load beside a CPU-only torch
 import torch, coremltools as ct
 from diffusers import UNet2DConditionModel
-from snapbench.model.loading import resolve_model
+from snapbench.backbones import resolve_model
 from snapbench.specs.layout import TEXT_TIME_IDS, text_embeds_dim
 model, latent, batch, tokens, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 cfg = {k: v for k, v in resolve_model(model).spec.base_config.items() if not k.startswith("_")}

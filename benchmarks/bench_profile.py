@@ -31,11 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
 
+    from snapbench.backbones import resolve_model
     from snapbench.devices.catalog import list_devices
     from snapbench.latency.model_latency import cut_model, locate, now, packages_to_price, price
     from snapbench.latency.packages import ConverterPackages
     from snapbench.latency.table import LatencyTable, Settings
-    from snapbench.model.loading import resolve_model
     from snapbench.profilers.backends import EstimatePricer
 
     settings = Settings(latent=args.latent)

@@ -31,12 +31,12 @@ def main() -> None:
 
     import torch
 
+    from snapbench.backbones import resolve_model
     from snapbench.converters.ane_attention import psnr
     from snapbench.converters.app_parts import ModelFolder, text_encoder_part
     from snapbench.converters.convert_package import convert_module
     from snapbench.converters.mil_eval import evaluate_package
     from snapbench.converters.options import ConvertOptions
-    from snapbench.model.loading import resolve_model
 
     work = Path(args.work or tempfile.mkdtemp(prefix="snapbench-ids-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -18,14 +18,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 
 DEVICE = "iphone14pro"
 EVAL_STEPS = "2"  # DDIM steps per CLIP-evaluated image: paths, not quality
 FIXTURES = "fixtures (tiny pipeline, CLIP, data)"
 DIT = "sd35-tiny"  # a DiT preset: no checkpoint needed (random weights; the paths are what is tested)
+DIT_CANDIDATE = "sd3-tiny"  # the DiT report's candidate: SD3's twin (no dual attention, one block fewer)
 # Ablation of a few blocks (a CA and an RB down and up): the path is the same for all; evolve scores them all.
 ABLATED = ("--block", "RB[Down-1, 1]", "--block", "CA[Down-2, 1]", "--block", "CA[Up-1, 1]", "--block", "RB[Up-3, 1]")
 
@@ -38,7 +39,7 @@ class StageResult:
     error: str | None
     cpu_seconds: float | None = None  # user + system time of the stage's processes (not in --json)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {"name": self.name, "ok": self.ok, "seconds": self.seconds, "error": self.error}
 
 
@@ -52,7 +53,7 @@ class SelftestResult:
     def ok(self) -> bool:
         return all(s.ok for s in self.stages)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {"stages": [s.to_dict() for s in self.stages], "ok": self.ok}
 
 
@@ -134,6 +135,7 @@ def plan(work: Path, *, processes: int, devices: Devices, workers: int = 2) -> l
     evolve = "evolve (clip, ray)"
     blocks, profile = "convert (per block)", "profile (estimate)"
     dit_inspect, dit_convert = "inspect (DiT)", "convert (DiT blocks, split_einsum_v2)"
+    dit_profile, dit_table = "profile (DiT, estimate)", str(work / "latency-dit.csv")
     return [
         Stage(fixtures, (sys.executable, "-m", "snapbench.fixtures", str(fx.root))),
         Stage("inspect (pipeline folder)", (*snap, "inspect", "--model", pipe, "--json"), (fixtures,)),
@@ -176,9 +178,13 @@ def plan(work: Path, *, processes: int, devices: Devices, workers: int = 2) -> l
         Stage(dit_inspect, (*snap, "inspect", "--model", DIT, "--json")),
         Stage(dit_convert, (*snap, "convert", "--model", DIT, "--latent", latent, "--attention", "split_einsum_v2",
                             "--out", str(work / "convert-dit"), "--json"), (dit_inspect,)),
-        Stage("profile (DiT, estimate)", (*snap, "profile", "--model", DIT, "--device", DEVICE, "--backend", "estimate",
-                                          "--latent", latent, "--attention", "split_einsum_v2",
-                                          "--packages", str(work / "convert-dit"), "--json"), (dit_convert,)),
+        Stage(dit_profile, (*snap, "profile", "--model", DIT, "--device", DEVICE, "--backend", "estimate",
+                            "--latent", latent, "--attention", "split_einsum_v2", "--packages", str(work / "convert-dit"),
+                            "--table", dit_table, "--json"), (dit_convert,)),
+        # SD3's twin against SD3.5's: its blocks are converted and estimated by the report, SD3.5's read from the table
+        Stage("report (DiT)", (*snap, "report", "--baseline", DIT, "--candidate", DIT_CANDIDATE, "--device", DEVICE,
+                               "--backend", "estimate", "--latent", latent, "--attention", "split_einsum_v2",
+                               "--table", dit_table, "--out", str(work / "report-dit.html")), (dit_profile,)),
         Stage("report", (*snap, "report", "--baseline", pipe, "--candidate", str(work / "evolve"), "--device", DEVICE,
                          "--backend", "estimate", "--latent", latent, "--table", table,
                          "--out", str(work / "report.html")), (evolve, profile)),

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 
 Attention = Literal["original", "split_einsum", "split_einsum_v2"]
 Precision = Literal["fp16", "fp32"]
@@ -89,7 +90,7 @@ class RunSettings:
         object.__setattr__(self, "_key", (self.compute_units, self.precision, self.weight_bits, self.attention,
                                           self.batch, self.latent))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return asdict(self)
 
     def table_dict(self) -> dict[str, Any]:

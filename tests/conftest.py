@@ -53,9 +53,9 @@ SESSION_CONVERSIONS = ("sd15_tiny_blocks",)
 def sd15_tiny_blocks(tmp_path_factory):
     """sd15-tiny cut into blocks and converted in profile mode at latent 8, tokens 4 (47 blocks, 27
     packages). Read-only: a test that changes the folder works on a copy (shutil.copytree)."""
+    from snapbench.backbones import resolve_model
     from snapbench.converters.entry import ConvertRequest, convert
     from snapbench.converters.options import ConvertOptions
-    from snapbench.model.loading import resolve_model
 
     out = tmp_path_factory.mktemp("sd15-tiny-blocks") / "sd15-tiny"
     result = convert(ConvertRequest(resolve_model("sd15-tiny"), out, ConvertOptions(latent=8, tokens=4, jobs=1), progress=False))
@@ -66,8 +66,12 @@ def sd15_tiny_blocks(tmp_path_factory):
 @pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if any(name in SESSION_CONVERSIONS for name in getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
+        for name in SESSION_CONVERSIONS:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.slow)
+                # under `pytest -n N --dist loadgroup` (make test) every test of one conversion runs on one
+                # worker, so the conversion is made once, not once per worker
+                item.add_marker(pytest.mark.xdist_group(name))
 
 
 # -- the CLI in child processes forked from one that imported it once ---------------------------------------

@@ -9,7 +9,8 @@ import pytest
 
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
-from snapbench.latency.app_floor import FLOOR_MODEL, check_floor_ms, floor_from_file, read_floor_file
+from snapbench.latency.app_floor import FLOOR_MODEL, check_floor_ms, read_floor_file
+from snapbench.zoo.profile import floor_from_file
 
 
 @pytest.fixture

@@ -57,9 +57,9 @@ def test_table_says_where_it_comes_from_and_what_swift_feeds_is_what_packages_ta
 def converted(tmp_path_factory):
     """The tiny fixture pipeline converted twice: two UNet chunks + VAE encoder, then one UNet (same folder
     copied: the text encoder and VAE packages are reused from the cache)."""
+    from snapbench.backbones import resolve_model
     from snapbench.converters.entry import ConvertRequest, convert
     from snapbench.fixtures import write_tiny_pipeline
-    from snapbench.model.loading import resolve_model
 
     root = tmp_path_factory.mktemp("app")
     pipe = write_tiny_pipeline(root / "pipe")
@@ -137,9 +137,9 @@ def _clip_folder(folder: Path, *, dtype: torch.dtype = torch.float32, variant: s
 
 def _text_encoder_package(root: Path, opts: ConvertOptions) -> tuple[Path, torch.nn.Module]:
     """The pipeline's TextEncoder part of root/text_encoder, converted as convert --pipeline converts it."""
+    from snapbench.backbones import resolve_model
     from snapbench.converters.app_parts import model_folder, text_encoder_part
     from snapbench.converters.convert_package import convert_module
-    from snapbench.model.loading import resolve_model
 
     part = text_encoder_part(resolve_model("sd15-tiny"), opts, model_folder(root, None))
     module, _ = part.build()
@@ -211,9 +211,9 @@ def _variant_pipeline(root: Path, *, plain: bool) -> Path:
 
 
 def _parts(pipe: Path, variant: str | None = None):
+    from snapbench.backbones import resolve_model
     from snapbench.converters.app_parts import model_folder
     from snapbench.converters.pipeline import plan_parts
-    from snapbench.model.loading import resolve_model
 
     source = resolve_model(pipe, variant=variant)
     return plan_parts(source, ConvertOptions(latent=LATENT, tokens=TOKENS), model_folder(pipe, None),

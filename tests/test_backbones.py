@@ -11,14 +11,14 @@ from typing import get_args
 import pytest
 
 from snapbench import backbones
-from snapbench.backbones import BACKBONES, UNetBackbone, backbone_for, backbone_named, inspect_model
+from snapbench.backbones import BACKBONES, UNetBackbone, backbone_for, backbone_named, inspect_model, resolve_model
 from snapbench.blocks.cut import InputShapes, cut_blocks
 from snapbench.blocks.inspection import Inspection
 from snapbench.converters.options import ConvertOptions
 from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.latency.table import Settings
-from snapbench.model.loading import build_unet, resolve_model
+from snapbench.model.loading import build_unet
 from snapbench.settings import (
     ATTENTIONS,
     BACKEND_CHOICES,

@@ -64,10 +64,10 @@ def test_an_invalid_program_still_fails(monkeypatch):
 
 def test_not_weights_from_the_program_equals_coremltools_metadata():
     """The text encoder's causal mask and position table are found the fast way as coremltools' API finds them."""
+    from snapbench.backbones import resolve_model
     from snapbench.converters.app_parts import ModelFolder, text_encoder_part
     from snapbench.converters.compression import _not_weights_from_spec, not_weights
     from snapbench.converters.convert_package import to_coreml, trace
-    from snapbench.model.loading import resolve_model
 
     opts = ConvertOptions(mode="deploy", tokens=64, weight_bits=6)
     part = text_encoder_part(resolve_model("sd15-tiny"), opts, ModelFolder(None, None, None, None))

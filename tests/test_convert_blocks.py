@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from snapbench.backbones import resolve_model
 from snapbench.converters import workers
 from snapbench.converters.checks import PackageCheckError, check_prediction, require_prediction
 from snapbench.converters.convert_package import convert_module
@@ -22,7 +23,6 @@ from snapbench.converters.manifest import MANIFEST_FILE, load_manifest
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.package_io import PackageIO
 from snapbench.errors import SnapbenchError
-from snapbench.model.loading import resolve_model
 
 TINY = dict(latent=8, tokens=4, jobs=1)
 
@@ -184,9 +184,10 @@ def test_foreign_folder_is_refused_and_left_alone(tmp_path):
 
 @pytest.mark.parametrize("impl", ["split_einsum", "split_einsum_v2"])
 def test_attention_rewrite_of_a_block_meets_the_psnr_bar(impl):
+    from snapbench.backbones import resolve_model
     from snapbench.blocks.cut import InputShapes, cut_blocks
     from snapbench.converters.ane_attention import psnr
-    from snapbench.model.loading import build_unet, resolve_model
+    from snapbench.model.loading import build_unet
 
     model = build_unet(resolve_model("sd15-tiny"), device="meta")
     block = next(b for b in cut_blocks(model, InputShapes(latent=8, tokens=4)) if b.unit.file_id == "up3_ca1")
@@ -197,8 +198,9 @@ def test_attention_rewrite_of_a_block_meets_the_psnr_bar(impl):
 
 
 def _mid_rb(seed: int = 0):
+    from snapbench.backbones import resolve_model
     from snapbench.blocks.cut import InputShapes, cut_blocks
-    from snapbench.model.loading import build_unet, resolve_model
+    from snapbench.model.loading import build_unet
 
     model = build_unet(resolve_model("sd15-tiny"), device="meta")
     block = next(b for b in cut_blocks(model, InputShapes(latent=8, tokens=4)) if b.unit.file_id == "mid_rb1")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from snapbench.backbones import resolve_model
 from snapbench.converters.components import text_encoder_config, vae_config
 from snapbench.converters.entry import ConvertRequest, convert
 from snapbench.converters.manifest import load_manifest
 from snapbench.converters.options import ConvertOptions
-from snapbench.model.loading import resolve_model
 
 TINY = dict(latent=8, tokens=4, jobs=1)
 

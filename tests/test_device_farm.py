@@ -15,11 +15,11 @@ import pytest
 from farm_fakes import DELAY_ENV, LOG_ENV, fake_node_backend
 from profile_fakes import FakePackages, devicectl_entry, fake_mac, toy_estimator
 
+from snapbench.backbones import resolve_model
 from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.latency.farm_profile import profile_on_farm
 from snapbench.latency.table import Settings
-from snapbench.model.loading import resolve_model
 from snapbench.profilers.farm import NodeSettings, check_holders, pack, unpack
 
 TESTS = str(Path(__file__).resolve().parent)

@@ -11,6 +11,7 @@ import torch
 from evolution_helpers import toy_folder, train_tiny  # noqa: F401  (toy_folder is a fixture)
 
 from snapbench.cli import main
+from snapbench.devices.catalog import resolve_device
 from snapbench.distillation.ddim_math import NoiseLevels, ddim_timesteps, prev_timestep
 from snapbench.distillation.step_distillation import (
     DistillConfig,
@@ -389,7 +390,7 @@ def test_report_takes_steps_and_decoder_from_what_was_distilled(tmp_path, toy_fo
                     teacher_ref="tiny", progress=False)
     record_decoder(folder, tmp_path / "vae")
     no_latency = lambda *a, **k: ProfileOutcome(None, "not needed here")  # noqa: E731
-    data = gather(baseline="sd15-tiny", candidates=[str(folder), "snapfusion-tiny"], devices=["iphone14pro"],
+    data = gather(baseline="sd15-tiny", candidates=[str(folder), "snapfusion-tiny"], devices=[resolve_device("iphone14pro")],
                   profiler=no_latency)
     doc = data.to_dict()  # the JSON document `report --json` writes
     m = {x["ref"]: x for x in doc["models"]}
@@ -402,7 +403,7 @@ def test_report_takes_steps_and_decoder_from_what_was_distilled(tmp_path, toy_fo
     html = render_html(data)
     assert 'src="data:image/png;base64,' in html and "distilled here" in html
     # --steps still overrides
-    data = gather(baseline="sd15-tiny", candidates=[str(folder)], devices=["iphone14pro"], steps={str(folder): 3},
+    data = gather(baseline="sd15-tiny", candidates=[str(folder)], devices=[resolve_device("iphone14pro")], steps={str(folder): 3},
                   profiler=no_latency)
     doc = data.to_dict()  # the JSON document `report --json` writes
     assert (doc["models"][1]["steps"], doc["models"][1]["steps_source"]) == (3, "--steps")

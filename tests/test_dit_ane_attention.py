@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from snapbench.converters.ane_attention import psnr
-from snapbench.dit.ane_attention import rewrite_block
+from snapbench.converters.dit_ane_attention import rewrite_block
 from snapbench.dit.cut import example_inputs, make_units, run_chain
 from snapbench.dit.source import build_dit, resolve_dit, to_arch_spec
 from snapbench.dit.spec import DitSpec, load_preset

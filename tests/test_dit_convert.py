@@ -12,8 +12,8 @@ from snapbench.cli import main
 from snapbench.converters.entry import ConvertRequest, convert
 from snapbench.converters.options import ConvertOptions
 from snapbench.devices.catalog import resolve_device
-from snapbench.dit.profile import profile_dit
 from snapbench.dit.source import resolve_dit
+from snapbench.latency.dit_profile import profile_dit
 
 
 @pytest.mark.slow
@@ -89,11 +89,11 @@ def test_deploy_mode_makes_one_package_per_block_with_the_checkpoints_weights(tm
 
 
 def test_deploy_mode_refuses_a_model_the_memory_cannot_hold():
-    from snapbench.dit.convert import _check_memory
+    from snapbench.converters.convert_dit import check_memory
     from snapbench.errors import SnapbenchError
 
     with pytest.raises(SnapbenchError, match="--mode deploy builds the whole model"):
-        _check_memory("huge", 10**15)
+        check_memory("huge", 10**15)
 
 
 def test_dit_convert_and_profile_refuse_what_they_do_not_do(tmp_path, capsys):

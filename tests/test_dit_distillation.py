@@ -98,3 +98,25 @@ def test_an_evolved_dit_spec_as_student_starts_from_the_teachers_weights(tmp_pat
     t_state = teacher.model.base.state_dict()  # inherited, not random
     for name, p in student.model.base.state_dict().items():
         assert torch.allclose(p, t_state[name], atol=1e-6), name
+
+
+def test_a_narrower_dit_student_distils_and_a_unet_student_is_refused_in_one_line(tmp_path, dit_teacher):
+    """A PixArt's cross_attention_dim is its inner width (a narrower student changes it); the text it reads
+    is caption_channels wide, which must match."""
+    from snapbench.dit.spec import load_preset
+    from snapbench.errors import SnapbenchError
+
+    torch.set_num_threads(1)
+    data = load_preset("toy-digits-dit").to_dict()
+    data["name"] = "toy-dit-narrow"
+    data["config"] = {**data["config"], "num_attention_heads": 1, "cross_attention_dim": 16}
+    (tmp_path / "narrow.json").write_text(json.dumps(data))
+    config = DistillConfig(**{**TINY.to_dict(), "steps": 1})
+    distill(dit_teacher, tmp_path / "d", config, student=tmp_path / "narrow.json", progress=False)
+    assert load_bundle(tmp_path / "d").model.config["cross_attention_dim"] == 16
+    data["config"]["caption_channels"] = 16
+    (tmp_path / "other-text.json").write_text(json.dumps(data))
+    with pytest.raises(SnapbenchError, match="caption_channels"):
+        distill(dit_teacher, tmp_path / "e", config, student=tmp_path / "other-text.json", progress=False)
+    with pytest.raises(SnapbenchError, match="different backbones"):
+        distill(dit_teacher, tmp_path / "f", config, student="toy-digits", progress=False)

@@ -8,14 +8,15 @@ import json
 import pytest
 import torch
 
-from snapbench.backbones import backbone_for
+from snapbench.backbones import backbone_for, resolve_model
 from snapbench.dit.cut import example_inputs
-from snapbench.dit.source import dit_spec, resolve_dit, save_dit
+from snapbench.dit.elastic import save_dit
+from snapbench.dit.source import dit_spec, resolve_dit
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.actions import Action, parse_action, removal_actions
 from snapbench.evolution.latency_costs import FixedTable, costs_from_source
 from snapbench.model.elastic_unet import PerRow
-from snapbench.model.loading import ModelSource, resolve_model
+from snapbench.model.loading import ModelSource
 from snapbench.settings import InputShapes
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice
 from snapbench.specs.variants import Variant
@@ -101,8 +102,11 @@ def test_block_variants_are_cheaper_blocks_with_their_own_signature():
 
 def test_variants_refused_where_they_do_not_apply():
     src = resolve_model("sd3-tiny")
-    with pytest.raises(SnapbenchError, match="apply to PixArt blocks"):
-        backbone_for(src).build(ModelSource("v", _with(src.spec, TB1=BlockChoice("TB1", variant=Variant(ff_mult=2)))))
+    with pytest.raises(SnapbenchError, match="does not divide the block's 2 heads"):
+        backbone_for(src).build(ModelSource("v", _with(src.spec, TB1=BlockChoice("TB1", variant=Variant(kv_heads=3)))))
+    with pytest.raises(SnapbenchError, match="without its image attention"):
+        backbone_for(src).build(ModelSource("v", _with(src.spec, TB1=BlockChoice("TB1",
+                                                                                variant=Variant(self_attention=False)))))
 
 
 def test_saved_folder_round_trips_choices_and_weights(tmp_path):
@@ -215,19 +219,27 @@ def test_a_variant_at_the_full_sizes_is_the_block_itself():
     assert torch.allclose(_run(same, x), _run(model, x), atol=1e-5)
 
 
-def test_evolution_swaps_apply_to_pixart_blocks_and_say_why_not_elsewhere():
+def test_evolution_swaps_apply_to_every_dit_family():
     from snapbench.evolution.moves import SWAPS, check_moves_apply
 
     pix = resolve_model("pixart-sigma-tiny").spec
     slot = backbone_for(pix).removable(pix)[0]
     assert SWAPS["mqa"].blocked(pix, slot) is None and SWAPS["ffn"].blocked(pix, slot) is None
     assert "applies to CA blocks" in SWAPS["drop-self-attn"].blocked(pix, slot)
-    swapped = pix.with_choices("s", {(slot.stage, slot.name): SWAPS["mqa"].apply(pix.choice(slot))})
-    model = backbone_for(swapped).build(ModelSource("s", swapped), seed=1)
-    assert set(model.variants) == {slot.file_id}
-    sd3 = resolve_model("sd3-tiny").spec
-    with pytest.raises(SnapbenchError, match="PixArt's blocks so far"):
-        check_moves_apply(["mqa"], sd3, backbone_for(sd3).removable(sd3))
+    for name, ratio in (("pixart-sigma-tiny", 3), ("sd3-tiny", 3), ("sd35-tiny", 3), ("sana-tiny", 2)):
+        spec = resolve_model(name).spec
+        slots = backbone_for(spec).removable(spec)
+        check_moves_apply(["mqa", "ffn"], spec, slots)
+        swapped = spec
+        for move in ("mqa", "ffn"):
+            swapped = Action("S", slots[0].stage, slots[0].name, move).apply(swapped)
+        assert swapped.choice(slots[0]).variant == Variant(kv_heads=1, ff_mult=ratio)  # Sana's 2.5 -> 2
+        model = backbone_for(swapped).build(ModelSource("s", swapped), seed=1)
+        assert set(model.variants) == {slots[0].file_id}
+        assert _run(model, _inputs(name)).shape[0] == 2
+    sana = resolve_model("sana-tiny").spec
+    done = Action("S", slots[0].stage, slots[0].name, "ffn").apply(sana)
+    assert "already has ff_mult=2" in SWAPS["ffn"].blocked(done, backbone_for(sana).removable(sana)[0])
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from snapbench.backbones import resolve_model
 from snapbench.errors import SnapbenchError
-from snapbench.model.loading import build_unet, resolve_model, save_elastic
+from snapbench.model.loading import build_unet, save_elastic
 from snapbench.specs.arch_spec import BlockChoice
 from snapbench.specs.presets import load_preset
 

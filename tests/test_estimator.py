@@ -22,6 +22,7 @@ from snapbench.profilers.estimate.params import default_priors_path, params_from
 from snapbench.profilers.estimate.program_ops import OpRecord
 
 warnings.filterwarnings("ignore")
+PHONE = resolve_device("iphone14pro")  # resolved once, as the CLI does; the estimator takes a Device
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -80,7 +81,7 @@ def test_attention_records(attention_model):
     qk = next(r for r in recs if r.type == "matmul")
     assert qk.out_shapes[0][-2:] == (64, 64)
     assert qk.flops == 2 * 64 * 64 * 32
-    est = estimate_ops(recs, "iphone14pro")
+    est = estimate_ops(recs, PHONE)
     assert est.source == "estimate" and est.total_ms > 0 and "matmul" in est.by_op_type
 
 
@@ -93,19 +94,19 @@ def test_palettized_weights_are_smaller(conv_model):
     six = next(r for r in read_op_records(pal) if r.type == "conv")
     assert six.weight_bytes < 0.5 * fp16.weight_bytes
     assert 5.5 < six.weight_bits < 8  # 6-bit indices + LUT + fp16 bias
-    assert estimate_ops([six], "iphone14pro").total_ms <= estimate_ops([fp16], "iphone14pro").total_ms
+    assert estimate_ops([six], PHONE).total_ms <= estimate_ops([fp16], PHONE).total_ms
 
 
 def test_package_records_are_cached(conv_model, tmp_path, monkeypatch):
     path = tmp_path / "block.mlpackage"
     conv_model.save(str(path))
-    first = estimate_package(path, "iphone14pro")
+    first = estimate_package(path, PHONE)
     cache = path.with_name(path.name + ".ops.json")
     assert cache.is_file()
     import snapbench.profilers.estimate.program_ops as po
 
     monkeypatch.setattr(po, "records_from_spec", lambda spec: pytest.fail("re-parsed a cached package"))
-    assert estimate_package(path, "iphone14pro").total_ms == pytest.approx(first.total_ms)
+    assert estimate_package(path, PHONE).total_ms == pytest.approx(first.total_ms)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ def _conv(c=320, hw=64, k=3, batch=2, weight_bits=16.0, dilation=1):
 
 
 def _ms(records, device="iphone14pro", params=None):
-    return estimate_ops(records, device, params=params).total_ms
+    return estimate_ops(records, resolve_device(device), params=params).total_ms
 
 
 @pytest.mark.parametrize("rec", [_conv(), _conv(c=64, hw=8, k=1), _conv(c=1280, hw=8)])
@@ -156,7 +157,7 @@ def test_cpu_fallback_rules():
     gather = OpRecord(type="gather", name="g", in_shapes=((1, 77),), in_dtypes=("int32",),
                       out_shapes=((1, 77, 768),), out_dtypes=("fp16",), flops=77 * 768, weight_bytes=76e6,
                       weight_elems=38_000_000)
-    est = estimate_ops([gather, _conv(dilation=2), _conv()], "iphone14pro")
+    est = estimate_ops([gather, _conv(dilation=2), _conv()], PHONE)
     reasons = {c.type: c.reason for c in est.cpu_ops}
     assert "gather" in reasons["gather"]
     assert any("dilated" in c.reason for c in est.cpu_ops)
@@ -171,7 +172,7 @@ def test_huge_intermediate_goes_to_cpu_and_costs_more():
                         out_shapes=((16, n, n),), out_dtypes=("fp16",), flops=5.0 * 16 * n * n, weight_bytes=0)
 
     params = load_params()
-    small, big = estimate_ops([softmax(1024)], "iphone14pro"), estimate_ops([softmax(4096)], "iphone14pro")
+    small, big = estimate_ops([softmax(1024)], PHONE), estimate_ops([softmax(4096)], PHONE)
     assert not small.cpu_ops and (params.max_tensor_mb * 2**20 < 16 * 4096 * 4096 * 2) == bool(big.cpu_ops)
     assert big.total_ms > 16 * small.total_ms * 0.9
 
@@ -187,7 +188,7 @@ def test_tiny_last_axis_pays_row_padding():
 
 def test_prepared_ops_give_the_same_answer():
     recs = [_conv(), _conv(c=64, hw=8, k=1)]
-    assert estimate_ops(prepare(recs), "iphone14").total_ms == pytest.approx(_ms(recs, "iphone14"))
+    assert estimate_ops(prepare(recs), resolve_device("iphone14")).total_ms == pytest.approx(_ms(recs, "iphone14"))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -241,7 +242,7 @@ def _synthetic_points(truth):
     for name, recs in programs.items():
         for dev in ("iphone14pro", "iphone12promax"):
             prep = prepare(recs)
-            measured = estimate_ops(prep, dev, params=truth).total_ms
+            measured = estimate_ops(prep, resolve_device(dev), params=truth).total_ms
             pts.append(CalibrationPoint(f"synthetic {name} {dev}", "synthetic", dev, "package", name, "-",
                                         measured, ((prep, 1),)))
     return pts
@@ -275,7 +276,7 @@ def test_a_fit_leaves_each_chip_at_the_catalogs_peak():
     assert not [k for k in fit_knobs(pts) if k.startswith("chip.")]
     assert fit_params(pts, prior, maxiter=20).chip_factor == {}
     prep = prepare([_conv(c=640, hw=32)])
-    assert estimate_ops(prep, "iphone14pro", params=truth).total_ms < estimate_ops(prep, "iphone14pro",
+    assert estimate_ops(prep, PHONE, params=truth).total_ms < estimate_ops(prep, PHONE,
                                                                                     params=prior).total_ms
 
 
@@ -367,7 +368,7 @@ def test_memory_serial_spans_overlap_to_sum():
     # one op whose compute and DRAM times are both substantial: v4 priced their max (full overlap)
     rec = _conv(c=1280, hw=8)
     p = load_params()
-    est = [estimate_ops([rec], "iphone14pro", params=replace(p, memory_serial=s)) for s in (0.0, 0.5, 1.0)]
+    est = [estimate_ops([rec], PHONE, params=replace(p, memory_serial=s)) for s in (0.0, 0.5, 1.0)]
     t = [e.total_ms for e in est]
     assert t[0] < t[1] < t[2]
     # linear in the share, and never more than the longer side again
@@ -420,7 +421,7 @@ def test_a_spelt_out_group_norm_moves_what_one_norm_moves(group_norm_model):
     assert [r.type for r in recs if r.type in ("reduce_mean", "sub", "square", "real_div")] == \
         ["reduce_mean", "sub", "square", "reduce_mean", "real_div"]
     x_bytes = 128 * 96 * 96 * 2
-    est = estimate_ops(recs, "iphone14pro")
+    est = estimate_ops(recs, PHONE)
     assert est.dram_bytes == pytest.approx(3 * x_bytes)
     # v6 sent the centred tensor and its square through DRAM: two more writes, three more reads
     from snapbench.profilers.estimate import cost_model
@@ -428,7 +429,7 @@ def test_a_spelt_out_group_norm_moves_what_one_norm_moves(group_norm_model):
     keep = cost_model._norm_internals
     try:
         cost_model._norm_internals = lambda records: set()
-        spelt = estimate_ops(recs, "iphone14pro")
+        spelt = estimate_ops(recs, PHONE)
     finally:
         cost_model._norm_internals = keep
     assert spelt.dram_bytes == pytest.approx(8 * x_bytes)
@@ -444,9 +445,46 @@ def test_a_depthwise_convs_taps_are_free():
                         out_dtypes=("fp16",), flops=2.0 * k * k * 256 * 64 * 64, weight_bytes=2.0 * k * k * 256,
                         attrs={"groups": 256})
 
-    e3, e7 = (estimate_ops([dw(k)], "iphone14pro") for k in (3, 7))
+    e3, e7 = (estimate_ops([dw(k)], PHONE) for k in (3, 7))
     assert e7.flops == pytest.approx(e3.flops * 49 / 9)
     assert e7.total_ms == pytest.approx(e3.total_ms, rel=0.01)
     # a dense conv's taps are not free
     dense = replace(dw(7), attrs={"groups": 1}, flops=2.0 * 49 * 256 * 256 * 64 * 64)
-    assert estimate_ops([dense], "iphone14pro").total_ms > 10 * e7.total_ms
+    assert estimate_ops([dense], PHONE).total_ms > 10 * e7.total_ms
+
+
+def test_a_palette_per_channel_group_is_fetched_at_dram_latency():
+    # v9: every palette must be on chip before the weights that index it expand: one dependent DRAM access
+    # per table. A per-tensor palette (one table) costs nothing visible; coremltools' per-grouped-channel
+    # palettes fetch one table per G output channels, which can outlast the weights' own bytes.
+    from snapbench.profilers.estimate.stored_weights import palette_tables, with_stored_weights
+
+    # a 1x1 conv with 4096 output channels at a 4x4 map: little work, 2M weights
+    rec = OpRecord(type="conv", name="c", in_shapes=((1, 512, 4, 4),), in_dtypes=("fp16",),
+                   out_shapes=((1, 4096, 4, 4),), out_dtypes=("fp16",), flops=2.0 * 512 * 4096 * 16,
+                   weight_bytes=2.0 * 512 * 4096, weight_elems=512 * 4096, weight_bits=16.0)
+    assert [palette_tables(rec, w) for w in ("fp16", "pal4", "pal4g16", "pal4g4", "pal4g1", "pal4g")] == \
+        [0, 1, 256, 1024, 4096, 128]  # a bare g: coremltools' default group of 32 channels
+    linear = replace(rec, type="linear", out_shapes=((1, 77, 4096),))
+    assert palette_tables(linear, "pal4g8") == 512  # a linear layer's tables: per output feature group
+    # a prior (DRAM latency), never fitted: the shipped fit carries it unchanged
+    assert load_params(default_priors_path()).table_fetch_ns == load_params().table_fetch_ns == 100.0
+    p = load_params()
+
+    def priced(weights, ns=p.table_fetch_ns):
+        (r,) = with_stored_weights([rec], weights)
+        return estimate_ops([r], resolve_device("iphone15pro"), params=replace(p, table_fetch_ns=ns))
+
+    # the tables' bytes are counted (a 16-entry fp16 table each), not only their fetches
+    assert priced("pal4g1").dram_bytes - priced("pal4").dram_bytes == pytest.approx(4095 * 32)
+    t = {w: priced(w).total_ms for w in ("pal4", "pal4g16", "pal4g4", "pal4g1")}
+    assert t["pal4"] < t["pal4g4"] < t["pal4g1"]
+    # latency-bound at one table per channel: each extra 100 ns per fetch costs 4096 x 100 ns
+    assert priced("pal4g1", ns=200.0).total_ms - t["pal4g1"] == pytest.approx(4096 * 100e-9 * 1e3, rel=1e-6)
+    # with the fetches free (v8), every grouping prices as the per-tensor palette, up to the tables' bytes
+    assert priced("pal4g1", ns=0.0).total_ms == pytest.approx(priced("pal4", ns=0.0).total_ms, rel=0.02)
+    # a v8 parameter file reads with v8 behaviour (no fetch cost)
+    doc = json.loads(default_priors_path().read_text())
+    del doc["table_fetch_ns"]
+    doc["version"] = 8
+    assert params_from_dict(doc, "v8.json").table_fetch_ns == 0.0

@@ -177,7 +177,7 @@ def test_cli_evolve_json_and_output_folder(tmp_path, toy_folder, capsys, fixed_t
     assert rows[0]["eval_samples"] == 10 and rows[1]["eval_samples"] == first["samples"]
     assert rows[0]["action"] == "start" and rows[-1]["action"] == "final"
     assert (out / "trajectory.csv").read_text().splitlines()[0] == ",".join(TRAJECTORY_COLUMNS)
-    from snapbench.model.loading import resolve_model
+    from snapbench.backbones import resolve_model
 
     src = resolve_model(out)  # convert / profile / report read the folder
     assert src.spec.to_dict()["stages"] == doc["arch_spec"]["stages"] and src.weights_dir is not None

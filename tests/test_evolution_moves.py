@@ -11,6 +11,7 @@ import pytest
 import torch
 from evolution_helpers import CA_MS, KindSource, PenaltyEval, toy_folder  # noqa: F401  (fixtures)
 
+from snapbench.backbones import resolve_model
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.actions import Action, parse_action, shrinking_actions, swap_actions
@@ -18,7 +19,6 @@ from snapbench.evolution.batching import union_spec, variant_groups
 from snapbench.evolution.evaluators import Quality
 from snapbench.evolution.latency_costs import BlockPriceTable, costs_from_source
 from snapbench.evolution.moves import MOVE_NAMES, check_moves_apply, parse_moves
-from snapbench.model.loading import resolve_model
 from snapbench.specs.arch_spec import ArchSpec
 
 # What each variant field does to a block's price under VariantSource (made-up, known in advance).

@@ -1,13 +1,13 @@
 import json
 
+from snapbench.backbones import inspect_model, resolve_model
 from snapbench.blocks.cut import InputShapes
-from snapbench.blocks.inspection import inspect_model
 from snapbench.cli import main
 from snapbench.specs.stages import STAGES
 
 
 def test_sd15_parameter_count_and_macs():
-    r = inspect_model("sd15", shapes=InputShapes(latent=64, batch=1))
+    r = inspect_model(resolve_model("sd15"), shapes=InputShapes(latent=64, batch=1))
     tot = r.totals()
     assert tot["params"] == 859_520_964
     # attention matmuls counted: ~401.6G MACs per 512x512 forward; without them BK-SDM's 338.7G
@@ -16,14 +16,14 @@ def test_sd15_parameter_count_and_macs():
 
 
 def test_blocks_sum_to_the_whole_unet():
-    r = inspect_model("sd15-tiny", shapes=InputShapes(latent=16, batch=2, tokens=5))
+    r = inspect_model(resolve_model("sd15-tiny"), shapes=InputShapes(latent=16, batch=2, tokens=5))
     rows = r.block_rows()
     ids = [b["id"] for b in rows]
     assert len(ids) == len(set(ids))
     assert ids[0] == "TimeEmbedding" and ids[1] == "ConvIn" and ids[-1] == "ConvOut"
     import torch
 
-    from snapbench.model.loading import build_unet, resolve_model
+    from snapbench.model.loading import build_unet
 
     unet = build_unet(resolve_model("sd15-tiny"), device="meta").base
     assert sum(b["params"] for b in rows) == sum(p.numel() for p in unet.parameters())
@@ -38,7 +38,7 @@ def test_blocks_sum_to_the_whole_unet():
 
 
 def test_stage_ids_and_signatures():
-    r = inspect_model("snapfusion-tiny", shapes=InputShapes(latent=16, batch=2, tokens=5))
+    r = inspect_model(resolve_model("snapfusion-tiny"), shapes=InputShapes(latent=16, batch=2, tokens=5))
     rows = {b["id"]: b for b in r.block_rows()}
     ca = rows["CA[Up-1, 2]"]
     assert ca["stage"] == "Up-1" and ca["file_id"] == "up1_ca2" and ca["module"] == "up_blocks.1.attentions.1"

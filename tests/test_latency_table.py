@@ -7,11 +7,11 @@ from dataclasses import replace
 import pytest
 from profile_fakes import FakePackages, toy_estimator
 
+from snapbench.backbones import resolve_model
 from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.latency.model_latency import block_latencies
 from snapbench.latency.table import COLUMNS, LatencyRow, LatencyTable, Settings
-from snapbench.model.loading import resolve_model
 
 S = Settings()
 

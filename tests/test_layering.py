@@ -1,6 +1,10 @@
 """The layers hold: no library module imports `snapbench.commands` (or the CLI); `snapbench.profilers`
 (the estimator and the device backends) is a leaf that imports nothing above it; `snapbench.training` (shared
-by evolution and distillation) imports neither of them.
+by evolution and distillation) imports neither of them; and the packages (and top-level modules) of snapbench
+import each other without a loop, so every import points down the pipeline: a family's conversion and
+profiling sit with the converters and the latency table (`converters/convert_dit.py`,
+`latency/dit_profile.py`), and `--model` is read through the backbones' seam (`backbones.resolve_model`),
+not by `model/` reaching up into a family.
 
 `python -m snapbench.x` starters (a module of imports and an `if __name__ == "__main__":` that runs the CLI)
 are the CLI's, not the library's."""
@@ -29,7 +33,8 @@ def _is_entry_point(tree: ast.Module) -> bool:
 # converters, the latency table, calibration, evolution, the report or the CLI: they all sit above it.
 PROFILERS_MAY_IMPORT = ("snapbench.profilers", "snapbench.errors", "snapbench.atomic", "snapbench.paths",
                         "snapbench.settings", "snapbench.names", "snapbench.versions", "snapbench.user_files",
-                        "snapbench.devices", "snapbench.extras", "snapbench.formatting", "snapbench.console")
+                        "snapbench.devices", "snapbench.extras", "snapbench.formatting", "snapbench.console",
+                        "snapbench.json_types")
 
 
 def _imports(tree: ast.Module) -> list[tuple[int, str]]:
@@ -93,3 +98,60 @@ def test_the_check_sees_an_offender():
     assert not _is_entry_point(bad)
     assert _is_entry_point(ast.parse('"""doc"""\nimport sys\nfrom snapbench.cli import main\n'
                                      'if __name__ == "__main__":\n    sys.exit(main())\n'))
+
+
+def _part(module: str) -> str | None:
+    """The room a module belongs to: its package under snapbench (`snapbench.dit.cut` -> `dit`), or the
+    top-level module itself (`snapbench.paths` -> `paths`); None outside snapbench and for the package face."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "snapbench" and len(parts) > 1 else None
+
+
+def _part_graph(modules: dict[str, ast.Module]) -> dict[str, dict[str, str]]:
+    """part -> {imported part: where (file:line)}, every import counted (lazy and TYPE_CHECKING ones too)."""
+    graph: dict[str, dict[str, str]] = {}
+    for rel, tree in modules.items():
+        src = _part("snapbench." + rel.removesuffix(".py").replace("/", "."))
+        if src is None or src in ("commands", "cli", "__main__", "__init__"):
+            continue
+        for line, name in _imports(tree):
+            dst = _part(name)
+            if dst is not None and dst != src and dst != "__init__":
+                graph.setdefault(src, {}).setdefault(dst, f"{rel}:{line}")
+    return graph
+
+
+def _loops(graph: dict[str, dict[str, str]]) -> list[str]:
+    """Each import that closes a loop between parts (depth-first search: an edge back to a part on the
+    path), as 'a -> b (file:line)'."""
+    found: list[str] = []
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        for nxt, where in sorted(graph.get(node, {}).items()):
+            if state.get(nxt) == 1:
+                found.append(f"{node} -> {nxt} ({where})")
+            elif nxt not in state:
+                visit(nxt)
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return found
+
+
+def test_the_packages_import_each_other_without_a_loop():
+    modules = {str(p.relative_to(ROOT)): ast.parse(p.read_text()) for p in sorted(ROOT.rglob("*.py"))}
+    assert _loops(_part_graph(modules)) == []
+
+
+def test_the_loop_check_sees_a_lazy_import_back_up():
+    # model/ reaching up into a family (the DiT) that builds on it: a loop, even when the import is lazy
+    modules = {"model/loading.py": ast.parse("def f():\n    from snapbench.dit.source import resolve_dit\n"),
+               "dit/source.py": ast.parse("from snapbench.model.loading import ModelSource\n"),
+               "dit/cut.py": ast.parse("from snapbench.dit.source import build_meta\n")}
+    assert _loops(_part_graph(modules)) == ["model -> dit (model/loading.py:2)"]
+    modules["model/loading.py"] = ast.parse("from snapbench.errors import SnapbenchError\n")
+    assert _loops(_part_graph(modules)) == []

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
+from snapbench.backbones import resolve_model
 from snapbench.cli import main
 from snapbench.converters.mixed_bit import RECIPE_FORMAT, compressible_layers, fingerprint, layers_digest
 from snapbench.converters.sensitivity import SensitivityOptions, bytes_at, choose_bits
-from snapbench.model.loading import resolve_model
 
 FAST = SensitivityOptions(latent=8, samples=1, tokens=4, widths=(2, 4))  # 8 bits: 256-entry k-means, slower
 

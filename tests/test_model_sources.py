@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
+from snapbench.backbones import resolve_model
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
-from snapbench.model.loading import build_unet, resolve_model
+from snapbench.model.loading import build_unet
 
 
 def _tiny_unet():

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from snapbench.backbones import resolve_model
 from snapbench.cli import main
 from snapbench.converters.convert_blocks import cut
 from snapbench.converters.manifest import load_manifest
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.unet_chunks import UNetChunk, build_chunk, plan_chunks, split_after
-from snapbench.model.loading import build_unet, resolve_model
+from snapbench.model.loading import build_unet
 
 TINY = ["--latent", "8", "--tokens", "4"]
 

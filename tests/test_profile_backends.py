@@ -15,11 +15,11 @@ from profile_fakes import (
     xcodebuild_failure,
 )
 
+from snapbench.backbones import resolve_model
 from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.latency.model_latency import profile_model
 from snapbench.latency.table import LatencyTable, Settings
-from snapbench.model.loading import resolve_model
 from snapbench.profilers.backends import DeviceBackend, choose_backend
 from snapbench.profilers.measurement import PackageJob
 from snapbench.profilers.readiness import blocker, put_devicectl_on_path

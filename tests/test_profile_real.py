@@ -7,11 +7,11 @@ import json
 
 import pytest
 
+from snapbench.backbones import resolve_model
 from snapbench.cli import main
 from snapbench.devices.catalog import resolve_device
 from snapbench.latency.model_latency import block_latencies
 from snapbench.latency.table import LatencyTable, Settings
-from snapbench.model.loading import resolve_model
 
 pytestmark = pytest.mark.slow
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.latency.table import LatencyRow, LatencyTable, merge_into_file
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder, file_lock, folder_lock
@@ -263,10 +264,10 @@ def _break(package: Path, how: str) -> None:
 def test_broken_cached_packages_are_converted_again(converted, tmp_path):
     import shutil
 
+    from snapbench.backbones import resolve_model
     from snapbench.converters.entry import ConvertRequest, convert
     from snapbench.converters.manifest import load_manifest
     from snapbench.converters.options import ConvertOptions
-    from snapbench.model.loading import resolve_model
 
     out = tmp_path / "out"
     shutil.copytree(converted, out)
@@ -347,14 +348,14 @@ def test_a_report_prices_each_model_at_its_own_latent_unless_told(tmp_path):
         asked[source.spec.name] = settings["latent"]
         return ProfileOutcome(None, "not needed here")
 
-    data = gather(baseline="sd15", candidates=["toy-digits"], devices=["iphone14pro"], profiler=profiler)
+    data = gather(baseline="sd15", candidates=["toy-digits"], devices=[resolve_device("iphone14pro")], profiler=profiler)
     doc = data.to_dict()  # the JSON document `report --json` writes
     assert asked == {"sd15": 64, "toy-digits": 8}
     assert {m["key"]: m["latent"] for m in doc["models"]} == {"sd15": 64, "toy-digits": 8}
     html = render_html(data)
     assert "toy-digits 8&times;8" in html and "sd15 64&times;64" in html
     asked.clear()
-    gather(baseline="sd15", candidates=["toy-digits"], devices=["iphone14pro"], profiler=profiler,
+    gather(baseline="sd15", candidates=["toy-digits"], devices=[resolve_device("iphone14pro")], profiler=profiler,
            settings={"latent": 32})
     assert asked == {"sd15": 32, "toy-digits": 32}
 

@@ -14,10 +14,10 @@ import math
 import pytest
 from profile_fakes import FakePackages, toy_estimator
 
+from snapbench.backbones import resolve_model
 from snapbench.cli import main
 from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
-from snapbench.model.loading import resolve_model
 from snapbench.report import gather_data as report_data
 from snapbench.report.gather_data import default_out_path, gather, parse_steps
 from snapbench.report.latency_source import ProfileOutcome, backend_label, profile_with_snapbench
@@ -38,7 +38,7 @@ def fake_profiler(tmp_path, **extra):
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
-    return gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], profiler=fake_profiler(tmp),
+    return gather(baseline=BASE, candidates=[CAND], devices=[resolve_device(DEVICE)], profiler=fake_profiler(tmp),
                   table=None), tmp
 
 
@@ -114,7 +114,7 @@ def test_no_latency_means_no_figure(tmp_path):
     def unavailable(*_a, **_k):
         return ProfileOutcome(None, "no profiler here (test)")
 
-    data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], profiler=unavailable)
+    data = gather(baseline=BASE, candidates=[CAND], devices=[resolve_device(DEVICE)], profiler=unavailable)
     doc = data.to_dict()  # the JSON document `report --json` writes
     for r in doc["results"]:
         assert not r["available"] and r["budget"] is None and r["components"] == {} and r["blocks"] == []
@@ -136,7 +136,7 @@ class DecoderlessPackages(FakePackages):
 def test_a_part_that_cannot_be_profiled_is_missing_not_invented(tmp_path):
     profiler = functools.partial(profile_with_snapbench, packages=DecoderlessPackages(tmp_path / "p"),
                                  estimator=toy_estimator(), progress=False)
-    data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], profiler=profiler)
+    data = gather(baseline=BASE, candidates=[CAND], devices=[resolve_device(DEVICE)], profiler=profiler)
     doc = data.to_dict()  # the JSON document `report --json` writes
     r = result(doc, BASE)
     assert r["available"] and r["components"]["unet"]["ms"] and r["components"]["text_encoder"]["ms"]
@@ -159,7 +159,7 @@ def test_table_lacking_rows_is_estimated_and_said(tmp_path):
                         estimator=toy_estimator(), progress=False)
     table = tmp_path / "table.csv"
     run.table.save(table)
-    data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], table=table, profiler=fake_profiler(tmp_path))
+    data = gather(baseline=BASE, candidates=[CAND], devices=[resolve_device(DEVICE)], table=table, profiler=fake_profiler(tmp_path))
     doc = data.to_dict()  # the JSON document `report --json` writes
     base_notes = " ".join(result(doc, BASE)["notes"])
     cand_notes = " ".join(result(doc, CAND)["notes"])
@@ -181,7 +181,7 @@ def test_steps_override_and_reference_points(tmp_path):
     ref.write_text("source,device,model,component,latency_ms,per,runtime,attention,weight_bits,batch,notes\n"
                    f"my-bench,{DEVICE},{BASE},unet,2.5,denoising step,Core ML,split_einsum_v2,16,2,typed in\n"
                    "other,iphone12,sd15,unet,3000,denoising step,,,,,\n")
-    data = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], steps={CAND: 4}, reference=ref,
+    data = gather(baseline=BASE, candidates=[CAND], devices=[resolve_device(DEVICE)], steps={CAND: 4}, reference=ref,
                   profiler=fake_profiler(tmp_path))
     doc = data.to_dict()  # the JSON document `report --json` writes
     m = next(m for m in doc["models"] if m["key"] == CAND)
@@ -227,7 +227,7 @@ def test_trajectory_of_an_evolve_output_is_charted(tmp_path):
         {"iteration": 2, "phase": "add", "action": "A+", "block": "CA[Up-1, 2]", "latency_ms": 8.5,
          "latency_backend": "estimate+iphone", "quality": 0.91},
     ], folder / "trajectory.csv")
-    data = gather(baseline=BASE, candidates=[str(folder / "arch.json")], devices=[DEVICE],
+    data = gather(baseline=BASE, candidates=[str(folder / "arch.json")], devices=[resolve_device(DEVICE)],
                   profiler=lambda *a, **k: ProfileOutcome(None, "not needed here"))
     doc = data.to_dict()  # the JSON document `report --json` writes
     traj = next(m for m in doc["models"] if m["key"] == "evolved")["trajectory"]
@@ -243,7 +243,7 @@ def test_a_broken_trajectory_is_reported_not_fatal(tmp_path):
     spec = load_preset(CAND).to_dict()
     (tmp_path / "arch.json").write_text(json.dumps(spec))
     (tmp_path / "trajectory.csv").write_text("iteration,latency_ms\n0,1.0\n")
-    data = gather(baseline=BASE, candidates=[str(tmp_path / "arch.json")], devices=[DEVICE],
+    data = gather(baseline=BASE, candidates=[str(tmp_path / "arch.json")], devices=[resolve_device(DEVICE)],
                   profiler=lambda *a, **k: ProfileOutcome(None, "not needed here"))
     doc = data.to_dict()  # the JSON document `report --json` writes
     assert "missing column" in doc["models"][1]["trajectory"]["problem"]
@@ -341,7 +341,7 @@ def test_measured_load_times_reach_the_report(tmp_path):
                             packages=FakePackages(tmp_path / "pkgs"), progress=False)
         return ProfileOutcome.of(run)
 
-    data = gather(baseline=BASE, candidates=[], devices=[DEVICE], profiler=on_the_phone)
+    data = gather(baseline=BASE, candidates=[], devices=[resolve_device(DEVICE)], profiler=on_the_phone)
     doc = data.to_dict()  # the JSON document `report --json` writes
     r = result(doc, BASE)
     assert r["labels"] == ["measured"] and r["measured_on"]["os_build"] == "22B83"
@@ -356,7 +356,7 @@ def test_measured_load_times_reach_the_report(tmp_path):
 def test_your_app_floor_is_beside_the_engine_budget_never_in_it(tmp_path, report):
     data, _ = report
     doc = data.to_dict()  # the JSON document `report --json` writes
-    floored = gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], profiler=fake_profiler(tmp_path),
+    floored = gather(baseline=BASE, candidates=[CAND], devices=[resolve_device(DEVICE)], profiler=fake_profiler(tmp_path),
                      table=None, app_floor_ms=2.0)
     for model in (BASE, CAND):
         engine, mine = result(doc, model)["budget"], result(floored.to_dict(), model)["budget"]

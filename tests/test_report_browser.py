@@ -8,29 +8,21 @@ from __future__ import annotations
 import functools
 import io
 import json
-import math
-from pathlib import Path
 
 import pytest
 from profile_fakes import FakePackages, toy_estimator
+from report_page import ARGS, BROWSER_MARKS, CELLS_JS, CHROMIUM, assert_cells_match
 
+from snapbench.devices.catalog import resolve_device
 from snapbench.report.gather_data import gather
 from snapbench.report.latency_source import profile_with_snapbench
-from snapbench.report.render import FORMATTERS
 from snapbench.report.write import write_report
 from snapbench.specs.presets import load_preset
 from snapbench.specs.stages import STAGES
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"{CHROMIUM} missing (`make browser` installs Debian's chromium)"),
-]
+pytestmark = BROWSER_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 EVIL = '<script>alert("x")</script><img src="http://example.invalid/x.png">'
 
 
@@ -44,7 +36,7 @@ def built(tmp_path_factory):
     profiler = functools.partial(profile_with_snapbench, packages=FakePackages(tmp / "pkgs"),
                                  estimator=toy_estimator(), progress=False)
     data = gather(baseline="sd15-tiny", candidates=["snapfusion-tiny", str(tmp / "evil.json")],
-                  devices=["iphone14pro"], profiler=profiler)
+                  devices=[resolve_device("iphone14pro")], profiler=profiler)
     html, js = write_report(data, tmp / "report.html", with_json=True)
     return html, json.loads(js.read_text())
 
@@ -94,28 +86,15 @@ def test_dom_shows_stages_and_models(page):
     assert page[0].locator("svg").count() >= 2  # Fig. 2 and the budget chart, inline
 
 
-def _at(data, path: str):
-    for part in path.split("."):
-        data = data[int(part)] if isinstance(data, list) else data[part]
-    return data
-
-
 def test_numbers_in_the_dom_are_the_json_numbers(page, built):
     data = built[1]
-    cells = page[0].eval_on_selector_all(
-        "[data-json]", "els => els.map(e => [e.dataset.json, e.dataset.value, e.dataset.fmt, e.innerText.trim()])")
+    cells = page[0].eval_on_selector_all("[data-json]", CELLS_JS)
     assert len(cells) > 200
     paths = {c[0] for c in cells}
     for wanted in ("results.0.components.unet.ms", "results.1.budget.total_s", "results.1.speedup_e2e",
                    "results.0.stages.0.ca_ms", "models.1.stage_params.6.rb_params", "results.1.blocks.3.tflops"):
         assert wanted in paths
-    for path, value, fmt, text in cells:
-        expected = _at(data, path)
-        if expected is None:
-            assert value == "" and text == "\u2014", path
-            continue
-        assert math.isclose(float(value), float(expected), rel_tol=1e-12), path
-        assert text == FORMATTERS[fmt](expected), (path, text)
+    assert_cells_match(cells, data)
 
 
 def test_user_strings_are_escaped(page):

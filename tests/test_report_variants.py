@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from profile_fakes import FakePackages, toy_estimator
 
+from snapbench.devices.catalog import resolve_device
 from snapbench.report.gather_data import gather
 from snapbench.report.latency_source import profile_with_snapbench
 from snapbench.report.render import render_html
@@ -22,7 +23,7 @@ def report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     profiler = functools.partial(profile_with_snapbench, packages=FakePackages(tmp / "pkgs"),
                                  estimator=toy_estimator(), progress=False)
-    return gather(baseline=BASE, candidates=[CAND], devices=[DEVICE], profiler=profiler, table=None)
+    return gather(baseline=BASE, candidates=[CAND], devices=[resolve_device(DEVICE)], profiler=profiler, table=None)
 
 
 def test_variant_labels():

@@ -93,7 +93,7 @@ def test_checkpoint_folder_and_resume_reproduce_an_uninterrupted_run(tmp_path):
         assert torch.allclose(p, q, atol=1e-6), name
     assert torch.equal(a.encoder.tokens.weight, b.encoder.tokens.weight)
     # the folder is a model every command reads
-    from snapbench.model.loading import resolve_model
+    from snapbench.backbones import resolve_model
 
     assert resolve_model(straight).spec.name == "toy-digits"
 

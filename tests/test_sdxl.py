@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
+from snapbench.backbones import inspect_model, resolve_model
 from snapbench.blocks.cut import InputShapes, example_inputs
-from snapbench.blocks.inspection import inspect_model
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
-from snapbench.model.loading import build_unet, resolve_model
+from snapbench.model.loading import build_unet
 from snapbench.specs.layout import check_supported
 from snapbench.specs.presets import load_preset
 
@@ -18,7 +18,7 @@ TINY = InputShapes(latent=16, batch=2, tokens=5)
 
 @pytest.mark.slow
 def test_sdxl_full_size_parameter_count_and_depths():
-    r = inspect_model("sdxl", shapes=InputShapes(latent=128, batch=2))
+    r = inspect_model(resolve_model("sdxl"), shapes=InputShapes(latent=128, batch=2))
     # diffusers 0.42 instantiating the published config: shared/reference/configs/README.md
     assert r.totals()["params"] == 2_567_463_684
     rows = {b["id"]: b for b in r.block_rows()}
@@ -41,7 +41,7 @@ def test_sdxl_tiny_elastic_equals_diffusers_and_blocks_add_up():
         ours = model(sample, t, ctx, *added)
         ref = model.base(sample, t, ctx, added_cond_kwargs=cond).sample
     torch.testing.assert_close(ours, ref, rtol=0, atol=0)
-    rows = inspect_model("sdxl-tiny", shapes=TINY).block_rows()
+    rows = inspect_model(resolve_model("sdxl-tiny"), shapes=TINY).block_rows()
     assert sum(b["params"] for b in rows) == sum(p.numel() for p in model.base.parameters())
     # the text_time block is priced on its own: its change to the time embedding is not free
     assert next(b for b in rows if b["id"] == "TextTimeEmbedding")["macs"] > 0

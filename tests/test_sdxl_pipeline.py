@@ -45,8 +45,8 @@ def xl_folder(tmp_path_factory) -> Path:
 def test_text_encoder_parts_give_what_diffusers_sdxl_pipeline_feeds_its_unet(xl_folder):
     from diffusers import StableDiffusionXLPipeline
 
+    from snapbench.backbones import resolve_model
     from snapbench.converters.app_parts import model_folder, xl_text_encoder_parts
-    from snapbench.model.loading import resolve_model
 
     source = resolve_model(xl_folder)
     parts = xl_text_encoder_parts(source, replace(OPTS, tokens=77), model_folder(str(xl_folder), None, xl=True))
@@ -68,10 +68,10 @@ def test_text_encoder_parts_give_what_diffusers_sdxl_pipeline_feeds_its_unet(xl_
 def test_sdxl_unet_chunks_compose_to_diffusers_unet(xl_folder):
     from diffusers import UNet2DConditionModel
 
+    from snapbench.backbones import resolve_model
     from snapbench.converters.convert_blocks import cut
     from snapbench.converters.unet_chunks import build_chunk, plan_chunks
     from snapbench.converters.whole_unet import added_inputs
-    from snapbench.model.loading import resolve_model
 
     source = resolve_model(xl_folder)
     opts = replace(OPTS, chunks=2)
@@ -103,8 +103,8 @@ def test_sdxl_unet_chunks_compose_to_diffusers_unet(xl_folder):
 def converted(xl_folder, tmp_path_factory):
     """The tiny SDXL folder converted with two UNet chunks, then (a copy) with one Unet: the text encoders
     and the VAE decoder come from the cache the second time."""
+    from snapbench.backbones import resolve_model
     from snapbench.converters.entry import ConvertRequest, convert
-    from snapbench.model.loading import resolve_model
 
     root = tmp_path_factory.mktemp("xl-app")
     chunked = root / "chunks"

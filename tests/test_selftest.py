@@ -56,7 +56,7 @@ def test_diffusers_and_transformers_load_them(fx):
 
 
 def test_training_data_is_what_train_data_reads(fx):
-    from snapbench.model.loading import resolve_model
+    from snapbench.backbones import resolve_model
     from snapbench.training.data import LatentFolderData
 
     data = LatentFolderData(fx.data, resolve_model(fx.pipeline).spec)
@@ -126,8 +126,8 @@ def test_clip_evaluator_scores_batched_candidates_per_sample(fx):
 
 
 def test_clip_evaluator_bad_input(fx, tmp_path):
+    from snapbench.backbones import resolve_model
     from snapbench.evolution.evaluators import ClipEvalConfig, read_prompts
-    from snapbench.model.loading import resolve_model
 
     spec = resolve_model(fx.pipeline).spec
     not_clip = tmp_path / "not-clip"
@@ -208,10 +208,12 @@ def test_selftest_runs_every_stage(tmp_path):
     assert any(n.startswith("train (accelerate, ") for n in names)
     assert {"ablate (clip, 2 local workers)", "evolve (clip, ray)", "distill-decoder (50% channels)",
             "profile sdxl-tiny (convert per block, estimate)",
-            "profile snapgen-tiny (convert per block, estimate)"} <= set(names)
+            "profile snapgen-tiny (convert per block, estimate)", "inspect (DiT)",
+            "convert (DiT blocks, split_einsum_v2)", "profile (DiT, estimate)", "report (DiT)"} <= set(names)
     assert any(n.startswith("distill (cfg-aware, accelerate, ") for n in names) and names[-1] == "report"
     assert all(s["seconds"] >= 0 for s in report["stages"])
     assert (work / "report.html").is_file() and (work / "evolve" / "arch.json").is_file()
+    assert (work / "report-dit.html").is_file()
 
 
 def test_evaluations_go_to_a_gpu_when_the_worker_sees_one(monkeypatch):

@@ -9,10 +9,10 @@ from diffusers.models.attention import BasicTransformerBlock, FeedForward
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0, StableAudioAttnProcessor2_0
 from diffusers.models.resnet import ResnetBlock2D
 
+from snapbench.backbones import inspect_model, resolve_model
 from snapbench.blocks.cut import InputShapes
-from snapbench.blocks.inspection import inspect_model
 from snapbench.errors import SnapbenchError
-from snapbench.model.loading import build_unet, resolve_model, save_elastic
+from snapbench.model.loading import build_unet, save_elastic
 from snapbench.model.variants import (
     CrossOnlyTransformerBlock,
     ExpandedSeparableConv,
@@ -122,7 +122,7 @@ def test_variant_fields_round_trip_and_bad_ones_are_one_line():
 
 
 def test_snapgen_tiny_signatures_and_counts():
-    r = inspect_model("snapgen-tiny", shapes=InputShapes(latent=16, batch=2, tokens=5))
+    r = inspect_model(resolve_model("snapgen-tiny"), shapes=InputShapes(latent=16, batch=2, tokens=5))
     rows = {b["id"]: b for b in r.block_rows()}
     assert "kv_heads=1,self_attn=0|" in rows["CA[Down-1, 1]"]["signature"]  # cross-attention from stage 1
     assert "layers=4,proj=linear,ff_mult=3,kv_heads=1|" in rows["CA[Mid, 1]"]["signature"]
@@ -162,7 +162,7 @@ def test_snapgen_tiny_runs_saves_and_loads(tmp_path):
 @pytest.mark.slow
 def test_snapgen_parameter_count_against_the_paper():
     spec = load_preset("snapgen")
-    r = inspect_model("snapgen", shapes=InputShapes(latent=128, batch=2))
+    r = inspect_model(resolve_model("snapgen"), shapes=InputShapes(latent=128, batch=2))
     assert spec.notes["paper_claimed_params"] == 379_000_000
     # what the stated choices give (README: "SnapGen"): an audit figure, not a target
     assert r.totals()["params"] == 426_629_892

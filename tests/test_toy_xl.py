@@ -9,10 +9,10 @@ import pytest
 import torch
 from evolution_helpers import TINY_EVAL, fixed_costs
 
+from snapbench.backbones import resolve_model
 from snapbench.cli import main
 from snapbench.errors import SnapbenchError
 from snapbench.model.elastic_unet import text_time_from_context
-from snapbench.model.loading import resolve_model
 from snapbench.specs.layout import text_embeds_dim
 from snapbench.training.checkpoints import load_bundle
 

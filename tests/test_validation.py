@@ -215,3 +215,49 @@ def test_in_sample_rows_carry_their_own_apps_floor_and_the_engine_apart():
     xcode = df[df["harness"] == "xcode"]
     assert len(xcode) and (xcode["app_floor_ms"].abs() < 1e-9).all()  # Xcode's report: the engine alone
     np.testing.assert_allclose(df["estimated_ms"], df["engine_ms"] + df["app_floor_ms"])
+
+
+def test_a_figure_printed_to_a_step_is_judged_against_what_prints_as_it(tmp_path):
+    from snapbench.calibration.fit import reading_ms
+    from snapbench.validation.run import _frame
+
+    # a mean printed in whole ms stands for [t - 0.5, t + 0.5]: inside it, an estimate is itself
+    np.testing.assert_allclose(reading_ms(np.array([7.7, 8.4, 9.0, 7.0]), 8.0, 1.0), [7.7, 8.4, 8.5, 7.5])
+    np.testing.assert_allclose(reading_ms(np.array([7.7, 9.0]), 8.0, 0.0), [8.0, 8.0])  # no step: the figure
+    rows = {r.source[:3]: r for r in load_corpus()}
+    # the sources that state their step: S15's integer-ms means, S20's 0.1 ms timer; the rest as printed
+    assert (rows["S15"].resolution_ms, rows["S20"].resolution_ms, rows["S09"].resolution_ms) == (1.0, 0.1, 0.0)
+    s15, s09 = rows["S15"], rows["S09"]
+    df = _frame([s15, s09], {s15.row: s15.latency_ms + 0.4, s09.row: s09.latency_ms * 1.2},
+                {s15.row: 0.0, s09.row: 0.0}, {}).set_index("row")
+    assert df.loc[s15.row, "error_pct"] == 0.0 and df.loc[s09.row, "error_pct"] == pytest.approx(20.0)
+    df = _frame([s15], {s15.row: s15.latency_ms + 1.0}, {s15.row: 0.0}, {}).set_index("row")
+    assert df.loc[s15.row, "error_pct"] == pytest.approx(100 * 0.5 / (s15.latency_ms + 0.5))
+    # a step that is not a number, negative, or above the figure itself: one line naming file and line
+    f = tmp_path / "c.csv"
+    r = rows["S15"]
+    for bad in ("coarse", "-1", str(2 * r.latency_ms)):
+        line = [r.row, r.source, "ref", r.family, r.network, r.input, r.device, r.compute_units, r.weights,
+                r.statistic, r.harness, str(r.latency_ms), r.trust, "", bad]
+        f.write_text(",".join(COLUMNS) + ",resolution_ms\n" + ",".join(line) + "\n")
+        with pytest.raises(SnapbenchError, match=f"{f} line 2: resolution_ms"):
+            load_corpus(f)
+
+
+def test_the_fit_and_a_harness_floor_read_figures_at_their_step(corpus):
+    from snapbench.calibration.fit import point_loss, point_ms
+    from snapbench.validation.run import own_floors
+
+    # the loss the fit and the floor share: zero anywhere that prints as the figure, the plain log loss outside
+    assert point_loss(np.array([7.6, 8.0, 8.5]), 8.0, 1.0).tolist() == [0.0, 0.0, 0.0]
+    np.testing.assert_allclose(point_loss(np.array([9.0]), 8.0, 1.0), point_loss(np.array([9.0]), 8.5, 0.0))
+    assert point_loss(np.array([9.0]), 8.0, 0.0)[0] > point_loss(np.array([9.0]), 8.0, 1.0)[0] > 0
+    rows, points, _ = corpus
+    pt = next(points[r.row] for r in rows if r.source.startswith("S15") and r.row in points)
+    assert pt.resolution_ms == 1.0 and pt.calls == 1
+    p = load_params()
+    engine = point_ms(replace(pt, calls=0), p)
+    (floor,) = own_floors([pt], p).values()
+    assert abs(engine + floor - pt.measured_ms) <= 0.5 + 1e-6  # any floor that prints as the figure
+    (exact,) = own_floors([replace(pt, resolution_ms=0.0)], p).values()
+    assert engine + exact == pytest.approx(pt.measured_ms, abs=1e-3)

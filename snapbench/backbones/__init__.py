@@ -1,6 +1,7 @@
 """Backbone families and the registry that resolves a model to its family (see `base.py`).
 
     from snapbench.backbones import backbone_for
+    source = resolve_model("sd15")       # what --model names, read by the family that claims it
     bb = backbone_for(source)            # a ModelSource, an ArchSpec or a base config
     blocks = bb.cut_source(source, settings)
 
@@ -10,6 +11,7 @@ specific family (say SDXL-class UNets, also `UNet2DConditionModel`s) goes before
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +21,7 @@ from snapbench.backbones.sdxl_unet import SDXLUNetBackbone
 from snapbench.backbones.unet import UNetBackbone
 from snapbench.blocks.inspection import Inspection
 from snapbench.errors import SnapbenchError
-from snapbench.model.loading import ModelSource
+from snapbench.model.loading import ModelSource, resolve_unet
 from snapbench.settings import InputShapes
 from snapbench.specs.arch_spec import ArchSpec
 
@@ -40,6 +42,18 @@ def backbone_for(model: ModelSource | ArchSpec | Mapping[str, Any]) -> Backbone:
                          "'Adding a backbone')")
 
 
+def resolve_model(ref: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None,
+                  variant: str | None = None, subfolder: str | None = None, revision: str | None = None) -> ModelSource:
+    """What `--model` (and `--weights`) name: a family's own reference (a DiT preset, spec or folder) read by
+    the family that `claims` it, else a UNet preset, arch spec, folder or hub id (`model/loading.py:
+    resolve_unet`). `--weights`, `--subfolder` and `--revision` are the UNet's options."""
+    if weights is None and subfolder is None and revision is None:
+        for backbone in BACKBONES:
+            if backbone.claims(str(ref)):
+                return backbone.resolve(str(ref), variant=variant)
+    return resolve_unet(ref, weights=weights, variant=variant, subfolder=subfolder, revision=revision)
+
+
 def backbone_named(name: str) -> Backbone:
     for backbone in BACKBONES:
         if backbone.name == name:
@@ -56,4 +70,4 @@ def inspect_model(source: ModelSource, *, shapes: InputShapes = InputShapes(), a
 
 
 __all__ = ["BACKBONES", "Backbone", "DitBackbone", "ElasticModel", "SDXLUNetBackbone", "UNetBackbone", "backbone_for",
-           "backbone_named", "inspect_model"]
+           "backbone_named", "inspect_model", "resolve_model"]

@@ -74,6 +74,17 @@ class Backbone(ABC):
     def accepts(self, config: Mapping[str, Any]) -> bool:
         """True when `config` (an arch spec's `base_config`) describes a network of this family."""
 
+    # -- reading `--model` ------------------------------------------------------------------------------
+    def claims(self, ref: str) -> bool:
+        """True when `--model ref` (a preset name, a spec file, a folder) is this family's own format, which
+        `resolve` reads. False (the default): the family's models are UNet presets, specs or folders, which
+        `model/loading.py: resolve_unet` reads."""
+        return False
+
+    def resolve(self, ref: str, *, variant: str | None = None) -> ModelSource:
+        """The `ModelSource` of a `ref` this family `claims` (`variant`: which weights file of a folder)."""
+        raise NotImplementedError(f"{type(self).__name__} claims no model references")
+
     # -- structure: blocks, stages, elastic choices (no torch) --------------------------------------
     @abstractmethod
     def layout(self, spec: ArchSpec) -> tuple[Slot, ...]:

@@ -17,9 +17,9 @@ from snapbench.blocks.cut import CutBlock
 from snapbench.blocks.signature import Shape, Signature
 from snapbench.dit.cut import STAGES, cut_units
 from snapbench.dit.cut import example_inputs as dit_inputs
-from snapbench.dit.elastic import ElasticDiT
+from snapbench.dit.elastic import ElasticDiT, load_extra_weights, save_dit
 from snapbench.dit.family import FAMILIES
-from snapbench.dit.source import SPEC_FILE, build_dit, dit_spec, load_extra_weights, save_dit
+from snapbench.dit.source import SPEC_FILE, build_dit, dit_spec, is_dit_ref, resolve_dit
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
 from snapbench.model.units import BlockUnit
@@ -43,6 +43,12 @@ class DitBackbone(Backbone):
 
     def accepts(self, config: Mapping[str, Any]) -> bool:
         return config.get("_class_name") in FAMILIES
+
+    def claims(self, ref: str) -> bool:
+        return is_dit_ref(ref)  # a DiT preset, DiT spec, transformer folder or saved elastic DiT
+
+    def resolve(self, ref: str, *, variant: str | None = None) -> ModelSource:
+        return resolve_dit(ref, variant=variant)
 
     def layout(self, spec: ArchSpec) -> tuple[Slot, ...]:
         return dit_layout(spec.base_config)

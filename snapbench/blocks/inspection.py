@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from snapbench.blocks.cut import CutBlock, InputShapes, cut_blocks
-from snapbench.model.loading import ModelSource, build_unet, resolve_model
+from snapbench.blocks.cut import CutBlock, InputShapes
+from snapbench.model.loading import ModelSource
 from snapbench.specs.stages import STAGES
 
 
@@ -24,7 +24,7 @@ class Inspection:
         return self.source.spec.name
 
     def block_rows(self) -> list[dict[str, Any]]:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for b in self.blocks:
             u = b.unit
             rows.append({
@@ -101,13 +101,3 @@ class Inspection:
             "blocks": self.block_rows(),
             "notes": dict(self.source.spec.notes),
         }
-
-
-def inspect_model(model: str | ModelSource, *, weights: str | None = None,
-                  shapes: InputShapes = InputShapes(), attention: str = "original") -> Inspection:
-    """Cut an SD UNet into blocks on the meta device (no weights are loaded; counts do not need them).
-
-    The pipeline calls `snapbench.backbones.inspect_model`, which asks the model's backbone; this UNet-only
-    path stays for callers of the old name (the backbones sit above this module, so it cannot ask them)."""
-    source = model if isinstance(model, ModelSource) else resolve_model(model, weights=weights)
-    return Inspection(source, shapes, cut_blocks(build_unet(source, device="meta"), shapes, attention=attention))

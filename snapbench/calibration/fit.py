@@ -128,6 +128,25 @@ class CalibrationPoint:
     weight: float = 1.0  # its share of the fit's squared log error
     calls: int = 0  # prediction calls timed in an app, each paying `call_overhead_ms` (0: engine time only)
     harness: str = ""  # who timed it (a corpus source id): the call overhead is that harness's
+    resolution_ms: float = 0.0  # the step the figure was printed to (an integer-ms timer: 1): see `reading_ms`
+
+
+def reading_ms(estimate: np.ndarray | float, measured: np.ndarray | float,
+               resolution: np.ndarray | float) -> np.ndarray:
+    """The value an estimate is judged against: the nearest value that prints as the published figure.
+
+    A figure printed to a step `r` (a mean shown in whole milliseconds, a 0.1 ms timer) stands for every
+    value in [t - r/2, t + r/2]: an estimate inside that interval is as right as the figure can say. This
+    models the measurement (its stated resolution), not the engine; with r = 0 it is the figure itself.
+    """
+    half = np.asarray(resolution, dtype=float) / 2.0
+    return np.clip(estimate, np.asarray(measured) - half, np.asarray(measured) + half)
+
+
+def point_loss(estimate: np.ndarray, measured: np.ndarray | float, resolution: np.ndarray | float) -> np.ndarray:
+    """Each point's loss: pseudo-Huber (scale `ROBUST_SCALE`) in the log error against its reading."""
+    r = np.log(estimate / reading_ms(estimate, measured, resolution))
+    return 2 * ROBUST_SCALE ** 2 * (np.sqrt(1 + (r / ROBUST_SCALE) ** 2) - 1)
 
 
 def point_ms(pt: CalibrationPoint, params: AneParams) -> float:
@@ -317,15 +336,14 @@ def fit_params(points: Sequence[CalibrationPoint], prior: AneParams | None = Non
         bounds.append((min(lo, 0.0), max(hi, 0.0)))
     stack = _Stack(points, prior)
     measured = np.array([pt.measured_ms for pt in points])
+    resolution = np.array([pt.resolution_ms for pt in points])
     weights = np.array([pt.weight for pt in points])
     pull = np.array([CHIP_PRIOR_WEIGHT if n.startswith("chip.") else CALL_PRIOR_WEIGHT if n.startswith("call.")
                      else PRIOR_WEIGHT for n in names])
 
     def f(x):
         est = stack.point_ms(_apply(prior, dict(zip(names, np.exp(x)))))
-        r = np.log(est / measured)
-        loss = 2 * ROBUST_SCALE ** 2 * (np.sqrt(1 + (r / ROBUST_SCALE) ** 2) - 1)
-        return float(np.sum(weights * loss) + np.sum(pull * x ** 2))
+        return float(np.sum(weights * point_loss(est, measured, resolution)) + np.sum(pull * x ** 2))
 
     # three starts, the lowest loss wins (the first on a tie)
     starts = (np.zeros(len(names)), np.full(len(names), -0.3), np.full(len(names), 0.3))

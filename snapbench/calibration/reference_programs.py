@@ -103,8 +103,8 @@ def reference_parts(program: ReferenceProgram, *, convert: bool = True) -> list[
 
 
 def parts_from_packages(program: ReferenceProgram, *, progress: bool = False) -> list[ReferencePart]:
+    from snapbench.backbones import resolve_model
     from snapbench.latency.model_latency import profile_packages
-    from snapbench.model.loading import resolve_model
     from snapbench.profilers.estimate.program_ops import read_op_records
 
     pkgs = profile_packages(resolve_model(program.model), program.settings(), program.component, progress=progress)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.table import Table
 
@@ -23,6 +25,9 @@ from snapbench.commands.evolve import (
     ThreadsOpt,
     WorkersOpt,
 )
+
+if TYPE_CHECKING:  # heavy (torch): the type only
+    from snapbench.evolution.ablation import Ablation
 
 
 def ablate_command(
@@ -50,10 +55,11 @@ def ablate_command(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
 
+    from snapbench.backbones import resolve_model
+    from snapbench.devices.catalog import resolve_device
     from snapbench.evolution.ablation import ablate
     from snapbench.evolution.executors import make_executor
     from snapbench.evolution.options import cost_builder, evaluator_config
-    from snapbench.model.loading import resolve_model
     from snapbench.progress_log import label_column, make_progress
 
     torch.set_num_threads(threads)
@@ -62,8 +68,8 @@ def ablate_command(
     specs = [resolve_model(m).spec for m in model]
     for s in specs:
         ev.check(s)
-    costs = cost_builder(device=device, table=table, fixed_table=fixed_table, attention=attention, progress=True,
-                         say=lambda s: err.print(s))
+    costs = cost_builder(device=resolve_device(device), table=table, fixed_table=fixed_table, attention=attention,
+                         progress=True, say=lambda s: err.print(s))
     results = []
     executor = make_executor(workers=workers, threads=threads, ray_address=ray_address)
     try:
@@ -80,6 +86,11 @@ def ablate_command(
     if as_json:
         print_json([r.to_dict() | {"full_quality": a.full_quality} for a in results for r in a.rows])
         return
+    _render(results)
+
+
+def _render(results: list[Ablation]) -> None:
+    """One column of quality drops per model, the blocks' saved ms beside them."""
     t = Table(title="quality lost when one block is removed (full-model quality minus quality without it)",
               title_justify="left")
     for col in ("stage", "block", "ms saved"):

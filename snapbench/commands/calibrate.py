@@ -69,8 +69,8 @@ def calibrate_command(
 
 
 def _app_floor(path: Path, params: Path | None, as_json: bool) -> None:
-    from snapbench.latency.app_floor import floor_from_file
     from snapbench.profilers.estimate.params import load_params
+    from snapbench.zoo.profile import floor_from_file
 
     reading = floor_from_file(path, params=load_params(params))
     if as_json:

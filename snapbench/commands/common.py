@@ -35,7 +35,7 @@ def model_source(model: str, weights: str | None = None, variant: str | None = N
                  subfolder: str | None = None, revision: str | None = None) -> ModelSource:
     """`--model` with `--weights` and the hub options, resolved once per command: the library takes the
     `ModelSource` and never resolves a name again."""
-    from snapbench.model.loading import resolve_model
+    from snapbench.backbones import resolve_model
 
     return resolve_model(model, weights=weights, variant=variant, subfolder=subfolder, revision=revision)
 
@@ -71,8 +71,8 @@ def print_json(data: Any) -> None:
 def is_toy_ref(model: str) -> bool:
     """Whether `--model` names the toy (a preset, or a folder trained from it); a bad model is False here and
     reported by the command's own function."""
+    from snapbench.backbones import resolve_model
     from snapbench.errors import SnapbenchError
-    from snapbench.model.loading import resolve_model
     from snapbench.training.toy_digits import is_toy
 
     try:

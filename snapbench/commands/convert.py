@@ -58,6 +58,8 @@ def convert_command(
     pipeline: bool = typer.Option(False, "--pipeline", help="The whole app pipeline for Apple's Swift StableDiffusion package: TextEncoder, Unet (or 2 chunks), VAEDecoder, tokenizer."),
     vae_encoder: bool = typer.Option(False, "--vae-encoder", help="With --pipeline: also VAEEncoder (image-to-image)."),
     compile_: bool = typer.Option(False, "--compile", help="With --pipeline: also write the .mlmodelc folders (macOS only)."),
+    drop_text_encoder: list[str] = typer.Option([], "--drop-text-encoder", help="With --pipeline of a DiT: leave "
+                                                "this text encoder out (clip-l, clip-g, t5, gemma; repeatable)."),
     input_shape: str | None = typer.Option(None, "--input", help="Input shape of a timm:/torchvision:/open_clip:/"
                                               "hf:/synthetic: network (converted whole, one package)."),
     recipe: str | None = typer.Option(None, "--recipe", help="A mixed-bit recipe JSON (`compress analyze`): each "
@@ -79,7 +81,8 @@ def convert_command(
                    jobs=jobs, check=check, chunks=chunks)
     request = _request(model, part, Path(out_dir), weights=weights, variant=variant, subfolder=subfolder,
                        revision=revision, latent=latent, batch=batch, tokens=tokens, options=options,
-                       vae_encoder=vae_encoder, compile_=compile_, as_json=as_json, recipe=recipe)
+                       vae_encoder=vae_encoder, compile_=compile_, as_json=as_json, recipe=recipe,
+                       drop_text_encoders=tuple(drop_text_encoder))
     on_interrupt_keep(f"every finished package and manifest.json in {out_dir}")
     result = convert(request)
     report(result, out_dir, as_json)
@@ -109,7 +112,7 @@ def _part(*, whole: bool, component: str | None, pipeline: bool, chunks: int) ->
 def _request(model: str, part: Part, out_dir: Path, *, weights: str | None, variant: str | None,
              subfolder: str | None, revision: str | None, latent: int | None, batch: int, tokens: int,
              options: dict[str, Any], vae_encoder: bool, compile_: bool, as_json: bool,
-             recipe: str | None = None) -> ConvertRequest:
+             recipe: str | None = None, drop_text_encoders: tuple[str, ...] = ()) -> ConvertRequest:
     """The model resolved once (a DiT's shapes default to its own pipeline's), and the options checked,
     before anything slow."""
     from snapbench.converters.checks import require_prediction
@@ -118,12 +121,12 @@ def _request(model: str, part: Part, out_dir: Path, *, weights: str | None, vari
     from snapbench.dit.source import is_dit_ref
     from snapbench.model.loading import DEFAULT_LATENT
 
-    if (vae_encoder or compile_) and part != "pipeline":
-        raise SnapbenchError("--vae-encoder and --compile go with --pipeline")
+    if (vae_encoder or compile_ or drop_text_encoders) and part != "pipeline":
+        raise SnapbenchError("--vae-encoder, --compile and --drop-text-encoder go with --pipeline")
     if recipe is not None and (part != "blocks" or is_dit_ref(model)):
         raise SnapbenchError("--recipe applies to a UNet's per-block conversion; it cannot be combined with --whole, "
                              "--pipeline or --component yet")
-    if is_dit_ref(model) and part == "blocks":
+    if is_dit_ref(model) and part in ("blocks", "unet", "pipeline"):
         from snapbench.commands.dit_commands import dit_options
 
         source, opts = dit_options(model, latent=latent, batch=batch, tokens=tokens, **options)
@@ -141,7 +144,8 @@ def _request(model: str, part: Part, out_dir: Path, *, weights: str | None, vari
     if opts.check:
         require_prediction()  # before anything slow
     return ConvertRequest(source, out_dir, opts, part, Path(weights) if weights is not None else None,
-                          vae_encoder=vae_encoder, compile=compile_, progress=not as_json or err.is_terminal,
+                          vae_encoder=vae_encoder, compile=compile_, drop_text_encoders=drop_text_encoders,
+                          progress=not as_json or err.is_terminal,
                           say=messages(as_json))
 
 

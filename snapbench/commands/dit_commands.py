@@ -13,6 +13,7 @@ from snapbench.commands.common import err, fmt_count, messages, out, print_json
 
 if TYPE_CHECKING:
     from snapbench.converters.options import ConvertOptions
+    from snapbench.devices.catalog import Device
     from snapbench.model.loading import ModelSource
 
 
@@ -34,11 +35,10 @@ def dit_options(model: str, *, latent: int | None, batch: int, tokens: int,
     return source, ConvertOptions(latent=shapes.latent, batch=shapes.batch, tokens=shapes.tokens, **kw)
 
 
-def profile(model: str, device: str, *, backend: str, packages: Path | None, table: Path | None, tables: Path | None,
+def profile(model: str, dev: Device, *, backend: str, packages: Path | None, table: Path | None, tables: Path | None,
             as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Any) -> None:
-    from snapbench.devices.catalog import resolve_device
-    from snapbench.dit.profile import profile_dit
     from snapbench.errors import SnapbenchError
+    from snapbench.latency.dit_profile import profile_dit
     from snapbench.latency.table import LatencyTable, merge_into_file
     from snapbench.paths import shipped_table_path, tables_redirect_note, user_table_path
 
@@ -46,7 +46,6 @@ def profile(model: str, device: str, *, backend: str, packages: Path | None, tab
         raise SnapbenchError(f"--backend {backend}: DiT blocks are priced from the table or by the estimator so "
                              "far; use --backend estimate (or auto)")
     source, opts = dit_options(model, latent=latent, batch=batch, tokens=tokens, **kw)
-    dev = resolve_device(device)
     path = table if table is not None else user_table_path(dev.id, model, tables)
     existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
     if table is None and not path.is_file() and shipped_table_path(dev.id, model).is_file():

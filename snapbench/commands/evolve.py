@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.table import Table
 
 from snapbench.commands.common import JsonOpt, err, out, print_json
 from snapbench.interrupts import on_interrupt_keep
+
+if TYPE_CHECKING:  # heavy (torch): the type only
+    from snapbench.evolution.evolve import EvolutionResult
 
 # Options shared with `ablate`.
 DeviceOpt = typer.Option("iphone14pro", "--device", "-d", help="Catalog device whose latency table prices blocks.")
@@ -76,6 +81,7 @@ def evolve_command(
     a cheaper variant competes with removing one."""
     import torch
 
+    from snapbench.devices.catalog import resolve_device
     from snapbench.evolution.evolve import EvolveConfig, evolve
     from snapbench.evolution.executors import make_executor
     from snapbench.evolution.moves import parse_moves
@@ -84,6 +90,7 @@ def evolve_command(
     from snapbench.evolution.robust_training import SkipProbabilities, TrainConfig
 
     torch.set_num_threads(threads)
+    dev = resolve_device(device)  # once; an unknown device fails now, not after the model is loaded
     ev = evaluator_config(evaluator, prompts=prompts, clip_weights=clip_weights, pipeline=pipeline,
                           samples_per_prompt=samples_per_prompt, steps=eval_steps, guidance=guidance, seed=eval_seed)
     config = EvolveConfig(target_ms=target_ms, target_fraction=target_fraction,
@@ -92,19 +99,24 @@ def evolve_command(
                           train=TrainConfig(batch_size=batch_size, learning_rate=lr, robust=True,
                                             skip=SkipProbabilities(skip_ca, skip_rb)), data=data,
                           eval_budget=parse_budget(eval_budget, eval_confidence, ev))
-    costs = cost_builder(device=device, table=table, fixed_table=fixed_table, attention=attention, progress=True,
+    costs = cost_builder(device=dev, table=table, fixed_table=fixed_table, attention=attention, progress=True,
                          say=lambda s: err.print(s))
     on_interrupt_keep(f"the state after every finished iteration in {out_dir}")
     executor = make_executor(workers=workers, threads=threads, ray_address=ray_address)
     try:
         result = evolve(model, out_dir, config, evaluator=ev, costs=costs, executor=executor,
-                        settings=latency_settings(device, table, fixed_table, attention), progress=True,
+                        settings=latency_settings(dev, table, fixed_table, attention), progress=True,
                         say=lambda s: err.print(s))
     finally:
         executor.close()
     if as_json:
         print_json(result.to_dict())
         return
+    _render(result)
+
+
+def _render(result: EvolutionResult) -> None:
+    """The trajectory as a table, then the run's summary lines."""
     t = Table(title=f"{result.out}: evolution on {result.device} ({result.latency_source})", title_justify="left")
     for col in ("it", "action", "block", "latency ms", "quality", "d quality", "d ms", "value"):
         t.add_column(col, justify="left" if col in ("action", "block") else "right")

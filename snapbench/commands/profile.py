@@ -28,6 +28,7 @@ from snapbench.commands.common import (
     resolved_latent,
 )
 from snapbench.console import say
+from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.interrupts import on_interrupt_keep
 from snapbench.latency.table import ATTENTIONS, COMPUTE_UNITS, LatencyTable, Settings, merge_into_file
@@ -36,7 +37,6 @@ from snapbench.profilers.coreml_api import DEFAULT_REQUEST_TIMEOUT_S
 from snapbench.profilers.readiness import TEAM_ID_ENV
 
 if TYPE_CHECKING:
-    from snapbench.devices.catalog import Device
     from snapbench.latency.model_latency import ProfileRun, ProfileTools
     from snapbench.latency.profile_run import Measuring, ProfileRequest
 
@@ -94,34 +94,32 @@ def profile_command(
     if len(devices) > 1 and ray_address is None:
         raise SnapbenchError("several --device values are a device-farm run: add --ray-address ADDR (nodes join "
                              "with `snapbench farm join`), or profile one device at a time")
-    device = devices[0]
     app_floor_ms = check_floor_ms(app_floor_ms)
+    devs = [None if d == "auto" else resolve_device(d) for d in devices]  # each --device resolved once
     if is_network_spec(model):  # any network (or a Core ML package): one whole program, estimated
         from snapbench.zoo.specs import refuse_unet_only
 
         refuse_unet_only(model, attention=attention, compute_units=compute_units)
-        _profile_network(model, input_shape, device, weight_bits, backend, as_json, app_floor_ms)
+        _profile_network(model, input_shape, _named(devs[0], model), weight_bits, backend, as_json, app_floor_ms)
         return
     from snapbench.dit.source import is_dit_ref
 
     if is_dit_ref(model) and input_shape is None and not component:
         from snapbench.commands import dit_commands
 
-        dit_commands.profile(model, device, backend=backend, packages=packages, table=table, tables=tables,
+        dit_commands.profile(model, _named(devs[0], model), backend=backend, packages=packages, table=table, tables=tables,
                              as_json=as_json, latent=latent, batch=batch, tokens=tokens, attention=attention,
                              weight_bits=weight_bits)
         return
     if input_shape is not None:
         raise SnapbenchError("--input is for timm:/torchvision:/open_clip:/hf:/synthetic: networks and packages; "
                              f"{model!r} is a UNet model (its shapes come from --latent, --batch, --tokens)")
-    from snapbench.devices.catalog import resolve_device
     from snapbench.latency.model_latency import ProfileTools
     from snapbench.latency.profile_run import Measuring, run_profile
 
     tools = ctx.obj if isinstance(ctx.obj, ProfileTools) else ProfileTools()
     measuring = Measuring(warmup=warmup, repeats=repeats, request_timeout_s=request_timeout,
                           rebuild_runner=rebuild_runner, trust_wait_s=trust_wait, team_id=team_id, bundle_id=bundle_id)
-    devs = [None if d == "auto" else resolve_device(d) for d in devices]  # each --device resolved once
     request = _request(model, devs[0], variant=variant, subfolder=subfolder, revision=revision,
                        component=component, compute_units=compute_units, weight_bits=weight_bits,
                        attention=attention, batch=batch, latent=latent, tokens=tokens, backend=backend, table=table,
@@ -225,7 +223,16 @@ def _profile_farm(tools: ProfileTools, request: ProfileRequest, devs: list[Devic
     report_failures(*runs)
 
 
-def _profile_network(model: str, input_shape: str | None, device: str, weight_bits: int, backend: str,
+def _named(device: Device | None, model: str) -> Device:
+    """The device a network or DiT is priced on: `--device auto` picks among connected devices, which only
+    a UNet's blocks can be measured on."""
+    if device is None:
+        raise SnapbenchError(f"--device auto: {model} is priced by the estimator, on a device you name; pass "
+                             "--device (see `snapbench devices`)")
+    return device
+
+
+def _profile_network(model: str, input_shape: str | None, device: Device, weight_bits: int, backend: str,
                      as_json: bool, app_floor_ms: float | None) -> None:
     from snapbench.zoo.profile import profile_network
 

@@ -1,4 +1,5 @@
-"""`snapbench report`: one self-contained HTML page comparing a baseline UNet with candidates on devices."""
+"""`snapbench report`: one self-contained HTML page comparing a baseline UNet (or diffusion transformer) with
+candidates of the same kind on devices."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import typer
 from rich.text import Text
 
 from snapbench.commands.common import err
+from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.report.data import ReportData
 from snapbench.settings import ATTENTIONS, BACKEND_CHOICES, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS, check_choice
@@ -61,6 +63,7 @@ def report_command(
         check_choice(flag, value, allowed)
     candidates = list(candidate or DEFAULT_CANDIDATES)
     devices = list(device or DEFAULT_DEVICES)
+    devs = [resolve_device(d) for d in devices]  # once, first: a typo there fails before any model is built
     from snapbench.latency.app_floor import check_floor_ms
     from snapbench.report.gather_data import default_out_path, gather, parse_steps  # heavy: when used
     from snapbench.report.write import check_out_path, write_report
@@ -73,7 +76,7 @@ def report_command(
                 "attention": attention, "batch": batch, "latent": latent}
     command = _command_line(baseline, candidates, devices, steps or [], backend, table, reference, settings,
                             out_path, as_json, app_floor_ms)
-    data = gather(baseline=baseline, candidates=candidates, devices=devices, settings=settings, steps=steps_map,
+    data = gather(baseline=baseline, candidates=candidates, devices=devs, settings=settings, steps=steps_map,
                   backend=backend, table=table, reference=reference, command=command,
                   # tests hand a profiler in through the CLI's ctx.obj; None: snapbench's latency package
                   profiler=ctx.obj if callable(ctx.obj) else None,
@@ -89,8 +92,9 @@ def report_command(
 
 
 def headline(data: ReportData) -> str:
-    """The report's summary in the terminal, one line per model and device: UNet ms per step, steps,
-    seconds per image end to end, speedups against the baseline, and how the figures were made."""
+    """The report's summary in the terminal, one line per model and device: UNet (or transformer) ms per
+    step, steps, seconds per image end to end, speedups against the baseline, and how the figures were made."""
+    name = data.denoiser.name
     lines = []
     for r in data.results:
         if not r.available:
@@ -99,12 +103,12 @@ def headline(data: ReportData) -> str:
         got = r.components.get("unet")
         unet = got.ms if got is not None else None
         budget = r.budget
-        parts = [f"UNet {unet:.1f} ms/step" if unet is not None else "UNet -", f"{r.steps} steps",
+        parts = [f"{name} {unet:.1f} ms/step" if unet is not None else f"{name} -", f"{r.steps} steps",
                  f"{budget.total_s:.2f} s per image" if budget else "no end-to-end figure"]
         if r.speedup_e2e:
             parts.append(f"{r.speedup_e2e:.1f}x end to end")
         if r.speedup_unet_step:
-            parts.append(f"{r.speedup_unet_step:.1f}x per UNet step")
+            parts.append(f"{r.speedup_unet_step:.1f}x per {name} step")
         lines.append(f"{r.model} on {r.device}: {', '.join(parts)} ({'+'.join(r.labels) or 'unlabelled'})")
     return "\n".join(lines)
 

@@ -18,6 +18,11 @@ def train_command(
     lr: float | None = typer.Option(None, "--lr", help="AdamW learning rate [default: 1e-3 toy, 1e-5 else]."),
     skip_ca: float = typer.Option(0.1, "--skip-ca", help="Skip probability of a CA block with --robust."),
     skip_rb: float = typer.Option(0.1, "--skip-rb", help="Skip probability of an RB block with --robust."),
+    variant_moves: str | None = typer.Option(
+        None, "--variant-moves",
+        help="With --robust, also run kept blocks as these cheaper variants at random, so evolve --moves judges "
+             "swaps on trained weights: some of separable, mqa, ffn, drop-self-attn (comma-separated)."),
+    variant_p: float = typer.Option(0.1, "--variant-p", help="Chance that a kept block runs one of its variants."),
     prediction_type: str | None = typer.Option(None, "--prediction-type",
                                                   help="epsilon or v_prediction [default: the noise schedule's]."),
     data: str | None = typer.Option(None, "--data", help="Folder of .safetensors latents + contexts (non-toy)."),
@@ -42,7 +47,8 @@ def train_command(
         lr = 1e-3 if TOY_PRESET in model or is_toy_ref(model) else 1e-5
     config = TrainConfig(steps=steps, batch_size=batch_size, learning_rate=lr, robust=robust,
                          skip=SkipProbabilities(skip_ca, skip_rb), prediction_type=prediction_type,  # type: ignore[arg-type]  # checked above
-                         save_every=save_every, seed=seed)
+                         save_every=save_every, seed=seed, variant_p=variant_p,
+                         variant_moves=tuple(m.strip() for m in (variant_moves or "").split(",") if m.strip()))
     on_interrupt_keep(f"the last checkpoint in {out_dir} (one every --save-every {save_every} steps)")
     result = train(model, out_dir, config, data=data, weights=weights, progress=True,
                    say=lambda s: err.print(s))

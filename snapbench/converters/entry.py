@@ -1,7 +1,7 @@
 """The one conversion entry point: `convert(ConvertRequest(...)) -> ConvertResult`.
 
 What to convert is data (`ConvertRequest.part`), not a choice among functions: every block of the
-backbone (one package per block or signature; a DiT's blocks by `dit/convert.py`), one whole
+backbone (one package per block or signature; a DiT's blocks by `converters/convert_dit.py`), one whole
 model or pipeline part, or the app pipeline for Apple's Swift package. Every kind lands in one folder with
 a manifest and hands back the same `ConvertResult`, so callers (the `convert` command, the profile
 command's package cache) never ask which kind they got.
@@ -20,10 +20,10 @@ from typing import Literal, get_args
 from snapbench.backbones import DitBackbone, backbone_for
 from snapbench.converters.components import convert_component
 from snapbench.converters.convert_blocks import convert_model
+from snapbench.converters.convert_dit import convert_dit
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.pipeline import convert_pipeline
 from snapbench.converters.result import ConvertResult
-from snapbench.dit.convert import convert_dit
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
 
@@ -42,14 +42,15 @@ class ConvertRequest:
     weights: Path | None = None  # the text encoder's / VAE's folder, or a pipeline folder holding them
     vae_encoder: bool = False  # pipeline: also the VAE encoder (image-to-image)
     compile: bool = False  # pipeline: also .mlmodelc folders (macOS)
+    drop_text_encoders: tuple[str, ...] = ()  # pipeline of a DiT: text encoders left out (clip-l, clip-g, t5, gemma)
     progress: bool = True  # a progress bar on stderr
     say: Callable[[str], None] | None = None  # one line per package, where a converter has no bar (DiTs)
 
     def __post_init__(self) -> None:
         if self.part not in PARTS:
             raise SnapbenchError(f"cannot convert {self.part!r}: one of {', '.join(PARTS)}")
-        if (self.vae_encoder or self.compile) and self.part != "pipeline":
-            raise SnapbenchError("--vae-encoder and --compile go with --pipeline")
+        if (self.vae_encoder or self.compile or self.drop_text_encoders) and self.part != "pipeline":
+            raise SnapbenchError("--vae-encoder, --compile and --drop-text-encoder go with --pipeline")
         if self.options.chunks != 1 and self.part not in ("unet", "pipeline"):
             raise SnapbenchError("--chunks applies to the UNet only (--whole, --component unet or --pipeline)")
 
@@ -57,12 +58,21 @@ class ConvertRequest:
 def convert(request: ConvertRequest) -> ConvertResult:
     """Convert what `request` names into `request.out_dir` (packages + manifest.json)."""
     r = request
-    if r.part == "blocks" and backbone_for(r.source).name == DitBackbone.name:
+    dit = backbone_for(r.source).name == DitBackbone.name
+    if r.part == "blocks" and dit:
         # a DiT block can have several outputs (SD3's joint block returns both streams): its own converter
         return convert_dit(r.source, r.out_dir, r.options, say=r.say)
+    if r.part == "unet" and dit:  # --whole: the whole transformer in one package
+        from snapbench.converters.dit_whole import whole_dit_single
+        from snapbench.converters.whole_model import convert_single
+
+        return convert_single(whole_dit_single(r.source, r.options), r.out_dir, r.options, progress=r.progress)
+    if r.part in ("text_encoder", "vae_decoder") and dit:
+        raise SnapbenchError(f"--component {r.part} is for UNet models; a DiT's text encoders and VAE decoder "
+                             "convert with --pipeline")
     if r.part == "blocks":
         return convert_model(r.source, r.out_dir, r.options, progress=r.progress)
     if r.part == "pipeline":
         return convert_pipeline(r.source, r.out_dir, r.options, weights=r.weights, vae_encoder=r.vae_encoder,
-                                compile=r.compile, progress=r.progress)
+                                compile=r.compile, progress=r.progress, drop_text_encoders=r.drop_text_encoders)
     return convert_component(r.part, r.source, r.out_dir, r.options, weights=r.weights, progress=r.progress)

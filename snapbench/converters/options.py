@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 from snapbench.settings import (  # noqa: F401 re-exported
     ATTENTIONS,
     COMPONENTS,
@@ -118,7 +119,7 @@ class ConvertOptions:
     def recipe_digest(self) -> str | None:
         return recipe_digest(self.recipe) if self.recipe else None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         d = asdict(self)
         d["palettization"] = self.palettization
         d["recipe"] = self.recipe_digest  # the digest; the layers are in the recipe file

@@ -13,14 +13,12 @@ key is already in the folder is kept, so a re-run converts only what changed and
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +48,7 @@ from snapbench.converters.convert_package import (
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.result import ConvertResult
+from snapbench.converters.runtime import one_torch_thread
 from snapbench.converters.swift_interface import XL_FAMILY, family_for, with_swift_dtypes
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.model.loading import ModelSource
@@ -64,6 +63,13 @@ DISK_MARGIN = 1.15  # model.mil, metadata and palettes on top of the weights, an
 # SD-v1.5's two chunks convert to byte-identical packages with and without (checked once by hand, and
 # for the tiny UNet by a test); not skipped for diffusers' own attention, whose transposes it does fold.
 UNET_SKIPPED_PASSES = ("common::reduce_transposes",)
+BACKBONE_KINDS = ("unet", "transformer")  # the denoising network's part: a UNet (or chunk), or a DiT
+
+
+def is_dit(source: ModelSource) -> bool:
+    from snapbench.backbones import DitBackbone, backbone_for
+
+    return backbone_for(source).name == DitBackbone.name
 
 
 # -- the parts ----------------------------------------------------------------------------------------------
@@ -192,26 +198,6 @@ def _entry(part: AppPart, key: str, state: str, **kw: Any) -> ManifestBlock:
         weights_hash=str(part.identity.get("weights")), weights_read=part.identity.get("read"), **kw)
 
 
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """PyTorch on one thread while a part is built, checked and traced.
-
-    Everything PyTorch computes here is small (attention checks at 16 x 16, UNet chunks traced at 8 x 8,
-    the VAE at 8 x 8, the text encoder at batch 1): thousands of tiny ops, for which a second OpenMP
-    thread buys nothing and costs a barrier per op, and when the CPU is shared each barrier waits for a
-    descheduled thread (SD-v1.5's chunk 2 built in 44 s on two threads, 7 s on one, at load 5 on 2 cores).
-    The rest of a conversion (coremltools) is single-threaded Python anyway.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def skipped_passes(part: AppPart, opts: ConvertOptions) -> tuple[str, ...]:
     return UNET_SKIPPED_PASSES if part.kind == "unet" and opts.attention != "original" else ()
 
@@ -229,7 +215,7 @@ def _convert_part_now(part: AppPart, dest: Path, key: str, opts: ConvertOptions,
     built = time.perf_counter() - start
     metadata = {"block": part.name, "kind": part.kind, "mode": opts.mode, "model": source.ref,
                 "spec": source.spec.name, "version": versions["snapbench"], "cache_key": key,
-                "attention": opts.attention if part.kind == "unet" else "-", "weight_bits": opts.weight_bits,
+                "attention": opts.attention if part.kind in BACKBONE_KINDS else "-", "weight_bits": opts.weight_bits,
                 "target": opts.target, "source_hash": part.identity.get("weights")}
     inputs = part.inputs() if part.inputs is not None else None
     from snapbench.converters.workers import frozen_heap
@@ -265,9 +251,10 @@ class _FirstOutput:
 
 def convert_pipeline(source: ModelSource, out_dir: Path, opts: ConvertOptions = ConvertOptions(), *,
                      weights: Path | None = None, vae_encoder: bool = False, compile: bool = False,
-                     progress: bool = True) -> ConvertResult:
+                     progress: bool = True, drop_text_encoders: tuple[str, ...] = ()) -> ConvertResult:
     """The app's parts (`weights`: a pipeline folder for the text encoder, VAE and tokenizer; else the
-    source's folder when it is one). Called through `converters.entry.convert`."""
+    source's folder when it is one; `drop_text_encoders`: a DiT's text encoders to leave out, by key).
+    Called through `converters.entry.convert`."""
     if compile:
         require_compile()
     if opts.check:
@@ -275,8 +262,19 @@ def convert_pipeline(source: ModelSource, out_dir: Path, opts: ConvertOptions = 
     # Packages people ship: real weights, k-means palettes for 6 / 4 bits (see compression.py)
     opts = replace(opts, mode="deploy")
     folder = Path(out_dir)
-    parts_folder = model_folder(source, weights, xl=family_for(source.spec.base_config) == XL_FAMILY)
-    parts = plan_parts(source, opts, parts_folder, vae_encoder=vae_encoder)
+    sizes: list[str] = []
+    if is_dit(source):
+        if vae_encoder:
+            raise SnapbenchError("--vae-encoder: a DiT pipeline has no VAE encoder package yet; leave it out")
+        from snapbench.converters.dit_app import dit_parts
+
+        parts_folder = ModelFolder(None, None, None, None)  # dit_parts reads a pipeline folder's parts itself
+        parts, sizes = dit_parts(source, opts, weights=weights, drop=drop_text_encoders)
+    else:
+        if drop_text_encoders:
+            raise SnapbenchError("--drop-text-encoder applies to DiT pipelines (SD3, PixArt-Sigma, Sana)")
+        parts_folder = model_folder(source, weights, xl=family_for(source.spec.base_config) == XL_FAMILY)
+        parts = plan_parts(source, opts, parts_folder, vae_encoder=vae_encoder)
     for te in parts:  # SDXL: one tokenizer serves both encoders (StableDiffusionXL+Resources.swift)
         if te.vocab is not None:
             check_tokenizer(parts_folder, te.vocab)
@@ -302,16 +300,17 @@ def convert_pipeline(source: ModelSource, out_dir: Path, opts: ConvertOptions = 
         content=CONTENT, model=str(source.ref), spec=source.spec.name, options=opts.to_dict(), versions=versions,
         shapes={"latent": opts.latent, "batch": opts.batch, "tokens": opts.tokens},
         blocks=[_entry(p, keys[p.name], "pending") for p in parts], compression=compression_info(opts),
-        source_fingerprint=str(next(p.identity["weights"] for p in parts if p.kind == "unet")),
+        source_fingerprint=str(next(p.identity["weights"] for p in parts if p.kind in BACKBONE_KINDS)),
         run_key=cache_key({"parts": keys}, opts, versions), created_at=previous.created_at if previous else "",
         folder=folder, missing=parts_folder.missing(),
     )
     result = ConvertResult(manifest, missing=parts_folder.missing())
+    result.notes += sizes
     note = weights_note(parts)
     if note:
         result.notes.append(note)
-    if parts_folder.root is None and source.weights_dir is not None:
-        others = ", ".join(p.name for p in parts if p.kind != "unet")
+    if parts_folder.root is None and source.weights_dir is not None and not is_dit(source):
+        others = ", ".join(p.name for p in parts if p.kind not in BACKBONE_KINDS)
         result.notes.append(f"{others}: seeded random weights (the UNet's folder is not a pipeline folder with "
                             "text_encoder/, vae/, tokenizer/)")
     index = {p.name: i for i, p in enumerate(parts)}

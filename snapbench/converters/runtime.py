@@ -142,6 +142,9 @@ def conversion_context() -> Iterator[None]:
     from coremltools.optimize.coreml import _post_training_quantization as ptq
     from coremltools.optimize.coreml import _quantization_passes as qpasses
 
+    from snapbench.converters.torch_ops import register
+
+    register()  # ops coremltools lacks that the DiT pipelines' parts trace to
     original_check = FP16ComputePrecision.__dict__["fp16_overflow"]
     bar_owners = ((pass_pipeline, "tqdm"), (torch_ops, "_tqdm"), (ptq, "tqdm"), (qpasses, "tqdm"))
     original_bars = [getattr(mod, name) for mod, name in bar_owners]
@@ -172,3 +175,21 @@ def conversion_context() -> Iterator[None]:
             setattr(mod, name, bar)
 
 
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """PyTorch on one thread while a part is built, checked and traced.
+
+    Everything PyTorch computes here is small (attention checks at 16 x 16, UNet chunks traced at 8 x 8,
+    the VAE at 8 x 8, the text encoder at batch 1): thousands of tiny ops, for which a second OpenMP
+    thread buys nothing and costs a barrier per op, and when the CPU is shared each barrier waits for a
+    descheduled thread (SD-v1.5's chunk 2 built in 44 s on two threads, 7 s on one, at load 5 on 2 cores).
+    The rest of a conversion (coremltools) is single-threaded Python anyway.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -65,8 +65,14 @@ def family_for(config: Any) -> str:
 
 
 def folder_family(*folders: str | Path) -> str:
-    """The family of converted pipeline folders: sdxl when one holds a TextEncoder2 package."""
-    return XL_FAMILY if any((Path(f) / "TextEncoder2.mlpackage").is_dir() for f in folders) else DEFAULT_FAMILY
+    """The family of converted pipeline folders: a DiT's when one holds a Transformer package (sana with a
+    Gemma encoder, sd3 with a second CLIP, else pixart), sdxl when one holds a TextEncoder2, else sd."""
+    def has(name: str) -> bool:
+        return any((Path(f) / f"{name}.mlpackage").is_dir() for f in folders)
+
+    if has("Transformer"):
+        return "sana" if has("TextEncoderGemma") else "sd3" if has("TextEncoder2") or has("TextEncoder") else "pixart"
+    return XL_FAMILY if has("TextEncoder2") else DEFAULT_FAMILY
 
 
 @functools.lru_cache(maxsize=1)

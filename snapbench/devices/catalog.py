@@ -13,9 +13,9 @@ import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any
 
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 
 _COLUMNS = ("device", "name", "chip", "ane_cores", "ane_tops_marketed", "ram_gb", "memory",
             "mem_bandwidth_gbps_est", "confidence", "notes")
@@ -52,7 +52,7 @@ class Device:
     # estimator uses the SoC's bandwidth times its fitted efficiency.
     ane_bandwidth_gbps: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return asdict(self)
 
 

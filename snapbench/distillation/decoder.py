@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 from snapbench.user_files import load_torch_state
 
 DISTILL_FILE = "decoder_distill.json"
@@ -141,7 +142,7 @@ class DecoderResult:
     seconds: float
     losses: list[tuple[int, float]]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         d = asdict(self)
         d["out"] = str(self.out)
         for k in ("psnr_untrained_db", "psnr_distilled_db", "psnr_teacher_db"):

@@ -29,11 +29,11 @@ def _decoder_params(cfg: dict[str, Any]) -> int:
 def full_size_decoder(prune: float, tables: str | Path | None = None) -> dict[str, Any]:
     """{"params_full", "params_pruned", "block_out_channels_pruned", "devices": [{device, full_ms, pruned_ms,
     backend}], "note"} for SD-v1.5's decoder pruned by `prune`."""
+    from snapbench.backbones import resolve_model
     from snapbench.converters.components import SD_VAE, vae_config
     from snapbench.devices.catalog import list_devices
     from snapbench.latency.model_latency import component_key
     from snapbench.latency.table import LatencyTable, Settings
-    from snapbench.model.loading import resolve_model
     from snapbench.paths import table_to_read
 
     pruned = pruned_config(dict(SD_VAE), prune)

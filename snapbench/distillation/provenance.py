@@ -50,8 +50,8 @@ def decoder_source(ref: str, spec_name: str) -> str:
 
 def toy_grid_data_uri(ref: str, *, per_prompt: int = 4) -> str | None:
     """A small PNG grid (digits 0-9, `per_prompt` each) as a data: URI, for a toy folder with weights."""
+    from snapbench.backbones import resolve_model
     from snapbench.distillation.sample_grid import SampleConfig, generate, grid_image, resolve_steps
-    from snapbench.model.loading import resolve_model
     from snapbench.training.checkpoints import load_bundle
     from snapbench.training.toy_digits import DIGIT_PROMPTS, is_toy
 

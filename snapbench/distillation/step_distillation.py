@@ -48,6 +48,7 @@ from torch import nn
 from snapbench.distillation.ddim_math import NoiseLevels, ddim_timesteps, prev_timestep
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.robust_training import NO_SKIP, TrainConfig, fine_tune
+from snapbench.json_types import JSONObject
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.training.checkpoints import ModelBundle, load_bundle, save_bundle
 from snapbench.training.data import TrainingData, training_data
@@ -123,7 +124,7 @@ class DistillConfig:
     def ratio(self) -> int:
         return self.teacher_steps // self.student_steps
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return asdict(self)
 
     @classmethod
@@ -326,7 +327,7 @@ def _start(model: str | Path, out: Path, config: DistillConfig, student_ref: str
 
 
 def _load_teacher(model: str | Path, weights: str | Path | None) -> ModelBundle:
-    from snapbench.model.loading import resolve_model
+    from snapbench.backbones import resolve_model
 
     source = resolve_model(model, weights=weights)
     if source.weights_dir is None:
@@ -357,7 +358,7 @@ def _maybe_v_finetune(teacher: ModelBundle, out: Path, config: DistillConfig, da
 
 
 def _initial_student(teacher: ModelBundle, student_ref: str | Path | None, config: DistillConfig) -> ModelBundle:
-    from snapbench.model.loading import resolve_model
+    from snapbench.backbones import resolve_model
 
     teacher_kind = teacher.noise_schedule.get("prediction_type", "epsilon")
     want = config.prediction_type or teacher_kind
@@ -390,9 +391,24 @@ def _initial_student(teacher: ModelBundle, student_ref: str | Path | None, confi
     return student
 
 
+def _text_width_key(class_name: str) -> str:
+    """The config field holding the width of the text context the backbone reads: a UNet's
+    cross_attention_dim; a DiT family's own (PixArt's and Sana's caption_channels, SD3's
+    joint_attention_dim; a PixArt's cross_attention_dim is its inner width, which a narrower student may
+    change)."""
+    from snapbench.dit.family import FAMILIES
+
+    family = FAMILIES.get(class_name)
+    return family.context_key if family is not None else "cross_attention_dim"
+
+
 def _check_compatible(teacher: ModelBundle, student: ModelBundle) -> None:
     tc, sc = teacher.model.config, student.model.config
-    for key in ("in_channels", "out_channels", "sample_size", "cross_attention_dim"):
+    kinds = [b.spec.base_config.get("_class_name") for b in (teacher, student)]
+    if None not in kinds and kinds[0] != kinds[1]:  # a spec file may leave its class unnamed
+        raise SnapbenchError(f"teacher and student are different backbones ({kinds[0]} vs {kinds[1]}); "
+                             "distil into a student of the teacher's kind")
+    for key in ("in_channels", "out_channels", "sample_size", _text_width_key(str(kinds[0] or kinds[1]))):
         if tc.get(key) != sc.get(key):
             raise SnapbenchError(f"teacher and student differ in {key} ({tc.get(key)} vs {sc.get(key)}): they must "
                                  "share the latent shape and text context to distill one into the other")

@@ -147,21 +147,27 @@ def _attrs(unit: DitUnit, fam: Family, cfg: Any, variant: str) -> tuple[tuple[st
         attrs += [("cross_heads", int(cfg.num_cross_attention_heads)),
                   ("cross_head_dim", int(cfg.cross_attention_head_dim)), ("mlp_ratio", float(cfg.mlp_ratio)),
                   ("attention_kind", "linear+cross")]
-    return tuple(attrs) + _variant_attrs(unit.block, heads)
+    ratio = float(cfg.mlp_ratio) if fam.key == "sana" else 4.0
+    return tuple(attrs) + _variant_attrs(unit.block, heads, ratio)
 
 
-def _variant_attrs(block: Any, heads: int) -> tuple[tuple[str, AttrValue], ...]:
+def _variant_attrs(block: Any, heads: int, ff_ratio: float) -> tuple[tuple[str, AttrValue], ...]:
     """A block variant's (elastic DiT: fewer key/value heads, a narrower feed-forward) extra attributes;
-    none for the block as diffusers builds it, so the full model's signatures stay as they were."""
-    attn, ff = getattr(block, "attn1", None), getattr(block, "ff", None)
-    if attn is None or ff is None or not hasattr(ff, "net") or not hasattr(attn, "inner_kv_dim"):
+    none for the block as diffusers builds it, so the full model's signatures stay as they were.
+    `ff_ratio`: the feed-forward's inner width over the channels as the config builds it (4; Sana's mlp_ratio)."""
+    attn = getattr(block, "attn1", None) or getattr(block, "attn", None)
+    ff = getattr(block, "ff", None)
+    if attn is None or ff is None:
         return ()
     out: list[tuple[str, AttrValue]] = []
-    kv = attn.inner_kv_dim // (attn.inner_dim // heads)
+    d = attn.to_q.out_features // heads
+    kv = attn.to_k.out_features // d
     if kv != heads:
         out.append(("kv_heads", kv))
-    width, inner = attn.query_dim, ff.net[2].in_features
-    if inner != 4 * width:  # diffusers' FeedForward default (mult 4), which every DiT preset uses
+    width = attn.query_dim
+    # diffusers' FeedForward (PixArt, SD3) or Sana's GLUMBConv
+    inner = ff.net[2].in_features if hasattr(ff, "net") else ff.conv_point.in_channels
+    if inner != int(ff_ratio * width):
         out.append(("ff_inner", inner))
     return tuple(out)
 

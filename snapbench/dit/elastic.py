@@ -16,34 +16,40 @@ is the diffusers `transformer/` plus two small safetensors files.
 from __future__ import annotations
 
 import copy
+import json
+import os
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from snapbench.dit.cut import make_units
-from snapbench.dit.source import dit_spec
+from snapbench.dit.source import SPEC_FILE, TRANSFORMER, dit_spec
 from snapbench.dit.units import CrossBlockUnit, DitUnit, JointBlockUnit
 from snapbench.errors import SnapbenchError
 from snapbench.model.elastic_unet import Disabled, PerRow, carry_over
+from snapbench.model.loading import COPIES_FILE, VARIANTS_FILE, ModelSource
 from snapbench.specs.arch_spec import ArchSpec
 from snapbench.specs.variants import Variant
 
 
 def block_variant(block: nn.Module, v: Variant, where: str) -> nn.Module:
     """A copy of a PixArt / Sana / SD3 block made the variant `v` (the base block itself when `v` is the
-    default). PixArt's blocks are diffusers' BasicTransformerBlock, so the UNet's CA variant code applies."""
+    default). PixArt's blocks are diffusers' BasicTransformerBlock, so the UNet's CA variant code applies;
+    SD3's and Sana's have their own (dit/block_variants.py)."""
     from snapbench.model.variants import grouped_query_attention, narrower_feed_forward
 
     if v.is_default:
         return block
-    if type(block).__name__ != "BasicTransformerBlock":
-        raise SnapbenchError(f"{where}: block variants (kv_heads, ff_mult) apply to PixArt blocks so far; "
-                             f"this block is a {type(block).__name__}")
     if not v.self_attention:
         raise SnapbenchError(f"{where}: self_attention=false would leave a DiT block without its image attention; "
                              "remove the block instead")
+    if type(block).__name__ != "BasicTransformerBlock":  # SD3's joint blocks, Sana's linear-attention blocks
+        from snapbench.dit.block_variants import dit_block_variant
+
+        return dit_block_variant(block, v, where)
     new = copy.deepcopy(block)
     if v.kv_heads is not None:
         new.attn1 = grouped_query_attention(new.attn1, v.kv_heads, where)
@@ -163,3 +169,40 @@ class ElasticDiT(nn.Module):
 
 def _one(outs: tuple[torch.Tensor, ...]) -> Any:
     return outs[0] if len(outs) == 1 else outs
+
+
+def save_dit(model: ElasticDiT, folder: str | os.PathLike[str]) -> Path:
+    """An elastic DiT as dit.json + transformer/ (diffusers save_pretrained) + copies / variants safetensors,
+    written under a temporary name and renamed: a folder that exists is complete."""
+    from safetensors.torch import save_file
+
+    from snapbench.atomic import atomic_path, atomic_write_text
+
+    out = Path(folder)
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        atomic_write_text(tmp / SPEC_FILE, json.dumps(dit_spec(model.spec).to_dict(), indent=2) + "\n")
+        model.base.save_pretrained(tmp / TRANSFORMER, safe_serialization=True)
+        for modules, name in ((model.copies, COPIES_FILE), (model.variants, VARIANTS_FILE)):
+            state = {k: v.detach().contiguous().cpu() for k, v in modules.state_dict().items()}
+            if state:
+                save_file(state, str(tmp / name))
+    return out
+
+
+def load_extra_weights(model: ElasticDiT, source: ModelSource) -> None:
+    """Copied and variant blocks' weights from a saved folder into a freshly built elastic DiT (on meta:
+    nothing to load). A file that does not fit the spec's blocks is refused in one line."""
+    from snapbench.user_files import load_safetensors
+
+    for path, modules in ((source.copies_file, model.copies), (source.variants_file, model.variants)):
+        if path is None or next(model.base.parameters()).device.type == "meta":
+            continue
+        state = load_safetensors(path)
+        want = {k: tuple(v.shape) for k, v in modules.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        if want != got:
+            wrong = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
+            raise SnapbenchError(f"{path}: does not fit {source.spec.name}'s copied / variant blocks (first "
+                                 f"mismatch: {wrong[0]}); the folder's {SPEC_FILE} and weights disagree")
+        modules.load_state_dict(state)

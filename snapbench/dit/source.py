@@ -9,24 +9,29 @@ A folder's weights must fit its config tensor by tensor; a mismatch names the bl
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from snapbench.dit.family import FAMILIES, init_kwargs
 from snapbench.dit.spec import DitSpec, is_dit_spec_data, load_preset, load_spec, preset_names
+from snapbench.dit.variants import parse_variant
 from snapbench.errors import SnapbenchError
-from snapbench.model.loading import ModelSource, _weight_files, _weights_variant, check_checkpoint_shapes
+from snapbench.model.loading import (
+    COPIES_FILE,
+    VARIANTS_FILE,
+    ModelSource,
+    _weight_files,
+    _weights_variant,
+    check_checkpoint_shapes,
+)
 from snapbench.model.size_bound import bounded_build
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice
+from snapbench.specs.dit_layout import block_stages
 from snapbench.user_files import read_user_json
-
-if TYPE_CHECKING:  # dit/elastic.py builds on this module
-    from snapbench.dit.elastic import ElasticDiT
 
 CONFIG = "config.json"
 SPEC_FILE = "dit.json"  # a folder written by save_dit (train / evolve output): the spec with its block choices
@@ -35,8 +40,6 @@ TRANSFORMER = "transformer"
 
 def to_arch_spec(spec: DitSpec) -> ArchSpec:
     """The pipeline's spec of a DiT: its config as base config, its transformer blocks stage by stage."""
-    from snapbench.dit.cut import block_stages
-
     stages: dict[str, list[BlockChoice]] = {}
     for i, stage in enumerate(block_stages(spec.num_layers)):
         stages.setdefault(stage, []).append(BlockChoice(f"TB{i + 1}"))
@@ -53,8 +56,6 @@ def to_arch_spec(spec: DitSpec) -> ArchSpec:
 
 def dit_spec(spec: ArchSpec) -> DitSpec:
     """The DiT spec behind an `ArchSpec` made by `to_arch_spec`."""
-    from snapbench.dit.variants import parse_variant
-
     notes = dict(spec.notes)
     tokens = notes.pop("tokens", None)
     variant = parse_variant(notes.pop("attention_variant", None), spec.name)
@@ -117,7 +118,6 @@ def resolve_dit(ref: str | os.PathLike[str], *, variant: str | None = None) -> M
 def _from_saved(p: Path, variant: str | None) -> ModelSource:
     """A folder save_dit wrote: dit.json (the spec and its block choices), transformer/ (the base weights),
     copies.safetensors and variants.safetensors (copied and variant blocks), each checked against the spec."""
-    from snapbench.model.loading import COPIES_FILE, VARIANTS_FILE
 
     spec = load_spec(p / SPEC_FILE)
     folder = p / TRANSFORMER
@@ -130,48 +130,8 @@ def _from_saved(p: Path, variant: str | None) -> ModelSource:
                        variants if variants.is_file() else None)
 
 
-def save_dit(model: ElasticDiT, folder: str | os.PathLike[str]) -> Path:
-    """An elastic DiT as dit.json + transformer/ (diffusers save_pretrained) + copies / variants safetensors,
-    written under a temporary name and renamed: a folder that exists is complete."""
-    from safetensors.torch import save_file
-
-    from snapbench.atomic import atomic_path, atomic_write_text
-    from snapbench.model.loading import COPIES_FILE, VARIANTS_FILE
-
-    out = Path(folder)
-    with atomic_path(out) as tmp:
-        tmp.mkdir(parents=True)
-        atomic_write_text(tmp / SPEC_FILE, json.dumps(dit_spec(model.spec).to_dict(), indent=2) + "\n")
-        model.base.save_pretrained(tmp / TRANSFORMER, safe_serialization=True)
-        for modules, name in ((model.copies, COPIES_FILE), (model.variants, VARIANTS_FILE)):
-            state = {k: v.detach().contiguous().cpu() for k, v in modules.state_dict().items()}
-            if state:
-                save_file(state, str(tmp / name))
-    return out
-
-
-def load_extra_weights(model: ElasticDiT, source: ModelSource) -> None:
-    """Copied and variant blocks' weights from a saved folder into a freshly built elastic DiT (on meta:
-    nothing to load). A file that does not fit the spec's blocks is refused in one line."""
-    from snapbench.user_files import load_safetensors
-
-    for path, modules in ((source.copies_file, model.copies), (source.variants_file, model.variants)):
-        if path is None or next(model.base.parameters()).device.type == "meta":
-            continue
-        state = load_safetensors(path)
-        want = {k: tuple(v.shape) for k, v in modules.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in state.items()}
-        if want != got:
-            wrong = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
-            raise SnapbenchError(f"{path}: does not fit {source.spec.name}'s copied / variant blocks (first "
-                                 f"mismatch: {wrong[0]}); the folder's {SPEC_FILE} and weights disagree")
-        modules.load_state_dict(state)
-
-
 def block_of(key: str, num_layers: int) -> str:
     """The block a state-dict key belongs to, as users see blocks (see cut.py)."""
-    from snapbench.dit.cut import block_stages
-
     head = key.split(".")[0]
     if head == "transformer_blocks":
         i = int(key.split(".")[1])

@@ -31,6 +31,7 @@ from typing import Any
 from snapbench.dit.family import Family, check_config
 from snapbench.dit.variants import AttentionVariant, parse_variant
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 from snapbench.specs.arch_spec import BlockChoice, parse_stages
 from snapbench.specs.dit_layout import STAGES, block_slots
 from snapbench.user_files import read_user_json
@@ -64,7 +65,7 @@ class DitSpec:
     def text_tokens(self) -> int:
         return self.tokens if self.tokens is not None else self.family.tokens
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         d: dict[str, Any] = {"format": FORMAT, "name": self.name, "description": self.description,
                              "config": dict(self.config)}
         if self.tokens is not None:

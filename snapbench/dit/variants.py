@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 
 MAX_WINDOW = 65536
 MAX_POOL = 16
@@ -40,7 +41,7 @@ class AttentionVariant:
     def label(self) -> str:
         return f"window={self.size}" if self.kind == "window" else f"pooled_kv={self.size}"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {"kind": self.kind, ("window" if self.kind == "window" else "pool"): self.size}
 
 

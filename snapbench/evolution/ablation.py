@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from snapbench.backbones import backbone_for
 from snapbench.evolution.evaluators import EvalConfig
 from snapbench.evolution.executors import EvalTask, Executor
 from snapbench.evolution.latency_costs import BlockPriceTable
+from snapbench.json_types import JSONObject
 from snapbench.specs.arch_spec import ArchSpec
 
 
@@ -31,7 +31,7 @@ class AblationRow:
     quality_drop: float  # full model's quality minus this one's: > 0 means the block mattered
     accuracy: float | None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return asdict(self)
 
 
@@ -48,7 +48,7 @@ def ablate(model: str | Path, evaluator: EvalConfig, executor: Executor, *, cost
            spec: ArchSpec | None = None, blocks: list[str] | None = None,
            on_done: Callable[[], None] | None = None) -> Ablation:
     """Evaluate the model, then the model without each running CA / RB block (or only `blocks`)."""
-    from snapbench.model.loading import resolve_model
+    from snapbench.backbones import resolve_model
 
     spec = spec or resolve_model(model).spec
     evaluator.check(spec)

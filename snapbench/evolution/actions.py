@@ -51,7 +51,7 @@ class Action:
             why = swap.blocked(spec, _slot(spec, self.stage, self.block))
             if why:
                 raise SnapbenchError(f"{self.label}: cannot apply ({why})")
-            new = swap.apply(c)
+            new = swap.apply(c, spec)
         elif self.sign == "-":
             if c.copies:
                 new = replace(c, copies=c.copies - 1)

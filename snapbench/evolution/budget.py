@@ -35,11 +35,11 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 
 MIN_SAMPLES = 2  # a paired comparison needs a spread: one sample per candidate ranks nothing with confidence
 AUTO_ROUNDS = 5  # auto: the first round sees 1/16 of the samples, so the fifth sees them all
@@ -107,7 +107,7 @@ class Decision:
     rounds: list[tuple[int, int]] = field(default_factory=list)  # (samples per candidate, candidates) per round
     settled: str = ""  # how it stopped: confidence | survivors | all samples | no rival
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {"rounds": [list(r) for r in self.rounds], "settled": self.settled}
 
 

@@ -248,18 +248,16 @@ def costs_from_source(spec: ArchSpec, source: LatencySource, *, device: str = "f
     return _assemble(device, variants, name, {"latent": latent, "batch": batch, "tokens": tokens}, spec)
 
 
-def costs_from_table(spec: ArchSpec, device: str, *, table: str | Path | None = None, latent: int | None = None,
+def costs_from_table(spec: ArchSpec, dev: Device, *, table: str | Path | None = None, latent: int | None = None,
                      batch: int = 2, tokens: int = 77, attention: str = "original", precision: str = "fp16",
                      compute_units: str = "cpu_and_ne", weight_bits: int = 16, cache: Path | None = None,
                      progress: bool = False, say: Callable[[str], None] | None = None) -> BlockPriceTable:
-    """Price every block state from the latency table for `device` (snapbench.latency), estimating and
+    """Price every block state from the latency table for `dev` (snapbench.latency), estimating and
     labelling the signatures it lacks. The table with the estimates filled in is cached (`cache`), so a
     second run converts nothing."""
-    from snapbench.devices.catalog import resolve_device
     from snapbench.latency.table import LatencyTable, Settings, merge_into_file
     from snapbench.model.loading import ModelSource
 
-    dev = resolve_device(device)
     latent = latent or int(spec.base_config.get("sample_size", 64))
     settings = Settings(compute_units=compute_units, precision=precision, weight_bits=weight_bits,
                         attention=attention, batch=batch, latent=latent, tokens=tokens)
@@ -300,10 +298,10 @@ def _priced(blocks: Iterable[BlockLatency]) -> list[Priced]:
 
 def _profile_dit(src: ModelSource, dev: Device, settings: Settings, table: LatencyTable,
                  say: Callable[[str], None] | None) -> tuple[list[Priced], LatencyTable]:
-    """A DiT variant's blocks priced by `dit/profile.py` (the table's rows, else labelled estimates), and the
+    """A DiT variant's blocks priced by `latency/dit_profile.py` (the table's rows, else labelled estimates), and the
     table with the new rows merged in."""
     from snapbench.converters.options import ConvertOptions
-    from snapbench.dit.profile import profile_dit
+    from snapbench.latency.dit_profile import profile_dit
 
     opts = ConvertOptions(latent=settings.latent, batch=settings.batch, tokens=settings.tokens,
                           precision=settings.precision, weight_bits=settings.weight_bits, attention=settings.attention)

@@ -5,8 +5,8 @@
   latency table like any block (the variant's own signature, estimated on demand and labelled) and valued
   like a removal, quality lost per ms saved:
     separable       RB: 3x3 convolutions -> expanded depthwise-separable ones (ratio 2)
-    mqa             CA, TB (PixArt): every attention -> multi-query (one key/value head)
-    ffn             CA, TB (PixArt): feed-forward ratio 4 -> 3
+    mqa             CA, TB: every attention -> multi-query (one key/value head)
+    ffn             CA, TB: feed-forward ratio 4 -> 3 (Sana's 2.5 -> 2)
     drop-self-attn  CA: transformer layers of cross-attention + feed-forward only
 
 A swap is a field value on the block's arch-spec entry, so a swapped block can still be removed or
@@ -16,6 +16,7 @@ table of swaps is data: another family adds rows whose `kind` is its own (a DiT'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -46,22 +47,34 @@ class Swap:
         """Why this swap cannot apply to `slot` of `spec` (None: it can)."""
         if slot.kind not in self.kinds:
             return f"applies to {self.kind} blocks, not {slot.kind}"
-        if slot.kind == "TB" and spec.base_config.get("_class_name") != "PixArtTransformer2DModel":
-            return "DiT block variants apply to PixArt's blocks so far (dit/elastic.py)"
         c = spec.choice(slot)
         if not c.keep:
             return "the block is removed"
         have = getattr(c.variant, self.field)
-        if have == self.value or (self.field == "kv_heads" and have is not None and have <= self.value):
+        if have == self.value_for(spec) or (self.field == "kv_heads" and have is not None and have <= self.value):
             return f"the block already has {self.field}={have}"
         if self.field == "kv_heads" and heads_of(spec.base_config, slot) <= self.value:
             return f"the block has {heads_of(spec.base_config, slot)} attention head(s): nothing to share"
-        if self.field == "ff_mult" and (have or 4) <= self.value:
-            return f"the block's feed-forward ratio is already {have or 4}"
+        if self.field == "ff_mult" and (have or ff_ratio(spec.base_config)) <= self.value_for(spec):
+            return f"the block's feed-forward ratio is already {have or ff_ratio(spec.base_config)}"
         return None
 
-    def apply(self, choice: BlockChoice) -> BlockChoice:
-        return replace(choice, variant=replace(choice.variant, **{self.field: self.value}))
+    def value_for(self, spec: ArchSpec | None) -> Any:
+        """The field's value for `spec`'s blocks: a feed-forward ratio one below the config's (4 -> 3; Sana's
+        2.5 -> 2), else the swap's own."""
+        if self.field == "ff_mult" and spec is not None:
+            return min(self.value, math.ceil(ff_ratio(spec.base_config)) - 1)
+        return self.value
+
+    def apply(self, choice: BlockChoice, spec: ArchSpec | None = None) -> BlockChoice:
+        return replace(choice, variant=replace(choice.variant, **{self.field: self.value_for(spec)}))
+
+
+def ff_ratio(config: Mapping[str, Any]) -> float:
+    """A transformer block's feed-forward inner width over its channels: diffusers' 4, Sana's mlp_ratio."""
+    if config.get("_class_name") == "SanaTransformer2DModel":
+        return float(config.get("mlp_ratio", 2.5))
+    return 4.0
 
 
 SWAPS: Mapping[str, Swap] = {s.name: s for s in (
@@ -89,7 +102,7 @@ def parse_moves(text: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(m for m in MOVE_NAMES if m in parts)
 
 
-def check_moves_apply(moves: Sequence[str], spec: ArchSpec, slots: Sequence[Slot]) -> None:
+def check_moves_apply(moves: Sequence[str], spec: ArchSpec, slots: Sequence[Slot], flag: str = "--moves") -> None:
     """Every swap asked for must apply to some block of the starting model; one line naming why not."""
     for name in moves:
         swap = SWAPS.get(name)
@@ -99,8 +112,8 @@ def check_moves_apply(moves: Sequence[str], spec: ArchSpec, slots: Sequence[Slot
         if all(reasons):
             kinds = [r for r in reasons if r and not r.startswith("applies to")]
             why = kinds[0] if kinds else f"it has no {swap.kind} blocks"
-            raise SnapbenchError(f"--moves {name}: applies to no block of {spec.name} ({why}); "
-                                 f"drop {name} from --moves")
+            raise SnapbenchError(f"{flag} {name}: applies to no block of {spec.name} ({why}); "
+                                 f"drop {name} from {flag}")
 
 
 def heads_of(config: Mapping[str, Any], slot: Slot) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from snapbench.devices.catalog import Device
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.budget import EvalBudget
 from snapbench.evolution.evaluators import ClipEvalConfig, EvalConfig, ToyEvalConfig, read_prompts
@@ -49,25 +50,23 @@ def default_tokens(spec: ArchSpec) -> int:
     return 77
 
 
-def cost_builder(*, device: str, table: str | None = None, fixed_table: str | None = None,
+def cost_builder(*, device: Device, table: str | None = None, fixed_table: str | None = None,
                  attention: str = "original", progress: bool = False,
                  say: Callable[[str], None] | None = None) -> Callable[[ArchSpec], BlockPriceTable]:
     """A function spec -> BlockPriceTable: from a fixed signature table (exact, nothing estimated) or from the
     latency table for `device` with labelled estimates for what it lacks
     (cached in the cache folder, snapbench.paths)."""
-    from snapbench.devices.catalog import resolve_device
-
-    dev = resolve_device(device)  # an unknown device fails now, not after the model is loaded
     if fixed_table is not None:
         src = FixedTable.from_csv(fixed_table)
-        return lambda spec: costs_from_source(spec, src, device=dev.id, tokens=default_tokens(spec),
+        return lambda spec: costs_from_source(spec, src, device=device.id, tokens=default_tokens(spec),
                                               name=str(fixed_table))
     if table is not None and not Path(table).is_file():
         raise SnapbenchError(f"{table}: no such latency table")
-    return lambda spec: costs_from_table(spec, dev.id, table=table, tokens=default_tokens(spec), attention=attention,
+    return lambda spec: costs_from_table(spec, device, table=table, tokens=default_tokens(spec), attention=attention,
                                          cache=cache_dir() / "latency", progress=progress, say=say)
 
 
-def latency_settings(device: str, table: str | None, fixed_table: str | None, attention: str) -> dict[str, Any]:
-    """What must stay the same for an evolution run to resume."""
-    return {"device": device, "table": table, "fixed_table": fixed_table, "attention": attention}
+def latency_settings(device: Device, table: str | None, fixed_table: str | None, attention: str) -> dict[str, Any]:
+    """What must stay the same for an evolution run to resume (the device by its catalog id, so another
+    spelling of the same device resumes)."""
+    return {"device": device.id, "table": table, "fixed_table": fixed_table, "attention": attention}

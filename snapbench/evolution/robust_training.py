@@ -7,6 +7,11 @@ One step: x0 and its condition from the data; noise eps and timestep t; z_t = al
 probability; loss = MSE to eps (epsilon) or to v = alpha_t eps - sigma_t x0 (v_prediction); AdamW.
 `accelerate` runs it on one CPU or many GPUs (`accelerate launch -m snapbench.train ...`).
 
+With `variant_moves` (`train --robust --variant-moves separable,mqa,...`) a kept block also runs, with
+`variant_p`, one of its cheaper SnapGen-style variants (evolution's swaps, moves.py) instead of itself, so
+that `evolve --moves` judges a swap on trained weights rather than on weights inherited from the dense
+block (`ElasticUNet.add_alternative`: what they share and what is their own).
+
 The output folder is always a complete checkpoint (see checkpoints.py) plus `train_state.json` and
 `optimizer.pt`; running the same command again resumes from it.
 """
@@ -25,6 +30,8 @@ import torch
 from torch import nn
 
 from snapbench.errors import SnapbenchError
+from snapbench.evolution.moves import SWAPS, check_moves_apply
+from snapbench.json_types import JSONObject
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.model.elastic_unet import ElasticUNet
 from snapbench.training.checkpoints import ModelBundle, load_bundle, save_bundle
@@ -92,6 +99,11 @@ class TrainConfig:
     skip: SkipProbabilities = field(default_factory=SkipProbabilities)
     prediction_type: Literal["epsilon", "v_prediction"] | None = None  # None: the noise schedule's own
     cond_dropout: float = 0.1  # share of steps' samples trained unconditionally (for CFG)
+    variant_moves: tuple[str, ...] = ()  # swaps (moves.SWAPS) whose variants robust training samples
+    # Chance that a kept block runs one of its variants in a step. Same reasoning as the skip default: a
+    # step changes ~10% of the blocks, so every block trains mostly as itself while each variant is
+    # trained in every ~10th step per block (divided among the block's variants).
+    variant_p: float = 0.1
     grad_clip: float = 1.0
     save_every: int = 500
     seed: int = 0
@@ -103,19 +115,44 @@ class TrainConfig:
             raise SnapbenchError(f"condition dropout must be in [0, 1), got {self.cond_dropout}")
         if self.learning_rate <= 0:
             raise SnapbenchError(f"learning rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.variant_p < 1.0:
+            raise SnapbenchError(f"--variant-p must be in [0, 1), got {self.variant_p}")
+        if self.variant_moves and not self.robust:
+            raise SnapbenchError("--variant-moves samples variants during robust training; add --robust")
+        not_swaps = [m for m in self.variant_moves if m not in SWAPS]
+        if not_swaps:
+            raise SnapbenchError(f"--variant-moves: {not_swaps[0]!r} is not a swap; give some of {', '.join(SWAPS)}")
 
     @property
     def skip_probabilities(self) -> SkipProbabilities:
         return self.skip if self.robust else NO_SKIP
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
         d["skip"] = SkipProbabilities(**d.get("skip", {}))
+        d["variant_moves"] = tuple(d.get("variant_moves", ()))  # a JSON list in train_state.json
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+def sample_variants(model: nn.Module, config: TrainConfig) -> list[str]:
+    """Give every block that a swap in `config.variant_moves` applies to (moves.Swap.blocked) that variant
+    as a sampled alternative, and set the chance of running one; returns the alternatives' keys. A model
+    that already holds them (a resumed run) keeps its trained ones."""
+    if not config.variant_moves:
+        return []
+    if not isinstance(model, ElasticUNet):
+        raise SnapbenchError(f"--variant-moves: {model.spec.name} is not a UNet; sampled variants are built for "
+                             "SD-class UNets so far")
+    slots = [s for s in model.spec.layout if s.kind in ("RB", "CA")]
+    check_moves_apply(config.variant_moves, model.spec, slots, flag="--variant-moves")
+    keys = [model.add_alternative(slot.file_id, name, SWAPS[name].apply(model.spec.choice(slot), model.spec).variant)
+            for slot in slots for name in config.variant_moves if SWAPS[name].blocked(model.spec, slot) is None]
+    model.variant_probability = config.variant_p
+    return keys
 
 
 def diffusion_loss(trainable: nn.Module, noise_scheduler: Any, x0: torch.Tensor, cond: torch.Tensor,
@@ -161,6 +198,7 @@ def _train(model: str | Path, out: Path, config: TrainConfig, *, data: str | Pat
     train_data: TrainingData = training_data(bundle.spec, data)
     skip = config.skip_probabilities
     bundle.model.set_skip_probabilities(ca=skip.ca, rb=skip.rb)
+    sample_variants(bundle.model, config)  # before the optimizer sees the parameters (and on resume: same order)
 
     # find_unused_parameters: a skipped block gets no gradient on that rank in that step.
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
@@ -226,6 +264,7 @@ def fine_tune(bundle: ModelBundle, model: ElasticUNet, config: TrainConfig, *, s
     train_data = training_data(model.spec, data)
     skip = config.skip_probabilities
     model.set_skip_probabilities(ca=skip.ca, rb=skip.rb)
+    sample_variants(model, config)
     trainable = Trainable(model, bundle.encoder)
     opt = torch.optim.AdamW(trainable.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     noise_scheduler = DDPMScheduler.from_config(bundle.noise_schedule)

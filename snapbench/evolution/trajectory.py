@@ -39,6 +39,7 @@ from typing import Any
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 from snapbench.user_files import read_user_text
 
 TRAJECTORY_FILE = "trajectory.csv"
@@ -71,7 +72,7 @@ class TrajectoryRow:
         return cls(iteration, phase, action, block, latency_ms, latency_backend, quality, quality_delta,
                    latency_delta_ms, value, train_steps, eval_samples, eval_reused)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return asdict(self)
 
 

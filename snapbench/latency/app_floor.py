@@ -25,7 +25,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 
 FLOOR_MODEL = "synthetic:floor"
 # A prediction call's own cost above this is not a floor but a different measurement (a whole request with
@@ -67,15 +69,14 @@ class FloorReading:
     engine_ms: float  # the estimator's engine time of the one-op package on the device
     floor_ms: float
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {"device": self.device, "runs": self.runs, "median_ms": round(self.median_ms, 4),
                 "engine_ms_estimated": round(self.engine_ms, 4), "app_floor_ms": round(self.floor_ms, 4)}
 
 
-def read_floor_file(path: str | os.PathLike) -> tuple[str, list[float]]:
-    """(device id, timings in ms) of a floor file; anything else than a timing of the floor package ->
+def read_floor_file(path: str | os.PathLike) -> tuple[Device, list[float]]:
+    """(the device, timings in ms) of a floor file; anything else than a timing of the floor package ->
     SnapbenchError naming the line."""
-    from snapbench.devices.catalog import resolve_device
     from snapbench.user_files import read_user_text
 
     text = read_user_text(str(path), "app-floor file")
@@ -87,7 +88,7 @@ def read_floor_file(path: str | os.PathLike) -> tuple[str, list[float]]:
     if missing:
         raise SnapbenchError(f"{path}: not an app-floor file (missing columns {', '.join(missing)}); write "
                              f"model,device,latency_ms rows timing the {FLOOR_MODEL} package")
-    devices: set[str] = set()
+    devices: dict[str, Device] = {}  # by id: "iPhone 14 Pro" and "iphone14pro" are one device
     times: list[float] = []
     for line, raw in enumerate(reader, start=2):
         if len(times) >= MAX_FLOOR_ROWS:
@@ -104,7 +105,8 @@ def read_floor_file(path: str | os.PathLike) -> tuple[str, list[float]]:
         if not (math.isfinite(v) and v > 0):
             raise SnapbenchError(f"{path} line {line}: {unit} must be a positive time, got {row.get(unit or '')!r}")
         try:
-            devices.add(resolve_device(row["device"]).id)
+            dev = resolve_device(row["device"])
+            devices[dev.id] = dev
         except SnapbenchError as exc:
             raise SnapbenchError(f"{path} line {line}: {exc}") from None
         times.append(v)
@@ -112,20 +114,4 @@ def read_floor_file(path: str | os.PathLike) -> tuple[str, list[float]]:
         raise SnapbenchError(f"{path}: no timings; one row per timed prediction of the {FLOOR_MODEL} package")
     if len(devices) > 1:
         raise SnapbenchError(f"{path}: timings from {', '.join(sorted(devices))}; one device per floor file")
-    return devices.pop(), times
-
-
-def floor_from_file(path: str | os.PathLike, *, params=None) -> FloorReading:
-    """The app floor a user's timing file gives: the median timing less the engine's own time of the
-    one-op package (estimated) on that device."""
-    import numpy as np
-
-    from snapbench.profilers.estimate import estimate_ops, load_params
-    from snapbench.zoo.programs import network_records
-
-    device, times = read_floor_file(path)
-    engine = estimate_ops(network_records(FLOOR_MODEL), device, params=params or load_params()).total_ms
-    median = float(np.median(times))
-    floor = max(median - engine, 0.0)
-    check_floor_ms(floor, f"{path}: the median timing, {median:.3g} ms, gives a floor of")
-    return FloorReading(device=device, runs=len(times), median_ms=median, engine_ms=engine, floor_ms=floor)
+    return devices.popitem()[1], times

@@ -28,6 +28,7 @@ from snapbench.backbones import backbone_for
 from snapbench.blocks.cut import CutBlock
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 from snapbench.latency.importer import ImportedRow, check_settings, read_import, refuse_conflicts
 from snapbench.latency.packages import COMPONENTS, ConverterPackages, PackageSource
 from snapbench.latency.table import LatencyRow, LatencyTable, Settings
@@ -72,7 +73,7 @@ class BlockLatency:
     first_load_ms: float | None = None  # measured rows only
     warm_load_ms: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 

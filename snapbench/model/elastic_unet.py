@@ -9,12 +9,18 @@ Robust training (SnapFusion 3.1.1): in training mode each RB / CA unit runs as r
 `skip_probability`; at inference `disabled` gives a deterministic set of block ids to treat as removed, for the whole batch or, as
 `PerRow`, one set per batch row: several candidate architectures then share one forward pass (evolution
 batches its candidates), each row computing only the blocks its candidate runs.
+
+Robust training may also sample cheaper variants (`add_alternative`, `train --variant-moves`): a kept block
+runs, with `variant_probability`, one of its alternatives instead, so that evolution's swaps (`evolve
+--moves`) are judged on trained weights. An alternative shares every parameter of the block whose name and
+shape match; the rest are its own (see `add_alternative`). A model derived for another spec (`with_spec`)
+starts each swapped block from the trained alternative of that exact variant.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -32,11 +38,13 @@ from snapbench.model.units import (
     TimeEmbeddingUnit,
     copy_resnet,
 )
-from snapbench.model.variants import resnet_variant, transformer_variant
+from snapbench.model.variants import resnet_variant, share_parameters, transformer_variant
 from snapbench.specs.arch_spec import ArchSpec
 from snapbench.specs.layout import Slot, text_embeds_dim
+from snapbench.specs.variants import Variant
 
 TEXT_TIME_FROM_CONTEXT = "from_context"  # arch spec notes["text_time"]: see text_time_from_context
+ALTERNATIVE_SEP = "__"  # alternatives' keys: "<file id>__<move>" (a ModuleDict key has no dots)
 
 
 def text_time_from_context(context: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,6 +92,13 @@ class ElasticUNet(nn.Module):
         self.base = unet  # every base weight lives here (removed blocks' too, so checkpoints round-trip)
         self.copies = nn.ModuleDict()  # weight copies, keyed by file id
         self.variants = nn.ModuleDict()  # SnapGen-style variants replacing their base block, keyed by file id
+        # robust training's sampled variants (add_alternative), keyed "<file id>__<move>"
+        self.alternatives = nn.ModuleDict()
+        self.alternative_variants: dict[str, Variant] = {}
+        self.shared_names: dict[str, frozenset[str]] = {}  # per alternative: parameters it shares with its block
+        self.variant_probability = 0.0
+        # trained alternatives of the models this one was derived from, by (file id, variant): swap sources
+        self.trained_alternatives: Mapping[tuple[str, Variant], nn.Module] = {}
         units: list[BlockUnit] = []
         closes_skip: list[bool] = []
         for slot in spec.layout:
@@ -140,8 +155,51 @@ class ElasticUNet(nn.Module):
         new = ElasticUNet(self.base, spec)
         carry_over(self.copies, new.copies)
         carry_over(self.variants, new.variants)
+        trained = {**self.trained_alternatives,
+                   **{(k.rpartition(ALTERNATIVE_SEP)[0], v): self.alternatives[k] for k, v in self.alternative_variants.items()}}
+        new.trained_alternatives = trained
+        for slot in spec.layout:
+            want = spec.choice(slot).variant if slot.file_id in new.variants else None
+            # a block this model already ran as `want` keeps its own weights (carried above)
+            if want is not None and self.spec.choice(slot).variant != want and (slot.file_id, want) in trained:
+                new.variants[slot.file_id].load_state_dict(trained[(slot.file_id, want)].state_dict())
         new.train(self.training)
         return new
+
+    def add_alternative(self, file_id: str, move: str, variant: Variant) -> str:
+        """Let robust training sample block `file_id` (an original, not a copy) as `variant`: the spec's own
+        variant of the block with the swap `move` applied. Built from the base block as a swapped block is
+        (`_variant`), then made to share every parameter of the block it stands in for whose name and shape
+        match (norms, the time projection, shortcut, query and output projections, a cross-only block's
+        whole attention and feed-forward): those train in both. What has no same-shaped counterpart is its
+        own, initialised as a swap would be: a separable convolution's three factors, the key / value
+        projections of multi-query attention, a narrower feed-forward's first and last matrices. Returns its key."""
+        key = f"{file_id}{ALTERNATIVE_SEP}{move}"
+        if key in self.alternatives:
+            return key
+        unit = self.unit(file_id)
+        if not isinstance(unit, (ResnetUnit, AttentionUnit)) or unit.instance != 0:
+            raise SnapbenchError(f"{file_id}: only original RB / CA blocks have sampled variants")
+        base_block = self.base.get_submodule(unit.slot.module_path)
+        if isinstance(unit, ResnetUnit):
+            alt, current = resnet_variant(base_block, variant), unit.resnet
+        else:
+            alt, current = transformer_variant(base_block, variant, unit.block_id), unit.transformer
+        self.shared_names[key] = frozenset(share_parameters(alt, current))
+        self.alternatives[key] = alt
+        self.alternative_variants[key] = variant
+        return key
+
+    def alternatives_of(self, unit: BlockUnit) -> list[str]:
+        if unit.instance != 0:
+            return []
+        prefix = f"{unit.file_id}{ALTERNATIVE_SEP}"
+        return [k for k in self.alternatives if k.startswith(prefix)]
+
+    def alternatives_state(self) -> dict[str, torch.Tensor]:
+        """The alternatives' own tensors (shared ones live with their block), for saving."""
+        return {k: v for k, v in self.alternatives.state_dict().items()
+                if k.split(".", 1)[1] not in self.shared_names.get(k.split(".", 1)[0], frozenset())}
 
     # -- views ----------------------------------------------------------------------------------------
     @property
@@ -250,7 +308,8 @@ class ElasticUNet(nn.Module):
     def _run(self, unit: ResnetUnit | AttentionUnit, args: tuple[torch.Tensor, ...], disabled: Disabled,
              generator: torch.Generator | None) -> torch.Tensor:
         if not isinstance(disabled, PerRow):
-            return unit.run(*args, active=self._active(unit, disabled, generator))
+            active = self._active(unit, disabled, generator)
+            return unit.run(*args, active=active, module=self._sampled_alternative(unit, generator) if active else None)
         rows = [] if unit.removed else disabled.active_rows(unit)
         if len(rows) == len(disabled.rows):
             return unit.run(*args, active=True)
@@ -268,6 +327,15 @@ class ElasticUNet(nn.Module):
             draw = torch.rand((), generator=generator)
             return bool(draw >= unit.skip_probability)
         return True
+
+    def _sampled_alternative(self, unit: BlockUnit, generator: torch.Generator | None) -> nn.Module | None:
+        """Robust training: one of the block's alternatives with `variant_probability`, else None (the block)."""
+        if not self.training or self.variant_probability <= 0.0:
+            return None
+        keys = self.alternatives_of(unit)
+        if not keys or float(torch.rand((), generator=generator)) >= self.variant_probability:
+            return None
+        return self.alternatives[keys[int(torch.randint(len(keys), (), generator=generator))]]
 
     def _check_divisible(self, sample: torch.Tensor) -> None:
         factor = 2 ** sum(1 for u in self._units if u.slot.name == "upsample")

@@ -8,6 +8,7 @@ without a checkpoint get seeded random weights: latency does not depend on weigh
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -18,11 +19,12 @@ from typing import Any
 import torch
 
 from snapbench.errors import SnapbenchError, first_line
-from snapbench.model.elastic_unet import ElasticUNet
+from snapbench.model.elastic_unet import ALTERNATIVE_SEP, ElasticUNet
 from snapbench.model.size_bound import bounded_build
 from snapbench.specs.arch_spec import ArchSpec, full_spec, load_spec
 from snapbench.specs.layout import layout_from_config
 from snapbench.specs.presets import load_preset, preset_names
+from snapbench.specs.variants import Variant
 from snapbench.user_files import load_safetensors, open_safetensors, read_user_json
 
 WEIGHTS_STEM = "diffusion_pytorch_model"
@@ -32,6 +34,9 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, as the hub spe
 SPEC_FILE = "arch.json"  # a folder written by ElasticUNet save (train / evolve output)
 COPIES_FILE = "copies.safetensors"
 VARIANTS_FILE = "variants.safetensors"  # weights of SnapGen-style variant blocks
+# robust training's sampled variants (their own tensors; the header's metadata names each one's variant)
+ALTERNATIVES_FILE = "alternatives.safetensors"
+ALTERNATIVES_META = "snapbench.alternatives"  # [[key, variant fields], ...] in the order they were made
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class ModelSource:
     copies_file: Path | None = None  # weights of copied blocks, from a saved elastic UNet
     variant: str | None = None  # the weights' variant (fp16 for diffusion_pytorch_model.fp16.safetensors)
     variants_file: Path | None = None  # weights of SnapGen-style variant blocks, from a saved elastic UNet
+    alternatives_file: Path | None = None  # robust training's sampled variants, from a saved elastic UNet
 
 
 # SD's 512x512 images; used only for a config that does not say its own sample_size.
@@ -61,17 +67,14 @@ def model_latent(spec: ArchSpec, latent: int | None = None) -> int:
     return int(size)
 
 
-def resolve_model(ref: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None, variant: str | None = None,
-                  subfolder: str | None = None, revision: str | None = None) -> ModelSource:
-    """What `--model` (and `--weights`) name. `variant`: which weights file of a folder (None: the plain
+def resolve_unet(ref: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None, variant: str | None = None,
+                 subfolder: str | None = None, revision: str | None = None) -> ModelSource:
+    """What `--model` (and `--weights`) name, read as a UNet (SD-1.x/2.x, SDXL-class): a preset, an arch spec,
+    a diffusers UNet or pipeline folder, a hub id. `variant`: which weights file of a folder (None: the plain
     one, else the only variant present). `subfolder` / `revision`: inside a folder or hub snapshot, and
-    which snapshot of a hub id."""
+    which snapshot of a hub id. The pipeline calls `snapbench.backbones.resolve_model`, which lets the other
+    families (a DiT) claim the reference first."""
     ref_s = str(ref)
-    if weights is None and subfolder is None and revision is None:
-        from snapbench.dit.source import is_dit_ref, resolve_dit
-
-        if is_dit_ref(ref_s):  # a DiT preset, spec or folder: the DiT family reads it (dit/source.py)
-            return resolve_dit(ref_s, variant=variant)
     p = _local_or_hub(ref_s, subfolder, revision)
     if p.is_dir():
         source = _from_folder(p, variant)
@@ -89,7 +92,8 @@ def resolve_model(ref: str | os.PathLike[str], *, weights: str | os.PathLike[str
         folder = _unet_folder(w)
         chosen = _weights_variant(folder, variant)
         _check_fits(source.spec, folder, chosen)
-        source = ModelSource(ref_s, source.spec, folder, source.copies_file, chosen, source.variants_file)
+        source = ModelSource(ref_s, source.spec, folder, source.copies_file, chosen, source.variants_file,
+                             source.alternatives_file)
     return source
 
 
@@ -127,12 +131,13 @@ def _from_folder(p: Path, variant: str | None = None) -> ModelSource:
         unet_dir = p / "unet"
         copies = p / COPIES_FILE
         variants = p / VARIANTS_FILE
+        alternatives = p / ALTERNATIVES_FILE
         if not (unet_dir / "config.json").is_file():
             raise SnapbenchError(f"{p}: has {SPEC_FILE} but no unet/config.json; the weights folder is incomplete")
         chosen = _weights_variant(unet_dir, variant)
         _check_fits(spec, unet_dir, chosen)
         return ModelSource(str(p), spec, unet_dir, copies if copies.is_file() else None, chosen,
-                           variants if variants.is_file() else None)
+                           variants if variants.is_file() else None, alternatives if alternatives.is_file() else None)
     folder = _unet_folder(p)
     config = _read_config(folder / "config.json")
     if config.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel":
@@ -320,7 +325,28 @@ def build_unet(source: ModelSource, *, device: str | torch.device = "cpu", seed:
         if missing or unexpected:
             raise SnapbenchError(f"{file}: {what} weights do not fit the spec "
                                  f"(missing {list(missing)[:1]}, unexpected {list(unexpected)[:1]})")
+    if source.alternatives_file is not None:
+        _load_alternatives(model, source.alternatives_file)
     return model.to(device=device, dtype=dtype)
+
+
+def _load_alternatives(model: ElasticUNet, file: Path) -> None:
+    """Rebuild robust training's sampled variants from the file's metadata, then load their own tensors."""
+    what = "sampled-variant weights file"
+    with open_safetensors(file, what) as f:
+        listed = (f.metadata() or {}).get(ALTERNATIVES_META)
+    try:  # in the order they were made: the optimizer's saved moments follow the parameters' order
+        for key, fields in json.loads(listed or "[]"):
+            file_id, _, move = key.rpartition(ALTERNATIVE_SEP)
+            model.add_alternative(file_id, move, Variant.from_dict(fields, model.unit(file_id).slot.kind, str(file)))
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as e:
+        raise SnapbenchError(f"{file}: its metadata does not list variants ({e}); retrain or remove the file") from None
+    state = load_safetensors(file, what)
+    missing, unexpected = model.alternatives.load_state_dict(state, strict=False)
+    own_missing = [k for k in missing if k.split(".", 1)[1] not in model.shared_names[k.split(".", 1)[0]]]
+    if own_missing or unexpected:
+        raise SnapbenchError(f"{file}: {what} does not fit the spec "
+                             f"(missing {own_missing[:1]}, unexpected {list(unexpected)[:1]})")
 
 
 def _load_weights(unet: torch.nn.Module, folder: Path, spec: ArchSpec, variant: str | None = None) -> None:
@@ -356,7 +382,11 @@ def save_elastic(model: ElasticUNet, folder: str | Path) -> Path:
             state = {k: v.detach().contiguous().cpu() for k, v in modules.state_dict().items()}
             if state:
                 save_file(state, str(tmp / name))
+        if model.alternatives:
+            listed = [[k, v.to_dict()] for k, v in model.alternative_variants.items()]
+            save_file({k: v.detach().contiguous().cpu() for k, v in model.alternatives_state().items()},
+                      str(tmp / ALTERNATIVES_FILE), metadata={ALTERNATIVES_META: json.dumps(listed)})
     return out
 
 
-__all__ = ["ModelSource", "resolve_model", "build_unet", "meta_unet", "new_unet", "save_elastic", "preset_names"]
+__all__ = ["ModelSource", "resolve_unet", "build_unet", "meta_unet", "new_unet", "save_elastic", "preset_names"]

@@ -126,14 +126,16 @@ class ResnetUnit(BlockUnit):
     def forward(self, hidden: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         return self.run(hidden, *rest, active=not self.removed)
 
-    def run(self, hidden: torch.Tensor, *rest: torch.Tensor, active: bool) -> torch.Tensor:
+    def run(self, hidden: torch.Tensor, *rest: torch.Tensor, active: bool, module: nn.Module | None = None
+            ) -> torch.Tensor:
+        """`module`: run it in the block's place (robust training's sampled variant)."""
         if self.takes_skip:
             skip, temb = rest
             hidden = torch.cat([hidden, skip], dim=1)
         else:
             (temb,) = rest
         if active:
-            return self.resnet(hidden, temb)
+            return (module or self.resnet)(hidden, temb)
         if self.resnet.conv_shortcut is not None:
             return self.resnet.conv_shortcut(hidden)
         return hidden
@@ -151,10 +153,12 @@ class AttentionUnit(BlockUnit):
     def forward(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.run(hidden, context, active=not self.removed)
 
-    def run(self, hidden: torch.Tensor, context: torch.Tensor, *, active: bool) -> torch.Tensor:
+    def run(self, hidden: torch.Tensor, context: torch.Tensor, *, active: bool, module: nn.Module | None = None
+            ) -> torch.Tensor:
+        """`module`: run it in the block's place (robust training's sampled variant)."""
         if not active:
             return hidden
-        return self.transformer(hidden, encoder_hidden_states=context, return_dict=False)[0]
+        return (module or self.transformer)(hidden, encoder_hidden_states=context, return_dict=False)[0]
 
 
 def copy_resnet(resnet: nn.Module) -> nn.Module:

@@ -241,5 +241,19 @@ def transformer_variant(transformer: nn.Module, v: Variant, where: str) -> nn.Mo
     return new
 
 
+def share_parameters(new: nn.Module, like: nn.Module) -> list[str]:
+    """Make `new` hold `like`'s parameter objects wherever both have a parameter of that name and shape
+    (the two then train one tensor); returns the names shared."""
+    have = dict(like.named_parameters())
+    shared = []
+    for name, p in list(new.named_parameters()):
+        q = have.get(name)
+        if q is not None and q.shape == p.shape:
+            parent, _, leaf = name.rpartition(".")
+            setattr(new.get_submodule(parent) if parent else new, leaf, q)
+            shared.append(name)
+    return shared
+
+
 def resnet_variant(resnet: nn.Module, v: Variant) -> nn.Module:
     return separable_resnet(resnet, v.separable) if v.separable is not None else resnet

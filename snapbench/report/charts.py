@@ -18,8 +18,10 @@ matplotlib.use("Agg")  # no display here or on CI; the report only needs files
 from matplotlib.figure import Figure  # noqa: E402
 
 # Colours: cross-attention vs ResNet as in the paper's Fig. 2, auxiliary blocks in grey.
-KIND_COLOURS = {"CA": "#2f6db5", "RB": "#e08a2c", "aux": "#a7adb5"}
-KIND_NAMES = {"CA": "cross-attention (CA)", "RB": "ResNet (RB)", "aux": "auxiliary (conv in/out, time emb., samplers)"}
+KIND_COLOURS = {"CA": "#2f6db5", "RB": "#e08a2c", "TB": "#2a9d80", "aux": "#a7adb5"}
+KIND_NAMES = {"CA": "cross-attention (CA)", "RB": "ResNet (RB)", "TB": "transformer (TB)",
+              "aux": "auxiliary (conv in/out, time emb., samplers)"}
+AUX_NAMES = {"dit": "auxiliary (patch, time and caption embeddings, final layer)"}
 BUDGET_COLOURS = {"text_encoder_ms": "#4e9a5a", "unet_ms": "#2f6db5", "vae_decoder_ms": "#8a5bb0"}
 _RC = {
     "svg.fonttype": "none",
@@ -71,6 +73,9 @@ def fig2_chart(data: Mapping[str, Any], device_id: str, chart_id: str) -> str:
     each bar split into CA, RB and auxiliary blocks. Rows share their y axis so models compare by eye."""
     models = data["models"]
     stages = data["stages"]
+    denoiser = data["denoiser"]
+    kinds = [*denoiser["kinds"], "aux"]
+    names = {**KIND_NAMES, "aux": AUX_NAMES.get(denoiser["family"], KIND_NAMES["aux"])}
     results = {r["model"]: r for r in data["results"] if r["device"] == device_id}
     any_latency = any(results.get(m["key"], {}).get("available") for m in models)
     n = len(models)
@@ -83,9 +88,9 @@ def fig2_chart(data: Mapping[str, Any], device_id: str, chart_id: str) -> str:
         for col, m in enumerate(models):
             ax = axes[0][col]
             bottom = [0.0] * len(stages)
-            for kind, field in (("CA", "ca_params"), ("RB", "rb_params"), ("aux", "aux_params")):
-                vals = [p[field] / div for p in m["stage_params"]]
-                ax.bar(x, vals, bottom=bottom, color=KIND_COLOURS[kind], label=KIND_NAMES[kind], width=0.7)
+            for kind in kinds:
+                vals = [p[f"{kind.lower()}_params"] / div for p in m["stage_params"]]
+                ax.bar(x, vals, bottom=bottom, color=KIND_COLOURS[kind], label=names[kind], width=0.7)
                 bottom = [b + v for b, v in zip(bottom, vals)]
             ax.set_title(f"{m['key']}: parameters")
             ax.set_xticks(list(x), stages, rotation=35, ha="right")
@@ -102,8 +107,8 @@ def fig2_chart(data: Mapping[str, Any], device_id: str, chart_id: str) -> str:
                 ax.set_xticks(list(x), stages, rotation=35, ha="right")
                 continue
             bottom = [0.0] * len(stages)
-            for kind, field in (("CA", "ca_ms"), ("RB", "rb_ms"), ("aux", "aux_ms")):
-                vals = [s[field] or 0.0 for s in r["stages"]]
+            for kind in kinds:
+                vals = [s[f"{kind.lower()}_ms"] or 0.0 for s in r["stages"]]
                 ax.bar(x, vals, bottom=bottom, color=KIND_COLOURS[kind], width=0.7)
                 bottom = [b + v for b, v in zip(bottom, vals)]
             # Rows share their axis (honest comparison), so a fast model's bars can be slivers: print totals.
@@ -114,7 +119,7 @@ def fig2_chart(data: Mapping[str, Any], device_id: str, chart_id: str) -> str:
             ax.set_title(f"{m['key']}: latency per step ({label})")
             ax.set_xticks(list(x), stages, rotation=35, ha="right")
             if col == 0:
-                ax.set_ylabel("latency (ms per UNet step)")
+                ax.set_ylabel(f"latency (ms per {denoiser['name']} step)")
             ax.grid(axis="y", alpha=0.3)
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
@@ -165,8 +170,9 @@ def budget_chart(data: Mapping[str, Any], chart_id: str) -> str | None:
 PHASE_COLOURS = {"start": "#1d2430", "remove": "#b5452f", "add": "#2f8a4e", "train": "#a7adb5", "final": "#1d2430"}
 
 
-def trajectory_chart(model: Mapping[str, Any], chart_id: str) -> str | None:
-    """Evolution trajectory: quality against UNet latency, step by step; removals red, additions green."""
+def trajectory_chart(model: Mapping[str, Any], chart_id: str, denoiser: str = "UNet") -> str | None:
+    """Evolution trajectory: quality against the denoiser's latency (`denoiser`: "UNet" or "transformer"),
+    step by step; removals red, additions green."""
     traj = model.get("trajectory") or {}
     rows = [r for r in traj.get("rows") or [] if r["latency_ms"] is not None and r["quality"] is not None]
     if not rows:
@@ -184,7 +190,7 @@ def trajectory_chart(model: Mapping[str, Any], chart_id: str) -> str | None:
         ax.annotate("start", (xs[0], ys[0]), textcoords="offset points", xytext=(6, 6), fontsize=9)
         ax.annotate("end", (xs[-1], ys[-1]), textcoords="offset points", xytext=(6, -12), fontsize=9)
         labels = sorted({r["label"] for r in rows})
-        ax.set_xlabel(f"UNet latency (ms per step, {'/'.join(labels)})")
+        ax.set_xlabel(f"{denoiser} latency (ms per step, {'/'.join(labels)})")
         ax.set_ylabel("quality")
         ax.set_title(f"{model['key']}: evolution trajectory ({len(rows)} evaluated steps)")
         ax.grid(alpha=0.3)

@@ -38,32 +38,64 @@ class Trajectory:
     problem: str | None  # why the file could not be read; the rest of the report still stands
 
 
+@dataclass(frozen=True)
+class Denoiser:
+    """The family of the report's denoising networks (one per report): what the page calls the network, the
+    block kinds it counts per stage, and how its stages are defined."""
+
+    family: str  # the backbone's name: "sd-unet", "sdxl-unet", "dit"
+    name: str  # "UNet" | "transformer"
+    kinds: tuple[str, ...]  # the elastic block kinds: ("CA", "RB") for a UNet, ("TB",) for a DiT
+    stages_note: str
+
+
+# Per-kind fields of the stage rows: a UNet's CA/RB, a DiT's TB. Those of the other family are None in the
+# dataclasses and left out of the JSON, so a UNet report's document is what it was before DiTs.
+KIND_FIELDS = frozenset({"CA", "RB", "TB", "CA_swapped", "RB_swapped", "TB_swapped", "ca_params", "rb_params",
+                         "tb_params", "ca_ms", "rb_ms", "tb_ms", "variant"})
+
+
+def without_absent_kinds(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None or k not in KIND_FIELDS}
+
+
 @dataclass
 class ArchitectureBlock:
     id: str
-    kind: str  # "CA" | "RB"
+    kind: str  # "CA" | "RB" | "TB"
     status: str
     variant: str | None  # the label of the cheaper variant it runs as (separable x2, MQA, ...), if any
 
 
 @dataclass
 class StageArchitecture:
+    """Blocks that run in one stage, per kind (None: a kind the family does not have)."""
+
     stage: str
-    CA: int
-    RB: int
-    CA_swapped: int  # running blocks of that kind swapped for a cheaper variant
-    RB_swapped: int
+    CA: int | None
+    RB: int | None
+    CA_swapped: int | None  # running blocks of that kind swapped for a cheaper variant
+    RB_swapped: int | None
     blocks: list[ArchitectureBlock]
+    TB: int | None = None
+    TB_swapped: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return without_absent_kinds(asdict(self))
 
 
 @dataclass
 class StageParams:
     stage: str
-    ca_params: int
-    rb_params: int
+    ca_params: int | None
+    rb_params: int | None
     aux_params: int
     params: int
     macs: int
+    tb_params: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return without_absent_kinds(asdict(self))
 
 
 @dataclass
@@ -87,6 +119,15 @@ class ModelSummary:
     stage_params: list[StageParams]
     architecture: list[StageArchitecture]
     trajectory: Trajectory | None
+    tokens: int | None = None  # a DiT's text length as priced (its pipeline's); a UNet's is CLIP's 77, not shown
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.tokens is None:
+            del out["tokens"]
+        out["stage_params"] = [p.to_dict() for p in self.stage_params]
+        out["architecture"] = [a.to_dict() for a in self.architecture]
+        return out
 
 
 @dataclass
@@ -117,15 +158,17 @@ class BlockResult:
     tflops: float | None = None
     peak_share: float | None = None
     latency_share: float | None = None
+    variant: str | None = None  # the cheaper variant a swapped block runs as (a DiT's kv_heads / ff_mult)
 
 
 @dataclass
 class StageLatency:
     stage: str
     ms: float
-    ca_ms: float
-    rb_ms: float
+    ca_ms: float | None
+    rb_ms: float | None
     aux_ms: float
+    tb_ms: float | None = None
 
 
 @dataclass
@@ -199,7 +242,8 @@ class ModelResult:
         }
         if self.available:
             out["budget_missing"] = list(self.budget_missing)
-        out.update(stages=[asdict(s) for s in self.stages], blocks=[asdict(b) for b in self.blocks])
+        out.update(stages=[without_absent_kinds(asdict(s)) for s in self.stages],
+                   blocks=[without_absent_kinds(asdict(b)) for b in self.blocks])
         if self.available:
             out.update(block_latency_sum_ms=self.block_latency_sum_ms, profile_settings=dict(self.profile_settings),
                        profile_versions=dict(self.profile_versions), profile_created_at=self.profile_created_at,
@@ -258,6 +302,7 @@ class ReportData:
     text_encoder_runs: int
     app_floor_ms: float | None
     trust: dict[str, JsonValue] | None  # the shipped validation's summary (snapbench.validation.trust)
+    denoiser: Denoiser
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document `report --json` writes and the page's `data-json` paths point into."""
@@ -265,7 +310,7 @@ class ReportData:
             "schema": self.schema, "title": self.title, "created_at": self.created_at, "command": self.command,
             "versions": dict(self.versions), "settings": dict(self.settings),
             "requested_backend": self.requested_backend, "table": self.table, "baseline": self.baseline,
-            "models": [asdict(m) for m in self.models],
+            "models": [m.to_dict() for m in self.models],
             "devices": [{**d.to_dict(), "fp16_peak_tflops": d.ane_fp16_tflops} for d in self.devices],
             "results": [r.to_dict() for r in self.results],
             "latency_labels": list(self.latency_labels), "mixed_sources": self.mixed_sources,
@@ -273,4 +318,5 @@ class ReportData:
                           "rows": [r.to_dict() for r in self.reference.rows]},
             "stages": list(self.stages), "text_encoder_runs": self.text_encoder_runs,
             "app_floor_ms": self.app_floor_ms, "trust": self.trust,
+            "denoiser": {**asdict(self.denoiser), "kinds": list(self.denoiser.kinds)},
         }

@@ -17,19 +17,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from snapbench.backbones import inspect_model
+from snapbench.backbones import backbone_for, inspect_model, resolve_model
 from snapbench.blocks.cut import InputShapes
 from snapbench.blocks.inspection import Inspection
-from snapbench.devices.catalog import Device, resolve_device
+from snapbench.devices.catalog import Device
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.trajectory import TRAJECTORY_FILE
 from snapbench.latency.end_to_end import TEXT_ENCODER_RUNS, image_budget
-from snapbench.model.loading import model_latent, resolve_model
+from snapbench.model.loading import ModelSource, model_latent
 from snapbench.report.data import (
     ArchitectureBlock,
     BlockResult,
     Budget,
     ComponentFigure,
+    Denoiser,
     LoadTimes,
     MeasuredOn,
     ModelResult,
@@ -70,6 +71,26 @@ class ModelEntry:
     steps: int
     steps_source: str
     latent: int  # the latent size it is priced at: --latent, else its own config's
+    tokens: int  # the text length it is priced at: 77 for SD's CLIP, a DiT's own pipeline's (300, 333, ...)
+    family: str  # its backbone's name
+
+
+_UNET_STAGES = ("Stages are the paper's: Down-1 to Down-3, Mid and Up-1 to Up-3, the UNet's resolution levels; "
+                "CA is a cross-attention block, RB a ResNet block, aux the conv in/out, time embedding and samplers.")
+_DIT_STAGES = ("A DiT has no resolution levels, so its stages are groups of blocks: Embed (patch, timestep and caption "
+               "embeddings), DiT-1 to DiT-4 (the stack of transformer blocks, TB, split in execution order into four "
+               "near-equal runs of consecutive blocks, the larger runs first) and Final (final norm and "
+               "projection). TB[DiT-2, 7] is transformer_blocks.6: blocks are numbered by depth through the stack.")
+
+
+def denoiser_of(family: str) -> Denoiser:
+    if family == "dit":
+        return Denoiser(family, "transformer", ("TB",), _DIT_STAGES)
+    return Denoiser(family, "UNet", ("CA", "RB"), _UNET_STAGES)
+
+
+def _family_word(family: str) -> str:
+    return "a diffusion transformer" if family == "dit" else "a UNet"
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
@@ -112,16 +133,25 @@ def load_models(baseline: str, candidates: Sequence[str], *, settings: Mapping[s
                 steps: Mapping[str, int]) -> list[ModelEntry]:
     entries: list[ModelEntry] = []
     seen: dict[str, int] = {}
-    for role, ref in [("baseline", baseline)] + [("candidate", c) for c in candidates]:
-        source = resolve_model(ref)
+    refs = [("baseline", baseline)] + [("candidate", c) for c in candidates]
+    sources = [(role, ref, resolve_model(ref)) for role, ref in refs]
+    families = [backbone_for(source).name for _, _, source in sources]
+    for (_, ref, _), family in zip(sources[1:], families[1:]):
+        if (family == "dit") != (families[0] == "dit"):
+            # stages, block kinds and the per-step component differ: one table cannot set them side by side
+            raise SnapbenchError(f"--candidate {ref} is {_family_word(family)} and --baseline {baseline} "
+                                 f"{_family_word(families[0])}: a report compares models of one kind; report "
+                                 "them separately, each against a baseline of its own kind")
+    for (role, ref, source), family in zip(sources, families):
         latent = model_latent(source.spec, settings.get("latent"))
-        shapes = InputShapes(latent=latent, batch=int(settings["batch"]))
+        tokens = _tokens(source, family)
+        shapes = InputShapes(latent=latent, batch=int(settings["batch"]), tokens=tokens)
         inspection = inspect_model(source, shapes=shapes, attention=str(settings["attention"]))
         name = inspection.name
         seen[name] = seen.get(name, 0) + 1
         key = name if seen[name] == 1 else f"{name}#{seen[name]}"
         n, src = _steps_for(ref, name, steps, inspection.source.spec.notes)
-        entries.append(ModelEntry(key, ref, role, inspection, n, src, latent))
+        entries.append(ModelEntry(key, ref, role, inspection, n, src, latent, tokens, family))
     known = {e.ref for e in entries} | {e.inspection.name for e in entries}
     unknown = [k for k in steps if k not in known]
     if unknown:
@@ -130,10 +160,20 @@ def load_models(baseline: str, candidates: Sequence[str], *, settings: Mapping[s
     return entries
 
 
-def load_devices(devices: Sequence[str]) -> list[Device]:
+def _tokens(source: ModelSource, family: str) -> int:
+    """A DiT is priced at its own pipeline's text length (as `snapbench profile` prices it, so the report
+    reads the rows profile wrote); a UNet at CLIP's 77."""
+    if family != "dit":
+        return InputShapes().tokens
+    from snapbench.dit.source import dit_spec
+
+    return dit_spec(source.spec).text_tokens()
+
+
+def distinct_devices(devices: Sequence[Device]) -> list[Device]:
+    """Each device once, in the order given ("iPhone 14 Pro" and "iphone14pro" resolve to one device)."""
     out: list[Device] = []
-    for d in devices:
-        dev = resolve_device(d)
+    for dev in devices:
         if dev.id not in [o.id for o in out]:
             out.append(dev)
     return out
@@ -177,6 +217,7 @@ def _model_summary(e: ModelEntry) -> ModelSummary:
     from snapbench.distillation.provenance import decoder_source, toy_grid_data_uri
 
     spec = e.inspection.source.spec
+    kinds = denoiser_of(e.family).kinds
     totals = e.inspection.totals()
     stage_rows = {r["stage"]: r for r in e.inspection.stage_frame().to_dict(orient="records")}
     architecture = []
@@ -184,32 +225,39 @@ def _model_summary(e: ModelEntry) -> ModelSummary:
     for stage in e.inspection.stages:
         blocks = [ArchitectureBlock(b["id"], b["kind"], b["status"],
                                     Variant(**b["variant"]).label() if b.get("variant") else None)
-                  for b in e.inspection.block_rows() if b["stage"] == stage and b["kind"] in ("CA", "RB")]
+                  for b in e.inspection.block_rows() if b["stage"] == stage and b["kind"] in kinds]
         # swapped: blocks that run as a cheaper variant (SnapGen-style, or an evolve --moves swap), copies too
-        swapped = {k: sum(1 for b in blocks if b.kind == k and b.variant and b.status != "removed")
-                   for k in ("CA", "RB")}
-        architecture.append(StageArchitecture(stage, counts[stage]["CA"], counts[stage]["RB"], swapped["CA"],
-                                              swapped["RB"], blocks))
+        swapped = {k: sum(1 for b in blocks if b.kind == k and b.variant and b.status != "removed") for k in kinds}
+        n = {k: counts.get(stage, {}).get(k, 0) for k in kinds}
+        architecture.append(StageArchitecture(stage, n.get("CA"), n.get("RB"), swapped.get("CA"), swapped.get("RB"),
+                                              blocks, n.get("TB"), swapped.get("TB")))
     traj_file = find_trajectory(e.ref)
     trajectory = None
     if traj_file is not None:
         rows, problem = read_trajectory(traj_file)
         trajectory = Trajectory(str(traj_file), rows, problem)
+
+    def kind_params(stage: str, kind: str) -> int | None:
+        return int(stage_rows[stage][f"{kind}_params"]) if kind in kinds else None
+
+    # a UNet's claim is the paper's; a DiT preset's, the published count (model card or paper)
+    claimed = spec.notes.get("paper_claimed_params", spec.notes.get("published_params"))
     return ModelSummary(
         key=e.key, name=spec.name, ref=e.ref, role=e.role, description=spec.description,
         notes={k: v for k, v in spec.notes.items() if isinstance(v, (str, int, float, bool))},
-        claimed_params=spec.notes.get("paper_claimed_params"),
+        claimed_params=claimed,
         # Test-sized twins inherit the paper's notes; a claim 100x off is about another size, not an error.
-        claim_comparable=_comparable(spec.notes.get("paper_claimed_params"), totals["params"]),
+        claim_comparable=_comparable(claimed, totals["params"]),
         steps=e.steps, steps_source=e.steps_source, latent=e.latent,
-        decoder_source=decoder_source(e.ref, spec.name),
+        decoder_source=decoder_source(e.ref, spec.name) if e.family != "dit" else "not priced for DiTs yet",
         sample_grid=toy_grid_data_uri(e.ref) if e.role == "candidate" else None,
         totals=totals,
-        stage_params=[StageParams(s, int(stage_rows[s]["CA_params"]), int(stage_rows[s]["RB_params"]),
-                                  int(stage_rows[s]["aux_params"]), int(stage_rows[s]["params"]),
-                                  int(stage_rows[s]["macs"])) for s in e.inspection.stages],
+        stage_params=[StageParams(s, kind_params(s, "CA"), kind_params(s, "RB"), int(stage_rows[s]["aux_params"]),
+                                  int(stage_rows[s]["params"]), int(stage_rows[s]["macs"]), kind_params(s, "TB"))
+                      for s in e.inspection.stages],
         architecture=architecture,
         trajectory=trajectory,
+        tokens=e.tokens if e.family == "dit" else None,
     )
 
 
@@ -253,6 +301,7 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> ModelResu
             params=int(row["params"]), latency_ms=lat, p90_ms=d.p90_ms if lat is not None and d is not None else None,
             samples=d.samples if d is not None else None, backend=block_backend,
             label=backend_label(block_backend) if block_backend else "not available",
+            variant=Variant(**row["variant"]).label() if row.get("variant") else None,
         ))
     if run_blocks:  # the profiler knows blocks the inspection does not: a mismatch worth saying, not hiding
         notes.append(f"the profile has {len(run_blocks)} block(s) this model's inspection lacks "
@@ -271,7 +320,7 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> ModelResu
             b.peak_share = b.tflops / peak if peak else None
             b.latency_share = lat / total_block_ms if total_block_ms > 0 else None
 
-    stages = _stages(blocks, e.inspection.stages)
+    stages = _stages(blocks, e.inspection.stages, denoiser_of(e.family).kinds)
     # "mixed" describes a total, not a source: the sources are those of its parts
     labels = sorted(({c.label for c in components.values() if c.ms is not None}
                      | {b.label for b in blocks if b.latency_ms is not None}) - {"mixed"})
@@ -288,7 +337,7 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> ModelResu
     te, un, va = (components[c].ms for c in ("text_encoder", "unet", "vae_decoder"))
     if te is not None and un is not None and va is not None:
         budget = Budget(**image_budget(float(te), float(un), float(va), e.steps).to_dict())
-    else:
+    elif e.family != "dit":  # a DiT's profile has said already why its pipeline parts have no figure
         notes.append(f"no end-to-end figure: no latency for the {', '.join(missing)}")
     where = outcome.measured_on
     return ModelResult(
@@ -302,13 +351,14 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> ModelResu
         measured_on=MeasuredOn(where.name, where.os_version, where.os_build) if where is not None else None)
 
 
-def _stages(blocks: list[BlockResult], stages: Sequence[str]) -> list[StageLatency]:
-    """Per stage latency, CA vs RB vs auxiliary: the sums of the block rows that have a latency."""
+def _stages(blocks: list[BlockResult], stages: Sequence[str], kinds: Sequence[str]) -> list[StageLatency]:
+    """Per stage latency by block kind (a UNet's CA and RB, a DiT's TB) and auxiliary: the sums of the block
+    rows that have a latency; a kind the family lacks is None."""
     out = []
     for stage in stages:
-        ca, rb, aux = (sum(b.latency_ms for b in blocks if b.stage == stage and b.kind == kind
-                           and b.latency_ms is not None) for kind in ("CA", "RB", "aux"))
-        out.append(StageLatency(stage, ca + rb + aux, ca, rb, aux))
+        ms = {kind: sum(b.latency_ms for b in blocks if b.stage == stage and b.kind == kind
+                        and b.latency_ms is not None) for kind in (*kinds, "aux")}
+        out.append(StageLatency(stage, sum(ms.values()), ms.get("CA"), ms.get("RB"), ms["aux"], ms.get("TB")))
     return out
 
 
@@ -366,7 +416,7 @@ def slug(text: str) -> str:
 
 
 def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",),
-           devices: Sequence[str] = ("iphone14pro",), settings: Mapping[str, Any] | None = None,
+           devices: Sequence[Device], settings: Mapping[str, Any] | None = None,
            steps: Mapping[str, int] | None = None, backend: str = "auto", table: str | Path | None = None,
            reference: str | Path | None = None, profiler: Profiler | None = None,
            command: str | None = None, progress: Callable[[str], None] | None = None,
@@ -386,7 +436,7 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
         from snapbench.latency.table import LatencyTable
 
         LatencyTable.load(table_path)
-    devs = load_devices(devices)  # devices first: a typo there fails before any model is built
+    devs = distinct_devices(devices)
     ref_source, ref_rows = load_reference(reference)
     say = progress or (lambda _msg: None)  # the profiler's own messages (backend chosen, rows estimated)
     entries = load_models(baseline, candidates, settings=settings, steps=steps or {})
@@ -394,7 +444,8 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
     results = []
     for e in entries:
         for d in devs:
-            outcome = profiler(e.inspection.source, d, {**settings, "latent": e.latent}, backend, table_path, say=say)
+            outcome = profiler(e.inspection.source, d, {**settings, "latent": e.latent, "tokens": e.tokens}, backend,
+                               table_path, say=say)
             results.append(_result(e, d, outcome))
     models = [_model_summary(e) for e in entries]
     _attach_speedups(results, entries[0].key)
@@ -429,6 +480,7 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
         text_encoder_runs=TEXT_ENCODER_RUNS,
         app_floor_ms=app_floor_ms,
         trust=trust,
+        denoiser=denoiser_of(entries[0].family),
     )
 
 

@@ -106,7 +106,7 @@ def build_charts(data: Mapping[str, Any]) -> dict[str, Any]:
     budget = charts.budget_chart(data, "budget")
     trajectory = {}
     for i, m in enumerate(data["models"]):
-        svg = charts.trajectory_chart(m, f"traj-{i}")
+        svg = charts.trajectory_chart(m, f"traj-{i}", data["denoiser"]["name"])
         if svg:
             trajectory[m["key"]] = Markup(svg)
     trust = charts.trust_chart(data["trust"], "trust") if data.get("trust") else None

@@ -31,6 +31,7 @@ from typing import Any
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 from snapbench.specs.dit_layout import STAGES as DIT_STAGES
 from snapbench.specs.dit_layout import dit_layout, is_dit_config
 from snapbench.specs.layout import Slot, layout_from_config, removable_slots
@@ -49,7 +50,7 @@ class BlockChoice:
     copies: int = 0
     variant: Variant = Variant()  # SnapGen-style cheaper version of the block (copies run it too)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         d: dict[str, Any] = {"block": self.block}
         if not self.keep:
             d["keep"] = False
@@ -106,7 +107,7 @@ class ArchSpec:
                         extra.get("notes", self.notes))
 
     # -- (de)serialisation ----------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {
             "format": FORMAT,
             "name": self.name,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 
 MAX_RATIO = 8  # separable expansion and feed-forward ratios: beyond this a variant is not a cheaper block
 
@@ -40,7 +41,7 @@ class Variant:
             parts.append("no self-attn")
         return ", ".join(parts)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         d: dict[str, Any] = {}
         for name in ("separable", "kv_heads", "ff_mult"):
             if getattr(self, name) is not None:

@@ -1,5 +1,5 @@
 """A trained model folder: the elastic UNet (save_elastic: arch.json + unet/ + copies.safetensors) or DiT
-(dit/source.py save_dit: dit.json + transformer/ + copies.safetensors) plus
+(dit/elastic.py save_dit: dit.json + transformer/ + copies.safetensors) plus
 what it needs to be trained further or evaluated: its noise schedule (scheduler/scheduler_config.json,
 as in a diffusers pipeline) and, for the toy, its prompt encoder (toy_text.safetensors).
 
@@ -19,11 +19,11 @@ from typing import Any
 import torch
 
 from snapbench.atomic import atomic_path
-from snapbench.backbones import ElasticModel, backbone_for
+from snapbench.backbones import ElasticModel, backbone_for, resolve_model
 from snapbench.dit.elastic import ElasticDiT
 from snapbench.errors import SnapbenchError
 from snapbench.model.elastic_unet import ElasticUNet
-from snapbench.model.loading import ModelSource, resolve_model
+from snapbench.model.loading import ModelSource
 from snapbench.specs.arch_spec import ArchSpec
 from snapbench.training.toy_digits import ENCODER_FILE, PromptEncoder, context_width, is_toy
 from snapbench.user_files import read_user_json

@@ -9,6 +9,9 @@ medium-low or low are `low` here and are reported, never fitted.
 Columns (all required; `network`, `input`, `skip` may be empty):
     row, source, ref, family, network, input, device, compute_units, weights, statistic, harness, latency_ms,
     trust, skip
+and one optional column, `resolution_ms`: the step the source printed or timed its figure to, where the
+source states one (S15's integer-ms means: 1; S20's 0.1 ms timer: 0.1). Empty or absent: the figure as
+printed. A row is judged against the nearest value that prints as its figure (`fit.reading_ms`).
 
 `harness`: xcode (Xcode's performance report: the engine's time) | app (predictions timed in an app loop:
 each also pays the call's own overhead, `call_overhead_ms`) | not stated (priced as app: the common case).
@@ -17,7 +20,8 @@ Where two published networks convert to the same program, their rows name one ne
 BatchNorm folds the norm into its convs (the plain VGG program); MobileCLIP S1 and S2 share one text
 tower, S3, L/14 and S4 another (identical open_clip text configs).
 
-`weights`: fp16 | fp32 | pal1..pal8 (palettized; `g` suffix: per-group tables) | w8 (int8 weights) |
+`weights`: fp16 | fp32 | pal1..pal8 (palettized; `gN` suffix: a table per group of N output channels, a bare
+`g` coremltools' default group of 32) | w8 (int8 weights) |
 w8a8 (int8 weights and activations) | sparse50/75/90 (pruned) | mixed-int8.
 `compute_units`: all | cpuAndNeuralEngine | cpuAndGPU | not stated.
 """
@@ -41,7 +45,7 @@ COLUMNS = ("row", "source", "ref", "family", "network", "input", "device", "comp
 HARNESSES = ("xcode", "app", "not stated")
 TRUST = ("high", "medium", "low")
 COMPUTE_UNITS = ("all", "cpuAndNeuralEngine", "cpuAndGPU", "not stated")
-_WEIGHTS = re.compile(r"fp16|fp32|pal[1-8]g?|w8|w8a8|sparse\d\d|mixed-int8")
+_WEIGHTS = re.compile(r"fp16|fp32|pal[1-8](g\d*)?|w8|w8a8|sparse\d\d|mixed-int8")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class CorpusRow:
     latency_ms: float
     trust: str
     skip: str
+    resolution_ms: float = 0.0
 
     @property
     def fitted(self) -> bool:
@@ -97,6 +102,13 @@ def load_corpus(path: str | os.PathLike | None = None) -> list[CorpusRow]:
             raise SnapbenchError(f"{where}: latency_ms {r['latency_ms']!r} is not a number") from None
         if not (math.isfinite(ms) and ms > 0):
             raise SnapbenchError(f"{where}: latency_ms must be a positive number, got {r['latency_ms']!r}")
+        try:
+            resolution = float(r.get("resolution_ms") or 0.0)
+        except ValueError:
+            raise SnapbenchError(f"{where}: resolution_ms {r['resolution_ms']!r} is not a number") from None
+        if not (math.isfinite(resolution) and 0 <= resolution <= ms):
+            raise SnapbenchError(f"{where}: resolution_ms must be between 0 and the row's latency_ms ({ms:g}), "
+                                 f"got {r['resolution_ms']!r}")
         if r["trust"] not in TRUST:
             raise SnapbenchError(f"{where}: trust {r['trust']!r} is not one of {', '.join(TRUST)}")
         if r["compute_units"] not in COMPUTE_UNITS:
@@ -118,5 +130,5 @@ def load_corpus(path: str | os.PathLike | None = None) -> list[CorpusRow]:
                               network=r["network"], input=r["input"], device=r["device"], chip=chip,
                               compute_units=r["compute_units"], weights=r["weights"], statistic=r["statistic"],
                               harness=r["harness"],
-                              latency_ms=ms, trust=r["trust"], skip=r["skip"]))
+                              latency_ms=ms, trust=r["trust"], skip=r["skip"], resolution_ms=resolution))
     return rows

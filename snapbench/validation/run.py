@@ -33,8 +33,10 @@ from snapbench.calibration.fit import (
     fit_params,
     load_points,
     point_ms,
+    reading_ms,
 )
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 from snapbench.profilers.estimate.cost_model import prepare
 from snapbench.profilers.estimate.params import PARAMS_VERSION, AneParams, default_priors_path, load_params
 from snapbench.profilers.estimate.stored_weights import with_stored_weights
@@ -77,7 +79,7 @@ class Validation:
         rows (different published figures) the estimates order the same way; what evolution relies on."""
         return rank_summary(self.scored())
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         overall = self.summary().iloc[0].to_dict() if len(self.scored()) else {}
         unseen, unseen_by_chip = self.unseen_app_summary(), self.unseen_app_summary("chip")
         return {
@@ -161,7 +163,7 @@ def corpus_points(rows: Sequence[CorpusRow], *, convert: bool = False,
             label=f"{r.source}: {r.row} {r.network} {r.input} {r.weights} on {r.device}", source=r.source,
             device=r.device, component="network", model=r.network, settings=f"{r.input} {r.weights}",
             measured_ms=r.latency_ms, programs=((prepared[pk], 1),), weight=weight,
-            calls=0 if r.harness == "xcode" else 1, harness=r.source)
+            calls=0 if r.harness == "xcode" else 1, harness=r.source, resolution_ms=r.resolution_ms)
     return points, skipped
 
 
@@ -180,8 +182,14 @@ def fit_corpus(points: Sequence[CalibrationPoint], *, prior: AneParams | None = 
 def _frame(rows: Sequence[CorpusRow], engine: dict[str, float], floor: dict[str, float],
            group_of: dict[str, str], unseen: dict[str, float] | None = None) -> pd.DataFrame:
     """One row per priced corpus row: the engine estimate, the app floor it carries (its harness's own; 0
-    for Xcode-timed rows), their sum against the published figure, and (cross-validated) the error with
-    the median harness's floor instead."""
+    for Xcode-timed rows), their sum against the published figure (the nearest value that prints as it,
+    where the source states its resolution), and (cross-validated) the error with the median harness's
+    floor instead."""
+
+    def error(est: float, r: CorpusRow) -> float:
+        target = float(reading_ms(est, r.latency_ms, r.resolution_ms))
+        return 100.0 * (est - target) / target
+
     out = []
     for r in rows:
         if r.row not in engine:
@@ -190,11 +198,10 @@ def _frame(rows: Sequence[CorpusRow], engine: dict[str, float], floor: dict[str,
         out.append({"row": r.row, "source": r.source, "family": r.family, "network": r.network, "input": r.input,
                     "device": r.device, "chip": r.chip, "compute_units": r.compute_units, "weights": r.weights,
                     "statistic": r.statistic, "harness": r.harness, "trust": r.trust, "fitted": r.fitted,
-                    "published_ms": r.latency_ms, "engine_ms": engine[r.row], "app_floor_ms": floor[r.row],
-                    "estimated_ms": est, "error_pct": 100.0 * (est - r.latency_ms) / r.latency_ms,
+                    "published_ms": r.latency_ms, "resolution_ms": r.resolution_ms, "engine_ms": engine[r.row],
+                    "app_floor_ms": floor[r.row], "estimated_ms": est, "error_pct": error(est, r),
                     "held_out": group_of.get(r.row, ""),
-                    "unseen_app_error_pct": (100.0 * (unseen[r.row] - r.latency_ms) / r.latency_ms
-                                             if unseen and r.row in unseen else math.nan)})
+                    "unseen_app_error_pct": (error(unseen[r.row], r) if unseen and r.row in unseen else math.nan)})
     return pd.DataFrame(out)
 
 
@@ -283,7 +290,7 @@ def own_floors(points: Sequence[CalibrationPoint], params: AneParams) -> dict[st
     (a one-dimensional fit per harness, same robust loss as calibration)."""
     from scipy.optimize import minimize_scalar
 
-    from snapbench.calibration.fit import ROBUST_SCALE
+    from snapbench.calibration.fit import point_loss
     from snapbench.latency.app_floor import MAX_FLOOR_MS
 
     # wider than the fit's bound on the shared floor: a Vision request in a live-camera app costs ~10 ms
@@ -294,10 +301,10 @@ def own_floors(points: Sequence[CalibrationPoint], params: AneParams) -> dict[st
         engine = np.array([point_ms(replace(p, calls=0), params) for p in mine])
         calls = np.array([p.calls for p in mine], dtype=float)
         published = np.array([p.measured_ms for p in mine])
+        resolution = np.array([p.resolution_ms for p in mine])
 
         def loss(floor: float) -> float:
-            r = np.log((engine + calls * floor) / published)
-            return float(np.sum(2 * ROBUST_SCALE ** 2 * (np.sqrt(1 + (r / ROBUST_SCALE) ** 2) - 1)))
+            return float(np.sum(point_loss(engine + calls * floor, published, resolution)))
 
         found[harness] = float(minimize_scalar(loss, bounds=(lo, hi), method="bounded").x)
     return found
@@ -324,7 +331,7 @@ def headline_band(v: Validation, chip: str | None = None) -> tuple[float, float,
     scope = "all chips"
     if chip is not None and (df["chip"] == chip).sum() >= 5:
         df, scope = df[df["chip"] == chip], chip
-    ratio = (df["estimated_ms"] / df["published_ms"]).to_numpy()
+    ratio = (1.0 + df["error_pct"] / 100.0).to_numpy()  # estimated over the reading it is judged against
     if ratio.size == 0:
         return 1.0, 1.0, "no rows"
     lo, hi = np.percentile(ratio, [10, 90])

@@ -52,7 +52,7 @@ def write_trust(path: Path | None = None) -> Path:
            "overall": d["overall"], "by_chip": d["by_chip"], "by_source": d["by_source"], "ranks": d["ranks"],
            "fits": v.fits, "unseen_app": d["unseen_app"],
            "rows": v.rows[["row", "source", "family", "network", "device", "chip", "weights", "trust", "harness",
-                           "published_ms", "engine_ms", "app_floor_ms", "estimated_ms", "error_pct"]
+                           "published_ms", "resolution_ms", "engine_ms", "app_floor_ms", "estimated_ms", "error_pct"]
                           ].to_dict("records")}
     out = path or trust_path()
     atomic_write_text(out, json.dumps(doc, indent=1) + "\n")
@@ -75,7 +75,7 @@ def error_band(doc: dict[str, Any], chip: str | None) -> dict[str, Any]:
     scoped = [r for r in rows if r["chip"] == chip]
     scope = chip if len(scoped) >= 5 else "all chips"
     use = scoped if len(scoped) >= 5 else rows
-    ratio = np.array([r["estimated_ms"] / r["published_ms"] for r in use])
+    ratio = np.array([1.0 + r["error_pct"] / 100.0 for r in use])  # estimated over the reading judged against
     err = np.abs(np.array([r["error_pct"] for r in use]))
     lo, hi = np.percentile(ratio, [10, 90]) if len(ratio) else (1.0, 1.0)
     return {"scope": scope, "n": len(use), "low": float(lo), "high": float(hi),

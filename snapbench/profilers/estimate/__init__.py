@@ -1,8 +1,9 @@
 """The `estimate` backend: an op-level cost model of the Apple Neural Engine.
 
     records = read_op_records("Blocks/CA_Up-1_0.mlpackage")     # parsed once, cached as JSON beside it
-    est = estimate_ops(records, "iphone14pro")                   # est.total_ms, est.by_op_type, est.cpu_ops
-    est = estimate_package(mlmodel_or_path, "iPhone 14 Pro")
+    dev = resolve_device("iphone14pro")                          # devices.catalog: once, at the edge
+    est = estimate_ops(records, dev)                             # est.total_ms, est.by_op_type, est.cpu_ops
+    est = estimate_package(mlmodel_or_path, dev)
 
 Every figure it produces is an estimate (`Estimate.source == "estimate"`), never a measurement.
 """

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from snapbench.devices.catalog import Device, resolve_device
+from snapbench.devices.catalog import Device
+from snapbench.json_types import JSONObject
 from snapbench.profilers.estimate.params import CHIP_GENERATIONS, OP_CLASSES, AneParams, load_params
 from snapbench.profilers.estimate.program_ops import OpRecord, dtype_bits
 
@@ -141,7 +142,7 @@ class Estimate:
     source: str = "estimate"
     notes: tuple[str, ...] = field(default_factory=tuple)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {
             "source": self.source, "device": self.device, "total_ms": round(self.total_ms, 4),
             "engine_ms": round(self.engine_ms, 4), "cpu_ms": round(self.cpu_ms, 4),
@@ -200,6 +201,7 @@ class PreparedOps:
     rows: np.ndarray          # output rows a conv/matmul streams (0 for vector ops: no size effect)
     int8: np.ndarray          # bool: int8 activations (W8A8)
     epilogue: np.ndarray      # bool: an elementwise op fused into the op producing its input
+    tables: np.ndarray        # palette tables the op's weights carry (one per tensor or per channel group)
 
 
 def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps:
@@ -220,6 +222,7 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
     fill = np.ones(n)
     rows = np.zeros(n)
     int8 = np.zeros(n, dtype=bool)
+    tables = np.array([float(r.attrs.get("palette_tables") or 0) for r in records])
     in_op, in_b, out_op, out_b = [], [], [], []
     in_fused, out_fused = _fusion(records)
     for i, r in enumerate(records):
@@ -266,6 +269,7 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
         out_bytes=np.asarray(out_b), out_fused=np.asarray(out_fused, dtype=bool), io_bytes=io,
         score_bytes=score, pool_kernel=pool, upsample=ups, fill=fill, rows=rows, int8=int8,
         epilogue=np.bincount(np.asarray(in_op, dtype=np.int64), np.asarray(in_fused, dtype=float), minlength=n) > 0,
+        tables=tables,
     )
 
 
@@ -367,16 +371,16 @@ def _static_reason(r: OpRecord) -> str:
 # --------------------------------------------------------------------------------------------------------
 
 
-def estimate_ops(ops: Sequence[OpRecord] | PreparedOps, device: Device | str, *,
+def estimate_ops(ops: Sequence[OpRecord] | PreparedOps, device: Device, *,
                  params: AneParams | None = None) -> Estimate:
-    """Price a program's op records on `device`. Pass a `PreparedOps` to price one program many times."""
+    """Price a program's op records on `device` (resolved once, by the caller: `devices.catalog.resolve_device`).
+    Pass a `PreparedOps` to price one program many times."""
     params = params or load_params()
-    dev = resolve_device(device)
     prep = ops if isinstance(ops, PreparedOps) else prepare(list(ops), params.pad_bytes)
     if prep.pad_bytes != params.pad_bytes:
         prep = prepare(prep.records, params.pad_bytes)
-    times = price(prep, dev, params)
-    return _summarise(prep, dev, params, times)
+    times = price(prep, device, params)
+    return _summarise(prep, device, params, times)
 
 
 @dataclass(frozen=True)
@@ -407,6 +411,7 @@ class Terms:
     shape_eff: np.ndarray   # lane fill of conv/matmul
     rows: np.ndarray
     dram: np.ndarray        # engine DRAM bytes
+    tables: np.ndarray      # palette tables fetched (each a dependent DRAM access: latency, not bandwidth)
     int8: np.ndarray        # int8 compute
     int8_path: Any          # the chip has an int8 engine path (per op when stacked)
     epilogue: np.ndarray
@@ -460,6 +465,7 @@ def terms(prep: PreparedOps, dev: Device, p: AneParams) -> Terms:
     else:
         segments = cpu_segments = 0
     return Terms(cls=prep.cls, work=work, shape_eff=prep.fill, rows=prep.rows, dram=prep.weight_bytes + act,
+                 tables=prep.tables,
                  int8=prep.int8, int8_path=float(marketed_is_int8(dev.chip)), epilogue=prep.epilogue,
                  on_cpu=on_cpu, view=prep.view,
                  cpu_flops=prep.flops, cpu_bytes=prep.io_bytes + prep.weight_bytes, copy_bytes=prep.io_bytes,
@@ -482,7 +488,7 @@ def stack_terms(parts: Sequence[Terms]) -> tuple[Terms, np.ndarray]:
     stacked = Terms(
         cls=cat([t.cls for t in parts]), work=cat([t.work for t in parts]),
         shape_eff=cat([t.shape_eff for t in parts]), rows=cat([t.rows for t in parts]),
-        dram=cat([t.dram for t in parts]), int8=cat([t.int8 for t in parts]), int8_path=per_op("int8_path"),
+        dram=cat([t.dram for t in parts]), tables=cat([t.tables for t in parts]), int8=cat([t.int8 for t in parts]), int8_path=per_op("int8_path"),
         epilogue=cat([t.epilogue for t in parts]), on_cpu=cat([t.on_cpu for t in parts]),
         view=cat([t.view for t in parts]), cpu_flops=cat([t.cpu_flops for t in parts]),
         cpu_bytes=cat([t.cpu_bytes for t in parts]), copy_bytes=cat([t.copy_bytes for t in parts]),
@@ -507,7 +513,11 @@ def evaluate(t: Terms, p: AneParams) -> _Times:
     # an epilogue runs in its producer's pipeline: a share of its own work, no fixed cost of its own
     share = np.where(t.epilogue, p.epilogue_cost, 1.0)
     compute_ms = t.work / (peak * eff * speed) * 1e3 * share
-    memory_ms = t.dram / engine_bw * 1e3
+    # v9: a palette must be on chip before the weights that index it expand, so each table is a dependent
+    # DRAM access paid at latency; the next tables are fetched while the indices stream, so an op's DRAM
+    # side is the slower of the two streams. One table per tensor costs nothing visible; a table per 4
+    # output channels can outlast the weights' own bytes (coremltools' grouped palettes, S10 and S11).
+    memory_ms = np.maximum(t.dram / engine_bw * 1e3, t.tables * p.table_fetch_ns * 1e-6)
     engine_ms = (np.maximum(compute_ms, memory_ms) + p.memory_serial * np.minimum(compute_ms, memory_ms)
                  + np.where(t.epilogue, 0.0, p.op_overhead_us * 1e-3))
     # CPU ops: compute or memory bound on the CPU, plus copying their activations across
@@ -561,7 +571,7 @@ def _summarise(prep: PreparedOps, dev: Device, p: AneParams, t: _Times) -> Estim
 # --------------------------------------------------------------------------------------------------------
 
 
-def estimate_package(path_or_mlmodel: Any, device: Device | str, *, params: AneParams | None = None) -> Estimate:
+def estimate_package(path_or_mlmodel: Any, device: Device, *, params: AneParams | None = None) -> Estimate:
     """Estimate an `.mlpackage` (op records cached next to it) or an in-memory `ct.models.MLModel`."""
     from snapbench.profilers.estimate.program_ops import read_op_records
 

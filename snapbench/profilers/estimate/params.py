@@ -16,6 +16,7 @@ from typing import Any
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 
 # Op classes the engine runs at different fractions of its fp16 peak (the MAC array for conv/matmul,
 # the much narrower vector units for the rest).
@@ -27,8 +28,8 @@ CHIP_FACTOR_BOUNDS = (0.25, 4.0)
 # The structure the shipped fit is made for (v4: shapes, precision, call overhead; v5: compute/DRAM overlap,
 # per-harness call floors, robust fit; v6: no per-chip throughput factor, the catalog's fp16 peak; v7: a
 # group norm spelt out in elementwise ops moves what one norm op moves; v8: a depthwise conv's work is per
-# output element, its kernel taps free)
-PARAMS_VERSION = 8
+# output element, its kernel taps free; v9: each palette table is one DRAM fetch at latency, `table_fetch_ns`)
+PARAMS_VERSION = 9
 CALL_FACTOR_BOUNDS = (0.1, 20.0)
 
 # (low, high) of each scalar parameter. Meaning, bounds and the sources of the priors in
@@ -57,11 +58,16 @@ SCALAR_BOUNDS: dict[str, tuple[float, float]] = {
     # v5
     "memory_serial": (0.0, 1.0),          # share of an op's shorter side (compute or DRAM) not hidden behind the
                                           # longer one: 0 = perfect overlap (v4's max), 1 = no overlap (the sum)
+    # v9
+    "table_fetch_ns": (0.0, 1000.0),      # one palette table fetched from DRAM before its weights expand: a
+                                          # dependent access, paid at DRAM latency (~100 ns), not bandwidth
 }
 # Parameters a v3 file lacks, with the value that reproduces v3's behaviour (no size effect, no int8 path).
 _V3_DEFAULTS = {"size_half": 1.0, "int8_speedup": 1.0, "int8_speedup_older": 1.0, "epilogue_cost": 1.0,
                 "call_overhead_ms": 0.0}
 _V4_DEFAULTS = {"memory_serial": 0.0}
+# A v8 file (or older) lacks the palette tables' fetch latency: 0 reproduces its behaviour.
+_V8_DEFAULTS = {"table_fetch_ns": 0.0}
 EFFICIENCY_BOUNDS = (0.002, 1.0)
 
 
@@ -88,13 +94,14 @@ class AneParams:
     epilogue_cost: float = 1.0
     call_overhead_ms: float = 0.0
     memory_serial: float = 0.0
+    table_fetch_ns: float = 0.0
     chip_factor: dict[str, float] = field(default_factory=dict)  # fp16 throughput vs the catalog's, per generation
     # app-call overhead vs call_overhead_ms, per measurement harness (a source's timing app): a nuisance of
     # the published rows; a harness the fit never saw pays call_overhead_ms, the median harness's
     call_factor: dict[str, float] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         d = asdict(self)
         d["fitted_on"] = list(self.fitted_on)
         return d
@@ -180,8 +187,8 @@ def params_from_dict(doc: object, source: str) -> AneParams:
         raise bad(f"efficiency.{unknown[0]}", f"is not an op class (known: {', '.join(OP_CLASSES)})")
     scalars = {}
     for key, lim in SCALAR_BOUNDS.items():
-        value = doc.get(key, {**_V3_DEFAULTS, **_V4_DEFAULTS}.get(key) if version <= 3 else
-                        _V4_DEFAULTS.get(key) if version <= 4 else None)
+        older = ({**_V3_DEFAULTS, **_V4_DEFAULTS} if version <= 3 else _V4_DEFAULTS if version <= 4 else {})
+        value = doc.get(key, {**older, **_V8_DEFAULTS}.get(key) if version <= 8 else None)
         scalars[key] = _check_number(value, key, lim, bad)
     per_chip = {}
     for name, lim in (("chip_factor", CHIP_FACTOR_BOUNDS), ("call_factor", CALL_FACTOR_BOUNDS)):

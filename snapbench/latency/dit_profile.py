@@ -3,7 +3,7 @@
 Each block signature's figure comes from the latency table when it has one for this device and settings
 (measured > imported > estimated, as for UNets), else it is estimated from the block package's Core ML
 program by the calibrated Neural Engine cost model and handed back as a new table row (labelled
-"estimate": nothing here is measured). Packages come from dit/convert.py, one per signature, kept in the
+"estimate": nothing here is measured). Packages come from converters/convert_dit.py, one per signature, kept in the
 cache folder so a second profile (another device, say) converts nothing; a table that has every
 signature converts nothing at all.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from snapbench.converters.cache import cache_key
+from snapbench.converters.convert_dit import Say, shapes_of
 from snapbench.converters.entry import ConvertRequest, convert
 from snapbench.converters.options import ConvertOptions
 from snapbench.devices.catalog import Device
-from snapbench.dit.convert import Say, shapes_of
 from snapbench.dit.cut import STAGES
 from snapbench.dit.source import dit_spec
 from snapbench.errors import SnapbenchError

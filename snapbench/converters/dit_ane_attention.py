@@ -55,6 +55,12 @@ def channel_rms_norm(x: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
     return x
 
 
+def _shared(kv: list[torch.Tensor], heads: int) -> list[torch.Tensor]:
+    """Key or value heads, one per query head: with k < heads of them (grouped-query / multi-query
+    variants) each serves heads / k consecutive query heads, as diffusers' grouped attention does."""
+    return kv if len(kv) == heads else [kv[i // (heads // len(kv))] for i in range(heads)]
+
+
 class ANEAttnProcessor:
     """Softmax attention (self, cross or SD3's joint) on (B, C, 1, S), split per head."""
 
@@ -86,6 +92,8 @@ class ANEAttnProcessor:
             k_heads = [torch.cat([ki, channel_rms_norm(t, attn.norm_added_k)], dim=3)
                        for ki, t in zip(k_heads, ck.split(d, dim=1))]
             v_heads = [torch.cat([vi, t], dim=3) for vi, t in zip(v_heads, cv.split(d, dim=1))]
+        # fewer key/value heads (a kv_heads variant): each shared by its group of query heads
+        k_heads, v_heads = _shared(k_heads, heads), _shared(v_heads, heads)
         scale = float(attn.scale)
         outs = []
         for q_h, k_h, v_h in zip(q_heads, k_heads, v_heads):
@@ -115,9 +123,11 @@ class ANELinearAttnProcessor:
                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = to_bc1s(hidden_states)                                        # (B, C, 1, N)
         q, k, v = F.relu(conv1x1(x, attn.to_q)), F.relu(conv1x1(x, attn.to_k)), conv1x1(x, attn.to_v)
-        d = q.shape[1] // int(attn.heads)
+        heads = int(attn.heads)
+        d = q.shape[1] // heads
         outs = []
-        for q_h, k_h, v_h in zip(q.split(d, dim=1), k.split(d, dim=1), v.split(d, dim=1)):
+        for q_h, k_h, v_h in zip(q.split(d, dim=1), _shared(list(k.split(d, dim=1)), heads),
+                                 _shared(list(v.split(d, dim=1)), heads)):
             kv = torch.einsum("nchs,nkhs->nchk", v_h, k_h)                # (B, d_v, 1, d_k): summed over tokens
             num = torch.einsum("nchk,nkhs->nchs", kv, q_h)                # (B, d_v, 1, N)
             den = (q_h * k_h.sum(dim=3, keepdim=True)).sum(dim=1, keepdim=True)  # (B, 1, 1, N)
@@ -132,15 +142,27 @@ def rewrite_block(unit: nn.Module, impl: str, *, query_chunk_size: int = DEFAULT
         raise SnapbenchError(f"--attention {impl!r}: DiT blocks take {', '.join(DIT_ATTENTION_IMPLS)}")
     if impl == "original":
         return unit
+    return rewrite_attention(copy.deepcopy(unit), impl, query_chunk_size).eval()
+
+
+def rewrite_attention(module: nn.Module, impl: str, query_chunk_size: int = DEFAULT_QUERY_CHUNK_SIZE) -> nn.Module:
+    """Every diffusers `Attention` under `module` (a block, or a whole DiT) given the Neural-Engine processor,
+    in place; the weights are untouched."""
+    if impl not in DIT_ATTENTION_IMPLS:
+        raise SnapbenchError(f"--attention {impl!r}: DiT blocks take {', '.join(DIT_ATTENTION_IMPLS)}")
+    if impl == "original":
+        return module
     from diffusers.models.attention_processor import Attention, SanaLinearAttnProcessor2_0
 
-    new = copy.deepcopy(unit)
-    for module in new.modules():
-        if isinstance(module, Attention):
+    from snapbench.dit.block_variants import GroupedLinearAttnProcessor
+
+    for m in module.modules():
+        if isinstance(m, Attention):
             for norm in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
-                n = getattr(module, norm, None)
+                n = getattr(m, norm, None)
                 if n is not None and type(n).__name__ != "RMSNorm":
                     raise SnapbenchError(f"ANE attention supports RMS q/k norms; this block has {type(n).__name__}")
-            linear = isinstance(module.processor, SanaLinearAttnProcessor2_0)
-            module.set_processor(ANELinearAttnProcessor() if linear else ANEAttnProcessor(impl, query_chunk_size))
-    return new.eval()
+            # Sana's linear attention, as diffusers builds it or with fewer key/value heads (a variant)
+            linear = isinstance(m.processor, (SanaLinearAttnProcessor2_0, GroupedLinearAttnProcessor))
+            m.set_processor(ANELinearAttnProcessor() if linear else ANEAttnProcessor(impl, query_chunk_size))
+    return module

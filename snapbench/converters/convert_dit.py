@@ -12,7 +12,7 @@ folder's, else the seeded random ones): it builds the whole model in memory firs
 whose fp32 weights would not fit in the memory available.
 
 Transformer blocks take `opts.attention`: "original" converts diffusers' modules as they are; the
-Neural Engine variants replace the block's attention (dit/ane_attention.py).
+Neural Engine variants replace the block's attention (converters/dit_ane_attention.py).
 """
 
 from __future__ import annotations
@@ -71,21 +71,23 @@ def materialize(unit: DitUnit, seed: int) -> DitUnit:
     return block.eval()
 
 
-def _check_memory(name: str, params: int) -> None:
-    """Deploy mode holds the whole model in fp32: refuse before allocating what the machine cannot hold."""
+def check_memory(name: str, params: int, *, what: str = "--mode deploy builds the whole model",
+                 instead: str = "use --mode profile (one block at a time)") -> None:
+    """Deploy mode (and each pipeline part) holds a whole model in fp32: refuse before allocating what the
+    machine cannot hold."""
     import psutil
 
     need, have = params * 4, psutil.virtual_memory().available
     if need > have:
-        raise SnapbenchError(f"{name}: --mode deploy builds the whole model ({need / 1e9:.1f} GB of fp32 weights) "
-                             f"but {have / 1e9:.1f} GB is available; use --mode profile (one block at a time)")
+        raise SnapbenchError(f"{name}: {what} ({need / 1e9:.1f} GB of fp32 weights) but {have / 1e9:.1f} GB is "
+                             f"available; {instead}")
 
 
 def block_module(unit: DitUnit, attention: str) -> torch.nn.Module:
     """What goes into the package: the block, with its attention rewritten for the Neural Engine if asked."""
     if unit.kind != "TB" or attention == "original":
         return unit
-    from snapbench.dit.ane_attention import rewrite_block
+    from snapbench.converters.dit_ane_attention import rewrite_block
 
     return rewrite_block(unit, attention)
 
@@ -121,7 +123,7 @@ def convert_dit(source: ModelSource, out_dir: Path, opts: ConvertOptions, *,
     real_units: dict[str, DitUnit] = {}
     hashes: dict[str, str] = {}
     if opts.mode == "deploy":
-        _check_memory(source.spec.name, sum(b.params for b in blocks))
+        check_memory(source.spec.name, sum(b.params for b in blocks))
         real = backbone.build(source, device="cpu", seed=opts.seed)
         real_units = {u.file_id: u for u in real.units}
         hashes = {fid: weights_hash(u) for fid, u in real_units.items()}
