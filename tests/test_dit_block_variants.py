@@ -14,7 +14,7 @@ import torch
 from snapbench.backbones import backbone_for
 from snapbench.converters.ane_attention import psnr
 from snapbench.converters.options import ConvertOptions
-from snapbench.converters.pipeline import one_torch_thread
+from snapbench.converters.runtime import one_torch_thread
 from snapbench.dit.cut import example_inputs
 from snapbench.dit.source import dit_spec, resolve_dit
 from snapbench.model.loading import ModelSource

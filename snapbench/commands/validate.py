@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from snapbench.commands.common import JsonOpt, err, out, print_json
+
+if TYPE_CHECKING:  # heavy (pandas, the estimator): the type only
+    from snapbench.validation.run import Validation
 
 
 def _fmt(v: float, pct: bool = False) -> str:
@@ -59,6 +63,11 @@ def validate_command(
     if as_json:
         print_json({"backend": "estimate", **v.to_dict()})
         return
+    _render(v, cross, rows)
+
+
+def _render(v: Validation, cross: str | None, rows: bool) -> None:
+    """The estimates (with `rows`), the error summaries, the fits, the ranks and the rows set aside."""
     label = f"left-one-{cross}-out (each group predicted by a fit without it)" if cross else \
         f"in-sample (shipped params v{v.params_version})"
     if rows and len(v.rows):

@@ -149,7 +149,7 @@ def sample_variants(model: nn.Module, config: TrainConfig) -> list[str]:
                              "SD-class UNets so far")
     slots = [s for s in model.spec.layout if s.kind in ("RB", "CA")]
     check_moves_apply(config.variant_moves, model.spec, slots, flag="--variant-moves")
-    keys = [model.add_alternative(slot.file_id, name, SWAPS[name].apply(model.spec.choice(slot)).variant)
+    keys = [model.add_alternative(slot.file_id, name, SWAPS[name].apply(model.spec.choice(slot), model.spec).variant)
             for slot in slots for name in config.variant_moves if SWAPS[name].blocked(model.spec, slot) is None]
     model.variant_probability = config.variant_p
     return keys
