@@ -231,6 +231,8 @@ def test_a_run_started_before_the_eval_budget_resumes(tmp_path, toy_folder):
     state = json.loads(path.read_text())
     del state["settings"]["config"]["eval_budget"], state["settings"]["evaluator"]["batch"], state["evaluations"]
     del state["settings"]["config"]["moves"]  # older still: before --moves (remove and copy only)
+    del state["settings"]["config"]["train"]["variant_moves"]  # and before robust training sampled variants
+    del state["settings"]["config"]["train"]["variant_p"]
     for row in state["trajectory"]:
         del row["eval_samples"], row["eval_reused"]
     path.write_text(json.dumps(state))

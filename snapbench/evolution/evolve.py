@@ -254,9 +254,11 @@ def _reopen(st: EvolutionState, config: EvolveConfig, say: Callable[[str], None]
 # Settings added after runs had been started with the version before them. A state without them was made
 # by that version and resumes: its decisions so far were exhaustive (the old version knew no other), and
 # the evaluator's batch only groups candidates (a score does not depend on it), and its moves were
-# remove and copy (the version before --moves knew no other): such a state resumes only with those.
+# remove and copy (the version before --moves knew no other): such a state resumes only with those; nor
+# did its robust training sample variants (train.variant_moves; variant_p is then unused).
 ADDED_SETTINGS: dict[str, Any] = {"config.eval_budget.": None, "evaluator.batch": None,
-                                  "config.moves": list(DEFAULT_MOVES)}  # prefix: the value it must have now
+                                  "config.moves": list(DEFAULT_MOVES), "config.train.variant_moves": [],
+                                  "config.train.variant_p": None}  # prefix: the value it must have now
 
 
 def _check_same(before: Mapping[str, Any], now: Mapping[str, Any], out: Path) -> list[str]:
