@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from cli_checks import one_error_line
 
 from snapbench.backbones import DitBackbone, backbone_for, inspect_model
 from snapbench.cli import main
@@ -102,14 +103,6 @@ def test_local_checkpoint_folder_loads_like_a_unet(tmp_path, capsys):
     assert data["totals"]["params"] == sum(p.numel() for p in model.parameters())
 
 
-def _one_error_line(capsys, argv):
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    assert len(err) == 1 and "Traceback" not in err[0]
-    return err[0]
-
-
 def _spec_file(tmp_path, preset: str, **config_changes):
     data = load_preset(preset).to_dict()
     data["config"].update(config_changes)
@@ -119,18 +112,18 @@ def _spec_file(tmp_path, preset: str, **config_changes):
 
 
 def test_bad_dit_input_is_one_line_exit_2(capsys, tmp_path):
-    line = _one_error_line(capsys, ["inspect", "--model", str(_spec_file(tmp_path, "sana-tiny", guidance_embeds=True))])
+    line = one_error_line(capsys, ["inspect", "--model", str(_spec_file(tmp_path, "sana-tiny", guidance_embeds=True))])
     assert "guidance_embeds=True is not supported" in line
-    line = _one_error_line(capsys, ["inspect", "--model", str(_spec_file(tmp_path, "sd3-tiny", qk_norm="layer_norm"))])
+    line = one_error_line(capsys, ["inspect", "--model", str(_spec_file(tmp_path, "sd3-tiny", qk_norm="layer_norm"))])
     assert "qk_norm" in line and "rms_norm" in line
-    line = _one_error_line(capsys, ["inspect", "--model", str(_spec_file(tmp_path, "pixart-sigma-tiny",
+    line = one_error_line(capsys, ["inspect", "--model", str(_spec_file(tmp_path, "pixart-sigma-tiny",
                                                                           use_additional_conditions=True))])
     assert "use_additional_conditions" in line
-    line = _one_error_line(capsys, ["inspect", "--model", str(_spec_file(tmp_path, "sd3-tiny", num_layer=3))])
+    line = one_error_line(capsys, ["inspect", "--model", str(_spec_file(tmp_path, "sd3-tiny", num_layer=3))])
     assert "'num_layer' is not a SD3Transformer2DModel argument" in line
-    line = _one_error_line(capsys, ["inspect", "--model", "sd3-medium", "--latent", "127"])
+    line = one_error_line(capsys, ["inspect", "--model", "sd3-medium", "--latent", "127"])
     assert "not divisible by sd3-medium's patch size 2" in line
-    line = _one_error_line(capsys, ["inspect", "--model", "sd3-medium", "--latent", "400"])
+    line = one_error_line(capsys, ["inspect", "--model", "sd3-medium", "--latent", "400"])
     assert "pos_embed_max_size 192" in line
 
 
@@ -145,11 +138,11 @@ def test_weights_that_do_not_match_the_config_name_the_block(capsys, tmp_path):
     config["attention_head_dim"] = 8  # 32 channels: every tensor is the wrong shape
     config["caption_projection_dim"] = 32
     (folder / "config.json").write_text(json.dumps(config))
-    line = _one_error_line(capsys, ["inspect", "--model", str(folder)])
+    line = one_error_line(capsys, ["inspect", "--model", str(folder)])
     assert "PatchEmbed" in line and "do not match the config" in line
     config.update(num_attention_heads=2, attention_head_dim=8, caption_projection_dim=16, num_layers=4)
     (folder / "config.json").write_text(json.dumps(config))
-    line = _one_error_line(capsys, ["inspect", "--model", str(folder)])
+    line = one_error_line(capsys, ["inspect", "--model", str(folder)])
     # the old last block (image stream only) is now a full joint block: the first mismatch names it
     assert "transformer_blocks.2.norm1_context" in line and "(TB[DiT-3, 3])" in line
 

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from cli_checks import one_error_line
 
 from snapbench.cli import main
 from snapbench.converters.ane_attention import psnr
@@ -34,14 +35,6 @@ from snapbench.dit.source import build_dit, resolve_dit
 
 TINY = ["sd3-tiny", "sd35-tiny", "pixart-sigma-tiny", "sana-tiny"]
 OPTS = ConvertOptions(latent=8, tokens=8)
-
-
-def _one_error_line(capsys, argv):
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    assert len(err) == 1 and "Traceback" not in err[0]
-    return err[0]
 
 
 # -- sizes from configs ----------------------------------------------------------------------------------
@@ -73,15 +66,15 @@ def test_published_encoders_and_their_sizes():
 
 def test_a_text_encoder_no_phone_holds_is_refused_in_one_line(capsys, tmp_path):
     out = tmp_path / "o"
-    line = _one_error_line(capsys, ["convert", "--model", "sd3-medium", "--pipeline", "--out", str(out)])
+    line = one_error_line(capsys, ["convert", "--model", "sd3-medium", "--pipeline", "--out", str(out)])
     assert "TextEncoderT5 (T5-XXL encoder): 4,762,310,656 parameters, 9.52 GB at 16-bit" in line
     assert "--drop-text-encoder t5" in line and "--weight-bits 4 gives 2.38 GB" in line
-    line = _one_error_line(capsys, ["convert", "--model", "pixart-sigma", "--pipeline", "--out", str(out)])
+    line = one_error_line(capsys, ["convert", "--model", "pixart-sigma", "--pipeline", "--out", str(out)])
     assert "precompute the prompt embeddings" in line
-    line = _one_error_line(capsys, ["convert", "--model", "sd3-tiny", "--pipeline", "--drop-text-encoder", "gemma",
+    line = one_error_line(capsys, ["convert", "--model", "sd3-tiny", "--pipeline", "--drop-text-encoder", "gemma",
                                     "--out", str(out)])
     assert "has clip-l, clip-g, t5" in line
-    line = _one_error_line(capsys, ["convert", "--model", "sd3-tiny", "--whole", "--drop-text-encoder", "t5",
+    line = one_error_line(capsys, ["convert", "--model", "sd3-tiny", "--whole", "--drop-text-encoder", "t5",
                                     "--out", str(out)])
     assert "go with --pipeline" in line
     assert not out.exists()
@@ -143,7 +136,7 @@ def test_whole_converts_one_package_and_a_rerun_converts_nothing(tmp_path, capsy
 def test_bad_input_for_whole_and_pipeline_is_one_line_and_writes_nothing(capsys, tmp_path):
     out = tmp_path / "o"
     for part in ("--whole", "--pipeline"):
-        line = _one_error_line(capsys, ["convert", "--model", "pixart-sigma-tiny", part, "--latent", "7",
+        line = one_error_line(capsys, ["convert", "--model", "pixart-sigma-tiny", part, "--latent", "7",
                                         "--out", str(out)])
         assert "not divisible by pixart-sigma-tiny's patch size 2" in line
         spec = tmp_path / "bad.json"
@@ -152,7 +145,7 @@ def test_bad_input_for_whole_and_pipeline_is_one_line_and_writes_nothing(capsys,
         doc = load_preset("sana-tiny").to_dict()
         doc["config"]["guidance_embeds"] = True
         spec.write_text(json.dumps(doc))
-        line = _one_error_line(capsys, ["convert", "--model", str(spec), part, "--out", str(out)])
+        line = one_error_line(capsys, ["convert", "--model", str(spec), part, "--out", str(out)])
         assert "guidance_embeds=True is not supported" in line
     # a checkpoint whose weights do not fit its config
     folder = tmp_path / "transformer"
@@ -161,11 +154,11 @@ def test_bad_input_for_whole_and_pipeline_is_one_line_and_writes_nothing(capsys,
     config["num_layers"] = 4
     (folder / "config.json").write_text(json.dumps(config))
     for part in ("--whole", "--pipeline"):
-        line = _one_error_line(capsys, ["convert", "--model", str(folder), part, "--out", str(out)])
+        line = one_error_line(capsys, ["convert", "--model", str(folder), part, "--out", str(out)])
         assert "do not match the config" in line
-    line = _one_error_line(capsys, ["convert", "--model", "sd3-tiny", "--component", "vae_decoder", "--out", str(out)])
+    line = one_error_line(capsys, ["convert", "--model", "sd3-tiny", "--component", "vae_decoder", "--out", str(out)])
     assert "convert with --pipeline" in line
-    line = _one_error_line(capsys, ["convert", "--model", "sd3-tiny", "--pipeline", "--chunks", "2", "--out", str(out)])
+    line = one_error_line(capsys, ["convert", "--model", "sd3-tiny", "--pipeline", "--chunks", "2", "--out", str(out)])
     assert "Transformer is one package" in line
     assert not out.exists()
 

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from snapbench.distillation.ddim_math import NoiseLevels, ddim_timesteps, prev_timestep
+from snapbench.dit.family import context_key
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.robust_training import NO_SKIP, TrainConfig, fine_tune
 from snapbench.json_types import JSONObject
@@ -391,24 +392,13 @@ def _initial_student(teacher: ModelBundle, student_ref: str | Path | None, confi
     return student
 
 
-def _text_width_key(class_name: str) -> str:
-    """The config field holding the width of the text context the backbone reads: a UNet's
-    cross_attention_dim; a DiT family's own (PixArt's and Sana's caption_channels, SD3's
-    joint_attention_dim; a PixArt's cross_attention_dim is its inner width, which a narrower student may
-    change)."""
-    from snapbench.dit.family import FAMILIES
-
-    family = FAMILIES.get(class_name)
-    return family.context_key if family is not None else "cross_attention_dim"
-
-
 def _check_compatible(teacher: ModelBundle, student: ModelBundle) -> None:
     tc, sc = teacher.model.config, student.model.config
     kinds = [b.spec.base_config.get("_class_name") for b in (teacher, student)]
     if None not in kinds and kinds[0] != kinds[1]:  # a spec file may leave its class unnamed
         raise SnapbenchError(f"teacher and student are different backbones ({kinds[0]} vs {kinds[1]}); "
                              "distil into a student of the teacher's kind")
-    for key in ("in_channels", "out_channels", "sample_size", _text_width_key(str(kinds[0] or kinds[1]))):
+    for key in ("in_channels", "out_channels", "sample_size", context_key(kinds[0] or kinds[1])):
         if tc.get(key) != sc.get(key):
             raise SnapbenchError(f"teacher and student differ in {key} ({tc.get(key)} vs {sc.get(key)}): they must "
                                  "share the latent shape and text context to distill one into the other")

@@ -92,6 +92,15 @@ FAMILIES: dict[str, Family] = {
     )
 }
 
+
+def context_key(class_name: str | None) -> str:
+    """The config field holding the width of the text context a backbone reads: a DiT family's own
+    (PixArt's and Sana's caption_channels, SD3's joint_attention_dim; PixArt's cross_attention_dim is its
+    inner width), a UNet's cross_attention_dim."""
+    family = FAMILIES.get(class_name or "")
+    return family.context_key if family is not None else "cross_attention_dim"
+
+
 # Keys PixArt's published configs carry over from diffusers' Transformer2DModel, which PixArt's class
 # ignores; accepted at these values only.
 _PIXART_INERT = {"double_self_attention": (False, None), "num_vector_embeds": (None,),

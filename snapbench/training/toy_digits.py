@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from snapbench.atomic import atomic_write_bytes
+from snapbench.dit.family import context_key
 from snapbench.errors import SnapbenchError
 from snapbench.specs.arch_spec import ArchSpec
 
@@ -78,9 +79,8 @@ class PromptEncoder(nn.Module):
 
 
 def context_width(spec: ArchSpec) -> int:
-    """The width of the prompt encoder's output: what the backbone's text input takes (a UNet's
-    cross_attention_dim, a PixArt DiT's caption_channels)."""
-    d = spec.base_config.get("caption_channels") or spec.base_config.get("cross_attention_dim", 32)
+    """The width of the prompt encoder's output: what the backbone's text input takes."""
+    d = spec.base_config.get(context_key(spec.base_config.get("_class_name")), 32)
     return int(d[0] if isinstance(d, (list, tuple)) else d)
 
 
