@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_sdxl.py                          # sdxl-tiny, latent 16, 77 tokens
     .venv/bin/python benchmarks/bench_sdxl.py --model sdxl --latent 128 --work DIR   # full size: an hour here
+    .venv/bin/python benchmarks/bench_sdxl.py --model sdxl --latent 128 --legs c       # the app pipeline alone
 
 Each variant in its own process, one after another, in one run:
   (a) plain: the whole diffusers UNet (text_time inputs included) through torch.jit.trace + ct.convert
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=77)
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed after)")
     ap.add_argument("--skip-plain", action="store_true", help="leave out (a)")
+    ap.add_argument("--legs", default="abc", help="which variants to run, e.g. 'c' for the pipeline alone (default abc)")
     ap.add_argument("--cap-gb", type=float, default=14.0, help="stop a variant whose process tree passes this")
     ap.add_argument("--keep-free-gb", type=float, default=2.0,
                     help="stop a variant that leaves the machine less memory available than this")
@@ -71,7 +73,9 @@ def main() -> None:
         ("(c) convert --pipeline --chunks 2 (5 packages)", work / "app",
          [SNAPBENCH, "convert", "--model", a.model, "--pipeline", "--chunks", "2", "--attention",
           "split_einsum_v2", *shapes, "--out", str(work / "app"), "--json"]),
-    ][1 if a.skip_plain else 0:]
+    ]
+    legs = set(a.legs) - ({"a"} if a.skip_plain else set())
+    variants = [v for v in variants if v[0][1] in legs]
     rows: list[tuple[str, dict]] = []
     print(f"machine: {machine()}", file=sys.stderr, flush=True)
     try:
@@ -86,7 +90,7 @@ def main() -> None:
                 Path(a.json_out).write_text(json.dumps({"model": a.model, "latent": a.latent, "rows": rows}, indent=2))
         print(f"\n{a.model}, latent {a.latent}, batch 2, {a.tokens} tokens; measured on a shared machine: "
               f"{machine()}; stop at {a.cap_gb:.0f} GB tree or {a.keep_free_gb:.0f} GB left")
-        ratio_table(rows, baseline=not a.skip_plain,
+        ratio_table(rows, baseline="a" in legs,
                     extra={"goal GB": goal, "packages": lambda _, r: str(r.get("packages", "-")), "load": load_column})
     finally:
         if a.work is None:

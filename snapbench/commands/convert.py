@@ -63,7 +63,8 @@ def convert_command(
     input_shape: str | None = typer.Option(None, "--input", help="Input shape of a timm:/torchvision:/open_clip:/"
                                               "hf:/synthetic: network (converted whole, one package)."),
     recipe: str | None = typer.Option(None, "--recipe", help="A mixed-bit recipe JSON (`compress analyze`): each "
-                                         "layer palettized at its own bit width; one package per block (deploy)."),
+                                         "UNet layer palettized at its own bit width (deploy): per block, --whole "
+                                         "or --pipeline."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Convert a UNet into Core ML packages, one per block (default), whole, or a pipeline part."""
@@ -123,9 +124,9 @@ def _request(model: str, part: Part, out_dir: Path, *, weights: str | None, vari
 
     if (vae_encoder or compile_ or drop_text_encoders) and part != "pipeline":
         raise SnapbenchError("--vae-encoder, --compile and --drop-text-encoder go with --pipeline")
-    if recipe is not None and (part != "blocks" or is_dit_ref(model)):
-        raise SnapbenchError("--recipe applies to a UNet's per-block conversion; it cannot be combined with --whole, "
-                             "--pipeline or --component yet")
+    if recipe is not None and (part not in ("blocks", "unet", "pipeline") or is_dit_ref(model)):
+        raise SnapbenchError("--recipe palettizes a UNet's layers: use it with per-block conversion, --whole or "
+                             "--pipeline, not with --component text_encoder / vae_decoder or a DiT")
     if is_dit_ref(model) and part in ("blocks", "unet", "pipeline"):
         from snapbench.commands.dit_commands import dit_options
 

@@ -104,6 +104,19 @@ def rewrite_transformer(
     return ANETransformer2D(transformer, impl, query_chunk_size, query_chunks).eval()
 
 
+def scaled_weights(transformer: nn.Module) -> dict[str, float]:
+    """{parameter name in `transformer`: factor} of the weights the ANE rewrite stores scaled: each attention's
+    query projection, by its softmax scale (ANEAttention). What a match by content (mixed_bit.fingerprint)
+    of the rewritten module's weights must look for."""
+    found: dict[str, float] = {}
+    for index, block in enumerate(transformer.transformer_blocks):
+        for name in ("attn1", "attn2"):
+            attn = getattr(block, name, None)
+            if attn is not None:
+                found[f"transformer_blocks.{index}.{name}.to_q.weight"] = float(attn.scale)
+    return found
+
+
 # --------------------------------------------------------------------------------------------------------
 # Validation: one clear line per unsupported configuration
 # --------------------------------------------------------------------------------------------------------

@@ -6,11 +6,12 @@ Every package snapbench writes (a block, the whole UNet, the text encoder, the V
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import torch
 
 from snapbench.converters.checks import check_reloaded
 from snapbench.converters.compression import compress, nonfinite_weights
+from snapbench.converters.fp16_folding import folding_fp16, release_tensors
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.package_io import PackageIO, Shape  # noqa: F401  (Shape: part of this module's interface)
 from snapbench.converters.runtime import conversion_context, coremltools
@@ -64,9 +66,11 @@ _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32
 
 
 def to_coreml(traced: torch.jit.ScriptModule, io: PackageIO, opts: ConvertOptions,
-              skip_passes: tuple[str, ...] = ()) -> Any:
+              skip_passes: tuple[str, ...] = (), release: Callable[[], None] | None = None) -> Any:
     """`skip_passes`: MIL passes left out of coremltools' default pipeline, only ones that are known to
-    change nothing in the caller's programs (see pipeline.UNET_SKIPPED_PASSES)."""
+    change nothing in the caller's programs (see pipeline.UNET_SKIPPED_PASSES). `release`: called once
+    the frontend has made the program, to empty the PyTorch tensors; the fp16 weights then replace the fp32
+    ones one by one instead of all beside them (fp16_folding.py; the same program)."""
     ct = coremltools()
     pass_pipeline = ct.PassPipeline.DEFAULT
     if skip_passes:
@@ -74,7 +78,8 @@ def to_coreml(traced: torch.jit.ScriptModule, io: PackageIO, opts: ConvertOption
     inputs = [ct.TensorType(name=n, shape=s, dtype=_NUMPY_DTYPES.get(io.dtype(n) or "")) for n, s in io.inputs]
     outputs = [ct.TensorType(name=n, dtype=_NUMPY_DTYPES.get(io.dtype(n) or "")) for n, _ in io.outputs]
     precision = ct.precision.FLOAT16 if opts.precision == "fp16" else ct.precision.FLOAT32
-    with conversion_context():
+    folding = folding_fp16(pass_pipeline, release) if release is not None else contextlib.nullcontext(pass_pipeline)
+    with conversion_context(), folding:
         return ct.convert(
             traced,
             convert_to="mlprogram",
@@ -119,20 +124,20 @@ def convert_module(module: torch.nn.Module, io: PackageIO, opts: ConvertOptions,
                    metadata: Mapping[str, Any], description: str,
                    inputs: tuple[torch.Tensor, ...] | None = None, release: bool = False,
                    skip_passes: tuple[str, ...] = (), recipe_bits: Any = None) -> PackageResult:
-    """`release`: empty the module's tensors in place once Core ML has its own copy of the weights, so that
-    compressing and saving a big part (a UNet chunk) never holds both; the module is unusable afterwards."""
+    """`release`: empty the module's tensors in place as soon as coremltools' frontend is done with them, so
+    that converting, compressing and saving a big part (a UNet chunk) never holds its fp32 and fp16 weights
+    side by side (fp16_folding.py); the module is unusable afterwards."""
     start = time.perf_counter()
     timings: dict[str, float] = {}
     example = inputs if inputs is not None else example_inputs(io, seed=opts.seed)
     traced = trace(module, example)
     timings["trace"] = time.perf_counter() - start
     del example
-    mlmodel = to_coreml(traced, io, opts, skip_passes)
+    # the traced module is released too: whether it shares the module's tensors is torch's business
+    mlmodel = to_coreml(traced, io, opts, skip_passes, release=release_tensors(module, traced) if release else None)
     del traced
-    if release:
-        with torch.no_grad():
-            for t in (*module.parameters(), *module.buffers()):
-                t.set_()  # frees the storage for every reference to this tensor, the caller's too
+    if release:  # fp32 compute precision has no fp16 pass to release them in
+        release_tensors(module)()
     timings["convert"] = time.perf_counter() - start - sum(timings.values())
     with conversion_context():  # compression runs MIL pass pipelines too: keep their tqdm bars off
         if opts.recipe:

@@ -121,18 +121,43 @@ def fingerprint(values: np.ndarray | torch.Tensor) -> str:
     return hashlib.sha1(counts.tobytes()).hexdigest()
 
 
-def unit_bits(unit: torch.nn.Module, root_names: Mapping[str, str], recipe: Mapping[str, int]) -> dict[str, tuple[int, str]]:
+def unit_bits(unit: torch.nn.Module, root_names: Mapping[str, str], recipe: Mapping[str, int],
+              scaled: Mapping[str, float] | None = None) -> dict[str, tuple[int, str]]:
     """{fingerprint: (bits, layer)} of the recipe's layers in one materialised unit. `root_names`: the unit's
-    parameter names -> their names in the elastic UNet. Two layers with equal weights (a copied block)
-    get the wider of their widths."""
+    parameter names -> their names in the elastic UNet. `scaled`: the unit's parameters its package holds
+    multiplied by a factor (an ANE attention's query projection; `package_bits`). Two layers with equal
+    weights (a copied block) get the wider of their widths."""
     found: dict[str, tuple[int, str]] = {}
+    scaled = scaled or {}
     for name, p in unit.named_parameters():
         layer = layer_name(root_names.get(name, name))
         if layer in recipe and name.endswith(".weight"):
-            fp = fingerprint(p)
+            fp = fingerprint(p * scaled[name] if name in scaled else p)
             if fp not in found or found[fp][0] < recipe[layer]:
                 found[fp] = (recipe[layer], layer)
     return found
+
+
+def package_bits(unit: torch.nn.Module, root_names: Mapping[str, str], recipe: Mapping[str, int],
+                 attention: str) -> dict[str, tuple[int, str]]:
+    """`unit_bits` of one unit as its package holds the weights: with an ANE attention rewrite (anything but
+    "original"), the query projections are stored scaled by the softmax scale (ane_attention.scaled_weights).
+    Read from the unit before it is rewritten: the recipe names diffusers' layers."""
+    from snapbench.model.units import AttentionUnit
+
+    scaled: dict[str, float] = {}
+    if attention != "original" and isinstance(unit, AttentionUnit) and unit.has_compute:
+        from snapbench.converters.ane_attention import scaled_weights
+
+        scaled = {f"transformer.{k}": f for k, f in scaled_weights(unit.transformer).items()}
+    return unit_bits(unit, root_names, recipe, scaled)
+
+
+def merge_bits(into: dict[str, tuple[int, str]], more: Mapping[str, tuple[int, str]]) -> None:
+    """Several units' bits in one package: a weight found twice (a copied block) keeps the wider width."""
+    for fp, (bits, layer) in more.items():
+        if fp not in into or into[fp][0] < bits:
+            into[fp] = (bits, layer)
 
 
 def op_configs(mlmodel: Any, by_fingerprint: Mapping[str, tuple[int, str]]) -> dict[str, Any]:
@@ -158,8 +183,11 @@ def op_configs(mlmodel: Any, by_fingerprint: Mapping[str, tuple[int, str]]) -> d
             nbits = by_fingerprint.get(fp, (16, ""))[0]
             if fp in by_fingerprint:
                 matched.add(fp)
+            # weight_threshold: coremltools palettizes only weights of *more* than this many elements (2048
+            # by default), which would leave a recipe's layers of exactly COMPRESSIBLE elements fp16
             configs[op.name] = None if nbits == 16 else cto.OpPalettizerConfig(
-                mode="custom", lut_function=functools.partial(histogram_lut, nbits=nbits), granularity="per_tensor")
+                mode="custom", lut_function=functools.partial(histogram_lut, nbits=nbits), granularity="per_tensor",
+                weight_threshold=COMPRESSIBLE - 1)
     missed = sorted(layer for fp, (_, layer) in by_fingerprint.items() if fp not in matched)
     if missed:
         raise ValueError(f"recipe layer(s) {', '.join(missed[:3])}{' ...' if len(missed) > 3 else ''} match no weight "

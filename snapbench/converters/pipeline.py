@@ -94,7 +94,7 @@ def unet_parts(source: ModelSource, opts: ConvertOptions) -> list[AppPart]:
     parts = []
     for plan in plans:
         def build(plan=plan):
-            built = build_chunk(meta, blocks, closes, plan, source, opts.attention, opts.seed)
+            built = build_chunk(meta, blocks, closes, plan, source, opts.attention, opts.seed, recipe=opts.recipe)
             return built.module, built.psnr_db
 
         def inputs(plan=plan):  # traced at batch 1 and 8 x 8: every op keeps those sizes symbolic (tests)
@@ -218,12 +218,16 @@ def _convert_part_now(part: AppPart, dest: Path, key: str, opts: ConvertOptions,
                 "attention": opts.attention if part.kind in BACKBONE_KINDS else "-", "weight_bits": opts.weight_bits,
                 "target": opts.target, "source_hash": part.identity.get("weights")}
     inputs = part.inputs() if part.inputs is not None else None
+    from snapbench.converters.unet_chunks import UNetChunk
     from snapbench.converters.workers import frozen_heap
 
+    # a mixed-bit recipe names UNet layers: the other parts stay fp16 (see convert_pipeline's note)
+    recipe_bits = module.recipe_bits if isinstance(module, UNetChunk) else None
     try:
         with frozen_heap():  # the collections ct.convert runs skip the libraries' objects
             r = convert_module(module, part.io, opts, dest, metadata=metadata, description=part.title,
-                               inputs=inputs, release=not opts.check, skip_passes=skipped_passes(part, opts))
+                               inputs=inputs, release=not opts.check, skip_passes=skipped_passes(part, opts),
+                               recipe_bits=recipe_bits)
         if opts.check:
             from snapbench.converters.checks import check_prediction
             from snapbench.converters.convert_package import example_inputs
@@ -309,6 +313,9 @@ def convert_pipeline(source: ModelSource, out_dir: Path, opts: ConvertOptions = 
     note = weights_note(parts)
     if note:
         result.notes.append(note)
+    if opts.recipe:
+        others = ", ".join(p.name for p in parts if p.kind not in BACKBONE_KINDS)
+        result.notes.append(f"the recipe's bit widths went into the UNet's packages; {others}: fp16")
     if parts_folder.root is None and source.weights_dir is not None and not is_dit(source):
         others = ", ".join(p.name for p in parts if p.kind not in BACKBONE_KINDS)
         result.notes.append(f"{others}: seeded random weights (the UNet's folder is not a pipeline folder with "

@@ -110,7 +110,8 @@ class UNetChunk(nn.Module):
     Returns noise_pred for the last chunk, else (hidden_states, time_embedding, skip_0, ...).
     """
 
-    def __init__(self, units: list[BlockUnit], closes_skip: list[bool], plan: ChunkPlan, attention: str) -> None:
+    def __init__(self, units: list[BlockUnit], closes_skip: list[bool], plan: ChunkPlan, attention: str,
+                 recipe_bits: dict[str, tuple[int, str]] | None = None) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(units)  # registered: their weights are the traced module's parameters
         self.closes_skip = list(closes_skip)
@@ -118,6 +119,9 @@ class UNetChunk(nn.Module):
         self.last = plan.index in (0, 2)
         self.skips_in = plan.skips_in
         self.ane_layout = attention != "original"
+        # with a mixed-bit recipe: {weight fingerprint: (bits, layer)} of the chunk's recipe layers, read
+        # before the attention rewrites (mixed_bit.unit_bits); Core ML's weights are matched by content
+        self.recipe_bits = recipe_bits or {}
 
     def forward(self, *inputs: torch.Tensor) -> Any:
         added: list[torch.Tensor] = []
@@ -257,16 +261,24 @@ class BuiltChunk:
 
 
 def build_chunk(root: nn.Module, blocks: list[CutBlock], closes_skip: list[bool], plan: ChunkPlan,
-                source: ModelSource, attention: str, seed: int, *, min_psnr_db: float = 35.0) -> BuiltChunk:
-    """Materialise blocks [start, end) one at a time, rewrite and check their attention, wrap them."""
+                source: ModelSource, attention: str, seed: int, *, min_psnr_db: float = 35.0,
+                recipe: tuple[tuple[str, int], ...] = ()) -> BuiltChunk:
+    """Materialise blocks [start, end) one at a time, rewrite and check their attention, wrap them.
+    `recipe`: a mixed-bit recipe's (layer, bits); the chunk records which of its weights get which width."""
+    from snapbench.converters.mixed_bit import merge_bits, package_bits
     from snapbench.converters.whole_unet import _DiffusersCall
     from snapbench.converters.workers import rewrite_attention
 
     checkpoint = LazyCheckpoint(source) if source.weights_dir is not None or source.copies_file else None
     units: list[BlockUnit] = []
     db: dict[str, float] = {}
+    bits: dict[str, tuple[int, str]] = {}
+    full = {id(t): n for n, t in root.state_dict(keep_vars=True).items()} if recipe else {}
     for b in blocks[plan.start:plan.end]:
         unit = materialize_unit(root, b.unit, checkpoint, seed)
+        if recipe:  # before the rewrite: the recipe names diffusers' layers
+            names = {k: full[id(t)] for k, t in b.unit.state_dict(keep_vars=True).items()}
+            merge_bits(bits, package_bits(unit, names, dict(recipe), attention))
         if isinstance(unit, AttentionUnit) and unit.has_compute and attention != "original":
             hidden, ctx = dict(b.inputs)["hidden"], dict(b.inputs)["context"]
             rewritten = rewrite_attention(unit.transformer, attention, hidden[-1] * hidden[-2], fixed_chunks=True)
@@ -277,7 +289,7 @@ def build_chunk(root: nn.Module, blocks: list[CutBlock], closes_skip: list[bool]
                                      "use --attention original for this model")
             unit.transformer = _DiffusersCall(rewritten)  # the original's weights go with it
         units.append(unit)
-    return BuiltChunk(UNetChunk(units, closes_skip[plan.start:plan.end], plan, attention).eval(), db)
+    return BuiltChunk(UNetChunk(units, closes_skip[plan.start:plan.end], plan, attention, bits).eval(), db)
 
 
 def at_batch_one(io: PackageIO, scale: int = 1) -> PackageIO:

@@ -48,6 +48,9 @@ class SingleModel:
     params: int = 0
     macs: int = 0
     macs_no_attention: int = 0
+    # with a mixed-bit recipe: {weight fingerprint: (bits, layer)} of the module `build` made last
+    # (mixed_bit.unit_bits, read before attention rewrites change the module); None: no recipe
+    recipe_bits: Callable[[], Mapping[str, tuple[int, str]]] | None = None
 
 
 def convert_single(what: SingleModel, out_dir: str | os.PathLike, opts: ConvertOptions, *,
@@ -86,7 +89,9 @@ def convert_single(what: SingleModel, out_dir: str | os.PathLike, opts: ConvertO
                 try:
                     module = what.build()
                     whole = scratch / f"{what.name}.mlpackage"
-                    r = convert_module(module, what.io, opts, whole, metadata=metadata, description=what.title)
+                    bits = what.recipe_bits() if what.recipe_bits is not None else None
+                    r = convert_module(module, what.io, opts, whole, metadata=metadata, description=what.title,
+                                       recipe_bits=bits)
                     del module
                     pieces = _bisect(whole, scratch) if opts.chunks == 2 else [(whole, r.io)]
                 except Exception as e:  # noqa: BLE001 - one line for the user, the folder stays consistent

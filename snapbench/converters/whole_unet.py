@@ -73,12 +73,26 @@ def unet_single(source: ModelSource, opts: ConvertOptions) -> SingleModel:
     tokens = {x.unit.file_id: x.inputs[0][1][-1] * x.inputs[0][1][-2] for x in blocks if x.kind == "CA"}
     versions = tool_versions()
     weights = source_fingerprint(source.spec.to_dict(), weight_files(source), opts.seed, versions["torch"])
+    bits: dict[str, tuple[int, str]] = {}
+
+    def build() -> WholeUNet:
+        model = build_checked(source, device="cpu", seed=opts.seed)
+        if opts.recipe:  # before the attention rewrites: the recipe names diffusers' layers
+            from snapbench.converters.mixed_bit import merge_bits, package_bits
+
+            bits.clear()
+            full = {id(t): n for n, t in model.state_dict(keep_vars=True).items()}
+            for unit in model.units:
+                names = {k: full[id(t)] for k, t in unit.state_dict(keep_vars=True).items()}
+                merge_bits(bits, package_bits(unit, names, dict(opts.recipe), opts.attention))
+        return WholeUNet(model, opts.attention, tokens)
+
     return SingleModel(
         name="unet", title=f"UNet of {source.spec.name}", model=str(source.ref), spec=source.spec.name, io=io,
-        build=lambda: WholeUNet(build_checked(source, device="cpu", seed=opts.seed), opts.attention, tokens),
-        identity={"spec": source.spec.to_dict(), "weights": weights},
+        build=build, identity={"spec": source.spec.to_dict(), "weights": weights},
         params=sum(x.params for x in blocks), macs=sum(x.macs for x in blocks),
         macs_no_attention=sum(x.macs - x.attention_macs for x in blocks),
+        recipe_bits=(lambda: bits) if opts.recipe else None,
     )
 
 

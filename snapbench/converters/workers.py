@@ -161,9 +161,10 @@ def run_task(task: BlockTask) -> TaskResult:
         unit = materialize(_UNITS[task.file_id], task.weights, opts.seed)
         recipe_bits = None
         if opts.recipe:  # which weights get which table: found by content once converted (mixed_bit.py)
-            from snapbench.converters.mixed_bit import unit_bits
+            from snapbench.converters.mixed_bit import package_bits
 
-            recipe_bits = unit_bits(unit, _ROOT_NAMES[task.file_id], dict(opts.recipe))
+            recipe_bits = package_bits(unit, _ROOT_NAMES[task.file_id], dict(opts.recipe),
+                                       opts.attention if task.is_attention else "original")
         hidden = dict(task.io.inputs)["hidden"] if task.is_attention else None
         tokens = hidden[-1] * hidden[-2] if hidden else None
         module = block_module(unit, opts.attention if task.is_attention else "original", tokens)
