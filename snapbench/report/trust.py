@@ -6,13 +6,12 @@ Reads the shipped leave-one-source-out result (`snapbench.validation.trust`), so
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from snapbench.devices.catalog import Device
-from snapbench.report.data import ModelResult
+from snapbench.report.data import ModelResult, TrustSection
 
 
-def trust_section(devices: Sequence[Device], results: Sequence[ModelResult]) -> dict[str, Any] | None:
+def trust_section(devices: Sequence[Device], results: Sequence[ModelResult]) -> TrustSection | None:
     """The section's data; adds an `error_band` to each result whose end-to-end figure is estimated."""
     from snapbench.validation.trust import error_band, load_trust
 
