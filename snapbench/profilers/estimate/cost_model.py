@@ -25,16 +25,23 @@ difference emerges from the ops.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeAlias
 
 import numpy as np
 
 from snapbench.devices.catalog import Device
 from snapbench.json_types import JSONObject
+from snapbench.profilers.coreml_types import MLModel
 from snapbench.profilers.estimate.params import CHIP_GENERATIONS, OP_CLASSES, AneParams, load_params
 from snapbench.profilers.estimate.program_ops import OpRecord, dtype_bits
+
+# A device fact of one (program, device) pair (a float), or of many stacked pairs: one per op (an array)
+PerOp: TypeAlias = "float | np.ndarray"
+# A count per (program, device) pair: an int, or an array of one per pair when stacked
+PerPair: TypeAlias = "int | np.ndarray"
 
 _CLASS_OF: dict[str, str] = {}
 for _cls, _ops in {
@@ -79,8 +86,8 @@ def op_class(op_type: str) -> str:
 def record_class(r: OpRecord) -> str:
     """The op class of a record: a conv with one input channel per group is depthwise (a vector-like op)."""
     c = op_class(r.type)
-    if c == "conv" and r.type == "conv" and int(r.attrs.get("groups") or 1) > 1 and r.in_shapes \
-            and len(r.in_shapes[0]) >= 2 and int(r.attrs.get("groups") or 1) == int(r.in_shapes[0][1]):
+    if c == "conv" and r.type == "conv" and r.int_attr("groups") > 1 and r.in_shapes \
+            and len(r.in_shapes[0]) >= 2 and r.int_attr("groups") == int(r.in_shapes[0][1]):
         return "depthwise"
     return c
 
@@ -105,7 +112,7 @@ def _mac_shape(r: OpRecord, cls: str) -> tuple[float, float]:
     if cls in ("conv", "depthwise"):
         rows = float(out[0] * math.prod(out[2:])) if len(out) >= 3 else float(out[0])
         cout = out[1] if len(out) >= 2 else 1
-        groups = int(r.attrs.get("groups") or 1)
+        groups = r.int_attr("groups")
         cin = (r.in_shapes[0][1] / groups) if r.in_shapes and len(r.in_shapes[0]) >= 2 else 1
         return (_fill(cout) if cls == "depthwise" else _fill(cout) * _fill(cin)), rows
     rows = float(math.prod(out[:-1])) if len(out) >= 2 else 1.0
@@ -226,7 +233,7 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
     fill = np.ones(n)
     rows = np.zeros(n)
     int8 = np.zeros(n, dtype=bool)
-    tables = np.array([float(r.attrs.get("palette_tables") or 0) for r in records])
+    tables = np.array([r.float_attr("palette_tables") for r in records])
     in_op, in_b, out_op, out_b = [], [], [], []
     in_fused, out_fused = _fusion(records)
     in_program, out_program, io_copied = _program_io(records, pad_bytes)
@@ -261,7 +268,7 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
         score[i] = 2.0 * r.score_elems
         max_tensor[i] = max(max_tensor[i], score[i])
         if r.type in _POOLS:
-            pool[i] = max(r.attrs.get("kernel_sizes") or [1])
+            pool[i] = max(r.ints_attr("kernel_sizes"))
         if r.type in _UPSAMPLES and r.in_shapes and r.out_shapes and len(r.in_shapes[0]) >= 2:
             a, b = r.in_shapes[0], r.out_shapes[0]
             ups[i] = max(b[-1] / max(a[-1], 1), b[-2] / max(a[-2], 1))
@@ -384,7 +391,7 @@ def _static_reason(r: OpRecord) -> str:
         return f"{_NEVER_ON_ENGINE[r.type]} is not an engine op"
     if any(d < 0 for s in (*r.in_shapes, *r.out_shapes) for d in s):
         return "dynamic shape"
-    if r.type in ("conv", "conv_transpose") and any(int(d) > 1 for d in (r.attrs.get("dilations") or [1])):
+    if r.type in ("conv", "conv_transpose") and any(d > 1 for d in r.ints_attr("dilations")):
         return "dilated convolution"
     if r.type not in _EXEMPT_DTYPE:
         dts = set(r.in_dtypes) | set(r.out_dtypes)
@@ -420,9 +427,9 @@ class _Times:
     on_cpu: np.ndarray
     reason: tuple[str, ...]
     dram: np.ndarray
-    segments: int
-    cpu_segments: int
-    overhead_ms: float
+    segments: PerPair
+    cpu_segments: PerPair
+    overhead_ms: PerPair | float
 
 
 @dataclass(frozen=True)
@@ -442,20 +449,20 @@ class Terms:
     dram: np.ndarray        # engine DRAM bytes
     tables: np.ndarray      # palette tables fetched (each a dependent DRAM access: latency, not bandwidth)
     int8: np.ndarray        # int8 compute
-    int8_path: Any          # the chip has an int8 engine path (per op when stacked)
+    int8_path: PerOp        # the chip has an int8 engine path (per op when stacked)
     epilogue: np.ndarray
     on_cpu: np.ndarray
     view: np.ndarray
     cpu_flops: np.ndarray
     cpu_bytes: np.ndarray
     copy_bytes: np.ndarray
-    io_copy_s: Any          # the program's inputs and outputs copied by the CPU at the SoC's full bandwidth, s (per pair)
-    peak: Any               # catalog fp16 FLOP/s (per op when stacked)
-    bandwidth: Any          # catalog SoC B/s (per op when stacked): the CPU side's
-    engine_bandwidth: Any   # the engine's measured B/s where the catalog has one, else 0 (per op when stacked)
-    chip: Any               # index into CHIP_GENERATIONS, len(...) when it has no factor (per op when stacked)
-    segments: Any           # engine segments (per pair when stacked)
-    cpu_segments: Any
+    io_copy_s: PerOp        # the program's inputs and outputs copied by the CPU at the SoC's full bandwidth, s (per pair)
+    peak: PerOp             # catalog fp16 FLOP/s (per op when stacked)
+    bandwidth: PerOp        # catalog SoC B/s (per op when stacked): the CPU side's
+    engine_bandwidth: PerOp # the engine's measured B/s where the catalog has one, else 0 (per op when stacked)
+    chip: PerPair           # index into CHIP_GENERATIONS, len(...) when it has no factor (per op when stacked)
+    segments: PerPair       # engine segments (per pair when stacked)
+    cpu_segments: PerPair
     reason: tuple[str, ...]
 
 
@@ -598,7 +605,7 @@ def _summarise(prep: PreparedOps, dev: Device, p: AneParams, t: _Times) -> Estim
         memory_bound_ms=float(t.op_ms[on_engine & ~compute_bound].sum()),
         by_op_type=dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
         by_op_class=dict(sorted(by_class.items(), key=lambda kv: -kv[1])),
-        cpu_ops=cpu_ops, n_ops=int((~prep.view).sum()), n_engine_segments=t.segments,
+        cpu_ops=cpu_ops, n_ops=int((~prep.view).sum()), n_engine_segments=int(t.segments),
         flops=float(prep.flops.sum()), dram_bytes=float(t.dram.sum()), params_version=p.version,
     )
 
@@ -608,7 +615,7 @@ def _summarise(prep: PreparedOps, dev: Device, p: AneParams, t: _Times) -> Estim
 # --------------------------------------------------------------------------------------------------------
 
 
-def estimate_package(path_or_mlmodel: Any, device: Device, *, params: AneParams | None = None) -> Estimate:
+def estimate_package(path_or_mlmodel: str | os.PathLike[str] | MLModel, device: Device, *, params: AneParams | None = None) -> Estimate:
     """Estimate an `.mlpackage` (op records cached next to it) or an in-memory `ct.models.MLModel`."""
     from snapbench.profilers.estimate.program_ops import read_op_records
 
