@@ -374,11 +374,14 @@ class EvolutionRun:
             dq: float | None, dl: float | None, *, decided: bool = False) -> None:
         """One trajectory row; `decided`: the first row of a decision (it gets how the decision was settled)."""
         st, c = self.state, self.counts()
-        rounds = self.log.get("rounds") or [[0]]
+        settled, rounds = self.log.get("settled"), self.log.get("rounds")
+        last_round = rounds[-1] if isinstance(rounds, list) and rounds else None
+        first_samples = last_round[0] if isinstance(last_round, list) and last_round else 0
         st.trajectory.append(TrajectoryRow.of(st.iteration, phase, action, block, latency, backend, quality, dq, dl,
                                               st.train_steps_done, c.computed, c.reused,
-                                              self.log.get("settled") if decided else None,
-                                              int(rounds[-1][0]) if decided else None).to_dict())
+                                              settled if decided and isinstance(settled, str) else None,
+                                              int(first_samples) if decided and isinstance(first_samples, int | float)
+                                              else None).to_dict())
 
     def score(self, actions: list[Action], what: str, *, removal: bool, want: int = 1) -> list[Scored]:
         """Rank the actions from the current state by Algorithm 1's value within the evaluation budget and

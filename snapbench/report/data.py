@@ -8,10 +8,14 @@ document's, so `report --json` writes the same bytes it wrote when the data was 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from snapbench.devices.catalog import Device
 from snapbench.json_types import JSON, JSONObject
+
+if TYPE_CHECKING:
+    from snapbench.validation.run import HeldOutFit
+    from snapbench.validation.trust import ErrorBand, Summary, TrustRow
 
 # The report's document (`to_dict()`s) is only written as JSON and read by the page's template: its
 # values are passed through, so `object`.
@@ -47,28 +51,30 @@ class ReferenceRow(TypedDict):
     line: int
 
 
-class TrustRow(TypedDict):
-    """What the trust chart reads of a validation corpus row (the row holds more)."""
+class TrustDevice(TypedDict):
+    """One report device in the trust section: its chip's error band and how many corpus rows back it."""
 
+    device: str
+    name: str
     chip: str
-    published_ms: float
-    estimated_ms: float
-    trust: str
+    band: ErrorBand
+    chip_rows: str | int | float
+    chip_median_abs_error_pct: str | int | float | None
 
 
 class TrustSection(TypedDict):
     """The report's "How far to trust these numbers" (report/trust.py): the shipped validation's figures
     as written (snapbench.validation.trust), per device, and the rows the chart plots."""
 
-    cross: JSON
-    stale: JSON
-    params_version: JSON
-    overall: JSON
-    by_chip: JSON
-    fits: JSON
-    per_device: list[JSONObject]
-    unseen_app: JSON
-    ranks: JSON
+    cross: str
+    stale: bool
+    params_version: int
+    overall: Summary
+    by_chip: list[Summary]
+    fits: list[HeldOutFit]
+    per_device: list[TrustDevice]
+    unseen_app: JSONObject | None
+    ranks: list[Summary]
     rows: list[TrustRow]
     highlight_chips: list[str]
 
