@@ -352,6 +352,7 @@ class EvolutionRun:
     say: Callable[[str], None]
     costs: Callable[[ArchSpec], BlockPriceTable]  # prices variants met on the way (swaps)
     log: JSONObject = field(default_factory=dict)  # this iteration's decision and what it cost
+    decision: Decision | None = None  # this iteration's decision (how it was settled goes into its row)
 
     @property
     def work(self) -> Path:
@@ -373,12 +374,11 @@ class EvolutionRun:
     def row(self, phase: str, action: str, block: str, latency: float, backend: str, quality: float | None,
             dq: float | None, dl: float | None, *, decided: bool = False) -> None:
         """One trajectory row; `decided`: the first row of a decision (it gets how the decision was settled)."""
-        st, c = self.state, self.counts()
-        rounds = self.log.get("rounds") or [[0]]
+        st, c, d = self.state, self.counts(), self.decision if decided else None
         st.trajectory.append(TrajectoryRow.of(st.iteration, phase, action, block, latency, backend, quality, dq, dl,
                                               st.train_steps_done, c.computed, c.reused,
-                                              self.log.get("settled") if decided else None,
-                                              int(rounds[-1][0]) if decided else None).to_dict())
+                                              None if d is None else d.settled,
+                                              None if d is None else (d.rounds[-1][0] if d.rounds else 0)).to_dict())
 
     def score(self, actions: list[Action], what: str, *, removal: bool, want: int = 1) -> list[Scored]:
         """Rank the actions from the current state by Algorithm 1's value within the evaluation budget and
@@ -427,6 +427,7 @@ class EvolutionRun:
         value (trajectory sign) on the samples it was scored on (none where there was no rival)."""
         ranking: list[JSON] = [[labels[i], round(to_value * decision.means[i], 6) if i in decision.means else None,
                     decision.samples.get(i, 0)] for i in decision.ranked]
+        self.decision = decision
         self.log.update({"candidates": len(labels), **decision.to_dict(), "ranking": ranking})
 
     def keep_scores(self, parent: ArchSpec, cands: list[tuple[Action, ArchSpec, float, float]]) -> None:
@@ -444,7 +445,7 @@ class EvolutionRun:
     def iteration(self) -> None:
         st, target = self.state, self.state.target_ms
         st.iteration += 1
-        self.log = {"iteration": st.iteration}
+        self.log, self.decision = {"iteration": st.iteration}, None
         if st.phase == "remove" and st.latency_ms <= target:
             st.phase = "add" if self.config.add_phase else "done"
             self.say(f"target {target:.3f} ms met at {st.latency_ms:.3f} ms")
