@@ -40,7 +40,6 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
@@ -48,6 +47,10 @@ from snapbench.json_types import JSONObject
 from snapbench.user_files import read_user_text
 
 TRAJECTORY_FILE = "trajectory.csv"
+
+# A cell of trajectory.csv as read back: a number where the column holds one, None where a number column
+# is empty, the text otherwise.
+Cell = str | int | float | None
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def _cell(v: object) -> str:
     return str(v)
 
 
-def trajectory_csv(rows: Iterable[Mapping[str, Any]]) -> str:
+def trajectory_csv(rows: Iterable[Mapping[str, object]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(TRAJECTORY_COLUMNS)
@@ -108,11 +111,11 @@ def trajectory_csv(rows: Iterable[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def write_trajectory(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+def write_trajectory(rows: Iterable[Mapping[str, object]], path: str | Path) -> Path:
     return atomic_write_text(path, trajectory_csv(rows))
 
 
-def read_trajectory(path: str | Path) -> list[dict[str, Any]]:
+def read_trajectory(path: str | Path) -> list[dict[str, Cell]]:
     """Rows with numbers parsed (None where empty): what the report's trajectory chart reads."""
     p = Path(path)
     text = read_user_text(p, "trajectory file")
@@ -122,7 +125,7 @@ def read_trajectory(path: str | Path) -> list[dict[str, Any]]:
         raise SnapbenchError(f"{p}: not a snapbench trajectory (missing column {missing[0]})")
     out = []
     for r in reader:
-        row: dict[str, Any] = {}
+        row: dict[str, Cell] = {}
         for c in TRAJECTORY_COLUMNS:
             v = r.get(c) or ""
             row[c] = (None if v == "" else float(v)) if c in _FLOATS else (int(v) if c in _INTS and v else v)
