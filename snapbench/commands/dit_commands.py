@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import click
 from rich.table import Table
@@ -17,6 +17,19 @@ if TYPE_CHECKING:
     from snapbench.model.loading import ModelSource
 
 
+class OptionKw(TypedDict, total=False):
+    """The ConvertOptions fields `convert` and `profile` take from their flags (the shapes come apart)."""
+
+    mode: str
+    attention: str
+    weight_bits: int
+    target: str
+    precision: str
+    jobs: int | None
+    check: bool
+    chunks: int
+
+
 def given(name: str) -> bool:
     """Whether the user typed option `name` (a DiT's defaults, such as its text length, differ from a UNet's)."""
     ctx = click.get_current_context(silent=True)
@@ -24,7 +37,7 @@ def given(name: str) -> bool:
 
 
 def dit_options(model: str, *, latent: int | None, batch: int, tokens: int,
-                **kw: Any) -> tuple[ModelSource, ConvertOptions]:
+                **kw: Unpack[OptionKw]) -> tuple[ModelSource, ConvertOptions]:
     from snapbench.converters.options import ConvertOptions
     from snapbench.dit.cut import default_shapes
     from snapbench.dit.source import dit_spec, resolve_dit
@@ -36,7 +49,7 @@ def dit_options(model: str, *, latent: int | None, batch: int, tokens: int,
 
 
 def profile(model: str, dev: Device, *, backend: str, packages: Path | None, table: Path | None, tables: Path | None,
-            as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Any) -> None:
+            as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Unpack[OptionKw]) -> None:
     from snapbench.errors import SnapbenchError
     from snapbench.latency.dit_profile import profile_dit
     from snapbench.latency.table import LatencyTable, merge_into_file

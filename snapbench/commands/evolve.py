@@ -8,7 +8,9 @@ import typer
 from rich.table import Table
 
 from snapbench.commands.common import JsonOpt, err, out, print_json
+from snapbench.evolution.budget import DEFAULT_TIE_MARGIN
 from snapbench.interrupts import on_interrupt_keep
+from snapbench.json_types import json_int
 
 if TYPE_CHECKING:  # heavy (torch): the type only
     from snapbench.evolution.evolve import EvolutionResult
@@ -71,6 +73,11 @@ def evolve_command(
     eval_confidence: float = typer.Option(0.95, "--eval-confidence",
                                           help="Stop halving once the leader beats every other survivor at this "
                                                "confidence (paired t-test over common samples)."),
+    eval_tie_margin: float = typer.Option(DEFAULT_TIE_MARGIN, "--eval-tie-margin", min=0.0,
+                                          help="Stop a decision (from a quarter of the samples on) when no rival "
+                                               "can beat the leader by more than this much quality at "
+                                               "--eval-confidence, and take the leader (0: never; exhaustive: "
+                                               "never)."),
     workers: int = WorkersOpt,
     ray_address: str | None = RayOpt,
     threads: int = ThreadsOpt,
@@ -98,7 +105,7 @@ def evolve_command(
                           add_phase=add_phase, min_gain=min_gain, train_steps=train_steps, moves=parse_moves(moves),
                           train=TrainConfig(batch_size=batch_size, learning_rate=lr, robust=True,
                                             skip=SkipProbabilities(skip_ca, skip_rb)), data=data,
-                          eval_budget=parse_budget(eval_budget, eval_confidence, ev))
+                          eval_budget=parse_budget(eval_budget, eval_confidence, ev, eval_tie_margin))
     costs = cost_builder(device=dev, table=table, fixed_table=fixed_table, attention=attention, progress=True,
                          say=lambda s: err.print(s))
     on_interrupt_keep(f"the state after every finished iteration in {out_dir}")
@@ -123,14 +130,14 @@ def _render(result: EvolutionResult) -> None:
     for r in result.trajectory:
         def f(v: object, fmt: str) -> str:
             return "" if v is None else format(v, fmt)
-        t.add_row(str(r["iteration"]), r["action"], r["block"], f(r["latency_ms"], ".3f"), f(r["quality"], ".4f"),
+        t.add_row(str(r["iteration"]), str(r["action"]), str(r["block"]), f(r["latency_ms"], ".3f"), f(r["quality"], ".4f"),
                   f(r.get("quality_delta"), "+.4f"), f(r.get("latency_delta_ms"), "+.3f"), f(r.get("value"), ".4f"))
     out.print(t)
     out.print(f"latency {result.initial_latency_ms:.3f} -> {result.final_latency_ms:.3f} ms "
               f"(target {result.target_ms:.3f}, floor {result.floor_ms:.3f}, {result.latency_backend}); "
               f"quality {result.initial_quality:.4f} -> {result.final_quality:.4f}; {result.seconds:.0f} s")
     out.print(f"evaluation: {result.eval_budget}; {result.eval_samples} images generated "
-              f"({sum(e.get('reused', 0) for e in result.evaluations)} sample scores reused)")
+              f"({sum(json_int(e, 'reused') for e in result.evaluations)} sample scores reused)")
 
 
 def register(app: typer.Typer) -> None:

@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 import numpy as np
 import torch
@@ -43,6 +44,10 @@ from snapbench.converters.mixed_bit import COMPRESSIBLE, layer_name
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
 from snapbench.profilers.estimate.stored_weights import palette_bytes
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from diffusers.configuration_utils import FrozenDict
 
 BITS = (1, 2, 4, 6, 8, 16)
 TIME_IDS_PER_IMAGE = 6  # original size, crop offset, target size (SDXL's micro-conditioning)
@@ -92,7 +97,37 @@ def _palettized(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.from_numpy(lut.astype(np.float32)[idx].reshape(tuple(weight.shape)))
 
 
-def calibration_inputs(config: Any, opts: SensitivityOptions) -> tuple[torch.Tensor, ...]:
+class PricedOn(TypedDict):
+    """Where and how a recipe's latency was priced (LayerPrices.describe)."""
+
+    device: str
+    label: str  # always "estimated"
+    estimator_version: int
+    settings: dict[str, str | int]
+    fp16_ms: float
+
+
+class RecipeMade(TypedDict):
+    """One recipe `write_analysis` wrote: where, and what it comes to."""
+
+    path: str
+    average_bits: float
+    bytes: int
+    layers_by_bits: dict[str, int]  # bits -> layers at that width
+    sum_db_lost: float
+    latency_ms: NotRequired[float]  # with --device: the recipe's estimated ms per UNet step
+
+
+class Analysis(TypedDict):
+    """What `compress analyze` wrote (printed with --json)."""
+
+    sensitivity: str  # the CSV's path
+    layers: int
+    recipes: list[RecipeMade]
+    latency: NotRequired[PricedOn]  # with --device: where and how the recipes were priced
+
+
+def calibration_inputs(config: FrozenDict, opts: SensitivityOptions) -> tuple[torch.Tensor, ...]:
     """(sample, timestep, context, *added) for `opts.samples` denoising steps; context as (B, S, C)."""
     from snapbench.specs.layout import text_embeds_dim
 
@@ -112,7 +147,7 @@ def calibration_inputs(config: Any, opts: SensitivityOptions) -> tuple[torch.Ten
 
 
 def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = SensitivityOptions(),
-                        progress: Callable[[str], None] | None = None) -> Any:
+                        progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """One row per compressible layer: block, stage, elements, and the block's output PSNR (dB) with that
     layer alone palettized at each width in BITS (column psnr_<bits>)."""
     import pandas as pd
@@ -148,7 +183,7 @@ def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = Sensitiv
             progress(f"{b.block_id}: {len(layers)} layers")
         for k, p in layers:
             original = p.data
-            row: dict[str, Any] = {"layer": layer_name(roots[k]), "block": b.block_id, "stage": b.unit.slot.stage,
+            row: dict[str, str | int | float] = {"layer": layer_name(roots[k]), "block": b.block_id, "stage": b.unit.slot.stage,
                                    "elements": p.numel()}
             for bits in opts.widths:
                 p.data = _palettized(original, bits)
@@ -174,7 +209,7 @@ class LayerPrices:
     device: str  # catalog id
     device_name: str
     estimator_version: int
-    settings: dict[str, Any]  # what the packages were priced at: attention, latent, batch, tokens, precision
+    settings: dict[str, str | int]  # what the packages were priced at: attention, latent, batch, tokens, precision
     fp16_ms: float  # per UNet step, every layer fp16
     layer_ms: dict[str, dict[int, float]]  # layer -> {bits: ms per step of the op(s) reading it}
 
@@ -192,12 +227,12 @@ class LayerPrices:
         return {layer: min(self.layer_ms.get(layer, {16: 0.0}).items(), key=lambda kv: (kv[1], kv[0]))[0]
                 for layer in layers}
 
-    def describe(self) -> dict[str, Any]:
-        return {"device": self.device, "label": "estimated", "estimator_version": self.estimator_version,
-                "settings": self.settings, "fp16_ms": round(self.fp16_ms, 4)}
+    def describe(self) -> PricedOn:
+        return PricedOn(device=self.device, label="estimated", estimator_version=self.estimator_version,
+                        settings=self.settings, fp16_ms=round(self.fp16_ms, 4))
 
 
-def choose_bits(table: Any, *, target_bits: float | None = None, budget_bytes: float | None = None,
+def choose_bits(table: pd.DataFrame, *, target_bits: float | None = None, budget_bytes: float | None = None,
                 budget_ms: float | None = None, prices: LayerPrices | None = None) -> dict[str, int]:
     """{layer: bits} under the budget: greedy, fewest dB lost per byte (or per ms, `budget_ms` with `prices`)
     saved first (see the module doc)."""
@@ -263,7 +298,7 @@ def choose_bits(table: Any, *, target_bits: float | None = None, budget_bytes: f
     return bits
 
 
-def average_bits(table: Any, bits: dict[str, int]) -> float:
+def average_bits(table: pd.DataFrame, bits: dict[str, int]) -> float:
     elements = dict(zip(table["layer"], table["elements"]))
     total = sum(elements.values())
     return sum(bytes_at(n, bits[layer]) for layer, n in elements.items()) * 8 / total if total else math.nan
@@ -285,10 +320,10 @@ def recipe_name(spec: str, target_bits: float | None, budget_bytes: float | None
 Pricer = Callable[[tuple[int, ...]], LayerPrices]
 
 
-def write_analysis(source: ModelSource, out_dir: Any, opts: SensitivityOptions = SensitivityOptions(), *,
+def write_analysis(source: ModelSource, out_dir: str | os.PathLike[str], opts: SensitivityOptions = SensitivityOptions(), *,
                    targets: tuple[float, ...] = (4.5,), budgets_mb: tuple[float, ...] = (),
                    budgets_ms: tuple[float, ...] = (), pricer: Pricer | None = None,
-                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   progress: Callable[[str], None] | None = None) -> Analysis:
     """`compress analyze`: the sensitivity table (CSV) and one recipe JSON per budget under `out_dir`.
     Budgets are checked before the (long) measurement (a latency budget against the fastest recipe's
     estimate, which `pricer` makes first); every file is written under a temporary name and renamed, so an
@@ -343,8 +378,8 @@ def write_analysis(source: ModelSource, out_dir: Any, opts: SensitivityOptions =
     spec = source.spec.name
     csv = folder / f"{spec}-sensitivity.csv"
     atomic_write_bytes(csv, table.to_csv(index=False).encode())
-    made: list[dict[str, Any]] = []
-    written: dict[str, Any] = {"sensitivity": str(csv), "layers": len(table), "recipes": made}
+    made: list[RecipeMade] = []
+    written = Analysis(sensitivity=str(csv), layers=len(table), recipes=made)
     if prices is not None:
         written["latency"] = prices.describe()
     fp16_bytes = sum(bytes_at(n, 16) for n in table["elements"])
@@ -379,8 +414,8 @@ def write_analysis(source: ModelSource, out_dir: Any, opts: SensitivityOptions =
         doc["layers"] = dict(sorted(bits.items()))
         path = folder / recipe_name(spec, target, budget, budget_ms, prices.device if prices else "")
         atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
-        entry = {"path": str(path), "average_bits": doc["average_bits"], "bytes": doc["bytes"],
-                 "layers_by_bits": widths, "sum_db_lost": doc["sum_db_lost"]}
+        entry = RecipeMade(path=str(path), average_bits=round(average_bits(table, bits), 3), bytes=int(size),
+                           layers_by_bits=widths, sum_db_lost=round(lost, 2))
         if ms_per_step is not None:
             entry["latency_ms"] = ms_per_step
         made.append(entry)

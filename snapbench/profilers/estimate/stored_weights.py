@@ -55,7 +55,7 @@ def with_palettized_layer(r: OpRecord, elements: int, bits: int) -> OpRecord:
     if bits == 16:
         return r
     stored = r.weight_bytes - palette_bytes(elements, 16) + palette_bytes(elements, bits)
-    tables = int(r.attrs.get("palette_tables") or 0) + 1
+    tables = int(r.float_attr("palette_tables")) + 1
     return replace(r, weight_bytes=stored, attrs={**r.attrs, "palette_tables": tables})
 
 
