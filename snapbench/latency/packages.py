@@ -161,6 +161,10 @@ class ConverterPackages:
 
     folder: Path | None = None  # --packages: a finished conversion folder to use as is
 
+    def folder_for(self, source: ModelSource, settings: Settings) -> Path:
+        """The cache folder of `source`'s block packages at `settings` (what `block_packages` converts into)."""
+        return self._dir(source, settings)
+
     def _dir(self, source: ModelSource, settings: Settings, what: str = "") -> Path:
         name = source.spec.name
         # the spec's content is in the hash: two different specs with one name (evolution's variants) must
