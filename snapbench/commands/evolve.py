@@ -9,6 +9,7 @@ from rich.table import Table
 
 from snapbench.commands.common import JsonOpt, default_learning_rate, err, out, print_json
 from snapbench.interrupts import on_interrupt_keep
+from snapbench.json_types import json_int
 
 if TYPE_CHECKING:  # heavy (torch): the type only
     from snapbench.evolution.evolve import EvolutionResult
@@ -133,14 +134,14 @@ def _render(result: EvolutionResult) -> None:
     for r in result.trajectory:
         def f(v: object, fmt: str) -> str:
             return "" if v is None else format(v, fmt)
-        t.add_row(str(r["iteration"]), r["action"], r["block"], f(r["latency_ms"], ".3f"), f(r["quality"], ".4f"),
+        t.add_row(str(r["iteration"]), str(r["action"]), str(r["block"]), f(r["latency_ms"], ".3f"), f(r["quality"], ".4f"),
                   f(r.get("quality_delta"), "+.4f"), f(r.get("latency_delta_ms"), "+.3f"), f(r.get("value"), ".4f"))
     out.print(t)
     out.print(f"latency {result.initial_latency_ms:.3f} -> {result.final_latency_ms:.3f} ms "
               f"(target {result.target_ms:.3f}, floor {result.floor_ms:.3f}, {result.latency_backend}); "
               f"quality {result.initial_quality:.4f} -> {result.final_quality:.4f}; {result.seconds:.0f} s")
     out.print(f"evaluation: {result.eval_budget}; {result.eval_samples} images generated "
-              f"({sum(e.get('reused', 0) for e in result.evaluations)} sample scores reused)")
+              f"({sum(json_int(e, 'reused') for e in result.evaluations)} sample scores reused)")
 
 
 def register(app: typer.Typer) -> None:

@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # the device side loads only when a run measures
     from snapbench.profilers.coreml_api import CoreMLTools
     from snapbench.profilers.farm import BackendFactory
     from snapbench.profilers.readiness import Machine
+    from snapbench.progress_log import ProgressBar
 
 ALL_COMPONENTS = ("unet", *COMPONENTS)  # COMPONENTS: snapbench.settings.PIPELINE_PARTS
 Say = Callable[[str], None]
@@ -456,7 +457,8 @@ class _bar:
     """A rich progress bar on stderr while packages are priced (nothing when progress is off)."""
 
     def __init__(self, name: str, total: int, enabled: bool) -> None:
-        self.name, self.total, self.enabled, self.progress = name, total, enabled and total > 0, None
+        self.name, self.total, self.enabled = name, total, enabled and total > 0
+        self.progress: ProgressBar | None = None
 
     def __enter__(self) -> Callable[[str], None]:
         if not self.enabled:
