@@ -6,7 +6,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -52,7 +52,7 @@ def messages(as_json: bool) -> Callable[[str], None] | None:
     return None if as_json and not err.is_terminal else (lambda msg: err.print(msg, markup=False, highlight=False))
 
 
-def without_float_noise(data: Any) -> Any:
+def without_float_noise(data: object) -> object:
     """Floats at 12 significant digits: 0.05170000000000001 prints as 0.0517; no figure here has more."""
     if isinstance(data, float):
         return float(f"{data:.12g}") if math.isfinite(data) else data
@@ -63,7 +63,7 @@ def without_float_noise(data: Any) -> Any:
     return data
 
 
-def print_json(data: Any) -> None:
+def print_json(data: object) -> None:
     sys.stdout.write(json.dumps(without_float_noise(data), indent=2, default=str) + "\n")
     sys.stdout.flush()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import click
 from rich.table import Table
@@ -14,9 +14,23 @@ from snapbench.commands.common import err, fmt_count, messages, out, print_json
 if TYPE_CHECKING:
     from snapbench.converters.options import ConvertOptions
     from snapbench.devices.catalog import Device
+    from snapbench.latency.dit_profile import DitProfileDoc
     from snapbench.latency.model_latency import ProfileRun
     from snapbench.model.loading import ModelSource
     from snapbench.profilers.readiness import Machine
+
+
+class OptionKw(TypedDict, total=False):
+    """The ConvertOptions fields `convert` and `profile` take from their flags (the shapes come apart)."""
+
+    mode: str
+    attention: str
+    weight_bits: int
+    target: str
+    precision: str
+    jobs: int | None
+    check: bool
+    chunks: int
 
 
 def given(name: str) -> bool:
@@ -26,7 +40,7 @@ def given(name: str) -> bool:
 
 
 def dit_options(model: str, *, latent: int | None, batch: int, tokens: int,
-                **kw: Any) -> tuple[ModelSource, ConvertOptions]:
+                **kw: Unpack[OptionKw]) -> tuple[ModelSource, ConvertOptions]:
     from snapbench.converters.options import ConvertOptions
     from snapbench.dit.cut import default_shapes
     from snapbench.dit.source import dit_spec, resolve_dit
@@ -52,7 +66,7 @@ def measuring_backend(backend: str, device: Device | None, *, import_file: Path 
 
 
 def profile(model: str, device: Device | None, *, packages: Path | None, table: Path | None, tables: Path | None,
-            as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Any) -> None:
+            as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Unpack[OptionKw]) -> None:
     """`profile` of a DiT, estimated (`latency/dit_profile.py`); see `measuring_backend` for the others."""
     from snapbench.errors import SnapbenchError
     from snapbench.latency.dit_profile import profile_dit
@@ -81,7 +95,7 @@ def profile(model: str, device: Device | None, *, packages: Path | None, table: 
     show(run.to_dict(), str(path), as_json)
 
 
-def document(run: ProfileRun, source: ModelSource, opts: ConvertOptions, table: str) -> dict[str, Any]:
+def document(run: ProfileRun, source: ModelSource, opts: ConvertOptions, table: str) -> DitProfileDoc:
     """The DiT document of a run through profiling's seam."""
     from snapbench.latency.dit_profile import from_run
 
@@ -90,7 +104,7 @@ def document(run: ProfileRun, source: ModelSource, opts: ConvertOptions, table: 
     return doc
 
 
-def show(doc: dict[str, Any], table: str, as_json: bool) -> None:
+def show(doc: DitProfileDoc, table: str, as_json: bool) -> None:
     """The DiT document on stdout (--json), else its tables."""
     doc["table"] = table
     if as_json:
@@ -99,7 +113,7 @@ def show(doc: dict[str, Any], table: str, as_json: bool) -> None:
     render(doc)
 
 
-def render(doc: dict[str, Any]) -> None:
+def render(doc: DitProfileDoc) -> None:
     s = doc["settings"]
     out.rule(Text.assemble((doc['model'], "bold"), f" on {doc['device']}: {doc['backend']}, {s['image']}x{s['image']} image "
              f"(latent {s['latent']}), batch {s['batch']}, {s['tokens']} tokens, attention {s['attention']}"))
@@ -121,8 +135,8 @@ def render(doc: dict[str, Any]) -> None:
     out.print(t)
     out.print(f"{doc['packages']} block signatures priced ({doc['backend']}; an estimate is predicted from the "
               "package's Core ML program, not measured)")
-    if doc.get("measured_on"):
-        where = doc["measured_on"]
+    where = doc.get("measured_on")
+    if where:
         out.print(f"measured on {where['name']} (OS {where['os_version']}, build {where['os_build']})")
     if doc.get("load_ms"):
         load = doc["load_ms"]["transformer"]

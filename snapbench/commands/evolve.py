@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from snapbench.commands.common import JsonOpt, default_learning_rate, err, out, print_json
+from snapbench.evolution.budget import DEFAULT_TIE_MARGIN
 from snapbench.interrupts import on_interrupt_keep
 from snapbench.json_types import json_int
 
@@ -79,6 +80,11 @@ def evolve_command(
     eval_confidence: float = typer.Option(0.95, "--eval-confidence",
                                           help="Stop halving once the leader beats every other survivor at this "
                                                "confidence (paired t-test over common samples)."),
+    eval_tie_margin: float = typer.Option(DEFAULT_TIE_MARGIN, "--eval-tie-margin", min=0.0,
+                                          help="Stop a decision (from a quarter of the samples on) when no rival "
+                                               "can beat the leader by more than this much quality at "
+                                               "--eval-confidence, and take the leader (0: never; exhaustive: "
+                                               "never)."),
     workers: int = WorkersOpt,
     ray_address: str | None = RayOpt,
     threads: int = ThreadsOpt,
@@ -109,7 +115,7 @@ def evolve_command(
                                             learning_rate=lr if lr is not None else default_learning_rate(model),
                                             robust=True,
                                             skip=SkipProbabilities(skip_ca, skip_rb)), data=data,
-                          eval_budget=parse_budget(eval_budget, eval_confidence, ev))
+                          eval_budget=parse_budget(eval_budget, eval_confidence, ev, eval_tie_margin))
     costs = cost_builder(device=dev, table=table, fixed_table=fixed_table, attention=attention, progress=True,
                          say=lambda s: err.print(s))
     on_interrupt_keep(f"the state after every finished iteration in {out_dir}")

@@ -6,9 +6,9 @@ Import format for `--backend import --from FILE`: see `snapbench.latency.importe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -201,7 +201,7 @@ def measure_dit(source: ModelSource, model: str, opts: ConvertOptions, device: D
                              components=("unet",), table=table, tables=tables, import_file=import_file,
                              packages=packages, measuring=measuring or Measuring())
 
-    def show_run(run: ProfileRun, path: str) -> dict[str, Any]:
+    def show_run(run: ProfileRun, path: str) -> Mapping[str, object]:
         doc = dit_commands.document(run, source, opts, path)
         if not as_json:
             dit_commands.render(doc)
@@ -220,7 +220,7 @@ def measure_dit(source: ModelSource, model: str, opts: ConvertOptions, device: D
 
 def _profile_farm(tools: ProfileTools, request: ProfileRequest, devs: list[Device | None], *, ray_address: str,
                   as_json: bool, app_floor_ms: float | None,
-                  show_run: Callable[[ProfileRun, str], dict[str, Any]] | None = None) -> None:
+                  show_run: Callable[[ProfileRun, str], Mapping[str, object]] | None = None) -> None:
     """`--ray-address`: every --device measured on the farm's nodes, one table per device (`show_run`: a
     family's own document and rendering, a DiT's)."""
     """`--ray-address`: every --device measured on the farm's nodes, one table per device."""
@@ -252,7 +252,7 @@ def _profile_farm(tools: ProfileTools, request: ProfileRequest, devs: list[Devic
         node_settings=NodeSettings(compute_units=r.settings.compute_units, warmup=m.warmup, repeats=m.repeats,
                                    request_timeout_s=m.request_timeout_s, team_id=m.team_id, bundle_id=m.bundle_id),
         on_table=lambda did, t: merge_into_file(paths[did][0], t), progress=True, say=say)
-    docs = []
+    docs: list[Mapping[str, object]] = []
     for run in runs:
         path = paths[run.device.id][0]
         written = merge_into_file(path, run.table)

@@ -13,7 +13,6 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from snapbench.converters.compression import compress, nonfinite_weights
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.package_io import PackageIO, Shape  # noqa: F401  (Shape: part of this module's interface)
 from snapbench.converters.runtime import conversion_context, coremltools
+from snapbench.profilers.coreml_types import MLModel
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32
 
 
 def to_coreml(traced: torch.jit.ScriptModule, io: PackageIO, opts: ConvertOptions,
-              skip_passes: tuple[str, ...] = ()) -> Any:
+              skip_passes: tuple[str, ...] = ()) -> MLModel:
     """`skip_passes`: MIL passes left out of coremltools' default pipeline, only ones that are known to
     change nothing in the caller's programs (see pipeline.UNET_SKIPPED_PASSES)."""
     ct = coremltools()
@@ -86,7 +86,7 @@ def to_coreml(traced: torch.jit.ScriptModule, io: PackageIO, opts: ConvertOption
         )
 
 
-def stamp(mlmodel: Any, metadata: Mapping[str, Any], description: str) -> None:
+def stamp(mlmodel: MLModel, metadata: Mapping[str, object], description: str) -> None:
     """Record what produced the package inside it (Xcode shows these; the estimator can read them)."""
     mlmodel.author = "snapbench"
     mlmodel.short_description = description
@@ -94,7 +94,7 @@ def stamp(mlmodel: Any, metadata: Mapping[str, Any], description: str) -> None:
         mlmodel.user_defined_metadata[f"snapbench.{key}"] = "" if value is None else str(value)
 
 
-def save_checked(mlmodel: Any, dest: Path, io: PackageIO) -> PackageIO:
+def save_checked(mlmodel: MLModel, dest: Path, io: PackageIO) -> PackageIO:
     """Save under a temporary name, reload from disk and check the interface, then rename into place.
 
     A package at `dest` is therefore always complete and checked; a killed run leaves only a
@@ -116,9 +116,10 @@ def save_checked(mlmodel: Any, dest: Path, io: PackageIO) -> PackageIO:
 
 
 def convert_module(module: torch.nn.Module, io: PackageIO, opts: ConvertOptions, dest: Path, *,
-                   metadata: Mapping[str, Any], description: str,
+                   metadata: Mapping[str, object], description: str,
                    inputs: tuple[torch.Tensor, ...] | None = None, release: bool = False,
-                   skip_passes: tuple[str, ...] = (), recipe_bits: Any = None) -> PackageResult:
+                   skip_passes: tuple[str, ...] = (),
+                   recipe_bits: Mapping[str, tuple[int, str]] | None = None) -> PackageResult:
     """`release`: empty the module's tensors in place once Core ML has its own copy of the weights, so that
     compressing and saving a big part (a UNet chunk) never holds both; the module is unusable afterwards."""
     start = time.perf_counter()

@@ -16,9 +16,9 @@ folder's weights (text_encoder/, text_encoder_2/, text_encoder_3/, vae/); otherw
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -34,10 +34,12 @@ from snapbench.converters.dit_text_encoders import (
     transformers_config,
     weight_bytes,
 )
+from snapbench.converters.model_configs import ModelConfig, config_int
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.package_io import PackageIO
 from snapbench.converters.swift_interface import with_swift_dtypes
 from snapbench.dit.source import dit_spec
+from snapbench.dit.spec import DitSpec
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
 
@@ -115,7 +117,7 @@ def encoder_part(enc: TextEncoderSpec, opts: ConvertOptions, family: str, folder
                 model = cls(transformers_config(enc))
         return wrapper(model.eval()).eval(), {}
 
-    vocab = int(enc.config["vocab_size"])
+    vocab = config_int(enc.config, "vocab_size")
 
     def inputs() -> tuple[torch.Tensor, ...]:
         g = torch.Generator().manual_seed(opts.seed)
@@ -123,13 +125,13 @@ def encoder_part(enc: TextEncoderSpec, opts: ConvertOptions, family: str, folder
 
     outs: tuple[tuple[str, tuple[int, ...]], ...] = (("hidden_embeds", (1, enc.tokens, enc.width)),)
     if enc.arch == "clip":
-        outs += (("pooled_outputs", (1, int(enc.config["projection_dim"]))),)
+        outs += (("pooled_outputs", (1, config_int(enc.config, "projection_dim"))),)
     io = with_swift_dtypes(PackageIO((("input_ids", (1, enc.tokens)),), outs), enc.package, family)
     identity = {"config": dict(enc.config), "weights": str(folder) if folder else f"random (seed {opts.seed})"}
     return AppPart(enc.package, "text_encoder", enc.title, io, identity, enc.params, build, inputs)
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
+def _read_config(folder: Path) -> ModelConfig:
     try:
         data = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as e:
@@ -181,17 +183,17 @@ def backbone_part(source: ModelSource, opts: ConvertOptions, family: str) -> App
 
 # stabilityai/stable-diffusion-3-medium-diffusers vae/config.json: SD's VAE at 16 latent channels, no
 # quant convs; PixArt-Sigma uses SDXL's VAE (SD's, 4 channels); Sana the DC-AE f32c32
-SD3_VAE: dict[str, Any] = dict(in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2,
+SD3_VAE: ModelConfig = dict(in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2,
                                block_out_channels=[128, 256, 512, 512], norm_num_groups=32,
                                down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
                                use_quant_conv=False, use_post_quant_conv=False, scaling_factor=1.5305,
                                shift_factor=0.0609)
-SDXL_VAE: dict[str, Any] = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+SDXL_VAE: ModelConfig = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
                                 block_out_channels=[128, 256, 512, 512], norm_num_groups=32,
                                 down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
                                 scaling_factor=0.13025)
 # mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers config.json
-DC_AE_F32C32: dict[str, Any] = dict(
+DC_AE_F32C32: ModelConfig = dict(
     in_channels=3, latent_channels=32, attention_head_dim=32,
     encoder_block_types=["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock", "EfficientViTBlock", "EfficientViTBlock"],
     decoder_block_types=["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock", "EfficientViTBlock", "EfficientViTBlock"],
@@ -202,7 +204,7 @@ DC_AE_F32C32: dict[str, Any] = dict(
     decoder_act_fns="silu", scaling_factor=0.41407)
 
 
-def vae_config(spec: Any) -> tuple[str, str, dict[str, Any]]:
+def vae_config(spec: DitSpec) -> tuple[str, str, ModelConfig]:
     """(title, diffusers class, config) of the VAE a DiT's latents are decoded with; test-sized (a few
     channels, as few upsamplings as the family's factor needs) when the backbone is a tiny twin."""
     fam = spec.family
@@ -210,7 +212,7 @@ def vae_config(spec: Any) -> tuple[str, str, dict[str, Any]]:
     if fam.key == "sana":
         if channels == DC_AE_F32C32["latent_channels"]:
             return "DC-AE f32c32 decoder", "AutoencoderDC", dict(DC_AE_F32C32)
-        tiny = dict(DC_AE_F32C32, latent_channels=channels, attention_head_dim=4,
+        tiny: ModelConfig = dict(DC_AE_F32C32, latent_channels=channels, attention_head_dim=4,
                     decoder_block_out_channels=[4, 4, 8, 8, 8, 8], encoder_block_out_channels=[4, 4, 8, 8, 8, 8],
                     decoder_layers_per_block=[1] * 6, encoder_layers_per_block=[1] * 6)
         return "test-sized DC-AE decoder", "AutoencoderDC", tiny
@@ -250,7 +252,7 @@ def vae_decoder_part(source: ModelSource, opts: ConvertOptions, family: str, roo
     cls = getattr(diffusers, class_name)
     factor = spec.family.vae_factor
     lat = opts.latent
-    io = with_swift_dtypes(PackageIO((("z", (1, int(cfg["latent_channels"]), lat, lat)),),
+    io = with_swift_dtypes(PackageIO((("z", (1, config_int(cfg, "latent_channels"), lat, lat)),),
                                      (("image", (1, 3, lat * factor, lat * factor)),)), "VAEDecoder", family)
 
     def build() -> tuple[nn.Module, dict[str, float]]:
@@ -295,7 +297,7 @@ class PricedPart:
     kind: str  # text_encoder | vae_decoder
     title: str
     params: int  # the whole part's (counted from its config)
-    identity: dict[str, Any]  # its config and shapes: what its latency table key hashes
+    identity: Mapping[str, object]  # its config and shapes: what its latency table key hashes
     whole: AppPart | None = None
     slices: tuple[AppPart, AppPart] | None = None
     layers: int = 0
@@ -311,7 +313,7 @@ class PricedPart:
 def encoder_slice(enc: TextEncoderSpec, layers: int) -> TextEncoderSpec:
     """The encoder with `layers` of its layers and the slices' vocabulary (its interface unchanged)."""
     config = {**enc.config, _LAYERS_KEY[enc.arch]: layers,
-              "vocab_size": min(int(enc.config["vocab_size"]), SLICE_VOCAB)}
+              "vocab_size": min(config_int(enc.config, "vocab_size"), SLICE_VOCAB)}
     return TextEncoderSpec(enc.key, enc.package, f"{enc.title}, {layers} of its layers", enc.arch, config,
                            enc.tokens, enc.folder, enc.published)
 
@@ -337,7 +339,7 @@ def pricing_parts(source: ModelSource, opts: ConvertOptions, *,
                                   enc.folder, enc.published)
         identity = {"config": dict(enc.config), "tokens": enc.tokens}
         title = enc.title if enc.published else f"test-sized {enc.title}"
-        layers = int(enc.config[_LAYERS_KEY[enc.arch]])
+        layers = config_int(enc.config, _LAYERS_KEY[enc.arch])
         if enc.params > slice_above and layers > 1:
             slices = (slice_part(enc, 1, opts, family), slice_part(enc, 2, opts, family))
             out.append(PricedPart(enc.package, "text_encoder", title, enc.params, identity, slices=slices,

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
@@ -37,6 +38,10 @@ import torch
 from snapbench.converters.mixed_bit import COMPRESSIBLE, layer_name
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from diffusers.configuration_utils import FrozenDict
 
 BITS = (1, 2, 4, 6, 8, 16)
 TIME_IDS_PER_IMAGE = 6  # original size, crop offset, target size (SDXL's micro-conditioning)
@@ -86,7 +91,25 @@ def _palettized(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.from_numpy(lut.astype(np.float32)[idx].reshape(tuple(weight.shape)))
 
 
-def calibration_inputs(config: Any, opts: SensitivityOptions) -> tuple[torch.Tensor, ...]:
+class RecipeMade(TypedDict):
+    """One recipe `write_analysis` wrote: where, and what it comes to."""
+
+    path: str
+    average_bits: float
+    bytes: int
+    layers_by_bits: dict[str, int]  # bits -> layers at that width
+    sum_db_lost: float
+
+
+class Analysis(TypedDict):
+    """What `compress analyze` wrote (printed with --json)."""
+
+    sensitivity: str  # the CSV's path
+    layers: int
+    recipes: list[RecipeMade]
+
+
+def calibration_inputs(config: FrozenDict, opts: SensitivityOptions) -> tuple[torch.Tensor, ...]:
     """(sample, timestep, context, *added) for `opts.samples` denoising steps; context as (B, S, C)."""
     from snapbench.specs.layout import text_embeds_dim
 
@@ -106,7 +129,7 @@ def calibration_inputs(config: Any, opts: SensitivityOptions) -> tuple[torch.Ten
 
 
 def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = SensitivityOptions(),
-                        progress: Callable[[str], None] | None = None) -> Any:
+                        progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """One row per compressible layer: block, stage, elements, and the block's output PSNR (dB) with that
     layer alone palettized at each width in BITS (column psnr_<bits>)."""
     import pandas as pd
@@ -142,7 +165,7 @@ def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = Sensitiv
             progress(f"{b.block_id}: {len(layers)} layers")
         for k, p in layers:
             original = p.data
-            row: dict[str, Any] = {"layer": layer_name(roots[k]), "block": b.block_id, "stage": b.unit.slot.stage,
+            row: dict[str, str | int | float] = {"layer": layer_name(roots[k]), "block": b.block_id, "stage": b.unit.slot.stage,
                                    "elements": p.numel()}
             for bits in opts.widths:
                 p.data = _palettized(original, bits)
@@ -160,7 +183,7 @@ def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = Sensitiv
     return pd.DataFrame(rows, columns=["layer", "block", "stage", "elements", *(f"psnr_{b}" for b in opts.widths)])
 
 
-def choose_bits(table: Any, *, target_bits: float | None = None, budget_bytes: float | None = None) -> dict[str, int]:
+def choose_bits(table: pd.DataFrame, *, target_bits: float | None = None, budget_bytes: float | None = None) -> dict[str, int]:
     """{layer: bits} under the budget: greedy, fewest dB lost per byte saved first (see the module doc)."""
     if (target_bits is None) == (budget_bytes is None):
         raise SnapbenchError("give one budget: --bits (average bits per weight) or --size-mb")
@@ -204,7 +227,7 @@ def choose_bits(table: Any, *, target_bits: float | None = None, budget_bytes: f
     return bits
 
 
-def average_bits(table: Any, bits: dict[str, int]) -> float:
+def average_bits(table: pd.DataFrame, bits: dict[str, int]) -> float:
     elements = dict(zip(table["layer"], table["elements"]))
     total = sum(elements.values())
     return sum(bytes_at(n, bits[layer]) for layer, n in elements.items()) * 8 / total if total else math.nan
@@ -218,9 +241,9 @@ def recipe_name(spec: str, target_bits: float | None, budget_bytes: float | None
     return f"{spec}-{budget_bytes / 1e6:g}MB.json"
 
 
-def write_analysis(source: ModelSource, out_dir: Any, opts: SensitivityOptions = SensitivityOptions(), *,
+def write_analysis(source: ModelSource, out_dir: str | os.PathLike[str], opts: SensitivityOptions = SensitivityOptions(), *,
                    targets: tuple[float, ...] = (4.5,), budgets_mb: tuple[float, ...] = (),
-                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   progress: Callable[[str], None] | None = None) -> Analysis:
     """`compress analyze`: the sensitivity table (CSV) and one recipe JSON per budget under `out_dir`.
     Budgets are checked before the (long) measurement; every file is written under a temporary name and
     renamed, so an interrupted run leaves none half-written."""
@@ -257,8 +280,8 @@ def write_analysis(source: ModelSource, out_dir: Any, opts: SensitivityOptions =
     spec = source.spec.name
     csv = folder / f"{spec}-sensitivity.csv"
     atomic_write_bytes(csv, table.to_csv(index=False).encode())
-    made: list[dict[str, Any]] = []
-    written: dict[str, Any] = {"sensitivity": str(csv), "layers": len(table), "recipes": made}
+    made: list[RecipeMade] = []
+    written = Analysis(sensitivity=str(csv), layers=len(table), recipes=made)
     fp16_bytes = sum(bytes_at(n, 16) for n in table["elements"])
     for target, budget in [(t, None) for t in targets] + [(None, mb * 1e6) for mb in budgets_mb]:
         bits = choose_bits(table, target_bits=target, budget_bytes=budget)
@@ -267,13 +290,14 @@ def write_analysis(source: ModelSource, out_dir: Any, opts: SensitivityOptions =
         widths: dict[str, int] = {}
         for b in bits.values():
             widths[str(b)] = widths.get(str(b), 0) + 1
+        avg, db_lost = round(average_bits(table, bits), 3), round(lost, 2)
         doc = {
             "format": RECIPE_FORMAT, "version": 1, "model": str(source.ref), "spec": spec,
             "layers_digest": layers_digest(layers),
             "budget": {"average_bits": target} if budget is None else {"megabytes": budget / 1e6},
-            "average_bits": round(average_bits(table, bits), 3), "bytes": int(size), "fp16_bytes": int(fp16_bytes),
+            "average_bits": avg, "bytes": int(size), "fp16_bytes": int(fp16_bytes),
             "layers_by_bits": widths,
-            "sum_db_lost": round(lost, 2),
+            "sum_db_lost": db_lost,
             "how": ("bits per layer chosen greedily, fewest dB of the layer's block output PSNR lost per byte saved "
                     "first; each layer measured alone (snapbench compress analyze), losses summed as if independent"),
             "calibration": {"latent": opts.latent, "samples": opts.samples, "tokens": opts.tokens, "seed": opts.seed,
@@ -283,6 +307,6 @@ def write_analysis(source: ModelSource, out_dir: Any, opts: SensitivityOptions =
         }
         path = folder / recipe_name(spec, target, budget)
         atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
-        made.append({"path": str(path), "average_bits": doc["average_bits"], "bytes": doc["bytes"],
-                                   "layers_by_bits": widths, "sum_db_lost": doc["sum_db_lost"]})
+        made.append(RecipeMade(path=str(path), average_bits=avg, bytes=int(size), layers_by_bits=widths,
+                               sum_db_lost=db_lost))
     return written

@@ -13,7 +13,7 @@ blocks are diffusers' BasicTransformerBlock and take the UNet's variant code (mo
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ from torch import nn
 
 from snapbench.errors import SnapbenchError
 from snapbench.specs.variants import Variant
+
+if TYPE_CHECKING:
+    from diffusers.models.attention_processor import Attention
 
 
 def _pooled_linear(linear: nn.Linear, kv_heads: int, heads: int) -> nn.Linear:
@@ -56,8 +59,9 @@ class GroupedJointAttnProcessor:
     """diffusers' JointAttnProcessor2_0 (SD3), or AttnProcessor2_0 (SD3.5's image-only attn2, Sana's
     cross-attention), with fewer key/value heads."""
 
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, **_: Any) -> Any:
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, **_: object
+                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if attention_mask is not None:
             raise SnapbenchError("grouped-query attention here takes no attention mask (the whole text is attended)")
         h = int(attn.heads)
@@ -90,7 +94,7 @@ class GroupedJointAttnProcessor:
 class GroupedLinearAttnProcessor:
     """diffusers' SanaLinearAttnProcessor2_0 with fewer key/value heads: relu(q) . (relu(k)^T [v; 1]) per head."""
 
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = int(attn.heads)
         d = attn.to_q.out_features // h

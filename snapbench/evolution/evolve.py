@@ -47,7 +47,7 @@ import numpy as np
 from snapbench.atomic import atomic_write_bytes, atomic_write_text
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.actions import Action, growing_actions, shrinking_actions
-from snapbench.evolution.budget import Decision, EvalBudget, successive_halving
+from snapbench.evolution.budget import Decision, EvalBudget, Ties, successive_halving
 from snapbench.evolution.evaluators import EvalConfig, Quality
 from snapbench.evolution.executors import Executor
 from snapbench.evolution.latency_costs import BlockPriceTable, PriceTableDict
@@ -227,8 +227,12 @@ def _evolve(model: str | Path, out: Path, config: EvolveConfig, *, evaluator: Ev
         say(f"resuming {out} at iteration {st.iteration} ({st.phase} phase)")
         if adopted:
             st.settings = fingerprint  # from now on a resume checks the settings this run goes on with
-        if any(k.startswith("config.eval_budget.") for k in adopted):
+        if "config.eval_budget.mode" in adopted:
             say(f"{out} was started before --eval-budget existed (every candidate on every sample); its "
+                f"{len(st.trajectory)} trajectory rows are kept and its remaining decisions use "
+                f"{config.eval_budget.describe(scorer.total)}")
+        elif "config.eval_budget.tie_margin" in adopted and config.eval_budget.tie_margin:
+            say(f"{out} was started before --eval-tie-margin existed (no decision stopped at a tie); its "
                 f"{len(st.trajectory)} trajectory rows are kept and its remaining decisions use "
                 f"{config.eval_budget.describe(scorer.total)}")
     else:
@@ -280,7 +284,8 @@ def _reopen(st: EvolutionState, config: EvolveConfig, say: Callable[[str], None]
 
 
 # Settings added after runs had been started with the version before them. A state without them was made
-# by that version and resumes: its decisions so far were exhaustive (the old version knew no other), and
+# by that version and resumes: its decisions so far were exhaustive (the old version knew no other; or,
+# a state without eval_budget.tie_margin, halving that never stopped at a tie), and
 # the evaluator's batch only groups candidates (a score does not depend on it), and its moves were
 # remove and copy (the version before --moves knew no other): such a state resumes only with those; nor
 # did its robust training sample variants (train.variant_moves; variant_p is then unused).
@@ -384,10 +389,17 @@ class EvolutionRun:
         return c
 
     def row(self, phase: str, action: str, block: str, latency: float, backend: str, quality: float | None,
-            dq: float | None, dl: float | None) -> None:
+            dq: float | None, dl: float | None, *, decided: bool = False) -> None:
+        """One trajectory row; `decided`: the first row of a decision (it gets how the decision was settled)."""
         st, c = self.state, self.counts()
+        settled, rounds = self.log.get("settled"), self.log.get("rounds")
+        last_round = rounds[-1] if isinstance(rounds, list) and rounds else None
+        first_samples = last_round[0] if isinstance(last_round, list) and last_round else 0
         st.trajectory.append(TrajectoryRow.of(st.iteration, phase, action, block, latency, backend, quality, dq, dl,
-                                              st.train_steps_done, c.computed, c.reused).to_dict())
+                                              st.train_steps_done, c.computed, c.reused,
+                                              settled if decided and isinstance(settled, str) else None,
+                                              int(first_samples) if decided and isinstance(first_samples, int | float)
+                                              else None).to_dict())
 
     def score(self, actions: list[Action], what: str, *, removal: bool, want: int = 1) -> list[Scored]:
         """Rank the actions from the current state by Algorithm 1's value within the evaluation budget and
@@ -409,9 +421,11 @@ class EvolutionRun:
                                      f"{what}: {len(alive)} on {n} samples")
             return np.stack([sign * (got[k + 1] - got[0]) / cands[i][3] for k, i in enumerate(alive)])
 
-        budget = self.config.eval_budget
-        decision = successive_halving(len(cands), merits, budget.rounds(self.scorer.total), want=want,
-                                      confidence=budget.confidence, tiebreak=[c[3] for c in cands])
+        budget, total = self.config.eval_budget, self.scorer.total
+        ties = (Ties(budget.tie_margin, budget.tie_from(total), [abs(c[3]) for c in cands])
+                if budget.tie_margin else None)
+        decision = successive_halving(len(cands), merits, budget.rounds(total), want=want,
+                                      confidence=budget.confidence, tiebreak=[c[3] for c in cands], ties=ties)
         self.note(decision, [cands[i][0].label for i in range(len(cands))], sign)
         self.keep_scores(parent, cands)
         out = []
@@ -491,7 +505,7 @@ class EvolutionRun:
             quality = q if last else (s.quality.quality if i == 0 else None)
             dq = quality - prev_q if quality is not None and prev_q is not None else None
             self.row("remove", s.action.name, s.action.block_id, ms, self.prices.backend(new_spec), quality, dq,
-                     ms - st.latency_ms)
+                     ms - st.latency_ms, decided=i == 0)
             st.spec, st.latency_ms, prev_q = new_spec.to_dict(), ms, quality
             self.say(f"iteration {st.iteration}: {s.action.label}  {ms:.3f} ms  quality delta "
                      f"{s.quality_delta:+.4f} (alone)")
@@ -513,7 +527,7 @@ class EvolutionRun:
             self.say("no addition gains quality; done")
             return
         self.row("add", best.action.name, best.action.block_id, best.latency_ms, prices.backend(best.spec),
-                 best.quality.quality, best.quality_delta, best.latency_delta_ms)
+                 best.quality.quality, best.quality_delta, best.latency_delta_ms, decided=True)
         st.spec, st.latency_ms, st.quality = best.spec.to_dict(), best.latency_ms, best.quality.quality
         self.say(f"iteration {st.iteration}: {best.action.label}  {best.latency_ms:.3f} ms  "
                  f"quality delta {best.quality_delta:+.4f}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from snapbench.devices.catalog import Device
 from snapbench.errors import SnapbenchError
-from snapbench.evolution.budget import EvalBudget
+from snapbench.evolution.budget import DEFAULT_TIE_MARGIN, EvalBudget
 from snapbench.evolution.evaluators import ClipEvalConfig, EvalConfig, ToyEvalConfig, read_prompts
 from snapbench.evolution.latency_costs import BlockPriceTable, FixedTable, costs_from_source, costs_from_table
 from snapbench.json_types import JSONObject
@@ -32,9 +32,11 @@ def evaluator_config(name: str, *, prompts: str | None = None, clip_weights: str
     raise SnapbenchError(f"unknown evaluator {name!r}; choose toy or clip")
 
 
-def eval_budget(text: str, confidence: float, evaluator: EvalConfig) -> EvalBudget:
-    """--eval-budget / --eval-confidence, checked against the evaluator's samples before any run state."""
-    budget = EvalBudget.parse(text, confidence)
+def eval_budget(text: str, confidence: float, evaluator: EvalConfig,
+                tie_margin: float = DEFAULT_TIE_MARGIN) -> EvalBudget:
+    """--eval-budget / --eval-confidence / --eval-tie-margin, checked against the evaluator's samples before
+    any run state."""
+    budget = EvalBudget.parse(text, confidence, tie_margin)
     budget.rounds(evaluator.sample_count(), f" ({evaluator.describe_samples()})")
     return budget
 

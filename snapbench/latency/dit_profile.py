@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 from snapbench.converters.cache import cache_key
 from snapbench.converters.convert_dit import Say, shapes_of
@@ -41,12 +41,71 @@ if TYPE_CHECKING:  # the estimator loads when a block is priced
 EstimateFn = Callable[[Path, Device], "Estimate"]
 
 
+class DitBlockRow(TypedDict):
+    """One block of one denoising step, as `profile --json` lists it."""
+
+    id: str
+    file_id: str
+    stage: str
+    kind: str
+    status: str
+    signature: str  # "" for a removed block
+    signature_digest: str
+    latency_ms: float
+    backend: str | None  # None: removed, nothing runs
+    macs: int
+    params: int
+    placement: str
+    p90_ms: float | None  # measured rows: the spread
+    samples: int  # measured rows: timed runs (0 for an estimate)
+    first_load_ms: float | None  # measured rows only
+    warm_load_ms: float | None
+
+
+class DitStageRow(TypedDict):
+    stage: str
+    ms: float
+    TB_ms: float
+    aux_ms: float
+    blocks: int
+    params: int
+    macs: int
+
+
+class DitSettingsDoc(TypedDict):
+    latent: int
+    batch: int
+    tokens: int
+    precision: str
+    weight_bits: int
+    attention: str
+    image: int
+
+
+class DitComponentDoc(TypedDict):
+    latency_ms: float
+    per: str
+    backend: str
+
+
+# `profile --json` for a DiT ("class" is a keyword, hence the functional form); `table` is added by the command
+_DitProfileDoc = TypedDict("_DitProfileDoc", {
+    "format": str, "model": str, "backbone": str, "class": str, "device": str, "chip": str, "backend": str,
+    "settings": DitSettingsDoc, "components": dict[str, DitComponentDoc], "model_ms": float, "packages": int,
+    "stages": list[DitStageRow], "blocks": list[DitBlockRow], "versions": dict[str, str], "notes": list[str],
+    "load_ms": dict[str, dict[str, float]], "measured_on": "dict[str, str] | None", "failures": list[dict[str, str]]})
+
+
+class DitProfileDoc(_DitProfileDoc, total=False):
+    table: str
+
+
 @dataclass
 class DitProfile:
     source: ModelSource
     device: Device
     opts: ConvertOptions
-    blocks: list[dict[str, Any]]
+    blocks: list[DitBlockRow]
     packages: int  # block signatures priced (packages converted or reused, or rows the table had)
     new_rows: list[LatencyRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -62,19 +121,20 @@ class DitProfile:
         """Where the figures came from (removed blocks cost nothing and come from nowhere)."""
         return "+".join(sorted({b["backend"] for b in self.blocks if b["backend"]}))
 
-    def stages(self) -> list[dict[str, Any]]:
-        out = []
+    def stages(self) -> list[DitStageRow]:
+        out: list[DitStageRow] = []
         for stage in STAGES:
             bs = [b for b in self.blocks if b["stage"] == stage]
             if not bs:
                 continue
-            out.append({"stage": stage, "ms": sum(b["latency_ms"] for b in bs),
-                        "TB_ms": sum(b["latency_ms"] for b in bs if b["kind"] == "TB"),
-                        "aux_ms": sum(b["latency_ms"] for b in bs if b["kind"] == "aux"),
-                        "blocks": len(bs), "params": sum(b["params"] for b in bs), "macs": sum(b["macs"] for b in bs)})
+            out.append(DitStageRow(stage=stage, ms=sum(b["latency_ms"] for b in bs),
+                                   TB_ms=sum(b["latency_ms"] for b in bs if b["kind"] == "TB"),
+                                   aux_ms=sum(b["latency_ms"] for b in bs if b["kind"] == "aux"),
+                                   blocks=len(bs), params=sum(b["params"] for b in bs),
+                                   macs=sum(b["macs"] for b in bs)))
         return out
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> DitProfileDoc:
         spec = dit_spec(self.source.spec)
         return {
             "format": "snapbench.profile/1", "model": spec.name, "backbone": "dit", "class": spec.class_name,
@@ -141,7 +201,7 @@ class _Where:
 
 def _block(b: _Where, *, signature: str, latency_ms: float, backend: str | None, placement: str,
            p90_ms: float | None = None, samples: int = 0, first_load_ms: float | None = None,
-           warm_load_ms: float | None = None) -> dict[str, Any]:
+           warm_load_ms: float | None = None) -> DitBlockRow:
     """One block of the document."""
     return {"id": b.id, "file_id": b.file_id, "stage": b.stage, "kind": b.kind, "status": b.status,
             "signature": signature, "signature_digest": _digest(signature), "latency_ms": latency_ms,
@@ -157,14 +217,14 @@ def _digest(signature: str) -> str:
     return hashlib.sha1(signature.encode()).hexdigest()[:12] if signature else ""
 
 
-def _off_engine(blocks: list[dict[str, Any]]) -> list[str]:
+def _off_engine(blocks: list[DitBlockRow]) -> list[str]:
     off = sorted({str(r["id"]) for r in blocks if "cpu=" in r["placement"] and "cpu=0" not in r["placement"]})
     return [f"ops placed off the Neural Engine in: {', '.join(off)}"] if off else []
 
 
 def from_run(run: ProfileRun, source: ModelSource, opts: ConvertOptions) -> DitProfile:
     """The DiT document of a run through profiling's seam (a measuring backend, an import, a farm)."""
-    blocks = []
+    blocks: list[DitBlockRow] = []
     for b in run.blocks:
         row = run.table.lookup(run.device.id, run.settings, b.signature) if b.signature else None
         where = _Where(b.id, b.file_id, b.stage, b.kind, b.status, b.macs, b.params)
@@ -210,7 +270,7 @@ def profile_dit(source: ModelSource, dev: Device, opts: ConvertOptions, *,
             row = to_row(dev, item, Measurement.from_estimate(estimate(paths[k], dev)), created)
             rows[k] = row
             new_rows.append(row)
-    out: list[dict[str, Any]] = []
+    out: list[DitBlockRow] = []
     for b in blocks:
         view = _Where(b.block_id, b.unit.file_id, b.unit.slot.stage, b.kind, b.unit.status, b.macs, b.params)
         if b.signature is None:  # a removed block: nothing runs

@@ -15,14 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from snapbench.backbones import backbone_for, inspect_model, resolve_model
 from snapbench.blocks.cut import InputShapes
-from snapbench.blocks.inspection import Inspection
+from snapbench.blocks.inspection import BlockRow, Inspection
 from snapbench.devices.catalog import Device
 from snapbench.errors import SnapbenchError
-from snapbench.evolution.trajectory import TRAJECTORY_FILE
+from snapbench.evolution.trajectory import TRAJECTORY_FILE, Cell
 from snapbench.latency.end_to_end import TEXT_ENCODER_RUNS, image_budget
 from snapbench.model.loading import ModelSource, model_latent
 from snapbench.report.data import (
@@ -37,14 +37,22 @@ from snapbench.report.data import (
     ModelSummary,
     Reference,
     ReferenceMatch,
+    ReferenceRow,
     ReportData,
+    ReportSettings,
     StageArchitecture,
     StageLatency,
     StageParams,
     Trajectory,
     TrajectoryRow,
 )
-from snapbench.report.latency_source import ProfileOutcome, Profiler, backend_label, profile_with_snapbench
+from snapbench.report.latency_source import (
+    ProfileOutcome,
+    Profiler,
+    backend_label,
+    priced_settings,
+    profile_with_snapbench,
+)
 from snapbench.report.reference import load_reference, settings_differences
 from snapbench.settings import COMPONENTS, RunSettings
 from snapbench.specs.variants import Variant
@@ -62,7 +70,10 @@ DEFAULT_STEPS = 50
 DISTILLED_STEPS = {"snapfusion": 8, "snapfusion-tiny": 8}
 SETTING_KEYS = tuple(RunSettings().table_dict())  # compute_units, precision, weight_bits, attention, batch, latent
 # RunSettings' defaults, but latent None: each model at its own config's sample_size
-DEFAULT_SETTINGS: dict[str, Any] = {**RunSettings().table_dict(), "latent": None}
+_RUN = RunSettings()
+DEFAULT_SETTINGS: ReportSettings = {"compute_units": _RUN.compute_units, "precision": _RUN.precision,
+                                    "weight_bits": _RUN.weight_bits, "attention": _RUN.attention,
+                                    "batch": _RUN.batch, "latent": None}
 
 
 @dataclass
@@ -116,14 +127,15 @@ def parse_steps(items: Sequence[str]) -> dict[str, int]:
     return out
 
 
-def _steps_for(ref: str, name: str, overrides: Mapping[str, int], notes: Mapping[str, Any],
+def _steps_for(ref: str, name: str, overrides: Mapping[str, int], notes: Mapping[str, object],
                family: Family | None = None) -> tuple[int, str]:
     """The sampling steps a model's end-to-end figure counts, and why; `family`: a DiT's."""
     for k in (ref, name):
         if k in overrides:
             return overrides[k], "--steps"
-    if isinstance(notes.get("steps"), int) and not isinstance(notes.get("steps"), bool):
-        return notes["steps"], "the arch spec's notes"
+    noted = notes.get("steps")
+    if isinstance(noted, int) and not isinstance(noted, bool):
+        return noted, "the arch spec's notes"
     from snapbench.distillation.provenance import distilled_steps
 
     here = distilled_steps(ref)
@@ -136,7 +148,7 @@ def _steps_for(ref: str, name: str, overrides: Mapping[str, int], notes: Mapping
     return DEFAULT_STEPS, "default (SD-v1.5 sampling in the paper's Table 1)"
 
 
-def load_models(baseline: str, candidates: Sequence[str], *, settings: Mapping[str, Any],
+def load_models(baseline: str, candidates: Sequence[str], *, settings: ReportSettings,
                 steps: Mapping[str, int]) -> list[ModelEntry]:
     entries: list[ModelEntry] = []
     seen: dict[str, int] = {}
@@ -216,15 +228,28 @@ def read_trajectory(path: Path) -> tuple[list[TrajectoryRow], str | None]:
         return [], f"{path}: {e}"
     rows = []
     for r in raw:
-        backend = r.get("latency_backend") or ""
+        backend = str(r.get("latency_backend") or "")
         labels = {backend_label(b) for b in backend.split("+") if b}
-        rows.append(TrajectoryRow(r["iteration"], r.get("phase") or "", r.get("action") or "", r.get("block") or "",
-                                  r.get("latency_ms"), r.get("quality"), r.get("value"), backend,
+        iteration = r["iteration"]
+        rows.append(TrajectoryRow(iteration if isinstance(iteration, int) else 0, str(r.get("phase") or ""),
+                                  str(r.get("action") or ""), str(r.get("block") or ""), _number(r.get("latency_ms")),
+                                  _number(r.get("quality")), _number(r.get("value")), backend,
                                   labels.pop() if len(labels) == 1 else "mixed" if labels else "unlabelled"))
     return rows, None
 
 
+def _number(cell: Cell) -> float | None:
+    """A number column of trajectory.csv as read (None where empty)."""
+    return float(cell) if isinstance(cell, (int, float)) else None
+
+
 # -- per model: structure -------------------------------------------------------------------------------
+
+
+def _variant_label(row: BlockRow) -> str | None:
+    """The label of the cheaper variant an inspection row runs as ("MQA", "separable x2"), if any."""
+    v = row.get("variant")
+    return Variant.from_dict(v, row["kind"], row["id"]).label() if v else None
 
 
 def _model_summary(e: ModelEntry) -> ModelSummary:
@@ -237,8 +262,7 @@ def _model_summary(e: ModelEntry) -> ModelSummary:
     architecture = []
     counts = spec.counts()
     for stage in e.inspection.stages:
-        blocks = [ArchitectureBlock(b["id"], b["kind"], b["status"],
-                                    Variant(**b["variant"]).label() if b.get("variant") else None)
+        blocks = [ArchitectureBlock(b["id"], b["kind"], b["status"], _variant_label(b))
                   for b in e.inspection.block_rows() if b["stage"] == stage and b["kind"] in kinds]
         # swapped: blocks that run as a cheaper variant (SnapGen-style, or an evolve --moves swap), copies too
         swapped = {k: sum(1 for b in blocks if b.kind == k and b.variant and b.status != "removed") for k in kinds}
@@ -323,7 +347,7 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> ModelResu
             params=int(row["params"]), latency_ms=lat, p90_ms=d.p90_ms if lat is not None and d is not None else None,
             samples=d.samples if d is not None else None, backend=block_backend,
             label=backend_label(block_backend) if block_backend else "not available",
-            variant=Variant(**row["variant"]).label() if row.get("variant") else None,
+            variant=_variant_label(row),
         ))
     if run_blocks:  # the profiler knows blocks the inspection does not: a mismatch worth saying, not hiding
         notes.append(f"the profile has {len(run_blocks)} block(s) this model's inspection lacks "
@@ -401,8 +425,8 @@ def _attach_speedups(results: list[ModelResult], baseline_key: str) -> None:
 # -- reference points -----------------------------------------------------------------------------------
 
 
-def _reference(rows: list[dict[str, Any]], models: list[ModelSummary], results: list[ModelResult],
-               settings: Mapping[str, Any]) -> list[ReferenceMatch]:
+def _reference(rows: list[ReferenceRow], models: list[ModelSummary], results: list[ModelResult],
+               settings: ReportSettings) -> list[ReferenceMatch]:
     """Each reference row with this report's figure for the same model, device and component, if any."""
     out = []
     for ref in rows:
@@ -438,7 +462,7 @@ def slug(text: str) -> str:
 
 
 def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",),
-           devices: Sequence[Device], settings: Mapping[str, Any] | None = None,
+           devices: Sequence[Device], settings: ReportSettings | None = None,
            steps: Mapping[str, int] | None = None, backend: str = "auto", table: str | Path | None = None,
            reference: str | Path | None = None, profiler: Profiler | None = None,
            command: str | None = None, progress: Callable[[str], None] | None = None,
@@ -466,7 +490,7 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
     results = []
     for e in entries:
         for d in devs:
-            outcome = profiler(e.inspection.source, d, {**settings, "latent": e.latent, "tokens": e.tokens}, backend,
+            outcome = profiler(e.inspection.source, d, priced_settings(settings, e.latent, e.tokens), backend,
                                table_path, say=say)
             results.append(_result(e, d, outcome))
     models = [_model_summary(e) for e in entries]

@@ -9,8 +9,8 @@ activation too large for the on-chip working set: read by its consumer (softmax,
 read such an input `reduction_passes` times, since the whole row cannot stay on chip) and written by its
 producer. Smaller activations stay on chip between ops, and so do the centred tensor and its square inside
 a normalisation the converter spelt out in elementwise ops (`_norm_internals`); the program's own inputs and
-outputs cross DRAM whatever their size, and the CPU copies them in and out (`io_copy_s`, v10). Each tensor's last axis is
-padded to `pad_bytes` (64 B), so a (.., 77) fp16 row costs 192 B, not 154.
+outputs cross DRAM whatever their size, and the CPU copies them in and out (`io_copy_s`, v10). Each
+tensor's last axis is padded to `pad_bytes` (64 B), so a (.., 77) fp16 row costs 192 B, not 154.
 
 Ops the engine does not run (gather, dilated conv, large pooling windows, upsampling beyond 2x, int32 or
 fp32 tensors, dynamic shapes, slice_update, a tensor above `max_tensor_mb`) run on the CPU at
