@@ -46,7 +46,20 @@ def tiny_checkpoint(tmp_path):
 # The fixtures below make real conversions of more than one tiny package. Tests that ask for them (directly
 # or through another fixture) are marked `slow` at collection, so `make test-fast` runs none of them and
 # the full suite converts each once per session (per xdist worker) instead of once per module.
-SESSION_CONVERSIONS = ("sd15_tiny_blocks",)
+SESSION_CONVERSIONS = ("sd15_tiny_blocks", "sdxl_tiny_prices")
+
+
+@pytest.fixture(scope="session")
+def sdxl_tiny_prices():
+    """sdxl-tiny's compressible layers priced at 2 and 4 bits and fp16 on the iPhone 15 Pro, at latent 8 and
+    4 tokens (latency/recipe_price.py; converts its profile-mode packages into the test cache once)."""
+    from snapbench.backbones import resolve_model
+    from snapbench.devices.catalog import resolve_device
+    from snapbench.latency.recipe_price import layer_prices
+    from snapbench.settings import RunSettings
+
+    return layer_prices(resolve_model("sdxl-tiny"), resolve_device("iphone15pro"), RunSettings(latent=8, tokens=4),
+                        (2, 4))
 
 
 @pytest.fixture(scope="session")
