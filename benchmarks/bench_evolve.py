@@ -280,6 +280,53 @@ def profile(model: str, budget: str, exhaustive: Path, threads: int) -> list[str
     return lines
 
 
+def screen(exhaustive: Path, steps: int, iterations: list[int], threads: int) -> list[str]:
+    """Issue item 2's check, before any screening at fewer DDIM steps: each listed decision of the exhaustive
+    side, its candidates scored again on every sample at `steps` DDIM steps (the parent too, in this process),
+    against the values its kept scores give at the evaluator's own steps: Spearman rank correlation of the
+    values, and where the full-step winner ranks at `steps`."""
+    from dataclasses import replace
+
+    import torch
+    from scipy.stats import spearmanr
+
+    from snapbench.evolution.actions import shrinking_actions
+    from snapbench.evolution.evaluators import ToyEvalConfig
+    from snapbench.evolution.executors import ScoreTask
+    from snapbench.specs.arch_spec import ArchSpec
+
+    torch.set_num_threads(threads)
+    st = json.loads((exhaustive / ".evolve" / "state.json").read_text())
+    full = ToyEvalConfig(**{k: v for k, v in st["settings"]["evaluator"].items()})
+    few = replace(full, steps=steps)
+    moves = st["settings"]["config"]["moves"]
+    removed = [r for r in st["trajectory"] if r["phase"] == "remove"]
+    lines = [f"values at {steps} DDIM steps against {full.steps} (every candidate on all {full.sample_count()} "
+             f"samples; {threads} torch thread(s)):"]
+    for it in iterations:
+        z = np.load(exhaustive / ".evolve" / "scores" / f"iteration-{it:04d}.npz")
+        labels, dl = [str(x) for x in z["labels"]], z["latency_delta_ms"]
+        parent = ArchSpec.from_dict(st["initial"]["spec"], source="state")
+        for r in removed[:it - 1]:
+            parent = next(a for a in shrinking_actions(parent, moves) if a.label == f"{r['action']} {r['block']}"
+                          ).apply(parent)
+        by_label = {a.label: a for a in shrinking_actions(parent, moves)}
+        specs = [parent] + [by_label[label].apply(parent) for label in labels]
+        cpu = time.process_time()
+        got = np.asarray(ScoreTask(st["checkpoint"], tuple(s.to_dict() for s in specs),
+                                   tuple(range(full.sample_count())), few).run())
+        cpu = time.process_time() - cpu
+        value_full = ((z["scores"][1:] - z["scores"][0]).mean(1)) / -dl
+        value_few = ((got[1:] - got[0]).mean(1)) / -dl
+        rho = float(spearmanr(value_full, value_few).statistic)
+        best = int(np.argmax(value_full))
+        rank_few = int((value_few > value_few[best]).sum()) + 1
+        lines.append(f"  decision {it}: {len(labels)} candidates, Spearman {rho:.3f}; the {full.steps}-step winner "
+                     f"{labels[best]} ranks #{rank_few} at {steps} steps (top half: {rank_few <= len(labels) / 2}); "
+                     f"{got.size} images in {cpu:.1f} CPU s")
+    return lines
+
+
 RULES = {"plain": "mean", "overlap": "overlap", "ties": "overlap"}  # replay name: budget.CUTS; "ties" is
 # the overlap cut accepting statistical ties within --replay-margin (what `auto` does now)
 
@@ -391,6 +438,10 @@ def main() -> None:
                     f"[{DEFAULT_TIE_MARGIN}]")
     ap.add_argument("--profile", choices=("auto", "exhaustive"), help="profile one decision under this budget "
                     "in this process (cProfile) and print where its time goes; runs nothing else")
+    ap.add_argument("--screen-steps", type=int, metavar="K", help="score decisions --screen-iterations of the "
+                    "exhaustive side at K DDIM steps and print how their values rank against full steps; runs "
+                    "nothing else")
+    ap.add_argument("--screen-iterations", type=int, nargs="+", default=[1], metavar="N")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
@@ -400,6 +451,10 @@ def main() -> None:
         print(f"load average {[round(v, 2) for v in load_before]} on {os.cpu_count()} CPUs")
         print("\n".join(profile(args.model or _train(out, args.threads), args.profile, out / "exhaustive",
                                  args.threads)))
+        return
+    if args.screen_steps:
+        print(f"load average {[round(v, 2) for v in load_before]} on {os.cpu_count()} CPUs")
+        print("\n".join(screen(out / "exhaustive", args.screen_steps, args.screen_iterations, args.threads)))
         return
     if not args.report_only:
         model = args.model or _train(out, args.threads)

@@ -68,6 +68,14 @@ def print_json(data: object) -> None:
     sys.stdout.flush()
 
 
+def default_learning_rate(model: str) -> float:
+    """`train`'s and `evolve`'s AdamW rate when --lr is not given: the toy's 1e-3, 1e-5 for fine-tuning a
+    real checkpoint (evolution's steps continue the robust training, so they take its rate)."""
+    from snapbench.training.toy_digits import TOY_PRESET
+
+    return 1e-3 if TOY_PRESET in model or is_toy_ref(model) else 1e-5
+
+
 def is_toy_ref(model: str) -> bool:
     """Whether `--model` names the toy (a preset, or a folder trained from it); a bad model is False here and
     reported by the command's own function."""

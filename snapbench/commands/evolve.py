@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from snapbench.commands.common import JsonOpt, err, out, print_json
+from snapbench.commands.common import JsonOpt, default_learning_rate, err, out, print_json
 from snapbench.evolution.budget import DEFAULT_TIE_MARGIN
 from snapbench.interrupts import on_interrupt_keep
 from snapbench.json_types import json_int
@@ -50,7 +50,14 @@ def evolve_command(
                                    "variants: separable (RB), mqa, ffn, drop-self-attn (CA)."),
     min_gain: float = typer.Option(0.0, "--min-gain", help="Least quality gain per ms an A+ must bring."),
     train_steps: int = typer.Option(0, "--train-steps", min=0, help="Robust-training steps between iterations."),
-    lr: float = typer.Option(1e-4, "--lr", help="Learning rate of those steps."),
+    final_steps: int = typer.Option(0, "--final-steps", min=0,
+                                    help="Training steps of the final architecture after the last decision "
+                                         "(Algorithm 1 trains on until the network converges)."),
+    final_robust: bool = typer.Option(True, "--final-robust/--final-normal",
+                                      help="Those final steps skip blocks at random like the rest (the paper's "
+                                           "loop), or train the final network whole."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate of those steps [default: train's: 1e-3 "
+                                                        "toy, 1e-5 else]."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     skip_ca: float = typer.Option(0.1, "--skip-ca"),
     skip_rb: float = typer.Option(0.1, "--skip-rb"),
@@ -102,8 +109,11 @@ def evolve_command(
                           samples_per_prompt=samples_per_prompt, steps=eval_steps, guidance=guidance, seed=eval_seed)
     config = EvolveConfig(target_ms=target_ms, target_fraction=target_fraction,
                           removals_per_iteration=removals_per_iteration, max_iterations=max_iterations,
-                          add_phase=add_phase, min_gain=min_gain, train_steps=train_steps, moves=parse_moves(moves),
-                          train=TrainConfig(batch_size=batch_size, learning_rate=lr, robust=True,
+                          add_phase=add_phase, min_gain=min_gain, train_steps=train_steps, final_steps=final_steps,
+                          final_robust=final_robust, moves=parse_moves(moves),
+                          train=TrainConfig(batch_size=batch_size,
+                                            learning_rate=lr if lr is not None else default_learning_rate(model),
+                                            robust=True,
                                             skip=SkipProbabilities(skip_ca, skip_rb)), data=data,
                           eval_budget=parse_budget(eval_budget, eval_confidence, ev, eval_tie_margin))
     costs = cost_builder(device=dev, table=table, fixed_table=fixed_table, attention=attention, progress=True,

@@ -243,6 +243,27 @@ def _convert_part_now(part: AppPart, dest: Path, key: str, opts: ConvertOptions,
     return built + r.seconds, r.bytes, db, timings
 
 
+def convert_part_cached(part: AppPart, folder: Path, opts: ConvertOptions, source: ModelSource) -> Path:
+    """One app part as a package in `folder`, named by its cache key (what it is, its interface, the options,
+    the tools): a complete package of that name is reused, so pricing the same part on another device, or in
+    another report, converts nothing. Written under a temporary name and renamed: never half there."""
+    versions = tool_versions()
+    key = cache_key({"part": part.name, "identity": part.identity, "io": part.io.to_dict()}, opts, versions)
+    dest = folder / f"{part.name}-{key[:12]}.mlpackage"
+    if is_complete_package(dest):
+        return dest
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{dest.stem}.{os.getpid()}.mlpackage"
+    remove_tree(tmp)
+    try:
+        _convert_part(part, tmp, key, opts, source, versions)
+        remove_tree(dest)
+        tmp.rename(dest)
+    finally:
+        remove_tree(tmp)
+    return dest
+
+
 class _FirstOutput:
     """check_prediction compares one output: the first (last_hidden_state, the chunk's hidden state)."""
 

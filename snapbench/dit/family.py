@@ -25,6 +25,7 @@ class Family:
     context_key: str  # the config field with the text encoder's width
     vae_factor: int  # image pixels per latent pixel (8 for SD's VAEs, 32 for Sana's DC-AE)
     check: Callable[[Mapping[str, object]], None]
+    steps: int = 50  # its diffusers pipeline's default num_inference_steps (the report's end-to-end figure)
 
     def diffusers_class(self) -> type:
         import diffusers
@@ -89,10 +90,12 @@ def _check_sana(cfg: Mapping[str, object]) -> None:
 FAMILIES: dict[str, Family] = {
     f.class_name: f for f in (
         # SD3's pipeline: 77 CLIP tokens + 256 T5 tokens (max_sequence_length) in one joint sequence
-        Family("mmdit", "SD3Transformer2DModel", "MMDiT (SD3)", 333, "joint_attention_dim", 8, _check_sd3),
+        # Steps: num_inference_steps' default in diffusers' StableDiffusion3Pipeline (28), PixArtSigmaPipeline
+        # and SanaPipeline (20).
+        Family("mmdit", "SD3Transformer2DModel", "MMDiT (SD3)", 333, "joint_attention_dim", 8, _check_sd3, 28),
         # PixArt-Sigma and Sana pipelines: max_sequence_length 300 (T5-XXL, Gemma-2)
-        Family("pixart", "PixArtTransformer2DModel", "PixArt", 300, "caption_channels", 8, _check_pixart),
-        Family("sana", "SanaTransformer2DModel", "Sana", 300, "caption_channels", 32, _check_sana),
+        Family("pixart", "PixArtTransformer2DModel", "PixArt", 300, "caption_channels", 8, _check_pixart, 20),
+        Family("sana", "SanaTransformer2DModel", "Sana", 300, "caption_channels", 32, _check_sana, 20),
     )
 }
 

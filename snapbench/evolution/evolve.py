@@ -9,7 +9,15 @@ by value = d quality / d latency, latency from the per-block price table (the la
 - add phase, once under the target: apply the A+ (restore a block or add a copy) with the largest
   value, i.e. the most quality gained per ms spent, among those that keep the target; stop when none
   gains more than `min_gain` per ms;
-- between iterations, optionally, `train_steps` robust-training steps on the current architecture.
+- between iterations, optionally, `train_steps` robust-training steps on the current architecture;
+- after the last decision, optionally, `final_steps` training steps on the final architecture (robust
+  unless `final_robust` is off).
+
+Algorithm 1 in the paper is one training loop: robust training runs all the time, an architecture action
+is taken every so many steps, and the network trains on after the last action until it converges. Here
+that loop is `train_steps` between decisions plus `final_steps` at the end, each a fresh AdamW with the
+training's warmup (the architecture changed, so moments of removed blocks mean nothing); the steps are
+counted in `train_steps_done` so that a baseline can be given the same number (README, "Evolution").
 
 How much evaluation each decision gets is `eval_budget` (snapbench.evolution.budget): successive halving
 over common random numbers by default, every candidate on every sample with `exhaustive`. Per-sample
@@ -30,7 +38,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
@@ -70,6 +78,8 @@ class EvolveConfig:
     add_phase: bool = True
     min_gain: float = 0.0  # an A+ must gain more than this much quality per ms spent
     train_steps: int = 0  # robust-training steps between iterations (0: weights stay as given)
+    final_steps: int = 0  # training steps of the final architecture after the last decision
+    final_robust: bool = True  # Algorithm 1 trains robustly to the end; off: the final net trains whole
     train: TrainConfig = field(default_factory=TrainConfig)
     data: str | None = None  # training data folder for non-toy models
     eval_budget: EvalBudget = field(default_factory=EvalBudget)  # how much evaluation each decision gets
@@ -83,8 +93,9 @@ class EvolveConfig:
             raise SnapbenchError(f"--target-ms must be > 0, got {self.target_ms}")
         if self.target_fraction is not None and not 0 < self.target_fraction <= 1:
             raise SnapbenchError(f"--target-fraction must be in (0, 1], got {self.target_fraction}")
-        if self.removals_per_iteration < 1 or self.max_iterations < 1 or self.train_steps < 0:
-            raise SnapbenchError("removals per iteration and max iterations must be >= 1, train steps >= 0")
+        if self.removals_per_iteration < 1 or self.max_iterations < 1 or self.train_steps < 0 or self.final_steps < 0:
+            raise SnapbenchError("removals per iteration and max iterations must be >= 1, train steps and final "
+                                 "steps >= 0")
 
     def target(self, initial_ms: float) -> float:
         if self.target_ms is not None:
@@ -122,6 +133,7 @@ class EvolutionState:
     initial: StartingPoint
     trajectory: list[JSONObject]  # TrajectoryRow.to_dict()s
     train_steps_done: int = 0
+    final_trained: bool = False  # the final architecture's `final_steps` are done (saved with the state)
     seconds: float = 0.0
     evaluations: list[JSONObject] = field(default_factory=list)  # per iteration: samples, seconds, rounds
     format: str = STATE_FORMAT
@@ -244,6 +256,11 @@ def _evolve(model: str | Path, out: Path, config: EvolveConfig, *, evaluator: Ev
             write_trajectory(st.trajectory, out / TRAJECTORY_FILE)
             if after_iteration is not None:
                 after_iteration(st)
+        if st.phase == "done" and config.final_steps and not st.final_trained:
+            run.final_training()
+            st.seconds = spent + time.time() - t0
+            st.save(work)
+            write_trajectory(st.trajectory, out / TRAJECTORY_FILE)
     finally:
         st.seconds = spent + time.time() - t0
     result = run.finish()
@@ -274,7 +291,8 @@ def _reopen(st: EvolutionState, config: EvolveConfig, say: Callable[[str], None]
 # did its robust training sample variants (train.variant_moves; variant_p is then unused).
 ADDED_SETTINGS: dict[str, JSON] = {"config.eval_budget.": None, "evaluator.batch": None,
                                   "config.moves": list(DEFAULT_MOVES), "config.train.variant_moves": [],
-                                  "config.train.variant_p": None}  # prefix: the value it must have now
+                                  "config.train.variant_p": None, "config.final_steps": 0,
+                                  "config.final_robust": True}  # prefix: the value it must have now
 
 
 def _check_same(before: Mapping[str, JSON], now: Mapping[str, JSON], out: Path) -> list[str]:
@@ -352,6 +370,7 @@ class EvolutionRun:
     say: Callable[[str], None]
     costs: Callable[[ArchSpec], BlockPriceTable]  # prices variants met on the way (swaps)
     log: JSONObject = field(default_factory=dict)  # this iteration's decision and what it cost
+    decision: Decision | None = None  # this iteration's decision (how it was settled goes into its row)
 
     @property
     def work(self) -> Path:
@@ -373,15 +392,11 @@ class EvolutionRun:
     def row(self, phase: str, action: str, block: str, latency: float, backend: str, quality: float | None,
             dq: float | None, dl: float | None, *, decided: bool = False) -> None:
         """One trajectory row; `decided`: the first row of a decision (it gets how the decision was settled)."""
-        st, c = self.state, self.counts()
-        settled, rounds = self.log.get("settled"), self.log.get("rounds")
-        last_round = rounds[-1] if isinstance(rounds, list) and rounds else None
-        first_samples = last_round[0] if isinstance(last_round, list) and last_round else 0
+        st, c, d = self.state, self.counts(), self.decision if decided else None
         st.trajectory.append(TrajectoryRow.of(st.iteration, phase, action, block, latency, backend, quality, dq, dl,
                                               st.train_steps_done, c.computed, c.reused,
-                                              settled if decided and isinstance(settled, str) else None,
-                                              int(first_samples) if decided and isinstance(first_samples, int | float)
-                                              else None).to_dict())
+                                              None if d is None else d.settled,
+                                              None if d is None else (d.rounds[-1][0] if d.rounds else 0)).to_dict())
 
     def score(self, actions: list[Action], what: str, *, removal: bool, want: int = 1) -> list[Scored]:
         """Rank the actions from the current state by Algorithm 1's value within the evaluation budget and
@@ -430,6 +445,7 @@ class EvolutionRun:
         value (trajectory sign) on the samples it was scored on (none where there was no rival)."""
         ranking: list[JSON] = [[labels[i], round(to_value * decision.means[i], 6) if i in decision.means else None,
                     decision.samples.get(i, 0)] for i in decision.ranked]
+        self.decision = decision
         self.log.update({"candidates": len(labels), **decision.to_dict(), "ranking": ranking})
 
     def keep_scores(self, parent: ArchSpec, cands: list[tuple[Action, ArchSpec, float, float]]) -> None:
@@ -447,7 +463,7 @@ class EvolutionRun:
     def iteration(self) -> None:
         st, target = self.state, self.state.target_ms
         st.iteration += 1
-        self.log = {"iteration": st.iteration}
+        self.log, self.decision = {"iteration": st.iteration}, None
         if st.phase == "remove" and st.latency_ms <= target:
             st.phase = "add" if self.config.add_phase else "done"
             self.say(f"target {target:.3f} ms met at {st.latency_ms:.3f} ms")
@@ -515,6 +531,18 @@ class EvolutionRun:
                  f"quality delta {best.quality_delta:+.4f}")
 
     def train_step(self) -> None:
+        """Robust training between decisions (Algorithm 1's loop body)."""
+        self.train(self.config.train_steps, self.config.train, f"ckpt-{self.state.iteration:04d}", "train")
+
+    def final_training(self) -> None:
+        """The final architecture trains on after the last decision (Algorithm 1: until it converges; here
+        `final_steps`), robustly unless `final_robust` is off; written as one `train` row after the last."""
+        config = self.config
+        train = config.train if config.final_robust else replace(config.train, robust=False)
+        self.train(config.final_steps, train, "ckpt-final", "final training")
+        self.state.final_trained = True
+
+    def train(self, steps: int, train: TrainConfig, name: str, what: str) -> None:
         from snapbench.evolution.executors import forget_cached
         from snapbench.evolution.robust_training import fine_tune
         from snapbench.training.checkpoints import derive, load_bundle, save_bundle
@@ -523,20 +551,20 @@ class EvolutionRun:
         bundle = load_bundle(st.checkpoint)
         spec = self.spec()
         model = derive(bundle.model, spec)
-        loss = fine_tune(bundle, model, config.train, start_step=st.train_steps_done, steps=config.train_steps,
-                         data=config.data)
-        folder = work / f"ckpt-{st.iteration:04d}"
+        loss = fine_tune(bundle, model, train, start_step=st.train_steps_done, steps=steps, data=config.data)
+        folder = work / name
         save_bundle(bundle, folder, model=model)
         old = Path(st.checkpoint)
         st.checkpoint = str(folder.resolve())
-        st.train_steps_done += config.train_steps
+        st.train_steps_done += steps
         forget_cached()
         self.scorer.use_checkpoint(st.checkpoint)  # new weights: every score is recomputed
-        q = self.quality(spec, f"iteration {st.iteration}: after training")
+        q = self.quality(spec, f"iteration {st.iteration}: after {what}")
         self.row("train", "train", "", st.latency_ms, self.prices.backend(spec), q, q - st.quality, None)
         st.quality = q
-        self.say(f"iteration {st.iteration}: {config.train_steps} training steps (loss {loss:.4f}), "
-                 f"quality {q:.4f}")
+        kind = "robust " if train.robust else ""
+        self.say(f"iteration {st.iteration}: {steps} {kind}training steps{' (final)' if name == 'ckpt-final' else ''} "
+                 f"(loss {loss:.4f}), quality {q:.4f}")
         if old.parent == work and old != folder:  # our own older checkpoint; never the input model
             shutil.rmtree(old, ignore_errors=True)
 

@@ -261,9 +261,10 @@ def fine_tune(bundle: ModelBundle, model: ElasticUNet, config: TrainConfig, *, s
               data: str | Path | None = None) -> float | None:
     """`steps` robust-training steps on `model` in this process (evolution's between-iteration training).
 
-    A fresh AdamW each call: between evolution iterations the architecture changes, and moments from
-    removed blocks mean nothing to the new one. Step numbers continue from `start_step` so every step
-    draws its own batch and skips."""
+    A fresh AdamW each call, with the training's warmup: between evolution iterations the architecture
+    changes, and moments from removed blocks mean nothing to the new one (a fresh AdamW's first steps move
+    every weight by about the full learning rate; the warmup keeps them from undoing what was learnt).
+    Step numbers continue from `start_step` so every step draws its own batch and skips."""
     from diffusers import DDPMScheduler
 
     if steps <= 0:
@@ -273,7 +274,7 @@ def fine_tune(bundle: ModelBundle, model: ElasticUNet, config: TrainConfig, *, s
     model.set_skip_probabilities(ca=skip.ca, rb=skip.rb)
     sample_variants(model, config)
     trainable = Trainable(model, bundle.encoder)
-    opt = torch.optim.AdamW(trainable.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    opt, lr_sched = optimizer_with_warmup(trainable, config, None, 0)
     noise_scheduler = DDPMScheduler.from_config(bundle.noise_schedule)
     device = next(model.parameters()).device
     trainable.train()
@@ -286,6 +287,7 @@ def fine_tune(bundle: ModelBundle, model: ElasticUNet, config: TrainConfig, *, s
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(trainable.parameters(), config.grad_clip)
         opt.step()
+        lr_sched.step()
         opt.zero_grad(set_to_none=True)
         total += float(loss.detach())
     trainable.eval()

@@ -22,11 +22,14 @@ from snapbench.paths import cache_root
 from snapbench.settings import PIPELINE_PARTS, check_choice
 
 if TYPE_CHECKING:  # annotations only: importing these here at run time would pull in torch
+    from snapbench.converters.app_parts import AppPart
     from snapbench.converters.manifest import Manifest
+    from snapbench.converters.options import ConvertOptions
     from snapbench.latency.table import Settings
     from snapbench.model.loading import ModelSource
 
 COMPONENTS = PIPELINE_PARTS  # the parts priced beside the backbone
+PARTS_DIR = "dit-parts"  # under the cache folder: a DiT pipeline's parts, one package each, named by cache key
 
 
 def settings_hash(model_name: str, settings: Settings) -> str:
@@ -43,6 +46,9 @@ class PackageSource(Protocol):
     def component_package(self, component: str, source: ModelSource, settings: Settings, *,
                           progress: bool) -> ComponentPackage:
         ...
+
+    def part_package(self, part: AppPart, opts: ConvertOptions, source: ModelSource) -> Path:
+        """One app part's package (a DiT pipeline's text encoder or decoder, or a slice of one)."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +202,12 @@ class ConverterPackages:
                                  f"them: {block}{more}: {first_line(SnapbenchError(error))}; `snapbench convert` "
                                  "with the same options lists each failure")
         return signature_packages(result.manifest, out, keys)
+
+    def part_package(self, part: AppPart, opts: ConvertOptions, source: ModelSource) -> Path:
+        """Converted into the cache folder, named by its cache key: converted once for every device."""
+        from snapbench.converters.pipeline import convert_part_cached
+
+        return convert_part_cached(part, cache_root() / PARTS_DIR, opts, source)
 
     def component_package(self, component: str, source: ModelSource, settings: Settings, *, progress: bool) -> ComponentPackage:
         from snapbench.converters.entry import ConvertRequest, convert

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from snapbench.backbones import backbone_for, inspect_model, resolve_model
 from snapbench.blocks.cut import InputShapes
@@ -56,6 +57,9 @@ from snapbench.report.reference import load_reference, settings_differences
 from snapbench.settings import COMPONENTS, RunSettings
 from snapbench.specs.variants import Variant
 from snapbench.versions import tool_versions
+
+if TYPE_CHECKING:
+    from snapbench.dit.family import Family
 
 SCHEMA = "snapbench.report/1"
 COMPONENT_NAMES = {"text_encoder": "text encoder", "unet": "UNet", "vae_decoder": "VAE decoder"}
@@ -123,7 +127,9 @@ def parse_steps(items: Sequence[str]) -> dict[str, int]:
     return out
 
 
-def _steps_for(ref: str, name: str, overrides: Mapping[str, int], notes: Mapping[str, object]) -> tuple[int, str]:
+def _steps_for(ref: str, name: str, overrides: Mapping[str, int], notes: Mapping[str, object],
+               family: Family | None = None) -> tuple[int, str]:
+    """The sampling steps a model's end-to-end figure counts, and why; `family`: a DiT's."""
     for k in (ref, name):
         if k in overrides:
             return overrides[k], "--steps"
@@ -137,6 +143,8 @@ def _steps_for(ref: str, name: str, overrides: Mapping[str, int], notes: Mapping
         return here
     if name in DISTILLED_STEPS:
         return DISTILLED_STEPS[name], "the SnapFusion paper's step distillation (assumed, not distilled here)"
+    if family is not None:
+        return family.steps, f"{family.title} pipeline's default in diffusers (num_inference_steps)"
     return DEFAULT_STEPS, "default (SD-v1.5 sampling in the paper's Table 1)"
 
 
@@ -161,7 +169,8 @@ def load_models(baseline: str, candidates: Sequence[str], *, settings: ReportSet
         name = inspection.name
         seen[name] = seen.get(name, 0) + 1
         key = name if seen[name] == 1 else f"{name}#{seen[name]}"
-        n, src = _steps_for(ref, name, steps, inspection.source.spec.notes)
+        n, src = _steps_for(ref, name, steps, inspection.source.spec.notes,
+                            _dit_family(source) if family == "dit" else None)
         entries.append(ModelEntry(key, ref, role, inspection, n, src, latent, tokens, family))
     known = {e.ref for e in entries} | {e.inspection.name for e in entries}
     unknown = [k for k in steps if k not in known]
@@ -169,6 +178,12 @@ def load_models(baseline: str, candidates: Sequence[str], *, settings: ReportSet
         raise SnapbenchError(f"--steps names {unknown[0]!r}, which is not a model of this report "
                              f"(models: {', '.join(sorted(known))})")
     return entries
+
+
+def _dit_family(source: ModelSource) -> Family:
+    from snapbench.dit.source import dit_spec
+
+    return dit_spec(source.spec).family
 
 
 def _tokens(source: ModelSource, family: str) -> int:
@@ -272,7 +287,7 @@ def _model_summary(e: ModelEntry) -> ModelSummary:
         # Test-sized twins inherit the paper's notes; a claim 100x off is about another size, not an error.
         claim_comparable=_comparable(claimed, totals["params"]),
         steps=e.steps, steps_source=e.steps_source, latent=e.latent,
-        decoder_source=decoder_source(e.ref, spec.name) if e.family != "dit" else "not priced for DiTs yet",
+        decoder_source=decoder_source(e.ref, spec.name) if e.family != "dit" else _dit_decoder(e),
         sample_grid=toy_grid_data_uri(e.ref) if e.role == "candidate" else None,
         totals=totals,
         stage_params=[StageParams(s, kind_params(s, "CA"), kind_params(s, "RB"), int(stage_rows[s]["aux_params"]),
@@ -282,6 +297,14 @@ def _model_summary(e: ModelEntry) -> ModelSummary:
         trajectory=trajectory,
         tokens=e.tokens if e.family == "dit" else None,
     )
+
+
+def _dit_decoder(e: ModelEntry) -> str:
+    """Which VAE decodes a DiT's latents (what its pipeline part is priced as)."""
+    from snapbench.converters.dit_app import vae_config
+    from snapbench.dit.source import dit_spec
+
+    return f"{vae_config(dit_spec(e.inspection.source.spec))[0]} (random weights: latency does not depend on them)"
 
 
 def _comparable(claimed: object, ours: int) -> bool:
@@ -360,7 +383,7 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> ModelResu
     te, un, va = (components[c].ms for c in ("text_encoder", "unet", "vae_decoder"))
     if te is not None and un is not None and va is not None:
         budget = Budget(**image_budget(float(te), float(un), float(va), e.steps).to_dict())
-    elif e.family != "dit":  # a DiT's profile has said already why its pipeline parts have no figure
+    else:
         notes.append(f"no end-to-end figure: no latency for the {', '.join(missing)}")
     where = outcome.measured_on
     return ModelResult(

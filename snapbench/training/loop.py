@@ -190,12 +190,12 @@ def run_steps(accelerator: Accelerator, trainable: nn.Module, opt: torch.optim.O
                        losses, processes=accelerator.num_processes, main_process=accelerator.is_main_process)
 
 
-def optimizer_with_warmup(trainable: nn.Module, config: LoopConfig, out: Path, start: int
+def optimizer_with_warmup(trainable: nn.Module, config: LoopConfig, out: Path | None, start: int
                           ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (its state restored from `out` when resuming at step `start`) and a linear warmup, then
-    constant; offset by `start` so a resumed run continues where it left off."""
+    """AdamW (its state restored from `out` when resuming at step `start`; `out` None: always fresh) and a
+    linear warmup, then constant; offset by `start` so a resumed run continues where it left off."""
     opt = torch.optim.AdamW(trainable.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    if start and (out / OPTIMIZER_FILE).is_file():
+    if start and out is not None and (out / OPTIMIZER_FILE).is_file():
         opt.load_state_dict(load_torch_state(out / OPTIMIZER_FILE, "optimizer state",
                                              "delete it to resume with a fresh optimizer, or use another --out"))
     warm = max(1, config.warmup_steps)
