@@ -12,9 +12,10 @@ TORCHVISION_SPEC ?= torchvision==0.28.0
 STAMP  := $(VENV)/.snapbench-installed
 # pytest processes for `make test` / `make test-fast` (pytest-xdist): one per core by default, at most 8 (each
 # holds torch); WORKERS=0 runs the suite in this one process. loadgroup keeps the tests of one shared conversion
-# on one worker (tests/conftest.py), so it is converted once.
+# or module fixture on one worker (tests/conftest.py), so it is made once; --no-loadscope-reorder hands the work
+# out in the order conftest sorts it (longest first), so no long test starts last.
 WORKERS ?= auto
-PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --maxprocesses 8 --dist loadgroup
+PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --maxprocesses 8 --dist loadgroup --no-loadscope-reorder
 
 .PHONY: setup browser demo test test-fast lint bench clean mutate-device
 

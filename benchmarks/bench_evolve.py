@@ -19,8 +19,13 @@ processes' included, summed over resumes) beside its wall seconds.
 
 --replay [N] replays every decision of the exhaustive side (its per-sample scores, .evolve/scores/) under
 each halving cut of snapbench.evolution.budget (plain: the better half by mean; overlap, what `auto`
-does: also every candidate the leader has not beaten with confidence), on the run's own sample order and on N random orders of the samples: how often each picks the
-exhaustive winner, the value it gives up when it does not, and the images it takes. No image is generated.
+does: also every candidate the leader has not beaten with confidence; ties: overlap, stopping at a
+statistical tie within --replay-margin of quality), on the run's own sample order and on N random orders
+of the samples: how often each picks the exhaustive winner, the quality it gives up when it does not
+(value short of the winner's times the ms saved), how often it called a tie, and the images it takes.
+No image is generated.
+
+--tie-margin Q runs the default side with `--eval-tie-margin Q` (statistical ties; off by default).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from snapbench.evolution.budget import DEFAULT_TIE_MARGIN
+
 PY = sys.executable
 SNAPBENCH = str(Path(PY).with_name("snapbench"))
 SIDES = ("default", "exhaustive")
@@ -45,7 +52,8 @@ SIDES = ("default", "exhaustive")
 def _evolve_args(model: str, out: Path, budget: str, args: argparse.Namespace) -> list[str]:
     return [SNAPBENCH, "evolve", "--model", model, "--out", str(out), "--device", args.device,
             "--target-fraction", str(args.target_fraction), "--no-add", "--threads", str(args.threads),
-            "--workers", str(args.workers), "--eval-budget", budget, "--json",
+            "--workers", str(args.workers), "--eval-budget", budget, "--eval-tie-margin", str(args.tie_margin),
+            "--json",
             *(["--samples-per-prompt", str(args.samples_per_prompt)] if args.samples_per_prompt else [])]
 
 
@@ -57,7 +65,7 @@ def _train(out: Path, threads: int) -> str:
     return str(folder)
 
 
-def _start_like(folder: Path, other: Path, budget: str) -> bool:
+def _start_like(folder: Path, other: Path, budget: str, tie_margin: float) -> bool:
     """Start `folder`'s run from the start `other`'s run saved (its price table, starting architecture and
     quality), with `budget`: the two sides then differ in the budget alone, also when the latency estimator
     changed between their runs (a resumed run keeps the prices it started with). False if either has begun
@@ -73,7 +81,7 @@ def _start_like(folder: Path, other: Path, budget: str) -> bool:
     if st["train_steps_done"]:
         raise SystemExit(f"{other} trained its weights; the benchmark compares runs without training")
     settings = json.loads(json.dumps(st["settings"]))
-    settings["config"]["eval_budget"] = asdict(EvalBudget.parse(budget))
+    settings["config"]["eval_budget"] = asdict(EvalBudget.parse(budget, tie_margin=tie_margin))
     start = [r for r in st["trajectory"] if r["phase"] == "start"]
     first = [e for e in st["evaluations"] if e["iteration"] == 0] or [{"iteration": 0,
                                                                        "samples": start[0]["eval_samples"]}]
@@ -157,27 +165,34 @@ def _why(i: int, a: dict[str, Any], b: dict[str, Any]) -> str:
     rounds = a["log"].get("rounds")
     if rounds:
         parts.append(f"halving rounds {rounds}, settled by {a['log'].get('settled')}")
+    if a["log"].get("settled") == "tie":
+        parts.append(f"a tie of {a['log'].get('tied')} candidates on {rounds[-1][0]} samples each: none could beat "
+                     "the leader by more than the tie margin of quality, so the leader (best mean) was taken")
     return f"iteration {i}: " + "; ".join(parts)
 
 
 def _side_by_side(runs: dict[str, dict[str, Any]]) -> list[str]:
     a, b = _decisions(runs["default"]), _decisions(runs["exhaustive"])
-    lines = [f"{'it':>3s}  {'default':22s} {'ms':>7s} {'quality':>8s} {'images':>7s}   "
+    lines = [f"{'it':>3s}  {'default':22s} {'ms':>7s} {'quality':>8s} {'images':>7s} {'settled':>12s}   "
              f"{'exhaustive':22s} {'ms':>7s} {'quality':>8s} {'images':>7s}"]
     first_diff = None
     for i in sorted(set(a) | set(b)):
         ra, rb = a.get(i), b.get(i)
 
-        def cells(r: dict[str, Any] | None) -> str:
+        def cells(r: dict[str, Any] | None, settled: bool = False) -> str:
+            how = ""
+            if settled and r is not None and r["log"].get("rounds"):
+                how = f"{r['log'].get('settled', '')} @{r['log']['rounds'][-1][0]}"
+            how = f" {how:>12s}" if settled else ""
             if r is None:
-                return f"{'':22s} {'':>7s} {'':>8s} {'':>7s}"
+                return f"{'':22s} {'':>7s} {'':>8s} {'':>7s}{how}"
             q = "" if r["quality"] is None else f"{r['quality']:.4f}"
-            return f"{r['block']:22s} {r['latency_ms']:7.3f} {q:>8s} {r['log'].get('samples', 0):7d}"
+            return f"{r['block']:22s} {r['latency_ms']:7.3f} {q:>8s} {r['log'].get('samples', 0):7d}{how}"
 
         differs = ra is not None and rb is not None and ra["block"] != rb["block"]
         if differs and first_diff is None:
             first_diff = i
-        lines.append(f"{i:3d}{'*' if differs else ' '} {cells(ra)}   {cells(rb)}")
+        lines.append(f"{i:3d}{'*' if differs else ' '} {cells(ra, settled=True)}   {cells(rb)}")
     both = len(set(a) & set(b))
     if first_diff is None:
         lines.append(f"in the {both} iterations both ran, the two runs removed the same blocks in the same order")
@@ -265,12 +280,63 @@ def profile(model: str, budget: str, exhaustive: Path, threads: int) -> list[str
     return lines
 
 
-RULES = {"plain": "mean", "overlap": "overlap"}  # replay name: budget.CUTS
+def screen(exhaustive: Path, steps: int, iterations: list[int], threads: int) -> list[str]:
+    """Issue item 2's check, before any screening at fewer DDIM steps: each listed decision of the exhaustive
+    side, its candidates scored again on every sample at `steps` DDIM steps (the parent too, in this process),
+    against the values its kept scores give at the evaluator's own steps: Spearman rank correlation of the
+    values, and where the full-step winner ranks at `steps`."""
+    from dataclasses import replace
+
+    import torch
+    from scipy.stats import spearmanr
+
+    from snapbench.evolution.actions import shrinking_actions
+    from snapbench.evolution.evaluators import ToyEvalConfig
+    from snapbench.evolution.executors import ScoreTask
+    from snapbench.specs.arch_spec import ArchSpec
+
+    torch.set_num_threads(threads)
+    st = json.loads((exhaustive / ".evolve" / "state.json").read_text())
+    full = ToyEvalConfig(**{k: v for k, v in st["settings"]["evaluator"].items()})
+    few = replace(full, steps=steps)
+    moves = st["settings"]["config"]["moves"]
+    removed = [r for r in st["trajectory"] if r["phase"] == "remove"]
+    lines = [f"values at {steps} DDIM steps against {full.steps} (every candidate on all {full.sample_count()} "
+             f"samples; {threads} torch thread(s)):"]
+    for it in iterations:
+        z = np.load(exhaustive / ".evolve" / "scores" / f"iteration-{it:04d}.npz")
+        labels, dl = [str(x) for x in z["labels"]], z["latency_delta_ms"]
+        parent = ArchSpec.from_dict(st["initial"]["spec"], source="state")
+        for r in removed[:it - 1]:
+            parent = next(a for a in shrinking_actions(parent, moves) if a.label == f"{r['action']} {r['block']}"
+                          ).apply(parent)
+        by_label = {a.label: a for a in shrinking_actions(parent, moves)}
+        specs = [parent] + [by_label[label].apply(parent) for label in labels]
+        cpu = time.process_time()
+        got = np.asarray(ScoreTask(st["checkpoint"], tuple(s.to_dict() for s in specs),
+                                   tuple(range(full.sample_count())), few).run())
+        cpu = time.process_time() - cpu
+        value_full = ((z["scores"][1:] - z["scores"][0]).mean(1)) / -dl
+        value_few = ((got[1:] - got[0]).mean(1)) / -dl
+        rho = float(spearmanr(value_full, value_few).statistic)
+        best = int(np.argmax(value_full))
+        rank_few = int((value_few > value_few[best]).sum()) + 1
+        lines.append(f"  decision {it}: {len(labels)} candidates, Spearman {rho:.3f}; the {full.steps}-step winner "
+                     f"{labels[best]} ranks #{rank_few} at {steps} steps (top half: {rank_few <= len(labels) / 2}); "
+                     f"{got.size} images in {cpu:.1f} CPU s")
+    return lines
 
 
-def _replay_one(path: Path, orders: list[np.ndarray], confidence: float) -> dict[str, Any] | None:
-    """One exhaustive decision replayed under both halving rules; None if the scores are not complete."""
-    from snapbench.evolution.budget import EvalBudget, _beats, successive_halving
+RULES = {"plain": "mean", "overlap": "overlap", "ties": "overlap"}  # replay name: budget.CUTS; "ties" is
+# the overlap cut accepting statistical ties within --replay-margin (what `auto` does now)
+
+
+def _replay_one(path: Path, orders: list[np.ndarray], confidence: float,
+                margin: float) -> dict[str, Any] | None:
+    """One exhaustive decision replayed under each halving rule; None if the scores are not complete.
+    quality_lost: what the pick's value falls short of the exhaustive winner's, times the ms it saves (on all
+    samples: the quality the decision gives up over its own step)."""
+    from snapbench.evolution.budget import EvalBudget, Ties, _beats, successive_halving
 
     z = np.load(path)
     scores, dl, labels = z["scores"], z["latency_delta_ms"], [str(x) for x in z["labels"]]
@@ -289,7 +355,7 @@ def _replay_one(path: Path, orders: list[np.ndarray], confidence: float) -> dict
                            "not_beaten": sum(1 for j in range(len(dl))
                                              if j != best and not _beats(merit[best], merit[j], confidence))}
     for rule, cut in RULES.items():
-        picks, images, lost = [], [], []
+        picks, images, lost, tied = [], [], [], []
         for order in orders:
             m = merit[:, order]
             asked: set[tuple[int, int]] = set()
@@ -298,26 +364,31 @@ def _replay_one(path: Path, orders: list[np.ndarray], confidence: float) -> dict
                 asked.update((c, s) for c in alive for s in range(n))
                 return m[alive, :n]
 
-            d = successive_halving(len(dl), merits, EvalBudget().rounds(total), tiebreak=list(dl),
-                                   confidence=confidence, cut=cut)
+            budget = EvalBudget(tie_margin=margin if rule == "ties" else 0.0)
+            ties = Ties(budget.tie_margin, budget.tie_from(total), list(np.abs(dl))) if budget.tie_margin else None
+            d = successive_halving(len(dl), merits, budget.rounds(total), tiebreak=list(dl),
+                                   confidence=confidence, cut=cut, ties=ties)
             pick = d.ranked[0]
             picks.append(pick == best)
             images.append(len(asked) + total - d.samples[pick])  # the winner is then scored on all samples
-            lost.append(float(value[best] - value[pick]))
+            lost.append(float(value[best] - value[pick]) * abs(float(dl[pick])))
+            tied.append(d.settled == "tie")
         out[rule] = {"picks_winner": float(np.mean(picks)), "images": float(np.mean(images)),
-                     "value_lost": float(np.mean(lost)), "own_order_picks_winner": bool(picks[0])}
+                     "quality_lost": float(np.mean(lost)), "quality_lost_max": float(np.max(lost)),
+                     "ties": float(np.mean(tied)), "own_order_picks_winner": bool(picks[0])}
     out["exhaustive_images"] = len(dl) * total
     return out
 
 
-def replay(folder: Path, permutations: int, confidence: float = 0.95) -> list[dict[str, Any]]:
+def replay(folder: Path, permutations: int, confidence: float = 0.95,
+           margin: float | None = None) -> list[dict[str, Any]]:
     """Every complete decision in `folder`'s .evolve/scores/, replayed (the run's own order first)."""
     rng = np.random.default_rng(0)
     rows = []
     for path in sorted((folder / ".evolve" / "scores").glob("iteration-*.npz")):
         total = np.load(path)["scores"].shape[1]
         orders = [np.arange(total)] + [rng.permutation(total) for _ in range(permutations)]
-        if (r := _replay_one(path, orders, confidence)) is not None:
+        if (r := _replay_one(path, orders, confidence, DEFAULT_TIE_MARGIN if margin is None else margin)) is not None:
             rows.append(r)
     return rows
 
@@ -339,7 +410,11 @@ def _replay_lines(rows: list[dict[str, Any]], permutations: int) -> list[str]:
         for rule in RULES:
             lines.append(f"{rule}: picks the exhaustive winner in {np.mean([r[rule]['picks_winner'] for r in rows]):.3f} "
                          f"of decisions, {sum(r[rule]['images'] for r in rows):.0f} images against exhaustive "
-                         f"{sum(r['exhaustive_images'] for r in rows)}")
+                         f"{sum(r['exhaustive_images'] for r in rows)}; quality given up per decision "
+                         f"{np.mean([r[rule]['quality_lost'] for r in rows]):.5f} on average, summed over the "
+                         f"decisions {sum(r[rule]['quality_lost'] for r in rows):.4f} (worst single replay "
+                         f"{max(r[rule]['quality_lost_max'] for r in rows):.4f}); ties called in "
+                         f"{np.mean([r[rule]['ties'] for r in rows]):.2f} of decisions")
     return lines
 
 
@@ -352,13 +427,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1, help="evaluation processes (2 on an idle 2-core machine)")
     ap.add_argument("--samples-per-prompt", type=int, help="toy images per digit [8]; 1 for a quick smoke run")
+    ap.add_argument("--tie-margin", type=float, default=DEFAULT_TIE_MARGIN,
+                    help=f"--eval-tie-margin of both sides (exhaustive ignores it) [{DEFAULT_TIE_MARGIN}]")
     ap.add_argument("--only", choices=SIDES, help="run one side (the other is read if it is there)")
     ap.add_argument("--report-only", action="store_true", help="run nothing; report what OUT holds")
     ap.add_argument("--replay", type=int, nargs="?", const=200, metavar="N",
                     help="replay the exhaustive side's decisions under both halving rules on N sample orders [200]")
     ap.add_argument("--replay-confidence", type=float, default=0.95, help="--eval-confidence of the replay [0.95]")
+    ap.add_argument("--replay-margin", type=float, help="--eval-tie-margin of the replay's ties rule "
+                    f"[{DEFAULT_TIE_MARGIN}]")
     ap.add_argument("--profile", choices=("auto", "exhaustive"), help="profile one decision under this budget "
                     "in this process (cProfile) and print where its time goes; runs nothing else")
+    ap.add_argument("--screen-steps", type=int, metavar="K", help="score decisions --screen-iterations of the "
+                    "exhaustive side at K DDIM steps and print how their values rank against full steps; runs "
+                    "nothing else")
+    ap.add_argument("--screen-iterations", type=int, nargs="+", default=[1], metavar="N")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
@@ -369,12 +452,16 @@ def main() -> None:
         print("\n".join(profile(args.model or _train(out, args.threads), args.profile, out / "exhaustive",
                                  args.threads)))
         return
+    if args.screen_steps:
+        print(f"load average {[round(v, 2) for v in load_before]} on {os.cpu_count()} CPUs")
+        print("\n".join(screen(out / "exhaustive", args.screen_steps, args.screen_iterations, args.threads)))
+        return
     if not args.report_only:
         model = args.model or _train(out, args.threads)
         for side in SIDES:
             if args.only in (None, side):
                 budget = "auto" if side == "default" else "exhaustive"
-                if _start_like(out / side, out / SIDES[1 - SIDES.index(side)], budget):
+                if _start_like(out / side, out / SIDES[1 - SIDES.index(side)], budget, args.tie_margin):
                     print(f"{side}: starts from the other side's saved start (its prices and starting quality)",
                           file=sys.stderr)
                 t = time.perf_counter()
@@ -387,7 +474,7 @@ def main() -> None:
         doc["common"] = _common(runs)
     doc["load_average"] = {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in load_after],
                            "cpus": os.cpu_count()}
-    replayed = replay(out / "exhaustive", args.replay, args.replay_confidence) if args.replay is not None else None
+    replayed = replay(out / "exhaustive", args.replay, args.replay_confidence, args.replay_margin) if args.replay is not None else None
     if replayed is not None:
         doc["replay"] = replayed
     if args.json:

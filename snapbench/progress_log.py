@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 if TYPE_CHECKING:  # rich.progress loads only when a bar is drawn
+    from types import TracebackType
+
     from rich.console import Console
-    from rich.progress import ProgressColumn, TextColumn
+    from rich.progress import ProgressColumn, TaskID, TextColumn
+
+_Bar = TypeVar("_Bar", bound="ProgressBar")
 
 # Seconds between two lines without a terminal ($SNAPBENCH_PROGRESS_EVERY_S to change).
 DEFAULT_EVERY_S = 30.0
@@ -27,7 +32,22 @@ def every_s() -> float:
         return DEFAULT_EVERY_S
 
 
-def make_progress(label: str, *columns: ProgressColumn | str, console: Console, transient: bool = False) -> Any:
+class ProgressBar(Protocol):
+    """What snapbench uses of a progress display: rich's `Progress`, or `LineProgress` without a terminal."""
+
+    def __enter__(self: _Bar) -> _Bar: ...
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None, /) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def add_task(self, description: str, /, *, total: float | None = ..., completed: int = ...) -> TaskID: ...
+    def advance(self, task_id: TaskID, /, advance: float = ...) -> None: ...
+    def update(self, task_id: TaskID, /, *, completed: float | None = ..., advance: float | None = ...,
+               description: str | None = ..., total: float | None = ...) -> None: ...
+
+
+def make_progress(label: str, *columns: ProgressColumn | str, console: Console,
+                  transient: bool = False) -> ProgressBar:
     if getattr(console, "is_terminal", False):
         from rich.progress import Progress
 
@@ -56,13 +76,26 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+@dataclass
+class _Task:
+    """One task of a LineProgress: where it stands and when it was last written."""
+
+    description: str
+    total: float | None
+    completed: float
+    start: float  # time.monotonic() when added
+    first: float  # completed when added (a resumed run starts part-way)
+    last: float | None = None  # time of the last line
+    logged_at: float | None = None  # completed at the last line
+
+
 class LineProgress:
     """One line per task on its first update, then at most one every `every_s()` seconds, and at the end."""
 
     def __init__(self, label: str, console: Console, every: float | None = None) -> None:
         self.label, self.console = label, console
         self.every = every_s() if every is None else every
-        self._tasks: dict[int, dict[str, Any]] = {}
+        self._tasks: dict[int, _Task] = {}
 
     def __enter__(self) -> LineProgress:
         return self
@@ -75,14 +108,14 @@ class LineProgress:
 
     def stop(self) -> None:
         for tid, t in self._tasks.items():
-            if t["completed"] != t["logged_at"]:
+            if t.completed != t.logged_at:
                 self._log(tid)
 
-    def add_task(self, description: str = "", total: float | None = None, completed: float = 0, **_: object) -> int:
+    def add_task(self, description: str = "", total: float | None = None, completed: float = 0,
+                 **_: object) -> TaskID:
         tid = len(self._tasks)
-        self._tasks[tid] = {"description": description, "total": total, "completed": completed,
-                            "start": time.monotonic(), "first": completed, "last": None, "logged_at": None}
-        return tid
+        self._tasks[tid] = _Task(description, total, completed, time.monotonic(), completed)
+        return cast("TaskID", tid)  # rich's task ids are ints, typed apart (NewType)
 
     def advance(self, task: int, advance: float = 1) -> None:
         self.update(task, advance=advance)
@@ -91,29 +124,29 @@ class LineProgress:
                description: str | None = None, total: float | None = None, **_: object) -> None:
         t = self._tasks[task]
         if total is not None:
-            t["total"] = total
+            t.total = total
         if completed is not None:
-            t["completed"] = completed
+            t.completed = completed
         if advance:
-            t["completed"] += advance
+            t.completed += advance
         if description is not None:
-            t["description"] = description
+            t.description = description
         now = time.monotonic()
-        done = t["total"] is not None and t["completed"] >= t["total"]
-        if (t["last"] is None or now - t["last"] >= self.every or done) and t["logged_at"] != t["completed"]:
+        done = t.total is not None and t.completed >= t.total
+        if (t.last is None or now - t.last >= self.every or done) and t.logged_at != t.completed:
             self._log(task)
 
     def _log(self, task: int) -> None:
         t = self._tasks[task]
         now = time.monotonic()
-        t["last"], t["logged_at"] = now, t["completed"]
-        elapsed = now - t["start"]
-        total, completed = t["total"], t["completed"]
+        t.last, t.logged_at = now, t.completed
+        elapsed = now - t.start
+        total, completed = t.total, t.completed
         parts = [f"{self.label}: {completed:g}" + (f"/{total:g} ({completed / total:.0%})" if total else "")]
-        if t["description"]:
-            parts.append(str(t["description"]))
+        if t.description:
+            parts.append(str(t.description))
         parts.append(f"{_clock(elapsed)} elapsed")
-        rate = (completed - t["first"]) / elapsed if elapsed > 0 else 0
+        rate = (completed - t.first) / elapsed if elapsed > 0 else 0
         if total and rate > 0 and completed < total:
             parts.append(f"about {_clock((total - completed) / rate)} left")
         self.console.print(", ".join(parts), markup=False, highlight=False, soft_wrap=True)

@@ -93,7 +93,7 @@ class RunSettings:
     def to_dict(self) -> JSONObject:
         return asdict(self)
 
-    def table_dict(self) -> dict[str, Any]:
+    def table_dict(self) -> dict[str, str | int]:
         """The settings a table row records (everything but `tokens`)."""
         d = asdict(self)
         d.pop("tokens")

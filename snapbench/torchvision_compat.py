@@ -12,11 +12,14 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch.library
 
 _SCHEMAS = ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
             "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-_library: Any = None  # kept alive: dropping a torch.library.Library removes what it defined
+_library: torch.library.Library | None = None  # kept alive: dropping a torch.library.Library removes what it defined
 
 
 def declare_missing_ops() -> None:

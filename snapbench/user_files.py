@@ -8,9 +8,13 @@ import os
 import select
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from snapbench.errors import SnapbenchError
+
+if TYPE_CHECKING:  # loaded when a file is read
+    import torch
+    from safetensors import safe_open
 
 # Far above any real input (an SD arch spec is ~5 KB, a big latency table a few MB); override with
 # $SNAPBENCH_MAX_INPUT_MB for an unusual one.
@@ -124,7 +128,7 @@ def _unreadable(path: str | Path, what: str, e: BaseException, fix: str) -> Snap
 _SAFETENSORS_FIX = "it is truncated or not safetensors; save it again (diffusers save_pretrained(safe_serialization=True))"
 
 
-def load_safetensors(path: str | Path, what: str = "safetensors weights file") -> dict[str, Any]:
+def load_safetensors(path: str | Path, what: str = "safetensors weights file") -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file; a truncated file or one with a lying header is one line."""
     from safetensors.torch import load_file
 
@@ -136,7 +140,7 @@ def load_safetensors(path: str | Path, what: str = "safetensors weights file") -
         raise _unreadable(path, what, e, _SAFETENSORS_FIX) from None
 
 
-def open_safetensors(path: str | Path, what: str = "safetensors weights file") -> Any:
+def open_safetensors(path: str | Path, what: str = "safetensors weights file") -> safe_open:
     """A lazy safetensors handle (`keys()`, `get_slice`, `get_tensor`), opened with errors as one line."""
     from safetensors import safe_open
 

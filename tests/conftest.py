@@ -46,7 +46,20 @@ def tiny_checkpoint(tmp_path):
 # The fixtures below make real conversions of more than one tiny package. Tests that ask for them (directly
 # or through another fixture) are marked `slow` at collection, so `make test-fast` runs none of them and
 # the full suite converts each once per session (per xdist worker) instead of once per module.
-SESSION_CONVERSIONS = ("sd15_tiny_blocks",)
+SESSION_CONVERSIONS = ("sd15_tiny_blocks", "sdxl_tiny_prices")
+
+
+@pytest.fixture(scope="session")
+def sdxl_tiny_prices():
+    """sdxl-tiny's compressible layers priced at 2 and 4 bits and fp16 on the iPhone 15 Pro, at latent 8 and
+    4 tokens (latency/recipe_price.py; converts its profile-mode packages into the test cache once)."""
+    from snapbench.backbones import resolve_model
+    from snapbench.devices.catalog import resolve_device
+    from snapbench.latency.recipe_price import layer_prices
+    from snapbench.settings import RunSettings
+
+    return layer_prices(resolve_model("sdxl-tiny"), resolve_device("iphone15pro"), RunSettings(latent=8, tokens=4),
+                        (2, 4))
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +76,17 @@ def sd15_tiny_blocks(tmp_path_factory):
     return out
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
+def _module_fixture(item) -> str | None:
+    """The first module-scoped fixture the test uses, if any."""
+    info = getattr(item, "_fixtureinfo", None)
+    for name in getattr(item, "fixturenames", ()):
+        defs = info.name2fixturedefs.get(name) if info is not None else None
+        if defs and defs[-1].scope == "module":
+            return name
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects, and before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for name in SESSION_CONVERSIONS:
@@ -72,6 +95,28 @@ def pytest_collection_modifyitems(config, items):
                 # under `pytest -n N --dist loadgroup` (make test) every test of one conversion runs on one
                 # worker, so the conversion is made once, not once per worker
                 item.add_marker(pytest.mark.xdist_group(name))
+                break
+        else:
+            # the same for a module's own shared fixture (a pipeline converted twice, a report gathered, a
+            # wheel built): without a group, loadgroup deals a module's tests out to every worker in turn and
+            # each worker builds the fixture again
+            if _module_fixture(item) is not None:
+                item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    if config.getoption("loadgroup", False):  # on an xdist worker of `--dist loadgroup`
+        # `make test` passes --no-loadscope-reorder, so workers take the work in this order (a group where its
+        # first test stands): the longest first, so the last minutes are short tests on every worker instead
+        # of one long test keeping one worker busy while the others wait. Only under xdist: in one process the
+        # order of the modules is kept, and with it their module fixtures.
+        items.sort(key=_expected_length)
+
+
+def _expected_length(item) -> int:
+    """0: marked `long` (minutes alone); 1: slow; 2: in a group (several tests sharing a fixture); 3: the rest."""
+    if item.get_closest_marker("long") is not None:
+        return 0
+    if item.get_closest_marker("slow") is not None:
+        return 1
+    return 2 if item.get_closest_marker("xdist_group") is not None else 3
 
 
 # -- the CLI in child processes forked from one that imported it once ---------------------------------------

@@ -55,6 +55,12 @@ class FakePackages:
             out[k] = p
         return out
 
+    def part_package(self, part, opts, source):
+        self.calls.append(("part", part.name, opts.batch))
+        p = self.root / f"{part.name}.mlpackage"
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
     def component_package(self, component, source, settings, *, progress):
         self.calls.append(("component", component, settings.batch))
         p = self.root / f"{component}.mlpackage"
@@ -174,7 +180,9 @@ class FakeCoreML:
     def __init__(self, *, udid: str = "00008120-0001", fail_on: str | None = None, interrupt_on: str | None = None,
                  fail_prepare: Exception | None = None, app: FakeApp | None = None, plan_fails: bool = False,
                  samples_ns: tuple[int, ...] = (5_000_000, 4_000_000, 6_000_000, 5_500_000, 4_500_000),
-                 load_ns: tuple[int, ...] = (60_000_000_000, 900_000_000)) -> None:
+                 load_ns: tuple[int, ...] = (60_000_000_000, 900_000_000), real_packages: bool = False) -> None:
+        """`real_packages`: the packages are real conversions; their interface is read with coremltools' own
+        `load_spec` and every prediction must feed exactly the package's inputs at their shapes."""
         import tempfile
 
         import coremltools as ct
@@ -241,9 +249,12 @@ class FakeCoreML:
             f.type.multiArrayType.shape.extend(shape)
             f.type.multiArrayType.dataType = ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.FLOAT16
         self.spec = spec
+        self.real_packages = real_packages
+        load_spec = (mock.create_autospec(ct.utils.load_spec, side_effect=ct.utils.load_spec) if real_packages
+                     else mock.create_autospec(ct.utils.load_spec, return_value=spec))
         self.ct = SimpleNamespace(
             __version__=ct.__version__, ComputeUnit=ct.ComputeUnit, proto=ct.proto,
-            utils=SimpleNamespace(load_spec=mock.create_autospec(ct.utils.load_spec, return_value=spec)),
+            utils=SimpleNamespace(load_spec=load_spec),
             models=SimpleNamespace(
                 compute_device=ct.models.compute_device,
                 ml_program=SimpleNamespace(experimental=SimpleNamespace(
@@ -278,6 +289,11 @@ class FakeCoreML:
         w.last_predict_duration_in_nano_seconds = None
         w.make_state_if_needed.return_value = None
         predictions = iter(range(10**6))
+        if self.real_packages:
+            wanted = {f.name: tuple(f.type.multiArrayType.shape)
+                      for f in self.real.utils.load_spec(str(spec_or_path)).description.input}
+        else:
+            wanted = {"hidden_states": (2, 4, 8, 8), "temb": (2, 16)}
 
         async def load():
             self.calls.append(("load", name, compute_units.name, where))
@@ -296,7 +312,8 @@ class FakeCoreML:
 
         async def predict(inputs, state=None):
             i = next(predictions)
-            assert set(inputs) == {"hidden_states", "temb"} and inputs["hidden_states"].shape == (2, 4, 8, 8)
+            assert {k: tuple(v.shape) for k, v in inputs.items()} == wanted if self.real_packages else \
+                set(inputs) == set(wanted) and inputs["hidden_states"].shape == wanted["hidden_states"]
             w.last_predict_duration_in_nano_seconds = self.samples_ns[i % len(self.samples_ns)]
             return {}
 

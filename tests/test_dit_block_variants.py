@@ -133,3 +133,23 @@ def test_a_variant_model_converts_and_is_priced(tmp_path, monkeypatch, capsys, n
     doc = json.loads(capsys.readouterr().out)
     assert all(b["latency_ms"] > 0 for b in doc["blocks"])
     assert any("kv_heads=1" in b["signature"] for b in doc["blocks"] if b["kind"] == "TB")
+
+
+@pytest.mark.slow
+def test_a_sana_mqa_block_at_head_width_16_converts(tmp_path):
+    """Shared key/value heads are copied by a static count: a repeat read from the traced shape became a Core
+    ML tile with fp32 repeats, which coremltools refused for Sana blocks at this width (a Sana toy hit it)."""
+    from snapbench.converters.entry import ConvertRequest, convert
+    from snapbench.dit.spec import load_preset
+
+    d = load_preset("sana-tiny").to_dict()
+    d["name"] = "sana-w16-mqa"
+    d["config"].update(attention_head_dim=16, cross_attention_head_dim=16, cross_attention_dim=32, caption_channels=32,
+                       num_layers=1, patch_size=2)  # the Sana toy's widths
+    d["stages"] = {"DiT-1": [{"block": "TB1", "kv_heads": 1}]}
+    (tmp_path / "s.json").write_text(json.dumps(d))
+    r = convert(ConvertRequest(resolve_dit(tmp_path / "s.json"), tmp_path / "pkgs", ConvertOptions(latent=8, tokens=8),
+                               progress=False))
+    assert r.ok and r.failed == [], r.failed
+    tb = next(b for b in r.manifest.blocks if b.kind == "TB")
+    assert "kv_heads=1" in tb.signature

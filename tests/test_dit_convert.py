@@ -96,7 +96,9 @@ def test_deploy_mode_refuses_a_model_the_memory_cannot_hold():
         check_memory("huge", 10**15)
 
 
-def test_dit_convert_and_profile_refuse_what_they_do_not_do(tmp_path, capsys):
+def test_dit_profile_on_a_phone_is_refused_where_no_phone_can_be(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert main(["profile", "--model", "sd3-tiny", "--device", "iphone15pro", "--backend", "iphone"]) == 2
-    assert "by the estimator so far" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--backend estimate" in err  # this machine cannot measure: say why
+    assert not (tmp_path / "latency_tables").exists()

@@ -488,3 +488,29 @@ def test_a_palette_per_channel_group_is_fetched_at_dram_latency():
     del doc["table_fetch_ns"]
     doc["version"] = 8
     assert params_from_dict(doc, "v8.json").table_fetch_ns == 0.0
+
+
+def test_a_programs_inputs_and_outputs_cross_dram_and_are_copied_by_the_cpu():
+    # v10: the app hands a prediction's inputs over and takes its outputs back: they live in DRAM whatever their
+    # size (an intermediate under the working set stays on chip), and Core ML copies them between the app's
+    # buffers and the engine's on the CPU, at the rate the CPU fallback's copies run
+    shape = (1, 128, 10, 512)  # 1.31 MB: under the 2 MB working set
+    conv = OpRecord(type="conv", name="c", in_shapes=(shape,), in_dtypes=("fp16",), out_shapes=(shape,),
+                    out_dtypes=("fp16",), flops=2.0 * 128 * 128 * 9 * 5120, weight_bytes=2.0 * 128 * 128 * 9,
+                    weight_elems=128 * 128 * 9, weight_bits=16.0, in_names=("x",), out_names=("y",))
+    second = replace(conv, name="c2", in_names=("y",), out_names=("z",))
+    p, dev = load_params(), resolve_device("iphone14")
+    one, two = estimate_ops([conv], dev, params=p), estimate_ops([conv, second], dev, params=p)
+    act = 128 * 10 * 512 * 2.0
+    # y crosses DRAM as the output of the one-conv program; between two convs it stays on chip
+    assert one.dram_bytes == pytest.approx(conv.weight_bytes + 2 * act)
+    assert two.dram_bytes == pytest.approx(2 * conv.weight_bytes + 2 * act)
+    # the CPU copies x in and the output out: the same bytes either way, so the same overhead
+    copy_ms = 2 * act / (dev.mem_bandwidth_gbps_est * 1e9 * p.bandwidth_efficiency * p.copy_bandwidth_fraction) * 1e3
+    assert one.overhead_ms == pytest.approx(p.dispatch_ms + copy_ms)
+    assert two.overhead_ms == pytest.approx(one.overhead_ms)
+    # a program that returns more pays more: the same conv returning 4x the channels
+    wide = replace(conv, out_shapes=((1, 512, 10, 512),), flops=conv.flops * 4, weight_bytes=conv.weight_bytes * 4,
+                   weight_elems=conv.weight_elems * 4)
+    assert estimate_ops([wide], dev, params=p).overhead_ms - one.overhead_ms == pytest.approx(3 * act / (
+        dev.mem_bandwidth_gbps_est * 1e9 * p.bandwidth_efficiency * p.copy_bandwidth_fraction) * 1e3)

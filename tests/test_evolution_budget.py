@@ -17,7 +17,7 @@ from evolution_helpers import (  # noqa: F401  (fixtures)
 )
 
 from snapbench.errors import SnapbenchError
-from snapbench.evolution.budget import EvalBudget, successive_halving
+from snapbench.evolution.budget import EvalBudget, Ties, successive_halving
 from snapbench.evolution.evolve import EvolveConfig, evolve
 from snapbench.evolution.executors import ScoreTask, SerialExecutor
 from snapbench.evolution.scoring import Scorer
@@ -35,6 +35,16 @@ def test_budget_rounds_and_the_smallest_budget():
         EvalBudget.parse("100").rounds(80)
     with pytest.raises(SnapbenchError, match="exhaustive, auto"):
         EvalBudget.parse("lots")
+
+
+def test_tie_margin_parsing():
+    assert EvalBudget.parse("auto", tie_margin=0.01).tie_margin == 0.01
+    assert EvalBudget.parse("exhaustive", tie_margin=0.01).tie_margin == 0.0  # every candidate on every sample
+    assert EvalBudget().tie_from(80) == 20  # a quarter of the samples: auto's third round
+    assert "ties within 0.005 quality from 20 samples" in EvalBudget.parse("auto", tie_margin=0.005).describe(80)
+    assert "ties" not in EvalBudget(tie_margin=0.0).describe(80)
+    with pytest.raises(SnapbenchError, match="--eval-tie-margin must be a quality >= 0"):
+        EvalBudget(tie_margin=-0.1)
 
 
 def _merits(truth: np.ndarray, noise: float, spread: float, total: int):
@@ -96,6 +106,68 @@ def test_halving_keeps_a_tiny_saving_until_its_value_is_known():
     assert kept.rounds[1][1] <= 14 + 1 and len(asked) < 27 * 80 / 4
 
 
+def _tiny_savings(seed: int, worse: float = 0.0, better: float = 0.0):
+    """The toy's early decisions: 20 removals that each save 0.009 ms and change quality by about the same
+    small amount (per-sample quality differences with a 0.03 spread, so their values per ms are far noisier
+    than the gaps between them). Candidate 5 loses `worse` quality more than the rest, candidate 7 gains
+    `better` more. Returns merits(alive, n), the per-sample merit rows and the savings (ms)."""
+    rng = np.random.default_rng(seed)
+    saving = np.full(20, 0.009)
+    dq = np.full(20, 0.002) + rng.standard_normal(20) * 0.0005
+    dq[5] -= worse
+    dq[7] += better
+    shared = rng.standard_normal(80) * 0.03
+    rows = (dq[:, None] + shared + rng.standard_normal((20, 80)) * 0.02) / saving[:, None]
+    asked: set[tuple[int, int]] = set()
+
+    def merits(alive, n):
+        asked.update((c, s) for c in alive for s in range(n))
+        return rows[alive, :n]
+
+    return merits, rows, saving, asked
+
+
+def test_a_tie_stops_early_and_never_picks_a_clearly_worse_candidate():
+    """Near-equal tiny savings: the decision stops at a statistical tie (a quarter of the samples or more),
+    on far fewer images than the halving without ties, and takes the leader, the best mean so far; the
+    candidate that loses 0.05 more quality is beaten, not in the tie, and never picked, over many draws."""
+    budget = EvalBudget(tie_margin=0.03)
+    rounds = budget.rounds(80)
+    picks_worse, ties_called = 0, 0
+    for seed in range(30):
+        merits, rows, saving, asked = _tiny_savings(seed, worse=0.05)
+        ties = Ties(budget.tie_margin, budget.tie_from(80), list(saving))
+        d = successive_halving(20, merits, rounds, ties=ties, tiebreak=list(-saving))
+        picks_worse += d.ranked[0] == 5
+        if d.settled == "tie":
+            ties_called += 1
+            n = d.rounds[-1][0]
+            assert n >= 20 and d.samples[d.ranked[0]] == n and 1 < d.tied <= 20
+            assert d.ranked[0] == max((c for c in d.samples if d.samples[c] == n), key=lambda c: d.means[c])
+            assert d.samples[5] < n  # the clearly worse one left before the tie was called
+            assert d.to_dict()["tied"] == d.tied
+        no_ties_asked = len(asked)
+        asked.clear()
+        plain = successive_halving(20, merits, rounds, tiebreak=list(-saving))
+        assert plain.settled != "tie" and not plain.tied
+        if d.settled == "tie":
+            assert no_ties_asked < len(asked)  # the tie saved images
+    assert picks_worse == 0 and ties_called >= 25
+
+
+def test_no_tie_where_one_candidate_is_better_by_more_than_the_margin():
+    """One tiny saving gains 0.045 quality more than its rivals, 1.5 times the tie margin: no tie may hide
+    it; the decision goes on until it leads, as without ties (the exhaustive winner)."""
+    budget = EvalBudget(tie_margin=0.03)
+    for seed in range(10):
+        merits, rows, saving, _ = _tiny_savings(seed, better=0.045)
+        exhaustive = successive_halving(20, merits, [80], tiebreak=list(-saving))
+        assert exhaustive.ranked[0] == 7
+        d = successive_halving(20, merits, budget.rounds(80), tiebreak=list(-saving),
+                               ties=Ties(budget.tie_margin, budget.tie_from(80), list(saving)))
+        assert d.ranked[0] == 7
+
+
 def test_halving_stops_when_the_ranking_is_settled_and_keeps_want():
     truth = np.arange(8, dtype=float)  # 7 is best by a wide margin
     merits, asked = _merits(truth, noise=1.0, spread=0.01, total=64)
@@ -140,6 +212,25 @@ def test_evolve_with_halving_makes_the_exhaustive_decisions(tmp_path, toy_folder
     assert kept[0]["scores"].shape == (39, 32) and not np.isnan(kept[0]["scores"]).any()
     assert list(kept[0]["labels"]) == list(kept[1]["labels"]) and len(kept[0]["latency_delta_ms"]) == 38
     assert np.isnan(kept[1]["scores"]).any() and np.array_equal(kept[1]["scores"][0], kept[0]["scores"][0])
+
+
+def test_evolve_records_ties_in_the_trajectory(tmp_path, toy_folder):
+    """Every CA removal costs the same quality per ms (and every RB's the same, dearer): each decision is a
+    tie among the CAs, called on a quarter of the samples and written to trajectory.csv. Which CA goes may
+    differ from an exhaustive run's pick; the quality may not: any two CAs lose 2 x 0.05."""
+    from snapbench.evolution.trajectory import read_trajectory
+
+    spec = load_preset("toy-digits")
+    target = fixed_costs(spec).latency(spec) - 2 * CA_MS
+    ev = PenaltyEval((), default_penalty=0.05, samples=32, noise=0.2, spread=0.002)
+    tied = _evolve(toy_folder, tmp_path / "tied", target, ev, EvalBudget.parse("4", tie_margin=0.02))
+    rows = [r for r in read_trajectory(tmp_path / "tied" / "trajectory.csv") if r["phase"] == "remove"]
+    assert [r["eval_settled"] for r in rows] == ["tie", "tie"] and [r["eval_decided_on"] for r in rows] == [8, 8]
+    assert all(r["block"].startswith("CA") for r in rows)
+    assert tied.final_quality - tied.initial_quality == pytest.approx(-0.10, abs=0.01)
+    candidates = tied.evaluations[1]["candidates"]
+    assert tied.eval_samples < 32 * candidates  # under one exhaustive decision's images for both decisions
+    assert [e["settled"] for e in tied.evaluations[1:3]] == ["tie", "tie"] and tied.evaluations[1]["tied"] > 1
 
 
 def test_reuse_recomputes_after_training_steps(toy_folder, tmp_path):
@@ -207,6 +298,17 @@ def test_cli_refuses_a_first_round_beyond_the_samples(tmp_path, toy_folder, caps
     assert not out.exists()
 
 
+def test_cli_refuses_a_negative_tie_margin(tmp_path, capsys):
+    from snapbench.cli import main
+
+    out = tmp_path / "evo"
+    assert main(["evolve", "--model", "toy-digits", "--out", str(out), "--target-fraction", "0.9",
+                 "--eval-tie-margin", "-0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "--eval-tie-margin" in err and "greater than or equal to 0" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_a_run_started_before_the_eval_budget_resumes(tmp_path, toy_folder):
     """A state written by the version before --eval-budget (no budget, no batch, no evaluation log, rows
     without image counts: as tried on a real folder of that version) resumes with the budget asked now;
@@ -229,6 +331,19 @@ def test_a_run_started_before_the_eval_budget_resumes(tmp_path, toy_folder):
                executor=SerialExecutor(), progress=False, after_iteration=kill)
     path = out / ".evolve" / "state.json"
     state = json.loads(path.read_text())
+    import shutil
+
+    # the version before --eval-tie-margin: its halving called no ties; it resumes with the margin asked now
+    no_ties = tmp_path / "no-ties"
+    shutil.copytree(out, no_ties)
+    older = json.loads(json.dumps(state))
+    del older["settings"]["config"]["eval_budget"]["tie_margin"]
+    (no_ties / ".evolve" / "state.json").write_text(json.dumps(older))
+    said: list[str] = []
+    evolve(toy_folder, no_ties, EvolveConfig(target_ms=target, add_phase=False,
+                                             eval_budget=EvalBudget(tie_margin=0.01)),
+           evaluator=ev, costs=fixed_costs, executor=SerialExecutor(), progress=False, say=said.append)
+    assert [line for line in said if "started before --eval-tie-margin" in line and "ties within 0.01" in line]
     del state["settings"]["config"]["eval_budget"], state["settings"]["evaluator"]["batch"], state["evaluations"]
     del state["settings"]["config"]["moves"]  # older still: before --moves (remove and copy only)
     del state["settings"]["config"]["train"]["variant_moves"]  # and before robust training sampled variants
@@ -236,8 +351,6 @@ def test_a_run_started_before_the_eval_budget_resumes(tmp_path, toy_folder):
     for row in state["trajectory"]:
         del row["eval_samples"], row["eval_reused"]
     path.write_text(json.dumps(state))
-    import shutil
-
     shutil.copytree(out, tmp_path / "old-moves")
     with pytest.raises(SnapbenchError, match="config.moves=None, this command asks"):  # it knew no swaps
         _evolve(toy_folder, tmp_path / "old-moves", target, ev, EvalBudget(), moves=("remove", "mqa"))

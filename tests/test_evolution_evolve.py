@@ -156,6 +156,45 @@ def test_training_steps_between_iterations(tmp_path, toy_folder):
     assert len(list((tmp_path / "evo" / ".evolve").glob("ckpt-*"))) == 1
 
 
+def test_the_final_architecture_trains_on_after_the_last_decision(tmp_path, toy_folder, monkeypatch):
+    """Algorithm 1: training between decisions, then the evolved network keeps training; a run killed in
+    that last training resumes into it, and the steps add up (what a fair baseline must be given)."""
+    from snapbench.evolution import evolve as evolve_module
+    from snapbench.evolution.robust_training import TrainConfig
+
+    spec = load_preset("toy-digits")
+    config = EvolveConfig(target_ms=fixed_costs(spec).latency(spec) - 0.01, train_steps=1, final_steps=2,
+                          final_robust=False, train=TrainConfig(batch_size=2), add_phase=False)
+
+    class Killed(BaseException):
+        pass
+
+    real = evolve_module.EvolutionRun.final_training
+
+    def killed(self):
+        raise Killed
+
+    monkeypatch.setattr(evolve_module.EvolutionRun, "final_training", killed)
+    with pytest.raises(Killed):
+        evolve(toy_folder, tmp_path / "evo", config, evaluator=TINY_EVAL, costs=fixed_costs,
+               executor=SerialExecutor(), progress=False)
+    state = json.loads((tmp_path / "evo" / ".evolve" / "state.json").read_text())
+    assert state["phase"] == "done" and not state["final_trained"] and state["train_steps_done"] == 1
+    monkeypatch.setattr(evolve_module.EvolutionRun, "final_training", real)
+    said: list[str] = []
+    r = evolve(toy_folder, tmp_path / "evo", config, evaluator=TINY_EVAL, costs=fixed_costs,
+               executor=SerialExecutor(), progress=False, say=said.append)
+    assert [row["action"] for row in r.trajectory] == ["start", "A-", "train", "train", "final"]
+    assert [row["train_steps"] for row in r.trajectory] == [0, 0, 1, 3, 3]
+    assert r.train_steps == 3
+    assert any("2 training steps (final)" in s for s in said)  # --final-normal: no "robust"
+    assert [p.name for p in (tmp_path / "evo" / ".evolve").glob("ckpt-*")] == ["ckpt-final"]
+    # done and trained: asked again, nothing trains
+    again = evolve(toy_folder, tmp_path / "evo", config, evaluator=TINY_EVAL, costs=fixed_costs,
+                   executor=SerialExecutor(), progress=False)
+    assert again.train_steps == 3 and len(again.trajectory) == len(r.trajectory)
+
+
 def test_cli_evolve_json_and_output_folder(tmp_path, toy_folder, capsys, fixed_table_csv):
     table = fixed_table_csv
     out = tmp_path / "evo"

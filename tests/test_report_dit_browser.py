@@ -87,4 +87,7 @@ def test_numbers_on_the_page_are_the_json_numbers(page, built):
     cells = page[0].eval_on_selector_all("[data-json]", CELLS_JS)
     paths = {c[0] for c in cells}
     assert {"results.0.stages.1.tb_ms", "models.1.stage_params.3.tb_params", "results.1.components.unet.ms"} <= paths
+    # the whole pipeline is priced: text encoders and decoder, and the end-to-end budget
+    assert {"results.0.components.text_encoder.ms", "results.1.components.vae_decoder.ms",
+            "results.0.budget.total_s", "results.1.budget.text_encoder_ms"} <= paths
     assert_cells_match(cells, data)

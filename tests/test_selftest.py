@@ -193,6 +193,7 @@ def test_first_error_line():
 
 
 @pytest.mark.slow
+@pytest.mark.long  # every stage in its own process: minutes; xdist starts it first (conftest)
 def test_selftest_runs_every_stage(tmp_path):
     """The whole checklist, as `make test` runs it once: every stage passes."""
     work = tmp_path / "st"

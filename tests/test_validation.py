@@ -206,6 +206,28 @@ def test_rank_summary_counts_pairs_ordered_right():
     assert "c" not in r.index  # one row: no pair
 
 
+def test_pairs_within_a_sources_stated_step_are_counted_as_ties_beside_the_strict_share():
+    import pandas as pd
+
+    from snapbench.validation.run import rank_summary
+
+    # a: a 0.1 ms timer. 0.3 vs 0.4 is one step apart (a tie however it is estimated); 0.3 vs 0.5 is not.
+    # b: no stated step: 0.12 vs 0.13 keeps its order, both shares agree
+    df = pd.DataFrame({"source": ["a"] * 3 + ["b"] * 2,
+                       "published_ms": [0.3, 0.4, 0.5, 0.12, 0.13],
+                       "estimated_ms": [0.45, 0.40, 0.60, 0.2, 0.1],
+                       "resolution_ms": [0.1, 0.1, 0.1, 0.0, 0.0]})
+    r = rank_summary(df).set_index("source")
+    # a's strict share: (0.3, 0.4) wrong, (0.3, 0.5) and (0.4, 0.5) right
+    assert r.loc["a", "pairs"] == 3 and r.loc["a", "pairs_ordered_right_pct"] == pytest.approx(200 / 3)
+    assert r.loc["a", "tied_pairs"] == 2 and r.loc["a", "pairs_ordered_right_untied_pct"] == 100.0
+    assert r.loc["b", "tied_pairs"] == 0
+    assert r.loc["b", "pairs_ordered_right_untied_pct"] == r.loc["b", "pairs_ordered_right_pct"] == 0.0
+    # a frame without the column (older callers) ties nothing
+    plain = rank_summary(df.drop(columns="resolution_ms")).set_index("source")
+    assert (plain["tied_pairs"] == 0).all()
+
+
 def test_in_sample_rows_carry_their_own_apps_floor_and_the_engine_apart():
     v = validate(convert=False)
     df = v.rows.set_index("row")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
 
 from snapbench.backbones.base import Backbone, ElasticModel
 from snapbench.backbones.dit import DitBackbone
@@ -29,7 +28,7 @@ from snapbench.specs.arch_spec import ArchSpec
 BACKBONES: list[Backbone] = [SDXLUNetBackbone(), DitBackbone(), UNetBackbone()]
 
 
-def backbone_for(model: ModelSource | ArchSpec | Mapping[str, Any]) -> Backbone:
+def backbone_for(model: ModelSource | ArchSpec | Mapping[str, object]) -> Backbone:
     """The family of `model` (a resolved source, its spec, or a base config); one line if none fits."""
     spec = model.spec if isinstance(model, ModelSource) else model
     config = spec.base_config if isinstance(spec, ArchSpec) else spec

@@ -23,10 +23,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import torch
+    from diffusers.configuration_utils import FrozenDict
 
     from snapbench.blocks.cut import CutBlock
     from snapbench.blocks.signature import Shape, Signature
@@ -46,7 +47,7 @@ class ElasticModel(Protocol):
     output)` per unit, which is how blocks are cut."""
 
     spec: ArchSpec
-    config: Any  # the family's config (diffusers' FrozenDict for diffusers models)
+    config: FrozenDict  # the family's config, as diffusers holds it
 
     @property
     def units(self) -> list[BlockUnit]: ...
@@ -71,7 +72,7 @@ class Backbone(ABC):
 
     # -- which models are this family's (config only: cheap, no torch) ------------------------------
     @abstractmethod
-    def accepts(self, config: Mapping[str, Any]) -> bool:
+    def accepts(self, config: Mapping[str, object]) -> bool:
         """True when `config` (an arch spec's `base_config`) describes a network of this family."""
 
     # -- reading `--model` ------------------------------------------------------------------------------

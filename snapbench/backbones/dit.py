@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -41,7 +40,7 @@ class DitBackbone(Backbone):
     stages = STAGES
     spec_file = SPEC_FILE
 
-    def accepts(self, config: Mapping[str, Any]) -> bool:
+    def accepts(self, config: Mapping[str, object]) -> bool:
         return config.get("_class_name") in FAMILIES
 
     def claims(self, ref: str) -> bool:

@@ -14,7 +14,6 @@ The structure is the SD UNet's, so the family reuses `UNetBackbone` and differs 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from snapbench.backbones.unet import UNetBackbone
 from snapbench.specs.layout import text_embeds_dim
@@ -23,9 +22,9 @@ from snapbench.specs.layout import text_embeds_dim
 class SDXLUNetBackbone(UNetBackbone):
     name = "sdxl-unet"
 
-    def accepts(self, config: Mapping[str, Any]) -> bool:
+    def accepts(self, config: Mapping[str, object]) -> bool:
         return super().accepts(config) and config.get("addition_embed_type") == "text_time"
 
-    def conditioning_width(self, config: Mapping[str, Any]) -> int | None:
+    def conditioning_width(self, config: Mapping[str, object]) -> int | None:
         """The pooled text embedding's width (SDXL: 1280)."""
         return text_embeds_dim(config)

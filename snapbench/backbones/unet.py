@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -37,7 +36,7 @@ class UNetBackbone(Backbone):
     name = "sd-unet"
     stages = STAGES  # the paper's Down-1 ... Up-3 (specs/stages.py maps diffusers' levels onto them)
 
-    def accepts(self, config: Mapping[str, Any]) -> bool:
+    def accepts(self, config: Mapping[str, object]) -> bool:
         # Arch specs written by snapbench may omit _class_name; they are UNets (the only family before).
         return config.get("_class_name", UNET_CLASS) == UNET_CLASS and "down_block_types" in config
 

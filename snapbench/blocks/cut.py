@@ -8,8 +8,7 @@ the attention matmuls too; they are also reported apart so BK-SDM's hook-based f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -34,7 +33,7 @@ class CutBlock:
     macs: int
     attention_macs: int
     signature: Signature | None  # None: removed without anything left to run
-    extra: dict[str, Any] = field(default_factory=dict)
+    outputs: tuple[tuple[str, tuple[int, ...]], ...] | None = None  # a DiT block's named outputs
 
     @property
     def block_id(self) -> str:

@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import pandas as pd
 
 from snapbench.blocks.cut import CutBlock, InputShapes
+from snapbench.json_types import JSONObject
 from snapbench.model.loading import ModelSource
 from snapbench.specs.stages import STAGES
+
+
+class BlockRow(TypedDict):
+    """One block as `inspect --json` lists it (and the report and the block tables read it)."""
+
+    id: str
+    file_id: str
+    stage: str
+    kind: str
+    status: str
+    module: str
+    inputs: dict[str, list[int]]
+    output: list[int]
+    params: int
+    macs: int
+    macs_no_attention: int
+    signature: str | None
+    outputs: NotRequired[dict[str, list[int]]]  # a DiT block's named outputs
+    variant: NotRequired[JSONObject]  # the cheaper variant it runs as (Variant.to_dict), when it is one
 
 
 @dataclass
@@ -23,11 +43,11 @@ class Inspection:
     def name(self) -> str:
         return self.source.spec.name
 
-    def block_rows(self) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
+    def block_rows(self) -> list[BlockRow]:
+        rows: list[BlockRow] = []
         for b in self.blocks:
             u = b.unit
-            rows.append({
+            row: BlockRow = {
                 "id": u.block_id,
                 "file_id": u.file_id,
                 "stage": u.slot.stage,
@@ -40,11 +60,13 @@ class Inspection:
                 "macs": b.macs,
                 "macs_no_attention": b.macs - b.attention_macs,
                 "signature": b.signature.key() if b.signature else None,
-                **({"outputs": {n: list(sh) for n, sh in b.extra["outputs"]}} if "outputs" in b.extra else {}),
-            })
+            }
+            if b.outputs is not None:
+                row["outputs"] = {n: list(sh) for n, sh in b.outputs}
             variant = self.source.spec.choice(u.slot).variant if u.slot.kind != "aux" else None
             if variant is not None and not variant.is_default:  # only then: other models' rows stay as they were
-                rows[-1]["variant"] = variant.to_dict()
+                row["variant"] = variant.to_dict()
+            rows.append(row)
         return rows
 
     def blocks_frame(self) -> pd.DataFrame:
@@ -58,7 +80,7 @@ class Inspection:
         for stage in self.stages:
             s = df[df["stage"] == stage]
             r = runs[runs["stage"] == stage]
-            row: dict[str, Any] = {"stage": stage}
+            row: dict[str, str | int] = {"stage": stage}
             for kind in self.kinds():
                 k = s[s["kind"] == kind]
                 row[f"{kind}_count"] = int((r["kind"] == kind).sum())
@@ -89,7 +111,7 @@ class Inspection:
         out["signatures"] = int(df["signature"].nunique())
         return out
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:  # written as JSON (inspect --json): values passed through
         return {
             "model": self.name,
             "source": self.source.ref,

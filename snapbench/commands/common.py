@@ -6,7 +6,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -52,7 +52,7 @@ def messages(as_json: bool) -> Callable[[str], None] | None:
     return None if as_json and not err.is_terminal else (lambda msg: err.print(msg, markup=False, highlight=False))
 
 
-def without_float_noise(data: Any) -> Any:
+def without_float_noise(data: object) -> object:
     """Floats at 12 significant digits: 0.05170000000000001 prints as 0.0517; no figure here has more."""
     if isinstance(data, float):
         return float(f"{data:.12g}") if math.isfinite(data) else data
@@ -63,9 +63,17 @@ def without_float_noise(data: Any) -> Any:
     return data
 
 
-def print_json(data: Any) -> None:
+def print_json(data: object) -> None:
     sys.stdout.write(json.dumps(without_float_noise(data), indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+def default_learning_rate(model: str) -> float:
+    """`train`'s and `evolve`'s AdamW rate when --lr is not given: the toy's 1e-3, 1e-5 for fine-tuning a
+    real checkpoint (evolution's steps continue the robust training, so they take its rate)."""
+    from snapbench.training.toy_digits import TOY_PRESET
+
+    return 1e-3 if TOY_PRESET in model or is_toy_ref(model) else 1e-5
 
 
 def is_toy_ref(model: str) -> bool:

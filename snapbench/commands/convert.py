@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -31,6 +31,7 @@ from snapbench.interrupts import on_interrupt_keep
 from snapbench.settings import COMPONENTS, check_choice
 
 if TYPE_CHECKING:
+    from snapbench.commands.dit_commands import OptionKw
     from snapbench.converters.entry import ConvertRequest, Part
     from snapbench.converters.result import ConvertResult
 
@@ -78,8 +79,8 @@ def convert_command(
         _convert_network(model, input_shape, out_dir, weight_bits=weight_bits, attention=attention, as_json=as_json)
         return
     part = _part(whole=whole, component=component, pipeline=pipeline, chunks=chunks)
-    options = dict(mode=mode, attention=attention, weight_bits=weight_bits, target=target, precision=precision,
-                   jobs=jobs, check=check, chunks=chunks)
+    options: OptionKw = {"mode": mode, "attention": attention, "weight_bits": weight_bits, "target": target,
+                         "precision": precision, "jobs": jobs, "check": check, "chunks": chunks}
     request = _request(model, part, Path(out_dir), weights=weights, variant=variant, subfolder=subfolder,
                        revision=revision, latent=latent, batch=batch, tokens=tokens, options=options,
                        vae_encoder=vae_encoder, compile_=compile_, as_json=as_json, recipe=recipe,
@@ -112,7 +113,7 @@ def _part(*, whole: bool, component: str | None, pipeline: bool, chunks: int) ->
 
 def _request(model: str, part: Part, out_dir: Path, *, weights: str | None, variant: str | None,
              subfolder: str | None, revision: str | None, latent: int | None, batch: int, tokens: int,
-             options: dict[str, Any], vae_encoder: bool, compile_: bool, as_json: bool,
+             options: OptionKw, vae_encoder: bool, compile_: bool, as_json: bool,
              recipe: str | None = None, drop_text_encoders: tuple[str, ...] = ()) -> ConvertRequest:
     """The model resolved once (a DiT's shapes default to its own pipeline's), and the options checked,
     before anything slow."""

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from snapbench.commands.common import JsonOpt, WeightsOpt, err, is_toy_ref, out, print_json
+
+if TYPE_CHECKING:  # heavy (torch): the types only
+    from snapbench.distillation.step_distillation import DistillConfig, DistillResult
+    from snapbench.distillation.toy_compare import Comparison, ToyCompareConfig
 
 
 def distill_command(
@@ -48,14 +54,10 @@ def distill_command(
     """Distill an N-step teacher into an M-step student (SnapFusion 4.2; direct, CFG-aware by default)."""
     import torch
 
-    from snapbench.distillation.step_distillation import DistillConfig, PredictionType, distill
+    from snapbench.distillation.provenance import check_decoder
+    from snapbench.distillation.step_distillation import DistillConfig, distill, parse_prediction_type
     from snapbench.distillation.toy_compare import EVAL_SEED, ToyCompareConfig, parse_guidance
-    from snapbench.errors import SnapbenchError
 
-    prediction_types: dict[str | None, PredictionType | None] = {
-        None: None, "epsilon": "epsilon", "v_prediction": "v_prediction"}
-    if prediction_type not in prediction_types:
-        raise SnapbenchError(f"--prediction-type {prediction_type!r}: choose epsilon or v_prediction")
     torch.set_num_threads(threads)
     toy = is_toy_ref(model)
     compare_cfg = ToyCompareConfig(parse_guidance(eval_guidance), eval_samples,
@@ -64,32 +66,28 @@ def distill_command(
                            guidance_min=guidance_min, guidance_max=guidance_max, cfg_probability=cfg_probability,
                            gamma=gamma, steps=steps, batch_size=batch_size,
                            learning_rate=lr if lr is not None else (1e-4 if toy else 1e-5),
-                           prediction_type=prediction_types[prediction_type], v_finetune_steps=v_finetune_steps,
+                           prediction_type=parse_prediction_type(prediction_type), v_finetune_steps=v_finetune_steps,
                            save_every=save_every, seed=seed)
     if decoder is not None:
-        from pathlib import Path
-
-        from snapbench.distillation.decoder import DISTILL_FILE
-
-        if not (Path(decoder) / DISTILL_FILE).is_file():  # before any work
-            raise SnapbenchError(f"--decoder {decoder}: not a `snapbench distill-decoder` folder (no {DISTILL_FILE})")
+        check_decoder(decoder)  # before any work
     result = distill(model, out_dir, config, student=student, data=data, weights=weights, progress=True,
                      say=lambda s: err.print(s))
-    if not result.main_process:
-        return  # under `accelerate launch` every process gets here; one process records and reports
-    if decoder is not None:
-        from snapbench.distillation.provenance import record_decoder
+    if result.main_process:  # under `accelerate launch` every process gets here; one records and reports
+        _record_and_render(result, config, out_dir, decoder, compare_cfg, as_json)
 
+
+def _record_and_render(result: DistillResult, config: DistillConfig, out_dir: str, decoder: str | None,
+                       compare_cfg: ToyCompareConfig | None, as_json: bool) -> None:
+    """Note the decoder, score the toy student against its teacher on fresh noise, and print the run."""
+    from snapbench.distillation.provenance import record_decoder
+    from snapbench.distillation.toy_compare import compare_distilled
+
+    if decoder is not None:
         record_decoder(out_dir, decoder)
     comparison = None
     if compare_cfg is not None:
-        from snapbench.distillation.step_distillation import teacher_of
-        from snapbench.distillation.toy_compare import compare
-        from snapbench.training.checkpoints import load_bundle
-
         err.print("scoring teacher, undistilled and student on fresh noise")
-        comparison = compare(load_bundle(teacher_of(out_dir)), load_bundle(out_dir), teacher_steps, student_steps,
-                             compare_cfg)
+        comparison = compare_distilled(out_dir, config.teacher_steps, config.student_steps, compare_cfg)
     if as_json:
         print_json({**(comparison or {}), "run": result.to_dict()})
         return
@@ -100,7 +98,7 @@ def distill_command(
         _print_comparison(comparison)
 
 
-def _print_comparison(comparison: dict) -> None:
+def _print_comparison(comparison: Comparison) -> None:
     from rich.table import Table
 
     table = Table(title="quality (higher is better) / FD to real digits (lower is better), same fresh noise")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import click
 from rich.table import Table
@@ -14,7 +14,23 @@ from snapbench.commands.common import err, fmt_count, messages, out, print_json
 if TYPE_CHECKING:
     from snapbench.converters.options import ConvertOptions
     from snapbench.devices.catalog import Device
+    from snapbench.latency.dit_profile import DitProfileDoc
+    from snapbench.latency.model_latency import ProfileRun
     from snapbench.model.loading import ModelSource
+    from snapbench.profilers.readiness import Machine
+
+
+class OptionKw(TypedDict, total=False):
+    """The ConvertOptions fields `convert` and `profile` take from their flags (the shapes come apart)."""
+
+    mode: str
+    attention: str
+    weight_bits: int
+    target: str
+    precision: str
+    jobs: int | None
+    check: bool
+    chunks: int
 
 
 def given(name: str) -> bool:
@@ -24,7 +40,7 @@ def given(name: str) -> bool:
 
 
 def dit_options(model: str, *, latent: int | None, batch: int, tokens: int,
-                **kw: Any) -> tuple[ModelSource, ConvertOptions]:
+                **kw: Unpack[OptionKw]) -> tuple[ModelSource, ConvertOptions]:
     from snapbench.converters.options import ConvertOptions
     from snapbench.dit.cut import default_shapes
     from snapbench.dit.source import dit_spec, resolve_dit
@@ -35,17 +51,33 @@ def dit_options(model: str, *, latent: int | None, batch: int, tokens: int,
     return source, ConvertOptions(latent=shapes.latent, batch=shapes.batch, tokens=shapes.tokens, **kw)
 
 
-def profile(model: str, dev: Device, *, backend: str, packages: Path | None, table: Path | None, tables: Path | None,
-            as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Any) -> None:
+def measuring_backend(backend: str, device: Device | None, *, import_file: Path | None, ray_address: str | None,
+                      machine: Machine | None) -> str | None:
+    """The backend a DiT profile takes profiling's one seam with (measuring on a phone, a Mac or a farm, or
+    importing), or None: estimated here. `auto` measures when a phone (or this Mac) is ready for `device`."""
+    from snapbench.profilers.backends import MEASURING, choose_backend
+
+    if import_file is not None or ray_address is not None or device is None or backend in (*MEASURING, "import"):
+        return backend
+    if backend == "auto":
+        chosen = choose_backend("auto", device, machine=machine)
+        return chosen if chosen in MEASURING else None
+    return None
+
+
+def profile(model: str, device: Device | None, *, packages: Path | None, table: Path | None, tables: Path | None,
+            as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Unpack[OptionKw]) -> None:
+    """`profile` of a DiT, estimated (`latency/dit_profile.py`); see `measuring_backend` for the others."""
     from snapbench.errors import SnapbenchError
     from snapbench.latency.dit_profile import profile_dit
     from snapbench.latency.table import LatencyTable, merge_into_file
     from snapbench.paths import shipped_table_path, tables_redirect_note, user_table_path
 
-    if backend not in ("auto", "estimate"):
-        raise SnapbenchError(f"--backend {backend}: DiT blocks are priced from the table or by the estimator so "
-                             "far; use --backend estimate (or auto)")
     source, opts = dit_options(model, latent=latent, batch=batch, tokens=tokens, **kw)
+    if device is None:
+        raise SnapbenchError(f"--device auto files figures under the attached iPhone's (or this Mac's) own id: use "
+                             f"it with --backend iphone or --backend mac ({model} is estimated on a device you name)")
+    dev = device
     path = table if table is not None else user_table_path(dev.id, model, tables)
     existing = LatencyTable.load_or_empty(path)  # a corrupt table stops here, untouched
     if table is None and not path.is_file() and shipped_table_path(dev.id, model).is_file():
@@ -60,13 +92,30 @@ def profile(model: str, dev: Device, *, backend: str, packages: Path | None, tab
             say(f"{path}: wrote {len(run.new_rows)} estimate row(s); {len(written)} in the table")
     elif say:
         say(f"{path}: every figure came from the table; nothing to write")
-    doc = run.to_dict()
-    doc["table"] = str(path)
+    show(run.to_dict(), str(path), as_json)
+
+
+def document(run: ProfileRun, source: ModelSource, opts: ConvertOptions, table: str) -> DitProfileDoc:
+    """The DiT document of a run through profiling's seam."""
+    from snapbench.latency.dit_profile import from_run
+
+    doc = from_run(run, source, opts).to_dict()
+    doc["table"] = table
+    return doc
+
+
+def show(doc: DitProfileDoc, table: str, as_json: bool) -> None:
+    """The DiT document on stdout (--json), else its tables."""
+    doc["table"] = table
     if as_json:
         print_json(doc)
         return
+    render(doc)
+
+
+def render(doc: DitProfileDoc) -> None:
     s = doc["settings"]
-    out.rule(Text.assemble((doc['model'], "bold"), f" on {run.device.name}: {doc['backend']}, {s['image']}x{s['image']} image "
+    out.rule(Text.assemble((doc['model'], "bold"), f" on {doc['device']}: {doc['backend']}, {s['image']}x{s['image']} image "
              f"(latent {s['latent']}), batch {s['batch']}, {s['tokens']} tokens, attention {s['attention']}"))
     t = Table(title="per block (one denoising step)", title_justify="left", show_edge=False)
     for col in ("stage", "block", "ms", "MACs", "params", "signature"):
@@ -86,5 +135,12 @@ def profile(model: str, dev: Device, *, backend: str, packages: Path | None, tab
     out.print(t)
     out.print(f"{doc['packages']} block signatures priced ({doc['backend']}; an estimate is predicted from the "
               "package's Core ML program, not measured)")
+    where = doc.get("measured_on")
+    if where:
+        out.print(f"measured on {where['name']} (OS {where['os_version']}, build {where['os_build']})")
+    if doc.get("load_ms"):
+        load = doc["load_ms"]["transformer"]
+        out.print(f"loading the transformer's packages: first {load['first'] / 1000:.1f} s (Neural Engine compile), "
+                  f"warm {load['warm'] / 1000:.1f} s")
     for note in doc["notes"]:
         err.print(f"note: {note}", markup=False, highlight=False)

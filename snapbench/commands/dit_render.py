@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 from rich.table import Table
 from rich.text import Text
 
 from snapbench.commands.block_tables import render_blocks
 from snapbench.commands.common import fmt_count, out
+from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSON
 
 if TYPE_CHECKING:
     from snapbench.blocks.inspection import Inspection
 
 
-def published(r: Inspection) -> dict[str, Any] | None:
+class Published(TypedDict):
+    """A DiT spec's published parameter count (its notes) beside ours."""
+
+    params: int
+    label: JSON  # as the notes write it ("0.6B"), else the count
+    source: JSON  # where it was published
+    difference: float  # (ours - published) / published
+
+
+def published(r: Inspection) -> Published | None:
     notes = r.source.spec.notes
     if "published_params" not in notes:
         return None
-    pub, ours = int(notes["published_params"]), r.totals()["params"]
+    raw = notes["published_params"]
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise SnapbenchError(f"{r.name}: notes.published_params is {raw!r}; give a number")
+    pub, ours = int(raw), r.totals()["params"]
     return {"params": pub, "label": notes.get("published_params_label", f"{pub:,}"),
             "source": notes.get("published_params_source"), "difference": (ours - pub) / pub}
 

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from snapbench.commands.common import JsonOpt, err, out, print_json
+from snapbench.commands.common import JsonOpt, default_learning_rate, err, out, print_json
+from snapbench.evolution.budget import DEFAULT_TIE_MARGIN
 from snapbench.interrupts import on_interrupt_keep
+from snapbench.json_types import json_int
 
 if TYPE_CHECKING:  # heavy (torch): the type only
     from snapbench.evolution.evolve import EvolutionResult
@@ -48,7 +50,14 @@ def evolve_command(
                                    "variants: separable (RB), mqa, ffn, drop-self-attn (CA)."),
     min_gain: float = typer.Option(0.0, "--min-gain", help="Least quality gain per ms an A+ must bring."),
     train_steps: int = typer.Option(0, "--train-steps", min=0, help="Robust-training steps between iterations."),
-    lr: float = typer.Option(1e-4, "--lr", help="Learning rate of those steps."),
+    final_steps: int = typer.Option(0, "--final-steps", min=0,
+                                    help="Training steps of the final architecture after the last decision "
+                                         "(Algorithm 1 trains on until the network converges)."),
+    final_robust: bool = typer.Option(True, "--final-robust/--final-normal",
+                                      help="Those final steps skip blocks at random like the rest (the paper's "
+                                           "loop), or train the final network whole."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate of those steps [default: train's: 1e-3 "
+                                                        "toy, 1e-5 else]."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     skip_ca: float = typer.Option(0.1, "--skip-ca"),
     skip_rb: float = typer.Option(0.1, "--skip-rb"),
@@ -71,6 +80,11 @@ def evolve_command(
     eval_confidence: float = typer.Option(0.95, "--eval-confidence",
                                           help="Stop halving once the leader beats every other survivor at this "
                                                "confidence (paired t-test over common samples)."),
+    eval_tie_margin: float = typer.Option(DEFAULT_TIE_MARGIN, "--eval-tie-margin", min=0.0,
+                                          help="Stop a decision (from a quarter of the samples on) when no rival "
+                                               "can beat the leader by more than this much quality at "
+                                               "--eval-confidence, and take the leader (0: never; exhaustive: "
+                                               "never)."),
     workers: int = WorkersOpt,
     ray_address: str | None = RayOpt,
     threads: int = ThreadsOpt,
@@ -95,10 +109,13 @@ def evolve_command(
                           samples_per_prompt=samples_per_prompt, steps=eval_steps, guidance=guidance, seed=eval_seed)
     config = EvolveConfig(target_ms=target_ms, target_fraction=target_fraction,
                           removals_per_iteration=removals_per_iteration, max_iterations=max_iterations,
-                          add_phase=add_phase, min_gain=min_gain, train_steps=train_steps, moves=parse_moves(moves),
-                          train=TrainConfig(batch_size=batch_size, learning_rate=lr, robust=True,
+                          add_phase=add_phase, min_gain=min_gain, train_steps=train_steps, final_steps=final_steps,
+                          final_robust=final_robust, moves=parse_moves(moves),
+                          train=TrainConfig(batch_size=batch_size,
+                                            learning_rate=lr if lr is not None else default_learning_rate(model),
+                                            robust=True,
                                             skip=SkipProbabilities(skip_ca, skip_rb)), data=data,
-                          eval_budget=parse_budget(eval_budget, eval_confidence, ev))
+                          eval_budget=parse_budget(eval_budget, eval_confidence, ev, eval_tie_margin))
     costs = cost_builder(device=dev, table=table, fixed_table=fixed_table, attention=attention, progress=True,
                          say=lambda s: err.print(s))
     on_interrupt_keep(f"the state after every finished iteration in {out_dir}")
@@ -123,14 +140,14 @@ def _render(result: EvolutionResult) -> None:
     for r in result.trajectory:
         def f(v: object, fmt: str) -> str:
             return "" if v is None else format(v, fmt)
-        t.add_row(str(r["iteration"]), r["action"], r["block"], f(r["latency_ms"], ".3f"), f(r["quality"], ".4f"),
+        t.add_row(str(r["iteration"]), str(r["action"]), str(r["block"]), f(r["latency_ms"], ".3f"), f(r["quality"], ".4f"),
                   f(r.get("quality_delta"), "+.4f"), f(r.get("latency_delta_ms"), "+.3f"), f(r.get("value"), ".4f"))
     out.print(t)
     out.print(f"latency {result.initial_latency_ms:.3f} -> {result.final_latency_ms:.3f} ms "
               f"(target {result.target_ms:.3f}, floor {result.floor_ms:.3f}, {result.latency_backend}); "
               f"quality {result.initial_quality:.4f} -> {result.final_quality:.4f}; {result.seconds:.0f} s")
     out.print(f"evaluation: {result.eval_budget}; {result.eval_samples} images generated "
-              f"({sum(e.get('reused', 0) for e in result.evaluations)} sample scores reused)")
+              f"({sum(json_int(e, 'reused') for e in result.evaluations)} sample scores reused)")
 
 
 def register(app: typer.Typer) -> None:

@@ -91,7 +91,7 @@ def render(r: Inspection, *, show_blocks: bool = True) -> None:
               fmt_count(tot["macs"]), fmt_count(tot["macs_no_attention"]), style="bold")
     out.print(t)
     claimed = r.source.spec.notes.get("paper_claimed_params")
-    if claimed:
+    if isinstance(claimed, (int, float)) and claimed:
         out.print(f"parameters: {tot['params']:,} here vs {claimed:,} claimed by the paper "
                   f"({(tot['params'] - claimed) / claimed:+.1%})")
 

@@ -6,6 +6,7 @@ Import format for `--backend import --from FILE`: see `snapbench.latency.importe
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,8 +38,10 @@ from snapbench.profilers.coreml_api import DEFAULT_REQUEST_TIMEOUT_S
 from snapbench.profilers.readiness import TEAM_ID_ENV
 
 if TYPE_CHECKING:
+    from snapbench.converters.options import ConvertOptions
     from snapbench.latency.model_latency import ProfileRun, ProfileTools
     from snapbench.latency.profile_run import Measuring, ProfileRequest
+    from snapbench.model.loading import ModelSource
 
 def profile_command(
     ctx: typer.Context,
@@ -103,23 +106,31 @@ def profile_command(
         _profile_network(model, input_shape, _named(devs[0], model), weight_bits, backend, as_json, app_floor_ms)
         return
     from snapbench.dit.source import is_dit_ref
-
-    if is_dit_ref(model) and input_shape is None and not component:
-        from snapbench.commands import dit_commands
-
-        dit_commands.profile(model, _named(devs[0], model), backend=backend, packages=packages, table=table, tables=tables,
-                             as_json=as_json, latent=latent, batch=batch, tokens=tokens, attention=attention,
-                             weight_bits=weight_bits)
-        return
-    if input_shape is not None:
-        raise SnapbenchError("--input is for timm:/torchvision:/open_clip:/hf:/synthetic: networks and packages; "
-                             f"{model!r} is a UNet model (its shapes come from --latent, --batch, --tokens)")
     from snapbench.latency.model_latency import ProfileTools
     from snapbench.latency.profile_run import Measuring, run_profile
 
     tools = ctx.obj if isinstance(ctx.obj, ProfileTools) else ProfileTools()
     measuring = Measuring(warmup=warmup, repeats=repeats, request_timeout_s=request_timeout,
                           rebuild_runner=rebuild_runner, trust_wait_s=trust_wait, team_id=team_id, bundle_id=bundle_id)
+    if is_dit_ref(model) and input_shape is None and not component:
+        from snapbench.commands import dit_commands
+
+        dit_backend = dit_commands.measuring_backend(backend, devs[0], import_file=from_file, ray_address=ray_address,
+                                                     machine=tools.machine)
+        if dit_backend is None:
+            dit_commands.profile(model, devs[0], packages=packages, table=table, tables=tables, as_json=as_json,
+                                 latent=latent, batch=batch, tokens=tokens, attention=attention, weight_bits=weight_bits)
+            return
+        source, opts = dit_commands.dit_options(model, latent=latent, batch=batch, tokens=tokens, attention=attention,
+                                                weight_bits=weight_bits)
+        measure_dit(source, model, opts, devs[0], backend=dit_backend,
+                    compute_units=check_choice("--compute-units", compute_units, COMPUTE_UNITS), table=table,
+                    tables=tables, import_file=from_file, packages=packages, measuring=measuring, tools=tools,
+                    ray_devices=devs, ray_address=ray_address, as_json=as_json)
+        return
+    if input_shape is not None:
+        raise SnapbenchError("--input is for timm:/torchvision:/open_clip:/hf:/synthetic: networks and packages; "
+                             f"{model!r} is a UNet model (its shapes come from --latent, --batch, --tokens)")
     request = _request(model, devs[0], variant=variant, subfolder=subfolder, revision=revision,
                        component=component, compute_units=compute_units, weight_bits=weight_bits,
                        attention=attention, batch=batch, latent=latent, tokens=tokens, backend=backend, table=table,
@@ -173,8 +184,45 @@ def report_failures(*runs: ProfileRun) -> None:
     raise typer.Exit(1)
 
 
+def measure_dit(source: ModelSource, model: str, opts: ConvertOptions, device: Device | None, *, backend: str,
+                compute_units: str, table: Path | None, tables: Path | None, import_file: Path | None,
+                packages: Path | None, measuring: Measuring | None, tools: ProfileTools | None,
+                ray_devices: list[Device | None] | None, ray_address: str | None, as_json: bool) -> None:
+    """A DiT's blocks measured on a phone or Mac (or a farm of them), or imported: the UNet's path (one
+    package per signature, a row saved after each, resume, failures estimated and labelled), printed as
+    the DiT document."""
+    from snapbench.commands import dit_commands
+    from snapbench.latency.dit_profile import settings_of
+    from snapbench.latency.model_latency import ProfileTools
+    from snapbench.latency.profile_run import Measuring, ProfileRequest, run_profile
+
+    tools = tools or ProfileTools()
+    request = ProfileRequest(source, model, device, settings_of(opts, compute_units), backend=backend,
+                             components=("unet",), table=table, tables=tables, import_file=import_file,
+                             packages=packages, measuring=measuring or Measuring())
+
+    def show_run(run: ProfileRun, path: str) -> Mapping[str, object]:
+        doc = dit_commands.document(run, source, opts, path)
+        if not as_json:
+            dit_commands.render(doc)
+        return doc
+
+    if ray_address is not None:
+        _profile_farm(tools, request, ray_devices or [device], ray_address=ray_address, as_json=as_json,
+                      app_floor_ms=None, show_run=show_run)
+        return
+    outcome = run_profile(request, tools, say=say)
+    doc = show_run(outcome.run, str(outcome.table_path))
+    if as_json:
+        print_json(doc)
+    report_failures(outcome.run)
+
+
 def _profile_farm(tools: ProfileTools, request: ProfileRequest, devs: list[Device | None], *, ray_address: str,
-                  as_json: bool, app_floor_ms: float | None) -> None:
+                  as_json: bool, app_floor_ms: float | None,
+                  show_run: Callable[[ProfileRun, str], Mapping[str, object]] | None = None) -> None:
+    """`--ray-address`: every --device measured on the farm's nodes, one table per device (`show_run`: a
+    family's own document and rendering, a DiT's)."""
     """`--ray-address`: every --device measured on the farm's nodes, one table per device."""
     from snapbench.latency.farm_profile import profile_on_farm
     from snapbench.latency.packages import ConverterPackages
@@ -204,14 +252,16 @@ def _profile_farm(tools: ProfileTools, request: ProfileRequest, devs: list[Devic
         node_settings=NodeSettings(compute_units=r.settings.compute_units, warmup=m.warmup, repeats=m.repeats,
                                    request_timeout_s=m.request_timeout_s, team_id=m.team_id, bundle_id=m.bundle_id),
         on_table=lambda did, t: merge_into_file(paths[did][0], t), progress=True, say=say)
-    docs = []
+    docs: list[Mapping[str, object]] = []
     for run in runs:
         path = paths[run.device.id][0]
         written = merge_into_file(path, run.table)
         say(f"{path}: wrote {len(run.new_rows)} row(s) ({counts(run) or 'none new'}); {len(written)} in the "
             f"table; measured on {len(run.farm_nodes)} node(s), {run.retried} package(s) sent again after a node "
             "went away")
-        if as_json:
+        if show_run is not None:
+            docs.append(show_run(run, str(path)))
+        elif as_json:
             from snapbench.latency.app_floor import with_floor
             from snapbench.latency.document import profile_document
 
@@ -224,8 +274,8 @@ def _profile_farm(tools: ProfileTools, request: ProfileRequest, devs: list[Devic
 
 
 def _named(device: Device | None, model: str) -> Device:
-    """The device a network or DiT is priced on: `--device auto` picks among connected devices, which only
-    a UNet's blocks can be measured on."""
+    """The device a network is priced on: `--device auto` picks among connected devices, which only a UNet's
+    or a DiT's blocks can be measured on."""
     if device is None:
         raise SnapbenchError(f"--device auto: {model} is priced by the estimator, on a device you name; pass "
                              "--device (see `snapbench devices`)")

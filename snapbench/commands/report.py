@@ -11,7 +11,7 @@ from rich.text import Text
 from snapbench.commands.common import err
 from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
-from snapbench.report.data import ReportData
+from snapbench.report.data import ReportData, ReportSettings
 from snapbench.settings import ATTENTIONS, BACKEND_CHOICES, COMPUTE_UNITS, PRECISIONS, WEIGHT_BITS, check_choice
 
 BACKENDS = tuple(b for b in BACKEND_CHOICES if b != "import")  # "import" reaches the report through a --table
@@ -72,7 +72,7 @@ def report_command(
     steps_map = parse_steps(steps or [])
     if out_path is not None:
         check_out_path(out_path)  # fail before minutes of profiling, not after
-    settings = {"compute_units": compute_units, "precision": precision, "weight_bits": weight_bits,
+    settings: ReportSettings = {"compute_units": compute_units, "precision": precision, "weight_bits": weight_bits,
                 "attention": attention, "batch": batch, "latent": latent}
     command = _command_line(baseline, candidates, devices, steps or [], backend, table, reference, settings,
                             out_path, as_json, app_floor_ms)

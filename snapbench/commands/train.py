@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from snapbench.commands.common import JsonOpt, WeightsOpt, err, is_toy_ref, out, print_json
+from snapbench.commands.common import JsonOpt, WeightsOpt, default_learning_rate, err, out, print_json
 from snapbench.interrupts import on_interrupt_keep
 
 
@@ -38,13 +38,11 @@ def train_command(
 
     from snapbench.errors import SnapbenchError
     from snapbench.evolution.robust_training import SkipProbabilities, TrainConfig, train
-    from snapbench.training.toy_digits import TOY_PRESET
-
     if prediction_type not in (None, "epsilon", "v_prediction"):
         raise SnapbenchError(f"--prediction-type {prediction_type!r}: choose epsilon or v_prediction")
     torch.set_num_threads(threads)
     if lr is None:
-        lr = 1e-3 if TOY_PRESET in model or is_toy_ref(model) else 1e-5
+        lr = default_learning_rate(model)
     config = TrainConfig(steps=steps, batch_size=batch_size, learning_rate=lr, robust=robust,
                          skip=SkipProbabilities(skip_ca, skip_rb), prediction_type=prediction_type,  # type: ignore[arg-type]  # checked above
                          save_every=save_every, seed=seed, variant_p=variant_p,

@@ -95,13 +95,17 @@ def _render(v: Validation, cross: str | None, rows: bool) -> None:
     ranks = v.ranks()
     if len(ranks):
         t = Table(title=f"Ranks within each source ({label})", title_justify="left")
-        for col in ("source", "n", "pairs", "Kendall tau", "pairs ordered right"):
+        for col in ("source", "n", "pairs", "Kendall tau", "pairs ordered right", "ties: within the stated step",
+                    "ordered right, ties apart"):
             t.add_column(col, justify="left" if col == "source" else "right")
         for r in ranks.to_dict("records"):
             style = None if r["pairs_ordered_right_pct"] >= 90 else "yellow"
             t.add_row(r["source"], str(r["n"]), str(r["pairs"]), f"{r['kendall_tau']:.2f}",
-                      _fmt(r["pairs_ordered_right_pct"], True), style=style)
+                      _fmt(r["pairs_ordered_right_pct"], True), str(r["tied_pairs"]),
+                      _fmt(r["pairs_ordered_right_untied_pct"], True), style=style)
         out.print(t)
+        out.print("  (ties: pairs whose published figures are one step apart or less, in sources that state the step "
+                  "they print or time to)")
     unseen = v.unseen_app_summary()
     if unseen is not None:
         o = unseen.iloc[0]

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -37,6 +36,7 @@ from snapbench.converters.components import (
     vae_config,
     vae_decoder_single,
 )
+from snapbench.converters.model_configs import ModelConfig, config_int, config_ints
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.package_io import PackageIO
 from snapbench.converters.swift_interface import DEFAULT_FAMILY, XL_FAMILY, with_swift_dtypes
@@ -52,7 +52,7 @@ class AppPart:
     kind: str  # text_encoder | unet | vae_decoder | vae_encoder
     title: str
     io: PackageIO
-    identity: dict[str, Any]  # what the package's cache key hashes besides the options
+    identity: Mapping[str, object]  # what the package's cache key hashes besides the options
     params: int
     build: Callable[[], tuple[nn.Module, dict[str, float]]]  # the module, and PSNR (dB) of its ANE rewrites
     # what to trace with (None: random normals of the interface's shapes). Smaller than the interface
@@ -165,7 +165,9 @@ def text_encoder_part(source: ModelSource, opts: ConvertOptions, folder: ModelFo
     assert last is not None, "text_encoder_single declares its output shape"
     io = with_swift_dtypes(PackageIO((("input_ids", (1, opts.tokens)),),
                                      (("last_hidden_state", last), ("pooled_outputs", (1, last[-1])))), "TextEncoder")
-    vocab = text_encoder_vocab(folder, int(single.identity["config"]["vocab_size"]))
+    config = single.identity["config"]
+    assert isinstance(config, dict), "text_encoder_single records its config"
+    vocab = text_encoder_vocab(folder, config_int(config, "vocab_size"))
 
     def build() -> tuple[nn.Module, dict[str, float]]:
         return AppTextEncoder(single.build().model), {}
@@ -194,7 +196,7 @@ class AppTextEncoderXL(nn.Module):
         return out.hidden_states[-2], pooled
 
 
-def _clip_folder_config(folder: Path) -> dict[str, Any]:
+def _clip_folder_config(folder: Path) -> ModelConfig:
     try:
         cfg = json.loads((folder / "config.json").read_text())
         return {k: cfg[k] for k in ("vocab_size", "hidden_size", "projection_dim", "max_position_embeddings")}
@@ -225,7 +227,8 @@ def xl_text_encoder_parts(source: ModelSource, opts: ConvertOptions, folder: Mod
     widths = []
     for _, sub, cfg, _, _ in sides:
         got = _clip_folder_config(sub) if sub is not None else cfg
-        widths.append((int(got["hidden_size"]), int(got.get("projection_dim") or got["hidden_size"])))
+        width = config_int(got, "hidden_size")
+        widths.append((width, config_int(got, "projection_dim") if got.get("projection_dim") else width))
     if folder.text_encoder is not None and folder.text_encoder_2 is not None and \
             (widths[0][0] + widths[1][0], widths[1][1]) != (ctx, pooled):
         raise SnapbenchError(f"{folder.root}: text_encoder/ + text_encoder_2/ are {widths[0][0]} + {widths[1][0]} wide "
@@ -237,7 +240,7 @@ def xl_text_encoder_parts(source: ModelSource, opts: ConvertOptions, folder: Mod
             continue
         read = part_weights(sub, source.variant, TRANSFORMERS_STEM) if sub is not None else None
         config = _clip_folder_config(sub) if sub is not None else cfg
-        if opts.tokens > int(config["max_position_embeddings"]):
+        if opts.tokens > config_int(config, "max_position_embeddings"):
             raise SnapbenchError(f"--tokens {opts.tokens}: {name} takes at most {config['max_position_embeddings']}")
 
         def build(read=read, cfg=cfg, cls=cls) -> tuple[nn.Module, dict[str, float]]:
@@ -250,14 +253,14 @@ def xl_text_encoder_parts(source: ModelSource, opts: ConvertOptions, folder: Mod
                     model = cls(CLIPTextConfig(**cfg, attn_implementation="eager"))
             return AppTextEncoderXL(model.eval()).eval(), {}
 
-        vocab = int(config["vocab_size"])
+        vocab = config_int(config, "vocab_size")
 
         def inputs(vocab=vocab) -> tuple[torch.Tensor, ...]:
             g = torch.Generator().manual_seed(opts.seed)
             return (torch.randint(0, vocab, (1, opts.tokens), generator=g).float(),)
 
-        width = int(config["hidden_size"])
-        pooled_width = int(config.get("projection_dim") or width) if cls is CLIPTextModelWithProjection else width
+        width = config_int(config, "hidden_size")
+        pooled_width = (config_int(config, "projection_dim") if config.get("projection_dim") else width) if cls is CLIPTextModelWithProjection else width
         io = with_swift_dtypes(PackageIO((("input_ids", (1, opts.tokens)),),
                                          (("hidden_embeds", (1, opts.tokens, width)),
                                           ("pooled_outputs", (1, pooled_width)))), name, XL_FAMILY)
@@ -307,10 +310,10 @@ def vae_encoder_part(source: ModelSource, opts: ConvertOptions, folder: ModelFol
 
     title, cfg = vae_config(source)
     title = title.replace("decoder", "encoder")
-    scale = 2 ** (len(cfg["block_out_channels"]) - 1)
+    scale = 2 ** (len(config_ints(cfg, "block_out_channels")) - 1)
     lat = opts.latent
     io = with_swift_dtypes(PackageIO((("z", (1, 3, lat * scale, lat * scale)),),
-                                     (("latent", (1, 2 * cfg["latent_channels"], lat, lat)),)), "VAEEncoder", family)
+                                     (("latent", (1, 2 * config_int(cfg, "latent_channels"), lat, lat)),)), "VAEEncoder", family)
 
     read = part_weights(folder.vae, source.variant, DIFFUSERS_STEM) if folder.vae is not None else None
 

@@ -13,7 +13,6 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -27,7 +26,7 @@ def _digest(payload: object, size: int = 16) -> str:
     return hashlib.blake2b(text.encode(), digest_size=size).hexdigest()
 
 
-def cache_key(what: Mapping[str, Any], opts: ConvertOptions, versions: Mapping[str, str]) -> str:
+def cache_key(what: Mapping[str, object], opts: ConvertOptions, versions: Mapping[str, str]) -> str:
     return _digest({"format": CONVERTER_FORMAT, "what": dict(what), "options": opts.cache_fields(),
                     "versions": dict(versions)})
 
@@ -51,7 +50,7 @@ def file_stat_fingerprint(paths: list[Path]) -> list[list[str | int]]:
     return out
 
 
-def source_fingerprint(spec: Mapping[str, Any], weight_files: list[Path], seed: int, torch_version: str) -> str:
+def source_fingerprint(spec: Mapping[str, object], weight_files: list[Path], seed: int, torch_version: str) -> str:
     """Identifies a model's weights without reading them: the spec, and either the checkpoint files'
     (path, size, mtime) or, for seeded random weights, the seed and torch version that drew them.
     A deploy-mode re-run with the same fingerprint reuses the per-block weights hashes in the manifest

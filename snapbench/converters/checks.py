@@ -12,12 +12,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from snapbench.errors import SnapbenchError
+from snapbench.profilers.coreml_types import Predicts
 
 if TYPE_CHECKING:
     from snapbench.converters.package_io import PackageIO
@@ -72,7 +73,7 @@ def require_prediction() -> None:
 
 
 def check_prediction(path: Path, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...],
-                     io: PackageIO, *, load: Callable[[str], Any] | None = None) -> float:
+                     io: PackageIO, *, load: Callable[[str], Predicts] | None = None) -> float:
     """PSNR (dB) of the package's output against the module's; raises PackageCheckError under the bar.
 
     `load` defaults to coremltools' MLModel (macOS only); tests pass a fake with the same predict().

@@ -21,13 +21,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from snapbench.choices import check_choice
 from snapbench.converters.cache import file_stat_fingerprint
+from snapbench.converters.model_configs import ModelConfig, config_int, config_ints
 from snapbench.converters.options import COMPONENTS, ConvertOptions
 from snapbench.converters.package_io import PackageIO
 from snapbench.converters.result import ConvertResult
@@ -36,25 +36,25 @@ from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
 from snapbench.specs.layout import text_embeds_dim
 
-CLIP_VIT_L_14: dict[str, Any] = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+CLIP_VIT_L_14: ModelConfig = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                      num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
                                      projection_dim=768)
-OPENCLIP_VIT_H_14: dict[str, Any] = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096,
+OPENCLIP_VIT_H_14: ModelConfig = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096,
                                          num_hidden_layers=23, num_attention_heads=16, max_position_embeddings=77,
                                          hidden_act="gelu", projection_dim=1024)
 # SDXL's second encoder: stabilityai/stable-diffusion-xl-base-1.0 text_encoder_2/config.json
 # (CLIPTextModelWithProjection, 694,659,840 params); its first is CLIP_VIT_L_14 (123,060,480).
-OPENCLIP_VIT_BIGG_14: dict[str, Any] = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120,
+OPENCLIP_VIT_BIGG_14: ModelConfig = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120,
                                             num_hidden_layers=32, num_attention_heads=20, max_position_embeddings=77,
                                             hidden_act="gelu", projection_dim=1280, bos_token_id=0, eos_token_id=2,
                                             pad_token_id=1)
-SD_VAE: dict[str, Any] = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+SD_VAE: ModelConfig = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
                               block_out_channels=[128, 256, 512, 512], norm_num_groups=32, sample_size=512,
                               down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
                               scaling_factor=0.18215)
 
 
-def text_encoder_config(context_dim: int) -> tuple[str, dict[str, Any]]:
+def text_encoder_config(context_dim: int) -> tuple[str, ModelConfig]:
     if context_dim == 768:
         return "CLIP ViT-L/14 text encoder", dict(CLIP_VIT_L_14)
     if context_dim == 1024:
@@ -65,7 +65,7 @@ def text_encoder_config(context_dim: int) -> tuple[str, dict[str, Any]]:
         num_attention_heads=heads, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=context_dim)
 
 
-def dual_text_encoder_configs(context_dim: int, pooled_dim: int) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def dual_text_encoder_configs(context_dim: int, pooled_dim: int) -> tuple[str, ModelConfig, ModelConfig]:
     """SDXL-class (text_time) UNets read two encoders' penultimate states side by side (context =
     width 1 + width 2) and the second one's pooled, projected output (text_embeds, pooled_dim wide)."""
     first = context_dim - pooled_dim
@@ -80,14 +80,14 @@ def dual_text_encoder_configs(context_dim: int, pooled_dim: int) -> tuple[str, d
     return f"test-sized SDXL-style text encoders ({first} + {pooled_dim} wide)", one, two
 
 
-def vae_config(source: ModelSource) -> tuple[str, dict[str, Any]]:
+def vae_config(source: ModelSource) -> tuple[str, ModelConfig]:
     snapfusion = source.spec.name.startswith("snapfusion")
     test_sized = source.spec.base_config["block_out_channels"][0] < 64
     cfg = dict(SD_VAE)
     if test_sized:
         cfg.update(block_out_channels=[8, 16, 16, 16], norm_num_groups=4, layers_per_block=1)
     if snapfusion:
-        cfg["block_out_channels"] = [c // 2 for c in cfg["block_out_channels"]]
+        cfg["block_out_channels"] = [c // 2 for c in config_ints(cfg, "block_out_channels")]
     name = ("SnapFusion VAE decoder (50% channels)" if snapfusion else "SD VAE decoder")
     return (f"test-sized {name}" if test_sized else name), cfg
 
@@ -116,7 +116,7 @@ def part_weights(folder: Path, preferred: str | None, stem: str) -> PartWeights:
     return PartWeights(folder, variant, files)
 
 
-def load_text_encoder(w: PartWeights, cls: Any = None) -> nn.Module:
+def load_text_encoder(w: PartWeights, cls: type[nn.Module] | None = None) -> nn.Module:
     """A CLIPTextModel (or `cls`: SDXL's second encoder is a CLIPTextModelWithProjection) in fp32 whatever
     the checkpoint's dtype: transformers would otherwise load a config saying "dtype": "float16" in fp16,
     and the trace's fp16 layer norm then meets coremltools' fp32 epsilon. The package's precision is
@@ -212,7 +212,7 @@ def text_encoder_single(source: ModelSource, opts: ConvertOptions, weights: str 
         return _dual_text_encoder_single(source, opts, weights, ctx, pooled)
     title, cfg = text_encoder_config(ctx)
     folder = _part_folder(weights, "text_encoder")
-    if opts.tokens > cfg["max_position_embeddings"]:
+    if opts.tokens > config_int(cfg, "max_position_embeddings"):
         raise SnapbenchError(f"--tokens {opts.tokens}: the text encoder takes at most {cfg['max_position_embeddings']}")
 
     read = part_weights(folder, source.variant, TRANSFORMERS_STEM) if folder is not None else None
@@ -227,7 +227,7 @@ def text_encoder_single(source: ModelSource, opts: ConvertOptions, weights: str 
                 model = CLIPTextModel(CLIPTextConfig(**cfg, attn_implementation="eager"))
         return TextEncoder(model.eval())
 
-    width = cfg["hidden_size"]
+    width = config_int(cfg, "hidden_size")
     io = PackageIO((("input_ids", (1, opts.tokens)),), (("last_hidden_state", (1, opts.tokens, width)),),
                    int_inputs=frozenset({"input_ids"}))
     fp = file_stat_fingerprint(list(folder.iterdir())) if folder else {"random_seed": opts.seed}
@@ -244,7 +244,7 @@ def _dual_text_encoder_single(source: ModelSource, opts: ConvertOptions, weights
     if weights is not None:
         raise SnapbenchError("--weights for SDXL's two text encoders is not supported yet; profile them with random "
                              "weights (latency does not depend on weight values)")
-    if opts.tokens > cfg1["max_position_embeddings"]:
+    if opts.tokens > config_int(cfg1, "max_position_embeddings"):
         raise SnapbenchError(f"--tokens {opts.tokens}: the text encoder takes at most {cfg1['max_position_embeddings']}")
 
     def build() -> nn.Module:
@@ -281,16 +281,16 @@ def vae_decoder_single(source: ModelSource, opts: ConvertOptions, weights: str |
                 vae = AutoencoderKL(**cfg)
         return VAEDecoder(vae).eval()
 
-    scale = 2 ** (len(cfg["block_out_channels"]) - 1)
+    scale = 2 ** (len(config_ints(cfg, "block_out_channels")) - 1)
     lat = opts.latent
-    io = PackageIO((("latent", (1, cfg["latent_channels"], lat, lat)),), (("image", (1, 3, lat * scale, lat * scale)),))
+    io = PackageIO((("latent", (1, config_int(cfg, "latent_channels"), lat, lat)),), (("image", (1, 3, lat * scale, lat * scale)),))
     fp = file_stat_fingerprint(list(folder.iterdir())) if folder else {"random_seed": opts.seed}
     params = _meta_params(lambda: VAEDecoder(AutoencoderKL(**cfg)))
     return SingleModel("vae_decoder", title, str(source.ref), source.spec.name, io, build,
                        {"config": cfg, "weights": str(fp), **_read(read)}, params=params)
 
 
-def _read(w: PartWeights | None) -> dict[str, Any]:
+def _read(w: PartWeights | None) -> dict[str, str]:
     """The identity entry naming the files read: part of the cache key, so another variant converts anew."""
     return {"read": w.describe()} if w is not None else {}
 

@@ -23,22 +23,24 @@ weight or a compression table, fails the conversion instead of shipping a packag
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.runtime import coremltools
+from snapbench.json_types import JSONObject
+from snapbench.profilers.coreml_types import MilBlock, MilOp, MLModel
 
 
-def compression_info(opts: ConvertOptions) -> dict[str, Any]:
+def compression_info(opts: ConvertOptions) -> JSONObject:
     """What the manifest records about compression (also part of the cache key via the options)."""
     if opts.recipe:
         widths: dict[str, int] = {}
         for _, bits in opts.recipe:
             widths[str(bits)] = widths.get(str(bits), 0) + 1
         return {"weight_bits": "mixed", "method": "palettization", "mode": "kmeans_histogram",
-                "granularity": "per_tensor", "recipe": opts.recipe_digest, "layers_by_bits": widths}
+                "granularity": "per_tensor", "recipe": opts.recipe_digest, "layers_by_bits": dict(widths)}
     if opts.weight_bits == 16:
         return {"weight_bits": 16, "method": "none" if opts.precision == "fp16" else "fp32"}
     if opts.weight_bits == 8:
@@ -48,7 +50,7 @@ def compression_info(opts: ConvertOptions) -> dict[str, Any]:
             "granularity": "per_tensor"}
 
 
-def compress(mlmodel: Any, opts: ConvertOptions) -> Any:
+def compress(mlmodel: MLModel, opts: ConvertOptions) -> MLModel:
     """The compressed model (a new MLModel), or the same one for 16 bits: one width for every weight (a
     mixed-bit recipe is `mixed_bit.compress_mixed`)."""
     if opts.weight_bits == 16:
@@ -85,7 +87,7 @@ WEIGHT_CONSUMERS = frozenset({"linear", "conv", "conv_transpose", "matmul", "ein
 COMPRESSION_THRESHOLD = 2048  # coremltools' default weight_threshold: smaller consts are never compressed
 
 
-def not_weights(mlmodel: Any) -> list[str]:
+def not_weights(mlmodel: MLModel) -> list[str]:
     """Names of the consts large enough to be compressed that are not weights: a consumer other than a
     weight-reading op (a mask added to scores), or values that are not finite (no table can hold -inf).
 
@@ -108,7 +110,7 @@ def not_weights(mlmodel: Any) -> list[str]:
     return found
 
 
-def _not_weights_from_spec(mlmodel: Any) -> list[str]:
+def _not_weights_from_spec(mlmodel: MLModel) -> list[str]:
     cto = coremltools().optimize.coreml
     found = []
     for name, w in cto.get_weights_metadata(mlmodel, weight_threshold=COMPRESSION_THRESHOLD).items():
@@ -119,7 +121,7 @@ def _not_weights_from_spec(mlmodel: Any) -> list[str]:
     return found
 
 
-def nonfinite_weights(mlmodel: Any) -> list[str]:
+def nonfinite_weights(mlmodel: MLModel) -> list[str]:
     """Consts that make a package compute garbage: any NaN, or inf in a weight or in a compression
     table / scale (a constexpr_* input). An -inf mask added to attention scores is fine."""
     program = getattr(mlmodel, "_mil_program", None)
@@ -140,7 +142,7 @@ def nonfinite_weights(mlmodel: Any) -> list[str]:
     return bad
 
 
-def program_ops(block: Any):
+def program_ops(block: MilBlock) -> Iterator[MilOp]:
     for op in block.operations:
         yield op
         for inner in getattr(op, "blocks", ()):

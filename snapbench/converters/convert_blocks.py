@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+
+import torch
 
 from snapbench.backbones import backbone_for
 from snapbench.blocks.cut import CutBlock, InputShapes
@@ -46,7 +47,7 @@ def build_checked(source: ModelSource, *, device: str, seed: int = 0):
     return backbone_for(source).build(source, device=device, seed=seed)
 
 
-def cut(source: ModelSource, opts: ConvertOptions) -> tuple[Any, list[CutBlock]]:
+def cut(source: ModelSource, opts: ConvertOptions) -> tuple[torch.nn.Module, list[CutBlock]]:
     meta = build_checked(source, device="meta")
     shapes = InputShapes(latent=opts.latent, batch=opts.batch, tokens=opts.tokens)
     return meta, backbone_for(source).cut(meta, shapes, precision=opts.precision, attention=opts.attention)
@@ -98,7 +99,7 @@ def _plan(blocks: list[CutBlock], opts: ConvertOptions, versions: dict[str, str]
         sig = b.signature
         if sig is None:
             continue
-        what: dict[str, Any] = {"signature": sig.key()}
+        what: dict[str, object] = {"signature": sig.key()}
         if opts.mode == "deploy":
             what.update(block=b.unit.file_id, weights=hashes[b.unit.file_id])
         key = cache_key(what, opts, versions)
@@ -274,7 +275,7 @@ def convert_model(source: ModelSource, out_dir: Path, opts: ConvertOptions = Con
 
 
 def _task(p: _Package, folder: Path, source: ModelSource, opts: ConvertOptions,
-          real_units: dict[str, Any]) -> workers.BlockTask:
+          real_units: dict[str, torch.nn.Module]) -> workers.BlockTask:
     b = p.owner
     weights = None
     if opts.mode == "deploy":

@@ -14,7 +14,6 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ from snapbench.converters.fp16_folding import folding_fp16, release_tensors
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.package_io import PackageIO, Shape  # noqa: F401  (Shape: part of this module's interface)
 from snapbench.converters.runtime import conversion_context, coremltools
+from snapbench.profilers.coreml_types import MLModel
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32
 
 
 def to_coreml(traced: torch.jit.ScriptModule, io: PackageIO, opts: ConvertOptions,
-              skip_passes: tuple[str, ...] = (), release: Callable[[], None] | None = None) -> Any:
+              skip_passes: tuple[str, ...] = (), release: Callable[[], None] | None = None) -> MLModel:
     """`skip_passes`: MIL passes left out of coremltools' default pipeline, only ones that are known to
     change nothing in the caller's programs (see pipeline.UNET_SKIPPED_PASSES). `release`: called once
     the frontend has made the program, to empty the PyTorch tensors; the fp16 weights then replace the fp32
@@ -91,7 +91,7 @@ def to_coreml(traced: torch.jit.ScriptModule, io: PackageIO, opts: ConvertOption
         )
 
 
-def stamp(mlmodel: Any, metadata: Mapping[str, Any], description: str) -> None:
+def stamp(mlmodel: MLModel, metadata: Mapping[str, object], description: str) -> None:
     """Record what produced the package inside it (Xcode shows these; the estimator can read them)."""
     mlmodel.author = "snapbench"
     mlmodel.short_description = description
@@ -99,7 +99,7 @@ def stamp(mlmodel: Any, metadata: Mapping[str, Any], description: str) -> None:
         mlmodel.user_defined_metadata[f"snapbench.{key}"] = "" if value is None else str(value)
 
 
-def save_checked(mlmodel: Any, dest: Path, io: PackageIO) -> PackageIO:
+def save_checked(mlmodel: MLModel, dest: Path, io: PackageIO) -> PackageIO:
     """Save under a temporary name, reload from disk and check the interface, then rename into place.
 
     A package at `dest` is therefore always complete and checked; a killed run leaves only a
@@ -121,9 +121,10 @@ def save_checked(mlmodel: Any, dest: Path, io: PackageIO) -> PackageIO:
 
 
 def convert_module(module: torch.nn.Module, io: PackageIO, opts: ConvertOptions, dest: Path, *,
-                   metadata: Mapping[str, Any], description: str,
+                   metadata: Mapping[str, object], description: str,
                    inputs: tuple[torch.Tensor, ...] | None = None, release: bool = False,
-                   skip_passes: tuple[str, ...] = (), recipe_bits: Any = None) -> PackageResult:
+                   skip_passes: tuple[str, ...] = (),
+                   recipe_bits: Mapping[str, tuple[int, str]] | None = None) -> PackageResult:
     """`release`: empty the module's tensors in place as soon as coremltools' frontend is done with them, so
     that converting, compressing and saving a big part (a UNet chunk) never holds its fp32 and fp16 weights
     side by side (fp16_folding.py); the module is unusable afterwards."""

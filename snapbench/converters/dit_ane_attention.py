@@ -18,7 +18,7 @@ computed apart instead of padding v with a row of ones (a concat and a slice few
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,9 @@ from torch import nn
 
 from snapbench.converters.ane_attention import DEFAULT_QUERY_CHUNK_SIZE, _attend
 from snapbench.errors import SnapbenchError
+
+if TYPE_CHECKING:
+    from diffusers.models.attention_processor import Attention
 
 DIT_ATTENTION_IMPLS = ("original", "split_einsum", "split_einsum_v2")
 
@@ -67,8 +70,8 @@ class ANEAttnProcessor:
     def __init__(self, impl: str, query_chunk_size: int = DEFAULT_QUERY_CHUNK_SIZE) -> None:
         self.impl, self.query_chunk_size = impl, query_chunk_size
 
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None) -> Any:
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if attention_mask is not None:
             raise SnapbenchError("ANE attention for DiTs takes no attention mask (the whole context is attended)")
         heads = int(attn.heads)
@@ -119,7 +122,7 @@ class ANELinearAttnProcessor:
 
     eps = 1e-15  # diffusers' guard against an all-zero denominator
 
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = to_bc1s(hidden_states)                                        # (B, C, 1, N)
         q, k, v = F.relu(conv1x1(x, attn.to_q)), F.relu(conv1x1(x, attn.to_k)), conv1x1(x, attn.to_v)

@@ -16,8 +16,9 @@ folder's weights (text_encoder/, text_encoder_2/, text_encoder_3/, vae/); otherw
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -33,10 +34,12 @@ from snapbench.converters.dit_text_encoders import (
     transformers_config,
     weight_bytes,
 )
+from snapbench.converters.model_configs import ModelConfig, config_int
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.package_io import PackageIO
 from snapbench.converters.swift_interface import with_swift_dtypes
 from snapbench.dit.source import dit_spec
+from snapbench.dit.spec import DitSpec
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
 
@@ -101,7 +104,7 @@ def _local(root: Path | None, sub: str) -> Path | None:
     return root / sub if root is not None and (root / sub / "config.json").is_file() else None
 
 
-def _text_encoder_part(enc: TextEncoderSpec, opts: ConvertOptions, family: str, folder: Path | None) -> AppPart:
+def encoder_part(enc: TextEncoderSpec, opts: ConvertOptions, family: str, folder: Path | None) -> AppPart:
     wrapper: type[nn.Module] = {"clip": AppClip, "t5": AppT5, "gemma2": AppGemma}[enc.arch]
     cls = model_class(enc)
 
@@ -114,7 +117,7 @@ def _text_encoder_part(enc: TextEncoderSpec, opts: ConvertOptions, family: str, 
                 model = cls(transformers_config(enc))
         return wrapper(model.eval()).eval(), {}
 
-    vocab = int(enc.config["vocab_size"])
+    vocab = config_int(enc.config, "vocab_size")
 
     def inputs() -> tuple[torch.Tensor, ...]:
         g = torch.Generator().manual_seed(opts.seed)
@@ -122,13 +125,13 @@ def _text_encoder_part(enc: TextEncoderSpec, opts: ConvertOptions, family: str, 
 
     outs: tuple[tuple[str, tuple[int, ...]], ...] = (("hidden_embeds", (1, enc.tokens, enc.width)),)
     if enc.arch == "clip":
-        outs += (("pooled_outputs", (1, int(enc.config["projection_dim"]))),)
+        outs += (("pooled_outputs", (1, config_int(enc.config, "projection_dim"))),)
     io = with_swift_dtypes(PackageIO((("input_ids", (1, enc.tokens)),), outs), enc.package, family)
     identity = {"config": dict(enc.config), "weights": str(folder) if folder else f"random (seed {opts.seed})"}
     return AppPart(enc.package, "text_encoder", enc.title, io, identity, enc.params, build, inputs)
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
+def _read_config(folder: Path) -> ModelConfig:
     try:
         data = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as e:
@@ -162,7 +165,7 @@ def text_encoder_parts(source: ModelSource, opts: ConvertOptions, root: Path | N
         if weight_bytes(enc.params, opts) > budget.bytes:
             raise SnapbenchError(too_big_message(enc, opts, fam.key, budget))
         lines.append(line)
-        parts.append(_text_encoder_part(enc, opts, FAMILY_OF[fam.key], folder))
+        parts.append(encoder_part(enc, opts, FAMILY_OF[fam.key], folder))
     return parts, lines
 
 
@@ -180,17 +183,17 @@ def backbone_part(source: ModelSource, opts: ConvertOptions, family: str) -> App
 
 # stabilityai/stable-diffusion-3-medium-diffusers vae/config.json: SD's VAE at 16 latent channels, no
 # quant convs; PixArt-Sigma uses SDXL's VAE (SD's, 4 channels); Sana the DC-AE f32c32
-SD3_VAE: dict[str, Any] = dict(in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2,
+SD3_VAE: ModelConfig = dict(in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2,
                                block_out_channels=[128, 256, 512, 512], norm_num_groups=32,
                                down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
                                use_quant_conv=False, use_post_quant_conv=False, scaling_factor=1.5305,
                                shift_factor=0.0609)
-SDXL_VAE: dict[str, Any] = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+SDXL_VAE: ModelConfig = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
                                 block_out_channels=[128, 256, 512, 512], norm_num_groups=32,
                                 down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
                                 scaling_factor=0.13025)
 # mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers config.json
-DC_AE_F32C32: dict[str, Any] = dict(
+DC_AE_F32C32: ModelConfig = dict(
     in_channels=3, latent_channels=32, attention_head_dim=32,
     encoder_block_types=["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock", "EfficientViTBlock", "EfficientViTBlock"],
     decoder_block_types=["ResBlock", "ResBlock", "ResBlock", "EfficientViTBlock", "EfficientViTBlock", "EfficientViTBlock"],
@@ -201,7 +204,7 @@ DC_AE_F32C32: dict[str, Any] = dict(
     decoder_act_fns="silu", scaling_factor=0.41407)
 
 
-def vae_config(spec: Any) -> tuple[str, str, dict[str, Any]]:
+def vae_config(spec: DitSpec) -> tuple[str, str, ModelConfig]:
     """(title, diffusers class, config) of the VAE a DiT's latents are decoded with; test-sized (a few
     channels, as few upsamplings as the family's factor needs) when the backbone is a tiny twin."""
     fam = spec.family
@@ -209,7 +212,7 @@ def vae_config(spec: Any) -> tuple[str, str, dict[str, Any]]:
     if fam.key == "sana":
         if channels == DC_AE_F32C32["latent_channels"]:
             return "DC-AE f32c32 decoder", "AutoencoderDC", dict(DC_AE_F32C32)
-        tiny = dict(DC_AE_F32C32, latent_channels=channels, attention_head_dim=4,
+        tiny: ModelConfig = dict(DC_AE_F32C32, latent_channels=channels, attention_head_dim=4,
                     decoder_block_out_channels=[4, 4, 8, 8, 8, 8], encoder_block_out_channels=[4, 4, 8, 8, 8, 8],
                     decoder_layers_per_block=[1] * 6, encoder_layers_per_block=[1] * 6)
         return "test-sized DC-AE decoder", "AutoencoderDC", tiny
@@ -249,7 +252,7 @@ def vae_decoder_part(source: ModelSource, opts: ConvertOptions, family: str, roo
     cls = getattr(diffusers, class_name)
     factor = spec.family.vae_factor
     lat = opts.latent
-    io = with_swift_dtypes(PackageIO((("z", (1, int(cfg["latent_channels"]), lat, lat)),),
+    io = with_swift_dtypes(PackageIO((("z", (1, config_int(cfg, "latent_channels"), lat, lat)),),
                                      (("image", (1, 3, lat * factor, lat * factor)),)), "VAEDecoder", family)
 
     def build() -> tuple[nn.Module, dict[str, float]]:
@@ -267,6 +270,87 @@ def vae_decoder_part(source: ModelSource, opts: ConvertOptions, family: str, roo
     scale = 4 if lat % 4 == 0 and lat >= 32 else 1  # traced smaller: every spatial size comes from the tensors
     return AppPart("VAEDecoder", "vae_decoder", title, io, identity, params, build,
                    small_image_inputs(io, scale, opts.seed))
+
+
+# -- pricing the parts (the report's end-to-end figure) ------------------------------------------------------
+
+# A part with more parameters is priced from two slices of it (see `PricedPart`): converting T5-XXL (4.8B),
+# Gemma-2-2B (2.6B) or CLIP-G (0.7B) whole holds several GB of fp32 weights and their traces, more than a
+# profile may take (the 6 GB goal over the process tree); the largest part converted whole is the DC-AE
+# decoder (0.16B). Sizing by parameters keeps the choice the same on every machine.
+SLICE_ABOVE_PARAMS = 200_000_000
+# The slices' vocabulary: the token embedding is a gather, which the cost model prices by the rows it
+# returns (the prompt's tokens), not by its table, so a small table changes no estimate and keeps the
+# slices small (T5-XXL's 32,128 x 4,096 table alone is 0.5 GB in fp32).
+SLICE_VOCAB = 1000
+_LAYERS_KEY = {"clip": "num_hidden_layers", "t5": "num_layers", "gemma2": "num_hidden_layers"}
+
+
+@dataclass(frozen=True)
+class PricedPart:
+    """A pipeline part to price (a text encoder or the VAE decoder), as the packages that price it: the part
+    itself, or, for a part too large to convert here, two slices of it with 1 and 2 of its `layers` layers
+    (its config otherwise, but for the vocabulary): the cost model sums its ops, so the slices' difference
+    is one layer's price and the part's is `e1 + (layers - 1) x (e2 - e1)`."""
+
+    name: str  # the app's package name: TextEncoderT5, VAEDecoder, ...
+    kind: str  # text_encoder | vae_decoder
+    title: str
+    params: int  # the whole part's (counted from its config)
+    identity: Mapping[str, object]  # its config and shapes: what its latency table key hashes
+    whole: AppPart | None = None
+    slices: tuple[AppPart, AppPart] | None = None
+    layers: int = 0
+
+    @property
+    def method(self) -> str:
+        if self.slices is None:
+            return "estimated from its converted package"
+        return (f"estimated from converted 1- and 2-layer slices, extrapolated to its {self.layers} layers "
+                f"(too large to convert here: {self.params / 1e9:.2f}B parameters)")
+
+
+def encoder_slice(enc: TextEncoderSpec, layers: int) -> TextEncoderSpec:
+    """The encoder with `layers` of its layers and the slices' vocabulary (its interface unchanged)."""
+    config = {**enc.config, _LAYERS_KEY[enc.arch]: layers,
+              "vocab_size": min(config_int(enc.config, "vocab_size"), SLICE_VOCAB)}
+    return TextEncoderSpec(enc.key, enc.package, f"{enc.title}, {layers} of its layers", enc.arch, config,
+                           enc.tokens, enc.folder, enc.published)
+
+
+def slice_part(enc: TextEncoderSpec, layers: int, opts: ConvertOptions, family: str) -> AppPart:
+    """A slice as an app part of its own name (the app's interface, under `TextEncoderT5Slice1`, ...)."""
+    return replace(encoder_part(encoder_slice(enc, layers), opts, family, None), name=f"{enc.package}Slice{layers}")
+
+
+def pricing_parts(source: ModelSource, opts: ConvertOptions, *,
+                  slice_above: int = SLICE_ABOVE_PARAMS) -> list[PricedPart]:
+    """Every part of the app beside the transformer, in pipeline order, each with the packages that price it.
+    A part too large for a phone is priced all the same (it is the figure that says so); sizes follow a
+    local pipeline folder's configs where the model came with one."""
+    spec = dit_spec(source.spec)
+    family = FAMILY_OF[spec.family.key]
+    root = pipeline_root(source, None)
+    out = []
+    for enc in encoders_for(spec, opts.tokens):
+        folder = _local(root, enc.folder)
+        if folder is not None:
+            enc = TextEncoderSpec(enc.key, enc.package, enc.title, enc.arch, _read_config(folder), enc.tokens,
+                                  enc.folder, enc.published)
+        identity = {"config": dict(enc.config), "tokens": enc.tokens}
+        title = enc.title if enc.published else f"test-sized {enc.title}"
+        layers = config_int(enc.config, _LAYERS_KEY[enc.arch])
+        if enc.params > slice_above and layers > 1:
+            slices = (slice_part(enc, 1, opts, family), slice_part(enc, 2, opts, family))
+            out.append(PricedPart(enc.package, "text_encoder", title, enc.params, identity, slices=slices,
+                                  layers=layers))
+        else:
+            out.append(PricedPart(enc.package, "text_encoder", title, enc.params, identity,
+                                  whole=encoder_part(enc, opts, family, None)))
+    vae = vae_decoder_part(source, opts, family, root)
+    out.append(PricedPart(vae.name, "vae_decoder", vae.title, vae.params,
+                          {"config": vae.identity["config"], "latent": opts.latent}, whole=vae))
+    return out
 
 
 def dit_parts(source: ModelSource, opts: ConvertOptions, *, weights: Path | None = None,

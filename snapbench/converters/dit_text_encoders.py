@@ -20,26 +20,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
+from snapbench.converters.model_configs import ModelConfig, config_int
 from snapbench.converters.options import ConvertOptions
 from snapbench.dit.spec import DitSpec
+from snapbench.json_types import JSON
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
 from snapbench.errors import SnapbenchError
 
 CLIP_TOKENS = 77
 # SD3's text encoders: stabilityai/stable-diffusion-3-medium-diffusers text_encoder/, text_encoder_2/ and
 # text_encoder_3/ configs (the CLIPs are CLIPTextModelWithProjection, T5 a T5EncoderModel, v1.1 XXL).
-SD3_CLIP_L: dict[str, Any] = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+SD3_CLIP_L: ModelConfig = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                   num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
                                   projection_dim=768)
-SD3_CLIP_G: dict[str, Any] = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+SD3_CLIP_G: ModelConfig = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
                                   num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu",
                                   projection_dim=1280)
-T5_XXL: dict[str, Any] = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+T5_XXL: ModelConfig = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                               relative_attention_num_buckets=32, relative_attention_max_distance=128,
                               feed_forward_proj="gated-gelu")
 # Sana: Efficient-Large-Model/Sana_1600M_1024px_diffusers text_encoder/ (Gemma-2-2B-it's Gemma2Model)
-GEMMA2_2B: dict[str, Any] = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+GEMMA2_2B: ModelConfig = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                                  num_attention_heads=8, num_key_value_heads=4, head_dim=256,
                                  max_position_embeddings=8192, sliding_window=4096, query_pre_attn_scalar=256,
                                  attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
@@ -51,7 +56,7 @@ class TextEncoderSpec:
     package: str  # the package's stem: TextEncoder | TextEncoder2 | TextEncoderT5 | TextEncoderGemma
     title: str
     arch: str  # clip | t5 | gemma2
-    config: Mapping[str, Any]
+    config: Mapping[str, JSON]
     tokens: int  # the sequence it takes (its share of the backbone's context)
     folder: str  # its subfolder in a diffusers pipeline folder
     published: bool  # the published encoder (else test-sized, for a tiny twin)
@@ -62,29 +67,29 @@ class TextEncoderSpec:
 
     @property
     def width(self) -> int:
-        return int(self.config["d_model" if self.arch == "t5" else "hidden_size"])
+        return config_int(self.config, "d_model" if self.arch == "t5" else "hidden_size")
 
 
-def count_params(arch: str, c: Mapping[str, Any]) -> int:
+def count_params(arch: str, c: Mapping[str, JSON]) -> int:
     """Parameters of a text encoder from its config alone (no module is built)."""
     if arch == "clip":  # CLIPTextModelWithProjection: biased q/k/v/out and MLP, two LayerNorms a layer
-        h, i, n = int(c["hidden_size"]), int(c["intermediate_size"]), int(c["num_hidden_layers"])
+        h, i, n = config_int(c, "hidden_size"), config_int(c, "intermediate_size"), config_int(c, "num_hidden_layers")
         layer = 4 * (h * h + h) + 2 * 2 * h + (h * i + i) + (i * h + h)
-        embed = int(c["vocab_size"]) * h + int(c["max_position_embeddings"]) * h
-        return embed + n * layer + 2 * h + h * int(c["projection_dim"])
+        embed = config_int(c, "vocab_size") * h + config_int(c, "max_position_embeddings") * h
+        return embed + n * layer + 2 * h + h * config_int(c, "projection_dim")
     if arch == "t5":  # T5EncoderModel: no biases, RMS norms with a weight only, a gated FFN in v1.1
-        d, ff, n = int(c["d_model"]), int(c["d_ff"]), int(c["num_layers"])
-        inner = int(c["num_heads"]) * int(c["d_kv"])
+        d, ff, n = config_int(c, "d_model"), config_int(c, "d_ff"), config_int(c, "num_layers")
+        inner = config_int(c, "num_heads") * config_int(c, "d_kv")
         gated = str(c.get("feed_forward_proj", "relu")).startswith("gated")
         layer = 4 * d * inner + 2 * d + (3 if gated else 2) * d * ff
-        buckets = int(c.get("relative_attention_num_buckets", 32)) * int(c["num_heads"])  # first layer only
-        return int(c["vocab_size"]) * d + n * layer + buckets + d
+        buckets = config_int(c, "relative_attention_num_buckets", 32) * config_int(c, "num_heads")  # first layer only
+        return config_int(c, "vocab_size") * d + n * layer + buckets + d
     if arch == "gemma2":  # Gemma2Model: grouped k/v, a gated MLP, four RMS norms a layer
-        h, i, n = int(c["hidden_size"]), int(c["intermediate_size"]), int(c["num_hidden_layers"])
-        q = int(c["num_attention_heads"]) * int(c["head_dim"])
-        kv = int(c["num_key_value_heads"]) * int(c["head_dim"])
+        h, i, n = config_int(c, "hidden_size"), config_int(c, "intermediate_size"), config_int(c, "num_hidden_layers")
+        q = config_int(c, "num_attention_heads") * config_int(c, "head_dim")
+        kv = config_int(c, "num_key_value_heads") * config_int(c, "head_dim")
         layer = h * q + 2 * h * kv + q * h + 3 * h * i + 4 * h
-        return int(c["vocab_size"]) * h + n * layer + h
+        return config_int(c, "vocab_size") * h + n * layer + h
     raise ValueError(f"no parameter formula for {arch!r}")
 
 
@@ -143,19 +148,19 @@ def too_big_message(enc: TextEncoderSpec, opts: ConvertOptions, family: str, bud
             + (f", or {' / '.join(smaller)}" if smaller else ""))
 
 
-def _tiny_clip(width: int) -> dict[str, Any]:
+def _tiny_clip(width: int) -> ModelConfig:
     from snapbench.converters.components import text_encoder_config
 
     return {**text_encoder_config(width)[1], "projection_dim": width}
 
 
-def _tiny_t5(width: int) -> dict[str, Any]:
+def _tiny_t5(width: int) -> ModelConfig:
     heads = 2 if width % 2 == 0 else 1
     return dict(vocab_size=1000, d_model=width, d_kv=width // heads, d_ff=2 * width, num_layers=2, num_heads=heads,
                 relative_attention_num_buckets=8, relative_attention_max_distance=16, feed_forward_proj="gated-gelu")
 
 
-def _tiny_gemma(width: int) -> dict[str, Any]:
+def _tiny_gemma(width: int) -> ModelConfig:
     heads = 2 if width % 2 == 0 else 1
     return dict(vocab_size=1000, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
                 num_attention_heads=heads, num_key_value_heads=1, head_dim=width // heads,
@@ -197,7 +202,7 @@ def encoders_for(spec: DitSpec, tokens: int) -> list[TextEncoderSpec]:
                             GEMMA2_2B if published else _tiny_gemma(width), tokens, "text_encoder", published)]
 
 
-def transformers_config(enc: TextEncoderSpec) -> Any:
+def transformers_config(enc: TextEncoderSpec) -> PretrainedConfig:
     from transformers import CLIPTextConfig, Gemma2Config, T5Config
 
     if enc.arch == "clip":
@@ -207,7 +212,7 @@ def transformers_config(enc: TextEncoderSpec) -> Any:
     return Gemma2Config(**enc.config, use_cache=False, attn_implementation="eager")
 
 
-def model_class(enc: TextEncoderSpec) -> Any:
+def model_class(enc: TextEncoderSpec) -> type[PreTrainedModel]:
     from transformers import CLIPTextModelWithProjection, Gemma2Model, T5EncoderModel
 
     return {"clip": CLIPTextModelWithProjection, "t5": T5EncoderModel, "gemma2": Gemma2Model}[enc.arch]

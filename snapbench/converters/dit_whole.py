@@ -15,14 +15,13 @@ checked against diffusers' forward by PSNR (`whole_psnr`).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from snapbench.converters.ane_attention import DEFAULT_QUERY_CHUNK_SIZE
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.package_io import PackageIO
+from snapbench.converters.whole_model import SingleModel
 from snapbench.dit.cut import default_shapes, example_inputs
 from snapbench.dit.source import dit_spec
 from snapbench.model.loading import ModelSource
@@ -84,10 +83,9 @@ def whole_counts(source: ModelSource, opts: ConvertOptions) -> tuple[int, int, i
             sum(b.macs - b.attention_macs for b in blocks))
 
 
-def whole_dit_single(source: ModelSource, opts: ConvertOptions) -> Any:
+def whole_dit_single(source: ModelSource, opts: ConvertOptions) -> SingleModel:
     """The `SingleModel` that `convert_single` turns into transformer.mlpackage + manifest.json."""
     from snapbench.converters.cache import source_fingerprint
-    from snapbench.converters.whole_model import SingleModel
     from snapbench.versions import tool_versions
 
     io = whole_io(source, opts)

@@ -13,23 +13,84 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict, TypeGuard
 
 from snapbench.atomic import atomic_write_text
 from snapbench.converters.package_io import TensorEntry
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 from snapbench.locks import FOLDER_LOCK, folder_lock, pid_alive
 from snapbench.names import safe_file_name
 from snapbench.paths import choose_another
 from snapbench.user_files import read_user_json
+
+if TYPE_CHECKING:  # typing has it from 3.11; the annotation is never evaluated (postponed annotations)
+    from typing_extensions import NotRequired
 
 FORMAT = "snapbench.manifest/1"
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = FOLDER_LOCK
 # temporaries snapbench itself leaves when killed: .NAME.PID.partial (packages), .manifest.json.*.tmp
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial$|^\.manifest\.json\..+\.tmp$|^\.snapbench\.")
+
+
+class ManifestBlockDoc(TypedDict):
+    """A `ManifestBlock` as manifest.json holds it (the fields a reader of an older manifest may miss are
+    NotRequired: they read as None)."""
+
+    id: str
+    file_id: str
+    stage: str
+    kind: str
+    status: str
+    module: str
+    signature: str | None
+    signature_digest: str | None
+    package: str | None
+    inputs: list[TensorEntry]
+    outputs: list[TensorEntry]
+    params: int
+    macs: int
+    macs_no_attention: int
+    state: str
+    package_owner: NotRequired[str | None]
+    weights_hash: NotRequired[str | None]
+    cache_key: NotRequired[str | None]
+    seconds: NotRequired[float | None]
+    bytes: NotRequired[int | None]
+    error: NotRequired[str | None]
+    files: NotRequired[dict[str, int] | None]
+    ane_psnr_db: NotRequired[float | None]
+    timings: NotRequired[dict[str, float] | None]
+    weights_read: NotRequired[str | None]
+
+
+class ManifestDoc(TypedDict):
+    """manifest.json (`Manifest.to_dict`); what an older manifest may lack is NotRequired."""
+
+    format: str
+    content: str
+    model: str
+    spec: str
+    complete: NotRequired[bool]
+    options: NotRequired[JSONObject]
+    compression: NotRequired[JSONObject]
+    shapes: NotRequired[JSONObject]
+    versions: NotRequired[dict[str, str]]
+    source_fingerprint: NotRequired[str | None]
+    run_key: NotRequired[str | None]
+    created_at: NotRequired[str]
+    updated_at: NotRequired[str]
+    packages: NotRequired[int]
+    blocks: NotRequired[list[ManifestBlockDoc]]
+    missing: NotRequired[list[str]]
+
+
+def is_manifest_doc(data: object) -> TypeGuard[ManifestDoc]:
+    """A JSON document that says it is a manifest of this format (its fields are read as `from_dict` goes)."""
+    return isinstance(data, dict) and data.get("format") == FORMAT
 
 
 @dataclass(frozen=True)
@@ -60,13 +121,19 @@ class ManifestBlock:
     timings: dict[str, float] | None = None  # app pipeline: seconds per phase (build, trace, convert, ...)
     weights_read: str | None = None  # app pipeline: the checkpoint files its weights came from (which variant)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ManifestBlock:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: ManifestBlockDoc) -> ManifestBlock:
+        """The block of a manifest entry (keys it does not know are left: a newer snapbench wrote them)."""
+        return cls(id=d["id"], file_id=d["file_id"], stage=d["stage"], kind=d["kind"], status=d["status"],
+                   module=d["module"], signature=d["signature"], signature_digest=d["signature_digest"],
+                   package=d["package"], inputs=d["inputs"], outputs=d["outputs"], params=d["params"], macs=d["macs"],
+                   macs_no_attention=d["macs_no_attention"], state=d["state"], package_owner=d.get("package_owner"),
+                   weights_hash=d.get("weights_hash"), cache_key=d.get("cache_key"), seconds=d.get("seconds"),
+                   bytes=d.get("bytes"), error=d.get("error"), files=d.get("files"), ane_psnr_db=d.get("ane_psnr_db"),
+                   timings=d.get("timings"), weights_read=d.get("weights_read"))
 
 
 @dataclass
@@ -74,11 +141,11 @@ class Manifest:
     content: str  # "blocks", or a whole model: "unet" | "text_encoder" | "vae_decoder"
     model: str
     spec: str
-    options: dict[str, Any]
+    options: JSONObject
     versions: dict[str, str]
-    shapes: dict[str, Any]
+    shapes: JSONObject
     blocks: list[ManifestBlock]
-    compression: dict[str, Any] = field(default_factory=dict)
+    compression: JSONObject = field(default_factory=dict)
     source_fingerprint: str | None = None
     run_key: str | None = None  # everything the run depended on: equal and complete -> nothing to do
     complete: bool = False
@@ -87,7 +154,7 @@ class Manifest:
     folder: Path | None = None  # where it was loaded from / will be written (not serialised)
     missing: list[str] = field(default_factory=list)  # app pipeline: parts the model folder lacks
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {
             "format": FORMAT,
             "content": self.content,
@@ -97,18 +164,18 @@ class Manifest:
             "options": self.options,
             "compression": self.compression,
             "shapes": self.shapes,
-            "versions": self.versions,
+            "versions": dict(self.versions),
             "source_fingerprint": self.source_fingerprint,
             "run_key": self.run_key,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "packages": len({b.package for b in self.blocks if b.package}),
             "blocks": [b.to_dict() for b in self.blocks],
-            **({"missing": self.missing} if self.missing else {}),
+            **({"missing": list(self.missing)} if self.missing else {}),
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], folder: Path | None = None) -> Manifest:
+    def from_dict(cls, d: ManifestDoc, folder: Path | None = None) -> Manifest:
         return cls(
             content=d["content"], model=d["model"], spec=d["spec"], options=d.get("options", {}),
             versions=d.get("versions", {}), shapes=d.get("shapes", {}),
@@ -157,7 +224,7 @@ def load_manifest(folder: str | os.PathLike) -> Manifest:
         raise SnapbenchError(f"{folder}: no {MANIFEST_FILE}; not a snapbench conversion folder "
                              "(make one with 'snapbench convert --out FOLDER')")
     data = read_user_json(path, "manifest")
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not is_manifest_doc(data):
         raise SnapbenchError(f"{path}: not a snapbench manifest (expected format {FORMAT!r})")
     try:
         return Manifest.from_dict(data, folder)

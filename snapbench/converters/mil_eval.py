@@ -16,27 +16,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from snapbench.profilers.coreml_types import MilOp, MilProgram, MilVar
 
 
 class MilEvalError(Exception):
     """The program cannot be evaluated here (an op with no numpy definition, a missing input)."""
 
 
-def _gather_nd(op: Any) -> np.ndarray:
+def _gather_nd(op: MilOp) -> np.ndarray:
     # iOS15 gather_nd with batch_dims 0 (what CLIP's pooled output traces to): x[indices[..., 0], indices[..., 1], ...]
     if op.batch_dims.val != 0:
         raise MilEvalError(f"{op.name}: gather_nd with batch_dims {op.batch_dims.val} has no numpy rule here")
-    x, indices = op.x.val, op.indices.val
+    x, indices = np.asarray(op.x.val), np.asarray(op.indices.val)
     return x[tuple(np.moveaxis(indices, -1, 0))]
 
 
-_NUMPY_RULES: dict[str, Callable[[Any], np.ndarray]] = {"gather_nd": _gather_nd}
+_NUMPY_RULES: dict[str, Callable[[MilOp], np.ndarray]] = {"gather_nd": _gather_nd}
 
 
-def load_program(path: str | Path) -> Any:
+def load_program(path: str | Path) -> MilProgram:
     """The pymil Program of a saved .mlpackage (weights read from its Data folder)."""
     from coremltools.converters.mil.frontend.milproto.load import load
 
@@ -48,7 +49,7 @@ def load_program(path: str | Path) -> Any:
     return load(spec, spec.specificationVersion, str(weights))
 
 
-def _set_value(var: Any, value: np.ndarray) -> None:
+def _set_value(var: MilVar, value: np.ndarray) -> None:
     typed = var.sym_type()
     typed.val = value
     var._sym_val = typed  # what value inference reads as var.val

@@ -24,12 +24,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from snapbench.errors import SnapbenchError
+from snapbench.model.loading import ModelSource
+from snapbench.profilers.coreml_types import MLModel
 
 RECIPE_FORMAT = "snapbench-mixed-bit-recipe"
 RECIPE_BITS = (1, 2, 4, 6, 8, 16)  # constexpr_lut_to_dense takes 1, 2, 4, 6 and 8-bit indices (iOS16+); 16: fp16
@@ -73,7 +74,7 @@ def _bad(path: Path, what: str) -> SnapbenchError:
     return SnapbenchError(f"{path}: {what}")
 
 
-def load_recipe(path: str | os.PathLike, model: Any) -> Recipe:
+def load_recipe(path: str | os.PathLike, model: ModelSource) -> Recipe:
     """Read a recipe and check it against `model` (a resolved ModelSource): its format, that it was made for
     this model, that every layer exists and every bit width is one a package can hold. One line if not."""
     from snapbench.backbones import backbone_for
@@ -160,7 +161,7 @@ def merge_bits(into: dict[str, tuple[int, str]], more: Mapping[str, tuple[int, s
             into[fp] = (bits, layer)
 
 
-def op_configs(mlmodel: Any, by_fingerprint: Mapping[str, tuple[int, str]]) -> dict[str, Any]:
+def op_configs(mlmodel: MLModel, by_fingerprint: Mapping[str, tuple[int, str]]) -> dict[str, object]:
     """coremltools' op_name_configs for a converted model: each weight constant whose content is a recipe
     layer's gets a k-means palettizer of that layer's bits (None: stays fp16). Raises if a recipe layer
     matched no constant (its weights were changed on the way: compressing something else would be wrong)."""
@@ -169,7 +170,8 @@ def op_configs(mlmodel: Any, by_fingerprint: Mapping[str, tuple[int, str]]) -> d
 
     cto = coremltools().optimize.coreml
     program = mlmodel._mil_program
-    configs: dict[str, Any] = {}
+    assert program is not None, "a freshly converted model keeps its program in memory"
+    configs: dict[str, object] = {}  # op name -> an OpPalettizerConfig, or None: left as it is
     matched: set[str] = set()
     for fn in program.functions.values():
         for op in program_ops(fn):
@@ -195,7 +197,7 @@ def op_configs(mlmodel: Any, by_fingerprint: Mapping[str, tuple[int, str]]) -> d
     return configs
 
 
-def compress_mixed(mlmodel: Any, by_fingerprint: Mapping[str, tuple[int, str]]) -> Any:
+def compress_mixed(mlmodel: MLModel, by_fingerprint: Mapping[str, tuple[int, str]]) -> MLModel:
     """The model with each matched weight palettized at its recipe's bits (the rest fp16)."""
     from snapbench.converters.runtime import coremltools
 

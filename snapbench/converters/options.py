@@ -11,7 +11,7 @@ import json
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from snapbench.errors import SnapbenchError
 from snapbench.json_types import JSONObject
@@ -83,11 +83,12 @@ class ConvertOptions:
             raise SnapbenchError(f"--chunks must be 1 or 2 (coremltools bisects a model in two), got {self.chunks!r}")
 
     @classmethod
-    def from_settings(cls, settings: RunSettings, *, mode: str = "profile", **rest: Any) -> ConvertOptions:
+    def from_settings(cls, settings: RunSettings, *, mode: str = "profile", jobs: int | None = None,
+                      seed: int = 0) -> ConvertOptions:
         """Options for packages that `settings` price (compute units are chosen at load time, not here)."""
         return cls(mode=mode, attention=settings.attention, weight_bits=settings.weight_bits,
                    precision=settings.precision, latent=settings.latent, batch=settings.batch,
-                   tokens=settings.tokens, **rest)
+                   tokens=settings.tokens, jobs=jobs, seed=seed)
 
     def run_settings(self, compute_units: str = "cpu_and_ne") -> RunSettings:
         """The `RunSettings` these options convert at (a package does not fix its compute units)."""
@@ -107,9 +108,9 @@ class ConvertOptions:
             return None
         return "uniform" if self.mode == "profile" else "kmeans_histogram"  # see palette.py
 
-    def cache_fields(self) -> dict[str, Any]:
+    def cache_fields(self) -> JSONObject:
         """The options that change a package's bytes: part of every cache key (jobs and check do not)."""
-        fields = {"mode": self.mode, "weight_bits": self.weight_bits, "palettization": self.palettization,
+        fields: JSONObject = {"mode": self.mode, "weight_bits": self.weight_bits, "palettization": self.palettization,
                   "target": self.target, "precision": self.precision, "seed": self.seed}
         if self.recipe:  # only then: keys of packages without one stay as they were
             fields["recipe"] = self.recipe_digest

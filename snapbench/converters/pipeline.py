@@ -21,7 +21,8 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+
+import torch
 
 from snapbench.converters.app_parts import (
     TOKENIZER_FILES,
@@ -189,13 +190,17 @@ def require_compile() -> None:
 # -- the run --------------------------------------------------------------------------------------------
 
 
-def _entry(part: AppPart, key: str, state: str, **kw: Any) -> ManifestBlock:
+def _entry(part: AppPart, key: str, state: str, *, package: str | None = None, seconds: float | None = None,
+           bytes: int | None = None, ane_psnr_db: float | None = None, files: dict[str, int] | None = None,
+           timings: dict[str, float] | None = None) -> ManifestBlock:
     d = part.io.to_dict()
+    read = part.identity.get("read")
     return ManifestBlock(
         id=part.name, file_id=part.name, stage="-", kind=part.kind, status="kept", module="", signature=None,
-        signature_digest=None, package=kw.pop("package", None), inputs=d["inputs"], outputs=d["outputs"],
+        signature_digest=None, package=package, inputs=d["inputs"], outputs=d["outputs"],
         params=part.params, macs=0, macs_no_attention=0, state=state, cache_key=key,
-        weights_hash=str(part.identity.get("weights")), weights_read=part.identity.get("read"), **kw)
+        weights_hash=str(part.identity.get("weights")), weights_read=None if read is None else str(read),
+        seconds=seconds, bytes=bytes, ane_psnr_db=ane_psnr_db, files=files, timings=timings)
 
 
 def skipped_passes(part: AppPart, opts: ConvertOptions) -> tuple[str, ...]:
@@ -242,13 +247,34 @@ def _convert_part_now(part: AppPart, dest: Path, key: str, opts: ConvertOptions,
     return built + r.seconds, r.bytes, db, timings
 
 
+def convert_part_cached(part: AppPart, folder: Path, opts: ConvertOptions, source: ModelSource) -> Path:
+    """One app part as a package in `folder`, named by its cache key (what it is, its interface, the options,
+    the tools): a complete package of that name is reused, so pricing the same part on another device, or in
+    another report, converts nothing. Written under a temporary name and renamed: never half there."""
+    versions = tool_versions()
+    key = cache_key({"part": part.name, "identity": part.identity, "io": part.io.to_dict()}, opts, versions)
+    dest = folder / f"{part.name}-{key[:12]}.mlpackage"
+    if is_complete_package(dest):
+        return dest
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{dest.stem}.{os.getpid()}.mlpackage"
+    remove_tree(tmp)
+    try:
+        _convert_part(part, tmp, key, opts, source, versions)
+        remove_tree(dest)
+        tmp.rename(dest)
+    finally:
+        remove_tree(tmp)
+    return dest
+
+
 class _FirstOutput:
     """check_prediction compares one output: the first (last_hidden_state, the chunk's hidden state)."""
 
-    def __init__(self, module: Any) -> None:
+    def __init__(self, module: torch.nn.Module) -> None:
         self.module = module
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         out = self.module(*args)
         return out[0] if isinstance(out, tuple) else out
 

@@ -9,9 +9,9 @@ compiled and what the user should know (notes). Empty lists where a kind has not
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from snapbench.converters.manifest import Manifest
+from snapbench.json_types import JSONObject
 
 
 @dataclass
@@ -33,7 +33,7 @@ class ConvertResult:
         """Packages in the folder (profile mode shares one package between blocks of one signature)."""
         return len({b.package for b in self.manifest.blocks if b.package})
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"converted": self.converted, "reused": self.reused, "packages": self.packages,
+    def to_dict(self) -> JSONObject:
+        return {"converted": list(self.converted), "reused": list(self.reused), "packages": self.packages,
                 "failed": [{"block": b, "error": e} for b, e in self.failed], "manifest": self.manifest.to_dict(),
-                "missing": self.missing, "compiled": self.compiled, "notes": self.notes}
+                "missing": list(self.missing), "compiled": list(self.compiled), "notes": list(self.notes)}

@@ -24,10 +24,15 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from types import ModuleType
 
 import numpy as np
+
+from snapbench.profilers.coreml_types import MilOp, MilProgram, PassPipeline
+
+# coremltools' PassPipelineManager.apply_pipeline: runs a pass pipeline over a program in place
+ApplyPipeline = Callable[[MilProgram, PassPipeline], None]
 
 _HARMLESS: tuple[str, ...] = (
     "Torch version ",
@@ -75,7 +80,7 @@ class _ConvertingErrors(logging.Filter):
 
 
 @functools.lru_cache(maxsize=1)
-def coremltools() -> Any:
+def coremltools() -> ModuleType:
     """Import coremltools once, without its known-harmless import-time warnings."""
     _install_filters()
     with warnings.catch_warnings():
@@ -85,7 +90,7 @@ def coremltools() -> Any:
     return ct
 
 
-def _fast_fp16_overflow(op: Any) -> bool:
+def _fast_fp16_overflow(op: MilOp) -> bool:
     """Same answer as coremltools' FP16ComputePrecision.fp16_overflow, without its copies.
 
     The original takes abs(), builds a boolean mask and an int64 index array of every weight on every op
@@ -108,7 +113,7 @@ def _fast_fp16_overflow(op: Any) -> bool:
     return False
 
 
-def _validated_once(apply_pipeline: Any) -> Any:
+def _validated_once(apply_pipeline: ApplyPipeline) -> ApplyPipeline:
     """PassPipelineManager.apply_pipeline that validates the program once, after its last pass.
 
     coremltools re-validates the whole program after every pass (about 100 per pipeline): a read-only
@@ -119,7 +124,7 @@ def _validated_once(apply_pipeline: Any) -> Any:
     from coremltools.converters.mil.mil.program import Program
 
     @functools.wraps(apply_pipeline)
-    def apply(prog: Any, pass_pipeline: Any) -> None:
+    def apply(prog: MilProgram, pass_pipeline: PassPipeline) -> None:
         original = Program.validate
         Program.validate = lambda self, *a, **k: None
         try:

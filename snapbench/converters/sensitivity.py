@@ -1,7 +1,9 @@
-"""`compress analyze`: how much each layer's palettization costs, and mixed-bit recipes under a size budget.
+"""`compress analyze`: how much each layer's palettization costs, and mixed-bit recipes under a size or
+latency budget.
 
     table = analyze_sensitivity(source, SensitivityOptions(latent=32))   # pandas DataFrame, one row per layer
     recipe = choose_bits(table, target_bits=4.5)                         # {layer: bits}
+    recipe = choose_bits(table, budget_ms=700, prices=layer_prices(...))  # latency/recipe_price.py
 
 The way Apple's mixed-bit recipes for SDXL on iOS were made (ml-stable-diffusion's
 mixed_bit_compression_pre_analysis): palettize one layer at a time and measure the damage. Here the damage
@@ -20,16 +22,20 @@ Choosing the widths (`choose_bits`): every layer starts at fp16; the step that l
 block's PSNR per byte saved is taken (one layer one width down), until the compressible weights average
 `target_bits` (or fit `budget_bytes`). dB lost are summed over layers as if independent: a heuristic, which
 the recipe states; the packages it makes can be measured against the fp16 ones (`convert --check` on a Mac).
+Under a latency budget (`budget_ms`) the step is valued per ms saved instead, from each layer's op priced by
+the estimator at every width on one device (`LayerPrices`): a layer whose op is compute-bound saves (almost)
+no time by reading fewer bytes, so it stays wide unless nothing cheaper is left.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 import numpy as np
 import torch
@@ -37,6 +43,11 @@ import torch
 from snapbench.converters.mixed_bit import COMPRESSIBLE, layer_name
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
+from snapbench.profilers.estimate.stored_weights import palette_bytes
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from diffusers.configuration_utils import FrozenDict
 
 BITS = (1, 2, 4, 6, 8, 16)
 TIME_IDS_PER_IMAGE = 6  # original size, crop offset, target size (SDXL's micro-conditioning)
@@ -66,8 +77,8 @@ class SensitivityOptions:
 
 def bytes_at(elements: int, bits: int) -> float:
     """Stored bytes of one weight at `bits` (16: fp16): the indices plus one fp16 table of 2^bits entries,
-    as the estimator counts them (profilers/estimate/stored_weights.py)."""
-    return elements * 2.0 if bits == 16 else elements * bits / 8 + 2 ** bits * 2
+    as the estimator counts them."""
+    return palette_bytes(elements, bits)
 
 
 def _psnr(ref: torch.Tensor, got: torch.Tensor) -> float:
@@ -86,7 +97,37 @@ def _palettized(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.from_numpy(lut.astype(np.float32)[idx].reshape(tuple(weight.shape)))
 
 
-def calibration_inputs(config: Any, opts: SensitivityOptions) -> tuple[torch.Tensor, ...]:
+class PricedOn(TypedDict):
+    """Where and how a recipe's latency was priced (LayerPrices.describe)."""
+
+    device: str
+    label: str  # always "estimated"
+    estimator_version: int
+    settings: dict[str, str | int]
+    fp16_ms: float
+
+
+class RecipeMade(TypedDict):
+    """One recipe `write_analysis` wrote: where, and what it comes to."""
+
+    path: str
+    average_bits: float
+    bytes: int
+    layers_by_bits: dict[str, int]  # bits -> layers at that width
+    sum_db_lost: float
+    latency_ms: NotRequired[float]  # with --device: the recipe's estimated ms per UNet step
+
+
+class Analysis(TypedDict):
+    """What `compress analyze` wrote (printed with --json)."""
+
+    sensitivity: str  # the CSV's path
+    layers: int
+    recipes: list[RecipeMade]
+    latency: NotRequired[PricedOn]  # with --device: where and how the recipes were priced
+
+
+def calibration_inputs(config: FrozenDict, opts: SensitivityOptions) -> tuple[torch.Tensor, ...]:
     """(sample, timestep, context, *added) for `opts.samples` denoising steps; context as (B, S, C)."""
     from snapbench.specs.layout import text_embeds_dim
 
@@ -106,7 +147,7 @@ def calibration_inputs(config: Any, opts: SensitivityOptions) -> tuple[torch.Ten
 
 
 def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = SensitivityOptions(),
-                        progress: Callable[[str], None] | None = None) -> Any:
+                        progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """One row per compressible layer: block, stage, elements, and the block's output PSNR (dB) with that
     layer alone palettized at each width in BITS (column psnr_<bits>)."""
     import pandas as pd
@@ -142,7 +183,7 @@ def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = Sensitiv
             progress(f"{b.block_id}: {len(layers)} layers")
         for k, p in layers:
             original = p.data
-            row: dict[str, Any] = {"layer": layer_name(roots[k]), "block": b.block_id, "stage": b.unit.slot.stage,
+            row: dict[str, str | int | float] = {"layer": layer_name(roots[k]), "block": b.block_id, "stage": b.unit.slot.stage,
                                    "elements": p.numel()}
             for bits in opts.widths:
                 p.data = _palettized(original, bits)
@@ -160,70 +201,134 @@ def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = Sensitiv
     return pd.DataFrame(rows, columns=["layer", "block", "stage", "elements", *(f"psnr_{b}" for b in opts.widths)])
 
 
-def choose_bits(table: Any, *, target_bits: float | None = None, budget_bytes: float | None = None) -> dict[str, int]:
-    """{layer: bits} under the budget: greedy, fewest dB lost per byte saved first (see the module doc)."""
-    if (target_bits is None) == (budget_bytes is None):
-        raise SnapbenchError("give one budget: --bits (average bits per weight) or --size-mb")
+@dataclass(frozen=True)
+class LayerPrices:
+    """Each compressible layer's time per UNet step at each width on one device (latency/recipe_price.py
+    makes it from the estimator): what a latency budget is spent on. Estimated, never measured."""
+
+    device: str  # catalog id
+    device_name: str
+    estimator_version: int
+    settings: dict[str, str | int]  # what the packages were priced at: attention, latent, batch, tokens, precision
+    fp16_ms: float  # per UNet step, every layer fp16
+    layer_ms: dict[str, dict[int, float]]  # layer -> {bits: ms per step of the op(s) reading it}
+
+    def cost(self, layer: str, bits: int) -> float:
+        got = self.layer_ms.get(layer)
+        return got[bits] if got else 0.0  # a layer no package runs (nothing priced) costs nothing
+
+    def total_ms(self, bits: Mapping[str, int]) -> float:
+        """The estimator's per-step figure for a recipe: fp16's plus each layer's change (ops price apart)."""
+        return self.fp16_ms + sum(self.cost(layer, b) - self.cost(layer, 16) for layer, b in bits.items())
+
+    def fastest(self, layers: Iterable[str]) -> dict[str, int]:
+        """The quickest recipe there is: each layer at its quickest width priced. Not always the lowest: v9
+        prices a palette's table as one DRAM fetch at latency, which outlasts a small layer's fp16 bytes."""
+        return {layer: min(self.layer_ms.get(layer, {16: 0.0}).items(), key=lambda kv: (kv[1], kv[0]))[0]
+                for layer in layers}
+
+    def describe(self) -> PricedOn:
+        return PricedOn(device=self.device, label="estimated", estimator_version=self.estimator_version,
+                        settings=self.settings, fp16_ms=round(self.fp16_ms, 4))
+
+
+def choose_bits(table: pd.DataFrame, *, target_bits: float | None = None, budget_bytes: float | None = None,
+                budget_ms: float | None = None, prices: LayerPrices | None = None) -> dict[str, int]:
+    """{layer: bits} under the budget: greedy, fewest dB lost per byte (or per ms, `budget_ms` with `prices`)
+    saved first (see the module doc)."""
+    if sum(b is not None for b in (target_bits, budget_bytes, budget_ms)) != 1:
+        raise SnapbenchError("give one budget: --bits (average bits per weight), --size-mb or --latency-budget-ms")
     elements = dict(zip(table["layer"], table["elements"]))
     total = sum(elements.values())
     if target_bits is not None:
         if not 1 <= target_bits <= 16:
             raise SnapbenchError(f"--bits {target_bits}: an average between 1 and 16 bits per weight")
         budget_bytes = total * target_bits / 8
-    assert budget_bytes is not None
-    widths_ = tuple(b for b in BITS if f"psnr_{b}" in table.columns)
-    floor = sum(bytes_at(n, widths_[0]) for n in elements.values())
-    if budget_bytes < floor:
-        raise SnapbenchError(f"a budget of {budget_bytes / 1e6:.3f} MB is under the {floor / 1e6:.3f} MB that every "
-                             f"layer at {widths_[0]} bits takes; give a larger budget")
     widths = tuple(b for b in BITS if f"psnr_{b}" in table.columns)  # what was measured
+    if budget_ms is not None:
+        if prices is None:
+            raise ValueError("a latency budget needs each layer's prices (latency/recipe_price.py)")
+        lp = prices
+
+        def cost(layer: str, b: int) -> float:
+            return lp.cost(layer, b)
+
+        budget = budget_ms
+
+        def shown(x: float) -> str:
+            return f"{x:.3f} ms per step"
+    else:
+        assert budget_bytes is not None
+
+        def cost(layer: str, b: int) -> float:
+            return bytes_at(elements[layer], b)
+
+        budget = budget_bytes
+
+        def shown(x: float) -> str:
+            return f"{x / 1e6:.3f} MB"
+    # the least any recipe spends: each layer at its cheapest width (for bytes, the lowest)
+    floor = sum(min(cost(layer, b) for b in widths) - cost(layer, 16) for layer in elements)
+    spent = prices.fp16_ms if budget_ms is not None and prices is not None else sum(cost(la, 16) for la in elements)
+    if budget < spent + floor - 1e-9:
+        raise SnapbenchError(f"a budget of {shown(budget)} is under the {shown(spent + floor)} that the smallest "
+                             f"recipe of {', '.join(map(str, widths))} bits takes; give a larger budget")
     psnr = {row["layer"]: {b: float(row[f"psnr_{b}"]) for b in widths} for row in table.to_dict("records")}
     bits = {layer: 16 for layer in elements}
-    size = sum(bytes_at(n, 16) for n in elements.values())
-    heap: list[tuple[float, int, str]] = []
+    heap: list[tuple[float, int, str, int]] = []
 
     def push(layer: str) -> None:
-        i = widths.index(bits[layer])
-        if i == 0:
-            return
-        lower = widths[i - 1]
-        saved = bytes_at(elements[layer], bits[layer]) - bytes_at(elements[layer], lower)
-        if saved <= 0:
-            return
-        lost = psnr[layer][bits[layer]] - psnr[layer][lower]
-        heapq.heappush(heap, (max(lost, 0.0) / saved, zlib.crc32(layer.encode()), layer))
+        """The layer's next step: down to the nearest width that saves anything (a compute-bound op saves no
+        time at 8 bits but may at 4), valued at its dB lost per unit saved."""
+        now = bits[layer]
+        for lower in reversed(widths[:widths.index(now)]):
+            saved = cost(layer, now) - cost(layer, lower)
+            if saved > 1e-12:
+                lost = psnr[layer][now] - psnr[layer][lower]
+                heapq.heappush(heap, (max(lost, 0.0) / saved, zlib.crc32(layer.encode()), layer, lower))
+                return
 
     for layer in elements:
         push(layer)
-    while size > budget_bytes and heap:
-        _, _, layer = heapq.heappop(heap)
-        i = widths.index(bits[layer])
-        size -= bytes_at(elements[layer], bits[layer]) - bytes_at(elements[layer], widths[i - 1])
-        bits[layer] = widths[i - 1]
+    while spent > budget and heap:
+        _, _, layer, lower = heapq.heappop(heap)
+        spent -= cost(layer, bits[layer]) - cost(layer, lower)
+        bits[layer] = lower
         push(layer)
     return bits
 
 
-def average_bits(table: Any, bits: dict[str, int]) -> float:
+def average_bits(table: pd.DataFrame, bits: dict[str, int]) -> float:
     elements = dict(zip(table["layer"], table["elements"]))
     total = sum(elements.values())
     return sum(bytes_at(n, bits[layer]) for layer, n in elements.items()) * 8 / total if total else math.nan
 
 
-def recipe_name(spec: str, target_bits: float | None, budget_bytes: float | None) -> str:
+def recipe_name(spec: str, target_bits: float | None, budget_bytes: float | None, budget_ms: float | None = None,
+                device: str = "") -> str:
     if target_bits is not None:
         return f"{spec}-{target_bits:g}bit.json"
+    if budget_ms is not None:
+        return f"{spec}-{budget_ms:g}ms-{device}.json"
     if budget_bytes is None:
-        raise ValueError("a recipe is named after its average bit width or its size budget")
+        raise ValueError("a recipe is named after its average bit width, its size budget or its latency budget")
     return f"{spec}-{budget_bytes / 1e6:g}MB.json"
 
 
-def write_analysis(source: ModelSource, out_dir: Any, opts: SensitivityOptions = SensitivityOptions(), *,
+# (widths) -> every compressible layer's ms per step at those widths: latency/recipe_price.py's layer_prices,
+# bound by the command to a model, device and settings (converters never import the latency package)
+Pricer = Callable[[tuple[int, ...]], LayerPrices]
+
+
+def write_analysis(source: ModelSource, out_dir: str | os.PathLike[str], opts: SensitivityOptions = SensitivityOptions(), *,
                    targets: tuple[float, ...] = (4.5,), budgets_mb: tuple[float, ...] = (),
-                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   budgets_ms: tuple[float, ...] = (), pricer: Pricer | None = None,
+                   progress: Callable[[str], None] | None = None) -> Analysis:
     """`compress analyze`: the sensitivity table (CSV) and one recipe JSON per budget under `out_dir`.
-    Budgets are checked before the (long) measurement; every file is written under a temporary name and
-    renamed, so an interrupted run leaves none half-written."""
+    Budgets are checked before the (long) measurement (a latency budget against the fastest recipe's
+    estimate, which `pricer` makes first); every file is written under a temporary name and renamed, so an
+    interrupted run leaves none half-written. With a `pricer`, every recipe also states its estimated
+    latency per UNet step."""
     import json
     from pathlib import Path
 
@@ -231,14 +336,19 @@ def write_analysis(source: ModelSource, out_dir: Any, opts: SensitivityOptions =
     from snapbench.backbones import backbone_for
     from snapbench.converters.mixed_bit import RECIPE_FORMAT, compressible_layers, layers_digest
 
-    if not targets and not budgets_mb:
-        raise SnapbenchError("give at least one budget: --bits or --size-mb")
+    if not targets and not budgets_mb and not budgets_ms:
+        raise SnapbenchError("give at least one budget: --bits, --size-mb or --latency-budget-ms")
     for t in targets:
         if not 1 <= t <= 16:
             raise SnapbenchError(f"--bits {t}: an average between 1 and 16 bits per weight")
     for mb in budgets_mb:
         if not mb > 0:
             raise SnapbenchError(f"--size-mb {mb}: a positive size")
+    for ms in budgets_ms:
+        if not (ms > 0 and math.isfinite(ms)):
+            raise SnapbenchError(f"--latency-budget-ms {ms}: a positive time per UNet step")
+    if budgets_ms and pricer is None:
+        raise SnapbenchError("--latency-budget-ms needs --device: the phone whose Neural Engine prices the recipe")
     with torch.device("meta"):
         layers = compressible_layers(backbone_for(source).build(source, device="meta"))
     lowest = min(opts.widths)  # every layer at the lowest width measured: the smallest recipe there is
@@ -251,38 +361,62 @@ def write_analysis(source: ModelSource, out_dir: Any, opts: SensitivityOptions =
         if mb * 1e6 < floor:
             raise SnapbenchError(f"--size-mb {mb:g} is under the {floor / 1e6:.3f} MB that every layer at {lowest} "
                                  "bits takes; give a larger budget")
+    prices = pricer(opts.widths) if pricer is not None else None
+    if prices is not None:
+        fastest = prices.total_ms(prices.fastest(layers))
+        for ms in budgets_ms:
+            if ms < fastest:
+                more = "" if lowest == 1 else ", or add a lower width to --widths"
+                raise SnapbenchError(
+                    f"--latency-budget-ms {ms:g}: no recipe is that fast on {prices.device_name}; the fastest "
+                    f"(each layer at its quickest of {', '.join(map(str, opts.widths))} bits) takes {fastest:.3f} ms "
+                    f"per UNet step (fp16: {prices.fp16_ms:.3f} ms; estimated, estimator v{prices.estimator_version}); "
+                    f"give --latency-budget-ms {math.ceil(fastest * 1000) / 1000:g} or more{more}")
     table = analyze_sensitivity(source, opts, progress)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     spec = source.spec.name
     csv = folder / f"{spec}-sensitivity.csv"
     atomic_write_bytes(csv, table.to_csv(index=False).encode())
-    made: list[dict[str, Any]] = []
-    written: dict[str, Any] = {"sensitivity": str(csv), "layers": len(table), "recipes": made}
+    made: list[RecipeMade] = []
+    written = Analysis(sensitivity=str(csv), layers=len(table), recipes=made)
+    if prices is not None:
+        written["latency"] = prices.describe()
     fp16_bytes = sum(bytes_at(n, 16) for n in table["elements"])
-    for target, budget in [(t, None) for t in targets] + [(None, mb * 1e6) for mb in budgets_mb]:
-        bits = choose_bits(table, target_bits=target, budget_bytes=budget)
+    budgets: list[tuple[float | None, float | None, float | None]] = [
+        *((t, None, None) for t in targets), *((None, mb * 1e6, None) for mb in budgets_mb),
+        *((None, None, ms) for ms in budgets_ms)]
+    for target, budget, budget_ms in budgets:
+        bits = choose_bits(table, target_bits=target, budget_bytes=budget, budget_ms=budget_ms, prices=prices)
         size = sum(bytes_at(n, bits[layer]) for layer, n in zip(table["layer"], table["elements"]))
         lost = sum(float(r["psnr_16"]) - float(r[f"psnr_{bits[r['layer']]}"]) for r in table.to_dict("records"))
         widths: dict[str, int] = {}
         for b in bits.values():
             widths[str(b)] = widths.get(str(b), 0) + 1
+        per = "ms" if budget_ms is not None else "byte"
         doc = {
             "format": RECIPE_FORMAT, "version": 1, "model": str(source.ref), "spec": spec,
             "layers_digest": layers_digest(layers),
-            "budget": {"average_bits": target} if budget is None else {"megabytes": budget / 1e6},
+            "budget": ({"average_bits": target} if target is not None else {"megabytes": budget / 1e6}
+                       if budget is not None else {"latency_ms": budget_ms, "device": prices.device if prices else ""}),
             "average_bits": round(average_bits(table, bits), 3), "bytes": int(size), "fp16_bytes": int(fp16_bytes),
             "layers_by_bits": widths,
             "sum_db_lost": round(lost, 2),
-            "how": ("bits per layer chosen greedily, fewest dB of the layer's block output PSNR lost per byte saved "
+            "how": (f"bits per layer chosen greedily, fewest dB of the layer's block output PSNR lost per {per} saved "
                     "first; each layer measured alone (snapbench compress analyze), losses summed as if independent"),
             "calibration": {"latent": opts.latent, "samples": opts.samples, "tokens": opts.tokens, "seed": opts.seed,
                             "inputs": "latents, context and text_embeds ~ N(0, 1), timesteps spread over [1, 999]",
                             "weights": "checkpoint" if source.weights_dir is not None else f"seeded random ({opts.seed})"},
-            "layers": dict(sorted(bits.items())),
         }
-        path = folder / recipe_name(spec, target, budget)
+        ms_per_step = round(prices.total_ms(bits), 4) if prices is not None else None
+        if prices is not None:
+            doc["latency"] = {**prices.describe(), "ms_per_step": ms_per_step}
+        doc["layers"] = dict(sorted(bits.items()))
+        path = folder / recipe_name(spec, target, budget, budget_ms, prices.device if prices else "")
         atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
-        made.append({"path": str(path), "average_bits": doc["average_bits"], "bytes": doc["bytes"],
-                                   "layers_by_bits": widths, "sum_db_lost": doc["sum_db_lost"]})
+        entry = RecipeMade(path=str(path), average_bits=round(average_bits(table, bits), 3), bytes=int(size),
+                           layers_by_bits=widths, sum_db_lost=round(lost, 2))
+        if ms_per_step is not None:
+            entry["latency_ms"] = ms_per_step
+        made.append(entry)
     return written

@@ -17,10 +17,12 @@ import fnmatch
 import functools
 import json
 import re
-from collections.abc import MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
+
+from snapbench.profilers.coreml_types import FeatureDescription
 
 if TYPE_CHECKING:
     from snapbench.converters.package_io import PackageIO
@@ -57,7 +59,7 @@ class PackageRules:
         return next((r for r in (self.outputs if output else self.inputs) if r.matches(name)), None)
 
 
-def family_for(config: Any) -> str:
+def family_for(config: Mapping[str, object]) -> str:
     """The table's model family for a UNet config (an arch spec's base_config): sdxl for text_time UNets."""
     from snapbench.specs.layout import text_embeds_dim
 
@@ -75,8 +77,38 @@ def folder_family(*folders: str | Path) -> str:
     return XL_FAMILY if has("TextEncoder2") else DEFAULT_FAMILY
 
 
+class RuleRow(TypedDict):
+    """One tensor of a package in swift_interface.json (a `TensorRule`, its shape as a list)."""
+
+    name: str
+    shape: list[str | int]
+    dtype: str
+    swift_dtype: str
+    apple_dtype: str
+    swift_source: str
+    apple_source: str
+    sure: str
+    notes: str
+
+
+class PackageRows(TypedDict):
+    inputs: list[RuleRow]
+    outputs: list[RuleRow]
+
+
+class FamilyRows(TypedDict):
+    title: str
+    packages: dict[str, PackageRows]
+
+
+class InterfaceTable(TypedDict):
+    """swift_interface.json, the part read here (its other keys document where each rule came from)."""
+
+    models: dict[str, FamilyRows]
+
+
 @functools.lru_cache(maxsize=1)
-def load_table() -> dict[str, Any]:
+def load_table() -> InterfaceTable:
     return json.loads(TABLE_FILE.read_text())
 
 
@@ -86,8 +118,11 @@ def family_rules(family: str = DEFAULT_FAMILY) -> dict[str, PackageRules]:
     if family not in models:
         raise KeyError(f"swift_interface.json has no model family {family!r} (has {', '.join(models)})")
 
-    def rules(rows: list[dict[str, Any]]) -> tuple[TensorRule, ...]:
-        return tuple(TensorRule(**{**r, "shape": tuple(str(d) for d in r["shape"])}) for r in rows)
+    def rules(rows: list[RuleRow]) -> tuple[TensorRule, ...]:
+        return tuple(TensorRule(name=r["name"], shape=tuple(str(d) for d in r["shape"]), dtype=r["dtype"],
+                                swift_dtype=r["swift_dtype"], apple_dtype=r["apple_dtype"],
+                                swift_source=r["swift_source"], apple_source=r["apple_source"], sure=r["sure"],
+                                notes=r["notes"]) for r in rows)
 
     return {name: PackageRules(name, rules(p["inputs"]), rules(p["outputs"]))
             for name, p in models[family]["packages"].items()}
@@ -186,7 +221,7 @@ def read_interface(path: str | Path) -> PackageInterface:
     spec = ct.utils.load_spec(str(path))
     name_of = ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name
 
-    def tensors(features: Any) -> tuple[Tensor, ...]:
+    def tensors(features: Iterable[FeatureDescription]) -> tuple[Tensor, ...]:
         return tuple(Tensor(f.name, tuple(int(d) for d in f.type.multiArrayType.shape),
                             name_of(f.type.multiArrayType.dataType).lower()) for f in features)
 

@@ -9,11 +9,25 @@ Registered with coremltools' own registry (`register_torch_op`), once per proces
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Iterable
+from typing import Protocol, SupportsInt
 
 
-def _as_list(v: Any) -> list[int]:
-    return [int(x) for x in v] if hasattr(v, "__len__") else [int(v)]
+class _Context(Protocol):
+    """coremltools' torch frontend `TranscriptionContext`: the MIL vars made so far, by torch node name."""
+
+    def add(self, ssa_var: object) -> None: ...
+
+
+class _Node(Protocol):
+    """coremltools' `InternalTorchIRNode`: one op of the traced graph."""
+
+    @property
+    def name(self) -> str: ...
+
+
+def _as_list(v: SupportsInt | Iterable[SupportsInt]) -> list[int]:
+    return [int(x) for x in v] if isinstance(v, Iterable) else [int(v)]
 
 
 def movedim_perm(rank: int, source: list[int], destination: list[int]) -> list[int]:
@@ -37,7 +51,7 @@ def register() -> None:
         return
 
     @register_torch_op(torch_alias=["movedim.int", "movedim.intlist"])
-    def movedim(context: Any, node: Any) -> None:
+    def movedim(context: _Context, node: _Node) -> None:
         x, source, destination = _get_inputs(context, node, expected=3)
         perm = movedim_perm(x.rank, _as_list(source.val), _as_list(destination.val))
         context.add(mb.transpose(x=x, perm=perm, name=node.name))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -123,7 +123,7 @@ class UNetChunk(nn.Module):
         # before the attention rewrites (mixed_bit.unit_bits); Core ML's weights are matched by content
         self.recipe_bits = recipe_bits or {}
 
-    def forward(self, *inputs: torch.Tensor) -> Any:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor | None, ...]:
         added: list[torch.Tensor] = []
         timestep: torch.Tensor | None = None
         temb: torch.Tensor | None = None
@@ -164,6 +164,14 @@ def run_unit(unit: BlockUnit, hidden: torch.Tensor, temb: torch.Tensor | None, s
 # -- materialising only a chunk's weights -----------------------------------------------------------------
 
 
+class SafetensorsHandle(Protocol):
+    """safetensors' `safe_open` handle (`user_files.open_safetensors`)."""
+
+    def keys(self) -> list[str]: ...
+
+    def get_tensor(self, name: str) -> torch.Tensor: ...
+
+
 class LazyCheckpoint:
     """Tensors of a diffusers UNet checkpoint (and an elastic model's copies and variants files), read one
     at a time."""
@@ -172,8 +180,8 @@ class LazyCheckpoint:
         from snapbench.model.loading import _weight_files
         from snapbench.user_files import open_safetensors
 
-        self._handles: dict[str, Any] = {}
-        self._where: dict[str, Any] = {}
+        self._handles: dict[str, SafetensorsHandle] = {}
+        self._where: dict[str, tuple[SafetensorsHandle, str]] = {}  # name -> (file, its name there)
         files = ([("base.", f) for f in _weight_files(source.weights_dir, source.variant)]
                  if source.weights_dir else [])
         if source.copies_file is not None:
@@ -337,7 +345,7 @@ def trace_scale(blocks: list[CutBlock], plan: ChunkPlan, latent: int, attention:
     return scale
 
 
-def chunk_identity(blocks: list[CutBlock], plan: ChunkPlan) -> dict[str, Any]:
+def chunk_identity(blocks: list[CutBlock], plan: ChunkPlan) -> dict[str, object]:
     """What a chunk package depends on besides the model's weights fingerprint and the options."""
     return {"blocks": [b.unit.file_id for b in blocks[plan.start:plan.end]], "io": plan.io.to_dict(),
             "index": plan.index}

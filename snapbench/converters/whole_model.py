@@ -10,7 +10,6 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -44,7 +43,7 @@ class SingleModel:
     spec: str
     io: PackageIO
     build: Callable[[], torch.nn.Module]
-    identity: Mapping[str, Any]  # config + weights fingerprint: what the cache key hashes
+    identity: Mapping[str, object]  # config + weights fingerprint: what the cache key hashes
     params: int = 0
     macs: int = 0
     macs_no_attention: int = 0

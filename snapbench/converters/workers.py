@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ class BlockTask:
     dest: str  # absolute path of the .mlpackage to write
     io: PackageIO
     is_attention: bool
-    metadata: Mapping[str, Any]
+    metadata: Mapping[str, object]
     description: str
     weights: Mapping[str, np.ndarray] | None = field(default=None, repr=False)  # deploy mode
     macs: int = 0  # to schedule big blocks first

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
+
+from snapbench.json_types import JSON, json_int
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class NoiseLevels:
     clip_sample: float | None  # clip range of the predicted x0, or None
 
     @classmethod
-    def from_schedule(cls, noise_schedule: Mapping[str, Any]) -> NoiseLevels:
+    def from_schedule(cls, noise_schedule: Mapping[str, JSON]) -> NoiseLevels:
         from snapbench.training.sampling import ddim_scheduler
 
         sched = ddim_scheduler(noise_schedule)
@@ -81,7 +82,7 @@ class NoiseLevels:
         return (a.square() / s.square()).clamp(min=1.0).view(-1)
 
 
-def ddim_timesteps(noise_schedule: Mapping[str, Any], steps: int) -> list[int]:
+def ddim_timesteps(noise_schedule: Mapping[str, JSON], steps: int) -> list[int]:
     """The timesteps `steps`-step DDIM sampling visits (snapbench's sampler: trailing spacing)."""
     from snapbench.training.sampling import ddim_scheduler
 
@@ -90,6 +91,6 @@ def ddim_timesteps(noise_schedule: Mapping[str, Any], steps: int) -> list[int]:
     return [int(t) for t in sched.timesteps]
 
 
-def prev_timestep(noise_schedule: Mapping[str, Any], t: int, steps: int) -> int:
+def prev_timestep(noise_schedule: Mapping[str, JSON], t: int, steps: int) -> int:
     """Where diffusers' DDIM step from t goes at `steps` steps (t - T // steps; negative: the end)."""
-    return t - int(noise_schedule.get("num_train_timesteps", 1000)) // steps
+    return t - json_int(noise_schedule, "num_train_timesteps", 1000) // steps

@@ -25,16 +25,19 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
 from snapbench.errors import SnapbenchError
-from snapbench.json_types import JSONObject
+from snapbench.json_types import JSON, JSONObject, json_int
 from snapbench.user_files import load_torch_state
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
 DISTILL_FILE = "decoder_distill.json"
 STATE_FILE = "decoder_state.pt"
@@ -66,14 +69,20 @@ def pruned_channels(channels: int, prune: float, groups: int) -> int:
     return max(groups, keep // groups * groups)
 
 
-def pruned_config(config: dict[str, Any], prune: float) -> dict[str, Any]:
+def pruned_config(config: Mapping[str, JSON], prune: float) -> JSONObject:
     """An AutoencoderKL config with every block_out_channels entry pruned by `prune`."""
-    groups = int(config.get("norm_num_groups", 32))
-    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
-    cfg["block_out_channels"] = [pruned_channels(int(c), prune, groups) for c in config["block_out_channels"]]
-    if any(c >= o for c, o in zip(cfg["block_out_channels"], config["block_out_channels"])):
-        raise SnapbenchError(f"--prune {prune}: the VAE's {list(config['block_out_channels'])} channels with "
+    groups = json_int(config, "norm_num_groups", 32)
+    full = config["block_out_channels"]
+    given = list(full) if isinstance(full, (list, tuple)) else []
+    channels = [c for c in given if isinstance(c, int)]
+    if not channels or len(channels) != len(given):
+        raise SnapbenchError(f"the VAE's block_out_channels {full!r}: expected a list of whole numbers")
+    pruned: list[int] = [pruned_channels(c, prune, groups) for c in channels]
+    if any(c >= o for c, o in zip(pruned, channels)):
+        raise SnapbenchError(f"--prune {prune}: the VAE's {channels} channels with "
                              f"{groups} GroupNorm groups cannot shrink by that fraction; use a larger fraction")
+    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+    cfg["block_out_channels"] = [c for c in pruned]  # a list of JSON, not of int (invariance)
     return cfg
 
 
@@ -100,22 +109,22 @@ def inherit(teacher: torch.nn.Module, student: torch.nn.Module, groups: int) -> 
     student.load_state_dict(new)
 
 
-def prune_vae(vae: Any, prune: float) -> Any:
+def prune_vae(vae: AutoencoderKL, prune: float) -> AutoencoderKL:
     """The teacher AutoencoderKL pruned by `prune`, every weight inherited by the channel rule."""
     from diffusers import AutoencoderKL
 
     cfg = pruned_config(dict(vae.config), prune)
     student = AutoencoderKL(**cfg)
-    inherit(vae, student, int(cfg.get("norm_num_groups", 32)))
+    inherit(vae, student, json_int(cfg, "norm_num_groups", 32))
     return student
 
 
-def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+def decode(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     """Unscaled latents -> images, through post_quant_conv + decoder (what the pipeline runs)."""
     return vae.decode(latents).sample
 
 
-def decoder_params(vae: Any) -> int:
+def decoder_params(vae: AutoencoderKL) -> int:
     return sum(p.numel() for p in vae.decoder.parameters()) + sum(
         p.numel() for p in (vae.post_quant_conv.parameters() if vae.post_quant_conv is not None else []))
 
@@ -161,7 +170,7 @@ class LatentSet:
     held_out_images: torch.Tensor | None = None
 
 
-def distill_decoder(teacher: Any, latents: LatentSet, out: str | Path, config: DecoderDistillConfig, *,
+def distill_decoder(teacher: AutoencoderKL, latents: LatentSet, out: str | Path, config: DecoderDistillConfig, *,
                     teacher_ref: str = "", progress: bool = True,
                     say: Callable[[str], None] = lambda s: None) -> DecoderResult:
     """Prune `teacher` (an AutoencoderKL), distil its decoder into `out`; the same call again resumes."""
@@ -196,7 +205,7 @@ def distill_decoder(teacher: Any, latents: LatentSet, out: str | Path, config: D
     losses: list[tuple[int, float]] = []
     seconds0 = 0.0
     if state is not None:
-        start, losses, seconds0 = int(state["step"]), [tuple(x) for x in state["losses"]], float(state["seconds"])
+        start, losses, seconds0 = int(state["step"]), [(int(s), float(v)) for s, v in state["losses"]], float(state["seconds"])
         opt.load_state_dict(state["optimizer"])
     t0 = time.time()
     window: list[float] = []
@@ -236,7 +245,16 @@ def distill_decoder(teacher: Any, latents: LatentSet, out: str | Path, config: D
     return result
 
 
-def _read_state(out: Path, config: DecoderDistillConfig, teacher_ref: str) -> dict[str, Any] | None:
+class _Resume(TypedDict):
+    """Where a decoder distillation stopped: its step and optimizer (decoder_state.pt), losses and seconds."""
+
+    step: int
+    optimizer: dict[str, object]  # torch's optimizer state_dict
+    losses: list[list[float]]  # [step, mean loss] pairs, as JSON writes tuples
+    seconds: float
+
+
+def _read_state(out: Path, config: DecoderDistillConfig, teacher_ref: str) -> _Resume | None:
     info_path, state_path = out / DISTILL_FILE, out / STATE_FILE
     if not info_path.is_file():
         return None
@@ -256,11 +274,12 @@ def _read_state(out: Path, config: DecoderDistillConfig, teacher_ref: str) -> di
         raise SnapbenchError(f"{out} holds a distillation of {info.get('teacher')}, not {teacher_ref}; "
                              "use another --out")
     state = load_torch_state(state_path, "distillation state", "delete the run folder to start over, or use another --out")
-    return {**state, "losses": info.get("losses", []), "seconds": info.get("seconds", 0.0)}
+    return {"step": state["step"], "optimizer": state["optimizer"], "losses": info.get("losses", []),
+            "seconds": info.get("seconds", 0.0)}
 
 
-def _save(student: Any, opt: Any, out: Path, config: DecoderDistillConfig, teacher_ref: str, step: int,
-          losses: list, seconds: float) -> None:
+def _save(student: AutoencoderKL, opt: torch.optim.Optimizer, out: Path, config: DecoderDistillConfig,
+          teacher_ref: str, step: int, losses: list[tuple[int, float]], seconds: float) -> None:
     from snapbench.atomic import atomic_path
 
     with atomic_path(out) as tmp:

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from snapbench.distillation.decoder import LatentSet
 from snapbench.errors import SnapbenchError
 
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
-def load_teacher_vae(ref: str, *, say: Callable[[str], None] = lambda s: None) -> Any:
+
+def load_teacher_vae(ref: str, *, say: Callable[[str], None] = lambda s: None) -> AutoencoderKL:
     if ref == "toy":
         from snapbench.distillation.toy_vae import load_toy_vae
 
@@ -31,7 +34,7 @@ def load_teacher_vae(ref: str, *, say: Callable[[str], None] = lambda s: None) -
         raise SnapbenchError(f"--vae {folder}: cannot load an AutoencoderKL with its weights ({e})") from None
 
 
-def load_latents(ref: str, vae: Any, folder: str | None) -> LatentSet:
+def load_latents(ref: str, vae: AutoencoderKL, folder: str | None) -> LatentSet:
     if ref == "toy":
         from snapbench.distillation.toy_vae import toy_latents
 

@@ -11,13 +11,32 @@ preset's: every block_out_channels halved, 32 groups kept), which is exactly `pr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from snapbench.distillation.decoder import pruned_config
+from snapbench.json_types import JSON
 
 
-def _decoder_params(cfg: dict[str, Any]) -> int:
+class DecoderOnDevice(TypedDict):
+    device: str
+    full_ms: float
+    pruned_ms: float
+    backend: str
+
+
+class FullSizeDecoder(TypedDict):
+    """SD-v1.5's decoder and its pruned twin: parameters, and latency per catalog iPhone from the tables."""
+
+    params_full: int
+    params_pruned: int
+    block_out_channels_pruned: JSON
+    devices: list[DecoderOnDevice]
+    note: NotRequired[str]
+
+
+def _decoder_params(cfg: Mapping[str, JSON]) -> int:
     import torch
     from diffusers import AutoencoderKL
 
@@ -26,7 +45,7 @@ def _decoder_params(cfg: dict[str, Any]) -> int:
     return sum(p.numel() for p in vae.decoder.parameters()) + sum(p.numel() for p in vae.post_quant_conv.parameters())
 
 
-def full_size_decoder(prune: float, tables: str | Path | None = None) -> dict[str, Any]:
+def full_size_decoder(prune: float, tables: str | Path | None = None) -> FullSizeDecoder:
     """{"params_full", "params_pruned", "block_out_channels_pruned", "devices": [{device, full_ms, pruned_ms,
     backend}], "note"} for SD-v1.5's decoder pruned by `prune`."""
     from snapbench.backbones import resolve_model
@@ -37,8 +56,8 @@ def full_size_decoder(prune: float, tables: str | Path | None = None) -> dict[st
     from snapbench.paths import table_to_read
 
     pruned = pruned_config(dict(SD_VAE), prune)
-    out: dict[str, Any] = {"params_full": _decoder_params(dict(SD_VAE)), "params_pruned": _decoder_params(pruned),
-                           "block_out_channels_pruned": pruned["block_out_channels"], "devices": []}
+    out: FullSizeDecoder = {"params_full": _decoder_params(dict(SD_VAE)), "params_pruned": _decoder_params(pruned),
+                            "block_out_channels_pruned": pruned["block_out_channels"], "devices": []}
     sd, snap = resolve_model("sd15"), resolve_model("snapfusion")
     if pruned["block_out_channels"] != vae_config(snap)[1]["block_out_channels"]:
         out["note"] = (f"no shipped latency rows for a decoder pruned by {prune:g} (only 0.5, the SnapFusion "

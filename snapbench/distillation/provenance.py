@@ -9,7 +9,6 @@ import base64
 import io
 import json
 from pathlib import Path
-from typing import Any
 
 from snapbench.distillation.decoder import DISTILL_FILE
 from snapbench.distillation.step_distillation import read_sampling
@@ -29,7 +28,7 @@ def distilled_steps(ref: str) -> tuple[int, str] | None:
 def decoder_source(ref: str, spec_name: str) -> str:
     """One sentence on the VAE decoder the report prices for this model, and where its weights come from."""
     settings = read_sampling(ref) if Path(ref).is_dir() else None
-    folder = (settings or {}).get("decoder")
+    folder = settings.get("decoder") if settings else None
     if folder:
         info_path = Path(folder) / DISTILL_FILE
         try:
@@ -66,14 +65,19 @@ def toy_grid_data_uri(ref: str, *, per_prompt: int = 4) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def record_decoder(model_folder: str | Path, decoder_folder: str | Path) -> None:
-    """Note in a distilled UNet folder's sampling.json which distilled decoder goes with it."""
-    from snapbench.atomic import atomic_write_text
-    from snapbench.distillation.step_distillation import SAMPLING_FILE
+def check_decoder(decoder_folder: str | Path) -> None:
+    """Refuse a --decoder that is not a `distill-decoder` folder (before any work, and again on recording)."""
     from snapbench.errors import SnapbenchError
 
     if not (Path(decoder_folder) / DISTILL_FILE).is_file():
         raise SnapbenchError(f"--decoder {decoder_folder}: not a `snapbench distill-decoder` folder (no {DISTILL_FILE})")
-    settings: dict[str, Any] = read_sampling(model_folder) or {}
-    settings["decoder"] = str(decoder_folder)
+
+
+def record_decoder(model_folder: str | Path, decoder_folder: str | Path) -> None:
+    """Note in a distilled UNet folder's sampling.json which distilled decoder goes with it."""
+    from snapbench.atomic import atomic_write_text
+    from snapbench.distillation.step_distillation import SAMPLING_FILE
+
+    check_decoder(decoder_folder)
+    settings = {**(read_sampling(model_folder) or {}), "decoder": str(decoder_folder)}
     atomic_write_text(Path(model_folder) / SAMPLING_FILE, json.dumps(settings, indent=1) + "\n")

@@ -37,10 +37,10 @@ import copy
 import io
 import json
 import os
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, NotRequired, TypedDict
 
 import torch
 from torch import nn
@@ -49,13 +49,14 @@ from snapbench.distillation.ddim_math import NoiseLevels, ddim_timesteps, prev_t
 from snapbench.dit.family import context_key
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.robust_training import NO_SKIP, TrainConfig, fine_tune
-from snapbench.json_types import JSONObject
+from snapbench.json_types import JSON, JSONObject, dataclass_from_json
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.training.checkpoints import ModelBundle, load_bundle, save_bundle
 from snapbench.training.data import TrainingData, training_data
 from snapbench.training.loop import (
     OPTIMIZER_FILE,
     RunStart,
+    SavedRun,
     StepLog,
     Trainable,
     TrainResult,
@@ -70,6 +71,15 @@ STATE_FORMAT = "snapbench.distill/1"
 SAMPLING_FORMAT = "snapbench.sampling/1"
 
 PredictionType = Literal["epsilon", "v_prediction"]
+PREDICTION_TYPES: dict[str | None, PredictionType | None] = {None: None, "epsilon": "epsilon",
+                                                             "v_prediction": "v_prediction"}
+
+
+def parse_prediction_type(text: str | None) -> PredictionType | None:
+    """--prediction-type: epsilon, v_prediction, or None (the teacher's); anything else is one line."""
+    if text not in PREDICTION_TYPES:
+        raise SnapbenchError(f"--prediction-type {text!r}: choose epsilon or v_prediction")
+    return PREDICTION_TYPES[text]
 
 
 @dataclass(frozen=True)
@@ -129,8 +139,8 @@ class DistillConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+    def from_dict(cls, d: Mapping[str, JSON]) -> DistillConfig:
+        return dataclass_from_json(cls, d)
 
 
 # A distillation run reports what a training run does (out, step, loss, seconds, processes), and resumes
@@ -159,7 +169,7 @@ def guided(model: nn.Module, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Ten
 
 
 @torch.no_grad()
-def teacher_target(teacher: nn.Module, levels: NoiseLevels, noise_schedule: dict[str, Any], z_t: torch.Tensor,
+def teacher_target(teacher: nn.Module, levels: NoiseLevels, noise_schedule: Mapping[str, JSON], z_t: torch.Tensor,
                    t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, w: torch.Tensor,
                    teacher_steps: int, ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the teacher's `ratio` DDIM steps (CFG at w) from z_t; return (z where it lands, that timestep)."""
@@ -184,7 +194,7 @@ def as_sampled(x0: torch.Tensor, clip: float | None) -> torch.Tensor:
 
 
 def distillation_loss(student: nn.Module, teacher: nn.Module, student_levels: NoiseLevels,
-                      teacher_levels: NoiseLevels, noise_schedule: dict[str, Any], x0: torch.Tensor,
+                      teacher_levels: NoiseLevels, noise_schedule: Mapping[str, JSON], x0: torch.Tensor,
                       cond: torch.Tensor, uncond: torch.Tensor | None, config: DistillConfig, g: torch.Generator,
                       device: torch.device, *, teacher_cond: torch.Tensor | None = None,
                       teacher_uncond: torch.Tensor | None = None) -> LossParts:
@@ -236,11 +246,36 @@ def distillation_loss(student: nn.Module, teacher: nn.Module, student_levels: No
 
 
 # -- the run ----------------------------------------------------------------------------------------
+class DistillState(SavedRun, total=False):
+    """distill_state.json: the run's inputs and where it stopped (a run just started has only `teacher`)."""
+
+    format: str
+    model: str
+    teacher: str  # the teacher's folder (after any v-prediction fine-tune)
+    student: str  # what the student started from ("" for the teacher's weights)
+    config: JSONObject  # DistillConfig.to_dict()
+
+
+class SamplingSettings(TypedDict):
+    """sampling.json: what a distilled student was made for, read by `sample` and `report`."""
+
+    format: str
+    steps: int
+    scheduler: str
+    timestep_spacing: str
+    prediction_type: JSON  # the noise schedule's
+    guidance: list[float] | None  # [w_min, w_max] of a CFG-aware student
+    cfg_aware: bool
+    teacher: str
+    teacher_steps: int
+    decoder: NotRequired[str]  # recorded by `distill --decoder`
+
+
 @dataclass
 class _Models:
     teacher: ModelBundle
     student: ModelBundle
-    state: dict[str, Any]
+    state: DistillState
 
 
 def distill(model: str | Path, out: str | Path, config: DistillConfig, *, student: str | Path | None = None,
@@ -276,11 +311,11 @@ def _distill(model: str | Path, out: Path, config: DistillConfig, student: str |
     teacher_levels = NoiseLevels.from_schedule(teacher_b.noise_schedule)
     student_levels = NoiseLevels.from_schedule(student_b.noise_schedule)
 
-    def loss_of(x0: torch.Tensor, cond: Any, g: torch.Generator) -> torch.Tensor:
+    def loss_of(x0: torch.Tensor, cond: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         return distillation_loss(trainable, teacher, student_levels, teacher_levels, teacher_b.noise_schedule,
                                  x0, cond, train_data.uncond, config, g, accelerator.device).total
 
-    def save(unwrapped: Any, done: int, losses: list, seconds: float) -> None:
+    def save(unwrapped: nn.Module, done: int, losses: list[tuple[int, float]], seconds: float) -> None:
         _save(student_b, unwrapped, opt, out, config, str(model), teacher_b.ref, str(student or ""), done, losses,
               seconds)
 
@@ -294,7 +329,7 @@ def teacher_of(out: str | Path) -> str:
     return str(state["teacher"])
 
 
-def _read_state(path: Path) -> dict[str, Any]:
+def _read_state(path: Path) -> DistillState:
     try:
         state = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -413,7 +448,7 @@ def _check_compatible(teacher: ModelBundle, student: ModelBundle) -> None:
                              f"{teacher.noise_schedule.get(differ[0])} vs {student.noise_schedule.get(differ[0])})")
 
 
-def sampling_settings(config: DistillConfig, noise_schedule: dict[str, Any], teacher: str) -> dict[str, Any]:
+def sampling_settings(config: DistillConfig, noise_schedule: Mapping[str, JSON], teacher: str) -> SamplingSettings:
     """What the student was made for, written to sampling.json and read by `sample` and `report`."""
     return {"format": SAMPLING_FORMAT, "steps": config.student_steps, "scheduler": "DDIMScheduler",
             "timestep_spacing": "trailing", "prediction_type": noise_schedule.get("prediction_type", "epsilon"),
@@ -421,7 +456,7 @@ def sampling_settings(config: DistillConfig, noise_schedule: dict[str, Any], tea
             "cfg_aware": config.cfg_aware, "teacher": teacher, "teacher_steps": config.teacher_steps}
 
 
-def read_sampling(folder: str | Path) -> dict[str, Any] | None:
+def read_sampling(folder: str | Path) -> SamplingSettings | None:
     """A model folder's sampling.json, or None when it has none (it was not distilled)."""
     p = Path(folder) / SAMPLING_FILE
     if not p.is_file():
@@ -435,8 +470,9 @@ def read_sampling(folder: str | Path) -> dict[str, Any] | None:
     return data
 
 
-def _save(bundle: ModelBundle, trainable: Trainable, opt: Any, out: Path, config: DistillConfig, model: str,
-          teacher: str, student_ref: str, step: int, losses: list, seconds: float) -> None:
+def _save(bundle: ModelBundle, trainable: Trainable, opt: torch.optim.Optimizer, out: Path, config: DistillConfig,
+          model: str, teacher: str, student_ref: str, step: int, losses: list[tuple[int, float]],
+          seconds: float) -> None:
     buf = io.BytesIO()
     torch.save(opt.state_dict(), buf)
     state = {"format": STATE_FORMAT, "model": model, "teacher": teacher, "student": student_ref, "step": step,

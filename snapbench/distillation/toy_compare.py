@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -25,6 +25,17 @@ from snapbench.training.sampling import ddim_sample
 from snapbench.training.toy_digits import DIGIT_PROMPTS, digit_images, is_toy, load_classifier
 
 DEFAULT_GUIDANCE: tuple[float, ...] = (1.0, 3.0, 5.0, 7.0, 9.0)
+class Scores(TypedDict):
+    """One model over the guidance scales: quality and FD to real digits, keyed by the scale ("3")."""
+
+    steps: int
+    quality: dict[str, float]
+    fd: dict[str, float]
+
+
+# {"teacher": ..., "student": ..., "undistilled": ...}: `distill --json` prints it
+Comparison = dict[str, Scores]
+
 EVAL_SEED = 1_000_003  # far from any training step's seed: fresh noise
 CACHE_VERSION = 2  # bump when scoring or sampling changes: cached teacher rows follow it (2: clipped-eps DDIM)
 
@@ -71,7 +82,7 @@ def fresh_noise(bundle: ModelBundle, config: ToyCompareConfig) -> tuple[torch.Te
 
 @torch.no_grad()
 def score(bundle: ModelBundle, steps: int, config: ToyCompareConfig, labels: torch.Tensor, noise: torch.Tensor,
-          real: np.ndarray | None = None) -> dict[str, Any]:
+          real: np.ndarray | None = None) -> Scores:
     """{"steps": n, "quality": {"<w>": q}, "fd": {"<w>": f}} for one model over the guidance scales."""
     if not is_toy(bundle.spec) or bundle.encoder is None:
         raise SnapbenchError(f"{bundle.ref}: the toy comparison scores toy-digits models only")
@@ -93,7 +104,7 @@ def score(bundle: ModelBundle, steps: int, config: ToyCompareConfig, labels: tor
 
 
 def compare(teacher: ModelBundle, student: ModelBundle, teacher_steps: int, student_steps: int,
-            config: ToyCompareConfig) -> dict[str, Any]:
+            config: ToyCompareConfig) -> Comparison:
     """The issue's JSON: {"teacher": E, "student": E, "undistilled": E}, all on the same noise.
 
     The teacher's two rows are cached by its weights and the settings: a second student of the same
@@ -103,6 +114,15 @@ def compare(teacher: ModelBundle, student: ModelBundle, teacher_steps: int, stud
     return {"teacher": _cached_score(teacher, teacher_steps, config, labels, noise, real),
             "student": score(student, student_steps, config, labels, noise, real),
             "undistilled": _cached_score(teacher, student_steps, config, labels, noise, real)}
+
+
+def compare_distilled(out: str | Path, teacher_steps: int, student_steps: int, config: ToyCompareConfig
+                      ) -> Comparison:
+    """`compare` for the student distilled into `out` and the teacher it was distilled from."""
+    from snapbench.distillation.step_distillation import teacher_of
+    from snapbench.training.checkpoints import load_bundle
+
+    return compare(load_bundle(teacher_of(out)), load_bundle(out), teacher_steps, student_steps, config)
 
 
 def score_cache_path(bundle: ModelBundle, steps: int, config: ToyCompareConfig) -> Path:
@@ -125,7 +145,7 @@ def score_cache_path(bundle: ModelBundle, steps: int, config: ToyCompareConfig) 
 
 
 def _cached_score(bundle: ModelBundle, steps: int, config: ToyCompareConfig, labels: torch.Tensor,
-                  noise: torch.Tensor, real: np.ndarray) -> dict[str, Any]:
+                  noise: torch.Tensor, real: np.ndarray) -> Scores:
     import json
 
     from snapbench.atomic import atomic_write_text
@@ -153,9 +173,10 @@ def parse_guidance(text: str) -> tuple[float, ...]:
     return values
 
 
-def table_rows(result: dict[str, Any], names: Sequence[str] = ("teacher", "undistilled", "student")) -> list[list]:
+def table_rows(result: Comparison, names: Sequence[str] = ("teacher", "undistilled", "student")
+               ) -> list[list[str | int | float]]:
     """Rows [model, steps, w, quality, fd] for printing."""
-    rows = []
+    rows: list[list[str | int | float]] = []
     for name in names:
         e = result[name]
         for w, q in e["quality"].items():

@@ -13,7 +13,7 @@ blocks are diffusers' BasicTransformerBlock and take the UNet's variant code (mo
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ from torch import nn
 
 from snapbench.errors import SnapbenchError
 from snapbench.specs.variants import Variant
+
+if TYPE_CHECKING:
+    from diffusers.models.attention_processor import Attention
 
 
 def _pooled_linear(linear: nn.Linear, kv_heads: int, heads: int) -> nn.Linear:
@@ -37,9 +40,14 @@ def _pooled_linear(linear: nn.Linear, kv_heads: int, heads: int) -> nn.Linear:
     return new
 
 
-def _share(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B, k, S, d) key/value heads -> (B, heads, S, d): each shared by its group of query heads."""
-    return x.repeat_interleave(heads // x.shape[1], dim=1)
+def _share(x: torch.Tensor, heads: int, kv_heads: int) -> torch.Tensor:
+    """(B, k, S, d) key/value heads -> (B, heads, S, d): each shared by its group of query heads. The group
+    size is a Python int and the copies a concatenation: `repeat_interleave` by a count read from the traced
+    shape becomes a Core ML `tile` whose repeats are computed in fp32, which coremltools 9 refuses (a Sana
+    toy's blocks at head width 16 hit it)."""
+    if heads == kv_heads:
+        return x
+    return torch.stack([x] * (heads // kv_heads), dim=2).flatten(1, 2)  # head i reads kv head i // group
 
 
 def _split(x: torch.Tensor, d: int) -> torch.Tensor:
@@ -51,8 +59,9 @@ class GroupedJointAttnProcessor:
     """diffusers' JointAttnProcessor2_0 (SD3), or AttnProcessor2_0 (SD3.5's image-only attn2, Sana's
     cross-attention), with fewer key/value heads."""
 
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, **_: Any) -> Any:
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, **_: object
+                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if attention_mask is not None:
             raise SnapbenchError("grouped-query attention here takes no attention mask (the whole text is attended)")
         h = int(attn.heads)
@@ -70,7 +79,8 @@ class GroupedJointAttnProcessor:
             if attn.norm_added_q is not None:
                 cq, ck = attn.norm_added_q(cq), attn.norm_added_k(ck)
             q, k, v = torch.cat([q, cq], dim=2), torch.cat([k, ck], dim=2), torch.cat([v, cv], dim=2)
-        out = F.scaled_dot_product_attention(q, _share(k, h), _share(v, h))
+        kv = attn.to_k.out_features // d
+        out = F.scaled_dot_product_attention(q, _share(k, h, kv), _share(v, h, kv))
         out = out.transpose(1, 2).reshape(out.shape[0], -1, h * d)
         image = attn.to_out[1](attn.to_out[0](out[:, :n]))
         if not joint:
@@ -84,13 +94,14 @@ class GroupedJointAttnProcessor:
 class GroupedLinearAttnProcessor:
     """diffusers' SanaLinearAttnProcessor2_0 with fewer key/value heads: relu(q) . (relu(k)^T [v; 1]) per head."""
 
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = int(attn.heads)
         d = attn.to_q.out_features // h
+        kv = attn.to_k.out_features // d
         q = F.relu(_split(attn.to_q(hidden_states), d)).float()                 # (B, h, N, d)
-        k = _share(F.relu(_split(attn.to_k(hidden_states), d)), h).float()      # (B, h, N, d)
-        v = _share(_split(attn.to_v(hidden_states), d), h).float()
+        k = _share(F.relu(_split(attn.to_k(hidden_states), d)), h, kv).float()  # (B, h, N, d)
+        v = _share(_split(attn.to_v(hidden_states), d), h, kv).float()
         v = F.pad(v, (0, 1), value=1.0)                                          # (B, h, N, d + 1)
         kv = torch.einsum("bhnk,bhnv->bhkv", k, v)                               # summed over the tokens
         out = torch.einsum("bhnk,bhkv->bhnv", q, kv)

@@ -9,9 +9,10 @@ resolution stages, and each stage's share of the latency shows where depth costs
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from snapbench.blocks.cut import CutBlock
@@ -32,6 +33,9 @@ from snapbench.errors import SnapbenchError
 from snapbench.settings import InputShapes
 from snapbench.specs.dit_layout import MAX_STAGES, STAGES, block_stages
 
+if TYPE_CHECKING:
+    from diffusers.configuration_utils import FrozenDict
+
 __all__ = ["STAGES", "block_stages", "cut_dit", "cut_units", "default_shapes", "example_inputs", "make_units",
            "run_chain", "stage_names"]
 
@@ -44,7 +48,9 @@ _ATTENTION_OPS = ("bmm", "baddbmm", "_scaled_dot_product")
 
 def outputs_of(b: CutBlock) -> tuple[tuple[str, Shape], ...]:
     """A DiT block's named outputs (SD3's joint blocks return the image and the text stream)."""
-    return b.extra["outputs"]
+    if b.outputs is None:
+        raise ValueError(f"{b.block_id}: not a DiT block (no named outputs)")
+    return b.outputs
 
 
 def default_shapes(spec: DitSpec, *, latent: int | None = None, batch: int = 2, tokens: int | None = None) -> InputShapes:
@@ -129,7 +135,7 @@ def run_chain(units: list[DitUnit], inputs: dict[str, torch.Tensor], record: lis
     return env["sample"]
 
 
-def _attrs(unit: DitUnit, fam: Family, cfg: Any, variant: str) -> tuple[tuple[str, AttrValue], ...]:
+def _attrs(unit: DitUnit, fam: Family, cfg: FrozenDict, variant: str) -> tuple[tuple[str, AttrValue], ...]:
     """What changes a block's cost beyond its input shapes."""
     if not isinstance(unit, (JointBlockUnit, CrossBlockUnit)):
         return (("family", fam.key),)
@@ -151,7 +157,7 @@ def _attrs(unit: DitUnit, fam: Family, cfg: Any, variant: str) -> tuple[tuple[st
     return tuple(attrs) + _variant_attrs(unit.block, heads, ratio)
 
 
-def _variant_attrs(block: Any, heads: int, ff_ratio: float) -> tuple[tuple[str, AttrValue], ...]:
+def _variant_attrs(block: nn.Module, heads: int, ff_ratio: float) -> tuple[tuple[str, AttrValue], ...]:
     """A block variant's (elastic DiT: fewer key/value heads, a narrower feed-forward) extra attributes;
     none for the block as diffusers builds it, so the full model's signatures stay as they were.
     `ff_ratio`: the feed-forward's inner width over the channels as the config builds it (4; Sana's mlp_ratio)."""
@@ -172,7 +178,7 @@ def _variant_attrs(block: Any, heads: int, ff_ratio: float) -> tuple[tuple[str, 
     return tuple(out)
 
 
-def cut_units(units: list[DitUnit], spec: DitSpec, shapes: InputShapes, config: Any, *, precision: str = "fp16",
+def cut_units(units: list[DitUnit], spec: DitSpec, shapes: InputShapes, config: FrozenDict, *, precision: str = "fp16",
               attention: str = "original") -> list[CutBlock]:
     """Every block in execution order with inputs, outputs, params, MACs and signature, from one recorded run
     of `units` (built on the meta device) at `shapes`."""
@@ -186,7 +192,7 @@ def cut_units(units: list[DitUnit], spec: DitSpec, shapes: InputShapes, config: 
         inputs = tuple((n, tuple(a.shape)) for n, a in zip(unit.input_names, args))
         outputs = tuple((n, tuple(o.shape)) for n, o in zip(unit.output_names, outs))
         if unit.removed:  # nothing runs: no package, no cost (its weights stay in the checkpoint)
-            blocks.append(CutBlock(unit, inputs, outputs[0][1], 0, 0, 0, None, extra={"outputs": outputs}))
+            blocks.append(CutBlock(unit, inputs, outputs[0][1], 0, 0, 0, None, outputs=outputs))
             continue
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             unit(*args)
@@ -199,7 +205,7 @@ def cut_units(units: list[DitUnit], spec: DitSpec, shapes: InputShapes, config: 
                         attention if kind == "TB" else "-")
         params = sum(p.numel() for p in unit.parameters())
         blocks.append(CutBlock(unit, inputs, outputs[0][1], params, int(total), int(attn), sig,
-                               extra={"outputs": outputs}))
+                               outputs=outputs))
     return blocks
 
 

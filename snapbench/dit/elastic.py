@@ -20,7 +20,6 @@ import json
 import os
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -144,7 +143,7 @@ class ElasticDiT(nn.Module):
         return env["sample"]
 
     def _run(self, unit: DitUnit, args: tuple[torch.Tensor, ...], disabled: Disabled,
-             generator: torch.Generator | None) -> Any:
+             generator: torch.Generator | None) -> torch.Tensor | tuple[torch.Tensor, ...]:
         passed = args[: len(unit.output_names)]  # a removed block passes its streams through
         if not isinstance(disabled, PerRow):
             return unit(*args) if self._active(unit, disabled, generator) else _one(passed)
@@ -167,7 +166,7 @@ class ElasticDiT(nn.Module):
         return True
 
 
-def _one(outs: tuple[torch.Tensor, ...]) -> Any:
+def _one(outs: tuple[torch.Tensor, ...]) -> torch.Tensor | tuple[torch.Tensor, ...]:
     return outs[0] if len(outs) == 1 else outs
 
 

@@ -24,7 +24,8 @@ class Family:
     tokens: int  # text tokens its pipeline feeds the backbone (the context length priced by default)
     context_key: str  # the config field with the text encoder's width
     vae_factor: int  # image pixels per latent pixel (8 for SD's VAEs, 32 for Sana's DC-AE)
-    check: Callable[[Mapping[str, Any]], None]
+    check: Callable[[Mapping[str, object]], None]
+    steps: int = 50  # its diffusers pipeline's default num_inference_steps (the report's end-to-end figure)
 
     def diffusers_class(self) -> type:
         import diffusers
@@ -37,8 +38,9 @@ class Family:
     def arguments(self) -> set[str]:
         return set(self._parameters())
 
-    def setting(self, config: Mapping[str, Any], name: str) -> Any:
-        """A config value, or diffusers' default for it where the config leaves it out."""
+    def setting(self, config: Mapping[str, object], name: str) -> Any:
+        """A config value, or diffusers' default for it where the config leaves it out (`Any`: what the
+        class's signature holds, as `inspect` gives it; callers read it as the number they need)."""
         if name in config:
             return config[name]
         return self._parameters()[name].default
@@ -48,11 +50,14 @@ def _refuse(family: str, field: str, value: object, why: str) -> SnapbenchError:
     return SnapbenchError(f"DiT config option {field}={value!r} is not supported for {family}: {why}")
 
 
-def _check_sd3(cfg: Mapping[str, Any]) -> None:
+def _check_sd3(cfg: Mapping[str, object]) -> None:
     qk = cfg.get("qk_norm")
     if qk not in (None, "rms_norm"):
         raise _refuse("SD3Transformer2DModel", "qk_norm", qk, "use null (SD3) or \"rms_norm\" (SD3.5)")
     heads, head_dim = cfg.get("num_attention_heads", 18), cfg.get("attention_head_dim", 64)
+    if not isinstance(heads, int) or not isinstance(head_dim, int):
+        raise _refuse("SD3Transformer2DModel", "num_attention_heads x attention_head_dim", (heads, head_dim),
+                      "both must be whole numbers")
     proj = cfg.get("caption_projection_dim", 1152)
     if proj != heads * head_dim:
         # diffusers builds it, but the joint attention concatenates text and image tokens of one width
@@ -60,7 +65,7 @@ def _check_sd3(cfg: Mapping[str, Any]) -> None:
                       f"joint attention needs it equal to num_attention_heads x attention_head_dim = {heads * head_dim}")
 
 
-def _check_pixart(cfg: Mapping[str, Any]) -> None:
+def _check_pixart(cfg: Mapping[str, object]) -> None:
     if cfg.get("norm_type", "ada_norm_single") != "ada_norm_single":
         raise _refuse("PixArtTransformer2DModel", "norm_type", cfg["norm_type"], "PixArt blocks use \"ada_norm_single\"")
     if cfg.get("attention_type", "default") != "default":
@@ -72,7 +77,7 @@ def _check_pixart(cfg: Mapping[str, Any]) -> None:
                       "PixArt-alpha's micro-conditions are not handled; PixArt-Sigma sets it to false")
 
 
-def _check_sana(cfg: Mapping[str, Any]) -> None:
+def _check_sana(cfg: Mapping[str, object]) -> None:
     if cfg.get("guidance_embeds"):
         raise _refuse("SanaTransformer2DModel", "guidance_embeds", cfg["guidance_embeds"],
                       "guidance-distilled Sana (Sprint) is not handled; Sana 600M/1.6B set it to false")
@@ -85,10 +90,12 @@ def _check_sana(cfg: Mapping[str, Any]) -> None:
 FAMILIES: dict[str, Family] = {
     f.class_name: f for f in (
         # SD3's pipeline: 77 CLIP tokens + 256 T5 tokens (max_sequence_length) in one joint sequence
-        Family("mmdit", "SD3Transformer2DModel", "MMDiT (SD3)", 333, "joint_attention_dim", 8, _check_sd3),
+        # Steps: num_inference_steps' default in diffusers' StableDiffusion3Pipeline (28), PixArtSigmaPipeline
+        # and SanaPipeline (20).
+        Family("mmdit", "SD3Transformer2DModel", "MMDiT (SD3)", 333, "joint_attention_dim", 8, _check_sd3, 28),
         # PixArt-Sigma and Sana pipelines: max_sequence_length 300 (T5-XXL, Gemma-2)
-        Family("pixart", "PixArtTransformer2DModel", "PixArt", 300, "caption_channels", 8, _check_pixart),
-        Family("sana", "SanaTransformer2DModel", "Sana", 300, "caption_channels", 32, _check_sana),
+        Family("pixart", "PixArtTransformer2DModel", "PixArt", 300, "caption_channels", 8, _check_pixart, 20),
+        Family("sana", "SanaTransformer2DModel", "Sana", 300, "caption_channels", 32, _check_sana, 20),
     )
 }
 
@@ -107,14 +114,14 @@ _PIXART_INERT = {"double_self_attention": (False, None), "num_vector_embeds": (N
                  "only_cross_attention": (False, None), "use_linear_projection": (False, None)}
 
 
-def family_of(config: Mapping[str, Any], where: str) -> Family:
+def family_of(config: Mapping[str, object], where: str) -> Family:
     name = config.get("_class_name")
     if name not in FAMILIES:
         raise SnapbenchError(f"{where}: _class_name is {name!r}; snapbench's DiTs are {', '.join(FAMILIES)}")
     return FAMILIES[str(name)]
 
 
-def check_config(config: Mapping[str, Any], where: str) -> Family:
+def check_config(config: Mapping[str, object], where: str) -> Family:
     """The family of a DiT config, refusing any option snapbench does not handle (one line naming it)."""
     fam = family_of(config, where)
     allowed = fam.arguments()
@@ -137,7 +144,7 @@ def check_config(config: Mapping[str, Any], where: str) -> Family:
     return fam
 
 
-def init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+def init_kwargs(config: Mapping[str, object]) -> dict[str, object]:
     fam = FAMILIES[str(config["_class_name"])]
     allowed = fam.arguments()
     return {k: v for k, v in config.items() if k in allowed}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -58,6 +57,8 @@ def dit_spec(spec: ArchSpec) -> DitSpec:
     """The DiT spec behind an `ArchSpec` made by `to_arch_spec`."""
     notes = dict(spec.notes)
     tokens = notes.pop("tokens", None)
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int)):
+        raise SnapbenchError(f"{spec.name}: notes.tokens is {tokens!r}; give a whole number")
     variant = parse_variant(notes.pop("attention_variant", None), spec.name)
     elastic = any(not c.keep or c.copies or not c.variant.is_default for cs in spec.stages.values() for c in cs)
     return DitSpec(spec.name, spec.base_config, spec.description, tokens, notes, variant,
@@ -141,7 +142,7 @@ def block_of(key: str, num_layers: int) -> str:
             "caption_projection": "CaptionEmbed", "caption_norm": "CaptionEmbed"}.get(head, "FinalLayer")
 
 
-def build_meta(config: Mapping[str, Any]) -> torch.nn.Module:
+def build_meta(config: Mapping[str, object]) -> torch.nn.Module:
     """The diffusers model of a DiT config on the meta device (structure only), stopped as soon as it passes
     the size limits (a config from user input may ask for a billion layers)."""
     name = str(config["_class_name"])
@@ -157,7 +158,7 @@ def check_fits(spec: DitSpec, folder: Path, variant: str | None = None) -> None:
 
 
 def build_dit(source: ModelSource, *, device: str | torch.device = "cpu", seed: int = 0,
-              dtype: torch.dtype = torch.float32) -> Any:
+              dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """The diffusers model of a source: weights from its folder, else seeded random ones. On "meta" nothing
     is allocated (shapes and counts only)."""
     from snapbench.dit.variants import apply_variant

@@ -31,7 +31,7 @@ from typing import Any
 from snapbench.dit.family import Family, check_config
 from snapbench.dit.variants import AttentionVariant, parse_variant
 from snapbench.errors import SnapbenchError
-from snapbench.json_types import JSONObject
+from snapbench.json_types import JSON, JSONObject
 from snapbench.specs.arch_spec import BlockChoice, parse_stages
 from snapbench.specs.dit_layout import STAGES, block_slots
 from snapbench.user_files import read_user_json
@@ -46,7 +46,7 @@ class DitSpec:
     config: Mapping[str, Any]  # the diffusers config, "_class_name" included
     description: str = ""
     tokens: int | None = None  # None: the family's
-    notes: Mapping[str, Any] = field(default_factory=dict)
+    notes: Mapping[str, JSON] = field(default_factory=dict)
     attention_variant: AttentionVariant | None = None  # None: the attention diffusers' class computes
     stages: Mapping[str, tuple[BlockChoice, ...]] | None = None  # None: every transformer block kept once
 
@@ -66,7 +66,7 @@ class DitSpec:
         return self.tokens if self.tokens is not None else self.family.tokens
 
     def to_dict(self) -> JSONObject:
-        d: dict[str, Any] = {"format": FORMAT, "name": self.name, "description": self.description,
+        d: JSONObject = {"format": FORMAT, "name": self.name, "description": self.description,
                              "config": dict(self.config)}
         if self.tokens is not None:
             d["tokens"] = self.tokens
@@ -110,7 +110,7 @@ class DitSpec:
         return cls(name, config, str(data.get("description", "")), tokens, notes, variant, stages)
 
 
-def _stages(raw: Any, config: Mapping[str, Any], source: str) -> dict[str, tuple[BlockChoice, ...]] | None:
+def _stages(raw: object, config: Mapping[str, object], source: str) -> dict[str, tuple[BlockChoice, ...]] | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -112,7 +111,8 @@ class JointBlockUnit(DitUnit):
         self.input_names = ("hidden", "context", "temb")
         self.output_names = ("hidden",) if block.context_pre_only else ("hidden", "context")
 
-    def forward(self, hidden: torch.Tensor, context: torch.Tensor, temb: torch.Tensor) -> Any:
+    def forward(self, hidden: torch.Tensor, context: torch.Tensor, temb: torch.Tensor
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         context_out, hidden_out = self.block(hidden_states=hidden, encoder_hidden_states=context, temb=temb)
         return hidden_out if context_out is None else (hidden_out, context_out)
 

@@ -21,13 +21,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from snapbench.errors import SnapbenchError
 from snapbench.json_types import JSONObject
+
+if TYPE_CHECKING:
+    from diffusers.models.attention_processor import Attention, AttentionProcessor
 
 MAX_WINDOW = 65536
 MAX_POOL = 16
@@ -45,11 +48,11 @@ class AttentionVariant:
         return {"kind": self.kind, ("window" if self.kind == "window" else "pool"): self.size}
 
 
-def parse_variant(data: Any, where: str) -> AttentionVariant | None:
+def parse_variant(data: object, where: str) -> AttentionVariant | None:
     if data is None:
         return None
     field = {"window": "window", "pooled_kv": "pool"}.get(str(data.get("kind"))) if isinstance(data, dict) else None
-    if field is None:
+    if field is None or not isinstance(data, dict):
         raise SnapbenchError(f"{where}: attention_variant must be {{\"kind\": \"window\", \"window\": N}} or "
                              "{\"kind\": \"pooled_kv\", \"pool\": N}")
     size, limit = data.get(field), MAX_WINDOW if field == "window" else MAX_POOL
@@ -88,11 +91,12 @@ class VariantAttnProcessor:
     """diffusers' self / joint attention (JointAttnProcessor2_0 / AttnProcessor2_0 maths) with the image
     keys and values windowed or pooled; cross-attention runs as diffusers does."""
 
-    def __init__(self, variant: AttentionVariant, fallback: Any) -> None:
+    def __init__(self, variant: AttentionVariant, fallback: AttentionProcessor) -> None:
         self.variant, self.fallback = variant, fallback
 
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, **kwargs: object
+                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         joint = encoder_hidden_states is not None and getattr(attn, "add_q_proj", None) is not None
         if encoder_hidden_states is not None and not joint:  # cross-attention to the text: unchanged
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
@@ -151,5 +155,5 @@ def apply_variant(model: torch.nn.Module, variant: AttentionVariant | None, fami
                 attn.set_processor(VariantAttnProcessor(variant, attn.processor))
 
 
-def variant_of(config_notes: Mapping[str, Any]) -> AttentionVariant | None:
+def variant_of(config_notes: Mapping[str, object]) -> AttentionVariant | None:
     return parse_variant(config_notes.get("attention_variant"), "spec")

@@ -27,6 +27,20 @@ dropped such a block that all samples showed to be the best by far (the toy, ben
 So a candidate leaves a round below the better half only when the leaders beat it in the same paired
 one-sided t-test, taken one comparison at a time at `confidence` (its value interval no longer reaches
 theirs); settling the whole ranking still takes the Bonferroni-corrected test above.
+
+Statistical ties (`tie_margin`, a quality): where the leading values cannot be told apart, more samples
+buy nothing the final architecture needs. From the round holding a quarter of the samples on (before
+that the sample spread that bounds the t-interval is too unreliable), when no survivor can be better than
+the leader by more than `tie_margin` of quality over the ms the leader's action moves, at `confidence`
+(one-sided paired t upper bound on each survivor's merit minus the leader's, Bonferroni over the
+survivors, times the leader's |latency change|), the decision stops there and takes the leader: the best
+mean so far. Every candidate the leader has not beaten is in the tie, so a candidate clearly worse than
+the leader is never picked; a candidate better than the leader by more than the margin is excluded at
+the stated confidence. Such a decision may differ from the exhaustive one exactly where that one is a
+coin flip between near-equal values; the trajectory says which decisions were ties and on how many
+samples. The bound is in quality, not value per ms: a block saving 0.009 ms has a value 10-30 times
+noisier than one saving 0.1-0.3 ms, so no number of samples would make tiny savings' values equal within
+a fixed per-ms margin, while the quality at stake in choosing between them is small.
 """
 
 from __future__ import annotations
@@ -43,30 +57,40 @@ from snapbench.json_types import JSONObject
 
 MIN_SAMPLES = 2  # a paired comparison needs a spread: one sample per candidate ranks nothing with confidence
 AUTO_ROUNDS = 5  # auto: the first round sees 1/16 of the samples, so the fifth sees them all
+TIE_FROM = 4  # ties are called from the round holding at least 1/TIE_FROM of the samples
+# Off by default: on the toy the halving without ties already makes every exhaustive decision in under 5
+# minutes, and ties trade quality for images (replay and whole runs: README, benchmarks/bench_evolve.py).
+DEFAULT_TIE_MARGIN = 0.0
 
 
 @dataclass(frozen=True)
 class EvalBudget:
-    """`exhaustive`, or successive halving from `first` samples per candidate (None: auto) at `confidence`."""
+    """`exhaustive`, or successive halving from `first` samples per candidate (None: auto) at `confidence`,
+    accepting statistical ties within `tie_margin` of quality (0: never; exhaustive: never)."""
 
     mode: str = "halving"  # halving | exhaustive
     first: int | None = None
     confidence: float = 0.95
+    tie_margin: float = DEFAULT_TIE_MARGIN
 
     def __post_init__(self) -> None:
         if self.mode not in ("halving", "exhaustive"):
             raise SnapbenchError(f"eval budget mode {self.mode!r}: choose halving or exhaustive")
         if not 0.5 <= self.confidence < 1:
             raise SnapbenchError(f"--eval-confidence must be in [0.5, 1), got {self.confidence}")
+        if not 0 <= self.tie_margin < math.inf:
+            raise SnapbenchError(f"--eval-tie-margin must be a quality >= 0 (0: no ties), got {self.tie_margin}")
+        if self.mode == "exhaustive":
+            object.__setattr__(self, "tie_margin", 0.0)  # every candidate on every sample: nothing to stop early
 
     @classmethod
-    def parse(cls, text: str, confidence: float = 0.95) -> EvalBudget:
+    def parse(cls, text: str, confidence: float = 0.95, tie_margin: float = DEFAULT_TIE_MARGIN) -> EvalBudget:
         """`exhaustive`, `auto` or the samples per candidate of the first round (>= MIN_SAMPLES)."""
         t = text.strip().lower()
         if t == "exhaustive":
             return cls("exhaustive", None, confidence)
         if t == "auto":
-            return cls("halving", None, confidence)
+            return cls("halving", None, confidence, tie_margin)
         try:
             first = int(t)
         except ValueError:
@@ -75,7 +99,7 @@ class EvalBudget:
         if first < MIN_SAMPLES:
             raise SnapbenchError(f"--eval-budget {first}: cannot rank two candidates with a confidence from fewer "
                                  f"than {MIN_SAMPLES} samples each; the minimum is {MIN_SAMPLES} (or exhaustive)")
-        return cls("halving", first, confidence)
+        return cls("halving", first, confidence, tie_margin)
 
     def rounds(self, total: int, what: str = "") -> list[int]:
         """Samples per candidate in each round, ending with `total` (all of the evaluator's samples)."""
@@ -93,7 +117,12 @@ class EvalBudget:
     def describe(self, total: int) -> str:
         if self.rounds(total) == [total]:
             return f"every candidate on all {total} samples" + (" (exhaustive)" if self.mode == "exhaustive" else "")
-        return f"successive halving over {self.rounds(total)} samples, confidence {self.confidence}"
+        ties = f", ties within {self.tie_margin:g} quality from {self.tie_from(total)} samples" if self.tie_margin else ""
+        return f"successive halving over {self.rounds(total)} samples, confidence {self.confidence}{ties}"
+
+    def tie_from(self, total: int) -> int:
+        """The fewest samples per candidate a tie is called on."""
+        return max(MIN_SAMPLES, math.ceil(total / TIE_FROM))
 
 
 @dataclass
@@ -105,10 +134,14 @@ class Decision:
     means: dict[int, float]  # each candidate's mean merit on the samples it was scored on
     samples: dict[int, int]  # samples each candidate was scored on
     rounds: list[tuple[int, int]] = field(default_factory=list)  # (samples per candidate, candidates) per round
-    settled: str = ""  # how it stopped: confidence | survivors | all samples | no rival
+    settled: str = ""  # how it stopped: confidence | tie | survivors | all samples | no rival
+    tied: int = 0  # a tie: the candidates in it (the leader and every survivor it has not beaten)
 
     def to_dict(self) -> JSONObject:
-        return {"rounds": [list(r) for r in self.rounds], "settled": self.settled}
+        out: JSONObject = {"rounds": [list(r) for r in self.rounds], "settled": self.settled}
+        if self.tied:
+            out["tied"] = self.tied
+        return out
 
 
 def _beats(a: np.ndarray, b: np.ndarray, quantile: float) -> bool:
@@ -121,6 +154,22 @@ def _beats(a: np.ndarray, b: np.ndarray, quantile: float) -> bool:
     if sd == 0.0:
         return True  # every sample agrees
     return mean / (sd / math.sqrt(len(d))) > _critical(quantile, len(d) - 1)
+
+
+def _upper(d: np.ndarray, quantile: float) -> float:
+    """One-sided upper confidence bound, at `quantile`, of the mean of paired differences `d`."""
+    return float(d.mean()) + _critical(quantile, len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d))
+
+
+@dataclass(frozen=True)
+class Ties:
+    """When a decision may stop at a statistical tie (module docstring): on rounds of at least `from_samples`
+    per candidate, when no survivor's value can beat the leader's by more than `margin` quality over
+    `worth[leader]` (each candidate's |latency change|, ms: quality per unit of merit)."""
+
+    margin: float
+    from_samples: int
+    worth: Sequence[float]
 
 
 # How a halving round picks who goes on: "overlap", the better half by mean merit and every other candidate
@@ -139,13 +188,13 @@ def _critical(quantile: float, dof: int) -> float:
 
 def successive_halving(count: int, merits: Callable[[list[int], int], np.ndarray], rounds: Sequence[int], *,
                        want: int = 1, confidence: float = 0.95, tiebreak: Sequence[float] | None = None,
-                       cut: str = "overlap") -> Decision:
+                       cut: str = "overlap", ties: Ties | None = None) -> Decision:
     """Rank `count` candidates by mean merit (higher is better) with as few samples as the ranking needs.
 
     `merits(alive, n)` returns an array [len(alive), n]: each alive candidate's merit on samples 0..n-1
     (the caller computes only what it has not computed before). `tiebreak`: lower first among equal means.
     `cut`: who goes on after a round (see CUTS); the others are kept so that a benchmark can replay what
-    each would have decided."""
+    each would have decided. `ties`: stop at a statistical tie (one leader, `want` 1, only)."""
     if cut not in CUTS:
         raise ValueError(f"cut {cut!r}: one of {', '.join(CUTS)}")
     tie = list(tiebreak) if tiebreak is not None else [0.0] * count
@@ -174,6 +223,13 @@ def successive_halving(count: int, merits: Callable[[list[int], int], np.ndarray
         if n == rounds[-1]:
             decision.settled, final = "all samples", ranked
             break
+        if ties is not None and want == 1 and ties.margin > 0 and n >= ties.from_samples:
+            rivals = [o for o in rest if o not in beaten]
+            q = 1 - (1 - confidence) / len(rivals)
+            lead = top[0]
+            if max(_upper(rows[o] - rows[lead], q) for o in rivals) * ties.worth[lead] <= ties.margin:
+                decision.settled, decision.tied, final = "tie", 1 + len(rivals), ranked
+                break
         half = ranked[:max(want, math.ceil(len(ranked) / 2))]
         unsure = [o for o in ranked[len(half):]
                   if cut == "overlap" and not all(_beats(rows[t], rows[o], confidence) for t in top)]

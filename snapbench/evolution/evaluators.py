@@ -24,11 +24,12 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 import torch
 
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 from snapbench.model.elastic_unet import Disabled, ElasticUNet, PerRow
 from snapbench.specs.arch_spec import ArchSpec
 from snapbench.training.checkpoints import ModelBundle
@@ -37,11 +38,23 @@ from snapbench.training.sampling import ddim_sample
 from snapbench.training.toy_digits import DIGIT_PROMPTS, is_toy, load_classifier
 from snapbench.user_files import read_user_json, read_user_text
 
+if TYPE_CHECKING:
+    from transformers import CLIPModel, CLIPProcessor
+
+
+class QualityDetails(TypedDict, total=False):
+    """What an evaluation reports beside its quality."""
+
+    accuracy: float  # toy: share of images classified as the digit asked for
+    per_digit: list[float]  # toy: mean probability of the asked digit, per digit
+    images: int  # images generated for this evaluation
+    samples: int  # evolution: samples the quality is the mean over
+
 
 @dataclass(frozen=True)
 class Quality:
     quality: float  # the number evolution optimises (higher is better)
-    details: dict[str, Any] = field(default_factory=dict)
+    details: QualityDetails = field(default_factory=QualityDetails)
 
 
 class Evaluator(Protocol):
@@ -160,7 +173,7 @@ def read_prompts(path: str | Path) -> tuple[str, ...]:
 _CLIP_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "vocab.json", "merges.txt")
 
 
-def _json_config(path: Path) -> dict[str, Any]:
+def _json_config(path: Path) -> JSONObject:
     data = read_user_json(path, "JSON config")
     if not isinstance(data, dict):
         raise SnapbenchError(f"{path}: not a JSON object")
@@ -193,7 +206,8 @@ class ClipEvalConfig:
                                  "(CLIP score needs local CLIP and SD weights; nothing is downloaded)")
         clip_cfg = _json_config(Path(self.clip_weights) / "config.json")
         if clip_cfg.get("model_type") != "clip":
-            kind = clip_cfg.get("model_type") or (clip_cfg.get("architectures") or ["an unknown model"])[0]
+            archs = clip_cfg.get("architectures")
+            kind = clip_cfg.get("model_type") or (archs[0] if isinstance(archs, list) and archs else "an unknown model")
             raise SnapbenchError(f"--clip-weights {self.clip_weights}: holds {kind}, not a CLIPModel; give a folder "
                                  "saved from transformers' CLIPModel (e.g. openai/clip-vit-large-patch14)")
         width = _json_config(Path(self.pipeline) / "text_encoder" / "config.json").get("hidden_size")
@@ -281,7 +295,7 @@ class ClipEvaluator:
 
 
 @torch.no_grad()
-def clip_score(clip: Any, processor: Any, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+def clip_score(clip: CLIPModel, processor: CLIPProcessor, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
     """CLIP score of each image [N, 3, H, W] (uint8) with its prompt: 100 * max(cos(image, text), 0), the
     embeddings being CLIP's projections (torchmetrics' definition). `processor` resizes, crops and
     normalises the images and tokenizes the prompts as the CLIP checkpoint was trained."""

@@ -9,7 +9,15 @@ by value = d quality / d latency, latency from the per-block price table (the la
 - add phase, once under the target: apply the A+ (restore a block or add a copy) with the largest
   value, i.e. the most quality gained per ms spent, among those that keep the target; stop when none
   gains more than `min_gain` per ms;
-- between iterations, optionally, `train_steps` robust-training steps on the current architecture.
+- between iterations, optionally, `train_steps` robust-training steps on the current architecture;
+- after the last decision, optionally, `final_steps` training steps on the final architecture (robust
+  unless `final_robust` is off).
+
+Algorithm 1 in the paper is one training loop: robust training runs all the time, an architecture action
+is taken every so many steps, and the network trains on after the last action until it converges. Here
+that loop is `train_steps` between decisions plus `final_steps` at the end, each a fresh AdamW with the
+training's warmup (the architecture changed, so moments of removed blocks mean nothing); the steps are
+counted in `train_steps_done` so that a baseline can be given the same number (README, "Evolution").
 
 How much evaluation each decision gets is `eval_budget` (snapbench.evolution.budget): successive halving
 over common random numbers by default, every candidate on every sample with `exhaustive`. Per-sample
@@ -30,26 +38,29 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
 from snapbench.atomic import atomic_write_bytes, atomic_write_text
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.actions import Action, growing_actions, shrinking_actions
-from snapbench.evolution.budget import Decision, EvalBudget, successive_halving
+from snapbench.evolution.budget import Decision, EvalBudget, Ties, successive_halving
 from snapbench.evolution.evaluators import EvalConfig, Quality
 from snapbench.evolution.executors import Executor
-from snapbench.evolution.latency_costs import BlockPriceTable
+from snapbench.evolution.latency_costs import BlockPriceTable, PriceTableDict
 from snapbench.evolution.moves import DEFAULT_MOVES, check_moves_apply, parse_moves
 from snapbench.evolution.robust_training import TrainConfig
 from snapbench.evolution.scoring import Counts, Scorer
 from snapbench.evolution.trajectory import TRAJECTORY_FILE, TrajectoryRow, write_trajectory
-from snapbench.json_types import JSONObject
+from snapbench.json_types import JSON, JSONObject, json_int
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.specs.arch_spec import ArchSpec
+
+if TYPE_CHECKING:
+    from snapbench.training.checkpoints import Elastic, ModelBundle
 
 WORK_DIR = ".evolve"
 STATE_FILE = "state.json"
@@ -67,6 +78,8 @@ class EvolveConfig:
     add_phase: bool = True
     min_gain: float = 0.0  # an A+ must gain more than this much quality per ms spent
     train_steps: int = 0  # robust-training steps between iterations (0: weights stay as given)
+    final_steps: int = 0  # training steps of the final architecture after the last decision
+    final_robust: bool = True  # Algorithm 1 trains robustly to the end; off: the final net trains whole
     train: TrainConfig = field(default_factory=TrainConfig)
     data: str | None = None  # training data folder for non-toy models
     eval_budget: EvalBudget = field(default_factory=EvalBudget)  # how much evaluation each decision gets
@@ -80,8 +93,9 @@ class EvolveConfig:
             raise SnapbenchError(f"--target-ms must be > 0, got {self.target_ms}")
         if self.target_fraction is not None and not 0 < self.target_fraction <= 1:
             raise SnapbenchError(f"--target-fraction must be in (0, 1], got {self.target_fraction}")
-        if self.removals_per_iteration < 1 or self.max_iterations < 1 or self.train_steps < 0:
-            raise SnapbenchError("removals per iteration and max iterations must be >= 1, train steps >= 0")
+        if self.removals_per_iteration < 1 or self.max_iterations < 1 or self.train_steps < 0 or self.final_steps < 0:
+            raise SnapbenchError("removals per iteration and max iterations must be >= 1, train steps and final "
+                                 "steps >= 0")
 
     def target(self, initial_ms: float) -> float:
         if self.target_ms is not None:
@@ -93,25 +107,35 @@ class EvolveConfig:
         return asdict(self)
 
 
+class StartingPoint(TypedDict):
+    """The starting model as the state records it: what the result compares the final model with."""
+
+    latency_ms: float
+    quality: float
+    details: JSONObject
+    spec: JSONObject
+
+
 @dataclass
 class EvolutionState:
     """Everything a resumed run needs; written after every iteration."""
 
-    settings: dict[str, Any]  # what must match to resume (model, device, target, evaluator, training)
-    costs: dict[str, Any]  # BlockPriceTable.to_dict(): no conversion or estimation when resuming
+    settings: JSONObject  # what must match to resume (model, device, target, evaluator, training)
+    costs: PriceTableDict  # BlockPriceTable.to_dict(): no conversion or estimation when resuming
     target_ms: float
     floor_ms: float
     iteration: int
     phase: str  # remove | add | done
-    spec: dict[str, Any]
+    spec: JSONObject
     checkpoint: str  # the folder holding the current weights
     latency_ms: float
     quality: float
-    initial: dict[str, Any]
-    trajectory: list[dict[str, Any]]
+    initial: StartingPoint
+    trajectory: list[JSONObject]  # TrajectoryRow.to_dict()s
     train_steps_done: int = 0
+    final_trained: bool = False  # the final architecture's `final_steps` are done (saved with the state)
     seconds: float = 0.0
-    evaluations: list[dict[str, Any]] = field(default_factory=list)  # per iteration: samples, seconds, rounds
+    evaluations: list[JSONObject] = field(default_factory=list)  # per iteration: samples, seconds, rounds
     format: str = STATE_FORMAT
 
     def save(self, folder: Path) -> None:
@@ -145,11 +169,11 @@ class EvolutionResult:
     iterations: int
     train_steps: int
     seconds: float
-    arch_spec: dict[str, Any]
-    trajectory: list[dict[str, Any]]
+    arch_spec: JSONObject
+    trajectory: list[JSONObject]  # TrajectoryRow.to_dict()s
     eval_budget: str = ""
     eval_samples: int = 0  # images generated by every evaluation of the run (resumed parts included)
-    evaluations: list[dict[str, Any]] = field(default_factory=list)  # per iteration: samples, reused, seconds
+    evaluations: list[JSONObject] = field(default_factory=list)  # per iteration: samples, reused, seconds
 
     def to_dict(self) -> JSONObject:
         d = asdict(self)
@@ -173,7 +197,7 @@ class Scored:
 
 def evolve(model: str | Path, out: str | Path, config: EvolveConfig, *, evaluator: EvalConfig,
            costs: Callable[[ArchSpec], BlockPriceTable], executor: Executor,
-           settings: Mapping[str, Any] | None = None, progress: bool = True, say: Callable[[str], None] = lambda s: None,
+           settings: Mapping[str, JSON] | None = None, progress: bool = True, say: Callable[[str], None] = lambda s: None,
            after_iteration: Callable[[EvolutionState], None] | None = None) -> EvolutionResult:
     """Run (or resume) Algorithm 1 from `model` into `out`.
 
@@ -187,13 +211,12 @@ def evolve(model: str | Path, out: str | Path, config: EvolveConfig, *, evaluato
 
 
 def _evolve(model: str | Path, out: Path, config: EvolveConfig, *, evaluator: EvalConfig,
-            costs: Callable[[ArchSpec], BlockPriceTable], executor: Executor, settings: Mapping[str, Any] | None,
+            costs: Callable[[ArchSpec], BlockPriceTable], executor: Executor, settings: Mapping[str, JSON] | None,
             progress: bool, say: Callable[[str], None],
             after_iteration: Callable[[EvolutionState], None] | None) -> EvolutionResult:
     work = out / WORK_DIR
-    fingerprint = {"model": str(model), "config": config.to_dict(), "evaluator": asdict(evaluator),
-                   **dict(settings or {})}
-    fingerprint = json.loads(json.dumps(fingerprint, default=str))
+    raw = {"model": str(model), "config": config.to_dict(), "evaluator": asdict(evaluator), **dict(settings or {})}
+    fingerprint: JSONObject = json.loads(json.dumps(raw, default=str))  # as the state file will hold it
     t0 = time.time()
     if (work / STATE_FILE).is_file():
         st = EvolutionState.load(work)
@@ -204,8 +227,12 @@ def _evolve(model: str | Path, out: Path, config: EvolveConfig, *, evaluator: Ev
         say(f"resuming {out} at iteration {st.iteration} ({st.phase} phase)")
         if adopted:
             st.settings = fingerprint  # from now on a resume checks the settings this run goes on with
-        if any(k.startswith("config.eval_budget.") for k in adopted):
+        if "config.eval_budget.mode" in adopted:
             say(f"{out} was started before --eval-budget existed (every candidate on every sample); its "
+                f"{len(st.trajectory)} trajectory rows are kept and its remaining decisions use "
+                f"{config.eval_budget.describe(scorer.total)}")
+        elif "config.eval_budget.tie_margin" in adopted and config.eval_budget.tie_margin:
+            say(f"{out} was started before --eval-tie-margin existed (no decision stopped at a tie); its "
                 f"{len(st.trajectory)} trajectory rows are kept and its remaining decisions use "
                 f"{config.eval_budget.describe(scorer.total)}")
     else:
@@ -229,6 +256,11 @@ def _evolve(model: str | Path, out: Path, config: EvolveConfig, *, evaluator: Ev
             write_trajectory(st.trajectory, out / TRAJECTORY_FILE)
             if after_iteration is not None:
                 after_iteration(st)
+        if st.phase == "done" and config.final_steps and not st.final_trained:
+            run.final_training()
+            st.seconds = spent + time.time() - t0
+            st.save(work)
+            write_trajectory(st.trajectory, out / TRAJECTORY_FILE)
     finally:
         st.seconds = spent + time.time() - t0
     result = run.finish()
@@ -252,19 +284,21 @@ def _reopen(st: EvolutionState, config: EvolveConfig, say: Callable[[str], None]
 
 
 # Settings added after runs had been started with the version before them. A state without them was made
-# by that version and resumes: its decisions so far were exhaustive (the old version knew no other), and
+# by that version and resumes: its decisions so far were exhaustive (the old version knew no other; or,
+# a state without eval_budget.tie_margin, halving that never stopped at a tie), and
 # the evaluator's batch only groups candidates (a score does not depend on it), and its moves were
 # remove and copy (the version before --moves knew no other): such a state resumes only with those; nor
 # did its robust training sample variants (train.variant_moves; variant_p is then unused).
-ADDED_SETTINGS: dict[str, Any] = {"config.eval_budget.": None, "evaluator.batch": None,
+ADDED_SETTINGS: dict[str, JSON] = {"config.eval_budget.": None, "evaluator.batch": None,
                                   "config.moves": list(DEFAULT_MOVES), "config.train.variant_moves": [],
-                                  "config.train.variant_p": None}  # prefix: the value it must have now
+                                  "config.train.variant_p": None, "config.final_steps": 0,
+                                  "config.final_robust": True}  # prefix: the value it must have now
 
 
-def _check_same(before: Mapping[str, Any], now: Mapping[str, Any], out: Path) -> list[str]:
+def _check_same(before: Mapping[str, JSON], now: Mapping[str, JSON], out: Path) -> list[str]:
     """Refuse to resume under other settings; return the settings the run's state predates (adopted)."""
-    def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-        res: dict[str, Any] = {}
+    def flat(d: Mapping[str, JSON], prefix: str = "") -> dict[str, JSON]:
+        res: dict[str, JSON] = {}
         for k, v in d.items():
             if isinstance(v, dict):
                 res.update(flat(v, f"{prefix}{k}."))
@@ -289,7 +323,7 @@ def _check_same(before: Mapping[str, Any], now: Mapping[str, Any], out: Path) ->
 
 def _start(model: str | Path, work: Path, config: EvolveConfig, evaluator: EvalConfig,
            costs: Callable[[ArchSpec], BlockPriceTable], scorer: Scorer,
-           fingerprint: dict[str, Any]) -> tuple[EvolutionState, BlockPriceTable]:
+           fingerprint: JSONObject) -> tuple[EvolutionState, BlockPriceTable]:
     from snapbench.backbones import backbone_for, resolve_model
 
     spec = resolve_model(model).spec
@@ -335,7 +369,8 @@ class EvolutionRun:
     out: Path
     say: Callable[[str], None]
     costs: Callable[[ArchSpec], BlockPriceTable]  # prices variants met on the way (swaps)
-    log: dict[str, Any] = field(default_factory=dict)  # this iteration's decision and what it cost
+    log: JSONObject = field(default_factory=dict)  # this iteration's decision and what it cost
+    decision: Decision | None = None  # this iteration's decision (how it was settled goes into its row)
 
     @property
     def work(self) -> Path:
@@ -350,15 +385,18 @@ class EvolutionRun:
 
     def counts(self) -> Counts:
         c = self.scorer.take_counts()
-        self.log["samples"] = self.log.get("samples", 0) + c.computed
-        self.log["reused"] = self.log.get("reused", 0) + c.reused
+        self.log["samples"] = json_int(self.log, "samples") + c.computed
+        self.log["reused"] = json_int(self.log, "reused") + c.reused
         return c
 
     def row(self, phase: str, action: str, block: str, latency: float, backend: str, quality: float | None,
-            dq: float | None, dl: float | None) -> None:
-        st, c = self.state, self.counts()
+            dq: float | None, dl: float | None, *, decided: bool = False) -> None:
+        """One trajectory row; `decided`: the first row of a decision (it gets how the decision was settled)."""
+        st, c, d = self.state, self.counts(), self.decision if decided else None
         st.trajectory.append(TrajectoryRow.of(st.iteration, phase, action, block, latency, backend, quality, dq, dl,
-                                              st.train_steps_done, c.computed, c.reused).to_dict())
+                                              st.train_steps_done, c.computed, c.reused,
+                                              None if d is None else d.settled,
+                                              None if d is None else (d.rounds[-1][0] if d.rounds else 0)).to_dict())
 
     def score(self, actions: list[Action], what: str, *, removal: bool, want: int = 1) -> list[Scored]:
         """Rank the actions from the current state by Algorithm 1's value within the evaluation budget and
@@ -380,9 +418,11 @@ class EvolutionRun:
                                      f"{what}: {len(alive)} on {n} samples")
             return np.stack([sign * (got[k + 1] - got[0]) / cands[i][3] for k, i in enumerate(alive)])
 
-        budget = self.config.eval_budget
-        decision = successive_halving(len(cands), merits, budget.rounds(self.scorer.total), want=want,
-                                      confidence=budget.confidence, tiebreak=[c[3] for c in cands])
+        budget, total = self.config.eval_budget, self.scorer.total
+        ties = (Ties(budget.tie_margin, budget.tie_from(total), [abs(c[3]) for c in cands])
+                if budget.tie_margin else None)
+        decision = successive_halving(len(cands), merits, budget.rounds(total), want=want,
+                                      confidence=budget.confidence, tiebreak=[c[3] for c in cands], ties=ties)
         self.note(decision, [cands[i][0].label for i in range(len(cands))], sign)
         self.keep_scores(parent, cands)
         out = []
@@ -403,8 +443,9 @@ class EvolutionRun:
     def note(self, decision: Decision, labels: list[str], to_value: float) -> None:
         """This iteration's decision for the log: its rounds and every candidate, best first, with its
         value (trajectory sign) on the samples it was scored on (none where there was no rival)."""
-        ranking = [[labels[i], round(to_value * decision.means[i], 6) if i in decision.means else None,
+        ranking: list[JSON] = [[labels[i], round(to_value * decision.means[i], 6) if i in decision.means else None,
                     decision.samples.get(i, 0)] for i in decision.ranked]
+        self.decision = decision
         self.log.update({"candidates": len(labels), **decision.to_dict(), "ranking": ranking})
 
     def keep_scores(self, parent: ArchSpec, cands: list[tuple[Action, ArchSpec, float, float]]) -> None:
@@ -422,7 +463,7 @@ class EvolutionRun:
     def iteration(self) -> None:
         st, target = self.state, self.state.target_ms
         st.iteration += 1
-        self.log = {"iteration": st.iteration}
+        self.log, self.decision = {"iteration": st.iteration}, None
         if st.phase == "remove" and st.latency_ms <= target:
             st.phase = "add" if self.config.add_phase else "done"
             self.say(f"target {target:.3f} ms met at {st.latency_ms:.3f} ms")
@@ -462,7 +503,7 @@ class EvolutionRun:
             quality = q if last else (s.quality.quality if i == 0 else None)
             dq = quality - prev_q if quality is not None and prev_q is not None else None
             self.row("remove", s.action.name, s.action.block_id, ms, self.prices.backend(new_spec), quality, dq,
-                     ms - st.latency_ms)
+                     ms - st.latency_ms, decided=i == 0)
             st.spec, st.latency_ms, prev_q = new_spec.to_dict(), ms, quality
             self.say(f"iteration {st.iteration}: {s.action.label}  {ms:.3f} ms  quality delta "
                      f"{s.quality_delta:+.4f} (alone)")
@@ -484,12 +525,24 @@ class EvolutionRun:
             self.say("no addition gains quality; done")
             return
         self.row("add", best.action.name, best.action.block_id, best.latency_ms, prices.backend(best.spec),
-                 best.quality.quality, best.quality_delta, best.latency_delta_ms)
+                 best.quality.quality, best.quality_delta, best.latency_delta_ms, decided=True)
         st.spec, st.latency_ms, st.quality = best.spec.to_dict(), best.latency_ms, best.quality.quality
         self.say(f"iteration {st.iteration}: {best.action.label}  {best.latency_ms:.3f} ms  "
                  f"quality delta {best.quality_delta:+.4f}")
 
     def train_step(self) -> None:
+        """Robust training between decisions (Algorithm 1's loop body)."""
+        self.train(self.config.train_steps, self.config.train, f"ckpt-{self.state.iteration:04d}", "train")
+
+    def final_training(self) -> None:
+        """The final architecture trains on after the last decision (Algorithm 1: until it converges; here
+        `final_steps`), robustly unless `final_robust` is off; written as one `train` row after the last."""
+        config = self.config
+        train = config.train if config.final_robust else replace(config.train, robust=False)
+        self.train(config.final_steps, train, "ckpt-final", "final training")
+        self.state.final_trained = True
+
+    def train(self, steps: int, train: TrainConfig, name: str, what: str) -> None:
         from snapbench.evolution.executors import forget_cached
         from snapbench.evolution.robust_training import fine_tune
         from snapbench.training.checkpoints import derive, load_bundle, save_bundle
@@ -498,20 +551,20 @@ class EvolutionRun:
         bundle = load_bundle(st.checkpoint)
         spec = self.spec()
         model = derive(bundle.model, spec)
-        loss = fine_tune(bundle, model, config.train, start_step=st.train_steps_done, steps=config.train_steps,
-                         data=config.data)
-        folder = work / f"ckpt-{st.iteration:04d}"
+        loss = fine_tune(bundle, model, train, start_step=st.train_steps_done, steps=steps, data=config.data)
+        folder = work / name
         save_bundle(bundle, folder, model=model)
         old = Path(st.checkpoint)
         st.checkpoint = str(folder.resolve())
-        st.train_steps_done += config.train_steps
+        st.train_steps_done += steps
         forget_cached()
         self.scorer.use_checkpoint(st.checkpoint)  # new weights: every score is recomputed
-        q = self.quality(spec, f"iteration {st.iteration}: after training")
+        q = self.quality(spec, f"iteration {st.iteration}: after {what}")
         self.row("train", "train", "", st.latency_ms, self.prices.backend(spec), q, q - st.quality, None)
         st.quality = q
-        self.say(f"iteration {st.iteration}: {config.train_steps} training steps (loss {loss:.4f}), "
-                 f"quality {q:.4f}")
+        kind = "robust " if train.robust else ""
+        self.say(f"iteration {st.iteration}: {steps} {kind}training steps{' (final)' if name == 'ckpt-final' else ''} "
+                 f"(loss {loss:.4f}), quality {q:.4f}")
         if old.parent == work and old != folder:  # our own older checkpoint; never the input model
             shutil.rmtree(old, ignore_errors=True)
 
@@ -540,12 +593,12 @@ class EvolutionRun:
                                  st.latency_ms, initial["quality"], st.quality, prices.backend(spec), st.iteration,
                                  st.train_steps_done, round(st.seconds, 1), final_spec.to_dict(), st.trajectory,
                                  self.config.eval_budget.describe(self.scorer.total),
-                                 sum(int(e.get("samples", 0)) for e in st.evaluations), st.evaluations)
+                                 sum(json_int(e, "samples") for e in st.evaluations), st.evaluations)
         atomic_write_text(out / RESULT_FILE, json.dumps(result.to_dict(), indent=1, default=str) + "\n")
         return result
 
 
-def _publish(bundle: Any, model: Any, out: Path) -> None:
+def _publish(bundle: ModelBundle, model: Elastic, out: Path) -> None:
     """Put the final model's files into `out` beside the run's state: each replaced by rename, the spec file
     (arch.json, a DiT's dit.json) last, so a reader that finds it finds the weights that go with it."""
     from snapbench.backbones import backbone_for

@@ -11,14 +11,15 @@ a filesystem every node sees (the usual shared /data or NFS mount).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.evolution.evaluators import EvalConfig, Evaluator, Quality
 from snapbench.interrupts import ignore_sigint, stop_pool
+from snapbench.json_types import JSONObject
 from snapbench.ray_cluster import check_ray_address
 
 if TYPE_CHECKING:  # loaded in the worker, when a task runs
@@ -28,7 +29,7 @@ if TYPE_CHECKING:  # loaded in the worker, when a task runs
 @dataclass(frozen=True)
 class EvalTask:
     checkpoint: str  # a folder (or preset) load_bundle reads
-    spec: Mapping[str, Any] | None  # the candidate's arch spec as a dict; None: the checkpoint's own
+    spec: JSONObject | None  # the candidate's arch spec as a dict; None: the checkpoint's own
     disabled: tuple[str, ...]  # block ids to run as removed on top of the spec
     evaluator: EvalConfig
 
@@ -39,7 +40,7 @@ class EvalTask:
 @dataclass(frozen=True)
 class ScoreTask:
     checkpoint: str
-    specs: tuple[Mapping[str, Any], ...]  # candidates' arch specs as dicts, run as one batch
+    specs: tuple[JSONObject, ...]  # candidates' arch specs as dicts, run as one batch
     samples: tuple[int, ...]  # sample indices to score (the evaluator's numbering)
     evaluator: EvalConfig
 

@@ -24,10 +24,11 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
 
 from snapbench.backbones import backbone_for
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSON, JSONObject
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice
 from snapbench.specs.layout import Slot
 from snapbench.specs.variants import Variant
@@ -68,6 +69,31 @@ class FixedTable:
                    str(p))
 
 
+class BlockPricesDict(TypedDict):
+    """A `BlockPrices` as saved in an evolution run's state (backends as a list)."""
+
+    block_id: str
+    stage: str
+    kind: str
+    kept_ms: float
+    removed_ms: float
+    copy_ms: float
+    backends: list[str | None]
+
+
+class PriceTableDict(TypedDict):
+    """`BlockPriceTable.to_dict()`: the table as an evolution run's state keeps it, so a resumed run prices
+    nothing again."""
+
+    device: str
+    aux_ms: float
+    aux_backends: list[str]
+    source: str
+    settings: JSONObject
+    blocks: list[BlockPricesDict]
+    variant_blocks: NotRequired[dict[str, list[BlockPricesDict]]]
+
+
 @dataclass(frozen=True)
 class BlockPrices:
     block_id: str  # "CA[Up-1, 2]"
@@ -90,7 +116,7 @@ class BlockPriceTable:
     aux_backends: tuple[str, ...]
     blocks: Mapping[str, BlockPrices]
     source: str  # what produced the numbers, for reports
-    settings: Mapping[str, Any] = field(default_factory=dict)
+    settings: Mapping[str, JSON] = field(default_factory=dict)
 
     # Swapped blocks (evolve --moves): per variant (variant_key), every block of its kind priced as that
     # variant; filled on demand (with_variants) as evolution meets new variants, and saved with the run.
@@ -153,23 +179,35 @@ class BlockPriceTable:
         """The least any candidate can cost: every removable block removed."""
         return self.latency(remove_all(spec))
 
-    def to_dict(self) -> dict[str, Any]:
-        def rows(blocks: Mapping[str, BlockPrices]) -> list[dict[str, Any]]:
-            return [vars(b) | {"backends": list(b.backends)} for b in blocks.values()]
+    def to_dict(self) -> PriceTableDict:
+        def rows(blocks: Mapping[str, BlockPrices]) -> list[BlockPricesDict]:
+            return [{"block_id": b.block_id, "stage": b.stage, "kind": b.kind, "kept_ms": b.kept_ms,
+                     "removed_ms": b.removed_ms, "copy_ms": b.copy_ms, "backends": list(b.backends)}
+                    for b in blocks.values()]
 
-        d = {"device": self.device, "aux_ms": self.aux_ms, "aux_backends": list(self.aux_backends),
-             "source": self.source, "settings": dict(self.settings), "blocks": rows(self.blocks)}
+        d: PriceTableDict = {"device": self.device, "aux_ms": self.aux_ms,
+                             "aux_backends": list(self.aux_backends), "source": self.source,
+                             "settings": dict(self.settings), "blocks": rows(self.blocks)}
         if self.variant_blocks:
             d["variant_blocks"] = {k: rows(v) for k, v in self.variant_blocks.items()}
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> BlockPriceTable:
-        def blocks(rows: list[dict[str, Any]]) -> dict[str, BlockPrices]:
-            return {b["block_id"]: BlockPrices(**{**b, "backends": tuple(b["backends"])}) for b in rows}
+    def from_dict(cls, d: PriceTableDict) -> BlockPriceTable:
+        def blocks(rows: list[BlockPricesDict]) -> dict[str, BlockPrices]:
+            return {b["block_id"]: BlockPrices(b["block_id"], b["stage"], b["kind"], b["kept_ms"], b["removed_ms"],
+                                               b["copy_ms"], _backends(b["backends"])) for b in rows}
 
         return cls(d["device"], d["aux_ms"], tuple(d["aux_backends"]), blocks(d["blocks"]), d["source"],
                    d.get("settings", {}), {k: blocks(v) for k, v in d.get("variant_blocks", {}).items()})
+
+
+def _backends(saved: list[str | None]) -> tuple[str, str | None, str]:
+    """A saved row's (kept, removed, copy) backends; only the removed state may cost nothing (None)."""
+    kept, removed, copy = saved
+    if kept is None or copy is None:
+        raise SnapbenchError(f"a saved price row has backends {saved}; only the removed state may be null")
+    return kept, removed, copy
 
 
 def variant_key(v: Variant) -> str:
@@ -203,7 +241,7 @@ class Priced:
     stage: str
 
 
-def _assemble(device: str, variants: Mapping[str, list[Priced]], source: str, settings: Mapping[str, Any],
+def _assemble(device: str, variants: Mapping[str, list[Priced]], source: str, settings: Mapping[str, JSON],
               spec: ArchSpec | None = None) -> BlockPriceTable:
     """The table from the three variants' priced blocks; a block `spec` runs as a SnapGen-style variant is
     filed under that variant (variant_blocks), the others as base blocks."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from snapbench.errors import SnapbenchError
 from snapbench.specs.arch_spec import ArchSpec, BlockChoice
@@ -36,7 +35,7 @@ class Swap:
     name: str  # the --moves name
     kinds: tuple[str, ...]  # the block kinds it applies to (RB, CA, a DiT's TB)
     field: str  # the Variant field it sets
-    value: Any
+    value: int | bool  # bool: self_attention (drop-self-attn); int: a ratio or a head count
     what: str  # one line for help and errors
 
     @property
@@ -59,7 +58,7 @@ class Swap:
             return f"the block's feed-forward ratio is already {have or ff_ratio(spec.base_config)}"
         return None
 
-    def value_for(self, spec: ArchSpec | None) -> Any:
+    def value_for(self, spec: ArchSpec | None) -> int | bool:
         """The field's value for `spec`'s blocks: a feed-forward ratio one below the config's (4 -> 3; Sana's
         2.5 -> 2), else the swap's own."""
         if self.field == "ff_mult" and spec is not None:
@@ -67,14 +66,30 @@ class Swap:
         return self.value
 
     def apply(self, choice: BlockChoice, spec: ArchSpec | None = None) -> BlockChoice:
-        return replace(choice, variant=replace(choice.variant, **{self.field: self.value_for(spec)}))
+        v, variant = self.value_for(spec), choice.variant
+        if self.field == "self_attention":
+            return replace(choice, variant=replace(variant, self_attention=bool(v)))
+        if self.field == "separable":
+            return replace(choice, variant=replace(variant, separable=int(v)))
+        if self.field == "kv_heads":
+            return replace(choice, variant=replace(variant, kv_heads=int(v)))
+        return replace(choice, variant=replace(variant, ff_mult=int(v)))
 
 
-def ff_ratio(config: Mapping[str, Any]) -> float:
+def ff_ratio(config: Mapping[str, object]) -> float:
     """A transformer block's feed-forward inner width over its channels: diffusers' 4, Sana's mlp_ratio."""
     if config.get("_class_name") == "SanaTransformer2DModel":
-        return float(config.get("mlp_ratio", 2.5))
+        ratio = config.get("mlp_ratio", 2.5)
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+            raise SnapbenchError(f"DiT config mlp_ratio is {ratio!r}; give a number")
+        return float(ratio)
     return 4.0
+
+
+def _whole(value: object, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise SnapbenchError(f"config {field} is {value!r}; give a whole number")
+    return int(value)
 
 
 SWAPS: Mapping[str, Swap] = {s.name: s for s in (
@@ -116,18 +131,19 @@ def check_moves_apply(moves: Sequence[str], spec: ArchSpec, slots: Sequence[Slot
                                  f"drop {name} from {flag}")
 
 
-def heads_of(config: Mapping[str, Any], slot: Slot) -> int:
+def heads_of(config: Mapping[str, object], slot: Slot) -> int:
     """Attention heads of a UNet CA slot, from the config as diffusers reads it (num_attention_heads, or
     attention_head_dim standing in for it; per level for down blocks, reversed for up blocks, the last
     level's for the mid block); a DiT block's are its config's num_attention_heads."""
     if slot.kind == "TB":
-        return int(config["num_attention_heads"])
+        return _whole(config["num_attention_heads"], "num_attention_heads")
     heads = config.get("num_attention_heads") or config.get("attention_head_dim") or 8
-    levels = len(config["block_out_channels"])
-    per = list(heads) if isinstance(heads, (list, tuple)) else [heads] * levels
+    channels = config["block_out_channels"]
+    levels = len(channels) if isinstance(channels, (list, tuple)) else 0
+    per = [_whole(h, "num_attention_heads") for h in (heads if isinstance(heads, (list, tuple)) else [heads] * levels)]
     parts = slot.module_path.split(".")
     if parts[0] == "down_blocks":
-        return int(per[int(parts[1])])
+        return per[int(parts[1])]
     if parts[0] == "up_blocks":
-        return int(per[::-1][int(parts[1])])
-    return int(per[-1])
+        return per[::-1][int(parts[1])]
+    return per[-1]

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from snapbench.devices.catalog import Device
 from snapbench.errors import SnapbenchError
-from snapbench.evolution.budget import EvalBudget
+from snapbench.evolution.budget import DEFAULT_TIE_MARGIN, EvalBudget
 from snapbench.evolution.evaluators import ClipEvalConfig, EvalConfig, ToyEvalConfig, read_prompts
 from snapbench.evolution.latency_costs import BlockPriceTable, FixedTable, costs_from_source, costs_from_table
+from snapbench.json_types import JSONObject
 from snapbench.specs.arch_spec import ArchSpec
 from snapbench.training.toy_digits import CONTEXT_TOKENS, cache_dir, is_toy
 
@@ -32,9 +32,11 @@ def evaluator_config(name: str, *, prompts: str | None = None, clip_weights: str
     raise SnapbenchError(f"unknown evaluator {name!r}; choose toy or clip")
 
 
-def eval_budget(text: str, confidence: float, evaluator: EvalConfig) -> EvalBudget:
-    """--eval-budget / --eval-confidence, checked against the evaluator's samples before any run state."""
-    budget = EvalBudget.parse(text, confidence)
+def eval_budget(text: str, confidence: float, evaluator: EvalConfig,
+                tie_margin: float = DEFAULT_TIE_MARGIN) -> EvalBudget:
+    """--eval-budget / --eval-confidence / --eval-tie-margin, checked against the evaluator's samples before
+    any run state."""
+    budget = EvalBudget.parse(text, confidence, tie_margin)
     budget.rounds(evaluator.sample_count(), f" ({evaluator.describe_samples()})")
     return budget
 
@@ -66,7 +68,7 @@ def cost_builder(*, device: Device, table: str | None = None, fixed_table: str |
                                          cache=cache_dir() / "latency", progress=progress, say=say)
 
 
-def latency_settings(device: Device, table: str | None, fixed_table: str | None, attention: str) -> dict[str, Any]:
+def latency_settings(device: Device, table: str | None, fixed_table: str | None, attention: str) -> JSONObject:
     """What must stay the same for an evolution run to resume (the device by its catalog id, so another
     spelling of the same device resumes)."""
     return {"device": device.id, "table": table, "fixed_table": fixed_table, "attention": attention}

@@ -21,17 +21,17 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from snapbench.errors import SnapbenchError
 from snapbench.evolution.moves import SWAPS, check_moves_apply
-from snapbench.json_types import JSONObject
+from snapbench.json_types import JSON, JSONObject, dataclass_from_json
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.model.elastic_unet import ElasticUNet
 from snapbench.training.checkpoints import ModelBundle, load_bundle, save_bundle
@@ -39,6 +39,7 @@ from snapbench.training.data import TrainingData, training_data
 from snapbench.training.loop import (
     OPTIMIZER_FILE,
     RunStart,
+    SavedRun,
     StepLog,
     Trainable,
     TrainResult,
@@ -47,6 +48,9 @@ from snapbench.training.loop import (
     run_steps,
     step_generator,
 )
+
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler
 
 STATE_FILE = "train_state.json"
 STATE_FORMAT = "snapbench.train/1"
@@ -131,11 +135,14 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = dict(d)
-        d["skip"] = SkipProbabilities(**d.get("skip", {}))
-        d["variant_moves"] = tuple(d.get("variant_moves", ()))  # a JSON list in train_state.json
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+    def from_dict(cls, d: Mapping[str, JSON]) -> TrainConfig:
+        skip, moves = d.get("skip", {}), d.get("variant_moves", [])
+        if not isinstance(skip, dict) or not isinstance(moves, list):
+            raise SnapbenchError(f"a training config with skip={skip!r}, variant_moves={moves!r}: not one snapbench "
+                                 "wrote; remove the folder to start over")
+        # variant_moves: a JSON list in train_state.json
+        return dataclass_from_json(cls, d, skip=dataclass_from_json(SkipProbabilities, skip),
+                                   variant_moves=tuple(moves))
 
 
 def sample_variants(model: nn.Module, config: TrainConfig) -> list[str]:
@@ -155,7 +162,7 @@ def sample_variants(model: nn.Module, config: TrainConfig) -> list[str]:
     return keys
 
 
-def diffusion_loss(trainable: nn.Module, noise_scheduler: Any, x0: torch.Tensor, cond: torch.Tensor,
+def diffusion_loss(trainable: nn.Module, noise_scheduler: DDPMScheduler, x0: torch.Tensor, cond: torch.Tensor,
                    uncond: torch.Tensor | None, config: TrainConfig, g: torch.Generator,
                    device: torch.device) -> torch.Tensor:
     b = x0.shape[0]
@@ -207,10 +214,10 @@ def _train(model: str | Path, out: Path, config: TrainConfig, *, data: str | Pat
     trainable, opt = accelerator.prepare(trainable, opt)
     noise_scheduler = DDPMScheduler.from_config(bundle.noise_schedule)
 
-    def loss_of(x0: torch.Tensor, cond: Any, g: torch.Generator) -> torch.Tensor:
+    def loss_of(x0: torch.Tensor, cond: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         return diffusion_loss(trainable, noise_scheduler, x0, cond, train_data.uncond, config, g, accelerator.device)
 
-    def save(unwrapped: Any, done: int, losses: list, seconds: float) -> None:
+    def save(unwrapped: nn.Module, done: int, losses: list[tuple[int, float]], seconds: float) -> None:
         _save(bundle, unwrapped, opt, out, config, str(model), done, losses, seconds)
 
     return run_steps(accelerator, trainable, opt, lr_sched, config, out, start=start, train_data=train_data,
@@ -218,7 +225,7 @@ def _train(model: str | Path, out: Path, config: TrainConfig, *, data: str | Pat
 
 
 def _start(model: str | Path, out: Path, config: TrainConfig, weights: str | Path | None
-           ) -> tuple[dict[str, Any], ModelBundle]:
+           ) -> tuple[SavedRun, ModelBundle]:
     state_path = out / STATE_FILE
     if state_path.is_file():
         try:
@@ -239,8 +246,8 @@ def _start(model: str | Path, out: Path, config: TrainConfig, weights: str | Pat
     return {}, load_bundle(model, weights=weights, seed=config.seed)
 
 
-def _save(bundle: ModelBundle, trainable: Trainable, opt: Any, out: Path, config: TrainConfig, model: str,
-          step: int, losses: list, seconds: float) -> None:
+def _save(bundle: ModelBundle, trainable: Trainable, opt: torch.optim.Optimizer, out: Path, config: TrainConfig,
+          model: str, step: int, losses: list[tuple[int, float]], seconds: float) -> None:
     buf = io.BytesIO()
     torch.save(opt.state_dict(), buf)
     state = {"format": STATE_FORMAT, "model": model, "step": step, "config": config.to_dict(),
@@ -254,9 +261,10 @@ def fine_tune(bundle: ModelBundle, model: ElasticUNet, config: TrainConfig, *, s
               data: str | Path | None = None) -> float | None:
     """`steps` robust-training steps on `model` in this process (evolution's between-iteration training).
 
-    A fresh AdamW each call: between evolution iterations the architecture changes, and moments from
-    removed blocks mean nothing to the new one. Step numbers continue from `start_step` so every step
-    draws its own batch and skips."""
+    A fresh AdamW each call, with the training's warmup: between evolution iterations the architecture
+    changes, and moments from removed blocks mean nothing to the new one (a fresh AdamW's first steps move
+    every weight by about the full learning rate; the warmup keeps them from undoing what was learnt).
+    Step numbers continue from `start_step` so every step draws its own batch and skips."""
     from diffusers import DDPMScheduler
 
     if steps <= 0:
@@ -266,7 +274,7 @@ def fine_tune(bundle: ModelBundle, model: ElasticUNet, config: TrainConfig, *, s
     model.set_skip_probabilities(ca=skip.ca, rb=skip.rb)
     sample_variants(model, config)
     trainable = Trainable(model, bundle.encoder)
-    opt = torch.optim.AdamW(trainable.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    opt, lr_sched = optimizer_with_warmup(trainable, config, None, 0)
     noise_scheduler = DDPMScheduler.from_config(bundle.noise_schedule)
     device = next(model.parameters()).device
     trainable.train()
@@ -279,6 +287,7 @@ def fine_tune(bundle: ModelBundle, model: ElasticUNet, config: TrainConfig, *, s
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(trainable.parameters(), config.grad_clip)
         opt.step()
+        lr_sched.step()
         opt.zero_grad(set_to_none=True)
         total += float(loss.detach())
     trainable.eval()

@@ -23,6 +23,11 @@ Columns (format "snapbench.trajectory/1"; units in the names):
                       files written before this column existed)
     eval_reused       sample scores the row's evaluation took from earlier ones instead (same weights,
                       same architecture, same sample)
+    eval_settled      for a decision, how its ranking was settled (snapbench.evolution.budget): confidence
+                      (the leader beat every rival), tie (the rivals left could not beat the leader by
+                      more than --eval-tie-margin of quality: the leader, best mean so far, was taken),
+                      survivors, all samples, no rival; empty for other rows and in older files
+    eval_decided_on   samples per candidate of the round that decided (the winner is then scored on all)
 
 Rows are in the order they happened; latency and quality of the last row are the final model's.
 """
@@ -35,7 +40,6 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
@@ -43,6 +47,10 @@ from snapbench.json_types import JSONObject
 from snapbench.user_files import read_user_text
 
 TRAJECTORY_FILE = "trajectory.csv"
+
+# A cell of trajectory.csv as read back: a number where the column holds one, None where a number column
+# is empty, the text otherwise.
+Cell = str | int | float | None
 
 
 @dataclass(frozen=True)
@@ -62,15 +70,18 @@ class TrajectoryRow:
     train_steps: int = 0
     eval_samples: int | None = None
     eval_reused: int | None = None
+    eval_settled: str | None = None
+    eval_decided_on: int | None = None
 
     @classmethod
     def of(cls, iteration: int, phase: str, action: str, block: str, latency_ms: float, latency_backend: str,
            quality: float | None, quality_delta: float | None, latency_delta_ms: float | None,
-           train_steps: int, eval_samples: int | None = None, eval_reused: int | None = None) -> TrajectoryRow:
+           train_steps: int, eval_samples: int | None = None, eval_reused: int | None = None,
+           eval_settled: str | None = None, eval_decided_on: int | None = None) -> TrajectoryRow:
         """A row with its value (quality_delta / latency_delta_ms) computed where both are known."""
         value = quality_delta / latency_delta_ms if quality_delta is not None and latency_delta_ms else None
         return cls(iteration, phase, action, block, latency_ms, latency_backend, quality, quality_delta,
-                   latency_delta_ms, value, train_steps, eval_samples, eval_reused)
+                   latency_delta_ms, value, train_steps, eval_samples, eval_reused, eval_settled, eval_decided_on)
 
     def to_dict(self) -> JSONObject:
         return asdict(self)
@@ -78,8 +89,9 @@ class TrajectoryRow:
 
 TRAJECTORY_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TrajectoryRow))
 _FLOATS = frozenset({"latency_ms", "quality", "quality_delta", "latency_delta_ms", "value"})
-_INTS = frozenset({"iteration", "train_steps", "eval_samples", "eval_reused"})
-_ADDED = frozenset({"eval_samples", "eval_reused"})  # may be missing from files written before them
+_INTS = frozenset({"iteration", "train_steps", "eval_samples", "eval_reused", "eval_decided_on"})
+# may be missing from files written before them
+_ADDED = frozenset({"eval_samples", "eval_reused", "eval_settled", "eval_decided_on"})
 
 
 def _cell(v: object) -> str:
@@ -90,7 +102,7 @@ def _cell(v: object) -> str:
     return str(v)
 
 
-def trajectory_csv(rows: Iterable[Mapping[str, Any]]) -> str:
+def trajectory_csv(rows: Iterable[Mapping[str, object]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(TRAJECTORY_COLUMNS)
@@ -99,11 +111,11 @@ def trajectory_csv(rows: Iterable[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def write_trajectory(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+def write_trajectory(rows: Iterable[Mapping[str, object]], path: str | Path) -> Path:
     return atomic_write_text(path, trajectory_csv(rows))
 
 
-def read_trajectory(path: str | Path) -> list[dict[str, Any]]:
+def read_trajectory(path: str | Path) -> list[dict[str, Cell]]:
     """Rows with numbers parsed (None where empty): what the report's trajectory chart reads."""
     p = Path(path)
     text = read_user_text(p, "trajectory file")
@@ -113,7 +125,7 @@ def read_trajectory(path: str | Path) -> list[dict[str, Any]]:
         raise SnapbenchError(f"{p}: not a snapbench trajectory (missing column {missing[0]})")
     out = []
     for r in reader:
-        row: dict[str, Any] = {}
+        row: dict[str, Cell] = {}
         for c in TRAJECTORY_COLUMNS:
             v = r.get(c) or ""
             row[c] = (None if v == "" else float(v)) if c in _FLOATS else (int(v) if c in _INTS and v else v)

@@ -38,16 +38,26 @@ measured).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from snapbench.latency.model_latency import ProfileRun
 
 FORMAT = "snapbench.profile/1"
 
 
-def stage_summary(run: ProfileRun) -> list[dict[str, Any]]:
+class StageSummary(TypedDict):
+    stage: str
+    ms: float
+    ca_ms: float
+    rb_ms: float
+    aux_ms: float
+    params: int
+    macs: int
+
+
+def stage_summary(run: ProfileRun) -> list[StageSummary]:
     """Per paper stage: total, CA, RB and auxiliary ms, params and MACs of the blocks that run."""
-    rows = []
+    rows: list[StageSummary] = []
     for stage in run.stages:
         bs = [b for b in run.blocks if b.stage == stage]
         ms = {k: sum(b.latency_ms for b in bs if b.kind == k) for k in ("CA", "RB", "aux")}

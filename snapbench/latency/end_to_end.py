@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import TypedDict
 
 # Classifier-free guidance encodes the prompt and the empty prompt: two text-encoder runs per image.
 TEXT_ENCODER_RUNS = 2
+
+
+class ImageBudgetDoc(TypedDict):
+    text_encoder_ms: float
+    unet_ms: float
+    vae_decoder_ms: float
+    total_ms: float
+    total_s: float
 
 
 @dataclass(frozen=True)
@@ -17,8 +25,9 @@ class ImageBudget:
     total_ms: float
     total_s: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> ImageBudgetDoc:
+        return ImageBudgetDoc(text_encoder_ms=self.text_encoder_ms, unet_ms=self.unet_ms,
+                              vae_decoder_ms=self.vae_decoder_ms, total_ms=self.total_ms, total_s=self.total_s)
 
 
 def image_budget(text_encoder_ms: float, unet_step_ms: float, vae_decoder_ms: float, steps: int) -> ImageBudget:

@@ -26,9 +26,9 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from snapbench.errors import SnapbenchError
 from snapbench.user_files import parse_user_json, read_user_text
@@ -86,11 +86,11 @@ def read_import(path: str | Path) -> list[ImportedRow]:
     return [_row(p, where, n, r) for n, r in rows]
 
 
-def _comma_hint(raw: dict[Any, Any]) -> str:
+def _comma_hint(raw: Mapping[str | None, str | None]) -> str:
     """A block id such as CA[Down-1, 1] split at its comma: say to quote it."""
     values = [v for k, v in raw.items() if k is not None]
-    first = values[0] if values else ""
-    if "[" in (first or "") and "]" not in first and len(values) > 1:
+    first = (values[0] if values else "") or ""
+    if "[" in first and "]" not in first and len(values) > 1:
         return f"; a block id holds a comma: quote it (\"{first},{values[1]}\") or use its file id (down1_ca1)"
     return ""
 
@@ -156,7 +156,7 @@ def _row(p: Path, where: str, n: int, r: dict[str, str]) -> ImportedRow:
     )
 
 
-def check_settings(p: str | Path, row: ImportedRow, expected: dict[str, Any]) -> None:
+def check_settings(p: str | Path, row: ImportedRow, expected: Mapping[str, object]) -> None:
     """A row whose settings columns differ from the profile's is refused, naming the first mismatch."""
     for k, text in row.settings.items():
         want = expected[k]

@@ -21,7 +21,7 @@ import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, overload
 
 from snapbench import __version__
 from snapbench.backbones import backbone_for
@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # the device side loads only when a run measures
     from snapbench.profilers.coreml_api import CoreMLTools
     from snapbench.profilers.farm import BackendFactory
     from snapbench.profilers.readiness import Machine
+    from snapbench.progress_log import ProgressBar
 
 ALL_COMPONENTS = ("unet", *COMPONENTS)  # COMPONENTS: snapbench.settings.PIPELINE_PARTS
 Say = Callable[[str], None]
@@ -370,7 +371,7 @@ def profile_model(
 
     target: Target | None = None
     failures: list[Failure] = []
-    if imported is not None:
+    if imported is not None and import_file is not None:  # read from it above
         by_key = {it.key: it for it in items}
         for key, m in _resolve_import(import_file, imported, dev, settings, cut, items).items():
             keep(to_row(dev, by_key[key], m, created))
@@ -423,11 +424,13 @@ def profile_packages(source: ModelSource, settings: Settings = Settings(), compo
 
 def block_latencies(source: ModelSource, dev: Device, settings: Settings = Settings(), *,
                     table: LatencyTable | None = None, backend: str = "auto", progress: bool = False,
-                    **kw: Any) -> list[BlockLatency]:
+                    estimator: EstimatePricer | None = None, packages: PackageSource | None = None,
+                    import_file: str | Path | None = None, say: Say | None = None) -> list[BlockLatency]:
     """Every block of the model with its latency on `device`: table rows where they exist, the backend
     (`auto`: a connected device if any, else the estimator) for signatures the table lacks, each labelled."""
     return profile_model(source, dev, settings, table=table, backend=backend, components=("unet",),
-                         progress=progress, **kw).blocks
+                         progress=progress, estimator=estimator, packages=packages, import_file=import_file,
+                         say=say).blocks
 
 
 # helpers ---------------------------------------------------------------------------------------------------------
@@ -456,7 +459,8 @@ class _bar:
     """A rich progress bar on stderr while packages are priced (nothing when progress is off)."""
 
     def __init__(self, name: str, total: int, enabled: bool) -> None:
-        self.name, self.total, self.enabled, self.progress = name, total, enabled and total > 0, None
+        self.name, self.total, self.enabled = name, total, enabled and total > 0
+        self.progress: ProgressBar | None = None
 
     def __enter__(self) -> Callable[[str], None]:
         if not self.enabled:
@@ -479,7 +483,7 @@ class _bar:
             self.progress.stop()
 
 
-def _resolve_import(path: Any, rows: list[ImportedRow], dev: Device, settings: Settings, cut: Sequence[CutBlock],
+def _resolve_import(path: str | Path, rows: list[ImportedRow], dev: Device, settings: Settings, cut: Sequence[CutBlock],
                     items: Sequence[PackageToPrice]) -> dict[str, Measurement]:
     by_key = {it.key for it in items}
     by_ref: dict[str, str] = {}

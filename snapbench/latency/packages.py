@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.names import safe_file_name
@@ -21,11 +22,14 @@ from snapbench.paths import cache_root
 from snapbench.settings import PIPELINE_PARTS, check_choice
 
 if TYPE_CHECKING:  # annotations only: importing these here at run time would pull in torch
+    from snapbench.converters.app_parts import AppPart
     from snapbench.converters.manifest import Manifest
+    from snapbench.converters.options import ConvertOptions
     from snapbench.latency.table import Settings
     from snapbench.model.loading import ModelSource
 
 COMPONENTS = PIPELINE_PARTS  # the parts priced beside the backbone
+PARTS_DIR = "dit-parts"  # under the cache folder: a DiT pipeline's parts, one package each, named by cache key
 
 
 def settings_hash(model_name: str, settings: Settings) -> str:
@@ -43,6 +47,9 @@ class PackageSource(Protocol):
                           progress: bool) -> ComponentPackage:
         ...
 
+    def part_package(self, part: AppPart, opts: ConvertOptions, source: ModelSource) -> Path:
+        """One app part's package (a DiT pipeline's text encoder or decoder, or a slice of one)."""
+
 
 @dataclass(frozen=True)
 class ComponentPackage:
@@ -51,14 +58,37 @@ class ComponentPackage:
     macs: int = 0
 
 
-def _entry(e: object, name: str) -> Any:
+def _entry(e: object, name: str) -> object:
+    """A field of a manifest entry: a `ManifestBlock` (or anything with its attributes), or its JSON object."""
     return e.get(name) if isinstance(e, dict) else getattr(e, name, None)
+
+
+def _text(e: object, name: str) -> str | None:
+    v = _entry(e, name)
+    return v if isinstance(v, str) else None
+
+
+def _files(e: object) -> Mapping[str, int] | None:
+    v = _entry(e, "files")
+    return v if isinstance(v, dict) else None
+
+
+def _count(e: object, name: str) -> int:
+    v = _entry(e, name)
+    return int(v) if isinstance(v, (int, float)) else 0
+
+
+@runtime_checkable
+class _Keyed(Protocol):
+    """A block signature object (its key is what a manifest stores)."""
+
+    def key(self) -> str: ...
 
 
 _OPTION_FIELDS = ("attention", "weight_bits", "precision", "latent", "batch", "tokens")
 
 
-def _wanted(settings: Settings) -> dict[str, Any]:
+def _wanted(settings: Settings) -> dict[str, object]:
     return {name: getattr(settings, name) for name in _OPTION_FIELDS}
 
 
@@ -92,9 +122,9 @@ def cached_packages(settings: Settings, keys: set[str]) -> dict[str, Path]:
         if opts.get("mode") != "profile" or any(str(opts.get(k)) != str(v) for k, v in want.items()):
             continue
         for e in manifest.blocks:
-            sig, pkg = _entry(e, "signature"), _entry(e, "package")
-            if sig in keys and sig not in found and pkg and _entry(e, "state") in (None, "done") \
-                    and is_complete_package(mf.parent / pkg, _entry(e, "files")):
+            sig, pkg = _text(e, "signature"), _text(e, "package")
+            if sig is not None and sig in keys and sig not in found and pkg and _entry(e, "state") in (None, "done") \
+                    and is_complete_package(mf.parent / pkg, _files(e)):
                 found[sig] = mf.parent / pkg  # a broken one is skipped: the converters make it again
     return found
 
@@ -104,9 +134,11 @@ def signature_packages(manifest: Manifest, folder: Path, keys: set[str]) -> dict
     the packages were converted with other settings (or another model)."""
     found: dict[str, Path] = {}
     for e in manifest.blocks:
-        sig, pkg = _entry(e, "signature"), _entry(e, "package")
+        sig, pkg = _entry(e, "signature"), _text(e, "package")
         if sig is None or pkg is None:
             continue
+        if not isinstance(sig, (str, _Keyed)):
+            raise TypeError(f"{folder}: a manifest entry's signature is {sig!r}")
         key = sig if isinstance(sig, str) else sig.key()
         p = Path(pkg)
         found.setdefault(key, p if p.is_absolute() else folder / p)
@@ -121,7 +153,7 @@ def check_packages(manifest: Manifest, folder: Path, paths: set[Path]) -> None:
     """Refuse a conversion folder with a broken package (emptied, weights lost), naming it."""
     from snapbench.converters.convert_package import package_problem
 
-    files = {folder / str(_entry(e, "package")): _entry(e, "files") for e in manifest.blocks if _entry(e, "package")}
+    files = {folder / str(_entry(e, "package")): _files(e) for e in manifest.blocks if _entry(e, "package")}
     for path in sorted(paths):
         problem = package_problem(path, files.get(path))
         if problem is not None:
@@ -134,6 +166,10 @@ class ConverterPackages:
     """Converts through `snapbench.converters` into the cache (or reads a given conversion folder)."""
 
     folder: Path | None = None  # --packages: a finished conversion folder to use as is
+
+    def folder_for(self, source: ModelSource, settings: Settings) -> Path:
+        """The cache folder of `source`'s block packages at `settings` (what `block_packages` converts into)."""
+        return self._dir(source, settings)
 
     def _dir(self, source: ModelSource, settings: Settings, what: str = "") -> Path:
         name = source.spec.name
@@ -167,6 +203,12 @@ class ConverterPackages:
                                  "with the same options lists each failure")
         return signature_packages(result.manifest, out, keys)
 
+    def part_package(self, part: AppPart, opts: ConvertOptions, source: ModelSource) -> Path:
+        """Converted into the cache folder, named by its cache key: converted once for every device."""
+        from snapbench.converters.pipeline import convert_part_cached
+
+        return convert_part_cached(part, cache_root() / PARTS_DIR, opts, source)
+
     def component_package(self, component: str, source: ModelSource, settings: Settings, *, progress: bool) -> ComponentPackage:
         from snapbench.converters.entry import ConvertRequest, convert
         from snapbench.converters.options import ConvertOptions
@@ -175,10 +217,9 @@ class ConverterPackages:
         result = convert(ConvertRequest(source, out, ConvertOptions.from_settings(settings),
                                         part=check_choice("component", component, PIPELINE_PARTS),
                                         progress=progress))
-        done = [b for b in result.manifest.blocks if _entry(b, "package")]
+        done = [(b, pkg) for b in result.manifest.blocks if (pkg := _text(b, "package"))]
         if not done:
             raise SnapbenchError(f"{out}: the converters made no {component} package")
-        b = done[0]
-        p = Path(_entry(b, "package"))
-        return ComponentPackage(p if p.is_absolute() else out / p, int(_entry(b, "params") or 0),
-                                int(_entry(b, "macs") or 0))
+        b, pkg = done[0]
+        p = Path(pkg)
+        return ComponentPackage(p if p.is_absolute() else out / p, _count(b, "params"), _count(b, "macs"))

@@ -14,11 +14,11 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from snapbench.errors import SnapbenchError, first_line
+from snapbench.json_types import JSONObject
 from snapbench.model.elastic_unet import ALTERNATIVE_SEP, ElasticUNet
 from snapbench.model.size_bound import bounded_build
 from snapbench.specs.arch_spec import ArchSpec, full_spec, load_spec
@@ -149,7 +149,7 @@ def _from_folder(p: Path, variant: str | None = None) -> ModelSource:
     return ModelSource(str(p), spec, folder, variant=chosen)
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def _read_config(path: Path) -> JSONObject:
     data = read_user_json(path, "UNet config")
     if not isinstance(data, dict):
         raise SnapbenchError(f"{path}: not a JSON object")
@@ -278,11 +278,11 @@ def _block_of(spec: ArchSpec, key: str) -> str:
     return key.split(".")[0]
 
 
-def _init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+def _init_kwargs(config: Mapping[str, object]) -> dict[str, object]:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-def new_unet(config: Mapping[str, Any], what: str) -> torch.nn.Module:
+def new_unet(config: Mapping[str, object], what: str) -> torch.nn.Module:
     """diffusers' UNet for `config` (on the current default device), any failure of the config as one line
     that names the model: diffusers raises ValueError / TypeError / RuntimeError for bad configs."""
     from diffusers import UNet2DConditionModel
@@ -296,7 +296,7 @@ def new_unet(config: Mapping[str, Any], what: str) -> torch.nn.Module:
                              f"({type(e).__name__}: {first_line(e, default=type(e).__name__)})") from None
 
 
-def meta_unet(config: Mapping[str, Any], what: str) -> torch.nn.Module:
+def meta_unet(config: Mapping[str, object], what: str) -> torch.nn.Module:
     """The UNet of `config` on the meta device, refused (ModelTooLarge) past the size limits before it grows."""
     return bounded_build(lambda: new_unet(config, what), what)
 

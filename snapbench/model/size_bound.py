@@ -20,12 +20,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
+
+if TYPE_CHECKING:
+    from torch._ops import OpOverload
 
 from snapbench.size_limits import (
     DEFAULT_LIMITS,
@@ -131,7 +134,7 @@ class _AllocationGuard(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def _factory_numel(func: Any, args: tuple, kwargs: dict) -> int | None:
+def _factory_numel(func: OpOverload, args: tuple[object, ...], kwargs: dict[str, object]) -> int | None:
     """Elements a tensor-creating op with an explicit size would allocate (None: not such an op)."""
     name = func.overloadpacket.__name__ if hasattr(func, "overloadpacket") else ""
     if name not in ("empty", "empty_strided", "zeros", "ones", "full", "rand", "randn", "randint", "new_empty",
@@ -167,7 +170,7 @@ class _ActivationWatch(TorchDispatchMode):
         self.what, self.limit = what, limit
         self.largest = 0
 
-    def _check(self, out: Any) -> None:
+    def _check(self, out: object) -> None:
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self._check_size(t.numel(), list(t.shape))
@@ -195,7 +198,7 @@ class _ActivationWatch(TorchDispatchMode):
         return out
 
 
-def _meta_twin(x: Any) -> Any:
+def _meta_twin(x: object) -> object:
     if isinstance(x, torch.Tensor) and x.device.type != "meta":
         return torch.empty_strided(tuple(x.shape), tuple(x.stride()), dtype=x.dtype, device="meta")
     return x

@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from snapbench import __version__
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.profilers.coreml_api import DEFAULT_REQUEST_TIMEOUT_S, CoreMLTools, Signing, describe
+from snapbench.profilers.coreml_types import RemoteDevice
 from snapbench.profilers.measurement import Measurement, PackageJob, placement_text
 from snapbench.profilers.phones import list_attached, mac_catalog_id, pick_phone
 from snapbench.profilers.readiness import Machine, blocker, blocking_check, put_devicectl_on_path
@@ -207,7 +208,7 @@ class DeviceBackend:
         xcode = (text.strip().splitlines() or ["?"])[0] if code == 0 else "?"
         return RunnerStamp(self.signing.team_id, self.signing.bundle_id, xcode, self.api.version())
 
-    async def _prepare(self, target: Target) -> Any:
+    async def _prepare(self, target: Target) -> RemoteDevice:
         from snapbench.profilers.runner_build import rebuild_reason, write_stamp
 
         if self.signing is None and self.here.team_id:  # SNAPBENCH_TEAM_ID, when no --team-id was given
@@ -237,7 +238,7 @@ class DeviceBackend:
             raise SnapbenchError(f"preparing {target.name} for profiling failed: {why}; {hint}") from None
         return self.running(prepared, target)
 
-    def _started(self, device: Any) -> bool:
+    def _started(self, device: RemoteDevice) -> bool:
         """Alive for STARTUP_S after a launch: a failed launch (untrusted developer, a crash) has ended by then."""
         for _ in range(math.ceil(STARTUP_S / 0.5)):
             if not self.api.app_alive(device):
@@ -245,7 +246,7 @@ class DeviceBackend:
             self.sleep(0.5)
         return self.api.app_alive(device)
 
-    def running(self, device: Any, target: Target) -> Any:
+    def running(self, device: RemoteDevice, target: Target) -> RemoteDevice:
         """`device` with its runner app running: coremltools launches it and never checks. A free team's
         first launch fails until the developer is trusted on the phone: say so, wait (relaunching every
         RELAUNCH_EVERY_S, counting down) and go on once it runs."""
@@ -269,14 +270,14 @@ class DeviceBackend:
         raise SnapbenchError(f"the runner app does not start on {target.name}{f' ({why})' if why else ''}: "
                              f"trust the developer ({team}) on the phone in {TRUST}, then run again")
 
-    def _relaunch(self, device: Any, target: Target) -> Any:
+    def _relaunch(self, device: RemoteDevice, target: Target) -> RemoteDevice:
         try:
             return self.api.relaunch(device)
         except Exception as e:  # coremltools' _DeviceCtlError with devicectl's stderr (bytes)
             raise SnapbenchError(f"relaunching the runner app on {target.name} failed: {describe(e)}; run "
                                  "`snapbench doctor`") from None
 
-    def restart(self, device: Any, target: Target) -> Any:
+    def restart(self, device: RemoteDevice, target: Target) -> RemoteDevice:
         """Relaunch a runner app that stopped during a run (and check that it runs)."""
         return self.running(self._relaunch(device, target), target)
 
@@ -287,7 +288,7 @@ class DevicePricer:
 
     backend: DeviceBackend
     target: Target
-    handle: Any  # coremltools' prepared remote Device, or None for this Mac
+    handle: RemoteDevice | None  # coremltools' prepared remote Device, or None for this Mac
     loop: asyncio.AbstractEventLoop
 
     @property

@@ -49,11 +49,20 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from snapbench.errors import SnapbenchError
+from snapbench.profilers.coreml_types import (
+    ArrayDataTypes,
+    AsyncModel,
+    ComputePlan,
+    DeviceCtlSocket,
+    ModelDescription,
+    RemoteDevice,
+    RpcRequest,
+)
 
 COMPUTE_UNITS = {"cpu_and_ne": "CPU_AND_NE", "cpu_only": "CPU_ONLY", "cpu_and_gpu": "CPU_AND_GPU", "all": "ALL"}
 POLL_S = 0.5  # coremltools' own interval between devicectl polls for a response
@@ -106,24 +115,24 @@ class _LiveSocket:
     """coremltools' `_DeviceCtlSocket` with an `is_alive` that asks the app session (calls it), and a record
     of the files each request puts on the phone and leaves on this Mac."""
 
-    def __init__(self, socket: Any, files: RequestFiles) -> None:
+    def __init__(self, socket: DeviceCtlSocket, files: RequestFiles) -> None:
         self._socket, self._files = socket, files
         files.mac_folders.append(Path(socket.working_directory))
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> object:  # the rest of the socket, as coremltools uses it
         return getattr(self._socket, name)
 
     @property
     def is_alive(self) -> bool:
         return session_alive(self._socket.device)
 
-    def send(self, request: Any, resource_path: Path | None = None) -> None:
+    def send(self, request: RpcRequest, resource_path: Path | None = None) -> None:
         self._socket.send(request, resource_path)
         if resource_path is not None:
             root = f"{self._socket.source}/requests/resources/{request.id}/{Path(resource_path).name}"
             self._files.phone_files.extend(_files_under(Path(resource_path), root))
 
-    def receive(self, id: str) -> Any:
+    def receive(self, id: str) -> object:
         response = self._socket.receive(id)
         resource = getattr(response, "resource", None)
         if resource is not None:
@@ -139,20 +148,20 @@ def _files_under(local: Path, remote: str) -> list[tuple[str, int]]:
             for f in sorted(local.rglob("*")) if f.is_file()]
 
 
-def session_alive(device: Any) -> bool:
+def session_alive(device: RemoteDevice | None) -> bool:
     """Is the runner app running? The session's own check, *called* (coremltools reads the bound method)."""
     session = getattr(device, "session", None)
     return session is not None and bool(session.is_alive())
 
 
 class CoreMLTools:
-    def __init__(self, ct: ModuleType | Any | None = None) -> None:
+    def __init__(self, ct: ModuleType | None = None) -> None:
         self._ct = ct
         self._time_limit_s: float | None = None
         self.request_files = RequestFiles()
 
     @property
-    def ct(self) -> Any:
+    def ct(self) -> ModuleType:
         if self._ct is None:
             import coremltools  # heavy; only when a device backend actually runs
 
@@ -160,18 +169,19 @@ class CoreMLTools:
         return self._ct
 
     @property
-    def _rd(self) -> Any:
+    def _rd(self) -> ModuleType:
         return self.ct.models.ml_program.experimental.remote_device
 
     def version(self) -> str:
         return str(getattr(self.ct, "__version__", "?"))
 
     # the phone ----------------------------------------------------------------------------------------
-    def connected_iphones(self) -> list[Any]:
+    def connected_iphones(self) -> list[RemoteDevice]:
         rd = self._rd
         return list(rd.Device.get_connected_devices(rd.DeviceType.IPHONE))
 
-    async def prepare(self, phone: Any, signing: Signing, working_dir: Path, *, clean: bool = False) -> Any:
+    async def prepare(self, phone: RemoteDevice, signing: Signing, working_dir: Path, *,
+                      clean: bool = False) -> RemoteDevice:
         """Build (once: the build folder persists and is reused unless `clean`), install and launch the
         runner app."""
         rd = self._rd
@@ -185,10 +195,10 @@ class CoreMLTools:
         except rd._AppBuilder.Error as e:
             raise SnapbenchError(build_failure(e, working_dir / "xcodebuild.log")) from None
 
-    def app_alive(self, device: Any) -> bool:
+    def app_alive(self, device: RemoteDevice) -> bool:
         return session_alive(device)
 
-    def launch_failure(self, device: Any) -> str:
+    def launch_failure(self, device: RemoteDevice) -> str:
         """What `devicectl device process launch` said when it exited (its stderr), or ''."""
         process = getattr(getattr(device, "session", None), "_process", None)
         if process is None or process.poll() is None or process.stderr is None:
@@ -198,7 +208,7 @@ class CoreMLTools:
             return describe(Exception(raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)))
         return ""
 
-    def relaunch(self, device: Any) -> Any:
+    def relaunch(self, device: RemoteDevice) -> RemoteDevice:
         """Start the installed runner app again; the same Device with the new session."""
         old = device.session
         with contextlib.suppress(Exception):
@@ -220,10 +230,10 @@ class CoreMLTools:
         files = self.request_files
 
         class _Patient(original):  # type: ignore[misc, valid-type]
-            def __init__(self, socket: Any, poll_time: float = POLL_S, max_attempts: int = attempts) -> None:
+            def __init__(self, socket: DeviceCtlSocket, poll_time: float = POLL_S, max_attempts: int = attempts) -> None:
                 super().__init__(_LiveSocket(socket, files), poll_time=poll_time, max_attempts=max_attempts)
 
-            async def call_method(self, name: str, params: Any, resource: Path | None = None) -> Any:
+            async def call_method(self, name: str, params: object, resource: Path | None = None) -> object:
                 try:
                     return await super().call_method(name, params, resource)
                 finally:
@@ -231,12 +241,12 @@ class CoreMLTools:
                     if resource is not None and name == "MLModelService.Prediction":
                         Path(resource).unlink(missing_ok=True)
 
-        rd._DeviceCtlRemoteService = _Patient
+        setattr(rd, "_DeviceCtlRemoteService", _Patient)  # noqa: B010 (a module attribute: mypy refuses the assignment)
         self._time_limit_s = seconds
         try:
             yield
         finally:
-            rd._DeviceCtlRemoteService = original
+            setattr(rd, "_DeviceCtlRemoteService", original)  # noqa: B010
             self._time_limit_s = None
 
     async def _within(self, what: str, request: Awaitable[T]) -> T:
@@ -249,7 +259,7 @@ class CoreMLTools:
             raise RequestTimeout(f"{what}: no answer from the runner app within {self._time_limit_s:.0f} s "
                                  "(raise --request-timeout for a large first load)") from None
 
-    def clean_requests(self, device: Any | None) -> RequestFiles:
+    def clean_requests(self, device: RemoteDevice | None) -> RequestFiles:
         """Remove what the requests since the last call left: their folders on this Mac, and (emptied: an
         empty file copied over each) their large files in the app's container on the phone."""
         done, self.request_files = self.request_files, RequestFiles()
@@ -267,14 +277,14 @@ class CoreMLTools:
         return done
 
     # one package -------------------------------------------------------------------------------------
-    def _wrapper(self, path: Path, compute_units: str, device: Any | None) -> Any:
+    def _wrapper(self, path: Path, compute_units: str, device: RemoteDevice | None) -> AsyncModel:
         wrappers = self.ct.models.ml_program.experimental.async_wrapper
         return wrappers.MLModelAsyncWrapper.from_spec_or_path(
             spec_or_path=str(path), weights_dir=str(path / "Data" / "com.apple.CoreML" / "weights"),
             compute_units=getattr(self.ct.ComputeUnit, COMPUTE_UNITS[compute_units]), device=device)
 
     @contextlib.asynccontextmanager
-    async def _loaded(self, path: Path, compute_units: str, device: Any | None) -> AsyncIterator[Any]:
+    async def _loaded(self, path: Path, compute_units: str, device: RemoteDevice | None) -> AsyncIterator[AsyncModel]:
         model = self._wrapper(path, compute_units, device)
         try:
             await self._within(f"loading {path.name}", model.load())
@@ -291,7 +301,7 @@ class CoreMLTools:
         await self._within(f"unloading {path.name}", model.unload())
         model.cleanup()
 
-    async def time_package(self, path: Path, *, device: Any | None, compute_units: str, warmup: int,
+    async def time_package(self, path: Path, *, device: RemoteDevice | None, compute_units: str, warmup: int,
                            repeats: int) -> PackageTiming:
         """Load twice (first = compile, then warm), predict `warmup` + `repeats` times on random inputs of the
         package's own shapes, read the compute plan of the loaded model; every load unloaded in a finally."""
@@ -320,7 +330,7 @@ class CoreMLTools:
                 plan_error = describe(e)
         return PackageTiming(samples, first_load, warm_load, placement, plan_error)
 
-    def placement(self, plan: Any) -> dict[str, int]:
+    def placement(self, plan: ComputePlan) -> dict[str, int]:
         """Ops per preferred compute unit ('ane', 'gpu', 'cpu', 'unknown'), consts left out."""
         program = plan.model_structure.program
         if program is None:
@@ -343,7 +353,7 @@ def _ms(ns: int | None) -> float | None:
     return None if ns is None else ns / 1e6
 
 
-def random_inputs(description: Any, array_types: Any) -> dict[str, np.ndarray]:
+def random_inputs(description: ModelDescription, array_types: ArrayDataTypes) -> dict[str, np.ndarray]:
     """Random arrays of each input's declared shape and type (what coremltools' benchmarker feeds too;
     latency does not depend on values). Our packages take multi-arrays only. `array_types` is
     `coremltools.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType`."""
@@ -360,7 +370,7 @@ def random_inputs(description: Any, array_types: Any) -> dict[str, np.ndarray]:
     return inputs
 
 
-def build_failure(error: Any, log_path: Path) -> str:
+def build_failure(error: BaseException, log_path: Path) -> str:
     """coremltools runs xcodebuild with stderr merged into stdout, then reports `e.stderr` (None): the
     message says "[Error Code 65] None". The output is still on the CalledProcessError it was raised
     from; keep it in a log and name its first `error:` line."""

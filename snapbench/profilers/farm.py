@@ -28,7 +28,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING, Protocol
 
 from snapbench.devices.catalog import Device, list_devices, resolve_device
 from snapbench.errors import SnapbenchError
@@ -113,6 +114,17 @@ class DeviceWorker:
             shutil.rmtree(path, ignore_errors=True)
 
 
+class RemoteMethod(Protocol):
+    def remote(self, *args: object) -> object: ...  # the call's object ref
+
+
+class WorkerHandle(Protocol):
+    """A `DeviceWorker` actor as the driver holds it (Ray's handle: each method called with `.remote`)."""
+
+    @property
+    def measure(self) -> RemoteMethod: ...
+
+
 @dataclass(frozen=True)
 class FarmPackage:
     """One package to measure on one device."""
@@ -166,7 +178,7 @@ def _why_gone(e: BaseException) -> str:
     return first[:300]
 
 
-def measure_on_farm(ray: Any, address: str, wanted: dict[str, list[FarmPackage]], *,
+def measure_on_farm(ray: ModuleType, address: str, wanted: dict[str, list[FarmPackage]], *,
                     factory: BackendFactory = node_backend, settings: NodeSettings = NodeSettings(),
                     on_measured: Callable[[Device, FarmPackage, Measurement], None] | None = None,
                     say: Callable[[str], None] | None = None) -> dict[str, DeviceOutcome]:
@@ -175,18 +187,18 @@ def measure_on_farm(ray: Any, address: str, wanted: dict[str, list[FarmPackage]]
     devices = [resolve_device(d) for d in wanted]
     holders = check_holders(devices, ray.cluster_resources(), address)
     remote_worker = ray.remote(DeviceWorker)
-    workers: dict[str, list[Any]] = {}
+    workers: dict[str, list[WorkerHandle]] = {}
     for d in devices:
         opts = dict(num_cpus=0, resources={d.id: 1}, max_restarts=0, max_task_retries=0)
         workers[d.id] = [remote_worker.options(**opts).remote(d.id, factory, settings) for _ in range(holders[d.id])]
-    blobs: dict[Path, Any] = {}
+    blobs: dict[Path, object] = {}  # package -> its object ref
     for pkgs in wanted.values():
         for p in pkgs:
             if p.path not in blobs:
                 blobs[p.path] = ray.put(pack(p.path))  # once per package, whatever the number of devices
     queues = {d: deque(pkgs) for d, pkgs in wanted.items()}
     outcomes = {d.id: DeviceOutcome(d) for d in devices}
-    busy: dict[Any, tuple[str, Any, FarmPackage]] = {}  # in-flight ref -> (device id, worker, package)
+    busy: dict[object, tuple[str, WorkerHandle, FarmPackage]] = {}  # in-flight ref -> (device id, worker, package)
 
     def feed() -> None:
         for did, ws in workers.items():
@@ -243,8 +255,9 @@ class _quiet:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *exc: Any) -> bool:
-        return exc[0] is not None and issubclass(exc[0], Exception)
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        return kind is not None and issubclass(kind, Exception)
 
 
 def farm_stopped(outcomes: dict[str, DeviceOutcome]) -> str | None:

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from snapbench.errors import SnapbenchError
 
@@ -108,7 +108,7 @@ def os_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", version)[:3])
 
 
-def parse_devicectl_devices(data: dict[str, Any]) -> list[AttachedPhone]:
+def parse_devicectl_devices(data: object) -> list[AttachedPhone]:
     """The devices in `devicectl list devices -j FILE`'s JSON (the fields coremltools reads, plus the
     product type and pairing state it does not)."""
     result = data.get("result") if isinstance(data, dict) else None

@@ -8,12 +8,75 @@ document's, so `report --json` writes the same bytes it wrote when the data was 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from snapbench.devices.catalog import Device
+from snapbench.json_types import JSON, JSONObject
 
-# A value read from a JSON or CSV document the report quotes as it is (the trust file, reference rows).
-JsonValue = Any
+if TYPE_CHECKING:
+    from snapbench.validation.run import HeldOutFit
+    from snapbench.validation.trust import ErrorBand, Summary, TrustRow
+
+# The report's document (`to_dict()`s) is only written as JSON and read by the page's template: its
+# values are passed through, so `object`.
+Document = dict[str, object]
+
+
+class ReportSettings(TypedDict, total=False):
+    """The report's settings (RunSettings' table fields): what `gather` takes (any of them) and the document
+    records (all of them). latent None: each model at its own config's sample_size."""
+
+    compute_units: str
+    precision: str
+    weight_bits: int
+    attention: str
+    batch: int
+    latent: int | None
+
+
+class ReferenceRow(TypedDict):
+    """A row of a reference file (report/reference.py), its columns in the file's order, and its line."""
+
+    source: str
+    device: str
+    model: str
+    component: str
+    latency_ms: float
+    per: str
+    runtime: str
+    attention: str
+    weight_bits: str
+    batch: str
+    notes: str
+    line: int
+
+
+class TrustDevice(TypedDict):
+    """One report device in the trust section: its chip's error band and how many corpus rows back it."""
+
+    device: str
+    name: str
+    chip: str
+    band: ErrorBand
+    chip_rows: str | int | float
+    chip_median_abs_error_pct: str | int | float | None
+
+
+class TrustSection(TypedDict):
+    """The report's "How far to trust these numbers" (report/trust.py): the shipped validation's figures
+    as written (snapbench.validation.trust), per device, and the rows the chart plots."""
+
+    cross: str
+    stale: bool
+    params_version: int
+    overall: Summary
+    by_chip: list[Summary]
+    fits: list[HeldOutFit]
+    per_device: list[TrustDevice]
+    unseen_app: JSONObject | None
+    ranks: list[Summary]
+    rows: list[TrustRow]
+    highlight_chips: list[str]
 
 
 @dataclass
@@ -55,7 +118,7 @@ KIND_FIELDS = frozenset({"CA", "RB", "TB", "CA_swapped", "RB_swapped", "TB_swapp
                          "tb_params", "ca_ms", "rb_ms", "tb_ms", "variant"})
 
 
-def without_absent_kinds(d: dict[str, Any]) -> dict[str, Any]:
+def without_absent_kinds(d: Document) -> Document:
     return {k: v for k, v in d.items() if v is not None or k not in KIND_FIELDS}
 
 
@@ -80,7 +143,7 @@ class StageArchitecture:
     TB: int | None = None
     TB_swapped: int | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Document:
         return without_absent_kinds(asdict(self))
 
 
@@ -94,7 +157,7 @@ class StageParams:
     macs: int
     tb_params: int | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Document:
         return without_absent_kinds(asdict(self))
 
 
@@ -108,7 +171,7 @@ class ModelSummary:
     role: str
     description: str
     notes: dict[str, str | int | float | bool]
-    claimed_params: JsonValue  # the arch spec's note, as written
+    claimed_params: JSON  # the arch spec's note, as written
     claim_comparable: bool
     steps: int
     steps_source: str
@@ -121,7 +184,7 @@ class ModelSummary:
     trajectory: Trajectory | None
     tokens: int | None = None  # a DiT's text length as priced (its pipeline's); a UNet's is CLIP's 77, not shown
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Document:
         out = asdict(self)
         if self.tokens is None:
             del out["tokens"]
@@ -185,7 +248,7 @@ class Budget:
     in_app_s: float | None = None
     error_band_s: list[float] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Document:
         return {k: v for k, v in asdict(self).items() if v is not None or k in _BUDGET_ALWAYS}
 
 
@@ -224,7 +287,7 @@ class ModelResult:
     # only when available
     budget_missing: list[str] = field(default_factory=list)
     block_latency_sum_ms: float = 0.0
-    profile_settings: dict[str, Any] = field(default_factory=dict)  # RunSettings.to_dict()
+    profile_settings: dict[str, JSON] = field(default_factory=dict)  # RunSettings.to_dict()
     profile_versions: dict[str, str] = field(default_factory=dict)
     profile_created_at: str | None = None
     load_ms: dict[str, LoadTimes] = field(default_factory=dict)
@@ -233,8 +296,8 @@ class ModelResult:
     speedup_e2e: float | None = None
     speedup_unet_step: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def to_dict(self) -> Document:
+        out: Document = {
             "model": self.model, "device": self.device, "steps": self.steps, "notes": list(self.notes),
             "available": self.available, "reason": self.reason, "backend": self.backend,
             "labels": list(self.labels), "components": {k: asdict(v) for k, v in self.components.items()},
@@ -260,7 +323,7 @@ class ReferenceMatch:
     `ours_status`: "matched" (a figure to compare), "missing" (the model and device are in the report but
     that component has no latency), "absent" (the model or device is not part of this report)."""
 
-    row: dict[str, JsonValue]  # the reference file's columns, and its line
+    row: ReferenceRow  # the reference file's columns, and its line
     settings_differ: list[str]
     ours_model: str | None = None
     ours_ms: float | None = None
@@ -268,7 +331,7 @@ class ReferenceMatch:
     ratio: float | None = None
     ours_status: str = "absent"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Document:
         return {**self.row, "settings_differ": list(self.settings_differ), "ours_model": self.ours_model,
                 "ours_ms": self.ours_ms, "ours_label": self.ours_label, "ratio": self.ratio,
                 "ours_status": self.ours_status}
@@ -288,7 +351,7 @@ class ReportData:
     created_at: str
     command: str | None
     versions: dict[str, str]
-    settings: dict[str, str | int | None]  # RunSettings' table fields; latent None: each model's own
+    settings: ReportSettings  # RunSettings' table fields; latent None: each model's own
     requested_backend: str
     table: str | None
     baseline: str  # the key of the baseline model
@@ -301,17 +364,17 @@ class ReportData:
     stages: list[str]  # the backbones' stages, in order
     text_encoder_runs: int
     app_floor_ms: float | None
-    trust: dict[str, JsonValue] | None  # the shipped validation's summary (snapbench.validation.trust)
+    trust: TrustSection | None  # the shipped validation's summary (snapbench.validation.trust)
     denoiser: Denoiser
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Document:
         """The JSON document `report --json` writes and the page's `data-json` paths point into."""
         return {
             "schema": self.schema, "title": self.title, "created_at": self.created_at, "command": self.command,
             "versions": dict(self.versions), "settings": dict(self.settings),
             "requested_backend": self.requested_backend, "table": self.table, "baseline": self.baseline,
             "models": [m.to_dict() for m in self.models],
-            "devices": [{**d.to_dict(), "fp16_peak_tflops": d.ane_fp16_tflops} for d in self.devices],
+            "devices": self.device_dicts(),
             "results": [r.to_dict() for r in self.results],
             "latency_labels": list(self.latency_labels), "mixed_sources": self.mixed_sources,
             "reference": {"source": self.reference.source, "shipped": self.reference.shipped,
@@ -320,3 +383,7 @@ class ReportData:
             "app_floor_ms": self.app_floor_ms, "trust": self.trust,
             "denoiser": {**asdict(self.denoiser), "kinds": list(self.denoiser.kinds)},
         }
+
+    def device_dicts(self) -> list[Document]:
+        """The report's devices as the document lists them: catalog facts and the engine's fp16 peak."""
+        return [{**d.to_dict(), "fp16_peak_tflops": d.ane_fp16_tflops} for d in self.devices]

@@ -15,14 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from snapbench.backbones import backbone_for, inspect_model, resolve_model
 from snapbench.blocks.cut import InputShapes
-from snapbench.blocks.inspection import Inspection
+from snapbench.blocks.inspection import BlockRow, Inspection
 from snapbench.devices.catalog import Device
 from snapbench.errors import SnapbenchError
-from snapbench.evolution.trajectory import TRAJECTORY_FILE
+from snapbench.evolution.trajectory import TRAJECTORY_FILE, Cell
 from snapbench.latency.end_to_end import TEXT_ENCODER_RUNS, image_budget
 from snapbench.model.loading import ModelSource, model_latent
 from snapbench.report.data import (
@@ -37,18 +37,29 @@ from snapbench.report.data import (
     ModelSummary,
     Reference,
     ReferenceMatch,
+    ReferenceRow,
     ReportData,
+    ReportSettings,
     StageArchitecture,
     StageLatency,
     StageParams,
     Trajectory,
     TrajectoryRow,
 )
-from snapbench.report.latency_source import ProfileOutcome, Profiler, backend_label, profile_with_snapbench
+from snapbench.report.latency_source import (
+    ProfileOutcome,
+    Profiler,
+    backend_label,
+    priced_settings,
+    profile_with_snapbench,
+)
 from snapbench.report.reference import load_reference, settings_differences
 from snapbench.settings import COMPONENTS, RunSettings
 from snapbench.specs.variants import Variant
 from snapbench.versions import tool_versions
+
+if TYPE_CHECKING:
+    from snapbench.dit.family import Family
 
 SCHEMA = "snapbench.report/1"
 COMPONENT_NAMES = {"text_encoder": "text encoder", "unet": "UNet", "vae_decoder": "VAE decoder"}
@@ -59,7 +70,10 @@ DEFAULT_STEPS = 50
 DISTILLED_STEPS = {"snapfusion": 8, "snapfusion-tiny": 8}
 SETTING_KEYS = tuple(RunSettings().table_dict())  # compute_units, precision, weight_bits, attention, batch, latent
 # RunSettings' defaults, but latent None: each model at its own config's sample_size
-DEFAULT_SETTINGS: dict[str, Any] = {**RunSettings().table_dict(), "latent": None}
+_RUN = RunSettings()
+DEFAULT_SETTINGS: ReportSettings = {"compute_units": _RUN.compute_units, "precision": _RUN.precision,
+                                    "weight_bits": _RUN.weight_bits, "attention": _RUN.attention,
+                                    "batch": _RUN.batch, "latent": None}
 
 
 @dataclass
@@ -113,12 +127,15 @@ def parse_steps(items: Sequence[str]) -> dict[str, int]:
     return out
 
 
-def _steps_for(ref: str, name: str, overrides: Mapping[str, int], notes: Mapping[str, Any]) -> tuple[int, str]:
+def _steps_for(ref: str, name: str, overrides: Mapping[str, int], notes: Mapping[str, object],
+               family: Family | None = None) -> tuple[int, str]:
+    """The sampling steps a model's end-to-end figure counts, and why; `family`: a DiT's."""
     for k in (ref, name):
         if k in overrides:
             return overrides[k], "--steps"
-    if isinstance(notes.get("steps"), int) and not isinstance(notes.get("steps"), bool):
-        return notes["steps"], "the arch spec's notes"
+    noted = notes.get("steps")
+    if isinstance(noted, int) and not isinstance(noted, bool):
+        return noted, "the arch spec's notes"
     from snapbench.distillation.provenance import distilled_steps
 
     here = distilled_steps(ref)
@@ -126,10 +143,12 @@ def _steps_for(ref: str, name: str, overrides: Mapping[str, int], notes: Mapping
         return here
     if name in DISTILLED_STEPS:
         return DISTILLED_STEPS[name], "the SnapFusion paper's step distillation (assumed, not distilled here)"
+    if family is not None:
+        return family.steps, f"{family.title} pipeline's default in diffusers (num_inference_steps)"
     return DEFAULT_STEPS, "default (SD-v1.5 sampling in the paper's Table 1)"
 
 
-def load_models(baseline: str, candidates: Sequence[str], *, settings: Mapping[str, Any],
+def load_models(baseline: str, candidates: Sequence[str], *, settings: ReportSettings,
                 steps: Mapping[str, int]) -> list[ModelEntry]:
     entries: list[ModelEntry] = []
     seen: dict[str, int] = {}
@@ -150,7 +169,8 @@ def load_models(baseline: str, candidates: Sequence[str], *, settings: Mapping[s
         name = inspection.name
         seen[name] = seen.get(name, 0) + 1
         key = name if seen[name] == 1 else f"{name}#{seen[name]}"
-        n, src = _steps_for(ref, name, steps, inspection.source.spec.notes)
+        n, src = _steps_for(ref, name, steps, inspection.source.spec.notes,
+                            _dit_family(source) if family == "dit" else None)
         entries.append(ModelEntry(key, ref, role, inspection, n, src, latent, tokens, family))
     known = {e.ref for e in entries} | {e.inspection.name for e in entries}
     unknown = [k for k in steps if k not in known]
@@ -158,6 +178,12 @@ def load_models(baseline: str, candidates: Sequence[str], *, settings: Mapping[s
         raise SnapbenchError(f"--steps names {unknown[0]!r}, which is not a model of this report "
                              f"(models: {', '.join(sorted(known))})")
     return entries
+
+
+def _dit_family(source: ModelSource) -> Family:
+    from snapbench.dit.source import dit_spec
+
+    return dit_spec(source.spec).family
 
 
 def _tokens(source: ModelSource, family: str) -> int:
@@ -202,15 +228,28 @@ def read_trajectory(path: Path) -> tuple[list[TrajectoryRow], str | None]:
         return [], f"{path}: {e}"
     rows = []
     for r in raw:
-        backend = r.get("latency_backend") or ""
+        backend = str(r.get("latency_backend") or "")
         labels = {backend_label(b) for b in backend.split("+") if b}
-        rows.append(TrajectoryRow(r["iteration"], r.get("phase") or "", r.get("action") or "", r.get("block") or "",
-                                  r.get("latency_ms"), r.get("quality"), r.get("value"), backend,
+        iteration = r["iteration"]
+        rows.append(TrajectoryRow(iteration if isinstance(iteration, int) else 0, str(r.get("phase") or ""),
+                                  str(r.get("action") or ""), str(r.get("block") or ""), _number(r.get("latency_ms")),
+                                  _number(r.get("quality")), _number(r.get("value")), backend,
                                   labels.pop() if len(labels) == 1 else "mixed" if labels else "unlabelled"))
     return rows, None
 
 
+def _number(cell: Cell) -> float | None:
+    """A number column of trajectory.csv as read (None where empty)."""
+    return float(cell) if isinstance(cell, (int, float)) else None
+
+
 # -- per model: structure -------------------------------------------------------------------------------
+
+
+def _variant_label(row: BlockRow) -> str | None:
+    """The label of the cheaper variant an inspection row runs as ("MQA", "separable x2"), if any."""
+    v = row.get("variant")
+    return Variant.from_dict(v, row["kind"], row["id"]).label() if v else None
 
 
 def _model_summary(e: ModelEntry) -> ModelSummary:
@@ -223,8 +262,7 @@ def _model_summary(e: ModelEntry) -> ModelSummary:
     architecture = []
     counts = spec.counts()
     for stage in e.inspection.stages:
-        blocks = [ArchitectureBlock(b["id"], b["kind"], b["status"],
-                                    Variant(**b["variant"]).label() if b.get("variant") else None)
+        blocks = [ArchitectureBlock(b["id"], b["kind"], b["status"], _variant_label(b))
                   for b in e.inspection.block_rows() if b["stage"] == stage and b["kind"] in kinds]
         # swapped: blocks that run as a cheaper variant (SnapGen-style, or an evolve --moves swap), copies too
         swapped = {k: sum(1 for b in blocks if b.kind == k and b.variant and b.status != "removed") for k in kinds}
@@ -249,7 +287,7 @@ def _model_summary(e: ModelEntry) -> ModelSummary:
         # Test-sized twins inherit the paper's notes; a claim 100x off is about another size, not an error.
         claim_comparable=_comparable(claimed, totals["params"]),
         steps=e.steps, steps_source=e.steps_source, latent=e.latent,
-        decoder_source=decoder_source(e.ref, spec.name) if e.family != "dit" else "not priced for DiTs yet",
+        decoder_source=decoder_source(e.ref, spec.name) if e.family != "dit" else _dit_decoder(e),
         sample_grid=toy_grid_data_uri(e.ref) if e.role == "candidate" else None,
         totals=totals,
         stage_params=[StageParams(s, kind_params(s, "CA"), kind_params(s, "RB"), int(stage_rows[s]["aux_params"]),
@@ -259,6 +297,14 @@ def _model_summary(e: ModelEntry) -> ModelSummary:
         trajectory=trajectory,
         tokens=e.tokens if e.family == "dit" else None,
     )
+
+
+def _dit_decoder(e: ModelEntry) -> str:
+    """Which VAE decodes a DiT's latents (what its pipeline part is priced as)."""
+    from snapbench.converters.dit_app import vae_config
+    from snapbench.dit.source import dit_spec
+
+    return f"{vae_config(dit_spec(e.inspection.source.spec))[0]} (random weights: latency does not depend on them)"
 
 
 def _comparable(claimed: object, ours: int) -> bool:
@@ -301,7 +347,7 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> ModelResu
             params=int(row["params"]), latency_ms=lat, p90_ms=d.p90_ms if lat is not None and d is not None else None,
             samples=d.samples if d is not None else None, backend=block_backend,
             label=backend_label(block_backend) if block_backend else "not available",
-            variant=Variant(**row["variant"]).label() if row.get("variant") else None,
+            variant=_variant_label(row),
         ))
     if run_blocks:  # the profiler knows blocks the inspection does not: a mismatch worth saying, not hiding
         notes.append(f"the profile has {len(run_blocks)} block(s) this model's inspection lacks "
@@ -337,7 +383,7 @@ def _result(e: ModelEntry, device: Device, outcome: ProfileOutcome) -> ModelResu
     te, un, va = (components[c].ms for c in ("text_encoder", "unet", "vae_decoder"))
     if te is not None and un is not None and va is not None:
         budget = Budget(**image_budget(float(te), float(un), float(va), e.steps).to_dict())
-    elif e.family != "dit":  # a DiT's profile has said already why its pipeline parts have no figure
+    else:
         notes.append(f"no end-to-end figure: no latency for the {', '.join(missing)}")
     where = outcome.measured_on
     return ModelResult(
@@ -379,8 +425,8 @@ def _attach_speedups(results: list[ModelResult], baseline_key: str) -> None:
 # -- reference points -----------------------------------------------------------------------------------
 
 
-def _reference(rows: list[dict[str, Any]], models: list[ModelSummary], results: list[ModelResult],
-               settings: Mapping[str, Any]) -> list[ReferenceMatch]:
+def _reference(rows: list[ReferenceRow], models: list[ModelSummary], results: list[ModelResult],
+               settings: ReportSettings) -> list[ReferenceMatch]:
     """Each reference row with this report's figure for the same model, device and component, if any."""
     out = []
     for ref in rows:
@@ -416,7 +462,7 @@ def slug(text: str) -> str:
 
 
 def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",),
-           devices: Sequence[Device], settings: Mapping[str, Any] | None = None,
+           devices: Sequence[Device], settings: ReportSettings | None = None,
            steps: Mapping[str, int] | None = None, backend: str = "auto", table: str | Path | None = None,
            reference: str | Path | None = None, profiler: Profiler | None = None,
            command: str | None = None, progress: Callable[[str], None] | None = None,
@@ -444,7 +490,7 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
     results = []
     for e in entries:
         for d in devs:
-            outcome = profiler(e.inspection.source, d, {**settings, "latent": e.latent, "tokens": e.tokens}, backend,
+            outcome = profiler(e.inspection.source, d, priced_settings(settings, e.latent, e.tokens), backend,
                                table_path, say=say)
             results.append(_result(e, d, outcome))
     models = [_model_summary(e) for e in entries]

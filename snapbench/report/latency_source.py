@@ -8,20 +8,23 @@ reason, and the report shows the architecture without latencies and says why.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 from snapbench.devices.catalog import Device
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
+from snapbench.report.data import ReportSettings
+from snapbench.settings import RunSettings
 from snapbench.specs.dit_layout import is_dit_config
 
 if TYPE_CHECKING:
     from snapbench.latency.model_latency import ComponentLatency, ProfileRun
-    from snapbench.latency.table import LatencyRow
-    from snapbench.profilers.backends import Target
+    from snapbench.latency.packages import PackageSource
+    from snapbench.latency.table import LatencyRow, Settings
+    from snapbench.profilers.backends import EstimatePricer, Target
 
 # A backend name (from a document or a block row) -> the word the report prints next to the figure.
 _LABELS = (("mixed", "mixed"), ("iphone", "measured"), ("mac", "measured"), ("measure", "measured"),
@@ -56,22 +59,44 @@ class ProfileOutcome:
         return ProfileOutcome(run, notes=list(notes or []), components=comps, measured_on=where)
 
 
-# (model source, device, settings dict, backend, table path or None, say) -> outcome
+class PricedSettings(TypedDict):
+    """The settings one model is priced at: the report's, with that model's latent size and text length."""
+
+    compute_units: str
+    precision: str
+    weight_bits: int
+    attention: str
+    batch: int
+    latent: int
+    tokens: int
+
+
+def priced_settings(settings: ReportSettings, latent: int, tokens: int) -> PricedSettings:
+    d = RunSettings()
+    return {"compute_units": settings.get("compute_units", d.compute_units),
+            "precision": settings.get("precision", d.precision), "weight_bits": settings.get("weight_bits", d.weight_bits),
+            "attention": settings.get("attention", d.attention), "batch": settings.get("batch", d.batch),
+            "latent": latent, "tokens": tokens}
+
+
+# (model source, device, settings, backend, table path or None, say=) -> outcome
 Profiler = Callable[..., ProfileOutcome]
 
 
-def profile_with_snapbench(source: ModelSource, device: Device, settings: Mapping[str, Any], backend: str,
-                           table: Path | None, say: Callable[[str], None] | None = None,
-                           **profile_kw: Any) -> ProfileOutcome:
+def profile_with_snapbench(source: ModelSource, device: Device, settings: PricedSettings, backend: str,
+                           table: Path | None, say: Callable[[str], None] | None = None, *,
+                           packages: PackageSource | None = None, estimator: EstimatePricer | None = None,
+                           progress: bool = True) -> ProfileOutcome:
     """Latencies from the latency package: the table first (`--table`, else the model's table under
     your tables, else the shipped ones), the backend for whatever it lacks, labelled estimates for the rest.
 
     The UNet is profiled first and its errors stop the report (they are the user's to fix: a backend not
     available here, a corrupt table); the text encoder and VAE decoder are then profiled one by one on
     the table the UNet's run left, and a failure there costs only that figure, which the report shows
-    as missing with the reason. Each part is priced once.
-    The report only reads tables; `snapbench profile` writes them. `profile_kw` go to `profile_model`
-    (packages, estimator, ...: how tests run it without converting).
+    as missing with the reason. Each part is priced once. A DiT's pipeline parts are its app's (its text
+    encoders, its VAE decoder), priced by `latency/dit_pipeline.py` into the same two components.
+    The report only reads tables; `snapbench profile` writes them. `packages`, `estimator` and `progress` go
+    to `profile_model` (how tests run it without converting).
     """
     try:
         from snapbench.latency.model_latency import profile_model
@@ -84,28 +109,21 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
     # a table the user named is read whatever it is (missing, a folder, /dev/zero: one line); the default
     # path may simply not exist yet
     existing = LatencyTable.load(path) if table is not None or path.is_file() else LatencyTable.empty()
-    kw = {"progress": True, **profile_kw}
     s = Settings(**settings)
     notes: list[str] = []
-    parts_to_price: tuple[str, ...] = ("text_encoder", "vae_decoder")
-    if is_dit_config(source.spec.base_config):
-        if backend not in ("auto", "estimate"):  # as `snapbench profile` says for DiTs
-            raise SnapbenchError(f"--backend {backend}: DiT blocks are priced from the table or by the estimator so "
-                                 "far; use --backend estimate (or auto)")
-        backend = "estimate"
-        # a DiT pipeline's text encoders (T5-XXL, Gemma) and its VAE decoder are not priced yet: say so
-        parts_to_price = ()
-        notes.append("no text encoder or VAE decoder latency: a DiT pipeline's parts are not priced yet, so the "
-                     "report compares the transformer per denoising step")
     try:
-        run = profile_model(source, device, s, table=existing, backend=backend, components=("unet",), say=say, **kw)
+        run = profile_model(source, device, s, table=existing, backend=backend, components=("unet",), say=say,
+                            packages=packages, estimator=estimator, progress=progress)
     except ImportError as e:  # a converter or Core ML piece missing here: say so, never invent a number
         return ProfileOutcome(None, f"latencies could not be produced on this machine ({e})")
+    if is_dit_config(source.spec.base_config):  # a DiT pipeline's parts are the app's, not a UNet's components
+        return _with_dit_pipeline(run, source, device, s, path, say, packages=packages, estimator=estimator)
     parts = []
     table_now = run.table
-    for comp in parts_to_price:
+    for comp in ("text_encoder", "vae_decoder"):
         try:
-            part = profile_model(source, device, s, table=table_now, backend=backend, components=(comp,), **kw)
+            part = profile_model(source, device, s, table=table_now, backend=backend, components=(comp,),
+                                 packages=packages, estimator=estimator, progress=progress)
         except (SnapbenchError, ImportError) as e:
             notes.append(f"no {comp.replace('_', ' ')} latency: {e}")
             continue
@@ -113,6 +131,25 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Mappin
         parts.append(part)
     new_rows = [r for p in (run, *parts) for r in p.new_rows]
     return ProfileOutcome.of(run, *parts, notes=_table_notes(new_rows, path, notes))
+
+
+def _with_dit_pipeline(run: ProfileRun, source: ModelSource, device: Device, settings: Settings, path: Path,
+                       say: Callable[[str], None] | None, *, packages: PackageSource | None,
+                       estimator: EstimatePricer | None) -> ProfileOutcome:
+    """A DiT's run with its pipeline's text encoders and VAE decoder priced (`latency/dit_pipeline.py`), each
+    part's figure and how it was made said in a note. A part that cannot be priced here costs only the
+    end-to-end figure, with the reason."""
+    from snapbench.latency.dit_pipeline import pipeline_components, price_dit_pipeline
+
+    try:
+        parts, rows = price_dit_pipeline(source, device, settings, table=run.table, estimator=estimator,
+                                         packages=packages, say=say)
+    except (SnapbenchError, ImportError) as e:
+        return ProfileOutcome.of(run, notes=_table_notes(run.new_rows, path, [f"no pipeline parts' latency: {e}"]))
+    notes = [f"pipeline part {p.line()}" for p in parts]
+    outcome = ProfileOutcome.of(run, notes=_table_notes([*run.new_rows, *rows], path, notes))
+    outcome.components.update(pipeline_components(parts))
+    return outcome
 
 
 def _shown(path: Path) -> str | None:

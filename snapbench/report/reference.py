@@ -12,9 +12,9 @@ import io
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from snapbench.errors import SnapbenchError
+from snapbench.report.data import ReferenceRow
 from snapbench.settings import COMPONENTS
 from snapbench.user_files import read_user_text
 
@@ -23,7 +23,7 @@ OPTIONAL = ("runtime", "attention", "weight_bits", "batch", "notes")
 DEFAULT_LABEL = "snapbench/report/reference_points.csv (copy of reference/calibration.csv)"
 
 
-def load_reference(path: str | Path | None = None) -> tuple[str, list[dict[str, Any]]]:
+def load_reference(path: str | Path | None = None) -> tuple[str, list[ReferenceRow]]:
     """(where the rows came from, rows). `None` reads the shipped copy."""
     if path is None:
         text = (resources.files("snapbench.report") / "reference_points.csv").read_text()
@@ -35,29 +35,31 @@ def load_reference(path: str | Path | None = None) -> tuple[str, list[dict[str, 
     return str(p), parse_reference(text, str(p))
 
 
-def parse_reference(text: str, source: str) -> list[dict[str, Any]]:
+def parse_reference(text: str, source: str) -> list[ReferenceRow]:
     reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
     if missing:
         raise SnapbenchError(f"{source}: missing column(s) {', '.join(missing)}; "
                              f"a reference file has {', '.join(REQUIRED + OPTIONAL)}")
-    rows = []
+    rows: list[ReferenceRow] = []
     for line, raw in enumerate(reader, start=2):
-        row = {k: (raw.get(k) or "").strip() for k in REQUIRED + OPTIONAL}
+        cell = {k: (raw.get(k) or "").strip() for k in REQUIRED + OPTIONAL}
         try:
-            row["latency_ms"] = float(row["latency_ms"])
+            ms = float(cell["latency_ms"])
         except ValueError:
             raise SnapbenchError(f"{source} line {line}: latency_ms {raw.get('latency_ms')!r} "
                                  "is not a number") from None
-        if row["component"] not in COMPONENTS:
-            raise SnapbenchError(f"{source} line {line}: component {row['component']!r}; "
+        if cell["component"] not in COMPONENTS:
+            raise SnapbenchError(f"{source} line {line}: component {cell['component']!r}; "
                                  f"expected one of {', '.join(COMPONENTS)}")
-        row["line"] = line
-        rows.append(row)
+        rows.append({"source": cell["source"], "device": cell["device"], "model": cell["model"],
+                     "component": cell["component"], "latency_ms": ms, "per": cell["per"],
+                     "runtime": cell["runtime"], "attention": cell["attention"], "weight_bits": cell["weight_bits"],
+                     "batch": cell["batch"], "notes": cell["notes"], "line": line})
     return rows
 
 
-def settings_differences(ref: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+def settings_differences(ref: ReferenceRow, settings: Mapping[str, object]) -> list[str]:
     """The stated UNet settings of a reference row that differ from the report's.
 
     Only UNet rows are compared: attention, weight bits and batch are UNet settings, while text encoder and

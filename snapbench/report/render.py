@@ -8,8 +8,7 @@ every number the page prints sits in an element carrying `data-json` (its path i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup, escape
@@ -100,24 +99,33 @@ def _environment() -> Environment:
     return env
 
 
-def build_charts(data: Mapping[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Charts:
+    """The page's SVGs (the template reads them as `charts.fig2[device id]`, `charts.trajectory[model key]`)."""
+
+    fig2: dict[str, Markup]
+    budget: Markup | None
+    trajectory: dict[str, Markup]
+    trust: Markup | None
+
+
+def build_charts(data: ReportData) -> Charts:
     """The SVGs, marked safe: matplotlib escapes the text it writes into them (model names included)."""
-    fig2 = {d["id"]: Markup(charts.fig2_chart(data, d["id"], f"fig2-{i}")) for i, d in enumerate(data["devices"])}
+    fig2 = {d.id: Markup(charts.fig2_chart(data, d.id, f"fig2-{i}")) for i, d in enumerate(data.devices)}
     budget = charts.budget_chart(data, "budget")
     trajectory = {}
-    for i, m in enumerate(data["models"]):
-        svg = charts.trajectory_chart(m, f"traj-{i}", data["denoiser"]["name"])
+    for i, m in enumerate(data.models):
+        svg = charts.trajectory_chart(m, f"traj-{i}", data.denoiser.name)
         if svg:
-            trajectory[m["key"]] = Markup(svg)
-    trust = charts.trust_chart(data["trust"], "trust") if data.get("trust") else None
-    return {"fig2": fig2, "budget": Markup(budget) if budget else None, "trajectory": trajectory,
-            "trust": Markup(trust) if trust else None}
+            trajectory[m.key] = Markup(svg)
+    trust = charts.trust_chart(data.trust, "trust") if data.trust else None
+    return Charts(fig2, Markup(budget) if budget else None, trajectory, Markup(trust) if trust else None)
 
 
 def render_html(report: ReportData) -> str:
     env = _environment()
     template = env.get_template("report.html.j2")
-    data = report.to_dict()
-    models = {m["key"]: m for m in data["models"]}
-    devices = {d["id"]: d for d in data["devices"]}
-    return template.render(d=data, charts=build_charts(data), models=models, devices=devices)
+    # the template reads the JSON document (what --json writes), so the page shows what the data says
+    models = {m.key: m.to_dict() for m in report.models}
+    devices = {d.id: doc for d, doc in zip(report.devices, report.device_dicts())}
+    return template.render(d=report.to_dict(), charts=build_charts(report), models=models, devices=devices)

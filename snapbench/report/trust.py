@@ -6,13 +6,12 @@ Reads the shipped leave-one-source-out result (`snapbench.validation.trust`), so
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from snapbench.devices.catalog import Device
-from snapbench.report.data import ModelResult
+from snapbench.report.data import ModelResult, TrustDevice, TrustSection
 
 
-def trust_section(devices: Sequence[Device], results: Sequence[ModelResult]) -> dict[str, Any] | None:
+def trust_section(devices: Sequence[Device], results: Sequence[ModelResult]) -> TrustSection | None:
     """The section's data; adds an `error_band` to each result whose end-to-end figure is estimated."""
     from snapbench.validation.trust import error_band, load_trust
 
@@ -25,15 +24,15 @@ def trust_section(devices: Sequence[Device], results: Sequence[ModelResult]) -> 
     for d in devices:
         band = error_band(doc, d.chip)
         bands[d.id] = band
-        per_device.append({"device": d.id, "name": d.name, "chip": d.chip, "band": band,
-                           "chip_rows": (by_chip.get(d.chip) or {}).get("n", 0),
-                           "chip_median_abs_error_pct": (by_chip.get(d.chip) or {}).get("median_abs_error_pct")})
+        chip = by_chip.get(d.chip) or {}
+        per_device.append(TrustDevice(device=d.id, name=d.name, chip=d.chip, band=band, chip_rows=chip.get("n", 0),
+                                      chip_median_abs_error_pct=chip.get("median_abs_error_pct")))
     for r in results:
         budget = r.budget
         if budget and "estimated" in r.labels and r.device in bands:
             b = bands[r.device]
             budget.error_band_s = [budget.total_s / b["high"], budget.total_s / b["low"]]
-    return {"cross": doc["cross"], "stale": doc["stale"], "params_version": doc["params_version"],
-            "overall": doc["overall"], "by_chip": doc["by_chip"], "fits": doc["fits"], "per_device": per_device,
-            "unseen_app": doc.get("unseen_app"), "ranks": doc.get("ranks") or [],
-            "rows": doc["rows"], "highlight_chips": sorted({d.chip for d in devices})}
+    return TrustSection(cross=doc["cross"], stale=doc["stale"], params_version=doc["params_version"],
+                        overall=doc["overall"], by_chip=doc["by_chip"], fits=doc["fits"], per_device=per_device,
+                        unseen_app=doc.get("unseen_app"), ranks=doc.get("ranks") or [],
+                        rows=doc["rows"], highlight_chips=sorted({d.chip for d in devices}))

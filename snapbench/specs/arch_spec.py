@@ -31,7 +31,7 @@ from typing import Any
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
-from snapbench.json_types import JSONObject
+from snapbench.json_types import JSON, JSONObject
 from snapbench.specs.dit_layout import STAGES as DIT_STAGES
 from snapbench.specs.dit_layout import dit_layout, is_dit_config
 from snapbench.specs.layout import Slot, layout_from_config, removable_slots
@@ -51,7 +51,7 @@ class BlockChoice:
     variant: Variant = Variant()  # SnapGen-style cheaper version of the block (copies run it too)
 
     def to_dict(self) -> JSONObject:
-        d: dict[str, Any] = {"block": self.block}
+        d: JSONObject = {"block": self.block}
         if not self.keep:
             d["keep"] = False
         if self.copies:
@@ -66,7 +66,7 @@ class ArchSpec:
     base_config: Mapping[str, Any]
     stages: Mapping[str, tuple[BlockChoice, ...]]  # complete: every stage of the layout, every RB/CA
     description: str = ""
-    notes: Mapping[str, Any] = field(default_factory=dict)
+    notes: Mapping[str, JSON] = field(default_factory=dict)
 
     # -- derived views -------------------------------------------------------------------------------
     @property
@@ -98,13 +98,14 @@ class ArchSpec:
                 out[slot.stage][slot.kind] += int(c.keep) + c.copies
         return out
 
-    def with_choices(self, name: str, changes: Mapping[tuple[str, str], BlockChoice], **extra: Any) -> ArchSpec:
+    def with_choices(self, name: str, changes: Mapping[tuple[str, str], BlockChoice], *,
+                     description: str | None = None, notes: Mapping[str, JSON] | None = None) -> ArchSpec:
         """A new spec with some (stage, block) choices replaced: what evolution actions produce."""
         stages = {
             st: tuple(changes.get((st, c.block), c) for c in choices) for st, choices in self.stages.items()
         }
-        return ArchSpec(name, self.base_config, stages, extra.get("description", self.description),
-                        extra.get("notes", self.notes))
+        return ArchSpec(name, self.base_config, stages, self.description if description is None else description,
+                        self.notes if notes is None else notes)
 
     # -- (de)serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> JSONObject:

@@ -9,7 +9,6 @@ norm and projection). Block `TB[DiT-2, 7]` is `transformer_blocks.6`: numbered b
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from snapbench.errors import SnapbenchError
 from snapbench.specs.layout import Slot
@@ -19,7 +18,7 @@ STAGES: tuple[str, ...] = ("Embed", *(f"DiT-{i + 1}" for i in range(MAX_STAGES))
 DIT_CLASSES = ("SD3Transformer2DModel", "PixArtTransformer2DModel", "SanaTransformer2DModel")
 
 
-def is_dit_config(config: Mapping[str, Any]) -> bool:
+def is_dit_config(config: Mapping[str, object]) -> bool:
     return config.get("_class_name") in DIT_CLASSES
 
 
@@ -47,7 +46,7 @@ def block_slots(num_layers: int) -> list[Slot]:
     return [block_slot(i, st) for i, st in enumerate(block_stages(num_layers))]
 
 
-def dit_layout(config: Mapping[str, Any]) -> tuple[Slot, ...]:
+def dit_layout(config: Mapping[str, object]) -> tuple[Slot, ...]:
     """Every slot of a DiT config in execution order (auxiliary blocks included). An ArchSpec's DiT config
     always states num_layers (`dit/source.py: to_arch_spec` writes it)."""
     n = config.get("num_layers")

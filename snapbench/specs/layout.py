@@ -128,7 +128,7 @@ def check_supported(config: Mapping[str, Any]) -> None:
         text_embeds_dim(config)  # refuses a text_time config whose widths do not add up
 
 
-def text_embeds_dim(config: Mapping[str, Any]) -> int | None:
+def text_embeds_dim(config: Mapping[str, object]) -> int | None:
     """The pooled text embedding's width of a text_time UNet (SDXL: 2816 - 6 x 256 = 1280); None otherwise.
 
     diffusers' config gives only the concatenation's width, so the time-id count is taken as SDXL base's 6.

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from snapbench.errors import SnapbenchError
 from snapbench.json_types import JSONObject
@@ -42,7 +43,7 @@ class Variant:
         return ", ".join(parts)
 
     def to_dict(self) -> JSONObject:
-        d: dict[str, Any] = {}
+        d: JSONObject = {}
         for name in ("separable", "kv_heads", "ff_mult"):
             if getattr(self, name) is not None:
                 d[name] = getattr(self, name)
@@ -51,14 +52,14 @@ class Variant:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], kind: str, where: str) -> Variant:
+    def from_dict(cls, data: Mapping[str, object], kind: str, where: str) -> Variant:
         """Parse the variant fields of an arch-spec entry; `kind` is the block's (RB or CA)."""
         allowed = cls.RB_FIELDS if kind == "RB" else cls.CA_FIELDS
         wrong = [k for k in cls.RB_FIELDS + cls.CA_FIELDS if k in data and k not in allowed]
         if wrong:
             raise SnapbenchError(f"{where}: {wrong[0]} applies to {'CA' if kind == 'RB' else 'RB'} blocks, not "
                                  f"{kind}; {kind} variants: {', '.join(allowed)}")
-        values: dict[str, Any] = {}
+        values: dict[str, int] = {}
         for name in ("separable", "kv_heads", "ff_mult"):
             if name in data:
                 v = data[name]
@@ -66,8 +67,7 @@ class Variant:
                 if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
                     raise SnapbenchError(f"{where}.{name}: must be a whole number from 1 to {top}, got {v!r}")
                 values[name] = v
-        if "self_attention" in data:
-            if not isinstance(data["self_attention"], bool):
-                raise SnapbenchError(f"{where}.self_attention: must be true or false")
-            values["self_attention"] = data["self_attention"]
-        return cls(**values)
+        self_attention = data.get("self_attention", True)
+        if not isinstance(self_attention, bool):
+            raise SnapbenchError(f"{where}.self_attention: must be true or false")
+        return cls(values.get("separable"), values.get("kv_heads"), values.get("ff_mult"), self_attention)

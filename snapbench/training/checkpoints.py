@@ -14,7 +14,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -22,6 +21,7 @@ from snapbench.atomic import atomic_path
 from snapbench.backbones import ElasticModel, backbone_for, resolve_model
 from snapbench.dit.elastic import ElasticDiT
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSON, JSONObject
 from snapbench.model.elastic_unet import ElasticUNet
 from snapbench.model.loading import ModelSource
 from snapbench.specs.arch_spec import ArchSpec
@@ -32,10 +32,10 @@ SCHEDULER_FILE = "scheduler/scheduler_config.json"
 
 # The toy trains on [-1, 1] pixels: a cosine schedule suits small images (Nichol & Dhariwal), and
 # clipping x0 to the data range keeps few-step DDIM samples in range.
-TOY_SCHEDULE: Mapping[str, Any] = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
+TOY_SCHEDULE: Mapping[str, JSON] = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
                                    "prediction_type": "epsilon", "clip_sample": True}
 # SD-1.x/2.x's training schedule (scaled linear betas), used when a folder has no scheduler config.
-SD_SCHEDULE: Mapping[str, Any] = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+SD_SCHEDULE: Mapping[str, JSON] = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                                   "beta_schedule": "scaled_linear", "prediction_type": "epsilon",
                                   "clip_sample": False}
 
@@ -48,7 +48,7 @@ Elastic = ElasticUNet | ElasticDiT
 class ModelBundle:
     model: Elastic
     encoder: PromptEncoder | None  # the toy's text encoder; None for SD (context comes from CLIP / data)
-    noise_schedule: dict[str, Any]  # a diffusers DDPMScheduler config
+    noise_schedule: JSONObject  # a diffusers DDPMScheduler config
     ref: str  # where it was loaded from
 
     @property
@@ -87,7 +87,7 @@ def _load_encoder(source: ModelSource, folder: Path | None, seed: int) -> Prompt
     return enc
 
 
-def _schedule(source: ModelSource, folder: Path | None) -> dict[str, Any]:
+def _schedule(source: ModelSource, folder: Path | None) -> JSONObject:
     places = []
     if folder is not None:
         places.append(folder / SCHEDULER_FILE)

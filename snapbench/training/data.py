@@ -16,13 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from snapbench.errors import SnapbenchError
 from snapbench.specs.arch_spec import ArchSpec
 from snapbench.training.toy_digits import DIGIT_PROMPTS, digit_images, is_toy, tokenize
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
 
 class TrainingData(Protocol):
@@ -95,7 +98,7 @@ def missing_files(folder: Path, files: tuple[str, ...]) -> list[str]:
     return out
 
 
-def pipeline_text_and_vae(pipeline: str | Path) -> tuple[Callable[[Sequence[str]], torch.Tensor], Any]:
+def pipeline_text_and_vae(pipeline: str | Path) -> tuple[Callable[[Sequence[str]], torch.Tensor], AutoencoderKL]:
     """A pipeline folder's prompt encoder (texts -> the text encoder's last hidden state, padded to the
     tokenizer's length) and its AutoencoderKL, both loaded from local files only."""
     from diffusers import AutoencoderKL

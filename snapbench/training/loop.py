@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 import torch
 from torch import nn
@@ -25,7 +25,9 @@ from snapbench.user_files import load_torch_state
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
+    from accelerate import Accelerator
 
+    from snapbench.progress_log import ProgressBar
     from snapbench.training.checkpoints import Elastic
 
 OPTIMIZER_FILE = "optimizer.pt"  # the optimizer's state, beside the checkpoint, for resuming
@@ -68,9 +70,29 @@ class TrainResult:
     processes: int = 1  # training processes (accelerate / DDP), each with batch_size / processes samples
     main_process: bool = True  # False in the other processes of a multi-process run
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> TrainResultDict:
         return {"out": str(self.out), "step": self.step, "resumed_from": self.resumed_from, "loss": self.loss,
                 "seconds": round(self.seconds, 1), "losses": self.losses, "processes": self.processes}
+
+
+class TrainResultDict(TypedDict):
+    """`TrainResult.to_dict()`: what `train --json` and `distill --json` print under "run"."""
+
+    out: str
+    step: int
+    resumed_from: int
+    loss: float | None
+    seconds: float
+    losses: list[tuple[int, float]]
+    processes: int
+
+
+class SavedRun(TypedDict, total=False):
+    """The fields of a run's state file (training's and distillation's) that say where it stopped."""
+
+    step: int
+    losses: list[list[float]]  # [step, mean loss] pairs, as JSON writes tuples
+    seconds: float
 
 
 @dataclass
@@ -83,7 +105,7 @@ class RunStart:
     seconds: float = 0.0
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> RunStart:
+    def from_state(cls, state: SavedRun) -> RunStart:
         return cls(int(state.get("step", 0)), [(int(s), float(v)) for s, v in state.get("losses", [])],
                    float(state.get("seconds", 0.0)))
 
@@ -128,10 +150,11 @@ def check_resumable(before: DataclassInstance, config: DataclassInstance, out: P
                                  "another --out")
 
 
-def run_steps(accelerator: Any, trainable: nn.Module, opt: Any, lr_sched: Any, config: LoopConfig, out: Path, *,
+def run_steps(accelerator: Accelerator, trainable: nn.Module, opt: torch.optim.Optimizer,
+              lr_sched: torch.optim.lr_scheduler.LRScheduler, config: LoopConfig, out: Path, *,
               start: RunStart, train_data: TrainingData,
-              loss_of: Callable[[torch.Tensor, Any, torch.Generator], torch.Tensor],
-              save: Callable[[Any, int, list, float], None], log: StepLog) -> TrainResult:
+              loss_of: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor],
+              save: Callable[[nn.Module, int, list[tuple[int, float]], float], None], log: StepLog) -> TrainResult:
     """The optimizer loop: a batch per step drawn from the step's own generator, backward, clipped
     gradients, AdamW + warmup, the mean loss every `log.every` steps, and a checkpoint
     (`save(unwrapped module, step, losses, seconds so far)`) every `config.save_every` steps and at the end."""
@@ -167,12 +190,12 @@ def run_steps(accelerator: Any, trainable: nn.Module, opt: Any, lr_sched: Any, c
                        losses, processes=accelerator.num_processes, main_process=accelerator.is_main_process)
 
 
-def optimizer_with_warmup(trainable: nn.Module, config: LoopConfig, out: Path, start: int
+def optimizer_with_warmup(trainable: nn.Module, config: LoopConfig, out: Path | None, start: int
                           ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (its state restored from `out` when resuming at step `start`) and a linear warmup, then
-    constant; offset by `start` so a resumed run continues where it left off."""
+    """AdamW (its state restored from `out` when resuming at step `start`; `out` None: always fresh) and a
+    linear warmup, then constant; offset by `start` so a resumed run continues where it left off."""
     opt = torch.optim.AdamW(trainable.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    if start and (out / OPTIMIZER_FILE).is_file():
+    if start and out is not None and (out / OPTIMIZER_FILE).is_file():
         opt.load_state_dict(load_torch_state(out / OPTIMIZER_FILE, "optimizer state",
                                              "delete it to resume with a fresh optimizer, or use another --out"))
     warm = max(1, config.warmup_steps)
@@ -185,7 +208,7 @@ class StepBar:
 
     def __init__(self, enabled: bool, total: int, start: int, label: str = "train") -> None:
         self.enabled, self.total, self.start, self.label = enabled, total, start, label
-        self.progress: Any = None
+        self.progress: ProgressBar | None = None
 
     def __enter__(self) -> Callable[[int, float | None], None]:
         if not self.enabled:
@@ -208,6 +231,6 @@ class StepBar:
 
         return advance
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.stop()

@@ -9,14 +9,18 @@ same noise (common random numbers) makes quality differences far less noisy than
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from snapbench.json_types import JSON
 from snapbench.model.elastic_unet import Disabled, ElasticUNet, PerRow
 
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler
 
-def ddim_scheduler(noise_schedule: Mapping[str, Any]):
+
+def ddim_scheduler(noise_schedule: Mapping[str, JSON]) -> DDIMScheduler:
     """A fresh DDIM scheduler for a training noise schedule (DDPMScheduler config).
 
     'trailing' spacing starts at the last training timestep, which few-step sampling needs."""
@@ -25,7 +29,7 @@ def ddim_scheduler(noise_schedule: Mapping[str, Any]):
     return DDIMScheduler.from_config(dict(noise_schedule), timestep_spacing="trailing", set_alpha_to_one=False)
 
 
-def ddim_step(sched: Any, output: torch.Tensor, t: Any, x: torch.Tensor) -> torch.Tensor:
+def ddim_step(sched: DDIMScheduler, output: torch.Tensor, t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
     """One deterministic DDIM step. Where the schedule clips x0, eps is re-derived from the clipped x0
     (diffusers' use_clipped_model_output): with the raw eps, every CFG step whose x0 overshoots the clip
     range drifts off the data, and 32 guided steps collapsed where 8 did not (toy quality 0.10 vs 0.91
@@ -36,7 +40,7 @@ def ddim_step(sched: Any, output: torch.Tensor, t: Any, x: torch.Tensor) -> torc
 
 @torch.no_grad()
 def ddim_sample(model: ElasticUNet, context: torch.Tensor, uncond: torch.Tensor, noise: torch.Tensor, *,
-                noise_schedule: Mapping[str, Any], steps: int, guidance: float,
+                noise_schedule: Mapping[str, JSON], steps: int, guidance: float,
                 disabled: Disabled = ()) -> torch.Tensor:
     """Denoise `noise` [B, C, H, W] to x0 conditioned on `context` [B, L, D]; `uncond` is [1, L, D].
     `disabled` as ElasticUNet takes it (a PerRow has one set per row of `noise`)."""

@@ -22,7 +22,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Literal, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ from snapbench.calibration.fit import (
 )
 from snapbench.errors import SnapbenchError
 from snapbench.json_types import JSONObject
-from snapbench.profilers.estimate.cost_model import prepare
+from snapbench.profilers.estimate.cost_model import PreparedOps, prepare
 from snapbench.profilers.estimate.params import PARAMS_VERSION, AneParams, default_priors_path, load_params
 from snapbench.profilers.estimate.stored_weights import with_stored_weights
 from snapbench.validation.corpus import CorpusRow, load_corpus
@@ -49,6 +49,23 @@ REFERENCE_WEIGHT = 2.0
 THRESHOLDS = (10, 25, 50)
 
 
+class HeldOutFit(TypedDict):
+    """How one held-out group was fitted (cross-validation)."""
+
+    held_out: str
+    predicted_rows: int
+    fitted_points: int
+    fitted_parameters: int
+    own_floor_ms: dict[str, float]  # app harness -> its per-prediction floor from its own held-out rows
+
+
+class HeldOutInfo(HeldOutFit, total=False):
+    """`predict_held_out`'s account: the fit, and the held-out rows' estimates (taken out by `validate`)."""
+
+    own_floor_estimates: dict[str, float]  # with each harness's own floor
+    engine_estimates: dict[str, float]  # the engine alone
+
+
 @dataclass
 class Validation:
     """One validation run: a row per priced corpus row, the skipped rows with reasons, and how it was fitted."""
@@ -57,7 +74,7 @@ class Validation:
     skipped: pd.DataFrame
     cross: str | None
     params_version: int
-    fits: list[dict[str, Any]] = field(default_factory=list)  # per held-out group: rows, params, points
+    fits: list[HeldOutFit] = field(default_factory=list)  # per held-out group: rows, params, points
 
     def scored(self) -> pd.DataFrame:
         """Rows the goal figures count: priced and not graded low."""
@@ -76,7 +93,8 @@ class Validation:
 
     def ranks(self) -> pd.DataFrame:
         """Per source: Kendall's tau between estimated and published latency, and the share of its pairs of
-        rows (different published figures) the estimates order the same way; what evolution relies on."""
+        rows (different published figures) the estimates order the same way, with and without the pairs
+        within the source's stated step (`rank_summary`); what evolution relies on."""
         return rank_summary(self.scored())
 
     def to_dict(self) -> JSONObject:
@@ -102,9 +120,9 @@ class Validation:
 def summarise(df: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
     """n, median |error| % and the share of rows within each threshold, overall or per `by`."""
 
-    def stats(g: pd.DataFrame) -> dict[str, Any]:
+    def stats(g: pd.DataFrame) -> dict[str, int | float]:
         err = g["error_pct"].abs()
-        out: dict[str, Any] = {"n": int(len(g)), "median_abs_error_pct": float(err.median()) if len(g) else math.nan}
+        out: dict[str, int | float] = {"n": int(len(g)), "median_abs_error_pct": float(err.median()) if len(g) else math.nan}
         for t in THRESHOLDS:
             out[f"within_{t}_pct"] = float(100.0 * (err <= t).mean()) if len(g) else math.nan
         return out
@@ -116,23 +134,36 @@ def summarise(df: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
 
 def rank_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Kendall's tau (tau-b) and the share of same-source pairs ordered right (pairs whose published figures
-    differ; a tie in the estimates counts half), per source with at least 2 rows."""
+    differ; a tie in the estimates counts half), per source with at least 2 rows.
+
+    Also the same share over the pairs that differ by more than the source's stated step (`resolution_ms`,
+    where the source states one): two figures one printed step apart or less have no order the source can
+    vouch for (0.3 and 0.4 ms from a 0.1 ms timer may be 0.349 and 0.351), so they are counted as ties
+    (`tied_pairs`) and left out of `pairs_ordered_right_untied_pct`. Sources stating no step keep every pair:
+    the two shares are equal there."""
     from scipy.stats import kendalltau
 
     out = []
     for source, g in df.groupby("source", sort=True):
         pub, est = g["published_ms"].to_numpy(), g["estimated_ms"].to_numpy()
+        step = g["resolution_ms"].fillna(0.0).to_numpy() if "resolution_ms" in g else np.zeros(len(g))
         if len(g) < 2:
             continue
         i, j = np.triu_indices(len(g), 1)
         dp, de = np.sign(pub[i] - pub[j]), np.sign(est[i] - est[j])
         keep = dp != 0
-        right = float(np.sum((dp == de)[keep]) + 0.5 * np.sum((de == 0)[keep]))
+        score = (dp == de) + 0.5 * (de == 0)  # right 1, a tie in the estimates 1/2, wrong 0
+        # one step apart or less (a small tolerance: 0.4 - 0.3 is not exactly 0.1 in binary)
+        untied = keep & (np.abs(pub[i] - pub[j]) > np.maximum(step[i], step[j]) * (1 + 1e-6))
         tau = kendalltau(est, pub).statistic if keep.any() else math.nan
         out.append({"source": source, "n": int(len(g)), "pairs": int(keep.sum()),
                     "kendall_tau": float(tau) if tau == tau else math.nan,
-                    "pairs_ordered_right_pct": 100.0 * right / keep.sum() if keep.any() else math.nan})
-    return pd.DataFrame(out, columns=["source", "n", "pairs", "kendall_tau", "pairs_ordered_right_pct"])
+                    "pairs_ordered_right_pct": 100.0 * score[keep].sum() / keep.sum() if keep.any() else math.nan,
+                    "tied_pairs": int(keep.sum() - untied.sum()),
+                    "pairs_ordered_right_untied_pct": (100.0 * score[untied].sum() / untied.sum()
+                                                       if untied.any() else math.nan)})
+    return pd.DataFrame(out, columns=["source", "n", "pairs", "kendall_tau", "pairs_ordered_right_pct",
+                                      "tied_pairs", "pairs_ordered_right_untied_pct"])
 
 
 def corpus_points(rows: Sequence[CorpusRow], *, convert: bool = False,
@@ -146,7 +177,7 @@ def corpus_points(rows: Sequence[CorpusRow], *, convert: bool = False,
             skipped[r.row] = r.skip or "no network to rebuild"
     records, missing = records_by_network(rows, convert=convert, on_network=on_network)
     n_source = Counter(r.source for r in rows if r.fitted)
-    prepared: dict[tuple[str, str, str], Any] = {}
+    prepared: dict[tuple[str, str, str], PreparedOps] = {}
     points: dict[str, CalibrationPoint] = {}
     for r in rows:
         if r.row in skipped:
@@ -221,7 +252,7 @@ def validate(rows: Sequence[CorpusRow] | None = None, *, cross: Cross | None = N
     floor: dict[str, float] = {}
     unseen: dict[str, float] = {}
     group_of: dict[str, str] = {}
-    fits: list[dict[str, Any]] = []
+    fits: list[HeldOutFit] = []
     if cross is None:
         p = params or load_params()
         # in-sample, each fitted harness's floor is its own; a harness the fit did not use (rows graded low)
@@ -255,7 +286,7 @@ def validate(rows: Sequence[CorpusRow] | None = None, *, cross: Cross | None = N
 
 def predict_held_out(points: dict[str, CalibrationPoint], by_id: dict[str, CorpusRow], cross: Cross, group: str,
                      fits: dict[tuple[str, ...], AneParams] | None = None,
-                     ) -> tuple[dict[str, float], dict[str, Any]]:
+                     ) -> tuple[dict[str, float], HeldOutInfo]:
     """Fit from the priors on every point outside `group` (plus the reference points, less those on the
     held-out chip), then estimate the rows inside it. Returns the estimates with the median harness's
     floor (an app nobody timed) and what the fit used.
@@ -278,10 +309,10 @@ def predict_held_out(points: dict[str, CalibrationPoint], by_id: dict[str, Corpu
     # a harness's floor from its scored rows; a source graded low throughout (shown, never scored) from all
     floors = own_floors(scored, fitted)
     floors.update({h: f for h, f in own_floors([points[k] for k in held], fitted).items() if h not in floors})
-    info = {"held_out": group, "predicted_rows": len(held), "fitted_points": len(train),
-            "fitted_parameters": len(fit_knobs(train)), "own_floor_ms": floors,
-            "own_floor_estimates": {k: point_ms(points[k], _with_floors(fitted, floors)) for k in held},
-            "engine_estimates": {k: point_ms(replace(points[k], calls=0), fitted) for k in held}}
+    info = HeldOutInfo(held_out=group, predicted_rows=len(held), fitted_points=len(train),
+                       fitted_parameters=len(fit_knobs(train)), own_floor_ms=floors,
+                       own_floor_estimates={k: point_ms(points[k], _with_floors(fitted, floors)) for k in held},
+                       engine_estimates={k: point_ms(replace(points[k], calls=0), fitted) for k in held})
     return {k: point_ms(points[k], fitted) for k in held}, info
 
 

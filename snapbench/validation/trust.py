@@ -14,11 +14,64 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
 from snapbench.atomic import atomic_write_text
+from snapbench.json_types import JSONObject
+
+if TYPE_CHECKING:
+    from snapbench.validation.run import HeldOutFit
+
+Summary = dict[str, "str | int | float"]  # a summary row: the group, n, median |error| %, within_N_pct ...
+
+
+class TrustRow(TypedDict):
+    """A corpus row: its published figure against the out-of-sample estimate."""
+
+    row: str
+    source: str
+    family: str
+    network: str
+    device: str
+    chip: str
+    weights: str
+    trust: str
+    harness: str
+    published_ms: float
+    resolution_ms: float
+    engine_ms: float
+    app_floor_ms: float
+    estimated_ms: float
+    error_pct: float
+
+
+class TrustDoc(TypedDict):
+    """cross_source.json, and `stale` (its inputs changed since it was written), added when read."""
+
+    key: str
+    cross: str
+    params_version: int
+    what: str
+    overall: Summary
+    by_chip: list[Summary]
+    by_source: list[Summary]
+    ranks: list[Summary]
+    fits: list[HeldOutFit]
+    unseen_app: JSONObject | None
+    rows: list[TrustRow]
+    stale: bool
+
+
+class ErrorBand(TypedDict):
+    """Estimated / published between `low` and `high` for 80% of the scored rows of `scope`."""
+
+    scope: str  # the chip, or "all chips"
+    n: int
+    low: float
+    high: float
+    median_abs_error_pct: float | None
 
 FILE = "cross_source.json"
 
@@ -59,27 +112,27 @@ def write_trust(path: Path | None = None) -> Path:
     return out
 
 
-def load_trust() -> dict[str, Any] | None:
+def load_trust() -> TrustDoc | None:
     p = trust_path()
     if not p.is_file():
         return None
-    doc = json.loads(p.read_text())
+    doc: TrustDoc = json.loads(p.read_text())
     doc["stale"] = doc.get("key") != inputs_key()
     return doc
 
 
-def error_band(doc: dict[str, Any], chip: str | None) -> dict[str, Any]:
+def error_band(doc: TrustDoc, chip: str | None) -> ErrorBand:
     """The 10th-90th percentile of estimated/published over scored rows of `chip` (all chips when it has
     fewer than 5 rows): an estimate E brackets the published figure as E/high .. E/low 80% of the time."""
     rows = [r for r in doc["rows"] if r["trust"] != "low"]
     scoped = [r for r in rows if r["chip"] == chip]
-    scope = chip if len(scoped) >= 5 else "all chips"
+    scope = chip if chip is not None and len(scoped) >= 5 else "all chips"
     use = scoped if len(scoped) >= 5 else rows
     ratio = np.array([1.0 + r["error_pct"] / 100.0 for r in use])  # estimated over the reading judged against
     err = np.abs(np.array([r["error_pct"] for r in use]))
     lo, hi = np.percentile(ratio, [10, 90]) if len(ratio) else (1.0, 1.0)
-    return {"scope": scope, "n": len(use), "low": float(lo), "high": float(hi),
-            "median_abs_error_pct": float(np.median(err)) if len(err) else None}
+    return ErrorBand(scope=scope, n=len(use), low=float(lo), high=float(hi),
+                     median_abs_error_pct=float(np.median(err)) if len(err) else None)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -34,7 +34,7 @@ class Network:
     title: str
 
 
-def _library(name: str, pip_name: str) -> Any:
+def _library(name: str, pip_name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError:
@@ -58,7 +58,7 @@ def _need_shape(spec: ModelSpec, shape: Shape | None, default: Shape | None) -> 
 class _FirstTensor(nn.Module):
     """Calls `fn(x)` and returns the first tensor of what comes back (HF outputs, tuples)."""
 
-    def __init__(self, owner: nn.Module, fn: Callable[[torch.Tensor], Any]):
+    def __init__(self, owner: nn.Module, fn: Callable[[torch.Tensor], object]):
         super().__init__()
         self.owner = owner
         self.fn = fn
@@ -66,7 +66,12 @@ class _FirstTensor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.fn(x)
         while not isinstance(out, torch.Tensor):
-            out = out[0] if isinstance(out, (tuple, list)) else next(v for v in out.values() if v is not None)
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            elif isinstance(out, Mapping):  # transformers' ModelOutput
+                out = next(v for v in out.values() if v is not None)
+            else:
+                raise TypeError(f"{type(out).__name__}: no tensor in the network's output")
         return out
 
 

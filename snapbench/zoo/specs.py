@@ -14,9 +14,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSONObject
 
 KINDS = ("timm", "torchvision", "open_clip", "hf", "synthetic")
 PACKAGE_SUFFIXES = (".mlpackage", ".mlmodel")
@@ -30,7 +30,7 @@ class ModelSpec:
     kind: str  # one of KINDS, or "package"
     name: str  # the library's name (timm/torchvision/open_clip/hf config class) or a package path
     tower: str = ""  # open_clip only: text | image
-    options: dict[str, Any] = field(default_factory=dict)
+    options: JSONObject = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -72,7 +72,7 @@ def parse_model_spec(text: str) -> ModelSpec:
         name, _, tower = name.rpartition(":")
         if tower not in ("text", "image") or not name:
             raise SnapbenchError(f"model {t!r}: write open_clip:NAME:text or open_clip:NAME:image")
-    options: dict[str, Any] = {}
+    options: JSONObject = {}
     if options_text:
         try:
             options = json.loads(options_text)

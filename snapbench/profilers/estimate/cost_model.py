@@ -8,8 +8,9 @@ DRAM bytes are the weights (at their stored width; a gather reads only the rows 
 activation too large for the on-chip working set: read by its consumer (softmax, norms and reductions
 read such an input `reduction_passes` times, since the whole row cannot stay on chip) and written by its
 producer. Smaller activations stay on chip between ops, and so do the centred tensor and its square inside
-a normalisation the converter spelt out in elementwise ops (`_norm_internals`). Each tensor's last axis is
-padded to `pad_bytes` (64 B), so a (.., 77) fp16 row costs 192 B, not 154.
+a normalisation the converter spelt out in elementwise ops (`_norm_internals`); the program's own inputs and
+outputs cross DRAM whatever their size, and the CPU copies them in and out (`io_copy_s`, v10). Each
+tensor's last axis is padded to `pad_bytes` (64 B), so a (.., 77) fp16 row costs 192 B, not 154.
 
 Ops the engine does not run (gather, dilated conv, large pooling windows, upsampling beyond 2x, int32 or
 fp32 tensors, dynamic shapes, slice_update, a tensor above `max_tensor_mb`) run on the CPU at
@@ -24,16 +25,23 @@ difference emerges from the ops.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeAlias
 
 import numpy as np
 
 from snapbench.devices.catalog import Device
 from snapbench.json_types import JSONObject
+from snapbench.profilers.coreml_types import MLModel
 from snapbench.profilers.estimate.params import CHIP_GENERATIONS, OP_CLASSES, AneParams, load_params
 from snapbench.profilers.estimate.program_ops import OpRecord, dtype_bits
+
+# A device fact of one (program, device) pair (a float), or of many stacked pairs: one per op (an array)
+PerOp: TypeAlias = "float | np.ndarray"
+# A count per (program, device) pair: an int, or an array of one per pair when stacked
+PerPair: TypeAlias = "int | np.ndarray"
 
 _CLASS_OF: dict[str, str] = {}
 for _cls, _ops in {
@@ -78,8 +86,8 @@ def op_class(op_type: str) -> str:
 def record_class(r: OpRecord) -> str:
     """The op class of a record: a conv with one input channel per group is depthwise (a vector-like op)."""
     c = op_class(r.type)
-    if c == "conv" and r.type == "conv" and int(r.attrs.get("groups") or 1) > 1 and r.in_shapes \
-            and len(r.in_shapes[0]) >= 2 and int(r.attrs.get("groups") or 1) == int(r.in_shapes[0][1]):
+    if c == "conv" and r.type == "conv" and r.int_attr("groups") > 1 and r.in_shapes \
+            and len(r.in_shapes[0]) >= 2 and r.int_attr("groups") == int(r.in_shapes[0][1]):
         return "depthwise"
     return c
 
@@ -104,7 +112,7 @@ def _mac_shape(r: OpRecord, cls: str) -> tuple[float, float]:
     if cls in ("conv", "depthwise"):
         rows = float(out[0] * math.prod(out[2:])) if len(out) >= 3 else float(out[0])
         cout = out[1] if len(out) >= 2 else 1
-        groups = int(r.attrs.get("groups") or 1)
+        groups = r.int_attr("groups")
         cin = (r.in_shapes[0][1] / groups) if r.in_shapes and len(r.in_shapes[0]) >= 2 else 1
         return (_fill(cout) if cls == "depthwise" else _fill(cout) * _fill(cin)), rows
     rows = float(math.prod(out[:-1])) if len(out) >= 2 else 1.0
@@ -202,6 +210,9 @@ class PreparedOps:
     int8: np.ndarray          # bool: int8 activations (W8A8)
     epilogue: np.ndarray      # bool: an elementwise op fused into the op producing its input
     tables: np.ndarray        # palette tables the op's weights carry (one per tensor or per channel group)
+    in_program: np.ndarray    # bool per input tensor: a program input (no op produces it)
+    out_program: np.ndarray   # bool per output tensor: a program output (no op consumes it)
+    io_bytes_copied: float    # the program's inputs and outputs (padded bytes, each tensor once)
 
 
 def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps:
@@ -222,9 +233,10 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
     fill = np.ones(n)
     rows = np.zeros(n)
     int8 = np.zeros(n, dtype=bool)
-    tables = np.array([float(r.attrs.get("palette_tables") or 0) for r in records])
+    tables = np.array([r.float_attr("palette_tables") for r in records])
     in_op, in_b, out_op, out_b = [], [], [], []
     in_fused, out_fused = _fusion(records)
+    in_program, out_program, io_copied = _program_io(records, pad_bytes)
     for i, r in enumerate(records):
         c = record_class(r)
         cls[i] = OP_CLASSES.index(c)
@@ -256,7 +268,7 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
         score[i] = 2.0 * r.score_elems
         max_tensor[i] = max(max_tensor[i], score[i])
         if r.type in _POOLS:
-            pool[i] = max(r.attrs.get("kernel_sizes") or [1])
+            pool[i] = max(r.ints_attr("kernel_sizes"))
         if r.type in _UPSAMPLES and r.in_shapes and r.out_shapes and len(r.in_shapes[0]) >= 2:
             a, b = r.in_shapes[0], r.out_shapes[0]
             ups[i] = max(b[-1] / max(a[-1], 1), b[-2] / max(a[-2], 1))
@@ -269,8 +281,32 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
         out_bytes=np.asarray(out_b), out_fused=np.asarray(out_fused, dtype=bool), io_bytes=io,
         score_bytes=score, pool_kernel=pool, upsample=ups, fill=fill, rows=rows, int8=int8,
         epilogue=np.bincount(np.asarray(in_op, dtype=np.int64), np.asarray(in_fused, dtype=float), minlength=n) > 0,
-        tables=tables,
+        tables=tables, in_program=np.asarray(in_program, dtype=bool), out_program=np.asarray(out_program, dtype=bool),
+        io_bytes_copied=io_copied,
     )
+
+
+def _program_io(records: Sequence[OpRecord], pad_bytes: float) -> tuple[list[bool], list[bool], float]:
+    """Which tensors are the program's inputs (read by an op, produced by none) and outputs (produced by an
+    op, read by none), flags parallel to `prepare`'s flattened input and output tensors, and their padded
+    bytes, each tensor counted once (one input read by two ops is copied in once)."""
+    produced = {n for r in records for n in r.out_names if n}
+    consumed = {n for r in records for n in r.in_names if n}
+    seen: dict[str, float] = {}
+    in_p: list[bool] = []
+    out_p: list[bool] = []
+    for r in records:
+        for n, shape, dt in zip(_pad_names(r.in_names, len(r.in_shapes)), r.in_shapes, r.in_dtypes):
+            is_io = bool(n) and n not in produced
+            in_p.append(is_io)
+            if is_io:
+                seen[n] = _padded_bytes(shape, dt, pad_bytes)[1]
+        for n, shape, dt in zip(_pad_names(r.out_names, len(r.out_shapes)), r.out_shapes, r.out_dtypes):
+            is_io = bool(n) and n not in consumed
+            out_p.append(is_io)
+            if is_io:
+                seen[n] = _padded_bytes(shape, dt, pad_bytes)[1]
+    return in_p, out_p, float(sum(seen.values()))
 
 
 _FUSABLE = frozenset({"elementwise", "activation"})
@@ -355,7 +391,7 @@ def _static_reason(r: OpRecord) -> str:
         return f"{_NEVER_ON_ENGINE[r.type]} is not an engine op"
     if any(d < 0 for s in (*r.in_shapes, *r.out_shapes) for d in s):
         return "dynamic shape"
-    if r.type in ("conv", "conv_transpose") and any(int(d) > 1 for d in (r.attrs.get("dilations") or [1])):
+    if r.type in ("conv", "conv_transpose") and any(d > 1 for d in r.ints_attr("dilations")):
         return "dilated convolution"
     if r.type not in _EXEMPT_DTYPE:
         dts = set(r.in_dtypes) | set(r.out_dtypes)
@@ -391,9 +427,9 @@ class _Times:
     on_cpu: np.ndarray
     reason: tuple[str, ...]
     dram: np.ndarray
-    segments: int
-    cpu_segments: int
-    overhead_ms: float
+    segments: PerPair
+    cpu_segments: PerPair
+    overhead_ms: PerPair | float
 
 
 @dataclass(frozen=True)
@@ -413,19 +449,20 @@ class Terms:
     dram: np.ndarray        # engine DRAM bytes
     tables: np.ndarray      # palette tables fetched (each a dependent DRAM access: latency, not bandwidth)
     int8: np.ndarray        # int8 compute
-    int8_path: Any          # the chip has an int8 engine path (per op when stacked)
+    int8_path: PerOp        # the chip has an int8 engine path (per op when stacked)
     epilogue: np.ndarray
     on_cpu: np.ndarray
     view: np.ndarray
     cpu_flops: np.ndarray
     cpu_bytes: np.ndarray
     copy_bytes: np.ndarray
-    peak: Any               # catalog fp16 FLOP/s (per op when stacked)
-    bandwidth: Any          # catalog SoC B/s (per op when stacked): the CPU side's
-    engine_bandwidth: Any   # the engine's measured B/s where the catalog has one, else 0 (per op when stacked)
-    chip: Any               # index into CHIP_GENERATIONS, len(...) when it has no factor (per op when stacked)
-    segments: Any           # engine segments (per pair when stacked)
-    cpu_segments: Any
+    io_copy_s: PerOp        # the program's inputs and outputs copied by the CPU at the SoC's full bandwidth, s (per pair)
+    peak: PerOp             # catalog fp16 FLOP/s (per op when stacked)
+    bandwidth: PerOp        # catalog SoC B/s (per op when stacked): the CPU side's
+    engine_bandwidth: PerOp # the engine's measured B/s where the catalog has one, else 0 (per op when stacked)
+    chip: PerPair           # index into CHIP_GENERATIONS, len(...) when it has no factor (per op when stacked)
+    segments: PerPair       # engine segments (per pair when stacked)
+    cpu_segments: PerPair
     reason: tuple[str, ...]
 
 
@@ -447,8 +484,10 @@ def terms(prep: PreparedOps, dev: Device, p: AneParams) -> Terms:
     # DRAM traffic of engine ops: weights + non-resident activations
     reducing = np.isin(prep.cls, [OP_CLASSES.index(c) for c in _MULTI_PASS])
     passes = np.where(reducing, p.reduction_passes, 1.0)
-    spill_in = np.where((prep.in_bytes > ws) & ~prep.in_fused, prep.in_bytes, 0.0)
-    spill_out = np.where((prep.out_bytes > ws) & ~prep.out_fused, prep.out_bytes, 0.0)
+    # v10: a program's inputs and outputs live in DRAM whatever their size (the app hands them over and takes
+    # them back); an intermediate under the working set stays on chip
+    spill_in = np.where(((prep.in_bytes > ws) | prep.in_program) & ~prep.in_fused, prep.in_bytes, 0.0)
+    spill_out = np.where(((prep.out_bytes > ws) | prep.out_program) & ~prep.out_fused, prep.out_bytes, 0.0)
     act = np.bincount(prep.in_op, spill_in, minlength=n) * passes + np.bincount(prep.out_op, spill_out, minlength=n)
     # a fused attention op writes its score map, reads it for the softmax (passes) and for the second matmul
     act += np.where(prep.score_bytes > ws, prep.score_bytes * (2.0 + p.reduction_passes), 0.0)
@@ -469,6 +508,7 @@ def terms(prep: PreparedOps, dev: Device, p: AneParams) -> Terms:
                  int8=prep.int8, int8_path=float(marketed_is_int8(dev.chip)), epilogue=prep.epilogue,
                  on_cpu=on_cpu, view=prep.view,
                  cpu_flops=prep.flops, cpu_bytes=prep.io_bytes + prep.weight_bytes, copy_bytes=prep.io_bytes,
+                 io_copy_s=prep.io_bytes_copied / (dev.mem_bandwidth_gbps_est * 1e9),
                  peak=dev.ane_fp16_tflops * 1e12, bandwidth=dev.mem_bandwidth_gbps_est * 1e9,
                  engine_bandwidth=(dev.ane_bandwidth_gbps or 0.0) * 1e9,
                  chip=chip_index(dev.chip), segments=segments, cpu_segments=cpu_segments, reason=reason)
@@ -492,6 +532,7 @@ def stack_terms(parts: Sequence[Terms]) -> tuple[Terms, np.ndarray]:
         epilogue=cat([t.epilogue for t in parts]), on_cpu=cat([t.on_cpu for t in parts]),
         view=cat([t.view for t in parts]), cpu_flops=cat([t.cpu_flops for t in parts]),
         cpu_bytes=cat([t.cpu_bytes for t in parts]), copy_bytes=cat([t.copy_bytes for t in parts]),
+        io_copy_s=np.array([t.io_copy_s for t in parts], dtype=float),
         peak=per_op("peak"), bandwidth=per_op("bandwidth"), engine_bandwidth=per_op("engine_bandwidth"),
         chip=per_op("chip").astype(np.int64),
         segments=np.array([t.segments for t in parts], dtype=float),
@@ -525,7 +566,10 @@ def evaluate(t: Terms, p: AneParams) -> _Times:
               + t.copy_bytes / (bw * p.copy_bandwidth_fraction)) * 1e3
     op_ms = np.where(t.on_cpu, cpu_ms, engine_ms)
     op_ms = np.where(t.view, 0.0, op_ms)
-    overhead = t.segments * p.dispatch_ms + t.cpu_segments * p.cpu_sync_ms
+    # v10: Core ML copies a prediction's inputs into the engine's buffers and its outputs out of them on the
+    # CPU, at the rate the CPU fallback's copies run (no new parameter)
+    io_copy_ms = t.io_copy_s / (p.bandwidth_efficiency * p.copy_bandwidth_fraction) * 1e3
+    overhead = t.segments * p.dispatch_ms + t.cpu_segments * p.cpu_sync_ms + io_copy_ms
     return _Times(op_ms, np.where(t.on_cpu, 0.0, compute_ms), np.where(t.on_cpu, 0.0, memory_ms), t.on_cpu,
                   t.reason, np.where(t.on_cpu | t.view, 0.0, t.dram), t.segments, t.cpu_segments, overhead)
 
@@ -561,7 +605,7 @@ def _summarise(prep: PreparedOps, dev: Device, p: AneParams, t: _Times) -> Estim
         memory_bound_ms=float(t.op_ms[on_engine & ~compute_bound].sum()),
         by_op_type=dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
         by_op_class=dict(sorted(by_class.items(), key=lambda kv: -kv[1])),
-        cpu_ops=cpu_ops, n_ops=int((~prep.view).sum()), n_engine_segments=t.segments,
+        cpu_ops=cpu_ops, n_ops=int((~prep.view).sum()), n_engine_segments=int(t.segments),
         flops=float(prep.flops.sum()), dram_bytes=float(t.dram.sum()), params_version=p.version,
     )
 
@@ -571,7 +615,7 @@ def _summarise(prep: PreparedOps, dev: Device, p: AneParams, t: _Times) -> Estim
 # --------------------------------------------------------------------------------------------------------
 
 
-def estimate_package(path_or_mlmodel: Any, device: Device, *, params: AneParams | None = None) -> Estimate:
+def estimate_package(path_or_mlmodel: str | os.PathLike[str] | MLModel, device: Device, *, params: AneParams | None = None) -> Estimate:
     """Estimate an `.mlpackage` (op records cached next to it) or an in-memory `ct.models.MLModel`."""
     from snapbench.profilers.estimate.program_ops import read_op_records
 

@@ -19,13 +19,15 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypedDict, TypeVar
 
 from snapbench.atomic import atomic_write_text
 from snapbench.errors import SnapbenchError
+from snapbench.json_types import JSON, JSONObject
+from snapbench.profilers.coreml_types import MLModel
 
 T = TypeVar("T")
 
@@ -55,6 +57,25 @@ _VIEW_OPS = frozenset({"reshape", "squeeze", "expand_dims", "identity"})
 _FREE_OPS = frozenset({"const", "read_state", "write_state", "coreml_update_state"})
 
 
+class OpRecordDoc(TypedDict):
+    """An `OpRecord` as the records caches hold it (`OpRecord.to_json`); shapes are lists in JSON."""
+
+    type: str
+    name: str
+    in_shapes: list[list[int]]
+    in_dtypes: list[str]
+    out_shapes: list[list[int]]
+    out_dtypes: list[str]
+    flops: float
+    weight_bytes: float
+    weight_elems: int
+    weight_bits: float
+    score_elems: int
+    attrs: JSONObject
+    in_names: list[str]
+    out_names: list[str]
+
+
 @dataclass(frozen=True)
 class OpRecord:
     """One MIL operation, priced later by the cost model.
@@ -75,18 +96,35 @@ class OpRecord:
     weight_elems: int = 0
     weight_bits: float = 0.0
     score_elems: int = 0
-    attrs: dict[str, Any] = field(default_factory=dict)
+    attrs: JSONObject = field(default_factory=dict)  # small parameters: groups, kernel_sizes, perm, view ...
     in_names: tuple[str, ...] = ()  # activation var names, parallel to in_shapes (for fusion analysis)
     out_names: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["in_shapes"] = [list(s) for s in self.in_shapes]
-        d["out_shapes"] = [list(s) for s in self.out_shapes]
-        return d
+    def to_json(self) -> OpRecordDoc:
+        return OpRecordDoc(type=self.type, name=self.name, in_shapes=[list(s) for s in self.in_shapes],
+                           in_dtypes=list(self.in_dtypes), out_shapes=[list(s) for s in self.out_shapes],
+                           out_dtypes=list(self.out_dtypes), flops=self.flops, weight_bytes=self.weight_bytes,
+                           weight_elems=self.weight_elems, weight_bits=self.weight_bits,
+                           score_elems=self.score_elems, attrs=dict(self.attrs), in_names=list(self.in_names),
+                           out_names=list(self.out_names))
+
+    def int_attr(self, key: str, default: int = 1) -> int:
+        """An integer parameter (`groups`); `default` when absent or 0."""
+        v = self.attrs.get(key)
+        return int(v) if isinstance(v, (int, float)) and v else default
+
+    def float_attr(self, key: str) -> float:
+        """A numeric parameter (`palette_tables`); 0 when absent."""
+        v = self.attrs.get(key)
+        return float(v) if isinstance(v, (int, float)) and v else 0.0
+
+    def ints_attr(self, key: str, default: int = 1) -> list[int]:
+        """A list-of-integers parameter (`kernel_sizes`, `dilations`); `[default]` when absent or empty."""
+        v = self.attrs.get(key)
+        return [int(x) for x in v if isinstance(x, (int, float))] if isinstance(v, list) and v else [default]
 
     @staticmethod
-    def from_json(d: dict[str, Any]) -> OpRecord:
+    def from_json(d: OpRecordDoc) -> OpRecord:
         return OpRecord(
             type=d["type"], name=d["name"],
             in_shapes=tuple(tuple(s) for s in d["in_shapes"]), in_dtypes=tuple(d["in_dtypes"]),
@@ -114,7 +152,7 @@ def dtype_bits(dtype: str) -> int:
 class _Var:
     shape: tuple[int, ...]  # -1 for a dimension that is not static
     dtype: str
-    value: Any = None  # small immediate const values (bools, ints, strings) that ops read as parameters
+    value: JSON = None  # small immediate const values (bools, ints, strings) that ops read as parameters
     stored_bytes: float = 0.0  # > 0 for weights: bytes as stored (packed width)
     is_weight: bool = False
 
@@ -141,7 +179,7 @@ def _nbytes(shape: tuple[int, ...], dtype: str) -> float:
     return _numel(shape) * dtype_bits(dtype) / 8.0 if dtype not in ("other", "string") else 0.0
 
 
-def _immediate(value) -> Any:
+def _immediate(value) -> JSON:
     """The Python value of a small immediate const (parameter consts like perm, transpose_x, equation)."""
     if value.WhichOneof("value") != "immediateValue":
         return None
@@ -212,7 +250,7 @@ def _visit(op, env: dict[str, _Var], records: list[OpRecord]) -> None:
             env[name] = _Var(shape, dtype, stored_bytes=stored / max(len(outs), 1), is_weight=True)
         return
 
-    params: dict[str, Any] = {}
+    params: JSONObject = {}
     acts: list[tuple[str, _Var]] = []
     act_names: list[str] = []
     operands: dict[str, list[tuple[int, ...]]] = {}  # every tensor operand's shape, weights included
@@ -324,7 +362,7 @@ def _einsum_macs(equation: object, shapes: list[tuple[int, ...]]) -> float:
 # --------------------------------------------------------------------------------------------------------
 
 
-def read_op_records(model_or_path) -> list[OpRecord]:
+def read_op_records(model_or_path: str | os.PathLike[str] | MLModel) -> list[OpRecord]:
     """Op records of a `ct.models.MLModel` or an `.mlpackage` path, cached next to a package on disk."""
     if isinstance(model_or_path, (str, os.PathLike)):
         return _records_for_package(Path(model_or_path))
@@ -373,7 +411,7 @@ def _records_for_package(path: Path) -> list[OpRecord]:
     return records
 
 
-def write_records_doc(path: Path, payload: dict[str, Any], *, key: str, source: str) -> None:
+def write_records_doc(path: Path, payload: Mapping[str, object], *, key: str, source: str) -> None:
     """A JSON cache of op records, stamped with what it was made from and the record format."""
     doc = {"key": key, "source": source, "records_version": RECORDS_VERSION, **payload}
     path.parent.mkdir(parents=True, exist_ok=True)

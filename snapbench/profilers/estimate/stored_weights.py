@@ -3,6 +3,7 @@
     records = with_stored_weights(records, "pal4")     # 4-bit palettized: a quarter of the weight bytes
     records = with_stored_weights(records, "pal4g8")   # the same, one palette per group of 8 output channels
     records = with_stored_weights(records, "w8a8")     # int8 weights and int8 activations
+    record = with_palettized_layer(record, 40_960, 4)   # one layer of a mixed-bit recipe at 4 bits
 
 The engine expands compressed weights on the fly, so compression changes what is read from DRAM, not the
 arithmetic; W8A8 also halves activation bytes and, on chips with an int8 path, speeds the MACs
@@ -41,6 +42,23 @@ def palette_tables(r: OpRecord, weights: str) -> int:
     return max(1, math.ceil(max(int(channels), 1) / max(group, 1)))
 
 
+def palette_bytes(elements: int, bits: int, tables: int = 1) -> float:
+    """Stored bytes of `elements` weights as a `bits`-bit palette: the packed indices and `tables` fp16
+    tables of 2^bits entries (16 bits: plain fp16)."""
+    return elements * 2.0 if bits == 16 else elements * bits / 8 + tables * 2 ** bits * 2
+
+
+def with_palettized_layer(r: OpRecord, elements: int, bits: int) -> OpRecord:
+    """The record with `elements` of its fp16 weights (one layer's weight tensor; its bias stays fp16, as
+    coremltools leaves tensors under 2,048 elements) stored as a `bits`-bit palette with one table, what a
+    mixed-bit recipe's package holds (`convert --recipe`). 16: the record as it is."""
+    if bits == 16:
+        return r
+    stored = r.weight_bytes - palette_bytes(elements, 16) + palette_bytes(elements, bits)
+    tables = int(r.float_attr("palette_tables")) + 1
+    return replace(r, weight_bytes=stored, attrs={**r.attrs, "palette_tables": tables})
+
+
 def _stored_bytes(r: OpRecord, weights: str) -> tuple[float, float]:
     """(bytes read, bits per weight) of one op's weights under `weights`."""
     n = r.weight_elems
@@ -49,8 +67,7 @@ def _stored_bytes(r: OpRecord, weights: str) -> tuple[float, float]:
     m = _PALETTE.fullmatch(weights)
     if m:
         bits = int(m.group(1))
-        # 2^bits fp16 entries per table beside the packed indices
-        return n * bits / 8 + palette_tables(r, weights) * 2 ** bits * 2, float(bits)
+        return palette_bytes(n, bits, palette_tables(r, weights)), float(bits)
     if weights in ("w8", "w8a8"):
         return float(n), 8.0
     m = re.fullmatch(r"sparse(\d\d)", weights)
