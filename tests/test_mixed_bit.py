@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from package_ops import lut_ops
 
 from snapbench.backbones import resolve_model
 from snapbench.cli import main
@@ -138,25 +139,6 @@ def test_recipe_with_weight_bits_is_refused(tmp_path, capsys):
     assert "leave --weight-bits at 16" in capsys.readouterr().err
 
 
-def _lut_ops(folder: Path) -> int:
-    """constexpr_lut_to_dense ops (palettized weights) over every package's program."""
-    import coremltools as ct
-
-    def ops(block):
-        for op in block.operations:
-            yield op
-            for inner in op.blocks:
-                yield from ops(inner)
-
-    count = 0
-    for pkg in folder.glob("*.mlpackage"):
-        spec = ct.models.MLModel(str(pkg), skip_model_load=True).get_spec()
-        for fn in spec.mlProgram.functions.values():
-            for block in fn.block_specializations.values():
-                count += sum(op.type == "constexpr_lut_to_dense" for op in ops(block))
-    return count
-
-
 @pytest.mark.slow
 def test_convert_with_a_recipe_palettizes_every_named_layer_once(recipes, tmp_path):
     recipe = recipes / "sdxl-tiny-3bit.json"
@@ -170,7 +152,7 @@ def test_convert_with_a_recipe_palettizes_every_named_layer_once(recipes, tmp_pa
         widths[str(bits)] = widths.get(str(bits), 0) + 1
     assert compression["weight_bits"] == "mixed" and compression["layers_by_bits"] == widths
     # one palette per layer below 16 bits, none for the rest: every recipe layer found its constant
-    assert _lut_ops(out) == sum(n for bits, n in widths.items() if bits != "16") > 0
+    assert lut_ops(*out.glob("*.mlpackage")) == sum(n for bits, n in widths.items() if bits != "16") > 0
     # the figure the recipe states is the estimator's for these packages (deploy mode: one per block); measured
     # 4.797 stated against 4.776 ms priced from the packages (0.4% apart, cause not traced)
     from snapbench.devices.catalog import resolve_device

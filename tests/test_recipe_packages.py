@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from package_ops import lut_ops
 
 from snapbench.backbones import backbone_for, resolve_model
 from snapbench.cli import main
@@ -29,25 +30,6 @@ def _recipe(tmp_path: Path, **change) -> Path:
     return path
 
 
-def _lut_ops(*packages: Path) -> int:
-    """constexpr_lut_to_dense ops (palettized weights) in the packages' programs."""
-    import coremltools as ct
-
-    def ops(block):
-        for op in block.operations:
-            yield op
-            for inner in op.blocks:
-                yield from ops(inner)
-
-    count = 0
-    for pkg in packages:
-        spec = ct.models.MLModel(str(pkg), skip_model_load=True).get_spec()
-        for fn in spec.mlProgram.functions.values():
-            for block in fn.block_specializations.values():
-                count += sum(op.type == "constexpr_lut_to_dense" for op in ops(block))
-    return count
-
-
 def _palettized(recipe: Path) -> int:
     return sum(1 for b in json.loads(recipe.read_text())["layers"].values() if b != 16)
 
@@ -59,7 +41,7 @@ def test_whole_unet_with_a_recipe_palettizes_every_named_layer_once(tmp_path):
     assert main(["convert", "--model", "sdxl-tiny", "--whole", "--recipe", str(recipe), *SHAPES, "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["compression"]["weight_bits"] == "mixed"
-    assert _lut_ops(out / "unet.mlpackage") == _palettized(recipe) > 0
+    assert lut_ops(out / "unet.mlpackage") == _palettized(recipe) > 0
 
 
 @pytest.mark.slow  # five packages
@@ -70,8 +52,8 @@ def test_pipeline_with_a_recipe_palettizes_the_unet_chunks_only(tmp_path, capsys
                  "--recipe", str(recipe), *SHAPES, "--out", str(out)]) == 0
     assert "TextEncoder, TextEncoder2, VAEDecoder: fp16" in " ".join(capsys.readouterr().err.split())  # (wrapped)
     # every recipe layer in one of the two chunks, once; the text encoders and the decoder are not palettized
-    assert _lut_ops(out / "UnetChunk1.mlpackage", out / "UnetChunk2.mlpackage") == _palettized(recipe) > 0
-    assert _lut_ops(*(out / f"{n}.mlpackage" for n in ("TextEncoder", "TextEncoder2", "VAEDecoder"))) == 0
+    assert lut_ops(out / "UnetChunk1.mlpackage", out / "UnetChunk2.mlpackage") == _palettized(recipe) > 0
+    assert lut_ops(*(out / f"{n}.mlpackage" for n in ("TextEncoder", "TextEncoder2", "VAEDecoder"))) == 0
 
 
 @pytest.mark.parametrize("kind", [["--whole"], ["--pipeline", "--chunks", "2"]])
