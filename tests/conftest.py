@@ -41,6 +41,23 @@ def tiny_checkpoint(tmp_path):
     return folder, unet
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files_in_the_session_folder(tmp_path_factory):
+    """Whatever the code under test (or a library, or a CLI child) puts in tempfile's folder lands in this
+    session's base folder, which pytest removes when the session passes (tmp_path_retention_policy)."""
+    import tempfile
+
+    folder = tmp_path_factory.mktemp("tempfile")
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = os.environ["TMPDIR"] = str(folder)
+    yield
+    tempfile.tempdir = saved[0]
+    if saved[1] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[1]
+
+
 # -- converted packages shared by the session ------------------------------------------------------------
 
 # The fixtures below make real conversions of more than one tiny package. Tests that ask for them (directly

@@ -104,3 +104,31 @@ def test_a_failed_conversion_leaves_its_report_to_snapbench(caplog):
     log.error("\n\nERROR - converting 'x' op (located at: 'y'):\n")  # not during a conversion: emitted
     shown = [r.getMessage() for r in caplog.records]
     assert "a coremltools warning that matters" in shown and any("converting 'x'" in m for m in shown)
+
+
+def test_a_conversion_leaves_no_temporary_package_behind(tmp_path, monkeypatch):
+    """coremltools deletes the temporary packages of ct.convert and of each compression only at interpreter
+    exit (atexit), so a long run kept every block's weights in /tmp twice and a killed one left them there.
+    convert_module makes them in the package's own `.partial` folder and removes it, also when it fails."""
+    import tempfile
+
+    import pytest
+
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    io = PackageIO((("x", (1, 4, 8, 8)),), (("y", (1, 4, 8, 8)),))
+    out = tmp_path / "out"
+    # 6-bit weights: a palettization step after ct.convert, each making a temporary package of its own
+    convert_module(nn.Conv2d(4, 4, 3, padding=1), io, ConvertOptions(weight_bits=6), out / "Conv.mlpackage",
+                   metadata={}, description="conv")
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            return torch.special.i0e(x)  # no coremltools torch op for this one
+
+    with pytest.raises(NotImplementedError):
+        convert_module(Broken(), io, ConvertOptions(), out / "Broken.mlpackage", metadata={}, description="x")
+    assert sorted(p.name for p in system_tmp.iterdir() if p.name.endswith(".mlpackage")) == []
+    assert sorted(p.name for p in out.iterdir()) == ["Conv.mlpackage"]
+    assert tempfile.tempdir == str(system_tmp)  # given back

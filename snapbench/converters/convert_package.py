@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,24 +100,41 @@ def stamp(mlmodel: MLModel, metadata: Mapping[str, object], description: str) ->
         mlmodel.user_defined_metadata[f"snapbench.{key}"] = "" if value is None else str(value)
 
 
-def save_checked(mlmodel: MLModel, dest: Path, io: PackageIO) -> PackageIO:
-    """Save under a temporary name, reload from disk and check the interface, then rename into place.
+@contextlib.contextmanager
+def package_scratch(dest: Path) -> Iterator[Path]:
+    """The `.NAME.PID.partial` folder beside `dest` where its package is made; removed when done.
 
-    A package at `dest` is therefore always complete and checked; a killed run leaves only a
-    `.NAME.PID.partial` folder, which the next run removes.
-    """
+    coremltools keeps every program it converts or compresses as a temporary package (and its weights) under
+    tempfile's folder, deleted only when the Python object is collected - which a killed run, or an object a
+    traceback keeps alive, never does: each left its full weights in /tmp (a full-size SDXL chunk is GBs).
+    tempfile points into this folder meanwhile, so those temporaries sit beside the output and go with it:
+    here, or in the next run's clean-up of a killed run's `.partial` folders (manifest._TEMP)."""
     dest = Path(dest)
     scratch = dest.parent / f".{dest.name}.{os.getpid()}.partial"
     remove_tree(scratch)
     scratch.mkdir(parents=True)
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(scratch)
     try:
-        staged = scratch / dest.name  # coremltools insists on the .mlpackage extension
+        yield scratch
+    finally:
+        tempfile.tempdir = saved
+        remove_tree(scratch)
+
+
+def save_checked(mlmodel: MLModel, dest: Path, io: PackageIO, scratch: Path | None = None) -> PackageIO:
+    """Save under a temporary name, reload from disk and check the interface, then rename into place.
+
+    A package at `dest` is therefore always complete and checked; a killed run leaves only a
+    `.NAME.PID.partial` folder, which the next run removes. `scratch`: the caller's `package_scratch`.
+    """
+    dest = Path(dest)
+    with contextlib.nullcontext(scratch) if scratch is not None else package_scratch(dest) as folder:
+        staged = folder / dest.name  # coremltools insists on the .mlpackage extension
         mlmodel.save(str(staged))
         found = check_reloaded(staged, io)
         remove_tree(dest)
         os.replace(staged, dest)
-    finally:
-        remove_tree(scratch)
     return found
 
 
@@ -130,32 +148,33 @@ def convert_module(module: torch.nn.Module, io: PackageIO, opts: ConvertOptions,
     side by side (fp16_folding.py); the module is unusable afterwards."""
     start = time.perf_counter()
     timings: dict[str, float] = {}
-    example = inputs if inputs is not None else example_inputs(io, seed=opts.seed)
-    traced = trace(module, example)
-    timings["trace"] = time.perf_counter() - start
-    del example
-    # the traced module is released too: whether it shares the module's tensors is torch's business
-    mlmodel = to_coreml(traced, io, opts, skip_passes, release=release_tensors(module, traced) if release else None)
-    del traced
-    if release:  # fp32 compute precision has no fp16 pass to release them in
-        release_tensors(module)()
-    timings["convert"] = time.perf_counter() - start - sum(timings.values())
-    with conversion_context():  # compression runs MIL pass pipelines too: keep their tqdm bars off
-        if opts.recipe:
-            from snapbench.converters.mixed_bit import compress_mixed
+    with package_scratch(Path(dest)) as scratch:
+        example = inputs if inputs is not None else example_inputs(io, seed=opts.seed)
+        traced = trace(module, example)
+        timings["trace"] = time.perf_counter() - start
+        del example
+        # the traced module is released too: whether it shares the module's tensors is torch's business
+        mlmodel = to_coreml(traced, io, opts, skip_passes, release=release_tensors(module, traced) if release else None)
+        del traced
+        if release:  # fp32 compute precision has no fp16 pass to release them in
+            release_tensors(module)()
+        timings["convert"] = time.perf_counter() - start - sum(timings.values())
+        with conversion_context():  # compression runs MIL pass pipelines too: keep their tqdm bars off
+            if opts.recipe:
+                from snapbench.converters.mixed_bit import compress_mixed
 
-            mlmodel = compress_mixed(mlmodel, recipe_bits or {})
-        else:
-            mlmodel = compress(mlmodel, opts)
-    bad = nonfinite_weights(mlmodel)
-    if bad:
-        raise ValueError(f"weights hold NaN or inf after conversion ({len(bad)} constant(s), e.g. {bad[0]}); "
-                         "nothing was saved")
-    timings["compress"] = time.perf_counter() - start - sum(timings.values())
-    stamp(mlmodel, metadata, description)
-    found = save_checked(mlmodel, dest, io)
-    timings["save"] = time.perf_counter() - start - sum(timings.values())
-    del mlmodel  # (ct.convert runs gc.collect itself; another full collection costs ~0.5 s a block)
+                mlmodel = compress_mixed(mlmodel, recipe_bits or {})
+            else:
+                mlmodel = compress(mlmodel, opts)
+        bad = nonfinite_weights(mlmodel)
+        if bad:
+            raise ValueError(f"weights hold NaN or inf after conversion ({len(bad)} constant(s), e.g. {bad[0]}); "
+                             "nothing was saved")
+        timings["compress"] = time.perf_counter() - start - sum(timings.values())
+        stamp(mlmodel, metadata, description)
+        found = save_checked(mlmodel, dest, io, scratch)
+        timings["save"] = time.perf_counter() - start - sum(timings.values())
+        del mlmodel  # (ct.convert runs gc.collect itself; another full collection costs ~0.5 s a block)
     return PackageResult(Path(dest), time.perf_counter() - start, package_bytes(dest), found, timings)
 
 

@@ -17,7 +17,6 @@ import gc
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -163,21 +162,19 @@ def _existing(path: Path) -> Path:
 
 
 def check_disk(folder: Path, todo: list[AppPart], opts: ConvertOptions) -> None:
-    """Refuse up front when the output's disk (or the temporary folder coremltools writes to) is too small."""
+    """Refuse up front when the output's disk is too small for the packages and, while the largest part is
+    made, coremltools' temporary copy of its fp16 weights (convert_package.package_scratch puts that beside
+    the output, not in the system's temporary folder)."""
     if not todo:
         return
-    need = sum(estimated_bytes(p, opts) for p in todo)
+    largest = max(int(p.params * 2 * DISK_MARGIN) for p in todo)
+    need = sum(estimated_bytes(p, opts) for p in todo) + largest
     out_fs = _existing(folder)
     free = shutil.disk_usage(out_fs).free
     if free < need:
-        raise SnapbenchError(f"{out_fs}: {free / 1e9:.2f} GB free, the packages need about {need / 1e9:.2f} GB; "
-                             "free some space or choose another --out")
-    # ct.convert writes each part's fp16 weights to a temporary folder before they are saved
-    tmp = Path(tempfile.gettempdir())
-    largest = max(int(p.params * 2 * DISK_MARGIN) for p in todo)
-    if os.stat(tmp).st_dev != os.stat(out_fs).st_dev and shutil.disk_usage(tmp).free < largest:
-        raise SnapbenchError(f"{tmp}: {shutil.disk_usage(tmp).free / 1e9:.2f} GB free, converting needs about "
-                             f"{largest / 1e9:.2f} GB there; free some space or set TMPDIR to a larger disk")
+        raise SnapbenchError(f"{out_fs}: {free / 1e9:.2f} GB free, the packages (and the largest one's temporary "
+                             f"copy while it is made) need about {need / 1e9:.2f} GB; free some space or choose "
+                             "another --out")
 
 
 def require_compile() -> None:

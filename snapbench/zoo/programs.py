@@ -144,7 +144,12 @@ def network_package(model: str | ModelSpec, input_shape=None, out: str | os.Path
     if spec.kind == "package":
         return Path(spec.name)
     from snapbench.converters.compression import compress
-    from snapbench.converters.convert_package import is_complete_package, save_checked, stamp
+    from snapbench.converters.convert_package import (
+        is_complete_package,
+        package_scratch,
+        save_checked,
+        stamp,
+    )
     from snapbench.converters.options import ConvertOptions
     from snapbench.converters.runtime import conversion_context
 
@@ -154,10 +159,10 @@ def network_package(model: str | ModelSpec, input_shape=None, out: str | os.Path
     dest = Path(out) if out else cache_dir() / f"{spec.slug()}-{key}.mlpackage"
     if is_complete_package(dest):
         return dest
-    net, mlmodel = _convert(spec, shape)
-    with conversion_context():
-        mlmodel = compress(mlmodel, opts)
-    stamp(mlmodel, {"model": spec.text, "input": "x".join(map(str, net.io.inputs[0][1]))}, net.title)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    save_checked(mlmodel, dest, net.io)
+    with package_scratch(dest) as scratch:  # coremltools' temporary packages go with it
+        net, mlmodel = _convert(spec, shape)
+        with conversion_context():
+            mlmodel = compress(mlmodel, opts)
+        stamp(mlmodel, {"model": spec.text, "input": "x".join(map(str, net.io.inputs[0][1]))}, net.title)
+        save_checked(mlmodel, dest, net.io, scratch)
     return dest
