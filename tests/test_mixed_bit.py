@@ -62,6 +62,37 @@ def test_fingerprint_survives_reshape_and_transpose():
     assert fingerprint(w) != fingerprint(w * 1.01)
 
 
+def _attention_unit(ref: str = "sdxl-tiny", depth: int = 10):
+    """A materialised cross-attention block of `ref` (seeded random weights) with `depth` transformer layers."""
+    from snapbench.converters.convert_blocks import cut
+    from snapbench.converters.options import ConvertOptions
+    from snapbench.converters.unet_chunks import materialize_unit
+    from snapbench.model.units import AttentionUnit
+
+    meta, blocks = cut(resolve_model(ref), ConvertOptions(latent=8, tokens=4))
+    block = next(b for b in blocks if isinstance(b.unit, AttentionUnit)
+                 and len(b.unit.transformer.transformer_blocks) == depth)
+    return materialize_unit(meta, block.unit, None, 0)
+
+
+@pytest.mark.parametrize("attention", ["original", "split_einsum", "split_einsum_v2"])
+def test_stored_fingerprints_are_the_rewritten_modules_weights(attention):
+    """What `convert --recipe` and the latency budget's pricer look for is what the attention rewrite
+    stores: under split_einsum the query projections scaled by the softmax scale, found only that way."""
+    from snapbench.converters.ane_attention import rewrite_transformer
+    from snapbench.converters.mixed_bit import stored_fingerprints
+
+    unit = _attention_unit(depth=10)  # 64 channels: its query projections are compressible (64 x 64)
+    stored = stored_fingerprints(unit, attention)
+    assert len(stored) == len(compressible_layers(unit)) > 0
+    rewritten = {fingerprint(p) for p in rewrite_transformer(unit.transformer, attention).parameters()}
+    assert set(stored.values()) <= rewritten
+    queries = [n for n in stored if n.endswith("to_q.weight")]
+    assert len(queries) == 20  # ten layers, self- and cross-attention
+    unscaled = {fingerprint(unit.get_parameter(n)) for n in queries}
+    assert unscaled.isdisjoint(rewritten) == (attention != "original")
+
+
 # -- the CLI: analyze, then convert with the recipe -------------------------------------------------------
 
 
