@@ -19,10 +19,13 @@ def _tasks(folder):
             EvalTask(str(folder), copied, (), TINY_EVAL)]
 
 
-def test_ray_executor_evaluates_actions_like_this_process(toy_folder):
+def test_ray_executor_evaluates_actions_like_this_process(toy_folder, monkeypatch):
     tasks = _tasks(toy_folder)
     here = SerialExecutor().map(tasks)
-    ray_exec = RayExecutor(None, num_cpus=1)  # a private local Ray: ray.init(num_cpus=1, no dashboard)
+    # a private local Ray (ray.init(address="local", num_cpus=1)) never joins a cluster this machine names
+    # elsewhere ($RAY_ADDRESS, or the one another run recorded): here, one that does not answer
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    ray_exec = RayExecutor(None, num_cpus=1)
     try:
         done = []
         remote = ray_exec.map(tasks, on_done=lambda: done.append(1))
