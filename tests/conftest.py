@@ -48,14 +48,17 @@ def _temporary_files_in_the_session_folder(tmp_path_factory):
     import tempfile
 
     folder = tmp_path_factory.mktemp("tempfile")
-    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    saved = tempfile.tempdir, os.environ.get("TMPDIR"), os.environ.get("RAY_TMPDIR")
+    # Ray keeps its sessions where it did (its socket paths must stay under 108 bytes, too short for this folder)
+    os.environ["RAY_TMPDIR"] = saved[2] or tempfile.gettempdir()
     tempfile.tempdir = os.environ["TMPDIR"] = str(folder)
     yield
     tempfile.tempdir = saved[0]
-    if saved[1] is None:
-        os.environ.pop("TMPDIR", None)
-    else:
-        os.environ["TMPDIR"] = saved[1]
+    for name, value in (("TMPDIR", saved[1]), ("RAY_TMPDIR", saved[2])):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 # -- converted packages shared by the session ------------------------------------------------------------
