@@ -334,10 +334,13 @@ def profile_model(
     on_table: Callable[[LatencyTable], object] | None = None,  # its return value is ignored
     progress: bool = True,
     say: Say | None = None,
+    cut: Sequence[CutBlock] | None = None,
 ) -> ProfileRun:
     """Price every package the requested components need on `device`, table first. `backend`: a name
     (`auto` picks and says which), or a pricer object; `estimator` fills what it did not cover.
-    `on_table` gets the merged table after every priced package (`profile` saves it there)."""
+    `on_table` gets the merged table after every priced package (`profile` saves it there). `cut`: the
+    model's blocks at `settings` when the caller has them already (`cut_model`, or an inspection at the same
+    shapes, precision and attention); else the model is cut here."""
     comps = tuple(dict.fromkeys(components))
     name = backend if isinstance(backend, str) else backend.name
     if name == "import" and import_file is None:
@@ -355,7 +358,10 @@ def profile_model(
             backend.check(dev)
         chosen = backend.name
     estimator = estimator or (backend if isinstance(backend, EstimatePricer) else EstimatePricer())
-    cut = cut_model(source, settings) if "unet" in comps else []
+    if "unet" not in comps:
+        cut = []
+    elif cut is None:
+        cut = cut_model(source, settings)
     items = packages_to_price(source, settings, comps, cut)
     packages = packages or ConverterPackages()
     created = now()
