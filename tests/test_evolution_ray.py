@@ -22,10 +22,10 @@ def _tasks(folder):
 def test_ray_executor_evaluates_actions_like_this_process(toy_folder, monkeypatch):
     tasks = _tasks(toy_folder)
     here = SerialExecutor().map(tasks)
-    # a private local Ray (ray.init(address="local", num_cpus=1)) never joins a cluster this machine names
-    # elsewhere ($RAY_ADDRESS, or the one another run recorded): here, one that does not answer
+    # another cluster announced on this machine (as `ray start`, or a test's Cluster, leaves it) is not joined:
+    # a bare ray.init() would connect there and refuse num_cpus
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
-    ray_exec = RayExecutor(None, num_cpus=1)
+    ray_exec = RayExecutor(None, num_cpus=1)  # a private local Ray: ray.init("local", num_cpus=1, no dashboard)
     try:
         done = []
         remote = ray_exec.map(tasks, on_done=lambda: done.append(1))

@@ -335,12 +335,15 @@ def profile_model(
     before_writing: Callable[[], object] | None = None,
     progress: bool = True,
     say: Say | None = None,
+    cut: Sequence[CutBlock] | None = None,
 ) -> ProfileRun:
     """Price every package the requested components need on `device`, table first. `backend`: a name
     (`auto` picks and says which), or a pricer object; `estimator` fills what it did not cover.
-    `on_table` gets the merged table after every priced package (`profile` saves it there).
-    `before_writing` is called once the run knows it will make new rows, before any package is converted
-    or measured (`profile` refuses a table it cannot write there, not after the work)."""
+    `on_table` gets the merged table after every priced package (`profile` saves it there). `cut`: the
+    model's blocks at `settings` when the caller has them already (`cut_model`, or an inspection at the same
+    shapes, precision and attention); else the model is cut here. `before_writing` is called once the run
+    knows it will make new rows, before any package is converted or measured (`profile` refuses a table it
+    cannot write there, not after the work)."""
     comps = tuple(dict.fromkeys(components))
     name = backend if isinstance(backend, str) else backend.name
     if name == "import" and import_file is None:
@@ -358,7 +361,10 @@ def profile_model(
             backend.check(dev)
         chosen = backend.name
     estimator = estimator or (backend if isinstance(backend, EstimatePricer) else EstimatePricer())
-    cut = cut_model(source, settings) if "unet" in comps else []
+    if "unet" not in comps:
+        cut = []
+    elif cut is None:
+        cut = cut_model(source, settings)
     items = packages_to_price(source, settings, comps, cut)
     packages = packages or ConverterPackages()
     created = now()
