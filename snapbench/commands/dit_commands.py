@@ -68,10 +68,11 @@ def measuring_backend(backend: str, device: Device | None, *, import_file: Path 
 def profile(model: str, device: Device | None, *, packages: Path | None, table: Path | None, tables: Path | None,
             as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Unpack[OptionKw]) -> None:
     """`profile` of a DiT, estimated (`latency/dit_profile.py`); see `measuring_backend` for the others."""
+    from snapbench.atomic import check_writable
     from snapbench.errors import SnapbenchError
     from snapbench.latency.dit_profile import profile_dit
     from snapbench.latency.table import LatencyTable, merge_into_file
-    from snapbench.paths import shipped_table_path, tables_redirect_note, user_table_path
+    from snapbench.paths import shipped_table_path, tables_hint, tables_redirect_note, user_table_path
 
     source, opts = dit_options(model, latent=latent, batch=batch, tokens=tokens, **kw)
     if device is None:
@@ -83,7 +84,8 @@ def profile(model: str, device: Device | None, *, packages: Path | None, table: 
     if table is None and not path.is_file() and shipped_table_path(dev.id, model).is_file():
         existing = LatencyTable.load(shipped_table_path(dev.id, model))
     say = messages(as_json)
-    run = profile_dit(source, dev, opts, table=existing, packages=packages, say=say)
+    run = profile_dit(source, dev, opts, table=existing, packages=packages, say=say,
+                      before_writing=lambda: check_writable(path, tables_hint(table)))
     if run.new_rows:
         if say and table is None and (note := tables_redirect_note(tables)):
             say(note)

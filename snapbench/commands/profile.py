@@ -224,9 +224,11 @@ def _profile_farm(tools: ProfileTools, request: ProfileRequest, devs: list[Devic
     """`--ray-address`: every --device measured on the farm's nodes, one table per device (`show_run`: a
     family's own document and rendering, a DiT's)."""
     """`--ray-address`: every --device measured on the farm's nodes, one table per device."""
+    from snapbench.atomic import check_writable
     from snapbench.latency.farm_profile import profile_on_farm
     from snapbench.latency.packages import ConverterPackages
     from snapbench.latency.profile_run import check_packages, counts, say_redirect, table_paths
+    from snapbench.paths import tables_hint
     from snapbench.profilers.backends import EstimatePricer
     from snapbench.profilers.farm import NodeSettings, node_backend
 
@@ -241,6 +243,8 @@ def _profile_farm(tools: ProfileTools, request: ProfileRequest, devs: list[Devic
     check_packages(r)
     farm = [d for d in devs if d is not None]
     paths = {d.id: table_paths(r, d) for d in farm}
+    for path, _ in paths.values():  # a farm run measures: it always writes, so it refuses before converting
+        check_writable(path, tables_hint(r.table))
     existing = {did: LatencyTable.load_or_empty(read) for did, (_, read) in paths.items()}  # corrupt: stops here
     say_redirect(r, say)  # a farm run measures: it always writes
     on_interrupt_keep("the packages converted so far (cached) and the rows measured so far, in each device's table")

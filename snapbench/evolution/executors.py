@@ -209,7 +209,9 @@ class RayExecutor:
         try:
             if self._started:
                 if local:
-                    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+                    # "local": a private instance even when another Ray runs on this machine (without an
+                    # address, ray.init joins the latest cluster started here, and refuses num_cpus)
+                    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
                 else:
                     ray.init(address=address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
