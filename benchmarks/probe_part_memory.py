@@ -3,18 +3,24 @@ pass, backend, release, compress, save), in this one process.
 
     .venv/bin/python benchmarks/probe_part_memory.py --model sdxl --latent 128 --part UnetChunk1
     .venv/bin/python benchmarks/probe_part_memory.py --model sd15 --part UnetChunk2 --json-out probe.json
+    .venv/bin/python benchmarks/probe_part_memory.py --model sdxl --latent 128 --part all   # every part, in order
 
 The part is planned exactly as `snapbench convert --pipeline` plans it (converters/pipeline.py: plan_parts)
 and converted through the same `_convert_part` into a scratch folder. RSS is sampled every 20 ms; a phase
 is named by wrapping the steps (PassPipelineManager.apply_pipeline runs coremltools' passes one by one
 here, with the pass's name as the phase). Printed: per phase, seconds, RSS when it began, the largest RSS
-seen during it, and the process peak with the phase it fell in. Figures from a shared machine say so.
+seen during it, what glibc's malloc held freed (mallinfo2's fordblks: freed heap chunks it has not handed
+back, resident until trimmed) when it began, and the process peak with the phase it fell in and what glibc
+held freed then. `--part all` converts every part one after another in this one process, as `convert
+--pipeline` does, each phase named after its part. Figures from a shared machine say so.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import shutil
@@ -31,11 +37,34 @@ import psutil
 PROC = psutil.Process()
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mallinfo2() -> ctypes._CFuncPtr | None:
+    name = ctypes.util.find_library("c")
+    fn = getattr(ctypes.CDLL(name), "mallinfo2", None) if name else None  # glibc >= 2.33
+    if fn is not None:
+        fn.restype = _MallInfo2
+    return fn
+
+
+MALLINFO2 = _mallinfo2()
+
+
+def malloc_free_bytes() -> int:
+    """Bytes in freed chunks glibc's malloc keeps (all arenas); 0 where mallinfo2 is not there."""
+    return int(MALLINFO2().fordblks) if MALLINFO2 is not None else 0
+
+
 class Phases:
     """The phase now running, and per phase: seconds, RSS at its start, largest RSS during it."""
 
     def __init__(self) -> None:
         self.now = "start"
+        self.prefix = ""  # --part all: the part whose conversion is running
+        self.peak_free = 0  # glibc's freed-but-kept bytes when the peak was seen
         self.rows: dict[str, dict[str, float]] = {}
         self.order: list[str] = []
         self.started = time.perf_counter()
@@ -45,13 +74,15 @@ class Phases:
         threading.Thread(target=self._sample, daemon=True).start()
 
     def enter(self, name: str) -> None:
+        name = self.prefix + name
         rss = PROC.memory_info().rss
         prev = self.rows.get(self.now)
         if prev is not None:
             prev["seconds"] += time.perf_counter() - prev.pop("_t", time.perf_counter())
             prev["peak"] = max(prev["peak"], rss)
         self.now = name
-        row = self.rows.setdefault(name, {"seconds": 0.0, "rss_start": rss, "peak": rss})
+        row = self.rows.setdefault(name, {"seconds": 0.0, "rss_start": rss, "peak": rss,
+                                          "malloc_free_start": malloc_free_bytes()})
         row["_t"] = time.perf_counter()
         if name not in self.order:
             self.order.append(name)
@@ -64,6 +95,7 @@ class Phases:
                 row["peak"] = max(row["peak"], rss)
             if rss > self.peak[0]:
                 self.peak = (rss, self.now)
+                self.peak_free = malloc_free_bytes()
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -72,6 +104,15 @@ class Phases:
             yield
         finally:
             self.enter(f"after {name}")
+
+    @contextlib.contextmanager
+    def within(self, name: str) -> Iterator[None]:
+        self.prefix = name
+        self.enter("start")
+        try:
+            yield
+        finally:
+            self.prefix = ""
 
     def stop(self) -> None:
         self.enter("end")
@@ -115,7 +156,8 @@ def main() -> None:
     ap.add_argument("--model", default="sdxl-tiny")
     ap.add_argument("--latent", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=77)
-    ap.add_argument("--part", default="UnetChunk1", help="TextEncoder, TextEncoder2, Unet, UnetChunk1/2, VAEDecoder")
+    ap.add_argument("--part", default="UnetChunk1",
+                    help="TextEncoder, TextEncoder2, Unet, UnetChunk1/2, VAEDecoder, or all (every part in order)")
     ap.add_argument("--chunks", type=int, default=2)
     ap.add_argument("--attention", default="split_einsum_v2")
     ap.add_argument("--weight-bits", type=int, default=16)
@@ -144,39 +186,48 @@ def main() -> None:
                           weight_bits=a.weight_bits, mode="deploy")
     with phases.phase("plan (cut on meta)"):
         parts = {p.name: p for p in plan_parts(source, opts, model_folder(source, None), vae_encoder=False)}
-    if a.part not in parts:
-        raise SystemExit(f"--part {a.part}: one of {', '.join(parts)}")
-    part = parts[a.part]
-    build = part.build
-
-    def timed_build() -> Any:
-        with phases.phase("build (materialise weights, PSNR checks)"):
-            return build()
-
-    part.build = timed_build  # type: ignore[method-assign]
+    if a.part != "all" and a.part not in parts:
+        raise SystemExit(f"--part {a.part}: one of {', '.join(parts)}, or all")
+    chosen = list(parts.values()) if a.part == "all" else [parts[a.part]]
     work = Path(tempfile.mkdtemp(prefix="probe_part."))
     load = os.getloadavg()[0]
+    done: list[tuple[str, float, int, dict[str, float]]] = []
     try:
-        seconds, nbytes, _, timings = _convert_part(part, work / f"{part.name}.mlpackage", "probe", opts, source,
-                                                    tool_versions())
+        for part in chosen:
+            build = part.build
+
+            def timed_build(build: Any = build) -> Any:
+                with phases.phase("build (materialise weights, PSNR checks)"):
+                    return build()
+
+            part.build = timed_build  # type: ignore[method-assign]
+            dest = work / f"{part.name}.mlpackage"
+            with phases.within(f"{part.name}: " if a.part == "all" else ""):
+                seconds, nbytes, _, timings = _convert_part(part, dest, "probe", opts, source, tool_versions())
+            shutil.rmtree(dest, ignore_errors=True)  # only its memory is wanted: keep the disk free
+            done.append((part.name, seconds, nbytes, timings))
     finally:
         phases.stop()
         shutil.rmtree(work, ignore_errors=True)
     gb = 1e9
-    print(f"{a.model} {a.part} ({part.params:,} parameters, {4 * part.params / gb:.2f} GB in fp32), latent {a.latent}; "
-          f"{seconds:.0f} s, package {nbytes / gb:.2f} GB; measured on a shared machine, load {load:.1f} at start, "
-          f"{os.getloadavg()[0]:.1f} at end")
-    print(f"{'phase':72} {'s':>7} {'RSS at start GB':>16} {'peak GB':>8}")
+    params = sum(p.params for p in chosen)
+    print(f"{a.model} {a.part} ({params:,} parameters, {4 * params / gb:.2f} GB in fp32), latent {a.latent}; "
+          + ", ".join(f"{n} {s:.0f} s, package {b / gb:.2f} GB" for n, s, b, _ in done)
+          + f"; measured on a shared machine, load {load:.1f} at start, {os.getloadavg()[0]:.1f} at end")
+    print(f"{'phase':72} {'s':>7} {'RSS at start GB':>16} {'peak GB':>8} {'malloc free GB':>15}")
     for name in phases.order:
         r = phases.rows[name]
         if r["seconds"] < 0.05 and r["peak"] - r["rss_start"] < 50e6:
             continue  # quick passes that moved nothing
-        print(f"{name[:72]:72} {r['seconds']:7.1f} {r['rss_start'] / gb:16.2f} {r['peak'] / gb:8.2f}")
-    print(f"process peak {phases.peak[0] / gb:.2f} GB, in: {phases.peak[1]}; timings {timings}")
+        print(f"{name[:72]:72} {r['seconds']:7.1f} {r['rss_start'] / gb:16.2f} {r['peak'] / gb:8.2f} "
+              f"{r['malloc_free_start'] / gb:15.2f}")
+    print(f"process peak {phases.peak[0] / gb:.2f} GB, in: {phases.peak[1]} (glibc malloc held "
+          f"{phases.peak_free / gb:.2f} GB freed then); timings " + "; ".join(f"{n} {t}" for n, _, _, t in done))
     if a.json_out:
-        Path(a.json_out).write_text(json.dumps({"model": a.model, "part": a.part, "params": part.params,
-                                                "peak": phases.peak, "phases": {n: phases.rows[n] for n in phases.order},
-                                                "timings": timings}, indent=1))
+        Path(a.json_out).write_text(json.dumps({"model": a.model, "part": a.part, "params": params,
+                                                "peak": phases.peak, "peak_malloc_free": phases.peak_free,
+                                                "phases": {n: phases.rows[n] for n in phases.order},
+                                                "timings": {n: t for n, _, _, t in done}}, indent=1))
 
 
 if __name__ == "__main__":

@@ -95,6 +95,14 @@ def user_table_path(device_id: str, model: str, tables: str | Path | None = None
     return user_tables_dir(tables) / safe_file_name(device_id, "device") / f"{table_name(model)}.csv"
 
 
+def tables_hint(table: str | Path | None) -> str:
+    """How to fix a latency table that cannot be written: another --table where one was named, else another
+    folder of tables."""
+    if table is not None:
+        return "choose a writable --table"
+    return f"choose a writable folder with --tables DIR or ${TABLES_ENV}"
+
+
 def shipped_table_path(device_id: str, model: str) -> Path:
     return shipped_tables_dir() / device_id / f"{table_name(model)}.csv"
 

@@ -45,17 +45,25 @@ def tiny_checkpoint(tmp_path):
 def _temporary_files_in_the_session_folder(tmp_path_factory):
     """Whatever the code under test (or a library, or a CLI child) puts in tempfile's folder lands in this
     session's base folder, which pytest removes when the session passes (tmp_path_retention_policy)."""
+    import shutil
     import tempfile
 
+    # Ray puts its sockets under $RAY_TMPDIR, else $TMPDIR: under the session's folder their paths pass the
+    # 107 bytes an AF_UNIX socket name may have, and `ray.init` fails. A short folder of its own instead.
+    ray_folder = tempfile.mkdtemp(prefix="ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
     folder = tmp_path_factory.mktemp("tempfile")
-    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    saved = {name: os.environ.get(name) for name in ("TMPDIR", "RAY_TMPDIR")}
+    saved_tempdir = tempfile.tempdir
     tempfile.tempdir = os.environ["TMPDIR"] = str(folder)
+    os.environ["RAY_TMPDIR"] = ray_folder
     yield
-    tempfile.tempdir = saved[0]
-    if saved[1] is None:
-        os.environ.pop("TMPDIR", None)
-    else:
-        os.environ["TMPDIR"] = saved[1]
+    tempfile.tempdir = saved_tempdir
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    shutil.rmtree(ray_folder, ignore_errors=True)
 
 
 # -- converted packages shared by the session ------------------------------------------------------------

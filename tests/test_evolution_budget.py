@@ -352,7 +352,7 @@ def test_a_run_started_before_the_eval_budget_resumes(tmp_path, toy_folder):
         del row["eval_samples"], row["eval_reused"]
     path.write_text(json.dumps(state))
     shutil.copytree(out, tmp_path / "old-moves")
-    with pytest.raises(SnapbenchError, match="config.moves=None, this command asks"):  # it knew no swaps
+    with pytest.raises(SnapbenchError, match=r"config.moves=None \(this command: .*leave out --moves"):  # no swaps
         _evolve(toy_folder, tmp_path / "old-moves", target, ev, EvalBudget(), moves=("remove", "mqa"))
     said: list[str] = []
     r = evolve(toy_folder, out, EvolveConfig(target_ms=target, add_phase=False), evaluator=ev, costs=fixed_costs,
@@ -361,5 +361,6 @@ def test_a_run_started_before_the_eval_budget_resumes(tmp_path, toy_folder):
     assert r.trajectory[:2] == state["trajectory"] and r.final_latency_ms <= target
     assert [row["block"] for row in r.trajectory if row["phase"] == "remove"] == [
         "CA[Down-1, 2]", "RB[Mid, 2]", "CA[Up-3, 1]"]
-    with pytest.raises(SnapbenchError, match="config.eval_budget.mode='halving', this command asks 'exhaustive'"):
+    with pytest.raises(SnapbenchError, match=r"config.eval_budget.mode='halving' \(this command: 'exhaustive'\).*"
+                                             "add `--eval-budget auto`"):
         _evolve(toy_folder, out, target, ev, EvalBudget.parse("exhaustive"))

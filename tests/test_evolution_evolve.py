@@ -139,7 +139,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path, toy_folder
     # a finished run asked again returns its result without evaluating anything
     assert _run(toy_folder, tmp_path / "cut", target, ev, add_phase=False).final_latency_ms == resumed.final_latency_ms
     # other settings in the same folder: refused, state untouched
-    with pytest.raises(Exception, match="holds an evolution run"):
+    with pytest.raises(Exception, match="holds a run started with other settings: config.target_ms="):
         _run(toy_folder, tmp_path / "cut", target - 1, ev, add_phase=False)
 
 

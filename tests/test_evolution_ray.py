@@ -19,10 +19,13 @@ def _tasks(folder):
             EvalTask(str(folder), copied, (), TINY_EVAL)]
 
 
-def test_ray_executor_evaluates_actions_like_this_process(toy_folder):
+def test_ray_executor_evaluates_actions_like_this_process(toy_folder, monkeypatch):
     tasks = _tasks(toy_folder)
     here = SerialExecutor().map(tasks)
-    ray_exec = RayExecutor(None, num_cpus=1)  # a private local Ray: ray.init(num_cpus=1, no dashboard)
+    # another cluster announced on this machine (as `ray start`, or a test's Cluster, leaves it) is not joined:
+    # a bare ray.init() would connect there and refuse num_cpus
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    ray_exec = RayExecutor(None, num_cpus=1)  # a private local Ray: ray.init("local", num_cpus=1, no dashboard)
     try:
         done = []
         remote = ray_exec.map(tasks, on_done=lambda: done.append(1))

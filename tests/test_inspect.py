@@ -112,3 +112,45 @@ def test_pickle_only_checkpoint_refused(capsys, tiny_checkpoint):
     folder, _ = tiny_checkpoint
     (folder / "diffusion_pytorch_model.safetensors").rename(folder / "diffusion_pytorch_model.bin")
     assert "never unpickles" in _one_error_line(capsys, ["inspect", "--model", str(folder)])
+
+
+def test_one_counted_forward_gives_each_block_the_macs_it_has_run_alone():
+    """Blocks are cut from one forward that also counts (blocks/cut.py: CountingRecord): each block's MACs
+    and attention MACs are what the block counts run again alone on its recorded inputs. SnapFusion's twin
+    has removed blocks, copies and shortcut-only blocks; sdxl-tiny computes its text_time inputs between two
+    blocks; a DiT's blocks run as a chain."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from snapbench.backbones import backbone_for
+    from snapbench.dit.cut import cut_units, run_chain
+    from snapbench.dit.cut import example_inputs as dit_inputs
+    from snapbench.dit.source import dit_spec
+
+    shapes = InputShapes(latent=8, batch=2, tokens=5)
+    for ref in ("snapfusion-tiny", "sdxl-tiny", "sd35-tiny"):
+        source = resolve_model(ref)
+        backbone = backbone_for(source)
+        model = backbone.build(source, device="meta")
+        record: list = []
+        with torch.no_grad():
+            if backbone.name == "dit":
+                spec = dit_spec(source.spec)
+                run_chain(model.units, dit_inputs(spec, shapes, device="meta"), record)
+                blocks = cut_units(model.units, spec, shapes, model.config)
+            else:
+                model(*backbone.example_inputs(model, shapes), record=record)
+                blocks = backbone.cut(model, shapes)
+        assert [b.block_id for b in blocks] == [unit.block_id for unit, _, _ in record]
+        counted = 0
+        for block, (unit, args, _) in zip(blocks, record):
+            if block.signature is None:
+                assert block.macs == 0
+                continue
+            with torch.no_grad(), FlopCounterMode(display=False) as alone:
+                unit(*args)
+            flops = alone.get_flop_counts().get("Global", {})
+            attention = sum(v for op, v in flops.items() if "bmm" in str(op) or "_scaled_dot_product" in str(op))
+            assert (block.macs, block.attention_macs) == (sum(flops.values()) // 2, attention // 2), (ref, block.block_id)
+            counted += block.attention_macs > 0
+        assert counted > 0, ref  # attention was there to count

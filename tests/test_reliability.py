@@ -344,7 +344,7 @@ def test_a_report_prices_each_model_at_its_own_latent_unless_told(tmp_path):
 
     asked: dict[str, int] = {}
 
-    def profiler(source, device, settings, backend, table, say=None):
+    def profiler(source, device, settings, backend, table, say=None, cut=None):
         asked[source.spec.name] = settings["latent"]
         return ProfileOutcome(None, "not needed here")
 

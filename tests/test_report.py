@@ -124,6 +124,30 @@ def test_no_latency_means_no_figure(tmp_path):
     assert "not available" in html
 
 
+def test_each_model_is_cut_once_and_its_inspected_blocks_are_the_ones_priced(tmp_path, monkeypatch):
+    """Cutting is most of a report of tiny models: the inspection is cut at the priced settings (fp32 here,
+    so its signatures say fp32) and the profiler prices those blocks, on every device, without cutting again."""
+    from snapbench.backbones.unet import UNetBackbone
+
+    cut_models: list[str] = []
+    real_cut = UNetBackbone.cut
+
+    def counting_cut(self, model, shapes, **kw):
+        cut_models.append(model.spec.name)
+        return real_cut(self, model, shapes, **kw)
+
+    monkeypatch.setattr(UNetBackbone, "cut", counting_cut)
+    devices = [resolve_device(DEVICE), resolve_device("iphone15pro")]
+    data = gather(baseline=BASE, candidates=[CAND], devices=devices, profiler=fake_profiler(tmp_path),
+                  settings={"precision": "fp32"})
+    assert sorted(cut_models) == sorted([BASE, CAND])  # once per model, not once more per device
+    doc = data.to_dict()
+    assert len(doc["results"]) == 4
+    for r in doc["results"]:
+        runs = [b for b in r["blocks"] if b["runs"]]
+        assert runs and all(b["latency_ms"] is not None for b in runs)  # every inspected block was priced
+        assert all(b["signature"].split("|")[-2] == "fp32" for b in runs)
+
 class DecoderlessPackages(FakePackages):
     """Fake packages whose VAE decoder cannot be converted (a gap in the tools, not bad input)."""
 
@@ -336,9 +360,9 @@ def test_measured_load_times_reach_the_report(tmp_path):
 
     be, _ = fake_device_backend(tmp_path, warmup=0, repeats=2)
 
-    def on_the_phone(source, device, settings, backend, table, say=None):
+    def on_the_phone(source, device, settings, backend, table, say=None, cut=None):
         run = profile_model(source, device, Settings(**settings), backend=be, estimator=toy_estimator(),
-                            packages=FakePackages(tmp_path / "pkgs"), progress=False)
+                            packages=FakePackages(tmp_path / "pkgs"), progress=False, cut=cut)
         return ProfileOutcome.of(run)
 
     data = gather(baseline=BASE, candidates=[], devices=[resolve_device(DEVICE)], profiler=on_the_phone)

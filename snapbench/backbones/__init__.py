@@ -60,11 +60,14 @@ def backbone_named(name: str) -> Backbone:
     raise SnapbenchError(f"no backbone family {name!r} (known: {', '.join(b.name for b in BACKBONES)})")
 
 
-def inspect_model(source: ModelSource, *, shapes: InputShapes = InputShapes(), attention: str = "original") -> Inspection:
+def inspect_model(source: ModelSource, *, shapes: InputShapes = InputShapes(), attention: str = "original",
+                  precision: str = "fp16") -> Inspection:
     """What `snapbench inspect` shows: `source` cut into blocks by its backbone on the meta device (no
-    weights are loaded; counts do not need them), grouped by the backbone's stages."""
+    weights are loaded; counts do not need them), grouped by the backbone's stages. With the settings a
+    profile uses (shapes, attention, precision) the blocks are the ones it prices (`cut_source`), so a
+    report hands them on instead of cutting the model again."""
     backbone = backbone_for(source)
-    blocks = backbone.cut(backbone.build(source, device="meta"), shapes, attention=attention)
+    blocks = backbone.cut(backbone.build(source, device="meta"), shapes, precision=precision, attention=attention)
     return Inspection(source, shapes, blocks, backbone.stages)
 
 

@@ -86,27 +86,23 @@ def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, preci
     if next(model.parameters()).device.type != "meta":
         model = _meta_twin(model)
     device = torch.device("meta")
-    record: list = []
     was_training = model.training
     model.eval()
     what = f"{model.spec.name} at latent {shapes.latent}, batch {shapes.batch}, {shapes.tokens} tokens"
     with torch.no_grad():
         inputs = example_inputs(model, shapes, device=device, dtype=next(model.parameters()).dtype)
-        # the largest activation at these shapes, refused before any real run would allocate it
-        check_activations(lambda: model(*inputs, record=record), what)
+        with FlopCounterMode(display=False) as counter:
+            record = CountingRecord(counter)
+            # the largest activation at these shapes, refused before any real run would allocate it
+            check_activations(lambda: model(*inputs, record=record), what)
     model.train(was_training)
 
     blocks: list[CutBlock] = []
-    for unit, args, out in record:
+    for (unit, args, out), (total, attn) in zip(record, record.macs):
         named = tuple((n, tuple(a.shape)) for n, a in zip(unit.input_names, args))
         if not unit.has_compute:
             blocks.append(CutBlock(unit, named, tuple(out.shape), 0, 0, 0, None))
             continue
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            unit(*args)
-        flops = counter.get_flop_counts().get("Global", {})
-        total = sum(flops.values()) // 2
-        attn = sum(v for k, v in flops.items() if any(o in str(k) for o in _ATTENTION_OPS)) // 2
         params = _block_params(unit)
         sig = make_signature(unit, named, tuple(out.shape), precision=precision, attention=attention)
         blocks.append(CutBlock(unit, named, tuple(out.shape), params, int(total), int(attn), sig))
@@ -115,6 +111,27 @@ def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, preci
         assert block.unit.block_id == real.block_id
         block.unit = real
     return blocks
+
+
+class CountingRecord(list):
+    """A recording forward's `record` (one `(unit, inputs, output)` per unit) that also counts each unit's
+    MACs, read off a FlopCounterMode's running totals as the unit is appended: between two units a forward
+    runs nothing FlopCounterMode counts (only the units' own convolutions and matmuls are), so the difference
+    is the unit's own. One forward instead of that forward plus each unit run again alone."""
+
+    def __init__(self, counter: FlopCounterMode) -> None:
+        super().__init__()
+        self.counter = counter
+        self.macs: list[tuple[int, int]] = []  # per unit: (MACs, attention MACs)
+        self._before: dict[object, int] = {}
+
+    def append(self, item: tuple) -> None:
+        now = dict(self.counter.get_flop_counts().get("Global", {}))
+        flops = {op: n - self._before.get(op, 0) for op, n in now.items()}
+        self._before = now
+        attention = sum(v for op, v in flops.items() if any(o in str(op) for o in _ATTENTION_OPS))
+        self.macs.append((sum(flops.values()) // 2, attention // 2))  # FLOPs / 2, as BK-SDM counts MACs
+        super().append(item)
 
 
 def _meta_twin(model: ElasticUNet) -> ElasticUNet:

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from snapbench.latency.dit_profile import DitProfileDoc
     from snapbench.latency.model_latency import ProfileRun
     from snapbench.model.loading import ModelSource
-    from snapbench.profilers.readiness import Machine
 
 
 class OptionKw(TypedDict, total=False):
@@ -51,27 +50,14 @@ def dit_options(model: str, *, latent: int | None, batch: int, tokens: int,
     return source, ConvertOptions(latent=shapes.latent, batch=shapes.batch, tokens=shapes.tokens, **kw)
 
 
-def measuring_backend(backend: str, device: Device | None, *, import_file: Path | None, ray_address: str | None,
-                      machine: Machine | None) -> str | None:
-    """The backend a DiT profile takes profiling's one seam with (measuring on a phone, a Mac or a farm, or
-    importing), or None: estimated here. `auto` measures when a phone (or this Mac) is ready for `device`."""
-    from snapbench.profilers.backends import MEASURING, choose_backend
-
-    if import_file is not None or ray_address is not None or device is None or backend in (*MEASURING, "import"):
-        return backend
-    if backend == "auto":
-        chosen = choose_backend("auto", device, machine=machine)
-        return chosen if chosen in MEASURING else None
-    return None
-
-
 def profile(model: str, device: Device | None, *, packages: Path | None, table: Path | None, tables: Path | None,
             as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Unpack[OptionKw]) -> None:
-    """`profile` of a DiT, estimated (`latency/dit_profile.py`); see `measuring_backend` for the others."""
+    """`profile` of a DiT, estimated (`latency/dit_profile.py`); `profile_route.dit_backend` chooses this."""
+    from snapbench.atomic import check_writable
     from snapbench.errors import SnapbenchError
     from snapbench.latency.dit_profile import profile_dit
     from snapbench.latency.table import LatencyTable, merge_into_file
-    from snapbench.paths import shipped_table_path, tables_redirect_note, user_table_path
+    from snapbench.paths import shipped_table_path, tables_hint, tables_redirect_note, user_table_path
 
     source, opts = dit_options(model, latent=latent, batch=batch, tokens=tokens, **kw)
     if device is None:
@@ -83,7 +69,8 @@ def profile(model: str, device: Device | None, *, packages: Path | None, table: 
     if table is None and not path.is_file() and shipped_table_path(dev.id, model).is_file():
         existing = LatencyTable.load(shipped_table_path(dev.id, model))
     say = messages(as_json)
-    run = profile_dit(source, dev, opts, table=existing, packages=packages, say=say)
+    run = profile_dit(source, dev, opts, table=existing, packages=packages, say=say,
+                      before_writing=lambda: check_writable(path, tables_hint(table)))
     if run.new_rows:
         if say and table is None and (note := tables_redirect_note(tables)):
             say(note)

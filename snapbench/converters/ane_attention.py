@@ -79,12 +79,17 @@ def rewrite_transformer(
     *,
     query_chunk_size: int = DEFAULT_QUERY_CHUNK_SIZE,
     query_chunks: int | None = None,
+    consume: bool = False,
 ) -> nn.Module:
     """Return a copy of a diffusers `Transformer2DModel` with the chosen attention implementation.
 
     The result is in eval mode and has `forward(hidden_states [B, C, H, W], encoder_hidden_states [B, L, D])
     -> [B, C, H, W]`. Weights are copied: later changes to `transformer` do not reach the result, nor the
-    other way round. `query_chunk_size` is used by "split_einsum_v2" only (the last chunk may be shorter).
+    other way round. `consume` (split_einsum, split_einsum_v2): the result takes `transformer`'s own tensors
+    instead (reshaped views; each query projection scaled in place), so no second copy of the weights is ever
+    made, and `transformer` must not be used afterwards. For a big block that matters: SDXL's ten-layer
+    blocks are 1.4 GB each in fp32, which the copy held twice while a UNet chunk was built (unet_chunks).
+    The values are those of the copy, bit for bit. `query_chunk_size` is used by "split_einsum_v2" only (the last chunk may be shorter).
     `query_chunks` (v2 only): cut the queries into this many equal chunks whatever the sequence length
     (one: no chunking), instead of chunks of `query_chunk_size` decided by the length at run time. For a
     length of query_chunks * query_chunk_size that is the same computation and the same Core ML program,
@@ -101,7 +106,7 @@ def rewrite_transformer(
         raise SnapbenchError(f"query_chunks must be a positive integer, got {query_chunks!r}")
     if impl == "original":
         return OriginalTransformer(transformer).eval()
-    return ANETransformer2D(transformer, impl, query_chunk_size, query_chunks).eval()
+    return ANETransformer2D(transformer, impl, query_chunk_size, query_chunks, take=consume).eval()
 
 
 def scaled_weights(transformer: nn.Module) -> dict[str, float]:
@@ -211,19 +216,28 @@ def _out_dim(layer: nn.Module) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
-def _conv1x1_from(layer: nn.Module, scale: float = 1.0) -> nn.Conv2d:
-    """A new 1x1 conv holding a copy of a Linear's or 1x1 Conv2d's weights, optionally scaled."""
+def _weight(tensor: torch.Tensor, take: bool, scale: float = 1.0) -> torch.Tensor:
+    """`tensor` times `scale`: a new tensor, or (`take`) `tensor`'s own storage, scaled in place. The same
+    fp32 multiply either way, so the same bits."""
+    with torch.no_grad():
+        if not take:
+            return tensor.detach() * scale if scale != 1.0 else tensor.detach().clone()
+        return tensor.detach().mul_(scale) if scale != 1.0 else tensor.detach()
+
+
+def _conv1x1_from(layer: nn.Module, scale: float = 1.0, *, take: bool = False) -> nn.Conv2d:
+    """A new 1x1 conv with a Linear's or 1x1 Conv2d's weights, optionally scaled: a copy, or (`take`) the
+    layer's own tensors ([out, in] -> [out, in, 1, 1] is a view). Made on the meta device and then given its
+    weights: a conv of its own would first allocate and randomly initialise weights only to overwrite them."""
     if isinstance(layer, nn.Linear):
         out_dim, in_dim = layer.weight.shape
-        weight = layer.weight.detach().reshape(out_dim, in_dim, 1, 1)  # [out, in] -> [out, in, 1, 1]
     else:
         out_dim, in_dim = layer.out_channels, layer.in_channels
-        weight = layer.weight.detach()
-    conv = nn.Conv2d(in_dim, out_dim, kernel_size=1, bias=layer.bias is not None)
-    with torch.no_grad():
-        conv.weight.copy_(weight * scale)
-        if layer.bias is not None:
-            conv.bias.copy_(layer.bias.detach() * scale)
+    conv = nn.Conv2d(in_dim, out_dim, kernel_size=1, bias=layer.bias is not None, device="meta")
+    dtype = conv.weight.dtype  # the default dtype, as a conv made on the CPU would have
+    conv.weight = nn.Parameter(_weight(layer.weight, take, scale).reshape(out_dim, in_dim, 1, 1).to(dtype))
+    if layer.bias is not None:
+        conv.bias = nn.Parameter(_weight(layer.bias, take, scale).to(dtype))
     return conv
 
 
@@ -235,14 +249,14 @@ class ChannelLayerNorm(nn.Module):
     (not F.layer_norm) so the traced graph is reduce_mean / sub / mul / rsqrt, ops the ANE runs.
     """
 
-    def __init__(self, norm: nn.LayerNorm):
+    def __init__(self, norm: nn.LayerNorm, take: bool = False):
         super().__init__()
         if len(norm.normalized_shape) != 1:
             raise SnapbenchError(f"LayerNorm over {tuple(norm.normalized_shape)} is not supported, only one axis")
         channels = norm.normalized_shape[0]
         self.eps = float(norm.eps)
-        weight = norm.weight.detach().clone() if norm.weight is not None else None
-        bias = norm.bias.detach().clone() if getattr(norm, "bias", None) is not None else None
+        weight = _weight(norm.weight, take) if norm.weight is not None else None
+        bias = _weight(norm.bias, take) if getattr(norm, "bias", None) is not None else None
         # stored as (1, C, 1, 1) so they broadcast over (B, C, 1, S) without a reshape at run time
         self.weight = nn.Parameter(weight.reshape(1, channels, 1, 1)) if weight is not None else None
         self.bias = nn.Parameter(bias.reshape(1, channels, 1, 1)) if bias is not None else None
@@ -268,13 +282,13 @@ class RankFourGroupNorm(nn.Module):
     output is already in the (B, C, 1, S) layout the rest of the block uses.
     """
 
-    def __init__(self, norm: nn.GroupNorm):
+    def __init__(self, norm: nn.GroupNorm, take: bool = False):
         super().__init__()
         channels = norm.num_channels
         self.groups = int(norm.num_groups)
         self.eps = float(norm.eps)
-        self.weight = nn.Parameter(norm.weight.detach().clone().reshape(1, channels, 1, 1)) if norm.affine else None
-        self.bias = nn.Parameter(norm.bias.detach().clone().reshape(1, channels, 1, 1)) if norm.affine else None
+        self.weight = nn.Parameter(_weight(norm.weight, take).reshape(1, channels, 1, 1)) if norm.affine else None
+        self.bias = nn.Parameter(_weight(norm.bias, take).reshape(1, channels, 1, 1)) if norm.affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, C, H, W)
@@ -302,7 +316,8 @@ class ANEAttention(nn.Module):
     head, and in fp16 the scores stay small before the matmul rather than being scaled after it.
     """
 
-    def __init__(self, attn: nn.Module, impl: str, query_chunk_size: int, query_chunks: int | None = None):
+    def __init__(self, attn: nn.Module, impl: str, query_chunk_size: int, query_chunks: int | None = None,
+                 take: bool = False):
         super().__init__()
         if impl not in ("split_einsum", "split_einsum_v2"):
             raise SnapbenchError(f"ANEAttention needs split_einsum or split_einsum_v2, got {impl!r}")
@@ -313,10 +328,10 @@ class ANEAttention(nn.Module):
         self.group = self.heads // (getattr(attn, "inner_kv_dim", attn.inner_dim) // self.head_dim)
         self.query_chunk_size = int(query_chunk_size)
         self.query_chunks = query_chunks
-        self.to_q = _conv1x1_from(attn.to_q, scale=float(attn.scale))
-        self.to_k = _conv1x1_from(attn.to_k)
-        self.to_v = _conv1x1_from(attn.to_v)
-        self.to_out = _conv1x1_from(attn.to_out[0])
+        self.to_q = _conv1x1_from(attn.to_q, scale=float(attn.scale), take=take)
+        self.to_k = _conv1x1_from(attn.to_k, take=take)
+        self.to_v = _conv1x1_from(attn.to_v, take=take)
+        self.to_out = _conv1x1_from(attn.to_out[0], take=take)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         # x: (B, C, 1, S) queries' source; context: (B, Ck, 1, L) keys' and values' source (x for self-attention)
@@ -378,13 +393,13 @@ def _attend(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 class ANEFeedForward(nn.Module):
     """diffusers FeedForward (GEGLU or GELU, then a projection) as 1x1 convs on (B, C, 1, S)."""
 
-    def __init__(self, ff: nn.Module, activation_fn: str):
+    def __init__(self, ff: nn.Module, activation_fn: str, take: bool = False):
         super().__init__()
         act = ff.net[0]
         self.gated = activation_fn == "geglu"
         self.approximate = "tanh" if activation_fn == "gelu-approximate" else "none"
-        self.proj_in = _conv1x1_from(act.proj)
-        self.proj_out = _conv1x1_from(ff.net[-1] if isinstance(ff.net[-1], nn.Linear) else ff.net[-2])
+        self.proj_in = _conv1x1_from(act.proj, take=take)
+        self.proj_out = _conv1x1_from(ff.net[-1] if isinstance(ff.net[-1], nn.Linear) else ff.net[-2], take=take)
         self.inner = _out_dim(act.proj) // 2 if self.gated else _out_dim(act.proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -403,21 +418,22 @@ class ANEFeedForward(nn.Module):
 class ANEBasicTransformerBlock(nn.Module):
     """BasicTransformerBlock (pre-norm self-attention, cross-attention, feed-forward) on (B, C, 1, S)."""
 
-    def __init__(self, block: nn.Module, impl: str, query_chunk_size: int, query_chunks: int | None = None):
+    def __init__(self, block: nn.Module, impl: str, query_chunk_size: int, query_chunks: int | None = None,
+                 take: bool = False):
         super().__init__()
         self.has_attn1 = block.attn1 is not None  # None: a SnapGen-style block without self-attention
         if self.has_attn1:
-            self.norm1 = ChannelLayerNorm(block.norm1)
-            self.attn1 = ANEAttention(block.attn1, impl, query_chunk_size, query_chunks)
+            self.norm1 = ChannelLayerNorm(block.norm1, take)
+            self.attn1 = ANEAttention(block.attn1, impl, query_chunk_size, query_chunks, take)
         # attn1 reads the context only with only_cross_attention; attn2 reads x with double_self_attention
         self.attn1_on_context = bool(block.only_cross_attention)
         self.has_attn2 = block.attn2 is not None
         if self.has_attn2:
-            self.norm2 = ChannelLayerNorm(block.norm2)
-            self.attn2 = ANEAttention(block.attn2, impl, query_chunk_size, query_chunks)
+            self.norm2 = ChannelLayerNorm(block.norm2, take)
+            self.attn2 = ANEAttention(block.attn2, impl, query_chunk_size, query_chunks, take)
             self.attn2_on_context = not bool(block.double_self_attention)
-        self.norm3 = ChannelLayerNorm(block.norm3)
-        self.ff = ANEFeedForward(block.ff, block.activation_fn)
+        self.norm3 = ChannelLayerNorm(block.norm3, take)
+        self.ff = ANEFeedForward(block.ff, block.activation_fn, take)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         # x: (B, C, 1, S); context: (B, D, 1, L)
@@ -433,20 +449,22 @@ class ANEBasicTransformerBlock(nn.Module):
 class ANETransformer2D(nn.Module):
     """Transformer2DModel (continuous input) with ANE layout: 1x1 convs and (B, C, 1, S) inside."""
 
-    def __init__(self, transformer: nn.Module, impl: str, query_chunk_size: int, query_chunks: int | None = None):
+    def __init__(self, transformer: nn.Module, impl: str, query_chunk_size: int, query_chunks: int | None = None,
+                 take: bool = False):
+        """`take`: use `transformer`'s tensors rather than copies of them (rewrite_transformer's `consume`)."""
         super().__init__()
         self.impl = impl
         self.query_chunk_size = query_chunk_size
         self.query_chunks = query_chunks
-        self.norm = RankFourGroupNorm(transformer.norm)
+        self.norm = RankFourGroupNorm(transformer.norm, take)
         # SD-2.x's Linear proj_in acts on (B, HW, C) after a transpose; as a 1x1 conv on (B, C, 1, S)
         # it is the same maths with no transpose, so both projection types become convs here.
-        self.proj_in = _conv1x1_from(transformer.proj_in)
+        self.proj_in = _conv1x1_from(transformer.proj_in, take=take)
         self.blocks = nn.ModuleList(
-            ANEBasicTransformerBlock(block, impl, query_chunk_size, query_chunks)
+            ANEBasicTransformerBlock(block, impl, query_chunk_size, query_chunks, take)
             for block in transformer.transformer_blocks
         )
-        self.proj_out = _conv1x1_from(transformer.proj_out)
+        self.proj_out = _conv1x1_from(transformer.proj_out, take=take)
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         # hidden_states: (B, C, H, W); encoder_hidden_states: (B, L, D) as diffusers takes it, or (B, D, 1, L)

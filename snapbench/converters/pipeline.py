@@ -48,7 +48,7 @@ from snapbench.converters.convert_package import (
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
 from snapbench.converters.options import ConvertOptions
 from snapbench.converters.result import ConvertResult
-from snapbench.converters.runtime import one_torch_thread
+from snapbench.converters.runtime import one_torch_thread, release_freed_memory
 from snapbench.converters.swift_interface import XL_FAMILY, family_for, with_swift_dtypes
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.model.loading import ModelSource
@@ -240,6 +240,7 @@ def _convert_part_now(part: AppPart, dest: Path, key: str, opts: ConvertOptions,
     finally:
         del module
         gc.collect()  # the part's weights go before the next part is built: the peak is one part
+        release_freed_memory()  # and glibc hands back what it kept of them (runtime.release_freed_memory)
     timings = {"build": round(built, 2), **{k: round(v, 2) for k, v in r.timings.items()}}
     return built + r.seconds, r.bytes, db, timings
 

@@ -198,3 +198,31 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None (macOS, musl: their allocators hand memory back by themselves)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    fn = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the C library this process already runs on
+    if fn is None:
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def release_freed_memory() -> None:
+    """Hand the memory malloc has freed but kept back to the system (glibc's `malloc_trim(0)`).
+
+    glibc serves tensors below its mmap threshold (which grows to 32 MB as big blocks are freed) from its
+    heaps, and keeps what they free there: holes in a heap stay resident, so a part's freed weights and
+    activations still count against the process while the next part is built. Trimming returns every whole
+    free page (madvise); the next allocations fault fresh pages in. A few milliseconds; called between the
+    steps that free gigabytes (after each block of a UNet chunk is built, after each app part)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

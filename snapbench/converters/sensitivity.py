@@ -332,9 +332,10 @@ def write_analysis(source: ModelSource, out_dir: str | os.PathLike[str], opts: S
     import json
     from pathlib import Path
 
-    from snapbench.atomic import atomic_write_bytes
+    from snapbench.atomic import atomic_write_bytes, check_writable
     from snapbench.backbones import backbone_for
     from snapbench.converters.mixed_bit import RECIPE_FORMAT, compressible_layers, layers_digest
+    from snapbench.paths import choose_another
 
     if not targets and not budgets_mb and not budgets_ms:
         raise SnapbenchError("give at least one budget: --bits, --size-mb or --latency-budget-ms")
@@ -361,6 +362,8 @@ def write_analysis(source: ModelSource, out_dir: str | os.PathLike[str], opts: S
         if mb * 1e6 < floor:
             raise SnapbenchError(f"--size-mb {mb:g} is under the {floor / 1e6:.3f} MB that every layer at {lowest} "
                                  "bits takes; give a larger budget")
+    # the table and recipes are written after minutes of measuring: an unwritable --out refuses now
+    check_writable(Path(out_dir) / f"{source.spec.name}-sensitivity.csv", choose_another(Path(out_dir)))
     prices = pricer(opts.widths) if pricer is not None else None
     if prices is not None:
         fastest = prices.total_ms(prices.fastest(layers))

@@ -17,6 +17,7 @@ still waiting for the up stage (Apple's chunks pass the same tensors, named afte
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,6 +27,7 @@ from torch import nn
 from snapbench.blocks.cut import CutBlock
 from snapbench.converters.ane_attention import psnr
 from snapbench.converters.package_io import PackageIO
+from snapbench.converters.runtime import release_freed_memory
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
 from snapbench.model.units import AttentionUnit, BlockUnit, ResnetUnit, TextTimeEmbeddingUnit, TimeEmbeddingUnit
@@ -245,10 +247,12 @@ def _copy_of_original(root: nn.Module, unit: BlockUnit, checkpoint: LazyCheckpoi
 CHECK_SIDE = 16
 
 
-def attention_psnr(original: nn.Module, rewritten: nn.Module, hidden: tuple[int, ...], context: tuple[int, ...],
-                   seed: int) -> float:
-    """PSNR of an ANE-rewritten attention block against diffusers' own, in fp32 PyTorch, batch 1.
+def checked_rewrite(original: nn.Module, rewrite: Callable[[nn.Module], nn.Module], hidden: tuple[int, ...],
+                    context: tuple[int, ...], seed: int) -> tuple[nn.Module, float]:
+    """`rewrite(original)` and the PSNR of it against diffusers' own attention, in fp32 PyTorch, batch 1.
 
+    The original runs first and its output is kept, so the rewrite may take the original's tensors
+    (rewrite_transformer's `consume`): the block's weights are never held twice.
     At most CHECK_SIDE x CHECK_SIDE positions: the rewritten module cuts its queries into the number of
     chunks it has at the real size (fixed_chunks), so at 16 x 16 SD's 64 x 64 blocks still run
     split_einsum_v2's chunked path (8 chunks of 32 instead of 512), the same maths at 1/256 of the cost.
@@ -258,8 +262,9 @@ def attention_psnr(original: nn.Module, rewritten: nn.Module, hidden: tuple[int,
     ctx = torch.randn((1, *context[1:]), generator=g)
     with torch.no_grad():
         ref = original(x, encoder_hidden_states=ctx, return_dict=False)[0]
+        rewritten = rewrite(original)
         got = rewritten(x, ctx)
-    return psnr(ref, got)
+    return rewritten, psnr(ref, got)
 
 
 @dataclass
@@ -270,9 +275,10 @@ class BuiltChunk:
 
 def build_chunk(root: nn.Module, blocks: list[CutBlock], closes_skip: list[bool], plan: ChunkPlan,
                 source: ModelSource, attention: str, seed: int, *, min_psnr_db: float = 35.0,
-                recipe: tuple[tuple[str, int], ...] = ()) -> BuiltChunk:
+                recipe: tuple[tuple[str, int], ...] = (), in_place: bool = True) -> BuiltChunk:
     """Materialise blocks [start, end) one at a time, rewrite and check their attention, wrap them.
-    `recipe`: a mixed-bit recipe's (layer, bits); the chunk records which of its weights get which width."""
+    `recipe`: a mixed-bit recipe's (layer, bits); the chunk records which of its weights get which width.
+    `in_place`: ANE attention rewrites take the block's own tensors (False: copies, as before; tests compare)."""
     from snapbench.converters.mixed_bit import merge_bits, package_bits
     from snapbench.converters.whole_unet import _DiffusersCall
     from snapbench.converters.workers import rewrite_attention
@@ -289,14 +295,21 @@ def build_chunk(root: nn.Module, blocks: list[CutBlock], closes_skip: list[bool]
             merge_bits(bits, package_bits(unit, names, dict(recipe), attention))
         if isinstance(unit, AttentionUnit) and unit.has_compute and attention != "original":
             hidden, ctx = dict(b.inputs)["hidden"], dict(b.inputs)["context"]
-            rewritten = rewrite_attention(unit.transformer, attention, hidden[-1] * hidden[-2], fixed_chunks=True)
-            db[b.block_id] = attention_psnr(unit.transformer, rewritten, hidden, ctx, seed)
+
+            def rewrite(t: nn.Module, tokens: int = hidden[-1] * hidden[-2]) -> nn.Module:
+                # in place: the rewritten block takes the original's tensors, never a second copy
+                return rewrite_attention(t, attention, tokens, fixed_chunks=True, consume=in_place)
+
+            rewritten, db[b.block_id] = checked_rewrite(unit.transformer, rewrite, hidden, ctx, seed)
             if not db[b.block_id] >= min_psnr_db:
                 raise SnapbenchError(f"{b.block_id}: the {attention} rewrite gives {db[b.block_id]:.1f} dB PSNR "
                                      f"against diffusers' attention in PyTorch (< {min_psnr_db:.0f} dB); "
                                      "use --attention original for this model")
-            unit.transformer = _DiffusersCall(rewritten)  # the original's weights go with it
+            unit.transformer = _DiffusersCall(rewritten)  # the original's weights go with it (or live on in it)
+            del rewritten
         units.append(unit)
+        del unit
+        release_freed_memory()  # the block's transient tensors (the check's activations) go back to the system
     return BuiltChunk(UNetChunk(units, closes_skip[plan.start:plan.end], plan, attention, bits).eval(), db)
 
 

@@ -132,14 +132,15 @@ def query_chunk(tokens: int) -> int:
 
 
 def rewrite_attention(transformer: torch.nn.Module, attention: str, tokens: int, *,
-                      fixed_chunks: bool = False) -> torch.nn.Module:
+                      fixed_chunks: bool = False, consume: bool = False) -> torch.nn.Module:
     """`fixed_chunks`: split_einsum_v2 cuts the queries into tokens // chunk chunks whatever length it
-    runs at (when the chunk divides `tokens`), so it can be traced at a smaller size (unet_chunks)."""
+    runs at (when the chunk divides `tokens`), so it can be traced at a smaller size (unet_chunks).
+    `consume`: the result takes `transformer`'s tensors (ane_attention.rewrite_transformer)."""
     from snapbench.converters.ane_attention import rewrite_transformer
 
     chunk = query_chunk(tokens)
     chunks = tokens // chunk if fixed_chunks and attention == "split_einsum_v2" and tokens % chunk == 0 else None
-    return rewrite_transformer(transformer, attention, query_chunk_size=chunk, query_chunks=chunks)
+    return rewrite_transformer(transformer, attention, query_chunk_size=chunk, query_chunks=chunks, consume=consume)
 
 
 def block_module(unit: BlockUnit, attention: str, tokens: int | None = None) -> torch.nn.Module:

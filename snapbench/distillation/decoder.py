@@ -34,6 +34,7 @@ import torch
 
 from snapbench.errors import SnapbenchError
 from snapbench.json_types import JSON, JSONObject, json_int
+from snapbench.resuming import Flag, check_same
 from snapbench.user_files import load_torch_state
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
 DISTILL_FILE = "decoder_distill.json"
 STATE_FILE = "decoder_state.pt"
 FORMAT = "snapbench.decoder-distill/1"
+# What a resumed run must keep, and the `distill-decoder` option that sets each.
+RESUME_FLAGS = {"prune": Flag("--prune"), "batch_size": Flag("--batch-size"), "learning_rate": Flag("--lr"),
+                "seed": Flag("--seed")}
 
 
 @dataclass(frozen=True)
@@ -266,10 +270,8 @@ def _read_state(out: Path, config: DecoderDistillConfig, teacher_ref: str) -> _R
     if info.get("format") != FORMAT:
         raise SnapbenchError(f"{info_path}: not a snapbench decoder distillation")
     before = info.get("config", {})
-    for key in ("prune", "batch_size", "learning_rate", "seed"):
-        if before.get(key) != getattr(config, key):
-            raise SnapbenchError(f"{out} holds a run with {key}={before.get(key)!r}, this command asks "
-                                 f"{getattr(config, key)!r}; use the same settings to resume or another --out")
+    check_same(out, {k: before.get(k) for k in RESUME_FLAGS}, {k: getattr(config, k) for k in RESUME_FLAGS},
+               RESUME_FLAGS)
     if info.get("teacher") != teacher_ref:
         raise SnapbenchError(f"{out} holds a distillation of {info.get('teacher')}, not {teacher_ref}; "
                              "use another --out")

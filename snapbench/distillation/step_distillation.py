@@ -51,6 +51,7 @@ from snapbench.errors import SnapbenchError
 from snapbench.evolution.robust_training import NO_SKIP, TrainConfig, fine_tune
 from snapbench.json_types import JSON, JSONObject, dataclass_from_json
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder
+from snapbench.resuming import Flag
 from snapbench.training.checkpoints import ModelBundle, load_bundle, save_bundle
 from snapbench.training.data import TrainingData, training_data
 from snapbench.training.loop import (
@@ -69,6 +70,13 @@ STATE_FILE = "distill_state.json"
 SAMPLING_FILE = "sampling.json"
 STATE_FORMAT = "snapbench.distill/1"
 SAMPLING_FORMAT = "snapbench.sampling/1"
+# `distill`'s options for the DistillConfig fields a resumed run must keep (the others no option sets).
+DISTILL_FLAGS = {"teacher_steps": Flag("--teacher-steps"), "student_steps": Flag("--student-steps"),
+                 "cfg_aware": Flag("--cfg-aware", off="--vanilla"), "guidance_min": Flag("--guidance-min"),
+                 "guidance_max": Flag("--guidance-max"), "cfg_probability": Flag("--cfg-probability"),
+                 "gamma": Flag("--gamma"), "batch_size": Flag("--batch-size"), "learning_rate": Flag("--lr"),
+                 "prediction_type": Flag("--prediction-type"), "v_finetune_steps": Flag("--v-finetune-steps"),
+                 "seed": Flag("--seed")}
 
 PredictionType = Literal["epsilon", "v_prediction"]
 PREDICTION_TYPES: dict[str | None, PredictionType | None] = {None: None, "epsilon": "epsilon",
@@ -350,7 +358,7 @@ def _start(model: str | Path, out: Path, config: DistillConfig, student_ref: str
         if state.get("model") != str(model):
             raise SnapbenchError(f"{out} holds a distillation of --model {state.get('model')}, not {model}; "
                                  "use another --out to start a new run")
-        check_resumable(DistillConfig.from_dict(state["config"]), config, out)
+        check_resumable(DistillConfig.from_dict(state["config"]), config, out, DISTILL_FLAGS)
         teacher = load_bundle(state["teacher"])
         return _Models(teacher, load_bundle(out), state)
     if out.exists() and any(p.name != FOLDER_LOCK for p in out.iterdir()):  # our own lock is not content

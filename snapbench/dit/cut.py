@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from snapbench.blocks.cut import CutBlock
+from snapbench.blocks.cut import CountingRecord, CutBlock
 from snapbench.blocks.signature import AttrValue, Signature
 from snapbench.dit.family import Family
 from snapbench.dit.spec import MAX_TOKENS, DitSpec
@@ -41,7 +41,6 @@ __all__ = ["STAGES", "block_stages", "cut_dit", "cut_units", "default_shapes", "
 
 Shape = tuple[int, ...]
 MAX_LATENT = 512  # 4096x4096 pixels at f8; bounds the token count (and attention memory) a user can ask for
-_ATTENTION_OPS = ("bmm", "baddbmm", "_scaled_dot_product")
 
 
 
@@ -184,21 +183,16 @@ def cut_units(units: list[DitUnit], spec: DitSpec, shapes: InputShapes, config: 
     of `units` (built on the meta device) at `shapes`."""
     check_shapes(spec, shapes)
     fam = spec.family
-    record: list = []
-    with torch.no_grad():
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        record = CountingRecord(counter)
         run_chain(units, example_inputs(spec, shapes, device="meta"), record)
     blocks = []
-    for unit, args, outs in record:
+    for (unit, args, outs), (total, attn) in zip(record, record.macs):
         inputs = tuple((n, tuple(a.shape)) for n, a in zip(unit.input_names, args))
         outputs = tuple((n, tuple(o.shape)) for n, o in zip(unit.output_names, outs))
         if unit.removed:  # nothing runs: no package, no cost (its weights stay in the checkpoint)
             blocks.append(CutBlock(unit, inputs, outputs[0][1], 0, 0, 0, None, outputs=outputs))
             continue
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            unit(*args)
-        flops = counter.get_flop_counts().get("Global", {})
-        total = sum(flops.values()) // 2
-        attn = sum(v for k, v in flops.items() if any(o in str(k) for o in _ATTENTION_OPS)) // 2
         kind = "TB" if unit.kind == "TB" else unit.name
         variant = spec.attention_variant.label() if spec.attention_variant else "-"
         sig = Signature(kind, inputs, outputs[0][1], _attrs(unit, fam, config, variant), precision,

@@ -57,6 +57,7 @@ from snapbench.evolution.scoring import Counts, Scorer
 from snapbench.evolution.trajectory import TRAJECTORY_FILE, TrajectoryRow, write_trajectory
 from snapbench.json_types import JSON, JSONObject, json_int
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder
+from snapbench.resuming import Flag, differences, flat, mismatch_error
 from snapbench.specs.arch_spec import ArchSpec
 
 if TYPE_CHECKING:
@@ -295,29 +296,49 @@ ADDED_SETTINGS: dict[str, JSON] = {"config.eval_budget.": None, "evaluator.batch
                                   "config.final_robust": True}  # prefix: the value it must have now
 
 
-def _check_same(before: Mapping[str, JSON], now: Mapping[str, JSON], out: Path) -> list[str]:
-    """Refuse to resume under other settings; return the settings the run's state predates (adopted)."""
-    def flat(d: Mapping[str, JSON], prefix: str = "") -> dict[str, JSON]:
-        res: dict[str, JSON] = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                res.update(flat(v, f"{prefix}{k}."))
-            else:
-                res[f"{prefix}{k}"] = v
-        return res
+def _budget_arg(stored: Mapping[str, object]) -> str:
+    """--eval-budget as the run was started: exhaustive, auto or the first round's samples."""
+    if stored.get("config.eval_budget.mode") == "exhaustive":
+        return "exhaustive"
+    return str(stored.get("config.eval_budget.first") or "auto")
 
+
+# `evolve`'s option for each setting a resumed run must keep (the device by its catalog id; the rest no
+# option sets: the evaluator's batch, for one).
+RESUME_FLAGS = {
+    "model": Flag("--model"), "device": Flag("--device"), "table": Flag("--table"),
+    "fixed_table": Flag("--fixed-table"), "attention": Flag("--attention"),
+    "config.target_ms": Flag("--target-ms"), "config.target_fraction": Flag("--target-fraction"),
+    "config.removals_per_iteration": Flag("--removals-per-iteration"), "config.add_phase": Flag("--add", off="--no-add"),
+    "config.min_gain": Flag("--min-gain"), "config.train_steps": Flag("--train-steps"),
+    "config.final_steps": Flag("--final-steps"), "config.final_robust": Flag("--final-robust", off="--final-normal"),
+    "config.train.batch_size": Flag("--batch-size"), "config.train.learning_rate": Flag("--lr"),
+    "config.train.skip.ca": Flag("--skip-ca"), "config.train.skip.rb": Flag("--skip-rb"), "config.data": Flag("--data"),
+    "config.moves": Flag("--moves"), "config.eval_budget.mode": Flag("--eval-budget", arg=_budget_arg),
+    "config.eval_budget.first": Flag("--eval-budget", arg=_budget_arg),
+    "config.eval_budget.confidence": Flag("--eval-confidence"),
+    "config.eval_budget.tie_margin": Flag("--eval-tie-margin"), "evaluator.name": Flag("--evaluator"),
+    "evaluator.samples_per_prompt": Flag("--samples-per-prompt"),
+    "evaluator.images_per_prompt": Flag("--samples-per-prompt"), "evaluator.steps": Flag("--eval-steps"),
+    "evaluator.guidance": Flag("--guidance"), "evaluator.seed": Flag("--eval-seed"),
+    "evaluator.clip_weights": Flag("--clip-weights"), "evaluator.pipeline": Flag("--pipeline"),
+    "evaluator.prompts": Flag("--prompts", arg=lambda stored: "<a file of the run's prompts>"),
+}
+
+
+def _check_same(before: Mapping[str, JSON], now: Mapping[str, JSON], out: Path) -> list[str]:
+    """Refuse to resume under other settings (one line naming each and the options that resume the run);
+    return the settings the run's state predates (adopted)."""
     a, b = flat(before), flat(now)
     adopted = []
-    for k in sorted(set(a) | set(b)):
-        if k == "config.max_iterations":
-            continue  # may be raised to let a stopped run go on
+    for k in sorted(set(b) - set(a)):
         added = next((v for p, v in ADDED_SETTINGS.items() if k.startswith(p)), ...)
-        if k not in a and added is not ... and (added is None or b.get(k) == added):
+        if added is not ... and (added is None or b.get(k) == added):
             adopted.append(k)
-            continue
-        if a.get(k) != b.get(k):
-            raise SnapbenchError(f"{out} holds an evolution run with {k}={a.get(k)!r}, this command asks {b.get(k)!r}; "
-                                 "run the same command to resume, or pick another --out")
+    # max_iterations may be raised to let a stopped run go on
+    found = differences(a, b, same=lambda k: k == "config.max_iterations" or k in adopted)
+    if found:
+        raise mismatch_error(out, found, RESUME_FLAGS, a)
     return adopted
 
 

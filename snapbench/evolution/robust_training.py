@@ -34,6 +34,7 @@ from snapbench.evolution.moves import SWAPS, check_moves_apply
 from snapbench.json_types import JSON, JSONObject, dataclass_from_json
 from snapbench.locks import FOLDER_LOCK, claimed_run_folder
 from snapbench.model.elastic_unet import ElasticUNet
+from snapbench.resuming import Flag
 from snapbench.training.checkpoints import ModelBundle, load_bundle, save_bundle
 from snapbench.training.data import TrainingData, training_data
 from snapbench.training.loop import (
@@ -54,6 +55,11 @@ if TYPE_CHECKING:
 
 STATE_FILE = "train_state.json"
 STATE_FORMAT = "snapbench.train/1"
+# `train`'s options for the TrainConfig fields a resumed run must keep (the others no option sets).
+TRAIN_FLAGS = {"batch_size": Flag("--batch-size"), "learning_rate": Flag("--lr"),
+               "robust": Flag("--robust", off="--normal"), "skip.ca": Flag("--skip-ca"), "skip.rb": Flag("--skip-rb"),
+               "prediction_type": Flag("--prediction-type"), "variant_moves": Flag("--variant-moves"),
+               "variant_p": Flag("--variant-p"), "seed": Flag("--seed")}
 
 
 @dataclass(frozen=True)
@@ -238,7 +244,7 @@ def _start(model: str | Path, out: Path, config: TrainConfig, weights: str | Pat
         if state.get("model") != str(model):
             raise SnapbenchError(f"{out} holds a run of --model {state.get('model')}, not {model}; "
                                  "use another --out to start a new run")
-        check_resumable(TrainConfig.from_dict(state["config"]), config, out)
+        check_resumable(TrainConfig.from_dict(state["config"]), config, out, TRAIN_FLAGS)
         return state, load_bundle(out)
     if out.exists() and any(p.name != FOLDER_LOCK for p in out.iterdir()):
         raise SnapbenchError(f"{out}: exists and is not a snapbench training folder (no {STATE_FILE}); "

@@ -238,9 +238,11 @@ def from_run(run: ProfileRun, source: ModelSource, opts: ConvertOptions) -> DitP
 
 def profile_dit(source: ModelSource, dev: Device, opts: ConvertOptions, *,
                 table: LatencyTable | None = None, packages: Path | None = None,
-                say: Say | None = None, estimate: EstimateFn = _estimate) -> DitProfile:
+                say: Say | None = None, estimate: EstimateFn = _estimate,
+                before_writing: Callable[[], object] | None = None) -> DitProfile:
     """Every block of a DiT on `device`: from `table` where it has the signature, else estimated (converting
-    the packages first where needed)."""
+    the packages first where needed; `before_writing` is called first: a table that cannot be written
+    refuses there, before the conversion)."""
     from snapbench.backbones.dit import DitBackbone
     from snapbench.latency.model_latency import PackageToPrice, now, to_row
     from snapbench.profilers.measurement import Measurement
@@ -257,6 +259,8 @@ def profile_dit(source: ModelSource, dev: Device, opts: ConvertOptions, *,
     new_rows: list[LatencyRow] = []
     missing = [k for k in keys if k not in rows]
     if missing:
+        if before_writing is not None:
+            before_writing()
         folder = Path(packages) if packages is not None else packages_folder(source, opts)
         converted = convert(ConvertRequest(source, folder, opts, say=say))
         if converted.failed:

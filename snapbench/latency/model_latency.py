@@ -332,12 +332,18 @@ def profile_model(
     import_file: str | Path | None = None,
     packages: PackageSource | None = None,
     on_table: Callable[[LatencyTable], object] | None = None,  # its return value is ignored
+    before_writing: Callable[[], object] | None = None,
     progress: bool = True,
     say: Say | None = None,
+    cut: Sequence[CutBlock] | None = None,
 ) -> ProfileRun:
     """Price every package the requested components need on `device`, table first. `backend`: a name
     (`auto` picks and says which), or a pricer object; `estimator` fills what it did not cover.
-    `on_table` gets the merged table after every priced package (`profile` saves it there)."""
+    `on_table` gets the merged table after every priced package (`profile` saves it there). `cut`: the
+    model's blocks at `settings` when the caller has them already (`cut_model`, or an inspection at the same
+    shapes, precision and attention); else the model is cut here. `before_writing` is called once the run
+    knows it will make new rows, before any package is converted or measured (`profile` refuses a table it
+    cannot write there, not after the work)."""
     comps = tuple(dict.fromkeys(components))
     name = backend if isinstance(backend, str) else backend.name
     if name == "import" and import_file is None:
@@ -355,7 +361,10 @@ def profile_model(
             backend.check(dev)
         chosen = backend.name
     estimator = estimator or (backend if isinstance(backend, EstimatePricer) else EstimatePricer())
-    cut = cut_model(source, settings) if "unet" in comps else []
+    if "unet" not in comps:
+        cut = []
+    elif cut is None:
+        cut = cut_model(source, settings)
     items = packages_to_price(source, settings, comps, cut)
     packages = packages or ConverterPackages()
     created = now()
@@ -371,7 +380,16 @@ def profile_model(
 
     target: Target | None = None
     failures: list[Failure] = []
+    checked = False
+
+    def will_write() -> None:
+        nonlocal checked
+        if before_writing is not None and not checked:
+            before_writing()
+            checked = True
+
     if imported is not None and import_file is not None:  # read from it above
+        will_write()
         by_key = {it.key: it for it in items}
         for key, m in _resolve_import(import_file, imported, dev, settings, cut, items).items():
             keep(to_row(dev, by_key[key], m, created))
@@ -380,12 +398,14 @@ def profile_model(
         target = be.identify(dev)
         todo = still_needed(items, merged, dev.id, chosen, os_build=target.os_build)
         if todo:
+            will_write()
             located = locate(todo, source, packages, progress=progress)
             with be.open(target) as pricer:
                 price(located, dev, pricer, created=created, on_row=keep, progress=progress, failures=failures)
     # The estimator: the whole job for `estimate`, the gaps (labelled) for the others.
     todo = still_needed(items, merged, dev.id, "estimate", estimator_version=_version(estimator))
     if todo:
+        will_write()
         if chosen != "estimate" and say:
             say(f"{len(todo)} package(s) not covered by {chosen}: estimated and labelled estimate")
         price(locate(todo, source, packages, progress=progress), dev, estimator, created=created, on_row=keep,

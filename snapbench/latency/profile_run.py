@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from snapbench.atomic import check_writable
 from snapbench.devices.catalog import Device, resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.interrupts import on_interrupt_keep
@@ -22,7 +23,7 @@ from snapbench.latency.model_latency import ALL_COMPONENTS, ProfileRun, ProfileT
 from snapbench.latency.packages import ConverterPackages, check_manifest_settings
 from snapbench.latency.table import LatencyTable, merge_into_file
 from snapbench.model.loading import ModelSource
-from snapbench.paths import table_to_read, tables_redirect_note, user_table_path
+from snapbench.paths import table_to_read, tables_hint, tables_redirect_note, user_table_path
 from snapbench.profilers.backends import BACKEND_CHOICES, MEASURING, DeviceBackend, EstimatePricer, choose_backend
 from snapbench.profilers.coreml_api import DEFAULT_REQUEST_TIMEOUT_S, CoreMLTools, Signing
 from snapbench.profilers.readiness import Machine
@@ -105,7 +106,8 @@ def run_profile(request: ProfileRequest, tools: ProfileTools = ProfileTools(), *
         import_file=r.import_file,
         packages=tools.packages or (ConverterPackages(r.packages) if r.packages is not None else None),
         # measured rows are saved one package at a time: an interrupted or failed run keeps them
-        on_table=(lambda t: merge_into_file(path, t)) if chosen in MEASURING else None, progress=True, say=say,
+        on_table=(lambda t: merge_into_file(path, t)) if chosen in MEASURING else None,
+        before_writing=lambda: check_writable(path, tables_hint(r.table)), progress=True, say=say,
     )
     if run.new_rows:
         say_redirect(r, say)

@@ -47,6 +47,7 @@ from snapbench.report.data import (
     TrajectoryRow,
 )
 from snapbench.report.latency_source import (
+    PricedSettings,
     ProfileOutcome,
     Profiler,
     backend_label,
@@ -87,6 +88,7 @@ class ModelEntry:
     latent: int  # the latent size it is priced at: --latent, else its own config's
     tokens: int  # the text length it is priced at: 77 for SD's CLIP, a DiT's own pipeline's (300, 333, ...)
     family: str  # its backbone's name
+    priced: PricedSettings  # the settings it is priced at; `inspection` was cut at them (the profiler reuses it)
 
 
 _UNET_STAGES = ("Stages are the paper's: Down-1 to Down-3, Mid and Up-1 to Up-3, the UNet's resolution levels; "
@@ -164,14 +166,17 @@ def load_models(baseline: str, candidates: Sequence[str], *, settings: ReportSet
     for (role, ref, source), family in zip(sources, families):
         latent = model_latent(source.spec, settings.get("latent"))
         tokens = _tokens(source, family)
-        shapes = InputShapes(latent=latent, batch=int(settings["batch"]), tokens=tokens)
-        inspection = inspect_model(source, shapes=shapes, attention=str(settings["attention"]))
+        priced = priced_settings(settings, latent, tokens)
+        # cut once at the priced settings: the profiler prices these very blocks (cutting is most of a
+        # report of tiny models; each cut runs the network on the meta device and counts every block)
+        shapes = InputShapes(latent=latent, batch=priced["batch"], tokens=tokens)
+        inspection = inspect_model(source, shapes=shapes, attention=priced["attention"], precision=priced["precision"])
         name = inspection.name
         seen[name] = seen.get(name, 0) + 1
         key = name if seen[name] == 1 else f"{name}#{seen[name]}"
         n, src = _steps_for(ref, name, steps, inspection.source.spec.notes,
                             _dit_family(source) if family == "dit" else None)
-        entries.append(ModelEntry(key, ref, role, inspection, n, src, latent, tokens, family))
+        entries.append(ModelEntry(key, ref, role, inspection, n, src, latent, tokens, family, priced))
     known = {e.ref for e in entries} | {e.inspection.name for e in entries}
     unknown = [k for k in steps if k not in known]
     if unknown:
@@ -490,8 +495,8 @@ def gather(*, baseline: str = "sd15", candidates: Sequence[str] = ("snapfusion",
     results = []
     for e in entries:
         for d in devs:
-            outcome = profiler(e.inspection.source, d, priced_settings(settings, e.latent, e.tokens), backend,
-                               table_path, say=say)
+            outcome = profiler(e.inspection.source, d, e.priced, backend, table_path, say=say,
+                               cut=e.inspection.blocks)
             results.append(_result(e, d, outcome))
     models = [_model_summary(e) for e in entries]
     _attach_speedups(results, entries[0].key)

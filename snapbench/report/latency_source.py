@@ -21,6 +21,7 @@ from snapbench.settings import RunSettings
 from snapbench.specs.dit_layout import is_dit_config
 
 if TYPE_CHECKING:
+    from snapbench.blocks.cut import CutBlock
     from snapbench.latency.model_latency import ComponentLatency, ProfileRun
     from snapbench.latency.packages import PackageSource
     from snapbench.latency.table import LatencyRow, Settings
@@ -79,14 +80,15 @@ def priced_settings(settings: ReportSettings, latent: int, tokens: int) -> Price
             "latent": latent, "tokens": tokens}
 
 
-# (model source, device, settings, backend, table path or None, say=) -> outcome
+# (model source, device, settings, backend, table path or None, say=, cut=) -> outcome; `cut`: the model's
+# blocks at these settings, already cut by the report's inspection (a profiler may ignore it)
 Profiler = Callable[..., ProfileOutcome]
 
 
 def profile_with_snapbench(source: ModelSource, device: Device, settings: PricedSettings, backend: str,
                            table: Path | None, say: Callable[[str], None] | None = None, *,
-                           packages: PackageSource | None = None, estimator: EstimatePricer | None = None,
-                           progress: bool = True) -> ProfileOutcome:
+                           cut: Sequence[CutBlock] | None = None, packages: PackageSource | None = None,
+                           estimator: EstimatePricer | None = None, progress: bool = True) -> ProfileOutcome:
     """Latencies from the latency package: the table first (`--table`, else the model's table under
     your tables, else the shipped ones), the backend for whatever it lacks, labelled estimates for the rest.
 
@@ -95,8 +97,9 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Priced
     the table the UNet's run left, and a failure there costs only that figure, which the report shows
     as missing with the reason. Each part is priced once. A DiT's pipeline parts are its app's (its text
     encoders, its VAE decoder), priced by `latency/dit_pipeline.py` into the same two components.
-    The report only reads tables; `snapbench profile` writes them. `packages`, `estimator` and `progress` go
-    to `profile_model` (how tests run it without converting).
+    The report only reads tables; `snapbench profile` writes them. `cut` (the blocks at `settings`, from the
+    report's inspection), `packages`, `estimator` and `progress` go to `profile_model` (the last three are
+    how tests run it without converting).
     """
     try:
         from snapbench.latency.model_latency import profile_model
@@ -113,7 +116,7 @@ def profile_with_snapbench(source: ModelSource, device: Device, settings: Priced
     notes: list[str] = []
     try:
         run = profile_model(source, device, s, table=existing, backend=backend, components=("unet",), say=say,
-                            packages=packages, estimator=estimator, progress=progress)
+                            cut=cut, packages=packages, estimator=estimator, progress=progress)
     except ImportError as e:  # a converter or Core ML piece missing here: say so, never invent a number
         return ProfileOutcome(None, f"latencies could not be produced on this machine ({e})")
     if is_dit_config(source.spec.base_config):  # a DiT pipeline's parts are the app's, not a UNet's components

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from snapbench.atomic import atomic_write_text
+from snapbench.atomic import atomic_write_text, check_writable
 from snapbench.errors import SnapbenchError
 from snapbench.report.data import ReportData
 from snapbench.report.render import render_html
@@ -19,13 +19,7 @@ def check_out_path(out: str | Path) -> Path:
         raise SnapbenchError(f"{out}: --out is a folder; give a file name such as {Path(out) / 'report.html'}")
     if p.suffix.lower() == ".json":
         raise SnapbenchError(f"{out}: --out names the HTML file; --json writes the data beside it as .json")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise SnapbenchError(f"{out}: cannot write there, {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise SnapbenchError(f"{out}: cannot write there, {parent} is not writable")
-            break
+    check_writable(p, "choose another --out")
     if p.exists() and not os.access(p, os.W_OK) and not os.access(p.parent, os.W_OK):
         raise SnapbenchError(f"{out}: file is not writable")
     return p

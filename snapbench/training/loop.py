@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
 import torch
 from torch import nn
 
-from snapbench.errors import SnapbenchError
+from snapbench.resuming import Flag, check_same
 from snapbench.training.data import TrainingData
 from snapbench.user_files import load_torch_state
 
@@ -140,14 +140,12 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 65_537 + rank)
 
 
-def check_resumable(before: DataclassInstance, config: DataclassInstance, out: Path) -> None:
+def check_resumable(before: DataclassInstance, config: DataclassInstance, out: Path,
+                    flags: Mapping[str, Flag]) -> None:
     """Refuse to resume the run in `out` (made with config `before`) under a `config` that differs from it
-    in a field outside `RESUMABLE`, naming the field and both values."""
-    for f in fields(config):
-        if f.name not in RESUMABLE and getattr(before, f.name) != getattr(config, f.name):
-            raise SnapbenchError(f"{out} holds a run with {f.name}={getattr(before, f.name)!r}, this command "
-                                 f"asks {getattr(config, f.name)!r}; use the same settings to resume or "
-                                 "another --out")
+    in a field outside `RESUMABLE`: one line naming each field, both values and the options (`flags`, by
+    field) that give the run's values back (`snapbench.resuming`)."""
+    check_same(out, before, config, flags, same=lambda key: key in RESUMABLE)
 
 
 def run_steps(accelerator: Accelerator, trainable: nn.Module, opt: torch.optim.Optimizer,

@@ -373,9 +373,12 @@ def refit(*, measured: str | None = None, write: bool = False, params_path=None,
           convert: bool = False) -> tuple[AneParams, pd.DataFrame]:
     """The shipped fit: every fitted corpus row, the reference points and a user's measured rows (weight 1
     each); returns the parameters and their report on the reference and measured points."""
+    from snapbench.atomic import check_writable
     from snapbench.calibration.fit import calibration_report
-    from snapbench.profilers.estimate.params import save_params
+    from snapbench.profilers.estimate.params import default_params_path, save_params
 
+    if write:  # the fit reads the whole corpus first: an unwritable file refuses before it
+        check_writable(params_path or default_params_path(), "choose another --params")
     points, _ = corpus_points(load_corpus(), convert=convert)
     own = load_points(measured, include_reference=False, convert=True) if measured else []
     current = load_params(params_path)

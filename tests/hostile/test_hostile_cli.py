@@ -120,8 +120,7 @@ CASES = [
          "not a readable safetensors weights file",
          lambda work: _weights_folder(work, (2**62).to_bytes(8, "little") + b"{}")),
     Case("read-only-tables", ["profile", "--model", "sd15-tiny", *TINY, "--device", "iphone14pro", "--tables",
-                              "/sys/snapbench-tables"], 2, "choose a writable folder", memory=RUN_LIMIT,
-         marks=[pytest.mark.slow]),
+                              "/sys/snapbench-tables"], 2, "choose a writable folder", memory=RUN_LIMIT),  # before converting
     Case("read-only-cache", ["profile", "--model", "sd15-tiny", *TINY, "--device", "iphone14pro"], 2,
          "set $SNAPBENCH_CACHE to a writable folder", memory=RUN_LIMIT, env={"SNAPBENCH_CACHE": "/sys/snapbench-cache"}),
     Case("disk-full-convert", ["convert", "--model", "sd15-tiny", *TINY, "--out", "out"], 2, "file size limit",

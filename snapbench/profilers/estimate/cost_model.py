@@ -189,7 +189,7 @@ class PreparedOps:
     cls: np.ndarray           # op class index per op
     flops: np.ndarray         # FLOPs (MAC = 2)
     engine_flops: np.ndarray  # FLOPs the engine is priced for: a depthwise conv's taps are free (2 per output)
-    pad_ratio: np.ndarray     # padded / true elements of the output (vector units work on padded rows)
+    pad_ratio: np.ndarray     # padded / true elements a vector op sweeps (its output; a reduction's input)
     weight_bytes: np.ndarray  # DRAM weight bytes per run
     view: np.ndarray          # bool: relabels a buffer, costs nothing
     static_cpu: np.ndarray    # bool: placement rule independent of parameters
@@ -262,6 +262,13 @@ def prepare(records: Sequence[OpRecord], pad_bytes: float = 64.0) -> PreparedOps
             io[i] += padded
             max_tensor[i] = max(max_tensor[i], padded)
             if k == 0 and true > 0:
+                pad_ratio[i] = padded / true
+        # v11: a reduction sweeps its input's rows, so its padding is its input's: the (1, C, 1, 1) result of a
+        # global pool or a squeeze-excite mean has one-element rows padded 32x, which v4-v10 charged on every
+        # input element it reads (an SE block's mean over a 56 x 56 map: 3.4 us of vector work instead of 0.1)
+        if c == "reduce" and r.in_shapes and r.in_dtypes:
+            true, padded = _padded_bytes(r.in_shapes[0], r.in_dtypes[0], pad_bytes)
+            if true > 0:
                 pad_ratio[i] = padded / true
         # a gather reads the rows it returns, not its whole table
         weight[i] = min(r.weight_bytes, io[i]) if r.type in _GATHERS else r.weight_bytes

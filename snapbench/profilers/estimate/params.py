@@ -29,8 +29,9 @@ CHIP_FACTOR_BOUNDS = (0.25, 4.0)
 # per-harness call floors, robust fit; v6: no per-chip throughput factor, the catalog's fp16 peak; v7: a
 # group norm spelt out in elementwise ops moves what one norm op moves; v8: a depthwise conv's work is per
 # output element, its kernel taps free; v9: each palette table is one DRAM fetch at latency, `table_fetch_ns`;
-# v10: a program's inputs and outputs cross DRAM and are copied by the CPU)
-PARAMS_VERSION = 10
+# v10: a program's inputs and outputs cross DRAM and are copied by the CPU; v11: a reduction's vector work is over
+# its input's padded rows, not its one-element result rows)
+PARAMS_VERSION = 11
 CALL_FACTOR_BOUNDS = (0.1, 20.0)
 
 # (low, high) of each scalar parameter. Meaning, bounds and the sources of the priors in
