@@ -93,6 +93,35 @@ def test_stored_fingerprints_are_the_rewritten_modules_weights(attention):
     assert unscaled.isdisjoint(rewritten) == (attention != "original")
 
 
+@pytest.mark.slow  # sdxl-tiny analysed twice (about 2 CPU minutes each), the first time interrupted
+def test_an_interrupted_replayed_analysis_resumes_to_the_whole_reruns_figures(tmp_path):
+    """A layer inside a deep block reruns the block from its own transformer layer on; an interrupted
+    analysis resumes from the blocks it finished: the same table as every block rerun whole."""
+    from snapbench.converters.sensitivity import analyze_sensitivity
+
+    source = resolve_model("sdxl-tiny")
+    opts = SensitivityOptions(latent=4, samples=1, tokens=4, widths=(2,))
+    partial = tmp_path / "partial.json"
+
+    def interrupt(message: str) -> None:
+        if message.startswith("CA[Down-3, 1]:"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        analyze_sensitivity(source, opts, interrupt, partial=partial)
+    before = json.loads(partial.read_text())["blocks"]
+    assert "CA[Down-2, 2]" in before and "CA[Down-3, 1]" not in before
+    said: list[str] = []
+    fast = analyze_sensitivity(source, opts, said.append, partial=partial)
+    assert said[0].startswith(f"resuming from {partial}: {len(before)} block(s)")
+    assert not [m for m in said[1:] if m.split(":")[0] in before]  # nothing measured twice
+    pd.testing.assert_frame_equal(fast, analyze_sensitivity(source, opts, replay=False))
+    # the last of ten layers: measured, not skipped (its feed-forward; at latent 4 the deepest level is one
+    # position, where self-attention's query and key change nothing)
+    deep = fast[fast["layer"].str.contains(r"transformer_blocks\.9\.ff\.")]
+    assert len(deep) > 0 and (deep["psnr_2"] < 200).all()
+
+
 # -- the CLI: analyze, then convert with the recipe -------------------------------------------------------
 
 
