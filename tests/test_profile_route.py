@@ -52,3 +52,29 @@ def test_the_command_is_parse_request_run_render():
     tree = ast.parse(Path(profile_cli.__file__).read_text())
     fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "profile_command")
     assert fn.end_lineno - fn.body[0].lineno + 1 <= 40
+
+
+def test_a_farm_run_refuses_before_any_work(tmp_path):
+    """`--ray-address`'s refusals are the library's too (`latency.farm_profile.farm_devices`)."""
+    from snapbench.backbones import resolve_model
+    from snapbench.latency.farm_profile import farm_devices
+    from snapbench.latency.profile_run import ProfileRequest
+    from snapbench.settings import RunSettings
+
+    def request(**kw) -> ProfileRequest:
+        return ProfileRequest(resolve_model("sd15-tiny"), "sd15-tiny", None, RunSettings(latent=8, tokens=4),
+                              tables=tmp_path / "tables", **kw)
+
+    a, b = resolve_device("iphone14pro"), resolve_device("iphone15pro")
+    assert farm_devices(request(), [a, b]) == [a, b]
+    assert not (tmp_path / "tables").exists()  # checked, nothing made
+    with pytest.raises(SnapbenchError, match="--backend estimate does not apply"):
+        farm_devices(request(backend="estimate"), [a])
+    with pytest.raises(SnapbenchError, match="not --device auto"):
+        farm_devices(request(), [a, None])
+    with pytest.raises(SnapbenchError, match="--table names one table"):
+        farm_devices(request(table=tmp_path / "t.csv"), [a, b])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SnapbenchError, match="is a file, not a folder; choose a writable folder with --tables"):
+        farm_devices(ProfileRequest(resolve_model("sd15-tiny"), "sd15-tiny", None, RunSettings(latent=8, tokens=4),
+                                    tables=tmp_path / "file"), [a])

@@ -30,7 +30,6 @@ from snapbench.commands.common import (
 )
 from snapbench.console import say
 from snapbench.devices.catalog import Device
-from snapbench.errors import SnapbenchError
 from snapbench.interrupts import on_interrupt_keep
 from snapbench.latency.table import ATTENTIONS, COMPUTE_UNITS, LatencyTable, Settings, merge_into_file
 from snapbench.profilers.backends import BACKEND_CHOICES
@@ -227,28 +226,15 @@ def _profile_farm(tools: ProfileTools, request: ProfileRequest, devs: list[Devic
                   show_run: Callable[[ProfileRun, str], Mapping[str, object]] | None = None) -> None:
     """`--ray-address`: every --device measured on the farm's nodes, one table per device (`show_run`: a
     family's own document and rendering, a DiT's)."""
-    """`--ray-address`: every --device measured on the farm's nodes, one table per device."""
-    from snapbench.atomic import check_writable
-    from snapbench.latency.farm_profile import profile_on_farm
+    from snapbench.latency.farm_profile import farm_devices, profile_on_farm
     from snapbench.latency.packages import ConverterPackages
-    from snapbench.latency.profile_run import check_packages, counts, say_redirect, table_paths
-    from snapbench.paths import tables_hint
+    from snapbench.latency.profile_run import counts, say_redirect, table_paths
     from snapbench.profilers.backends import EstimatePricer
     from snapbench.profilers.farm import NodeSettings, node_backend
 
     r, m = request, request.measuring
-    if r.backend not in ("auto", "iphone", "mac"):
-        raise SnapbenchError(f"--ray-address measures on the farm's phones and Macs: --backend {r.backend} does not "
-                             "apply (leave it out)")
-    if None in devs:
-        raise SnapbenchError("--ray-address needs catalog ids (--device iphone14pro ...), not --device auto")
-    if r.table is not None and len(devs) > 1:
-        raise SnapbenchError("--table names one table; a farm run writes one per device under --tables")
-    check_packages(r)
-    farm = [d for d in devs if d is not None]
+    farm = farm_devices(r, devs)  # the refusals, before any work
     paths = {d.id: table_paths(r, d) for d in farm}
-    for path, _ in paths.values():  # a farm run measures: it always writes, so it refuses before converting
-        check_writable(path, tables_hint(r.table))
     existing = {did: LatencyTable.load_or_empty(read) for did, (_, read) in paths.items()}  # corrupt: stops here
     say_redirect(r, say)  # a farm run measures: it always writes
     on_interrupt_keep("the packages converted so far (cached) and the rows measured so far, in each device's table")
