@@ -141,6 +141,44 @@ def small_query_chunks(monkeypatch):
     monkeypatch.setattr(ane_attention, "DEFAULT_QUERY_CHUNK_SIZE", 64)
 
 
+V2_CHUNKS = ConvertOptions(mode="deploy", latent=16, tokens=4, chunks=2, attention="split_einsum_v2")
+
+
+@pytest.fixture(scope="module")
+def v2_chunks(tmp_path_factory):
+    """sd15-tiny's two UNet chunks at V2_CHUNKS, built once for the module, and their packages converted on
+    first use and kept: `package(index, scale, skip_passes)` -> the package's files (but its Manifest.json,
+    whose item ids are random). Chunk 1 traced at half size with every pass is in two tests. Callers ask for
+    `small_query_chunks` too: the chunks are built and traced under it."""
+    from snapbench.converters.convert_package import convert_module, example_inputs
+    from snapbench.converters.unet_chunks import at_batch_one
+
+    root = tmp_path_factory.mktemp("v2-chunks")
+    built: list = []
+    made: dict[tuple, dict[str, bytes]] = {}
+
+    class Chunks:
+        @property
+        def built(self):
+            if not built:
+                built.append(_chunk_modules(resolve_model("sd15-tiny"), V2_CHUNKS))
+            return built[0]
+
+        def package(self, index: int, scale: int, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
+            if (index, scale, skip) not in made:
+                plans, chunks = self.built
+                plan = plans[index]
+                dest = root / f"{plan.name}-x{scale}-skip{len(skip)}" / f"{plan.name}.mlpackage"
+                convert_module(chunks[index].module, plan.io, V2_CHUNKS, dest, metadata={}, description="chunk",
+                               inputs=example_inputs(at_batch_one(plan.io, scale)), skip_passes=skip)
+                made[(index, scale, skip)] = {f.relative_to(dest).as_posix(): f.read_bytes()
+                                              for f in sorted(dest.rglob("*"))
+                                              if f.is_file() and f.name != "Manifest.json"}
+            return made[(index, scale, skip)]
+
+    return Chunks()
+
+
 @pytest.mark.parametrize("attention", ["original",  # the v2 case traces the chunked attention: slow
                                        pytest.param("split_einsum_v2", marks=pytest.mark.slow)])
 def test_chunks_traced_small_run_at_full_size(attention, small_query_chunks):
@@ -183,23 +221,12 @@ def test_chunks_are_traced_at_full_size_when_a_small_trace_would_differ(monkeypa
 
 
 @pytest.mark.slow  # converts whole UNet chunks (many blocks each), not one tiny package
-def test_chunk_traced_small_is_the_same_package(tmp_path, small_query_chunks):
+def test_chunk_traced_small_is_the_same_package(v2_chunks, small_query_chunks):
     """Byte for byte: chunk 1 (v2 attention, 4 query chunks at 16 x 16) traced at 8 x 8 vs at 16 x 16."""
-    from snapbench.converters.convert_package import convert_module, example_inputs
-    from snapbench.converters.unet_chunks import at_batch_one
-
-    opts = ConvertOptions(mode="deploy", latent=16, tokens=4, chunks=2, attention="split_einsum_v2")
-    plans, built = _chunk_modules(resolve_model("sd15-tiny"), opts)
+    plans, built = v2_chunks.built
     attention = [m for m in built[0].module.modules() if type(m).__name__ == "ANEAttention"]
     assert attention and max(m.query_chunks or 1 for m in attention) == 4  # the chunked path is in it
-    packages = {}
-    for scale in (1, 2):
-        dest = tmp_path / f"x{scale}" / "UnetChunk1.mlpackage"
-        convert_module(built[0].module, plans[0].io, opts, dest, metadata={}, description="chunk",
-                       inputs=example_inputs(at_batch_one(plans[0].io, scale)))
-        packages[scale] = {f.relative_to(dest).as_posix(): f.read_bytes() for f in sorted(dest.rglob("*"))
-                           if f.is_file() and f.name != "Manifest.json"}  # (item ids in it are random)
-    assert packages[1] == packages[2]
+    assert v2_chunks.package(0, 1) == v2_chunks.package(0, 2)
 
 
 def test_vae_traced_small_runs_at_full_size():
@@ -357,20 +384,9 @@ def test_pipeline_flag_combinations(tmp_path, capsys):
 
 
 @pytest.mark.slow  # converts whole UNet chunks (many blocks each), not one tiny package
-def test_skipped_passes_change_nothing_in_a_unet_chunk(tmp_path, small_query_chunks):
+def test_skipped_passes_change_nothing_in_a_unet_chunk(v2_chunks, small_query_chunks):
     """UNET_SKIPPED_PASSES are left out only because the chunks' packages are the same without them."""
-    from snapbench.converters.convert_package import convert_module, example_inputs
     from snapbench.converters.pipeline import UNET_SKIPPED_PASSES
-    from snapbench.converters.unet_chunks import at_batch_one
 
-    opts = ConvertOptions(mode="deploy", latent=16, tokens=4, chunks=2, attention="split_einsum_v2")
-    plans, built = _chunk_modules(resolve_model("sd15-tiny"), opts)
-    for plan, chunk in zip(plans, built):
-        packages = []
-        for skip in ((), UNET_SKIPPED_PASSES):
-            dest = tmp_path / f"{plan.name}{len(skip)}" / f"{plan.name}.mlpackage"
-            convert_module(chunk.module, plan.io, opts, dest, metadata={}, description="chunk",
-                           inputs=example_inputs(at_batch_one(plan.io, 2)), skip_passes=skip)
-            packages.append({f.relative_to(dest).as_posix(): f.read_bytes() for f in sorted(dest.rglob("*"))
-                             if f.is_file() and f.name != "Manifest.json"})
-        assert packages[0] == packages[1]
+    for index in (0, 1):
+        assert v2_chunks.package(index, 2) == v2_chunks.package(index, 2, tuple(UNET_SKIPPED_PASSES))

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from snapbench.latency.dit_profile import DitProfileDoc
     from snapbench.latency.model_latency import ProfileRun
     from snapbench.model.loading import ModelSource
-    from snapbench.profilers.readiness import Machine
 
 
 class OptionKw(TypedDict, total=False):
@@ -51,23 +50,9 @@ def dit_options(model: str, *, latent: int | None, batch: int, tokens: int,
     return source, ConvertOptions(latent=shapes.latent, batch=shapes.batch, tokens=shapes.tokens, **kw)
 
 
-def measuring_backend(backend: str, device: Device | None, *, import_file: Path | None, ray_address: str | None,
-                      machine: Machine | None) -> str | None:
-    """The backend a DiT profile takes profiling's one seam with (measuring on a phone, a Mac or a farm, or
-    importing), or None: estimated here. `auto` measures when a phone (or this Mac) is ready for `device`."""
-    from snapbench.profilers.backends import MEASURING, choose_backend
-
-    if import_file is not None or ray_address is not None or device is None or backend in (*MEASURING, "import"):
-        return backend
-    if backend == "auto":
-        chosen = choose_backend("auto", device, machine=machine)
-        return chosen if chosen in MEASURING else None
-    return None
-
-
 def profile(model: str, device: Device | None, *, packages: Path | None, table: Path | None, tables: Path | None,
             as_json: bool, latent: int | None, batch: int, tokens: int, **kw: Unpack[OptionKw]) -> None:
-    """`profile` of a DiT, estimated (`latency/dit_profile.py`); see `measuring_backend` for the others."""
+    """`profile` of a DiT, estimated (`latency/dit_profile.py`); `profile_route.dit_backend` chooses this."""
     from snapbench.atomic import check_writable
     from snapbench.errors import SnapbenchError
     from snapbench.latency.dit_profile import profile_dit

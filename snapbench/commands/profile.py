@@ -29,8 +29,7 @@ from snapbench.commands.common import (
     resolved_latent,
 )
 from snapbench.console import say
-from snapbench.devices.catalog import Device, resolve_device
-from snapbench.errors import SnapbenchError
+from snapbench.devices.catalog import Device
 from snapbench.interrupts import on_interrupt_keep
 from snapbench.latency.table import ATTENTIONS, COMPUTE_UNITS, LatencyTable, Settings, merge_into_file
 from snapbench.profilers.backends import BACKEND_CHOICES
@@ -92,45 +91,27 @@ def profile_command(
 ) -> None:
     """Latency of every block (and the text encoder and VAE decoder) on a device: table + stage summary."""
     from snapbench.latency.app_floor import check_floor_ms
-    from snapbench.zoo.specs import is_network_spec
+    from snapbench.profile_route import named_device, profile_devices, profile_route
 
-    if len(devices) > 1 and ray_address is None:
-        raise SnapbenchError("several --device values are a device-farm run: add --ray-address ADDR (nodes join "
-                             "with `snapbench farm join`), or profile one device at a time")
+    devs = profile_devices(devices, ray_address)  # each --device resolved once
     app_floor_ms = check_floor_ms(app_floor_ms)
-    devs = [None if d == "auto" else resolve_device(d) for d in devices]  # each --device resolved once
-    if is_network_spec(model):  # any network (or a Core ML package): one whole program, estimated
-        from snapbench.zoo.specs import refuse_unet_only
-
-        refuse_unet_only(model, attention=attention, compute_units=compute_units)
-        _profile_network(model, input_shape, _named(devs[0], model), weight_bits, backend, as_json, app_floor_ms)
+    route = profile_route(model, input_shape=input_shape, components=component, attention=attention,
+                          compute_units=compute_units)
+    if route == "network":  # any network (or a Core ML package): one whole program, estimated
+        _profile_network(model, input_shape, named_device(devs[0], model), weight_bits, backend, as_json, app_floor_ms)
         return
-    from snapbench.dit.source import is_dit_ref
     from snapbench.latency.model_latency import ProfileTools
     from snapbench.latency.profile_run import Measuring, run_profile
 
     tools = ctx.obj if isinstance(ctx.obj, ProfileTools) else ProfileTools()
     measuring = Measuring(warmup=warmup, repeats=repeats, request_timeout_s=request_timeout,
                           rebuild_runner=rebuild_runner, trust_wait_s=trust_wait, team_id=team_id, bundle_id=bundle_id)
-    if is_dit_ref(model) and input_shape is None and not component:
-        from snapbench.commands import dit_commands
-
-        dit_backend = dit_commands.measuring_backend(backend, devs[0], import_file=from_file, ray_address=ray_address,
-                                                     machine=tools.machine)
-        if dit_backend is None:
-            dit_commands.profile(model, devs[0], packages=packages, table=table, tables=tables, as_json=as_json,
-                                 latent=latent, batch=batch, tokens=tokens, attention=attention, weight_bits=weight_bits)
-            return
-        source, opts = dit_commands.dit_options(model, latent=latent, batch=batch, tokens=tokens, attention=attention,
-                                                weight_bits=weight_bits)
-        measure_dit(source, model, opts, devs[0], backend=dit_backend,
-                    compute_units=check_choice("--compute-units", compute_units, COMPUTE_UNITS), table=table,
-                    tables=tables, import_file=from_file, packages=packages, measuring=measuring, tools=tools,
-                    ray_devices=devs, ray_address=ray_address, as_json=as_json)
+    if route == "dit":
+        _profile_dit(model, devs, backend=backend, compute_units=compute_units, table=table, tables=tables,
+                     from_file=from_file, packages=packages, ray_address=ray_address, measuring=measuring, tools=tools,
+                     as_json=as_json, latent=latent, batch=batch, tokens=tokens, attention=attention,
+                     weight_bits=weight_bits)
         return
-    if input_shape is not None:
-        raise SnapbenchError("--input is for timm:/torchvision:/open_clip:/hf:/synthetic: networks and packages; "
-                             f"{model!r} is a UNet model (its shapes come from --latent, --batch, --tokens)")
     request = _request(model, devs[0], variant=variant, subfolder=subfolder, revision=revision,
                        component=component, compute_units=compute_units, weight_bits=weight_bits,
                        attention=attention, batch=batch, latent=latent, tokens=tokens, backend=backend, table=table,
@@ -141,6 +122,28 @@ def profile_command(
     outcome = run_profile(request, tools, say=say)
     show(outcome.run, str(outcome.table_path), as_json, app_floor_ms)
     report_failures(outcome.run)
+
+
+def _profile_dit(model: str, devs: list[Device | None], *, backend: str, compute_units: str, table: Path | None,
+                 tables: Path | None, from_file: Path | None, packages: Path | None, ray_address: str | None,
+                 measuring: Measuring, tools: ProfileTools, as_json: bool, latent: int | None, batch: int,
+                 tokens: int, attention: str, weight_bits: int) -> None:
+    """A DiT's blocks: measured (or imported) through profiling's seam when `dit_backend` says so, else
+    estimated by the DiT's own path."""
+    from snapbench.commands import dit_commands
+    from snapbench.profile_route import dit_backend
+
+    chosen = dit_backend(backend, devs[0], import_file=from_file, ray_address=ray_address, machine=tools.machine)
+    if chosen is None:
+        dit_commands.profile(model, devs[0], packages=packages, table=table, tables=tables, as_json=as_json,
+                             latent=latent, batch=batch, tokens=tokens, attention=attention, weight_bits=weight_bits)
+        return
+    source, opts = dit_commands.dit_options(model, latent=latent, batch=batch, tokens=tokens, attention=attention,
+                                            weight_bits=weight_bits)
+    measure_dit(source, model, opts, devs[0], backend=chosen,
+                compute_units=check_choice("--compute-units", compute_units, COMPUTE_UNITS), table=table,
+                tables=tables, import_file=from_file, packages=packages, measuring=measuring, tools=tools,
+                ray_devices=devs, ray_address=ray_address, as_json=as_json)
 
 
 def _request(model: str, device: Device | None, *, variant: str | None, subfolder: str | None, revision: str | None,
@@ -223,28 +226,15 @@ def _profile_farm(tools: ProfileTools, request: ProfileRequest, devs: list[Devic
                   show_run: Callable[[ProfileRun, str], Mapping[str, object]] | None = None) -> None:
     """`--ray-address`: every --device measured on the farm's nodes, one table per device (`show_run`: a
     family's own document and rendering, a DiT's)."""
-    """`--ray-address`: every --device measured on the farm's nodes, one table per device."""
-    from snapbench.atomic import check_writable
-    from snapbench.latency.farm_profile import profile_on_farm
+    from snapbench.latency.farm_profile import farm_devices, profile_on_farm
     from snapbench.latency.packages import ConverterPackages
-    from snapbench.latency.profile_run import check_packages, counts, say_redirect, table_paths
-    from snapbench.paths import tables_hint
+    from snapbench.latency.profile_run import counts, say_redirect, table_paths
     from snapbench.profilers.backends import EstimatePricer
     from snapbench.profilers.farm import NodeSettings, node_backend
 
     r, m = request, request.measuring
-    if r.backend not in ("auto", "iphone", "mac"):
-        raise SnapbenchError(f"--ray-address measures on the farm's phones and Macs: --backend {r.backend} does not "
-                             "apply (leave it out)")
-    if None in devs:
-        raise SnapbenchError("--ray-address needs catalog ids (--device iphone14pro ...), not --device auto")
-    if r.table is not None and len(devs) > 1:
-        raise SnapbenchError("--table names one table; a farm run writes one per device under --tables")
-    check_packages(r)
-    farm = [d for d in devs if d is not None]
+    farm = farm_devices(r, devs)  # the refusals, before any work
     paths = {d.id: table_paths(r, d) for d in farm}
-    for path, _ in paths.values():  # a farm run measures: it always writes, so it refuses before converting
-        check_writable(path, tables_hint(r.table))
     existing = {did: LatencyTable.load_or_empty(read) for did, (_, read) in paths.items()}  # corrupt: stops here
     say_redirect(r, say)  # a farm run measures: it always writes
     on_interrupt_keep("the packages converted so far (cached) and the rows measured so far, in each device's table")
@@ -275,15 +265,6 @@ def _profile_farm(tools: ProfileTools, request: ProfileRequest, devs: list[Devic
     if as_json:
         print_json(docs)
     report_failures(*runs)
-
-
-def _named(device: Device | None, model: str) -> Device:
-    """The device a network is priced on: `--device auto` picks among connected devices, which only a UNet's
-    or a DiT's blocks can be measured on."""
-    if device is None:
-        raise SnapbenchError(f"--device auto: {model} is priced by the estimator, on a device you name; pass "
-                             "--device (see `snapbench devices`)")
-    return device
 
 
 def _profile_network(model: str, input_shape: str | None, device: Device, weight_bits: int, backend: str,

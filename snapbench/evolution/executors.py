@@ -16,11 +16,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from snapbench.console import say
 from snapbench.errors import SnapbenchError, first_line
 from snapbench.evolution.evaluators import EvalConfig, Evaluator, Quality
 from snapbench.interrupts import ignore_sigint, stop_pool
 from snapbench.json_types import JSONObject
-from snapbench.ray_cluster import check_ray_address
+from snapbench.ray_cluster import check_ray_address, import_ray, patient_ray, start_local
 
 if TYPE_CHECKING:  # loaded in the worker, when a task runs
     from snapbench.training.checkpoints import ModelBundle
@@ -197,9 +198,7 @@ class RayExecutor:
     joins a running cluster ('auto' = the one on this machine)."""
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None, threads: int = 1) -> None:
-        from snapbench.extras import require
-
-        ray = require("ray", "scale", "Ray workers (--ray-address)")
+        ray = import_ray("Ray workers (--ray-address)")
         self._ray = ray
         self._threads = threads
         local = address in (None, "local")
@@ -209,11 +208,10 @@ class RayExecutor:
         try:
             if self._started:
                 if local:
-                    # "local": a private instance even when another Ray runs on this machine (without an
-                    # address, ray.init joins the latest cluster started here, and refuses num_cpus)
-                    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+                    start_local(ray, num_cpus=num_cpus, say=say)  # a retry is said on stderr
                 else:
-                    ray.init(address=address, log_to_driver=False)
+                    with patient_ray():
+                        ray.init(address=address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = first_line(e, default=type(e).__name__)
             raise SnapbenchError(f"Ray at {address} does not answer ({first}); start it with `ray start --head` "

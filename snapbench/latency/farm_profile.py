@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from functools import partial
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from snapbench.backbones import backbone_for
 from snapbench.devices.catalog import Device
@@ -47,6 +48,32 @@ from snapbench.profilers.farm import (
 )
 from snapbench.ray_cluster import connect
 from snapbench.versions import tool_versions
+
+if TYPE_CHECKING:
+    from snapbench.latency.profile_run import ProfileRequest
+
+
+def farm_devices(request: ProfileRequest, devices: Sequence[Device | None]) -> list[Device]:
+    """`--ray-address`'s refusals, before anything is converted, and the devices it measures on: the farm's
+    phones and Macs measure (no other --backend), each named by its catalog id (not --device auto), each
+    into a table of its own that can be written (one --table cannot hold several devices); packages given
+    with --packages must have this run's settings."""
+    from snapbench.atomic import check_writable
+    from snapbench.latency.profile_run import check_packages, table_paths
+    from snapbench.paths import tables_hint
+
+    if request.backend not in ("auto", "iphone", "mac"):
+        raise SnapbenchError(f"--ray-address measures on the farm's phones and Macs: --backend {request.backend} "
+                             "does not apply (leave it out)")
+    named = [d for d in devices if d is not None]
+    if len(named) < len(devices):
+        raise SnapbenchError("--ray-address needs catalog ids (--device iphone14pro ...), not --device auto")
+    if request.table is not None and len(named) > 1:
+        raise SnapbenchError("--table names one table; a farm run writes one per device under --tables")
+    check_packages(request)
+    for d in named:  # a farm run measures: it always writes, so it refuses before converting
+        check_writable(table_paths(request, d)[0], tables_hint(request.table))
+    return named
 
 
 def profile_on_farm(
