@@ -22,3 +22,20 @@ def lut_ops(*packages: Path) -> int:
             for block in fn.block_specializations.values():
                 count += sum(op.type == "constexpr_lut_to_dense" for op in ops(block))
     return count
+
+
+def lut_widths(*packages: Path) -> dict[int, int]:
+    """{bits: palettized weights with a table of 2^bits entries} over the packages' programs."""
+    import math
+
+    from snapbench.converters.compression import program_ops
+    from snapbench.converters.mil_eval import load_program
+
+    widths: dict[int, int] = {}
+    for pkg in packages:
+        for fn in load_program(pkg).functions.values():
+            for op in program_ops(fn):
+                if op.op_type == "constexpr_lut_to_dense":
+                    bits = int(math.log2(op.lut.val.size))
+                    widths[bits] = widths.get(bits, 0) + 1
+    return widths

@@ -62,6 +62,66 @@ def test_fingerprint_survives_reshape_and_transpose():
     assert fingerprint(w) != fingerprint(w * 1.01)
 
 
+def _attention_unit(ref: str = "sdxl-tiny", depth: int = 10):
+    """A materialised cross-attention block of `ref` (seeded random weights) with `depth` transformer layers."""
+    from snapbench.converters.convert_blocks import cut
+    from snapbench.converters.options import ConvertOptions
+    from snapbench.converters.unet_chunks import materialize_unit
+    from snapbench.model.units import AttentionUnit
+
+    meta, blocks = cut(resolve_model(ref), ConvertOptions(latent=8, tokens=4))
+    block = next(b for b in blocks if isinstance(b.unit, AttentionUnit)
+                 and len(b.unit.transformer.transformer_blocks) == depth)
+    return materialize_unit(meta, block.unit, None, 0)
+
+
+@pytest.mark.parametrize("attention", ["original", "split_einsum", "split_einsum_v2"])
+def test_stored_fingerprints_are_the_rewritten_modules_weights(attention):
+    """What `convert --recipe` and the latency budget's pricer look for is what the attention rewrite
+    stores: under split_einsum the query projections scaled by the softmax scale, found only that way."""
+    from snapbench.converters.ane_attention import rewrite_transformer
+    from snapbench.converters.mixed_bit import stored_fingerprints
+
+    unit = _attention_unit(depth=10)  # 64 channels: its query projections are compressible (64 x 64)
+    stored = stored_fingerprints(unit, attention)
+    assert len(stored) == len(compressible_layers(unit)) > 0
+    rewritten = {fingerprint(p) for p in rewrite_transformer(unit.transformer, attention).parameters()}
+    assert set(stored.values()) <= rewritten
+    queries = [n for n in stored if n.endswith("to_q.weight")]
+    assert len(queries) == 20  # ten layers, self- and cross-attention
+    unscaled = {fingerprint(unit.get_parameter(n)) for n in queries}
+    assert unscaled.isdisjoint(rewritten) == (attention != "original")
+
+
+@pytest.mark.slow  # sdxl-tiny analysed twice (about 2 CPU minutes each), the first time interrupted
+def test_an_interrupted_replayed_analysis_resumes_to_the_whole_reruns_figures(tmp_path):
+    """A layer inside a deep block reruns the block from its own transformer layer on; an interrupted
+    analysis resumes from the blocks it finished: the same table as every block rerun whole."""
+    from snapbench.converters.sensitivity import analyze_sensitivity
+
+    source = resolve_model("sdxl-tiny")
+    opts = SensitivityOptions(latent=4, samples=1, tokens=4, widths=(2,))
+    partial = tmp_path / "partial.json"
+
+    def interrupt(message: str) -> None:
+        if message.startswith("CA[Down-3, 1]:"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        analyze_sensitivity(source, opts, interrupt, partial=partial)
+    before = json.loads(partial.read_text())["blocks"]
+    assert "CA[Down-2, 2]" in before and "CA[Down-3, 1]" not in before
+    said: list[str] = []
+    fast = analyze_sensitivity(source, opts, said.append, partial=partial)
+    assert said[0].startswith(f"resuming from {partial}: {len(before)} block(s)")
+    assert not [m for m in said[1:] if m.split(":")[0] in before]  # nothing measured twice
+    pd.testing.assert_frame_equal(fast, analyze_sensitivity(source, opts, replay=False))
+    # the last of ten layers: measured, not skipped (its feed-forward; at latent 4 the deepest level is one
+    # position, where self-attention's query and key change nothing)
+    deep = fast[fast["layer"].str.contains(r"transformer_blocks\.9\.ff\.")]
+    assert len(deep) > 0 and (deep["psnr_2"] < 200).all()
+
+
 # -- the CLI: analyze, then convert with the recipe -------------------------------------------------------
 
 

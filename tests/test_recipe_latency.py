@@ -96,3 +96,37 @@ def test_a_budget_no_recipe_can_meet_names_the_fastest(prices, tmp_path, capsys)
     assert f"the fastest (each layer at its quickest of 2, 4, 16 bits) takes {fastest:.3f} ms per UNet step" in err
     assert "estimator v" in err and "give --latency-budget-ms" in err
     assert not out.exists()  # refused before anything was measured or written
+
+
+@pytest.mark.slow  # sdxl-tiny's split_einsum packages: profile mode to price them, deploy mode with a recipe
+def test_split_einsum_recipes_are_priced_on_the_layers_convert_palettizes(tmp_path):
+    """Under split_einsum the query projections are stored scaled (mixed_bit.stored_fingerprints): the pricer
+    finds every layer in its package, `convert --recipe` palettizes each at its width, and the estimator
+    prices those packages at the figure the recipe would state."""
+    import json
+
+    import torch
+    from package_ops import lut_widths
+
+    from snapbench.backbones import backbone_for
+    from snapbench.converters.mixed_bit import RECIPE_FORMAT, compressible_layers, layers_digest
+    from snapbench.latency.recipe_price import layer_prices
+    from snapbench.profilers.estimate.cost_model import estimate_package
+
+    source = resolve_model("sdxl-tiny")
+    dev = resolve_device("iphone15pro")
+    prices = layer_prices(source, dev, RunSettings(latent=8, tokens=4, attention="split_einsum"), (2, 4))
+    with torch.device("meta"):
+        layers = compressible_layers(backbone_for(source).build(source, device="meta"))
+    assert set(prices.layer_ms) == set(layers)  # the query projections too
+    recipe = {name: (2, 4, 16)[i % 3] for i, name in enumerate(sorted(layers))}
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps({"format": RECIPE_FORMAT, "spec": "sdxl-tiny", "layers_digest": layers_digest(layers),
+                                "layers": recipe}))
+    out = tmp_path / "pkgs"
+    assert main(["convert", "--model", "sdxl-tiny", "--attention", "split_einsum", "--recipe", str(path),
+                 "--latent", "8", "--tokens", "4", "--out", str(out)]) == 0
+    packages = sorted(out.glob("*.mlpackage"))
+    assert lut_widths(*packages) == {b: sum(v == b for v in recipe.values()) for b in (2, 4)}
+    priced = sum(estimate_package(p, dev).total_ms for p in packages)
+    assert priced == pytest.approx(prices.total_ms(recipe), rel=0.01)  # see README: the gap, measured

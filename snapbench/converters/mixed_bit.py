@@ -48,11 +48,13 @@ def compressible_layers(model: torch.nn.Module) -> dict[str, int]:
     """{recipe name: weight elements} of every layer a package compresses: convolutions and linear layers
     (nn.Conv*, nn.Linear, and anything else with a 2-D or larger `weight`) of at least COMPRESSIBLE elements.
     Works on the meta device (nothing allocated)."""
-    found: dict[str, int] = {}
-    for name, p in model.named_parameters():
-        if name.endswith(".weight") and p.dim() >= 2 and p.numel() >= COMPRESSIBLE:
-            found[layer_name(name)] = p.numel()
-    return found
+    return {layer_name(name): p.numel() for name, p in compressible_weights(model)}
+
+
+def compressible_weights(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """(name, parameter) of each weight a package compresses (see compressible_layers), names as in `module`."""
+    return [(name, p) for name, p in module.named_parameters()
+            if name.endswith(".weight") and p.dim() >= 2 and p.numel() >= COMPRESSIBLE]
 
 
 def layers_digest(layers: Mapping[str, int]) -> str:
@@ -122,28 +124,12 @@ def fingerprint(values: np.ndarray | torch.Tensor) -> str:
     return hashlib.sha1(counts.tobytes()).hexdigest()
 
 
-def unit_bits(unit: torch.nn.Module, root_names: Mapping[str, str], recipe: Mapping[str, int],
-              scaled: Mapping[str, float] | None = None) -> dict[str, tuple[int, str]]:
-    """{fingerprint: (bits, layer)} of the recipe's layers in one materialised unit. `root_names`: the unit's
-    parameter names -> their names in the elastic UNet. `scaled`: the unit's parameters its package holds
-    multiplied by a factor (an ANE attention's query projection; `package_bits`). Two layers with equal
-    weights (a copied block) get the wider of their widths."""
-    found: dict[str, tuple[int, str]] = {}
-    scaled = scaled or {}
-    for name, p in unit.named_parameters():
-        layer = layer_name(root_names.get(name, name))
-        if layer in recipe and name.endswith(".weight"):
-            fp = fingerprint(p * scaled[name] if name in scaled else p)
-            if fp not in found or found[fp][0] < recipe[layer]:
-                found[fp] = (recipe[layer], layer)
-    return found
-
-
-def package_bits(unit: torch.nn.Module, root_names: Mapping[str, str], recipe: Mapping[str, int],
-                 attention: str) -> dict[str, tuple[int, str]]:
-    """`unit_bits` of one unit as its package holds the weights: with an ANE attention rewrite (anything but
-    "original"), the query projections are stored scaled by the softmax scale (ane_attention.scaled_weights).
-    Read from the unit before it is rewritten: the recipe names diffusers' layers."""
+def stored_fingerprints(unit: torch.nn.Module, attention: str) -> dict[str, str]:
+    """{parameter name: fingerprint} of the unit's compressible weights as its package stores them: with an
+    ANE attention rewrite (`attention` anything but "original"), each query projection multiplied by its
+    softmax scale (ane_attention.scaled_weights). Read from the unit before it is rewritten (the recipe names
+    diffusers' layers). What `convert --recipe` (package_bits) and the latency budget's pricer
+    (latency/recipe_price.py) both look for among a converted program's weight constants."""
     from snapbench.model.units import AttentionUnit
 
     scaled: dict[str, float] = {}
@@ -151,7 +137,20 @@ def package_bits(unit: torch.nn.Module, root_names: Mapping[str, str], recipe: M
         from snapbench.converters.ane_attention import scaled_weights
 
         scaled = {f"transformer.{k}": f for k, f in scaled_weights(unit.transformer).items()}
-    return unit_bits(unit, root_names, recipe, scaled)
+    return {name: fingerprint(p * scaled[name] if name in scaled else p) for name, p in compressible_weights(unit)}
+
+
+def package_bits(unit: torch.nn.Module, root_names: Mapping[str, str], recipe: Mapping[str, int],
+                 attention: str) -> dict[str, tuple[int, str]]:
+    """{fingerprint: (bits, layer)} of the recipe's layers in one materialised unit, as its package holds
+    them (stored_fingerprints). `root_names`: the unit's parameter names -> their names in the elastic UNet.
+    Two layers with equal weights (a copied block) get the wider of their widths."""
+    found: dict[str, tuple[int, str]] = {}
+    for name, fp in stored_fingerprints(unit, attention).items():
+        layer = layer_name(root_names.get(name, name))
+        if layer in recipe and (fp not in found or found[fp][0] < recipe[layer]):
+            found[fp] = (recipe[layer], layer)
+    return found
 
 
 def merge_bits(into: dict[str, tuple[int, str]], more: Mapping[str, tuple[int, str]]) -> None:

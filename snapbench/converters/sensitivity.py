@@ -29,18 +29,22 @@ no time by reading fewer bytes, so it stays wide unless nothing cheaper is left.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import heapq
+import json
 import math
 import os
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 import numpy as np
 import torch
 
-from snapbench.converters.mixed_bit import COMPRESSIBLE, layer_name
+from snapbench.converters.mixed_bit import compressible_weights, layer_name
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
 from snapbench.profilers.estimate.stored_weights import palette_bytes
@@ -146,10 +150,44 @@ def calibration_inputs(config: FrozenDict, opts: SensitivityOptions) -> tuple[to
     return sample, timestep, context, torch.randn(n, pooled, generator=g), time_ids
 
 
+PARTIAL_FORMAT = "snapbench-sensitivity-partial"
+
+
+def _partial_key(source: ModelSource, opts: SensitivityOptions) -> dict[str, object]:
+    """What a partial table's rows depend on: the model's weights (converters/cache.source_fingerprint) and
+    the calibration options."""
+    from dataclasses import asdict
+
+    from snapbench.converters.cache import source_fingerprint
+    from snapbench.converters.convert_blocks import weight_files
+    from snapbench.versions import tool_versions
+
+    weights = source_fingerprint(source.spec.to_dict(), weight_files(source), opts.seed, tool_versions()["torch"])
+    return json.loads(json.dumps({"weights": weights, "options": asdict(opts)}))  # tuples as JSON reads them
+
+
+def _read_partial(path: Path, key: dict[str, object]) -> dict[str, list[dict[str, str | int | float]]]:
+    """{block id: its rows} from an interrupted run of the same model and options; {} if none (or another's:
+    it is overwritten as this run goes)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict) or doc.get("format") != PARTIAL_FORMAT or doc.get("key") != key:
+        return {}
+    blocks = doc.get("blocks")
+    return blocks if isinstance(blocks, dict) else {}
+
+
 def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = SensitivityOptions(),
-                        progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+                        progress: Callable[[str], None] | None = None, *, replay: bool = True,
+                        partial: Path | None = None) -> pd.DataFrame:
     """One row per compressible layer: block, stage, elements, and the block's output PSNR (dB) with that
-    layer alone palettized at each width in BITS (column psnr_<bits>)."""
+    layer alone palettized at each width in BITS (column psnr_<bits>). `replay`: a layer inside a deep
+    transformer block reruns the block from its own transformer layer on (_replaying); False reruns every
+    block whole (the same figures, slower; tests compare the two). `partial`: a file that holds each block's
+    rows as it is finished; a run of the same model and options starts from what it holds (an interrupted
+    full-size analysis resumes)."""
     import pandas as pd
 
     from snapbench.converters.convert_blocks import cut
@@ -162,6 +200,11 @@ def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = Sensitiv
     full = {id(t): n for n, t in meta.state_dict(keep_vars=True).items()}
     checkpoint = LazyCheckpoint(source) if source.weights_dir is not None or source.copies_file else None
     sample, timestep, context, *added = calibration_inputs(meta.config, opts)
+    key = _partial_key(source, opts)
+    done = _read_partial(partial, key) if partial is not None else {}
+    if partial is not None and progress is not None and (done or partial.exists()):
+        progress(f"resuming from {partial}: {len(done)} block(s) measured before" if done else
+                 f"{partial} holds rows of other options or weights: starting over (it is overwritten)")
     hidden, temb = sample, None
     skips: list[torch.Tensor] = []
     rows = []
@@ -174,23 +217,31 @@ def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = Sensitiv
             with torch.no_grad():
                 return run_unit(unit, hidden, temb, list(skips), context, timestep, added)
 
-        ref_hidden, ref_temb = run()
+        stack = _transformer_layers(unit) if replay else None
+        with _recording(stack) as outputs:
+            ref_hidden, ref_temb = run()
         ref = ref_temb if time_unit else ref_hidden
         assert ref is not None
-        layers = [(k, p) for k, p in unit.named_parameters()
-                  if k.endswith(".weight") and p.dim() >= 2 and p.numel() >= COMPRESSIBLE]
+        layers = [] if b.block_id in done else compressible_weights(unit)
+        rows.extend(done.get(b.block_id, []))  # measured before the interruption: only its reference run again
         if progress is not None and layers:
             progress(f"{b.block_id}: {len(layers)} layers")
         for k, p in layers:
             original = p.data
             row: dict[str, str | int | float] = {"layer": layer_name(roots[k]), "block": b.block_id, "stage": b.unit.slot.stage,
                                    "elements": p.numel()}
-            for bits in opts.widths:
-                p.data = _palettized(original, bits)
-                h, t = run()
-                row[f"psnr_{bits}"] = round(_psnr(ref, t if time_unit else h), 3)
+            with _replaying(stack, k, outputs):
+                for bits in opts.widths:
+                    p.data = _palettized(original, bits)
+                    h, t = run()
+                    row[f"psnr_{bits}"] = round(_psnr(ref, t if time_unit else h), 3)
             p.data = original
             rows.append(row)
+            done.setdefault(b.block_id, []).append(row)
+        if partial is not None and layers:
+            from snapbench.atomic import atomic_write_text
+
+            atomic_write_text(partial, json.dumps({"format": PARTIAL_FORMAT, "key": key, "blocks": done}))
         # every run popped from a copy of the skips: the block's own pop, then its push (UNetChunk's order)
         if isinstance(unit, ResnetUnit) and unit.takes_skip:
             skips.pop()
@@ -199,6 +250,57 @@ def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = Sensitiv
             skips.append(hidden)
         del unit
     return pd.DataFrame(rows, columns=["layer", "block", "stage", "elements", *(f"psnr_{b}" for b in opts.widths)])
+
+
+class _Replay(torch.nn.Module):
+    """Stands in for a transformer layer before the one whose weight is palettized: its inputs and weights
+    are the reference run's, so it returns what it returned there, without the work."""
+
+    def __init__(self, output: object) -> None:
+        super().__init__()
+        self.output = output
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        return self.output
+
+
+def _transformer_layers(unit: torch.nn.Module) -> tuple[str, torch.nn.ModuleList] | None:
+    """(its name in the unit + ".", the list) of a cross-attention block's transformer layers, if over one."""
+    for name, m in unit.named_modules():
+        if name.endswith("transformer_blocks") and isinstance(m, torch.nn.ModuleList) and len(m) > 1:
+            return f"{name}.", m
+    return None
+
+
+@contextlib.contextmanager
+def _recording(stack: tuple[str, torch.nn.ModuleList] | None) -> Iterator[dict[int, object]]:
+    """Each transformer layer's output in the run inside the block (the reference run)."""
+    outputs: dict[int, object] = {}
+    handles = [m.register_forward_hook(functools.partial(lambda i, _m, _a, out: outputs.__setitem__(i, out), i))
+               for i, m in enumerate(stack[1])] if stack else []
+    try:
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def _replaying(stack: tuple[str, torch.nn.ModuleList] | None, weight: str, outputs: dict[int, object]
+               ) -> Iterator[None]:
+    """While `weight` (a parameter name in the unit) is palettized, the transformer layers before its own
+    return their reference outputs (_Replay): a layer in the 8th of SDXL's 10 runs 3 of them. The figures
+    are the whole rerun's, bit for bit (the same ops on the same inputs)."""
+    prefix, layers = stack if stack else ("", torch.nn.ModuleList())
+    first = int(weight[len(prefix):].split(".", 1)[0]) if stack and weight.startswith(prefix) else 0
+    kept = [layers[i] for i in range(first)]
+    for i in range(first):
+        layers[i] = _Replay(outputs[i])
+    try:
+        yield
+    finally:
+        for i, m in enumerate(kept):
+            layers[i] = m
 
 
 @dataclass(frozen=True)
@@ -327,11 +429,9 @@ def write_analysis(source: ModelSource, out_dir: str | os.PathLike[str], opts: S
     """`compress analyze`: the sensitivity table (CSV) and one recipe JSON per budget under `out_dir`.
     Budgets are checked before the (long) measurement (a latency budget against the fastest recipe's
     estimate, which `pricer` makes first); every file is written under a temporary name and renamed, so an
-    interrupted run leaves none half-written. With a `pricer`, every recipe also states its estimated
-    latency per UNet step."""
-    import json
-    from pathlib import Path
-
+    interrupted run leaves none half-written, and the rows measured so far stay in
+    `.<spec>-sensitivity.partial.json` for the same command to resume from (removed once the table is
+    written). With a `pricer`, every recipe also states its estimated latency per UNet step."""
     from snapbench.atomic import atomic_write_bytes, check_writable
     from snapbench.backbones import backbone_for
     from snapbench.converters.mixed_bit import RECIPE_FORMAT, compressible_layers, layers_digest
@@ -375,12 +475,14 @@ def write_analysis(source: ModelSource, out_dir: str | os.PathLike[str], opts: S
                     f"(each layer at its quickest of {', '.join(map(str, opts.widths))} bits) takes {fastest:.3f} ms "
                     f"per UNet step (fp16: {prices.fp16_ms:.3f} ms; estimated, estimator v{prices.estimator_version}); "
                     f"give --latency-budget-ms {math.ceil(fastest * 1000) / 1000:g} or more{more}")
-    table = analyze_sensitivity(source, opts, progress)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     spec = source.spec.name
+    partial = folder / f".{spec}-sensitivity.partial.json"  # rows so far: a rerun resumes from them
+    table = analyze_sensitivity(source, opts, progress, partial=partial)
     csv = folder / f"{spec}-sensitivity.csv"
     atomic_write_bytes(csv, table.to_csv(index=False).encode())
+    partial.unlink(missing_ok=True)
     made: list[RecipeMade] = []
     written = Analysis(sensitivity=str(csv), layers=len(table), recipes=made)
     if prices is not None:

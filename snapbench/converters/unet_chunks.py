@@ -122,7 +122,7 @@ class UNetChunk(nn.Module):
         self.skips_in = plan.skips_in
         self.ane_layout = attention != "original"
         # with a mixed-bit recipe: {weight fingerprint: (bits, layer)} of the chunk's recipe layers, read
-        # before the attention rewrites (mixed_bit.unit_bits); Core ML's weights are matched by content
+        # before the attention rewrites (mixed_bit.package_bits); Core ML's weights are matched by content
         self.recipe_bits = recipe_bits or {}
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor | None, ...]:

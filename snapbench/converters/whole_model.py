@@ -48,7 +48,7 @@ class SingleModel:
     macs: int = 0
     macs_no_attention: int = 0
     # with a mixed-bit recipe: {weight fingerprint: (bits, layer)} of the module `build` made last
-    # (mixed_bit.unit_bits, read before attention rewrites change the module); None: no recipe
+    # (mixed_bit.package_bits, read before attention rewrites change the module); None: no recipe
     recipe_bits: Callable[[], Mapping[str, tuple[int, str]]] | None = None
 
 

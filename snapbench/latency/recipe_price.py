@@ -9,10 +9,12 @@ How:
 1. the model's fp16 profile-mode packages at these settings (one per block signature, what `profile`
    prices; converted into the cache folder if missing) are read into op records, as the estimator reads any
    package (profilers/estimate/program_ops.py);
-2. each layer is found among its package's weight constants by content, the way `convert --recipe` finds
-   it (converters/mixed_bit.py: the histogram of its fp16 values), on the block whose conversion made the
-   package (its `package_owner`, rebuilt with the same weights); every block of that signature has the same
-   ops, so its layers map onto the same records by their names within the block;
+2. each layer is found among its package's weight constants by content, with the very matching that
+   `convert --recipe` uses (mixed_bit.stored_fingerprints: the histogram of its fp16 values as the package
+   stores them, so under an ANE attention (split_einsum, split_einsum_v2) each query projection scaled by
+   its softmax scale), on the block whose conversion made the package (its `package_owner`, rebuilt with
+   the same weights); every block of that signature has the same ops, so its layers map onto the same
+   records by their names within the block;
 3. each such op is priced by the cost model with the layer's weight stored as fp16 and as a palette of each
    width (stored_weights.with_palettized_layer: the packed indices and one table, what a recipe's package
    holds). A constant that also feeds something other than a weight input stays fp16 in a recipe's
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from snapbench.converters.options import ConvertOptions
 from snapbench.converters.sensitivity import LayerPrices
 from snapbench.devices.catalog import Device
 from snapbench.errors import SnapbenchError
@@ -44,7 +47,6 @@ def layer_prices(source: ModelSource, device: Device, settings: RunSettings, wid
     from snapbench.converters.convert_blocks import cut
     from snapbench.converters.entry import ConvertRequest, convert
     from snapbench.converters.mixed_bit import layer_name
-    from snapbench.converters.options import ConvertOptions
     from snapbench.converters.unet_chunks import LazyCheckpoint
     from snapbench.latency.packages import ConverterPackages
     from snapbench.profilers.estimate.params import load_params
@@ -75,7 +77,7 @@ def layer_prices(source: ModelSource, device: Device, settings: RunSettings, wid
         path = folder / entry.package
         if path not in packages:
             owner = units[entry.package_owner or entry.file_id]
-            packages[path] = _price_package(path, meta, owner, checkpoint, opts.seed, device, params, widths)
+            packages[path] = _price_package(path, meta, owner, checkpoint, opts, device, params, widths)
         priced = packages[path]
         fp16_ms += priced.fp16_ms
         roots = {k: full[id(t)] for k, t in b.unit.state_dict(keep_vars=True).items()}
@@ -96,16 +98,16 @@ class _PackagePrices:
     layer_ms: dict[str, dict[int, float]]
 
 
-def _price_package(path: Path, meta: Any, owner: Any, checkpoint: Any, seed: int, device: Device, params: Any,
-                   widths: tuple[int, ...]) -> _PackagePrices:
+def _price_package(path: Path, meta: Any, owner: Any, checkpoint: Any, opts: ConvertOptions, device: Device,
+                   params: Any, widths: tuple[int, ...]) -> _PackagePrices:
     from snapbench.converters.unet_chunks import materialize_unit
     from snapbench.profilers.estimate.cost_model import prepare, price, total_ms
     from snapbench.profilers.estimate.program_ops import read_op_records
     from snapbench.profilers.estimate.stored_weights import with_palettized_layer
 
     records = read_op_records(path)
-    unit = materialize_unit(meta, owner, checkpoint, seed)
-    ops, elements = _layer_ops(path, unit, {r.name: i for i, r in enumerate(records)})
+    unit = materialize_unit(meta, owner, checkpoint, opts.seed)
+    ops, elements = _layer_ops(path, unit, opts.attention, {r.name: i for i, r in enumerate(records)})
     del unit
     hosts: dict[int, str] = {}
     for name, found in ops.items():
@@ -127,22 +129,23 @@ def _price_package(path: Path, meta: Any, owner: Any, checkpoint: Any, seed: int
     return _PackagePrices(total_ms(prepared, device, params), layer_ms)
 
 
-def _layer_ops(path: Path, unit: Any, index: dict[str, int]) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+def _layer_ops(path: Path, unit: Any, attention: str, index: dict[str, int]
+               ) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
     """{layer name within the block: the record indices of the ops that read it as a weight} for the layers a
-    recipe compresses, found by content (mixed_bit.fingerprint) among the package's constants; a constant
-    that also feeds a non-weight input maps to no op (it stays fp16). And each layer's elements."""
+    recipe compresses, found by content among the package's constants (mixed_bit.stored_fingerprints, as
+    `convert --recipe` finds them); a constant that also feeds a non-weight input maps to no op (it stays
+    fp16). And each layer's elements."""
     import numpy as np
 
     from snapbench.converters.compression import WEIGHT_CONSUMERS, program_ops
     from snapbench.converters.mil_eval import load_program
-    from snapbench.converters.mixed_bit import COMPRESSIBLE, fingerprint
+    from snapbench.converters.mixed_bit import COMPRESSIBLE, fingerprint, stored_fingerprints
 
     want: dict[str, list[str]] = {}
     elements: dict[str, int] = {}
-    for name, p in unit.named_parameters():
-        if name.endswith(".weight") and p.dim() >= 2 and p.numel() >= COMPRESSIBLE:
-            want.setdefault(fingerprint(p), []).append(name)
-            elements[name] = p.numel()
+    for name, fp in stored_fingerprints(unit, attention).items():
+        want.setdefault(fp, []).append(name)
+        elements[name] = unit.get_parameter(name).numel()
     found: dict[str, list[tuple[int, ...]]] = {}
     program = load_program(path)
     for fn in program.functions.values():
@@ -163,6 +166,6 @@ def _layer_ops(path: Path, unit: Any, index: dict[str, int]) -> tuple[dict[str, 
         consts = found.get(fp, [])
         if len(consts) < len(names):
             raise SnapbenchError(f"{path}: layer {names[0]} matches no weight of its package (changed on the way to "
-                                 "Core ML), so its width cannot be priced; price at --attention original")
+                                 "Core ML), so its width cannot be priced; convert --recipe would refuse it too")
         ops.update(zip(names, consts))
     return ops, elements
