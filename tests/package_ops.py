@@ -1,4 +1,5 @@
-"""Counting ops in converted packages' programs (shared by the recipe tests)."""
+"""Shared by package tests: counting ops in converted packages' programs (the recipe tests), and a tiny
+UNet cut and planned into two chunks (the chunk-building tests)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,19 @@ def lut_widths(*packages: Path) -> dict[int, int]:
                     bits = int(math.log2(op.lut.val.size))
                     widths[bits] = widths.get(bits, 0) + 1
     return widths
+
+
+def chunk_plans(ref: str, opts):
+    """`ref` cut at `opts` and planned into two UNet chunks: (source, meta model, blocks, plans)."""
+    from snapbench.backbones import resolve_model
+    from snapbench.converters.convert_blocks import cut
+    from snapbench.converters.unet_chunks import plan_chunks
+    from snapbench.converters.whole_unet import added_inputs
+
+    source = resolve_model(ref)
+    meta, blocks = cut(source, opts)
+    cfg = meta.config
+    plans = plan_chunks(blocks, meta.closes_skip, 2, batch=opts.batch,
+                        sample=(opts.batch, cfg.in_channels, opts.latent, opts.latent),
+                        context_dim=cfg.cross_attention_dim, tokens=opts.tokens, added=added_inputs(cfg, opts.batch))
+    return source, meta, blocks, plans

@@ -8,21 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from package_ops import chunk_plans
 
-from snapbench.backbones import resolve_model
-from snapbench.converters.convert_blocks import cut
 from snapbench.converters.options import ConvertOptions
-from snapbench.converters.unet_chunks import build_chunk, plan_chunks
-from snapbench.converters.whole_unet import added_inputs
+from snapbench.converters.unet_chunks import build_chunk
 
 
 def _chunk(ref: str, opts: ConvertOptions, index: int):
-    source = resolve_model(ref)
-    meta, blocks = cut(source, opts)
-    cfg = meta.config
-    plans = plan_chunks(blocks, meta.closes_skip, 2, batch=opts.batch,
-                        sample=(opts.batch, cfg.in_channels, opts.latent, opts.latent),
-                        context_dim=cfg.cross_attention_dim, tokens=opts.tokens, added=added_inputs(cfg, opts.batch))
+    source, meta, blocks, plans = chunk_plans(ref, opts)
     plan = plans[index]
     return plan, build_chunk(meta, blocks, meta.closes_skip, plan, source, opts.attention, opts.seed).module
 

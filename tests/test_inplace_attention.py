@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from package_ops import chunk_plans
 from test_ane_attention import make_inputs, make_transformer
 
-from snapbench.backbones import resolve_model
 from snapbench.converters import unet_chunks
 from snapbench.converters.ane_attention import rewrite_transformer
-from snapbench.converters.convert_blocks import cut
 from snapbench.converters.options import ConvertOptions
-from snapbench.converters.unet_chunks import build_chunk, plan_chunks
-from snapbench.converters.whole_unet import added_inputs
+from snapbench.converters.unet_chunks import build_chunk
 from snapbench.model.units import AttentionUnit
 
 
@@ -53,20 +51,10 @@ def test_consumed_rewrite_takes_the_originals_tensors_and_equals_the_copy(impl, 
     assert torch.allclose(taken(x, context), reference, atol=1e-4)
 
 
-def _plans(ref: str, opts: ConvertOptions):
-    source = resolve_model(ref)
-    meta, blocks = cut(source, opts)
-    cfg = meta.config
-    plans = plan_chunks(blocks, meta.closes_skip, 2, batch=opts.batch,
-                        sample=(opts.batch, cfg.in_channels, opts.latent, opts.latent),
-                        context_dim=cfg.cross_attention_dim, tokens=opts.tokens, added=added_inputs(cfg, opts.batch))
-    return source, meta, blocks, plans
-
-
 def test_a_chunk_built_in_place_never_holds_an_attention_block_twice(monkeypatch):
     """At each rewrite, the rewritten block's tensors are the original's: no second copy exists at any time."""
     opts = ConvertOptions(mode="deploy", latent=8, tokens=4, chunks=2, attention="split_einsum_v2")
-    source, meta, blocks, plans = _plans("sdxl-tiny", opts)
+    source, meta, blocks, plans = chunk_plans("sdxl-tiny", opts)
     real = unet_chunks.checked_rewrite
     seen: list[tuple[int, int, int]] = []  # (original's bytes, rewrite's bytes, bytes of the rewrite not shared)
 
@@ -107,7 +95,7 @@ def test_in_place_chunk_is_the_copying_chunk_byte_for_byte(tmp_path, ref, index)
     from snapbench.converters.unet_chunks import at_batch_one
 
     opts = ConvertOptions(mode="deploy", latent=8, tokens=4, chunks=2, attention="split_einsum_v2")
-    source, meta, blocks, plans = _plans(ref, opts)
+    source, meta, blocks, plans = chunk_plans(ref, opts)
     plan = plans[index]
     packages, checks = [], []
     for in_place in (False, True):
