@@ -148,8 +148,8 @@ def package_bits(unit: torch.nn.Module, root_names: Mapping[str, str], recipe: M
     found: dict[str, tuple[int, str]] = {}
     for name, fp in stored_fingerprints(unit, attention).items():
         layer = layer_name(root_names.get(name, name))
-        if layer in recipe and (fp not in found or found[fp][0] < recipe[layer]):
-            found[fp] = (recipe[layer], layer)
+        if layer in recipe:
+            merge_bits(found, {fp: (recipe[layer], layer)})
     return found
 
 

@@ -193,11 +193,11 @@ def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = Sensitiv
     from snapbench.converters.convert_blocks import cut
     from snapbench.converters.options import ConvertOptions
     from snapbench.converters.unet_chunks import LazyCheckpoint, materialize_unit, run_unit
-    from snapbench.model.units import ResnetUnit, TextTimeEmbeddingUnit, TimeEmbeddingUnit
+    from snapbench.model.units import ResnetUnit, TextTimeEmbeddingUnit, TimeEmbeddingUnit, names_in_root
 
     meta, blocks = cut(source, ConvertOptions(latent=opts.latent, batch=opts.samples, tokens=opts.tokens,
                                               seed=opts.seed))
-    full = {id(t): n for n, t in meta.state_dict(keep_vars=True).items()}
+    root_names = names_in_root(meta)
     checkpoint = LazyCheckpoint(source) if source.weights_dir is not None or source.copies_file else None
     sample, timestep, context, *added = calibration_inputs(meta.config, opts)
     key = _partial_key(source, opts)
@@ -209,7 +209,7 @@ def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = Sensitiv
     skips: list[torch.Tensor] = []
     rows = []
     for b, closes in zip(blocks, meta.closes_skip):
-        roots = {k: full[id(t)] for k, t in b.unit.state_dict(keep_vars=True).items()}
+        roots = root_names(b.unit)
         unit = materialize_unit(meta, b.unit, checkpoint, opts.seed)
         time_unit = isinstance(unit, (TimeEmbeddingUnit, TextTimeEmbeddingUnit))  # they change temb, not hidden
 

@@ -30,7 +30,14 @@ from snapbench.converters.package_io import PackageIO
 from snapbench.converters.runtime import release_freed_memory
 from snapbench.errors import SnapbenchError
 from snapbench.model.loading import ModelSource
-from snapbench.model.units import AttentionUnit, BlockUnit, ResnetUnit, TextTimeEmbeddingUnit, TimeEmbeddingUnit
+from snapbench.model.units import (
+    AttentionUnit,
+    BlockUnit,
+    ResnetUnit,
+    TextTimeEmbeddingUnit,
+    TimeEmbeddingUnit,
+    names_in_root,
+)
 
 # Apple's names: what the Swift StableDiffusion package feeds the UNet and reads back.
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states")
@@ -208,8 +215,7 @@ class LazyCheckpoint:
 
 def unit_weights(root: nn.Module, unit: BlockUnit, checkpoint: LazyCheckpoint) -> dict[str, torch.Tensor]:
     """The unit's state dict (its own names), each tensor read from the checkpoint by its name in `root`."""
-    full = {id(t): n for n, t in root.state_dict(keep_vars=True).items()}
-    return {k: checkpoint.get(full[id(t)]) for k, t in unit.state_dict(keep_vars=True).items()}
+    return {k: checkpoint.get(name) for k, name in names_in_root(root)(unit).items()}
 
 
 def materialize_unit(root: nn.Module, unit: BlockUnit, checkpoint: LazyCheckpoint | None, seed: int) -> BlockUnit:
@@ -223,8 +229,7 @@ def materialize_unit(root: nn.Module, unit: BlockUnit, checkpoint: LazyCheckpoin
 
 
 def _has_own_weights(root: nn.Module, unit: BlockUnit, checkpoint: LazyCheckpoint) -> bool:
-    full = {id(t): n for n, t in root.state_dict(keep_vars=True).items()}
-    return all(checkpoint.has(full[id(t)]) for t in unit.state_dict(keep_vars=True).values())
+    return all(checkpoint.has(name) for name in names_in_root(root)(unit).values())
 
 
 def _copy_of_original(root: nn.Module, unit: BlockUnit, checkpoint: LazyCheckpoint, seed: int) -> BlockUnit:
@@ -287,12 +292,11 @@ def build_chunk(root: nn.Module, blocks: list[CutBlock], closes_skip: list[bool]
     units: list[BlockUnit] = []
     db: dict[str, float] = {}
     bits: dict[str, tuple[int, str]] = {}
-    full = {id(t): n for n, t in root.state_dict(keep_vars=True).items()} if recipe else {}
+    root_names = names_in_root(root)
     for b in blocks[plan.start:plan.end]:
         unit = materialize_unit(root, b.unit, checkpoint, seed)
         if recipe:  # before the rewrite: the recipe names diffusers' layers
-            names = {k: full[id(t)] for k, t in b.unit.state_dict(keep_vars=True).items()}
-            merge_bits(bits, package_bits(unit, names, dict(recipe), attention))
+            merge_bits(bits, package_bits(unit, root_names(b.unit), dict(recipe), attention))
         if isinstance(unit, AttentionUnit) and unit.has_compute and attention != "original":
             hidden, ctx = dict(b.inputs)["hidden"], dict(b.inputs)["context"]
 

@@ -79,12 +79,12 @@ def unet_single(source: ModelSource, opts: ConvertOptions) -> SingleModel:
         model = build_checked(source, device="cpu", seed=opts.seed)
         if opts.recipe:  # before the attention rewrites: the recipe names diffusers' layers
             from snapbench.converters.mixed_bit import merge_bits, package_bits
+            from snapbench.model.units import names_in_root
 
             bits.clear()
-            full = {id(t): n for n, t in model.state_dict(keep_vars=True).items()}
+            root_names = names_in_root(model)
             for unit in model.units:
-                names = {k: full[id(t)] for k, t in unit.state_dict(keep_vars=True).items()}
-                merge_bits(bits, package_bits(unit, names, dict(opts.recipe), opts.attention))
+                merge_bits(bits, package_bits(unit, root_names(unit), dict(opts.recipe), opts.attention))
         return WholeUNet(model, opts.attention, tokens)
 
     return SingleModel(

@@ -27,7 +27,7 @@ from snapbench.converters.options import ConvertOptions
 from snapbench.converters.package_io import PackageIO
 from snapbench.errors import first_line
 from snapbench.interrupts import ignore_sigint
-from snapbench.model.units import AttentionUnit, BlockUnit
+from snapbench.model.units import AttentionUnit, BlockUnit, names_in_root
 
 if TYPE_CHECKING:
     from snapbench.model.loading import ModelSource
@@ -77,9 +77,8 @@ def init_worker(source: ModelSource, opts: ConvertOptions, threads: int | None =
     _UNITS.update({u.file_id: u for u in model.units})
     _ROOT_NAMES.clear()
     if opts.recipe:
-        full = {id(t): n for n, t in cast(torch.nn.Module, model).state_dict(keep_vars=True).items()}
-        _ROOT_NAMES.update({u.file_id: {k: full[id(t)] for k, t in u.state_dict(keep_vars=True).items()}
-                            for u in model.units})
+        root_names = names_in_root(cast(torch.nn.Module, model))
+        _ROOT_NAMES.update({u.file_id: root_names(u) for u in model.units})
     _OPTS = opts
     if threads is not None:  # a pool worker: its heap lives as long as the process
         gc.collect()

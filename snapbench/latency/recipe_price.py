@@ -49,6 +49,7 @@ def layer_prices(source: ModelSource, device: Device, settings: RunSettings, wid
     from snapbench.converters.mixed_bit import layer_name
     from snapbench.converters.unet_chunks import LazyCheckpoint
     from snapbench.latency.packages import ConverterPackages
+    from snapbench.model.units import names_in_root
     from snapbench.profilers.estimate.params import load_params
 
     if settings.weight_bits != 16 or settings.precision != "fp16":
@@ -63,7 +64,7 @@ def layer_prices(source: ModelSource, device: Device, settings: RunSettings, wid
                              f"priced: {block}: {error}")
     entries = {e.file_id: e for e in result.manifest.blocks}
     meta, blocks = cut(source, opts)
-    full = {id(t): n for n, t in meta.state_dict(keep_vars=True).items()}
+    root_names = names_in_root(meta)
     units = {b.unit.file_id: b.unit for b in blocks}
     checkpoint = LazyCheckpoint(source) if source.weights_dir is not None or source.copies_file else None
     params = load_params()
@@ -80,7 +81,7 @@ def layer_prices(source: ModelSource, device: Device, settings: RunSettings, wid
             packages[path] = _price_package(path, meta, owner, checkpoint, opts, device, params, widths)
         priced = packages[path]
         fp16_ms += priced.fp16_ms
-        roots = {k: full[id(t)] for k, t in b.unit.state_dict(keep_vars=True).items()}
+        roots = root_names(b.unit)
         for name, ms in priced.layer_ms.items():
             layer_ms[layer_name(roots[name])] = ms
     return LayerPrices(device=device.id, device_name=device.name, estimator_version=int(params.version),

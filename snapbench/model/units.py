@@ -8,11 +8,19 @@ input and concatenate it themselves, so that units add up exactly to the whole U
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from snapbench.specs.layout import Slot
+
+
+def names_in_root(root: nn.Module) -> Callable[[nn.Module], dict[str, str]]:
+    """For a unit of `root` (holding `root`'s own tensors, as a cut's units do): {the unit's parameter or buffer
+    name: its name in `root`}, the name a checkpoint or a mixed-bit recipe uses. `root` is read once."""
+    full = {id(t): n for n, t in root.state_dict(keep_vars=True).items()}
+    return lambda unit: {k: full[id(t)] for k, t in unit.state_dict(keep_vars=True).items()}
 
 
 class BlockUnit(nn.Module):
