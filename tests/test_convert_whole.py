@@ -62,7 +62,12 @@ def test_part_configs_for_the_real_models():
 
 
 @pytest.mark.slow
-def test_whole_unet_and_chunks(tmp_path):
+def test_whole_unet_and_chunks(tmp_path, monkeypatch):
+    import tempfile
+
+    system_tmp = tmp_path / "system-tmp"  # coremltools' temporaries (ct.convert's, bisect_model's) must not land here
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
     one = tmp_path / "unet"
     r = convert(ConvertRequest(resolve_model("sd15-tiny"), one, ConvertOptions(**TINY), "unet", progress=False))
     assert r.ok and [b.package for b in load_manifest(one).blocks] == ["unet.mlpackage"]
@@ -81,3 +86,5 @@ def test_whole_unet_and_chunks(tmp_path):
     assert {i["name"] for i in m.blocks[1].inputs} <= {o["name"] for o in m.blocks[0].outputs} | {"sample", "timestep", "context"}
     again = convert(ConvertRequest(resolve_model("snapfusion-tiny"), two, ConvertOptions(chunks=2, attention="split_einsum", **TINY), "unet", progress=False))
     assert again.converted == []
+    assert sorted(p.name for p in system_tmp.iterdir() if p.name.endswith(".mlpackage")) == []
+    assert sorted(p.name for p in two.iterdir() if p.name.endswith(".partial")) == []

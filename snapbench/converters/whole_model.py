@@ -23,6 +23,7 @@ from snapbench.converters.convert_package import (
     is_complete_package,
     package_bytes,
     package_files,
+    package_scratch,
     remove_tree,
 )
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir
@@ -79,10 +80,8 @@ def convert_single(what: SingleModel, out_dir: str | os.PathLike, opts: ConvertO
 
     with claimed(folder):
         manifest.write()
-        scratch = folder / f".{what.name}.{os.getpid()}.partial"
-        remove_tree(scratch)
-        scratch.mkdir()
-        try:
+        # the whole package, its two chunks, and coremltools' temporaries (ct.convert's, bisect_model's)
+        with package_scratch(folder / what.name) as scratch:
             with reporter(1, enabled=progress) as bar:
                 bar.start(what.title)
                 try:
@@ -121,8 +120,6 @@ def convert_single(what: SingleModel, out_dir: str | os.PathLike, opts: ConvertO
                 for b in previous.blocks:
                     if b.package and b.package not in used and "/" not in b.package:
                         remove_tree(folder / b.package)
-        finally:
-            remove_tree(scratch)
     return result
 
 
