@@ -33,9 +33,13 @@ def main() -> None:
     from snapbench.converters.convert_blocks import cut
     from snapbench.converters.mixed_bit import compressible_weights
     from snapbench.converters.options import ConvertOptions
-    from snapbench.converters.sensitivity import SensitivityOptions, _palettized, calibration_inputs
+    from snapbench.converters.sensitivity import (
+        SensitivityOptions,
+        _palettized,
+        advance_skips,
+        calibration_inputs,
+    )
     from snapbench.converters.unet_chunks import materialize_unit, run_unit
-    from snapbench.model.units import ResnetUnit
 
     widths = tuple(sorted({*(int(w) for w in args.widths.split(",")), 16}))
     opts = SensitivityOptions(latent=args.latent, samples=args.samples, tokens=args.tokens, widths=widths)
@@ -80,11 +84,8 @@ def main() -> None:
         total["build"] += t1 - t0
         if layers:
             print(f"{b.block_id:<22}{len(layers):>7}{run_s:>8.2f}{runs:>16.0f}{replayed:>13.0f}{palettes:>12.0f}")
-        if isinstance(unit, ResnetUnit) and unit.takes_skip:
-            skips.pop()
         hidden, temb = h, t
-        if closes:
-            skips.append(hidden)
+        advance_skips(unit, closes, hidden, skips)
         del unit
     print(f"projected CPU s: reruns {total['run']:.0f} (replaying: {total['run_replay']:.0f}), palettes "
           f"{total['palettize']:.0f}, building blocks {total['build']:.0f}; load {os.getloadavg()[0]:.1f}")

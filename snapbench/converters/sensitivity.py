@@ -193,7 +193,7 @@ def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = Sensitiv
     from snapbench.converters.convert_blocks import cut
     from snapbench.converters.options import ConvertOptions
     from snapbench.converters.unet_chunks import LazyCheckpoint, materialize_unit, run_unit
-    from snapbench.model.units import ResnetUnit, TextTimeEmbeddingUnit, TimeEmbeddingUnit, names_in_root
+    from snapbench.model.units import TextTimeEmbeddingUnit, TimeEmbeddingUnit, names_in_root
 
     meta, blocks = cut(source, ConvertOptions(latent=opts.latent, batch=opts.samples, tokens=opts.tokens,
                                               seed=opts.seed))
@@ -242,14 +242,21 @@ def analyze_sensitivity(source: ModelSource, opts: SensitivityOptions = Sensitiv
             from snapbench.atomic import atomic_write_text
 
             atomic_write_text(partial, json.dumps({"format": PARTIAL_FORMAT, "key": key, "blocks": done}))
-        # every run popped from a copy of the skips: the block's own pop, then its push (UNetChunk's order)
-        if isinstance(unit, ResnetUnit) and unit.takes_skip:
-            skips.pop()
         hidden, temb = ref_hidden, ref_temb
-        if closes:
-            skips.append(hidden)
+        advance_skips(unit, closes, hidden, skips)
         del unit
     return pd.DataFrame(rows, columns=["layer", "block", "stage", "elements", *(f"psnr_{b}" for b in opts.widths)])
+
+
+def advance_skips(unit: torch.nn.Module, closes: bool, output: torch.Tensor, skips: list[torch.Tensor]) -> None:
+    """The skip stack after `unit` ran (every run popped from a copy of it): the block's own pop, then its
+    output pushed where it closes a skip (UNetChunk's order)."""
+    from snapbench.model.units import ResnetUnit
+
+    if isinstance(unit, ResnetUnit) and unit.takes_skip:
+        skips.pop()
+    if closes:
+        skips.append(output)
 
 
 class _Replay(torch.nn.Module):
