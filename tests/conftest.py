@@ -71,19 +71,22 @@ def _temporary_files_in_the_session_folder(tmp_path_factory):
 # The fixtures below make real conversions of more than one tiny package. Tests that ask for them (directly
 # or through another fixture) are marked `slow` at collection, so `make test-fast` runs none of them and
 # the full suite converts each once per session (per xdist worker) instead of once per module.
-SESSION_CONVERSIONS = ("sd15_tiny_blocks", "sdxl_tiny_prices")
+SESSION_CONVERSIONS = ("sd15_tiny_blocks", "sdxl_shallow_prices")
 
 
 @pytest.fixture(scope="session")
-def sdxl_tiny_prices():
-    """sdxl-tiny's compressible layers priced at 2 and 4 bits and fp16 on the iPhone 15 Pro, at latent 8 and
-    4 tokens (latency/recipe_price.py; converts its profile-mode packages into the test cache once)."""
+def sdxl_shallow_prices():
+    """The compressible layers of sdxl-tiny's shallow twin (tests/model_refs.py) priced at 2 and 4 bits and
+    fp16 on the iPhone 15 Pro, at latent 8 and 4 tokens (latency/recipe_price.py; converts its profile-mode
+    packages into the test cache once)."""
+    from model_refs import SDXL_SHALLOW
+
     from snapbench.backbones import resolve_model
     from snapbench.devices.catalog import resolve_device
     from snapbench.latency.recipe_price import layer_prices
     from snapbench.settings import RunSettings
 
-    return layer_prices(resolve_model("sdxl-tiny"), resolve_device("iphone15pro"), RunSettings(latent=8, tokens=4),
+    return layer_prices(resolve_model(SDXL_SHALLOW), resolve_device("iphone15pro"), RunSettings(latent=8, tokens=4),
                         (2, 4))
 
 

@@ -1,7 +1,7 @@
 """`convert --pipeline` for SDXL-class UNets: TextEncoder + TextEncoder2 + Unet (or two chunks) + VAEDecoder
 under the names and shapes Apple's Swift package uses for SDXL (swift_interface.json, family `sdxl`), on a
-tiny StableDiffusionXLPipeline folder and the sdxl-tiny preset. Real conversions; diffusers' own SDXL
-pipeline is the reference for what the parts compute."""
+tiny StableDiffusionXLPipeline folder (around sdxl-tiny's shallow twin, tests/model_refs.py) and the sdxl-tiny
+preset. Real conversions; diffusers' own SDXL pipeline is the reference for what the parts compute."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_refs import SDXL_SHALLOW
 
 from snapbench.cli import main
 from snapbench.converters.manifest import load_manifest
@@ -36,7 +37,7 @@ OPTS = ConvertOptions(attention="split_einsum_v2", latent=LATENT, tokens=TOKENS)
 def xl_folder(tmp_path_factory) -> Path:
     from snapbench.fixtures import write_tiny_sdxl_pipeline
 
-    return write_tiny_sdxl_pipeline(tmp_path_factory.mktemp("xl") / "pipe")
+    return write_tiny_sdxl_pipeline(tmp_path_factory.mktemp("xl") / "pipe", unet=SDXL_SHALLOW)
 
 
 # -- what the parts compute, against diffusers' StableDiffusionXLPipeline ------------------------------
