@@ -192,22 +192,23 @@ def write_tiny_pipeline(folder: str | Path, *, seed: int = 0) -> Path:
     return out
 
 
-def write_tiny_sdxl_pipeline(folder: str | Path, *, seed: int = 0) -> Path:
-    """A StableDiffusionXLPipeline folder (save_pretrained) around the sdxl-tiny UNet, random weights:
+def write_tiny_sdxl_pipeline(folder: str | Path, *, seed: int = 0, unet: str = "sdxl-tiny") -> Path:
+    """A StableDiffusionXLPipeline folder (save_pretrained) around the UNet of `unet` (a model reference:
+    the sdxl-tiny preset, or an SDXL-class twin of it), random weights:
     text_encoder/ (CLIPTextModel) and text_encoder_2/ (CLIPTextModelWithProjection), 16 wide each, so
     their penultimate states side by side are the UNet's 32-wide context and the second one's projected
     pooled output its 16-wide text_embeds; tokenizer/ and tokenizer_2/ (the same BPE); the tiny VAE."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    from snapbench.backbones import resolve_model
     from snapbench.specs.layout import text_embeds_dim
-    from snapbench.specs.presets import load_preset
 
     out = Path(folder)
     with atomic_path(out) as tmp:
         tok_dir = write_tiny_tokenizer(tmp / "tokenizer")
         tokenizer = _load_tokenizer(tok_dir)
-        unet_cfg = {k: v for k, v in load_preset("sdxl-tiny").base_config.items() if not k.startswith("_")}
+        unet_cfg = {k: v for k, v in resolve_model(unet).spec.base_config.items() if not k.startswith("_")}
         pooled = text_embeds_dim(unet_cfg)
         assert pooled is not None
         first = int(unet_cfg["cross_attention_dim"]) - pooled

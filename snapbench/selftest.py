@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,6 +217,13 @@ def first_error_line(stderr: str, returncode: int) -> str:
     return lines[-1] if lines else f"exit code {returncode}"
 
 
+def run_process(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
+                timeout: float | None) -> subprocess.CompletedProcess[str]:
+    """One stage's process, its output captured. (The test suite starts the `python -m snapbench` stages
+    through its fork server here: the same argv, folder and environment, without paying the imports again.)"""
+    return subprocess.run(list(argv), cwd=cwd, env=dict(env), capture_output=True, text=True, timeout=timeout)
+
+
 def run_stage(stage: Stage, *, cwd: Path, log_dir: Path, timeout: float | None = None) -> StageResult:
     """Run one stage as its own process; its stdout and stderr go to log_dir/<n>.log."""
     env = dict(os.environ)
@@ -227,7 +234,7 @@ def run_stage(stage: Stage, *, cwd: Path, log_dir: Path, timeout: float | None =
     log = log_dir / (_file_name(stage.name) + ".log")
     t0, cpu0 = time.time(), _children_cpu()
     try:
-        proc = subprocess.run(stage.argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = run_process(stage.argv, cwd=cwd, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return StageResult(stage.name, False, round(time.time() - t0, 1), f"timed out after {timeout:.0f} s")
     seconds, cpu = round(time.time() - t0, 1), round(_children_cpu() - cpu0, 1)

@@ -7,7 +7,22 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
+
+# Under xdist every core already runs a worker: a worker whose PyTorch (or a process it starts: the CLI, pool
+# and accelerate workers) computes on more threads than its share of the cores only makes OpenMP threads
+# spin-wait for each other. Set before torch is imported, so the worker and its children start that way (a
+# value the caller set stays). Three test files twice side by side on 2 cores: 82.9 -> 75.0 CPU s each.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+_THREADS = None
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    _THREADS = max(1, _CORES // _WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+
+import torch  # noqa: E402  (after the thread count above)
+
+if _THREADS is not None:  # (in case a plugin imported torch first)
+    torch.set_num_threads(_THREADS)
 
 # Tests keep their trained-once artefacts and converted packages in the checkout, not in the user's cache.
 os.environ.setdefault("SNAPBENCH_CACHE", str(Path(__file__).resolve().parents[1] / ".snapbench-cache"))
@@ -71,19 +86,22 @@ def _temporary_files_in_the_session_folder(tmp_path_factory):
 # The fixtures below make real conversions of more than one tiny package. Tests that ask for them (directly
 # or through another fixture) are marked `slow` at collection, so `make test-fast` runs none of them and
 # the full suite converts each once per session (per xdist worker) instead of once per module.
-SESSION_CONVERSIONS = ("sd15_tiny_blocks", "sdxl_tiny_prices")
+SESSION_CONVERSIONS = ("sd15_tiny_blocks", "sdxl_shallow_prices")
 
 
 @pytest.fixture(scope="session")
-def sdxl_tiny_prices():
-    """sdxl-tiny's compressible layers priced at 2 and 4 bits and fp16 on the iPhone 15 Pro, at latent 8 and
-    4 tokens (latency/recipe_price.py; converts its profile-mode packages into the test cache once)."""
+def sdxl_shallow_prices():
+    """The compressible layers of sdxl-tiny's shallow twin (tests/model_refs.py) priced at 2 and 4 bits and
+    fp16 on the iPhone 15 Pro, at latent 8 and 4 tokens (latency/recipe_price.py; converts its profile-mode
+    packages into the test cache once)."""
+    from model_refs import SDXL_SHALLOW
+
     from snapbench.backbones import resolve_model
     from snapbench.devices.catalog import resolve_device
     from snapbench.latency.recipe_price import layer_prices
     from snapbench.settings import RunSettings
 
-    return layer_prices(resolve_model("sdxl-tiny"), resolve_device("iphone15pro"), RunSettings(latent=8, tokens=4),
+    return layer_prices(resolve_model(SDXL_SHALLOW), resolve_device("iphone15pro"), RunSettings(latent=8, tokens=4),
                         (2, 4))
 
 

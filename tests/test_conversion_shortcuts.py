@@ -240,3 +240,37 @@ def test_the_copied_replace_var_is_the_installed_coremltools_one(monkeypatch):
     assert _source_digest(Block._replace_var) == REPLACE_VAR_SOURCE
     with shortcuts():
         assert Block.__dict__["_replace_var"].__module__ == "snapbench.converters.mil_shortcuts"
+
+
+def test_a_program_is_printed_only_for_coremltools_debug_logging():
+    """coremltools' `logger.debug(f"...{prog}")` prints the whole program whatever the level: during a
+    conversion it costs nothing unless the coremltools logger would show it, and `str()` is whole again after."""
+    import logging
+
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import Function, Program
+
+    from snapbench.converters.runtime import conversion_context
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4))])
+    def prog(x):
+        return mb.relu(x=x, name="the_relu")
+
+    def printed() -> tuple[str, str]:
+        return str(prog), str(prog.functions["main"])
+
+    whole = printed()
+    assert all("the_relu" in s for s in whole)
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    try:
+        logger.setLevel(logging.INFO)
+        with conversion_context():
+            assert not any("the_relu" in s for s in printed())
+            assert f"{prog}".startswith("<Program") and str(prog.functions["main"]).startswith("<Function")
+            logger.setLevel(logging.DEBUG)
+            assert printed() == whole
+    finally:
+        logger.setLevel(level)
+    assert printed() == whole
+    assert "__str__" in Program.__dict__ and "__str__" in Function.__dict__

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_refs import SDXL_SHALLOW
 from package_ops import chunk_plans
 
 from snapbench.converters.options import ConvertOptions
@@ -36,7 +37,8 @@ def _fp32_weights(prog) -> int:
 
 @pytest.mark.parametrize("ref, attention, index", [
     ("sd15-tiny", "original", 0),
-    pytest.param("sdxl-tiny", "split_einsum_v2", 1, marks=pytest.mark.slow),  # ANE attention, text_time inputs
+    pytest.param(SDXL_SHALLOW, "split_einsum_v2", 1, marks=pytest.mark.slow, id="sdxl-shallow"),  # ANE attention,
+    # text_time inputs
 ])
 def test_released_conversion_is_the_default_package(tmp_path, monkeypatch, ref, attention, index):
     from coremltools.converters.mil.mil.passes.defs.quantization import add_fp16_cast

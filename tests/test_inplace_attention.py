@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_refs import SDXL_SHALLOW
 from package_ops import chunk_plans
 from test_ane_attention import make_inputs, make_transformer
 
@@ -88,7 +89,7 @@ def _files(dest: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("ref, index", [
     ("sd15-tiny", 0),
-    pytest.param("sdxl-tiny", 1, marks=pytest.mark.slow),  # ten-layer-style deep blocks, text_time inputs
+    pytest.param(SDXL_SHALLOW, 1, marks=pytest.mark.slow, id="sdxl-shallow"),  # deep blocks, text_time inputs
 ])
 def test_in_place_chunk_is_the_copying_chunk_byte_for_byte(tmp_path, ref, index):
     from snapbench.converters.convert_package import convert_module, example_inputs

@@ -1,5 +1,6 @@
 """Mixed-bit palettization: `compress analyze` (per-layer sensitivity -> recipes) and `convert --recipe`,
-on sdxl-tiny with real k-means palettes and real coremltools conversions."""
+on sdxl-tiny and its shallow twin (tests/model_refs.py) with real k-means palettes and real coremltools
+conversions."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from model_refs import SDXL_SHALLOW, SDXL_SHALLOW_NAME
 from package_ops import lut_ops
 
 from snapbench.backbones import resolve_model
@@ -29,8 +31,8 @@ def _layers(ref: str) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_every_compressible_layer_is_measured_on_its_block(recipes):
-    sdxl_table = pd.read_csv(recipes / "sdxl-tiny-sensitivity.csv")  # what analyze_sensitivity(..., FAST) gave
-    layers = _layers("sdxl-tiny")
+    sdxl_table = pd.read_csv(recipes / f"{SDXL_SHALLOW_NAME}-sensitivity.csv")  # analyze_sensitivity(..., FAST)
+    layers = _layers(SDXL_SHALLOW)
     assert sorted(sdxl_table["layer"]) == sorted(layers)
     assert dict(zip(sdxl_table["layer"], sdxl_table["elements"])) == layers
     assert "add_embedding.linear_1" in layers and sdxl_table.set_index("layer").loc["add_embedding.linear_1", "block"] \
@@ -93,13 +95,14 @@ def test_stored_fingerprints_are_the_rewritten_modules_weights(attention):
     assert unscaled.isdisjoint(rewritten) == (attention != "original")
 
 
-@pytest.mark.slow  # sdxl-tiny analysed twice (about 2 CPU minutes each), the first time interrupted
+@pytest.mark.slow  # analysed twice, the first time interrupted
 def test_an_interrupted_replayed_analysis_resumes_to_the_whole_reruns_figures(tmp_path):
     """A layer inside a deep block reruns the block from its own transformer layer on; an interrupted
-    analysis resumes from the blocks it finished: the same table as every block rerun whole."""
+    analysis resumes from the blocks it finished: the same table as every block rerun whole. (The shallow
+    twin: two layers per deep block, one replayed before the layer measured, as for any of SDXL's ten.)"""
     from snapbench.converters.sensitivity import analyze_sensitivity
 
-    source = resolve_model("sdxl-tiny")
+    source = resolve_model(SDXL_SHALLOW)
     opts = SensitivityOptions(latent=4, samples=1, tokens=4, widths=(2,))
     partial = tmp_path / "partial.json"
 
@@ -116,9 +119,9 @@ def test_an_interrupted_replayed_analysis_resumes_to_the_whole_reruns_figures(tm
     assert said[0].startswith(f"resuming from {partial}: {len(before)} block(s)")
     assert not [m for m in said[1:] if m.split(":")[0] in before]  # nothing measured twice
     pd.testing.assert_frame_equal(fast, analyze_sensitivity(source, opts, replay=False))
-    # the last of ten layers: measured, not skipped (its feed-forward; at latent 4 the deepest level is one
-    # position, where self-attention's query and key change nothing)
-    deep = fast[fast["layer"].str.contains(r"transformer_blocks\.9\.ff\.")]
+    # the last of a deep block's layers: measured, not skipped (its feed-forward; at latent 4 the deepest level
+    # is one position, where self-attention's query and key change nothing)
+    deep = fast[fast["layer"].str.contains(r"down_blocks\.2\.attentions\.0\.transformer_blocks\.1\.ff\.")]
     assert len(deep) > 0 and (deep["psnr_2"] < 200).all()
 
 
@@ -131,40 +134,41 @@ def _midway(prices) -> float:
 
 
 @pytest.fixture(scope="module")
-def recipes(tmp_path_factory, sdxl_tiny_prices):
+def recipes(tmp_path_factory, sdxl_shallow_prices):
     out = tmp_path_factory.mktemp("recipes")
-    # --device prices every recipe at the settings sdxl_tiny_prices has (latent 8, 4 tokens, iPhone 15 Pro)
-    assert main(["compress", "analyze", "--model", "sdxl-tiny", "--out", str(out), "--latent", str(FAST.latent),
+    # --device prices every recipe at the settings sdxl_shallow_prices has (latent 8, 4 tokens, iPhone 15 Pro)
+    assert main(["compress", "analyze", "--model", SDXL_SHALLOW, "--out", str(out), "--latent", str(FAST.latent),
                  "--samples", str(FAST.samples), "--tokens", str(FAST.tokens), "--widths", "2,4", "--bits", "4.5",
                  "--bits", "3", "--device", "iphone15pro", "--price-latent", str(FAST.latent),
-                 "--latency-budget-ms", str(_midway(sdxl_tiny_prices)), "--json"]) == 0
+                 "--latency-budget-ms", str(_midway(sdxl_shallow_prices)), "--json"]) == 0
     return out
 
 
 @pytest.mark.slow
 def test_analyze_writes_the_table_and_recipes_under_budget(recipes):
-    table = pd.read_csv(recipes / "sdxl-tiny-sensitivity.csv")
+    table = pd.read_csv(recipes / f"{SDXL_SHALLOW_NAME}-sensitivity.csv")
     assert list(table.columns) == ["layer", "block", "stage", "elements", "psnr_2", "psnr_4", "psnr_16"]
     for target in (4.5, 3):
-        doc = json.loads((recipes / f"sdxl-tiny-{target:g}bit.json").read_text())
-        assert doc["format"] == RECIPE_FORMAT and doc["layers_digest"] == layers_digest(_layers("sdxl-tiny"))
+        doc = json.loads((recipes / f"{SDXL_SHALLOW_NAME}-{target:g}bit.json").read_text())
+        assert doc["format"] == RECIPE_FORMAT and doc["layers_digest"] == layers_digest(_layers(SDXL_SHALLOW))
         assert doc["average_bits"] <= target and set(doc["layers"]) == set(table["layer"])
         assert set(doc["layers"].values()) <= {2, 4, 16} and len(set(doc["layers"].values())) > 1  # mixed
     assert not list(recipes.glob(".*"))  # no temporary files left
 
 
 @pytest.mark.slow
-def test_a_recipe_under_a_latency_budget_spends_it_where_time_is_saved(recipes, sdxl_tiny_prices):
-    budget = _midway(sdxl_tiny_prices)
-    doc = json.loads((recipes / f"sdxl-tiny-{budget:g}ms-iphone15pro.json").read_text())
+def test_a_recipe_under_a_latency_budget_spends_it_where_time_is_saved(recipes, sdxl_shallow_prices):
+    prices = sdxl_shallow_prices
+    budget = _midway(prices)
+    doc = json.loads((recipes / f"{SDXL_SHALLOW_NAME}-{budget:g}ms-iphone15pro.json").read_text())
     assert doc["budget"] == {"latency_ms": budget, "device": "iphone15pro"}
     latency = doc["latency"]
-    assert latency["label"] == "estimated" and latency["estimator_version"] == sdxl_tiny_prices.estimator_version
+    assert latency["label"] == "estimated" and latency["estimator_version"] == prices.estimator_version
     assert latency["ms_per_step"] <= budget < latency["fp16_ms"]
-    assert latency["ms_per_step"] == pytest.approx(sdxl_tiny_prices.total_ms(doc["layers"]), abs=1e-4)
+    assert latency["ms_per_step"] == pytest.approx(prices.total_ms(doc["layers"]), abs=1e-4)
     assert len(set(doc["layers"].values())) > 1  # mixed
     # a layer that palettized would not be quicker is never narrowed for time (16 bits is its quickest)
-    quickest = sdxl_tiny_prices.fastest(doc["layers"])
+    quickest = prices.fastest(doc["layers"])
     assert all(bits == 16 for layer, bits in doc["layers"].items() if quickest[layer] == 16)
 
 
@@ -201,10 +205,10 @@ def test_recipe_with_weight_bits_is_refused(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_convert_with_a_recipe_palettizes_every_named_layer_once(recipes, tmp_path):
-    recipe = recipes / "sdxl-tiny-3bit.json"
+    recipe = recipes / f"{SDXL_SHALLOW_NAME}-3bit.json"
     layers = json.loads(recipe.read_text())["layers"]
     out = tmp_path / "pkgs"
-    assert main(["convert", "--model", "sdxl-tiny", "--recipe", str(recipe), "--latent", "8", "--tokens", "4",
+    assert main(["convert", "--model", SDXL_SHALLOW, "--recipe", str(recipe), "--latent", "8", "--tokens", "4",
                  "--out", str(out)]) == 0
     compression = json.loads((out / "manifest.json").read_text())["compression"]
     widths: dict[str, int] = {}
@@ -214,7 +218,7 @@ def test_convert_with_a_recipe_palettizes_every_named_layer_once(recipes, tmp_pa
     # one palette per layer below 16 bits, none for the rest: every recipe layer found its constant
     assert lut_ops(*out.glob("*.mlpackage")) == sum(n for bits, n in widths.items() if bits != "16") > 0
     # the figure the recipe states is the estimator's for these packages (deploy mode: one per block); measured
-    # 4.797 stated against 4.776 ms priced from the packages (0.4% apart, cause not traced)
+    # 4.797 stated against 4.776 ms priced from the packages on sdxl-tiny (0.4% apart, cause not traced)
     from snapbench.devices.catalog import resolve_device
     from snapbench.profilers.estimate.cost_model import estimate_package
 

@@ -1,10 +1,11 @@
 """Mixed-bit recipes under a latency budget (`compress analyze --latency-budget-ms`): each layer's op priced by
-the estimator at every width (latency/recipe_price.py), on sdxl-tiny with real profile-mode packages."""
+the estimator at every width (latency/recipe_price.py), on sdxl-tiny's shallow twin (tests/model_refs.py) with real profile-mode packages."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
+from model_refs import SDXL_SHALLOW, SDXL_SHALLOW_NAME
 
 from snapbench.backbones import resolve_model
 from snapbench.cli import main
@@ -13,8 +14,8 @@ from snapbench.devices.catalog import resolve_device
 from snapbench.errors import SnapbenchError
 from snapbench.settings import RunSettings
 
-PRICED = RunSettings(latent=8, tokens=4)  # what conftest's sdxl_tiny_prices priced at
-ANALYZE = ["--model", "sdxl-tiny", "--latent", "8", "--samples", "1", "--tokens", "4", "--widths", "2,4",
+PRICED = RunSettings(latent=8, tokens=4)  # what conftest's sdxl_shallow_prices priced at
+ANALYZE = ["--model", SDXL_SHALLOW, "--latent", "8", "--samples", "1", "--tokens", "4", "--widths", "2,4",
            "--device", "iphone15pro", "--price-latent", "8"]
 
 
@@ -55,8 +56,8 @@ def test_latency_budget_needs_a_device(tmp_path, capsys):
 
 
 @pytest.fixture
-def prices(sdxl_tiny_prices):
-    return sdxl_tiny_prices  # latent 8, 4 tokens, iPhone 15 Pro: PRICED
+def prices(sdxl_shallow_prices):
+    return sdxl_shallow_prices  # latent 8, 4 tokens, iPhone 15 Pro: PRICED
 
 
 @pytest.mark.slow
@@ -65,7 +66,7 @@ def test_layer_prices_add_up_to_the_profile_figure(prices):
     from snapbench.latency.model_latency import profile_model
     from snapbench.latency.table import LatencyTable
 
-    source = resolve_model("sdxl-tiny")
+    source = resolve_model(SDXL_SHALLOW)
     run = profile_model(source, resolve_device("iphone15pro"), PRICED, table=LatencyTable.empty(),
                         backend="estimate", components=("unet",))
     assert prices.fp16_ms == pytest.approx(run.components["unet"].latency_ms, abs=1e-3 * len(run.blocks))
@@ -98,7 +99,7 @@ def test_a_budget_no_recipe_can_meet_names_the_fastest(prices, tmp_path, capsys)
     assert not out.exists()  # refused before anything was measured or written
 
 
-@pytest.mark.slow  # sdxl-tiny's split_einsum packages: profile mode to price them, deploy mode with a recipe
+@pytest.mark.slow  # the shallow twin's split_einsum packages: profile mode to price them, deploy mode with a recipe
 def test_split_einsum_recipes_are_priced_on_the_layers_convert_palettizes(tmp_path):
     """Under split_einsum the query projections are stored scaled (mixed_bit.stored_fingerprints): the pricer
     finds every layer in its package, `convert --recipe` palettizes each at its width, and the estimator
@@ -113,7 +114,7 @@ def test_split_einsum_recipes_are_priced_on_the_layers_convert_palettizes(tmp_pa
     from snapbench.latency.recipe_price import layer_prices
     from snapbench.profilers.estimate.cost_model import estimate_package
 
-    source = resolve_model("sdxl-tiny")
+    source = resolve_model(SDXL_SHALLOW)
     dev = resolve_device("iphone15pro")
     prices = layer_prices(source, dev, RunSettings(latent=8, tokens=4, attention="split_einsum"), (2, 4))
     with torch.device("meta"):
@@ -121,10 +122,10 @@ def test_split_einsum_recipes_are_priced_on_the_layers_convert_palettizes(tmp_pa
     assert set(prices.layer_ms) == set(layers)  # the query projections too
     recipe = {name: (2, 4, 16)[i % 3] for i, name in enumerate(sorted(layers))}
     path = tmp_path / "recipe.json"
-    path.write_text(json.dumps({"format": RECIPE_FORMAT, "spec": "sdxl-tiny", "layers_digest": layers_digest(layers),
+    path.write_text(json.dumps({"format": RECIPE_FORMAT, "spec": SDXL_SHALLOW_NAME, "layers_digest": layers_digest(layers),
                                 "layers": recipe}))
     out = tmp_path / "pkgs"
-    assert main(["convert", "--model", "sdxl-tiny", "--attention", "split_einsum", "--recipe", str(path),
+    assert main(["convert", "--model", SDXL_SHALLOW, "--attention", "split_einsum", "--recipe", str(path),
                  "--latent", "8", "--tokens", "4", "--out", str(out)]) == 0
     packages = sorted(out.glob("*.mlpackage"))
     assert lut_widths(*packages) == {b: sum(v == b for v in recipe.values()) for b in (2, 4)}

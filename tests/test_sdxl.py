@@ -136,12 +136,15 @@ def test_tiny_dual_text_encoder_feeds_the_unet():
 
 
 @pytest.mark.slow
-def test_whole_sdxl_tiny_converts_with_text_time_inputs(tmp_path):
+def test_whole_sdxl_class_unet_converts_with_text_time_inputs(tmp_path):
+    """(sdxl-tiny's shallow twin: the preset's whole UNet is converted by test_sdxl_pipeline.py's CLI test.)"""
+    from model_refs import SDXL_SHALLOW
+
     from snapbench.converters.entry import ConvertRequest, convert
     from snapbench.converters.options import ConvertOptions
 
-    result = convert(ConvertRequest(resolve_model("sdxl-tiny"), tmp_path / "w", ConvertOptions(latent=16, tokens=5), "unet",
-                                    progress=False))
+    result = convert(ConvertRequest(resolve_model(SDXL_SHALLOW), tmp_path / "w", ConvertOptions(latent=16, tokens=5),
+                                    "unet", progress=False))
     assert result.ok
     (block,) = [b for b in result.manifest.blocks if b.package]
     assert [i["name"] for i in block.inputs] == ["sample", "timestep", "context", "text_embeds", "time_ids"]
@@ -170,3 +173,20 @@ def test_sdxl_class_unets_are_their_own_backbone_family():
     assert other.base is model.base
     with torch.no_grad():
         torch.testing.assert_close(other(*inputs), model(*inputs))
+
+
+def test_the_shallow_test_twin_is_sdxl_tiny_but_for_its_depth():
+    """tests/sdxl-shallow.json (tests/model_refs.py) stands in for sdxl-tiny where depth is not the subject:
+    it must stay sdxl-tiny in every other respect, and SDXL-class."""
+    from model_refs import SDXL_SHALLOW, SDXL_SHALLOW_NAME
+
+    from snapbench.backbones import SDXLUNetBackbone, backbone_for
+
+    tiny, shallow = load_preset("sdxl-tiny").to_dict(), resolve_model(SDXL_SHALLOW)
+    twin = shallow.spec.to_dict()
+    assert twin["name"] == SDXL_SHALLOW_NAME and tiny["base_config"]["transformer_layers_per_block"] == [1, 2, 10]
+    assert twin["base_config"].pop("transformer_layers_per_block") == [1, 2, 2]
+    del tiny["base_config"]["transformer_layers_per_block"]
+    assert {k: v for k, v in twin.items() if k not in ("name", "description")} == \
+        {k: v for k, v in tiny.items() if k not in ("name", "description")}
+    assert isinstance(backbone_for(shallow), SDXLUNetBackbone)

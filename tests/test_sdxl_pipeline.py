@@ -1,7 +1,7 @@
 """`convert --pipeline` for SDXL-class UNets: TextEncoder + TextEncoder2 + Unet (or two chunks) + VAEDecoder
 under the names and shapes Apple's Swift package uses for SDXL (swift_interface.json, family `sdxl`), on a
-tiny StableDiffusionXLPipeline folder and the sdxl-tiny preset. Real conversions; diffusers' own SDXL
-pipeline is the reference for what the parts compute."""
+tiny StableDiffusionXLPipeline folder and a spec with no checkpoint (both sdxl-tiny's shallow twin,
+tests/model_refs.py). Real conversions; diffusers' own SDXL pipeline is the reference for what the parts compute."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_refs import SDXL_SHALLOW
 
 from snapbench.cli import main
 from snapbench.converters.manifest import load_manifest
@@ -36,7 +37,7 @@ OPTS = ConvertOptions(attention="split_einsum_v2", latent=LATENT, tokens=TOKENS)
 def xl_folder(tmp_path_factory) -> Path:
     from snapbench.fixtures import write_tiny_sdxl_pipeline
 
-    return write_tiny_sdxl_pipeline(tmp_path_factory.mktemp("xl") / "pipe")
+    return write_tiny_sdxl_pipeline(tmp_path_factory.mktemp("xl") / "pipe", unet=SDXL_SHALLOW)
 
 
 # -- what the parts compute, against diffusers' StableDiffusionXLPipeline ------------------------------
@@ -158,9 +159,11 @@ def test_sdxl_rows_are_the_sd_rows_plus_apples_xl_additions():
 
 
 @pytest.mark.slow
-def test_sdxl_tiny_preset_pipeline_from_the_cli(tmp_path, capsys):
+def test_sdxl_class_spec_pipeline_from_the_cli(tmp_path, capsys):
+    """A model with no checkpoint (a spec: a preset's or a file's, here the shallow twin of sdxl-tiny: the
+    preset's ten-layer blocks are converted one by one in `selftest`'s profile stage) as an SDXL app."""
     out = tmp_path / "app"
-    args = ["convert", "--model", "sdxl-tiny", "--pipeline", "--latent", str(LATENT), "--tokens", str(TOKENS),
+    args = ["convert", "--model", SDXL_SHALLOW, "--pipeline", "--latent", str(LATENT), "--tokens", str(TOKENS),
             "--out", str(out), "--json"]
     assert main(args) == 0, capsys.readouterr().err
     doc = json.loads(capsys.readouterr().out)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -194,14 +193,34 @@ def test_first_error_line():
 
 @pytest.mark.slow
 @pytest.mark.long  # every stage in its own process: minutes; xdist starts it first (conftest)
-def test_selftest_runs_every_stage(tmp_path):
-    """The whole checklist, as `make test` runs it once: every stage passes."""
+def test_selftest_runs_every_stage(tmp_path, monkeypatch, capsys, cli_server):
+    """The whole checklist, as `make test` runs it once: every stage passes. Each stage is its own process:
+    the `python -m snapbench` ones are forked from the suite's CLI server (a fresh interpreter would spend
+    4-6 CPU s importing torch, diffusers and coremltools for each of 16 stages); the training launches
+    (accelerate, torchrun, their workers) are started as a user starts them."""
+    from snapbench import selftest as selftest_module
+    from snapbench.cli import main
+
+    run_process, routed = selftest_module.run_process, []
+
+    def forked(argv, *, cwd, env, timeout):
+        snapbench_cli, fixtures_module = (sys.executable, "-m", "snapbench"), (sys.executable, "-m", "snapbench.fixtures")
+        if tuple(argv[:3]) == snapbench_cli:
+            routed.append(argv[3])
+            return cli_server.run(list(argv[3:]), cwd=cwd, env=env, timeout=timeout or 600)
+        if tuple(argv[:3]) == fixtures_module:
+            routed.append("fixtures")
+            return cli_server.run(list(argv[3:]), cwd=cwd, env=env, timeout=timeout or 600,
+                                  script="import runpy; runpy.run_module('snapbench.fixtures', run_name='__main__')")
+        return run_process(argv, cwd=cwd, env=env, timeout=timeout)
+
+    monkeypatch.setattr(selftest_module, "run_process", forked)
     work = tmp_path / "st"
-    proc = subprocess.run([sys.executable, "-m", "snapbench", "selftest", "--keep", str(work), "--json"],
-                          capture_output=True, text=True, cwd=tmp_path)
-    report = json.loads(proc.stdout)
+    code = main(["selftest", "--keep", str(work), "--json"])
+    report = json.loads(capsys.readouterr().out)
     failed = [(s["name"], s["error"]) for s in report["stages"] if not s["ok"]]
-    assert not failed and report["ok"] and proc.returncode == 0
+    assert not failed and report["ok"] and code == 0
+    assert routed.count("fixtures") == 1 and len(routed) == len(report["stages"]) - 2  # not train, distill
     names = [s["name"] for s in report["stages"]]
     assert names[:7] == ["fixtures (tiny pipeline, CLIP, data)", "inspect (pipeline folder)", "convert (per block)",
                          "convert (whole, 2 chunks)", "convert (text encoder)", "convert (VAE decoder)",

@@ -111,9 +111,10 @@ def test_training_saves_trained_variants_and_resumes_like_an_uninterrupted_run(t
     sample_variants(fresh, TrainConfig(variant_moves=ALL_SWAPS))
     assert list(a.alternatives) == list(fresh.alternatives)
     moved = 0
+    resumed_state, fresh_state = b.alternatives_state(), fresh.alternatives_state()  # (a state_dict each: once)
     for name, p in a.alternatives_state().items():
-        assert torch.allclose(p, b.alternatives_state()[name], atol=1e-6), name
-        moved += not torch.equal(p, fresh.alternatives_state()[name])
+        assert torch.allclose(p, resumed_state[name], atol=1e-6), name
+        moved += not torch.equal(p, fresh_state[name])
     assert moved > 0  # the variants' own weights trained
     with pytest.raises(SnapbenchError, match="variant_moves"):  # resuming under other moves is refused
         _train(resumed, 4, moves=("mqa",))
