@@ -1,10 +1,11 @@
 """CPU seconds of tiny conversions with and without snapbench's MIL shortcuts, and whether the packages match.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_mil_shortcuts.py [--repeat 2] [--cases whole_v2,...]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_mil_shortcuts.py [--repeat 2] [--cases whole_v2,...] [--ablate]
 
-Each case is converted in its own process twice per repeat, once as snapbench does (converters/mil_shortcuts.py
-installed during the conversion) and once with SNAPBENCH_PLAIN_MIL=1 (coremltools' own methods), alternating
-so that a change in the machine's load hits both. The figure is the CPU seconds (user + system, from
+Each case is converted in its own process once per variant and repeat: as snapbench does (converters/
+mil_shortcuts.py installed during the conversion), with SNAPBENCH_PLAIN_MIL=1 (coremltools' own methods) and,
+with --ablate, with each shortcut alone left out (its own share); the order alternates between repeats so
+that a change in the machine's load hits every variant. The figure is the CPU seconds (user + system, from
 `time.process_time` around `convert`: imports excluded) of the best repeat; every file of every package
 except Manifest.json (random ids) is compared byte for byte between the two (model.mlmodel re-serialized
 deterministically: see package_files). The 1-minute load average is
@@ -50,12 +51,17 @@ print(json.dumps({"cpu": time.process_time() - start}))
 '''
 
 
-def convert_once(case: str, out: Path, plain: bool) -> float:
+# each shortcut's own share: a variant leaving only that one out (SNAPBENCH_PLAIN_MIL=name)
+SHORTCUTS = ("_propagate_nonreplaceable_vars", "_replace_var")
+
+
+def convert_once(case: str, out: Path, plain: str) -> float:
+    """CPU seconds of converting `case` into `out` in a new process, SNAPBENCH_PLAIN_MIL=`plain` ("": none)."""
     model, part, opts = CASES[case]
     env = dict(os.environ)
     env.pop("SNAPBENCH_PLAIN_MIL", None)
     if plain:
-        env["SNAPBENCH_PLAIN_MIL"] = "1"
+        env["SNAPBENCH_PLAIN_MIL"] = plain
     env.setdefault("OMP_NUM_THREADS", "1")
     done = subprocess.run([sys.executable, "-c", CHILD, model, part, json.dumps(opts), str(out)], cwd=ROOT,
                           env=env, capture_output=True, text=True)
@@ -90,6 +96,7 @@ def package_files(folder: Path) -> dict[str, bytes]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--ablate", action="store_true", help="also one variant per shortcut, leaving only it out")
     ap.add_argument("--cases", default="whole_v2,whole_orig,blocks",
                     help=f"comma-separated, from {', '.join(CASES)}")
     args = ap.parse_args()
@@ -97,33 +104,38 @@ def main() -> None:
     for c in cases:
         if c not in CASES:
             raise SystemExit(f"unknown case {c!r}: one of {', '.join(CASES)}")
+    variants = {"plain": "1", "shortcuts": ""}
+    if args.ablate:
+        variants.update({f"without {n}": n for n in SHORTCUTS})
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     rows = []
     work = Path(tempfile.mkdtemp(prefix="bench-mil-", dir=ROOT / "runs" if (ROOT / "runs").is_dir() else None))
     try:
         for case in cases:
-            best = {True: float("inf"), False: float("inf")}
+            best = dict.fromkeys(variants, float("inf"))
             same = True
             for r in range(args.repeat):
                 files = {}
-                for plain in (True, False) if r % 2 == 0 else (False, True):
-                    out = work / f"{case}-{'plain' if plain else 'fast'}"
+                order = list(variants) if r % 2 == 0 else list(reversed(variants))  # load drifts: alternate
+                for name in order:
+                    out = work / case
                     shutil.rmtree(out, ignore_errors=True)
-                    best[plain] = min(best[plain], convert_once(case, out, plain))
-                    files[plain] = package_files(out)
+                    best[name] = min(best[name], convert_once(case, out, variants[name]))
+                    files[name] = package_files(out)
                     shutil.rmtree(out)
-                same = same and bool(files[True]) and files[True] == files[False]
-            rows.append((case, best[True], best[False], same))
-            print(f"  {case}: plain {best[True]:.1f} s, shortcuts {best[False]:.1f} s", flush=True)
+                same = same and bool(files["plain"]) and all(f == files["plain"] for f in files.values())
+            rows.append((case, best, same))
+            print(f"  {case}: " + ", ".join(f"{k} {v:.1f} s" for k, v in best.items()), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"\n{'case':<12} {'coremltools CPU s':>18} {'with shortcuts':>15} {'ratio':>6}  packages")
-    for case, plain, fast, same in rows:
-        print(f"{case:<12} {plain:>18.1f} {fast:>15.1f} {fast / plain:>6.2f}  {'identical' if same else 'DIFFER'}")
+    print(f"\nCPU seconds (best of {args.repeat}), ratio to coremltools' own methods (plain); packages compared")
+    for case, best, same in rows:
+        print(f"\n{case}: packages {'identical' if same else 'DIFFER'}")
+        for name, cpu in best.items():
+            print(f"  {name:<40} {cpu:>6.1f} s  {cpu / best['plain']:>5.2f}")
     if not all(same for *_, same in rows):
         raise SystemExit("packages differ")
-
 
 if __name__ == "__main__":
     main()

@@ -6,10 +6,12 @@ weights. Each function here computes exactly what the coremltools 9.0 method it 
 packages come out byte for byte the same (tests/test_conversion_shortcuts.py compares them). They are
 installed by `shortcuts()` (entered by runtime.conversion_context) and restored when it exits.
 SNAPBENCH_PLAIN_MIL=1 leaves coremltools' own methods in place (to compare, or to rule these out); a
-comma-separated list of method names (e.g. `_replace_var,get_flattened_inputs`) leaves only those.
+comma-separated list of method names (e.g. `_replace_var`) leaves only those.
 
-What each saves, CPU seconds of one whole `sdxl-tiny` UNet conversion (latent 16, 5 tokens), see
-benchmarks/bench_mil_shortcuts.py and the README's paragraph on conversion speed.
+Kept only where one is worth >= 3% of a conversion's CPU (benchmarks/bench_mil_shortcuts.py --ablate;
+CPU seconds inside each method measured in-process, at load ~3 on 2 shared cores). Tried and dropped, each
+under 1% of a whole sdxl-tiny UNet once the block walk below no longer calls them per var:
+Var._set_nonreplaceable_vars_upstream and Operation.get_flattened_inputs without the `inputs` dict.
 """
 
 from __future__ import annotations
@@ -23,60 +25,7 @@ from typing import Any
 PLAIN_ENV = "SNAPBENCH_PLAIN_MIL"
 
 
-def _flat_inputs(op: Any, internal_var: type) -> list[Any]:
-    """Operation.get_flattened_inputs without the `inputs` dict: the op's input vars, tuples flattened,
-    minus the unset (None) and internal ones, in the order of `op._input_vars` (what `inputs` keeps)."""
-    flat: list[Any] = []
-    for v in op._input_vars.values():
-        if v is None or isinstance(v, internal_var):
-            continue
-        if isinstance(v, (list, tuple)):
-            flat.extend(v)
-        else:
-            flat.append(v)
-    return flat
-
-
-def _make_get_flattened_inputs(internal_var: type) -> Any:
-    def get_flattened_inputs(self: Any) -> list[Any]:
-        """Operation.get_flattened_inputs, replaced for one conversion (snapbench.converters.mil_shortcuts).
-
-        The original builds the filtered `inputs` dict (a property, a new dict per call) and then walks it;
-        this walks `_input_vars` once with the same filter (not None, not an InternalVar) and the same
-        flattening of list/tuple inputs, so the list is the same, element for element. Called ~2.6 M times
-        in one sdxl-tiny UNet conversion (by dead-code elimination, op removal and the replaceability sets)."""
-        return _flat_inputs(self, internal_var)
-
-    return get_flattened_inputs
-
-
-def _make_set_upstream(internal_var: type) -> Any:
-    def _set_nonreplaceable_vars_upstream(self: Any) -> None:
-        """Var._set_nonreplaceable_vars_upstream, replaced for one conversion (snapbench.converters.mil_shortcuts).
-
-        Same rule, same order of checks: no producing op: unchanged; a `shape` op's output: empty (metadata
-        stops the propagation); a `constexpr_*` op's output: {itself}; otherwise the union of the sets of
-        the op's flattened inputs, or unchanged when the op has none. The original reaches the inputs
-        through `get_flattened_inputs` (a dict per call) and the checks through two more method calls; it
-        runs for every output of every op added (type inference) and for every var of a block each time a
-        `with block:` exits (115 times per UNet conversion: 2.2 M calls)."""
-        op = self._op
-        if op is None:
-            return
-        op_type = op.op_type
-        if op_type == "shape":
-            self.nonreplaceable_vars_upstream = set()
-        elif op_type.startswith("constexpr_"):
-            self.nonreplaceable_vars_upstream = {self}
-        else:
-            upstream = [p.nonreplaceable_vars_upstream for p in _flat_inputs(op, internal_var)]
-            if upstream:
-                self.nonreplaceable_vars_upstream = set.union(*upstream)
-
-    return _set_nonreplaceable_vars_upstream
-
-
-def _make_propagate(internal_var: type, set_upstream: Any) -> Any:
+def _make_propagate(internal_var: type) -> Any:
     def _propagate_nonreplaceable_vars(self: Any) -> None:
         """Block._propagate_nonreplaceable_vars, replaced for one conversion (snapbench.converters.mil_shortcuts).
 
@@ -87,7 +36,9 @@ def _make_propagate(internal_var: type, set_upstream: Any) -> Any:
         computes the union of the op's inputs' sets once per op and gives each output its own copy; a `shape`
         output gets a new empty set, a `constexpr_*` output the set of itself (the same rules, see
         `_set_nonreplaceable_vars_upstream`). An output whose producing op is not the op being walked (not
-        seen in coremltools' own programs) goes through the reset-and-recompute of the original."""
+        seen in coremltools' own programs) goes through the reset-and-recompute of the original.
+        Saves (whole sdxl-tiny UNet, latent 16, 5 tokens): 5.3 -> 2.5 CPU s inside this method of 30.0
+        (split_einsum_v2), 3.1 -> 1.3 of 23.5 (original attention)."""
 
         def walk(block: Any) -> None:
             for op in block.operations:
@@ -100,8 +51,8 @@ def _make_propagate(internal_var: type, set_upstream: Any) -> Any:
                 union: set[Any] | None = None
                 for o in outputs:
                     if o._op is not op:
-                        o._nonreplaceable_vars_upstream = set()
-                        set_upstream(o)
+                        o._reset_nonreplaceable_vars_upstream()
+                        o._set_nonreplaceable_vars_upstream()
                     elif op_type == "shape":
                         o._nonreplaceable_vars_upstream = set()
                     elif op_type.startswith("constexpr_"):
@@ -151,7 +102,9 @@ def _make_replace_var(internal_var: type, linked_list: Any) -> Any:
         inputs dict for each, to find the few ops that use `old_var`. Here an op is tested first by
         identity on its raw inputs (`_uses`, the same test), and only an op that uses `old_var` gets the
         original's rebuilt inputs and `set_inputs` call; nested blocks are still visited for every op.
-        Installed only when the original's source is the one copied (REPLACE_VAR_SOURCE)."""
+        Installed only when the original's source is the one copied (REPLACE_VAR_SOURCE). Saves (whole
+        sdxl-tiny UNet, original attention: reduce_transposes runs) 4.4 -> 3.2 CPU s inside this method (the
+        type inference of the ops it does change included) of 23.5; nothing measurable with split_einsum_v2."""
         self._copy_metadata(old_var, new_var)
         self._copy_scope_info(old_var, new_var)
 
@@ -265,15 +218,11 @@ def _source_digest(fn: Any) -> str:
 def _targets() -> list[tuple[type, str, Any]]:
     """(class, attribute, replacement) for every shortcut, built against the installed coremltools."""
     from coremltools.converters.mil.mil.block import Block
-    from coremltools.converters.mil.mil.operation import Operation
     from coremltools.converters.mil.mil.utils import CacheDoublyLinkedList
-    from coremltools.converters.mil.mil.var import InternalVar, Var
+    from coremltools.converters.mil.mil.var import InternalVar
 
-    set_upstream = _make_set_upstream(InternalVar)
-    targets = [
-        (Operation, "get_flattened_inputs", _make_get_flattened_inputs(InternalVar)),
-        (Var, "_set_nonreplaceable_vars_upstream", set_upstream),
-        (Block, "_propagate_nonreplaceable_vars", _make_propagate(InternalVar, set_upstream)),
+    targets: list[tuple[type, str, Any]] = [
+        (Block, "_propagate_nonreplaceable_vars", _make_propagate(InternalVar)),
     ]
     if _source_digest(Block._replace_var) == REPLACE_VAR_SOURCE:
         targets.append((Block, "_replace_var", _make_replace_var(InternalVar, CacheDoublyLinkedList)))
