@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -132,6 +134,112 @@ def test_a_conversion_leaves_no_temporary_package_behind(tmp_path, monkeypatch):
     assert sorted(p.name for p in system_tmp.iterdir() if p.name.endswith(".mlpackage")) == []
     assert sorted(p.name for p in out.iterdir()) == ["Conv.mlpackage"]
     assert tempfile.tempdir == str(system_tmp)  # given back
+
+
+def _attention_block(attention: str) -> nn.Module:
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    torch.manual_seed(0)
+    t = Transformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=16, norm_num_groups=4,
+                           cross_attention_dim=12)
+    return rewrite_transformer(t.eval(), attention, query_chunk_size=32)
+
+
+@pytest.mark.parametrize(("attention", "bits"), [("original", 16), ("split_einsum_v2", 16), ("original", 4)])
+def test_the_mil_shortcuts_make_the_same_package(tmp_path, monkeypatch, attention, bits):
+    """converters/mil_shortcuts.py: the same bytes with coremltools' own methods (SNAPBENCH_PLAIN_MIL=1).
+    Original attention runs reduce_transposes (many `_replace_var` calls), 4 bits puts constexpr ops into
+    the program (non-empty replaceability sets) while the palettization passes run."""
+    module = _attention_block(attention)
+    io = PackageIO((("hidden", (1, 16, 8, 8)), ("context", (1, 5, 12))), (("out", (1, 16, 8, 8)),))
+    opts = ConvertOptions(mode="deploy", attention=attention, weight_bits=bits)
+    packages = {}
+    monkeypatch.delenv("SNAPBENCH_PLAIN_MIL", raising=False)
+    for how in ("shortcuts", "plain"):
+        if how == "plain":
+            monkeypatch.setenv("SNAPBENCH_PLAIN_MIL", "1")
+        dest = tmp_path / how / "Block.mlpackage"
+        convert_module(module, io, opts, dest, metadata={}, description="block")
+        packages[how] = _package_bytes(dest)
+    assert packages["shortcuts"] == packages["plain"]
+    assert any(name.endswith("weight.bin") for name in packages["plain"])
+
+
+def _program_with_constexpr():
+    """A MIL program whose vars have every kind of replaceability set: a constexpr weight (itself), vars
+    downstream of it (its set), a shape op's output (empty: metadata) and plain inputs (empty)."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    quantized = np.arange(16, dtype=np.uint8).reshape(4, 4)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 4), dtype=types.fp32)],
+                opset_version=ct().target.iOS16)
+    def prog(x):
+        w = mb.constexpr_affine_dequantize(quantized_data=quantized, zero_point=np.uint8(1), scale=np.float32(0.5),
+                                           axis=0)
+        y = mb.matmul(x=x, y=w)
+        z = mb.add(x=y, y=x)
+        s = mb.shape(x=z)
+        c = mb.concat(values=[z, y], axis=0)
+        return mb.reshape(x=c, shape=mb.mul(x=s, y=np.array([2, 1], dtype=np.int32)))
+
+    return prog
+
+
+def ct():
+    from snapbench.converters.runtime import coremltools
+
+    return coremltools()
+
+
+@pytest.fixture
+def builder_names():
+    """coremltools' builder numbers unnamed ops with a global counter that a conversion resets only when it
+    ends: a program built here would shift the op names of the next conversion in this process (a byte-for-
+    byte comparison in tests/test_pipeline.py saw `reshape_2` against `reshape_0`). Reset it after the test."""
+    yield
+    from coremltools.converters.mil.converter import _reset_conversion_state
+
+    _reset_conversion_state()
+
+
+def test_the_replaceability_sets_are_the_same_with_the_shortcuts(monkeypatch, builder_names):
+    from coremltools.converters.mil.mil.block import Block
+
+    from snapbench.converters.mil_shortcuts import PLAIN_ENV, shortcuts
+
+    monkeypatch.delenv(PLAIN_ENV, raising=False)
+
+    def sets(prog) -> list[set[int]]:
+        """Each var's set, as positions in the program (names differ: coremltools numbers them globally)."""
+        f = prog.functions["main"]
+        f._propagate_nonreplaceable_vars()
+        order = [o for op in f.operations for o in op.outputs]
+        return [{order.index(v) for v in o.nonreplaceable_vars_upstream} for o in order]
+
+    plain = sets(_program_with_constexpr())
+    original = Block.__dict__["_propagate_nonreplaceable_vars"]
+    with shortcuts():
+        assert Block.__dict__["_propagate_nonreplaceable_vars"] is not original
+        fast = sets(_program_with_constexpr())
+    assert Block.__dict__["_propagate_nonreplaceable_vars"] is original  # restored
+    assert fast == plain
+    assert any(s for s in plain) and any(not s for s in plain)  # both kinds present
+
+
+def test_the_copied_replace_var_is_the_installed_coremltools_one(monkeypatch):
+    """`_replace_var` is a copy of coremltools 9.0's: installed only while the original is that source. A new
+    coremltools fails here, telling to re-copy it (or drop the shortcut), instead of silently losing it."""
+    from coremltools.converters.mil.mil.block import Block
+
+    from snapbench.converters.mil_shortcuts import PLAIN_ENV, REPLACE_VAR_SOURCE, _source_digest, shortcuts
+
+    monkeypatch.delenv(PLAIN_ENV, raising=False)
+
+    assert _source_digest(Block._replace_var) == REPLACE_VAR_SOURCE
+    with shortcuts():
+        assert Block.__dict__["_replace_var"].__module__ == "snapbench.converters.mil_shortcuts"
 
 
 def test_a_program_is_printed_only_for_coremltools_debug_logging():

@@ -164,6 +164,7 @@ def conversion_context() -> Iterator[None]:
     from coremltools.optimize.coreml import _post_training_quantization as ptq
     from coremltools.optimize.coreml import _quantization_passes as qpasses
 
+    from snapbench.converters.mil_shortcuts import shortcuts
     from snapbench.converters.torch_ops import register
 
     register()  # ops coremltools lacks that the DiT pipelines' parts trace to
@@ -184,7 +185,7 @@ def conversion_context() -> Iterator[None]:
     ct_logger = logging.getLogger("coremltools")
     ct_logger.addFilter(errors)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), shortcuts():
             # fp32 attention masks at float32's minimum become fp16 -inf, as intended (causal masks)
             warnings.filterwarnings("ignore", message="overflow encountered in cast", category=RuntimeWarning)
             yield
