@@ -139,3 +139,31 @@ def test_stages_ask_the_backbone(monkeypatch, tmp_path):
                         progress=False)
     assert run.stages == tuple(reversed(STAGES))
     assert [s["stage"] for s in stage_summary(run)] == list(reversed(STAGES))
+
+
+def test_a_cut_is_run_once_per_architecture_and_settings(monkeypatch):
+    """The meta forward runs once per (architecture, shapes, precision, attention, size limits); a repeat hands
+    back the same figures as new CutBlocks holding the caller's own units (its weights)."""
+    from snapbench.blocks import cut as cut_module
+    from snapbench.model.size_bound import size_limits_lifted
+
+    monkeypatch.setattr(cut_module, "_CUTS", type(cut_module._CUTS)())
+    runs: list[str] = []
+    real_cut = cut_module._cut
+    monkeypatch.setattr(cut_module, "_cut", lambda model, *a: runs.append(model.spec.name) or real_cut(model, *a))
+    source = resolve_model("sd15-tiny")
+    shapes = InputShapes(latent=8, tokens=4)
+    first = cut_blocks(build_unet(source, device="meta"), shapes)
+    real = build_unet(source, device="cpu", seed=3)
+    again = cut_blocks(real, shapes)
+    assert runs == ["sd15-tiny"]
+    assert [(b.block_id, b.inputs, b.output, b.params, b.macs, b.attention_macs, b.signature) for b in again] == \
+        [(b.block_id, b.inputs, b.output, b.params, b.macs, b.attention_macs, b.signature) for b in first]
+    assert all(b.unit is u for b, u in zip(again, real.units)) and again[0] is not first[0]
+    # anything that changes what a cut finds runs it again
+    cut_blocks(real, InputShapes(latent=16, tokens=4))
+    cut_blocks(real, shapes, attention="split_einsum")
+    cut_blocks(build_unet(resolve_model("snapfusion-tiny"), device="meta"), shapes)
+    with size_limits_lifted():
+        cut_blocks(real, shapes)
+    assert runs == ["sd15-tiny", "sd15-tiny", "sd15-tiny", "snapfusion-tiny", "sd15-tiny"]

@@ -46,7 +46,11 @@ def test_a_six_layer_encoder_priced_from_slices_matches_its_whole_package(tmp_pa
 def test_the_tiny_twins_parts_convert_once_and_are_estimated(tmp_path, monkeypatch):
     monkeypatch.setenv("SNAPBENCH_CACHE", str(tmp_path / "cache"))
     settings = Settings(latent=8, tokens=8)
+    # what a run killed while converting a part leaves (its process gone): removed by the next conversion
+    killed = tmp_path / "cache" / "dit-parts" / f".VAEDecoder-0123456789ab.mlpackage.{_dead_pid()}.partial"
+    (killed / "VAEDecoder-0123456789ab.mlpackage" / "Data").mkdir(parents=True)
     parts, rows = price_dit_pipeline(resolve_dit("sana-tiny"), resolve_device("iphone15pro"), settings)
+    assert not killed.exists()
     assert [p.name for p in parts] == ["TextEncoderGemma", "VAEDecoder"]
     assert all(p.latency_ms > 0 and p.backend == "estimate" for p in parts) and len(rows) == 2
     comps = pipeline_components(parts)
@@ -59,3 +63,12 @@ def test_the_tiny_twins_parts_convert_once_and_are_estimated(tmp_path, monkeypat
     again, _ = price_dit_pipeline(resolve_dit("sana-tiny"), resolve_device("iphone16promax"), settings, say=said.append)
     assert sorted(p.name for p in (tmp_path / "cache" / "dit-parts").glob("*.mlpackage")) == packages
     assert [p.name for p in again] == [p.name for p in parts]
+
+
+def _dead_pid() -> int:
+    """A process id no process has (past the kernel's largest)."""
+    from snapbench.locks import pid_alive
+
+    pid = 4_194_304 + 1
+    assert not pid_alive(pid)
+    return pid

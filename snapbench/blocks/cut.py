@@ -8,6 +8,8 @@ the attention matmuls too; they are also reported apart so BK-SDM's hook-based f
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from snapbench.blocks.signature import Signature, make_signature, unique_params
 from snapbench.model.elastic_unet import ElasticUNet
-from snapbench.model.size_bound import check_activations, check_input_elements
+from snapbench.model.size_bound import check_activations, check_input_elements, limits_lifted
 from snapbench.model.units import BlockUnit, ResnetUnit
 from snapbench.settings import InputShapes  # re-exported: callers import it from here too
 from snapbench.specs.layout import TEXT_TIME_IDS, text_embeds_dim
@@ -80,37 +82,75 @@ def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, preci
                attention: str = "original") -> list[CutBlock]:
     """Every block of the model in execution order, with shapes, params, MACs and signature.
 
-    `model` may hold real weights; it is cut on a meta twin either way (see the module docstring).
+    `model` may hold real weights; it is cut on a meta twin either way (see the module docstring). What a
+    cut finds depends only on the architecture (config and spec), the shapes, the precision, the attention
+    and the size limits, so a process that cuts the same again (a report after a profile, evolution's
+    repeated candidates, the test suite) gets it from `_CUTS` instead of running the meta forward again.
     """
-    real_units = model.units
+    key = _cut_key(model, shapes, precision, attention)
+    if key is None:
+        found = _cut(model, shapes, precision, attention)
+    elif key in _CUTS:
+        found = _CUTS[key]
+        _CUTS.move_to_end(key)
+    else:
+        found = _CUTS[key] = _cut(model, shapes, precision, attention)
+        while len(_CUTS) > _CUTS_KEPT:
+            _CUTS.popitem(last=False)
+    # The caller's own units (with their weights), not the meta twin's; new CutBlocks each time.
+    blocks = []
+    for (block_id, named, out, params, macs, attn, sig), real in zip(found, model.units):
+        assert block_id == real.block_id
+        blocks.append(CutBlock(real, named, out, params, macs, attn, sig))
+    return blocks
+
+
+# What a cut found, per architecture and settings: (block id, inputs, output, params, MACs, attention MACs,
+# signature) per block, all immutable. Most recently used last; the oldest dropped past _CUTS_KEPT.
+_CutFound = tuple[tuple[str, tuple[tuple[str, tuple[int, ...]], ...], tuple[int, ...], int, int, int,
+                        Signature | None], ...]
+_CUTS: OrderedDict[tuple[str, ...], _CutFound] = OrderedDict()
+_CUTS_KEPT = 64
+
+
+def _cut_key(model: ElasticUNet, shapes: InputShapes, precision: str, attention: str) -> tuple[str, ...] | None:
+    """What determines a cut, as text; None (not remembered) if the config or spec does not serialize."""
+    try:
+        config = json.dumps(dict(model.config), sort_keys=True)
+        spec = json.dumps(model.spec.to_dict(), sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+    dtype = str(next(model.parameters()).dtype)
+    return (type(model).__qualname__, config, spec, repr(shapes), precision, attention, dtype, str(limits_lifted()))
+
+
+def _cut(model: ElasticUNet, shapes: InputShapes, precision: str, attention: str) -> _CutFound:
     if next(model.parameters()).device.type != "meta":
         model = _meta_twin(model)
     device = torch.device("meta")
     was_training = model.training
     model.eval()
     what = f"{model.spec.name} at latent {shapes.latent}, batch {shapes.batch}, {shapes.tokens} tokens"
-    with torch.no_grad():
-        inputs = example_inputs(model, shapes, device=device, dtype=next(model.parameters()).dtype)
-        with FlopCounterMode(display=False) as counter:
-            record = CountingRecord(counter)
-            # the largest activation at these shapes, refused before any real run would allocate it
-            check_activations(lambda: model(*inputs, record=record), what)
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            inputs = example_inputs(model, shapes, device=device, dtype=next(model.parameters()).dtype)
+            with FlopCounterMode(display=False) as counter:
+                record = CountingRecord(counter)
+                # the largest activation at these shapes, refused before any real run would allocate it
+                check_activations(lambda: model(*inputs, record=record), what)
+    finally:
+        model.train(was_training)
 
-    blocks: list[CutBlock] = []
+    found: list[tuple[str, tuple[tuple[str, tuple[int, ...]], ...], tuple[int, ...], int, int, int, Signature | None]] = []
     for (unit, args, out), (total, attn) in zip(record, record.macs):
         named = tuple((n, tuple(a.shape)) for n, a in zip(unit.input_names, args))
         if not unit.has_compute:
-            blocks.append(CutBlock(unit, named, tuple(out.shape), 0, 0, 0, None))
+            found.append((unit.block_id, named, tuple(out.shape), 0, 0, 0, None))
             continue
         params = _block_params(unit)
         sig = make_signature(unit, named, tuple(out.shape), precision=precision, attention=attention)
-        blocks.append(CutBlock(unit, named, tuple(out.shape), params, int(total), int(attn), sig))
-    # Hand back the caller's own units (with their weights), not the meta twin's.
-    for block, real in zip(blocks, real_units):
-        assert block.unit.block_id == real.block_id
-        block.unit = real
-    return blocks
+        found.append((unit.block_id, named, tuple(out.shape), params, int(total), int(attn), sig))
+    return tuple(found)
 
 
 class CountingRecord(list):

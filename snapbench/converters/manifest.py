@@ -285,7 +285,7 @@ def claimed(folder: Path) -> Iterator[None]:
         raise SnapbenchError(f"{folder}: cannot write there ({e.strerror or e}); {choose_another(folder)}") from None
     try:
         with folder_lock(folder, "convert"):
-            _remove_stale_temporaries(folder)
+            remove_stale_temporaries(folder)
             yield
     finally:
         if created and not any(folder.iterdir()):
@@ -293,7 +293,9 @@ def claimed(folder: Path) -> Iterator[None]:
                 folder.rmdir()
 
 
-def _remove_stale_temporaries(folder: Path) -> None:
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove what a killed snapbench left in `folder`: `.NAME.PID.partial` folders whose process is gone
+    (or is this one), and unfinished manifest writes."""
     from snapbench.converters.convert_package import remove_tree
 
     for p in folder.iterdir():

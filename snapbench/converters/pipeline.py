@@ -248,21 +248,27 @@ def _convert_part_now(part: AppPart, dest: Path, key: str, opts: ConvertOptions,
 def convert_part_cached(part: AppPart, folder: Path, opts: ConvertOptions, source: ModelSource) -> Path:
     """One app part as a package in `folder`, named by its cache key (what it is, its interface, the options,
     the tools): a complete package of that name is reused, so pricing the same part on another device, or in
-    another report, converts nothing. Written under a temporary name and renamed: never half there."""
+    another report, converts nothing. Made and checked in a `.NAME.PID.partial` folder, then renamed: never
+    half there; a killed run's folder is removed by the next conversion into the same folder."""
+    from snapbench.converters.manifest import remove_stale_temporaries
+
     versions = tool_versions()
     key = cache_key({"part": part.name, "identity": part.identity, "io": part.io.to_dict()}, opts, versions)
     dest = folder / f"{part.name}-{key[:12]}.mlpackage"
     if is_complete_package(dest):
         return dest
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{dest.stem}.{os.getpid()}.mlpackage"
-    remove_tree(tmp)
+    remove_stale_temporaries(folder)
+    work = folder / f".{dest.name}.{os.getpid()}.partial"
+    remove_tree(work)
+    work.mkdir()
     try:
-        _convert_part(part, tmp, key, opts, source, versions)
+        staged = work / dest.name
+        _convert_part(part, staged, key, opts, source, versions)
         remove_tree(dest)
-        tmp.rename(dest)
+        staged.rename(dest)
     finally:
-        remove_tree(tmp)
+        remove_tree(work)
     return dest
 
 
