@@ -15,13 +15,13 @@ from snapbench.converters.options import ConvertOptions
 from snapbench.converters.package_io import PackageIO
 
 
-def _transformer() -> nn.Module:
+def _attention_block(attention: str) -> nn.Module:
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
     torch.manual_seed(0)
     t = Transformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=16, norm_num_groups=4,
                            cross_attention_dim=12)
-    return rewrite_transformer(t.eval(), "split_einsum_v2", query_chunk_size=32)
+    return rewrite_transformer(t.eval(), attention, query_chunk_size=32)
 
 
 def _package_bytes(folder: Path) -> dict[str, bytes]:
@@ -29,19 +29,28 @@ def _package_bytes(folder: Path) -> dict[str, bytes]:
             and f.name != "Manifest.json"}  # Manifest.json names its items by random UUIDs
 
 
-def test_validating_once_per_pipeline_makes_the_same_package(tmp_path, monkeypatch):
-    module = _transformer()
-    io = PackageIO((("hidden", (1, 16, 8, 8)), ("context", (1, 5, 12))), (("out", (1, 16, 8, 8)),))
-    opts = ConvertOptions(mode="deploy", attention="split_einsum_v2")
-    packages = {}
-    for how in ("once", "every_pass"):
-        if how == "every_pass":
-            monkeypatch.setenv("SNAPBENCH_VALIDATE_EVERY_PASS", "1")
+BLOCK_IO = PackageIO((("hidden", (1, 16, 8, 8)), ("context", (1, 5, 12))), (("out", (1, 16, 8, 8)),))
+
+
+def _with_and_without(tmp_path, monkeypatch, switch: str, opts: ConvertOptions):
+    """An attention block's package bytes converted as usual, then with the environment switch `switch` at 1."""
+    module = _attention_block(opts.attention)
+    monkeypatch.delenv(switch, raising=False)
+    packages = []
+    for how in ("usual", "switched"):
+        if how == "switched":
+            monkeypatch.setenv(switch, "1")
         dest = tmp_path / how / "Block.mlpackage"
-        convert_module(module, io, opts, dest, metadata={}, description="block")
-        packages[how] = _package_bytes(dest)
-    assert packages["once"] == packages["every_pass"]
-    assert any(name.endswith("weight.bin") for name in packages["once"])
+        convert_module(module, BLOCK_IO, opts, dest, metadata={}, description="block")
+        packages.append(_package_bytes(dest))
+    return packages
+
+
+def test_validating_once_per_pipeline_makes_the_same_package(tmp_path, monkeypatch):
+    once, every_pass = _with_and_without(tmp_path, monkeypatch, "SNAPBENCH_VALIDATE_EVERY_PASS",
+                                         ConvertOptions(mode="deploy", attention="split_einsum_v2"))
+    assert once == every_pass
+    assert any(name.endswith("weight.bin") for name in once)
 
 
 def test_an_invalid_program_still_fails(monkeypatch):
@@ -136,33 +145,15 @@ def test_a_conversion_leaves_no_temporary_package_behind(tmp_path, monkeypatch):
     assert tempfile.tempdir == str(system_tmp)  # given back
 
 
-def _attention_block(attention: str) -> nn.Module:
-    from diffusers.models.transformers.transformer_2d import Transformer2DModel
-
-    torch.manual_seed(0)
-    t = Transformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=16, norm_num_groups=4,
-                           cross_attention_dim=12)
-    return rewrite_transformer(t.eval(), attention, query_chunk_size=32)
-
-
 @pytest.mark.parametrize(("attention", "bits"), [("original", 16), ("split_einsum_v2", 16), ("original", 4)])
 def test_the_mil_shortcuts_make_the_same_package(tmp_path, monkeypatch, attention, bits):
     """converters/mil_shortcuts.py: the same bytes with coremltools' own methods (SNAPBENCH_PLAIN_MIL=1).
     Original attention runs reduce_transposes (many `_replace_var` calls), 4 bits puts constexpr ops into
     the program (non-empty replaceability sets) while the palettization passes run."""
-    module = _attention_block(attention)
-    io = PackageIO((("hidden", (1, 16, 8, 8)), ("context", (1, 5, 12))), (("out", (1, 16, 8, 8)),))
-    opts = ConvertOptions(mode="deploy", attention=attention, weight_bits=bits)
-    packages = {}
-    monkeypatch.delenv("SNAPBENCH_PLAIN_MIL", raising=False)
-    for how in ("shortcuts", "plain"):
-        if how == "plain":
-            monkeypatch.setenv("SNAPBENCH_PLAIN_MIL", "1")
-        dest = tmp_path / how / "Block.mlpackage"
-        convert_module(module, io, opts, dest, metadata={}, description="block")
-        packages[how] = _package_bytes(dest)
-    assert packages["shortcuts"] == packages["plain"]
-    assert any(name.endswith("weight.bin") for name in packages["plain"])
+    shortcuts, plain = _with_and_without(tmp_path, monkeypatch, "SNAPBENCH_PLAIN_MIL",
+                                         ConvertOptions(mode="deploy", attention=attention, weight_bits=bits))
+    assert shortcuts == plain
+    assert any(name.endswith("weight.bin") for name in plain)
 
 
 def _program_with_constexpr():

@@ -6,7 +6,9 @@ weights. Each function here computes exactly what the coremltools 9.0 method it 
 packages come out byte for byte the same (tests/test_conversion_shortcuts.py compares them). They are
 installed by `shortcuts()` (entered by runtime.conversion_context) and restored when it exits.
 SNAPBENCH_PLAIN_MIL=1 leaves coremltools' own methods in place (to compare, or to rule these out); a
-comma-separated list of method names (e.g. `_replace_var`) leaves only those.
+comma-separated list of method names (e.g. `_replace_var`, `__str__`) leaves only those. One more is not
+bookkeeping: coremltools logs whole programs with eager f-strings, so `str()` of a Program or Function
+prints it only when the coremltools logger shows debug records.
 
 Kept only where one is worth >= 3% of a conversion's CPU (benchmarks/bench_mil_shortcuts.py --ablate;
 CPU seconds inside each method measured in-process, at load ~3 on 2 shared cores). Tried and dropped, each
@@ -18,8 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 PLAIN_ENV = "SNAPBENCH_PLAIN_MIL"
@@ -215,14 +218,33 @@ def _source_digest(fn: Any) -> str:
     return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
 
 
+def _printed_only_when_debugging(cls: type, original: Callable[..., str]) -> Callable[..., str]:
+    """`str()` of a MIL program or function that prints it only when coremltools' logger would show it
+    (what the log shows is unchanged; nothing else reads these strings during a conversion).
+
+    coremltools logs the whole program before and after each pass pipeline with f-strings
+    (`logger.debug(f"...{prog}")`), which print it whatever the log level: six dumps of every op per
+    conversion, about 3% of converting a UNet (6% with transpose reduction, which logs each block twice)."""
+    logger = logging.getLogger("coremltools")
+
+    def __str__(self: object, *args: object, **kwargs: object) -> str:
+        if logger.isEnabledFor(logging.DEBUG):
+            return original(self, *args, **kwargs)
+        return f"<{cls.__name__}: printed only with coremltools' debug logging on>"
+
+    return __str__
+
+
 def _targets() -> list[tuple[type, str, Any]]:
     """(class, attribute, replacement) for every shortcut, built against the installed coremltools."""
-    from coremltools.converters.mil.mil.block import Block
+    from coremltools.converters.mil.mil.block import Block, Function
+    from coremltools.converters.mil.mil.program import Program
     from coremltools.converters.mil.mil.utils import CacheDoublyLinkedList
     from coremltools.converters.mil.mil.var import InternalVar
 
     targets: list[tuple[type, str, Any]] = [
         (Block, "_propagate_nonreplaceable_vars", _make_propagate(InternalVar)),
+        *((cls, "__str__", _printed_only_when_debugging(cls, cls.__dict__["__str__"])) for cls in (Program, Function)),
     ]
     if _source_digest(Block._replace_var) == REPLACE_VAR_SOURCE:
         targets.append((Block, "_replace_var", _make_replace_var(InternalVar, CacheDoublyLinkedList)))

@@ -136,29 +136,12 @@ def _validated_once(apply_pipeline: ApplyPipeline) -> ApplyPipeline:
     return apply
 
 
-def _printed_only_when_debugging(cls: type, original: Callable[..., str]) -> Callable[..., str]:
-    """`str()` of a MIL program or function that prints it only when coremltools' logger would show it.
-
-    coremltools logs the whole program before and after each pass pipeline with f-strings
-    (`logger.debug(f"...{prog}")`), which print it whatever the log level: six dumps of every op per
-    conversion, about 3% of converting a UNet (6% with transpose reduction, which logs each block twice)."""
-    logger = logging.getLogger("coremltools")
-
-    def __str__(self: object, *args: object, **kwargs: object) -> str:
-        if logger.isEnabledFor(logging.DEBUG):
-            return original(self, *args, **kwargs)
-        return f"<{cls.__name__}: printed only with coremltools' debug logging on>"
-
-    return __str__
-
-
 @contextlib.contextmanager
 def conversion_context() -> Iterator[None]:
     """For one conversion: the fast overflow check, one validation per pass pipeline (not per pass), and
     coremltools' tqdm bars off (they would fight the rich progress bar; TQDM_DISABLE is read only when
     tqdm is imported, often before us). Everything patched is restored in `finally`."""
     from coremltools.converters.mil.frontend.torch import ops as torch_ops
-    from coremltools.converters.mil.mil import Function, Program
     from coremltools.converters.mil.mil.passes import pass_pipeline
     from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
     from coremltools.optimize.coreml import _post_training_quantization as ptq
@@ -172,9 +155,6 @@ def conversion_context() -> Iterator[None]:
     bar_owners = ((pass_pipeline, "tqdm"), (torch_ops, "_tqdm"), (ptq, "tqdm"), (qpasses, "tqdm"))
     original_bars = [getattr(mod, name) for mod, name in bar_owners]
     FP16ComputePrecision.fp16_overflow = staticmethod(_fast_fp16_overflow)
-    printed = {cls: cls.__dict__["__str__"] for cls in (Program, Function)}
-    for cls, original in printed.items():
-        cls.__str__ = _printed_only_when_debugging(cls, original)
     manager = pass_pipeline.PassPipelineManager
     original_apply = manager.__dict__["apply_pipeline"]
     if not os.environ.get("SNAPBENCH_VALIDATE_EVERY_PASS"):
@@ -196,8 +176,6 @@ def conversion_context() -> Iterator[None]:
     finally:
         ct_logger.removeFilter(errors)
         FP16ComputePrecision.fp16_overflow = original_check
-        for cls, original in printed.items():
-            cls.__str__ = original
         manager.apply_pipeline = original_apply
         for (mod, name), bar in zip(bar_owners, original_bars):
             setattr(mod, name, bar)
