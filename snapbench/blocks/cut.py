@@ -107,8 +107,8 @@ def cut_blocks(model: ElasticUNet, shapes: InputShapes = InputShapes(), *, preci
 
 # What a cut found, per architecture and settings: (block id, inputs, output, params, MACs, attention MACs,
 # signature) per block, all immutable. Most recently used last; the oldest dropped past _CUTS_KEPT.
-_CutFound = tuple[tuple[str, tuple[tuple[str, tuple[int, ...]], ...], tuple[int, ...], int, int, int,
-                        Signature | None], ...]
+_FoundBlock = tuple[str, tuple[tuple[str, tuple[int, ...]], ...], tuple[int, ...], int, int, int, Signature | None]
+_CutFound = tuple[_FoundBlock, ...]
 _CUTS: OrderedDict[tuple[str, ...], _CutFound] = OrderedDict()
 _CUTS_KEPT = 64
 
@@ -141,7 +141,7 @@ def _cut(model: ElasticUNet, shapes: InputShapes, precision: str, attention: str
     finally:
         model.train(was_training)
 
-    found: list[tuple[str, tuple[tuple[str, tuple[int, ...]], ...], tuple[int, ...], int, int, int, Signature | None]] = []
+    found: list[_FoundBlock] = []
     for (unit, args, out), (total, attn) in zip(record, record.macs):
         named = tuple((n, tuple(a.shape)) for n, a in zip(unit.input_names, args))
         if not unit.has_compute:
