@@ -66,10 +66,14 @@ def try_lock(path: Path) -> _Held | int | None:
         return _Held(path, fd)
 
 
-def _writing_there(folder: str | os.PathLike, what: str, pid: int | None, flag: str) -> SnapbenchError:
-    stop = f" (or stop it: kill {pid})" if pid else ""
-    return SnapbenchError(f"{folder}: another snapbench {what}{f' (pid {pid})' if pid else ''} is writing there; "
-                          f"wait for it to finish{stop} and run again, or choose another {flag}")
+class FolderBusy(SnapbenchError):
+    """Another live snapbench holds the lock of the folder this run would write."""
+
+    def __init__(self, folder: str | os.PathLike, what: str, pid: int | None, flag: str) -> None:
+        stop = f" (or stop it: kill {pid})" if pid else ""
+        super().__init__(f"{folder}: another snapbench {what}{f' (pid {pid})' if pid else ''} is writing there; "
+                         f"wait for it to finish{stop} and run again, or choose another {flag}")
+        self.folder, self.pid = Path(folder), pid
 
 
 @contextlib.contextmanager
@@ -78,7 +82,7 @@ def folder_lock(folder: str | os.PathLike, what: str, flag: str = "--out") -> It
     lock = Path(folder) / FOLDER_LOCK
     held = try_lock(lock)
     if not isinstance(held, _Held):
-        raise _writing_there(folder, what, held, flag)
+        raise FolderBusy(folder, what, held, flag)
     try:
         yield
     finally:
@@ -97,7 +101,21 @@ def refuse_if_locked(folder: str | os.PathLike, what: str, flag: str = "--out") 
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise _writing_there(folder, what, _owner_pid(lock), flag) from None
+            raise FolderBusy(folder, what, _owner_pid(lock), flag) from None
+    finally:
+        os.close(fd)
+
+
+def wait_while_locked(folder: str | os.PathLike) -> None:
+    """Block until no process holds `folder`'s lock (for a folder the cache shares between runs: the
+    packages its owner finishes are the waiter's to reuse). Takes nothing and creates nothing."""
+    lock = Path(folder) / FOLDER_LOCK
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return  # released (and unlinked) already
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # granted when the owner releases it, or its process dies
     finally:
         os.close(fd)
 

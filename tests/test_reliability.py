@@ -285,6 +285,63 @@ def test_broken_cached_packages_are_converted_again(converted, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_cache_conversion_waits_for_another_run_converting_there_and_reuses_its_packages(converted, tmp_path,
+                                                                                          capsys):
+    """Two profiles at once convert the same packages into one cache folder: the second waits for the first
+    (a real process holding the folder's lock) instead of refusing, then reuses what it finished."""
+    import shutil
+    import threading
+
+    from snapbench.backbones import resolve_model
+    from snapbench.converters.entry import ConvertRequest, convert
+    from snapbench.converters.options import ConvertOptions
+
+    cache = tmp_path / "cache-folder"
+    shutil.copytree(converted, cache)
+    unfinished = cache / "conv_out.mlpackage"
+    shutil.rmtree(unfinished)  # the package the other run is still converting
+    request = ConvertRequest(resolve_model("sd15-tiny"), cache, ConvertOptions(latent=8, tokens=4, jobs=1),
+                             progress=False, shared_folder=True)
+    proc = _hold_lock_in_child(cache, "folder")
+    results: list[object] = []
+    waiter = threading.Thread(target=lambda: results.append(_result_or_error(lambda: convert(request))), daemon=True)
+    try:
+        waiter.start()
+        for _ in range(600):  # the waiter says so once it finds the folder held
+            if "waiting for another snapbench" in capsys.readouterr().err:
+                break
+            waiter.join(0.1)
+        else:
+            pytest.fail(f"the second conversion never said it was waiting: {[type(r) for r in results]}")
+        waiter.join(1.0)
+        assert waiter.is_alive() and not results  # still waiting while the other run holds the folder
+        shutil.copytree(converted / unfinished.name, unfinished)  # the other run finishes it, then ends
+    finally:
+        proc.kill()
+        proc.wait()
+    waiter.join(300)
+    assert len(results) == 1 and not isinstance(results[0], BaseException), results
+    result = results[0]
+    assert result.ok and not result.converted and "ConvOut" in result.reused  # nothing converted again
+    # a folder the user named (not the cache's) is still refused at once
+    shutil.rmtree(unfinished)
+    proc = _hold_lock_in_child(cache, "folder")
+    try:
+        with pytest.raises(SnapbenchError, match=f"pid {proc.pid}"):
+            convert(ConvertRequest(request.source, cache, request.options, progress=False))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _result_or_error(run):
+    try:
+        return run()
+    except BaseException as e:  # handed to the test's thread to assert on
+        return e
+
+
+@pytest.mark.slow
 def test_profile_packages_names_a_broken_package(converted, tmp_path, capsys, monkeypatch):
     import shutil
 

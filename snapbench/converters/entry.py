@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from snapbench.backbones import DitBackbone, backbone_for
+from snapbench.console import say
 from snapbench.converters.components import convert_component
 from snapbench.converters.convert_blocks import convert_model
 from snapbench.converters.convert_dit import convert_dit
@@ -25,6 +26,7 @@ from snapbench.converters.options import ConvertOptions
 from snapbench.converters.pipeline import convert_pipeline
 from snapbench.converters.result import ConvertResult
 from snapbench.errors import SnapbenchError
+from snapbench.locks import FolderBusy, wait_while_locked
 from snapbench.model.loading import ModelSource
 
 # blocks: one package per block (deploy) or signature (profile); unet: the whole UNet (or its two chunks);
@@ -45,6 +47,9 @@ class ConvertRequest:
     drop_text_encoders: tuple[str, ...] = ()  # pipeline of a DiT: text encoders left out (clip-l, clip-g, t5, gemma)
     progress: bool = True  # a progress bar on stderr
     say: Callable[[str], None] | None = None  # one line per package, where a converter has no bar (DiTs)
+    # a cache folder other snapbench runs convert into too (two profiles at once): wait for the one writing
+    # there and reuse what it made, instead of refusing as a folder the user named is refused
+    shared_folder: bool = False
 
     def __post_init__(self) -> None:
         if self.part not in PARTS:
@@ -57,7 +62,18 @@ class ConvertRequest:
 
 def convert(request: ConvertRequest) -> ConvertResult:
     """Convert what `request` names into `request.out_dir` (packages + manifest.json)."""
-    r = request
+    while True:
+        try:
+            return _convert(request)
+        except FolderBusy as busy:
+            if not request.shared_folder or busy.folder.resolve() != Path(request.out_dir).resolve():
+                raise
+            say(f"{busy.folder}: waiting for another snapbench{f' (pid {busy.pid})' if busy.pid else ''} "
+                "converting these packages; what it finishes is reused")
+            wait_while_locked(busy.folder)
+
+
+def _convert(r: ConvertRequest) -> ConvertResult:
     dit = backbone_for(r.source).name == DitBackbone.name
     if r.part == "blocks" and dit:
         # a DiT block can have several outputs (SD3's joint block returns both streams): its own converter

@@ -262,7 +262,7 @@ def profile_dit(source: ModelSource, dev: Device, opts: ConvertOptions, *,
         if before_writing is not None:
             before_writing()
         folder = Path(packages) if packages is not None else packages_folder(source, opts)
-        converted = convert(ConvertRequest(source, folder, opts, say=say))
+        converted = convert(ConvertRequest(source, folder, opts, say=say, shared_folder=packages is None))
         if converted.failed:
             block, error = converted.failed[0]
             raise SnapbenchError(f"{source.spec.name}: converting {block} failed ({error}); see {folder}/manifest.json")

@@ -194,7 +194,8 @@ class ConverterPackages:
         from snapbench.converters.options import ConvertOptions
 
         out = self._dir(source, settings)
-        result = convert(ConvertRequest(source, out, ConvertOptions.from_settings(settings), progress=progress))
+        result = convert(ConvertRequest(source, out, ConvertOptions.from_settings(settings), progress=progress,
+                                        shared_folder=True))
         if result.failed:  # name them: "packages do not match" would send the user after the wrong cause
             block, error = result.failed[0]
             more = f" (and {len(result.failed) - 1} more)" if len(result.failed) > 1 else ""
@@ -216,7 +217,7 @@ class ConverterPackages:
         out = self._dir(source, settings, f"-{component}")
         result = convert(ConvertRequest(source, out, ConvertOptions.from_settings(settings),
                                         part=check_choice("component", component, PIPELINE_PARTS),
-                                        progress=progress))
+                                        progress=progress, shared_folder=True))
         done = [(b, pkg) for b in result.manifest.blocks if (pkg := _text(b, "package"))]
         if not done:
             raise SnapbenchError(f"{out}: the converters made no {component} package")

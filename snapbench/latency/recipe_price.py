@@ -57,7 +57,7 @@ def layer_prices(source: ModelSource, device: Device, settings: RunSettings, wid
     widths = tuple(sorted({*widths, 16}))
     opts = ConvertOptions.from_settings(settings)
     folder = ConverterPackages().folder_for(source, settings)
-    result = convert(ConvertRequest(source, folder, opts, progress=progress))
+    result = convert(ConvertRequest(source, folder, opts, progress=progress, shared_folder=True))
     if result.failed:
         block, error = result.failed[0]
         raise SnapbenchError(f"{len(result.failed)} block(s) failed to convert, so the recipe's latency cannot be "
