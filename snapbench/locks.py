@@ -89,35 +89,34 @@ def folder_lock(folder: str | os.PathLike, what: str, flag: str = "--out") -> It
         held.release()
 
 
-def refuse_if_locked(folder: str | os.PathLike, what: str, flag: str = "--out") -> None:
-    """Refuse now, before minutes of loading and cutting a model, when another live process holds
-    `folder`'s lock; the run still takes the lock itself later (this only answers early). Creates nothing."""
-    lock = Path(folder) / FOLDER_LOCK
+def _lock_free(folder: str | os.PathLike, *, wait: bool) -> bool:
+    """Whether no live process holds `folder`'s lock, found by taking it shared for a moment (waiting for
+    its owner to release it, or die, if `wait`). Creates nothing: no lock file means no owner (or an
+    unreadable one, which the real claim reports)."""
     try:
-        fd = os.open(lock, os.O_RDONLY)
+        fd = os.open(Path(folder) / FOLDER_LOCK, os.O_RDONLY)
     except OSError:
-        return  # no lock file (or an unreadable one: the real claim reports it)
+        return True
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FolderBusy(folder, what, _owner_pid(lock), flag) from None
+        fcntl.flock(fd, fcntl.LOCK_SH | (0 if wait else fcntl.LOCK_NB))
+        return True
+    except BlockingIOError:
+        return False
     finally:
         os.close(fd)
+
+
+def refuse_if_locked(folder: str | os.PathLike, what: str, flag: str = "--out") -> None:
+    """Refuse now, before minutes of loading and cutting a model, when another live process holds
+    `folder`'s lock; the run still takes the lock itself later (this only answers early)."""
+    if not _lock_free(folder, wait=False):
+        raise FolderBusy(folder, what, _owner_pid(Path(folder) / FOLDER_LOCK), flag)
 
 
 def wait_while_locked(folder: str | os.PathLike) -> None:
     """Block until no process holds `folder`'s lock (for a folder the cache shares between runs: the
-    packages its owner finishes are the waiter's to reuse). Takes nothing and creates nothing."""
-    lock = Path(folder) / FOLDER_LOCK
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return  # released (and unlinked) already
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)  # granted when the owner releases it, or its process dies
-    finally:
-        os.close(fd)
+    packages its owner finishes are the waiter's to reuse)."""
+    _lock_free(folder, wait=True)
 
 
 def file_lock_path(path: Path) -> Path:

@@ -14,7 +14,6 @@ key is already in the folder is kept, so a re-run converts only what changed and
 from __future__ import annotations
 
 import gc
-import os
 import shutil
 import sys
 import time
@@ -43,6 +42,7 @@ from snapbench.converters.convert_package import (
     is_complete_package,
     package_bytes,
     package_files,
+    package_scratch,
     remove_tree,
 )
 from snapbench.converters.manifest import Manifest, ManifestBlock, claimed, inspect_out_dir, remove_orphans
@@ -259,16 +259,11 @@ def convert_part_cached(part: AppPart, folder: Path, opts: ConvertOptions, sourc
         return dest
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder)
-    work = folder / f".{dest.name}.{os.getpid()}.partial"
-    remove_tree(work)
-    work.mkdir()
-    try:
+    with package_scratch(dest) as work:  # coremltools' temporaries go with it too
         staged = work / dest.name
         _convert_part(part, staged, key, opts, source, versions)
         remove_tree(dest)
         staged.rename(dest)
-    finally:
-        remove_tree(work)
     return dest
 
 
